@@ -1,0 +1,43 @@
+# StyGig: two commands for a fresh clone — `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= build/demo
+PORT ?= 8080
+
+.PHONY: demo test lint typecheck unit setup clean sample
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first, pinned: the CPU wheel on local disk; a newer torch would pull a CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[torch,plot,dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+sample: $(STAMP)
+	$(BIN)/stygig sample-catalog --out $(DEMO_DIR)/catalog
+
+demo: $(STAMP)
+	$(BIN)/stygig sample-catalog --out $(DEMO_DIR)/catalog
+	$(BIN)/stygig build --catalog $(DEMO_DIR)/catalog/catalog.csv --images $(DEMO_DIR)/catalog \
+		--encoder efficientnet-lite0 --out $(DEMO_DIR)/artifact
+	$(BIN)/stygig inspect $(DEMO_DIR)/artifact
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -q
+
+test: lint typecheck unit
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

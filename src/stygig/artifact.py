@@ -1,0 +1,266 @@
+"""The versioned, self-describing artifact that a build writes and the recommender loads.
+
+An artifact is one directory (packed as ``model.tar.gz`` for SageMaker)::
+
+    manifest.json     format version, versions of stygig and its libraries, encoder, index,
+                      counts, build statistics, and the sha256 + size of every file below
+    embeddings.npy    float32 (n, dim), L2-normalised, row i = items.jsonl line i
+    items.jsonl       one canonical item per line, with its dominant colour
+    index.faiss       the FAISS index (absent for the exact kind)
+    taxonomy.yaml     the taxonomy the build used (categories, compatibility, boost)
+    rejects.csv       every catalogue row kept out, with its reason
+    encoder.onnx      the encoder graph when its runtime is ONNX, so serving needs no torch
+
+Loading checks the manifest first: a newer format version or a checksum mismatch is refused
+with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stygig import __version__
+from stygig.catalog import Item, Reject, Taxonomy
+from stygig.errors import ArtifactError
+from stygig.index import VectorIndex, build_index, load_index
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Artifact",
+    "file_sha256",
+    "library_versions",
+    "write_artifact",
+]
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+_LIBRARIES = ("numpy", "faiss-cpu", "onnxruntime", "pillow", "torch", "transformers")
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape an artifact's contents (installed ones only)."""
+    out = {"python": platform.python_version(), "stygig": __version__}
+    for name in _LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _write_rejects(path: Path, rejects: Iterable[Reject]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["row", "id", "reason", "detail", "raw"])
+        for r in rejects:
+            writer.writerow([r.row, r.id or "", r.reason, r.detail, json.dumps(r.raw)])
+
+
+def write_artifact(
+    out_dir: str | Path,
+    *,
+    items: list[Item],
+    colors: list[dict[str, Any]],
+    embeddings: np.ndarray,
+    taxonomy: Taxonomy,
+    encoder_info: dict[str, Any],
+    rejects: list[Reject],
+    index_kind: str = "auto",
+    index_params: dict[str, Any] | None = None,
+    build_info: dict[str, Any] | None = None,
+    extra_files: dict[str, Path] | None = None,
+) -> Path:
+    """Write an artifact atomically: into a temporary sibling, then renamed into place.
+
+    Args:
+        out_dir: the artifact directory; replaced if it exists.
+        items, colors, embeddings: row-aligned item table, colour summaries and vectors.
+        taxonomy: stored as ``taxonomy.yaml``.
+        encoder_info: the encoder's ``describe()``.
+        rejects: rows kept out of the build.
+        index_kind: ``auto``, ``exact``, ``flat``, ``hnsw`` or ``ivf``.
+        build_info: statistics recorded under ``build`` in the manifest.
+        extra_files: ``{name: source path}`` copied into the artifact (e.g. ``encoder.onnx``).
+    """
+    out = Path(out_dir)
+    if not (len(items) == len(colors) == len(embeddings)):
+        raise ArtifactError(
+            f"item table ({len(items)}), colours ({len(colors)}) and embeddings "
+            f"({len(embeddings)}) must have the same length"
+        )
+    if len(items) == 0:
+        raise ArtifactError("no valid items: nothing to build (see the rejects summary)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
+        np.save(tmp / "embeddings.npy", vectors)
+        with (tmp / "items.jsonl").open("w", encoding="utf-8") as handle:
+            for item, color in zip(items, colors, strict=True):
+                handle.write(json.dumps({**item.to_dict(), "color": color}) + "\n")
+        (tmp / "taxonomy.yaml").write_text(taxonomy.to_yaml(), encoding="utf-8")
+        _write_rejects(tmp / "rejects.csv", rejects)
+        for name, source in (extra_files or {}).items():
+            shutil.copyfile(source, tmp / name)
+        index = build_index(vectors, index_kind, **(index_params or {}))
+        index.save(tmp)
+
+        by_category: dict[str, int] = {}
+        for item in items:
+            by_category[item.category] = by_category.get(item.category, 0) + 1
+        by_reason: dict[str, int] = {}
+        for r in rejects:
+            by_reason[r.reason] = by_reason.get(r.reason, 0) + 1
+        files = sorted(p.name for p in tmp.iterdir() if p.is_file())
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "versions": library_versions(),
+            "encoder": encoder_info,
+            "index": {"kind": index.kind, "dim": index.dim, "params": index.params()},
+            "counts": {
+                "items": len(items),
+                "rejects": len(rejects),
+                "by_category": dict(sorted(by_category.items())),
+                "rejects_by_reason": dict(sorted(by_reason.items())),
+            },
+            "build": build_info or {},
+            "files": {
+                name: {"sha256": file_sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
+                for name in files
+            },
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        if out.exists():
+            backup = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(backup)
+            tmp.rename(out)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """Read and check an artifact's manifest (format version), without loading the rest."""
+    root = Path(path)
+    file = root / MANIFEST
+    if not file.is_file():
+        raise ArtifactError(f"{root} is not a StyGig artifact: {MANIFEST} not found")
+    try:
+        manifest: dict[str, Any] = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{file} is not valid JSON: {e}") from e
+    version = manifest.get("format_version")
+    if not isinstance(version, int):
+        raise ArtifactError(f"{file} has no integer 'format_version'")
+    if version > FORMAT_VERSION:
+        raise ArtifactError(
+            f"artifact {root} has format version {version}, but this stygig "
+            f"({__version__}) reads up to version {FORMAT_VERSION}: upgrade stygig "
+            "or rebuild the artifact with this version"
+        )
+    return manifest
+
+
+def verify_files(path: str | Path, manifest: dict[str, Any]) -> None:
+    """Check every file listed in the manifest exists with its recorded size and sha256."""
+    root = Path(path)
+    for name, meta in manifest.get("files", {}).items():
+        file = root / name
+        if not file.is_file():
+            raise ArtifactError(f"artifact {root} is incomplete: {name} is missing")
+        if file.stat().st_size != meta["bytes"] or file_sha256(file) != meta["sha256"]:
+            raise ArtifactError(
+                f"artifact {root}: {name} does not match its checksum in {MANIFEST} "
+                "(corrupted or edited); rebuild the artifact or restore the file"
+            )
+
+
+@dataclass
+class Artifact:
+    """A loaded artifact: items, colours, embeddings, index, taxonomy and manifest."""
+
+    path: Path
+    manifest: dict[str, Any]
+    items: list[Item]
+    colors: list[dict[str, Any]]
+    embeddings: np.ndarray
+    index: VectorIndex
+    taxonomy: Taxonomy
+    positions: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | Path, *, verify: bool = True) -> Artifact:
+        """Load an artifact directory; ``verify`` checks every file's sha256 first."""
+        root = Path(path)
+        manifest = read_manifest(root)
+        if verify:
+            verify_files(root, manifest)
+        try:
+            embeddings = np.load(root / "embeddings.npy", mmap_mode=None)
+            rows = [
+                json.loads(line)
+                for line in (root / "items.jsonl").read_text(encoding="utf-8").splitlines()
+                if line.strip()
+            ]
+            taxonomy = Taxonomy.load(root / "taxonomy.yaml")
+        except (OSError, ValueError) as e:
+            raise ArtifactError(f"artifact {root} cannot be read: {e}") from e
+        if len(rows) != len(embeddings):
+            raise ArtifactError(
+                f"artifact {root}: {len(rows)} items but {len(embeddings)} embeddings"
+            )
+        items = [Item.from_dict(r) for r in rows]
+        colors = [r.get("color") or {} for r in rows]
+        meta = manifest.get("index", {})
+        index = load_index(root, meta.get("kind", "exact"), embeddings, meta.get("params"))
+        return cls(
+            path=root,
+            manifest=manifest,
+            items=items,
+            colors=colors,
+            embeddings=embeddings,
+            index=index,
+            taxonomy=taxonomy,
+            positions={item.id: i for i, item in enumerate(items)},
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """Manifest essentials for ``stygig inspect``."""
+        m = self.manifest
+        return {
+            "path": str(self.path),
+            "format_version": m["format_version"],
+            "created_at": m.get("created_at"),
+            "encoder": {k: m["encoder"].get(k) for k in ("name", "dim", "runtime", "quantization")},
+            "index": m.get("index"),
+            "counts": m.get("counts"),
+            "build": m.get("build"),
+        }

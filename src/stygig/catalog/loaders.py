@@ -1,0 +1,347 @@
+"""Read a retailer's catalogue into canonical :class:`Item` rows, with every bad row reported.
+
+Three layouts are understood:
+
+``generic`` (CSV or JSONL; the format documented in ``docs/catalog-format.md``)
+    columns ``id, image, category`` required; ``gender, usage, season, name, price, brand``
+    optional; any other column is kept in ``Item.attributes``. ``category`` is a canonical
+    StyGig category or an alias listed under ``sources.generic`` in the taxonomy. ``image`` is a
+    path relative to the images folder (default: the catalogue file's folder), an absolute path
+    or a ``file://`` URI.
+``kaggle``
+    the *Fashion Product Images* ``styles.csv``; images are ``<images>/<id>.jpg`` (default
+    ``<csv folder>/images``); the category comes from ``articleType``, else ``subCategory``.
+``mango``
+    MANGO's ``product_data.csv``; images are named by ``des_filename`` (looked up by file name
+    under ``<images>`` and ``<images>/images``); the category comes from ``des_product_type``.
+
+A bad row never stops the read: it becomes a :class:`Reject` with one reason from
+:data:`REJECT_REASONS`. Image *decoding* is checked later by the build, which adds
+``corrupt_image`` rejects.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from stygig.catalog.schema import Item, Reject
+from stygig.catalog.taxonomy import Taxonomy
+from stygig.errors import CatalogError
+
+__all__ = ["LAYOUTS", "CatalogReadResult", "detect_layout", "read_catalog"]
+
+LAYOUTS = ("generic", "kaggle", "mango")
+
+_GENERIC_FIELDS = ("id", "image", "category", "gender", "usage", "season", "name", "price", "brand")
+
+_GENDER_WORDS = {
+    "men": "men",
+    "man": "men",
+    "male": "men",
+    "boys": "men",
+    "boy": "men",
+    "women": "women",
+    "woman": "women",
+    "female": "women",
+    "girls": "women",
+    "girl": "women",
+    "unisex": "unisex",
+}
+
+
+@dataclass
+class CatalogReadResult:
+    """Items that passed validation and rows that did not."""
+
+    items: list[Item] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    layout: str = "generic"
+    rows: dict[str, int] = field(default_factory=dict)  # item id -> 1-based source row
+
+    def reject_counts(self) -> dict[str, int]:
+        """Number of rejected rows per reason."""
+        counts: dict[str, int] = {}
+        for r in self.rejects:
+            counts[r.reason] = counts.get(r.reason, 0) + 1
+        return counts
+
+
+class _RowError(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _clean(value: object) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text if text and text.upper() not in ("NA", "N/A", "NAN", "NULL", "NONE") else None
+
+
+def _gender(value: str | None) -> str | None:
+    if value is None:
+        return None
+    return _GENDER_WORDS.get(value.lower(), value.lower())
+
+
+def _price(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        price = float(value.replace(",", "") if value.count(",") and "." in value else value)
+    except ValueError as e:
+        raise _RowError("bad_value", f"price {value!r} is not a number") from e
+    if price < 0 or price != price:
+        raise _RowError("bad_value", f"price {value!r} must be a non-negative number")
+    return price
+
+
+def _required(row: dict[str, str | None], name: str) -> str:
+    value = _clean(row.get(name))
+    if value is None:
+        raise _RowError("missing_field", f"required field '{name}' is empty")
+    return value
+
+
+def _resolve_image(ref: str, images_dir: Path) -> str:
+    if ref.startswith("file://"):
+        return unquote(urlparse(ref).path)
+    if "://" in ref:
+        raise _RowError("missing_image", f"image URI scheme of {ref!r} is not supported")
+    path = Path(ref)
+    return str(path if path.is_absolute() else images_dir / path)
+
+
+def _generic(row: dict[str, str | None], taxonomy: Taxonomy, images_dir: Path) -> Item:
+    item_id = _required(row, "id")
+    image = _resolve_image(_required(row, "image"), images_dir)
+    native = _required(row, "category")
+    category = taxonomy.canonical(native)
+    if category is None:
+        raise _RowError("unknown_category", f"category {native!r} is not in the taxonomy")
+    extras = {k: c for k, v in row.items() if k not in _GENERIC_FIELDS and (c := _clean(v))}
+    return Item(
+        id=item_id,
+        image=image,
+        category=category,
+        gender=_gender(_clean(row.get("gender"))),
+        usage=_clean(row.get("usage")),
+        season=_clean(row.get("season")),
+        name=_clean(row.get("name")),
+        price=_price(_clean(row.get("price"))),
+        brand=_clean(row.get("brand")),
+        attributes={k: str(v) for k, v in extras.items()},
+    )
+
+
+def _kaggle(row: dict[str, str | None], taxonomy: Taxonomy, images_dir: Path) -> Item:
+    item_id = _required(row, "id")
+    article = _clean(row.get("articleType"))
+    sub = _clean(row.get("subCategory"))
+    if article is None and sub is None:
+        raise _RowError("missing_field", "both 'articleType' and 'subCategory' are empty")
+    category = taxonomy.map_native("kaggle", "articleType", article) or taxonomy.map_native(
+        "kaggle", "subCategory", sub
+    )
+    if category is None:
+        raise _RowError(
+            "unknown_category", f"articleType {article!r} / subCategory {sub!r} is not mapped"
+        )
+    attributes = {
+        k: v
+        for k in ("masterCategory", "subCategory", "articleType", "baseColour", "year")
+        if (v := _clean(row.get(k)))
+    }
+    return Item(
+        id=item_id,
+        image=str(images_dir / f"{item_id}.jpg"),
+        category=category,
+        gender=_gender(_clean(row.get("gender"))),
+        usage=_clean(row.get("usage")),
+        season=_clean(row.get("season")),
+        name=_clean(row.get("productDisplayName")),
+        attributes=attributes,
+    )
+
+
+def _mango(row: dict[str, str | None], taxonomy: Taxonomy, images_dir: Path) -> Item:
+    item_id = _required(row, "cod_modelo_color")
+    file_name = Path(_required(row, "des_filename")).name
+    native = _required(row, "des_product_type")
+    category = taxonomy.map_native("mango", "des_product_type", native)
+    if category is None:
+        raise _RowError("unknown_category", f"des_product_type {native!r} is not mapped")
+    image = images_dir / file_name
+    if not image.exists() and (images_dir / "images" / file_name).exists():
+        image = images_dir / "images" / file_name
+    attributes = {
+        k: v
+        for k, raw in row.items()
+        if k not in ("cod_modelo_color", "des_filename", "des_sex") and (v := _clean(raw))
+    }
+    return Item(
+        id=item_id,
+        image=str(image),
+        category=category,
+        gender=_gender(_clean(row.get("des_sex"))),
+        name=f"{_clean(row.get('des_color_specification_esp')) or ''} {native}".strip().title(),
+        attributes=attributes,
+    )
+
+
+_CONVERTERS: dict[str, Callable[[dict[str, str | None], Taxonomy, Path], Item]] = {
+    "generic": _generic,
+    "kaggle": _kaggle,
+    "mango": _mango,
+}
+
+
+def detect_layout(columns: list[str]) -> str:
+    """Guess the layout from a header row."""
+    cols = set(columns)
+    if {"articleType", "subCategory", "masterCategory"} <= cols:
+        return "kaggle"
+    if {"cod_modelo_color", "des_product_type"} <= cols:
+        return "mango"
+    return "generic"
+
+
+def _csv_header(path: Path) -> list[str]:
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        try:
+            header = [h.strip() for h in next(csv.reader(handle))]
+        except StopIteration as e:
+            raise CatalogError(f"catalogue {path} is empty (no header row)") from e
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise CatalogError(f"catalogue {path} cannot be read as CSV: {e}") from e
+    if len(set(header)) != len(header):
+        raise CatalogError(f"catalogue {path} has duplicate column names: {header}")
+    return header
+
+
+def _csv_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, str | None], str]]]:
+    header = _csv_header(path)
+
+    def rows() -> Iterator[tuple[int, dict[str, str | None], str]]:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            next(reader)
+            number = 0
+            while True:
+                try:
+                    values = next(reader)
+                except StopIteration:
+                    return
+                except (csv.Error, UnicodeDecodeError) as e:
+                    number += 1
+                    yield number, {}, f"unparseable CSV row: {e}"
+                    continue
+                if not values or all(not v.strip() for v in values):
+                    continue
+                number += 1
+                if len(values) != len(header):
+                    yield (
+                        number,
+                        dict(zip(header, values, strict=False)),
+                        f"row has {len(values)} columns, the header has {len(header)}",
+                    )
+                    continue
+                yield number, dict(zip(header, values, strict=True)), ""
+
+    return header, rows()
+
+
+def _jsonl_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, str | None], str]]]:
+    def rows() -> Iterator[tuple[int, dict[str, str | None], str]]:
+        with path.open(encoding="utf-8") as handle:
+            number = 0
+            for line in handle:
+                if not line.strip():
+                    continue
+                number += 1
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    yield number, {}, f"invalid JSON: {e.msg}"
+                    continue
+                if not isinstance(obj, dict):
+                    yield number, {}, "a JSONL row must be an object"
+                    continue
+                yield (
+                    number,
+                    {str(k): None if v is None else str(v) for k, v in obj.items()},
+                    "",
+                )
+
+    return list(_GENERIC_FIELDS), rows()
+
+
+def read_catalog(
+    path: str | Path,
+    *,
+    layout: str = "auto",
+    images_dir: str | Path | None = None,
+    taxonomy: Taxonomy | None = None,
+    check_images: bool = True,
+) -> CatalogReadResult:
+    """Read and validate a catalogue file.
+
+    Args:
+        path: a ``.csv`` or ``.jsonl`` file.
+        layout: ``generic``, ``kaggle``, ``mango`` or ``auto`` (from the header).
+        images_dir: where relative image paths are resolved (defaults per layout, see module doc).
+        taxonomy: maps native categories; the packaged default when None.
+        check_images: reject rows whose image file does not exist.
+
+    Raises:
+        CatalogError: the file cannot be read at all (missing, no header, unknown layout).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CatalogError(f"catalogue file not found: {path}")
+    taxonomy = taxonomy or Taxonomy.load()
+    is_jsonl = path.suffix.lower() in (".jsonl", ".ndjson")
+    header, rows = _jsonl_rows(path) if is_jsonl else _csv_rows(path)
+    if layout == "auto":
+        layout = "generic" if is_jsonl else detect_layout(header)
+    if layout not in _CONVERTERS:
+        raise CatalogError(f"unknown catalogue layout {layout!r}; choose one of {LAYOUTS}")
+    if layout == "generic" and not is_jsonl:
+        missing = [c for c in ("id", "image", "category") if c not in header]
+        if missing:
+            raise CatalogError(f"generic catalogue {path} lacks required columns {missing}")
+    if images_dir is None:
+        images_dir = path.parent / "images" if layout == "kaggle" else path.parent
+    images = Path(images_dir)
+    convert = _CONVERTERS[layout]
+
+    result = CatalogReadResult(layout=layout)
+    seen: set[str] = set()
+    for number, row, problem in rows:
+        raw = {k: ("" if v is None else v) for k, v in row.items()}
+        if problem:
+            result.rejects.append(
+                Reject(number, _clean(row.get("id")), "malformed_row", problem, raw)
+            )
+            continue
+        try:
+            item = convert(row, taxonomy, images)
+            if item.id in seen:
+                raise _RowError("duplicate_id", f"id {item.id!r} already used by an earlier row")
+            if check_images and not Path(item.image).is_file():
+                raise _RowError("missing_image", f"image file not found: {item.image}")
+        except _RowError as e:
+            row_id = _clean(row.get("id")) or _clean(row.get("cod_modelo_color"))
+            result.rejects.append(Reject(number, row_id, e.reason, e.detail, raw))
+            continue
+        seen.add(item.id)
+        result.items.append(item)
+        result.rows[item.id] = number
+    return result

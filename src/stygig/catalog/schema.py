@@ -1,0 +1,79 @@
+"""The canonical catalogue item and the record of a rejected row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["REJECT_REASONS", "Item", "Reject"]
+
+#: Why a catalogue row was kept out of an artifact; every rejected row has exactly one.
+REJECT_REASONS = (
+    "missing_field",  # an empty required field (id, image, category)
+    "malformed_row",  # a row that cannot be parsed (wrong number of columns, bad JSON)
+    "bad_value",  # a value of the wrong type (e.g. a price that is not a number)
+    "duplicate_id",  # an id seen on an earlier row (the first one wins)
+    "unknown_category",  # a native category the taxonomy does not map
+    "missing_image",  # the image file does not exist
+    "corrupt_image",  # the image exists but cannot be decoded (corrupt, truncated, too large)
+)
+
+GENDERS = ("men", "women", "unisex")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One catalogue product in canonical form."""
+
+    id: str
+    image: str
+    category: str
+    gender: str | None = None
+    usage: str | None = None
+    season: str | None = None
+    name: str | None = None
+    price: float | None = None
+    brand: str | None = None
+    attributes: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly dict (attributes nested)."""
+        return {
+            "id": self.id,
+            "image": self.image,
+            "category": self.category,
+            "gender": self.gender,
+            "usage": self.usage,
+            "season": self.season,
+            "name": self.name,
+            "price": self.price,
+            "brand": self.brand,
+            "attributes": dict(self.attributes),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Item:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            id=str(data["id"]),
+            image=str(data["image"]),
+            category=str(data["category"]),
+            gender=data.get("gender"),
+            usage=data.get("usage"),
+            season=data.get("season"),
+            name=data.get("name"),
+            price=data.get("price"),
+            brand=data.get("brand"),
+            attributes=dict(data.get("attributes") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A catalogue row kept out of the artifact, with the reason."""
+
+    row: int  # 1-based data row number in the source file (header not counted)
+    id: str | None
+    reason: str
+    detail: str
+    raw: dict[str, str] = field(default_factory=dict)

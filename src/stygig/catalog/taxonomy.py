@@ -1,0 +1,170 @@
+"""The canonical taxonomy: categories, outfit slots, compatibility and native-category mappings.
+
+Loaded from a YAML/JSON data file that users can edit (the default ships as
+``stygig/data/taxonomy.yaml``). It answers three questions:
+
+* which canonical category a retailer's native category maps to (``map_native``);
+* which outfit slot a category fills (``slot_of``);
+* whether two categories complete each other, and the score boost when they do
+  (``compatible``, ``compatibility_matrix``, ``boost``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from stygig.errors import ConfigError
+
+__all__ = ["Slot", "Taxonomy", "default_taxonomy_path"]
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A place in an outfit (top, bottom, shoes, ...)."""
+
+    name: str
+    label: str
+    outfit_order: int
+
+
+def default_taxonomy_path() -> Path:
+    """Path of the taxonomy shipped with the package."""
+    return Path(str(resources.files("stygig") / "data" / "taxonomy.yaml"))
+
+
+def _pairs(raw: Any, what: str, known: Iterable[str]) -> frozenset[frozenset[str]]:
+    known_set = set(known)
+    if raw is None:
+        return frozenset()
+    if not isinstance(raw, list):
+        raise ConfigError(f"taxonomy: '{what}' must be a list of [a, b] pairs")
+    out: set[frozenset[str]] = set()
+    for pair in raw:
+        if not (isinstance(pair, list) and len(pair) == 2):
+            raise ConfigError(f"taxonomy: '{what}' entry {pair!r} is not a pair [a, b]")
+        for name in pair:
+            if name not in known_set:
+                raise ConfigError(f"taxonomy: '{what}' names unknown {name!r}")
+        out.add(frozenset(pair))
+    return frozenset(out)
+
+
+@dataclass(frozen=True)
+class Taxonomy:
+    """Canonical categories, their slots, compatibility rules and native-category mappings."""
+
+    categories: Mapping[str, str]
+    slots: Mapping[str, Slot]
+    compatible_slots: frozenset[frozenset[str]]
+    incompatible_pairs: frozenset[frozenset[str]]
+    boost: float
+    sources: Mapping[str, Mapping[str, Mapping[str, str]]]
+    raw: Mapping[str, Any]
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> Taxonomy:
+        """Load and validate a taxonomy file (YAML or JSON); ``None`` loads the default."""
+        path = Path(path) if path is not None else default_taxonomy_path()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"cannot read taxonomy file {path}: {e}") from e
+        try:
+            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as e:
+            raise ConfigError(f"taxonomy file {path} is not valid YAML/JSON: {e}") from e
+        return cls.from_dict(data, origin=str(path))
+
+    @classmethod
+    def from_dict(cls, data: Any, *, origin: str = "<dict>") -> Taxonomy:
+        """Build and validate a taxonomy from its parsed data."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"taxonomy {origin}: top level must be a mapping")
+        for key in ("slots", "categories"):
+            if not isinstance(data.get(key), dict) or not data[key]:
+                raise ConfigError(f"taxonomy {origin}: '{key}' must be a non-empty mapping")
+        slots = {
+            name: Slot(name, str(spec.get("label", name)), int(spec.get("outfit_order", 9)))
+            for name, spec in data["slots"].items()
+        }
+        categories: dict[str, str] = {}
+        for cat, slot in data["categories"].items():
+            if slot not in slots:
+                raise ConfigError(f"taxonomy {origin}: category {cat!r} has unknown slot {slot!r}")
+            categories[str(cat)] = str(slot)
+        boost = data.get("boost", 1.15)
+        if not isinstance(boost, int | float) or boost <= 0:
+            raise ConfigError(
+                f"taxonomy {origin}: 'boost' must be a positive number, not {boost!r}"
+            )
+        sources: dict[str, dict[str, dict[str, str]]] = {}
+        for source, fields in (data.get("sources") or {}).items():
+            sources[source] = {}
+            for field_name, mapping in (fields or {}).items():
+                lowered: dict[str, str] = {}
+                for native, cat in (mapping or {}).items():
+                    if cat not in categories:
+                        raise ConfigError(
+                            f"taxonomy {origin}: sources.{source}.{field_name}: {native!r} maps "
+                            f"to unknown category {cat!r}"
+                        )
+                    lowered[str(native).strip().lower()] = str(cat)
+                sources[source][field_name] = lowered
+        return cls(
+            categories=categories,
+            slots=slots,
+            compatible_slots=_pairs(data.get("compatible_slots"), "compatible_slots", slots),
+            incompatible_pairs=_pairs(
+                data.get("incompatible_pairs"), "incompatible_pairs", categories
+            ),
+            boost=float(boost),
+            sources=sources,
+            raw=data,
+        )
+
+    def to_yaml(self) -> str:
+        """The taxonomy as YAML, as stored in an artifact."""
+        return yaml.safe_dump(dict(self.raw), sort_keys=False, allow_unicode=True)
+
+    def map_native(self, source: str, field: str, value: str | None) -> str | None:
+        """Canonical category for a native value of ``source``'s ``field``, or None if unmapped."""
+        if value is None:
+            return None
+        return self.sources.get(source, {}).get(field, {}).get(value.strip().lower())
+
+    def canonical(self, value: str | None) -> str | None:
+        """A category given in canonical form or as a generic alias; None if unknown."""
+        if value is None:
+            return None
+        name = value.strip().lower()
+        if name in self.categories:
+            return name
+        return self.map_native("generic", "category", name)
+
+    def slot_of(self, category: str) -> str:
+        """The outfit slot of a canonical category."""
+        return self.categories[category]
+
+    def compatible(self, a: str, b: str) -> bool:
+        """Whether categories ``a`` and ``b`` complete each other in an outfit."""
+        slot_pair = frozenset((self.categories[a], self.categories[b]))
+        if len(slot_pair) == 1 or slot_pair not in self.compatible_slots:
+            return False
+        return frozenset((a, b)) not in self.incompatible_pairs
+
+    def compatibility_matrix(self, categories: list[str]) -> np.ndarray:
+        """Boolean ``(n, n)`` matrix of :meth:`compatible` over the given categories."""
+        n = len(categories)
+        out = np.zeros((n, n), dtype=bool)
+        for i, a in enumerate(categories):
+            for j in range(i + 1, n):
+                out[i, j] = out[j, i] = self.compatible(a, categories[j])
+        return out

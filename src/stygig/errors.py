@@ -1,0 +1,116 @@
+"""One exception tree for StyGig, mapped to HTTP statuses and CLI exit codes at the boundary.
+
+::
+
+    StygigError                      500  exit 1   (never raised directly for client input)
+    ├── InputError                   400  exit 2   a caller's request is wrong
+    │   ├── InvalidImageError        400           not an image / corrupt / truncated
+    │   ├── ImageTooLargeError       413           too many pixels or too many bytes
+    │   ├── UnsupportedMediaError    415           a format or content type we do not read
+    │   ├── InvalidOptionsError      422           options that fail validation
+    │   └── NotFoundError            404           unknown item id, unknown job
+    ├── CatalogError                 exit 3        a catalogue file that cannot be read at all
+    ├── ConfigError                  exit 3        a taxonomy/config file that is invalid
+    ├── ArtifactError                exit 4        missing, newer-format or corrupt artifact
+    ├── EncoderUnavailableError      exit 5        weights or runtime not reachable
+    └── OverloadedError              503           queue full; retry later
+
+Every error carries a stable machine-readable ``code`` (used as ``error.code`` in HTTP bodies).
+"""
+
+from __future__ import annotations
+
+
+class StygigError(Exception):
+    """Base of every error StyGig raises on purpose."""
+
+    http_status: int = 500
+    exit_code: int = 1
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON error body: ``{"error": {"code": ..., "message": ...}}``."""
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class InputError(StygigError):
+    """The caller's input is wrong; retrying the same input will fail the same way."""
+
+    http_status = 400
+    exit_code = 2
+    code = "invalid_input"
+
+
+class InvalidImageError(InputError):
+    """Bytes that are not a decodable image (corrupt, truncated, not an image at all)."""
+
+    code = "invalid_image"
+
+
+class ImageTooLargeError(InputError):
+    """An image whose byte size or pixel count exceeds the configured limit."""
+
+    http_status = 413
+    code = "image_too_large"
+
+
+class UnsupportedMediaError(InputError):
+    """An image format or content type StyGig does not accept."""
+
+    http_status = 415
+    code = "unsupported_media_type"
+
+
+class InvalidOptionsError(InputError):
+    """Recommendation options or a request body that fail validation."""
+
+    http_status = 422
+    code = "invalid_options"
+
+
+class NotFoundError(InputError):
+    """An item id, job id or other named thing that does not exist."""
+
+    http_status = 404
+    code = "not_found"
+
+
+class CatalogError(StygigError):
+    """A catalogue file that cannot be read at all (bad rows are rejects, not errors)."""
+
+    exit_code = 3
+    code = "catalog_error"
+
+
+class ConfigError(StygigError):
+    """An invalid taxonomy or configuration file."""
+
+    exit_code = 3
+    code = "config_error"
+
+
+class ArtifactError(StygigError):
+    """An artifact that is missing, from a newer format version, or fails its checksums."""
+
+    exit_code = 4
+    code = "artifact_error"
+
+
+class EncoderUnavailableError(StygigError):
+    """Encoder weights or runtime that cannot be loaded on this machine."""
+
+    exit_code = 5
+    code = "encoder_unavailable"
+
+
+class OverloadedError(StygigError):
+    """The server's queue is full; the client should retry after a pause."""
+
+    http_status = 503
+    code = "overloaded"

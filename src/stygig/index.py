@@ -1,0 +1,257 @@
+"""Vector search over L2-normalised embeddings: one protocol, a FAISS backend, an exact oracle.
+
+Scores are inner products (cosine similarity for normalised vectors); ids are row positions in
+the artifact's item table. Two backends:
+
+* :class:`ExactIndex` — a NumPy matrix product and ``argpartition``. Exact, dependency-free and
+  the oracle that tests compare FAISS against.
+* :class:`FaissIndex` — FAISS ``IndexFlatIP`` (exact) for small catalogues, ``HNSW`` for large
+  ones; chosen by :func:`choose_kind` from the catalogue size, overridable.
+
+Removal is a tombstone mask applied to every backend alike, so ids stay stable.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from stygig.errors import ArtifactError, InvalidOptionsError
+
+__all__ = [
+    "INDEX_KINDS",
+    "ExactIndex",
+    "FaissIndex",
+    "VectorIndex",
+    "build_index",
+    "choose_kind",
+    "load_index",
+]
+
+INDEX_KINDS = ("exact", "flat", "hnsw", "ivf")
+
+#: Up to this many items an exact flat search is fast enough (about 1 ms at 512-d on one core).
+FLAT_MAX_ITEMS = 50_000
+
+
+class VectorIndex(Protocol):
+    """What the recommender needs from a vector index."""
+
+    kind: str
+    dim: int
+
+    @property
+    def ntotal(self) -> int: ...
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` ``(scores, ids)`` per query row, best first; missing slots are id -1."""
+        ...
+
+    def remove(self, ids: np.ndarray) -> None:
+        """Exclude ``ids`` from future results."""
+        ...
+
+    def save(self, path: Path) -> list[str]:
+        """Write the index under directory ``path``; return the file names written."""
+        ...
+
+    def params(self) -> dict[str, Any]:
+        """Settings recorded in the artifact manifest."""
+        ...
+
+
+def _check_queries(queries: np.ndarray, dim: int, k: int) -> np.ndarray:
+    q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+    if q.shape[1] != dim:
+        raise InvalidOptionsError(f"query vectors have dim {q.shape[1]}; the index has {dim}")
+    if k < 1:
+        raise InvalidOptionsError(f"k must be at least 1, not {k}")
+    return q
+
+
+def _apply_tombstones(
+    scores: np.ndarray, ids: np.ndarray, removed: np.ndarray | None, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    if removed is None or not removed.any():
+        return scores[:, :k], ids[:, :k]
+    dead = np.zeros_like(ids, dtype=bool)
+    valid = ids >= 0
+    dead[valid] = removed[ids[valid]]
+    scores = np.where(dead, -np.inf, scores)
+    ids = np.where(dead, -1, ids)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+
+
+class ExactIndex:
+    """Brute-force inner-product search in NumPy (the test oracle)."""
+
+    kind = "exact"
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.dim = int(self.vectors.shape[1])
+        self.removed: np.ndarray | None = None
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.vectors.shape[0])
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = _check_queries(queries, self.dim, k)
+        n = self.ntotal
+        sims = q @ self.vectors.T
+        if self.removed is not None:
+            sims[:, self.removed] = -np.inf
+        kk = min(k, n)
+        if kk < n:
+            part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+        else:
+            part = np.broadcast_to(np.arange(n), (q.shape[0], n)).copy()
+        part_scores = np.take_along_axis(sims, part, 1)
+        # Sort by score, then by id, so ties are deterministic.
+        order = np.lexsort((part, -part_scores), axis=1)
+        ids = np.take_along_axis(part, order, 1).astype(np.int64)
+        scores = np.take_along_axis(part_scores, order, 1).astype(np.float32)
+        ids = np.where(np.isfinite(scores), ids, -1)
+        if kk < k:
+            pad = k - kk
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+        return scores, ids
+
+    def remove(self, ids: np.ndarray) -> None:
+        if self.removed is None:
+            self.removed = np.zeros(self.ntotal, dtype=bool)
+        self.removed[np.asarray(ids, dtype=np.int64)] = True
+
+    def save(self, path: Path) -> list[str]:
+        # The exact index *is* the embedding matrix, which the artifact already stores.
+        return []
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+
+class FaissIndex:
+    """A FAISS index (flat, HNSW or IVF) over inner products."""
+
+    def __init__(self, index: Any, kind: str, params: dict[str, Any]) -> None:
+        self.index = index
+        self.kind = kind
+        self.dim = int(index.d)
+        self._params = params
+        self.removed: np.ndarray | None = None
+        self._apply_search_params()
+
+    def _apply_search_params(self) -> None:
+        if self.kind == "hnsw":
+            self.index.hnsw.efSearch = int(self._params.get("ef_search", 128))
+        elif self.kind == "ivf":
+            self.index.nprobe = int(self._params.get("nprobe", 16))
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, kind: str, **params: Any) -> FaissIndex:
+        """Build a FAISS index of ``kind`` (flat, hnsw, ivf) over ``vectors``."""
+        import faiss
+
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        n, dim = x.shape
+        index: Any
+        if kind == "flat":
+            index = faiss.IndexFlatIP(dim)
+        elif kind == "hnsw":
+            params.setdefault("m", 32)
+            params.setdefault("ef_construction", 80)
+            params.setdefault("ef_search", 128)
+            index = faiss.IndexHNSWFlat(dim, int(params["m"]), faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = int(params["ef_construction"])
+        elif kind == "ivf":
+            params.setdefault("nlist", max(1, min(65536, int(4 * np.sqrt(n)))))
+            params.setdefault("nprobe", 16)
+            quantizer = faiss.IndexFlatIP(dim)
+            index = faiss.IndexIVFFlat(
+                quantizer, dim, int(params["nlist"]), faiss.METRIC_INNER_PRODUCT
+            )
+            rng = np.random.default_rng(0)
+            sample = x[rng.choice(n, size=min(n, 256 * int(params["nlist"])), replace=False)]
+            index.train(sample)
+        else:
+            raise InvalidOptionsError(f"unknown FAISS index kind {kind!r}")
+        index.add(x)
+        return cls(index, kind, params)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = _check_queries(queries, self.dim, k)
+        extra = 0 if self.removed is None else int(self.removed.sum())
+        fetch = min(max(1, self.ntotal), k + extra)
+        scores, ids = self.index.search(q, fetch)
+        scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
+        scores, ids = _apply_tombstones(scores, ids.astype(np.int64), self.removed, k)
+        if scores.shape[1] < k:
+            pad = k - scores.shape[1]
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+        return scores, ids
+
+    def remove(self, ids: np.ndarray) -> None:
+        if self.removed is None:
+            self.removed = np.zeros(self.ntotal, dtype=bool)
+        self.removed[np.asarray(ids, dtype=np.int64)] = True
+
+    def save(self, path: Path) -> list[str]:
+        import faiss
+
+        faiss.write_index(self.index, str(path / "index.faiss"))
+        return ["index.faiss"]
+
+    def params(self) -> dict[str, Any]:
+        return dict(self._params)
+
+
+def choose_kind(n_items: int) -> str:
+    """The index kind used for ``auto``: exact flat search when small, HNSW when large."""
+    return "flat" if n_items <= FLAT_MAX_ITEMS else "hnsw"
+
+
+def build_index(vectors: np.ndarray, kind: str = "auto", **params: Any) -> VectorIndex:
+    """Build an index over L2-normalised ``vectors`` (``auto`` picks by size)."""
+    if kind == "auto":
+        kind = choose_kind(len(vectors))
+    if kind == "exact":
+        return ExactIndex(vectors)
+    if kind not in INDEX_KINDS:
+        raise InvalidOptionsError(f"unknown index kind {kind!r}; choose one of {INDEX_KINDS}")
+    return FaissIndex.build(vectors, kind, **params)
+
+
+def load_index(
+    path: Path, kind: str, vectors: np.ndarray, params: dict[str, Any] | None = None
+) -> VectorIndex:
+    """Load an index saved by :meth:`VectorIndex.save` (``vectors`` backs the exact kind)."""
+    if kind == "exact":
+        return ExactIndex(vectors)
+    import faiss
+
+    file = path / "index.faiss"
+    try:
+        index = faiss.read_index(str(file))
+    except RuntimeError as e:
+        raise ArtifactError(f"cannot read FAISS index {file}: {e}") from e
+    if index.ntotal != len(vectors):
+        raise ArtifactError(
+            f"index {file} holds {index.ntotal} vectors but the item table has {len(vectors)}"
+        )
+    return FaissIndex(index, kind, dict(params or {}))
+
+
+def describe(index: VectorIndex) -> str:
+    """One line for logs and ``stygig inspect``."""
+    return json.dumps({"kind": index.kind, "dim": index.dim, "n": index.ntotal, **index.params()})

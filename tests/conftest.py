@@ -1,0 +1,44 @@
+"""Shared fixtures: where the shared datasets live, and small images drawn on the fly."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+KAGGLE_DIR = SHARED_DATASETS / "fashion-products"
+MANGO_DIR = SHARED_DATASETS / "mango-outfits"
+
+
+def require_dataset(path: Path) -> Path:
+    """Skip the calling test with a clear reason when a shared dataset is absent."""
+    if not path.exists():
+        pytest.skip(f"shared dataset not found at {path} (see ../shared/datasets/README.md)")
+    return path
+
+
+def garment_image(
+    color: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (224, 224)
+) -> Image.Image:
+    """A flat-coloured rectangle 'garment' on a white background."""
+    w, h = size
+    arr = np.full((h, w, 3), 250, dtype=np.uint8)
+    arr[h // 5 : h * 4 // 5, w // 4 : w * 3 // 4] = color
+    return Image.fromarray(arr, "RGB")
+
+
+def encode(img: Image.Image, fmt: str = "JPEG", **kwargs: object) -> bytes:
+    """Encode an image to bytes in ``fmt``."""
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def jpeg_bytes() -> bytes:
+    return encode(garment_image())

@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from stygig.catalog import REJECT_REASONS, Taxonomy, detect_layout, read_catalog
+from stygig.errors import CatalogError, ConfigError
+from tests.conftest import KAGGLE_DIR, MANGO_DIR, garment_image, require_dataset
+
+HEADER = "id,image,category,gender,usage,season,name,price,brand,color\n"
+
+
+def _images(tmp: Path, *names: str) -> None:
+    (tmp / "images").mkdir(exist_ok=True)
+    for n in names:
+        garment_image().save(tmp / "images" / n)
+
+
+def test_generic_csv_round_trip(tmp_path: Path) -> None:
+    _images(tmp_path, "a.jpg", "b.jpg")
+    (tmp_path / "c.csv").write_text(
+        HEADER
+        + "a,images/a.jpg,shirt,Men,Casual,Summer,Grey shirt,29.90,Acme,grey\n"
+        + "b,images/b.jpg,Sneakers,female,,,,,,\n"
+    )
+    res = read_catalog(tmp_path / "c.csv")
+    assert res.layout == "generic" and not res.rejects
+    a, b = res.items
+    assert a.category == "shirt" and a.gender == "men" and a.price == pytest.approx(29.9)
+    assert a.attributes == {"color": "grey"} and a.brand == "Acme"
+    assert b.category == "sports-shoes" and b.gender == "women" and b.price is None
+    assert Path(a.image) == tmp_path / "images" / "a.jpg"
+    assert res.rows == {"a": 1, "b": 2}
+
+
+def test_every_bad_row_is_rejected_with_its_reason(tmp_path: Path) -> None:
+    _images(tmp_path, "ok.jpg")
+    rows = [
+        "ok,images/ok.jpg,shirt,,,,,,,",  # 1 fine
+        ",images/ok.jpg,shirt,,,,,,,",  # 2 missing id
+        "dup,images/ok.jpg,,,,,,,,",  # 3 missing category
+        "ok,images/ok.jpg,shirt,,,,,,,",  # 4 duplicate id
+        "x1,images/ok.jpg,spaceship,,,,,,,",  # 5 unknown category
+        "x2,images/missing.jpg,shirt,,,,,,,",  # 6 missing image
+        "x3,images/ok.jpg,shirt,,,,,cheap,,",  # 7 bad price
+        "x4,images/ok.jpg,shirt",  # 8 wrong column count
+        "x5,s3://bucket/x.jpg,shirt,,,,,,,",  # 9 unsupported scheme
+    ]
+    (tmp_path / "c.csv").write_text(HEADER + "\n".join(rows) + "\n")
+    res = read_catalog(tmp_path / "c.csv")
+    assert [i.id for i in res.items] == ["ok"]
+    got = {r.row: r.reason for r in res.rejects}
+    assert got == {
+        2: "missing_field",
+        3: "missing_field",
+        4: "duplicate_id",
+        5: "unknown_category",
+        6: "missing_image",
+        7: "bad_value",
+        8: "malformed_row",
+        9: "missing_image",
+    }
+    assert set(got.values()) <= set(REJECT_REASONS)
+    assert res.reject_counts()["missing_field"] == 2
+    assert all(r.detail for r in res.rejects)
+    assert next(r for r in res.rejects if r.row == 5).raw["category"] == "spaceship"
+
+
+def test_jsonl_with_bad_lines(tmp_path: Path) -> None:
+    _images(tmp_path, "a.jpg")
+    lines = [
+        json.dumps({"id": "a", "image": "images/a.jpg", "category": "jeans", "fit": "slim"}),
+        "{not json",
+        json.dumps(["a", "list"]),
+        json.dumps({"id": 7, "image": "images/a.jpg", "category": "belt", "price": 10}),
+    ]
+    (tmp_path / "c.jsonl").write_text("\n".join(lines) + "\n")
+    res = read_catalog(tmp_path / "c.jsonl")
+    assert [(i.id, i.category) for i in res.items] == [("a", "jeans"), ("7", "belt")]
+    assert res.items[0].attributes == {"fit": "slim"}
+    assert [r.reason for r in res.rejects] == ["malformed_row", "malformed_row"]
+
+
+def test_file_uri_and_absolute_paths(tmp_path: Path) -> None:
+    _images(tmp_path, "a.jpg")
+    img = tmp_path / "images" / "a.jpg"
+    (tmp_path / "c.csv").write_text(f"id,image,category\na,file://{img},dress\nb,{img},skirt\n")
+    res = read_catalog(tmp_path / "c.csv")
+    assert [Path(i.image) for i in res.items] == [img, img]
+
+
+def test_unreadable_files_raise(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="not found"):
+        read_catalog(tmp_path / "none.csv")
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(CatalogError, match="empty"):
+        read_catalog(tmp_path / "empty.csv")
+    (tmp_path / "cols.csv").write_text("sku,picture\n1,a.jpg\n")
+    with pytest.raises(CatalogError, match="required columns"):
+        read_catalog(tmp_path / "cols.csv")
+    with pytest.raises(CatalogError, match="layout"):
+        read_catalog(tmp_path / "cols.csv", layout="ikea")
+
+
+def test_detect_layout() -> None:
+    assert detect_layout(["id", "masterCategory", "subCategory", "articleType"]) == "kaggle"
+    assert detect_layout(["cod_modelo_color", "des_product_type"]) == "mango"
+    assert detect_layout(["id", "image", "category"]) == "generic"
+
+
+def test_kaggle_layout_small(tmp_path: Path) -> None:
+    _images(tmp_path, "1.jpg", "2.jpg", "3.jpg")
+    (tmp_path / "styles.csv").write_text(
+        "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName\n"
+        "1,Men,Apparel,Topwear,Tshirts,Navy Blue,Summer,2012,Casual,Navy tee\n"
+        "2,Women,Apparel,Topwear,Weird New Thing,Red,Summer,2012,Casual,Falls back to subCategory\n"
+        "3,Unisex,Personal Care,Fragrance,Deodorant,NA,,,,Not clothing\n"
+    )
+    res = read_catalog(tmp_path / "styles.csv")
+    assert res.layout == "kaggle"
+    assert [(i.id, i.category) for i in res.items] == [("1", "t-shirt"), ("2", "top")]
+    assert res.items[0].attributes["baseColour"] == "Navy Blue"
+    assert [r.reason for r in res.rejects] == ["unknown_category"]
+
+
+def test_taxonomy_compatibility() -> None:
+    tax = Taxonomy.load()
+    assert tax.boost == pytest.approx(1.15)
+    assert tax.compatible("shirt", "trousers") and tax.compatible("trousers", "shirt")
+    assert not tax.compatible("shirt", "t-shirt")  # same slot
+    assert not tax.compatible("dress", "skirt")  # one-piece vs bottom
+    assert not tax.compatible("formal-shoes", "track-pants")  # explicit exception
+    assert not tax.compatible("innerwear", "jeans")
+    m = tax.compatibility_matrix(["shirt", "jeans", "t-shirt"])
+    assert m.tolist() == [[False, True, False], [True, False, True], [False, True, False]]
+
+
+def test_taxonomy_validation_errors(tmp_path: Path) -> None:
+    base = {"slots": {"top": {}}, "categories": {"shirt": "top"}}
+    Taxonomy.from_dict(base)
+    with pytest.raises(ConfigError, match="unknown slot"):
+        Taxonomy.from_dict({**base, "categories": {"shirt": "hat-slot"}})
+    with pytest.raises(ConfigError, match="unknown category"):
+        Taxonomy.from_dict({**base, "sources": {"x": {"f": {"Shirts": "blouse"}}}})
+    with pytest.raises(ConfigError, match="boost"):
+        Taxonomy.from_dict({**base, "boost": -1})
+    with pytest.raises(ConfigError, match="pair"):
+        Taxonomy.from_dict({**base, "compatible_slots": [["top"]]})
+    (tmp_path / "t.yaml").write_text("slots: [unclosed")
+    with pytest.raises(ConfigError, match="not valid"):
+        Taxonomy.load(tmp_path / "t.yaml")
+
+
+def test_taxonomy_round_trips_through_yaml(tmp_path: Path) -> None:
+    tax = Taxonomy.load()
+    (tmp_path / "t.yaml").write_text(tax.to_yaml())
+    again = Taxonomy.load(tmp_path / "t.yaml")
+    assert again.categories == tax.categories and again.boost == tax.boost
+
+
+@pytest.mark.shared_data
+def test_real_kaggle_and_mango_catalogues_map_almost_everything() -> None:
+    kaggle = read_catalog(require_dataset(KAGGLE_DIR) / "styles.csv")
+    assert len(kaggle.items) > 6400
+    assert set(kaggle.reject_counts()) == {"unknown_category"}  # perfume, gift sets, ...
+    mango = read_catalog(require_dataset(MANGO_DIR) / "product_data.csv")
+    assert mango.layout == "mango" and len(mango.items) > 8900
+    assert all(Path(i.image).is_file() for i in mango.items[:50])
