@@ -26,6 +26,7 @@ demo: $(STAMP)
 	$(BIN)/stygig build --catalog $(DEMO_DIR)/catalog/catalog.csv --images $(DEMO_DIR)/catalog \
 		--encoder efficientnet-lite0 --out $(DEMO_DIR)/artifact
 	$(BIN)/stygig inspect $(DEMO_DIR)/artifact
+	$(BIN)/stygig recommend --artifact $(DEMO_DIR)/artifact $(DEMO_DIR)/catalog/queries/grey-shirt.jpg
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -8,6 +8,7 @@ An artifact is one directory (packed as ``model.tar.gz`` for SageMaker)::
     items.jsonl       one canonical item per line, with its dominant colour
     index.faiss       the FAISS index (absent for the exact kind)
     taxonomy.yaml     the taxonomy the build used (categories, compatibility, boost)
+    whitening.npz     PCA whitening fitted on the catalogue (optional; queries get the same)
     rejects.csv       every catalogue row kept out, with its reason
     encoder.onnx      the encoder graph when its runtime is ONNX, so serving needs no torch
 
@@ -37,6 +38,7 @@ from stygig import __version__
 from stygig.catalog import Item, Reject, Taxonomy
 from stygig.errors import ArtifactError
 from stygig.index import VectorIndex, build_index, load_index
+from stygig.whitening import Whitening
 
 __all__ = [
     "FORMAT_VERSION",
@@ -92,6 +94,7 @@ def write_artifact(
     index_params: dict[str, Any] | None = None,
     build_info: dict[str, Any] | None = None,
     extra_files: dict[str, Path] | None = None,
+    whitening: Whitening | None = None,
 ) -> Path:
     """Write an artifact atomically: into a temporary sibling, then renamed into place.
 
@@ -104,6 +107,7 @@ def write_artifact(
         index_kind: ``auto``, ``exact``, ``flat``, ``hnsw`` or ``ivf``.
         build_info: statistics recorded under ``build`` in the manifest.
         extra_files: ``{name: source path}`` copied into the artifact (e.g. ``encoder.onnx``).
+        whitening: the transform already applied to ``embeddings``; stored for the queries.
     """
     out = Path(out_dir)
     if not (len(items) == len(colors) == len(embeddings)):
@@ -125,6 +129,8 @@ def write_artifact(
         _write_rejects(tmp / "rejects.csv", rejects)
         for name, source in (extra_files or {}).items():
             shutil.copyfile(source, tmp / name)
+        if whitening is not None:
+            whitening.save(tmp / "whitening.npz")
         index = build_index(vectors, index_kind, **(index_params or {}))
         index.save(tmp)
 
@@ -140,6 +146,7 @@ def write_artifact(
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "versions": library_versions(),
             "encoder": encoder_info,
+            "whitening": whitening.describe() if whitening is not None else None,
             "index": {"kind": index.kind, "dim": index.dim, "params": index.params()},
             "counts": {
                 "items": len(items),
@@ -214,6 +221,7 @@ class Artifact:
     embeddings: np.ndarray
     index: VectorIndex
     taxonomy: Taxonomy
+    whitening: Whitening | None = None
     positions: dict[str, int] = field(default_factory=dict)
 
     @classmethod
@@ -231,6 +239,9 @@ class Artifact:
                 if line.strip()
             ]
             taxonomy = Taxonomy.load(root / "taxonomy.yaml")
+            whitening = (
+                Whitening.load(root / "whitening.npz") if manifest.get("whitening") else None
+            )
         except (OSError, ValueError) as e:
             raise ArtifactError(f"artifact {root} cannot be read: {e}") from e
         if len(rows) != len(embeddings):
@@ -249,6 +260,7 @@ class Artifact:
             embeddings=embeddings,
             index=index,
             taxonomy=taxonomy,
+            whitening=whitening,
             positions={item.id: i for i, item in enumerate(items)},
         )
 
@@ -260,6 +272,7 @@ class Artifact:
             "format_version": m["format_version"],
             "created_at": m.get("created_at"),
             "encoder": {k: m["encoder"].get(k) for k in ("name", "dim", "runtime", "quantization")},
+            "whitening": m.get("whitening"),
             "index": m.get("index"),
             "counts": m.get("counts"),
             "build": m.get("build"),

@@ -1,0 +1,247 @@
+"""The build pipeline: catalogue file + photos -> artifact.
+
+Stages, each timed: read (validate rows) -> decode + preprocess + colour (a thread pool; PIL and
+NumPy release the GIL) -> encode (batched; the encoder's own threads) -> index + write.
+Decoding runs ahead of encoding by a bounded number of batches, so memory stays flat whatever
+the catalogue size. A row whose image fails to decode becomes a ``corrupt_image`` reject; it
+never stops the build.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from stygig.artifact import read_manifest, write_artifact
+from stygig.catalog import CatalogReadResult, Item, Reject, Taxonomy, read_catalog
+from stygig.encoders import Encoder, export_onnx, load_encoder, load_onnx_encoder
+from stygig.errors import ImageTooLargeError, InvalidImageError, UnsupportedMediaError
+from stygig.features import PreparedImage, prepare_image
+from stygig.images import PreprocessSpec
+from stygig.whitening import Whitening
+
+__all__ = ["BuildResult", "build_artifact", "embed_items", "make_build_encoder"]
+
+
+@dataclass
+class EmbedResult:
+    """Embeddings and colours of the items that decoded, plus rejects for the rest."""
+
+    items: list[Item] = field(default_factory=list)
+    colors: list[dict[str, Any]] = field(default_factory=list)
+    embeddings: list[np.ndarray] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _prepare_or_error(item: Item, spec: PreprocessSpec) -> PreparedImage | str:
+    try:
+        return prepare_image(item.image, spec)
+    except (InvalidImageError, ImageTooLargeError, UnsupportedMediaError) as e:
+        return e.message
+
+
+def _batches(items: list[Item], size: int) -> Iterator[list[Item]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def embed_items(
+    items: list[Item],
+    encoder: Encoder,
+    *,
+    batch_size: int = 32,
+    workers: int | None = None,
+    row_of: Callable[[Item], int] | None = None,
+    progress: bool = True,
+) -> EmbedResult:
+    """Decode, colour and embed ``items`` with bounded look-ahead; failures become rejects."""
+    workers = workers or os.cpu_count() or 2
+    out = EmbedResult()
+    decode_s = encode_s = 0.0
+    bar = tqdm(
+        total=len(items),
+        desc=f"embedding ({encoder.name})",
+        unit="img",
+        disable=not progress,
+        file=sys.stderr,
+        smoothing=0.1,
+    )
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+        pending: deque[tuple[list[Item], list[Future[PreparedImage | str]]]] = deque()
+        batches = _batches(items, batch_size)
+
+        def submit_next() -> None:
+            batch = next(batches, None)
+            if batch is not None:
+                futures = [
+                    pool.submit(_prepare_or_error, item, encoder.preprocess) for item in batch
+                ]
+                pending.append((batch, futures))
+
+        for _ in range(3):  # keep up to three batches decoding ahead of the encoder
+            submit_next()
+        while pending:
+            batch, futures = pending.popleft()
+            t0 = time.perf_counter()
+            prepared = [f.result() for f in futures]
+            decode_s += time.perf_counter() - t0
+            submit_next()
+            good: list[tuple[Item, PreparedImage]] = []
+            for item, prep in zip(batch, prepared, strict=True):
+                if isinstance(prep, str):
+                    row = row_of(item) if row_of else 0
+                    out.rejects.append(Reject(row, item.id, "corrupt_image", prep, item_raw(item)))
+                else:
+                    good.append((item, prep))
+            if good:
+                t0 = time.perf_counter()
+                vectors = encoder.encode(np.stack([p.tensor for _, p in good]))
+                encode_s += time.perf_counter() - t0
+                out.embeddings.append(vectors)
+                out.items.extend(item for item, _ in good)
+                out.colors.extend(p.color for _, p in good)
+            bar.update(len(batch))
+    bar.close()
+    out.seconds = {"waiting_for_decode": decode_s, "encode": encode_s}
+    return out
+
+
+def item_raw(item: Item) -> dict[str, str]:
+    """A flat string view of an item for the rejects file."""
+    return {k: "" if v is None else str(v) for k, v in item.to_dict().items() if k != "attributes"}
+
+
+@dataclass
+class BuildResult:
+    """What a build produced, for the CLI summary."""
+
+    path: Path
+    items: int
+    rejects: dict[str, int]
+    seconds: float
+    images_per_second: float
+    manifest: dict[str, Any]
+
+
+def build_artifact(
+    catalog: str | Path,
+    out_dir: str | Path,
+    encoder: Encoder,
+    *,
+    layout: str = "auto",
+    images_dir: str | Path | None = None,
+    taxonomy: Taxonomy | None = None,
+    index_kind: str = "auto",
+    batch_size: int = 32,
+    workers: int | None = None,
+    extra_files: dict[str, Path] | None = None,
+    whiten: bool = False,
+    progress: bool = True,
+) -> BuildResult:
+    """Build an artifact from a catalogue file with ``encoder`` and write it to ``out_dir``.
+
+    ``extra_files`` (e.g. the encoder's ``.onnx`` file) are copied into the artifact.
+    ``whiten`` fits PCA whitening on the catalogue's embeddings (see :mod:`stygig.whitening`),
+    applies it, and stores it so that queries are whitened the same way.
+    """
+    started = time.perf_counter()
+    taxonomy = taxonomy or Taxonomy.load()
+    t0 = time.perf_counter()
+    read: CatalogReadResult = read_catalog(
+        catalog, layout=layout, images_dir=images_dir, taxonomy=taxonomy
+    )
+    read_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    embedded = embed_items(
+        read.items,
+        encoder,
+        batch_size=batch_size,
+        workers=workers,
+        row_of=lambda item: read.rows[item.id],
+        progress=progress,
+    )
+    embed_s = time.perf_counter() - t0
+    rejects = sorted(read.rejects + embedded.rejects, key=lambda r: r.row)
+    dim = encoder.dim
+    vectors = (
+        np.concatenate(embedded.embeddings) if embedded.embeddings else np.zeros((0, dim), "f4")
+    )
+    whitening = Whitening.fit(vectors) if whiten and len(vectors) >= 2 else None
+    if whitening is not None:
+        vectors = whitening.apply(vectors)
+    n_images = len(read.items)
+    build_info = {
+        "catalog": str(catalog),
+        "layout": read.layout,
+        "seconds": {"read": read_s, "embed": embed_s, **embedded.seconds},
+        "images_per_second": n_images / embed_s if embed_s > 0 else None,
+        "workers": workers or os.cpu_count(),
+        "batch_size": batch_size,
+    }
+    path = write_artifact(
+        out_dir,
+        items=embedded.items,
+        colors=embedded.colors,
+        embeddings=vectors,
+        taxonomy=taxonomy,
+        encoder_info=encoder.describe(),
+        rejects=rejects,
+        index_kind=index_kind,
+        build_info=build_info,
+        extra_files=extra_files,
+        whitening=whitening,
+    )
+    total = time.perf_counter() - started
+    manifest = read_manifest(path)
+    counts: dict[str, int] = manifest["counts"]["rejects_by_reason"]
+    return BuildResult(
+        path=path,
+        items=len(embedded.items),
+        rejects=counts,
+        seconds=total,
+        images_per_second=n_images / embed_s if embed_s > 0 else 0.0,
+        manifest=manifest,
+    )
+
+
+@contextmanager
+def make_build_encoder(
+    name: str,
+    *,
+    runtime: str = "auto",
+    weights: str | Path | None = None,
+    int8: bool = False,
+    random_weights: bool = False,
+) -> Iterator[tuple[Encoder, dict[str, Path]]]:
+    """The encoder a build uses, and the files the artifact must carry for it.
+
+    ``auto`` means ONNX Runtime for model encoders: the torch model is exported once, the build
+    encodes with the exported graph, and the ``.onnx`` file goes into the artifact so that
+    serving runs the very same graph without torch.
+    """
+    if runtime == "auto":
+        runtime = "numpy" if name == "tiny" else "onnx"
+    if runtime != "onnx":
+        yield (
+            load_encoder(name, runtime=runtime, weights=weights, random_weights=random_weights),
+            {},
+        )
+        return
+    with tempfile.TemporaryDirectory(prefix="stygig-build-") as tmp:
+        source = load_encoder(name, runtime="torch", weights=weights, random_weights=random_weights)
+        onnx_path = export_onnx(source, Path(tmp) / "encoder.onnx", int8=int8)
+        info = {**source.describe(), "runtime": "onnx", "onnx_file": "encoder.onnx"}
+        yield load_onnx_encoder(onnx_path, info), {"encoder.onnx": onnx_path}

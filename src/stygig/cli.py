@@ -1,0 +1,244 @@
+"""``stygig``: one command with subcommands. Thin: parse, call the library, print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from stygig import __version__
+from stygig.errors import InvalidOptionsError, StygigError
+
+__all__ = ["main"]
+
+
+def _cmd_sample_catalog(args: argparse.Namespace) -> int:
+    from stygig.sample_catalog import generate_sample_catalog
+
+    csv_path = generate_sample_catalog(Path(args.out), seed=args.seed)
+    print(f"sample catalogue written: {csv_path}")
+    return 0
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from stygig.build import build_artifact, make_build_encoder
+    from stygig.catalog import Taxonomy
+
+    taxonomy = Taxonomy.load(args.taxonomy) if args.taxonomy else None
+    with make_build_encoder(
+        args.encoder,
+        runtime=args.runtime,
+        weights=args.weights,
+        int8=args.int8,
+        random_weights=args.random_weights,
+    ) as (encoder, extra_files):
+        result = build_artifact(
+            args.catalog,
+            args.out,
+            encoder,
+            layout=args.format,
+            images_dir=args.images,
+            taxonomy=taxonomy,
+            index_kind=args.index,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            extra_files=extra_files,
+            whiten=args.whiten,
+            progress=not args.quiet,
+        )
+    rejected = sum(result.rejects.values())
+    print(f"artifact: {result.path}")
+    print(
+        f"items: {result.items}  rejected: {rejected}  "
+        f"time: {result.seconds:.1f}s  throughput: {result.images_per_second:.1f} images/s"
+    )
+    for reason, count in sorted(result.rejects.items()):
+        print(f"  rejected {reason}: {count}")
+    if rejected:
+        print(f"rejected rows and reasons: {result.path / 'rejects.csv'}")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from stygig.artifact import Artifact
+
+    art = Artifact.load(args.artifact, verify=not args.no_verify)
+    summary = art.summary()
+    if args.json:
+        print(json.dumps(art.manifest if args.full else summary, indent=2))
+        return 0
+    enc = summary["encoder"]
+    counts = summary["counts"]
+    print(f"artifact       {summary['path']}")
+    print(f"format         v{summary['format_version']}  built {summary['created_at']}")
+    print(f"encoder        {enc['name']} ({enc['dim']}-d, {enc['runtime']}, {enc['quantization']})")
+    print(f"index          {summary['index']['kind']} {summary['index']['params']}")
+    print(f"items          {counts['items']}")
+    for cat, n in counts["by_category"].items():
+        print(f"  {cat:<16} {n}")
+    print(f"rejects        {counts['rejects']}")
+    for reason, n in counts["rejects_by_reason"].items():
+        print(f"  {reason:<16} {n}")
+    ips = (summary.get("build") or {}).get("images_per_second")
+    if ips:
+        print(f"build speed    {ips:.1f} images/s")
+    print("checksums      ok" if not args.no_verify else "checksums      not verified")
+    return 0
+
+
+def _parse_filters(pairs: list[str]) -> dict[str, Any]:
+    """``key=value``, ``key=a,b`` (any of) or ``key=min..max`` (numeric range)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidOptionsError(f"--filter expects key=value, not {pair!r}")
+        if ".." in value:
+            low, _, high = value.partition("..")
+            try:
+                out[key] = {k: float(v) for k, v in (("min", low), ("max", high)) if v}
+            except ValueError as e:
+                raise InvalidOptionsError(f"--filter {pair!r}: a range is min..max numbers") from e
+        elif "," in value:
+            out[key] = value.split(",")
+        else:
+            out[key] = value
+    return out
+
+
+def _print_table(rec: dict[str, Any]) -> None:
+    for part in rec["query"]:
+        votes = ", ".join(f"{c} {n}" for c, n in part.get("votes", {}).items())
+        print(
+            f"query {part['source']}: {part['category']} ({part['category_source']}"
+            f"{'; votes ' + votes if votes else ''}) colour {part['hex']} rgb {tuple(part['rgb'])}"
+        )
+    if rec["outfit"]:
+        print("\noutfit:")
+        for slot, item in rec["outfit"]["slots"].items():
+            print(
+                f"  {slot:<10} {item['id']:<14} {item['category']:<14} {item['hex']}  {item['name']}"
+            )
+    print(
+        f"\n{'id':<14} {'category':<14} {'colour':<8} {'score':>6} {'sim':>6} {'harm':>5} {'boost':>5}  reason"
+    )
+    for item in rec["items"]:
+        print(
+            f"{item['id']:<14} {item['category']:<14} {item['hex'] or '':<8} {item['score']:>6.3f} "
+            f"{item['similarity']:>6.3f} {item['harmony']:>5.2f} {item['boost']:>5.2f}  {item['reason']}"
+        )
+    timings = ", ".join(f"{k} {v:.1f}" for k, v in rec["timings_ms"].items())
+    print(f"\ntimings (ms): {timings}")
+
+
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    from stygig.engine import Options, Query, Recommender
+
+    options = Options(
+        mode=args.mode,
+        k=args.k,
+        k_total=args.k_total,
+        category=args.category,
+        gender=args.gender,
+        include_categories=tuple(args.include or ()),
+        exclude_categories=tuple(args.exclude or ()),
+        exclude_ids=tuple(args.exclude_id or ()),
+        filters=_parse_filters(args.filter or []),
+        use_color=not args.no_color,
+        seed=args.seed,
+    )
+    query = Query(images=tuple(Path(p) for p in args.photos), item_ids=tuple(args.item or ()))
+    recommender = Recommender.from_path(args.artifact)
+    rec = recommender.recommend(query, options).to_dict()
+    if args.json:
+        print(json.dumps(rec, indent=2))
+    else:
+        _print_table(rec)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stygig", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"stygig {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sample-catalog", help="generate the sample catalogue (drawn garments)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_sample_catalog)
+
+    p = sub.add_parser("build", help="build an artifact from a catalogue and its photos")
+    p.add_argument("--catalog", required=True, help="catalogue file (.csv or .jsonl)")
+    p.add_argument("--format", default="auto", choices=["auto", "generic", "kaggle", "mango"])
+    p.add_argument("--images", help="folder that image paths are relative to")
+    p.add_argument("--encoder", default="efficientnet-lite0")
+    p.add_argument("--runtime", default="auto", choices=["auto", "onnx", "torch"])
+    p.add_argument("--int8", action="store_true", help="dynamic int8 quantisation (ONNX)")
+    p.add_argument("--weights", help="local weights (a Hugging Face CLIP checkpoint folder)")
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="randomly initialised weights (benchmarks of the architecture only)",
+    )
+    p.add_argument("--index", default="auto", choices=["auto", "exact", "flat", "hnsw", "ivf"])
+    p.add_argument(
+        "--whiten",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="fit PCA whitening on the catalogue embeddings (better category votes)",
+    )
+    p.add_argument("--taxonomy", help="taxonomy YAML/JSON (default: the packaged one)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=None, help="decode threads (default: cores)")
+    p.add_argument("--out", required=True, help="artifact folder to write")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_build)
+
+    p = sub.add_parser("inspect", help="print an artifact's manifest and counts")
+    p.add_argument("artifact")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--full", action="store_true", help="with --json: the whole manifest")
+    p.add_argument("--no-verify", action="store_true", help="skip checksum verification")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("recommend", help="recommend items that go with a photo or catalogue item")
+    p.add_argument("photos", nargs="*", help="query photo(s) that belong together")
+    p.add_argument("--artifact", required=True)
+    p.add_argument("--item", action="append", help="a catalogue item id in the query (repeat)")
+    p.add_argument("--mode", default="outfit", choices=["outfit", "similar"])
+    p.add_argument("--k", type=int, default=3, help="items per category")
+    p.add_argument("--k-total", type=int, default=12, help="items in the ranked list")
+    p.add_argument("--category", help="state the photo's category instead of voting")
+    p.add_argument("--gender", help="only items for this gender (and unisex)")
+    p.add_argument("--include", action="append", help="only these categories (repeat)")
+    p.add_argument("--exclude", action="append", help="never these categories (repeat)")
+    p.add_argument("--exclude-id", action="append", help="never these item ids (repeat)")
+    p.add_argument(
+        "--filter", action="append", help="attribute filter: usage=Casual, price=..50 (repeat)"
+    )
+    p.add_argument("--no-color", action="store_true", help="turn colour harmony off")
+    p.add_argument("--seed", type=int, default=0, help="seed for deterministic tie-breaking")
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p.set_defaults(func=_cmd_recommend)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``stygig`` console script."""
+    args = _parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except StygigError as e:
+        print(f"stygig: error: {e.message}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("stygig: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

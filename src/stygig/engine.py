@@ -1,0 +1,644 @@
+"""The recommender: load an artifact once, then ``recommend(query, options) -> Recommendation``.
+
+One request runs the V4 pipeline (see ``docs/ARCHITECTURE.md``)::
+
+    decode + colour -> embed -> search -> top-5 vote -> score (vectorised) -> rank + outfit
+
+Everything after the embedding works on arrays prepared at load time (category codes, slots,
+compatibility matrix, HSL colours, genders, prices), so scoring 10,000 candidates is a handful
+of NumPy operations. The embedding step is separable (:meth:`Recommender.prepare` and
+:meth:`Recommender.embed`) so a server can batch it across requests.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from stygig.artifact import Artifact
+from stygig.encoders import Encoder, load_encoder, load_onnx_encoder
+from stygig.errors import ConfigError, InvalidOptionsError, NotFoundError
+from stygig.features import PreparedImage, prepare_image
+from stygig.harmony import (
+    HARMONY_RULE_NAMES,
+    HarmonyRules,
+    harmony,
+    harmony_reason,
+    rgb_to_hsl,
+)
+from stygig.index import ExactIndex, FaissIndex
+from stygig.scoring import ScoringConfig, combine, mmr, vote
+
+__all__ = ["Options", "Query", "Recommendation", "Recommender", "load_artifact_encoder"]
+
+Mode = Literal["outfit", "similar"]
+_MAX_K = 100
+_MAX_QUERY_PARTS = 8
+_ITEM_FIELDS = ("id", "category", "gender", "usage", "season", "name", "price", "brand")
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the caller wants back. Validated on construction."""
+
+    mode: Mode = "outfit"
+    k: int = 3  # per category
+    k_total: int = 12
+    category: str | None = None  # the caller states the (single) photo's category
+    gender: str | None = None  # filter; default: the inferred gender (plus unisex)
+    include_categories: tuple[str, ...] = ()
+    exclude_categories: tuple[str, ...] = ()
+    exclude_ids: tuple[str, ...] = ()
+    filters: dict[str, Any] = field(
+        default_factory=dict
+    )  # attribute -> value | [values] | {min,max}
+    use_color: bool = True
+    diversity: float | None = None  # None: the scoring config's default
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("outfit", "similar"):
+            raise InvalidOptionsError(f"mode must be 'outfit' or 'similar', not {self.mode!r}")
+        for name in ("k", "k_total"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= _MAX_K:
+                raise InvalidOptionsError(f"{name} must be an integer from 1 to {_MAX_K}")
+        if self.diversity is not None and not 0.0 <= self.diversity <= 1.0:
+            raise InvalidOptionsError("diversity must be within [0, 1]")
+        if not isinstance(self.filters, dict):
+            raise InvalidOptionsError("filters must be an object {attribute: value}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Options:
+        """Options from a JSON object (unknown keys are an error, lists become tuples)."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidOptionsError(f"unknown option(s) {unknown}; known: {sorted(known)}")
+        kwargs = dict(data)
+        for name in ("include_categories", "exclude_categories", "exclude_ids"):
+            if name in kwargs:
+                value = kwargs[name]
+                if isinstance(value, str):
+                    value = [value]
+                if not isinstance(value, list | tuple) or not all(
+                    isinstance(v, str) for v in value
+                ):
+                    raise InvalidOptionsError(f"{name} must be a list of strings")
+                kwargs[name] = tuple(value)
+        try:
+            return cls(**kwargs)
+        except TypeError as e:
+            raise InvalidOptionsError(f"invalid options: {e}") from e
+
+
+@dataclass(frozen=True)
+class Query:
+    """Photos (bytes or paths) and/or catalogue item ids that belong together."""
+
+    images: tuple[bytes | str | Path, ...] = ()
+    item_ids: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        parts = len(self.images) + len(self.item_ids)
+        if parts == 0:
+            raise InvalidOptionsError("a query needs at least one photo or item id")
+        if parts > _MAX_QUERY_PARTS:
+            raise InvalidOptionsError(f"a query may hold at most {_MAX_QUERY_PARTS} photos/items")
+
+
+@dataclass
+class Recommendation:
+    """The answer: the query as understood, ranked items, per-category lists, an outfit."""
+
+    mode: str
+    query: list[dict[str, Any]]
+    items: list[dict[str, Any]]
+    by_category: dict[str, list[dict[str, Any]]]
+    outfit: dict[str, Any] | None
+    timings_ms: dict[str, float]
+    artifact: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The response schema shared by the CLI's ``--json``, the API and batch output."""
+        t0 = time.perf_counter()
+        timings = dict(self.timings_ms)
+        out: dict[str, Any] = {
+            "mode": self.mode,
+            "query": self.query,
+            "items": self.items,
+            "by_category": self.by_category,
+            "outfit": self.outfit,
+            "artifact": self.artifact,
+            "timings_ms": timings,
+        }
+        timings["serialise"] = round((time.perf_counter() - t0) * 1e3, 3)
+        return out
+
+
+def load_artifact_encoder(artifact: Artifact) -> Encoder:
+    """The encoder that built ``artifact`` (queries must be embedded by the same one)."""
+    info = artifact.manifest["encoder"]
+    if info.get("runtime") == "onnx":
+        return load_onnx_encoder(artifact.path / str(info.get("onnx_file", "encoder.onnx")), info)
+    weights = (
+        (info.get("weights") or {}).get("path") if isinstance(info.get("weights"), dict) else None
+    )
+    random_weights = (info.get("weights") or {}).get("source") == "random-init"
+    return load_encoder(
+        str(info["name"]),
+        runtime=str(info.get("runtime", "auto")),
+        weights=weights,
+        random_weights=bool(random_weights),
+    )
+
+
+@dataclass
+class _Part:
+    """One element of a query, embedded and described."""
+
+    source: str
+    vector: np.ndarray
+    color: dict[str, Any]
+    position: int | None = None  # catalogue row when the part is a catalogue item
+    category: int = -1
+    category_source: str = "vote"
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _codes(values: Sequence[str | None]) -> tuple[list[str], np.ndarray]:
+    names = sorted({v for v in values if v is not None})
+    lookup = {v: i for i, v in enumerate(names)}
+    return names, np.array([lookup.get(v, -1) if v is not None else -1 for v in values], np.int64)
+
+
+class Recommender:
+    """Loads an artifact once; answers :meth:`recommend` calls (thread-safe for reads)."""
+
+    def __init__(
+        self,
+        artifact: Artifact,
+        *,
+        encoder: Encoder | None = None,
+        config: ScoringConfig | None = None,
+    ) -> None:
+        self.artifact = artifact
+        self.encoder = encoder if encoder is not None else load_artifact_encoder(artifact)
+        info = artifact.manifest["encoder"]
+        if self.encoder.dim != int(info["dim"]) or self.encoder.name != info["name"]:
+            raise ConfigError(
+                f"encoder {self.encoder.name} ({self.encoder.dim}-d) does not match the "
+                f"artifact's {info['name']} ({info['dim']}-d): mixing encoders is not allowed"
+            )
+        self.whitening = artifact.whitening
+        self.config = config or ScoringConfig.load()
+        self.harmony_rules = HarmonyRules.from_dict(self.config.harmony or {})
+        self.taxonomy = artifact.taxonomy
+        items = artifact.items
+        self.embeddings = artifact.embeddings
+        self.category_names, self.category_codes = _codes([i.category for i in items])
+        self.slot_names, self.slot_codes = _codes(
+            [self.taxonomy.slot_of(i.category) for i in items]
+        )
+        self.category_slot = np.array(
+            [self.slot_names.index(self.taxonomy.slot_of(c)) for c in self.category_names], np.int64
+        )
+        self.compat = self.taxonomy.compatibility_matrix(self.category_names)
+        self.gender_names, self.gender_codes = _codes([i.gender for i in items])
+        self.usage_names, self.usage_codes = _codes([i.usage for i in items])
+        rgb = np.array([c.get("rgb", [128, 128, 128]) for c in artifact.colors], np.float32)
+        self.rgb = rgb.reshape(-1, 3)
+        self.hsl = rgb_to_hsl(self.rgb).astype(np.float32)
+        self.prices = np.array([np.nan if i.price is None else i.price for i in items], np.float64)
+        self._attribute_cache: dict[str, np.ndarray] = {}
+        self.exact = isinstance(artifact.index, ExactIndex) or (
+            isinstance(artifact.index, FaissIndex) and artifact.index.kind == "flat"
+        )
+
+    @classmethod
+    def from_path(cls, path: str | Path, **kwargs: Any) -> Recommender:
+        """Load the artifact at ``path`` and its encoder."""
+        return cls(Artifact.load(path), **kwargs)
+
+    # -- embedding (separable so a server can micro-batch it) --------------------------------
+
+    def prepare(self, images: Sequence[bytes | str | Path]) -> list[PreparedImage]:
+        """Decode, preprocess and colour query photos."""
+        return [prepare_image(img, self.encoder.preprocess) for img in images]
+
+    def embed(self, prepared: Sequence[PreparedImage]) -> np.ndarray:
+        """Encode prepared photos in one batch (whitened like the catalogue when it is)."""
+        if not prepared:
+            return np.zeros((0, self.embeddings.shape[1]), np.float32)
+        return self.project(self.encoder.encode(np.stack([p.tensor for p in prepared])))
+
+    def project(self, vectors: np.ndarray) -> np.ndarray:
+        """Map raw encoder outputs into the artifact's embedding space."""
+        return vectors if self.whitening is None else self.whitening.apply(vectors)
+
+    def recommend(self, query: Query, options: Options | None = None) -> Recommendation:
+        """Photo(s) and/or item ids in, ranked items and an outfit out."""
+        prepared = self.prepare(query.images)
+        t1 = time.perf_counter()
+        vectors = self.embed(prepared)
+        t2 = time.perf_counter()
+        timings = {
+            "decode": sum(p.timings_ms.get("decode", 0.0) for p in prepared),
+            "color": sum(p.timings_ms.get("color", 0.0) for p in prepared),
+        }
+        timings["embed"] = (t2 - t1) * 1e3
+        return self.recommend_embedded(prepared, vectors, query.item_ids, options, timings)
+
+    # -- everything after the embedding --------------------------------------------------------
+
+    def _parts(
+        self,
+        prepared: Sequence[PreparedImage],
+        vectors: np.ndarray,
+        item_ids: Sequence[str],
+        options: Options,
+    ) -> list[_Part]:
+        parts = [_Part(f"image[{i}]", vectors[i], p.color) for i, p in enumerate(prepared)]
+        for item_id in item_ids:
+            pos = self._position(item_id)
+            parts.append(
+                _Part(
+                    f"item:{item_id}",
+                    self.embeddings[pos],
+                    self.artifact.colors[pos],
+                    position=pos,
+                    category=int(self.category_codes[pos]),
+                    category_source="catalog",
+                )
+            )
+        if options.category is not None:
+            stated = self.taxonomy.canonical(options.category)
+            if stated is None or stated not in self.category_names:
+                raise InvalidOptionsError(
+                    f"category {options.category!r} is not in this catalogue; "
+                    f"known: {', '.join(self.category_names)}"
+                )
+            if len(prepared) != 1:
+                raise InvalidOptionsError("'category' can only be stated for a single photo")
+            parts[0].category = self.category_names.index(stated)
+            parts[0].category_source = "stated"
+        return parts
+
+    def _vote(self, parts: list[_Part]) -> None:
+        k = self.config.vote_k
+        own = [p.position for p in parts if p.position is not None]
+        scores, ids = self.artifact.index.search(np.stack([p.vector for p in parts]), k + len(own))
+        for part, row_s, row_i in zip(parts, scores, ids, strict=True):
+            keep = (row_i >= 0) & ~np.isin(row_i, own)
+            nb_ids, nb_s = row_i[keep][:k], row_s[keep][:k]
+            cat_vote = vote(self.category_codes[nb_ids], nb_s)
+            if part.category < 0:
+                part.category = cat_vote.winner
+            gender = vote(self.gender_codes[nb_ids], nb_s)
+            usage = vote(self.usage_codes[nb_ids], nb_s)
+            part.info = {
+                "votes": {self.category_names[c]: n for c, n in cat_vote.counts.items()},
+                "neighbors": [
+                    {
+                        "id": self.artifact.items[i].id,
+                        "category": self.category_names[self.category_codes[i]],
+                        "similarity": round(float(s), 4),
+                    }
+                    for i, s in zip(nb_ids, nb_s, strict=True)
+                ],
+            }
+            if part.position is not None:
+                item = self.artifact.items[part.position]
+                part.info["gender"], part.info["usage"] = item.gender, item.usage
+            else:
+                part.info["gender"] = (
+                    self.gender_names[gender.winner] if gender.winner >= 0 else None
+                )
+                part.info["usage"] = self.usage_names[usage.winner] if usage.winner >= 0 else None
+
+    def _attribute_values(self, name: str) -> np.ndarray:
+        cached = self._attribute_cache.get(name)
+        if cached is None:
+            values = []
+            for item in self.artifact.items:
+                raw = getattr(item, name) if name in _ITEM_FIELDS else item.attributes.get(name)
+                values.append(None if raw is None else str(raw).strip().lower())
+            cached = np.array(values, dtype=object)
+            self._attribute_cache[name] = cached
+        return cached
+
+    def _filter_mask(self, options: Options, parts: list[_Part]) -> np.ndarray:
+        n = len(self.artifact.items)
+        mask = np.ones(n, dtype=bool)
+        gender = options.gender.lower() if options.gender else parts[0].info.get("gender")
+        if gender and gender != "unisex" and gender in self.gender_names:
+            ok = {self.gender_names.index(gender)}
+            if "unisex" in self.gender_names:
+                ok.add(self.gender_names.index("unisex"))
+            mask &= np.isin(self.gender_codes, list(ok)) | (self.gender_codes < 0)
+        elif options.gender and gender not in self.gender_names:
+            raise InvalidOptionsError(
+                f"gender {options.gender!r} is not in this catalogue; known: {self.gender_names}"
+            )
+        for name, include in (
+            ("include_categories", True),
+            ("exclude_categories", False),
+        ):
+            wanted = getattr(options, name)
+            if not wanted:
+                continue
+            codes = []
+            for cat in wanted:
+                canonical = self.taxonomy.canonical(cat)
+                if canonical is None:
+                    raise InvalidOptionsError(f"{name}: unknown category {cat!r}")
+                if canonical in self.category_names:
+                    codes.append(self.category_names.index(canonical))
+            hit = np.isin(self.category_codes, codes)
+            mask &= hit if include else ~hit
+        excluded = [
+            self.artifact.positions[i] for i in options.exclude_ids if i in self.artifact.positions
+        ]
+        excluded += [p.position for p in parts if p.position is not None]
+        mask[excluded] = False
+        for name, cond in options.filters.items():
+            mask &= self._attribute_mask(name, cond)
+        return mask
+
+    def _attribute_mask(self, name: str, cond: Any) -> np.ndarray:
+        if isinstance(cond, dict):
+            unknown = set(cond) - {"min", "max"}
+            if unknown or not cond:
+                raise InvalidOptionsError(f"filter {name!r}: a range is {{'min': x, 'max': y}}")
+            if name == "price":
+                values = self.prices
+            else:
+                raw = self._attribute_values(name)
+                values = np.array([_to_float(v) for v in raw], np.float64)
+            ok = ~np.isnan(values)
+            try:
+                if "min" in cond:
+                    ok &= values >= float(cond["min"])
+                if "max" in cond:
+                    ok &= values <= float(cond["max"])
+            except (TypeError, ValueError) as e:
+                raise InvalidOptionsError(f"filter {name!r}: min/max must be numbers") from e
+            return ok
+        wanted = cond if isinstance(cond, list) else [cond]
+        if not all(isinstance(w, str | int | float) for w in wanted):
+            raise InvalidOptionsError(f"filter {name!r}: values must be strings or numbers")
+        values = self._attribute_values(name)
+        return np.isin(values, [str(w).strip().lower() for w in wanted])
+
+    def recommend_embedded(
+        self,
+        prepared: Sequence[PreparedImage],
+        vectors: np.ndarray,
+        item_ids: Sequence[str] = (),
+        options: Options | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> Recommendation:
+        """The V4 pipeline after embedding: search, vote, score, rank, assemble."""
+        options = options or Options()
+        timings = dict(timings or {})
+        t = time.perf_counter()
+        parts = self._parts(prepared, vectors, item_ids, options)
+        self._vote(parts)
+        t_vote = time.perf_counter()
+        timings["search_vote"] = (t_vote - t) * 1e3
+
+        # Candidates: every item for exact indexes, else the nearest pool (or the filtered set).
+        mask = self._filter_mask(options, parts)
+        query_vec = np.mean([p.vector for p in parts], axis=0).astype(np.float32)
+        if self.exact or mask.sum() <= self.config.candidate_pool:
+            cand = np.flatnonzero(mask)
+        else:
+            _, ids = self.artifact.index.search(query_vec, self.config.candidate_pool)
+            ids = ids[0][ids[0] >= 0]
+            cand = ids[mask[ids]]
+        q_cats = np.array([p.category for p in parts if p.category >= 0], np.int64)
+        q_slots = set(self.category_slot[q_cats].tolist())
+        c_cat = self.category_codes[cand]
+        compatible: np.ndarray
+        if options.mode == "outfit":
+            compatible = np.ones(len(cand), bool)
+            if len(q_cats):
+                compatible = np.asarray(self.compat[q_cats][:, c_cat].all(axis=0))
+            keep = compatible & ~np.isin(self.category_slot[c_cat], list(q_slots))
+        else:
+            compatible = np.zeros(len(cand), bool)
+            keep = (
+                np.isin(self.category_slot[c_cat], list(q_slots))
+                if q_slots
+                else np.ones(len(cand), bool)
+            )
+        cand, c_cat, compatible = cand[keep], c_cat[keep], compatible[keep]
+        t_search = time.perf_counter()
+        timings["search"] = timings.pop("search_vote") + (t_search - t_vote) * 1e3
+
+        sims = (self.embeddings[cand] @ np.stack([p.vector for p in parts]).T).mean(axis=1)
+        q_hsl = [
+            rgb_to_hsl(np.asarray(p.color.get("rgb", [128, 128, 128]), np.float32)) for p in parts
+        ]
+        harm_all = [harmony(h, self.hsl[cand], self.harmony_rules) for h in q_hsl]
+        harm = np.mean([h[0] for h in harm_all], axis=0) if harm_all else np.zeros(len(cand))
+        rules = harm_all[0][1] if harm_all else np.zeros(len(cand), np.int64)
+        use_color = options.use_color and options.mode == "outfit"
+        if options.mode == "outfit":
+            score, factor = combine(
+                sims,
+                harm,
+                compatible,
+                boost=self.taxonomy.boost,
+                config=self.config,
+                use_harmony=use_color,
+            )
+        else:
+            score, factor = sims.astype(np.float32), np.ones(len(cand), np.float32)
+        t_score = time.perf_counter()
+        timings["score"] = (t_score - t_search) * 1e3
+
+        ranked = self._rank(cand, c_cat, score, options)
+        rows = {
+            int(j): self._item_row(
+                int(cand[j]),
+                score[j],
+                sims[j],
+                harm[j],
+                int(rules[j]),
+                factor[j],
+                parts[0],
+                options.mode,
+                use_color,
+            )
+            for group in ranked.values()
+            for j in group
+        }
+        by_category = {
+            self.category_names[c]: [rows[int(j)] for j in group] for c, group in ranked.items()
+        }
+        flat = sorted(rows.values(), key=lambda r: (-r["score"], r["id"]))[: options.k_total]
+        outfit = (
+            self._outfit(parts, ranked, cand, score, rows) if options.mode == "outfit" else None
+        )
+        timings["rank"] = (time.perf_counter() - t_score) * 1e3
+        timings["total"] = sum(v for k, v in timings.items() if k != "total")
+        return Recommendation(
+            mode=options.mode,
+            query=[self._part_row(p) for p in parts],
+            items=flat,
+            by_category=by_category,
+            outfit=outfit,
+            timings_ms={k: round(v, 3) for k, v in timings.items()},
+            artifact={"encoder": self.encoder.name, "items": len(self.artifact.items)},
+        )
+
+    def score_items(
+        self, item_ids: Sequence[str], candidate_ids: Sequence[str], *, use_color: bool = True
+    ) -> np.ndarray:
+        """V4 scores of ``candidate_ids`` as completions of the outfit ``item_ids``.
+
+        The same formula as :meth:`recommend` (similarity averaged over the query items, harmony
+        averaged likewise, boost when compatible with every query item), without filters or
+        ranking: what fill-in-the-blank evaluation needs.
+        """
+        q = np.array([self._position(i) for i in item_ids], np.int64)
+        c = np.array([self._position(i) for i in candidate_ids], np.int64)
+        sims = (self.embeddings[c] @ self.embeddings[q].T).mean(axis=1)
+        harm = np.mean(
+            [harmony(self.hsl[p], self.hsl[c], self.harmony_rules)[0] for p in q], axis=0
+        )
+        compatible = self.compat[self.category_codes[q]][:, self.category_codes[c]].all(axis=0)
+        score, _ = combine(
+            sims,
+            harm,
+            compatible,
+            boost=self.taxonomy.boost,
+            config=self.config,
+            use_harmony=use_color,
+        )
+        return score
+
+    def _position(self, item_id: str) -> int:
+        pos = self.artifact.positions.get(item_id)
+        if pos is None:
+            raise NotFoundError(f"item {item_id!r} is not in the catalogue", code="unknown_item")
+        return pos
+
+    def _rank(
+        self, cand: np.ndarray, c_cat: np.ndarray, score: np.ndarray, options: Options
+    ) -> dict[int, np.ndarray]:
+        """Per category: the top-k candidate positions (into ``cand``), diversified by MMR."""
+        diversity = self.config.diversity if options.diversity is None else options.diversity
+        # Seeded jitter far below score resolution breaks exact ties reproducibly.
+        jitter = np.random.default_rng(options.seed).random(len(score)) * 1e-7
+        order = np.lexsort((jitter, -score))
+        out: dict[int, np.ndarray] = {}
+        sorted_cats = c_cat[order]
+        for c in np.unique(c_cat):
+            members = order[sorted_cats == c][: max(options.k * 4, options.k)]
+            pick = mmr(score[members], self.embeddings[cand[members]], options.k, diversity)
+            out[int(c)] = members[pick]
+        return dict(sorted(out.items(), key=lambda kv: -float(score[kv[1][0]])))
+
+    def _outfit(
+        self,
+        parts: list[_Part],
+        ranked: dict[int, np.ndarray],
+        cand: np.ndarray,
+        score: np.ndarray,
+        rows: dict[int, dict[str, Any]],
+    ) -> dict[str, Any]:
+        """One item per free slot, each compatible with the query and the items already picked."""
+        chosen_cats = [p.category for p in parts if p.category >= 0]
+        taken = {int(self.category_slot[c]) for c in chosen_cats}
+        slots: dict[str, dict[str, Any]] = {}
+        by_slot: dict[int, list[int]] = {}
+        for c, group in ranked.items():
+            by_slot.setdefault(int(self.category_slot[c]), []).extend(int(j) for j in group)
+        order = sorted(by_slot, key=lambda s: self.taxonomy.slots[self.slot_names[s]].outfit_order)
+        for s in order:
+            if s in taken or self.slot_names[s] == "other":
+                continue
+            for j in sorted(by_slot[s], key=lambda j: -float(score[j])):
+                cat = int(self.category_codes[cand[j]])
+                if all(self.compat[cat, other] for other in chosen_cats):
+                    slots[self.slot_names[s]] = rows[j]
+                    chosen_cats.append(cat)
+                    taken.add(s)
+                    break
+        total = sum(r["score"] for r in slots.values())
+        return {
+            "slots": slots,
+            "item_ids": [r["id"] for r in slots.values()],
+            "score": round(total, 4),
+        }
+
+    def _item_row(
+        self,
+        pos: int,
+        score: float,
+        sim: float,
+        harm: float,
+        rule: int,
+        factor: float,
+        primary: _Part,
+        mode: str,
+        use_color: bool,
+    ) -> dict[str, Any]:
+        item = self.artifact.items[pos]
+        color = self.artifact.colors[pos]
+        rgb = [int(v) for v in color.get("rgb", [128, 128, 128])]
+        q_rgb = primary.color.get("rgb", [128, 128, 128])
+        q_cat = self.category_names[primary.category] if primary.category >= 0 else "query"
+        if mode == "outfit":
+            reason = f"{q_cat} -> {item.category} compatible" if factor > 1 else f"{item.category}"
+            if use_color:
+                reason = f"{harmony_reason(q_rgb, rgb, rule)}; {reason}"
+        else:
+            reason = f"looks similar (cosine {sim:.2f})"
+        return {
+            "id": item.id,
+            "name": item.name,
+            "category": item.category,
+            "slot": self.taxonomy.slot_of(item.category),
+            "gender": item.gender,
+            "price": item.price,
+            "brand": item.brand,
+            "rgb": rgb,
+            "hex": color.get("hex"),
+            "hsl": [round(float(v), 4) for v in self.hsl[pos]],
+            "score": round(float(score), 4),
+            "similarity": round(float(sim), 4),
+            "harmony": round(float(harm), 4),
+            "harmony_rule": HARMONY_RULE_NAMES[rule] if mode == "outfit" else None,
+            "boost": round(float(factor), 4),
+            "reason": reason,
+        }
+
+    def _part_row(self, part: _Part) -> dict[str, Any]:
+        rgb = [int(v) for v in part.color.get("rgb", [128, 128, 128])]
+        category = self.category_names[part.category] if part.category >= 0 else None
+        return {
+            "source": part.source,
+            "category": category,
+            "category_source": part.category_source,
+            "slot": self.taxonomy.slot_of(category) if category else None,
+            **part.info,
+            "rgb": rgb,
+            "hex": part.color.get("hex"),
+            "hsl": [round(float(v), 4) for v in rgb_to_hsl(np.asarray(rgb, np.float32))],
+            "palette": part.color.get("palette", []),
+        }
+
+
+def _to_float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")

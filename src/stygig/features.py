@@ -1,0 +1,41 @@
+"""What StyGig takes from one photo: the encoder's input tensor and the garment's colours.
+
+Build and query share this, so a catalogue photo and a shopper's photo are treated alike.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stygig.color import dominant_colors
+from stygig.images import PreprocessSpec, decode_image, fit_array, preprocess
+
+__all__ = ["COLOR_SIDE", "PreparedImage", "prepare_image"]
+
+#: Colour is measured on the whole photo shrunk to fit this many pixels.
+COLOR_SIDE = 128
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """One decoded photo: encoder input, colour summary, and how long each step took (ms)."""
+
+    tensor: np.ndarray
+    color: dict[str, Any]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def prepare_image(source: str | Path | bytes, spec: PreprocessSpec) -> PreparedImage:
+    """Decode, validate, preprocess and colour one photo (raises :mod:`stygig.errors` types)."""
+    t0 = time.perf_counter()
+    img = decode_image(source, min_size=max(spec.size, COLOR_SIDE))
+    tensor = preprocess(img, spec)
+    t1 = time.perf_counter()
+    color = dominant_colors(fit_array(img, COLOR_SIDE)).to_dict()
+    t2 = time.perf_counter()
+    return PreparedImage(tensor, color, {"decode": (t1 - t0) * 1e3, "color": (t2 - t1) * 1e3})

@@ -1,0 +1,397 @@
+"""Colours as values, not pixels: colour spaces, families, names, and which colours go together.
+
+* Colour spaces: :func:`rgb_to_hsl` / :func:`hsl_to_rgb` (exactly :mod:`colorsys`, vectorised)
+  and :func:`rgb_to_lab` (CIELAB, D65), where perceptual distances and families are measured.
+* Families: :func:`color_family` / :func:`color_families` apply the ordered CIELAB rules of
+  ``data/color_families.yaml`` (12 families: black, white, grey, beige, brown, red, pink,
+  purple, blue, green, yellow, orange); :func:`describe_color` refines a family into a short
+  name ("navy", "burgundy", "camel", ...) for the recommender's reasons.
+* Harmony: :func:`harmony` scores candidate colours against a query colour, vectorised. Each
+  (query, candidate) pair of HSL colours gets the score of the first rule that applies
+  (``HARMONY_RULE_NAMES`` gives the index of each):
+
+  =====  =============  ===========================================================  =======
+  index  rule           applies when                                                 default
+  =====  =============  ===========================================================  =======
+  0      neutral        either colour is a neutral (below)                           0.90
+  1      monochrome     hues at most ``monochrome_deg`` (15) apart, any lightness    0.85
+  2      analogous      hues at most ``analogous_deg`` (45) apart                    0.80
+  3      complementary  hues 180 +/- ``complementary_tolerance_deg`` (30) apart      0.70
+  4      triadic        hues 120 +/- ``triadic_tolerance_deg`` (15) apart            0.60
+  5      clash          anything else (e.g. hues 60-105 degrees apart)               0.20
+  =====  =============  ===========================================================  =======
+
+  A colour is *neutral* when it has little colour (S < ``neutral_max_saturation`` 0.15: greys),
+  is very dark (L < ``neutral_max_dark`` 0.15: black) or very light (L >= ``neutral_min_light``
+  0.9: white, cream), navy-like (H in ``navy_hue`` 200-255 and L < ``navy_max_lightness`` 0.3)
+  or beige-like (H in ``beige_hue`` 20-65, S <= ``beige_max_saturation`` 0.6 and
+  L >= ``beige_min_lightness`` 0.55: beige, khaki, camel, sand). Neutrals go with anything, so
+  that rule comes first. Hue distances go round the wheel: 350 and 10 are 20 degrees apart.
+
+Pure NumPy; :mod:`stygig.color` builds on this module to find the colours of a photo.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict, dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import yaml
+
+from stygig.errors import ConfigError, InvalidOptionsError
+
+__all__ = [
+    "HARMONY_RULE_NAMES",
+    "FamilyRule",
+    "FamilyTable",
+    "HarmonyRules",
+    "color_families",
+    "color_family",
+    "describe_color",
+    "harmony",
+    "harmony_reason",
+    "hsl_to_rgb",
+    "lab_to_lch",
+    "load_family_table",
+    "rgb_to_hsl",
+    "rgb_to_lab",
+]
+
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+# --- colour spaces ---------------------------------------------------------------------------
+
+_SRGB_TO_XYZ = np.array(
+    [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750],
+     [0.0193339, 0.1191920, 0.9503041]]
+)  # fmt: skip
+_D65_WHITE = np.array([0.95047, 1.0, 1.08883])
+
+
+def rgb_to_hsl(rgb: npt.ArrayLike) -> FloatArray:
+    """Convert RGB (0-255, any shape ``(..., 3)``) to HSL: H in degrees [0, 360), S and L in [0, 1].
+
+    The same arithmetic as :func:`colorsys.rgb_to_hls`, vectorised (and in H, S, L order).
+    """
+    c = np.asarray(rgb, dtype=np.float64) / 255.0
+    r, g, b = c[..., 0], c[..., 1], c[..., 2]
+    maxc, minc = c.max(axis=-1), c.min(axis=-1)
+    sumc, rangec = maxc + minc, maxc - minc
+    light = sumc / 2.0
+    grey = rangec == 0.0
+    safe_range = np.where(grey, 1.0, rangec)
+    sat_dark = rangec / np.where(sumc == 0.0, 1.0, sumc)
+    sat_light = rangec / np.where(2.0 - maxc - minc == 0.0, 1.0, 2.0 - maxc - minc)
+    sat = np.where(grey, 0.0, np.where(light <= 0.5, sat_dark, sat_light))
+    rc, gc, bc = (maxc - r) / safe_range, (maxc - g) / safe_range, (maxc - b) / safe_range
+    hue = np.where(r == maxc, bc - gc, np.where(g == maxc, 2.0 + rc - bc, 4.0 + gc - rc))
+    hue = np.where(grey, 0.0, (hue / 6.0) % 1.0) * 360.0
+    hue = np.where(hue >= 360.0, hue - 360.0, hue)
+    return np.stack([hue, sat, light], axis=-1)
+
+
+def hsl_to_rgb(hsl: npt.ArrayLike) -> FloatArray:
+    """Convert HSL (H in degrees, S and L in [0, 1], shape ``(..., 3)``) to float RGB in 0-255.
+
+    The inverse of :func:`rgb_to_hsl`; round the result to get uint8 pixels back.
+    """
+    x = np.asarray(hsl, dtype=np.float64)
+    h, s, light = (x[..., 0] / 360.0) % 1.0, x[..., 1], x[..., 2]
+    m2 = np.where(light <= 0.5, light * (1.0 + s), light + s - light * s)
+    m1 = 2.0 * light - m2
+
+    def channel(hue: FloatArray) -> FloatArray:
+        hue = hue % 1.0
+        up, down = m1 + (m2 - m1) * hue * 6.0, m1 + (m2 - m1) * (2.0 / 3.0 - hue) * 6.0
+        return np.select([hue < 1 / 6, hue < 0.5, hue < 2 / 3], [up, m2, down], m1)
+
+    out = np.stack([channel(h + 1.0 / 3.0), channel(h), channel(h - 1.0 / 3.0)], axis=-1)
+    grey = (s == 0.0)[..., None]
+    return np.where(grey, light[..., None], out) * 255.0
+
+
+def rgb_to_lab(rgb: npt.ArrayLike) -> FloatArray:
+    """Convert sRGB (0-255, shape ``(..., 3)``) to CIELAB (D65): L* in [0, 100], a*, b*."""
+    c = np.asarray(rgb, dtype=np.float64) / 255.0
+    return _linear_to_lab(np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4))
+
+
+def _linear_to_lab(linear: FloatArray) -> FloatArray:
+    xyz = [(linear * _SRGB_TO_XYZ[i]).sum(axis=-1) / _D65_WHITE[i] for i in range(3)]
+    fx, fy, fz = (np.where(t > 216 / 24389, np.cbrt(t), (24389 / 27 * t + 16) / 116) for t in xyz)
+    return np.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], axis=-1)
+
+
+def lab_to_lch(lab: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Lightness L*, chroma C* and hue angle h (degrees, [0, 360)) of CIELAB colours."""
+    hue = np.degrees(np.arctan2(lab[..., 2], lab[..., 1])) % 360.0
+    return lab[..., 0], np.hypot(lab[..., 1], lab[..., 2]), hue
+
+
+# --- colour families -------------------------------------------------------------------------
+
+_UNBOUNDED = (-np.inf, np.inf)
+
+
+def _bounds(value: Any, name: str) -> tuple[float, float]:
+    if value is None:
+        return _UNBOUNDED
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        raise ConfigError(f"colour rule field {name!r} must be [low, high], got {value!r}")
+    low, high = value
+    return (-np.inf if low is None else float(low), np.inf if high is None else float(high))
+
+
+@dataclass(frozen=True)
+class FamilyRule:
+    """One rule of the family table: CIELAB ranges ``[low, high)``; a hue range may wrap past 360."""
+
+    family: str
+    lightness: tuple[float, float] = _UNBOUNDED
+    chroma: tuple[float, float] = _UNBOUNDED
+    hue: tuple[float, float] = _UNBOUNDED
+
+    def matches(self, lightness: FloatArray, chroma: FloatArray, hue: FloatArray) -> BoolArray:
+        """Which colours (given as L*, C*, h arrays) this rule accepts."""
+        ok = (lightness >= self.lightness[0]) & (lightness < self.lightness[1])
+        ok &= (chroma >= self.chroma[0]) & (chroma < self.chroma[1])
+        low, high = self.hue
+        return ok & (
+            ((hue >= low) & (hue < high)) if low <= high else ((hue >= low) | (hue < high))
+        )
+
+
+@dataclass(frozen=True)
+class FamilyTable:
+    """The colour families, the ordered rules that assign them and the datasets' label folds."""
+
+    families: tuple[str, ...]
+    rules: tuple[FamilyRule, ...]
+    default: str
+    datasets: dict[str, dict[str, Any]]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FamilyTable:
+        """Build and validate a table from the parsed YAML document."""
+        try:
+            families = tuple(str(f) for f in data["families"])
+            default = str(data["default"])
+            rules = tuple(
+                FamilyRule(str(r["family"]), *(_bounds(r.get(f), f) for f in ("L", "C", "h")))
+                for r in data["rules"]
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"invalid colour family table: {e!r}") from e
+        unknown = ({r.family for r in rules} | {default}) - set(families)
+        if unknown:
+            raise ConfigError(f"colour rules name unknown families: {sorted(unknown)}")
+        return cls(families, rules, default, dict(data.get("datasets") or {}))
+
+    def classify_lab(self, lab: FloatArray) -> npt.NDArray[np.intp]:
+        """Family index (into :attr:`families`) of each CIELAB colour in ``(..., 3)``."""
+        lightness, chroma, hue = lab_to_lch(np.asarray(lab, dtype=np.float64))
+        out = np.full(lightness.shape, -1, dtype=np.intp)
+        for rule in self.rules:
+            hit = (out < 0) & rule.matches(lightness, chroma, hue)
+            out[hit] = self.families.index(rule.family)
+        out[out < 0] = self.families.index(self.default)
+        return out
+
+
+@functools.lru_cache(maxsize=8)
+def load_family_table(path: str | Path | None = None) -> FamilyTable:
+    """Load a colour family table (default: the packaged ``data/color_families.yaml``)."""
+    try:
+        if path is None:
+            text = resources.files("stygig").joinpath("data/color_families.yaml").read_text()
+        else:
+            text = Path(path).read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(
+            f"cannot read colour family table {path or 'color_families.yaml'}: {e}"
+        ) from e
+    if not isinstance(data, dict):
+        raise ConfigError("a colour family table must be a YAML mapping")
+    return FamilyTable.from_dict(data)
+
+
+def color_families(rgb: npt.ArrayLike, table: FamilyTable | None = None) -> npt.NDArray[np.str_]:
+    """Family names of RGB colours ``(n, 3)`` (0-255), vectorised; navy gives ``"blue"``."""
+    table = table or load_family_table()
+    index = table.classify_lab(rgb_to_lab(np.asarray(rgb, dtype=np.float64).reshape(-1, 3)))
+    return np.asarray(table.families)[index]
+
+
+def color_family(rgb: npt.ArrayLike, table: FamilyTable | None = None) -> str:
+    """The family name (``"black"``, ``"blue"``, ``"beige"``, ...) of one RGB colour (0-255)."""
+    return str(color_families(np.asarray(rgb).reshape(1, 3), table)[0])
+
+
+# --- harmony ---------------------------------------------------------------------------------
+
+HARMONY_RULE_NAMES: tuple[str, ...] = (
+    "neutral",
+    "monochrome",
+    "analogous",
+    "complementary",
+    "triadic",
+    "clash",
+)
+_PHRASES = (
+    "neutral pairing",
+    "monochrome",
+    "analogous colours",
+    "complementary colours",
+    "triadic colours",
+    "clashing colours",
+)
+
+
+@dataclass(frozen=True)
+class HarmonyRules:
+    """Scores per rule and the bands that define the rules; see the module docstring."""
+
+    neutral: float = 0.9
+    monochrome: float = 0.85
+    analogous: float = 0.8
+    complementary: float = 0.7
+    triadic: float = 0.6
+    clash: float = 0.2
+    monochrome_deg: float = 15.0
+    analogous_deg: float = 45.0
+    complementary_tolerance_deg: float = 30.0
+    triadic_tolerance_deg: float = 15.0
+    neutral_max_saturation: float = 0.15
+    neutral_max_dark: float = 0.15
+    neutral_min_light: float = 0.9
+    navy_hue: tuple[float, float] = (200.0, 255.0)
+    navy_max_lightness: float = 0.3
+    beige_hue: tuple[float, float] = (20.0, 65.0)
+    beige_max_saturation: float = 0.6
+    beige_min_lightness: float = 0.55
+
+    def __post_init__(self) -> None:
+        for name in HARMONY_RULE_NAMES:
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise InvalidOptionsError(f"harmony score {name!r} must be in [0, 1], got {value}")
+        for name in ("monochrome_deg", "analogous_deg"):
+            if not 0.0 <= getattr(self, name) <= 180.0:
+                raise InvalidOptionsError(f"harmony band {name!r} must be in [0, 180] degrees")
+
+    @property
+    def scores(self) -> npt.NDArray[np.float32]:
+        """The score of each rule, in ``HARMONY_RULE_NAMES`` order."""
+        return np.array([getattr(self, n) for n in HARMONY_RULE_NAMES], dtype=np.float32)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HarmonyRules:
+        """Build rules from a mapping (config file or request options); unknown keys are errors."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidOptionsError(
+                f"unknown harmony settings: {unknown}; known: {sorted(known)}"
+            )
+        try:
+            values = {k: tuple(map(float, v)) if k.endswith("_hue") else float(v)
+                      for k, v in data.items()}  # fmt: skip
+        except (TypeError, ValueError) as e:
+            raise InvalidOptionsError(f"harmony settings must be numbers: {e}") from e
+        return cls(**values)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain JSON values (hue ranges as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def _neutral(hsl: npt.NDArray[np.float64], r: HarmonyRules) -> npt.NDArray[np.bool_]:
+    h, s, light = hsl[..., 0], hsl[..., 1], hsl[..., 2]
+    navy = (h >= r.navy_hue[0]) & (h <= r.navy_hue[1]) & (light < r.navy_max_lightness)
+    beige = (h >= r.beige_hue[0]) & (h <= r.beige_hue[1]) & (s <= r.beige_max_saturation)
+    beige &= light >= r.beige_min_lightness
+    return (
+        (s < r.neutral_max_saturation)
+        | (light < r.neutral_max_dark)
+        | (light >= r.neutral_min_light)
+        | navy
+        | beige
+    )
+
+
+def harmony(
+    query_hsl: npt.ArrayLike, cand_hsl: npt.ArrayLike, rules: HarmonyRules | None = None
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.intp]]:
+    """Score how well each candidate colour goes with the query colour.
+
+    Args:
+        query_hsl: the query's HSL colour, shape ``(3,)``.
+        cand_hsl: the candidates' HSL colours, shape ``(n, 3)``.
+        rules: scores and bands; the defaults are in the module docstring.
+
+    Returns:
+        ``(scores, rule_index)``: float32 scores in [0, 1] and the index into
+        ``HARMONY_RULE_NAMES`` of the rule that decided each pair, both of shape ``(n,)``.
+    """
+    r = rules or HarmonyRules()
+    query = np.asarray(query_hsl, dtype=np.float64)
+    cand = np.asarray(cand_hsl, dtype=np.float64)
+    if query.shape != (3,) or cand.ndim != 2 or cand.shape[1] != 3:
+        raise InvalidOptionsError(
+            f"harmony needs a (3,) query and (n, 3) candidates, got {query.shape} and {cand.shape}"
+        )
+    gap = np.abs(query[0] - cand[:, 0]) % 360.0
+    gap = np.minimum(gap, 360.0 - gap)
+    rule = np.select(
+        [
+            _neutral(query, r) | _neutral(cand, r),
+            gap <= r.monochrome_deg,
+            gap <= r.analogous_deg,
+            np.abs(gap - 180.0) <= r.complementary_tolerance_deg,
+            np.abs(gap - 120.0) <= r.triadic_tolerance_deg,
+        ],
+        [0, 1, 2, 3, 4],
+        default=5,
+    ).astype(np.intp)
+    return r.scores[rule], rule
+
+
+def describe_color(rgb: npt.ArrayLike) -> str:
+    """A short human name for an RGB colour (0-255): "navy", "grey", "white", "red", "tan", ...
+
+    The name refines the colour's family (:func:`color_family`) by lightness and
+    hue, for reasons such as "navy + grey: neutral pairing".
+    """
+    family = color_family(rgb)
+    lightness, a, b = (float(v) for v in rgb_to_lab(np.asarray(rgb, dtype=np.float64)))
+    hue = float(np.degrees(np.arctan2(b, a)) % 360.0)
+    if family == "grey":
+        return "charcoal" if lightness < 35 else "light grey" if lightness > 70 else "grey"
+    if family == "blue":
+        return "navy" if lightness < 35 else "light blue" if lightness > 75 else "blue"
+    chroma = float(np.hypot(a, b))
+    if family == "green" and (hue >= 180 or hue < 125):
+        return ("teal" if lightness < 60 else "turquoise") if hue >= 180 else "lime"
+    if family == "brown":
+        return "olive" if hue >= 90 else "tan" if lightness >= 50 else "brown"
+    if family == "red" and lightness < 35:
+        return "burgundy"
+    if family in ("purple", "pink") and lightness > 65 and 290 <= hue < 335:
+        return "lavender"
+    if family == "yellow" and chroma < 35 and lightness < 75:
+        return "camel"
+    if family == "white" and chroma >= 5:
+        return "cream"
+    return family
+
+
+def harmony_reason(query_rgb: npt.ArrayLike, cand_rgb: npt.ArrayLike, rule_index: int) -> str:
+    """A one-line reason for a pair, e.g. ``"navy + grey: neutral pairing"``."""
+    return f"{describe_color(query_rgb)} + {describe_color(cand_rgb)}: {_PHRASES[rule_index]}"

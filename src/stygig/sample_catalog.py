@@ -1,0 +1,407 @@
+"""A small, deterministic sample catalogue, so the demo works anywhere without downloads.
+
+:func:`plan_sample_catalog` decides the products (pure: a seed in, rows and drawings out) and
+:func:`generate_sample_catalog` writes them in StyGig's generic catalogue layout::
+
+    out_dir/catalog.csv       id,image,category,gender,usage,season,name,price,brand,color
+    out_dir/images/*.jpg      one 224 x 224 packshot per product
+    out_dir/queries/*.jpg     a few shopper photos that are *not* in the catalogue
+    out_dir/README.txt
+
+The same seed gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from stygig import __version__
+from stygig.sample_drawing import Garment, draw_garment
+
+__all__ = [
+    "CATALOG_COLUMNS",
+    "COLOURS",
+    "SampleItem",
+    "SampleQuery",
+    "generate_sample_catalog",
+    "plan_sample_catalog",
+    "plan_sample_queries",
+]
+
+RGB = tuple[int, int, int]
+
+CATALOG_COLUMNS = (
+    "id",
+    "image",
+    "category",
+    "gender",
+    "usage",
+    "season",
+    "name",
+    "price",
+    "brand",
+    "color",
+)
+"""Columns of the generic catalogue layout, in file order."""
+
+COLOURS: dict[str, RGB] = {
+    "black": (36, 36, 40),
+    "white": (236, 236, 232),
+    "grey": (140, 142, 146),
+    "charcoal": (72, 74, 80),
+    "navy": (34, 46, 86),
+    "blue": (46, 92, 176),
+    "light blue": (150, 188, 224),
+    "red": (190, 36, 42),
+    "burgundy": (112, 30, 46),
+    "pink": (234, 162, 182),
+    "green": (44, 128, 72),
+    "olive": (112, 114, 58),
+    "beige": (214, 196, 164),
+    "khaki": (184, 170, 124),
+    "tan": (186, 140, 92),
+    "brown": (112, 72, 44),
+    "yellow": (236, 198, 64),
+    "orange": (230, 122, 42),
+    "purple": (112, 64, 142),
+}
+"""The named colours products are drawn in (before a small per-item jitter)."""
+
+# Denim is greyer than the plain colours of the same name.
+_DENIM: dict[str, RGB] = {
+    "navy": (40, 54, 96),
+    "blue": (62, 94, 146),
+    "light blue": (128, 160, 198),
+    "black": (44, 44, 50),
+    "grey": (122, 124, 130),
+}
+_CREAM: RGB = (244, 242, 236)
+_STUDIO: RGB = (243, 242, 239)  # query photos: a slightly warmer, darker backdrop
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """How one category is stocked: counts, colours, patterns and the rows' vocabulary."""
+
+    category: str
+    count: int
+    colours: str  # comma-separated names from COLOURS, taken in a shuffled cycle
+    styles: tuple[tuple[str, tuple[str, ...]], ...]  # (noun, usages) per drawing variant
+    genders: tuple[str, ...]  # cycled, so each listed gender gets items
+    seasons: tuple[str, ...]  # drawn uniformly; repeats weigh
+    price: tuple[float, float]
+    patterns: tuple[tuple[str, float], ...] = (("solid", 1.0),)
+
+
+_ALL = ("Men", "Women", "Unisex")
+_MW = ("Men", "Women")
+_WARM = ("Summer", "Summer", "Spring", "Fall")
+_COLD = ("Fall", "Winter", "Winter", "Spring")
+_ANY = ("Spring", "Summer", "Fall", "Winter")
+_KINDS: tuple[_Kind, ...] = (
+    _Kind(
+        "top",
+        12,
+        "white, black, grey, navy, red, pink, green, yellow, light blue, olive, orange, purple",
+        (
+            ("t-shirt", ("Casual", "Casual", "Sports")),
+            ("v-neck t-shirt", ("Casual",)),
+            ("long-sleeve top", ("Casual",)),
+        ),
+        _ALL,
+        _WARM,
+        (12, 35),
+        (("solid", 0.6), ("stripes", 0.3), ("dots", 0.1)),
+    ),
+    _Kind(
+        "shirt",
+        12,
+        "white, light blue, blue, navy, pink, grey, black, olive, burgundy, beige",
+        (("oxford shirt", ("Formal", "Casual")), ("short-sleeve shirt", ("Casual",))),
+        _MW,
+        _ANY,
+        (29, 69),
+        (("solid", 0.5), ("stripes", 0.25), ("checks", 0.25)),
+    ),
+    _Kind(
+        "trousers",
+        11,
+        "black, navy, grey, beige, khaki, olive, brown, charcoal, white",
+        (("tailored trousers", ("Formal", "Formal", "Casual")), ("chinos", ("Casual",))),
+        _MW,
+        _ANY,
+        (39, 89),
+        (("solid", 0.8), ("checks", 0.2)),
+    ),
+    _Kind(
+        "jeans",
+        11,
+        "blue, blue, light blue, navy, black, grey",
+        (("slim jeans", ("Casual",)), ("straight jeans", ("Casual",))),
+        _ALL,
+        _ANY,
+        (45, 99),
+    ),
+    _Kind(
+        "skirt",
+        10,
+        "black, navy, red, pink, beige, green, yellow, burgundy, white, grey",
+        (
+            ("a-line skirt", ("Casual",)),
+            ("pleated skirt", ("Casual", "Formal")),
+            ("pencil skirt", ("Formal",)),
+        ),
+        ("Women",),
+        _WARM,
+        (25, 69),
+        (("solid", 0.6), ("checks", 0.15), ("dots", 0.15), ("stripes", 0.1)),
+    ),
+    _Kind(
+        "dress",
+        12,
+        "red, black, navy, pink, green, yellow, light blue, white, purple, burgundy, orange, beige",
+        (("slip dress", ("Formal", "Casual")), ("tea dress", ("Casual",))),
+        ("Women",),
+        _WARM,
+        (39, 129),
+        (("solid", 0.55), ("dots", 0.25), ("stripes", 0.1), ("checks", 0.1)),
+    ),
+    _Kind(
+        "jacket",
+        11,
+        "navy, black, grey, olive, brown, beige, burgundy, charcoal, blue",
+        (("blazer", ("Formal",)), ("bomber jacket", ("Casual",))),
+        _ALL,
+        _COLD,
+        (79, 199),
+        (("solid", 0.75), ("checks", 0.25)),
+    ),
+    _Kind(
+        "casual-shoes",
+        11,
+        "brown, black, tan, burgundy, navy, beige, grey",
+        (("derby shoes", ("Formal", "Casual")), ("loafers", ("Casual",))),
+        _ALL,
+        _ANY,
+        (59, 149),
+    ),
+    _Kind(
+        "sports-shoes",
+        11,
+        "white, white, black, grey, navy, red, blue, green, pink",
+        (("sneakers", ("Sports", "Casual")),),
+        _ALL,
+        _ANY,
+        (49, 139),
+    ),
+    _Kind(
+        "handbag",
+        10,
+        "black, brown, tan, beige, red, burgundy, navy, pink, green, white",
+        (("tote bag", ("Casual",)), ("top-handle bag", ("Formal", "Casual"))),
+        ("Women", "Women", "Women", "Women", "Unisex"),
+        _ANY,
+        (39, 179),
+    ),
+    _Kind(
+        "belt",
+        10,
+        "black, brown, tan, black, brown, burgundy",
+        (("leather belt", ("Casual", "Formal")),),
+        _ALL,
+        _ANY,
+        (19, 59),
+    ),
+    _Kind(
+        "hat",
+        10,
+        "black, navy, beige, grey, red, olive, brown, white, blue, green",
+        (("cap", ("Casual", "Sports")), ("fedora", ("Casual",))),
+        _ALL,
+        _ANY,
+        (15, 49),
+    ),
+)
+_PATTERN_WORDS = {"solid": "", "stripes": "striped ", "checks": "checked ", "dots": "polka-dot "}
+_BRANDS = {
+    "Casual": ("Northloom", "Hollow Pine", "Saltmarsh", "Juniper Lane"),
+    "Formal": ("Maren & Co", "Atlas Row"),
+    "Sports": ("Kestrel", "Stridewell"),
+}
+
+
+@dataclass(frozen=True)
+class SampleItem:
+    """One product of the sample catalogue: its CSV row and the drawing of its picture."""
+
+    row: dict[str, str]
+    garment: Garment
+
+
+@dataclass(frozen=True)
+class SampleQuery:
+    """A shopper-style photo of a product that is *not* in the catalogue."""
+
+    name: str
+    garment: Garment
+
+
+def plan_sample_catalog(seed: int = 0) -> list[SampleItem]:
+    """Decide the sample products for a seed: same seed, same rows and drawings.
+
+    Counts per category never change with the seed; colours, patterns, styles, rows' details and
+    each picture's framing do.
+    """
+    items: list[SampleItem] = []
+    for k, kind in enumerate(_KINDS):
+        rng = np.random.default_rng([seed, k])
+        colours = kind.colours.split(", ")
+        colour_order = rng.permutation(len(colours))
+        variants = rng.permutation(np.resize(np.arange(len(kind.styles)), kind.count))
+        pattern_names = [p for p, _ in kind.patterns]
+        weights = np.array([w for _, w in kind.patterns])
+        for i in range(kind.count):
+            colour = colours[int(colour_order[i % len(colours)])]
+            variant = int(variants[i])
+            pattern = str(rng.choice(pattern_names, p=weights / weights.sum()))
+            noun, usages = kind.styles[variant]
+            usage = str(rng.choice(usages))
+            garment = _garment(kind.category, colour, pattern, variant, rng)
+            sku = f"sku-{len(items) + 1:04d}"
+            row = {
+                "id": sku,
+                "image": f"images/{sku}.jpg",
+                "category": kind.category,
+                "gender": kind.genders[i % len(kind.genders)],
+                "usage": usage,
+                "season": str(rng.choice(kind.seasons)),
+                "name": f"{colour.capitalize()} {_PATTERN_WORDS[pattern]}{noun}",
+                "price": _price(kind.price, rng),
+                "brand": str(rng.choice(_BRANDS[usage])),
+                "color": colour,
+            }
+            items.append(SampleItem(row, garment))
+    return items
+
+
+def plan_sample_queries(seed: int = 0) -> list[SampleQuery]:
+    """Decide the query photos: familiar products, framed and lit a little differently."""
+    rng = np.random.default_rng([seed, 99])
+    specs = (
+        ("grey-shirt", "shirt", "grey", 1, 0.80),
+        ("blue-jeans", "jeans", "blue", 0, 1.04),
+        ("red-dress", "dress", "red", 1, 0.84),
+        ("white-sneakers", "sports-shoes", "white", 0, 1.08),
+        ("navy-blazer", "jacket", "navy", 0, 0.86),
+        ("black-shoes", "casual-shoes", "black", 0, 0.92),
+        ("beige-handbag", "handbag", "beige", 1, 0.82),
+        ("green-striped-top", "top", "green", 0, 0.90),
+    )
+    queries = []
+    for name, kind, colour, variant, scale in specs:
+        pattern = "stripes" if "striped" in name else "solid"
+        base = _garment(kind, colour, pattern, variant, rng)
+        shade = float(rng.choice([0.9, 1.08]))
+        garment = replace(
+            base,
+            rgb=_clip_rgb(tuple(c * shade for c in base.rgb)),
+            scale=scale,
+            dx=float(rng.uniform(-12, 12)),
+            dy=float(rng.uniform(-8, 8)),
+            tilt=float(rng.uniform(-6, 6)),
+            background=_STUDIO,
+        )
+        queries.append(SampleQuery(name, garment))
+    return queries
+
+
+def generate_sample_catalog(out_dir: Path, *, seed: int = 0) -> Path:
+    """Write the sample catalogue under ``out_dir`` and return the path of its ``catalog.csv``.
+
+    Writes ``catalog.csv``, ``images/sku-NNNN.jpg``, ``queries/*.jpg`` and ``README.txt``;
+    existing files of the same names are replaced. Same seed -> byte-identical files.
+    """
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    (out_dir / "queries").mkdir(parents=True, exist_ok=True)
+    items = plan_sample_catalog(seed)
+    for item in items:
+        _save_jpeg(item.garment, out_dir / item.row["image"])
+    queries = plan_sample_queries(seed)
+    for query in queries:
+        _save_jpeg(query.garment, out_dir / "queries" / f"{query.name}.jpg")
+
+    csv_path = out_dir / "catalog.csv"
+    with csv_path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=CATALOG_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(item.row for item in items)
+    (out_dir / "README.txt").write_text(
+        f"Sample catalogue generated by stygig {__version__} with seed {seed}: "
+        f"{len(items)} drawn products in images/, {len(queries)} query photos in queries/.\n"
+        f"Regenerate with `stygig sample-catalog` (the same seed gives identical files).\n",
+        encoding="utf-8",
+    )
+    return csv_path
+
+
+def _garment(
+    kind: str, colour: str, pattern: str, variant: int, rng: np.random.Generator
+) -> Garment:
+    """The drawing of one product: its colour with a small jitter, framing varied a little."""
+    rgb = _DENIM.get(colour, COLOURS[colour]) if kind == "jeans" else COLOURS[colour]
+    jitter = rng.integers(-7, 8) + rng.integers(-3, 4, size=3)
+    rgb = _clip_rgb(tuple(float(c + j) for c, j in zip(rgb, jitter, strict=True)))
+    return Garment(
+        kind=kind,
+        rgb=rgb,
+        pattern=pattern,
+        accent=_accent(kind, rgb, pattern, rng),
+        variant=variant,
+        scale=float(rng.uniform(0.88, 1.0)),
+        dx=float(rng.uniform(-5, 5)),
+        dy=float(rng.uniform(-5, 5)),
+        tilt=float(rng.uniform(-8, 8) if kind == "belt" else rng.uniform(-2.5, 2.5)),
+    )
+
+
+def _accent(kind: str, rgb: RGB, pattern: str, rng: np.random.Generator) -> RGB:
+    """Second colour: pattern ink, a sneaker's trim or a hat's band."""
+    light = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2] > 150
+    if kind == "sports-shoes":
+        options = ("navy", "red", "grey", "black", "blue") if light else ("white", "grey")
+        return COLOURS[str(rng.choice(options))]
+    if kind == "hat":
+        return _clip_rgb(tuple(c * 0.45 for c in rgb))
+    if pattern == "checks" and kind in ("trousers", "jacket"):  # a tailor's subtle check
+        return _mix(rgb, _CREAM if not light else (40, 40, 44), 0.35)
+    if pattern == "solid" or not light:
+        return _CREAM
+    if min(rgb) > 200 or max(rgb) - min(rgb) < 20:  # white or grey: navy ink
+        return COLOURS["navy"]
+    return _clip_rgb(tuple(c * 0.5 for c in rgb))
+
+
+def _mix(a: RGB, b: RGB, t: float) -> RGB:
+    return _clip_rgb(tuple(x + (y - x) * t for x, y in zip(a, b, strict=True)))
+
+
+def _price(bounds: tuple[float, float], rng: np.random.Generator) -> str:
+    """A shop price: a multiple of five minus ten cents, e.g. ``39.90``."""
+    price = math.ceil(float(rng.uniform(*bounds)) / 5) * 5 - 0.10
+    return f"{price:.2f}"
+
+
+def _clip_rgb(values: tuple[float, ...]) -> RGB:
+    r, g, b = (min(255, max(0, round(v))) for v in values)
+    return (r, g, b)
+
+
+def _save_jpeg(garment: Garment, path: Path) -> None:
+    # No EXIF, no timestamps, fixed settings: the bytes depend on the drawing only.
+    draw_garment(garment).save(path, format="JPEG", quality=90, optimize=True)

@@ -1,0 +1,146 @@
+"""Pure functions on arrays: the V4 scoring rules. No I/O, no models, no Python loop per candidate.
+
+* :func:`vote` — top-k neighbour vote for the query's category (or gender, usage); ties go to
+  the label whose voters have the larger summed similarity.
+* :func:`combine` — score = (w_sim * similarity + w_harmony * harmony) * boost, where boost is
+  the taxonomy's factor (default x1.15) for a compatible category pair and 1 otherwise.
+* :func:`mmr` — maximal marginal relevance: picks ``k`` items trading score against redundancy,
+  so a list is not five near-identical items.
+
+Weights live in :class:`ScoringConfig`, loaded from ``stygig/data/scoring.yaml`` (or a user file).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from stygig.errors import ConfigError
+
+__all__ = ["ScoringConfig", "Vote", "combine", "mmr", "vote"]
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """Weights of the V4 score and the ranking knobs (see ``data/scoring.yaml``)."""
+
+    similarity_weight: float = 0.6
+    harmony_weight: float = 0.4
+    vote_k: int = 5
+    diversity: float = 0.3  # MMR: 0 = pure score, 1 = pure novelty
+    candidate_pool: int = 4096  # approximate indexes: neighbours scored per query
+    harmony: dict[str, float] | None = None  # per-rule harmony scores, see stygig.harmony
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> ScoringConfig:
+        """Load from YAML; ``None`` loads the packaged defaults."""
+        file = (
+            Path(path) if path else Path(str(resources.files("stygig") / "data" / "scoring.yaml"))
+        )
+        try:
+            data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"cannot read scoring config {file}: {e}") from e
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ScoringConfig:
+        """Build from a mapping, rejecting unknown keys and out-of-range values."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"scoring config: unknown keys {sorted(unknown)}")
+        cfg = cls(**data)
+        if cfg.similarity_weight < 0 or cfg.harmony_weight < 0:
+            raise ConfigError("scoring config: weights must be non-negative")
+        if not 0.0 <= cfg.diversity <= 1.0:
+            raise ConfigError("scoring config: diversity must be within [0, 1]")
+        if cfg.vote_k < 1:
+            raise ConfigError("scoring config: vote_k must be at least 1")
+        return cfg
+
+
+@dataclass(frozen=True)
+class Vote:
+    """Result of a neighbour vote."""
+
+    winner: int
+    counts: dict[int, int]
+    similarity: dict[int, float]
+
+
+def vote(labels: np.ndarray, sims: np.ndarray) -> Vote:
+    """Majority label among neighbours; ties broken by summed similarity, then lowest label.
+
+    Args:
+        labels: int labels of the neighbours (``-1`` = unknown, ignored).
+        sims: their similarities to the query, same length.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    sims = np.asarray(sims, dtype=np.float64)
+    keep = labels >= 0
+    labels, sims = labels[keep], sims[keep]
+    if labels.size == 0:
+        return Vote(-1, {}, {})
+    uniq, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    sim_sum = np.bincount(inverse, weights=sims, minlength=len(uniq))
+    # lexsort: last key is primary -> most votes, then largest similarity, then lowest label.
+    best = np.lexsort((uniq, -sim_sum, -counts))[0]
+    return Vote(
+        int(uniq[best]),
+        {int(u): int(c) for u, c in zip(uniq, counts, strict=True)},
+        {int(u): float(s) for u, s in zip(uniq, sim_sum, strict=True)},
+    )
+
+
+def combine(
+    similarity: np.ndarray,
+    harmony: np.ndarray,
+    compatible: np.ndarray,
+    *,
+    boost: float,
+    config: ScoringConfig,
+    use_harmony: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The V4 score per candidate, and the boost factor applied to each.
+
+    ``score = (w_sim * similarity + w_harmony * harmony) * (boost if compatible else 1)``;
+    with ``use_harmony=False`` the harmony term is dropped and the weights are not renormalised,
+    so scores stay comparable between the two settings only in order, not in value.
+    """
+    base = config.similarity_weight * similarity.astype(np.float32)
+    if use_harmony:
+        base = base + config.harmony_weight * harmony.astype(np.float32)
+    factor = np.where(compatible, np.float32(boost), np.float32(1.0))
+    return base * factor, factor
+
+
+def mmr(scores: np.ndarray, vectors: np.ndarray, k: int, diversity: float) -> np.ndarray:
+    """Indices of ``k`` items chosen by maximal marginal relevance, in pick order.
+
+    Each step picks ``argmax((1 - diversity) * score - diversity * max_sim_to_picked)``; one
+    vectorised update per pick, so the cost is ``k`` matrix-vector products.
+    """
+    n = len(scores)
+    k = min(k, n)
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    if diversity <= 0.0 or k == 1:
+        return np.argsort(-scores, kind="stable")[:k]
+    relevance = (1.0 - diversity) * scores.astype(np.float64)
+    redundancy = np.full(n, -np.inf)
+    picked = np.zeros(n, dtype=bool)
+    order = np.empty(k, dtype=np.int64)
+    for step in range(k):
+        gain = relevance - diversity * np.where(np.isfinite(redundancy), redundancy, 0.0)
+        gain[picked] = -np.inf
+        choice = int(np.argmax(gain))
+        order[step] = choice
+        picked[choice] = True
+        redundancy = np.maximum(redundancy, vectors @ vectors[choice])
+    return order

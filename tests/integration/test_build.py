@@ -1,0 +1,145 @@
+"""Build real artifacts from real files, reload them, and check the round trip."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stygig.artifact import Artifact
+from stygig.build import build_artifact, make_build_encoder
+from stygig.cli import main
+from stygig.encoders import load_encoder
+from stygig.features import prepare_image
+from stygig.sample_catalog import generate_sample_catalog
+from tests.conftest import KAGGLE_DIR, require_dataset
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_sample_catalog(tmp_path_factory.mktemp("sample") / "catalog")
+
+
+def test_sample_catalogue_builds_and_round_trips(sample: Path, tmp_path: Path) -> None:
+    encoder = load_encoder("tiny")
+    result = build_artifact(sample, tmp_path / "art", encoder, progress=False)
+    assert result.items == 131 and result.rejects == {}
+    art = Artifact.load(result.path)
+    assert art.manifest["encoder"]["name"] == "tiny"
+    assert art.manifest["counts"]["by_category"]["jeans"] == 11
+    # Round trip: re-embedding an item's photo gives the stored embedding.
+    for pos in (0, 57, 130):
+        item = art.items[pos]
+        again = encoder.encode(prepare_image(item.image, encoder.preprocess).tensor[None])[0]
+        assert np.allclose(again, art.embeddings[pos], atol=1e-5)
+        assert art.index.search(again, 1)[1][0, 0] == pos
+    color = art.colors[0]
+    assert len(color["rgb"]) == 3 and color["hex"].startswith("#")
+
+
+def test_bad_rows_never_stop_a_build(sample: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "cat"
+    shutil.copytree(sample.parent, folder)
+    images = folder / "images"
+    (images / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    good = (images / "sku-0001.jpg").read_bytes()
+    (images / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (images / "text.jpg").write_text("hello")
+    with (folder / "catalog.csv").open() as f:
+        rows = list(csv.DictReader(f))[:10]
+    extra = [
+        {**rows[0], "id": "c1", "image": "images/corrupt.jpg"},
+        {**rows[0], "id": "c2", "image": "images/truncated.jpg"},
+        {**rows[0], "id": "c3", "image": "images/text.jpg"},
+        {**rows[0], "id": "m1", "image": "images/nope.jpg"},
+        {**rows[1]},  # duplicate id
+        {**rows[0], "id": "u1", "category": "spacesuit"},
+        {**rows[0], "id": "e1", "category": ""},
+    ]
+    with (folder / "bad.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows + extra)
+    result = build_artifact(
+        folder / "bad.csv", tmp_path / "art", load_encoder("tiny"), progress=False
+    )
+    assert result.items == 10
+    assert result.rejects == {
+        "corrupt_image": 3,
+        "missing_image": 1,
+        "duplicate_id": 1,
+        "unknown_category": 1,
+        "missing_field": 1,
+    }
+    with (result.path / "rejects.csv").open() as f:
+        lines = list(csv.DictReader(f))
+    assert {r["id"] for r in lines} >= {"c1", "c2", "c3", "m1", "u1"}
+    assert [int(r["row"]) for r in lines] == sorted(int(r["row"]) for r in lines)
+    assert next(r for r in lines if r["id"] == "c2")["reason"] == "corrupt_image"
+
+
+def test_cli_build_and_inspect(
+    sample: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "art"
+    code = main(
+        ["build", "--catalog", str(sample), "--encoder", "tiny", "--out", str(out), "--quiet"]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "items: 131" in printed and "images/s" in printed
+    assert main(["inspect", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "tiny" in shown and "jeans" in shown and "checksums      ok" in shown
+    (out / "embeddings.npy").write_bytes(b"tampered")
+    assert main(["inspect", str(out)]) == 4
+    assert "checksum" in capsys.readouterr().err
+
+
+def test_cli_reports_unreadable_catalogue(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "build",
+            "--catalog",
+            str(tmp_path / "none.csv"),
+            "--encoder",
+            "tiny",
+            "--out",
+            str(tmp_path / "a"),
+        ]
+    )
+    assert code == 3
+    assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_kaggle_slice_with_efficientnet_onnx(tmp_path: Path) -> None:
+    """A 200-photo slice of the real Kaggle data, the real encoder, through ONNX Runtime."""
+    pytest.importorskip("torch")
+    styles = require_dataset(KAGGLE_DIR) / "styles.csv"
+    lines = styles.read_text().splitlines()
+    (tmp_path / "styles.csv").write_text("\n".join(lines[:201]) + "\n")
+    with make_build_encoder("efficientnet-lite0") as (encoder, files):
+        result = build_artifact(
+            tmp_path / "styles.csv",
+            tmp_path / "art",
+            encoder,
+            images_dir=KAGGLE_DIR / "images",
+            extra_files=files,
+            progress=False,
+        )
+    art = Artifact.load(result.path)
+    assert art.manifest["encoder"]["runtime"] == "onnx" and (result.path / "encoder.onnx").is_file()
+    assert result.items + sum(result.rejects.values()) == 200
+    from stygig.engine import load_artifact_encoder
+
+    served = load_artifact_encoder(art)
+    pos = 17
+    again = served.encode(prepare_image(art.items[pos].image, served.preprocess).tensor[None])[0]
+    assert float(again @ art.embeddings[pos]) > 0.9999

@@ -1,0 +1,196 @@
+"""End-to-end ``recommend`` on the sample catalogue with the tiny encoder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stygig.artifact import Artifact
+from stygig.build import build_artifact
+from stygig.cli import main
+from stygig.encoders import load_encoder
+from stygig.engine import Options, Query, Recommender
+from stygig.errors import InvalidImageError, InvalidOptionsError, NotFoundError
+from stygig.index import ExactIndex
+from stygig.sample_catalog import generate_sample_catalog
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("rec")
+    csv_path = generate_sample_catalog(root / "catalog")
+    art = build_artifact(csv_path, root / "art", load_encoder("tiny"), progress=False).path
+    return csv_path.parent, art
+
+
+@pytest.fixture(scope="module")
+def rec(sample: tuple[Path, Path]) -> Recommender:
+    return Recommender.from_path(sample[1])
+
+
+def test_outfit_for_a_photo(rec: Recommender, sample: tuple[Path, Path]) -> None:
+    photo = sample[0] / "queries" / "blue-jeans.jpg"
+    out = rec.recommend(Query(images=(photo,)), Options(k=2)).to_dict()
+    q = out["query"][0]
+    # The tiny encoder sees colour and layout, not denim: jeans or trousers, a bottom either way.
+    assert q["slot"] == "bottom" and sum(q["votes"].values()) == 5
+    assert q["votes"][q["category"]] == max(q["votes"].values())
+    assert len(q["rgb"]) == 3 and q["hex"].startswith("#")
+    assert out["items"], "an outfit query returns items"
+    for item in out["items"]:
+        assert item["slot"] not in ("bottom", "one_piece")  # never another bottom or a dress
+        assert item["boost"] == pytest.approx(1.15)
+        assert set(item) >= {
+            "id",
+            "category",
+            "rgb",
+            "hsl",
+            "score",
+            "similarity",
+            "harmony",
+            "reason",
+        }
+        assert f"{q['category']} -> {item['category']} compatible" in item["reason"]
+        expected = (0.6 * item["similarity"] + 0.4 * item["harmony"]) * 1.15
+        assert item["score"] == pytest.approx(expected, abs=2e-4)
+    assert all(len(v) <= 2 for v in out["by_category"].values())
+    slots = out["outfit"]["slots"]
+    assert "shoes" in slots and "top" in slots and "bottom" not in slots
+    assert {"decode", "embed", "color", "search", "score", "rank", "serialise"} <= set(
+        out["timings_ms"]
+    )
+    json.dumps(out)  # serialisable as is
+
+
+def test_scores_sorted_and_filters_before_cut(rec: Recommender) -> None:
+    base = rec.recommend(Query(item_ids=("sku-0014",)), Options(k=3, k_total=50)).to_dict()
+    scores = [i["score"] for i in base["items"]]
+    assert scores == sorted(scores, reverse=True)
+    # Only handbags: still k of them, although handbags were not the best-scored category.
+    only = rec.recommend(
+        Query(item_ids=("sku-0014",)), Options(k=3, include_categories=("handbag",))
+    ).to_dict()
+    assert set(only["by_category"]) == {"handbag"} and len(only["by_category"]["handbag"]) == 3
+    cheap = rec.recommend(
+        Query(item_ids=("sku-0014",)), Options(k=3, filters={"price": {"max": 30}})
+    ).to_dict()
+    assert cheap["items"] and all(i["price"] <= 30 for i in cheap["items"])
+    no_shoes = rec.recommend(
+        Query(item_ids=("sku-0014",)),
+        Options(exclude_categories=("casual-shoes", "sports-shoes"), exclude_ids=("sku-0112",)),
+    ).to_dict()
+    assert all(i["slot"] != "shoes" and i["id"] != "sku-0112" for i in no_shoes["items"])
+
+
+def test_item_query_excludes_itself_and_uses_catalogue_category(rec: Recommender) -> None:
+    out = rec.recommend(Query(item_ids=("sku-0014",)), Options(mode="similar", k=5)).to_dict()
+    assert out["query"][0]["category_source"] == "catalog"
+    ids = [i["id"] for i in out["items"]]
+    assert "sku-0014" not in ids
+    assert all(i["slot"] == "top" for i in out["items"])  # similar: same slot
+    assert out["outfit"] is None
+
+
+def test_gender_inferred_and_respected(rec: Recommender) -> None:
+    out = rec.recommend(Query(item_ids=("sku-0060",)), Options(k=5, k_total=40)).to_dict()
+    assert out["query"][0]["gender"] == "women"
+    assert all(i["gender"] in ("women", "unisex") for i in out["items"])
+
+
+def test_stated_category_wins(rec: Recommender, sample: tuple[Path, Path]) -> None:
+    photo = sample[0] / "queries" / "blue-jeans.jpg"
+    out = rec.recommend(Query(images=(photo,)), Options(category="skirt")).to_dict()
+    assert out["query"][0]["category"] == "skirt"
+    assert out["query"][0]["category_source"] == "stated"
+
+
+def test_multi_item_query_completes_the_outfit(rec: Recommender) -> None:
+    out = rec.recommend(Query(item_ids=("sku-0014", "sku-0036"))).to_dict()
+    slots = {i["slot"] for i in out["items"]}
+    assert "top" not in slots and "bottom" not in slots and slots
+
+
+def test_colour_off_changes_scores(rec: Recommender) -> None:
+    on = rec.recommend(Query(item_ids=("sku-0014",)), Options(k_total=5)).to_dict()
+    off = rec.recommend(
+        Query(item_ids=("sku-0014",)), Options(k_total=5, use_color=False)
+    ).to_dict()
+    for item in off["items"]:
+        assert item["score"] == pytest.approx(0.6 * item["similarity"] * 1.15, abs=2e-4)
+    assert [i["score"] for i in on["items"]] != [i["score"] for i in off["items"]]
+
+
+def test_deterministic(rec: Recommender) -> None:
+    a = rec.recommend(Query(item_ids=("sku-0050",)), Options(seed=3)).to_dict()
+    b = rec.recommend(Query(item_ids=("sku-0050",)), Options(seed=3)).to_dict()
+    assert [i["id"] for i in a["items"]] == [i["id"] for i in b["items"]]
+
+
+def test_faiss_and_exact_backends_rank_the_same(sample: tuple[Path, Path]) -> None:
+    art = Artifact.load(sample[1])
+    faiss_rec = Recommender(art)
+    exact = Artifact.load(sample[1])
+    exact.index = ExactIndex(exact.embeddings)
+    exact_rec = Recommender(exact)
+    for item_id in ("sku-0003", "sku-0040", "sku-0090", "sku-0120"):
+        a = faiss_rec.recommend(Query(item_ids=(item_id,))).to_dict()
+        b = exact_rec.recommend(Query(item_ids=(item_id,))).to_dict()
+        assert [i["id"] for i in a["items"]] == [i["id"] for i in b["items"]]
+        assert a["query"][0]["votes"] == b["query"][0]["votes"]
+
+
+def test_score_items_matches_recommend(rec: Recommender) -> None:
+    out = rec.recommend(Query(item_ids=("sku-0014",)), Options(k_total=4)).to_dict()
+    ids = [i["id"] for i in out["items"]]
+    scores = rec.score_items(["sku-0014"], ids)
+    assert np.allclose(scores, [i["score"] for i in out["items"]], atol=2e-4)
+
+
+def test_bad_queries(rec: Recommender) -> None:
+    with pytest.raises(NotFoundError):
+        rec.recommend(Query(item_ids=("nope",)))
+    with pytest.raises(InvalidImageError):
+        rec.recommend(Query(images=(b"not an image",)))
+    with pytest.raises(InvalidOptionsError):
+        Query()
+    with pytest.raises(InvalidOptionsError):
+        Options(k=0)
+    with pytest.raises(InvalidOptionsError):
+        Options(mode="party")  # type: ignore[arg-type]
+    with pytest.raises(InvalidOptionsError, match="unknown option"):
+        Options.from_dict({"kk": 1})
+    with pytest.raises(InvalidOptionsError, match="category"):
+        rec.recommend(Query(item_ids=("sku-0014",)), Options(include_categories=("spaceship",)))
+    with pytest.raises(InvalidOptionsError, match="range"):
+        rec.recommend(Query(item_ids=("sku-0014",)), Options(filters={"price": {"lt": 3}}))
+
+
+def test_cli_recommend_table_and_json(
+    sample: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    photo = sample[0] / "queries" / "grey-shirt.jpg"
+    assert main(["recommend", "--artifact", str(sample[1]), str(photo)]) == 0
+    table = capsys.readouterr().out
+    assert "outfit:" in table and "votes" in table and "timings (ms)" in table
+    assert (
+        main(
+            [
+                "recommend",
+                "--artifact",
+                str(sample[1]),
+                "--item",
+                "sku-0014",
+                "--json",
+                "--filter",
+                "price=..40",
+            ]
+        )
+        == 0
+    )
+    data = json.loads(capsys.readouterr().out)
+    assert data["items"] and all(i["price"] <= 40 for i in data["items"])
+    assert main(["recommend", "--artifact", str(sample[1]), "--item", "nope"]) == 2
+    assert "not in the catalogue" in capsys.readouterr().err

@@ -1,0 +1,334 @@
+"""Unit tests for stygig.color and stygig.harmony on synthetic images drawn with NumPy."""
+
+from __future__ import annotations
+
+import colorsys
+import json
+
+import numpy as np
+import pytest
+
+from stygig.color import (
+    ColorSummary,
+    FamilyTable,
+    color_families,
+    color_family,
+    dominant_colors,
+    foreground_mask,
+    hsl_to_rgb,
+    load_family_table,
+    rgb_to_hsl,
+    rgb_to_lab,
+)
+from stygig.errors import ConfigError, InvalidImageError, InvalidOptionsError
+from stygig.harmony import (
+    HARMONY_RULE_NAMES,
+    HarmonyRules,
+    describe_color,
+    harmony,
+    harmony_reason,
+)
+
+WHITE = (255, 255, 255)
+NAVY = (32, 38, 72)
+
+
+def tshirt(h: int = 128, w: int = 96) -> np.ndarray:
+    """A boolean T-shirt silhouette: a body and two sleeves, centred."""
+    m = np.zeros((h, w), dtype=bool)
+    m[int(h * 0.25) : int(h * 0.88), int(w * 0.28) : int(w * 0.72)] = True
+    m[int(h * 0.25) : int(h * 0.45), int(w * 0.10) : int(w * 0.90)] = True
+    return m
+
+
+def product(
+    colour: tuple[int, int, int],
+    bg: tuple[int, int, int] = WHITE,
+    shape: np.ndarray | None = None,
+    noise: float = 4.0,
+    seed: int = 0,
+) -> np.ndarray:
+    """A garment of one colour with fabric noise and soft vertical shading, on a plain backdrop."""
+    m = tshirt() if shape is None else shape
+    rng = np.random.default_rng(seed)
+    img = np.empty((*m.shape, 3), dtype=np.float64)
+    img[:] = bg
+    shading = np.linspace(1.04, 0.94, m.shape[0])[:, None, None]
+    cloth = np.asarray(colour, dtype=np.float64) * shading + rng.normal(0, noise, (*m.shape, 3))
+    img[m] = cloth[m]
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def near(rgb: tuple[int, int, int], target: tuple[int, int, int], tol: float) -> bool:
+    return float(np.abs(np.subtract(rgb, target)).max()) <= tol
+
+
+# --- colour spaces ---------------------------------------------------------------------------
+
+
+def test_rgb_to_hsl_matches_colorsys_on_random_and_edge_colours() -> None:
+    rng = np.random.default_rng(1)
+    rgb = np.concatenate(
+        [rng.integers(0, 256, (2000, 3)), [[0, 0, 0], [255, 255, 255], [255, 0, 0], [7, 7, 7]]]
+    )
+    expected = np.array([colorsys.rgb_to_hls(*(c / 255.0)) for c in rgb])
+    got = rgb_to_hsl(rgb.astype(np.uint8))
+    np.testing.assert_allclose(got[:, 0], expected[:, 0] * 360.0, atol=1e-9)
+    np.testing.assert_allclose(got[:, 1], expected[:, 2], atol=1e-12)
+    np.testing.assert_allclose(got[:, 2], expected[:, 1], atol=1e-12)
+    assert got.shape == (len(rgb), 3) and got.dtype == np.float64
+    assert (got[:, 0] >= 0).all() and (got[:, 0] < 360).all()
+
+
+def test_hsl_to_rgb_matches_colorsys_and_round_trips() -> None:
+    rng = np.random.default_rng(2)
+    hsl = np.column_stack(
+        [rng.uniform(0, 360, 1000), rng.uniform(0, 1, 1000), rng.uniform(0, 1, 1000)]
+    )
+    expected = np.array([colorsys.hls_to_rgb(h / 360.0, lt, s) for h, s, lt in hsl]) * 255.0
+    np.testing.assert_allclose(hsl_to_rgb(hsl), expected, atol=1e-9)
+    rgb = rng.integers(0, 256, (500, 2, 3))  # any leading shape works
+    np.testing.assert_array_equal(np.rint(hsl_to_rgb(rgb_to_hsl(rgb))).astype(int), rgb)
+
+
+def test_rgb_to_lab_reference_values() -> None:
+    np.testing.assert_allclose(rgb_to_lab([255, 255, 255]), [100.0, 0.0, 0.0], atol=1e-3)
+    np.testing.assert_allclose(rgb_to_lab([255, 0, 0]), [53.24, 80.09, 67.20], atol=0.01)
+    np.testing.assert_allclose(rgb_to_lab([0, 0, 0]), [0.0, 0.0, 0.0], atol=1e-9)
+
+
+# --- families --------------------------------------------------------------------------------
+
+KNOWN = {
+    "red": (200, 30, 30),
+    "black": (20, 20, 20),
+    "white": (250, 250, 250),
+    "grey": (128, 128, 128),
+    "blue": NAVY,
+    "pink": (240, 150, 170),
+    "green": (0, 150, 0),
+    "yellow": (250, 220, 50),
+    "orange": (240, 130, 20),
+    "purple": (120, 40, 140),
+    "brown": (110, 70, 40),
+    "beige": (215, 195, 160),
+}
+
+
+@pytest.mark.parametrize(("family", "rgb"), sorted(KNOWN.items()))
+def test_color_family_of_clear_colours(family: str, rgb: tuple[int, int, int]) -> None:
+    assert color_family(rgb) == family
+
+
+def test_color_families_is_vectorised_and_equals_one_by_one() -> None:
+    rgb = np.random.default_rng(3).integers(0, 256, (300, 3))
+    got = color_families(rgb)
+    assert got.shape == (300,)
+    assert got.tolist() == [color_family(c) for c in rgb]
+    assert set(got) <= set(load_family_table().families)
+
+
+def test_family_table_is_consistent() -> None:
+    table = load_family_table()
+    assert len(table.families) == 12 and len(set(table.families)) == 12
+    assert {r.family for r in table.rules} == set(table.families)
+    kaggle = table.datasets["fashion-products"]
+    assert set(kaggle["labels"].values()) == set(table.families)
+    assert not set(kaggle["labels"]) & set(kaggle["excluded"])
+    mango = table.datasets["mango-outfits"]
+    assert set(mango["families"]) == set(table.families)
+    assert set(mango["families"].values()) == set(mango["labels"].values())
+    assert len(set(mango["labels"].values())) == 10
+
+
+def test_family_table_rejects_unknown_family_and_bad_ranges() -> None:
+    base = {"families": ["red"], "default": "red", "rules": [{"family": "red", "h": [0, 60]}]}
+    assert FamilyTable.from_dict(base).classify_lab(np.array([[50.0, 60.0, 40.0]])).tolist() == [0]
+    with pytest.raises(ConfigError, match="unknown families"):
+        FamilyTable.from_dict({**base, "rules": [{"family": "blue"}]})
+    with pytest.raises(ConfigError, match=r"\[low, high\]"):
+        FamilyTable.from_dict({**base, "rules": [{"family": "red", "L": [1, 2, 3]}]})
+    with pytest.raises(ConfigError):
+        FamilyTable.from_dict({"families": ["red"]})
+
+
+# --- foreground and dominant colours ---------------------------------------------------------
+
+
+def test_red_garment_on_white() -> None:
+    img = product((200, 30, 35))
+    mask = foreground_mask(img)
+    iou = (mask & tshirt()).sum() / (mask | tshirt()).sum()
+    assert iou > 0.95
+    summary = dominant_colors(img)
+    assert summary.family == "red" and color_family(summary.rgb) == "red"
+    assert near(summary.rgb, (200, 30, 35), 15)
+
+
+def test_white_shirt_on_white_with_grey_shadow() -> None:
+    shirt = tshirt()
+    shadow = np.roll(shirt, (5, 5), axis=(0, 1)) & ~shirt
+    outline = shirt & ~np.roll(shirt, 1, 0) | shirt & ~np.roll(shirt, -1, 1)
+    img = product((246, 246, 244), shape=shirt, noise=1.5)
+    img[shadow] = (185, 185, 188)
+    img[outline] = (205, 205, 205)
+    assert foreground_mask(img)[shirt].mean() > 0.9  # the body is filled in, not only the seams
+    summary = dominant_colors(img)
+    assert summary.family == "white"
+    assert min(summary.rgb) >= 225
+
+
+def test_black_item_on_white() -> None:
+    summary = dominant_colors(product((22, 22, 24), noise=6))
+    assert summary.family == "black" and max(summary.rgb) < 50
+
+
+def test_navy_item_is_blue_and_described_as_navy() -> None:
+    summary = dominant_colors(product(NAVY))
+    assert summary.family == "blue"
+    assert describe_color(summary.rgb) == "navy"
+
+
+def test_striped_item_palette_has_both_colours_with_their_shares() -> None:
+    img = product((200, 30, 35))
+    rows = np.arange(img.shape[0])
+    stripes = ((rows // 6) % 3 == 0)[:, None] & tshirt()  # one blue band in three
+    img[stripes] = (30, 60, 190)
+    summary = dominant_colors(img)
+    palette = dict(summary.palette)
+    red = next(c for c in palette if color_family(c) == "red")
+    blue = next(c for c in palette if color_family(c) == "blue")
+    expected_blue = stripes.sum() / tshirt().sum()
+    assert abs(palette[blue] - expected_blue) < 0.05
+    assert abs(palette[red] - (1 - expected_blue)) < 0.05
+    assert summary.family == "red"
+    assert [s for _, s in summary.palette] == sorted((s for _, s in summary.palette), reverse=True)
+
+
+def test_all_foreground_image() -> None:
+    rng = np.random.default_rng(4)
+    fabric = np.clip(rng.normal((40, 120, 60), 25, (100, 100, 3)), 0, 255).astype(np.uint8)
+    assert foreground_mask(fabric).all()
+    assert dominant_colors(fabric).family == "green"
+    flat = np.full((64, 64, 3), (150, 40, 140), dtype=np.uint8)  # nothing stands out
+    assert foreground_mask(flat).all()
+    assert dominant_colors(flat).rgb == (150, 40, 140)
+
+
+def test_dark_background() -> None:
+    img = product((230, 200, 40), bg=(18, 18, 20))
+    mask = foreground_mask(img)
+    assert (mask & tshirt()).sum() / (mask | tshirt()).sum() > 0.95
+    assert dominant_colors(img).family == "yellow"
+
+
+def test_graded_backdrop_is_not_foreground() -> None:
+    img = product((30, 120, 60))
+    grade = np.linspace(236, 212, img.shape[0])[:, None] + np.linspace(0, -8, img.shape[1])
+    backdrop = ~tshirt()
+    img[backdrop] = np.rint(grade[backdrop])[:, None].astype(np.uint8)
+    mask = foreground_mask(img)
+    assert mask[backdrop].mean() < 0.02 and mask[tshirt()].mean() > 0.98
+
+
+def test_dominant_colors_is_deterministic_and_serialisable() -> None:
+    img = product((120, 40, 140), seed=5)
+    first, second = dominant_colors(img), dominant_colors(img.copy())
+    assert first == second
+    d = first.to_dict()
+    assert json.loads(json.dumps(d)) == d
+    assert d["hex"] == "#{:02x}{:02x}{:02x}".format(*first.rgb)
+    assert d["rgb"] == list(first.rgb) and d["family"] == first.family
+    assert 1 <= len(d["palette"]) <= 3
+    assert abs(sum(p["share"] for p in d["palette"]) - 1.0) < 1e-3
+    np.testing.assert_allclose(first.hsl, rgb_to_hsl(first.rgb))
+    assert isinstance(first, ColorSummary)
+
+
+def test_bad_inputs_raise_stygig_errors() -> None:
+    with pytest.raises(InvalidImageError):
+        dominant_colors(np.zeros((10, 10), dtype=np.uint8))
+    with pytest.raises(InvalidImageError):
+        foreground_mask(np.zeros((0, 10, 3), dtype=np.uint8))
+    with pytest.raises(InvalidOptionsError):
+        dominant_colors(product((200, 30, 35)), k=0)
+
+
+# --- harmony ---------------------------------------------------------------------------------
+
+
+def rule_of(a: tuple[int, int, int], b: tuple[int, int, int]) -> str:
+    _, rule = harmony(rgb_to_hsl(a), rgb_to_hsl(b)[None])
+    return HARMONY_RULE_NAMES[int(rule[0])]
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "rule"),
+    [
+        ((20, 20, 20), (200, 30, 30), "neutral"),  # black + red
+        (NAVY, (128, 128, 128), "neutral"),  # navy + grey
+        ((215, 195, 160), (30, 90, 200), "neutral"),  # beige + blue
+        ((200, 30, 30), (240, 150, 170), "monochrome"),  # red + pink
+        ((200, 30, 30), (110, 15, 20), "monochrome"),  # red + burgundy
+        ((30, 90, 200), (0, 128, 128), "analogous"),  # blue (219°) + teal (180°)
+        ((30, 90, 200), (240, 130, 20), "complementary"),  # blue (219°) + orange (30°)
+        ((200, 30, 30), (0, 200, 0), "triadic"),  # red (0°) + green (120°)
+        ((200, 30, 30), (160, 220, 40), "clash"),  # red (0°) + lime (80°)
+    ],
+)
+def test_harmony_known_pairs(a: tuple[int, int, int], b: tuple[int, int, int], rule: str) -> None:
+    assert rule_of(a, b) == rule
+
+
+@pytest.mark.parametrize(
+    ("gap", "rule"),
+    [(0, "monochrome"), (15, "monochrome"), (15.5, "analogous"), (45, "analogous"),
+     (46, "clash"), (104, "clash"), (105, "triadic"), (135, "triadic"), (136, "clash"),
+     (149, "clash"), (150, "complementary"), (180, "complementary")],
+)  # fmt: skip
+def test_harmony_band_boundaries(gap: float, rule: str) -> None:
+    for base in (10.0, 300.0):  # also across 360
+        _, index = harmony([base, 0.8, 0.5], np.array([[(base + gap) % 360, 0.8, 0.5]]))
+        assert HARMONY_RULE_NAMES[int(index[0])] == rule
+
+
+def test_harmony_shapes_dtypes_and_loop_equivalence() -> None:
+    rng = np.random.default_rng(6)
+    cand = np.column_stack(
+        [rng.uniform(0, 360, 400), rng.uniform(0, 1, 400), rng.uniform(0, 1, 400)]
+    )
+    query = np.array([200.0, 0.6, 0.5])
+    scores, rules = harmony(query, cand)
+    assert scores.shape == rules.shape == (400,)
+    assert scores.dtype == np.float32 and rules.dtype == np.intp
+    assert ((scores >= 0) & (scores <= 1)).all()
+    assert set(np.unique(rules)) == set(range(len(HARMONY_RULE_NAMES)))
+    for i in range(len(cand)):
+        s, r = harmony(query, cand[i : i + 1])
+        assert (s[0], r[0]) == (scores[i], rules[i])
+    empty_scores, empty_rules = harmony(query, np.zeros((0, 3)))
+    assert empty_scores.shape == empty_rules.shape == (0,)
+
+
+def test_harmony_rules_from_dict_and_validation() -> None:
+    rules = HarmonyRules.from_dict({"clash": 0.0, "analogous_deg": 30, "navy_hue": [210, 250]})
+    assert rules.clash == 0.0 and rules.navy_hue == (210.0, 250.0)
+    assert HarmonyRules.from_dict(rules.to_dict()) == rules
+    scores, index = harmony([0.0, 0.8, 0.5], np.array([[40.0, 0.8, 0.5]]), rules)
+    assert HARMONY_RULE_NAMES[int(index[0])] == "clash" and scores[0] == 0.0
+    with pytest.raises(InvalidOptionsError, match="unknown"):
+        HarmonyRules.from_dict({"complimentary": 0.5})
+    with pytest.raises(InvalidOptionsError):
+        HarmonyRules.from_dict({"neutral": 1.5})
+    with pytest.raises(InvalidOptionsError):
+        HarmonyRules.from_dict({"neutral": "high"})
+    with pytest.raises(InvalidOptionsError):
+        harmony([0.0, 0.5], np.zeros((2, 3)))
+
+
+def test_describe_color_and_reason() -> None:
+    assert describe_color(NAVY) == "navy"
+    assert describe_color((128, 128, 128)) == "grey"
+    assert describe_color((250, 250, 250)) == "white"
+    assert describe_color((200, 30, 30)) == "red"
+    assert harmony_reason(NAVY, (128, 128, 128), 0) == "navy + grey: neutral pairing"

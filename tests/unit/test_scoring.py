@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stygig.errors import ConfigError
+from stygig.scoring import ScoringConfig, combine, mmr, vote
+
+
+def test_vote_majority() -> None:
+    v = vote(np.array([2, 2, 1, 2, 0]), np.array([0.9, 0.8, 0.99, 0.7, 0.6]))
+    assert v.winner == 2 and v.counts == {0: 1, 1: 1, 2: 3}
+
+
+def test_vote_tie_broken_by_summed_similarity() -> None:
+    # 2 votes each for labels 1 and 3; label 3's voters are more similar in sum.
+    v = vote(np.array([1, 3, 1, 3, 0]), np.array([0.9, 0.85, 0.5, 0.8, 0.95]))
+    assert v.winner == 3
+    assert v.similarity[1] == pytest.approx(1.4) and v.similarity[3] == pytest.approx(1.65)
+
+
+def test_vote_exact_tie_goes_to_lowest_label_and_unknowns_ignored() -> None:
+    assert vote(np.array([4, 2, -1]), np.array([0.5, 0.5, 0.99])).winner == 2
+    assert vote(np.array([-1, -1]), np.array([0.5, 0.5])).winner == -1
+
+
+def test_combine_hand_worked() -> None:
+    cfg = ScoringConfig(similarity_weight=0.6, harmony_weight=0.4)
+    sim = np.array([0.5, 0.5, 0.8])
+    harm = np.array([1.0, 1.0, 0.0])
+    compat = np.array([True, False, True])
+    score, factor = combine(sim, harm, compat, boost=1.15, config=cfg)
+    # (0.6*0.5 + 0.4*1.0) * 1.15 = 0.805; unboosted 0.7; (0.48 + 0) * 1.15 = 0.552
+    assert score == pytest.approx([0.805, 0.7, 0.552], abs=1e-6)
+    assert factor.tolist() == pytest.approx([1.15, 1.0, 1.15])
+    no_color, _ = combine(sim, harm, compat, boost=1.15, config=cfg, use_harmony=False)
+    assert no_color == pytest.approx([0.345, 0.3, 0.552], abs=1e-6)
+    no_boost, _ = combine(sim, harm, compat, boost=1.0, config=cfg)
+    assert no_boost == pytest.approx([0.7, 0.7, 0.48], abs=1e-6)
+
+
+def test_mmr_avoids_near_duplicates() -> None:
+    v = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], np.float32)
+    scores = np.array([0.9, 0.89, 0.8])
+    assert mmr(scores, v, 2, diversity=0.0).tolist() == [0, 1]
+    assert mmr(scores, v, 2, diversity=0.5).tolist() == [0, 2]
+    assert mmr(scores, v, 5, diversity=0.5).tolist() == [0, 2, 1]
+    assert mmr(scores, v, 0, diversity=0.5).tolist() == []
+
+
+def test_config_loads_defaults_and_validates() -> None:
+    cfg = ScoringConfig.load()
+    assert cfg.vote_k == 5 and cfg.similarity_weight + cfg.harmony_weight == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="unknown keys"):
+        ScoringConfig.from_dict({"similarity": 1})
+    with pytest.raises(ConfigError, match="diversity"):
+        ScoringConfig.from_dict({"diversity": 2})
