@@ -25,10 +25,11 @@ from stygig.encoders import Encoder, load_encoder, load_onnx_encoder
 from stygig.errors import ConfigError, InvalidOptionsError, NotFoundError
 from stygig.features import PreparedImage, prepare_image
 from stygig.harmony import (
+    HARMONY_PHRASES,
     HARMONY_RULE_NAMES,
     HarmonyRules,
+    describe_color,
     harmony,
-    harmony_reason,
     rgb_to_hsl,
 )
 from stygig.index import ExactIndex, FaissIndex
@@ -169,6 +170,10 @@ class _Part:
     category: int = -1
     category_source: str = "vote"
     info: dict[str, Any] = field(default_factory=dict)
+    color_name: str = ""
+
+    def __post_init__(self) -> None:
+        self.color_name = describe_color(self.color.get("rgb", [128, 128, 128]))
 
 
 def _codes(values: Sequence[str | None]) -> tuple[list[str], np.ndarray]:
@@ -216,6 +221,7 @@ class Recommender:
         self.hsl = rgb_to_hsl(self.rgb).astype(np.float32)
         self.prices = np.array([np.nan if i.price is None else i.price for i in items], np.float64)
         self._attribute_cache: dict[str, np.ndarray] = {}
+        self._color_names: dict[int, str] = {}
         self.exact = isinstance(artifact.index, ExactIndex) or (
             isinstance(artifact.index, FaissIndex) and artifact.index.kind == "flat"
         )
@@ -289,10 +295,22 @@ class Recommender:
             parts[0].category_source = "stated"
         return parts
 
-    def _vote(self, parts: list[_Part]) -> None:
+    def _neighbours(
+        self, queries: np.ndarray, k: int, full: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` ``(scores, ids)`` per query; from ``full`` (n, m) sims when already computed."""
+        if full is None:
+            return self.artifact.index.search(queries, k)
+        k = min(k, full.shape[0])
+        part = np.argpartition(-full, k - 1, axis=0)[:k].T  # (m, k)
+        part_s = np.take_along_axis(full.T, part, 1)
+        order = np.lexsort((part, -part_s), axis=1)
+        return np.take_along_axis(part_s, order, 1), np.take_along_axis(part, order, 1)
+
+    def _vote(self, parts: list[_Part], scores: np.ndarray, ids: np.ndarray) -> None:
+        """Infer each part's category (unless known), gender and usage from its neighbours."""
         k = self.config.vote_k
         own = [p.position for p in parts if p.position is not None]
-        scores, ids = self.artifact.index.search(np.stack([p.vector for p in parts]), k + len(own))
         for part, row_s, row_i in zip(parts, scores, ids, strict=True):
             keep = (row_i >= 0) & ~np.isin(row_i, own)
             nb_ids, nb_s = row_i[keep][:k], row_s[keep][:k]
@@ -408,13 +426,20 @@ class Recommender:
         timings = dict(timings or {})
         t = time.perf_counter()
         parts = self._parts(prepared, vectors, item_ids, options)
-        self._vote(parts)
+        queries = np.stack([p.vector for p in parts]).astype(np.float32)
+        # Exact catalogues: one matrix product serves the vote and every candidate's similarity.
+        full = self.embeddings @ queries.T if self.exact else None
+        own = sum(p.position is not None for p in parts)
+        nb_scores, nb_ids = self._neighbours(queries, self.config.vote_k + own, full)
+        t_search = time.perf_counter()
+        self._vote(parts, nb_scores, nb_ids)
         t_vote = time.perf_counter()
-        timings["search_vote"] = (t_vote - t) * 1e3
+        timings["search"] = (t_search - t) * 1e3
+        timings["vote"] = (t_vote - t_search) * 1e3
 
         # Candidates: every item for exact indexes, else the nearest pool (or the filtered set).
         mask = self._filter_mask(options, parts)
-        query_vec = np.mean([p.vector for p in parts], axis=0).astype(np.float32)
+        query_vec = queries.mean(axis=0)
         if self.exact or mask.sum() <= self.config.candidate_pool:
             cand = np.flatnonzero(mask)
         else:
@@ -438,10 +463,13 @@ class Recommender:
                 else np.ones(len(cand), bool)
             )
         cand, c_cat, compatible = cand[keep], c_cat[keep], compatible[keep]
-        t_search = time.perf_counter()
-        timings["search"] = timings.pop("search_vote") + (t_search - t_vote) * 1e3
+        t_cand = time.perf_counter()
+        timings["search"] += (t_cand - t_vote) * 1e3
 
-        sims = (self.embeddings[cand] @ np.stack([p.vector for p in parts]).T).mean(axis=1)
+        if full is not None:
+            sims = full[cand].mean(axis=1)
+        else:
+            sims = (self.embeddings[cand] @ queries.T).mean(axis=1)
         q_hsl = [
             rgb_to_hsl(np.asarray(p.color.get("rgb", [128, 128, 128]), np.float32)) for p in parts
         ]
@@ -461,7 +489,7 @@ class Recommender:
         else:
             score, factor = sims.astype(np.float32), np.ones(len(cand), np.float32)
         t_score = time.perf_counter()
-        timings["score"] = (t_score - t_search) * 1e3
+        timings["score"] = (t_score - t_cand) * 1e3
 
         ranked = self._rank(cand, c_cat, score, options)
         rows = {
@@ -594,12 +622,12 @@ class Recommender:
         item = self.artifact.items[pos]
         color = self.artifact.colors[pos]
         rgb = [int(v) for v in color.get("rgb", [128, 128, 128])]
-        q_rgb = primary.color.get("rgb", [128, 128, 128])
         q_cat = self.category_names[primary.category] if primary.category >= 0 else "query"
         if mode == "outfit":
             reason = f"{q_cat} -> {item.category} compatible" if factor > 1 else f"{item.category}"
             if use_color:
-                reason = f"{harmony_reason(q_rgb, rgb, rule)}; {reason}"
+                pair = f"{primary.color_name} + {self._color_name(pos)}"
+                reason = f"{pair}: {HARMONY_PHRASES[rule]}; {reason}"
         else:
             reason = f"looks similar (cosine {sim:.2f})"
         return {
@@ -620,6 +648,13 @@ class Recommender:
             "boost": round(float(factor), 4),
             "reason": reason,
         }
+
+    def _color_name(self, pos: int) -> str:
+        """A catalogue item's colour name, computed once per item on first use."""
+        name = self._color_names.get(pos)
+        if name is None:
+            name = self._color_names[pos] = describe_color(self.rgb[pos])
+        return name
 
     def _part_row(self, part: _Part) -> dict[str, Any]:
         rgb = [int(v) for v in part.color.get("rgb", [128, 128, 128])]

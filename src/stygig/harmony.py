@@ -46,6 +46,7 @@ import yaml
 from stygig.errors import ConfigError, InvalidOptionsError
 
 __all__ = [
+    "HARMONY_PHRASES",
     "HARMONY_RULE_NAMES",
     "FamilyRule",
     "FamilyTable",
@@ -244,7 +245,7 @@ HARMONY_RULE_NAMES: tuple[str, ...] = (
     "triadic",
     "clash",
 )
-_PHRASES = (
+HARMONY_PHRASES = (  # how a reason names each rule, in the same order
     "neutral pairing",
     "monochrome",
     "analogous colours",
@@ -394,4 +395,6 @@ def describe_color(rgb: npt.ArrayLike) -> str:
 
 def harmony_reason(query_rgb: npt.ArrayLike, cand_rgb: npt.ArrayLike, rule_index: int) -> str:
     """A one-line reason for a pair, e.g. ``"navy + grey: neutral pairing"``."""
-    return f"{describe_color(query_rgb)} + {describe_color(cand_rgb)}: {_PHRASES[rule_index]}"
+    return (
+        f"{describe_color(query_rgb)} + {describe_color(cand_rgb)}: {HARMONY_PHRASES[rule_index]}"
+    )

@@ -5,8 +5,10 @@ the artifact's item table. Two backends:
 
 * :class:`ExactIndex` — a NumPy matrix product and ``argpartition``. Exact, dependency-free and
   the oracle that tests compare FAISS against.
-* :class:`FaissIndex` — FAISS ``IndexFlatIP`` (exact) for small catalogues, ``HNSW`` for large
-  ones; chosen by :func:`choose_kind` from the catalogue size, overridable.
+* :class:`FaissIndex` — FAISS ``IndexFlatIP`` (exact) for small catalogues, ``IVF`` (inverted
+  lists, ``nlist = 2 sqrt(n)``, ``nprobe = 32``) for large ones — it builds in about a minute at
+  1M x 512-d on 2 cores where HNSW takes many — chosen by :func:`choose_kind` from the catalogue
+  size; ``hnsw`` is available on request.
 
 Removal is a tombstone mask applied to every backend alike, so ids stay stable.
 """
@@ -151,7 +153,7 @@ class FaissIndex:
         if self.kind == "hnsw":
             self.index.hnsw.efSearch = int(self._params.get("ef_search", 128))
         elif self.kind == "ivf":
-            self.index.nprobe = int(self._params.get("nprobe", 16))
+            self.index.nprobe = int(self._params.get("nprobe", 32))
 
     @classmethod
     def build(cls, vectors: np.ndarray, kind: str, **params: Any) -> FaissIndex:
@@ -170,14 +172,14 @@ class FaissIndex:
             index = faiss.IndexHNSWFlat(dim, int(params["m"]), faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = int(params["ef_construction"])
         elif kind == "ivf":
-            params.setdefault("nlist", max(1, min(65536, int(4 * np.sqrt(n)))))
-            params.setdefault("nprobe", 16)
+            params.setdefault("nlist", max(1, min(65536, int(2 * np.sqrt(n)))))
+            params.setdefault("nprobe", 32)
             quantizer = faiss.IndexFlatIP(dim)
             index = faiss.IndexIVFFlat(
                 quantizer, dim, int(params["nlist"]), faiss.METRIC_INNER_PRODUCT
             )
             rng = np.random.default_rng(0)
-            sample = x[rng.choice(n, size=min(n, 256 * int(params["nlist"])), replace=False)]
+            sample = x[rng.choice(n, size=min(n, 64 * int(params["nlist"])), replace=False)]
             index.train(sample)
         else:
             raise InvalidOptionsError(f"unknown FAISS index kind {kind!r}")
@@ -217,8 +219,8 @@ class FaissIndex:
 
 
 def choose_kind(n_items: int) -> str:
-    """The index kind used for ``auto``: exact flat search when small, HNSW when large."""
-    return "flat" if n_items <= FLAT_MAX_ITEMS else "hnsw"
+    """The index kind used for ``auto``: exact flat search when small, IVF when large."""
+    return "flat" if n_items <= FLAT_MAX_ITEMS else "ivf"
 
 
 def build_index(vectors: np.ndarray, kind: str = "auto", **params: Any) -> VectorIndex:

@@ -59,7 +59,7 @@ def test_outfit_for_a_photo(rec: Recommender, sample: tuple[Path, Path]) -> None
     assert all(len(v) <= 2 for v in out["by_category"].values())
     slots = out["outfit"]["slots"]
     assert "shoes" in slots and "top" in slots and "bottom" not in slots
-    assert {"decode", "embed", "color", "search", "score", "rank", "serialise"} <= set(
+    assert {"decode", "embed", "color", "search", "vote", "score", "rank", "serialise"} <= set(
         out["timings_ms"]
     )
     json.dumps(out)  # serialisable as is

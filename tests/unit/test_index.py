@@ -73,7 +73,7 @@ def test_bad_queries() -> None:
 
 def test_choose_kind_by_size() -> None:
     assert choose_kind(1000) == "flat"
-    assert choose_kind(FLAT_MAX_ITEMS + 1) == "hnsw"
+    assert choose_kind(FLAT_MAX_ITEMS + 1) == "ivf"
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "exact"])
