@@ -75,7 +75,9 @@ def _check_image(img: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
     if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3 or img.size == 0:
         shape = getattr(img, "shape", None)
         raise InvalidImageError(f"expected an RGB array of shape (h, w, 3), got {shape}")
-    return img.astype(np.uint8, copy=False)
+    if img.dtype != np.uint8:
+        raise InvalidImageError(f"expected uint8 RGB pixels, got {img.dtype}")
+    return img
 
 
 def _background(img: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.float32], float] | None:
@@ -130,6 +132,7 @@ def _masks(
     surface, noise = fitted
     diff = np.abs(img.astype(np.float32) - surface)
     distance = np.maximum(np.maximum(diff[..., 0], diff[..., 1]), diff[..., 2])
+    # Well above the border's own noise, so JPEG ringing and backdrop texture stay backdrop.
     strict = distance > max(_MIN_THRESHOLD, 2.5 * noise + 2.0)
     filled = _fill_enclosed(strict)
     if filled.sum() < max(16, 0.001 * filled.size):
@@ -294,10 +297,14 @@ def _main_cluster(c: _Clusters, table: FamilyTable, wt: _MainColorWeights) -> tu
 
 
 def dominant_colors(img: npt.NDArray[np.uint8], k: int = 3) -> ColorSummary:
-    """The main colour of the product in a photo, its family and a palette of up to ``k`` colours.
+    """The main colour of the product in a photo, its family and a palette of up to 3 colours.
 
     ``img`` is uint8 ``(h, w, 3)`` RGB, ideally the whole photo shrunk to about 128 px
-    (:func:`stygig.images.fit_array`). The result is deterministic for the same pixels.
+    (:func:`stygig.images.fit_array`); ``k`` is the number of k-means clusters (3 is what the
+    weights were tuned with). The palette merges clusters that are shades of one colour and
+    gives each colour's share of the foreground, largest first. The main colour is not always
+    the largest: skin, backdrop-like shadows and off-centre clusters weigh less. The result is
+    deterministic for the same pixels.
     """
     if k < 1:
         raise InvalidOptionsError(f"k must be at least 1, got {k}")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import colorsys
+import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +30,7 @@ from stygig.harmony import (
     harmony,
     harmony_reason,
 )
+from tests.conftest import KAGGLE_DIR, MANGO_DIR, require_dataset
 
 WHITE = (255, 255, 255)
 NAVY = (32, 38, 72)
@@ -141,6 +144,18 @@ def test_family_table_is_consistent() -> None:
     assert len(set(mango["labels"].values())) == 10
 
 
+@pytest.mark.shared_data
+@pytest.mark.parametrize(
+    ("folder", "csv_name"), [(KAGGLE_DIR, "styles.csv"), (MANGO_DIR, "product_data.csv")]
+)
+def test_every_dataset_label_is_mapped_or_excluded(folder: Path, csv_name: str) -> None:
+    name = folder.name
+    fold = load_family_table().datasets[name]
+    with (require_dataset(folder) / csv_name).open(encoding="utf-8") as f:
+        labels = {row[fold["label_column"]] for row in csv.DictReader(f)}
+    assert labels - set(fold["labels"]) - set(fold["excluded"]) == set()
+
+
 def test_family_table_rejects_unknown_family_and_bad_ranges() -> None:
     base = {"families": ["red"], "default": "red", "rules": [{"family": "red", "h": [0, 60]}]}
     assert FamilyTable.from_dict(base).classify_lab(np.array([[50.0, 60.0, 40.0]])).tolist() == [0]
@@ -168,8 +183,11 @@ def test_red_garment_on_white() -> None:
 def test_white_shirt_on_white_with_grey_shadow() -> None:
     shirt = tshirt()
     shadow = np.roll(shirt, (5, 5), axis=(0, 1)) & ~shirt
-    outline = shirt & ~np.roll(shirt, 1, 0) | shirt & ~np.roll(shirt, -1, 1)
-    img = product((246, 246, 244), shape=shirt, noise=1.5)
+    inside = shirt.copy()
+    for shift, axis in ((1, 0), (-1, 0), (1, 1), (-1, 1)):
+        inside &= np.roll(shirt, shift, axis)
+    outline = shirt & ~inside  # the seams and folds that stand out from the backdrop
+    img = product((252, 252, 250), shape=shirt, noise=1.0)  # within JPEG noise of the backdrop
     img[shadow] = (185, 185, 188)
     img[outline] = (205, 205, 205)
     assert foreground_mask(img)[shirt].mean() > 0.9  # the body is filled in, not only the seams
@@ -203,6 +221,19 @@ def test_striped_item_palette_has_both_colours_with_their_shares() -> None:
     assert abs(palette[red] - (1 - expected_blue)) < 0.05
     assert summary.family == "red"
     assert [s for _, s in summary.palette] == sorted((s for _, s in summary.palette), reverse=True)
+
+
+def test_skin_of_a_model_is_not_the_garment_colour() -> None:
+    body = np.zeros((128, 96), dtype=bool)
+    body[4:30, 36:60] = True  # head
+    body[30:124, 24:72] = True  # torso and legs
+    body[30:90, 10:86] = True  # arms
+    swimsuit = np.zeros_like(body)
+    swimsuit[44:80, 28:68] = True  # smaller than the visible skin
+    img = product((224, 172, 140), shape=body)
+    img[swimsuit] = product((30, 110, 60), shape=swimsuit, seed=1)[swimsuit]
+    assert (body & ~swimsuit).sum() > 2 * swimsuit.sum()
+    assert dominant_colors(img).family == "green"
 
 
 def test_all_foreground_image() -> None:
@@ -250,8 +281,23 @@ def test_bad_inputs_raise_stygig_errors() -> None:
         dominant_colors(np.zeros((10, 10), dtype=np.uint8))
     with pytest.raises(InvalidImageError):
         foreground_mask(np.zeros((0, 10, 3), dtype=np.uint8))
+    with pytest.raises(InvalidImageError, match="uint8"):
+        dominant_colors(product((200, 30, 35)).astype(np.float32))
     with pytest.raises(InvalidOptionsError):
         dominant_colors(product((200, 30, 35)), k=0)
+
+
+@pytest.mark.parametrize("side", [1, 3, 8])
+def test_tiny_images(side: int) -> None:
+    img = np.full((side, side + 1, 3), (200, 30, 35), dtype=np.uint8)
+    assert foreground_mask(img).shape == (side, side + 1)
+    assert dominant_colors(img).rgb == (200, 30, 35)
+
+
+def test_more_clusters_than_colours_and_k_one() -> None:
+    img = product((200, 30, 35))
+    assert dominant_colors(img, k=1).family == "red"
+    assert len(dominant_colors(img, k=8).palette) <= 3
 
 
 # --- harmony ---------------------------------------------------------------------------------
@@ -324,6 +370,15 @@ def test_harmony_rules_from_dict_and_validation() -> None:
         HarmonyRules.from_dict({"neutral": "high"})
     with pytest.raises(InvalidOptionsError):
         harmony([0.0, 0.5], np.zeros((2, 3)))
+
+
+def test_color_re_exports_the_harmony_api() -> None:
+    import stygig.color
+    import stygig.harmony
+
+    for name in ("HARMONY_RULE_NAMES", "HarmonyRules", "harmony", "describe_color", "rgb_to_hsl"):
+        assert getattr(stygig.color, name) is getattr(stygig.harmony, name)
+        assert name in stygig.color.__all__
 
 
 def test_describe_color_and_reason() -> None:
