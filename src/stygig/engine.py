@@ -29,6 +29,7 @@ from stygig.harmony import (
     HARMONY_RULE_NAMES,
     HarmonyRules,
     describe_color,
+    describe_colors,
     harmony,
     rgb_to_hsl,
 )
@@ -221,7 +222,7 @@ class Recommender:
         self.hsl = rgb_to_hsl(self.rgb).astype(np.float32)
         self.prices = np.array([np.nan if i.price is None else i.price for i in items], np.float64)
         self._attribute_cache: dict[str, np.ndarray] = {}
-        self._color_names: dict[int, str] = {}
+        self.color_names = describe_colors(self.rgb)
         self.exact = isinstance(artifact.index, ExactIndex) or (
             isinstance(artifact.index, FaissIndex) and artifact.index.kind == "flat"
         )
@@ -626,7 +627,7 @@ class Recommender:
         if mode == "outfit":
             reason = f"{q_cat} -> {item.category} compatible" if factor > 1 else f"{item.category}"
             if use_color:
-                pair = f"{primary.color_name} + {self._color_name(pos)}"
+                pair = f"{primary.color_name} + {self.color_names[pos]}"
                 reason = f"{pair}: {HARMONY_PHRASES[rule]}; {reason}"
         else:
             reason = f"looks similar (cosine {sim:.2f})"
@@ -648,13 +649,6 @@ class Recommender:
             "boost": round(float(factor), 4),
             "reason": reason,
         }
-
-    def _color_name(self, pos: int) -> str:
-        """A catalogue item's colour name, computed once per item on first use."""
-        name = self._color_names.get(pos)
-        if name is None:
-            name = self._color_names[pos] = describe_color(self.rgb[pos])
-        return name
 
     def _part_row(self, part: _Part) -> dict[str, Any]:
         rgb = [int(v) for v in part.color.get("rgb", [128, 128, 128])]

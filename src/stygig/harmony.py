@@ -54,6 +54,7 @@ __all__ = [
     "color_families",
     "color_family",
     "describe_color",
+    "describe_colors",
     "harmony",
     "harmony_reason",
     "hsl_to_rgb",
@@ -364,33 +365,46 @@ def harmony(
     return r.scores[rule], rule
 
 
-def describe_color(rgb: npt.ArrayLike) -> str:
-    """A short human name for an RGB colour (0-255): "navy", "grey", "white", "red", "tan", ...
+def describe_colors(rgb: npt.ArrayLike) -> npt.NDArray[np.str_]:
+    """Short human names for RGB colours (0-255), vectorised over ``(n, 3)``.
 
-    The name refines the colour's family (:func:`color_family`) by lightness and
-    hue, for reasons such as "navy + grey: neutral pairing".
+    The name refines the colour's family (:func:`color_families`) by lightness and hue:
+    "navy", "charcoal", "burgundy", "teal", "olive", "tan", "camel", "cream", "lavender", ...
+    for reasons such as "navy + grey: neutral pairing".
     """
-    family = color_family(rgb)
-    lightness, a, b = (float(v) for v in rgb_to_lab(np.asarray(rgb, dtype=np.float64)))
-    hue = float(np.degrees(np.arctan2(b, a)) % 360.0)
-    if family == "grey":
-        return "charcoal" if lightness < 35 else "light grey" if lightness > 70 else "grey"
-    if family == "blue":
-        return "navy" if lightness < 35 else "light blue" if lightness > 75 else "blue"
-    chroma = float(np.hypot(a, b))
-    if family == "green" and (hue >= 180 or hue < 125):
-        return ("teal" if lightness < 60 else "turquoise") if hue >= 180 else "lime"
-    if family == "brown":
-        return "olive" if hue >= 90 else "tan" if lightness >= 50 else "brown"
-    if family == "red" and lightness < 35:
-        return "burgundy"
-    if family in ("purple", "pink") and lightness > 65 and 290 <= hue < 335:
-        return "lavender"
-    if family == "yellow" and chroma < 35 and lightness < 75:
-        return "camel"
-    if family == "white" and chroma >= 5:
-        return "cream"
-    return family
+    arr = np.asarray(rgb, dtype=np.float64).reshape(-1, 3)
+    family = color_families(arr).astype(object)
+    lab = rgb_to_lab(arr)
+    light, a, b = lab[:, 0], lab[:, 1], lab[:, 2]
+    hue = np.degrees(np.arctan2(b, a)) % 360.0
+    chroma = np.hypot(a, b)
+    is_ = {f: family == f for f in ("grey", "blue", "green", "brown", "red", "yellow", "white")}
+    rules: list[tuple[npt.NDArray[np.bool_], str]] = [
+        (is_["grey"] & (light < 35), "charcoal"),
+        (is_["grey"] & (light > 70), "light grey"),
+        (is_["blue"] & (light < 35), "navy"),
+        (is_["blue"] & (light > 75), "light blue"),
+        (is_["green"] & (hue >= 180) & (light < 60), "teal"),
+        (is_["green"] & (hue >= 180), "turquoise"),
+        (is_["green"] & (hue < 125), "lime"),
+        (is_["brown"] & (hue >= 90), "olive"),
+        (is_["brown"] & (light >= 50), "tan"),
+        (is_["red"] & (light < 35), "burgundy"),
+        (
+            ((family == "purple") | (family == "pink")) & (light > 65) & (hue >= 290) & (hue < 335),
+            "lavender",
+        ),
+        (is_["yellow"] & (chroma < 35) & (light < 75), "camel"),
+        (is_["white"] & (chroma >= 5), "cream"),
+    ]
+    names = np.select([r[0] for r in rules], [r[1] for r in rules], default="")
+    out: npt.NDArray[np.str_] = np.where(names == "", family, names).astype(np.str_)
+    return out
+
+
+def describe_color(rgb: npt.ArrayLike) -> str:
+    """A short human name for one RGB colour (0-255); see :func:`describe_colors`."""
+    return str(describe_colors(rgb)[0])
 
 
 def harmony_reason(query_rgb: npt.ArrayLike, cand_rgb: npt.ArrayLike, rule_index: int) -> str:
