@@ -148,14 +148,17 @@ def build_artifact(
     batch_size: int = 32,
     workers: int | None = None,
     extra_files: dict[str, Path] | None = None,
-    whiten: bool = False,
+    whiten: bool | None = None,
     progress: bool = True,
 ) -> BuildResult:
     """Build an artifact from a catalogue file with ``encoder`` and write it to ``out_dir``.
 
     ``extra_files`` (e.g. the encoder's ``.onnx`` file) are copied into the artifact.
     ``whiten`` fits PCA whitening on the catalogue's embeddings (see :mod:`stygig.whitening`),
-    applies it, and stores it so that queries are whitened the same way.
+    applies it, and stores it so that queries are whitened the same way; ``None`` (auto) does
+    so when the catalogue has at least twice as many items as the embedding has dimensions,
+    enough to estimate the covariance (Kaggle, efficientnet-lite0: articleType vote 86.1 % ->
+    87.6 %; see docs/evaluation.md).
     """
     started = time.perf_counter()
     taxonomy = taxonomy or Taxonomy.load()
@@ -179,6 +182,8 @@ def build_artifact(
     vectors = (
         np.concatenate(embedded.embeddings) if embedded.embeddings else np.zeros((0, dim), "f4")
     )
+    if whiten is None:
+        whiten = len(vectors) >= 2 * encoder.dim
     whitening = Whitening.fit(vectors) if whiten and len(vectors) >= 2 else None
     if whitening is not None:
         vectors = whitening.apply(vectors)

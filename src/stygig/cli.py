@@ -161,7 +161,9 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stygig", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="stygig", description="StyGig: fashion outfit recommendation. Photo in, outfit out."
+    )
     parser.add_argument("--version", action="version", version=f"stygig {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -187,8 +189,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--whiten",
         action=argparse.BooleanOptionalAction,
-        default=False,
-        help="fit PCA whitening on the catalogue embeddings (better category votes)",
+        default=None,
+        help="PCA whitening fitted on the catalogue (default: on when items >= 2 x embedding dim)",
     )
     p.add_argument("--taxonomy", help="taxonomy YAML/JSON (default: the packaged one)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -223,6 +225,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for deterministic tie-breaking")
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
     p.set_defaults(func=_cmd_recommend)
+
+    from stygig.evaluation.command import register as register_eval
+    from stygig.serving.command import register as register_serving
+
+    register_eval(sub)
+    register_serving(sub)
     return parser
 
 

@@ -216,6 +216,7 @@ class Recommender:
         )
         self.compat = self.taxonomy.compatibility_matrix(self.category_names)
         self.gender_names, self.gender_codes = _codes([i.gender for i in items])
+        self._unisex = self.gender_names.index("unisex") if "unisex" in self.gender_names else -2
         self.usage_names, self.usage_codes = _codes([i.usage for i in items])
         rgb = np.array([c.get("rgb", [128, 128, 128]) for c in artifact.colors], np.float32)
         self.rgb = rgb.reshape(-1, 3)
@@ -310,16 +311,21 @@ class Recommender:
 
     def _vote(self, parts: list[_Part], scores: np.ndarray, ids: np.ndarray) -> None:
         """Infer each part's category (unless known), gender and usage from its neighbours."""
-        k = self.config.vote_k
+        k, k_attr = self.config.vote_k, self.config.attribute_vote_k
         own = [p.position for p in parts if p.position is not None]
         for part, row_s, row_i in zip(parts, scores, ids, strict=True):
             keep = (row_i >= 0) & ~np.isin(row_i, own)
-            nb_ids, nb_s = row_i[keep][:k], row_s[keep][:k]
+            attr_ids, attr_s = row_i[keep][:k_attr], row_s[keep][:k_attr]
+            nb_ids, nb_s = attr_ids[:k], attr_s[:k]
             cat_vote = vote(self.category_codes[nb_ids], nb_s)
             if part.category < 0:
                 part.category = cat_vote.winner
-            gender = vote(self.gender_codes[nb_ids], nb_s)
-            usage = vote(self.usage_codes[nb_ids], nb_s)
+            # Unisex neighbours say nothing about the shopper's gender: they abstain.
+            genders = np.where(
+                self.gender_codes[attr_ids] == self._unisex, -1, self.gender_codes[attr_ids]
+            )
+            gender = vote(genders, attr_s)
+            usage = vote(self.usage_codes[attr_ids], attr_s)
             part.info = {
                 "votes": {self.category_names[c]: n for c, n in cat_vote.counts.items()},
                 "neighbors": [
@@ -431,7 +437,8 @@ class Recommender:
         # Exact catalogues: one matrix product serves the vote and every candidate's similarity.
         full = self.embeddings @ queries.T if self.exact else None
         own = sum(p.position is not None for p in parts)
-        nb_scores, nb_ids = self._neighbours(queries, self.config.vote_k + own, full)
+        fetch = max(self.config.vote_k, self.config.attribute_vote_k) + own
+        nb_scores, nb_ids = self._neighbours(queries, fetch, full)
         t_search = time.perf_counter()
         self._vote(parts, nb_scores, nb_ids)
         t_vote = time.perf_counter()

@@ -157,7 +157,11 @@ def decode_image(
     data = _read_source(source, limits)
     img: Image.Image
     try:
-        img = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise ImageTooLargeError(f"image has too many pixels: {e}") from e
     except UnidentifiedImageError as e:
         raise InvalidImageError(
             "the data is not an image StyGig can read", code="not_an_image"

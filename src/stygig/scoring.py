@@ -32,6 +32,7 @@ class ScoringConfig:
     similarity_weight: float = 0.6
     harmony_weight: float = 0.4
     vote_k: int = 5
+    attribute_vote_k: int = 10  # neighbours voting for gender and usage
     diversity: float = 0.3  # MMR: 0 = pure score, 1 = pure novelty
     candidate_pool: int = 4096  # approximate indexes: neighbours scored per query
     harmony: dict[str, float] | None = None  # per-rule harmony scores, see stygig.harmony
@@ -60,8 +61,8 @@ class ScoringConfig:
             raise ConfigError("scoring config: weights must be non-negative")
         if not 0.0 <= cfg.diversity <= 1.0:
             raise ConfigError("scoring config: diversity must be within [0, 1]")
-        if cfg.vote_k < 1:
-            raise ConfigError("scoring config: vote_k must be at least 1")
+        if cfg.vote_k < 1 or cfg.attribute_vote_k < 1:
+            raise ConfigError("scoring config: vote_k and attribute_vote_k must be at least 1")
         return cfg
 
 

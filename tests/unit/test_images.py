@@ -170,3 +170,10 @@ def test_error_body_shape() -> None:
     with pytest.raises(InvalidImageError) as e:
         decode_image(io.BytesIO(b"xx").getvalue())
     assert e.value.to_dict() == {"error": {"code": e.value.code, "message": e.value.message}}
+
+
+def test_header_beyond_pils_own_bomb_limit_is_too_large() -> None:
+    # Over 2 x PIL's MAX_IMAGE_PIXELS: PIL itself refuses at open(); still a 413, not a crash.
+    bomb = encode(Image.new("1", (14000, 14000)), "PNG")
+    with pytest.raises(ImageTooLargeError):
+        decode_image(bomb)

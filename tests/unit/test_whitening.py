@@ -37,7 +37,10 @@ def test_shrinkage_and_power_soften_the_scaling() -> None:
     x = _correlated()
     full = Whitening.fit(x, dim=None, shrinkage=0.0, power=1.0)
     soft = Whitening.fit(x, dim=None, shrinkage=0.5, power=0.5)
-    ratio = lambda w: float(w.scale.max() / w.scale.min())  # noqa: E731
+
+    def ratio(w: Whitening) -> float:
+        return float(w.scale.max() / w.scale.min())
+
     assert ratio(soft) < ratio(full)
     assert full.dim == 16
     assert Whitening.fit(x[:5], dim=256).dim == 4  # capped at n - 1

@@ -1,0 +1,301 @@
+"""Category vote accuracy: do a held-out photo's 5 nearest catalogue items vote its category?
+
+Protocol (``docs/evaluation.md``): the artifact is built once from every photo; a seeded split
+stratified by the canonical category marks 20 % of the rows as queries. Queries search only the
+catalogue rows (the held-out rows are simply not in the matrix searched), which is the same as
+building from the catalogue part alone, since each photo's embedding depends only on the photo.
+The vote is the engine's own (:func:`stygig.scoring.vote`: majority, ties by summed similarity).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from stygig.evaluation.split import Split, stratified_split
+from stygig.scoring import vote
+from stygig.whitening import Whitening
+
+if TYPE_CHECKING:
+    from stygig.artifact import Artifact
+    from stygig.engine import Recommender
+
+__all__ = [
+    "color_agreement",
+    "confusions",
+    "encode_labels",
+    "evaluate_photos",
+    "knn_vote",
+    "outfit_validity",
+    "tune_whitening",
+    "vote_accuracy",
+    "whitened_artifact",
+]
+
+_CHUNK = 1024
+
+
+def encode_labels(values: Sequence[str | None]) -> tuple[list[str], np.ndarray]:
+    """Sorted label names and int codes (``-1`` for missing)."""
+    names = sorted({v for v in values if v is not None})
+    lookup = {v: i for i, v in enumerate(names)}
+    return names, np.array([lookup[v] if v is not None else -1 for v in values], np.int64)
+
+
+def knn_vote(
+    catalog: np.ndarray, catalog_labels: np.ndarray, queries: np.ndarray, k: int = 5
+) -> np.ndarray:
+    """Predicted label code of each query row by the top-``k`` neighbour vote (inner product)."""
+    preds = np.empty(len(queries), np.int64)
+    kk = min(k, len(catalog))
+    for start in range(0, len(queries), _CHUNK):
+        sims = queries[start : start + _CHUNK] @ catalog.T
+        top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+        top_s = np.take_along_axis(sims, top, 1)
+        for row, (ids, s) in enumerate(zip(top, top_s, strict=True)):
+            preds[start + row] = vote(catalog_labels[ids], s).winner
+    return preds
+
+
+def vote_accuracy(
+    catalog: np.ndarray,
+    catalog_labels: np.ndarray,
+    queries: np.ndarray,
+    query_labels: np.ndarray,
+    names: Sequence[str],
+    *,
+    k: int = 5,
+) -> dict[str, Any]:
+    """Accuracy of :func:`knn_vote` plus the most frequent confusions."""
+    preds = knn_vote(catalog, catalog_labels, queries, k)
+    known = query_labels >= 0
+    correct = preds[known] == query_labels[known]
+    return {
+        "accuracy": float(correct.mean()) if correct.size else float("nan"),
+        "n": int(known.sum()),
+        "top_confusions": confusions(query_labels[known], preds[known], names),
+    }
+
+
+def confusions(
+    true: np.ndarray, pred: np.ndarray, names: Sequence[str], *, top: int = 10
+) -> list[dict[str, Any]]:
+    """The ``top`` most frequent (true, predicted) mistakes, with counts."""
+    pairs = Counter((int(t), int(p)) for t, p in zip(true, pred, strict=True) if t != p and p >= 0)
+    return [
+        {"true": names[t], "predicted": names[p], "count": n}
+        for (t, p), n in sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    ]
+
+
+def tune_whitening(
+    vectors: np.ndarray,
+    labels: Sequence[str],
+    *,
+    seed: int = 0,
+    dims: Sequence[int | None] = (None, 768, 512, 384, 256, 128),
+    shrinkages: Sequence[float] = (0.0, 0.05, 0.1, 0.2, 0.4),
+    powers: Sequence[float] = (1.0, 0.75, 0.5),
+) -> list[dict[str, Any]]:
+    """Grid-search whitening on the catalogue only: an inner 80/20 split of ``vectors``.
+
+    Returns one row per setting, best first; the evaluation queries are never seen.
+    """
+    inner = stratified_split(labels, seed=seed + 1)
+    names, codes = encode_labels(list(labels))
+    fit_rows, val_rows = vectors[inner.catalog], vectors[inner.queries]
+    rows = [
+        {
+            "dim": None,
+            "shrinkage": None,
+            "power": None,
+            "accuracy": vote_accuracy(
+                fit_rows, codes[inner.catalog], val_rows, codes[inner.queries], names
+            )["accuracy"],
+        }
+    ]
+    for dim in dims:
+        if dim is not None and dim > vectors.shape[1]:
+            continue
+        for shrinkage in shrinkages:
+            for power in powers:
+                w = Whitening.fit(fit_rows, dim=dim, shrinkage=shrinkage, power=power)
+                acc = vote_accuracy(
+                    w.apply(fit_rows),
+                    codes[inner.catalog],
+                    w.apply(val_rows),
+                    codes[inner.queries],
+                    names,
+                )["accuracy"]
+                rows.append({"dim": dim, "shrinkage": shrinkage, "power": power, "accuracy": acc})
+    return sorted(rows, key=lambda r: -float(r["accuracy"]))
+
+
+def _gender_ok(query: str | None, item: str | None) -> bool:
+    return query in (None, "unisex") or item in (None, "unisex", query)
+
+
+def outfit_validity(
+    recommender: Recommender,
+    query_rows: Sequence[int],
+    held_out: Sequence[int],
+    *,
+    limit: int = 500,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Share of outfit-mode recommendations that fit the query's *true* category and gender.
+
+    ``query_rows`` are artifact rows used as query photos (their stored embedding and colour
+    stand in for the photo, exactly what the build computed from it); every ``held_out`` row is
+    removed from the index and excluded from the candidates, so a query never meets itself.
+    """
+    from stygig.engine import Options
+    from stygig.features import PreparedImage
+
+    artifact = recommender.artifact
+    artifact.index.remove(np.asarray(held_out, np.int64))
+    excluded = tuple(artifact.items[i].id for i in held_out)
+    rows = np.asarray(query_rows, np.int64)
+    if len(rows) > limit:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, limit, replace=False))
+    tally = Counter[str]()
+    for pos in rows.tolist():
+        truth = artifact.items[pos]
+        prepared = PreparedImage(np.zeros(0, np.float32), artifact.colors[pos])
+        rec = recommender.recommend_embedded(
+            [prepared],
+            artifact.embeddings[pos : pos + 1],
+            (),
+            Options(mode="outfit", exclude_ids=excluded, seed=seed),
+        )
+        outfit_ids = set((rec.outfit or {}).get("item_ids", []))
+        for row in rec.items:
+            for scope in ("items", "outfit") if row["id"] in outfit_ids else ("items",):
+                cat_ok = recommender.taxonomy.compatible(truth.category, row["category"])
+                gender_ok = _gender_ok(truth.gender, row["gender"])
+                tally[f"{scope}_n"] += 1
+                tally[f"{scope}_category"] += cat_ok
+                tally[f"{scope}_gender"] += gender_ok
+                tally[f"{scope}_both"] += cat_ok and gender_ok
+        tally["queries_without_items"] += not rec.items
+    out: dict[str, Any] = {"queries": len(rows), **{k: v for k, v in tally.items() if "_n" in k}}
+    for scope in ("items", "outfit"):
+        n = max(tally[f"{scope}_n"], 1)
+        for what in ("category", "gender", "both"):
+            out[f"{scope}_{what}_valid"] = tally[f"{scope}_{what}"] / n
+    out["queries_without_items"] = tally["queries_without_items"]
+    return out
+
+
+def color_agreement(artifact: Artifact, rows: Sequence[int]) -> dict[str, Any]:
+    """How often the photo's dominant colour family equals its ``baseColour`` folded to families.
+
+    Both sides use :mod:`stygig.color`'s own family table (``data/color_families.yaml``, section
+    ``fashion-products``); excluded or unknown labels (``Multi``, metallics) are left out, counted.
+    """
+    from stygig.color import color_families, load_family_table
+
+    spec = load_family_table().datasets.get("fashion-products", {})
+    fold: dict[str, str] = dict(spec.get("labels") or {})
+    rows = list(rows)
+    base = [artifact.items[pos].attributes.get("baseColour", "") for pos in rows]
+    kept = [i for i, b in enumerate(base) if b in fold]
+    rgb = np.array([artifact.colors[rows[i]].get("rgb", [128, 128, 128]) for i in kept], float)
+    photo = color_families(rgb.reshape(-1, 3)).tolist() if kept else []
+    pairs = Counter((fold[base[i]], str(p)) for i, p in zip(kept, photo, strict=True))
+    n = len(kept)
+    hits = sum(v for (a, b), v in pairs.items() if a == b)
+    misses = sorted(((v, a, b) for (a, b), v in pairs.items() if a != b), reverse=True)[:8]
+    return {
+        "agreement": hits / n if n else float("nan"),
+        "n": n,
+        "left_out": len(rows) - n,
+        "top_confusions": [{"base": a, "photo": b, "count": v} for v, a, b in misses],
+    }
+
+
+def whitened_artifact(artifact: Artifact, vectors: np.ndarray) -> Artifact:
+    """A copy of ``artifact`` whose embeddings (and exact index) are ``vectors``.
+
+    What the build will store once whitening is wired in; here it lets the engine be measured
+    on whitened vectors without rebuilding.
+    """
+    from stygig.index import ExactIndex
+
+    return replace(artifact, embeddings=vectors, index=ExactIndex(vectors))
+
+
+def _vote_block(
+    vectors: np.ndarray, split: Split, labels: dict[str, list[str | None]]
+) -> dict[str, Any]:
+    out = {}
+    for name, values in labels.items():
+        names, codes = encode_labels(values)
+        out[name] = vote_accuracy(
+            vectors[split.catalog],
+            codes[split.catalog],
+            vectors[split.queries],
+            codes[split.queries],
+            names,
+        )
+    return out
+
+
+def evaluate_photos(
+    artifact: Artifact, *, seed: int = 0, limit: int | None = None, tune: bool = False
+) -> dict[str, Any]:
+    """Category votes (plain and whitened), colour agreement and outfit validity.
+
+    The split is stratified by the native ``articleType`` (else the canonical category);
+    ``limit`` caps the number of query photos (a seeded sample).
+    """
+    from stygig.engine import Recommender
+
+    items = artifact.items
+    strata = [i.attributes.get("articleType") or i.category for i in items]
+    split = stratified_split(strata, seed=seed)
+    held_out = split.queries
+    if limit is not None and len(split.queries) > limit:
+        picked = np.random.default_rng(seed).choice(split.queries, limit, replace=False)
+        split = Split(split.catalog, np.sort(picked))
+    labels: dict[str, list[str | None]] = {
+        "subCategory": [i.attributes.get("subCategory") for i in items],
+        "articleType": [i.category for i in items],
+        "gender": [i.gender for i in items],
+    }
+    emb = np.asarray(artifact.embeddings, np.float32)
+    whitening = Whitening.fit(emb[split.catalog])
+    white = whitening.apply(emb)
+    out: dict[str, Any] = {
+        "split": {**split.sizes(), "held_out": len(held_out), "stratified_by": "articleType"},
+        "category": {
+            "plain": _vote_block(emb, split, labels),
+            "whitened": _vote_block(white, split, labels),
+            "whitening": whitening.describe(),
+        },
+        "color": color_agreement(artifact, split.queries.tolist()),
+    }
+    if tune:
+        grid = tune_whitening(
+            emb[split.catalog], [str(labels["articleType"][i]) for i in split.catalog], seed=seed
+        )
+        best = next(r for r in grid if r["shrinkage"] is not None)
+        tuned = Whitening.fit(
+            emb[split.catalog], **{k: best[k] for k in ("dim", "shrinkage", "power")}
+        )
+        out["category"]["whitening_tuning"] = grid
+        out["category"]["whitened_tuned"] = _vote_block(tuned.apply(emb), split, labels)
+        out["category"]["whitening_tuned"] = tuned.describe()
+    queries, removed = split.queries.tolist(), held_out.tolist()
+    recommender = Recommender(artifact)
+    out["validity"] = outfit_validity(recommender, queries, removed, seed=seed)
+    if whitening.dim == emb.shape[1]:
+        whitened_art = whitened_artifact(artifact, white)
+        out["validity_whitened"] = outfit_validity(
+            Recommender(whitened_art, encoder=recommender.encoder), queries, removed, seed=seed
+        )
+    return out

@@ -1,0 +1,162 @@
+"""Write the evaluation's numbers: ``metrics.json`` (everything) and ``metrics.png`` (a chart).
+
+The chart draws one horizontal bar per headline number, grouped by question, with the target
+as a red tick and baselines in grey, so one glance says what passes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Bar", "bars_from_metrics", "write_chart", "write_metrics"]
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One bar: a share in ``[0, 1]``, an optional target, and whether it is a baseline."""
+
+    group: str
+    label: str
+    value: float
+    target: float | None = None
+    baseline: bool = False
+
+
+def _get(metrics: dict[str, Any], *path: str) -> float | None:
+    node: Any = metrics
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return float(node) if isinstance(node, int | float) and not math.isnan(node) else None
+
+
+def bars_from_metrics(metrics: dict[str, Any]) -> list[Bar]:
+    """The headline numbers of a metrics dict, in chart order (absent parts are skipped)."""
+    targets = metrics.get("targets", {})
+    spec: list[tuple[str, str, tuple[str, ...], float | None, bool]] = [
+        (
+            "category vote",
+            "subCategory",
+            ("category", "plain", "subCategory", "accuracy"),
+            targets.get("subCategory"),
+            False,
+        ),
+        (
+            "category vote",
+            "subCategory whitened",
+            ("category", "whitened", "subCategory", "accuracy"),
+            targets.get("subCategory"),
+            False,
+        ),
+        (
+            "category vote",
+            "articleType",
+            ("category", "plain", "articleType", "accuracy"),
+            targets.get("articleType"),
+            False,
+        ),
+        (
+            "category vote",
+            "articleType whitened",
+            ("category", "whitened", "articleType", "accuracy"),
+            targets.get("articleType"),
+            False,
+        ),
+        ("colour", "colour family agrees", ("color", "agreement"), None, False),
+        (
+            "outfit validity",
+            "items: category+gender",
+            ("validity", "items_both_valid"),
+            targets.get("validity"),
+            False,
+        ),
+        (
+            "outfit validity",
+            "outfit: category+gender",
+            ("validity", "outfit_both_valid"),
+            targets.get("validity"),
+            False,
+        ),
+    ]
+    for scope in ("items", "outfit"):
+        where = ("validity_whitened", f"{scope}_both_valid")
+        spec.append(
+            ("outfit validity", f"{scope}: whitened", where, targets.get("validity"), False)
+        )
+    for sampling in ("uniform", "matched"):
+        for name in ("v4", "v4_whitened", "cosine", "harmony", "popularity", "random"):
+            spec.append(
+                (
+                    f"FITB ({sampling})",
+                    f"{name} {sampling}",
+                    ("fitb", "accuracy", name, sampling, "accuracy"),
+                    None,
+                    not name.startswith("v4"),
+                )
+            )
+    for name in ("v4", "v4_whitened", "cosine", "harmony"):
+        spec.append(
+            ("compatibility AUC", f"AUC {name}", ("fitb", "auc", name), None, name[:2] != "v4")
+        )
+    bars = []
+    for group, label, path, target, baseline in spec:
+        value = _get(metrics, *path)
+        if value is not None:
+            bars.append(Bar(group, label, value, target, baseline))
+    return bars
+
+
+def write_metrics(metrics: dict[str, Any], out_dir: Path) -> Path:
+    """``metrics.json`` (sorted keys, NaN written as null)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "metrics.json"
+    path.write_text(json.dumps(_clean(metrics), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_chart(bars: list[Bar], out_dir: Path, *, title: str = "StyGig evaluation") -> Path:
+    """``metrics.png``: horizontal bars with value labels and red target ticks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "metrics.png"
+    n = max(len(bars), 1)
+    fig, ax = plt.subplots(figsize=(9, 0.42 * n + 1.6), dpi=110)
+    palette = ["#2b6cb0", "#2f855a", "#b7791f", "#6b46c1", "#c05621", "#2c7a7b", "#97266d"]
+    groups = list(dict.fromkeys(b.group for b in bars))
+    for y, bar in enumerate(bars):
+        colour = "#a0aec0" if bar.baseline else palette[groups.index(bar.group) % len(palette)]
+        ax.barh(y, bar.value * 100, color=colour, height=0.7)
+        right = max(bar.value, bar.target or 0.0) * 100  # keep the label clear of the tick
+        ax.text(right + 0.8, y, f"{bar.value * 100:.1f}", va="center", fontsize=8)
+        if bar.target is not None:
+            ax.plot([bar.target * 100] * 2, [y - 0.42, y + 0.42], color="#e53e3e", lw=2.2)
+    ax.set_yticks(range(len(bars)))
+    ax.set_yticklabels([f"{b.group}: {b.label}" for b in bars], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 108)
+    ax.set_xlabel("% (AUC x 100); red tick = target; grey = baseline")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,204 @@
+"""A load tester for a running StyGig server: real HTTP, many concurrent clients.
+
+``concurrency`` client tasks share one connection pool and send photos (raw bytes, content type
+from the file name) until ``requests`` have been answered; each latency is measured from just
+before the request is sent to the last byte of the response. The report holds throughput,
+latency percentiles, status counts (2xx/4xx/5xx and transport errors) and every latency, so it
+can be plotted (:func:`write_histogram`, matplotlib's Agg backend) or compared later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from stygig.errors import ConfigError, StygigError
+
+__all__ = [
+    "LoadTestConfig",
+    "LoadTestReport",
+    "load_photos",
+    "print_report",
+    "run_load_test",
+    "summarise",
+    "write_histogram",
+]
+
+_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
+
+
+@dataclass(frozen=True)
+class LoadTestConfig:
+    """What to send, where, and how hard."""
+
+    url: str
+    images: Path
+    concurrency: int = 100
+    requests: int = 1000
+    endpoint: str = "/invocations"
+    warmup: int = 10
+    timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1 or self.requests < 1 or self.warmup < 0:
+            raise ConfigError("concurrency and requests must be >= 1, warmup >= 0")
+
+
+@dataclass
+class LoadTestReport:
+    """The measured outcome."""
+
+    url: str
+    concurrency: int
+    requests: int
+    seconds: float
+    throughput_rps: float
+    latency_ms: dict[str, float]
+    counts: dict[str, int]
+    statuses: dict[str, int]
+    latencies_ms: list[float] = field(repr=False, default_factory=list)
+
+    def to_json(self) -> str:
+        """The report as indented JSON (latencies included, rounded to 0.01 ms)."""
+        data = asdict(self)
+        data["latencies_ms"] = [round(v, 2) for v in self.latencies_ms]
+        return json.dumps(data, indent=2)
+
+
+def load_photos(folder: Path) -> list[tuple[bytes, str]]:
+    """Every jpg/png/webp under ``folder`` as (bytes, content type), sorted by name."""
+    photos = [
+        (p.read_bytes(), _TYPES[p.suffix.lower()])
+        for p in sorted(Path(folder).rglob("*"))
+        if p.suffix.lower() in _TYPES and p.is_file()
+    ]
+    if not photos:
+        raise ConfigError(f"no .jpg/.png/.webp photos under {folder}")
+    return photos
+
+
+def summarise(
+    config: LoadTestConfig, latencies_ms: list[float], statuses: list[str], seconds: float
+) -> LoadTestReport:
+    """Percentiles and counts from raw measurements."""
+    lat = np.asarray(latencies_ms, np.float64)
+    pct = (
+        {f"p{q}": round(float(np.percentile(lat, q)), 2) for q in (50, 90, 95, 99)}
+        if lat.size
+        else {}
+    )
+    if lat.size:
+        pct |= {"mean": round(float(lat.mean()), 2), "max": round(float(lat.max()), 2)}
+        pct |= {"min": round(float(lat.min()), 2)}
+    by_status = Counter(statuses)
+    counts = {"2xx": 0, "4xx": 0, "5xx": 0, "errors": 0}
+    for status, n in by_status.items():
+        key = f"{status[0]}xx" if status.isdigit() else "errors"
+        counts[key] = counts.get(key, 0) + n
+    return LoadTestReport(
+        url=config.url + config.endpoint,
+        concurrency=config.concurrency,
+        requests=len(statuses),
+        seconds=round(seconds, 3),
+        throughput_rps=round(len(statuses) / seconds, 2) if seconds > 0 else 0.0,
+        latency_ms=pct,
+        counts=counts,
+        statuses=dict(sorted(by_status.items())),
+        latencies_ms=latencies_ms,
+    )
+
+
+async def _run(config: LoadTestConfig, photos: list[tuple[bytes, str]]) -> LoadTestReport:
+    import httpx
+
+    limits = httpx.Limits(
+        max_connections=config.concurrency, max_keepalive_connections=config.concurrency
+    )
+    target = config.url.rstrip("/") + config.endpoint
+    async with httpx.AsyncClient(limits=limits, timeout=config.timeout_s) as client:
+
+        async def send(i: int) -> tuple[float, str]:
+            body, kind = photos[i % len(photos)]
+            t0 = time.perf_counter()
+            try:
+                response = await client.post(
+                    target,
+                    content=body,
+                    headers={"content-type": kind, "accept": "application/json"},
+                )
+                status = str(response.status_code)
+            except httpx.HTTPError as e:
+                status = type(e).__name__
+            return (time.perf_counter() - t0) * 1e3, status
+
+        for i in range(config.warmup):
+            await send(i)
+        latencies: list[float] = []
+        statuses: list[str] = []
+        counter = iter(range(config.requests))
+
+        async def client_task() -> None:
+            for i in counter:  # shared iterator: each request index is taken once
+                ms, status = await send(i)
+                latencies.append(ms)
+                statuses.append(status)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client_task() for _ in range(config.concurrency)))
+        seconds = time.perf_counter() - t0
+    return summarise(config, latencies, statuses, seconds)
+
+
+def run_load_test(config: LoadTestConfig) -> LoadTestReport:
+    """Run the load test against ``config.url`` and return its report."""
+    return asyncio.run(_run(config, load_photos(config.images)))
+
+
+def print_report(report: LoadTestReport) -> None:
+    """A short human summary on stdout."""
+    lat = report.latency_ms
+    print(f"target        {report.url}")
+    print(f"requests      {report.requests} at concurrency {report.concurrency}")
+    print(f"throughput    {report.throughput_rps:.1f} requests/s over {report.seconds:.1f} s")
+    if lat:
+        print(
+            f"latency (ms)  p50 {lat['p50']:.1f}  p95 {lat['p95']:.1f}  p99 {lat['p99']:.1f}  "
+            f"max {lat['max']:.1f}"
+        )
+    print("responses     " + "  ".join(f"{k} {v}" for k, v in report.counts.items()))
+
+
+def write_histogram(report: LoadTestReport, path: Path) -> None:
+    """A latency histogram PNG with the percentiles marked (matplotlib, Agg backend)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise StygigError(
+            "matplotlib is needed for --png; pip install 'stygig[plot]'", code="missing_extra"
+        ) from e
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.hist(report.latencies_ms, bins=60, color="#4a6fa5")
+    for name in ("p50", "p95", "p99"):
+        value = report.latency_ms.get(name)
+        if value is not None:
+            ax.axvline(value, linestyle="--", color="#c0392b", linewidth=1)
+            ax.text(value, ax.get_ylim()[1] * 0.95, f" {name}", color="#c0392b", fontsize=8)
+    ax.set_xlabel("latency (ms)")
+    ax.set_ylabel("requests")
+    ax.set_title(
+        f"{report.requests} requests, concurrency {report.concurrency}: "
+        f"{report.throughput_rps:.1f} req/s"
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,562 @@
+"""The HTTP app: SageMaker contract, the friendly REST API, metrics, and the model service.
+
+Routes::
+
+    GET  /ping                            SageMaker health: 200 only when loaded and warm
+    POST /invocations                     SageMaker inference (image bytes, JSON)
+    POST /v1/recommend                    multipart upload, JSON or image bytes
+    GET  /v1/items/{item_id}              one catalogue item
+    GET  /v1/items/{item_id}/recommendations
+    GET  /healthz  /readyz  /metrics  /docs
+
+The model is loaded and warmed in the background at start-up (``/healthz`` answers at once,
+``/ping`` and ``/readyz`` turn 200 when warm). Photos are decoded in a thread pool, encoded by
+the :class:`~stygig.serving.batching.MicroBatcher` in its own thread, then searched and scored
+in the pool again: the event loop only moves bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from stygig import __version__
+from stygig.engine import Options, Query, Recommender
+from stygig.errors import (
+    ImageTooLargeError,
+    InvalidImageError,
+    InvalidOptionsError,
+    NotFoundError,
+    OverloadedError,
+    StygigError,
+)
+from stygig.features import PreparedImage
+from stygig.serving import requests as rq
+from stygig.serving.batching import BatcherConfig, MicroBatcher
+from stygig.serving.logging import ACCESS_LOGGER, request_id
+from stygig.serving.metrics import CONTENT_TYPE, ServerMetrics
+
+__all__ = ["ModelService", "ServerConfig", "create_app"]
+
+log = logging.getLogger("stygig.serving")
+access_log = logging.getLogger(ACCESS_LOGGER)
+R = TypeVar("R")
+JSON = "application/json"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything the app needs to know; the CLI fills it from flags and the environment."""
+
+    artifact: Path
+    batching: BatcherConfig = field(default_factory=BatcherConfig)
+    threads: int = field(default_factory=lambda: max(2, min(8, os.cpu_count() or 2)))
+    max_body_bytes: int = rq.MAX_BODY_BYTES
+    request_timeout_s: float = 50.0  # SageMaker gives up at 60 s
+    warmup_rounds: int = 3
+    verify: bool = True
+
+
+def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    body = json.dumps(data, separators=(",", ":")).encode()
+    return Response(body, status_code=status, media_type=JSON, headers=headers)
+
+
+def error_response(err: StygigError) -> Response:
+    """The JSON error body with the error's status (and ``Retry-After`` for 503)."""
+    headers = {"Retry-After": "1"} if err.http_status == 503 else None
+    return _json(err.to_dict(), err.http_status, headers)
+
+
+def _warmup_photo(size: int = 256) -> bytes:
+    from PIL import Image
+
+    arr = np.full((size, size, 3), 245, np.uint8)
+    arr[size // 5 : size * 4 // 5, size // 4 : size * 3 // 4] = (40, 60, 150)
+    buf = io.BytesIO()
+    Image.fromarray(arr, "RGB").save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+class ModelService:
+    """Owns the recommender, the batcher and the thread pool; answers parsed requests."""
+
+    def __init__(self, config: ServerConfig, metrics: ServerMetrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.recommender: Recommender | None = None
+        self.ready = False
+        self.load_seconds: float | None = None
+        self.warmup_seconds: float | None = None
+        self.pool = ThreadPoolExecutor(config.threads, thread_name_prefix="stygig-work")
+        self.batcher: MicroBatcher[PreparedImage] = MicroBatcher(
+            self._embed, config.batching, on_batch=metrics.observe_batch
+        )
+        self.in_flight = 0
+
+    def _embed(self, prepared: list[PreparedImage]) -> np.ndarray:
+        assert self.recommender is not None
+        return self.recommender.embed(prepared)
+
+    async def run(self, fn: Callable[..., R], *args: Any) -> R:
+        """``fn(*args)`` in the worker pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def start(self) -> None:
+        """Load the artifact, start the batcher, warm every path, then report ready."""
+        t0 = time.perf_counter()
+        self.recommender = await self.run(_load, self.config.artifact, self.config.verify)
+        self.load_seconds = time.perf_counter() - t0
+        self.metrics.model_load.set(self.load_seconds)
+        await self.batcher.start()
+        t1 = time.perf_counter()
+        await self._warm()
+        self.warmup_seconds = time.perf_counter() - t1
+        self.metrics.warmup.set(self.warmup_seconds)
+        self.ready = True
+        self.metrics.ready.set(1)
+        log.info(
+            "model ready",
+            extra={
+                "fields": {
+                    "event": "ready",
+                    "artifact": str(self.config.artifact),
+                    "encoder": self.recommender.encoder.name,
+                    "items": len(self.recommender.artifact.items),
+                    "load_s": round(self.load_seconds, 3),
+                    "warmup_s": round(self.warmup_seconds, 3),
+                }
+            },
+        )
+
+    async def _warm(self) -> None:
+        """Run the real pipeline: single photos, a full batch, and an item query."""
+        assert self.recommender is not None
+        photo = _warmup_photo()
+        first_id = self.recommender.artifact.items[0].id
+        for _ in range(self.config.warmup_rounds):
+            await self.answer(rq.ParsedRequest(Query(images=(photo,)), Options()))
+        n = self.config.batching.max_batch
+        prepared = await self.run(self.recommender.prepare, [photo])
+        await self.run(self._embed, prepared * n)  # the full-batch shape, once
+        await self.answer(rq.ParsedRequest(Query(item_ids=(first_id,)), Options()))
+
+    async def stop(self) -> None:
+        """Finish queued work, then stop the batcher and the pool."""
+        self.ready = False
+        self.metrics.ready.set(0)
+        if self.batcher.running:
+            await self.batcher.stop()
+        self.pool.shutdown(wait=True)
+
+    def require(self) -> Recommender:
+        """The recommender, or 503 while it is still loading."""
+        if not self.ready or self.recommender is None:
+            raise OverloadedError("the model is loading; retry shortly", code="not_ready")
+        return self.recommender
+
+    async def answer(self, parsed: rq.ParsedRequest) -> bytes:
+        """A recommendation as JSON bytes (raises :mod:`stygig.errors` types)."""
+        rec = self.recommender
+        assert rec is not None
+        if self.in_flight >= self.config.batching.max_queue:
+            self.metrics.rejected.inc()
+            raise OverloadedError("the server is at capacity; retry shortly")
+        self.in_flight += 1
+        self.metrics.in_flight.set(self.in_flight)
+        try:
+            async with asyncio.timeout(self.config.request_timeout_s):
+                return await self._answer(rec, parsed)
+        except TimeoutError:
+            raise OverloadedError(
+                f"the request took over {self.config.request_timeout_s:.0f} s; retry shortly",
+                code="timeout",
+            ) from None
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.set(self.in_flight)
+
+    async def _answer(self, rec: Recommender, parsed: rq.ParsedRequest) -> bytes:
+        timings: dict[str, float] = {}
+        prepared: list[PreparedImage] = []
+        vectors = np.zeros((0, rec.embeddings.shape[1]), np.float32)
+        if parsed.query.images:
+            prepared = await self.run(_prepare, rec, parsed.query.images)
+            timings["decode"] = sum(p.timings_ms.get("decode", 0.0) for p in prepared)
+            timings["color"] = sum(p.timings_ms.get("color", 0.0) for p in prepared)
+            self.metrics.queue_depth.set(self.batcher.depth + 1)
+            try:
+                result = await self.batcher.submit(prepared)
+            except OverloadedError:
+                self.metrics.rejected.inc()
+                raise
+            finally:
+                self.metrics.queue_depth.set(self.batcher.depth)
+            vectors = result.vectors
+            timings["queue"], timings["embed"] = result.queue_ms, result.embed_ms
+
+        def finish() -> tuple[bytes, dict[str, float]]:
+            out = rec.recommend_embedded(
+                prepared, vectors, parsed.query.item_ids, parsed.options, timings
+            ).to_dict()
+            return json.dumps(out, separators=(",", ":")).encode(), out["timings_ms"]
+
+        body, final = await self.run(finish)
+        self.metrics.observe_timings(final)
+        return body
+
+
+def _prepare(rec: Recommender, images: Sequence[bytes | str | Path]) -> list[PreparedImage]:
+    """Decode client photos; whatever a decoder throws on client bytes is the client's 4xx."""
+    from PIL import Image
+
+    try:
+        return rec.prepare(images)
+    except StygigError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageTooLargeError(f"the image has too many pixels: {e}") from e
+    except Exception as e:  # a decoder's own failure on hostile bytes must not be a 500
+        log.warning("decoder failure on client input", exc_info=True)
+        raise InvalidImageError(f"the image could not be decoded: {e}") from e
+
+
+def _load(path: Path, verify: bool) -> Recommender:
+    from stygig.artifact import Artifact
+
+    return Recommender(Artifact.load(path, verify=verify))
+
+
+class _Boundary:
+    """Outermost middleware: request ids, body limit, metrics, access log, last-resort 500."""
+
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics, max_body: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        rid = request_id(headers.get("x-request-id"))
+        scope.setdefault("state", {})["request_id"] = rid
+        status = 500
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                started = True
+                status = int(message["status"])
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", rid.encode("latin-1")),
+                ]
+            await send(message)
+
+        try:
+            await self.app(scope, _limited(receive, headers, self.max_body), send_with_id)
+        except Exception:
+            log.exception("unhandled error", extra={"fields": {"request_id": rid}})
+            if not started:
+                err = StygigError("internal server error")
+                await error_response(err)(scope, receive, send_with_id)
+        finally:
+            seconds = time.perf_counter() - t0
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            self.metrics.latency.labels(route).observe(seconds)
+            access_log.info(
+                "request",
+                extra={
+                    "fields": {
+                        "event": "request",
+                        "request_id": rid,
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "route": route,
+                        "status": status,
+                        "latency_ms": round(seconds * 1e3, 3),
+                    }
+                },
+            )
+
+
+def _limited(receive: Receive, headers: dict[str, str], limit: int) -> Receive:
+    """``receive`` that raises 413 past ``limit`` bytes, after draining a modest excess.
+
+    Draining (up to 4x the limit) lets the client finish sending and read the 413 instead of
+    seeing a reset connection; anything bigger is cut off.
+    """
+    declared = headers.get("content-length", "")
+    total = 0
+
+    async def wrapped() -> Message:
+        nonlocal total
+        too_big = declared.isdigit() and int(declared) > limit
+        message: Message = (
+            await receive() if not too_big else {"type": "http.request", "more_body": True}
+        )
+        if message["type"] == "http.request":
+            total += len(bytes(message.get("body", b"")))
+            too_big = too_big or total > limit
+            if too_big:
+                more = message.get("more_body", False)
+                while more and total <= 4 * limit:
+                    nxt = await receive()
+                    total += len(bytes(nxt.get("body", b"")))
+                    more = nxt.get("more_body", False) and nxt["type"] == "http.request"
+                raise rq.PayloadTooLargeError(f"the request body is over the {limit:,}-byte limit")
+        return message
+
+    return wrapped
+
+
+_IMAGE_BODY = {"schema": {"type": "string", "format": "binary"}}
+_JSON_BODY = {
+    "schema": {
+        "type": "object",
+        "properties": {
+            "image_b64": {"type": "string", "description": "one photo, base64"},
+            "images_b64": {"type": "array", "items": {"type": "string"}},
+            "item_ids": {"type": "array", "items": {"type": "string"}},
+            "mode": {"type": "string", "enum": ["outfit", "similar"]},
+            "k": {"type": "integer", "minimum": 1, "maximum": 100},
+            "k_total": {"type": "integer", "minimum": 1, "maximum": 100},
+        },
+        "additionalProperties": True,
+    }
+}
+_INVOCATION_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            **{t: _IMAGE_BODY for t in sorted(rq.IMAGE_TYPES)},
+            JSON: _JSON_BODY,
+        },
+    }
+}
+_RECOMMEND_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            **_INVOCATION_DOC["requestBody"]["content"],
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "image": {"type": "string", "format": "binary"},
+                        "item_ids": {"type": "array", "items": {"type": "string"}},
+                        "options": {"type": "string", "description": "a JSON object"},
+                    },
+                }
+            },
+        },
+    }
+}
+_FILE_FIELDS = ("image", "images", "file")
+
+
+async def _parse_multipart(request: Request, limit: int) -> rq.ParsedRequest:
+    form = await request.form(max_files=16, max_fields=64, max_part_size=limit)
+    try:
+        images: list[bytes] = []
+        item_ids: list[str] = []
+        params: list[tuple[str, str]] = []
+        options: dict[str, Any] = {}
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if key not in _FILE_FIELDS:
+                    raise InvalidOptionsError(f"unexpected file field {key!r}; use 'image'")
+                images.append(await value.read())
+            elif key in _FILE_FIELDS:
+                raise InvalidOptionsError(f"field {key!r} must be a file upload")
+            elif key == "item_ids":
+                item_ids.extend(v for v in value.split(",") if v)
+            elif key == "options":
+                options.update(rq.parse_json_object(value.encode(), what="the options field"))
+            else:
+                params.append((key, value))
+        return rq.build_request(images, item_ids, {**options, **rq.params_to_dict(params)})
+    finally:
+        await form.close()
+
+
+async def parse_request(
+    request: Request, service: ModelService, *, multipart: bool
+) -> rq.ParsedRequest:
+    """Read and parse the body by content type (JSON and decoding work off the event loop)."""
+    rq.check_accept(request.headers.get("accept"))
+    kind = rq.media_type(request.headers.get("content-type"))
+    if multipart and kind == "multipart/form-data":
+        return await _parse_multipart(request, service.config.max_body_bytes)
+    if kind not in rq.IMAGE_TYPES and kind != JSON:
+        raise rq.unsupported(kind)
+    body = await request.body()
+    if kind == JSON:
+        return await service.run(rq.parse_json_body, body)
+    params = [
+        *rq.custom_attributes(request.headers.get("x-amzn-sagemaker-custom-attributes")),
+        *request.query_params.multi_items(),
+    ]
+    return rq.parse_image_body(body, params)
+
+
+def create_app(
+    config: ServerConfig, *, on_fatal: Callable[[BaseException], None] | None = None
+) -> FastAPI:
+    """The FastAPI app. ``on_fatal`` is called if the model cannot be loaded."""
+    metrics = ServerMetrics()
+    service = ModelService(config, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async def load() -> None:
+            try:
+                await service.start()
+            except Exception as e:
+                log.exception("the model could not be loaded")
+                if on_fatal is not None:
+                    on_fatal(e)
+
+        task = asyncio.create_task(load(), name="stygig-load")
+        yield
+        if not task.done():
+            task.cancel()
+        await service.stop()
+
+    app = FastAPI(
+        title="StyGig",
+        version=__version__,
+        description="Photo in, outfit out: fashion recommendations from a retailer's catalogue.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.state.metrics = metrics
+    app.add_middleware(_Boundary, metrics=metrics, max_body=config.max_body_bytes)
+
+    @app.exception_handler(StygigError)
+    async def stygig_error(request: Request, exc: StygigError) -> Response:
+        if exc.http_status >= 500 and exc.http_status != 503:
+            log.error("server error: %s", exc.message)
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        errors = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
+        )
+        return _json({"error": {"code": "invalid_request", "message": errors}}, 422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        codes = {404: "not_found", 405: "method_not_allowed", 400: "invalid_input"}
+        code = codes.get(exc.status_code, "http_error")
+        return _json(
+            {"error": {"code": code, "message": str(exc.detail)}},
+            exc.status_code,
+            dict(exc.headers or {}),
+        )
+
+    _routes(app, service, metrics)
+    return app
+
+
+def _routes(app: FastAPI, service: ModelService, metrics: ServerMetrics) -> None:
+    @app.get("/ping", tags=["sagemaker"], summary="SageMaker health check")
+    async def ping() -> Response:
+        if not service.ready:
+            return error_response(OverloadedError("the model is loading", code="not_ready"))
+        return _json({"status": "ok"})
+
+    @app.post(
+        "/invocations",
+        tags=["sagemaker"],
+        summary="SageMaker inference",
+        openapi_extra=_INVOCATION_DOC,
+    )
+    async def invocations(request: Request) -> Response:
+        service.require()
+        parsed = await parse_request(request, service, multipart=False)
+        return Response(await service.answer(parsed), media_type=JSON)
+
+    @app.post(
+        "/v1/recommend",
+        tags=["recommend"],
+        summary="Outfit / similar items for photos or item ids",
+        openapi_extra=_RECOMMEND_DOC,
+    )
+    async def recommend(request: Request) -> Response:
+        service.require()
+        parsed = await parse_request(request, service, multipart=True)
+        return Response(await service.answer(parsed), media_type=JSON)
+
+    @app.get("/v1/items/{item_id}", tags=["catalogue"], summary="One catalogue item")
+    async def item(item_id: str) -> Response:
+        rec = service.require()
+        pos = rec.artifact.positions.get(item_id)
+        if pos is None:
+            raise NotFoundError(f"item {item_id!r} is not in the catalogue", code="unknown_item")
+        data = rec.artifact.items[pos].to_dict()
+        data["color"] = rec.artifact.colors[pos]
+        return _json(data)
+
+    @app.get(
+        "/v1/items/{item_id}/recommendations",
+        tags=["catalogue"],
+        summary="What goes with a catalogue item (options as query parameters)",
+    )
+    async def item_recommendations(item_id: str, request: Request) -> Response:
+        service.require()
+        rq.check_accept(request.headers.get("accept"))
+        options = rq.options_from_params(request.query_params.multi_items())
+        parsed = rq.ParsedRequest(Query(item_ids=(item_id,)), options)
+        return Response(await service.answer(parsed), media_type=JSON)
+
+    @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
+    async def healthz() -> Response:
+        return _json({"status": "alive", "ready": service.ready})
+
+    @app.get("/readyz", tags=["ops"], summary="Readiness: model loaded and warm")
+    async def readyz() -> Response:
+        rec = service.recommender
+        body = {
+            "ready": service.ready,
+            "artifact": str(service.config.artifact),
+            "encoder": rec.encoder.name if rec else None,
+            "items": len(rec.artifact.items) if rec else None,
+            "load_seconds": service.load_seconds,
+            "warmup_seconds": service.warmup_seconds,
+            "batching": {
+                "max_batch": service.config.batching.max_batch,
+                "max_wait_ms": service.config.batching.max_wait_ms,
+                "max_queue": service.config.batching.max_queue,
+            },
+        }
+        return _json(body, 200 if service.ready else 503)
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        metrics.queue_depth.set(service.batcher.depth)
+        return Response(metrics.render(), media_type=CONTENT_TYPE)

@@ -1,0 +1,153 @@
+"""``stygig serve`` and ``stygig loadtest``: flags in, server or load test out.
+
+``serve`` follows the SageMaker inference container contract: port 8080 unless
+``SAGEMAKER_BIND_TO_PORT`` or ``--port`` says otherwise, the artifact at ``/opt/ml/model`` unless
+``--artifact`` names one, and a graceful shutdown on SIGTERM that finishes in-flight requests
+within SageMaker's 30 s grace period.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DEFAULT_ARTIFACT", "default_port", "register", "run_loadtest", "run_serve"]
+
+DEFAULT_ARTIFACT = "/opt/ml/model"
+_GRACE_S = 25  # SageMaker sends SIGTERM, then SIGKILL 30 s later
+
+
+def default_port() -> int:
+    """``SAGEMAKER_BIND_TO_PORT`` when set, else 8080."""
+    value = os.environ.get("SAGEMAKER_BIND_TO_PORT", "")
+    return int(value) if value.isdigit() else 8080
+
+
+def register(subparsers: Any) -> None:
+    """Add ``serve`` and ``loadtest`` to ``stygig``'s argparse subparsers."""
+    p = subparsers.add_parser("serve", help="run the real-time HTTP server (SageMaker contract)")
+    p.add_argument("--artifact", default=None, help=f"artifact folder (default {DEFAULT_ARTIFACT})")
+    p.add_argument("--host", default="0.0.0.0", help="bind address (default all interfaces)")
+    p.add_argument("--port", type=int, default=None, help="default $SAGEMAKER_BIND_TO_PORT or 8080")
+    p.add_argument("--max-batch", type=int, default=8, help="photos per encoder call")
+    p.add_argument("--max-wait-ms", type=float, default=2.0, help="batch collection deadline")
+    p.add_argument("--max-queue", type=int, default=256, help="requests in flight before 503")
+    p.add_argument("--no-batching", action="store_true", help="one request per encoder call")
+    p.add_argument("--threads", type=int, default=None, help="decode/score threads")
+    p.add_argument("--max-body-mb", type=float, default=6.0, help="request body limit (MB)")
+    p.add_argument("--timeout", type=float, default=50.0, help="per-request limit in seconds")
+    p.add_argument("--no-verify", action="store_true", help="skip artifact checksums at start")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=run_serve)
+
+    p = subparsers.add_parser("loadtest", help="measure a running server over real HTTP")
+    p.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8080")
+    p.add_argument("--images", required=True, help="folder of query photos (jpg/png/webp)")
+    p.add_argument("--concurrency", type=int, default=100)
+    p.add_argument("--requests", type=int, default=1000)
+    p.add_argument("--endpoint", default="/invocations")
+    p.add_argument("--warmup", type=int, default=10, help="requests sent first, not measured")
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--json", dest="json_out", help="write the report here")
+    p.add_argument("--png", help="write a latency histogram here (needs matplotlib)")
+    p.set_defaults(func=run_loadtest)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Start uvicorn (one worker process) on the app; returns the exit code."""
+    import uvicorn
+
+    from stygig.serving.app import ServerConfig, create_app
+    from stygig.serving.batching import BatcherConfig
+    from stygig.serving.logging import configure_logging
+
+    configure_logging(args.log_level)
+    batching = (
+        BatcherConfig.off(args.max_queue)
+        if args.no_batching
+        else BatcherConfig(args.max_batch, args.max_wait_ms, args.max_queue)
+    )
+    artifact = Path(args.artifact or os.environ.get("STYGIG_ARTIFACT") or DEFAULT_ARTIFACT)
+    config = ServerConfig(
+        artifact=artifact,
+        batching=batching,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        request_timeout_s=args.timeout,
+        verify=not args.no_verify,
+        **({"threads": args.threads} if args.threads else {}),
+    )
+    failed: list[BaseException] = []
+    server: uvicorn.Server | None = None
+
+    def fatal(error: BaseException) -> None:
+        failed.append(error)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(config, on_fatal=fatal)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port if args.port is not None else default_port(),
+            workers=1,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=_GRACE_S,
+            timeout_keep_alive=75,  # longer than typical load-balancer idle timeouts
+            lifespan="on",
+        )
+    )
+    server.run()
+    if failed:
+        error = failed[0]
+        print(f"stygig: error: the model could not be loaded: {error}", file=sys.stderr)
+        return int(getattr(error, "exit_code", 1))
+    return 0
+
+
+def run_loadtest(args: argparse.Namespace) -> int:
+    """Run the load test and print its report; non-zero when any request got a 5xx."""
+    from stygig.loadtest import LoadTestConfig, print_report, run_load_test, write_histogram
+
+    report = run_load_test(
+        LoadTestConfig(
+            url=args.url,
+            images=Path(args.images),
+            concurrency=args.concurrency,
+            requests=args.requests,
+            endpoint=args.endpoint,
+            warmup=args.warmup,
+            timeout_s=args.timeout,
+        )
+    )
+    print_report(report)
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(report.to_json(), encoding="utf-8")
+        print(f"report written: {args.json_out}")
+    if args.png:
+        write_histogram(report, Path(args.png))
+        print(f"histogram written: {args.png}")
+    return 1 if report.counts.get("5xx", 0) or report.counts.get("errors", 0) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m stygig.serving.command serve ...`` without the main CLI (containers, tests)."""
+    from stygig.errors import StygigError
+
+    parser = argparse.ArgumentParser(prog="stygig")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except StygigError as e:
+        print(f"stygig: error: {e.message}", file=sys.stderr)
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

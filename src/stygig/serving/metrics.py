@@ -1,0 +1,113 @@
+"""Prometheus metrics, one registry per app (so tests and several apps never collide)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+__all__ = ["CONTENT_TYPE", "STAGES", "ServerMetrics"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+#: Stages timed per request (``timings_ms`` keys of a recommendation, plus the whole request).
+STAGES = ("decode", "color", "queue", "embed", "search", "score", "rank", "total")
+
+_LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+_BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
+
+
+@dataclass
+class ServerMetrics:
+    """Every metric the server exposes at ``GET /metrics``."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.requests = Counter(
+            "stygig_requests",
+            "HTTP requests by route template, method and status code.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "stygig_request_seconds",
+            "End-to-end request latency inside the server, by route template.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stage = Histogram(
+            "stygig_stage_seconds",
+            "Per-stage latency of recommendation requests (decode, embed, search, score, ...).",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "stygig_batch_size",
+            "Photos per encoder call.",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "stygig_batch_seconds",
+            "Encoder time per batch.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "stygig_queue_depth", "Requests waiting for the encoder.", registry=r
+        )
+        self.in_flight = Gauge("stygig_in_flight_requests", "Requests being served.", registry=r)
+        self.rejected = Counter(
+            "stygig_rejected_requests", "Requests refused with 503 (queue full).", registry=r
+        )
+        self.model_load = Gauge(
+            "stygig_model_load_seconds", "Time to load the artifact and encoder.", registry=r
+        )
+        self.warmup = Gauge("stygig_warmup_seconds", "Time spent warming up.", registry=r)
+        self.ready = Gauge("stygig_ready", "1 when the model is loaded and warm.", registry=r)
+
+    def observe_timings(self, timings_ms: dict[str, float]) -> None:
+        """Record a recommendation's ``timings_ms`` per stage."""
+        for stage in STAGES:
+            value = timings_ms.get(stage)
+            if value is not None:
+                self.stage.labels(stage).observe(value / 1e3)
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        """Record one encoder call."""
+        self.batch_size.observe(size)
+        self.batch_seconds.observe(seconds)
+
+    def render(self) -> bytes:
+        """The exposition text."""
+        return generate_latest(self.registry)

@@ -1,0 +1,217 @@
+"""Request bodies in, :class:`~stygig.engine.Query` and :class:`~stygig.engine.Options` out.
+
+Accepted bodies (``POST /invocations`` and ``POST /v1/recommend``):
+
+* ``image/jpeg``, ``image/png``, ``image/webp``, ``application/x-image``: the raw photo; options
+  from the URL query string (``?k=3&mode=similar``) or SageMaker's
+  ``X-Amzn-SageMaker-Custom-Attributes`` header in the same ``key=value&...`` form.
+* ``application/json``: ``{"image_b64": ...}``, ``{"images_b64": [...]}`` and/or
+  ``{"item_ids": [...]}``, with the recommender's options beside them.
+* ``multipart/form-data``: files in ``image`` / ``images`` / ``file``, ``item_ids`` fields, and
+  an ``options`` field holding a JSON object (parsed by the app, which owns the form parser).
+
+Every mistake raises a :mod:`stygig.errors` type (4xx), never anything else.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+from stygig.engine import Options, Query
+from stygig.errors import (
+    ImageTooLargeError,
+    InputError,
+    InvalidImageError,
+    InvalidOptionsError,
+    UnsupportedMediaError,
+)
+
+__all__ = [
+    "IMAGE_TYPES",
+    "MAX_BODY_BYTES",
+    "NotAcceptableError",
+    "ParsedRequest",
+    "PayloadTooLargeError",
+    "build_request",
+    "check_accept",
+    "custom_attributes",
+    "media_type",
+    "options_from_params",
+    "params_to_dict",
+    "parse_image_body",
+    "parse_json_body",
+    "parse_json_object",
+    "unsupported",
+]
+
+#: SageMaker's real-time payload limit.
+MAX_BODY_BYTES = 6 * 1024 * 1024
+IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "application/x-image"})
+_IMAGE_KEYS = ("image_b64", "images_b64", "item_ids")
+_INT_OPTIONS = ("k", "k_total", "seed")
+_LIST_OPTIONS = ("include_categories", "exclude_categories", "exclude_ids")
+_ACCEPTABLE = ("application/json", "application/*", "*/*")
+
+
+class PayloadTooLargeError(ImageTooLargeError):
+    """A request body over the server's byte limit (HTTP 413)."""
+
+    code = "payload_too_large"
+
+
+class NotAcceptableError(InputError):
+    """An ``Accept`` header that rules out JSON (HTTP 406)."""
+
+    http_status = 406
+    code = "not_acceptable"
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    """What a request asks for."""
+
+    query: Query
+    options: Options
+
+
+def media_type(content_type: str | None) -> str:
+    """``"image/jpeg; charset=x"`` -> ``"image/jpeg"`` (lower case, ``""`` when absent)."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def check_accept(accept: str | None) -> None:
+    """Raise :class:`NotAcceptableError` unless the client takes JSON."""
+    if not accept:
+        return
+    for part in accept.split(","):
+        kind = media_type(part)
+        q = 1.0
+        for param in part.split(";")[1:]:
+            key, _, value = param.strip().partition("=")
+            if key == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if kind in _ACCEPTABLE and q > 0:
+            return
+    raise NotAcceptableError(f"responses are application/json; Accept was {accept!r}")
+
+
+def _coerce(name: str, values: list[str]) -> Any:
+    if name in _LIST_OPTIONS:
+        return [v for value in values for v in value.split(",") if v]
+    value = values[-1]
+    if name in _INT_OPTIONS:
+        try:
+            return int(value)
+        except ValueError:
+            raise InvalidOptionsError(f"{name} must be an integer, not {value!r}") from None
+    if name == "diversity":
+        try:
+            return float(value)
+        except ValueError:
+            raise InvalidOptionsError(f"diversity must be a number, not {value!r}") from None
+    if name == "use_color":
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise InvalidOptionsError(f"use_color must be true or false, not {value!r}")
+    if name == "filters":
+        return parse_json_object(value.encode(), what="filters")
+    return value
+
+
+def params_to_dict(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """Option values from text pairs (query string, form fields), typed per option."""
+    grouped: dict[str, list[str]] = {}
+    for key, value in pairs:
+        grouped.setdefault(key, []).append(value)
+    return {k: _coerce(k, v) for k, v in grouped.items()}
+
+
+def options_from_params(pairs: Iterable[tuple[str, str]]) -> Options:
+    """Options from URL query parameters (repeated or comma-separated lists)."""
+    return Options.from_dict(params_to_dict(pairs))
+
+
+def parse_json_object(body: bytes, *, what: str = "the body") -> dict[str, Any]:
+    """A JSON object, or :class:`~stygig.errors.InputError` (400) saying why not."""
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{what} is not valid JSON: {e}", code="malformed_json") from None
+    if not isinstance(data, dict):
+        raise InvalidOptionsError(f"{what} must be a JSON object, not {type(data).__name__}")
+    return data
+
+
+def _b64(value: Any, where: str) -> bytes:
+    if not isinstance(value, str):
+        raise InvalidOptionsError(f"{where} must be a base64 string")
+    if value.startswith("data:") and "," in value:  # data URLs from browsers
+        value = value.split(",", 1)[1]
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidImageError(f"{where} is not valid base64", code="invalid_base64") from None
+
+
+def _string_list(value: Any, name: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidOptionsError(f"{name} must be a list of strings")
+    return tuple(value)
+
+
+def build_request(
+    images: Iterable[bytes], item_ids: Iterable[str], options: Mapping[str, Any]
+) -> ParsedRequest:
+    """Validate the pieces into a query and options (4xx errors on any mistake)."""
+    return ParsedRequest(Query(tuple(images), tuple(item_ids)), Options.from_dict(dict(options)))
+
+
+def parse_json_body(body: bytes) -> ParsedRequest:
+    """A JSON body: ``image_b64`` / ``images_b64`` / ``item_ids`` plus options."""
+    data = parse_json_object(body)
+    images: list[bytes] = []
+    if "image_b64" in data:
+        images.append(_b64(data["image_b64"], "image_b64"))
+    if "images_b64" in data:
+        values = data["images_b64"]
+        if not isinstance(values, list):
+            raise InvalidOptionsError("images_b64 must be a list of base64 strings")
+        images.extend(_b64(v, f"images_b64[{i}]") for i, v in enumerate(values))
+    item_ids = _string_list(data.get("item_ids", []), "item_ids")
+    options = {k: v for k, v in data.items() if k not in _IMAGE_KEYS}
+    return build_request(images, item_ids, options)
+
+
+def parse_image_body(body: bytes, params: Iterable[tuple[str, str]]) -> ParsedRequest:
+    """A raw photo body with options from query parameters."""
+    if not body:
+        raise InvalidImageError("the request body is empty", code="empty_image")
+    return ParsedRequest(Query(images=(body,)), options_from_params(params))
+
+
+def custom_attributes(header: str | None) -> list[tuple[str, str]]:
+    """SageMaker's ``X-Amzn-SageMaker-Custom-Attributes`` (``k=3&mode=similar``) as pairs."""
+    return parse_qsl(header or "", keep_blank_values=False)
+
+
+def unsupported(content_type: str) -> UnsupportedMediaError:
+    """The error for a body whose content type we do not read."""
+    shown = content_type or "(none)"
+    return UnsupportedMediaError(
+        f"content type {shown} is not accepted; send image/jpeg, image/png, image/webp, "
+        "application/x-image, application/json or multipart/form-data",
+        code="unsupported_content_type",
+    )

@@ -1,0 +1,407 @@
+"""The real server over real HTTP: SageMaker contract, content types, bad input, load, shutdown."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import struct
+import time
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from stygig.engine import Options, Query, Recommender
+from tests.conftest import encode, garment_image
+from tests.integration.server_fixtures import (
+    Server,
+    running_server,
+    sample_artifact,
+    start_process,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return sample_artifact(tmp_path_factory.mktemp("server"))
+
+
+@pytest.fixture(scope="module")
+def server(sample: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    log = tmp_path_factory.mktemp("logs") / "server.log"
+    # The port comes from SAGEMAKER_BIND_TO_PORT, as inside a SageMaker container.
+    with running_server(sample[1], log, port_from_env=True) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30.0) as c:
+        yield c
+
+
+def _photo(sample: tuple[Path, Path], name: str = "blue-jeans.jpg") -> bytes:
+    return (sample[0] / "queries" / name).read_bytes()
+
+
+def _without_timings(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k != "timings_ms"}
+
+
+def _healthy(client: httpx.Client, sample: tuple[Path, Path]) -> None:
+    assert client.get("/ping").status_code == 200
+    r = client.post("/invocations", content=_photo(sample), headers={"content-type": "image/jpeg"})
+    assert r.status_code == 200 and r.json()["items"]
+
+
+# -- SageMaker contract --------------------------------------------------------------------------
+
+
+def test_ping_and_invocations_follow_the_sagemaker_contract(
+    client: httpx.Client, server: Server, sample: tuple[Path, Path]
+) -> None:
+    assert client.get("/ping").status_code == 200
+    assert server.ready_seconds < 30
+    r = client.post(
+        "/invocations",
+        content=_photo(sample),
+        headers={"content-type": "image/jpeg", "accept": "application/json"},
+    )
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert {"mode", "query", "items", "by_category", "outfit", "timings_ms"} <= set(body)
+    assert {"decode", "embed", "search", "score", "total"} <= set(body["timings_ms"])
+    item = body["items"][0]
+    assert {"id", "category", "rgb", "hsl", "score", "similarity", "harmony", "boost"} <= set(item)
+
+
+def test_same_schema_and_answer_as_the_library(
+    client: httpx.Client, sample: tuple[Path, Path]
+) -> None:
+    expected = (
+        Recommender.from_path(sample[1])
+        .recommend(Query(item_ids=("sku-0014",)), Options(k=2))
+        .to_dict()
+    )
+    r = client.post("/invocations", json={"item_ids": ["sku-0014"], "k": 2})
+    assert r.status_code == 200
+    assert _without_timings(r.json()) == _without_timings(expected)
+
+
+def test_missing_artifact_defaults_to_opt_ml_model_and_exits(tmp_path: Path) -> None:
+    process = start_process(["serve", "--host", "127.0.0.1", "--port", "1"], tmp_path / "log")
+    try:
+        assert process.wait(60) != 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+    assert "/opt/ml/model" in (tmp_path / "log").read_text()
+
+
+# -- content types -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["image/jpeg", "image/png", "image/webp", "application/x-image"])
+def test_every_image_content_type(client: httpx.Client, fmt: str) -> None:
+    pil = {"image/png": "PNG", "image/webp": "WEBP"}.get(fmt, "JPEG")
+    data = encode(garment_image((30, 60, 160)), pil)
+    r = client.post("/invocations?k=2&mode=similar", content=data, headers={"content-type": fmt})
+    assert r.status_code == 200, r.text
+    assert r.json()["mode"] == "similar"
+    assert all(len(v) <= 2 for v in r.json()["by_category"].values())
+
+
+def test_json_bodies(client: httpx.Client, sample: tuple[Path, Path]) -> None:
+    b64 = base64.b64encode(_photo(sample)).decode()
+    one = client.post("/invocations", json={"image_b64": b64, "k": 1})
+    many = client.post("/invocations", json={"images_b64": [b64], "k": 1})
+    assert one.status_code == many.status_code == 200
+    assert [i["id"] for i in one.json()["items"]] == [i["id"] for i in many.json()["items"]]
+    both = client.post("/invocations", json={"image_b64": b64, "item_ids": ["sku-0014"]})
+    assert both.status_code == 200 and len(both.json()["query"]) == 2
+
+
+def test_rest_api(client: httpx.Client, sample: tuple[Path, Path]) -> None:
+    r = client.post(
+        "/v1/recommend",
+        files={"image": ("jeans.jpg", _photo(sample), "image/jpeg")},
+        data={"options": json.dumps({"k": 1}), "mode": "outfit"},
+    )
+    assert r.status_code == 200, r.text
+    raw = client.post(
+        "/invocations?k=1", content=_photo(sample), headers={"content-type": "image/jpeg"}
+    )
+    assert _without_timings(r.json()) == _without_timings(raw.json())
+    assert client.post("/v1/recommend", json={"item_ids": ["sku-0014"]}).status_code == 200
+    item = client.get("/v1/items/sku-0014")
+    assert item.status_code == 200 and item.json()["id"] == "sku-0014"
+    assert len(item.json()["color"]["rgb"]) == 3
+    recs = client.get("/v1/items/sku-0014/recommendations", params={"k": 1, "mode": "similar"})
+    assert recs.status_code == 200 and recs.json()["query"][0]["source"] == "item:sku-0014"
+    assert client.get("/healthz").json()["ready"] is True
+    assert client.get("/readyz").status_code == 200
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/ping", "/invocations", "/v1/recommend", "/v1/items/{item_id}"} <= set(paths)
+
+
+def test_request_ids_are_echoed_and_logged(client: httpx.Client, server: Server) -> None:
+    r = client.get("/ping", headers={"x-request-id": "abc-123"})
+    assert r.headers["x-request-id"] == "abc-123"
+    assert len(client.get("/ping").headers["x-request-id"]) == 32
+    time.sleep(0.2)
+    lines = [json.loads(x) for x in server.log_lines() if x.startswith("{")]
+    mine = [x for x in lines if x.get("request_id") == "abc-123"]
+    assert mine and mine[0]["status"] == 200 and mine[0]["latency_ms"] >= 0
+
+
+# -- bad input never hurts the server ------------------------------------------------------------
+
+
+def _huge_png() -> bytes:
+    """A valid 1x1 PNG whose header claims 30000x30000 pixels (CRC fixed up)."""
+    data = bytearray(encode(Image.new("RGB", (1, 1)), "PNG"))
+    ihdr = 8 + 8  # signature, then length + "IHDR"
+    data[ihdr : ihdr + 8] = struct.pack(">II", 30000, 30000)
+    crc = zlib.crc32(bytes(data[ihdr - 4 : ihdr + 13]))
+    data[ihdr + 13 : ihdr + 17] = struct.pack(">I", crc)
+    return bytes(data)
+
+
+def _jpeg() -> bytes:
+    return encode(garment_image())
+
+
+BAD_REQUESTS: dict[str, tuple[str, dict[str, Any], int]] = {
+    "truncated_jpeg": ("/invocations", {"content": _jpeg()[:400], "ct": "image/jpeg"}, 400),
+    "corrupt_jpeg": (
+        "/invocations",
+        {"content": _jpeg()[:200] + b"\x00" * 800 + _jpeg()[1000:], "ct": "image/jpeg"},
+        400,
+    ),
+    "not_an_image": ("/invocations", {"content": b"hello world" * 50, "ct": "image/png"}, 400),
+    "empty_body": ("/invocations", {"content": b"", "ct": "image/jpeg"}, 400),
+    "huge_dimensions": ("/invocations", {"content": _huge_png(), "ct": "image/png"}, 413),
+    "gif": ("/invocations", {"content": encode(garment_image(), "GIF"), "ct": "image/jpeg"}, 415),
+    "over_payload_limit": (
+        "/invocations",
+        {"content": b"\xff\xd8\xff" + b"\x00" * (7 * 1024 * 1024), "ct": "image/jpeg"},
+        413,
+    ),
+    "wrong_content_type": ("/invocations", {"content": _jpeg(), "ct": "text/plain"}, 415),
+    "missing_content_type": ("/invocations", {"content": _jpeg(), "ct": None}, 415),
+    "malformed_json": (
+        "/invocations",
+        {"content": b'{"item_ids": [', "ct": "application/json"},
+        400,
+    ),
+    "json_not_object": ("/invocations", {"content": b"[1, 2]", "ct": "application/json"}, 422),
+    "bad_base64": ("/invocations", {"json": {"image_b64": "%%%not base64"}}, 400),
+    "b64_of_garbage": (
+        "/invocations",
+        {"json": {"image_b64": base64.b64encode(b"garbage").decode()}},
+        400,
+    ),
+    "unknown_item": ("/invocations", {"json": {"item_ids": ["no-such-item"]}}, 404),
+    "empty_query": ("/invocations", {"json": {"k": 3}}, 422),
+    "invalid_k": ("/invocations", {"json": {"item_ids": ["sku-0014"], "k": 0}}, 422),
+    "unknown_option": ("/invocations", {"json": {"item_ids": ["sku-0014"], "colour": 1}}, 422),
+    "bad_mode_param": ("/invocations?mode=nope", {"content": _jpeg(), "ct": "image/jpeg"}, 422),
+    "bad_k_param": ("/invocations?k=many", {"content": _jpeg(), "ct": "image/jpeg"}, 422),
+    "unknown_category": (
+        "/invocations",
+        {"json": {"image_b64": base64.b64encode(_jpeg()).decode(), "category": "spacesuit"}},
+        422,
+    ),
+    "not_acceptable": (
+        "/invocations",
+        {"json": {"item_ids": ["sku-0014"]}, "accept": "text/html"},
+        406,
+    ),
+    "bad_multipart": (
+        "/v1/recommend",
+        {"content": b"--x\r\nbroken", "ct": "multipart/form-data; boundary=x"},
+        422,  # nothing usable in it: an empty query
+    ),
+    "multipart_text_image": ("/v1/recommend", {"data": {"image": "not a file"}}, 422),
+    "unknown_item_rest": ("/v1/items/no-such-item/recommendations", {"get": True}, 404),
+    "unknown_route": ("/v2/nothing", {"get": True}, 404),
+    "wrong_method": ("/invocations", {"get": True}, 405),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
+def test_bad_input_is_a_4xx_json_error_and_the_server_stays_healthy(
+    client: httpx.Client, sample: tuple[Path, Path], case: str
+) -> None:
+    path, spec, status = BAD_REQUESTS[case]
+    headers = {"accept": spec.get("accept", "application/json")}
+    if spec.get("get"):
+        r = client.get(path, headers=headers)
+    elif "json" in spec:
+        r = client.post(path, json=spec["json"], headers=headers)
+    elif "data" in spec:
+        r = client.post(path, data=spec["data"], files={"x": ("", b"")}, headers=headers)
+    else:
+        if spec["ct"] is not None:
+            headers["content-type"] = spec["ct"]
+        r = client.post(path, content=spec["content"], headers=headers)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["code"] and error["message"]
+    _healthy(client, sample)
+
+
+def test_body_over_limit_without_content_length_is_cut_off(
+    server: Server, client: httpx.Client, sample: tuple[Path, Path]
+) -> None:
+    def chunks() -> Iterator[bytes]:
+        for _ in range(8):
+            yield b"\x00" * (1024 * 1024)
+
+    r = client.post("/invocations", content=chunks(), headers={"content-type": "image/jpeg"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+    _healthy(client, sample)
+
+
+# -- load, metrics ------------------------------------------------------------------------------
+
+
+def test_concurrent_requests_match_single_requests(
+    client: httpx.Client, server: Server, sample: tuple[Path, Path]
+) -> None:
+    names = sorted(p.name for p in (sample[0] / "queries").glob("*.jpg"))
+    single = {}
+    for name in names:
+        r = client.post(
+            "/invocations", content=_photo(sample, name), headers={"content-type": "image/jpeg"}
+        )
+        single[name] = [(i["id"], i["score"]) for i in r.json()["items"]]
+
+    def call(name: str) -> tuple[str, int, list[tuple[str, float]]]:
+        with httpx.Client(base_url=server.url, timeout=30.0) as c:
+            r = c.post(
+                "/invocations",
+                content=_photo(sample, name),
+                headers={"content-type": "image/jpeg"},
+            )
+            return name, r.status_code, [(i["id"], i["score"]) for i in r.json()["items"]]
+
+    jobs = [names[i % len(names)] for i in range(48)]
+    with ThreadPoolExecutor(24) as pool:
+        results = list(pool.map(call, jobs))
+    assert all(status == 200 for _, status, _ in results)
+    for name, _, items in results:
+        assert [i for i, _ in items] == [i for i, _ in single[name]]
+        assert [s for _, s in items] == pytest.approx([s for _, s in single[name]], abs=1e-3)
+    metrics = client.get("/metrics").text
+    assert "stygig_batch_size_count" in metrics
+
+
+def test_metrics_are_exposed_and_count(client: httpx.Client, sample: tuple[Path, Path]) -> None:
+    def count(text: str, prefix: str) -> float:
+        return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(prefix))
+
+    before = client.get("/metrics").text
+    key = 'stygig_requests_total{method="POST",route="/invocations",status="200"}'
+    for _ in range(3):
+        client.post("/invocations", content=_photo(sample), headers={"content-type": "image/jpeg"})
+    after = client.get("/metrics")
+    assert after.status_code == 200 and after.headers["content-type"].startswith("text/plain")
+    assert count(after.text, key) - count(before, key) == 3
+    for stage in ("decode", "embed", "search", "score", "total"):
+        assert f'stygig_stage_seconds_count{{stage="{stage}"}}' in after.text
+    for name in ("stygig_batch_size_bucket", "stygig_queue_depth", "stygig_model_load_seconds"):
+        assert name in after.text
+    assert 'status="404"' in after.text or 'status="400"' in after.text
+
+
+# -- backpressure and shutdown (own servers) -----------------------------------------------------
+
+
+def test_full_queue_is_a_503_with_retry_after(sample: tuple[Path, Path], tmp_path: Path) -> None:
+    photo = _photo(sample)
+    with running_server(sample[1], tmp_path / "log", "--max-queue", "1") as srv:
+
+        def call(_: int) -> httpx.Response:
+            with httpx.Client(base_url=srv.url, timeout=30.0) as c:
+                return c.post("/invocations", content=photo, headers={"content-type": "image/jpeg"})
+
+        with ThreadPoolExecutor(32) as pool:
+            responses = list(pool.map(call, range(64)))
+        statuses = {r.status_code for r in responses}
+        assert statuses <= {200, 503} and 503 in statuses and 200 in statuses
+        busy = next(r for r in responses if r.status_code == 503)
+        assert busy.headers["retry-after"] and busy.json()["error"]["code"] == "overloaded"
+        assert (
+            httpx.post(
+                srv.url + "/invocations", content=photo, headers={"content-type": "image/jpeg"}
+            ).status_code
+            == 200
+        )
+
+
+def test_graceful_shutdown_finishes_in_flight_requests(
+    sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    photo = _photo(sample)
+    with running_server(sample[1], tmp_path / "log") as srv:
+        # A request whose body is still arriving when SIGTERM comes: it must still be answered.
+        sock = socket.create_connection(("127.0.0.1", srv.port))
+        head = (
+            f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            f"Content-Length: {len(photo)}\r\n\r\n"
+        ).encode()
+        sock.sendall(head + photo[:100])
+        time.sleep(0.3)
+        srv.process.send_signal(15)
+        time.sleep(0.3)
+        sock.sendall(photo[100:])
+        response = _read_http(sock)
+        sock.close()
+        assert response.startswith(b"HTTP/1.1 200"), response[:200]
+        # uvicorn re-raises the SIGTERM it caught once shutdown is complete.
+        assert srv.process.wait(30) in (0, -15)
+    log = "\n".join(srv.log_lines())
+    assert "Application shutdown complete" in log and "Traceback" not in log
+
+
+def _read_http(sock: socket.socket) -> bytes:
+    sock.settimeout(20)
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        buf += sock.recv(65536)
+    head, _, body = buf.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length")
+    )
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def test_loadtest_command_reports_and_plots(
+    server: Server, sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from stygig.serving.command import main
+
+    report_path, png = tmp_path / "report.json", tmp_path / "latency.png"
+    args = ["loadtest", "--url", server.url, "--images", str(sample[0] / "queries")]
+    args += ["--concurrency", "8", "--requests", "40", "--warmup", "2"]
+    assert main([*args, "--json", str(report_path), "--png", str(png)]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["requests"] == 40 and report["counts"]["2xx"] == 40
+    assert report["counts"]["5xx"] == 0 and report["throughput_rps"] > 0
+    assert {"p50", "p95", "p99"} <= set(report["latency_ms"])
+    assert png.stat().st_size > 1000

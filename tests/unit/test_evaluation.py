@@ -1,0 +1,310 @@
+"""Evaluation: seeded splits, FITB questions, AUC, the report, and ``eval`` end to end (tiny)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stygig.evaluation import (
+    auc,
+    fitb_accuracy,
+    knn_vote,
+    make_questions,
+    read_outfits,
+    read_questions,
+    split_ids,
+    stratified_split,
+    write_questions,
+)
+from stygig.evaluation.report import Bar, write_chart, write_metrics
+
+# -- splits ---------------------------------------------------------------------------------
+
+
+def test_stratified_split_is_deterministic_and_stratified() -> None:
+    labels = ["a"] * 10 + ["b"] * 5 + ["c"] + ["d"] * 3
+    first = stratified_split(labels, seed=3)
+    again = stratified_split(labels[::-1][::-1], seed=3)
+    np.testing.assert_array_equal(first.queries, again.queries)
+    counts = Counter(labels[i] for i in first.queries)
+    assert counts == {"a": 2, "b": 1, "d": 1}  # round(20 %), a singleton stays in the catalogue
+    assert set(first.catalog) | set(first.queries) == set(range(len(labels)))
+    assert not set(first.catalog) & set(first.queries)
+    others = {tuple(stratified_split(labels, seed=s).queries) for s in range(6)}
+    assert len(others) > 1
+
+
+def test_split_ids_is_deterministic_and_disjoint() -> None:
+    ids = [str(i) for i in range(100)]
+    train, test = split_ids(ids, seed=1)
+    assert (train, test) == split_ids(list(reversed(ids)), seed=1)
+    assert len(test) == 20 and not set(train) & set(test)
+    assert set(train) | set(test) == set(ids)
+
+
+def test_knn_vote_uses_the_nearest_neighbours() -> None:
+    catalog = np.eye(4, dtype=np.float32)[[0, 0, 1, 1, 2, 3]]
+    labels = np.array([0, 0, 1, 1, 2, 3])
+    queries = np.eye(4, dtype=np.float32)[[0, 1]]
+    np.testing.assert_array_equal(knn_vote(catalog, labels, queries, k=2), [0, 1])
+
+
+# -- fill in the blank ------------------------------------------------------------------------
+
+
+def _outfits_file(path: Path) -> tuple[Path, dict[str, str]]:
+    """200 outfits of a unique top plus one of 10 shoes; shoe s0 is in half of them."""
+    rng = np.random.default_rng(0)
+    types: dict[str, str] = {}
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["cod_outfit", "cod_modelo_color"])
+        for o in range(200):
+            shoe = "s0" if o % 2 == 0 else f"s{1 + int(rng.integers(9))}"
+            for item in (f"t{o}", shoe):
+                writer.writerow([o, item])
+                types[item] = "top" if item.startswith("t") else "shoe"
+    return path, types
+
+
+def test_fitb_questions_are_valid_and_reproducible(tmp_path: Path) -> None:
+    path, types = _outfits_file(tmp_path / "outfits.csv")
+    outfits = read_outfits(path)
+    train, test = split_ids(list(outfits), test_fraction=0.5, seed=0)
+    questions = make_questions(outfits, types, test, train, seed=0)
+    assert len(questions) == 2 * len(test)
+    for q in questions:
+        assert q.candidates[q.answer] == q.hidden
+        assert len(set(q.candidates)) == 4
+        negatives = [c for c in q.candidates if c != q.hidden]
+        assert len(negatives) == 3 and q.hidden not in negatives
+        assert all(types[c] == types[q.hidden] for c in negatives)
+        assert not set(negatives) & set(outfits[q.outfit])
+    again = make_questions(outfits, types, test, train, seed=0)
+    assert again == questions
+    file = write_questions(questions, tmp_path / "q.jsonl")
+    assert read_questions(file) == questions
+
+
+def test_matched_sampling_follows_the_occurrence_weights(tmp_path: Path) -> None:
+    path, types = _outfits_file(tmp_path / "outfits.csv")
+    outfits = read_outfits(path)
+    train, test = split_ids(list(outfits), test_fraction=0.9, seed=0)
+    questions = make_questions(outfits, types, test, train, seed=0)
+    rate: dict[str, float] = {}
+    for sampling in ("uniform", "matched"):
+        shoe_qs = [
+            q
+            for q in questions
+            if q.sampling == sampling and q.item_type == "shoe" and q.hidden != "s0"
+        ]
+        rate[sampling] = float(np.mean(["s0" in q.candidates for q in shoe_qs]))
+    # s0 is in 100 outfits, each other shoe in about 11: 3 of 9 uniformly, nearly always matched.
+    assert 0.15 < rate["uniform"] < 0.55
+    assert rate["matched"] > 0.8
+
+
+def test_fitb_accuracy_oracle_random_and_cold_start(tmp_path: Path) -> None:
+    path, types = _outfits_file(tmp_path / "outfits.csv")
+    outfits = read_outfits(path)
+    train, test = split_ids(list(outfits), seed=0)
+    questions = make_questions(outfits, types, test, train, seed=0)
+    pending = iter(questions)  # fitb_accuracy asks in question order
+
+    def oracle_scorer(given: object, cands: object) -> np.ndarray:
+        q = next(pending)
+        return np.array([float(c == q.hidden) for c in q.candidates])
+
+    oracle = fitb_accuracy(questions, oracle_scorer)
+    assert oracle["uniform"]["accuracy"] == 1.0 and oracle["matched"]["accuracy"] == 1.0
+    # Tops are unique to their outfit, so a hidden top is always cold start.
+    assert oracle["uniform"]["cold_start_n"] >= sum(
+        q.item_type == "top" for q in questions if q.sampling == "uniform"
+    )
+    chance = fitb_accuracy(questions, lambda g, c: np.zeros(len(c)), seed=1)
+    assert 0.05 < chance["uniform"]["accuracy"] < 0.5
+
+
+def test_auc_on_hand_made_scores() -> None:
+    assert auc([3.0, 4.0], [1.0, 2.0]) == 1.0
+    assert auc([1.0, 2.0], [3.0, 4.0]) == 0.0
+    assert auc([1.0], [1.0]) == 0.5
+    assert auc([1.0, 3.0], [2.0]) == 0.5
+    rng = np.random.default_rng(0)
+    pos, neg = rng.integers(0, 5, 30).astype(float), rng.integers(0, 5, 20).astype(float)
+    brute = np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg])
+    assert auc(pos, neg) == pytest.approx(brute)
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+def test_report_writes_json_and_png(tmp_path: Path) -> None:
+    write_metrics({"a": float("nan"), "b": [1, 2]}, tmp_path)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"a": None, "b": [1, 2]}
+    png = write_chart([Bar("g", "x", 0.9, 0.87), Bar("g", "y", 0.3, baseline=True)], tmp_path)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- end to end with the tiny encoder -----------------------------------------------------------
+
+_KAGGLE = {
+    "top": ("Topwear", "Tops"),
+    "shirt": ("Topwear", "Shirts"),
+    "dress": ("Dress", "Dresses"),
+    "trousers": ("Bottomwear", "Trousers"),
+    "jeans": ("Bottomwear", "Jeans"),
+    "skirt": ("Bottomwear", "Skirts"),
+    "jacket": ("Topwear", "Jackets"),
+    "casual-shoes": ("Shoes", "Casual Shoes"),
+    "sports-shoes": ("Shoes", "Sports Shoes"),
+    "handbag": ("Bags", "Handbags"),
+    "belt": ("Belts", "Belts"),
+    "hat": ("Headwear", "Caps"),
+}
+_MANGO = {
+    "top": "Top",
+    "shirt": "Shirt",
+    "dress": "Dress",
+    "trousers": "Trousers",
+    "jeans": "Jeans",
+    "skirt": "Skirt",
+    "jacket": "Jacket",
+    "casual-shoes": "Shoes",
+    "sports-shoes": "Trainers",
+    "handbag": "Handbag",
+    "belt": "Belt",
+    "hat": "Hat",
+}
+
+
+def _fake_datasets(root: Path) -> Path:
+    """The sample catalogue laid out like ../shared/datasets (Kaggle and MANGO formats)."""
+    from stygig.sample_catalog import generate_sample_catalog
+
+    sample = generate_sample_catalog(root / "sample")
+    with sample.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    kaggle, mango = root / "datasets" / "fashion-products", root / "datasets" / "mango-outfits"
+    (kaggle / "images").mkdir(parents=True)
+    (mango / "images").mkdir(parents=True)
+    with (
+        (kaggle / "styles.csv").open("w", newline="") as k,
+        (mango / "product_data.csv").open("w", newline="") as m,
+    ):
+        kw, mw = csv.writer(k), csv.writer(m)
+        kw.writerow(
+            [
+                "id",
+                "gender",
+                "masterCategory",
+                "subCategory",
+                "articleType",
+                "baseColour",
+                "season",
+                "year",
+                "usage",
+                "productDisplayName",
+            ]
+        )
+        mw.writerow(["cod_modelo_color", "des_sex", "des_product_type", "des_filename"])
+        for r in rows:
+            sub, article = _KAGGLE[r["category"]]
+            kw.writerow(
+                [
+                    r["id"],
+                    r["gender"],
+                    "Apparel",
+                    sub,
+                    article,
+                    r["color"].title(),
+                    r["season"],
+                    "2020",
+                    r["usage"],
+                    r["name"],
+                ]
+            )
+            mw.writerow([r["id"], "Female", _MANGO[r["category"]], f"images/{r['id']}.jpg"])
+            for folder in (kaggle, mango):
+                shutil.copyfile(sample.parent / r["image"], folder / "images" / f"{r['id']}.jpg")
+    by_slot: dict[str, list[str]] = {}
+    slots = {
+        "top": "t",
+        "shirt": "t",
+        "trousers": "b",
+        "jeans": "b",
+        "skirt": "b",
+        "casual-shoes": "s",
+        "sports-shoes": "s",
+        "handbag": "h",
+    }
+    for r in rows:
+        if r["category"] in slots:
+            by_slot.setdefault(slots[r["category"]], []).append(r["id"])
+    rng = np.random.default_rng(0)
+    with (mango / "outfits.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["cod_outfit", "cod_modelo_color"])
+        for o in range(60):
+            for slot in "tbsh":
+                writer.writerow([o, by_slot[slot][int(rng.integers(len(by_slot[slot])))]])
+    return root / "datasets"
+
+
+@pytest.mark.slow
+def test_eval_end_to_end_with_the_tiny_encoder(tmp_path: Path) -> None:
+    from stygig.evaluation.command import register
+
+    datasets = _fake_datasets(tmp_path)
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    out = tmp_path / "eval"
+    argv = ["eval", "--datasets", str(datasets), "--encoder", "tiny", "--out", str(out), "--quiet"]
+    args = parser.parse_args(argv)
+    assert args.func(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["encoder"] == "tiny" and metrics["seed"] == 0
+    for view in ("plain", "whitened"):
+        for label in ("subCategory", "articleType"):
+            assert 0.0 <= metrics["category"][view][label]["accuracy"] <= 1.0
+    assert metrics["validity"]["queries"] > 0
+    assert 0.0 <= metrics["validity_whitened"]["items_both_valid"] <= 1.0
+    assert 0.0 <= metrics["color"]["agreement"] <= 1.0
+    fitb = metrics["fitb"]
+    assert fitb["questions"] > 0 and set(fitb["accuracy"]) >= {
+        "v4",
+        "v4_whitened",
+        "cosine",
+        "popularity",
+    }
+    assert 0.0 <= fitb["auc"]["v4"] <= 1.0
+    assert (out / "metrics.png").stat().st_size > 0
+    questions = Path(fitb["questions_file"])
+    assert questions.is_file()
+    # A re-run reuses the cached artifacts and gives the same numbers.
+    args = parser.parse_args([*argv, "--only", "fitb"])
+    assert args.func(args) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["fitb"]["accuracy"] == fitb["accuracy"]
+    assert "category" not in again
+
+
+def test_eval_skips_missing_datasets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from stygig.evaluation.command import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(
+        ["eval", "--datasets", str(tmp_path / "none"), "--out", str(tmp_path / "out")]
+    )
+    assert args.func(args) == 0
+    assert capsys.readouterr().out.count("skip:") == 2
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert set(metrics["skipped"]) == {"category", "fitb"}
