@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 import signal
 import socket
@@ -35,18 +34,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _cli_module() -> str:
-    # ``stygig.cli`` registers ``serve`` once the lead wires it in; until then run the
-    # serving command module directly (same parser, same code).
-    import stygig.cli
-
-    return (
-        "stygig.cli"
-        if "serving.command" in inspect.getsource(stygig.cli)
-        else ("stygig.serving.command")
-    )
 
 
 @dataclass
@@ -97,7 +84,7 @@ def start_process(
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with log_path.open("wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", _cli_module(), *args],
+            [sys.executable, "-m", "stygig.cli", *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO,

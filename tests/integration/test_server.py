@@ -394,7 +394,7 @@ def _read_http(sock: socket.socket) -> bytes:
 def test_loadtest_command_reports_and_plots(
     server: Server, sample: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    from stygig.serving.command import main
+    from stygig.cli import main
 
     report_path, png = tmp_path / "report.json", tmp_path / "latency.png"
     args = ["loadtest", "--url", server.url, "--images", str(sample[0] / "queries")]

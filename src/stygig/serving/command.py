@@ -133,21 +133,3 @@ def run_loadtest(args: argparse.Namespace) -> int:
         write_histogram(report, Path(args.png))
         print(f"histogram written: {args.png}")
     return 1 if report.counts.get("5xx", 0) or report.counts.get("errors", 0) else 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m stygig.serving.command serve ...`` without the main CLI (containers, tests)."""
-    from stygig.errors import StygigError
-
-    parser = argparse.ArgumentParser(prog="stygig")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except StygigError as e:
-        print(f"stygig: error: {e.message}", file=sys.stderr)
-        return e.exit_code
-
-
-if __name__ == "__main__":
-    sys.exit(main())
