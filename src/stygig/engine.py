@@ -148,17 +148,14 @@ def load_artifact_encoder(artifact: Artifact) -> Encoder:
     info = artifact.manifest["encoder"]
     if info.get("runtime") == "onnx":
         return load_onnx_encoder(artifact.path / str(info.get("onnx_file", "encoder.onnx")), info)
-    weights = (
-        (info.get("weights") or {}).get("path") if isinstance(info.get("weights"), dict) else None
-    )
-    random_weights = (info.get("weights") or {}).get("source") == "random-init"
+    source = info.get("weights") if isinstance(info.get("weights"), dict) else {}
     return load_encoder(
         str(info["name"]),
         runtime=str(info.get("runtime", "auto")),
-        weights=weights,
-        random_weights=bool(random_weights),
+        weights=source.get("path"),
+        random_weights=source.get("source") == "random-init",
+        model_id=source.get("model_id"),
     )
-
 
 @dataclass
 class _Part:
