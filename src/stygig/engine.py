@@ -157,6 +157,7 @@ def load_artifact_encoder(artifact: Artifact) -> Encoder:
         model_id=source.get("model_id"),
     )
 
+
 @dataclass
 class _Part:
     """One element of a query, embedded and described."""
@@ -300,11 +301,19 @@ class Recommender:
         """Top-``k`` ``(scores, ids)`` per query; from ``full`` (n, m) sims when already computed."""
         if full is None:
             return self.artifact.index.search(queries, k)
+        removed = self._removed()
+        if removed is not None:
+            full = np.where(removed[:, None], -np.inf, full)
         k = min(k, full.shape[0])
         part = np.argpartition(-full, k - 1, axis=0)[:k].T  # (m, k)
         part_s = np.take_along_axis(full.T, part, 1)
         order = np.lexsort((part, -part_s), axis=1)
         return np.take_along_axis(part_s, order, 1), np.take_along_axis(part, order, 1)
+
+    def _removed(self) -> np.ndarray | None:
+        """Rows removed from the index (tombstones): never neighbours, never candidates."""
+        removed: np.ndarray | None = getattr(self.artifact.index, "removed", None)
+        return removed if removed is not None and removed.any() else None
 
     def _vote(self, parts: list[_Part], scores: np.ndarray, ids: np.ndarray) -> None:
         """Infer each part's category (unless known), gender and usage from its neighbours."""
@@ -356,7 +365,8 @@ class Recommender:
 
     def _filter_mask(self, options: Options, parts: list[_Part]) -> np.ndarray:
         n = len(self.artifact.items)
-        mask = np.ones(n, dtype=bool)
+        removed = self._removed()
+        mask = np.ones(n, dtype=bool) if removed is None else ~removed
         gender = options.gender.lower() if options.gender else parts[0].info.get("gender")
         if gender and gender != "unisex" and gender in self.gender_names:
             ok = {self.gender_names.index(gender)}

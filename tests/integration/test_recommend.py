@@ -194,3 +194,16 @@ def test_cli_recommend_table_and_json(
     assert data["items"] and all(i["price"] <= 40 for i in data["items"])
     assert main(["recommend", "--artifact", str(sample[1]), "--item", "nope"]) == 2
     assert "not in the catalogue" in capsys.readouterr().err
+
+
+def test_removed_items_are_never_neighbours_or_candidates(sample: tuple[Path, Path]) -> None:
+    art = Artifact.load(sample[1])
+    rec = Recommender(art)
+    photo = sample[0] / "images" / "sku-0036.jpg"
+    before = rec.recommend(Query(images=(photo,))).to_dict()
+    assert before["query"][0]["neighbors"][0]["id"] == "sku-0036"  # its own catalogue photo
+    top = before["items"][0]["id"]
+    art.index.remove(np.array([art.positions["sku-0036"], art.positions[top]]))
+    after = rec.recommend(Query(images=(photo,))).to_dict()
+    assert "sku-0036" not in [n["id"] for n in after["query"][0]["neighbors"]]
+    assert top not in [i["id"] for i in after["items"]]
