@@ -146,8 +146,12 @@ def outfit_validity(
     *,
     limit: int = 500,
     seed: int = 0,
+    state_gender: bool = False,
 ) -> dict[str, Any]:
     """Share of outfit-mode recommendations that fit the query's *true* category and gender.
+
+    With ``state_gender`` the caller states the shopper's gender (as a shop app that knows its
+    user would) instead of the engine inferring it from the photo's neighbours.
 
     ``query_rows`` are artifact rows used as query photos (their stored embedding and colour
     stand in for the photo, exactly what the build computed from it); every ``held_out`` row is
@@ -170,7 +174,12 @@ def outfit_validity(
             [prepared],
             artifact.embeddings[pos : pos + 1],
             (),
-            Options(mode="outfit", exclude_ids=excluded, seed=seed),
+            Options(
+                mode="outfit",
+                exclude_ids=excluded,
+                seed=seed,
+                gender=truth.gender if state_gender and truth.gender != "unisex" else None,
+            ),
         )
         outfit_ids = set((rec.outfit or {}).get("item_ids", []))
         for row in rec.items:
@@ -295,7 +304,9 @@ def evaluate_photos(
     out["validity"] = outfit_validity(recommender, queries, removed, seed=seed)
     if whitening.dim == emb.shape[1]:
         whitened_art = whitened_artifact(artifact, white)
-        out["validity_whitened"] = outfit_validity(
-            Recommender(whitened_art, encoder=recommender.encoder), queries, removed, seed=seed
+        white_rec = Recommender(whitened_art, encoder=recommender.encoder)
+        out["validity_whitened"] = outfit_validity(white_rec, queries, removed, seed=seed)
+        out["validity_whitened_stated_gender"] = outfit_validity(
+            white_rec, queries, removed, seed=seed, state_gender=True
         )
     return out

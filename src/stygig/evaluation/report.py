@@ -84,10 +84,14 @@ def bars_from_metrics(metrics: dict[str, Any]) -> list[Bar]:
         ),
     ]
     for scope in ("items", "outfit"):
-        where = ("validity_whitened", f"{scope}_both_valid")
-        spec.append(
-            ("outfit validity", f"{scope}: whitened", where, targets.get("validity"), False)
-        )
+        for key, label in (
+            ("validity_whitened", "whitened"),
+            ("validity_whitened_stated_gender", "whitened, gender stated"),
+        ):
+            where = (key, f"{scope}_both_valid")
+            spec.append(
+                ("outfit validity", f"{scope}: {label}", where, targets.get("validity"), False)
+            )
     for sampling in ("uniform", "matched"):
         for name in ("v4", "v4_whitened", "cosine", "harmony", "popularity", "random"):
             spec.append(
