@@ -70,10 +70,9 @@ def session_options(
 
     Args:
         threads: intra-op threads; default ``os.cpu_count()``.
-        spinning: let idle worker threads busy-wait for the next run. Off by default: spinning
-            buys little latency on dedicated cores but steals them from image decoding, torch or
-            neighbours on shared ones (measured here on 2 shared cores: torch eager ran several
-            times slower next to a spinning session).
+        spinning: let idle worker threads busy-wait for the next run. Off by default: it
+            saves a little latency only when the cores are the session's alone, and otherwise
+            burns the cores that image decoding, the HTTP server or neighbouring processes need.
     """
     import onnxruntime as ort
 
