@@ -27,6 +27,8 @@ demo: $(STAMP)
 		--encoder efficientnet-lite0 --out $(DEMO_DIR)/artifact
 	$(BIN)/stygig inspect $(DEMO_DIR)/artifact
 	$(BIN)/stygig recommend --artifact $(DEMO_DIR)/artifact $(DEMO_DIR)/catalog/queries/grey-shirt.jpg
+	@echo "Serving the web page and API on http://127.0.0.1:$(PORT) (Ctrl-C to stop)"
+	$(BIN)/stygig serve --artifact $(DEMO_DIR)/artifact --host 127.0.0.1 --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
