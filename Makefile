@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned: the CPU wheel on local disk; a newer torch would pull a CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[torch,plot,serve,aws,dev]"
+	$(BIN)/pip install --quiet -e ".[torch,plot,serve,aws,parquet,dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)

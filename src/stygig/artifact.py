@@ -11,6 +11,8 @@ An artifact is one directory (packed as ``model.tar.gz`` for SageMaker)::
     whitening.npz     PCA whitening fitted on the catalogue (optional; queries get the same)
     rejects.csv       every catalogue row kept out, with its reason
     encoder.onnx      the encoder graph when its runtime is ONNX, so serving needs no torch
+    thumbnails.bin    the shop's 256 px JPEG of every item, back to back (optional), and
+    thumbnails.json   their offsets; see :mod:`stygig.thumbnails`
 
 Loading checks the manifest first: a newer format version or a checksum mismatch is refused
 with a message that says what to do.
@@ -38,6 +40,7 @@ from stygig import __version__
 from stygig.catalog import Item, Reject, Taxonomy
 from stygig.errors import ArtifactError
 from stygig.index import VectorIndex, build_index, load_index
+from stygig.thumbnails import write_thumbnails
 from stygig.whitening import Whitening
 
 __all__ = [
@@ -95,6 +98,7 @@ def write_artifact(
     build_info: dict[str, Any] | None = None,
     extra_files: dict[str, Path] | None = None,
     whitening: Whitening | None = None,
+    thumbnails: list[bytes | None] | None = None,
 ) -> Path:
     """Write an artifact atomically: into a temporary sibling, then renamed into place.
 
@@ -108,6 +112,8 @@ def write_artifact(
         build_info: statistics recorded under ``build`` in the manifest.
         extra_files: ``{name: source path}`` copied into the artifact (e.g. ``encoder.onnx``).
         whitening: the transform already applied to ``embeddings``; stored for the queries.
+        thumbnails: row-aligned JPEG thumbnails (``None`` for an item without one); stored as
+            ``thumbnails.bin`` + ``thumbnails.json``.
     """
     out = Path(out_dir)
     if not (len(items) == len(colors) == len(embeddings)):
@@ -131,6 +137,8 @@ def write_artifact(
             shutil.copyfile(source, tmp / name)
         if whitening is not None:
             whitening.save(tmp / "whitening.npz")
+        if thumbnails is not None:
+            write_thumbnails(tmp, zip((i.id for i in items), thumbnails, strict=True))
         index = build_index(vectors, index_kind, **(index_params or {}))
         index.save(tmp)
 

@@ -42,13 +42,14 @@ class EmbedResult:
     items: list[Item] = field(default_factory=list)
     colors: list[dict[str, Any]] = field(default_factory=list)
     embeddings: list[np.ndarray] = field(default_factory=list)
+    thumbnails: list[bytes | None] = field(default_factory=list)  # row-aligned with items
     rejects: list[Reject] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
 def _prepare_or_error(item: Item, spec: PreprocessSpec) -> PreparedImage | str:
     try:
-        return prepare_image(item.image, spec)
+        return prepare_image(item.image, spec, thumbnail=True)
     except (InvalidImageError, ImageTooLargeError, UnsupportedMediaError) as e:
         return e.message
 
@@ -113,6 +114,7 @@ def embed_items(
                 out.embeddings.append(vectors)
                 out.items.extend(item for item, _ in good)
                 out.colors.extend(p.color for _, p in good)
+                out.thumbnails.extend(p.thumbnail for _, p in good)
             bar.update(len(batch))
     bar.close()
     out.seconds = {"waiting_for_decode": decode_s, "encode": encode_s}
@@ -208,6 +210,7 @@ def build_artifact(
         build_info=build_info,
         extra_files=extra_files,
         whitening=whitening,
+        thumbnails=embedded.thumbnails,
     )
     total = time.perf_counter() - started
     manifest = read_manifest(path)

@@ -227,10 +227,12 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_recommend)
 
     from stygig.evaluation.command import register as register_eval
+    from stygig.jobs.command import register as register_jobs
     from stygig.serving.command import register as register_serving
 
     register_eval(sub)
     register_serving(sub)
+    register_jobs(sub)
     return parser
 
 

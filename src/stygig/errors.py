@@ -6,13 +6,18 @@
     ├── InputError                   400  exit 2   a caller's request is wrong
     │   ├── InvalidImageError        400           not an image / corrupt / truncated
     │   ├── ImageTooLargeError       413           too many pixels or too many bytes
+    │   │   └── PayloadTooLargeError 413           a request body over the server's limit
     │   ├── UnsupportedMediaError    415           a format or content type we do not read
+    │   ├── NotAcceptableError       406           an Accept header that rules out JSON
     │   ├── InvalidOptionsError      422           options that fail validation
-    │   └── NotFoundError            404           unknown item id, unknown job
+    │   ├── NotFoundError            404           unknown item id, unknown job
+    │   └── BatchError                    exit 2   batch input unreadable / output of another run
     ├── CatalogError                 exit 3        a catalogue file that cannot be read at all
     ├── ConfigError                  exit 3        a taxonomy/config file that is invalid
     ├── ArtifactError                exit 4        missing, newer-format or corrupt artifact
     ├── EncoderUnavailableError      exit 5        weights or runtime not reachable
+    ├── StorageError                 exit 6        a location that cannot be read or written
+    ├── ServerError                  exit 7        a StyGig server unreachable or answering 5xx
     └── OverloadedError              503           queue full; retry later
 
 Every error carries a stable machine-readable ``code`` (used as ``error.code`` in HTTP bodies).
@@ -114,3 +119,36 @@ class OverloadedError(StygigError):
 
     http_status = 503
     code = "overloaded"
+
+
+class PayloadTooLargeError(ImageTooLargeError):
+    """A request body over the server's byte limit."""
+
+    code = "payload_too_large"
+
+
+class NotAcceptableError(InputError):
+    """An ``Accept`` header that rules out JSON."""
+
+    http_status = 406
+    code = "not_acceptable"
+
+
+class BatchError(InputError):
+    """A batch that cannot start: unreadable input, or an output from a different run."""
+
+    code = "batch_error"
+
+
+class StorageError(StygigError):
+    """A location that cannot be read or written (permissions, network, bad URI)."""
+
+    exit_code = 6
+    code = "storage_error"
+
+
+class ServerError(StygigError):
+    """A StyGig server that cannot be reached, or answered with an error."""
+
+    exit_code = 7
+    code = "server_error"

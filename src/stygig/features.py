@@ -14,6 +14,7 @@ import numpy as np
 
 from stygig.color import dominant_colors
 from stygig.images import PreprocessSpec, decode_image, fit_array, preprocess
+from stygig.thumbnails import make_thumbnail
 
 __all__ = ["COLOR_SIDE", "PreparedImage", "prepare_image"]
 
@@ -28,14 +29,25 @@ class PreparedImage:
     tensor: np.ndarray
     color: dict[str, Any]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    thumbnail: bytes | None = None  # the shop's JPEG of the photo, when asked for (builds)
 
 
-def prepare_image(source: str | Path | bytes, spec: PreprocessSpec) -> PreparedImage:
-    """Decode, validate, preprocess and colour one photo (raises :mod:`stygig.errors` types)."""
+def prepare_image(
+    source: str | Path | bytes, spec: PreprocessSpec, *, thumbnail: bool = False
+) -> PreparedImage:
+    """Decode, validate, preprocess and colour one photo (raises :mod:`stygig.errors` types).
+
+    ``thumbnail`` also makes the shop's thumbnail from the same decoded pixels (builds do).
+    """
     t0 = time.perf_counter()
     img = decode_image(source, min_size=max(spec.size, COLOR_SIDE))
     tensor = preprocess(img, spec)
     t1 = time.perf_counter()
     color = dominant_colors(fit_array(img, COLOR_SIDE)).to_dict()
     t2 = time.perf_counter()
-    return PreparedImage(tensor, color, {"decode": (t1 - t0) * 1e3, "color": (t2 - t1) * 1e3})
+    timings = {"decode": (t1 - t0) * 1e3, "color": (t2 - t1) * 1e3}
+    thumb = None
+    if thumbnail:
+        thumb = make_thumbnail(img)
+        timings["thumbnail"] = (time.perf_counter() - t2) * 1e3
+    return PreparedImage(tensor, color, timings, thumb)

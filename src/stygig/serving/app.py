@@ -18,6 +18,7 @@ in the pool again: the event loop only moves bytes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -50,7 +51,9 @@ from stygig.errors import (
 )
 from stygig.features import PreparedImage
 from stygig.serving import requests as rq
+from stygig.serving.async_api import AsyncConfig, AsyncJobs
 from stygig.serving.batching import BatcherConfig, MicroBatcher
+from stygig.serving.catalog_api import make_catalog_router
 from stygig.serving.logging import ACCESS_LOGGER, request_id
 from stygig.serving.metrics import CONTENT_TYPE, ServerMetrics
 
@@ -73,6 +76,7 @@ class ServerConfig:
     request_timeout_s: float = 50.0  # SageMaker gives up at 60 s
     warmup_rounds: int = 3
     verify: bool = True
+    async_jobs: AsyncConfig | None = None  # /async/* routes and their worker, when configured
 
 
 def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
@@ -429,6 +433,16 @@ def create_app(
     """The FastAPI app. ``on_fatal`` is called if the model cannot be loaded."""
     metrics = ServerMetrics()
     service = ModelService(config, metrics)
+    # Async jobs wait while real-time requests fill the worker pool: real time comes first.
+    jobs = (
+        AsyncJobs(
+            config.async_jobs,
+            lambda: service.recommender if service.ready else None,
+            should_yield=lambda: service.in_flight >= service.config.threads,
+        )
+        if config.async_jobs
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -441,7 +455,8 @@ def create_app(
                     on_fatal(e)
 
         task = asyncio.create_task(load(), name="stygig-load")
-        yield
+        async with jobs.lifespan() if jobs else contextlib.nullcontext():
+            yield
         if not task.done():
             task.cancel()
         await service.stop()
@@ -453,6 +468,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = service
+    if jobs:
+        app.include_router(jobs.router)
     app.state.metrics = metrics
     app.add_middleware(_Boundary, metrics=metrics, max_body=config.max_body_bytes)
 
@@ -480,6 +497,7 @@ def create_app(
         )
 
     _routes(app, service, metrics)
+    app.include_router(make_catalog_router(service))  # the try-it page and its catalogue routes
     return app
 
 

@@ -12,7 +12,10 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from stygig.serving.async_api import AsyncConfig
 
 __all__ = ["DEFAULT_ARTIFACT", "default_port", "register", "run_loadtest", "run_serve"]
 
@@ -41,6 +44,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--timeout", type=float, default=50.0, help="per-request limit in seconds")
     p.add_argument("--no-verify", action="store_true", help="skip artifact checksums at start")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_async_arguments(p)
     p.set_defaults(func=run_serve)
 
     p = subparsers.add_parser("loadtest", help="measure a running server over real HTTP")
@@ -77,6 +81,7 @@ def run_serve(args: argparse.Namespace) -> int:
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         request_timeout_s=args.timeout,
         verify=not args.no_verify,
+        async_jobs=async_config_from_args(args),
         **({"threads": args.threads} if args.threads else {}),
     )
     failed: list[BaseException] = []
@@ -133,3 +138,41 @@ def run_loadtest(args: argparse.Namespace) -> int:
         write_histogram(report, Path(args.png))
         print(f"histogram written: {args.png}")
     return 1 if report.counts.get("5xx", 0) or report.counts.get("errors", 0) else 0
+
+
+def add_async_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``serve`` flags of the asynchronous side (off unless ``--jobs-db`` is given)."""
+    g = p.add_argument_group("asynchronous jobs")
+    g.add_argument("--jobs-db", help="SQLite job store; turns on /async/* (e.g. /tmp/jobs.db)")
+    g.add_argument("--async-output", help="results prefix: folder, file:// or s3://")
+    g.add_argument("--async-failure", help="failures prefix (default: --async-output)")
+    g.add_argument("--async-concurrency", type=int, default=1, help="async jobs at once")
+    g.add_argument("--async-timeout", type=float, default=900.0, help="per-job limit, seconds")
+    g.add_argument("--async-webhook", help="POST every job's notification here")
+    g.add_argument("--async-success-topic", help="SNS topic ARN for successes")
+    g.add_argument("--async-error-topic", help="SNS topic ARN for failures")
+
+
+def async_config_from_args(args: argparse.Namespace) -> AsyncConfig | None:
+    """The :class:`AsyncConfig` the flags describe, or ``None`` when async is off."""
+    if not args.jobs_db:
+        return None
+    from stygig.errors import InvalidOptionsError
+    from stygig.jobs.notify import Notifier
+    from stygig.jobs.worker import WorkerConfig
+    from stygig.serving.async_api import AsyncConfig
+
+    if not args.async_output:
+        raise InvalidOptionsError("--jobs-db needs --async-output (where results go)")
+    return AsyncConfig(
+        jobs_db=Path(args.jobs_db),
+        output=args.async_output,
+        failure=args.async_failure,
+        worker=WorkerConfig(concurrency=args.async_concurrency),
+        time_limit_s=args.async_timeout,
+        notifier=Notifier(
+            webhook=args.async_webhook,
+            success_topic=args.async_success_topic,
+            error_topic=args.async_error_topic,
+        ),
+    )

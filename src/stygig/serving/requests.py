@@ -25,10 +25,11 @@ from urllib.parse import parse_qsl
 
 from stygig.engine import Options, Query
 from stygig.errors import (
-    ImageTooLargeError,
     InputError,
     InvalidImageError,
     InvalidOptionsError,
+    NotAcceptableError,
+    PayloadTooLargeError,
     UnsupportedMediaError,
 )
 
@@ -57,19 +58,6 @@ _IMAGE_KEYS = ("image_b64", "images_b64", "item_ids")
 _INT_OPTIONS = ("k", "k_total", "seed")
 _LIST_OPTIONS = ("include_categories", "exclude_categories", "exclude_ids")
 _ACCEPTABLE = ("application/json", "application/*", "*/*")
-
-
-class PayloadTooLargeError(ImageTooLargeError):
-    """A request body over the server's byte limit (HTTP 413)."""
-
-    code = "payload_too_large"
-
-
-class NotAcceptableError(InputError):
-    """An ``Accept`` header that rules out JSON (HTTP 406)."""
-
-    http_status = 406
-    code = "not_acceptable"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,641 @@
+"""Batch runs: recommendations for many inputs at once, resumable, in bounded memory.
+
+::
+
+    stygig batch --artifact A --input SRC --output DST
+
+``SRC`` is one of
+
+* an artifact folder (``manifest.json`` inside): every catalogue item, queried by its id (no
+  photo is decoded or embedded again; the nightly refresh);
+* a catalogue file (``.csv``, or ``.jsonl`` whose rows have a ``category``): each row by its id
+  when the artifact holds it, else by its photo;
+* a folder of photos (or an ``s3://`` prefix of them): each photo, keyed by its relative name;
+* a manifest (``.jsonl``): ``{"id", "image" | "images" | "item_ids", "options"}`` per line.
+
+``DST`` is a ``.jsonl`` file, a ``.parquet`` file, or an ``s3://`` prefix (JSONL part files).
+Each input gets one record: ``{"index", "id", "source", "status": "ok", "recommendation"}``
+with the API's response schema, or ``{"status": "error", "error": {"code", "message"}}`` for
+that input alone.
+
+Pipeline, as in the build: a thread pool decodes photos a bounded number of groups ahead of the
+encoder; the encoder embeds a group in one call; the pool scores and serialises the group's
+records; the main thread writes them in input order. Memory holds a few groups, whatever the
+input size.
+
+Resume: the output itself says what is done. A JSONL file is scanned (a torn last line is cut
+off) and finished indexes are skipped; parts of a prefix cover fixed index ranges and are written
+whole (atomic puts), so an existing part is done and a missing one is redone. A sidecar
+``<DST>.batch.json`` (``_batch.json`` inside a prefix) records the run's arguments, so a rerun
+with other arguments is refused instead of mixing two runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from tqdm import tqdm
+
+from stygig import storage
+from stygig.catalog import Item, Reject, read_catalog
+from stygig.engine import Options, Query, Recommender
+from stygig.errors import BatchError, InvalidImageError, InvalidOptionsError, StygigError
+from stygig.features import PreparedImage
+
+__all__ = [
+    "BatchInput",
+    "BatchSummary",
+    "iter_inputs",
+    "open_sink",
+    "recommend_group",
+    "run_batch",
+]
+
+log = logging.getLogger("stygig.batch")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+_LOOKAHEAD = 3  # groups decoding ahead of the encoder
+
+
+@dataclass(frozen=True)
+class BatchInput:
+    """One input: what to ask, or why it cannot be asked."""
+
+    index: int
+    key: str
+    source: str
+    images: tuple[str, ...] = ()
+    item_ids: tuple[str, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+    error: StygigError | None = None
+
+
+# -- inputs ---------------------------------------------------------------------------------------
+
+
+def _photo_inputs(src: str) -> Iterator[BatchInput]:
+    if storage.is_remote(src):
+        names = [k for k in storage.list_keys(src) if k.lower().endswith(IMAGE_SUFFIXES)]
+        base = src.rstrip("/") + "/"
+        for i, uri in enumerate(names):
+            yield BatchInput(i, uri[len(base) :], uri, images=(uri,))
+        return
+    root = Path(src)
+    i = 0
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            if name.lower().endswith(IMAGE_SUFFIXES):
+                path = Path(folder) / name
+                yield BatchInput(i, path.relative_to(root).as_posix(), str(path), (str(path),))
+                i += 1
+
+
+def _manifest_inputs(src: str) -> Iterator[BatchInput]:
+    base = "" if storage.is_remote(src) else str(Path(src).parent)
+    lines = storage.read_bytes(src).decode("utf-8", errors="replace").splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        key = f"line-{i + 1}"
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise InvalidOptionsError("a manifest line must be a JSON object")
+            key = str(row.get("id", key))
+            images = (
+                row.get("images")
+                or [row[k] for k in ("image", "path", "uri") if row.get(k) is not None][:1]
+            )
+            if isinstance(images, str) or not all(isinstance(x, str) for x in images):
+                raise InvalidOptionsError("'images' must be a list of paths or URIs")
+            item_ids = row.get("item_ids") or []
+            if isinstance(item_ids, str):
+                item_ids = [item_ids]
+            options = row.get("options") or {}
+            if not isinstance(options, dict):
+                raise InvalidOptionsError("'options' must be an object")
+            resolved = tuple(
+                x if "://" in x or Path(x).is_absolute() or not base else str(Path(base) / x)
+                for x in images
+            )
+            Query(images=resolved, item_ids=tuple(item_ids))  # validates the shape
+            yield BatchInput(i, key, f"{src}:{i + 1}", resolved, tuple(item_ids), options)
+        except json.JSONDecodeError as e:
+            err = InvalidOptionsError(f"line {i + 1} is not JSON: {e}", code="malformed_json")
+            yield BatchInput(i, key, f"{src}:{i + 1}", error=err)
+        except StygigError as e:
+            yield BatchInput(i, key, f"{src}:{i + 1}", error=e)
+
+
+def _catalog_inputs(src: str, known: Callable[[str], bool], by_photo: bool) -> Iterator[BatchInput]:
+    read = read_catalog(src, check_images=False)
+    rows: list[tuple[int, str, Item | Reject]] = [
+        (read.rows.get(item.id, 0), item.id, item) for item in read.items
+    ]
+    rows += [(r.row, r.id or f"row-{r.row}", r) for r in read.rejects]
+    rows.sort(key=lambda t: t[0])
+    for i, (_, key, entry) in enumerate(rows):
+        if isinstance(entry, Reject):
+            message = f"catalogue row {entry.row} rejected ({entry.reason}): {entry.detail}"
+            yield BatchInput(i, key, src, error=InvalidOptionsError(message, code="rejected_row"))
+        elif known(key) and not by_photo:
+            yield BatchInput(i, key, f"item:{key}", item_ids=(key,))
+        else:
+            yield BatchInput(i, key, entry.image, images=(entry.image,))
+
+
+def _artifact_inputs(ids: Sequence[str]) -> Iterator[BatchInput]:
+    for i, item_id in enumerate(ids):
+        yield BatchInput(i, item_id, f"item:{item_id}", item_ids=(item_id,))
+
+
+def input_kind(src: str) -> str:
+    """``artifact``, ``photos``, ``catalog`` or ``manifest``, from what ``src`` looks like."""
+    if storage.is_remote(src):
+        return "manifest" if src.endswith((".jsonl", ".ndjson")) else "photos"
+    path = Path(src)
+    if path.is_dir():
+        return "artifact" if (path / "manifest.json").is_file() else "photos"
+    if not path.is_file():
+        raise BatchError(f"input {src} does not exist")
+    if path.suffix.lower() == ".csv":
+        return "catalog"
+    with path.open(encoding="utf-8", errors="replace") as f:
+        first = next((line for line in f if line.strip()), "{}")
+    try:
+        row = json.loads(first)
+    except json.JSONDecodeError:
+        return "manifest"
+    return "catalog" if isinstance(row, dict) and "category" in row else "manifest"
+
+
+def iter_inputs(
+    src: str, recommender: Recommender, *, kind: str = "auto", by_photo: bool = False
+) -> tuple[Iterator[BatchInput], int | None]:
+    """The inputs of ``src`` in a stable order, and how many there are when cheaply known."""
+    kind = input_kind(src) if kind == "auto" else kind
+    if kind == "artifact":
+        from stygig.artifact import Artifact
+
+        own = Path(src).resolve() == recommender.artifact.path.resolve()
+        ids = (
+            [i.id for i in recommender.artifact.items]
+            if own
+            else [i.id for i in Artifact.load(src, verify=False).items]
+        )
+        return _artifact_inputs(ids), len(ids)
+    if kind == "photos":
+        return _photo_inputs(src), None
+    if kind == "catalog":
+        positions = recommender.artifact.positions
+        return _catalog_inputs(src, positions.__contains__, by_photo), None
+    if kind == "manifest":
+        return _manifest_inputs(src), None
+    raise BatchError(f"unknown input kind {kind!r}")
+
+
+# -- one group: decode -> embed -> score ----------------------------------------------------------
+
+
+def _load_image(source: str) -> bytes | str:
+    return storage.read_bytes(source) if "://" in source else source
+
+
+def prepare_input(rec: Recommender, inp: BatchInput) -> list[PreparedImage] | StygigError:
+    """Decode and colour an input's photos; the error instead when that fails."""
+    if inp.error is not None:
+        return inp.error
+    try:
+        return rec.prepare([_load_image(s) for s in inp.images])
+    except StygigError as e:
+        return e
+    except Exception as e:  # a decoder's failure on hostile bytes is that input's error
+        return InvalidImageError(f"the image could not be decoded: {e}")
+
+
+def _record(inp: BatchInput, result: dict[str, Any] | StygigError) -> dict[str, Any]:
+    base = {"index": inp.index, "id": inp.key, "source": inp.source}
+    if isinstance(result, StygigError):
+        return {**base, "status": "error", "error": result.to_dict()["error"]}
+    return {**base, "status": "ok", "recommendation": result}
+
+
+def recommend_group(
+    rec: Recommender,
+    inputs: Sequence[BatchInput],
+    prepared: Sequence[list[PreparedImage] | StygigError],
+    default_options: dict[str, Any],
+    score: Callable[[Callable[[], dict[str, Any]]], Future[dict[str, Any]]] | None = None,
+) -> list[Future[dict[str, Any]]]:
+    """Embed a group's photos in one encoder call, then score each input (in ``score``'s pool).
+
+    Returns one future per input holding its output record; an input's failure is its record.
+    """
+    ok = [i for i, p in enumerate(prepared) if not isinstance(p, StygigError)]
+    photos = [img for i in ok for img in prepared[i]]  # type: ignore[union-attr]
+    t0 = time.perf_counter()
+    vectors = rec.embed(photos)
+    embed_ms = (time.perf_counter() - t0) * 1e3
+    offsets: dict[int, tuple[int, int]] = {}
+    start = 0
+    for i in ok:
+        n = len(prepared[i])  # type: ignore[arg-type]
+        offsets[i] = (start, start + n)
+        start += n
+
+    def finish(i: int) -> dict[str, Any]:
+        inp, prep = inputs[i], prepared[i]
+        if isinstance(prep, StygigError):
+            return _record(inp, prep)
+        lo, hi = offsets[i]
+        timings = {
+            "decode": sum(p.timings_ms.get("decode", 0.0) for p in prep),
+            "color": sum(p.timings_ms.get("color", 0.0) for p in prep),
+            "embed": embed_ms * (hi - lo) / max(1, len(photos)),
+        }
+        try:
+            options = Options.from_dict({**default_options, **inp.options})
+            out = rec.recommend_embedded(prep, vectors[lo:hi], inp.item_ids, options, timings)
+            return _record(inp, out.to_dict())
+        except StygigError as e:
+            return _record(inp, e)
+        except Exception as e:  # one input must never stop the run
+            log.exception("unexpected failure on input %s", inp.key)
+            return _record(inp, StygigError(f"unexpected failure: {e}"))
+
+    if score is None:
+        done: list[Future[dict[str, Any]]] = []
+        for i in range(len(inputs)):
+            f: Future[dict[str, Any]] = Future()
+            f.set_result(finish(i))
+            done.append(f)
+        return done
+    return [score(lambda i=i: finish(i)) for i in range(len(inputs))]  # type: ignore[misc]
+
+
+# -- outputs --------------------------------------------------------------------------------------
+
+
+class Sink(Protocol):
+    """Where records go; knows which indexes are already written."""
+
+    location: str
+
+    def done(self) -> set[int]:
+        """Indexes already in the output."""
+
+    def write(self, records: Sequence[tuple[int, str]]) -> None:
+        """Append ``(index, json line)`` pairs (in index order)."""
+
+    def close(self, complete: bool) -> None:
+        """Flush; when ``complete``, finalise the output."""
+
+
+class JsonlSink:
+    """One JSONL file, appended to and fsynced per group; resumed by scanning it."""
+
+    def __init__(self, path: Path) -> None:
+        self.location = str(path)
+        self.path = path
+        self._done: set[int] = set()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        good = 0
+        if path.exists():
+            with path.open("rb") as f:
+                for line in f:
+                    if not line.endswith(b"\n"):
+                        break  # torn by a kill: cut off below
+                    try:
+                        self._done.add(int(json.loads(line)["index"]))
+                    except (ValueError, KeyError, TypeError):
+                        break
+                    good += len(line)
+            with path.open("r+b") as f:
+                f.truncate(good)
+        self._file = path.open("ab")
+
+    def done(self) -> set[int]:
+        """Indexes found in the file."""
+        return self._done
+
+    def write(self, records: Sequence[tuple[int, str]]) -> None:
+        """Append whole lines, then fsync: a kill leaves at most a torn last line."""
+        self._file.write(b"".join(line.encode() + b"\n" for _, line in records))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self, complete: bool) -> None:
+        """Close the file."""
+        self._file.close()
+
+
+class PartsSink:
+    """JSONL parts under a prefix (local folder or ``s3://``), each covering a fixed range.
+
+    Part ``part-<start>-<end>.jsonl`` holds the records of indexes ``start <= i < end``; a part
+    is written whole, so it exists completely or not at all.
+    """
+
+    def __init__(self, prefix: str, part_size: int = 1000) -> None:
+        self.location = prefix
+        self.part_size = part_size
+        self._done: set[int] = set()
+        self._buffer: list[tuple[int, str]] = []
+        for key in storage.list_keys(prefix):
+            name = key.rsplit("/", 1)[-1]
+            if name.startswith("part-") and name.endswith(".jsonl"):
+                start, _, end = name[5:-6].partition("-")
+                if start.isdigit() and end.isdigit():
+                    self._done.update(range(int(start), int(end)))
+
+    def done(self) -> set[int]:
+        """Indexes covered by existing parts."""
+        return self._done
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        start = self._buffer[0][0] // self.part_size * self.part_size
+        end = self._buffer[-1][0] + 1
+        body = b"".join(line.encode() + b"\n" for _, line in self._buffer)
+        storage.write_bytes(storage.join(self.location, f"part-{start:09d}-{end:09d}.jsonl"), body)
+        self._buffer = []
+
+    def write(self, records: Sequence[tuple[int, str]]) -> None:
+        """Buffer records; a part is written once its index range is over."""
+        for index, line in records:
+            if self._buffer and index // self.part_size != self._buffer[0][0] // self.part_size:
+                self._flush()
+            self._buffer.append((index, line))
+
+    def close(self, complete: bool) -> None:
+        """Write the last part only when the run completed (a partial part would be wrong)."""
+        if complete:
+            self._flush()
+
+
+class ParquetSink:
+    """A Parquet file, staged as JSONL parts beside it and converted once the run completes."""
+
+    def __init__(self, path: Path, part_size: int = 1000) -> None:
+        self.location = str(path)
+        self.path = path
+        self.staging = path.with_name(path.name + ".parts")
+        self.parts = PartsSink(str(self.staging), part_size)
+
+    def done(self) -> set[int]:
+        """Indexes in the staged parts."""
+        return self.parts.done()
+
+    def write(self, records: Sequence[tuple[int, str]]) -> None:
+        """Stage records."""
+        self.parts.write(records)
+
+    def close(self, complete: bool) -> None:
+        """On completion: parts -> one Parquet file (one row group per part), staging removed."""
+        self.parts.close(complete)
+        if not complete:
+            return
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError as e:
+            raise BatchError("Parquet output needs pyarrow: pip install pyarrow") from e
+        schema = pa.schema(
+            [
+                ("index", pa.int64()),
+                ("id", pa.string()),
+                ("source", pa.string()),
+                ("status", pa.string()),
+                ("outfit_item_ids", pa.list_(pa.string())),
+                ("error_code", pa.string()),
+                ("error_message", pa.string()),
+                ("recommendation", pa.string()),  # the API response, JSON
+            ]
+        )
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            for key in storage.list_keys(str(self.staging)):
+                rows = [json.loads(line) for line in storage.read_bytes(key).splitlines()]
+                columns: dict[str, list[Any]] = {name: [] for name in schema.names}
+                for r in rows:
+                    rec = r.get("recommendation")
+                    err = r.get("error") or {}
+                    columns["index"].append(r["index"])
+                    columns["id"].append(r["id"])
+                    columns["source"].append(r.get("source"))
+                    columns["status"].append(r["status"])
+                    outfit = (rec or {}).get("outfit") or {}
+                    columns["outfit_item_ids"].append(outfit.get("item_ids", []))
+                    columns["error_code"].append(err.get("code"))
+                    columns["error_message"].append(err.get("message"))
+                    columns["recommendation"].append(json.dumps(rec) if rec else None)
+                writer.write_table(pa.table(columns, schema=schema))
+        os.replace(tmp, self.path)
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def open_sink(dst: str, part_size: int = 1000) -> Sink:
+    """The sink for ``dst``: ``s3://`` prefix, ``.parquet`` file, or else a JSONL file."""
+    if storage.is_remote(dst):
+        return PartsSink(dst, part_size)
+    path = storage.parse(dst).path
+    assert path is not None
+    if path.suffix.lower() == ".parquet":
+        return ParquetSink(path, part_size)
+    return JsonlSink(path)
+
+
+def _sidecar(dst: str) -> str:
+    return storage.join(dst, "_batch.json") if storage.is_remote(dst) else f"{dst}.batch.json"
+
+
+def _check_run(dst: str, run: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
+    """The earlier run's record, if it is this same run; refuse a different one."""
+    side = _sidecar(dst)
+    earlier = json.loads(storage.read_bytes(side)) if storage.exists(side) else None
+    if overwrite:
+        _remove_output(dst)
+        return None
+    if earlier is None:
+        local = None if storage.is_remote(dst) else storage.parse(dst).path
+        if (local is not None and local.exists()) or (
+            storage.is_remote(dst) and storage.list_keys(dst)
+        ):
+            raise BatchError(f"{dst} exists but was not written by a batch run; use --overwrite")
+        return None
+    if earlier.get("run") != run:
+        raise BatchError(
+            f"{dst} holds a batch run with other arguments ({earlier.get('run')}); "
+            "use the same arguments to resume, or --overwrite"
+        )
+    return dict(earlier)
+
+
+def _remove_output(dst: str) -> None:
+    if storage.is_remote(dst):
+        for key in storage.list_keys(dst):
+            storage.delete(key)
+        return
+    path = storage.parse(dst).path
+    assert path is not None
+    path.unlink(missing_ok=True)
+    Path(f"{dst}.batch.json").unlink(missing_ok=True)
+    shutil.rmtree(path.with_name(path.name + ".parts"), ignore_errors=True)
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+
+@dataclass
+class BatchSummary:
+    """What a run did."""
+
+    output: str
+    total: int
+    processed: int
+    skipped: int
+    errors: int
+    seconds: float
+    items_per_second: float
+    complete: bool = True
+    errors_by_code: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly summary."""
+        return dict(self.__dict__)
+
+
+def run_batch(
+    recommender: Recommender,
+    src: str,
+    dst: str,
+    *,
+    options: dict[str, Any] | None = None,
+    kind: str = "auto",
+    by_photo: bool = False,
+    batch_size: int = 32,
+    workers: int | None = None,
+    part_size: int = 1000,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> BatchSummary:
+    """Recommend for every input of ``src`` into ``dst``, continuing an interrupted run."""
+    options = dict(options or {})
+    Options.from_dict(options)  # fail fast on bad options, before any work
+    workers = workers or os.cpu_count() or 2
+    manifest = recommender.artifact.manifest
+    run = {
+        "input": src,
+        "kind": kind,
+        "by_photo": by_photo,
+        "options": options,
+        "artifact": {k: manifest.get(k) for k in ("created_at", "format_version")},
+        "part_size": part_size if storage.is_remote(dst) or dst.endswith(".parquet") else None,
+    }
+    earlier = _check_run(dst, run, overwrite)
+    if earlier is not None and earlier.get("complete"):
+        before = dict(earlier["summary"])
+        before.update(processed=0, skipped=before["total"], seconds=0.0, items_per_second=0.0)
+        return BatchSummary(**before)
+    storage.write_bytes(_sidecar(dst), json.dumps({"run": run, "complete": False}).encode())
+    inputs, total = iter_inputs(src, recommender, kind=kind, by_photo=by_photo)
+    sink = open_sink(dst, part_size)
+    done = sink.done()
+    started = time.perf_counter()
+    processed = errors = seen = skipped = 0
+    codes: dict[str, int] = {}
+    bar = tqdm(
+        total=total,
+        initial=len(done),
+        desc="batch",
+        unit="item",
+        disable=not progress,
+        file=sys.stderr,
+        smoothing=0.05,
+        dynamic_ncols=True,
+    )
+    complete = False
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="batch") as pool:
+        decoding: deque[tuple[list[BatchInput], list[Future[Any]]]] = deque()
+        scoring: deque[list[Future[dict[str, Any]]]] = deque()
+
+        def groups() -> Iterator[list[BatchInput]]:
+            nonlocal seen, skipped
+            group: list[BatchInput] = []
+            for inp in inputs:
+                seen += 1
+                if inp.index in done:
+                    skipped += 1
+                    continue
+                group.append(inp)
+                if len(group) == batch_size:
+                    yield group
+                    group = []
+            if group:
+                yield group
+
+        source = groups()
+
+        def submit_next() -> None:
+            group = next(source, None)
+            if group is not None:
+                futures = [pool.submit(prepare_input, recommender, inp) for inp in group]
+                decoding.append((group, futures))
+
+        def drain(keep: int) -> None:
+            nonlocal processed, errors
+            while len(scoring) > keep:
+                records = [f.result() for f in scoring.popleft()]
+                sink.write([(r["index"], json.dumps(r, separators=(",", ":"))) for r in records])
+                for r in records:
+                    if r["status"] != "ok":
+                        errors += 1
+                        code = r["error"]["code"]
+                        codes[code] = codes.get(code, 0) + 1
+                processed += len(records)
+                bar.update(len(records))
+
+        try:
+            for _ in range(_LOOKAHEAD):
+                submit_next()
+            while decoding:
+                group, futures = decoding.popleft()
+                prepared = [f.result() for f in futures]
+                submit_next()
+                scoring.append(
+                    recommend_group(recommender, group, prepared, options, score=pool.submit)
+                )
+                drain(keep=1)
+            drain(keep=0)
+            complete = True
+        finally:
+            bar.close()
+            sink.close(complete)
+    seconds = time.perf_counter() - started
+    summary = BatchSummary(
+        output=sink.location,
+        total=seen if total is None else total,
+        processed=processed,
+        skipped=skipped,
+        errors=errors,
+        seconds=round(seconds, 3),
+        items_per_second=round(processed / seconds, 2) if seconds > 0 else 0.0,
+        complete=complete,
+        errors_by_code=codes,
+    )
+    if complete:
+        record = {"run": run, "complete": True, "summary": summary.to_dict()}
+        storage.write_bytes(_sidecar(dst), json.dumps(record).encode())
+    return summary

@@ -1,0 +1,251 @@
+"""``stygig jobs submit|status|wait|list`` (a server's async API over HTTP) and ``stygig batch``.
+
+::
+
+    stygig jobs submit --url http://127.0.0.1:8080 photo.jpg --option k=3
+    stygig jobs submit --input-location s3://bucket/in/photo.jpg --id look-42
+    stygig jobs wait <id> [<id> ...] --timeout 900
+    stygig jobs list --status failed
+    stygig batch --artifact A --input photos/ --output recs.jsonl      # resumable
+    stygig batch --artifact A --all-items --output s3://bucket/recs/   # the nightly refresh
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from stygig.errors import InvalidOptionsError, NotFoundError, ServerError
+
+__all__ = ["register", "run_batch_command", "run_jobs"]
+
+_TERMINAL = ("succeeded", "failed")
+
+
+def _request(
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as response:
+            return int(response.status), json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        try:
+            data = json.loads(e.read() or b"{}")
+        except json.JSONDecodeError:
+            data = {"error": {"code": "http_error", "message": f"HTTP {e.code}"}}
+        finally:
+            e.close()
+        return int(e.code), data
+    except (urllib.error.URLError, OSError) as e:
+        raise ServerError(f"cannot reach {url}: {e}") from e
+
+
+def _checked(status: int, data: dict[str, Any]) -> dict[str, Any]:
+    if status == 404:
+        raise NotFoundError(str(data.get("error", {}).get("message", "not found")))
+    if status >= 400:
+        err = data.get("error", {})
+        raise ServerError(f"HTTP {status}: {err.get('code')}: {err.get('message')}")
+    return data
+
+
+def _pairs(values: list[str] | None) -> list[tuple[str, str]]:
+    out = []
+    for pair in values or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidOptionsError(f"--option expects key=value, not {pair!r}")
+        out.append((key, value))
+    return out
+
+
+def _submit(args: argparse.Namespace) -> dict[str, Any]:
+    headers: dict[str, str] = {}
+    body: bytes | None = None
+    sources = [bool(args.photo), bool(args.input_location), bool(args.json), bool(args.item)]
+    if sum(sources) != 1:
+        raise InvalidOptionsError("give exactly one of PHOTO, --input-location, --json, --item")
+    if args.photo:
+        body = Path(args.photo).read_bytes()
+        suffix = Path(args.photo).suffix.lower().lstrip(".")
+        headers["Content-Type"] = f"image/{'jpeg' if suffix in ('jpg', 'jpeg') else suffix}"
+    elif args.input_location:
+        headers["X-Amzn-SageMaker-InputLocation"] = args.input_location
+    else:
+        data = json.loads(args.json) if args.json else {"item_ids": args.item}
+        body = json.dumps(data).encode()
+        headers["Content-Type"] = "application/json"
+    if args.option:
+        headers["X-Amzn-SageMaker-Custom-Attributes"] = urllib.parse.urlencode(_pairs(args.option))
+    if args.id:
+        headers["X-Amzn-SageMaker-Inference-Id"] = args.id
+    if args.time_limit:
+        headers["X-Amzn-SageMaker-InvocationTimeoutSeconds"] = str(args.time_limit)
+    if args.webhook:
+        headers["X-Stygig-Webhook"] = args.webhook
+    return _checked(*_request("POST", f"{args.url}/async/invocations", body or b"", headers))
+
+
+def _status(url: str, job_id: str) -> dict[str, Any]:
+    return _checked(*_request("GET", f"{url}/async/jobs/{urllib.parse.quote(job_id)}"))
+
+
+def _wait(url: str, ids: list[str], timeout: float, interval: float) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    pending = list(ids)
+    done: dict[str, dict[str, Any]] = {}
+    while pending:
+        for job_id in list(pending):
+            info = _status(url, job_id)
+            if info["Status"] in _TERMINAL:
+                done[job_id] = info
+                pending.remove(job_id)
+        if pending:
+            if time.monotonic() > deadline:
+                raise ServerError(f"{len(pending)} job(s) not finished after {timeout:g} s")
+            time.sleep(interval)
+    return [done[i] for i in ids]
+
+
+def run_jobs(args: argparse.Namespace) -> int:
+    """``stygig jobs ...``: print JSON; exit 1 when a waited-for job failed."""
+    url = args.url.rstrip("/")
+    if args.jobs_command == "submit":
+        info = _submit(args)
+        if args.wait:
+            info = _wait(url, [info["InferenceId"]], args.timeout, args.interval)[0]
+        print(json.dumps(info, indent=2))
+        return 0 if info.get("Status") != "failed" else 1
+    if args.jobs_command == "status":
+        print(json.dumps(_status(url, args.id), indent=2))
+        return 0
+    if args.jobs_command == "wait":
+        infos = _wait(url, args.ids, args.timeout, args.interval)
+        for info in infos:
+            print(json.dumps(info))
+        return 0 if all(i["Status"] == "succeeded" for i in infos) else 1
+    query = urllib.parse.urlencode(
+        {k: v for k, v in (("status", args.status), ("limit", args.limit)) if v is not None}
+    )
+    data = _checked(*_request("GET", f"{url}/async/jobs?{query}"))
+    if args.json_out:
+        print(json.dumps(data, indent=2))
+        return 0
+    print("counts: " + ", ".join(f"{k} {v}" for k, v in data["counts"].items()))
+    for job in data["jobs"]:
+        error = (job.get("Error") or {}).get("code") or ""
+        print(f"{job['InferenceId']:<34} {job['Status']:<10} {job['CreatedAt']}  {error}")
+    return 0
+
+
+def run_batch_command(args: argparse.Namespace) -> int:
+    """``stygig batch``: run (or resume) a batch and print its summary."""
+    from stygig.artifact import Artifact
+    from stygig.batch import run_batch
+    from stygig.engine import Recommender
+
+    if (args.input is None) == (not args.all_items):
+        raise InvalidOptionsError("give --input SRC or --all-items (the artifact's catalogue)")
+    options: dict[str, Any] = json.loads(args.options) if args.options else {}
+    if not isinstance(options, dict):
+        raise InvalidOptionsError("--options must be a JSON object")
+    for key, value in _pairs(args.option):
+        options[key] = int(value) if value.isdigit() else value
+    recommender = Recommender(Artifact.load(args.artifact, verify=not args.no_verify))
+    summary = run_batch(
+        recommender,
+        str(args.artifact) if args.all_items else args.input,
+        args.output,
+        options=options,
+        kind="artifact" if args.all_items else args.kind,
+        by_photo=args.by_photo,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    if args.json_out:
+        print(json.dumps(summary.to_dict(), indent=2))
+    else:
+        print(
+            f"output: {summary.output}\n"
+            f"inputs: {summary.total}  written now: {summary.processed}  "
+            f"already done: {summary.skipped}  errors: {summary.errors}\n"
+            f"time: {summary.seconds:.1f}s  throughput: {summary.items_per_second:.1f} items/s"
+        )
+        for code, n in sorted(summary.errors_by_code.items()):
+            print(f"  error {code}: {n}")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``jobs`` and ``batch`` to ``stygig``'s argparse subparsers."""
+    default_url = os.environ.get("STYGIG_URL", "http://127.0.0.1:8080")
+    jobs = subparsers.add_parser("jobs", help="asynchronous jobs on a running server")
+    jobs.set_defaults(func=run_jobs)
+    sub = jobs.add_subparsers(dest="jobs_command", required=True)
+
+    def with_url(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--url", default=default_url, help="server (default $STYGIG_URL or :8080)")
+        return p
+
+    p = with_url(sub.add_parser("submit", help="submit a job; prints its id and locations"))
+    p.add_argument("photo", nargs="?", help="a photo sent inline")
+    p.add_argument("--input-location", help="a stored photo or JSON request (path, s3://)")
+    p.add_argument("--json", help="an inline JSON request")
+    p.add_argument("--item", action="append", help="a catalogue item id (repeat)")
+    p.add_argument("--option", action="append", help="option key=value (repeat)")
+    p.add_argument("--id", help="your inference id (resubmitting it never duplicates)")
+    p.add_argument("--time-limit", type=float, help="seconds (default: the server's)")
+    p.add_argument("--webhook", help="notify this URL when the job ends")
+    p.add_argument("--wait", action="store_true", help="wait for the job to end")
+    p.add_argument("--timeout", type=float, default=900.0, help="with --wait: give up after")
+    p.add_argument("--interval", type=float, default=0.5, help="with --wait: poll interval")
+
+    p = with_url(sub.add_parser("status", help="a job's status and timestamps"))
+    p.add_argument("id")
+
+    p = with_url(sub.add_parser("wait", help="wait until the jobs end; exit 1 if one failed"))
+    p.add_argument("ids", nargs="+")
+    p.add_argument("--timeout", type=float, default=900.0)
+    p.add_argument("--interval", type=float, default=0.5)
+
+    p = with_url(sub.add_parser("list", help="jobs and counts per status"))
+    p.add_argument("--status", choices=["queued", "running", "succeeded", "failed"])
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", dest="json_out", action="store_true")
+
+    p = subparsers.add_parser("batch", help="recommendations for many inputs (resumable)")
+    p.add_argument("--artifact", required=True)
+    p.add_argument("--input", help="catalogue file, photo folder, manifest .jsonl, or artifact")
+    p.add_argument(
+        "--all-items", action="store_true", help="every item of the artifact (nightly refresh)"
+    )
+    p.add_argument("--output", required=True, help=".jsonl, .parquet, or an s3:// prefix")
+    p.add_argument(
+        "--kind", default="auto", choices=["auto", "artifact", "catalog", "photos", "manifest"]
+    )
+    p.add_argument(
+        "--by-photo", action="store_true", help="catalogue rows by photo even when known by id"
+    )
+    p.add_argument("--option", action="append", help="option key=value for every input")
+    p.add_argument("--options", help="options for every input as a JSON object")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=None, help="threads (default: cores)")
+    p.add_argument("--overwrite", action="store_true", help="discard an earlier run's output")
+    p.add_argument("--no-verify", action="store_true", help="skip artifact checksums")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", dest="json_out", action="store_true", help="summary as JSON")
+    p.set_defaults(func=run_batch_command)

@@ -1,0 +1,418 @@
+"""The durable job table: asynchronous jobs recorded in SQLite before anyone is told they exist.
+
+A job moves ``queued -> running -> succeeded | failed``. Every move is one SQLite transaction
+(WAL journal, ``BEGIN IMMEDIATE``), and every move is also appended to an ``events`` journal in
+the same transaction, so a job's history can be audited: exactly one terminal event per job.
+
+Claims are leases. :meth:`JobStore.claim` marks a queued job ``running`` for one *owner* (host,
+pid and a random tag) and counts the attempt; the owner renews its leases while it works.
+A ``running`` job whose owner is gone goes back to ``queued`` (:meth:`JobStore.requeue_orphans`):
+at once when the owner was a process on this host that no longer exists (a server killed with
+``kill -9`` and restarted), otherwise when its lease expires. :meth:`JobStore.finish` only
+succeeds for the owner and attempt that hold the job, so a job that was taken away from a slow
+or presumed-dead worker cannot be finished twice.
+
+The order of steps that makes a crash harmless lives in :mod:`stygig.jobs.worker`: write the
+result (atomically) first, then record the terminal state here. A crash in between re-queues the
+job; the next attempt finds the result already written and only records it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from stygig.errors import InvalidOptionsError, NotFoundError
+
+__all__ = ["STATUSES", "Job", "JobSpec", "JobStore", "Status", "iso_time", "new_owner"]
+
+Status = Literal["queued", "running", "succeeded", "failed"]
+STATUSES: tuple[Status, ...] = ("queued", "running", "succeeded", "failed")
+TERMINAL = ("succeeded", "failed")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL,
+    input_location TEXT,
+    input_body BLOB,
+    content_type TEXT,
+    params TEXT NOT NULL DEFAULT '{}',
+    output_location TEXT NOT NULL,
+    failure_location TEXT NOT NULL,
+    webhook TEXT,
+    time_limit_s REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    owner TEXT,
+    lease_expires REAL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    error TEXT,
+    notify_state TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
+CREATE INDEX IF NOT EXISTS jobs_notify ON jobs (notify_state);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    event TEXT NOT NULL,
+    owner TEXT,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS events_job ON events (job_id);
+"""
+
+
+def new_owner() -> str:
+    """A worker identity: ``host:pid:tag`` (the tag tells two lives of one pid apart)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _owner_is_dead(owner: str, me: str) -> bool:
+    """Whether ``owner`` is a process on this host that no longer runs (a crash or kill -9)."""
+    host, _, rest = owner.partition(":")
+    pid_text, _, _ = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False  # another machine: only its lease expiry can tell
+    if owner == me:
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True  # our pid, another tag: an earlier life of this very process slot
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What a client asked for: where the input is (or the input itself) and where to write."""
+
+    output_location: str
+    failure_location: str
+    input_location: str | None = None
+    input_body: bytes | None = None
+    content_type: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)  # recommendation options
+    webhook: str | None = None
+    time_limit_s: float = 900.0
+    max_attempts: int = 3
+    id: str | None = None  # client-chosen (idempotent submit); else a fresh uuid
+
+    def __post_init__(self) -> None:
+        if (self.input_location is None) == (self.input_body is None):
+            raise InvalidOptionsError("a job needs exactly one of an input location or a body")
+        if not 0 < self.time_limit_s <= 24 * 3600:
+            raise InvalidOptionsError("the time limit must be within (0, 86400] seconds")
+        if self.max_attempts < 1:
+            raise InvalidOptionsError("max_attempts must be at least 1")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row of the job table."""
+
+    seq: int
+    id: str
+    status: Status
+    input_location: str | None
+    input_body: bytes | None
+    content_type: str | None
+    params: dict[str, Any]
+    output_location: str
+    failure_location: str
+    webhook: str | None
+    time_limit_s: float
+    attempts: int
+    max_attempts: int
+    owner: str | None
+    lease_expires: float | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    error: dict[str, Any] | None
+    notify_state: str | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Job:
+        """A job from a ``SELECT * FROM jobs`` row."""
+        data = dict(row)
+        data["params"] = json.loads(data["params"] or "{}")
+        data["error"] = json.loads(data["error"]) if data["error"] else None
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The public view (``GET /async/jobs/{id}``): SageMaker-style names, ISO timestamps."""
+        return {
+            "InferenceId": self.id,
+            "Status": self.status,
+            "InputLocation": self.input_location,
+            "OutputLocation": self.output_location,
+            "FailureLocation": self.failure_location,
+            "CreatedAt": iso_time(self.created_at),
+            "StartedAt": iso_time(self.started_at),
+            "FinishedAt": iso_time(self.finished_at),
+            "Attempts": self.attempts,
+            "Error": self.error,
+        }
+
+
+def iso_time(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
+
+
+class JobStore:
+    """The job table in one SQLite file; safe for many threads and for several processes.
+
+    Args:
+        path: the database file (created with its folder).
+        synchronous: SQLite's ``synchronous`` pragma. ``FULL`` (default) makes a commit survive
+            power loss, not just a process crash; ``NORMAL`` is faster and survives ``kill -9``.
+    """
+
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
+        if synchronous not in ("OFF", "NORMAL", "FULL"):
+            raise InvalidOptionsError("synchronous must be OFF, NORMAL or FULL")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+        )
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={synchronous}")
+        with self._transaction() as db:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+
+    def close(self) -> None:
+        """Close the database connection."""
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> JobStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` .. ``COMMIT`` (or ``ROLLBACK``) under the connection lock."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    @staticmethod
+    def _event(
+        db: sqlite3.Connection, job_id: str, event: str, owner: str | None, detail: Any = None
+    ) -> None:
+        db.execute(
+            "INSERT INTO events (job_id, at, event, owner, detail) VALUES (?, ?, ?, ?, ?)",
+            (job_id, time.time(), event, owner, None if detail is None else json.dumps(detail)),
+        )
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    def submit(self, spec: JobSpec) -> tuple[Job, bool]:
+        """Record a queued job (committed before this returns); ``(job, created)``.
+
+        Submitting an id that already exists returns the existing job and ``created=False``,
+        so a client that retries a submission never creates a duplicate.
+        """
+        job_id = spec.id or uuid.uuid4().hex
+        now = time.time()
+        with self._transaction() as db:
+            existing = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if existing is not None:
+                return Job.from_row(existing), False
+            db.execute(
+                "INSERT INTO jobs (id, status, input_location, input_body, content_type, params,"
+                " output_location, failure_location, webhook, time_limit_s, max_attempts,"
+                " created_at) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    spec.input_location,
+                    spec.input_body,
+                    spec.content_type,
+                    json.dumps(dict(spec.params)),
+                    spec.output_location.replace("{id}", job_id),
+                    spec.failure_location.replace("{id}", job_id),
+                    spec.webhook,
+                    spec.time_limit_s,
+                    spec.max_attempts,
+                    now,
+                ),
+            )
+            self._event(db, job_id, "submitted", None)
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return Job.from_row(row), True
+
+    def claim(self, owner: str, *, lease_s: float = 60.0, limit: int = 1) -> list[Job]:
+        """Take up to ``limit`` queued jobs (oldest first) for ``owner``; counts the attempt."""
+        now = time.time()
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT id FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT ?", (limit,)
+            ).fetchall()
+            ids = [r["id"] for r in rows]
+            for job_id in ids:
+                db.execute(
+                    "UPDATE jobs SET status = 'running', attempts = attempts + 1, owner = ?,"
+                    " lease_expires = ?, started_at = ? WHERE id = ?",
+                    (owner, now + lease_s, now, job_id),
+                )
+                self._event(db, job_id, "claimed", owner)
+            claimed = [
+                Job.from_row(db.execute("SELECT * FROM jobs WHERE id = ?", (i,)).fetchone())
+                for i in ids
+            ]
+        return claimed
+
+    def renew(self, owner: str, *, lease_s: float = 60.0) -> int:
+        """Extend the leases of every job ``owner`` runs; how many."""
+        with self._transaction() as db:
+            cur = db.execute(
+                "UPDATE jobs SET lease_expires = ? WHERE owner = ? AND status = 'running'",
+                (time.time() + lease_s, owner),
+            )
+            return cur.rowcount
+
+    def finish(
+        self,
+        job_id: str,
+        owner: str,
+        attempt: int,
+        status: Literal["succeeded", "failed"],
+        error: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Record the terminal state, once: only the owner of this attempt can; whether it did."""
+        with self._transaction() as db:
+            cur = db.execute(
+                "UPDATE jobs SET status = ?, finished_at = ?, error = ?, lease_expires = NULL,"
+                " notify_state = 'pending'"
+                " WHERE id = ? AND status = 'running' AND owner = ? AND attempts = ?",
+                (
+                    status,
+                    time.time(),
+                    json.dumps(dict(error)) if error else None,
+                    job_id,
+                    owner,
+                    attempt,
+                ),
+            )
+            if cur.rowcount != 1:
+                return False
+            self._event(db, job_id, status, owner, dict(error) if error else None)
+        return True
+
+    def requeue_orphans(self, owner: str) -> list[str]:
+        """Put ``running`` jobs whose owner is gone (dead here, or lease expired) back in line."""
+        now = time.time()
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT id, owner, lease_expires FROM jobs WHERE status = 'running'"
+            ).fetchall()
+            orphans = [
+                r["id"]
+                for r in rows
+                if r["owner"] != owner
+                and (
+                    (r["lease_expires"] or 0.0) < now
+                    or _owner_is_dead(str(r["owner"] or ""), owner)
+                )
+            ]
+            for job_id in orphans:
+                db.execute(
+                    "UPDATE jobs SET status = 'queued', owner = NULL, lease_expires = NULL"
+                    " WHERE id = ?",
+                    (job_id,),
+                )
+                self._event(db, job_id, "requeued", owner)
+        return orphans
+
+    def mark_notified(self, job_id: str, state: str) -> None:
+        """Record the notification outcome: ``sent``, ``failed`` or ``none`` (nothing to send)."""
+        with self._transaction() as db:
+            db.execute("UPDATE jobs SET notify_state = ? WHERE id = ?", (state, job_id))
+            self._event(db, job_id, f"notify_{state}", None)
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job:
+        """One job (:class:`~stygig.errors.NotFoundError` when unknown)."""
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"job {job_id!r} does not exist", code="unknown_job")
+        return Job.from_row(row)
+
+    def list_jobs(
+        self, *, status: str | None = None, limit: int = 100, after_seq: int = 0
+    ) -> list[Job]:
+        """Jobs in submission order, optionally of one status (``after_seq`` pages on)."""
+        if status is not None and status not in STATUSES:
+            raise InvalidOptionsError(f"status must be one of {', '.join(STATUSES)}")
+        sql = "SELECT * FROM jobs WHERE seq > ?"
+        args: list[Any] = [after_seq]
+        if status is not None:
+            sql += " AND status = ?"
+            args.append(status)
+        sql += " ORDER BY seq LIMIT ?"
+        args.append(max(1, min(limit, 10_000)))
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        return [Job.from_row(r) for r in rows]
+
+    def pending_notifications(self, limit: int = 100) -> list[Job]:
+        """Finished jobs whose notification has not been sent yet."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE notify_state = 'pending' ORDER BY seq LIMIT ?", (limit,)
+            ).fetchall()
+        return [Job.from_row(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        """Number of jobs per status (every status present, zero or not)."""
+        with self._lock:
+            rows = self._db.execute("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")
+            found = {r["status"]: int(r["n"]) for r in rows}
+        return {s: found.get(s, 0) for s in STATUSES}
+
+    def events(self, job_id: str | None = None) -> list[dict[str, Any]]:
+        """The journal (one job's, or everyone's), oldest first."""
+        sql = "SELECT job_id, at, event, owner, detail FROM events"
+        args: tuple[Any, ...] = ()
+        if job_id is not None:
+            sql += " WHERE job_id = ?"
+            args = (job_id,)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY seq", args).fetchall()
+        return [dict(r) for r in rows]

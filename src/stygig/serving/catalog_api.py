@@ -1,0 +1,240 @@
+"""The try-it page and the catalogue routes it reads (an ``APIRouter`` the app includes).
+
+Routes::
+
+    GET /                          the page (photo in, outfit out)
+    GET /static/{name}             its script and style sheet (a fixed list: no path walking)
+    GET /v1/items/{item_id}/image  the item's thumbnail, from the artifact (ETag, cache headers)
+    GET /v1/catalog                browse items: ?query=&category=&gender=&limit=&offset=
+    GET /v1/config                 categories, genders, slots, modes, encoder, text_search
+
+Everything the page shows comes from the server, product images included, so the page works
+with no network beyond the server itself. The catalogue search matches words against each
+item's name, id, brand, category and colour name; a text-embedding search would need an encoder
+with a text tower, which none of StyGig's encoders has (``text_search: false`` in the config).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+
+from stygig import __version__
+from stygig.errors import InvalidOptionsError, NotFoundError
+from stygig.thumbnails import ItemImages
+
+if TYPE_CHECKING:
+    from stygig.engine import Recommender
+    from stygig.serving.app import ModelService
+
+__all__ = ["make_catalog_router"]
+
+JSON = "application/json"
+_STATIC = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+}
+_IMAGE_MAX_AGE_S = 3600
+_MAX_LIMIT = 100
+
+
+def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    body = json.dumps(data, separators=(",", ":")).encode()
+    return Response(body, status_code=status, media_type=JSON, headers=headers)
+
+
+def _static_file(name: str) -> bytes:
+    return (resources.files("stygig.serving") / "static" / name).read_bytes()
+
+
+@dataclass
+class _Shelf:
+    """What the catalogue routes precompute once per loaded recommender."""
+
+    recommender: Recommender
+    images: ItemImages
+    haystacks: list[str]
+    etag_seed: str
+
+    @classmethod
+    def of(cls, rec: Recommender) -> _Shelf:
+        artifact = rec.artifact
+        originals = {item.id: item.image for item in artifact.items}
+        haystacks = [
+            " ".join(
+                str(v).lower()
+                for v in (item.name, item.id, item.brand, item.category, rec.color_names[i])
+                if v
+            )
+            for i, item in enumerate(artifact.items)
+        ]
+        files = artifact.manifest.get("files", {})
+        seed = str(
+            files.get("thumbnails.bin", {}).get("sha256") or artifact.manifest.get("created_at")
+        )
+        return cls(rec, ItemImages(artifact.path, originals), haystacks, seed)
+
+    def card(self, pos: int) -> dict[str, Any]:
+        """The fields a page needs to show one catalogue item."""
+        rec = self.recommender
+        item = rec.artifact.items[pos]
+        color = rec.artifact.colors[pos]
+        return {
+            "id": item.id,
+            "name": item.name,
+            "category": item.category,
+            "slot": rec.taxonomy.slot_of(item.category),
+            "gender": item.gender,
+            "price": item.price,
+            "brand": item.brand,
+            "rgb": [int(v) for v in color.get("rgb", [128, 128, 128])],
+            "hex": color.get("hex"),
+            "color_name": str(rec.color_names[pos]),
+            "image_url": f"/v1/items/{item.id}/image",
+        }
+
+    def search(self, query: str, category: str | None, gender: str | None) -> list[int]:
+        """Positions of the items whose text holds every word of ``query``, after the filters."""
+        rec = self.recommender
+        words = query.lower().split()
+        if category:
+            canonical = rec.taxonomy.canonical(category)
+            if canonical is None or canonical not in rec.category_names:
+                raise InvalidOptionsError(
+                    f"category {category!r} is not in this catalogue; "
+                    f"known: {', '.join(rec.category_names)}"
+                )
+            category = canonical
+        if gender and gender.lower() not in rec.gender_names:
+            raise InvalidOptionsError(
+                f"gender {gender!r} is not in this catalogue; known: {', '.join(rec.gender_names)}"
+            )
+        wanted_gender = gender.lower() if gender else None
+        out = []
+        for pos, item in enumerate(rec.artifact.items):
+            if category and item.category != category:
+                continue
+            if wanted_gender and item.gender not in (wanted_gender, "unisex", None):
+                continue
+            text = self.haystacks[pos]
+            if all(w in text for w in words):
+                out.append(pos)
+        return out
+
+
+def _config(service: ModelService, rec: Recommender) -> dict[str, Any]:
+    artifact = rec.artifact
+    counts: dict[str, int] = {}
+    for item in artifact.items:
+        counts[item.category] = counts.get(item.category, 0) + 1
+    taxonomy = rec.taxonomy
+    slots = sorted(
+        {taxonomy.slot_of(c) for c in counts}, key=lambda s: taxonomy.slots[s].outfit_order
+    )
+    return {
+        "version": __version__,
+        "encoder": rec.encoder.name,
+        "text_search": False,  # no StyGig encoder has a text tower; the page searches names
+        "modes": ["outfit", "similar"],
+        "items": len(artifact.items),
+        "thumbnails": "thumbnails.bin" in artifact.manifest.get("files", {}),
+        "categories": [
+            {"name": c, "slot": taxonomy.slot_of(c), "count": counts[c]} for c in sorted(counts)
+        ],
+        "genders": list(rec.gender_names),
+        "slots": [{"name": s, "label": taxonomy.slots[s].label} for s in slots],
+        "scoring": {
+            "similarity_weight": rec.config.similarity_weight,
+            "harmony_weight": rec.config.harmony_weight,
+            "boost": taxonomy.boost,
+        },
+        "max_upload_bytes": service.config.max_body_bytes,
+    }
+
+
+def make_catalog_router(service: ModelService) -> APIRouter:
+    """The page, its static files, item images, catalogue browsing and the page's config."""
+    router = APIRouter()
+    shelves: dict[int, _Shelf] = {}
+
+    def shelf() -> _Shelf:
+        rec = service.require()
+        found = shelves.get(id(rec))
+        if found is None or found.recommender is not rec:
+            found = shelves[id(rec)] = _Shelf.of(rec)
+        return found
+
+    @router.get("/", include_in_schema=False)
+    async def page() -> Response:
+        return Response(
+            _static_file("index.html"),
+            media_type=_STATIC["index.html"],
+            headers={"Cache-Control": "no-cache"},
+        )
+
+    @router.get("/static/{name}", include_in_schema=False)
+    async def static(name: str, request: Request) -> Response:
+        if name not in _STATIC:
+            raise NotFoundError(f"no static file {name!r}", code="not_found")
+        body = _static_file(name)
+        etag = '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
+        headers = {"Cache-Control": "no-cache", "ETag": etag}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        return Response(body, media_type=_STATIC[name], headers=headers)
+
+    @router.get(
+        "/v1/items/{item_id}/image",
+        tags=["catalogue"],
+        summary="The item's thumbnail (JPEG), made at build time",
+        responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "unknown item"}},
+    )
+    async def item_image(item_id: str, request: Request) -> Response:
+        current = shelf()
+        if item_id not in current.recommender.artifact.positions:
+            raise NotFoundError(f"item {item_id!r} is not in the catalogue", code="unknown_item")
+        etag = (
+            '"' + hashlib.sha256(f"{current.etag_seed}:{item_id}".encode()).hexdigest()[:24] + '"'
+        )
+        headers = {"Cache-Control": f"public, max-age={_IMAGE_MAX_AGE_S}", "ETag": etag}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        data = await service.run(current.images.get, item_id)
+        if data is None:
+            raise NotFoundError(f"item {item_id!r} has no image in this artifact", code="no_image")
+        return Response(data, media_type="image/jpeg", headers=headers)
+
+    @router.get("/v1/catalog", tags=["catalogue"], summary="Browse and search catalogue items")
+    async def catalog(
+        query: str = Query("", max_length=200, description="words matched in name, id, colour"),
+        category: str | None = Query(None, description="a category in this catalogue"),
+        gender: str | None = Query(None, description="a gender in this catalogue (plus unisex)"),
+        limit: int = Query(24, ge=1, le=_MAX_LIMIT),
+        offset: int = Query(0, ge=0),
+    ) -> Response:
+        current = shelf()
+        hits = await service.run(current.search, query, category or None, gender or None)
+        page_hits = hits[offset : offset + limit]
+        return _json(
+            {
+                "total": len(hits),
+                "offset": offset,
+                "limit": limit,
+                "text_search": False,
+                "items": [current.card(pos) for pos in page_hits],
+            }
+        )
+
+    @router.get("/v1/config", tags=["catalogue"], summary="What the page can offer")
+    async def config() -> Response:
+        return _json(_config(service, shelf().recommender))
+
+    return router

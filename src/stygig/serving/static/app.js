@@ -1,0 +1,534 @@
+/* StyGig try-it page: photo (or catalogue item) in, outfit board out. No framework, no build. */
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const PER_CATEGORY = 4; // the outfit's pick plus three alternatives per category
+  const TOTAL = 12;
+  const CATALOG_PAGE = 12;
+
+  // The API's error.code values, in words a shopper understands.
+  const MESSAGES = {
+    not_an_image: "That file is not an image.",
+    invalid_image: "That image could not be read. It may be damaged or incomplete; please try another photo.",
+    empty_image: "That file is empty. Please choose a photo.",
+    image_too_small: "That image is too small to recognise. Please use a larger photo.",
+    image_too_large: "That photo is too large. Please use a smaller one.",
+    payload_too_large: "That photo is too large. Please use a smaller one.",
+    unsupported_media_type: "That image format is not supported. Please use a JPEG, PNG or WebP photo.",
+    unsupported_content_type: "That image format is not supported. Please use a JPEG, PNG or WebP photo.",
+    invalid_base64: "That image could not be read. Please try another photo.",
+    invalid_options: "Those settings could not be used together. Try fewer categories or another gender.",
+    invalid_request: "Those settings could not be used together. Try fewer categories or another gender.",
+    unknown_item: "That item is no longer in the catalogue.",
+    not_found: "That item is no longer in the catalogue.",
+    no_image: "There is no picture of that item.",
+    overloaded: "The shop is very busy right now. Please try again in a moment.",
+    timeout: "That took too long. Please try again.",
+    not_ready: "The shop is still getting ready. Please try again in a few seconds.",
+    network: "The server could not be reached. Check the connection and try again.",
+  };
+  const FALLBACK = "Something went wrong on our side. Please try again.";
+
+  const state = {
+    config: null,
+    source: null, // {kind: "photo", file, url} | {kind: "item", id, card}
+    response: null,
+    outfit: {}, // slot -> row currently on the board
+    seq: 0,
+    catalogOffset: 0,
+  };
+
+  class ApiError extends Error {
+    constructor(code, message) {
+      super(message);
+      this.code = code;
+    }
+  }
+
+  async function api(path, init = {}) {
+    let res;
+    try {
+      res = await fetch(path, { ...init, headers: { Accept: "application/json", ...(init.headers || {}) } });
+    } catch (e) {
+      throw new ApiError("network", String(e));
+    }
+    let body = null;
+    try {
+      body = await res.json();
+    } catch (e) {
+      body = null;
+    }
+    if (!res.ok) {
+      const err = (body && body.error) || {};
+      const code = err.code || (res.status === 413 ? "payload_too_large" : "http_" + res.status);
+      throw new ApiError(code, err.message || res.statusText);
+    }
+    return body;
+  }
+
+  const friendly = (err) => (err instanceof ApiError && MESSAGES[err.code]) || FALLBACK;
+  const el = (tag, cls, text) => {
+    const node = document.createElement(tag);
+    if (cls) node.className = cls;
+    if (text !== undefined && text !== null) node.textContent = text;
+    return node;
+  };
+  const words = (s) => String(s || "").replace(/[-_]/g, " ");
+  const title = (s) => words(s).replace(/^\w/, (c) => c.toUpperCase());
+  const slotLabel = (slot) => {
+    const found = state.config && state.config.slots.find((s) => s.name === slot);
+    return found ? found.label : title(slot);
+  };
+  const imageUrl = (id) => "/v1/items/" + encodeURIComponent(id) + "/image";
+
+  // -- status, errors, spinner ------------------------------------------------------------------
+
+  function showError(message) {
+    const box = $("error");
+    box.textContent = message;
+    box.hidden = !message;
+  }
+
+  function announce(message) {
+    $("announce").textContent = message;
+  }
+
+  function busy(on) {
+    $("spinner").hidden = !on;
+    $("results").setAttribute("aria-busy", on ? "true" : "false");
+  }
+
+  // -- config and controls ----------------------------------------------------------------------
+
+  async function loadConfig(attempt = 0) {
+    try {
+      state.config = await api("/v1/config");
+    } catch (e) {
+      $("server-state").textContent = e.code === "not_ready" ? "Getting ready…" : "Offline";
+      if (attempt < 60) setTimeout(() => loadConfig(attempt + 1), 1000);
+      if (e.code !== "not_ready") showError(friendly(e));
+      return;
+    }
+    const cfg = state.config;
+    showError("");
+    $("server-state").textContent = cfg.items + " items";
+    $("server-state").classList.add("ok");
+    $("foot-info").textContent = cfg.items + " items · encoder " + cfg.encoder + " · v" + cfg.version;
+    $("catalog-query").placeholder = cfg.text_search ? "Describe it, e.g. navy skirt" : "Search names, e.g. navy skirt";
+    for (const g of cfg.genders.filter((g) => g !== "unisex")) {
+      const opt = el("option", null, title(g));
+      opt.value = g;
+      $("gender").append(opt);
+    }
+    const chips = $("categories");
+    for (const c of cfg.categories) {
+      const id = "cat-" + c.name;
+      const input = el("input");
+      input.type = "checkbox";
+      input.id = id;
+      input.value = c.name;
+      const label = el("label", null, words(c.name));
+      label.htmlFor = id;
+      chips.append(input, label);
+      const opt = el("option", null, words(c.name) + " (" + c.count + ")");
+      opt.value = c.name;
+      $("catalog-category").append(opt);
+    }
+  }
+
+  function options() {
+    const mode = document.querySelector("input[name=mode]:checked").value;
+    const opts = { mode, k: PER_CATEGORY, k_total: TOTAL };
+    const gender = $("gender").value;
+    if (gender) opts.gender = gender;
+    const cats = [...$("categories").querySelectorAll("input:checked")].map((i) => i.value);
+    if (cats.length) opts.include_categories = cats;
+    if (!$("harmony").checked) opts.use_color = false;
+    return opts;
+  }
+
+  // -- asking the server ------------------------------------------------------------------------
+
+  async function recommend() {
+    const source = state.source;
+    if (!source) return;
+    const seq = ++state.seq;
+    const opts = options();
+    showError("");
+    busy(true);
+    try {
+      let body;
+      if (source.kind === "photo") {
+        const form = new FormData();
+        form.append("image", source.file, source.file.name || "photo.jpg");
+        form.append("options", JSON.stringify(opts));
+        body = await api("/v1/recommend", { method: "POST", body: form });
+      } else {
+        const params = new URLSearchParams();
+        for (const [k, v] of Object.entries(opts)) params.set(k, Array.isArray(v) ? v.join(",") : String(v));
+        body = await api("/v1/items/" + encodeURIComponent(source.id) + "/recommendations?" + params);
+      }
+      if (seq !== state.seq) return; // a newer request is on its way
+      $("results").dataset.request = JSON.stringify(opts);
+      render(body);
+    } catch (e) {
+      if (seq !== state.seq) return;
+      $("answer").hidden = true;
+      $("empty").hidden = false;
+      showError(friendly(e));
+      announce(friendly(e));
+    } finally {
+      if (seq === state.seq) busy(false);
+    }
+  }
+
+  async function shrinkIfHuge(file) {
+    // Phone photos can exceed the upload limit; re-encode those in the browser first.
+    const limit = (state.config && state.config.max_upload_bytes) || 6 * 1024 * 1024;
+    if (file.size < limit * 0.9 || !window.createImageBitmap) return file;
+    try {
+      const bitmap = await createImageBitmap(file);
+      const scale = Math.min(1, 2048 / Math.max(bitmap.width, bitmap.height));
+      const canvas = document.createElement("canvas");
+      canvas.width = Math.round(bitmap.width * scale);
+      canvas.height = Math.round(bitmap.height * scale);
+      canvas.getContext("2d").drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+      const blob = await new Promise((ok) => canvas.toBlob(ok, "image/jpeg", 0.9));
+      return blob ? new File([blob], "photo.jpg", { type: "image/jpeg" }) : file;
+    } catch (e) {
+      return file; // not decodable here: let the server say what is wrong with it
+    }
+  }
+
+  async function usePhoto(file) {
+    if (!file) return;
+    if (state.source && state.source.url) URL.revokeObjectURL(state.source.url);
+    const upload = await shrinkIfHuge(file);
+    state.source = { kind: "photo", file: upload, url: URL.createObjectURL(file) };
+    recommend();
+  }
+
+  function useItem(card) {
+    if (state.source && state.source.url) URL.revokeObjectURL(state.source.url);
+    state.source = { kind: "item", id: card.id, card };
+    recommend();
+  }
+
+  // -- rendering --------------------------------------------------------------------------------
+
+  function render(body) {
+    state.response = body;
+    const q = body.query[0] || {};
+    $("empty").hidden = true;
+    $("answer").hidden = false;
+    const img = $("query-img");
+    if (state.source.kind === "photo") {
+      img.src = state.source.url;
+      img.alt = "Your photo";
+    } else {
+      img.src = imageUrl(state.source.id);
+      img.alt = state.source.card.name || state.source.id;
+    }
+    renderQuery(q);
+    state.outfit = {};
+    const outfit = body.mode === "outfit" && body.outfit ? body.outfit.slots : null;
+    if (outfit) for (const [slot, row] of Object.entries(outfit)) state.outfit[slot] = row;
+    renderBoard(q, body);
+    renderAlternatives(body);
+    if (window.matchMedia("(max-width: 899px)").matches) $("results").scrollIntoView({ block: "start" });
+    const n = outfit ? Object.keys(outfit).length : body.items.length;
+    announce(
+      (q.category ? "Recognised " + words(q.category) + ". " : "") +
+        (outfit ? "Outfit with " + n + " pieces." : n + " similar items.")
+    );
+  }
+
+  function renderQuery(q) {
+    $("query-category").textContent = q.category ? title(q.category) : "Not recognised";
+    const source = { vote: "recognised from the photo", catalog: "from the catalogue", stated: "as you said" };
+    $("query-source").textContent = q.category_source ? "(" + (source[q.category_source] || q.category_source) + ")" : "";
+    const votes = $("votes");
+    votes.replaceChildren();
+    const entries = Object.entries(q.votes || {}).sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]));
+    const total = entries.reduce((s, [, n]) => s + n, 0) || 1;
+    for (const [cat, n] of entries) {
+      const li = el("li", "vote");
+      li.dataset.category = cat;
+      li.dataset.count = String(n);
+      li.append(el("span", "vote-name", words(cat)));
+      const bar = el("span", "vote-bar");
+      const fill = el("span");
+      fill.style.width = Math.round((100 * n) / total) + "%";
+      bar.append(fill);
+      li.append(bar, el("span", "vote-count", n + " of " + total));
+      votes.append(li);
+    }
+    const palette = $("palette");
+    palette.replaceChildren();
+    const colours = q.palette && q.palette.length ? q.palette : q.hex ? [{ hex: q.hex, share: 1 }] : [];
+    for (const c of colours) {
+      const li = el("li", "chip-color");
+      li.dataset.hex = c.hex;
+      const sw = el("span", "swatch big");
+      sw.style.background = c.hex;
+      li.append(sw, el("span", "chip-hex", c.hex + (c.share < 1 ? " · " + Math.round(c.share * 100) + "%" : "")));
+      if (c.hex === q.hex) li.classList.add("main");
+      li.title = c.hex === q.hex ? "Main colour" : "";
+      palette.append(li);
+    }
+  }
+
+  function scoreParts(row) {
+    const cfg = (state.config && state.config.scoring) || { similarity_weight: 0.6, harmony_weight: 0.4 };
+    const parts = [];
+    if (state.response.mode === "similar") {
+      parts.push(["Looks alike (similarity)", row.similarity.toFixed(2)]);
+    } else {
+      const q = (state.response.query[0] || {}).category;
+      parts.push(["Style match " + row.similarity.toFixed(2) + " × " + cfg.similarity_weight, (row.similarity * cfg.similarity_weight).toFixed(2)]);
+      if (row.harmony_rule && options().use_color !== false) {
+        parts.push(["Colours: " + words(row.harmony_rule) + " " + row.harmony.toFixed(2) + " × " + cfg.harmony_weight, (row.harmony * cfg.harmony_weight).toFixed(2)]);
+      }
+      if (row.boost > 1) parts.push(["Goes with " + (q ? words(q) : "your piece"), "× " + row.boost.toFixed(2)]);
+    }
+    parts.push(["Score", row.score.toFixed(2)]);
+    return parts;
+  }
+
+  function fillWhy(box, row) {
+    box.replaceChildren();
+    box.append(el("p", "why-reason", row.reason));
+    const dl = el("dl", "why-parts");
+    for (const [k, v] of scoreParts(row)) dl.append(el("dt", null, k), el("dd", null, v));
+    box.append(dl);
+  }
+
+  function makeCard(row, { slot, onSwap, swapLabel, compact } = {}) {
+    const node = $("card-template").content.firstElementChild.cloneNode(true);
+    if (compact) node.classList.add("compact");
+    node.dataset.itemId = row.id;
+    node.dataset.hex = row.hex || "";
+    node.dataset.score = String(row.score);
+    if (slot) node.dataset.slot = slot;
+    const tag = node.querySelector(".slot-tag");
+    if (slot) tag.textContent = slotLabel(slot);
+    else tag.remove();
+    const img = node.querySelector("img");
+    img.src = imageUrl(row.id);
+    img.alt = row.name || row.id;
+    img.addEventListener("error", () => img.classList.add("missing"), { once: true });
+    node.querySelector(".card-name").textContent = row.name || row.id;
+    const sw = node.querySelector(".swatch");
+    sw.style.background = row.hex || "#ccc";
+    sw.title = row.hex || "";
+    node.querySelector(".card-color").textContent = row.hex || "";
+    node.querySelector(".card-category").textContent = words(row.category);
+    const pct = Math.max(4, Math.min(100, Math.round((row.score / maxScore()) * 100)));
+    node.querySelector(".score-bar span").style.width = pct + "%";
+    node.querySelector(".score-value").textContent = row.score.toFixed(2);
+    const why = node.querySelector(".why");
+    why.id = "why-" + Math.random().toString(36).slice(2);
+    fillWhy(why, row);
+    const whyBtn = node.querySelector(".act-why");
+    whyBtn.setAttribute("aria-controls", why.id);
+    whyBtn.setAttribute("aria-label", "Why " + (row.name || row.id) + "? The score explained");
+    whyBtn.title = "Why this item?";
+    whyBtn.addEventListener("click", () => {
+      const open = whyBtn.getAttribute("aria-expanded") !== "true";
+      whyBtn.setAttribute("aria-expanded", String(open));
+      why.hidden = !open;
+      node.classList.toggle("open", open);
+    });
+    const more = node.querySelector(".act-more");
+    more.setAttribute("aria-label", "More like this: " + (row.name || row.id));
+    more.title = "More like this";
+    more.addEventListener("click", () => moreLikeThis(row));
+    const swap = node.querySelector(".act-swap");
+    if (onSwap) {
+      swap.textContent = swapLabel || "Swap";
+      swap.setAttribute("aria-label", (swapLabel ? "Use in the outfit" : "Swap for the next best") + ": " + (row.name || row.id));
+      swap.addEventListener("click", onSwap);
+    } else {
+      swap.remove();
+    }
+    return node;
+  }
+
+  function maxScore() {
+    const all = Object.values(state.response.by_category || {}).flat();
+    return Math.max(0.01, ...all.map((r) => r.score), ...(state.response.items || []).map((r) => r.score));
+  }
+
+  function slotAlternatives(slot) {
+    const rows = Object.values(state.response.by_category || {})
+      .flat()
+      .filter((r) => r.slot === slot);
+    return rows.sort((a, b) => b.score - a.score || a.id.localeCompare(b.id));
+  }
+
+  function swapSlot(slot) {
+    const rows = slotAlternatives(slot);
+    if (rows.length < 2) return;
+    const at = rows.findIndex((r) => r.id === state.outfit[slot].id);
+    state.outfit[slot] = rows[(at + 1) % rows.length];
+    renderBoard(state.response.query[0] || {}, state.response);
+    renderAlternatives(state.response);
+    const card = $("board").querySelector('[data-slot="' + slot + '"] .act-swap');
+    if (card) card.focus();
+    announce(slotLabel(slot) + " swapped for " + (state.outfit[slot].name || state.outfit[slot].id) + ".");
+  }
+
+  function useAlternative(row) {
+    state.outfit[row.slot] = row;
+    renderBoard(state.response.query[0] || {}, state.response);
+    renderAlternatives(state.response);
+    announce((row.name || row.id) + " is now in the outfit.");
+  }
+
+  function moreLikeThis(row) {
+    document.getElementById("mode-similar").checked = true;
+    useItem({ id: row.id, name: row.name, category: row.category });
+    $("results").focus({ preventScroll: false });
+  }
+
+  function renderBoard(q, body) {
+    const board = $("board");
+    board.replaceChildren();
+    const outfit = body.mode === "outfit";
+    $("board-title").textContent = outfit ? "The outfit" : "Similar items";
+    if (outfit) {
+      const order = (state.config ? state.config.slots.map((s) => s.name) : []).concat(Object.keys(state.outfit));
+      const seen = new Set();
+      for (const slot of order) {
+        if (seen.has(slot) || !state.outfit[slot]) continue;
+        seen.add(slot);
+        const alts = slotAlternatives(slot).length;
+        board.append(makeCard(state.outfit[slot], { slot, onSwap: alts > 1 ? () => swapSlot(slot) : null }));
+      }
+      const n = seen.size;
+      $("board-note").textContent = n
+        ? n + (n === 1 ? " piece" : " pieces") + " to go with your " + words(q.category || "piece") + ". Total score " + body.outfit.score.toFixed(2) + "."
+        : "";
+    } else {
+      for (const row of body.items) board.append(makeCard(row, { slot: null }));
+      $("board-note").textContent = body.items.length + " items that look alike, most similar first.";
+    }
+    if (!board.children.length) {
+      const li = el("li", "nothing", "Nothing in the catalogue matches these settings. Try fewer categories or another gender.");
+      board.append(li);
+    }
+  }
+
+  function renderAlternatives(body) {
+    const box = $("alts");
+    box.replaceChildren();
+    const outfitIds = new Set(Object.values(state.outfit).map((r) => r.id));
+    const shown = body.mode === "outfit";
+    $("alts-section").hidden = !shown;
+    if (!shown) return;
+    for (const [cat, rows] of Object.entries(body.by_category || {})) {
+      const rest = rows.filter((r) => !outfitIds.has(r.id));
+      if (!rest.length) continue;
+      const group = el("section", "alt-group");
+      group.dataset.category = cat;
+      const h = el("h4", null, title(cat));
+      group.append(h);
+      const list = el("ul", "alt-list");
+      for (const row of rest) list.append(makeCard(row, { slot: row.slot, onSwap: () => useAlternative(row), swapLabel: "Use", compact: true }));
+      group.append(list);
+      box.append(group);
+    }
+  }
+
+  // -- catalogue picker -------------------------------------------------------------------------
+
+  let catalogTimer = 0;
+  async function loadCatalog(append = false) {
+    if (!append) state.catalogOffset = 0;
+    const params = new URLSearchParams({ query: $("catalog-query").value.trim(), limit: String(CATALOG_PAGE), offset: String(state.catalogOffset) });
+    const cat = $("catalog-category").value;
+    if (cat) params.set("category", cat);
+    let page;
+    try {
+      page = await api("/v1/catalog?" + params);
+    } catch (e) {
+      $("catalog-count").textContent = friendly(e);
+      return;
+    }
+    const list = $("catalog-list");
+    if (!append) list.replaceChildren();
+    for (const card of page.items) {
+      const li = el("li");
+      const btn = el("button", "pick");
+      btn.type = "button";
+      btn.dataset.itemId = card.id;
+      btn.title = card.name || card.id;
+      const img = el("img");
+      img.src = card.image_url;
+      img.alt = "";
+      img.loading = "lazy";
+      btn.append(img, el("span", "pick-name", card.name || card.id));
+      btn.setAttribute("aria-label", "Start from " + (card.name || card.id));
+      btn.addEventListener("click", () => useItem(card));
+      li.append(btn);
+      list.append(li);
+    }
+    state.catalogOffset += page.items.length;
+    $("catalog-count").textContent = page.total ? page.total + (page.total === 1 ? " item" : " items") : "No items match.";
+    $("catalog-more").hidden = state.catalogOffset >= page.total;
+  }
+
+  // -- wiring -----------------------------------------------------------------------------------
+
+  function wire() {
+    const photo = $("photo-input");
+    const camera = $("camera-input");
+    $("pick-photo").addEventListener("click", () => photo.click());
+    $("take-photo").addEventListener("click", () => camera.click());
+    for (const input of [photo, camera]) {
+      input.addEventListener("change", () => {
+        usePhoto(input.files[0]);
+        input.value = "";
+      });
+    }
+    const drop = $("drop");
+    for (const ev of ["dragenter", "dragover"]) {
+      drop.addEventListener(ev, (e) => {
+        e.preventDefault();
+        drop.classList.add("over");
+      });
+    }
+    for (const ev of ["dragleave", "drop"]) drop.addEventListener(ev, () => drop.classList.remove("over"));
+    drop.addEventListener("drop", (e) => {
+      e.preventDefault();
+      usePhoto(e.dataTransfer.files[0]);
+    });
+    document.addEventListener("paste", (e) => {
+      const file = [...(e.clipboardData ? e.clipboardData.files : [])][0];
+      if (file) usePhoto(file);
+    });
+    $("settings").addEventListener("change", () => {
+      const ticked = [...$("categories").querySelectorAll("input:checked")].map((i) => words(i.value));
+      $("categories-summary").textContent = ticked.length ? ticked.join(", ") : "all";
+      recommend();
+    });
+    $("settings").addEventListener("submit", (e) => e.preventDefault());
+    $("catalog-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      loadCatalog();
+    });
+    $("catalog-query").addEventListener("input", () => {
+      clearTimeout(catalogTimer);
+      catalogTimer = setTimeout(() => loadCatalog(), 250);
+    });
+    $("catalog-category").addEventListener("change", () => loadCatalog());
+    $("catalog-more").addEventListener("click", () => loadCatalog(true));
+    $("catalog-picker").addEventListener("toggle", () => {
+      if ($("catalog-picker").open && !$("catalog-list").children.length) loadCatalog();
+    });
+  }
+
+  wire();
+  loadConfig();
+})();

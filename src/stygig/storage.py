@@ -1,0 +1,215 @@
+"""Where bytes live: read and write plain paths, ``file://`` URIs and ``s3://`` URIs.
+
+One small surface for the async jobs and batch runs::
+
+    read_bytes(uri) -> bytes          write_bytes(uri, data)   (atomic: readers see all or nothing)
+    exists(uri) -> bool               delete(uri)
+    list_keys(prefix) -> [uri, ...]   join(prefix, name) -> uri
+
+S3 goes through boto3 (the ``aws`` extra) with its standard configuration: credentials, region
+and endpoint come from the environment (``AWS_ACCESS_KEY_ID``, ``AWS_DEFAULT_REGION``,
+``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3`` for an S3-compatible server such as MinIO or
+moto) or ``~/.aws/config``. A local write goes to a temporary file in the same folder and is
+renamed into place; an S3 ``PutObject`` is atomic by itself.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from stygig.errors import NotFoundError, StorageError, StygigError
+
+__all__ = [
+    "Location",
+    "StorageError",
+    "delete",
+    "exists",
+    "is_remote",
+    "join",
+    "list_keys",
+    "parse",
+    "read_bytes",
+    "write_bytes",
+]
+
+
+@dataclass(frozen=True)
+class Location:
+    """A parsed location: ``scheme`` is ``"file"`` (``path`` set) or ``"s3"`` (bucket, key)."""
+
+    scheme: str
+    path: Path | None = None
+    bucket: str = ""
+    key: str = ""
+
+    def __str__(self) -> str:
+        if self.scheme == "s3":
+            return f"s3://{self.bucket}/{self.key}"
+        return str(self.path)
+
+
+def parse(uri: str | Path) -> Location:
+    """A plain path, ``file://`` or ``s3://`` URI as a :class:`Location`."""
+    text = str(uri)
+    if text.startswith("s3://"):
+        parsed = urlparse(text)
+        if not parsed.netloc:
+            raise StorageError(f"{text!r} names no bucket", code="invalid_location")
+        return Location("s3", bucket=parsed.netloc, key=parsed.path.lstrip("/"))
+    if text.startswith("file://"):
+        return Location("file", path=Path(unquote(urlparse(text).path)))
+    if "://" in text:
+        raise StorageError(
+            f"{text!r}: only plain paths, file:// and s3:// are supported", code="invalid_location"
+        )
+    return Location("file", path=Path(text))
+
+
+def is_remote(uri: str | Path) -> bool:
+    """Whether ``uri`` is an ``s3://`` location."""
+    return str(uri).startswith("s3://")
+
+
+def join(prefix: str | Path, name: str) -> str:
+    """``prefix`` + ``/`` + ``name`` for either kind of location."""
+    text = str(prefix)
+    if is_remote(text):
+        return text.rstrip("/") + "/" + name if not text.endswith("://") else text + name
+    return str(Path(text) / name)
+
+
+_client_lock = threading.Lock()
+_clients: dict[int, Any] = {}
+
+
+def _s3() -> Any:
+    """One boto3 S3 client per process (clients are thread-safe; creating one is not)."""
+    pid = os.getpid()
+    with _client_lock:
+        client = _clients.get(pid)
+        if client is None:
+            try:
+                import boto3
+                from botocore.config import Config
+            except ImportError as e:  # pragma: no cover - depends on the install
+                raise StorageError(
+                    "s3:// locations need boto3: pip install 'stygig[aws]'", code="missing_extra"
+                ) from e
+            client = boto3.client(
+                "s3", config=Config(retries={"max_attempts": 5, "mode": "standard"})
+            )
+            _clients[pid] = client
+        return client
+
+
+def _s3_error(e: Exception, loc: Location) -> StygigError:
+    code = ""
+    response = getattr(e, "response", None)
+    if isinstance(response, dict):
+        code = str(response.get("Error", {}).get("Code", ""))
+    if code in ("NoSuchKey", "404", "NotFound"):
+        return NotFoundError(f"{loc} does not exist", code="location_not_found")
+    if code == "NoSuchBucket":
+        return NotFoundError(f"bucket {loc.bucket!r} does not exist", code="location_not_found")
+    return StorageError(f"{loc}: {e}")
+
+
+def read_bytes(uri: str | Path) -> bytes:
+    """The whole object at ``uri`` (:class:`~stygig.errors.NotFoundError` when absent)."""
+    loc = parse(uri)
+    if loc.scheme == "s3":
+        try:
+            body: bytes = _s3().get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read()
+        except Exception as e:
+            raise _s3_error(e, loc) from e
+        return body
+    assert loc.path is not None
+    try:
+        return loc.path.read_bytes()
+    except FileNotFoundError:
+        raise NotFoundError(f"{loc} does not exist", code="location_not_found") from None
+    except OSError as e:
+        raise StorageError(f"{loc}: {e}") from e
+
+
+def write_bytes(uri: str | Path, data: bytes, *, content_type: str | None = None) -> str:
+    """Write ``data`` to ``uri`` atomically (all or nothing), creating folders; the location."""
+    loc = parse(uri)
+    if loc.scheme == "s3":
+        extra = {"ContentType": content_type} if content_type else {}
+        try:
+            _s3().put_object(Bucket=loc.bucket, Key=loc.key, Body=data, **extra)
+        except Exception as e:
+            raise _s3_error(e, loc) from e
+        return str(loc)
+    assert loc.path is not None
+    try:
+        loc.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{loc.path.name}.", suffix=".tmp", dir=loc.path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, loc.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as e:
+        raise StorageError(f"{loc}: {e}") from e
+    return str(loc.path)
+
+
+def exists(uri: str | Path) -> bool:
+    """Whether an object or file is at ``uri``."""
+    loc = parse(uri)
+    if loc.scheme == "s3":
+        try:
+            _s3().head_object(Bucket=loc.bucket, Key=loc.key)
+        except Exception as e:
+            err = _s3_error(e, loc)
+            if isinstance(err, NotFoundError):
+                return False
+            raise err from e
+        return True
+    assert loc.path is not None
+    return loc.path.is_file()
+
+
+def delete(uri: str | Path) -> None:
+    """Remove the object at ``uri`` (nothing happens when it is absent)."""
+    loc = parse(uri)
+    if loc.scheme == "s3":
+        try:
+            _s3().delete_object(Bucket=loc.bucket, Key=loc.key)
+        except Exception as e:
+            raise _s3_error(e, loc) from e
+        return
+    assert loc.path is not None
+    loc.path.unlink(missing_ok=True)
+
+
+def list_keys(prefix: str | Path) -> list[str]:
+    """Every object under ``prefix`` (a folder or an S3 prefix), sorted, as locations."""
+    loc = parse(prefix)
+    if loc.scheme == "s3":
+        out: list[str] = []
+        try:
+            pages = (
+                _s3().get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=loc.key)
+            )
+            for page in pages:
+                out.extend(f"s3://{loc.bucket}/{obj['Key']}" for obj in page.get("Contents", []))
+        except Exception as e:
+            raise _s3_error(e, loc) from e
+        return sorted(out)
+    assert loc.path is not None
+    if not loc.path.is_dir():
+        return []
+    return sorted(str(p) for p in loc.path.rglob("*") if p.is_file())

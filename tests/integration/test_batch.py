@@ -1,0 +1,145 @@
+"""Batch runs: every input once, bad records isolated, resume after a kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from stygig.batch import run_batch
+from stygig.cli import main as batch_main
+from stygig.engine import Recommender
+from stygig.errors import BatchError
+from tests.integration.server_fixtures import REPO, sample_artifact
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return sample_artifact(tmp_path_factory.mktemp("batch"))
+
+
+@pytest.fixture(scope="module")
+def rec(sample: tuple[Path, Path]) -> Recommender:
+    return Recommender.from_path(sample[1])
+
+
+def _records(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_nightly_refresh_every_item_once(rec: Recommender, tmp_path: Path) -> None:
+    out = tmp_path / "all.jsonl"
+    summary = run_batch(rec, str(rec.artifact.path), str(out), options={"k": 2}, progress=False)
+    records = _records(out)
+    ids = [i.id for i in rec.artifact.items]
+    assert [r["id"] for r in records] == ids and summary.processed == len(ids)
+    assert all(r["status"] == "ok" for r in records)
+    first = records[0]["recommendation"]
+    assert isinstance(first, dict) and first["outfit"]["slots"] and first["by_category"]
+    # Same arguments again: already complete, nothing redone.
+    again = run_batch(rec, str(rec.artifact.path), str(out), options={"k": 2}, progress=False)
+    assert again.processed == 0 and again.skipped == len(ids)
+    with pytest.raises(BatchError, match="other arguments"):
+        run_batch(rec, str(rec.artifact.path), str(out), options={"k": 3}, progress=False)
+
+
+def test_manifest_bad_records_are_isolated(
+    sample: tuple[Path, Path], rec: Recommender, tmp_path: Path
+) -> None:
+    catalog, _ = sample
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    lines = [
+        json.dumps({"id": "photo", "image": str(catalog / "queries" / "blue-jeans.jpg")}),
+        "{not json",
+        json.dumps({"id": "unknown", "item_ids": ["no-such-sku"]}),
+        json.dumps({"id": "corrupt", "image": "corrupt.jpg"}),  # relative to the manifest
+        json.dumps({"id": "missing", "image": "missing.jpg"}),
+        json.dumps({"id": "bad-options", "item_ids": ["sku-0001"], "options": {"k": 0}}),
+        json.dumps({"id": "item", "item_ids": ["sku-0001"], "options": {"mode": "similar"}}),
+    ]
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "out.parquet"
+    summary = run_batch(rec, str(manifest), str(out), progress=False)
+    assert summary.processed == 7 and summary.errors == 5
+
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out).to_pylist()
+    status = {r["id"]: (r["status"], r["error_code"]) for r in table}
+    assert status["photo"] == ("ok", None) and status["item"] == ("ok", None)
+    assert status["line-2"] == ("error", "malformed_json")
+    assert status["unknown"] == ("error", "unknown_item")
+    assert status["bad-options"] == ("error", "invalid_options")
+    assert status["corrupt"][0] == "error" and status["missing"][0] == "error"
+    assert json.loads(table[0]["recommendation"])["outfit"] is not None
+    assert not out.with_name("out.parquet.parts").exists()
+
+
+def test_resume_cuts_a_torn_line_and_finishes(rec: Recommender, tmp_path: Path) -> None:
+    src = str(rec.artifact.path)
+    full = tmp_path / "full.jsonl"
+    run_batch(rec, src, str(full), progress=False)
+    lines = full.read_text(encoding="utf-8").splitlines(keepends=True)
+    part = tmp_path / "part.jsonl"
+    run_batch(rec, src, str(part), progress=False)
+    part.write_text("".join(lines[:40]) + lines[40][:25], encoding="utf-8")  # killed mid-line
+    sidecar = Path(f"{part}.batch.json")
+    state = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**state, "complete": False}))
+    summary = run_batch(rec, src, str(part), progress=False)
+    assert summary.skipped == 40 and summary.processed == len(lines) - 40
+    indexes = [r["index"] for r in _records(part)]
+    assert indexes == list(range(len(lines)))
+
+
+def test_kill_9_half_way_then_resume(sample: tuple[Path, Path], tmp_path: Path) -> None:
+    _, artifact = sample
+    ids = [
+        json.loads(line)["id"]
+        for line in (artifact / "items.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    manifest = tmp_path / "m.jsonl"
+    n = 1000
+    manifest.write_text(
+        "".join(
+            json.dumps({"id": f"q{i}", "item_ids": [ids[i % len(ids)]]}) + "\n" for i in range(n)
+        )
+    )
+    out = tmp_path / "out.jsonl"
+    args = ["--artifact", str(artifact), "--input", str(manifest), "--output", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "stygig.cli",
+        "batch",
+        *args,
+        "--quiet",
+        "--batch-size",
+        "16",
+    ]
+    process = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (
+            out.exists() and out.stat().st_size > 0 and len(out.read_bytes().splitlines()) >= 100
+        ):
+            assert process.poll() is None, "the batch finished before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(10)
+    written = len(out.read_bytes().splitlines())
+    assert 100 <= written < n
+    assert batch_main(["batch", *args, "--quiet", "--batch-size", "16"]) == 0
+    records = _records(out)
+    assert sorted(int(str(r["index"])) for r in records) == list(range(n))  # each exactly once
+    assert all(r["status"] == "ok" for r in records)

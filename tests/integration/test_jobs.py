@@ -1,0 +1,398 @@
+"""Asynchronous jobs end to end: a real server process, real HTTP, real files, kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from stygig.cli import main as jobs_main
+from stygig.engine import Options, Query
+from stygig.jobs import JobSpec, JobStore, JobWorker, WorkerConfig
+from tests.integration.server_fixtures import REPO, free_port, sample_artifact
+
+pytestmark = pytest.mark.slow
+
+# The test's server: the real async app, optionally with every recommendation slowed down so
+# that jobs are still queued and running when the process is killed.
+_SERVER = """
+import sys, time
+from stygig.engine import Recommender
+delay = float(sys.argv[1])
+if delay:
+    original = Recommender.recommend
+    def slow(self, *args, **kwargs):
+        time.sleep(delay)
+        return original(self, *args, **kwargs)
+    Recommender.recommend = slow
+from stygig.cli import main
+sys.exit(main(["serve", "--host", "127.0.0.1", *sys.argv[2:]]))
+"""
+
+
+@dataclass
+class AsyncServer:
+    """A running async server process."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    db: Path
+    out: Path
+
+    def kill(self) -> None:
+        """``kill -9`` and reap."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it hangs."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@contextmanager
+def async_server(
+    artifact: Path,
+    root: Path,
+    *extra: str,
+    delay: float = 0.0,
+    env: dict[str, str] | None = None,
+    output: str | None = None,
+) -> Iterator[AsyncServer]:
+    """The async API on a free port over ``root/jobs.db``, results in ``root/out``."""
+    script = root / "server.py"
+    script.write_text(_SERVER, encoding="utf-8")
+    port = free_port()
+    db, out = root / "jobs.db", root / "out"
+    args = [
+        sys.executable,
+        str(script),
+        str(delay),
+        "--artifact",
+        str(artifact),
+        "--port",
+        str(port),
+        "--jobs-db",
+        str(db),
+        "--async-output",
+        output or str(out),
+        *extra,
+    ]
+    log = (root / f"server-{port}.log").open("wb")
+    process = subprocess.Popen(
+        args,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+    log.close()
+    server = AsyncServer(process, f"http://127.0.0.1:{port}", db, out)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited: {(root / f'server-{port}.log').read_text()}")
+            try:
+                if httpx.get(server.url + "/ping", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("async server not ready")
+            time.sleep(0.05)
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class Receiver:
+    """A local webhook receiver that fails the first ``fail_first`` deliveries of each job."""
+
+    fail_first: int = 0
+    calls: list[tuple[str, int, dict[str, Any]]] = field(default_factory=list)
+    url: str = ""
+
+    def delivered(self) -> dict[str, dict[str, Any]]:
+        """Job id -> the event that was accepted (2xx)."""
+        return {i: e for i, status, e in self.calls if status == 200}
+
+
+@contextmanager
+def webhook_receiver(fail_first: int = 0) -> Iterator[Receiver]:
+    """A threaded HTTP server on a free port recording POSTs."""
+    receiver = Receiver(fail_first)
+    seen: dict[str, int] = {}
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            event = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            with lock:
+                n = seen[event["inferenceId"]] = seen.get(event["inferenceId"], 0) + 1
+                status = 500 if n <= receiver.fail_first else 200
+                receiver.calls.append((event["inferenceId"], status, event))
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield receiver
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def wait_for(check: Any, timeout: float = 30.0, interval: float = 0.05) -> Any:
+    """Poll ``check()`` until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError("condition not met in time")
+
+
+def job_status(url: str, job_id: str) -> dict[str, Any]:
+    """``GET /async/jobs/{id}``."""
+    response = httpx.get(f"{url}/async/jobs/{job_id}", timeout=5)
+    assert response.status_code == 200, response.text
+    data: dict[str, Any] = response.json()
+    return data
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return sample_artifact(tmp_path_factory.mktemp("jobs"))
+
+
+def test_submit_poll_output_failure_and_webhook(
+    sample: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    catalog, artifact = sample
+    photo = catalog / "queries" / "blue-jeans.jpg"
+    stored = tmp_path / "request.json"
+    stored.write_text(json.dumps({"item_ids": ["sku-0014"], "k": 2}), encoding="utf-8")
+    with (
+        webhook_receiver(fail_first=1) as hook,
+        async_server(artifact, tmp_path, "--async-webhook", hook.url) as server,
+    ):
+        url = server.url
+        inline = httpx.post(
+            f"{url}/async/invocations",
+            content=photo.read_bytes(),
+            headers={"Content-Type": "image/jpeg", "X-Amzn-SageMaker-Custom-Attributes": "k=2"},
+        )
+        assert inline.status_code == 202
+        sub = inline.json()
+        assert set(sub) >= {"InferenceId", "OutputLocation", "FailureLocation"}
+        assert inline.headers["x-amzn-sagemaker-outputlocation"] == sub["OutputLocation"]
+        by_location = httpx.post(
+            f"{url}/async/invocations",
+            headers={
+                "X-Amzn-SageMaker-InputLocation": stored.as_uri(),
+                "X-Amzn-SageMaker-Inference-Id": "look-42",
+            },
+        ).json()
+        assert by_location["InferenceId"] == "look-42"
+        again = httpx.post(
+            f"{url}/async/invocations",
+            headers={
+                "X-Amzn-SageMaker-InputLocation": stored.as_uri(),
+                "X-Amzn-SageMaker-Inference-Id": "look-42",
+            },
+        )
+        assert again.status_code == 202 and again.json()["InferenceId"] == "look-42"
+        corrupt = httpx.post(
+            f"{url}/async/invocations",
+            content=photo.read_bytes()[:300],
+            headers={"Content-Type": "image/jpeg"},
+        ).json()
+        # Bad requests are refused before anything is queued.
+        bad = httpx.post(f"{url}/async/invocations?k=0", content=b"x")
+        assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_options"
+        empty = httpx.post(f"{url}/async/invocations")
+        assert empty.status_code == 400
+        assert httpx.get(f"{url}/async/jobs/nope").status_code == 404
+
+        ids = [sub["InferenceId"], "look-42", corrupt["InferenceId"]]
+        for job_id in ids:
+            wait_for(lambda j=job_id: job_status(url, j)["Status"] in ("succeeded", "failed"))
+        first = job_status(url, ids[0])
+        assert first["Status"] == "succeeded" and first["Attempts"] == 1
+        assert first["CreatedAt"] <= first["StartedAt"] <= first["FinishedAt"]
+        result = json.loads(Path(first["OutputLocation"]).read_text())
+        assert result["outfit"]["slots"] and result["by_category"]
+        assert all(len(v) <= 2 for v in result["by_category"].values())
+        item_result = httpx.get(f"{url}/async/jobs/look-42/output").json()
+        assert item_result["query"][0]["source"] == "item:sku-0014"
+        failed = job_status(url, corrupt["InferenceId"])
+        assert failed["Status"] == "failed"
+        assert failed["Error"]["code"] in ("invalid_image", "not_an_image", "corrupt_image")
+        error_body = json.loads(Path(failed["FailureLocation"]).read_text())
+        assert error_body["error"]["code"] == failed["Error"]["code"]
+        assert not Path(failed["OutputLocation"]).exists()
+
+        # Every job notified once it ended, although the receiver refused the first try.
+        delivered = wait_for(lambda: len(hook.delivered()) == 3 and hook.delivered())
+        assert delivered[ids[0]]["invocationStatus"] == "Completed"
+        assert delivered[ids[2]]["invocationStatus"] == "Failed"
+        assert all(sum(1 for i, s, _ in hook.calls if i == j and s == 500) == 1 for j in ids)
+
+        listing = httpx.get(f"{url}/async/jobs?status=succeeded").json()
+        assert listing["counts"]["succeeded"] == 2 and listing["counts"]["failed"] == 1
+        assert [j["InferenceId"] for j in listing["jobs"]] == ids[:2]
+
+        # The CLI talks to the same server.
+        capsys.readouterr()
+        code = jobs_main(["jobs", "submit", "--url", url, "--item", "sku-0001", "--wait"])
+        assert code == 0
+        assert json.loads(capsys.readouterr().out)["Status"] == "succeeded"
+        assert jobs_main(["jobs", "list", "--url", url]) == 0
+        assert "succeeded 3" in capsys.readouterr().out
+        assert jobs_main(["jobs", "wait", "--url", url, ids[2]]) == 1
+
+
+def _terminal_events(db: Path) -> dict[str, int]:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT job_id, COUNT(*) FROM events WHERE event IN ('succeeded', 'failed')"
+            " GROUP BY job_id"
+        ).fetchall()
+    conn.close()
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def test_kill_9_and_restart_loses_and_duplicates_nothing(
+    sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    catalog, artifact = sample
+    photo = (catalog / "queries" / "blue-jeans.jpg").read_bytes()
+    n = 30
+    with async_server(artifact, tmp_path, delay=0.15) as server:
+        ids = []
+        for i in range(n):
+            r = httpx.post(
+                f"{server.url}/async/invocations",
+                content=photo,
+                headers={"Content-Type": "image/jpeg", "X-Amzn-SageMaker-Inference-Id": f"j{i}"},
+            )
+            assert r.status_code == 202
+            ids.append(r.json()["InferenceId"])
+        wait_for(lambda: httpx.get(f"{server.url}/async/jobs").json()["counts"]["succeeded"] >= 3)
+        wait_for(lambda: httpx.get(f"{server.url}/async/jobs").json()["counts"]["running"] == 1)
+        server.kill()
+    with sqlite3.connect(server.db) as conn:
+        counts = dict(conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
+    conn.close()
+    assert counts.get("queued", 0) > 0 and counts.get("running", 0) == 1, counts
+    interrupted = [i for i in ids if job_status_db(server.db, i) == "running"]
+
+    with async_server(artifact, tmp_path) as again:
+        wait_for(
+            lambda: httpx.get(f"{again.url}/async/jobs").json()["counts"]["succeeded"] == n,
+            timeout=60,
+        )
+        listing = httpx.get(f"{again.url}/async/jobs?limit=1000").json()
+    assert listing["counts"] == {"queued": 0, "running": 0, "succeeded": n, "failed": 0}
+    outputs = sorted(p.name for p in (tmp_path / "out").iterdir() if p.suffix == ".out")
+    assert outputs == sorted(f"{i}.out" for i in ids)  # one result per job, no error files
+    for name in outputs:
+        assert json.loads((tmp_path / "out" / name).read_text())["outfit"] is not None
+    terminal = _terminal_events(tmp_path / "jobs.db")
+    assert terminal == dict.fromkeys(ids, 1)  # every job ended exactly once
+    restarted = {j["InferenceId"]: j["Attempts"] for j in listing["jobs"]}
+    assert all(restarted[i] == 2 for i in interrupted)
+
+
+def job_status_db(db: Path, job_id: str) -> str:
+    """A job's status read straight from the database file."""
+    with sqlite3.connect(db) as conn:
+        row = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    conn.close()
+    return str(row[0])
+
+
+class _SlowRecommender:
+    """Stands in for the recommender: sleeps, then answers."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.calls = 0
+
+    def recommend(self, query: Query, options: Options) -> Any:
+        self.calls += 1
+        time.sleep(self.seconds)
+
+        class _Answer:
+            def to_dict(self) -> dict[str, Any]:
+                return {"outfit": None}
+
+        return _Answer()
+
+
+def test_time_limit_and_concurrency(tmp_path: Path) -> None:
+    slow = _SlowRecommender(0.6)
+    store = JobStore(tmp_path / "jobs.db")
+    worker = JobWorker(store, lambda: slow, WorkerConfig(concurrency=1, poll_s=0.05))  # type: ignore[arg-type,return-value]
+    body = json.dumps({"item_ids": ["x"]}).encode()
+    out = tmp_path / "out"
+    late, _ = store.submit(
+        JobSpec(
+            str(out / "{id}.out"),
+            str(out / "{id}-error.out"),
+            input_body=body,
+            content_type="application/json",
+            time_limit_s=0.2,
+        )
+    )
+    fine, _ = store.submit(
+        JobSpec(str(out / "{id}.out"), str(out / "{id}-error.out"), input_body=body)
+    )
+    worker.start()
+    try:
+        wait_for(lambda: store.counts()["queued"] == 0 and store.counts()["running"] == 0, 10)
+        # With one slot, the second job only started once the overrun first one really ended.
+        assert store.get(fine.id).started_at >= store.get(late.id).started_at + 0.55  # type: ignore[operator]
+    finally:
+        worker.stop()
+        store.close()
+    timed_out = JobStore(tmp_path / "jobs.db")
+    try:
+        assert timed_out.get(late.id).status == "failed"
+        assert timed_out.get(late.id).error == {
+            "code": "timeout",
+            "message": "the job ran past its 0.2-second time limit",
+        }
+        assert not Path(timed_out.get(late.id).output_location).exists()  # never written late
+        assert timed_out.get(fine.id).status == "succeeded"
+    finally:
+        timed_out.close()

@@ -1,0 +1,159 @@
+"""Storage, batch output and async jobs against an S3-compatible server on localhost.
+
+No cloud is reachable here: the S3 (and SNS/SQS) side runs against moto's server mode, started
+as a subprocess on a free port and reached over the real S3 HTTP protocol through boto3.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from stygig import storage
+from stygig.batch import run_batch
+from stygig.engine import Recommender
+from stygig.errors import NotFoundError
+from stygig.jobs import Notifier
+from tests.integration.server_fixtures import free_port, sample_artifact
+from tests.integration.test_jobs import async_server, job_status, wait_for
+
+boto3 = pytest.importorskip("boto3")
+pytest.importorskip("moto")
+
+_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture(scope="module")
+def s3_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A moto S3 server on a free port; the environment that points boto3 at it."""
+    port = free_port()
+    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    env = {**_AWS_ENV, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    saved = {k: os.environ.get(k) for k in env}
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(env["AWS_ENDPOINT_URL"], timeout=1)
+                break
+            except httpx.TransportError:
+                assert process.poll() is None, "moto server exited"
+                assert time.monotonic() < deadline, "moto server did not start"
+                time.sleep(0.1)
+        os.environ.update(env)
+        storage._clients.clear()  # a fresh client reads the new environment
+        boto3.client("s3").create_bucket(Bucket="shop")
+        yield env
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        storage._clients.clear()
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return sample_artifact(tmp_path_factory.mktemp("s3sample"))
+
+
+def test_read_write_list_delete(s3_env: dict[str, str], tmp_path: Path) -> None:
+    uri = "s3://shop/a/b.json"
+    assert not storage.exists(uri)
+    storage.write_bytes(uri, b'{"x": 1}', content_type="application/json")
+    assert storage.exists(uri) and storage.read_bytes(uri) == b'{"x": 1}'
+    storage.write_bytes("s3://shop/a/c.json", b"2")
+    assert storage.list_keys("s3://shop/a/") == ["s3://shop/a/b.json", "s3://shop/a/c.json"]
+    storage.delete(uri)
+    with pytest.raises(NotFoundError):
+        storage.read_bytes(uri)
+    with pytest.raises(NotFoundError):
+        storage.read_bytes("s3://no-such-bucket/x")
+    local = tmp_path / "d" / "f.bin"
+    storage.write_bytes(local.as_uri(), b"abc")
+    assert storage.read_bytes(str(local)) == b"abc" and storage.list_keys(tmp_path) == [str(local)]
+
+
+def test_batch_to_s3_prefix_resumes_by_part(
+    s3_env: dict[str, str], sample: tuple[Path, Path]
+) -> None:
+    rec = Recommender.from_path(sample[1])
+    n = len(rec.artifact.items)
+    dst = "s3://shop/recs/nightly/"
+    first = run_batch(rec, str(sample[1]), dst, part_size=50, progress=False)
+    parts = [k for k in storage.list_keys(dst) if "/part-" in k]
+    assert first.processed == n and len(parts) == -(-n // 50)
+    storage.delete(parts[1])  # as if the run had died before writing this part
+    side = storage.join(dst, "_batch.json")
+    state = json.loads(storage.read_bytes(side))
+    storage.write_bytes(side, json.dumps({**state, "complete": False}).encode())
+    again = run_batch(rec, str(sample[1]), dst, part_size=50, progress=False)
+    assert again.processed == 50 and again.skipped == n - 50
+    lines = [
+        json.loads(line)
+        for k in storage.list_keys(dst)
+        if "/part-" in k
+        for line in storage.read_bytes(k).splitlines()
+    ]
+    assert sorted(r["index"] for r in lines) == list(range(n))
+
+
+def test_async_job_with_s3_input_and_output(
+    s3_env: dict[str, str], sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    catalog, artifact = sample
+    storage.write_bytes(
+        "s3://shop/in/photo.jpg", (catalog / "queries" / "blue-jeans.jpg").read_bytes()
+    )
+    with async_server(artifact, tmp_path, env=s3_env, output="s3://shop/async-out/") as server:
+        sub = httpx.post(
+            f"{server.url}/async/invocations",
+            headers={"X-Amzn-SageMaker-InputLocation": "s3://shop/in/photo.jpg"},
+        ).json()
+        assert sub["OutputLocation"] == f"s3://shop/async-out/{sub['InferenceId']}.out"
+        missing = httpx.post(
+            f"{server.url}/async/invocations",
+            headers={"X-Amzn-SageMaker-InputLocation": "s3://shop/in/none.jpg"},
+        ).json()
+        for job_id in (sub["InferenceId"], missing["InferenceId"]):
+            wait_for(
+                lambda j=job_id: job_status(server.url, j)["Status"] in ("succeeded", "failed")
+            )
+    result = json.loads(storage.read_bytes(sub["OutputLocation"]))
+    assert result["outfit"]["slots"]
+    error = json.loads(storage.read_bytes(missing["FailureLocation"]))
+    assert error["error"]["code"] == "location_not_found"
+
+
+def test_sns_notification(s3_env: dict[str, str]) -> None:
+    sns, sqs = boto3.client("sns"), boto3.client("sqs")
+    topic = sns.create_topic(Name="stygig-done")["TopicArn"]
+    queue = sqs.create_queue(QueueName="stygig-done")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn["QueueArn"])
+    event = {"inferenceId": "abc", "status": "succeeded"}
+    assert Notifier(success_topic=topic).publish(topic, event)
+    messages = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=2).get("Messages", [])
+    assert json.loads(json.loads(messages[0]["Body"])["Message"]) == event

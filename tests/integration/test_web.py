@@ -1,0 +1,355 @@
+"""The try-it page in a real headless browser, against a real server on the sample catalogue.
+
+The browser is Debian's ``chromium`` driven by ``chromium-driver`` through Selenium; the test is
+skipped (with the reason) where either is missing. Screenshots go to ``test-artifacts/``; with
+``STYGIG_UPDATE_SCREENSHOTS=1`` they are also copied to ``docs/`` for the README.
+
+The catalogue routes the page reads (config, browse, item images) are checked over plain HTTP
+first, so they are covered even on machines without a browser.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+from stygig.thumbnails import ItemImages
+from tests.integration.server_fixtures import REPO, Server, running_server, sample_artifact
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+ARTIFACTS = REPO / "test-artifacts"
+DOCS = REPO / "docs"
+QUERY_PHOTO = "blue-jeans.jpg"
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return sample_artifact(tmp_path_factory.mktemp("web"))
+
+
+@pytest.fixture(scope="module")
+def server(sample: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running_server(sample[1], tmp_path_factory.mktemp("logs") / "server.log") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30.0) as c:
+        yield c
+
+
+def _recommend(client: httpx.Client, photo: Path, options: dict[str, Any]) -> dict[str, Any]:
+    files = {"image": (photo.name, photo.read_bytes(), "image/jpeg")}
+    r = client.post("/v1/recommend", files=files, data={"options": json.dumps(options)})
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+# -- the routes behind the page, over HTTP ------------------------------------------------------
+
+
+def test_page_and_static_files_are_served(client: httpx.Client) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "/static/app.js" in page.text and "/static/style.css" in page.text
+    for name, kind in (("app.js", "text/javascript"), ("style.css", "text/css")):
+        r = client.get(f"/static/{name}")
+        assert r.status_code == 200 and r.headers["content-type"].startswith(kind)
+        again = client.get(f"/static/{name}", headers={"if-none-match": r.headers["etag"]})
+        assert again.status_code == 304
+    total = sum(len(client.get(p).content) for p in ("/", "/static/app.js", "/static/style.css"))
+    assert total < 80_000, "the page should stay small"
+    missing = client.get("/static/..%2Fapp.py")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+def test_item_images_come_from_the_artifact(
+    client: httpx.Client, sample: tuple[Path, Path]
+) -> None:
+    manifest = json.loads((sample[1] / "manifest.json").read_text())
+    assert {"thumbnails.bin", "thumbnails.json"} <= set(manifest["files"])  # checksummed
+    r = client.get("/v1/items/sku-0014/image")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    assert r.content == ItemImages(sample[1]).get("sku-0014")
+    assert r.content[:3] == b"\xff\xd8\xff" and "max-age" in r.headers["cache-control"]
+    assert (
+        client.get(
+            "/v1/items/sku-0014/image", headers={"if-none-match": r.headers["etag"]}
+        ).status_code
+        == 304
+    )
+    unknown = client.get("/v1/items/no-such-sku/image")
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == "unknown_item"
+
+
+def test_config_and_catalogue_browsing(client: httpx.Client) -> None:
+    config = client.get("/v1/config").json()
+    assert config["text_search"] is False and config["modes"] == ["outfit", "similar"]
+    assert config["encoder"] == "tiny" and config["thumbnails"] is True
+    names = [c["name"] for c in config["categories"]]
+    assert "jeans" in names and sum(c["count"] for c in config["categories"]) == config["items"]
+    assert {"men", "women"} <= set(config["genders"])
+
+    everything = client.get("/v1/catalog", params={"limit": 100}).json()
+    assert everything["total"] == config["items"] and len(everything["items"]) == 100
+    rest = client.get("/v1/catalog", params={"limit": 100, "offset": 100}).json()
+    assert len(rest["items"]) == config["items"] - 100
+    navy_skirts = client.get("/v1/catalog", params={"query": "Navy SKIRT"}).json()
+    assert navy_skirts["total"] >= 1
+    for item in navy_skirts["items"]:
+        assert item["category"] == "skirt" and item["image_url"] == f"/v1/items/{item['id']}/image"
+    jeans = client.get("/v1/catalog", params={"category": "jeans", "gender": "men"}).json()
+    assert jeans["total"] >= 1
+    assert all(
+        i["category"] == "jeans" and i["gender"] in ("men", "unisex") for i in jeans["items"]
+    )
+    bad = client.get("/v1/catalog", params={"category": "spacesuit"})
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_options"
+    assert client.get("/v1/catalog", params={"limit": 0}).status_code == 422
+
+
+# -- the page in a browser ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    if not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()):
+        pytest.skip(
+            f"chromium / chromedriver not found at {CHROMIUM}, {CHROMEDRIVER} "
+            "(apt-get install chromium chromium-driver)"
+        )
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-default-apps",
+        "--disable-extensions",
+        "--no-first-run",
+        "--no-default-browser-check",
+        "--hide-scrollbars",
+        "--window-size=1280,900",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    try:
+        driver.set_page_load_timeout(30)
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _wait(driver: Any, condition: Callable[[Any], T], timeout: float = 20.0) -> T:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    result: T = WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition)
+    return result
+
+
+def _open_page(driver: Any, server: Server) -> None:
+    driver.get(server.url + "/")
+    _wait(driver, lambda d: "ok" in d.find_element("id", "server-state").get_attribute("class"))
+
+
+def _answered(driver: Any) -> bool:
+    results = driver.find_element("id", "results")
+    answer = driver.find_element("id", "answer")
+    return bool(results.get_attribute("aria-busy") == "false" and answer.is_displayed())
+
+
+def _all_images_loaded(driver: Any) -> bool:
+    return bool(
+        driver.execute_script(
+            "return [...document.querySelectorAll('#answer img')]"
+            ".every(i => i.complete && i.naturalWidth > 0);"
+        )
+    )
+
+
+def _screenshot(driver: Any, name: str, width: int, height: int, scale: float) -> int:
+    """A full-page PNG at a device width, saved to test-artifacts/; the page's scroll width."""
+    import base64
+
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": height, "deviceScaleFactor": scale, "mobile": width < 600},
+    )
+    try:
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        ActionChains(driver).move_to_element(driver.find_element("css selector", ".foot")).perform()
+        driver.execute_script(
+            "document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0);"
+        )
+        _wait(driver, _all_images_loaded)
+        full, scroll_width = driver.execute_script(
+            "const e = document.documentElement; return [e.scrollHeight, e.scrollWidth];"
+        )
+        full = min(full, 3 * height)  # the top three screens: the photo, the board, the rest
+        shot = driver.execute_cdp_cmd(
+            "Page.captureScreenshot",
+            {
+                "format": "png",
+                "captureBeyondViewport": True,
+                "clip": {"x": 0, "y": 0, "width": width, "height": full, "scale": 1},
+            },
+        )
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    path.write_bytes(base64.b64decode(shot["data"]))
+    if os.environ.get("STYGIG_UPDATE_SCREENSHOTS") == "1":
+        shutil.copyfile(path, DOCS / f"{name}.png")
+    return int(scroll_width)
+
+
+def _title(value: str) -> str:
+    text = value.replace("-", " ").replace("_", " ")
+    return text[:1].upper() + text[1:]
+
+
+def test_photo_in_outfit_out_matches_the_api(
+    browser: Any, server: Server, client: httpx.Client, sample: tuple[Path, Path]
+) -> None:
+    photo = sample[0] / "queries" / QUERY_PHOTO
+    _open_page(browser, server)
+    browser.find_element("id", "photo-input").send_keys(str(photo))
+    _wait(browser, _answered)
+    options = json.loads(browser.find_element("id", "results").get_attribute("data-request"))
+    api = _recommend(client, photo, options)
+    query = api["query"][0]
+
+    # the photo: category, the top-5 votes, its colours
+    shown = browser.find_element("id", "query-category").text
+    assert shown == _title(query["category"])
+    votes = {
+        li.get_attribute("data-category"): int(li.get_attribute("data-count"))
+        for li in browser.find_elements("css selector", "#votes li")
+    }
+    assert votes == query["votes"] and sum(votes.values()) == 5
+    swatches = [
+        li.get_attribute("data-hex") for li in browser.find_elements("css selector", "#palette li")
+    ]
+    assert swatches == [p["hex"] for p in query["palette"]]
+
+    # the board: one card per outfit slot, the API's item, colour and score on each
+    cards = browser.find_elements("css selector", "#board .card")
+    board = {c.get_attribute("data-slot"): c for c in cards}
+    slots = api["outfit"]["slots"]
+    assert set(board) == set(slots) and len(cards) == len(slots) >= 3
+    for slot, row in slots.items():
+        card = board[slot]
+        assert card.get_attribute("data-item-id") == row["id"]
+        assert card.get_attribute("data-hex") == row["hex"]
+        assert card.find_element("css selector", ".card-name").text == row["name"]
+        assert card.find_element("css selector", ".card-color").text == row["hex"]
+        assert card.find_element("css selector", ".score-value").text == f"{row['score']:.2f}"
+    _wait(browser, _all_images_loaded)
+
+    # alternatives per category, none of them already on the board
+    groups = browser.find_elements("css selector", "#alts .alt-group")
+    assert groups and {g.get_attribute("data-category") for g in groups} <= set(api["by_category"])
+    on_board = {row["id"] for row in slots.values()}
+    for group in groups:
+        ids = [
+            c.get_attribute("data-item-id") for c in group.find_elements("css selector", ".card")
+        ]
+        expected = [r["id"] for r in api["by_category"][group.get_attribute("data-category")]]
+        assert ids == [i for i in expected if i not in on_board]
+
+    # a card explains itself (tap / keyboard): the reason and the score parts
+    first_slot, first = next(iter(slots.items()))
+    why_button = board[first_slot].find_element("css selector", ".act-why")
+    why_button.click()
+    assert why_button.get_attribute("aria-expanded") == "true"
+    why = board[first_slot].find_element("css selector", ".why")
+    assert why.is_displayed() and first["reason"] in why.text and "Score" in why.text
+    why_button.click()
+
+    assert _screenshot(browser, "screenshot-desktop", 1280, 900, 1) == 1280
+    phone_width = _screenshot(browser, "screenshot-phone", 390, 844, 2)
+    assert phone_width == 390, "the page must not scroll sideways at phone width"
+
+    # swap: the slot's card becomes the next best item of that slot
+    swappable = [
+        (slot, c) for slot, c in board.items() if c.find_elements("css selector", ".act-swap")
+    ]
+    assert swappable
+    slot, card = swappable[0]
+    card.find_element("css selector", ".act-swap").click()
+    swapped = browser.find_element("css selector", f'#board .card[data-slot="{slot}"]')
+    alternatives = sorted(
+        (r for rows in api["by_category"].values() for r in rows if r["slot"] == slot),
+        key=lambda r: (-r["score"], r["id"]),
+    )
+    assert swapped.get_attribute("data-item-id") == alternatives[1]["id"]
+
+
+def test_settings_and_catalogue_pick_update_without_reload(
+    browser: Any, server: Server, client: httpx.Client
+) -> None:
+    _open_page(browser, server)
+    browser.execute_script("window.__sameDocument = true;")
+    browser.find_element("css selector", "#catalog-picker summary").click()
+    search = browser.find_element("id", "catalog-query")
+    search.send_keys("navy skirt")
+    _wait(browser, lambda d: d.find_elements("css selector", "#catalog-list .pick"))
+    pick = browser.find_element("css selector", "#catalog-list .pick")
+    item_id = pick.get_attribute("data-item-id")
+    pick.click()
+    _wait(browser, _answered)
+    browser.find_element("css selector", "label[for=mode-similar]").click()
+    _wait(
+        browser,
+        lambda d: (
+            _answered(d)
+            and json.loads(d.find_element("id", "results").get_attribute("data-request"))["mode"]
+            == "similar"
+        ),
+    )
+    options = json.loads(browser.find_element("id", "results").get_attribute("data-request"))
+    api = client.get(f"/v1/items/{item_id}/recommendations", params=options).json()
+    ids = [
+        c.get_attribute("data-item-id")
+        for c in browser.find_elements("css selector", "#board .card")
+    ]
+    assert ids == [row["id"] for row in api["items"]]
+    assert browser.execute_script("return window.__sameDocument === true;")
+
+
+def test_a_file_that_is_not_an_image_gets_a_sentence(
+    browser: Any, server: Server, tmp_path: Path
+) -> None:
+    _open_page(browser, server)
+    not_an_image = tmp_path / "notes.txt"
+    not_an_image.write_text("this is a shopping list, not a photo\n")
+    browser.find_element("id", "photo-input").send_keys(str(not_an_image))
+    error = browser.find_element("id", "error")
+    _wait(browser, lambda d: error.is_displayed() and error.text)
+    assert error.text == "That file is not an image."
+    assert error.get_attribute("role") == "alert"
+    assert browser.find_element("id", "results").get_attribute("aria-busy") == "false"

@@ -1,0 +1,114 @@
+"""The SQLite job store: claims, leases, exactly-once finish, orphan recovery."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stygig.errors import InvalidOptionsError, NotFoundError
+from stygig.jobs.store import JobSpec, JobStore, new_owner
+
+
+def _spec(**kw: object) -> JobSpec:
+    return JobSpec("out/{id}.out", "out/{id}-error.out", input_body=b"x", **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[JobStore]:
+    s = JobStore(tmp_path / "jobs.db", synchronous="NORMAL")
+    yield s
+    s.close()
+
+
+def test_submit_is_idempotent_by_id_and_fills_locations(store: JobStore) -> None:
+    job, created = store.submit(_spec(id="a1"))
+    assert created and job.status == "queued" and job.output_location == "out/a1.out"
+    again, created = store.submit(_spec(id="a1"))
+    assert not created and again.seq == job.seq
+    assert store.counts() == {"queued": 1, "running": 0, "succeeded": 0, "failed": 0}
+    with pytest.raises(NotFoundError):
+        store.get("nope")
+    with pytest.raises(InvalidOptionsError):
+        JobSpec("o", "f")  # neither a body nor a location
+
+
+def test_claims_are_exclusive_across_threads(store: JobStore) -> None:
+    for i in range(200):
+        store.submit(_spec(id=f"j{i:03d}"))
+    taken: list[str] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        owner = new_owner()
+        while jobs := store.claim(owner, limit=3):
+            with lock:
+                taken.extend(j.id for j in jobs)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(taken) == [f"j{i:03d}" for i in range(200)]  # each once, none twice
+
+
+def test_finish_only_once_and_only_by_the_holder(store: JobStore) -> None:
+    store.submit(_spec(id="a"))
+    me, other = new_owner(), new_owner()
+    (job,) = store.claim(me)
+    assert job.attempts == 1 and job.status == "running" and job.started_at is not None
+    assert not store.finish("a", other, 1, "succeeded")
+    assert not store.finish("a", me, 2, "succeeded")
+    assert store.finish("a", me, 1, "failed", {"code": "x", "message": "y"})
+    assert not store.finish("a", me, 1, "succeeded")
+    done = store.get("a")
+    assert done.status == "failed" and done.error == {"code": "x", "message": "y"}
+    assert [e["event"] for e in store.events("a")] == ["submitted", "claimed", "failed"]
+    assert [j.id for j in store.pending_notifications()] == ["a"]
+    store.mark_notified("a", "sent")
+    assert store.pending_notifications() == []
+
+
+def test_expired_lease_is_requeued_and_attempts_counted(store: JobStore) -> None:
+    store.submit(_spec(id="a"))
+    slow = "otherhost:1:abcd"  # on another machine: only the lease tells
+    store.claim(slow, lease_s=0.05)
+    me = new_owner()
+    assert store.requeue_orphans(me) == []
+    time.sleep(0.1)
+    assert store.requeue_orphans(me) == ["a"]
+    (again,) = store.claim(me)
+    assert again.attempts == 2
+    assert not store.finish("a", slow, 1, "succeeded")  # the presumed-dead worker is too late
+    assert store.finish("a", me, 2, "succeeded")
+
+
+def test_dead_local_process_is_requeued_at_once(store: JobStore) -> None:
+    store.submit(_spec(id="a"))
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+
+    dead = f"{socket.gethostname()}:{proc.pid}:dead0000"
+    store.claim(dead, lease_s=3600)
+    alive = f"{socket.gethostname()}:{os.getppid()}:x"
+    assert store.requeue_orphans(alive) == ["a"]  # the lease is long, but its owner is gone
+    assert store.list_jobs(status="queued")[0].id == "a"
+
+
+def test_renew_extends_only_my_leases(store: JobStore) -> None:
+    store.submit(_spec(id="a"))
+    store.submit(_spec(id="b"))
+    me, other = new_owner(), "otherhost:1:x"
+    store.claim(me, lease_s=0.05)
+    store.claim(other, lease_s=0.05)
+    assert store.renew(me, lease_s=60) == 1
+    time.sleep(0.1)
+    assert store.requeue_orphans(me) == ["b"]

@@ -1,0 +1,101 @@
+"""Thumbnails: made from the decoded photo, stored in two artifact files, read back lazily."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stygig.errors import ArtifactError
+from stygig.features import prepare_image
+from stygig.images import PreprocessSpec
+from stygig.thumbnails import (
+    THUMBNAIL_SIDE,
+    THUMBNAILS_BIN,
+    THUMBNAILS_INDEX,
+    ItemImages,
+    make_thumbnail,
+    write_thumbnails,
+)
+from tests.conftest import encode, garment_image
+
+
+def _open(data: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+@pytest.mark.parametrize("size", [(600, 900), (900, 600), (100, 80), (256, 256)])
+def test_thumbnail_is_a_square_jpeg_of_the_whole_photo(size: tuple[int, int]) -> None:
+    photo = garment_image((30, 60, 160), size)
+    thumb = _open(make_thumbnail(photo))
+    assert thumb.format == "JPEG" and thumb.size == (THUMBNAIL_SIDE, THUMBNAIL_SIDE)
+    arr = np.asarray(thumb, dtype=np.int16)
+    # padded with the photo's own background, and the garment is still in the middle
+    assert np.abs(arr[2, 2] - 250).max() < 12
+    assert np.abs(arr[128, 128] - (30, 60, 160)).max() < 16
+
+
+def test_thumbnail_converts_other_modes() -> None:
+    grey = Image.new("L", (300, 200), 90)
+    assert _open(make_thumbnail(grey)).mode == "RGB"
+
+
+def test_prepare_image_makes_the_thumbnail_only_when_asked(tmp_path: Path) -> None:
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(encode(garment_image((200, 30, 30), (320, 480))))
+    spec = PreprocessSpec(size=32)
+    plain = prepare_image(path, spec)
+    with_thumb = prepare_image(path, spec, thumbnail=True)
+    assert plain.thumbnail is None
+    assert with_thumb.thumbnail is not None and _open(with_thumb.thumbnail).size == (256, 256)
+    assert np.array_equal(plain.tensor, with_thumb.tensor) and plain.color == with_thumb.color
+    assert "thumbnail" in with_thumb.timings_ms
+
+
+def test_written_thumbnails_are_read_back_by_id(tmp_path: Path) -> None:
+    red = make_thumbnail(garment_image((200, 30, 30)))
+    blue = make_thumbnail(garment_image((30, 30, 200)))
+    write_thumbnails(tmp_path, [("sku-1", red), ("sku-2", None), ("sku-3", blue)])
+    index = json.loads((tmp_path / THUMBNAILS_INDEX).read_text())
+    assert index["count"] == 2 and set(index["items"]) == {"sku-1", "sku-3"}
+    assert (tmp_path / THUMBNAILS_BIN).stat().st_size == len(red) + len(blue)
+    images = ItemImages(tmp_path)
+    assert images.stored
+    assert images.get("sku-1") == red and images.get("sku-3") == blue
+    assert images.get("sku-2") is None and images.get("unknown") is None
+
+
+def test_artifacts_without_thumbnails_fall_back_to_the_original_photo(tmp_path: Path) -> None:
+    photo = tmp_path / "a.jpg"
+    photo.write_bytes(encode(garment_image((20, 120, 60), (400, 300))))
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    images = ItemImages(
+        tmp_path,
+        {
+            "a": str(photo),
+            "gone": str(tmp_path / "missing.jpg"),
+            "bad": str(tmp_path / "broken.jpg"),
+        },
+        cache_size=1,
+    )
+    assert not images.stored
+    first = images.get("a")
+    assert first is not None and _open(first).size == (256, 256)
+    assert images.get("a") == first  # cached
+    assert images.get("gone") is None and images.get("bad") is None
+
+
+def test_a_corrupt_index_is_an_artifact_error(tmp_path: Path) -> None:
+    (tmp_path / THUMBNAILS_INDEX).write_text("{not json")
+    with pytest.raises(ArtifactError):
+        ItemImages(tmp_path).get("x")
+    (tmp_path / THUMBNAILS_INDEX).write_text(json.dumps({"items": {"x": [0, 10]}}))
+    (tmp_path / THUMBNAILS_BIN).write_bytes(b"short")
+    with pytest.raises(ArtifactError):
+        ItemImages(tmp_path).get("x")
