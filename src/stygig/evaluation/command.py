@@ -45,17 +45,23 @@ def cached_artifact(catalog: Path, out: Path, encoder_name: str, *, progress: bo
 
     try:
         manifest = read_manifest(out)
-        if manifest["encoder"]["name"] == encoder_name and manifest["build"].get("catalog") == str(
-            catalog
-        ):
+        same = manifest["encoder"]["name"] == encoder_name and not manifest.get("whitening")
+        if same and manifest["build"].get("catalog") == str(catalog):
             print(f"reusing artifact {out}")
             return out
     except (ArtifactError, KeyError):
         pass
     print(f"building artifact {out} from {catalog} with {encoder_name} (cached for re-runs)")
     with make_build_encoder(encoder_name) as (encoder, extra_files):
+        # Plain embeddings: the evaluation fits whitening itself, on its catalogue split only.
         result = build_artifact(
-            catalog, out, encoder, index_kind="exact", extra_files=extra_files, progress=progress
+            catalog,
+            out,
+            encoder,
+            index_kind="exact",
+            extra_files=extra_files,
+            whiten=False,
+            progress=progress,
         )
     print(f"  {result.items} items in {result.seconds:.0f}s")
     return result.path
