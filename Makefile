@@ -6,14 +6,14 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= build/demo
 PORT ?= 8080
 
-.PHONY: demo test lint typecheck unit setup clean sample
+.PHONY: demo test lint typecheck unit setup clean sample browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned: the CPU wheel on local disk; a newer torch would pull a CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[torch,plot,serve,aws,parquet,dev]"
+	$(BIN)/pip install --quiet -e ".[torch,plot,serve,aws,parquet,web,dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -37,7 +37,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+# Debian's chromium + driver for the page's end-to-end test (never a browser download).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) || \
+	  echo "chromium/chromedriver could not be installed: the browser tests will be skipped"
+
+unit: $(STAMP) browser
 	$(BIN)/pytest -q
 
 test: lint typecheck unit

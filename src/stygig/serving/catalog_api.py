@@ -165,11 +165,12 @@ def make_catalog_router(service: ModelService) -> APIRouter:
     router = APIRouter()
     shelves: dict[int, _Shelf] = {}
 
-    def shelf() -> _Shelf:
+    async def shelf() -> _Shelf:
+        """The current recommender's shelf, built once in the worker pool (not the event loop)."""
         rec = service.require()
         found = shelves.get(id(rec))
         if found is None or found.recommender is not rec:
-            found = shelves[id(rec)] = _Shelf.of(rec)
+            found = shelves[id(rec)] = await service.run(_Shelf.of, rec)
         return found
 
     @router.get("/", include_in_schema=False)
@@ -198,7 +199,7 @@ def make_catalog_router(service: ModelService) -> APIRouter:
         responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "unknown item"}},
     )
     async def item_image(item_id: str, request: Request) -> Response:
-        current = shelf()
+        current = await shelf()
         if item_id not in current.recommender.artifact.positions:
             raise NotFoundError(f"item {item_id!r} is not in the catalogue", code="unknown_item")
         etag = (
@@ -220,7 +221,7 @@ def make_catalog_router(service: ModelService) -> APIRouter:
         limit: int = Query(24, ge=1, le=_MAX_LIMIT),
         offset: int = Query(0, ge=0),
     ) -> Response:
-        current = shelf()
+        current = await shelf()
         hits = await service.run(current.search, query, category or None, gender or None)
         page_hits = hits[offset : offset + limit]
         return _json(
@@ -235,6 +236,6 @@ def make_catalog_router(service: ModelService) -> APIRouter:
 
     @router.get("/v1/config", tags=["catalogue"], summary="What the page can offer")
     async def config() -> Response:
-        return _json(_config(service, shelf().recommender))
+        return _json(_config(service, (await shelf()).recommender))
 
     return router

@@ -330,6 +330,7 @@
     const why = node.querySelector(".why");
     why.id = "why-" + Math.random().toString(36).slice(2);
     fillWhy(why, row);
+    if (compact) node.querySelector(".card-media").title = row.reason + " · score " + row.score.toFixed(2);
     const whyBtn = node.querySelector(".act-why");
     whyBtn.setAttribute("aria-controls", why.id);
     whyBtn.setAttribute("aria-label", "Why " + (row.name || row.id) + "? The score explained");
