@@ -226,6 +226,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
     p.set_defaults(func=_cmd_recommend)
 
+    from stygig.deploy.command import register as register_deploy
     from stygig.evaluation.command import register as register_eval
     from stygig.jobs.command import register as register_jobs
     from stygig.serving.command import register as register_serving
@@ -233,6 +234,7 @@ def _parser() -> argparse.ArgumentParser:
     register_eval(sub)
     register_serving(sub)
     register_jobs(sub)
+    register_deploy(sub)
     return parser
 
 

@@ -143,11 +143,15 @@ class Recommendation:
         return out
 
 
-def load_artifact_encoder(artifact: Artifact) -> Encoder:
-    """The encoder that built ``artifact`` (queries must be embedded by the same one)."""
+def load_artifact_encoder(artifact: Artifact, *, device: str = "cpu") -> Encoder:
+    """The encoder that built ``artifact`` (queries must be embedded by the same one).
+
+    ``device="cuda"`` runs it on a GPU (ONNX Runtime's CUDA provider, or torch CUDA).
+    """
     info = artifact.manifest["encoder"]
     if info.get("runtime") == "onnx":
-        return load_onnx_encoder(artifact.path / str(info.get("onnx_file", "encoder.onnx")), info)
+        onnx_file = artifact.path / str(info.get("onnx_file", "encoder.onnx"))
+        return load_onnx_encoder(onnx_file, info, device=device)
     source = info.get("weights") if isinstance(info.get("weights"), dict) else {}
     return load_encoder(
         str(info["name"]),
@@ -155,6 +159,7 @@ def load_artifact_encoder(artifact: Artifact) -> Encoder:
         weights=source.get("path"),
         random_weights=source.get("source") == "random-init",
         model_id=source.get("model_id"),
+        device=device,
     )
 
 

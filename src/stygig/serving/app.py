@@ -40,7 +40,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stygig import __version__
-from stygig.engine import Options, Query, Recommender
+from stygig.engine import Options, Query, Recommender, load_artifact_encoder
 from stygig.errors import (
     ImageTooLargeError,
     InvalidImageError,
@@ -76,6 +76,7 @@ class ServerConfig:
     request_timeout_s: float = 50.0  # SageMaker gives up at 60 s
     warmup_rounds: int = 3
     verify: bool = True
+    device: str = "cpu"  # "cuda": the encoder on a GPU (the GPU container sets STYGIG_DEVICE)
     async_jobs: AsyncConfig | None = None  # /async/* routes and their worker, when configured
 
 
@@ -127,7 +128,9 @@ class ModelService:
     async def start(self) -> None:
         """Load the artifact, start the batcher, warm every path, then report ready."""
         t0 = time.perf_counter()
-        self.recommender = await self.run(_load, self.config.artifact, self.config.verify)
+        self.recommender = await self.run(
+            _load, self.config.artifact, self.config.verify, self.config.device
+        )
         self.load_seconds = time.perf_counter() - t0
         self.metrics.model_load.set(self.load_seconds)
         await self.batcher.start()
@@ -243,10 +246,11 @@ def _prepare(rec: Recommender, images: Sequence[bytes | str | Path]) -> list[Pre
         raise InvalidImageError(f"the image could not be decoded: {e}") from e
 
 
-def _load(path: Path, verify: bool) -> Recommender:
+def _load(path: Path, verify: bool, device: str) -> Recommender:
     from stygig.artifact import Artifact
 
-    return Recommender(Artifact.load(path, verify=verify))
+    artifact = Artifact.load(path, verify=verify)
+    return Recommender(artifact, encoder=load_artifact_encoder(artifact, device=device))
 
 
 class _Boundary:

@@ -43,6 +43,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-body-mb", type=float, default=6.0, help="request body limit (MB)")
     p.add_argument("--timeout", type=float, default=50.0, help="per-request limit in seconds")
     p.add_argument("--no-verify", action="store_true", help="skip artifact checksums at start")
+    p.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default=os.environ.get("STYGIG_DEVICE", "cpu"),
+        help="where the encoder runs (default $STYGIG_DEVICE or cpu)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     add_async_arguments(p)
     p.set_defaults(func=run_serve)
@@ -81,6 +87,7 @@ def run_serve(args: argparse.Namespace) -> int:
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         request_timeout_s=args.timeout,
         verify=not args.no_verify,
+        device=args.device,
         async_jobs=async_config_from_args(args),
         **({"threads": args.threads} if args.threads else {}),
     )

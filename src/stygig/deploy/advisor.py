@@ -1,0 +1,324 @@
+"""Which instance, how many, and what it costs: pure arithmetic on the instance matrix.
+
+The matrix (``stygig/data/instances.yaml``) gives, per instance type, its hourly price and, per
+model, the latency (p50/p99 of one request) and the throughput one instance sustains, each
+labelled ``measured``, ``scaled`` or ``estimate``. For a traffic level the advisor computes,
+for every instance type::
+
+    rps          = requests_per_hour / 3600
+    count        = max(minimum, ceil(rps / (throughput * utilisation)))
+    cost/month   = count * price_per_hour * hours_per_month * active_hours_per_day / 24
+    cost/request = cost/month / (requests_per_hour * hours_per_month * active_hours_per_day / 24)
+
+and recommends the cheapest whose p99 meets the latency target (sync only; async results wait
+in S3, so latency is not a constraint unless one is given). Every step is hand-checkable.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from stygig.errors import ConfigError, InvalidOptionsError
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "Advice",
+    "Matrix",
+    "Option",
+    "advise",
+    "cost_per_month",
+    "cost_per_request",
+    "format_advice",
+    "instances_needed",
+    "is_gpu_instance",
+    "load_matrix",
+    "requests_per_minute",
+]
+
+DEFAULT_MODEL = "clip-vit-b-32"
+MODES = ("sync", "async")
+
+
+@dataclass(frozen=True)
+class Figures:
+    """One model on one instance type: latency of a request and sustained throughput."""
+
+    p50_ms: float
+    p99_ms: float
+    rps: float
+    source: str
+
+
+@dataclass(frozen=True)
+class Instance:
+    """An instance type with its price and per-model figures."""
+
+    name: str
+    vcpu: int
+    memory_gib: float
+    gpu: str | None
+    price_per_hour: float
+    models: dict[str, Figures]
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """The whole instance matrix and the assumptions it was written under."""
+
+    instances: tuple[Instance, ...]
+    hours_per_month: float = 730.0
+    region: str = "us-east-1"
+    date: str = ""
+    guide_latency_ms: float | None = None
+    guide_claimed_per_minute: float | None = None
+
+    def instance(self, name: str) -> Instance:
+        """The named instance type; :class:`InvalidOptionsError` when it is not in the matrix."""
+        for inst in self.instances:
+            if inst.name == name:
+                return inst
+        known = ", ".join(i.name for i in self.instances)
+        raise InvalidOptionsError(f"instance type {name!r} is not in the matrix ({known})")
+
+
+def load_matrix(path: str | Path | None = None) -> Matrix:
+    """Read the matrix from ``path`` (default: the packaged ``instances.yaml``)."""
+    import yaml
+
+    try:
+        if path is None:
+            text = resources.files("stygig").joinpath("data/instances.yaml").read_text("utf-8")
+        else:
+            text = Path(path).read_text(encoding="utf-8")
+        data: dict[str, Any] = yaml.safe_load(text)
+        instances = tuple(
+            Instance(
+                name=name,
+                vcpu=int(spec["vcpu"]),
+                memory_gib=float(spec["memory_gib"]),
+                gpu=spec.get("gpu"),
+                price_per_hour=float(spec["price_per_hour"]),
+                models={m: Figures(**f) for m, f in spec["models"].items()},
+            )
+            for name, spec in data["instances"].items()
+        )
+        pricing = data.get("pricing", {})
+        guide = data.get("guide", {})
+    except (OSError, KeyError, TypeError, ValueError, AttributeError, yaml.YAMLError) as e:
+        raise ConfigError(f"instance matrix {path or 'instances.yaml'} is invalid: {e}") from e
+    return Matrix(
+        instances=instances,
+        hours_per_month=float(pricing.get("hours_per_month", 730)),
+        region=str(pricing.get("region", "")),
+        date=str(pricing.get("date", "")),
+        guide_latency_ms=guide.get("cpu_latency_ms"),
+        guide_claimed_per_minute=guide.get("claimed_requests_per_minute_per_worker"),
+    )
+
+
+def requests_per_minute(latency_ms: float, workers: int = 1) -> float:
+    """Requests a minute that ``workers`` sequential workers serve at ``latency_ms`` each."""
+    return workers * 60_000.0 / latency_ms
+
+
+def instances_needed(
+    requests_per_hour: float, rps_per_instance: float, utilisation: float, minimum: int
+) -> int:
+    """Instances that carry the load with each one at most ``utilisation`` of its throughput."""
+    if rps_per_instance <= 0 or not 0 < utilisation <= 1:
+        raise InvalidOptionsError("throughput must be > 0 and utilisation in (0, 1]")
+    return max(minimum, math.ceil(requests_per_hour / 3600.0 / (rps_per_instance * utilisation)))
+
+
+def cost_per_month(
+    price_per_hour: float, count: int, hours_per_month: float, active_hours_per_day: float = 24
+) -> float:
+    """Dollars a month for ``count`` instances running ``active_hours_per_day``."""
+    return price_per_hour * count * hours_per_month * active_hours_per_day / 24.0
+
+
+def cost_per_request(
+    monthly: float,
+    requests_per_hour: float,
+    hours_per_month: float,
+    active_hours_per_day: float = 24,
+) -> float:
+    """Dollars per request: the month's cost over the month's requests."""
+    requests = requests_per_hour * hours_per_month * active_hours_per_day / 24.0
+    return monthly / requests if requests > 0 else math.inf
+
+
+@dataclass(frozen=True)
+class Option:
+    """One instance type sized for the load."""
+
+    instance: Instance
+    count: int
+    figures: Figures
+    monthly: float
+    per_request: float
+    meets_latency: bool
+    utilisation: float = 0.7
+
+    @property
+    def invocations_per_minute_target(self) -> int:
+        """The autoscaling target (invocations per instance per minute) this sizing implies."""
+        return int(self.figures.rps * 60 * self.utilisation)
+
+
+@dataclass(frozen=True)
+class Advice:
+    """The recommendation, every option considered (cheapest first) and the inputs."""
+
+    mode: str
+    model: str
+    requests_per_hour: float
+    latency_target_ms: float | None
+    utilisation: float
+    active_hours_per_day: float
+    choice: Option | None
+    options: list[Option] = field(default_factory=list)
+    matrix: Matrix | None = None
+
+
+def advise(
+    matrix: Matrix,
+    *,
+    mode: str,
+    requests_per_hour: float,
+    latency_target_ms: float | None = None,
+    model: str = DEFAULT_MODEL,
+    utilisation: float = 0.7,
+    min_instances: int = 1,
+    active_hours_per_day: float = 24.0,
+) -> Advice:
+    """Size every instance type for the load and pick the cheapest that meets the target.
+
+    Args:
+        mode: ``sync`` (real-time) or ``async``.
+        requests_per_hour: the steady load.
+        latency_target_ms: the p99 every request must meet (sync); ``None`` for no target.
+        model: a model key of the matrix.
+        utilisation: the share of measured throughput an instance may use (headroom).
+        min_instances: the floor (1 for a real-time endpoint; 2 for zone redundancy).
+        active_hours_per_day: hours a day the instances run (async scales to zero when idle).
+    """
+    if mode not in MODES:
+        raise InvalidOptionsError(f"--mode must be sync or async, not {mode!r}")
+    if requests_per_hour <= 0:
+        raise InvalidOptionsError("--requests-per-hour must be > 0")
+    if not 0 < active_hours_per_day <= 24:
+        raise InvalidOptionsError("active hours per day must be in (0, 24]")
+    options: list[Option] = []
+    for inst in matrix.instances:
+        figures = inst.models.get(model)
+        if figures is None:
+            continue
+        count = instances_needed(requests_per_hour, figures.rps, utilisation, min_instances)
+        monthly = cost_per_month(
+            inst.price_per_hour, count, matrix.hours_per_month, active_hours_per_day
+        )
+        per_request = cost_per_request(
+            monthly, requests_per_hour, matrix.hours_per_month, active_hours_per_day
+        )
+        meets = latency_target_ms is None or figures.p99_ms <= latency_target_ms
+        options.append(Option(inst, count, figures, monthly, per_request, meets, utilisation))
+    if not options:
+        raise InvalidOptionsError(f"model {model!r} is not in the instance matrix")
+    options.sort(key=lambda o: (o.monthly, o.figures.p99_ms))
+    choice = next((o for o in options if o.meets_latency), None)
+    return Advice(
+        mode,
+        model,
+        requests_per_hour,
+        latency_target_ms,
+        utilisation,
+        active_hours_per_day,
+        choice,
+        options,
+        matrix,
+    )
+
+
+def _option_line(o: Option) -> str:
+    return (
+        f"{o.instance.name:<16} {o.count:>5} {o.figures.p50_ms:>7.1f} {o.figures.p99_ms:>7.1f} "
+        f"{o.figures.source:<9} {o.monthly:>10.2f} {o.per_request * 1e6:>10.2f}  "
+        f"{'yes' if o.meets_latency else 'no'}"
+    )
+
+
+def format_advice(advice: Advice) -> str:
+    """The advice as the text ``stygig advise`` prints."""
+    rps = advice.requests_per_hour / 3600
+    target = f"p99 <= {advice.latency_target_ms:g} ms" if advice.latency_target_ms else "none"
+    lines = [
+        f"mode {advice.mode}, {advice.requests_per_hour:g} requests/hour ({rps:.2f}/s), "
+        f"model {advice.model}, latency target: {target}",
+        f"sizing: each instance at most {advice.utilisation:.0%} of its throughput"
+        + (
+            f", running {advice.active_hours_per_day:g} h/day"
+            if advice.active_hours_per_day < 24
+            else ""
+        ),
+    ]
+    c = advice.choice
+    if c is None:
+        lines.append("recommended: none of the instance types meets the latency target")
+    else:
+        lines.append(
+            f"recommended: {c.count} x {c.instance.name} ({c.instance.gpu or 'CPU only'}), "
+            f"p50 {c.figures.p50_ms:g} ms, p99 {c.figures.p99_ms:g} ms ({c.figures.source}), "
+            f"${c.monthly:,.2f}/month, ${c.per_request:.7f}/request "
+            f"(${c.per_request * 1e6:,.2f} per million)"
+        )
+        if advice.mode == "sync":
+            lines.append(
+                f"autoscaling: --target-invocations {c.invocations_per_minute_target} "
+                "(invocations per instance per minute at that utilisation)"
+            )
+        if advice.mode == "async":
+            lines.append(
+                "async scales to zero when idle: with --active-hours-per-day H the cost "
+                "scales by H/24"
+            )
+        if advice.mode == "sync" and c.instance.gpu is None:
+            lines.append(
+                "real-time on a CPU instance: `stygig deploy sync` needs --allow-cpu "
+                f"--instance-type {c.instance.name}"
+            )
+    lines.append("")
+    lines.append(
+        f"{'instance':<16} {'count':>5} {'p50 ms':>7} {'p99 ms':>7} {'source':<9} "
+        f"{'$/month':>10} {'$/1M req':>10}  meets target"
+    )
+    lines.extend(_option_line(o) for o in advice.options)
+    m = advice.matrix
+    if m is not None:
+        if m.guide_latency_ms:
+            per_min = requests_per_minute(m.guide_latency_ms)
+            lines.append(
+                f"\nthe guide's figure: {m.guide_latency_ms:g} ms per request = "
+                f"{per_min:.1f} requests/minute per worker"
+                + (
+                    f" (the guide says {m.guide_claimed_per_minute:g})"
+                    if m.guide_claimed_per_minute
+                    else ""
+                )
+            )
+        lines.append(
+            f"prices: {m.region} on-demand, {m.date}, copied by hand (assumption); "
+            "sources: measured = benchmarks/results/server.json, scaled = measured x vCPU/2, "
+            "estimate = not measured"
+        )
+    return "\n".join(lines)
+
+
+def is_gpu_instance(instance_type: str) -> bool:
+    """Whether a SageMaker instance type has a GPU (the ``ml.g*`` and ``ml.p*`` families)."""
+    family = instance_type.removeprefix("ml.").split(".")[0]
+    return family[:1] in ("g", "p")

@@ -1,0 +1,399 @@
+"""``stygig package | deploy | alarms | invoke | advise``: flags in, AWS calls out, text printed.
+
+Region, role, image and bucket come from flags or the environment: ``AWS_DEFAULT_REGION`` /
+``AWS_REGION`` (boto3's own lookup), ``STYGIG_SAGEMAKER_ROLE`` for the execution role and
+``STYGIG_IMAGE_URI`` for the container image in ECR. Only the standard library is imported
+here; boto3 and the rest load when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register"]
+
+SYNC_DEFAULT_INSTANCE = "ml.g4dn.xlarge"
+ASYNC_DEFAULT_INSTANCE = "ml.m5.large"
+
+
+def register(subparsers: Any) -> None:
+    """Add ``package``, ``deploy``, ``alarms``, ``invoke`` and ``advise`` to ``stygig``."""
+    p = subparsers.add_parser("package", help="pack an artifact as SageMaker's model.tar.gz")
+    p.add_argument("--artifact", required=True, help="artifact folder")
+    p.add_argument("--out", default="model.tar.gz", help="archive to write")
+    p.add_argument("--upload", help="s3://bucket/key (or prefix/) to upload the archive to")
+    p.add_argument("--region", help="AWS region (default: the AWS environment)")
+    p.set_defaults(func=run_package)
+
+    p = subparsers.add_parser("deploy", help="create, update and delete SageMaker endpoints")
+    deploy = p.add_subparsers(dest="deploy_command", required=True)
+    _add_deploy_sync(deploy)
+    _add_deploy_async(deploy)
+    _add_deploy_update(deploy)
+    for name, text in (
+        ("promote", "send all traffic to the candidate variant"),
+        ("rollback", "send all traffic back to the live variant"),
+        ("delete", "delete the endpoint, its config and its models"),
+    ):
+        q = deploy.add_parser(name, help=text)
+        _common(q)
+        q.add_argument("--no-wait", action="store_true", help="return without waiting")
+        q.set_defaults(func=run_lifecycle, action=name)
+
+    p = subparsers.add_parser("alarms", help="CloudWatch alarms for an endpoint")
+    alarms = p.add_subparsers(dest="alarms_command", required=True)
+    q = alarms.add_parser("create", help="alarms on ModelLatency p99, 4XX and 5XX rates")
+    _common(q)
+    q.add_argument("--variant", help="variant name (default: each variant of the endpoint)")
+    q.add_argument("--latency-ms", type=float, default=1000.0, help="p99 ModelLatency limit")
+    q.add_argument("--rate-4xx", type=float, default=0.05, help="share of 4XX answers")
+    q.add_argument("--rate-5xx", type=float, default=0.01, help="share of 5XX answers")
+    q.add_argument("--sns-topic", help="SNS topic ARN notified on alarm and recovery")
+    q.set_defaults(func=run_alarms)
+
+    p = subparsers.add_parser("invoke", help="send a photo to an endpoint and check the answer")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--endpoint-name", help="a SageMaker endpoint")
+    target.add_argument("--url", help="a StyGig server, e.g. http://127.0.0.1:8080")
+    p.add_argument("--image", required=True, help="the photo (jpg/png/webp)")
+    p.add_argument("--region", help="AWS region (default: the AWS environment)")
+    p.add_argument("--concurrency", type=int, help="also run a load check with N clients")
+    p.add_argument("--requests", type=int, default=100, help="requests of the load check")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    p.add_argument("--json", action="store_true", help="print the whole response")
+    p.set_defaults(func=run_invoke)
+
+    p = subparsers.add_parser("advise", help="instance type, count and cost for a load")
+    p.add_argument("--mode", required=True, choices=["sync", "async"])
+    p.add_argument("--requests-per-hour", type=float, required=True)
+    p.add_argument("--latency-target-ms", type=float, help="p99 every request must meet")
+    p.add_argument("--model", default="clip-vit-b-32", help="model key of the matrix")
+    p.add_argument("--utilisation", type=float, default=0.7, help="share of throughput used")
+    p.add_argument("--min-instances", type=int, default=1)
+    p.add_argument("--active-hours-per-day", type=float, default=24.0, help="async: busy hours")
+    p.add_argument("--matrix", help="instance matrix YAML (default: the packaged one)")
+    p.set_defaults(func=run_advise)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--endpoint-name", required=True)
+    p.add_argument("--region", help="AWS region (default: the AWS environment)")
+
+
+def _create_flags(p: argparse.ArgumentParser, instance: str) -> None:
+    _common(p)
+    p.add_argument("--model-uri", required=True, help="s3://.../model.tar.gz (stygig package)")
+    p.add_argument("--image-uri", help="container image in ECR (default $STYGIG_IMAGE_URI)")
+    p.add_argument("--role", help="execution role ARN (default $STYGIG_SAGEMAKER_ROLE)")
+    p.add_argument("--instance-type", default=instance, help=f"default {instance}")
+    p.add_argument("--instance-count", type=int, default=1)
+    p.add_argument("--no-wait", action="store_true", help="return once creation has started")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for InService")
+    p.add_argument("--poll", type=float, default=15.0, help="seconds between status checks")
+
+
+def _add_deploy_sync(deploy: Any) -> None:
+    p = deploy.add_parser("sync", help="real-time endpoint (GPU by default)")
+    _create_flags(p, SYNC_DEFAULT_INSTANCE)
+    p.add_argument("--allow-cpu", action="store_true", help="real-time on a CPU instance")
+    p.add_argument("--max-instances", type=int, help="turn on autoscaling up to N instances")
+    p.add_argument("--min-instances", type=int, default=1)
+    p.add_argument(
+        "--target-invocations",
+        type=float,
+        default=70.0,
+        help="autoscaling target: invocations per instance per minute (see stygig advise)",
+    )
+    p.set_defaults(func=run_deploy, mode="sync")
+
+
+def _add_deploy_async(deploy: Any) -> None:
+    p = deploy.add_parser("async", help="asynchronous endpoint (CPU, scales to zero)")
+    _create_flags(p, ASYNC_DEFAULT_INSTANCE)
+    p.add_argument("--s3-output-path", required=True, help="s3:// prefix for results")
+    p.add_argument("--s3-failure-path", help="s3:// prefix for failures")
+    p.add_argument("--sns-success-topic", help="SNS topic ARN told of each result")
+    p.add_argument("--sns-error-topic", help="SNS topic ARN told of each failure")
+    p.add_argument("--max-concurrent", type=int, default=4, help="invocations per instance")
+    p.add_argument("--min-instances", type=int, default=0, help="0 = scale to zero when idle")
+    p.add_argument("--max-instances", type=int, default=2)
+    p.add_argument("--backlog-target", type=float, default=5.0, help="queued requests/instance")
+    p.add_argument("--no-autoscale", action="store_true", help="no scaling policies")
+    p.set_defaults(func=run_deploy, mode="async")
+
+
+def _add_deploy_update(deploy: Any) -> None:
+    p = deploy.add_parser("update", help="blue/green: a candidate variant with a traffic share")
+    _common(p)
+    p.add_argument("--model-uri", help="the candidate's model.tar.gz (omit to change --traffic)")
+    p.add_argument("--traffic", type=float, required=True, help="candidate's share, percent")
+    p.add_argument("--image-uri", help="container image (default $STYGIG_IMAGE_URI)")
+    p.add_argument("--role", help="execution role ARN (default $STYGIG_SAGEMAKER_ROLE)")
+    p.add_argument("--instance-type", help="default: the live variant's")
+    p.add_argument("--instance-count", type=int, help="default: the live variant's")
+    p.add_argument("--no-wait", action="store_true")
+    p.add_argument("--timeout", type=float, default=3600.0)
+    p.add_argument("--poll", type=float, default=15.0)
+    p.set_defaults(func=run_update)
+
+
+def _setting(value: str | None, env: str, what: str, flag: str) -> str:
+    from stygig.errors import ConfigError
+
+    found = value or os.environ.get(env)
+    if not found:
+        raise ConfigError(f"no {what}: pass {flag} or set {env}", code="missing_setting")
+    return found
+
+
+def run_package(args: argparse.Namespace) -> int:
+    """Pack (and upload) an artifact; print the archive's checksum."""
+    from stygig.deploy.package import package_artifact, upload
+
+    pkg = package_artifact(args.artifact, args.out)
+    print(f"model archive: {pkg.path} ({pkg.bytes / 1e6:.2f} MB, {len(pkg.files)} files)")
+    print(f"sha256: {pkg.sha256}")
+    if args.upload:
+        uri = upload(pkg.path, args.upload, region=args.region)
+        print(f"uploaded: {uri}")
+        print(f"deploy with: stygig deploy sync --model-uri {uri} --endpoint-name NAME")
+    return 0
+
+
+def _cpu_guard(args: argparse.Namespace) -> None:
+    from stygig.deploy.advisor import DEFAULT_MODEL, is_gpu_instance, load_matrix
+    from stygig.errors import InvalidOptionsError
+
+    if args.mode != "sync" or is_gpu_instance(args.instance_type):
+        return
+    matrix = load_matrix()
+    expected = "no figures in the instance matrix for it"
+    for inst in matrix.instances:
+        if inst.name == args.instance_type and DEFAULT_MODEL in inst.models:
+            f = inst.models[DEFAULT_MODEL]
+            expected = f"p50 {f.p50_ms:g} ms, p99 {f.p99_ms:g} ms for {DEFAULT_MODEL} ({f.source})"
+    if not args.allow_cpu:
+        raise InvalidOptionsError(
+            f"{args.instance_type} is a CPU instance: real-time there answers in {expected}. "
+            f"Pass --allow-cpu to deploy anyway, or keep the GPU default {SYNC_DEFAULT_INSTANCE} "
+            "(see `stygig advise --mode sync`)",
+            code="cpu_realtime",
+        )
+    print(f"real-time on CPU ({args.instance_type}): expected latency {expected}")
+
+
+def run_deploy(args: argparse.Namespace) -> int:
+    """``deploy sync`` / ``deploy async``: model, endpoint config, endpoint, scaling."""
+    from stygig.deploy import sagemaker as sm_api
+    from stygig.deploy.autoscaling import Scaling, enable_async_scaling, enable_autoscaling
+    from stygig.errors import InvalidOptionsError
+
+    _cpu_guard(args)
+    image = _setting(args.image_uri, "STYGIG_IMAGE_URI", "container image", "--image-uri")
+    role = _setting(args.role, "STYGIG_SAGEMAKER_ROLE", "execution role", "--role")
+    async_settings = None
+    if args.mode == "async":
+        async_settings = sm_api.AsyncSettings(
+            args.s3_output_path,
+            args.s3_failure_path,
+            args.sns_success_topic,
+            args.sns_error_topic,
+            args.max_concurrent,
+        )
+    scaling_wanted = (args.mode == "sync" and args.max_instances) or (
+        args.mode == "async" and not args.no_autoscale
+    )
+    if scaling_wanted and args.no_wait:
+        raise InvalidOptionsError("autoscaling needs the endpoint InService: drop --no-wait")
+    sm = sm_api.aws_client("sagemaker", args.region)
+    done = sm_api.deploy_endpoint(
+        sm,
+        endpoint_name=args.endpoint_name,
+        model_uri=args.model_uri,
+        image_uri=image,
+        role_arn=role,
+        instance_type=args.instance_type,
+        instance_count=args.instance_count,
+        async_settings=async_settings,
+    )
+    print(f"created model {done.model_name}, endpoint config {done.config_name}")
+    print(f"endpoint {done.endpoint_name}: {args.instance_count} x {args.instance_type}")
+    if args.no_wait:
+        print(
+            f"not waiting; watch it with: aws sagemaker describe-endpoint --endpoint-name {done.endpoint_name}"
+        )
+        return 0
+    info = sm_api.wait_for_endpoint(
+        sm, done.endpoint_name, poll_s=args.poll, timeout_s=args.timeout
+    )
+    print(f"status: {info['EndpointStatus']}  arn: {info.get('EndpointArn', '-')}")
+    aas = sm_api.aws_client("application-autoscaling", args.region) if scaling_wanted else None
+    if args.mode == "sync" and aas is not None:
+        scaling = Scaling(args.min_instances, args.max_instances, args.target_invocations)
+        enable_autoscaling(aas, done.endpoint_name, done.variant_name, scaling)
+        print(
+            f"autoscaling: {scaling.min_instances}..{scaling.max_instances} instances, "
+            f"target {scaling.target:g} invocations per instance per minute"
+        )
+    elif aas is not None:
+        scaling = Scaling(args.min_instances, args.max_instances, args.backlog_target)
+        cw = sm_api.aws_client("cloudwatch", args.region)
+        enable_async_scaling(aas, cw, done.endpoint_name, done.variant_name, scaling)
+        print(
+            f"autoscaling: {scaling.min_instances}..{scaling.max_instances} instances, "
+            f"target backlog {scaling.target:g} per instance, wakes from zero on a backlog"
+        )
+    _print_how_to_invoke(done.endpoint_name, args.mode)
+    return 0
+
+
+def _print_how_to_invoke(endpoint: str, mode: str) -> None:
+    if mode == "async":
+        print(
+            "invoke: aws sagemaker-runtime invoke-endpoint-async --endpoint-name "
+            f"{endpoint} --input-location s3://BUCKET/photo.jpg --content-type image/jpeg"
+        )
+        return
+    print(f"invoke: stygig invoke --endpoint-name {endpoint} --image photo.jpg")
+    print(
+        f"    or: aws sagemaker-runtime invoke-endpoint --endpoint-name {endpoint} "
+        "--content-type image/jpeg --body fileb://photo.jpg out.json"
+    )
+
+
+def run_update(args: argparse.Namespace) -> int:
+    """``deploy update``: start a candidate with a traffic share, or change the share."""
+    from stygig.deploy import sagemaker as sm_api
+
+    sm = sm_api.aws_client("sagemaker", args.region)
+    if args.model_uri:
+        done = sm_api.start_canary(
+            sm,
+            endpoint_name=args.endpoint_name,
+            model_uri=args.model_uri,
+            image_uri=_setting(
+                args.image_uri, "STYGIG_IMAGE_URI", "container image", "--image-uri"
+            ),
+            role_arn=_setting(args.role, "STYGIG_SAGEMAKER_ROLE", "execution role", "--role"),
+            traffic_percent=args.traffic,
+            instance_type=args.instance_type,
+            instance_count=args.instance_count,
+        )
+        print(f"candidate variant {done.variant_name} (model {done.model_name}): {args.traffic:g}%")
+    else:
+        sm_api.set_traffic(sm, args.endpoint_name, args.traffic)
+        print(f"candidate's share of {args.endpoint_name}: {args.traffic:g}%")
+    if not args.no_wait:
+        info = sm_api.wait_for_endpoint(
+            sm, args.endpoint_name, poll_s=args.poll, timeout_s=args.timeout
+        )
+        print(f"status: {info['EndpointStatus']}")
+    print(
+        f"then: stygig deploy promote --endpoint-name {args.endpoint_name}  "
+        f"or: stygig deploy rollback --endpoint-name {args.endpoint_name}"
+    )
+    return 0
+
+
+def run_lifecycle(args: argparse.Namespace) -> int:
+    """``deploy promote | rollback | delete``."""
+    from stygig.deploy import sagemaker as sm_api
+
+    sm = sm_api.aws_client("sagemaker", args.region)
+    if args.action == "delete":
+        for line in sm_api.delete_endpoint(sm, args.endpoint_name):
+            print(f"deleted {line}")
+        return 0
+    keep = (sm_api.promote if args.action == "promote" else sm_api.rollback)(sm, args.endpoint_name)
+    print(f"{args.action}: all traffic to variant {keep.name} (model {keep.model_name})")
+    if not args.no_wait:
+        info = sm_api.wait_for_endpoint(sm, args.endpoint_name)
+        print(f"status: {info['EndpointStatus']}")
+    return 0
+
+
+def run_alarms(args: argparse.Namespace) -> int:
+    """``alarms create``: three alarms per variant."""
+    from stygig.deploy import sagemaker as sm_api
+    from stygig.deploy.alarms import AlarmThresholds, create_alarms
+
+    sm = sm_api.aws_client("sagemaker", args.region)
+    variants = (
+        [args.variant]
+        if args.variant
+        else [v.name for v in sm_api.live_config(sm, args.endpoint_name)[1]]
+    )
+    cw = sm_api.aws_client("cloudwatch", args.region)
+    thresholds = AlarmThresholds(args.latency_ms, args.rate_4xx, args.rate_5xx)
+    for variant in variants:
+        for name in create_alarms(cw, args.endpoint_name, variant, thresholds, args.sns_topic):
+            print(f"alarm: {name}")
+    return 0
+
+
+def run_invoke(args: argparse.Namespace) -> int:
+    """``invoke``: one request, its checks, then the optional load check; 1 on a problem."""
+    from stygig.deploy import invoke as inv
+    from stygig.errors import InvalidOptionsError
+
+    photo = Path(args.image)
+    if not photo.is_file():
+        raise InvalidOptionsError(f"--image {photo}: no such file")
+    body, kind = photo.read_bytes(), inv.content_type_of(photo)
+    if args.url:
+        target = args.url
+
+        def send() -> tuple[dict[str, Any], float]:
+            return inv.invoke_url(args.url, body, kind, timeout_s=args.timeout)
+    else:
+        from stygig.deploy.sagemaker import aws_client
+
+        runtime = aws_client("sagemaker-runtime", args.region)
+        target = f"endpoint {args.endpoint_name}"
+
+        def send() -> tuple[dict[str, Any], float]:
+            return inv.invoke_endpoint(runtime, args.endpoint_name, body, kind)
+
+    rec, ms = send()
+    print(json.dumps(rec, indent=2) if args.json else inv.describe_response(rec, ms))
+    problems = inv.check_response(rec)
+    for problem in problems:
+        print(f"check failed: {problem}", file=sys.stderr)
+    if not problems:
+        print("checks: rgb triples, top-5 votes, compatibility boost: ok")
+    failed = bool(problems)
+    if args.concurrency:
+        from stygig.loadtest import print_report
+
+        report = inv.load_check(
+            send,
+            concurrency=args.concurrency,
+            requests=args.requests,
+            target=target,
+        )
+        print_report(report)
+        failed = failed or report.counts.get("2xx", 0) != report.requests
+    return 1 if failed else 0
+
+
+def run_advise(args: argparse.Namespace) -> int:
+    """``advise``: print the recommendation and the options considered."""
+    from stygig.deploy.advisor import advise, format_advice, load_matrix
+
+    advice = advise(
+        load_matrix(args.matrix),
+        mode=args.mode,
+        requests_per_hour=args.requests_per_hour,
+        latency_target_ms=args.latency_target_ms,
+        model=args.model,
+        utilisation=args.utilisation,
+        min_instances=args.min_instances if args.mode == "sync" else max(1, args.min_instances),
+        active_hours_per_day=args.active_hours_per_day,
+    )
+    print(format_advice(advice))
+    return 0 if advice.choice is not None else 1

@@ -1,0 +1,274 @@
+"""The deploy commands against moto's in-process AWS (SageMaker, S3, CloudWatch, autoscaling).
+
+moto has no ``UpdateEndpoint``: :class:`_WithUpdate` applies it to moto's backend so that
+blue/green, promote and rollback run through the same code as against AWS.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stygig.cli import main
+from stygig.deploy import sagemaker as sm_api
+from tests.integration.server_fixtures import running_server, sample_artifact
+
+boto3 = pytest.importorskip("boto3")
+moto = pytest.importorskip("moto")
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:botocore.*")
+
+ROLE = "arn:aws:iam::123456789012:role/stygig"
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/stygig:cpu"
+REGION = "us-east-1"
+
+
+class _WithUpdate:
+    """A SageMaker client plus ``update_endpoint`` applied to moto's backend."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def update_endpoint(self, EndpointName: str, EndpointConfigName: str) -> dict[str, Any]:
+        from moto.sagemaker.models import sagemaker_backends
+
+        backend = sagemaker_backends["123456789012"][REGION]
+        endpoint = backend.endpoints[EndpointName]
+        config = backend.describe_endpoint_config(EndpointConfigName)
+        endpoint.endpoint_config_name = EndpointConfigName
+        endpoint.production_variants = endpoint._process_production_variants(
+            config["ProductionVariants"]
+        )
+        return {"EndpointArn": endpoint.arn}
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.setenv(key, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setenv("STYGIG_SAGEMAKER_ROLE", ROLE)
+    monkeypatch.setenv("STYGIG_IMAGE_URI", IMAGE)
+    counter = itertools.count(1)
+    monkeypatch.setattr(sm_api, "stamp", lambda: f"t{next(counter)}")
+    real = sm_api.aws_client
+    monkeypatch.setattr(
+        sm_api,
+        "aws_client",
+        lambda service, region=None: (
+            _WithUpdate(real(service, region)) if service == "sagemaker" else real(service, region)
+        ),
+    )
+    with moto.mock_aws():
+        yield
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return sample_artifact(tmp_path_factory.mktemp("deploy"))[1]
+
+
+def _sm() -> Any:
+    return boto3.client("sagemaker", region_name=REGION)
+
+
+def test_package_checks_uploads_and_refuses(
+    aws: None, artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    boto3.client("s3", region_name=REGION).create_bucket(Bucket="models")
+    out = tmp_path / "model.tar.gz"
+    assert main(["package", "--artifact", str(artifact), "--out", str(out),
+                 "--upload", "s3://models/stygig/"]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    assert "sha256: " in text and "uploaded: s3://models/stygig/model.tar.gz" in text
+    with tarfile.open(out) as tar:
+        names = tar.getnames()
+    assert "manifest.json" in names and all("/" not in n for n in names)
+    head = boto3.client("s3", region_name=REGION).head_object(
+        Bucket="models", Key="stygig/model.tar.gz"
+    )
+    assert head["ContentLength"] == out.stat().st_size
+    # A missing bucket: a storage error that names it.
+    assert main(["package", "--artifact", str(artifact), "--out", str(out),
+                 "--upload", "s3://nope/model.tar.gz"]) == 6  # fmt: skip
+    assert "bucket 'nope' does not exist" in capsys.readouterr().err
+    # A tampered artifact is refused before anything is written.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in artifact.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "items.jsonl").write_text("{}\n")
+    assert main(["package", "--artifact", str(broken), "--out", str(tmp_path / "b.tgz")]) == 4
+    assert "does not match its checksum" in capsys.readouterr().err
+
+
+def test_sync_defaults_cpu_guard_and_autoscaling(
+    aws: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri = "s3://models/model.tar.gz"
+    assert main(["deploy", "sync", "--model-uri", uri, "--endpoint-name", "shop"]) == 0
+    out = capsys.readouterr().out
+    assert "InService" in out and "stygig invoke --endpoint-name shop" in out
+    sm = _sm()
+    endpoint = sm.describe_endpoint(EndpointName="shop")
+    config = sm.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
+    variant = config["ProductionVariants"][0]
+    assert (variant["InstanceType"], variant["InitialInstanceCount"]) == ("ml.g4dn.xlarge", 1)
+    model = sm.describe_model(ModelName=variant["ModelName"])
+    assert model["PrimaryContainer"]["ModelDataUrl"] == uri
+    assert model["PrimaryContainer"]["Image"] == IMAGE and model["ExecutionRoleArn"] == ROLE
+    # Real-time on a CPU instance: refused, with the expected latency, unless --allow-cpu.
+    args = ["deploy", "sync", "--model-uri", uri, "--endpoint-name", "cpu",
+            "--instance-type", "ml.m5.large"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--allow-cpu" in err and "p99" in err and "ms" in err
+    assert main([*args, "--allow-cpu", "--max-instances", "3"]) == 0
+    assert "expected latency p50" in capsys.readouterr().out
+    aas = boto3.client("application-autoscaling", region_name=REGION)
+    target = aas.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"][0]
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (1, 3)
+    assert target["ResourceId"].startswith("endpoint/cpu/variant/")
+    policy = aas.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"][0]
+    tracking = policy["TargetTrackingScalingPolicyConfiguration"]
+    assert tracking["TargetValue"] == 70.0
+    assert (
+        tracking["PredefinedMetricSpecification"]["PredefinedMetricType"]
+        == "SageMakerVariantInvocationsPerInstance"
+    )
+
+
+def test_async_config_and_scale_to_zero(aws: None, capsys: pytest.CaptureFixture[str]) -> None:
+    sns = boto3.client("sns", region_name=REGION)
+    ok = sns.create_topic(Name="ok")["TopicArn"]
+    bad = sns.create_topic(Name="bad")["TopicArn"]
+    assert main(["deploy", "async", "--model-uri", "s3://m/model.tar.gz", "--endpoint-name",
+                 "batch", "--s3-output-path", "s3://out/results/", "--sns-success-topic", ok,
+                 "--sns-error-topic", bad]) == 0  # fmt: skip
+    sm = _sm()
+    name = sm.describe_endpoint(EndpointName="batch")["EndpointConfigName"]
+    config = sm.describe_endpoint_config(EndpointConfigName=name)
+    assert config["ProductionVariants"][0]["InstanceType"] == "ml.m5.large"
+    asynchronous = config["AsyncInferenceConfig"]
+    assert asynchronous["ClientConfig"]["MaxConcurrentInvocationsPerInstance"] == 4
+    assert asynchronous["OutputConfig"]["S3OutputPath"] == "s3://out/results/"
+    assert asynchronous["OutputConfig"]["NotificationConfig"] == {
+        "SuccessTopic": ok,
+        "ErrorTopic": bad,
+    }
+    aas = boto3.client("application-autoscaling", region_name=REGION)
+    target = aas.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"][0]
+    assert target["MinCapacity"] == 0
+    kinds = {
+        p["PolicyType"]
+        for p in aas.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"]
+    }
+    assert kinds == {"TargetTrackingScaling", "StepScaling"}
+    alarms = boto3.client("cloudwatch", region_name=REGION).describe_alarms()["MetricAlarms"]
+    assert [a["MetricName"] for a in alarms] == ["HasBacklogWithoutCapacity"]
+    assert "wakes from zero" in capsys.readouterr().out
+
+
+def test_blue_green_promote_rollback_delete(aws: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["deploy", "sync", "--model-uri", "s3://m/v1.tar.gz", "--endpoint-name", "e"]) == 0
+    assert main(["deploy", "update", "--endpoint-name", "e", "--model-uri", "s3://m/v2.tar.gz",
+                 "--traffic", "10"]) == 0  # fmt: skip
+    sm = _sm()
+
+    def variants() -> list[dict[str, Any]]:
+        name = sm.describe_endpoint(EndpointName="e")["EndpointConfigName"]
+        return list(sm.describe_endpoint_config(EndpointConfigName=name)["ProductionVariants"])
+
+    blue, green = variants()
+    assert (blue["InitialVariantWeight"], green["InitialVariantWeight"]) == (90.0, 10.0)
+    assert sm.describe_model(ModelName=green["ModelName"])["PrimaryContainer"]["ModelDataUrl"] == (
+        "s3://m/v2.tar.gz"
+    )
+    # A second candidate while one is live: refused.
+    assert main(["deploy", "update", "--endpoint-name", "e", "--model-uri", "s3://m/v3.tar.gz",
+                 "--traffic", "10"]) == 2  # fmt: skip
+    assert "promote or roll back first" in capsys.readouterr().err
+    assert main(["deploy", "update", "--endpoint-name", "e", "--traffic", "50", "--no-wait"]) == 0
+    assert main(["deploy", "rollback", "--endpoint-name", "e", "--no-wait"]) == 0
+    assert [v["VariantName"] for v in variants()] == [blue["VariantName"]]
+    assert main(["deploy", "update", "--endpoint-name", "e", "--model-uri", "s3://m/v4.tar.gz",
+                 "--traffic", "20", "--no-wait"]) == 0  # fmt: skip
+    candidate = variants()[1]["VariantName"]
+    assert main(["deploy", "promote", "--endpoint-name", "e", "--no-wait"]) == 0
+    assert [v["VariantName"] for v in variants()] == [candidate]
+    # Alarms on the live variant, then delete everything.
+    assert main(["alarms", "create", "--endpoint-name", "e", "--latency-ms", "500"]) == 0
+    alarms = boto3.client("cloudwatch", region_name=REGION).describe_alarms()["MetricAlarms"]
+    by_metric = {a["MetricName"]: a for a in alarms}
+    assert set(by_metric) == {"ModelLatency", "Invocation4XXErrors", "Invocation5XXErrors"}
+    assert by_metric["ModelLatency"]["Threshold"] == 500_000.0
+    assert by_metric["ModelLatency"]["ExtendedStatistic"] == "p99"
+    assert by_metric["Invocation5XXErrors"]["Statistic"] == "Average"
+    assert main(["deploy", "delete", "--endpoint-name", "e"]) == 0
+    assert sm.list_endpoints()["Endpoints"] == []
+    assert main(["deploy", "delete", "--endpoint-name", "e"]) == 2
+    assert "Could not find" in capsys.readouterr().err
+
+
+def test_missing_credentials_role_and_region(
+    aws: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("STYGIG_SAGEMAKER_ROLE")
+    assert main(["deploy", "sync", "--model-uri", "s3://m/a.tar.gz", "--endpoint-name", "x"]) == 3
+    assert "no execution role: pass --role or set STYGIG_SAGEMAKER_ROLE" in capsys.readouterr().err
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    assert main(["deploy", "delete", "--endpoint-name", "x"]) == 3
+    assert "no AWS credentials found" in capsys.readouterr().err
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    assert main(["deploy", "delete", "--endpoint-name", "x"]) == 3
+    assert "pass --region or set AWS_DEFAULT_REGION" in capsys.readouterr().err
+
+
+def test_invoke_url_against_a_real_server(
+    artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photo = next((artifact.parent / "catalog").rglob("*.jpg"))
+    with running_server(artifact, tmp_path / "server.log") as server:
+        code = main(["invoke", "--url", server.url, "--image", str(photo),
+                     "--concurrency", "4", "--requests", "8"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "checks: rgb triples, top-5 votes, compatibility boost: ok" in out
+    assert "latency:" in out and "requests      8 at concurrency 4" in out
+
+
+def test_invoke_endpoint_checks_the_response(
+    aws: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from moto.sagemakerruntime.models import sagemakerruntime_backends
+
+    body = {
+        "mode": "outfit",
+        "query": [{"category": "shirt", "category_source": "vote", "votes": {"shirt": 4},
+                   "rgb": [10, 20, 30]}],
+        "items": [{"id": "a", "rgb": [1, 2, 3], "boost": 1.0}],
+    }  # fmt: skip
+    backend = sagemakerruntime_backends["123456789012"][REGION]
+    backend.results_queue.append((json.dumps(body), "application/json", "", ""))
+    photo = tmp_path / "p.jpg"
+    photo.write_bytes(b"not a jpeg: moto decodes bodies as UTF-8")
+    assert main(["invoke", "--endpoint-name", "shop", "--image", str(photo)]) == 1
+    captured = capsys.readouterr()
+    assert "query: shirt (votes: shirt 4)" in captured.out
+    assert "no item carries the compatibility boost" in captured.err

@@ -1,0 +1,112 @@
+"""The advisor against examples worked by hand (figures from a small matrix written here)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from stygig.deploy.advisor import (
+    Figures,
+    Instance,
+    Matrix,
+    advise,
+    cost_per_month,
+    cost_per_request,
+    format_advice,
+    instances_needed,
+    is_gpu_instance,
+    load_matrix,
+    requests_per_minute,
+)
+from stygig.errors import InvalidOptionsError
+
+CPU = Instance("ml.c5.large", 2, 4, None, 0.10, {"m": Figures(80.0, 150.0, 10.0, "measured")})
+GPU = Instance("ml.g4dn.xlarge", 4, 16, "T4", 0.70, {"m": Figures(20.0, 40.0, 100.0, "estimate")})
+MATRIX = Matrix((CPU, GPU), hours_per_month=730, region="us-east-1", date="2024")
+
+
+def test_the_guides_throughput_recomputed() -> None:
+    # 60 000 ms a minute / 570 ms a request = 105.26 requests a minute per worker, not 6.
+    assert requests_per_minute(570) == pytest.approx(105.263, abs=1e-3)
+    assert requests_per_minute(570, workers=4) == pytest.approx(421.05, abs=1e-2)
+
+
+def test_instances_needed_by_hand() -> None:
+    # 36 000 req/h = 10 req/s; one instance carries 10 x 0.7 = 7 req/s -> ceil(10 / 7) = 2.
+    assert instances_needed(36_000, 10.0, 0.7, 1) == 2
+    # 3 600 req/h = 1 req/s -> 1 instance; the floor of 2 wins.
+    assert instances_needed(3_600, 10.0, 0.7, 2) == 2
+    # Exactly at capacity: 25 200 req/h = 7 req/s = 10 x 0.7 -> 1.
+    assert instances_needed(25_200, 10.0, 0.7, 1) == 1
+    with pytest.raises(InvalidOptionsError):
+        instances_needed(1, 0.0, 0.7, 1)
+
+
+def test_costs_by_hand() -> None:
+    # 2 x $0.10 x 730 h = $146.00; 10 000 req/h x 730 h = 7.3 M requests -> $0.00002 each.
+    monthly = cost_per_month(0.10, 2, 730)
+    assert monthly == pytest.approx(146.0)
+    assert cost_per_request(monthly, 10_000, 730) == pytest.approx(146.0 / 7_300_000)
+    # Busy 6 h a day: a quarter of the hours and of the requests; the per-request cost holds.
+    assert cost_per_month(0.10, 2, 730, 6) == pytest.approx(36.5)
+    assert cost_per_request(36.5, 10_000, 730, 6) == pytest.approx(146.0 / 7_300_000)
+
+
+def test_cheapest_that_meets_the_target() -> None:
+    # 10 000 req/h = 2.78 req/s: 1 CPU instance (7 req/s at 70%) for $73.00, or 1 GPU for $511.
+    advice = advise(MATRIX, mode="sync", requests_per_hour=10_000, model="m")
+    assert advice.choice is not None
+    assert (advice.choice.instance.name, advice.choice.count) == ("ml.c5.large", 1)
+    assert advice.choice.monthly == pytest.approx(73.0)
+    assert advice.choice.per_request == pytest.approx(73.0 / 7_300_000)
+    # A p99 target of 100 ms rules the CPU out (150 ms): the GPU at 0.70 x 730 = $511.
+    strict = advise(MATRIX, mode="sync", requests_per_hour=10_000, latency_target_ms=100, model="m")
+    assert strict.choice is not None and strict.choice.instance.name == "ml.g4dn.xlarge"
+    assert strict.choice.monthly == pytest.approx(511.0)
+    # 100 000 req/h = 27.8 req/s: ceil(27.8 / 7) = 4 CPU ($292) beats 1 GPU ($511).
+    busy = advise(MATRIX, mode="sync", requests_per_hour=100_000, model="m")
+    assert busy.choice is not None and busy.choice.count == 4
+    assert busy.choice.monthly == pytest.approx(292.0)
+    nothing = advise(MATRIX, mode="sync", requests_per_hour=10, latency_target_ms=10, model="m")
+    assert nothing.choice is None
+
+
+def test_async_hours_and_autoscaling_target() -> None:
+    advice = advise(
+        MATRIX, mode="async", requests_per_hour=10_000, active_hours_per_day=12, model="m"
+    )
+    assert advice.choice is not None
+    assert advice.choice.monthly == pytest.approx(36.5)
+    # 10 req/s x 60 s x 0.7 = 420 invocations per instance per minute.
+    assert advice.choice.invocations_per_minute_target == 420
+    text = format_advice(advice)
+    assert "1 x ml.c5.large" in text and "$36.50/month" in text
+
+
+def test_bad_inputs() -> None:
+    with pytest.raises(InvalidOptionsError):
+        advise(MATRIX, mode="batch", requests_per_hour=1)
+    with pytest.raises(InvalidOptionsError):
+        advise(MATRIX, mode="sync", requests_per_hour=0)
+    with pytest.raises(InvalidOptionsError):
+        advise(MATRIX, mode="sync", requests_per_hour=1, model="nope")
+
+
+def test_packaged_matrix_and_its_sources() -> None:
+    matrix = load_matrix()
+    names = {i.name for i in matrix.instances}
+    assert {"ml.g4dn.xlarge", "ml.m5.large"} <= names
+    m5 = matrix.instance("ml.m5.large")
+    assert m5.models["clip-vit-b-32"].source == "measured"
+    assert all(
+        f.source in ("measured", "scaled", "estimate")
+        for i in matrix.instances
+        for f in i.models.values()
+    )
+    assert matrix.guide_latency_ms == 570
+    advice = advise(matrix, mode="sync", requests_per_hour=10_000)
+    assert advice.choice is not None and not math.isnan(advice.choice.monthly)
+    assert "105.3 requests/minute per worker" in format_advice(advice)
+    assert is_gpu_instance("ml.g4dn.xlarge") and is_gpu_instance("ml.p3.2xlarge")
+    assert not is_gpu_instance("ml.m5.large") and not is_gpu_instance("ml.c5.xlarge")
