@@ -368,16 +368,21 @@ class Recommender:
             self._attribute_cache[name] = cached
         return cached
 
-    def _filter_mask(self, options: Options, parts: list[_Part]) -> np.ndarray:
-        n = len(self.artifact.items)
+    def _filter_mask(
+        self, options: Options, parts: list[_Part], rows: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Which items pass every filter: over the whole catalogue, or over ``rows`` only."""
+        n = len(self.artifact.items) if rows is None else len(rows)
+        sel: slice | np.ndarray = slice(None) if rows is None else rows
         removed = self._removed()
-        mask = np.ones(n, dtype=bool) if removed is None else ~removed
+        mask = np.ones(n, dtype=bool) if removed is None else ~removed[sel]
         gender = options.gender.lower() if options.gender else parts[0].info.get("gender")
         if gender and gender != "unisex" and gender in self.gender_names:
-            ok = {self.gender_names.index(gender)}
-            if "unisex" in self.gender_names:
-                ok.add(self.gender_names.index("unisex"))
-            mask &= np.isin(self.gender_codes, list(ok)) | (self.gender_codes < 0)
+            codes = self.gender_codes[sel]
+            # The same gender, unisex, or items without a gender (code -1).
+            mask &= (
+                (codes == self.gender_names.index(gender)) | (codes == self._unisex) | (codes < 0)
+            )
         elif options.gender and gender not in self.gender_names:
             raise InvalidOptionsError(
                 f"gender {options.gender!r} is not in this catalogue; known: {self.gender_names}"
@@ -389,22 +394,26 @@ class Recommender:
             wanted = getattr(options, name)
             if not wanted:
                 continue
-            codes = []
+            codes_wanted = []
             for cat in wanted:
                 canonical = self.taxonomy.canonical(cat)
                 if canonical is None:
                     raise InvalidOptionsError(f"{name}: unknown category {cat!r}")
                 if canonical in self.category_names:
-                    codes.append(self.category_names.index(canonical))
-            hit = np.isin(self.category_codes, codes)
+                    codes_wanted.append(self.category_names.index(canonical))
+            hit = np.isin(self.category_codes[sel], codes_wanted)
             mask &= hit if include else ~hit
         excluded = [
             self.artifact.positions[i] for i in options.exclude_ids if i in self.artifact.positions
         ]
         excluded += [p.position for p in parts if p.position is not None]
-        mask[excluded] = False
+        if excluded:
+            if rows is None:
+                mask[excluded] = False
+            else:
+                mask &= ~np.isin(rows, excluded)
         for name, cond in options.filters.items():
-            mask &= self._attribute_mask(name, cond)
+            mask &= self._attribute_mask(name, cond)[sel]
         return mask
 
     def _attribute_mask(self, name: str, cond: Any) -> np.ndarray:
@@ -457,15 +466,22 @@ class Recommender:
         timings["search"] = (t_search - t) * 1e3
         timings["vote"] = (t_vote - t_search) * 1e3
 
-        # Candidates: every item for exact indexes, else the nearest pool (or the filtered set).
-        mask = self._filter_mask(options, parts)
+        # Candidates: every item for exact indexes. With an approximate index: the query's
+        # nearest pool, filtered; a selective filter (categories, attributes) is applied to the
+        # whole catalogue first, and scored exactly when few items pass, so filters never cut
+        # the results short.
         query_vec = queries.mean(axis=0)
-        if self.exact or mask.sum() <= self.config.candidate_pool:
+        selective = bool(options.include_categories or options.filters)
+        if self.exact:
+            cand = np.flatnonzero(self._filter_mask(options, parts))
+        elif selective and (mask := self._filter_mask(options, parts)).sum() <= (
+            self.config.candidate_pool
+        ):
             cand = np.flatnonzero(mask)
         else:
             _, ids = self.artifact.index.search(query_vec, self.config.candidate_pool)
             ids = ids[0][ids[0] >= 0]
-            cand = ids[mask[ids]]
+            cand = ids[self._filter_mask(options, parts, ids)]
         q_cats = np.array([p.category for p in parts if p.category >= 0], np.int64)
         q_slots = set(self.category_slot[q_cats].tolist())
         c_cat = self.category_codes[cand]

@@ -6,7 +6,7 @@ the artifact's item table. Two backends:
 * :class:`ExactIndex` — a NumPy matrix product and ``argpartition``. Exact, dependency-free and
   the oracle that tests compare FAISS against.
 * :class:`FaissIndex` — FAISS ``IndexFlatIP`` (exact) for small catalogues, ``IVF`` (inverted
-  lists, ``nlist = 2 sqrt(n)``, ``nprobe = 32``) for large ones — it builds in about a minute at
+  lists, ``nlist = 2 sqrt(n)``, ``nprobe = 64``) for large ones — it builds in about a minute at
   1M x 512-d on 2 cores where HNSW takes many — chosen by :func:`choose_kind` from the catalogue
   size; ``hnsw`` is available on request.
 
@@ -153,7 +153,7 @@ class FaissIndex:
         if self.kind == "hnsw":
             self.index.hnsw.efSearch = int(self._params.get("ef_search", 128))
         elif self.kind == "ivf":
-            self.index.nprobe = int(self._params.get("nprobe", 32))
+            self.index.nprobe = int(self._params.get("nprobe", 64))
 
     @classmethod
     def build(cls, vectors: np.ndarray, kind: str, **params: Any) -> FaissIndex:
@@ -173,7 +173,7 @@ class FaissIndex:
             index.hnsw.efConstruction = int(params["ef_construction"])
         elif kind == "ivf":
             params.setdefault("nlist", max(1, min(65536, int(2 * np.sqrt(n)))))
-            params.setdefault("nprobe", 32)
+            params.setdefault("nprobe", 64)
             quantizer = faiss.IndexFlatIP(dim)
             index = faiss.IndexIVFFlat(
                 quantizer, dim, int(params["nlist"]), faiss.METRIC_INNER_PRODUCT

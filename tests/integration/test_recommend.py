@@ -207,3 +207,25 @@ def test_removed_items_are_never_neighbours_or_candidates(sample: tuple[Path, Pa
     after = rec.recommend(Query(images=(photo,))).to_dict()
     assert "sku-0036" not in [n["id"] for n in after["query"][0]["neighbors"]]
     assert top not in [i["id"] for i in after["items"]]
+
+
+def test_approximate_index_path_filters_and_finds_the_same_items(
+    sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """An IVF artifact takes the candidate-pool path; filters still never cut results short."""
+    art = build_artifact(
+        sample[0] / "catalog.csv",
+        tmp_path / "ivf",
+        load_encoder("tiny"),
+        index_kind="ivf",
+        progress=False,
+    ).path
+    ivf = Recommender.from_path(art)
+    assert not ivf.exact
+    query = Query(item_ids=("sku-0014",))
+    only = ivf.recommend(query, Options(k=3, include_categories=("handbag",))).to_dict()
+    assert [len(v) for v in only["by_category"].values()] == [3]
+    out = ivf.recommend(query, Options(k=3, k_total=40)).to_dict()
+    assert all(i["gender"] in (out["query"][0]["gender"], "unisex") for i in out["items"])
+    exact = Recommender.from_path(sample[1]).recommend(query, Options(k=3, k_total=40)).to_dict()
+    assert {i["id"] for i in out["items"]} == {i["id"] for i in exact["items"]}
