@@ -27,7 +27,13 @@ from tqdm import tqdm
 from stygig.artifact import read_manifest, write_artifact
 from stygig.catalog import CatalogReadResult, Item, Reject, Taxonomy, read_catalog
 from stygig.encoders import Encoder, export_onnx, load_encoder, load_onnx_encoder
-from stygig.errors import ImageTooLargeError, InvalidImageError, UnsupportedMediaError
+from stygig.errors import (
+    ImageTooLargeError,
+    InvalidImageError,
+    NotFoundError,
+    StorageError,
+    UnsupportedMediaError,
+)
 from stygig.features import PreparedImage, prepare_image
 from stygig.images import PreprocessSpec
 from stygig.whitening import Whitening
@@ -47,11 +53,20 @@ class EmbedResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def _prepare_or_error(item: Item, spec: PreprocessSpec) -> PreparedImage | str:
+def _prepare_or_error(item: Item, spec: PreprocessSpec) -> PreparedImage | tuple[str, str]:
+    """The prepared image, or ``(reject reason, message)`` for this row alone."""
     try:
-        return prepare_image(item.image, spec, thumbnail=True)
+        source: str | bytes = item.image
+        if item.image.startswith("s3://"):
+            from stygig import storage
+
+            source = storage.read_bytes(item.image)
+        return prepare_image(source, spec, thumbnail=True)
+    except (NotFoundError, StorageError) as e:
+        return "missing_image", e.message
     except (InvalidImageError, ImageTooLargeError, UnsupportedMediaError) as e:
-        return e.message
+        reason = "missing_image" if e.code == "image_not_found" else "corrupt_image"
+        return reason, e.message
 
 
 def _batches(items: list[Item], size: int) -> Iterator[list[Item]]:
@@ -81,7 +96,7 @@ def embed_items(
         smoothing=0.1,
     )
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
-        pending: deque[tuple[list[Item], list[Future[PreparedImage | str]]]] = deque()
+        pending: deque[tuple[list[Item], list[Future[PreparedImage | tuple[str, str]]]]] = deque()
         batches = _batches(items, batch_size)
 
         def submit_next() -> None:
@@ -102,9 +117,10 @@ def embed_items(
             submit_next()
             good: list[tuple[Item, PreparedImage]] = []
             for item, prep in zip(batch, prepared, strict=True):
-                if isinstance(prep, str):
+                if isinstance(prep, tuple):
                     row = row_of(item) if row_of else 0
-                    out.rejects.append(Reject(row, item.id, "corrupt_image", prep, item_raw(item)))
+                    reason, message = prep
+                    out.rejects.append(Reject(row, item.id, reason, message, item_raw(item)))
                 else:
                     good.append((item, prep))
             if good:

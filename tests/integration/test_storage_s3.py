@@ -157,3 +157,21 @@ def test_sns_notification(s3_env: dict[str, str]) -> None:
     assert Notifier(success_topic=topic).publish(topic, event)
     messages = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=2).get("Messages", [])
     assert json.loads(json.loads(messages[0]["Body"])["Message"]) == event
+
+
+def test_catalogue_images_in_s3_build(s3_env: dict[str, str], tmp_path: Path) -> None:
+    from stygig.build import build_artifact
+    from stygig.encoders import load_encoder
+    from stygig.sample_catalog import generate_sample_catalog
+
+    csv_path = generate_sample_catalog(tmp_path / "cat")
+    images = sorted((csv_path.parent / "images").glob("*.jpg"))[:6]
+    for image in images:
+        storage.write_bytes(f"s3://shop/photos/{image.name}", image.read_bytes())
+    rows = [f"{p.stem},s3://shop/photos/{p.name},shirt" for p in images]
+    rows.append("gone,s3://shop/photos/gone.jpg,shirt")
+    (tmp_path / "s3.csv").write_text("id,image,category\n" + "\n".join(rows) + "\n")
+    result = build_artifact(
+        tmp_path / "s3.csv", tmp_path / "art", load_encoder("tiny"), progress=False
+    )
+    assert result.items == 6 and result.rejects == {"missing_image": 1}

@@ -113,6 +113,8 @@ def _required(row: dict[str, str | None], name: str) -> str:
 def _resolve_image(ref: str, images_dir: Path) -> str:
     if ref.startswith("file://"):
         return unquote(urlparse(ref).path)
+    if ref.startswith("s3://"):
+        return ref  # fetched by the build through stygig.storage
     if "://" in ref:
         raise _RowError("missing_image", f"image URI scheme of {ref!r} is not supported")
     path = Path(ref)
@@ -335,7 +337,8 @@ def read_catalog(
             item = convert(row, taxonomy, images)
             if item.id in seen:
                 raise _RowError("duplicate_id", f"id {item.id!r} already used by an earlier row")
-            if check_images and not Path(item.image).is_file():
+            is_local = not item.image.startswith("s3://")
+            if check_images and is_local and not Path(item.image).is_file():
                 raise _RowError("missing_image", f"image file not found: {item.image}")
         except _RowError as e:
             row_id = _clean(row.get("id")) or _clean(row.get("cod_modelo_color"))
