@@ -459,7 +459,14 @@ class Recommender:
         full = self.embeddings @ queries.T if self.exact else None
         own = sum(p.position is not None for p in parts)
         fetch = max(self.config.vote_k, self.config.attribute_vote_k) + own
-        nb_scores, nb_ids = self._neighbours(queries, fetch, full)
+        pool: tuple[np.ndarray, np.ndarray] | None = None
+        if full is None and len(parts) == 1:
+            # Approximate index, one query vector: a single search yields both the voters
+            # (its head) and the candidate pool with exact inner products (IVF-Flat, HNSW-Flat).
+            pool = self.artifact.index.search(queries, max(fetch, self.config.candidate_pool))
+            nb_scores, nb_ids = pool[0][:, :fetch], pool[1][:, :fetch]
+        else:
+            nb_scores, nb_ids = self._neighbours(queries, fetch, full)
         t_search = time.perf_counter()
         self._vote(parts, nb_scores, nb_ids)
         t_vote = time.perf_counter()
@@ -470,8 +477,8 @@ class Recommender:
         # nearest pool, filtered; a selective filter (categories, attributes) is applied to the
         # whole catalogue first, and scored exactly when few items pass, so filters never cut
         # the results short.
-        query_vec = queries.mean(axis=0)
         selective = bool(options.include_categories or options.filters)
+        pool_sims: np.ndarray | None = None
         if self.exact:
             cand = np.flatnonzero(self._filter_mask(options, parts))
         elif selective and (mask := self._filter_mask(options, parts)).sum() <= (
@@ -479,9 +486,14 @@ class Recommender:
         ):
             cand = np.flatnonzero(mask)
         else:
-            _, ids = self.artifact.index.search(query_vec, self.config.candidate_pool)
-            ids = ids[0][ids[0] >= 0]
-            cand = ids[self._filter_mask(options, parts, ids)]
+            if pool is None:
+                pool = self.artifact.index.search(queries.mean(axis=0), self.config.candidate_pool)
+            found = pool[1][0] >= 0
+            ids, sims_found = pool[1][0][found], pool[0][0][found]
+            keep_pool = self._filter_mask(options, parts, ids)
+            cand = ids[keep_pool]
+            if len(parts) == 1:
+                pool_sims = sims_found[keep_pool]
         q_cats = np.array([p.category for p in parts if p.category >= 0], np.int64)
         q_slots = set(self.category_slot[q_cats].tolist())
         c_cat = self.category_codes[cand]
@@ -499,11 +511,15 @@ class Recommender:
                 else np.ones(len(cand), bool)
             )
         cand, c_cat, compatible = cand[keep], c_cat[keep], compatible[keep]
+        if pool_sims is not None:
+            pool_sims = pool_sims[keep]
         t_cand = time.perf_counter()
         timings["search"] += (t_cand - t_vote) * 1e3
 
         if full is not None:
             sims = full[cand].mean(axis=1)
+        elif pool_sims is not None:
+            sims = pool_sims
         else:
             sims = (self.embeddings[cand] @ queries.T).mean(axis=1)
         q_hsl = [
