@@ -46,7 +46,7 @@ def test_every_bad_row_is_rejected_with_its_reason(tmp_path: Path) -> None:
         "x2,images/missing.jpg,shirt,,,,,,,",  # 6 missing image
         "x3,images/ok.jpg,shirt,,,,,cheap,,",  # 7 bad price
         "x4,images/ok.jpg,shirt",  # 8 wrong column count
-        "x5,s3://bucket/x.jpg,shirt,,,,,,,",  # 9 unsupported scheme
+        "x5,ftp://host/x.jpg,shirt,,,,,,,",  # 9 unsupported scheme
     ]
     (tmp_path / "c.csv").write_text(HEADER + "\n".join(rows) + "\n")
     res = read_catalog(tmp_path / "c.csv")
@@ -81,6 +81,12 @@ def test_jsonl_with_bad_lines(tmp_path: Path) -> None:
     assert [(i.id, i.category) for i in res.items] == [("a", "jeans"), ("7", "belt")]
     assert res.items[0].attributes == {"fit": "slim"}
     assert [r.reason for r in res.rejects] == ["malformed_row", "malformed_row"]
+
+
+def test_s3_uris_are_kept_for_the_build_to_fetch(tmp_path: Path) -> None:
+    (tmp_path / "c.csv").write_text("id,image,category\na,s3://shop/a.jpg,dress\n")
+    res = read_catalog(tmp_path / "c.csv")
+    assert [i.image for i in res.items] == ["s3://shop/a.jpg"] and not res.rejects
 
 
 def test_file_uri_and_absolute_paths(tmp_path: Path) -> None:
