@@ -13,9 +13,12 @@ An artifact is one directory (packed as ``model.tar.gz`` for SageMaker)::
     encoder.onnx      the encoder graph when its runtime is ONNX, so serving needs no torch
     thumbnails.bin    the shop's 256 px JPEG of every item, back to back (optional), and
     thumbnails.json   their offsets; see :mod:`stygig.thumbnails`
+    compat.npz        the learned compatibility model (optional, format 2; see
+                      :mod:`stygig.compat` and :func:`add_compat_model`)
 
 Loading checks the manifest first: a newer format version or a checksum mismatch is refused
-with a message that says what to do.
+with a message that says what to do. Format 2 adds the optional ``compat`` manifest entry and
+``compat.npz``; format-1 artifacts (no model) load unchanged.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import numpy as np
 
 from stygig import __version__
 from stygig.catalog import Item, Reject, Taxonomy
+from stygig.compat.model import COMPAT_FILE, CompatModel
 from stygig.errors import ArtifactError
 from stygig.index import VectorIndex, build_index, load_index
 from stygig.thumbnails import write_thumbnails
@@ -46,12 +50,13 @@ from stygig.whitening import Whitening
 __all__ = [
     "FORMAT_VERSION",
     "Artifact",
+    "add_compat_model",
     "file_sha256",
     "library_versions",
     "write_artifact",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: optional learned compatibility model (compat.npz)
 MANIFEST = "manifest.json"
 _LIBRARIES = ("numpy", "faiss-cpu", "onnxruntime", "pillow", "torch", "transformers")
 
@@ -231,6 +236,7 @@ class Artifact:
     taxonomy: Taxonomy
     whitening: Whitening | None = None
     positions: dict[str, int] = field(default_factory=dict)
+    compat: CompatModel | None = None
 
     @classmethod
     def load(cls, path: str | Path, *, verify: bool = True) -> Artifact:
@@ -250,6 +256,7 @@ class Artifact:
             whitening = (
                 Whitening.load(root / "whitening.npz") if manifest.get("whitening") else None
             )
+            compat = CompatModel.load(root / COMPAT_FILE) if manifest.get("compat") else None
         except (OSError, ValueError) as e:
             raise ArtifactError(f"artifact {root} cannot be read: {e}") from e
         if len(rows) != len(embeddings):
@@ -270,6 +277,7 @@ class Artifact:
             taxonomy=taxonomy,
             whitening=whitening,
             positions={item.id: i for i, item in enumerate(items)},
+            compat=compat,
         )
 
     def summary(self) -> dict[str, Any]:
@@ -284,4 +292,37 @@ class Artifact:
             "index": m.get("index"),
             "counts": m.get("counts"),
             "build": m.get("build"),
+            "compat": m.get("compat"),
         }
+
+
+def add_compat_model(path: str | Path, model: CompatModel, info: dict[str, Any]) -> Path:
+    """Add (or replace) the learned compatibility model of the artifact at ``path``.
+
+    Writes ``compat.npz``, then rewrites the manifest atomically (temporary file + rename) with
+    format version 2, a ``compat`` entry (``info``) and the new file's checksum. A crash before
+    the rename leaves the old manifest, which does not mention the new file.
+    """
+    root = Path(path)
+    manifest = read_manifest(root)
+    target = root / COMPAT_FILE
+    partial = root / f".{COMPAT_FILE}.{os.getpid()}.tmp"
+    try:
+        model.save(partial)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    manifest["format_version"] = max(int(manifest["format_version"]), 2)
+    manifest["compat"] = {"file": COMPAT_FILE, **info}
+    files = dict(manifest.get("files", {}))
+    files[COMPAT_FILE] = {"sha256": file_sha256(target), "bytes": target.stat().st_size}
+    manifest["files"] = dict(sorted(files.items()))
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{MANIFEST}.", dir=root)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(manifest, indent=2) + "\n")
+        os.replace(tmp_name, root / MANIFEST)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return target

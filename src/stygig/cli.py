@@ -226,6 +226,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
     p.set_defaults(func=_cmd_recommend)
 
+    from stygig.compat.command import register as register_compat
     from stygig.deploy.command import register as register_deploy
     from stygig.evaluation.command import register as register_eval
     from stygig.jobs.command import register as register_jobs
@@ -235,6 +236,7 @@ def _parser() -> argparse.ArgumentParser:
     register_serving(sub)
     register_jobs(sub)
     register_deploy(sub)
+    register_compat(sub)
     return parser
 
 

@@ -230,6 +230,83 @@ class Recommender:
         self.exact = isinstance(artifact.index, ExactIndex) or (
             isinstance(artifact.index, FaissIndex) and artifact.index.kind == "flat"
         )
+        self._init_learned()
+
+    def _init_learned(self) -> None:
+        """Project every catalogue item once when the artifact has a compatibility model."""
+        model = self.artifact.compat
+        self.learned = model if model is not None and self.config.compat_mode != "rules" else None
+        if self.learned is None:
+            return
+        from stygig.compat.features import item_features
+
+        names = self.learned.categories
+        feats = item_features(self.embeddings, self.rgb, self.category_names_of_items(), names)
+        self._learned_vectors = self.learned.project(feats)
+        self._learned_cats = feats.category
+        lookup = {c: names.index(c) if c in names else -1 for c in self.category_names}
+        self._learned_cat_of_code = np.array([lookup[c] for c in self.category_names], np.int64)
+        ids = tuple(i.id for i in self.artifact.items)
+        self._learned_cooc = self.learned.cooccurrence.codes(ids)
+
+    def category_names_of_items(self) -> list[str]:
+        """Each catalogue row's category name."""
+        return [self.category_names[c] for c in self.category_codes]
+
+    def _learned_scores(self, parts: Sequence[_Part], cand: np.ndarray) -> np.ndarray:
+        """The compatibility model's score of each candidate row given the query parts."""
+        from stygig.compat.features import item_features
+
+        assert self.learned is not None
+        rows = [p.position for p in parts]
+        vectors = np.empty((len(parts), self.learned.dim), np.float32)
+        cats = np.empty(len(parts), np.int64)
+        for n, p in enumerate(parts):
+            cat = int(self._learned_cat_of_code[p.category]) if p.category >= 0 else -1
+            if p.position is not None:
+                vectors[n], cats[n] = self._learned_vectors[p.position], cat
+            else:
+                rgb = np.asarray(p.color.get("rgb", [128, 128, 128]), np.float32)
+                name = self.category_names[p.category] if p.category >= 0 else None
+                feats = item_features(p.vector[None, :], rgb, [name], self.learned.categories)
+                vectors[n], cats[n] = self.learned.project(feats)[0], cat
+        q_codes = np.array([-1 if r is None else self._learned_cooc[r] for r in rows], np.int64)
+        return self._learned_against(vectors, cats, q_codes, cand)
+
+    def _learned_against(
+        self, vectors: np.ndarray, cats: np.ndarray, q_codes: np.ndarray, cand: np.ndarray
+    ) -> np.ndarray:
+        assert self.learned is not None
+        cooc = self.learned.cooccurrence.lookup(q_codes, self._learned_cooc[cand])
+        return self.learned.score(
+            vectors, cats, self._learned_vectors[cand], self._learned_cats[cand], cooc
+        )
+
+    def _with_learned(
+        self,
+        parts: Sequence[_Part] | np.ndarray,
+        cand: np.ndarray,
+        rules: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The final score under ``compat_mode``, and the learned part (``None``: no model).
+
+        ``parts`` are the query parts, or catalogue rows when every part is a catalogue item.
+        """
+        if self.learned is None:
+            return rules, None
+        if isinstance(parts, np.ndarray):
+            learned = self._learned_against(
+                self._learned_vectors[parts],
+                self._learned_cats[parts],
+                self._learned_cooc[parts],
+                cand,
+            )
+        else:
+            learned = self._learned_scores(parts, cand)
+        if self.config.compat_mode == "learned":
+            return learned.astype(np.float32), learned
+        mixed = learned + np.float32(self.learned.rules_weight) * rules
+        return mixed.astype(np.float32), learned
 
     @classmethod
     def from_path(cls, path: str | Path, **kwargs: Any) -> Recommender:
@@ -540,6 +617,9 @@ class Recommender:
             )
         else:
             score, factor = sims.astype(np.float32), np.ones(len(cand), np.float32)
+        learned: np.ndarray | None = None
+        if options.mode == "outfit":
+            score, learned = self._with_learned(parts, cand, score)
         t_score = time.perf_counter()
         timings["score"] = (t_score - t_cand) * 1e3
 
@@ -555,6 +635,7 @@ class Recommender:
                 parts[0],
                 options.mode,
                 use_color,
+                None if learned is None else float(learned[j]),
             )
             for group in ranked.values()
             for j in group
@@ -581,10 +662,11 @@ class Recommender:
     def score_items(
         self, item_ids: Sequence[str], candidate_ids: Sequence[str], *, use_color: bool = True
     ) -> np.ndarray:
-        """V4 scores of ``candidate_ids`` as completions of the outfit ``item_ids``.
+        """Scores of ``candidate_ids`` as completions of the outfit ``item_ids``.
 
         The same formula as :meth:`recommend` (similarity averaged over the query items, harmony
-        averaged likewise, boost when compatible with every query item), without filters or
+        averaged likewise, boost when compatible with every query item; then the learned
+        compatibility model per ``compat_mode`` when the artifact has one), without filters or
         ranking: what fill-in-the-blank evaluation needs.
         """
         q = np.array([self._position(i) for i in item_ids], np.int64)
@@ -602,7 +684,10 @@ class Recommender:
             config=self.config,
             use_harmony=use_color,
         )
-        return score
+        if self.learned is None:
+            return score
+        final, _ = self._with_learned(q, c, score)
+        return final
 
     def _position(self, item_id: str) -> int:
         pos = self.artifact.positions.get(item_id)
@@ -670,6 +755,7 @@ class Recommender:
         primary: _Part,
         mode: str,
         use_color: bool,
+        learned: float | None = None,
     ) -> dict[str, Any]:
         item = self.artifact.items[pos]
         color = self.artifact.colors[pos]
@@ -698,6 +784,7 @@ class Recommender:
             "harmony": round(float(harm), 4),
             "harmony_rule": HARMONY_RULE_NAMES[rule] if mode == "outfit" else None,
             "boost": round(float(factor), 4),
+            "learned": None if learned is None else round(learned, 4),
             "reason": reason,
         }
 

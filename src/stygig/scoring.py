@@ -22,7 +22,11 @@ import yaml
 
 from stygig.errors import ConfigError
 
-__all__ = ["ScoringConfig", "Vote", "combine", "mmr", "vote"]
+__all__ = ["COMPAT_MODES", "ScoringConfig", "Vote", "combine", "mmr", "vote"]
+
+#: ``learned``: the compatibility model only; ``learned+rules``: model + its fitted weight x V4;
+#: ``rules``: V4 only (also the fallback for an artifact without a model).
+COMPAT_MODES = ("learned", "learned+rules", "rules")
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,9 @@ class ScoringConfig:
     diversity: float = 0.3  # MMR: 0 = pure score, 1 = pure novelty
     candidate_pool: int = 4096  # approximate indexes: neighbours scored per query
     harmony: dict[str, float] | None = None  # per-rule harmony scores, see stygig.harmony
+    # With a learned compatibility model in the artifact (stygig.compat): which score ranks
+    # outfit candidates. Without a model the V4 rules are used whatever this says.
+    compat_mode: str = "learned+rules"
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> ScoringConfig:
@@ -61,6 +68,8 @@ class ScoringConfig:
             raise ConfigError("scoring config: weights must be non-negative")
         if not 0.0 <= cfg.diversity <= 1.0:
             raise ConfigError("scoring config: diversity must be within [0, 1]")
+        if cfg.compat_mode not in COMPAT_MODES:
+            raise ConfigError(f"scoring config: compat_mode must be one of {COMPAT_MODES}")
         if cfg.vote_k < 1 or cfg.attribute_vote_k < 1:
             raise ConfigError("scoring config: vote_k and attribute_vote_k must be at least 1")
         return cfg

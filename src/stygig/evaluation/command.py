@@ -18,7 +18,16 @@ from stygig.errors import ArtifactError
 __all__ = ["TARGETS", "cached_artifact", "register", "run_eval"]
 
 #: Targets with efficientnet-lite0 (``docs/evaluation.md``).
-TARGETS = {"subCategory": 0.965, "articleType": 0.87, "validity": 0.98}
+TARGETS = {
+    "subCategory": 0.965,
+    "articleType": 0.87,
+    "validity": 0.98,
+    # The learned compatibility model (docs/compat.md).
+    "fitb_uniform": 0.62,
+    "fitb_matched": 0.52,
+    "fitb_cold_start": 0.40,
+    "auc": 0.87,
+}
 KAGGLE = Path("fashion-products") / "styles.csv"
 MANGO = Path("mango-outfits") / "product_data.csv"
 MANGO_OUTFITS = Path("mango-outfits") / "outfits.csv"
@@ -113,7 +122,7 @@ def _outfits(args: argparse.Namespace, root: Path, metrics: dict[str, Any]) -> N
 
 def run_eval(args: argparse.Namespace) -> int:
     """Run the requested parts and write ``metrics.json`` + ``metrics.png``."""
-    from stygig.evaluation.report import bars_from_metrics, write_chart, write_metrics
+    from stygig.evaluation.report import bars_from_metrics, fitb_table, write_chart, write_metrics
 
     started = time.perf_counter()
     root = Path(args.datasets)
@@ -142,5 +151,7 @@ def run_eval(args: argparse.Namespace) -> int:
     for bar in bars_from_metrics(metrics):
         target = f"  (target {bar.target:.1%})" if bar.target is not None else ""
         print(f"{bar.group:<18} {bar.label:<28} {bar.value:7.2%}{target}")
+    if "fitb" in metrics:
+        print(fitb_table(metrics))
     print(f"metrics: {json_path}\nchart:   {png_path}")
     return 0

@@ -30,6 +30,7 @@ from stygig.errors import CatalogError
 if TYPE_CHECKING:
     from stygig.artifact import Artifact
     from stygig.engine import Recommender
+    from stygig.scoring import ScoringConfig
 
 __all__ = [
     "SAMPLINGS",
@@ -328,13 +329,25 @@ def evaluate_outfits(
     questions = make_questions(outfits, types, test, train, seed=seed)
     path = write_questions(questions, out_dir / f"fitb-{outfits_file.stem}-seed{seed}.jsonl")
     train_counts = occurrences(outfits[o] for o in train)
-    recommender = Recommender(artifact)
+    # "v4" is the rules alone, whatever the packaged compat_mode says.
+    recommender = Recommender(artifact, config=_with_mode(recommender_config(), "rules"))
     scorers = engine_scorers(recommender, train_counts)
+    if artifact.compat is not None:
+        # The learned model (stygig train-compat) was trained on train outfits of the same
+        # split of outfits.csv; its test outfits are the ones scored here.
+        for mode in ("learned", "learned+rules"):
+            config = _with_mode(recommender.config, mode)
+            scorers[mode] = Recommender(
+                artifact, encoder=recommender.encoder, config=config
+            ).score_items
     # Whitening fitted on the whole MANGO catalogue, as a build would: no outfit is seen.
     whitening = Whitening.fit(np.asarray(artifact.embeddings, np.float32))
     if whitening.dim == artifact.embeddings.shape[1]:
         white = whitened_artifact(artifact, whitening.apply(artifact.embeddings))
-        more = engine_scorers(Recommender(white, encoder=recommender.encoder), train_counts)
+        more = engine_scorers(
+            Recommender(white, encoder=recommender.encoder, config=recommender.config),
+            train_counts,
+        )
         scorers |= {"v4_whitened": more["v4"], "cosine_whitened": more["cosine"]}
     accuracy = {name: fitb_accuracy(questions, s, seed=seed) for name, s in scorers.items()}
     compat = compatibility_auc(
@@ -347,6 +360,7 @@ def evaluate_outfits(
     in_catalog = sum(1 for items in outfits.values() for i in items if i in types)
     return {
         "outfits_file": str(outfits_file),
+        "compat_model": artifact.manifest.get("compat"),
         "questions_file": str(path),
         "split": {"train_outfits": len(train), "test_outfits": len(test)},
         "outfit_items": sum(len(v) for v in outfits.values()),
@@ -355,3 +369,16 @@ def evaluate_outfits(
         "accuracy": accuracy,
         "auc": compat,
     }
+
+
+def recommender_config() -> ScoringConfig:
+    """The packaged scoring configuration."""
+    from stygig.scoring import ScoringConfig
+
+    return ScoringConfig.load()
+
+
+def _with_mode(config: ScoringConfig, mode: str) -> ScoringConfig:
+    from dataclasses import replace
+
+    return replace(config, compat_mode=mode)

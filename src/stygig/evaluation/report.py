@@ -93,6 +93,25 @@ def bars_from_metrics(metrics: dict[str, Any]) -> list[Bar]:
                 ("outfit validity", f"{scope}: {label}", where, targets.get("validity"), False)
             )
     for sampling in ("uniform", "matched"):
+        for name in LEARNED:
+            spec.append(
+                (
+                    f"FITB ({sampling})",
+                    f"{name} {sampling}",
+                    ("fitb", "accuracy", name, sampling, "accuracy"),
+                    targets.get(f"fitb_{sampling}"),
+                    False,
+                )
+            )
+            spec.append(
+                (
+                    f"FITB ({sampling})",
+                    f"{name} {sampling} cold start",
+                    ("fitb", "accuracy", name, sampling, "cold_start_accuracy"),
+                    targets.get("fitb_cold_start"),
+                    False,
+                )
+            )
         for name in ("v4", "v4_whitened", "cosine", "harmony", "popularity", "random"):
             spec.append(
                 (
@@ -106,6 +125,10 @@ def bars_from_metrics(metrics: dict[str, Any]) -> list[Bar]:
     for name in ("v4", "v4_whitened", "cosine", "harmony"):
         spec.append(
             ("compatibility AUC", f"AUC {name}", ("fitb", "auc", name), None, name[:2] != "v4")
+        )
+    for name in LEARNED:
+        spec.append(
+            ("compatibility AUC", f"AUC {name}", ("fitb", "auc", name), targets.get("auc"), False)
         )
     bars = []
     for group, label, path, target, baseline in spec:
@@ -164,3 +187,27 @@ def write_chart(bars: list[Bar], out_dir: Path, *, title: str = "StyGig evaluati
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+#: The learned compatibility scorers (present when the MANGO artifact has a model).
+LEARNED = ("learned", "learned+rules")
+
+
+def fitb_table(metrics: dict[str, Any]) -> str:
+    """Markdown table: V4 rules, learned, learned + rules side by side (FITB and AUC)."""
+    rows = [
+        "| scorer | uniform | matched | cold start (uniform / matched) | AUC |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    acc = metrics.get("fitb", {}).get("accuracy", {})
+    aucs = metrics.get("fitb", {}).get("auc", {})
+    for name in ("v4", *LEARNED):
+        if name not in acc:
+            continue
+        u, m = acc[name]["uniform"], acc[name]["matched"]
+        rows.append(
+            f"| {name} | {u['accuracy']:.1%} | {m['accuracy']:.1%} | "
+            f"{u['cold_start_accuracy']:.1%} / {m['cold_start_accuracy']:.1%} | "
+            f"{aucs.get(name, float('nan')):.3f} |"
+        )
+    return "\n".join(rows)

@@ -1,0 +1,73 @@
+"""``stygig train-compat``: learn outfit compatibility from a stylists' outfits file.
+
+Thin wiring around :func:`stygig.compat.train.train_compat`; heavy imports (torch) happen only
+when the command runs, so ``stygig --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register", "run_train_compat"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``train-compat`` subcommand to ``stygig``'s argparse subparsers."""
+    p = subparsers.add_parser(
+        "train-compat",
+        help="learn outfit compatibility from stylists' outfits into an artifact",
+    )
+    p.add_argument("--outfits", required=True, help="cod_outfit,cod_modelo_color CSV")
+    p.add_argument("--artifact", required=True, help="artifact directory (the model is added)")
+    p.add_argument(
+        "--catalog", help="the catalogue the artifact was built from (checked, optional)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="split and training seed (eval: 0)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs")
+    p.add_argument("--whiten", action="store_true", help="PCA-whiten the embeddings first")
+    p.add_argument("--no-rules-weight", action="store_true", help="keep the V4 weight at 0")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_train_compat)
+
+
+def run_train_compat(args: argparse.Namespace) -> int:
+    """Train, then store the model in the artifact (manifest rewritten atomically)."""
+    from dataclasses import replace
+
+    from stygig.artifact import Artifact, add_compat_model
+    from stygig.compat.train import TrainConfig, train_compat
+    from stygig.engine import Recommender
+    from stygig.evaluation.fitb import read_outfits
+    from stygig.scoring import ScoringConfig
+
+    artifact = Artifact.load(args.artifact)
+    built_from = artifact.manifest.get("build", {}).get("catalog")
+    if args.catalog and built_from and Path(built_from).resolve() != Path(args.catalog).resolve():
+        print(f"warning: artifact was built from {built_from}, not {args.catalog}", file=sys.stderr)
+    outfits = read_outfits(args.outfits)
+    config = TrainConfig(seed=args.seed, whiten=args.whiten)
+    if args.epochs is not None:
+        config = replace(config, epochs=args.epochs)
+    v4 = None
+    if not args.no_rules_weight:
+        rules = ScoringConfig.from_dict({"compat_mode": "rules"})
+        v4 = Recommender(artifact, config=rules).score_items
+    result = train_compat(artifact, outfits, config, v4_scorer=v4, progress=not args.quiet)
+    info = {
+        "outfits_file": str(args.outfits),
+        "seed": args.seed,
+        "seconds": round(result.seconds, 1),
+        "split": result.split,
+        "best_epoch": result.model.info.get("best_epoch"),
+        "validation": result.model.info.get("validation"),
+        "rules_weight": result.model.rules_weight,
+        "cooc_weight": round(result.model.cooc_weight, 4),
+    }
+    path = add_compat_model(args.artifact, result.model, info)
+    print(json.dumps(info, indent=2))
+    print(f"model: {path}")
+    return 0
