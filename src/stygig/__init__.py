@@ -1,5 +1,62 @@
-"""StyGig: fashion outfit recommendation — photo in, outfit out."""
+"""StyGig: fashion outfit recommendation — photo in, outfit out.
+
+The public API, imported lazily so that ``import stygig`` (and the CLI) stays fast::
+
+    from stygig import Recommender, Query, Options
+    rec = Recommender.from_path("build/demo/artifact")
+    rec.recommend(Query(images=("shirt.jpg",)), Options(k=3)).to_dict()
+"""
 
 from __future__ import annotations
 
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "Artifact": "stygig.artifact",
+    "Item": "stygig.catalog",
+    "Taxonomy": "stygig.catalog",
+    "read_catalog": "stygig.catalog",
+    "build_artifact": "stygig.build",
+    "make_build_encoder": "stygig.build",
+    "load_encoder": "stygig.encoders",
+    "Recommender": "stygig.engine",
+    "Options": "stygig.recommendation",
+    "Query": "stygig.recommendation",
+    "Recommendation": "stygig.recommendation",
+    "StygigError": "stygig.errors",
+}
+
+__all__ = [
+    "Artifact",
+    "Item",
+    "Options",
+    "Query",
+    "Recommendation",
+    "Recommender",
+    "StygigError",
+    "Taxonomy",
+    "__version__",
+    "build_artifact",
+    "load_encoder",
+    "make_build_encoder",
+    "read_catalog",
+]
+
+if TYPE_CHECKING:
+    from stygig.artifact import Artifact
+    from stygig.build import build_artifact, make_build_encoder
+    from stygig.catalog import Item, Taxonomy, read_catalog
+    from stygig.encoders import load_encoder
+    from stygig.engine import Recommender
+    from stygig.errors import StygigError
+    from stygig.recommendation import Options, Query, Recommendation
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'stygig' has no attribute {name!r}")
+    return getattr(import_module(module), name)

@@ -1,0 +1,119 @@
+"""What a caller asks and what the recommender answers: ``Options``, ``Query``, ``Recommendation``.
+
+These are the request and response types of :class:`stygig.engine.Recommender`; the CLI's
+``--json``, the HTTP API and batch output all serialise :meth:`Recommendation.to_dict`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from stygig.errors import InvalidOptionsError
+
+__all__ = ["Mode", "Options", "Query", "Recommendation"]
+
+Mode = Literal["outfit", "similar"]
+_MAX_K = 100
+_MAX_QUERY_PARTS = 8
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the caller wants back. Validated on construction."""
+
+    mode: Mode = "outfit"
+    k: int = 3  # per category
+    k_total: int = 12
+    category: str | None = None  # the caller states the (single) photo's category
+    gender: str | None = None  # filter; default: the inferred gender (plus unisex)
+    include_categories: tuple[str, ...] = ()
+    exclude_categories: tuple[str, ...] = ()
+    exclude_ids: tuple[str, ...] = ()
+    filters: dict[str, Any] = field(
+        default_factory=dict
+    )  # attribute -> value | [values] | {min,max}
+    use_color: bool = True
+    diversity: float | None = None  # None: the scoring config's default
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("outfit", "similar"):
+            raise InvalidOptionsError(f"mode must be 'outfit' or 'similar', not {self.mode!r}")
+        for name in ("k", "k_total"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= _MAX_K:
+                raise InvalidOptionsError(f"{name} must be an integer from 1 to {_MAX_K}")
+        if self.diversity is not None and not 0.0 <= self.diversity <= 1.0:
+            raise InvalidOptionsError("diversity must be within [0, 1]")
+        if not isinstance(self.filters, dict):
+            raise InvalidOptionsError("filters must be an object {attribute: value}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Options:
+        """Options from a JSON object (unknown keys are an error, lists become tuples)."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidOptionsError(f"unknown option(s) {unknown}; known: {sorted(known)}")
+        kwargs = dict(data)
+        for name in ("include_categories", "exclude_categories", "exclude_ids"):
+            if name in kwargs:
+                value = kwargs[name]
+                if isinstance(value, str):
+                    value = [value]
+                if not isinstance(value, list | tuple) or not all(
+                    isinstance(v, str) for v in value
+                ):
+                    raise InvalidOptionsError(f"{name} must be a list of strings")
+                kwargs[name] = tuple(value)
+        try:
+            return cls(**kwargs)
+        except TypeError as e:
+            raise InvalidOptionsError(f"invalid options: {e}") from e
+
+
+@dataclass(frozen=True)
+class Query:
+    """Photos (bytes or paths) and/or catalogue item ids that belong together."""
+
+    images: tuple[bytes | str | Path, ...] = ()
+    item_ids: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        parts = len(self.images) + len(self.item_ids)
+        if parts == 0:
+            raise InvalidOptionsError("a query needs at least one photo or item id")
+        if parts > _MAX_QUERY_PARTS:
+            raise InvalidOptionsError(f"a query may hold at most {_MAX_QUERY_PARTS} photos/items")
+
+
+@dataclass
+class Recommendation:
+    """The answer: the query as understood, ranked items, per-category lists, an outfit."""
+
+    mode: str
+    query: list[dict[str, Any]]
+    items: list[dict[str, Any]]
+    by_category: dict[str, list[dict[str, Any]]]
+    outfit: dict[str, Any] | None
+    timings_ms: dict[str, float]
+    artifact: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The response schema shared by the CLI's ``--json``, the API and batch output."""
+        t0 = time.perf_counter()
+        timings = dict(self.timings_ms)
+        out: dict[str, Any] = {
+            "mode": self.mode,
+            "query": self.query,
+            "items": self.items,
+            "by_category": self.by_category,
+            "outfit": self.outfit,
+            "artifact": self.artifact,
+            "timings_ms": timings,
+        }
+        timings["serialise"] = round((time.perf_counter() - t0) * 1e3, 3)
+        return out
