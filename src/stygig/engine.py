@@ -142,17 +142,14 @@ class Recommender:
         from stygig.compat.features import item_features
 
         names = self.learned.categories
-        feats = item_features(self.embeddings, self.rgb, self.category_names_of_items(), names)
+        item_categories = [self.category_names[c] for c in self.category_codes]
+        feats = item_features(self.embeddings, self.rgb, item_categories, names)
         self._learned_vectors = self.learned.project(feats)
         self._learned_cats = feats.category
         lookup = {c: names.index(c) if c in names else -1 for c in self.category_names}
         self._learned_cat_of_code = np.array([lookup[c] for c in self.category_names], np.int64)
         ids = tuple(i.id for i in self.artifact.items)
         self._learned_cooc = self.learned.cooccurrence.codes(ids)
-
-    def category_names_of_items(self) -> list[str]:
-        """Each catalogue row's category name."""
-        return [self.category_names[c] for c in self.category_codes]
 
     def _learned_scores(self, parts: Sequence[_Part], cand: np.ndarray) -> np.ndarray:
         """The compatibility model's score of each candidate row given the query parts."""

@@ -15,7 +15,6 @@ Removal is a tombstone mask applied to every backend alike, so ids stay stable.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -252,8 +251,3 @@ def load_index(
             f"index {file} holds {index.ntotal} vectors but the item table has {len(vectors)}"
         )
     return FaissIndex(index, kind, dict(params or {}))
-
-
-def describe(index: VectorIndex) -> str:
-    """One line for logs and ``stygig inspect``."""
-    return json.dumps({"kind": index.kind, "dim": index.dim, "n": index.ntotal, **index.params()})
