@@ -598,13 +598,24 @@ class Recommender:
     ) -> dict[int, np.ndarray]:
         """Per category: the top-k candidate positions (into ``cand``), diversified by MMR."""
         diversity = self.config.diversity if options.diversity is None else options.diversity
-        # Seeded jitter far below score resolution breaks exact ties reproducibly.
-        jitter = np.random.default_rng(options.seed).random(len(score)) * 1e-7
-        order = np.lexsort((jitter, -score))
+        # Seeded jitter far below float32 score resolution breaks exact ties reproducibly.
+        jitter = np.random.default_rng(options.seed).random(len(score)) * 1e-12
+        key = score.astype(np.float64) - jitter
+        depth = max(options.k * 4, options.k)  # MMR picks k from each category's best `depth`
+        counts = np.bincount(c_cat, minlength=int(c_cat.max(initial=-1)) + 1)
+        cats = np.flatnonzero(counts)
+        # Only the head of the ranking can hold any category's best `depth`: sort just that head
+        # (argpartition is linear), and fall back to the category's own rows when it is thin.
+        head = min(len(key), depth * len(cats) * 2)
+        top = np.argpartition(-key, head - 1)[:head] if 0 < head < len(key) else np.arange(len(key))
+        top = top[np.argsort(-key[top], kind="stable")]
+        top_cats = c_cat[top]
         out: dict[int, np.ndarray] = {}
-        sorted_cats = c_cat[order]
-        for c in np.unique(c_cat):
-            members = order[sorted_cats == c][: max(options.k * 4, options.k)]
+        for c in cats:
+            members = top[top_cats == c][:depth]
+            if len(members) < min(depth, counts[c]):
+                rows = np.flatnonzero(c_cat == c)
+                members = rows[np.argsort(-key[rows], kind="stable")][:depth]
             pick = mmr(score[members], self.embeddings[cand[members]], options.k, diversity)
             out[int(c)] = members[pick]
         return dict(sorted(out.items(), key=lambda kv: -float(score[kv[1][0]])))

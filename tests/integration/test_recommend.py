@@ -229,3 +229,19 @@ def test_approximate_index_path_filters_and_finds_the_same_items(
     assert all(i["gender"] in (out["query"][0]["gender"], "unisex") for i in out["items"])
     exact = Recommender.from_path(sample[1]).recommend(query, Options(k=3, k_total=40)).to_dict()
     assert {i["id"] for i in out["items"]} == {i["id"] for i in exact["items"]}
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_rank_keeps_each_categorys_best_even_when_thin(rec: Recommender, k: int) -> None:
+    rng = np.random.default_rng(0)
+    n = len(rec.artifact.items)
+    cand = np.arange(n)
+    c_cat = rec.category_codes.copy()
+    score = rng.random(n).astype(np.float32)
+    score[c_cat == c_cat[0]] -= 2.0  # one category far below all others: outside the head
+    # k=1: the sorted head (4 x 12 categories x 2 = 96 rows) is shorter than the 131 items.
+    ranked = rec._rank(cand, c_cat, score, Options(k=k, diversity=0.0))
+    for c in np.unique(c_cat):
+        rows = np.flatnonzero(c_cat == c)
+        best = rows[np.argsort(-score[rows], kind="stable")][:k]
+        assert ranked[int(c)].tolist() == best.tolist()
