@@ -13,7 +13,8 @@ of NumPy operations. The embedding step is separable (:meth:`Recommender.prepare
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import numpy as np
 from stygig.artifact import Artifact
 from stygig.encoders import Encoder, load_encoder, load_onnx_encoder
 from stygig.errors import ConfigError, InvalidOptionsError, NotFoundError
-from stygig.features import PreparedImage, prepare_image
+from stygig.features import PreparedImage, color_summary, decode_photo, prepare_image
 from stygig.harmony import (
     HARMONY_PHRASES,
     HARMONY_RULE_NAMES,
@@ -128,6 +129,7 @@ class Recommender:
         self.prices = np.array([np.nan if i.price is None else i.price for i in items], np.float64)
         self._attribute_cache: dict[str, np.ndarray] = {}
         self.color_names = describe_colors(self.rgb)
+        self._color_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stygig-color")
         self.exact = isinstance(artifact.index, ExactIndex) or (
             isinstance(artifact.index, FaissIndex) and artifact.index.kind == "flat"
         )
@@ -228,17 +230,36 @@ class Recommender:
         return vectors if self.whitening is None else self.whitening.apply(vectors)
 
     def recommend(self, query: Query, options: Options | None = None) -> Recommendation:
-        """Photo(s) and/or item ids in, ranked items and an outfit out."""
-        prepared = self.prepare(query.images)
+        """Photo(s) and/or item ids in, ranked items and an outfit out.
+
+        The photos' colours are measured on a second thread while the encoder runs, since
+        neither needs the other; ``timings_ms["total"]`` is the wall-clock time.
+        """
+        start = time.perf_counter()
+        decoded = [decode_photo(img, self.encoder.preprocess) for img in query.images]
+        colors = [self._color_pool.submit(_timed, color_summary, px) for _, px in decoded]
         t1 = time.perf_counter()
-        vectors = self.embed(prepared)
+        vectors = (
+            self.project(self.encoder.encode(np.stack([tensor for tensor, _ in decoded])))
+            if decoded
+            else np.zeros((0, self.embeddings.shape[1]), np.float32)
+        )
         t2 = time.perf_counter()
+        measured = [future.result() for future in colors]
+        t3 = time.perf_counter()
+        prepared = [
+            PreparedImage(tensor, color, {"color": ms})
+            for (tensor, _), (color, ms) in zip(decoded, measured, strict=True)
+        ]
         timings = {
-            "decode": sum(p.timings_ms.get("decode", 0.0) for p in prepared),
-            "color": sum(p.timings_ms.get("color", 0.0) for p in prepared),
+            "decode": (t1 - start) * 1e3,
+            "color": sum(ms for _, ms in measured),
+            "embed": (t2 - t1) * 1e3,
+            "color_wait": (t3 - t2) * 1e3,
         }
-        timings["embed"] = (t2 - t1) * 1e3
-        return self.recommend_embedded(prepared, vectors, query.item_ids, options, timings)
+        rec = self.recommend_embedded(prepared, vectors, query.item_ids, options, timings)
+        rec.timings_ms["total"] = round((time.perf_counter() - start) * 1e3, 3)
+        return rec
 
     # -- everything after the embedding --------------------------------------------------------
 
@@ -718,3 +739,11 @@ def _to_float(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         return float("nan")
+
+
+def _timed(
+    fn: Callable[[np.ndarray], dict[str, Any]], arg: np.ndarray
+) -> tuple[dict[str, Any], float]:
+    t0 = time.perf_counter()
+    result = fn(arg)
+    return result, (time.perf_counter() - t0) * 1e3

@@ -16,7 +16,7 @@ from stygig.color import dominant_colors
 from stygig.images import PreprocessSpec, decode_image, fit_array, preprocess
 from stygig.thumbnails import make_thumbnail
 
-__all__ = ["COLOR_SIDE", "PreparedImage", "prepare_image"]
+__all__ = ["COLOR_SIDE", "PreparedImage", "color_summary", "decode_photo", "prepare_image"]
 
 #: Colour is measured on the whole photo shrunk to fit this many pixels.
 COLOR_SIDE = 128
@@ -51,3 +51,18 @@ def prepare_image(
         thumb = make_thumbnail(img)
         timings["thumbnail"] = (time.perf_counter() - t2) * 1e3
     return PreparedImage(tensor, color, timings, thumb)
+
+
+def decode_photo(source: str | Path | bytes, spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Decode and preprocess one photo: ``(encoder input, colour-input pixels)``.
+
+    For callers that measure the colour concurrently with the embedding (see
+    :func:`color_summary`); :func:`prepare_image` does both steps in one.
+    """
+    img = decode_image(source, min_size=max(spec.size, COLOR_SIDE))
+    return preprocess(img, spec), fit_array(img, COLOR_SIDE)
+
+
+def color_summary(pixels: np.ndarray) -> dict[str, Any]:
+    """The colour summary (as in :class:`PreparedImage`) of pixels from :func:`decode_photo`."""
+    return dominant_colors(pixels).to_dict()
