@@ -50,7 +50,7 @@ from tqdm import tqdm
 from stygig import storage
 from stygig.catalog import Item, Reject, read_catalog
 from stygig.engine import Options, Query, Recommender
-from stygig.errors import BatchError, InvalidImageError, InvalidOptionsError, StygigError
+from stygig.errors import BatchError, InvalidOptionsError, StygigError
 from stygig.features import PreparedImage
 
 __all__ = [
@@ -220,8 +220,6 @@ def prepare_input(rec: Recommender, inp: BatchInput) -> list[PreparedImage] | St
         return rec.prepare([_load_image(s) for s in inp.images])
     except StygigError as e:
         return e
-    except Exception as e:  # a decoder's failure on hostile bytes is that input's error
-        return InvalidImageError(f"the image could not be decoded: {e}")
 
 
 def _record(inp: BatchInput, result: dict[str, Any] | StygigError) -> dict[str, Any]:

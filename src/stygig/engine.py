@@ -518,12 +518,10 @@ class Recommender:
             sims = pool_sims
         else:
             sims = (self.embeddings[cand] @ queries.T).mean(axis=1)
-        q_hsl = [
-            rgb_to_hsl(np.asarray(p.color.get("rgb", [128, 128, 128]), np.float32)) for p in parts
-        ]
-        harm_all = [harmony(h, self.hsl[cand], self.harmony_rules) for h in q_hsl]
-        harm = np.mean([h[0] for h in harm_all], axis=0) if harm_all else np.zeros(len(cand))
-        rules = harm_all[0][1] if harm_all else np.zeros(len(cand), np.int64)
+        q_hsl = rgb_to_hsl(
+            np.array([p.color.get("rgb", [128, 128, 128]) for p in parts], np.float32)
+        )
+        harm, rules = self._harmony(q_hsl, cand)
         use_color = options.use_color and options.mode == "outfit"
         if options.mode == "outfit":
             score, factor = combine(
@@ -591,9 +589,7 @@ class Recommender:
         q = np.array([self._position(i) for i in item_ids], np.int64)
         c = np.array([self._position(i) for i in candidate_ids], np.int64)
         sims = (self.embeddings[c] @ self.embeddings[q].T).mean(axis=1)
-        harm = np.mean(
-            [harmony(self.hsl[p], self.hsl[c], self.harmony_rules)[0] for p in q], axis=0
-        )
+        harm, _ = self._harmony(self.hsl[q], c)
         compatible = self.compat[self.category_codes[q]][:, self.category_codes[c]].all(axis=0)
         score, _ = combine(
             sims,
@@ -607,6 +603,14 @@ class Recommender:
             return score
         final, _ = self._with_learned(q, c, score)
         return final
+
+    def _harmony(self, query_hsl: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Harmony of each candidate averaged over the query colours ``(m, 3)``, and the rule
+        that decided it against the first query colour (the one reasons name)."""
+        per_query = [harmony(h, self.hsl[cand], self.harmony_rules) for h in query_hsl]
+        if not per_query:
+            return np.zeros(len(cand), np.float32), np.zeros(len(cand), np.intp)
+        return np.mean([h[0] for h in per_query], axis=0), per_query[0][1]
 
     def _position(self, item_id: str) -> int:
         pos = self.artifact.positions.get(item_id)

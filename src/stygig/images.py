@@ -166,7 +166,7 @@ def decode_image(
         raise InvalidImageError(
             "the data is not an image StyGig can read", code="not_an_image"
         ) from e
-    except (OSError, ValueError, SyntaxError) as e:
+    except Exception as e:  # any decoder failure on hostile bytes is the input's fault
         raise InvalidImageError(f"the image header is corrupt: {e}") from e
     if img.format not in ACCEPTED_FORMATS:
         raise UnsupportedMediaError(f"{img.format} images are not accepted; send JPEG, PNG or WebP")
@@ -191,7 +191,9 @@ def decode_image(
             img.load()
             img = ImageOps.exif_transpose(img) or img
             return _to_rgb(img)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:
+        raise ImageTooLargeError(f"image has too many pixels: {e}") from e
+    except Exception as e:  # PIL's decoders raise OSError, ValueError, struct.error, ...
         raise InvalidImageError(f"the image data is corrupt or truncated: {e}") from e
 
 

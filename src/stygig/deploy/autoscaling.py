@@ -54,13 +54,10 @@ def _register(aas: Any, rid: str, scaling: Scaling) -> None:
     )
 
 
-def enable_autoscaling(aas: Any, endpoint_name: str, variant_name: str, scaling: Scaling) -> str:
-    """Register the variant and attach target tracking on invocations per instance."""
-    if scaling.min_instances < 1:
-        raise InvalidOptionsError("a real-time endpoint needs --min-instances >= 1")
-    rid = resource_id(endpoint_name, variant_name)
-    _register(aas, rid, scaling)
-    name = f"{endpoint_name}-invocations-per-instance"
+def _target_tracking(
+    aas: Any, name: str, rid: str, scaling: Scaling, metric: dict[str, Any]
+) -> None:
+    """A target-tracking policy at ``scaling.target`` on ``metric`` (a metric specification)."""
     call(
         aas,
         "put_scaling_policy",
@@ -71,11 +68,29 @@ def enable_autoscaling(aas: Any, endpoint_name: str, variant_name: str, scaling:
         PolicyType="TargetTrackingScaling",
         TargetTrackingScalingPolicyConfiguration={
             "TargetValue": float(scaling.target),
-            "PredefinedMetricSpecification": {
-                "PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"
-            },
+            **metric,
             "ScaleInCooldown": scaling.scale_in_cooldown_s,
             "ScaleOutCooldown": scaling.scale_out_cooldown_s,
+        },
+    )
+
+
+def enable_autoscaling(aas: Any, endpoint_name: str, variant_name: str, scaling: Scaling) -> str:
+    """Register the variant and attach target tracking on invocations per instance."""
+    if scaling.min_instances < 1:
+        raise InvalidOptionsError("a real-time endpoint needs --min-instances >= 1")
+    rid = resource_id(endpoint_name, variant_name)
+    _register(aas, rid, scaling)
+    name = f"{endpoint_name}-invocations-per-instance"
+    _target_tracking(
+        aas,
+        name,
+        rid,
+        scaling,
+        {
+            "PredefinedMetricSpecification": {
+                "PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"
+            }
         },
     )
     return name
@@ -89,24 +104,18 @@ def enable_async_scaling(
     _register(aas, rid, scaling)
     dims = [{"Name": "EndpointName", "Value": endpoint_name}]
     backlog = f"{endpoint_name}-backlog-per-instance"
-    call(
+    _target_tracking(
         aas,
-        "put_scaling_policy",
-        PolicyName=backlog,
-        ServiceNamespace="sagemaker",
-        ResourceId=rid,
-        ScalableDimension=DIMENSION,
-        PolicyType="TargetTrackingScaling",
-        TargetTrackingScalingPolicyConfiguration={
-            "TargetValue": float(scaling.target),
+        backlog,
+        rid,
+        scaling,
+        {
             "CustomizedMetricSpecification": {
                 "MetricName": "ApproximateBacklogSizePerInstance",
                 "Namespace": "AWS/SageMaker",
                 "Dimensions": dims,
                 "Statistic": "Average",
-            },
-            "ScaleInCooldown": scaling.scale_in_cooldown_s,
-            "ScaleOutCooldown": scaling.scale_out_cooldown_s,
+            }
         },
     )
     wake = f"{endpoint_name}-wake-from-zero"

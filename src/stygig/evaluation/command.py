@@ -76,26 +76,46 @@ def cached_artifact(catalog: Path, out: Path, encoder_name: str, *, progress: bo
     return result.path
 
 
+def _dataset_artifact(
+    args: argparse.Namespace,
+    catalog: Path,
+    needed: list[Path],
+    cache: str,
+    part: tuple[str, str],
+    metrics: dict[str, Any],
+) -> Artifact | None:
+    """The artifact of ``catalog``, cached as ``<out>/artifacts/<cache>-<encoder>``.
+
+    None when a ``needed`` file is absent: the ``part`` (metrics key, description) is skipped
+    and the reason recorded.
+    """
+    name, what = part
+    missing = [str(p) for p in needed if not p.is_file()]
+    if missing:
+        reason = f"{', '.join(missing)} not found: {what} skipped"
+        print(f"skip: {reason}")
+        metrics["skipped"][name] = reason
+        return None
+    path = cached_artifact(
+        catalog.resolve(),
+        Path(args.out) / "artifacts" / f"{cache}-{args.encoder}",
+        args.encoder,
+        progress=not args.quiet,
+    )
+    return Artifact.load(path)
+
+
 def _photos(args: argparse.Namespace, root: Path, metrics: dict[str, Any]) -> None:
     from stygig.evaluation.category import evaluate_photos
 
     catalog = root / KAGGLE
-    if not catalog.is_file():
-        reason = f"{catalog} not found: category, colour and validity skipped"
-        print(f"skip: {reason}")
-        metrics["skipped"]["category"] = reason
-        return
-    path = cached_artifact(
-        catalog.resolve(),
-        Path(args.out) / "artifacts" / f"kaggle-{args.encoder}",
-        args.encoder,
-        progress=not args.quiet,
+    art = _dataset_artifact(
+        args, catalog, [catalog], "kaggle", ("category", "category, colour and validity"), metrics
     )
-    metrics.update(
-        evaluate_photos(
-            Artifact.load(path), seed=args.seed, limit=args.limit, tune=args.tune_whitening
+    if art is not None:
+        metrics.update(
+            evaluate_photos(art, seed=args.seed, limit=args.limit, tune=args.tune_whitening)
         )
-    )
 
 
 def _outfits(args: argparse.Namespace, root: Path, metrics: dict[str, Any]) -> None:
@@ -103,20 +123,13 @@ def _outfits(args: argparse.Namespace, root: Path, metrics: dict[str, Any]) -> N
 
     catalog = root / MANGO
     outfits = Path(args.outfits) if args.outfits else root / MANGO_OUTFITS
-    missing = [str(p) for p in (catalog, outfits) if not p.is_file()]
-    if missing:
-        reason = f"{', '.join(missing)} not found: fill-in-the-blank skipped"
-        print(f"skip: {reason}")
-        metrics["skipped"]["fitb"] = reason
-        return
-    path = cached_artifact(
-        catalog.resolve(),
-        Path(args.out) / "artifacts" / f"mango-{args.encoder}",
-        args.encoder,
-        progress=not args.quiet,
+    art = _dataset_artifact(
+        args, catalog, [catalog, outfits], "mango", ("fitb", "fill-in-the-blank"), metrics
     )
+    if art is None:
+        return
     metrics["fitb"] = evaluate_outfits(
-        Artifact.load(path), outfits, Path(args.out), seed=args.seed, limit=args.limit
+        art, outfits, Path(args.out), seed=args.seed, limit=args.limit
     )
 
 

@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -42,8 +42,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from stygig import __version__
 from stygig.engine import Options, Query, Recommender, load_artifact_encoder
 from stygig.errors import (
-    ImageTooLargeError,
-    InvalidImageError,
     InvalidOptionsError,
     NotFoundError,
     OverloadedError,
@@ -206,7 +204,7 @@ class ModelService:
         prepared: list[PreparedImage] = []
         vectors = np.zeros((0, rec.embeddings.shape[1]), np.float32)
         if parsed.query.images:
-            prepared = await self.run(_prepare, rec, parsed.query.images)
+            prepared = await self.run(rec.prepare, parsed.query.images)
             timings["decode"] = sum(p.timings_ms.get("decode", 0.0) for p in prepared)
             timings["color"] = sum(p.timings_ms.get("color", 0.0) for p in prepared)
             self.metrics.queue_depth.set(self.batcher.depth + 1)
@@ -229,21 +227,6 @@ class ModelService:
         body, final = await self.run(finish)
         self.metrics.observe_timings(final)
         return body
-
-
-def _prepare(rec: Recommender, images: Sequence[bytes | str | Path]) -> list[PreparedImage]:
-    """Decode client photos; whatever a decoder throws on client bytes is the client's 4xx."""
-    from PIL import Image
-
-    try:
-        return rec.prepare(images)
-    except StygigError:
-        raise
-    except Image.DecompressionBombError as e:
-        raise ImageTooLargeError(f"the image has too many pixels: {e}") from e
-    except Exception as e:  # a decoder's own failure on hostile bytes must not be a 500
-        log.warning("decoder failure on client input", exc_info=True)
-        raise InvalidImageError(f"the image could not be decoded: {e}") from e
 
 
 def _load(path: Path, verify: bool, device: str) -> Recommender:
