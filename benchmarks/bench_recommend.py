@@ -19,6 +19,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import faiss
@@ -27,6 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stygig.build import make_build_encoder
 from stygig.engine import Options, Query, Recommender
+from stygig.scoring import ScoringConfig
 from synthetic import synthetic_artifact
 
 HERE = Path(__file__).resolve().parent
@@ -49,6 +51,8 @@ STAGES = (
     "serialise",
     "total",
 )
+
+ALWAYS_GUESS = replace(ScoringConfig.load(), gender_min_confidence=0.0)
 
 
 def _photos(n: int) -> list[bytes]:
@@ -84,7 +88,10 @@ def main() -> None:
                 path = synthetic_artifact(
                     Path(tmp) / key, args.items, encoder_info=encoder.describe(), extra_files=files
                 )
-            recs[key] = Recommender.from_path(path)
+            # Synthetic genders are random, so every photo's gender vote is unsure and would be
+            # hedged to the unisex third of the catalogue; always guess instead, so the timing
+            # covers the larger candidate set (the guessed gender + unisex), as before the hedge.
+            recs[key] = Recommender.from_path(path, config=ALWAYS_GUESS)
             recs[key].recommend(Query(images=(photos[0],)))  # warm-up
         timings: dict[str, dict[str, list[float]]] = {k: {s: [] for s in STAGES} for k in recs}
         e2e: dict[str, list[float]] = {k: [] for k in recs}

@@ -116,6 +116,15 @@ def _print_table(rec: dict[str, Any]) -> None:
             f"query {part['source']}: {part['category']} ({part['category_source']}"
             f"{'; votes ' + votes if votes else ''}) colour {part['hex']} rgb {tuple(part['rgb'])}"
         )
+    gender = rec.get("gender") or {}
+    if gender.get("source") == "uncertain":
+        print(
+            f"gender: uncertain (best guess {gender['guess']}, {gender['confidence']:.0%} of the "
+            "vote): unisex items only; --gender states it"
+        )
+    elif gender.get("value"):
+        sure = f", {gender['confidence']:.0%} of the vote" if "confidence" in gender else ""
+        print(f"gender: {gender['value']} ({gender['source']}{sure})")
     if rec["outfit"]:
         print("\noutfit:")
         for slot, item in rec["outfit"]["slots"].items():

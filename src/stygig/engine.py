@@ -77,9 +77,12 @@ class _Part:
     category_source: str = "vote"
     info: dict[str, Any] = field(default_factory=dict)
     color_name: str = ""
+    gender_weights: dict[int, float] = field(default_factory=dict)  # neighbours' gender vote
 
     def __post_init__(self) -> None:
-        self.color_name = describe_color(self.color.get("rgb", [128, 128, 128]))
+        # Colour summaries name their colour (off the critical path, beside the encoder).
+        name = self.color.get("name")
+        self.color_name = str(name) if name else describe_color(self.color.get("rgb", [128] * 3))
 
 
 def _codes(values: Sequence[str | None]) -> tuple[list[str], np.ndarray]:
@@ -277,7 +280,7 @@ class Recommender:
                 _Part(
                     f"item:{item_id}",
                     self.embeddings[pos],
-                    self.artifact.colors[pos],
+                    {**self.artifact.colors[pos], "name": str(self.color_names[pos])},
                     position=pos,
                     category=int(self.category_codes[pos]),
                     category_source="catalog",
@@ -332,6 +335,7 @@ class Recommender:
                 self.gender_codes[attr_ids] == self._unisex, -1, self.gender_codes[attr_ids]
             )
             gender = vote(genders, attr_s)
+            part.gender_weights = {g: max(w, 0.0) for g, w in gender.similarity.items()}
             usage = vote(self.usage_codes[attr_ids], attr_s)
             part.info = {
                 "votes": {self.category_names[c]: n for c, n in cat_vote.counts.items()},
@@ -351,7 +355,48 @@ class Recommender:
                 part.info["gender"] = (
                     self.gender_names[gender.winner] if gender.winner >= 0 else None
                 )
+                part.info["gender_votes"] = {
+                    self.gender_names[g]: n for g, n in gender.counts.items()
+                }
                 part.info["usage"] = self.usage_names[usage.winner] if usage.winner >= 0 else None
+
+    def _query_gender(self, parts: list[_Part], options: Options) -> dict[str, Any]:
+        """Whose items to recommend: the stated gender, a catalogue item's, or the photos' vote.
+
+        The photos' gender votes are pooled (similarity-weighted, unisex neighbours abstain).
+        When the winner holds less than ``gender_min_confidence`` of that weight the engine
+        does not guess: ``source`` is ``uncertain`` and only unisex items (or items without a
+        gender) are recommended, since they fit whoever the shopper is.
+        """
+        if options.gender:
+            gender = options.gender.lower()
+            if gender not in self.gender_names:
+                raise InvalidOptionsError(
+                    f"gender {options.gender!r} is not in this catalogue; known: "
+                    f"{self.gender_names}"
+                )
+            return {"value": gender, "source": "stated"}
+        for part in parts:
+            if part.position is not None and part.info.get("gender") not in (None, "unisex"):
+                return {"value": part.info["gender"], "source": "item"}
+        pooled: dict[int, float] = {}
+        for part in parts:
+            if part.position is None:
+                for g, w in part.gender_weights.items():
+                    pooled[g] = pooled.get(g, 0.0) + w
+        total = sum(pooled.values())
+        if not pooled or total <= 0:
+            return {"value": None, "source": "none"}
+        winner = min(pooled, key=lambda g: (-pooled[g], g))
+        confidence = pooled[winner] / total
+        out = {
+            "value": self.gender_names[winner],
+            "source": "photo",
+            "confidence": round(confidence, 3),
+        }
+        if confidence < self.config.gender_min_confidence:
+            out.update(value=None, source="uncertain", guess=self.gender_names[winner])
+        return out
 
     def _attribute_values(self, name: str) -> np.ndarray:
         cached = self._attribute_cache.get(name)
@@ -365,24 +410,27 @@ class Recommender:
         return cached
 
     def _filter_mask(
-        self, options: Options, parts: list[_Part], rows: np.ndarray | None = None
+        self,
+        options: Options,
+        parts: list[_Part],
+        gender: dict[str, Any],
+        rows: np.ndarray | None = None,
     ) -> np.ndarray:
         """Which items pass every filter: over the whole catalogue, or over ``rows`` only."""
         n = len(self.artifact.items) if rows is None else len(rows)
         sel: slice | np.ndarray = slice(None) if rows is None else rows
         removed = self._removed()
         mask = np.ones(n, dtype=bool) if removed is None else ~removed[sel]
-        gender = options.gender.lower() if options.gender else parts[0].info.get("gender")
-        if gender and gender != "unisex" and gender in self.gender_names:
+        value = gender["value"]
+        # Outfits for an uncertain gender hedge with unisex items; visual search does not.
+        hedge = gender["source"] == "uncertain" and options.mode == "outfit"
+        if (value and value != "unisex") or hedge:
             codes = self.gender_codes[sel]
-            # The same gender, unisex, or items without a gender (code -1).
-            mask &= (
-                (codes == self.gender_names.index(gender)) | (codes == self._unisex) | (codes < 0)
-            )
-        elif options.gender and gender not in self.gender_names:
-            raise InvalidOptionsError(
-                f"gender {options.gender!r} is not in this catalogue; known: {self.gender_names}"
-            )
+            # The same gender (none when hedging), unisex, or items without a gender (-1).
+            fits = (codes == self._unisex) | (codes < 0)
+            if value:
+                fits |= codes == self.gender_names.index(value)
+            mask &= fits
         for name, include in (
             ("include_categories", True),
             ("exclude_categories", False),
@@ -465,6 +513,7 @@ class Recommender:
             nb_scores, nb_ids = self._neighbours(queries, fetch, full)
         t_search = time.perf_counter()
         self._vote(parts, nb_scores, nb_ids)
+        gender = self._query_gender(parts, options)
         t_vote = time.perf_counter()
         timings["search"] = (t_search - t) * 1e3
         timings["vote"] = (t_vote - t_search) * 1e3
@@ -476,8 +525,8 @@ class Recommender:
         selective = bool(options.include_categories or options.filters)
         pool_sims: np.ndarray | None = None
         if self.exact:
-            cand = np.flatnonzero(self._filter_mask(options, parts))
-        elif selective and (mask := self._filter_mask(options, parts)).sum() <= (
+            cand = np.flatnonzero(self._filter_mask(options, parts, gender))
+        elif selective and (mask := self._filter_mask(options, parts, gender)).sum() <= (
             self.config.candidate_pool
         ):
             cand = np.flatnonzero(mask)
@@ -486,7 +535,7 @@ class Recommender:
                 pool = self.artifact.index.search(queries.mean(axis=0), self.config.candidate_pool)
             found = pool[1][0] >= 0
             ids, sims_found = pool[1][0][found], pool[0][0][found]
-            keep_pool = self._filter_mask(options, parts, ids)
+            keep_pool = self._filter_mask(options, parts, gender, ids)
             cand = ids[keep_pool]
             if len(parts) == 1:
                 pool_sims = sims_found[keep_pool]
@@ -573,6 +622,7 @@ class Recommender:
             by_category=by_category,
             outfit=outfit,
             timings_ms={k: round(v, 3) for k, v in timings.items()},
+            gender=gender,
             artifact={"encoder": self.encoder.name, "items": len(self.artifact.items)},
         )
 
@@ -712,7 +762,7 @@ class Recommender:
             "brand": item.brand,
             "rgb": rgb,
             "hex": color.get("hex"),
-            "hsl": [round(float(v), 4) for v in self.hsl[pos]],
+            "hsl": [round(v, 4) for v in self.hsl[pos].tolist()],
             "score": round(float(score), 4),
             "similarity": round(float(sim), 4),
             "harmony": round(float(harm), 4),
@@ -733,6 +783,7 @@ class Recommender:
             **part.info,
             "rgb": rgb,
             "hex": part.color.get("hex"),
+            "color_name": part.color_name,
             "hsl": [round(float(v), 4) for v in rgb_to_hsl(np.asarray(rgb, np.float32))],
             "palette": part.color.get("palette", []),
         }

@@ -101,6 +101,9 @@ class Recommendation:
     outfit: dict[str, Any] | None
     timings_ms: dict[str, float]
     artifact: dict[str, Any]
+    # Whose items were recommended: {"value", "source": stated | item | photo | uncertain | none,
+    # "confidence" and "guess" when voted from photos}.
+    gender: dict[str, Any] = field(default_factory=lambda: {"value": None, "source": "none"})
 
     def to_dict(self) -> dict[str, Any]:
         """The response schema shared by the CLI's ``--json``, the API and batch output."""
@@ -112,6 +115,7 @@ class Recommendation:
             "items": self.items,
             "by_category": self.by_category,
             "outfit": self.outfit,
+            "gender": self.gender,
             "artifact": self.artifact,
             "timings_ms": timings,
         }

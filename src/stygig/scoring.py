@@ -37,6 +37,9 @@ class ScoringConfig:
     harmony_weight: float = 0.4
     vote_k: int = 5
     attribute_vote_k: int = 10  # neighbours voting for gender and usage
+    # Below this share of the photos' gender vote the engine does not guess a gender: outfits
+    # are drawn from unisex items (0 = always guess).
+    gender_min_confidence: float = 0.8
     diversity: float = 0.3  # MMR: 0 = pure score, 1 = pure novelty
     candidate_pool: int = 4096  # approximate indexes: neighbours scored per query
     harmony: dict[str, float] | None = None  # per-rule harmony scores, see stygig.harmony
@@ -70,6 +73,8 @@ class ScoringConfig:
             raise ConfigError("scoring config: diversity must be within [0, 1]")
         if cfg.compat_mode not in COMPAT_MODES:
             raise ConfigError(f"scoring config: compat_mode must be one of {COMPAT_MODES}")
+        if not 0.0 <= cfg.gender_min_confidence <= 1.0:
+            raise ConfigError("scoring config: gender_min_confidence must be within [0, 1]")
         if cfg.vote_k < 1 or cfg.attribute_vote_k < 1:
             raise ConfigError("scoring config: vote_k and attribute_vote_k must be at least 1")
         return cfg

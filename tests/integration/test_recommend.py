@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,45 @@ def test_gender_inferred_and_respected(rec: Recommender) -> None:
     assert all(i["gender"] in ("women", "unisex") for i in out["items"])
 
 
+def test_uncertain_gender_hedges_with_unisex_items(
+    rec: Recommender, sample: tuple[Path, Path]
+) -> None:
+    """Below ``gender_min_confidence`` the engine does not guess: outfits use unisex items."""
+    strict = Recommender(
+        rec.artifact, encoder=rec.encoder, config=replace(rec.config, gender_min_confidence=1.0)
+    )
+    always = Recommender(
+        rec.artifact, encoder=rec.encoder, config=replace(rec.config, gender_min_confidence=0.0)
+    )
+    hedged = 0
+    for photo in sorted((sample[0] / "queries").glob("*.jpg")):
+        query = Query(images=(photo,))
+        votes = rec.recommend(query).to_dict()["query"][0]["gender_votes"]
+        out = strict.recommend(query, Options(k_total=40)).to_dict()
+        guess = always.recommend(query, Options(k_total=40)).to_dict()
+        assert guess["gender"]["source"] == "photo" and guess["gender"]["value"] in votes
+        assert all(i["gender"] in (guess["gender"]["value"], "unisex") for i in guess["items"])
+        if len(votes) > 1:  # mixed neighbours: not 100 % sure
+            hedged += 1
+            g = out["gender"]
+            assert g["source"] == "uncertain" and g["value"] is None
+            assert g["guess"] == guess["gender"]["value"] and g["confidence"] < 1.0
+            assert out["items"] and all(i["gender"] == "unisex" for i in out["items"])
+            assert all(r["gender"] == "unisex" for r in out["outfit"]["slots"].values())
+            # visual search does not hedge: similar items of any gender
+            similar = strict.recommend(query, Options(mode="similar", k_total=40)).to_dict()
+            assert {i["gender"] for i in similar["items"]} - {"unisex"}
+        else:
+            assert out["gender"]["source"] == "photo"
+    assert hedged, "the tiny encoder's votes on the sample photos are mixed for some photo"
+    # A stated gender or a catalogue item's gender is never second-guessed.
+    photo = sample[0] / "queries" / "blue-jeans.jpg"
+    stated = strict.recommend(Query(images=(photo,)), Options(gender="men")).to_dict()
+    assert stated["gender"] == {"value": "men", "source": "stated"}
+    item = strict.recommend(Query(item_ids=("sku-0060",), images=(photo,))).to_dict()
+    assert item["gender"] == {"value": "women", "source": "item"}
+
+
 def test_stated_category_wins(rec: Recommender, sample: tuple[Path, Path]) -> None:
     photo = sample[0] / "queries" / "blue-jeans.jpg"
     out = rec.recommend(Query(images=(photo,)), Options(category="skirt")).to_dict()
@@ -175,6 +215,7 @@ def test_cli_recommend_table_and_json(
     assert main(["recommend", "--artifact", str(sample[1]), str(photo)]) == 0
     table = capsys.readouterr().out
     assert "outfit:" in table and "votes" in table and "timings (ms)" in table
+    assert "gender: " in table  # voted, or uncertain with the unisex hedge spelled out
     assert (
         main(
             [

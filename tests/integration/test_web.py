@@ -255,6 +255,13 @@ def test_photo_in_outfit_out_matches_the_api(
         li.get_attribute("data-hex") for li in browser.find_elements("css selector", "#palette li")
     ]
     assert swatches == [p["hex"] for p in query["palette"]]
+    # whose items: the page says what the engine decided (voted, or uncertain -> unisex)
+    gender_line = browser.find_element("id", "query-gender")
+    assert gender_line.get_attribute("data-source") == api["gender"]["source"]
+    if api["gender"]["source"] == "uncertain":
+        assert "unisex" in gender_line.text and api["gender"]["guess"] in gender_line.text
+    elif api["gender"]["value"]:
+        assert api["gender"]["value"] in gender_line.text
 
     # the board: one card per outfit slot, the API's item, colour and score on each
     cards = browser.find_elements("css selector", "#board .card")

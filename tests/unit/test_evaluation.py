@@ -277,6 +277,19 @@ def test_eval_end_to_end_with_the_tiny_encoder(tmp_path: Path) -> None:
     assert metrics["validity"]["queries"] > 0
     assert 0.0 <= metrics["validity_whitened"]["items_both_valid"] <= 1.0
     assert 0.0 <= metrics["color"]["agreement"] <= 1.0
+    # Guess or hedge: more queries hedged (unisex only) as the confidence threshold rises, none
+    # at 0; the always-guess run is the threshold-0 point of the curve.
+    gender = metrics["gender_confidence"]
+    curve = gender["queries"]
+    assert [r["threshold"] for r in curve] == [r["threshold"] for r in gender["calibration"]]
+    assert curve[0]["threshold"] == 0.0 and curve[0]["hedged_share"] == 0.0
+    hedged = [r["hedged_share"] for r in curve]
+    assert hedged == sorted(hedged) and hedged[-1] > 0.0
+    shares = [c["confident_share"] for c in gender["calibration"]]
+    assert shares[0] == 1.0 and shares == sorted(shares, reverse=True)
+    guessed = metrics["validity_whitened_always_guess"]
+    assert guessed["items_both_valid"] == curve[0]["items_both_valid"]
+    assert (out / "gender-confidence.png").stat().st_size > 0
     fitb = metrics["fitb"]
     assert fitb["questions"] > 0 and set(fitb["accuracy"]) >= {
         "v4",

@@ -144,7 +144,7 @@ def outfit_validity(
     query_rows: Sequence[int],
     held_out: Sequence[int],
     *,
-    limit: int = 500,
+    limit: int | None = None,
     seed: int = 0,
     state_gender: bool = False,
 ) -> dict[str, Any]:
@@ -164,7 +164,7 @@ def outfit_validity(
     artifact.index.remove(np.asarray(held_out, np.int64))
     excluded = tuple(artifact.items[i].id for i in held_out)
     rows = np.asarray(query_rows, np.int64)
-    if len(rows) > limit:
+    if limit is not None and len(rows) > limit:
         rows = np.sort(np.random.default_rng(seed).choice(rows, limit, replace=False))
     tally = Counter[str]()
     for pos in rows.tolist():
@@ -182,6 +182,9 @@ def outfit_validity(
             ),
         )
         outfit_ids = set((rec.outfit or {}).get("item_ids", []))
+        tally["hedged"] += rec.gender["source"] == "uncertain"
+        tally["items"] += len(rec.items)
+        tally["outfit_slots"] += len(outfit_ids)
         for row in rec.items:
             for scope in ("items", "outfit") if row["id"] in outfit_ids else ("items",):
                 cat_ok = recommender.taxonomy.compatible(truth.category, row["category"])
@@ -197,6 +200,10 @@ def outfit_validity(
         for what in ("category", "gender", "both"):
             out[f"{scope}_{what}_valid"] = tally[f"{scope}_{what}"] / n
     out["queries_without_items"] = tally["queries_without_items"]
+    # What hedging an uncertain gender with unisex items costs: how often, and how full answers are.
+    out["hedged_share"] = tally["hedged"] / max(len(rows), 1)
+    out["items_per_query"] = tally["items"] / max(len(rows), 1)
+    out["outfit_slots_per_query"] = tally["outfit_slots"] / max(len(rows), 1)
     return out
 
 
@@ -309,4 +316,98 @@ def evaluate_photos(
         out["validity_whitened_stated_gender"] = outfit_validity(
             white_rec, queries, removed, seed=seed, state_gender=True
         )
+        out["validity_whitened_always_guess"] = outfit_validity(
+            replace_config(white_rec, gender_min_confidence=0.0), queries, removed, seed=seed
+        )
+        out["gender_confidence"] = gender_confidence_curve(
+            white_rec, white[split.catalog], split.catalog, queries, removed, seed=seed
+        )
     return out
+
+
+#: Thresholds of ``gender_min_confidence`` the evaluation reports (0 = always guess).
+GENDER_THRESHOLDS = (0.0, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)
+
+
+def gender_confidence_curve(
+    recommender: Recommender,
+    catalog_vectors: np.ndarray,
+    catalog_rows: np.ndarray,
+    query_rows: Sequence[int],
+    held_out: Sequence[int],
+    *,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """What ``gender_min_confidence`` trades: validity against hedged (unisex-only) answers.
+
+    ``calibration`` is measured on the catalogue alone (each catalogue photo voted by the other
+    catalogue photos, leave-one-out): the share of photos confident at each threshold and how
+    often their voted gender is right — what a retailer can compute to pick the threshold
+    without any query photos. ``queries`` runs the engine on the held-out query photos at each
+    threshold.
+    """
+    k = recommender.config.attribute_vote_k
+    genders = recommender.gender_codes[catalog_rows]
+    names = recommender.gender_names
+    unisex = names.index("unisex") if "unisex" in names else -2
+    conf = np.empty(len(catalog_rows))
+    right = np.empty(len(catalog_rows), bool)
+    for start in range(0, len(catalog_rows), _CHUNK):
+        sims = catalog_vectors[start : start + _CHUNK] @ catalog_vectors.T
+        np.fill_diagonal(sims[:, start : start + _CHUNK], -np.inf)
+        top = np.argsort(-sims, axis=1)[:, :k]
+        for row, (ids, s) in enumerate(zip(top, np.take_along_axis(sims, top, 1), strict=True)):
+            labels = np.where(genders[ids] == unisex, -1, genders[ids])
+            weights = {g: max(w, 0.0) for g, w in vote(labels, s).similarity.items()}
+            total = sum(weights.values())
+            i = start + row
+            if total <= 0:
+                conf[i], right[i] = 0.0, True
+                continue
+            winner = min(weights, key=lambda g: (-weights[g], g))
+            conf[i] = weights[winner] / total
+            right[i] = genders[i] in (winner, unisex) or genders[i] < 0
+    calibration = [
+        {
+            "threshold": t,
+            "confident_share": float((conf >= t).mean()),
+            "confident_correct": float(right[conf >= t].mean()) if (conf >= t).any() else None,
+        }
+        for t in GENDER_THRESHOLDS
+    ]
+    curve = []
+    for t in GENDER_THRESHOLDS:
+        rec = replace_config(recommender, gender_min_confidence=t)
+        v = outfit_validity(rec, query_rows, held_out, seed=seed)
+        curve.append(
+            {
+                "threshold": t,
+                **{
+                    key: v[key]
+                    for key in (
+                        "items_both_valid",
+                        "items_gender_valid",
+                        "outfit_both_valid",
+                        "hedged_share",
+                        "items_per_query",
+                        "outfit_slots_per_query",
+                    )
+                },
+            }
+        )
+    return {
+        "default": recommender.config.gender_min_confidence,
+        "calibration": calibration,
+        "queries": curve,
+    }
+
+
+def replace_config(recommender: Recommender, **changes: Any) -> Recommender:
+    """The same artifact and encoder under a scoring config with ``changes``."""
+    from stygig.engine import Recommender as _Recommender
+
+    return _Recommender(
+        recommender.artifact,
+        encoder=recommender.encoder,
+        config=replace(recommender.config, **changes),
+    )

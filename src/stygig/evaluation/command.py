@@ -135,7 +135,13 @@ def _outfits(args: argparse.Namespace, root: Path, metrics: dict[str, Any]) -> N
 
 def run_eval(args: argparse.Namespace) -> int:
     """Run the requested parts and write ``metrics.json`` + ``metrics.png``."""
-    from stygig.evaluation.report import bars_from_metrics, fitb_table, write_chart, write_metrics
+    from stygig.evaluation.report import (
+        bars_from_metrics,
+        fitb_table,
+        write_chart,
+        write_gender_chart,
+        write_metrics,
+    )
 
     started = time.perf_counter()
     root = Path(args.datasets)
@@ -161,10 +167,13 @@ def run_eval(args: argparse.Namespace) -> int:
         title=f"StyGig eval: {args.encoder}, seed {args.seed}"
         + (f", limit {args.limit}" if args.limit else ""),
     )
+    gender_png = write_gender_chart(metrics, out)
     for bar in bars_from_metrics(metrics):
         target = f"  (target {bar.target:.1%})" if bar.target is not None else ""
         print(f"{bar.group:<18} {bar.label:<28} {bar.value:7.2%}{target}")
     if "fitb" in metrics:
         print(fitb_table(metrics))
     print(f"metrics: {json_path}\nchart:   {png_path}")
+    if gender_png is not None:
+        print(f"gender:  {gender_png}")
     return 0

@@ -92,6 +92,15 @@ def bars_from_metrics(metrics: dict[str, Any]) -> list[Bar]:
             spec.append(
                 ("outfit validity", f"{scope}: {label}", where, targets.get("validity"), False)
             )
+    spec.append(
+        (
+            "outfit validity",
+            "items: whitened, gender always guessed",
+            ("validity_whitened_always_guess", "items_both_valid"),
+            None,
+            True,
+        )
+    )
     for sampling in ("uniform", "matched"):
         for name in LEARNED:
             spec.append(
@@ -184,6 +193,49 @@ def write_chart(bars: list[Bar], out_dir: Path, *, title: str = "StyGig evaluati
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_gender_chart(metrics: dict[str, Any], out_dir: Path) -> Path | None:
+    """``gender-confidence.png``: validity and hedged share against ``gender_min_confidence``."""
+    block = metrics.get("gender_confidence")
+    if not block:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = block["queries"]
+    cal = block["calibration"]
+    t = [r["threshold"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    ax.plot(t, [r["items_both_valid"] * 100 for r in rows], "o-", label="validity (query photos)")
+    ax.plot(
+        t,
+        [(c["confident_correct"] or 0) * 100 for c in cal],
+        "s--",
+        label="confident votes right (catalogue, leave-one-out)",
+    )
+    target = metrics.get("targets", {}).get("validity")
+    if target:
+        ax.axhline(target * 100, color="#e53e3e", lw=1, label="validity target")
+    ax.axvline(block["default"], color="#718096", ls=":", label="default")
+    ax.set_ylim(90, 100)
+    ax.set_xlabel("gender_min_confidence (0 = always guess)")
+    ax.set_ylabel("% right")
+    right = ax.twinx()
+    right.plot(t, [r["hedged_share"] * 100 for r in rows], "^-", color="#2f855a")
+    right.set_ylim(0, 50)
+    right.set_ylabel("% of queries hedged (unisex items only)", color="#2f855a")
+    ax.set_title("Gender: guess or hedge? (triangles: right axis)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "gender-confidence.png"
     fig.savefig(path)
     plt.close(fig)
     return path

@@ -231,6 +231,7 @@
       img.alt = state.source.card.name || state.source.id;
     }
     renderQuery(q);
+    renderGender(body.gender || {});
     state.outfit = {};
     const outfit = body.mode === "outfit" && body.outfit ? body.outfit.slots : null;
     if (outfit) for (const [slot, row] of Object.entries(outfit)) state.outfit[slot] = row;
@@ -277,6 +278,24 @@
       li.title = c.hex === q.hex ? "Main colour" : "";
       palette.append(li);
     }
+  }
+
+  // Whose items these are: stated, from a catalogue item, voted from the photo, or uncertain
+  // (then the engine shows unisex pieces only and says so).
+  function renderGender(g) {
+    const box = $("query-gender");
+    box.dataset.source = g.source || "none";
+    let text = "";
+    if (g.source === "uncertain") {
+      text = "We can't tell from the photo whether this is for men or women (best guess " + words(g.guess) +
+        ", " + Math.round(100 * g.confidence) + "% sure), so the outfit uses unisex pieces. Choose a gender above for more.";
+    } else if (g.source === "photo" && g.value) {
+      text = "For " + words(g.value) + " (" + Math.round(100 * g.confidence) + "% of similar items).";
+    } else if (g.value) {
+      text = "For " + words(g.value) + ".";
+    }
+    box.textContent = text;
+    box.hidden = !text;
   }
 
   function scoreParts(row) {
