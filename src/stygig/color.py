@@ -167,11 +167,13 @@ class ColorSummary:
     palette: list[tuple[RGB, float]]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form: ``{"rgb": [r, g, b], "hex": "#rrggbb", "hsl": [...], "family", "palette"}``."""
+        """JSON form: ``{"rgb": [r, g, b], "hex": "#rrggbb", "name", "hsl": [...], "family",
+        "palette"}`` (``name`` as reasons use it, e.g. "navy")."""
         h, s, light = self.hsl
         return {
             "rgb": list(self.rgb),
             "hex": _hex(self.rgb),
+            "name": describe_color(self.rgb),
             "hsl": [round(h, 2), round(s, 4), round(light, 4)],
             "family": self.family,
             "palette": [

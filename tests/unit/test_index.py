@@ -43,6 +43,31 @@ def test_faiss_agrees_with_exact_oracle(kind: str) -> None:
     assert recall >= (1.0 if kind == "flat" else 0.9)
 
 
+@pytest.mark.parametrize("storage", ["fp16", "flat"])
+def test_ivf_storage_float16_and_float32(tmp_path: Path, storage: str) -> None:
+    """IVF lists in float16 (the default) find the neighbours float32 lists find, with inner
+    products within 1e-3 of the exact ones, and survive a save/load round trip."""
+    x = _clustered(3000, 32)
+    q = _clustered(50, 32, seed=1)
+    idx = build_index(x, "ivf", nlist=16, nprobe=16, storage=storage)  # every list: exhaustive
+    assert idx.params()["storage"] == storage
+    scores, ids = idx.search(q, 10)
+    oracle_ids = build_index(x, "exact").search(q, 10)[1]
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(oracle_ids, ids, strict=True)])
+    assert recall >= 0.98
+    exact = np.einsum("ij,ij->i", np.repeat(q, 10, axis=0), x[ids.ravel()]).reshape(ids.shape)
+    tolerance = 1e-3 if storage == "fp16" else 1e-5
+    assert np.abs(scores - exact).max() <= tolerance
+    idx.save(tmp_path)
+    loaded = load_index(tmp_path, "ivf", x, idx.params())
+    assert (loaded.search(q, 10)[1] == ids).all()
+
+
+def test_ivf_storage_must_be_known() -> None:
+    with pytest.raises(InvalidOptionsError, match="storage"):
+        build_index(_unit(500, 8), "ivf", nlist=4, storage="pq")
+
+
 def test_k_larger_than_index_pads_with_minus_one() -> None:
     x = _unit(4, 8)
     for kind in ("exact", "flat"):
