@@ -506,7 +506,8 @@ class Recommender:
         pool: tuple[np.ndarray, np.ndarray] | None = None
         if full is None and len(parts) == 1:
             # Approximate index, one query vector: a single search yields both the voters
-            # (its head) and the candidate pool with exact inner products (IVF-Flat, HNSW-Flat).
+            # (its head) and the candidate pool with its inner products (exact for HNSW-Flat and
+            # IVF-Flat, within ~1e-4 for IVF lists stored in float16).
             pool = self.artifact.index.search(queries, max(fetch, self.config.candidate_pool))
             nb_scores, nb_ids = pool[0][:, :fetch], pool[1][:, :fetch]
         else:
