@@ -6,7 +6,9 @@ Synthetic clustered 512-d unit vectors (see benchmarks/synthetic.py). For each s
 gets the index ``auto`` picks (exact flat up to 50k items, IVF above), and the benchmark times
 ``Recommender.recommend_embedded`` for one query vector — search, top-5 vote, candidate scoring,
 ranking and outfit assembly: everything after the embedding — with FAISS on one thread.
-recall@50 compares the approximate index's top 50 with exact search. Writes
+recall@50 compares the approximate index's top 50 with exact search; above 50k items the index
+is split by outfit slot (:class:`stygig.index.PartitionedIndex`) and the per-slot recall@50 —
+each slot's own top 50, what outfit candidates come from — is reported too. Writes
 benchmarks/results/search.json.
 """
 
@@ -18,6 +20,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,6 +32,7 @@ from stygig.artifact import Artifact
 from stygig.engine import Options, Recommender
 from stygig.features import PreparedImage, color_summary
 from stygig.images import PreprocessSpec
+from stygig.index import PartitionedIndex
 from stygig.scoring import ScoringConfig
 from synthetic import clustered_vectors, synthetic_artifact
 
@@ -75,13 +79,22 @@ def run_size(n: int, n_queries: int, workdir: Path) -> dict[str, object]:
         latencies.append((time.perf_counter() - t) * 1e3)
         for key in stage:
             stage[key].append(out.timings_ms[key])
-    recall = None
+    recall = slot_recall = None
     if art.index.kind != "flat":
-        exact = np.argsort(-(queries @ x.T), axis=1)[:, :50]
+        sims = queries @ x.T
+        exact = np.argsort(-sims, axis=1)[:, :50]
         approx = art.index.search(queries, 50)[1]
-        recall = float(
-            np.mean([len(set(a) & set(b)) / 50 for a, b in zip(exact, approx, strict=True)])
-        )
+        recall = _recall(exact, approx)
+        if isinstance(art.index, PartitionedIndex):
+            # What outfit candidates rely on: each slot's own top 50.
+            each = art.index.search_each(queries, 50)[1]
+            per_slot = []
+            for rows in art.index.rows:
+                inside = np.isin(each, rows)
+                want = rows[np.argsort(-sims[:, rows], axis=1)[:, :50]]
+                got = [row[mask] for row, mask in zip(each, inside, strict=True)]
+                per_slot.append(_recall(want, got))
+            slot_recall = float(np.mean(per_slot))
     result = {
         "items": n,
         "index": art.index.kind,
@@ -91,9 +104,16 @@ def run_size(n: int, n_queries: int, workdir: Path) -> dict[str, object]:
         "p99_ms": round(float(np.percentile(latencies, 99)), 3),
         "stages_p50_ms": {k: round(float(np.median(v)), 3) for k, v in stage.items()},
         "recall_at_50": recall,
+        "slot_recall_at_50": slot_recall,
     }
     print(json.dumps(result), flush=True)
     return result
+
+
+def _recall(exact: np.ndarray, approx: Sequence[np.ndarray] | np.ndarray) -> float:
+    return float(
+        np.mean([len(set(a) & set(b)) / len(a) for a, b in zip(exact, approx, strict=True)])
+    )
 
 
 def main() -> None:
@@ -122,10 +142,17 @@ def main() -> None:
         )
         + "\n"
     )
-    print(f"{'items':>9} {'index':>6} {'p50 ms':>8} {'p99 ms':>8} {'recall@50':>10}")
+    head = (
+        f"{'items':>9} {'index':>6} {'p50 ms':>8} {'p99 ms':>8} {'recall@50':>10} {'per slot':>9}"
+    )
+    print(head)
     for r in results:
         rc = "exact" if r["recall_at_50"] is None else f"{r['recall_at_50']:.3f}"
-        print(f"{r['items']:>9} {r['index']:>6} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {rc:>10}")
+        sr = "-" if r["slot_recall_at_50"] is None else f"{r['slot_recall_at_50']:.3f}"
+        print(
+            f"{r['items']:>9} {r['index']:>6} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+            f"{rc:>10} {sr:>9}"
+        )
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from stygig import __version__
 from stygig.catalog import Item, Reject, Taxonomy
 from stygig.compat.model import COMPAT_FILE, CompatModel
 from stygig.errors import ArtifactError
-from stygig.index import VectorIndex, build_index, load_index
+from stygig.index import FLAT_MAX_ITEMS, VectorIndex, build_index, load_index
 from stygig.thumbnails import write_thumbnails
 from stygig.whitening import Whitening
 
@@ -114,6 +114,8 @@ def write_artifact(
         encoder_info: the encoder's ``describe()``.
         rejects: rows kept out of the build.
         index_kind: ``auto``, ``exact``, ``flat``, ``hnsw`` or ``ivf``.
+        index_params: passed to the index; ``partition_by`` (``slot`` | ``none``) says whether
+            to keep one index per outfit slot (default: for ``auto`` above ``FLAT_MAX_ITEMS``).
         build_info: statistics recorded under ``build`` in the manifest.
         extra_files: ``{name: source path}`` copied into the artifact (e.g. ``encoder.onnx``).
         whitening: the transform already applied to ``embeddings``; stored for the queries.
@@ -144,7 +146,9 @@ def write_artifact(
             whitening.save(tmp / "whitening.npz")
         if thumbnails is not None:
             write_thumbnails(tmp, zip((i.id for i in items), thumbnails, strict=True))
-        index = build_index(vectors, index_kind, **(index_params or {}))
+        params = dict(index_params or {})
+        partitions = _slot_partitions(items, taxonomy, index_kind, params.pop("partition_by", None))
+        index = build_index(vectors, index_kind, partitions, "slot", **params)
         index.save(tmp)
 
         by_category: dict[str, int] = {}
@@ -185,6 +189,22 @@ def write_artifact(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _slot_partitions(
+    items: list[Item], taxonomy: Taxonomy, kind: str, partition_by: str | None
+) -> list[str] | None:
+    """Each item's outfit slot when the index is split by slot, else ``None``.
+
+    ``partition_by``: ``"slot"`` or ``"none"``; unset, large catalogues (an approximate
+    index) are split so outfit candidates come from every slot (:class:`PartitionedIndex`).
+    """
+    if partition_by not in (None, "slot", "none"):
+        raise ArtifactError(f"index partition_by must be 'slot' or 'none', not {partition_by!r}")
+    split = partition_by == "slot" or (
+        partition_by is None and kind == "auto" and len(items) > FLAT_MAX_ITEMS
+    )
+    return [taxonomy.slot_of(i.category) for i in items] if split else None
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:

@@ -163,6 +163,7 @@ def build_artifact(
     images_dir: str | Path | None = None,
     taxonomy: Taxonomy | None = None,
     index_kind: str = "auto",
+    index_params: dict[str, Any] | None = None,
     batch_size: int = 32,
     workers: int | None = None,
     extra_files: dict[str, Path] | None = None,
@@ -172,6 +173,8 @@ def build_artifact(
     """Build an artifact from a catalogue file with ``encoder`` and write it to ``out_dir``.
 
     ``extra_files`` (e.g. the encoder's ``.onnx`` file) are copied into the artifact.
+    ``index_params`` go to the index (:func:`stygig.artifact.write_artifact`), e.g.
+    ``{"partition_by": "slot"}`` or ``{"nprobe": 32}``.
     ``whiten`` fits PCA whitening on the catalogue's embeddings (see :mod:`stygig.whitening`),
     applies it, and stores it so that queries are whitened the same way; ``None`` (auto) does
     so when the catalogue has at least twice as many items as the embedding has dimensions,
@@ -223,6 +226,7 @@ def build_artifact(
         encoder_info=encoder.describe(),
         rejects=rejects,
         index_kind=index_kind,
+        index_params=index_params,
         build_info=build_info,
         extra_files=extra_files,
         whitening=whitening,

@@ -43,6 +43,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
             images_dir=args.images,
             taxonomy=taxonomy,
             index_kind=args.index,
+            index_params=None
+            if args.partition_by == "auto"
+            else {"partition_by": args.partition_by},
             batch_size=args.batch_size,
             workers=args.workers,
             extra_files=extra_files,
@@ -195,6 +198,12 @@ def _parser() -> argparse.ArgumentParser:
         help="randomly initialised weights (benchmarks of the architecture only)",
     )
     p.add_argument("--index", default="auto", choices=["auto", "exact", "flat", "hnsw", "ivf"])
+    p.add_argument(
+        "--partition-by",
+        default="auto",
+        choices=["auto", "slot", "none"],
+        help="one index per outfit slot (auto: for catalogues above 50,000 items)",
+    )
     p.add_argument(
         "--whiten",
         action=argparse.BooleanOptionalAction,

@@ -34,7 +34,7 @@ from stygig.harmony import (
     harmony,
     rgb_to_hsl,
 )
-from stygig.index import ExactIndex, FaissIndex
+from stygig.index import ExactIndex, FaissIndex, PartitionedIndex
 from stygig.recommendation import Options, Query, Recommendation
 from stygig.scoring import ScoringConfig, combine, mmr, vote
 
@@ -314,6 +314,16 @@ class Recommender:
         order = np.lexsort((part, -part_s), axis=1)
         return np.take_along_axis(part_s, order, 1), np.take_along_axis(part, order, 1)
 
+    def _candidate_pool(self, queries: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
+        """About ``candidate_pool`` nearest items, best first, the first ``fetch`` exactly the
+        nearest. A slot-partitioned index gives each slot its share, so an outfit's other
+        slots are in the pool however many near-copies of the query the catalogue holds."""
+        index = self.artifact.index
+        if isinstance(index, PartitionedIndex):
+            share = -(-self.config.candidate_pool // len(index.parts))
+            return index.search_each(queries, max(fetch, share))
+        return index.search(queries, max(fetch, self.config.candidate_pool))
+
     def _removed(self) -> np.ndarray | None:
         """Rows removed from the index (tombstones): never neighbours, never candidates."""
         removed: np.ndarray | None = getattr(self.artifact.index, "removed", None)
@@ -508,7 +518,7 @@ class Recommender:
             # Approximate index, one query vector: a single search yields both the voters
             # (its head) and the candidate pool with its inner products (exact for HNSW-Flat and
             # IVF-Flat, within ~1e-4 for IVF lists stored in float16).
-            pool = self.artifact.index.search(queries, max(fetch, self.config.candidate_pool))
+            pool = self._candidate_pool(queries, fetch)
             nb_scores, nb_ids = pool[0][:, :fetch], pool[1][:, :fetch]
         else:
             nb_scores, nb_ids = self._neighbours(queries, fetch, full)
@@ -533,7 +543,7 @@ class Recommender:
             cand = np.flatnonzero(mask)
         else:
             if pool is None:
-                pool = self.artifact.index.search(queries.mean(axis=0), self.config.candidate_pool)
+                pool = self._candidate_pool(queries.mean(axis=0)[None, :], 0)
             found = pool[1][0] >= 0
             ids, sims_found = pool[1][0][found], pool[0][0][found]
             keep_pool = self._filter_mask(options, parts, gender, ids)

@@ -13,11 +13,16 @@ the artifact's item table. Two backends:
   per query, the same neighbours (recall@50 at 1M: 0.972 either way) and inner products within
   about 1e-4 of float32; ``storage="flat"`` keeps float32.
 
+* :class:`PartitionedIndex` — one of the above per partition (the items' outfit slots), used by
+  ``auto`` above 50k items: every slot's own nearest items reach the outfit candidates, not just
+  the query's visual neighbourhood (which, at a million items, is all near-copies of the query).
+
 Removal is a tombstone mask applied to every backend alike, so ids stay stable.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,6 +34,7 @@ __all__ = [
     "INDEX_KINDS",
     "ExactIndex",
     "FaissIndex",
+    "PartitionedIndex",
     "VectorIndex",
     "build_index",
     "choose_kind",
@@ -39,6 +45,16 @@ INDEX_KINDS = ("exact", "flat", "hnsw", "ivf")
 
 #: Up to this many items an exact flat search is fast enough (about 1 ms at 512-d on one core).
 FLAT_MAX_ITEMS = 50_000
+
+#: IVF probes per partition (each with nlist = 2 sqrt(n) lists): a partition's top few hundred
+#: are wanted, not the whole catalogue's top thousands. 1M synthetic 512-d items in 7 slots,
+#: search of every part: 24 probes 2.3 ms, recall@50 0.970 (per slot 0.955); 32 probes 2.8 ms,
+#: 0.985 (0.974); 100k items: 24 -> 0.947, 32 -> 0.967.
+PART_NPROBE = 32
+
+#: A partition up to this size is searched exactly (every part is searched per query, so the
+#: exact parts' sizes add up: 5,000 x 512-d is about 0.3 ms).
+PART_FLAT_MAX_ITEMS = 5_000
 
 
 class VectorIndex(Protocol):
@@ -219,11 +235,11 @@ class FaissIndex:
             self.removed = np.zeros(self.ntotal, dtype=bool)
         self.removed[np.asarray(ids, dtype=np.int64)] = True
 
-    def save(self, path: Path) -> list[str]:
+    def save(self, path: Path, name: str = "index.faiss") -> list[str]:
         import faiss
 
-        faiss.write_index(self.index, str(path / "index.faiss"))
-        return ["index.faiss"]
+        faiss.write_index(self.index, str(path / name))
+        return [name]
 
     def params(self) -> dict[str, Any]:
         return dict(self._params)
@@ -234,8 +250,20 @@ def choose_kind(n_items: int) -> str:
     return "flat" if n_items <= FLAT_MAX_ITEMS else "ivf"
 
 
-def build_index(vectors: np.ndarray, kind: str = "auto", **params: Any) -> VectorIndex:
-    """Build an index over L2-normalised ``vectors`` (``auto`` picks by size)."""
+def build_index(
+    vectors: np.ndarray,
+    kind: str = "auto",
+    partitions: Sequence[str] | None = None,
+    partition_by: str = "label",
+    **params: Any,
+) -> VectorIndex:
+    """Build an index over L2-normalised ``vectors`` (``auto`` picks by size).
+
+    With ``partitions`` (one label per row, e.g. each item's outfit slot) the result is a
+    :class:`PartitionedIndex`: one index per label, each of ``kind`` (``auto``: by its size).
+    """
+    if partitions is not None:
+        return PartitionedIndex.build(vectors, partitions, kind, partition_by, **params)
     if kind == "auto":
         kind = choose_kind(len(vectors))
     if kind == "exact":
@@ -246,14 +274,21 @@ def build_index(vectors: np.ndarray, kind: str = "auto", **params: Any) -> Vecto
 
 
 def load_index(
-    path: Path, kind: str, vectors: np.ndarray, params: dict[str, Any] | None = None
+    path: Path,
+    kind: str,
+    vectors: np.ndarray,
+    params: dict[str, Any] | None = None,
+    *,
+    name: str = "index.faiss",
 ) -> VectorIndex:
     """Load an index saved by :meth:`VectorIndex.save` (``vectors`` backs the exact kind)."""
+    if params and "parts" in params:
+        return PartitionedIndex.load(path, kind, vectors, params)
     if kind == "exact":
         return ExactIndex(vectors)
     import faiss
 
-    file = path / "index.faiss"
+    file = path / name
     try:
         index = faiss.read_index(str(file))
     except RuntimeError as e:
@@ -263,3 +298,150 @@ def load_index(
             f"index {file} holds {index.ntotal} vectors but the item table has {len(vectors)}"
         )
     return FaissIndex(index, kind, dict(params or {}))
+
+
+class PartitionedIndex:
+    """One index per partition of the catalogue (its outfit slots); ids stay artifact rows.
+
+    Why: in outfit mode the candidates are *other* slots' items. A single approximate search
+    returns the query's visual neighbourhood — at a million items, thousands of near-copies of
+    the query's own kind — so complementary slots could be missing from the pool entirely.
+    Searching each slot's own index returns every slot's best items (:meth:`search_each`);
+    :meth:`search` merges the parts into the catalogue-wide top ``k`` (for the vote and for
+    similar items). With ``auto``, small parts (up to ``PART_FLAT_MAX_ITEMS``) are searched
+    exactly, larger ones with IVF (``PART_NPROBE`` probes).
+    """
+
+    def __init__(
+        self,
+        names: list[str],
+        parts: list[VectorIndex],
+        rows: list[np.ndarray],
+        by: str = "label",
+    ) -> None:
+        if not parts:
+            raise ArtifactError("a partitioned index needs at least one part")
+        self.names, self.parts, self.rows, self.by = names, parts, rows, by
+        self.dim = parts[0].dim
+        self.kind = "ivf" if any(p.kind == "ivf" for p in parts) else parts[0].kind
+        n = sum(len(r) for r in rows)
+        self._part_of = np.empty(n, np.int64)
+        self._local = np.empty(n, np.int64)
+        for i, r in enumerate(rows):
+            self._part_of[r] = i
+            self._local[r] = np.arange(len(r))
+        self.removed: np.ndarray | None = None
+
+    @classmethod
+    def build(
+        cls,
+        vectors: np.ndarray,
+        partitions: Sequence[str],
+        kind: str = "auto",
+        by: str = "label",
+        **params: Any,
+    ) -> PartitionedIndex:
+        labels = np.asarray(list(partitions), dtype=object)
+        if len(labels) != len(vectors):
+            raise InvalidOptionsError(
+                f"{len(labels)} partition labels for {len(vectors)} vectors: one per row"
+            )
+        names = sorted({str(v) for v in labels})
+        rows = [np.flatnonzero(labels == name) for name in names]
+        parts = []
+        for r in rows:
+            part_kind = kind
+            if kind == "auto":
+                part_kind = "flat" if len(r) <= PART_FLAT_MAX_ITEMS else "ivf"
+            part_params = dict(params)
+            if part_kind == "ivf":
+                part_params.setdefault("nprobe", PART_NPROBE)
+            parts.append(build_index(vectors[r], part_kind, **part_params))
+        return cls(names, parts, rows, by)
+
+    @property
+    def ntotal(self) -> int:
+        return len(self._part_of)
+
+    def search_each(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every part's top ``k`` per query, concatenated and sorted best first."""
+        q = _check_queries(queries, self.dim, k)
+        scores, ids = [], []
+        for part, rows in zip(self.parts, self.rows, strict=True):
+            kk = min(k, len(rows))
+            if isinstance(part, FaissIndex) and part.removed is None:
+                s, i = part.index.search(q, kk)  # the hot path: FAISS directly
+            else:
+                s, i = part.search(q, kk)
+            found = i >= 0
+            scores.append(np.where(found, s, -np.inf))
+            ids.append(np.where(found, rows[np.where(found, i, 0)], -1))
+        all_s = np.concatenate(scores, axis=1).astype(np.float32, copy=False)
+        all_i = np.concatenate(ids, axis=1).astype(np.int64, copy=False)
+        order = np.argsort(-all_s, axis=1, kind="stable")
+        return np.take_along_axis(all_s, order, 1), np.take_along_axis(all_i, order, 1)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores, ids = self.search_each(queries, k)
+        if scores.shape[1] < k:
+            pad = k - scores.shape[1]
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+        return scores[:, :k], ids[:, :k]
+
+    def remove(self, ids: np.ndarray) -> None:
+        ids = np.asarray(ids, dtype=np.int64)
+        if self.removed is None:
+            self.removed = np.zeros(self.ntotal, dtype=bool)
+        self.removed[ids] = True
+        for i, part in enumerate(self.parts):
+            mine = ids[self._part_of[ids] == i]
+            if len(mine):
+                part.remove(self._local[mine])
+
+    def save(self, path: Path) -> list[str]:
+        files = ["index-partitions.npy"]
+        labels = np.empty(self.ntotal, np.int32)
+        for i, r in enumerate(self.rows):
+            labels[r] = i
+            if isinstance(self.parts[i], FaissIndex):
+                files += self.parts[i].save(path, f"index-part{i}.faiss")  # type: ignore[call-arg]
+        np.save(path / "index-partitions.npy", labels)
+        return files
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "partition_by": self.by,
+            "parts": [
+                {"name": name, "kind": part.kind, "items": len(rows), **part.params()}
+                for name, part, rows in zip(self.names, self.parts, self.rows, strict=True)
+            ],
+        }
+
+    @classmethod
+    def load(
+        cls, path: Path, kind: str, vectors: np.ndarray, params: dict[str, Any]
+    ) -> PartitionedIndex:
+        file = path / "index-partitions.npy"
+        try:
+            labels = np.load(file)
+        except (OSError, ValueError) as e:
+            raise ArtifactError(f"cannot read {file}: {e}") from e
+        specs = list(params["parts"])
+        if len(labels) != len(vectors) or (len(labels) and labels.max() >= len(specs)):
+            raise ArtifactError(f"{file} does not match the item table or the manifest")
+        names, parts, rows = [], [], []
+        for i, spec in enumerate(specs):
+            r = np.flatnonzero(labels == i)
+            if len(r) != int(spec["items"]):
+                raise ArtifactError(
+                    f"index part {spec['name']!r}: {len(r)} rows, manifest says {spec['items']}"
+                )
+            extra = {k: v for k, v in spec.items() if k not in ("name", "kind", "items")}
+            part = load_index(
+                path, str(spec["kind"]), vectors[r], extra, name=f"index-part{i}.faiss"
+            )
+            names.append(str(spec["name"]))
+            parts.append(part)
+            rows.append(r)
+        return cls(names, parts, rows, str(params.get("partition_by", "label")))

@@ -41,7 +41,7 @@ class ScoringConfig:
     # are drawn from unisex items (0 = always guess).
     gender_min_confidence: float = 0.8
     diversity: float = 0.3  # MMR: 0 = pure score, 1 = pure novelty
-    candidate_pool: int = 4096  # approximate indexes: neighbours scored per query
+    candidate_pool: int = 2048  # approximate indexes: neighbours scored per query
     harmony: dict[str, float] | None = None  # per-rule harmony scores, see stygig.harmony
     # With a learned compatibility model in the artifact (stygig.compat): which score ranks
     # outfit candidates. Without a model the V4 rules are used whatever this says.

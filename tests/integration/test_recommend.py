@@ -17,6 +17,7 @@ from stygig.engine import Options, Query, Recommender
 from stygig.errors import InvalidImageError, InvalidOptionsError, NotFoundError
 from stygig.index import ExactIndex
 from stygig.sample_catalog import generate_sample_catalog
+from stygig.scoring import ScoringConfig
 
 
 @pytest.fixture(scope="module")
@@ -286,3 +287,46 @@ def test_rank_keeps_each_categorys_best_even_when_thin(rec: Recommender, k: int)
         rows = np.flatnonzero(c_cat == c)
         best = rows[np.argsort(-score[rows], kind="stable")][:k]
         assert ranked[int(c)].tolist() == best.tolist()
+
+
+def test_slot_partitioned_index_keeps_every_slot_in_the_candidate_pool(
+    sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A pool much smaller than the catalogue (a million items, 4,096 candidates) holds the
+    query's near-copies; one index per slot still brings every slot's best items."""
+    encoder = load_encoder("tiny")
+    arts = {
+        name: build_artifact(
+            sample[0] / "catalog.csv",
+            tmp_path / name,
+            encoder,
+            index_kind="ivf",
+            index_params={"nprobe": 64, **params},  # every list: exhaustive on this sample
+            progress=False,
+        ).path
+        for name, params in (("one", {}), ("slots", {"partition_by": "slot"}))
+    }
+    assert "parts" in Artifact.load(arts["slots"]).manifest["index"]["params"]
+    small = replace(ScoringConfig.load(), candidate_pool=16, gender_min_confidence=0.0)
+    exact = Recommender.from_path(sample[1], config=small)
+    one = Recommender.from_path(arts["one"], config=small)
+    slots = Recommender.from_path(arts["slots"], config=small)
+    filled: dict[str, int] = {"exact": 0, "one": 0, "slots": 0}
+    for photo in sorted((sample[0] / "queries").glob("*.jpg")):
+        query = Query(images=(photo,))
+        answers = {
+            name: rec.recommend(query).to_dict()
+            for name, rec in (("exact", exact), ("one", one), ("slots", slots))
+        }
+        for name, out in answers.items():
+            filled[name] += len(out["outfit"]["slots"])
+        # Same neighbours, same vote; the outfit fills the same slots as exact search.
+        assert answers["slots"]["query"][0]["votes"] == answers["exact"]["query"][0]["votes"]
+        assert set(answers["slots"]["outfit"]["slots"]) == set(answers["exact"]["outfit"]["slots"])
+    assert filled["slots"] == filled["exact"] > filled["one"]
+    # With the default pool the partitioned path finds exactly what exact search finds.
+    default = Recommender.from_path(arts["slots"])
+    query = Query(item_ids=("sku-0014",))
+    got = default.recommend(query, Options(k=3, k_total=40)).to_dict()
+    want = Recommender.from_path(sample[1]).recommend(query, Options(k=3, k_total=40)).to_dict()
+    assert {i["id"] for i in got["items"]} == {i["id"] for i in want["items"]}

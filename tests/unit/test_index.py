@@ -5,8 +5,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stygig.errors import InvalidOptionsError
-from stygig.index import FLAT_MAX_ITEMS, build_index, choose_kind, load_index
+from stygig.errors import ArtifactError, InvalidOptionsError
+from stygig.index import (
+    FLAT_MAX_ITEMS,
+    PartitionedIndex,
+    build_index,
+    choose_kind,
+    load_index,
+)
 
 
 def _unit(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -110,3 +116,58 @@ def test_save_and_load_round_trip(tmp_path: Path, kind: str) -> None:
     q = x[:5]
     assert (idx.search(q, 5)[1] == again.search(q, 5)[1]).all()
     assert again.params() == idx.params()
+
+
+def _labels(n: int) -> list[str]:
+    return [("top", "bottom", "shoes")[i % 3] if i % 7 else "bag" for i in range(n)]
+
+
+def test_partitioned_index_merges_to_the_exact_top_k() -> None:
+    x = _clustered(1200, 16)
+    q = _clustered(20, 16, seed=1)
+    labels = _labels(len(x))
+    idx = build_index(x, "flat", labels, "slot")
+    assert isinstance(idx, PartitionedIndex) and idx.ntotal == len(x)
+    assert [p["name"] for p in idx.params()["parts"]] == ["bag", "bottom", "shoes", "top"]
+    oracle_s, oracle_ids = build_index(x, "exact").search(q, 25)
+    scores, ids = idx.search(q, 25)
+    assert (ids == oracle_ids).all()
+    np.testing.assert_allclose(scores, oracle_s, atol=1e-5)
+
+
+def test_partitioned_index_gives_every_part_its_share() -> None:
+    x = _clustered(1200, 16)
+    labels = np.array(_labels(len(x)))
+    idx = build_index(x, "auto", list(labels), "slot")
+    q = x[labels == "top"][:5]  # queries from one part: a global top-k would be mostly tops
+    scores, ids = idx.search_each(q, 10)
+    assert ids.shape == (5, 40) and (np.diff(scores, axis=1) <= 1e-6).all()
+    for row_ids, query in zip(ids, q, strict=True):
+        for name in ("bag", "bottom", "shoes", "top"):
+            rows = np.flatnonzero(labels == name)
+            best = rows[np.argsort(-(x[rows] @ query), kind="stable")[:10]]
+            assert set(row_ids[labels[row_ids] == name]) == set(best)
+
+
+def test_partitioned_index_removes_saves_and_loads(tmp_path: Path) -> None:
+    x = _clustered(3000, 16)
+    labels = ["big"] * 2000 + ["small"] * 1000
+    idx = build_index(x, "ivf", labels, "slot", nlist=8, nprobe=8)
+    assert [p["kind"] for p in idx.params()["parts"]] == ["ivf", "ivf"]
+    files = idx.save(tmp_path)
+    assert sorted(files) == ["index-part0.faiss", "index-part1.faiss", "index-partitions.npy"]
+    again = load_index(tmp_path, idx.kind, x, idx.params())
+    assert isinstance(again, PartitionedIndex) and again.by == "slot"
+    assert (again.search(x[:4], 10)[1] == idx.search(x[:4], 10)[1]).all()
+    again.remove(np.array([0, 2500]))
+    ids = again.search(x[[0, 2500]], 10)[1]
+    assert 0 not in ids and 2500 not in ids and (ids >= 0).all()
+    assert again.removed is not None and again.removed.sum() == 2
+    bad = dict(idx.params())
+    bad["parts"] = [{**bad["parts"][0], "items": 1999}, bad["parts"][1]]
+    with pytest.raises(ArtifactError, match="rows"):
+        load_index(tmp_path, idx.kind, x, bad)
+    with pytest.raises(ArtifactError, match="does not match"):
+        load_index(tmp_path, idx.kind, x[:10], idx.params())
+    with pytest.raises(InvalidOptionsError, match="one per row"):
+        build_index(x, "flat", labels[:10])
