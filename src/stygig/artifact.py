@@ -6,7 +6,9 @@ An artifact is one directory (packed as ``model.tar.gz`` for SageMaker)::
                       counts, build statistics, and the sha256 + size of every file below
     embeddings.npy    float32 (n, dim), L2-normalised, row i = items.jsonl line i
     items.jsonl       one canonical item per line, with its dominant colour
-    index.faiss       the FAISS index (absent for the exact kind)
+    index.faiss       the FAISS index (absent for the exact kind), or, when the index is split
+                      by outfit slot (format 3), index-partitions.npy (each row's part) and
+                      index-partN.faiss (part N's FAISS index; absent for exact parts)
     taxonomy.yaml     the taxonomy the build used (categories, compatibility, boost)
     whitening.npz     PCA whitening fitted on the catalogue (optional; queries get the same)
     rejects.csv       every catalogue row kept out, with its reason
@@ -18,7 +20,9 @@ An artifact is one directory (packed as ``model.tar.gz`` for SageMaker)::
 
 Loading checks the manifest first: a newer format version or a checksum mismatch is refused
 with a message that says what to do. Format 2 adds the optional ``compat`` manifest entry and
-``compat.npz``; format-1 artifacts (no model) load unchanged.
+``compat.npz``; format-1 artifacts (no model) load unchanged. Format 3 is written only for an
+index split by outfit slot, so an older reader refuses it with that message instead of failing
+to find ``index.faiss``; unsplit artifacts are still written as format 2.
 """
 
 from __future__ import annotations
@@ -43,7 +47,13 @@ from stygig import __version__
 from stygig.catalog import Item, Reject, Taxonomy
 from stygig.compat.model import COMPAT_FILE, CompatModel
 from stygig.errors import ArtifactError
-from stygig.index import FLAT_MAX_ITEMS, VectorIndex, build_index, load_index
+from stygig.index import (
+    FLAT_MAX_ITEMS,
+    PartitionedIndex,
+    VectorIndex,
+    build_index,
+    load_index,
+)
 from stygig.thumbnails import write_thumbnails
 from stygig.whitening import Whitening
 
@@ -56,7 +66,8 @@ __all__ = [
     "write_artifact",
 ]
 
-FORMAT_VERSION = 2  # 2: optional learned compatibility model (compat.npz)
+FORMAT_VERSION = 3  # 2: optional learned compatibility model (compat.npz); 3: split index
+_UNSPLIT_FORMAT = 2  # what an artifact without a split index is written as
 MANIFEST = "manifest.json"
 _LIBRARIES = ("numpy", "faiss-cpu", "onnxruntime", "pillow", "torch", "transformers")
 
@@ -159,7 +170,9 @@ def write_artifact(
             by_reason[r.reason] = by_reason.get(r.reason, 0) + 1
         files = sorted(p.name for p in tmp.iterdir() if p.is_file())
         manifest = {
-            "format_version": FORMAT_VERSION,
+            "format_version": (
+                FORMAT_VERSION if isinstance(index, PartitionedIndex) else _UNSPLIT_FORMAT
+            ),
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "versions": library_versions(),
             "encoder": encoder_info,

@@ -121,9 +121,12 @@ def _print_table(rec: dict[str, Any]) -> None:
         )
     gender = rec.get("gender") or {}
     if gender.get("source") == "uncertain":
+        then = "unisex items only" if gender.get("hedged") else "not filtered by it"
+        if gender.get("value"):
+            then = f"used anyway ({gender['value']} items and unisex)"
         print(
             f"gender: uncertain (best guess {gender['guess']}, {gender['confidence']:.0%} of the "
-            "vote): unisex items only; --gender states it"
+            f"vote): {then}; --gender states it"
         )
     elif gender.get("value"):
         sure = f", {gender['confidence']:.0%} of the vote" if "confidence" in gender else ""
@@ -202,7 +205,7 @@ def _parser() -> argparse.ArgumentParser:
         "--partition-by",
         default="auto",
         choices=["auto", "slot", "none"],
-        help="one index per outfit slot (auto: for catalogues above 50,000 items)",
+        help="one index per outfit slot (auto: with --index auto, above 50,000 items)",
     )
     p.add_argument(
         "--whiten",

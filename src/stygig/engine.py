@@ -34,7 +34,7 @@ from stygig.harmony import (
     harmony,
     rgb_to_hsl,
 )
-from stygig.index import ExactIndex, FaissIndex, PartitionedIndex
+from stygig.index import PartitionedIndex, is_exhaustive
 from stygig.recommendation import Options, Query, Recommendation
 from stygig.scoring import ScoringConfig, combine, mmr, vote
 
@@ -125,6 +125,10 @@ class Recommender:
         self.compat = self.taxonomy.compatibility_matrix(self.category_names)
         self.gender_names, self.gender_codes = _codes([i.gender for i in items])
         self._unisex = self.gender_names.index("unisex") if "unisex" in self.gender_names else -2
+        # Hedging an unsure gender needs items that fit anyone: unisex or without a gender.
+        self._can_hedge = bool(
+            ((self.gender_codes == self._unisex) | (self.gender_codes < 0)).any()
+        )
         self.usage_names, self.usage_codes = _codes([i.usage for i in items])
         rgb = np.array([c.get("rgb", [128, 128, 128]) for c in artifact.colors], np.float32)
         self.rgb = rgb.reshape(-1, 3)
@@ -133,9 +137,7 @@ class Recommender:
         self._attribute_cache: dict[str, np.ndarray] = {}
         self.color_names = describe_colors(self.rgb)
         self._color_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stygig-color")
-        self.exact = isinstance(artifact.index, ExactIndex) or (
-            isinstance(artifact.index, FaissIndex) and artifact.index.kind == "flat"
-        )
+        self.exact = is_exhaustive(artifact.index)
         self._init_learned()
 
     def _init_learned(self) -> None:
@@ -362,9 +364,8 @@ class Recommender:
                 item = self.artifact.items[part.position]
                 part.info["gender"], part.info["usage"] = item.gender, item.usage
             else:
-                part.info["gender"] = (
-                    self.gender_names[gender.winner] if gender.winner >= 0 else None
-                )
+                winner = _weighted_winner(part.gender_weights)
+                part.info["gender"] = self.gender_names[winner[0]] if winner else None
                 part.info["gender_votes"] = {
                     self.gender_names[g]: n for g, n in gender.counts.items()
                 }
@@ -373,10 +374,14 @@ class Recommender:
     def _query_gender(self, parts: list[_Part], options: Options) -> dict[str, Any]:
         """Whose items to recommend: the stated gender, a catalogue item's, or the photos' vote.
 
+        Returns ``{"value", "source", "hedged"}`` (+ ``confidence`` and ``guess`` for a vote):
+        ``value``'s items and unisex ones are recommended (``None``: no gender filter).
         The photos' gender votes are pooled (similarity-weighted, unisex neighbours abstain).
         When the winner holds less than ``gender_min_confidence`` of that weight the engine
-        does not guess: ``source`` is ``uncertain`` and only unisex items (or items without a
-        gender) are recommended, since they fit whoever the shopper is.
+        does not guess (``source`` is ``uncertain``): outfits are then ``hedged``, drawn from
+        unisex items (or items without a gender) only, since they fit whoever the shopper is.
+        Visual search (``similar``) is not hedged, and a catalogue without such items cannot
+        be: there the best guess is used.
         """
         if options.gender:
             gender = options.gender.lower()
@@ -385,28 +390,29 @@ class Recommender:
                     f"gender {options.gender!r} is not in this catalogue; known: "
                     f"{self.gender_names}"
                 )
-            return {"value": gender, "source": "stated"}
+            return {"value": gender, "source": "stated", "hedged": False}
         for part in parts:
             if part.position is not None and part.info.get("gender") not in (None, "unisex"):
-                return {"value": part.info["gender"], "source": "item"}
+                return {"value": part.info["gender"], "source": "item", "hedged": False}
         pooled: dict[int, float] = {}
         for part in parts:
             if part.position is None:
                 for g, w in part.gender_weights.items():
                     pooled[g] = pooled.get(g, 0.0) + w
-        total = sum(pooled.values())
-        if not pooled or total <= 0:
-            return {"value": None, "source": "none"}
-        winner = min(pooled, key=lambda g: (-pooled[g], g))
-        confidence = pooled[winner] / total
-        out = {
-            "value": self.gender_names[winner],
-            "source": "photo",
-            "confidence": round(confidence, 3),
+        winner = _weighted_winner(pooled)
+        if winner is None:
+            return {"value": None, "source": "none", "hedged": False}
+        name, confidence = self.gender_names[winner[0]], round(winner[1], 3)
+        if winner[1] >= self.config.gender_min_confidence:
+            return {"value": name, "source": "photo", "confidence": confidence, "hedged": False}
+        hedged = options.mode == "outfit" and self._can_hedge
+        return {
+            "value": None if hedged or options.mode == "similar" else name,
+            "source": "uncertain",
+            "confidence": confidence,
+            "guess": name,
+            "hedged": hedged,
         }
-        if confidence < self.config.gender_min_confidence:
-            out.update(value=None, source="uncertain", guess=self.gender_names[winner])
-        return out
 
     def _attribute_values(self, name: str) -> np.ndarray:
         cached = self._attribute_cache.get(name)
@@ -432,9 +438,7 @@ class Recommender:
         removed = self._removed()
         mask = np.ones(n, dtype=bool) if removed is None else ~removed[sel]
         value = gender["value"]
-        # Outfits for an uncertain gender hedge with unisex items; visual search does not.
-        hedge = gender["source"] == "uncertain" and options.mode == "outfit"
-        if (value and value != "unisex") or hedge:
+        if (value and value != "unisex") or gender["hedged"]:
             codes = self.gender_codes[sel]
             # The same gender (none when hedging), unisex, or items without a gender (-1).
             fits = (codes == self._unisex) | (codes < 0)
@@ -533,7 +537,7 @@ class Recommender:
         # nearest pool, filtered; a selective filter (categories, attributes) is applied to the
         # whole catalogue first, and scored exactly when few items pass, so filters never cut
         # the results short.
-        selective = bool(options.include_categories or options.filters)
+        selective = bool(options.include_categories or options.filters or gender["hedged"])
         pool_sims: np.ndarray | None = None
         if self.exact:
             cand = np.flatnonzero(self._filter_mask(options, parts, gender))
@@ -798,6 +802,15 @@ class Recommender:
             "hsl": [round(float(v), 4) for v in rgb_to_hsl(np.asarray(rgb, np.float32))],
             "palette": part.color.get("palette", []),
         }
+
+
+def _weighted_winner(weights: dict[int, float]) -> tuple[int, float] | None:
+    """The label with the largest weight (ties: lowest label) and its share; None if no weight."""
+    total = sum(weights.values())
+    if total <= 0:
+        return None
+    winner = min(weights, key=lambda g: (-weights[g], g))
+    return winner, weights[winner] / total
 
 
 def _to_float(value: Any) -> float:

@@ -38,6 +38,7 @@ __all__ = [
     "VectorIndex",
     "build_index",
     "choose_kind",
+    "is_exhaustive",
     "load_index",
 ]
 
@@ -274,30 +275,33 @@ def build_index(
 
 
 def load_index(
-    path: Path,
-    kind: str,
-    vectors: np.ndarray,
-    params: dict[str, Any] | None = None,
-    *,
-    name: str = "index.faiss",
+    path: Path, kind: str, vectors: np.ndarray, params: dict[str, Any] | None = None
 ) -> VectorIndex:
     """Load an index saved by :meth:`VectorIndex.save` (``vectors`` backs the exact kind)."""
     if params and "parts" in params:
-        return PartitionedIndex.load(path, kind, vectors, params)
+        return PartitionedIndex.load(path, vectors, params)
     if kind == "exact":
         return ExactIndex(vectors)
+    return _load_faiss(path / "index.faiss", kind, len(vectors), params)
+
+
+def _load_faiss(file: Path, kind: str, n: int, params: dict[str, Any] | None) -> FaissIndex:
     import faiss
 
-    file = path / name
     try:
         index = faiss.read_index(str(file))
     except RuntimeError as e:
         raise ArtifactError(f"cannot read FAISS index {file}: {e}") from e
-    if index.ntotal != len(vectors):
-        raise ArtifactError(
-            f"index {file} holds {index.ntotal} vectors but the item table has {len(vectors)}"
-        )
+    if index.ntotal != n:
+        raise ArtifactError(f"index {file} holds {index.ntotal} vectors but the item table has {n}")
     return FaissIndex(index, kind, dict(params or {}))
+
+
+def is_exhaustive(index: VectorIndex) -> bool:
+    """Whether ``index`` searches every vector (exact, flat, or a split of those)."""
+    if isinstance(index, PartitionedIndex):
+        return all(is_exhaustive(p) for p in index.parts)
+    return index.kind in ("exact", "flat")
 
 
 class PartitionedIndex:
@@ -419,9 +423,7 @@ class PartitionedIndex:
         }
 
     @classmethod
-    def load(
-        cls, path: Path, kind: str, vectors: np.ndarray, params: dict[str, Any]
-    ) -> PartitionedIndex:
+    def load(cls, path: Path, vectors: np.ndarray, params: dict[str, Any]) -> PartitionedIndex:
         file = path / "index-partitions.npy"
         try:
             labels = np.load(file)
@@ -437,9 +439,12 @@ class PartitionedIndex:
                 raise ArtifactError(
                     f"index part {spec['name']!r}: {len(r)} rows, manifest says {spec['items']}"
                 )
+            kind = str(spec["kind"])
             extra = {k: v for k, v in spec.items() if k not in ("name", "kind", "items")}
-            part = load_index(
-                path, str(spec["kind"]), vectors[r], extra, name=f"index-part{i}.faiss"
+            part: VectorIndex = (
+                ExactIndex(vectors[r])
+                if kind == "exact"
+                else _load_faiss(path / f"index-part{i}.faiss", kind, len(r), extra)
             )
             names.append(str(spec["name"]))
             parts.append(part)

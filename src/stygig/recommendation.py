@@ -102,8 +102,10 @@ class Recommendation:
     timings_ms: dict[str, float]
     artifact: dict[str, Any]
     # Whose items were recommended: {"value", "source": stated | item | photo | uncertain | none,
-    # "confidence" and "guess" when voted from photos}.
-    gender: dict[str, Any] = field(default_factory=lambda: {"value": None, "source": "none"})
+    # "hedged": only unisex items, "confidence" and "guess" when voted from photos}.
+    gender: dict[str, Any] = field(
+        default_factory=lambda: {"value": None, "source": "none", "hedged": False}
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """The response schema shared by the CLI's ``--json``, the API and batch output."""

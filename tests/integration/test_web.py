@@ -258,8 +258,10 @@ def test_photo_in_outfit_out_matches_the_api(
     # whose items: the page says what the engine decided (voted, or uncertain -> unisex)
     gender_line = browser.find_element("id", "query-gender")
     assert gender_line.get_attribute("data-source") == api["gender"]["source"]
+    assert gender_line.get_attribute("data-hedged") == str(api["gender"]["hedged"]).lower()
     if api["gender"]["source"] == "uncertain":
-        assert "unisex" in gender_line.text and api["gender"]["guess"] in gender_line.text
+        assert api["gender"]["guess"] in gender_line.text
+        assert ("unisex" in gender_line.text) == api["gender"]["hedged"]
     elif api["gender"]["value"]:
         assert api["gender"]["value"] in gender_line.text
 

@@ -36,7 +36,7 @@ def test_write_and_load_round_trip(tmp_path: Path) -> None:
     path = _write(tmp_path / "art", index_kind="flat")
     art = Artifact.load(path)
     m = art.manifest
-    assert m["format_version"] == FORMAT_VERSION
+    assert m["format_version"] == 2  # unsplit index: readable by format-2 readers
     assert m["counts"]["items"] == 20 and m["counts"]["rejects_by_reason"] == {"missing_image": 1}
     assert m["index"]["kind"] == "flat" and m["encoder"] == ENCODER
     assert {"embeddings.npy", "items.jsonl", "index.faiss", "taxonomy.yaml", "rejects.csv"} <= set(
@@ -50,6 +50,22 @@ def test_write_and_load_round_trip(tmp_path: Path) -> None:
     rejects = (path / "rejects.csv").read_text().splitlines()
     assert rejects[0] == "row,id,reason,detail,raw" and "missing_image" in rejects[1]
     assert art.summary()["counts"]["items"] == 20
+
+
+def test_index_split_by_slot_is_format_3_and_round_trips(tmp_path: Path) -> None:
+    from stygig.index import PartitionedIndex
+
+    path = _write(tmp_path / "art", index_kind="flat", index_params={"partition_by": "slot"})
+    art = Artifact.load(path)
+    m = art.manifest
+    assert m["format_version"] == FORMAT_VERSION == 3
+    assert m["index"]["params"]["partition_by"] == "slot"
+    assert {"index-partitions.npy", "index-part0.faiss"} <= set(m["files"])
+    assert "index.faiss" not in m["files"]
+    assert isinstance(art.index, PartitionedIndex)
+    assert art.index.search(art.embeddings[5], 1)[1][0, 0] == 5
+    with pytest.raises(ArtifactError, match="partition_by"):
+        _write(tmp_path / "bad", index_params={"partition_by": "colour"})
 
 
 def test_newer_format_is_refused(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from stygig.index import (
     PartitionedIndex,
     build_index,
     choose_kind,
+    is_exhaustive,
     load_index,
 )
 
@@ -129,6 +130,8 @@ def test_partitioned_index_merges_to_the_exact_top_k() -> None:
     idx = build_index(x, "flat", labels, "slot")
     assert isinstance(idx, PartitionedIndex) and idx.ntotal == len(x)
     assert [p["name"] for p in idx.params()["parts"]] == ["bag", "bottom", "shoes", "top"]
+    assert is_exhaustive(idx)  # flat parts: the engine scores every item, as for one flat index
+    assert not is_exhaustive(build_index(x, "ivf", labels, "slot", nlist=4))
     oracle_s, oracle_ids = build_index(x, "exact").search(q, 25)
     scores, ids = idx.search(q, 25)
     assert (ids == oracle_ids).all()

@@ -182,7 +182,7 @@ def outfit_validity(
             ),
         )
         outfit_ids = set((rec.outfit or {}).get("item_ids", []))
-        tally["hedged"] += rec.gender["source"] == "uncertain"
+        tally["hedged"] += bool(rec.gender["hedged"])
         tally["items"] += len(rec.items)
         tally["outfit_slots"] += len(outfit_ids)
         for row in rec.items:

@@ -285,10 +285,14 @@
   function renderGender(g) {
     const box = $("query-gender");
     box.dataset.source = g.source || "none";
+    box.dataset.hedged = g.hedged ? "true" : "false";
     let text = "";
     if (g.source === "uncertain") {
-      text = "We can't tell from the photo whether this is for men or women (best guess " + words(g.guess) +
-        ", " + Math.round(100 * g.confidence) + "% sure), so the outfit uses unisex pieces. Choose a gender above for more.";
+      const unsure = "We can't tell from the photo whether this is for men or women (best guess " + words(g.guess) +
+        ", " + Math.round(100 * g.confidence) + "% sure)";
+      text = g.hedged
+        ? unsure + ", so the outfit uses unisex pieces. Choose a gender above for more."
+        : unsure + ". Choose a gender above to be sure.";
     } else if (g.source === "photo" && g.value) {
       text = "For " + words(g.value) + " (" + Math.round(100 * g.confidence) + "% of similar items).";
     } else if (g.value) {
