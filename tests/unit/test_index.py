@@ -174,3 +174,17 @@ def test_partitioned_index_removes_saves_and_loads(tmp_path: Path) -> None:
         load_index(tmp_path, idx.kind, x[:10], idx.params())
     with pytest.raises(InvalidOptionsError, match="one per row"):
         build_index(x, "flat", labels[:10])
+
+
+def test_partition_probes_follow_the_scan_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small catalogues get more probes for the same work (here: every list), never under 32."""
+    import stygig.index as index_module
+
+    x = _unit(12_400, 8)
+    labels = ["a"] * 6200 + ["b"] * 6200  # two IVF parts of 6,200 (above PART_FLAT_MAX_ITEMS)
+    parts = build_index(x, "auto", labels, "slot").params()["parts"]
+    assert [p["kind"] for p in parts] == ["ivf", "ivf"]
+    assert all(p["nprobe"] == p["nlist"] == 157 for p in parts)  # 2 sqrt(6200): exhaustive
+    monkeypatch.setattr(index_module, "PART_SCAN_BUDGET", 100)
+    parts = build_index(x, "auto", labels, "slot").params()["parts"]
+    assert all(p["nprobe"] == index_module.PART_MIN_NPROBE for p in parts)
