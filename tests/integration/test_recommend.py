@@ -359,3 +359,33 @@ def test_slot_partitioned_index_keeps_every_slot_in_the_candidate_pool(
     got = default.recommend(query, Options(k=3, k_total=40)).to_dict()
     want = Recommender.from_path(sample[1]).recommend(query, Options(k=3, k_total=40)).to_dict()
     assert {i["id"] for i in got["items"]} == {i["id"] for i in want["items"]}
+
+
+def test_cli_output_into_a_closed_pipe_stops_quietly(sample: tuple[Path, Path]) -> None:
+    """`stygig recommend ... | head -1`: no traceback when the reader goes away."""
+    import fcntl
+    import os
+    import subprocess
+    import sys
+
+    photo = sample[0] / "queries" / "red-dress.jpg"
+    cmd = [
+        sys.executable,
+        "-m",
+        "stygig.cli",
+        "recommend",
+        "--artifact",
+        str(sample[1]),
+        str(photo),
+    ]
+    cmd += ["--json", "--k", "100", "--k-total", "100"]  # about 57 kB of JSON
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, 1031, 4096)  # F_SETPIPE_SZ: a 4 kB pipe, so the writer must wait
+    proc = subprocess.Popen(cmd, stdout=write_end, stderr=subprocess.PIPE)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        assert reader.readline().startswith(b"{")
+    # the reader has left after one line
+    _, err = proc.communicate(timeout=60)
+    assert b"Traceback" not in err and b"BrokenPipeError" not in err, err.decode()[-500:]
+    assert proc.returncode == 141
