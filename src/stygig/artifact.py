@@ -48,10 +48,10 @@ from stygig.catalog import Item, Reject, Taxonomy
 from stygig.compat.model import COMPAT_FILE, CompatModel
 from stygig.errors import ArtifactError
 from stygig.index import (
-    FLAT_MAX_ITEMS,
     PartitionedIndex,
     VectorIndex,
     build_index,
+    choose_kind,
     load_index,
 )
 from stygig.thumbnails import write_thumbnails
@@ -215,7 +215,7 @@ def _slot_partitions(
     if partition_by not in (None, "slot", "none"):
         raise ArtifactError(f"index partition_by must be 'slot' or 'none', not {partition_by!r}")
     split = partition_by == "slot" or (
-        partition_by is None and kind == "auto" and len(items) > FLAT_MAX_ITEMS
+        partition_by is None and kind == "auto" and choose_kind(len(items)) == "ivf"
     )
     return [taxonomy.slot_of(i.category) for i in items] if split else None
 

@@ -64,6 +64,8 @@ class VectorIndex(Protocol):
 
     kind: str
     dim: int
+    removed: np.ndarray | None  # tombstones: True for rows excluded from results
+    n_removed: int
 
     @property
     def ntotal(self) -> int: ...
@@ -94,10 +96,40 @@ def _check_queries(queries: np.ndarray, dim: int, k: int) -> np.ndarray:
     return q
 
 
+def _pad(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Widen ``(m, <k)`` results to ``k`` columns with id -1 and score -inf."""
+    if scores.shape[1] >= k:
+        return scores, ids
+    pad = ((0, 0), (0, k - scores.shape[1]))
+    return np.pad(scores, pad, constant_values=-np.inf), np.pad(ids, pad, constant_values=-1)
+
+
+def top_k(
+    sims: np.ndarray, k: int, removed: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` ``(scores, ids)`` of each row of ``sims`` (m, n), best first.
+
+    Ties go to the lower id; ``removed`` rows never appear; missing slots are id -1.
+    """
+    if removed is not None:
+        sims = np.where(removed[None, :], -np.inf, sims)
+    n = sims.shape[1]
+    kk = min(k, n)
+    if kk < n:
+        part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+    else:
+        part = np.broadcast_to(np.arange(n), (sims.shape[0], n)).copy()
+    part_scores = np.take_along_axis(sims, part, 1)
+    order = np.lexsort((part, -part_scores), axis=1)
+    ids = np.take_along_axis(part, order, 1).astype(np.int64)
+    scores = np.take_along_axis(part_scores, order, 1).astype(np.float32)
+    return _pad(scores, np.where(np.isfinite(scores), ids, -1), k)
+
+
 def _apply_tombstones(
     scores: np.ndarray, ids: np.ndarray, removed: np.ndarray | None, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    if removed is None or not removed.any():
+    if removed is None:
         return scores[:, :k], ids[:, :k]
     dead = np.zeros_like(ids, dtype=bool)
     valid = ids >= 0
@@ -108,7 +140,25 @@ def _apply_tombstones(
     return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
 
 
-class ExactIndex:
+class _Tombstones:
+    """Removal shared by every index: a mask over row ids (ids stay stable) and its count."""
+
+    removed: np.ndarray | None = None
+    n_removed = 0
+
+    @property
+    def ntotal(self) -> int:
+        raise NotImplementedError
+
+    def remove(self, ids: np.ndarray) -> None:
+        """Exclude ``ids`` from future results."""
+        if self.removed is None:
+            self.removed = np.zeros(self.ntotal, dtype=bool)
+        self.removed[np.asarray(ids, dtype=np.int64)] = True
+        self.n_removed = int(self.removed.sum())
+
+
+class ExactIndex(_Tombstones):
     """Brute-force inner-product search in NumPy (the test oracle)."""
 
     kind = "exact"
@@ -116,7 +166,6 @@ class ExactIndex:
     def __init__(self, vectors: np.ndarray) -> None:
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.dim = int(self.vectors.shape[1])
-        self.removed: np.ndarray | None = None
 
     @property
     def ntotal(self) -> int:
@@ -124,31 +173,7 @@ class ExactIndex:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = _check_queries(queries, self.dim, k)
-        n = self.ntotal
-        sims = q @ self.vectors.T
-        if self.removed is not None:
-            sims[:, self.removed] = -np.inf
-        kk = min(k, n)
-        if kk < n:
-            part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
-        else:
-            part = np.broadcast_to(np.arange(n), (q.shape[0], n)).copy()
-        part_scores = np.take_along_axis(sims, part, 1)
-        # Sort by score, then by id, so ties are deterministic.
-        order = np.lexsort((part, -part_scores), axis=1)
-        ids = np.take_along_axis(part, order, 1).astype(np.int64)
-        scores = np.take_along_axis(part_scores, order, 1).astype(np.float32)
-        ids = np.where(np.isfinite(scores), ids, -1)
-        if kk < k:
-            pad = k - kk
-            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
-        return scores, ids
-
-    def remove(self, ids: np.ndarray) -> None:
-        if self.removed is None:
-            self.removed = np.zeros(self.ntotal, dtype=bool)
-        self.removed[np.asarray(ids, dtype=np.int64)] = True
+        return top_k(q @ self.vectors.T, k, self.removed)
 
     def save(self, path: Path) -> list[str]:
         # The exact index *is* the embedding matrix, which the artifact already stores.
@@ -158,7 +183,7 @@ class ExactIndex:
         return {}
 
 
-class FaissIndex:
+class FaissIndex(_Tombstones):
     """A FAISS index (flat, HNSW or IVF) over inner products."""
 
     def __init__(self, index: Any, kind: str, params: dict[str, Any]) -> None:
@@ -166,7 +191,6 @@ class FaissIndex:
         self.kind = kind
         self.dim = int(index.d)
         self._params = params
-        self.removed: np.ndarray | None = None
         self._apply_search_params()
 
     def _apply_search_params(self) -> None:
@@ -221,21 +245,11 @@ class FaissIndex:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = _check_queries(queries, self.dim, k)
-        extra = 0 if self.removed is None else int(self.removed.sum())
-        fetch = min(max(1, self.ntotal), k + extra)
+        fetch = min(max(1, self.ntotal), k + self.n_removed)
         scores, ids = self.index.search(q, fetch)
         scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
-        scores, ids = _apply_tombstones(scores, ids.astype(np.int64), self.removed, k)
-        if scores.shape[1] < k:
-            pad = k - scores.shape[1]
-            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
-        return scores, ids
-
-    def remove(self, ids: np.ndarray) -> None:
-        if self.removed is None:
-            self.removed = np.zeros(self.ntotal, dtype=bool)
-        self.removed[np.asarray(ids, dtype=np.int64)] = True
+        removed = self.removed if self.n_removed else None
+        return _pad(*_apply_tombstones(scores, ids.astype(np.int64), removed, k), k)
 
     def save(self, path: Path, name: str = "index.faiss") -> list[str]:
         import faiss
@@ -310,7 +324,7 @@ def is_exhaustive(index: VectorIndex) -> bool:
     return index.kind in ("exact", "flat")
 
 
-class PartitionedIndex:
+class PartitionedIndex(_Tombstones):
     """One index per partition of the catalogue (its outfit slots); ids stay artifact rows.
 
     Why: in outfit mode the candidates are *other* slots' items. A single approximate search
@@ -340,7 +354,6 @@ class PartitionedIndex:
         for i, r in enumerate(rows):
             self._part_of[r] = i
             self._local[r] = np.arange(len(r))
-        self.removed: np.ndarray | None = None
 
     @classmethod
     def build(
@@ -382,32 +395,20 @@ class PartitionedIndex:
         q = _check_queries(queries, self.dim, k)
         scores, ids = [], []
         for part, rows in zip(self.parts, self.rows, strict=True):
-            kk = min(k, len(rows))
-            if isinstance(part, FaissIndex) and part.removed is None:
-                s, i = part.index.search(q, kk)  # the hot path: FAISS directly
-            else:
-                s, i = part.search(q, kk)
-            found = i >= 0
-            scores.append(np.where(found, s, -np.inf))
-            ids.append(np.where(found, rows[np.where(found, i, 0)], -1))
-        all_s = np.concatenate(scores, axis=1).astype(np.float32, copy=False)
-        all_i = np.concatenate(ids, axis=1).astype(np.int64, copy=False)
+            s, i = part.search(q, min(k, len(rows)))
+            scores.append(s)
+            ids.append(np.where(i >= 0, rows[np.maximum(i, 0)], -1))
+        all_s, all_i = np.concatenate(scores, axis=1), np.concatenate(ids, axis=1)
         order = np.argsort(-all_s, axis=1, kind="stable")
         return np.take_along_axis(all_s, order, 1), np.take_along_axis(all_i, order, 1)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        scores, ids = self.search_each(queries, k)
-        if scores.shape[1] < k:
-            pad = k - scores.shape[1]
-            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+        scores, ids = _pad(*self.search_each(queries, k), k)
         return scores[:, :k], ids[:, :k]
 
     def remove(self, ids: np.ndarray) -> None:
         ids = np.asarray(ids, dtype=np.int64)
-        if self.removed is None:
-            self.removed = np.zeros(self.ntotal, dtype=bool)
-        self.removed[ids] = True
+        super().remove(ids)
         for i, part in enumerate(self.parts):
             mine = ids[self._part_of[ids] == i]
             if len(mine):
