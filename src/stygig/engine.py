@@ -34,7 +34,7 @@ from stygig.harmony import (
     harmony,
     rgb_to_hsl,
 )
-from stygig.index import PartitionedIndex, is_exhaustive
+from stygig.index import PartitionedIndex, is_exhaustive, top_k
 from stygig.recommendation import Options, Query, Recommendation
 from stygig.scoring import ScoringConfig, combine, mmr, vote
 
@@ -116,9 +116,7 @@ class Recommender:
         items = artifact.items
         self.embeddings = artifact.embeddings
         self.category_names, self.category_codes = _codes([i.category for i in items])
-        self.slot_names, self.slot_codes = _codes(
-            [self.taxonomy.slot_of(i.category) for i in items]
-        )
+        self.slot_names = sorted({self.taxonomy.slot_of(c) for c in self.category_names})
         self.category_slot = np.array(
             [self.slot_names.index(self.taxonomy.slot_of(c)) for c in self.category_names], np.int64
         )
@@ -133,8 +131,8 @@ class Recommender:
         rgb = np.array([c.get("rgb", [128, 128, 128]) for c in artifact.colors], np.float32)
         self.rgb = rgb.reshape(-1, 3)
         self.hsl = rgb_to_hsl(self.rgb).astype(np.float32)
-        self.prices = np.array([np.nan if i.price is None else i.price for i in items], np.float64)
         self._attribute_cache: dict[str, np.ndarray] = {}
+        self._numeric_cache: dict[str, np.ndarray] = {}
         self.color_names = describe_colors(self.rgb)
         self._color_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stygig-color")
         self.exact = is_exhaustive(artifact.index)
@@ -226,9 +224,12 @@ class Recommender:
 
     def embed(self, prepared: Sequence[PreparedImage]) -> np.ndarray:
         """Encode prepared photos in one batch (whitened like the catalogue when it is)."""
-        if not prepared:
+        return self._encode([p.tensor for p in prepared])
+
+    def _encode(self, tensors: Sequence[np.ndarray]) -> np.ndarray:
+        if not tensors:
             return np.zeros((0, self.embeddings.shape[1]), np.float32)
-        return self.project(self.encoder.encode(np.stack([p.tensor for p in prepared])))
+        return self.project(self.encoder.encode(np.stack(tensors)))
 
     def project(self, vectors: np.ndarray) -> np.ndarray:
         """Map raw encoder outputs into the artifact's embedding space."""
@@ -244,11 +245,7 @@ class Recommender:
         decoded = [decode_photo(img, self.encoder.preprocess) for img in query.images]
         colors = [self._color_pool.submit(_timed, color_summary, px) for _, px in decoded]
         t1 = time.perf_counter()
-        vectors = (
-            self.project(self.encoder.encode(np.stack([tensor for tensor, _ in decoded])))
-            if decoded
-            else np.zeros((0, self.embeddings.shape[1]), np.float32)
-        )
+        vectors = self._encode([tensor for tensor, _ in decoded])
         t2 = time.perf_counter()
         measured = [future.result() for future in colors]
         t3 = time.perf_counter()
@@ -307,14 +304,7 @@ class Recommender:
         """Top-``k`` ``(scores, ids)`` per query; from ``full`` (n, m) sims when already computed."""
         if full is None:
             return self.artifact.index.search(queries, k)
-        removed = self._removed()
-        if removed is not None:
-            full = np.where(removed[:, None], -np.inf, full)
-        k = min(k, full.shape[0])
-        part = np.argpartition(-full, k - 1, axis=0)[:k].T  # (m, k)
-        part_s = np.take_along_axis(full.T, part, 1)
-        order = np.lexsort((part, -part_s), axis=1)
-        return np.take_along_axis(part_s, order, 1), np.take_along_axis(part, order, 1)
+        return top_k(full.T, k, self._removed())
 
     def _candidate_pool(self, queries: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
         """About ``candidate_pool`` nearest items, best first, the first ``fetch`` exactly the
@@ -328,8 +318,8 @@ class Recommender:
 
     def _removed(self) -> np.ndarray | None:
         """Rows removed from the index (tombstones): never neighbours, never candidates."""
-        removed: np.ndarray | None = getattr(self.artifact.index, "removed", None)
-        return removed if removed is not None and removed.any() else None
+        index = self.artifact.index
+        return index.removed if index.n_removed else None
 
     def _vote(self, parts: list[_Part], scores: np.ndarray, ids: np.ndarray) -> None:
         """Infer each part's category (unless known), gender and usage from its neighbours."""
@@ -414,6 +404,15 @@ class Recommender:
             "hedged": hedged,
         }
 
+    def _numeric_values(self, name: str) -> np.ndarray:
+        """``name`` of every item as a float (NaN where missing or not a number), cached."""
+        cached = self._numeric_cache.get(name)
+        if cached is None:
+            raw = self._attribute_values(name)
+            cached = np.array([_to_float(v) for v in raw], np.float64)
+            self._numeric_cache[name] = cached
+        return cached
+
     def _attribute_values(self, name: str) -> np.ndarray:
         cached = self._attribute_cache.get(name)
         if cached is None:
@@ -479,12 +478,8 @@ class Recommender:
             unknown = set(cond) - {"min", "max"}
             if unknown or not cond:
                 raise InvalidOptionsError(f"filter {name!r}: a range is {{'min': x, 'max': y}}")
-            if name == "price":
-                values = self.prices
-            else:
-                raw = self._attribute_values(name)
-                values = np.array([_to_float(v) for v in raw], np.float64)
-            ok = ~np.isnan(values)
+            values = self._numeric_values(name)
+            ok: np.ndarray = ~np.isnan(values)
             try:
                 if "min" in cond:
                     ok &= values >= float(cond["min"])
@@ -539,37 +534,30 @@ class Recommender:
         # the results short.
         selective = bool(options.include_categories or options.filters or gender["hedged"])
         pool_sims: np.ndarray | None = None
-        if self.exact:
-            cand = np.flatnonzero(self._filter_mask(options, parts, gender))
-        elif selective and (mask := self._filter_mask(options, parts, gender)).sum() <= (
-            self.config.candidate_pool
-        ):
+        mask = self._filter_mask(options, parts, gender) if self.exact or selective else None
+        if mask is not None and (self.exact or mask.sum() <= self.config.candidate_pool):
             cand = np.flatnonzero(mask)
         else:
             if pool is None:
                 pool = self._candidate_pool(queries.mean(axis=0)[None, :], 0)
             found = pool[1][0] >= 0
             ids, sims_found = pool[1][0][found], pool[0][0][found]
-            keep_pool = self._filter_mask(options, parts, gender, ids)
+            keep_pool = (
+                mask[ids] if mask is not None else self._filter_mask(options, parts, gender, ids)
+            )
             cand = ids[keep_pool]
             if len(parts) == 1:
                 pool_sims = sims_found[keep_pool]
         q_cats = np.array([p.category for p in parts if p.category >= 0], np.int64)
         q_slots = set(self.category_slot[q_cats].tolist())
         c_cat = self.category_codes[cand]
-        compatible: np.ndarray
+        in_q_slots = np.isin(self.category_slot[c_cat], list(q_slots))
         if options.mode == "outfit":
-            compatible = np.ones(len(cand), bool)
-            if len(q_cats):
-                compatible = np.asarray(self.compat[q_cats][:, c_cat].all(axis=0))
-            keep = compatible & ~np.isin(self.category_slot[c_cat], list(q_slots))
+            compatible = self._compatible(q_cats, c_cat)
+            keep = compatible & ~in_q_slots
         else:
             compatible = np.zeros(len(cand), bool)
-            keep = (
-                np.isin(self.category_slot[c_cat], list(q_slots))
-                if q_slots
-                else np.ones(len(cand), bool)
-            )
+            keep = in_q_slots if q_slots else np.ones(len(cand), bool)
         cand, c_cat, compatible = cand[keep], c_cat[keep], compatible[keep]
         if pool_sims is not None:
             pool_sims = pool_sims[keep]
@@ -587,20 +575,12 @@ class Recommender:
         )
         harm, rules = self._harmony(q_hsl, cand)
         use_color = options.use_color and options.mode == "outfit"
-        if options.mode == "outfit":
-            score, factor = combine(
-                sims,
-                harm,
-                compatible,
-                boost=self.taxonomy.boost,
-                config=self.config,
-                use_harmony=use_color,
-            )
-        else:
-            score, factor = sims.astype(np.float32), np.ones(len(cand), np.float32)
         learned: np.ndarray | None = None
         if options.mode == "outfit":
+            score, factor = self._v4(sims, harm, compatible, use_color)
             score, learned = self._with_learned(parts, cand, score)
+        else:
+            score, factor = sims.astype(np.float32), np.ones(len(cand), np.float32)
         t_score = time.perf_counter()
         timings["score"] = (t_score - t_cand) * 1e3
 
@@ -655,8 +635,19 @@ class Recommender:
         c = np.array([self._position(i) for i in candidate_ids], np.int64)
         sims = (self.embeddings[c] @ self.embeddings[q].T).mean(axis=1)
         harm, _ = self._harmony(self.hsl[q], c)
-        compatible = self.compat[self.category_codes[q]][:, self.category_codes[c]].all(axis=0)
-        score, _ = combine(
+        compatible = self._compatible(self.category_codes[q], self.category_codes[c])
+        score, _ = self._v4(sims, harm, compatible, use_color)
+        return self._with_learned(q, c, score)[0]
+
+    def _compatible(self, query_cats: np.ndarray, cand_cats: np.ndarray) -> np.ndarray:
+        """Whether each candidate category is compatible with every query category."""
+        return np.asarray(self.compat[query_cats][:, cand_cats].all(axis=0))
+
+    def _v4(
+        self, sims: np.ndarray, harm: np.ndarray, compatible: np.ndarray, use_color: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The V4 rules' score and boost factor (:func:`stygig.scoring.combine`)."""
+        return combine(
             sims,
             harm,
             compatible,
@@ -664,15 +655,12 @@ class Recommender:
             config=self.config,
             use_harmony=use_color,
         )
-        if self.learned is None:
-            return score
-        final, _ = self._with_learned(q, c, score)
-        return final
 
     def _harmony(self, query_hsl: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Harmony of each candidate averaged over the query colours ``(m, 3)``, and the rule
         that decided it against the first query colour (the one reasons name)."""
-        per_query = [harmony(h, self.hsl[cand], self.harmony_rules) for h in query_hsl]
+        cand_hsl = self.hsl[cand]
+        per_query = [harmony(h, cand_hsl, self.harmony_rules) for h in query_hsl]
         if not per_query:
             return np.zeros(len(cand), np.float32), np.zeros(len(cand), np.intp)
         return np.mean([h[0] for h in per_query], axis=0), per_query[0][1]
@@ -691,7 +679,7 @@ class Recommender:
         # Seeded jitter far below float32 score resolution breaks exact ties reproducibly.
         jitter = np.random.default_rng(options.seed).random(len(score)) * 1e-12
         key = score.astype(np.float64) - jitter
-        depth = max(options.k * 4, options.k)  # MMR picks k from each category's best `depth`
+        depth = options.k * 4  # MMR picks k from each category's best `depth`
         counts = np.bincount(c_cat, minlength=int(c_cat.max(initial=-1)) + 1)
         cats = np.flatnonzero(counts)
         # Only the head of the ranking can hold any category's best `depth`: sort just that head
