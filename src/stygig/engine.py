@@ -36,7 +36,7 @@ from stygig.harmony import (
 )
 from stygig.index import PartitionedIndex, is_exhaustive, top_k
 from stygig.recommendation import Options, Query, Recommendation
-from stygig.scoring import ScoringConfig, combine, mmr, vote
+from stygig.scoring import ScoringConfig, combine, label_codes, mmr, vote, weighted_winner
 
 __all__ = ["Options", "Query", "Recommendation", "Recommender", "load_artifact_encoder"]
 
@@ -85,12 +85,6 @@ class _Part:
         self.color_name = str(name) if name else describe_color(self.color.get("rgb", [128] * 3))
 
 
-def _codes(values: Sequence[str | None]) -> tuple[list[str], np.ndarray]:
-    names = sorted({v for v in values if v is not None})
-    lookup = {v: i for i, v in enumerate(names)}
-    return names, np.array([lookup.get(v, -1) if v is not None else -1 for v in values], np.int64)
-
-
 class Recommender:
     """Loads an artifact once; answers :meth:`recommend` calls (thread-safe for reads)."""
 
@@ -115,19 +109,19 @@ class Recommender:
         self.taxonomy = artifact.taxonomy
         items = artifact.items
         self.embeddings = artifact.embeddings
-        self.category_names, self.category_codes = _codes([i.category for i in items])
+        self.category_names, self.category_codes = label_codes([i.category for i in items])
         self.slot_names = sorted({self.taxonomy.slot_of(c) for c in self.category_names})
         self.category_slot = np.array(
             [self.slot_names.index(self.taxonomy.slot_of(c)) for c in self.category_names], np.int64
         )
         self.compat = self.taxonomy.compatibility_matrix(self.category_names)
-        self.gender_names, self.gender_codes = _codes([i.gender for i in items])
+        self.gender_names, self.gender_codes = label_codes([i.gender for i in items])
         self._unisex = self.gender_names.index("unisex") if "unisex" in self.gender_names else -2
         # Hedging an unsure gender needs items that fit anyone: unisex or without a gender.
         self._can_hedge = bool(
             ((self.gender_codes == self._unisex) | (self.gender_codes < 0)).any()
         )
-        self.usage_names, self.usage_codes = _codes([i.usage for i in items])
+        self.usage_names, self.usage_codes = label_codes([i.usage for i in items])
         rgb = np.array([c.get("rgb", [128, 128, 128]) for c in artifact.colors], np.float32)
         self.rgb = rgb.reshape(-1, 3)
         self.hsl = rgb_to_hsl(self.rgb).astype(np.float32)
@@ -354,7 +348,7 @@ class Recommender:
                 item = self.artifact.items[part.position]
                 part.info["gender"], part.info["usage"] = item.gender, item.usage
             else:
-                winner = _weighted_winner(part.gender_weights)
+                winner = weighted_winner(part.gender_weights)
                 part.info["gender"] = self.gender_names[winner[0]] if winner else None
                 part.info["gender_votes"] = {
                     self.gender_names[g]: n for g, n in gender.counts.items()
@@ -389,7 +383,7 @@ class Recommender:
             if part.position is None:
                 for g, w in part.gender_weights.items():
                     pooled[g] = pooled.get(g, 0.0) + w
-        winner = _weighted_winner(pooled)
+        winner = weighted_winner(pooled)
         if winner is None:
             return {"value": None, "source": "none", "hedged": False}
         name, confidence = self.gender_names[winner[0]], round(winner[1], 3)
@@ -790,15 +784,6 @@ class Recommender:
             "hsl": [round(float(v), 4) for v in rgb_to_hsl(np.asarray(rgb, np.float32))],
             "palette": part.color.get("palette", []),
         }
-
-
-def _weighted_winner(weights: dict[int, float]) -> tuple[int, float] | None:
-    """The label with the largest weight (ties: lowest label) and its share; None if no weight."""
-    total = sum(weights.values())
-    if total <= 0:
-        return None
-    winner = min(weights, key=lambda g: (-weights[g], g))
-    return winner, weights[winner] / total
 
 
 def _to_float(value: Any) -> float:

@@ -12,6 +12,7 @@ Weights live in :class:`ScoringConfig`, loaded from ``stygig/data/scoring.yaml``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
@@ -22,7 +23,16 @@ import yaml
 
 from stygig.errors import ConfigError
 
-__all__ = ["COMPAT_MODES", "ScoringConfig", "Vote", "combine", "mmr", "vote"]
+__all__ = [
+    "COMPAT_MODES",
+    "ScoringConfig",
+    "Vote",
+    "combine",
+    "label_codes",
+    "mmr",
+    "vote",
+    "weighted_winner",
+]
 
 #: ``learned``: the compatibility model only; ``learned+rules``: model + its fitted weight x V4;
 #: ``rules``: V4 only (also the fallback for an artifact without a model).
@@ -87,6 +97,22 @@ class Vote:
     winner: int
     counts: dict[int, int]
     similarity: dict[int, float]
+
+
+def label_codes(values: Sequence[str | None]) -> tuple[list[str], np.ndarray]:
+    """Sorted label names and an int code per value (``-1`` for missing)."""
+    names = sorted({v for v in values if v is not None})
+    lookup = {v: i for i, v in enumerate(names)}
+    return names, np.array([lookup[v] if v is not None else -1 for v in values], np.int64)
+
+
+def weighted_winner(weights: dict[int, float]) -> tuple[int, float] | None:
+    """The label with the largest weight (ties: lowest label) and its share; None if no weight."""
+    total = sum(weights.values())
+    if total <= 0:
+        return None
+    winner = min(weights, key=lambda g: (-weights[g], g))
+    return winner, weights[winner] / total
 
 
 def vote(labels: np.ndarray, sims: np.ndarray) -> Vote:

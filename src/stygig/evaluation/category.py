@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from stygig.evaluation.split import Split, stratified_split
-from stygig.scoring import vote
+from stygig.scoring import label_codes as encode_labels
+from stygig.scoring import vote, weighted_winner
 from stygig.whitening import Whitening
 
 if TYPE_CHECKING:
@@ -37,13 +38,6 @@ __all__ = [
 ]
 
 _CHUNK = 1024
-
-
-def encode_labels(values: Sequence[str | None]) -> tuple[list[str], np.ndarray]:
-    """Sorted label names and int codes (``-1`` for missing)."""
-    names = sorted({v for v in values if v is not None})
-    lookup = {v: i for i, v in enumerate(names)}
-    return names, np.array([lookup[v] if v is not None else -1 for v in values], np.int64)
 
 
 def knn_vote(
@@ -144,7 +138,6 @@ def outfit_validity(
     query_rows: Sequence[int],
     held_out: Sequence[int],
     *,
-    limit: int | None = None,
     seed: int = 0,
     state_gender: bool = False,
 ) -> dict[str, Any]:
@@ -155,17 +148,15 @@ def outfit_validity(
 
     ``query_rows`` are artifact rows used as query photos (their stored embedding and colour
     stand in for the photo, exactly what the build computed from it); every ``held_out`` row is
-    removed from the index and excluded from the candidates, so a query never meets itself.
+    removed from the index, which keeps it out of the neighbours and the candidates alike, so a
+    query never meets itself.
     """
     from stygig.engine import Options
     from stygig.features import PreparedImage
 
     artifact = recommender.artifact
     artifact.index.remove(np.asarray(held_out, np.int64))
-    excluded = tuple(artifact.items[i].id for i in held_out)
     rows = np.asarray(query_rows, np.int64)
-    if limit is not None and len(rows) > limit:
-        rows = np.sort(np.random.default_rng(seed).choice(rows, limit, replace=False))
     tally = Counter[str]()
     for pos in rows.tolist():
         truth = artifact.items[pos]
@@ -176,7 +167,6 @@ def outfit_validity(
             (),
             Options(
                 mode="outfit",
-                exclude_ids=excluded,
                 seed=seed,
                 gender=truth.gender if state_gender and truth.gender != "unisex" else None,
             ),
@@ -312,15 +302,23 @@ def evaluate_photos(
     if whitening.dim == emb.shape[1]:
         whitened_art = whitened_artifact(artifact, white)
         white_rec = Recommender(whitened_art, encoder=recommender.encoder)
-        out["validity_whitened"] = outfit_validity(white_rec, queries, removed, seed=seed)
+        # One run per threshold; the default threshold and 0 (always guess) are among them.
+        runs = {
+            t: outfit_validity(
+                replace_config(white_rec, gender_min_confidence=t), queries, removed, seed=seed
+            )
+            for t in GENDER_THRESHOLDS
+        }
+        default = white_rec.config.gender_min_confidence
+        out["validity_whitened"] = runs.get(default) or outfit_validity(
+            white_rec, queries, removed, seed=seed
+        )
         out["validity_whitened_stated_gender"] = outfit_validity(
             white_rec, queries, removed, seed=seed, state_gender=True
         )
-        out["validity_whitened_always_guess"] = outfit_validity(
-            replace_config(white_rec, gender_min_confidence=0.0), queries, removed, seed=seed
-        )
+        out["validity_whitened_always_guess"] = runs[0.0]
         out["gender_confidence"] = gender_confidence_curve(
-            white_rec, white[split.catalog], split.catalog, queries, removed, seed=seed
+            white_rec, white[split.catalog], split.catalog, runs
         )
     return out
 
@@ -333,18 +331,15 @@ def gender_confidence_curve(
     recommender: Recommender,
     catalog_vectors: np.ndarray,
     catalog_rows: np.ndarray,
-    query_rows: Sequence[int],
-    held_out: Sequence[int],
-    *,
-    seed: int = 0,
+    runs: dict[float, dict[str, Any]],
 ) -> dict[str, Any]:
     """What ``gender_min_confidence`` trades: validity against hedged (unisex-only) answers.
 
     ``calibration`` is measured on the catalogue alone (each catalogue photo voted by the other
     catalogue photos, leave-one-out): the share of photos confident at each threshold and how
     often their voted gender is right — what a retailer can compute to pick the threshold
-    without any query photos. ``queries`` runs the engine on the held-out query photos at each
-    threshold.
+    without any query photos. ``queries`` summarises ``runs``, the :func:`outfit_validity` of
+    the held-out query photos at each threshold.
     """
     k = recommender.config.attribute_vote_k
     genders = recommender.gender_codes[catalog_rows]
@@ -359,26 +354,23 @@ def gender_confidence_curve(
         for row, (ids, s) in enumerate(zip(top, np.take_along_axis(sims, top, 1), strict=True)):
             labels = np.where(genders[ids] == unisex, -1, genders[ids])
             weights = {g: max(w, 0.0) for g, w in vote(labels, s).similarity.items()}
-            total = sum(weights.values())
             i = start + row
-            if total <= 0:
+            won = weighted_winner(weights)
+            if won is None:
                 conf[i], right[i] = 0.0, True
                 continue
-            winner = min(weights, key=lambda g: (-weights[g], g))
-            conf[i] = weights[winner] / total
-            right[i] = genders[i] in (winner, unisex) or genders[i] < 0
+            conf[i] = won[1]
+            right[i] = genders[i] in (won[0], unisex) or genders[i] < 0
     calibration = [
         {
             "threshold": t,
             "confident_share": float((conf >= t).mean()),
             "confident_correct": float(right[conf >= t].mean()) if (conf >= t).any() else None,
         }
-        for t in GENDER_THRESHOLDS
+        for t in sorted(runs)
     ]
     curve = []
-    for t in GENDER_THRESHOLDS:
-        rec = replace_config(recommender, gender_min_confidence=t)
-        v = outfit_validity(rec, query_rows, held_out, seed=seed)
+    for t, v in sorted(runs.items()):
         curve.append(
             {
                 "threshold": t,
