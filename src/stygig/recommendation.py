@@ -6,14 +6,24 @@ These are the request and response types of :class:`stygig.engine.Recommender`; 
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from stygig.errors import InvalidOptionsError
+from stygig.errors import InputError, InvalidOptionsError
 
-__all__ = ["Mode", "Options", "Query", "Recommendation"]
+__all__ = [
+    "Mode",
+    "Options",
+    "Query",
+    "Recommendation",
+    "options_from_params",
+    "params_to_dict",
+    "parse_json_object",
+]
 
 Mode = Literal["outfit", "similar"]
 _MAX_K = 100
@@ -73,6 +83,60 @@ class Options:
             return cls(**kwargs)
         except TypeError as e:
             raise InvalidOptionsError(f"invalid options: {e}") from e
+
+
+_INT_OPTIONS = ("k", "k_total", "seed")
+_LIST_OPTIONS = ("include_categories", "exclude_categories", "exclude_ids")
+
+
+def _coerce(name: str, values: list[str]) -> Any:
+    if name in _LIST_OPTIONS:
+        return [v for value in values for v in value.split(",") if v]
+    value = values[-1]
+    if name in _INT_OPTIONS:
+        try:
+            return int(value)
+        except ValueError:
+            raise InvalidOptionsError(f"{name} must be an integer, not {value!r}") from None
+    if name == "diversity":
+        try:
+            return float(value)
+        except ValueError:
+            raise InvalidOptionsError(f"diversity must be a number, not {value!r}") from None
+    if name == "use_color":
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise InvalidOptionsError(f"use_color must be true or false, not {value!r}")
+    if name == "filters":
+        return parse_json_object(value.encode(), what="filters")
+    return value
+
+
+def params_to_dict(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """Option values from text pairs (query string, form fields), typed per option."""
+    grouped: dict[str, list[str]] = {}
+    for key, value in pairs:
+        grouped.setdefault(key, []).append(value)
+    return {k: _coerce(k, v) for k, v in grouped.items()}
+
+
+def options_from_params(pairs: Iterable[tuple[str, str]]) -> Options:
+    """Options from text ``key=value`` pairs: a URL query (repeated or comma-separated lists),
+    form fields, ``--option`` flags."""
+    return Options.from_dict(params_to_dict(pairs))
+
+
+def parse_json_object(body: bytes, *, what: str = "the body") -> dict[str, Any]:
+    """A JSON object, or :class:`~stygig.errors.InputError` (400) saying why not."""
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{what} is not valid JSON: {e}", code="malformed_json") from None
+    if not isinstance(data, dict):
+        raise InvalidOptionsError(f"{what} must be a JSON object, not {type(data).__name__}")
+    return data
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,29 @@ def test_nightly_refresh_every_item_once(rec: Recommender, tmp_path: Path) -> No
         run_batch(rec, str(rec.artifact.path), str(out), options={"k": 3}, progress=False)
 
 
+def test_batch_options_are_typed_like_the_servers(
+    sample: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--option` values are parsed as the HTTP API parses them: booleans, numbers, lists."""
+    artifact = sample[1]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "q", "item_ids": ["sku-0014"]}) + "\n")
+    out = tmp_path / "out.jsonl"
+    argv = ["batch", "--artifact", str(artifact), "--input", str(manifest), "--output", str(out)]
+    options = ["use_color=false", "diversity=0.5", "exclude_categories=hat,belt", "k=2"]
+    assert batch_main([*argv, "--quiet", *(f"--option={o}" for o in options)]) == 0
+    answer = _records(out)[0]["recommendation"]
+    assert isinstance(answer, dict)
+    items = answer["items"]
+    assert items and all(i["category"] not in ("hat", "belt") for i in items)
+    assert all(" + " not in i["reason"] for i in items)  # no colour harmony in the reasons
+    assert all(len(v) <= 2 for v in answer["by_category"].values())
+    bad = [*argv, "--overwrite", "--quiet", "--option", "use_color=maybe"]
+    assert batch_main(bad) == 2
+    assert "use_color must be true or false" in capsys.readouterr().err
+    assert batch_main([*argv, "--overwrite", "--quiet", "--options", "{not json"]) == 2
+
+
 def test_manifest_bad_records_are_isolated(
     sample: tuple[Path, Path], rec: Recommender, tmp_path: Path
 ) -> None:

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from stygig.errors import InvalidOptionsError, NotFoundError, ServerError
+from stygig.jobs.store import TERMINAL
+from stygig.recommendation import params_to_dict, parse_json_object
 
 __all__ = ["register", "run_batch_command", "run_jobs"]
-
-_TERMINAL = ("succeeded", "failed")
 
 
 def _request(
@@ -109,7 +109,7 @@ def _wait(url: str, ids: list[str], timeout: float, interval: float) -> list[dic
     while pending:
         for job_id in list(pending):
             info = _status(url, job_id)
-            if info["Status"] in _TERMINAL:
+            if info["Status"] in TERMINAL:
                 done[job_id] = info
                 pending.remove(job_id)
         if pending:
@@ -158,11 +158,10 @@ def run_batch_command(args: argparse.Namespace) -> int:
 
     if (args.input is None) == (not args.all_items):
         raise InvalidOptionsError("give --input SRC or --all-items (the artifact's catalogue)")
-    options: dict[str, Any] = json.loads(args.options) if args.options else {}
-    if not isinstance(options, dict):
-        raise InvalidOptionsError("--options must be a JSON object")
-    for key, value in _pairs(args.option):
-        options[key] = int(value) if value.isdigit() else value
+    options: dict[str, Any] = (
+        parse_json_object(args.options.encode(), what="--options") if args.options else {}
+    )
+    options.update(params_to_dict(_pairs(args.option)))  # typed like the server's options
     recommender = Recommender(Artifact.load(args.artifact, verify=not args.no_verify))
     summary = run_batch(
         recommender,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,13 +24,13 @@ from urllib.parse import parse_qsl
 
 from stygig.engine import Options, Query
 from stygig.errors import (
-    InputError,
     InvalidImageError,
     InvalidOptionsError,
     NotAcceptableError,
     PayloadTooLargeError,
     UnsupportedMediaError,
 )
+from stygig.recommendation import options_from_params, params_to_dict, parse_json_object
 
 __all__ = [
     "IMAGE_TYPES",
@@ -55,8 +54,6 @@ __all__ = [
 MAX_BODY_BYTES = 6 * 1024 * 1024
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "application/x-image"})
 _IMAGE_KEYS = ("image_b64", "images_b64", "item_ids")
-_INT_OPTIONS = ("k", "k_total", "seed")
-_LIST_OPTIONS = ("include_categories", "exclude_categories", "exclude_ids")
 _ACCEPTABLE = ("application/json", "application/*", "*/*")
 
 
@@ -90,55 +87,6 @@ def check_accept(accept: str | None) -> None:
         if kind in _ACCEPTABLE and q > 0:
             return
     raise NotAcceptableError(f"responses are application/json; Accept was {accept!r}")
-
-
-def _coerce(name: str, values: list[str]) -> Any:
-    if name in _LIST_OPTIONS:
-        return [v for value in values for v in value.split(",") if v]
-    value = values[-1]
-    if name in _INT_OPTIONS:
-        try:
-            return int(value)
-        except ValueError:
-            raise InvalidOptionsError(f"{name} must be an integer, not {value!r}") from None
-    if name == "diversity":
-        try:
-            return float(value)
-        except ValueError:
-            raise InvalidOptionsError(f"diversity must be a number, not {value!r}") from None
-    if name == "use_color":
-        if value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if value.lower() in ("0", "false", "no", "off"):
-            return False
-        raise InvalidOptionsError(f"use_color must be true or false, not {value!r}")
-    if name == "filters":
-        return parse_json_object(value.encode(), what="filters")
-    return value
-
-
-def params_to_dict(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
-    """Option values from text pairs (query string, form fields), typed per option."""
-    grouped: dict[str, list[str]] = {}
-    for key, value in pairs:
-        grouped.setdefault(key, []).append(value)
-    return {k: _coerce(k, v) for k, v in grouped.items()}
-
-
-def options_from_params(pairs: Iterable[tuple[str, str]]) -> Options:
-    """Options from URL query parameters (repeated or comma-separated lists)."""
-    return Options.from_dict(params_to_dict(pairs))
-
-
-def parse_json_object(body: bytes, *, what: str = "the body") -> dict[str, Any]:
-    """A JSON object, or :class:`~stygig.errors.InputError` (400) saying why not."""
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{what} is not valid JSON: {e}", code="malformed_json") from None
-    if not isinstance(data, dict):
-        raise InvalidOptionsError(f"{what} must be a JSON object, not {type(data).__name__}")
-    return data
 
 
 def _b64(value: Any, where: str) -> bytes:
