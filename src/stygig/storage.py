@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,6 +110,18 @@ def _s3() -> Any:
         return client
 
 
+@contextmanager
+def _s3_errors(loc: Location) -> Iterator[None]:
+    """Turn a failing S3 call on ``loc`` into the StyGig error that says what happened; StyGig's
+    own errors (boto3 missing) pass through unchanged."""
+    try:
+        yield
+    except StygigError:
+        raise
+    except Exception as e:
+        raise _s3_error(e, loc) from e
+
+
 def _s3_error(e: Exception, loc: Location) -> StygigError:
     code = ""
     response = getattr(e, "response", None)
@@ -124,10 +138,8 @@ def read_bytes(uri: str | Path) -> bytes:
     """The whole object at ``uri`` (:class:`~stygig.errors.NotFoundError` when absent)."""
     loc = parse(uri)
     if loc.scheme == "s3":
-        try:
+        with _s3_errors(loc):
             body: bytes = _s3().get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read()
-        except Exception as e:
-            raise _s3_error(e, loc) from e
         return body
     assert loc.path is not None
     try:
@@ -143,10 +155,8 @@ def write_bytes(uri: str | Path, data: bytes, *, content_type: str | None = None
     loc = parse(uri)
     if loc.scheme == "s3":
         extra = {"ContentType": content_type} if content_type else {}
-        try:
+        with _s3_errors(loc):
             _s3().put_object(Bucket=loc.bucket, Key=loc.key, Body=data, **extra)
-        except Exception as e:
-            raise _s3_error(e, loc) from e
         return str(loc)
     assert loc.path is not None
     try:
@@ -171,12 +181,10 @@ def exists(uri: str | Path) -> bool:
     loc = parse(uri)
     if loc.scheme == "s3":
         try:
-            _s3().head_object(Bucket=loc.bucket, Key=loc.key)
-        except Exception as e:
-            err = _s3_error(e, loc)
-            if isinstance(err, NotFoundError):
-                return False
-            raise err from e
+            with _s3_errors(loc):
+                _s3().head_object(Bucket=loc.bucket, Key=loc.key)
+        except NotFoundError:
+            return False
         return True
     assert loc.path is not None
     return loc.path.is_file()
@@ -186,10 +194,8 @@ def delete(uri: str | Path) -> None:
     """Remove the object at ``uri`` (nothing happens when it is absent)."""
     loc = parse(uri)
     if loc.scheme == "s3":
-        try:
+        with _s3_errors(loc):
             _s3().delete_object(Bucket=loc.bucket, Key=loc.key)
-        except Exception as e:
-            raise _s3_error(e, loc) from e
         return
     assert loc.path is not None
     loc.path.unlink(missing_ok=True)
@@ -200,14 +206,12 @@ def list_keys(prefix: str | Path) -> list[str]:
     loc = parse(prefix)
     if loc.scheme == "s3":
         out: list[str] = []
-        try:
+        with _s3_errors(loc):
             pages = (
                 _s3().get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=loc.key)
             )
             for page in pages:
                 out.extend(f"s3://{loc.bucket}/{obj['Key']}" for obj in page.get("Contents", []))
-        except Exception as e:
-            raise _s3_error(e, loc) from e
         return sorted(out)
     assert loc.path is not None
     if not loc.path.is_dir():
