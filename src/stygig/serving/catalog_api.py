@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -46,13 +45,21 @@ _IMAGE_MAX_AGE_S = 3600
 _MAX_LIMIT = 100
 
 
-def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    body = json.dumps(data, separators=(",", ":")).encode()
-    return Response(body, status_code=status, media_type=JSON, headers=headers)
+def _json_bytes(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode()
 
 
-def _static_file(name: str) -> bytes:
-    return (resources.files("stygig.serving") / "static" / name).read_bytes()
+def _json(data: Any) -> Response:
+    return Response(_json_bytes(data), media_type=JSON)
+
+
+def _static_files() -> dict[str, tuple[bytes, str]]:
+    """The page's files and their ETags, read once."""
+    out = {}
+    for name in _STATIC:
+        body = (resources.files("stygig.serving") / "static" / name).read_bytes()
+        out[name] = (body, '"' + hashlib.sha256(body).hexdigest()[:20] + '"')
+    return out
 
 
 @dataclass
@@ -63,6 +70,7 @@ class _Shelf:
     images: ItemImages
     haystacks: list[str]
     etag_seed: str
+    config: bytes | None = None  # the /v1/config body, made on first use
 
     @classmethod
     def of(cls, rec: Recommender) -> _Shelf:
@@ -164,6 +172,7 @@ def make_catalog_router(service: ModelService) -> APIRouter:
     """The page, its static files, item images, catalogue browsing and the page's config."""
     router = APIRouter()
     shelves: dict[int, _Shelf] = {}
+    files = _static_files()
 
     async def shelf() -> _Shelf:
         """The current recommender's shelf, built once in the worker pool (not the event loop)."""
@@ -176,7 +185,7 @@ def make_catalog_router(service: ModelService) -> APIRouter:
     @router.get("/", include_in_schema=False)
     async def page() -> Response:
         return Response(
-            _static_file("index.html"),
+            files["index.html"][0],
             media_type=_STATIC["index.html"],
             headers={"Cache-Control": "no-cache"},
         )
@@ -185,8 +194,7 @@ def make_catalog_router(service: ModelService) -> APIRouter:
     async def static(name: str, request: Request) -> Response:
         if name not in _STATIC:
             raise NotFoundError(f"no static file {name!r}", code="not_found")
-        body = _static_file(name)
-        etag = '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
+        body, etag = files[name]
         headers = {"Cache-Control": "no-cache", "ETag": etag}
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=headers)
@@ -236,6 +244,9 @@ def make_catalog_router(service: ModelService) -> APIRouter:
 
     @router.get("/v1/config", tags=["catalogue"], summary="What the page can offer")
     async def config() -> Response:
-        return _json(_config(service, (await shelf()).recommender))
+        current = await shelf()
+        if current.config is None:
+            current.config = _json_bytes(_config(service, current.recommender))
+        return Response(current.config, media_type=JSON)
 
     return router
