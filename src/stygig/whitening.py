@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from stygig.encoders.base import l2_normalize
 from stygig.errors import ArtifactError, InvalidOptionsError
 
 __all__ = ["DEFAULT_DIM", "DEFAULT_POWER", "DEFAULT_SHRINKAGE", "Whitening"]
@@ -31,12 +32,6 @@ __all__ = ["DEFAULT_DIM", "DEFAULT_POWER", "DEFAULT_SHRINKAGE", "Whitening"]
 DEFAULT_DIM: int | None = None
 DEFAULT_SHRINKAGE = 0.1
 DEFAULT_POWER = 0.75
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    out: np.ndarray = (x / np.maximum(norms, 1e-12)).astype(np.float32)
-    return out
 
 
 @dataclass(frozen=True)
@@ -115,7 +110,7 @@ class Whitening:
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """Whitened, L2-normalised ``float32`` rows, ready for inner-product search."""
-        return _normalise(self.transform(x))
+        return l2_normalize(self.transform(x))
 
     def save(self, path: Path) -> Path:
         """Write one ``.npz`` file (plain arrays, no pickle) and return its path."""

@@ -18,8 +18,6 @@ REJECT_REASONS = (
     "corrupt_image",  # the image exists but cannot be decoded (corrupt, truncated, too large)
 )
 
-GENDERS = ("men", "women", "unisex")
-
 
 @dataclass(frozen=True)
 class Item:

@@ -9,13 +9,12 @@ stray files never ship. The archive is reproducible: sorted names, zero mtimes a
 from __future__ import annotations
 
 import gzip
-import hashlib
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stygig.artifact import read_manifest, verify_files
+from stygig.artifact import file_sha256, read_manifest, verify_files
 from stygig.errors import StorageError
 from stygig.storage import parse
 
@@ -30,14 +29,6 @@ class Package:
     sha256: str
     bytes: int
     files: tuple[str, ...]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def package_artifact(artifact: str | Path, out: str | Path) -> Package:
@@ -65,7 +56,7 @@ def package_artifact(artifact: str | Path, out: str | Path) -> Package:
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise StorageError(f"cannot write {target}: {e}") from e
-    return Package(target, _sha256(target), target.stat().st_size, tuple(names))
+    return Package(target, file_sha256(target), target.stat().st_size, tuple(names))
 
 
 def upload(path: str | Path, uri: str, *, region: str | None = None) -> str:

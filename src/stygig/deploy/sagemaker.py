@@ -55,7 +55,6 @@ def aws_client(service: str, region: str | None = None) -> Any:
 def translate(e: Exception, what: str) -> StygigError:
     """A botocore exception as the StyGig error that says what to do."""
     from botocore.exceptions import (
-        BotoCoreError,
         ClientError,
         NoCredentialsError,
         NoRegionError,
@@ -76,8 +75,6 @@ def translate(e: Exception, what: str) -> StygigError:
         if "Could not find" in message or code in ("ResourceNotFound", "ObjectNotFoundException"):
             return NotFoundError(f"{what}: {message}", code="aws_not_found")
         return ServerError(f"{what}: AWS refused ({code}): {message}", code="aws_error")
-    if isinstance(e, BotoCoreError):
-        return ServerError(f"{what}: {e}", code="aws_error")
     return ServerError(f"{what}: {e}", code="aws_error")
 
 

@@ -223,7 +223,6 @@ class JobWorker:
         self._notifying: set[str] = set()
         self._running: dict[str, _Running] = {}
         self._lock = threading.Lock()
-        self.started = False
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -236,7 +235,6 @@ class JobWorker:
             thread = threading.Thread(target=target, name=f"stygig-jobs-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
-        self.started = True
 
     def stop(self, timeout: float = 25.0) -> None:
         """Stop claiming; wait up to ``timeout`` for running jobs (unfinished ones stay leased
@@ -251,7 +249,6 @@ class JobWorker:
         self._supervisors.shutdown(wait=False, cancel_futures=True)
         self._compute.shutdown(wait=False, cancel_futures=True)
         self._notify_pool.shutdown(wait=False, cancel_futures=True)
-        self.started = False
 
     def wake(self) -> None:
         """Look for work now (called after a submission)."""
