@@ -41,8 +41,7 @@ def run_train_compat(args: argparse.Namespace) -> int:
     from stygig.artifact import Artifact, add_compat_model
     from stygig.compat.train import TrainConfig, train_compat
     from stygig.engine import Recommender
-    from stygig.evaluation.fitb import read_outfits
-    from stygig.scoring import ScoringConfig
+    from stygig.evaluation.fitb import read_outfits, scoring_config
 
     artifact = Artifact.load(args.artifact)
     built_from = artifact.manifest.get("build", {}).get("catalog")
@@ -54,8 +53,7 @@ def run_train_compat(args: argparse.Namespace) -> int:
         config = replace(config, epochs=args.epochs)
     v4 = None
     if not args.no_rules_weight:
-        rules = ScoringConfig.from_dict({"compat_mode": "rules"})
-        v4 = Recommender(artifact, config=rules).score_items
+        v4 = Recommender(artifact, config=scoring_config("rules")).score_items
     result = train_compat(artifact, outfits, config, v4_scorer=v4, progress=not args.quiet)
     info = {
         "outfits_file": str(args.outfits),

@@ -12,7 +12,8 @@ evaluation's own :func:`~stygig.evaluation.fitb.make_questions` on the validatio
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,7 @@ from torch import nn
 
 from stygig.compat.features import ItemFeatures, item_features
 from stygig.compat.model import CompatModel, Cooccurrence, whiten_rows
-from stygig.evaluation.fitb import Question, fitb_accuracy, make_questions
+from stygig.evaluation.fitb import Question, fitb_accuracy, item_types, make_questions
 from stygig.evaluation.split import split_ids
 
 if TYPE_CHECKING:
@@ -58,11 +59,6 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     split: dict[str, int] = field(default_factory=dict)
-
-
-def item_types(artifact: Artifact) -> dict[str, str]:
-    """Each item's product type, as the evaluation defines it (native type, else category)."""
-    return {i.id: i.attributes.get("des_product_type") or i.category for i in artifact.items}
 
 
 def artifact_features(artifact: Artifact, categories: Sequence[str]) -> ItemFeatures:
@@ -232,12 +228,18 @@ def train_compat(
     ``v4_scorer`` (the rules' FITB scorer) lets the trainer pick the weight of the rules in
     ``learned+rules`` on the validation outfits; without it the weight stays 0.
     """
-    # Bit-identical reruns: CPU scatter-adds (index backward) are otherwise summed in a
-    # thread-dependent order.
+    with _deterministic_torch():
+        return _train(artifact, outfits, config, v4_scorer, progress, log)
+
+
+@contextmanager
+def _deterministic_torch() -> Iterator[None]:
+    """Bit-identical reruns: CPU scatter-adds (index backward) are otherwise summed in a
+    thread-dependent order."""
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        return _train(artifact, outfits, config, v4_scorer=v4_scorer, progress=progress, log=log)
+        yield
     finally:
         torch.use_deterministic_algorithms(previous)
 
@@ -245,11 +247,10 @@ def train_compat(
 def _train(
     artifact: Artifact,
     outfits: Mapping[str, Sequence[str]],
-    config: TrainConfig | None = None,
-    *,
-    v4_scorer: Callable[[Sequence[str], Sequence[str]], np.ndarray] | None = None,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
+    config: TrainConfig | None,
+    v4_scorer: Callable[[Sequence[str], Sequence[str]], np.ndarray] | None,
+    progress: bool,
+    log: Callable[[str], None],
 ) -> TrainResult:
     from tqdm import tqdm
 

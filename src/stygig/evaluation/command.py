@@ -161,14 +161,15 @@ def run_eval(args: argparse.Namespace) -> int:
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     out = Path(args.out)
     json_path = write_metrics(metrics, out)
+    bars = bars_from_metrics(metrics)
     png_path = write_chart(
-        bars_from_metrics(metrics),
+        bars,
         out,
         title=f"StyGig eval: {args.encoder}, seed {args.seed}"
         + (f", limit {args.limit}" if args.limit else ""),
     )
     gender_png = write_gender_chart(metrics, out)
-    for bar in bars_from_metrics(metrics):
+    for bar in bars:
         target = f"  (target {bar.target:.1%})" if bar.target is not None else ""
         print(f"{bar.group:<18} {bar.label:<28} {bar.value:7.2%}{target}")
     if "fitb" in metrics:

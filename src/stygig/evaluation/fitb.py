@@ -108,6 +108,18 @@ def occurrences(outfits: Iterable[Sequence[str]]) -> Counter[str]:
     return Counter(item for outfit in outfits for item in set(outfit))
 
 
+def _type_pools(
+    outfits: Mapping[str, Sequence[str]], types: Mapping[str, str]
+) -> tuple[dict[str, list[str]], Counter[str], dict[str, list[str]]]:
+    """Outfits without untyped items, how often each item occurs, and the items of each type."""
+    clean = {o: [i for i in items if i in types] for o, items in outfits.items()}
+    counts = occurrences(clean.values())
+    pools: dict[str, list[str]] = {}
+    for item in sorted(counts):
+        pools.setdefault(types[item], []).append(item)
+    return clean, counts, pools
+
+
 def make_questions(
     outfits: Mapping[str, Sequence[str]],
     types: Mapping[str, str],
@@ -123,12 +135,8 @@ def make_questions(
     with fewer than two items, or whose hidden item has too few same-type alternatives, are
     skipped. The hidden item is the same for both samplings of an outfit.
     """
-    clean = {o: [i for i in items if i in types] for o, items in outfits.items()}
-    counts = occurrences(clean.values())
+    clean, counts, pools = _type_pools(outfits, types)
     trained = set(occurrences(clean[o] for o in train_ids if o in clean))
-    pools: dict[str, list[str]] = {}
-    for item in sorted(counts):
-        pools.setdefault(types[item], []).append(item)
     pool_weights = {t: np.array([counts[i] for i in p], np.float64) for t, p in pools.items()}
     questions: list[Question] = []
     for k, outfit in enumerate(sorted(test_ids)):
@@ -241,10 +249,7 @@ def compatibility_auc(
 ) -> dict[str, float | int]:
     """AUC of real test outfits against the same outfits with every item swapped for a
     uniformly drawn item of the same type (from the outfits file, never one already in it)."""
-    clean = {o: [i for i in items if i in types] for o, items in outfits.items()}
-    pools: dict[str, list[str]] = {}
-    for item in sorted(occurrences(clean.values())):
-        pools.setdefault(types[item], []).append(item)
+    clean, _, pools = _type_pools(outfits, types)
     real: list[list[str]] = []
     fake: list[list[str]] = []
     for k, outfit in enumerate(sorted(test_ids)):
@@ -321,7 +326,7 @@ def evaluate_outfits(
     from stygig.evaluation.split import split_ids
     from stygig.whitening import Whitening
 
-    types = {i.id: i.attributes.get("des_product_type") or i.category for i in artifact.items}
+    types = item_types(artifact)
     outfits = read_outfits(outfits_file)
     train, test = split_ids(list(outfits), seed=seed)
     if limit is not None:
@@ -330,15 +335,14 @@ def evaluate_outfits(
     path = write_questions(questions, out_dir / f"fitb-{outfits_file.stem}-seed{seed}.jsonl")
     train_counts = occurrences(outfits[o] for o in train)
     # "v4" is the rules alone, whatever the packaged compat_mode says.
-    recommender = Recommender(artifact, config=_with_mode(recommender_config(), "rules"))
+    recommender = Recommender(artifact, config=scoring_config("rules"))
     scorers = engine_scorers(recommender, train_counts)
     if artifact.compat is not None:
         # The learned model (stygig train-compat) was trained on train outfits of the same
         # split of outfits.csv; its test outfits are the ones scored here.
         for mode in ("learned", "learned+rules"):
-            config = _with_mode(recommender.config, mode)
             scorers[mode] = Recommender(
-                artifact, encoder=recommender.encoder, config=config
+                artifact, encoder=recommender.encoder, config=scoring_config(mode)
             ).score_items
     # Whitening fitted on the whole MANGO catalogue, as a build would: no outfit is seen.
     whitening = Whitening.fit(np.asarray(artifact.embeddings, np.float32))
@@ -371,14 +375,16 @@ def evaluate_outfits(
     }
 
 
-def recommender_config() -> ScoringConfig:
-    """The packaged scoring configuration."""
-    from stygig.scoring import ScoringConfig
-
-    return ScoringConfig.load()
+def item_types(artifact: Artifact) -> dict[str, str]:
+    """Each item's product type: the native ``des_product_type``, else the canonical category."""
+    return {i.id: i.attributes.get("des_product_type") or i.category for i in artifact.items}
 
 
-def _with_mode(config: ScoringConfig, mode: str) -> ScoringConfig:
+def scoring_config(compat_mode: str) -> ScoringConfig:
+    """The packaged scoring configuration with ``compat_mode`` (``rules``: the V4 rules alone,
+    as FITB's "v4" and the trainer's rules scorer both use them)."""
     from dataclasses import replace
 
-    return replace(config, compat_mode=mode)
+    from stygig.scoring import ScoringConfig
+
+    return replace(ScoringConfig.load(), compat_mode=compat_mode)

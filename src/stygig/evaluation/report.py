@@ -41,32 +41,15 @@ def bars_from_metrics(metrics: dict[str, Any]) -> list[Bar]:
     spec: list[tuple[str, str, tuple[str, ...], float | None, bool]] = [
         (
             "category vote",
-            "subCategory",
-            ("category", "plain", "subCategory", "accuracy"),
-            targets.get("subCategory"),
+            label + ("" if view == "plain" else " whitened"),
+            ("category", view, label, "accuracy"),
+            targets.get(label),
             False,
-        ),
-        (
-            "category vote",
-            "subCategory whitened",
-            ("category", "whitened", "subCategory", "accuracy"),
-            targets.get("subCategory"),
-            False,
-        ),
-        (
-            "category vote",
-            "articleType",
-            ("category", "plain", "articleType", "accuracy"),
-            targets.get("articleType"),
-            False,
-        ),
-        (
-            "category vote",
-            "articleType whitened",
-            ("category", "whitened", "articleType", "accuracy"),
-            targets.get("articleType"),
-            False,
-        ),
+        )
+        for label in ("subCategory", "articleType")
+        for view in ("plain", "whitened")
+    ]
+    spec += [
         ("colour", "colour family agrees", ("color", "agreement"), None, False),
         (
             "outfit validity",
