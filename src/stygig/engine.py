@@ -268,7 +268,7 @@ class Recommender:
     ) -> list[_Part]:
         parts = [_Part(f"image[{i}]", vectors[i], p.color) for i, p in enumerate(prepared)]
         for item_id in item_ids:
-            pos = self._position(item_id)
+            pos = self.position(item_id)
             parts.append(
                 _Part(
                     f"item:{item_id}",
@@ -625,8 +625,8 @@ class Recommender:
         compatibility model per ``compat_mode`` when the artifact has one), without filters or
         ranking: what fill-in-the-blank evaluation needs.
         """
-        q = np.array([self._position(i) for i in item_ids], np.int64)
-        c = np.array([self._position(i) for i in candidate_ids], np.int64)
+        q = np.array([self.position(i) for i in item_ids], np.int64)
+        c = np.array([self.position(i) for i in candidate_ids], np.int64)
         sims = (self.embeddings[c] @ self.embeddings[q].T).mean(axis=1)
         harm, _ = self._harmony(self.hsl[q], c)
         compatible = self._compatible(self.category_codes[q], self.category_codes[c])
@@ -659,7 +659,8 @@ class Recommender:
             return np.zeros(len(cand), np.float32), np.zeros(len(cand), np.intp)
         return np.mean([h[0] for h in per_query], axis=0), per_query[0][1]
 
-    def _position(self, item_id: str) -> int:
+    def position(self, item_id: str) -> int:
+        """The catalogue row of ``item_id`` (:class:`NotFoundError`, 404, when unknown)."""
         pos = self.artifact.positions.get(item_id)
         if pos is None:
             raise NotFoundError(f"item {item_id!r} is not in the catalogue", code="unknown_item")

@@ -43,7 +43,6 @@ from stygig import __version__
 from stygig.engine import Options, Query, Recommender, load_artifact_encoder
 from stygig.errors import (
     InvalidOptionsError,
-    NotFoundError,
     OverloadedError,
     StygigError,
 )
@@ -114,6 +113,10 @@ class ModelService:
             self._embed, config.batching, on_batch=metrics.observe_batch
         )
         self.in_flight = 0
+        # The gauges read the live state when scraped: nothing to keep in step by hand.
+        metrics.ready.set_function(lambda: float(self.ready))
+        metrics.in_flight.set_function(lambda: float(self.in_flight))
+        metrics.queue_depth.set_function(lambda: float(self.batcher.depth))
 
     def _embed(self, prepared: list[PreparedImage]) -> np.ndarray:
         assert self.recommender is not None
@@ -137,7 +140,6 @@ class ModelService:
         self.warmup_seconds = time.perf_counter() - t1
         self.metrics.warmup.set(self.warmup_seconds)
         self.ready = True
-        self.metrics.ready.set(1)
         log.info(
             "model ready",
             extra={
@@ -167,7 +169,6 @@ class ModelService:
     async def stop(self) -> None:
         """Finish queued work, then stop the batcher and the pool."""
         self.ready = False
-        self.metrics.ready.set(0)
         if self.batcher.running:
             await self.batcher.stop()
         self.pool.shutdown(wait=True)
@@ -186,7 +187,6 @@ class ModelService:
             self.metrics.rejected.inc()
             raise OverloadedError("the server is at capacity; retry shortly")
         self.in_flight += 1
-        self.metrics.in_flight.set(self.in_flight)
         try:
             async with asyncio.timeout(self.config.request_timeout_s):
                 return await self._answer(rec, parsed)
@@ -197,7 +197,6 @@ class ModelService:
             ) from None
         finally:
             self.in_flight -= 1
-            self.metrics.in_flight.set(self.in_flight)
 
     async def _answer(self, rec: Recommender, parsed: rq.ParsedRequest) -> bytes:
         timings: dict[str, float] = {}
@@ -207,14 +206,11 @@ class ModelService:
             prepared = await self.run(rec.prepare, parsed.query.images)
             timings["decode"] = sum(p.timings_ms.get("decode", 0.0) for p in prepared)
             timings["color"] = sum(p.timings_ms.get("color", 0.0) for p in prepared)
-            self.metrics.queue_depth.set(self.batcher.depth + 1)
             try:
                 result = await self.batcher.submit(prepared)
             except OverloadedError:
                 self.metrics.rejected.inc()
                 raise
-            finally:
-                self.metrics.queue_depth.set(self.batcher.depth)
             vectors = result.vectors
             timings["queue"], timings["embed"] = result.queue_ms, result.embed_ms
 
@@ -489,6 +485,11 @@ def create_app(
 
 
 def _routes(app: FastAPI, service: ModelService, metrics: ServerMetrics) -> None:
+    async def answer(request: Request, *, multipart: bool) -> Response:
+        service.require()
+        parsed = await parse_request(request, service, multipart=multipart)
+        return Response(await service.answer(parsed), media_type=JSON)
+
     @app.get("/ping", tags=["sagemaker"], summary="SageMaker health check")
     async def ping() -> Response:
         if not service.ready:
@@ -502,9 +503,7 @@ def _routes(app: FastAPI, service: ModelService, metrics: ServerMetrics) -> None
         openapi_extra=_INVOCATION_DOC,
     )
     async def invocations(request: Request) -> Response:
-        service.require()
-        parsed = await parse_request(request, service, multipart=False)
-        return Response(await service.answer(parsed), media_type=JSON)
+        return await answer(request, multipart=False)
 
     @app.post(
         "/v1/recommend",
@@ -513,16 +512,12 @@ def _routes(app: FastAPI, service: ModelService, metrics: ServerMetrics) -> None
         openapi_extra=_RECOMMEND_DOC,
     )
     async def recommend(request: Request) -> Response:
-        service.require()
-        parsed = await parse_request(request, service, multipart=True)
-        return Response(await service.answer(parsed), media_type=JSON)
+        return await answer(request, multipart=True)
 
     @app.get("/v1/items/{item_id}", tags=["catalogue"], summary="One catalogue item")
     async def item(item_id: str) -> Response:
         rec = service.require()
-        pos = rec.artifact.positions.get(item_id)
-        if pos is None:
-            raise NotFoundError(f"item {item_id!r} is not in the catalogue", code="unknown_item")
+        pos = rec.position(item_id)
         data = rec.artifact.items[pos].to_dict()
         data["color"] = rec.artifact.colors[pos]
         return _json(data)
@@ -563,5 +558,4 @@ def _routes(app: FastAPI, service: ModelService, metrics: ServerMetrics) -> None
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
     async def prometheus() -> Response:
-        metrics.queue_depth.set(service.batcher.depth)
         return Response(metrics.render(), media_type=CONTENT_TYPE)

@@ -208,8 +208,7 @@ def make_catalog_router(service: ModelService) -> APIRouter:
     )
     async def item_image(item_id: str, request: Request) -> Response:
         current = await shelf()
-        if item_id not in current.recommender.artifact.positions:
-            raise NotFoundError(f"item {item_id!r} is not in the catalogue", code="unknown_item")
+        current.recommender.position(item_id)  # 404 for an unknown item
         etag = (
             '"' + hashlib.sha256(f"{current.etag_seed}:{item_id}".encode()).hexdigest()[:24] + '"'
         )
