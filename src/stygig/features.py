@@ -43,7 +43,7 @@ def prepare_image(
     img = decode_image(source, min_size=max(spec.size, COLOR_SIDE))
     tensor = preprocess(img, spec)
     t1 = time.perf_counter()
-    color = dominant_colors(fit_array(img, COLOR_SIDE)).to_dict()
+    color = color_summary(fit_array(img, COLOR_SIDE))
     t2 = time.perf_counter()
     timings = {"decode": (t1 - t0) * 1e3, "color": (t2 - t1) * 1e3}
     thumb = None

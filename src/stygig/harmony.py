@@ -372,12 +372,10 @@ def describe_colors(rgb: npt.ArrayLike) -> npt.NDArray[np.str_]:
     "navy", "charcoal", "burgundy", "teal", "olive", "tan", "camel", "cream", "lavender", ...
     for reasons such as "navy + grey: neutral pairing".
     """
-    arr = np.asarray(rgb, dtype=np.float64).reshape(-1, 3)
-    family = color_families(arr).astype(object)
-    lab = rgb_to_lab(arr)
-    light, a, b = lab[:, 0], lab[:, 1], lab[:, 2]
-    hue = np.degrees(np.arctan2(b, a)) % 360.0
-    chroma = np.hypot(a, b)
+    lab = rgb_to_lab(np.asarray(rgb, dtype=np.float64).reshape(-1, 3))
+    table = load_family_table()
+    family = np.asarray(table.families)[table.classify_lab(lab)].astype(object)
+    light, chroma, hue = lab_to_lch(lab)
     is_ = {f: family == f for f in ("grey", "blue", "green", "brown", "red", "yellow", "white")}
     rules: list[tuple[npt.NDArray[np.bool_], str]] = [
         (is_["grey"] & (light < 35), "charcoal"),
