@@ -6,14 +6,16 @@ These are the request and response types of :class:`stygig.engine.Recommender`; 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from stygig.errors import InputError, InvalidOptionsError
+from stygig.errors import InputError, InvalidImageError, InvalidOptionsError
 
 __all__ = [
     "Mode",
@@ -23,6 +25,7 @@ __all__ = [
     "options_from_params",
     "params_to_dict",
     "parse_json_object",
+    "split_json_request",
 ]
 
 Mode = Literal["outfit", "similar"]
@@ -137,6 +140,47 @@ def parse_json_object(body: bytes, *, what: str = "the body") -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidOptionsError(f"{what} must be a JSON object, not {type(data).__name__}")
     return data
+
+
+_JSON_QUERY_KEYS = ("image_b64", "images_b64", "item_ids")
+
+
+def split_json_request(
+    data: Mapping[str, Any],
+) -> tuple[list[bytes], tuple[str, ...], dict[str, Any]]:
+    """A JSON request object as ``(photos, item ids, options)``: ``image_b64`` and
+    ``images_b64`` decoded (strict base64, data URLs allowed), ``item_ids`` checked, and every
+    other key left as an option."""
+    images: list[bytes] = []
+    if "image_b64" in data:
+        images.append(_b64(data["image_b64"], "image_b64"))
+    if "images_b64" in data:
+        values = data["images_b64"]
+        if not isinstance(values, list):
+            raise InvalidOptionsError("images_b64 must be a list of base64 strings")
+        images.extend(_b64(v, f"images_b64[{i}]") for i, v in enumerate(values))
+    item_ids = _string_list(data.get("item_ids", []), "item_ids")
+    options = {k: v for k, v in data.items() if k not in _JSON_QUERY_KEYS}
+    return images, item_ids, options
+
+
+def _b64(value: Any, where: str) -> bytes:
+    if not isinstance(value, str):
+        raise InvalidOptionsError(f"{where} must be a base64 string")
+    if value.startswith("data:") and "," in value:  # data URLs from browsers
+        value = value.split(",", 1)[1]
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidImageError(f"{where} is not valid base64", code="invalid_base64") from None
+
+
+def _string_list(value: Any, name: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidOptionsError(f"{name} must be a list of strings")
+    return tuple(value)
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,6 @@ with ``code: "crashed"`` instead of being tried again.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import threading
@@ -36,15 +34,15 @@ from typing import Any, Literal
 
 from stygig import storage
 from stygig.engine import Options, Query, Recommender
-from stygig.errors import InputError, InvalidImageError, InvalidOptionsError, StygigError
+from stygig.errors import InvalidImageError, InvalidOptionsError, StygigError
 from stygig.jobs.notify import Notifier
 from stygig.jobs.store import Job, JobStore, new_owner
+from stygig.recommendation import parse_json_object, split_json_request
 
 __all__ = ["JobWorker", "WorkerConfig", "parse_job_input", "run_job"]
 
 log = logging.getLogger("stygig.jobs")
 _JSON_TYPES = ("application/json", "text/json")
-_INPUT_KEYS = ("image_b64", "images_b64", "image_uri", "image_uris", "item_ids")
 
 
 @dataclass(frozen=True)
@@ -71,15 +69,6 @@ class WorkerConfig:
             raise InvalidOptionsError("lease_s and poll_s must be positive")
 
 
-def _b64(value: Any, where: str) -> bytes:
-    if not isinstance(value, str):
-        raise InvalidOptionsError(f"{where} must be a base64 string")
-    try:
-        return base64.b64decode(value.split(",", 1)[-1] if value.startswith("data:") else value)
-    except (binascii.Error, ValueError):
-        raise InvalidImageError(f"{where} is not valid base64", code="invalid_base64") from None
-
-
 def parse_job_input(
     body: bytes, content_type: str | None, params: Mapping[str, Any]
 ) -> tuple[Query, Options]:
@@ -96,26 +85,14 @@ def parse_job_input(
         if not body:
             raise InvalidImageError("the input is empty", code="empty_image")
         return Query(images=(body,)), Options.from_dict(dict(params))
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"the input is not valid JSON: {e}", code="malformed_json") from None
-    if not isinstance(data, dict):
-        raise InvalidOptionsError("the JSON input must be an object")
-    images: list[bytes | str] = []
-    if "image_b64" in data:
-        images.append(_b64(data["image_b64"], "image_b64"))
-    for i, value in enumerate(data.get("images_b64") or []):
-        images.append(_b64(value, f"images_b64[{i}]"))
-    uris = ([data["image_uri"]] if "image_uri" in data else []) + list(data.get("image_uris") or [])
+    images, item_ids, rest = split_json_request(parse_json_object(body, what="the JSON input"))
+    uris = [rest.pop("image_uri")] if "image_uri" in rest else []
+    uris += list(rest.pop("image_uris", None) or [])
     if not all(isinstance(u, str) for u in uris):
         raise InvalidOptionsError("image_uri(s) must be strings")
     images.extend(storage.read_bytes(u) for u in uris)
-    item_ids = data.get("item_ids") or []
-    if isinstance(item_ids, str):
-        item_ids = [item_ids]
-    options = {**params, **{k: v for k, v in data.items() if k not in _INPUT_KEYS}}
-    return Query(images=tuple(images), item_ids=tuple(item_ids)), Options.from_dict(options)
+    options = {**params, **rest}
+    return Query(images=tuple(images), item_ids=item_ids), Options.from_dict(options)
 
 
 Outcome = tuple[Literal["succeeded", "failed"], dict[str, Any] | None]

@@ -15,8 +15,6 @@ Every mistake raises a :mod:`stygig.errors` type (4xx), never anything else.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,12 +23,16 @@ from urllib.parse import parse_qsl
 from stygig.engine import Options, Query
 from stygig.errors import (
     InvalidImageError,
-    InvalidOptionsError,
     NotAcceptableError,
     PayloadTooLargeError,
     UnsupportedMediaError,
 )
-from stygig.recommendation import options_from_params, params_to_dict, parse_json_object
+from stygig.recommendation import (
+    options_from_params,
+    params_to_dict,
+    parse_json_object,
+    split_json_request,
+)
 
 __all__ = [
     "IMAGE_TYPES",
@@ -53,7 +55,6 @@ __all__ = [
 #: SageMaker's real-time payload limit.
 MAX_BODY_BYTES = 6 * 1024 * 1024
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "application/x-image"})
-_IMAGE_KEYS = ("image_b64", "images_b64", "item_ids")
 _ACCEPTABLE = ("application/json", "application/*", "*/*")
 
 
@@ -89,25 +90,6 @@ def check_accept(accept: str | None) -> None:
     raise NotAcceptableError(f"responses are application/json; Accept was {accept!r}")
 
 
-def _b64(value: Any, where: str) -> bytes:
-    if not isinstance(value, str):
-        raise InvalidOptionsError(f"{where} must be a base64 string")
-    if value.startswith("data:") and "," in value:  # data URLs from browsers
-        value = value.split(",", 1)[1]
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidImageError(f"{where} is not valid base64", code="invalid_base64") from None
-
-
-def _string_list(value: Any, name: str) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise InvalidOptionsError(f"{name} must be a list of strings")
-    return tuple(value)
-
-
 def build_request(
     images: Iterable[bytes], item_ids: Iterable[str], options: Mapping[str, Any]
 ) -> ParsedRequest:
@@ -117,18 +99,7 @@ def build_request(
 
 def parse_json_body(body: bytes) -> ParsedRequest:
     """A JSON body: ``image_b64`` / ``images_b64`` / ``item_ids`` plus options."""
-    data = parse_json_object(body)
-    images: list[bytes] = []
-    if "image_b64" in data:
-        images.append(_b64(data["image_b64"], "image_b64"))
-    if "images_b64" in data:
-        values = data["images_b64"]
-        if not isinstance(values, list):
-            raise InvalidOptionsError("images_b64 must be a list of base64 strings")
-        images.extend(_b64(v, f"images_b64[{i}]") for i, v in enumerate(values))
-    item_ids = _string_list(data.get("item_ids", []), "item_ids")
-    options = {k: v for k, v in data.items() if k not in _IMAGE_KEYS}
-    return build_request(images, item_ids, options)
+    return build_request(*split_json_request(parse_json_object(body)))
 
 
 def parse_image_body(body: bytes, params: Iterable[tuple[str, str]]) -> ParsedRequest:
