@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -53,13 +53,13 @@ from stygig.serving.batching import BatcherConfig, MicroBatcher
 from stygig.serving.catalog_api import make_catalog_router
 from stygig.serving.logging import ACCESS_LOGGER, request_id
 from stygig.serving.metrics import CONTENT_TYPE, ServerMetrics
+from stygig.serving.responses import JSON, error_response, json_response
 
 __all__ = ["ModelService", "ServerConfig", "create_app"]
 
 log = logging.getLogger("stygig.serving")
 access_log = logging.getLogger(ACCESS_LOGGER)
 R = TypeVar("R")
-JSON = "application/json"
 
 
 @dataclass(frozen=True)
@@ -75,17 +75,6 @@ class ServerConfig:
     verify: bool = True
     device: str = "cpu"  # "cuda": the encoder on a GPU (the GPU container sets STYGIG_DEVICE)
     async_jobs: AsyncConfig | None = None  # /async/* routes and their worker, when configured
-
-
-def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    body = json.dumps(data, separators=(",", ":")).encode()
-    return Response(body, status_code=status, media_type=JSON, headers=headers)
-
-
-def error_response(err: StygigError) -> Response:
-    """The JSON error body with the error's status (and ``Retry-After`` for 503)."""
-    headers = {"Retry-After": "1"} if err.http_status == 503 else None
-    return _json(err.to_dict(), err.http_status, headers)
 
 
 def _warmup_photo(size: int = 256) -> bytes:
@@ -467,13 +456,13 @@ def create_app(
         errors = "; ".join(
             f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
         )
-        return _json({"error": {"code": "invalid_request", "message": errors}}, 422)
+        return json_response({"error": {"code": "invalid_request", "message": errors}}, 422)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
         codes = {404: "not_found", 405: "method_not_allowed", 400: "invalid_input"}
         code = codes.get(exc.status_code, "http_error")
-        return _json(
+        return json_response(
             {"error": {"code": code, "message": str(exc.detail)}},
             exc.status_code,
             dict(exc.headers or {}),
@@ -494,7 +483,7 @@ def _routes(app: FastAPI, service: ModelService, metrics: ServerMetrics) -> None
     async def ping() -> Response:
         if not service.ready:
             return error_response(OverloadedError("the model is loading", code="not_ready"))
-        return _json({"status": "ok"})
+        return json_response({"status": "ok"})
 
     @app.post(
         "/invocations",
@@ -520,7 +509,7 @@ def _routes(app: FastAPI, service: ModelService, metrics: ServerMetrics) -> None
         pos = rec.position(item_id)
         data = rec.artifact.items[pos].to_dict()
         data["color"] = rec.artifact.colors[pos]
-        return _json(data)
+        return json_response(data)
 
     @app.get(
         "/v1/items/{item_id}/recommendations",
@@ -536,7 +525,7 @@ def _routes(app: FastAPI, service: ModelService, metrics: ServerMetrics) -> None
 
     @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
     async def healthz() -> Response:
-        return _json({"status": "alive", "ready": service.ready})
+        return json_response({"status": "alive", "ready": service.ready})
 
     @app.get("/readyz", tags=["ops"], summary="Readiness: model loaded and warm")
     async def readyz() -> Response:
@@ -554,7 +543,7 @@ def _routes(app: FastAPI, service: ModelService, metrics: ServerMetrics) -> None
                 "max_queue": service.config.batching.max_queue,
             },
         }
-        return _json(body, 200 if service.ready else 503)
+        return json_response(body, 200 if service.ready else 503)
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
     async def prometheus() -> Response:

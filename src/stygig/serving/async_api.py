@@ -23,14 +23,12 @@ alone (with ``/ping``) for tests and benchmarks.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -38,11 +36,12 @@ from starlette.concurrency import run_in_threadpool
 
 from stygig import storage
 from stygig.engine import Options, Recommender
-from stygig.errors import InvalidImageError, InvalidOptionsError, StygigError
+from stygig.errors import InvalidImageError, InvalidOptionsError
 from stygig.jobs.notify import Notifier
-from stygig.jobs.store import STATUSES, JobSpec, JobStore
+from stygig.jobs.store import TERMINAL, JobSpec, JobStore
 from stygig.jobs.worker import JobWorker, WorkerConfig
 from stygig.serving import requests as rq
+from stygig.serving.responses import JSON, json_response
 
 __all__ = [
     "AsyncConfig",
@@ -53,7 +52,6 @@ __all__ = [
 log = logging.getLogger("stygig.serving.async")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _MAX_TIME_LIMIT_S = 3600.0  # SageMaker's InvocationTimeoutSeconds maximum
-JSON = "application/json"
 
 
 @dataclass(frozen=True)
@@ -77,14 +75,6 @@ class AsyncConfig:
     time_limit_s: float = 900.0
     max_inline_bytes: int = 6 * 1024 * 1024
     notifier: Notifier = field(default_factory=Notifier)
-
-
-def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(json.dumps(data), status_code=status, media_type=JSON, headers=headers)
-
-
-def _error(err: StygigError) -> Response:
-    return _json(err.to_dict(), err.http_status)
 
 
 def _time_limit(header: str | None, default: float) -> float:
@@ -157,11 +147,8 @@ def make_async_router(store: JobStore, worker: JobWorker, config: AsyncConfig) -
 
     @router.post("/invocations", status_code=202, summary="Submit an asynchronous inference")
     async def submit(request: Request) -> Response:
-        try:
-            spec = await _spec(request, config)
-            job, created = await run_in_threadpool(store.submit, spec)
-        except StygigError as e:
-            return _error(e)
+        spec = await _spec(request, config)
+        job, created = await run_in_threadpool(store.submit, spec)
         if created:
             worker.wake()
         body = {
@@ -175,31 +162,23 @@ def make_async_router(store: JobStore, worker: JobWorker, config: AsyncConfig) -
             "X-Amzn-SageMaker-FailureLocation": job.failure_location,
             "Location": f"/async/jobs/{job.id}",
         }
-        return _json(body, 202, headers)
+        return json_response(body, 202, headers)
 
     @router.get("/jobs/{job_id}", summary="One job's status and timestamps")
     async def status(job_id: str) -> Response:
-        try:
-            return _json((await run_in_threadpool(store.get, job_id)).to_dict())
-        except StygigError as e:
-            return _error(e)
+        return json_response((await run_in_threadpool(store.get, job_id)).to_dict())
 
     @router.get("/jobs/{job_id}/output", summary="A finished job's result (or error)")
     async def output(job_id: str) -> Response:
-        try:
-            job = await run_in_threadpool(store.get, job_id)
-            if job.status not in ("succeeded", "failed"):
-                return _json({"InferenceId": job.id, "Status": job.status}, 409)
-            where = job.output_location if job.status == "succeeded" else job.failure_location
-            data = await run_in_threadpool(storage.read_bytes, where)
-        except StygigError as e:
-            return _error(e)
+        job = await run_in_threadpool(store.get, job_id)
+        if job.status not in TERMINAL:
+            return json_response({"InferenceId": job.id, "Status": job.status}, 409)
+        where = job.output_location if job.status == "succeeded" else job.failure_location
+        data = await run_in_threadpool(storage.read_bytes, where)
         return Response(data, status_code=200, media_type=JSON)
 
     @router.get("/jobs", summary="Jobs in submission order, with counts per status")
     async def jobs(status: str | None = None, limit: int = 100, after: int = 0) -> Response:
-        if status is not None and status not in STATUSES:
-            return _error(InvalidOptionsError(f"status must be one of {', '.join(STATUSES)}"))
         found = await run_in_threadpool(
             lambda: store.list_jobs(status=status, limit=limit, after_seq=after)
         )
@@ -209,7 +188,7 @@ def make_async_router(store: JobStore, worker: JobWorker, config: AsyncConfig) -
             "counts": counts,
             "next_after": found[-1].seq if found else None,
         }
-        return _json(body)
+        return json_response(body)
 
     return router
 

@@ -17,7 +17,6 @@ with a text tower, which none of StyGig's encoders has (``text_search: false`` i
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -27,6 +26,7 @@ from fastapi.responses import Response
 
 from stygig import __version__
 from stygig.errors import InvalidOptionsError, NotFoundError
+from stygig.serving.responses import JSON, json_bytes, json_response
 from stygig.thumbnails import ItemImages
 
 if TYPE_CHECKING:
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 
 __all__ = ["make_catalog_router"]
 
-JSON = "application/json"
 _STATIC = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
@@ -43,14 +42,6 @@ _STATIC = {
 }
 _IMAGE_MAX_AGE_S = 3600
 _MAX_LIMIT = 100
-
-
-def _json_bytes(data: Any) -> bytes:
-    return json.dumps(data, separators=(",", ":")).encode()
-
-
-def _json(data: Any) -> Response:
-    return Response(_json_bytes(data), media_type=JSON)
 
 
 def _static_files() -> dict[str, tuple[bytes, str]]:
@@ -231,7 +222,7 @@ def make_catalog_router(service: ModelService) -> APIRouter:
         current = await shelf()
         hits = await service.run(current.search, query, category or None, gender or None)
         page_hits = hits[offset : offset + limit]
-        return _json(
+        return json_response(
             {
                 "total": len(hits),
                 "offset": offset,
@@ -245,7 +236,7 @@ def make_catalog_router(service: ModelService) -> APIRouter:
     async def config() -> Response:
         current = await shelf()
         if current.config is None:
-            current.config = _json_bytes(_config(service, current.recommender))
+            current.config = json_bytes(_config(service, current.recommender))
         return Response(current.config, media_type=JSON)
 
     return router
