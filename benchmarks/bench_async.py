@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -29,13 +28,10 @@ from typing import Any
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from tests.integration.server_fixtures import free_port, wait_ready  # noqa: E402
+
 PHOTOS = REPO.parent / "shared" / "datasets" / "fashion-products" / "images"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _submit_all(url: str, photos: list[Path], connections: int) -> list[str]:
@@ -68,7 +64,7 @@ def main() -> None:
     load_start = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        port = _free_port()
+        port = free_port()
         url = f"http://127.0.0.1:{port}"
         cmd = [
             sys.executable, "-m", "stygig.cli", "serve", "--host", "127.0.0.1", "--artifact", args.artifact,
@@ -79,14 +75,7 @@ def main() -> None:
         with (root / "server.log").open("wb") as log:
             server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         try:
-            while True:
-                try:
-                    if httpx.get(url + "/ping", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert server.poll() is None, (root / "server.log").read_text()
-                time.sleep(0.1)
+            wait_ready(url, server, timeout=300)
             t0 = time.perf_counter()
             ids = asyncio.run(_submit_all(url, photos, args.connections))
             submitted = time.perf_counter() - t0

@@ -27,10 +27,11 @@ from typing import Any
 import numpy as np
 
 from stygig.artifact import Artifact
-from stygig.engine import Recommender
+from stygig.engine import Recommender, load_artifact_encoder
 from stygig.evaluation.category import outfit_validity
 from stygig.evaluation.split import stratified_split
 from stygig.index import ExactIndex, VectorIndex, build_index
+from stygig.scoring import ScoringConfig
 from stygig.whitening import Whitening
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +55,8 @@ def main() -> None:
     emb = np.asarray(art.embeddings, np.float32)
     white = Whitening.fit(emb[split.catalog]).apply(emb)
     slots = [art.taxonomy.slot_of(i.category) for i in art.items]
-    encoder = Recommender(art).encoder
+    encoder = load_artifact_encoder(art)
+    config = ScoringConfig.load()
     queries = split.queries.tolist()
     rows: list[dict[str, Any]] = []
     for pool in (int(p) for p in args.pools.split(",")):
@@ -67,7 +69,7 @@ def main() -> None:
             rec = Recommender(
                 replace(art, embeddings=white, index=index),
                 encoder=encoder,
-                config=replace(Recommender(art, encoder=encoder).config, candidate_pool=pool),
+                config=replace(config, candidate_pool=pool),
             )
             v = outfit_validity(rec, queries, queries, seed=0)
             row = {

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from stygig import storage
 from stygig.artifact import read_manifest, write_artifact
 from stygig.catalog import CatalogReadResult, Item, Reject, Taxonomy, read_catalog
 from stygig.encoders import Encoder, export_onnx, load_encoder, load_onnx_encoder
@@ -57,9 +58,7 @@ def _prepare_or_error(item: Item, spec: PreprocessSpec) -> PreparedImage | tuple
     """The prepared image, or ``(reject reason, message)`` for this row alone."""
     try:
         source: str | bytes = item.image
-        if item.image.startswith("s3://"):
-            from stygig import storage
-
+        if storage.is_remote(item.image):
             source = storage.read_bytes(item.image)
         return prepare_image(source, spec, thumbnail=True)
     except (NotFoundError, StorageError) as e:
@@ -271,5 +270,5 @@ def make_build_encoder(
     with tempfile.TemporaryDirectory(prefix="stygig-build-") as tmp:
         source = load_encoder(name, runtime="torch", weights=weights, random_weights=random_weights)
         onnx_path = export_onnx(source, Path(tmp) / "encoder.onnx", int8=int8)
-        info = {**source.describe(), "runtime": "onnx", "onnx_file": "encoder.onnx"}
-        yield load_onnx_encoder(onnx_path, info), {"encoder.onnx": onnx_path}
+        # OnnxEncoder.describe() itself records runtime "onnx" and the file's name.
+        yield load_onnx_encoder(onnx_path, source.describe()), {"encoder.onnx": onnx_path}

@@ -30,21 +30,6 @@ SIZE = 224
 BACKGROUND: RGB = (247, 247, 245)
 """The near-white studio background of catalogue pictures."""
 PATTERNS = ("solid", "stripes", "checks", "dots")
-KINDS = (
-    "top",
-    "shirt",
-    "trousers",
-    "jeans",
-    "skirt",
-    "dress",
-    "jacket",
-    "casual-shoes",
-    "sports-shoes",
-    "handbag",
-    "belt",
-    "hat",
-)
-"""The kinds :func:`draw_garment` knows, named by their StyGig category."""
 
 _SS = 2  # supersampling factor
 _S = SIZE * _SS
@@ -640,3 +625,6 @@ _DRAWERS: dict[str, Callable[[_Canvas], None]] = {
     "belt": _belt,
     "hat": _hat,
 }
+
+KINDS = tuple(_DRAWERS)
+"""The kinds :func:`draw_garment` knows, named by their StyGig category."""

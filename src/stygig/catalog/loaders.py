@@ -32,6 +32,7 @@ from urllib.parse import unquote, urlparse
 from stygig.catalog.schema import Item, Reject
 from stygig.catalog.taxonomy import Taxonomy
 from stygig.errors import CatalogError
+from stygig.storage import is_remote
 
 __all__ = ["LAYOUTS", "CatalogReadResult", "detect_layout", "read_catalog"]
 
@@ -113,7 +114,7 @@ def _required(row: dict[str, str | None], name: str) -> str:
 def _resolve_image(ref: str, images_dir: Path) -> str:
     if ref.startswith("file://"):
         return unquote(urlparse(ref).path)
-    if ref.startswith("s3://"):
+    if is_remote(ref):
         return ref  # fetched by the build through stygig.storage
     if "://" in ref:
         raise _RowError("missing_image", f"image URI scheme of {ref!r} is not supported")
@@ -337,7 +338,7 @@ def read_catalog(
             item = convert(row, taxonomy, images)
             if item.id in seen:
                 raise _RowError("duplicate_id", f"id {item.id!r} already used by an earlier row")
-            is_local = not item.image.startswith("s3://")
+            is_local = not is_remote(item.image)
             if check_images and is_local and not Path(item.image).is_file():
                 raise _RowError("missing_image", f"image file not found: {item.image}")
         except _RowError as e:
