@@ -32,6 +32,7 @@ from stygig.harmony import (
     describe_color,
     describe_colors,
     harmony,
+    rgb_array,
     rgb_to_hsl,
 )
 from stygig.index import PartitionedIndex, is_exhaustive, top_k
@@ -77,12 +78,14 @@ class _Part:
     category_source: str = "vote"
     info: dict[str, Any] = field(default_factory=dict)
     color_name: str = ""
+    rgb: np.ndarray = field(init=False)  # the colour's RGB (mid grey when it has none)
     gender_weights: dict[int, float] = field(default_factory=dict)  # neighbours' gender vote
 
     def __post_init__(self) -> None:
+        self.rgb = rgb_array([self.color])[0]
         # Colour summaries name their colour (off the critical path, beside the encoder).
         name = self.color.get("name")
-        self.color_name = str(name) if name else describe_color(self.color.get("rgb", [128] * 3))
+        self.color_name = str(name) if name else describe_color(self.rgb)
 
 
 class Recommender:
@@ -122,8 +125,7 @@ class Recommender:
             ((self.gender_codes == self._unisex) | (self.gender_codes < 0)).any()
         )
         self.usage_names, self.usage_codes = label_codes([i.usage for i in items])
-        rgb = np.array([c.get("rgb", [128, 128, 128]) for c in artifact.colors], np.float32)
-        self.rgb = rgb.reshape(-1, 3)
+        self.rgb = rgb_array(artifact.colors)
         self.hsl = rgb_to_hsl(self.rgb).astype(np.float32)
         self._attribute_cache: dict[str, np.ndarray] = {}
         self._numeric_cache: dict[str, np.ndarray] = {}
@@ -163,9 +165,8 @@ class Recommender:
             if p.position is not None:
                 vectors[n], cats[n] = self._learned_vectors[p.position], cat
             else:
-                rgb = np.asarray(p.color.get("rgb", [128, 128, 128]), np.float32)
                 name = self.category_names[p.category] if p.category >= 0 else None
-                feats = item_features(p.vector[None, :], rgb, [name], self.learned.categories)
+                feats = item_features(p.vector[None, :], p.rgb, [name], self.learned.categories)
                 vectors[n], cats[n] = self.learned.project(feats)[0], cat
         q_codes = np.array([-1 if r is None else self._learned_cooc[r] for r in rows], np.int64)
         return self._learned_against(vectors, cats, q_codes, cand)
@@ -564,9 +565,7 @@ class Recommender:
             sims = pool_sims
         else:
             sims = (self.embeddings[cand] @ queries.T).mean(axis=1)
-        q_hsl = rgb_to_hsl(
-            np.array([p.color.get("rgb", [128, 128, 128]) for p in parts], np.float32)
-        )
+        q_hsl = rgb_to_hsl(np.stack([p.rgb for p in parts]))
         harm, rules = self._harmony(q_hsl, cand)
         use_color = options.use_color and options.mode == "outfit"
         learned: np.ndarray | None = None
@@ -741,7 +740,7 @@ class Recommender:
     ) -> dict[str, Any]:
         item = self.artifact.items[pos]
         color = self.artifact.colors[pos]
-        rgb = [int(v) for v in color.get("rgb", [128, 128, 128])]
+        rgb = [int(v) for v in self.rgb[pos]]
         q_cat = self.category_names[primary.category] if primary.category >= 0 else "query"
         if mode == "outfit":
             reason = f"{q_cat} -> {item.category} compatible" if factor > 1 else f"{item.category}"
@@ -771,7 +770,7 @@ class Recommender:
         }
 
     def _part_row(self, part: _Part) -> dict[str, Any]:
-        rgb = [int(v) for v in part.color.get("rgb", [128, 128, 128])]
+        rgb = [int(v) for v in part.rgb]
         category = self.category_names[part.category] if part.category >= 0 else None
         return {
             "source": part.source,
@@ -782,7 +781,7 @@ class Recommender:
             "rgb": rgb,
             "hex": part.color.get("hex"),
             "color_name": part.color_name,
-            "hsl": [round(float(v), 4) for v in rgb_to_hsl(np.asarray(rgb, np.float32))],
+            "hsl": [round(float(v), 4) for v in rgb_to_hsl(part.rgb)],
             "palette": part.color.get("palette", []),
         }
 

@@ -34,6 +34,7 @@ Pure NumPy; :mod:`stygig.color` builds on this module to find the colours of a p
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from importlib import resources
 from pathlib import Path
@@ -48,6 +49,7 @@ from stygig.errors import ConfigError, InvalidOptionsError
 __all__ = [
     "HARMONY_PHRASES",
     "HARMONY_RULE_NAMES",
+    "NEUTRAL_RGB",
     "FamilyRule",
     "FamilyTable",
     "HarmonyRules",
@@ -60,12 +62,22 @@ __all__ = [
     "hsl_to_rgb",
     "lab_to_lch",
     "load_family_table",
+    "rgb_array",
     "rgb_to_hsl",
     "rgb_to_lab",
 ]
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
+
+#: The colour given to an item or photo without one (mid grey).
+NEUTRAL_RGB = (128, 128, 128)
+
+
+def rgb_array(colors: Sequence[Mapping[str, Any]]) -> npt.NDArray[np.float32]:
+    """The ``rgb`` of colour summaries as a ``(n, 3)`` float32 array (``NEUTRAL_RGB`` if none)."""
+    return np.array([c.get("rgb", NEUTRAL_RGB) for c in colors], np.float32).reshape(-1, 3)
+
 
 # --- colour spaces ---------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from stygig.compat.features import ItemFeatures, item_features
 from stygig.compat.model import CompatModel, Cooccurrence, whiten_rows
 from stygig.evaluation.fitb import Question, fitb_accuracy, item_types, make_questions
 from stygig.evaluation.split import split_ids
+from stygig.harmony import rgb_array
 
 if TYPE_CHECKING:
     from stygig.artifact import Artifact
@@ -63,8 +64,12 @@ class TrainResult:
 
 def artifact_features(artifact: Artifact, categories: Sequence[str]) -> ItemFeatures:
     """Features of every catalogue row of ``artifact``."""
-    rgb = np.array([c.get("rgb", [128, 128, 128]) for c in artifact.colors], np.float32)
-    return item_features(artifact.embeddings, rgb, [i.category for i in artifact.items], categories)
+    return item_features(
+        artifact.embeddings,
+        rgb_array(artifact.colors),
+        [i.category for i in artifact.items],
+        categories,
+    )
 
 
 class _Net(nn.Module):

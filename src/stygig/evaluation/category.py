@@ -204,14 +204,15 @@ def color_agreement(artifact: Artifact, rows: Sequence[int]) -> dict[str, Any]:
     ``fashion-products``); excluded or unknown labels (``Multi``, metallics) are left out, counted.
     """
     from stygig.color import color_families, load_family_table
+    from stygig.harmony import rgb_array
 
     spec = load_family_table().datasets.get("fashion-products", {})
     fold: dict[str, str] = dict(spec.get("labels") or {})
     rows = list(rows)
     base = [artifact.items[pos].attributes.get("baseColour", "") for pos in rows]
     kept = [i for i, b in enumerate(base) if b in fold]
-    rgb = np.array([artifact.colors[rows[i]].get("rgb", [128, 128, 128]) for i in kept], float)
-    photo = color_families(rgb.reshape(-1, 3)).tolist() if kept else []
+    rgb = rgb_array([artifact.colors[rows[i]] for i in kept])
+    photo = color_families(rgb).tolist() if kept else []
     pairs = Counter((fold[base[i]], str(p)) for i, p in zip(kept, photo, strict=True))
     n = len(kept)
     hits = sum(v for (a, b), v in pairs.items() if a == b)

@@ -94,7 +94,7 @@ class _Shelf:
             "gender": item.gender,
             "price": item.price,
             "brand": item.brand,
-            "rgb": [int(v) for v in color.get("rgb", [128, 128, 128])],
+            "rgb": [int(v) for v in rec.rgb[pos]],
             "hex": color.get("hex"),
             "color_name": str(rec.color_names[pos]),
             "image_url": f"/v1/items/{item.id}/image",
