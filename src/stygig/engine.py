@@ -161,13 +161,13 @@ class Recommender:
         vectors = np.empty((len(parts), self.learned.dim), np.float32)
         cats = np.empty(len(parts), np.int64)
         for n, p in enumerate(parts):
-            cat = int(self._learned_cat_of_code[p.category]) if p.category >= 0 else -1
+            cats[n] = int(self._learned_cat_of_code[p.category]) if p.category >= 0 else -1
             if p.position is not None:
-                vectors[n], cats[n] = self._learned_vectors[p.position], cat
+                vectors[n] = self._learned_vectors[p.position]
             else:
                 name = self.category_names[p.category] if p.category >= 0 else None
                 feats = item_features(p.vector[None, :], p.rgb, [name], self.learned.categories)
-                vectors[n], cats[n] = self.learned.project(feats)[0], cat
+                vectors[n] = self.learned.project(feats)[0]
         q_codes = np.array([-1 if r is None else self._learned_cooc[r] for r in rows], np.int64)
         return self._learned_against(vectors, cats, q_codes, cand)
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -109,6 +109,11 @@ def _required(row: dict[str, str | None], name: str) -> str:
     if value is None:
         raise _RowError("missing_field", f"required field '{name}' is empty")
     return value
+
+
+def _raw(row: Mapping[str, str | None]) -> dict[str, str]:
+    """A rejected row as written, for rejects.csv (only rejects need it)."""
+    return {k: ("" if v is None else v) for k, v in row.items()}
 
 
 def _resolve_image(ref: str, images_dir: Path) -> str:
@@ -328,10 +333,9 @@ def read_catalog(
     result = CatalogReadResult(layout=layout)
     seen: set[str] = set()
     for number, row, problem in rows:
-        raw = {k: ("" if v is None else v) for k, v in row.items()}
         if problem:
             result.rejects.append(
-                Reject(number, _clean(row.get("id")), "malformed_row", problem, raw)
+                Reject(number, _clean(row.get("id")), "malformed_row", problem, _raw(row))
             )
             continue
         try:
@@ -343,7 +347,7 @@ def read_catalog(
                 raise _RowError("missing_image", f"image file not found: {item.image}")
         except _RowError as e:
             row_id = _clean(row.get("id")) or _clean(row.get("cod_modelo_color"))
-            result.rejects.append(Reject(number, row_id, e.reason, e.detail, raw))
+            result.rejects.append(Reject(number, row_id, e.reason, e.detail, _raw(row)))
             continue
         seen.add(item.id)
         result.items.append(item)

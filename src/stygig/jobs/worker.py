@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from stygig import storage
 from stygig.engine import Options, Query, Recommender
-from stygig.errors import InvalidImageError, InvalidOptionsError, StygigError
+from stygig.errors import InvalidImageError, InvalidOptionsError, NotFoundError, StygigError
 from stygig.jobs.notify import Notifier
 from stygig.jobs.store import Job, JobStore, new_owner
 from stygig.recommendation import parse_json_object, split_json_request
@@ -119,8 +119,11 @@ def run_job(
     """
     if storage.exists(job.output_location):
         return "succeeded", None
-    if storage.exists(job.failure_location):
+    try:
         written = json.loads(storage.read_bytes(job.failure_location))
+    except NotFoundError:
+        pass  # no earlier outcome: compute it
+    else:
         return "failed", dict(written.get("error") or {"code": "failed"})
     if job.attempts > job.max_attempts:
         return _failure(
