@@ -18,8 +18,11 @@ An artifact is one directory (packed as ``model.tar.gz`` for SageMaker)::
     compat.npz        the learned compatibility model (optional, format 2; see
                       :mod:`stygig.compat` and :func:`add_compat_model`)
 
-Loading checks the manifest first: a newer format version or a checksum mismatch is refused
-with a message that says what to do. Format 2 adds the optional ``compat`` manifest entry and
+Loading checks the manifest first: a newer format version is refused with a message that says
+what to do, and so is anything but exactly the listed files, each matching its size and sha256
+(an ONNX encoder's file also matching ``onnx_sha256``). Every file name the manifest gives is a
+plain name inside the folder and no file is a symbolic link, checked even when verification is
+switched off (see :func:`check_paths` and :func:`verify_files`). Format 2 adds the optional ``compat`` manifest entry and
 ``compat.npz``; format-1 artifacts (no model) load unchanged. Format 3 is written only for an
 index split by outfit slot, so an older reader refuses it with that message instead of failing
 to find ``index.faiss``; unsplit artifacts are still written as format 2.
@@ -61,14 +64,20 @@ __all__ = [
     "FORMAT_VERSION",
     "Artifact",
     "add_compat_model",
+    "check_paths",
     "file_sha256",
     "library_versions",
+    "read_manifest",
+    "verify_files",
     "write_artifact",
 ]
 
 FORMAT_VERSION = 3  # 2: optional learned compatibility model (compat.npz); 3: split index
 _UNSPLIT_FORMAT = 2  # what an artifact without a split index is written as
 MANIFEST = "manifest.json"
+ONNX_FILE = "encoder.onnx"  # an ONNX encoder's graph when the manifest names no other file
+_BAD_MANIFEST = "artifact_bad_manifest"
+_REBUILD = "rebuild the artifact or restore it from its package"
 _LIBRARIES = ("numpy", "faiss-cpu", "onnxruntime", "pillow", "torch", "transformers")
 
 
@@ -224,36 +233,158 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     """Read and check an artifact's manifest (format version), without loading the rest."""
     root = Path(path)
     file = root / MANIFEST
+    if file.is_symlink():
+        raise ArtifactError(
+            f"artifact refused: {MANIFEST} is a symbolic link; an artifact holds its own files",
+            code="artifact_symlink",
+        )
     if not file.is_file():
         raise ArtifactError(f"{root} is not a StyGig artifact: {MANIFEST} not found")
     try:
-        manifest: dict[str, Any] = json.loads(file.read_text(encoding="utf-8"))
+        manifest: Any = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{file} is not valid JSON: {e}") from e
+        raise ArtifactError(
+            f"artifact: {MANIFEST} is not valid JSON: {e}", code=_BAD_MANIFEST
+        ) from e
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"artifact: {MANIFEST} is not a JSON object", code=_BAD_MANIFEST)
     version = manifest.get("format_version")
     if not isinstance(version, int):
-        raise ArtifactError(f"{file} has no integer 'format_version'")
+        raise ArtifactError(
+            f"artifact: {MANIFEST} has no integer 'format_version'", code=_BAD_MANIFEST
+        )
     if version > FORMAT_VERSION:
         raise ArtifactError(
-            f"artifact {root} has format version {version}, but this stygig "
+            f"artifact has format version {version}, but this stygig "
             f"({__version__}) reads up to version {FORMAT_VERSION}: upgrade stygig "
             "or rebuild the artifact with this version"
         )
     return manifest
 
 
-def verify_files(path: str | Path, manifest: dict[str, Any]) -> None:
-    """Check every file listed in the manifest exists with its recorded size and sha256."""
+def _named_files(manifest: dict[str, Any]) -> dict[str, object]:
+    """Every file name the manifest names, keyed by where it names it (for messages)."""
+    named: dict[str, object] = {}
+    files = manifest.get("files")
+    if isinstance(files, dict):
+        named.update({f"'files' entry {i + 1}": name for i, name in enumerate(files)})
+    encoder = manifest.get("encoder")
+    if isinstance(encoder, dict) and encoder.get("onnx_file") is not None:
+        named["encoder.onnx_file"] = encoder["onnx_file"]
+    compat = manifest.get("compat")
+    if isinstance(compat, dict) and compat.get("file") is not None:
+        named["compat.file"] = compat["file"]
+    return named
+
+
+def check_paths(path: str | Path, manifest: dict[str, Any]) -> None:
+    """Confinement: every name in the manifest is a plain file name, and nothing is a link.
+
+    A manifest names files only directly inside the artifact: absolute paths, separators and
+    ``..`` are refused, as is a symbolic link anywhere in the folder (it could point anywhere).
+    This is not a checksum: loading runs it even when verification is switched off.
+
+    Raises:
+        ArtifactError: ``artifact_unsafe_path`` or ``artifact_symlink``.
+    """
     root = Path(path)
-    for name, meta in manifest.get("files", {}).items():
+    for where, name in _named_files(manifest).items():
+        if (
+            not isinstance(name, str)
+            or name in ("", ".", "..")
+            or any(c in name for c in ("/", "\\", "\0"))
+            or Path(name).is_absolute()
+        ):
+            # The value is not echoed: it is the artifact author's, and may be a server path.
+            raise ArtifactError(
+                f"artifact refused: {where} in {MANIFEST} is not a plain file name inside "
+                "the artifact (no folders, '..' or absolute paths)",
+                code="artifact_unsafe_path",
+            )
+    for entry in sorted(root.iterdir()):
+        if entry.is_symlink():
+            raise ArtifactError(
+                f"artifact refused: {entry.name!r} is a symbolic link; an artifact holds "
+                f"its own files ({_REBUILD})",
+                code="artifact_symlink",
+            )
+
+
+def verify_files(path: str | Path, manifest: dict[str, Any]) -> None:
+    """Integrity: the artifact holds exactly the files its manifest lists, each unchanged.
+
+    Checks, cheapest first: :func:`check_paths`; a non-empty checksum list; no file in the
+    folder that is not listed (other than the manifest); every listed file present with its
+    recorded size and sha256; and, for an ONNX encoder, the manifest's ``onnx_sha256`` equal to
+    that file's verified checksum.
+
+    Raises:
+        ArtifactError: with a ``code`` saying which check failed; the message names the file
+            relative to the artifact.
+    """
+    root = Path(path)
+    check_paths(root, manifest)
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise ArtifactError(
+            f"artifact refused: {MANIFEST} lists no file checksums, so nothing could be "
+            f"verified ({_REBUILD})",
+            code="artifact_no_checksums",
+        )
+    for name, meta in files.items():
+        if not (
+            isinstance(meta, dict)
+            and isinstance(meta.get("sha256"), str)
+            and isinstance(meta.get("bytes"), int)
+        ):
+            raise ArtifactError(
+                f"artifact refused: the {MANIFEST} entry of {name!r} needs a 'sha256' string "
+                "and a 'bytes' integer",
+                code=_BAD_MANIFEST,
+            )
+    for entry in sorted(root.iterdir()):
+        if entry.name != MANIFEST and entry.name not in files:
+            kind = "file" if entry.is_file() else "entry"
+            raise ArtifactError(
+                f"artifact refused: {kind} {entry.name!r} is not listed in {MANIFEST} "
+                f"(every file must be listed and verified); remove it or {_REBUILD}",
+                code="artifact_unlisted_file",
+            )
+    for name, meta in files.items():
         file = root / name
         if not file.is_file():
-            raise ArtifactError(f"artifact {root} is incomplete: {name} is missing")
+            raise ArtifactError(
+                f"artifact is incomplete: {name!r} is missing ({_REBUILD})",
+                code="artifact_file_missing",
+            )
         if file.stat().st_size != meta["bytes"] or file_sha256(file) != meta["sha256"]:
             raise ArtifactError(
-                f"artifact {root}: {name} does not match its checksum in {MANIFEST} "
-                "(corrupted or edited); rebuild the artifact or restore the file"
+                f"artifact refused: {name!r} does not match its checksum in {MANIFEST} "
+                f"(corrupted or edited); {_REBUILD}",
+                code="artifact_checksum_mismatch",
             )
+    _verify_onnx(manifest, files)
+
+
+def _verify_onnx(manifest: dict[str, Any], files: dict[str, Any]) -> None:
+    """An ONNX encoder's file is listed and its ``onnx_sha256`` is that file's checksum."""
+    encoder = manifest.get("encoder")
+    if not isinstance(encoder, dict) or encoder.get("runtime") != "onnx":
+        return
+    name = encoder.get("onnx_file") or ONNX_FILE
+    if name not in files:
+        raise ArtifactError(
+            f"artifact refused: the encoder's ONNX file is not listed in {MANIFEST} ({_REBUILD})",
+            code="artifact_file_missing",
+        )
+    # The listed checksum was just verified against the file: comparing with it avoids hashing
+    # a model of hundreds of megabytes twice.
+    if encoder.get("onnx_sha256") != files[name]["sha256"]:
+        raise ArtifactError(
+            f"artifact refused: encoder.onnx_sha256 in {MANIFEST} does not match {name!r} "
+            f"(a swapped or edited model); {_REBUILD}",
+            code="artifact_onnx_mismatch",
+        )
 
 
 @dataclass
@@ -273,11 +404,17 @@ class Artifact:
 
     @classmethod
     def load(cls, path: str | Path, *, verify: bool = True) -> Artifact:
-        """Load an artifact directory; ``verify`` checks every file's sha256 first."""
+        """Load an artifact directory.
+
+        ``verify`` runs :func:`verify_files` first (every file listed and unchanged); without
+        it, :func:`check_paths` still runs, so no file outside the folder is ever read.
+        """
         root = Path(path)
         manifest = read_manifest(root)
         if verify:
             verify_files(root, manifest)
+        else:
+            check_paths(root, manifest)
         try:
             embeddings = np.load(root / "embeddings.npy", mmap_mode=None)
             rows = [
@@ -290,12 +427,13 @@ class Artifact:
                 Whitening.load(root / "whitening.npz") if manifest.get("whitening") else None
             )
             compat = CompatModel.load(root / COMPAT_FILE) if manifest.get("compat") else None
-        except (OSError, ValueError) as e:
-            raise ArtifactError(f"artifact {root} cannot be read: {e}") from e
+        except OSError as e:
+            name = Path(e.filename).name if e.filename else "a file"
+            raise ArtifactError(f"artifact cannot be read: {name!r}: {e.strerror}") from e
+        except ValueError as e:
+            raise ArtifactError(f"artifact cannot be read: {e}") from e
         if len(rows) != len(embeddings):
-            raise ArtifactError(
-                f"artifact {root}: {len(rows)} items but {len(embeddings)} embeddings"
-            )
+            raise ArtifactError(f"artifact: {len(rows)} items but {len(embeddings)} embeddings")
         items = [Item.from_dict(r) for r in rows]
         colors = [r.get("color") or {} for r in rows]
         meta = manifest.get("index", {})

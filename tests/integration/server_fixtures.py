@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,9 +78,13 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60.0
 
 
 def start_process(
-    args: Sequence[str], log_path: Path, env: dict[str, str] | None = None
+    args: Sequence[str],
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """``python -m stygig.cli <args>`` with output to ``log_path``."""
+    """``python -m stygig.cli <args>`` with output to ``log_path`` (``preexec_fn``: e.g. a
+    memory limit set in the child before it starts)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with log_path.open("wb") as log:
         return subprocess.Popen(
@@ -89,6 +93,7 @@ def start_process(
             stderr=subprocess.STDOUT,
             cwd=REPO,
             env=full_env,
+            preexec_fn=preexec_fn,
         )
 
 

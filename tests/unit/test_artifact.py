@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from stygig.artifact import FORMAT_VERSION, Artifact, write_artifact
+from stygig.artifact import FORMAT_VERSION, MANIFEST, Artifact, file_sha256, write_artifact
 from stygig.catalog import Item, Reject, Taxonomy
 from stygig.errors import ArtifactError
 
@@ -116,3 +117,151 @@ def test_empty_or_misaligned_inputs_are_errors(tmp_path: Path) -> None:
             rejects=[],
         )
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+
+
+# Integrity and confinement: every file listed and verified, every path inside the artifact.
+
+
+def _manifest(path: Path) -> dict[str, Any]:
+    manifest: dict[str, Any] = json.loads((path / MANIFEST).read_text())
+    return manifest
+
+
+def _save(path: Path, manifest: dict[str, Any]) -> None:
+    (path / MANIFEST).write_text(json.dumps(manifest))
+
+
+def _refused(path: Path, code: str, *, verify: bool = True) -> str:
+    """Load ``path``, expect ``code``; the message, checked to name no absolute path."""
+    with pytest.raises(ArtifactError) as caught:
+        Artifact.load(path, verify=verify)
+    assert caught.value.code == code, caught.value.message
+    assert str(path.parent) not in caught.value.message
+    return caught.value.message
+
+
+def _onnx_artifact(out: Path, model: bytes = b"an onnx graph") -> Path:
+    """An artifact whose encoder runs on ONNX (the graph's bytes are never parsed here)."""
+    source = out.parent / "encoder.onnx"
+    source.write_bytes(model)
+    info = {**ENCODER, "runtime": "onnx", "onnx_file": "encoder.onnx"}
+    info["onnx_sha256"] = file_sha256(source)
+    return _write(out, encoder_info=info, extra_files={"encoder.onnx": source})
+
+
+def test_an_empty_or_absent_checksum_list_is_refused(tmp_path: Path) -> None:
+    path = _write(tmp_path / "art")
+    manifest = _manifest(path)
+    _save(path, {**manifest, "files": {}})
+    assert "lists no file checksums" in _refused(path, "artifact_no_checksums")
+    del manifest["files"]
+    _save(path, manifest)
+    _refused(path, "artifact_no_checksums")
+    Artifact.load(path, verify=False)  # the explicit opt-out skips checksums, not confinement
+
+
+def test_a_malformed_checksum_entry_is_refused(tmp_path: Path) -> None:
+    path = _write(tmp_path / "art")
+    manifest = _manifest(path)
+    manifest["files"]["items.jsonl"] = {"sha256": 7}
+    _save(path, manifest)
+    _refused(path, "artifact_bad_manifest")
+
+
+def test_an_unlisted_file_or_folder_is_refused(tmp_path: Path) -> None:
+    path = _write(tmp_path / "art")
+    (path / "notes.txt").write_text("not part of the build")
+    assert "'notes.txt' is not listed" in _refused(path, "artifact_unlisted_file")
+    (path / "notes.txt").unlink()
+    (path / "extra").mkdir()
+    _refused(path, "artifact_unlisted_file")
+    (path / "extra").rmdir()
+    Artifact.load(path)
+
+
+def test_an_edited_file_whose_entry_was_dropped_is_refused(tmp_path: Path) -> None:
+    path = _write(tmp_path / "art")
+    manifest = _manifest(path)
+    del manifest["files"]["items.jsonl"]
+    _save(path, manifest)
+    _refused(path, "artifact_unlisted_file")
+
+
+def test_checksum_and_missing_file_codes_name_the_file(tmp_path: Path) -> None:
+    path = _write(tmp_path / "art")
+    with (path / "taxonomy.yaml").open("a") as f:
+        f.write("# edited\n")
+    assert "'taxonomy.yaml'" in _refused(path, "artifact_checksum_mismatch")
+    (path / "taxonomy.yaml").unlink()
+    assert "'taxonomy.yaml' is missing" in _refused(path, "artifact_file_missing")
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_a_symlinked_file_is_refused_even_without_verification(
+    tmp_path: Path, verify: bool
+) -> None:
+    path = _write(tmp_path / "art")
+    outside = tmp_path / "outside.yaml"
+    (path / "taxonomy.yaml").rename(outside)
+    (path / "taxonomy.yaml").symlink_to(outside)  # same bytes: only the link gives it away
+    assert "symbolic link" in _refused(path, "artifact_symlink", verify=verify)
+
+
+def test_a_symlinked_manifest_is_refused(tmp_path: Path) -> None:
+    path = _write(tmp_path / "art")
+    outside = tmp_path / "manifest.json"
+    (path / MANIFEST).rename(outside)
+    (path / MANIFEST).symlink_to(outside)
+    _refused(path, "artifact_symlink", verify=False)
+
+
+UNSAFE_NAMES = ["../../x.onnx", "/etc/passwd", "sub/encoder.onnx", "..", "", "a\\b", 3]
+
+
+@pytest.mark.parametrize("name", UNSAFE_NAMES)
+@pytest.mark.parametrize("verify", [True, False])
+def test_an_onnx_file_outside_the_artifact_is_refused(
+    tmp_path: Path, name: object, verify: bool
+) -> None:
+    path = _onnx_artifact(tmp_path / "art")
+    manifest = _manifest(path)
+    manifest["encoder"]["onnx_file"] = name
+    _save(path, manifest)
+    message = _refused(path, "artifact_unsafe_path", verify=verify)
+    assert "encoder.onnx_file" in message
+    if isinstance(name, str) and len(name) > 2:
+        assert name not in message  # the author's value (maybe a server path) is not echoed
+
+
+@pytest.mark.parametrize("name", UNSAFE_NAMES[:4])
+def test_unsafe_names_anywhere_in_the_manifest_are_refused(tmp_path: Path, name: str) -> None:
+    path = _write(tmp_path / "art")
+    manifest = _manifest(path)
+    manifest["files"][name] = manifest["files"]["rejects.csv"]
+    _save(path, manifest)
+    _refused(path, "artifact_unsafe_path", verify=False)
+    del manifest["files"][name]
+    manifest["compat"] = {"file": name}
+    _save(path, manifest)
+    _refused(path, "artifact_unsafe_path", verify=False)
+
+
+def test_onnx_sha256_must_match_the_onnx_file(tmp_path: Path) -> None:
+    path = _onnx_artifact(tmp_path / "art")
+    Artifact.load(path)
+    manifest = _manifest(path)
+    manifest["encoder"]["onnx_sha256"] = "0" * 64
+    _save(path, manifest)
+    assert "onnx_sha256" in _refused(path, "artifact_onnx_mismatch")
+    del manifest["encoder"]["onnx_sha256"]
+    _save(path, manifest)
+    _refused(path, "artifact_onnx_mismatch")
+
+
+def test_an_onnx_encoder_without_its_listed_file_is_refused(tmp_path: Path) -> None:
+    path = _onnx_artifact(tmp_path / "art")
+    manifest = _manifest(path)
+    del manifest["files"]["encoder.onnx"]
+    (path / "encoder.onnx").unlink()
+    _save(path, manifest)
+    _refused(path, "artifact_file_missing")

@@ -2,8 +2,8 @@
 
 SageMaker unpacks the archive into ``/opt/ml/model``, where ``stygig serve`` looks for
 ``manifest.json``. Only an artifact that passes its own manifest check (format version, every
-file's size and sha256) is packed, and only the files the manifest lists (plus the manifest):
-stray files never ship. The archive is reproducible: sorted names, zero mtimes and owners.
+file's size and sha256, no file the manifest does not list, no path outside the folder) is
+packed: a folder with stray files is refused, since the server would refuse it too. The archive is reproducible: sorted names, zero mtimes and owners.
 """
 
 from __future__ import annotations
