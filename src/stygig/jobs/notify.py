@@ -12,23 +12,55 @@ written for SageMaker read it unchanged::
 
 Delivery is at least once: the store marks a notification sent only after it went out, so a
 crash in between sends it again after restart. Receivers deduplicate on ``inferenceId``.
+
+A job's own webhook is chosen by a client, so it is treated as hostile (server-side request
+forgery): only ``http``/``https``, no credentials in the URL, and every address its host
+resolves to must be public unless the operator allowed that network. The check runs when the
+job is submitted (:meth:`Notifier.check_url`) and again when the message is sent, and the
+request then goes to the very address that was checked, so a DNS answer that changes in
+between (DNS rebinding) cannot redirect it. Redirects are never followed. The operator's own
+webhook (``--async-webhook``) is trusted for its address but must still be ``http(s)``.
+
+Attempts stop after ``1 + retries``: a 2xx is delivered; 5xx, 408, 429 and network errors are
+retried with capped exponential backoff and full jitter (a ``Retry-After`` is honoured up to a
+cap); anything else (3xx, other 4xx, an address that is not allowed) fails at once.
 """
 
 from __future__ import annotations
 
+import email.utils
+import ipaddress
 import json
 import logging
-import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
-from typing import Any
+import random
+import re
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+from stygig.errors import InvalidOptionsError
 from stygig.jobs.store import Job, iso_time
 
-__all__ = ["Notifier", "event_for"]
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = ["MAX_WEBHOOK_URL_LENGTH", "Notifier", "event_for", "resolve_host"]
 
 log = logging.getLogger("stygig.jobs.notify")
+
+#: Longest webhook URL accepted (longer ones are refused, not truncated).
+MAX_WEBHOOK_URL_LENGTH = 2048
+
+_SCHEMES = {"http": 80, "https": 443}
+#: Statuses worth another try; every other non-2xx answer is final.
+_RETRY_STATUSES = {408, 429}
+_IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: NAT64's well-known prefix carries an IPv4 address in its last 32 bits.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 def event_for(job: Job) -> dict[str, Any]:
@@ -58,17 +90,78 @@ def event_for(job: Job) -> dict[str, Any]:
     return event
 
 
+def resolve_host(host: str, port: int) -> list[str]:
+    """Every address ``host`` resolves to for a TCP connection on ``port`` (system resolver)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def _is_public(ip: _IPAddress) -> bool:
+    """Whether ``ip`` is a globally routable unicast address (nothing internal hides in it)."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        # Addresses that carry an IPv4 address inside are judged by that address too.
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None and not _is_public(embedded):
+            return False
+        if ip.is_site_local:
+            return False
+    return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified)
+
+
+class _Outcome(NamedTuple):
+    """What one delivery attempt came to."""
+
+    delivered: bool
+    retry: bool
+    reason: str
+    retry_after_s: float | None = None
+
+
+def _retry_after_s(value: str | None) -> float | None:
+    """A ``Retry-After`` header (seconds or an HTTP date) in seconds from now; ``None`` if unusable."""
+    if not value:
+        return None
+    value = value.strip()
+    if re.fullmatch(r"[0-9]{1,10}", value):
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+class _Connection:
+    """The HTTP client shared by every delivery, and the switch that stops them."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.closed = threading.Event()
+        self.client: httpx.Client | None = None
+
+
 @dataclass(frozen=True)
 class Notifier:
     """Where notifications go. Every field is optional; nothing configured means no message.
 
     Attributes:
         webhook: a URL that receives a ``POST`` with the JSON message (a job's own webhook,
-            given at submission, takes precedence).
+            given at submission, takes precedence). Chosen by the operator, so its address is
+            trusted; it must still be ``http(s)``.
         success_topic / error_topic: SNS topic ARNs (boto3; the standard AWS configuration).
         retries: webhook attempts after the first one.
-        backoff_s: the first pause between attempts; doubled each time (capped at 30 s).
-        timeout_s: per webhook request.
+        backoff_s: the first pause between attempts; doubled each time up to ``max_backoff_s``,
+            and each pause is drawn uniformly below that bound (full jitter).
+        max_backoff_s: the longest pause between attempts.
+        retry_after_cap_s: the longest ``Retry-After`` a receiver may ask for.
+        timeout_s: per webhook request (connect, each read and each write).
+        allow_networks: CIDR networks a job's webhook may point at although they are not public
+            (e.g. ``"127.0.0.0/8"`` for a receiver on this host).
+        resolve: how a host name becomes addresses (tests substitute their own).
     """
 
     webhook: str | None = None
@@ -76,7 +169,97 @@ class Notifier:
     error_topic: str | None = None
     retries: int = 5
     backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+    retry_after_cap_s: float = 60.0
     timeout_s: float = 10.0
+    allow_networks: tuple[str, ...] = ()
+    resolve: Callable[[str, int], Sequence[str]] = field(default=resolve_host, compare=False)
+    _networks: tuple[_IPNetwork, ...] = field(init=False, repr=False, compare=False)
+    _connection: _Connection = field(
+        default_factory=_Connection, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        if self.retries < 0 or min(self.backoff_s, self.max_backoff_s, self.retry_after_cap_s) < 0:
+            raise InvalidOptionsError("webhook retries and pauses cannot be negative")
+        if self.timeout_s <= 0:
+            raise InvalidOptionsError("the webhook timeout must be positive")
+        networks = []
+        for cidr in self.allow_networks:
+            try:
+                networks.append(ipaddress.ip_network(cidr))
+            except ValueError:
+                raise InvalidOptionsError(
+                    f"allowed webhook network {cidr!r} is not a CIDR network such as 10.0.0.0/8",
+                    code="invalid_network",
+                ) from None
+        object.__setattr__(self, "_networks", tuple(networks))
+        if self.webhook:
+            self._parse(self.webhook)
+
+    # -- checks ----------------------------------------------------------------------------------
+
+    def check_url(self, url: str) -> None:
+        """Refuse a client's webhook URL that is malformed or points at an internal address.
+
+        Raises:
+            InvalidOptionsError: ``invalid_webhook`` (not an ``http(s)`` URL with a host and no
+                credentials, or longer than :data:`MAX_WEBHOOK_URL_LENGTH`),
+                ``webhook_unresolvable`` (the host does not resolve) or ``webhook_not_allowed``
+                (an address that is not public and not in ``allow_networks``).
+        """
+        self._addresses(self._parse(url))
+
+    def _parse(self, url: str) -> httpx.URL:
+        import httpx
+
+        # Parsed by the client that sends it, so the check and the request read it alike.
+        bad = InvalidOptionsError(
+            f"the webhook must be an http:// or https:// URL with a host name, no user:password@, "
+            f"and at most {MAX_WEBHOOK_URL_LENGTH} characters",
+            code="invalid_webhook",
+        )
+        if len(url) > MAX_WEBHOOK_URL_LENGTH:
+            raise bad
+        try:
+            parsed = httpx.URL(url)
+        except (httpx.InvalidURL, TypeError, ValueError):
+            raise bad from None
+        port = parsed.port
+        if (
+            parsed.scheme not in _SCHEMES
+            or parsed.userinfo
+            or not parsed.raw_host
+            or (port is not None and not 0 < port < 65536)
+        ):
+            raise bad
+        return parsed
+
+    def _addresses(self, url: httpx.URL) -> list[str]:
+        """The addresses ``url``'s host resolves to, all of them allowed; refused otherwise."""
+        host = url.raw_host.decode("ascii")
+        try:
+            addresses = [ipaddress.ip_address(a) for a in self.resolve(host, _port(url))]
+        except (OSError, UnicodeError, ValueError):
+            addresses = []
+        if not addresses:
+            raise InvalidOptionsError(
+                "the webhook's host name does not resolve", code="webhook_unresolvable"
+            )
+        if not all(self._allowed(a) for a in addresses):
+            raise InvalidOptionsError(
+                "the webhook points at a loopback, private, link-local or otherwise internal "
+                "address; only public addresses are allowed",
+                code="webhook_not_allowed",
+            )
+        return [str(a) for a in addresses]
+
+    def _allowed(self, ip: _IPAddress) -> bool:
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        return _is_public(ip) or any(ip in net for net in self._networks)
+
+    # -- delivery --------------------------------------------------------------------------------
 
     def wants(self, job: Job) -> bool:
         """Whether anything should be sent for ``job``."""
@@ -84,53 +267,136 @@ class Notifier:
         return bool(job.webhook or self.webhook or topic)
 
     def send(self, job: Job) -> bool:
-        """Deliver ``job``'s notification everywhere configured; whether all of it went out."""
-        event = event_for(job)
-        ok = True
-        url = job.webhook or self.webhook
-        if url:
-            ok = self.post(url, event) and ok
-        topic = self.success_topic if job.status == "succeeded" else self.error_topic
-        if topic:
-            ok = self.publish(topic, event) and ok
-        return ok
+        """Deliver ``job``'s notification everywhere configured; whether all of it went out.
 
-    def post(self, url: str, event: dict[str, Any]) -> bool:
-        """POST ``event`` to ``url``; 2xx is success, anything else is retried with backoff."""
-        body = json.dumps(event).encode()
-        delay = self.backoff_s
-        for attempt in range(self.retries + 1):
-            request = urllib.request.Request(
-                url,
-                data=body,
-                method="POST",
-                headers={
-                    "Content-Type": "application/json",
-                    "X-Stygig-Inference-Id": str(event["inferenceId"]),
-                    "X-Stygig-Attempt": str(attempt + 1),
-                },
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    if 200 <= response.status < 300:
-                        return True
-                    reason = f"HTTP {response.status}"
-            except urllib.error.HTTPError as e:
-                reason = f"HTTP {e.code}"
-                e.close()
-            except (urllib.error.URLError, OSError) as e:
-                reason = str(e)
-            log.warning(
-                "webhook attempt %d/%d for %s failed: %s",
-                attempt + 1,
-                self.retries + 1,
-                event["inferenceId"],
-                reason,
-            )
-            if attempt < self.retries:
-                time.sleep(delay)
-                delay = min(delay * 2, 30.0)
+        Never raises: a failure anywhere is ``False`` (the caller records it once and does not
+        try again).
+        """
+        try:
+            event = event_for(job)
+            ok = True
+            if job.webhook:
+                ok = self.post(job.webhook, event)
+            elif self.webhook:
+                ok = self.post(self.webhook, event, trusted=True)
+            topic = self.success_topic if job.status == "succeeded" else self.error_topic
+            if topic:
+                ok = self.publish(topic, event) and ok
+            return ok
+        except Exception:
+            log.warning("notification for job %s failed", job.id, exc_info=True)
+            return False
+
+    def post(self, url: str, event: dict[str, Any], *, trusted: bool = False) -> bool:
+        """POST ``event`` to ``url`` with retries; whether a 2xx came back. Never raises.
+
+        Unless ``trusted`` (the operator's own webhook), ``url`` is checked like
+        :meth:`check_url` before every attempt and the request goes to the checked address.
+        """
+        attempts = self.retries + 1
+        try:
+            body = json.dumps(event).encode()
+            for attempt in range(1, attempts + 1):
+                if self._connection.closed.is_set():
+                    return False
+                outcome = self._attempt(url, body, event, attempt, trusted)
+                if outcome.delivered:
+                    return True
+                log.warning(
+                    "webhook attempt %d/%d for job %s failed: %s",
+                    attempt,
+                    attempts,
+                    event.get("inferenceId"),
+                    outcome.reason,
+                )
+                if not outcome.retry or attempt == attempts:
+                    return False
+                # An interruptible pause, so close() does not wait out a backoff.
+                if self._connection.closed.wait(self._pause(attempt, outcome.retry_after_s)):
+                    return False
+        except Exception:
+            log.warning("webhook for job %s failed", event.get("inferenceId"), exc_info=True)
         return False
+
+    def _pause(self, attempt: int, retry_after_s: float | None) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        bound = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
+        # Full jitter: receivers coming back up are not hit by every sender at the same moment.
+        pause = random.uniform(0.0, bound)
+        if retry_after_s is not None:
+            pause = max(pause, min(retry_after_s, self.retry_after_cap_s))
+        return pause
+
+    def _attempt(
+        self, url: str, body: bytes, event: dict[str, Any], attempt: int, trusted: bool
+    ) -> _Outcome:
+        import httpx
+
+        try:
+            target = self._parse(url)
+            pinned: list[str | None] = [None] if trusted else list(self._addresses(target))
+        except InvalidOptionsError as e:
+            # A name that stopped resolving may come back; a refused address will not.
+            return _Outcome(False, e.code == "webhook_unresolvable", e.code)
+        headers = {
+            "Content-Type": "application/json",
+            "X-Stygig-Inference-Id": str(event.get("inferenceId")),
+            "X-Stygig-Attempt": str(attempt),
+        }
+        reason = "no address"
+        for address in pinned:
+            request_url, extensions = target, {}
+            if address is not None:
+                # Connect to the checked address; the server still sees (and TLS verifies)
+                # the name from the URL.
+                request_url = target.copy_with(host=address)
+                headers["Host"] = target.netloc.decode("ascii")
+                if target.scheme == "https" and not _is_ip(target.host):
+                    extensions = {"sni_hostname": target.host}
+            try:
+                # Streamed and never read: a receiver cannot make us buffer a huge answer.
+                with self._client().stream(
+                    "POST", request_url, content=body, headers=headers, extensions=extensions
+                ) as response:
+                    status = response.status_code
+                    retry_after = _retry_after_s(response.headers.get("retry-after"))
+            except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+                reason = f"{type(e).__name__}: {e}"
+                continue  # the host's next address may answer
+            except Exception as e:
+                return _Outcome(False, True, f"{type(e).__name__}: {e}")
+            if 200 <= status < 300:
+                return _Outcome(True, False, f"HTTP {status}")
+            retry = status >= 500 or status in _RETRY_STATUSES
+            return _Outcome(False, retry, f"HTTP {status}", retry_after if retry else None)
+        return _Outcome(False, True, reason)
+
+    def _client(self) -> httpx.Client:
+        import httpx
+
+        with self._connection.lock:
+            if self._connection.closed.is_set():
+                raise RuntimeError("the notifier is closed")
+            if self._connection.client is None:
+                self._connection.client = httpx.Client(
+                    follow_redirects=False,  # a 3xx is a failed attempt, never a GET elsewhere
+                    timeout=self.timeout_s,
+                    # No kept-alive connections: the pool is keyed by address, and a connection
+                    # verified for one host name must not carry a request for another.
+                    limits=httpx.Limits(max_keepalive_connections=0),
+                )
+            return self._connection.client
+
+    def close(self) -> None:
+        """Stop delivering: pending pauses end, later attempts fail, the HTTP client closes.
+
+        A closed notifier sends nothing again (``send`` returns ``False``).
+        """
+        self._connection.closed.set()
+        with self._connection.lock:
+            client, self._connection.client = self._connection.client, None
+        if client is not None:
+            client.close()
 
     def publish(self, topic_arn: str, event: dict[str, Any]) -> bool:
         """Publish ``event`` to an SNS topic (boto3 retries on its own)."""
@@ -146,3 +412,15 @@ class Notifier:
             log.warning("SNS publish to %s failed", topic_arn, exc_info=True)
             return False
         return True
+
+
+def _port(url: httpx.URL) -> int:
+    return url.port or _SCHEMES[url.scheme]
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,527 @@
+"""Webhooks as server-side request forgery: what a client's webhook URL may reach, and how
+delivery retries.
+
+Every receiver is a real HTTP server on 127.0.0.1. Nothing here contacts another machine: names
+other than ``localhost`` and ``*.invalid`` go through a fake resolver, and the one "public"
+address such a resolver hands out is only ever checked, never connected to.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import json
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stygig.errors import InvalidOptionsError
+from stygig.jobs.notify import Notifier
+from stygig.jobs.store import Job, JobSpec, JobStore
+
+LOOPBACK = ("127.0.0.0/8",)
+#: A public address (example.com's) that fake resolvers return; tests never connect to it.
+PUBLIC_IP = "93.184.215.14"
+EVENT: dict[str, Any] = {"inferenceId": "job-1", "status": "succeeded"}
+
+#: One scripted answer: status and extra headers.
+Answer = tuple[int, dict[str, str]]
+
+
+@dataclass
+class Hit:
+    """One request a receiver got."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float  # time.monotonic() on arrival
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver on loopback that answers from a script (the last answer repeats)."""
+
+    answers: list[Answer]
+    hits: list[Hit] = field(default_factory=list)
+    port: int = 0
+    sni: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT/hook``."""
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def wait_for_hits(self, n: int, timeout: float = 20.0) -> list[Hit]:
+        """The hits once there are at least ``n`` (fails after ``timeout`` seconds)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.hits) >= n:
+                    return list(self.hits)
+            time.sleep(0.01)
+        raise TimeoutError(f"receiver got {len(self.hits)} of {n} requests")
+
+
+@contextmanager
+def receiver(*answers: Answer, tls: ssl.SSLContext | None = None) -> Iterator[Receiver]:
+    """A threaded HTTP(S) server on 127.0.0.1 answering every method from ``answers``."""
+    rec = Receiver(list(answers) or [(200, {})])
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            with rec.lock:
+                rec.hits.append(
+                    Hit(self.command, self.path, dict(self.headers), body, time.monotonic())
+                )
+                status, headers = rec.answers[min(len(rec.hits), len(rec.answers)) - 1]
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = _answer
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if tls is not None:
+
+        def remember_sni(_sock: ssl.SSLObject, name: str, _ctx: ssl.SSLContext) -> None:
+            rec.sni.append(name)
+
+        tls.sni_callback = remember_sni
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    rec.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield rec
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.fixture
+def make_notifier() -> Iterator[Callable[..., Notifier]]:
+    """Notifiers with tiny backoffs, all closed at the end (their HTTP clients too)."""
+    made: list[Notifier] = []
+
+    def make(**kw: Any) -> Notifier:
+        kw.setdefault("backoff_s", 0.01)
+        kw.setdefault("max_backoff_s", 0.05)
+        kw.setdefault("timeout_s", 5.0)
+        notifier = Notifier(**kw)
+        made.append(notifier)
+        return notifier
+
+    yield make
+    for notifier in made:
+        notifier.close()
+
+
+def fake_resolver(
+    table: dict[str, list[str]], calls: list[str] | None = None
+) -> Callable[[str, int], Sequence[str]]:
+    """A resolver answering from ``table`` (unknown names fail like NXDOMAIN)."""
+
+    def resolve(host: str, port: int) -> Sequence[str]:
+        if calls is not None:
+            calls.append(host)
+        if host not in table:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return table[host]
+
+    return resolve
+
+
+def free_closed_port() -> int:
+    """A loopback port nothing listens on (connections to it are refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def refused(notifier: Notifier, url: str) -> InvalidOptionsError:
+    """The error ``check_url`` raises for ``url`` (fails if it accepts it)."""
+    with pytest.raises(InvalidOptionsError) as info:
+        notifier.check_url(url)
+    assert info.value.http_status == 422
+    return info.value
+
+
+# -- what a client's webhook URL may name -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "file:///etc/passwd",
+        "gopher://127.0.0.1:6379/_FLUSHALL",
+        "ftp://hooks.example.com/x",
+        "dict://hooks.example.com:11211/stat",
+        "http://user:secret@hooks.example.com/x",
+        "http:///no-host",
+        "http://hooks.example.com:99999/x",
+        "not a url",
+        "https://hooks.example.com/" + "a" * 3000,
+    ],
+)
+def test_check_url_refuses_other_schemes_credentials_and_malformed_urls(
+    url: str, make_notifier: Callable[..., Notifier]
+) -> None:
+    """Hole: any scheme urllib knows (file://, ...) was opened, and nothing was checked at
+    submission. Only http(s) URLs with a host, no credentials and a sane length pass."""
+    notifier = make_notifier(resolve=fake_resolver({"hooks.example.com": [PUBLIC_IP]}))
+    error = refused(notifier, url)
+    assert error.code == "invalid_webhook"
+    assert "passwd" not in error.message and "secret" not in error.message
+    assert "hooks.example.com" not in error.message
+    notifier.check_url("https://hooks.example.com/x?token=1")  # the well-formed one passes
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/",
+        "http://127.1:8080/",
+        "http://2130706433/",  # 127.0.0.1 as one number
+        "http://localhost:8080/async/invocations",
+        "http://[::1]/",
+        "http://10.0.0.1/",
+        "http://172.16.5.4/",
+        "http://192.168.1.1/",
+        "http://100.64.0.1/",  # carrier-grade NAT
+        "http://169.254.169.254/latest/meta-data/",
+        "http://0.0.0.0:8080/",
+        "http://[::]/",
+        "http://224.0.0.1/",
+        "http://240.0.0.1/",
+        "http://[fe80::1]/",
+        "http://[fc00::1]/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://[::ffff:169.254.169.254]/",
+        "http://[64:ff9b::a9fe:a9fe]/",  # NAT64 of 169.254.169.254
+        "http://[2002:7f00:1::]/",  # 6to4 of 127.0.0.1
+        "https://[::7f00:1]/",  # IPv4-compatible 127.0.0.1
+    ],
+)
+def test_check_url_refuses_internal_addresses(
+    url: str, make_notifier: Callable[..., Notifier]
+) -> None:
+    """Hole: the server POSTed to loopback, private ranges, the metadata service and its own
+    API. Every non-public address is refused (the system resolver reads these locally)."""
+    error = refused(make_notifier(), url)
+    assert error.code == "webhook_not_allowed"
+    assert "127" not in error.message and "169.254" not in error.message
+
+
+def test_check_url_refuses_names_that_resolve_inside(
+    make_notifier: Callable[..., Notifier],
+) -> None:
+    """Hole: a host name was never resolved and checked. A name is refused when any one of its
+    addresses is internal, and a name that does not resolve is refused too."""
+    resolve = fake_resolver(
+        {
+            "hooks.example.com": [PUBLIC_IP],
+            "internal.example.com": ["127.0.0.1"],
+            "mixed.example.com": [PUBLIC_IP, "10.1.2.3"],
+            "metadata.example.com": ["169.254.169.254"],
+        }
+    )
+    notifier = make_notifier(resolve=resolve)
+    notifier.check_url("https://hooks.example.com/x")
+    for name in ("internal", "mixed", "metadata"):
+        error = refused(notifier, f"https://{name}.example.com/x")
+        assert error.code == "webhook_not_allowed" and "example" not in error.message
+    # The real resolver; .invalid is reserved and never resolves.
+    error = refused(make_notifier(), "https://nothing-here.invalid/hook")
+    assert error.code == "webhook_unresolvable" and "nothing-here" not in error.message
+
+
+def test_allow_networks_lets_the_operator_open_a_range(
+    make_notifier: Callable[..., Notifier],
+) -> None:
+    """Hole: no way to tell the server which internal receivers are fine. Allowed networks pass,
+    everything else internal is still refused, and a bad CIDR is refused at start-up."""
+    notifier = make_notifier(allow_networks=LOOPBACK)
+    notifier.check_url("http://127.0.0.1:8080/hook")
+    notifier.check_url("http://[::ffff:127.0.0.1]:8080/hook")
+    assert refused(notifier, "http://169.254.169.254/").code == "webhook_not_allowed"
+    assert refused(notifier, "http://[::1]/").code == "webhook_not_allowed"
+    with pytest.raises(InvalidOptionsError):
+        Notifier(allow_networks=("127.0.0.1/8",))
+    with pytest.raises(InvalidOptionsError):
+        Notifier(allow_networks=("loopback",))
+
+
+def test_operator_webhook_must_be_http(make_notifier: Callable[..., Notifier]) -> None:
+    """Hole: ``--async-webhook file:///...`` was accepted and opened."""
+    with pytest.raises(InvalidOptionsError):
+        Notifier(webhook="file:///etc/passwd")
+    make_notifier(webhook="http://127.0.0.1:9/hook")  # an internal address is the operator's call
+
+
+# -- delivery ------------------------------------------------------------------------------------
+
+
+def test_a_2xx_is_one_post_with_the_event(make_notifier: Callable[..., Notifier]) -> None:
+    """Hole: delivery used urllib. One attempt, a POST with the JSON event, nothing else."""
+    notifier = make_notifier(allow_networks=LOOPBACK, retries=3)
+    with receiver((204, {})) as rec:
+        assert notifier.post(rec.url, EVENT) is True
+        hits = rec.wait_for_hits(1)
+    assert [(h.method, h.path) for h in hits] == [("POST", "/hook")]
+    assert json.loads(hits[0].body) == EVENT
+    assert hits[0].headers["X-Stygig-Attempt"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("status", "attempts"),
+    [(400, 1), (401, 1), (403, 1), (404, 1), (410, 1), (408, 3), (429, 3), (500, 3), (503, 3)],
+)
+def test_4xx_is_final_and_the_retry_limit_holds(
+    status: int, attempts: int, make_notifier: Callable[..., Notifier]
+) -> None:
+    """Hole: every failure was retried, 4xx included. A 4xx other than 408/429 is final; the
+    rest stop at ``retries + 1`` attempts."""
+    notifier = make_notifier(allow_networks=LOOPBACK, retries=2)
+    with receiver((status, {})) as rec:
+        assert notifier.post(rec.url, EVENT) is False
+        hits = list(rec.hits)
+    assert len(hits) == attempts
+    assert [h.headers["X-Stygig-Attempt"] for h in hits] == [str(i + 1) for i in range(attempts)]
+
+
+def test_503_then_200_is_two_attempts(make_notifier: Callable[..., Notifier]) -> None:
+    """Hole: retries were unbounded in total across restarts; here a transient 503 is retried
+    and the delivery then counts as done."""
+    notifier = make_notifier(allow_networks=LOOPBACK, retries=5)
+    with receiver((503, {}), (200, {})) as rec:
+        assert notifier.post(rec.url, EVENT) is True
+        assert len(rec.hits) == 2
+
+
+@pytest.mark.parametrize("form", ["seconds", "http-date"])
+def test_retry_after_is_honoured(form: str, make_notifier: Callable[..., Notifier]) -> None:
+    """Hole: ``Retry-After`` was ignored. With a backoff of at most 50 ms, the second attempt
+    comes only after the pause the receiver asked for."""
+    if form == "seconds":
+        value, at_least = "1", 0.9
+    else:
+        when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=3)
+        value, at_least = email.utils.format_datetime(when, usegmt=True), 1.5
+    notifier = make_notifier(allow_networks=LOOPBACK, retries=1)
+    with receiver((503, {"Retry-After": value}), (200, {})) as rec:
+        assert notifier.post(rec.url, EVENT) is True
+        first, second = rec.wait_for_hits(2)
+    assert at_least <= second.at - first.at < 30
+
+
+def test_retry_after_is_capped(make_notifier: Callable[..., Notifier]) -> None:
+    """Hole: a receiver could park a delivery thread for as long as it liked."""
+    notifier = make_notifier(allow_networks=LOOPBACK, retries=1, retry_after_cap_s=0.2)
+    started = time.monotonic()
+    with receiver((429, {"Retry-After": "86400"}), (200, {})) as rec:
+        assert notifier.post(rec.url, EVENT) is True
+        assert len(rec.hits) == 2
+    assert time.monotonic() - started < 15
+
+
+def test_a_redirect_is_a_failed_attempt_never_followed(
+    make_notifier: Callable[..., Notifier],
+) -> None:
+    """Hole: urllib followed a 302 and turned the POST into a GET to wherever it pointed
+    (an allowed receiver could bounce the server onto an internal one)."""
+    notifier = make_notifier(allow_networks=LOOPBACK, retries=3)
+    with receiver((200, {})) as inner:
+        with receiver((302, {"Location": inner.url})) as outer:
+            assert notifier.post(outer.url, EVENT) is False
+            assert [h.method for h in outer.hits] == ["POST"]
+        assert inner.hits == []
+
+
+def test_connection_refused_stops_at_the_limit(make_notifier: Callable[..., Notifier]) -> None:
+    """Hole: network errors were retried forever (4 times a second, across restarts). Each
+    attempt resolves the name once; there are exactly ``retries + 1`` of them and no exception."""
+    calls: list[str] = []
+    notifier = make_notifier(
+        allow_networks=LOOPBACK,
+        retries=3,
+        resolve=fake_resolver({"hooks.test": ["127.0.0.1"]}, calls),
+    )
+    assert notifier.post(f"http://hooks.test:{free_closed_port()}/hook", EVENT) is False
+    assert calls == ["hooks.test"] * 4
+
+
+def test_the_request_goes_to_the_checked_address(make_notifier: Callable[..., Notifier]) -> None:
+    """Hole: the name was resolved again by the HTTP library after any check (DNS rebinding).
+    The request is sent to the address that was checked, with the name in ``Host``."""
+    notifier = make_notifier(
+        allow_networks=LOOPBACK, resolve=fake_resolver({"hooks.test": ["127.0.0.1"]})
+    )
+    with receiver((200, {})) as rec:
+        assert notifier.post(f"http://hooks.test:{rec.port}/hook?x=1", EVENT) is True
+        (hit,) = rec.wait_for_hits(1)
+    assert hit.headers["Host"] == f"hooks.test:{rec.port}"
+    assert hit.path == "/hook?x=1"
+
+
+def test_dns_rebinding_after_submission_is_refused(
+    make_notifier: Callable[..., Notifier],
+) -> None:
+    """Hole: a name that was public at submission and resolves to loopback at send time
+    reached the loopback receiver. The send-time check refuses it, once, without retrying."""
+    answers = iter([[PUBLIC_IP]])
+    calls: list[str] = []
+
+    def rebinding(host: str, port: int) -> list[str]:
+        calls.append(host)
+        return next(answers, ["127.0.0.1"])
+
+    notifier = make_notifier(retries=3, resolve=rebinding)
+    with receiver((200, {})) as rec:
+        url = f"http://rebind.test:{rec.port}/hook"
+        notifier.check_url(url)  # at submission: public
+        assert notifier.post(url, EVENT) is False
+        assert rec.hits == []
+    assert calls == ["rebind.test"] * 2
+
+
+def _self_signed(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    pytest.importorskip("cryptography")
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.mark.parametrize(("cert_name", "delivered"), [("hooks.test", True), ("other.test", False)])
+def test_https_to_the_checked_address_still_verifies_the_name(
+    cert_name: str,
+    delivered: bool,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    make_notifier: Callable[..., Notifier],
+) -> None:
+    """Hole: pinning the address must not weaken TLS. The server is asked for the URL's name
+    (SNI) and its certificate must match that name."""
+    cert, key = _self_signed(tmp_path, cert_name)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # trust this certificate only
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    notifier = make_notifier(
+        allow_networks=LOOPBACK, retries=0, resolve=fake_resolver({"hooks.test": ["127.0.0.1"]})
+    )
+    with receiver((200, {}), tls=context) as rec:
+        assert notifier.post(f"https://hooks.test:{rec.port}/hook", EVENT) is delivered
+        assert len(rec.hits) == int(delivered)
+        assert rec.sni and set(rec.sni) == {"hooks.test"}
+
+
+# -- send(): what the worker calls ---------------------------------------------------------------
+
+
+def _job(tmp_path: Path, webhook: str | None) -> Job:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    with JobStore(tmp_path / "jobs.db", synchronous="NORMAL") as store:
+        job, _ = store.submit(
+            JobSpec(
+                output_location=str(tmp_path / "out"),
+                failure_location=str(tmp_path / "err"),
+                input_body=b"{}",
+                webhook=webhook,
+            )
+        )
+    return job
+
+
+@pytest.mark.parametrize("webhook", ["file:///etc/passwd", "http://127.0.0.1:9/hook"])
+def test_send_refuses_a_stored_bad_webhook_once_without_raising(
+    webhook: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    make_notifier: Callable[..., Notifier],
+) -> None:
+    """Hole: a stored ``file://`` webhook was opened, then raised on every pass (so the
+    notification stayed pending and was retried ~4 times a second, across restarts). Jobs
+    stored before the submission check are refused at send time: ``False``, no exception."""
+    notifier = make_notifier(retries=3)
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="stygig.jobs.notify"):
+        assert notifier.send(_job(tmp_path, webhook)) is False
+    assert time.monotonic() - started < 5
+    attempts = [r for r in caplog.records if r.getMessage().startswith("webhook attempt")]
+    assert len(attempts) == 1
+
+
+def test_send_checks_job_webhooks_but_trusts_the_operators(
+    tmp_path: Path, make_notifier: Callable[..., Notifier]
+) -> None:
+    """Hole: a client's webhook reached loopback. The operator's ``--async-webhook`` may name
+    an internal receiver; a job's own webhook to the same place is refused."""
+    with receiver((200, {})) as rec:
+        notifier = make_notifier(webhook=rec.url, retries=1)
+        assert notifier.send(_job(tmp_path / "a", None)) is True
+        assert len(rec.wait_for_hits(1)) == 1
+        assert notifier.send(_job(tmp_path / "b", rec.url.replace("/hook", "/other"))) is False
+        assert [h.path for h in rec.hits] == ["/hook"]
+
+
+def test_close_ends_a_pending_backoff(make_notifier: Callable[..., Notifier]) -> None:
+    """Hole: a delivery waiting out a long ``Retry-After`` held up shutdown."""
+    notifier = make_notifier(allow_networks=LOOPBACK, retries=3, retry_after_cap_s=60)
+    result: list[bool] = []
+    with receiver((503, {"Retry-After": "60"})) as rec:
+        thread = threading.Thread(target=lambda: result.append(notifier.post(rec.url, EVENT)))
+        thread.start()
+        rec.wait_for_hits(1)
+        closed_at = time.monotonic()
+        notifier.close()
+        thread.join(20)
+        assert not thread.is_alive()
+        assert time.monotonic() - closed_at < 10
+        assert result == [False] and len(rec.hits) == 1
