@@ -1,7 +1,13 @@
 from __future__ import annotations
 
 import io
+import struct
+import subprocess
+import sys
+import textwrap
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +27,10 @@ from stygig.images import (
     preprocess_batch,
     sniff_format,
 )
-from tests.conftest import encode, garment_image
+from tests.conftest import REPO, encode, garment_image
+
+# Peak memory is read from /proc (VmHWM, reset through clear_refs): Linux only.
+LINUX_PROC = Path("/proc/self/clear_refs").exists()
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
@@ -49,6 +58,23 @@ def test_missing_file_is_invalid_image(tmp_path) -> None:  # type: ignore[no-unt
     with pytest.raises(InvalidImageError, match="not found") as e:
         decode_image(tmp_path / "nope.jpg")
     assert e.value.code == "image_not_found"
+
+
+def test_messages_never_show_the_server_path(tmp_path: Path) -> None:
+    folder = tmp_path / "private-folder"
+    folder.mkdir()
+    (folder / "big.png").write_bytes(encode(garment_image(), "PNG"))
+    (folder / "text.jpg").write_bytes(b"not a photo at all" * 10)
+    attempts: list[Callable[[], object]] = [
+        lambda: decode_image(folder / "missing.jpg"),
+        lambda: decode_image(folder),  # a directory: exists, cannot be read as a file
+        lambda: decode_image(folder / "big.png", limits=ImageLimits(max_bytes=100)),
+        lambda: decode_image(folder / "text.jpg"),
+    ]
+    for attempt in attempts:
+        with pytest.raises((InvalidImageError, ImageTooLargeError)) as e:
+            attempt()
+        assert "private-folder" not in e.value.message and str(tmp_path) not in e.value.message
 
 
 def test_empty_bytes() -> None:
@@ -82,6 +108,48 @@ def test_gif_is_unsupported_media() -> None:
     assert e.value.http_status == 415
 
 
+def psd_bytes(width: int = 16, height: int = 16) -> bytes:
+    """A minimal uncompressed RGB Photoshop file (Pillow reads PSD but cannot write it)."""
+    header = b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, height, width, 8, 3)
+    return header + struct.pack(">IIIH", 0, 0, 0, 0) + bytes(3 * width * height)
+
+
+FOREIGN = {
+    "GIF": encode(garment_image(), "GIF"),
+    "TIFF": encode(garment_image(), "TIFF"),
+    "BMP": encode(garment_image(), "BMP"),
+    "ICO": encode(garment_image(), "ICO"),
+    "PSD": psd_bytes(),
+}
+
+
+def test_only_the_accepted_formats_parsers_see_the_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any other of Pillow's ~40 parsers is never run on client bytes: the format is named from
+    its signature and refused with 415."""
+    Image.init()
+    parsed: list[str] = []
+    for name, (factory, accept) in list(Image.OPEN.items()):
+        if name not in ("JPEG", "PNG", "WEBP"):
+
+            def spy(*args: object, _name: str = name, _factory: object = factory) -> object:
+                parsed.append(_name)
+                raise SyntaxError("a parser StyGig must not use")
+
+            monkeypatch.setitem(Image.OPEN, name, (spy, accept))
+    for name, data in FOREIGN.items():
+        with pytest.raises(UnsupportedMediaError, match=name) as e:
+            decode_image(data)
+        assert e.value.http_status == 415 and e.value.code == "unsupported_media_type"
+    assert parsed == []
+    assert decode_image(encode(garment_image(), "PNG")).size == (224, 224)
+
+
+def test_text_that_starts_like_a_signature_is_not_an_image() -> None:
+    with pytest.raises(InvalidImageError) as e:
+        decode_image(b"BMW convertible, red, 2019 model, low mileage" * 3)
+    assert e.value.code == "not_an_image"
+
+
 def test_pixel_limit_checked_before_decoding() -> None:
     # 9000x9000 1-bit PNG: tiny on disk, 81 MP when decoded — a decompression bomb.
     bomb = encode(Image.new("1", (9000, 9000)), "PNG")
@@ -97,6 +165,53 @@ def test_byte_limit() -> None:
     data = encode(garment_image(), "PNG")
     with pytest.raises(ImageTooLargeError, match="bytes"):
         decode_image(data, limits=ImageLimits(max_bytes=len(data) - 1))
+
+
+@pytest.mark.parametrize("size", [(8, 161), (161, 8), (100, 2001)])
+def test_aspect_ratio_limit(size: tuple[int, int]) -> None:
+    start = time.perf_counter()
+    with pytest.raises(InvalidImageError) as e:
+        decode_image(encode(Image.new("RGB", size), "PNG"))
+    assert time.perf_counter() - start < 0.5  # refused from the header
+    assert e.value.code == "image_aspect_ratio" and e.value.http_status == 400
+    width, height = size
+    long, short = max(size), min(size)
+    assert decode_image(
+        encode(Image.new("RGB", size), "PNG"), limits=ImageLimits(max_aspect_ratio=long / short)
+    ).size == (width, height)
+
+
+def test_twenty_to_one_is_accepted() -> None:
+    assert decode_image(encode(Image.new("RGB", (8, 160)), "PNG")).size == (8, 160)
+    assert decode_image(encode(Image.new("RGB", (4480, 224)), "JPEG")).size == (4480, 224)
+
+
+def test_pixels_per_byte_limit() -> None:
+    # 4.4 MP of flat white in lossless WebP is ~40 bytes: a bomb, refused from the header.
+    bomb = encode(Image.new("RGB", (4000, 1100), (255, 255, 255)), "WEBP", lossless=True)
+    with pytest.raises(ImageTooLargeError) as e:
+        decode_image(bomb)
+    assert e.value.code == "image_too_compressed" and e.value.http_status == 413
+    # The same compression below the pixel floor is always fine.
+    small = encode(Image.new("RGB", (2000, 2000), (255, 255, 255)), "WEBP", lossless=True)
+    assert len(small) < 1000 and decode_image(small).size == (2000, 2000)
+    assert decode_image(bomb, limits=ImageLimits(pixels_per_byte_floor=5_000_000)).size == (
+        4000,
+        1100,
+    )
+
+
+@pytest.mark.parametrize(
+    ("fmt", "options"),
+    [("JPEG", {"quality": 75}), ("PNG", {}), ("WEBP", {"quality": 50})],
+)
+def test_flat_product_shots_pass_the_pixels_per_byte_limit(
+    fmt: str, options: dict[str, object]
+) -> None:
+    """A flat garment on a flat background, 4.8 MP: about as compressible as a real shot gets."""
+    data = encode(garment_image(size=(2400, 2000)), fmt, **options)
+    assert 2400 * 2000 / len(data) > 50  # really compressible, not a noisy photo
+    assert min(decode_image(data, min_size=224).size) >= 224
 
 
 def test_tiny_image_rejected() -> None:
@@ -142,6 +257,36 @@ def test_draft_decodes_large_jpeg_at_reduced_scale() -> None:
     assert decode_image(data).size == (1080, 1440)
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_large_png_and_webp_are_reduced_when_min_size_allows(fmt: str) -> None:
+    data = encode(garment_image(size=(1200, 1600)), fmt)
+    reduced = decode_image(data, min_size=224)
+    assert reduced.size == (240, 320)  # a 5x box reduction; both sides stay >= 224
+    assert np.asarray(reduced)[160, 120, 0] > 150  # the red garment survived
+    assert decode_image(data).size == (1200, 1600)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_exif_orientation_applied_after_reduction(fmt: str) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    data = encode(garment_image(size=(1600, 1200)), fmt, exif=exif.tobytes())
+    # JPEG: DCT-scaled to 200 x 150, then reduced 4x; PNG: reduced 37x. Portrait either way.
+    width, height = decode_image(data, min_size=32).size
+    assert 32 <= width < 64 and 32 < height < 64 and width < height
+
+
+def test_reduced_transparent_and_sixteen_bit_pngs_are_converted() -> None:
+    rgba = Image.new("RGBA", (1000, 1000), (255, 0, 0, 0))
+    rgba.paste((0, 0, 255, 255), (250, 250, 750, 750))
+    arr = np.asarray(decode_image(encode(rgba, "PNG"), min_size=224))
+    assert arr.shape == (250, 250, 3)
+    assert tuple(arr[0, 0]) == (255, 255, 255) and tuple(arr[125, 125]) == (0, 0, 255)
+    sixteen = Image.fromarray(np.full((1000, 1000), 65535 // 2, dtype=np.uint16))
+    out = decode_image(encode(sixteen, "PNG"), min_size=224)
+    assert out.size == (250, 250) and abs(int(np.asarray(out)[0, 0, 0]) - 127) <= 1
+
+
 def test_preprocess_shape_normalisation_and_crop() -> None:
     spec = PreprocessSpec(size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     x = preprocess(Image.new("RGB", (300, 600), (255, 0, 0)), spec)
@@ -177,3 +322,71 @@ def test_header_beyond_pils_own_bomb_limit_is_too_large() -> None:
     bomb = encode(Image.new("1", (14000, 14000)), "PNG")
     with pytest.raises(ImageTooLargeError):
         decode_image(bomb)
+
+
+def peak_growth_mb(setup: str, call: str) -> float:
+    """Peak resident memory (MB) a fresh interpreter adds while running ``call`` after ``setup``.
+
+    A separate process, so memory freed by earlier tests cannot hide an allocation; the peak
+    (VmHWM) is reset just before ``call``, and freed heap is returned to the system first.
+    """
+    code = textwrap.dedent(
+        """
+        import ctypes, gc, io
+        import numpy as np
+        from PIL import Image
+        from stygig.images import PreprocessSpec, decode_image, fit_array, preprocess
+        from stygig.thumbnails import make_thumbnail
+
+        def status(key):
+            with open("/proc/self/status") as f:
+                return next(int(line.split()[1]) for line in f if line.startswith(key))
+
+        {setup}
+        gc.collect()
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = status("VmRSS")
+        result = {call}
+        print((status("VmHWM") - before) / 1024)
+        """
+    ).format(setup=setup, call=call)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not LINUX_PROC, reason="peak memory is read from /proc")
+@pytest.mark.parametrize(
+    ("mode", "copy_mb"),
+    [("RGBA", 80), ("I;16", 40)],  # 5000 x 4000: Pillow keeps RGBA in 4 bytes, 16-bit in 2
+)
+def test_a_large_png_is_reduced_before_it_is_converted(mode: str, copy_mb: int) -> None:
+    """A 20 MP transparent or 16-bit PNG going to a 224 input: the decoded image plus at most two
+    full-size buffers, not one or more per conversion step (the peak was 5 to 12 copies)."""
+    setup = (
+        f"buf = io.BytesIO(); Image.new({mode!r}, (5000, 4000)).save(buf, 'PNG'); "
+        "data = buf.getvalue()"
+    )
+    assert peak_growth_mb(setup, "decode_image(data, min_size=224)") < 3 * copy_mb
+
+
+@pytest.mark.skipif(not LINUX_PROC, reason="peak memory is read from /proc")
+@pytest.mark.parametrize("size", [(1400, 28000), (28000, 1400)])
+@pytest.mark.parametrize(
+    "call",
+    [
+        "preprocess(img, PreprocessSpec())",
+        "preprocess(img, PreprocessSpec(resize='squash'))",
+        "fit_array(img, 128)",
+        "make_thumbnail(img)",
+    ],
+)
+def test_resizes_are_bounded_by_their_output(size: tuple[int, int], call: str) -> None:
+    """A 20:1 photo (the most elongated accepted, 157 MB decoded): each resize costs a few MB,
+    however long the long side (the centre crop used to resize the whole strip first)."""
+    setup = f"img = Image.new('RGB', {size}, (200, 30, 30))"
+    assert peak_growth_mb(setup, call) < 10

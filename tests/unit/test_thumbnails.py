@@ -41,6 +41,17 @@ def test_thumbnail_is_a_square_jpeg_of_the_whole_photo(size: tuple[int, int]) ->
     assert np.abs(arr[128, 128] - (30, 60, 160)).max() < 16
 
 
+@pytest.mark.parametrize("size", [(4000, 200), (200, 4000)])
+def test_thumbnail_of_the_most_elongated_accepted_photo(size: tuple[int, int]) -> None:
+    """20:1, the limit decode_image accepts: the whole strip, 13 px thick, centred and padded."""
+    thumb = np.asarray(_open(make_thumbnail(garment_image((30, 60, 160), size))), dtype=np.int16)
+    assert thumb.shape == (THUMBNAIL_SIDE, THUMBNAIL_SIDE, 3)
+    assert np.abs(thumb[128, 128] - (30, 60, 160)).max() < 24
+    # 20 px from the centre is outside the 13 px strip: the photo's own background
+    off = (128, 108) if size[0] < size[1] else (108, 128)
+    assert np.abs(thumb[off] - 250).max() < 12
+
+
 def test_thumbnail_converts_other_modes() -> None:
     grey = Image.new("L", (300, 200), 90)
     assert _open(make_thumbnail(grey)).mode == "RGB"

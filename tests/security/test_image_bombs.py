@@ -1,0 +1,188 @@
+"""Image decoding bombs against a real server (item 1 of the issue "Safe to face untrusted
+traffic").
+
+Each test posts hostile image bytes to ``POST /invocations`` of a real ``stygig serve`` running
+under a memory cap, and checks that the server refuses them with a 4xx from the header alone:
+its peak memory (VmHWM) barely moves, it stays up, and it still answers a normal photo.
+
+The server runs with a test-only ``sitecustomize`` that logs every use of a Pillow parser other
+than JPEG, PNG and WebP, so the tests can see that no other parser is ever handed client bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections.abc import Callable, Iterator
+from functools import cache
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.conftest import encode, garment_image
+from tests.integration.server_fixtures import Server
+from tests.security.conftest import capped_server
+from tests.unit.test_images import psd_bytes
+
+pytestmark = pytest.mark.slow
+
+#: What a refused bomb may add to the server's peak resident memory.
+MAX_GROWTH_MB = 300
+PARSER_USED = "PILLOW-PARSER-USED"
+SPY = f'''"""Test spy: log any Pillow parser other than JPEG, PNG and WebP that is handed bytes."""
+import sys
+
+from PIL import Image
+
+Image.init()
+
+
+def _spy(name, factory):
+    def opener(*args, **kwargs):
+        sys.stderr.write("{PARSER_USED} " + name + "\\n")
+        sys.stderr.flush()
+        return factory(*args, **kwargs)
+
+    return opener
+
+
+for _name, (_factory, _accept) in list(Image.OPEN.items()):
+    if _name not in ("JPEG", "PNG", "WEBP"):
+        Image.OPEN[_name] = (_spy(_name, _factory), _accept)
+'''
+
+
+def blank_png(width: int, height: int) -> bytes:
+    """A black RGB PNG written by hand: rows of zeros deflate ~1000:1, and Pillow would take
+    seconds to encode the 40 MP ones."""
+    row = bytes(1 + 3 * width)  # filter byte 0, then the pixels
+    rows_per_call = max(1, 1_000_000 // len(row))
+    deflate = zlib.compressobj(9)
+    parts, left = [], height
+    while left:
+        n = min(rows_per_call, left)
+        parts.append(deflate.compress(row * n))
+        left -= n
+    parts.append(deflate.flush())
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", b"".join(parts))
+        + chunk(b"IEND", b"")
+    )
+
+
+@cache
+def tall_strip() -> bytes:
+    """8 x 4,999,999 (under 40 MP) in 121 KB: the resize asked for ~125 GB."""
+    return blank_png(8, 4_999_999)
+
+
+@cache
+def short_strip() -> bytes:
+    """8 x 60,000 in 1.5 KB: +1.3 GB and seconds of CPU."""
+    return blank_png(8, 60_000)
+
+
+@cache
+def flat_webp() -> bytes:
+    """16000 x 2499 white, lossless WebP: 40 MP in a few dozen bytes."""
+    white = Image.new("RGB", (16000, 2499), (255, 255, 255))
+    return encode(white, "WEBP", lossless=True, quality=0, method=0)
+
+
+def vm_hwm_mb(server: Server) -> float:
+    """The server process's peak resident memory (VmHWM) in MB."""
+    text = Path(f"/proc/{server.process.pid}/status").read_text()
+    return (
+        int(next(line.split()[1] for line in text.splitlines() if line.startswith("VmHWM"))) / 1024
+    )
+
+
+def post_image(server: Server, body: bytes, content_type: str) -> httpx.Response:
+    return httpx.post(
+        server.url + "/invocations",
+        content=body,
+        headers={"Content-Type": content_type},
+        timeout=120,
+    )
+
+
+def parsers_used(server: Server) -> list[str]:
+    return [line for line in server.log_lines() if line.startswith(PARSER_USED)]
+
+
+@pytest.fixture(scope="module")
+def server(sample: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One memory-capped server with the parser spy, shared by the tests of this module."""
+    root = tmp_path_factory.mktemp("image-bombs")
+    spy_dir = root / "spy"
+    spy_dir.mkdir()
+    (spy_dir / "sitecustomize.py").write_text(SPY, encoding="utf-8")
+    path = os.pathsep.join(p for p in (str(spy_dir), os.environ.get("PYTHONPATH")) if p)
+    with capped_server(sample[1], root / "server.log", env={"PYTHONPATH": path}) as running:
+        photo = (sample[0] / "queries" / "blue-jeans.jpg").read_bytes()
+        assert post_image(running, photo, "image/jpeg").status_code == 200  # warm
+        yield running
+
+
+def assert_still_serving(server: Server, sample: tuple[Path, Path]) -> None:
+    assert server.process.poll() is None, "the server died"
+    photo = (sample[0] / "queries" / "blue-jeans.jpg").read_bytes()
+    response = post_image(server, photo, "image/jpeg")
+    assert response.status_code == 200, response.text[:300]
+
+
+@pytest.mark.parametrize(
+    ("make", "content_type", "status", "code"),
+    [
+        (tall_strip, "image/png", 400, "image_aspect_ratio"),
+        (short_strip, "image/png", 400, "image_aspect_ratio"),
+        (flat_webp, "image/webp", 413, "image_too_compressed"),
+    ],
+    ids=["png-8x4999999", "png-8x60000", "webp-16000x2499-lossless"],
+)
+def test_bombs_are_refused_from_the_header(
+    server: Server,
+    sample: tuple[Path, Path],
+    make: Callable[[], bytes],
+    content_type: str,
+    status: int,
+    code: str,
+) -> None:
+    """Item 1: a small file whose header promises a huge or extremely elongated image. Before,
+    the 8 x 4,999,999 PNG made the resize ask for ~125 GB (the capped server got a MemoryError
+    or died), the 8 x 60,000 PNG cost +1.5 GB and the WebP +600 MB, all answered 200."""
+    body = make()
+    before = vm_hwm_mb(server)
+    response = post_image(server, body, content_type)
+    assert response.status_code == status, response.text[:300]
+    assert response.json()["error"]["code"] == code
+    assert_still_serving(server, sample)
+    assert vm_hwm_mb(server) - before < MAX_GROWTH_MB
+
+
+@pytest.mark.parametrize("name", ["GIF", "TIFF", "BMP", "ICO", "PSD"])
+def test_other_formats_are_refused_without_being_parsed(
+    server: Server, sample: tuple[Path, Path], name: str
+) -> None:
+    """Item 1: hostile bytes could reach any of Pillow's 43 parsers (the old code let Pillow try
+    every format, then refused the result). Now only the JPEG, PNG and WebP parsers ever run;
+    other images are named from their signature and refused with 415, whatever the client's
+    content type says."""
+    body = psd_bytes() if name == "PSD" else encode(garment_image(), name)
+    response = post_image(server, body, "image/png")
+    assert response.status_code == 415, response.text[:300]
+    error = response.json()["error"]
+    assert error["code"] == "unsupported_media_type" and name in error["message"]
+    assert parsers_used(server) == []
+    assert_still_serving(server, sample)
