@@ -3,21 +3,29 @@
 One small surface for the async jobs and batch runs::
 
     read_bytes(uri) -> bytes          write_bytes(uri, data)   (atomic: readers see all or nothing)
+    read_bytes(uri, max_bytes=n)      (a regular file / object of at most n bytes, never more read)
     exists(uri) -> bool               delete(uri)
     list_keys(prefix) -> [uri, ...]   join(prefix, name) -> uri
+    remove_stale_temps(prefix)        (temporary files a crashed local write left behind)
 
 S3 goes through boto3 (the ``aws`` extra) with its standard configuration: credentials, region
 and endpoint come from the environment (``AWS_ACCESS_KEY_ID``, ``AWS_DEFAULT_REGION``,
 ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3`` for an S3-compatible server such as MinIO or
 moto) or ``~/.aws/config``. A local write goes to a temporary file in the same folder and is
 renamed into place; an S3 ``PutObject`` is atomic by itself.
+
+Error messages name the location and the system's reason: they are for the operator (the CLI,
+the server log). What a client may see of them is decided by :mod:`stygig.locations`.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import stat
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +33,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from stygig.errors import NotFoundError, StorageError, StygigError
+from stygig.errors import (
+    InputError,
+    NotFoundError,
+    PayloadTooLargeError,
+    StorageError,
+    StygigError,
+)
 
 __all__ = [
     "Location",
@@ -37,6 +51,7 @@ __all__ = [
     "list_keys",
     "parse",
     "read_bytes",
+    "remove_stale_temps",
     "write_bytes",
 ]
 
@@ -134,20 +149,84 @@ def _s3_error(e: Exception, loc: Location) -> StygigError:
     return StorageError(f"{loc}: {e}")
 
 
-def read_bytes(uri: str | Path) -> bytes:
-    """The whole object at ``uri`` (:class:`~stygig.errors.NotFoundError` when absent)."""
+def read_bytes(uri: str | Path, *, max_bytes: int | None = None) -> bytes:
+    """The whole object at ``uri`` (:class:`~stygig.errors.NotFoundError` when absent).
+
+    With ``max_bytes``, the read is bounded: only a regular file or an object of at most that
+    size is read (:class:`~stygig.errors.PayloadTooLargeError`, code ``input_too_large``,
+    otherwise), its size is checked before any byte is read, and never more than
+    ``max_bytes + 1`` bytes are (the object may grow meanwhile). A local file is opened
+    non-blocking, so a FIFO or a device is refused (code ``not_a_regular_file``), not waited on.
+    """
     loc = parse(uri)
     if loc.scheme == "s3":
         with _s3_errors(loc):
-            body: bytes = _s3().get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read()
-        return body
+            if max_bytes is None:
+                body: bytes = _s3().get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read()
+                return body
+            return _read_s3_bounded(loc, max_bytes)
     assert loc.path is not None
     try:
-        return loc.path.read_bytes()
+        if max_bytes is None:
+            return loc.path.read_bytes()
+        return _read_file_bounded(loc, max_bytes)
     except FileNotFoundError:
         raise NotFoundError(f"{loc} does not exist", code="location_not_found") from None
     except OSError as e:
         raise StorageError(f"{loc}: {e}") from e
+
+
+def _too_large(loc: Location, max_bytes: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(f"{loc} is larger than {max_bytes:,} bytes", code="input_too_large")
+
+
+def _read_file_bounded(loc: Location, max_bytes: int) -> bytes:
+    assert loc.path is not None
+    # O_NONBLOCK: opening a FIFO without a writer would otherwise block the reader forever.
+    fd = os.open(loc.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)  # the file actually opened, not whatever the path names by now
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError(f"{loc} is not a regular file", code="not_a_regular_file")
+        if info.st_size > max_bytes:
+            raise _too_large(loc, max_bytes)
+        chunks: list[bytes] = []
+        left = max_bytes + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    finally:
+        os.close(fd)
+    if left <= 0:
+        raise _too_large(loc, max_bytes)  # it grew after the size check
+    return b"".join(chunks)
+
+
+def _read_s3_bounded(loc: Location, max_bytes: int) -> bytes:
+    client = _s3()
+    size = int(client.head_object(Bucket=loc.bucket, Key=loc.key)["ContentLength"])
+    if size > max_bytes:
+        raise _too_large(loc, max_bytes)
+    if size == 0:
+        return b""  # a Range on an empty object is an error, and there is nothing to read
+    # The Range bounds the transfer even if the object was replaced by a bigger one since.
+    response = client.get_object(Bucket=loc.bucket, Key=loc.key, Range=f"bytes=0-{max_bytes}")
+    stream = response["Body"]
+    try:
+        data: bytes = stream.read(max_bytes + 1)
+    finally:
+        stream.close()
+    if len(data) > max_bytes:
+        raise _too_large(loc, max_bytes)
+    return data
+
+
+# What write_bytes' temporary files are called (mkstemp: "." + name + "." + 8 random characters
+# + ".tmp"): only those are ever cleaned up.
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 
 def write_bytes(uri: str | Path, data: bytes, *, content_type: str | None = None) -> str:
@@ -174,6 +253,39 @@ def write_bytes(uri: str | Path, data: bytes, *, content_type: str | None = None
     except OSError as e:
         raise StorageError(f"{loc}: {e}") from e
     return str(loc.path)
+
+
+def remove_stale_temps(prefix: str | Path, *, older_than_s: float = 600.0) -> int:
+    """Delete the temporary files of local writes that never finished (a crash between the
+    write and the rename) directly in the folder ``prefix``; how many.
+
+    Only files older than ``older_than_s`` go, so a write in progress in another process is
+    never hit. S3 writes leave nothing behind (a ``PutObject`` is atomic): nothing to do.
+    """
+    if is_remote(prefix):
+        return 0
+    folder = parse(prefix).path
+    assert folder is not None
+    cutoff = time.time() - older_than_s
+    removed = 0
+    try:
+        entries = os.scandir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    except OSError as e:
+        raise StorageError(f"{folder}: {e}") from e
+    with entries:
+        for entry in entries:
+            if not _TEMP_NAME.match(entry.name):
+                continue
+            try:
+                info = entry.stat(follow_symlinks=False)
+                if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                continue  # another process cleaned it up first
+    return removed
 
 
 def exists(uri: str | Path) -> bool:

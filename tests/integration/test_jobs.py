@@ -27,18 +27,24 @@ from tests.integration.server_fixtures import REPO, free_port, sample_artifact
 
 pytestmark = pytest.mark.slow
 
-# The test's server: the real async app, optionally with every recommendation slowed down so
-# that jobs are still queued and running when the process is killed.
+# The test's server: the real async app, optionally with a gate on every recommendation: the
+# n-th one creates <gate>/started-<n> and then waits until the test creates <gate>/go-<n>. So
+# "job n is running" is a state the test holds, not one it samples.
 _SERVER = """
-import sys, time
+import itertools, sys, threading, time
+from pathlib import Path
 from stygig.engine import Recommender
-delay = float(sys.argv[1])
-if delay:
+if sys.argv[1]:
+    gate, counter, lock = Path(sys.argv[1]), itertools.count(1), threading.Lock()
     original = Recommender.recommend
-    def slow(self, *args, **kwargs):
-        time.sleep(delay)
+    def gated(self, *args, **kwargs):
+        with lock:
+            n = next(counter)
+        (gate / f"started-{n}").touch()
+        while not (gate / f"go-{n}").exists():
+            time.sleep(0.01)
         return original(self, *args, **kwargs)
-    Recommender.recommend = slow
+    Recommender.recommend = gated
 from stygig.cli import main
 sys.exit(main(["serve", "--host", "127.0.0.1", *sys.argv[2:]]))
 """
@@ -73,11 +79,12 @@ def async_server(
     artifact: Path,
     root: Path,
     *extra: str,
-    delay: float = 0.0,
+    gate: Path | None = None,
     env: dict[str, str] | None = None,
     output: str | None = None,
 ) -> Iterator[AsyncServer]:
-    """The async API on a free port over ``root/jobs.db``, results in ``root/out``."""
+    """The async API on a free port over ``root/jobs.db``, results in ``root/out``; with
+    ``gate``, every recommendation waits for the test's go-ahead (see ``_SERVER``)."""
     script = root / "server.py"
     script.write_text(_SERVER, encoding="utf-8")
     port = free_port()
@@ -85,7 +92,7 @@ def async_server(
     args = [
         sys.executable,
         str(script),
-        str(delay),
+        str(gate or ""),
         "--artifact",
         str(artifact),
         "--port",
@@ -199,11 +206,14 @@ def test_submit_poll_output_failure_and_webhook(
 ) -> None:
     catalog, artifact = sample
     photo = catalog / "queries" / "blue-jeans.jpg"
-    stored = tmp_path / "request.json"
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    stored = inputs / "request.json"
     stored.write_text(json.dumps({"item_ids": ["sku-0014"], "k": 2}), encoding="utf-8")
+    flags = ("--async-webhook", "--allow-input-prefix", str(inputs), "--async-list-jobs")
     with (
         webhook_receiver(fail_first=1) as hook,
-        async_server(artifact, tmp_path, "--async-webhook", hook.url) as server,
+        async_server(artifact, tmp_path, flags[0], hook.url, *flags[1:]) as server,
     ):
         url = server.url
         inline = httpx.post(
@@ -249,7 +259,9 @@ def test_submit_poll_output_failure_and_webhook(
         first = job_status(url, ids[0])
         assert first["Status"] == "succeeded" and first["Attempts"] == 1
         assert first["CreatedAt"] <= first["StartedAt"] <= first["FinishedAt"]
-        result = json.loads(Path(first["OutputLocation"]).read_text())
+        # A server folder is never shown to clients: its results come through the API.
+        assert first["OutputLocation"] == f"/async/jobs/{ids[0]}/output"
+        result = json.loads((server.out / f"{ids[0]}.out").read_text())
         assert result["outfit"]["slots"] and result["by_category"]
         assert all(len(v) <= 2 for v in result["by_category"].values())
         item_result = httpx.get(f"{url}/async/jobs/look-42/output").json()
@@ -257,9 +269,9 @@ def test_submit_poll_output_failure_and_webhook(
         failed = job_status(url, corrupt["InferenceId"])
         assert failed["Status"] == "failed"
         assert failed["Error"]["code"] in ("invalid_image", "not_an_image", "corrupt_image")
-        error_body = json.loads(Path(failed["FailureLocation"]).read_text())
+        error_body = json.loads((server.out / f"{ids[2]}-error.out").read_text())
         assert error_body["error"]["code"] == failed["Error"]["code"]
-        assert not Path(failed["OutputLocation"]).exists()
+        assert not (server.out / f"{ids[2]}.out").exists()
 
         # Every job notified once it ended, although the receiver refused the first try.
         delivered = wait_for(lambda: len(hook.delivered()) == 3 and hook.delivered())
@@ -291,13 +303,23 @@ def _terminal_events(db: Path) -> dict[str, int]:
     return {r[0]: int(r[1]) for r in rows}
 
 
+def db_counts(db: Path) -> dict[str, int]:
+    """Jobs per status, read straight from the database file."""
+    with sqlite3.connect(db) as conn:
+        counts = dict(conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
+    conn.close()
+    return {s: int(counts.get(s, 0)) for s in ("queued", "running", "succeeded", "failed")}
+
+
 def test_kill_9_and_restart_loses_and_duplicates_nothing(
     sample: tuple[Path, Path], tmp_path: Path
 ) -> None:
     catalog, artifact = sample
     photo = (catalog / "queries" / "blue-jeans.jpg").read_bytes()
     n = 30
-    with async_server(artifact, tmp_path, delay=0.15) as server:
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    with async_server(artifact, tmp_path, gate=gate) as server:
         ids = []
         for i in range(n):
             r = httpx.post(
@@ -307,30 +329,30 @@ def test_kill_9_and_restart_loses_and_duplicates_nothing(
             )
             assert r.status_code == 202
             ids.append(r.json()["InferenceId"])
-        wait_for(lambda: httpx.get(f"{server.url}/async/jobs").json()["counts"]["succeeded"] >= 3)
-        wait_for(lambda: httpx.get(f"{server.url}/async/jobs").json()["counts"]["running"] == 1)
+        # Let three jobs through; the fourth is then held inside its computation.
+        for k in (1, 2, 3):
+            wait_for(lambda k=k: (gate / f"started-{k}").exists())
+            (gate / f"go-{k}").touch()
+        wait_for(lambda: (gate / "started-4").exists())
+        wait_for(lambda: db_counts(server.db)["succeeded"] == 3)
         server.kill()
-    with sqlite3.connect(server.db) as conn:
-        counts = dict(conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
-    conn.close()
-    assert counts.get("queued", 0) > 0 and counts.get("running", 0) == 1, counts
+    assert db_counts(server.db) == {"queued": n - 4, "running": 1, "succeeded": 3, "failed": 0}
     interrupted = [i for i in ids if job_status_db(server.db, i) == "running"]
 
     with async_server(artifact, tmp_path) as again:
-        wait_for(
-            lambda: httpx.get(f"{again.url}/async/jobs").json()["counts"]["succeeded"] == n,
-            timeout=60,
-        )
-        listing = httpx.get(f"{again.url}/async/jobs?limit=1000").json()
-    assert listing["counts"] == {"queued": 0, "running": 0, "succeeded": n, "failed": 0}
+        wait_for(lambda: db_counts(again.db)["succeeded"] == n, timeout=60)
+    assert db_counts(server.db) == {"queued": 0, "running": 0, "succeeded": n, "failed": 0}
     outputs = sorted(p.name for p in (tmp_path / "out").iterdir() if p.suffix == ".out")
     assert outputs == sorted(f"{i}.out" for i in ids)  # one result per job, no error files
     for name in outputs:
         assert json.loads((tmp_path / "out" / name).read_text())["outfit"] is not None
     terminal = _terminal_events(tmp_path / "jobs.db")
     assert terminal == dict.fromkeys(ids, 1)  # every job ended exactly once
-    restarted = {j["InferenceId"]: j["Attempts"] for j in listing["jobs"]}
-    assert all(restarted[i] == 2 for i in interrupted)
+    with sqlite3.connect(server.db) as conn:
+        attempts = dict(conn.execute("SELECT id, attempts FROM jobs").fetchall())
+    conn.close()
+    assert len(interrupted) == 1 and attempts[interrupted[0]] == 2
+    assert all(attempts[i] == 1 for i in ids if i not in interrupted)
 
 
 def job_status_db(db: Path, job_id: str) -> str:
@@ -396,3 +418,84 @@ def test_time_limit_and_concurrency(tmp_path: Path) -> None:
         assert timed_out.get(fine.id).status == "succeeded"
     finally:
         timed_out.close()
+
+
+class _StuckRecommender:
+    """Stands in for the recommender: a query for item "stuck" never returns on its own (as a
+    read that hangs forever would) until ``release`` is set; others answer at once."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.started: list[tuple[str, ...]] = []
+
+    def recommend(self, query: Query, options: Options) -> Any:
+        self.started.append(query.item_ids)
+        if query.item_ids == ("stuck",):
+            self.release.wait()
+
+        class _Answer:
+            def to_dict(self) -> dict[str, Any]:
+                return {"outfit": None}
+
+        return _Answer()
+
+
+def test_a_stuck_job_gives_its_slot_back_and_the_queue_goes_on(tmp_path: Path) -> None:
+    """The watchdog (security issue item 3): a computation stuck for good after its time limit
+    gives its slot back after the grace time, so later jobs still run; abandoned threads are
+    capped, and at the cap nothing new starts until one ends."""
+    stuck = _StuckRecommender()
+    store = JobStore(tmp_path / "jobs.db")
+    looked = threading.Semaphore(0)  # one release per time the dispatcher considers claiming
+
+    def should_yield() -> bool:
+        looked.release()
+        return False
+
+    config = WorkerConfig(concurrency=1, poll_s=0.05, grace_s=0.1, max_abandoned=2)
+    worker = JobWorker(store, lambda: stuck, config, should_yield=should_yield)  # type: ignore[arg-type,return-value]
+    out = tmp_path / "out"
+
+    def submit(job_id: str, item: str, time_limit_s: float = 60.0) -> None:
+        store.submit(
+            JobSpec(
+                str(out / "{id}.out"),
+                str(out / "{id}-error.out"),
+                input_body=json.dumps({"item_ids": [item]}).encode(),
+                id=job_id,
+                time_limit_s=time_limit_s,
+            )
+        )
+
+    submit("stuck-1", "stuck", 0.2)
+    submit("fine-1", "fine")
+    worker.start()
+    try:
+        # One stuck job: failed at its limit, its slot back after the grace time, the next runs.
+        wait_for(lambda: store.get("fine-1").status == "succeeded", 10)
+        assert store.get("stuck-1").error == {
+            "code": "timeout",
+            "message": "the job ran past its 0.2-second time limit",
+        }
+        assert worker.abandoned_count() == 1
+        # A second one reaches the cap: nothing more is claimed while both hang.
+        submit("stuck-2", "stuck", 0.2)
+        wait_for(lambda: worker.abandoned_count() == 2, 10)
+        submit("waits", "fine")
+        worker.wake()
+        for _ in range(3):  # the dispatcher looked at the queue (and refused) three times more
+            while looked.acquire(blocking=False):
+                pass
+            assert looked.acquire(timeout=10)
+        assert store.get("waits").status == "queued"
+        assert stuck.started == [("stuck",), ("fine",), ("stuck",)]
+        # When the stuck threads end, the queue goes on; their late results are never written.
+        stuck.release.set()
+        wait_for(lambda: store.get("waits").status == "succeeded", 10)
+        wait_for(lambda: worker.abandoned_count() == 0, 10)
+        assert not (out / "stuck-1.out").exists() and not (out / "stuck-2.out").exists()
+        assert store.get("stuck-2").status == "failed"
+    finally:
+        stuck.release.set()
+        worker.stop()
+        store.close()

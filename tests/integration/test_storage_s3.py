@@ -20,8 +20,9 @@ import pytest
 from stygig import storage
 from stygig.batch import run_batch
 from stygig.engine import Recommender
-from stygig.errors import NotFoundError
+from stygig.errors import InvalidOptionsError, NotFoundError, PayloadTooLargeError
 from stygig.jobs import Notifier
+from stygig.locations import InputLocations
 from tests.integration.server_fixtures import free_port, sample_artifact
 from tests.integration.test_jobs import async_server, job_status, wait_for
 
@@ -127,7 +128,14 @@ def test_async_job_with_s3_input_and_output(
     storage.write_bytes(
         "s3://shop/in/photo.jpg", (catalog / "queries" / "blue-jeans.jpg").read_bytes()
     )
-    with async_server(artifact, tmp_path, env=s3_env, output="s3://shop/async-out/") as server:
+    with async_server(
+        artifact,
+        tmp_path,
+        "--allow-input-prefix",
+        "s3://shop/in/",
+        env=s3_env,
+        output="s3://shop/async-out/",
+    ) as server:
         sub = httpx.post(
             f"{server.url}/async/invocations",
             headers={"X-Amzn-SageMaker-InputLocation": "s3://shop/in/photo.jpg"},
@@ -145,6 +153,38 @@ def test_async_job_with_s3_input_and_output(
     assert result["outfit"]["slots"]
     error = json.loads(storage.read_bytes(missing["FailureLocation"]))
     assert error["error"]["code"] == "location_not_found"
+
+
+def test_bounded_reads_and_the_input_policy(s3_env: dict[str, str]) -> None:
+    """S3 inputs named by clients: only under an allowed prefix, never more than the limit."""
+    storage.write_bytes("s3://shop/in/small.bin", b"abc")
+    storage.write_bytes("s3://shop/in/empty.bin", b"")
+    storage.write_bytes("s3://shop/in/big.bin", b"x" * 1000)
+    storage.write_bytes("s3://shop/secret/key.bin", b"secret")
+    assert storage.read_bytes("s3://shop/in/small.bin", max_bytes=3) == b"abc"
+    assert storage.read_bytes("s3://shop/in/empty.bin", max_bytes=3) == b""
+    with pytest.raises(PayloadTooLargeError):
+        storage.read_bytes("s3://shop/in/big.bin", max_bytes=999)
+    policy = InputLocations(["s3://shop/in"], max_bytes=100)
+    assert policy.read("s3://shop/in/small.bin") == b"abc"
+    with pytest.raises(PayloadTooLargeError) as big:
+        policy.read("s3://shop/in/big.bin")
+    assert big.value.code == "input_too_large" and "s3://" not in big.value.message
+    with pytest.raises(NotFoundError) as missing:
+        policy.read("s3://shop/in/none.bin")
+    assert "none.bin" not in missing.value.message
+    for refused in (
+        "s3://shop/secret/key.bin",
+        "s3://shop/in/../secret/key.bin",
+        "s3://shop/in/./small.bin",
+        "s3://shop/in//small.bin",
+        "s3://shop/inbox/small.bin",
+        "s3://shop/in/small.bin#x",
+        "s3://other/in/small.bin",
+    ):
+        with pytest.raises(InvalidOptionsError) as caught:
+            policy.read(refused)
+        assert caught.value.code == "location_not_allowed", refused
 
 
 def test_sns_notification(s3_env: dict[str, str]) -> None:

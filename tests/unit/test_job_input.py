@@ -1,14 +1,18 @@
-"""Async job inputs are read by the same JSON rules as real-time requests."""
+"""Async job inputs are read by the same JSON rules as real-time requests, and the locations
+they name only through the operator's policy."""
 
 from __future__ import annotations
 
 import base64
 import json
+import os
+from pathlib import Path
 
 import pytest
 
-from stygig.errors import InputError, InvalidImageError, InvalidOptionsError
-from stygig.jobs.worker import parse_job_input
+from stygig.errors import InputError, InvalidImageError, InvalidOptionsError, PayloadTooLargeError
+from stygig.jobs.worker import check_job_input, parse_job_input
+from stygig.locations import InputLocations
 from stygig.serving.requests import parse_json_body
 
 
@@ -42,3 +46,57 @@ def test_bad_json_inputs_fail_with_a_reason(
     assert getattr(caught.value, "code", None) == code
     with pytest.raises(InputError, match="not valid JSON"):
         parse_job_input(b"{nope", "application/json", {})
+
+
+def test_stored_photos_are_counted_before_any_is_read(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # a read of it would fail (not a regular file): the count comes first
+    policy = InputLocations([str(tmp_path)])
+    body = _json({"image_uris": [str(fifo)] * 7, "item_ids": ["a", "b"]})
+    with pytest.raises(InvalidOptionsError, match="at most 8"):
+        parse_job_input(body, "application/json", {}, policy)
+    with pytest.raises(InvalidOptionsError, match="at most 8"):
+        check_job_input(body, None, policy)
+
+
+def test_stored_photos_are_read_only_through_the_policy(tmp_path: Path) -> None:
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"\xff\xd8 pretend jpeg")
+    body = _json({"image_uri": str(photo)})
+    with pytest.raises(InvalidOptionsError) as refused:
+        parse_job_input(body, "application/json", {})  # no policy: nothing may be named
+    assert refused.value.code == "location_not_allowed"
+    with pytest.raises(InvalidOptionsError):
+        check_job_input(body, "application/json", InputLocations())
+    query, _ = parse_job_input(body, "application/json", {}, InputLocations([str(tmp_path)]))
+    assert query.images == (photo.read_bytes(),)
+
+
+def test_local_locations_resolve_before_they_are_compared(tmp_path: Path) -> None:
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"secret")
+    (allowed / "ok.bin").write_bytes(b"12345")
+    (allowed / "big.bin").write_bytes(b"x" * 11)
+    (allowed / "link").symlink_to(outside / "secret")
+    (allowed / "sub").symlink_to(outside)
+    policy = InputLocations([allowed.as_uri()], max_bytes=10)
+    assert policy.read(str(allowed / "ok.bin")) == b"12345"
+    assert policy.read(f"{allowed}/../allowed/./ok.bin") == b"12345"
+    for refused in (
+        str(allowed / "link"),
+        str(allowed / "sub" / "secret"),
+        f"{allowed}/../outside/secret",
+        f"{allowed}/sub/../ok.bin",  # "sub" is resolved first: this is <tmp>/ok.bin
+        str(allowed),
+        f"file://otherhost{allowed}/ok.bin",
+        "ftp://example.com/x",
+        f"{allowed}/ok.bin\x00",
+    ):
+        with pytest.raises(InvalidOptionsError) as caught:
+            policy.check(refused)
+        assert caught.value.code == "location_not_allowed", refused
+    with pytest.raises(PayloadTooLargeError) as big:
+        policy.read(str(allowed / "big.bin"))
+    assert str(allowed) not in big.value.message and "10 bytes" in big.value.message

@@ -112,3 +112,17 @@ def test_renew_extends_only_my_leases(store: JobStore) -> None:
     assert store.renew(me, lease_s=60) == 1
     time.sleep(0.1)
     assert store.requeue_orphans(me) == ["b"]
+
+
+def test_purge_keeps_unfinished_and_unnotified_jobs(store: JobStore) -> None:
+    for job_id in ("done", "pending", "queued"):
+        store.submit(_spec(id=job_id))
+    me = new_owner()
+    for job_id in ("done", "pending"):
+        (job,) = store.claim(me)
+        assert job.id == job_id and store.finish(job_id, me, 1, "succeeded")
+    store.mark_notified("done", "sent")
+    assert store.purge(time.time() - 3600) == 0  # nothing is that old
+    assert store.purge(time.time() + 1, batch=1) == 1  # the notification of "pending" is due
+    assert [v.id for v in store.list_jobs()] == ["pending", "queued"]
+    assert {e["job_id"] for e in store.events()} == {"pending", "queued"}

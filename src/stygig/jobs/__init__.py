@@ -3,7 +3,8 @@
 ::
 
     store = JobStore("jobs.db")                       # committed before anyone hears of a job
-    worker = JobWorker(store, lambda: recommender, WorkerConfig(concurrency=1))
+    worker = JobWorker(store, lambda: recommender, WorkerConfig(concurrency=1),
+                       locations=InputLocations(["s3://shop/in/"]))  # what clients may name
     worker.start()                                     # re-queues jobs a dead process left
 
 The HTTP side is :mod:`stygig.serving.async_api`; batch runs are :mod:`stygig.batch`. The core
@@ -13,18 +14,28 @@ The HTTP side is :mod:`stygig.serving.async_api`; batch runs are :mod:`stygig.ba
 from __future__ import annotations
 
 from stygig.jobs.notify import Notifier, event_for
-from stygig.jobs.store import STATUSES, Job, JobSpec, JobStore, Status
-from stygig.jobs.worker import JobWorker, WorkerConfig, parse_job_input, run_job
+from stygig.jobs.store import STATUSES, Job, JobSpec, JobStore, JobView, Status
+from stygig.jobs.worker import (
+    JobWorker,
+    WorkerConfig,
+    WriteGate,
+    check_job_input,
+    parse_job_input,
+    run_job,
+)
 
 __all__ = [
     "STATUSES",
     "Job",
     "JobSpec",
     "JobStore",
+    "JobView",
     "JobWorker",
     "Notifier",
     "Status",
     "WorkerConfig",
+    "WriteGate",
+    "check_job_input",
     "event_for",
     "parse_job_input",
     "run_job",

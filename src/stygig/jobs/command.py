@@ -5,7 +5,7 @@
     stygig jobs submit --url http://127.0.0.1:8080 photo.jpg --option k=3
     stygig jobs submit --input-location s3://bucket/in/photo.jpg --id look-42
     stygig jobs wait <id> [<id> ...] --timeout 900
-    stygig jobs list --status failed
+    stygig jobs list --status failed                 # when the server has --async-list-jobs
     stygig batch --artifact A --input photos/ --output recs.jsonl      # resumable
     stygig batch --artifact A --all-items --output s3://bucket/recs/   # the nightly refresh
 """
@@ -202,11 +202,16 @@ def register(subparsers: Any) -> None:
 
     p = with_url(sub.add_parser("submit", help="submit a job; prints its id and locations"))
     p.add_argument("photo", nargs="?", help="a photo sent inline")
-    p.add_argument("--input-location", help="a stored photo or JSON request (path, s3://)")
+    p.add_argument(
+        "--input-location",
+        help="a stored photo or JSON request (path, s3://) under a prefix the server allows",
+    )
     p.add_argument("--json", help="an inline JSON request")
     p.add_argument("--item", action="append", help="a catalogue item id (repeat)")
     p.add_argument("--option", action="append", help="option key=value (repeat)")
-    p.add_argument("--id", help="your inference id (resubmitting it never duplicates)")
+    p.add_argument(
+        "--id", help="your inference id (resubmitting it never duplicates; not ending in -error)"
+    )
     p.add_argument("--time-limit", type=float, help="seconds (default: the server's)")
     p.add_argument("--webhook", help="notify this URL when the job ends")
     p.add_argument("--wait", action="store_true", help="wait for the job to end")
@@ -221,7 +226,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--timeout", type=float, default=900.0)
     p.add_argument("--interval", type=float, default=0.5)
 
-    p = with_url(sub.add_parser("list", help="jobs and counts per status"))
+    p = with_url(
+        sub.add_parser("list", help="jobs and counts per status (servers with --async-list-jobs)")
+    )
     p.add_argument("--status", choices=["queued", "running", "succeeded", "failed"])
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", dest="json_out", action="store_true")

@@ -14,7 +14,13 @@ or presumed-dead worker cannot be finished twice.
 
 The order of steps that makes a crash harmless lives in :mod:`stygig.jobs.worker`: write the
 result (atomically) first, then record the terminal state here. A crash in between re-queues the
-job; the next attempt finds the result already written and only records it.
+job; the next attempt finds the result already written and only records it. Each job has a
+random ``token`` that its result and failure documents carry, so a document found at its
+location proves it was written for this job (not for an earlier job of the same id, or another).
+
+What the store keeps is bounded: a job's inline input is dropped when it finishes, and
+:meth:`JobStore.purge` deletes finished jobs (and their events) older than the retention time.
+Public views (:class:`JobView`) hold neither the input nor the webhook.
 """
 
 from __future__ import annotations
@@ -34,7 +40,16 @@ from typing import Any, Literal
 
 from stygig.errors import InvalidOptionsError, NotFoundError
 
-__all__ = ["STATUSES", "Job", "JobSpec", "JobStore", "Status", "iso_time", "new_owner"]
+__all__ = [
+    "STATUSES",
+    "Job",
+    "JobSpec",
+    "JobStore",
+    "JobView",
+    "Status",
+    "iso_time",
+    "new_owner",
+]
 
 Status = Literal["queued", "running", "succeeded", "failed"]
 STATUSES: tuple[Status, ...] = ("queued", "running", "succeeded", "failed")
@@ -61,10 +76,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at REAL,
     finished_at REAL,
     error TEXT,
-    notify_state TEXT
+    notify_state TEXT,
+    token TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
 CREATE INDEX IF NOT EXISTS jobs_notify ON jobs (notify_state);
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id TEXT NOT NULL,
@@ -75,6 +92,19 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_job ON events (job_id);
 """
+# Columns added after the first release: (name, type), added to older files on open.
+_MIGRATIONS = (("token", "TEXT"),)
+_COLUMNS = (
+    "seq, id, status, input_location, input_body, content_type, params, output_location,"
+    " failure_location, webhook, time_limit_s, attempts, max_attempts, owner, lease_expires,"
+    " created_at, started_at, finished_at, error, notify_state, token"
+)
+# A row without its input: only a claim hands the input to the worker.
+_NO_BODY = _COLUMNS.replace("input_body", "NULL AS input_body")
+_VIEW_COLUMNS = (
+    "seq, id, status, output_location, failure_location, created_at, started_at, finished_at,"
+    " attempts, error"
+)
 
 
 def new_owner() -> str:
@@ -150,21 +180,53 @@ class Job:
     finished_at: float | None
     error: dict[str, Any] | None
     notify_state: str | None
+    token: str | None  # None: a job from before tokens existed
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
-        """A job from a ``SELECT * FROM jobs`` row."""
+        """A job from a row of every column (``input_body`` may be selected as NULL)."""
         data = dict(row)
         data["params"] = json.loads(data["params"] or "{}")
         data["error"] = json.loads(data["error"]) if data["error"] else None
         return cls(**data)
 
+    def owns(self, document: Any) -> bool:
+        """Whether a result or failure ``document`` (parsed JSON) was written for this job: it
+        carries this job's id and token. A job from before tokens accepts token-less ones."""
+        if not isinstance(document, dict):
+            return False
+        if self.token is None:
+            return "JobToken" not in document
+        return document.get("JobToken") == self.token and document.get("InferenceId") == self.id
+
+
+@dataclass(frozen=True)
+class JobView:
+    """What a client may see of a job: status and times, never its input or webhook."""
+
+    seq: int
+    id: str
+    status: Status
+    output_location: str
+    failure_location: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    attempts: int
+    error: dict[str, Any] | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> JobView:
+        """A view from a row of the view's columns."""
+        data = dict(row)
+        data["error"] = json.loads(data["error"]) if data["error"] else None
+        return cls(**data)
+
     def to_dict(self) -> dict[str, Any]:
-        """The public view (``GET /async/jobs/{id}``): SageMaker-style names, ISO timestamps."""
+        """``GET /async/jobs/{id}``: SageMaker-style names, ISO timestamps."""
         return {
             "InferenceId": self.id,
             "Status": self.status,
-            "InputLocation": self.input_location,
             "OutputLocation": self.output_location,
             "FailureLocation": self.failure_location,
             "CreatedAt": iso_time(self.created_at),
@@ -176,6 +238,7 @@ class Job:
 
 
 def iso_time(ts: float | None) -> str | None:
+    """``ts`` (seconds since the epoch) as ISO 8601 UTC with milliseconds; ``None`` stays."""
     if ts is None:
         return None
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
@@ -206,6 +269,10 @@ class JobStore:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            present = {r["name"] for r in db.execute("PRAGMA table_info(jobs)")}
+            for name, kind in _MIGRATIONS:
+                if name not in present:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         """Close the database connection."""
@@ -249,14 +316,15 @@ class JobStore:
         """
         job_id = spec.id or uuid.uuid4().hex
         now = time.time()
+        select = f"SELECT {_NO_BODY} FROM jobs WHERE id = ?"
         with self._transaction() as db:
-            existing = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            existing = db.execute(select, (job_id,)).fetchone()
             if existing is not None:
                 return Job.from_row(existing), False
             db.execute(
                 "INSERT INTO jobs (id, status, input_location, input_body, content_type, params,"
                 " output_location, failure_location, webhook, time_limit_s, max_attempts,"
-                " created_at) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " created_at, token) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     spec.input_location,
@@ -269,10 +337,11 @@ class JobStore:
                     spec.time_limit_s,
                     spec.max_attempts,
                     now,
+                    uuid.uuid4().hex,
                 ),
             )
             self._event(db, job_id, "submitted", None)
-            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = db.execute(select, (job_id,)).fetchone()
         return Job.from_row(row), True
 
     def claim(self, owner: str, *, lease_s: float = 60.0, limit: int = 1) -> list[Job]:
@@ -291,7 +360,9 @@ class JobStore:
                 )
                 self._event(db, job_id, "claimed", owner)
             claimed = [
-                Job.from_row(db.execute("SELECT * FROM jobs WHERE id = ?", (i,)).fetchone())
+                Job.from_row(
+                    db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (i,)).fetchone()
+                )
                 for i in ids
             ]
         return claimed
@@ -313,11 +384,12 @@ class JobStore:
         status: Literal["succeeded", "failed"],
         error: Mapping[str, Any] | None = None,
     ) -> bool:
-        """Record the terminal state, once: only the owner of this attempt can; whether it did."""
+        """Record the terminal state, once: only the owner of this attempt can; whether it did.
+        The job's inline input is dropped in the same transaction (it is never needed again)."""
         with self._transaction() as db:
             cur = db.execute(
                 "UPDATE jobs SET status = ?, finished_at = ?, error = ?, lease_expires = NULL,"
-                " notify_state = 'pending'"
+                " notify_state = 'pending', input_body = NULL"
                 " WHERE id = ? AND status = 'running' AND owner = ? AND attempts = ?",
                 (
                     status,
@@ -358,6 +430,27 @@ class JobStore:
                 self._event(db, job_id, "requeued", owner)
         return orphans
 
+    def purge(self, finished_before: float, *, batch: int = 500) -> int:
+        """Delete finished jobs (and their events) that ended before ``finished_before`` and
+        have nothing left to notify; how many. Deletes in short transactions of ``batch``."""
+        removed = 0
+        while True:
+            with self._transaction() as db:
+                ids = [
+                    r["id"]
+                    for r in db.execute(
+                        "SELECT id FROM jobs WHERE finished_at < ? AND status IN (?, ?)"
+                        " AND (notify_state IS NULL OR notify_state != 'pending') LIMIT ?",
+                        (finished_before, *TERMINAL, batch),
+                    )
+                ]
+                marks = ", ".join("?" * len(ids))
+                db.execute(f"DELETE FROM events WHERE job_id IN ({marks})", ids)
+                db.execute(f"DELETE FROM jobs WHERE id IN ({marks})", ids)
+            removed += len(ids)
+            if len(ids) < batch:
+                return removed
+
     def mark_notified(self, job_id: str, state: str) -> None:
         """Record the notification outcome: ``sent``, ``failed`` or ``none`` (nothing to send)."""
         with self._transaction() as db:
@@ -366,21 +459,31 @@ class JobStore:
 
     # -- reads -----------------------------------------------------------------------------------
 
-    def get(self, job_id: str) -> Job:
-        """One job (:class:`~stygig.errors.NotFoundError` when unknown)."""
+    def _one(self, columns: str, job_id: str) -> sqlite3.Row:
         with self._lock:
-            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = self._db.execute(f"SELECT {columns} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
-            raise NotFoundError(f"job {job_id!r} does not exist", code="unknown_job")
-        return Job.from_row(row)
+            raise NotFoundError("no job has this InferenceId", code="unknown_job")
+        assert isinstance(row, sqlite3.Row)
+        return row
+
+    def get(self, job_id: str) -> Job:
+        """One job, without its inline input (:class:`~stygig.errors.NotFoundError` when
+        unknown)."""
+        return Job.from_row(self._one(_NO_BODY, job_id))
+
+    def view(self, job_id: str) -> JobView:
+        """One job's public view (:class:`~stygig.errors.NotFoundError` when unknown)."""
+        return JobView.from_row(self._one(_VIEW_COLUMNS, job_id))
 
     def list_jobs(
         self, *, status: str | None = None, limit: int = 100, after_seq: int = 0
-    ) -> list[Job]:
-        """Jobs in submission order, optionally of one status (``after_seq`` pages on)."""
+    ) -> list[JobView]:
+        """Public views of jobs in submission order, optionally of one status (``after_seq``
+        pages on); only the viewed columns are read."""
         if status is not None and status not in STATUSES:
             raise InvalidOptionsError(f"status must be one of {', '.join(STATUSES)}")
-        sql = "SELECT * FROM jobs WHERE seq > ?"
+        sql = f"SELECT {_VIEW_COLUMNS} FROM jobs WHERE seq > ?"
         args: list[Any] = [after_seq]
         if status is not None:
             sql += " AND status = ?"
@@ -389,13 +492,14 @@ class JobStore:
         args.append(max(1, min(limit, 10_000)))
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
-        return [Job.from_row(r) for r in rows]
+        return [JobView.from_row(r) for r in rows]
 
     def pending_notifications(self, limit: int = 100) -> list[Job]:
         """Finished jobs whose notification has not been sent yet."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT * FROM jobs WHERE notify_state = 'pending' ORDER BY seq LIMIT ?", (limit,)
+                f"SELECT {_NO_BODY} FROM jobs WHERE notify_state = 'pending' ORDER BY seq LIMIT ?",
+                (limit,),
             ).fetchall()
         return [Job.from_row(r) for r in rows]
 

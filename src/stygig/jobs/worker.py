@@ -1,23 +1,32 @@
 """Run queued jobs: a bounded number at a time, each within its time limit, none twice.
 
 One dispatcher thread claims a job whenever a slot is free (``concurrency`` slots), a supervisor
-thread waits for it with the job's time limit, and the recommendation itself runs in a compute
-thread. A slot is only given back when the computation really ends, so even a job that overran
-its limit (Python cannot kill a thread) keeps counting against the concurrency until it stops:
-the limit on CPU use is exact.
+thread waits for it with the job's time limit, and the recommendation itself runs in a fresh
+compute thread. A slot is given back when the computation ends, so a job that overran its limit
+a little still counts against the concurrency until it stops. Python cannot kill a thread, so a
+computation stuck for good (a read that never returns) is abandoned ``grace_s`` after its limit:
+the job is already failed, its slot is given back and its thread left to end on its own. At
+most ``max_abandoned`` such threads may exist; at the cap the worker stops claiming (and says so
+in the log) until one ends, so a flood of stuck reads cannot grow threads without bound.
 
 Per job, the order of steps is what makes a crash harmless::
 
     claim (store: running, attempt n)
-      -> result already at the output / failure location?  (an earlier attempt wrote it)
-           yes: record that outcome, done
+      -> result already at the output / failure location, with this job's token?
+           (an earlier attempt wrote it)  yes: record that outcome, done
       -> read input, recommend
-      -> write the result to the output location (atomic put / rename)
+      -> write the result to the output location (atomic put / rename), through the job's
+         write gate: after its time limit the supervisor shuts the gate and nothing more is
+         written (the result or failure is written at most once)
       -> record succeeded in the store (only the owner of attempt n can)
 
 A crash before the write re-runs the job; a crash after it finds the result and only records it.
 A job whose attempts run past ``max_attempts`` (it crashes the process every time) is failed
 with ``code: "crashed"`` instead of being tried again.
+
+Client-named inputs (``X-Amzn-SageMaker-InputLocation``, ``image_uri(s)``) are read through an
+:class:`~stygig.locations.InputLocations` policy: refused unless the operator allowed them, and
+never more than its byte limit.
 """
 
 from __future__ import annotations
@@ -37,12 +46,21 @@ from stygig.engine import Options, Query, Recommender
 from stygig.errors import InvalidImageError, InvalidOptionsError, NotFoundError, StygigError
 from stygig.jobs.notify import Notifier
 from stygig.jobs.store import Job, JobStore, new_owner
-from stygig.recommendation import parse_json_object, split_json_request
+from stygig.locations import InputLocations
+from stygig.recommendation import _MAX_QUERY_PARTS, parse_json_object, split_json_request
 
-__all__ = ["JobWorker", "WorkerConfig", "parse_job_input", "run_job"]
+__all__ = [
+    "JobWorker",
+    "WorkerConfig",
+    "WriteGate",
+    "check_job_input",
+    "parse_job_input",
+    "run_job",
+]
 
 log = logging.getLogger("stygig.jobs")
 _JSON_TYPES = ("application/json", "text/json")
+_PURGE_EVERY_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -55,111 +73,198 @@ class WorkerConfig:
         lease_s: how long a claim holds without renewal (renewed every ``lease_s / 3``).
         poll_s: how often an idle worker looks for work (a submission wakes it at once).
         notify_threads: notifications delivered in parallel (a slow webhook blocks one).
+        grace_s: how long past its time limit a job's computation may go on holding its slot;
+            after that its thread is abandoned and the slot given back.
+        max_abandoned: abandoned threads allowed at once; at the cap nothing new is claimed.
     """
 
     concurrency: int = 1
     lease_s: float = 60.0
     poll_s: float = 0.5
     notify_threads: int = 4
+    grace_s: float = 5.0
+    max_abandoned: int = 4
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise InvalidOptionsError("async concurrency must be at least 1")
         if self.lease_s <= 0 or self.poll_s <= 0:
             raise InvalidOptionsError("lease_s and poll_s must be positive")
+        if self.grace_s < 0 or self.max_abandoned < 1:
+            raise InvalidOptionsError("grace_s must be >= 0 and max_abandoned at least 1")
+
+
+def _split_json_input(
+    body: bytes,
+) -> tuple[list[bytes], tuple[str, ...], list[str], dict[str, Any]]:
+    """A JSON input as (photos, item ids, stored photo locations, options), its parts counted
+    against the query limit before any location is read."""
+    images, item_ids, rest = split_json_request(parse_json_object(body, what="the JSON input"))
+    uris = [rest.pop("image_uri")] if "image_uri" in rest else []
+    more = rest.pop("image_uris", None) or []
+    if not isinstance(more, list):
+        raise InvalidOptionsError("image_uris must be a list of strings")
+    uris += more
+    if not all(isinstance(u, str) for u in uris):
+        raise InvalidOptionsError("image_uri(s) must be strings")
+    if len(images) + len(item_ids) + len(uris) > _MAX_QUERY_PARTS:
+        raise InvalidOptionsError(f"a query may hold at most {_MAX_QUERY_PARTS} photos/items")
+    return images, item_ids, uris, rest
+
+
+def _is_json(body: bytes, content_type: str | None) -> bool:
+    kind = (content_type or "").split(";", 1)[0].strip().lower()
+    if not kind:
+        return body.lstrip()[:1] == b"{"
+    return kind in _JSON_TYPES
+
+
+def check_job_input(body: bytes, content_type: str | None, locations: InputLocations) -> None:
+    """Refuse at submission what the job would refuse later: a JSON input that is malformed,
+    has too many parts, or names a location ``locations`` does not allow."""
+    if _is_json(body, content_type):
+        for uri in _split_json_input(body)[2]:
+            locations.check(uri)
 
 
 def parse_job_input(
-    body: bytes, content_type: str | None, params: Mapping[str, Any]
+    body: bytes,
+    content_type: str | None,
+    params: Mapping[str, Any],
+    locations: InputLocations | None = None,
 ) -> tuple[Query, Options]:
     """A job's input as a query: a photo, or a JSON request like ``POST /invocations`` takes.
 
     JSON: ``image_b64`` / ``images_b64`` / ``item_ids`` as in the real-time API, plus
-    ``image_uri`` / ``image_uris`` naming stored photos, with options beside them. ``params``
-    (the submission's options) apply under the body's own.
+    ``image_uri`` / ``image_uris`` naming stored photos, read through ``locations`` (``None``:
+    none may be named), with options beside them. ``params`` (the submission's options) apply
+    under the body's own.
     """
-    kind = (content_type or "").split(";", 1)[0].strip().lower()
-    if not kind:
-        kind = "application/json" if body.lstrip()[:1] == b"{" else "image/*"
-    if kind not in _JSON_TYPES:
+    if not _is_json(body, content_type):
         if not body:
             raise InvalidImageError("the input is empty", code="empty_image")
         return Query(images=(body,)), Options.from_dict(dict(params))
-    images, item_ids, rest = split_json_request(parse_json_object(body, what="the JSON input"))
-    uris = [rest.pop("image_uri")] if "image_uri" in rest else []
-    uris += list(rest.pop("image_uris", None) or [])
-    if not all(isinstance(u, str) for u in uris):
-        raise InvalidOptionsError("image_uri(s) must be strings")
-    images.extend(storage.read_bytes(u) for u in uris)
+    images, item_ids, uris, rest = _split_json_input(body)
+    policy = locations or InputLocations()
+    images.extend(policy.read(u) for u in uris)
     options = {**params, **rest}
     return Query(images=tuple(images), item_ids=item_ids), Options.from_dict(options)
 
 
 Outcome = tuple[Literal["succeeded", "failed"], dict[str, Any] | None]
+_TIMED_OUT: Outcome = ("failed", {"code": "timeout", "message": "cancelled after the time limit"})
 
 
-def _failure(job: Job, error: dict[str, Any]) -> Outcome:
-    body = {"InferenceId": job.id, "error": error, "attempts": job.attempts}
-    storage.write_bytes(
-        job.failure_location, json.dumps(body).encode(), content_type="application/json"
-    )
-    return "failed", error
+class WriteGate:
+    """Lets one job's outcome be written at most once, and not after the job was given up.
+
+    The computation writes through :meth:`write`; the supervisor, at the time limit, calls
+    :meth:`close`. Whichever comes first wins, under one lock: a result is never written after
+    the job was failed for its time limit, and a result written just before it is kept.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open = True
+        self._written: Outcome | None = None
+
+    def write(self, outcome: Outcome, write: Callable[[], object]) -> bool:
+        """Run ``write`` (which records ``outcome``) unless the gate is shut; whether it ran."""
+        with self._lock:
+            if not self._open:
+                return False
+            write()
+            self._open = False
+            self._written = outcome
+            return True
+
+    def close(self) -> Outcome | None:
+        """Shut the gate; the outcome written before, if any (``None``: nothing was, and from
+        now on nothing will be)."""
+        with self._lock:
+            self._open = False
+            return self._written
+
+
+def _document(job: Job, data: Mapping[str, Any]) -> bytes:
+    """A result or failure document: ``data`` with the job's id and token (its proof)."""
+    return json.dumps(
+        {**data, "InferenceId": job.id, "JobToken": job.token}, separators=(",", ":")
+    ).encode()
+
+
+def _failure(job: Job, error: dict[str, Any], gate: WriteGate | None = None) -> Outcome:
+    document = _document(job, {"error": error, "attempts": job.attempts})
+    outcome: Outcome = ("failed", error)
+
+    def write() -> None:
+        storage.write_bytes(job.failure_location, document, content_type="application/json")
+
+    return outcome if (gate or WriteGate()).write(outcome, write) else _TIMED_OUT
+
+
+def _own_document(job: Job, uri: str) -> dict[str, Any] | None:
+    """The document at ``uri`` if it was written for ``job`` (its token), else ``None``."""
+    try:
+        data = json.loads(storage.read_bytes(uri))
+    except NotFoundError:
+        return None
+    except ValueError:  # not JSON: not ours either (it is overwritten)
+        return None
+    return data if job.owns(data) else None
 
 
 def run_job(
     job: Job,
     recommender: Recommender,
-    cancelled: threading.Event | None = None,
-    lock: threading.Lock | None = None,
+    gate: WriteGate | None = None,
+    locations: InputLocations | None = None,
 ) -> Outcome:
     """Compute one job and write its result or failure; the outcome to record.
 
-    Idempotent: a result an earlier attempt already wrote is taken as the outcome. When
-    ``cancelled`` is set (under ``lock``) before the result is written, nothing is written.
+    Idempotent: a result or failure an earlier attempt of this job wrote (it carries the job's
+    token) is taken as the outcome; a document of any other job at that place is ignored and
+    overwritten. Everything is written through ``gate`` (nothing once it is shut). Inputs named
+    by the client are read through ``locations`` (``None``: none may be).
     """
-    if storage.exists(job.output_location):
+    if _own_document(job, job.output_location) is not None:
         return "succeeded", None
-    try:
-        written = json.loads(storage.read_bytes(job.failure_location))
-    except NotFoundError:
-        pass  # no earlier outcome: compute it
-    else:
+    written = _own_document(job, job.failure_location)
+    if written is not None:
         return "failed", dict(written.get("error") or {"code": "failed"})
     if job.attempts > job.max_attempts:
-        return _failure(
-            job,
-            {
-                "code": "crashed",
-                "message": f"the job was running when the process stopped, "
-                f"{job.attempts - 1} times; not retried",
-            },
+        message = (
+            f"the job was running when the process stopped, {job.attempts - 1} times; not retried"
         )
+        return _failure(job, {"code": "crashed", "message": message}, gate)
+    policy = locations or InputLocations()
     try:
-        body = (
-            job.input_body
-            if job.input_body is not None
-            else storage.read_bytes(str(job.input_location))
-        )
-        query, options = parse_job_input(body, job.content_type, job.params)
+        body = job.input_body
+        if body is None:
+            body = policy.read(str(job.input_location))
+        query, options = parse_job_input(body, job.content_type, job.params, policy)
         result = recommender.recommend(query, options).to_dict()
     except StygigError as e:
-        return _failure(job, dict(e.to_dict()["error"]))  # type: ignore[call-overload]
-    except Exception as e:  # a decoder's failure on client bytes, or a bug: that job fails
+        return _failure(job, {"code": e.code, "message": e.message}, gate)
+    except Exception:  # a decoder's failure on client bytes, or a bug: that job fails
         log.warning("job %s failed", job.id, exc_info=True)
-        return _failure(job, {"code": "invalid_image", "message": f"job failed: {e}"})
-    body = json.dumps(result, separators=(",", ":")).encode()
-    with lock or threading.Lock():
-        if cancelled is not None and cancelled.is_set():
-            return "failed", {"code": "timeout", "message": "cancelled after the time limit"}
-        storage.write_bytes(job.output_location, body, content_type="application/json")
-    return "succeeded", None
+        error = {"code": "invalid_image", "message": "the input could not be processed"}
+        return _failure(job, error, gate)
+    document = _document(job, result)
+    outcome: Outcome = ("succeeded", None)
+
+    def write() -> None:
+        storage.write_bytes(job.output_location, document, content_type="application/json")
+
+    return outcome if (gate or WriteGate()).write(outcome, write) else _TIMED_OUT
 
 
 @dataclass
 class _Running:
     job: Job
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    cancelled: threading.Event = field(default_factory=threading.Event)
+    gate: WriteGate = field(default_factory=WriteGate)
+    released: bool = False  # its slot was given back (once: by the computation or the watchdog)
+    abandoned: bool = False  # the watchdog gave up waiting for its thread
 
 
 class JobWorker:
@@ -169,10 +274,12 @@ class JobWorker:
         store: the job table.
         recommender: returns the recommender, or ``None`` while it is loading (nothing is
             claimed until it is there).
-        config: concurrency, leases, polling.
+        config: concurrency, leases, polling, the watchdog.
         notifier: where finished jobs are announced (``None``: only per-job webhooks).
         should_yield: when it returns true, no new job is claimed (e.g. the real-time queue is
             busy); running jobs go on.
+        locations: which client-named inputs jobs may read (``None``: none).
+        retention_s: finished jobs older than this are deleted from the store (``None``: kept).
     """
 
     def __init__(
@@ -183,10 +290,14 @@ class JobWorker:
         *,
         notifier: Notifier | None = None,
         should_yield: Callable[[], bool] | None = None,
+        locations: InputLocations | None = None,
+        retention_s: float | None = None,
     ) -> None:
         self.store = store
         self.config = config or WorkerConfig()
-        self.notifier = notifier or Notifier()
+        self.notifier = notifier or Notifier()  # closed by stop(): one worker's for life
+        self.locations = locations or InputLocations()
+        self.retention_s = retention_s
         self.owner = new_owner()
         self._recommender = recommender
         self._should_yield = should_yield
@@ -194,14 +305,16 @@ class JobWorker:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
-        n = self.config.concurrency
-        self._supervisors = ThreadPoolExecutor(n, thread_name_prefix="stygig-job")
-        self._compute = ThreadPoolExecutor(n, thread_name_prefix="stygig-job-compute")
+        self._supervisors = ThreadPoolExecutor(
+            self.config.concurrency, thread_name_prefix="stygig-job"
+        )
         self._notify_pool = ThreadPoolExecutor(
             self.config.notify_threads, thread_name_prefix="stygig-notify"
         )
         self._notifying: set[str] = set()
         self._running: dict[str, _Running] = {}
+        self._abandoned = 0
+        self._at_cap = False
         self._lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -221,13 +334,13 @@ class JobWorker:
         and are re-queued by the next process)."""
         self._stopping.set()
         self._wake.set()
+        self.notifier.close()  # a backoff pause ends now; the notification stays pending
         for thread in self._threads:
             thread.join(timeout)
         deadline = time.monotonic() + timeout
         while self.running_count() and time.monotonic() < deadline:
             time.sleep(0.05)
         self._supervisors.shutdown(wait=False, cancel_futures=True)
-        self._compute.shutdown(wait=False, cancel_futures=True)
         self._notify_pool.shutdown(wait=False, cancel_futures=True)
 
     def wake(self) -> None:
@@ -235,9 +348,14 @@ class JobWorker:
         self._wake.set()
 
     def running_count(self) -> int:
-        """Jobs being computed by this process."""
+        """Jobs being computed by this process (abandoned threads not counted)."""
         with self._lock:
             return len(self._running)
+
+    def abandoned_count(self) -> int:
+        """Computations given up after their time limit whose threads have not ended yet."""
+        with self._lock:
+            return self._abandoned
 
     # -- threads ---------------------------------------------------------------------------------
 
@@ -245,14 +363,27 @@ class JobWorker:
         self._wake.wait(self.config.poll_s)
         self._wake.clear()
 
+    def _may_claim(self) -> bool:
+        if self._recommender() is None or (self._should_yield and self._should_yield()):
+            return False
+        with self._lock:
+            at_cap = self._abandoned >= self.config.max_abandoned
+            changed, self._at_cap = at_cap != self._at_cap, at_cap
+        if at_cap and changed:
+            log.error(
+                "%d job threads are stuck past their time limits: no new job is started until "
+                "one of them ends (look for a hanging storage read)",
+                self.config.max_abandoned,
+            )
+        return not at_cap
+
     def _dispatch(self) -> None:
         while not self._stopping.is_set():
             if not self._slots.acquire(timeout=self.config.poll_s):
                 continue
             claimed: list[Job] = []
             try:
-                ready = self._recommender() is not None
-                if ready and not (self._should_yield and self._should_yield()):
+                if self._may_claim():
                     claimed = self.store.claim(self.owner, lease_s=self.config.lease_s)
             except Exception:
                 log.exception("claiming a job failed")
@@ -260,45 +391,106 @@ class JobWorker:
                 self._slots.release()
                 self._idle()
                 continue
-            job = claimed[0]
-            run = _Running(job)
+            run = _Running(claimed[0])
             with self._lock:
-                self._running[job.id] = run
+                self._running[run.job.id] = run
             self._supervisors.submit(self._supervise, run)
+
+    def _release(self, run: _Running) -> None:
+        """Give the job's slot back, once."""
+        with self._lock:
+            if run.released:
+                return
+            run.released = True
+        self._slots.release()
 
     def _supervise(self, run: _Running) -> None:
         job = run.job
         rec = self._recommender()
         assert rec is not None
-        future: Future[Outcome] = self._compute.submit(self._compute_job, run, rec)
+        future: Future[Outcome] = Future()
+        threading.Thread(
+            target=self._compute_job,
+            args=(run, rec, future),
+            name=f"stygig-job-compute-{job.seq}",
+            daemon=True,  # an abandoned computation must not keep the process from exiting
+        ).start()
         remaining = job.time_limit_s - (time.time() - (job.started_at or time.time()))
+        timed_out = False
+        outcome: Outcome | None
         try:
-            status, error = future.result(timeout=max(0.0, remaining))
+            outcome = future.result(timeout=max(0.0, remaining))
         except FutureTimeout:
-            with run.lock:  # the compute thread cannot write its result from now on
-                run.cancelled.set()
-            message = f"the job ran past its {job.time_limit_s:g}-second time limit"
-            status, error = _failure(job, {"code": "timeout", "message": message})
-        except Exception as e:
+            timed_out = True
+            # From here on the computation cannot write; if it did just in time, that stands.
+            outcome = run.gate.close()
+            if outcome is None:
+                message = f"the job ran past its {job.time_limit_s:g}-second time limit"
+                outcome = self._fail(job, {"code": "timeout", "message": message})
+        except Exception:
             log.exception("job %s: unexpected failure", job.id)
-            try:
-                status, error = _failure(job, {"code": "internal_error", "message": str(e)})
-            except Exception:
-                return  # storage is down: the lease runs out and the job is tried again
-        if not self.store.finish(job.id, self.owner, job.attempts, status, error):
+            internal = {"code": "internal_error", "message": "the job failed on the server"}
+            outcome = self._fail(job, internal)
+        if outcome is not None and not self.store.finish(
+            job.id, self.owner, job.attempts, *outcome
+        ):
             log.warning("job %s was taken over before it finished here", job.id)
         self._wake.set()
+        if timed_out:
+            self._await_or_abandon(run, future)
 
-    def _compute_job(self, run: _Running, rec: Recommender) -> Outcome:
+    def _fail(self, job: Job, error: dict[str, Any]) -> Outcome | None:
+        """Write ``job``'s failure; ``None`` when storage is down (then the lease runs out and
+        the job is tried again)."""
         try:
-            return run_job(run.job, rec, run.cancelled, run.lock)
+            return _failure(job, error)
+        except Exception:
+            log.exception("job %s: its failure could not be written", job.id)
+            return None
+
+    def _await_or_abandon(self, run: _Running, future: Future[Outcome]) -> None:
+        """Wait ``grace_s`` more for an overrun computation; then give its slot back."""
+        try:
+            future.result(timeout=self.config.grace_s)
+            return
+        except FutureTimeout:
+            pass
+        except Exception:
+            return  # it ended (badly): its own thread gave the slot back
+        with self._lock:
+            if future.done():
+                return
+            run.abandoned = True
+            self._abandoned += 1
+            self._running.pop(run.job.id, None)
+            abandoned = self._abandoned
+        log.error(
+            "job %s is still running %g s past its time limit: its slot is given back and its "
+            "thread abandoned (%d abandoned now, at most %d)",
+            run.job.id,
+            self.config.grace_s,
+            abandoned,
+            self.config.max_abandoned,
+        )
+        self._release(run)
+
+    def _compute_job(self, run: _Running, rec: Recommender, future: Future[Outcome]) -> None:
+        try:
+            future.set_result(run_job(run.job, rec, run.gate, self.locations))
+        except BaseException as e:
+            future.set_exception(e)
         finally:
             with self._lock:
-                self._running.pop(run.job.id, None)
-            self._slots.release()
+                if run.abandoned:
+                    self._abandoned -= 1
+                    log.warning("the abandoned computation of job %s ended", run.job.id)
+                else:
+                    self._running.pop(run.job.id, None)
+            self._release(run)
 
     def _housekeep(self) -> None:
         last_renew = last_orphans = time.monotonic()
+        last_purge = -_PURGE_EVERY_S
         while not self._stopping.wait(min(self.config.poll_s, 0.25)):
             now = time.monotonic()
             try:
@@ -309,6 +501,11 @@ class JobWorker:
                     if self.store.requeue_orphans(self.owner):
                         self._wake.set()
                     last_orphans = now
+                if self.retention_s is not None and now - last_purge >= _PURGE_EVERY_S:
+                    purged = self.store.purge(time.time() - self.retention_s)
+                    if purged:
+                        log.info("deleted %d finished job(s) past the retention time", purged)
+                    last_purge = now
                 self._notify_pending()
             except Exception:
                 log.exception("job housekeeping failed")
@@ -326,10 +523,16 @@ class JobWorker:
 
     def _notify(self, job: Job) -> None:
         try:
-            sent = self.notifier.send(job)
+            try:
+                sent = self.notifier.send(job)
+            except Exception:  # any failure is recorded: a pending one would be retried forever
+                log.exception("notification for job %s failed", job.id)
+                sent = False
+            if not sent and self._stopping.is_set():
+                return  # cut short by stop(): still pending, the next process sends it
             self.store.mark_notified(job.id, "sent" if sent else "failed")
         except Exception:
-            log.exception("notification for job %s failed", job.id)
+            log.exception("recording the notification of job %s failed", job.id)
         finally:
             with self._lock:
                 self._notifying.discard(job.id)

@@ -5,16 +5,20 @@ Routes (an ``APIRouter`` the app includes)::
     POST /async/invocations        submit; 202 {"InferenceId", "OutputLocation", "FailureLocation"}
     GET  /async/jobs/{id}          status (queued, running, succeeded, failed) and timestamps
     GET  /async/jobs/{id}/output   the result once succeeded (the error body once failed)
-    GET  /async/jobs               list (?status=&limit=&after=) with counts per status
+    GET  /async/jobs               list (?status=&limit=&after=) with counts per status; only
+                                   when the operator turned it on (``list_jobs``), else 404
 
 A submission names its input with ``X-Amzn-SageMaker-InputLocation`` (a stored photo or JSON
-request: path, ``file://`` or ``s3://``) or carries it inline (a photo or JSON body, as
-``POST /invocations`` takes). Options come from ``X-Amzn-SageMaker-Custom-Attributes``
+request: path, ``file://`` or ``s3://``, under a prefix the operator allowed:
+``allow_input_prefixes``, see :mod:`stygig.locations`) or carries it inline (a photo or JSON
+body, as ``POST /invocations`` takes). Options come from ``X-Amzn-SageMaker-Custom-Attributes``
 (``k=3&mode=similar``) or the query string. Optional headers:
 ``X-Amzn-SageMaker-Inference-Id`` (a client id: resubmitting it returns the same job, never a
-second one), ``X-Amzn-SageMaker-InvocationTimeoutSeconds`` (the job's time limit, default
+second one; not ending in ``-error``, so that no result is named like another job's failure), ``X-Amzn-SageMaker-InvocationTimeoutSeconds`` (the job's time limit, default
 900), ``X-Amzn-SageMaker-Content-Type`` (the stored input's type) and ``X-Stygig-Webhook``
-(this job's notification URL). The job is committed to the store before the 202 is sent.
+(this job's notification URL). The job is committed to the store before the 202 is sent; every
+refusal (a location not allowed, too many parts, a bad option) is a 4xx before it. Job views
+show neither the input location nor the webhook.
 
 :class:`AsyncJobs` bundles the store, the worker and the router; ``main`` serves the async API
 alone (with ``/ping``) for tests and benchmarks.
@@ -23,23 +27,26 @@ alone (with ``/ping``) for tests and benchmarks.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from stygig import storage
 from stygig.engine import Options, Recommender
-from stygig.errors import InvalidImageError, InvalidOptionsError
+from stygig.errors import InvalidImageError, InvalidOptionsError, NotFoundError
 from stygig.jobs.notify import Notifier
-from stygig.jobs.store import TERMINAL, JobSpec, JobStore
-from stygig.jobs.worker import JobWorker, WorkerConfig
+from stygig.jobs.store import TERMINAL, Job, JobSpec, JobStore, JobView
+from stygig.jobs.worker import JobWorker, WorkerConfig, check_job_input
+from stygig.locations import InputLocations, public_errors
 from stygig.serving import requests as rq
 from stygig.serving.responses import JSON, json_response
 
@@ -51,7 +58,11 @@ __all__ = [
 
 log = logging.getLogger("stygig.serving.async")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# "<id>-error.out" is a failure's name: an id ending in "-error" would name its result like
+# the failure of another job (case-insensitive: some file systems are).
+_FAILURE_LIKE_ID = re.compile(r"-error$", re.IGNORECASE)
 _MAX_TIME_LIMIT_S = 3600.0  # SageMaker's InvocationTimeoutSeconds maximum
+_MAX_SEQ = 2**63 - 1  # SQLite's largest integer
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,12 @@ class AsyncConfig:
         time_limit_s: the default per-job limit.
         max_inline_bytes: the largest inline body (bigger inputs go through a location).
         notifier: webhook / SNS topics for every job.
+        allow_input_prefixes: the S3 prefixes and local folders clients may name as inputs
+            (``InputLocation``, ``image_uri(s)``); empty: every client-chosen location is
+            refused (``location_not_allowed``).
+        list_jobs: whether ``GET /async/jobs`` lists jobs (off: 404; it shows every client's).
+        retention_s: finished jobs older than this are deleted from the store, events too.
+        max_input_bytes: the most one read of a client-named location returns.
     """
 
     jobs_db: Path
@@ -75,6 +92,20 @@ class AsyncConfig:
     time_limit_s: float = 900.0
     max_inline_bytes: int = 6 * 1024 * 1024
     notifier: Notifier = field(default_factory=Notifier)
+    allow_input_prefixes: tuple[str, ...] = ()
+    list_jobs: bool = False
+    retention_s: float = 7 * 24 * 3600
+    max_input_bytes: int = 6 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.retention_s <= 0:
+            raise InvalidOptionsError("the job retention time must be positive")
+        if self.max_input_bytes < 1 or self.max_inline_bytes < 1:
+            raise InvalidOptionsError("the input byte limits must be at least 1")
+
+    def input_locations(self) -> InputLocations:
+        """The policy for client-named inputs these settings describe."""
+        return InputLocations(self.allow_input_prefixes, max_bytes=self.max_input_bytes)
 
 
 def _time_limit(header: str | None, default: float) -> float:
@@ -91,12 +122,14 @@ def _time_limit(header: str | None, default: float) -> float:
     return value
 
 
-async def _spec(request: Request, config: AsyncConfig) -> JobSpec:
+async def _spec(request: Request, config: AsyncConfig, locations: InputLocations) -> JobSpec:
     """The job a submission asks for (4xx errors for every mistake)."""
     h = request.headers
     job_id = h.get("x-amzn-sagemaker-inference-id")
-    if job_id is not None and not _ID.match(job_id):
-        raise InvalidOptionsError("InferenceId: 1-128 letters, digits, '.', '_' or '-'")
+    if job_id is not None and (not _ID.match(job_id) or _FAILURE_LIKE_ID.search(job_id)):
+        raise InvalidOptionsError(
+            "InferenceId: 1-128 letters, digits, '.', '_' or '-', not ending in '-error'"
+        )
     pairs = [
         *rq.custom_attributes(h.get("x-amzn-sagemaker-custom-attributes")),
         *request.query_params.multi_items(),
@@ -107,7 +140,8 @@ async def _spec(request: Request, config: AsyncConfig) -> JobSpec:
     body = await request.body()
     content_type = rq.media_type(h.get("x-amzn-sagemaker-content-type") or h.get("content-type"))
     if location:
-        storage.parse(location)  # a bad scheme is a 4xx now
+        # Refused now, before the 202, whether it exists or not (a thread: it touches files).
+        await run_in_threadpool(locations.check, location)
         body_arg: bytes | None = None
     else:
         if not body:
@@ -122,9 +156,11 @@ async def _spec(request: Request, config: AsyncConfig) -> JobSpec:
             )
         if content_type and content_type not in rq.IMAGE_TYPES and content_type != JSON:
             raise rq.unsupported(content_type)
-        if content_type == JSON:
-            rq.parse_json_object(body, what="the JSON input")
+        await run_in_threadpool(check_job_input, body, content_type, locations)
         body_arg = body
+    webhook = h.get("x-stygig-webhook")
+    if webhook is not None:
+        await run_in_threadpool(config.notifier.check_url, webhook)  # it resolves the host
     failure = config.failure or config.output
     return JobSpec(
         id=job_id,
@@ -134,57 +170,104 @@ async def _spec(request: Request, config: AsyncConfig) -> JobSpec:
         params=params,
         output_location=storage.join(config.output, "{id}.out"),
         failure_location=storage.join(failure, "{id}-error.out"),
-        webhook=h.get("x-stygig-webhook"),
+        webhook=webhook,
         time_limit_s=_time_limit(
             h.get("x-amzn-sagemaker-invocationtimeoutseconds"), config.time_limit_s
         ),
     )
 
 
-def make_async_router(store: JobStore, worker: JobWorker, config: AsyncConfig) -> APIRouter:
-    """The ``/async`` routes over ``store``; ``worker`` is woken on every submission."""
+def _own_output(job: Job) -> bytes:
+    """A finished job's result (or failure) document, if it is really this job's."""
+    where = job.output_location if job.status == "succeeded" else job.failure_location
+    with public_errors("the job's output"):
+        data = storage.read_bytes(where)
+    try:
+        owned = job.owns(json.loads(data))
+    except ValueError:
+        owned = False
+    if not owned:
+        log.error("job %s: the document at its output location is not its own", job.id)
+        raise NotFoundError("the job's output does not exist", code="location_not_found")
+    return data
+
+
+def _shown(job_id: str, output: str, failure: str) -> tuple[str, str]:
+    """The output and failure locations as a client may see them: ``s3://`` URIs as they are
+    (the client reads them there, as on SageMaker); a server folder never, the route instead."""
+    route = f"/async/jobs/{job_id}/output"
+    return (
+        output if storage.is_remote(output) else route,
+        failure if storage.is_remote(failure) else route,
+    )
+
+
+def _public(view: JobView) -> dict[str, Any]:
+    """A job view with its locations as :func:`_shown` gives them."""
+    body = view.to_dict()
+    body["OutputLocation"], body["FailureLocation"] = _shown(
+        view.id, view.output_location, view.failure_location
+    )
+    return body
+
+
+def make_async_router(
+    store: JobStore,
+    worker: JobWorker,
+    config: AsyncConfig,
+    locations: InputLocations | None = None,
+) -> APIRouter:
+    """The ``/async`` routes over ``store``; ``worker`` is woken on every submission;
+    client-named inputs are checked against ``locations`` (default: ``config``'s)."""
     router = APIRouter(prefix="/async", tags=["async"])
+    policy = locations or config.input_locations()
 
     @router.post("/invocations", status_code=202, summary="Submit an asynchronous inference")
     async def submit(request: Request) -> Response:
-        spec = await _spec(request, config)
+        spec = await _spec(request, config, policy)
         job, created = await run_in_threadpool(store.submit, spec)
         if created:
             worker.wake()
+        output, failure = _shown(job.id, job.output_location, job.failure_location)
         body = {
             "InferenceId": job.id,
-            "OutputLocation": job.output_location,
-            "FailureLocation": job.failure_location,
+            "OutputLocation": output,
+            "FailureLocation": failure,
             "Status": job.status,
         }
         headers = {
-            "X-Amzn-SageMaker-OutputLocation": job.output_location,
-            "X-Amzn-SageMaker-FailureLocation": job.failure_location,
+            "X-Amzn-SageMaker-OutputLocation": output,
+            "X-Amzn-SageMaker-FailureLocation": failure,
             "Location": f"/async/jobs/{job.id}",
         }
         return json_response(body, 202, headers)
 
     @router.get("/jobs/{job_id}", summary="One job's status and timestamps")
     async def status(job_id: str) -> Response:
-        return json_response((await run_in_threadpool(store.get, job_id)).to_dict())
+        return json_response(_public(await run_in_threadpool(store.view, job_id)))
 
     @router.get("/jobs/{job_id}/output", summary="A finished job's result (or error)")
     async def output(job_id: str) -> Response:
         job = await run_in_threadpool(store.get, job_id)
         if job.status not in TERMINAL:
             return json_response({"InferenceId": job.id, "Status": job.status}, 409)
-        where = job.output_location if job.status == "succeeded" else job.failure_location
-        data = await run_in_threadpool(storage.read_bytes, where)
+        data = await run_in_threadpool(_own_output, job)
         return Response(data, status_code=200, media_type=JSON)
 
     @router.get("/jobs", summary="Jobs in submission order, with counts per status")
-    async def jobs(status: str | None = None, limit: int = 100, after: int = 0) -> Response:
+    async def jobs(
+        status: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        after: Annotated[int, Query(ge=0, le=_MAX_SEQ)] = 0,
+    ) -> Response:
+        if not config.list_jobs:
+            raise NotFoundError("job listing is turned off on this server", code="not_found")
         found = await run_in_threadpool(
             lambda: store.list_jobs(status=status, limit=limit, after_seq=after)
         )
         counts = await run_in_threadpool(store.counts)
         body = {
-            "jobs": [j.to_dict() for j in found],
+            "jobs": [_public(j) for j in found],
             "counts": counts,
             "next_after": found[-1].seq if found else None,
         }
@@ -211,17 +294,24 @@ class AsyncJobs:
     ) -> None:
         self.config = config
         self.store = JobStore(config.jobs_db)
+        locations = config.input_locations()
         self.worker = JobWorker(
             self.store,
             recommender,
             config.worker,
             notifier=config.notifier,
             should_yield=should_yield,
+            locations=locations,
+            retention_s=config.retention_s,
         )
-        self.router = make_async_router(self.store, self.worker, config)
+        self.router = make_async_router(self.store, self.worker, config, locations)
 
     def start(self) -> None:
-        """Re-queue orphaned jobs and start working."""
+        """Clean up temporary files a crashed write left, re-queue orphaned jobs, start working."""
+        for prefix in {self.config.output, self.config.failure or self.config.output}:
+            removed = storage.remove_stale_temps(prefix)
+            if removed:
+                log.info("removed %d unfinished temporary file(s) from %s", removed, prefix)
         self.worker.start()
 
     def stop(self, timeout: float = 20.0) -> None:

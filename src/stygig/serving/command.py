@@ -158,6 +158,33 @@ def add_async_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--async-webhook", help="POST every job's notification here")
     g.add_argument("--async-success-topic", help="SNS topic ARN for successes")
     g.add_argument("--async-error-topic", help="SNS topic ARN for failures")
+    g.add_argument(
+        "--allow-input-prefix",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="a folder or s3://bucket/prefix/ that clients may name as an input location "
+        "(repeatable; default: none, every client-chosen location is refused)",
+    )
+    g.add_argument(
+        "--allow-webhook-network",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="internal addresses clients' webhooks may reach, e.g. 10.1.0.0/16 (repeatable; "
+        "default: public addresses only)",
+    )
+    g.add_argument(
+        "--async-list-jobs",
+        action="store_true",
+        help="answer GET /async/jobs (every job's id and status: off by default)",
+    )
+    g.add_argument(
+        "--async-retention-hours",
+        type=float,
+        default=168.0,
+        help="finished jobs are forgotten after this (default 7 days)",
+    )
 
 
 def async_config_from_args(args: argparse.Namespace) -> AsyncConfig | None:
@@ -181,5 +208,9 @@ def async_config_from_args(args: argparse.Namespace) -> AsyncConfig | None:
             webhook=args.async_webhook,
             success_topic=args.async_success_topic,
             error_topic=args.async_error_topic,
+            allow_networks=tuple(args.allow_webhook_network),
         ),
+        allow_input_prefixes=tuple(args.allow_input_prefix),
+        list_jobs=args.async_list_jobs,
+        retention_s=args.async_retention_hours * 3600.0,
     )

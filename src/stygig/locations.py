@@ -1,0 +1,138 @@
+"""Which stored locations a client may name, and what it may learn about them.
+
+A client of the async API names its input (``X-Amzn-SageMaker-InputLocation``, ``image_uri(s)``)
+and the server reads it with its own file permissions and cloud credentials. So by default no
+client-chosen location is read at all; the operator allows prefixes::
+
+    locations = InputLocations(["s3://shop/in/", "/srv/uploads"], max_bytes=6 * 1024 * 1024)
+    locations.check(uri)          # at submission: a refused location is a 4xx before the 202
+    data = locations.read(uri)    # in the worker: checked again, then a bounded read
+
+Every refusal has one code, ``location_not_allowed``, whether the location exists or not, so a
+client learns nothing about what lies outside the allowed prefixes. A local path is resolved
+(``..``, symlinks) before it is compared with the resolved allowed folders; only regular files
+are read (:func:`stygig.storage.read_bytes` with ``max_bytes``). An S3 key must start with an
+allowed prefix and hold no ``.``/``..``/empty segments (which some S3 servers would normalise).
+
+:func:`public_errors` turns storage errors into what a client may see: the kind of failure and
+a stable code, never the location, a server path or the system's reason (those are logged).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from urllib.parse import urlparse
+
+from stygig import storage
+from stygig.errors import InvalidOptionsError, StorageError, StygigError
+
+__all__ = ["LOCATION_NOT_ALLOWED", "InputLocations", "public_errors"]
+
+log = logging.getLogger("stygig.locations")
+
+LOCATION_NOT_ALLOWED = "location_not_allowed"
+
+# What a client is told for each storage error code it may learn about ("the input location"
+# + reason); anything else is a generic storage error.
+_PUBLIC_REASONS = {
+    "location_not_found": "does not exist",
+    "not_a_regular_file": "is not a regular file",
+    "input_too_large": "is too large",
+}
+
+
+@contextmanager
+def public_errors(what: str, *, max_bytes: int | None = None) -> Iterator[None]:
+    """Storage errors inside the block as a client may see them: the same error class and code,
+    a message that names only ``what``; the full message goes to the server log."""
+    try:
+        yield
+    except StygigError as e:
+        log.warning("%s: %s (%s)", what, e.message, e.code)
+        reason = _PUBLIC_REASONS.get(e.code)
+        if reason is None:
+            raise StorageError(f"{what} could not be read", code="storage_error") from None
+        if e.code == "input_too_large" and max_bytes is not None:
+            reason = f"is larger than {max_bytes:,} bytes"
+        raise type(e)(f"{what} {reason}", code=e.code) from None
+
+
+def _refused() -> InvalidOptionsError:
+    return InvalidOptionsError(
+        "the input location is not in a prefix this server may read; allowed prefixes are "
+        "set by the operator (--allow-input-prefix)",
+        code=LOCATION_NOT_ALLOWED,
+    )
+
+
+def _under(path: str, folder: str) -> bool:
+    return path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+class InputLocations:
+    """The locations a client may name, and the bounded reads of them.
+
+    Args:
+        prefixes: allowed S3 prefixes (``s3://bucket/`` or ``s3://bucket/in/``; a prefix is a
+            folder: ``s3://b/in`` allows ``s3://b/in/x``, not ``s3://b/inbox/x``) and local
+            folders (plain paths or ``file://``). Empty: every client-chosen location is refused.
+        max_bytes: the most one read returns (bigger inputs fail with ``input_too_large``).
+    """
+
+    def __init__(self, prefixes: Iterable[str] = (), *, max_bytes: int = 6 * 1024 * 1024) -> None:
+        if max_bytes < 1:
+            raise InvalidOptionsError("max_bytes must be at least 1")
+        self.max_bytes = max_bytes
+        folders: list[str] = []
+        s3: list[tuple[str, str]] = []
+        for prefix in prefixes:
+            loc = storage.parse(prefix)
+            if loc.scheme == "s3":
+                key = loc.key if not loc.key or loc.key.endswith("/") else loc.key + "/"
+                s3.append((loc.bucket, key))
+            else:
+                assert loc.path is not None
+                folders.append(os.path.realpath(loc.path))
+        self._folders = tuple(folders)
+        self._s3 = tuple(s3)
+
+    def check(self, uri: str) -> str:
+        """The location to read for ``uri`` (a local path resolved) if a client may name it;
+        :class:`~stygig.errors.InvalidOptionsError` (``location_not_allowed``) otherwise."""
+        try:
+            loc = storage.parse(uri)
+        except StygigError:
+            raise _refused() from None  # another scheme (http, ...): never read
+        if loc.scheme == "s3":
+            return self._check_s3(uri, loc)
+        if uri.startswith("file://") and urlparse(uri).netloc not in ("", "localhost"):
+            raise _refused()  # a file on another host: not a local path at all
+        assert loc.path is not None
+        try:
+            real = os.path.realpath(loc.path)  # follows "..", symlinks: where it really is
+        except (OSError, ValueError):  # a NUL byte, a symlink loop
+            raise _refused() from None
+        if not any(_under(real, folder) for folder in self._folders):
+            raise _refused()
+        return real
+
+    def _check_s3(self, uri: str, loc: storage.Location) -> str:
+        canonical = str(loc)
+        segments = loc.key.split("/")
+        if canonical != uri or any(s in ("", ".", "..") for s in segments):
+            raise _refused()  # "?", "#", "//", "." or ".." in the key: no one key it stands for
+        if not any(
+            loc.bucket == bucket and loc.key.startswith(prefix) for bucket, prefix in self._s3
+        ):
+            raise _refused()
+        return canonical
+
+    def read(self, uri: str) -> bytes:
+        """The bytes at ``uri`` (checked again: the path may have changed since submission), at
+        most ``max_bytes``; errors say what went wrong, never where."""
+        target = self.check(uri)
+        with public_errors("the input location", max_bytes=self.max_bytes):
+            return storage.read_bytes(target, max_bytes=self.max_bytes)

@@ -1,0 +1,184 @@
+"""What the async side keeps, and for how long: the job store and the output folder.
+
+In-process, on real SQLite files and real folders. Every test names the hole of the security
+issue it covers.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stygig.jobs import Job, JobSpec, JobStore, JobWorker, WorkerConfig
+from stygig.jobs.store import new_owner
+from stygig.serving.async_api import AsyncConfig, AsyncJobs
+from tests.integration.test_jobs import wait_for
+
+
+def _spec(job_id: str, body: bytes = b"x" * 1000) -> JobSpec:
+    return JobSpec("out/{id}.out", "out/{id}-error.out", input_body=body, id=job_id)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[JobStore]:
+    s = JobStore(tmp_path / "jobs.db", synchronous="NORMAL")
+    yield s
+    s.close()
+
+
+def _finish(store: JobStore, job_id: str, *, ended_ago_s: float = 0.0) -> None:
+    owner = new_owner()
+    (job,) = store.claim(owner)
+    assert job.id == job_id
+    assert store.finish(job_id, owner, job.attempts, "succeeded")
+    store.mark_notified(job_id, "none")
+    with sqlite3.connect(store.path) as db:
+        db.execute(
+            "UPDATE jobs SET finished_at = ? WHERE id = ?", (time.time() - ended_ago_s, job_id)
+        )
+    db.close()
+
+
+def _rows(store: JobStore, sql: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(store.path) as db:
+        rows = db.execute(sql).fetchall()
+    db.close()
+    return rows
+
+
+def test_bodies_are_dropped_when_a_job_finishes(store: JobStore) -> None:
+    """Item 10: the store kept every inline body (up to 6 MB each) forever."""
+    store.submit(_spec("a"))
+    store.submit(_spec("b"))
+    _finish(store, "a")
+    bodies = dict(_rows(store, "SELECT id, length(input_body) FROM jobs"))
+    assert bodies == {"a": None, "b": 1000}  # the queued job still has its input
+
+
+def test_retention_deletes_old_finished_jobs_and_their_events(store: JobStore) -> None:
+    """Item 10: jobs and their events were never deleted; the worker's housekeeping now does it
+    for finished jobs past the retention time (queued ones and recent ones stay)."""
+    for job_id in ("old", "recent", "queued"):
+        store.submit(_spec(job_id))
+    _finish(store, "old", ended_ago_s=3 * 3600)
+    _finish(store, "recent", ended_ago_s=60)
+    worker = JobWorker(store, lambda: None, WorkerConfig(poll_s=0.05), retention_s=3600)
+    worker.start()
+    try:
+        wait_for(lambda: not _rows(store, "SELECT 1 FROM jobs WHERE id = 'old'"), 10)
+    finally:
+        worker.stop()
+    assert sorted(r[0] for r in _rows(store, "SELECT id FROM jobs")) == ["queued", "recent"]
+    assert {r[0] for r in _rows(store, "SELECT job_id FROM events")} == {"queued", "recent"}
+
+
+def test_reads_for_views_never_load_inputs(store: JobStore) -> None:
+    """Items 4 and 10: ``GET /async/jobs`` ran ``SELECT *`` over every job, bodies included, and
+    showed input locations; a status view loaded the input too."""
+    store.submit(_spec("a"))
+    store.submit(JobSpec("o/{id}", "f/{id}", input_location="s3://shop/in/secret.jpg", id="b"))
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    views = store.list_jobs()
+    one = store.view("b")
+    job = store.get("a")
+    store._db.set_trace_callback(None)
+    assert [v.id for v in views] == ["a", "b"]
+    assert all("input" not in v.to_dict() and "InputLocation" not in v.to_dict() for v in views)
+    assert "secret" not in str(one.to_dict())
+    assert job.input_body is None  # only a claim hands the input to the worker
+    selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert len(selects) == 3
+    assert all("*" not in s and "input_body FROM" not in s for s in selects), selects
+    assert all("input_body," not in s.replace("NULL AS input_body,", "") for s in selects)
+
+
+def test_a_store_from_before_tokens_gets_them(tmp_path: Path) -> None:
+    """Item 7: job documents now carry a per-job token; an existing job file is migrated
+    (a column added) and its old jobs keep working, new jobs get a token each."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,"
+            " status TEXT NOT NULL, input_location TEXT, input_body BLOB, content_type TEXT,"
+            " params TEXT NOT NULL DEFAULT '{}', output_location TEXT NOT NULL,"
+            " failure_location TEXT NOT NULL, webhook TEXT, time_limit_s REAL NOT NULL,"
+            " attempts INTEGER NOT NULL DEFAULT 0, max_attempts INTEGER NOT NULL, owner TEXT,"
+            " lease_expires REAL, created_at REAL NOT NULL, started_at REAL, finished_at REAL,"
+            " error TEXT, notify_state TEXT)"
+        )
+        db.execute(
+            "INSERT INTO jobs (id, status, input_body, output_location, failure_location,"
+            " time_limit_s, max_attempts, created_at) VALUES ('legacy', 'queued', x'00', 'o',"
+            " 'f', 60, 3, 0)"
+        )
+    db.close()
+    with JobStore(path) as migrated:
+        legacy = migrated.get("legacy")
+        fresh, _ = migrated.submit(_spec("fresh"))
+        other, _ = migrated.submit(_spec("other"))
+    assert legacy.token is None and legacy.owns({"outfit": None})
+    assert fresh.token and fresh.token != other.token
+    assert fresh.owns({"InferenceId": "fresh", "JobToken": fresh.token})
+    assert not fresh.owns({"InferenceId": "fresh", "JobToken": other.token})
+    assert not fresh.owns({"outfit": None})
+
+
+def test_leftover_temp_files_are_cleaned_at_start(tmp_path: Path) -> None:
+    """Item 13: a crash between a result's write and its rename left ``.<name>.*.tmp`` files
+    that were never removed. Old ones go when the async side starts; fresh ones (a write in
+    progress elsewhere) and other files stay."""
+    out = tmp_path / "out"
+    out.mkdir()
+    stale, fresh = out / ".a.out.abcd1234.tmp", out / ".b.out.efgh5678.tmp"
+    other = out / ".notes.tmp"
+    for path in (stale, fresh, other):
+        path.write_bytes(b"partial")
+    hour_ago = time.time() - 3600
+    os.utime(stale, (hour_ago, hour_ago))
+    os.utime(other, (hour_ago, hour_ago))
+    jobs = AsyncJobs(AsyncConfig(jobs_db=tmp_path / "jobs.db", output=str(out)), lambda: None)
+    jobs.start()
+    jobs.stop(1.0)
+    assert sorted(p.name for p in out.iterdir()) == [fresh.name, other.name]
+
+
+class _RaisingNotifier:
+    """Stands in for the notifier: wants to send, and sending raises (a bug, an unexpected
+    error from a library)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def wants(self, job: Job) -> bool:
+        return True
+
+    def send(self, job: Job) -> bool:
+        self.calls += 1
+        raise RuntimeError("boom")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_notifier_that_raises_is_recorded_not_retried_forever(store: JobStore) -> None:
+    """Item 10 (bounded work): when sending raised, the notification stayed pending and was
+    sent again about four times a second, forever."""
+    store.submit(_spec("a"))
+    owner = new_owner()
+    (job,) = store.claim(owner)
+    assert store.finish("a", owner, job.attempts, "succeeded")
+    notifier = _RaisingNotifier()
+    worker = JobWorker(store, lambda: None, WorkerConfig(poll_s=0.05), notifier=notifier)  # type: ignore[arg-type]
+    worker.start()
+    try:
+        wait_for(lambda: _rows(store, "SELECT notify_state FROM jobs") == [("failed",)], 10)
+    finally:
+        worker.stop()
+    assert notifier.calls == 1
+    assert store.pending_notifications() == []
