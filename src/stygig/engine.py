@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from stygig.artifact import Artifact
+from stygig.artifact import ONNX_FILE, Artifact
 from stygig.encoders import Encoder, load_encoder, load_onnx_encoder
 from stygig.errors import ConfigError, InvalidOptionsError, NotFoundError
 from stygig.features import PreparedImage, color_summary, decode_photo, prepare_image
@@ -53,7 +53,8 @@ def load_artifact_encoder(artifact: Artifact, *, device: str = "cpu") -> Encoder
     """
     info = artifact.manifest["encoder"]
     if info.get("runtime") == "onnx":
-        onnx_file = artifact.path / str(info.get("onnx_file", "encoder.onnx"))
+        # Artifact.load has confined the name to the artifact folder.
+        onnx_file = artifact.path / str(info.get("onnx_file") or ONNX_FILE)
         return load_onnx_encoder(onnx_file, info, device=device)
     source = info.get("weights") if isinstance(info.get("weights"), dict) else {}
     return load_encoder(
@@ -127,6 +128,8 @@ class Recommender:
         self.usage_names, self.usage_codes = label_codes([i.usage for i in items])
         self.rgb = rgb_array(artifact.colors)
         self.hsl = rgb_to_hsl(self.rgb).astype(np.float32)
+        # What a request may filter on: the item fields and every attribute the catalogue has.
+        self.filterable = frozenset(_ITEM_FIELDS).union(*(item.attributes.keys() for item in items))
         self._attribute_cache: dict[str, np.ndarray] = {}
         self._numeric_cache: dict[str, np.ndarray] = {}
         self.color_names = describe_colors(self.rgb)
@@ -284,7 +287,7 @@ class Recommender:
             stated = self.taxonomy.canonical(options.category)
             if stated is None or stated not in self.category_names:
                 raise InvalidOptionsError(
-                    f"category {options.category!r} is not in this catalogue; "
+                    "the stated category is not in this catalogue; "
                     f"known: {', '.join(self.category_names)}"
                 )
             if len(prepared) != 1:
@@ -372,8 +375,7 @@ class Recommender:
             gender = options.gender.lower()
             if gender not in self.gender_names:
                 raise InvalidOptionsError(
-                    f"gender {options.gender!r} is not in this catalogue; known: "
-                    f"{self.gender_names}"
+                    f"the stated gender is not in this catalogue; known: {self.gender_names}"
                 )
             return {"value": gender, "source": "stated", "hedged": False}
         for part in parts:
@@ -450,7 +452,7 @@ class Recommender:
             for cat in wanted:
                 canonical = self.taxonomy.canonical(cat)
                 if canonical is None:
-                    raise InvalidOptionsError(f"{name}: unknown category {cat!r}")
+                    raise InvalidOptionsError(f"{name}: a category is not in the taxonomy")
                 if canonical in self.category_names:
                     codes_wanted.append(self.category_names.index(canonical))
             hit = np.isin(self.category_codes[sel], codes_wanted)
@@ -468,24 +470,27 @@ class Recommender:
             mask &= self._attribute_mask(name, cond)[sel]
         return mask
 
+    def _check_filters(self, filters: dict[str, Any]) -> None:
+        """Only the catalogue's own attributes can be filtered on: the per-attribute caches
+        are keyed by these names, so a client can never grow them beyond the catalogue."""
+        unknown = [name for name in filters if name not in self.filterable]
+        if unknown:
+            raise InvalidOptionsError(
+                f"{len(unknown)} filter(s) name no attribute of this catalogue; "
+                f"filterable: {sorted(self.filterable)}"
+            )
+
     def _attribute_mask(self, name: str, cond: Any) -> np.ndarray:
         if isinstance(cond, dict):
-            unknown = set(cond) - {"min", "max"}
-            if unknown or not cond:
-                raise InvalidOptionsError(f"filter {name!r}: a range is {{'min': x, 'max': y}}")
+            # Options validated the shape: {"min"?: number, "max"?: number}.
             values = self._numeric_values(name)
             ok: np.ndarray = ~np.isnan(values)
-            try:
-                if "min" in cond:
-                    ok &= values >= float(cond["min"])
-                if "max" in cond:
-                    ok &= values <= float(cond["max"])
-            except (TypeError, ValueError) as e:
-                raise InvalidOptionsError(f"filter {name!r}: min/max must be numbers") from e
+            if "min" in cond:
+                ok &= values >= float(cond["min"])
+            if "max" in cond:
+                ok &= values <= float(cond["max"])
             return ok
         wanted = cond if isinstance(cond, list) else [cond]
-        if not all(isinstance(w, str | int | float) for w in wanted):
-            raise InvalidOptionsError(f"filter {name!r}: values must be strings or numbers")
         values = self._attribute_values(name)
         return np.isin(values, [str(w).strip().lower() for w in wanted])
 
@@ -499,6 +504,7 @@ class Recommender:
     ) -> Recommendation:
         """The V4 pipeline after embedding: search, vote, score, rank, assemble."""
         options = options or Options()
+        self._check_filters(options.filters)
         timings = dict(timings or {})
         t = time.perf_counter()
         parts = self._parts(prepared, vectors, item_ids, options)
@@ -662,7 +668,7 @@ class Recommender:
         """The catalogue row of ``item_id`` (:class:`NotFoundError`, 404, when unknown)."""
         pos = self.artifact.positions.get(item_id)
         if pos is None:
-            raise NotFoundError(f"item {item_id!r} is not in the catalogue", code="unknown_item")
+            raise NotFoundError("an item id is not in the catalogue", code="unknown_item")
         return pos
 
     def _rank(

@@ -11,6 +11,8 @@
     │   ├── NotAcceptableError       406           an Accept header that rules out JSON
     │   ├── InvalidOptionsError      422           options that fail validation
     │   ├── NotFoundError            404           unknown item id, unknown job
+    │   ├── UnauthorizedError        401           a missing or wrong bearer token
+    │   ├── RequestTimeoutError      408           a request body that arrives too slowly
     │   └── BatchError                    exit 2   batch input unreadable / output of another run
     ├── CatalogError                 exit 3        a catalogue file that cannot be read at all
     ├── ConfigError                  exit 3        a taxonomy/config file that is invalid
@@ -84,6 +86,20 @@ class NotFoundError(InputError):
 
     http_status = 404
     code = "not_found"
+
+
+class UnauthorizedError(InputError):
+    """A request without the server's bearer token (or with a wrong one)."""
+
+    http_status = 401
+    code = "unauthorized"
+
+
+class RequestTimeoutError(InputError):
+    """A request body that did not arrive within the server's body-read limits."""
+
+    http_status = 408
+    code = "request_timeout"
 
 
 class CatalogError(StygigError):

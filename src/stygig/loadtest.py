@@ -117,10 +117,13 @@ def summarise(
 async def _run(config: LoadTestConfig, photos: list[tuple[bytes, str]]) -> LoadTestReport:
     import httpx
 
+    from stygig.auth import bearer_headers
+
     limits = httpx.Limits(
         max_connections=config.concurrency, max_keepalive_connections=config.concurrency
     )
     target = config.url.rstrip("/") + config.endpoint
+    auth = bearer_headers()
     async with httpx.AsyncClient(limits=limits, timeout=config.timeout_s) as client:
 
         async def send(i: int) -> tuple[float, str]:
@@ -130,7 +133,7 @@ async def _run(config: LoadTestConfig, photos: list[tuple[bytes, str]]) -> LoadT
                 response = await client.post(
                     target,
                     content=body,
-                    headers={"content-type": kind, "accept": "application/json"},
+                    headers={"content-type": kind, "accept": "application/json", **auth},
                 )
                 status = str(response.status_code)
             except httpx.HTTPError as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -31,11 +32,49 @@ __all__ = [
 Mode = Literal["outfit", "similar"]
 _MAX_K = 100
 _MAX_QUERY_PARTS = 8
+# Bounds on what a client may ask for: work and memory per request follow from these, and
+# error messages name the field and the bound, never the value the client sent.
+MAX_TEXT = 200  # one category, gender, id or filter value
+MAX_LIST = 256  # include/exclude categories, values of one filter
+MAX_EXCLUDE_IDS = 1000
+MAX_FILTERS = 16
+MAX_SEED = 2**32 - 1
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_text(value: Any, name: str) -> None:
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_TEXT:
+        raise InvalidOptionsError(f"{name} must be a string of 1 to {MAX_TEXT} characters")
+
+
+def _check_filter(name: Any, cond: Any) -> None:
+    """One ``filters`` entry's shape (which attributes exist is the recommender's business)."""
+    _check_text(name, "a filter name")
+    if isinstance(cond, dict):
+        if not cond or set(cond) - {"min", "max"}:
+            raise InvalidOptionsError("a range filter is {'min': number, 'max': number}")
+        for bound in cond.values():
+            if not isinstance(bound, int | float) or isinstance(bound, bool):
+                raise InvalidOptionsError("a range filter's min/max must be numbers")
+            if not math.isfinite(bound):
+                raise InvalidOptionsError("a range filter's min/max must be finite")
+        return
+    values = cond if isinstance(cond, list) else [cond]
+    if not 0 < len(values) <= MAX_LIST:
+        raise InvalidOptionsError(f"a filter takes 1 to {MAX_LIST} values")
+    for v in values:
+        if isinstance(v, str):
+            _check_text(v, "a filter value")
+        elif not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
+            raise InvalidOptionsError("filter values must be strings or finite numbers")
 
 
 @dataclass(frozen=True)
 class Options:
-    """What the caller wants back. Validated on construction."""
+    """What the caller wants back. Validated on construction: types, ranges and sizes."""
 
     mode: Mode = "outfit"
     k: int = 3  # per category
@@ -54,38 +93,58 @@ class Options:
 
     def __post_init__(self) -> None:
         if self.mode not in ("outfit", "similar"):
-            raise InvalidOptionsError(f"mode must be 'outfit' or 'similar', not {self.mode!r}")
+            raise InvalidOptionsError("mode must be 'outfit' or 'similar'")
         for name in ("k", "k_total"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= _MAX_K:
+            if not _is_int(value) or not 1 <= value <= _MAX_K:
                 raise InvalidOptionsError(f"{name} must be an integer from 1 to {_MAX_K}")
-        if self.diversity is not None and not 0.0 <= self.diversity <= 1.0:
-            raise InvalidOptionsError("diversity must be within [0, 1]")
+        for name in ("category", "gender"):
+            if getattr(self, name) is not None:
+                _check_text(getattr(self, name), name)
+        for name, most in (
+            ("include_categories", MAX_LIST),
+            ("exclude_categories", MAX_LIST),
+            ("exclude_ids", MAX_EXCLUDE_IDS),
+        ):
+            values = getattr(self, name)
+            if not isinstance(values, tuple) or len(values) > most:
+                raise InvalidOptionsError(f"{name} must be a list of at most {most} strings")
+            for v in values:
+                _check_text(v, f"each of {name}")
         if not isinstance(self.filters, dict):
             raise InvalidOptionsError("filters must be an object {attribute: value}")
+        if len(self.filters) > MAX_FILTERS:
+            raise InvalidOptionsError(f"at most {MAX_FILTERS} filters")
+        for name, cond in self.filters.items():
+            _check_filter(name, cond)
+        if not isinstance(self.use_color, bool):
+            raise InvalidOptionsError("use_color must be true or false")
+        if self.diversity is not None and (
+            not isinstance(self.diversity, int | float)
+            or isinstance(self.diversity, bool)
+            or not 0.0 <= self.diversity <= 1.0
+        ):
+            raise InvalidOptionsError("diversity must be a number within [0, 1]")
+        if not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
+            raise InvalidOptionsError(f"seed must be an integer from 0 to {MAX_SEED}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Options:
         """Options from a JSON object (unknown keys are an error, lists become tuples)."""
         known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
+        unknown = set(data) - known
         if unknown:
-            raise InvalidOptionsError(f"unknown option(s) {unknown}; known: {sorted(known)}")
+            raise InvalidOptionsError(f"{len(unknown)} unknown option(s); known: {sorted(known)}")
         kwargs = dict(data)
         for name in ("include_categories", "exclude_categories", "exclude_ids"):
             if name in kwargs:
                 value = kwargs[name]
                 if isinstance(value, str):
                     value = [value]
-                if not isinstance(value, list | tuple) or not all(
-                    isinstance(v, str) for v in value
-                ):
+                if not isinstance(value, list | tuple):
                     raise InvalidOptionsError(f"{name} must be a list of strings")
                 kwargs[name] = tuple(value)
-        try:
-            return cls(**kwargs)
-        except TypeError as e:
-            raise InvalidOptionsError(f"invalid options: {e}") from e
+        return cls(**kwargs)
 
 
 _INT_OPTIONS = ("k", "k_total", "seed")
@@ -100,18 +159,18 @@ def _coerce(name: str, values: list[str]) -> Any:
         try:
             return int(value)
         except ValueError:
-            raise InvalidOptionsError(f"{name} must be an integer, not {value!r}") from None
+            raise InvalidOptionsError(f"{name} must be an integer") from None
     if name == "diversity":
         try:
             return float(value)
         except ValueError:
-            raise InvalidOptionsError(f"diversity must be a number, not {value!r}") from None
+            raise InvalidOptionsError("diversity must be a number") from None
     if name == "use_color":
         if value.lower() in ("1", "true", "yes", "on"):
             return True
         if value.lower() in ("0", "false", "no", "off"):
             return False
-        raise InvalidOptionsError(f"use_color must be true or false, not {value!r}")
+        raise InvalidOptionsError("use_color must be true or false")
     if name == "filters":
         return parse_json_object(value.encode(), what="filters")
     return value
@@ -137,6 +196,10 @@ def parse_json_object(body: bytes, *, what: str = "the body") -> dict[str, Any]:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"{what} is not valid JSON: {e}", code="malformed_json") from None
+    except RecursionError:
+        raise InputError(f"{what} is nested too deeply", code="malformed_json") from None
+    except ValueError:  # e.g. an integer longer than Python's 4,300-digit conversion limit
+        raise InputError(f"{what} holds a number too long to read", code="malformed_json") from None
     if not isinstance(data, dict):
         raise InvalidOptionsError(f"{what} must be a JSON object, not {type(data).__name__}")
     return data
@@ -158,6 +221,8 @@ def split_json_request(
         values = data["images_b64"]
         if not isinstance(values, list):
             raise InvalidOptionsError("images_b64 must be a list of base64 strings")
+        if len(values) > _MAX_QUERY_PARTS:  # counted before anything is decoded
+            raise InvalidOptionsError(f"a query may hold at most {_MAX_QUERY_PARTS} photos/items")
         images.extend(_b64(v, f"images_b64[{i}]") for i, v in enumerate(values))
     item_ids = _string_list(data.get("item_ids", []), "item_ids")
     options = {k: v for k, v in data.items() if k not in _JSON_QUERY_KEYS}
@@ -180,6 +245,10 @@ def _string_list(value: Any, name: str) -> tuple[str, ...]:
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise InvalidOptionsError(f"{name} must be a list of strings")
+    if len(value) > _MAX_QUERY_PARTS or not all(0 < len(v) <= MAX_TEXT for v in value):
+        raise InvalidOptionsError(
+            f"{name}: at most {_MAX_QUERY_PARTS} ids of 1 to {MAX_TEXT} characters"
+        )
     return tuple(value)
 
 

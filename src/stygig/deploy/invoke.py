@@ -61,7 +61,9 @@ def invoke_url(
     """POST the photo to ``url``'s ``/invocations``; (response, latency in ms)."""
     import httpx
 
-    headers = {"content-type": content_type, "accept": "application/json"}
+    from stygig.auth import bearer_headers
+
+    headers = {"content-type": content_type, "accept": "application/json", **bearer_headers()}
     t0 = time.perf_counter()
     try:
         if client is None:

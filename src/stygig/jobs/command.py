@@ -22,6 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from stygig.auth import bearer_headers
 from stygig.errors import InvalidOptionsError, NotFoundError, ServerError
 from stygig.jobs.store import TERMINAL
 from stygig.recommendation import params_to_dict, parse_json_object
@@ -36,7 +37,8 @@ def _request(
     headers: dict[str, str] | None = None,
     timeout: float = 30.0,
 ) -> tuple[int, dict[str, Any]]:
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    headers = {**bearer_headers(), **(headers or {})}  # the server's token, when one is set
+    req = urllib.request.Request(url, data=body, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as response:
             return int(response.status), json.loads(response.read() or b"{}")

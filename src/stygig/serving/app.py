@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import io
 import json
 import logging
@@ -37,6 +38,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stygig import __version__
@@ -44,16 +46,19 @@ from stygig.engine import Options, Query, Recommender, load_artifact_encoder
 from stygig.errors import (
     InvalidOptionsError,
     OverloadedError,
+    RequestTimeoutError,
     StygigError,
+    UnauthorizedError,
 )
 from stygig.features import PreparedImage
+from stygig.recommendation import MAX_EXCLUDE_IDS, MAX_FILTERS, MAX_LIST, MAX_SEED, MAX_TEXT
 from stygig.serving import requests as rq
 from stygig.serving.async_api import AsyncConfig, AsyncJobs
 from stygig.serving.batching import BatcherConfig, MicroBatcher
 from stygig.serving.catalog_api import make_catalog_router
 from stygig.serving.logging import ACCESS_LOGGER, request_id
-from stygig.serving.metrics import CONTENT_TYPE, ServerMetrics
-from stygig.serving.responses import JSON, error_response, json_response
+from stygig.serving.metrics import CONTENT_TYPE, ServerMetrics, method_label
+from stygig.serving.responses import ERROR_RESPONSES, JSON, error_response, json_response
 
 __all__ = ["ModelService", "ServerConfig", "create_app"]
 
@@ -75,6 +80,26 @@ class ServerConfig:
     verify: bool = True
     device: str = "cpu"  # "cuda": the encoder on a GPU (the GPU container sets STYGIG_DEVICE)
     async_jobs: AsyncConfig | None = None  # /async/* routes and their worker, when configured
+    auth_token: str | None = None  # bearer token required on every route but PUBLIC_PATHS
+    docs: bool = False  # /docs (Swagger UI loads its scripts from a CDN: off unless asked)
+    body_timeout_s: float = 60.0  # a request body must arrive within this
+    body_idle_s: float = 15.0  # ... with no pause between two chunks longer than this
+    max_body_bytes_in_flight: int = 256 * 1024 * 1024  # all bodies being read or held at once
+
+    def __post_init__(self) -> None:
+        if self.auth_token is not None and len(self.auth_token) < MIN_TOKEN_CHARS:
+            raise InvalidOptionsError(
+                f"the auth token must be at least {MIN_TOKEN_CHARS} characters long"
+            )
+        if self.max_body_bytes_in_flight < self.max_body_bytes:
+            raise InvalidOptionsError("the in-flight body budget must hold one largest body")
+
+
+#: Answered without the bearer token: health checks for load balancers and SageMaker, and the
+#: page's own files (they hold no catalogue data; the page asks for the token when it needs it).
+PUBLIC_PATHS = frozenset({"/ping", "/healthz", "/", "/favicon.ico"})
+PUBLIC_PREFIXES = ("/static/",)
+MIN_TOKEN_CHARS = 16
 
 
 def _warmup_photo(size: int = 256) -> bytes:
@@ -222,12 +247,29 @@ def _load(path: Path, verify: bool, device: str) -> Recommender:
 
 
 class _Boundary:
-    """Outermost middleware: request ids, body limit, metrics, access log, last-resort 500."""
+    """Outermost middleware: request ids, authentication, body limits, metrics, access log and
+    the last-resort 500.
 
-    def __init__(self, app: ASGIApp, metrics: ServerMetrics, max_body: int) -> None:
+    Body limits: a declared ``Content-Length`` over the limit is answered 413 before a byte is
+    read; a body must arrive within ``body_timeout_s`` with no pause over ``body_idle_s`` (else
+    408); and all bodies being read or held at once stay within ``max_body_bytes_in_flight``
+    (else 503), so slow or stalled uploads cannot hold the server's memory.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics, config: ServerConfig) -> None:
         self.app = app
         self.metrics = metrics
-        self.max_body = max_body
+        self.config = config
+        self.token = config.auth_token.encode() if config.auth_token else None
+        self.bodies_in_flight = 0
+
+    def _authorized(self, path: str, headers: dict[str, str]) -> bool:
+        if self.token is None or path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
+            return True
+        scheme, _, given = headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode("latin-1"), self.token
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -251,17 +293,25 @@ class _Boundary:
                 ]
             await send(message)
 
+        body = _BodyReader(receive, self)
         try:
-            await self.app(scope, _limited(receive, headers, self.max_body), send_with_id)
+            refused = self._refuse(scope["path"], headers)
+            if refused is not None:
+                await refused(scope, receive, send_with_id)
+            else:
+                await self.app(scope, body.receive, send_with_id)
+        except ClientDisconnect:
+            status = 499  # the client went away: nothing to answer, nothing went wrong here
         except Exception:
             log.exception("unhandled error", extra={"fields": {"request_id": rid}})
             if not started:
                 err = StygigError("internal server error")
                 await error_response(err)(scope, receive, send_with_id)
         finally:
+            self.bodies_in_flight -= body.total
             seconds = time.perf_counter() - t0
             route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            self.metrics.requests.labels(route, method_label(scope["method"]), str(status)).inc()
             self.metrics.latency.labels(route).observe(seconds)
             access_log.info(
                 "request",
@@ -269,8 +319,8 @@ class _Boundary:
                     "fields": {
                         "event": "request",
                         "request_id": rid,
-                        "method": scope["method"],
-                        "path": scope["path"],
+                        "method": method_label(scope["method"]),
+                        "path": scope["path"][:200],
                         "route": route,
                         "status": status,
                         "latency_ms": round(seconds * 1e3, 3),
@@ -278,50 +328,92 @@ class _Boundary:
                 },
             )
 
+    def _refuse(self, path: str, headers: dict[str, str]) -> Response | None:
+        """The answer for a request refused before the app sees it (no token, too big)."""
+        if not self._authorized(path, headers):
+            response = error_response(UnauthorizedError("send 'Authorization: Bearer <token>'"))
+            response.headers["WWW-Authenticate"] = 'Bearer realm="stygig"'
+            return response
+        declared = headers.get("content-length", "")
+        limit = self.config.max_body_bytes
+        if declared.isdigit() and int(declared) > limit:
+            response = error_response(
+                rq.PayloadTooLargeError(f"the request body is over the {limit:,}-byte limit")
+            )
+            # The server discards what a client still sends after a 413 so that it can read
+            # the answer; past a modest excess it closes the connection instead.
+            if int(declared) > 4 * limit:
+                response.headers["Connection"] = "close"
+            return response
+        return None
 
-def _limited(receive: Receive, headers: dict[str, str], limit: int) -> Receive:
-    """``receive`` that raises 413 past ``limit`` bytes, after draining a modest excess.
 
-    Draining (up to 4x the limit) lets the client finish sending and read the 413 instead of
-    seeing a reset connection; anything bigger is cut off.
-    """
-    declared = headers.get("content-length", "")
-    total = 0
+class _BodyReader:
+    """One request's ``receive``, counting its body against the limits of :class:`_Boundary`."""
 
-    async def wrapped() -> Message:
-        nonlocal total
-        too_big = declared.isdigit() and int(declared) > limit
-        message: Message = (
-            await receive() if not too_big else {"type": "http.request", "more_body": True}
-        )
-        if message["type"] == "http.request":
-            total += len(bytes(message.get("body", b"")))
-            too_big = too_big or total > limit
-            if too_big:
-                more = message.get("more_body", False)
-                while more and total <= 4 * limit:
-                    nxt = await receive()
-                    total += len(bytes(nxt.get("body", b"")))
-                    more = nxt.get("more_body", False) and nxt["type"] == "http.request"
-                raise rq.PayloadTooLargeError(f"the request body is over the {limit:,}-byte limit")
+    def __init__(self, receive: Receive, boundary: _Boundary) -> None:
+        self._receive = receive
+        self._boundary = boundary
+        self._deadline = time.monotonic() + boundary.config.body_timeout_s
+        self._done = False
+        self.total = 0  # bytes of this body counted in the boundary's in-flight total
+
+    async def receive(self) -> Message:
+        if self._done:  # the body is complete: later calls only wait for a disconnect
+            return await self._receive()
+        config = self._boundary.config
+        wait = min(config.body_idle_s, self._deadline - time.monotonic())
+        try:
+            async with asyncio.timeout(max(wait, 0.0)):
+                message = await self._receive()
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"the request body must arrive within {config.body_timeout_s:g} s, with no "
+                f"pause over {config.body_idle_s:g} s"
+            ) from None
+        if message["type"] != "http.request":
+            return message
+        self._done = not message.get("more_body", False)
+        size = len(message.get("body", b""))
+        if self.total + size > config.max_body_bytes:
+            raise rq.PayloadTooLargeError(
+                f"the request body is over the {config.max_body_bytes:,}-byte limit"
+            )
+        if self._boundary.bodies_in_flight + size > config.max_body_bytes_in_flight:
+            raise OverloadedError("too many uploads in progress; retry shortly", code="busy")
+        self._boundary.bodies_in_flight += size
+        self.total += size
         return message
-
-    return wrapped
 
 
 _IMAGE_BODY = {"schema": {"type": "string", "format": "binary"}}
+_TEXT = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT}
+_TEXTS = {"type": "array", "items": _TEXT, "maxItems": MAX_LIST}
 _JSON_BODY = {
     "schema": {
         "type": "object",
         "properties": {
             "image_b64": {"type": "string", "description": "one photo, base64"},
-            "images_b64": {"type": "array", "items": {"type": "string"}},
-            "item_ids": {"type": "array", "items": {"type": "string"}},
+            "images_b64": {"type": "array", "items": {"type": "string"}, "maxItems": 8},
+            "item_ids": {"type": "array", "items": _TEXT, "maxItems": 8},
             "mode": {"type": "string", "enum": ["outfit", "similar"]},
             "k": {"type": "integer", "minimum": 1, "maximum": 100},
             "k_total": {"type": "integer", "minimum": 1, "maximum": 100},
+            "category": _TEXT,
+            "gender": _TEXT,
+            "include_categories": _TEXTS,
+            "exclude_categories": _TEXTS,
+            "exclude_ids": {**_TEXTS, "maxItems": MAX_EXCLUDE_IDS},
+            "filters": {
+                "type": "object",
+                "maxProperties": MAX_FILTERS,
+                "description": "attribute -> value, [values] or {min, max}",
+            },
+            "use_color": {"type": "boolean"},
+            "diversity": {"type": "number", "minimum": 0, "maximum": 1},
+            "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED},
         },
-        "additionalProperties": True,
+        "additionalProperties": False,
     }
 }
 _INVOCATION_DOC: dict[str, Any] = {
@@ -364,10 +456,10 @@ async def _parse_multipart(request: Request, limit: int) -> rq.ParsedRequest:
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
                 if key not in _FILE_FIELDS:
-                    raise InvalidOptionsError(f"unexpected file field {key!r}; use 'image'")
+                    raise InvalidOptionsError("unexpected file field; send photos as 'image'")
                 images.append(await value.read())
             elif key in _FILE_FIELDS:
-                raise InvalidOptionsError(f"field {key!r} must be a file upload")
+                raise InvalidOptionsError(f"fields {', '.join(_FILE_FIELDS)} must be file uploads")
             elif key == "item_ids":
                 item_ids.extend(v for v in value.split(",") if v)
             elif key == "options":
@@ -438,18 +530,27 @@ def create_app(
         version=__version__,
         description="Photo in, outfit out: fashion recommendations from a retailer's catalogue.",
         lifespan=lifespan,
+        docs_url="/docs" if config.docs else None,
+        redoc_url=None,
+        responses=ERROR_RESPONSES,
     )
     app.state.service = service
     if jobs:
         app.include_router(jobs.router)
     app.state.metrics = metrics
-    app.add_middleware(_Boundary, metrics=metrics, max_body=config.max_body_bytes)
+    app.add_middleware(_Boundary, metrics=metrics, config=config)
 
     @app.exception_handler(StygigError)
     async def stygig_error(request: Request, exc: StygigError) -> Response:
         if exc.http_status >= 500 and exc.http_status != 503:
-            log.error("server error: %s", exc.message)
-        return error_response(exc)
+            # The detail (a path, an errno text) is for the log; the client gets the code.
+            rid = request.scope.get("state", {}).get("request_id")
+            log.error("server error: %s", exc.message, extra={"fields": {"request_id": rid}})
+            exc = StygigError(f"internal server error (request id {rid})", code=exc.code)
+        response = error_response(exc)
+        if isinstance(exc, RequestTimeoutError):
+            response.headers["Connection"] = "close"  # a stalled client keeps no connection
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -479,7 +580,9 @@ def _routes(app: FastAPI, service: ModelService, metrics: ServerMetrics) -> None
         parsed = await parse_request(request, service, multipart=multipart)
         return Response(await service.answer(parsed), media_type=JSON)
 
-    @app.get("/ping", tags=["sagemaker"], summary="SageMaker health check")
+    @app.api_route(
+        "/ping", methods=["GET", "HEAD"], tags=["sagemaker"], summary="SageMaker health check"
+    )
     async def ping() -> Response:
         if not service.ready:
             return error_response(OverloadedError("the model is loading", code="not_ready"))
@@ -508,6 +611,9 @@ def _routes(app: FastAPI, service: ModelService, metrics: ServerMetrics) -> None
         rec = service.require()
         pos = rec.position(item_id)
         data = rec.artifact.items[pos].to_dict()
+        # The catalogue's image path is the server's business: clients get the thumbnail route.
+        del data["image"]
+        data["image_url"] = f"/v1/items/{item_id}/image"
         data["color"] = rec.artifact.colors[pos]
         return json_response(data)
 
@@ -523,16 +629,20 @@ def _routes(app: FastAPI, service: ModelService, metrics: ServerMetrics) -> None
         parsed = rq.ParsedRequest(Query(item_ids=(item_id,)), options)
         return Response(await service.answer(parsed), media_type=JSON)
 
-    @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
+    @app.api_route(
+        "/healthz", methods=["GET", "HEAD"], tags=["ops"], summary="Liveness: the process answers"
+    )
     async def healthz() -> Response:
         return json_response({"status": "alive", "ready": service.ready})
 
     @app.get("/readyz", tags=["ops"], summary="Readiness: model loaded and warm")
     async def readyz() -> Response:
         rec = service.recommender
+        manifest = rec.artifact.manifest if rec else {}
         body = {
             "ready": service.ready,
-            "artifact": str(service.config.artifact),
+            # Which artifact, by its build time: never the folder it was loaded from.
+            "artifact": {"created_at": manifest.get("created_at")} if rec else None,
             "encoder": rec.encoder.name if rec else None,
             "items": len(rec.artifact.items) if rec else None,
             "load_seconds": service.load_seconds,
@@ -545,6 +655,11 @@ def _routes(app: FastAPI, service: ModelService, metrics: ServerMetrics) -> None
         }
         return json_response(body, 200 if service.ready else 503)
 
-    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        summary="Prometheus metrics",
+        responses={200: {"content": {CONTENT_TYPE: {"schema": {"type": "string"}}}}},
+    )
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)

@@ -108,13 +108,12 @@ class _Shelf:
             canonical = rec.taxonomy.canonical(category)
             if canonical is None or canonical not in rec.category_names:
                 raise InvalidOptionsError(
-                    f"category {category!r} is not in this catalogue; "
-                    f"known: {', '.join(rec.category_names)}"
+                    f"the category is not in this catalogue; known: {', '.join(rec.category_names)}"
                 )
             category = canonical
         if gender and gender.lower() not in rec.gender_names:
             raise InvalidOptionsError(
-                f"gender {gender!r} is not in this catalogue; known: {', '.join(rec.gender_names)}"
+                f"the gender is not in this catalogue; known: {', '.join(rec.gender_names)}"
             )
         wanted_gender = gender.lower() if gender else None
         out = []
@@ -184,7 +183,7 @@ def make_catalog_router(service: ModelService) -> APIRouter:
     @router.get("/static/{name}", include_in_schema=False)
     async def static(name: str, request: Request) -> Response:
         if name not in _STATIC:
-            raise NotFoundError(f"no static file {name!r}", code="not_found")
+            raise NotFoundError("no such static file", code="not_found")
         body, etag = files[name]
         headers = {"Cache-Control": "no-cache", "ETag": etag}
         if request.headers.get("if-none-match") == etag:
@@ -208,16 +207,20 @@ def make_catalog_router(service: ModelService) -> APIRouter:
             return Response(status_code=304, headers=headers)
         data = await service.run(current.images.get, item_id)
         if data is None:
-            raise NotFoundError(f"item {item_id!r} has no image in this artifact", code="no_image")
+            raise NotFoundError("the item has no image in this artifact", code="no_image")
         return Response(data, media_type="image/jpeg", headers=headers)
 
     @router.get("/v1/catalog", tags=["catalogue"], summary="Browse and search catalogue items")
     async def catalog(
         query: str = Query("", max_length=200, description="words matched in name, id, colour"),
-        category: str | None = Query(None, description="a category in this catalogue"),
-        gender: str | None = Query(None, description="a gender in this catalogue (plus unisex)"),
+        category: str | None = Query(
+            None, max_length=200, description="a category in this catalogue"
+        ),
+        gender: str | None = Query(
+            None, max_length=200, description="a gender in this catalogue (plus unisex)"
+        ),
         limit: int = Query(24, ge=1, le=_MAX_LIMIT),
-        offset: int = Query(0, ge=0),
+        offset: int = Query(0, ge=0, le=10**9),
     ) -> Response:
         current = await shelf()
         hits = await service.run(current.search, query, category or None, gender or None)

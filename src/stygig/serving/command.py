@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from stygig.serving.async_api import AsyncConfig
 
-__all__ = ["DEFAULT_ARTIFACT", "default_port", "register", "run_loadtest", "run_serve"]
+__all__ = [
+    "DEFAULT_ARTIFACT",
+    "default_port",
+    "register",
+    "run_loadtest",
+    "run_serve",
+]
 
 DEFAULT_ARTIFACT = "/opt/ml/model"
 _GRACE_S = 25  # SageMaker sends SIGTERM, then SIGKILL 30 s later
@@ -33,7 +39,12 @@ def register(subparsers: Any) -> None:
     """Add ``serve`` and ``loadtest`` to ``stygig``'s argparse subparsers."""
     p = subparsers.add_parser("serve", help="run the real-time HTTP server (SageMaker contract)")
     p.add_argument("--artifact", default=None, help=f"artifact folder (default {DEFAULT_ARTIFACT})")
-    p.add_argument("--host", default="0.0.0.0", help="bind address (default all interfaces)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="bind address (default 127.0.0.1, this machine only; the container's entrypoint "
+        "binds 0.0.0.0)",
+    )
     p.add_argument("--port", type=int, default=None, help="default $SAGEMAKER_BIND_TO_PORT or 8080")
     p.add_argument("--max-batch", type=int, default=8, help="photos per encoder call")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="batch collection deadline")
@@ -42,6 +53,27 @@ def register(subparsers: Any) -> None:
     p.add_argument("--threads", type=int, default=None, help="decode/score threads")
     p.add_argument("--max-body-mb", type=float, default=6.0, help="request body limit (MB)")
     p.add_argument("--timeout", type=float, default=50.0, help="per-request limit in seconds")
+    p.add_argument(
+        "--body-timeout", type=float, default=60.0, help="a request body must arrive within this"
+    )
+    p.add_argument(
+        "--max-bodies-mb",
+        type=float,
+        default=256.0,
+        help="request bodies being read or held at once, in all (MB); beyond it 503",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=256,
+        help="open connections and requests at once; beyond it new ones get 503",
+    )
+    p.add_argument(
+        "--auth-token-file",
+        help="require 'Authorization: Bearer <token>' (token read from this file; or "
+        "$STYGIG_AUTH_TOKEN_FILE / $STYGIG_AUTH_TOKEN) on every route but /ping and /healthz",
+    )
+    p.add_argument("--docs", action="store_true", help="serve /docs (Swagger UI, from a CDN)")
     p.add_argument("--no-verify", action="store_true", help="skip artifact checksums at start")
     p.add_argument(
         "--device",
@@ -70,6 +102,7 @@ def run_serve(args: argparse.Namespace) -> int:
     """Start uvicorn (one worker process) on the app; returns the exit code."""
     import uvicorn
 
+    from stygig.auth import load_token
     from stygig.serving.app import ServerConfig, create_app
     from stygig.serving.batching import BatcherConfig
     from stygig.serving.logging import configure_logging
@@ -89,6 +122,10 @@ def run_serve(args: argparse.Namespace) -> int:
         verify=not args.no_verify,
         device=args.device,
         async_jobs=async_config_from_args(args),
+        auth_token=load_token(args.auth_token_file),
+        docs=args.docs,
+        body_timeout_s=args.body_timeout,
+        max_body_bytes_in_flight=int(args.max_bodies_mb * 1024 * 1024),
         **({"threads": args.threads} if args.threads else {}),
     )
     failed: list[BaseException] = []
@@ -110,6 +147,7 @@ def run_serve(args: argparse.Namespace) -> int:
             access_log=False,
             timeout_graceful_shutdown=_GRACE_S,
             timeout_keep_alive=75,  # longer than typical load-balancer idle timeouts
+            limit_concurrency=args.max_connections,
             lifespan="on",
         )
     )

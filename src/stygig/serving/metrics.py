@@ -13,7 +13,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-__all__ = ["CONTENT_TYPE", "STAGES", "ServerMetrics"]
+__all__ = ["CONTENT_TYPE", "STAGES", "ServerMetrics", "method_label"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -41,6 +41,16 @@ _LATENCY_BUCKETS = (
     60.0,
 )
 _BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
+
+
+# Metric labels never take a client's text as it came: an invented method is "other", so a
+# flood of made-up methods cannot grow /metrics (each label value is a new time series).
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    """The ``method`` label of a request: a standard HTTP method, else ``"other"``."""
+    return method if method in _METHODS else "other"
 
 
 @dataclass

@@ -87,7 +87,7 @@ def check_accept(accept: str | None) -> None:
                     q = 0.0
         if kind in _ACCEPTABLE and q > 0:
             return
-    raise NotAcceptableError(f"responses are application/json; Accept was {accept!r}")
+    raise NotAcceptableError("responses are application/json; the Accept header rules it out")
 
 
 def build_request(
@@ -116,9 +116,9 @@ def custom_attributes(header: str | None) -> list[tuple[str, str]]:
 
 def unsupported(content_type: str) -> UnsupportedMediaError:
     """The error for a body whose content type we do not read."""
-    shown = content_type or "(none)"
+    what = "this content type" if content_type else "a body without a content type"
     return UnsupportedMediaError(
-        f"content type {shown} is not accepted; send image/jpeg, image/png, image/webp, "
+        f"{what} is not accepted; send image/jpeg, image/png, image/webp, "
         "application/x-image, application/json or multipart/form-data",
         code="unsupported_content_type",
     )

@@ -7,12 +7,46 @@ from collections.abc import Mapping
 from typing import Any
 
 from fastapi.responses import Response
+from pydantic import BaseModel
 
 from stygig.errors import StygigError
 
-__all__ = ["JSON", "error_response", "json_bytes", "json_response"]
+__all__ = ["ERROR_RESPONSES", "JSON", "ErrorBody", "error_response", "json_bytes", "json_response"]
 
 JSON = "application/json"
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong: a stable machine-readable ``code`` and a sentence for people."""
+
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer's body: ``{"error": {"code": ..., "message": ...}}``."""
+
+    error: ErrorDetail
+
+
+_ERRORS = {
+    400: "the request is malformed (body, JSON, image)",
+    401: "the server requires 'Authorization: Bearer <token>'",
+    404: "unknown item, job or route",
+    405: "the route does not take this method",
+    406: "the Accept header rules out JSON",
+    408: "the request body arrived too slowly",
+    409: "the job has not finished",
+    413: "the body or image is over a limit",
+    415: "a content type or image format StyGig does not read",
+    422: "options that fail validation",
+    500: "a fault on the server (details in its log, by request id)",
+    503: "loading or at capacity; retry after Retry-After seconds",
+}
+#: The error answers every route may give, for the OpenAPI schema.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text} for status, text in _ERRORS.items()
+}
 
 
 def json_bytes(data: Any) -> bytes:

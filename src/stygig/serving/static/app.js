@@ -46,10 +46,43 @@
     }
   }
 
+  // A server started with an auth token answers 401 without it: ask once, keep it for the tab.
+  const TOKEN_KEY = "stygig-token";
+  const authHeaders = () => {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    return token ? { Authorization: "Bearer " + token } : {};
+  };
+  const askToken = () => {
+    const token = window.prompt("This StyGig server needs its access token:");
+    if (token) sessionStorage.setItem(TOKEN_KEY, token.trim());
+    return Boolean(token);
+  };
+
+  async function authFetch(path, init = {}) {
+    const send = () => fetch(path, { ...init, headers: { ...authHeaders(), ...(init.headers || {}) } });
+    let res = await send();
+    if (res.status === 401 && askToken()) res = await send();
+    return res;
+  }
+
+  // <img src> cannot carry a header: with a token, images come through fetch as blob URLs.
+  async function setImage(img, path) {
+    if (!sessionStorage.getItem(TOKEN_KEY)) {
+      img.src = path;
+      return;
+    }
+    try {
+      const res = await authFetch(path);
+      if (res.ok) img.src = URL.createObjectURL(await res.blob());
+    } catch (e) {
+      /* a missing thumbnail leaves the card without a picture */
+    }
+  }
+
   async function api(path, init = {}) {
     let res;
     try {
-      res = await fetch(path, { ...init, headers: { Accept: "application/json", ...(init.headers || {}) } });
+      res = await authFetch(path, { ...init, headers: { Accept: "application/json", ...(init.headers || {}) } });
     } catch (e) {
       throw new ApiError("network", String(e));
     }
@@ -227,7 +260,7 @@
       img.src = state.source.url;
       img.alt = "Your photo";
     } else {
-      img.src = imageUrl(state.source.id);
+      setImage(img, imageUrl(state.source.id));
       img.alt = state.source.card.name || state.source.id;
     }
     renderQuery(q);
@@ -338,7 +371,7 @@
     if (slot) tag.textContent = slotLabel(slot);
     else tag.remove();
     const img = node.querySelector("img");
-    img.src = imageUrl(row.id);
+    setImage(img, imageUrl(row.id));
     img.alt = row.name || row.id;
     img.addEventListener("error", () => img.classList.add("missing"), { once: true });
     node.querySelector(".card-name").textContent = row.name || row.id;
@@ -489,7 +522,7 @@
       btn.dataset.itemId = card.id;
       btn.title = card.name || card.id;
       const img = el("img");
-      img.src = card.image_url;
+      setImage(img, card.image_url);
       img.alt = "";
       img.loading = "lazy";
       btn.append(img, el("span", "pick-name", card.name || card.id));

@@ -1,0 +1,362 @@
+"""The HTTP boundary against a hostile client: authentication, bind address, client-keyed memory,
+malformed options, metric labels, slow and huge bodies, and what public answers reveal.
+
+Each test names the hole it covers (items of the issue "Safe to face untrusted traffic"); each
+attacks a real ``stygig serve`` on loopback, under a memory cap where the attack is a bomb.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from stygig.cli import _parser
+from tests.integration.server_fixtures import REPO, Server, start_process
+from tests.security.conftest import capped_server
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "s3cret-token-for-the-tests-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+# A value a client could have read from a server file: it must never come back in an answer.
+SECRET = "db-password=hunter2"
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll ``condition`` until true, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def rss_kb(server: Server) -> int:
+    """The server process's resident memory (VmRSS) in KiB."""
+    text = Path(f"/proc/{server.process.pid}/status").read_text()
+    return int(next(line.split()[1] for line in text.splitlines() if line.startswith("VmRSS")))
+
+
+def photo(sample: tuple[Path, Path]) -> bytes:
+    return (sample[0] / "queries" / "blue-jeans.jpg").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def server(sample: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One memory-capped server with default flags, shared by the tests that need no others."""
+    log = tmp_path_factory.mktemp("http-hardening") / "server.log"
+    with capped_server(sample[1], log) as running:
+        yield running
+
+
+def raw_request(server: Server, head: str, body: bytes = b"") -> socket.socket:
+    """A connected socket that has sent ``head`` (CRLF line endings added) and ``body``."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+    return sock
+
+
+def read_status(sock: socket.socket) -> int:
+    """The status code of the first response line on ``sock``."""
+    data = b""
+    while b"\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return int(data.split(b" ", 2)[1])
+
+
+# -- item 4: authentication and bind address ----------------------------------------------------
+
+
+def test_serve_binds_loopback_unless_told_and_the_container_binds_all() -> None:
+    """Item 4: ``stygig serve`` bound 0.0.0.0 by default; the SageMaker entrypoint still must."""
+    args = _parser().parse_args(["serve"])
+    assert args.host == "127.0.0.1"
+    entrypoint = (REPO / "docker" / "serve").read_text()
+    assert "--host 0.0.0.0" in entrypoint
+
+
+def test_bearer_token_guards_every_route_but_health(
+    sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Item 4: no authentication at all; now a token guards everything but /ping, /healthz."""
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    with capped_server(sample[1], tmp_path / "log", "--auth-token-file", str(token_file)) as s:
+        guarded: list[tuple[str, str, dict[str, Any]]] = [
+            ("GET", "/v1/items/sku-0014", {}),
+            ("GET", "/v1/items/sku-0014/image", {}),
+            ("GET", "/v1/items/sku-0014/recommendations", {}),
+            ("GET", "/v1/catalog", {}),
+            ("GET", "/v1/config", {}),
+            ("GET", "/metrics", {}),
+            ("GET", "/readyz", {}),
+            ("GET", "/openapi.json", {}),
+            ("POST", "/invocations", {"json": {"item_ids": ["sku-0014"]}}),
+            ("POST", "/v1/recommend", {"json": {"item_ids": ["sku-0014"]}}),
+        ]
+        wrong = [
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": "Bearer " + TOKEN[:-1] + "X"},
+            {"Authorization": "Basic " + TOKEN},
+            {"Authorization": TOKEN},
+        ]
+        with httpx.Client(base_url=s.url, timeout=30) as client:
+            for method, path, kwargs in guarded:
+                for headers in wrong:
+                    r = client.request(method, path, headers=headers, **kwargs)
+                    assert r.status_code == 401, (method, path, headers, r.status_code)
+                    assert r.json()["error"]["code"] == "unauthorized"
+                    assert r.headers["www-authenticate"].startswith("Bearer")
+                r = client.request(method, path, headers=AUTH, **kwargs)
+                assert r.status_code == 200, (method, path, r.text)
+            for path in ("/ping", "/healthz", "/", "/static/app.js"):
+                assert client.get(path).status_code == 200, path
+            assert client.head("/ping").status_code == 200
+
+
+def test_a_short_token_is_refused_at_start(sample: tuple[Path, Path], tmp_path: Path) -> None:
+    """Item 4: a guessable token would be worse than none: the server refuses to start."""
+    token_file = tmp_path / "token"
+    token_file.write_text("short")
+    log = tmp_path / "log"
+    args = ["serve", "--artifact", str(sample[1]), "--port", "1", "--auth-token-file"]
+    process = start_process([*args, str(token_file)], log)
+    try:
+        assert process.wait(60) != 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+    assert "at least 16 characters" in log.read_text()
+
+
+# -- item 5: client-chosen filter names ---------------------------------------------------------
+
+
+def test_filter_names_cannot_grow_memory(server: Server) -> None:
+    """Item 5: 100k invented filter names grew the server by ~240 MB a request, never freed."""
+    before = rss_kb(server)
+    body = {"item_ids": ["sku-0014"], "filters": {f"attr{i}": "x" for i in range(100_000)}}
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        for _ in range(4):
+            t0 = time.monotonic()
+            r = client.post("/invocations", json=body)
+            assert r.status_code == 422, r.text
+            assert time.monotonic() - t0 < 10
+        # Within the count limit, names the catalogue does not have are refused too.
+        few = {"item_ids": ["sku-0014"], "filters": {f"{SECRET}{i}": "x" for i in range(16)}}
+        r = client.post("/invocations", json=few)
+        assert r.status_code == 422 and "filterable" in r.json()["error"]["message"]
+        assert SECRET not in r.text
+        known = {"item_ids": ["sku-0014"], "filters": {"brand": ["Kestrel", "Juniper Lane"]}}
+        assert client.post("/invocations", json=known).status_code == 200
+    assert rss_kb(server) - before < 100 * 1024
+
+
+# -- item 8: client mistakes are 4xx, never 500, and never echoed -------------------------------
+
+_NESTED = b'{"k": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+_BAD_JSON: list[Any] = [
+    {"item_ids": ["sku-0014"], "seed": -1},
+    {"item_ids": ["sku-0014"], "seed": 1.5},
+    {"item_ids": ["sku-0014"], "seed": "abc"},
+    {"item_ids": ["sku-0014"], "seed": 2**70},
+    {"item_ids": ["sku-0014"], "gender": 5},
+    {"item_ids": ["sku-0014"], "gender": [SECRET]},
+    {"item_ids": ["sku-0014"], "gender": SECRET},
+    {"item_ids": ["sku-0014"], "category": 5},
+    {"item_ids": ["sku-0014"], "category": {"a": SECRET}},
+    {"item_ids": ["sku-0014"], "category": SECRET},
+    {"item_ids": ["sku-0014"], "mode": SECRET},
+    {"item_ids": ["sku-0014"], "mode": ["outfit"]},
+    {"item_ids": ["sku-0014"], "use_color": "false"},
+    {"item_ids": ["sku-0014"], "diversity": "abc"},
+    {"item_ids": ["sku-0014"], "diversity": True},
+    {"item_ids": ["sku-0014"], "k": 1e300},
+    {"item_ids": ["sku-0014"], "filters": [SECRET]},
+    {"item_ids": ["sku-0014"], "filters": {"brand": {"min": SECRET}}},
+    {"item_ids": ["sku-0014"], "filters": {"brand": {"less": 1}}},
+    {"item_ids": ["sku-0014"], "filters": {"brand": [[SECRET]]}},
+    {"item_ids": ["sku-0014"], "include_categories": [SECRET]},
+    {"item_ids": ["sku-0014"], "exclude_ids": 5},
+    {"item_ids": ["sku-0014"], SECRET: 1},
+    {"item_ids": [5]},
+    {"item_ids": [SECRET]},
+    {"images_b64": SECRET},
+    {"image_b64": 5},
+    {"images_b64": ["AAAA"] * 100_000},
+    [SECRET],
+]
+_BAD_RAW: list[tuple[str, str, dict[str, Any]]] = [
+    ("POST", "/invocations", {"content": _NESTED, "headers": {"content-type": "application/json"}}),
+    (
+        "POST",
+        "/invocations",
+        {
+            "content": b'{"k": ' + b"9" * 5000 + b"}",
+            "headers": {"content-type": "application/json"},
+        },
+    ),
+    (
+        "POST",
+        "/invocations",
+        {"content": b"\xff\xfe{", "headers": {"content-type": "application/json"}},
+    ),
+    ("POST", "/invocations?seed=abc", {"content": b"x", "headers": {"content-type": "image/jpeg"}}),
+    (
+        "POST",
+        "/invocations?k=" + "9" * 5000,
+        {"content": b"x", "headers": {"content-type": "image/jpeg"}},
+    ),
+    (
+        "POST",
+        "/invocations?use_color=maybe",
+        {"content": b"x", "headers": {"content-type": "image/jpeg"}},
+    ),
+    (
+        "POST",
+        "/invocations?diversity=nan",
+        {"content": b"x", "headers": {"content-type": "image/jpeg"}},
+    ),
+    ("POST", "/invocations", {"content": b"x", "headers": {"content-type": "text/" + SECRET}}),
+    ("POST", "/invocations", {"json": {"item_ids": ["sku-0014"]}, "headers": {"accept": SECRET}}),
+    ("GET", "/v1/items/sku-0014/recommendations?seed=-1", {}),
+    ("GET", "/v1/items/sku-0014/recommendations?gender=" + SECRET, {}),
+    ("GET", "/v1/items/" + SECRET, {}),
+    ("GET", "/v1/catalog?offset=" + "1" * 31, {}),
+    ("GET", "/v1/catalog?category=" + SECRET, {}),
+    ("GET", "/static/" + SECRET, {}),
+]
+
+
+def test_client_mistakes_get_4xx_and_no_echo(server: Server) -> None:
+    """Item 8: 24 kinds of client input got a 500 (seed -1, gender as a number, JSON nested
+    100k deep, a 5,000-digit integer, ...); error messages echoed what the client sent."""
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        for body in _BAD_JSON:
+            r = client.post("/invocations", json=body)
+            assert 400 <= r.status_code < 500, (str(body)[:80], r.status_code, r.text[:200])
+            assert SECRET not in r.text, str(body)[:80]
+        for method, path, kwargs in _BAD_RAW:
+            r = client.request(method, path, **kwargs)
+            assert 400 <= r.status_code < 500, (path[:60], r.status_code, r.text[:200])
+            assert SECRET not in r.text, path[:60]
+        assert client.get("/ping").status_code == 200
+
+
+# -- item 9: metric labels ----------------------------------------------------------------------
+
+
+def test_invented_methods_do_not_grow_metrics(server: Server) -> None:
+    """Item 9: the method label took any text: 20,000 invented methods grew /metrics to 11 MB."""
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for i in range(50):  # every route and label value this test can make exists once
+            client.request(f"WARM{i}", "/ping")
+        size = len(client.get("/metrics").content)
+        for i in range(500):
+            assert client.request(f"INVENTED{i}", "/ping").status_code == 405
+        text = client.get("/metrics").text
+    assert "INVENTED" not in text and 'method="other"' in text
+    assert len(text) - size < 2_000
+
+
+# -- item 11: huge, slow and stalled bodies -----------------------------------------------------
+
+
+def test_a_declared_huge_body_gets_413_at_once(server: Server) -> None:
+    """Item 11: a declared 100 GB Content-Length got no immediate 413."""
+    t0 = time.monotonic()
+    with raw_request(
+        server,
+        "POST /invocations HTTP/1.1\nHost: x\nContent-Type: image/jpeg\n"
+        "Content-Length: 100000000000\n",
+    ) as sock:
+        assert read_status(sock) == 413
+    assert time.monotonic() - t0 < 5
+
+
+def test_stalled_uploads_time_out_and_hold_bounded_memory(
+    sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Item 11: 80 uploads stalled at 5.9 of 6 MB held +626 MB, with no read timeout."""
+    flags = ("--body-timeout", "4", "--max-bodies-mb", "24")
+    with capped_server(sample[1], tmp_path / "log", *flags) as s:
+        before = rss_kb(s)
+        head = "POST /invocations HTTP/1.1\nHost: x\nContent-Type: image/jpeg\nContent-Length: {}\n"
+        sockets = [raw_request(s, head.format(6_000_000), b"\xff" * 5_500_000) for _ in range(12)]
+        try:
+            statuses = sorted(read_status(sock) for sock in sockets)
+        finally:
+            for sock in sockets:
+                sock.close()
+        # Every stalled upload is answered: 503 once the body budget is spent, else 408.
+        assert set(statuses) <= {408, 503} and 408 in statuses and 503 in statuses, statuses
+        assert rss_kb(s) - before < 150 * 1024
+        r = httpx.post(
+            f"{s.url}/invocations", content=photo(sample), headers={"content-type": "image/jpeg"}
+        )
+        assert r.status_code == 200
+
+
+def test_connections_beyond_the_limit_get_503(sample: tuple[Path, Path], tmp_path: Path) -> None:
+    """Item 11: no connection limit; now requests beyond ``--max-connections`` get 503."""
+    with capped_server(sample[1], tmp_path / "log", "--max-connections", "4") as s:
+        idle = [socket.create_connection(("127.0.0.1", s.port), timeout=10) for _ in range(4)]
+        try:
+            wait_for(lambda: httpx.get(f"{s.url}/healthz").status_code == 503)
+        finally:
+            for sock in idle:
+                sock.close()
+        wait_for(lambda: httpx.get(f"{s.url}/healthz").status_code == 200)
+
+
+# -- item 13: what public answers reveal, disconnects, HEAD, the schema --------------------------
+
+
+def test_public_answers_hold_no_server_paths(server: Server, sample: tuple[Path, Path]) -> None:
+    """Item 13: /v1/items/{id} and /readyz carried server paths; /docs loaded a CDN."""
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        item = client.get("/v1/items/sku-0014").json()
+        assert "image" not in item and item["image_url"] == "/v1/items/sku-0014/image"
+        ready = client.get("/readyz").text
+        assert client.get("/docs").status_code == 404
+        page = client.get("/").text
+    for text in (json.dumps(item), ready):
+        assert str(sample[0]) not in text and str(sample[1]) not in text and "/tmp" not in text
+    assert "https://" not in page and "http://" not in page  # nothing loaded from elsewhere
+
+
+def test_a_client_disconnect_is_not_a_server_error(server: Server) -> None:
+    """Item 13: a client that hung up mid-body was logged and counted as a 500."""
+    metrics = f"{server.url}/metrics"
+    with raw_request(
+        server,
+        "POST /invocations HTTP/1.1\nHost: x\nContent-Type: image/jpeg\nContent-Length: 100000\n",
+        b"\xff\xd8\xff" * 10,
+    ):
+        pass
+    wait_for(lambda: 'route="/invocations",status="499"' in httpx.get(metrics).text)
+    text = httpx.get(metrics).text
+    assert 'status="500"' not in text
+    assert not any("unhandled error" in line for line in server.log_lines())
+
+
+def test_the_schema_documents_client_errors(server: Server) -> None:
+    """Item 13: the OpenAPI schema omitted the 4xx answers; HEAD /ping was 405."""
+    assert httpx.head(f"{server.url}/ping").status_code == 200
+    schema = httpx.get(f"{server.url}/openapi.json").json()
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            documented = set(operation["responses"])
+            assert {"400", "401", "413", "422", "503"} <= documented, (method, path)
