@@ -97,20 +97,34 @@ def start_process(
         )
 
 
+def exit_code(process: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
+    """Wait for ``process`` to exit (killed if it has not after ``timeout``); its exit code."""
+    try:
+        return process.wait(timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+
+
 @contextmanager
 def running_server(
     artifact: Path,
     log_path: Path,
     *extra: str,
     port_from_env: bool = False,
+    preexec_fn: Callable[[], None] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Server]:
-    """A server on a free port (``--port``, or ``SAGEMAKER_BIND_TO_PORT`` when asked)."""
+    """A server on a free port (``--port``, or ``SAGEMAKER_BIND_TO_PORT`` when asked);
+    ``preexec_fn`` runs in the child before it starts (e.g. a memory limit), ``env`` adds to
+    its environment."""
     port = free_port()
     args = ["serve", "--artifact", str(artifact), "--host", "127.0.0.1", *extra]
-    env = {"SAGEMAKER_BIND_TO_PORT": str(port)} if port_from_env else None
+    env = {**(env or {}), **({"SAGEMAKER_BIND_TO_PORT": str(port)} if port_from_env else {})}
     if not port_from_env:
         args += ["--port", str(port)]
-    process = start_process(args, log_path, env)
+    process = start_process(args, log_path, env, preexec_fn)
     server = Server(process, f"http://127.0.0.1:{port}", port, log_path, 0.0)
     try:
         server.ready_seconds = wait_ready(server.url, process)

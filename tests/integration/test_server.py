@@ -21,6 +21,7 @@ from stygig.engine import Options, Query, Recommender
 from tests.conftest import encode, garment_image
 from tests.integration.server_fixtures import (
     Server,
+    exit_code,
     running_server,
     sample_artifact,
     start_process,
@@ -98,12 +99,7 @@ def test_same_schema_and_answer_as_the_library(
 
 def test_missing_artifact_defaults_to_opt_ml_model_and_exits(tmp_path: Path) -> None:
     process = start_process(["serve", "--host", "127.0.0.1", "--port", "1"], tmp_path / "log")
-    try:
-        assert process.wait(60) != 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(5)
+    assert exit_code(process) != 0
     assert "/opt/ml/model" in (tmp_path / "log").read_text()
 
 

@@ -14,13 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.server_fixtures import (
-    Server,
-    free_port,
-    sample_artifact,
-    start_process,
-    wait_ready,
-)
+from tests.integration.server_fixtures import Server, running_server, sample_artifact
 
 #: Address space a capped test server may use: the app with the tiny encoder takes about 0.8 GB
 #: of virtual memory; anything a bomb adds beyond the cap kills the server.
@@ -46,17 +40,6 @@ def capped_server(
     env: dict[str, str] | None = None,
 ) -> Iterator[Server]:
     """``stygig serve`` on a free loopback port, under ``memory_cap`` bytes of address space."""
-    port = free_port()
-    args = ["serve", "--artifact", str(artifact), "--host", "127.0.0.1", "--port", str(port)]
-    process = start_process(
-        [*args, *extra],
-        log_path,
-        env,
-        preexec_fn=(lambda: _cap_memory(memory_cap)) if memory_cap else None,
-    )
-    server = Server(process, f"http://127.0.0.1:{port}", port, log_path, 0.0)
-    try:
-        server.ready_seconds = wait_ready(server.url, process)
+    cap = (lambda: _cap_memory(memory_cap)) if memory_cap else None
+    with running_server(artifact, log_path, *extra, preexec_fn=cap, env=env) as server:
         yield server
-    finally:
-        server.terminate()

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from stygig.cli import _parser
-from tests.integration.server_fixtures import REPO, Server, start_process
+from tests.integration.server_fixtures import REPO, Server, exit_code, start_process
 from tests.security.conftest import capped_server
 
 pytestmark = pytest.mark.slow
@@ -131,13 +131,7 @@ def test_a_short_token_is_refused_at_start(sample: tuple[Path, Path], tmp_path: 
     token_file.write_text("short")
     log = tmp_path / "log"
     args = ["serve", "--artifact", str(sample[1]), "--port", "1", "--auth-token-file"]
-    process = start_process([*args, str(token_file)], log)
-    try:
-        assert process.wait(60) != 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(5)
+    assert exit_code(start_process([*args, str(token_file)], log)) != 0
     assert "at least 16 characters" in log.read_text()
 
 
