@@ -362,3 +362,44 @@ def test_a_file_that_is_not_an_image_gets_a_sentence(
     assert error.text == "That file is not an image."
     assert error.get_attribute("role") == "alert"
     assert browser.find_element("id", "results").get_attribute("aria-busy") == "false"
+
+
+def _alert(driver: Any) -> Any:
+    """The page's open prompt, or ``False`` while there is none."""
+    from selenium.common.exceptions import NoAlertPresentException
+
+    try:
+        return driver.switch_to.alert
+    except NoAlertPresentException:
+        return False
+
+
+def test_a_server_with_a_token_asks_for_it_once_then_works(
+    browser: Any, sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """With ``--auth-token-file`` the page asks for the token, keeps it for the tab, sends it
+    with every call and loads the thumbnails through it (an <img> cannot send a header)."""
+    token = "page-token-0123456789abcdef"
+    (tmp_path / "token").write_text(token)
+    flags = ("--auth-token-file", str(tmp_path / "token"))
+    with running_server(sample[1], tmp_path / "server.log", *flags) as srv:
+        browser.get(srv.url + "/")
+        prompt = _wait(browser, _alert)
+        prompt.send_keys(token)
+        prompt.accept()
+        _wait(
+            browser, lambda d: "ok" in d.find_element("id", "server-state").get_attribute("class")
+        )
+        browser.find_element("css selector", "#catalog-picker summary").click()
+        browser.find_element("id", "catalog-query").send_keys("navy skirt")
+        _wait(browser, lambda d: d.find_elements("css selector", "#catalog-list .pick"))
+        browser.find_element("css selector", "#catalog-list .pick").click()
+        _wait(browser, _answered)
+        _wait(browser, _all_images_loaded)
+        assert browser.execute_script("return sessionStorage.getItem('stygig-token');") == token
+        assert _alert(browser) is False  # asked once, not once per request
+        # Every thumbnail and the recommendation went through with the token.
+        rows = [json.loads(line) for line in srv.log_lines() if '"stygig.access"' in line]
+        images = [r["status"] for r in rows if r["route"] == "/v1/items/{item_id}/image"]
+        answers = [r["status"] for r in rows if r["route"].endswith("/recommendations")]
+        assert images and answers and set(images) == set(answers) == {200}

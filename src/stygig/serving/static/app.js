@@ -60,8 +60,13 @@
 
   async function authFetch(path, init = {}) {
     const send = () => fetch(path, { ...init, headers: { ...authHeaders(), ...(init.headers || {}) } });
+    const used = sessionStorage.getItem(TOKEN_KEY);
     let res = await send();
-    if (res.status === 401 && askToken()) res = await send();
+    if (res.status === 401) {
+      // Requests sent together all meet the 401: the first asks, the others reuse its answer.
+      const now = sessionStorage.getItem(TOKEN_KEY);
+      if ((now && now !== used) || askToken()) res = await send();
+    }
     return res;
   }
 
