@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ MAX_LIST = 256  # include/exclude categories, values of one filter
 MAX_EXCLUDE_IDS = 1000
 MAX_FILTERS = 16
 MAX_SEED = 2**32 - 1
+MAX_NUMBER = 1e15  # the largest magnitude of a number in a filter
 
 
 def _is_int(value: Any) -> bool:
@@ -50,17 +50,26 @@ def _check_text(value: Any, name: str) -> None:
         raise InvalidOptionsError(f"{name} must be a string of 1 to {MAX_TEXT} characters")
 
 
+def _is_number(value: Any) -> bool:
+    """A JSON number a filter can compare with: finite and within ``MAX_NUMBER`` (comparisons of
+    Python ints and floats are exact, so a 400-digit integer is refused, never overflows)."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and -MAX_NUMBER <= value <= MAX_NUMBER
+    )
+
+
 def _check_filter(name: Any, cond: Any) -> None:
     """One ``filters`` entry's shape (which attributes exist is the recommender's business)."""
     _check_text(name, "a filter name")
     if isinstance(cond, dict):
         if not cond or set(cond) - {"min", "max"}:
             raise InvalidOptionsError("a range filter is {'min': number, 'max': number}")
-        for bound in cond.values():
-            if not isinstance(bound, int | float) or isinstance(bound, bool):
-                raise InvalidOptionsError("a range filter's min/max must be numbers")
-            if not math.isfinite(bound):
-                raise InvalidOptionsError("a range filter's min/max must be finite")
+        if not all(_is_number(bound) for bound in cond.values()):
+            raise InvalidOptionsError(
+                f"a range filter's min/max must be numbers within ±{MAX_NUMBER:g}"
+            )
         return
     values = cond if isinstance(cond, list) else [cond]
     if not 0 < len(values) <= MAX_LIST:
@@ -68,8 +77,10 @@ def _check_filter(name: Any, cond: Any) -> None:
     for v in values:
         if isinstance(v, str):
             _check_text(v, "a filter value")
-        elif not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
-            raise InvalidOptionsError("filter values must be strings or finite numbers")
+        elif not _is_number(v):
+            raise InvalidOptionsError(
+                f"filter values must be strings or numbers within ±{MAX_NUMBER:g}"
+            )
 
 
 @dataclass(frozen=True)
@@ -194,7 +205,9 @@ def parse_json_object(body: bytes, *, what: str = "the body") -> dict[str, Any]:
     """A JSON object, or :class:`~stygig.errors.InputError` (400) saying why not."""
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except UnicodeDecodeError:
+        raise InputError(f"{what} is not UTF-8 text", code="malformed_json") from None
+    except json.JSONDecodeError as e:  # its text says where, never what: no client bytes
         raise InputError(f"{what} is not valid JSON: {e}", code="malformed_json") from None
     except RecursionError:
         raise InputError(f"{what} is nested too deeply", code="malformed_json") from None

@@ -8,6 +8,7 @@ attacks a real ``stygig serve`` on loopback, under a memory cap where the attack
 from __future__ import annotations
 
 import json
+import select
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -72,6 +73,22 @@ def read_status(sock: socket.socket) -> int:
             break
         data += chunk
     return int(data.split(b" ", 2)[1])
+
+
+def closed_by_server(sock: socket.socket, *, trickle: bool, within_s: float = 25.0) -> bool:
+    """Whether the server closes ``sock`` within ``within_s`` while the client sends nothing
+    (``trickle=False``) or a valid header line every 0.5 s (``trickle=True``)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            if trickle:
+                sock.sendall(b"X-Trickle: 1\r\n")
+            readable, _, _ = select.select([sock], [], [], 0.5)
+            if readable:
+                return sock.recv(1) == b""  # closed without an answer
+        except OSError:  # reset by the server
+            return True
+    return False
 
 
 # -- item 4: authentication and bind address ----------------------------------------------------
@@ -182,6 +199,9 @@ _BAD_JSON: list[Any] = [
     {"item_ids": ["sku-0014"], "filters": {"brand": {"min": SECRET}}},
     {"item_ids": ["sku-0014"], "filters": {"brand": {"less": 1}}},
     {"item_ids": ["sku-0014"], "filters": {"brand": [[SECRET]]}},
+    {"item_ids": ["sku-0014"], "filters": {"price": {"min": 10**400}}},
+    {"item_ids": ["sku-0014"], "filters": {"price": -(10**400)}},
+    {"item_ids": ["sku-0014"], "filters": {"price": [1, 10**400]}},
     {"item_ids": ["sku-0014"], "include_categories": [SECRET]},
     {"item_ids": ["sku-0014"], "exclude_ids": 5},
     {"item_ids": ["sku-0014"], SECRET: 1},
@@ -226,6 +246,7 @@ _BAD_RAW: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/invocations", {"content": b"x", "headers": {"content-type": "text/" + SECRET}}),
     ("POST", "/invocations", {"json": {"item_ids": ["sku-0014"]}, "headers": {"accept": SECRET}}),
     ("GET", "/v1/items/sku-0014/recommendations?seed=-1", {}),
+    ("GET", "/v1/items/sku-0014/recommendations?filters=%7B%22price%22%3A" + "9" * 400 + "%7D", {}),
     ("GET", "/v1/items/sku-0014/recommendations?gender=" + SECRET, {}),
     ("GET", "/v1/items/" + SECRET, {}),
     ("GET", "/v1/catalog?offset=" + "1" * 31, {}),
@@ -303,16 +324,33 @@ def test_stalled_uploads_time_out_and_hold_bounded_memory(
         assert r.status_code == 200
 
 
-def test_connections_beyond_the_limit_get_503(sample: tuple[Path, Path], tmp_path: Path) -> None:
-    """Item 11: no connection limit; now requests beyond ``--max-connections`` get 503."""
-    with capped_server(sample[1], tmp_path / "log", "--max-connections", "4") as s:
-        idle = [socket.create_connection(("127.0.0.1", s.port), timeout=10) for _ in range(4)]
+def test_idle_and_trickling_connections_are_closed_so_the_limit_cannot_lock_out(
+    sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Item 11: no connection limit; then (review) sockets that send nothing held every slot of
+    ``--max-connections`` for ever. Now requests beyond the limit get 503, and a connection
+    whose request head is not complete within ``--head-timeout`` is closed."""
+    flags = ("--max-connections", "4", "--head-timeout", "3")
+    with capped_server(sample[1], tmp_path / "log", *flags) as s:
+        healthz = f"{s.url}/healthz"
+        idle = [socket.create_connection(("127.0.0.1", s.port), timeout=30) for _ in range(3)]
+        trickle = raw_request(s, "GET /healthz HTTP/1.1")  # a request line, then no end of head
         try:
-            wait_for(lambda: httpx.get(f"{s.url}/healthz").status_code == 503)
+            assert httpx.get(healthz).status_code == 503  # 4 connections held: none left
+            t0 = time.monotonic()
+            assert all(closed_by_server(sock, trickle=False) for sock in idle)
+            assert closed_by_server(trickle, trickle=True)
+            assert time.monotonic() - t0 < 25
+            wait_for(lambda: httpx.get(healthz).status_code == 200)
         finally:
-            for sock in idle:
+            for sock in [*idle, trickle]:
                 sock.close()
-        wait_for(lambda: httpx.get(f"{s.url}/healthz").status_code == 200)
+        # A kept-alive connection idle for longer than the head deadline is still served.
+        with raw_request(s, "GET /healthz HTTP/1.1\nHost: x\n") as sock:
+            assert read_status(sock) == 200
+            time.sleep(4)  # idle on purpose: longer than --head-timeout
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert b"200 OK" in sock.recv(65536) + sock.recv(65536)
 
 
 # -- item 13: what public answers reveal, disconnects, HEAD, the schema --------------------------

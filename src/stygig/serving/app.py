@@ -51,7 +51,14 @@ from stygig.errors import (
     UnauthorizedError,
 )
 from stygig.features import PreparedImage
-from stygig.recommendation import MAX_EXCLUDE_IDS, MAX_FILTERS, MAX_LIST, MAX_SEED, MAX_TEXT
+from stygig.recommendation import (
+    MAX_EXCLUDE_IDS,
+    MAX_FILTERS,
+    MAX_LIST,
+    MAX_NUMBER,
+    MAX_SEED,
+    MAX_TEXT,
+)
 from stygig.serving import requests as rq
 from stygig.serving.async_api import AsyncConfig, AsyncJobs
 from stygig.serving.batching import BatcherConfig, MicroBatcher
@@ -389,6 +396,8 @@ class _BodyReader:
 _IMAGE_BODY = {"schema": {"type": "string", "format": "binary"}}
 _TEXT = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT}
 _TEXTS = {"type": "array", "items": _TEXT, "maxItems": MAX_LIST}
+_NUMBER = {"type": "number", "minimum": -MAX_NUMBER, "maximum": MAX_NUMBER}
+_VALUE = {"anyOf": [_TEXT, _NUMBER]}
 _JSON_BODY = {
     "schema": {
         "type": "object",
@@ -408,6 +417,18 @@ _JSON_BODY = {
                 "type": "object",
                 "maxProperties": MAX_FILTERS,
                 "description": "attribute -> value, [values] or {min, max}",
+                "additionalProperties": {
+                    "anyOf": [
+                        _VALUE,
+                        {"type": "array", "items": _VALUE, "minItems": 1, "maxItems": MAX_LIST},
+                        {
+                            "type": "object",
+                            "properties": {"min": _NUMBER, "max": _NUMBER},
+                            "additionalProperties": False,
+                            "minProperties": 1,
+                        },
+                    ]
+                },
             },
             "use_color": {"type": "boolean"},
             "diversity": {"type": "number", "minimum": 0, "maximum": 1},
@@ -446,13 +467,24 @@ _RECOMMEND_DOC: dict[str, Any] = {
 _FILE_FIELDS = ("image", "images", "file")
 
 
-async def _parse_multipart(request: Request, limit: int) -> rq.ParsedRequest:
+def _multipart_request(
+    images: list[bytes], item_ids: list[str], texts: list[str], params: list[tuple[str, str]]
+) -> rq.ParsedRequest:
+    """The request a form describes; its JSON ``options`` fields are parsed here, in the pool."""
+    options: dict[str, Any] = {}
+    for text in texts:
+        options.update(rq.parse_json_object(text.encode(), what="the options field"))
+    return rq.build_request(images, item_ids, {**options, **rq.params_to_dict(params)})
+
+
+async def _parse_multipart(request: Request, service: ModelService) -> rq.ParsedRequest:
+    limit = service.config.max_body_bytes
     form = await request.form(max_files=16, max_fields=64, max_part_size=limit)
     try:
         images: list[bytes] = []
         item_ids: list[str] = []
         params: list[tuple[str, str]] = []
-        options: dict[str, Any] = {}
+        texts: list[str] = []
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
                 if key not in _FILE_FIELDS:
@@ -463,10 +495,10 @@ async def _parse_multipart(request: Request, limit: int) -> rq.ParsedRequest:
             elif key == "item_ids":
                 item_ids.extend(v for v in value.split(",") if v)
             elif key == "options":
-                options.update(rq.parse_json_object(value.encode(), what="the options field"))
+                texts.append(value)
             else:
                 params.append((key, value))
-        return rq.build_request(images, item_ids, {**options, **rq.params_to_dict(params)})
+        return await service.run(_multipart_request, images, item_ids, texts, params)
     finally:
         await form.close()
 
@@ -478,7 +510,7 @@ async def parse_request(
     rq.check_accept(request.headers.get("accept"))
     kind = rq.media_type(request.headers.get("content-type"))
     if multipart and kind == "multipart/form-data":
-        return await _parse_multipart(request, service.config.max_body_bytes)
+        return await _parse_multipart(request, service)
     if kind not in rq.IMAGE_TYPES and kind != JSON:
         raise rq.unsupported(kind)
     body = await request.body()

@@ -63,6 +63,12 @@ def register(subparsers: Any) -> None:
         help="request bodies being read or held at once, in all (MB); beyond it 503",
     )
     p.add_argument(
+        "--head-timeout",
+        type=float,
+        default=10.0,
+        help="a request's head must arrive within this many seconds (idle sockets are closed)",
+    )
+    p.add_argument(
         "--max-connections",
         type=int,
         default=256,
@@ -106,6 +112,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from stygig.serving.app import ServerConfig, create_app
     from stygig.serving.batching import BatcherConfig
     from stygig.serving.logging import configure_logging
+    from stygig.serving.protocol import head_deadline_protocol
 
     configure_logging(args.log_level)
     batching = (
@@ -148,6 +155,7 @@ def run_serve(args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=_GRACE_S,
             timeout_keep_alive=75,  # longer than typical load-balancer idle timeouts
             limit_concurrency=args.max_connections,
+            http=head_deadline_protocol(args.head_timeout),
             lifespan="on",
         )
     )
