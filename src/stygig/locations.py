@@ -9,10 +9,17 @@ client-chosen location is read at all; the operator allows prefixes::
     data = locations.read(uri)    # in the worker: checked again, then a bounded read
 
 Every refusal has one code, ``location_not_allowed``, whether the location exists or not, so a
-client learns nothing about what lies outside the allowed prefixes. A local path is resolved
-(``..``, symlinks) before it is compared with the resolved allowed folders; only regular files
-are read (:func:`stygig.storage.read_bytes` with ``max_bytes``). An S3 key must start with an
-allowed prefix and hold no ``.``/``..``/empty segments (which some S3 servers would normalise).
+client learns nothing about what lies outside the allowed prefixes. A local path must be
+absolute, hold no ``.``, ``..`` or empty segments and be written under an allowed folder: that
+is decided on its text alone, before the file system is asked anything, so the answer for a
+path outside never depends on what is there (a file, nothing, a symlink). Then it is resolved
+(symlinks inside the folder may lead to another allowed folder, never out), and read by
+walking the resolved path from the allowed folder without following any symlink
+(:func:`stygig.storage.read_beneath`): a component swapped for a symlink after the check is
+refused, not followed. Only regular files are read, at most ``max_bytes``. Hard links inside
+an allowed folder are files like any other: whoever can write there can link what they can
+read. An S3 key must start with an allowed prefix and hold no ``.``/``..``/empty segments
+(which some S3 servers would normalise).
 
 :func:`public_errors` turns storage errors into what a client may see: the kind of failure and
 a stable code, never the location, a server path or the system's reason (those are logged).
@@ -24,6 +31,7 @@ import logging
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import NamedTuple
 from urllib.parse import urlparse
 
 from stygig import storage
@@ -41,6 +49,7 @@ _PUBLIC_REASONS = {
     "location_not_found": "does not exist",
     "not_a_regular_file": "is not a regular file",
     "input_too_large": "is too large",
+    "location_changed": "changed while it was being opened",
 }
 
 
@@ -72,6 +81,21 @@ def _under(path: str, folder: str) -> bool:
     return path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
+class _Folder(NamedTuple):
+    """An allowed local folder, as the operator wrote it (absolute) and resolved."""
+
+    given: str
+    real: str
+
+
+class _Target(NamedTuple):
+    """What to read for a location: an S3 URI (``folder`` None) or a resolved local path and
+    the resolved allowed folder it is in."""
+
+    location: str
+    folder: str | None
+
+
 class InputLocations:
     """The locations a client may name, and the bounded reads of them.
 
@@ -86,7 +110,7 @@ class InputLocations:
         if max_bytes < 1:
             raise InvalidOptionsError("max_bytes must be at least 1")
         self.max_bytes = max_bytes
-        folders: list[str] = []
+        folders: list[_Folder] = []
         s3: list[tuple[str, str]] = []
         for prefix in prefixes:
             loc = storage.parse(prefix)
@@ -95,29 +119,40 @@ class InputLocations:
                 s3.append((loc.bucket, key))
             else:
                 assert loc.path is not None
-                folders.append(os.path.realpath(loc.path))
+                folders.append(_Folder(os.path.abspath(loc.path), os.path.realpath(loc.path)))
         self._folders = tuple(folders)
         self._s3 = tuple(s3)
 
     def check(self, uri: str) -> str:
         """The location to read for ``uri`` (a local path resolved) if a client may name it;
         :class:`~stygig.errors.InvalidOptionsError` (``location_not_allowed``) otherwise."""
+        return self._target(uri).location
+
+    def _target(self, uri: str) -> _Target:
         try:
             loc = storage.parse(uri)
         except StygigError:
             raise _refused() from None  # another scheme (http, ...): never read
         if loc.scheme == "s3":
-            return self._check_s3(uri, loc)
+            return _Target(self._check_s3(uri, loc), None)
         if uri.startswith("file://") and urlparse(uri).netloc not in ("", "localhost"):
             raise _refused()  # a file on another host: not a local path at all
-        assert loc.path is not None
-        try:
-            real = os.path.realpath(loc.path)  # follows "..", symlinks: where it really is
-        except (OSError, ValueError):  # a NUL byte, a symlink loop
-            raise _refused() from None
-        if not any(_under(real, folder) for folder in self._folders):
+        # On the text alone: resolving a path outside first would let the answer depend on
+        # what is there (a ".." after a symlink resolves elsewhere than after a folder).
+        text = storage.local_path(uri)
+        segments = text.split("/")
+        if segments[0] or "\x00" in text or any(s in ("", ".", "..") for s in segments[1:]):
+            raise _refused()  # relative, or not one plain name per segment
+        if not any(_under(text, f.given) or _under(text, f.real) for f in self._folders):
             raise _refused()
-        return real
+        try:
+            real = os.path.realpath(text)  # where it really is (symlinks inside followed)
+        except (OSError, ValueError):
+            raise _refused() from None
+        inside = [f.real for f in self._folders if _under(real, f.real)]
+        if not inside:
+            raise _refused()  # a symlink inside led out
+        return _Target(real, max(inside, key=len))
 
     def _check_s3(self, uri: str, loc: storage.Location) -> str:
         canonical = str(loc)
@@ -133,6 +168,8 @@ class InputLocations:
     def read(self, uri: str) -> bytes:
         """The bytes at ``uri`` (checked again: the path may have changed since submission), at
         most ``max_bytes``; errors say what went wrong, never where."""
-        target = self.check(uri)
+        target = self._target(uri)
         with public_errors("the input location", max_bytes=self.max_bytes):
-            return storage.read_bytes(target, max_bytes=self.max_bytes)
+            if target.folder is None:
+                return storage.read_bytes(target.location, max_bytes=self.max_bytes)
+            return storage.read_beneath(target.folder, target.location, max_bytes=self.max_bytes)

@@ -4,6 +4,7 @@ One small surface for the async jobs and batch runs::
 
     read_bytes(uri) -> bytes          write_bytes(uri, data)   (atomic: readers see all or nothing)
     read_bytes(uri, max_bytes=n)      (a regular file / object of at most n bytes, never more read)
+    read_beneath(folder, path, max_bytes=n)   (the same, no symbolic link followed below folder)
     exists(uri) -> bool               delete(uri)
     list_keys(prefix) -> [uri, ...]   join(prefix, name) -> uri
     remove_stale_temps(prefix)        (temporary files a crashed local write left behind)
@@ -20,6 +21,7 @@ the server log). What a client may see of them is decided by :mod:`stygig.locati
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -49,7 +51,9 @@ __all__ = [
     "is_remote",
     "join",
     "list_keys",
+    "local_path",
     "parse",
+    "read_beneath",
     "read_bytes",
     "remove_stale_temps",
     "write_bytes",
@@ -79,13 +83,17 @@ def parse(uri: str | Path) -> Location:
         if not parsed.netloc:
             raise StorageError(f"{text!r} names no bucket", code="invalid_location")
         return Location("s3", bucket=parsed.netloc, key=parsed.path.lstrip("/"))
-    if text.startswith("file://"):
-        return Location("file", path=Path(unquote(urlparse(text).path)))
-    if "://" in text:
+    if "://" in text and not text.startswith("file://"):
         raise StorageError(
             f"{text!r}: only plain paths, file:// and s3:// are supported", code="invalid_location"
         )
-    return Location("file", path=Path(text))
+    return Location("file", path=Path(local_path(text)))
+
+
+def local_path(uri: str) -> str:
+    """The path a plain path or ``file://`` URI names, as written: decoded, not normalised
+    (``Path`` would drop ``.`` and empty segments; :func:`parse` gives that form)."""
+    return unquote(urlparse(uri).path) if uri.startswith("file://") else uri
 
 
 def is_remote(uri: str | Path) -> bool:
@@ -149,6 +157,13 @@ def _s3_error(e: Exception, loc: Location) -> StygigError:
     return StorageError(f"{loc}: {e}")
 
 
+# O_NONBLOCK: opening a FIFO without a writer would otherwise block the reader forever.
+_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+# A folder on the way down. O_PATH (Linux) needs no read permission, and with O_NOFOLLOW it
+# opens a symlink itself (fstat tells); without O_PATH a symlink fails with ELOOP.
+_STEP_FLAGS = getattr(os, "O_PATH", os.O_RDONLY | os.O_NONBLOCK) | getattr(os, "O_CLOEXEC", 0)
+
+
 def read_bytes(uri: str | Path, *, max_bytes: int | None = None) -> bytes:
     """The whole object at ``uri`` (:class:`~stygig.errors.NotFoundError` when absent).
 
@@ -169,21 +184,60 @@ def read_bytes(uri: str | Path, *, max_bytes: int | None = None) -> bytes:
     try:
         if max_bytes is None:
             return loc.path.read_bytes()
-        return _read_file_bounded(loc, max_bytes)
-    except FileNotFoundError:
-        raise NotFoundError(f"{loc} does not exist", code="location_not_found") from None
+        fd = os.open(loc.path, _READ_FLAGS)
     except OSError as e:
-        raise StorageError(f"{loc}: {e}") from e
+        raise _os_error(e, loc) from e
+    return _read_fd_bounded(fd, loc, max_bytes)
+
+
+def read_beneath(folder: str | Path, path: str | Path, *, max_bytes: int) -> bytes:
+    """The regular file ``path`` inside ``folder`` (both resolved already), read like
+    ``read_bytes(path, max_bytes=...)`` but reached without following any symbolic link below
+    ``folder``: each component is opened relative to the one before, with ``O_NOFOLLOW``.
+    So a path checked once cannot be sent elsewhere by a symlink swapped in afterwards: that
+    is a :class:`~stygig.errors.StorageError` with code ``location_changed``. A hard link is a
+    file like any other and is read.
+    """
+    loc = Location("file", path=Path(path))
+    parts = os.path.relpath(path, folder).split(os.sep)
+    if any(part in ("", ".", "..") for part in parts):
+        raise StorageError(f"{path} is not inside {folder}", code="invalid_location")
+    try:
+        fd = os.open(folder, _STEP_FLAGS | getattr(os, "O_DIRECTORY", 0))  # the operator's
+        try:
+            for name in parts[:-1]:
+                step = os.open(name, _STEP_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+                os.close(fd)
+                fd = step
+                kind = os.fstat(fd).st_mode
+                if stat.S_ISLNK(kind):
+                    raise OSError(errno.ELOOP, "a symbolic link on the way")
+                if not stat.S_ISDIR(kind):
+                    raise OSError(errno.ENOTDIR, "not a folder on the way")
+            file_fd = os.open(parts[-1], _READ_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise StorageError(f"{loc}: a symbolic link on the way", code="location_changed") from e
+        raise _os_error(e, loc) from e
+    return _read_fd_bounded(file_fd, loc, max_bytes)
+
+
+def _os_error(e: OSError, loc: Location) -> StygigError:
+    """What a failing local open or read of ``loc`` means (a missing folder on the way is a
+    missing file)."""
+    if e.errno in (errno.ENOENT, errno.ENOTDIR):
+        return NotFoundError(f"{loc} does not exist", code="location_not_found")
+    return StorageError(f"{loc}: {e}")
 
 
 def _too_large(loc: Location, max_bytes: int) -> PayloadTooLargeError:
     return PayloadTooLargeError(f"{loc} is larger than {max_bytes:,} bytes", code="input_too_large")
 
 
-def _read_file_bounded(loc: Location, max_bytes: int) -> bytes:
-    assert loc.path is not None
-    # O_NONBLOCK: opening a FIFO without a writer would otherwise block the reader forever.
-    fd = os.open(loc.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+def _read_fd_bounded(fd: int, loc: Location, max_bytes: int) -> bytes:
+    """At most ``max_bytes`` of the regular file open as ``fd`` (closed here)."""
     try:
         info = os.fstat(fd)  # the file actually opened, not whatever the path names by now
         if not stat.S_ISREG(info.st_mode):
@@ -198,6 +252,8 @@ def _read_file_bounded(loc: Location, max_bytes: int) -> bytes:
                 break
             chunks.append(chunk)
             left -= len(chunk)
+    except OSError as e:
+        raise _os_error(e, loc) from e
     finally:
         os.close(fd)
     if left <= 0:

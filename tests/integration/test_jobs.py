@@ -277,6 +277,10 @@ def test_submit_poll_output_failure_and_webhook(
         delivered = wait_for(lambda: len(hook.delivered()) == 3 and hook.delivered())
         assert delivered[ids[0]]["invocationStatus"] == "Completed"
         assert delivered[ids[2]]["invocationStatus"] == "Failed"
+        # Like the job views, the message never shows a server folder.
+        shown = delivered[ids[0]]["responseParameters"]["outputLocation"]
+        assert shown == f"/async/jobs/{ids[0]}/output"
+        assert str(server.out) not in json.dumps(delivered)
         assert all(sum(1 for i, s, _ in hook.calls if i == j and s == 500) == 1 for j in ids)
 
         listing = httpx.get(f"{url}/async/jobs?status=succeeded").json()

@@ -1,7 +1,8 @@
 """Async jobs facing hostile clients: which locations the server reads, how much, and what it says.
 
 Two real ``stygig serve`` processes (under the memory cap): one with the defaults (no client
-may name any location, no job listing) and one that allows a single input folder. Every test
+may name any location, no job listing) and one that allows a single input folder; races that
+no server run can schedule (a swap between the check and the read) run in-process. Every test
 names the hole of the security issue it covers.
 """
 
@@ -16,6 +17,11 @@ from typing import Any
 import httpx
 import pytest
 
+from stygig.engine import Options, Query
+from stygig.jobs import JobSpec, JobStore, run_job
+from stygig.jobs.store import new_owner
+from stygig.jobs.worker import Outcome
+from stygig.locations import InputLocations
 from tests.integration.server_fixtures import Server
 from tests.integration.test_jobs import db_counts, job_status, wait_for
 from tests.security.conftest import capped_server
@@ -207,3 +213,119 @@ def test_parts_are_counted_before_any_location_is_read(opened: tuple[Server, Pat
     assert stored.status_code == 202
     error = _finished(server.url, stored.json()["InferenceId"])["Error"]
     assert error["code"] == "invalid_options" and "at most 8" in error["message"]
+
+
+def test_paths_outside_the_allowed_folder_are_refused_alike(opened: tuple[Server, Path]) -> None:
+    """Review item 7: ``os.path.realpath`` ran on the client's path, so ``<x>/outlink/../in/a``
+    (``outlink`` a symlink) was a 422 while ``<x>/outdir/../in/a`` (a folder) was a 202: the
+    answer told which paths outside the allowed folder are symlinks. Now a path with ``..``,
+    ``.`` or empty segments, or not written under the folder, is refused on its text alone:
+    existing or missing, file, folder or symlink outside, one answer."""
+    server, root = opened
+    allowed = root / "allowed"
+    (allowed / "seven.jpg").write_bytes(b"\xff\xd8 not really a photo")
+    (root / "outdir").mkdir()
+    (root / "outlink").symlink_to("/etc")
+    (root / "secret.txt").write_text("secret", encoding="utf-8")
+    (root / "allowed-too").mkdir()
+    (root / "allowed-too" / "seven.jpg").write_bytes(b"\xff\xd8")
+    accepted = _submit(server.url, str(allowed / "seven.jpg"))
+    assert accepted.status_code == 202, accepted.text  # the folder is really allowed
+    refused = [
+        f"{root}/outdir/../allowed/seven.jpg",  # a folder outside, then back in
+        f"{root}/outlink/../allowed/seven.jpg",  # a symlink outside, then "back in"
+        f"file://{root}/outdir/%2e%2e/allowed/seven.jpg",
+        f"{allowed}/../allowed/seven.jpg",
+        f"{allowed}/./seven.jpg",
+        f"{allowed}//seven.jpg",
+        str(root / "secret.txt"),  # exists outside
+        str(root / "missing.txt"),  # does not
+        str(root / "outlink" / "passwd"),
+        str(root / "outdir"),
+        str(root / "allowed-too" / "seven.jpg"),  # a name that only starts like the folder
+        "allowed/seven.jpg",
+    ]
+    answers = [_submit(server.url, location) for location in refused]
+    for location, answer in zip(refused, answers, strict=True):
+        assert answer.status_code == 422, (location, answer.text)
+        assert answer.json()["error"]["code"] == "location_not_allowed"
+        assert str(root) not in answer.text
+    assert len({a.text for a in answers}) == 1
+
+
+class _Stub:
+    """Stands in for the recommender: records the photos it was given, or raises."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.images: list[object] = []
+
+    def recommend(self, query: Query, options: Options) -> Any:
+        if self.error is not None:
+            raise self.error
+        self.images.extend(query.images)
+
+        class _Answer:
+            def to_dict(self) -> dict[str, Any]:
+                return {"outfit": None}
+
+        return _Answer()
+
+
+def _run(tmp_path: Path, body: bytes, recommender: _Stub, policy: InputLocations) -> Outcome:
+    with JobStore(tmp_path / "jobs.db", synchronous="NORMAL") as store:
+        store.submit(
+            JobSpec(
+                str(tmp_path / "out" / "{id}.out"),
+                str(tmp_path / "out" / "{id}-error.out"),
+                input_body=body,
+                content_type="application/json",
+            )
+        )
+        (job,) = store.claim(new_owner())
+    return run_job(job, recommender, locations=policy)  # type: ignore[arg-type]
+
+
+def test_a_folder_swapped_for_a_symlink_after_the_check_is_not_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review item 8: the location was checked (resolved), then opened by path, following
+    symlinks; whoever can write in the allowed folder could swap a folder on the path for a
+    symlink in between and make the server read any file it can. Here the swap happens right
+    after the path was resolved; the read now walks the resolved path without following
+    symlinks and refuses it."""
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    (allowed / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (allowed / "sub" / "photo.jpg").write_bytes(b"the photo")
+    (outside / "photo.jpg").write_bytes(b"the server's secret")
+    resolve = os.path.realpath
+
+    def resolve_then_swap(path: Any, *args: Any, **kwargs: Any) -> str:
+        resolved = str(resolve(path, *args, **kwargs))
+        if (allowed / "sub").is_dir() and not (allowed / "sub").is_symlink():
+            (allowed / "sub").rename(tmp_path / "moved")
+            (allowed / "sub").symlink_to(outside)
+        return resolved
+
+    policy = InputLocations([str(allowed)])
+    monkeypatch.setattr("stygig.locations.os.path.realpath", resolve_then_swap)
+    stub = _Stub()
+    body = json.dumps({"image_uri": str(allowed / "sub" / "photo.jpg")}).encode()
+    status, error = _run(tmp_path, body, stub, policy)
+    assert (allowed / "sub").is_symlink()  # the swap did happen between check and read
+    assert stub.images == []  # the secret never reached the recommender
+    assert status == "failed" and error is not None
+    assert error["code"] == "location_changed" and str(tmp_path) not in error["message"]
+
+
+def test_an_unexpected_failure_is_a_neutral_job_failure(tmp_path: Path) -> None:
+    """Review: an unexpected exception while running a job (a library's, a bug) failed it
+    with ``invalid_image``, blaming the client's input. Now it is ``job_failed``, and the
+    message says nothing of the exception (its text can hold server paths)."""
+    stub = _Stub(RuntimeError(f"cannot open {tmp_path}/model.onnx"))
+    body = json.dumps({"item_ids": ["sku-0001"]}).encode()
+    status, error = _run(tmp_path, body, stub, InputLocations())
+    assert status == "failed" and error is not None
+    assert error["code"] == "job_failed"
+    assert str(tmp_path) not in error["message"] and "model.onnx" not in error["message"]

@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from fastapi import FastAPI, Request, Response
+from fastapi.testclient import TestClient
 
+from stygig.errors import OverloadedError, StygigError
 from stygig.jobs import Job, JobSpec, JobStore, JobWorker, WorkerConfig
-from stygig.jobs.store import new_owner
+from stygig.jobs.store import QueueLimits, new_owner
 from stygig.serving.async_api import AsyncConfig, AsyncJobs
+from stygig.serving.responses import error_response
 from tests.integration.test_jobs import wait_for
 
 
@@ -44,7 +50,7 @@ def _finish(store: JobStore, job_id: str, *, ended_ago_s: float = 0.0) -> None:
     db.close()
 
 
-def _rows(store: JobStore, sql: str) -> list[tuple[object, ...]]:
+def _rows(store: JobStore, sql: str) -> list[tuple[Any, ...]]:
     with sqlite3.connect(store.path) as db:
         rows = db.execute(sql).fetchall()
     db.close()
@@ -182,3 +188,103 @@ def test_a_notifier_that_raises_is_recorded_not_retried_forever(store: JobStore)
         worker.stop()
     assert notifier.calls == 1
     assert store.pending_notifications() == []
+
+
+def test_unfinished_jobs_are_bounded_in_number_even_under_concurrent_submissions(
+    tmp_path: Path,
+) -> None:
+    """Review item 6: nothing limited queued jobs; each keeps up to 6 MB inline until it runs,
+    and retention purges finished jobs only. Submissions past ``max_jobs`` are refused, counted
+    in the insert's own transaction: 8 threads on two connections never overshoot."""
+    limits = QueueLimits(max_jobs=40, max_bytes=10**9)
+    stores = [JobStore(tmp_path / "jobs.db", synchronous="NORMAL") for _ in range(2)]
+    created: list[str] = []
+    refused: list[str] = []
+    lock = threading.Lock()
+
+    def submit_many(store: JobStore, thread: int) -> None:
+        for i in range(15):
+            job_id = f"t{thread}-{i}"
+            try:
+                _, new = store.submit(_spec(job_id), limits)
+            except OverloadedError as e:
+                assert e.code == "queue_full" and e.http_status == 503
+                with lock:
+                    refused.append(job_id)
+                continue
+            assert new
+            with lock:
+                created.append(job_id)
+
+    threads = [threading.Thread(target=submit_many, args=(stores[t % 2], t)) for t in range(8)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(created) == 40 and len(refused) == 8 * 15 - 40
+        assert stores[0].counts()["queued"] == 40
+        # A resubmission of an existing id still answers with that job, full or not.
+        again, new = stores[1].submit(_spec(created[0]), limits)
+        assert not new and again.id == created[0]
+        # A finished job makes room again.
+        owner = new_owner()
+        (oldest,) = stores[0].claim(owner)
+        assert stores[0].finish(oldest.id, owner, 1, "succeeded")
+        stores[0].submit(_spec("after"), limits)
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_inline_bytes_held_by_unfinished_jobs_are_bounded(store: JobStore) -> None:
+    """Review item 6: the inline inputs of queued jobs had no total bound. Running jobs count
+    too (their bodies stay until they finish); a finished job's body is dropped, and with it
+    its share."""
+    limits = QueueLimits(max_jobs=100, max_bytes=2500)
+    store.submit(_spec("a"), limits)  # 1000 bytes each
+    store.submit(_spec("b"), limits)
+    with pytest.raises(OverloadedError) as full:
+        store.submit(_spec("c"), limits)
+    assert full.value.code == "queue_full"
+    store.submit(JobSpec("o/{id}", "f/{id}", input_location="s3://in/x.jpg", id="d"), limits)
+    store.claim(new_owner())  # "a" runs: it still holds its body
+    with pytest.raises(OverloadedError):
+        store.submit(_spec("c"), limits)
+    owner = new_owner()
+    store.claim(owner)  # "b"
+    assert store.finish("b", owner, 1, "succeeded")
+    store.submit(_spec("c"), limits)
+
+
+def test_a_full_queue_is_a_503_with_retry_after(tmp_path: Path) -> None:
+    """Review item 6, over HTTP: a submission to a full queue is answered 503 ``queue_full``
+    with ``Retry-After`` (the server's own error mapping), nothing is stored, and resubmitting
+    a known id still answers 202 with that job."""
+    config = AsyncConfig(jobs_db=tmp_path / "jobs.db", output=str(tmp_path / "out"), max_queued=2)
+    jobs = AsyncJobs(config, lambda: None)  # not started: what is queued stays queued
+    app = FastAPI()
+    app.include_router(jobs.router)
+
+    @app.exception_handler(StygigError)
+    async def _error(request: Request, exc: StygigError) -> Response:
+        return error_response(exc)
+
+    def submit(job_id: str) -> Any:
+        return client.post(
+            "/async/invocations",
+            content=b'{"item_ids": ["sku-0001"]}',
+            headers={"Content-Type": "application/json", "X-Amzn-SageMaker-Inference-Id": job_id},
+        )
+
+    try:
+        with TestClient(app) as client:
+            assert [submit(i).status_code for i in ("a", "b")] == [202, 202]
+            full = submit("c")
+            assert full.status_code == 503 and full.headers["Retry-After"]
+            assert full.json()["error"]["code"] == "queue_full"
+            again = submit("a")
+            assert again.status_code == 202 and again.json()["InferenceId"] == "a"
+            assert jobs.store.counts()["queued"] == 2
+    finally:
+        jobs.store.close()

@@ -1,5 +1,5 @@
-"""Webhooks as server-side request forgery: what a client's webhook URL may reach, and how
-delivery retries.
+"""Webhooks as server-side request forgery: what a client's webhook URL may reach, how
+delivery retries, how long a hostile receiver may hold a delivery, and what the message says.
 
 Every receiver is a real HTTP server on 127.0.0.1. Nothing here contacts another machine: names
 other than ``localhost`` and ``*.invalid`` go through a fake resolver, and the one "public"
@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 
 from stygig.errors import InvalidOptionsError
-from stygig.jobs.notify import Notifier
-from stygig.jobs.store import Job, JobSpec, JobStore
+from stygig.jobs.notify import Notifier, event_for
+from stygig.jobs.store import Job, JobSpec, JobStore, new_owner
 
 LOOPBACK = ("127.0.0.0/8",)
 #: A public address (example.com's) that fake resolvers return; tests never connect to it.
@@ -525,3 +525,141 @@ def test_close_ends_a_pending_backoff(make_notifier: Callable[..., Notifier]) ->
         assert not thread.is_alive()
         assert time.monotonic() - closed_at < 10
         assert result == [False] and len(rec.hits) == 1
+
+
+# -- a receiver that answers slowly on purpose ---------------------------------------------------
+
+
+@dataclass
+class Trickler:
+    """A raw HTTP receiver on 127.0.0.1 that accepts a request, sends a status line and then
+    one header line every ``every_s`` seconds, never ending the headers (it gives up after
+    ``lines`` lines, so a client that waits for it forever still ends the test)."""
+
+    every_s: float = 0.5
+    lines: int = 80
+    port: int = 0
+    accepted: threading.Event = field(default_factory=threading.Event)
+    sent: int = 0  # header lines sent so far
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT/hook``."""
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def serve(self, listener: socket.socket) -> None:
+        """Answer one connection, a line at a time, until the client goes or ``stop``."""
+        while not self.stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                self.accepted.set()
+                try:
+                    conn.recv(65536)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\n")
+                    while self.sent < self.lines and not self.stop.wait(self.every_s):
+                        conn.sendall(f"X-Trickle-{self.sent}: x\r\n".encode())
+                        self.sent += 1
+                except OSError:
+                    pass  # the client hung up
+            return
+
+
+@contextmanager
+def trickler() -> Iterator[Trickler]:
+    """A :class:`Trickler` serving in a thread."""
+    rec = Trickler()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    rec.port = listener.getsockname()[1]
+    thread = threading.Thread(target=rec.serve, args=(listener,), daemon=True)
+    thread.start()
+    try:
+        yield rec
+    finally:
+        rec.stop.set()
+        thread.join(10)
+        listener.close()
+
+
+def test_a_trickling_receiver_is_cut_off_at_the_deadline(
+    make_notifier: Callable[..., Notifier],
+) -> None:
+    """Hole: ``timeout_s`` bounded each read, not the attempt: a receiver sending one header
+    line per second held a delivery thread for as long as it liked (4 such receivers stalled
+    every notification of the server). An attempt now ends at ``deadline_s``."""
+    deadline_s = 1.5
+    notifier = make_notifier(
+        allow_networks=LOOPBACK, retries=0, timeout_s=2.0, deadline_s=deadline_s
+    )
+    with trickler() as rec:
+        started = time.monotonic()
+        assert notifier.post(rec.url, EVENT) is False
+        took = time.monotonic() - started
+        assert rec.accepted.is_set() and rec.sent >= 1  # it really was trickling
+    assert took < deadline_s + 5.0  # the trickle alone would last 40 s
+
+
+def test_close_cancels_an_attempt_in_flight(make_notifier: Callable[..., Notifier]) -> None:
+    """Hole: shutting down (``close``) waited for a delivery blocked on a trickling receiver.
+    ``close`` now cancels the attempt wherever it waits."""
+    notifier = make_notifier(allow_networks=LOOPBACK, retries=3, timeout_s=5.0, deadline_s=120)
+    result: list[bool] = []
+    with trickler() as rec:
+        thread = threading.Thread(target=lambda: result.append(notifier.post(rec.url, EVENT)))
+        thread.start()
+        assert rec.accepted.wait(20)
+        closed_at = time.monotonic()
+        notifier.close()
+        thread.join(20)
+        assert not thread.is_alive()
+        assert time.monotonic() - closed_at < 5.0
+    assert result == [False]
+
+
+# -- what a notification says --------------------------------------------------------------------
+
+
+def _finished_job(tmp_path: Path, output: str, status: str) -> Job:
+    with JobStore(tmp_path / "jobs.db", synchronous="NORMAL") as store:
+        store.submit(
+            JobSpec(
+                output_location=f"{output}/{{id}}.out",
+                failure_location=f"{output}/{{id}}-error.out",
+                input_body=b"{}",
+                id=f"job-{status}",
+            )
+        )
+        owner = new_owner()
+        (job,) = store.claim(owner)
+        error = {"code": "timeout", "message": "too slow"} if status == "failed" else None
+        assert store.finish(job.id, owner, 1, status, error)  # type: ignore[arg-type]
+        return store.get(job.id)
+
+
+@pytest.mark.parametrize("status", ["succeeded", "failed"])
+def test_notifications_show_no_server_paths(
+    status: str, tmp_path: Path, make_notifier: Callable[..., Notifier]
+) -> None:
+    """Review item 4: the webhook message carried the raw output/failure location, so a
+    receiver learnt the server's folders (``"outputLocation": "/tmp/.../out/<id>.out"``).
+    Locations are now shown as the HTTP API shows them: a server folder as the job's output
+    route, an ``s3://`` URI as it is."""
+    local = _finished_job(tmp_path / "local", str(tmp_path / "out"), status)
+    remote = _finished_job(tmp_path / "remote", "s3://shop/results", status)
+    with receiver((200, {})) as rec:
+        notifier = make_notifier(webhook=rec.url)
+        assert notifier.send(local) is True
+        (hit,) = rec.wait_for_hits(1)
+    sent = json.loads(hit.body)
+    assert str(tmp_path) not in hit.body.decode()
+    key = "outputLocation" if status == "succeeded" else "failureLocation"
+    assert sent["responseParameters"][key] == f"/async/jobs/{local.id}/output"
+    suffix = ".out" if status == "succeeded" else "-error.out"
+    shown = event_for(remote)["responseParameters"][key]
+    assert shown == f"s3://shop/results/{remote.id}{suffix}"

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from stygig.errors import InputError, InvalidImageError, InvalidOptionsError, PayloadTooLargeError
+from stygig import storage
+from stygig.errors import (
+    InputError,
+    InvalidImageError,
+    InvalidOptionsError,
+    PayloadTooLargeError,
+    StygigError,
+)
 from stygig.jobs.worker import check_job_input, parse_job_input
 from stygig.locations import InputLocations
 from stygig.serving.requests import parse_json_body
@@ -72,7 +79,7 @@ def test_stored_photos_are_read_only_through_the_policy(tmp_path: Path) -> None:
     assert query.images == (photo.read_bytes(),)
 
 
-def test_local_locations_resolve_before_they_are_compared(tmp_path: Path) -> None:
+def test_local_locations_are_plain_paths_resolved_inside(tmp_path: Path) -> None:
     allowed, outside = tmp_path / "allowed", tmp_path / "outside"
     allowed.mkdir()
     outside.mkdir()
@@ -81,15 +88,27 @@ def test_local_locations_resolve_before_they_are_compared(tmp_path: Path) -> Non
     (allowed / "big.bin").write_bytes(b"x" * 11)
     (allowed / "link").symlink_to(outside / "secret")
     (allowed / "sub").symlink_to(outside)
+    (allowed / "inner").mkdir()
+    (allowed / "inner" / "deep.bin").write_bytes(b"deep")
+    (allowed / "alias").symlink_to(allowed / "inner")  # a symlink that stays inside
+    os.link(outside / "secret", allowed / "hard.bin")  # by design: a hard link is a file
     policy = InputLocations([allowed.as_uri()], max_bytes=10)
     assert policy.read(str(allowed / "ok.bin")) == b"12345"
-    assert policy.read(f"{allowed}/../allowed/./ok.bin") == b"12345"
+    assert policy.read((allowed / "inner" / "deep.bin").as_uri()) == b"deep"
+    assert policy.read(str(allowed / "alias" / "deep.bin")) == b"deep"
+    assert policy.read(str(allowed / "hard.bin")) == b"secret"
     for refused in (
         str(allowed / "link"),
         str(allowed / "sub" / "secret"),
         f"{allowed}/../outside/secret",
-        f"{allowed}/sub/../ok.bin",  # "sub" is resolved first: this is <tmp>/ok.bin
+        f"{allowed}/../allowed/ok.bin",  # ".." anywhere: refused on the text alone
+        f"{allowed}/./ok.bin",
+        f"{allowed}//ok.bin",
+        f"{allowed}/inner/../ok.bin",
+        f"file://{allowed}/inner/%2e%2e/ok.bin",
+        "allowed/ok.bin",  # relative: the server's working folder is not the client's business
         str(allowed),
+        f"{allowed}/",
         f"file://otherhost{allowed}/ok.bin",
         "ftp://example.com/x",
         f"{allowed}/ok.bin\x00",
@@ -100,3 +119,23 @@ def test_local_locations_resolve_before_they_are_compared(tmp_path: Path) -> Non
     with pytest.raises(PayloadTooLargeError) as big:
         policy.read(str(allowed / "big.bin"))
     assert str(allowed) not in big.value.message and "10 bytes" in big.value.message
+
+
+def test_read_beneath_follows_no_symlink_below_the_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "folder"
+    (folder / "d").mkdir(parents=True)
+    (folder / "d" / "a").write_bytes(b"a")
+    (folder / "ld").symlink_to(folder / "d")
+    (folder / "d" / "la").symlink_to("a")
+    assert storage.read_beneath(folder, folder / "d" / "a", max_bytes=10) == b"a"
+    for path, code in (
+        (folder / "ld" / "a", "location_changed"),  # a folder on the way is a symlink
+        (folder / "d" / "la", "location_changed"),  # the file itself is one
+        (folder / "d" / "a" / "x", "location_not_found"),  # a file on the way
+        (folder / "nothing" / "a", "location_not_found"),
+        (tmp_path / "elsewhere", "invalid_location"),
+        (folder, "invalid_location"),
+    ):
+        with pytest.raises(StygigError) as caught:
+            storage.read_beneath(folder, path, max_bytes=10)
+        assert caught.value.code == code, path

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from stygig.errors import InvalidOptionsError, NotFoundError
-from stygig.jobs.store import JobSpec, JobStore, new_owner
+from stygig.jobs.store import JobSpec, JobStore, QueueLimits, new_owner
+from stygig.serving.async_api import AsyncConfig
 
 
 def _spec(**kw: object) -> JobSpec:
@@ -126,3 +127,13 @@ def test_purge_keeps_unfinished_and_unnotified_jobs(store: JobStore) -> None:
     assert store.purge(time.time() + 1, batch=1) == 1  # the notification of "pending" is due
     assert [v.id for v in store.list_jobs()] == ["pending", "queued"]
     assert {e["job_id"] for e in store.events()} == {"pending", "queued"}
+
+
+def test_queue_limits_must_be_positive(tmp_path: Path) -> None:
+    for jobs, held in ((0, 1), (1, 0)):
+        with pytest.raises(InvalidOptionsError):
+            QueueLimits(max_jobs=jobs, max_bytes=held)
+    with pytest.raises(InvalidOptionsError):
+        AsyncConfig(jobs_db=tmp_path / "jobs.db", output="out", max_queued=0)
+    limits = AsyncConfig(jobs_db=tmp_path / "jobs.db", output="out").queue_limits()
+    assert limits == QueueLimits(max_jobs=10_000, max_bytes=1024**3)

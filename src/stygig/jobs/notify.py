@@ -10,6 +10,10 @@ written for SageMaker read it unchanged::
      "responseParameters": {"outputLocation": "..."},   # or "failureLocation" + "failureReason"
     }
 
+Output and failure locations appear as the HTTP API shows them to clients: an ``s3://`` URI as
+it is, a server folder never (the job's output route instead; see
+:func:`stygig.jobs.store.shown_location`).
+
 Delivery is at least once: the store marks a notification sent only after it went out, so a
 crash in between sends it again after restart. Receivers deduplicate on ``inferenceId``.
 
@@ -21,13 +25,21 @@ request then goes to the very address that was checked, so a DNS answer that cha
 between (DNS rebinding) cannot redirect it. Redirects are never followed. The operator's own
 webhook (``--async-webhook``) is trusted for its address but must still be ``http(s)``.
 
-Attempts stop after ``1 + retries``: a 2xx is delivered; 5xx, 408, 429 and network errors are
-retried with capped exponential backoff and full jitter (a ``Retry-After`` is honoured up to a
-cap); anything else (3xx, other 4xx, an address that is not allowed) fails at once.
+Each attempt has an overall deadline (``deadline_s``), from connecting to the answer's headers:
+a receiver that trickles its answer a byte at a time resets a per-read timeout forever, so the
+request runs as a task on a fresh event loop in the delivering thread and is cancelled at the
+deadline (a cancel interrupts a read that is waiting, which nothing can do to a blocking
+socket read). :meth:`Notifier.close` cancels the attempts in flight the same way.
+
+Attempts stop after ``1 + retries``: a 2xx is delivered; 5xx, 408, 429, network errors and an
+attempt past its deadline are retried with capped exponential backoff and full jitter (a
+``Retry-After`` is honoured up to a cap); anything else (3xx, other 4xx, an address that is not
+allowed) fails at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import ipaddress
 import json
@@ -64,12 +76,13 @@ _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 def event_for(job: Job) -> dict[str, Any]:
-    """The notification message for a finished job."""
+    """The notification message for a finished job (locations as a client may see them)."""
     ok = job.status == "succeeded"
+    output, failure = job.shown_locations()
     response: dict[str, Any] = (
-        {"outputLocation": job.output_location, "contentType": "application/json"}
+        {"outputLocation": output, "contentType": "application/json"}
         if ok
-        else {"failureLocation": job.failure_location}
+        else {"failureLocation": failure}
     )
     event: dict[str, Any] = {
         "eventVersion": "1.0",
@@ -135,13 +148,14 @@ def _retry_after_s(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-class _Connection:
-    """The HTTP client shared by every delivery, and the switch that stops them."""
+class _Deliveries:
+    """The switch that stops every delivery, and the attempts in flight it interrupts."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.closed = threading.Event()
-        self.client: httpx.Client | None = None
+        # Each attempt in flight: its event loop (running in a delivering thread) and task.
+        self.running: set[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = set()
 
 
 @dataclass(frozen=True)
@@ -158,7 +172,11 @@ class Notifier:
             and each pause is drawn uniformly below that bound (full jitter).
         max_backoff_s: the longest pause between attempts.
         retry_after_cap_s: the longest ``Retry-After`` a receiver may ask for.
-        timeout_s: per webhook request (connect, each read and each write).
+        timeout_s: per network operation of a webhook request (connect, each read, each
+            write).
+        deadline_s: the most one webhook attempt may take in all (connecting, sending, the
+            answer's status line and headers); at the deadline the request is cancelled and
+            the attempt counts as failed (and is retried).
         allow_networks: CIDR networks a job's webhook may point at although they are not public
             (e.g. ``"127.0.0.0/8"`` for a receiver on this host).
         resolve: how a host name becomes addresses (tests substitute their own).
@@ -172,18 +190,19 @@ class Notifier:
     max_backoff_s: float = 30.0
     retry_after_cap_s: float = 60.0
     timeout_s: float = 10.0
+    deadline_s: float = 30.0
     allow_networks: tuple[str, ...] = ()
     resolve: Callable[[str, int], Sequence[str]] = field(default=resolve_host, compare=False)
     _networks: tuple[_IPNetwork, ...] = field(init=False, repr=False, compare=False)
-    _connection: _Connection = field(
-        default_factory=_Connection, init=False, repr=False, compare=False
+    _deliveries: _Deliveries = field(
+        default_factory=_Deliveries, init=False, repr=False, compare=False
     )
 
     def __post_init__(self) -> None:
         if self.retries < 0 or min(self.backoff_s, self.max_backoff_s, self.retry_after_cap_s) < 0:
             raise InvalidOptionsError("webhook retries and pauses cannot be negative")
-        if self.timeout_s <= 0:
-            raise InvalidOptionsError("the webhook timeout must be positive")
+        if self.timeout_s <= 0 or self.deadline_s <= 0:
+            raise InvalidOptionsError("the webhook timeout and deadline must be positive")
         networks = []
         for cidr in self.allow_networks:
             try:
@@ -292,12 +311,14 @@ class Notifier:
 
         Unless ``trusted`` (the operator's own webhook), ``url`` is checked like
         :meth:`check_url` before every attempt and the request goes to the checked address.
+        Blocks the calling thread, which must not be running an event loop (each attempt runs
+        on one of its own).
         """
         attempts = self.retries + 1
         try:
             body = json.dumps(event).encode()
             for attempt in range(1, attempts + 1):
-                if self._connection.closed.is_set():
+                if self._deliveries.closed.is_set():
                     return False
                 outcome = self._attempt(url, body, event, attempt, trusted)
                 if outcome.delivered:
@@ -312,7 +333,7 @@ class Notifier:
                 if not outcome.retry or attempt == attempts:
                     return False
                 # An interruptible pause, so close() does not wait out a backoff.
-                if self._connection.closed.wait(self._pause(attempt, outcome.retry_after_s)):
+                if self._deliveries.closed.wait(self._pause(attempt, outcome.retry_after_s)):
                     return False
         except Exception:
             log.warning("webhook for job %s failed", event.get("inferenceId"), exc_info=True)
@@ -330,8 +351,6 @@ class Notifier:
     def _attempt(
         self, url: str, body: bytes, event: dict[str, Any], attempt: int, trusted: bool
     ) -> _Outcome:
-        import httpx
-
         try:
             target = self._parse(url)
             pinned: list[str | None] = [None] if trusted else list(self._addresses(target))
@@ -343,60 +362,89 @@ class Notifier:
             "X-Stygig-Inference-Id": str(event.get("inferenceId")),
             "X-Stygig-Attempt": str(attempt),
         }
-        reason = "no address"
-        for address in pinned:
-            request_url, extensions = target, {}
-            if address is not None:
-                # Connect to the checked address; the server still sees (and TLS verifies)
-                # the name from the URL.
-                request_url = target.copy_with(host=address)
-                headers["Host"] = target.netloc.decode("ascii")
-                if target.scheme == "https" and not _is_ip(target.host):
-                    extensions = {"sni_hostname": target.host}
-            try:
-                # Streamed and never read: a receiver cannot make us buffer a huge answer.
-                with self._client().stream(
-                    "POST", request_url, content=body, headers=headers, extensions=extensions
-                ) as response:
-                    status = response.status_code
-                    retry_after = _retry_after_s(response.headers.get("retry-after"))
-            except (httpx.ConnectError, httpx.ConnectTimeout) as e:
-                reason = f"{type(e).__name__}: {e}"
-                continue  # the host's next address may answer
-            except Exception as e:
-                return _Outcome(False, True, f"{type(e).__name__}: {e}")
-            if 200 <= status < 300:
-                return _Outcome(True, False, f"HTTP {status}")
-            retry = status >= 500 or status in _RETRY_STATUSES
-            return _Outcome(False, retry, f"HTTP {status}", retry_after if retry else None)
-        return _Outcome(False, True, reason)
+        try:
+            return asyncio.run(self._deliver(target, pinned, body, headers))
+        except TimeoutError:
+            return _Outcome(
+                False, True, f"no answer within the {self.deadline_s:g}-second deadline"
+            )
+        except asyncio.CancelledError:
+            return _Outcome(False, False, "the notifier was closed")
 
-    def _client(self) -> httpx.Client:
+    async def _deliver(
+        self,
+        target: httpx.URL,
+        pinned: Sequence[str | None],
+        body: bytes,
+        headers: dict[str, str],
+    ) -> _Outcome:
+        """One attempt: POST to each of ``pinned`` (``None``: the URL's own host) until one
+        answers, all of it within ``deadline_s`` (:class:`TimeoutError` past it)."""
+        task = asyncio.current_task()
+        assert task is not None  # run by asyncio.run
+        entry = (asyncio.get_running_loop(), task)
+        with self._deliveries.lock:
+            if self._deliveries.closed.is_set():
+                raise asyncio.CancelledError
+            self._deliveries.running.add(entry)
+        try:
+            async with asyncio.timeout(self.deadline_s):
+                return await self._post_pinned(target, pinned, body, headers)
+        finally:
+            with self._deliveries.lock:
+                self._deliveries.running.discard(entry)
+
+    async def _post_pinned(
+        self,
+        target: httpx.URL,
+        pinned: Sequence[str | None],
+        body: bytes,
+        headers: dict[str, str],
+    ) -> _Outcome:
         import httpx
 
-        with self._connection.lock:
-            if self._connection.closed.is_set():
-                raise RuntimeError("the notifier is closed")
-            if self._connection.client is None:
-                self._connection.client = httpx.Client(
-                    follow_redirects=False,  # a 3xx is a failed attempt, never a GET elsewhere
-                    timeout=self.timeout_s,
-                    # No kept-alive connections: the pool is keyed by address, and a connection
-                    # verified for one host name must not carry a request for another.
-                    limits=httpx.Limits(max_keepalive_connections=0),
-                )
-            return self._connection.client
+        reason = "no address"
+        # A client for this attempt only: no connection verified for one host name is ever
+        # kept for a request to another, and nothing outlives the attempt's event loop.
+        async with httpx.AsyncClient(
+            follow_redirects=False,  # a 3xx is a failed attempt, never a GET elsewhere
+            timeout=self.timeout_s,
+        ) as client:
+            for address in pinned:
+                request_url, extensions, sent = target, {}, dict(headers)
+                if address is not None:
+                    # Connect to the checked address; the server still sees (and TLS verifies)
+                    # the name from the URL.
+                    request_url = target.copy_with(host=address)
+                    sent["Host"] = target.netloc.decode("ascii")
+                    if target.scheme == "https" and not _is_ip(target.host):
+                        extensions = {"sni_hostname": target.host}
+                try:
+                    # Streamed and never read: a receiver cannot make us buffer a huge answer.
+                    async with client.stream(
+                        "POST", request_url, content=body, headers=sent, extensions=extensions
+                    ) as response:
+                        status = response.status_code
+                        retry_after = _retry_after_s(response.headers.get("retry-after"))
+                except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+                    reason = f"{type(e).__name__}: {e}"
+                    continue  # the host's next address may answer
+                except Exception as e:
+                    return _Outcome(False, True, f"{type(e).__name__}: {e}")
+                if 200 <= status < 300:
+                    return _Outcome(True, False, f"HTTP {status}")
+                retry = status >= 500 or status in _RETRY_STATUSES
+                return _Outcome(False, retry, f"HTTP {status}", retry_after if retry else None)
+        return _Outcome(False, True, reason)
 
     def close(self) -> None:
-        """Stop delivering: pending pauses end, later attempts fail, the HTTP client closes.
-
-        A closed notifier sends nothing again (``send`` returns ``False``).
-        """
-        self._connection.closed.set()
-        with self._connection.lock:
-            client, self._connection.client = self._connection.client, None
-        if client is not None:
-            client.close()
+        """Stop delivering: pending pauses end, attempts in flight are cancelled, later ones
+        fail. A closed notifier sends nothing again (``send`` returns ``False``)."""
+        self._deliveries.closed.set()
+        with self._deliveries.lock:
+            for loop, task in self._deliveries.running:
+                # The loop runs in a delivering thread; the cancel is handed to it.
+                loop.call_soon_threadsafe(task.cancel)
 
     def publish(self, topic_arn: str, event: dict[str, Any]) -> bool:
         """Publish ``event`` to an SNS topic (boto3 retries on its own)."""

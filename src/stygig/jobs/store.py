@@ -18,9 +18,12 @@ job; the next attempt finds the result already written and only records it. Each
 random ``token`` that its result and failure documents carry, so a document found at its
 location proves it was written for this job (not for an earlier job of the same id, or another).
 
-What the store keeps is bounded: a job's inline input is dropped when it finishes, and
+What the store keeps is bounded: :meth:`JobStore.submit` refuses a job once the unfinished
+ones reach a count or hold a total of inline input bytes (:class:`QueueLimits`, checked in the
+insert's own transaction), a job's inline input is dropped when it finishes, and
 :meth:`JobStore.purge` deletes finished jobs (and their events) older than the retention time.
-Public views (:class:`JobView`) hold neither the input nor the webhook.
+Public views (:class:`JobView`) hold neither the input nor the webhook, and a job's locations
+are shown to clients only as :func:`shown_location` gives them.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from stygig.errors import InvalidOptionsError, NotFoundError
+from stygig import storage
+from stygig.errors import InvalidOptionsError, NotFoundError, OverloadedError
 
 __all__ = [
     "STATUSES",
@@ -46,14 +50,17 @@ __all__ = [
     "JobSpec",
     "JobStore",
     "JobView",
+    "QueueLimits",
     "Status",
     "iso_time",
     "new_owner",
+    "shown_location",
 ]
 
 Status = Literal["queued", "running", "succeeded", "failed"]
 STATUSES: tuple[Status, ...] = ("queued", "running", "succeeded", "failed")
 TERMINAL = ("succeeded", "failed")
+UNFINISHED = ("queued", "running")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -105,6 +112,31 @@ _VIEW_COLUMNS = (
     "seq, id, status, output_location, failure_location, created_at, started_at, finished_at,"
     " attempts, error"
 )
+
+
+def shown_location(job_id: str, location: str) -> str:
+    """A job's output or failure ``location`` as a client may see it (job views, the submission's
+    answer, notifications): an ``s3://`` URI as it is (the client reads it there, as on
+    SageMaker); a server folder never, the route ``/async/jobs/<id>/output`` instead."""
+    return location if storage.is_remote(location) else f"/async/jobs/{job_id}/output"
+
+
+@dataclass(frozen=True)
+class QueueLimits:
+    """How much unfinished work (queued or running jobs) the store accepts.
+
+    Attributes:
+        max_jobs: unfinished jobs at most; a submission beyond is refused.
+        max_bytes: inline input bytes all unfinished jobs may hold together (each keeps its
+            body in the store until it finishes).
+    """
+
+    max_jobs: int
+    max_bytes: int
+
+    def __post_init__(self) -> None:
+        if self.max_jobs < 1 or self.max_bytes < 1:
+            raise InvalidOptionsError("the queue limits must be at least 1")
 
 
 def new_owner() -> str:
@@ -199,6 +231,13 @@ class Job:
             return "JobToken" not in document
         return document.get("JobToken") == self.token and document.get("InferenceId") == self.id
 
+    def shown_locations(self) -> tuple[str, str]:
+        """The output and failure locations as a client may see them (:func:`shown_location`)."""
+        return (
+            shown_location(self.id, self.output_location),
+            shown_location(self.id, self.failure_location),
+        )
+
 
 @dataclass(frozen=True)
 class JobView:
@@ -223,12 +262,13 @@ class JobView:
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
-        """``GET /async/jobs/{id}``: SageMaker-style names, ISO timestamps."""
+        """``GET /async/jobs/{id}``: SageMaker-style names, ISO timestamps, locations as a
+        client may see them (:func:`shown_location`)."""
         return {
             "InferenceId": self.id,
             "Status": self.status,
-            "OutputLocation": self.output_location,
-            "FailureLocation": self.failure_location,
+            "OutputLocation": shown_location(self.id, self.output_location),
+            "FailureLocation": shown_location(self.id, self.failure_location),
             "CreatedAt": iso_time(self.created_at),
             "StartedAt": iso_time(self.started_at),
             "FinishedAt": iso_time(self.finished_at),
@@ -308,11 +348,16 @@ class JobStore:
 
     # -- writes ----------------------------------------------------------------------------------
 
-    def submit(self, spec: JobSpec) -> tuple[Job, bool]:
+    def submit(self, spec: JobSpec, limits: QueueLimits | None = None) -> tuple[Job, bool]:
         """Record a queued job (committed before this returns); ``(job, created)``.
 
         Submitting an id that already exists returns the existing job and ``created=False``,
         so a client that retries a submission never creates a duplicate.
+
+        Raises:
+            OverloadedError: ``queue_full`` when the unfinished jobs, with this one, would go
+                over ``limits`` (``None``: no limit). Counted in the insert's transaction, so
+                concurrent submissions cannot overshoot together.
         """
         job_id = spec.id or uuid.uuid4().hex
         now = time.time()
@@ -321,6 +366,8 @@ class JobStore:
             existing = db.execute(select, (job_id,)).fetchone()
             if existing is not None:
                 return Job.from_row(existing), False
+            if limits is not None:
+                self._check_room(db, limits, len(spec.input_body or b""))
             db.execute(
                 "INSERT INTO jobs (id, status, input_location, input_body, content_type, params,"
                 " output_location, failure_location, webhook, time_limit_s, max_attempts,"
@@ -343,6 +390,20 @@ class JobStore:
             self._event(db, job_id, "submitted", None)
             row = db.execute(select, (job_id,)).fetchone()
         return Job.from_row(row), True
+
+    @staticmethod
+    def _check_room(db: sqlite3.Connection, limits: QueueLimits, body_bytes: int) -> None:
+        # length() of a BLOB reads the row header only, not the body; the status index
+        # finds the unfinished rows.
+        jobs, held = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(length(input_body)), 0) FROM jobs"
+            f" WHERE status IN ({', '.join('?' * len(UNFINISHED))})",
+            UNFINISHED,
+        ).fetchone()
+        if jobs + 1 > limits.max_jobs or held + body_bytes > limits.max_bytes:
+            raise OverloadedError(
+                "the job queue is full; retry after Retry-After seconds", code="queue_full"
+            )
 
     def claim(self, owner: str, *, lease_s: float = 60.0, limit: int = 1) -> list[Job]:
         """Take up to ``limit`` queued jobs (oldest first) for ``owner``; counts the attempt."""

@@ -246,9 +246,10 @@ def run_job(
         result = recommender.recommend(query, options).to_dict()
     except StygigError as e:
         return _failure(job, {"code": e.code, "message": e.message}, gate)
-    except Exception:  # a decoder's failure on client bytes, or a bug: that job fails
+    except Exception:  # a library's failure on client bytes, or a bug: that job fails
+        # What went wrong is for the log: the exception's text may name server paths.
         log.warning("job %s failed", job.id, exc_info=True)
-        error = {"code": "invalid_image", "message": "the input could not be processed"}
+        error = {"code": "job_failed", "message": "the job could not be completed"}
         return _failure(job, error, gate)
     document = _document(job, result)
     outcome: Outcome = ("succeeded", None)

@@ -14,14 +14,16 @@ request: path, ``file://`` or ``s3://``, under a prefix the operator allowed:
 body, as ``POST /invocations`` takes). Options come from ``X-Amzn-SageMaker-Custom-Attributes``
 (``k=3&mode=similar``) or the query string. Optional headers:
 ``X-Amzn-SageMaker-Inference-Id`` (a client id: resubmitting it returns the same job, never a
-second one; not ending in ``-error``, so that no result is named like another job's failure), ``X-Amzn-SageMaker-InvocationTimeoutSeconds`` (the job's time limit, default
-900), ``X-Amzn-SageMaker-Content-Type`` (the stored input's type) and ``X-Stygig-Webhook``
-(this job's notification URL). The job is committed to the store before the 202 is sent; every
-refusal (a location not allowed, too many parts, a bad option) is a 4xx before it. Job views
-show neither the input location nor the webhook.
+second one; not ending in ``-error``, so that no result is named like another job's failure),
+``X-Amzn-SageMaker-InvocationTimeoutSeconds`` (the job's time limit, default 900),
+``X-Amzn-SageMaker-Content-Type`` (the stored input's type) and ``X-Stygig-Webhook`` (this
+job's notification URL). The job is committed to the store before the 202 is sent; every
+refusal (a location not allowed, too many parts, a bad option) is a 4xx before it, and a full
+queue (``max_queued`` unfinished jobs, or ``max_queued_bytes`` of inline inputs held by them) a
+503 with ``Retry-After``. Job views show neither the input location nor the webhook, and a
+server folder never: locations are shown as :func:`stygig.jobs.store.shown_location` gives them.
 
-:class:`AsyncJobs` bundles the store, the worker and the router; ``main`` serves the async API
-alone (with ``/ping``) for tests and benchmarks.
+:class:`AsyncJobs` bundles the store, the worker and the router.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
@@ -44,7 +46,7 @@ from stygig import storage
 from stygig.engine import Options, Recommender
 from stygig.errors import InvalidImageError, InvalidOptionsError, NotFoundError
 from stygig.jobs.notify import Notifier
-from stygig.jobs.store import TERMINAL, Job, JobSpec, JobStore, JobView
+from stygig.jobs.store import TERMINAL, Job, JobSpec, JobStore, QueueLimits
 from stygig.jobs.worker import JobWorker, WorkerConfig, check_job_input
 from stygig.locations import InputLocations, public_errors
 from stygig.serving import requests as rq
@@ -83,6 +85,10 @@ class AsyncConfig:
         list_jobs: whether ``GET /async/jobs`` lists jobs (off: 404; it shows every client's).
         retention_s: finished jobs older than this are deleted from the store, events too.
         max_input_bytes: the most one read of a client-named location returns.
+        max_queued: unfinished (queued or running) jobs at most; more submissions are
+            refused with 503 ``queue_full`` until some finish.
+        max_queued_bytes: inline input bytes the unfinished jobs may hold in the store
+            together; beyond, submissions are refused alike.
     """
 
     jobs_db: Path
@@ -96,12 +102,19 @@ class AsyncConfig:
     list_jobs: bool = False
     retention_s: float = 7 * 24 * 3600
     max_input_bytes: int = 6 * 1024 * 1024
+    max_queued: int = 10_000
+    max_queued_bytes: int = 1024**3
 
     def __post_init__(self) -> None:
         if self.retention_s <= 0:
             raise InvalidOptionsError("the job retention time must be positive")
         if self.max_input_bytes < 1 or self.max_inline_bytes < 1:
             raise InvalidOptionsError("the input byte limits must be at least 1")
+        self.queue_limits()  # refuses limits below 1 now, not at the first submission
+
+    def queue_limits(self) -> QueueLimits:
+        """The store's bound on unfinished work these settings describe."""
+        return QueueLimits(max_jobs=self.max_queued, max_bytes=self.max_queued_bytes)
 
     def input_locations(self) -> InputLocations:
         """The policy for client-named inputs these settings describe."""
@@ -192,25 +205,6 @@ def _own_output(job: Job) -> bytes:
     return data
 
 
-def _shown(job_id: str, output: str, failure: str) -> tuple[str, str]:
-    """The output and failure locations as a client may see them: ``s3://`` URIs as they are
-    (the client reads them there, as on SageMaker); a server folder never, the route instead."""
-    route = f"/async/jobs/{job_id}/output"
-    return (
-        output if storage.is_remote(output) else route,
-        failure if storage.is_remote(failure) else route,
-    )
-
-
-def _public(view: JobView) -> dict[str, Any]:
-    """A job view with its locations as :func:`_shown` gives them."""
-    body = view.to_dict()
-    body["OutputLocation"], body["FailureLocation"] = _shown(
-        view.id, view.output_location, view.failure_location
-    )
-    return body
-
-
 def make_async_router(
     store: JobStore,
     worker: JobWorker,
@@ -221,14 +215,15 @@ def make_async_router(
     client-named inputs are checked against ``locations`` (default: ``config``'s)."""
     router = APIRouter(prefix="/async", tags=["async"])
     policy = locations or config.input_locations()
+    limits = config.queue_limits()
 
     @router.post("/invocations", status_code=202, summary="Submit an asynchronous inference")
     async def submit(request: Request) -> Response:
         spec = await _spec(request, config, policy)
-        job, created = await run_in_threadpool(store.submit, spec)
+        job, created = await run_in_threadpool(store.submit, spec, limits)
         if created:
             worker.wake()
-        output, failure = _shown(job.id, job.output_location, job.failure_location)
+        output, failure = job.shown_locations()
         body = {
             "InferenceId": job.id,
             "OutputLocation": output,
@@ -244,7 +239,7 @@ def make_async_router(
 
     @router.get("/jobs/{job_id}", summary="One job's status and timestamps")
     async def status(job_id: str) -> Response:
-        return json_response(_public(await run_in_threadpool(store.view, job_id)))
+        return json_response((await run_in_threadpool(store.view, job_id)).to_dict())
 
     @router.get("/jobs/{job_id}/output", summary="A finished job's result (or error)")
     async def output(job_id: str) -> Response:
@@ -267,7 +262,7 @@ def make_async_router(
         )
         counts = await run_in_threadpool(store.counts)
         body = {
-            "jobs": [_public(j) for j in found],
+            "jobs": [j.to_dict() for j in found],
             "counts": counts,
             "next_after": found[-1].seq if found else None,
         }

@@ -226,6 +226,18 @@ def add_async_arguments(p: argparse.ArgumentParser) -> None:
         help="answer GET /async/jobs (every job's id and status: off by default)",
     )
     g.add_argument(
+        "--async-max-queued",
+        type=int,
+        default=10_000,
+        help="unfinished jobs at most; beyond it a submission gets 503 (default 10,000)",
+    )
+    g.add_argument(
+        "--async-max-queued-mb",
+        type=float,
+        default=1024.0,
+        help="inline inputs held by unfinished jobs, in MB; beyond it 503 (default 1024)",
+    )
+    g.add_argument(
         "--async-retention-hours",
         type=float,
         default=168.0,
@@ -259,4 +271,6 @@ def async_config_from_args(args: argparse.Namespace) -> AsyncConfig | None:
         allow_input_prefixes=tuple(args.allow_input_prefix),
         list_jobs=args.async_list_jobs,
         retention_s=args.async_retention_hours * 3600.0,
+        max_queued=args.async_max_queued,
+        max_queued_bytes=int(args.async_max_queued_mb * 1024 * 1024),
     )
