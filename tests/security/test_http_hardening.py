@@ -392,3 +392,22 @@ def test_the_schema_documents_client_errors(server: Server) -> None:
         for method, operation in operations.items():
             documented = set(operation["responses"])
             assert {"400", "401", "413", "422", "503"} <= documented, (method, path)
+
+
+def test_the_async_queue_limits_are_the_operators(
+    sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Item 10 (review): nothing bounded queued jobs or the inline bytes they hold; the flags
+    ``--async-max-queued`` and ``--async-max-queued-mb`` reach the store."""
+    flags = ("--jobs-db", str(tmp_path / "jobs.db"), "--async-output", str(tmp_path / "out"))
+    small = ("--async-max-queued-mb", "0.001")  # 1 KB: less than one photo
+    with capped_server(sample[1], tmp_path / "log", *flags, *small) as s:
+        r = httpx.post(
+            f"{s.url}/async/invocations",
+            content=photo(sample),
+            headers={"content-type": "image/jpeg"},
+        )
+        assert r.status_code == 503 and r.json()["error"]["code"] == "queue_full"
+        assert "retry-after" in r.headers
+        ok = httpx.post(f"{s.url}/async/invocations", json={"item_ids": ["sku-0014"]})
+        assert ok.status_code == 202  # a few bytes fit: the limit counts bytes, not requests
