@@ -8,6 +8,11 @@ time — goes through :func:`decode_image`, so limits and conversions are the sa
   refused with 415 without being parsed;
 * limits, all checked from the header *before* decoding, so a decompression bomb costs nothing:
   bytes, pixels, the shortest side, the aspect ratio, and pixels per byte of file;
+* limits on the file's structure, checked before any parser runs, for work that neither pixels
+  nor bytes bound: a JPEG's scans (libjpeg decodes every scan over the whole image, so a 259 KB
+  progressive JPEG of 2,000 repeated scans took 44 s) and segments, and a PNG's chunks and
+  compressed chunks (Pillow inflates each iCCP, zTXt or iTXt chunk up to 1 MB: 20 MB of them
+  took 45 s). A WebP costs no more than its first frame: only that frame is ever decoded;
 * EXIF orientation applied; RGBA/LA/P composited on white (product shots), grey, CMYK and 16-bit
   converted to 8-bit RGB;
 * when the caller says how small the result may be (``min_size``), large images are shrunk right
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -117,6 +123,20 @@ class ImageLimits:
     max_aspect_ratio: float = 20.0
     max_pixels_per_byte: float = 1_000.0
     pixels_per_byte_floor: int = 4_000_000
+    # libjpeg decodes each scan over the whole image: ~22 ms a scan at 36 MP, however few bytes
+    # the scan has. Encoders write 1 scan (baseline), or progressive 6 (grey), 10 (colour) or 18
+    # (CMYK) with libjpeg's script, ~12 with mozjpeg's; the catalogue photos have 1 or 10.
+    max_jpeg_scans: int = 100
+    # Markers of any kind, scans included. Pillow parses the header's markers in Python (5M
+    # empty comments: 4.6 s and +400 MB). The catalogue photos have 9 to 29; an ICC profile
+    # split over APP2 segments or extended XMP adds at most a few hundred.
+    max_jpeg_segments: int = 5_000
+    # Pillow reads every chunk in Python (~4 us each; 20 MB of empty ones: 6 s and +200 MB).
+    # libpng writes 8 KB image-data chunks: 2,560 for a 20 MB file.
+    max_png_chunks: int = 50_000
+    # iCCP, zTXt and iTXt: Pillow inflates each one up to 1 MB (2 ms); the spec allows one iCCP,
+    # and real files carry a few text chunks (XMP, comments, generator settings).
+    max_png_compressed_chunks: int = 32
 
 
 DEFAULT_LIMITS = ImageLimits()
@@ -211,6 +231,111 @@ def _check_header(width: int, height: int, n_bytes: int, limits: ImageLimits) ->
         )
 
 
+# The next JPEG marker: 0xFF and a byte that is not 0x00 (a stuffed 0xFF data byte), 0xFF (fill
+# before a marker: the match is at the last one) or RST0-7 (inside a scan). This is where libjpeg
+# finds the next marker after a segment or a scan's entropy-coded data, junk skipped. Two bytes
+# per try, so the search runs in C and stays linear even over long runs of 0xFF.
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_JPEG_SOS, _JPEG_EOI = 0xDA, 0xD9
+_JPEG_NO_LENGTH = frozenset({0x01, 0xD8})  # TEM, SOI: markers without a length field
+# Frame headers: SOF0-15 but DHT, JPG and DAC. libjpeg refuses a second one, but only after
+# Pillow has parsed them all in Python (6 MB of them: 0.5 s and +200 MB).
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# Before the first scan Pillow steps over junk and fill bytes between segments one byte at a
+# time in Python (20 MB of 0xFF: 7 s); 64 KB costs ~25 ms. Real files have none.
+_MAX_JPEG_HEADER_GAP = 64 * 1024
+# Chunks Pillow inflates (up to PngImagePlugin.MAX_TEXT_CHUNK each; iCCP and text chunks with an
+# empty keyword or invalid UTF-8 escape its MAX_TEXT_MEMORY total).
+_PNG_COMPRESSED_CHUNKS = frozenset({b"iCCP", b"zTXt", b"iTXt"})
+
+
+def _check_jpeg_structure(data: bytes, limits: ImageLimits) -> None:
+    """Refuse a JPEG with more scans or segments than ``limits`` allow, or a malformed header.
+
+    Walks the markers as libjpeg reads them: each segment skipped by its length, a scan's
+    entropy-coded data up to the next marker; up to the first EOI, where decoding stops (an
+    MPO's later frames are never decoded). Truncated or malformed structure just ends the walk:
+    reporting it is Pillow's job. Linear, and in C but for one step per marker.
+    """
+    scans = segments = frames = header_gap = 0
+    pos = 2  # after SOI
+    while (match := _JPEG_MARKER.search(data, pos)) is not None:
+        if scans == 0:
+            header_gap += match.start() - pos
+            if header_gap > _MAX_JPEG_HEADER_GAP:
+                raise InvalidImageError(
+                    f"the JPEG header has more than {_MAX_JPEG_HEADER_GAP:,} bytes of padding "
+                    "or junk between its segments",
+                    code="image_malformed_header",
+                )
+        marker = data[match.start() + 1]
+        pos = match.end()
+        if marker == _JPEG_EOI:
+            return
+        segments += 1
+        if segments > limits.max_jpeg_segments:
+            raise ImageTooLargeError(
+                f"the JPEG has more than {limits.max_jpeg_segments:,} segments (markers)",
+                code="image_too_many_segments",
+            )
+        if marker in _JPEG_NO_LENGTH:
+            continue
+        if marker in _JPEG_SOF:
+            frames += 1
+            if frames > 1:
+                raise InvalidImageError(
+                    "the JPEG has more than one frame header (SOF)", code="image_malformed_header"
+                )
+        # A length under 2 is skipped as 2, the length field itself, like libjpeg and Pillow.
+        pos += max(2, int.from_bytes(data[pos : pos + 2], "big"))
+        if marker == _JPEG_SOS:
+            scans += 1
+            if scans > limits.max_jpeg_scans:
+                raise ImageTooLargeError(
+                    f"the JPEG has more than {limits.max_jpeg_scans:,} scans; each one is "
+                    "decoded over the whole image (re-encode it as a baseline JPEG)",
+                    code="image_too_many_scans",
+                )
+
+
+def _check_png_structure(data: bytes, limits: ImageLimits) -> None:
+    """Refuse a PNG with more chunks, or more compressed chunks, than ``limits`` allow.
+
+    Counts every chunk up to IEND, where Pillow stops reading; a truncated chunk ends the walk
+    (Pillow reports it). One step per chunk, at most ``max_png_chunks`` steps.
+    """
+    chunks = compressed = 0
+    pos = 8  # after the signature
+    while pos + 8 <= len(data):
+        chunks += 1
+        if chunks > limits.max_png_chunks:
+            raise ImageTooLargeError(
+                f"the PNG has more than {limits.max_png_chunks:,} chunks",
+                code="image_too_many_chunks",
+            )
+        kind = data[pos + 4 : pos + 8]
+        if kind in _PNG_COMPRESSED_CHUNKS:
+            compressed += 1
+            if compressed > limits.max_png_compressed_chunks:
+                raise ImageTooLargeError(
+                    f"the PNG has more than {limits.max_png_compressed_chunks:,} compressed "
+                    "metadata chunks (iCCP, zTXt, iTXt)",
+                    code="image_too_many_chunks",
+                )
+        if kind == b"IEND":
+            return
+        pos += 12 + int.from_bytes(data[pos : pos + 4], "big")  # length, type, data, CRC
+
+
+def _check_structure(data: bytes, limits: ImageLimits) -> None:
+    """Bound the work a file's structure asks of the parsers, before any parser runs."""
+    name = _image_format(data)
+    if name == "JPEG":
+        _check_jpeg_structure(data, limits)
+    elif name == "PNG":
+        _check_png_structure(data, limits)
+
+
 def _open(data: bytes) -> Image.Image:
     """Parse the header with the accepted formats' openers only."""
     try:
@@ -273,14 +398,17 @@ def decode_image(
         min_size: if given, the image may be decoded at reduced scale as long as both sides stay
             at least this large (JPEG DCT scaling, a box reduction for PNG and WebP); pass the
             encoder's input size.
-        limits: byte, pixel, aspect-ratio and pixels-per-byte limits, checked before decoding.
+        limits: byte, pixel, aspect-ratio, pixels-per-byte and structure (JPEG scans and
+            segments, PNG chunks) limits, checked before decoding.
 
     Raises:
-        InvalidImageError: not an image, corrupt or truncated, too small or too elongated.
+        InvalidImageError: not an image, corrupt or truncated, a malformed JPEG header, too small
+            or too elongated.
         UnsupportedMediaError: a real image in a format StyGig does not accept (GIF, TIFF, ...).
-        ImageTooLargeError: over the byte, pixel or pixels-per-byte limit.
+        ImageTooLargeError: over the byte, pixel, pixels-per-byte, scan, segment or chunk limit.
     """
     data = _read_source(source, limits)
+    _check_structure(data, limits)
     img = _open(data)
     _check_header(*img.size, len(data), limits)
     try:

@@ -2,17 +2,20 @@
 traffic").
 
 Each test posts hostile image bytes to ``POST /invocations`` of a real ``stygig serve`` running
-under a memory cap, and checks that the server refuses them with a 4xx from the header alone:
-its peak memory (VmHWM) barely moves, it stays up, and it still answers a normal photo.
+under a memory cap, and checks that the server refuses them with a 4xx from the header or the
+file's structure alone: its peak memory (VmHWM) barely moves, or the answer comes at once, it
+stays up, and it still answers a normal photo.
 
 The server runs with a test-only ``sitecustomize`` that logs every use of a Pillow parser other
-than JPEG, PNG and WebP, so the tests can see that no other parser is ever handed client bytes.
+than JPEG, PNG and WebP, so the tests can see that no other parser is ever handed client bytes
+(and logs that it was loaded, so a spy that never ran cannot pass for one that saw nothing).
 """
 
 from __future__ import annotations
 
 import os
 import struct
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from functools import cache
@@ -25,19 +28,31 @@ from PIL import Image
 from tests.conftest import encode, garment_image
 from tests.integration.server_fixtures import Server
 from tests.security.conftest import capped_server
-from tests.unit.test_images import psd_bytes
+from tests.unit.test_images import (
+    COMPRESSED_CHUNKS,
+    png_chunk,
+    png_with_chunks,
+    progressive_bomb,
+    psd_bytes,
+)
 
 pytestmark = pytest.mark.slow
 
 #: What a refused bomb may add to the server's peak resident memory.
 MAX_GROWTH_MB = 300
+#: How long a refusal from the file's structure may take, request included (the bombs took
+#: seconds of CPU before).
+MAX_REFUSAL_SECONDS = 2.0
 PARSER_USED = "PILLOW-PARSER-USED"
+SPY_LOADED = "PILLOW-PARSER-SPY-LOADED"
 SPY = f'''"""Test spy: log any Pillow parser other than JPEG, PNG and WebP that is handed bytes."""
 import sys
 
 from PIL import Image
 
 Image.init()
+sys.stderr.write("{SPY_LOADED}\\n")
+sys.stderr.flush()
 
 
 def _spy(name, factory):
@@ -67,17 +82,12 @@ def blank_png(width: int, height: int) -> bytes:
         parts.append(deflate.compress(row * n))
         left -= n
     parts.append(deflate.flush())
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data)
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", b"".join(parts))
-        + chunk(b"IEND", b"")
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", b"".join(parts))
+        + png_chunk(b"IEND", b"")
     )
 
 
@@ -118,7 +128,10 @@ def post_image(server: Server, body: bytes, content_type: str) -> httpx.Response
 
 
 def parsers_used(server: Server) -> list[str]:
-    return [line for line in server.log_lines() if line.startswith(PARSER_USED)]
+    """The spy's lines for parsers other than JPEG, PNG and WebP (asserting the spy is there)."""
+    lines = server.log_lines()
+    assert SPY_LOADED in lines, "the parser spy was not loaded: it would see nothing"
+    return [line for line in lines if line.startswith(PARSER_USED)]
 
 
 @pytest.fixture(scope="module")
@@ -185,4 +198,46 @@ def test_other_formats_are_refused_without_being_parsed(
     error = response.json()["error"]
     assert error["code"] == "unsupported_media_type" and name in error["message"]
     assert parsers_used(server) == []
+    assert_still_serving(server, sample)
+
+
+@cache
+def scan_bomb() -> bytes:
+    """1500 x 1500 grey progressive JPEG, its last scan repeated 3,000 times: 54 KB, 4.5 s."""
+    return progressive_bomb(1500, 3000)
+
+
+@cache
+def icc_bomb() -> bytes:
+    """224 x 224 PNG with 1,500 iCCP chunks that Pillow inflates to 1 MB each: 1.6 MB, 3.5 s."""
+    return png_with_chunks(COMPRESSED_CHUNKS["iCCP"] * 1500, size=(224, 224))
+
+
+@pytest.mark.parametrize(
+    ("make", "content_type", "code"),
+    [
+        (scan_bomb, "image/jpeg", "image_too_many_scans"),
+        (icc_bomb, "image/png", "image_too_many_chunks"),
+    ],
+    ids=["jpeg-3006-scans", "png-1500-iccp"],
+)
+def test_cpu_bombs_are_refused_from_the_structure(
+    server: Server,
+    sample: tuple[Path, Path],
+    make: Callable[[], bytes],
+    content_type: str,
+    code: str,
+) -> None:
+    """Item 1: decode work that neither pixels nor bytes bound. libjpeg decodes every scan over
+    the whole image, and Pillow inflates every iCCP chunk up to 1 MB: before, these small files
+    (within every pixel, byte and pixels-per-byte limit) were answered 200 after seconds of CPU,
+    and a 6 MB body of scans costs ~35 min, in a decode thread the request timeout does not
+    stop. Now they are refused from the structure at once."""
+    body = make()
+    start = time.perf_counter()
+    response = post_image(server, body, content_type)
+    elapsed = time.perf_counter() - start
+    assert response.status_code == 413, response.text[:300]
+    assert response.json()["error"]["code"] == code
+    assert elapsed < MAX_REFUSAL_SECONDS
     assert_still_serving(server, sample)

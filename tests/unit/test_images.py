@@ -1,21 +1,24 @@
 from __future__ import annotations
 
 import io
+import random
 import struct
 import subprocess
 import sys
 import textwrap
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from stygig.errors import (
     ImageTooLargeError,
     InvalidImageError,
+    StygigError,
     UnsupportedMediaError,
 )
 from stygig.images import (
@@ -27,7 +30,7 @@ from stygig.images import (
     preprocess_batch,
     sniff_format,
 )
-from tests.conftest import REPO, encode, garment_image
+from tests.conftest import KAGGLE_DIR, MANGO_DIR, REPO, encode, garment_image, require_dataset
 
 # Peak memory is read from /proc (VmHWM, reset through clear_refs): Linux only.
 LINUX_PROC = Path("/proc/self/clear_refs").exists()
@@ -390,3 +393,261 @@ def test_resizes_are_bounded_by_their_output(size: tuple[int, int], call: str) -
     however long the long side (the centre crop used to resize the whole strip first)."""
     setup = f"img = Image.new('RGB', {size}, (200, 30, 30))"
     assert peak_growth_mb(setup, call) < 10
+
+
+# --- Structure: decode work that neither pixels nor bytes bound ----------------------------------
+
+
+def progressive_bomb(side: int, extra_scans: int, separator: bytes = b"") -> bytes:
+    """A grey progressive JPEG (6 scans) with its last scan repeated ``extra_scans`` times.
+
+    The last scan is an AC refinement of a flat image, ~15 bytes, and libjpeg decodes every
+    repeat over the whole image: a scan bomb. ``separator`` goes before each repeat.
+    """
+    data = encode(Image.new("L", (side, side), 128), "JPEG", progressive=True, quality=90)
+    # The last SOS marker up to EOI: entropy-coded data never holds FF DA (0xFF is stuffed).
+    last_scan = data[data.rindex(b"\xff\xda") : -2]
+    return data[:-2] + (separator + last_scan) * extra_scans + b"\xff\xd9"
+
+
+def test_a_scan_bomb_is_refused_before_decoding() -> None:
+    """1 MP and 32 KB, within every pixel and byte limit: 2,006 scans took ~1.5 s to decode
+    (a 6000 x 6000 one of 259 KB took 44 s)."""
+    bomb = progressive_bomb(1000, 2000)
+    start = time.perf_counter()
+    with pytest.raises(ImageTooLargeError) as e:
+        decode_image(bomb, min_size=224)
+    assert time.perf_counter() - start < 0.5
+    assert e.value.code == "image_too_many_scans" and e.value.http_status == 413
+    assert "100 scans" in e.value.message
+
+
+def test_the_scan_limit_counts_each_scan_once() -> None:
+    assert decode_image(progressive_bomb(64, 94)).size == (64, 64)  # 100 scans: a valid image
+    with pytest.raises(ImageTooLargeError, match="scans"):
+        decode_image(progressive_bomb(64, 95))
+
+
+@pytest.mark.parametrize(
+    ("mode", "options", "scans"),
+    [
+        ("RGB", {}, 1),
+        ("RGB", {"restart_marker_blocks": 1}, 1),
+        ("L", {"progressive": True}, 6),
+        ("RGB", {"progressive": True}, 10),
+        ("RGB", {"progressive": True, "restart_marker_blocks": 1}, 10),
+        ("CMYK", {"progressive": True}, 18),
+    ],
+    ids=["baseline", "baseline-restarts", "grey", "colour", "colour-restarts", "cmyk"],
+)
+def test_encoders_scans_pass_and_are_counted_exactly(
+    mode: str, options: dict[str, object], scans: int
+) -> None:
+    """libjpeg's scripts write 1, 6, 10 or 18 scans, far under the limit of 100; restart
+    markers inside a scan are part of it, not segments."""
+    data = encode(Image.new(mode, (64, 64)), "JPEG", **options)
+    assert decode_image(data).size == (64, 64)
+    assert decode_image(data, limits=ImageLimits(max_jpeg_scans=scans)).size == (64, 64)
+    with pytest.raises(ImageTooLargeError, match="scans"):
+        decode_image(data, limits=ImageLimits(max_jpeg_scans=scans - 1))
+    assert decode_image(data, limits=ImageLimits(max_jpeg_segments=40)).size == (64, 64)
+
+
+def test_only_the_first_frame_of_an_mpo_counts() -> None:
+    """Decoding stops at the first EOI; an MPO's other frames are never decoded."""
+    frame = garment_image(size=(64, 64))
+    data = encode(frame, "MPO", save_all=True, append_images=[frame, frame], progressive=True)
+    assert data.count(b"\xff\xda") == 30  # 3 frames of 10 scans
+    img = decode_image(data, limits=ImageLimits(max_jpeg_scans=10))
+    assert img.size == (64, 64)
+
+
+def test_marker_bytes_inside_segments_are_not_markers() -> None:
+    """Segments are skipped by their length: a comment (or EXIF thumbnail) full of SOS markers
+    holds no scans."""
+    data = encode(garment_image(), "JPEG", comment=b"\xff\xda\x00\x08" * 10_000)
+    limits = ImageLimits(max_jpeg_scans=1, max_jpeg_segments=20)
+    assert decode_image(data, limits=limits).size == (224, 224)
+
+
+@pytest.mark.parametrize(
+    "separator",
+    [b"\xff\xff\xff", b"\xff\xd3", b"junk\xff\x00"],
+    ids=["fill-bytes", "restart-marker", "junk"],
+)
+def test_fill_restarts_and_junk_do_not_hide_scans(separator: bytes) -> None:
+    """libjpeg finds a marker after fill bytes, RSTn and junk; so does the walk."""
+    bomb = progressive_bomb(64, 200, separator)
+    with pytest.raises(ImageTooLargeError) as e:
+        decode_image(bomb)
+    assert e.value.code == "image_too_many_scans"
+
+
+def test_too_many_segments_are_refused() -> None:
+    """Pillow parses the header's markers in Python: 20 MB of empty comments took 4.6 s and
+    400 MB before anything else was checked."""
+    good = encode(garment_image(), "JPEG")
+    bomb = good[:2] + b"\xff\xfe\x00\x02" * 5_000 + good[2:]
+    with pytest.raises(ImageTooLargeError) as e:
+        decode_image(bomb)
+    assert e.value.code == "image_too_many_segments" and e.value.http_status == 413
+    assert decode_image(bomb, limits=ImageLimits(max_jpeg_segments=5_100)).size == (224, 224)
+
+
+def test_a_junk_filled_jpeg_header_is_refused() -> None:
+    """Pillow steps over junk before the first scan one byte at a time in Python (20 MB of
+    fill bytes: 7 s). A little is tolerated, as libjpeg and Pillow do."""
+    good = encode(garment_image(), "JPEG")
+    after_app0 = 4 + int.from_bytes(good[4:6], "big")
+    a_little = good[:after_app0] + b"\x00" * 1_000 + good[after_app0:]
+    assert decode_image(a_little).size == (224, 224)
+    for junk in (b"\x00", b"\xff"):
+        bomb = good[:after_app0] + junk * 70_000 + good[after_app0:]
+        with pytest.raises(InvalidImageError) as e:
+            decode_image(bomb)
+        assert e.value.code == "image_malformed_header" and e.value.http_status == 400
+
+
+def test_a_second_frame_header_is_refused_before_pillow_parses_it() -> None:
+    """libjpeg refuses a second SOF, but Pillow parsed them all first, in Python: 6 MB of them
+    took 0.5 s and +200 MB (a list entry for each 3 bytes)."""
+    good = encode(garment_image(), "JPEG")
+    start = good.index(b"\xff\xc0")
+    sof = good[start : start + 2 + int.from_bytes(good[start + 2 : start + 4], "big")]
+    payload = b"\x08\x00\x40\x00\x40\x03" + b"\x01\x11\x00" * 21_800
+    huge_sof = b"\xff\xc2" + struct.pack(">H", 2 + len(payload)) + payload
+    for extra in (sof, huge_sof):
+        with pytest.raises(InvalidImageError) as e:
+            decode_image(good[:2] + extra + good[2:])
+        assert e.value.code == "image_malformed_header"
+
+
+MALFORMED_JPEGS = [
+    b"\xff\xd8\xff",  # a marker cut off
+    b"\xff\xd8\xff\xda",  # SOS without its length
+    b"\xff\xd8\xff\xda\x00",  # half a length
+    b"\xff\xd8\xff\xe0\x00\x00\xff\xda\x00\x01",  # lengths under 2
+    b"\xff\xd8\xff\xe0\xff\xff\x00\x10",  # a length past the end
+    b"\xff\xd8\xff\xd8\xff\xd8\xff\xd9",  # SOI again
+    b"\xff\xd8\xff\xda\x00\x02" + b"\xff" * 100,  # a scan of fill bytes only
+    b"\xff\xd8\xff\x01\xff\x01" + b"\xff\x00" * 50,  # TEM markers, stuffed bytes
+]
+
+
+@pytest.mark.parametrize("data", MALFORMED_JPEGS)
+def test_malformed_jpeg_structure_is_reported_as_corrupt(data: bytes) -> None:
+    with pytest.raises(InvalidImageError) as e:
+        decode_image(data)
+    assert e.value.code in ("invalid_image", "not_an_image")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_truncated_and_mutated_files_never_crash(fmt: str) -> None:
+    """Every prefix and 300 random byte changes of a small file: an image or a StyGig error."""
+    options: dict[str, object] = {"progressive": True} if fmt == "JPEG" else {}
+    data = encode(garment_image(size=(48, 48)), fmt, **options)
+    rng = random.Random(0)
+    mutated = []
+    for _ in range(300):
+        copy = bytearray(data)
+        for _ in range(rng.randint(1, 4)):
+            copy[rng.randrange(2, len(copy))] = rng.choice(
+                (0x00, 0xFF, 0xDA, 0xD9, rng.randrange(256))
+            )
+        mutated.append(bytes(copy))
+    for candidate in [data[:cut] for cut in range(1, len(data))] + mutated:
+        try:
+            decode_image(candidate)
+        except StygigError as e:
+            assert isinstance(e, InvalidImageError | ImageTooLargeError), type(e)
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, type, data and CRC."""
+    crc = zlib.crc32(kind + data)
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
+def png_with_chunks(extra: bytes, size: tuple[int, int] = (64, 64)) -> bytes:
+    """A small PNG with the chunks ``extra`` right after its header (IHDR)."""
+    data = encode(garment_image(size=size), "PNG")
+    return data[:33] + extra + data[33:]  # signature (8) + IHDR (25)
+
+
+def test_a_png_with_too_many_chunks_is_refused() -> None:
+    """Pillow reads every chunk in Python and keeps the private ones: 20 MB of empty chunks
+    took 6 s and 200 MB."""
+    bomb = png_with_chunks(png_chunk(b"prIv", b"") * 50_000)
+    with pytest.raises(ImageTooLargeError) as e:
+        decode_image(bomb)
+    assert e.value.code == "image_too_many_chunks" and e.value.http_status == 413
+    assert decode_image(bomb, limits=ImageLimits(max_png_chunks=50_010)).size == (64, 64)
+
+
+# Each ~1 KB, inflated by Pillow to 1 MB (~2 ms), and none of them counted by Pillow's text
+# memory limit: an ICC profile, text with an empty keyword, international text not in UTF-8.
+_MEGABYTE_OF_ZEROS = zlib.compress(bytes(1 << 20), 9)
+COMPRESSED_CHUNKS = {
+    "iCCP": png_chunk(b"iCCP", b"icc\x00\x00" + _MEGABYTE_OF_ZEROS),
+    "zTXt": png_chunk(b"zTXt", b"\x00\x00" + _MEGABYTE_OF_ZEROS),
+    "iTXt": png_chunk(b"iTXt", b"k\x00\x01\x00\x00\x00" + zlib.compress(b"\xff" * (1 << 20), 9)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(COMPRESSED_CHUNKS))
+def test_a_png_of_compressed_chunks_is_refused_before_inflating(kind: str) -> None:
+    """20 MB of such chunks took 45 s to open; 200 of them (200 KB) took ~0.5 s."""
+    bomb = png_with_chunks(COMPRESSED_CHUNKS[kind] * 200)
+    start = time.perf_counter()
+    with pytest.raises(ImageTooLargeError) as e:
+        decode_image(bomb)
+    assert time.perf_counter() - start < 0.2
+    assert e.value.code == "image_too_many_chunks" and "compressed" in e.value.message
+
+
+def test_png_metadata_passes() -> None:
+    """A profile and a few text chunks, compressed or not, as editors write them."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", "an editor")
+    info.add_text("Comment", "a long comment " * 100, zip=True)
+    info.add_itxt("XML:com.adobe.xmp", "<x:xmpmeta/>" * 100, zip=True)
+    data = encode(garment_image(), "PNG", pnginfo=info, icc_profile=b"\x00" * 5_000)
+    assert data.count(b"zTXt") == data.count(b"iTXt") == data.count(b"iCCP") == 1
+    assert decode_image(data).size == (224, 224)
+    with pytest.raises(ImageTooLargeError):
+        decode_image(data, limits=ImageLimits(max_png_compressed_chunks=2))
+
+
+def test_only_the_first_frame_of_an_animated_webp_is_decoded() -> None:
+    """An animated WebP costs its first frame, however many follow: 3,000 frames of 1 MP would
+    take seconds to decode (guards against decoding, or compositing, every frame)."""
+    frames = [Image.new("RGB", (1000, 1000), colour) for colour in ((200, 30, 30), (30, 30, 200))]
+    anim = encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    last_frame = anim[anim.rindex(b"ANMF") :]  # the last chunk
+    body = anim[12:] + last_frame * 3_000
+    data = b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body
+    with Image.open(io.BytesIO(data)) as opened:
+        assert opened.n_frames == 3_002
+    start = time.perf_counter()
+    img = decode_image(data, min_size=224)
+    assert time.perf_counter() - start < 1.0
+    assert img.getpixel((img.width // 2, img.height // 2)) == (200, 30, 30)
+
+
+@pytest.mark.shared_data
+def test_real_photos_pass_the_structure_limits() -> None:
+    """Every catalogue photo (6,617 + 9,248 JPEGs; 1 or 10 scans, up to 29 segments) passes.
+
+    ``max_pixels=1`` stops each decode right after the header, so a photo that gets past the
+    structure limits is refused for its pixels instead, at the cost of a header parse.
+    """
+    limits = ImageLimits(max_pixels=1)
+    photos = [
+        *(require_dataset(KAGGLE_DIR) / "images").glob("*.jpg"),
+        *(require_dataset(MANGO_DIR) / "images").glob("*.jpg"),
+    ]
+    assert len(photos) > 10_000
+    for photo in photos:
+        with pytest.raises(ImageTooLargeError) as e:
+            decode_image(photo, limits=limits)
+        assert e.value.code == "image_too_large", photo.name
