@@ -10,8 +10,19 @@ The core (``stygig.engine`` and below) never imports this package.
 
 from __future__ import annotations
 
-from stygig.serving.app import ModelService, ServerConfig, create_app
-from stygig.serving.batching import BatcherConfig, BatchResult, MicroBatcher
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+# Imported on first use: ``stygig serve``'s flags (serving.command) must register in a CLI that
+# runs without FastAPI installed (``stygig build``, ``stygig inspect``).
+_EXPORTS = {
+    "BatchResult": "stygig.serving.batching",
+    "BatcherConfig": "stygig.serving.batching",
+    "MicroBatcher": "stygig.serving.batching",
+    "ModelService": "stygig.serving.app",
+    "ServerConfig": "stygig.serving.app",
+    "create_app": "stygig.serving.app",
+}
 
 __all__ = [
     "BatchResult",
@@ -21,3 +32,14 @@ __all__ = [
     "ServerConfig",
     "create_app",
 ]
+
+if TYPE_CHECKING:
+    from stygig.serving.app import ModelService, ServerConfig, create_app
+    from stygig.serving.batching import BatcherConfig, BatchResult, MicroBatcher
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'stygig.serving' has no attribute {name!r}")
+    return getattr(import_module(module), name)

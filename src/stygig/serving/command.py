@@ -106,7 +106,17 @@ def register(subparsers: Any) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Start uvicorn (one worker process) on the app; returns the exit code."""
-    import uvicorn
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as e:
+        from stygig.errors import StygigError
+
+        raise StygigError(
+            f"stygig serve needs the serve extra ({e.name} is missing): "
+            "pip install 'stygig[serve]'",
+            code="missing_extra",
+        ) from None
 
     from stygig.auth import load_token
     from stygig.serving.app import ServerConfig, create_app
