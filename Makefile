@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= build/demo
 PORT ?= 8080
 
-.PHONY: demo test lint typecheck unit setup clean sample browser
+.PHONY: demo test test-fast lint typecheck unit setup clean sample browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ unit: $(STAMP) browser
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
+
+# The quick loop while editing: unit tests only, no servers, no shared datasets (~35 s here).
+test-fast: $(STAMP)
+	$(BIN)/pytest -q tests/unit -m "not slow and not shared_data"
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache
