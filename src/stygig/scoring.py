@@ -12,14 +12,16 @@ Weights live in :class:`ScoringConfig`, loaded from ``stygig/data/scoring.yaml``
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
 import yaml
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
 from stygig.errors import ConfigError
 
@@ -30,32 +32,46 @@ __all__ = [
     "combine",
     "label_codes",
     "mmr",
+    "validation_summary",
     "vote",
     "weighted_winner",
 ]
 
 #: ``learned``: the compatibility model only; ``learned+rules``: model + its fitted weight x V4;
 #: ``rules``: V4 only (also the fallback for an artifact without a model).
-COMPAT_MODES = ("learned", "learned+rules", "rules")
+CompatMode = Literal["learned", "learned+rules", "rules"]
+COMPAT_MODES: tuple[str, ...] = get_args(CompatMode)
+
+
+_Weight = Annotated[float, Field(strict=True, ge=0.0, allow_inf_nan=False)]
+_Share = Annotated[float, Field(strict=True, ge=0.0, le=1.0)]
+_Count = Annotated[int, Field(strict=True, ge=1, le=10_000)]
 
 
 @dataclass(frozen=True)
 class ScoringConfig:
-    """Weights of the V4 score and the ranking knobs (see ``data/scoring.yaml``)."""
+    """Weights of the V4 score and the ranking knobs (see ``data/scoring.yaml``).
 
-    similarity_weight: float = 0.6
-    harmony_weight: float = 0.4
-    vote_k: int = 5
-    attribute_vote_k: int = 10  # neighbours voting for gender and usage
+    Files are validated by pydantic against these annotations, strictly: a count must be an
+    integer (``vote_k: 2.5`` and ``candidate_pool: "x"`` are errors), weights non-negative and
+    finite, shares within [0, 1], and unknown keys are refused.
+    """
+
+    __pydantic_config__ = ConfigDict(extra="forbid")
+
+    similarity_weight: _Weight = 0.6
+    harmony_weight: _Weight = 0.4
+    vote_k: _Count = 5
+    attribute_vote_k: _Count = 10  # neighbours voting for gender and usage
     # Below this share of the photos' gender vote the engine does not guess a gender: outfits
     # are drawn from unisex items (0 = always guess).
-    gender_min_confidence: float = 0.8
-    diversity: float = 0.3  # MMR: 0 = pure score, 1 = pure novelty
-    candidate_pool: int = 2048  # approximate indexes: neighbours scored per query
-    harmony: dict[str, float] | None = None  # per-rule harmony scores, see stygig.harmony
+    gender_min_confidence: _Share = 0.8
+    diversity: _Share = 0.3  # MMR: 0 = pure score, 1 = pure novelty
+    candidate_pool: Annotated[int, Field(strict=True, ge=1, le=1_000_000)] = 2048
+    harmony: dict[str, Any] | None = None  # per-rule harmony settings, see stygig.harmony
     # With a learned compatibility model in the artifact (stygig.compat): which score ranks
     # outfit candidates. Without a model the V4 rules are used whatever this says.
-    compat_mode: str = "learned+rules"
+    compat_mode: CompatMode = "learned+rules"
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> ScoringConfig:
@@ -70,24 +86,29 @@ class ScoringConfig:
         return cls.from_dict(data)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ScoringConfig:
-        """Build from a mapping, rejecting unknown keys and out-of-range values."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"scoring config: unknown keys {sorted(unknown)}")
-        cfg = cls(**data)
-        if cfg.similarity_weight < 0 or cfg.harmony_weight < 0:
-            raise ConfigError("scoring config: weights must be non-negative")
-        if not 0.0 <= cfg.diversity <= 1.0:
-            raise ConfigError("scoring config: diversity must be within [0, 1]")
-        if cfg.compat_mode not in COMPAT_MODES:
-            raise ConfigError(f"scoring config: compat_mode must be one of {COMPAT_MODES}")
-        if not 0.0 <= cfg.gender_min_confidence <= 1.0:
-            raise ConfigError("scoring config: gender_min_confidence must be within [0, 1]")
-        if cfg.vote_k < 1 or cfg.attribute_vote_k < 1:
-            raise ConfigError("scoring config: vote_k and attribute_vote_k must be at least 1")
-        return cfg
+    def from_dict(cls, data: Any) -> ScoringConfig:
+        """Build from a mapping; :class:`ConfigError` naming every field that is wrong."""
+        try:
+            config: ScoringConfig = _scoring_adapter().validate_python(data)
+        except ValidationError as e:
+            raise ConfigError(f"scoring config: {validation_summary(e)}") from None
+        return config
+
+
+@functools.cache
+def _scoring_adapter() -> TypeAdapter[ScoringConfig]:
+    return TypeAdapter(ScoringConfig)
+
+
+def validation_summary(error: ValidationError) -> str:
+    """``field: what is wrong; ...`` for a pydantic error (never the offending value)."""
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "the document"
+        unknown = item["type"] in ("extra_forbidden", "unexpected_keyword_argument")
+        message = "unknown key" if unknown else item["msg"]
+        parts.append(f"{where}: {message}")
+    return "; ".join(parts)
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,20 @@ def test_mmr_avoids_near_duplicates() -> None:
 def test_config_loads_defaults_and_validates() -> None:
     cfg = ScoringConfig.load()
     assert cfg.vote_k == 5 and cfg.similarity_weight + cfg.harmony_weight == pytest.approx(1.0)
-    with pytest.raises(ConfigError, match="unknown keys"):
+    with pytest.raises(ConfigError, match="similarity: unknown key"):
         ScoringConfig.from_dict({"similarity": 1})
     with pytest.raises(ConfigError, match="diversity"):
         ScoringConfig.from_dict({"diversity": 2})
+    # Types are checked strictly: the hand-written checks accepted these.
+    for bad, field in (
+        ({"vote_k": 2.5}, "vote_k"),
+        ({"candidate_pool": "x"}, "candidate_pool"),
+        ({"similarity_weight": float("inf")}, "similarity_weight"),
+        ({"attribute_vote_k": True}, "attribute_vote_k"),
+        ({"compat_mode": "magic"}, "compat_mode"),
+    ):
+        with pytest.raises(ConfigError, match=field):
+            ScoringConfig.from_dict(bad)
+    with pytest.raises(ConfigError, match=r"vote_k.*diversity"):  # every wrong field is named
+        ScoringConfig.from_dict({"vote_k": 0, "diversity": -1})
+    assert ScoringConfig.from_dict({"similarity_weight": 1}).similarity_weight == 1.0

@@ -30,7 +30,7 @@ from stygig.errors import CatalogError
 if TYPE_CHECKING:
     from stygig.artifact import Artifact
     from stygig.engine import Recommender
-    from stygig.scoring import ScoringConfig
+    from stygig.scoring import CompatMode, ScoringConfig
 
 __all__ = [
     "SAMPLINGS",
@@ -380,7 +380,7 @@ def item_types(artifact: Artifact) -> dict[str, str]:
     return {i.id: i.attributes.get("des_product_type") or i.category for i in artifact.items}
 
 
-def scoring_config(compat_mode: str) -> ScoringConfig:
+def scoring_config(compat_mode: CompatMode) -> ScoringConfig:
     """The packaged scoring configuration with ``compat_mode`` (``rules``: the V4 rules alone,
     as FITB's "v4" and the trainer's rules scorer both use them)."""
     from dataclasses import replace
