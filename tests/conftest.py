@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,3 +43,16 @@ def encode(img: Image.Image, fmt: str = "JPEG", **kwargs: object) -> bytes:
 @pytest.fixture
 def jpeg_bytes() -> bytes:
     return encode(garment_image())
+
+
+@pytest.fixture(scope="session")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    """``(catalog folder, artifact folder)``: the sample catalogue built with the tiny encoder,
+    once per session and shared by every test that needs a real artifact. Tests read it and
+    copy it before changing anything: at the end of the session it must still verify."""
+    from stygig.artifact import read_manifest, verify_files
+    from tests.integration.server_fixtures import sample_artifact
+
+    catalog, artifact = sample_artifact(tmp_path_factory.mktemp("sample"))
+    yield catalog, artifact
+    verify_files(artifact, read_manifest(artifact))

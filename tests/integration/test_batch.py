@@ -16,12 +16,7 @@ from stygig.batch import run_batch
 from stygig.cli import main as batch_main
 from stygig.engine import Recommender
 from stygig.errors import BatchError
-from tests.integration.server_fixtures import REPO, sample_artifact
-
-
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return sample_artifact(tmp_path_factory.mktemp("batch"))
+from tests.integration.server_fixtures import REPO
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 
 from stygig.cli import main
 from stygig.deploy import sagemaker as sm_api
-from tests.integration.server_fixtures import running_server, sample_artifact
+from tests.integration.server_fixtures import running_server
 
 boto3 = pytest.importorskip("boto3")
 moto = pytest.importorskip("moto")
@@ -75,8 +75,8 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return sample_artifact(tmp_path_factory.mktemp("deploy"))[1]
+def artifact(sample: tuple[Path, Path]) -> Path:
+    return sample[1]
 
 
 def _sm() -> Any:

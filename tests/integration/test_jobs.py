@@ -23,7 +23,7 @@ import pytest
 from stygig.cli import main as jobs_main
 from stygig.engine import Options, Query
 from stygig.jobs import JobSpec, JobStore, JobWorker, WorkerConfig
-from tests.integration.server_fixtures import REPO, free_port, sample_artifact
+from tests.integration.server_fixtures import REPO, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -194,11 +194,6 @@ def job_status(url: str, job_id: str) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     data: dict[str, Any] = response.json()
     return data
-
-
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return sample_artifact(tmp_path_factory.mktemp("jobs"))
 
 
 def test_submit_poll_output_failure_and_webhook(

@@ -23,16 +23,10 @@ from tests.integration.server_fixtures import (
     Server,
     exit_code,
     running_server,
-    sample_artifact,
     start_process,
 )
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return sample_artifact(tmp_path_factory.mktemp("server"))
 
 
 @pytest.fixture(scope="module")

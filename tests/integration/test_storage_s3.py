@@ -23,7 +23,7 @@ from stygig.engine import Recommender
 from stygig.errors import InvalidOptionsError, NotFoundError, PayloadTooLargeError
 from stygig.jobs import Notifier
 from stygig.locations import InputLocations
-from tests.integration.server_fixtures import free_port, sample_artifact
+from tests.integration.server_fixtures import free_port
 from tests.integration.test_jobs import async_server, job_status, wait_for
 
 boto3 = pytest.importorskip("boto3")
@@ -73,11 +73,6 @@ def s3_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
         storage._clients.clear()
         process.terminate()
         process.wait(10)
-
-
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return sample_artifact(tmp_path_factory.mktemp("s3sample"))
 
 
 def test_read_write_list_delete(s3_env: dict[str, str], tmp_path: Path) -> None:

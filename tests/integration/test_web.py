@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from stygig.thumbnails import ItemImages
-from tests.integration.server_fixtures import REPO, Server, running_server, sample_artifact
+from tests.integration.server_fixtures import REPO, Server, running_server
 
 pytestmark = pytest.mark.slow
 
@@ -31,11 +31,6 @@ ARTIFACTS = REPO / "test-artifacts"
 DOCS = REPO / "docs"
 QUERY_PHOTO = "blue-jeans.jpg"
 T = TypeVar("T")
-
-
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return sample_artifact(tmp_path_factory.mktemp("web"))
 
 
 @pytest.fixture(scope="module")

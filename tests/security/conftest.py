@@ -12,19 +12,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
-from tests.integration.server_fixtures import Server, running_server, sample_artifact
+from tests.integration.server_fixtures import Server, running_server
 
 #: Address space a capped test server may use: the app with the tiny encoder takes about 0.8 GB
 #: of virtual memory; anything a bomb adds beyond the cap kills the server.
 SERVER_MEMORY_CAP = 3 * 1024**3
-
-
-@pytest.fixture(scope="session")
-def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The sample catalogue and its tiny-encoder artifact, built once per test session."""
-    return sample_artifact(tmp_path_factory.mktemp("security-sample"))
 
 
 def _cap_memory(limit: int) -> None:

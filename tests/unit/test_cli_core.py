@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.server_fixtures import sample_artifact
-
 _BLOCKED = ("fastapi", "starlette", "uvicorn", "httpx", "boto3", "torch")
 _RUN = f"""
 import importlib.abc, sys
@@ -36,8 +34,8 @@ def _stygig(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return sample_artifact(tmp_path_factory.mktemp("cli-core"))[1]
+def artifact(sample: tuple[Path, Path]) -> Path:
+    return sample[1]
 
 
 def test_build_and_inspect_run_without_the_shell_extras(artifact: Path) -> None:
