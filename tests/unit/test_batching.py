@@ -79,6 +79,43 @@ def test_a_lone_request_waits_only_for_the_deadline() -> None:
     run(main)
 
 
+def test_a_lone_request_goes_at_once_when_no_company_is_coming() -> None:
+    enc = Recorder()
+
+    async def main() -> None:
+        config = BatcherConfig(max_batch=64, max_wait_ms=500)
+        batcher = MicroBatcher(enc, config, expecting=lambda: 0)
+        await batcher.start()
+        t0 = time.perf_counter()
+        res = await batcher.submit([1.0])
+        elapsed = time.perf_counter() - t0
+        await batcher.stop()
+        assert res.vectors[:, 0].tolist() == [1.0]
+        assert elapsed < 0.25  # far less than the 500 ms deadline it used to wait
+
+    run(main)
+
+
+def test_a_request_waits_for_company_that_is_on_its_way() -> None:
+    enc = Recorder()
+    coming = [1]  # one more request is being decoded when the first arrives
+
+    async def main() -> None:
+        config = BatcherConfig(max_batch=64, max_wait_ms=1000)
+        batcher = MicroBatcher(enc, config, expecting=lambda: coming[0])
+        await batcher.start()
+        first = asyncio.ensure_future(batcher.submit([1.0]))
+        await asyncio.sleep(0.05)  # the other request's decoding takes a while
+        coming[0] = 0
+        second = await batcher.submit([2.0])
+        await first
+        await batcher.stop()
+        assert second.batch_size == 2 and first.result().batch_size == 2
+
+    run(main)
+    assert enc.sizes == [2]
+
+
 def test_requests_are_never_split_across_batches() -> None:
     enc = Recorder()
 

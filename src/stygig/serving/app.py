@@ -130,8 +130,12 @@ class ModelService:
         self.load_seconds: float | None = None
         self.warmup_seconds: float | None = None
         self.pool = ThreadPoolExecutor(config.threads, thread_name_prefix="stygig-work")
+        self.preparing = 0  # requests decoding photos now: the batcher's company on its way
         self.batcher: MicroBatcher[PreparedImage] = MicroBatcher(
-            self._embed, config.batching, on_batch=metrics.observe_batch
+            self._embed,
+            config.batching,
+            on_batch=metrics.observe_batch,
+            expecting=lambda: self.preparing,
         )
         self.in_flight = 0
         # The gauges read the live state when scraped: nothing to keep in step by hand.
@@ -224,7 +228,11 @@ class ModelService:
         prepared: list[PreparedImage] = []
         vectors = np.zeros((0, rec.embeddings.shape[1]), np.float32)
         if parsed.query.images:
-            prepared = await self.run(rec.prepare, parsed.query.images)
+            self.preparing += 1
+            try:
+                prepared = await self.run(rec.prepare, parsed.query.images)
+            finally:
+                self.preparing -= 1
             timings["decode"] = sum(p.timings_ms.get("decode", 0.0) for p in prepared)
             timings["color"] = sum(p.timings_ms.get("color", 0.0) for p in prepared)
             try:

@@ -4,9 +4,11 @@ Requests put their prepared photos on a bounded queue; one collector task takes 
 request, then keeps collecting until the batch holds ``max_batch`` photos or ``max_wait_ms`` has
 passed since that first request (a monotonic deadline), and hands the batch to the encoder in its
 own worker thread. While the encoder runs, new requests queue up, so under load the next batch
-is full at once and throughput rises with load instead of collapsing; with one client the only
-added cost is the deadline. With batching off (``max_batch=1``, no wait), requests are encoded
-one at a time through the same thread.
+is full at once and throughput rises with load instead of collapsing. Waiting for company only
+pays when company is coming: given ``expecting`` (how many requests are being decoded right now,
+on their way here), a batch is dispatched at once when nothing is queued and nothing is expected,
+so a lone client never pays the deadline. With batching off (``max_batch=1``, no wait), requests
+are encoded one at a time through the same thread.
 
 A full queue is refused at once with :class:`~stygig.errors.OverloadedError` (HTTP 503) rather
 than growing without bound.
@@ -86,6 +88,9 @@ class MicroBatcher(Generic[T]):
             the batcher's own thread, never on the event loop.
         config: batch size, deadline and queue bound.
         on_batch: called on the event loop after each batch with (photos, seconds).
+        expecting: how many requests will submit soon (e.g. being decoded); when it returns 0
+            and nothing is queued, a batch goes at once instead of waiting for its deadline.
+            ``None``: always wait up to ``max_wait_ms``.
     """
 
     def __init__(
@@ -94,10 +99,12 @@ class MicroBatcher(Generic[T]):
         config: BatcherConfig | None = None,
         *,
         on_batch: BatchHook | None = None,
+        expecting: Callable[[], int] | None = None,
     ) -> None:
         self.config = config or BatcherConfig()
         self._embed = embed
         self._on_batch = on_batch
+        self._expecting = expecting
         self._queue: asyncio.Queue[_Pending[T]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stygig-encoder")
@@ -182,6 +189,8 @@ class MicroBatcher(Generic[T]):
         batch, size = [first], len(first.items)
         deadline = time.monotonic() + self.config.max_wait_ms / 1e3
         while size < self.config.max_batch:
+            if self._alone():
+                break  # nobody is queued or on the way: waiting would only add latency
             nxt = await self._next(deadline - time.monotonic())
             if nxt is None:
                 break
@@ -191,6 +200,15 @@ class MicroBatcher(Generic[T]):
             batch.append(nxt)
             size += len(nxt.items)
         return batch
+
+    def _alone(self) -> bool:
+        assert self._queue is not None
+        return (
+            self._expecting is not None
+            and self._carry is None
+            and self._queue.empty()
+            and self._expecting() <= 0
+        )
 
     async def _collect(self) -> None:
         assert self._queue is not None
