@@ -327,9 +327,16 @@ def _check_png_structure(data: bytes, limits: ImageLimits) -> None:
         pos += 12 + int.from_bytes(data[pos : pos + 4], "big")  # length, type, data, CRC
 
 
-def _check_structure(data: bytes, limits: ImageLimits) -> None:
-    """Bound the work a file's structure asks of the parsers, before any parser runs."""
+def _check_format(data: bytes, limits: ImageLimits) -> None:
+    """Check the format and structure from the signature and layout, before any parser runs.
+
+    A recognised image in a format StyGig does not accept is refused (415) here, so none of
+    Pillow's other parsers ever sees it; a JPEG's scans and segments and a PNG's chunks are
+    counted against ``limits``.
+    """
     name = _image_format(data)
+    if name is not None and name not in ACCEPTED_FORMATS:
+        raise UnsupportedMediaError(f"{name} images are not accepted; send JPEG, PNG or WebP")
     if name == "JPEG":
         _check_jpeg_structure(data, limits)
     elif name == "PNG":
@@ -344,12 +351,7 @@ def _open(data: bytes) -> Image.Image:
             return Image.open(io.BytesIO(data), formats=_OPEN_FORMATS)
     except Image.DecompressionBombError as e:
         raise ImageTooLargeError("the image has far too many pixels") from e
-    except UnidentifiedImageError as e:
-        name = _image_format(data)
-        if name is not None and name not in ACCEPTED_FORMATS:
-            raise UnsupportedMediaError(
-                f"{name} images are not accepted; send JPEG, PNG or WebP"
-            ) from e
+    except UnidentifiedImageError as e:  # foreign formats were refused by _check_format
         raise InvalidImageError(
             "the data is not an image StyGig can read (JPEG, PNG or WebP)", code="not_an_image"
         ) from e
@@ -408,7 +410,7 @@ def decode_image(
         ImageTooLargeError: over the byte, pixel, pixels-per-byte, scan, segment or chunk limit.
     """
     data = _read_source(source, limits)
-    _check_structure(data, limits)
+    _check_format(data, limits)
     img = _open(data)
     _check_header(*img.size, len(data), limits)
     try:

@@ -32,6 +32,9 @@ from stygig.images import (
 )
 from tests.conftest import KAGGLE_DIR, MANGO_DIR, REPO, encode, garment_image, require_dataset
 
+# Time limits below are on this process's CPU time (time.process_time), the work a decode does:
+# unlike wall-clock time it does not grow when a shared, busy machine runs other jobs.
+
 # Peak memory is read from /proc (VmHWM, reset through clear_refs): Linux only.
 LINUX_PROC = Path("/proc/self/clear_refs").exists()
 
@@ -157,10 +160,10 @@ def test_pixel_limit_checked_before_decoding() -> None:
     # 9000x9000 1-bit PNG: tiny on disk, 81 MP when decoded — a decompression bomb.
     bomb = encode(Image.new("1", (9000, 9000)), "PNG")
     assert len(bomb) < 200_000
-    start = time.perf_counter()
+    start = time.process_time()
     with pytest.raises(ImageTooLargeError, match="pixels") as e:
         decode_image(bomb)
-    assert time.perf_counter() - start < 0.5  # refused from the header, not after decoding
+    assert time.process_time() - start < 0.5  # refused from the header, not after decoding
     assert e.value.http_status == 413
 
 
@@ -172,16 +175,18 @@ def test_byte_limit() -> None:
 
 @pytest.mark.parametrize("size", [(8, 161), (161, 8), (100, 2001)])
 def test_aspect_ratio_limit(size: tuple[int, int]) -> None:
-    start = time.perf_counter()
+    data = encode(Image.new("RGB", size), "PNG")
+    start = time.process_time()
     with pytest.raises(InvalidImageError) as e:
-        decode_image(encode(Image.new("RGB", size), "PNG"))
-    assert time.perf_counter() - start < 0.5  # refused from the header
+        decode_image(data)
+    assert time.process_time() - start < 0.5  # refused from the header
     assert e.value.code == "image_aspect_ratio" and e.value.http_status == 400
     width, height = size
     long, short = max(size), min(size)
-    assert decode_image(
-        encode(Image.new("RGB", size), "PNG"), limits=ImageLimits(max_aspect_ratio=long / short)
-    ).size == (width, height)
+    assert decode_image(data, limits=ImageLimits(max_aspect_ratio=long / short)).size == (
+        width,
+        height,
+    )
 
 
 def test_twenty_to_one_is_accepted() -> None:
@@ -414,10 +419,10 @@ def test_a_scan_bomb_is_refused_before_decoding() -> None:
     """1 MP and 32 KB, within every pixel and byte limit: 2,006 scans took ~1.5 s to decode
     (a 6000 x 6000 one of 259 KB took 44 s)."""
     bomb = progressive_bomb(1000, 2000)
-    start = time.perf_counter()
+    start = time.process_time()
     with pytest.raises(ImageTooLargeError) as e:
         decode_image(bomb, min_size=224)
-    assert time.perf_counter() - start < 0.5
+    assert time.process_time() - start < 0.5
     assert e.value.code == "image_too_many_scans" and e.value.http_status == 413
     assert "100 scans" in e.value.message
 
@@ -598,10 +603,10 @@ COMPRESSED_CHUNKS = {
 def test_a_png_of_compressed_chunks_is_refused_before_inflating(kind: str) -> None:
     """20 MB of such chunks took 45 s to open; 200 of them (200 KB) took ~0.5 s."""
     bomb = png_with_chunks(COMPRESSED_CHUNKS[kind] * 200)
-    start = time.perf_counter()
+    start = time.process_time()
     with pytest.raises(ImageTooLargeError) as e:
         decode_image(bomb)
-    assert time.perf_counter() - start < 0.2
+    assert time.process_time() - start < 0.2
     assert e.value.code == "image_too_many_chunks" and "compressed" in e.value.message
 
 
@@ -628,9 +633,9 @@ def test_only_the_first_frame_of_an_animated_webp_is_decoded() -> None:
     data = b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body
     with Image.open(io.BytesIO(data)) as opened:
         assert opened.n_frames == 3_002
-    start = time.perf_counter()
+    start = time.process_time()
     img = decode_image(data, min_size=224)
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
     assert img.getpixel((img.width // 2, img.height // 2)) == (200, 30, 30)
 
 
