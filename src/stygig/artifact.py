@@ -22,8 +22,9 @@ Loading checks the manifest first: a newer format version is refused with a mess
 what to do, and so is anything but exactly the listed files, each matching its size and sha256
 (an ONNX encoder's file also matching ``onnx_sha256``). Every file name the manifest gives is a
 plain name inside the folder and no file is a symbolic link, checked even when verification is
-switched off (see :func:`check_paths` and :func:`verify_files`). Format 2 adds the optional ``compat`` manifest entry and
-``compat.npz``; format-1 artifacts (no model) load unchanged. Format 3 is written only for an
+switched off (see :func:`check_paths` and :func:`verify_files`). Format 2 adds the optional
+``compat`` manifest entry and ``compat.npz``; format-1 artifacts (no model) load unchanged.
+Format 3 is written only for an
 index split by outfit slot, so an older reader refuses it with that message instead of failing
 to find ``index.faiss``; unsplit artifacts are still written as format 2.
 """
@@ -277,23 +278,25 @@ def _named_files(manifest: dict[str, Any]) -> dict[str, object]:
     return named
 
 
-def check_paths(path: str | Path, manifest: dict[str, Any]) -> None:
+def check_paths(path: str | Path, manifest: dict[str, Any]) -> list[Path]:
     """Confinement: every name in the manifest is a plain file name, and nothing is a link.
 
     A manifest names files only directly inside the artifact: absolute paths, separators and
     ``..`` are refused, as is a symbolic link anywhere in the folder (it could point anywhere).
     This is not a checksum: loading runs it even when verification is switched off.
 
+    Returns:
+        The folder's entries, sorted (so :func:`verify_files` need not list it again).
+
     Raises:
         ArtifactError: ``artifact_unsafe_path`` or ``artifact_symlink``.
     """
-    root = Path(path)
     for where, name in _named_files(manifest).items():
+        # An absolute path always holds a separator, so the separators cover it.
         if (
             not isinstance(name, str)
             or name in ("", ".", "..")
             or any(c in name for c in ("/", "\\", "\0"))
-            or Path(name).is_absolute()
         ):
             # The value is not echoed: it is the artifact author's, and may be a server path.
             raise ArtifactError(
@@ -301,13 +304,15 @@ def check_paths(path: str | Path, manifest: dict[str, Any]) -> None:
                 "the artifact (no folders, '..' or absolute paths)",
                 code="artifact_unsafe_path",
             )
-    for entry in sorted(root.iterdir()):
+    entries = sorted(Path(path).iterdir())
+    for entry in entries:
         if entry.is_symlink():
             raise ArtifactError(
                 f"artifact refused: {entry.name!r} is a symbolic link; an artifact holds "
                 f"its own files ({_REBUILD})",
                 code="artifact_symlink",
             )
+    return entries
 
 
 def verify_files(path: str | Path, manifest: dict[str, Any]) -> None:
@@ -323,7 +328,7 @@ def verify_files(path: str | Path, manifest: dict[str, Any]) -> None:
             relative to the artifact.
     """
     root = Path(path)
-    check_paths(root, manifest)
+    entries = check_paths(root, manifest)
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         raise ArtifactError(
@@ -342,7 +347,7 @@ def verify_files(path: str | Path, manifest: dict[str, Any]) -> None:
                 "and a 'bytes' integer",
                 code=_BAD_MANIFEST,
             )
-    for entry in sorted(root.iterdir()):
+    for entry in entries:
         if entry.name != MANIFEST and entry.name not in files:
             kind = "file" if entry.is_file() else "entry"
             raise ArtifactError(
