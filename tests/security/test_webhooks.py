@@ -34,8 +34,8 @@ LOOPBACK = ("127.0.0.0/8",)
 PUBLIC_IP = "93.184.215.14"
 EVENT: dict[str, Any] = {"inferenceId": "job-1", "status": "succeeded"}
 
-#: One scripted answer: status and extra headers.
-Answer = tuple[int, dict[str, str]]
+#: One scripted answer: status and extra headers (a callable value is computed as it is sent).
+Answer = tuple[int, dict[str, str | Callable[[], str]]]
 
 
 @dataclass
@@ -57,7 +57,7 @@ class Receiver:
     hits: list[Hit] = field(default_factory=list)
     port: int = 0
     sni: list[str] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.Condition = field(default_factory=threading.Condition)
 
     @property
     def url(self) -> str:
@@ -66,13 +66,10 @@ class Receiver:
 
     def wait_for_hits(self, n: int, timeout: float = 20.0) -> list[Hit]:
         """The hits once there are at least ``n`` (fails after ``timeout`` seconds)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                if len(self.hits) >= n:
-                    return list(self.hits)
-            time.sleep(0.01)
-        raise TimeoutError(f"receiver got {len(self.hits)} of {n} requests")
+        with self.lock:
+            if not self.lock.wait_for(lambda: len(self.hits) >= n, timeout):
+                raise TimeoutError(f"receiver got {len(self.hits)} of {n} requests")
+            return list(self.hits)
 
 
 @contextmanager
@@ -87,10 +84,11 @@ def receiver(*answers: Answer, tls: ssl.SSLContext | None = None) -> Iterator[Re
                 rec.hits.append(
                     Hit(self.command, self.path, dict(self.headers), body, time.monotonic())
                 )
+                rec.lock.notify_all()
                 status, headers = rec.answers[min(len(rec.hits), len(rec.answers)) - 1]
             self.send_response(status)
             for name, value in headers.items():
-                self.send_header(name, value)
+                self.send_header(name, value() if callable(value) else value)
             self.send_header("Content-Length", "0")
             self.end_headers()
 
@@ -120,7 +118,7 @@ def receiver(*answers: Answer, tls: ssl.SSLContext | None = None) -> Iterator[Re
 
 @pytest.fixture
 def make_notifier() -> Iterator[Callable[..., Notifier]]:
-    """Notifiers with tiny backoffs, all closed at the end (their HTTP clients too)."""
+    """Notifiers with tiny backoffs, all closed at the end."""
     made: list[Notifier] = []
 
     def make(**kw: Any) -> Notifier:
@@ -323,11 +321,18 @@ def test_503_then_200_is_two_attempts(make_notifier: Callable[..., Notifier]) ->
 def test_retry_after_is_honoured(form: str, make_notifier: Callable[..., Notifier]) -> None:
     """Hole: ``Retry-After`` was ignored. With a backoff of at most 50 ms, the second attempt
     comes only after the pause the receiver asked for."""
+    value: str | Callable[[], str]
     if form == "seconds":
         value, at_least = "1", 0.9
     else:
-        when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=3)
-        value, at_least = email.utils.format_datetime(when, usegmt=True), 1.5
+
+        def value() -> str:
+            # Dated as the answer goes out, so a slow start cannot eat the pause; whole
+            # seconds only, so 2 to 3 seconds ahead.
+            when = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=3)
+            return email.utils.format_datetime(when, usegmt=True)
+
+        at_least = 1.5
     notifier = make_notifier(allow_networks=LOOPBACK, retries=1)
     with receiver((503, {"Retry-After": value}), (200, {})) as rec:
         assert notifier.post(rec.url, EVENT) is True
@@ -490,9 +495,10 @@ def test_send_refuses_a_stored_bad_webhook_once_without_raising(
     notification stayed pending and was retried ~4 times a second, across restarts). Jobs
     stored before the submission check are refused at send time: ``False``, no exception."""
     notifier = make_notifier(retries=3)
+    job = _job(tmp_path, webhook)
     started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="stygig.jobs.notify"):
-        assert notifier.send(_job(tmp_path, webhook)) is False
+        assert notifier.send(job) is False
     assert time.monotonic() - started < 5
     attempts = [r for r in caplog.records if r.getMessage().startswith("webhook attempt")]
     assert len(attempts) == 1
@@ -536,8 +542,8 @@ class Trickler:
     one header line every ``every_s`` seconds, never ending the headers (it gives up after
     ``lines`` lines, so a client that waits for it forever still ends the test)."""
 
-    every_s: float = 0.5
-    lines: int = 80
+    every_s: float = 0.2
+    lines: int = 200
     port: int = 0
     accepted: threading.Event = field(default_factory=threading.Event)
     sent: int = 0  # header lines sent so far

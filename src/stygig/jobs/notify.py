@@ -48,7 +48,8 @@ import random
 import re
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -149,13 +150,37 @@ def _retry_after_s(value: str | None) -> float | None:
 
 
 class _Deliveries:
-    """The switch that stops every delivery, and the attempts in flight it interrupts."""
+    """The switch that stops every delivery, and the attempts in flight it cancels."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
         self.closed = threading.Event()
-        # Each attempt in flight: its event loop (running in a delivering thread) and task.
-        self.running: set[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = set()
+        self._lock = threading.Lock()
+        # Each attempt in flight: a task on its own event loop, in a delivering thread.
+        self._running: set[asyncio.Task[Any]] = set()
+
+    @asynccontextmanager
+    async def cancellable(self) -> AsyncIterator[None]:
+        """Let :meth:`close` cancel the current task while in this block (cancelled at once,
+        :class:`asyncio.CancelledError`, when already closed)."""
+        task = asyncio.current_task()
+        assert task is not None  # run by asyncio.run
+        with self._lock:
+            if self.closed.is_set():
+                raise asyncio.CancelledError
+            self._running.add(task)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running.discard(task)
+
+    def close(self) -> None:
+        """Set the switch and cancel every attempt in flight."""
+        self.closed.set()
+        with self._lock:
+            for task in self._running:
+                # The task's loop runs in a delivering thread; the cancel is handed to it.
+                task.get_loop().call_soon_threadsafe(task.cancel)
 
 
 @dataclass(frozen=True)
@@ -353,7 +378,7 @@ class Notifier:
     ) -> _Outcome:
         try:
             target = self._parse(url)
-            pinned: list[str | None] = [None] if trusted else list(self._addresses(target))
+            pinned: Sequence[str | None] = [None] if trusted else self._addresses(target)
         except InvalidOptionsError as e:
             # A name that stopped resolving may come back; a refused address will not.
             return _Outcome(False, e.code == "webhook_unresolvable", e.code)
@@ -380,36 +405,19 @@ class Notifier:
     ) -> _Outcome:
         """One attempt: POST to each of ``pinned`` (``None``: the URL's own host) until one
         answers, all of it within ``deadline_s`` (:class:`TimeoutError` past it)."""
-        task = asyncio.current_task()
-        assert task is not None  # run by asyncio.run
-        entry = (asyncio.get_running_loop(), task)
-        with self._deliveries.lock:
-            if self._deliveries.closed.is_set():
-                raise asyncio.CancelledError
-            self._deliveries.running.add(entry)
-        try:
-            async with asyncio.timeout(self.deadline_s):
-                return await self._post_pinned(target, pinned, body, headers)
-        finally:
-            with self._deliveries.lock:
-                self._deliveries.running.discard(entry)
-
-    async def _post_pinned(
-        self,
-        target: httpx.URL,
-        pinned: Sequence[str | None],
-        body: bytes,
-        headers: dict[str, str],
-    ) -> _Outcome:
         import httpx
 
         reason = "no address"
         # A client for this attempt only: no connection verified for one host name is ever
         # kept for a request to another, and nothing outlives the attempt's event loop.
-        async with httpx.AsyncClient(
-            follow_redirects=False,  # a 3xx is a failed attempt, never a GET elsewhere
-            timeout=self.timeout_s,
-        ) as client:
+        async with (
+            self._deliveries.cancellable(),
+            asyncio.timeout(self.deadline_s),
+            httpx.AsyncClient(
+                follow_redirects=False,  # a 3xx is a failed attempt, never a GET elsewhere
+                timeout=self.timeout_s,
+            ) as client,
+        ):
             for address in pinned:
                 request_url, extensions, sent = target, {}, dict(headers)
                 if address is not None:
@@ -440,11 +448,7 @@ class Notifier:
     def close(self) -> None:
         """Stop delivering: pending pauses end, attempts in flight are cancelled, later ones
         fail. A closed notifier sends nothing again (``send`` returns ``False``)."""
-        self._deliveries.closed.set()
-        with self._deliveries.lock:
-            for loop, task in self._deliveries.running:
-                # The loop runs in a delivering thread; the cancel is handed to it.
-                loop.call_soon_threadsafe(task.cancel)
+        self._deliveries.close()
 
     def publish(self, topic_arn: str, event: dict[str, Any]) -> bool:
         """Publish ``event`` to an SNS topic (boto3 retries on its own)."""
