@@ -9,8 +9,9 @@ The public API, imported lazily so that ``import stygig`` (and the CLI) stays fa
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from stygig._exports import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -55,8 +56,4 @@ if TYPE_CHECKING:
     from stygig.recommendation import Options, Query, Recommendation
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'stygig' has no attribute {name!r}")
-    return getattr(import_module(module), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -123,10 +123,10 @@ class InputLocations:
         self._folders = tuple(folders)
         self._s3 = tuple(s3)
 
-    def check(self, uri: str) -> str:
-        """The location to read for ``uri`` (a local path resolved) if a client may name it;
-        :class:`~stygig.errors.InvalidOptionsError` (``location_not_allowed``) otherwise."""
-        return self._target(uri).location
+    def check(self, uri: str) -> None:
+        """Refuse ``uri`` unless a client may name it:
+        :class:`~stygig.errors.InvalidOptionsError` (``location_not_allowed``)."""
+        self._target(uri)
 
     def _target(self, uri: str) -> _Target:
         try:

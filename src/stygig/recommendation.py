@@ -18,10 +18,19 @@ from typing import Any, Literal
 from stygig.errors import InputError, InvalidImageError, InvalidOptionsError
 
 __all__ = [
+    "MAX_EXCLUDE_IDS",
+    "MAX_FILTERS",
+    "MAX_K",
+    "MAX_LIST",
+    "MAX_NUMBER",
+    "MAX_QUERY_PARTS",
+    "MAX_SEED",
+    "MAX_TEXT",
     "Mode",
     "Options",
     "Query",
     "Recommendation",
+    "check_part_count",
     "options_from_params",
     "params_to_dict",
     "parse_json_object",
@@ -29,8 +38,8 @@ __all__ = [
 ]
 
 Mode = Literal["outfit", "similar"]
-_MAX_K = 100
-_MAX_QUERY_PARTS = 8
+MAX_K = 100
+MAX_QUERY_PARTS = 8
 # Bounds on what a client may ask for: work and memory per request follow from these, and
 # error messages name the field and the bound, never the value the client sent.
 MAX_TEXT = 200  # one category, gender, id or filter value
@@ -39,6 +48,13 @@ MAX_EXCLUDE_IDS = 1000
 MAX_FILTERS = 16
 MAX_SEED = 2**32 - 1
 MAX_NUMBER = 1e15  # the largest magnitude of a number in a filter
+
+
+def check_part_count(parts: int) -> None:
+    """:class:`InvalidOptionsError` when a query would hold more than ``MAX_QUERY_PARTS``
+    photos and items together (callers count before decoding or reading anything)."""
+    if parts > MAX_QUERY_PARTS:
+        raise InvalidOptionsError(f"a query may hold at most {MAX_QUERY_PARTS} photos/items")
 
 
 def _is_int(value: Any) -> bool:
@@ -107,8 +123,8 @@ class Options:
             raise InvalidOptionsError("mode must be 'outfit' or 'similar'")
         for name in ("k", "k_total"):
             value = getattr(self, name)
-            if not _is_int(value) or not 1 <= value <= _MAX_K:
-                raise InvalidOptionsError(f"{name} must be an integer from 1 to {_MAX_K}")
+            if not _is_int(value) or not 1 <= value <= MAX_K:
+                raise InvalidOptionsError(f"{name} must be an integer from 1 to {MAX_K}")
         for name in ("category", "gender"):
             if getattr(self, name) is not None:
                 _check_text(getattr(self, name), name)
@@ -234,8 +250,7 @@ def split_json_request(
         values = data["images_b64"]
         if not isinstance(values, list):
             raise InvalidOptionsError("images_b64 must be a list of base64 strings")
-        if len(values) > _MAX_QUERY_PARTS:  # counted before anything is decoded
-            raise InvalidOptionsError(f"a query may hold at most {_MAX_QUERY_PARTS} photos/items")
+        check_part_count(len(values))  # counted before anything is decoded
         images.extend(_b64(v, f"images_b64[{i}]") for i, v in enumerate(values))
     item_ids = _string_list(data.get("item_ids", []), "item_ids")
     options = {k: v for k, v in data.items() if k not in _JSON_QUERY_KEYS}
@@ -258,9 +273,9 @@ def _string_list(value: Any, name: str) -> tuple[str, ...]:
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise InvalidOptionsError(f"{name} must be a list of strings")
-    if len(value) > _MAX_QUERY_PARTS or not all(0 < len(v) <= MAX_TEXT for v in value):
+    if len(value) > MAX_QUERY_PARTS or not all(0 < len(v) <= MAX_TEXT for v in value):
         raise InvalidOptionsError(
-            f"{name}: at most {_MAX_QUERY_PARTS} ids of 1 to {MAX_TEXT} characters"
+            f"{name}: at most {MAX_QUERY_PARTS} ids of 1 to {MAX_TEXT} characters"
         )
     return tuple(value)
 
@@ -276,8 +291,7 @@ class Query:
         parts = len(self.images) + len(self.item_ids)
         if parts == 0:
             raise InvalidOptionsError("a query needs at least one photo or item id")
-        if parts > _MAX_QUERY_PARTS:
-            raise InvalidOptionsError(f"a query may hold at most {_MAX_QUERY_PARTS} photos/items")
+        check_part_count(parts)
 
 
 @dataclass

@@ -78,13 +78,16 @@ def test_finish_only_once_and_only_by_the_holder(store: JobStore) -> None:
     assert store.pending_notifications() == []
 
 
-def test_expired_lease_is_requeued_and_attempts_counted(store: JobStore) -> None:
+def test_expired_lease_is_requeued_and_attempts_counted(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store.submit(_spec(id="a"))
     slow = "otherhost:1:abcd"  # on another machine: only the lease tells
-    store.claim(slow, lease_s=0.05)
+    store.claim(slow, lease_s=60)
     me = new_owner()
     assert store.requeue_orphans(me) == []
-    time.sleep(0.1)
+    later = time.time() + 61  # the clock moves past the lease (no race with a short one)
+    monkeypatch.setattr(time, "time", lambda: later)
     assert store.requeue_orphans(me) == ["a"]
     (again,) = store.claim(me)
     assert again.attempts == 2

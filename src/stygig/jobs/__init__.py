@@ -15,14 +15,7 @@ from __future__ import annotations
 
 from stygig.jobs.notify import Notifier, event_for
 from stygig.jobs.store import STATUSES, Job, JobSpec, JobStore, JobView, Status
-from stygig.jobs.worker import (
-    JobWorker,
-    WorkerConfig,
-    WriteGate,
-    check_job_input,
-    parse_job_input,
-    run_job,
-)
+from stygig.jobs.worker import JobWorker, WorkerConfig, parse_job_input, run_job
 
 __all__ = [
     "STATUSES",
@@ -34,8 +27,6 @@ __all__ = [
     "Notifier",
     "Status",
     "WorkerConfig",
-    "WriteGate",
-    "check_job_input",
     "event_for",
     "parse_job_input",
     "run_job",

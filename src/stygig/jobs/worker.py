@@ -47,7 +47,7 @@ from stygig.errors import InvalidImageError, InvalidOptionsError, NotFoundError,
 from stygig.jobs.notify import Notifier
 from stygig.jobs.store import Job, JobStore, new_owner
 from stygig.locations import InputLocations
-from stygig.recommendation import _MAX_QUERY_PARTS, parse_json_object, split_json_request
+from stygig.recommendation import check_part_count, parse_json_object, split_json_request
 
 __all__ = [
     "JobWorker",
@@ -107,8 +107,7 @@ def _split_json_input(
     uris += more
     if not all(isinstance(u, str) for u in uris):
         raise InvalidOptionsError("image_uri(s) must be strings")
-    if len(images) + len(item_ids) + len(uris) > _MAX_QUERY_PARTS:
-        raise InvalidOptionsError(f"a query may hold at most {_MAX_QUERY_PARTS} photos/items")
+    check_part_count(len(images) + len(item_ids) + len(uris))
     return images, item_ids, uris, rest
 
 
@@ -193,23 +192,26 @@ def _document(job: Job, data: Mapping[str, Any]) -> bytes:
     ).encode()
 
 
-def _failure(job: Job, error: dict[str, Any], gate: WriteGate | None = None) -> Outcome:
-    document = _document(job, {"error": error, "attempts": job.attempts})
-    outcome: Outcome = ("failed", error)
+def _write_outcome(gate: WriteGate, outcome: Outcome, location: str, document: bytes) -> Outcome:
+    """Write ``document`` to ``location`` through ``gate``: ``outcome``, or a timeout when the
+    gate was already shut."""
 
     def write() -> None:
-        storage.write_bytes(job.failure_location, document, content_type="application/json")
+        storage.write_bytes(location, document, content_type="application/json")
 
-    return outcome if (gate or WriteGate()).write(outcome, write) else _TIMED_OUT
+    return outcome if gate.write(outcome, write) else _TIMED_OUT
+
+
+def _failure(job: Job, error: dict[str, Any], gate: WriteGate | None = None) -> Outcome:
+    document = _document(job, {"error": error, "attempts": job.attempts})
+    return _write_outcome(gate or WriteGate(), ("failed", error), job.failure_location, document)
 
 
 def _own_document(job: Job, uri: str) -> dict[str, Any] | None:
     """The document at ``uri`` if it was written for ``job`` (its token), else ``None``."""
     try:
         data = json.loads(storage.read_bytes(uri))
-    except NotFoundError:
-        return None
-    except ValueError:  # not JSON: not ours either (it is overwritten)
+    except (NotFoundError, ValueError):  # nothing there, or not JSON: not ours (overwritten)
         return None
     return data if job.owns(data) else None
 
@@ -238,6 +240,7 @@ def run_job(
         )
         return _failure(job, {"code": "crashed", "message": message}, gate)
     policy = locations or InputLocations()
+    gate = gate or WriteGate()
     try:
         body = job.input_body
         if body is None:
@@ -251,21 +254,16 @@ def run_job(
         log.warning("job %s failed", job.id, exc_info=True)
         error = {"code": "job_failed", "message": "the job could not be completed"}
         return _failure(job, error, gate)
-    document = _document(job, result)
-    outcome: Outcome = ("succeeded", None)
-
-    def write() -> None:
-        storage.write_bytes(job.output_location, document, content_type="application/json")
-
-    return outcome if (gate or WriteGate()).write(outcome, write) else _TIMED_OUT
+    return _write_outcome(gate, ("succeeded", None), job.output_location, _document(job, result))
 
 
 @dataclass
 class _Running:
     job: Job
     gate: WriteGate = field(default_factory=WriteGate)
-    released: bool = False  # its slot was given back (once: by the computation or the watchdog)
-    abandoned: bool = False  # the watchdog gave up waiting for its thread
+    # The watchdog gave up waiting for its thread and gave its slot back; otherwise the
+    # computation gives the slot back when it ends.
+    abandoned: bool = False
 
 
 class JobWorker:
@@ -397,14 +395,6 @@ class JobWorker:
                 self._running[run.job.id] = run
             self._supervisors.submit(self._supervise, run)
 
-    def _release(self, run: _Running) -> None:
-        """Give the job's slot back, once."""
-        with self._lock:
-            if run.released:
-                return
-            run.released = True
-        self._slots.release()
-
     def _supervise(self, run: _Running) -> None:
         job = run.job
         rec = self._recommender()
@@ -473,7 +463,7 @@ class JobWorker:
             abandoned,
             self.config.max_abandoned,
         )
-        self._release(run)
+        self._slots.release()
 
     def _compute_job(self, run: _Running, rec: Recommender, future: Future[Outcome]) -> None:
         try:
@@ -482,12 +472,15 @@ class JobWorker:
             future.set_exception(e)
         finally:
             with self._lock:
-                if run.abandoned:
+                abandoned = run.abandoned
+                if abandoned:
                     self._abandoned -= 1
-                    log.warning("the abandoned computation of job %s ended", run.job.id)
                 else:
                     self._running.pop(run.job.id, None)
-            self._release(run)
+            if abandoned:
+                log.warning("the abandoned computation of job %s ended", run.job.id)
+            else:
+                self._slots.release()  # an abandoned one's slot was given back already
 
     def _housekeep(self) -> None:
         last_renew = last_orphans = time.monotonic()

@@ -10,8 +10,9 @@ The core (``stygig.engine`` and below) never imports this package.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from stygig._exports import lazy_getattr
 
 # Imported on first use: ``stygig serve``'s flags (serving.command) must register in a CLI that
 # runs without FastAPI installed (``stygig build``, ``stygig inspect``).
@@ -38,8 +39,4 @@ if TYPE_CHECKING:
     from stygig.serving.batching import BatcherConfig, BatchResult, MicroBatcher
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'stygig.serving' has no attribute {name!r}")
-    return getattr(import_module(module), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

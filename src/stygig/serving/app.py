@@ -54,15 +54,17 @@ from stygig.features import PreparedImage
 from stygig.recommendation import (
     MAX_EXCLUDE_IDS,
     MAX_FILTERS,
+    MAX_K,
     MAX_LIST,
     MAX_NUMBER,
+    MAX_QUERY_PARTS,
     MAX_SEED,
     MAX_TEXT,
 )
 from stygig.serving import requests as rq
 from stygig.serving.async_api import AsyncConfig, AsyncJobs
 from stygig.serving.batching import BatcherConfig, MicroBatcher
-from stygig.serving.catalog_api import make_catalog_router
+from stygig.serving.catalog_api import image_url, make_catalog_router
 from stygig.serving.logging import ACCESS_LOGGER, request_id
 from stygig.serving.metrics import CONTENT_TYPE, ServerMetrics, method_label
 from stygig.serving.responses import ERROR_RESPONSES, JSON, error_response, json_response
@@ -346,21 +348,21 @@ class _Boundary:
     def _refuse(self, path: str, headers: dict[str, str]) -> Response | None:
         """The answer for a request refused before the app sees it (no token, too big)."""
         if not self._authorized(path, headers):
-            response = error_response(UnauthorizedError("send 'Authorization: Bearer <token>'"))
-            response.headers["WWW-Authenticate"] = 'Bearer realm="stygig"'
-            return response
+            return error_response(UnauthorizedError("send 'Authorization: Bearer <token>'"))
         declared = headers.get("content-length", "")
         limit = self.config.max_body_bytes
         if declared.isdigit() and int(declared) > limit:
-            response = error_response(
-                rq.PayloadTooLargeError(f"the request body is over the {limit:,}-byte limit")
-            )
+            response = error_response(_over_limit(limit))
             # The server discards what a client still sends after a 413 so that it can read
             # the answer; past a modest excess it closes the connection instead.
             if int(declared) > 4 * limit:
                 response.headers["Connection"] = "close"
             return response
         return None
+
+
+def _over_limit(limit: int) -> rq.PayloadTooLargeError:
+    return rq.PayloadTooLargeError(f"the request body is over the {limit:,}-byte limit")
 
 
 class _BodyReader:
@@ -391,9 +393,7 @@ class _BodyReader:
         self._done = not message.get("more_body", False)
         size = len(message.get("body", b""))
         if self.total + size > config.max_body_bytes:
-            raise rq.PayloadTooLargeError(
-                f"the request body is over the {config.max_body_bytes:,}-byte limit"
-            )
+            raise _over_limit(config.max_body_bytes)
         if self._boundary.bodies_in_flight + size > config.max_body_bytes_in_flight:
             raise OverloadedError("too many uploads in progress; retry shortly", code="busy")
         self._boundary.bodies_in_flight += size
@@ -411,11 +411,15 @@ _JSON_BODY = {
         "type": "object",
         "properties": {
             "image_b64": {"type": "string", "description": "one photo, base64"},
-            "images_b64": {"type": "array", "items": {"type": "string"}, "maxItems": 8},
-            "item_ids": {"type": "array", "items": _TEXT, "maxItems": 8},
+            "images_b64": {
+                "type": "array",
+                "items": {"type": "string"},
+                "maxItems": MAX_QUERY_PARTS,
+            },
+            "item_ids": {"type": "array", "items": _TEXT, "maxItems": MAX_QUERY_PARTS},
             "mode": {"type": "string", "enum": ["outfit", "similar"]},
-            "k": {"type": "integer", "minimum": 1, "maximum": 100},
-            "k_total": {"type": "integer", "minimum": 1, "maximum": 100},
+            "k": {"type": "integer", "minimum": 1, "maximum": MAX_K},
+            "k_total": {"type": "integer", "minimum": 1, "maximum": MAX_K},
             "category": _TEXT,
             "gender": _TEXT,
             "include_categories": _TEXTS,
@@ -587,10 +591,7 @@ def create_app(
             rid = request.scope.get("state", {}).get("request_id")
             log.error("server error: %s", exc.message, extra={"fields": {"request_id": rid}})
             exc = StygigError(f"internal server error (request id {rid})", code=exc.code)
-        response = error_response(exc)
-        if isinstance(exc, RequestTimeoutError):
-            response.headers["Connection"] = "close"  # a stalled client keeps no connection
-        return response
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -653,7 +654,7 @@ def _routes(app: FastAPI, service: ModelService, metrics: ServerMetrics) -> None
         data = rec.artifact.items[pos].to_dict()
         # The catalogue's image path is the server's business: clients get the thumbnail route.
         del data["image"]
-        data["image_url"] = f"/v1/items/{item_id}/image"
+        data["image_url"] = image_url(item_id)
         data["color"] = rec.artifact.colors[pos]
         return json_response(data)
 

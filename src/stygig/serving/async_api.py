@@ -205,16 +205,11 @@ def _own_output(job: Job) -> bytes:
     return data
 
 
-def make_async_router(
-    store: JobStore,
-    worker: JobWorker,
-    config: AsyncConfig,
-    locations: InputLocations | None = None,
-) -> APIRouter:
-    """The ``/async`` routes over ``store``; ``worker`` is woken on every submission;
-    client-named inputs are checked against ``locations`` (default: ``config``'s)."""
+def make_async_router(store: JobStore, worker: JobWorker, config: AsyncConfig) -> APIRouter:
+    """The ``/async`` routes over ``store``; ``worker`` is woken on every submission, and
+    client-named inputs are checked against the policy it reads them with."""
     router = APIRouter(prefix="/async", tags=["async"])
-    policy = locations or config.input_locations()
+    policy = worker.locations
     limits = config.queue_limits()
 
     @router.post("/invocations", status_code=202, summary="Submit an asynchronous inference")
@@ -289,17 +284,16 @@ class AsyncJobs:
     ) -> None:
         self.config = config
         self.store = JobStore(config.jobs_db)
-        locations = config.input_locations()
         self.worker = JobWorker(
             self.store,
             recommender,
             config.worker,
             notifier=config.notifier,
             should_yield=should_yield,
-            locations=locations,
+            locations=config.input_locations(),
             retention_s=config.retention_s,
         )
-        self.router = make_async_router(self.store, self.worker, config, locations)
+        self.router = make_async_router(self.store, self.worker, config)
 
     def start(self) -> None:
         """Clean up temporary files a crashed write left, re-queue orphaned jobs, start working."""

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from stygig.engine import Recommender
     from stygig.serving.app import ModelService
 
-__all__ = ["make_catalog_router"]
+__all__ = ["image_url", "make_catalog_router"]
 
 _STATIC = {
     "index.html": "text/html; charset=utf-8",
@@ -42,6 +42,11 @@ _STATIC = {
 }
 _IMAGE_MAX_AGE_S = 3600
 _MAX_LIMIT = 100
+
+
+def image_url(item_id: str) -> str:
+    """Where a client fetches an item's thumbnail (never the server's path to the photo)."""
+    return f"/v1/items/{item_id}/image"
 
 
 def _static_files() -> dict[str, tuple[bytes, str]]:
@@ -97,7 +102,7 @@ class _Shelf:
             "rgb": [int(v) for v in rec.rgb[pos]],
             "hex": color.get("hex"),
             "color_name": str(rec.color_names[pos]),
-            "image_url": f"/v1/items/{item.id}/image",
+            "image_url": image_url(item.id),
         }
 
     def search(self, query: str, category: str | None, gender: str | None) -> list[int]:

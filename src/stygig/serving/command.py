@@ -17,13 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from stygig.serving.async_api import AsyncConfig
 
-__all__ = [
-    "DEFAULT_ARTIFACT",
-    "default_port",
-    "register",
-    "run_loadtest",
-    "run_serve",
-]
+__all__ = ["DEFAULT_ARTIFACT", "default_port", "register", "run_loadtest", "run_serve"]
 
 DEFAULT_ARTIFACT = "/opt/ml/model"
 _GRACE_S = 25  # SageMaker sends SIGTERM, then SIGKILL 30 s later

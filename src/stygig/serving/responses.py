@@ -61,7 +61,15 @@ def json_response(
     return Response(json_bytes(data), status_code=status, media_type=JSON, headers=headers)
 
 
+# What an error status tells the client beyond its body: when to retry (503), how to
+# authenticate (401), and that a stalled connection is not kept (408).
+_STATUS_HEADERS: dict[int, dict[str, str]] = {
+    401: {"WWW-Authenticate": 'Bearer realm="stygig"'},
+    408: {"Connection": "close"},
+    503: {"Retry-After": "1"},
+}
+
+
 def error_response(err: StygigError) -> Response:
-    """The JSON error body with the error's status (and ``Retry-After`` for 503)."""
-    headers = {"Retry-After": "1"} if err.http_status == 503 else None
-    return json_response(err.to_dict(), err.http_status, headers)
+    """The JSON error body with the error's status and the headers that status needs."""
+    return json_response(err.to_dict(), err.http_status, _STATUS_HEADERS.get(err.http_status))
