@@ -5,6 +5,9 @@ The public API, imported lazily so that ``import stygig`` (and the CLI) stays fa
     from stygig import Recommender, Query, Options
     rec = Recommender.from_path("build/demo/artifact")
     rec.recommend(Query(images=("shirt.jpg",)), Options(k=3)).to_dict()
+
+``recommend`` is the pipeline in line; ``prepare``, ``embed`` and ``answer`` are its three steps
+for callers that embed their own way (see :mod:`stygig.pipeline`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ _EXPORTS = {
     "Recommender": "stygig.engine",
     "Options": "stygig.recommendation",
     "Query": "stygig.recommendation",
-    "Recommendation": "stygig.recommendation",
+    "Recommendation": "stygig.answer",
+    "PreparedQuery": "stygig.pipeline",
     "StygigError": "stygig.errors",
 }
 
@@ -34,6 +38,7 @@ __all__ = [
     "Artifact",
     "Item",
     "Options",
+    "PreparedQuery",
     "Query",
     "Recommendation",
     "Recommender",
@@ -53,7 +58,9 @@ if TYPE_CHECKING:
     from stygig.encoders import load_encoder
     from stygig.engine import Recommender
     from stygig.errors import StygigError
-    from stygig.recommendation import Options, Query, Recommendation
+    from stygig.answer import Recommendation
+    from stygig.pipeline import PreparedQuery
+    from stygig.recommendation import Options, Query
 
 
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

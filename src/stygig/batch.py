@@ -51,7 +51,7 @@ from stygig import storage
 from stygig.catalog import Item, Reject, read_catalog
 from stygig.engine import Options, Query, Recommender
 from stygig.errors import BatchError, InvalidOptionsError, StygigError
-from stygig.features import PreparedImage
+from stygig.pipeline import PreparedQuery
 
 __all__ = [
     "BatchInput",
@@ -208,74 +208,83 @@ def iter_inputs(
 # -- one group: decode -> embed -> score ----------------------------------------------------------
 
 
-def _load_image(source: str) -> bytes | str:
-    return storage.read_bytes(source) if "://" in source else source
+def _load_image(source: str | Path | bytes) -> str | Path | bytes:
+    return storage.read_bytes(source) if isinstance(source, str) and "://" in source else source
 
 
-def prepare_input(rec: Recommender, inp: BatchInput) -> list[PreparedImage] | StygigError:
-    """Decode and colour an input's photos; the error instead when that fails."""
+def prepare_input(
+    rec: Recommender, inp: BatchInput, default_options: dict[str, Any]
+) -> PreparedQuery | StygigError:
+    """The pipeline's first step for one input (options checked, photos decoded and
+    coloured); the error instead when that fails."""
     if inp.error is not None:
         return inp.error
     try:
-        return rec.prepare([_load_image(s) for s in inp.images])
+        options = Options.from_dict({**default_options, **inp.options})
+        query = Query(images=inp.images, item_ids=inp.item_ids)
+        return rec.prepare(query, options, color_beside=False, load=_load_image)
     except StygigError as e:
         return e
 
 
-def _record(inp: BatchInput, result: dict[str, Any] | StygigError) -> dict[str, Any]:
-    base = {"index": inp.index, "id": inp.key, "source": inp.source}
+@dataclass(frozen=True)
+class Record:
+    """One input's output line, and its error code when it failed."""
+
+    index: int
+    line: str
+    error: str | None = None
+
+
+def _record(inp: BatchInput, result: bytes | StygigError) -> Record:
+    base = json.dumps({"index": inp.index, "id": inp.key, "source": inp.source})[:-1]
     if isinstance(result, StygigError):
-        return {**base, "status": "error", "error": result.to_dict()["error"]}
-    return {**base, "status": "ok", "recommendation": result}
+        error = {"code": result.code, "message": result.message}
+        line = f'{base}, "status": "error", "error": {json.dumps(error)}}}'
+        return Record(inp.index, line, result.code)
+    # The answer's own JSON bytes, as the API sends them: serialised once.
+    return Record(inp.index, f'{base}, "status": "ok", "recommendation": {result.decode()}}}')
 
 
 def recommend_group(
     rec: Recommender,
     inputs: Sequence[BatchInput],
-    prepared: Sequence[list[PreparedImage] | StygigError],
-    default_options: dict[str, Any],
-    score: Callable[[Callable[[], dict[str, Any]]], Future[dict[str, Any]]] | None = None,
-) -> list[Future[dict[str, Any]]]:
-    """Embed a group's photos in one encoder call, then score each input (in ``score``'s pool).
-
-    Returns one future per input holding its output record; an input's failure is its record.
-    """
-    ok = [i for i, p in enumerate(prepared) if not isinstance(p, StygigError)]
-    photos = [img for i in ok for img in prepared[i]]  # type: ignore[union-attr]
+    prepared: Sequence[PreparedQuery | StygigError],
+    score: Callable[[Callable[[], Record]], Future[Record]] | None = None,
+) -> list[Future[Record]]:
+    """The pipeline's embed step for a group (its photos in one encoder call), then each
+    input's answer (in ``score``'s pool). One future per input; a failure is its record."""
+    ok = [i for i, p in enumerate(prepared) if isinstance(p, PreparedQuery)]
+    tensors = [t for i in ok for t in prepared[i].tensors]  # type: ignore[union-attr]
     t0 = time.perf_counter()
-    vectors = rec.embed(photos)
+    vectors = rec.embed(tensors)
     embed_ms = (time.perf_counter() - t0) * 1e3
     offsets: dict[int, tuple[int, int]] = {}
     start = 0
     for i in ok:
-        n = len(prepared[i])  # type: ignore[arg-type]
+        n = len(prepared[i].tensors)  # type: ignore[union-attr]
         offsets[i] = (start, start + n)
         start += n
 
-    def finish(i: int) -> dict[str, Any]:
+    def finish(i: int) -> Record:
         inp, prep = inputs[i], prepared[i]
         if isinstance(prep, StygigError):
             return _record(inp, prep)
         lo, hi = offsets[i]
-        timings = {
-            "decode": sum(p.timings_ms.get("decode", 0.0) for p in prep),
-            "color": sum(p.timings_ms.get("color", 0.0) for p in prep),
-            "embed": embed_ms * (hi - lo) / max(1, len(photos)),
-        }
+        if hi > lo:  # the group's encoder call, shared by its photos
+            prep.timings.embed = embed_ms * (hi - lo) / max(1, len(tensors))
         try:
-            options = Options.from_dict({**default_options, **inp.options})
-            out = rec.recommend_embedded(prep, vectors[lo:hi], inp.item_ids, options, timings)
-            return _record(inp, out.to_dict())
+            return _record(inp, rec.answer(prep, vectors[lo:hi]).to_json())
         except StygigError as e:
             return _record(inp, e)
-        except Exception as e:  # one input must never stop the run
+        except Exception:  # one input must never stop the run
             log.exception("unexpected failure on input %s", inp.key)
-            return _record(inp, StygigError(f"unexpected failure: {e}"))
+            return _record(inp, StygigError("unexpected failure (the server log says why)"))
 
     if score is None:
-        done: list[Future[dict[str, Any]]] = []
+        done: list[Future[Record]] = []
         for i in range(len(inputs)):
-            f: Future[dict[str, Any]] = Future()
+            f: Future[Record] = Future()
             f.set_result(finish(i))
             done.append(f)
         return done
@@ -567,7 +576,7 @@ def run_batch(
     complete = False
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="batch") as pool:
         decoding: deque[tuple[list[BatchInput], list[Future[Any]]]] = deque()
-        scoring: deque[list[Future[dict[str, Any]]]] = deque()
+        scoring: deque[list[Future[Record]]] = deque()
 
         def groups() -> Iterator[list[BatchInput]]:
             nonlocal seen, skipped
@@ -589,19 +598,18 @@ def run_batch(
         def submit_next() -> None:
             group = next(source, None)
             if group is not None:
-                futures = [pool.submit(prepare_input, recommender, inp) for inp in group]
+                futures = [pool.submit(prepare_input, recommender, inp, options) for inp in group]
                 decoding.append((group, futures))
 
         def drain(keep: int) -> None:
             nonlocal processed, errors
             while len(scoring) > keep:
                 records = [f.result() for f in scoring.popleft()]
-                sink.write([(r["index"], json.dumps(r, separators=(",", ":"))) for r in records])
+                sink.write([(r.index, r.line) for r in records])
                 for r in records:
-                    if r["status"] != "ok":
+                    if r.error is not None:
                         errors += 1
-                        code = r["error"]["code"]
-                        codes[code] = codes.get(code, 0) + 1
+                        codes[r.error] = codes.get(r.error, 0) + 1
                 processed += len(records)
                 bar.update(len(records))
 
@@ -612,9 +620,7 @@ def run_batch(
                 group, futures = decoding.popleft()
                 prepared = [f.result() for f in futures]
                 submit_next()
-                scoring.append(
-                    recommend_group(recommender, group, prepared, options, score=pool.submit)
-                )
+                scoring.append(recommend_group(recommender, group, prepared, score=pool.submit))
                 drain(keep=1)
             drain(keep=0)
             complete = True

@@ -11,12 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from stygig.color import dominant_colors
 from stygig.images import PreprocessSpec, decode_image, fit_array, preprocess
 from stygig.thumbnails import make_thumbnail
 
-__all__ = ["COLOR_SIDE", "PreparedImage", "color_summary", "decode_photo", "prepare_image"]
+__all__ = [
+    "COLOR_SIDE",
+    "DecodedPhoto",
+    "PreparedImage",
+    "color_summary",
+    "decode_photo",
+    "prepare_image",
+]
 
 #: Colour is measured on the whole photo shrunk to fit this many pixels.
 COLOR_SIDE = 128
@@ -40,29 +48,34 @@ def prepare_image(
     ``thumbnail`` also makes the shop's thumbnail from the same decoded pixels (builds do).
     """
     t0 = time.perf_counter()
-    img = decode_image(source, min_size=max(spec.size, COLOR_SIDE))
-    tensor = preprocess(img, spec)
+    photo = decode_photo(source, spec)
     t1 = time.perf_counter()
-    color = color_summary(fit_array(img, COLOR_SIDE))
+    color = color_summary(photo.color_pixels)
     t2 = time.perf_counter()
     timings = {"decode": (t1 - t0) * 1e3, "color": (t2 - t1) * 1e3}
     thumb = None
     if thumbnail:
-        thumb = make_thumbnail(img)
+        thumb = make_thumbnail(photo.image)
         timings["thumbnail"] = (time.perf_counter() - t2) * 1e3
-    return PreparedImage(tensor, color, timings, thumb)
+    return PreparedImage(photo.tensor, color, timings, thumb)
 
 
-def decode_photo(source: str | Path | bytes, spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Decode and preprocess one photo: ``(encoder input, colour-input pixels)``.
+@dataclass(frozen=True)
+class DecodedPhoto:
+    """One photo decoded once: the encoder's input, the colour step's pixels, the image."""
 
-    For callers that measure the colour concurrently with the embedding (see
-    :func:`color_summary`); :func:`prepare_image` does both steps in one.
-    """
+    tensor: np.ndarray
+    color_pixels: np.ndarray
+    image: Image.Image
+
+
+def decode_photo(source: str | Path | bytes, spec: PreprocessSpec) -> DecodedPhoto:
+    """Decode, validate and preprocess one photo: the step every photo goes through, at build
+    and at query time, so a catalogue photo and a shopper's photo are treated alike."""
     img = decode_image(source, min_size=max(spec.size, COLOR_SIDE))
-    return preprocess(img, spec), fit_array(img, COLOR_SIDE)
+    return DecodedPhoto(preprocess(img, spec), fit_array(img, COLOR_SIDE), img)
 
 
 def color_summary(pixels: np.ndarray) -> dict[str, Any]:
-    """The colour summary (as in :class:`PreparedImage`) of pixels from :func:`decode_photo`."""
+    """The colour summary (as in :class:`PreparedImage`) of a photo's colour pixels."""
     return dominant_colors(pixels).to_dict()

@@ -1,7 +1,6 @@
-"""What a caller asks and what the recommender answers: ``Options``, ``Query``, ``Recommendation``.
+"""What a caller asks: ``Options`` and ``Query``, and how they are read from text and JSON.
 
-These are the request and response types of :class:`stygig.engine.Recommender`; the CLI's
-``--json``, the HTTP API and batch output all serialise :meth:`Recommendation.to_dict`.
+The answer's types are in :mod:`stygig.answer`.
 """
 
 from __future__ import annotations
@@ -9,7 +8,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +27,6 @@ __all__ = [
     "Mode",
     "Options",
     "Query",
-    "Recommendation",
     "check_part_count",
     "options_from_params",
     "params_to_dict",
@@ -292,38 +289,3 @@ class Query:
         if parts == 0:
             raise InvalidOptionsError("a query needs at least one photo or item id")
         check_part_count(parts)
-
-
-@dataclass
-class Recommendation:
-    """The answer: the query as understood, ranked items, per-category lists, an outfit."""
-
-    mode: str
-    query: list[dict[str, Any]]
-    items: list[dict[str, Any]]
-    by_category: dict[str, list[dict[str, Any]]]
-    outfit: dict[str, Any] | None
-    timings_ms: dict[str, float]
-    artifact: dict[str, Any]
-    # Whose items were recommended: {"value", "source": stated | item | photo | uncertain | none,
-    # "hedged": only unisex items, "confidence" and "guess" when voted from photos}.
-    gender: dict[str, Any] = field(
-        default_factory=lambda: {"value": None, "source": "none", "hedged": False}
-    )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The response schema shared by the CLI's ``--json``, the API and batch output."""
-        t0 = time.perf_counter()
-        timings = dict(self.timings_ms)
-        out: dict[str, Any] = {
-            "mode": self.mode,
-            "query": self.query,
-            "items": self.items,
-            "by_category": self.by_category,
-            "outfit": self.outfit,
-            "gender": self.gender,
-            "artifact": self.artifact,
-            "timings_ms": timings,
-        }
-        timings["serialise"] = round((time.perf_counter() - t0) * 1e3, 3)
-        return out

@@ -6,6 +6,8 @@
   the taxonomy's factor (default x1.15) for a compatible category pair and 1 otherwise.
 * :func:`mmr` — maximal marginal relevance: picks ``k`` items trading score against redundancy,
   so a list is not five near-identical items.
+* :func:`rank_by_category` — each category's top ``k`` (diversified by MMR), best category first.
+* :func:`assemble_outfit` — one item per free slot, compatible with the query and each other.
 
 Weights live in :class:`ScoringConfig`, loaded from ``stygig/data/scoring.yaml`` (or a user file).
 """
@@ -29,9 +31,11 @@ __all__ = [
     "COMPAT_MODES",
     "ScoringConfig",
     "Vote",
+    "assemble_outfit",
     "combine",
     "label_codes",
     "mmr",
+    "rank_by_category",
     "validation_summary",
     "vote",
     "weighted_winner",
@@ -206,3 +210,78 @@ def mmr(scores: np.ndarray, vectors: np.ndarray, k: int, diversity: float) -> np
         picked[choice] = True
         redundancy = np.maximum(redundancy, vectors @ vectors[choice])
     return order
+
+
+def rank_by_category(
+    score: np.ndarray,
+    categories: np.ndarray,
+    vectors: np.ndarray,
+    *,
+    k: int,
+    diversity: float,
+    seed: int,
+) -> dict[int, np.ndarray]:
+    """Per category: the positions (into ``score``) of its top ``k``, diversified by MMR.
+
+    Args:
+        score: each candidate's score.
+        categories: each candidate's category code.
+        vectors: each candidate's embedding row, for MMR's redundancy.
+        k: items per category.
+        diversity: MMR's trade-off (0: by score only).
+        seed: seeds a jitter far below float32 resolution that breaks exact ties reproducibly.
+
+    Returns categories ordered by their best score.
+    """
+    jitter = np.random.default_rng(seed).random(len(score)) * 1e-12
+    key = score.astype(np.float64) - jitter
+    depth = k * 4  # MMR picks k from each category's best `depth`
+    counts = np.bincount(categories, minlength=int(categories.max(initial=-1)) + 1)
+    cats = np.flatnonzero(counts)
+    # Only the head of the ranking can hold any category's best `depth`: sort just that head
+    # (argpartition is linear), and fall back to the category's own rows when it is thin.
+    head = min(len(key), depth * len(cats) * 2)
+    top = np.argpartition(-key, head - 1)[:head] if 0 < head < len(key) else np.arange(len(key))
+    top = top[np.argsort(-key[top], kind="stable")]
+    top_cats = categories[top]
+    out: dict[int, np.ndarray] = {}
+    for c in cats:
+        members = top[top_cats == c][:depth]
+        if len(members) < min(depth, counts[c]):
+            rows = np.flatnonzero(categories == c)
+            members = rows[np.argsort(-key[rows], kind="stable")][:depth]
+        out[int(c)] = members[mmr(score[members], vectors[members], k, diversity)]
+    return dict(sorted(out.items(), key=lambda kv: -float(score[kv[1][0]])))
+
+
+def assemble_outfit(
+    ranked: dict[int, np.ndarray],
+    score: np.ndarray,
+    category_slot: np.ndarray,
+    slot_order: Sequence[int],
+    compat: np.ndarray,
+    query_categories: Sequence[int],
+    skip_slots: Sequence[int] = (),
+) -> dict[int, int]:
+    """One candidate per slot the query leaves free: ``slot code -> position`` in outfit order.
+
+    Each slot takes its best-scored ranked candidate whose category is compatible with the
+    query's categories and with every item already picked. ``slot_order`` gives each slot's
+    place in an outfit; ``skip_slots`` are never filled (e.g. "other").
+    """
+    chosen = list(query_categories)
+    taken = {int(category_slot[c]) for c in chosen} | set(skip_slots)
+    by_slot: dict[int, list[tuple[int, int]]] = {}  # slot -> (category, position), rank order
+    for c, group in ranked.items():
+        by_slot.setdefault(int(category_slot[c]), []).extend((c, int(j)) for j in group)
+    picked: dict[int, int] = {}
+    for s in sorted(by_slot, key=lambda s: slot_order[s]):
+        if s in taken:
+            continue
+        for cat, j in sorted(by_slot[s], key=lambda cj: -float(score[cj[1]])):
+            if all(compat[cat, other] for other in chosen):
+                picked[s] = j
+                chosen.append(cat)
+                taken.add(s)
+                break
+    return picked

@@ -17,7 +17,10 @@ from stygig.engine import Options, Query, Recommender
 from stygig.errors import InvalidImageError, InvalidOptionsError, NotFoundError
 from stygig.index import ExactIndex
 from stygig.sample_catalog import generate_sample_catalog
-from stygig.scoring import ScoringConfig
+from stygig.scoring import ScoringConfig, rank_by_category
+
+# A gender decision that was not voted has no confidence or guess.
+NO_VOTE = {"hedged": False, "confidence": None, "guess": None}
 
 
 @pytest.fixture(scope="module")
@@ -137,9 +140,9 @@ def test_uncertain_gender_hedges_with_unisex_items(
     # A stated gender or a catalogue item's gender is never second-guessed.
     photo = sample[0] / "queries" / "blue-jeans.jpg"
     stated = strict.recommend(Query(images=(photo,)), Options(gender="men")).to_dict()
-    assert stated["gender"] == {"value": "men", "source": "stated", "hedged": False}
+    assert stated["gender"] == {**NO_VOTE, "value": "men", "source": "stated"}
     item = strict.recommend(Query(item_ids=("sku-0060",), images=(photo,))).to_dict()
-    assert item["gender"] == {"value": "women", "source": "item", "hedged": False}
+    assert item["gender"] == {**NO_VOTE, "value": "women", "source": "item"}
 
 
 def test_a_catalogue_without_unisex_items_uses_the_best_guess(
@@ -305,11 +308,11 @@ def test_rank_keeps_each_categorys_best_even_when_thin(rec: Recommender, k: int)
     rng = np.random.default_rng(0)
     n = len(rec.artifact.items)
     cand = np.arange(n)
-    c_cat = rec.category_codes.copy()
+    c_cat = rec.columns.category_codes.copy()
     score = rng.random(n).astype(np.float32)
     score[c_cat == c_cat[0]] -= 2.0  # one category far below all others: outside the head
     # k=1: the sorted head (4 x 12 categories x 2 = 96 rows) is shorter than the 131 items.
-    ranked = rec._rank(cand, c_cat, score, Options(k=k, diversity=0.0))
+    ranked = rank_by_category(score, c_cat, rec.embeddings[cand], k=k, diversity=0.0, seed=0)
     for c in np.unique(c_cat):
         rows = np.flatnonzero(c_cat == c)
         best = rows[np.argsort(-score[rows], kind="stable")][:k]

@@ -152,7 +152,6 @@ def outfit_validity(
     query never meets itself.
     """
     from stygig.engine import Options
-    from stygig.features import PreparedImage
 
     artifact = recommender.artifact
     artifact.index.remove(np.asarray(held_out, np.int64))
@@ -160,25 +159,24 @@ def outfit_validity(
     tally = Counter[str]()
     for pos in rows.tolist():
         truth = artifact.items[pos]
-        prepared = PreparedImage(np.zeros(0, np.float32), artifact.colors[pos])
-        rec = recommender.recommend_embedded(
-            [prepared],
-            artifact.embeddings[pos : pos + 1],
-            (),
-            Options(
-                mode="outfit",
-                seed=seed,
-                gender=truth.gender if state_gender and truth.gender != "unisex" else None,
-            ),
+        options = Options(
+            mode="outfit",
+            seed=seed,
+            gender=truth.gender if state_gender and truth.gender != "unisex" else None,
         )
-        outfit_ids = set((rec.outfit or {}).get("item_ids", []))
-        tally["hedged"] += bool(rec.gender["hedged"])
+        # The pipeline's own path, with the build's embedding and colour as the embed step.
+        prepared = recommender.prepare_embedded(
+            artifact.embeddings[pos : pos + 1], [artifact.colors[pos]], options
+        )
+        rec = recommender.answer(prepared)
+        outfit_ids = set(rec.outfit.item_ids if rec.outfit else ())
+        tally["hedged"] += rec.gender.hedged
         tally["items"] += len(rec.items)
         tally["outfit_slots"] += len(outfit_ids)
         for row in rec.items:
-            for scope in ("items", "outfit") if row["id"] in outfit_ids else ("items",):
-                cat_ok = recommender.taxonomy.compatible(truth.category, row["category"])
-                gender_ok = _gender_ok(truth.gender, row["gender"])
+            for scope in ("items", "outfit") if row.id in outfit_ids else ("items",):
+                cat_ok = recommender.taxonomy.compatible(truth.category, row.category)
+                gender_ok = _gender_ok(truth.gender, row.gender)
                 tally[f"{scope}_n"] += 1
                 tally[f"{scope}_category"] += cat_ok
                 tally[f"{scope}_gender"] += gender_ok
@@ -343,8 +341,8 @@ def gender_confidence_curve(
     the held-out query photos at each threshold.
     """
     k = recommender.config.attribute_vote_k
-    genders = recommender.gender_codes[catalog_rows]
-    names = recommender.gender_names
+    genders = recommender.columns.gender_codes[catalog_rows]
+    names = recommender.columns.gender_names
     unisex = names.index("unisex") if "unisex" in names else -2
     conf = np.empty(len(catalog_rows))
     right = np.empty(len(catalog_rows), bool)

@@ -279,7 +279,7 @@ def engine_scorers(recommender: Recommender, train_counts: Mapping[str, int]) ->
     from stygig.color import harmony
 
     pos = recommender.artifact.positions
-    emb, hsl, rules = recommender.embeddings, recommender.hsl, recommender.harmony_rules
+    emb, hsl, rules = recommender.embeddings, recommender.columns.hsl, recommender.harmony_rules
 
     def rows(ids: Sequence[str]) -> np.ndarray:
         return np.array([pos[i] for i in ids], np.int64)

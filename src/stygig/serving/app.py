@@ -21,14 +21,13 @@ import asyncio
 import contextlib
 import hmac
 import io
-import json
 import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -50,7 +49,6 @@ from stygig.errors import (
     StygigError,
     UnauthorizedError,
 )
-from stygig.features import PreparedImage
 from stygig.recommendation import (
     MAX_EXCLUDE_IDS,
     MAX_FILTERS,
@@ -61,6 +59,7 @@ from stygig.recommendation import (
     MAX_SEED,
     MAX_TEXT,
 )
+from stygig.response import item_view
 from stygig.serving import requests as rq
 from stygig.serving.async_api import AsyncConfig, AsyncJobs
 from stygig.serving.batching import BatcherConfig, MicroBatcher
@@ -133,7 +132,7 @@ class ModelService:
         self.warmup_seconds: float | None = None
         self.pool = ThreadPoolExecutor(config.threads, thread_name_prefix="stygig-work")
         self.preparing = 0  # requests decoding photos now: the batcher's company on its way
-        self.batcher: MicroBatcher[PreparedImage] = MicroBatcher(
+        self.batcher: MicroBatcher[np.ndarray] = MicroBatcher(
             self._embed,
             config.batching,
             on_batch=metrics.observe_batch,
@@ -145,9 +144,9 @@ class ModelService:
         metrics.in_flight.set_function(lambda: float(self.in_flight))
         metrics.queue_depth.set_function(lambda: float(self.batcher.depth))
 
-    def _embed(self, prepared: list[PreparedImage]) -> np.ndarray:
+    def _embed(self, tensors: list[np.ndarray]) -> np.ndarray:
         assert self.recommender is not None
-        return self.recommender.embed(prepared)
+        return self.recommender.embed(tensors)
 
     async def run(self, fn: Callable[..., R], *args: Any) -> R:
         """``fn(*args)`` in the worker pool."""
@@ -189,8 +188,8 @@ class ModelService:
         for _ in range(self.config.warmup_rounds):
             await self.answer(rq.ParsedRequest(Query(images=(photo,)), Options()))
         n = self.config.batching.max_batch
-        prepared = await self.run(self.recommender.prepare, [photo])
-        await self.run(self._embed, prepared * n)  # the full-batch shape, once
+        prepared = await self.run(self.recommender.prepare, Query(images=(photo,)))
+        await self.run(self.recommender.embed, prepared.tensors * n)  # the full-batch shape
         await self.answer(rq.ParsedRequest(Query(item_ids=(first_id,)), Options()))
 
     async def stop(self) -> None:
@@ -226,33 +225,33 @@ class ModelService:
             self.in_flight -= 1
 
     async def _answer(self, rec: Recommender, parsed: rq.ParsedRequest) -> bytes:
-        timings: dict[str, float] = {}
-        prepared: list[PreparedImage] = []
-        vectors = np.zeros((0, rec.embeddings.shape[1]), np.float32)
-        if parsed.query.images:
+        """The pipeline with the micro-batcher as its embed step: prepare in the worker pool
+        (colours go on measuring beside the encoder), embed in a batch, answer in the pool."""
+        query, options = parsed.query, parsed.options
+        if query.images:
             self.preparing += 1
             try:
-                prepared = await self.run(rec.prepare, parsed.query.images)
+                prepared = await self.run(rec.prepare, query, options)
             finally:
                 self.preparing -= 1
-            timings["decode"] = sum(p.timings_ms.get("decode", 0.0) for p in prepared)
-            timings["color"] = sum(p.timings_ms.get("color", 0.0) for p in prepared)
             try:
-                result = await self.batcher.submit(prepared)
+                result = await self.batcher.submit(prepared.tensors)
             except OverloadedError:
                 self.metrics.rejected.inc()
                 raise
             vectors = result.vectors
-            timings["queue"], timings["embed"] = result.queue_ms, result.embed_ms
+            prepared.timings.queue, prepared.timings.embed = result.queue_ms, result.embed_ms
+        else:
+            prepared = rec.prepare(query, options)  # item ids only: nothing to decode
+            vectors = np.zeros((0, rec.embeddings.shape[1]), np.float32)
 
         def finish() -> tuple[bytes, dict[str, float]]:
-            out = rec.recommend_embedded(
-                prepared, vectors, parsed.query.item_ids, parsed.options, timings
-            ).to_dict()
-            return json.dumps(out, separators=(",", ":")).encode(), out["timings_ms"]
+            answer = rec.answer(prepared, vectors)
+            body = answer.to_json()
+            return body, answer.timings_ms
 
-        body, final = await self.run(finish)
-        self.metrics.observe_timings(final)
+        body, timings = await self.run(finish)
+        self.metrics.observe_timings(timings)
         return body
 
 
@@ -651,11 +650,17 @@ def _routes(app: FastAPI, service: ModelService, metrics: ServerMetrics) -> None
     async def item(item_id: str) -> Response:
         rec = service.require()
         pos = rec.position(item_id)
-        data = rec.artifact.items[pos].to_dict()
-        # The catalogue's image path is the server's business: clients get the thumbnail route.
-        del data["image"]
-        data["image_url"] = image_url(item_id)
-        data["color"] = rec.artifact.colors[pos]
+        item = rec.artifact.items[pos]
+        # The answer's item fields, then what only this route shows; the catalogue's image path
+        # is the server's business: clients get the thumbnail route.
+        data = {
+            **asdict(item_view(rec.columns, pos)),
+            "usage": item.usage,
+            "season": item.season,
+            "attributes": item.attributes,
+            "image_url": image_url(item_id),
+            "color": rec.artifact.colors[pos],
+        }
         return json_response(data)
 
     @app.get(

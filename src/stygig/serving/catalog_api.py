@@ -17,7 +17,7 @@ with a text tower, which none of StyGig's encoders has (``text_search: false`` i
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ from fastapi.responses import Response
 
 from stygig import __version__
 from stygig.errors import InvalidOptionsError, NotFoundError
+from stygig.response import item_view
 from stygig.serving.responses import JSON, json_bytes, json_response
 from stygig.thumbnails import ItemImages
 
@@ -70,12 +71,12 @@ class _Shelf:
 
     @classmethod
     def of(cls, rec: Recommender) -> _Shelf:
-        artifact = rec.artifact
+        artifact, cols = rec.artifact, rec.columns
         originals = {item.id: item.image for item in artifact.items}
         haystacks = [
             " ".join(
                 str(v).lower()
-                for v in (item.name, item.id, item.brand, item.category, rec.color_names[i])
+                for v in (item.name, item.id, item.brand, item.category, cols.color_names[i])
                 if v
             )
             for i, item in enumerate(artifact.items)
@@ -89,21 +90,8 @@ class _Shelf:
     def card(self, pos: int) -> dict[str, Any]:
         """The fields a page needs to show one catalogue item."""
         rec = self.recommender
-        item = rec.artifact.items[pos]
-        color = rec.artifact.colors[pos]
-        return {
-            "id": item.id,
-            "name": item.name,
-            "category": item.category,
-            "slot": rec.taxonomy.slot_of(item.category),
-            "gender": item.gender,
-            "price": item.price,
-            "brand": item.brand,
-            "rgb": [int(v) for v in rec.rgb[pos]],
-            "hex": color.get("hex"),
-            "color_name": str(rec.color_names[pos]),
-            "image_url": image_url(item.id),
-        }
+        view = item_view(rec.columns, pos)
+        return {**asdict(view), "image_url": image_url(view.id)}
 
     def search(self, query: str, category: str | None, gender: str | None) -> list[int]:
         """Positions of the items whose text holds every word of ``query``, after the filters."""
@@ -111,14 +99,14 @@ class _Shelf:
         words = query.lower().split()
         if category:
             canonical = rec.taxonomy.canonical(category)
-            if canonical is None or canonical not in rec.category_names:
+            if canonical is None or canonical not in rec.columns.category_names:
                 raise InvalidOptionsError(
-                    f"the category is not in this catalogue; known: {', '.join(rec.category_names)}"
+                    f"the category is not in this catalogue; known: {', '.join(rec.columns.category_names)}"
                 )
             category = canonical
-        if gender and gender.lower() not in rec.gender_names:
+        if gender and gender.lower() not in rec.columns.gender_names:
             raise InvalidOptionsError(
-                f"the gender is not in this catalogue; known: {', '.join(rec.gender_names)}"
+                f"the gender is not in this catalogue; known: {', '.join(rec.columns.gender_names)}"
             )
         wanted_gender = gender.lower() if gender else None
         out = []
@@ -152,7 +140,7 @@ def _config(service: ModelService, rec: Recommender) -> dict[str, Any]:
         "categories": [
             {"name": c, "slot": taxonomy.slot_of(c), "count": counts[c]} for c in sorted(counts)
         ],
-        "genders": list(rec.gender_names),
+        "genders": list(rec.columns.gender_names),
         "slots": [{"name": s, "label": taxonomy.slots[s].label} for s in slots],
         "scoring": {
             "similarity_weight": rec.config.similarity_weight,

@@ -1,0 +1,242 @@
+"""What the recommender answers, typed: one shape for every caller and one JSON encoder.
+
+The library returns a :class:`Recommendation`; the CLI's ``--json``, the HTTP API, async job
+results and batch output all write :meth:`Recommendation.to_json` (or its dict form), so an item
+has one JSON shape everywhere. The same types give the API's OpenAPI response schema
+(:func:`answer_schema`), so the schema cannot drift from what is sent.
+
+JSON is written by pydantic-core (Rust) straight from these dataclasses; ``timings_ms.serialise``
+is the time that takes, measured on the real bytes.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+from pydantic import TypeAdapter
+
+__all__ = [
+    "TIMING_NAMES",
+    "ArtifactRef",
+    "GenderDecision",
+    "ItemView",
+    "Neighbour",
+    "Outfit",
+    "PaletteColor",
+    "QueryPart",
+    "Recommendation",
+    "RecommendedItem",
+    "Timings",
+    "answer_schema",
+]
+
+CategorySource = Literal["vote", "stated", "catalog"]
+GenderSource = Literal["stated", "item", "photo", "uncertain", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class PaletteColor:
+    """One colour of a photo's palette and its share of the garment's pixels."""
+
+    rgb: list[int]
+    hex: str
+    share: float
+
+
+@dataclass(frozen=True, slots=True)
+class Neighbour:
+    """A catalogue item among a query part's nearest neighbours (the voters)."""
+
+    id: str
+    category: str
+    similarity: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueryPart:
+    """One photo or catalogue item of the query, as the engine understood it."""
+
+    source: str  # "image[0]", "item:<id>"
+    category: str | None
+    category_source: CategorySource
+    slot: str | None
+    votes: dict[str, int]  # category -> how many of the top-k neighbours voted for it
+    neighbors: list[Neighbour]
+    gender: str | None
+    usage: str | None
+    gender_votes: dict[str, int] | None  # photos only: the neighbours' gender vote
+    rgb: list[int]
+    hex: str | None
+    color_name: str
+    hsl: list[float]  # hue in [0, 1), saturation, lightness
+    palette: list[PaletteColor]
+
+
+@dataclass(frozen=True, slots=True)
+class ItemView:
+    """A catalogue item as clients see it: the same fields wherever an item is shown."""
+
+    id: str
+    name: str | None
+    category: str
+    slot: str
+    gender: str | None
+    price: float | None
+    brand: str | None
+    rgb: list[int]
+    hex: str | None
+    hsl: list[float]  # hue in [0, 1), saturation, lightness
+    color_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecommendedItem(ItemView):
+    """An item of the answer with the parts of its score and why it was chosen."""
+
+    score: float
+    similarity: float
+    harmony: float
+    harmony_rule: str | None  # outfit mode: the colour rule that decided ``harmony``
+    boost: float  # the taxonomy's factor (x1.15 for a compatible pair, else 1)
+    learned: float | None  # the compatibility model's part (None without a model)
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outfit:
+    """One item per free slot, each compatible with the query and with each other."""
+
+    slots: dict[str, RecommendedItem]
+    item_ids: list[str]
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class GenderDecision:
+    """Whose items were recommended (``value``'s and unisex ones; ``None``: no filter).
+
+    ``source``: ``stated`` by the caller, a catalogue ``item``'s, voted from the ``photo``'s
+    neighbours, ``uncertain`` (a weak vote: ``guess`` and ``confidence`` say how weak), or
+    ``none``. ``hedged``: only unisex items (or items without a gender) were considered.
+    """
+
+    value: str | None
+    source: GenderSource
+    hedged: bool = False
+    confidence: float | None = None
+    guess: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactRef:
+    """Which catalogue answered: its encoder and size."""
+
+    encoder: str
+    items: int
+
+
+#: Every stage a request can pass through, in order; one set of names for every caller.
+TIMING_NAMES = (
+    "decode",  # photo bytes -> encoder input and colour pixels
+    "color",  # dominant colours (may run beside the encoder)
+    "queue",  # waiting for the micro-batcher (server only)
+    "embed",  # the encoder call (a batch's call, shared by the requests in it)
+    "search",  # neighbours and the candidate pool
+    "vote",  # category, gender and usage from the neighbours
+    "score",  # similarity, harmony, boost, learned compatibility
+    "rank",  # per-category ranking, MMR, outfit assembly, the answer's items
+    "serialise",  # the answer to JSON bytes
+    "total",  # wall clock from the first stage to the last
+)
+
+
+@dataclass(slots=True)
+class Timings:
+    """Milliseconds per stage (``None``: the stage did not run for this request)."""
+
+    decode: float | None = None
+    color: float | None = None
+    queue: float | None = None
+    embed: float | None = None
+    search: float | None = None
+    vote: float | None = None
+    score: float | None = None
+    rank: float | None = None
+    serialise: float | None = None
+    total: float | None = None
+
+    def to_dict(self) -> dict[str, float]:
+        """The stages that ran, rounded to microseconds."""
+        return {
+            f.name: round(v, 3) for f in fields(self) if (v := getattr(self, f.name)) is not None
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _Body:
+    """The answer without its timings (those are written last, once serialisation is timed)."""
+
+    mode: Literal["outfit", "similar"]
+    query: list[QueryPart]
+    items: list[RecommendedItem]
+    by_category: dict[str, list[RecommendedItem]]
+    outfit: Outfit | None
+    gender: GenderDecision
+    artifact: ArtifactRef
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation(_Body):
+    """The answer: the query as understood, ranked items, per-category lists, an outfit.
+
+    ``timings`` is filled in as the request moves on (``serialise`` and ``total`` by
+    :meth:`to_json`).
+    """
+
+    timings: Timings = field(default_factory=Timings)
+    started: float | None = None  # perf_counter() when the request's first stage began
+
+    @property
+    def timings_ms(self) -> dict[str, float]:
+        return self.timings.to_dict()
+
+    def to_json(self) -> bytes:
+        """The answer as compact JSON bytes, with ``serialise`` and ``total`` measured."""
+        t0 = time.perf_counter()
+        body = _body_adapter().dump_json(self)  # a subclass: only _Body's fields are written
+        t1 = time.perf_counter()
+        self.timings.serialise = (t1 - t0) * 1e3
+        if self.started is not None:
+            self.timings.total = (t1 - self.started) * 1e3
+        timings = _timings_adapter().dump_json(self.timings.to_dict())
+        return body[:-1] + b',"timings_ms":' + timings + b"}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The answer as JSON-ready Python objects: exactly what :meth:`to_json` writes."""
+        import json
+
+        data: dict[str, Any] = json.loads(self.to_json())
+        return data
+
+
+@functools.cache
+def _body_adapter() -> TypeAdapter[_Body]:
+    return TypeAdapter(_Body)
+
+
+@functools.cache
+def _timings_adapter() -> TypeAdapter[dict[str, float]]:
+    return TypeAdapter(dict[str, float])
+
+
+@dataclass(frozen=True)
+class _AnswerSchema(_Body):
+    timings_ms: dict[Literal[TIMING_NAMES], float]  # type: ignore[valid-type]
+
+
+def answer_schema() -> dict[str, Any]:
+    """JSON Schema of the answer (for OpenAPI), from the same types that write it."""
+    return TypeAdapter(_AnswerSchema).json_schema(ref_template="#/components/schemas/{model}")

@@ -1,0 +1,188 @@
+"""The catalogue as columns: one array per field, and the filters a request may apply to them.
+
+Everything the scoring needs per item (category, slot, gender, usage, colour) is encoded once at
+load time, so a request filters and scores 10,000 candidates with a handful of NumPy operations.
+Filters are checked against the catalogue's own attributes before any cache is touched: the
+per-attribute caches are keyed by attribute names the catalogue has, never by client strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from stygig.answer import GenderDecision
+from stygig.artifact import Artifact
+from stygig.errors import InvalidOptionsError, NotFoundError
+from stygig.harmony import describe_colors, rgb_array, rgb_to_hsl
+from stygig.recommendation import Options
+from stygig.scoring import label_codes
+
+__all__ = ["ITEM_FIELDS", "CatalogColumns"]
+
+#: The item fields a filter may name, beside the catalogue's own attributes.
+ITEM_FIELDS = ("id", "category", "gender", "usage", "season", "name", "price", "brand")
+
+
+class CatalogColumns:
+    """Per-item arrays of one artifact, built once (thread-safe for reads).
+
+    Attributes:
+        category_names / category_codes: sorted category names and each item's code.
+        slot_names / category_slot: outfit slots and each category's slot code.
+        compat: ``(categories, categories)`` bool matrix of compatible pairs.
+        gender_names / gender_codes, usage_names / usage_codes: as for categories (-1: none).
+        rgb / hsl / color_names: each item's dominant colour, its HSL and its name.
+    """
+
+    def __init__(self, artifact: Artifact) -> None:
+        self.artifact = artifact
+        taxonomy = artifact.taxonomy
+        items = artifact.items
+        self.category_names, self.category_codes = label_codes([i.category for i in items])
+        self._category_index = {name: n for n, name in enumerate(self.category_names)}
+        self.slot_names = sorted({taxonomy.slot_of(c) for c in self.category_names})
+        self.category_slot = np.array(
+            [self.slot_names.index(taxonomy.slot_of(c)) for c in self.category_names], np.int64
+        )
+        self.category_slot_names = [taxonomy.slot_of(c) for c in self.category_names]
+        self.compat = taxonomy.compatibility_matrix(self.category_names)
+        self.gender_names, self.gender_codes = label_codes([i.gender for i in items])
+        self.unisex = self.gender_names.index("unisex") if "unisex" in self.gender_names else -2
+        # Hedging an unsure gender needs items that fit anyone: unisex or without a gender.
+        self.can_hedge = bool(((self.gender_codes == self.unisex) | (self.gender_codes < 0)).any())
+        self.usage_names, self.usage_codes = label_codes([i.usage for i in items])
+        self.rgb = rgb_array(artifact.colors)
+        self.hsl = rgb_to_hsl(self.rgb).astype(np.float32)
+        self.color_names = describe_colors(self.rgb)
+        # What a request may filter on: the item fields and every attribute the catalogue has.
+        self.filterable = frozenset(ITEM_FIELDS).union(*(item.attributes.keys() for item in items))
+        self._attribute_cache: dict[str, np.ndarray] = {}
+        self._numeric_cache: dict[str, np.ndarray] = {}
+
+    def position(self, item_id: str) -> int:
+        """The catalogue row of ``item_id`` (:class:`NotFoundError`, 404, when unknown)."""
+        pos = self.artifact.positions.get(item_id)
+        if pos is None:
+            raise NotFoundError("an item id is not in the catalogue", code="unknown_item")
+        return pos
+
+    def category_code(self, name: str) -> int | None:
+        """The code of a category given in any spelling the taxonomy knows (None: not here).
+
+        Raises :class:`InvalidOptionsError` when the taxonomy does not know the name at all.
+        """
+        canonical = self.artifact.taxonomy.canonical(name)
+        if canonical is None:
+            raise InvalidOptionsError("a category is not in the taxonomy")
+        return self._category_index.get(canonical)
+
+    def check(self, options: Options) -> None:
+        """Refuse options this catalogue cannot answer, before any photo is decoded: unknown
+        filter attributes, categories and genders (error messages never repeat them)."""
+        unknown = [name for name in options.filters if name not in self.filterable]
+        if unknown:
+            raise InvalidOptionsError(
+                f"{len(unknown)} filter(s) name no attribute of this catalogue; "
+                f"filterable: {sorted(self.filterable)}"
+            )
+        if options.category is not None:
+            try:
+                code = self.category_code(options.category)
+            except InvalidOptionsError:
+                code = None
+            if code is None:
+                raise InvalidOptionsError(
+                    "the stated category is not in this catalogue; "
+                    f"known: {', '.join(self.category_names)}"
+                )
+        if options.gender and options.gender.lower() not in self.gender_names:
+            raise InvalidOptionsError(
+                f"the stated gender is not in this catalogue; known: {self.gender_names}"
+            )
+        for name in ("include_categories", "exclude_categories"):
+            for cat in getattr(options, name):
+                if self.artifact.taxonomy.canonical(cat) is None:
+                    raise InvalidOptionsError(f"{name}: a category is not in the taxonomy")
+
+    def filter_mask(
+        self,
+        options: Options,
+        gender: GenderDecision,
+        excluded_rows: Sequence[int],
+        removed: np.ndarray | None,
+        rows: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Which items pass every filter: over the whole catalogue, or over ``rows`` only.
+
+        ``excluded_rows`` are never candidates (the query's own items); ``removed`` marks rows
+        taken out of the index.
+        """
+        n = len(self.category_codes) if rows is None else len(rows)
+        sel: slice | np.ndarray = slice(None) if rows is None else rows
+        mask = np.ones(n, dtype=bool) if removed is None else ~removed[sel]
+        if (gender.value and gender.value != "unisex") or gender.hedged:
+            codes = self.gender_codes[sel]
+            # The same gender (none when hedging), unisex, or items without a gender (-1).
+            fits = (codes == self.unisex) | (codes < 0)
+            if gender.value:
+                fits |= codes == self.gender_names.index(gender.value)
+            mask &= fits
+        for name, include in (("include_categories", True), ("exclude_categories", False)):
+            wanted = getattr(options, name)
+            if wanted:
+                codes_wanted = [c for c in map(self.category_code, wanted) if c is not None]
+                hit = np.isin(self.category_codes[sel], codes_wanted)
+                mask &= hit if include else ~hit
+        positions = self.artifact.positions
+        excluded = [positions[i] for i in options.exclude_ids if i in positions]
+        excluded += list(excluded_rows)
+        if excluded:
+            if rows is None:
+                mask[excluded] = False
+            else:
+                mask &= ~np.isin(rows, excluded)
+        for name, cond in options.filters.items():
+            mask &= self._attribute_mask(name, cond)[sel]
+        return mask
+
+    def _attribute_mask(self, name: str, cond: Any) -> np.ndarray:
+        if isinstance(cond, dict):
+            # Options validated the shape: {"min"?: number, "max"?: number}.
+            values = self._numeric_values(name)
+            ok: np.ndarray = ~np.isnan(values)
+            if "min" in cond:
+                ok &= values >= float(cond["min"])
+            if "max" in cond:
+                ok &= values <= float(cond["max"])
+            return ok
+        wanted = cond if isinstance(cond, list) else [cond]
+        return np.isin(self._attribute_values(name), [str(w).strip().lower() for w in wanted])
+
+    def _numeric_values(self, name: str) -> np.ndarray:
+        """``name`` of every item as a float (NaN where missing or not a number), cached."""
+        cached = self._numeric_cache.get(name)
+        if cached is None:
+            cached = np.array([_to_float(v) for v in self._attribute_values(name)], np.float64)
+            self._numeric_cache[name] = cached
+        return cached
+
+    def _attribute_values(self, name: str) -> np.ndarray:
+        cached = self._attribute_cache.get(name)
+        if cached is None:
+            values = []
+            for item in self.artifact.items:
+                raw = getattr(item, name) if name in ITEM_FIELDS else item.attributes.get(name)
+                values.append(None if raw is None else str(raw).strip().lower())
+            cached = np.array(values, dtype=object)
+            self._attribute_cache[name] = cached
+        return cached
+
+
+def _to_float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")

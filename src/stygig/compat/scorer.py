@@ -1,0 +1,94 @@
+"""The learned compatibility model applied to a request's candidates.
+
+Every catalogue item is projected once at load time; a request then costs one feature projection
+per photo in the query and one vectorised score over the candidates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from stygig.compat.features import item_features
+from stygig.compat.model import CompatModel
+
+__all__ = ["LearnedScorer"]
+
+
+class LearnedScorer:
+    """Scores candidates as completions of a query with a :class:`CompatModel`.
+
+    Args:
+        model: the artifact's compatibility model.
+        embeddings: every catalogue item's embedding row.
+        rgb: every item's dominant colour ``(n, 3)``.
+        category_names / category_codes: the catalogue's categories and each item's code.
+        item_ids: every item's id (for the model's co-occurrence table).
+        mode: ``learned`` (the model's score only) or ``learned+rules`` (model + its fitted
+            weight x the V4 rules' score).
+    """
+
+    def __init__(
+        self,
+        model: CompatModel,
+        embeddings: np.ndarray,
+        rgb: np.ndarray,
+        category_names: Sequence[str],
+        category_codes: np.ndarray,
+        item_ids: Sequence[str],
+        mode: str,
+    ) -> None:
+        self.model = model
+        self.mode = mode
+        self.category_names = list(category_names)
+        names = model.categories
+        item_categories = [self.category_names[c] for c in category_codes]
+        feats = item_features(embeddings, rgb, item_categories, names)
+        self._vectors = model.project(feats)
+        self._cats = feats.category
+        lookup = {c: names.index(c) if c in names else -1 for c in self.category_names}
+        self._cat_of_code = np.array([lookup[c] for c in self.category_names], np.int64)
+        self._cooc = model.cooccurrence.codes(tuple(item_ids))
+
+    def query_vectors(
+        self,
+        rows: Sequence[int | None],
+        vectors: np.ndarray,
+        rgb: np.ndarray,
+        categories: Sequence[int],
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The model's view of the query parts: projections, model categories, co-occurrence
+        codes. ``rows`` are catalogue rows (``None`` for a photo, projected from its
+        embedding, colour and category code; -1: unknown)."""
+        out = np.empty((len(rows), self.model.dim), np.float32)
+        cats = np.empty(len(rows), np.int64)
+        for n, row in enumerate(rows):
+            cats[n] = int(self._cat_of_code[categories[n]]) if categories[n] >= 0 else -1
+            if row is not None:
+                out[n] = self._vectors[row]
+            else:
+                name = self.category_names[categories[n]] if categories[n] >= 0 else None
+                feats = item_features(vectors[n][None, :], rgb[n], [name], self.model.categories)
+                out[n] = self.model.project(feats)[0]
+        codes = np.array([-1 if r is None else self._cooc[r] for r in rows], np.int64)
+        return out, cats, codes
+
+    def score(
+        self,
+        query: tuple[np.ndarray, np.ndarray, np.ndarray],
+        cand: np.ndarray,
+        rules: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(final score, learned part)`` of each candidate row given the query's view."""
+        vectors, cats, codes = query
+        cooc = self.model.cooccurrence.lookup(codes, self._cooc[cand])
+        learned = self.model.score(vectors, cats, self._vectors[cand], self._cats[cand], cooc)
+        if self.mode == "learned":
+            return learned.astype(np.float32), learned
+        mixed = learned + np.float32(self.model.rules_weight) * rules
+        return mixed.astype(np.float32), learned
+
+    def rows_view(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The model's view of catalogue rows used as a query."""
+        return self._vectors[rows], self._cats[rows], self._cooc[rows]
