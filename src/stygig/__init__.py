@@ -52,13 +52,13 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from stygig.answer import Recommendation
     from stygig.artifact import Artifact
     from stygig.build import build_artifact, make_build_encoder
     from stygig.catalog import Item, Taxonomy, read_catalog
     from stygig.encoders import load_encoder
     from stygig.engine import Recommender
     from stygig.errors import StygigError
-    from stygig.answer import Recommendation
     from stygig.pipeline import PreparedQuery
     from stygig.recommendation import Options, Query
 
