@@ -248,11 +248,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
     p.set_defaults(func=_cmd_recommend)
 
-    from stygig.compat.command import register as register_compat
     from stygig.deploy.command import register as register_deploy
     from stygig.evaluation.command import register as register_eval
     from stygig.jobs.command import register as register_jobs
     from stygig.serving.command import register as register_serving
+    from stygig.training.command import register as register_compat
 
     register_eval(sub)
     register_serving(sub)

@@ -29,7 +29,7 @@ from stygig.compat.scorer import LearnedScorer
 from stygig.encoders import Encoder, load_encoder, load_onnx_encoder
 from stygig.errors import ConfigError, InvalidOptionsError
 from stygig.gender import decide_gender
-from stygig.harmony import HarmonyRules, describe_color, harmony, rgb_array, rgb_to_hsl
+from stygig.harmony import describe_color, harmony, rgb_array, rgb_to_hsl
 from stygig.index import PartitionedIndex, is_exhaustive, top_k
 from stygig.pipeline import PreparedQuery, decode_query
 from stygig.recommendation import Options, Query
@@ -116,7 +116,7 @@ class Recommender:
             )
         self.whitening = artifact.whitening
         self.config = config or ScoringConfig.load()
-        self.harmony_rules = HarmonyRules.from_dict(self.config.harmony or {})
+        self.harmony_rules = self.config.harmony
         self.taxonomy = artifact.taxonomy
         self.embeddings = artifact.embeddings
         self.columns = CatalogColumns(artifact)

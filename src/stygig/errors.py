@@ -27,6 +27,11 @@ Every error carries a stable machine-readable ``code`` (used as ``error.code`` i
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class StygigError(Exception):
     """Base of every error StyGig raises on purpose."""
@@ -168,3 +173,14 @@ class ServerError(StygigError):
 
     exit_code = 7
     code = "server_error"
+
+
+def validation_summary(error: ValidationError) -> str:
+    """``field: what is wrong; ...`` for a pydantic error (never the offending value)."""
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "the document"
+        unknown = item["type"] in ("extra_forbidden", "unexpected_keyword_argument")
+        message = "unknown key" if unknown else item["msg"]
+        parts.append(f"{where}: {message}")
+    return "; ".join(parts)

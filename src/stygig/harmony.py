@@ -35,16 +35,25 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
-from stygig.errors import ConfigError, InvalidOptionsError
+from stygig.errors import ConfigError, InvalidOptionsError, validation_summary
 
 __all__ = [
     "HARMONY_PHRASES",
@@ -153,15 +162,6 @@ def lab_to_lch(lab: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
 _UNBOUNDED = (-np.inf, np.inf)
 
 
-def _bounds(value: Any, name: str) -> tuple[float, float]:
-    if value is None:
-        return _UNBOUNDED
-    if not isinstance(value, list | tuple) or len(value) != 2:
-        raise ConfigError(f"colour rule field {name!r} must be [low, high], got {value!r}")
-    low, high = value
-    return (-np.inf if low is None else float(low), np.inf if high is None else float(high))
-
-
 @dataclass(frozen=True)
 class FamilyRule:
     """One rule of the family table: CIELAB ranges ``[low, high)``; a hue range may wrap past 360."""
@@ -181,6 +181,93 @@ class FamilyRule:
         )
 
 
+# --- the family table's file, as pydantic checks it (strict: "12" is not a number) ------------
+
+_Bound = Annotated[float, Field(strict=True, allow_inf_nan=False)] | None
+_HueBound = Annotated[float, Field(strict=True, ge=0.0, le=360.0)] | None
+_Name = Annotated[str, Field(strict=True, min_length=1)]
+
+
+def _ordered(band: tuple[float | None, float | None]) -> tuple[float | None, float | None]:
+    low, high = band
+    if low is not None and high is not None and low > high:
+        raise ValueError(f"low {low:g} is above high {high:g}")
+    return band
+
+
+# [low, high), a null bound is open; only a hue range may wrap (low > high: through 0).
+_Range = Annotated[tuple[_Bound, _Bound], AfterValidator(_ordered)]
+_HueRange = tuple[_HueBound, _HueBound]
+
+
+class _RuleFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    family: _Name
+    L: _Range | None = None
+    C: _Range | None = None
+    h: _HueRange | None = None
+
+    def rule(self) -> FamilyRule:
+        def bounds(band: tuple[float | None, float | None] | None) -> tuple[float, float]:
+            low, high = band or (None, None)
+            return (-np.inf if low is None else low, np.inf if high is None else high)
+
+        return FamilyRule(self.family, bounds(self.L), bounds(self.C), bounds(self.h))
+
+
+class _DatasetFold(BaseModel):
+    """How one dataset's colour labels compare with the families (see ``color_families.yaml``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    label_column: _Name
+    labels: dict[str, _Name]  # label -> a family, or a group of ``families`` below
+    families: dict[str, _Name] | None = None  # family -> the dataset's group, if coarser
+    excluded: list[str] = []  # labels that are not one colour family
+
+    def problems(self, families: set[str]) -> list[str]:
+        """What is inconsistent: each label must reach a target it can meet."""
+        out = []
+        if self.families is not None and set(self.families) - families:
+            out.append(f"families: unknown families {sorted(set(self.families) - families)}")
+        targets = set(self.families.values()) if self.families is not None else families
+        if stray := set(self.labels.values()) - targets:
+            out.append(f"labels: {sorted(stray)} are neither families nor the dataset's groups")
+        if both := set(self.labels) & set(self.excluded):
+            out.append(f"labels: {sorted(both)} are also excluded")
+        return out
+
+
+class _FamilyTableFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Literal[1] = 1
+    families: Annotated[list[_Name], Field(min_length=1)]
+    default: _Name
+    rules: list[_RuleFile]
+    datasets: dict[str, _DatasetFold] = {}
+
+    @model_validator(mode="after")
+    def _names_are_families(self) -> _FamilyTableFile:
+        known = set(self.families)
+        twice = sorted({f for f in self.families if self.families.count(f) > 1})
+        unknown = ({r.family for r in self.rules} | {self.default}) - known
+        problems = [f"families listed twice: {twice}"] if twice else []
+        if unknown:
+            problems.append(f"colour rules name unknown families: {sorted(unknown)}")
+        for name, fold in self.datasets.items():
+            problems += [f"datasets.{name}.{p}" for p in fold.problems(known)]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+@functools.cache
+def _family_table_adapter() -> TypeAdapter[_FamilyTableFile]:
+    return TypeAdapter(_FamilyTableFile)
+
+
 @dataclass(frozen=True)
 class FamilyTable:
     """The colour families, the ordered rules that assign them and the datasets' label folds."""
@@ -188,24 +275,24 @@ class FamilyTable:
     families: tuple[str, ...]
     rules: tuple[FamilyRule, ...]
     default: str
-    datasets: dict[str, dict[str, Any]]
+    datasets: dict[str, dict[str, Any]]  # name -> its fold, as in the file
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FamilyTable:
-        """Build and validate a table from the parsed YAML document."""
+    def from_dict(cls, data: Any, source: str | Path | None = None) -> FamilyTable:
+        """Build from the parsed YAML document, validated whole by pydantic.
+
+        :class:`ConfigError` names every field that is wrong, and ``source`` (the file) if given:
+        unknown keys, a non-number bound, a range that is not ``[low, high]``, a rule, default or
+        dataset fold naming an unknown family.
+        """
         try:
-            families = tuple(str(f) for f in data["families"])
-            default = str(data["default"])
-            rules = tuple(
-                FamilyRule(str(r["family"]), *(_bounds(r.get(f), f) for f in ("L", "C", "h")))
-                for r in data["rules"]
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise ConfigError(f"invalid colour family table: {e!r}") from e
-        unknown = ({r.family for r in rules} | {default}) - set(families)
-        if unknown:
-            raise ConfigError(f"colour rules name unknown families: {sorted(unknown)}")
-        return cls(families, rules, default, dict(data.get("datasets") or {}))
+            doc = _family_table_adapter().validate_python(data)
+        except ValidationError as e:
+            where = f" {source}" if source else ""
+            raise ConfigError(f"colour family table{where}: {validation_summary(e)}") from None
+        rules = tuple(r.rule() for r in doc.rules)
+        folds = {name: f.model_dump(exclude_none=True) for name, f in doc.datasets.items()}
+        return cls(tuple(doc.families), rules, doc.default, folds)
 
     def classify_lab(self, lab: FloatArray) -> npt.NDArray[np.intp]:
         """Family index (into :attr:`families`) of each CIELAB colour in ``(..., 3)``."""
@@ -221,6 +308,7 @@ class FamilyTable:
 @functools.lru_cache(maxsize=8)
 def load_family_table(path: str | Path | None = None) -> FamilyTable:
     """Load a colour family table (default: the packaged ``data/color_families.yaml``)."""
+    source = path or "color_families.yaml (packaged)"
     try:
         if path is None:
             text = resources.files("stygig").joinpath("data/color_families.yaml").read_text()
@@ -228,12 +316,8 @@ def load_family_table(path: str | Path | None = None) -> FamilyTable:
             text = Path(path).read_text(encoding="utf-8")
         data = yaml.safe_load(text)
     except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(
-            f"cannot read colour family table {path or 'color_families.yaml'}: {e}"
-        ) from e
-    if not isinstance(data, dict):
-        raise ConfigError("a colour family table must be a YAML mapping")
-    return FamilyTable.from_dict(data)
+        raise ConfigError(f"cannot read colour family table {source}: {e}") from e
+    return FamilyTable.from_dict(data, source)
 
 
 def color_families(rgb: npt.ArrayLike, table: FamilyTable | None = None) -> npt.NDArray[np.str_]:
@@ -268,37 +352,45 @@ HARMONY_PHRASES = (  # how a reason names each rule, in the same order
 )
 
 
+_Score = Annotated[float, Field(strict=True, ge=0.0, le=1.0)]
+_Degrees = Annotated[float, Field(strict=True, ge=0.0, le=180.0)]
+_Share = Annotated[float, Field(strict=True, ge=0.0, le=1.0)]
+_Hue = Annotated[float, Field(strict=True, ge=0.0, le=360.0)]
+# A hue band [low, high] for the neutral tests, which do not wrap through 0.
+_HueBand = Annotated[tuple[_Hue, _Hue], AfterValidator(_ordered)]
+
+
 @dataclass(frozen=True)
 class HarmonyRules:
-    """Scores per rule and the bands that define the rules; see the module docstring."""
+    """Scores per rule and the bands that define the rules; see the module docstring.
 
-    neutral: float = 0.9
-    monochrome: float = 0.85
-    analogous: float = 0.8
-    complementary: float = 0.7
-    triadic: float = 0.6
-    clash: float = 0.2
-    monochrome_deg: float = 15.0
-    analogous_deg: float = 45.0
-    complementary_tolerance_deg: float = 30.0
-    triadic_tolerance_deg: float = 15.0
-    neutral_max_saturation: float = 0.15
-    neutral_max_dark: float = 0.15
-    neutral_min_light: float = 0.9
-    navy_hue: tuple[float, float] = (200.0, 255.0)
-    navy_max_lightness: float = 0.3
-    beige_hue: tuple[float, float] = (20.0, 65.0)
-    beige_max_saturation: float = 0.6
-    beige_min_lightness: float = 0.55
+    Settings from a file go through :meth:`from_dict`, validated by pydantic against these
+    annotations, strictly: scores and lightness/saturation limits in [0, 1], angles in
+    [0, 180] degrees, hue bands ``[low, high]`` within [0, 360], numbers not strings, and no
+    unknown keys. Constructing the class directly (code, not configuration) is not checked, so
+    :func:`harmony`'s default costs nothing.
+    """
 
-    def __post_init__(self) -> None:
-        for name in HARMONY_RULE_NAMES:
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise InvalidOptionsError(f"harmony score {name!r} must be in [0, 1], got {value}")
-        for name in ("monochrome_deg", "analogous_deg"):
-            if not 0.0 <= getattr(self, name) <= 180.0:
-                raise InvalidOptionsError(f"harmony band {name!r} must be in [0, 180] degrees")
+    __pydantic_config__ = ConfigDict(extra="forbid")
+
+    neutral: _Score = 0.9
+    monochrome: _Score = 0.85
+    analogous: _Score = 0.8
+    complementary: _Score = 0.7
+    triadic: _Score = 0.6
+    clash: _Score = 0.2
+    monochrome_deg: _Degrees = 15.0
+    analogous_deg: _Degrees = 45.0
+    complementary_tolerance_deg: _Degrees = 30.0
+    triadic_tolerance_deg: _Degrees = 15.0
+    neutral_max_saturation: _Share = 0.15
+    neutral_max_dark: _Share = 0.15
+    neutral_min_light: _Share = 0.9
+    navy_hue: _HueBand = (200.0, 255.0)
+    navy_max_lightness: _Share = 0.3
+    beige_hue: _HueBand = (20.0, 65.0)
+    beige_max_saturation: _Share = 0.6
+    beige_min_lightness: _Share = 0.55
 
     @property
     def scores(self) -> npt.NDArray[np.float32]:
@@ -306,24 +398,26 @@ class HarmonyRules:
         return np.array([getattr(self, n) for n in HARMONY_RULE_NAMES], dtype=np.float32)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> HarmonyRules:
-        """Build rules from a mapping (config file or request options); unknown keys are errors."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InvalidOptionsError(
-                f"unknown harmony settings: {unknown}; known: {sorted(known)}"
-            )
+    def from_dict(cls, data: Any, source: str | Path | None = None) -> HarmonyRules:
+        """Build rules from a mapping of settings (e.g. ``scoring.yaml``'s ``harmony`` section).
+
+        :class:`ConfigError` names every field that is wrong, and ``source`` (the file) if given.
+        """
         try:
-            values = {k: tuple(map(float, v)) if k.endswith("_hue") else float(v)
-                      for k, v in data.items()}  # fmt: skip
-        except (TypeError, ValueError) as e:
-            raise InvalidOptionsError(f"harmony settings must be numbers: {e}") from e
-        return cls(**values)  # type: ignore[arg-type]
+            rules: HarmonyRules = _harmony_adapter().validate_python(data)
+        except ValidationError as e:
+            where = f" in {source}" if source else ""
+            raise ConfigError(f"harmony settings{where}: {validation_summary(e)}") from None
+        return rules
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as plain JSON values (hue ranges as lists)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+@functools.cache
+def _harmony_adapter() -> TypeAdapter[HarmonyRules]:
+    return TypeAdapter(HarmonyRules)
 
 
 def _neutral(hsl: npt.NDArray[np.float64], r: HarmonyRules) -> npt.NDArray[np.bool_]:

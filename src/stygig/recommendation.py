@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_type_hints
+
+from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from typing_extensions import TypedDict
 
 from stygig.errors import InputError, InvalidImageError, InvalidOptionsError
 
@@ -29,6 +33,7 @@ __all__ = [
     "Query",
     "check_part_count",
     "options_from_params",
+    "options_schema",
     "params_to_dict",
     "parse_json_object",
     "split_json_request",
@@ -54,103 +59,63 @@ def check_part_count(parts: int) -> None:
         raise InvalidOptionsError(f"a query may hold at most {MAX_QUERY_PARTS} photos/items")
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+Text = Annotated[str, Field(strict=True, min_length=1, max_length=MAX_TEXT)]
+# Strict floats take ints too (never bools); within the bound, comparisons stay exact.
+Number = Annotated[float, Field(strict=True, ge=-MAX_NUMBER, le=MAX_NUMBER, allow_inf_nan=False)]
 
 
-def _check_text(value: Any, name: str) -> None:
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_TEXT:
-        raise InvalidOptionsError(f"{name} must be a string of 1 to {MAX_TEXT} characters")
+class RangeFilter(TypedDict, total=False):
+    """``{"min": number, "max": number}``: either bound may be left out, not both."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+    min: Number
+    max: Number
 
 
-def _is_number(value: Any) -> bool:
-    """A JSON number a filter can compare with: finite and within ``MAX_NUMBER`` (comparisons of
-    Python ints and floats are exact, so a 400-digit integer is refused, never overflows)."""
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and -MAX_NUMBER <= value <= MAX_NUMBER
-    )
+def _not_empty(value: RangeFilter) -> RangeFilter:
+    if not value:
+        raise ValueError("a range filter needs min, max or both")
+    return value
 
 
-def _check_filter(name: Any, cond: Any) -> None:
-    """One ``filters`` entry's shape (which attributes exist is the recommender's business)."""
-    _check_text(name, "a filter name")
-    if isinstance(cond, dict):
-        if not cond or set(cond) - {"min", "max"}:
-            raise InvalidOptionsError("a range filter is {'min': number, 'max': number}")
-        if not all(_is_number(bound) for bound in cond.values()):
-            raise InvalidOptionsError(
-                f"a range filter's min/max must be numbers within ±{MAX_NUMBER:g}"
-            )
-        return
-    values = cond if isinstance(cond, list) else [cond]
-    if not 0 < len(values) <= MAX_LIST:
-        raise InvalidOptionsError(f"a filter takes 1 to {MAX_LIST} values")
-    for v in values:
-        if isinstance(v, str):
-            _check_text(v, "a filter value")
-        elif not _is_number(v):
-            raise InvalidOptionsError(
-                f"filter values must be strings or numbers within ±{MAX_NUMBER:g}"
-            )
+#: One filter: a value, a list of values (any may match), or a numeric range.
+Filter = (
+    Text
+    | Number
+    | Annotated[list[Text | Number], Field(min_length=1, max_length=MAX_LIST)]
+    | Annotated[RangeFilter, AfterValidator(_not_empty)]
+)
 
 
 @dataclass(frozen=True)
 class Options:
-    """What the caller wants back. Validated on construction: types, ranges and sizes."""
+    """What the caller wants back. Validated on construction, from these annotations (pydantic,
+    strict: ``"false"`` is not a boolean, ``2.5`` not a count), so the API schema is the same
+    rules. Error messages name the field and the rule, never the value sent."""
 
     mode: Mode = "outfit"
-    k: int = 3  # per category
-    k_total: int = 12
-    category: str | None = None  # the caller states the (single) photo's category
-    gender: str | None = None  # filter; default: the inferred gender (plus unisex)
-    include_categories: tuple[str, ...] = ()
-    exclude_categories: tuple[str, ...] = ()
-    exclude_ids: tuple[str, ...] = ()
-    filters: dict[str, Any] = field(
+    k: Annotated[int, Field(strict=True, ge=1, le=MAX_K)] = 3  # per category
+    k_total: Annotated[int, Field(strict=True, ge=1, le=MAX_K)] = 12
+    category: Text | None = None  # the caller states the (single) photo's category
+    gender: Text | None = None  # filter; default: the inferred gender (plus unisex)
+    include_categories: Annotated[tuple[Text, ...], Field(max_length=MAX_LIST)] = ()
+    exclude_categories: Annotated[tuple[Text, ...], Field(max_length=MAX_LIST)] = ()
+    exclude_ids: Annotated[tuple[Text, ...], Field(max_length=MAX_EXCLUDE_IDS)] = ()
+    # attribute -> value | [values] | {min, max}
+    filters: Annotated[dict[Text, Filter], Field(max_length=MAX_FILTERS)] = field(
         default_factory=dict
-    )  # attribute -> value | [values] | {min,max}
-    use_color: bool = True
-    diversity: float | None = None  # None: the scoring config's default
-    seed: int = 0
+    )
+    use_color: Annotated[bool, Field(strict=True)] = True
+    # MMR's trade-off between score and variety; None: the scoring config's default
+    diversity: Annotated[float, Field(strict=True, ge=0.0, le=1.0)] | None = None
+    seed: Annotated[int, Field(strict=True, ge=0, le=MAX_SEED)] = 0
 
     def __post_init__(self) -> None:
-        if self.mode not in ("outfit", "similar"):
-            raise InvalidOptionsError("mode must be 'outfit' or 'similar'")
-        for name in ("k", "k_total"):
-            value = getattr(self, name)
-            if not _is_int(value) or not 1 <= value <= MAX_K:
-                raise InvalidOptionsError(f"{name} must be an integer from 1 to {MAX_K}")
-        for name in ("category", "gender"):
-            if getattr(self, name) is not None:
-                _check_text(getattr(self, name), name)
-        for name, most in (
-            ("include_categories", MAX_LIST),
-            ("exclude_categories", MAX_LIST),
-            ("exclude_ids", MAX_EXCLUDE_IDS),
-        ):
-            values = getattr(self, name)
-            if not isinstance(values, tuple) or len(values) > most:
-                raise InvalidOptionsError(f"{name} must be a list of at most {most} strings")
-            for v in values:
-                _check_text(v, f"each of {name}")
-        if not isinstance(self.filters, dict):
-            raise InvalidOptionsError("filters must be an object {attribute: value}")
-        if len(self.filters) > MAX_FILTERS:
-            raise InvalidOptionsError(f"at most {MAX_FILTERS} filters")
-        for name, cond in self.filters.items():
-            _check_filter(name, cond)
-        if not isinstance(self.use_color, bool):
-            raise InvalidOptionsError("use_color must be true or false")
-        if self.diversity is not None and (
-            not isinstance(self.diversity, int | float)
-            or isinstance(self.diversity, bool)
-            or not 0.0 <= self.diversity <= 1.0
-        ):
-            raise InvalidOptionsError("diversity must be a number within [0, 1]")
-        if not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
-            raise InvalidOptionsError(f"seed must be an integer from 0 to {MAX_SEED}")
+        for name, adapter in _field_adapters().items():
+            try:
+                adapter.validate_python(getattr(self, name))
+            except ValidationError as e:
+                raise InvalidOptionsError(_explain(name, e)) from None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Options:
@@ -169,6 +134,29 @@ class Options:
                     raise InvalidOptionsError(f"{name} must be a list of strings")
                 kwargs[name] = tuple(value)
         return cls(**kwargs)
+
+
+def _explain(name: str, error: ValidationError) -> str:
+    """``field: rule`` for a refused option. Never the value, nor a client's dict key."""
+    first = error.errors()[0]
+    if name == "filters" and first["type"] != "too_long":
+        return (
+            f"filters: each filter is a value, a list of 1 to {MAX_LIST} values, or "
+            f"{{'min': number, 'max': number}}; names and texts 1 to {MAX_TEXT} characters, "
+            f"numbers within ±{MAX_NUMBER:g}"
+        )
+    return f"{name}: {first['msg']}"
+
+
+@functools.cache
+def _field_adapters() -> dict[str, TypeAdapter[Any]]:
+    hints = get_type_hints(Options, include_extras=True)
+    return {f.name: TypeAdapter(hints[f.name]) for f in fields(Options)}
+
+
+def options_schema() -> dict[str, Any]:
+    """JSON Schema of :class:`Options` (for OpenAPI): the rules the constructor applies."""
+    return TypeAdapter(Options).json_schema(ref_template="#/components/schemas/{model}")
 
 
 _INT_OPTIONS = ("k", "k_total", "seed")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -25,7 +25,8 @@ import numpy as np
 import yaml
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
-from stygig.errors import ConfigError
+from stygig.errors import ConfigError, validation_summary
+from stygig.harmony import HarmonyRules
 
 __all__ = [
     "COMPAT_MODES",
@@ -36,7 +37,6 @@ __all__ = [
     "label_codes",
     "mmr",
     "rank_by_category",
-    "validation_summary",
     "vote",
     "weighted_winner",
 ]
@@ -72,7 +72,7 @@ class ScoringConfig:
     gender_min_confidence: _Share = 0.8
     diversity: _Share = 0.3  # MMR: 0 = pure score, 1 = pure novelty
     candidate_pool: Annotated[int, Field(strict=True, ge=1, le=1_000_000)] = 2048
-    harmony: dict[str, Any] | None = None  # per-rule harmony settings, see stygig.harmony
+    harmony: HarmonyRules = field(default_factory=HarmonyRules)  # colour rules (stygig.harmony)
     # With a learned compatibility model in the artifact (stygig.compat): which score ranks
     # outfit candidates. Without a model the V4 rules are used whatever this says.
     compat_mode: CompatMode = "learned+rules"
@@ -87,32 +87,23 @@ class ScoringConfig:
             data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as e:
             raise ConfigError(f"cannot read scoring config {file}: {e}") from e
-        return cls.from_dict(data)
+        return cls.from_dict(data, source=file)
 
     @classmethod
-    def from_dict(cls, data: Any) -> ScoringConfig:
-        """Build from a mapping; :class:`ConfigError` naming every field that is wrong."""
+    def from_dict(cls, data: Any, source: str | Path | None = None) -> ScoringConfig:
+        """Build from a mapping; :class:`ConfigError` naming every field that is wrong (and
+        ``source``, the file, when given)."""
         try:
             config: ScoringConfig = _scoring_adapter().validate_python(data)
         except ValidationError as e:
-            raise ConfigError(f"scoring config: {validation_summary(e)}") from None
+            where = f" {source}" if source else ""
+            raise ConfigError(f"scoring config{where}: {validation_summary(e)}") from None
         return config
 
 
 @functools.cache
 def _scoring_adapter() -> TypeAdapter[ScoringConfig]:
     return TypeAdapter(ScoringConfig)
-
-
-def validation_summary(error: ValidationError) -> str:
-    """``field: what is wrong; ...`` for a pydantic error (never the offending value)."""
-    parts = []
-    for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "the document"
-        unknown = item["type"] in ("extra_forbidden", "unexpected_keyword_argument")
-        message = "unknown key" if unknown else item["msg"]
-        parts.append(f"{where}: {message}")
-    return "; ".join(parts)
 
 
 @dataclass(frozen=True)

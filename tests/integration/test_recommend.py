@@ -235,7 +235,7 @@ def test_bad_queries(rec: Recommender) -> None:
         Options.from_dict({"kk": 1})
     with pytest.raises(InvalidOptionsError, match="category"):
         rec.recommend(Query(item_ids=("sku-0014",)), Options(include_categories=("spaceship",)))
-    with pytest.raises(InvalidOptionsError, match="range"):
+    with pytest.raises(InvalidOptionsError, match="filter"):
         rec.recommend(Query(item_ids=("sku-0014",)), Options(filters={"price": {"lt": 3}}))
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 from PIL import Image
 
@@ -89,6 +90,47 @@ def test_same_schema_and_answer_as_the_library(
     r = client.post("/invocations", json={"item_ids": ["sku-0014"], "k": 2})
     assert r.status_code == 200
     assert _without_timings(r.json()) == _without_timings(expected)
+
+
+def test_openapi_documents_every_option_and_the_whole_answer(
+    client: httpx.Client, sample: tuple[Path, Path]
+) -> None:
+    """The schema is made from the types that check options and write answers: every option is
+    in it, and real answers (photo + item, outfit and similar) validate against it strictly."""
+    document = client.get("/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    assert set(schemas["Options"]["properties"]) == set(Options.__dataclass_fields__)
+    answer = schemas["Recommendation"]
+    assert {"query", "items", "by_category", "outfit", "gender", "timings_ms"} <= set(
+        answer["required"]
+    )
+    for path in ("/invocations", "/v1/recommend", "/v1/items/{item_id}/recommendations"):
+        route = next(iter(document["paths"][path].values()))
+        ref = route["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+        assert ref == "#/components/schemas/Recommendation"
+
+    def closed(node: Any) -> Any:  # refuse undocumented keys anywhere in an answer
+        if isinstance(node, dict):
+            node = {k: closed(v) for k, v in node.items()}
+            if node.get("type") == "object" and "properties" in node:
+                node.setdefault("additionalProperties", False)
+            return node
+        return [closed(v) for v in node] if isinstance(node, list) else node
+
+    validator = jsonschema.Draft202012Validator(
+        {**closed(answer), "components": {"schemas": closed(schemas)}}
+    )
+    photo = base64.b64encode(_photo(sample)).decode()
+    for body in (
+        {"images_b64": [photo], "item_ids": ["sku-0014"], "k": 2},
+        {"image_b64": photo, "mode": "similar", "use_color": False},
+    ):
+        r = client.post("/invocations", json=body)
+        assert r.status_code == 200
+        errors = [e.message for e in validator.iter_errors(r.json())]
+        assert not errors, errors
+    wrong = client.post("/invocations", json={"item_ids": ["sku-0014"], "use_color": "false"})
+    assert wrong.status_code == 422 and "use_color" in wrong.json()["error"]["message"]
 
 
 def test_missing_artifact_defaults_to_opt_ml_model_and_exits(tmp_path: Path) -> None:

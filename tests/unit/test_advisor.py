@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +20,7 @@ from stygig.deploy.advisor import (
     load_matrix,
     requests_per_minute,
 )
-from stygig.errors import InvalidOptionsError
+from stygig.errors import ConfigError, InvalidOptionsError
 
 CPU = Instance("ml.c5.large", 2, 4, None, 0.10, {"m": Figures(80.0, 150.0, 10.0, "measured")})
 GPU = Instance("ml.g4dn.xlarge", 4, 16, "T4", 0.70, {"m": Figures(20.0, 40.0, 100.0, "estimate")})
@@ -110,3 +111,63 @@ def test_packaged_matrix_and_its_sources() -> None:
     assert "105.3 requests/minute per worker" in format_advice(advice)
     assert is_gpu_instance("ml.g4dn.xlarge") and is_gpu_instance("ml.p3.2xlarge")
     assert not is_gpu_instance("ml.m5.large") and not is_gpu_instance("ml.c5.xlarge")
+
+
+_GOOD = """
+models: {m: "a model"}
+instances:
+  ml.c5.large:
+    vcpu: 2
+    memory_gib: 4
+    gpu: null
+    price_per_hour: 0.1
+    models:
+      m: {p50_ms: 80, p99_ms: 150, rps: 10, source: measured}
+"""
+
+
+def test_a_minimal_matrix_file(tmp_path: Path) -> None:
+    path = tmp_path / "instances.yaml"
+    path.write_text(_GOOD)
+    matrix = load_matrix(path)
+    assert matrix.instances == (
+        Instance("ml.c5.large", 2, 4.0, None, 0.1, {"m": Figures(80.0, 150.0, 10.0, "measured")}),
+    )
+    assert (matrix.hours_per_month, matrix.guide_latency_ms) == (730.0, None)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field", "problem"),
+    [
+        ("price_per_hour: 0.1", "price_per_hour: '0.1'", "price_per_hour", "valid number"),
+        ("price_per_hour: 0.1", "price_per_hour: -0.1", "price_per_hour", "greater than 0"),
+        ("vcpu: 2", "vcpu: 2.5", "vcpu", "valid integer"),
+        ("vcpu: 2", "vcpus: 2", "vcpus", "unknown key"),
+        ("gpu: null", "gpu: 1", "gpu", "valid string"),
+        ("rps: 10", "rps: 0", "models.m.rps", "greater than 0"),
+        ("source: measured", "source: guessed", "models.m.source", "'measured', 'scaled'"),
+        ("p50_ms: 80", "p50_ms: 80, p90_ms: 90", "models.m.p90_ms", "unknown key"),
+        ("p99_ms: 150", "p99_ms: 50", "the document", "p99_ms 50 is below p50_ms 80"),
+        ("models: {m:", "models: {n:", "the document", "not declared under `models`"),
+        ("models: {m:", "pricing: {hours_per_month: '730'}\nmodels: {m:", "pricing", "number"),
+        ("instances:", "instance:", "instance", "unknown key"),
+    ],
+)
+def test_bad_matrix_files_name_the_field_and_file(
+    tmp_path: Path, old: str, new: str, field: str, problem: str
+) -> None:
+    assert old in _GOOD
+    path = tmp_path / "instances.yaml"
+    path.write_text(_GOOD.replace(old, new, 1))
+    with pytest.raises(ConfigError) as e:
+        load_matrix(path)
+    assert e.value.message.startswith(f"instance matrix {path}: ")
+    assert f"{field}" in e.value.message and problem in e.value.message
+
+
+@pytest.mark.parametrize("text", ["[1, 2]\n", "", "instances: {a: [\n"])
+def test_unreadable_matrix_files(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "instances.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=str(path)):
+        load_matrix(path)

@@ -40,6 +40,9 @@ def artifact(sample: tuple[Path, Path]) -> Path:
 
 def test_build_and_inspect_run_without_the_shell_extras(artifact: Path) -> None:
     assert _stygig("build", "--help").returncode == 0
+    # Every command registers its flags without its extras: training's too (torch).
+    listed = _stygig("--help")
+    assert listed.returncode == 0 and "train-compat" in listed.stdout and "serve" in listed.stdout
     inspected = _stygig("inspect", str(artifact))
     assert inspected.returncode == 0, inspected.stderr
     assert "checksums      ok" in inspected.stdout

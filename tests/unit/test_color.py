@@ -156,15 +156,66 @@ def test_every_dataset_label_is_mapped_or_excluded(folder: Path, csv_name: str) 
     assert labels - set(fold["labels"]) - set(fold["excluded"]) == set()
 
 
-def test_family_table_rejects_unknown_family_and_bad_ranges() -> None:
-    base = {"families": ["red"], "default": "red", "rules": [{"family": "red", "h": [0, 60]}]}
-    assert FamilyTable.from_dict(base).classify_lab(np.array([[50.0, 60.0, 40.0]])).tolist() == [0]
-    with pytest.raises(ConfigError, match="unknown families"):
-        FamilyTable.from_dict({**base, "rules": [{"family": "blue"}]})
-    with pytest.raises(ConfigError, match=r"\[low, high\]"):
-        FamilyTable.from_dict({**base, "rules": [{"family": "red", "L": [1, 2, 3]}]})
-    with pytest.raises(ConfigError):
-        FamilyTable.from_dict({"families": ["red"]})
+_TABLE = {"families": ["red"], "default": "red", "rules": [{"family": "red", "h": [0, 60]}]}
+
+
+def test_family_table_from_a_minimal_document() -> None:
+    table = FamilyTable.from_dict(_TABLE)
+    assert table.classify_lab(np.array([[50.0, 60.0, 40.0]])).tolist() == [0]
+    assert table.rules[0].lightness == (-np.inf, np.inf) and table.rules[0].hue == (0.0, 60.0)
+    wrap = FamilyTable.from_dict({**_TABLE, "rules": [{"family": "red", "h": [350, 10]}]})
+    assert wrap.rules[0].hue == (350.0, 10.0)  # a hue range may wrap through 0
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "problem"),
+    [
+        ({"rules": [{"family": "blue"}]}, "the document", "unknown families: ['blue']"),
+        ({"default": "grey"}, "the document", "unknown families: ['grey']"),
+        ({"families": ["red", "red"]}, "the document", "listed twice"),
+        ({"rules": [{"family": "red", "L": [1, 2, 3]}]}, "rules.0.L", "at most 2 items"),
+        ({"rules": [{"family": "red", "L": ["0", 50]}]}, "rules.0.L.0", "valid number"),
+        ({"rules": [{"family": "red", "C": [40, 10]}]}, "rules.0.C", "above high"),
+        ({"rules": [{"family": "red", "h": [0, 400]}]}, "rules.0.h.1", "less than or equal"),
+        ({"rules": [{"family": "red", "hue": [0, 60]}]}, "rules.0.hue", "unknown key"),
+        ({"families": "red"}, "families", "valid list"),
+        ({"colour": "red"}, "colour", "unknown key"),
+        ({"version": 2}, "version", "Input should be 1"),
+        ({"datasets": {"d": {"labels": {"Red": "red"}}}}, "datasets.d.label_column", "required"),
+        (
+            {"datasets": {"d": {"label_column": "c", "labels": {"Red": "crimson"}}}},
+            "the document",
+            "datasets.d.labels: ['crimson'] are neither families nor the dataset's groups",
+        ),
+        (
+            {
+                "datasets": {
+                    "d": {"label_column": "c", "labels": {"Red": "red"}, "excluded": ["Red"]}
+                }
+            },
+            "the document",
+            "['Red'] are also excluded",
+        ),
+    ],
+)
+def test_family_table_refuses_a_bad_document(
+    change: dict[str, object], field: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as e:
+        FamilyTable.from_dict({**_TABLE, **change}, "mine.yaml")
+    assert e.value.message.startswith("colour family table mine.yaml: ")
+    assert f"{field}: " in e.value.message and problem in e.value.message
+
+
+def test_family_table_file_errors_name_the_file(tmp_path: Path) -> None:
+    for text in ("families: [red]\n", "- a list\n", "families: [red\n"):
+        path = tmp_path / "families.yaml"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=str(path)):
+            load_family_table(path)
+        load_family_table.cache_clear()
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_family_table(tmp_path / "missing.yaml")
 
 
 # --- foreground and dominant colours ---------------------------------------------------------
@@ -356,20 +407,38 @@ def test_harmony_shapes_dtypes_and_loop_equivalence() -> None:
     assert empty_scores.shape == empty_rules.shape == (0,)
 
 
-def test_harmony_rules_from_dict_and_validation() -> None:
-    rules = HarmonyRules.from_dict({"clash": 0.0, "analogous_deg": 30, "navy_hue": [210, 250]})
+def test_harmony_rules_from_dict() -> None:
+    rules = HarmonyRules.from_dict({"clash": 0, "analogous_deg": 30, "navy_hue": [210, 250]})
     assert rules.clash == 0.0 and rules.navy_hue == (210.0, 250.0)
     assert HarmonyRules.from_dict(rules.to_dict()) == rules
+    assert HarmonyRules.from_dict({}) == HarmonyRules()
     scores, index = harmony([0.0, 0.8, 0.5], np.array([[40.0, 0.8, 0.5]]), rules)
     assert HARMONY_RULE_NAMES[int(index[0])] == "clash" and scores[0] == 0.0
-    with pytest.raises(InvalidOptionsError, match="unknown"):
-        HarmonyRules.from_dict({"complimentary": 0.5})
-    with pytest.raises(InvalidOptionsError):
-        HarmonyRules.from_dict({"neutral": 1.5})
-    with pytest.raises(InvalidOptionsError):
-        HarmonyRules.from_dict({"neutral": "high"})
     with pytest.raises(InvalidOptionsError):
         harmony([0.0, 0.5], np.zeros((2, 3)))
+
+
+@pytest.mark.parametrize(
+    ("settings", "field", "problem"),
+    [
+        ({"complimentary": 0.5}, "complimentary", "unknown key"),
+        ({"neutral": 1.5}, "neutral", "less than or equal to 1"),
+        ({"clash": -0.1}, "clash", "greater than or equal to 0"),
+        ({"neutral": "high"}, "neutral", "valid number"),
+        ({"neutral": "0.9"}, "neutral", "valid number"),  # a quoted number is a string
+        ({"monochrome": True}, "monochrome", "valid number"),
+        ({"analogous_deg": 200}, "analogous_deg", "less than or equal to 180"),
+        ({"navy_hue": [250, 210]}, "navy_hue", "above high"),
+        ({"navy_hue": [200, 400]}, "navy_hue.1", "less than or equal to 360"),
+        ({"beige_hue": 30}, "beige_hue", "valid tuple"),
+        (["neutral"], "the document", "dictionary"),
+    ],
+)
+def test_harmony_settings_refused(settings: object, field: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        HarmonyRules.from_dict(settings, "scoring.yaml")
+    assert e.value.message.startswith("harmony settings in scoring.yaml: ")
+    assert f"{field}: " in e.value.message and problem in e.value.message
 
 
 def test_color_re_exports_the_harmony_api() -> None:

@@ -63,7 +63,7 @@ def _write_outfits(path: Path, outfits: dict[str, list[str]]) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list[str]]]:
-    from stygig.compat.command import register
+    from stygig.training.command import register
 
     root = tmp_path_factory.mktemp("compat")
     path, outfits = _artifact(root)
@@ -215,7 +215,7 @@ def test_eval_puts_learned_scorers_beside_v4(
 
 
 def test_training_is_reproducible(tmp_path: Path) -> None:
-    from stygig.compat.train import TrainConfig, train_compat
+    from stygig.training.compat import TrainConfig, train_compat
 
     path, outfits = _artifact(tmp_path)
     art = Artifact.load(path)

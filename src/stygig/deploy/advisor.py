@@ -16,13 +16,16 @@ in S3, so latency is not a constraint unless one is given). Every step is hand-c
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Literal
 
-from stygig.errors import ConfigError, InvalidOptionsError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from stygig.errors import ConfigError, InvalidOptionsError, validation_summary
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -43,14 +46,22 @@ DEFAULT_MODEL = "clip-vit-b-32"
 MODES = ("sync", "async")
 
 
+# Strict: "0.1" is not a price, 2.5 not a vCPU count.
+_Positive = Annotated[float, Field(strict=True, gt=0.0, allow_inf_nan=False)]
+_Count = Annotated[int, Field(strict=True, ge=1)]
+_Text = Annotated[str, Field(strict=True)]
+
+
 @dataclass(frozen=True)
 class Figures:
     """One model on one instance type: latency of a request and sustained throughput."""
 
-    p50_ms: float
-    p99_ms: float
-    rps: float
-    source: str
+    __pydantic_config__ = ConfigDict(extra="forbid")
+
+    p50_ms: _Positive
+    p99_ms: _Positive
+    rps: _Positive
+    source: Literal["measured", "scaled", "estimate"]
 
 
 @dataclass(frozen=True)
@@ -85,39 +96,95 @@ class Matrix:
         raise InvalidOptionsError(f"instance type {name!r} is not in the matrix ({known})")
 
 
+# --- instances.yaml, as pydantic checks it ---------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Pricing(_Strict):
+    region: _Text = ""
+    date: _Text = ""
+    hours_per_month: Annotated[float, Field(strict=True, gt=0.0, le=744.0)] = 730.0
+    source: _Text = ""
+
+
+class _Guide(_Strict):
+    cpu_latency_ms: _Positive | None = None
+    claimed_requests_per_minute_per_worker: _Positive | None = None
+
+
+class _InstanceSpec(_Strict):
+    vcpu: _Count
+    memory_gib: _Positive
+    gpu: _Text | None
+    price_per_hour: _Positive
+    models: Annotated[dict[str, Figures], Field(min_length=1)]
+
+
+class _MatrixFile(_Strict):
+    pricing: _Pricing = _Pricing()
+    guide: _Guide = _Guide()
+    models: dict[str, _Text]  # model key -> what it is; every instance's figures name one
+    instances: Annotated[dict[str, _InstanceSpec], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _figures_make_sense(self) -> _MatrixFile:
+        problems = []
+        for name, spec in self.instances.items():
+            for model, f in spec.models.items():
+                where = f"instances.{name}.models.{model}"
+                if model not in self.models:
+                    problems.append(f"{where}: a model not declared under `models`")
+                if f.p99_ms < f.p50_ms:
+                    problems.append(f"{where}: p99_ms {f.p99_ms:g} is below p50_ms {f.p50_ms:g}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def matrix(self) -> Matrix:
+        instances = tuple(
+            Instance(name, s.vcpu, s.memory_gib, s.gpu, s.price_per_hour, dict(s.models))
+            for name, s in self.instances.items()
+        )
+        return Matrix(
+            instances=instances,
+            hours_per_month=self.pricing.hours_per_month,
+            region=self.pricing.region,
+            date=self.pricing.date,
+            guide_latency_ms=self.guide.cpu_latency_ms,
+            guide_claimed_per_minute=self.guide.claimed_requests_per_minute_per_worker,
+        )
+
+
+@functools.cache
+def _matrix_adapter() -> TypeAdapter[_MatrixFile]:
+    return TypeAdapter(_MatrixFile)
+
+
 def load_matrix(path: str | Path | None = None) -> Matrix:
-    """Read the matrix from ``path`` (default: the packaged ``instances.yaml``)."""
+    """Read the matrix from ``path`` (default: the packaged ``instances.yaml``).
+
+    The file is validated whole by pydantic: a :class:`ConfigError` names the file and every
+    field that is wrong (a price that is a string or not positive, a p99 below its p50, an
+    unknown source or key, figures for a model the file does not declare).
+    """
     import yaml
 
+    source = path or "instances.yaml (packaged)"
     try:
         if path is None:
             text = resources.files("stygig").joinpath("data/instances.yaml").read_text("utf-8")
         else:
             text = Path(path).read_text(encoding="utf-8")
-        data: dict[str, Any] = yaml.safe_load(text)
-        instances = tuple(
-            Instance(
-                name=name,
-                vcpu=int(spec["vcpu"]),
-                memory_gib=float(spec["memory_gib"]),
-                gpu=spec.get("gpu"),
-                price_per_hour=float(spec["price_per_hour"]),
-                models={m: Figures(**f) for m, f in spec["models"].items()},
-            )
-            for name, spec in data["instances"].items()
-        )
-        pricing = data.get("pricing", {})
-        guide = data.get("guide", {})
-    except (OSError, KeyError, TypeError, ValueError, AttributeError, yaml.YAMLError) as e:
-        raise ConfigError(f"instance matrix {path or 'instances.yaml'} is invalid: {e}") from e
-    return Matrix(
-        instances=instances,
-        hours_per_month=float(pricing.get("hours_per_month", 730)),
-        region=str(pricing.get("region", "")),
-        date=str(pricing.get("date", "")),
-        guide_latency_ms=guide.get("cpu_latency_ms"),
-        guide_claimed_per_minute=guide.get("claimed_requests_per_minute_per_worker"),
-    )
+        data = yaml.safe_load(text)
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read instance matrix {source}: {e}") from e
+    try:
+        return _matrix_adapter().validate_python(data).matrix()
+    except ValidationError as e:
+        raise ConfigError(f"instance matrix {source}: {validation_summary(e)}") from None
 
 
 def requests_per_minute(latency_ms: float, workers: int = 1) -> float:

@@ -41,6 +41,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stygig import __version__
+from stygig.answer import answer_schema
 from stygig.engine import Options, Query, Recommender, load_artifact_encoder
 from stygig.errors import (
     InvalidOptionsError,
@@ -49,16 +50,7 @@ from stygig.errors import (
     StygigError,
     UnauthorizedError,
 )
-from stygig.recommendation import (
-    MAX_EXCLUDE_IDS,
-    MAX_FILTERS,
-    MAX_K,
-    MAX_LIST,
-    MAX_NUMBER,
-    MAX_QUERY_PARTS,
-    MAX_SEED,
-    MAX_TEXT,
-)
+from stygig.recommendation import MAX_QUERY_PARTS, MAX_TEXT, options_schema
 from stygig.response import item_view
 from stygig.serving import requests as rq
 from stygig.serving.async_api import AsyncConfig, AsyncJobs
@@ -401,53 +393,58 @@ class _BodyReader:
 
 
 _IMAGE_BODY = {"schema": {"type": "string", "format": "binary"}}
-_TEXT = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT}
-_TEXTS = {"type": "array", "items": _TEXT, "maxItems": MAX_LIST}
-_NUMBER = {"type": "number", "minimum": -MAX_NUMBER, "maximum": MAX_NUMBER}
-_VALUE = {"anyOf": [_TEXT, _NUMBER]}
+_OPTIONS_REF = {"$ref": "#/components/schemas/Options"}
+_ANSWER_REF = {"$ref": "#/components/schemas/Recommendation"}
+# A JSON body: the photos and item ids, with every option beside them (the Options schema).
 _JSON_BODY = {
     "schema": {
-        "type": "object",
-        "properties": {
-            "image_b64": {"type": "string", "description": "one photo, base64"},
-            "images_b64": {
-                "type": "array",
-                "items": {"type": "string"},
-                "maxItems": MAX_QUERY_PARTS,
-            },
-            "item_ids": {"type": "array", "items": _TEXT, "maxItems": MAX_QUERY_PARTS},
-            "mode": {"type": "string", "enum": ["outfit", "similar"]},
-            "k": {"type": "integer", "minimum": 1, "maximum": MAX_K},
-            "k_total": {"type": "integer", "minimum": 1, "maximum": MAX_K},
-            "category": _TEXT,
-            "gender": _TEXT,
-            "include_categories": _TEXTS,
-            "exclude_categories": _TEXTS,
-            "exclude_ids": {**_TEXTS, "maxItems": MAX_EXCLUDE_IDS},
-            "filters": {
+        "allOf": [
+            {
                 "type": "object",
-                "maxProperties": MAX_FILTERS,
-                "description": "attribute -> value, [values] or {min, max}",
-                "additionalProperties": {
-                    "anyOf": [
-                        _VALUE,
-                        {"type": "array", "items": _VALUE, "minItems": 1, "maxItems": MAX_LIST},
-                        {
-                            "type": "object",
-                            "properties": {"min": _NUMBER, "max": _NUMBER},
-                            "additionalProperties": False,
-                            "minProperties": 1,
-                        },
-                    ]
+                "properties": {
+                    "image_b64": {"type": "string", "description": "one photo, base64"},
+                    "images_b64": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "maxItems": MAX_QUERY_PARTS,
+                    },
+                    "item_ids": {
+                        "type": "array",
+                        "items": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT},
+                        "maxItems": MAX_QUERY_PARTS,
+                    },
                 },
             },
-            "use_color": {"type": "boolean"},
-            "diversity": {"type": "number", "minimum": 0, "maximum": 1},
-            "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED},
-        },
-        "additionalProperties": False,
+            _OPTIONS_REF,
+        ]
     }
 }
+#: The 200 answer of every recommending route.
+ANSWER_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the recommendation", "content": {JSON: {"schema": _ANSWER_REF}}}
+}
+
+
+def _with_schemas(app: FastAPI) -> None:
+    """Put the answer's and the options' schemas (made from the types that write and check
+    them) into the app's OpenAPI document, where the routes refer to them."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = generate()
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            for name, schema in (
+                ("Recommendation", answer_schema()),
+                ("Options", options_schema()),
+            ):
+                schemas.update(schema.pop("$defs", {}))
+                schemas[name] = schema
+        return app.openapi_schema or generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 _INVOCATION_DOC: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -577,6 +574,7 @@ def create_app(
         redoc_url=None,
         responses=ERROR_RESPONSES,
     )
+    _with_schemas(app)
     app.state.service = service
     if jobs:
         app.include_router(jobs.router)
@@ -633,6 +631,7 @@ def _routes(app: FastAPI, service: ModelService, metrics: ServerMetrics) -> None
         tags=["sagemaker"],
         summary="SageMaker inference",
         openapi_extra=_INVOCATION_DOC,
+        responses=ANSWER_RESPONSE,
     )
     async def invocations(request: Request) -> Response:
         return await answer(request, multipart=False)
@@ -642,6 +641,7 @@ def _routes(app: FastAPI, service: ModelService, metrics: ServerMetrics) -> None
         tags=["recommend"],
         summary="Outfit / similar items for photos or item ids",
         openapi_extra=_RECOMMEND_DOC,
+        responses=ANSWER_RESPONSE,
     )
     async def recommend(request: Request) -> Response:
         return await answer(request, multipart=True)
@@ -667,6 +667,7 @@ def _routes(app: FastAPI, service: ModelService, metrics: ServerMetrics) -> None
         "/v1/items/{item_id}/recommendations",
         tags=["catalogue"],
         summary="What goes with a catalogue item (options as query parameters)",
+        responses=ANSWER_RESPONSE,
     )
     async def item_recommendations(item_id: str, request: Request) -> Response:
         service.require()

@@ -1,6 +1,6 @@
 """``stygig train-compat``: learn outfit compatibility from a stylists' outfits file.
 
-Thin wiring around :func:`stygig.compat.train.train_compat`; heavy imports (torch) happen only
+Thin wiring around :func:`stygig.training.compat.train_compat`; heavy imports (torch) happen only
 when the command runs, so ``stygig --help`` stays fast.
 """
 
@@ -39,9 +39,9 @@ def run_train_compat(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from stygig.artifact import Artifact, add_compat_model
-    from stygig.compat.train import TrainConfig, train_compat
     from stygig.engine import Recommender
     from stygig.evaluation.fitb import read_outfits, scoring_config
+    from stygig.training.compat import TrainConfig, train_compat
 
     artifact = Artifact.load(args.artifact)
     built_from = artifact.manifest.get("build", {}).get("catalog")
