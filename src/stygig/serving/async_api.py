@@ -32,7 +32,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +40,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from stygig import storage
@@ -55,15 +56,63 @@ from stygig.serving.responses import JSON, json_response
 __all__ = [
     "AsyncConfig",
     "AsyncJobs",
+    "SubmissionHeaders",
     "make_async_router",
 ]
 
 log = logging.getLogger("stygig.serving.async")
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # "<id>-error.out" is a failure's name: an id ending in "-error" would name its result like
 # the failure of another job (case-insensitive: some file systems are).
 _FAILURE_LIKE_ID = re.compile(r"-error$", re.IGNORECASE)
 _MAX_TIME_LIMIT_S = 3600.0  # SageMaker's InvocationTimeoutSeconds maximum
+
+
+def _not_failure_like(job_id: str) -> str:
+    if _FAILURE_LIKE_ID.search(job_id):
+        raise ValueError("must not end in '-error'")
+    return job_id
+
+
+class SubmissionHeaders(BaseModel):
+    """The parameters of an async submission that SageMaker sends as headers (validated here,
+    before the 202; errors name the parameter, never the value)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    inference_id: (
+        Annotated[
+            str,
+            Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"),
+            AfterValidator(_not_failure_like),
+        ]
+        | None
+    ) = Field(None, alias="x-amzn-sagemaker-inference-id")
+    time_limit_s: (
+        Annotated[float, Field(gt=0, le=_MAX_TIME_LIMIT_S, allow_inf_nan=False)] | None
+    ) = Field(None, alias="x-amzn-sagemaker-invocationtimeoutseconds")
+    input_location: Annotated[str, Field(min_length=1, max_length=2048)] | None = Field(
+        None, alias="x-amzn-sagemaker-inputlocation"
+    )
+    webhook: Annotated[str, Field(min_length=1, max_length=2048)] | None = Field(
+        None, alias="x-stygig-webhook"
+    )
+
+    @classmethod
+    def read(cls, headers: Mapping[str, str]) -> SubmissionHeaders:
+        try:
+            return cls.model_validate(dict(headers))
+        except ValidationError as e:
+            first = e.errors()[0]
+            name = _HEADER_NAMES.get(str(first["loc"][0]), str(first["loc"][0]))
+            raise InvalidOptionsError(f"{name}: {first['msg']}") from None
+
+
+_HEADER_NAMES = {
+    "x-amzn-sagemaker-inference-id": "InferenceId (1-128 letters, digits, '.', '_' or '-')",
+    "x-amzn-sagemaker-invocationtimeoutseconds": "InvocationTimeoutSeconds",
+    "x-amzn-sagemaker-inputlocation": "InputLocation",
+    "x-stygig-webhook": "X-StyGig-Webhook",
+}
 _MAX_SEQ = 2**63 - 1  # SQLite's largest integer
 
 
@@ -121,35 +170,17 @@ class AsyncConfig:
         return InputLocations(self.allow_input_prefixes, max_bytes=self.max_input_bytes)
 
 
-def _time_limit(header: str | None, default: float) -> float:
-    if not header:
-        return default
-    try:
-        value = float(header)
-    except ValueError:
-        raise InvalidOptionsError("InvocationTimeoutSeconds must be a number") from None
-    if not 0 < value <= _MAX_TIME_LIMIT_S:
-        raise InvalidOptionsError(
-            f"InvocationTimeoutSeconds must be within (0, {_MAX_TIME_LIMIT_S:g}]"
-        )
-    return value
-
-
 async def _spec(request: Request, config: AsyncConfig, locations: InputLocations) -> JobSpec:
     """The job a submission asks for (4xx errors for every mistake)."""
     h = request.headers
-    job_id = h.get("x-amzn-sagemaker-inference-id")
-    if job_id is not None and (not _ID.match(job_id) or _FAILURE_LIKE_ID.search(job_id)):
-        raise InvalidOptionsError(
-            "InferenceId: 1-128 letters, digits, '.', '_' or '-', not ending in '-error'"
-        )
+    given = SubmissionHeaders.read(h)
     pairs = [
         *rq.custom_attributes(h.get("x-amzn-sagemaker-custom-attributes")),
         *request.query_params.multi_items(),
     ]
     params = rq.params_to_dict(pairs)
     Options.from_dict(dict(params))  # refuse bad options now, not after the 202
-    location = h.get("x-amzn-sagemaker-inputlocation")
+    location = given.input_location
     body = await request.body()
     content_type = rq.media_type(h.get("x-amzn-sagemaker-content-type") or h.get("content-type"))
     if location:
@@ -171,12 +202,12 @@ async def _spec(request: Request, config: AsyncConfig, locations: InputLocations
             raise rq.unsupported(content_type)
         await run_in_threadpool(check_job_input, body, content_type, locations)
         body_arg = body
-    webhook = h.get("x-stygig-webhook")
+    webhook = given.webhook
     if webhook is not None:
         await run_in_threadpool(config.notifier.check_url, webhook)  # it resolves the host
     failure = config.failure or config.output
     return JobSpec(
-        id=job_id,
+        id=given.inference_id,
         input_location=location or None,
         input_body=body_arg,
         content_type=content_type or None,
@@ -184,9 +215,7 @@ async def _spec(request: Request, config: AsyncConfig, locations: InputLocations
         output_location=storage.join(config.output, "{id}.out"),
         failure_location=storage.join(failure, "{id}-error.out"),
         webhook=webhook,
-        time_limit_s=_time_limit(
-            h.get("x-amzn-sagemaker-invocationtimeoutseconds"), config.time_limit_s
-        ),
+        time_limit_s=given.time_limit_s or config.time_limit_s,
     )
 
 

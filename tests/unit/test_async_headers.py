@@ -1,0 +1,44 @@
+"""An async submission's header parameters are validated before the 202, by one model."""
+
+from __future__ import annotations
+
+import pytest
+
+from stygig.errors import InvalidOptionsError
+from stygig.serving.async_api import SubmissionHeaders
+
+SECRET = "s3cr3t-VALUE"
+
+
+def test_valid_headers_are_read() -> None:
+    given = SubmissionHeaders.read(
+        {
+            "x-amzn-sagemaker-inference-id": "look-42",
+            "x-amzn-sagemaker-invocationtimeoutseconds": "120",
+            "x-amzn-sagemaker-inputlocation": "s3://bucket/in.json",
+            "content-type": "image/jpeg",  # other headers are not its business
+        }
+    )
+    assert given.inference_id == "look-42" and given.time_limit_s == 120.0
+    assert given.input_location == "s3://bucket/in.json" and given.webhook is None
+    assert SubmissionHeaders.read({}).time_limit_s is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "named"),
+    [
+        ("x-amzn-sagemaker-inference-id", f"{SECRET}-error", "InferenceId"),
+        ("x-amzn-sagemaker-inference-id", f"../{SECRET}", "InferenceId"),
+        ("x-amzn-sagemaker-inference-id", "x" * 129, "InferenceId"),
+        ("x-amzn-sagemaker-invocationtimeoutseconds", SECRET, "InvocationTimeoutSeconds"),
+        ("x-amzn-sagemaker-invocationtimeoutseconds", "0", "InvocationTimeoutSeconds"),
+        ("x-amzn-sagemaker-invocationtimeoutseconds", "3601", "InvocationTimeoutSeconds"),
+        ("x-amzn-sagemaker-invocationtimeoutseconds", "nan", "InvocationTimeoutSeconds"),
+        ("x-amzn-sagemaker-inputlocation", "s3://" + "a" * 3000, "InputLocation"),
+        ("x-stygig-webhook", "", "X-StyGig-Webhook"),
+    ],
+)
+def test_bad_headers_are_refused_by_name(name: str, value: str, named: str) -> None:
+    with pytest.raises(InvalidOptionsError) as refused:
+        SubmissionHeaders.read({name: value})
+    assert refused.value.message.startswith(named) and SECRET not in refused.value.message
