@@ -37,7 +37,7 @@ CategorySource = Literal["vote", "stated", "catalog"]
 GenderSource = Literal["stated", "item", "photo", "uncertain", "none"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PaletteColor:
     """One colour of a photo's palette and its share of the garment's pixels."""
 
@@ -46,7 +46,7 @@ class PaletteColor:
     share: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Neighbour:
     """A catalogue item among a query part's nearest neighbours (the voters)."""
 
@@ -55,7 +55,7 @@ class Neighbour:
     similarity: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class QueryPart:
     """One photo or catalogue item of the query, as the engine understood it."""
 
@@ -75,7 +75,7 @@ class QueryPart:
     palette: list[PaletteColor]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ItemView:
     """A catalogue item as clients see it: the same fields wherever an item is shown."""
 
@@ -92,7 +92,7 @@ class ItemView:
     color_name: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RecommendedItem(ItemView):
     """An item of the answer with the parts of its score and why it was chosen."""
 
@@ -105,7 +105,7 @@ class RecommendedItem(ItemView):
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outfit:
     """One item per free slot, each compatible with the query and with each other."""
 
@@ -114,7 +114,7 @@ class Outfit:
     score: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GenderDecision:
     """Whose items were recommended (``value``'s and unisex ones; ``None``: no filter).
 
@@ -130,7 +130,7 @@ class GenderDecision:
     guess: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ArtifactRef:
     """Which catalogue answered: its encoder and size."""
 
@@ -175,7 +175,7 @@ class Timings:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Body:
     """The answer without its timings (those are written last, once serialisation is timed)."""
 
@@ -188,7 +188,7 @@ class _Body:
     artifact: ArtifactRef
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Recommendation(_Body):
     """The answer: the query as understood, ranked items, per-category lists, an outfit.
 
@@ -232,7 +232,7 @@ def _timings_adapter() -> TypeAdapter[dict[str, float]]:
     return TypeAdapter(dict[str, float])
 
 
-@dataclass(frozen=True)
+@dataclass
 class _AnswerSchema(_Body):
     timings_ms: dict[Literal[TIMING_NAMES], float]  # type: ignore[valid-type]
 

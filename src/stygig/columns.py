@@ -8,6 +8,7 @@ per-attribute caches are keyed by attribute names the catalogue has, never by cl
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,8 @@ from stygig.scoring import label_codes
 
 __all__ = ["ITEM_FIELDS", "CatalogColumns"]
 
+#: How many items' answer fields are kept ready (about 1 KB each).
+ITEM_FIELDS_CACHE = 50_000
 #: The item fields a filter may name, beside the catalogue's own attributes.
 ITEM_FIELDS = ("id", "category", "gender", "usage", "season", "name", "price", "brand")
 
@@ -61,6 +64,26 @@ class CatalogColumns:
         self.filterable = frozenset(ITEM_FIELDS).union(*(item.attributes.keys() for item in items))
         self._attribute_cache: dict[str, np.ndarray] = {}
         self._numeric_cache: dict[str, np.ndarray] = {}
+        # An item's fields as answers show them, made once per item recommended (keyed by row,
+        # so bounded by the catalogue; the LRU bounds memory for very large ones).
+        self.item_fields = functools.lru_cache(maxsize=ITEM_FIELDS_CACHE)(self._item_fields)
+
+    def _item_fields(self, pos: int) -> dict[str, Any]:
+        """Row ``pos``'s :class:`~stygig.answer.ItemView` fields (callers must not mutate)."""
+        item = self.artifact.items[pos]
+        return {
+            "id": item.id,
+            "name": item.name,
+            "category": item.category,
+            "slot": self.category_slot_names[int(self.category_codes[pos])],
+            "gender": item.gender,
+            "price": item.price,
+            "brand": item.brand,
+            "rgb": [int(v) for v in self.rgb[pos]],
+            "hex": self.artifact.colors[pos].get("hex"),
+            "hsl": [round(v, 4) for v in self.hsl[pos].tolist()],
+            "color_name": str(self.color_names[pos]),
+        }
 
     def position(self, item_id: str) -> int:
         """The catalogue row of ``item_id`` (:class:`NotFoundError`, 404, when unknown)."""

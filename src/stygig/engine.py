@@ -30,10 +30,10 @@ from stygig.encoders import Encoder, load_encoder, load_onnx_encoder
 from stygig.errors import ConfigError, InvalidOptionsError
 from stygig.gender import decide_gender
 from stygig.harmony import describe_color, harmony, rgb_array, rgb_to_hsl
-from stygig.index import PartitionedIndex, is_exhaustive, top_k
+from stygig.index import PartitionedIndex, is_exhaustive, similarities, top_k
 from stygig.pipeline import PreparedQuery, decode_query
 from stygig.recommendation import Options, Query
-from stygig.response import ScoreParts, query_part, recommended_item
+from stygig.response import ScoreParts, query_part, recommended_items
 from stygig.scoring import (
     ScoringConfig,
     assemble_outfit,
@@ -232,7 +232,7 @@ class Recommender:
         parts = self._parts([c for c, _ in measured], vectors, prepared.item_ids, options)
         queries = np.stack([p.vector for p in parts]).astype(np.float32)
         # Exact catalogues: one matrix product serves the vote and every candidate's similarity.
-        full = self.embeddings @ queries.T if self.exact else None
+        full = similarities(self.embeddings, queries) if self.exact else None
         own = [p.position for p in parts if p.position is not None]
         fetch = max(self.config.vote_k, self.config.attribute_vote_k) + len(own)
         pool: tuple[np.ndarray, np.ndarray] | None = None
@@ -304,7 +304,7 @@ class Recommender:
         elif pool_sims is not None:
             sims = pool_sims
         else:
-            sims = (self.embeddings[cand] @ queries.T).mean(axis=1)
+            sims = similarities(self.embeddings[cand], queries).mean(axis=1)
         q_hsl = np.stack([p.hsl for p in parts])
         harm, rules = self._harmony(q_hsl, cand)
         use_color = options.use_color and options.mode == "outfit"
@@ -328,26 +328,25 @@ class Recommender:
         ranked = rank_by_category(
             score,
             c_cat,
-            self.embeddings[cand],
+            self.embeddings,
+            cand,
             k=options.k,
             diversity=self.config.diversity if options.diversity is None else options.diversity,
             seed=options.seed,
         )
         primary = parts[0]
         q_name = cols.category_names[primary.category] if primary.category >= 0 else "query"
-        rows = {
-            int(j): recommended_item(
-                cols,
-                scored,
-                int(j),
-                query_category=q_name,
-                query_color=primary.color_name,
-                mode=options.mode,
-                use_color=use_color,
-            )
-            for group in ranked.values()
-            for j in group
-        }
+        shown = np.concatenate(list(ranked.values())) if ranked else np.zeros(0, np.int64)
+        made = recommended_items(
+            cols,
+            scored,
+            shown,
+            query_category=q_name,
+            query_color=primary.color_name,
+            mode=options.mode,
+            use_color=use_color,
+        )
+        rows = dict(zip(shown.tolist(), made, strict=True))
         by_category = {
             cols.category_names[c]: [rows[int(j)] for j in group] for c, group in ranked.items()
         }

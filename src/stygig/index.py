@@ -40,6 +40,7 @@ __all__ = [
     "choose_kind",
     "is_exhaustive",
     "load_index",
+    "similarities",
 ]
 
 INDEX_KINDS = ("exact", "flat", "hnsw", "ivf")
@@ -158,6 +159,19 @@ class _Tombstones:
         self.n_removed = int(self.removed.sum())
 
 
+def similarities(matrix: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """``matrix @ queries.T``: ``(rows, queries)`` inner products.
+
+    One query is a matrix-vector product: BLAS streams the matrix once, where a matrix product
+    with one column first copies (packs) all of it (10k x 1280 float32: 3.4 vs 5.2 ms here).
+    """
+    if len(queries) == 1:
+        out: np.ndarray = (matrix @ queries[0])[:, None]
+    else:
+        out = matrix @ queries.T
+    return out
+
+
 class ExactIndex(_Tombstones):
     """Brute-force inner-product search in NumPy (the test oracle)."""
 
@@ -173,7 +187,7 @@ class ExactIndex(_Tombstones):
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = _check_queries(queries, self.dim, k)
-        return top_k(q @ self.vectors.T, k, self.removed)
+        return top_k(similarities(self.vectors, q).T, k, self.removed)
 
     def save(self, path: Path) -> list[str]:
         # The exact index *is* the embedding matrix, which the artifact already stores.

@@ -12,30 +12,12 @@ from stygig.answer import ItemView, Neighbour, PaletteColor, QueryPart, Recommen
 from stygig.columns import CatalogColumns
 from stygig.harmony import HARMONY_PHRASES, HARMONY_RULE_NAMES
 
-__all__ = ["ScoreParts", "item_view", "query_part", "recommended_item"]
+__all__ = ["ScoreParts", "item_view", "query_part", "recommended_items"]
 
 
 def item_view(columns: CatalogColumns, pos: int) -> ItemView:
     """Catalogue row ``pos`` as clients see an item."""
-    return ItemView(**_item_fields(columns, pos))
-
-
-def _item_fields(columns: CatalogColumns, pos: int) -> dict[str, Any]:
-    item = columns.artifact.items[pos]
-    code = int(columns.category_codes[pos])
-    return {
-        "id": item.id,
-        "name": item.name,
-        "category": item.category,
-        "slot": columns.category_slot_names[code],
-        "gender": item.gender,
-        "price": item.price,
-        "brand": item.brand,
-        "rgb": [int(v) for v in columns.rgb[pos]],
-        "hex": columns.artifact.colors[pos].get("hex"),
-        "hsl": [round(v, 4) for v in columns.hsl[pos].tolist()],
-        "color_name": str(columns.color_names[pos]),
-    }
+    return ItemView(**columns.item_fields(pos))
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,38 +33,50 @@ class ScoreParts:
     learned: np.ndarray | None  # the compatibility model's part
 
 
-def recommended_item(
+def recommended_items(
     columns: CatalogColumns,
     parts: ScoreParts,
-    j: int,
+    positions: np.ndarray,
     *,
     query_category: str,
     query_color: str,
     mode: str,
     use_color: bool,
-) -> RecommendedItem:
-    """Candidate ``j`` of ``parts`` as an answer item, with why it was chosen."""
-    pos = int(parts.cand[j])
-    fields = _item_fields(columns, pos)
-    sim, factor, rule = float(parts.similarity[j]), float(parts.factor[j]), int(parts.rules[j])
-    if mode == "outfit":
-        category = fields["category"]
-        reason = f"{query_category} -> {category} compatible" if factor > 1 else category
-        if use_color:
-            pair = f"{query_color} + {columns.color_names[pos]}"
-            reason = f"{pair}: {HARMONY_PHRASES[rule]}; {reason}"
-    else:
-        reason = f"looks similar (cosine {sim:.2f})"
-    return RecommendedItem(
-        **fields,
-        score=round(float(parts.score[j]), 4),
-        similarity=round(sim, 4),
-        harmony=round(float(parts.harmony[j]), 4),
-        harmony_rule=HARMONY_RULE_NAMES[rule] if mode == "outfit" else None,
-        boost=round(factor, 4),
-        learned=None if parts.learned is None else round(float(parts.learned[j]), 4),
-        reason=reason,
-    )
+) -> list[RecommendedItem]:
+    """Candidates ``positions`` (into ``parts``) as answer items, with why each was chosen.
+
+    The score parts are gathered for all at once; each number is rounded as Python rounds
+    (shortest exact decimal), so JSON shows ``0.3``, never ``0.30000000000000004``.
+    """
+    rows = parts.cand[positions].tolist()
+    score, sim = parts.score[positions].tolist(), parts.similarity[positions].tolist()
+    harm, factor = parts.harmony[positions].tolist(), parts.factor[positions].tolist()
+    rules = parts.rules[positions].tolist()
+    learned = None if parts.learned is None else parts.learned[positions].tolist()
+    out = []
+    for n, pos in enumerate(rows):
+        fields = columns.item_fields(pos)
+        if mode == "outfit":
+            category = fields["category"]
+            reason = f"{query_category} -> {category} compatible" if factor[n] > 1 else category
+            if use_color:
+                pair = f"{query_color} + {fields['color_name']}"
+                reason = f"{pair}: {HARMONY_PHRASES[rules[n]]}; {reason}"
+        else:
+            reason = f"looks similar (cosine {sim[n]:.2f})"
+        out.append(
+            RecommendedItem(
+                **fields,
+                score=round(score[n], 4),
+                similarity=round(sim[n], 4),
+                harmony=round(harm[n], 4),
+                harmony_rule=HARMONY_RULE_NAMES[rules[n]] if mode == "outfit" else None,
+                boost=round(factor[n], 4),
+                learned=None if learned is None else round(learned[n], 4),
+                reason=reason,
+            )
+        )
+    return out
 
 
 def query_part(

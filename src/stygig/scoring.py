@@ -178,28 +178,45 @@ def combine(
 
 
 def mmr(scores: np.ndarray, vectors: np.ndarray, k: int, diversity: float) -> np.ndarray:
-    """Indices of ``k`` items chosen by maximal marginal relevance, in pick order.
+    """Maximal marginal relevance for several groups at once: ``k`` picks per group, in order.
 
-    Each step picks ``argmax((1 - diversity) * score - diversity * max_sim_to_picked)``; one
-    vectorised update per pick, so the cost is ``k`` matrix-vector products.
+    Args:
+        scores: ``(groups, n)``; ``-inf`` marks padding (never picked).
+        vectors: ``(groups, n, dim)``, the items' embeddings.
+        k: picks per group.
+        diversity: each step picks ``argmax((1 - diversity) * score - diversity *
+            max_sim_to_picked)`` within each group.
+
+    Returns ``(groups, k)`` positions into each group's ``n``; ``-1`` once a group runs out.
+    All groups advance together, so the cost is ``k`` vectorised steps whatever the count of
+    groups (one Gram matrix per group, ``n x n``, is computed up front).
     """
-    n = len(scores)
-    k = min(k, n)
-    if k <= 0:
-        return np.zeros(0, dtype=np.int64)
+    scores = np.atleast_2d(np.asarray(scores, np.float64))
+    groups, n = scores.shape
+    order = np.full((groups, max(k, 0)), -1, np.int64)
+    valid = np.isfinite(scores)
+    available = valid.sum(axis=1)
+    if k <= 0 or n == 0:
+        return order
     if diversity <= 0.0 or k == 1:
-        return np.argsort(-scores, kind="stable")[:k]
-    relevance = (1.0 - diversity) * scores.astype(np.float64)
-    redundancy = np.full(n, -np.inf)
-    picked = np.zeros(n, dtype=bool)
-    order = np.empty(k, dtype=np.int64)
+        ranked = np.argsort(-np.where(valid, scores, -np.inf), axis=1, kind="stable")[:, :k]
+        take = np.arange(ranked.shape[1])[None, :] < available[:, None]
+        order[:, : ranked.shape[1]] = np.where(take, ranked, -1)
+        return order
+    vectors = np.asarray(vectors)
+    gram = np.matmul(vectors, vectors.transpose(0, 2, 1))  # (groups, n, n)
+    relevance = (1.0 - diversity) * np.where(valid, scores, 0.0)
+    redundancy = np.full((groups, n), -np.inf)
+    picked = ~valid
+    rows = np.arange(groups)
     for step in range(k):
         gain = relevance - diversity * np.where(np.isfinite(redundancy), redundancy, 0.0)
         gain[picked] = -np.inf
-        choice = int(np.argmax(gain))
-        order[step] = choice
-        picked[choice] = True
-        redundancy = np.maximum(redundancy, vectors @ vectors[choice])
+        choice = np.argmax(gain, axis=1)
+        live = step < available
+        order[live, step] = choice[live]
+        picked[rows[live], choice[live]] = True
+        redundancy = np.maximum(redundancy, gram[rows, choice])
     return order
 
 
@@ -207,6 +224,7 @@ def rank_by_category(
     score: np.ndarray,
     categories: np.ndarray,
     vectors: np.ndarray,
+    vector_rows: np.ndarray,
     *,
     k: int,
     diversity: float,
@@ -217,7 +235,8 @@ def rank_by_category(
     Args:
         score: each candidate's score.
         categories: each candidate's category code.
-        vectors: each candidate's embedding row, for MMR's redundancy.
+        vectors / vector_rows: the catalogue's embeddings and each candidate's row in them, for
+            MMR's redundancy (only the rows MMR looks at are gathered).
         k: items per category.
         diversity: MMR's trade-off (0: by score only).
         seed: seeds a jitter far below float32 resolution that breaks exact ties reproducibly.
@@ -235,13 +254,18 @@ def rank_by_category(
     top = np.argpartition(-key, head - 1)[:head] if 0 < head < len(key) else np.arange(len(key))
     top = top[np.argsort(-key[top], kind="stable")]
     top_cats = categories[top]
-    out: dict[int, np.ndarray] = {}
-    for c in cats:
-        members = top[top_cats == c][:depth]
-        if len(members) < min(depth, counts[c]):
+    # Each category's best `depth`, padded into one (categories, depth) table for MMR.
+    members = np.zeros((len(cats), depth), np.int64)
+    filled = np.zeros((len(cats), depth), bool)
+    for n, c in enumerate(cats):
+        mine = top[top_cats == c][:depth]
+        if len(mine) < min(depth, counts[c]):
             rows = np.flatnonzero(categories == c)
-            members = rows[np.argsort(-key[rows], kind="stable")][:depth]
-        out[int(c)] = members[mmr(score[members], vectors[members], k, diversity)]
+            mine = rows[np.argsort(-key[rows], kind="stable")][:depth]
+        members[n, : len(mine)], filled[n, : len(mine)] = mine, True
+    group_scores = np.where(filled, score[members], -np.inf)
+    picks = mmr(group_scores, vectors[vector_rows[members]], k, diversity)
+    out = {int(c): members[n][picks[n][picks[n] >= 0]] for n, c in enumerate(cats)}
     return dict(sorted(out.items(), key=lambda kv: -float(score[kv[1][0]])))
 
 

@@ -312,7 +312,7 @@ def test_rank_keeps_each_categorys_best_even_when_thin(rec: Recommender, k: int)
     score = rng.random(n).astype(np.float32)
     score[c_cat == c_cat[0]] -= 2.0  # one category far below all others: outside the head
     # k=1: the sorted head (4 x 12 categories x 2 = 96 rows) is shorter than the 131 items.
-    ranked = rank_by_category(score, c_cat, rec.embeddings[cand], k=k, diversity=0.0, seed=0)
+    ranked = rank_by_category(score, c_cat, rec.embeddings, cand, k=k, diversity=0.0, seed=0)
     for c in np.unique(c_cat):
         rows = np.flatnonzero(c_cat == c)
         best = rows[np.argsort(-score[rows], kind="stable")][:k]

@@ -42,10 +42,27 @@ def test_combine_hand_worked() -> None:
 def test_mmr_avoids_near_duplicates() -> None:
     v = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], np.float32)
     scores = np.array([0.9, 0.89, 0.8])
-    assert mmr(scores, v, 2, diversity=0.0).tolist() == [0, 1]
-    assert mmr(scores, v, 2, diversity=0.5).tolist() == [0, 2]
-    assert mmr(scores, v, 5, diversity=0.5).tolist() == [0, 2, 1]
-    assert mmr(scores, v, 0, diversity=0.5).tolist() == []
+    assert mmr(scores, v[None], 2, diversity=0.0).tolist() == [[0, 1]]
+    assert mmr(scores, v[None], 2, diversity=0.5).tolist() == [[0, 2]]
+    assert mmr(scores, v[None], 5, diversity=0.5).tolist() == [[0, 2, 1, -1, -1]]
+    assert mmr(scores, v[None], 0, diversity=0.5).tolist() == [[]]
+
+
+def test_mmr_runs_groups_together_as_if_alone() -> None:
+    """Batched groups, padding included, pick exactly what each group picks on its own."""
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(5, 12, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=2, keepdims=True)
+    scores = rng.random((5, 12))
+    scores[1, 4:] = -np.inf  # a thin group: 4 items
+    scores[3, 1:] = -np.inf  # one item
+    for diversity in (0.0, 0.3, 0.9):
+        together = mmr(scores, vectors, 3, diversity)
+        for g in range(5):
+            n = int(np.isfinite(scores[g]).sum())
+            alone = mmr(scores[g, :n], vectors[g : g + 1, :n], 3, diversity)[0]
+            assert together[g].tolist() == alone.tolist()
+            assert (together[g] >= 0).sum() == min(3, n)
 
 
 def test_config_loads_defaults_and_validates() -> None:
