@@ -1,0 +1,209 @@
+"""The latency budget outside the encoder, over HTTP, at 10k catalogue items.
+
+    python benchmarks/bench_budget.py [--photos 200] [--items 10000] [--variants ...]
+
+For each variant (an encoder over a synthetic 10k-item catalogue of its width: the cost of
+search and scoring depends on size and width only) one real ``stygig serve`` process runs; one
+client per server sends real product photos (../shared/datasets/fashion-products, else the
+sample catalogue's), the variants interleaved photo by photo (A B A B) because the 2 cores are
+shared. Per variant:
+
+* **wall outside the encoder**: the client's latency minus the server's ``embed`` (the encoder
+  call), per request: HTTP, parsing, hand-offs, decode, colour wait, search, scoring, ranking,
+  serialisation;
+* **CPU outside the encoder**: the server process's CPU time per request (``/proc``, every thread)
+  minus the encoder's CPU per batch-1 call, measured alone in this process with the same ONNX
+  Runtime settings (interleaved with the HTTP rounds);
+* the server's stage timings (p50).
+
+CLIP ViT-B/32 runs with RANDOM weights (no internet here): the compute is the real model's.
+Writes benchmarks/results/budget.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from tests.integration.server_fixtures import free_port, start_process, wait_ready  # noqa: E402
+
+from stygig.artifact import Artifact  # noqa: E402
+from stygig.build import make_build_encoder  # noqa: E402
+from stygig.engine import load_artifact_encoder  # noqa: E402
+from stygig.features import decode_photo  # noqa: E402
+from synthetic import synthetic_artifact  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results" / "budget.json"
+KAGGLE = REPO.parent / "shared" / "datasets" / "fashion-products" / "images"
+VARIANTS: dict[str, dict[str, Any]] = {
+    "efficientnet-lite0 int8": {"name": "efficientnet-lite0", "int8": True, "random": False},
+    "efficientnet-lite0 fp32": {"name": "efficientnet-lite0", "int8": False, "random": False},
+    "clip-vit-b-32 int8 (random weights)": {"name": "clip-vit-b-32", "int8": True, "random": True},
+}
+STAGES = ("decode", "color", "queue", "embed", "search", "vote", "score", "rank", "serialise")
+
+
+def _photos(n: int) -> list[bytes]:
+    if KAGGLE.is_dir():
+        files = sorted(KAGGLE.glob("*.jpg"))[:n]
+    else:
+        from stygig.sample_catalog import generate_sample_catalog
+
+        csv_path = generate_sample_catalog(Path(tempfile.mkdtemp()) / "sample")
+        files = sorted((csv_path.parent / "queries").glob("*.jpg"))
+    return [f.read_bytes() for f in files]
+
+
+def _artifact(key: str, spec: dict[str, Any], items: int) -> Path:
+    out = (
+        REPO
+        / "build"
+        / "bench-budget"
+        / f"{key.split()[0]}-{'int8' if spec['int8'] else 'fp32'}-{items}"
+    )
+    if not (out / "manifest.json").exists():
+        with make_build_encoder(spec["name"], int8=spec["int8"], random_weights=spec["random"]) as (
+            encoder,
+            files,
+        ):
+            synthetic_artifact(out, items, encoder_info=encoder.describe(), extra_files=files)
+    return out
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--photos", type=int, default=200)
+    parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated keys")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    photos = _photos(args.photos)
+    keys = [k for k in args.variants.split(",") if k]
+    arts = {k: _artifact(k, VARIANTS[k], args.items) for k in keys}
+    # The encoders alone, as the servers load them, for their CPU per batch-1 call.
+    encoders = {k: load_artifact_encoder(Artifact.load(arts[k])) for k in keys}
+    tensors = {k: [decode_photo(p, encoders[k].preprocess).tensor for p in photos] for k in keys}
+    servers, clients = {}, {}
+    logs = Path(tempfile.mkdtemp(prefix="stygig-budget-"))
+    load_start = os.getloadavg()
+    try:
+        for k in keys:
+            port = free_port()
+            flags = ["serve", "--artifact", str(arts[k]), "--port", str(port)]
+            servers[k] = start_process([*flags, "--log-level", "warning"], logs / f"{port}.log")
+            clients[k] = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+        for k in keys:
+            wait_ready(str(clients[k].base_url), servers[k], timeout=600)
+        latency: dict[str, list[float]] = {k: [] for k in keys}
+        stages: dict[str, dict[str, list[float]]] = {k: {s: [] for s in STAGES} for k in keys}
+        outside: dict[str, list[float]] = {k: [] for k in keys}
+        cpu_http: dict[str, list[float]] = {k: [] for k in keys}
+        cpu_encoder: dict[str, list[float]] = {k: [] for k in keys}
+        headers = {"content-type": "image/jpeg"}
+        for k in keys:  # warm-up
+            for p in photos[:10]:
+                clients[k].post("/invocations", content=p, headers=headers)
+        for _ in range(args.rounds):
+            cpu0 = {k: _cpu_seconds(servers[k].pid) for k in keys}
+            for p in photos:
+                for k in keys:
+                    t0 = time.perf_counter()
+                    r = clients[k].post("/invocations", content=p, headers=headers)
+                    ms = (time.perf_counter() - t0) * 1e3
+                    if r.status_code != 200:
+                        raise SystemExit(f"{k}: HTTP {r.status_code}: {r.text[:200]}")
+                    timings = r.json()["timings_ms"]
+                    latency[k].append(ms)
+                    outside[k].append(ms - timings["embed"])
+                    for s in STAGES:
+                        stages[k][s].append(float(timings.get(s, 0.0)))
+            for k in keys:
+                cpu_http[k].append((_cpu_seconds(servers[k].pid) - cpu0[k]) / len(photos) * 1e3)
+            for k in keys:  # the encoder alone, batch 1, same photos
+                c0 = time.process_time()
+                for t in tensors[k]:
+                    encoders[k].encode(t[None])
+                cpu_encoder[k].append((time.process_time() - c0) / len(photos) * 1e3)
+    finally:
+        for proc in servers.values():
+            proc.terminate()
+            proc.wait(60)
+    results = {}
+    for k in keys:
+        lat = np.asarray(latency[k])
+        http_cpu, enc_cpu = float(np.median(cpu_http[k])), float(np.median(cpu_encoder[k]))
+        results[k] = {
+            "client_p50_ms": round(float(np.median(lat)), 2),
+            "client_p99_ms": round(float(np.percentile(lat, 99)), 2),
+            "outside_encoder_wall_p50_ms": round(float(np.median(outside[k])), 2),
+            "outside_encoder_wall_p99_ms": round(float(np.percentile(outside[k], 99)), 2),
+            "server_cpu_per_request_ms": round(http_cpu, 2),
+            "encoder_cpu_per_call_ms": round(enc_cpu, 2),
+            "outside_encoder_cpu_ms": round(http_cpu - enc_cpu, 2),
+            "server_stages_p50_ms": {
+                s: round(float(np.median(v)), 3) for s, v in stages[k].items()
+            },
+            "cpu_rounds_ms": {
+                "server": [round(x, 2) for x in cpu_http[k]],
+                "encoder": [round(x, 2) for x in cpu_encoder[k]],
+            },
+        }
+    document = {
+        "command": "python benchmarks/bench_budget.py " + " ".join(sys.argv[1:]),
+        "machine": {
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_average_at_start": [round(x, 2) for x in load_start],
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        },
+        "settings": {
+            "items": args.items,
+            "photos": len(photos),
+            "rounds": args.rounds,
+            "order": "interleaved: every photo goes to each variant's server in turn",
+            "client": "one httpx client per server, connection reused, same machine",
+        },
+        "notes": [
+            "CLIP ViT-B/32 uses random weights (no internet): the real model's compute.",
+            "Synthetic 10k-item catalogues of each encoder's width (efficientnet-lite0: 1280-d, "
+            "CLIP: 512-d); query photos are real product photos.",
+            "CPU outside the encoder = server CPU per request (all threads, /proc) minus the "
+            "encoder's CPU per batch-1 call measured alone: an estimate, since the encoder "
+            "shares the cores with the colour thread inside the server.",
+        ],
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    print(f"{'variant':<38}{'client p50':>11}{'p99':>8}{'outside wall':>14}{'outside CPU':>13}")
+    for k, r in results.items():
+        print(
+            f"{k:<38}{r['client_p50_ms']:>11.2f}{r['client_p99_ms']:>8.2f}"
+            f"{r['outside_encoder_wall_p50_ms']:>14.2f}{r['outside_encoder_cpu_ms']:>13.2f}"
+        )
+        print("    stages p50:", r["server_stages_p50_ms"])
+    print(f"written: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
