@@ -16,13 +16,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from stygig.answer import ArtifactRef, Outfit, QueryPart, Recommendation
+from stygig.answer import ArtifactRef, Outfit, Recommendation
 from stygig.artifact import ONNX_FILE, Artifact
 from stygig.columns import CatalogColumns
 from stygig.compat.scorer import LearnedScorer
@@ -33,7 +32,7 @@ from stygig.harmony import describe_color, harmony, rgb_array, rgb_to_hsl
 from stygig.index import PartitionedIndex, is_exhaustive, similarities, top_k
 from stygig.pipeline import PreparedQuery, decode_query
 from stygig.recommendation import Options, Query
-from stygig.response import ScoreParts, query_part, recommended_items
+from stygig.response import PartState, ScoreParts, query_part, recommended_items
 from stygig.scoring import (
     ScoringConfig,
     assemble_outfit,
@@ -67,28 +66,6 @@ def load_artifact_encoder(artifact: Artifact, *, device: str = "cpu") -> Encoder
         model_id=source.get("model_id"),
         device=device,
     )
-
-
-@dataclass
-class _Part:
-    """One element of a query, embedded and described (the engine's working form)."""
-
-    source: str
-    vector: np.ndarray
-    color: dict[str, Any]
-    rgb: np.ndarray  # the colour's RGB (mid grey when it has none)
-    hsl: np.ndarray  # its HSL, computed once: harmony and the answer use the same values
-    color_name: str
-    position: int | None = None  # catalogue row when the part is a catalogue item
-    category: int = -1
-    category_source: str = "vote"
-    # Filled by the vote:
-    neighbours: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, np.float32))
-    votes: dict[int, int] = field(default_factory=dict)
-    gender_weights: dict[int, float] = field(default_factory=dict)  # neighbours' gender vote
-    gender_votes: dict[int, int] | None = None
-    gender: str | None = None
-    usage: str | None = None
 
 
 class Recommender:
@@ -368,7 +345,7 @@ class Recommender:
                 [r.id for r in slots.values()],
                 round(sum(r.score for r in slots.values()), 4),
             )
-        query_parts = [self._query_part(p) for p in parts]
+        query_parts = [query_part(cols, p) for p in parts]
         end = time.perf_counter()
         timings.rank = (end - t_score) * 1e3
         timings.total = (end - prepared.started) * 1e3
@@ -392,14 +369,14 @@ class Recommender:
         vectors: np.ndarray,
         item_ids: Sequence[str],
         options: Options,
-    ) -> list[_Part]:
+    ) -> list[PartState]:
         cols = self.columns
         parts = []
         for i, color in enumerate(colors):
             rgb = rgb_array([color])[0]
             name = color.get("name")
             parts.append(
-                _Part(
+                PartState(
                     f"image[{i}]",
                     vectors[i],
                     color,
@@ -411,7 +388,7 @@ class Recommender:
         for item_id in item_ids:
             pos = cols.position(item_id)
             parts.append(
-                _Part(
+                PartState(
                     f"item:{item_id}",
                     self.embeddings[pos],
                     self.artifact.colors[pos],
@@ -445,7 +422,7 @@ class Recommender:
         return index.removed if index.n_removed else None
 
     def _vote(
-        self, parts: list[_Part], scores: np.ndarray, ids: np.ndarray, own: Sequence[int]
+        self, parts: list[PartState], scores: np.ndarray, ids: np.ndarray, own: Sequence[int]
     ) -> None:
         """Infer each part's category (unless known), gender and usage from its neighbours."""
         cols = self.columns
@@ -471,23 +448,6 @@ class Recommender:
             part.gender = cols.gender_names[winner[0]] if winner else None
             usage = vote(cols.usage_codes[attr_ids], attr_s)
             part.usage = cols.usage_names[usage.winner] if usage.winner >= 0 else None
-
-    def _query_part(self, part: _Part) -> QueryPart:
-        return query_part(
-            self.columns,
-            source=part.source,
-            category=part.category,
-            category_source=part.category_source,
-            neighbours=part.neighbours,
-            votes=part.votes,
-            gender=part.gender,
-            usage=part.usage,
-            gender_votes=part.gender_votes,
-            rgb=part.rgb,
-            hsl=part.hsl,
-            color=part.color,
-            color_name=part.color_name,
-        )
 
     def score_items(
         self, item_ids: Sequence[str], candidate_ids: Sequence[str], *, use_color: bool = True

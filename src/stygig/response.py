@@ -3,16 +3,23 @@ query parts with their votes. One builder per type, so an item looks the same ev
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from stygig.answer import ItemView, Neighbour, PaletteColor, QueryPart, RecommendedItem
+from stygig.answer import (
+    CategorySource,
+    ItemView,
+    Neighbour,
+    PaletteColor,
+    QueryPart,
+    RecommendedItem,
+)
 from stygig.columns import CatalogColumns
 from stygig.harmony import HARMONY_PHRASES, HARMONY_RULE_NAMES
 
-__all__ = ["ScoreParts", "item_view", "query_part", "recommended_items"]
+__all__ = ["PartState", "ScoreParts", "item_view", "query_part", "recommended_items"]
 
 
 def item_view(columns: CatalogColumns, pos: int) -> ItemView:
@@ -79,47 +86,55 @@ def recommended_items(
     return out
 
 
-def query_part(
-    columns: CatalogColumns,
-    *,
-    source: str,
-    category: int,
-    category_source: Any,
-    neighbours: tuple[np.ndarray, np.ndarray],
-    votes: dict[int, int],
-    gender: str | None,
-    usage: str | None,
-    gender_votes: dict[int, int] | None,
-    rgb: np.ndarray,
-    hsl: np.ndarray,
-    color: dict[str, Any],
-    color_name: str,
-) -> QueryPart:
-    """One query part: what was voted for it and its colour (``neighbours``: ids, sims)."""
+@dataclass
+class PartState:
+    """One element of a query as the engine works on it: embedded, coloured, then voted."""
+
+    source: str
+    vector: np.ndarray
+    color: dict[str, Any]
+    rgb: np.ndarray  # the colour's RGB (mid grey when it has none)
+    hsl: np.ndarray  # its HSL, computed once: harmony and the answer use the same values
+    color_name: str
+    position: int | None = None  # catalogue row when the part is a catalogue item
+    category: int = -1
+    category_source: CategorySource = "vote"
+    # Filled by the vote:
+    neighbours: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, np.float32))
+    votes: dict[int, int] = field(default_factory=dict)
+    gender_weights: dict[int, float] = field(default_factory=dict)  # neighbours' gender vote
+    gender_votes: dict[int, int] | None = None
+    gender: str | None = None
+    usage: str | None = None
+
+
+def query_part(columns: CatalogColumns, part: PartState) -> QueryPart:
+    """One query part as answered: what was voted for it and its colour."""
     names = columns.category_names
     items = columns.artifact.items
-    ids, sims = neighbours
+    ids, sims = part.neighbours
+    category = part.category
     return QueryPart(
-        source=source,
+        source=part.source,
         category=names[category] if category >= 0 else None,
-        category_source=category_source,
+        category_source=part.category_source,
         slot=columns.category_slot_names[category] if category >= 0 else None,
-        votes={names[c]: n for c, n in votes.items()},
+        votes={names[c]: n for c, n in part.votes.items()},
         neighbors=[
-            Neighbour(items[i].id, names[columns.category_codes[i]], round(float(s), 4))
+            Neighbour(items[i].id, names[columns.category_codes[i]], round(s, 4))
             for i, s in zip(ids.tolist(), sims.tolist(), strict=True)
         ],
-        gender=gender,
-        usage=usage,
+        gender=part.gender,
+        usage=part.usage,
         gender_votes=None
-        if gender_votes is None
-        else {columns.gender_names[g]: n for g, n in gender_votes.items()},
-        rgb=[int(v) for v in rgb],
-        hex=color.get("hex"),
-        color_name=color_name,
-        hsl=[round(float(v), 4) for v in hsl],
+        if part.gender_votes is None
+        else {columns.gender_names[g]: n for g, n in part.gender_votes.items()},
+        rgb=[int(v) for v in part.rgb],
+        hex=part.color.get("hex"),
+        color_name=part.color_name,
+        hsl=[round(float(v), 4) for v in part.hsl],
         palette=[
             PaletteColor([int(v) for v in p["rgb"]], str(p["hex"]), float(p["share"]))
-            for p in color.get("palette", [])
+            for p in part.color.get("palette", [])
         ],
     )
