@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +28,7 @@ from stygig import storage
 from stygig.artifact import read_manifest, write_artifact
 from stygig.catalog import CatalogReadResult, Item, Reject, Taxonomy, read_catalog
 from stygig.encoders import Encoder, export_onnx, load_encoder, load_onnx_encoder
+from stygig.encoders.calibration import catalogue_calibration
 from stygig.errors import (
     ImageTooLargeError,
     InvalidImageError,
@@ -252,12 +253,17 @@ def make_build_encoder(
     weights: str | Path | None = None,
     int8: bool = False,
     random_weights: bool = False,
+    calibration_photos: Sequence[str | Path] = (),
 ) -> Iterator[tuple[Encoder, dict[str, Path]]]:
     """The encoder a build uses, and the files the artifact must carry for it.
 
     ``auto`` means ONNX Runtime for model encoders: the torch model is exported once, the build
     encodes with the exported graph, and the ``.onnx`` file goes into the artifact so that
     serving runs the very same graph without torch.
+
+    ``calibration_photos`` (the catalogue's image paths or URIs) calibrate static int8: a seeded
+    sample of 64 is decoded (undecodable ones skipped) and the manifest records "calibration: 64
+    catalogue images"; with none given or none decodable, synthetic shapes.
     """
     if runtime == "auto":
         runtime = "numpy" if name == "tiny" else "onnx"
@@ -269,6 +275,13 @@ def make_build_encoder(
         return
     with tempfile.TemporaryDirectory(prefix="stygig-build-") as tmp:
         source = load_encoder(name, runtime="torch", weights=weights, random_weights=random_weights)
-        onnx_path = export_onnx(source, Path(tmp) / "encoder.onnx", int8=int8)
+        calibration = (
+            catalogue_calibration(calibration_photos, source.preprocess)
+            if int8 and calibration_photos
+            else None
+        )
+        onnx_path = export_onnx(
+            source, Path(tmp) / "encoder.onnx", int8=int8, calibration=calibration
+        )
         # OnnxEncoder.describe() itself records runtime "onnx" and the file's name.
         yield load_onnx_encoder(onnx_path, source.describe()), {"encoder.onnx": onnx_path}

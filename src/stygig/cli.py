@@ -26,15 +26,22 @@ def _cmd_sample_catalog(args: argparse.Namespace) -> int:
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from stygig.build import build_artifact, make_build_encoder
-    from stygig.catalog import Taxonomy
+    from stygig.catalog import Taxonomy, read_catalog
 
     taxonomy = Taxonomy.load(args.taxonomy) if args.taxonomy else None
+    photos: list[str] = []
+    if args.int8:  # static int8 is calibrated on the catalogue's own photos
+        read = read_catalog(
+            args.catalog, layout=args.format, images_dir=args.images, taxonomy=taxonomy
+        )
+        photos = [item.image for item in read.items]
     with make_build_encoder(
         args.encoder,
         runtime=args.runtime,
         weights=args.weights,
         int8=args.int8,
         random_weights=args.random_weights,
+        calibration_photos=photos,
     ) as (encoder, extra_files):
         result = build_artifact(
             args.catalog,
@@ -194,7 +201,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--images", help="folder that image paths are relative to")
     p.add_argument("--encoder", default="efficientnet-lite0")
     p.add_argument("--runtime", default="auto", choices=["auto", "onnx", "torch"])
-    p.add_argument("--int8", action="store_true", help="dynamic int8 quantisation (ONNX)")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="int8 ONNX model (CNNs: static, calibrated on catalogue photos; CLIP: dynamic)",
+    )
     p.add_argument("--weights", help="local weights (a Hugging Face CLIP checkpoint folder)")
     p.add_argument(
         "--random-weights",

@@ -5,16 +5,27 @@ with a batch-2 example and a dynamic batch dimension, so one file serves any bat
 carries ``stygig.*`` metadata (encoder name, quantization) and is checked after export: batch 1
 and 5 run, and fp32 output matches torch.
 
-int8 differs by architecture, because what works for one fails the other:
+int8 differs by architecture, because what works for one fails the other (measured on 2 AVX-512
+VNNI cores by ``benchmarks/bench_quantization.py``; results in ``benchmarks/results``):
 
 * transformers (CLIP): ``quantize_dynamic`` with int8 weights on MatMul/Gemm only. The dynamo
   graph quantizes as is (``quant_pre_process`` only slowed it down here). Convolutions are left
   fp32: ORT's dynamic ``ConvInteger`` with int8 weights is slow, and the patch embedding is one op.
+  Static QDQ took 0.99-1.04x the dynamic model's time at batch 1 and was 1.06-1.11x faster at
+  batch 32 (two runs), but moved embeddings to cosine 0.85 of fp32 (random weights; dynamic:
+  0.9998), so CLIP stays dynamic.
 * CNNs (EfficientNet-Lite0): ``quantize_static`` (QDQ, per-channel int8 weights, uint8
-  activations, MinMax calibration) after ``quant_pre_process``. Dynamic int8 measured here gave
-  mean cosine 0.84 to fp32 and ran 30x slower; static gives ~0.99 and runs ~2x faster. Calibration
-  uses the caller's images (pass catalogue photos) or, without them, synthetic shapes, which
-  measured within 0.002 cosine of real-photo calibration.
+  activations, MinMax calibration) after ``quant_pre_process``. With the real weights, on 1,322
+  held-out Kaggle photos: batch 1 in 0.52x the fp32 time, mean cosine 0.995 to fp32, top-5
+  category votes within 0.5 point of fp32's. ORT's dynamic int8 (every op, ``ConvInteger``)
+  ran 3-11x *slower* than fp32 at mean cosine 0.87-0.91.
+
+Static calibration uses :class:`~stygig.encoders.calibration.Calibration` images: a build passes
+64 of its own catalogue photos (:func:`~stygig.encoders.calibration.catalogue_calibration`) and
+the manifest's ``quantization_method`` says ``calibration: 64 catalogue images``; without photos,
+seeded synthetic shapes. On the Kaggle photos both gave the same drift (mean cosine 0.9948 vs
+0.9948) and votes, so the fallback costs nothing measurable; catalogue photos are preferred
+because they are the images the model will actually see.
 
 :class:`OnnxEncoder` imports only ``onnxruntime`` and NumPy; it is rebuilt from the manifest's
 ``describe()`` dictionary plus the ``.onnx`` file by :func:`load_onnx_encoder`.
@@ -42,6 +53,7 @@ from stygig.encoders.base import (
     preprocess_from_dict,
     sha256_file,
 )
+from stygig.encoders.calibration import Calibration
 from stygig.errors import ConfigError, EncoderUnavailableError
 from stygig.images import PreprocessSpec
 
@@ -61,12 +73,30 @@ __all__ = [
 ONNX_INPUT = "pixel_values"
 ONNX_OUTPUT = "stygig_embedding"  # "embedding" collides with a node name inside the CLIP graph
 _META = "stygig."
+_INT8_METHODS = ("dynamic", "static")
 
 
 def session_options(
     threads: int | None = None, *, spinning: bool = False
 ) -> onnxruntime.SessionOptions:
-    """ONNX Runtime options: all graph optimisations, ``threads`` intra-op threads (default all).
+    """ONNX Runtime options: all graph optimisations, the CPU arena, no memory pattern.
+
+    Measured on 2 shared AVX-512 VNNI cores with the int8 serving models
+    (``benchmarks/bench_quantization.py``, interleaved medians):
+
+    * graph optimisation ``ORT_ENABLE_ALL``: it fuses the static int8 QDQ pairs into integer
+      kernels; EfficientNet-Lite0 int8 at batch 1 ran 1.26x slower with ``EXTENDED`` and 5.4x
+      slower with ``BASIC`` (CLIP int8: 1.01x / 1.06x).
+    * memory pattern off: ORT plans and caches an allocation pattern per input shape, so memory
+      grows with every new batch size, and micro-batching sends many. Over two sweeps of batch
+      sizes 1-32, CLIP int8 grew to 402 MB with it and stayed at 340 MB without
+      (EfficientNet-Lite0: 205 vs 190 MB); latency at batch 1, 8 and mixed sizes moved within
+      5 % either way, i.e. within noise.
+    * CPU memory arena on (ORT's default): without it no latency improved and the peak was no
+      lower (EfficientNet-Lite0 218 vs 190 MB); the arena stays flat once the largest batch ran.
+    * threads: all cores by default. EfficientNet-Lite0 at batch 1: 2 threads 3.2 ms, 1 thread
+      4.4 ms; beside a second process running the same model, 2 threads were 1.1-1.2x faster for
+      CLIP and within 7 % either way for EfficientNet-Lite0, so one default serves both.
 
     Args:
         threads: intra-op threads; default ``os.cpu_count()``.
@@ -79,6 +109,7 @@ def session_options(
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.enable_mem_pattern = False
     options.intra_op_num_threads = threads or os.cpu_count() or 1
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -309,34 +340,50 @@ class _Batches:
         return None if chunk is None else {ONNX_INPUT: chunk}
 
 
-def _quantize(encoder: TorchEncoder, fp32: Path, out: Path, calibration: np.ndarray | None) -> str:
+def _calibration_set(
+    encoder: TorchEncoder, calibration: np.ndarray | Calibration | None
+) -> Calibration:
+    """The checked calibration images, labelled with their source for the manifest."""
+    if calibration is None:
+        return Calibration(synthetic_calibration(encoder.preprocess), "synthetic")
+    if not isinstance(calibration, Calibration):
+        calibration = Calibration(calibration, "given")
+    data = check_batch(calibration.images, encoder.preprocess.size)
+    if len(data) == 0:
+        raise ConfigError("int8 calibration needs at least one image")
+    return Calibration(data, calibration.source)
+
+
+def _quantize(
+    encoder: TorchEncoder,
+    fp32: Path,
+    out: Path,
+    calibration: np.ndarray | Calibration | None,
+    method: str,
+) -> str:
     """Quantize ``fp32`` to ``out``; returns the method's name for the manifest."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with _quiet_quantization():
-        if encoder.int8_method == "dynamic":
+        if method == "dynamic":
             quantize_dynamic(
                 fp32, out, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]
             )
             return "dynamic-int8-matmul"
-        data = calibration if calibration is not None else synthetic_calibration(encoder.preprocess)
-        data = check_batch(data, encoder.preprocess.size)
-        if len(data) == 0:
-            raise ConfigError("int8 calibration needs at least one image")
+        calib = _calibration_set(encoder, calibration)
         prepared = fp32.with_suffix(".pre.onnx")
         quant_pre_process(str(fp32), str(prepared))
         quantize_static(
             prepared,
             out,
-            _Batches(data),  # duck-typed CalibrationDataReader
+            _Batches(calib.images),  # duck-typed CalibrationDataReader
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             weight_type=QuantType.QInt8,
             activation_type=QuantType.QUInt8,
         )
-        source = "given" if calibration is not None else "synthetic"
-        return f"static-qdq-per-channel-int8 (calibration: {len(data)} {source} images)"
+        return f"static-qdq-per-channel-int8 (calibration: {calib.describe()})"
 
 
 def _stamp(path: Path, props: dict[str, str]) -> None:
@@ -378,7 +425,8 @@ def export_onnx(
     path: Path,
     *,
     int8: bool = False,
-    calibration: np.ndarray | None = None,
+    calibration: np.ndarray | Calibration | None = None,
+    int8_method: str | None = None,
     verify: bool = True,
 ) -> Path:
     """Export a torch-backed encoder to one ``.onnx`` file with a dynamic batch dimension.
@@ -387,21 +435,28 @@ def export_onnx(
         encoder: a :class:`TorchEncoder` (from ``load_encoder(..., runtime="torch")``).
         path: where to write the file (replaced atomically).
         int8: quantize to int8 (see the module docstring for the method per architecture).
-        calibration: preprocessed images for static int8 calibration of CNNs (e.g. 32 catalogue
-            photos); default: synthetic shapes. Ignored for fp32 and for dynamic quantization.
+        calibration: images for static int8 calibration: a :class:`Calibration` (from
+            :func:`~stygig.encoders.calibration.catalogue_calibration`, recorded in the manifest
+            as "calibration: 64 catalogue images") or a preprocessed array; default: synthetic
+            shapes. Ignored for fp32 and for dynamic quantization.
+        int8_method: ``"dynamic"`` or ``"static"``; default the encoder's own
+            (:attr:`TorchEncoder.int8_method`). For benchmarks that compare the two.
         verify: run batch 1 and 5 through ONNX Runtime (and compare fp32 with torch).
 
     Returns:
         ``path``.
 
     Raises:
-        ConfigError: the encoder is not torch-backed.
+        ConfigError: the encoder is not torch-backed, or an unknown ``int8_method``.
         EncoderUnavailableError: torch/onnx extras missing, or the exported model is broken.
     """
     if not isinstance(encoder, TorchEncoder):
         raise ConfigError(
             f"only torch-backed encoders export to ONNX; {encoder.name!r} runs on {encoder.runtime}"
         )
+    method = int8_method or encoder.int8_method
+    if method not in _INT8_METHODS:
+        raise ConfigError(f"unknown int8 method {method!r}; use 'dynamic' or 'static'")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".stygig-onnx-", dir=path.parent) as tmp:
@@ -411,8 +466,8 @@ def export_onnx(
         final = fp32
         if int8:
             final = Path(tmp) / "model.int8.onnx"
-            method = _quantize(encoder, fp32, final, calibration)
-            props |= {_META + "quantization": "int8", _META + "quantization_method": method}
+            described = _quantize(encoder, fp32, final, calibration, method)
+            props |= {_META + "quantization": "int8", _META + "quantization_method": described}
         _stamp(final, props)
         os.replace(final, path)
     if verify:
