@@ -145,10 +145,19 @@ def rgb_to_lab(rgb: npt.ArrayLike) -> FloatArray:
     return _linear_to_lab(np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4))
 
 
+# Linear RGB -> XYZ scaled by the white point, and f(X, Y, Z) -> (L*, a*, b*): both linear, so
+# one matrix product each (a handful of NumPy calls however many colours: the colour step
+# converts a few colours per photo).
+_LINEAR_TO_XYZ_WHITE = (_SRGB_TO_XYZ / _D65_WHITE[:, None]).T
+_F_TO_LAB = np.array([[0.0, 500.0, 0.0], [116.0, -500.0, 200.0], [0.0, 0.0, -200.0]])
+_LAB_OFFSET = np.array([-16.0, 0.0, 0.0])
+
+
 def _linear_to_lab(linear: FloatArray) -> FloatArray:
-    xyz = [(linear * _SRGB_TO_XYZ[i]).sum(axis=-1) / _D65_WHITE[i] for i in range(3)]
-    fx, fy, fz = (np.where(t > 216 / 24389, np.cbrt(t), (24389 / 27 * t + 16) / 116) for t in xyz)
-    return np.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], axis=-1)
+    t = linear @ _LINEAR_TO_XYZ_WHITE
+    f = np.where(t > 216 / 24389, np.cbrt(t), (24389 / 27 * t + 16) / 116)
+    lab: FloatArray = f @ _F_TO_LAB + _LAB_OFFSET
+    return lab
 
 
 def lab_to_lch(lab: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
@@ -170,15 +179,6 @@ class FamilyRule:
     lightness: tuple[float, float] = _UNBOUNDED
     chroma: tuple[float, float] = _UNBOUNDED
     hue: tuple[float, float] = _UNBOUNDED
-
-    def matches(self, lightness: FloatArray, chroma: FloatArray, hue: FloatArray) -> BoolArray:
-        """Which colours (given as L*, C*, h arrays) this rule accepts."""
-        ok = (lightness >= self.lightness[0]) & (lightness < self.lightness[1])
-        ok &= (chroma >= self.chroma[0]) & (chroma < self.chroma[1])
-        low, high = self.hue
-        return ok & (
-            ((hue >= low) & (hue < high)) if low <= high else ((hue >= low) | (hue < high))
-        )
 
 
 # --- the family table's file, as pydantic checks it (strict: "12" is not a number) ------------
@@ -295,14 +295,34 @@ class FamilyTable:
         return cls(tuple(doc.families), rules, doc.default, folds)
 
     def classify_lab(self, lab: FloatArray) -> npt.NDArray[np.intp]:
-        """Family index (into :attr:`families`) of each CIELAB colour in ``(..., 3)``."""
-        lightness, chroma, hue = lab_to_lch(np.asarray(lab, dtype=np.float64))
-        out = np.full(lightness.shape, -1, dtype=np.intp)
-        for rule in self.rules:
-            hit = (out < 0) & rule.matches(lightness, chroma, hue)
-            out[hit] = self.families.index(rule.family)
-        out[out < 0] = self.families.index(self.default)
-        return out
+        """Family index (into :attr:`families`) of each CIELAB colour in ``(..., 3)``.
+
+        Every colour meets every rule at once (broadcast against the rules' bounds, a fixed
+        number of NumPy calls however many rules) and the first rule that matches wins.
+        """
+        low, high, wraps, family = self._rule_arrays
+        lightness, chroma, hue = (
+            x[..., None] for x in lab_to_lch(np.asarray(lab, dtype=np.float64))
+        )
+        hit = (lightness >= low[:, 0]) & (lightness < high[:, 0])
+        hit &= (chroma >= low[:, 1]) & (chroma < high[:, 1])
+        above, below = hue >= low[:, 2], hue < high[:, 2]
+        hit &= np.where(wraps, above | below, above & below)
+        first = np.where(hit.any(axis=-1), hit.argmax(axis=-1), len(self.rules))
+        index: npt.NDArray[np.intp] = family[first]
+        return index
+
+    @functools.cached_property
+    def _rule_arrays(
+        self,
+    ) -> tuple[FloatArray, FloatArray, npt.NDArray[np.bool_], npt.NDArray[np.intp]]:
+        """The rules' ``[low, high)`` bounds as ``(rules, 3)`` arrays (L*, C*, h), which hue
+        ranges wrap through 0, and each rule's family index, the default's appended."""
+        bounds = np.array([(r.lightness, r.chroma, r.hue) for r in self.rules]).reshape(-1, 3, 2)
+        low, high = bounds[..., 0], bounds[..., 1]
+        names = [r.family for r in self.rules] + [self.default]
+        family = np.array([self.families.index(name) for name in names], dtype=np.intp)
+        return low, high, low[:, 2] > high[:, 2], family
 
 
 @functools.lru_cache(maxsize=8)
