@@ -3,7 +3,7 @@
     python benchmarks/bench_server.py [--rounds 2] [--sequential 300] [--concurrent 600]
 
 For each artifact (CLIP ViT-B/32 **with random weights** via ONNX Runtime int8 and fp32, and
-EfficientNet-Lite0 via ONNX Runtime fp32), built from the sample catalogue under
+EfficientNet-Lite0 via ONNX Runtime fp32 and static int8), built from the sample catalogue under
 ``build/bench-server/`` if missing, and for micro-batching on and off *interleaved in the same
 run*, it starts a real server process on a free port and measures over real HTTP:
 
@@ -50,6 +50,10 @@ ARTIFACTS = {
         ["--encoder", "clip-vit-b-32", "--random-weights"],
     ),
     "efficientnet-lite0 onnx fp32": ("effnet", ["--encoder", "efficientnet-lite0"]),
+    "efficientnet-lite0 onnx int8 (static, catalogue-calibrated)": (
+        "effnet-int8",
+        ["--encoder", "efficientnet-lite0", "--int8"],
+    ),
 }
 
 
@@ -163,7 +167,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
-    parser.add_argument("--only", help="run artifacts whose label contains this text")
+    parser.add_argument(
+        "--only", help="run artifacts whose label contains one of these comma-separated texts"
+    )
     parser.add_argument("--images", type=Path, default=CATALOG / "queries")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "server.json")
     args = parser.parse_args()
@@ -184,7 +190,7 @@ def main() -> int:
         "variants": {},
     }
     for label, (folder, flags) in ARTIFACTS.items():
-        if args.only and args.only not in label:
+        if args.only and not any(text in label for text in args.only.split(",")):
             continue
         artifact = ensure_artifact(folder, flags)
         runs: dict[str, list[dict[str, Any]]] = {"batching_on": [], "batching_off": []}

@@ -13,6 +13,7 @@ from stygig.index import (
     choose_kind,
     is_exhaustive,
     load_index,
+    similarities,
 )
 
 
@@ -188,3 +189,13 @@ def test_partition_probes_follow_the_scan_budget(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(index_module, "PART_SCAN_BUDGET", 100)
     parts = build_index(x, "auto", labels, "slot").params()["parts"]
     assert all(p["nprobe"] == index_module.PART_MIN_NPROBE for p in parts)
+
+
+def test_similarities_match_the_matrix_product_for_one_query_and_several() -> None:
+    rng = np.random.default_rng(3)
+    matrix = rng.normal(size=(500, 64)).astype(np.float32)
+    for m in (1, 3):
+        queries = rng.normal(size=(m, 64)).astype(np.float32)
+        got = similarities(matrix, queries)
+        assert got.shape == (500, m)
+        np.testing.assert_allclose(got, matrix @ queries.T, rtol=1e-5, atol=1e-5)
