@@ -1,7 +1,8 @@
 """A load tester for a running StyGig server: real HTTP, many concurrent clients.
 
-``concurrency`` client tasks share one connection pool and send photos (raw bytes, content type
-from the file name) until ``requests`` have been answered; each latency is measured from just
+``concurrency`` clients, each a thread with its own kept-alive connection (stdlib ``http.client``,
+so the load generator spends little of the CPU it shares with the server), send photos (raw
+bytes, content type from the file name) until ``requests`` have been answered; each latency is measured from just
 before the request is sent to the last byte of the response. The report holds throughput,
 latency percentiles, status counts (2xx/4xx/5xx and transport errors) and every latency, so it
 can be plotted (:func:`write_histogram`, matplotlib's Agg backend) or compared later.
@@ -9,12 +10,14 @@ can be plotted (:func:`write_histogram`, matplotlib's Agg backend) or compared l
 
 from __future__ import annotations
 
-import asyncio
+import http.client
 import json
+import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -114,53 +117,71 @@ def summarise(
     )
 
 
-async def _run(config: LoadTestConfig, photos: list[tuple[bytes, str]]) -> LoadTestReport:
-    import httpx
-
+def _run(config: LoadTestConfig, photos: list[tuple[bytes, str]]) -> LoadTestReport:
     from stygig.auth import bearer_headers
 
-    limits = httpx.Limits(
-        max_connections=config.concurrency, max_keepalive_connections=config.concurrency
-    )
-    target = config.url.rstrip("/") + config.endpoint
-    auth = bearer_headers()
-    async with httpx.AsyncClient(limits=limits, timeout=config.timeout_s) as client:
+    parts = urlsplit(config.url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError("the load test's URL must be http(s)://host[:port][/prefix]")
+    path = parts.path.rstrip("/") + config.endpoint
+    headers = {"accept": "application/json", **bearer_headers()}
 
-        async def send(i: int) -> tuple[float, str]:
-            body, kind = photos[i % len(photos)]
-            t0 = time.perf_counter()
-            try:
-                response = await client.post(
-                    target,
-                    content=body,
-                    headers={"content-type": kind, "accept": "application/json", **auth},
-                )
-                status = str(response.status_code)
-            except httpx.HTTPError as e:
-                status = type(e).__name__
-            return (time.perf_counter() - t0) * 1e3, status
+    def connection() -> http.client.HTTPConnection:
+        kind = (
+            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        )
+        return kind(parts.hostname or "", parts.port, timeout=config.timeout_s)
 
-        for i in range(config.warmup):
-            await send(i)
-        latencies: list[float] = []
-        statuses: list[str] = []
-        counter = iter(range(config.requests))
-
-        async def client_task() -> None:
-            for i in counter:  # shared iterator: each request index is taken once
-                ms, status = await send(i)
-                latencies.append(ms)
-                statuses.append(status)
-
+    def send(conn: http.client.HTTPConnection, i: int) -> tuple[float, str]:
+        body, kind = photos[i % len(photos)]
         t0 = time.perf_counter()
-        await asyncio.gather(*(client_task() for _ in range(config.concurrency)))
-        seconds = time.perf_counter() - t0
+        try:
+            conn.request("POST", path, body=body, headers={"content-type": kind, **headers})
+            response = conn.getresponse()
+            response.read()
+            status = str(response.status)
+        except (OSError, http.client.HTTPException) as e:
+            conn.close()  # the next request opens a fresh connection
+            status = type(e).__name__
+        return (time.perf_counter() - t0) * 1e3, status
+
+    warm = connection()
+    for i in range(config.warmup):
+        send(warm, i)
+    warm.close()
+    latencies: list[float] = []
+    statuses: list[str] = []
+    counter = iter(range(config.requests))
+    lock = threading.Lock()
+
+    def client() -> None:
+        conn = connection()
+        try:
+            while True:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                ms, status = send(conn, i)
+                with lock:
+                    latencies.append(ms)
+                    statuses.append(status)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(config.concurrency)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - t0
     return summarise(config, latencies, statuses, seconds)
 
 
 def run_load_test(config: LoadTestConfig) -> LoadTestReport:
     """Run the load test against ``config.url`` and return its report."""
-    return asyncio.run(_run(config, load_photos(config.images)))
+    return _run(config, load_photos(config.images))
 
 
 def print_report(report: LoadTestReport) -> None:
