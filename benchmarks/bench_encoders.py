@@ -129,13 +129,10 @@ def build_backends(
     return backends, skipped
 
 
-def _interleaved(
-    backends: dict[str, Encoder], batch: np.ndarray, rounds: int, warmup: int
-) -> dict[str, list[float]]:
-    """Seconds per ``encode(batch)`` call, backends called in turn every round."""
-    calls: dict[str, Callable[[], np.ndarray]] = {
-        label: partial(enc.encode, batch) for label, enc in backends.items()
-    }
+def interleaved(
+    calls: dict[str, Callable[[], object]], rounds: int, warmup: int = 3
+) -> dict[str, np.ndarray]:
+    """Milliseconds per call, every call made once per round in turn (A B C A B C ...)."""
     for _ in range(warmup):
         for call in calls.values():
             call()
@@ -144,8 +141,8 @@ def _interleaved(
         for label, call in calls.items():
             started = time.perf_counter()
             call()
-            times[label].append(time.perf_counter() - started)
-    return times
+            times[label].append((time.perf_counter() - started) * 1e3)
+    return {label: np.asarray(ms) for label, ms in times.items()}
 
 
 def _drift(reference: Encoder, other: Encoder, photos: np.ndarray) -> dict[str, float]:
@@ -177,17 +174,23 @@ def bench_model(name: str, args: argparse.Namespace, workdir: Path) -> dict[str,
         input_kind = "seeded random tensors"
 
     print(f"{name}: batch 1 x {args.runs} interleaved ...", file=sys.stderr)
-    single = _interleaved(backends, inputs[:1], args.runs, args.warmup)
+    single = interleaved(
+        {k: partial(e.encode, inputs[:1]) for k, e in backends.items()}, args.runs, args.warmup
+    )
     print(f"{name}: batch {args.batch} x {args.throughput_runs} interleaved ...", file=sys.stderr)
-    many = _interleaved(backends, inputs, args.throughput_runs, 1)
+    many = interleaved(
+        {k: partial(e.encode, inputs) for k, e in backends.items()}, args.throughput_runs, 1
+    )
 
     rows = {}
     for label in backends:
-        ms = np.asarray(single[label]) * 1e3
+        ms = single[label]
         rows[label] = {
             "batch1_median_ms": round(float(np.median(ms)), 2),
             "batch1_p99_ms": round(float(np.percentile(ms, 99)), 2),
-            f"batch{args.batch}_images_per_s": round(args.batch / float(np.median(many[label])), 1),
+            f"batch{args.batch}_images_per_s": round(
+                args.batch / (float(np.median(many[label])) / 1e3), 1
+            ),
         }
     drift: dict[str, Any] = {}
     if photos is not None and "onnx-fp32" in backends:

@@ -50,7 +50,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from bench_encoders import machine_info
+from bench_encoders import interleaved, machine_info
 from stygig.encoders import Encoder, export_onnx, load_encoder, load_onnx_encoder
 from stygig.encoders.calibration import catalogue_calibration
 from stygig.encoders.onnx import ONNX_INPUT, session_options
@@ -124,22 +124,6 @@ def embed_paths(
 
 
 # -- timing ----------------------------------------------------------------------------------
-
-
-def interleaved(
-    calls: dict[str, Callable[[], object]], rounds: int, warmup: int = 3
-) -> dict[str, np.ndarray]:
-    """Milliseconds per call, every call made once per round in turn (A B C A B C ...)."""
-    for _ in range(warmup):
-        for call in calls.values():
-            call()
-    times: dict[str, list[float]] = {label: [] for label in calls}
-    for _ in range(rounds):
-        for label, call in calls.items():
-            started = time.perf_counter()
-            call()
-            times[label].append((time.perf_counter() - started) * 1e3)
-    return {label: np.asarray(ms) for label, ms in times.items()}
 
 
 def latency_rows(ms: dict[str, np.ndarray], baseline: str) -> dict[str, dict[str, float]]:
