@@ -205,6 +205,9 @@ def main() -> int:
         results["variants"][label] = {
             key: {"median": median_of(r), "runs": r} for key, r in runs.items()
         }
+    if args.only and args.out.exists():  # keep the variants this run did not measure
+        earlier = json.loads(args.out.read_text(encoding="utf-8")).get("variants", {})
+        results["variants"] = {**earlier, **results["variants"]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(f"written: {args.out}")
