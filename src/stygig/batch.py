@@ -51,6 +51,7 @@ from stygig import storage
 from stygig.catalog import Item, Reject, read_catalog
 from stygig.engine import Options, Query, Recommender
 from stygig.errors import BatchError, InvalidOptionsError, StygigError
+from stygig.features import fetch_photo
 from stygig.pipeline import PreparedQuery
 
 __all__ = [
@@ -208,10 +209,6 @@ def iter_inputs(
 # -- one group: decode -> embed -> score ----------------------------------------------------------
 
 
-def _load_image(source: str | Path | bytes) -> str | Path | bytes:
-    return storage.read_bytes(source) if isinstance(source, str) and "://" in source else source
-
-
 def prepare_input(
     rec: Recommender, inp: BatchInput, default_options: dict[str, Any]
 ) -> PreparedQuery | StygigError:
@@ -222,7 +219,7 @@ def prepare_input(
     try:
         options = Options.from_dict({**default_options, **inp.options})
         query = Query(images=inp.images, item_ids=inp.item_ids)
-        return rec.prepare(query, options, color_beside=False, load=_load_image)
+        return rec.prepare(query, options, color_beside=False, load=fetch_photo)
     except StygigError as e:
         return e
 

@@ -211,6 +211,7 @@ class Recommender:
         # Exact catalogues: one matrix product serves the vote and every candidate's similarity.
         full = similarities(self.embeddings, queries) if self.exact else None
         own = [p.position for p in parts if p.position is not None]
+        removed = self._removed()  # rows taken out of the index: never neighbours nor candidates
         fetch = max(self.config.vote_k, self.config.attribute_vote_k) + len(own)
         pool: tuple[np.ndarray, np.ndarray] | None = None
         if full is None and len(parts) == 1:
@@ -222,7 +223,7 @@ class Recommender:
         elif full is None:
             nb_scores, nb_ids = self.artifact.index.search(queries, fetch)
         else:
-            nb_scores, nb_ids = top_k(full.T, fetch, self._removed())
+            nb_scores, nb_ids = top_k(full.T, fetch, removed)
         t_search = time.perf_counter()
         self._vote(parts, nb_scores, nb_ids, own)
         gender = decide_gender(
@@ -242,7 +243,6 @@ class Recommender:
         # whole catalogue first, and scored exactly when few items pass, so filters never cut
         # the results short.
         selective = bool(options.include_categories or options.filters or gender.hedged)
-        removed = self._removed()
         pool_sims: np.ndarray | None = None
         mask = cols.filter_mask(options, gender, own, removed) if self.exact or selective else None
         if mask is not None and (self.exact or mask.sum() <= self.config.candidate_pool):

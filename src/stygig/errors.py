@@ -27,10 +27,12 @@ Every error carries a stable machine-readable ``code`` (used as ``error.code`` i
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from pydantic import ValidationError
+    from pydantic import TypeAdapter, ValidationError
+
+T = TypeVar("T")
 
 
 class StygigError(Exception):
@@ -184,3 +186,14 @@ def validation_summary(error: ValidationError) -> str:
         message = "unknown key" if unknown else item["msg"]
         parts.append(f"{where}: {message}")
     return "; ".join(parts)
+
+
+def validate_config(adapter: TypeAdapter[T], data: Any, what: str) -> T:
+    """``data`` validated by ``adapter``, or :class:`ConfigError` "``what``: field: problem; ..."
+    (``what`` names the document and its file)."""
+    from pydantic import ValidationError
+
+    try:
+        return adapter.validate_python(data)
+    except ValidationError as e:
+        raise ConfigError(f"{what}: {validation_summary(e)}") from None

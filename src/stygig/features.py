@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from stygig import storage
 from stygig.color import dominant_colors
-from stygig.images import PreprocessSpec, decode_image, fit_array, preprocess
+from stygig.images import DEFAULT_LIMITS, PreprocessSpec, decode_image, fit_array, preprocess
 from stygig.thumbnails import make_thumbnail
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "PreparedImage",
     "color_summary",
     "decode_photo",
+    "fetch_photo",
     "prepare_image",
 ]
 
@@ -74,6 +76,15 @@ def decode_photo(source: str | Path | bytes, spec: PreprocessSpec) -> DecodedPho
     and at query time, so a catalogue photo and a shopper's photo are treated alike."""
     img = decode_image(source, min_size=max(spec.size, COLOR_SIDE))
     return DecodedPhoto(preprocess(img, spec), fit_array(img, COLOR_SIDE), img)
+
+
+def fetch_photo(source: str | Path | bytes) -> str | Path | bytes:
+    """A remote photo (``s3://``, ``file://``) read into bytes, at most the image byte limit (a
+    larger object is refused before it is read); local paths and bytes pass through. For
+    operator-given locations only (batch inputs, catalogue rows): never a client's."""
+    if isinstance(source, str | Path) and storage.is_remote(source):
+        return storage.read_bytes(source, max_bytes=DEFAULT_LIMITS.max_bytes)
+    return source
 
 
 def color_summary(pixels: np.ndarray) -> dict[str, Any]:

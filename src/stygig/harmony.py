@@ -49,11 +49,10 @@ from pydantic import (
     ConfigDict,
     Field,
     TypeAdapter,
-    ValidationError,
     model_validator,
 )
 
-from stygig.errors import ConfigError, InvalidOptionsError, validation_summary
+from stygig.errors import ConfigError, InvalidOptionsError, validate_config
 
 __all__ = [
     "HARMONY_PHRASES",
@@ -285,11 +284,8 @@ class FamilyTable:
         unknown keys, a non-number bound, a range that is not ``[low, high]``, a rule, default or
         dataset fold naming an unknown family.
         """
-        try:
-            doc = _family_table_adapter().validate_python(data)
-        except ValidationError as e:
-            where = f" {source}" if source else ""
-            raise ConfigError(f"colour family table{where}: {validation_summary(e)}") from None
+        what = f"colour family table {source}" if source else "colour family table"
+        doc = validate_config(_family_table_adapter(), data, what)
         rules = tuple(r.rule() for r in doc.rules)
         folds = {name: f.model_dump(exclude_none=True) for name, f in doc.datasets.items()}
         return cls(tuple(doc.families), rules, doc.default, folds)
@@ -423,12 +419,8 @@ class HarmonyRules:
 
         :class:`ConfigError` names every field that is wrong, and ``source`` (the file) if given.
         """
-        try:
-            rules: HarmonyRules = _harmony_adapter().validate_python(data)
-        except ValidationError as e:
-            where = f" in {source}" if source else ""
-            raise ConfigError(f"harmony settings{where}: {validation_summary(e)}") from None
-        return rules
+        what = f"harmony settings in {source}" if source else "harmony settings"
+        return validate_config(_harmony_adapter(), data, what)
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as plain JSON values (hue ranges as lists)."""

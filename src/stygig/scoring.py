@@ -23,9 +23,9 @@ from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
 import yaml
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, TypeAdapter
 
-from stygig.errors import ConfigError, validation_summary
+from stygig.errors import ConfigError, validate_config
 from stygig.harmony import HarmonyRules
 
 __all__ = [
@@ -93,12 +93,8 @@ class ScoringConfig:
     def from_dict(cls, data: Any, source: str | Path | None = None) -> ScoringConfig:
         """Build from a mapping; :class:`ConfigError` naming every field that is wrong (and
         ``source``, the file, when given)."""
-        try:
-            config: ScoringConfig = _scoring_adapter().validate_python(data)
-        except ValidationError as e:
-            where = f" {source}" if source else ""
-            raise ConfigError(f"scoring config{where}: {validation_summary(e)}") from None
-        return config
+        what = f"scoring config {source}" if source else "scoring config"
+        return validate_config(_scoring_adapter(), data, what)
 
 
 @functools.cache
@@ -220,6 +216,10 @@ def mmr(scores: np.ndarray, vectors: np.ndarray, k: int, diversity: float) -> np
     return order
 
 
+#: At most this many float32s of embeddings are gathered at once for MMR (4 MB).
+_MMR_GATHER_FLOATS = 1 << 20
+
+
 def rank_by_category(
     score: np.ndarray,
     categories: np.ndarray,
@@ -264,7 +264,13 @@ def rank_by_category(
             mine = rows[np.argsort(-key[rows], kind="stable")][:depth]
         members[n, : len(mine)], filled[n, : len(mine)] = mine, True
     group_scores = np.where(filled, score[members], -np.inf)
-    picks = mmr(group_scores, vectors[vector_rows[members]], k, diversity)
+    # Categories go to MMR a chunk at a time, so the gathered vectors stay within
+    # _MMR_GATHER_FLOATS whatever k the client asked for (k=100 is 400 rows per category).
+    picks = np.empty((len(cats), k), np.int64)
+    step = max(1, _MMR_GATHER_FLOATS // (depth * vectors.shape[1]))
+    for lo in range(0, len(cats), step):
+        chunk = slice(lo, lo + step)
+        picks[chunk] = mmr(group_scores[chunk], vectors[vector_rows[members[chunk]]], k, diversity)
     out = {int(c): members[n][picks[n][picks[n] >= 0]] for n, c in enumerate(cats)}
     return dict(sorted(out.items(), key=lambda kv: -float(score[kv[1][0]])))
 

@@ -374,8 +374,8 @@ class _SlowRecommender:
         time.sleep(self.seconds)
 
         class _Answer:
-            def to_dict(self) -> dict[str, Any]:
-                return {"outfit": None}
+            def to_json(self) -> bytes:
+                return b'{"outfit":null}'
 
         return _Answer()
 
@@ -433,8 +433,8 @@ class _StuckRecommender:
             self.release.wait()
 
         class _Answer:
-            def to_dict(self) -> dict[str, Any]:
-                return {"outfit": None}
+            def to_json(self) -> bytes:
+                return b'{"outfit":null}'
 
         return _Answer()
 

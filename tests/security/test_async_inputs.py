@@ -266,8 +266,8 @@ class _Stub:
         self.images.extend(query.images)
 
         class _Answer:
-            def to_dict(self) -> dict[str, Any]:
-                return {"outfit": None}
+            def to_json(self) -> bytes:
+                return b'{"outfit":null}'
 
         return _Answer()
 

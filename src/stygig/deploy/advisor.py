@@ -23,9 +23,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
-from stygig.errors import ConfigError, InvalidOptionsError, validation_summary
+from stygig.errors import ConfigError, InvalidOptionsError, validate_config
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -181,10 +181,7 @@ def load_matrix(path: str | Path | None = None) -> Matrix:
         data = yaml.safe_load(text)
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"cannot read instance matrix {source}: {e}") from e
-    try:
-        return _matrix_adapter().validate_python(data).matrix()
-    except ValidationError as e:
-        raise ConfigError(f"instance matrix {source}: {validation_summary(e)}") from None
+    return validate_config(_matrix_adapter(), data, f"instance matrix {source}").matrix()
 
 
 def requests_per_minute(latency_ms: float, workers: int = 1) -> float:

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from stygig import storage
 from stygig.errors import InputError, StorageError
-from stygig.images import DEFAULT_LIMITS, PreprocessSpec, decode_image, preprocess_batch
+from stygig.features import fetch_photo
+from stygig.images import PreprocessSpec, decode_image, preprocess_batch
 
 __all__ = ["CATALOGUE_SAMPLE", "Calibration", "catalogue_calibration"]
 
@@ -56,10 +56,7 @@ class Calibration:
 def _decode(source: str | Path | bytes, spec: PreprocessSpec) -> Image.Image | None:
     """One photo decoded at reduced scale, or None when it cannot be read or decoded."""
     try:
-        data: str | Path | bytes = source
-        if isinstance(source, str | Path) and storage.is_remote(source):
-            data = storage.read_bytes(source, max_bytes=DEFAULT_LIMITS.max_bytes)
-        return decode_image(data, min_size=spec.size)
+        return decode_image(fetch_photo(source), min_size=spec.size)
     except (InputError, StorageError):  # missing, unreadable, corrupt, too large, unsupported
         return None
 

@@ -185,11 +185,14 @@ class WriteGate:
             return self._written
 
 
-def _document(job: Job, data: Mapping[str, Any]) -> bytes:
-    """A result or failure document: ``data`` with the job's id and token (its proof)."""
-    return json.dumps(
-        {**data, "InferenceId": job.id, "JobToken": job.token}, separators=(",", ":")
-    ).encode()
+def _document(job: Job, data: Mapping[str, Any] | bytes) -> bytes:
+    """A result or failure document: ``data`` (a mapping, or a JSON object's bytes, as an
+    answer's ``to_json`` writes it) with the job's id and token (its proof)."""
+    proof = json.dumps({"InferenceId": job.id, "JobToken": job.token}, separators=(",", ":"))
+    body = data if isinstance(data, bytes) else json.dumps(data, separators=(",", ":")).encode()
+    if body == b"{}":
+        return proof.encode()
+    return body[:-1] + b"," + proof[1:].encode()
 
 
 def _write_outcome(gate: WriteGate, outcome: Outcome, location: str, document: bytes) -> Outcome:
@@ -246,7 +249,7 @@ def run_job(
         if body is None:
             body = policy.read(str(job.input_location))
         query, options = parse_job_input(body, job.content_type, job.params, policy)
-        result = recommender.recommend(query, options).to_dict()
+        result = recommender.recommend(query, options).to_json()  # serialised once
     except StygigError as e:
         return _failure(job, {"code": e.code, "message": e.message}, gate)
     except Exception:  # a library's failure on client bytes, or a bug: that job fails

@@ -41,7 +41,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stygig import __version__
-from stygig.answer import answer_schema
+from stygig.answer import Recommendation, answer_schema
 from stygig.engine import Options, Query, Recommender, load_artifact_encoder
 from stygig.errors import (
     InvalidOptionsError,
@@ -220,7 +220,13 @@ class ModelService:
         """The pipeline with the micro-batcher as its embed step: prepare in the worker pool
         (colours go on measuring beside the encoder), embed in a batch, answer in the pool."""
         query, options = parsed.query, parsed.options
-        if query.images:
+        if not query.images:  # item ids only: checks and answer in one pool task, no encoder
+
+            def finish() -> tuple[bytes, dict[str, float]]:
+                prepared = rec.prepare(query, options)
+                return _serialised(rec.answer(prepared, rec.embed(prepared.tensors)))
+
+        else:
             self.preparing += 1
             try:
                 prepared = await self.run(rec.prepare, query, options)
@@ -231,20 +237,19 @@ class ModelService:
             except OverloadedError:
                 self.metrics.rejected.inc()
                 raise
-            vectors = result.vectors
             prepared.timings.queue, prepared.timings.embed = result.queue_ms, result.embed_ms
-        else:
-            prepared = rec.prepare(query, options)  # item ids only: nothing to decode
-            vectors = np.zeros((0, rec.embeddings.shape[1]), np.float32)
 
-        def finish() -> tuple[bytes, dict[str, float]]:
-            answer = rec.answer(prepared, vectors)
-            body = answer.to_json()
-            return body, answer.timings_ms
+            def finish() -> tuple[bytes, dict[str, float]]:
+                return _serialised(rec.answer(prepared, result.vectors))
 
         body, timings = await self.run(finish)
         self.metrics.observe_timings(timings)
         return body
+
+
+def _serialised(answer: Recommendation) -> tuple[bytes, dict[str, float]]:
+    body = answer.to_json()
+    return body, answer.timings_ms
 
 
 def _load(path: Path, verify: bool, device: str) -> Recommender:

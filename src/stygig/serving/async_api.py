@@ -46,7 +46,7 @@ from starlette.concurrency import run_in_threadpool
 from stygig import storage
 from stygig.engine import Options, Recommender
 from stygig.errors import InvalidImageError, InvalidOptionsError, NotFoundError
-from stygig.jobs.notify import Notifier
+from stygig.jobs.notify import MAX_WEBHOOK_URL_LENGTH, Notifier
 from stygig.jobs.store import TERMINAL, Job, JobSpec, JobStore, QueueLimits
 from stygig.jobs.worker import JobWorker, WorkerConfig, check_job_input
 from stygig.locations import InputLocations, public_errors
@@ -65,6 +65,7 @@ log = logging.getLogger("stygig.serving.async")
 # the failure of another job (case-insensitive: some file systems are).
 _FAILURE_LIKE_ID = re.compile(r"-error$", re.IGNORECASE)
 _MAX_TIME_LIMIT_S = 3600.0  # SageMaker's InvocationTimeoutSeconds maximum
+_MAX_LOCATION_CHARS = 2048  # an s3:// or file:// location named by a client
 
 
 def _not_failure_like(job_id: str) -> str:
@@ -90,10 +91,10 @@ class SubmissionHeaders(BaseModel):
     time_limit_s: (
         Annotated[float, Field(gt=0, le=_MAX_TIME_LIMIT_S, allow_inf_nan=False)] | None
     ) = Field(None, alias="x-amzn-sagemaker-invocationtimeoutseconds")
-    input_location: Annotated[str, Field(min_length=1, max_length=2048)] | None = Field(
-        None, alias="x-amzn-sagemaker-inputlocation"
+    input_location: Annotated[str, Field(min_length=1, max_length=_MAX_LOCATION_CHARS)] | None = (
+        Field(None, alias="x-amzn-sagemaker-inputlocation")
     )
-    webhook: Annotated[str, Field(min_length=1, max_length=2048)] | None = Field(
+    webhook: Annotated[str, Field(min_length=1, max_length=MAX_WEBHOOK_URL_LENGTH)] | None = Field(
         None, alias="x-stygig-webhook"
     )
 
