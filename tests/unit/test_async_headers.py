@@ -42,3 +42,41 @@ def test_bad_headers_are_refused_by_name(name: str, value: str, named: str) -> N
     with pytest.raises(InvalidOptionsError) as refused:
         SubmissionHeaders.read({name: value})
     assert refused.value.message.startswith(named) and SECRET not in refused.value.message
+
+
+def test_webhook_lookups_are_bounded_in_number_and_time() -> None:
+    """A client's webhook host is resolved by the system resolver, which cannot be stopped: at
+    most `slots` lookups run at once, a request waits at most `timeout_s`, and a stuck lookup
+    keeps its slot until it really ends."""
+    import asyncio
+    import threading
+
+    from stygig.serving.async_api import _WebhookChecks
+
+    release = threading.Event()
+    started: list[str] = []
+
+    class Stuck:
+        def check_url(self, url: str) -> None:
+            started.append(url)
+            if url.endswith("slow"):
+                release.wait(30)
+
+    async def scenario() -> list[str]:
+        checks = _WebhookChecks(Stuck(), slots=1, timeout_s=0.2)  # type: ignore[arg-type]
+        outcomes = []
+        for url in ("https://a/slow", "https://b/fast"):
+            try:
+                await checks.check(url)
+                outcomes.append("ok")
+            except InvalidOptionsError as e:
+                outcomes.append(e.code)
+        release.set()  # the stuck lookup ends: its slot comes back
+        await asyncio.wait_for(checks.slots.acquire(), 10)
+        checks.slots.release()
+        await checks.check("https://c/fast")
+        return outcomes
+
+    assert asyncio.run(scenario()) == ["webhook_unresolvable", "webhook_unresolvable"]
+    # The second lookup never started: the only slot was held by the stuck one.
+    assert started == ["https://a/slow", "https://c/fast"]

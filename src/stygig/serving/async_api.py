@@ -32,6 +32,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -171,7 +172,49 @@ class AsyncConfig:
         return InputLocations(self.allow_input_prefixes, max_bytes=self.max_input_bytes)
 
 
-async def _spec(request: Request, config: AsyncConfig, locations: InputLocations) -> JobSpec:
+class _WebhookChecks:
+    """At most ``slots`` webhook hosts resolved at once, each within ``timeout_s``.
+
+    The host is the client's choice and the system resolver cannot be interrupted: without a
+    bound, submissions naming slow-resolving hosts would hold every thread of the shared pool.
+    A check that cannot start or finish in time refuses the webhook (422), never waits longer.
+    """
+
+    def __init__(self, notifier: Notifier, slots: int = 4, timeout_s: float = 5.0) -> None:
+        self.notifier = notifier
+        self.slots = asyncio.Semaphore(slots)
+        self.timeout_s = timeout_s
+
+    async def check(self, url: str) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            await asyncio.wait_for(self.slots.acquire(), self.timeout_s)
+        except TimeoutError:
+            raise self._late() from None
+        # The slot is given back when the lookup ends, not when this request stops waiting:
+        # a lookup stuck in the resolver keeps its slot, so stuck threads stay within `slots`.
+        lookup = asyncio.get_running_loop().run_in_executor(None, self.notifier.check_url, url)
+        lookup.add_done_callback(self._done)
+        try:
+            await asyncio.wait_for(asyncio.shield(lookup), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise self._late() from None
+
+    def _done(self, lookup: asyncio.Future[None]) -> None:
+        self.slots.release()
+        if not lookup.cancelled():
+            lookup.exception()  # retrieved here too: a late failure is not logged as lost
+
+    def _late(self) -> InvalidOptionsError:
+        return InvalidOptionsError(
+            f"the webhook's host did not resolve within {self.timeout_s:g} s",
+            code="webhook_unresolvable",
+        )
+
+
+async def _spec(
+    request: Request, config: AsyncConfig, locations: InputLocations, webhooks: _WebhookChecks
+) -> JobSpec:
     """The job a submission asks for (4xx errors for every mistake)."""
     h = request.headers
     given = SubmissionHeaders.read(h)
@@ -205,7 +248,7 @@ async def _spec(request: Request, config: AsyncConfig, locations: InputLocations
         body_arg = body
     webhook = given.webhook
     if webhook is not None:
-        await run_in_threadpool(config.notifier.check_url, webhook)  # it resolves the host
+        await webhooks.check(webhook)  # it resolves the host, within a bound
     failure = config.failure or config.output
     return JobSpec(
         id=given.inference_id,
@@ -241,10 +284,11 @@ def make_async_router(store: JobStore, worker: JobWorker, config: AsyncConfig) -
     router = APIRouter(prefix="/async", tags=["async"])
     policy = worker.locations
     limits = config.queue_limits()
+    webhooks = _WebhookChecks(config.notifier)
 
     @router.post("/invocations", status_code=202, summary="Submit an asynchronous inference")
     async def submit(request: Request) -> Response:
-        spec = await _spec(request, config, policy)
+        spec = await _spec(request, config, policy, webhooks)
         job, created = await run_in_threadpool(store.submit, spec, limits)
         if created:
             worker.wake()
