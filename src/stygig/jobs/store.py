@@ -231,6 +231,16 @@ class Job:
             return "JobToken" not in document
         return document.get("JobToken") == self.token and document.get("InferenceId") == self.id
 
+    def read_own(self, uri: str) -> tuple[bytes, dict[str, Any]] | None:
+        """The document at ``uri`` (bytes and parsed) if it was written for this job; ``None``
+        when it is not JSON or another job's. Storage errors (absent included) propagate."""
+        raw = storage.read_bytes(uri)
+        try:
+            document = json.loads(raw)
+        except ValueError:
+            return None
+        return (raw, document) if self.owns(document) else None
+
     def shown_locations(self) -> tuple[str, str]:
         """The output and failure locations as a client may see them (:func:`shown_location`)."""
         return (

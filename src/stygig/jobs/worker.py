@@ -213,10 +213,10 @@ def _failure(job: Job, error: dict[str, Any], gate: WriteGate | None = None) -> 
 def _own_document(job: Job, uri: str) -> dict[str, Any] | None:
     """The document at ``uri`` if it was written for ``job`` (its token), else ``None``."""
     try:
-        data = json.loads(storage.read_bytes(uri))
-    except (NotFoundError, ValueError):  # nothing there, or not JSON: not ours (overwritten)
+        own = job.read_own(uri)
+    except NotFoundError:  # nothing there yet
         return None
-    return data if job.owns(data) else None
+    return None if own is None else own[1]
 
 
 def run_job(

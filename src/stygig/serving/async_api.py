@@ -29,7 +29,6 @@ server folder never: locations are shown as :func:`stygig.jobs.store.shown_locat
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -267,15 +266,11 @@ def _own_output(job: Job) -> bytes:
     """A finished job's result (or failure) document, if it is really this job's."""
     where = job.output_location if job.status == "succeeded" else job.failure_location
     with public_errors("the job's output"):
-        data = storage.read_bytes(where)
-    try:
-        owned = job.owns(json.loads(data))
-    except ValueError:
-        owned = False
-    if not owned:
+        own = job.read_own(where)
+    if own is None:
         log.error("job %s: the document at its output location is not its own", job.id)
         raise NotFoundError("the job's output does not exist", code="location_not_found")
-    return data
+    return own[0]
 
 
 def make_async_router(store: JobStore, worker: JobWorker, config: AsyncConfig) -> APIRouter:
