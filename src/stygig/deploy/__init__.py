@@ -9,7 +9,8 @@ Modules (boto3 is imported lazily, inside the functions that call AWS)::
     alarms       CloudWatch alarms on ModelLatency and the 4XX / 5XX rates
     invoke       call an endpoint (SageMaker runtime or a URL), check the response, load check
     advisor      the instance matrix -> instance type, count, cost per month and per request
-    command      the ``stygig package | deploy | alarms | invoke | advise`` subcommands
+    command      the ``stygig package | deploy | alarms`` subcommands
+    check_command  ``stygig invoke | advise`` and the CPU guard of ``deploy sync``
 
 The core never imports this package.
 """
