@@ -64,18 +64,23 @@ def prepare_image(
 
 @dataclass(frozen=True)
 class DecodedPhoto:
-    """One photo decoded once: the encoder's input, the colour step's pixels, the image."""
+    """One photo decoded once: the encoder's input and the image (colour works from it)."""
 
     tensor: np.ndarray
-    color_pixels: np.ndarray
     image: Image.Image
+
+    @property
+    def color_pixels(self) -> np.ndarray:
+        """The colour step's pixels: the whole photo shrunk to fit :data:`COLOR_SIDE`. Made
+        on demand, so a request makes them on the colour thread, beside the encoder."""
+        return fit_array(self.image, COLOR_SIDE)
 
 
 def decode_photo(source: str | Path | bytes, spec: PreprocessSpec) -> DecodedPhoto:
     """Decode, validate and preprocess one photo: the step every photo goes through, at build
     and at query time, so a catalogue photo and a shopper's photo are treated alike."""
     img = decode_image(source, min_size=max(spec.size, COLOR_SIDE))
-    return DecodedPhoto(preprocess(img, spec), fit_array(img, COLOR_SIDE), img)
+    return DecodedPhoto(preprocess(img, spec), img)
 
 
 def fetch_photo(source: str | Path | bytes) -> str | Path | bytes:

@@ -162,14 +162,25 @@ class _Tombstones:
 def similarities(matrix: np.ndarray, queries: np.ndarray) -> np.ndarray:
     """``matrix @ queries.T``: ``(rows, queries)`` inner products.
 
-    One query is a matrix-vector product: BLAS streams the matrix once, where a matrix product
-    with one column first copies (packs) all of it (10k x 1280 float32: 3.4 vs 5.2 ms here).
+    One query streams the matrix once through FAISS's SIMD inner products (10k x 1280 float32,
+    one thread: 1.4 ms, where BLAS's matrix-vector product takes 2.8 ms and a matrix product
+    with one column, which first copies all of it, 5.2 ms); the sums are the same to 1e-7.
     """
-    if len(queries) == 1:
-        out: np.ndarray = (matrix @ queries[0])[:, None]
-    else:
-        out = matrix @ queries.T
-    return out
+    if len(queries) == 1 and matrix.dtype == np.float32 and queries.dtype == np.float32:
+        import faiss
+
+        rows = np.ascontiguousarray(matrix)
+        query = np.ascontiguousarray(queries[0])
+        out = np.empty((len(rows), 1), np.float32)
+        faiss.fvec_inner_products_ny(
+            faiss.swig_ptr(out),
+            faiss.swig_ptr(query),
+            faiss.swig_ptr(rows),
+            rows.shape[1],
+            len(rows),
+        )
+        return out
+    return matrix @ queries.T
 
 
 class ExactIndex(_Tombstones):

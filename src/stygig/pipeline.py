@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from stygig.answer import Timings
-from stygig.features import color_summary, decode_photo
+from stygig.features import DecodedPhoto, color_summary, decode_photo
 from stygig.images import PreprocessSpec
 from stygig.recommendation import Options, Query
 
@@ -102,16 +102,16 @@ def decode_query(
         decode_ms += (time.perf_counter() - t0) * 1e3
         tensors.append(photo.tensor)
         if color_pool is not None:
-            colors.append(color_pool.submit(_measure_color, photo.color_pixels))
+            colors.append(color_pool.submit(_measure_color, photo))
         else:
-            colors.append(_done(_measure_color(photo.color_pixels)))
+            colors.append(_done(_measure_color(photo)))
     timings = Timings(decode=decode_ms if query.images else None)
     return PreparedQuery(query.item_ids, options, tuple(tensors), tuple(colors), timings, started)
 
 
-def _measure_color(pixels: np.ndarray) -> ColorResult:
+def _measure_color(photo: DecodedPhoto) -> ColorResult:
     t0 = time.perf_counter()
-    summary = color_summary(pixels)
+    summary = color_summary(photo.color_pixels)
     return summary, (time.perf_counter() - t0) * 1e3
 
 

@@ -216,6 +216,10 @@ class ModelService:
         finally:
             self.in_flight -= 1
 
+    def _alone(self) -> bool:
+        """Only this request is in the server: none queued for the encoder, none decoding."""
+        return self.in_flight == 1 and self.batcher.depth == 0 and self.preparing == 0
+
     async def _answer(self, rec: Recommender, parsed: rq.ParsedRequest) -> bytes:
         """The pipeline with the micro-batcher as its embed step: prepare in the worker pool
         (colours go on measuring beside the encoder), embed in a batch, answer in the pool."""
@@ -225,6 +229,18 @@ class ModelService:
             def finish() -> tuple[bytes, dict[str, float]]:
                 prepared = rec.prepare(query, options)
                 return _serialised(rec.answer(prepared, rec.embed(prepared.tensors)))
+
+        elif self._alone():
+            # Nobody to batch with: the whole pipeline in one pool task, the encoder in line
+            # (no hand-offs to the batcher and back). Requests that arrive meanwhile batch.
+            def finish() -> tuple[bytes, dict[str, float]]:
+                prepared = rec.prepare(query, options)
+                t0 = time.perf_counter()
+                vectors = rec.embed(prepared.tensors)
+                seconds = time.perf_counter() - t0
+                prepared.timings.queue, prepared.timings.embed = 0.0, seconds * 1e3
+                self.metrics.observe_batch(len(prepared.tensors), seconds)
+                return _serialised(rec.answer(prepared, vectors))
 
         else:
             self.preparing += 1
