@@ -172,7 +172,7 @@ def similarities(matrix: np.ndarray, queries: np.ndarray) -> np.ndarray:
         rows = np.ascontiguousarray(matrix)
         query = np.ascontiguousarray(queries[0])
         out = np.empty((len(rows), 1), np.float32)
-        faiss.fvec_inner_products_ny(
+        faiss.fvec_inner_products_ny(  # type: ignore[attr-defined]
             faiss.swig_ptr(out),
             faiss.swig_ptr(query),
             faiss.swig_ptr(rows),
@@ -180,7 +180,8 @@ def similarities(matrix: np.ndarray, queries: np.ndarray) -> np.ndarray:
             len(rows),
         )
         return out
-    return matrix @ queries.T
+    product: np.ndarray = matrix @ queries.T
+    return product
 
 
 class ExactIndex(_Tombstones):
