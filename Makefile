@@ -8,12 +8,13 @@ PORT ?= 8080
 
 .PHONY: demo test test-fast lint typecheck unit setup clean sample browser
 
-$(STAMP): pyproject.toml
+# Every version from the lock file (requirements/lock.txt), as the Docker images install them.
+$(STAMP): pyproject.toml requirements/lock.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c requirements/lock.txt pip
 	# torch first, pinned: the CPU wheel on local disk; a newer torch would pull a CUDA build.
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[torch,plot,serve,aws,parquet,web,dev]"
+	$(BIN)/pip install --quiet -c requirements/lock.txt torch==2.13.0
+	$(BIN)/pip install --quiet -c requirements/lock.txt -e ".[torch,plot,serve,aws,parquet,web,dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)

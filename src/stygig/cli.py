@@ -260,6 +260,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_recommend)
 
     from stygig.deploy.command import register as register_deploy
+    from stygig.doctor import register as register_doctor
     from stygig.evaluation.command import register as register_eval
     from stygig.jobs.command import register as register_jobs
     from stygig.serving.command import register as register_serving
@@ -270,6 +271,7 @@ def _parser() -> argparse.ArgumentParser:
     register_jobs(sub)
     register_deploy(sub)
     register_compat(sub)
+    register_doctor(sub)
     return parser
 
 

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 SERVE = REPO / "docker" / "serve"
 
 FAKE = """#!/bin/sh
-exec python3 -c 'import json, os, sys; print(json.dumps({"argv": sys.argv[1:], "pid": os.getppid()}))' "$@"
+exec python3 -c 'import json, os, sys; print(json.dumps({"argv": sys.argv[1:], "pid": os.getppid(), "emf": os.environ.get("STYGIG_EMF")}))' "$@"
 """
 
 
@@ -72,3 +72,12 @@ def test_refuses_a_folder_without_an_artifact(tmp_path: Path) -> None:
     out = _run(tmp_path, "serve", STYGIG_ARTIFACT=str(tmp_path / "empty"))
     assert out.returncode == 4
     assert "no StyGig artifact" in out.stderr
+
+
+def test_emf_lines_are_on_by_default_in_the_container(tmp_path: Path, artifact: Path) -> None:
+    """SageMaker never scrapes /metrics: the entrypoint turns the CloudWatch EMF lines on."""
+    out = _run(tmp_path, "serve", STYGIG_ARTIFACT=str(artifact))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["emf"] == "1"
+    out = _run(tmp_path, "serve", STYGIG_ARTIFACT=str(artifact), STYGIG_EMF="0")
+    assert json.loads(out.stdout)["emf"] == "0"  # the operator's choice is kept

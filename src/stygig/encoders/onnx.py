@@ -63,7 +63,10 @@ if TYPE_CHECKING:
 __all__ = [
     "ONNX_INPUT",
     "ONNX_OUTPUT",
+    "PROBE_MODEL",
     "OnnxEncoder",
+    "active_providers",
+    "check_active",
     "export_onnx",
     "load_onnx_encoder",
     "session_options",
@@ -127,10 +130,72 @@ def _providers(device: str) -> list[str]:
             raise EncoderUnavailableError(
                 "ONNX Runtime has no CUDA provider here "
                 f"(available: {', '.join(ort.get_available_providers())}); "
-                "install onnxruntime-gpu on a machine with CUDA, or use device='cpu'"
+                "install onnxruntime-gpu on a machine with CUDA, or use device='cpu'",
+                code="cuda_unavailable",
             )
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     raise ConfigError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
+
+
+#: A one-node ONNX graph (``Identity``, float[1] -> float[1], opset 13, IR 7), serialised by
+#: ``onnx.helper`` (``tests/unit/test_doctor.py`` rebuilds it and compares): a session on it
+#: shows which execution providers actually start, without the ``onnx`` package or a model file.
+PROBE_MODEL = (
+    b'\x08\x07\x12\x06stygig:;\n\x10\n\x01x\x12\x01y"\x08Identity\x12\x05probeZ\x0f\n\x01x'
+    b"\x12\n\n\x08\x08\x01\x12\x04\n\x02\x08\x01b\x0f\n\x01y\x12\n\n\x08\x08\x01\x12\x04\n\x02\x08\x01"
+    b"B\x04\n\x00\x10\r"
+)
+
+
+def check_active(active: list[str], device: str) -> None:
+    """Refuse a session that silently left the GPU.
+
+    ONNX Runtime falls back to the CPU, with a log line and no error, when the CUDA provider
+    is listed but cannot start (CUDA or cuDNN libraries that do not match the onnxruntime-gpu
+    build, no GPU visible). ``active`` is the session's ``get_providers()``.
+
+    Raises:
+        EncoderUnavailableError: ``cuda_inactive``, when ``device`` is ``"cuda"`` and the CUDA
+            provider is not among ``active``.
+    """
+    if device == "cuda" and "CUDAExecutionProvider" not in active:
+        raise EncoderUnavailableError(
+            "ONNX Runtime's CUDA provider did not start (active providers: "
+            f"{', '.join(active) or 'none'}): the CUDA/cuDNN libraries do not match this "
+            "onnxruntime-gpu build, or no GPU is visible; `stygig doctor --device cuda` says "
+            "which (see docs/gpu.md), or use --device cpu",
+            code="cuda_inactive",
+        )
+
+
+def active_providers(device: str, model: Path | bytes = PROBE_MODEL) -> list[str]:
+    """The execution providers ONNX Runtime actually runs a session on ``model`` with.
+
+    ``get_available_providers()`` lists what the installed build contains; only a session
+    shows what starts on this machine. Default model: :data:`PROBE_MODEL` (milliseconds).
+
+    Raises:
+        EncoderUnavailableError: onnxruntime is missing, the device has no provider at all,
+            or the session cannot be created.
+        ConfigError: an unknown device.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise EncoderUnavailableError(
+            f"onnxruntime is not installed ({e}); `pip install onnxruntime`"
+        ) from e
+    providers = _providers(device)
+    source = model if isinstance(model, bytes) else str(model)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "not in available provider names"
+            session = ort.InferenceSession(
+                source, sess_options=session_options(1), providers=providers
+            )
+    except (RuntimeError, ValueError) as e:
+        raise EncoderUnavailableError(f"ONNX Runtime cannot create a {device} session: {e}") from e
+    return list(session.get_providers())
 
 
 class OnnxEncoder:
@@ -175,6 +240,7 @@ class OnnxEncoder:
             )
         except (RuntimeError, ValueError) as e:  # ORT raises its own RuntimeError subclasses
             raise EncoderUnavailableError(f"ONNX Runtime cannot load {self.path}: {e}") from e
+        check_active(self.session.get_providers(), device)
         self.device = device
         self.name = str(info["name"])
         self.dim = int(info["dim"])

@@ -3,7 +3,10 @@
 ``serve`` follows the SageMaker inference container contract: port 8080 unless
 ``SAGEMAKER_BIND_TO_PORT`` or ``--port`` says otherwise, the artifact at ``/opt/ml/model`` unless
 ``--artifact`` names one, and a graceful shutdown on SIGTERM that finishes in-flight requests
-within SageMaker's 30 s grace period.
+within SageMaker's 30 s grace period. ``--device cuda`` is checked before the port is bound: the
+server refuses to start when ONNX Runtime's CUDA provider does not actually start here, instead
+of serving from the CPU. ``--emf`` (on in the container) also writes the metrics as CloudWatch
+EMF lines on stdout (:mod:`stygig.serving.emf`).
 """
 
 from __future__ import annotations
@@ -16,8 +19,17 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from stygig.serving.async_api import AsyncConfig
+    from stygig.serving.emf import EmfConfig
 
-__all__ = ["DEFAULT_ARTIFACT", "default_port", "register", "run_loadtest", "run_serve"]
+__all__ = [
+    "DEFAULT_ARTIFACT",
+    "check_device",
+    "default_port",
+    "emf_config_from_args",
+    "register",
+    "run_loadtest",
+    "run_serve",
+]
 
 DEFAULT_ARTIFACT = "/opt/ml/model"
 _GRACE_S = 25  # SageMaker sends SIGTERM, then SIGKILL 30 s later
@@ -83,6 +95,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     add_async_arguments(p)
+    add_emf_arguments(p)
     p.set_defaults(func=run_serve)
 
     p = subparsers.add_parser("loadtest", help="measure a running server over real HTTP")
@@ -127,6 +140,8 @@ def run_serve(args: argparse.Namespace) -> int:
         else BatcherConfig(args.max_batch, args.max_wait_ms, args.max_queue)
     )
     artifact = Path(args.artifact or os.environ.get("STYGIG_ARTIFACT") or DEFAULT_ARTIFACT)
+    emf = emf_config_from_args(args)
+    check_device(args.device, artifact)  # before the port is bound: no silent CPU fallback
     config = ServerConfig(
         artifact=artifact,
         batching=batching,
@@ -150,7 +165,24 @@ def run_serve(args: argparse.Namespace) -> int:
             server.should_exit = True
 
     app = create_app(config, on_fatal=fatal)
-    server = uvicorn.Server(
+    emitter = None
+    if emf is not None:
+        from stygig.serving.emf import EmfEmitter
+
+        metrics = app.state.metrics
+        emitter = EmfEmitter(emf, totals=lambda: {"Rejected": metrics.rejected_total()})
+        metrics.emf = emitter
+        emitter.start()
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            await super().shutdown(sockets)
+            # After the drain, before uvicorn re-raises the SIGTERM it caught (which ends the
+            # process at once): the last interval's EMF line is written here.
+            if emitter is not None:
+                emitter.close()
+
+    server = Server(
         uvicorn.Config(
             app,
             host=args.host,
@@ -165,12 +197,120 @@ def run_serve(args: argparse.Namespace) -> int:
             lifespan="on",
         )
     )
-    server.run()
+    try:
+        server.run()
+    finally:
+        if emitter is not None:
+            emitter.close()  # what the last interval saw
     if failed:
         error = failed[0]
         print(f"stygig: error: the model could not be loaded: {error}", file=sys.stderr)
         return int(getattr(error, "exit_code", 1))
     return 0
+
+
+def check_device(device: str, artifact: Path) -> None:
+    """``--device cuda``: refuse to start unless the artifact's encoder can use the GPU here.
+
+    ONNX encoders: a session on a one-node graph must have ONNX Runtime's CUDA provider
+    *active* (``get_providers()``), not merely installed: with CUDA or cuDNN libraries that do
+    not match the onnxruntime-gpu build, ORT logs a line and runs everything on the CPU.
+    Torch encoders: torch must see a GPU. Encoders with no GPU path (the NumPy ``tiny``) are
+    refused. A manifest that cannot be read is left to the model load to report.
+
+    Raises:
+        EncoderUnavailableError: ``cuda_unavailable`` (no CUDA provider in this ONNX Runtime),
+            ``cuda_inactive`` (installed, but it did not start) or ``cuda_unsupported``.
+    """
+    if device != "cuda":
+        return
+    from stygig.artifact import read_manifest
+    from stygig.errors import ArtifactError, EncoderUnavailableError
+
+    try:
+        encoder = read_manifest(artifact).get("encoder")
+    except ArtifactError:
+        encoder = None
+    runtime = encoder.get("runtime") if isinstance(encoder, dict) else None
+    if runtime == "torch":
+        from stygig.encoders.base import check_torch_device
+
+        check_torch_device("cuda")
+        return
+    if runtime not in (None, "onnx"):
+        raise EncoderUnavailableError(
+            "--device cuda: this artifact's encoder runs on neither ONNX Runtime nor torch, so "
+            "nothing would run on the GPU; serve it with --device cpu",
+            code="cuda_unsupported",
+        )
+    from stygig.encoders.onnx import active_providers, check_active
+
+    check_active(active_providers("cuda"), "cuda")
+
+
+def add_emf_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``serve`` flags of the CloudWatch EMF lines (see :mod:`stygig.serving.emf`)."""
+    g = p.add_argument_group("CloudWatch metrics (EMF lines on stdout)")
+    g.add_argument(
+        "--emf",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write the metrics as CloudWatch embedded-metric-format lines on stdout (default: "
+        "$STYGIG_EMF=1/0; the container's serve entrypoint sets 1; else off)",
+    )
+    g.add_argument(
+        "--emf-interval",
+        type=float,
+        default=None,
+        help="seconds between lines while there is traffic (default $STYGIG_EMF_INTERVAL_S "
+        "or 60; a line also goes out as soon as a metric holds 100 values)",
+    )
+    g.add_argument(
+        "--emf-dimension",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="a dimension on every metric, e.g. EndpointName=shop (repeatable; default "
+        "$STYGIG_EMF_DIMENSIONS, comma-separated, or Service=stygig)",
+    )
+    g.add_argument("--emf-namespace", default="StyGig", help="CloudWatch namespace (StyGig)")
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+
+
+def emf_config_from_args(args: argparse.Namespace) -> EmfConfig | None:
+    """The EMF settings the flags (or their environment defaults) ask for; ``None`` when off.
+
+    Raises:
+        InvalidOptionsError: an unreadable ``STYGIG_EMF*`` value or dimension.
+    """
+    from stygig.errors import InvalidOptionsError
+
+    enabled = args.emf
+    if enabled is None:
+        value = os.environ.get("STYGIG_EMF", "").strip().lower()
+        if value not in _TRUE | _FALSE:
+            raise InvalidOptionsError("STYGIG_EMF must be 1 or 0")
+        enabled = value in _TRUE
+    if not enabled:
+        return None
+    from stygig.serving.emf import EmfConfig, parse_dimensions
+
+    interval = args.emf_interval
+    if interval is None:
+        text = os.environ.get("STYGIG_EMF_INTERVAL_S", "60")
+        try:
+            interval = float(text)
+        except ValueError:
+            raise InvalidOptionsError("STYGIG_EMF_INTERVAL_S must be a number of seconds") from None
+    pairs = args.emf_dimension
+    if pairs is None:
+        pairs = [os.environ.get("STYGIG_EMF_DIMENSIONS") or "Service=stygig"]
+    return EmfConfig(
+        namespace=args.emf_namespace, dimensions=parse_dimensions(pairs), interval_s=interval
+    )
 
 
 def run_loadtest(args: argparse.Namespace) -> int:

@@ -1,8 +1,13 @@
-"""Prometheus metrics, one registry per app (so tests and several apps never collide)."""
+"""Prometheus metrics, one registry per app (so tests and several apps never collide).
+
+The same observations can also go to CloudWatch as EMF lines on stdout: set
+:attr:`ServerMetrics.emf` (``stygig serve --emf``; see :mod:`stygig.serving.emf`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -12,6 +17,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
+if TYPE_CHECKING:
+    from stygig.serving.emf import EmfEmitter
 
 __all__ = ["CONTENT_TYPE", "STAGES", "ServerMetrics", "method_label"]
 
@@ -58,6 +66,8 @@ class ServerMetrics:
     """Every metric the server exposes at ``GET /metrics``."""
 
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    #: When set, every observation below is also written as CloudWatch EMF (off by default).
+    emf: EmfEmitter | None = None
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -112,12 +122,34 @@ class ServerMetrics:
             value = timings_ms.get(stage)
             if value is not None:
                 self.stage.labels(stage).observe(value / 1e3)
+        if self.emf is not None and self._serving():
+            self.emf.observe_timings(timings_ms)
 
     def observe_batch(self, size: int, seconds: float) -> None:
-        """Record one encoder call."""
+        """Record one encoder call (and, for EMF, the requests left waiting after it)."""
         self.batch_size.observe(size)
         self.batch_seconds.observe(seconds)
+        if self.emf is not None and self._serving():
+            self.emf.observe_batch(size, seconds, _value(self.queue_depth))
+
+    def _serving(self) -> bool:
+        # Warm-up requests run before ``ready``: Prometheus keeps them, CloudWatch gets only
+        # what clients asked for (so ``Requests`` counts clients' requests).
+        return _value(self.ready) >= 1.0
+
+    def rejected_total(self) -> float:
+        """Requests refused with 503 so far (EMF counts the increase per line)."""
+        return _value(self.rejected)
 
     def render(self) -> bytes:
         """The exposition text."""
         return generate_latest(self.registry)
+
+
+def _value(metric: Counter | Gauge) -> float:
+    """A label-less counter's or gauge's current value (a gauge's function is called)."""
+    for family in metric.collect():
+        for sample in family.samples:
+            if not sample.name.endswith("_created"):
+                return float(sample.value)
+    return 0.0
