@@ -1,7 +1,9 @@
 """The deploy commands against moto's in-process AWS (SageMaker, S3, CloudWatch, autoscaling).
 
 moto has no ``UpdateEndpoint``: :class:`_WithUpdate` applies it to moto's backend so that
-blue/green, promote and rollback run through the same code as against AWS.
+blue/green, promote and rollback run through the same code as against AWS. The preflight
+needs the model archive in S3: :func:`put_model` uploads the sample artifact's real archive
+(packed once per module by the ``archive`` fixture) as ``stygig package --upload`` does.
 """
 
 from __future__ import annotations
@@ -79,6 +81,29 @@ def artifact(sample: tuple[Path, Path]) -> Path:
     return sample[1]
 
 
+@pytest.fixture(scope="module")
+def archive(artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The sample artifact packed as model.tar.gz, once per module."""
+    from stygig.deploy.package import package_artifact
+
+    return package_artifact(artifact, tmp_path_factory.mktemp("archive") / "model.tar.gz")
+
+
+def put_model(archive: Any, key: str, bucket: str = "models") -> str:
+    """Upload the packed archive to ``s3://bucket/key`` with its upload record; the URI."""
+    from stygig.deploy.package import upload
+
+    s3 = boto3.client("s3", region_name=REGION)
+    if bucket not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+        s3.create_bucket(Bucket=bucket)
+    return upload(
+        archive.path,
+        f"s3://{bucket}/{key}",
+        sha256=archive.sha256,
+        manifest_sha256=archive.manifest_sha256,
+    )
+
+
 def _sm() -> Any:
     return boto3.client("sagemaker", region_name=REGION)
 
@@ -114,9 +139,9 @@ def test_package_checks_uploads_and_refuses(
 
 
 def test_sync_defaults_cpu_guard_and_autoscaling(
-    aws: None, capsys: pytest.CaptureFixture[str]
+    aws: None, archive: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    uri = "s3://models/model.tar.gz"
+    uri = put_model(archive, "model.tar.gz")
     assert main(["deploy", "sync", "--model-uri", uri, "--endpoint-name", "shop"]) == 0
     out = capsys.readouterr().out
     assert "InService" in out and "stygig invoke --endpoint-name shop" in out
@@ -149,11 +174,14 @@ def test_sync_defaults_cpu_guard_and_autoscaling(
     )
 
 
-def test_async_config_and_scale_to_zero(aws: None, capsys: pytest.CaptureFixture[str]) -> None:
+def test_async_config_and_scale_to_zero(
+    aws: None, archive: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     sns = boto3.client("sns", region_name=REGION)
     ok = sns.create_topic(Name="ok")["TopicArn"]
     bad = sns.create_topic(Name="bad")["TopicArn"]
-    assert main(["deploy", "async", "--model-uri", "s3://m/model.tar.gz", "--endpoint-name",
+    uri = put_model(archive, "model.tar.gz")
+    assert main(["deploy", "async", "--model-uri", uri, "--endpoint-name",
                  "batch", "--s3-output-path", "s3://out/results/", "--sns-success-topic", ok,
                  "--sns-error-topic", bad]) == 0  # fmt: skip
     sm = _sm()
@@ -180,9 +208,12 @@ def test_async_config_and_scale_to_zero(aws: None, capsys: pytest.CaptureFixture
     assert "wakes from zero" in capsys.readouterr().out
 
 
-def test_blue_green_promote_rollback_delete(aws: None, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["deploy", "sync", "--model-uri", "s3://m/v1.tar.gz", "--endpoint-name", "e"]) == 0
-    assert main(["deploy", "update", "--endpoint-name", "e", "--model-uri", "s3://m/v2.tar.gz",
+def test_blue_green_promote_rollback_delete(
+    aws: None, archive: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    v1, v2, v3, v4 = (put_model(archive, f"v{n}/model.tar.gz") for n in range(1, 5))
+    assert main(["deploy", "sync", "--model-uri", v1, "--endpoint-name", "e"]) == 0
+    assert main(["deploy", "update", "--endpoint-name", "e", "--model-uri", v2,
                  "--traffic", "10"]) == 0  # fmt: skip
     sm = _sm()
 
@@ -192,17 +223,15 @@ def test_blue_green_promote_rollback_delete(aws: None, capsys: pytest.CaptureFix
 
     blue, green = variants()
     assert (blue["InitialVariantWeight"], green["InitialVariantWeight"]) == (90.0, 10.0)
-    assert sm.describe_model(ModelName=green["ModelName"])["PrimaryContainer"]["ModelDataUrl"] == (
-        "s3://m/v2.tar.gz"
-    )
+    assert sm.describe_model(ModelName=green["ModelName"])["PrimaryContainer"]["ModelDataUrl"] == v2
     # A second candidate while one is live: refused.
-    assert main(["deploy", "update", "--endpoint-name", "e", "--model-uri", "s3://m/v3.tar.gz",
+    assert main(["deploy", "update", "--endpoint-name", "e", "--model-uri", v3,
                  "--traffic", "10"]) == 2  # fmt: skip
     assert "promote or roll back first" in capsys.readouterr().err
     assert main(["deploy", "update", "--endpoint-name", "e", "--traffic", "50", "--no-wait"]) == 0
     assert main(["deploy", "rollback", "--endpoint-name", "e", "--no-wait"]) == 0
     assert [v["VariantName"] for v in variants()] == [blue["VariantName"]]
-    assert main(["deploy", "update", "--endpoint-name", "e", "--model-uri", "s3://m/v4.tar.gz",
+    assert main(["deploy", "update", "--endpoint-name", "e", "--model-uri", v4,
                  "--traffic", "20", "--no-wait"]) == 0  # fmt: skip
     candidate = variants()[1]["VariantName"]
     assert main(["deploy", "promote", "--endpoint-name", "e", "--no-wait"]) == 0

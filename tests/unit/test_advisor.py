@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import pytest
 
 from stygig.deploy.advisor import (
+    DEFAULT_MODEL,
     Figures,
     Instance,
     Matrix,
     advise,
+    break_even,
+    break_evens,
     cost_per_month,
     cost_per_request,
     format_advice,
     instances_needed,
     is_gpu_instance,
     load_matrix,
+    model_for_artifact,
+    model_key,
     requests_per_minute,
+    resolve_model,
+    with_prices,
 )
 from stygig.errors import ConfigError, InvalidOptionsError
 
@@ -101,10 +109,18 @@ def test_packaged_matrix_and_its_sources() -> None:
     m5 = matrix.instance("ml.m5.large")
     assert m5.models["clip-vit-b-32"].source == "measured"
     assert all(
-        f.source in ("measured", "scaled", "estimate")
+        f.kind in ("measured", "scaled", "estimate")
         for i in matrix.instances
         for f in i.models.values()
     )
+    # The guide's rows are there, each figure an estimate that says how it was made.
+    for name in ("ml.m5.2xlarge", "ml.g4dn.2xlarge", "ml.p3.2xlarge"):
+        for f in matrix.instance(name).models.values():
+            assert f.kind == "estimate" and len(f.source.partition(":")[2].strip()) > 20
+    # Every instance has figures for every declared model (the guard needs the artifact's).
+    models = set(matrix.instance("ml.c5.large").models)
+    assert {"efficientnet-lite0", "efficientnet-lite0-int8", "clip-vit-b-32-int8"} <= models
+    assert all(set(i.models) == models for i in matrix.instances)
     assert matrix.guide_latency_ms == 570
     advice = advise(matrix, mode="sync", requests_per_hour=10_000)
     assert advice.choice is not None and not math.isnan(advice.choice.monthly)
@@ -146,6 +162,7 @@ def test_a_minimal_matrix_file(tmp_path: Path) -> None:
         ("gpu: null", "gpu: 1", "gpu", "valid string"),
         ("rps: 10", "rps: 0", "models.m.rps", "greater than 0"),
         ("source: measured", "source: guessed", "models.m.source", "'measured', 'scaled'"),
+        ("source: measured", "source: 'estimate:'", "models.m.source", "estimate: <how>"),
         ("p50_ms: 80", "p50_ms: 80, p90_ms: 90", "models.m.p90_ms", "unknown key"),
         ("p99_ms: 150", "p99_ms: 50", "the document", "p99_ms 50 is below p50_ms 80"),
         ("models: {m:", "models: {n:", "the document", "not declared under `models`"),
@@ -171,3 +188,63 @@ def test_unreadable_matrix_files(tmp_path: Path, text: str) -> None:
     path.write_text(text)
     with pytest.raises(ConfigError, match=str(path)):
         load_matrix(path)
+
+
+def test_break_even_worked_by_hand() -> None:
+    # CPU: $0.10/h carrying 10 x 0.7 x 3600 = 25 200 req/h; GPU: $0.70/h carrying 252 000.
+    # The GPU costs less when 8+ CPUs ($0.80) face 1 GPU: above 7 x 25 200 = 176 400 req/h, up
+    # to its own capacity 252 000; again above 14 x 25 200 = 352 800 (15 CPUs, $1.50, vs 2 GPUs,
+    # $1.40) up to 504 000; at 504 000-529 200 both cost $2.10 (a tie is not cheaper), and per
+    # request of capacity the GPU is cheaper ($2.78e-6 vs $3.97e-6), so from 529 200 on it wins
+    # at every load (beyond 0.70 / (3.97e-6 - 2.78e-6) = 588 000 it must).
+    cpu, gpu = (0.10, 25_200.0), (0.70, 252_000.0)
+    low = break_even(cpu, gpu, at=10_000)
+    assert (low.below, low.above, low.stays) == (None, 176_400, 529_200)
+    mid = break_even(cpu, gpu, at=300_000)
+    assert (mid.below, mid.above, mid.stays) == (252_000, 352_800, 529_200)
+    # The other way round: 6 CPUs ($0.60) beat 1 GPU up to 6 x 25 200 = 151 200 (7 CPUs tie),
+    # and again above 252 000 (2 GPUs, $1.40, vs 11 CPUs); never at every load.
+    back = break_even(gpu, cpu, at=200_000)
+    assert (back.below, back.above, back.stays) == (151_200, 252_000, None)
+    # Same price per request of capacity (2 x the price for 2 x the throughput): never cheaper.
+    same = break_even(cpu, (0.20, 50_400.0), at=10_000)
+    assert (same.below, same.above, same.stays) == (None, None, None)
+
+
+def test_advise_prints_break_even_points() -> None:
+    # 200 000 req/h: 8 CPUs ($0.80/h, $584) or 1 GPU ($0.70/h, $511): the GPU.
+    advice = advise(MATRIX, mode="sync", requests_per_hour=200_000, model="m")
+    assert advice.choice is not None and advice.choice.instance.name == "ml.g4dn.xlarge"
+    (b,) = break_evens(advice)
+    assert (b.other, b.below, b.above) == ("ml.c5.large", 151_200, 252_000)
+    text = format_advice(advice)
+    assert "cheaper up to 151,200/h (42.0/s); cheaper from 252,000/h (70.0/s)" in text
+
+
+def test_model_keys_and_the_artifacts_encoder(tmp_path: Path) -> None:
+    assert model_key({"name": "clip-vit-b-32", "quantization": None}) == "clip-vit-b-32"
+    assert model_key({"name": "efficientnet-lite0", "quantization": "int8"}) == (
+        "efficientnet-lite0-int8"
+    )
+    with pytest.raises(InvalidOptionsError):
+        model_key({})
+    (tmp_path / "manifest.json").write_text(
+        json.dumps({"format_version": 1, "encoder": {"name": "efficientnet-lite0"}})
+    )
+    assert model_for_artifact(tmp_path) == "efficientnet-lite0"
+    # The artifact says what is deployed; --encoder is for when there is none at hand.
+    assert resolve_model(None, tmp_path) == ("efficientnet-lite0", "the artifact's encoder")
+    assert resolve_model("clip-vit-b-32", tmp_path) == (
+        "efficientnet-lite0",
+        "the artifact's encoder, not --encoder clip-vit-b-32",
+    )
+    assert resolve_model("clip-vit-b-32-int8", None) == ("clip-vit-b-32-int8", "from --encoder")
+    assert resolve_model(None, None)[0] == DEFAULT_MODEL
+
+
+def test_live_prices_replace_the_typed_in_ones() -> None:
+    priced = with_prices(MATRIX, {"ml.g4dn.xlarge": 0.5}, "AWS Price List API")
+    assert priced.instance("ml.g4dn.xlarge").price_per_hour == 0.5
+    assert priced.instance("ml.c5.large").price_per_hour == 0.10
+    text = format_advice(advise(priced, mode="sync", requests_per_hour=10_000, model="m"))
+    assert "prices: AWS Price List API;" in text

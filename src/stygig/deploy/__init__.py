@@ -7,6 +7,8 @@ Modules (boto3 is imported lazily, inside the functions that call AWS)::
                  endpoint create, blue/green update, promote, rollback, delete, waiters
     autoscaling  target tracking on invocations per instance; async scale-to-zero
     alarms       CloudWatch alarms on ModelLatency and the 4XX / 5XX rates
+    preflight    image / role / model archive checks before deploy; no endpoint overwritten
+    pipeline     ``deploy pipeline``: build -> package -> upload -> deploy -> wait -> check
     invoke       call an endpoint (SageMaker runtime or a URL), check the response, load check
     advisor      the instance matrix -> instance type, count, cost per month and per request
     command      the ``stygig package | deploy | alarms`` subcommands

@@ -12,34 +12,54 @@ for every instance type::
 
 and recommends the cheapest whose p99 meets the latency target (sync only; async results wait
 in S3, so latency is not a constraint unless one is given). Every step is hand-checkable.
+
+One source: ``stygig advise`` and the CPU guard of ``stygig deploy sync`` both take the figures
+of :func:`figures_for` (instance type x :func:`model_key` of the artifact's encoder) and word
+them with :func:`describe_figures`. :func:`break_even` finds the request rates at which one
+instance type becomes cheaper than another; :func:`with_prices` swaps in live prices.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import itertools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from stygig.errors import ConfigError, InvalidOptionsError, validate_config
 
 __all__ = [
     "DEFAULT_MODEL",
     "Advice",
+    "BreakEven",
+    "Figures",
+    "Instance",
     "Matrix",
     "Option",
     "advise",
+    "break_even",
+    "break_evens",
     "cost_per_month",
     "cost_per_request",
+    "cpu_realtime_note",
+    "describe_figures",
+    "figures_for",
     "format_advice",
     "instances_needed",
     "is_gpu_instance",
     "load_matrix",
+    "model_for_artifact",
+    "model_key",
     "requests_per_minute",
+    "resolve_model",
+    "with_prices",
 ]
 
 DEFAULT_MODEL = "clip-vit-b-32"
@@ -52,6 +72,16 @@ _Count = Annotated[int, Field(strict=True, ge=1)]
 _Text = Annotated[str, Field(strict=True)]
 
 
+def _check_source(value: str) -> str:
+    kind, _, how = value.partition(":")
+    if value in ("measured", "scaled", "estimate") or (kind == "estimate" and how.strip()):
+        return value
+    raise ValueError(f"must be 'measured', 'scaled' or 'estimate: <how>', not {value!r}")
+
+
+_Source = Annotated[str, Field(strict=True), AfterValidator(_check_source)]
+
+
 @dataclass(frozen=True)
 class Figures:
     """One model on one instance type: latency of a request and sustained throughput."""
@@ -61,7 +91,12 @@ class Figures:
     p50_ms: _Positive
     p99_ms: _Positive
     rps: _Positive
-    source: Literal["measured", "scaled", "estimate"]
+    source: _Source  # measured | scaled | estimate | "estimate: <how it was guessed>"
+
+    @property
+    def kind(self) -> str:
+        """``measured``, ``scaled`` or ``estimate`` (the source without its explanation)."""
+        return self.source.partition(":")[0]
 
 
 @dataclass(frozen=True)
@@ -86,6 +121,7 @@ class Matrix:
     date: str = ""
     guide_latency_ms: float | None = None
     guide_claimed_per_minute: float | None = None
+    price_note: str = ""  # where the prices come from, when not the file's typed-in table
 
     def instance(self, name: str) -> Instance:
         """The named instance type; :class:`InvalidOptionsError` when it is not in the matrix."""
@@ -184,6 +220,137 @@ def load_matrix(path: str | Path | None = None) -> Matrix:
     return validate_config(_matrix_adapter(), data, f"instance matrix {source}").matrix()
 
 
+def model_key(encoder: Mapping[str, Any]) -> str:
+    """The matrix's model key for an artifact's encoder (its manifest's ``encoder`` block).
+
+    The encoder's name, with ``-int8`` when it is quantised: ``clip-vit-b-32``,
+    ``efficientnet-lite0-int8``.
+    """
+    name = encoder.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidOptionsError("the artifact's manifest names no encoder")
+    return f"{name}-int8" if encoder.get("quantization") == "int8" else name
+
+
+def model_for_artifact(artifact: str | Path) -> str:
+    """The model key of a local artifact folder, read from its ``manifest.json`` only."""
+    from stygig.artifact import read_manifest
+
+    encoder = read_manifest(artifact).get("encoder")
+    return model_key(encoder if isinstance(encoder, Mapping) else {})
+
+
+def resolve_model(model: str | None, artifact: str | Path | None) -> tuple[str, str]:
+    """(model key, why that one): the ``--artifact``'s encoder when one is given (what is
+    deployed), else ``--encoder``/``--model``, else :data:`DEFAULT_MODEL` (what ``stygig
+    build`` builds by default)."""
+    if artifact:
+        key = model_for_artifact(artifact)
+        if model and model != key:
+            return key, f"the artifact's encoder, not --encoder {model}"
+        return key, "the artifact's encoder"
+    if model:
+        return model, "from --encoder"
+    return DEFAULT_MODEL, "the default: name another with --encoder or --artifact"
+
+
+def figures_for(matrix: Matrix, instance_type: str, model: str) -> Figures | None:
+    """The matrix's figures for ``model`` on ``instance_type`` (``None`` when it has none)."""
+    for inst in matrix.instances:
+        if inst.name == instance_type:
+            return inst.models.get(model)
+    return None
+
+
+def describe_figures(figures: Figures, model: str) -> str:
+    """The one wording of a row's figures, used by ``advise`` and the ``deploy sync`` guard."""
+    return (
+        f"p50 {figures.p50_ms:g} ms, p99 {figures.p99_ms:g} ms, {figures.rps:g} requests/s "
+        f"per instance for {model} ({figures.kind})"
+    )
+
+
+def with_prices(matrix: Matrix, prices: Mapping[str, float], note: str) -> Matrix:
+    """The matrix with the hourly prices of ``prices`` (instance type -> USD/h) put in."""
+    instances = tuple(
+        dataclasses.replace(i, price_per_hour=prices[i.name]) if i.name in prices else i
+        for i in matrix.instances
+    )
+    return dataclasses.replace(matrix, instances=instances, price_note=note)
+
+
+@dataclass(frozen=True)
+class BreakEven:
+    """Where ``other`` costs less than ``base`` (both sized as :func:`advise` sizes them).
+
+    Rates in requests/hour. ``below``: the highest load at or below ``at`` where ``other`` is
+    cheaper; ``above``: the lowest load above ``at`` from which it is cheaper; ``stays``: the load
+    above which it is cheaper at every rate (``None``: not within ``horizon``, or never).
+    """
+
+    base: str
+    other: str
+    at: float
+    below: float | None
+    above: float | None
+    stays: float | None
+
+
+_MAX_STEPS = 20_000  # breakpoints scanned per pair; bounds the work for near-equal rows
+
+
+def _hourly(price: float, capacity: float, minimum: int, rate: float) -> float:
+    return price * max(minimum, math.ceil(rate / capacity))
+
+
+def break_even(
+    base: tuple[float, float],
+    other: tuple[float, float],
+    *,
+    at: float,
+    minimum: int = 1,
+    names: tuple[str, str] = ("base", "other"),
+) -> BreakEven:
+    """Where ``other`` is cheaper than ``base``; each is (USD per instance-hour, requests/hour
+    one instance carries at the chosen utilisation).
+
+    Both costs are steps (``price x max(minimum, ceil(rate / capacity))``) that change only at
+    multiples of a capacity, so comparing them once between consecutive multiples is exact.
+    Beyond ``p_o / (p_b/c_b - p_o/c_o)`` the asymptotically cheaper row wins at every rate (its
+    cost is at most one instance above its linear cost), which bounds the scan.
+    """
+    (pb, cb), (po, co) = base, other
+    per_b, per_o = pb / cb, po / co
+    far = max(at, minimum * max(cb, co))
+    if per_o < per_b * (1 - 1e-12):
+        horizon = max(far, po / (per_b - per_o)) + max(cb, co)
+    elif per_b < per_o * (1 - 1e-12):
+        horizon = max(far, pb / (per_o - per_b)) + max(cb, co)
+    else:  # the same price per request of capacity: the steps alone decide
+        horizon = far * 4 + max(cb, co)
+    capped = horizon > _MAX_STEPS / 2 * min(cb, co)
+    horizon = min(horizon, _MAX_STEPS / 2 * min(cb, co))
+    points = sorted(
+        {0.0, round(horizon, 3)}
+        | {round(k * cb, 3) for k in range(1, int(horizon / cb) + 1)}
+        | {round(k * co, 3) for k in range(1, int(horizon / co) + 1)}
+    )  # rounded: 0.7 x 180 x 3600 is 453599.99999999994 in floating point
+    horizon = points[-1]
+    bands: list[list[float]] = []
+    for lo, hi in itertools.pairwise(points):
+        mid = (lo + hi) / 2
+        if _hourly(po, co, minimum, mid) < _hourly(pb, cb, minimum, mid) * (1 - 1e-9):
+            if bands and bands[-1][1] == lo:
+                bands[-1][1] = hi
+            else:
+                bands.append([lo, hi])
+    below = max((min(hi, at) for lo, hi in bands if lo < at), default=None)
+    above = min((lo for lo, _ in bands if lo >= at), default=None)
+    settled = per_o < per_b and not capped
+    stays = bands[-1][0] if settled and bands and bands[-1][1] == horizon else None
+    return BreakEven(names[0], names[1], at, below, above, stays)
+
+
 def requests_per_minute(latency_ms: float, workers: int = 1) -> float:
     """Requests a minute that ``workers`` sequential workers serve at ``latency_ms`` each."""
     return workers * 60_000.0 / latency_ms
@@ -247,6 +414,7 @@ class Advice:
     choice: Option | None
     options: list[Option] = field(default_factory=list)
     matrix: Matrix | None = None
+    min_instances: int = 1
 
 
 def advise(
@@ -305,15 +473,81 @@ def advise(
         choice,
         options,
         matrix,
+        min_instances,
     )
+
+
+def break_evens(advice: Advice) -> list[BreakEven]:
+    """The recommended option against every other one that meets the latency target."""
+    c = advice.choice
+    if c is None:
+        return []
+    hours = advice.requests_per_hour
+
+    def capacity(o: Option) -> float:
+        return round(o.figures.rps * advice.utilisation * 3600.0, 3)
+
+    return [
+        break_even(
+            (c.instance.price_per_hour, capacity(c)),
+            (o.instance.price_per_hour, capacity(o)),
+            at=hours,
+            minimum=advice.min_instances,
+            names=(c.instance.name, o.instance.name),
+        )
+        for o in advice.options
+        if o.meets_latency and o.instance.name != c.instance.name
+    ]
+
+
+def _rate(per_hour: float) -> str:
+    return f"{per_hour:,.0f}/h ({per_hour / 3600:,.1f}/s)"
+
+
+def _break_even_lines(advice: Advice) -> list[str]:
+    found = break_evens(advice)
+    if not found or advice.choice is None:
+        return []
+    lines = [
+        f"break-even: the load (requests/hour) at which another type costs less than "
+        f"{advice.choice.instance.name} (each sized as above, {advice.min_instances} at least)"
+    ]
+    never = []
+    for b in sorted(found, key=lambda b: (b.above is None, b.above or 0, b.other)):
+        parts = []
+        if b.below is not None:
+            parts.append(f"cheaper up to {_rate(b.below)}")
+        if b.above is not None:
+            parts.append(f"cheaper from {_rate(b.above)}")
+        if b.stays is not None and b.stays != b.above:
+            parts.append(f"at every load above {_rate(b.stays)}")
+        elif b.stays is not None:
+            parts.append("and at every load above it")
+        if parts:
+            lines.append(f"  {b.other:<16} " + "; ".join(parts))
+        else:
+            never.append(b.other)
+    if never:
+        lines.append("  never cheaper: " + ", ".join(never))
+    return lines
 
 
 def _option_line(o: Option) -> str:
     return (
         f"{o.instance.name:<16} {o.count:>5} {o.figures.p50_ms:>7.1f} {o.figures.p99_ms:>7.1f} "
-        f"{o.figures.source:<9} {o.monthly:>10.2f} {o.per_request * 1e6:>10.2f}  "
-        f"{'yes' if o.meets_latency else 'no'}"
+        f"{o.figures.kind:<9} {o.instance.price_per_hour:>7.3f} {o.monthly:>10.2f} "
+        f"{o.per_request * 1e6:>10.2f}  {'yes' if o.meets_latency else 'no'}"
     )
+
+
+def cpu_realtime_note(instance_type: str, figures: Figures | None, model: str) -> str:
+    """What ``deploy sync`` on a CPU instance should expect: the guard's and advise's words."""
+    expected = (
+        describe_figures(figures, model)
+        if figures is not None
+        else f"no figures in the instance matrix for {model} on it"
+    )
+    return f"real-time on CPU ({instance_type}): expected latency {expected}"
 
 
 def format_advice(advice: Advice) -> str:
@@ -336,7 +570,7 @@ def format_advice(advice: Advice) -> str:
     else:
         lines.append(
             f"recommended: {c.count} x {c.instance.name} ({c.instance.gpu or 'CPU only'}), "
-            f"p50 {c.figures.p50_ms:g} ms, p99 {c.figures.p99_ms:g} ms ({c.figures.source}), "
+            f"{describe_figures(c.figures, advice.model)}, "
             f"${c.monthly:,.2f}/month, ${c.per_request:.7f}/request "
             f"(${c.per_request * 1e6:,.2f} per million)"
         )
@@ -353,14 +587,23 @@ def format_advice(advice: Advice) -> str:
         if advice.mode == "sync" and c.instance.gpu is None:
             lines.append(
                 "real-time on a CPU instance: `stygig deploy sync` needs --allow-cpu "
-                f"--instance-type {c.instance.name}"
+                f"--instance-type {c.instance.name}; its guard quotes these same figures "
+                f"for {advice.model} (docs/deploy.md, Sizing figures: one source)"
             )
     lines.append("")
     lines.append(
         f"{'instance':<16} {'count':>5} {'p50 ms':>7} {'p99 ms':>7} {'source':<9} "
-        f"{'$/month':>10} {'$/1M req':>10}  meets target"
+        f"{'$/h':>7} {'$/month':>10} {'$/1M req':>10}  meets target"
     )
     lines.extend(_option_line(o) for o in advice.options)
+    notes = {o.figures.source: o.instance.name for o in advice.options if ":" in o.figures.source}
+    for how, first in notes.items():
+        rows = [o.instance.name for o in advice.options if o.figures.source == how]
+        lines.append(f"  {', '.join(rows) or first}: {how}")
+    breaks = _break_even_lines(advice)
+    if breaks:
+        lines.append("")
+        lines.extend(breaks)
     m = advice.matrix
     if m is not None:
         if m.guide_latency_ms:
@@ -374,10 +617,10 @@ def format_advice(advice: Advice) -> str:
                     else ""
                 )
             )
+        prices = m.price_note or (f"{m.region} on-demand, {m.date}, copied by hand (assumption)")
         lines.append(
-            f"prices: {m.region} on-demand, {m.date}, copied by hand (assumption); "
-            "sources: measured = benchmarks/results/server.json, scaled = measured x vCPU/2, "
-            "estimate = not measured"
+            f"prices: {prices}; sources: measured = benchmarks/results/server.json (2 vCPUs), "
+            "scaled = measured x vCPU/2, estimate = not measured (how: listed under the table)"
         )
     return "\n".join(lines)
 

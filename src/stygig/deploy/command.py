@@ -4,6 +4,9 @@ Region, role, image and bucket come from flags or the environment: ``AWS_DEFAULT
 ``AWS_REGION`` (boto3's own lookup), ``STYGIG_SAGEMAKER_ROLE`` for the execution role and
 ``STYGIG_IMAGE_URI`` for the container image in ECR. Only the standard library is imported
 here; boto3 and the rest load when a command runs.
+
+Every step that creates something runs the preflight first (:mod:`stygig.deploy.preflight`)
+and ends by pruning what the endpoint no longer runs on (:func:`stygig.deploy.sagemaker.prune`).
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ import os
 from typing import Any
 
 from stygig.deploy.check_command import SYNC_DEFAULT_INSTANCE, cpu_guard, register_checks
+from stygig.deploy.transform import register_transform
 
-__all__ = ["register"]
+__all__ = ["deploy_from_args", "enable_scaling", "prune_endpoint", "register"]
 
 ASYNC_DEFAULT_INSTANCE = "ml.m5.large"
 
@@ -33,15 +37,17 @@ def register(subparsers: Any) -> None:
     _add_deploy_sync(deploy)
     _add_deploy_async(deploy)
     _add_deploy_update(deploy)
+    register_transform(deploy)
     for name, text in (
         ("promote", "send all traffic to the candidate variant"),
         ("rollback", "send all traffic back to the live variant"),
-        ("delete", "delete the endpoint, its config and its models"),
+        ("delete", "delete the endpoint, its scaling, alarms, configs and models"),
     ):
         q = deploy.add_parser(name, help=text)
         _common(q)
         q.add_argument("--no-wait", action="store_true", help="return without waiting")
         q.set_defaults(func=run_lifecycle, action=name)
+    _add_deploy_pipeline(deploy)
 
     p = subparsers.add_parser("alarms", help="CloudWatch alarms for an endpoint")
     alarms = p.add_subparsers(dest="alarms_command", required=True)
@@ -62,13 +68,44 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--region", help="AWS region (default: the AWS environment)")
 
 
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    """The container's settings and the preflight's, shared by sync, async, update, pipeline."""
+    p.add_argument("--image-uri", help="container image in ECR (default $STYGIG_IMAGE_URI)")
+    p.add_argument("--role", help="execution role ARN (default $STYGIG_SAGEMAKER_ROLE)")
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="the container's environment (repeatable; e.g. STYGIG_SERVE_ARGS='--max-batch 16'); "
+        "visible to anyone who may describe the model: no secrets",
+    )
+    p.add_argument(
+        "--verify-archive",
+        choices=["auto", "full", "skip"],
+        default="auto",
+        help="how the preflight checks the model archive (see docs/deploy.md, Preflight)",
+    )
+    p.add_argument(
+        "--verify-max-mb",
+        type=float,
+        default=2048.0,
+        help="auto: read an archive without an upload record whole up to this size",
+    )
+
+
 def _create_flags(p: argparse.ArgumentParser, instance: str) -> None:
     _common(p)
     p.add_argument("--model-uri", required=True, help="s3://.../model.tar.gz (stygig package)")
-    p.add_argument("--image-uri", help="container image in ECR (default $STYGIG_IMAGE_URI)")
-    p.add_argument("--role", help="execution role ARN (default $STYGIG_SAGEMAKER_ROLE)")
+    _model_flags(p)
     p.add_argument("--instance-type", default=instance, help=f"default {instance}")
     p.add_argument("--instance-count", type=int, default=1)
+    p.add_argument(
+        "--update",
+        action="store_true",
+        help="the endpoint exists: switch it to this model in place (same variant, its scaling "
+        "and alarms kept; for a canary use `deploy update`)",
+    )
     p.add_argument("--no-wait", action="store_true", help="return once creation has started")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for InService")
     p.add_argument("--poll", type=float, default=15.0, help="seconds between status checks")
@@ -78,6 +115,12 @@ def _add_deploy_sync(deploy: Any) -> None:
     p = deploy.add_parser("sync", help="real-time endpoint (GPU by default)")
     _create_flags(p, SYNC_DEFAULT_INSTANCE)
     p.add_argument("--allow-cpu", action="store_true", help="real-time on a CPU instance")
+    p.add_argument(
+        "--encoder",
+        help="the artifact's encoder as a matrix key, e.g. efficientnet-lite0 (default: "
+        "--artifact's, else clip-vit-b-32): the CPU guard quotes its figures",
+    )
+    p.add_argument("--artifact", help="the artifact folder the archive was packed from")
     p.add_argument("--max-instances", type=int, help="turn on autoscaling up to N instances")
     p.add_argument("--min-instances", type=int, default=1)
     p.add_argument(
@@ -109,8 +152,7 @@ def _add_deploy_update(deploy: Any) -> None:
     _common(p)
     p.add_argument("--model-uri", help="the candidate's model.tar.gz (omit to change --traffic)")
     p.add_argument("--traffic", type=float, required=True, help="candidate's share, percent")
-    p.add_argument("--image-uri", help="container image (default $STYGIG_IMAGE_URI)")
-    p.add_argument("--role", help="execution role ARN (default $STYGIG_SAGEMAKER_ROLE)")
+    _model_flags(p)
     p.add_argument("--instance-type", help="default: the live variant's")
     p.add_argument("--instance-count", type=int, help="default: the live variant's")
     p.add_argument("--no-wait", action="store_true")
@@ -136,21 +178,63 @@ def run_package(args: argparse.Namespace) -> int:
     print(f"model archive: {pkg.path} ({pkg.bytes / 1e6:.2f} MB, {len(pkg.files)} files)")
     print(f"sha256: {pkg.sha256}")
     if args.upload:
-        uri = upload(pkg.path, args.upload, region=args.region)
+        uri = upload(
+            pkg.path,
+            args.upload,
+            region=args.region,
+            sha256=pkg.sha256,
+            manifest_sha256=pkg.manifest_sha256,
+        )
         print(f"uploaded: {uri}")
         print(f"deploy with: stygig deploy sync --model-uri {uri} --endpoint-name NAME")
     return 0
 
 
 def run_deploy(args: argparse.Namespace) -> int:
-    """``deploy sync`` / ``deploy async``: model, endpoint config, endpoint, scaling."""
+    """``deploy sync`` / ``deploy async``: preflight, model, config, endpoint, scaling."""
+    done = deploy_from_args(args)
+    if not args.no_wait:
+        _print_how_to_invoke(done.endpoint_name, args.mode)
+    return 0
+
+
+def _check_names(aws: Any, image: str, role: str) -> None:
+    """The image URI and role ARN, before any AWS call."""
+    from stygig.deploy.preflight import check_image_uri, check_role_arn
+
+    check_image_uri(image, getattr(getattr(aws.sm, "meta", None), "region_name", None))
+    check_role_arn(role)
+
+
+def _preflight(args: argparse.Namespace, aws: Any, image: str, role: str) -> None:
+    """Image, role and model archive checked before anything is created (see preflight)."""
+    from stygig.deploy.preflight import check_archive
+    from stygig.deploy.sagemaker import aws_client
+
+    _check_names(aws, image, role)
+    archive = check_archive(
+        aws_client("s3", args.region),
+        args.model_uri,
+        verify=args.verify_archive,
+        max_bytes=int(args.verify_max_mb * 1024 * 1024),
+        expect_sha256=getattr(args, "expect_sha256", None),
+    )
+    print(f"preflight: image {image} and role ok; {archive.describe()}")
+
+
+def deploy_from_args(args: argparse.Namespace) -> Any:
+    """The work of ``deploy sync | async`` (and of the pipeline's deploy step).
+
+    Returns the :class:`~stygig.deploy.sagemaker.Deployment` (InService unless ``--no-wait``).
+    """
     from stygig.deploy import sagemaker as sm_api
-    from stygig.deploy.autoscaling import Scaling, enable_async_scaling, enable_autoscaling
+    from stygig.deploy.preflight import check_endpoint_free
     from stygig.errors import InvalidOptionsError
 
     cpu_guard(args)
     image = _setting(args.image_uri, "STYGIG_IMAGE_URI", "container image", "--image-uri")
     role = _setting(args.role, "STYGIG_SAGEMAKER_ROLE", "execution role", "--role")
+    env = sm_api.parse_environment(args.env)
     async_settings = None
     if args.mode == "async":
         async_settings = sm_api.AsyncSettings(
@@ -160,51 +244,95 @@ def run_deploy(args: argparse.Namespace) -> int:
             args.sns_error_topic,
             args.max_concurrent,
         )
-    scaling_wanted = (args.mode == "sync" and args.max_instances) or (
-        args.mode == "async" and not args.no_autoscale
+    scaling_wanted = bool(
+        (args.mode == "sync" and args.max_instances)
+        or (args.mode == "async" and not args.no_autoscale)
     )
     if scaling_wanted and args.no_wait:
         raise InvalidOptionsError("autoscaling needs the endpoint InService: drop --no-wait")
-    sm = sm_api.aws_client("sagemaker", args.region)
-    done = sm_api.deploy_endpoint(
-        sm,
-        endpoint_name=args.endpoint_name,
-        model_uri=args.model_uri,
-        image_uri=image,
-        role_arn=role,
-        instance_type=args.instance_type,
-        instance_count=args.instance_count,
-        async_settings=async_settings,
-    )
-    print(f"created model {done.model_name}, endpoint config {done.config_name}")
+    if args.update and args.no_wait:
+        raise InvalidOptionsError("--update waits to check the switch and clean up: drop --no-wait")
+    aws = sm_api.Clients.connect(args.region)
+    _check_names(aws, image, role)
+    existing = check_endpoint_free(aws.sm, args.endpoint_name, update=args.update)
+    _preflight(args, aws, image, role)
+    waiting = sm_api.Waiting(args.poll, args.timeout)
+    if existing is not None:
+        done = sm_api.replace_endpoint(
+            aws,
+            endpoint_name=args.endpoint_name,
+            model_uri=args.model_uri,
+            image_uri=image,
+            role_arn=role,
+            instance_type=args.instance_type,
+            instance_count=args.instance_count,
+            async_settings=async_settings,
+            environment=env,
+            waiting=waiting,
+        )
+        print(
+            f"switched {done.endpoint_name} to model {done.model_name} (config {done.config_name})"
+        )
+    else:
+        done = sm_api.deploy_endpoint(
+            aws.sm,
+            endpoint_name=args.endpoint_name,
+            model_uri=args.model_uri,
+            image_uri=image,
+            role_arn=role,
+            instance_type=args.instance_type,
+            instance_count=args.instance_count,
+            async_settings=async_settings,
+            environment=env,
+        )
+        print(f"created model {done.model_name}, endpoint config {done.config_name}")
     print(f"endpoint {done.endpoint_name}: {args.instance_count} x {args.instance_type}")
+    if args.mode == "async":
+        print(
+            f"async limits: bodies up to {sm_api.ASYNC_MAX_BODY_MB} MB, "
+            f"{sm_api.ASYNC_TIMEOUT_S} s per invocation (STYGIG_SERVE_ARGS)"
+        )
     if args.no_wait:
         print(
             f"not waiting; watch it with: aws sagemaker describe-endpoint --endpoint-name {done.endpoint_name}"
         )
-        return 0
+        return done
     info = sm_api.wait_for_endpoint(
-        sm, done.endpoint_name, poll_s=args.poll, timeout_s=args.timeout
+        aws.sm, done.endpoint_name, poll_s=args.poll, timeout_s=args.timeout
     )
     print(f"status: {info['EndpointStatus']}  arn: {info.get('EndpointArn', '-')}")
-    aas = sm_api.aws_client("application-autoscaling", args.region) if scaling_wanted else None
-    if args.mode == "sync" and aas is not None:
+    if scaling_wanted:
+        enable_scaling(args, aws, done)
+    prune_endpoint(aws, done.endpoint_name)
+    return done
+
+
+def enable_scaling(args: argparse.Namespace, aws: Any, done: Any) -> None:
+    """The autoscaling the flags ask for, on the deployed variant (the endpoint InService)."""
+    from stygig.deploy.autoscaling import Scaling, enable_async_scaling, enable_autoscaling
+
+    if args.mode == "sync":
         scaling = Scaling(args.min_instances, args.max_instances, args.target_invocations)
-        enable_autoscaling(aas, done.endpoint_name, done.variant_name, scaling)
+        enable_autoscaling(aws.aas, done.endpoint_name, done.variant_name, scaling)
         print(
             f"autoscaling: {scaling.min_instances}..{scaling.max_instances} instances, "
             f"target {scaling.target:g} invocations per instance per minute"
         )
-    elif aas is not None:
-        scaling = Scaling(args.min_instances, args.max_instances, args.backlog_target)
-        cw = sm_api.aws_client("cloudwatch", args.region)
-        enable_async_scaling(aas, cw, done.endpoint_name, done.variant_name, scaling)
-        print(
-            f"autoscaling: {scaling.min_instances}..{scaling.max_instances} instances, "
-            f"target backlog {scaling.target:g} per instance, wakes from zero on a backlog"
-        )
-    _print_how_to_invoke(done.endpoint_name, args.mode)
-    return 0
+        return
+    scaling = Scaling(args.min_instances, args.max_instances, args.backlog_target)
+    enable_async_scaling(aws.aas, aws.cw, done.endpoint_name, done.variant_name, scaling)
+    print(
+        f"autoscaling: {scaling.min_instances}..{scaling.max_instances} instances, "
+        f"target backlog {scaling.target:g} per instance, wakes from zero on a backlog"
+    )
+
+
+def prune_endpoint(aws: Any, endpoint_name: str) -> None:
+    """Delete the configs and models the endpoint left behind (once it is InService)."""
+    from stygig.deploy.sagemaker import prune
+
+    for line in prune(aws.sm, endpoint_name):
+        print(f"pruned {line}")
 
 
 def _print_how_to_invoke(endpoint: str, mode: str) -> None:
@@ -224,30 +352,40 @@ def _print_how_to_invoke(endpoint: str, mode: str) -> None:
 def run_update(args: argparse.Namespace) -> int:
     """``deploy update``: start a candidate with a traffic share, or change the share."""
     from stygig.deploy import sagemaker as sm_api
+    from stygig.errors import InvalidOptionsError
 
-    sm = sm_api.aws_client("sagemaker", args.region)
+    aws = sm_api.Clients.connect(args.region)
+    waiting = None if args.no_wait else sm_api.Waiting(args.poll, args.timeout)
     if args.model_uri:
+        image = _setting(args.image_uri, "STYGIG_IMAGE_URI", "container image", "--image-uri")
+        role = _setting(args.role, "STYGIG_SAGEMAKER_ROLE", "execution role", "--role")
+        env = sm_api.parse_environment(args.env)
+        _preflight(args, aws, image, role)
         done = sm_api.start_canary(
-            sm,
+            aws,
             endpoint_name=args.endpoint_name,
             model_uri=args.model_uri,
-            image_uri=_setting(
-                args.image_uri, "STYGIG_IMAGE_URI", "container image", "--image-uri"
-            ),
-            role_arn=_setting(args.role, "STYGIG_SAGEMAKER_ROLE", "execution role", "--role"),
+            image_uri=image,
+            role_arn=role,
             traffic_percent=args.traffic,
             instance_type=args.instance_type,
             instance_count=args.instance_count,
+            environment=env,
+            waiting=waiting,
         )
         print(f"candidate variant {done.variant_name} (model {done.model_name}): {args.traffic:g}%")
     else:
-        sm_api.set_traffic(sm, args.endpoint_name, args.traffic)
+        if args.env:
+            raise InvalidOptionsError("--env sets a new model's environment: give --model-uri")
+        sm_api.set_traffic(aws.sm, args.endpoint_name, args.traffic)
         print(f"candidate's share of {args.endpoint_name}: {args.traffic:g}%")
-    if not args.no_wait:
-        info = sm_api.wait_for_endpoint(
-            sm, args.endpoint_name, poll_s=args.poll, timeout_s=args.timeout
-        )
-        print(f"status: {info['EndpointStatus']}")
+        if waiting is not None:
+            sm_api.wait_for_endpoint(
+                aws.sm, args.endpoint_name, poll_s=args.poll, timeout_s=args.timeout
+            )
+    if waiting is not None:
+        print("status: InService")
+    prune_endpoint(aws, args.endpoint_name)
     print(
         f"then: stygig deploy promote --endpoint-name {args.endpoint_name}  "
         f"or: stygig deploy rollback --endpoint-name {args.endpoint_name}"
@@ -259,17 +397,64 @@ def run_lifecycle(args: argparse.Namespace) -> int:
     """``deploy promote | rollback | delete``."""
     from stygig.deploy import sagemaker as sm_api
 
-    sm = sm_api.aws_client("sagemaker", args.region)
+    aws = sm_api.Clients.connect(args.region)
     if args.action == "delete":
-        for line in sm_api.delete_endpoint(sm, args.endpoint_name):
+        for line in sm_api.delete_endpoint(aws, args.endpoint_name):
             print(f"deleted {line}")
         return 0
-    keep = (sm_api.promote if args.action == "promote" else sm_api.rollback)(sm, args.endpoint_name)
+    waiting = None if args.no_wait else sm_api.Waiting()
+    step = sm_api.promote if args.action == "promote" else sm_api.rollback
+    keep = step(aws, args.endpoint_name, waiting)
     print(f"{args.action}: all traffic to variant {keep.name} (model {keep.model_name})")
-    if not args.no_wait:
-        info = sm_api.wait_for_endpoint(sm, args.endpoint_name)
-        print(f"status: {info['EndpointStatus']}")
+    if waiting is not None:
+        print("status: InService")
+    prune_endpoint(aws, args.endpoint_name)
     return 0
+
+
+def _add_deploy_pipeline(deploy: Any) -> None:
+    p = deploy.add_parser(
+        "pipeline",
+        help="build -> package -> upload -> deploy -> wait -> invoke check, resumable",
+    )
+    _common(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--catalog", help="catalogue to build the artifact from (.csv or .jsonl)")
+    src.add_argument("--artifact", help="an artifact folder already built (skips the build)")
+    p.add_argument("--images", help="folder the catalogue's image paths are relative to")
+    p.add_argument("--format", default="auto", choices=["auto", "generic", "kaggle", "mango"])
+    p.add_argument("--encoder", default="efficientnet-lite0")
+    p.add_argument("--runtime", default="auto", choices=["auto", "onnx", "numpy", "torch"])
+    p.add_argument("--work-dir", help="artifact, archive and state file (default build/pipeline/E)")
+    p.add_argument("--upload", required=True, help="s3://bucket/prefix/ for the archive")
+    p.add_argument("--check-image", help="photo sent to a real-time endpoint as the last step")
+    p.add_argument("--restart", action="store_true", help="ignore the state file: redo each step")
+    p.add_argument("--mode", choices=["sync", "async"], default="sync")
+    _model_flags(p)
+    p.add_argument("--instance-type", help="default ml.g4dn.xlarge (sync) or ml.m5.large (async)")
+    p.add_argument("--instance-count", type=int, default=1)
+    p.add_argument("--update", action="store_true", help="switch an existing endpoint in place")
+    p.add_argument("--allow-cpu", action="store_true", help="sync: real-time on a CPU instance")
+    p.add_argument("--max-instances", type=int, help="autoscaling bound (async default 2)")
+    p.add_argument("--min-instances", type=int, help="default 1 (sync) or 0 (async)")
+    p.add_argument("--target-invocations", type=float, default=70.0)
+    p.add_argument("--s3-output-path", help="async: s3:// prefix for results (required)")
+    p.add_argument("--s3-failure-path")
+    p.add_argument("--sns-success-topic")
+    p.add_argument("--sns-error-topic")
+    p.add_argument("--max-concurrent", type=int, default=4)
+    p.add_argument("--backlog-target", type=float, default=5.0)
+    p.add_argument("--no-autoscale", action="store_true", help="async: no scaling policies")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for InService")
+    p.add_argument("--poll", type=float, default=15.0, help="seconds between status checks")
+    p.set_defaults(func=run_pipeline)
+
+
+def run_pipeline(args: argparse.Namespace) -> int:
+    """``deploy pipeline``: the V4 guide's run_pipeline.py as one resumable command."""
+    from stygig.deploy.pipeline import run_pipeline as run
+
+    return run(args)
 
 
 def run_alarms(args: argparse.Namespace) -> int:

@@ -1,35 +1,48 @@
-"""Call a deployed endpoint with a photo, check the answer, and optionally load it.
+"""Call a deployed endpoint with a photo, check the answer, and load it honestly.
 
-The guide's ``test_endpoint.py`` as a library: :func:`invoke_url` (any StyGig server) or
-:func:`invoke_endpoint` (the SageMaker runtime) return the parsed response and the round-trip
-latency; :func:`check_response` lists what a StyGig response must have and this one lacks
-(RGB triples, the top-5 vote, the compatibility boost); :func:`load_check` sends ``requests``
-photos from ``concurrency`` threads and summarises them like ``stygig loadtest``.
+The guide's ``test_endpoint.py`` as a library. :class:`UrlClient` (any StyGig server) keeps one
+HTTP connection per thread, as ``stygig loadtest`` does; :class:`EndpointClient` shares one
+boto3 client (thread-safe) whose connection pool is as large as the concurrency. Each
+:class:`Reply` separates the client's round trip from the server's own time (the answer's
+``timings_ms.total``: first stage to serialised answer). :func:`check_response` lists what a
+StyGig response must have and this one lacks (RGB triples, the top-5 vote, the compatibility
+boost); :func:`load_check` sends ``requests`` photos from ``concurrency`` threads and
+summarises them like ``stygig loadtest``, with the server's share beside the client's.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from stygig.deploy.sagemaker import call
-from stygig.errors import InvalidOptionsError, ServerError, UnsupportedMediaError
+from stygig.errors import ConfigError, InvalidOptionsError, ServerError, UnsupportedMediaError
 
 __all__ = [
+    "EndpointClient",
+    "LoadCheck",
+    "Reply",
+    "UrlClient",
+    "budget_verdict",
     "check_response",
     "content_type_of",
     "describe_response",
     "invoke_endpoint",
     "invoke_url",
     "load_check",
+    "runtime_client",
+    "server_ms_of",
 ]
 
 _TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
+_TIMINGS_KEY = b'"timings_ms":'
 
 
 def content_type_of(path: str | Path) -> str:
@@ -50,38 +63,203 @@ def _parse(raw: bytes, where: str) -> dict[str, Any]:
     return data
 
 
-def _target(url: str) -> str:
-    url = url.rstrip("/")
-    return url if url.endswith("/invocations") else url + "/invocations"
+def server_ms_of(raw: bytes) -> float | None:
+    """The server's own time for a request: ``timings_ms.total`` of its answer, if any.
+
+    StyGig writes ``timings_ms`` last (``Recommendation.to_json``), so only the tail of the body
+    is parsed; anything else falls back to parsing the whole answer.
+    """
+    at = raw.rfind(_TIMINGS_KEY)
+    timings: Any = None
+    if at >= 0:
+        try:
+            timings = json.loads(raw[at + len(_TIMINGS_KEY) : -1])
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            timings = None
+    if not isinstance(timings, dict):
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return None
+        timings = data.get("timings_ms") if isinstance(data, dict) else None
+    total = timings.get("total") if isinstance(timings, dict) else None
+    return float(total) if isinstance(total, int | float) else None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One request's outcome: status (``"200"``, ``"503"``, or a transport error's name), the
+    client's round trip, the server's own time when it said, and the body."""
+
+    status: str
+    client_ms: float
+    server_ms: float | None
+    body: bytes = b""
+
+
+class UrlClient:
+    """POSTs photos to a StyGig server's ``/invocations``, one kept-alive connection per thread.
+
+    Standard-library ``http.client`` (the load generator shares CPUs with the server on a test
+    machine, so it should cost little), connections opened on first use and reopened after a
+    transport error; :meth:`close` closes every thread's connection.
+    """
+
+    def __init__(self, url: str, *, timeout_s: float = 60.0) -> None:
+        from stygig.auth import bearer_headers
+
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InvalidOptionsError(f"--url must be http(s)://host[:port][/prefix], not {url!r}")
+        self.url = url
+        path = parts.path.rstrip("/")
+        self.path = path if path.endswith("/invocations") else path + "/invocations"
+        self._parts = parts
+        self._timeout = timeout_s
+        self._headers = {"accept": "application/json", **bearer_headers()}
+        self._local = threading.local()
+        self._opened: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            kind = (
+                http.client.HTTPSConnection
+                if self._parts.scheme == "https"
+                else http.client.HTTPConnection
+            )
+            conn = kind(self._parts.hostname or "", self._parts.port, timeout=self._timeout)
+            self._local.conn = conn
+            with self._lock:
+                self._opened.append(conn)
+        return conn
+
+    def send(self, body: bytes, content_type: str) -> Reply:
+        """POST one photo; never raises for an HTTP status or a transport error."""
+        conn = self._connection()
+        t0 = time.perf_counter()
+        try:
+            conn.request(
+                "POST",
+                self.path,
+                body=body,
+                headers={"content-type": content_type, **self._headers},
+            )
+            response = conn.getresponse()
+            raw = response.read()
+            status = str(response.status)
+        except (OSError, http.client.HTTPException) as e:
+            conn.close()  # http.client reopens it on the next request
+            return Reply(type(e).__name__, (time.perf_counter() - t0) * 1e3, None)
+        ms = (time.perf_counter() - t0) * 1e3
+        return Reply(status, ms, server_ms_of(raw) if status == "200" else None, raw)
+
+    def close(self) -> None:
+        """Close every connection this client opened."""
+        with self._lock:
+            for conn in self._opened:
+                conn.close()
+            self._opened.clear()
 
 
 def invoke_url(
-    url: str, body: bytes, content_type: str, *, timeout_s: float = 60.0, client: Any = None
+    url: str,
+    body: bytes,
+    content_type: str,
+    *,
+    timeout_s: float = 60.0,
+    client: UrlClient | None = None,
 ) -> tuple[dict[str, Any], float]:
-    """POST the photo to ``url``'s ``/invocations``; (response, latency in ms)."""
-    import httpx
-
-    from stygig.auth import bearer_headers
-
-    headers = {"content-type": content_type, "accept": "application/json", **bearer_headers()}
-    t0 = time.perf_counter()
+    """POST the photo to ``url``'s ``/invocations``; (response, round trip in ms)."""
+    own = client is None
+    sender = client or UrlClient(url, timeout_s=timeout_s)
     try:
-        if client is None:
-            response = httpx.post(_target(url), content=body, headers=headers, timeout=timeout_s)
-        else:
-            response = client.post(_target(url), content=body, headers=headers)
-    except httpx.HTTPError as e:
-        raise ServerError(f"cannot reach {url}: {e}") from e
-    ms = (time.perf_counter() - t0) * 1e3
-    if response.status_code != 200:
-        raise ServerError(f"{url} answered {response.status_code}: {response.text[:300]}")
-    return _parse(response.content, url), ms
+        reply = sender.send(body, content_type)
+    finally:
+        if own:
+            sender.close()
+    if not reply.status.isdigit():
+        raise ServerError(f"cannot reach {url}: {reply.status}")
+    if reply.status != "200":
+        raise ServerError(f"{url} answered {reply.status}: {_error_text(reply.body)}")
+    return _parse(reply.body, url), reply.client_ms
+
+
+def _error_text(raw: bytes) -> str:
+    """The server's error message (its JSON ``error.message``), else the first 300 bytes."""
+    try:
+        message = json.loads(raw)["error"]["message"]
+        if isinstance(message, str):
+            return message[:300]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        pass
+    return raw[:300].decode("utf-8", "replace")
+
+
+def runtime_client(region: str | None, *, pool: int = 10, timeout_s: float = 60.0) -> Any:
+    """One ``sagemaker-runtime`` client for every thread, its pool sized to ``pool``.
+
+    boto3 clients are thread-safe; the pool (``max_pool_connections``, botocore's default 10)
+    is what bounds the concurrent requests, so it is sized to the concurrency. Retries are off
+    so that a throttled or failed request is counted, not hidden in a longer latency.
+    """
+    try:
+        import boto3
+        from botocore.config import Config
+        from botocore.exceptions import NoRegionError
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ConfigError("AWS commands need boto3: pip install 'stygig[aws]'") from e
+    config = Config(
+        max_pool_connections=max(10, pool),
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        read_timeout=timeout_s,
+        connect_timeout=min(timeout_s, 10.0),
+    )
+    try:
+        return boto3.client("sagemaker-runtime", region_name=region, config=config)
+    except NoRegionError as e:
+        raise ConfigError(
+            "no AWS region: pass --region or set AWS_DEFAULT_REGION", code="aws_region"
+        ) from e
+
+
+class EndpointClient:
+    """``InvokeEndpoint`` from many threads through one shared runtime client."""
+
+    def __init__(self, runtime: Any, endpoint_name: str) -> None:
+        self.runtime = runtime
+        self.endpoint_name = endpoint_name
+
+    def send(self, body: bytes, content_type: str) -> Reply:
+        """Invoke once; never raises for what the endpoint or the network answers."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        t0 = time.perf_counter()
+        try:
+            response = self.runtime.invoke_endpoint(
+                EndpointName=self.endpoint_name,
+                Body=body,
+                ContentType=content_type,
+                Accept="application/json",
+            )
+            raw = response["Body"].read()
+        except ClientError as e:
+            meta = e.response.get("ResponseMetadata", {})
+            status = e.response.get("OriginalStatusCode") or meta.get("HTTPStatusCode") or 0
+            return Reply(str(status), (time.perf_counter() - t0) * 1e3, None)
+        except BotoCoreError as e:
+            return Reply(type(e).__name__, (time.perf_counter() - t0) * 1e3, None)
+        ms = (time.perf_counter() - t0) * 1e3
+        return Reply("200", ms, server_ms_of(raw), raw)
 
 
 def invoke_endpoint(
     runtime: Any, endpoint_name: str, body: bytes, content_type: str
 ) -> tuple[dict[str, Any], float]:
-    """``InvokeEndpoint`` with the photo; (response, latency in ms, network included)."""
+    """``InvokeEndpoint`` with the photo; (response, round trip in ms, network included)."""
+    from stygig.deploy.sagemaker import call
+
     t0 = time.perf_counter()
     response = call(
         runtime,
@@ -131,7 +309,7 @@ def check_response(rec: dict[str, Any]) -> list[str]:
 
 
 def describe_response(rec: dict[str, Any], latency_ms: float) -> str:
-    """The outfit, the query's vote and the latency as a few readable lines."""
+    """The outfit, the query's vote and the latency (client and server) as a few lines."""
     lines = []
     for part in rec.get("query", []):
         votes = ", ".join(f"{c} {n}" for c, n in (part.get("votes") or {}).items())
@@ -149,40 +327,104 @@ def describe_response(rec: dict[str, Any], latency_ms: float) -> str:
     for item in rec.get("items", [])[:5] if not slots else []:
         lines.append(f"  {item.get('id')} {item.get('category')} rgb {tuple(item.get('rgb', []))}")
     server_ms = (rec.get("timings_ms") or {}).get("total")
-    lines.append(
-        f"latency: {latency_ms:.1f} ms round trip"
-        + (f", {server_ms:.1f} ms inside the server" if server_ms is not None else "")
-    )
+    if isinstance(server_ms, int | float):
+        lines.append(
+            f"latency: {latency_ms:.1f} ms round trip (client), {server_ms:.1f} ms inside the "
+            f"server (timings_ms.total), {max(latency_ms - server_ms, 0.0):.1f} ms outside it"
+        )
+    else:
+        lines.append(
+            f"latency: {latency_ms:.1f} ms round trip (client); the server gave no timings"
+        )
     return "\n".join(lines)
 
 
-def load_check(send: Callable[[], object], *, concurrency: int, requests: int, target: str) -> Any:
-    """Run ``send`` ``requests`` times from ``concurrency`` threads; a loadtest report."""
+@dataclass
+class LoadCheck:
+    """A load check's outcome: the client's report (as ``stygig loadtest``'s), the server's own
+    times of the answered requests, and the UTC window it ran in (for CloudWatch)."""
+
+    report: Any  # stygig.loadtest.LoadTestReport
+    server_ms: dict[str, float]
+    started: datetime
+    ended: datetime
+
+    def lines(self) -> list[str]:
+        """The server's share, beside the client's percentiles ``print_report`` prints."""
+        lat = self.report.latency_ms
+        if not self.server_ms:
+            return ["server time   not reported (the answers carry no timings_ms)"]
+        s = self.server_ms
+        out = [
+            f"server (ms)   p50 {s['p50']:.1f}  p95 {s['p95']:.1f}  p99 {s['p99']:.1f}  "
+            f"max {s['max']:.1f}  (timings_ms.total: first stage to serialised answer)"
+        ]
+        if lat:
+            out.append(
+                f"outside (ms)  p50 {max(lat['p50'] - s['p50'], 0.0):.1f}  "
+                f"p99 {max(lat['p99'] - s['p99'], 0.0):.1f}  (client minus server: network, "
+                "HTTP, waiting for a worker)"
+            )
+        return out
+
+
+def load_check(
+    send: Callable[[], Reply], *, concurrency: int, requests: int, target: str
+) -> LoadCheck:
+    """Run ``send`` ``requests`` times from ``concurrency`` threads, each pulling the next
+    request as soon as its last one is answered (as ``stygig loadtest`` does)."""
+    import numpy as np
+
     from stygig.loadtest import LoadTestConfig, summarise
 
     if concurrency < 1 or requests < 1:
         raise InvalidOptionsError("--concurrency and --requests must be >= 1")
     latencies: list[float] = []
     statuses: list[str] = []
+    server: list[float] = []
+    counter = iter(range(requests))
     lock = threading.Lock()
 
-    def one(_: int) -> None:
-        t0 = time.perf_counter()
-        try:
-            send()
-            status = "200"
-        except ServerError as e:
-            status = "500" if "answered 5" in e.message else type(e).__name__
-        except Exception as e:  # a load check counts failures, it does not stop on them
-            status = type(e).__name__
-        with lock:
-            latencies.append((time.perf_counter() - t0) * 1e3)
-            statuses.append(status)
+    def worker() -> None:
+        while True:
+            with lock:
+                if next(counter, None) is None:
+                    return
+            try:
+                reply = send()
+            except Exception as e:  # a load check counts failures, it does not stop on them
+                reply = Reply(type(e).__name__, 0.0, None)
+            with lock:
+                latencies.append(reply.client_ms)
+                statuses.append(reply.status)
+                if reply.server_ms is not None:
+                    server.append(reply.server_ms)
 
+    threads = [
+        threading.Thread(target=worker, daemon=True) for _ in range(min(concurrency, requests))
+    ]
+    started = datetime.now(UTC)
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        list(pool.map(one, range(requests)))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - t0
+    ended = datetime.now(UTC)
     config = LoadTestConfig(
         url=target, images=Path("."), concurrency=concurrency, requests=requests, endpoint=""
     )
-    return summarise(config, latencies, statuses, time.perf_counter() - t0)
+    report = summarise(config, latencies, statuses, seconds)
+    server_pct: dict[str, float] = {}
+    if server:
+        arr = np.asarray(server, np.float64)
+        server_pct = {f"p{q}": float(np.percentile(arr, q)) for q in (50, 95, 99)}
+        server_pct["max"] = float(arr.max())
+    return LoadCheck(report, server_pct, started, ended)
+
+
+def budget_verdict(p99_ms: float, budget_ms: float, what: str) -> tuple[bool, str]:
+    """(within budget, the line that says so) for a p99 against ``--max-p99-ms``."""
+    if p99_ms <= budget_ms:
+        return True, f"latency budget: {what} p99 {p99_ms:.1f} ms <= {budget_ms:g} ms: ok"
+    return False, f"latency budget exceeded: {what} p99 {p99_ms:.1f} ms > {budget_ms:g} ms"

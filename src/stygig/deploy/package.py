@@ -4,6 +4,11 @@ SageMaker unpacks the archive into ``/opt/ml/model``, where ``stygig serve`` loo
 ``manifest.json``. Only an artifact that passes its own manifest check (format version, every
 file's size and sha256, no file the manifest does not list, no path outside the folder) is
 packed: a folder with stray files is refused, since the server would refuse it too. The archive is reproducible: sorted names, zero mtimes and owners.
+
+:func:`upload` records what the preflight of ``deploy`` checks cheaply: the archive's sha256
+and the sha256 of the artifact's ``manifest.json`` as S3 object metadata (``stygig-sha256``,
+``stygig-manifest-sha256``), and asks S3 to verify and keep the object's own SHA-256
+checksum, so that ``HeadObject`` alone proves the stored bytes are the packed archive.
 """
 
 from __future__ import annotations
@@ -18,7 +23,11 @@ from stygig.artifact import file_sha256, read_manifest, verify_files
 from stygig.errors import StorageError
 from stygig.storage import parse
 
-__all__ = ["Package", "package_artifact", "upload"]
+__all__ = ["META_MANIFEST_SHA256", "META_SHA256", "Package", "package_artifact", "upload"]
+
+META_SHA256 = "stygig-sha256"
+META_MANIFEST_SHA256 = "stygig-manifest-sha256"
+_SINGLE_PUT_MAX = 5 * 1024**3 - 1  # one PUT up to 5 GiB: S3's checksum is the object's sha256
 
 
 @dataclass(frozen=True)
@@ -29,6 +38,7 @@ class Package:
     sha256: str
     bytes: int
     files: tuple[str, ...]
+    manifest_sha256: str = ""
 
 
 def package_artifact(artifact: str | Path, out: str | Path) -> Package:
@@ -56,11 +66,28 @@ def package_artifact(artifact: str | Path, out: str | Path) -> Package:
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise StorageError(f"cannot write {target}: {e}") from e
-    return Package(target, file_sha256(target), target.stat().st_size, tuple(names))
+    return Package(
+        target,
+        file_sha256(target),
+        target.stat().st_size,
+        tuple(names),
+        file_sha256(root / "manifest.json"),
+    )
 
 
-def upload(path: str | Path, uri: str, *, region: str | None = None) -> str:
-    """Upload ``path`` to ``uri`` (``s3://bucket/key``, or a prefix ending in ``/``)."""
+def upload(
+    path: str | Path,
+    uri: str,
+    *,
+    region: str | None = None,
+    sha256: str | None = None,
+    manifest_sha256: str | None = None,
+) -> str:
+    """Upload ``path`` to ``uri`` (``s3://bucket/key``, or a prefix ending in ``/``).
+
+    The object carries the archive's ``sha256`` (computed when not given) and, when given,
+    the manifest's, as metadata; S3 checks the upload against a SHA-256 checksum and keeps it.
+    """
     from stygig.deploy.sagemaker import aws_client, translate
 
     loc = parse(uri)
@@ -79,8 +106,19 @@ def upload(path: str | Path, uri: str, *, region: str | None = None) -> str:
                 code="bucket_not_found",
             ) from e
         raise _storage(translate(e, f"upload to s3://{loc.bucket}")) from e
+    from boto3.s3.transfer import TransferConfig  # boto3 is there: aws_client needed it
+
     try:
-        s3.upload_file(str(path), loc.bucket, key)
+        metadata = {META_SHA256: sha256 or file_sha256(Path(path))}
+        if manifest_sha256:
+            metadata[META_MANIFEST_SHA256] = manifest_sha256
+        s3.upload_file(
+            str(path),
+            loc.bucket,
+            key,
+            ExtraArgs={"Metadata": metadata, "ChecksumAlgorithm": "SHA256"},
+            Config=TransferConfig(multipart_threshold=_SINGLE_PUT_MAX),
+        )
     except Exception as e:
         raise _storage(translate(e, f"upload to s3://{loc.bucket}/{key}")) from e
     return f"s3://{loc.bucket}/{key}"

@@ -1,0 +1,316 @@
+"""Preflight of ``deploy sync | async | update``: refuse what AWS would accept and fail on later.
+
+Cheapest first, each failure a clear error before anything is created:
+
+* the image URI names an ECR image (``<account>.dkr.ecr.<region>.amazonaws.com/<repo>``,
+  optionally ``:tag`` or ``@sha256:<digest>``) in the endpoint's region (SageMaker pulls only
+  from its own region);
+* the role is an IAM role ARN (``arn:aws:iam::<account>:role/<name>``);
+* the model archive exists in S3 (``HeadObject``) and is the packed artifact (:func:`check_archive`);
+* no endpoint of that name exists yet, unless ``--update`` says to switch it in place.
+
+How the archive is verified (``--verify-archive``):
+
+``auto`` (default)
+    An archive uploaded by ``stygig package --upload`` carries its sha256 as object metadata,
+    and S3 keeps the SHA-256 checksum it verified on upload: when the two agree, the stored
+    bytes are the archive that ``package`` built after checking every file against the
+    artifact's manifest. One ``HeadObject``, nothing downloaded. An archive without that
+    record (uploaded some other way), or whose checksum S3 cannot compare (a multipart
+    upload), is verified in full when it is at most ``--verify-max-mb``, refused otherwise.
+``full``
+    The archive is streamed once (no temporary file; memory bounded by a read buffer): every
+    member is hashed and compared with the ``manifest.json`` inside it (each listed file
+    present with its size and sha256, nothing unlisted, no path outside the archive root),
+    and the whole archive's sha256 with the upload record when there is one.
+``skip``
+    Existence only.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import json
+import re
+import tarfile
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from stygig.errors import (
+    ArtifactError,
+    ConfigError,
+    InvalidOptionsError,
+    NotFoundError,
+    StygigError,
+)
+
+__all__ = [
+    "ArchiveCheck",
+    "check_archive",
+    "check_endpoint_free",
+    "check_image_uri",
+    "check_role_arn",
+    "verify_stream",
+]
+
+VERIFY_MODES = ("auto", "full", "skip")
+_ECR_IMAGE = re.compile(
+    r"(?P<account>\d{12})\.dkr\.ecr(?:-fips)?\.(?P<region>[a-z]{2}(?:-[a-z]+)+-\d)"
+    r"\.amazonaws\.com(?:\.cn)?/(?P<repo>[a-z0-9]+(?:[._/-][a-z0-9]+)*)"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[0-9a-f]{64})?"
+)
+_ROLE_ARN = re.compile(r"arn:aws(?:-cn|-us-gov)?:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
+_MANIFEST = "manifest.json"
+_MANIFEST_MAX = 64 * 1024 * 1024
+_CHUNK = 1 << 20
+
+
+def check_image_uri(uri: str, region: str | None = None) -> None:
+    """Refuse an image URI that is not an ECR image (in ``region``, when given)."""
+    match = _ECR_IMAGE.fullmatch(uri)
+    if match is None:
+        raise InvalidOptionsError(
+            f"--image-uri {uri[:200]!r} is not an ECR image: expected "
+            "<account>.dkr.ecr.<region>.amazonaws.com/<repository>[:tag|@sha256:<digest>] "
+            "(push the image built from docker/Dockerfile to ECR)",
+            code="invalid_image_uri",
+        )
+    if region and match["region"] != region:
+        raise InvalidOptionsError(
+            f"--image-uri is in {match['region']}, the endpoint in {region}: SageMaker pulls "
+            f"images from its own region only; push the image to ECR in {region}",
+            code="invalid_image_uri",
+        )
+
+
+def check_role_arn(arn: str) -> None:
+    """Refuse an execution role that is not an IAM role ARN."""
+    if _ROLE_ARN.fullmatch(arn) is None:
+        raise InvalidOptionsError(
+            f"--role {arn[:200]!r} is not an IAM role ARN: expected "
+            "arn:aws:iam::<account>:role/<name> (the SageMaker execution role)",
+            code="invalid_role",
+        )
+
+
+@dataclass(frozen=True)
+class ArchiveCheck:
+    """What the preflight found out about the model archive."""
+
+    uri: str
+    bytes: int
+    sha256: str | None
+    how: str  # one line: how it was verified
+
+    def describe(self) -> str:
+        """The preflight's line about the archive."""
+        return f"model {self.uri}: {self.bytes / 1e6:.2f} MB, {self.how}"
+
+
+class _Hashing(io.RawIOBase):
+    """A readable stream that hashes and counts what is read through it."""
+
+    def __init__(self, body: Any) -> None:
+        self._body = body
+        self.sha = hashlib.sha256()
+        self.read_bytes = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._body.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self.sha.update(data)
+        self.read_bytes += n
+        return n
+
+    def drain(self) -> None:
+        while self.readinto(bytearray(_CHUNK)):
+            pass
+
+
+def _bad(where: str, why: str, code: str = "archive_mismatch") -> ArtifactError:
+    return ArtifactError(f"model archive {where} {why}; repack it with `stygig package`", code=code)
+
+
+def verify_stream(body: Any, where: str) -> str:
+    """Verify a ``model.tar.gz`` read from ``body`` against the manifest inside; its sha256.
+
+    One pass, nothing written: each member's size and sha256 are recorded as it streams past
+    (the manifest sorts after most files), then compared with the manifest at the end.
+    """
+    stream = _Hashing(body)
+    seen: dict[str, tuple[int, str]] = {}
+    manifest: Any = None
+    try:
+        with tarfile.open(fileobj=io.BufferedReader(stream, _CHUNK), mode="r|gz") as tar:
+            for member in tar:
+                name = member.name
+                if not member.isfile() or name.startswith("/") or ".." in name.split("/"):
+                    raise _bad(where, f"holds {name[:100]!r}, not a plain file at its root")
+                if name in seen:
+                    raise _bad(where, f"holds {name[:100]!r} twice")
+                handle = tar.extractfile(member)
+                assert handle is not None  # a regular file
+                if name == _MANIFEST:
+                    if member.size > _MANIFEST_MAX:
+                        raise _bad(where, "has an oversized manifest.json")
+                    raw = handle.read()
+                    manifest = json.loads(raw)
+                    seen[name] = (len(raw), hashlib.sha256(raw).hexdigest())
+                    continue
+                sha, size = hashlib.sha256(), 0
+                while chunk := handle.read(_CHUNK):
+                    sha.update(chunk)
+                    size += len(chunk)
+                seen[name] = (size, sha.hexdigest())
+        stream.drain()
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        raise _bad(where, f"is not a readable .tar.gz ({type(e).__name__})", "archive_bad") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise _bad(where, "has a manifest.json that is not JSON", "archive_bad") from e
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not files:
+        raise _bad(where, "has no manifest.json listing file checksums", "archive_bad")
+    for name, meta in files.items():
+        got = seen.get(name)
+        if got is None:
+            raise _bad(where, f"lacks {name[:100]!r}, which its manifest lists")
+        want = (meta.get("bytes"), meta.get("sha256")) if isinstance(meta, dict) else None
+        if got != want:
+            raise _bad(where, f"holds {name[:100]!r}, which does not match its checksum")
+    extra = sorted(set(seen) - set(files) - {_MANIFEST})
+    if extra:
+        raise _bad(where, f"holds {extra[0][:100]!r}, which its manifest does not list")
+    return stream.sha.hexdigest()
+
+
+def _head(s3: Any, bucket: str, key: str, uri: str) -> dict[str, Any]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from stygig.deploy.sagemaker import translate
+
+    try:
+        head: dict[str, Any] = s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    except ClientError as e:
+        code = str(e.response.get("Error", {}).get("Code", ""))
+        if code in ("404", "NoSuchKey", "NotFound"):
+            raise NotFoundError(
+                f"model archive {uri} does not exist: upload it with "
+                f"`stygig package --artifact DIR --upload {uri}`",
+                code="model_not_found",
+            ) from e
+        if code in ("403", "AccessDenied", "Forbidden"):
+            raise ConfigError(
+                f"model archive {uri}: access denied (these credentials cannot read it, or "
+                "it does not exist and they cannot list the bucket)",
+                code="model_forbidden",
+            ) from e
+        raise translate(e, f"model archive {uri}") from e
+    except BotoCoreError as e:
+        raise translate(e, f"model archive {uri}") from e
+    return head
+
+
+def _s3_sha256(head: dict[str, Any]) -> str | None:
+    """S3's SHA-256 of the whole object, hex; None when it keeps none or a composite one."""
+    value = head.get("ChecksumSHA256")
+    if not value or "-" in str(value) or head.get("ChecksumType", "FULL_OBJECT") != "FULL_OBJECT":
+        return None
+    try:
+        return base64.b64decode(str(value), validate=True).hex()
+    except (binascii.Error, ValueError):
+        return None
+
+
+def check_archive(
+    s3: Any,
+    uri: str,
+    *,
+    verify: str = "auto",
+    max_bytes: int = 2048 * 1024 * 1024,
+    expect_sha256: str | None = None,
+) -> ArchiveCheck:
+    """The model archive exists and is the packed artifact (see the module's docstring).
+
+    ``expect_sha256``: the archive must be this one (the pipeline's own package).
+    """
+    from stygig.deploy.package import META_SHA256
+    from stygig.deploy.sagemaker import translate
+    from stygig.storage import parse
+
+    if verify not in VERIFY_MODES:
+        raise InvalidOptionsError(f"--verify-archive must be one of {', '.join(VERIFY_MODES)}")
+    if not uri.startswith("s3://"):
+        raise InvalidOptionsError(f"--model-uri must be an s3:// URI, not {uri[:200]!r}")
+    loc = parse(uri)
+    if not loc.key or loc.key.endswith("/"):
+        raise InvalidOptionsError(f"--model-uri {uri[:200]!r} names a prefix, not an object")
+    head = _head(s3, loc.bucket, loc.key, uri)
+    size = int(head.get("ContentLength", 0))
+    recorded = (head.get("Metadata") or {}).get(META_SHA256)
+    stored = _s3_sha256(head)
+    if recorded and stored and recorded != stored:
+        raise _bad(uri, "differs from what `stygig package --upload` recorded")
+    if expect_sha256 and (recorded or stored) and expect_sha256 not in (recorded, stored):
+        raise _bad(uri, "is not the archive just packed (another upload replaced it?)")
+    if verify == "skip":
+        return ArchiveCheck(uri, size, recorded, "exists (not verified: --verify-archive skip)")
+    if verify == "auto" and recorded and stored:
+        return ArchiveCheck(uri, size, recorded, "sha256 recorded at upload = S3's checksum")
+    if verify == "auto" and size > max_bytes:
+        raise ArtifactError(
+            f"model archive {uri} ({size / 1e6:.0f} MB) carries no upload record S3 can "
+            f"confirm, and verifying it means reading it whole (over --verify-max-mb "
+            f"{max_bytes / 1e6:.0f}): upload it with `stygig package --upload`, raise the "
+            "limit, or pass --verify-archive skip",
+            code="archive_unverified",
+        )
+    try:
+        body = s3.get_object(Bucket=loc.bucket, Key=loc.key)["Body"]
+    except Exception as e:
+        raise translate(e, f"model archive {uri}") from e
+    try:
+        sha = verify_stream(body, uri)
+    except StygigError:
+        raise
+    except Exception as e:  # the connection dropped while streaming
+        raise translate(e, f"model archive {uri}") from e
+    if recorded and sha != recorded:
+        raise _bad(uri, "differs from what `stygig package --upload` recorded")
+    if expect_sha256 and sha != expect_sha256:
+        raise _bad(uri, "is not the archive just packed (another upload replaced it?)")
+    return ArchiveCheck(uri, size, sha, "read whole: every file matches the manifest inside")
+
+
+def check_endpoint_free(sm: Any, name: str, *, update: bool) -> dict[str, Any] | None:
+    """None when no endpoint is called ``name``; its description when ``update`` allows it.
+
+    An existing endpoint without ``update`` is refused: ``CreateEndpoint`` on a taken name is
+    an error at best, and a silent replacement of a live endpoint at worst.
+    """
+    from stygig.deploy.sagemaker import call
+
+    try:
+        endpoint = call(sm, "describe_endpoint", EndpointName=name)
+    except NotFoundError:
+        if update:
+            raise NotFoundError(
+                f"--update: there is no endpoint {name} to update; drop --update to create it",
+                code="endpoint_not_found",
+            ) from None
+        return None
+    if not update:
+        raise InvalidOptionsError(
+            f"endpoint {name} already exists ({endpoint.get('EndpointStatus')}): pass --update "
+            f"to switch it to this model in place, use `stygig deploy update --endpoint-name "
+            f"{name} --model-uri ... --traffic 10` for a blue/green canary, or delete it first",
+            code="endpoint_exists",
+        )
+    return endpoint
