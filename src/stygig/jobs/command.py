@@ -6,6 +6,9 @@
     stygig jobs submit --input-location s3://bucket/in/photo.jpg --id look-42
     stygig jobs wait <id> [<id> ...] --timeout 900
     stygig jobs list --status failed                 # when the server has --async-list-jobs
+    stygig jobs submit --endpoint-name shop-async --input-prefix s3://b/in/ photo.jpg --wait
+    stygig jobs wait --endpoint-name shop-async --input-prefix s3://b/in/ <id> --sns-topic ARN
+    stygig batch --endpoint-name shop-async --input-prefix s3://b/in/ --input photos/ --output r.jsonl
     stygig batch --artifact A --input photos/ --output recs.jsonl      # resumable
     stygig batch --artifact A --all-items --output s3://bucket/recs/   # the nightly refresh
 """
@@ -85,6 +88,11 @@ def _submit(args: argparse.Namespace) -> dict[str, Any]:
         headers["Content-Type"] = f"image/{'jpeg' if suffix in ('jpg', 'jpeg') else suffix}"
     elif args.input_location:
         headers["X-Amzn-SageMaker-InputLocation"] = args.input_location
+        # Without it the server guesses from the first bytes, and a stored JSON request that
+        # does not start with "{" (a byte-order mark) was read as a photo: not_an_image.
+        kind = _stored_type(args.input_location, args.content_type)
+        if kind:
+            headers["X-Amzn-SageMaker-Content-Type"] = kind
     else:
         data = json.loads(args.json) if args.json else {"item_ids": args.item}
         body = json.dumps(data).encode()
@@ -121,9 +129,21 @@ def _wait(url: str, ids: list[str], timeout: float, interval: float) -> list[dic
     return [done[i] for i in ids]
 
 
+def _stored_type(location: str, given: str | None) -> str | None:
+    from stygig.jobs.sagemaker_async import content_type_for
+
+    return content_type_for(location, given)
+
+
 def run_jobs(args: argparse.Namespace) -> int:
     """``stygig jobs ...``: print JSON; exit 1 when a waited-for job failed."""
-    url = args.url.rstrip("/")
+    if getattr(args, "endpoint_name", None):
+        if args.url is not None:
+            raise InvalidOptionsError("give --url (a StyGig server) or --endpoint-name, not both")
+        from stygig.jobs.endpoint_command import run_endpoint_jobs
+
+        return run_endpoint_jobs(args)
+    url = (args.url or _default_url()).rstrip("/")
     if args.jobs_command == "submit":
         info = _submit(args)
         if args.wait:
@@ -131,7 +151,10 @@ def run_jobs(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0 if info.get("Status") != "failed" else 1
     if args.jobs_command == "status":
-        print(json.dumps(_status(url, args.id), indent=2))
+        if len(args.ids) == 1:
+            print(json.dumps(_status(url, args.ids[0]), indent=2))
+        for job_id in args.ids if len(args.ids) > 1 else []:
+            print(json.dumps(_status(url, job_id)))
         return 0
     if args.jobs_command == "wait":
         infos = _wait(url, args.ids, args.timeout, args.interval)
@@ -154,16 +177,22 @@ def run_jobs(args: argparse.Namespace) -> int:
 
 def run_batch_command(args: argparse.Namespace) -> int:
     """``stygig batch``: run (or resume) a batch and print its summary."""
-    from stygig.artifact import Artifact
-    from stygig.batch import run_batch
-    from stygig.engine import Recommender
-
     if (args.input is None) == (not args.all_items):
         raise InvalidOptionsError("give --input SRC or --all-items (the artifact's catalogue)")
     options: dict[str, Any] = (
         parse_json_object(args.options.encode(), what="--options") if args.options else {}
     )
     options.update(params_to_dict(_pairs(args.option)))  # typed like the server's options
+    if args.endpoint_name:
+        from stygig.jobs.endpoint_command import run_endpoint_batch_command
+
+        return _print_summary(run_endpoint_batch_command(args, options), args.json_out)
+    if args.artifact is None:
+        raise InvalidOptionsError("give --artifact (in-process) or --endpoint-name (SageMaker)")
+    from stygig.artifact import Artifact
+    from stygig.batch import run_batch
+    from stygig.engine import Recommender
+
     recommender = Recommender(Artifact.load(args.artifact, verify=not args.no_verify))
     summary = run_batch(
         recommender,
@@ -177,7 +206,12 @@ def run_batch_command(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
     )
-    if args.json_out:
+    return _print_summary(summary, args.json_out)
+
+
+def _print_summary(summary: Any, json_out: bool) -> int:
+    """A batch summary as text (or JSON); 0."""
+    if json_out:
         print(json.dumps(summary.to_dict(), indent=2))
     else:
         print(
@@ -193,20 +227,29 @@ def run_batch_command(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add ``jobs`` and ``batch`` to ``stygig``'s argparse subparsers."""
-    default_url = os.environ.get("STYGIG_URL", "http://127.0.0.1:8080")
-    jobs = subparsers.add_parser("jobs", help="asynchronous jobs on a running server")
+    jobs = subparsers.add_parser(
+        "jobs", help="asynchronous jobs on a running server or a SageMaker async endpoint"
+    )
     jobs.set_defaults(func=run_jobs)
     sub = jobs.add_subparsers(dest="jobs_command", required=True)
 
-    def with_url(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--url", default=default_url, help="server (default $STYGIG_URL or :8080)")
+    def with_url(p: argparse.ArgumentParser, follow: bool = False) -> argparse.ArgumentParser:
+        p.add_argument("--url", help="server (default $STYGIG_URL or :8080)")
+        _endpoint_flags(p, follow=follow)
         return p
 
-    p = with_url(sub.add_parser("submit", help="submit a job; prints its id and locations"))
+    p = with_url(
+        sub.add_parser("submit", help="submit a job; prints its id and locations"), follow=True
+    )
     p.add_argument("photo", nargs="?", help="a photo sent inline")
     p.add_argument(
         "--input-location",
         help="a stored photo or JSON request (path, s3://) under a prefix the server allows",
+    )
+    p.add_argument(
+        "--content-type",
+        help="the stored input's type (default: from its suffix: image/jpeg|png|webp, "
+        "application/json)",
     )
     p.add_argument("--json", help="an inline JSON request")
     p.add_argument("--item", action="append", help="a catalogue item id (repeat)")
@@ -214,17 +257,21 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--id", help="your inference id (resubmitting it never duplicates; not ending in -error)"
     )
-    p.add_argument("--time-limit", type=float, help="seconds (default: the server's)")
+    p.add_argument(
+        "--time-limit", type=float, help="seconds (default: the server's; SageMaker: 1..3600)"
+    )
     p.add_argument("--webhook", help="notify this URL when the job ends")
     p.add_argument("--wait", action="store_true", help="wait for the job to end")
     p.add_argument("--timeout", type=float, default=900.0, help="with --wait: give up after")
     p.add_argument("--interval", type=float, default=0.5, help="with --wait: poll interval")
 
-    p = with_url(sub.add_parser("status", help="a job's status and timestamps"))
-    p.add_argument("id")
+    p = with_url(sub.add_parser("status", help="jobs' status (and timestamps on a server)"))
+    p.add_argument("ids", nargs="+", metavar="id", help="job id (SageMaker: or output location)")
 
-    p = with_url(sub.add_parser("wait", help="wait until the jobs end; exit 1 if one failed"))
-    p.add_argument("ids", nargs="+")
+    p = with_url(
+        sub.add_parser("wait", help="wait until the jobs end; exit 1 if one failed"), follow=True
+    )
+    p.add_argument("ids", nargs="+", metavar="id", help="job id (SageMaker: or output location)")
     p.add_argument("--timeout", type=float, default=900.0)
     p.add_argument("--interval", type=float, default=0.5)
 
@@ -236,7 +283,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", dest="json_out", action="store_true")
 
     p = subparsers.add_parser("batch", help="recommendations for many inputs (resumable)")
-    p.add_argument("--artifact", required=True)
+    p.add_argument(
+        "--artifact",
+        help="the artifact (in-process); with --endpoint-name, a local copy of the deployed one "
+        "(for --all-items, and catalogue rows by item id)",
+    )
     p.add_argument("--input", help="catalogue file, photo folder, manifest .jsonl, or artifact")
     p.add_argument(
         "--all-items", action="store_true", help="every item of the artifact (nightly refresh)"
@@ -256,4 +307,40 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-verify", action="store_true", help="skip artifact checksums")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", dest="json_out", action="store_true", help="summary as JSON")
+    g = p.add_argument_group("through a SageMaker async endpoint instead of in-process")
+    g.add_argument("--endpoint-name", help="the deployed asynchronous endpoint")
+    g.add_argument("--region", help="AWS region (default: the AWS environment)")
+    g.add_argument("--input-prefix", default=os.environ.get(INPUT_PREFIX_ENV), help=_PREFIX_HELP)
+    g.add_argument("--concurrency", type=int, default=4, help="inputs in flight at once")
+    g.add_argument("--time-limit", type=float, help="seconds per input on the endpoint (1..3600)")
+    g.add_argument(
+        "--timeout", type=float, default=3600.0, help="seconds to wait for one input's result"
+    )
+    g.add_argument("--interval", type=float, default=1.0, help="first S3 poll interval")
+    g.add_argument("--max-interval", type=float, default=10.0, help="longest S3 poll interval")
     p.set_defaults(func=run_batch_command)
+
+
+INPUT_PREFIX_ENV = "STYGIG_ASYNC_INPUT_PREFIX"
+_PREFIX_HELP = f"s3:// prefix the inputs are uploaded to (default ${INPUT_PREFIX_ENV})"
+
+
+def _default_url() -> str:
+    return os.environ.get("STYGIG_URL", "http://127.0.0.1:8080")
+
+
+def _endpoint_flags(p: argparse.ArgumentParser, *, follow: bool) -> None:
+    g = p.add_argument_group("a SageMaker async endpoint instead of a StyGig server")
+    g.add_argument("--endpoint-name", help="the deployed asynchronous endpoint")
+    g.add_argument("--region", help="AWS region (default: the AWS environment)")
+    g.add_argument("--input-prefix", default=os.environ.get(INPUT_PREFIX_ENV), help=_PREFIX_HELP)
+    if follow:
+        g.add_argument(
+            "--sns-queue-url", help="an SQS queue subscribed to the endpoint's SNS topics"
+        )
+        g.add_argument(
+            "--sns-topic",
+            action="append",
+            help="an SNS topic ARN of the endpoint (repeat): a queue is subscribed for the wait",
+        )
+        g.add_argument("--max-interval", type=float, default=10.0, help="longest poll interval")
