@@ -506,7 +506,50 @@ def test_pipeline_async_from_an_artifact(
     assert "--mode async needs --s3-output-path" in capsys.readouterr().err
     assert main([*cmd, "--s3-output-path", "s3://out/r/"]) == 0
     out = capsys.readouterr().out
-    assert "[1/6] build: using" in out and "stygig jobs submit --endpoint-name bulk" in out
+    assert "[1/6] build: using" in out and "[6/6] check: skipped: no --check-image" in out
     variant = _variants("bulk")[0]
     assert variant["InstanceType"] == "ml.m5.large"
     assert_clean("bulk", {variant["VariantName"]: (0, 2)})
+
+
+def test_pipeline_async_check_goes_through_the_endpoint(
+    aws: None,
+    artifact: Path,
+    sample: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The async pipeline's check uploads the photo, invokes the endpoint asynchronously and
+    checks the answer it finds at the output location (SageMaker played by a real server)."""
+    from stygig.deploy import sagemaker as sm_api
+    from tests.integration.server_fixtures import running_server
+    from tests.integration.test_sagemaker_async import FakeAsyncRuntime
+
+    _c("s3").create_bucket(Bucket="models")
+    _c("s3").create_bucket(Bucket="out")
+    photo = next((sample[0] / "queries").glob("*.jpg"))
+    with running_server(artifact, tmp_path / "server.log") as server:
+        fake = FakeAsyncRuntime(server.url)
+        real = sm_api.aws_client
+        monkeypatch.setattr(
+            sm_api,
+            "aws_client",
+            lambda service, region=None: (
+                fake if service == "sagemaker-runtime" else real(service, region)
+            ),
+        )
+        cmd = ["deploy", "pipeline", "--endpoint-name", "bulk", "--artifact", str(artifact),
+               "--work-dir", str(tmp_path / "work"), "--upload", "s3://models/bulk/",
+               "--mode", "async", "--s3-output-path", "s3://out/r", "--s3-failure-path", "s3://out/f",
+               "--check-image", str(photo),
+               "--check-timeout", "120"]  # fmt: skip
+        try:
+            assert main(cmd) == 0
+        finally:
+            fake.close()
+    out = capsys.readouterr().out
+    assert "[6/6] check: " in out and "ok (rgb triples" in out
+    (call,) = fake.calls
+    assert call["InputLocation"].startswith("s3://out/r/_pipeline-check/")
+    assert call["ContentType"] == "image/jpeg"

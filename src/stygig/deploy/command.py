@@ -427,7 +427,13 @@ def _add_deploy_pipeline(deploy: Any) -> None:
     p.add_argument("--runtime", default="auto", choices=["auto", "onnx", "numpy", "torch"])
     p.add_argument("--work-dir", help="artifact, archive and state file (default build/pipeline/E)")
     p.add_argument("--upload", required=True, help="s3://bucket/prefix/ for the archive")
-    p.add_argument("--check-image", help="photo sent to a real-time endpoint as the last step")
+    p.add_argument("--check-image", help="photo sent to the endpoint as the last step")
+    p.add_argument(
+        "--check-timeout",
+        type=float,
+        default=900.0,
+        help="async: seconds to wait for the check's answer (an instance may wake from zero)",
+    )
     p.add_argument("--restart", action="store_true", help="ignore the state file: redo each step")
     p.add_argument("--mode", choices=["sync", "async"], default="sync")
     _model_flags(p)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -343,11 +344,6 @@ def _check(args: argparse.Namespace, endpoint: str) -> bool:
     from stygig.deploy.invoke import check_response, invoke_endpoint
     from stygig.deploy.sagemaker import aws_client
 
-    if args.mode == "async":
-        _say(
-            6, "check", f"asynchronous: try it with `stygig jobs submit --endpoint-name {endpoint}`"
-        )
-        return True
     if not args.check_image:
         _say(6, "check", "skipped: no --check-image")
         return True
@@ -355,8 +351,11 @@ def _check(args: argparse.Namespace, endpoint: str) -> bool:
     kind = _PHOTO_TYPES.get(photo.suffix.lower())
     if not photo.is_file() or kind is None:
         raise InvalidOptionsError(f"--check-image {photo.name}: not a .jpg, .png or .webp file")
-    runtime = aws_client("sagemaker-runtime", args.region)
-    rec, ms = invoke_endpoint(runtime, endpoint, photo.read_bytes(), kind)
+    if args.mode == "async":
+        rec, ms = _check_async(args, endpoint, photo.read_bytes(), kind, photo.suffix.lower())
+    else:
+        runtime = aws_client("sagemaker-runtime", args.region)
+        rec, ms = invoke_endpoint(runtime, endpoint, photo.read_bytes(), kind)
     problems = check_response(rec)
     for problem in problems:
         print(f"    check failed: {problem}")
@@ -365,6 +364,34 @@ def _check(args: argparse.Namespace, endpoint: str) -> bool:
         6, "check", f"{photo.name} -> {len(rec.get('items') or [])} items in {ms:.0f} ms: {verdict}"
     )
     return not problems
+
+
+def _check_async(
+    args: argparse.Namespace, endpoint: str, body: bytes, kind: str, suffix: str
+) -> tuple[dict[str, Any], float]:
+    """The check photo through the asynchronous endpoint: uploaded beside the outputs
+    (``<s3-output-path>/_pipeline-check/``), invoked, its result awaited (at most
+    ``--check-timeout`` seconds, an instance may first have to wake from zero)."""
+    import json
+
+    from stygig.errors import ServerError
+    from stygig.jobs.sagemaker_async import AsyncEndpoint
+
+    prefix = args.s3_output_path.rstrip("/") + "/_pipeline-check/"
+    client = AsyncEndpoint(endpoint, region=args.region, input_prefix=prefix)
+    t0 = time.perf_counter()
+    job = client.submit(body, kind, suffix=suffix)
+    outcome = client.wait([job], timeout_s=args.check_timeout)[job.inference_id]
+    ms = (time.perf_counter() - t0) * 1e3
+    if outcome.error is not None:
+        raise outcome.error
+    if outcome.result is None:
+        raise ServerError(
+            f"no answer from {endpoint} within {args.check_timeout:g} s (still pending: "
+            f"{job.output_location})",
+            code="endpoint_timeout",
+        )
+    return json.loads(outcome.result), ms
 
 
 def run_pipeline(args: argparse.Namespace) -> int:
