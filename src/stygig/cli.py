@@ -25,6 +25,10 @@ def _cmd_sample_catalog(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
+    if getattr(args, "engine", "local") == "ray":
+        from stygig.distributed.command import run_build_ray_command
+
+        return run_build_ray_command(args)
     from stygig.build import build_artifact, make_build_encoder
     from stygig.catalog import Taxonomy, read_catalog
 
@@ -230,6 +234,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="decode threads (default: cores)")
     p.add_argument("--out", required=True, help="artifact folder to write")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from stygig.distributed.command import add_engine_flags
+
+    add_engine_flags(p, "build")
     p.set_defaults(func=_cmd_build)
 
     p = sub.add_parser("inspect", help="print an artifact's manifest and counts")

@@ -38,6 +38,7 @@ SHELL = (
     "stygig.batch",
     "stygig.cli",
     "stygig.deploy",
+    "stygig.distributed",
     "stygig.doctor",
     "stygig.evaluation",
     "stygig.jobs",

@@ -183,6 +183,10 @@ def run_batch_command(args: argparse.Namespace) -> int:
         parse_json_object(args.options.encode(), what="--options") if args.options else {}
     )
     options.update(params_to_dict(_pairs(args.option)))  # typed like the server's options
+    if getattr(args, "engine", "local") == "ray":
+        from stygig.distributed.command import run_batch_ray_command
+
+        return _print_summary(run_batch_ray_command(args, options), args.json_out)
     if args.endpoint_name:
         from stygig.jobs.endpoint_command import run_endpoint_batch_command
 
@@ -307,6 +311,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-verify", action="store_true", help="skip artifact checksums")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", dest="json_out", action="store_true", help="summary as JSON")
+    from stygig.distributed.command import add_engine_flags
+
+    add_engine_flags(p, "batch")
     g = p.add_argument_group("through a SageMaker async endpoint instead of in-process")
     g.add_argument("--endpoint-name", help="the deployed asynchronous endpoint")
     g.add_argument("--region", help="AWS region (default: the AWS environment)")

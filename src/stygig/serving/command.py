@@ -96,6 +96,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     add_async_arguments(p)
     add_emf_arguments(p)
+    from stygig.distributed.command import add_engine_flags
+
+    add_engine_flags(p, "serve")
     p.set_defaults(func=run_serve)
 
     p = subparsers.add_parser("loadtest", help="measure a running server over real HTTP")
@@ -124,6 +127,10 @@ def run_serve(args: argparse.Namespace) -> int:
             "pip install 'stygig[serve]'",
             code="missing_extra",
         ) from None
+    if getattr(args, "engine", "local") == "ray":
+        from stygig.distributed.command import run_serve_ray_command
+
+        return run_serve_ray_command(args)
 
     from stygig.auth import load_token
     from stygig.serving.app import ServerConfig, create_app
@@ -340,9 +347,15 @@ def run_loadtest(args: argparse.Namespace) -> int:
 
 
 def add_async_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``serve`` flags of the asynchronous side (off unless ``--jobs-db`` is given)."""
+    """The ``serve`` flags of the asynchronous side (off unless ``--jobs-db`` or ``--job-queue``
+    is given)."""
     g = p.add_argument_group("asynchronous jobs")
     g.add_argument("--jobs-db", help="SQLite job store; turns on /async/* (e.g. /tmp/jobs.db)")
+    g.add_argument(
+        "--job-queue",
+        help="instead of --jobs-db, a queue several servers share: "
+        "sqs://QUEUE?results=s3://BUCKET/PREFIX[&lease=S] (turns on /async/*)",
+    )
     g.add_argument("--async-output", help="results prefix: folder, file:// or s3://")
     g.add_argument("--async-failure", help="failures prefix (default: --async-output)")
     g.add_argument("--async-concurrency", type=int, default=1, help="async jobs at once")
@@ -393,17 +406,20 @@ def add_async_arguments(p: argparse.ArgumentParser) -> None:
 
 def async_config_from_args(args: argparse.Namespace) -> AsyncConfig | None:
     """The :class:`AsyncConfig` the flags describe, or ``None`` when async is off."""
-    if not args.jobs_db:
+    if not args.jobs_db and not args.job_queue:
         return None
     from stygig.errors import InvalidOptionsError
     from stygig.jobs.notify import Notifier
     from stygig.jobs.worker import WorkerConfig
     from stygig.serving.async_api import AsyncConfig
 
+    if args.jobs_db and args.job_queue:
+        raise InvalidOptionsError("give --jobs-db or --job-queue, not both")
     if not args.async_output:
-        raise InvalidOptionsError("--jobs-db needs --async-output (where results go)")
+        raise InvalidOptionsError("async jobs need --async-output (where results go)")
     return AsyncConfig(
-        jobs_db=Path(args.jobs_db),
+        jobs_db=Path(args.jobs_db) if args.jobs_db else None,
+        job_queue=args.job_queue,
         output=args.async_output,
         failure=args.async_failure,
         worker=WorkerConfig(concurrency=args.async_concurrency),

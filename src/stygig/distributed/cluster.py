@@ -1,0 +1,83 @@
+"""Joining a Ray cluster (or starting a local one) and reading what it offers."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import ModuleType
+
+from stygig.errors import ServerError, StygigError
+
+__all__ = ["ClusterResources", "import_ray", "ray_session", "resources"]
+
+log = logging.getLogger("stygig.distributed")
+
+
+def import_ray() -> ModuleType:
+    """``ray``, or a clear error naming the extra to install."""
+    try:
+        import ray
+        import ray.data
+    except ImportError as e:
+        raise StygigError(
+            f"--engine ray needs the ray extra ({e.name} is missing): pip install 'stygig[ray]'",
+            code="missing_extra",
+        ) from None
+    return ray
+
+
+@contextmanager
+def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> Iterator[None]:
+    """Ray, initialised for the block: joined at ``address`` (``auto``, ``ray://host:10001``,
+    ``host:6379``; default ``$RAY_ADDRESS``), else a local cluster of this machine's cores that
+    ends with the block. A session already initialised in this process (a test's, a notebook's)
+    is used as it is and left running."""
+    ray = import_ray()
+    if ray.is_initialized():
+        yield
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    try:
+        ray.init(
+            address=address,
+            num_cpus=num_cpus if address is None else None,
+            include_dashboard=False,
+            configure_logging=True,
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+        )
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        where = f"at {address}" if address else "on this machine"
+        raise ServerError(
+            f"cannot start or join a Ray cluster {where}: {type(e).__name__}",
+            code="ray_unavailable",
+        ) from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@dataclass(frozen=True)
+class ClusterResources:
+    """What the cluster offers now (all nodes together)."""
+
+    cpus: float
+    gpus: float
+
+    def default_actors(self, actor_cpus: float) -> int:
+        """Encoder actors to run: one per GPU when there are GPUs (the CPUs decode beside them),
+        else as many as the CPUs hold (each decodes and embeds its own batches), at least one."""
+        if self.gpus >= 1:
+            return int(self.gpus)
+        return max(1, int(self.cpus // max(actor_cpus, 1e-3)))
+
+
+def resources() -> ClusterResources:
+    """The connected cluster's CPUs and GPUs."""
+    ray = import_ray()
+    total = ray.cluster_resources()
+    return ClusterResources(float(total.get("CPU", 0.0)), float(total.get("GPU", 0.0)))

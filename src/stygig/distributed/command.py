@@ -1,0 +1,201 @@
+"""The ``--engine`` flags of ``stygig build``, ``batch`` and ``serve``, and their Ray dispatch.
+
+Standard library only at import time: ``--engine local`` (the default) never imports Ray, and
+``stygig build`` / ``inspect`` keep running on the core install.
+
+::
+
+    stygig build --catalog styles.csv --images photos/ --out art --engine ray [--address auto]
+    stygig batch --artifact art --all-items --output s3://b/recs/ --engine ray
+    stygig serve --artifact art --engine ray --replicas 2
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from stygig.errors import InvalidOptionsError
+
+__all__ = [
+    "add_engine_flags",
+    "run_batch_ray_command",
+    "run_build_ray_command",
+    "run_serve_ray_command",
+    "wants_ray",
+]
+
+_COMMANDS = ("build", "batch", "serve")
+
+
+def add_engine_flags(parser: argparse.ArgumentParser, command: str = "build") -> None:
+    """Add ``--engine`` and the Ray flags to ``command``'s parser (build, batch or serve)."""
+    if command not in _COMMANDS:
+        raise ValueError(f"command must be one of {_COMMANDS}")
+    g = parser.add_argument_group("engine (Ray: pip install 'stygig[ray]'; see docs/ray.md)")
+    g.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this process (default); ray: a Ray cluster",
+    )
+    g.add_argument(
+        "--address",
+        default=None,
+        help="with --engine ray: the cluster (auto, host:6379, ray://host:10001; default "
+        "$RAY_ADDRESS, else a local cluster of this machine's cores for this run)",
+    )
+    if command in ("build", "batch"):
+        g.add_argument(
+            "--ray-actors",
+            type=int,
+            default=None,
+            help="with --engine ray: encoder actors (default one per GPU, else one per "
+            "--ray-actor-cpus CPUs of the cluster)",
+        )
+        g.add_argument(
+            "--ray-actor-cpus",
+            type=float,
+            default=1.0,
+            help="with --engine ray: CPUs (and encoder threads) per actor (default 1)",
+        )
+    if command == "build":
+        g.add_argument(
+            "--ray-stage",
+            default=None,
+            help="with --engine ray: where per-block parts go, reachable from every node "
+            "(s3:// prefix or shared folder; default <out>.ray-parts, removed after the build)",
+        )
+    if command == "serve":
+        g.add_argument(
+            "--replicas", type=int, default=1, help="with --engine ray: replicas of the server"
+        )
+        g.add_argument(
+            "--replica-cpus",
+            type=float,
+            default=1.0,
+            help="with --engine ray: CPUs per replica (default 1)",
+        )
+
+
+def wants_ray(args: argparse.Namespace) -> bool:
+    """Whether the command was asked to run on Ray."""
+    return getattr(args, "engine", "local") == "ray"
+
+
+def _positive(value: float | None, flag: str) -> None:
+    if value is not None and value <= 0:
+        raise InvalidOptionsError(f"{flag} must be positive")
+
+
+def run_build_ray_command(args: argparse.Namespace) -> int:
+    """``stygig build --engine ray``: the flags of ``stygig build``, the work on Ray."""
+    _positive(args.ray_actors, "--ray-actors")
+    _positive(args.ray_actor_cpus, "--ray-actor-cpus")
+    _positive(args.batch_size, "--batch-size")
+    from stygig.build import make_build_encoder
+    from stygig.catalog import Taxonomy, read_catalog
+    from stygig.distributed.cluster import import_ray, ray_session
+
+    import_ray()  # a missing extra is said before any model is exported
+    from stygig.distributed.ray_build import build_artifact_ray
+
+    taxonomy = Taxonomy.load(args.taxonomy) if args.taxonomy else None
+    photos: list[str] = []
+    if args.int8:  # static int8 is calibrated on the catalogue's own photos, as locally
+        read = read_catalog(
+            args.catalog, layout=args.format, images_dir=args.images, taxonomy=taxonomy
+        )
+        photos = [item.image for item in read.items]
+    with (
+        ray_session(args.address),
+        make_build_encoder(
+            args.encoder,
+            runtime=args.runtime,
+            weights=args.weights,
+            int8=args.int8,
+            random_weights=args.random_weights,
+            calibration_photos=photos,
+        ) as (encoder, extra_files),
+    ):
+        result = build_artifact_ray(
+            args.catalog,
+            args.out,
+            encoder,
+            weights=args.weights,
+            random_weights=args.random_weights,
+            layout=args.format,
+            images_dir=args.images,
+            taxonomy=taxonomy,
+            index_kind=args.index,
+            index_params=None
+            if args.partition_by == "auto"
+            else {"partition_by": args.partition_by},
+            batch_size=args.batch_size,
+            extra_files=extra_files,
+            whiten=args.whiten,
+            progress=not args.quiet,
+            actors=args.ray_actors,
+            actor_cpus=args.ray_actor_cpus,
+            stage=args.ray_stage,
+        )
+    rejected = sum(result.rejects.values())
+    ray_info = result.manifest.get("build", {}).get("ray", {})
+    print(f"artifact: {result.path}")
+    print(
+        f"items: {result.items}  rejected: {rejected}  "
+        f"time: {result.seconds:.1f}s  throughput: {result.images_per_second:.1f} images/s"
+    )
+    print(
+        f"ray: {ray_info.get('actors')} encoder actor(s) on {ray_info.get('device')}, "
+        f"{ray_info.get('parts')} parts"
+    )
+    for reason, count in sorted(result.rejects.items()):
+        print(f"  rejected {reason}: {count}")
+    if rejected:
+        print(f"rejected rows and reasons: {result.path / 'rejects.csv'}")
+    return 0
+
+
+def run_batch_ray_command(args: argparse.Namespace, options: dict[str, Any]) -> Any:
+    """``stygig batch --engine ray`` (in-process artifact only): the run's summary."""
+    if getattr(args, "endpoint_name", None):
+        raise InvalidOptionsError(
+            "--engine ray runs the artifact on a Ray cluster; it does not go with --endpoint-name"
+        )
+    if args.artifact is None:
+        raise InvalidOptionsError("--engine ray needs --artifact")
+    _positive(args.ray_actors, "--ray-actors")
+    _positive(args.ray_actor_cpus, "--ray-actor-cpus")
+    _positive(args.batch_size, "--batch-size")
+    from stygig.distributed.cluster import import_ray, ray_session
+
+    import_ray()
+    from stygig.distributed.ray_batch import run_batch_ray
+
+    with ray_session(args.address):
+        return run_batch_ray(
+            args.artifact,
+            str(args.artifact) if args.all_items else args.input,
+            args.output,
+            options=options,
+            kind="artifact" if args.all_items else args.kind,
+            by_photo=args.by_photo,
+            batch_size=args.batch_size,
+            overwrite=args.overwrite,
+            verify=not args.no_verify,
+            progress=not args.quiet,
+            actors=args.ray_actors,
+            actor_cpus=args.ray_actor_cpus,
+        )
+
+
+def run_serve_ray_command(args: argparse.Namespace) -> int:
+    """``stygig serve --engine ray``: the server as a Ray Serve deployment; blocks until
+    interrupted."""
+    from stygig.distributed.cluster import import_ray
+
+    import_ray()
+    from stygig.distributed.ray_serve import serve_from_args
+
+    return serve_from_args(args)

@@ -1,0 +1,220 @@
+"""``stygig batch --engine ray``: the batch run's groups answered by a Ray actor pool.
+
+::
+
+    inputs (driver: stygig.batch.iter_inputs, the resume check, the sink)
+      -> map_batches(Answer)    an actor pool: one artifact + encoder load per actor (a GPU each
+                                when the cluster has them); per group: prepare (decode, colour)
+                                -> one encoder call -> answer, exactly stygig.batch's group step
+      -> records, in input order, written by the driver to the same sinks (JSONL file, Parquet,
+         s3:// parts) with the same resume record
+
+Inputs that already failed to parse (a bad manifest line, a rejected catalogue row) never go to
+the cluster: their error records are merged in by index. Ray retries a failed actor's groups;
+the dataset yields each group's records once, so the output never holds an index twice, and a
+rerun resumes from what the sink already holds, as locally. The artifact folder must be
+readable at the same path on every node (a shared file system), like the photos.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stygig import storage
+from stygig.artifact import Artifact
+from stygig.batch import (
+    BatchInput,
+    BatchSummary,
+    _check_run,
+    _record,
+    _sidecar,
+    iter_inputs,
+    open_sink,
+    prepare_input,
+    recommend_group,
+)
+from stygig.distributed.cluster import import_ray, resources
+from stygig.engine import Options, Recommender
+
+__all__ = ["Answer", "run_batch_ray"]
+
+
+def _to_row(inp: BatchInput) -> str:
+    return json.dumps(
+        {
+            "index": inp.index,
+            "key": inp.key,
+            "source": inp.source,
+            "images": list(inp.images),
+            "item_ids": list(inp.item_ids),
+            "options": inp.options,
+        }
+    )
+
+
+def _from_row(text: str) -> BatchInput:
+    row = json.loads(text)
+    return BatchInput(
+        int(row["index"]),
+        str(row["key"]),
+        str(row["source"]),
+        tuple(row["images"]),
+        tuple(row["item_ids"]),
+        dict(row["options"]),
+    )
+
+
+class Answer:
+    """A Ray Data actor: loads the artifact and its encoder once, then answers each group of
+    inputs with :mod:`stygig.batch`'s own steps (prepare, one encoder call, answer)."""
+
+    def __init__(self, artifact: str, options: dict[str, Any], verify: bool, device: str) -> None:
+        from stygig.engine import load_artifact_encoder
+
+        art = Artifact.load(artifact, verify=verify)
+        self.recommender = Recommender(art, encoder=load_artifact_encoder(art, device=device))
+        self.options = options
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        inputs = [_from_row(str(t)) for t in batch["input"]]
+        prepared = [prepare_input(self.recommender, inp, self.options) for inp in inputs]
+        records = [f.result() for f in recommend_group(self.recommender, inputs, prepared)]
+        return {
+            "index": np.array([r.index for r in records], np.int64),
+            "line": np.array([r.line for r in records], object),
+            "error": np.array([r.error or "" for r in records], object),
+        }
+
+
+def run_batch_ray(
+    artifact: str | Path,
+    src: str,
+    dst: str,
+    *,
+    options: dict[str, Any] | None = None,
+    kind: str = "auto",
+    by_photo: bool = False,
+    batch_size: int = 32,
+    part_size: int = 1000,
+    overwrite: bool = False,
+    verify: bool = True,
+    progress: bool = True,
+    actors: int | None = None,
+    actor_cpus: float = 1.0,
+) -> BatchSummary:
+    """:func:`stygig.batch.run_batch` with the groups answered on the connected Ray cluster;
+    the same inputs, records, sinks and resume rules."""
+    ray = import_ray()
+    from ray.data import ActorPoolStrategy, DataContext
+
+    options = dict(options or {})
+    Options.from_dict(options)  # fail fast on bad options, before any work
+    recommender = Recommender(Artifact.load(artifact, verify=verify))
+    manifest = recommender.artifact.manifest
+    # The run record of stygig.batch.run_batch: a local run and a Ray run resume each other.
+    run = {
+        "input": src,
+        "kind": kind,
+        "by_photo": by_photo,
+        "options": options,
+        "artifact": {k: manifest.get(k) for k in ("created_at", "format_version")},
+        "part_size": part_size if storage.is_remote(dst) or dst.endswith(".parquet") else None,
+    }
+    earlier = _check_run(dst, run, overwrite)
+    if earlier is not None and earlier.get("complete"):
+        before = dict(earlier["summary"])
+        before.update(processed=0, skipped=before["total"], seconds=0.0, items_per_second=0.0)
+        return BatchSummary(**before)
+    storage.write_bytes(_sidecar(dst), json.dumps({"run": run, "complete": False}).encode())
+    inputs, total = iter_inputs(src, recommender, kind=kind, by_photo=by_photo)
+    sink = open_sink(dst, part_size)
+    done = sink.done()
+    seen = skipped = 0
+    work: list[str] = []
+    failed: list[tuple[int, str, str | None]] = []  # inputs that failed before any work
+    for inp in inputs:
+        seen += 1
+        if inp.index in done:
+            skipped += 1
+        elif inp.error is not None:
+            r = _record(inp, inp.error)
+            failed.append((r.index, r.line, r.error))
+        else:
+            work.append(_to_row(inp))
+    cluster = resources()
+    use_gpu = cluster.gpus >= 1
+    n_actors = actors or cluster.default_actors(actor_cpus)
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    ctx.print_on_execution_start = progress
+    ctx.execution_options.preserve_order = True  # records come back in input order
+
+    def answered() -> Iterator[tuple[int, str, str | None]]:
+        if not work:
+            return
+        ds = ray.data.from_items(
+            [{"input": w} for w in work], override_num_blocks=max(1, -(-len(work) // batch_size))
+        )
+        ds = ds.map_batches(
+            Answer,
+            fn_constructor_kwargs={
+                "artifact": str(Path(artifact).resolve()),
+                "options": options,
+                "verify": False,  # checked once, here
+                "device": "cuda" if use_gpu else "cpu",
+            },
+            compute=ActorPoolStrategy(size=n_actors),
+            batch_size=batch_size,
+            batch_format="numpy",
+            num_cpus=actor_cpus,
+            num_gpus=1 if use_gpu else 0,
+        )
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for index, line, error in zip(
+                batch["index"], batch["line"], batch["error"], strict=True
+            ):
+                yield int(index), str(line), str(error) or None
+
+    started = time.perf_counter()
+    processed = errors = 0
+    codes: dict[str, int] = {}
+    complete = False
+    group: list[tuple[int, str]] = []
+    try:
+        for index, line, error in heapq.merge(answered(), iter(failed), key=lambda t: t[0]):
+            group.append((index, line))
+            processed += 1
+            if error is not None:
+                errors += 1
+                codes[error] = codes.get(error, 0) + 1
+            if len(group) >= batch_size:
+                sink.write(group)
+                group = []
+        if group:
+            sink.write(group)
+        complete = True
+    finally:
+        sink.close(complete)
+    seconds = time.perf_counter() - started
+    summary = BatchSummary(
+        output=sink.location,
+        total=seen if total is None else total,
+        processed=processed,
+        skipped=skipped,
+        errors=errors,
+        seconds=round(seconds, 3),
+        items_per_second=round(processed / seconds, 2) if seconds > 0 else 0.0,
+        complete=complete,
+        errors_by_code=codes,
+    )
+    if complete:
+        record = {"run": run, "complete": True, "summary": summary.to_dict()}
+        storage.write_bytes(_sidecar(dst), json.dumps(record).encode())
+    return summary
