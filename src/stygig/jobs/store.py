@@ -297,6 +297,9 @@ def iso_time(ts: float | None) -> str | None:
 class JobStore:
     """The job table in one SQLite file; safe for many threads and for several processes.
 
+    It is the one-host :class:`~stygig.jobs.queue.JobQueue` (checked by mypy in that module);
+    :class:`~stygig.jobs.sqs_store.SqsJobStore` is the one several servers share.
+
     Args:
         path: the database file (created with its folder).
         synchronous: SQLite's ``synchronous`` pragma. ``FULL`` (default) makes a commit survive

@@ -45,7 +45,8 @@ from stygig import storage
 from stygig.engine import Options, Query, Recommender
 from stygig.errors import InvalidImageError, InvalidOptionsError, NotFoundError, StygigError
 from stygig.jobs.notify import Notifier
-from stygig.jobs.store import Job, JobStore, new_owner
+from stygig.jobs.queue import JobQueue
+from stygig.jobs.store import Job, new_owner
 from stygig.locations import InputLocations
 from stygig.recommendation import check_part_count, parse_json_object, split_json_request
 
@@ -270,10 +271,11 @@ class _Running:
 
 
 class JobWorker:
-    """Claims and runs jobs from a :class:`JobStore` in background threads.
+    """Claims and runs jobs from a job store (a :class:`~stygig.jobs.queue.JobQueue`: SQLite
+    on one host, or an SQS queue several servers share) in background threads.
 
     Args:
-        store: the job table.
+        store: the job table or shared queue.
         recommender: returns the recommender, or ``None`` while it is loading (nothing is
             claimed until it is there).
         config: concurrency, leases, polling, the watchdog.
@@ -286,7 +288,7 @@ class JobWorker:
 
     def __init__(
         self,
-        store: JobStore,
+        store: JobQueue,
         recommender: Callable[[], Recommender | None],
         config: WorkerConfig | None = None,
         *,

@@ -34,7 +34,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -47,6 +47,7 @@ from stygig import storage
 from stygig.engine import Options, Recommender
 from stygig.errors import InvalidImageError, InvalidOptionsError, NotFoundError
 from stygig.jobs.notify import MAX_WEBHOOK_URL_LENGTH, Notifier
+from stygig.jobs.queue import JobQueue
 from stygig.jobs.store import TERMINAL, Job, JobSpec, JobStore, QueueLimits
 from stygig.jobs.worker import JobWorker, WorkerConfig, check_job_input
 from stygig.locations import InputLocations, public_errors
@@ -122,7 +123,7 @@ class AsyncConfig:
     """The asynchronous side of a server.
 
     Attributes:
-        jobs_db: the SQLite job store.
+        jobs_db: the SQLite job store (one host).
         output: where results go (folder, ``file://`` or ``s3://`` prefix): ``<id>.out``.
         failure: where failures go (default: ``output``): ``<id>-error.out``.
         worker: concurrency, leases, polling.
@@ -139,9 +140,11 @@ class AsyncConfig:
             refused with 503 ``queue_full`` until some finish.
         max_queued_bytes: inline input bytes the unfinished jobs may hold in the store
             together; beyond, submissions are refused alike.
+        job_queue: instead of ``jobs_db``, a queue several servers share:
+            ``sqs://QUEUE?results=s3://BUCKET/PREFIX`` (:mod:`stygig.jobs.sqs_store`).
     """
 
-    jobs_db: Path
+    jobs_db: Path | None
     output: str
     failure: str | None = None
     worker: WorkerConfig = field(default_factory=WorkerConfig)
@@ -154,8 +157,15 @@ class AsyncConfig:
     max_input_bytes: int = 6 * 1024 * 1024
     max_queued: int = 10_000
     max_queued_bytes: int = 1024**3
+    job_queue: str | None = None
 
     def __post_init__(self) -> None:
+        if (self.jobs_db is None) == (self.job_queue is None):
+            raise InvalidOptionsError("async jobs need either a jobs database or a job queue")
+        if self.job_queue is not None:
+            from stygig.jobs.sqs_store import parse_queue_url
+
+            parse_queue_url(self.job_queue)  # a bad URL is refused now, not at start-up
         if self.retention_s <= 0:
             raise InvalidOptionsError("the job retention time must be positive")
         if self.max_input_bytes < 1 or self.max_inline_bytes < 1:
@@ -169,6 +179,18 @@ class AsyncConfig:
     def input_locations(self) -> InputLocations:
         """The policy for client-named inputs these settings describe."""
         return InputLocations(self.allow_input_prefixes, max_bytes=self.max_input_bytes)
+
+    def open_store(self) -> tuple[JobQueue, WorkerConfig]:
+        """The job store these settings name (SQLite, or the shared SQS queue), and the
+        worker settings to use with it (an SQS URL's ``lease`` is the visibility timeout)."""
+        if self.job_queue is None:
+            assert self.jobs_db is not None
+            return JobStore(self.jobs_db), self.worker
+        from stygig.jobs.sqs_store import open_job_queue, parse_queue_url
+
+        lease_s = parse_queue_url(self.job_queue).lease_s
+        worker = self.worker if lease_s is None else replace(self.worker, lease_s=lease_s)
+        return open_job_queue(self.job_queue), worker
 
 
 class _WebhookChecks:
@@ -273,7 +295,7 @@ def _own_output(job: Job) -> bytes:
     return own[0]
 
 
-def make_async_router(store: JobStore, worker: JobWorker, config: AsyncConfig) -> APIRouter:
+def make_async_router(store: JobQueue, worker: JobWorker, config: AsyncConfig) -> APIRouter:
     """The ``/async`` routes over ``store``; ``worker`` is woken on every submission, and
     client-named inputs are checked against the policy it reads them with."""
     router = APIRouter(prefix="/async", tags=["async"])
@@ -352,11 +374,11 @@ class AsyncJobs:
         should_yield: Callable[[], bool] | None = None,
     ) -> None:
         self.config = config
-        self.store = JobStore(config.jobs_db)
+        self.store, worker_config = config.open_store()
         self.worker = JobWorker(
             self.store,
             recommender,
-            config.worker,
+            worker_config,
             notifier=config.notifier,
             should_yield=should_yield,
             locations=config.input_locations(),
