@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml requirements/lock.txt
 	$(BIN)/pip install --quiet -c requirements/lock.txt pip
 	# torch first, pinned: the CPU wheel on local disk; a newer torch would pull a CUDA build.
 	$(BIN)/pip install --quiet -c requirements/lock.txt torch==2.13.0
-	$(BIN)/pip install --quiet -c requirements/lock.txt -e ".[torch,plot,serve,aws,parquet,web,dev]"
+	$(BIN)/pip install --quiet -c requirements/lock.txt -e ".[torch,plot,serve,aws,parquet,web,ray,dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)
