@@ -15,6 +15,14 @@ time — goes through :func:`decode_image`, so limits and conversions are the sa
   took 45 s). A WebP costs no more than its first frame: only that frame is ever decoded;
 * EXIF orientation applied; RGBA/LA/P composited on white (product shots), grey, CMYK and 16-bit
   converted to 8-bit RGB;
+* colour managed: an RGB or grey photo with an embedded ICC profile (a phone's Display P3, Adobe
+  RGB, ...) is converted to sRGB with LittleCMS (Pillow's ``ImageCms``), after any reduction so
+  the conversion works on the small image. Untagged and sRGB-tagged photos are not touched (the
+  check is one dictionary lookup per photo: each distinct profile is parsed, and recognised as
+  sRGB or not, once). A profile that is malformed, over ``max_icc_profile_bytes``,
+  table-based (LUT: slow to prepare, and not what cameras and phones write), or for another
+  colour space than the pixels (a CMYK photo's profile included) is ignored with a logged
+  warning: the photo decodes as if untagged, as a browser shows it;
 * when the caller says how small the result may be (``min_size``), large images are shrunk right
   after decoding — JPEGs inside libjpeg (DCT scaling, ``Image.draft``, about 4x faster for a phone
   photo going to a 224 input), PNG and WebP by a box reduction — so no conversion works on a
@@ -29,16 +37,20 @@ message repeats the client's bytes, Pillow's parser messages (which can quote th
 
 from __future__ import annotations
 
+import hashlib
 import io
+import logging
 import os
 import re
+import threading
 import warnings
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
 from stygig.errors import ImageTooLargeError, InvalidImageError, UnsupportedMediaError
 
@@ -52,6 +64,8 @@ __all__ = [
     "preprocess_batch",
     "sniff_format",
 ]
+
+log = logging.getLogger("stygig.images")
 
 # Never decode a partial image silently: a truncated file is an error, not a grey stripe.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -137,6 +151,11 @@ class ImageLimits:
     # iCCP, zTXt and iTXt: Pillow inflates each one up to 1 MB (2 ms); the spec allows one iCCP,
     # and real files carry a few text chunks (XMP, comments, generator settings).
     max_png_compressed_chunks: int = 32
+    # A larger embedded ICC profile is ignored (the photo decodes as untagged). Photo and
+    # display profiles are small (Display P3 0.5 KB, Adobe RGB 0.6 KB, sRGB 0.5 to 3 KB); a
+    # LUT-based RGB profile can reach a few hundred KB. Pillow has already read the bytes
+    # (bounded by max_bytes and the structure limits); this bounds what LittleCMS parses.
+    max_icc_profile_bytes: int = 1 << 20
 
 
 DEFAULT_LIMITS = ImageLimits()
@@ -387,13 +406,129 @@ def _shrink(img: Image.Image, min_size: int) -> Image.Image:
     return img.reduce(factor) if factor >= 2 else img
 
 
+# -- colour management ------------------------------------------------------------------------
+
+# The profile's colour space each flattened mode needs (CMYK photos keep Pillow's conversion).
+_ICC_SPACES = {"RGB": "RGB", "L": "GRAY"}
+_ICC_CACHE_SIZE = 32
+# digest + mode -> transform to sRGB, or None (sRGB already, or unusable: warned once).
+_icc_cache: OrderedDict[tuple[bytes, str], ImageCms.ImageCmsTransform | None] = OrderedDict()
+_icc_lock = threading.Lock()
+_SRGB: list[ImageCms.ImageCmsProfile] = []
+
+
+def _srgb_profile() -> ImageCms.ImageCmsProfile:
+    if not _SRGB:
+        _SRGB.append(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")))
+    return _SRGB[0]
+
+
+def _probe(mode: str) -> Image.Image:
+    """Every 15th level of each channel (5,832 colours; all 256 grey levels for ``L``)."""
+    if mode == "L":
+        return Image.frombytes("L", (256, 1), bytes(range(256)))
+    levels = np.arange(0, 256, 15, dtype=np.uint8)  # 0, 15, ..., 255: 18 levels
+    r, g, b = np.meshgrid(levels, levels, levels, indexing="ij")
+    return Image.fromarray(np.stack([r, g, b], axis=-1).reshape(-1, len(levels), 3), "RGB")
+
+
+def _build_transform(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
+    """The transform of ``icc`` to sRGB for ``mode`` pixels; None when the profile is sRGB
+    already (within one level on a probe of the whole cube) or cannot be used (warned)."""
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    except Exception:  # lcms's parser failing on hostile bytes is the input's fault
+        log.warning("ignoring a photo's embedded ICC profile: it is malformed")
+        return None
+    space = str(profile.profile.xcolor_space).strip()
+    if mode not in _ICC_SPACES:
+        log.warning("ignoring a photo's embedded ICC profile: %s photos are not converted", mode)
+        return None
+    if space != _ICC_SPACES[mode]:
+        log.warning(
+            "ignoring a photo's embedded ICC profile: it describes %s colours, the photo is %s",
+            space[:8] or "unknown",
+            "grey" if mode == "L" else mode,
+        )
+        return None
+    if not profile.profile.is_matrix_shaper:
+        # A table-based (LUT) profile costs LittleCMS 50 to 500 ms to prepare, per distinct
+        # profile; photo and display profiles (sRGB, Display P3, Adobe RGB, ProPhoto, grey
+        # gamma) are matrix/curve profiles, prepared in under 10 ms however large their curves.
+        log.warning("ignoring a photo's embedded ICC profile: only matrix/curve profiles are used")
+        return None
+    try:
+        transform = ImageCms.buildTransform(
+            profile, _srgb_profile(), mode, "RGB", ImageCms.Intent.RELATIVE_COLORIMETRIC
+        )
+        probe = _probe(mode)
+        converted = np.asarray(ImageCms.applyTransform(probe, transform), np.int16)
+    except Exception:
+        log.warning("ignoring a photo's embedded ICC profile: LittleCMS cannot use it")
+        return None
+    if np.abs(converted - np.asarray(probe.convert("RGB"), np.int16)).max() <= 1:
+        return None  # sRGB (or indistinguishable from it): nothing to convert
+    return transform
+
+
+def _icc_transform(icc: bytes, mode: str, limits: ImageLimits) -> ImageCms.ImageCmsTransform | None:
+    """The cached transform of ``icc`` for ``mode`` pixels (see :func:`_build_transform`)."""
+    if len(icc) > limits.max_icc_profile_bytes:
+        log.warning(
+            "ignoring a photo's embedded ICC profile: %d bytes is over the limit of %d",
+            len(icc),
+            limits.max_icc_profile_bytes,
+        )
+        return None
+    key = (hashlib.sha256(icc).digest(), mode)
+    with _icc_lock:
+        if key in _icc_cache:
+            _icc_cache.move_to_end(key)
+            return _icc_cache[key]
+    transform = _build_transform(icc, mode)  # outside the lock: a rare duplicate is harmless
+    with _icc_lock:
+        _icc_cache[key] = transform
+        while len(_icc_cache) > _ICC_CACHE_SIZE:
+            _icc_cache.popitem(last=False)
+    return transform
+
+
+def _flatten(img: Image.Image) -> Image.Image:
+    """RGBA on white as RGB, LA on white as L; other modes unchanged."""
+    if img.mode not in ("RGBA", "LA"):
+        return img
+    mode = img.mode[0] if img.mode == "LA" else "RGB"
+    background = Image.new(mode, img.size, 255 if mode == "L" else (255, 255, 255))
+    background.paste(img.convert(mode) if img.mode == "LA" else img, mask=img.getchannel("A"))
+    return background
+
+
+def _to_srgb(img: Image.Image, icc: bytes | None, limits: ImageLimits) -> Image.Image:
+    """8-bit sRGB: transparency on white, then the embedded profile's conversion if any."""
+    if not icc:
+        return _to_rgb(img)
+    flat = _flatten(img)
+    transform = _icc_transform(icc, flat.mode, limits)
+    if transform is None:
+        return _to_rgb(flat)
+    if flat.mode == "RGB":
+        ImageCms.applyTransform(flat, transform, inPlace=True)
+        return flat
+    converted = ImageCms.applyTransform(flat, transform)
+    assert converted is not None
+    return converted
+
+
 def decode_image(
     source: bytes | str | Path,
     *,
     min_size: int | None = None,
     limits: ImageLimits = DEFAULT_LIMITS,
 ) -> Image.Image:
-    """Decode and validate one image into an 8-bit RGB ``PIL.Image``.
+    """Decode and validate one image into an 8-bit sRGB ``PIL.Image``.
+
+    A photo with an embedded ICC profile (RGB or grey) is converted to sRGB; see the module
+    docstring for what is ignored, with a logged warning, instead.
 
     Args:
         source: encoded bytes, or a path to a file.
@@ -421,12 +556,13 @@ def decode_image(
                 # EXIF rotation swaps sides but draft keeps both >= the request, so it is safe.
                 img.draft("RGB", (min_size, min_size))
             img.load()
+            icc = img.info.get("icc_profile")
             img = _to_8bit(img)
             if min_size is not None:
                 # Before any other conversion, so a 40 MP PNG is copied at most once full-size.
                 img = _shrink(img, min_size)
             img = ImageOps.exif_transpose(img) or img
-            return _to_rgb(img)
+            return _to_srgb(img, icc if isinstance(icc, bytes) else None, limits)
     except Exception as e:  # PIL's decoders raise OSError, ValueError, struct.error, ...
         raise InvalidImageError("the image data is corrupt or truncated") from e
 

@@ -211,7 +211,9 @@ def test_eval_puts_learned_scorers_beside_v4(
     assert result["accuracy"]["learned"]["uniform"]["accuracy"] >= 0.5
     assert result["compat_model"]["file"] == "compat.npz"
     table = fitb_table({"fitb": result})
-    assert table.count("\n") == 4 and "| learned+rules |" in table
+    assert "| learned+rules |" in table and "| cooccurrence+popularity |" in table
+    assert result["headline"]["scorer"] == "learned+rules"
+    assert result["model_split"]["seed"] == 0
 
 
 def test_training_is_reproducible(tmp_path: Path) -> None:

@@ -269,8 +269,10 @@ def test_eval_end_to_end_with_the_tiny_encoder(tmp_path: Path) -> None:
     argv = ["eval", "--datasets", str(datasets), "--encoder", "tiny", "--out", str(out), "--quiet"]
     args = parser.parse_args(argv)
     assert args.func(args) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
+    first_run = latest_run(out)
+    metrics = json.loads((first_run / "metrics.json").read_text())
     assert metrics["encoder"] == "tiny" and metrics["seed"] == 0
+    assert metrics["run"] == first_run.name and first_run.parent == out / "runs"
     for view in ("plain", "whitened"):
         for label in ("subCategory", "articleType"):
             assert 0.0 <= metrics["category"][view][label]["accuracy"] <= 1.0
@@ -289,7 +291,7 @@ def test_eval_end_to_end_with_the_tiny_encoder(tmp_path: Path) -> None:
     assert shares[0] == 1.0 and shares == sorted(shares, reverse=True)
     guessed = metrics["validity_whitened_always_guess"]
     assert guessed["items_both_valid"] == curve[0]["items_both_valid"]
-    assert (out / "gender-confidence.png").stat().st_size > 0
+    assert (first_run / "gender-confidence.png").stat().st_size > 0
     fitb = metrics["fitb"]
     assert fitb["questions"] > 0 and set(fitb["accuracy"]) >= {
         "v4",
@@ -298,15 +300,29 @@ def test_eval_end_to_end_with_the_tiny_encoder(tmp_path: Path) -> None:
         "popularity",
     }
     assert 0.0 <= fitb["auc"]["v4"] <= 1.0
-    assert (out / "metrics.png").stat().st_size > 0
+    assert set(fitb["accuracy"]) >= {"cooccurrence", "cooccurrence+popularity", "random"}
+    assert 0.0 <= fitb["auc_single_swap"]["v4"] <= 1.0
+    assert fitb["headline"]["scorer"] == "v4" and fitb["headline"]["sampling"] == "matched"
+    assert (first_run / "metrics.png").stat().st_size > 0
     questions = Path(fitb["questions_file"])
-    assert questions.is_file()
-    # A re-run reuses the cached artifacts and gives the same numbers.
+    assert questions.is_file() and questions.parent == first_run
+    # A re-run reuses the cached artifacts and gives the same numbers, in a new run folder:
+    # the first run's questions and metrics are left as they were.
+    before = {p.name: p.read_bytes() for p in first_run.iterdir()}
     args = parser.parse_args([*argv, "--only", "fitb"])
     assert args.func(args) == 0
-    again = json.loads((out / "metrics.json").read_text())
+    second_run = latest_run(out)
+    assert second_run != first_run
+    again = json.loads((second_run / "metrics.json").read_text())
     assert again["fitb"]["accuracy"] == fitb["accuracy"]
     assert "category" not in again
+    assert {p.name: p.read_bytes() for p in first_run.iterdir()} == before
+    assert Path(again["fitb"]["questions_file"]).read_bytes() == questions.read_bytes()
+
+
+def latest_run(out: Path) -> Path:
+    """The run folder ``<out>/LATEST`` names."""
+    return out / "runs" / (out / "LATEST").read_text().strip()
 
 
 def test_eval_skips_missing_datasets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -319,5 +335,5 @@ def test_eval_skips_missing_datasets(tmp_path: Path, capsys: pytest.CaptureFixtu
     )
     assert args.func(args) == 0
     assert capsys.readouterr().out.count("skip:") == 2
-    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    metrics = json.loads((latest_run(tmp_path / "out") / "metrics.json").read_text())
     assert set(metrics["skipped"]) == {"category", "fitb"}

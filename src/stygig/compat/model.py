@@ -117,6 +117,15 @@ class CompatModel:
     white_scale: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
     @property
+    def training_split(self) -> dict[str, Any] | None:
+        """The split it was trained on: ``seed``, ``test_fraction``, ``train_fingerprint`` (of
+        the train outfits and their items, :func:`stygig.evaluation.split.outfits_fingerprint`),
+        ``outfits_fingerprint`` (the whole file) and counts; None for a model trained before
+        they were recorded. ``stygig eval`` refuses a model whose split is not its own."""
+        split = self.info.get("split")
+        return split if isinstance(split, dict) and "train_fingerprint" in split else None
+
+    @property
     def dim(self) -> int:
         """Width of the projected vectors."""
         return int(self.w2.shape[1])

@@ -18,24 +18,29 @@ from stygig.evaluation.category import (
     whitened_artifact,
 )
 from stygig.evaluation.fitb import (
+    HEADLINE,
     SAMPLINGS,
     Question,
     auc,
+    check_model_split,
     compatibility_auc,
     evaluate_outfits,
     fitb_accuracy,
     make_questions,
     read_outfits,
     read_questions,
+    statistics_scorers,
     write_questions,
 )
-from stygig.evaluation.split import Split, split_ids, stratified_split
+from stygig.evaluation.split import Split, outfits_fingerprint, split_ids, stratified_split
 
 __all__ = [
+    "HEADLINE",
     "SAMPLINGS",
     "Question",
     "Split",
     "auc",
+    "check_model_split",
     "color_agreement",
     "compatibility_auc",
     "confusions",
@@ -46,9 +51,11 @@ __all__ = [
     "knn_vote",
     "make_questions",
     "outfit_validity",
+    "outfits_fingerprint",
     "read_outfits",
     "read_questions",
     "split_ids",
+    "statistics_scorers",
     "stratified_split",
     "tune_whitening",
     "vote_accuracy",

@@ -1,21 +1,30 @@
-"""Fill-in-the-blank (FITB) on stylist outfits, and outfit compatibility AUC.
+"""Fill-in-the-blank (FITB) on stylist outfits, outfit compatibility AUC, and what statistics
+alone achieve on the same questions.
 
 A question hides one item of a test outfit; the candidates are the hidden item and three items
 of the same product type taken from other outfits, drawn either
 
-* ``uniform``: uniformly over the distinct same-type items, or
+* ``uniform``: uniformly over the distinct same-type items,
 * ``matched``: proportionally to how many outfits each item appears in (the very weighting that
-  a hidden item, picked from an outfit, carries), so that popularity alone cannot tell them apart.
+  a hidden item, picked from an outfit, carries), so that popularity alone cannot tell them
+  apart: the headline figure, or
+* ``collection``: the same-type items whose reference numbers are nearest the hidden item's
+  (MANGO's ``cod_modelo_color`` model number: neighbours are the same collection drop), a
+  different garment each (hard negatives).
 
 A scorer gives each candidate a number given the rest of the outfit; the highest wins, ties are
-broken by a seeded coin. Questions depend only on ``(seed, outfits file, item types)`` and are
-written as JSONL, so any outfits file in the ``cod_outfit,cod_modelo_color`` format can be scored.
+broken by a seeded coin. Answers are *seen* (the hidden item is in a train outfit, one the model
+learned from) or *unseen* (cold start). Questions depend only on ``(seed, outfits, item types)``
+and are written as JSONL, so any outfits file in the ``cod_outfit,cod_modelo_color`` format can
+be scored. The compatibility AUC sets real test outfits against the same outfits with every item
+swapped, and with one item swapped, for a random item of the same type.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -25,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from stygig.errors import CatalogError
+from stygig.errors import ArtifactError, CatalogError, ConfigError
+from stygig.evaluation.split import outfits_fingerprint
 
 if TYPE_CHECKING:
     from stygig.artifact import Artifact
@@ -33,11 +43,13 @@ if TYPE_CHECKING:
     from stygig.scoring import CompatMode, ScoringConfig
 
 __all__ = [
+    "HEADLINE",
     "SAMPLINGS",
     "Question",
     "Scorer",
     "answer",
     "auc",
+    "check_model_split",
     "compatibility_auc",
     "engine_scorers",
     "evaluate_outfits",
@@ -46,10 +58,17 @@ __all__ = [
     "occurrences",
     "read_outfits",
     "read_questions",
+    "reference_number",
+    "statistics_scorers",
     "write_questions",
 ]
 
-SAMPLINGS = ("uniform", "matched")
+SAMPLINGS = ("uniform", "matched", "collection")
+#: The figure to read first: popularity alone is at chance on it.
+HEADLINE = "matched"
+_REFERENCE = re.compile(r"(\d+)")
+# Train outfits are keyed apart from a separate test file's ids (``--test-outfits``).
+_TRAIN_KEY = "\x00train:"
 
 #: ``scorer(given_ids, candidate_ids) -> one score per candidate`` (higher = better completion).
 Scorer = Callable[[Sequence[str], Sequence[str]], np.ndarray]
@@ -120,6 +139,12 @@ def _type_pools(
     return clean, counts, pools
 
 
+def reference_number(item: str) -> int | None:
+    """The model number leading an item id (MANGO ``51000622-02`` -> 51000622), else None."""
+    match = _REFERENCE.match(item)
+    return int(match.group(1)) if match else None
+
+
 def make_questions(
     outfits: Mapping[str, Sequence[str]],
     types: Mapping[str, str],
@@ -128,16 +153,26 @@ def make_questions(
     *,
     seed: int = 0,
     negatives: int = 3,
+    samplings: Sequence[str] = SAMPLINGS,
 ) -> list[Question]:
     """One question per test outfit and sampling (see the module docstring).
 
     Items without a type (not in the catalogue) are dropped from outfits first; outfits left
     with fewer than two items, or whose hidden item has too few same-type alternatives, are
-    skipped. The hidden item is the same for both samplings of an outfit.
+    skipped (``collection`` also when the ids carry no reference numbers). The hidden item is
+    the same for every sampling of an outfit, and each sampling draws from its own generator,
+    so asking for fewer samplings leaves the others' questions unchanged. ``cold_start``: the
+    hidden item is in none of the ``train_ids`` outfits.
     """
+    unknown = set(samplings) - set(SAMPLINGS)
+    if unknown:
+        raise ConfigError(f"unknown FITB sampling {sorted(unknown)}; choose from {SAMPLINGS}")
     clean, counts, pools = _type_pools(outfits, types)
     trained = set(occurrences(clean[o] for o in train_ids if o in clean))
     pool_weights = {t: np.array([counts[i] for i in p], np.float64) for t, p in pools.items()}
+    pool_refs = {
+        t: np.array([reference_number(i) or -1 for i in p], np.int64) for t, p in pools.items()
+    }
     questions: list[Question] = []
     for k, outfit in enumerate(sorted(test_ids)):
         items = clean.get(outfit, [])
@@ -150,9 +185,19 @@ def make_questions(
         if allowed.sum() < negatives:
             continue
         for s, sampling in enumerate(SAMPLINGS):
+            if sampling not in samplings:
+                continue
             rng = np.random.default_rng([seed, k, s + 1])
-            weights = pool_weights[kind] * allowed if sampling == "matched" else allowed * 1.0
-            picked = rng.choice(len(weights), negatives, replace=False, p=weights / weights.sum())
+            if sampling == "collection":
+                near = _nearest_references(hidden, pool_refs[kind], allowed, negatives, rng)
+                if near is None:
+                    continue
+                picked = near
+            else:
+                weights = pool_weights[kind] * allowed if sampling == "matched" else allowed * 1.0
+                picked = rng.choice(
+                    len(weights), negatives, replace=False, p=weights / weights.sum()
+                )
             candidates = [hidden, *(pools[kind][j] for j in picked)]
             order = rng.permutation(len(candidates))
             questions.append(
@@ -170,10 +215,33 @@ def make_questions(
     return questions
 
 
+def _nearest_references(
+    hidden: str, refs: np.ndarray, allowed: np.ndarray, negatives: int, rng: np.random.Generator
+) -> np.ndarray | None:
+    """Pool positions of the ``negatives`` items nearest ``hidden`` by reference number (not
+    its own model: another colour of the same garment is no wrong answer); ties by a coin."""
+    own = reference_number(hidden)
+    if own is None:
+        return None
+    usable = np.flatnonzero(allowed & (refs >= 0) & (refs != own))
+    if len(usable) < negatives:
+        return None
+    distance = np.abs(refs[usable] - own)
+    order = np.lexsort((rng.random(len(usable)), distance))
+    out: np.ndarray = usable[order[:negatives]]
+    return out
+
+
 def write_questions(questions: Iterable[Question], path: Path) -> Path:
-    """One JSON object per line."""
+    """One JSON object per line, in a new file: another run's questions are never replaced."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
+    try:
+        handle = path.open("x", encoding="utf-8")
+    except FileExistsError as e:
+        raise ConfigError(
+            f"questions file {path.name} exists already; every run writes its own"
+        ) from e
+    with handle:
         for q in questions:
             handle.write(json.dumps(asdict(q)) + "\n")
     return path
@@ -199,20 +267,29 @@ def answer(questions: Sequence[Question], scorer: Scorer, *, seed: int = 0) -> n
 def fitb_accuracy(
     questions: Sequence[Question], scorer: Scorer, *, seed: int = 0
 ) -> dict[str, dict[str, float | int]]:
-    """Accuracy per sampling, overall and on the cold-start subset."""
+    """Accuracy per sampling present: overall, on unseen (cold-start) and on seen answers."""
     chosen = answer(questions, scorer, seed=seed)
     right = chosen == np.array([q.answer for q in questions], np.int64)
+    cold_all = np.array([q.cold_start for q in questions], bool)
     out: dict[str, dict[str, float | int]] = {}
     for sampling in SAMPLINGS:
         mask = np.array([q.sampling == sampling for q in questions], bool)
-        cold = mask & np.array([q.cold_start for q in questions], bool)
+        if not mask.any() and sampling not in ("uniform", "matched"):
+            continue
+        cold, seen = mask & cold_all, mask & ~cold_all
         out[sampling] = {
-            "accuracy": float(right[mask].mean()) if mask.any() else float("nan"),
+            "accuracy": _share(right, mask),
             "n": int(mask.sum()),
-            "cold_start_accuracy": float(right[cold].mean()) if cold.any() else float("nan"),
+            "cold_start_accuracy": _share(right, cold),
             "cold_start_n": int(cold.sum()),
+            "seen_accuracy": _share(right, seen),
+            "seen_n": int(seen.sum()),
         }
     return out
+
+
+def _share(right: np.ndarray, mask: np.ndarray) -> float:
+    return float(right[mask].mean()) if mask.any() else float("nan")
 
 
 def auc(positive: npt.ArrayLike, negative: npt.ArrayLike) -> float:
@@ -246,9 +323,16 @@ def compatibility_auc(
     scorers: Mapping[str, Scorer],
     *,
     seed: int = 0,
+    swap: str = "all",
 ) -> dict[str, float | int]:
-    """AUC of real test outfits against the same outfits with every item swapped for a
-    uniformly drawn item of the same type (from the outfits file, never one already in it)."""
+    """AUC of real test outfits against the same outfits with items swapped for uniformly drawn
+    items of the same type (from the outfits, never one already in the outfit).
+
+    ``swap="all"``: every item swapped (mixes lines and collections: easy); ``"one"``: one item
+    (seeded) swapped, the rest kept, so the score must notice a single misfit.
+    """
+    if swap not in ("all", "one"):
+        raise ConfigError(f"swap must be 'all' or 'one', not {swap!r}")
     clean, _, pools = _type_pools(outfits, types)
     real: list[list[str]] = []
     fake: list[list[str]] = []
@@ -256,14 +340,16 @@ def compatibility_auc(
         items = clean.get(outfit, [])
         if len(items) < 2:
             continue
-        rng = np.random.default_rng([seed, k, 9])
-        swapped = []
-        for item in items:
-            choices = [c for c in pools[types[item]] if c not in items and c not in swapped]
+        rng = np.random.default_rng([seed, k, 9 if swap == "all" else 10])
+        targets = range(len(items)) if swap == "all" else [int(rng.integers(len(items)))]
+        swapped = list(items)
+        for n in targets:
+            taken = set(items) | set(swapped)
+            choices = [c for c in pools[types[items[n]]] if c not in taken]
             if not choices:
                 break
-            swapped.append(choices[int(rng.integers(len(choices)))])
-        if len(swapped) == len(items):
+            swapped[n] = choices[int(rng.integers(len(choices)))]
+        else:
             real.append(items)
             fake.append(swapped)
     out: dict[str, float | int] = {"n_outfits": len(real)}
@@ -272,6 +358,34 @@ def compatibility_auc(
         neg = [outfit_score(o, scorer) for o in fake]
         out[name] = auc(pos, neg)
     return out
+
+
+def statistics_scorers(train_outfits: Iterable[Sequence[str]]) -> dict[str, Scorer]:
+    """What outfit statistics alone achieve (counted on the train outfits only):
+
+    * ``cooccurrence``: how many train outfits hold the candidate with each visible item, summed;
+    * ``cooccurrence+popularity``: the same, ties broken by the candidate's train outfit count;
+    * ``popularity`` (popular-by-type: all candidates share the type) is in
+      :func:`engine_scorers`.
+    """
+    from stygig.compat.model import Cooccurrence
+
+    outfits = [list(dict.fromkeys(o)) for o in train_outfits]
+    counts = occurrences(outfits)
+    table = Cooccurrence.from_outfits(outfits)
+    top = float(max(counts.values(), default=0) + 1)
+
+    def cooccurrence(given: Sequence[str], cands: Sequence[str]) -> np.ndarray:
+        pairs = table.lookup(table.codes(tuple(given)), table.codes(tuple(cands)))
+        out: np.ndarray = pairs.sum(axis=0).astype(np.float64)
+        return out
+
+    def with_popularity(given: Sequence[str], cands: Sequence[str]) -> np.ndarray:
+        pop = np.array([counts.get(c, 0) for c in cands], np.float64)
+        out: np.ndarray = cooccurrence(given, cands) * top + pop
+        return out
+
+    return {"cooccurrence": cooccurrence, "cooccurrence+popularity": with_popularity}
 
 
 def engine_scorers(recommender: Recommender, train_counts: Mapping[str, int]) -> dict[str, Scorer]:
@@ -308,6 +422,55 @@ def engine_scorers(recommender: Recommender, train_counts: Mapping[str, int]) ->
     }
 
 
+def check_model_split(
+    artifact: Artifact,
+    outfits: Mapping[str, Sequence[str]],
+    train_ids: Sequence[str],
+    *,
+    seed: int,
+    outfits_name: str,
+) -> dict[str, Any] | None:
+    """The artifact's compatibility model's training split, once checked to be this one.
+
+    Raises :class:`~stygig.errors.ArtifactError` when the model was trained on other outfits
+    than ``train_ids`` (another seed, another outfits file) or does not say what it was trained
+    on: its "held-out" questions would include outfits it learned from (``eval --seed 1`` on the
+    seed-0 model reported 93.3 % / 89.1 %). None when the artifact has no model.
+    """
+    model = artifact.compat
+    if model is None:
+        return None
+    ours = outfits_fingerprint(outfits, train_ids)
+    recorded = model.training_split
+    if recorded is None:
+        raise ArtifactError(
+            "the artifact's compatibility model does not record the outfits it was trained on "
+            "(trained before this check existed), so it cannot be scored fairly: retrain it "
+            f"with `stygig train-compat --outfits {outfits_name} --seed {seed} ...`",
+            code="compat_split_unknown",
+        )
+    theirs = str(recorded.get("train_fingerprint"))
+    if theirs != ours or recorded.get("seed") != seed:
+        same_file = recorded.get("outfits_fingerprint") == outfits_fingerprint(outfits)
+        raise ArtifactError(
+            "the artifact's compatibility model was trained on "
+            f"{'' if same_file else 'another outfits file, '}split seed {recorded.get('seed')} "
+            f"({_count(recorded.get('train_outfits'))} train outfits, fingerprint {theirs[:12]}), "
+            f"but this evaluation splits {outfits_name} with seed {seed} ({len(train_ids):,} "
+            f"train outfits, fingerprint {ours[:12]}): its test outfits may include outfits "
+            "the model learned from. Evaluate with the model's seed and outfits file, or "
+            f"retrain for this split: `stygig train-compat --outfits {outfits_name} "
+            f"--seed {seed} ...`"
+            + ("" if same_file else "; to score another file's outfits use --test-outfits"),
+            code="compat_split_mismatch",
+        )
+    return dict(recorded)
+
+
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else "?"
+
+
 def evaluate_outfits(
     artifact: Artifact,
     outfits_file: Path,
@@ -315,11 +478,18 @@ def evaluate_outfits(
     *,
     seed: int = 0,
     limit: int | None = None,
+    test_outfits_file: Path | None = None,
 ) -> dict[str, Any]:
-    """FITB accuracy (both samplings, cold start), compatibility AUC and baselines.
+    """FITB accuracy (every sampling; seen / unseen answers), compatibility AUC (every item and
+    one item swapped), and the baselines, all on the same questions.
 
+    ``outfits_file`` is split with ``seed`` (``split_ids``): its train outfits are what a model
+    learns from, and what popularity, co-occurrence and "seen" are counted on; a model in the
+    artifact must have been trained on exactly them (:func:`check_model_split`). The questions
+    come from its test outfits, or from *every* outfit of ``test_outfits_file`` when given.
     Item types are the catalogue's native ``des_product_type`` (else the canonical category).
-    The questions are written to ``<out_dir>/fitb-<outfits file stem>-seed<seed>.jsonl``.
+    The questions are written to ``<out_dir>/fitb-<test file stem>-seed<seed>.jsonl``, a new
+    file (``out_dir`` is the run's own folder).
     """
     from stygig.engine import Recommender
     from stygig.evaluation.category import whitened_artifact
@@ -329,17 +499,32 @@ def evaluate_outfits(
     types = item_types(artifact)
     outfits = read_outfits(outfits_file)
     train, test = split_ids(list(outfits), seed=seed)
+    model_split = check_model_split(
+        artifact, outfits, train, seed=seed, outfits_name=outfits_file.name
+    )
+    questions_from = outfits_file
+    pool: Mapping[str, Sequence[str]] = outfits
+    train_keys = train
+    if test_outfits_file is not None:
+        # Every outfit of the file is a test outfit; negatives come from it and the train
+        # outfits; "seen" still means "in a train outfit" (what the model learned from).
+        others = read_outfits(test_outfits_file)
+        questions_from = test_outfits_file
+        train_keys = [_TRAIN_KEY + o for o in train]
+        pool = {**{_TRAIN_KEY + o: outfits[o] for o in train}, **others}
+        test = sorted(others)
     if limit is not None:
         test = test[:limit]
-    questions = make_questions(outfits, types, test, train, seed=seed)
-    path = write_questions(questions, out_dir / f"fitb-{outfits_file.stem}-seed{seed}.jsonl")
-    train_counts = occurrences(outfits[o] for o in train)
+    train_sets = {frozenset(outfits[o]) for o in train}
+    questions = make_questions(pool, types, test, train_keys, seed=seed)
+    path = write_questions(questions, out_dir / f"fitb-{questions_from.stem}-seed{seed}.jsonl")
+    train_outfits = [outfits[o] for o in train]
+    train_counts = occurrences(train_outfits)
     # "v4" is the rules alone, whatever the packaged compat_mode says.
     recommender = Recommender(artifact, config=scoring_config("rules"))
     scorers = engine_scorers(recommender, train_counts)
+    scorers |= statistics_scorers(train_outfits)
     if artifact.compat is not None:
-        # The learned model (stygig train-compat) was trained on train outfits of the same
-        # split of outfits.csv; its test outfits are the ones scored here.
         for mode in ("learned", "learned+rules"):
             scorers[mode] = Recommender(
                 artifact, encoder=recommender.encoder, config=scoring_config(mode)
@@ -354,25 +539,72 @@ def evaluate_outfits(
         )
         scorers |= {"v4_whitened": more["v4"], "cosine_whitened": more["cosine"]}
     accuracy = {name: fitb_accuracy(questions, s, seed=seed) for name, s in scorers.items()}
-    compat = compatibility_auc(
-        outfits,
-        types,
-        test,
-        {k: v for k, v in scorers.items() if k not in ("popularity", "random")},
-        seed=seed,
-    )
+    for_auc = {k: v for k, v in scorers.items() if k != "random"}
+    compat = compatibility_auc(pool, types, test, for_auc, seed=seed, swap="all")
+    single = compatibility_auc(pool, types, test, for_auc, seed=seed, swap="one")
     in_catalog = sum(1 for items in outfits.values() for i in items if i in types)
     return {
         "outfits_file": str(outfits_file),
+        "test_outfits_file": None if test_outfits_file is None else str(test_outfits_file),
         "compat_model": artifact.manifest.get("compat"),
+        "model_split": model_split,
         "questions_file": str(path),
-        "split": {"train_outfits": len(train), "test_outfits": len(test)},
+        "split": {
+            "seed": seed,
+            "train_outfits": len(train),
+            "test_outfits": len(test),
+            "train_fingerprint": outfits_fingerprint(outfits, train),
+            "test_outfits_identical_to_a_train_outfit": sum(
+                frozenset(pool[o]) in train_sets for o in test if o in pool
+            ),
+        },
         "outfit_items": sum(len(v) for v in outfits.values()),
         "outfit_items_in_catalog": in_catalog,
         "questions": len(questions),
+        "questions_per_sampling": dict(Counter(q.sampling for q in questions)),
         "accuracy": accuracy,
         "auc": compat,
+        "auc_single_swap": single,
+        "headline": headline(accuracy, compat, single),
     }
+
+
+def headline(
+    accuracy: Mapping[str, Mapping[str, Mapping[str, float | int]]],
+    auc_all: Mapping[str, float | int],
+    auc_one: Mapping[str, float | int],
+) -> dict[str, Any]:
+    """The figures to read first, for the engine's default scorer (learned + rules when a model
+    is present, else the V4 rules), beside what statistics alone reach on the same questions:
+    co-occurrence + popularity (the issue's yardstick) and the best statistic."""
+    name = next(n for n in ("learned+rules", "learned", "v4") if n in accuracy)
+    baseline = "cooccurrence+popularity"
+
+    def get(scorer: str, sampling: str, key: str = "accuracy") -> float:
+        return float(accuracy.get(scorer, {}).get(sampling, {}).get(key, float("nan")))
+
+    out: dict[str, Any] = {
+        "scorer": name,
+        "sampling": HEADLINE,
+        "matched": get(name, "matched"),
+        "matched_cold_start": get(name, "matched", "cold_start_accuracy"),
+        "matched_seen": get(name, "matched", "seen_accuracy"),
+        "collection": get(name, "collection"),
+        "uniform": get(name, "uniform"),
+        "auc_single_swap": float(auc_one.get(name, float("nan"))),
+        "auc_all_swapped": float(auc_all.get(name, float("nan"))),
+        "baseline": baseline,
+        "baseline_matched": get(baseline, "matched"),
+    }
+    out["margin_over_baseline_matched"] = out["matched"] - out["baseline_matched"]
+    # The strongest statistic on the headline questions, whichever it is.
+    stats = [n for n in ("cooccurrence", "cooccurrence+popularity", "popularity") if n in accuracy]
+    if stats:
+        best = max(stats, key=lambda n: get(n, "matched"))
+        out["best_baseline"] = best
+        out["best_baseline_matched"] = get(best, "matched")
+        out["margin_over_best_baseline_matched"] = out["matched"] - out["best_baseline_matched"]
+    return out
 
 
 def item_types(artifact: Artifact) -> dict[str, str]:

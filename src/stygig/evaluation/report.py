@@ -84,50 +84,76 @@ def bars_from_metrics(metrics: dict[str, Any]) -> list[Bar]:
             True,
         )
     )
-    for sampling in ("uniform", "matched"):
-        for name in LEARNED:
-            spec.append(
-                (
-                    f"FITB ({sampling})",
-                    f"{name} {sampling}",
-                    ("fitb", "accuracy", name, sampling, "accuracy"),
-                    targets.get(f"fitb_{sampling}"),
-                    False,
-                )
-            )
-            spec.append(
-                (
-                    f"FITB ({sampling})",
-                    f"{name} {sampling} cold start",
-                    ("fitb", "accuracy", name, sampling, "cold_start_accuracy"),
-                    targets.get("fitb_cold_start"),
-                    False,
-                )
-            )
-        for name in ("v4", "v4_whitened", "cosine", "harmony", "popularity", "random"):
-            spec.append(
-                (
-                    f"FITB ({sampling})",
-                    f"{name} {sampling}",
-                    ("fitb", "accuracy", name, sampling, "accuracy"),
-                    None,
-                    not name.startswith("v4"),
-                )
-            )
-    for name in ("v4", "v4_whitened", "cosine", "harmony"):
-        spec.append(
-            ("compatibility AUC", f"AUC {name}", ("fitb", "auc", name), None, name[:2] != "v4")
-        )
-    for name in LEARNED:
-        spec.append(
-            ("compatibility AUC", f"AUC {name}", ("fitb", "auc", name), targets.get("auc"), False)
-        )
+    spec += _fitb_spec(metrics, targets)
     bars = []
     for group, label, path, target, baseline in spec:
         value = _get(metrics, *path)
         if value is not None:
             bars.append(Bar(group, label, value, target, baseline))
     return bars
+
+
+#: Outfit statistics on the same questions (grey bars): what a scorer must beat.
+BASELINES = ("cooccurrence+popularity", "cooccurrence", "popularity", "random")
+
+
+def _fitb_spec(
+    metrics: dict[str, Any], targets: dict[str, float]
+) -> list[tuple[str, str, tuple[str, ...], float | None, bool]]:
+    """FITB and AUC bars: popularity-matched first (the headline), then same-collection
+    negatives, uniform, and both AUCs; each scorer beside the statistics baselines."""
+    acc = metrics.get("fitb", {}).get("accuracy", {})
+    scorers = [n for n in (*LEARNED, "v4", "v4_whitened") if n in acc]
+    spec: list[tuple[str, str, tuple[str, ...], float | None, bool]] = []
+    for sampling, group, target in (
+        ("matched", "FITB matched (headline)", "fitb_matched"),
+        ("collection", "FITB same-collection negatives", "fitb_collection"),
+        ("uniform", "FITB uniform", None),
+    ):
+        for name in (*scorers, *BASELINES):
+            learned = name in LEARNED
+            spec.append(
+                (
+                    group,
+                    f"{name}",
+                    ("fitb", "accuracy", name, sampling, "accuracy"),
+                    targets.get(target) if learned and target else None,
+                    name in BASELINES,
+                )
+            )
+            if sampling == "matched" and (learned or name == "v4"):
+                for key, label, tkey in (
+                    (
+                        "cold_start_accuracy",
+                        "unseen answers (cold start)",
+                        "fitb_cold_start_matched",
+                    ),
+                    ("seen_accuracy", "seen answers", None),
+                ):
+                    spec.append(
+                        (
+                            group,
+                            f"{name}: {label}",
+                            ("fitb", "accuracy", name, sampling, key),
+                            targets.get(tkey) if learned and tkey else None,
+                            False,
+                        )
+                    )
+    for key, group, target in (
+        ("auc_single_swap", "AUC, one item swapped", "auc_single_swap"),
+        ("auc", "AUC, every item swapped", None),
+    ):
+        for name in (*scorers, "cosine", "harmony", *BASELINES[:3]):
+            spec.append(
+                (
+                    group,
+                    name,
+                    ("fitb", key, name),
+                    targets.get(target) if name in LEARNED and target else None,
+                    name in BASELINES or name in ("cosine", "harmony"),
+                )
+            )
+    return spec
 
 
 def write_metrics(metrics: dict[str, Any], out_dir: Path) -> Path:
@@ -229,20 +255,45 @@ LEARNED = ("learned", "learned+rules")
 
 
 def fitb_table(metrics: dict[str, Any]) -> str:
-    """Markdown table: V4 rules, learned, learned + rules side by side (FITB and AUC)."""
+    """Markdown table: every scorer and baseline on the same questions, matched first."""
     rows = [
-        "| scorer | uniform | matched | cold start (uniform / matched) | AUC |",
-        "| --- | --- | --- | --- | --- |",
+        "| scorer | matched | unseen / seen (matched) | same collection | uniform "
+        "| AUC one swapped | AUC all swapped |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    acc = metrics.get("fitb", {}).get("accuracy", {})
-    aucs = metrics.get("fitb", {}).get("auc", {})
-    for name in ("v4", *LEARNED):
+    fitb = metrics.get("fitb", {})
+    acc, all_swapped = fitb.get("accuracy", {}), fitb.get("auc", {})
+    one_swapped = fitb.get("auc_single_swap", {})
+
+    def pct(value: Any) -> str:
+        ok = isinstance(value, int | float) and not math.isnan(value)
+        return f"{value:.1%}" if ok else "-"
+
+    def num(value: Any) -> str:
+        ok = isinstance(value, int | float) and not math.isnan(value)
+        return f"{value:.3f}" if ok else "-"
+
+    for name in (*LEARNED, "v4", *BASELINES):
         if name not in acc:
             continue
-        u, m = acc[name]["uniform"], acc[name]["matched"]
+        m = acc[name].get("matched", {})
         rows.append(
-            f"| {name} | {u['accuracy']:.1%} | {m['accuracy']:.1%} | "
-            f"{u['cold_start_accuracy']:.1%} / {m['cold_start_accuracy']:.1%} | "
-            f"{aucs.get(name, float('nan')):.3f} |"
+            f"| {name} | {pct(m.get('accuracy'))} | {pct(m.get('cold_start_accuracy'))} / "
+            f"{pct(m.get('seen_accuracy'))} | {pct(acc[name].get('collection', {}).get('accuracy'))}"
+            f" | {pct(acc[name].get('uniform', {}).get('accuracy'))} | "
+            f"{num(one_swapped.get(name))} | {num(all_swapped.get(name))} |"
+        )
+    head = fitb.get("headline")
+    if head:
+        rows.append(
+            f"\nheadline ({head['scorer']}, popularity-matched): {pct(head['matched'])}, "
+            f"{head['margin_over_baseline_matched'] * 100:+.1f} points over "
+            f"{head['baseline']} ({pct(head['baseline_matched'])})"
+            + (
+                f", {head['margin_over_best_baseline_matched'] * 100:+.1f} over the best "
+                f"statistic, {head['best_baseline']} ({pct(head['best_baseline_matched'])})"
+                if "best_baseline" in head
+                else ""
+            )
         )
     return "\n".join(rows)

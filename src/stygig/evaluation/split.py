@@ -6,12 +6,14 @@ Both splits depend only on ``(seed, labels or ids)``, never on the order rows ar
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Split", "split_ids", "stratified_split"]
+__all__ = ["Split", "outfits_fingerprint", "split_ids", "stratified_split"]
 
 
 @dataclass(frozen=True)
@@ -61,3 +63,16 @@ def split_ids(
     test = sorted(unique[i] for i in order[:n_test])
     test_set = set(test)
     return [i for i in unique if i not in test_set], test
+
+
+def outfits_fingerprint(
+    outfits: Mapping[str, Sequence[str]], ids: Sequence[str] | None = None
+) -> str:
+    """Hex sha256 of the outfits ``ids`` (default: all) with their items, order-independent.
+
+    A compatibility model records the fingerprint of the outfits it was trained on; the
+    evaluation recomputes it for its own split and refuses a model trained on other outfits.
+    """
+    chosen = sorted(outfits) if ids is None else sorted(set(ids))
+    canonical = [[o, sorted(set(outfits.get(o, ())))] for o in chosen]
+    return hashlib.sha256(json.dumps(canonical, separators=(",", ":")).encode()).hexdigest()

@@ -24,13 +24,17 @@ from torch import nn
 from stygig.compat.features import ItemFeatures, item_features
 from stygig.compat.model import CompatModel, Cooccurrence, whiten_rows
 from stygig.evaluation.fitb import Question, fitb_accuracy, item_types, make_questions
-from stygig.evaluation.split import split_ids
+from stygig.evaluation.split import outfits_fingerprint, split_ids
 from stygig.harmony import rgb_array
 
 if TYPE_CHECKING:
     from stygig.artifact import Artifact
 
 __all__ = ["TrainConfig", "TrainResult", "artifact_features", "item_types", "train_compat"]
+
+
+#: The evaluation's share of test outfits (``split_ids``' default), never read by training.
+TEST_FRACTION = 0.2
 
 
 @dataclass(frozen=True)
@@ -267,7 +271,7 @@ def _train(
 
     types = item_types(artifact)
     positions = artifact.positions
-    train_ids, test_ids = split_ids(list(outfits), seed=cfg.seed)
+    train_ids, test_ids = split_ids(list(outfits), test_fraction=TEST_FRACTION, seed=cfg.seed)
     fit_ids, val_ids = split_ids(train_ids, test_fraction=cfg.val_fraction, seed=cfg.seed + 1)
     clean = {o: [i for i in outfits[o] if i in positions] for o in train_ids}
     fit_outfits = [[positions[i] for i in clean[o]] for o in fit_ids if len(clean[o]) >= 2]
@@ -285,7 +289,12 @@ def _train(
     type_codes = np.array([type_names.index(types[i]) for i in id_list], np.int64)
     sampler = _Sampler(fit_outfits, type_codes, cfg.negatives)
     val_questions = make_questions(
-        {o: clean[o] for o in train_ids}, types, val_ids, fit_ids, seed=cfg.seed
+        {o: clean[o] for o in train_ids},
+        types,
+        val_ids,
+        fit_ids,
+        seed=cfg.seed,
+        samplings=("uniform", "matched"),
     )
 
     placeholder = _export(_Net(1, 0, cfg), categories, mean, scale, fit_cooc, {}, white)
@@ -361,7 +370,13 @@ def _train(
                 **info,
                 "best_epoch": int(best_epoch["epoch"]),
                 "validation": best_epoch,
+                # What the evaluation checks before scoring this model (docs/evaluation.md):
+                # the split (seed, fraction) and exactly which outfits it was trained on.
                 "split": {
+                    "seed": cfg.seed,
+                    "test_fraction": TEST_FRACTION,
+                    "train_fingerprint": outfits_fingerprint(outfits, train_ids),
+                    "outfits_fingerprint": outfits_fingerprint(outfits),
                     "train_outfits": len(train_ids),
                     "fit_outfits": len(fit_ids),
                     "validation_outfits": len(val_ids),

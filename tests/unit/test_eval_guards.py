@@ -1,0 +1,272 @@
+"""Evaluation that cannot fool itself: a model is only scored on its own split, a test file is
+scored whole with "seen" meaning "trained on", runs never overwrite each other, and the harder
+measures (same-collection negatives, one item swapped, statistics baselines) do what they say."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stygig.artifact import Artifact, add_compat_model
+from stygig.errors import ArtifactError, ConfigError
+from stygig.evaluation.command import new_run_dir
+from stygig.evaluation.fitb import (
+    compatibility_auc,
+    evaluate_outfits,
+    fitb_accuracy,
+    make_questions,
+    reference_number,
+    statistics_scorers,
+    write_questions,
+)
+from stygig.evaluation.split import outfits_fingerprint, split_ids
+from tests.unit.test_compat import _artifact, _write_outfits
+
+
+@pytest.fixture(scope="module")
+def seed0_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list[str]]]:
+    """The tiny artifact with a model trained (1 epoch) on the seed-0 split of its outfits."""
+    from stygig.training.compat import TrainConfig, train_compat
+
+    path, outfits = _artifact(tmp_path_factory.mktemp("guards"))
+    result = train_compat(
+        Artifact.load(path), outfits, TrainConfig(epochs=1), progress=False, log=lambda _: None
+    )
+    add_compat_model(path, result.model, {"seed": 0, "split": result.split})
+    return path, outfits
+
+
+def test_the_model_records_its_training_split(
+    seed0_model: tuple[Path, dict[str, list[str]]],
+) -> None:
+    path, outfits = seed0_model
+    model = Artifact.load(path).compat
+    assert model is not None and model.training_split is not None
+    train, _ = split_ids(list(outfits), seed=0)
+    assert model.training_split["seed"] == 0
+    assert model.training_split["train_fingerprint"] == outfits_fingerprint(outfits, train)
+    assert model.training_split["outfits_fingerprint"] == outfits_fingerprint(outfits)
+    # Order-independent: the same outfits read in another order give the same fingerprint.
+    shuffled = {o: list(reversed(outfits[o])) for o in reversed(list(outfits))}
+    assert outfits_fingerprint(shuffled, list(reversed(train))) == outfits_fingerprint(
+        outfits, train
+    )
+
+
+def test_eval_refuses_a_model_of_another_seed(
+    seed0_model: tuple[Path, dict[str, list[str]]], tmp_path: Path
+) -> None:
+    """``eval --seed 1`` on the seed-0 model used to report 93 %: its "test" outfits were
+    mostly training outfits. Now it is refused, naming both splits."""
+    path, outfits = seed0_model
+    csv = _write_outfits(tmp_path / "outfits.csv", outfits)
+    with pytest.raises(ArtifactError) as e:
+        evaluate_outfits(Artifact.load(path), csv, tmp_path / "run", seed=1)
+    assert e.value.code == "compat_split_mismatch"
+    assert "seed 0" in e.value.message and "seed 1" in e.value.message
+    assert str(tmp_path) not in e.value.message  # no server paths
+    assert not (tmp_path / "run").exists()  # refused before writing anything
+    assert evaluate_outfits(Artifact.load(path), csv, tmp_path / "ok", seed=0)["questions"] > 0
+
+
+def test_a_refused_eval_leaves_no_run_behind(
+    seed0_model: tuple[Path, dict[str, list[str]]], tmp_path: Path
+) -> None:
+    """Through the command: exit with the error, no run folder, no LATEST."""
+    import argparse
+
+    from stygig.evaluation.command import register
+
+    path, outfits = seed0_model
+    datasets = tmp_path / "datasets" / "mango-outfits"
+    datasets.mkdir(parents=True)
+    (datasets / "product_data.csv").write_text("unused\n")
+    csv = _write_outfits(datasets / "outfits.csv", outfits)
+    out = tmp_path / "eval"
+    cache = out / "artifacts" / "mango-tiny"
+    shutil.copytree(path, cache)
+    manifest = json.loads((cache / "manifest.json").read_text())
+    manifest["build"]["catalog"] = str((datasets / "product_data.csv").resolve())
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    argv = ["eval", "--datasets", str(tmp_path / "datasets"), "--encoder", "tiny"]
+    argv += ["--out", str(out), "--only", "fitb", "--outfits", str(csv), "--quiet"]
+    args = parser.parse_args([*argv, "--seed", "1"])
+    with pytest.raises(ArtifactError) as e:
+        args.func(args)
+    assert e.value.code == "compat_split_mismatch"
+    assert list((out / "runs").iterdir()) == [] and not (out / "LATEST").exists()
+
+
+def test_eval_refuses_a_model_trained_on_other_outfits(
+    seed0_model: tuple[Path, dict[str, list[str]]], tmp_path: Path
+) -> None:
+    path, outfits = seed0_model
+    fewer = dict(list(outfits.items())[:-10])
+    csv = _write_outfits(tmp_path / "fewer.csv", fewer)
+    with pytest.raises(ArtifactError) as e:
+        evaluate_outfits(Artifact.load(path), csv, tmp_path / "run", seed=0)
+    assert e.value.code == "compat_split_mismatch"
+    assert "another outfits file" in e.value.message
+
+
+def test_eval_refuses_a_model_that_records_no_split(
+    seed0_model: tuple[Path, dict[str, list[str]]], tmp_path: Path
+) -> None:
+    path, outfits = seed0_model
+    model = Artifact.load(path).compat
+    assert model is not None
+    old = replace(model, info={k: v for k, v in model.info.items() if k != "split"})
+    assert old.training_split is None
+    copy = tmp_path / "art"
+    shutil.copytree(path, copy)
+    add_compat_model(copy, old, {"seed": 0})
+    csv = _write_outfits(tmp_path / "outfits.csv", outfits)
+    with pytest.raises(ArtifactError) as e:
+        evaluate_outfits(Artifact.load(copy), csv, tmp_path / "run", seed=0)
+    assert e.value.code == "compat_split_unknown" and "retrain" in e.value.message
+
+
+def test_test_outfits_are_scored_whole_and_seen_means_trained_on(tmp_path: Path) -> None:
+    """``--test-outfits FILE``: one question per sampling for every outfit of FILE (not its
+    20 %), and an answer is "seen" exactly when it is in a train outfit of the model's split."""
+    path, outfits = _artifact(tmp_path)
+    train, _ = split_ids(list(outfits), seed=0)
+    trained = {i for o in train for i in outfits[o]}
+    rng = np.random.default_rng(5)
+    items = sorted({i for o in outfits.values() for i in o})
+    by_cat: dict[str, list[str]] = {}
+    for i in items:
+        by_cat.setdefault(i.split("-")[0], []).append(i)
+    # New outfits (ids colliding with the reference file's on purpose), random items.
+    others = {
+        f"o{n:03d}": [str(rng.choice(by_cat[c])) for c in ("shirt", "trousers", "sandals")]
+        for n in range(30)
+    }
+    ref = _write_outfits(tmp_path / "outfits.csv", outfits)
+    test = _write_outfits(tmp_path / "new.csv", others)
+    result = evaluate_outfits(
+        Artifact.load(path), ref, tmp_path / "run", seed=0, test_outfits_file=test
+    )
+    assert result["split"]["test_outfits"] == 30
+    assert result["questions_per_sampling"] == {"uniform": 30, "matched": 30}
+    lines = Path(result["questions_file"]).read_text().splitlines()
+    questions = [json.loads(line) for line in lines]
+    assert Path(result["questions_file"]).name == "fitb-new-seed0.jsonl"
+    assert {q["outfit"] for q in questions} == set(others)
+    for q in questions:
+        assert q["cold_start"] == (q["hidden"] not in trained)
+        assert set(q["given"]) | {q["hidden"]} == set(others[q["outfit"]])
+    acc = result["accuracy"]["v4"]["uniform"]
+    assert acc["seen_n"] + acc["cold_start_n"] == acc["n"] == 30
+
+
+def test_questions_and_runs_are_never_overwritten(tmp_path: Path) -> None:
+    questions = make_questions({"a": ["1-1", "2-1"], "b": ["3-1", "4-1"]}, {}, [], [])
+    file = write_questions(questions, tmp_path / "q.jsonl")
+    with pytest.raises(ConfigError):
+        write_questions(questions, file)
+    first = new_run_dir(tmp_path, ["20260101T000000Z", "fitb", "seed0"])
+    second = new_run_dir(tmp_path, ["20260101T000000Z", "fitb", "seed0"])
+    assert first != second and first.is_dir() and second.name.endswith("-2")
+
+
+# -- the harder measures on hand-made outfits ---------------------------------------------------
+
+
+def _shops() -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Outfits of MANGO-like ids: a top (model 100..140) and a shoe (model 900..)."""
+    outfits, types = {}, {}
+    for n in range(40):
+        top, shoe = f"{100 + n}-01", f"{900 + n % 8}-0{n % 3}"
+        outfits[f"{n:02d}"] = [top, shoe]
+        types[top], types[shoe] = "top", "shoe"
+    return outfits, types
+
+
+def test_reference_numbers() -> None:
+    assert reference_number("51000622-02") == 51000622
+    assert reference_number("sku-1") is None
+
+
+def test_collection_negatives_are_the_nearest_reference_numbers() -> None:
+    outfits, types = _shops()
+    train, test = split_ids(list(outfits), seed=0)
+    questions = make_questions(outfits, types, test, train, seed=0, samplings=["collection"])
+    assert questions and all(q.sampling == "collection" for q in questions)
+    for q in questions:
+        own = reference_number(q.hidden)
+        assert own is not None
+        negatives = [c for c in q.candidates if c != q.hidden]
+        assert not set(negatives) & set(outfits[q.outfit])
+        refs = [reference_number(c) for c in negatives]
+        assert own not in refs  # another colour of the same model is no wrong answer
+        # No allowed item of the type is nearer than the farthest negative.
+        worst = max(abs(r - own) for r in refs if r is not None)
+        pool = {i for o in outfits.values() for i in o if types[i] == q.item_type}
+        nearer = [
+            i
+            for i in pool - set(outfits[q.outfit]) - set(negatives)
+            if (r := reference_number(i)) is not None and r != own and abs(r - own) < worst
+        ]
+        assert nearer == []
+    # The other samplings' questions do not change when collection is asked for too.
+    both = make_questions(outfits, types, test, train, seed=0)
+    assert [q for q in both if q.sampling != "collection"] == make_questions(
+        outfits, types, test, train, seed=0, samplings=["uniform", "matched"]
+    )
+    with pytest.raises(ConfigError):
+        make_questions(outfits, types, test, train, samplings=["nearest"])
+
+
+def test_single_swap_changes_exactly_one_item() -> None:
+    outfits = {f"{n}": [f"t{n % 7}", f"b{n % 5}", f"s{n % 3}"] for n in range(30)}
+    types = {i: i[0] for o in outfits.values() for i in o}
+
+    def outfits_scored(swap: str) -> tuple[list[set[str]], list[set[str]]]:
+        """The item sets scored: real outfits first, then their swapped copies (one call per
+        item of an outfit, each seeing the whole outfit)."""
+        seen: list[set[str]] = []
+
+        def scorer(given: Sequence[str], cands: Sequence[str]) -> np.ndarray:
+            seen.append({*given, *cands})
+            return np.zeros(len(cands))
+
+        result = compatibility_auc(outfits, types, list(outfits), {"s": scorer}, swap=swap)
+        assert result["s"] == 0.5 and result["n_outfits"] == 30  # all ties
+        half = len(seen) // 2
+        return seen[:half:3], seen[half::3]
+
+    for real, fake in zip(*outfits_scored("one"), strict=True):
+        assert len(real - fake) == 1 and len(fake - real) == 1
+    for real, fake in zip(*outfits_scored("all"), strict=True):
+        assert not real & fake
+    with pytest.raises(ConfigError):
+        compatibility_auc(outfits, types, list(outfits), {}, swap="two")
+
+
+def test_statistics_baselines_count_train_outfits_only() -> None:
+    train = [["a", "x"], ["a", "x"], ["a", "y"], ["b", "z"]]
+    scorers = statistics_scorers(train)
+    cooc, with_pop = scorers["cooccurrence"], scorers["cooccurrence+popularity"]
+    assert cooc(["a"], ["x", "y", "z", "new"]).tolist() == [2.0, 1.0, 0.0, 0.0]
+    # No co-occurrence at all: popularity decides; co-occurrence always comes first.
+    assert np.argmax(with_pop(["new"], ["y", "x"])) == 1
+    assert np.argmax(with_pop(["b"], ["x", "z"])) == 1
+
+
+def test_seen_and_unseen_split_every_sampling() -> None:
+    outfits, types = _shops()
+    train, test = split_ids(list(outfits), seed=0)
+    questions = make_questions(outfits, types, test, train, seed=0)
+    acc = fitb_accuracy(questions, lambda g, c: np.zeros(len(c)), seed=0)
+    assert set(acc) == {"uniform", "matched", "collection"}
+    for block in acc.values():
+        assert block["seen_n"] + block["cold_start_n"] == block["n"] > 0
