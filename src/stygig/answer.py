@@ -90,6 +90,7 @@ class ItemView:
     hex: str | None
     hsl: list[float]  # hue in [0, 1), saturation, lightness
     color_name: str
+    available: bool  # the shop can sell it now (not sold out, not withdrawn)
 
 
 @dataclass(slots=True)
@@ -132,10 +133,19 @@ class GenderDecision:
 
 @dataclass(slots=True)
 class ArtifactRef:
-    """Which catalogue answered: its encoder and size."""
+    """Which catalogue answered: its encoder, size and version.
+
+    ``version``: the artifact's version (:func:`stygig.artifact.artifact_version`);
+    ``sequence``: the last change-log record applied on top of it (0: none); ``catalog``:
+    both as one string, ``"<version>+<sequence>"``, the same on every replica that has
+    applied the same changes.
+    """
 
     encoder: str
     items: int
+    version: str = ""
+    sequence: int = 0
+    catalog: str = ""
 
 
 #: Every stage a request can pass through, in order; one set of names for every caller.

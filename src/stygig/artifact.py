@@ -125,6 +125,7 @@ def write_artifact(
     extra_files: dict[str, Path] | None = None,
     whitening: Whitening | None = None,
     thumbnails: list[bytes | None] | None = None,
+    manifest_extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write an artifact atomically: into a temporary sibling, then renamed into place.
 
@@ -142,6 +143,8 @@ def write_artifact(
         whitening: the transform already applied to ``embeddings``; stored for the queries.
         thumbnails: row-aligned JPEG thumbnails (``None`` for an item without one); stored as
             ``thumbnails.bin`` + ``thumbnails.json``.
+        manifest_extra: more manifest entries (compaction: ``version`` and ``catalog``, the
+            parent version and the last change-log sequence folded in).
     """
     out = Path(out_dir)
     if not (len(items) == len(colors) == len(embeddings)):
@@ -195,6 +198,7 @@ def write_artifact(
                 "rejects_by_reason": dict(sorted(by_reason.items())),
             },
             "build": build_info or {},
+            **(manifest_extra or {}),
             "files": {
                 name: {"sha256": file_sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
                 for name in files

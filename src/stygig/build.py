@@ -40,7 +40,13 @@ from stygig.features import PreparedImage, prepare_image
 from stygig.images import PreprocessSpec
 from stygig.whitening import Whitening
 
-__all__ = ["BuildResult", "build_artifact", "embed_items", "make_build_encoder"]
+__all__ = [
+    "BuildResult",
+    "build_artifact",
+    "embed_items",
+    "make_build_encoder",
+    "prepare_item_photo",
+]
 
 
 @dataclass
@@ -55,13 +61,20 @@ class EmbedResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+def prepare_item_photo(source: str | bytes, spec: PreprocessSpec) -> PreparedImage:
+    """One catalogue photo (a path, a remote location or its bytes) as the build prepares
+    it: read, decoded, validated, preprocessed for the encoder, coloured and thumbnailed.
+    The one per-item step of a build; a live catalogue change reuses it (raises
+    :mod:`stygig.errors` types)."""
+    if isinstance(source, str) and storage.is_remote(source):
+        source = storage.read_bytes(source)
+    return prepare_image(source, spec, thumbnail=True)
+
+
 def _prepare_or_error(item: Item, spec: PreprocessSpec) -> PreparedImage | tuple[str, str]:
     """The prepared image, or ``(reject reason, message)`` for this row alone."""
     try:
-        source: str | bytes = item.image
-        if storage.is_remote(item.image):
-            source = storage.read_bytes(item.image)
-        return prepare_image(source, spec, thumbnail=True)
+        return prepare_item_photo(item.image, spec)
     except (NotFoundError, StorageError) as e:
         return "missing_image", e.message
     except (InvalidImageError, ImageTooLargeError, UnsupportedMediaError) as e:

@@ -270,6 +270,7 @@ def _parser() -> argparse.ArgumentParser:
     from stygig.doctor import register as register_doctor
     from stygig.evaluation.command import register as register_eval
     from stygig.jobs.command import register as register_jobs
+    from stygig.serving.catalog_command import register as register_catalog
     from stygig.serving.command import register as register_serving
     from stygig.training.command import register as register_compat
 
@@ -279,6 +280,7 @@ def _parser() -> argparse.ArgumentParser:
     register_deploy(sub)
     register_compat(sub)
     register_doctor(sub)
+    register_catalog(sub)
     return parser
 
 

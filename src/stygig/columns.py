@@ -8,6 +8,7 @@ per-attribute caches are keyed by attribute names the catalogue has, never by cl
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Sequence
 from typing import Any
@@ -26,7 +27,18 @@ __all__ = ["ITEM_FIELDS", "CatalogColumns"]
 #: How many items' answer fields are kept ready (about 1 KB each).
 ITEM_FIELDS_CACHE = 50_000
 #: The item fields a filter may name, beside the catalogue's own attributes.
-ITEM_FIELDS = ("id", "category", "gender", "usage", "season", "name", "price", "brand")
+ITEM_FIELDS = (
+    "id",
+    "category",
+    "gender",
+    "usage",
+    "season",
+    "name",
+    "price",
+    "brand",
+    "available",
+    "stock",
+)
 
 
 class CatalogColumns:
@@ -38,6 +50,11 @@ class CatalogColumns:
         compat: ``(categories, categories)`` bool matrix of compatible pairs.
         gender_names / gender_codes, usage_names / usage_codes: as for categories (-1: none).
         rgb / hsl / color_names: each item's dominant colour, its HSL and its name.
+        available: whether the shop can sell each item now (stock is first class: an
+            unavailable item is never a candidate unless a request asks for it).
+
+    A changed catalogue gets new columns from :meth:`evolve` (copy-on-write: the arrays a
+    request is reading are never written).
     """
 
     def __init__(self, artifact: Artifact) -> None:
@@ -60,13 +77,64 @@ class CatalogColumns:
         self.rgb = rgb_array(artifact.colors)
         self.hsl = rgb_to_hsl(self.rgb).astype(np.float32)
         self.color_names = describe_colors(self.rgb)
+        self.available = np.array([item.in_stock for item in items], dtype=bool)
         # What a request may filter on: the item fields and every attribute the catalogue has.
         self.filterable = frozenset(ITEM_FIELDS).union(*(item.attributes.keys() for item in items))
+        self._fresh_caches()
+
+    def _fresh_caches(self) -> None:
         self._attribute_cache: dict[str, np.ndarray] = {}
         self._numeric_cache: dict[str, np.ndarray] = {}
         # An item's fields as answers show them, made once per item recommended (keyed by row,
-        # so bounded by the catalogue; the LRU bounds memory for very large ones).
+        # so bounded by the catalogue; the LRU bounds memory for very large ones). A changed
+        # catalogue gets a new, empty one (:meth:`evolve`).
         self.item_fields = functools.lru_cache(maxsize=ITEM_FIELDS_CACHE)(self._item_fields)
+
+    def evolve(self, artifact: Artifact, rows: Sequence[int]) -> CatalogColumns:
+        """The columns of ``artifact``, this one's catalogue with ``rows`` changed or appended
+        (rows past this one's end are new): only those rows are derived again; every array
+        is a copy, so requests reading this one are undisturbed. A label this catalogue has
+        never seen (a new category, gender or usage) rebuilds them all."""
+        items = artifact.items
+        changed = np.asarray(sorted(set(rows)), dtype=np.int64)
+        fresh = [items[int(r)] for r in changed]
+        labels = (
+            (self.category_names, [i.category for i in fresh]),
+            (self.gender_names, [i.gender for i in fresh if i.gender is not None]),
+            (self.usage_names, [i.usage for i in fresh if i.usage is not None]),
+        )
+        if any(not set(new) <= set(names) for names, new in labels):
+            return CatalogColumns(artifact)
+        out = copy.copy(self)
+        out.artifact = artifact
+        n = len(items)
+
+        def grown(values: np.ndarray, fill: Any) -> np.ndarray:
+            more = n - len(values)
+            tail = np.full((more, *values.shape[1:]), fill, dtype=values.dtype)
+            return np.concatenate([values, tail]) if more > 0 else values.copy()
+
+        out.category_codes = grown(self.category_codes, -1)
+        out.gender_codes = grown(self.gender_codes, -1)
+        out.usage_codes = grown(self.usage_codes, -1)
+        out.rgb = grown(self.rgb, 0)
+        out.hsl = grown(self.hsl, 0)
+        out.color_names = grown(self.color_names.astype(object), "")
+        out.available = grown(self.available, False)
+        if len(changed):
+            cat_index = self._category_index
+            out.category_codes[changed] = [cat_index[i.category] for i in fresh]
+            out.gender_codes[changed] = [_code(self.gender_names, i.gender) for i in fresh]
+            out.usage_codes[changed] = [_code(self.usage_names, i.usage) for i in fresh]
+            rgb = rgb_array([artifact.colors[int(r)] for r in changed])
+            out.rgb[changed] = rgb
+            out.hsl[changed] = rgb_to_hsl(rgb).astype(np.float32)
+            out.color_names[changed] = describe_colors(rgb)
+            out.available[changed] = [i.in_stock for i in fresh]
+        out.can_hedge = bool(((out.gender_codes == out.unisex) | (out.gender_codes < 0)).any())
+        out.filterable = self.filterable.union(*(i.attributes.keys() for i in fresh))
+        out._fresh_caches()
+        return out
 
     def _item_fields(self, pos: int) -> dict[str, Any]:
         """Row ``pos``'s :class:`~stygig.answer.ItemView` fields (callers must not mutate)."""
@@ -83,6 +151,7 @@ class CatalogColumns:
             "hex": self.artifact.colors[pos].get("hex"),
             "hsl": [round(v, 4) for v in self.hsl[pos].tolist()],
             "color_name": str(self.color_names[pos]),
+            "available": bool(self.available[pos]),
         }
 
     def position(self, item_id: str) -> int:
@@ -146,6 +215,8 @@ class CatalogColumns:
         n = len(self.category_codes) if rows is None else len(rows)
         sel: slice | np.ndarray = slice(None) if rows is None else rows
         mask = np.ones(n, dtype=bool) if removed is None else ~removed[sel]
+        if not options.include_unavailable:
+            mask &= self.available[sel]
         if (gender.value and gender.value != "unisex") or gender.hedged:
             codes = self.gender_codes[sel]
             # The same gender (none when hedging), unisex, or items without a gender (-1).
@@ -202,6 +273,10 @@ class CatalogColumns:
             cached = np.array(values, dtype=object)
             self._attribute_cache[name] = cached
         return cached
+
+
+def _code(names: Sequence[str], value: str | None) -> int:
+    return -1 if value is None else list(names).index(value)
 
 
 def _to_float(value: Any) -> float:

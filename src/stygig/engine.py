@@ -21,15 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from stygig.answer import ArtifactRef, Outfit, Recommendation
+from stygig.answer import Outfit, Recommendation
 from stygig.artifact import ONNX_FILE, Artifact
+from stygig.catalog.changes import CatalogChange
 from stygig.columns import CatalogColumns
 from stygig.compat.scorer import LearnedScorer
 from stygig.encoders import Encoder, load_encoder, load_onnx_encoder
 from stygig.errors import ConfigError, InvalidOptionsError
 from stygig.gender import decide_gender
 from stygig.harmony import describe_color, harmony, rgb_array, rgb_to_hsl
-from stygig.index import PartitionedIndex, is_exhaustive, similarities, top_k
+from stygig.index import LiveIndex, PartitionedIndex, similarities, top_k
 from stygig.pipeline import PreparedQuery, decode_query
 from stygig.recommendation import Options, Query
 from stygig.response import PartState, ScoreParts, query_part, recommended_items
@@ -41,6 +42,7 @@ from stygig.scoring import (
     vote,
     weighted_winner,
 )
+from stygig.snapshot import CatalogSnapshot, apply_changes, snapshot_of
 
 __all__ = ["Options", "Query", "Recommendation", "Recommender", "load_artifact_encoder"]
 
@@ -74,6 +76,11 @@ class Recommender:
     The pipeline is three calls, so each caller can choose how photos are embedded
     (:mod:`stygig.pipeline`): :meth:`prepare`, :meth:`embed`, :meth:`answer`;
     :meth:`recommend` runs all three in line.
+
+    The catalogue is a :class:`~stygig.snapshot.CatalogSnapshot`: :meth:`answer` reads the
+    current one once, at its start, and uses it throughout; :meth:`apply` publishes the next
+    one with a single assignment (one writer at a time: :mod:`stygig.living` serialises them),
+    so answers never see half a change and never wait for one.
     """
 
     def __init__(
@@ -83,7 +90,6 @@ class Recommender:
         encoder: Encoder | None = None,
         config: ScoringConfig | None = None,
     ) -> None:
-        self.artifact = artifact
         self.encoder = encoder if encoder is not None else load_artifact_encoder(artifact)
         info = artifact.manifest["encoder"]
         if self.encoder.dim != int(info["dim"]) or self.encoder.name != info["name"]:
@@ -95,27 +101,49 @@ class Recommender:
         self.config = config or ScoringConfig.load()
         self.harmony_rules = self.config.harmony
         self.taxonomy = artifact.taxonomy
-        self.embeddings = artifact.embeddings
-        self.columns = CatalogColumns(artifact)
-        self._slot_order = [self.taxonomy.slots[s].outfit_order for s in self.columns.slot_names]
-        self._skip_slots = [n for n, name in enumerate(self.columns.slot_names) if name == "other"]
-        self._ref = ArtifactRef(self.encoder.name, len(artifact.items))
         self._color_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stygig-color")
-        self.exact = is_exhaustive(artifact.index)
-        model = artifact.compat
-        self.learned = (
-            LearnedScorer(
-                model,
-                self.embeddings,
-                self.columns.rgb,
-                self.columns.category_names,
-                self.columns.category_codes,
-                [i.id for i in artifact.items],
-                self.config.compat_mode,
-            )
-            if model is not None and self.config.compat_mode != "rules"
-            else None
+        self._snapshot = snapshot_of(
+            artifact, encoder=self.encoder.name, compat_mode=self.config.compat_mode
         )
+
+    # -- the catalogue now: one snapshot, swapped whole ----------------------------------------
+
+    @property
+    def snapshot(self) -> CatalogSnapshot:
+        """The catalogue as a request that starts now sees it."""
+        return self._snapshot
+
+    @property
+    def artifact(self) -> Artifact:
+        """The current snapshot's artifact view (items, colours, embeddings, index)."""
+        return self._snapshot.artifact
+
+    @property
+    def columns(self) -> CatalogColumns:
+        return self._snapshot.columns
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        return self._snapshot.artifact.embeddings
+
+    @property
+    def exact(self) -> bool:
+        return self._snapshot.exact
+
+    @property
+    def learned(self) -> LearnedScorer | None:
+        return self._snapshot.learned
+
+    def apply(self, changes: Sequence[CatalogChange], sequence: int) -> CatalogSnapshot:
+        """Apply ``changes`` (change-log record ``sequence``) and publish the result; on any
+        error (unknown id, invalid row) nothing changes. Callers serialise writers."""
+        new = apply_changes(self._snapshot, changes, sequence, compat_mode=self.config.compat_mode)
+        self._snapshot = new  # one assignment: the swap requests see
+        return new
+
+    def publish(self, snapshot: CatalogSnapshot) -> None:
+        """Make ``snapshot`` current (one made by :func:`~stygig.snapshot.apply_changes`)."""
+        self._snapshot = snapshot
 
     @classmethod
     def from_path(cls, path: str | Path, **kwargs: Any) -> Recommender:
@@ -201,31 +229,33 @@ class Recommender:
             raise ValueError("answer() needs one embedding per photo of the prepared query")
         options = prepared.options
         timings = prepared.timings
-        cols = self.columns
+        st = self._snapshot  # the catalogue this answer reads, start to end
+        cols = st.columns
+        embeddings = st.artifact.embeddings
         measured = [f.result() for f in prepared.colors]
         if measured:
             timings.color = sum(ms for _, ms in measured)
         t = time.perf_counter()
-        parts = self._parts([c for c, _ in measured], vectors, prepared.item_ids, options)
+        parts = self._parts(st, [c for c, _ in measured], vectors, prepared.item_ids, options)
         queries = np.stack([p.vector for p in parts]).astype(np.float32)
         # Exact catalogues: one matrix product serves the vote and every candidate's similarity.
-        full = similarities(self.embeddings, queries) if self.exact else None
+        full = similarities(embeddings, queries) if st.exact else None
         own = [p.position for p in parts if p.position is not None]
-        removed = self._removed()  # rows taken out of the index: never neighbours nor candidates
+        removed = _removed(st)  # rows taken out of the index: never neighbours nor candidates
         fetch = max(self.config.vote_k, self.config.attribute_vote_k) + len(own)
         pool: tuple[np.ndarray, np.ndarray] | None = None
         if full is None and len(parts) == 1:
             # Approximate index, one query vector: a single search yields both the voters
             # (its head) and the candidate pool with its inner products (exact for HNSW-Flat and
             # IVF-Flat, within ~1e-4 for IVF lists stored in float16).
-            pool = self._candidate_pool(queries, fetch)
+            pool = self._candidate_pool(st, queries, fetch)
             nb_scores, nb_ids = pool[0][:, :fetch], pool[1][:, :fetch]
         elif full is None:
-            nb_scores, nb_ids = self.artifact.index.search(queries, fetch)
+            nb_scores, nb_ids = st.artifact.index.search(queries, fetch)
         else:
             nb_scores, nb_ids = top_k(full.T, fetch, removed)
         t_search = time.perf_counter()
-        self._vote(parts, nb_scores, nb_ids, own)
+        self._vote(st, parts, nb_scores, nb_ids, own)
         gender = decide_gender(
             stated=options.gender,
             item_genders=[p.gender for p in parts if p.position is not None],
@@ -244,12 +274,12 @@ class Recommender:
         # the results short.
         selective = bool(options.include_categories or options.filters or gender.hedged)
         pool_sims: np.ndarray | None = None
-        mask = cols.filter_mask(options, gender, own, removed) if self.exact or selective else None
-        if mask is not None and (self.exact or mask.sum() <= self.config.candidate_pool):
+        mask = cols.filter_mask(options, gender, own, removed) if st.exact or selective else None
+        if mask is not None and (st.exact or mask.sum() <= self.config.candidate_pool):
             cand = np.flatnonzero(mask)
         else:
             if pool is None:
-                pool = self._candidate_pool(queries.mean(axis=0)[None, :], 0)
+                pool = self._candidate_pool(st, queries.mean(axis=0)[None, :], 0)
             found = pool[1][0] >= 0
             ids, sims_found = pool[1][0][found], pool[0][0][found]
             keep_pool = (
@@ -265,7 +295,7 @@ class Recommender:
         c_cat = cols.category_codes[cand]
         in_q_slots = np.isin(cols.category_slot[c_cat], q_slots)
         if options.mode == "outfit":
-            compatible = self._compatible(q_cats, c_cat)
+            compatible = _compatible(cols, q_cats, c_cat)
             keep = compatible & ~in_q_slots
         else:
             compatible = np.zeros(len(cand), bool)
@@ -281,21 +311,21 @@ class Recommender:
         elif pool_sims is not None:
             sims = pool_sims
         else:
-            sims = similarities(self.embeddings[cand], queries).mean(axis=1)
+            sims = similarities(embeddings[cand], queries).mean(axis=1)
         q_hsl = np.stack([p.hsl for p in parts])
-        harm, rules = self._harmony(q_hsl, cand)
+        harm, rules = self._harmony(cols, q_hsl, cand)
         use_color = options.use_color and options.mode == "outfit"
         learned: np.ndarray | None = None
         if options.mode == "outfit":
             score, factor = self._v4(sims, harm, compatible, use_color)
-            if self.learned is not None:
-                view = self.learned.query_vectors(
+            if st.learned is not None:
+                view = st.learned.query_vectors(
                     [p.position for p in parts],
                     queries,
                     np.stack([p.rgb for p in parts]),
                     [p.category for p in parts],
                 )
-                score, learned = self.learned.score(view, cand, score)
+                score, learned = st.learned.score(view, cand, score)
         else:
             score, factor = sims.astype(np.float32), np.ones(len(cand), np.float32)
         scored = ScoreParts(cand, score, sims, harm, rules, factor, learned)
@@ -305,7 +335,7 @@ class Recommender:
         ranked = rank_by_category(
             score,
             c_cat,
-            self.embeddings,
+            embeddings,
             cand,
             k=options.k,
             diversity=self.config.diversity if options.diversity is None else options.diversity,
@@ -334,10 +364,10 @@ class Recommender:
                 ranked,
                 score,
                 cols.category_slot,
-                self._slot_order,
+                [self.taxonomy.slots[s].outfit_order for s in cols.slot_names],
                 cols.compat,
                 q_cats.tolist(),
-                self._skip_slots,
+                [n for n, name in enumerate(cols.slot_names) if name == "other"],
             )
             slots = {cols.slot_names[s]: rows[j] for s, j in picked.items()}
             outfit = Outfit(
@@ -356,7 +386,7 @@ class Recommender:
             by_category=by_category,
             outfit=outfit,
             gender=gender,
-            artifact=self._ref,
+            artifact=st.ref,
             timings=timings,
             started=prepared.started,
         )
@@ -365,12 +395,13 @@ class Recommender:
 
     def _parts(
         self,
+        st: CatalogSnapshot,
         colors: Sequence[dict[str, Any]],
         vectors: np.ndarray,
         item_ids: Sequence[str],
         options: Options,
     ) -> list[PartState]:
-        cols = self.columns
+        cols = st.columns
         parts = []
         for i, color in enumerate(colors):
             rgb = rgb_array([color])[0]
@@ -390,8 +421,8 @@ class Recommender:
             parts.append(
                 PartState(
                     f"item:{item_id}",
-                    self.embeddings[pos],
-                    self.artifact.colors[pos],
+                    st.artifact.embeddings[pos],
+                    st.artifact.colors[pos],
                     cols.rgb[pos],
                     cols.hsl[pos],
                     str(cols.color_names[pos]),
@@ -406,26 +437,32 @@ class Recommender:
             parts[0].category, parts[0].category_source = code, "stated"
         return parts
 
-    def _candidate_pool(self, queries: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
+    def _candidate_pool(
+        self, st: CatalogSnapshot, queries: np.ndarray, fetch: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """About ``candidate_pool`` nearest items, best first, the first ``fetch`` exactly the
         nearest. A slot-partitioned index gives each slot its share, so an outfit's other
         slots are in the pool however many near-copies of the query the catalogue holds."""
-        index = self.artifact.index
-        if isinstance(index, PartitionedIndex):
-            share = -(-self.config.candidate_pool // len(index.parts))
-            return index.search_each(queries, max(fetch, share))
+        index = st.artifact.index
+        split = index.base if isinstance(index, LiveIndex) else index
+        if isinstance(split, PartitionedIndex):
+            share = -(-self.config.candidate_pool // len(split.parts))
+            searcher: LiveIndex | PartitionedIndex = (
+                index if isinstance(index, LiveIndex) else split
+            )
+            return searcher.search_each(queries, max(fetch, share))
         return index.search(queries, max(fetch, self.config.candidate_pool))
 
-    def _removed(self) -> np.ndarray | None:
-        """Rows removed from the index (tombstones): never neighbours, never candidates."""
-        index = self.artifact.index
-        return index.removed if index.n_removed else None
-
     def _vote(
-        self, parts: list[PartState], scores: np.ndarray, ids: np.ndarray, own: Sequence[int]
+        self,
+        st: CatalogSnapshot,
+        parts: list[PartState],
+        scores: np.ndarray,
+        ids: np.ndarray,
+        own: Sequence[int],
     ) -> None:
         """Infer each part's category (unless known), gender and usage from its neighbours."""
-        cols = self.columns
+        cols = st.columns
         k, k_attr = self.config.vote_k, self.config.attribute_vote_k
         for part, row_s, row_i in zip(parts, scores, ids, strict=True):
             keep = (row_i >= 0) & ~np.isin(row_i, own)
@@ -436,7 +473,7 @@ class Recommender:
                 part.category = cat_vote.winner
             part.neighbours, part.votes = (nb_ids, nb_s), cat_vote.counts
             if part.position is not None:
-                item = self.artifact.items[part.position]
+                item = st.artifact.items[part.position]
                 part.gender, part.usage = item.gender, item.usage
                 continue
             # Unisex neighbours say nothing about the shopper's gender: they abstain.
@@ -459,20 +496,17 @@ class Recommender:
         compatibility model per ``compat_mode`` when the artifact has one), without filters or
         ranking: what fill-in-the-blank evaluation needs.
         """
-        cols = self.columns
+        st = self._snapshot
+        cols, emb = st.columns, st.artifact.embeddings
         q = np.array([cols.position(i) for i in item_ids], np.int64)
         c = np.array([cols.position(i) for i in candidate_ids], np.int64)
-        sims = (self.embeddings[c] @ self.embeddings[q].T).mean(axis=1)
-        harm, _ = self._harmony(cols.hsl[q], c)
-        compatible = self._compatible(cols.category_codes[q], cols.category_codes[c])
+        sims = (emb[c] @ emb[q].T).mean(axis=1)
+        harm, _ = self._harmony(cols, cols.hsl[q], c)
+        compatible = _compatible(cols, cols.category_codes[q], cols.category_codes[c])
         score, _ = self._v4(sims, harm, compatible, use_color)
-        if self.learned is None:
+        if st.learned is None:
             return score
-        return self.learned.score(self.learned.rows_view(q), c, score)[0]
-
-    def _compatible(self, query_cats: np.ndarray, cand_cats: np.ndarray) -> np.ndarray:
-        """Whether each candidate category is compatible with every query category."""
-        return np.asarray(self.columns.compat[query_cats][:, cand_cats].all(axis=0))
+        return st.learned.score(st.learned.rows_view(q), c, score)[0]
 
     def _v4(
         self, sims: np.ndarray, harm: np.ndarray, compatible: np.ndarray, use_color: bool
@@ -487,11 +521,24 @@ class Recommender:
             use_harmony=use_color,
         )
 
-    def _harmony(self, query_hsl: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _harmony(
+        self, cols: CatalogColumns, query_hsl: np.ndarray, cand: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Harmony of each candidate averaged over the query colours ``(m, 3)``, and the rule
         that decided it against the first query colour (the one reasons name)."""
-        cand_hsl = self.columns.hsl[cand]
+        cand_hsl = cols.hsl[cand]
         per_query = [harmony(h, cand_hsl, self.harmony_rules) for h in query_hsl]
         if not per_query:
             return np.zeros(len(cand), np.float32), np.zeros(len(cand), np.intp)
         return np.mean([h[0] for h in per_query], axis=0), per_query[0][1]
+
+
+def _removed(st: CatalogSnapshot) -> np.ndarray | None:
+    """Rows removed from the index (tombstones): never neighbours, never candidates."""
+    index = st.artifact.index
+    return index.removed if index.n_removed else None
+
+
+def _compatible(cols: CatalogColumns, query_cats: np.ndarray, cand_cats: np.ndarray) -> np.ndarray:
+    """Whether each candidate category is compatible with every query category."""
+    return np.asarray(cols.compat[query_cats][:, cand_cats].all(axis=0))

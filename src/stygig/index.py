@@ -18,10 +18,18 @@ the artifact's item table. Two backends:
   the query's visual neighbourhood (which, at a million items, is all near-copies of the query).
 
 Removal is a tombstone mask applied to every backend alike, so ids stay stable.
+
+* :class:`LiveIndex` — an index under catalogue changes while it serves: the artifact's index
+  (never written while readers may search it), rows appended since (searched exactly, per
+  partition when the base is split), and tombstones; every change returns a new
+  :class:`LiveIndex` (copy-on-write), and past :data:`MERGE_ROWS` appended rows they are added
+  to a copy of the base (FAISS ``add``: flat, HNSW, IVF lists with their trained centroids; a
+  split index adds each row to its slot's part).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,6 +42,7 @@ __all__ = [
     "INDEX_KINDS",
     "ExactIndex",
     "FaissIndex",
+    "LiveIndex",
     "PartitionedIndex",
     "VectorIndex",
     "build_index",
@@ -58,6 +67,10 @@ PART_MIN_NPROBE = 32
 #: A partition up to this size is searched exactly (every part is searched per query, so the
 #: exact parts' sizes add up: 5,000 x 512-d is about 0.3 ms).
 PART_FLAT_MAX_ITEMS = 5_000
+
+#: Rows appended to a live index are searched exactly until there are this many; then they
+#: are added to (a copy of) the base index.
+MERGE_ROWS = 4_096
 
 
 class VectorIndex(Protocol):
@@ -158,6 +171,15 @@ class _Tombstones:
         self.removed[np.asarray(ids, dtype=np.int64)] = True
         self.n_removed = int(self.removed.sum())
 
+    def without(self, ids: np.ndarray) -> Any:
+        """A copy excluding ``ids`` too; this one is unchanged (readers may be searching it).
+        The vectors are shared: only the tombstone mask is new."""
+        out = copy.copy(self)
+        removed = np.zeros(self.ntotal, bool) if self.removed is None else self.removed.copy()
+        removed[np.asarray(ids, dtype=np.int64)] = True
+        out.removed, out.n_removed = removed, int(removed.sum())
+        return out
+
 
 def similarities(matrix: np.ndarray, queries: np.ndarray) -> np.ndarray:
     """``matrix @ queries.T``: ``(rows, queries)`` inner products.
@@ -204,6 +226,12 @@ class ExactIndex(_Tombstones):
     def save(self, path: Path) -> list[str]:
         # The exact index *is* the embedding matrix, which the artifact already stores.
         return []
+
+    def with_added(self, vectors: np.ndarray) -> ExactIndex:
+        """A new index holding these rows and ``vectors`` after them (tombstones kept)."""
+        out = ExactIndex(np.concatenate([self.vectors, np.asarray(vectors, np.float32)]))
+        _keep_tombstones(self, out)
+        return out
 
     def params(self) -> dict[str, Any]:
         return {}
@@ -283,8 +311,28 @@ class FaissIndex(_Tombstones):
         faiss.write_index(self.index, str(path / name))
         return [name]
 
+    def with_added(self, vectors: np.ndarray) -> FaissIndex:
+        """A copy with ``vectors`` added after these rows (flat and HNSW ``add``; IVF: to the
+        lists of the trained centroids, no retraining); this index is never written, so
+        searches running on it are safe."""
+        import faiss
+
+        clone = faiss.clone_index(self.index)
+        clone.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        out = FaissIndex(clone, self.kind, dict(self._params))
+        _keep_tombstones(self, out)
+        return out
+
     def params(self) -> dict[str, Any]:
         return dict(self._params)
+
+
+def _keep_tombstones(old: Any, new: Any) -> None:
+    """Give ``new`` (``old`` grown) ``old``'s tombstones; the new rows are live."""
+    if old.removed is not None and old.n_removed:
+        removed = np.zeros(new.ntotal, bool)
+        removed[: len(old.removed)] = old.removed
+        new.removed, new.n_removed = removed, int(removed.sum())
 
 
 def default_nlist(n_items: int) -> int:
@@ -345,6 +393,8 @@ def _load_faiss(file: Path, kind: str, n: int, params: dict[str, Any] | None) ->
 
 def is_exhaustive(index: VectorIndex) -> bool:
     """Whether ``index`` searches every vector (exact, flat, or a split of those)."""
+    if isinstance(index, LiveIndex):
+        return is_exhaustive(index.base)
     if isinstance(index, PartitionedIndex):
         return all(is_exhaustive(p) for p in index.parts)
     return index.kind in ("exact", "flat")
@@ -440,6 +490,37 @@ class PartitionedIndex(_Tombstones):
             if len(mine):
                 part.remove(self._local[mine])
 
+    def without(self, ids: np.ndarray) -> PartitionedIndex:
+        ids = np.asarray(ids, dtype=np.int64)
+        out: PartitionedIndex = super().without(ids)
+        out.parts = list(self.parts)
+        for i, part in enumerate(self.parts):
+            mine = ids[self._part_of[ids] == i]
+            if len(mine):
+                out.parts[i] = part.without(self._local[mine])  # type: ignore[attr-defined]
+        return out
+
+    def with_added(self, vectors: np.ndarray, labels: Sequence[str]) -> PartitionedIndex:
+        """A copy with ``vectors`` added, each to the part of its label (its outfit slot; a
+        label no part has gets a new exact part); this index is unchanged."""
+        names, parts, rows = list(self.names), list(self.parts), list(self.rows)
+        start = self.ntotal
+        labels_arr = np.asarray([str(v) for v in labels], dtype=object)
+        for name in sorted(set(labels_arr.tolist())):
+            mine = np.flatnonzero(labels_arr == name)
+            new_rows = start + mine
+            if name in names:
+                i = names.index(name)
+                parts[i] = parts[i].with_added(vectors[mine])  # type: ignore[attr-defined]
+                rows[i] = np.concatenate([rows[i], new_rows])
+            else:
+                names.append(name)
+                parts.append(ExactIndex(vectors[mine]))
+                rows.append(new_rows)
+        out = PartitionedIndex(names, parts, rows, self.by)
+        _keep_tombstones(self, out)
+        return out
+
     def save(self, path: Path) -> list[str]:
         files = ["index-partitions.npy"]
         labels = np.empty(self.ntotal, np.int32)
@@ -487,3 +568,136 @@ class PartitionedIndex(_Tombstones):
             parts.append(part)
             rows.append(r)
         return cls(names, parts, rows, str(params.get("partition_by", "label")))
+
+
+class LiveIndex:
+    """An artifact's index while its catalogue changes (see the module docstring).
+
+    ``base`` answers for rows ``0 .. base.ntotal - 1`` and is never written; rows after it are
+    ``vectors[base.ntotal:]``, searched exactly (per partition ``labels`` when the base is a
+    :class:`PartitionedIndex`); ``removed`` marks every dead row. Instances are immutable:
+    :meth:`changed` returns a new one, so a search never sees half a change.
+    """
+
+    def __init__(
+        self,
+        base: VectorIndex,
+        vectors: np.ndarray,
+        removed: np.ndarray | None = None,
+        labels: Sequence[str] = (),
+    ) -> None:
+        self.base = base
+        self.vectors = vectors  # every row's vector (the catalogue's embeddings)
+        self.dim = base.dim
+        self.kind = base.kind
+        self.n_base = base.ntotal
+        self.labels = tuple(labels)  # partition label of each appended row
+        removed = np.zeros(len(vectors), bool) if removed is None else removed
+        self.removed: np.ndarray | None = removed
+        self.n_removed = int(removed.sum())
+        # The appended rows of each partition, made once (instances never change).
+        appended = np.arange(self.n_base, len(vectors), dtype=np.int64)
+        tags = np.asarray(self.labels, dtype=object)
+        self._by_label = {str(label): appended[tags == label] for label in sorted(set(self.labels))}
+        if isinstance(base, PartitionedIndex):
+            self.parts = base.parts  # what callers that count parts see
+
+    @property
+    def ntotal(self) -> int:
+        return len(self.vectors)
+
+    @property
+    def n_added(self) -> int:
+        """Rows appended since the base index was made."""
+        return self.ntotal - self.n_base
+
+    @property
+    def partitioned(self) -> bool:
+        return isinstance(self.base, PartitionedIndex)
+
+    def changed(
+        self,
+        vectors: np.ndarray,
+        removed_rows: Sequence[int] = (),
+        labels: Sequence[str] = (),
+    ) -> LiveIndex:
+        """A new live index over ``vectors`` (these rows, maybe more appended after them, with
+        partition ``labels`` for the appended ones), with ``removed_rows`` dead too. Past
+        :data:`MERGE_ROWS` appended rows they go into a copy of the base index."""
+        n = len(vectors)
+        removed = np.zeros(n, bool)
+        if self.removed is not None:
+            removed[: len(self.removed)] = self.removed
+        dead = np.asarray(list(removed_rows), np.int64)
+        removed[dead] = True
+        all_labels = (*self.labels, *labels)
+        base = self.base
+        in_base = dead[dead < self.n_base]
+        if len(in_base):
+            base = base.without(in_base)  # type: ignore[attr-defined]
+        if n - self.n_base >= MERGE_ROWS:
+            base = self._merged(base, vectors, all_labels, removed)
+            all_labels = ()
+        return LiveIndex(base, vectors, removed, all_labels)
+
+    def _merged(
+        self, base: VectorIndex, vectors: np.ndarray, labels: Sequence[str], removed: np.ndarray
+    ) -> VectorIndex:
+        new = np.asarray(vectors[self.n_base :], np.float32)
+        if isinstance(base, PartitionedIndex):
+            grown: VectorIndex = base.with_added(new, labels)
+        else:
+            grown = base.with_added(new)  # type: ignore[attr-defined]
+        dead = np.flatnonzero(removed[self.n_base :]) + self.n_base
+        if len(dead):
+            grown = grown.without(dead)  # type: ignore[attr-defined]
+        return grown
+
+    def _delta(self, q: np.ndarray, k: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top ``k`` among appended ``rows`` (catalogue ids)."""
+        if not len(rows):
+            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        sims = similarities(self.vectors[rows], q).T
+        scores, local = top_k(
+            sims, min(k, len(rows)), self.removed[rows] if self.removed is not None else None
+        )
+        return scores, np.where(local >= 0, rows[np.maximum(local, 0)], -1)
+
+    def _appended(self) -> np.ndarray:
+        return np.arange(self.n_base, self.ntotal, dtype=np.int64)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = _check_queries(queries, self.dim, k)
+        scores, ids = self.base.search(q, k)
+        if self.n_added:
+            d_s, d_i = self._delta(q, k, self._appended())
+            scores, ids = _merge_best((scores, ids), (d_s, d_i))
+        return _pad(scores[:, :k], ids[:, :k], k)
+
+    def search_each(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every part's top ``k`` (a split base), appended rows counted in their part."""
+        base = self.base
+        assert isinstance(base, PartitionedIndex)
+        q = _check_queries(queries, self.dim, k)
+        found = [base.search_each(q, k)]
+        for rows in self._by_label.values():
+            found.append(self._delta(q, k, rows))
+        return _merge_best(*found)
+
+    def remove(self, ids: np.ndarray) -> None:
+        """Live indexes change by :meth:`changed` (a new index), never in place."""
+        raise ArtifactError("a live index changes through changed(), never in place")
+
+    def save(self, path: Path) -> list[str]:
+        raise ArtifactError("a changed catalogue is saved by compaction, not index by index")
+
+    def params(self) -> dict[str, Any]:
+        return self.base.params()
+
+
+def _merge_best(*found: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate ``(scores, ids)`` blocks column-wise and sort each row best first."""
+    scores = np.concatenate([s for s, _ in found], axis=1)
+    ids = np.concatenate([i for _, i in found], axis=1)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)

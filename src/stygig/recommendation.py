@@ -109,6 +109,8 @@ class Options:
     # MMR's trade-off between score and variety; None: the scoring config's default
     diversity: Annotated[float, Field(strict=True, ge=0.0, le=1.0)] | None = None
     seed: Annotated[int, Field(strict=True, ge=0, le=MAX_SEED)] = 0
+    # items the shop cannot sell now (sold out, withdrawn from sale) are left out unless asked
+    include_unavailable: Annotated[bool, Field(strict=True)] = False
 
     def __post_init__(self) -> None:
         for name, adapter in _field_adapters().items():
@@ -161,6 +163,7 @@ def options_schema() -> dict[str, Any]:
 
 _INT_OPTIONS = ("k", "k_total", "seed")
 _LIST_OPTIONS = ("include_categories", "exclude_categories", "exclude_ids")
+_BOOL_OPTIONS = ("use_color", "include_unavailable")
 
 
 def _coerce(name: str, values: list[str]) -> Any:
@@ -177,12 +180,12 @@ def _coerce(name: str, values: list[str]) -> Any:
             return float(value)
         except ValueError:
             raise InvalidOptionsError("diversity must be a number") from None
-    if name == "use_color":
+    if name in _BOOL_OPTIONS:
         if value.lower() in ("1", "true", "yes", "on"):
             return True
         if value.lower() in ("0", "false", "no", "off"):
             return False
-        raise InvalidOptionsError("use_color must be true or false")
+        raise InvalidOptionsError(f"{name} must be true or false")
     if name == "filters":
         return parse_json_object(value.encode(), what="filters")
     return value

@@ -34,11 +34,23 @@ from stygig.catalog.taxonomy import Taxonomy
 from stygig.errors import CatalogError
 from stygig.storage import is_remote
 
-__all__ = ["LAYOUTS", "CatalogReadResult", "detect_layout", "read_catalog"]
+__all__ = [
+    "LAYOUTS",
+    "STOCK_FIELDS",
+    "CatalogReadResult",
+    "RowError",
+    "detect_layout",
+    "item_from_row",
+    "read_catalog",
+]
 
 LAYOUTS = ("generic", "kaggle", "mango")
 
 _GENERIC_FIELDS = ("id", "image", "category", "gender", "usage", "season", "name", "price", "brand")
+#: First-class stock columns of the generic layout (not kept as free attributes).
+STOCK_FIELDS = ("available", "stock")
+_TRUE = ("1", "true", "yes", "y", "on", "in_stock", "available")
+_FALSE = ("0", "false", "no", "n", "off", "sold_out", "unavailable")
 
 _GENDER_WORDS = {
     "men": "men",
@@ -72,11 +84,17 @@ class CatalogReadResult:
         return counts
 
 
-class _RowError(Exception):
+class RowError(Exception):
+    """A catalogue row refused: ``reason`` (one of :data:`REJECT_REASONS`) and ``detail``
+    (which may quote the row: for the operator's rejects file, not for a client)."""
+
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+
+
+_RowError = RowError
 
 
 def _clean(value: object) -> str | None:
@@ -102,6 +120,29 @@ def _price(value: str | None) -> float | None:
     if price < 0 or price != price:
         raise _RowError("bad_value", f"price {value!r} must be a non-negative number")
     return price
+
+
+def _available(value: str | None) -> bool:
+    if value is None:
+        return True
+    word = value.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise _RowError("bad_value", f"available {value!r} is not true or false")
+
+
+def _stock(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError as e:
+        raise _RowError("bad_value", f"stock {value!r} is not a number") from e
+    if number < 0 or number != int(number) or number > 1e12:
+        raise _RowError("bad_value", f"stock {value!r} must be a whole number >= 0")
+    return int(number)
 
 
 def _required(row: dict[str, str | None], name: str) -> str:
@@ -134,7 +175,8 @@ def _generic(row: dict[str, str | None], taxonomy: Taxonomy, images_dir: Path) -
     category = taxonomy.canonical(native)
     if category is None:
         raise _RowError("unknown_category", f"category {native!r} is not in the taxonomy")
-    extras = {k: c for k, v in row.items() if k not in _GENERIC_FIELDS and (c := _clean(v))}
+    known = (*_GENERIC_FIELDS, *STOCK_FIELDS)
+    extras = {k: c for k, v in row.items() if k not in known and (c := _clean(v))}
     return Item(
         id=item_id,
         image=image,
@@ -146,6 +188,8 @@ def _generic(row: dict[str, str | None], taxonomy: Taxonomy, images_dir: Path) -
         price=_price(_clean(row.get("price"))),
         brand=_clean(row.get("brand")),
         attributes={k: str(v) for k, v in extras.items()},
+        available=_available(_clean(row.get("available"))),
+        stock=_stock(_clean(row.get("stock"))),
     )
 
 
@@ -209,6 +253,19 @@ _CONVERTERS: dict[str, Callable[[dict[str, str | None], Taxonomy, Path], Item]] 
     "kaggle": _kaggle,
     "mango": _mango,
 }
+
+
+def item_from_row(
+    row: Mapping[str, object], taxonomy: Taxonomy, images_dir: Path | None = None
+) -> Item:
+    """One generic-layout row (``id``, ``image``, ``category``, optional fields, stock and
+    free attributes) as an :class:`Item`, validated as a catalogue file's rows are.
+
+    Raises:
+        RowError: ``missing_field``, ``bad_value``, ``unknown_category`` or ``missing_image``.
+    """
+    clean = {str(k): None if v is None else str(v) for k, v in row.items()}
+    return _generic(clean, taxonomy, images_dir or Path("/"))
 
 
 def detect_layout(columns: list[str]) -> str:

@@ -33,9 +33,25 @@ class Item:
     price: float | None = None
     brand: str | None = None
     attributes: dict[str, str] = field(default_factory=dict)
+    available: bool = True  # False: sold out or withdrawn from sale; never recommended
+    stock: int | None = None  # units in stock, when the shop says (0: not available)
+
+    @property
+    def in_stock(self) -> bool:
+        """Whether the shop can sell it now: available, and stock (when known) above 0."""
+        return self.available and (self.stock is None or self.stock > 0)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly dict (attributes nested)."""
+        """A JSON-friendly dict (attributes nested; stock fields only when not the defaults,
+        so artifacts built before they existed read and write unchanged)."""
+        out = self._fields()
+        if not self.available:
+            out["available"] = False
+        if self.stock is not None:
+            out["stock"] = self.stock
+        return out
+
+    def _fields(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "image": self.image,
@@ -63,6 +79,8 @@ class Item:
             price=data.get("price"),
             brand=data.get("brand"),
             attributes=dict(data.get("attributes") or {}),
+            available=bool(data.get("available", True)),
+            stock=None if data.get("stock") is None else int(data["stock"]),
         )
 
 

@@ -7,6 +7,8 @@ Routes::
     POST /v1/recommend                    multipart upload, JSON or image bytes
     GET  /v1/items/{item_id}              one catalogue item
     GET  /v1/items/{item_id}/recommendations
+    POST /v1/catalog/changes  GET /v1/catalog/version  POST /v1/catalog/reload
+                                          the living catalogue (:mod:`.catalog_changes`)
     GET  /healthz  /readyz  /metrics  /docs
 
 The model is loaded and warmed in the background at start-up (``/healthz`` answers at once,
@@ -42,20 +44,26 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stygig import __version__
 from stygig.answer import Recommendation, answer_schema
+from stygig.catalog.changelog import ChangeLog
 from stygig.engine import Options, Query, Recommender, load_artifact_encoder
 from stygig.errors import (
+    InputError,
     InvalidOptionsError,
     OverloadedError,
     RequestTimeoutError,
     StygigError,
     UnauthorizedError,
 )
+from stygig.living import LiveCatalog
+from stygig.locations import InputLocations
 from stygig.recommendation import MAX_QUERY_PARTS, MAX_TEXT, options_schema
 from stygig.response import item_view
 from stygig.serving import requests as rq
 from stygig.serving.async_api import AsyncConfig, AsyncJobs
 from stygig.serving.batching import BatcherConfig, MicroBatcher
 from stygig.serving.catalog_api import image_url, make_catalog_router
+from stygig.serving.catalog_changes import make_changes_router, read_pointer, watch_and_signal
+from stygig.serving.catalog_command import CatalogSettings
 from stygig.serving.logging import ACCESS_LOGGER, request_id
 from stygig.serving.metrics import CONTENT_TYPE, ServerMetrics, method_label
 from stygig.serving.responses import ERROR_RESPONSES, JSON, error_response, json_response
@@ -85,6 +93,7 @@ class ServerConfig:
     body_timeout_s: float = 60.0  # a request body must arrive within this
     body_idle_s: float = 15.0  # ... with no pause between two chunks longer than this
     max_body_bytes_in_flight: int = 256 * 1024 * 1024  # all bodies being read or held at once
+    catalog: CatalogSettings | None = None  # change log, following, hot-reload pointer
 
     def __post_init__(self) -> None:
         if self.auth_token is not None and len(self.auth_token) < MIN_TOKEN_CHARS:
@@ -112,6 +121,13 @@ def _warmup_photo(size: int = 256) -> bytes:
     return buf.getvalue()
 
 
+class ReloadRefusedError(InputError):
+    """A new artifact version was not taken: the server stays on the one it serves."""
+
+    http_status = 409
+    code = "reload_refused"
+
+
 class ModelService:
     """Owns the recommender, the batcher and the thread pool; answers parsed requests."""
 
@@ -131,6 +147,9 @@ class ModelService:
             expecting=lambda: self.preparing,
         )
         self.in_flight = 0
+        self.live: LiveCatalog | None = None  # the catalogue's changes, when configured
+        self.artifact_path = config.artifact  # the version served now (hot reload moves it)
+        self._reloading = asyncio.Lock()
         # The gauges read the live state when scraped: nothing to keep in step by hand.
         metrics.ready.set_function(lambda: float(self.ready))
         metrics.in_flight.set_function(lambda: float(self.in_flight))
@@ -150,6 +169,7 @@ class ModelService:
         self.recommender = await self.run(
             _load, self.config.artifact, self.config.verify, self.config.device
         )
+        self.live = await self.run(self._living, self.recommender)
         self.load_seconds = time.perf_counter() - t0
         self.metrics.model_load.set(self.load_seconds)
         await self.batcher.start()
@@ -157,6 +177,7 @@ class ModelService:
         await self._warm()
         self.warmup_seconds = time.perf_counter() - t1
         self.metrics.warmup.set(self.warmup_seconds)
+        self._follow(self.live)
         self.ready = True
         log.info(
             "model ready",
@@ -184,9 +205,87 @@ class ModelService:
         await self.run(self.recommender.embed, prepared.tensors * n)  # the full-batch shape
         await self.answer(rq.ParsedRequest(Query(item_ids=(first_id,)), Options()))
 
+    def _living(self, rec: Recommender) -> LiveCatalog | None:
+        """The recommender's live catalogue, caught up with the change log (a restart
+        replays every acknowledged change here, before the server reports ready)."""
+        settings = self.config.catalog
+        if settings is None or not settings.change_log:
+            return None
+        live = LiveCatalog(
+            rec,
+            ChangeLog(settings.change_log),
+            load=InputLocations(settings.photo_prefixes).read,
+        )
+        live.catch_up()
+        return live
+
+    def _follow(self, live: LiveCatalog | None) -> None:
+        settings = self.config.catalog
+        if live is not None and settings is not None and settings.follow_interval_s:
+            live.follow(settings.follow_interval_s)
+
+    async def reload(self) -> bool:
+        """Switch to the artifact version the watched pointer (else the configured folder)
+        holds, if it is new: load and verify it, replay the change log on it, warm it, then
+        swap. Requests in flight finish on the version they started with; none fails. An
+        unverifiable version is refused (:class:`ReloadRefusedError`), the old one kept."""
+        from stygig.artifact import read_manifest
+        from stygig.snapshot import artifact_version
+
+        settings = self.config.catalog
+        async with self._reloading:
+            current = self.require()
+            try:
+                path = (
+                    read_pointer(settings.watch)
+                    if settings is not None and settings.watch
+                    else self.config.artifact
+                )
+                manifest = await self.run(read_manifest, path)
+            except StygigError as e:
+                raise ReloadRefusedError(
+                    f"the new artifact version cannot be read ({e.code}); still serving "
+                    f"{current.snapshot.version}"
+                ) from None
+            if artifact_version(manifest) == current.snapshot.version:
+                return False
+            try:
+                rec = await self.run(_load, path, True, self.config.device)
+            except StygigError as e:
+                raise ReloadRefusedError(
+                    f"the new artifact version cannot be verified ({e.code}); still serving "
+                    f"{current.snapshot.version}"
+                ) from None
+            if (rec.encoder.name, rec.encoder.dim) != (current.encoder.name, current.encoder.dim):
+                raise ReloadRefusedError(
+                    "the new artifact has another encoder: restart the server to switch"
+                )
+            live = await self.run(self._living, rec)
+            await self.run(rec.recommend, Query(images=(_warmup_photo(),)))
+            await self.run(self._swap, rec, live)
+            self.artifact_path = path
+            log.info(
+                "artifact reloaded",
+                extra={"fields": {"event": "reload", "version": rec.snapshot.catalog_version}},
+            )
+            return True
+
+    def _swap(self, rec: Recommender, live: LiveCatalog | None) -> None:
+        """Make ``rec`` current; a change being written on the old catalogue finishes first
+        and reaches the new one through the log."""
+        old = self.live
+        if old is not None:
+            old.retire(live)
+        if live is not None:
+            live.catch_up()
+        self.recommender, self.live = rec, live
+        self._follow(live)
+
     async def stop(self) -> None:
         """Finish queued work, then stop the batcher and the pool."""
         self.ready = False
+        if self.live is not None:
+            self.live.stop()
         if self.batcher.running:
             await self.batcher.stop()
         self.pool.shutdown(wait=True)
@@ -580,8 +679,12 @@ def create_app(
                     on_fatal(e)
 
         task = asyncio.create_task(load(), name="stygig-load")
+        stop_watch = asyncio.Event()
+        watcher = asyncio.create_task(watch_and_signal(service, stop_watch), name="stygig-watch")
         async with jobs.lifespan() if jobs else contextlib.nullcontext():
             yield
+        stop_watch.set()
+        await watcher
         if not task.done():
             task.cancel()
         await service.stop()
@@ -630,6 +733,7 @@ def create_app(
 
     _routes(app, service, metrics)
     app.include_router(make_catalog_router(service))  # the try-it page and its catalogue routes
+    app.include_router(make_changes_router(service))  # the living catalogue
     return app
 
 
@@ -669,18 +773,20 @@ def _routes(app: FastAPI, service: ModelService, metrics: ServerMetrics) -> None
 
     @app.get("/v1/items/{item_id}", tags=["catalogue"], summary="One catalogue item")
     async def item(item_id: str) -> Response:
-        rec = service.require()
-        pos = rec.position(item_id)
-        item = rec.artifact.items[pos]
+        snap = service.require().snapshot  # one catalogue state for the whole answer
+        pos = snap.columns.position(item_id)
+        item = snap.artifact.items[pos]
         # The answer's item fields, then what only this route shows; the catalogue's image path
         # is the server's business: clients get the thumbnail route.
         data = {
-            **asdict(item_view(rec.columns, pos)),
+            **asdict(item_view(snap.columns, pos)),
             "usage": item.usage,
             "season": item.season,
+            "stock": item.stock,
             "attributes": item.attributes,
             "image_url": image_url(item_id),
-            "color": rec.artifact.colors[pos],
+            "color": snap.artifact.colors[pos],
+            "catalog_version": snap.catalog_version,
         }
         return json_response(data)
 
@@ -712,7 +818,8 @@ def _routes(app: FastAPI, service: ModelService, metrics: ServerMetrics) -> None
             # Which artifact, by its build time: never the folder it was loaded from.
             "artifact": {"created_at": manifest.get("created_at")} if rec else None,
             "encoder": rec.encoder.name if rec else None,
-            "items": len(rec.artifact.items) if rec else None,
+            "items": rec.snapshot.live_items if rec else None,
+            "catalog_version": rec.snapshot.catalog_version if rec else None,
             "load_seconds": service.load_seconds,
             "warmup_seconds": service.warmup_seconds,
             "batching": {

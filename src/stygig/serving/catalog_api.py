@@ -6,7 +6,11 @@ Routes::
     GET /static/{name}             its script and style sheet (a fixed list: no path walking)
     GET /v1/items/{item_id}/image  the item's thumbnail, from the artifact (ETag, cache headers)
     GET /v1/catalog                browse items: ?query=&category=&gender=&limit=&offset=
-    GET /v1/config                 categories, genders, slots, modes, encoder, text_search
+    GET /v1/config                 categories, genders, slots, modes, encoder, text_search,
+                                   the catalogue version
+
+The shelf follows the living catalogue: it is made again for each catalogue snapshot (items
+added, removed, sold out), and items the shop cannot sell now carry ``available: false``.
 
 Everything the page shows comes from the server, product images included, so the page works
 with no network beyond the server itself. The catalogue search matches words against each
@@ -33,6 +37,7 @@ from stygig.thumbnails import ItemImages
 if TYPE_CHECKING:
     from stygig.engine import Recommender
     from stygig.serving.app import ModelService
+    from stygig.snapshot import CatalogSnapshot
 
 __all__ = ["image_url", "make_catalog_router"]
 
@@ -61,56 +66,66 @@ def _static_files() -> dict[str, tuple[bytes, str]]:
 
 @dataclass
 class _Shelf:
-    """What the catalogue routes precompute once per loaded recommender."""
+    """What the catalogue routes precompute once per catalogue snapshot."""
 
     recommender: Recommender
+    snapshot: CatalogSnapshot
     images: ItemImages
-    haystacks: list[str]
+    haystacks: dict[int, str]  # live rows only, in catalogue order
     etag_seed: str
     config: bytes | None = None  # the /v1/config body, made on first use
 
     @classmethod
-    def of(cls, rec: Recommender) -> _Shelf:
-        artifact, cols = rec.artifact, rec.columns
-        originals = {item.id: item.image for item in artifact.items}
-        haystacks = [
-            " ".join(
+    def of(cls, rec: Recommender, snap: CatalogSnapshot, images: ItemImages | None) -> _Shelf:
+        artifact, cols = snap.artifact, snap.columns
+        haystacks = {
+            i: " ".join(
                 str(v).lower()
                 for v in (item.name, item.id, item.brand, item.category, cols.color_names[i])
                 if v
             )
             for i, item in enumerate(artifact.items)
-        ]
+            if snap.is_live(i)
+        }
         files = artifact.manifest.get("files", {})
         seed = str(
             files.get("thumbnails.bin", {}).get("sha256") or artifact.manifest.get("created_at")
         )
-        return cls(rec, ItemImages(artifact.path, originals), haystacks, seed)
+        if images is None or images.root != artifact.path:
+            originals = {item.id: item.image for item in artifact.items}
+            images = ItemImages(artifact.path, originals)
+        return cls(rec, snap, images, haystacks, seed)
+
+    def image(self, item_id: str) -> bytes | None:
+        """The item's thumbnail: a changed item's from the change log, else the artifact's."""
+        changed = self.snapshot.thumbnails.get(item_id)
+        return changed if changed is not None else self.images.get(item_id)
 
     def card(self, pos: int) -> dict[str, Any]:
         """The fields a page needs to show one catalogue item."""
-        rec = self.recommender
-        view = item_view(rec.columns, pos)
+        view = item_view(self.snapshot.columns, pos)
         return {**asdict(view), "image_url": image_url(view.id)}
 
     def search(self, query: str, category: str | None, gender: str | None) -> list[int]:
         """Positions of the items whose text holds every word of ``query``, after the filters."""
-        rec = self.recommender
+        rec, cols = self.recommender, self.snapshot.columns
+        items = self.snapshot.artifact.items
         words = query.lower().split()
         if category:
             canonical = rec.taxonomy.canonical(category)
-            if canonical is None or canonical not in rec.columns.category_names:
+            if canonical is None or canonical not in cols.category_names:
                 raise InvalidOptionsError(
-                    f"the category is not in this catalogue; known: {', '.join(rec.columns.category_names)}"
+                    f"the category is not in this catalogue; known: {', '.join(cols.category_names)}"
                 )
             category = canonical
-        if gender and gender.lower() not in rec.columns.gender_names:
+        if gender and gender.lower() not in cols.gender_names:
             raise InvalidOptionsError(
-                f"the gender is not in this catalogue; known: {', '.join(rec.columns.gender_names)}"
+                f"the gender is not in this catalogue; known: {', '.join(cols.gender_names)}"
             )
         wanted_gender = gender.lower() if gender else None
         out = []
-        for pos, item in enumerate(rec.artifact.items):
+        for pos in self.haystacks:
+            item = items[pos]
             if category and item.category != category:
                 continue
             if wanted_gender and item.gender not in (wanted_gender, "unisex", None):
@@ -121,11 +136,12 @@ class _Shelf:
         return out
 
 
-def _config(service: ModelService, rec: Recommender) -> dict[str, Any]:
-    artifact = rec.artifact
+def _config(service: ModelService, rec: Recommender, snap: CatalogSnapshot) -> dict[str, Any]:
+    artifact = snap.artifact
     counts: dict[str, int] = {}
-    for item in artifact.items:
-        counts[item.category] = counts.get(item.category, 0) + 1
+    for pos in artifact.positions.values():
+        category = artifact.items[pos].category
+        counts[category] = counts.get(category, 0) + 1
     taxonomy = rec.taxonomy
     slots = sorted(
         {taxonomy.slot_of(c) for c in counts}, key=lambda s: taxonomy.slots[s].outfit_order
@@ -135,12 +151,14 @@ def _config(service: ModelService, rec: Recommender) -> dict[str, Any]:
         "encoder": rec.encoder.name,
         "text_search": False,  # no StyGig encoder has a text tower; the page searches names
         "modes": ["outfit", "similar"],
-        "items": len(artifact.items),
+        "items": snap.live_items,
+        "catalog_version": snap.catalog_version,
+        "sequence": snap.sequence,
         "thumbnails": "thumbnails.bin" in artifact.manifest.get("files", {}),
         "categories": [
             {"name": c, "slot": taxonomy.slot_of(c), "count": counts[c]} for c in sorted(counts)
         ],
-        "genders": list(rec.columns.gender_names),
+        "genders": list(snap.columns.gender_names),
         "slots": [{"name": s, "label": taxonomy.slots[s].label} for s in slots],
         "scoring": {
             "similarity_weight": rec.config.similarity_weight,
@@ -154,15 +172,18 @@ def _config(service: ModelService, rec: Recommender) -> dict[str, Any]:
 def make_catalog_router(service: ModelService) -> APIRouter:
     """The page, its static files, item images, catalogue browsing and the page's config."""
     router = APIRouter()
-    shelves: dict[int, _Shelf] = {}
+    current: list[_Shelf] = []  # the latest shelf (one: older snapshots are not served)
     files = _static_files()
 
     async def shelf() -> _Shelf:
-        """The current recommender's shelf, built once in the worker pool (not the event loop)."""
+        """The current catalogue's shelf, made once per snapshot in the worker pool."""
         rec = service.require()
-        found = shelves.get(id(rec))
-        if found is None or found.recommender is not rec:
-            found = shelves[id(rec)] = await service.run(_Shelf.of, rec)
+        snap = rec.snapshot
+        found = current[0] if current else None
+        if found is None or found.snapshot is not snap:
+            images = found.images if found is not None else None
+            found = await service.run(_Shelf.of, rec, snap, images)
+            current[:] = [found]
         return found
 
     @router.get("/", include_in_schema=False)
@@ -191,14 +212,14 @@ def make_catalog_router(service: ModelService) -> APIRouter:
     )
     async def item_image(item_id: str, request: Request) -> Response:
         current = await shelf()
-        current.recommender.position(item_id)  # 404 for an unknown item
-        etag = (
-            '"' + hashlib.sha256(f"{current.etag_seed}:{item_id}".encode()).hexdigest()[:24] + '"'
-        )
+        current.snapshot.columns.position(item_id)  # 404 for an unknown item
+        changed = current.snapshot.thumbnails.get(item_id)
+        seed = hashlib.sha256(changed).hexdigest() if changed else current.etag_seed
+        etag = '"' + hashlib.sha256(f"{seed}:{item_id}".encode()).hexdigest()[:24] + '"'
         headers = {"Cache-Control": f"public, max-age={_IMAGE_MAX_AGE_S}", "ETag": etag}
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=headers)
-        data = await service.run(current.images.get, item_id)
+        data = await service.run(current.image, item_id)
         if data is None:
             raise NotFoundError("the item has no image in this artifact", code="no_image")
         return Response(data, media_type="image/jpeg", headers=headers)
@@ -232,7 +253,7 @@ def make_catalog_router(service: ModelService) -> APIRouter:
     async def config() -> Response:
         current = await shelf()
         if current.config is None:
-            current.config = json_bytes(_config(service, current.recommender))
+            current.config = json_bytes(_config(service, current.recommender, current.snapshot))
         return Response(current.config, media_type=JSON)
 
     return router

@@ -96,6 +96,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     add_async_arguments(p)
     add_emf_arguments(p)
+    from stygig.serving.catalog_command import add_catalog_flags
+
+    add_catalog_flags(p)
     from stygig.distributed.command import add_engine_flags
 
     add_engine_flags(p, "serve")
@@ -135,6 +138,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from stygig.auth import load_token
     from stygig.serving.app import ServerConfig, create_app
     from stygig.serving.batching import BatcherConfig
+    from stygig.serving.catalog_command import catalog_settings
     from stygig.serving.logging import configure_logging
     from stygig.serving.protocol import head_deadline_protocol
     from stygig.threads import limit_blas_threads
@@ -151,6 +155,7 @@ def run_serve(args: argparse.Namespace) -> int:
     check_device(args.device, artifact)  # before the port is bound: no silent CPU fallback
     config = ServerConfig(
         artifact=artifact,
+        catalog=catalog_settings(args),
         batching=batching,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         request_timeout_s=args.timeout,

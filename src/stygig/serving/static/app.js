@@ -153,6 +153,9 @@
     $("server-state").textContent = cfg.items + " items";
     $("server-state").classList.add("ok");
     $("foot-info").textContent = cfg.items + " items · encoder " + cfg.encoder + " · v" + cfg.version;
+    showCatalogVersion(cfg.catalog_version);
+    state.loadedSequence = cfg.sequence || 0;
+    setInterval(checkSoldOut, SOLD_OUT_POLL_MS);
     $("catalog-query").placeholder = cfg.text_search ? "Describe it, e.g. navy skirt" : "Search names, e.g. navy skirt";
     for (const g of cfg.genders.filter((g) => g !== "unisex")) {
       const opt = el("option", null, title(g));
@@ -503,6 +506,43 @@
     }
   }
 
+  // -- the living catalogue: its version, and items sold out since the page loaded -------------
+
+  const SOLD_OUT_POLL_MS = 15000;
+
+  function showCatalogVersion(version) {
+    if (!version) return;
+    const box = $("catalog-version");
+    box.textContent = "catalogue " + version;
+    box.title = "artifact version + changes applied";
+  }
+
+  function markSoldOut(ids) {
+    const gone = new Set(ids);
+    for (const node of document.querySelectorAll("[data-item-id]")) {
+      const sold = gone.has(node.dataset.itemId);
+      node.classList.toggle("sold-out", sold);
+      if (sold && !node.querySelector(".sold-out-tag")) {
+        const tag = el("span", "sold-out-tag", "Sold out");
+        tag.setAttribute("role", "status");
+        node.prepend(tag);
+      }
+    }
+  }
+
+  async function checkSoldOut() {
+    if (document.hidden) return;
+    let v;
+    try {
+      v = await api("/v1/catalog/version?since=" + String(state.loadedSequence || 0));
+    } catch (e) {
+      return; // an older server or a hiccup: the page works on without marks
+    }
+    showCatalogVersion(v.catalog_version);
+    state.soldOut = v.unavailable_since || [];
+    markSoldOut(state.soldOut);
+  }
+
   // -- catalogue picker -------------------------------------------------------------------------
 
   let catalogTimer = 0;
@@ -536,6 +576,7 @@
       li.append(btn);
       list.append(li);
     }
+    markSoldOut((state.soldOut || []).concat(page.items.filter((c) => c.available === false).map((c) => c.id)));
     state.catalogOffset += page.items.length;
     $("catalog-count").textContent = page.total ? page.total + (page.total === 1 ? " item" : " items") : "No items match.";
     $("catalog-more").hidden = state.catalogOffset >= page.total;

@@ -1,0 +1,163 @@
+"""The durable, ordered change log beside an artifact: a folder or an ``s3://`` prefix.
+
+One record per accepted request, named by its sequence number (``000000000042.json``), holding
+the changes in order. A record is written whole or not at all and never overwritten:
+
+* a folder: the record goes to a temporary file, is flushed and ``fsync``-ed, then hard-linked
+  to its name (``link`` fails if the name exists: two writers can never both take one
+  number), and the folder is ``fsync``-ed before :meth:`ChangeLog.append` returns;
+* S3: ``PutObject`` with ``If-None-Match: *`` (atomic, and refused if the key exists).
+
+So a record that exists was acknowledged or about to be; a writer killed with -9 leaves at most
+a temporary file, never a half record. Readers (:meth:`ChangeLog.read_since`) take records in
+order and stop at the first missing number.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from stygig import storage
+from stygig.errors import StorageError
+
+__all__ = ["ChangeLog", "SequenceTaken"]
+
+_NAME = re.compile(r"^(\d{12})\.json$")
+_WIDTH = 12
+
+
+class SequenceTaken(Exception):
+    """Another writer appended this sequence number first: catch up, then try the next."""
+
+
+def _name(sequence: int) -> str:
+    return f"{sequence:0{_WIDTH}d}.json"
+
+
+class ChangeLog:
+    """Append and read the records of one change log (see the module docstring)."""
+
+    def __init__(self, location: str | Path) -> None:
+        self.location = str(location)
+        self.remote = storage.is_remote(self.location)
+        if not self.remote:
+            path = storage.parse(self.location).path
+            assert path is not None
+            self.folder: Path = Path(path)
+
+    def __repr__(self) -> str:
+        return "ChangeLog(...)"  # never a server path in a message
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def append(self, sequence: int, changes: list[dict[str, Any]], **meta: Any) -> None:
+        """Write record ``sequence`` durably; :class:`SequenceTaken` if it exists already."""
+        body = json.dumps(
+            {"sequence": sequence, **meta, "changes": changes}, separators=(",", ":")
+        ).encode()
+        if self.remote:
+            self._append_s3(sequence, body)
+        else:
+            self._append_local(sequence, body)
+
+    def _append_local(self, sequence: int, body: bytes) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".record.", suffix=".tmp", dir=self.folder)
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(body)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                try:
+                    os.link(tmp, self.folder / _name(sequence))
+                except FileExistsError:
+                    raise SequenceTaken(sequence) from None
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+            dir_fd = os.open(self.folder, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as e:
+            raise StorageError(f"the change log cannot be written: {e.strerror}") from None
+
+    def _append_s3(self, sequence: int, body: bytes) -> None:
+        from botocore.exceptions import ClientError
+
+        loc = storage.parse(storage.join(self.location, _name(sequence)))
+        try:
+            storage._s3().put_object(
+                Bucket=loc.bucket,
+                Key=loc.key,
+                Body=body,
+                IfNoneMatch="*",
+                ContentType="application/json",
+            )
+        except ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            if code in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
+                raise SequenceTaken(sequence) from None
+            raise StorageError(f"the change log cannot be written ({code})") from None
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def sequences(self, after: int = 0) -> list[int]:
+        """The record numbers above ``after``, in order."""
+        if self.remote:
+            loc = storage.parse(self.location)
+            prefix = loc.key if not loc.key or loc.key.endswith("/") else loc.key + "/"
+            out: list[int] = []
+            pages = (
+                storage._s3()
+                .get_paginator("list_objects_v2")
+                .paginate(Bucket=loc.bucket, Prefix=prefix, StartAfter=prefix + _name(after))
+            )
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    found = _NAME.match(obj["Key"][len(prefix) :])
+                    if found and int(found.group(1)) > after:
+                        out.append(int(found.group(1)))
+            return sorted(out)
+        try:
+            names = os.listdir(self.folder)
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            raise StorageError(f"the change log cannot be listed: {e.strerror}") from None
+        return sorted(n for m in map(_NAME.match, names) if m and (n := int(m.group(1))) > after)
+
+    def read(self, sequence: int) -> dict[str, Any]:
+        """Record ``sequence`` as written."""
+        uri = storage.join(self.location, _name(sequence))
+        try:
+            data = storage.read_bytes(uri)
+            record: dict[str, Any] = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            raise StorageError(f"change log record {sequence} is not valid JSON") from None
+        if record.get("sequence") != sequence or not isinstance(record.get("changes"), list):
+            raise StorageError(f"change log record {sequence} does not match its name")
+        return record
+
+    def read_since(self, after: int, limit: int | None = None) -> list[dict[str, Any]]:
+        """The records after ``after``, in order, up to the first gap (a number not written
+        yet), at most ``limit``."""
+        out: list[dict[str, Any]] = []
+        expected = after + 1
+        for sequence in self.sequences(after):
+            if sequence != expected or (limit is not None and len(out) >= limit):
+                break
+            out.append(self.read(sequence))
+            expected += 1
+        return out
+
+    def last_sequence(self) -> int:
+        """The highest record number (0: an empty log)."""
+        found = self.sequences(0)
+        return found[-1] if found else 0

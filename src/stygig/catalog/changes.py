@@ -1,0 +1,292 @@
+"""Catalogue changes: what a client may ask (add, remove, update), checked, and as logged.
+
+Three operations, one JSON object each (a bulk request is JSON Lines, one per line)::
+
+    {"op": "add", "item": {"id": "A1", "category": "jeans", "price": 49, ...},
+     "image_b64": "<base64 JPEG/PNG/WebP>"}           (or "image": a location the operator
+                                                        allows, in "item" or beside it)
+    {"op": "remove", "id": "A1"}
+    {"op": "update", "id": "A1", "set": {"available": false, "price": 39,
+                                         "attributes": {"size_run": "S,M"}}}
+
+``add`` of an id the catalogue has replaces that item (row and photo). ``update`` changes
+fields without a photo: ``name``, ``price``, ``brand``, ``gender``, ``usage``, ``season``,
+``category``, ``available``, ``stock`` and any attribute (top level or under ``attributes``;
+``null`` deletes one). A row is validated as a catalogue file's rows are
+(:func:`stygig.catalog.loaders.item_from_row`); messages name the change and the rule, never
+the values sent.
+
+A :class:`CatalogChange` is a change ready to apply: an ``add`` carries its item, vector,
+colour and thumbnail (computed once, when it was accepted), so every replica that replays the
+log applies exactly the same bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from stygig.catalog.loaders import RowError, item_from_row
+from stygig.catalog.schema import Item
+from stygig.catalog.taxonomy import Taxonomy
+from stygig.errors import InputError, InvalidImageError, InvalidOptionsError
+
+__all__ = [
+    "MAX_CHANGES",
+    "CatalogChange",
+    "ChangeRequest",
+    "change_from_record",
+    "merge_update",
+    "parse_change",
+    "parse_changes_jsonl",
+    "validate_row",
+]
+
+Op = Literal["add", "remove", "update"]
+OPS = ("add", "remove", "update")
+#: Changes in one request (one log record).
+MAX_CHANGES = 1_000
+MAX_ID = 200
+MAX_VALUE = 2_000  # one field's text
+MAX_FIELDS = 64
+#: Fields an update may set (everything else is an attribute); ``id`` and ``image`` are not:
+#: an item's photo changes by adding it again.
+ITEM_SETTABLE = (
+    "name",
+    "price",
+    "brand",
+    "gender",
+    "usage",
+    "season",
+    "category",
+    "available",
+    "stock",
+)
+_ROW_FIELDS = ("id", "image", "category", "gender", "usage", "season", "name", "price", "brand")
+_PLACEHOLDER_IMAGE = "/photo"
+
+#: What a client is told for each reason a row is refused (the detail quotes the row).
+_REASONS = {
+    "missing_field": "a required field (id, category) is empty",
+    "malformed_row": "the row cannot be read",
+    "bad_value": "a value has the wrong type (price: a number >= 0; available: true/false; "
+    "stock: a whole number >= 0)",
+    "unknown_category": "the category is not in the taxonomy",
+    "missing_image": "the photo's location is not supported",
+}
+
+
+@dataclass(frozen=True)
+class ChangeRequest:
+    """One change as a client asked it, checked for shape (photos not yet decoded)."""
+
+    op: Op
+    id: str
+    row: dict[str, Any] = field(default_factory=dict)  # add: the item's fields
+    photo: bytes | None = None  # add: the photo's bytes
+    location: str | None = None  # add: where the photo is (an allowed location)
+    fields: dict[str, Any] = field(default_factory=dict)  # update: what to set
+
+
+@dataclass(frozen=True)
+class CatalogChange:
+    """One change ready to apply (and to log)."""
+
+    op: Op
+    id: str
+    item: Item | None = None  # add
+    vector: np.ndarray | None = None  # add: the embedding, in the artifact's space
+    color: dict[str, Any] | None = None  # add: the photo's colour summary
+    thumbnail: bytes | None = None  # add: the shop's JPEG
+    fields: dict[str, Any] = field(default_factory=dict)  # update
+
+    def to_record(self) -> dict[str, Any]:
+        """The change as the log stores it (JSON; the vector's exact float32 bytes)."""
+        if self.op == "remove":
+            return {"op": "remove", "id": self.id}
+        if self.op == "update":
+            return {"op": "update", "id": self.id, "set": self.fields}
+        assert self.item is not None and self.vector is not None
+        out: dict[str, Any] = {
+            "op": "add",
+            "id": self.id,
+            "item": self.item.to_dict(),
+            "color": self.color or {},
+            "vector": base64.b64encode(np.asarray(self.vector, "<f4").tobytes()).decode(),
+        }
+        if self.thumbnail:
+            out["thumbnail"] = base64.b64encode(self.thumbnail).decode()
+        return out
+
+
+def change_from_record(record: Mapping[str, Any]) -> CatalogChange:
+    """Inverse of :meth:`CatalogChange.to_record` (a log written by this module)."""
+    op = record["op"]
+    if op == "add":
+        vector = np.frombuffer(base64.b64decode(record["vector"]), "<f4").astype(np.float32)
+        thumb = record.get("thumbnail")
+        return CatalogChange(
+            "add",
+            str(record["id"]),
+            item=Item.from_dict(record["item"]),
+            vector=vector,
+            color=dict(record.get("color") or {}),
+            thumbnail=base64.b64decode(thumb) if thumb else None,
+        )
+    if op == "update":
+        return CatalogChange("update", str(record["id"]), fields=dict(record.get("set") or {}))
+    if op == "remove":
+        return CatalogChange("remove", str(record["id"]))
+    raise ValueError("unknown change operation in the log")
+
+
+def _text_id(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_ID:
+        raise InvalidOptionsError(f"{where}: 'id' must be a string of 1 to {MAX_ID} characters")
+    if any(c in value for c in "/\\\0\n\r"):
+        raise InvalidOptionsError(f"{where}: 'id' may not hold '/', '\\', NUL or line breaks")
+    return value.strip()
+
+
+def _check_values(data: Mapping[str, Any], where: str) -> None:
+    if len(data) > MAX_FIELDS:
+        raise InvalidOptionsError(f"{where}: at most {MAX_FIELDS} fields")
+    for key, value in data.items():
+        if not isinstance(key, str) or not 0 < len(key) <= MAX_ID:
+            raise InvalidOptionsError(f"{where}: field names are 1 to {MAX_ID} characters")
+        if key == "attributes":
+            if value is not None and not isinstance(value, dict):
+                raise InvalidOptionsError(f"{where}: 'attributes' must be an object")
+            _check_values(value or {}, where)
+            continue
+        if isinstance(value, dict | list):
+            raise InvalidOptionsError(f"{where}: field values are strings, numbers or booleans")
+        if isinstance(value, str) and len(value) > MAX_VALUE:
+            raise InvalidOptionsError(f"{where}: a field value is over {MAX_VALUE} characters")
+
+
+def parse_change(data: Any, where: str = "change 1") -> ChangeRequest:
+    """One change object, checked for shape (:class:`InvalidOptionsError`, 422, if not)."""
+    if not isinstance(data, dict):
+        raise InvalidOptionsError(f"{where}: a change must be a JSON object")
+    op = data.get("op")
+    if op not in OPS:
+        raise InvalidOptionsError(f"{where}: 'op' must be one of {', '.join(OPS)}")
+    extra = set(data) - {"op", "id", "item", "image_b64", "image", "set"}
+    if extra:
+        raise InvalidOptionsError(
+            f"{where}: {len(extra)} unknown key(s); known: op, id, item, image_b64, image, set"
+        )
+    if op == "remove":
+        return ChangeRequest("remove", _text_id(data.get("id"), where))
+    if op == "update":
+        fields = data.get("set")
+        if not isinstance(fields, dict) or not fields:
+            raise InvalidOptionsError(f"{where}: an update needs a non-empty 'set' object")
+        _check_values(fields, where)
+        bad = {"id", "image"} & set(fields)
+        if bad:
+            raise InvalidOptionsError(
+                f"{where}: an update cannot change 'id' or 'image' (add the item again)"
+            )
+        return ChangeRequest("update", _text_id(data.get("id"), where), fields=dict(fields))
+    row = data.get("item")
+    if not isinstance(row, dict):
+        raise InvalidOptionsError(f"{where}: an add needs an 'item' object (its catalogue row)")
+    _check_values(row, where)
+    item_id = _text_id(row.get("id", data.get("id")), where)
+    if "id" in data and data["id"] != row.get("id", data["id"]):
+        raise InvalidOptionsError(f"{where}: 'id' and 'item.id' differ")
+    location = data.get("image", row.get("image"))
+    photo = None
+    if "image_b64" in data:
+        value = data["image_b64"]
+        if not isinstance(value, str):
+            raise InvalidOptionsError(f"{where}: 'image_b64' must be a base64 string")
+        if value.startswith("data:") and "," in value:
+            value = value.split(",", 1)[1]
+        try:
+            photo = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidImageError(
+                f"{where}: 'image_b64' is not valid base64", code="invalid_base64"
+            ) from None
+        location = None
+    elif not isinstance(location, str) or not location:
+        raise InvalidOptionsError(f"{where}: an add needs 'image_b64' or an 'image' location")
+    return ChangeRequest("add", item_id, row={**row, "id": item_id}, photo=photo, location=location)
+
+
+def parse_changes_jsonl(body: bytes, *, max_changes: int = MAX_CHANGES) -> list[ChangeRequest]:
+    """A JSON Lines body of changes (blank lines skipped), each checked; at most
+    ``max_changes``."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError("the changes are not UTF-8 text", code="malformed_json") from None
+    out: list[ChangeRequest] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        if len(out) >= max_changes:
+            raise InvalidOptionsError(f"at most {max_changes} changes per request")
+        try:
+            data = json.loads(line)
+        except (json.JSONDecodeError, RecursionError, ValueError):
+            raise InputError(f"line {number}: not a JSON object", code="malformed_json") from None
+        out.append(parse_change(data, f"line {number}"))
+    if not out:
+        raise InvalidOptionsError("no changes: send one JSON object per line")
+    return out
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def validate_row(row: Mapping[str, Any], taxonomy: Taxonomy, where: str) -> Item:
+    """An added item's row as a canonical :class:`Item` (its photo's location kept as given),
+    or :class:`InvalidOptionsError` (422) with the reason (``unknown_category``, ...)."""
+    image = row.get("image")
+    fields = {str(k): _as_text(v) for k, v in row.items() if k != "attributes"}
+    for key, value in (row.get("attributes") or {}).items():
+        fields[str(key)] = _as_text(value)
+    fields["image"] = _PLACEHOLDER_IMAGE
+    try:
+        item = item_from_row(fields, taxonomy)
+    except RowError as e:
+        raise InvalidOptionsError(
+            f"{where}: {_REASONS.get(e.reason, 'the row is invalid')}", code=e.reason
+        ) from None
+    return dataclasses.replace(item, image=image if isinstance(image, str) else "")
+
+
+def merge_update(old: Item, fields: Mapping[str, Any], taxonomy: Taxonomy, where: str) -> Item:
+    """``old`` with ``fields`` set (``None`` clears a field or an attribute), validated as a
+    row; 422 with the reason when the result is not a valid item."""
+    row: dict[str, Any] = {k: v for k, v in old.to_dict().items() if k in _ROW_FIELDS}
+    row["available"] = old.available
+    row["stock"] = old.stock
+    attributes: dict[str, Any] = dict(old.attributes)
+    for key, value in fields.items():
+        if key == "attributes":
+            for name, v in (value or {}).items():
+                attributes[name] = v
+        elif key in ITEM_SETTABLE:
+            row[key] = value
+        else:
+            attributes[key] = value
+    row["attributes"] = {k: v for k, v in attributes.items() if v is not None}
+    new = validate_row(row, taxonomy, where)
+    return dataclasses.replace(new, image=old.image)

@@ -1,0 +1,113 @@
+"""Compaction: fold an artifact's change log into the next artifact version.
+
+The new artifact holds the catalogue as the log left it (removed and replaced rows gone, new
+items in), with its index built again for its size (IVF lists retrained: ``nlist`` follows the
+new count), fresh checksums, and a manifest that says where it came from::
+
+    "version": "<new version>",
+    "catalog": {"parent": "<the artifact's version>", "last_sequence": N}
+
+A server that loads it applies only the log's records after ``N``. The encoder, whitening and
+taxonomy are the parent's; no photo is decoded or encoded again (the log holds each added
+item's vector, colour and thumbnail).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stygig.artifact import ONNX_FILE, Artifact, add_compat_model
+from stygig.artifact import write_artifact as _write
+from stygig.catalog.changelog import ChangeLog
+from stygig.catalog.changes import change_from_record
+from stygig.errors import ArtifactError
+from stygig.snapshot import CatalogSnapshot, apply_changes, snapshot_of
+from stygig.thumbnails import ItemImages
+
+__all__ = ["compact", "replay"]
+
+
+def replay(artifact: Artifact, changelog: ChangeLog) -> CatalogSnapshot:
+    """The catalogue of ``artifact`` with every record of ``changelog`` after the sequence the
+    artifact already folded in (no encoder needed: records carry their vectors)."""
+    snap = snapshot_of(
+        artifact, encoder=str(artifact.manifest["encoder"]["name"]), compat_mode="rules"
+    )
+    for record in changelog.read_since(snap.sequence):
+        changes = [change_from_record(c) for c in record["changes"]]
+        snap = apply_changes(snap, changes, int(record["sequence"]))
+    return snap
+
+
+def compact(artifact_dir: str | Path, changelog: ChangeLog, out_dir: str | Path) -> dict[str, Any]:
+    """Write the next version of the artifact at ``artifact_dir`` to ``out_dir``; a summary
+    (``version``, ``parent``, ``last_sequence``, ``items``)."""
+    source = Path(artifact_dir)
+    out = Path(out_dir)
+    if out.resolve() == source.resolve():
+        raise ArtifactError("compaction writes a new folder: --out must differ from --artifact")
+    artifact = Artifact.load(source)
+    snap = replay(artifact, changelog)
+    live = sorted(snap.artifact.positions.values())
+    art = snap.artifact
+    items = [art.items[r] for r in live]
+    colors = [art.colors[r] for r in live]
+    embeddings = np.ascontiguousarray(art.embeddings[live], dtype=np.float32)
+    originals = {item.id: item.image for item in artifact.items}
+    stored = ItemImages(source, originals)
+    thumbnails = [snap.thumbnails.get(i.id) or stored.get(i.id) for i in items]
+    manifest = artifact.manifest
+    index = manifest.get("index", {})
+    kind = str(index.get("kind", "auto"))
+    params = {k: v for k, v in (index.get("params") or {}).items() if k not in ("nlist", "nprobe")}
+    if "parts" in params:  # a split index: split again, each part sized afresh
+        params = {"partition_by": "slot"}
+        kind = "auto"
+    extra = {}
+    encoder = manifest["encoder"]
+    if encoder.get("runtime") == "onnx":
+        name = str(encoder.get("onnx_file") or ONNX_FILE)
+        extra[name] = source / name
+    version = _new_version(snap)
+    _write(
+        out,
+        items=items,
+        colors=colors,
+        embeddings=embeddings,
+        taxonomy=artifact.taxonomy,
+        encoder_info=encoder,
+        rejects=[],
+        index_kind=kind,
+        index_params=params,
+        build_info={
+            "compacted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "parent_build": manifest.get("build", {}),
+        },
+        extra_files=extra,
+        whitening=artifact.whitening,
+        thumbnails=thumbnails,
+        manifest_extra={
+            "version": version,
+            "catalog": {"parent": snap.version, "last_sequence": snap.sequence},
+        },
+    )
+    if artifact.compat is not None:
+        info = {k: v for k, v in (manifest.get("compat") or {}).items() if k != "file"}
+        add_compat_model(out, artifact.compat, info)
+    return {
+        "version": version,
+        "parent": snap.version,
+        "last_sequence": snap.sequence,
+        "items": len(items),
+    }
+
+
+def _new_version(snap: CatalogSnapshot) -> str:
+    """A new version id: the parent's, the sequence folded, and the time, hashed."""
+    seed = f"{snap.version}+{snap.sequence}@{time.time_ns()}".encode()
+    return hashlib.sha256(seed).hexdigest()[:12]

@@ -1,0 +1,270 @@
+"""A living catalogue: changes accepted while serving, logged durably, followed by replicas.
+
+:class:`LiveCatalog` drives a :class:`~stygig.engine.Recommender`'s catalogue:
+
+* :meth:`LiveCatalog.submit` takes checked :class:`~stygig.catalog.changes.ChangeRequest`\\ s;
+  an added item's photo goes through the build's own per-item step
+  (:func:`stygig.build.prepare_item_photo`: decode, validate, colour, thumbnail) and the
+  artifact's encoder and whitening (:meth:`~stygig.engine.Recommender.embed`) — outside any
+  lock. Then, one writer at a time: catch up with the log, make the next snapshot (every change
+  checked against the catalogue as the earlier ones left it: a bad one refuses the whole
+  request and changes nothing), append the record durably, publish the snapshot, return it.
+  Acknowledged means logged and visible to the next request.
+* :meth:`LiveCatalog.catch_up` applies records other writers appended (a replica following
+  the log, a restarted server replaying it); :meth:`LiveCatalog.follow` does so every
+  ``interval`` seconds on a thread of its own.
+
+Readers (requests) never take the lock: they read the snapshot the last publish left.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from stygig.build import prepare_item_photo
+from stygig.catalog import Item
+from stygig.catalog.changelog import ChangeLog, SequenceTaken
+from stygig.catalog.changes import (
+    CatalogChange,
+    ChangeRequest,
+    change_from_record,
+    validate_row,
+)
+from stygig.engine import Recommender
+from stygig.errors import InvalidOptionsError, StygigError
+from stygig.features import PreparedImage
+from stygig.snapshot import CatalogSnapshot, apply_changes
+
+__all__ = ["LiveCatalog"]
+
+log = logging.getLogger("stygig.living")
+
+#: How many photos are encoded per encoder call while preparing a bulk request.
+ENCODE_BATCH = 32
+#: Records applied per catch-up step (one snapshot each).
+CATCH_UP_BATCH = 64
+
+
+@functools.cache
+def _photo_pool() -> ThreadPoolExecutor:
+    """Threads that prepare added items' photos (one pool per process, made on first use)."""
+    workers = max(1, min(4, os.cpu_count() or 1))
+    return ThreadPoolExecutor(workers, thread_name_prefix="stygig-change-photo")
+
+
+class LiveCatalog:
+    """Changes to ``recommender``'s catalogue through the change log ``changelog``.
+
+    Args:
+        recommender: whose catalogue changes (its encoder embeds new photos).
+        changelog: the durable log (``None``: changes are refused; nothing to follow).
+        load: reads a photo location an added item names (the server passes its allowed
+            locations' reader; ``None``: locations are refused, only photo bytes accepted).
+    """
+
+    def __init__(
+        self,
+        recommender: Recommender,
+        changelog: ChangeLog | None,
+        *,
+        load: Callable[[str], bytes] | None = None,
+    ) -> None:
+        self.recommender = recommender
+        self.changelog = changelog
+        self.load = load
+        self._lock = threading.Lock()  # one writer (submit or catch-up) at a time
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.follow_errors = 0
+        self.successor: LiveCatalog | None = None  # set when a hot reload replaced this one
+
+    @property
+    def snapshot(self) -> CatalogSnapshot:
+        return self.recommender.snapshot
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def prepare(self, requests: Sequence[ChangeRequest]) -> list[CatalogChange]:
+        """Validate rows and embed the photos of ``requests`` (no lock held; nothing changes).
+
+        Raises :mod:`stygig.errors` 4xx types naming the change (``change 3: ...``).
+        """
+        rec = self.recommender
+        taxonomy = rec.taxonomy
+        out: list[CatalogChange | None] = []
+        pending: list[tuple[int, Item, ChangeRequest]] = []
+        for n, req in enumerate(requests):  # rows first: a bad row costs no decoding
+            if req.op != "add":
+                out.append(CatalogChange(req.op, req.id, fields=dict(req.fields)))
+                continue
+            item = validate_row(req.row, taxonomy, f"change {n + 1}")
+            # The photo's location as checked (never a path the client slipped into the row
+            # beside uploaded bytes): the item's ``image`` is only ever what was read.
+            image = (req.location or "") if req.photo is None else ""
+            pending.append((n, dataclasses.replace(item, image=image), req))
+            out.append(None)
+        # Photos decode in parallel, as a build's do (PIL and NumPy release the GIL).
+        spec = rec.encoder.preprocess
+        jobs: list[tuple[int, Item, Future[PreparedImage]]] = [
+            (n, item, _photo_pool().submit(self._prepared_photo, req, spec))
+            for n, item, req in pending
+        ]
+        photos: list[tuple[int, Any, PreparedImage]] = []
+        try:
+            for n, item, job in jobs:
+                try:
+                    photos.append((n, item, job.result()))
+                except StygigError as e:
+                    e.message = f"change {n + 1}: {e.message}"
+                    e.args = (e.message,)
+                    raise
+        finally:
+            for _, _, job in jobs:
+                job.cancel()
+        for start in range(0, len(photos), ENCODE_BATCH):
+            group = photos[start : start + ENCODE_BATCH]
+            vectors = rec.embed([p.tensor for _, _, p in group])
+            for (n, item, prepared), vector in zip(group, vectors, strict=True):
+                out[n] = CatalogChange(
+                    "add",
+                    item.id,
+                    item=item,
+                    vector=np.asarray(vector, np.float32),
+                    color=prepared.color,
+                    thumbnail=prepared.thumbnail,
+                )
+        return [c for c in out if c is not None]
+
+    def _prepared_photo(self, req: ChangeRequest, spec: Any) -> PreparedImage:
+        return prepare_item_photo(self._photo(req), spec)
+
+    def _photo(self, req: ChangeRequest) -> bytes:
+        if req.photo is not None:
+            return req.photo
+        if self.load is None or req.location is None:
+            raise InvalidOptionsError(
+                "photo locations are not accepted here; send the photo's bytes (image_b64)",
+                code="location_not_allowed",
+            )
+        return self.load(req.location)
+
+    def submit(self, requests: Sequence[ChangeRequest]) -> CatalogSnapshot:
+        """Apply ``requests`` as one log record; the snapshot that holds them (acknowledged:
+        logged durably and visible to the next request). All or nothing."""
+        if self.changelog is None:
+            raise InvalidOptionsError(
+                "this catalogue takes no changes: no change log is configured",
+                code="changes_disabled",
+            )
+        changes = self.prepare(requests)
+        return self._submit_prepared(changes)
+
+    def _submit_prepared(self, changes: list[CatalogChange]) -> CatalogSnapshot:
+        assert self.changelog is not None
+        records = [c.to_record() for c in changes]
+        rec = self.recommender
+        with self._lock:
+            if self.successor is not None:  # a hot reload: the new catalogue takes it
+                return self.successor._submit_prepared(changes)
+            while True:
+                self._catch_up_locked()
+                current = rec.snapshot
+                sequence = current.sequence + 1
+                new = apply_changes(current, changes, sequence, compat_mode=rec.config.compat_mode)
+                try:
+                    self.changelog.append(sequence, records, base=current.version)
+                except SequenceTaken:
+                    continue  # another writer took it: apply theirs first, then try the next
+                rec.publish(new)
+                return new
+
+    # -- following ---------------------------------------------------------------------------
+
+    def catch_up(self) -> int:
+        """Apply the records appended since the current snapshot; how many."""
+        if self.changelog is None:
+            return 0
+        with self._lock:
+            return self._catch_up_locked()
+
+    def _catch_up_locked(self) -> int:
+        assert self.changelog is not None
+        rec = self.recommender
+        applied = 0
+        while True:
+            records = self.changelog.read_since(rec.snapshot.sequence, CATCH_UP_BATCH)
+            if not records:
+                return applied
+            snap = rec.snapshot
+            for record in records:
+                snap = self._replayed(snap, record)
+            rec.publish(snap)
+            applied += len(records)
+
+    def _replayed(self, snap: CatalogSnapshot, record: dict[str, Any]) -> CatalogSnapshot:
+        """The snapshot after one record. A record that no longer applies (it cannot happen
+        to records this module wrote on this catalogue) advances the sequence and changes
+        nothing, the same on every replica."""
+        sequence = int(record["sequence"])
+        mode = self.recommender.config.compat_mode
+        try:
+            changes = [change_from_record(c) for c in record["changes"]]
+            return apply_changes(snap, changes, sequence, compat_mode=mode)
+        except (StygigError, KeyError, ValueError, TypeError) as e:
+            log.error(
+                "change log record skipped",
+                extra={"fields": {"sequence": sequence, "reason": type(e).__name__}},
+            )
+            return apply_changes(snap, [], sequence, compat_mode=mode)
+
+    def follow(self, interval_s: float) -> None:
+        """Catch up every ``interval_s`` seconds on a daemon thread until :meth:`stop`."""
+        if self.changelog is None or self._thread is not None:
+            return
+        if not 0.01 <= interval_s <= 3600:
+            raise InvalidOptionsError("the follow interval must be 0.01 to 3600 seconds")
+
+        def loop() -> None:
+            while not self._stop.wait(interval_s):
+                try:
+                    self.catch_up()
+                except Exception:  # a storage hiccup: log it, try again next interval
+                    self.follow_errors += 1
+                    log.exception("following the change log failed")
+
+        self._thread = threading.Thread(target=loop, name="stygig-follow", daemon=True)
+        self._thread.start()
+
+    def retire(self, successor: LiveCatalog | None) -> None:
+        """Hand over to ``successor`` (a hot reload): stop following; a change being written
+        now finishes here first, later ones go to the successor."""
+        self.stop()
+        with self._lock:
+            self.successor = successor
+
+    def stop(self) -> None:
+        """Stop following (waits for the current catch-up to finish)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def wait_for(self, sequence: int, timeout_s: float) -> bool:
+        """Catch up until the catalogue holds record ``sequence`` or ``timeout_s`` passes."""
+        deadline = time.monotonic() + timeout_s
+        while self.snapshot.sequence < sequence:
+            self.catch_up()
+            if self.snapshot.sequence >= sequence or time.monotonic() > deadline:
+                break
+            self._stop.wait(0.01)
+        return self.snapshot.sequence >= sequence

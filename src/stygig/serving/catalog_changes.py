@@ -1,0 +1,179 @@
+"""The living catalogue over HTTP: change routes, the catalogue version, hot reload.
+
+Routes (behind the server's bearer token, like every route but the health checks)::
+
+    POST /v1/catalog/changes     one change (a JSON object), {"changes": [...]}, or a JSON
+                                 Lines body (application/x-ndjson or application/jsonl);
+                                 200 once logged and visible: {"sequence", "catalog_version",
+                                 "applied", "items"}; a bad change: 4xx, nothing changed
+    GET  /v1/catalog/version     {"catalog_version", "artifact_version", "sequence", "items",
+                                 "unavailable_since"} (?since=N: ids that stopped being
+                                 available after record N, for pages that loaded at N)
+    POST /v1/catalog/reload      hot-reload the artifact (the watched pointer's, else the
+                                 configured folder); 409 and the old version kept when the
+                                 new one cannot be verified
+
+Changes are applied in the worker pool; answers never wait for them (see
+:mod:`stygig.living`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+
+from stygig.catalog.changes import ChangeRequest, parse_change, parse_changes_jsonl
+from stygig.errors import InvalidOptionsError, StygigError
+from stygig.recommendation import parse_json_object
+from stygig.serving.responses import JSON, json_response
+
+if TYPE_CHECKING:
+    from stygig.serving.app import ModelService
+
+__all__ = ["make_changes_router", "parse_changes_body", "watch_and_signal"]
+
+log = logging.getLogger("stygig.serving")
+
+_JSONL = ("application/x-ndjson", "application/jsonl", "application/x-jsonlines")
+
+
+def parse_changes_body(body: bytes, content_type: str) -> list[ChangeRequest]:
+    """The changes a request body holds (4xx errors on any mistake)."""
+    if content_type in _JSONL:
+        return parse_changes_jsonl(body)
+    if content_type != JSON:
+        raise InvalidOptionsError(
+            "send changes as application/json or application/x-ndjson (one per line)",
+            code="unsupported_content_type",
+        )
+    data = parse_json_object(body, what="the changes")
+    if "changes" in data:
+        items = data["changes"]
+        if set(data) != {"changes"} or not isinstance(items, list) or not items:
+            raise InvalidOptionsError("'changes' must be the only key: a non-empty list")
+        from stygig.catalog.changes import MAX_CHANGES
+
+        if len(items) > MAX_CHANGES:
+            raise InvalidOptionsError(f"at most {MAX_CHANGES} changes per request")
+        return [parse_change(c, f"change {n + 1}") for n, c in enumerate(items)]
+    return [parse_change(data)]
+
+
+def version_body(service: ModelService, since: int | None = None) -> dict[str, Any]:
+    rec = service.require()
+    snap = rec.snapshot
+    body: dict[str, Any] = {
+        "catalog_version": snap.catalog_version,
+        "artifact_version": snap.version,
+        "sequence": snap.sequence,
+        "items": snap.live_items,
+    }
+    if since is not None:
+        state: dict[str, bool] = {}
+        for sequence, item_id, in_stock in snap.stock_events:
+            if sequence > since:
+                state[item_id] = in_stock
+        body["unavailable_since"] = sorted(i for i, ok in state.items() if not ok)
+        body["available_again"] = sorted(i for i, ok in state.items() if ok)
+    return body
+
+
+def make_changes_router(service: ModelService) -> APIRouter:
+    """The change, version and reload routes."""
+    router = APIRouter()
+
+    @router.post(
+        "/v1/catalog/changes",
+        tags=["catalogue"],
+        summary="Add, replace, remove or update items while serving (single or JSON Lines)",
+    )
+    async def changes(request: Request) -> Response:
+        service.require()
+        live = service.live
+        if live is None or live.changelog is None:
+            raise InvalidOptionsError(
+                "this server takes no catalogue changes: start it with --change-log",
+                code="changes_disabled",
+            )
+        from stygig.serving.requests import media_type
+
+        kind = media_type(request.headers.get("content-type"))
+        body = await request.body()
+        requests = await service.run(parse_changes_body, body, kind)
+        snap = await service.run(live.submit, requests)
+        return json_response(
+            {
+                "sequence": snap.sequence,
+                "catalog_version": snap.catalog_version,
+                "applied": len(requests),
+                "items": snap.live_items,
+            }
+        )
+
+    @router.get("/v1/catalog/version", tags=["catalogue"], summary="The catalogue version now")
+    async def version(
+        since: int | None = Query(None, ge=0, le=10**15, description="a sequence number"),
+    ) -> Response:
+        return json_response(version_body(service, since))
+
+    @router.post(
+        "/v1/catalog/reload",
+        tags=["catalogue"],
+        summary="Switch to a new artifact version without dropping requests",
+    )
+    async def reload() -> Response:
+        service.require()
+        changed = await service.reload()
+        return json_response({"reloaded": changed, **version_body(service)})
+
+    return router
+
+
+async def watch_and_signal(service: ModelService, stop: asyncio.Event) -> None:
+    """Reload on SIGHUP, and when the watched pointer names a new folder, until ``stop``."""
+    loop = asyncio.get_running_loop()
+    wake = asyncio.Event()
+    # Not possible off the main thread (tests run the app in-process): the route still works.
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGHUP, wake.set)
+    settings = service.config.catalog
+    interval = settings.watch_interval_s if settings and settings.watch else None
+    try:
+        while not stop.is_set():
+            waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())]
+            _done, pending = await asyncio.wait(
+                waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in pending:
+                task.cancel()
+            if stop.is_set():
+                return
+            wake.clear()
+            if not service.ready:
+                continue
+            try:
+                await service.reload()
+            except StygigError as e:
+                log.error("hot reload refused: %s", e.code, extra={"fields": {"code": e.code}})
+            except Exception:
+                log.exception("hot reload failed")
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(signal.SIGHUP)
+
+
+def read_pointer(location: str) -> Path:
+    """The artifact folder a watch pointer names."""
+    from stygig.storage import read_bytes
+
+    text = read_bytes(location, max_bytes=4096).decode("utf-8", "replace").strip()
+    if not text:
+        raise InvalidOptionsError("the watched pointer is empty", code="bad_pointer")
+    return Path(text)

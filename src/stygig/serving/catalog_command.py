@@ -1,0 +1,400 @@
+"""``stygig catalog``: change a living catalogue from the command line, and ``serve``'s flags
+for it.
+
+Subcommands (each against a running server, ``--url``, or an artifact folder, ``--artifact``,
+whose change log is ``--change-log`` or the folder beside it named ``<artifact>.changes``)::
+
+    stygig catalog add --photo P.jpg --field id=A1 --field category=jeans --field price=49
+    stygig catalog remove A1 [A2 ...]
+    stygig catalog update A1 --set available=false --set price=39
+    stygig catalog apply changes.jsonl           (one change object per line; see
+                                                   docs/living-catalog.md)
+    stygig catalog status
+    stygig catalog compact --artifact A --out A2  (folds the log into a new artifact version)
+
+Only the standard library is imported here at import time (the CLI builds its parser from
+every command module); the work is imported when a subcommand runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CatalogSettings",
+    "add_catalog_flags",
+    "catalog_settings",
+    "default_change_log",
+    "register",
+]
+
+#: The most bytes of changes one HTTP request carries (the server's body limit is 6 MB).
+_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+_MAX_REQUEST_CHANGES = 500
+
+
+@dataclass(frozen=True)
+class CatalogSettings:
+    """How ``stygig serve`` keeps its catalogue alive.
+
+    Attributes:
+        change_log: the change log (a folder or an ``s3://`` prefix).
+        follow_interval_s: how often to apply what other replicas appended (``None``: never).
+        photo_prefixes: locations (S3 prefixes, local folders) an added item's photo may name.
+        watch: a pointer (file or S3 object) holding the artifact folder to serve; when it
+            changes, the server hot-reloads that version (SIGHUP reloads too).
+        watch_interval_s: how often the pointer is read.
+    """
+
+    change_log: str | None = None
+    follow_interval_s: float | None = 1.0
+    photo_prefixes: tuple[str, ...] = ()
+    watch: str | None = None
+    watch_interval_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        from stygig.errors import InvalidOptionsError
+
+        if self.follow_interval_s is not None and not 0.01 <= self.follow_interval_s <= 3600:
+            raise InvalidOptionsError("--follow-interval must be 0.01 to 3600 seconds (0: off)")
+        if not 0.1 <= self.watch_interval_s <= 3600:
+            raise InvalidOptionsError("--watch-interval must be 0.1 to 3600 seconds")
+
+
+def default_change_log(artifact: str | Path) -> str:
+    """The change log beside an artifact folder: ``<folder>.changes``."""
+    text = str(artifact).rstrip("/")
+    return text + ".changes"
+
+
+def add_catalog_flags(p: argparse.ArgumentParser) -> None:
+    """``serve``'s living-catalogue flags."""
+    p.add_argument(
+        "--change-log",
+        default=os.environ.get("STYGIG_CHANGE_LOG"),
+        help="accept catalogue changes, logged here (a folder or s3:// prefix; default "
+        "$STYGIG_CHANGE_LOG); replayed at start, followed while serving",
+    )
+    p.add_argument(
+        "--follow-interval",
+        type=float,
+        default=1.0,
+        help="seconds between reads of the change log for other replicas' changes (0: off)",
+    )
+    p.add_argument(
+        "--catalog-photos",
+        action="append",
+        default=[],
+        help="a folder or s3:// prefix an added item's photo may name (repeat)",
+    )
+    p.add_argument(
+        "--watch",
+        help="a file or s3:// object holding the artifact folder to serve: a new one is "
+        "hot-reloaded (as on SIGHUP)",
+    )
+    p.add_argument("--watch-interval", type=float, default=5.0, help="seconds between reads")
+
+
+def catalog_settings(args: argparse.Namespace) -> CatalogSettings | None:
+    """The settings ``add_catalog_flags`` parsed (``None``: no living catalogue)."""
+    if not args.change_log and not args.watch:
+        return None
+    return CatalogSettings(
+        change_log=args.change_log or None,
+        follow_interval_s=args.follow_interval or None,
+        photo_prefixes=tuple(args.catalog_photos),
+        watch=args.watch,
+        watch_interval_s=args.watch_interval,
+    )
+
+
+# -- stygig catalog ------------------------------------------------------------------------
+
+
+def register(subparsers: Any) -> None:
+    """Add ``catalog`` and its subcommands to ``stygig``'s argparse subparsers."""
+    p = subparsers.add_parser("catalog", help="change a living catalogue (add, remove, update)")
+    sub = p.add_subparsers(dest="catalog_command", required=True)
+
+    def target(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--url", help="a running server, e.g. http://127.0.0.1:8080")
+        q.add_argument("--artifact", help="an artifact folder (changes go to its change log)")
+        q.add_argument("--change-log", help="the change log (default: <artifact>.changes)")
+        q.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP request")
+        q.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    q = sub.add_parser("add", help="add (or replace) one item with its photo")
+    q.add_argument("--photo", required=True, help="the item's photo (a local file)")
+    q.add_argument("--field", action="append", default=[], help="a row field: name=value")
+    target(q)
+    q.set_defaults(func=_cmd_add)
+
+    q = sub.add_parser("remove", help="remove items")
+    q.add_argument("ids", nargs="+")
+    target(q)
+    q.set_defaults(func=_cmd_remove)
+
+    q = sub.add_parser("update", help="change an item's fields (stock, price, attributes)")
+    q.add_argument("id")
+    q.add_argument("--set", action="append", default=[], required=True, help="name=value")
+    target(q)
+    q.set_defaults(func=_cmd_update)
+
+    q = sub.add_parser("apply", help="apply a JSON Lines file of changes")
+    q.add_argument("file")
+    target(q)
+    q.set_defaults(func=_cmd_apply)
+
+    q = sub.add_parser("status", help="the catalogue version (artifact + sequence)")
+    target(q)
+    q.set_defaults(func=_cmd_status)
+
+    q = sub.add_parser("compact", help="fold the change log into a new artifact version")
+    q.add_argument("--artifact", required=True)
+    q.add_argument("--change-log", help="the change log (default: <artifact>.changes)")
+    q.add_argument("--out", required=True, help="the new artifact folder")
+    q.add_argument("--point", help="write the new folder's path to this watch pointer")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=_cmd_compact)
+
+
+def _value(text: str) -> Any:
+    """``--set`` values: JSON when they parse (``false``, ``3``, ``null``), else text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _pairs(pairs: list[str], flag: str) -> dict[str, Any]:
+    from stygig.errors import InvalidOptionsError
+
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise InvalidOptionsError(f"{flag} takes name=value")
+        out[name.strip()] = _value(value)
+    return out
+
+
+def _cmd_add(args: argparse.Namespace) -> int:
+    row = _pairs(args.field, "--field")
+    photo = Path(args.photo).read_bytes()
+    change = {"op": "add", "item": row, "image_b64": base64.b64encode(photo).decode()}
+    return _send(args, [change])
+
+
+def _cmd_remove(args: argparse.Namespace) -> int:
+    return _send(args, [{"op": "remove", "id": i} for i in args.ids])
+
+
+def _cmd_update(args: argparse.Namespace) -> int:
+    return _send(args, [{"op": "update", "id": args.id, "set": _pairs(args.set, "--set")}])
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    from stygig.errors import InputError
+
+    path = Path(args.file)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read the changes file: {e}") from None
+    changes = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            change = json.loads(line)
+        except ValueError:
+            raise InputError(f"line {number}: not a JSON object") from None
+        changes.append(_inline_photo(change, path.parent, args.url is not None))
+    return _send(args, changes)
+
+
+def _inline_photo(change: Any, folder: Path, remote: bool) -> Any:
+    """For a server: a local photo path an add names is read here and sent as bytes."""
+    if not remote or not isinstance(change, dict) or change.get("op") != "add":
+        return change
+    if "image_b64" in change:
+        return change
+    item: dict[str, Any] = change["item"] if isinstance(change.get("item"), dict) else {}
+    location = change.get("image", item.get("image"))
+    if isinstance(location, str) and "://" not in location:
+        photo = (folder / location).read_bytes()
+        change = {k: v for k, v in change.items() if k != "image"}
+        change["item"] = {k: v for k, v in item.items() if k != "image"}
+        change["image_b64"] = base64.b64encode(photo).decode()
+    return change
+
+
+def _send(args: argparse.Namespace, changes: list[Any]) -> int:
+    result = _send_http(args, changes) if args.url else _send_local(args, changes)
+    _print(args, result)
+    return 0
+
+
+def _print(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(
+            f"catalogue {result.get('catalog_version')}: {result.get('items')} items"
+            + (f", {result['applied']} change(s) applied" if "applied" in result else "")
+        )
+
+
+def _batches(changes: list[Any]) -> list[bytes]:
+    out: list[bytes] = []
+    lines: list[bytes] = []
+    size = 0
+    for change in changes:
+        line = json.dumps(change, separators=(",", ":")).encode() + b"\n"
+        if lines and (size + len(line) > _MAX_REQUEST_BYTES or len(lines) >= _MAX_REQUEST_CHANGES):
+            out.append(b"".join(lines))
+            lines, size = [], 0
+        lines.append(line)
+        size += len(line)
+    if lines:
+        out.append(b"".join(lines))
+    return out
+
+
+def _send_http(args: argparse.Namespace, changes: list[Any]) -> dict[str, Any]:
+    import httpx
+
+    from stygig.auth import bearer_headers
+    from stygig.errors import ServerError, StygigError
+
+    url = args.url.rstrip("/")
+    headers = {**bearer_headers(), "content-type": "application/x-ndjson"}
+    result: dict[str, Any] = {}
+    applied = 0
+    with httpx.Client(timeout=args.timeout) as client:
+        if not changes:
+            return _get_status(client, url)
+        for body in _batches(changes):
+            try:
+                r = client.post(f"{url}/v1/catalog/changes", content=body, headers=headers)
+            except httpx.HTTPError as e:
+                raise ServerError(f"the server could not be reached: {type(e).__name__}") from None
+            data = (
+                r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+            )
+            if r.status_code != 200:
+                err = data.get("error", {}) if isinstance(data, dict) else {}
+                error = StygigError(
+                    f"the server refused the changes ({r.status_code}): {err.get('message', '')}",
+                    code=str(err.get("code", "server_error")),
+                )
+                error.exit_code = 2 if r.status_code < 500 else 7
+                raise error
+            applied += int(data.get("applied", 0))
+            result = data
+    result["applied"] = applied
+    return result
+
+
+def _get_status(client: Any, url: str) -> dict[str, Any]:
+    from stygig.auth import bearer_headers
+    from stygig.errors import ServerError
+
+    r = client.get(f"{url}/v1/catalog/version", headers=bearer_headers())
+    if r.status_code != 200:
+        raise ServerError(f"the server answered {r.status_code}")
+    data: dict[str, Any] = r.json()
+    return data
+
+
+def _live(args: argparse.Namespace) -> Any:
+    from stygig.artifact import Artifact
+    from stygig.catalog.changelog import ChangeLog
+    from stygig.engine import Recommender
+    from stygig.errors import InvalidOptionsError
+    from stygig.images import DEFAULT_LIMITS
+    from stygig.living import LiveCatalog
+    from stygig.storage import read_bytes
+
+    if not args.artifact:
+        raise InvalidOptionsError("give --url (a running server) or --artifact (a folder)")
+    log = ChangeLog(args.change_log or default_change_log(args.artifact))
+    live = LiveCatalog(
+        Recommender(Artifact.load(args.artifact)),
+        log,
+        # The operator's own command: any location it can read (a photo's size is bounded).
+        load=lambda loc: read_bytes(loc, max_bytes=DEFAULT_LIMITS.max_bytes),
+    )
+    live.catch_up()
+    return live
+
+
+def _send_local(args: argparse.Namespace, changes: list[Any]) -> dict[str, Any]:
+    from stygig.catalog.changes import MAX_CHANGES, parse_change
+
+    live = _live(args)
+    base = Path(args.file).parent if getattr(args, "file", None) else Path.cwd()
+    requests = []
+    for n, change in enumerate(changes):
+        if isinstance(change, dict) and change.get("op") == "add" and "image_b64" not in change:
+            item: dict[str, Any] = change["item"] if isinstance(change.get("item"), dict) else {}
+            location = change.get("image", item.get("image"))
+            if isinstance(location, str) and "://" not in location:
+                change = {**change, "image": str((base / location).resolve())}
+        requests.append(parse_change(change, f"change {n + 1}"))
+    applied = 0
+    for start in range(0, len(requests), MAX_CHANGES):
+        group = requests[start : start + MAX_CHANGES]
+        if group:
+            live.submit(group)
+            applied += len(group)
+    return _status_of(live.snapshot) | {"applied": applied}
+
+
+def _status_of(snap: Any) -> dict[str, Any]:
+    return {
+        "catalog_version": snap.catalog_version,
+        "artifact_version": snap.version,
+        "sequence": snap.sequence,
+        "items": snap.live_items,
+    }
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    if args.url:
+        import httpx
+
+        with httpx.Client(timeout=args.timeout) as client:
+            result = _get_status(client, args.url.rstrip("/"))
+    else:
+        result = _status_of(_live(args).snapshot)
+    _print(args, result)
+    return 0
+
+
+def _cmd_compact(args: argparse.Namespace) -> int:
+    from stygig.catalog.changelog import ChangeLog
+    from stygig.compaction import compact
+
+    log = ChangeLog(args.change_log or default_change_log(args.artifact))
+    result = compact(args.artifact, log, args.out)
+    if args.point:
+        from stygig.storage import write_bytes
+
+        write_bytes(args.point, str(Path(args.out).resolve()).encode())
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(
+            f"compacted {result['parent']} + {result['last_sequence']} changes -> "
+            f"{result['version']} ({result['items']} items)",
+            file=sys.stdout,
+        )
+    return 0

@@ -1,0 +1,245 @@
+"""One state of a living catalogue, and the next state after some changes.
+
+A :class:`CatalogSnapshot` is everything a request reads about the catalogue: the artifact's
+view (items, colours, embeddings, index, positions), the columns and filters, the learned
+scorer, the version. Snapshots are never written once published: :func:`apply_changes` makes
+the next one (copy-on-write of what changed, shared arrays for the rest), and the recommender
+swaps its reference in one assignment, so a request that took a snapshot at its start sees the
+whole catalogue before a change or the whole catalogue after it, never half of one.
+
+Rows only ever grow: a removed item's row is a tombstone, a replaced item gets a new row at the
+end (its old row dies), so row numbers in a running request stay valid. Appended vectors go
+into spare capacity after the rows published snapshots can see, so adding an item copies no
+embeddings (until the capacity doubles).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from stygig.answer import ArtifactRef
+from stygig.artifact import Artifact
+from stygig.catalog.changes import CatalogChange, merge_update
+from stygig.columns import CatalogColumns
+from stygig.compat.scorer import LearnedScorer
+from stygig.errors import InvalidOptionsError, NotFoundError
+from stygig.index import LiveIndex, is_exhaustive
+
+__all__ = ["CatalogSnapshot", "apply_changes", "artifact_version", "snapshot_of"]
+
+#: How many recent stock changes a snapshot remembers (for pages asking "what sold out
+#: since I loaded?").
+RECENT_STOCK_EVENTS = 10_000
+
+
+def artifact_version(manifest: dict[str, Any]) -> str:
+    """The artifact's version: the manifest's ``version`` when it has one (compaction writes
+    it), else the first 12 hex digits of the sha256 of its file checksums (so two copies of
+    one build have one version)."""
+    given = manifest.get("version")
+    if isinstance(given, str) and given:
+        return given
+    files = json.dumps(manifest.get("files", {}), sort_keys=True).encode()
+    return hashlib.sha256(files).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class CatalogSnapshot:
+    """The catalogue as one request sees it (never written once published)."""
+
+    artifact: Artifact  # items / colours / embeddings / index / positions of this state
+    columns: CatalogColumns
+    exact: bool
+    learned: LearnedScorer | None
+    ref: ArtifactRef
+    version: str  # the artifact version
+    sequence: int  # the last change-log record applied (0: none)
+    thumbnails: dict[str, bytes] = field(default_factory=dict)  # changed items' JPEGs
+    # (sequence, item id, in stock?) of recent stock changes, oldest first
+    stock_events: tuple[tuple[int, str, bool], ...] = ()
+    buffer: np.ndarray | None = None  # the embeddings' backing rows (spare capacity after)
+
+    @property
+    def catalog_version(self) -> str:
+        """``"<artifact version>+<sequence>"``: equal on replicas that applied the same log."""
+        return f"{self.version}+{self.sequence}"
+
+    @property
+    def live_items(self) -> int:
+        return len(self.artifact.positions)
+
+    def is_live(self, pos: int) -> bool:
+        """Whether row ``pos`` is an item of the catalogue now (not removed nor replaced)."""
+        index = self.artifact.index
+        return not (index.n_removed and index.removed is not None and index.removed[pos])
+
+
+def snapshot_of(
+    artifact: Artifact,
+    *,
+    encoder: str,
+    compat_mode: str,
+    columns: CatalogColumns | None = None,
+    sequence: int | None = None,
+) -> CatalogSnapshot:
+    """The first snapshot of a freshly loaded artifact (no changes applied on top)."""
+    columns = columns or CatalogColumns(artifact)
+    version = artifact_version(artifact.manifest)
+    folded = int((artifact.manifest.get("catalog") or {}).get("last_sequence", 0) or 0)
+    seq = folded if sequence is None else sequence
+    return CatalogSnapshot(
+        artifact=artifact,
+        columns=columns,
+        exact=is_exhaustive(artifact.index),
+        learned=_learned(artifact, columns, artifact.embeddings, compat_mode),
+        ref=ArtifactRef(encoder, len(artifact.positions), version, seq, f"{version}+{seq}"),
+        version=version,
+        sequence=seq,
+    )
+
+
+def _learned(
+    artifact: Artifact, columns: CatalogColumns, embeddings: np.ndarray, compat_mode: str
+) -> LearnedScorer | None:
+    model = artifact.compat
+    if model is None or compat_mode == "rules":
+        return None
+    return LearnedScorer(
+        model,
+        embeddings,
+        columns.rgb,
+        columns.category_names,
+        columns.category_codes,
+        [i.id for i in artifact.items],
+        compat_mode,
+    )
+
+
+def apply_changes(
+    snap: CatalogSnapshot,
+    changes: Sequence[CatalogChange],
+    sequence: int,
+    *,
+    compat_mode: str = "rules",
+) -> CatalogSnapshot:
+    """The snapshot after ``changes`` (in order), at change-log record ``sequence``.
+
+    Every change is checked against the catalogue as the earlier ones left it: removing or
+    updating an unknown id is :class:`NotFoundError` (404), an update that makes the row invalid
+    (an unknown category, a bad price) :class:`InvalidOptionsError` (422). On any error nothing
+    changes: ``snap`` is untouched and no new snapshot exists.
+    """
+    art = snap.artifact
+    items, colors = list(art.items), list(art.colors)
+    positions = dict(art.positions)
+    thumbs = dict(snap.thumbnails)
+    dim = art.embeddings.shape[1]
+    added: list[np.ndarray] = []  # vectors of appended rows, in order
+    labels: list[str] = []  # their outfit slots
+    dead: list[int] = []
+    touched: list[int] = []
+    events: list[tuple[int, str, bool]] = []
+    taxonomy = art.taxonomy
+
+    def append(item: Any, vector: np.ndarray, color: dict[str, Any]) -> None:
+        old = positions.get(item.id)
+        if old is not None:
+            dead.append(old)
+        row = len(items)
+        items.append(item)
+        colors.append(color)
+        added.append(np.asarray(vector, np.float32).reshape(dim))
+        labels.append(taxonomy.slot_of(item.category))
+        positions[item.id] = row
+        touched.append(row)
+
+    for n, change in enumerate(changes):
+        pos = positions.get(change.id)
+        if change.op == "add":
+            assert change.item is not None and change.vector is not None
+            if change.vector.shape[-1] != dim:
+                raise InvalidOptionsError(f"change {n + 1}: the vector has the wrong dimension")
+            was = items[pos].in_stock if pos is not None else None
+            append(change.item, change.vector, dict(change.color or {}))
+            if change.thumbnail:
+                thumbs[change.id] = change.thumbnail
+            if was is not None and was != change.item.in_stock:
+                events.append((sequence, change.id, change.item.in_stock))
+            continue
+        if pos is None:
+            raise NotFoundError(
+                f"change {n + 1}: the item id is not in the catalogue", code="unknown_item"
+            )
+        if change.op == "remove":
+            dead.append(pos)
+            del positions[change.id]
+            thumbs.pop(change.id, None)
+            events.append((sequence, change.id, False))
+            continue
+        old = items[pos]
+        new = merge_update(old, change.fields, taxonomy, where=f"change {n + 1}")
+        if new.in_stock != old.in_stock:
+            events.append((sequence, change.id, new.in_stock))
+        if new.category != old.category:
+            # Another slot: the row moves (a new row in its new slot's part, the old one dies).
+            append(new, _row_vector(snap, added, pos, dim), colors[pos])
+        else:
+            items[pos] = new
+            touched.append(pos)
+
+    buffer, embeddings = _grown(snap, art.embeddings, added, dim)
+    index = art.index if isinstance(art.index, LiveIndex) else LiveIndex(art.index, art.embeddings)
+    index = index.changed(embeddings, dead, labels)
+    artifact = dataclasses.replace(
+        art, items=items, colors=colors, embeddings=embeddings, index=index, positions=positions
+    )
+    columns = snap.columns.evolve(artifact, touched)
+    learned = _learned(artifact, columns, embeddings, compat_mode) if snap.learned else None
+    recent = (*snap.stock_events, *events)[-RECENT_STOCK_EVENTS:]
+    ref = dataclasses.replace(
+        snap.ref,
+        items=len(positions),
+        sequence=sequence,
+        catalog=f"{snap.version}+{sequence}",
+    )
+    return dataclasses.replace(
+        snap,
+        artifact=artifact,
+        columns=columns,
+        learned=learned,
+        ref=ref,
+        sequence=sequence,
+        thumbnails=thumbs,
+        stock_events=recent,
+        buffer=buffer,
+    )
+
+
+def _row_vector(snap: CatalogSnapshot, added: list[np.ndarray], pos: int, dim: int) -> np.ndarray:
+    """The vector of row ``pos``: published, or appended earlier in this batch."""
+    n = len(snap.artifact.embeddings)
+    return np.asarray(snap.artifact.embeddings[pos] if pos < n else added[pos - n]).reshape(dim)
+
+
+def _grown(
+    snap: CatalogSnapshot, embeddings: np.ndarray, added: list[np.ndarray], dim: int
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """The embeddings with ``added`` rows after them, written into spare capacity when the
+    backing buffer has it (rows no published snapshot can see), else into a bigger copy."""
+    if not added:
+        return snap.buffer, embeddings
+    n, m = len(embeddings), len(added)
+    buffer = snap.buffer
+    if buffer is None or len(buffer) < n + m or embeddings.base is not buffer:
+        capacity = max(2 * n, n + m + 1024)
+        buffer = np.empty((capacity, dim), np.float32)
+        buffer[:n] = embeddings
+    buffer[n : n + m] = np.stack(added)
+    return buffer, buffer[: n + m]

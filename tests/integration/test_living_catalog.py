@@ -1,0 +1,390 @@
+"""A living catalogue over real HTTP: two servers on one log, kill -9, hot reload, the CLI.
+
+The servers are real processes (uvicorn on the app, as ``stygig serve`` runs it), started by
+this file's ``__main__`` with the living-catalogue settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.server_fixtures import REPO, free_port, wait_ready
+
+pytestmark = pytest.mark.slow
+
+
+@contextmanager
+def living_server(
+    artifact: Path, log: Path, out: Path, *, watch: Path | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    port = free_port()
+    args = [sys.executable, __file__, str(artifact), str(log), str(port)]
+    if watch is not None:
+        args.append(str(watch))
+    with out.open("ab") as handle:
+        process = subprocess.Popen(
+            args,
+            cwd=REPO,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process, timeout=120)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+
+
+def _until(check: Any, timeout: float = 30.0) -> Any:
+    """Poll ``check()`` until it returns something truthy (a deadline, never a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
+
+
+def _photo(catalog: Path, name: str = "blue-jeans.jpg") -> bytes:
+    return (catalog / "queries" / name).read_bytes()
+
+
+def _add(catalog: Path, item_id: str, name: str = "blue-jeans.jpg") -> dict[str, Any]:
+    photo = base64.b64encode(_photo(catalog, name)).decode()
+    item = {"id": item_id, "category": "jeans", "gender": "men", "price": 20}
+    return {"op": "add", "item": item, "image_b64": photo}
+
+
+def _similar(client: httpx.Client, photo: bytes) -> dict[str, Any]:
+    r = client.post(
+        "/invocations",
+        content=photo,
+        headers={"content-type": "image/jpeg"},
+        params={"mode": "similar", "k_total": 20},
+    )
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+@pytest.fixture
+def workspace(sample: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path, Path]:
+    art = tmp_path / "artifact"
+    shutil.copytree(sample[1], art)
+    return sample[0], art, tmp_path / "artifact.changes"
+
+
+def test_two_servers_one_log_converge(workspace: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    catalog, art, log = workspace
+    out = tmp_path / "servers.log"
+    photo = _photo(catalog)
+    with (
+        living_server(art, log, out) as (url_a, _),
+        living_server(art, log, out) as (url_b, _),
+        httpx.Client(base_url=url_a, timeout=60) as a,
+        httpx.Client(base_url=url_b, timeout=60) as b,
+    ):
+        first = _similar(a, photo)["items"][0]["id"]
+        r = a.post("/v1/catalog/changes", json=_add(catalog, "new-a"))
+        assert r.status_code == 200 and r.json()["sequence"] == 1
+        # The writer sees its change on the very next request.
+        assert _similar(a, photo)["items"][0]["id"] == "new-a"
+        body = "\n".join(
+            json.dumps(c)
+            for c in (
+                {"op": "update", "id": first, "set": {"stock": 0}},
+                {"op": "update", "id": "new-a", "set": {"price": 15.5}},
+                _add(catalog, "new-b", "black-shoes.jpg"),
+            )
+        )
+        r = b.post(
+            "/v1/catalog/changes", content=body, headers={"content-type": "application/x-ndjson"}
+        )
+        assert r.status_code == 200 and r.json()["sequence"] == 2, r.text
+        # A bad change: 4xx with the reason, nothing changes, no record is written.
+        bad = {"op": "update", "id": first, "set": {"category": "spaceship"}}
+        r = a.post("/v1/catalog/changes", json=bad)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "unknown_category"
+        for client in (a, b):
+            assert _until(lambda c=client: c.get("/v1/catalog/version").json()["sequence"] == 2)
+        answers = [_similar(c, photo) for c in (a, b)]
+        assert answers[0]["artifact"] == answers[1]["artifact"]
+        assert answers[0]["artifact"]["catalog"].endswith("+2")
+        assert [i["id"] for i in answers[0]["items"]] == [i["id"] for i in answers[1]["items"]]
+        assert first not in [i["id"] for i in answers[0]["items"]]  # sold out
+        assert a.get("/v1/items/new-a").json()["price"] == 15.5
+        assert b.get("/v1/items/new-b/image").status_code == 200
+        version = a.get("/v1/catalog/version", params={"since": 1}).json()
+        assert first in version["unavailable_since"]
+    assert sorted(p.name for p in log.iterdir()) == ["000000000001.json", "000000000002.json"]
+
+
+def test_kill_9_loses_no_acknowledged_change(
+    workspace: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    _catalog, art, log = workspace
+    out = tmp_path / "server.log"
+    acked: dict[str, int] = {}
+    with living_server(art, log, out) as (url, process), httpx.Client(base_url=url) as client:
+        ids = [i["id"] for i in client.get("/v1/catalog", params={"limit": 50}).json()["items"]]
+        stop = threading.Event()
+
+        def stream() -> None:
+            for n in range(1000):
+                if stop.is_set():
+                    return
+                item_id = ids[n % len(ids)]
+                change = {"op": "update", "id": item_id, "set": {"counter": str(n)}}
+                try:
+                    r = client.post("/v1/catalog/changes", json=change, timeout=30)
+                except httpx.HTTPError:
+                    return  # the server died mid-request: not acknowledged
+                if r.status_code == 200:
+                    acked[item_id] = n
+
+        writer = threading.Thread(target=stream)
+        writer.start()
+        assert _until(lambda: len(acked) >= 20, timeout=120)
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        stop.set()
+        writer.join(60)
+    last = max(acked.values())
+    with living_server(art, log, out) as (url, _), httpx.Client(base_url=url) as client:
+        version = client.get("/v1/catalog/version").json()
+        records = sorted(p.name for p in log.iterdir() if p.suffix == ".json")
+        # Every record is applied once: the sequence is the number of records written.
+        assert version["sequence"] == len(records) >= last + 1
+        for item_id, n in acked.items():
+            item = client.get(f"/v1/items/{item_id}").json()
+            assert int(item["attributes"]["counter"]) >= n  # acknowledged: never lost
+
+
+def test_hot_reload_under_load(workspace: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    catalog, art, log = workspace
+    pointer = tmp_path / "serve-this"
+    pointer.write_text(str(art))
+    photo = _photo(catalog)
+    out = tmp_path / "server.log"
+    with living_server(art, log, out, watch=pointer) as (url, process):
+        with httpx.Client(base_url=url, timeout=60) as client:
+            r = client.post("/v1/catalog/changes", json=_add(catalog, "new-1"))
+            assert r.status_code == 200
+        # Compaction folds the log into a new version (the CLI, against the folders).
+        args = _cli(
+            [
+                "compact",
+                "--artifact",
+                str(art),
+                "--change-log",
+                str(log),
+                "--out",
+                str(tmp_path / "v2"),
+                "--json",
+            ]
+        )
+        assert args.func(args) == 0
+        manifest = json.loads((tmp_path / "v2" / "manifest.json").read_text())
+        assert manifest["catalog"]["last_sequence"] == 1
+        failures: list[int] = []
+        done = threading.Event()
+
+        def load() -> None:
+            with httpx.Client(base_url=url, timeout=60) as c:
+                while not done.is_set():
+                    r = c.post(
+                        "/invocations", content=photo, headers={"content-type": "image/jpeg"}
+                    )
+                    if r.status_code != 200:
+                        failures.append(r.status_code)
+
+        workers = [threading.Thread(target=load) for _ in range(8)]
+        for w in workers:
+            w.start()
+        try:
+            # An unverifiable version is refused: the server stays on the old one.
+            broken = tmp_path / "broken"
+            shutil.copytree(tmp_path / "v2", broken)
+            with (broken / "items.jsonl").open("a") as handle:
+                handle.write("\n")
+            pointer.write_text(str(broken))
+            with httpx.Client(base_url=url, timeout=60) as c:
+                r = c.post("/v1/catalog/reload")
+                assert r.status_code == 409 and r.json()["error"]["code"] == "reload_refused"
+                pointer.write_text(str(tmp_path / "v2"))
+                process.send_signal(signal.SIGHUP)
+                new = manifest["version"]
+                assert _until(
+                    lambda: c.get("/v1/catalog/version").json()["artifact_version"] == new, 60
+                )
+                after = _similar(c, photo)
+                assert after["artifact"]["catalog"] == f"{new}+1"
+                assert after["items"][0]["id"] == "new-1"
+        finally:
+            done.set()
+            for w in workers:
+                w.join(60)
+        assert failures == []
+
+
+@pytest.fixture
+def s3_log(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An ``s3://`` change-log prefix on a moto server (in-process, on a free port)."""
+    pytest.importorskip("moto")
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from stygig import storage
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+    }.items():
+        monkeypatch.setenv(key, value)
+    storage._clients.clear()
+    try:
+        boto3.client("s3").create_bucket(Bucket="shop")
+        yield "s3://shop/catalog/changes"
+    finally:
+        storage._clients.clear()
+        server.stop()
+
+
+def test_s3_change_log_two_writers_converge(
+    s3_log: str, workspace: tuple[Path, Path, Path]
+) -> None:
+    from stygig.artifact import Artifact
+    from stygig.catalog.changelog import ChangeLog, SequenceTaken
+    from stygig.catalog.changes import parse_change
+    from stygig.engine import Recommender
+    from stygig.living import LiveCatalog
+
+    catalog, art, _ = workspace
+    one, two = (LiveCatalog(Recommender(Artifact.load(art)), ChangeLog(s3_log)) for _ in "12")
+    one.submit([parse_change(_add(catalog, "s3-a"))])
+    # The other writer has not seen record 1: it catches up first, then takes number 2.
+    snap = two.submit([parse_change({"op": "update", "id": "s3-a", "set": {"stock": 0}})])
+    assert snap.sequence == 2 and not snap.artifact.items[snap.columns.position("s3-a")].in_stock
+    assert one.catch_up() == 1 and one.snapshot.catalog_version == two.snapshot.catalog_version
+    with pytest.raises(SequenceTaken):  # numbers are taken exclusively (If-None-Match)
+        ChangeLog(s3_log).append(2, [])
+
+
+def test_change_routes_need_the_token(workspace: tuple[Path, Path, Path]) -> None:
+    from fastapi.testclient import TestClient
+
+    from stygig.serving.app import ServerConfig, create_app
+    from stygig.serving.catalog_command import CatalogSettings
+
+    catalog, art, log = workspace
+    token = "t0ken-for-the-living-catalogue"
+    config = ServerConfig(
+        artifact=art,
+        catalog=CatalogSettings(change_log=str(log), follow_interval_s=None),
+        auth_token=token,
+        warmup_rounds=1,
+    )
+    with TestClient(create_app(config)) as client:
+        assert _until(lambda: client.get("/ping").status_code == 200, 120)
+        change = {"op": "remove", "id": "sku-0001"}
+        for path, method in (
+            ("/v1/catalog/changes", "post"),
+            ("/v1/catalog/version", "get"),
+            ("/v1/catalog/reload", "post"),
+        ):
+            r = client.request(method.upper(), path, json=change if method == "post" else None)
+            assert r.status_code == 401, path
+        assert not log.exists()  # nothing was written
+        auth = {"authorization": f"Bearer {token}"}
+        r = client.post("/v1/catalog/changes", json=change, headers=auth)
+        assert r.status_code == 200 and r.json()["sequence"] == 1
+        # A malformed body: 4xx, never a 500, and nothing is written.
+        for body in (b"{", b'{"op": "add", "item": {"id": "x"}}', b"\xff\xfe"):
+            r = client.post(
+                "/v1/catalog/changes",
+                content=body,
+                headers={**auth, "content-type": "application/x-ndjson"},
+            )
+            assert 400 <= r.status_code < 500
+        assert client.get("/v1/catalog/version", headers=auth).json()["sequence"] == 1
+        assert catalog.exists()
+
+
+def _cli(argv: list[str]) -> argparse.Namespace:
+    from stygig.serving.catalog_command import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["catalog", *argv])
+
+
+def test_cli_against_folder_and_server(
+    workspace: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    catalog, art, log = workspace
+    changes = tmp_path / "changes.jsonl"
+    shutil.copy(catalog / "queries" / "red-dress.jpg", tmp_path / "dress.jpg")
+    rows = [
+        {"op": "add", "item": {"id": "cli-1", "category": "dress", "image": "dress.jpg"}},
+        {"op": "update", "id": "cli-1", "set": {"available": False}},
+    ]
+    changes.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    args = _cli(["apply", str(changes), "--artifact", str(art), "--json"])
+    assert args.func(args) == 0
+    assert json.loads(capsys.readouterr().out)["sequence"] == 1
+    with living_server(art, log, tmp_path / "server.log") as (url, _):
+        args = _cli(["remove", "cli-1", "--url", url, "--json"])
+        assert args.func(args) == 0
+        assert json.loads(capsys.readouterr().out)["catalog_version"].endswith("+2")
+        args = _cli(["update", "sku-0001", "--set", "stock=3", "--url", url, "--json"])
+        assert args.func(args) == 0
+        capsys.readouterr()
+        args = _cli(["status", "--url", url, "--json"])
+        assert args.func(args) == 0
+        assert json.loads(capsys.readouterr().out)["sequence"] == 3
+
+
+if __name__ == "__main__":
+    # python tests/integration/test_living_catalog.py ARTIFACT LOG PORT [WATCH]: one server.
+    import uvicorn
+
+    from stygig.serving.app import ServerConfig, create_app
+    from stygig.serving.catalog_command import CatalogSettings
+
+    artifact, change_log, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    watch = sys.argv[4] if len(sys.argv) > 4 else None
+    settings = CatalogSettings(
+        change_log=change_log, follow_interval_s=0.2, watch=watch, watch_interval_s=0.5
+    )
+    config = ServerConfig(artifact=Path(artifact), catalog=settings, warmup_rounds=1, threads=2)
+    uvicorn.run(create_app(config), host="127.0.0.1", port=port, log_config=None, lifespan="on")

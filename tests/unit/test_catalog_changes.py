@@ -1,0 +1,199 @@
+"""A living catalogue in process: stock, changes, the change log, replay, every index kind."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stygig.artifact import Artifact
+from stygig.catalog.changelog import ChangeLog, SequenceTaken
+from stygig.catalog.changes import parse_change, parse_changes_jsonl
+from stygig.engine import Options, Query, Recommender
+from stygig.errors import InputError, InvalidImageError, InvalidOptionsError, NotFoundError
+from stygig.index import MERGE_ROWS, ExactIndex, LiveIndex, build_index
+from stygig.living import LiveCatalog
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture
+def live(sample: tuple[Path, Path], tmp_path: Path) -> tuple[LiveCatalog, Path]:
+    art = tmp_path / "artifact"
+    shutil.copytree(sample[1], art)
+    rec = Recommender(Artifact.load(art))
+    return LiveCatalog(rec, ChangeLog(tmp_path / "log")), sample[0]
+
+
+def _photo(catalog: Path, name: str = "blue-jeans.jpg") -> str:
+    return base64.b64encode((catalog / "queries" / name).read_bytes()).decode()
+
+
+def _add(catalog: Path, item_id: str, category: str = "jeans", **fields: object) -> dict:
+    return {
+        "op": "add",
+        "item": {"id": item_id, "category": category, "gender": "men", **fields},
+        "image_b64": _photo(catalog),
+    }
+
+
+def _ids(rec: Recommender, photo: bytes, **options: object) -> list[str]:
+    answer = rec.recommend(Query(images=(photo,)), Options(mode="similar", k_total=100, **options))
+    return [i.id for i in answer.items]
+
+
+def test_stock_is_first_class(live: tuple[LiveCatalog, Path]) -> None:
+    catalog, folder = live
+    rec = catalog.recommender
+    photo = (folder / "queries" / "blue-jeans.jpg").read_bytes()
+    first = _ids(rec, photo)[0]
+    snap = catalog.submit([parse_change({"op": "update", "id": first, "set": {"stock": 0}})])
+    assert snap.sequence == 1 and rec.snapshot is snap
+    assert first not in _ids(rec, photo)  # the next request sees it sold out
+    assert first in _ids(rec, photo, include_unavailable=True)
+    answer = rec.recommend(Query(images=(photo,)), Options(mode="similar"))
+    assert answer.artifact.sequence == 1 and answer.artifact.catalog.endswith("+1")
+    catalog.submit(
+        [parse_change({"op": "update", "id": first, "set": {"available": True, "stock": 5}})]
+    )
+    assert first in _ids(rec, photo)
+    # Price and any attribute change live, and filters see them at once.
+    catalog.submit(
+        [parse_change({"op": "update", "id": first, "set": {"price": 1.5, "fit": "slim"}})]
+    )
+    hits = _ids(rec, photo, filters={"fit": "slim"})
+    assert hits == [first]
+    assert rec.artifact.items[rec.position(first)].price == 1.5
+
+
+def test_add_replace_remove(live: tuple[LiveCatalog, Path]) -> None:
+    catalog, folder = live
+    rec = catalog.recommender
+    before = rec.snapshot
+    n = before.live_items
+    photo = (folder / "queries" / "blue-jeans.jpg").read_bytes()
+    snap = catalog.submit([parse_change(_add(folder, "new-1", price=10))])
+    assert snap.live_items == n + 1
+    assert _ids(rec, photo)[0] == "new-1"  # the same photo: its nearest item
+    # The old snapshot is untouched (a request that started before still reads it).
+    assert before.live_items == n and "new-1" not in before.artifact.positions
+    # Replace: same id, a new row; the old row is a tombstone.
+    row = rec.position("new-1")
+    catalog.submit([parse_change(_add(folder, "new-1", category="jeans", price=12))])
+    assert rec.position("new-1") != row and rec.snapshot.live_items == n + 1
+    assert _ids(rec, photo).count("new-1") == 1
+    catalog.submit([parse_change({"op": "remove", "id": "new-1"})])
+    assert "new-1" not in _ids(rec, photo, include_unavailable=True)
+    with pytest.raises(NotFoundError):
+        rec.position("new-1")
+
+
+def test_bad_changes_change_nothing(live: tuple[LiveCatalog, Path], tmp_path: Path) -> None:
+    catalog, folder = live
+    rec = catalog.recommender
+    before = rec.snapshot
+    bad = [
+        _add(folder, "x", category="spaceship"),  # unknown category
+        {"op": "add", "item": {"id": "y", "category": "jeans"}, "image_b64": "bm90IGFuIGltYWdl"},
+        {"op": "update", "id": "nope", "set": {"price": 3}},
+        {"op": "update", "id": before.artifact.items[0].id, "set": {"price": "cheap"}},
+    ]
+    errors = (InvalidOptionsError, InvalidImageError, NotFoundError)
+    for change in bad:
+        with pytest.raises(errors) as caught:
+            catalog.submit([parse_change(_add(folder, "ok-1")), parse_change(change)])
+        assert "spaceship" not in caught.value.message and "cheap" not in caught.value.message
+        assert rec.snapshot is before
+    assert ChangeLog(tmp_path / "log").last_sequence() == 0
+    for text in ("{", '{"op": "drop"}', '{"op": "update", "id": "a"}', "[1]"):
+        with pytest.raises(InputError) as e2:
+            parse_changes_jsonl(text.encode())
+        assert e2.value.http_status < 500
+
+
+def test_replay_and_two_writers(live: tuple[LiveCatalog, Path], tmp_path: Path) -> None:
+    catalog, folder = live
+    first = catalog.recommender
+    other = LiveCatalog(
+        Recommender(Artifact.load(tmp_path / "artifact")), ChangeLog(tmp_path / "log")
+    )
+    photo = (folder / "queries" / "blue-jeans.jpg").read_bytes()
+    ids = [i.id for i in first.artifact.items[:6]]
+
+    def write(who: LiveCatalog, tag: str) -> None:
+        for i in range(5):
+            who.submit([parse_change(_add(folder, f"{tag}-{i}"))])
+            who.submit([parse_change({"op": "update", "id": ids[i], "set": {"w": tag}})])
+
+    threads = [
+        threading.Thread(target=write, args=(c, t)) for c, t in ((catalog, "a"), (other, "b"))
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    catalog.catch_up()
+    other.catch_up()
+    assert catalog.snapshot.sequence == other.snapshot.sequence == 20
+    log_seqs = ChangeLog(tmp_path / "log").sequences()
+    assert log_seqs == list(range(1, 21))
+    # A restart replays exactly the log: the same catalogue, the same answer.
+    restarted = LiveCatalog(
+        Recommender(Artifact.load(tmp_path / "artifact")), ChangeLog(tmp_path / "log")
+    )
+    assert restarted.catch_up() == 20
+    for rec in (other.recommender, restarted.recommender):
+        assert rec.snapshot.artifact.positions.keys() == first.snapshot.artifact.positions.keys()
+        assert _ids(rec, photo) == _ids(first, photo)
+    a = first.recommend(Query(images=(photo,)), Options()).to_dict()
+    b = restarted.recommender.recommend(Query(images=(photo,)), Options()).to_dict()
+    assert a["artifact"] == b["artifact"] and a["items"] == b["items"]
+
+
+def test_log_sequences_are_exclusive(tmp_path: Path) -> None:
+    log = ChangeLog(tmp_path / "log")
+    log.append(1, [{"op": "remove", "id": "a"}])
+    with pytest.raises(SequenceTaken):
+        log.append(1, [{"op": "remove", "id": "b"}])
+    (tmp_path / "log" / ".record.partial.tmp").write_bytes(b'{"seq')  # a crash's leftover
+    log.append(3, [])  # a gap: readers stop before it
+    assert [r["sequence"] for r in log.read_since(0)] == [1]
+    assert (
+        json.loads((tmp_path / "log" / "000000000001.json").read_text())["changes"][0]["id"] == "a"
+    )
+
+
+@pytest.mark.parametrize("kind", ["exact", "flat", "ivf", "hnsw", "split"])
+def test_every_index_kind_takes_changes(kind: str) -> None:
+    rng = np.random.default_rng(0)
+    n, d = 3000, 32
+    x = rng.standard_normal((n + 400, d)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labels = [("a", "b", "c")[i % 3] for i in range(n + 400)]
+    if kind == "split":
+        base = build_index(x[:n], "flat", partitions=labels[:n], partition_by="slot")
+    else:
+        params = {"nlist": 16, "nprobe": 16} if kind == "ivf" else {}
+        base = build_index(x[:n], kind, **params)
+    live = LiveIndex(base, x[:n])
+    live = live.changed(x, removed_rows=range(0, 300), labels=labels[n:])
+    # Merge the appended rows into the base (as past MERGE_ROWS appended rows).
+    merged = live._merged(live.base, x, labels[n:], live.removed)
+    oracle = ExactIndex(x)
+    oracle.remove(np.arange(300))
+    q = x[n : n + 50] + 0.01
+    want = oracle.search(q, 10)[1]
+    for index in (live, LiveIndex(merged, x, live.removed)):
+        got = index.search(q, 10)[1]
+        recall = np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got, want, strict=True)])
+        assert recall >= (0.99 if kind in ("exact", "flat", "split") else 0.9), kind
+        assert not np.isin(got, np.arange(300)).any()
+        if kind == "split":
+            _s, i = index.search_each(q, 5)
+            assert (i >= n).any()
+    assert MERGE_ROWS > 400
