@@ -6,7 +6,9 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= build/demo
 PORT ?= 8080
 
-.PHONY: demo test test-fast lint typecheck unit setup clean sample browser
+KAGGLE_LIMIT ?= 3000
+
+.PHONY: demo demo-kaggle test test-fast lint typecheck unit setup clean sample browser
 
 # Every version from the lock file (requirements/lock.txt), as the Docker images install them.
 $(STAMP): pyproject.toml requirements/lock.txt
@@ -29,7 +31,18 @@ demo: $(STAMP)
 	$(BIN)/stygig inspect $(DEMO_DIR)/artifact
 	$(BIN)/stygig recommend --artifact $(DEMO_DIR)/artifact $(DEMO_DIR)/catalog/queries/grey-shirt.jpg
 	@echo "Serving the web page and API on http://127.0.0.1:$(PORT) (Ctrl-C to stop)"
-	$(BIN)/stygig serve --artifact $(DEMO_DIR)/artifact --host 127.0.0.1 --port $(PORT)
+	$(BIN)/stygig serve --artifact $(DEMO_DIR)/artifact --host 127.0.0.1 --port $(PORT) \
+		--examples $(DEMO_DIR)/catalog/queries
+
+# The demo on real product photos: KAGGLE is the unpacked Kaggle "Fashion Product Images" download.
+demo-kaggle: $(STAMP)
+	@test -n "$(KAGGLE)" || { echo "usage: make demo-kaggle KAGGLE=path/to/the/unpacked/download"; exit 2; }
+	$(BIN)/stygig sample-catalog --from-kaggle "$(KAGGLE)" --limit $(KAGGLE_LIMIT) --out $(DEMO_DIR)-kaggle/catalog
+	$(BIN)/stygig build --catalog $(DEMO_DIR)-kaggle/catalog/catalog.csv --encoder efficientnet-lite0 \
+		--out $(DEMO_DIR)-kaggle/artifact
+	@echo "Serving the web page and API on http://127.0.0.1:$(PORT) (Ctrl-C to stop)"
+	$(BIN)/stygig serve --artifact $(DEMO_DIR)-kaggle/artifact --host 127.0.0.1 --port $(PORT) \
+		--examples $(DEMO_DIR)-kaggle/catalog/queries
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -25,12 +25,17 @@ __all__ = [
     "ItemView",
     "Neighbour",
     "Outfit",
+    "OutfitItemScore",
+    "OutfitScore",
+    "PairScore",
     "PaletteColor",
     "QueryPart",
     "Recommendation",
     "RecommendedItem",
+    "ScoringKind",
     "Timings",
     "answer_schema",
+    "outfit_score_schema",
 ]
 
 CategorySource = Literal["vote", "stated", "catalog"]
@@ -250,3 +255,101 @@ class _AnswerSchema(_Body):
 def answer_schema() -> dict[str, Any]:
     """JSON Schema of the answer (for OpenAPI), from the same types that write it."""
     return TypeAdapter(_AnswerSchema).json_schema(ref_template="#/components/schemas/{model}")
+
+
+# -- how well a set of items goes together (``POST /v1/outfits/score``) -----------------------
+
+ScoringKind = Literal["rules", "learned", "learned+rules"]
+
+
+@dataclass(slots=True)
+class PairScore:
+    """Two items of the set, scored as any answer's items are, in both directions (``a`` as the
+    query and ``b`` as the candidate, then the other way round) and averaged."""
+
+    a: str
+    b: str
+    score: float
+    similarity: float  # cosine of the two embeddings
+    harmony: float  # colour harmony, [0, 1]
+    harmony_rule: str  # the rule that decided it, ``a``'s colour against ``b``'s
+    compatible: bool  # the taxonomy pairs the two categories
+    boost: float  # the taxonomy's factor (x1.15 when compatible, else 1)
+    learned: float | None  # the compatibility model's part (None without a model)
+
+
+@dataclass(slots=True)
+class OutfitItemScore(ItemView):
+    """One item of the set, scored as the completion of all the others: the number
+    fill-in-the-blank ranks, the same formula as a recommendation's items."""
+
+    score: float
+    similarity: float  # mean cosine to the other items
+    harmony: float  # mean harmony with the other items' colours
+    boost: float  # x1.15 when its category goes with every other item's, else 1
+    learned: float | None
+
+
+@dataclass(slots=True)
+class OutfitScore:
+    """How well a set of catalogue items goes together: overall, per item, per pair.
+
+    ``score`` is the mean of the pair scores; ``similarity``, ``harmony`` and ``learned`` are
+    the pairs' means; ``compatible`` says whether every pair's categories go together;
+    ``weakest_pair`` names the lowest-scoring pair. ``scoring`` says what the scores hold:
+    the V4 ``rules`` only, or the compatibility model (``learned``, ``learned+rules``).
+    """
+
+    score: float
+    similarity: float
+    harmony: float
+    compatible: bool
+    learned: float | None
+    weakest_pair: list[str]
+    use_color: bool
+    scoring: ScoringKind
+    items: list[OutfitItemScore]
+    pairs: list[PairScore]
+    artifact: ArtifactRef
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        """The score as compact JSON bytes."""
+        return _outfit_adapter().dump_json(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready Python objects: exactly what :meth:`to_json` writes."""
+        import json
+
+        data: dict[str, Any] = json.loads(self.to_json())
+        return data
+
+
+@functools.cache
+def _outfit_adapter() -> TypeAdapter[OutfitScore]:
+    return TypeAdapter(OutfitScore)
+
+
+@dataclass
+class _OutfitScoreSchema:
+    score: float
+    similarity: float
+    harmony: float
+    compatible: bool
+    learned: float | None
+    weakest_pair: list[str]
+    use_color: bool
+    scoring: ScoringKind
+    items: list[OutfitItemScore]
+    pairs: list[PairScore]
+    artifact: ArtifactRef
+    timings_ms: dict[Literal["score", "total"], float]
+
+
+def outfit_score_schema() -> dict[str, Any]:
+    """JSON Schema of :class:`OutfitScore` (for OpenAPI), from the types that write it."""
+    schema = TypeAdapter(_OutfitScoreSchema).json_schema(
+        ref_template="#/components/schemas/{model}"
+    )
+    schema["title"] = "OutfitScore"
+    return schema

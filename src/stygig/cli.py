@@ -17,8 +17,14 @@ __all__ = ["main"]
 
 
 def _cmd_sample_catalog(args: argparse.Namespace) -> int:
-    from stygig.sample_catalog import generate_sample_catalog
+    from stygig.sample_catalog import generate_sample_catalog, kaggle_demo_catalog
 
+    if args.from_kaggle:
+        csv_path = kaggle_demo_catalog(
+            Path(args.from_kaggle), Path(args.out), limit=args.limit, seed=args.seed
+        )
+        print(f"demo catalogue from the Kaggle photos written: {csv_path}")
+        return 0
     csv_path = generate_sample_catalog(Path(args.out), seed=args.seed)
     print(f"sample catalogue written: {csv_path}")
     return 0
@@ -197,6 +203,16 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample-catalog", help="generate the sample catalogue (drawn garments)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--from-kaggle",
+        metavar="DIR",
+        default=None,
+        help="build the demo from a Kaggle 'Fashion Product Images' download (the folder "
+        "holding styles.csv and images/, or the one above it) instead of drawings",
+    )
+    p.add_argument(
+        "--limit", type=int, default=3000, help="with --from-kaggle: products (default 3000)"
+    )
     p.set_defaults(func=_cmd_sample_catalog)
 
     p = sub.add_parser("build", help="build an artifact from a catalogue and its photos")

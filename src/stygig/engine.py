@@ -21,7 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from stygig.answer import Outfit, Recommendation
+from stygig.answer import (
+    GenderDecision,
+    Outfit,
+    OutfitItemScore,
+    OutfitScore,
+    PairScore,
+    Recommendation,
+    ScoringKind,
+)
 from stygig.artifact import ONNX_FILE, Artifact
 from stygig.catalog.changes import CatalogChange
 from stygig.columns import CatalogColumns
@@ -29,10 +37,10 @@ from stygig.compat.scorer import LearnedScorer
 from stygig.encoders import Encoder, load_encoder, load_onnx_encoder
 from stygig.errors import ConfigError, InvalidOptionsError
 from stygig.gender import decide_gender
-from stygig.harmony import describe_color, harmony, rgb_array, rgb_to_hsl
+from stygig.harmony import HARMONY_RULE_NAMES, describe_color, harmony, rgb_array, rgb_to_hsl
 from stygig.index import LiveIndex, PartitionedIndex, similarities, top_k
 from stygig.pipeline import PreparedQuery, decode_query
-from stygig.recommendation import Options, Query
+from stygig.recommendation import Options, OutfitRequest, Query
 from stygig.response import PartState, ScoreParts, query_part, recommended_items
 from stygig.scoring import (
     ScoringConfig,
@@ -175,6 +183,8 @@ class Recommender:
         self.columns.check(options)
         for item_id in query.item_ids:
             self.columns.position(item_id)
+        if options.candidate_ids:
+            _check_candidates(self.columns, options.candidate_ids, query.item_ids)
         if options.category is not None and len(query.images) != 1:
             raise InvalidOptionsError("'category' can only be stated for a single photo")
         pool = self._color_pool if color_beside else None
@@ -193,6 +203,8 @@ class Recommender:
         self.columns.check(options)
         for item_id in item_ids:
             self.columns.position(item_id)
+        if options.candidate_ids:
+            _check_candidates(self.columns, options.candidate_ids, item_ids)
         return PreparedQuery.precomputed(vectors, colors, options, item_ids)
 
     def embed(self, tensors: Sequence[np.ndarray]) -> np.ndarray:
@@ -274,8 +286,19 @@ class Recommender:
         # the results short.
         selective = bool(options.include_categories or options.filters or gender.hedged)
         pool_sims: np.ndarray | None = None
-        mask = cols.filter_mask(options, gender, own, removed) if st.exact or selective else None
-        if mask is not None and (st.exact or mask.sum() <= self.config.candidate_pool):
+        given = options.candidate_ids
+        mask = (
+            cols.filter_mask(options, gender, own, removed)
+            if (st.exact or selective) and not given
+            else None
+        )
+        if given:
+            # The caller's candidates, in their order: the options' own filters still apply,
+            # the gender voted from a photo does not (the caller chose these).
+            cand = np.array([cols.position(i) for i in given], np.int64)
+            stated = gender if gender.source == "stated" else _NO_GENDER
+            cand = cand[cols.filter_mask(options, stated, own, removed, cand)]
+        elif mask is not None and (st.exact or mask.sum() <= self.config.candidate_pool):
             cand = np.flatnonzero(mask)
         else:
             if pool is None:
@@ -300,6 +323,8 @@ class Recommender:
         else:
             compatible = np.zeros(len(cand), bool)
             keep = in_q_slots if len(q_slots) else np.ones(len(cand), bool)
+        if given:  # every given candidate is scored; an incompatible one gets no boost
+            keep = np.ones(len(cand), bool)
         cand, c_cat, compatible = cand[keep], c_cat[keep], compatible[keep]
         if pool_sims is not None:
             pool_sims = pool_sims[keep]
@@ -332,18 +357,18 @@ class Recommender:
         t_score = time.perf_counter()
         timings.score = (t_score - t_cand) * 1e3
 
+        diversity = options.diversity
+        if diversity is None:  # given candidates: ranked by score alone unless asked
+            diversity = 0.0 if given else self.config.diversity
         ranked = rank_by_category(
-            score,
-            c_cat,
-            embeddings,
-            cand,
-            k=options.k,
-            diversity=self.config.diversity if options.diversity is None else options.diversity,
-            seed=options.seed,
+            score, c_cat, embeddings, cand, k=options.k, diversity=diversity, seed=options.seed
         )
         primary = parts[0]
         q_name = cols.category_names[primary.category] if primary.category >= 0 else "query"
         shown = np.concatenate(list(ranked.values())) if ranked else np.zeros(0, np.int64)
+        if given:  # the answer's items: the best k_total candidates, whatever their category
+            best = np.argsort(-score, kind="stable")[: options.k_total]
+            shown = np.union1d(shown, best)
         made = recommended_items(
             cols,
             scored,
@@ -497,16 +522,113 @@ class Recommender:
         ranking: what fill-in-the-blank evaluation needs.
         """
         st = self._snapshot
-        cols, emb = st.columns, st.artifact.embeddings
+        cols = st.columns
         q = np.array([cols.position(i) for i in item_ids], np.int64)
         c = np.array([cols.position(i) for i in candidate_ids], np.int64)
+        return self._completion(st, q, c, use_color).score
+
+    def score_outfit(self, request: OutfitRequest | Sequence[str]) -> OutfitScore:
+        """How well a set of catalogue items goes together: each pair, scored both ways as a
+        recommendation scores a candidate against a one-item query and averaged; each item
+        as the completion of all the others (:meth:`score_items`); overall, the pairs' mean.
+
+        Raises :class:`~stygig.errors.NotFoundError` (404) for an unknown id and
+        :class:`~stygig.errors.InvalidOptionsError` for a set that is too small, too large
+        or repeats an item.
+        """
+        t0 = time.perf_counter()
+        if not isinstance(request, OutfitRequest):
+            request = OutfitRequest(tuple(request))
+        use_color = request.use_color
+        st = self._snapshot  # one catalogue state for the whole score
+        cols = st.columns
+        rows = np.array([cols.position(i) for i in request.item_ids], np.int64)
+        n = len(rows)
+        # Directed parts: row i the query, column j the candidate.
+        emb = st.artifact.embeddings[rows]
+        sims = (emb @ emb.T).astype(np.float32)
+        harm = np.empty((n, n), np.float32)
+        rule = np.empty((n, n), np.intp)
+        for i in range(n):
+            harm[i], rule[i] = harmony(cols.hsl[rows[i]], cols.hsl[rows], self.harmony_rules)
+        cats = cols.category_codes[rows]
+        compatible = cols.compat[cats][:, cats]
+        rules, factor = self._v4(sims.ravel(), harm.ravel(), compatible.ravel(), use_color)
+        final = rules.reshape(n, n)
+        learned: np.ndarray | None = None
+        if st.learned is not None:
+            final = np.empty((n, n), np.float32)
+            learned = np.empty((n, n), np.float32)
+            for i in range(n):
+                view = st.learned.rows_view(rows[i : i + 1])
+                final[i], learned[i] = st.learned.score(view, rows, rules.reshape(n, n)[i])
+        factor = factor.reshape(n, n)
+        ids = list(request.item_ids)
+
+        def both(m: np.ndarray, i: int, j: int) -> float:
+            return round((float(m[i, j]) + float(m[j, i])) / 2, 4)
+
+        pairs = [
+            PairScore(
+                a=ids[i],
+                b=ids[j],
+                score=both(final, i, j),
+                similarity=round(float(sims[i, j]), 4),
+                harmony=both(harm, i, j),
+                harmony_rule=HARMONY_RULE_NAMES[int(rule[i, j])],
+                compatible=bool(compatible[i, j] and compatible[j, i]),
+                boost=both(factor, i, j),
+                learned=None if learned is None else both(learned, i, j),
+            )
+            for i in range(n)
+            for j in range(i + 1, n)
+        ]
+        items = []
+        for j in range(n):
+            rest = np.delete(rows, j)
+            part = self._completion(st, rest, rows[j : j + 1], use_color)
+            items.append(
+                OutfitItemScore(
+                    **cols.item_fields(int(rows[j])),
+                    score=round(float(part.score[0]), 4),
+                    similarity=round(float(part.similarity[0]), 4),
+                    harmony=round(float(part.harmony[0]), 4),
+                    boost=round(float(part.factor[0]), 4),
+                    learned=None if part.learned is None else round(float(part.learned[0]), 4),
+                )
+            )
+        weakest = min(pairs, key=lambda p: (p.score, p.a, p.b))
+        learned_parts = [p.learned for p in pairs if p.learned is not None]
+        ms = round((time.perf_counter() - t0) * 1e3, 3)
+        return OutfitScore(
+            score=round(float(np.mean([p.score for p in pairs])), 4),
+            similarity=round(float(np.mean([p.similarity for p in pairs])), 4),
+            harmony=round(float(np.mean([p.harmony for p in pairs])), 4),
+            compatible=all(p.compatible for p in pairs),
+            learned=round(float(np.mean(learned_parts)), 4) if learned_parts else None,
+            weakest_pair=[weakest.a, weakest.b],
+            use_color=use_color,
+            scoring="rules" if st.learned is None else _scoring_kind(st.learned.mode),
+            items=items,
+            pairs=pairs,
+            artifact=st.ref,
+            timings_ms={"score": ms},
+        )
+
+    def _completion(
+        self, st: CatalogSnapshot, q: np.ndarray, c: np.ndarray, use_color: bool
+    ) -> ScoreParts:
+        """Catalogue rows ``c`` scored as completions of the rows ``q``: :meth:`answer`'s
+        formula without filters or ranking."""
+        cols, emb = st.columns, st.artifact.embeddings
         sims = (emb[c] @ emb[q].T).mean(axis=1)
-        harm, _ = self._harmony(cols, cols.hsl[q], c)
+        harm, rules = self._harmony(cols, cols.hsl[q], c)
         compatible = _compatible(cols, cols.category_codes[q], cols.category_codes[c])
-        score, _ = self._v4(sims, harm, compatible, use_color)
-        if st.learned is None:
-            return score
-        return st.learned.score(st.learned.rows_view(q), c, score)[0]
+        score, factor = self._v4(sims, harm, compatible, use_color)
+        learned = None
+        if st.learned is not None:
+            score, learned = st.learned.score(st.learned.rows_view(q), c, score)
+        return ScoreParts(c, score, sims, harm, rules, factor, learned)
 
     def _v4(
         self, sims: np.ndarray, harm: np.ndarray, compatible: np.ndarray, use_color: bool
@@ -531,6 +653,23 @@ class Recommender:
         if not per_query:
             return np.zeros(len(cand), np.float32), np.zeros(len(cand), np.intp)
         return np.mean([h[0] for h in per_query], axis=0), per_query[0][1]
+
+
+_NO_GENDER = GenderDecision(None, "none")
+
+
+def _check_candidates(
+    cols: CatalogColumns, candidate_ids: Sequence[str], query_ids: Sequence[str]
+) -> None:
+    """Every candidate is a catalogue item (404 otherwise) and none is part of the query."""
+    for item_id in candidate_ids:
+        cols.position(item_id)
+    if not set(candidate_ids).isdisjoint(query_ids):
+        raise InvalidOptionsError("candidate_ids: a candidate is also an item of the query")
+
+
+def _scoring_kind(mode: str) -> ScoringKind:
+    return "learned" if mode == "learned" else "learned+rules"
 
 
 def _removed(st: CatalogSnapshot) -> np.ndarray | None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -20,20 +19,24 @@ from typing_extensions import TypedDict
 from stygig.errors import InputError, InvalidImageError, InvalidOptionsError
 
 __all__ = [
+    "MAX_CANDIDATE_IDS",
     "MAX_EXCLUDE_IDS",
     "MAX_FILTERS",
     "MAX_K",
     "MAX_LIST",
     "MAX_NUMBER",
+    "MAX_OUTFIT_ITEMS",
     "MAX_QUERY_PARTS",
     "MAX_SEED",
     "MAX_TEXT",
     "Mode",
     "Options",
+    "OutfitRequest",
     "Query",
     "check_part_count",
     "options_from_params",
     "options_schema",
+    "outfit_request_schema",
     "params_to_dict",
     "parse_json_object",
     "split_json_request",
@@ -47,6 +50,8 @@ MAX_QUERY_PARTS = 8
 MAX_TEXT = 200  # one category, gender, id or filter value
 MAX_LIST = 256  # include/exclude categories, values of one filter
 MAX_EXCLUDE_IDS = 1000
+MAX_CANDIDATE_IDS = 1000  # candidates a caller may ask to have ranked
+MAX_OUTFIT_ITEMS = 16  # items of one set scored together (120 pairs)
 MAX_FILTERS = 16
 MAX_SEED = 2**32 - 1
 MAX_NUMBER = 1e15  # the largest magnitude of a number in a filter
@@ -87,6 +92,12 @@ Filter = (
 )
 
 
+def _distinct(value: tuple[str, ...]) -> tuple[str, ...]:
+    if len(set(value)) != len(value):
+        raise ValueError("each id at most once")
+    return value
+
+
 @dataclass(frozen=True)
 class Options:
     """What the caller wants back. Validated on construction, from these annotations (pydantic,
@@ -111,13 +122,14 @@ class Options:
     seed: Annotated[int, Field(strict=True, ge=0, le=MAX_SEED)] = 0
     # items the shop cannot sell now (sold out, withdrawn from sale) are left out unless asked
     include_unavailable: Annotated[bool, Field(strict=True)] = False
+    # Rank only these catalogue items (a stylist's shortlist, fill-in-the-blank candidates):
+    # each scored as any answer's items are; empty: search the whole catalogue.
+    candidate_ids: Annotated[
+        tuple[Text, ...], Field(max_length=MAX_CANDIDATE_IDS), AfterValidator(_distinct)
+    ] = ()
 
     def __post_init__(self) -> None:
-        for name, adapter in _field_adapters().items():
-            try:
-                adapter.validate_python(getattr(self, name))
-            except ValidationError as e:
-                raise InvalidOptionsError(_explain(name, e)) from None
+        _validate(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Options:
@@ -127,7 +139,7 @@ class Options:
         if unknown:
             raise InvalidOptionsError(f"{len(unknown)} unknown option(s); known: {sorted(known)}")
         kwargs = dict(data)
-        for name in ("include_categories", "exclude_categories", "exclude_ids"):
+        for name in _LIST_OPTIONS:
             if name in kwargs:
                 value = kwargs[name]
                 if isinstance(value, str):
@@ -150,10 +162,66 @@ def _explain(name: str, error: ValidationError) -> str:
     return f"{name}: {first['msg']}"
 
 
-@functools.cache
-def _field_adapters() -> dict[str, TypeAdapter[Any]]:
-    hints = get_type_hints(Options, include_extras=True)
-    return {f.name: TypeAdapter(hints[f.name]) for f in fields(Options)}
+def _validate(obj: Options | OutfitRequest) -> None:
+    """Check a request dataclass's fields against their annotations (InvalidOptionsError)."""
+    cls: type[Options] | type[OutfitRequest] = type(obj)
+    for name, adapter in _field_adapters(cls).items():
+        try:
+            adapter.validate_python(getattr(obj, name))
+        except ValidationError as e:
+            raise InvalidOptionsError(_explain(name, e)) from None
+
+
+_ADAPTERS: dict[str, dict[str, TypeAdapter[Any]]] = {}
+
+
+def _field_adapters(cls: type[Options] | type[OutfitRequest]) -> dict[str, TypeAdapter[Any]]:
+    """One validator per field, made once per class (a race only makes them twice)."""
+    found = _ADAPTERS.get(cls.__name__)
+    if found is None:
+        hints = get_type_hints(cls, include_extras=True)
+        found = {f.name: TypeAdapter(hints[f.name]) for f in fields(cls)}
+        _ADAPTERS[cls.__name__] = found
+    return found
+
+
+@dataclass(frozen=True)
+class OutfitRequest:
+    """``POST /v1/outfits/score``: a set of catalogue items to score together.
+
+    Validated on construction from these annotations, like :class:`Options`."""
+
+    item_ids: Annotated[
+        tuple[Text, ...],
+        Field(min_length=2, max_length=MAX_OUTFIT_ITEMS),
+        AfterValidator(_distinct),
+    ]
+    use_color: Annotated[bool, Field(strict=True)] = True
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> OutfitRequest:
+        """From a JSON object (unknown keys are an error; ``item_ids`` a list of strings)."""
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise InvalidOptionsError(f"{len(unknown)} unknown key(s); known: {sorted(known)}")
+        if "item_ids" not in data:
+            raise InvalidOptionsError("item_ids: required, a list of catalogue item ids")
+        kwargs = dict(data)
+        if not isinstance(kwargs["item_ids"], list):
+            raise InvalidOptionsError("item_ids must be a list of strings")
+        kwargs["item_ids"] = tuple(kwargs["item_ids"])
+        return cls(**kwargs)
+
+
+def outfit_request_schema() -> dict[str, Any]:
+    """JSON Schema of :class:`OutfitRequest` (for OpenAPI)."""
+    schema = TypeAdapter(OutfitRequest).json_schema(ref_template="#/components/schemas/{model}")
+    schema["additionalProperties"] = False
+    return schema
 
 
 def options_schema() -> dict[str, Any]:
@@ -162,7 +230,7 @@ def options_schema() -> dict[str, Any]:
 
 
 _INT_OPTIONS = ("k", "k_total", "seed")
-_LIST_OPTIONS = ("include_categories", "exclude_categories", "exclude_ids")
+_LIST_OPTIONS = ("include_categories", "exclude_categories", "exclude_ids", "candidate_ids")
 _BOOL_OPTIONS = ("use_color", "include_unavailable")
 
 

@@ -1,4 +1,5 @@
-"""A small, deterministic sample catalogue, so the demo works anywhere without downloads.
+"""A small, deterministic sample catalogue, so the demo works anywhere without downloads; and
+a demo catalogue drawn from the Kaggle *Fashion Product Images* photos a user downloads.
 
 :func:`plan_sample_catalog` decides the products (pure: a seed in, rows and drawings out) and
 :func:`generate_sample_catalog` writes them in StyGig's generic catalogue layout::
@@ -8,19 +9,32 @@
     out_dir/queries/*.jpg     a few shopper photos that are *not* in the catalogue
     out_dir/README.txt
 
-The same seed gives byte-identical files.
+The same seed gives byte-identical files. :func:`is_drawn_sample` tells such a catalogue
+from a real one (the page says so: a real photo finds only the nearest drawing).
+
+:func:`kaggle_demo_catalog` writes the same layout from the Kaggle dataset's ``styles.csv`` and
+``images/`` (its "small" download unpacks to ``myntradataset/``, the full one to
+``fashion-dataset/``): a balanced draw of products (every category, the large ones capped) and
+a few real photos held out of the catalogue as ``queries/``.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
+import os
+import re
+import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from stygig import __version__
+from stygig.catalog import Item
+from stygig.errors import CatalogError, InvalidOptionsError
 from stygig.sample_drawing import Garment, draw_garment
 
 __all__ = [
@@ -28,7 +42,10 @@ __all__ = [
     "COLOURS",
     "SampleItem",
     "SampleQuery",
+    "find_kaggle_styles",
     "generate_sample_catalog",
+    "is_drawn_sample",
+    "kaggle_demo_catalog",
     "plan_sample_catalog",
     "plan_sample_queries",
 ]
@@ -405,3 +422,168 @@ def _clip_rgb(values: tuple[float, ...]) -> RGB:
 def _save_jpeg(garment: Garment, path: Path) -> None:
     # No EXIF, no timestamps, fixed settings: the bytes depend on the drawing only.
     draw_garment(garment).save(path, format="JPEG", quality=90, optimize=True)
+
+
+# -- telling the drawn sample from a real catalogue ------------------------------------------
+
+_SAMPLE_BRANDS = frozenset(b for names in _BRANDS.values() for b in names)
+_SAMPLE_ID = re.compile(r"sku-\d{4}")
+
+
+def is_drawn_sample(items: Iterable[Item]) -> bool:
+    """Whether most of ``items`` (catalogue items) are the sample catalogue's drawings: their
+    ids (``sku-NNNN``) and made-up brands say so. Nothing else is needed: a catalogue of real
+    products has neither."""
+    total = drawn = 0
+    for item in items:
+        total += 1
+        drawn += item.brand in _SAMPLE_BRANDS and _SAMPLE_ID.fullmatch(item.id) is not None
+    return total > 0 and drawn * 2 > total
+
+
+# -- the demo from the Kaggle "Fashion Product Images" download ------------------------------
+
+KAGGLE_DEMO_LIMIT = 3000
+MAX_KAGGLE_DEMO_LIMIT = 100_000
+# The held-out shopper photos: one per category, in this order (skipped when a category is
+# missing or too thin to spare one).
+_KAGGLE_QUERIES = (
+    "shirt",
+    "jeans",
+    "dress",
+    "t-shirt",
+    "sports-shoes",
+    "handbag",
+    "heels",
+    "jacket",
+    "skirt",
+    "casual-shoes",
+)
+
+
+def find_kaggle_styles(source: Path) -> Path:
+    """The ``styles.csv`` of a Kaggle download: ``source`` itself, in it, or one folder down
+    (``myntradataset/``, ``fashion-dataset/``)."""
+    source = Path(source)
+    if source.is_file():
+        return source
+    found = [source / "styles.csv"] if (source / "styles.csv").is_file() else []
+    if not found and source.is_dir():
+        found = sorted(p for p in source.glob("*/styles.csv") if p.is_file())
+    if not found:
+        raise CatalogError(
+            "no styles.csv in the folder given, nor one folder below: unpack the Kaggle "
+            "'Fashion Product Images' download there (styles.csv beside images/)"
+        )
+    return found[0]
+
+
+def kaggle_demo_catalog(
+    source: Path,
+    out_dir: Path,
+    *,
+    limit: int = KAGGLE_DEMO_LIMIT,
+    seed: int = 0,
+) -> Path:
+    """Write a demo catalogue of up to ``limit`` real products from a Kaggle *Fashion Product
+    Images* download (``styles.csv`` and ``images/``) under ``out_dir``, in the generic layout
+    (``catalog.csv``, ``images/``, ``queries/``, ``README.txt``), and return its ``catalog.csv``.
+
+    Rows are read and checked by the catalogue's own Kaggle reader (unmapped categories and
+    missing photos are left out). Categories take turns, in a shuffled order per category, so
+    every category is in and the largest are capped; one photo each of a few familiar
+    categories is held out of the catalogue as ``queries/<colour>-<category>.jpg``, the
+    example photos ``stygig serve --examples`` offers. Photos are hard-linked when they can
+    be, else copied. The same download and seed give the same files.
+    """
+    from stygig.catalog.loaders import read_catalog
+
+    if not 20 <= limit <= MAX_KAGGLE_DEMO_LIMIT:
+        raise InvalidOptionsError(f"limit: between 20 and {MAX_KAGGLE_DEMO_LIMIT:,} products")
+    read = read_catalog(find_kaggle_styles(source), layout="kaggle")
+    if not read.items:
+        raise CatalogError("the Kaggle styles.csv holds no usable product (photo and category)")
+    rng = np.random.default_rng([seed, 7])
+    groups: dict[str, list[Item]] = {}
+    for n in rng.permutation(len(read.items)):
+        item = read.items[int(n)]
+        groups.setdefault(item.category, []).append(item)
+    queries = {}
+    for category in _KAGGLE_QUERIES:
+        members = groups.get(category, [])
+        if len(members) >= 4:  # enough left for the catalogue
+            queries[category] = members.pop(0)
+    # The same photo can be listed twice (colour variants): keep a held-out photo's twins out.
+    held = {_digest(Path(q.image)) for q in queries.values()}
+    sizes = {Path(q.image).stat().st_size for q in queries.values()}
+    for category, members in groups.items():
+        groups[category] = [
+            m
+            for m in members
+            if Path(m.image).stat().st_size not in sizes or _digest(Path(m.image)) not in held
+        ]
+    chosen: list[Item] = []
+    depth = 0
+    while len(chosen) < limit and any(len(m) > depth for m in groups.values()):
+        for category in sorted(groups):
+            if depth < len(groups[category]) and len(chosen) < limit:
+                chosen.append(groups[category][depth])
+        depth += 1
+
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    (out_dir / "queries").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for item in sorted(chosen, key=lambda i: (i.category, i.id)):
+        name = f"images/{item.id}.jpg"
+        _link_or_copy(Path(item.image), out_dir / name)
+        rows.append(_generic_row(item, name))
+    written = []
+    for category, item in queries.items():
+        colour = item.attributes.get("baseColour") or ""
+        stem = re.sub(r"[^a-z0-9]+", "-", f"{colour} {category}".lower()).strip("-")
+        _link_or_copy(Path(item.image), out_dir / "queries" / f"{stem}.jpg")
+        written.append(stem)
+    csv_path = out_dir / "catalog.csv"
+    with csv_path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=CATALOG_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    (out_dir / "README.txt").write_text(
+        f"Demo catalogue drawn by stygig {__version__} (seed {seed}) from the Kaggle 'Fashion "
+        f"Product Images' dataset (Myntra's catalogue): {len(rows)} products in images/, "
+        f"{len(written)} photos held out of it in queries/.\n"
+        "These are other parties' product photos: use them to try StyGig, do not publish "
+        "or commit them.\n",
+        encoding="utf-8",
+    )
+    return csv_path
+
+
+def _generic_row(item: Item, image: str) -> dict[str, str]:
+    return {
+        "id": item.id,
+        "image": image,
+        "category": item.category,
+        "gender": item.gender or "",
+        "usage": item.usage or "",
+        "season": item.season or "",
+        "name": item.name or "",
+        "price": "",
+        "brand": "",
+        "color": (item.attributes.get("baseColour") or "").lower(),
+    }
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """``target`` holds ``source``'s bytes: a hard link where the file system allows one."""
+    if target.exists() or target.is_symlink():
+        target.unlink()
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)

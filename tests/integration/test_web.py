@@ -35,7 +35,9 @@ T = TypeVar("T")
 
 @pytest.fixture(scope="module")
 def server(sample: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(sample[1], tmp_path_factory.mktemp("logs") / "server.log") as srv:
+    # The sample's query photos are the page's examples ($STYGIG_EXAMPLES, as `serve --examples`).
+    env = {"STYGIG_EXAMPLES": str(sample[0] / "queries")}
+    with running_server(sample[1], tmp_path_factory.mktemp("logs") / "server.log", env=env) as srv:
         yield srv
 
 
@@ -115,6 +117,26 @@ def test_config_and_catalogue_browsing(client: httpx.Client) -> None:
     bad = client.get("/v1/catalog", params={"category": "spacesuit"})
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_options"
     assert client.get("/v1/catalog", params={"limit": 0}).status_code == 422
+
+
+def test_example_photos_are_served_from_the_operators_list(
+    client: httpx.Client, sample: tuple[Path, Path]
+) -> None:
+    queries = sample[0] / "queries"
+    listed = client.get("/v1/examples").json()["examples"]
+    assert [e["name"] for e in listed] == sorted(p.name for p in queries.glob("*.jpg"))
+    first = listed[0]
+    assert first["url"] == f"/v1/examples/{first['name']}" and first["label"]
+    r = client.get(first["url"])
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    assert r.content == (queries / first["name"]).read_bytes()
+    assert client.get(first["url"], headers={"if-none-match": r.headers["etag"]}).status_code == 304
+    for name in ("..%2Fcatalog.csv", "%2Fetc%2Fpasswd", "nope.jpg", "..", "README.txt"):
+        missing = client.get(f"/v1/examples/{name}")
+        assert missing.status_code == 404, name
+        assert "catalog" not in missing.json()["error"]["message"]
+    config = client.get("/v1/config").json()
+    assert config["drawn_sample"] is True and config["examples"] == len(listed)
 
 
 # -- the page in a browser ----------------------------------------------------------------------
@@ -311,6 +333,30 @@ def test_photo_in_outfit_out_matches_the_api(
         key=lambda r: (-r["score"], r["id"]),
     )
     assert swapped.get_attribute("data-item-id") == alternatives[1]["id"]
+
+
+def test_a_newcomer_clicks_an_example_photo_and_gets_an_outfit(
+    browser: Any, server: Server, client: httpx.Client, sample: tuple[Path, Path]
+) -> None:
+    """The drawn sample says what it is, and one click on an example photo answers."""
+    _open_page(browser, server)
+    note = browser.find_element("id", "sample-note")
+    _wait(browser, lambda d: note.is_displayed())
+    assert "drawn sample" in note.text
+    _wait(browser, lambda d: d.find_elements("css selector", "#example-list .pick"))
+    examples = browser.find_elements("css selector", "#example-list .pick")
+    assert len(examples) == len(list((sample[0] / "queries").glob("*.jpg")))
+    example = next(e for e in examples if e.get_attribute("data-example") == QUERY_PHOTO)
+    example.click()
+    _wait(browser, _answered)
+    options = json.loads(browser.find_element("id", "results").get_attribute("data-request"))
+    api = _recommend(client, sample[0] / "queries" / QUERY_PHOTO, options)
+    assert browser.find_element("id", "query-category").text == _title(api["query"][0]["category"])
+    board = {
+        c.get_attribute("data-slot"): c.get_attribute("data-item-id")
+        for c in browser.find_elements("css selector", "#board .card")
+    }
+    assert board == {slot: row["id"] for slot, row in api["outfit"]["slots"].items()}
 
 
 def test_settings_and_catalogue_pick_update_without_reload(

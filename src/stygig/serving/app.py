@@ -5,10 +5,14 @@ Routes::
     GET  /ping                            SageMaker health: 200 only when loaded and warm
     POST /invocations                     SageMaker inference (image bytes, JSON)
     POST /v1/recommend                    multipart upload, JSON or image bytes
+    POST /v1/outfits/score                how well a set of catalogue items goes together
     GET  /v1/items/{item_id}              one catalogue item
     GET  /v1/items/{item_id}/recommendations
     POST /v1/catalog/changes  GET /v1/catalog/version  POST /v1/catalog/reload
                                           the living catalogue (:mod:`.catalog_changes`)
+    GET  /v1/examples  /v1/examples/{name}
+                                          the operator's example photos (the page's one-click
+                                          first tries; :mod:`.catalog_api`)
     GET  /healthz  /readyz  /metrics  /docs
 
 The model is loaded and warmed in the background at start-up (``/healthz`` answers at once,
@@ -26,7 +30,7 @@ import io
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
@@ -43,7 +47,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stygig import __version__
-from stygig.answer import Recommendation, answer_schema
+from stygig.answer import Recommendation, answer_schema, outfit_score_schema
 from stygig.catalog.changelog import ChangeLog
 from stygig.engine import Options, Query, Recommender, load_artifact_encoder
 from stygig.errors import (
@@ -53,10 +57,17 @@ from stygig.errors import (
     RequestTimeoutError,
     StygigError,
     UnauthorizedError,
+    UnsupportedMediaError,
 )
 from stygig.living import LiveCatalog
 from stygig.locations import InputLocations
-from stygig.recommendation import MAX_QUERY_PARTS, MAX_TEXT, options_schema
+from stygig.recommendation import (
+    MAX_QUERY_PARTS,
+    MAX_TEXT,
+    OutfitRequest,
+    options_schema,
+    outfit_request_schema,
+)
 from stygig.response import item_view
 from stygig.serving import requests as rq
 from stygig.serving.async_api import AsyncConfig, AsyncJobs
@@ -94,6 +105,9 @@ class ServerConfig:
     body_idle_s: float = 15.0  # ... with no pause between two chunks longer than this
     max_body_bytes_in_flight: int = 256 * 1024 * 1024  # all bodies being read or held at once
     catalog: CatalogSettings | None = None  # change log, following, hot-reload pointer
+    # A folder of example photos the page offers as one-click first tries (``serve --examples``,
+    # else $STYGIG_EXAMPLES); served by name from a list made at start, never a client's path.
+    examples: Path | None = field(default_factory=lambda: _examples_from_env())
 
     def __post_init__(self) -> None:
         if self.auth_token is not None and len(self.auth_token) < MIN_TOKEN_CHARS:
@@ -102,6 +116,11 @@ class ServerConfig:
             )
         if self.max_body_bytes_in_flight < self.max_body_bytes:
             raise InvalidOptionsError("the in-flight body budget must hold one largest body")
+
+
+def _examples_from_env() -> Path | None:
+    value = os.environ.get("STYGIG_EXAMPLES", "")
+    return Path(value) if value else None
 
 
 #: Answered without the bearer token: health checks for load balancers and SageMaker, and the
@@ -300,13 +319,28 @@ class ModelService:
         """A recommendation as JSON bytes (raises :mod:`stygig.errors` types)."""
         rec = self.recommender
         assert rec is not None
+        return await self._bounded(self._answer(rec, parsed))
+
+    async def score_outfit(self, body: bytes) -> bytes:
+        """``POST /v1/outfits/score``: the JSON body read, checked and scored in the pool."""
+        rec = self.require()
+
+        def score() -> bytes:
+            request = OutfitRequest.from_dict(rq.parse_json_object(body))
+            return rec.score_outfit(request).to_json()
+
+        return await self._bounded(self.run(score))
+
+    async def _bounded(self, work: Coroutine[Any, Any, R]) -> R:
+        """``work`` within the server's capacity (503 beyond it) and its time limit."""
         if self.in_flight >= self.config.batching.max_queue:
+            work.close()
             self.metrics.rejected.inc()
             raise OverloadedError("the server is at capacity; retry shortly")
         self.in_flight += 1
         try:
             async with asyncio.timeout(self.config.request_timeout_s):
-                return await self._answer(rec, parsed)
+                return await work
         except TimeoutError:
             raise OverloadedError(
                 f"the request took over {self.config.request_timeout_s:.0f} s; retry shortly",
@@ -515,6 +549,18 @@ class _BodyReader:
 _IMAGE_BODY = {"schema": {"type": "string", "format": "binary"}}
 _OPTIONS_REF = {"$ref": "#/components/schemas/Options"}
 _ANSWER_REF = {"$ref": "#/components/schemas/Recommendation"}
+_OUTFIT_SCORE_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {JSON: {"schema": {"$ref": "#/components/schemas/OutfitScoreRequest"}}},
+    }
+}
+OUTFIT_SCORE_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the set's score: overall, per item and per pair, with the parts",
+        "content": {JSON: {"schema": {"$ref": "#/components/schemas/OutfitScore"}}},
+    }
+}
 # A JSON body: the photos and item ids, with every option beside them (the Options schema).
 _JSON_BODY = {
     "schema": {
@@ -557,6 +603,8 @@ def _with_schemas(app: FastAPI) -> None:
             for name, schema in (
                 ("Recommendation", answer_schema()),
                 ("Options", options_schema()),
+                ("OutfitScore", outfit_score_schema()),
+                ("OutfitScoreRequest", outfit_request_schema()),
             ):
                 schemas.update(schema.pop("$defs", {}))
                 schemas[name] = schema
@@ -770,6 +818,25 @@ def _routes(app: FastAPI, service: ModelService, metrics: ServerMetrics) -> None
     )
     async def recommend(request: Request) -> Response:
         return await answer(request, multipart=True)
+
+    @app.post(
+        "/v1/outfits/score",
+        tags=["recommend"],
+        summary="How well a set of catalogue items goes together, overall and per pair",
+        openapi_extra=_OUTFIT_SCORE_DOC,
+        responses=OUTFIT_SCORE_RESPONSE,
+    )
+    async def outfit_score(request: Request) -> Response:
+        service.require()
+        rq.check_accept(request.headers.get("accept"))
+        kind = rq.media_type(request.headers.get("content-type"))
+        if kind != JSON:
+            raise UnsupportedMediaError(
+                'send the set as application/json: {"item_ids": [...]}',
+                code="unsupported_content_type",
+            )
+        body = await request.body()
+        return Response(await service.score_outfit(body), media_type=JSON)
 
     @app.get("/v1/items/{item_id}", tags=["catalogue"], summary="One catalogue item")
     async def item(item_id: str) -> Response:

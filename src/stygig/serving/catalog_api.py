@@ -7,10 +7,16 @@ Routes::
     GET /v1/items/{item_id}/image  the item's thumbnail, from the artifact (ETag, cache headers)
     GET /v1/catalog                browse items: ?query=&category=&gender=&limit=&offset=
     GET /v1/config                 categories, genders, slots, modes, encoder, text_search,
-                                   the catalogue version
+                                   the catalogue version, whether it is the drawn sample
+    GET /v1/examples               the example photos the operator offers (``serve --examples``)
+    GET /v1/examples/{name}        one of them, by a name from that list
 
 The shelf follows the living catalogue: it is made again for each catalogue snapshot (items
 added, removed, sold out), and items the shop cannot sell now carry ``available: false``.
+
+Example photos are the operator's: a folder named at start (``serve --examples DIR``, or
+``$STYGIG_EXAMPLES``) is listed once, and only the files of that list are served, by name; a
+client never names a path. The page offers them as one-click first tries.
 
 Everything the page shows comes from the server, product images included, so the page works
 with no network beyond the server itself. The catalogue search matches words against each
@@ -21,15 +27,17 @@ with a text tower, which none of StyGig's encoders has (``text_search: false`` i
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import asdict, dataclass
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from stygig import __version__
-from stygig.errors import InvalidOptionsError, NotFoundError
+from stygig.errors import ConfigError, InvalidOptionsError, NotFoundError
 from stygig.response import item_view
 from stygig.serving.responses import JSON, json_bytes, json_response
 from stygig.thumbnails import ItemImages
@@ -39,7 +47,7 @@ if TYPE_CHECKING:
     from stygig.serving.app import ModelService
     from stygig.snapshot import CatalogSnapshot
 
-__all__ = ["image_url", "make_catalog_router"]
+__all__ = ["MAX_EXAMPLES", "Example", "image_url", "load_examples", "make_catalog_router"]
 
 _STATIC = {
     "index.html": "text/html; charset=utf-8",
@@ -48,6 +56,69 @@ _STATIC = {
 }
 _IMAGE_MAX_AGE_S = 3600
 _MAX_LIMIT = 100
+#: Example photos served at most (the first, by file name).
+MAX_EXAMPLES = 24
+_EXAMPLE_TYPES = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".webp": "image/webp",
+}
+_EXAMPLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One example photo, read at start."""
+
+    name: str  # the file name: the only key a client may use
+    label: str  # "Grey shirt" from "grey-shirt.jpg"
+    media_type: str
+    body: bytes
+    etag: str
+
+    def card(self) -> dict[str, str]:
+        return {
+            "name": self.name,
+            "label": self.label,
+            "media_type": self.media_type,
+            "url": f"/v1/examples/{self.name}",
+        }
+
+
+def load_examples(folder: Path | None, max_bytes: int) -> dict[str, Example]:
+    """The example photos of ``folder`` (none when ``None``), read once: plain files with a
+    photo's suffix and a name of letters, digits, ``.``, ``_`` and ``-``, each within the
+    upload limit (the page sends it back as an upload), the first :data:`MAX_EXAMPLES` by
+    name. Anything else in the folder is ignored; a folder that cannot be read is an error."""
+    if folder is None:
+        return {}
+    try:
+        entries = sorted(Path(folder).iterdir())
+    except OSError:
+        raise ConfigError("the examples folder cannot be read (--examples)") from None
+    out: dict[str, Example] = {}
+    for path in entries:
+        media = _EXAMPLE_TYPES.get(path.suffix.lower())
+        if media is None or not _EXAMPLE_NAME.fullmatch(path.name):
+            continue
+        try:
+            if not path.is_file() or path.stat().st_size > max_bytes:
+                continue
+            body = path.read_bytes()
+        except OSError:
+            continue
+        words = re.sub(r"[-_.]+", " ", path.stem).strip()
+        out[path.name] = Example(
+            path.name,
+            words[:1].upper() + words[1:],
+            media,
+            body,
+            '"' + hashlib.sha256(body).hexdigest()[:20] + '"',
+        )
+        if len(out) == MAX_EXAMPLES:
+            break
+    return out
 
 
 def image_url(item_id: str) -> str:
@@ -136,7 +207,11 @@ class _Shelf:
         return out
 
 
-def _config(service: ModelService, rec: Recommender, snap: CatalogSnapshot) -> dict[str, Any]:
+def _config(
+    service: ModelService, rec: Recommender, snap: CatalogSnapshot, examples: int
+) -> dict[str, Any]:
+    from stygig.sample_catalog import is_drawn_sample
+
     artifact = snap.artifact
     counts: dict[str, int] = {}
     for pos in artifact.positions.values():
@@ -166,6 +241,9 @@ def _config(service: ModelService, rec: Recommender, snap: CatalogSnapshot) -> d
             "boost": taxonomy.boost,
         },
         "max_upload_bytes": service.config.max_body_bytes,
+        # StyGig's drawn sample catalogue: drawings, not photos (the page says so)
+        "drawn_sample": is_drawn_sample(artifact.items[p] for p in artifact.positions.values()),
+        "examples": examples,
     }
 
 
@@ -174,6 +252,7 @@ def make_catalog_router(service: ModelService) -> APIRouter:
     router = APIRouter()
     current: list[_Shelf] = []  # the latest shelf (one: older snapshots are not served)
     files = _static_files()
+    examples = load_examples(service.config.examples, service.config.max_body_bytes)
 
     async def shelf() -> _Shelf:
         """The current catalogue's shelf, made once per snapshot in the worker pool."""
@@ -253,7 +332,32 @@ def make_catalog_router(service: ModelService) -> APIRouter:
     async def config() -> Response:
         current = await shelf()
         if current.config is None:
-            current.config = json_bytes(_config(service, current.recommender, current.snapshot))
+            current.config = json_bytes(
+                _config(service, current.recommender, current.snapshot, len(examples))
+            )
         return Response(current.config, media_type=JSON)
+
+    @router.get(
+        "/v1/examples",
+        tags=["catalogue"],
+        summary="Example photos to try (the operator's, from serve --examples)",
+    )
+    async def example_list() -> Response:
+        return json_response({"examples": [e.card() for e in examples.values()]})
+
+    @router.get(
+        "/v1/examples/{name}",
+        tags=["catalogue"],
+        summary="One example photo, by a name from /v1/examples",
+        responses={200: {"content": {t: {} for t in sorted(set(_EXAMPLE_TYPES.values()))}}},
+    )
+    async def example(name: str, request: Request) -> Response:
+        found = examples.get(name)
+        if found is None:
+            raise NotFoundError("no such example photo; see /v1/examples", code="not_found")
+        headers = {"Cache-Control": f"public, max-age={_IMAGE_MAX_AGE_S}", "ETag": found.etag}
+        if request.headers.get("if-none-match") == found.etag:
+            return Response(status_code=304, headers=headers)
+        return Response(found.body, media_type=found.media_type, headers=headers)
 
     return router

@@ -86,6 +86,12 @@ def register(subparsers: Any) -> None:
         "$STYGIG_AUTH_TOKEN_FILE / $STYGIG_AUTH_TOKEN) on every route but /ping and /healthz",
     )
     p.add_argument("--docs", action="store_true", help="serve /docs (Swagger UI, from a CDN)")
+    p.add_argument(
+        "--examples",
+        default=os.environ.get("STYGIG_EXAMPLES") or None,
+        help="a folder of example photos the page offers as one-click first tries "
+        "(default $STYGIG_EXAMPLES or none)",
+    )
     p.add_argument("--no-verify", action="store_true", help="skip artifact checksums at start")
     p.add_argument(
         "--device",
@@ -156,6 +162,7 @@ def run_serve(args: argparse.Namespace) -> int:
     config = ServerConfig(
         artifact=artifact,
         catalog=catalog_settings(args),
+        examples=Path(args.examples) if args.examples else None,
         batching=batching,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         request_timeout_s=args.timeout,

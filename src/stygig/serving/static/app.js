@@ -153,6 +153,8 @@
     $("server-state").textContent = cfg.items + " items";
     $("server-state").classList.add("ok");
     $("foot-info").textContent = cfg.items + " items · encoder " + cfg.encoder + " · v" + cfg.version;
+    $("sample-note").hidden = !cfg.drawn_sample;
+    if (cfg.examples) loadExamples();
     showCatalogVersion(cfg.catalog_version);
     state.loadedSequence = cfg.sequence || 0;
     setInterval(checkSoldOut, SOLD_OUT_POLL_MS);
@@ -248,6 +250,49 @@
     const upload = await shrinkIfHuge(file);
     state.source = { kind: "photo", file: upload, url: URL.createObjectURL(file) };
     recommend();
+  }
+
+  // The operator's example photos: one click sends the photo itself, as a shopper's upload.
+  async function loadExamples() {
+    let list;
+    try {
+      list = (await api("/v1/examples")).examples || [];
+    } catch (e) {
+      return; // no examples: the page works on without them
+    }
+    const ul = $("example-list");
+    ul.replaceChildren();
+    for (const ex of list) {
+      const li = el("li");
+      const btn = el("button", "pick");
+      btn.type = "button";
+      btn.dataset.example = ex.name;
+      btn.setAttribute("aria-label", "Try the example photo: " + ex.label);
+      const img = el("img");
+      img.alt = "";
+      setImage(img, ex.url);
+      btn.append(img, el("span", "pick-name", ex.label));
+      btn.addEventListener("click", () => useExample(ex));
+      li.append(btn);
+      ul.append(li);
+    }
+    $("examples").hidden = !list.length;
+  }
+
+  async function useExample(ex) {
+    let res;
+    try {
+      res = await authFetch(ex.url);
+    } catch (e) {
+      showError(friendly(new ApiError("network", String(e))));
+      return;
+    }
+    if (!res.ok) {
+      showError(FALLBACK);
+      return;
+    }
+    const blob = await res.blob();
+    usePhoto(new File([blob], ex.name, { type: ex.media_type }));
   }
 
   function useItem(card) {
