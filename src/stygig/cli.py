@@ -232,7 +232,9 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="randomly initialised weights (benchmarks of the architecture only)",
     )
-    p.add_argument("--index", default="auto", choices=["auto", "exact", "flat", "hnsw", "ivf"])
+    p.add_argument(
+        "--index", default="auto", choices=["auto", "exact", "flat", "hnsw", "ivf", "ivfpq"]
+    )
     p.add_argument(
         "--partition-by",
         default="auto",

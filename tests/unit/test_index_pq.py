@@ -1,0 +1,257 @@
+"""The IVF-PQ index with exact re-ranking from float16 rows on disk (stygig.index_pq)."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stygig.errors import ArtifactError, InvalidOptionsError
+from stygig.index import ExactIndex, PartitionedIndex
+from stygig.index_pq import (
+    PQIndex,
+    add_chunk,
+    default_pq_params,
+    merge_chunks,
+    store_rows,
+    train_pq,
+    write_store,
+)
+
+DIM = 32
+
+
+def clustered(n: int, seed: int = 0, clusters: int = 16) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, DIM))
+    x = centres[rng.integers(0, clusters, n)] + 0.5 * rng.normal(size=(n, DIM))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_faiss_thread() -> Iterator[None]:
+    """Training on one thread: OpenMP's spinning threads crawl on shared cores."""
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    return clustered(4000), clustered(20, seed=1)
+
+
+@pytest.fixture(scope="module")
+def built(data: tuple[np.ndarray, np.ndarray]) -> PQIndex:
+    return PQIndex.build(data[0])
+
+
+def exact_fp16(x: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    return ExactIndex(x.astype(np.float16).astype(np.float32)).search(q, k)
+
+
+def recall(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean([len(set(x) & set(y)) / len(x) for x, y in zip(a, b, strict=True)]))
+
+
+def test_defaults_follow_size_and_dimension() -> None:
+    p = default_pq_params(1_000_000, 512)
+    assert (p["nlist"], p["m"], p["nbits"], p["nprobe"]) == (1000, 512, 4, 32)
+    assert default_pq_params(0, 8)["nlist"] == 1
+
+
+def test_scores_are_exact_float16_inner_products(
+    built: PQIndex, data: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x, q = data
+    scores, ids = built.search(q, 10)
+    assert ids.shape == (20, 10) and (ids >= 0).all()
+    assert recall(exact_fp16(x, q, 10)[1], ids) >= 0.9
+    # every returned score is the row's inner product (float16 row, float32 query), best first
+    got = np.einsum("qkd,qd->qk", x[ids].astype(np.float16).astype(np.float32), q)
+    np.testing.assert_allclose(scores, got, atol=1e-5)
+    assert (np.diff(scores, axis=1) <= 0).all()
+
+
+def test_probing_every_list_with_a_full_shortlist_is_exact(
+    data: tuple[np.ndarray, np.ndarray],
+) -> None:
+    x, q = data
+    index = PQIndex.build(x, nlist=16, nprobe=16, rerank_extra=len(x))
+    _, ids = index.search(q, 10)
+    assert recall(exact_fp16(x, q, 10)[1], ids) == 1.0
+
+
+def test_remove_hides_rows_and_without_keeps_the_original(
+    built: PQIndex, data: tuple[np.ndarray, np.ndarray]
+) -> None:
+    q = data[1][:3]
+    _, ids = built.search(q, 5)
+    gone = ids[:, 0]
+    copy = built.without(gone)
+    _, after = copy.search(q, 5)
+    assert not np.isin(after, gone).any() and (after >= 0).all()
+    assert built.n_removed == 0 and np.array_equal(built.search(q, 5)[1], ids)
+
+
+def test_k_beyond_the_index_pads(data: tuple[np.ndarray, np.ndarray]) -> None:
+    small = PQIndex.build(data[0][:40], nlist=4)
+    scores, ids = small.search(data[1][:2], 50)
+    assert ids.shape == (2, 50) and (ids[:, 40:] == -1).all() and np.isinf(scores[:, 40:]).all()
+    assert sorted(ids[0, :40].tolist()) == list(range(40))
+
+
+def test_save_and_load_memory_maps_the_rows(
+    tmp_path: Path, built: PQIndex, data: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x, q = data
+    files = built.save(tmp_path, "index-part0.faiss")
+    assert files == ["index-part0.faiss", "index-part0-vectors.faiss"]
+    loaded = PQIndex.load(tmp_path, "index-part0.faiss", len(x), built.params())
+    assert loaded.segments[0].file == tmp_path / "index-part0-vectors.faiss"
+    assert loaded.warm() == (tmp_path / "index-part0-vectors.faiss").stat().st_size
+    assert built.warm() == 0  # rows in memory: nothing to read
+    np.testing.assert_array_equal(loaded.search(q, 10)[1], built.search(q, 10)[1])
+    rows = store_rows(tmp_path / "index-part0-vectors.faiss", len(x), DIM)
+    np.testing.assert_allclose(rows, x.astype(np.float16), atol=5e-4)  # FAISS rounds ties apart
+    # saving where it was loaded from rewrites the codes only, never the mapped rows
+    before = (tmp_path / "index-part0-vectors.faiss").stat().st_mtime_ns
+    loaded.save(tmp_path, "index-part0.faiss")
+    assert (tmp_path / "index-part0-vectors.faiss").stat().st_mtime_ns == before
+    with pytest.raises(ArtifactError):
+        PQIndex.load(tmp_path, "index-part0.faiss", len(x) + 1, None)
+    (tmp_path / "index-part0.faiss").write_bytes(b"not an index")
+    with pytest.raises(ArtifactError, match="cannot read"):
+        PQIndex.load(tmp_path, "index-part0.faiss", len(x), None)
+
+
+def test_added_rows_are_found_and_saved(
+    tmp_path: Path, built: PQIndex, data: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x = data[0]
+    new = clustered(30, seed=5)
+    grown = built.with_added(new[:10]).with_added(new[10:])
+    assert built.ntotal == len(x) and grown.ntotal == len(x) + 30
+    assert built.with_added(new[:0]).ntotal == len(x)
+    assert len(grown.segments) == 2
+    scores, ids = grown.search(new, 1)
+    assert ids[:, 0].tolist() == list(range(len(x), len(x) + 30))
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=2e-3)
+    grown = grown.without([len(x)])
+    assert len(x) not in grown.search(new[:1], 5)[1]
+    grown.save(tmp_path)
+    loaded = PQIndex.load(tmp_path, "index.faiss", len(x) + 30, grown.params())
+    assert len(loaded.segments) == 1
+    assert loaded.search(new[5:6], 1)[1][0, 0] == len(x) + 5
+
+
+def test_task_functions_are_pure_and_assemble_the_same_index(
+    tmp_path: Path, built: PQIndex, data: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x, q = data
+    params = built.params()
+    trained = train_pq(x[::2], **params)
+    assert pickle.loads(pickle.dumps(train_pq)) is train_pq
+    assert pickle.loads(pickle.dumps(add_chunk)) is add_chunk
+    bounds = [(0, 1500), (1500, 2500), (2500, len(x))]
+    chunks = [add_chunk(trained, x[a:b], np.arange(a, b)) for a, b in reversed(bounds)]
+    assert all(isinstance(c, bytes) for c in chunks)
+    codes = merge_chunks(pickle.loads(pickle.dumps(trained)), chunks)
+    assert codes.ntotal == len(x)
+    write_store(tmp_path / "rows.faiss", (x[a:b] for a, b in bounds), len(x), DIM)
+    index = PQIndex.from_parts(trained, codes, tmp_path / "rows.faiss", params)
+    one = PQIndex([index.segments[0]], trained, params)
+    _, ids = one.search(q, 10)
+    assert recall(exact_fp16(x, q, 10)[1], ids) >= 0.9
+    with pytest.raises(InvalidOptionsError):
+        add_chunk(trained, x[:3], np.arange(2))
+    with pytest.raises(InvalidOptionsError):
+        write_store(tmp_path / "short.faiss", [x[:3]], 4, DIM)
+
+
+def test_opq_rotation_and_fewer_sub_quantisers(data: tuple[np.ndarray, np.ndarray]) -> None:
+    x, q = data
+    index = PQIndex.build(x[:2000], nlist=8, m=8, opq=True, rerank_extra=300)
+    assert index.params()["m"] == 8 and index.params()["opq"] is True
+    _, ids = index.search(q, 10)
+    assert recall(exact_fp16(x[:2000], q, 10)[1], ids) >= 0.9
+
+
+def test_bad_options_and_queries(built: PQIndex, data: tuple[np.ndarray, np.ndarray]) -> None:
+    x = data[0]
+    with pytest.raises(InvalidOptionsError, match="divide"):
+        train_pq(x, m=5)
+    with pytest.raises(InvalidOptionsError, match="bits"):
+        train_pq(x, nbits=8)
+    with pytest.raises(InvalidOptionsError):
+        PQIndex.build(x[:0])
+    with pytest.raises(InvalidOptionsError):
+        built.search(np.zeros((1, DIM + 1), np.float32), 5)
+    with pytest.raises(InvalidOptionsError):
+        built.search(x[:1], 0)
+    with pytest.raises(InvalidOptionsError):
+        PQIndex(built.segments, built.trained, {"rerank_extra": -1})
+
+
+def test_parts_of_a_split_index(data: tuple[np.ndarray, np.ndarray]) -> None:
+    x, q = data
+    labels = np.arange(len(x)) % 3
+    rows = [np.flatnonzero(labels == i) for i in range(3)]
+    parts = [PQIndex.build(x[r], nlist=16) for r in rows]
+    split = PartitionedIndex(["a", "b", "c"], parts, rows, "slot")  # type: ignore[arg-type]
+    assert split.kind == "ivfpq" and split.ntotal == len(x)
+    _, ids = split.search(q, 10)
+    assert recall(exact_fp16(x, q, 10)[1], ids) >= 0.9
+    _, each = split.search_each(q[:1], 5)
+    assert sorted(set(labels[each[0]].tolist())) == [0, 1, 2]
+
+
+def test_split_index_adds_rows_to_their_slots_part(data: tuple[np.ndarray, np.ndarray]) -> None:
+    x, _ = data
+    labels = np.arange(len(x)) % 2
+    rows = [np.flatnonzero(labels == i) for i in range(2)]
+    split = PartitionedIndex(
+        ["a", "b"],
+        [PQIndex.build(x[r], nlist=8) for r in rows],  # type: ignore[misc]
+        rows,
+        "slot",
+    )
+    new = clustered(4, seed=9)
+    grown = split.with_added(new, ["b", "a", "b", "a"])
+    assert grown.ntotal == len(x) + 4 and split.ntotal == len(x)
+    assert grown.search(new, 1)[1][:, 0].tolist() == list(range(len(x), len(x) + 4))
+
+
+def test_index_module_builds_saves_and_loads_the_kind(
+    data: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    """The kind through stygig.index as an artifact uses it: one index and a split one, saved
+    (every file named for the checksums) and loaded back with the same answers."""
+    from stygig.index import build_index, choose_kind, load_index
+
+    assert choose_kind(1_000) == "flat" and choose_kind(100_000) == "ivf"
+    assert choose_kind(5_000_000) == "ivfpq"
+    x, q = data
+    single = build_index(x, "ivfpq", nlist=16)
+    assert single.kind == "ivfpq"
+    files = single.save(tmp_path)
+    assert all((tmp_path / f).is_file() for f in files) and len(files) == 2
+    again = load_index(tmp_path, "ivfpq", x, single.params())
+    assert np.array_equal(again.search(q, 10)[1], single.search(q, 10)[1])
+
+    labels = [("top", "bottom", "shoes")[i % 3] for i in range(len(x))]
+    split = build_index(x, "ivfpq", partitions=labels, nlist=8)
+    split_dir = tmp_path / "split"
+    split_dir.mkdir()
+    files = split.save(split_dir)
+    assert all((split_dir / f).is_file() for f in files)
+    assert sum(f.endswith("-vectors.faiss") for f in files) == 3
+    loaded = load_index(split_dir, "ivfpq", x, split.params())
+    assert loaded.kind == "ivfpq"
+    assert np.array_equal(loaded.search(q, 10)[1], split.search(q, 10)[1])
