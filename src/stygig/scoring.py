@@ -134,21 +134,24 @@ def vote(labels: np.ndarray, sims: np.ndarray) -> Vote:
         labels: int labels of the neighbours (``-1`` = unknown, ignored).
         sims: their similarities to the query, same length.
     """
-    labels = np.asarray(labels, dtype=np.int64)
-    sims = np.asarray(sims, dtype=np.float64)
-    keep = labels >= 0
-    labels, sims = labels[keep], sims[keep]
-    if labels.size == 0:
+    # A handful of neighbours: plain Python counts them ~10x faster than NumPy's unique and
+    # lexsort would (sums in the same order, in float64, as np.bincount adds them).
+    counts: dict[int, int] = {}
+    sim_sum: dict[int, float] = {}
+    for label, sim in zip(
+        np.asarray(labels, dtype=np.int64).tolist(),
+        np.asarray(sims, dtype=np.float64).tolist(),
+        strict=True,
+    ):
+        if label >= 0:
+            counts[label] = counts.get(label, 0) + 1
+            sim_sum[label] = sim_sum.get(label, 0.0) + sim
+    if not counts:
         return Vote(-1, {}, {})
-    uniq, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    sim_sum = np.bincount(inverse, weights=sims, minlength=len(uniq))
-    # lexsort: last key is primary -> most votes, then largest similarity, then lowest label.
-    best = np.lexsort((uniq, -sim_sum, -counts))[0]
-    return Vote(
-        int(uniq[best]),
-        {int(u): int(c) for u, c in zip(uniq, counts, strict=True)},
-        {int(u): float(s) for u, s in zip(uniq, sim_sum, strict=True)},
-    )
+    order = sorted(counts)
+    # Most votes, then the largest summed similarity, then the lowest label.
+    best = min(order, key=lambda u: (-counts[u], -sim_sum[u], u))
+    return Vote(best, {u: counts[u] for u in order}, {u: sim_sum[u] for u in order})
 
 
 def combine(
