@@ -129,7 +129,13 @@ def test_encoders_satisfy_the_protocol_and_describe_themselves() -> None:
     )
     json.dumps(info)  # manifest-ready
     assert preprocess_from_dict(json.loads(json.dumps(info["preprocess"]))) == encoder.preprocess
-    assert ENCODER_NAMES == ("clip-vit-b-32", "efficientnet-lite0", "tiny")
+    assert ENCODER_NAMES == (
+        "clip-vit-b-32",
+        "efficientnet-lite0",
+        "efficientnet-lite1",
+        "efficientnet-lite2",
+        "tiny",
+    )
 
 
 @pytest.mark.parametrize(

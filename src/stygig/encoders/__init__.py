@@ -51,12 +51,12 @@ def _build_torch(
     model_id: str | None,
     device: str,
 ) -> TorchEncoder:
-    if name == "efficientnet-lite0":
-        from stygig.encoders.efficientnet import load_efficientnet_lite0
+    if name.startswith("efficientnet-lite"):
+        from stygig.encoders.efficientnet import load_efficientnet_lite
 
         if model_id is not None:
             raise ConfigError("model_id applies to CLIP encoders only")
-        return load_efficientnet_lite0(weights, random_weights=random_weights, device=device)
+        return load_efficientnet_lite(name, weights, random_weights=random_weights, device=device)
     from stygig.encoders.clip import DEFAULT_MODEL_ID, load_clip
 
     return load_clip(

@@ -45,7 +45,13 @@ __all__ = [
     "state_dict_sha256",
 ]
 
-ENCODER_NAMES: tuple[str, ...] = ("clip-vit-b-32", "efficientnet-lite0", "tiny")
+ENCODER_NAMES: tuple[str, ...] = (
+    "clip-vit-b-32",
+    "efficientnet-lite0",
+    "efficientnet-lite1",
+    "efficientnet-lite2",
+    "tiny",
+)
 
 TORCH_INSTALL_HINT = (
     "install the torch extra: `pip install torch==2.13.0` (the CPU wheel, first) "

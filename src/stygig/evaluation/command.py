@@ -61,6 +61,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--only", choices=["category", "fitb"], help="run one part only")
     p.add_argument("--limit", type=int, default=None, help="at most N queries / test outfits")
     p.add_argument("--tune-whitening", action="store_true", help="grid-search on the catalogue")
+    p.add_argument(
+        "--category-head",
+        action="store_true",
+        help="also fit the category head on the catalogue split and merge it with the vote",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_eval)
 
@@ -131,7 +136,13 @@ def _photos(args: argparse.Namespace, root: Path, metrics: dict[str, Any]) -> No
     )
     if art is not None:
         metrics.update(
-            evaluate_photos(art, seed=args.seed, limit=args.limit, tune=args.tune_whitening)
+            evaluate_photos(
+                art,
+                seed=args.seed,
+                limit=args.limit,
+                tune=args.tune_whitening,
+                head=getattr(args, "category_head", False),
+            )
         )
 
 
@@ -244,6 +255,12 @@ def run_eval(args: argparse.Namespace) -> int:
     for bar in bars:
         target = f"  (target {bar.target:.1%})" if bar.target is not None else ""
         print(f"{bar.group + ': ' + bar.label:<{width}} {bar.value:7.2%}{target}")
+    for name, row in (metrics.get("category", {}).get("head") or {}).items():
+        print(
+            f"category head, {name}: vote {row['vote']:.2%}, head {row['head']:.2%}, "
+            f"merged {row['merged']:.2%} (head weight {row['head_weight']:.1f}, chosen on the "
+            "catalogue)"
+        )
     if "fitb" in metrics:
         print(fitb_table(metrics))
     print(f"metrics: {json_path}\nchart:   {png_path}")

@@ -1,0 +1,267 @@
+"""The category head: fit, predict, merge with the vote, storage, and no leakage in evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stygig.category_head import (
+    HEAD_FILE,
+    CategoryHead,
+    add_category_head,
+    cross_fit,
+    fold_of,
+    load_artifact_heads,
+    load_heads,
+    merge_vote,
+    merge_votes,
+    save_heads,
+    unwhiten,
+)
+from stygig.errors import ArtifactError, InvalidOptionsError, StygigError
+from stygig.evaluation.category import head_accuracy
+from stygig.evaluation.split import Split
+from stygig.scoring import vote
+from stygig.whitening import Whitening
+
+
+def _blobs(n_per: int = 40, classes: int = 3, d: int = 16, seed: int = 0, spread: float = 0.6):
+    """Unit vectors around ``classes`` random centres, labelled ``c0``, ``c1``, ..."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((classes, d))
+    x = np.concatenate([c + spread * rng.standard_normal((n_per, d)) for c in centres])
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    labels = [f"c{c}" for c in range(classes) for _ in range(n_per)]
+    return x, labels
+
+
+def test_fit_learns_separable_classes_and_probabilities_sum_to_one():
+    x, labels = _blobs()
+    head = CategoryHead.fit(x, labels, iterations=200)
+    proba = head.predict_proba(x)
+    assert proba.shape == (len(x), 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+    assert np.mean(np.array(head.predict(x)) == np.array(labels)) > 0.95
+    assert head.labels == ("c0", "c1", "c2")
+    assert head.describe()["n_fit"] == len(x)
+
+
+def test_fit_is_deterministic_and_skips_unlabelled_rows():
+    x, labels = _blobs()
+    a = CategoryHead.fit(x, labels, iterations=50)
+    b = CategoryHead.fit(x, labels, iterations=50)
+    np.testing.assert_array_equal(a.weights, b.weights)
+    with_gaps = [None if i % 7 == 0 else v for i, v in enumerate(labels)]
+    head = CategoryHead.fit(x, with_gaps, iterations=50)
+    assert head.n_fit == sum(v is not None for v in with_gaps)
+
+
+def test_bad_input_is_a_stygig_error():
+    x, labels = _blobs()
+    with pytest.raises(InvalidOptionsError):
+        CategoryHead.fit(x, labels[:-1])
+    with pytest.raises(InvalidOptionsError):
+        CategoryHead.fit(x, ["only"] * len(x))
+    head = CategoryHead.fit(x, labels, iterations=5)
+    with pytest.raises(StygigError, match="16-d"):
+        head.predict_proba(np.zeros((1, 8), np.float32))
+
+
+def test_proba_for_reindexes_to_other_names():
+    x, labels = _blobs()
+    head = CategoryHead.fit(x, labels, iterations=100)
+    names = ["c2", "unknown", "c0", "c1"]
+    out = head.proba_for(x[:5], names)
+    ref = head.predict_proba(x[:5])
+    np.testing.assert_allclose(out[:, 0], ref[:, 2])
+    np.testing.assert_array_equal(out[:, 1], 0.0)
+    np.testing.assert_allclose(out[:, 2], ref[:, 0])
+
+
+def test_merge_vote_weights():
+    proba = np.array([0.1, 0.8, 0.1])
+    counts = {0: 3, 2: 2}
+    assert merge_vote(proba, counts, k=5, head_weight=0.0) == 0  # the plain vote
+    assert merge_vote(proba, counts, k=5, head_weight=1.0) == 1  # the head alone
+    # 0.5 * 0.8 = 0.40 for class 1 against 0.5 * (0.1 + 0.6) = 0.35 for class 0
+    assert merge_vote(proba, counts, k=5, head_weight=0.5) == 1
+    assert merge_vote(proba, counts, k=5, head_weight=0.3) == 0
+    assert merge_vote(np.zeros(3), {}, k=5, head_weight=0.0) == -1
+    with pytest.raises(InvalidOptionsError):
+        merge_vote(proba, counts, k=5, head_weight=1.5)
+
+
+def test_merge_at_weight_zero_is_the_engine_vote():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(-1, 4, size=(200, 5))
+    sims = np.sort(rng.random((200, 5)), axis=1)[:, ::-1]
+    proba = rng.random((200, 4))
+    merged = merge_votes(proba, labels, sims, 0.0)
+    expected = [vote(lab, s).winner for lab, s in zip(labels, sims, strict=True)]
+    np.testing.assert_array_equal(merged, expected)
+
+
+def test_save_load_round_trip(tmp_path: Path):
+    x, labels = _blobs()
+    sub = CategoryHead.fit(x, labels, field="subCategory", iterations=20).with_weight(0.4)
+    heads = {"category": CategoryHead.fit(x, labels, iterations=20), "subCategory": sub}
+    path = save_heads(heads, tmp_path / HEAD_FILE)
+    loaded = load_heads(path)
+    assert set(loaded) == {"category", "subCategory"}
+    assert loaded["subCategory"].head_weight == 0.4
+    np.testing.assert_array_equal(loaded["category"].weights, heads["category"].weights)
+    np.testing.assert_allclose(
+        loaded["category"].predict_proba(x), heads["category"].predict_proba(x)
+    )
+    with np.load(path, allow_pickle=False) as data:  # plain arrays only
+        assert all(data[k].dtype != object for k in data.files)
+
+
+def test_load_refuses_a_bad_file_without_quoting_it(tmp_path: Path):
+    bad = tmp_path / HEAD_FILE
+    bad.write_bytes(b"secret-contents-not-an-npz")
+    with pytest.raises(ArtifactError) as err:
+        load_heads(bad)
+    assert "secret" not in str(err.value) and str(tmp_path) not in str(err.value)
+
+
+def test_whitened_vectors_are_unwhitened_for_the_head():
+    x, labels = _blobs(n_per=60, d=8)
+    w = Whitening.fit(x)
+    stored = w.apply(x)
+    centred = x - w.mean
+    np.testing.assert_allclose(
+        unwhiten(stored, w), centred / np.linalg.norm(centred, axis=1, keepdims=True), atol=1e-4
+    )
+    head = CategoryHead.fit(stored, labels, whitening=w, iterations=50)
+    assert head.input == "unwhitened"
+    with pytest.raises(InvalidOptionsError, match="whitening"):
+        head.predict_proba(stored)
+    assert head.predict_proba(stored, w).shape == (len(x), 3)
+
+
+def test_cross_fit_chooses_a_weight_out_of_fold():
+    x, labels = _blobs(n_per=30, spread=1.0)
+    head, fit = cross_fit(x, labels, folds=3, iterations=60)
+    assert fit.folds == 3 and 0.0 <= head.head_weight <= 1.0
+    assert head.head_weight == fit.head_weight
+    assert {r["head_weight"] for r in fit.grid} >= {0.0, 1.0}
+    assert set(fit.accuracy) == {"vote", "head", "merged"}
+    assert fit.accuracy["merged"] >= max(fit.accuracy["vote"], fit.accuracy["head"]) - 1e-9
+    folds = fold_of(90, 3)
+    assert sorted(np.bincount(folds).tolist()) == [30, 30, 30]
+
+
+def test_add_category_head_lists_the_file_with_its_checksum(tmp_path: Path):
+    from stygig.artifact import MANIFEST, file_sha256
+
+    root = tmp_path / "art"
+    root.mkdir()
+    (root / MANIFEST).write_text(
+        json.dumps({"format_version": 2, "encoder": {"name": "tiny"}, "files": {}}),
+        encoding="utf-8",
+    )
+    x, labels = _blobs()
+    head = CategoryHead.fit(x, labels, iterations=20)
+    target = add_category_head(root, {"category": head}, {"cross_fit": {"folds": 5}})
+    manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+    assert manifest["files"][HEAD_FILE]["sha256"] == file_sha256(target)
+    assert manifest["category_head"]["heads"]["category"]["classes"] == 3
+    assert load_artifact_heads(root, manifest)["category"].labels == head.labels
+    assert load_artifact_heads(root, {"files": {}}) == {}
+    del manifest["files"][HEAD_FILE]
+    with pytest.raises(ArtifactError, match="checksum"):
+        load_artifact_heads(root, manifest)
+
+
+# -- the evaluation never trains the head on a query --------------------------------------------
+
+
+def _split(n: int, queries: list[int]) -> Split:
+    mask = np.ones(n, bool)
+    mask[queries] = False
+    return Split(np.flatnonzero(mask), np.array(sorted(queries), np.int64))
+
+
+def test_head_accuracy_never_sees_the_queries(monkeypatch: pytest.MonkeyPatch):
+    """Whatever the query rows hold (vectors and labels), the fitted head is the same."""
+    import stygig.category_head as ch
+
+    x, labels = _blobs(n_per=30)
+    queries = list(range(0, len(x), 5))
+    split = _split(len(x), queries)
+    fitted: list[CategoryHead] = []
+    real_fit = ch.CategoryHead.fit.__func__  # type: ignore[attr-defined]
+
+    def spy(cls, data, values, **kw):  # type: ignore[no-untyped-def]
+        head = real_fit(cls, data, values, **kw)
+        fitted.append(head)
+        return head
+
+    monkeypatch.setattr(ch.CategoryHead, "fit", classmethod(spy))
+    first = head_accuracy(x, labels, split)
+    weights_first = [h.weights.copy() for h in fitted]
+    fitted.clear()
+
+    x2, labels2 = x.copy(), list(labels)
+    rng = np.random.default_rng(9)
+    for q in queries:  # scramble every query: other vectors, other labels
+        x2[q] = rng.standard_normal(x.shape[1]).astype(np.float32)
+        labels2[q] = "c0"
+    second = head_accuracy(x2, labels2, split)
+    assert [h.n_fit for h in fitted] and all(h.n_fit <= len(split.catalog) for h in fitted)
+    for a, b in zip(weights_first, (h.weights for h in fitted), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert first["head_weight"] == second["head_weight"]
+    assert first["cross_fit"] == second["cross_fit"]
+
+
+def test_head_accuracy_refuses_a_query_in_the_catalogue():
+    x, labels = _blobs(n_per=10)
+    leaky = Split(np.arange(len(x)), np.array([0, 1, 2]))
+    with pytest.raises(InvalidOptionsError, match="query row"):
+        head_accuracy(x, labels, leaky)
+    split = _split(len(x), [0, 1])
+    with pytest.raises(InvalidOptionsError):
+        head_accuracy(x, labels, split, held_out=np.array([0, 1, 5]))
+
+
+def test_head_accuracy_reports_vote_head_and_merge():
+    x, labels = _blobs(n_per=30, spread=0.9)
+    split = _split(len(x), list(range(0, len(x), 4)))
+    out = head_accuracy(x, labels, split)
+    assert out["n"] == len(split.queries)
+    for key in ("vote", "head", "merged"):
+        assert 0.0 <= out[key] <= 1.0
+    assert out["query_grid_informative"][0]["accuracy"] == out["vote"]
+
+
+@pytest.mark.slow
+def test_eval_category_head_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """``stygig eval --only category --category-head`` on the drawn sample (tiny encoder)."""
+    import argparse
+
+    from stygig.evaluation.command import register
+    from tests.unit.test_evaluation import _fake_datasets, latest_run
+
+    datasets = _fake_datasets(tmp_path)
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    out = tmp_path / "eval"
+    argv = ["eval", "--datasets", str(datasets), "--encoder", "tiny", "--out", str(out)]
+    args = parser.parse_args([*argv, "--only", "category", "--category-head", "--quiet"])
+    assert args.func(args) == 0
+    metrics = json.loads((latest_run(out) / "metrics.json").read_text())
+    heads = metrics["category"]["head"]
+    assert set(heads) == {"articleType", "subCategory"}
+    for name, row in heads.items():
+        assert row["n"] == metrics["split"]["queries"]
+        # the head's "vote" is the evaluation's own whitened vote
+        assert row["vote"] == metrics["category"]["whitened"][name]["accuracy"]
+        assert row["cross_fit"]["folds"] == 5 and 0.0 <= row["head_weight"] <= 1.0
+        assert row["head_settings"]["n_fit"] <= metrics["split"]["catalog"]
+        assert row["head_settings"]["input"] == "unwhitened"
+    assert "category head, articleType" in capsys.readouterr().out
