@@ -4,7 +4,8 @@ An artifact is one directory (packed as ``model.tar.gz`` for SageMaker)::
 
     manifest.json     format version, versions of stygig and its libraries, encoder, index,
                       counts, build statistics, and the sha256 + size of every file below
-    embeddings.npy    float32 (n, dim), L2-normalised, row i = items.jsonl line i
+    embeddings.npy    float32 (n, dim), L2-normalised, row i = items.jsonl line i; loaded
+                      memory-mapped (read-only) for an ``ivfpq`` index or from 1 GB
     items.jsonl       one canonical item per line, with its dominant colour
     index.faiss       the FAISS index (absent for the exact kind), or, when the index is split
                       by outfit slot (format 3), index-partitions.npy (each row's part) and
@@ -39,7 +40,7 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -63,13 +64,16 @@ from stygig.whitening import Whitening
 
 __all__ = [
     "FORMAT_VERSION",
+    "MMAP_MIN_BYTES",
     "Artifact",
+    "IndexBuilder",
     "add_compat_model",
     "check_paths",
     "file_sha256",
     "library_versions",
     "read_manifest",
     "verify_files",
+    "wants_mmap",
     "write_artifact",
 ]
 
@@ -80,6 +84,16 @@ ONNX_FILE = "encoder.onnx"  # an ONNX encoder's graph when the manifest names no
 _BAD_MANIFEST = "artifact_bad_manifest"
 _REBUILD = "rebuild the artifact or restore it from its package"
 _LIBRARIES = ("numpy", "faiss-cpu", "onnxruntime", "pillow", "torch", "transformers")
+
+#: ``embeddings.npy`` at least this large is memory-mapped on load (read-only), whatever the
+#: index kind; an ``ivfpq`` index (or split index with an ``ivfpq`` part) always maps it. At 10M
+#: 512-d items the file is 20 GB: mapped, only the rows a query touches are read (page cache).
+MMAP_MIN_BYTES = 1 << 30
+
+#: How :func:`write_artifact` makes the index: ``(vectors, kind, partitions, params, folder)``
+#: -> the index, which is then saved into ``folder`` (the artifact's temporary folder, where a
+#: builder may already have written files the index's ``save`` keeps, such as IVF-PQ rows).
+IndexBuilder = Callable[[np.ndarray, str, list[str] | None, dict[str, Any], Path], VectorIndex]
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -126,6 +140,7 @@ def write_artifact(
     whitening: Whitening | None = None,
     thumbnails: list[bytes | None] | None = None,
     manifest_extra: dict[str, Any] | None = None,
+    index_builder: IndexBuilder | None = None,
 ) -> Path:
     """Write an artifact atomically: into a temporary sibling, then renamed into place.
 
@@ -145,6 +160,8 @@ def write_artifact(
             ``thumbnails.bin`` + ``thumbnails.json``.
         manifest_extra: more manifest entries (compaction: ``version`` and ``catalog``, the
             parent version and the last change-log sequence folded in).
+        index_builder: makes the index instead of :func:`stygig.index.build_index` (the Ray
+            build trains and fills ``ivfpq`` indexes as cluster tasks); see :data:`IndexBuilder`.
     """
     out = Path(out_dir)
     if not (len(items) == len(colors) == len(embeddings)):
@@ -172,7 +189,8 @@ def write_artifact(
             write_thumbnails(tmp, zip((i.id for i in items), thumbnails, strict=True))
         params = dict(index_params or {})
         partitions = _slot_partitions(items, taxonomy, index_kind, params.pop("partition_by", None))
-        index = build_index(vectors, index_kind, partitions, "slot", **params)
+        builder = index_builder or _build_index
+        index = builder(vectors, index_kind, partitions, params, tmp)
         index.save(tmp)
 
         by_category: dict[str, int] = {}
@@ -218,18 +236,30 @@ def write_artifact(
     return out
 
 
+def _build_index(
+    vectors: np.ndarray,
+    kind: str,
+    partitions: list[str] | None,
+    params: dict[str, Any],
+    folder: Path,
+) -> VectorIndex:
+    """The default :data:`IndexBuilder`: :func:`stygig.index.build_index` in this process."""
+    return build_index(vectors, kind, partitions, "slot", **params)
+
+
 def _slot_partitions(
     items: list[Item], taxonomy: Taxonomy, kind: str, partition_by: str | None
 ) -> list[str] | None:
     """Each item's outfit slot when the index is split by slot, else ``None``.
 
     ``partition_by``: ``"slot"`` or ``"none"``; unset, large catalogues (an approximate
-    index) are split so outfit candidates come from every slot (:class:`PartitionedIndex`).
+    index: ``ivf``, or ``ivfpq`` from ``PQ_MIN_ITEMS``) are split so outfit candidates come
+    from every slot (:class:`PartitionedIndex`).
     """
     if partition_by not in (None, "slot", "none"):
         raise ArtifactError(f"index partition_by must be 'slot' or 'none', not {partition_by!r}")
     split = partition_by == "slot" or (
-        partition_by is None and kind == "auto" and choose_kind(len(items)) == "ivf"
+        partition_by is None and kind == "auto" and choose_kind(len(items)) in ("ivf", "ivfpq")
     )
     return [taxonomy.slot_of(i.category) for i in items] if split else None
 
@@ -396,6 +426,26 @@ def _verify_onnx(manifest: dict[str, Any], files: dict[str, Any]) -> None:
         )
 
 
+def wants_mmap(path: str | Path, manifest: dict[str, Any]) -> bool:
+    """Whether ``embeddings.npy`` is loaded memory-mapped: the index (or any part of a split
+    one) is ``ivfpq`` (a catalogue of millions), or the file holds :data:`MMAP_MIN_BYTES` or
+    more. Reads the manifest and the file's size only."""
+    meta = manifest.get("index")
+    kinds: set[object] = set()
+    if isinstance(meta, dict):
+        kinds.add(meta.get("kind"))
+        params = meta.get("params")
+        parts = params.get("parts") if isinstance(params, dict) else None
+        if isinstance(parts, list):
+            kinds.update(p.get("kind") for p in parts if isinstance(p, dict))
+    if "ivfpq" in kinds:
+        return True
+    try:
+        return (Path(path) / "embeddings.npy").stat().st_size >= MMAP_MIN_BYTES
+    except OSError:
+        return False  # np.load says what is wrong with it
+
+
 @dataclass
 class Artifact:
     """A loaded artifact: items, colours, embeddings, index, taxonomy and manifest."""
@@ -412,11 +462,15 @@ class Artifact:
     compat: CompatModel | None = None
 
     @classmethod
-    def load(cls, path: str | Path, *, verify: bool = True) -> Artifact:
+    def load(cls, path: str | Path, *, verify: bool = True, mmap: bool | None = None) -> Artifact:
         """Load an artifact directory.
 
-        ``verify`` runs :func:`verify_files` first (every file listed and unchanged); without
-        it, :func:`check_paths` still runs, so no file outside the folder is ever read.
+        ``verify`` runs :func:`verify_files` first (every file listed and unchanged, hashed in
+        1 MB blocks, never held whole); without it, :func:`check_paths` still runs, so no file
+        outside the folder is ever read. ``mmap``: map ``embeddings.npy`` read-only instead of
+        reading it into memory; unset, :func:`wants_mmap` decides (an ``ivfpq`` index, or a
+        file of :data:`MMAP_MIN_BYTES` or more). A mapped array is read-only: code that
+        changes the catalogue builds new arrays (as :mod:`stygig.snapshot` does).
         """
         root = Path(path)
         manifest = read_manifest(root)
@@ -425,7 +479,9 @@ class Artifact:
         else:
             check_paths(root, manifest)
         try:
-            embeddings = np.load(root / "embeddings.npy", mmap_mode=None)
+            if mmap is None:
+                mmap = wants_mmap(root, manifest)
+            embeddings = np.load(root / "embeddings.npy", mmap_mode="r" if mmap else None)
             rows = [
                 json.loads(line)
                 for line in (root / "items.jsonl").read_text(encoding="utf-8").splitlines()

@@ -179,6 +179,101 @@ def test_a_retried_block_is_never_duplicated(
         assemble(read, str(stage), dim)  # a lost part is said, never papered over
 
 
+# -- the ivfpq index trained and filled as Ray tasks ----------------------------------------------
+
+
+@pytest.fixture
+def one_faiss_thread() -> Iterator[None]:
+    """The driver's FAISS on one thread, as Ray's one-CPU tasks run it (and OpenMP's spinning
+    threads crawl on shared cores)."""
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(threads)
+
+
+def _synthetic_catalogue(n: int = 600, dim: int = 32) -> dict[str, Any]:
+    """``n`` clustered unit vectors in four outfit slots of unequal sizes."""
+    from stygig.catalog import Item, Taxonomy
+
+    rng = np.random.default_rng(7)
+    centres = rng.normal(size=(12, dim))
+    x = centres[rng.integers(0, 12, n)] + 0.6 * rng.normal(size=(n, dim))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    x[::20, 0] = 0.25 + 2**-13  # halfway between two float16s: FAISS and NumPy round it apart
+    kinds = ["shirt", "shirt", "jeans", "dress", "jacket", "shirt", "jeans"]
+    items = [Item(id=f"s{i}", image=f"/img/{i}.jpg", category=kinds[i % 7]) for i in range(n)]
+    return {
+        "items": items,
+        "colors": [{"rgb": [i % 255, 0, 0]} for i in range(n)],
+        "embeddings": x,
+        "taxonomy": Taxonomy.load(),
+        "encoder_info": {"name": "synthetic", "dim": dim, "runtime": "numpy"},
+        "rejects": [],
+        "index_kind": "ivfpq",
+    }
+
+
+@pytest.mark.parametrize("split", [True, False], ids=["per-slot", "one-index"])
+def test_ivfpq_trained_and_added_as_ray_tasks_is_the_local_index(
+    cluster: None, one_faiss_thread: None, tmp_path: Path, split: bool
+) -> None:
+    """Training (one task per index) and adding (one task per 50 rows) on the cluster give the
+    local build's artifact byte for byte: codes, float16 rows, partitions and all."""
+    from functools import partial
+
+    from stygig.artifact import write_artifact
+    from stygig.distributed.ray_build import build_index_on_ray
+
+    data = _synthetic_catalogue()
+    data["index_params"] = {"nlist": 4, "partition_by": "slot" if split else "none"}
+    local = write_artifact(tmp_path / "local", **data)
+    info: dict[str, Any] = {}
+    builder = partial(build_index_on_ray, chunk_rows=50, info=info)
+    on_ray = write_artifact(tmp_path / "ray", index_builder=builder, **data)
+    a, b = Artifact.load(local), Artifact.load(on_ray)  # checksums verified
+    assert b.manifest["index"] == a.manifest["index"]
+    assert b.manifest["index"]["kind"] == "ivfpq"
+    assert b.manifest["files"] == a.manifest["files"]  # every file, same bytes
+    parts = 4 if split else 1
+    assert info["train_tasks"] == info["ivfpq_indexes"] == parts
+    assert info["add_tasks"] >= 12  # 600 rows, 50 per task (more when split: per slot)
+    q = a.embeddings[::37] + 0.01
+    np.testing.assert_array_equal(b.index.search(q, 10)[1], a.index.search(q, 10)[1])
+
+
+def test_ray_build_with_an_ivfpq_index(
+    cluster: None, one_faiss_thread: None, kaggle_slice: dict[str, Any], tmp_path: Path
+) -> None:
+    """``build_artifact_ray(index_kind="ivfpq")``: the index is made by Ray tasks (recorded in
+    the manifest) and is the local build's."""
+    from stygig.build import build_artifact
+    from stygig.distributed.ray_build import build_artifact_ray
+    from stygig.encoders import load_encoder
+
+    encoder = load_encoder("tiny")
+    common: dict[str, Any] = {
+        "images_dir": kaggle_slice["images"],
+        "progress": False,
+        "index_kind": "ivfpq",
+        "index_params": {"nlist": 4, "m": 16, "partition_by": "none"},
+        "whiten": False,
+    }
+    local = build_artifact(kaggle_slice["csv"], tmp_path / "local", encoder, **common)
+    on_ray = build_artifact_ray(
+        kaggle_slice["csv"], tmp_path / "ray", encoder, index_chunk_rows=64, **common
+    )
+    ray_index = on_ray.manifest["build"]["ray"]["index"]
+    assert ray_index["train_tasks"] == 1 and ray_index["add_tasks"] == 3  # 178 rows
+    assert on_ray.manifest["index"] == local.manifest["index"]
+    for name in ("index.faiss", "index-vectors.faiss", "embeddings.npy"):
+        assert on_ray.manifest["files"][name] == local.manifest["files"][name], name
+    art = Artifact.load(on_ray.path)
+    assert isinstance(art.embeddings, np.memmap)  # an ivfpq artifact maps its embeddings
+
+
 def _strip(line: str) -> dict[str, Any]:
     record = json.loads(line)
     record.get("recommendation", {}).pop("timings_ms", None)
@@ -299,3 +394,19 @@ def test_missing_ray_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(__import__("sys").modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(StygigError, match=r"pip install 'stygig\[ray\]'"):
         cluster_module.import_ray()
+
+
+def test_other_index_kinds_are_built_locally(tmp_path: Path) -> None:
+    """Only ``ivfpq`` goes to the cluster: other kinds (and a split with no ``ivfpq`` part)
+    are what build_index gives, without Ray tasks."""
+    from stygig.distributed.ray_build import build_index_on_ray
+    from stygig.index import PartitionedIndex
+
+    data = _synthetic_catalogue(n=200)
+    x = data["embeddings"]
+    info: dict[str, Any] = {}
+    assert build_index_on_ray(x, "flat", None, {}, tmp_path, info=info).kind == "flat"
+    slots = [data["taxonomy"].slot_of(i.category) for i in data["items"]]
+    split = build_index_on_ray(x, "auto", slots, {}, tmp_path, info=info)
+    assert isinstance(split, PartitionedIndex) and {p.kind for p in split.parts} == {"flat"}
+    assert info == {} and not any(tmp_path.iterdir())

@@ -20,6 +20,13 @@ build's reason (``missing_image``, ``corrupt_image``) and message; it never stop
 The encoder is the one the local build uses: ``auto`` builds export the torch model to ONNX once
 on the driver, and every actor loads that very graph (sent through the object store), so the
 embeddings match the local build's within the runtime's batch-to-batch tolerance.
+
+An ``ivfpq`` index (``--index ivfpq``, or ``auto`` from ``PQ_MIN_ITEMS`` items) is built on the
+cluster too (:func:`build_index_on_ray`): per index (each outfit slot's part when the index is
+split) one task trains on the local build's sample (:func:`stygig.index_pq.train_pq`) and
+one task per chunk of rows encodes them (:func:`stygig.index_pq.add_chunk`); the driver merges
+the chunks in row order (:func:`stygig.index_pq.merge_chunks`) and writes the float16 rows,
+then the artifact writer saves the index as usual -- the same files a local build writes.
 """
 
 from __future__ import annotations
@@ -53,9 +60,20 @@ from stygig.errors import (
 )
 from stygig.features import PreparedImage
 from stygig.images import PreprocessSpec
+from stygig.index import (
+    PART_FLAT_MAX_ITEMS,
+    PART_MIN_NPROBE,
+    PART_SCAN_BUDGET,
+    PQ_MIN_ITEMS,
+    PartitionedIndex,
+    VectorIndex,
+    build_index,
+    choose_kind,
+    default_nlist,
+)
 from stygig.whitening import Whitening
 
-__all__ = ["EncoderLoader", "build_artifact_ray", "stage_location"]
+__all__ = ["EncoderLoader", "build_artifact_ray", "build_index_on_ray", "stage_location"]
 
 _PART = re.compile(r"part-(\d+)-(\d+)\.npz$")
 _ONNX = "encoder.onnx"
@@ -359,6 +377,199 @@ def embed_on_ray(
     return embedded, info
 
 
+# -- the index: IVF-PQ training and adding as Ray tasks -------------------------------------------
+
+
+def _part_plan(
+    n: int, kind: str, partitions: list[str] | None, params: dict[str, Any]
+) -> tuple[list[str], list[np.ndarray], list[str], list[dict[str, Any]]] | None:
+    """What :func:`stygig.index.build_index` builds: per part its name, rows, kind and
+    parameters (``None`` when not split). Mirrors :meth:`PartitionedIndex.build`; the Ray test
+    checks the result equals the local build's, file for file."""
+    if partitions is None:
+        return None
+    labels = np.asarray(list(partitions), dtype=object)
+    if len(labels) != n:
+        return None  # build_index says what is wrong
+    names = sorted({str(v) for v in labels})
+    rows = [np.flatnonzero(labels == name) for name in names]
+    big = "ivfpq" if n >= PQ_MIN_ITEMS else "ivf"
+    kinds = [
+        ("flat" if len(r) <= PART_FLAT_MAX_ITEMS else big) if kind == "auto" else kind for r in rows
+    ]
+    root_sum = sum(np.sqrt(len(r)) for r, k in zip(rows, kinds, strict=True) if k == "ivf")
+    nprobe = max(PART_MIN_NPROBE, int(np.ceil(2 * PART_SCAN_BUDGET / max(root_sum, 1.0))))
+    part_params = []
+    for r, part_kind in zip(rows, kinds, strict=True):
+        one = dict(params)
+        if part_kind == "ivf":
+            one.setdefault("nprobe", min(nprobe, default_nlist(len(r))))
+        part_params.append(one)
+    return names, rows, kinds, part_params
+
+
+@dataclass
+class _PQJob:
+    """One IVF-PQ index to build on the cluster: its vectors, settings and submitted tasks."""
+
+    vectors: np.ndarray
+    params: dict[str, Any]
+    name: str  # its file in the artifact (index.faiss, index-partN.faiss)
+    trained: Any = None  # ObjectRef of train_pq's bytes
+    chunks: list[Any] | None = None  # ObjectRefs of add_chunk's bytes, in row order
+
+
+def _submit_pq(job: _PQJob, chunk_rows: int, tasks: dict[str, Any]) -> None:
+    """Submit ``job``'s training task and its adding tasks (which wait on the training)."""
+    from stygig.index_pq import default_pq_params, training_sample
+
+    x = job.vectors
+    n, dim = x.shape
+    full = {**default_pq_params(n, dim), **job.params}
+    full["nlist"] = min(int(full["nlist"]), n)
+    job.params = full
+    sample = training_sample(x, int(full["nlist"]), seed=int(full.get("seed", 0)))
+    job.trained = tasks["train"].remote(sample, **full)
+    job.chunks = [
+        tasks["add"].remote(
+            job.trained,
+            np.ascontiguousarray(x[start : start + chunk_rows], np.float32),
+            np.arange(start, min(n, start + chunk_rows), dtype=np.int64),
+        )
+        for start in range(0, n, chunk_rows)
+    ]
+
+
+def _zero_padding(index: Any) -> None:
+    """Zero the unused slots of each inverted list's last fast-scan block (32 codes per block).
+
+    ``merge_chunks`` (FAISS ``merge_from``) leaves those slots as uninitialised memory, which
+    searches never read but which would make the codes file differ from build to build; a
+    local build's ``add`` leaves them zero. Zeroed, the merged index is the local one byte for
+    byte (checked in tests/integration/test_ray_build.py)."""
+    import faiss
+
+    ivf: Any = faiss.extract_index_ivf(index)
+    packer = ivf.get_CodePacker()
+    per_block, block_size = int(packer.nvec), int(packer.block_size)
+    zero = np.zeros(int(packer.code_size), np.uint8)
+    lists = ivf.invlists
+    for list_no in range(int(ivf.nlist)):
+        size = int(lists.list_size(list_no))
+        used = size % per_block
+        if not used:
+            continue
+        blocks = -(-size // per_block)
+        codes = faiss.rev_swig_ptr(lists.get_codes(list_no), blocks * block_size)  # a view
+        last = codes[(blocks - 1) * block_size :].reshape(1, block_size)
+        for slot in range(used, per_block):
+            packer.pack_1(zero, slot, last)
+
+
+def _fp16_rows(block: np.ndarray) -> np.ndarray:
+    """``block`` as float16, rounded by FAISS's fp16 scalar quantizer as a local build's rows
+    are (it rounds exact halves away from zero where NumPy's ``astype`` rounds them to even:
+    ~1 value in 17,000 of 128-d unit vectors differed by one unit in the last place)."""
+    import faiss
+
+    x = np.ascontiguousarray(block, dtype=np.float32)
+    quantizer = faiss.IndexScalarQuantizer(
+        x.shape[1], faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+    )
+    codes: np.ndarray = quantizer.sa_encode(x)
+    return codes.view(np.float16).reshape(len(x), x.shape[1])
+
+
+def _collect_pq(ray: Any, job: _PQJob, folder: Path, chunk_rows: int) -> VectorIndex:
+    """Merge ``job``'s chunks (fetched one at a time, in row order) and write its float16
+    rows where the index's ``save`` keeps them."""
+    from stygig.index_pq import PQIndex, _vectors_file, merge_chunks, write_store
+
+    trained: bytes = ray.get(job.trained)
+    codes = merge_chunks(trained, (ray.get(ref) for ref in job.chunks or []))
+    _zero_padding(codes)
+    n, dim = job.vectors.shape
+    store = folder / _vectors_file(job.name)
+    blocks = (
+        _fp16_rows(job.vectors[start : start + chunk_rows]) for start in range(0, n, chunk_rows)
+    )
+    write_store(store, blocks, n, dim)
+    return PQIndex.from_parts(trained, codes, store, job.params)
+
+
+def build_index_on_ray(
+    vectors: np.ndarray,
+    kind: str,
+    partitions: list[str] | None,
+    params: dict[str, Any],
+    folder: Path,
+    *,
+    chunk_rows: int | None = None,
+    info: dict[str, Any] | None = None,
+) -> VectorIndex:
+    """:func:`stygig.index.build_index` (an :data:`stygig.artifact.IndexBuilder`) with every
+    ``ivfpq`` index -- the whole one, or each outfit slot's part of a split one -- trained as one
+    Ray task and filled as one task per ``chunk_rows`` rows (default
+    :data:`stygig.index_pq.ADD_CHUNK_ROWS`); every slot's tasks are submitted before any is
+    waited on, so slots train and fill side by side. Other kinds are built here, as locally.
+
+    Same data, parameters and seed -> the local build's index, byte for byte: the same training
+    sample, the same FAISS training (one thread in a one-CPU task), chunks merged in row order
+    (each inverted list holds its ids in the order a single ``add`` gives) and the merge's
+    unused block slots zeroed (:func:`_zero_padding`). ``info``, when given, receives what ran
+    (tasks, seconds).
+    """
+    from stygig.index_pq import ADD_CHUNK_ROWS, PQ_KIND
+
+    rows_per_chunk = int(chunk_rows or ADD_CHUNK_ROWS)
+    if rows_per_chunk < 1:
+        raise StygigError("IVF-PQ chunks need at least one row")
+    plan = _part_plan(len(vectors), kind, partitions, params)
+    if plan is None:
+        whole = choose_kind(len(vectors)) if kind == "auto" else kind
+        if whole != PQ_KIND or partitions is not None:
+            return build_index(vectors, kind, partitions, "slot", **params)
+        plan_jobs: list[_PQJob | VectorIndex] = [_PQJob(vectors, dict(params), "index.faiss")]
+    else:
+        names, rows, kinds, part_params = plan
+        if PQ_KIND not in kinds:  # nothing for the cluster
+            return build_index(vectors, kind, partitions, "slot", **params)
+        plan_jobs = [
+            _PQJob(vectors[r], p, f"index-part{i}.faiss")
+            if k == PQ_KIND
+            else build_index(vectors[r], k, **p)
+            for i, (r, k, p) in enumerate(zip(rows, kinds, part_params, strict=True))
+        ]
+    jobs = [j for j in plan_jobs if isinstance(j, _PQJob)]
+    ray = import_ray()
+    from stygig.index_pq import add_chunk, train_pq
+
+    tasks = {
+        "train": ray.remote(num_cpus=1)(train_pq),
+        "add": ray.remote(num_cpus=1)(add_chunk),
+    }
+    started = time.perf_counter()
+    for job in jobs:
+        _submit_pq(job, rows_per_chunk, tasks)
+    built = [
+        _collect_pq(ray, j, folder, rows_per_chunk) if isinstance(j, _PQJob) else j
+        for j in plan_jobs
+    ]
+    if info is not None:
+        info.update(
+            {
+                "ivfpq_indexes": len(jobs),
+                "train_tasks": len(jobs),
+                "add_tasks": sum(len(j.chunks or []) for j in jobs),
+                "chunk_rows": rows_per_chunk,
+                "seconds": time.perf_counter() - started,
+            }
+        )
+    if plan is None:
+        return built[0]
+    return PartitionedIndex(names, built, rows, "slot")
+
+
 def build_artifact_ray(
     catalog: str | Path,
     out_dir: str | Path,
@@ -379,6 +590,7 @@ def build_artifact_ray(
     actor_cpus: float = 1.0,
     stage: str | None = None,
     keep_stage: bool = False,
+    index_chunk_rows: int | None = None,
 ) -> BuildResult:
     """:func:`stygig.build.build_artifact` with the per-item work on the connected Ray cluster
     (see the module's docstring); the same artifact, written by the same writer.
@@ -387,7 +599,8 @@ def build_artifact_ray(
     (``weights`` and ``random_weights`` as given to it: actors load non-ONNX encoders by name).
     ``actors``: encoder actors (default one per GPU, else one per ``actor_cpus`` CPUs);
     ``stage``: where the parts go (default ``<out>.ray-parts``, removed after the build unless
-    ``keep_stage``).
+    ``keep_stage``). An ``ivfpq`` index is trained and filled as Ray tasks too
+    (:func:`build_index_on_ray`, ``index_chunk_rows`` rows per adding task).
     """
     started = time.perf_counter()
     taxonomy = taxonomy or Taxonomy.load()
@@ -432,6 +645,22 @@ def build_artifact_ray(
         "batch_size": batch_size,
         "ray": ray_info,
     }
+    index_info: dict[str, Any] = {}
+
+    def index_builder(
+        x: np.ndarray,
+        kind: str,
+        partitions: list[str] | None,
+        params: dict[str, Any],
+        folder: Path,
+    ) -> VectorIndex:
+        index = build_index_on_ray(
+            x, kind, partitions, params, folder, chunk_rows=index_chunk_rows, info=index_info
+        )
+        if index_info:  # into the manifest: write_artifact writes build_info after the index
+            ray_info["index"] = dict(index_info)
+        return index
+
     path = write_artifact(
         out_dir,
         items=embedded.items,
@@ -446,6 +675,7 @@ def build_artifact_ray(
         extra_files=extra_files,
         whitening=whitening,
         thumbnails=embedded.thumbnails,
+        index_builder=index_builder,
     )
     if not keep_stage:
         _clear(where)
