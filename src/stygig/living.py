@@ -14,15 +14,20 @@
   the log, a restarted server replaying it); :meth:`LiveCatalog.follow` does so every
   ``interval`` seconds on a thread of its own.
 
-Readers (requests) never take the lock: they read the snapshot the last publish left.
+Readers (requests) never take the lock: they read the snapshot the last publish left, and
+they come first for the CPU: a change's work (photos, encoding, applying and logging) runs on
+threads of its own at a lowered priority (:data:`CHANGE_NICE`), with an encoder session of its
+own (:func:`_single_thread_copy`); the request worker that took the change only waits.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -49,17 +54,84 @@ __all__ = ["LiveCatalog"]
 
 log = logging.getLogger("stygig.living")
 
-#: How many photos are encoded per encoder call while preparing a bulk request.
-ENCODE_BATCH = 32
+#: How many photos are encoded per encoder call while preparing a bulk request. Per photo,
+#: batches of 1-32 cost the same CPU with EfficientNet-Lite0 on 2 cores; a small batch lets
+#: encoding start while the next photos are still being decoded.
+ENCODE_BATCH = 16
 #: Records applied per catch-up step (one snapshot each).
 CATCH_UP_BATCH = 64
+#: How much lower (``nice``, Linux only: nice values are per thread there) the threads that
+#: prepare and encode changes' photos run than the process, so requests take the CPU first and
+#: changes use what is left. ``STYGIG_CHANGE_NICE=0`` turns it off.
+CHANGE_NICE = 10
+
+
+def _env_nice() -> int:
+    value = os.environ.get("STYGIG_CHANGE_NICE", "").strip()
+    if not value:
+        return CHANGE_NICE
+    try:
+        return max(0, min(19, int(value)))
+    except ValueError:
+        log.warning("STYGIG_CHANGE_NICE is not a whole number; using %d", CHANGE_NICE)
+        return CHANGE_NICE
+
+
+CHANGE_NICE = _env_nice()
+
+
+def _lower_priority() -> None:
+    """Thread initializer: lower this thread's CPU priority by :data:`CHANGE_NICE`. Only on
+    Linux, where ``setpriority(PRIO_PROCESS, tid)`` addresses one thread (elsewhere it would
+    address a process)."""
+    if CHANGE_NICE <= 0 or sys.platform != "linux":
+        return
+    tid = threading.get_native_id()
+    with contextlib.suppress(OSError):
+        os.setpriority(
+            os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + CHANGE_NICE)
+        )
 
 
 @functools.cache
 def _photo_pool() -> ThreadPoolExecutor:
     """Threads that prepare added items' photos (one pool per process, made on first use)."""
     workers = max(1, min(4, os.cpu_count() or 1))
-    return ThreadPoolExecutor(workers, thread_name_prefix="stygig-change-photo")
+    return ThreadPoolExecutor(
+        workers, thread_name_prefix="stygig-change-photo", initializer=_lower_priority
+    )
+
+
+@functools.cache
+def _writer_pool() -> ThreadPoolExecutor:
+    """The thread that applies and logs changes (one per process), at the lowered priority."""
+    return ThreadPoolExecutor(
+        1, thread_name_prefix="stygig-change-write", initializer=_lower_priority
+    )
+
+
+@functools.cache
+def _encode_pool() -> ThreadPoolExecutor:
+    """The thread that encodes added items' photos (one per process), at the same lowered
+    priority: with its own one-thread encoder session, all of a change's CPU work runs on
+    low-priority threads, never on the encoder threads requests use."""
+    return ThreadPoolExecutor(
+        1, thread_name_prefix="stygig-change-encode", initializer=_lower_priority
+    )
+
+
+def _single_thread_copy(encoder: Any) -> Any:
+    """A one-thread ONNX Runtime session of ``encoder``'s file, when it is an ONNX encoder on
+    the CPU (else ``encoder`` itself)."""
+    from stygig.encoders.onnx import OnnxEncoder
+
+    if not isinstance(encoder, OnnxEncoder) or encoder.device != "cpu":
+        return encoder
+    try:
+        return OnnxEncoder(encoder.path, encoder.describe(), threads=1)
+    except StygigError:  # the file went away (a replaced artifact): share the request encoder
+        log.warning("no encoder session of its own for catalogue changes; sharing the serving one")
+        return encoder
 
 
 class LiveCatalog:
@@ -87,6 +159,10 @@ class LiveCatalog:
         self._thread: threading.Thread | None = None
         self.follow_errors = 0
         self.successor: LiveCatalog | None = None  # set when a hot reload replaced this one
+        self._encoder: Any = None  # see _change_encoder
+        self._encoder_lock = threading.Lock()
+        if changelog is not None:  # made now, off the caller's thread: the first add won't wait
+            _encode_pool().submit(self._change_encoder)
 
     @property
     def snapshot(self) -> CatalogSnapshot:
@@ -113,37 +189,63 @@ class LiveCatalog:
             image = (req.location or "") if req.photo is None else ""
             pending.append((n, dataclasses.replace(item, image=image), req))
             out.append(None)
-        # Photos decode in parallel, as a build's do (PIL and NumPy release the GIL).
+        if not pending:
+            return [c for c in out if c is not None]
+        # Photos decode in parallel, as a build's do (PIL and NumPy release the GIL), and are
+        # encoded in small batches as they come, overlapping the next photos' decoding. All
+        # on the low-priority change threads: this thread (a request worker) only waits.
         spec = rec.encoder.preprocess
-        jobs: list[tuple[int, Item, Future[PreparedImage]]] = [
-            (n, item, _photo_pool().submit(self._prepared_photo, req, spec))
-            for n, item, req in pending
-        ]
-        photos: list[tuple[int, Any, PreparedImage]] = []
+        jobs = [_photo_pool().submit(self._prepared_photo, req, spec) for _, _, req in pending]
+        encoded: list[tuple[list[tuple[int, Item, PreparedImage]], Future[np.ndarray]]] = []
         try:
-            for n, item, job in jobs:
-                try:
-                    photos.append((n, item, job.result()))
-                except StygigError as e:
-                    e.message = f"change {n + 1}: {e.message}"
-                    e.args = (e.message,)
-                    raise
+            for start in range(0, len(jobs), ENCODE_BATCH):
+                group: list[tuple[int, Item, PreparedImage]] = []
+                for (n, item, _), job in zip(
+                    pending[start : start + ENCODE_BATCH],
+                    jobs[start : start + ENCODE_BATCH],
+                    strict=True,
+                ):
+                    try:
+                        group.append((n, item, job.result()))
+                    except StygigError as e:
+                        e.message = f"change {n + 1}: {e.message}"
+                        e.args = (e.message,)
+                        raise
+                tensors = [p.tensor for _, _, p in group]
+                encoded.append((group, _encode_pool().submit(self._embed, tensors)))
+            for group, vectors in encoded:
+                for (n, item, prepared), vector in zip(group, vectors.result(), strict=True):
+                    out[n] = CatalogChange(
+                        "add",
+                        item.id,
+                        item=item,
+                        vector=np.asarray(vector, np.float32),
+                        color=prepared.color,
+                        thumbnail=prepared.thumbnail,
+                    )
         finally:
-            for _, _, job in jobs:
+            for job in jobs:
                 job.cancel()
-        for start in range(0, len(photos), ENCODE_BATCH):
-            group = photos[start : start + ENCODE_BATCH]
-            vectors = rec.embed([p.tensor for _, _, p in group])
-            for (n, item, prepared), vector in zip(group, vectors, strict=True):
-                out[n] = CatalogChange(
-                    "add",
-                    item.id,
-                    item=item,
-                    vector=np.asarray(vector, np.float32),
-                    color=prepared.color,
-                    thumbnail=prepared.thumbnail,
-                )
+            for _, vectors in encoded:
+                vectors.cancel()
         return [c for c in out if c is not None]
+
+    def _embed(self, tensors: list[np.ndarray]) -> np.ndarray:
+        """Encode changes' photos (on the encode thread) with the change encoder, whitened
+        like the catalogue."""
+        rec = self.recommender
+        return rec.project(self._change_encoder().encode(np.stack(tensors)))
+
+    def _change_encoder(self) -> Any:
+        """The encoder for changes' photos: for an ONNX model on the CPU, a session of its own
+        with one intra-op thread, which runs on the (low-priority) calling thread, so change
+        work never occupies the encoder threads requests use; otherwise the recommender's.
+        The same graph and file as the recommender's: the same embeddings."""
+        if self._encoder is None:
+            with self._encoder_lock:
+                if self._encoder is None:
+                    self._encoder = _single_thread_copy(self.recommender.encoder)
+        return self._encoder
 
     def _prepared_photo(self, req: ChangeRequest, spec: Any) -> PreparedImage:
         return prepare_item_photo(self._photo(req), spec)
@@ -167,7 +269,9 @@ class LiveCatalog:
                 code="changes_disabled",
             )
         changes = self.prepare(requests)
-        return self._submit_prepared(changes)
+        # Applied and logged on the low-priority writer thread (one: writers are serialised
+        # anyway); the caller, a request worker, waits without using the CPU.
+        return _writer_pool().submit(self._submit_prepared, changes).result()
 
     def _submit_prepared(self, changes: list[CatalogChange]) -> CatalogSnapshot:
         assert self.changelog is not None
@@ -235,6 +339,7 @@ class LiveCatalog:
             raise InvalidOptionsError("the follow interval must be 0.01 to 3600 seconds")
 
         def loop() -> None:
+            _lower_priority()
             while not self._stop.wait(interval_s):
                 try:
                     self.catch_up()

@@ -137,9 +137,20 @@ def apply_changes(
     changes: ``snap`` is untouched and no new snapshot exists.
     """
     art = snap.artifact
-    items, colors = list(art.items), list(art.colors)
-    positions = dict(art.positions)
-    thumbs = dict(snap.thumbnails)
+    items = list(art.items)
+    # Copied on their first write only: a stream of in-place updates (stock, price,
+    # attributes) copies the item list and nothing else of the catalogue's size.
+    colors: list[dict[str, Any]] = art.colors
+    positions: dict[str, int] = art.positions
+    thumbs: dict[str, bytes] = snap.thumbnails
+    copied = False
+
+    def own() -> None:
+        nonlocal colors, positions, thumbs, copied
+        if not copied:
+            colors, positions, thumbs = list(colors), dict(positions), dict(thumbs)
+            copied = True
+
     dim = art.embeddings.shape[1]
     added: list[np.ndarray] = []  # vectors of appended rows, in order
     labels: list[str] = []  # their outfit slots
@@ -149,6 +160,7 @@ def apply_changes(
     taxonomy = art.taxonomy
 
     def append(item: Any, vector: np.ndarray, color: dict[str, Any]) -> None:
+        own()
         old = positions.get(item.id)
         if old is not None:
             dead.append(old)
@@ -178,6 +190,7 @@ def apply_changes(
                 f"change {n + 1}: the item id is not in the catalogue", code="unknown_item"
             )
         if change.op == "remove":
+            own()
             dead.append(pos)
             del positions[change.id]
             thumbs.pop(change.id, None)
@@ -201,7 +214,12 @@ def apply_changes(
         art, items=items, colors=colors, embeddings=embeddings, index=index, positions=positions
     )
     columns = snap.columns.evolve(artifact, touched)
-    learned = _learned(artifact, columns, embeddings, compat_mode) if snap.learned else None
+    # The learned scorer projects every row (O(items x dim)): made again only when rows were
+    # appended. Updates in place (stock, price, attributes) change none of its inputs
+    # (embeddings, colours, categories, ids), so a stream of them costs no projection.
+    learned = snap.learned
+    if learned is not None and added:
+        learned = _learned(artifact, columns, embeddings, compat_mode)
     recent = (*snap.stock_events, *events)[-RECENT_STOCK_EVENTS:]
     ref = dataclasses.replace(
         snap.ref,

@@ -28,6 +28,9 @@ from tests.integration.server_fixtures import REPO, free_port, wait_ready
 
 pytestmark = pytest.mark.slow
 
+#: Concurrent clients in the hot-reload test (100 in the benchmark).
+CLIENTS = 24
+
 
 @contextmanager
 def living_server(
@@ -211,28 +214,37 @@ def test_hot_reload_under_load(workspace: tuple[Path, Path, Path], tmp_path: Pat
         manifest = json.loads((tmp_path / "v2" / "manifest.json").read_text())
         assert manifest["catalog"]["last_sequence"] == 1
         failures: list[int] = []
+        seen: set[str] = set()  # the artifact versions answers came from
         done = threading.Event()
 
         def load() -> None:
-            with httpx.Client(base_url=url, timeout=60) as c:
+            with httpx.Client(base_url=url, timeout=120) as c:
                 while not done.is_set():
-                    r = c.post(
-                        "/invocations", content=photo, headers={"content-type": "image/jpeg"}
-                    )
+                    try:
+                        r = c.post(
+                            "/invocations", content=photo, headers={"content-type": "image/jpeg"}
+                        )
+                    except httpx.HTTPError:
+                        failures.append(0)  # a dropped connection is a failed request too
+                        continue
                     if r.status_code != 200:
                         failures.append(r.status_code)
+                    else:
+                        seen.add(r.json()["artifact"]["version"])
 
-        workers = [threading.Thread(target=load) for _ in range(8)]
+        # CLIENTS concurrent clients (the benchmark runs 100: bench_catalog_changes.py).
+        workers = [threading.Thread(target=load) for _ in range(CLIENTS)]
         for w in workers:
             w.start()
         try:
+            old = _until(lambda: set(seen), 120)
             # An unverifiable version is refused: the server stays on the old one.
             broken = tmp_path / "broken"
             shutil.copytree(tmp_path / "v2", broken)
             with (broken / "items.jsonl").open("a") as handle:
                 handle.write("\n")
             pointer.write_text(str(broken))
-            with httpx.Client(base_url=url, timeout=60) as c:
+            with httpx.Client(base_url=url, timeout=120) as c:
                 r = c.post("/v1/catalog/reload")
                 assert r.status_code == 409 and r.json()["error"]["code"] == "reload_refused"
                 pointer.write_text(str(tmp_path / "v2"))
@@ -244,11 +256,17 @@ def test_hot_reload_under_load(workspace: tuple[Path, Path, Path], tmp_path: Pat
                 after = _similar(c, photo)
                 assert after["artifact"]["catalog"] == f"{new}+1"
                 assert after["items"][0]["id"] == "new-1"
+                # And back to the first version (POST), under the same load.
+                pointer.write_text(str(art))
+                assert c.post("/v1/catalog/reload").json()["reloaded"] is True
+                # The load's own answers came from both versions: it ran across the swaps.
+                assert _until(lambda: new in seen, 60)
         finally:
             done.set()
             for w in workers:
-                w.join(60)
+                w.join(120)
         assert failures == []
+        assert old and len(seen) == 2
 
 
 @pytest.fixture

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
+import sys
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from stygig import living
 from stygig.artifact import Artifact
 from stygig.catalog.changelog import ChangeLog, SequenceTaken
 from stygig.catalog.changes import parse_change, parse_changes_jsonl
 from stygig.engine import Options, Query, Recommender
 from stygig.errors import InputError, InvalidImageError, InvalidOptionsError, NotFoundError
+from stygig.features import prepare_image
 from stygig.index import MERGE_ROWS, ExactIndex, LiveIndex, build_index
 from stygig.living import LiveCatalog
 
@@ -197,3 +201,27 @@ def test_every_index_kind_takes_changes(kind: str) -> None:
             _s, i = index.search_each(q, 5)
             assert (i >= n).any()
     assert MERGE_ROWS > 400
+
+
+def test_change_work_runs_below_requests(live: tuple[LiveCatalog, Path]) -> None:
+    """Changes' photos are prepared, encoded and applied on lowered-priority threads, and the
+    change encoder gives the request encoder's vectors."""
+    catalog, folder = live
+    rec = catalog.recommender
+    photo = (folder / "queries" / "blue-jeans.jpg").read_bytes()
+    catalog.submit([parse_change(_add(folder, "low-1"))])
+    row = rec.snapshot.artifact.positions["low-1"]
+    want = rec.embed([prepare_image(photo, rec.encoder.preprocess).tensor])[0]
+    np.testing.assert_allclose(rec.snapshot.artifact.embeddings[row], want, atol=1e-6)
+    if sys.platform != "linux" or living.CHANGE_NICE == 0:
+        return
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    changes = [t for t in threading.enumerate() if t.name.startswith("stygig-change-")]
+    assert {t.name.rsplit("_", 1)[0] for t in changes} >= {
+        "stygig-change-photo",
+        "stygig-change-encode",
+        "stygig-change-write",
+    }
+    for t in changes:
+        assert t.native_id is not None
+        assert os.getpriority(os.PRIO_PROCESS, t.native_id) >= min(19, mine + living.CHANGE_NICE)

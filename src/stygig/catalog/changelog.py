@@ -136,18 +136,18 @@ class ChangeLog:
     def read(self, sequence: int) -> dict[str, Any]:
         """Record ``sequence`` as written."""
         uri = storage.join(self.location, _name(sequence))
-        try:
-            data = storage.read_bytes(uri)
-            record: dict[str, Any] = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            raise StorageError(f"change log record {sequence} is not valid JSON") from None
-        if record.get("sequence") != sequence or not isinstance(record.get("changes"), list):
-            raise StorageError(f"change log record {sequence} does not match its name")
-        return record
+        return self._parsed(sequence, storage.read_bytes(uri))
 
     def read_since(self, after: int, limit: int | None = None) -> list[dict[str, Any]]:
         """The records after ``after``, in order, up to the first gap (a number not written
-        yet), at most ``limit``."""
+        yet), at most ``limit``.
+
+        A folder is probed by name (``after + 1``, ``after + 2``, ... until one is missing),
+        so a writer's catch-up before every change costs one failed ``open``, not a listing
+        of the whole log; an S3 prefix is listed from ``after``.
+        """
+        if not self.remote:
+            return self._read_local_since(after, limit)
         out: list[dict[str, Any]] = []
         expected = after + 1
         for sequence in self.sequences(after):
@@ -156,6 +156,30 @@ class ChangeLog:
             out.append(self.read(sequence))
             expected += 1
         return out
+
+    def _read_local_since(self, after: int, limit: int | None) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        sequence = after + 1
+        while limit is None or len(out) < limit:
+            try:
+                data = (self.folder / _name(sequence)).read_bytes()
+            except FileNotFoundError:
+                break
+            except OSError as e:
+                raise StorageError(f"the change log cannot be read: {e.strerror}") from None
+            out.append(self._parsed(sequence, data))
+            sequence += 1
+        return out
+
+    @staticmethod
+    def _parsed(sequence: int, data: bytes) -> dict[str, Any]:
+        try:
+            record: dict[str, Any] = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            raise StorageError(f"change log record {sequence} is not valid JSON") from None
+        if record.get("sequence") != sequence or not isinstance(record.get("changes"), list):
+            raise StorageError(f"change log record {sequence} does not match its name")
+        return record
 
     def last_sequence(self) -> int:
         """The highest record number (0: an empty log)."""
