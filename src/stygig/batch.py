@@ -461,6 +461,71 @@ def open_sink(dst: str, part_size: int = 1000) -> Sink:
     return JsonlSink(path)
 
 
+def run_record(
+    src: str,
+    dst: str,
+    *,
+    kind: str,
+    by_photo: bool,
+    options: dict[str, Any],
+    part_size: int,
+    **answered_by: Any,
+) -> dict[str, Any]:
+    """What identifies a batch run (a rerun that differs is refused); ``answered_by`` names
+    what answers it (the artifact, an endpoint)."""
+    return {
+        "input": src,
+        "kind": kind,
+        "by_photo": by_photo,
+        "options": options,
+        **answered_by,
+        "part_size": part_size if storage.is_remote(dst) or dst.endswith(".parquet") else None,
+    }
+
+
+def start_run(dst: str, run: dict[str, Any], overwrite: bool) -> BatchSummary | None:
+    """The summary of this same run when it already completed (nothing to do); else the run is
+    recorded as started and ``None`` returned. A different earlier run is refused."""
+    earlier = _check_run(dst, run, overwrite)
+    if earlier is not None and earlier.get("complete"):
+        before = dict(earlier["summary"])
+        before.update(processed=0, skipped=before["total"], seconds=0.0, items_per_second=0.0)
+        return BatchSummary(**before)
+    storage.write_bytes(_sidecar(dst), json.dumps({"run": run, "complete": False}).encode())
+    return None
+
+
+def finish_run(
+    dst: str,
+    run: dict[str, Any],
+    output: str,
+    *,
+    total: int,
+    processed: int,
+    skipped: int,
+    errors: int,
+    seconds: float,
+    complete: bool,
+    errors_by_code: dict[str, int],
+) -> BatchSummary:
+    """The run's summary, recorded beside the output when the run completed."""
+    summary = BatchSummary(
+        output=output,
+        total=total,
+        processed=processed,
+        skipped=skipped,
+        errors=errors,
+        seconds=round(seconds, 3),
+        items_per_second=round(processed / seconds, 2) if seconds > 0 else 0.0,
+        complete=complete,
+        errors_by_code=errors_by_code,
+    )
+    if complete:
+        record = {"run": run, "complete": True, "summary": summary.to_dict()}
+        storage.write_bytes(_sidecar(dst), json.dumps(record).encode())
+    return summary
+
+
 def _sidecar(dst: str) -> str:
     return storage.join(dst, "_batch.json") if storage.is_remote(dst) else f"{dst}.batch.json"
 
@@ -540,20 +605,18 @@ def run_batch(
     Options.from_dict(options)  # fail fast on bad options, before any work
     workers = workers or os.cpu_count() or 2
     manifest = recommender.artifact.manifest
-    run = {
-        "input": src,
-        "kind": kind,
-        "by_photo": by_photo,
-        "options": options,
-        "artifact": {k: manifest.get(k) for k in ("created_at", "format_version")},
-        "part_size": part_size if storage.is_remote(dst) or dst.endswith(".parquet") else None,
-    }
-    earlier = _check_run(dst, run, overwrite)
-    if earlier is not None and earlier.get("complete"):
-        before = dict(earlier["summary"])
-        before.update(processed=0, skipped=before["total"], seconds=0.0, items_per_second=0.0)
-        return BatchSummary(**before)
-    storage.write_bytes(_sidecar(dst), json.dumps({"run": run, "complete": False}).encode())
+    run = run_record(
+        src,
+        dst,
+        kind=kind,
+        by_photo=by_photo,
+        options=options,
+        part_size=part_size,
+        artifact={k: manifest.get(k) for k in ("created_at", "format_version")},
+    )
+    finished = start_run(dst, run, overwrite)
+    if finished is not None:
+        return finished
     inputs, total = iter_inputs(src, recommender, kind=kind, by_photo=by_photo)
     sink = open_sink(dst, part_size)
     done = sink.done()
@@ -624,19 +687,15 @@ def run_batch(
         finally:
             bar.close()
             sink.close(complete)
-    seconds = time.perf_counter() - started
-    summary = BatchSummary(
-        output=sink.location,
+    return finish_run(
+        dst,
+        run,
+        sink.location,
         total=seen if total is None else total,
         processed=processed,
         skipped=skipped,
         errors=errors,
-        seconds=round(seconds, 3),
-        items_per_second=round(processed / seconds, 2) if seconds > 0 else 0.0,
+        seconds=time.perf_counter() - started,
         complete=complete,
         errors_by_code=codes,
     )
-    if complete:
-        record = {"run": run, "complete": True, "summary": summary.to_dict()}
-        storage.write_bytes(_sidecar(dst), json.dumps(record).encode())
-    return summary

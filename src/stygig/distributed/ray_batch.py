@@ -27,18 +27,18 @@ from typing import Any
 
 import numpy as np
 
-from stygig import storage
 from stygig.artifact import Artifact
 from stygig.batch import (
     BatchInput,
     BatchSummary,
-    _check_run,
     _record,
-    _sidecar,
+    finish_run,
     iter_inputs,
     open_sink,
     prepare_input,
     recommend_group,
+    run_record,
+    start_run,
 )
 from stygig.distributed.cluster import import_ray, resources
 from stygig.engine import Options, Recommender
@@ -119,20 +119,18 @@ def run_batch_ray(
     recommender = Recommender(Artifact.load(artifact, verify=verify))
     manifest = recommender.artifact.manifest
     # The run record of stygig.batch.run_batch: a local run and a Ray run resume each other.
-    run = {
-        "input": src,
-        "kind": kind,
-        "by_photo": by_photo,
-        "options": options,
-        "artifact": {k: manifest.get(k) for k in ("created_at", "format_version")},
-        "part_size": part_size if storage.is_remote(dst) or dst.endswith(".parquet") else None,
-    }
-    earlier = _check_run(dst, run, overwrite)
-    if earlier is not None and earlier.get("complete"):
-        before = dict(earlier["summary"])
-        before.update(processed=0, skipped=before["total"], seconds=0.0, items_per_second=0.0)
-        return BatchSummary(**before)
-    storage.write_bytes(_sidecar(dst), json.dumps({"run": run, "complete": False}).encode())
+    run = run_record(
+        src,
+        dst,
+        kind=kind,
+        by_photo=by_photo,
+        options=options,
+        part_size=part_size,
+        artifact={k: manifest.get(k) for k in ("created_at", "format_version")},
+    )
+    finished = start_run(dst, run, overwrite)
+    if finished is not None:
+        return finished
     inputs, total = iter_inputs(src, recommender, kind=kind, by_photo=by_photo)
     sink = open_sink(dst, part_size)
     done = sink.done()
@@ -202,19 +200,15 @@ def run_batch_ray(
         complete = True
     finally:
         sink.close(complete)
-    seconds = time.perf_counter() - started
-    summary = BatchSummary(
-        output=sink.location,
+    return finish_run(
+        dst,
+        run,
+        sink.location,
         total=seen if total is None else total,
         processed=processed,
         skipped=skipped,
         errors=errors,
-        seconds=round(seconds, 3),
-        items_per_second=round(processed / seconds, 2) if seconds > 0 else 0.0,
+        seconds=time.perf_counter() - started,
         complete=complete,
         errors_by_code=codes,
     )
-    if complete:
-        record = {"run": run, "complete": True, "summary": summary.to_dict()}
-        storage.write_bytes(_sidecar(dst), json.dumps(record).encode())
-    return summary

@@ -41,13 +41,14 @@ from stygig.batch import (
     Record,
     _artifact_inputs,
     _catalog_inputs,
-    _check_run,
     _manifest_inputs,
     _photo_inputs,
     _record,
-    _sidecar,
+    finish_run,
     input_kind,
     open_sink,
+    run_record,
+    start_run,
 )
 from stygig.engine import Options
 from stygig.errors import BatchError, InvalidOptionsError, StygigError
@@ -252,15 +253,16 @@ def run_endpoint_batch(
         raise InvalidOptionsError("--concurrency must be >= 1")
     options = dict(options or {})
     Options.from_dict(options)  # fail fast on bad options, before any work
-    run = {
-        "input": src,
-        "kind": kind,
-        "by_photo": by_photo,
-        "options": options,
-        "endpoint": endpoint.endpoint_name,
-        "artifact": artifact,
-        "part_size": part_size if storage.is_remote(dst) or dst.endswith(".parquet") else None,
-    }
+    run = run_record(
+        src,
+        dst,
+        kind=kind,
+        by_photo=by_photo,
+        options=options,
+        part_size=part_size,
+        endpoint=endpoint.endpoint_name,
+        artifact=artifact,
+    )
     digest = hashlib.sha256(json.dumps([run, dst], sort_keys=True).encode()).hexdigest()
     run_key = f"batch-{digest[:12]}"
     if overwrite:
@@ -268,13 +270,10 @@ def run_endpoint_batch(
             storage.join(endpoint.require_prefix(), f"receipts/{run_key}-")
         ):
             storage.delete(key)
-    earlier_run = _check_run(dst, run, overwrite)
-    if earlier_run is not None and earlier_run.get("complete"):
-        before = dict(earlier_run["summary"])
-        before.update(processed=0, skipped=before["total"], seconds=0.0, items_per_second=0.0)
-        return BatchSummary(**before)
+    finished = start_run(dst, run, overwrite)
+    if finished is not None:
+        return finished
     receipts = endpoint.receipts(f"{run_key}-")
-    storage.write_bytes(_sidecar(dst), json.dumps({"run": run, "complete": False}).encode())
     inputs, total = endpoint_inputs(src, kind=kind, by_photo=by_photo, artifact=artifact)
     sink = open_sink(dst, part_size)
     done = sink.done()
@@ -336,19 +335,15 @@ def run_endpoint_batch(
         pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
         sink.close(complete)
-    seconds = time.perf_counter() - started
-    summary = BatchSummary(
-        output=sink.location,
+    return finish_run(
+        dst,
+        run,
+        sink.location,
         total=seen if total is None else total,
         processed=processed,
         skipped=skipped,
         errors=errors,
-        seconds=round(seconds, 3),
-        items_per_second=round(processed / seconds, 2) if seconds > 0 else 0.0,
+        seconds=time.perf_counter() - started,
         complete=complete,
         errors_by_code=codes,
     )
-    if complete:
-        record = {"run": run, "complete": True, "summary": summary.to_dict()}
-        storage.write_bytes(_sidecar(dst), json.dumps(record).encode())
-    return summary
