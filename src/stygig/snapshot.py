@@ -119,6 +119,7 @@ def _learned(
         columns.category_codes,
         [i.id for i in artifact.items],
         compat_mode,
+        attributes=[i.attributes for i in artifact.items],
     )
 
 

@@ -230,3 +230,171 @@ def test_training_is_reproducible(tmp_path: Path) -> None:
     assert [r["val_uniform"] for r in runs[0].history] == [
         r["val_uniform"] for r in runs[1].history
     ]
+
+
+def test_cooccurrence_lookup_matches_a_dense_count() -> None:
+    rng = np.random.default_rng(3)
+    names = [f"i{k}" for k in range(12)]
+    outfits = [
+        list(rng.choice(names, size=int(rng.integers(2, 5)), replace=False)) for _ in range(30)
+    ]
+    co = Cooccurrence.from_outfits(outfits)
+    query, cands = ["i1", "i5", "new", "i7"], [*names, "other"]
+    dense = [
+        [sum(a in o and b in o for o in outfits) if a != b else 0 for b in cands] for a in query
+    ]
+    assert co.lookup(co.codes(query), co.codes(cands)).tolist() == dense
+
+
+def test_group_key_is_the_garment_of_a_colour() -> None:
+    from stygig.compat.model import group_key
+
+    assert group_key("51000622-02") == group_key("51000622-TO") == "51000622"
+    assert group_key("shirt-1-0") == "shirt-1-0"
+
+
+def _full_model(rng: np.random.Generator) -> tuple[CompatModel, ItemFeatures, list[str]]:
+    """A model with every optional part: attributes, garment counts, item vectors, attention."""
+    d, c, h, dim = 5, 2, 6, 3
+    vocab = ("colour=BLUE", "colour=RED", "line=SHE")
+    ids = ["10-a", "10-b", "11-a", "12-a", "13-a", "14-a"]
+    attr_ids = np.array(sorted(ids[:4]), dtype=str)
+    model = CompatModel(
+        categories=("a", "b"),
+        emb_mean=np.zeros(d, np.float32),
+        emb_scale=np.ones(d, np.float32),
+        w1=rng.normal(size=(d + 7 + c + len(vocab), h)).astype(np.float32),
+        b1=np.zeros(h, np.float32),
+        w2=rng.normal(size=(h, dim)).astype(np.float32),
+        b2=np.zeros(dim, np.float32),
+        masks=rng.normal(size=(c + 1, c + 1, dim)).astype(np.float32),
+        bias=rng.normal(size=(c + 1, c + 1)).astype(np.float32),
+        cooc_weight=0.5,
+        cooccurrence=Cooccurrence.from_outfits([["10-a", "13-a"], ["12-a", "14-a", "11-a"]]),
+        group_weight=0.25,
+        group_cooccurrence=Cooccurrence.from_outfits([["10", "13"], ["10", "11"]]),
+        attr_vocab=vocab,
+        attr_ids=attr_ids,
+        attr_codes=np.array([[0, 2], [1, -1], [0, -1], [1, 2]], np.int32),
+        attention=rng.normal(size=(c + 1, c + 1)).astype(np.float32),
+        id_ids=np.array(["10-a", "11-a"], dtype=str),
+        id_vectors=rng.normal(size=(2, dim)).astype(np.float32),
+    )
+    feats = item_features(
+        rng.normal(size=(6, d)),
+        rng.integers(0, 255, (6, 3)),
+        ["a", "b", None, "a", "b", "b"],
+        "ab",
+        model.attribute_rows(ids),
+    )
+    return model, feats, ids
+
+
+def test_full_model_scores_match_the_formula_and_round_trip(tmp_path: Path) -> None:
+    from stygig.compat.model import group_key
+
+    model, feats, ids = _full_model(np.random.default_rng(2))
+    assert model.attribute_rows(["10-b", "zz"]).tolist() == [[0, 1, 0], [0, 0, 0]]
+    assert model.encode_attributes([{"colour": "RED"}, None]).tolist() == [[0, 1, 0], [0, 0, 0]]
+    g = model.project(feats, ids)
+    plain = model.project(feats)
+    assert not np.allclose(g[0], plain[0]) and np.allclose(g[3], plain[3])  # 12-a: no vector
+    q, cand = np.array([0, 2, 3]), np.array([1, 4, 5])
+    co, gco = model.cooccurrence, model.group_cooccurrence
+    qi, ci = [ids[i] for i in q], [ids[i] for i in cand]
+    counts = co.lookup(co.codes(qi), co.codes(ci))
+    groups = gco.lookup(
+        gco.codes([group_key(i) for i in qi]), gco.codes([group_key(i) for i in ci])
+    )
+    assert counts.sum() > 0 and groups.sum() > 0
+    fast = model.score(g[q], feats.category[q], g[cand], feats.category[cand], counts, groups)
+    cats = np.where(feats.category >= 0, feats.category, 2)
+    slow = []
+    for n, j in enumerate(cand):
+        pair = np.array(
+            [
+                g[i] @ (model.masks[cats[i], cats[j]] * g[j])
+                + model.bias[cats[i], cats[j]]
+                + 0.5 * np.log1p(counts[m, n])
+                + 0.25 * np.log1p(groups[m, n])
+                for m, i in enumerate(q)
+            ]
+        )
+        w = np.exp(np.array([model.attention[cats[i], cats[j]] for i in q]))
+        slow.append(float((pair * w).sum() / w.sum()))
+    assert fast == pytest.approx(slow, abs=1e-5)
+    # The whole-catalogue path (by category block) gives the same pair scores.
+    blocks = model.blocks(g, feats.category)
+    whole = model.block_scores(g[q], feats.category[q], blocks)
+    direct = model.pair_scores(g[q], feats.category[q], g, feats.category)
+    assert whole.shape == (len(q), len(ids)) and np.allclose(whole, direct, atol=1e-5)
+    again = CompatModel.load(model.save(tmp_path / "compat.npz"))
+    assert again.attr_vocab == model.attr_vocab and again.group_weight == 0.25
+    assert np.array_equal(again.id_vectors, model.id_vectors)
+    assert np.allclose(again.project(feats, ids), g)
+    assert again.score(
+        g[q], feats.category[q], g[cand], feats.category[cand], counts, groups
+    ) == pytest.approx(fast, abs=1e-6)
+
+
+def test_first_version_model_files_still_load(tmp_path: Path) -> None:
+    model, _, _ = _full_model(np.random.default_rng(4))
+    path = model.save(tmp_path / "compat.npz")
+    with np.load(path) as data:
+        old = {k: data[k] for k in data.files if not k.startswith(("attr_", "group_", "id_"))}
+    old.pop("attention")
+    old["scalars"] = old["scalars"][:2]
+    old["w1"] = old["w1"][: -len(model.attr_vocab)]
+    with (tmp_path / "old.npz").open("wb") as handle:
+        np.savez(handle, **old)
+    loaded = CompatModel.load(tmp_path / "old.npz")
+    assert loaded.attr_vocab == () and loaded.group_weight == 0.0
+    assert loaded.attention.size == 0 and len(loaded.id_ids) == 0
+
+
+def test_training_with_every_option(tmp_path: Path) -> None:
+    from stygig.training.compat import TrainConfig, train_compat
+
+    path, outfits = _artifact(tmp_path)
+    art = Artifact.load(path)
+    cfg = TrainConfig(
+        epochs=2,
+        neg_collection=2,
+        group_cooc=True,
+        attention=True,
+        pair_loss=0.5,
+        item_vectors=True,
+    )
+    result = train_compat(art, outfits, cfg, progress=False, log=lambda _: None)
+    model = result.model
+    assert len(model.id_ids) > 0 and model.id_vectors.shape == (len(model.id_ids), model.dim)
+    assert model.attention.shape == model.bias.shape and model.group_weight != 0.0
+    assert {"val_collection", "val_auc_one"} <= set(result.history[-1])
+    add_compat_model(path, model, {"note": "every option"})
+    rec = Recommender(
+        Artifact.load(path), config=ScoringConfig.from_dict({"compat_mode": "learned"})
+    )
+    out = rec.recommend(Query(item_ids=("shirt-1-0",)), Options(k=2)).to_dict()
+    assert out["items"] and all(isinstance(i["learned"], float) for i in out["items"])
+
+
+def test_the_kept_epoch_is_not_overwritten_by_later_training(tmp_path: Path) -> None:
+    from stygig.training import compat as training
+
+    path, outfits = _artifact(tmp_path, per_style=3)
+    exported: list[CompatModel] = []
+    original = training._export
+
+    def spy(*args: object, **kwargs: object) -> CompatModel:
+        model = original(*args, **kwargs)  # type: ignore[arg-type]
+        exported.append(model)
+        return model
+
+    training._export = spy  # type: ignore[assignment]
+    try:
+        cfg = training.TrainConfig(epochs=2, swa_start=0)
+        training.train_compat(Artifact.load(path), outfits, cfg, progress=False, log=lambda _: None)
+    finally:
+        training._export = original  # type: ignore[assignment]
+    assert len(exported) == 2
+    assert not np.array_equal(exported[0].w1, exported[1].w1)  # epoch 1 kept its own weights

@@ -1,6 +1,6 @@
 """Item features for the compatibility model: embedding, colour and category, row-aligned.
 
-The model sees ``[embedding, Lab colour, HSL colour, category one-hot]``; standardisation of the
+The model sees ``[embedding, Lab colour, HSL colour, category one-hot, attributes]``; standardisation of the
 embedding lives in the model (so it can embed query photos too), this module only gathers raw
 values. Everything is NumPy so serving needs no torch.
 """
@@ -31,6 +31,9 @@ class ItemFeatures:
     embeddings: np.ndarray  # (n, d) float32
     colour: np.ndarray  # (n, COLOUR_DIM) float32
     category: np.ndarray  # (n,) int64
+    #: ``(n, A)`` multi-hot catalogue attributes in the model's vocabulary (``None``: unknown,
+    #: as for a query photo; :meth:`stygig.compat.model.CompatModel.attribute_rows`).
+    attributes: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.embeddings.shape[0])
@@ -38,7 +41,8 @@ class ItemFeatures:
     def take(self, rows: npt.ArrayLike) -> ItemFeatures:
         """The features of ``rows`` only."""
         idx = np.asarray(rows, np.int64)
-        return ItemFeatures(self.embeddings[idx], self.colour[idx], self.category[idx])
+        attrs = None if self.attributes is None else self.attributes[idx]
+        return ItemFeatures(self.embeddings[idx], self.colour[idx], self.category[idx], attrs)
 
 
 def rgb_to_lab(rgb: npt.ArrayLike) -> np.ndarray:
@@ -78,12 +82,15 @@ def item_features(
     rgb: npt.ArrayLike,
     categories: Sequence[str | None],
     category_names: Sequence[str],
+    attributes: np.ndarray | None = None,
 ) -> ItemFeatures:
-    """Gather the features of items given their vectors, colours and category names."""
+    """Gather the features of items given their vectors, colours and category names (and,
+    optionally, their multi-hot attribute rows)."""
     lookup = {name: i for i, name in enumerate(category_names)}
     codes = np.array([lookup.get(c, -1) if c is not None else -1 for c in categories], np.int64)
     return ItemFeatures(
         embeddings=np.asarray(embeddings, np.float32).reshape(len(codes), -1),
         colour=colour_features(rgb),
         category=codes,
+        attributes=None if attributes is None else np.asarray(attributes, np.float32),
     )

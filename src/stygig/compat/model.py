@@ -15,6 +15,8 @@ Scoring all candidates of one category is one matrix product.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +25,11 @@ import numpy as np
 
 from stygig.compat.features import COLOUR_DIM, ItemFeatures
 
-__all__ = ["COMPAT_FILE", "CompatModel", "Cooccurrence"]
+__all__ = ["COMPAT_FILE", "CategoryBlocks", "CompatModel", "Cooccurrence", "group_key"]
 
 #: File name of the model inside an artifact.
 COMPAT_FILE = "compat.npz"
+_REFERENCE = re.compile(r"(\d+)")
 
 
 @dataclass(frozen=True)
@@ -65,17 +68,44 @@ class Cooccurrence:
         return np.where(self.item_ids[pos] == arr, pos, -1).astype(np.int64)
 
     def lookup(self, query: np.ndarray, cand: np.ndarray) -> np.ndarray:
-        """``(m, n)`` counts for code arrays ``query`` (m,) and ``cand`` (n,)."""
+        """``(m, n)`` counts for code arrays ``query`` (m,) and ``cand`` (n,).
+
+        Per query row: its partners' slice of the sorted keys scattered into a dense row,
+        then gathered at ``cand`` (O(k + n) per row, no search per pair).
+        """
         out = np.zeros((len(query), len(cand)), np.float32)
         if len(self.keys) == 0:
             return out
         k = len(self.item_ids)
-        keys = query[:, None] * k + cand[None, :]
-        valid = (query[:, None] >= 0) & (cand[None, :] >= 0)
-        pos = np.clip(np.searchsorted(self.keys, keys), 0, len(self.keys) - 1)
-        hit = valid & (self.keys[pos] == keys)
-        out[hit] = self.counts[pos[hit]]
+        dense = np.zeros(k + 1, np.float32)  # slot k: "no history" (code -1)
+        gather = np.where(np.asarray(cand) >= 0, cand, k)
+        for n, q in enumerate(np.asarray(query).tolist()):
+            if q < 0:
+                continue
+            lo, hi = np.searchsorted(self.keys, [q * k, (q + 1) * k])
+            if lo == hi:
+                continue
+            partners = self.keys[lo:hi] - q * k
+            dense[partners] = self.counts[lo:hi]
+            out[n] = dense[gather]
+            dense[partners] = 0.0
         return out
+
+
+def group_key(item_id: str) -> str:
+    """The garment an item is a colour of: the reference number leading a MANGO id
+    (``51000622-02`` -> ``51000622``); other ids are their own group."""
+    match = _REFERENCE.match(item_id)
+    return match.group(1) if match else item_id
+
+
+@dataclass(frozen=True)
+class CategoryBlocks:
+    """Projected rows sorted by category (:meth:`CompatModel.blocks`)."""
+
+    vectors: np.ndarray  # (N, D) rows in category order
+    spans: tuple[tuple[int, int, int], ...]  # (category, start, end) in that order
+    inverse: np.ndarray  # (N,) position of each original row in that order
 
 
 def whiten_rows(
@@ -110,6 +140,23 @@ class CompatModel:
     rules_weight: float = 0.0  # weight of the V4 score in ``learned+rules``
     cooccurrence: Cooccurrence = field(default_factory=Cooccurrence.empty)
     info: dict[str, Any] = field(default_factory=dict)
+    # Garment-level co-occurrence (items grouped by :func:`group_key`: the colours of one
+    # garment share their outfits) and its weight; empty = none.
+    group_weight: float = 0.0
+    group_cooccurrence: Cooccurrence = field(default_factory=Cooccurrence.empty)
+    # Catalogue attributes as a multi-hot input: the vocabulary (``field=value``) and each
+    # catalogue item's codes into it (sorted ids; ``(k, F)``, -1 = none); empty = none.
+    attr_vocab: tuple[str, ...] = ()
+    attr_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=str))
+    attr_codes: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int32))
+    # Attention over the visible items: a candidate's score is the softmax(att[cat q, cat c])
+    # weighted mean of its pair scores over the query items (zeros: the plain mean).
+    attention: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    # Learned per-item vectors for the items of the train outfits (sorted ids, ``(k, D)``),
+    # added to ``g`` before normalising: what outfits taught about an item beyond its
+    # content; none for a new item. Empty = none.
+    id_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=str))
+    id_vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     # Optional PCA whitening of the embeddings (stygig.whitening), applied before the
     # standardisation; empty arrays = none.
     white_mean: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
@@ -134,19 +181,66 @@ class CompatModel:
         """The embeddings whitened and L2-normalised when the model whitens, else as they are."""
         return whiten_rows(embeddings, self.white_mean, self.white_projection, self.white_scale)
 
+    def attribute_rows(self, item_ids: Sequence[str]) -> np.ndarray:
+        """``(n, A)`` multi-hot attributes of catalogue items from the model's table (zeros for
+        an id it does not know)."""
+        out = np.zeros((len(item_ids), len(self.attr_vocab)), np.float32)
+        if not self.attr_vocab or len(self.attr_ids) == 0 or not len(item_ids):
+            return out
+        arr = np.array(item_ids, dtype=str)
+        pos = np.clip(np.searchsorted(self.attr_ids, arr), 0, len(self.attr_ids) - 1)
+        found = np.flatnonzero(self.attr_ids[pos] == arr)
+        codes = self.attr_codes[pos[found]]
+        rows = np.repeat(found, codes.shape[1])
+        cols = codes.reshape(-1)
+        ok = cols >= 0
+        out[rows[ok], cols[ok]] = 1.0
+        return out
+
+    def encode_attributes(self, attributes: Sequence[Mapping[str, Any] | None]) -> np.ndarray:
+        """``(n, A)`` multi-hot rows of items' attribute mappings in the model's vocabulary."""
+        lookup = {v: n for n, v in enumerate(self.attr_vocab)}
+        out = np.zeros((len(attributes), len(self.attr_vocab)), np.float32)
+        for n, attrs in enumerate(attributes):
+            for key, value in (attrs or {}).items():
+                col = lookup.get(f"{key}={value}")
+                if col is not None:
+                    out[n, col] = 1.0
+        return out
+
     def inputs(self, features: ItemFeatures) -> np.ndarray:
-        """The MLP's input rows: standardised embedding, colour, category one-hot."""
+        """The MLP's input rows: standardised embedding, colour, category one-hot, attributes."""
         n, c = len(features), len(self.categories)
         onehot = np.zeros((n, c), np.float32)
         known = features.category >= 0
         onehot[np.flatnonzero(known), features.category[known]] = 1.0
         emb = (self.whiten(features.embeddings) - self.emb_mean) * self.emb_scale
-        return np.concatenate([emb, features.colour, onehot], axis=1).astype(np.float32)
+        parts = [emb, features.colour, onehot]
+        if self.attr_vocab:
+            attrs = features.attributes
+            parts.append(
+                np.zeros((n, len(self.attr_vocab)), np.float32) if attrs is None else attrs
+            )
+        return np.concatenate(parts, axis=1).astype(np.float32)
 
-    def project(self, features: ItemFeatures) -> np.ndarray:
-        """``(n, D)`` unit vectors ``g``."""
+    def id_rows(self, item_ids: Sequence[str]) -> np.ndarray:
+        """``(n, D)`` learned per-item vectors (zeros for an id without one)."""
+        out = np.zeros((len(item_ids), self.dim), np.float32)
+        if len(self.id_ids) == 0 or not len(item_ids):
+            return out
+        arr = np.array(item_ids, dtype=str)
+        pos = np.clip(np.searchsorted(self.id_ids, arr), 0, len(self.id_ids) - 1)
+        found = self.id_ids[pos] == arr
+        out[found] = self.id_vectors[pos[found]]
+        return out
+
+    def project(self, features: ItemFeatures, item_ids: Sequence[str] | None = None) -> np.ndarray:
+        """``(n, D)`` unit vectors ``g`` (with the learned per-item vectors of ``item_ids``,
+        catalogue ids or None for photos, when the model has them)."""
         hidden = np.maximum(self.inputs(features) @ self.w1 + self.b1, 0.0)
         g = hidden @ self.w2 + self.b2
+        if item_ids is not None and len(self.id_ids):
+            g = g + self.id_rows(item_ids)
         norm = np.linalg.norm(g, axis=1, keepdims=True)
         out: np.ndarray = (g / np.maximum(norm, 1e-8)).astype(np.float32)
         return out
@@ -169,6 +263,37 @@ class CompatModel:
             out[:, idx] = weighted @ cand[idx].T + self.bias[qc, k][:, None]
         return out
 
+    def blocks(self, vectors: np.ndarray, cats: np.ndarray) -> CategoryBlocks:
+        """Projected rows grouped by category once, for :meth:`block_scores`."""
+        cc = self._cat(cats)
+        order = np.argsort(cc, kind="stable")
+        kinds, starts = np.unique(cc[order], return_index=True)
+        ends = np.r_[starts[1:], len(order)]
+        inverse = np.empty(len(order), np.int64)
+        inverse[order] = np.arange(len(order))
+        spans = tuple(zip(kinds.tolist(), starts.tolist(), ends.tolist(), strict=True))
+        return CategoryBlocks(np.ascontiguousarray(vectors[order]), spans, inverse)
+
+    def block_scores(
+        self,
+        query: np.ndarray,
+        query_cat: np.ndarray,
+        blocks: CategoryBlocks,
+        rows: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """``(m, N)`` :meth:`pair_scores` of the query rows against *every* row of ``blocks``
+        (in the rows' own order; only ``rows`` of them when given): one small product per
+        category, no gathering before, so scoring a whole 10k catalogue costs a fraction of a
+        millisecond."""
+        qc = self._cat(query_cat)
+        weighted = query[:, None, :] * self.masks[qc]  # (m, C + 1, D)
+        out = np.empty((len(blocks.inverse), len(query)), np.float32)
+        for k, start, end in blocks.spans:
+            out[start:end] = blocks.vectors[start:end] @ weighted[:, k].T + self.bias[qc, k]
+        picked = blocks.inverse if rows is None else blocks.inverse[rows]
+        result: np.ndarray = out[picked].T
+        return result
+
     def score(
         self,
         query: np.ndarray,
@@ -176,19 +301,45 @@ class CompatModel:
         cand: np.ndarray,
         cand_cat: np.ndarray,
         cooc: np.ndarray | None = None,
+        group_cooc: np.ndarray | None = None,
+        pair: np.ndarray | None = None,
     ) -> np.ndarray:
-        """``(n,)`` learned score of each candidate: the mean over the query rows.
+        """``(n,)`` learned score of each candidate: the (attention-weighted) mean over the
+        query rows.
 
         Args:
             query, cand: projected vectors (:meth:`project`), ``(m, D)`` and ``(n, D)``.
             query_cat, cand_cat: category codes (``-1`` = unknown).
             cooc: optional ``(m, n)`` co-occurrence counts (:meth:`Cooccurrence.lookup`).
+            group_cooc: optional ``(m, n)`` garment-level counts (``group_cooccurrence``).
+            pair: the :meth:`pair_scores` when already computed (:meth:`block_scores`).
         """
-        pair = self.pair_scores(query, query_cat, cand, cand_cat)
+        if pair is None:
+            pair = self.pair_scores(query, query_cat, cand, cand_cat)
+        return self.aggregate(pair, query_cat, cand_cat, cooc, group_cooc)
+
+    def aggregate(
+        self,
+        pair: np.ndarray,
+        query_cat: np.ndarray,
+        cand_cat: np.ndarray,
+        cooc: np.ndarray | None = None,
+        group_cooc: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """``(n,)`` candidate scores from the ``(m, n)`` content pair scores: the co-occurrence
+        terms added, then the (attention-weighted) mean over the query rows."""
+        total = pair.astype(np.float32, copy=True)
         if cooc is not None and self.cooc_weight:
-            pair = pair + self.cooc_weight * np.log1p(cooc)
-        out: np.ndarray = pair.mean(axis=0)
-        return out
+            total += np.float32(self.cooc_weight) * np.log1p(cooc)
+        if group_cooc is not None and self.group_weight:
+            total += np.float32(self.group_weight) * np.log1p(group_cooc)
+        if self.attention.size == 0 or len(total) == 1:
+            out: np.ndarray = total.sum(axis=0) / np.float32(len(total))
+            return out
+        logits = self.attention[self._cat(query_cat)][:, self._cat(cand_cat)]  # (m, n)
+        weights = np.exp(logits - logits.max(axis=0, keepdims=True))
+        weighted: np.ndarray = (total * weights).sum(axis=0) / weights.sum(axis=0)
+        return weighted
 
     # -- persistence -------------------------------------------------------------------------
 
@@ -200,10 +351,21 @@ class CompatModel:
         }
         payload |= {
             "categories": np.array(self.categories, dtype=str),
-            "scalars": np.array([self.cooc_weight, self.rules_weight], np.float64),
+            "scalars": np.array(
+                [self.cooc_weight, self.rules_weight, self.group_weight], np.float64
+            ),
             "cooc_ids": self.cooccurrence.item_ids,
             "cooc_keys": self.cooccurrence.keys,
             "cooc_counts": self.cooccurrence.counts,
+            "group_ids": self.group_cooccurrence.item_ids,
+            "group_keys": self.group_cooccurrence.keys,
+            "group_counts": self.group_cooccurrence.counts,
+            "attr_vocab": np.array(self.attr_vocab, dtype=str),
+            "attr_ids": np.asarray(self.attr_ids, dtype=str),
+            "attr_codes": np.asarray(self.attr_codes, np.int32),
+            "attention": np.asarray(self.attention, np.float32),
+            "id_ids": np.asarray(self.id_ids, dtype=str),
+            "id_vectors": np.asarray(self.id_vectors, np.float32),
             "info": np.array(json.dumps(self.info)),
         }
         with path.open("wb") as handle:
@@ -230,7 +392,32 @@ class CompatModel:
                 rules_weight=float(scalars[1]),
                 cooccurrence=Cooccurrence(data["cooc_ids"], data["cooc_keys"], data["cooc_counts"]),
                 info=json.loads(str(data["info"])),
+                **_optional(data, scalars),
             )
-        if model.w1.shape[0] != model.emb_mean.shape[0] + COLOUR_DIM + len(model.categories):
+        width = model.emb_mean.shape[0] + COLOUR_DIM + len(model.categories)
+        if model.w1.shape[0] != width + len(model.attr_vocab):
             raise ValueError(f"{path}: inconsistent compatibility model shapes")
         return model
+
+
+def _optional(data: Any, scalars: np.ndarray) -> dict[str, Any]:
+    """The parts a model of the first version lacks (garment co-occurrence, attributes,
+    attention): read when present, else their empty defaults."""
+    files = set(data.files)
+    out: dict[str, Any] = {}
+    if len(scalars) > 2:
+        out["group_weight"] = float(scalars[2])
+    if {"group_ids", "group_keys", "group_counts"} <= files:
+        out["group_cooccurrence"] = Cooccurrence(
+            data["group_ids"], data["group_keys"], data["group_counts"]
+        )
+    if {"attr_vocab", "attr_ids", "attr_codes"} <= files:
+        out["attr_vocab"] = tuple(str(v) for v in data["attr_vocab"])
+        out["attr_ids"] = data["attr_ids"]
+        out["attr_codes"] = data["attr_codes"]
+    if "attention" in files:
+        out["attention"] = data["attention"]
+    if {"id_ids", "id_vectors"} <= files:
+        out["id_ids"] = data["id_ids"]
+        out["id_vectors"] = data["id_vectors"]
+    return out

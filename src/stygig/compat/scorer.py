@@ -6,14 +6,23 @@ per photo in the query and one vectorised score over the candidates.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from stygig.compat.features import item_features
-from stygig.compat.model import CompatModel
+from stygig.compat.model import CompatModel, group_key
 
-__all__ = ["LearnedScorer"]
+__all__ = ["LearnedScorer", "QueryView"]
+
+#: From this share of the catalogue on, candidates are scored as the whole catalogue by
+#: category block (:meth:`CompatModel.block_scores`) rather than gathered per category.
+_WHOLE_CATALOGUE = 0.05
+
+#: The model's view of a query's parts: projections, model categories, co-occurrence codes and
+#: garment co-occurrence codes (:meth:`LearnedScorer.query_vectors`, :meth:`rows_view`).
+QueryView = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 class LearnedScorer:
@@ -27,6 +36,8 @@ class LearnedScorer:
         item_ids: every item's id (for the model's co-occurrence table).
         mode: ``learned`` (the model's score only) or ``learned+rules`` (model + its fitted
             weight x the V4 rules' score).
+        attributes: every item's catalogue attributes, for a model that reads them; None: the
+            model's own table of the catalogue it was trained on (unknown ids: none).
     """
 
     def __init__(
@@ -38,18 +49,28 @@ class LearnedScorer:
         category_codes: np.ndarray,
         item_ids: Sequence[str],
         mode: str,
+        attributes: Sequence[Mapping[str, Any] | None] | None = None,
     ) -> None:
         self.model = model
         self.mode = mode
         self.category_names = list(category_names)
         names = model.categories
         item_categories = [self.category_names[c] for c in category_codes]
-        feats = item_features(embeddings, rgb, item_categories, names)
-        self._vectors = model.project(feats)
+        attrs = None
+        if model.attr_vocab:
+            attrs = (
+                model.attribute_rows(item_ids)
+                if attributes is None
+                else model.encode_attributes(attributes)
+            )
+        feats = item_features(embeddings, rgb, item_categories, names, attrs)
+        self._vectors = model.project(feats, item_ids)
         self._cats = feats.category
+        self._blocks = model.blocks(self._vectors, self._cats)
         lookup = {c: names.index(c) if c in names else -1 for c in self.category_names}
         self._cat_of_code = np.array([lookup[c] for c in self.category_names], np.int64)
         self._cooc = model.cooccurrence.codes(tuple(item_ids))
+        self._groups = model.group_cooccurrence.codes(tuple(group_key(i) for i in item_ids))
 
     def query_vectors(
         self,
@@ -57,10 +78,10 @@ class LearnedScorer:
         vectors: np.ndarray,
         rgb: np.ndarray,
         categories: Sequence[int],
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ) -> QueryView:
         """The model's view of the query parts: projections, model categories, co-occurrence
         codes. ``rows`` are catalogue rows (``None`` for a photo, projected from its
-        embedding, colour and category code; -1: unknown)."""
+        embedding, colour and category code; -1: unknown; no attributes)."""
         out = np.empty((len(rows), self.model.dim), np.float32)
         cats = np.empty(len(rows), np.int64)
         for n, row in enumerate(rows):
@@ -72,23 +93,33 @@ class LearnedScorer:
                 feats = item_features(vectors[n][None, :], rgb[n], [name], self.model.categories)
                 out[n] = self.model.project(feats)[0]
         codes = np.array([-1 if r is None else self._cooc[r] for r in rows], np.int64)
-        return out, cats, codes
+        groups = np.array([-1 if r is None else self._groups[r] for r in rows], np.int64)
+        return out, cats, codes, groups
 
     def score(
         self,
-        query: tuple[np.ndarray, np.ndarray, np.ndarray],
+        query: QueryView,
         cand: np.ndarray,
         rules: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(final score, learned part)`` of each candidate row given the query's view."""
-        vectors, cats, codes = query
-        cooc = self.model.cooccurrence.lookup(codes, self._cooc[cand])
-        learned = self.model.score(vectors, cats, self._vectors[cand], self._cats[cand], cooc)
+        vectors, cats, codes, groups = query
+        model = self.model
+        cooc = model.cooccurrence.lookup(codes, self._cooc[cand]) if model.cooc_weight else None
+        garments = None
+        if model.group_weight:
+            garments = model.group_cooccurrence.lookup(groups, self._groups[cand])
+        if len(cand) >= _WHOLE_CATALOGUE * len(self._cats):
+            # Many candidates: score every catalogue row by category block, then pick.
+            pair = model.block_scores(vectors, cats, self._blocks, cand)
+        else:
+            pair = model.pair_scores(vectors, cats, self._vectors[cand], self._cats[cand])
+        learned = model.aggregate(pair, cats, self._cats[cand], cooc, garments)
         if self.mode == "learned":
             return learned.astype(np.float32), learned
         mixed = learned + np.float32(self.model.rules_weight) * rules
         return mixed.astype(np.float32), learned
 
-    def rows_view(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def rows_view(self, rows: np.ndarray) -> QueryView:
         """The model's view of catalogue rows used as a query."""
-        return self._vectors[rows], self._cats[rows], self._cooc[rows]
+        return self._vectors[rows], self._cats[rows], self._cooc[rows], self._groups[rows]

@@ -14,16 +14,23 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from stygig.compat.features import ItemFeatures, item_features
-from stygig.compat.model import CompatModel, Cooccurrence, whiten_rows
-from stygig.evaluation.fitb import Question, fitb_accuracy, item_types, make_questions
+from stygig.compat.features import COLOUR_DIM, ItemFeatures, item_features
+from stygig.compat.model import CompatModel, Cooccurrence, group_key, whiten_rows
+from stygig.evaluation.fitb import (
+    Question,
+    compatibility_auc,
+    fitb_accuracy,
+    item_types,
+    make_questions,
+    reference_number,
+)
 from stygig.evaluation.split import outfits_fingerprint, split_ids
 from stygig.harmony import rgb_array
 
@@ -32,6 +39,19 @@ if TYPE_CHECKING:
 
 __all__ = ["TrainConfig", "TrainResult", "artifact_features", "item_types", "train_compat"]
 
+
+#: MANGO's catalogue attributes (``product_data.csv``) the model reads by default.
+MANGO_ATTRIBUTES = (
+    "des_agrup_color_eng",
+    "des_color_specification_esp",
+    "des_age",
+    "des_line",
+    "des_fabric",
+    "des_product_category",
+    "des_product_aggregated_family",
+    "des_product_family",
+    "des_product_type",
+)
 
 #: The evaluation's share of test outfits (``split_ids``' default), never read by training.
 TEST_FRACTION = 0.2
@@ -42,16 +62,34 @@ class TrainConfig:
     """Hyper-parameters; the defaults are the ones ``docs/compat.md`` reports."""
 
     seed: int = 0
-    epochs: int = 12
+    epochs: int = 8
     batch: int = 256
     hidden: int = 256
     dim: int = 64
-    negatives: int = 8
+    # Negatives per training question, all of the hidden item's product type: drawn uniformly,
+    # by popularity (as FITB "matched") and among the nearest reference numbers (as FITB
+    # "collection": the same collection drop, another garment).
+    neg_uniform: int = 0
+    neg_matched: int = 6
+    neg_collection: int = 4
+    collection_window: int = 6  # collection negatives are drawn among this many nearest
     lr: float = 2e-3
     weight_decay: float = 1e-4
     dropout: float = 0.3
     val_fraction: float = 0.1
+    # Validation questions and swaps are drawn this many times (other seeds: other hidden items
+    # and negatives) from the same validation outfits, to steady model selection.
+    val_repeats: int = 3
     whiten: bool = False  # PCA-whiten the embeddings first (fitted on the whole catalogue)
+    # Catalogue attribute fields used as input features (those an item lacks are left out).
+    attributes: tuple[str, ...] = MANGO_ATTRIBUTES
+    group_cooc: bool = True  # garment-level co-occurrence (colours of one garment) as a term
+    attention: bool = False  # category-pair attention over the visible items
+    pair_loss: float = 0.0  # weight of a per-pair logistic loss (calibrates scores across items)
+    outfit_loss: float = 3.0  # weight of a ranking loss: real outfits above one-swapped ones
+    swa_start: int = 3  # from this epoch on, also try the running mean of the weights (0: off)
+    item_vectors: bool = False  # learn a vector per item of the fit outfits (added to g)
+    id_dropout: float = 0.5  # share of items trained without their vector (keeps content alive)
     threads: int = 2
     rules_grid: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
@@ -79,17 +117,30 @@ def artifact_features(artifact: Artifact, categories: Sequence[str]) -> ItemFeat
 class _Net(nn.Module):
     """The torch twin of :class:`CompatModel` (same parameters, same formula)."""
 
-    def __init__(self, n_in: int, n_cat: int, cfg: TrainConfig) -> None:
+    def __init__(self, n_in: int, n_cat: int, cfg: TrainConfig, n_ids: int = 0) -> None:
         super().__init__()
+        self.ids = nn.Embedding(n_ids + 1, cfg.dim)  # row n_ids: no vector
+        nn.init.zeros_(self.ids.weight)
+        self.ids.weight.requires_grad_(cfg.item_vectors)
+        self.n_ids, self.id_dropout = n_ids, cfg.id_dropout
         self.lin1 = nn.Linear(n_in, cfg.hidden)
         self.lin2 = nn.Linear(cfg.hidden, cfg.dim)
         self.drop = nn.Dropout(cfg.dropout)
         self.masks = nn.Parameter(torch.full((n_cat + 1, n_cat + 1, cfg.dim), 4.0))
         self.bias = nn.Parameter(torch.zeros(n_cat + 1, n_cat + 1))
         self.cooc_weight = nn.Parameter(torch.tensor(0.5))
+        self.group_weight = nn.Parameter(torch.tensor(0.5 if cfg.group_cooc else 0.0))
+        self.group_weight.requires_grad_(cfg.group_cooc)
+        self.attention = nn.Parameter(torch.zeros(n_cat + 1, n_cat + 1))
+        self.attention.requires_grad_(cfg.attention)
 
-    def project(self, x: torch.Tensor) -> torch.Tensor:
+    def project(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
         g = self.lin2(self.drop(torch.relu(self.lin1(x))))
+        if ids is not None:
+            if self.training and self.id_dropout:
+                drop = torch.rand(ids.shape) < self.id_dropout
+                ids = torch.where(drop, torch.full_like(ids, self.n_ids), ids)
+            g = g + self.ids(ids)
         return nn.functional.normalize(g, dim=-1)
 
     def forward(
@@ -101,34 +152,76 @@ class _Net(nn.Module):
         cand: torch.Tensor,  # (B, K) indices into rows
         cand_cat: torch.Tensor,  # (B, K)
         cooc: torch.Tensor,  # (B, G, K)
-    ) -> torch.Tensor:
-        g = self.project(rows)  # each distinct item once: most rows repeat within a batch
+        group_cooc: torch.Tensor,  # (B, G, K)
+        row_ids: torch.Tensor | None = None,  # (U,) per-item vector index of each row
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(candidate scores (B, K), pair scores (B, G, K))``."""
+        g = self.project(rows, row_ids)  # each distinct item once: most rows repeat within a batch
         gq, gc = g[given], g[cand]
         masks = self.masks[given_cat[:, :, None], cand_cat[:, None, :]]  # (B, G, K, D)
         pair = (gq[:, :, None, :] * masks * gc[:, None, :, :]).sum(-1)
         pair = pair + self.bias[given_cat[:, :, None], cand_cat[:, None, :]]
         pair = pair + self.cooc_weight * torch.log1p(cooc)
-        w = given_ok.float()[:, :, None]
-        out: torch.Tensor = (pair * w).sum(1) / w.sum(1).clamp(min=1.0)
+        pair = pair + self.group_weight * torch.log1p(group_cooc)
+        logits = self.attention[given_cat[:, :, None], cand_cat[:, None, :]]
+        logits = logits.masked_fill(~given_ok[:, :, None], -1e4)
+        w = torch.softmax(logits, dim=1) * given_ok.float()[:, :, None]
+        out: torch.Tensor = (pair * w).sum(1) / w.sum(1).clamp(min=1e-6)
+        self._last = (gq, gc)
+        return out, pair
+
+    def outfit_scores(
+        self,
+        pair: torch.Tensor,  # (B, G, K) from forward
+        given_cat: torch.Tensor,
+        given_ok: torch.Tensor,
+        cand_cat: torch.Tensor,
+        cooc: torch.Tensor,  # (B, G, K)
+        group_cooc: torch.Tensor,
+        gg_cooc: torch.Tensor,  # (B, G, G)
+        gg_group: torch.Tensor,
+    ) -> torch.Tensor:
+        """``(B, K)``: the evaluation's outfit score (mean over ordered pairs) of the visible
+        items completed by each candidate."""
+        gq, gc = self._last
+        ok = given_ok.float()
+        back = self.masks[cand_cat[:, :, None], given_cat[:, None, :]]  # (B, K, G, D)
+        rev = (gc[:, :, None, :] * back * gq[:, None, :, :]).sum(-1)
+        rev = rev + self.bias[cand_cat[:, :, None], given_cat[:, None, :]]
+        rev = rev + self.cooc_weight * torch.log1p(cooc.transpose(1, 2))
+        rev = rev + self.group_weight * torch.log1p(group_cooc.transpose(1, 2))
+        within = self.masks[given_cat[:, :, None], given_cat[:, None, :]]  # (B, G, G, D)
+        qq = (gq[:, :, None, :] * within * gq[:, None, :, :]).sum(-1)
+        qq = qq + self.bias[given_cat[:, :, None], given_cat[:, None, :]]
+        qq = qq + self.cooc_weight * torch.log1p(gg_cooc)
+        qq = qq + self.group_weight * torch.log1p(gg_group)
+        eye = torch.eye(qq.shape[1], dtype=torch.bool)[None]
+        mask_qq = ok[:, :, None] * ok[:, None, :] * (~eye).float()
+        base = (qq * mask_qq).sum((1, 2))  # (B,)
+        to_c = (pair * ok[:, :, None]).sum(1) + (rev * ok[:, None, :]).sum(2)  # (B, K)
+        n = ok.sum(1) + 1.0
+        out: torch.Tensor = (base[:, None] + to_c) / (n * (n - 1.0))[:, None]
         return out
 
 
 def _export(
     net: _Net,
-    categories: Sequence[str],
-    mean: np.ndarray,
-    scale: np.ndarray,
-    cooc: Cooccurrence,
-    info: dict[str, Any],
-    white: tuple[np.ndarray, np.ndarray, np.ndarray],
+    template: CompatModel,
+    cfg: TrainConfig,
+    id_order: np.ndarray | None = None,
 ) -> CompatModel:
     def arr(t: torch.Tensor) -> np.ndarray:
-        return np.asarray(t.detach().cpu().numpy(), np.float32)
+        # A copy: ``.numpy()`` shares the tensor's memory, which training keeps updating in
+        # place (before this copy, the "best epoch" kept was the last epoch's weights).
+        return np.array(t.detach().cpu().numpy(), np.float32, copy=True)
 
-    return CompatModel(
-        categories=tuple(categories),
-        emb_mean=mean,
-        emb_scale=scale,
+    extra: dict[str, Any] = {}
+    if cfg.item_vectors and id_order is not None:
+        # id_order: the fit items' ids in embedding-row order, already sorted.
+        extra = {"id_ids": id_order, "id_vectors": arr(net.ids.weight[: net.n_ids])}
+    return replace(
+        template,
+        **extra,
         w1=arr(net.lin1.weight.T),
         b1=arr(net.lin1.bias),
         w2=arr(net.lin2.weight.T),
@@ -136,11 +229,8 @@ def _export(
         masks=arr(net.masks),
         bias=arr(net.bias),
         cooc_weight=float(net.cooc_weight.item()),
-        cooccurrence=cooc,
-        info=info,
-        white_mean=white[0],
-        white_projection=white[1],
-        white_scale=white[2],
+        group_weight=float(net.group_weight.item()) if cfg.group_cooc else 0.0,
+        attention=arr(net.attention) if cfg.attention else np.zeros((0, 0), np.float32),
     )
 
 
@@ -155,19 +245,46 @@ def _whitening(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return w.mean, w.projection, w.scale
 
 
+def attribute_table(
+    artifact: Artifact, fields: Sequence[str]
+) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+    """``(vocabulary, sorted ids, codes)`` of the catalogue's ``fields`` (``field=value``)."""
+    if not fields:
+        return (), np.zeros(0, dtype=str), np.zeros((0, 0), np.int32)
+    values = [
+        [f"{f}={item.attributes[f]}" if item.attributes.get(f) else "" for f in fields]
+        for item in artifact.items
+    ]
+    vocab = tuple(sorted({v for row in values for v in row if v}))
+    lookup = {v: n for n, v in enumerate(vocab)}
+    ids = np.array([item.id for item in artifact.items], dtype=str)
+    order = np.argsort(ids, kind="stable")
+    codes = np.array([[lookup.get(v, -1) for v in row] for row in values], np.int32)
+    return vocab, ids[order], codes[order].reshape(len(ids), len(fields))
+
+
 def model_scorer(
     model: CompatModel, features: ItemFeatures, positions: Mapping[str, int]
 ) -> Callable[[Sequence[str], Sequence[str]], np.ndarray]:
     """A FITB scorer ``(given ids, candidate ids) -> scores`` from the NumPy model."""
-    vectors = model.project(features)
+    ids = [""] * len(positions)
+    for item, row in positions.items():
+        ids[row] = item
+    vectors = model.project(features, ids)
     cats = features.category
+    co, gco = model.cooccurrence, model.group_cooccurrence
 
     def score(given: Sequence[str], cands: Sequence[str]) -> np.ndarray:
         q = np.array([positions[i] for i in given], np.int64)
         c = np.array([positions[i] for i in cands], np.int64)
-        co = model.cooccurrence
         counts = co.lookup(co.codes(tuple(given)), co.codes(tuple(cands)))
-        return model.score(vectors[q], cats[q], vectors[c], cats[c], counts)
+        groups = None
+        if model.group_weight:
+            groups = gco.lookup(
+                gco.codes(tuple(group_key(i) for i in given)),
+                gco.codes(tuple(group_key(i) for i in cands)),
+            )
+        return model.score(vectors[q], cats[q], vectors[c], cats[c], counts, groups)
 
     return score
 
@@ -175,25 +292,48 @@ def model_scorer(
 class _Sampler:
     """Epochs of training questions: every item of every fit outfit hidden once."""
 
-    def __init__(self, outfits: list[list[int]], types: np.ndarray, negatives: int) -> None:
-        self.outfits, self.types, self.negatives = outfits, types, negatives
+    def __init__(
+        self, outfits: list[list[int]], types: np.ndarray, refs: np.ndarray, cfg: TrainConfig
+    ) -> None:
+        self.outfits, self.types, self.refs, self.cfg = outfits, types, refs, cfg
         counts = np.bincount(np.concatenate(outfits), minlength=len(types)).astype(np.float64)
-        self.pools: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.pools: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for t in np.unique(types[counts > 0]):
             rows = np.flatnonzero((types == t) & (counts > 0))
-            self.pools[int(t)] = (rows, counts[rows] / counts[rows].sum())
+            rows = rows[np.argsort(refs[rows], kind="stable")]  # by reference number
+            self.pools[int(t)] = (rows, counts[rows] / counts[rows].sum(), refs[rows])
+
+    def _collection(self, hidden: int, rng: np.random.Generator) -> np.ndarray:
+        """Negatives among the same-type items with the nearest reference numbers."""
+        rows, _, refs = self.pools[int(self.types[hidden])]
+        n, window = (
+            self.cfg.neg_collection,
+            max(self.cfg.collection_window, self.cfg.neg_collection),
+        )
+        own = self.refs[hidden]
+        at = int(np.searchsorted(refs, own))
+        span = np.arange(max(at - 2 * window, 0), min(at + 2 * window + 1, len(rows)))
+        span = span[(refs[span] != own) & (refs[span] >= 0)]
+        if len(span) < n:
+            return rows[rng.integers(len(rows), size=n)]
+        near = span[np.lexsort((rng.random(len(span)), np.abs(refs[span] - own)))[:window]]
+        return rows[rng.choice(near, size=n, replace=False)]
 
     def epoch(self, rng: np.random.Generator) -> list[tuple[list[int], list[int], int]]:
         """``(given rows, candidate rows (hidden first), outfit index)`` in random order."""
         out = []
-        half = self.negatives // 2
+        cfg = self.cfg
         for k, outfit in enumerate(self.outfits):
             for hidden in outfit:
-                rows, probs = self.pools[int(self.types[hidden])]
-                uni = rows[rng.integers(len(rows), size=half)]
-                pop = rows[rng.choice(len(rows), size=self.negatives - half, p=probs)]
+                rows, probs, _ = self.pools[int(self.types[hidden])]
+                parts = [
+                    rows[rng.integers(len(rows), size=cfg.neg_uniform)],
+                    rows[rng.choice(len(rows), size=cfg.neg_matched, p=probs)],
+                ]
+                if cfg.neg_collection:
+                    parts.append(self._collection(hidden, rng))
                 given = [i for i in outfit if i != hidden]
-                out.append((given, [hidden, *uni.tolist(), *pop.tolist()], k))
+                out.append((given, [hidden, *np.concatenate(parts).tolist()], k))
         order = rng.permutation(len(out))
         return [out[i] for i in order]
 
@@ -204,6 +344,8 @@ def _batch(
     cat: np.ndarray,
     cooc: Cooccurrence,
     codes: np.ndarray,
+    group_cooc: Cooccurrence | None,
+    group_codes: np.ndarray,
 ) -> tuple[np.ndarray, ...]:
     b, g = len(questions), max(len(q[0]) for q in questions)
     k = len(questions[0][1])
@@ -211,6 +353,9 @@ def _batch(
     ok = np.zeros((b, g), bool)
     cands = np.array([q[1] for q in questions], np.int64)
     counts = np.zeros((b, g, k), np.float32)
+    groups = np.zeros((b, g, k), np.float32)
+    gg = np.zeros((b, g, g), np.float32)
+    gg_groups = np.zeros((b, g, g), np.float32)
     valid = np.ones((b, k), bool)
     for n, (rows, cand, o) in enumerate(questions):
         given[n, : len(rows)] = rows
@@ -219,8 +364,22 @@ def _batch(
         counts[n, : len(rows), 0] -= 1.0  # the outfit itself is not outside evidence
         in_outfit = set(outfits[o])
         valid[n, 1:] = [c not in in_outfit for c in cand[1:]]
+        m = len(rows)
+        gg[n, :m, :m] = cooc.lookup(codes[rows], codes[rows]) - 1.0  # minus the outfit itself
+        if group_cooc is not None:
+            gr = group_codes[rows]
+            same = (gr[:, None] == gr[None, :]).astype(np.float32)
+            gg_groups[n, :m, :m] = group_cooc.lookup(gr, gr) - (1.0 - same) * (gr[:, None] >= 0)
+            gq, gc = group_codes[rows], group_codes[cand]
+            found = group_cooc.lookup(gq, gc)
+            # Neither is the outfit's own garment pairs: count them out.
+            own = np.isin(gc, group_codes[outfits[o]]) & (gc >= 0)
+            found -= (own[None, :] & (gq[:, None] != gc[None, :])).astype(np.float32)
+            groups[n, : len(rows)] = found
     counts = np.maximum(counts, 0.0)
-    return given, ok, cat[given], cands, cat[cands], counts, valid
+    groups = np.maximum(groups, 0.0)
+    gg, gg_groups = np.maximum(gg, 0.0), np.maximum(gg_groups, 0.0)
+    return given, ok, cat[given], cands, cat[cands], counts, valid, groups, gg, gg_groups
 
 
 def train_compat(
@@ -276,35 +435,67 @@ def _train(
     clean = {o: [i for i in outfits[o] if i in positions] for o in train_ids}
     fit_outfits = [[positions[i] for i in clean[o]] for o in fit_ids if len(clean[o]) >= 2]
     categories = sorted({i.category for i in artifact.items})
-    features = artifact_features(artifact, categories)
-    white = _whitening(features.embeddings) if cfg.whiten else _NO_WHITENING
-    emb = whiten_rows(features.embeddings, *white).astype(np.float64)
+    vocab, attr_ids, attr_codes = attribute_table(artifact, cfg.attributes)
+    white = _whitening(artifact.embeddings) if cfg.whiten else _NO_WHITENING
+    emb = whiten_rows(np.asarray(artifact.embeddings, np.float32), *white).astype(np.float64)
     mean = emb.mean(axis=0).astype(np.float32)
     scale = (1.0 / np.maximum(emb.std(axis=0), 1e-6)).astype(np.float32)
 
     id_list = [i.id for i in artifact.items]
     fit_cooc = Cooccurrence.from_outfits([clean[o] for o in fit_ids])
+    fit_groups = _group_outfits([clean[o] for o in fit_ids]) if cfg.group_cooc else None
     codes = fit_cooc.codes(tuple(id_list))
+    group_codes = (
+        fit_groups.codes(tuple(group_key(i) for i in id_list))
+        if fit_groups is not None
+        else np.full(len(id_list), -1, np.int64)
+    )
     type_names = sorted(set(types.values()))
     type_codes = np.array([type_names.index(types[i]) for i in id_list], np.int64)
-    sampler = _Sampler(fit_outfits, type_codes, cfg.negatives)
-    val_questions = make_questions(
-        {o: clean[o] for o in train_ids},
-        types,
-        val_ids,
-        fit_ids,
-        seed=cfg.seed,
-        samplings=("uniform", "matched"),
-    )
+    refs = np.array([reference_number(i) or -1 for i in id_list], np.int64)
+    sampler = _Sampler(fit_outfits, type_codes, refs, cfg)
+    val_outfits = {o: clean[o] for o in train_ids}
+    val_seeds = [cfg.seed + 1000 * r for r in range(max(cfg.val_repeats, 1))]
+    val_questions = [
+        q
+        for seed in val_seeds
+        for q in make_questions(val_outfits, types, val_ids, fit_ids, seed=seed)
+    ]
 
-    placeholder = _export(_Net(1, 0, cfg), categories, mean, scale, fit_cooc, {}, white)
-    x_all = torch.from_numpy(placeholder.inputs(features))
-    cat_all = np.where(features.category >= 0, features.category, len(categories))
-    net = _Net(x_all.shape[1], len(categories), cfg)
+    n_cat = len(categories)
+    template = CompatModel(
+        categories=tuple(categories),
+        emb_mean=mean,
+        emb_scale=scale,
+        w1=np.zeros((mean.shape[0] + COLOUR_DIM + n_cat + len(vocab), 1), np.float32),
+        b1=np.zeros(1, np.float32),
+        w2=np.zeros((1, cfg.dim), np.float32),
+        b2=np.zeros(cfg.dim, np.float32),
+        masks=np.zeros((n_cat + 1, n_cat + 1, cfg.dim), np.float32),
+        bias=np.zeros((n_cat + 1, n_cat + 1), np.float32),
+        cooccurrence=fit_cooc,
+        group_cooccurrence=fit_groups or Cooccurrence.empty(),
+        attr_vocab=vocab,
+        attr_ids=attr_ids,
+        attr_codes=attr_codes,
+        white_mean=white[0],
+        white_projection=white[1],
+        white_scale=white[2],
+    )
+    base = artifact_features(artifact, categories)
+    features = replace(base, attributes=template.attribute_rows(id_list)) if vocab else base
+    x_all = torch.from_numpy(template.inputs(features))
+    cat_all = np.where(features.category >= 0, features.category, n_cat)
+    fit_items = np.array(sorted({i for o in fit_ids for i in clean[o]}), dtype=str)
+    id_index = {i: n for n, i in enumerate(fit_items.tolist())}
+    row_id = np.array([id_index.get(i, len(fit_items)) for i in id_list], np.int64)
+    net = _Net(x_all.shape[1], n_cat, cfg, len(fit_items))
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    info = {"config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}}
+    config_info = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
+    template = replace(template, info={"config": config_info})
     history: list[dict[str, float]] = []
     best: tuple[float, CompatModel] | None = None
+    swa = torch.optim.swa_utils.AveragedModel(net)
     for epoch in range(1, cfg.epochs + 1):
         net.train()
         questions = sampler.epoch(rng)
@@ -312,12 +503,18 @@ def _train(
         total = 0.0
         bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
         for start in bar:
-            given, ok, gcat, cands, ccat, counts, valid = _batch(
-                questions[start : start + cfg.batch], fit_outfits, cat_all, fit_cooc, codes
+            given, ok, gcat, cands, ccat, counts, valid, groups, gg, gg_groups = _batch(
+                questions[start : start + cfg.batch],
+                fit_outfits,
+                cat_all,
+                fit_cooc,
+                codes,
+                fit_groups,
+                group_codes,
             )
             uniq, inverse = np.unique(np.concatenate([given, cands], 1), return_inverse=True)
             inverse = inverse.reshape(len(given), -1)
-            logits = net(
+            logits, pair = net(
                 x_all[torch.from_numpy(uniq)],
                 torch.from_numpy(inverse[:, : given.shape[1]]),
                 torch.from_numpy(gcat),
@@ -325,69 +522,199 @@ def _train(
                 torch.from_numpy(inverse[:, given.shape[1] :]),
                 torch.from_numpy(ccat),
                 torch.from_numpy(counts),
+                torch.from_numpy(groups),
+                torch.from_numpy(row_id[uniq]) if cfg.item_vectors else None,
             )
-            logits = logits.masked_fill(~torch.from_numpy(valid), -1e4)
+            valid_t = torch.from_numpy(valid)
+            logits = logits.masked_fill(~valid_t, -1e4)
             loss = nn.functional.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long))
+            if cfg.pair_loss:
+                loss = loss + cfg.pair_loss * _pair_loss(pair, torch.from_numpy(ok), valid_t)
+            if cfg.outfit_loss:
+                scores = net.outfit_scores(
+                    pair,
+                    torch.from_numpy(gcat),
+                    torch.from_numpy(ok),
+                    torch.from_numpy(ccat),
+                    torch.from_numpy(counts),
+                    torch.from_numpy(groups),
+                    torch.from_numpy(gg),
+                    torch.from_numpy(gg_groups),
+                )
+                loss = loss + cfg.outfit_loss * _outfit_loss(scores, valid_t)
             opt.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             total += float(loss.item()) * len(logits)
         net.eval()
-        model = _export(net, categories, mean, scale, fit_cooc, info, white)
-        acc = fitb_accuracy(val_questions, model_scorer(model, features, positions), seed=cfg.seed)
-        row = {
-            "epoch": float(epoch),
-            "loss": total / max(len(questions), 1),
-            "val_uniform": float(acc["uniform"]["accuracy"]),
-            "val_matched": float(acc["matched"]["accuracy"]),
-            "val_cold_uniform": float(acc["uniform"]["cold_start_accuracy"]),
-            "val_cold_matched": float(acc["matched"]["cold_start_accuracy"]),
-        }
+        model = _export(net, template, cfg, fit_items)
+        row = {"epoch": float(epoch), "loss": total / max(len(questions), 1)}
+        row |= _validate(
+            model, features, positions, val_questions, val_outfits, types, val_ids, seeds=val_seeds
+        )
         history.append(row)
         log(
-            f"epoch {epoch:2d}  loss {row['loss']:.3f}  val FITB uniform {row['val_uniform']:.1%}"
-            f"  matched {row['val_matched']:.1%}  cold start {row['val_cold_uniform']:.1%}"
-            f" / {row['val_cold_matched']:.1%}"
+            f"epoch {epoch:2d}  loss {row['loss']:.3f}  val FITB matched {row['val_matched']:.1%}"
+            f"  collection {row['val_collection']:.1%}  uniform {row['val_uniform']:.1%}"
+            f"  cold start {row['val_cold_matched']:.1%}  AUC one swapped {row['val_auc_one']:.3f}"
         )
-        key = row["val_uniform"] + row["val_matched"]
-        if best is None or key > best[0]:
-            best = (key, model)
+        if best is None or row["val_key"] > best[0]:
+            best = (row["val_key"], model)
+        if cfg.swa_start and epoch >= cfg.swa_start:
+            # The running mean of the weights since swa_start: an ensemble at no serving cost.
+            swa.update_parameters(net)
+            averaged = swa.module
+            assert isinstance(averaged, _Net)
+            model = _export(averaged, template, cfg, fit_items)
+            row = {"epoch": float(epoch), "loss": row["loss"], "swa": 1.0}
+            row |= _validate(
+                model,
+                features,
+                positions,
+                val_questions,
+                val_outfits,
+                types,
+                val_ids,
+                seeds=val_seeds,
+            )
+            history.append(row)
+            log(
+                f"   weights averaged since epoch {cfg.swa_start}: matched {row['val_matched']:.1%}"
+                f"  collection {row['val_collection']:.1%}  cold start "
+                f"{row['val_cold_matched']:.1%}  AUC one swapped {row['val_auc_one']:.3f}"
+            )
+            if row["val_key"] > best[0]:
+                best = (row["val_key"], model)
     assert best is not None
     chosen = best[1]
     rules_weight = 0.0
     if v4_scorer is not None:
         rules_weight = _pick_rules_weight(
-            chosen, features, positions, val_questions, v4_scorer, cfg, log
+            chosen,
+            features,
+            positions,
+            val_questions,
+            v4_scorer,
+            cfg,
+            log,
+            val_outfits,
+            types,
+            val_ids,
+            val_seeds,
         )
-    all_cooc = Cooccurrence.from_outfits([clean[o] for o in train_ids])
-    best_epoch = max(history, key=lambda r: r["val_uniform"] + r["val_matched"])
-    final = CompatModel(
-        **{
-            **{k: getattr(chosen, k) for k in chosen.__dataclass_fields__},
-            "rules_weight": rules_weight,
-            "cooccurrence": all_cooc,
-            "info": {
-                **info,
-                "best_epoch": int(best_epoch["epoch"]),
-                "validation": best_epoch,
-                # What the evaluation checks before scoring this model (docs/evaluation.md):
-                # the split (seed, fraction) and exactly which outfits it was trained on.
-                "split": {
-                    "seed": cfg.seed,
-                    "test_fraction": TEST_FRACTION,
-                    "train_fingerprint": outfits_fingerprint(outfits, train_ids),
-                    "outfits_fingerprint": outfits_fingerprint(outfits),
-                    "train_outfits": len(train_ids),
-                    "fit_outfits": len(fit_ids),
-                    "validation_outfits": len(val_ids),
-                    "test_outfits_never_seen": len(test_ids),
-                },
+    best_epoch = max(history, key=lambda r: r["val_key"])
+    all_train = [clean[o] for o in train_ids]
+    final = replace(
+        chosen,
+        rules_weight=rules_weight,
+        cooccurrence=Cooccurrence.from_outfits(all_train),
+        group_cooccurrence=_group_outfits(all_train) if cfg.group_cooc else Cooccurrence.empty(),
+        info={
+            "config": config_info,
+            "best_epoch": int(best_epoch["epoch"]),
+            "validation": best_epoch,
+            # What the evaluation checks before scoring this model (docs/evaluation.md):
+            # the split (seed, fraction) and exactly which outfits it was trained on.
+            "split": {
+                "seed": cfg.seed,
+                "test_fraction": TEST_FRACTION,
+                "train_fingerprint": outfits_fingerprint(outfits, train_ids),
+                "outfits_fingerprint": outfits_fingerprint(outfits),
+                "train_outfits": len(train_ids),
+                "fit_outfits": len(fit_ids),
+                "validation_outfits": len(val_ids),
+                "test_outfits_never_seen": len(test_ids),
             },
-        }
+        },
     )
     seconds = time.perf_counter() - started
-    log(f"best epoch {int(best_epoch['epoch'])}; trained in {seconds:.0f}s")
+    note = " (weights averaged)" if best_epoch.get("swa") else ""
+    log(f"best epoch {int(best_epoch['epoch'])}{note}; trained in {seconds:.0f}s")
     return TrainResult(final, history, seconds, dict(final.info["split"]))
+
+
+def _group_outfits(outfits: Sequence[Sequence[str]]) -> Cooccurrence:
+    """Garment-level co-occurrence: each outfit as the set of its items' garments."""
+    return Cooccurrence.from_outfits([sorted({group_key(i) for i in o}) for o in outfits])
+
+
+def _pair_loss(pair: torch.Tensor, given_ok: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Logistic loss on every (visible item, candidate) pair, the hidden item positive and the
+    negatives weighted to balance it: pins the scores' level across items and category pairs,
+    which the softmax over one question's candidates leaves free."""
+    target = torch.zeros_like(pair)
+    target[:, :, 0] = 1.0
+    k = pair.shape[2]
+    weight = torch.where(target > 0, torch.tensor(float(k - 1)), torch.tensor(1.0))
+    weight = weight * given_ok.float()[:, :, None] * valid.float()[:, None, :]
+    loss = nn.functional.binary_cross_entropy_with_logits(pair, target, weight, reduction="sum")
+    return loss / weight.sum().clamp(min=1.0)
+
+
+def _outfit_loss(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Every real outfit (visible items + hidden one) above every one-swapped outfit of the
+    batch (visible items + a negative), as the single-swap AUC counts them: a logistic
+    ranking loss across outfits, which the per-question softmax leaves uncalibrated."""
+    real = scores[:, 0]  # (B,)
+    fake = scores[:, 1:][valid[:, 1:]]  # (F,)
+    return nn.functional.softplus(fake[None, :] - real[:, None]).mean()
+
+
+def _auc_one(
+    outfits: Mapping[str, Sequence[str]],
+    types: Mapping[str, str],
+    val_ids: Sequence[str],
+    scorer: Callable[[Sequence[str], Sequence[str]], np.ndarray],
+    seeds: Sequence[int],
+) -> float:
+    """Single-swap AUC on the validation outfits, averaged over ``seeds`` (other swaps)."""
+    values = [
+        float(compatibility_auc(outfits, types, val_ids, {"m": scorer}, seed=s, swap="one")["m"])
+        for s in seeds
+    ]
+    return float(np.mean(values))
+
+
+def _criterion(matched: float, collection: float, auc_one: float) -> float:
+    """What model selection maximises on the validation outfits: the headline FITB, the hard
+    (same-collection) FITB and the single-swap AUC, equally."""
+    return (matched + collection + auc_one) / 3.0
+
+
+def _validate(
+    model: CompatModel,
+    features: ItemFeatures,
+    positions: Mapping[str, int],
+    questions: Sequence[Question],
+    outfits: Mapping[str, Sequence[str]],
+    types: Mapping[str, str],
+    val_ids: Sequence[str],
+    v4: Callable[[Sequence[str], Sequence[str]], np.ndarray] | None = None,
+    rules_weight: float = 0.0,
+    seeds: Sequence[int] = (0,),
+) -> dict[str, float]:
+    """Validation FITB (every sampling, cold start) and single-swap AUC of ``model``."""
+    scorer = model_scorer(model, features, positions)
+    if v4 is not None and rules_weight:
+        learned = scorer
+
+        def scorer(given: Sequence[str], cands: Sequence[str]) -> np.ndarray:
+            out: np.ndarray = learned(given, cands) + rules_weight * np.asarray(v4(given, cands))
+            return out
+
+    acc = fitb_accuracy(questions, scorer, seed=0)
+    one = _auc_one(outfits, types, val_ids, scorer, seeds)
+    row = {
+        "val_uniform": float(acc["uniform"]["accuracy"]),
+        "val_matched": float(acc["matched"]["accuracy"]),
+        "val_collection": float(acc.get("collection", {}).get("accuracy", float("nan"))),
+        "val_cold_uniform": float(acc["uniform"]["cold_start_accuracy"]),
+        "val_cold_matched": float(acc["matched"]["cold_start_accuracy"]),
+        "val_auc_one": one,
+    }
+    collection = row["val_collection"] if row["val_collection"] == row["val_collection"] else 0.0
+    row["val_key"] = _criterion(row["val_matched"], collection, row["val_auc_one"])
+    return row
 
 
 def _pick_rules_weight(
@@ -398,24 +725,41 @@ def _pick_rules_weight(
     v4: Callable[[Sequence[str], Sequence[str]], np.ndarray],
     cfg: TrainConfig,
     log: Callable[[str], None],
+    outfits: Mapping[str, Sequence[str]] | None = None,
+    types: Mapping[str, str] | None = None,
+    val_ids: Sequence[str] = (),
+    seeds: Sequence[int] = (0,),
 ) -> float:
-    """The weight of the V4 score added to the learned one, best on validation FITB."""
+    """The weight of the V4 score added to the learned one, best on validation FITB (matched
+    and same-collection, and the single-swap AUC when ``outfits`` are given)."""
     learned = model_scorer(model, features, positions)
-    cache = {
-        (q.given, q.candidates): (learned(q.given, q.candidates), v4(q.given, q.candidates))
-        for q in questions
-    }
-    best_w, best_acc = 0.0, -1.0
+    cache: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[np.ndarray, np.ndarray]] = {}
+
+    def parts(given: Sequence[str], cands: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        key = (tuple(given), tuple(cands))
+        if key not in cache:
+            cache[key] = (learned(given, cands), np.asarray(v4(given, cands)))
+        return cache[key]
+
+    best_w, best_key = 0.0, -1.0
     for w in cfg.rules_grid:
 
         def mixed(given: Sequence[str], cands: Sequence[str], w: float = w) -> np.ndarray:
-            a, b = cache[(tuple(given), tuple(cands))]
+            a, b = parts(given, cands)
             out: np.ndarray = a + w * b
             return out
 
         acc = fitb_accuracy(questions, mixed, seed=cfg.seed)
-        mean = (float(acc["uniform"]["accuracy"]) + float(acc["matched"]["accuracy"])) / 2
-        log(f"rules weight {w:g}: validation FITB (mean of samplings) {mean:.1%}")
-        if mean > best_acc + 1e-9:
-            best_w, best_acc = w, mean
+        auc_one = 0.5
+        if outfits is not None and types is not None:
+            auc_one = _auc_one(outfits, types, val_ids, mixed, seeds)
+        matched = float(acc["matched"]["accuracy"])
+        collection = float(acc.get("collection", {}).get("accuracy", 0.0))
+        key = _criterion(matched, collection, auc_one)
+        log(
+            f"rules weight {w:g}: validation matched {matched:.1%}, collection "
+            f"{collection:.1%}, AUC one swapped {auc_one:.3f}"
+        )
+        if key > best_key + 1e-9:
+            best_w, best_key = w, key
     return best_w
