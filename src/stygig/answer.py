@@ -76,7 +76,7 @@ class QueryPart:
     rgb: list[int]
     hex: str | None
     color_name: str
-    hsl: list[float]  # hue in [0, 1), saturation, lightness
+    hsl: list[float]  # hue in degrees [0, 360), saturation and lightness in [0, 1]
     palette: list[PaletteColor]
 
 
@@ -93,7 +93,7 @@ class ItemView:
     brand: str | None
     rgb: list[int]
     hex: str | None
-    hsl: list[float]  # hue in [0, 1), saturation, lightness
+    hsl: list[float]  # hue in degrees [0, 360), saturation and lightness in [0, 1]
     color_name: str
     available: bool  # the shop can sell it now (not sold out, not withdrawn)
 
