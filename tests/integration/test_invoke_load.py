@@ -4,6 +4,7 @@ beside the server's own (`timings_ms.total`), and the `--max-p99-ms` latency bud
 from __future__ import annotations
 
 import http.client
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,10 +40,19 @@ def test_one_connection_per_thread(
     monkeypatch.setattr(http.client.HTTPConnection, "connect", counted)
     client = inv.UrlClient(server.url)
     body, kind = photo.read_bytes(), inv.content_type_of(photo)
+    # Each thread's first request waits for the other two, so that on a busy machine one
+    # thread cannot drain all the requests before the others start.
+    met = threading.Barrier(3, timeout=60)
+    first = threading.local()
+
+    def send() -> inv.Reply:
+        if not getattr(first, "done", False):
+            first.done = True
+            met.wait()
+        return client.send(body, kind)
+
     try:
-        check = inv.load_check(
-            lambda: client.send(body, kind), concurrency=3, requests=15, target=server.url
-        )
+        check = inv.load_check(send, concurrency=3, requests=15, target=server.url)
     finally:
         client.close()
     assert check.report.counts == {"2xx": 15, "4xx": 0, "5xx": 0, "errors": 0}

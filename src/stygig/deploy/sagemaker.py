@@ -298,6 +298,34 @@ def create_model(
     )
 
 
+def _new_model(
+    sm: Any,
+    endpoint_name: str,
+    suffix: str,
+    *,
+    model_uri: str,
+    image_uri: str,
+    role_arn: str,
+    environment: dict[str, str] | None,
+    asynchronous: bool,
+) -> str:
+    """Create this endpoint's model named for ``suffix`` (async limits when asked); its name."""
+    env = dict(environment or {})
+    if asynchronous:
+        env = with_async_limits(env)
+    name = _name(endpoint_name, suffix)
+    create_model(
+        sm,
+        name=name,
+        image_uri=image_uri,
+        model_uri=model_uri,
+        role_arn=role_arn,
+        environment=env,
+        endpoint_name=endpoint_name,
+    )
+    return name
+
+
 def _undo(sm: Any, endpoint_name: str, *, model: str | None, config: str | None) -> list[str]:
     """Delete what a failed step created, unless the endpoint now runs on it; what went."""
     try:
@@ -344,18 +372,15 @@ def deploy_endpoint(
     if instance_count < 1:
         raise InvalidOptionsError("--instance-count must be >= 1")
     suffix = suffix or stamp()
-    name = _name(endpoint_name, suffix)
-    env = dict(environment or {})
-    if async_settings is not None:
-        env = with_async_limits(env)
-    create_model(
+    name = _new_model(
         sm,
-        name=name,
-        image_uri=image_uri,
+        endpoint_name,
+        suffix,
         model_uri=model_uri,
+        image_uri=image_uri,
         role_arn=role_arn,
-        environment=env,
-        endpoint_name=endpoint_name,
+        environment=environment,
+        asynchronous=async_settings is not None,
     )
     variant = Variant(f"v-{suffix}", name, instance_type, instance_count)
     config: dict[str, Any] = {"EndpointConfigName": name, "ProductionVariants": [variant.to_api()]}
@@ -575,19 +600,16 @@ def start_canary(
             f"variant {live.name} autoscales, and the candidate gets the same scaling once it "
             "is InService: drop --no-wait"
         )
-    env = {**_model_environment(aws.sm, live.model_name), **(environment or {})}
-    if old.get("AsyncInferenceConfig"):
-        env = with_async_limits(env)
     suffix = stamp()
-    name = _name(endpoint_name, suffix)
-    create_model(
+    name = _new_model(
         aws.sm,
-        name=name,
-        image_uri=image_uri,
+        endpoint_name,
+        suffix,
         model_uri=model_uri,
+        image_uri=image_uri,
         role_arn=role_arn,
-        environment=env,
-        endpoint_name=endpoint_name,
+        environment={**_model_environment(aws.sm, live.model_name), **(environment or {})},
+        asynchronous=bool(old.get("AsyncInferenceConfig")),
     )
     candidate = Variant(
         f"v-{suffix}",
@@ -659,18 +681,15 @@ def replace_endpoint(
         raise InvalidOptionsError("--instance-count must be >= 1")
     live = variants[0]
     scaling = read_scaling(aws.aas, endpoint_name, live.name)
-    env = dict(environment or {})
-    if async_settings is not None:
-        env = with_async_limits(env)
-    name = _name(endpoint_name, stamp())
-    create_model(
+    name = _new_model(
         aws.sm,
-        name=name,
-        image_uri=image_uri,
+        endpoint_name,
+        stamp(),
         model_uri=model_uri,
+        image_uri=image_uri,
         role_arn=role_arn,
-        environment=env,
-        endpoint_name=endpoint_name,
+        environment=environment,
+        asynchronous=async_settings is not None,
     )
     unscaled = False
     config_name: str | None = None
