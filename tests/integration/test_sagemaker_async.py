@@ -34,6 +34,7 @@ from stygig.cli import main
 from stygig.deploy import sagemaker as sm_api
 from stygig.engine import Recommender
 from tests.integration.server_fixtures import Server, free_port, running_server
+from tests.integration.test_jobs import wait_for
 
 boto3 = pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")
@@ -392,13 +393,6 @@ def test_own_server_input_location_sends_its_content_type(
         assert "--content-type" in capsys.readouterr().err
 
 
-def _wait_for(check: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
 def _interrupt_when(check: Any) -> None:
     """Ctrl-C to this process once ``check()`` holds (or after a minute: never a hang)."""
     deadline = time.monotonic() + 60
@@ -456,7 +450,7 @@ def test_batch_through_the_endpoint_bounded_resumed_and_like_in_process(
     assert "interrupted" in capsys.readouterr().err
     assert [r["index"] for r in _records(out)] == [0, 1]
     runtime.release.set()
-    _wait_for(runtime.idle)
+    wait_for(runtime.idle, 60)
     # An outage one submission later stops the next run: the held jobs were followed to their
     # results (their receipts, not submitted again), one new input went in, then AWS refused.
     runtime.fail_after = 5

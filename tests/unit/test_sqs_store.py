@@ -10,8 +10,9 @@ import json
 import logging
 import threading
 import time
+import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from stygig.jobs.store import JobSpec, QueueLimits, new_owner
 from stygig.jobs.worker import JobWorker, WorkerConfig
 from stygig.serving.async_api import AsyncConfig
 from tests.integration.server_fixtures import free_port
+from tests.integration.test_jobs import wait_for
 
 boto3 = pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")
@@ -48,6 +50,8 @@ def endpoint() -> Iterator[str]:
     try:
         yield url
     finally:
+        # moto's backends are global to the process: leave no queue or bucket to later tests.
+        urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"))
         server.stop()
 
 
@@ -100,17 +104,6 @@ def queue(endpoint: str) -> Iterator[Queue]:
 def _spec(**kw: Any) -> JobSpec:
     kw.setdefault("input_body", b"x")
     return JobSpec("s3://jobs/out/{id}.out", "s3://jobs/out/{id}-error.out", **kw)
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    """Poll ``check()`` until it returns something truthy (a deadline, not a fixed sleep)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise TimeoutError("condition not met in time")
 
 
 def test_queue_urls_are_parsed_and_mistakes_refused() -> None:

@@ -508,8 +508,14 @@ class SqsJobStore:
         depth = sum(self._queue_depth().values())
         full = depth + 1 > limits.max_jobs
         if not full and body_bytes:
-            held = sum(int(o.get("Size", 0)) for o in self._list("inputs"))
-            full = held + body_bytes > limits.max_bytes
+            # Stop listing once the limit is passed: a request costs at most the pages that
+            # limit spans, not one per 1,000 inputs held.
+            held = body_bytes
+            for obj in self._list("inputs"):
+                held += int(obj.get("Size", 0))
+                if held > limits.max_bytes:
+                    break
+            full = held > limits.max_bytes
         if full:
             raise OverloadedError(
                 "the job queue is full; retry after Retry-After seconds", code="queue_full"
