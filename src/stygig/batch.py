@@ -57,6 +57,7 @@ from stygig.pipeline import PreparedQuery
 __all__ = [
     "BatchInput",
     "BatchSummary",
+    "input_record",
     "iter_inputs",
     "open_sink",
     "recommend_group",
@@ -233,7 +234,8 @@ class Record:
     error: str | None = None
 
 
-def _record(inp: BatchInput, result: bytes | StygigError) -> Record:
+def input_record(inp: BatchInput, result: bytes | StygigError) -> Record:
+    """The output line for one input: its answer, or its error."""
     base = json.dumps({"index": inp.index, "id": inp.key, "source": inp.source})[:-1]
     if isinstance(result, StygigError):
         error = {"code": result.code, "message": result.message}
@@ -266,17 +268,17 @@ def recommend_group(
     def finish(i: int) -> Record:
         inp, prep = inputs[i], prepared[i]
         if isinstance(prep, StygigError):
-            return _record(inp, prep)
+            return input_record(inp, prep)
         lo, hi = offsets[i]
         if hi > lo:  # the group's encoder call, shared by its photos
             prep.timings.embed = embed_ms * (hi - lo) / max(1, len(tensors))
         try:
-            return _record(inp, rec.answer(prep, vectors[lo:hi]).to_json())
+            return input_record(inp, rec.answer(prep, vectors[lo:hi]).to_json())
         except StygigError as e:
-            return _record(inp, e)
+            return input_record(inp, e)
         except Exception:  # one input must never stop the run
             log.exception("unexpected failure on input %s", inp.key)
-            return _record(inp, StygigError("unexpected failure (the server log says why)"))
+            return input_record(inp, StygigError("unexpected failure (the server log says why)"))
 
     if score is None:
         done: list[Future[Record]] = []
@@ -526,6 +528,20 @@ def finish_run(
     return summary
 
 
+def progress_bar(total: int | None, initial: int, enabled: bool) -> tqdm[Any]:
+    """A run's progress bar on stderr: ``initial`` inputs already done (resumed)."""
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc="batch",
+        unit="item",
+        disable=not enabled,
+        file=sys.stderr,
+        smoothing=0.05,
+        dynamic_ncols=True,
+    )
+
+
 def _sidecar(dst: str) -> str:
     return storage.join(dst, "_batch.json") if storage.is_remote(dst) else f"{dst}.batch.json"
 
@@ -623,16 +639,7 @@ def run_batch(
     started = time.perf_counter()
     processed = errors = seen = skipped = 0
     codes: dict[str, int] = {}
-    bar = tqdm(
-        total=total,
-        initial=len(done),
-        desc="batch",
-        unit="item",
-        disable=not progress,
-        file=sys.stderr,
-        smoothing=0.05,
-        dynamic_ncols=True,
-    )
+    bar = progress_bar(total, len(done), progress)
     complete = False
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="batch") as pool:
         decoding: deque[tuple[list[BatchInput], list[Future[Any]]]] = deque()

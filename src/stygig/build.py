@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from stygig import storage
-from stygig.artifact import read_manifest, write_artifact
+from stygig.artifact import IndexBuilder, read_manifest, write_artifact
 from stygig.catalog import CatalogReadResult, Item, Reject, Taxonomy, read_catalog
 from stygig.encoders import Encoder, export_onnx, load_encoder, load_onnx_encoder
 from stygig.encoders.calibration import catalogue_calibration
@@ -43,9 +43,13 @@ from stygig.whitening import Whitening
 __all__ = [
     "BuildResult",
     "build_artifact",
+    "catalogue_photos",
     "embed_items",
+    "finish_build",
     "make_build_encoder",
     "prepare_item_photo",
+    "prepare_or_reject",
+    "print_build_result",
 ]
 
 
@@ -71,10 +75,10 @@ def prepare_item_photo(source: str | bytes, spec: PreprocessSpec) -> PreparedIma
     return prepare_image(source, spec, thumbnail=True)
 
 
-def _prepare_or_error(item: Item, spec: PreprocessSpec) -> PreparedImage | tuple[str, str]:
-    """The prepared image, or ``(reject reason, message)`` for this row alone."""
+def prepare_or_reject(image: str, spec: PreprocessSpec) -> PreparedImage | tuple[str, str]:
+    """The prepared photo, or ``(reject reason, message)`` for this row alone."""
     try:
-        return prepare_item_photo(item.image, spec)
+        return prepare_item_photo(image, spec)
     except (NotFoundError, StorageError) as e:
         return "missing_image", e.message
     except (InvalidImageError, ImageTooLargeError, UnsupportedMediaError) as e:
@@ -116,7 +120,7 @@ def embed_items(
             batch = next(batches, None)
             if batch is not None:
                 futures = [
-                    pool.submit(_prepare_or_error, item, encoder.preprocess) for item in batch
+                    pool.submit(prepare_or_reject, item.image, encoder.preprocess) for item in batch
                 ]
                 pending.append((batch, futures))
 
@@ -211,6 +215,77 @@ def build_artifact(
         progress=progress,
     )
     embed_s = time.perf_counter() - t0
+    return finish_build(
+        out_dir,
+        catalog,
+        read,
+        embedded,
+        encoder,
+        taxonomy=taxonomy,
+        started=started,
+        read_s=read_s,
+        embed_s=embed_s,
+        workers=workers or os.cpu_count(),
+        batch_size=batch_size,
+        index_kind=index_kind,
+        index_params=index_params,
+        extra_files=extra_files,
+        whiten=whiten,
+    )
+
+
+def catalogue_photos(
+    catalog: str | Path,
+    *,
+    layout: str = "auto",
+    images_dir: str | Path | None = None,
+    taxonomy: Taxonomy | None = None,
+) -> list[str]:
+    """The catalogue's image locations, in order: what static int8 calibrates on
+    (``calibration_photos`` of :func:`make_build_encoder`)."""
+    read = read_catalog(catalog, layout=layout, images_dir=images_dir, taxonomy=taxonomy)
+    return [item.image for item in read.items]
+
+
+def print_build_result(result: BuildResult, detail: str | None = None) -> None:
+    """What ``stygig build`` prints when done; ``detail`` is one more line after the counts."""
+    rejected = sum(result.rejects.values())
+    print(f"artifact: {result.path}")
+    print(
+        f"items: {result.items}  rejected: {rejected}  "
+        f"time: {result.seconds:.1f}s  throughput: {result.images_per_second:.1f} images/s"
+    )
+    if detail is not None:
+        print(detail)
+    for reason, count in sorted(result.rejects.items()):
+        print(f"  rejected {reason}: {count}")
+    if rejected:
+        print(f"rejected rows and reasons: {result.path / 'rejects.csv'}")
+
+
+def finish_build(
+    out_dir: str | Path,
+    catalog: str | Path,
+    read: CatalogReadResult,
+    embedded: EmbedResult,
+    encoder: Encoder,
+    *,
+    taxonomy: Taxonomy,
+    started: float,
+    read_s: float,
+    embed_s: float,
+    workers: int | None,
+    batch_size: int,
+    index_kind: str,
+    index_params: dict[str, Any] | None,
+    extra_files: dict[str, Path] | None,
+    whiten: bool | None,
+    build_extra: dict[str, Any] | None = None,
+    index_builder: IndexBuilder | None = None,
+) -> BuildResult:
+    """What a build does after its embed step (local or on Ray): rejects merged, whitening
+    fitted and applied, the artifact written, its manifest read back. ``build_extra`` goes
+    into ``build_info`` as is (the same dict: the index builder may still add to it)."""
     rejects = sorted(read.rejects + embedded.rejects, key=lambda r: r.row)
     dim = encoder.dim
     vectors = (
@@ -227,8 +302,9 @@ def build_artifact(
         "layout": read.layout,
         "seconds": {"read": read_s, "embed": embed_s, **embedded.seconds},
         "images_per_second": n_images / embed_s if embed_s > 0 else None,
-        "workers": workers or os.cpu_count(),
+        "workers": workers,
         "batch_size": batch_size,
+        **(build_extra or {}),
     }
     path = write_artifact(
         out_dir,
@@ -244,6 +320,7 @@ def build_artifact(
         extra_files=extra_files,
         whitening=whitening,
         thumbnails=embedded.thumbnails,
+        index_builder=index_builder,
     )
     total = time.perf_counter() - started
     manifest = read_manifest(path)

@@ -35,16 +35,20 @@ def _cmd_build(args: argparse.Namespace) -> int:
         from stygig.distributed.command import run_build_ray_command
 
         return run_build_ray_command(args)
-    from stygig.build import build_artifact, make_build_encoder
-    from stygig.catalog import Taxonomy, read_catalog
+    from stygig.build import (
+        build_artifact,
+        catalogue_photos,
+        make_build_encoder,
+        print_build_result,
+    )
+    from stygig.catalog import Taxonomy
 
     taxonomy = Taxonomy.load(args.taxonomy) if args.taxonomy else None
     photos: list[str] = []
     if args.int8:  # static int8 is calibrated on the catalogue's own photos
-        read = read_catalog(
+        photos = catalogue_photos(
             args.catalog, layout=args.format, images_dir=args.images, taxonomy=taxonomy
         )
-        photos = [item.image for item in read.items]
     with make_build_encoder(
         args.encoder,
         runtime=args.runtime,
@@ -70,16 +74,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
             whiten=args.whiten,
             progress=not args.quiet,
         )
-    rejected = sum(result.rejects.values())
-    print(f"artifact: {result.path}")
-    print(
-        f"items: {result.items}  rejected: {rejected}  "
-        f"time: {result.seconds:.1f}s  throughput: {result.images_per_second:.1f} images/s"
-    )
-    for reason, count in sorted(result.rejects.items()):
-        print(f"  rejected {reason}: {count}")
-    if rejected:
-        print(f"rejected rows and reasons: {result.path / 'rejects.csv'}")
+    print_build_result(result)
     return 0
 
 

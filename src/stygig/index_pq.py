@@ -34,11 +34,14 @@ __all__ = [
     "PQIndex",
     "add_chunk",
     "default_pq_params",
+    "fp16_rows",
     "merge_chunks",
     "store_rows",
     "train_pq",
     "training_sample",
+    "vectors_file",
     "write_store",
+    "zero_padding",
 ]
 
 PQ_KIND = "ivfpq"
@@ -135,7 +138,8 @@ def add_chunk(trained: bytes, vectors: np.ndarray, ids: np.ndarray) -> bytes:
 
 
 def merge_chunks(trained: bytes, chunks: Iterable[bytes]) -> Any:
-    """The FAISS index holding every chunk made by :func:`add_chunk` from ``trained``."""
+    """The FAISS index holding every chunk made by :func:`add_chunk` from ``trained``, with
+    the unused block slots zeroed (:func:`zero_padding`)."""
     import faiss
 
     index = _deserialize(trained)
@@ -145,7 +149,51 @@ def merge_chunks(trained: bytes, chunks: Iterable[bytes]) -> Any:
         ivf.merge_from(faiss.extract_index_ivf(chunk), 0)
         del chunk
     index.ntotal = ivf.ntotal  # an OPQ wrapper keeps its own count
+    zero_padding(index)
     return index
+
+
+def zero_padding(index: Any) -> None:
+    """Zero the unused slots of each inverted list's last fast-scan block (32 codes per block).
+
+    FAISS ``merge_from`` leaves those slots as uninitialised memory, which searches never read
+    but which would make the codes file differ from build to build; a local build's ``add``
+    leaves them zero. Zeroed, the merged index is the local one byte for byte (checked in
+    tests/integration/test_ray_build.py). Idempotent."""
+    import faiss
+
+    ivf: Any = faiss.extract_index_ivf(index)
+    packer = ivf.get_CodePacker()
+    per_block, block_size = int(packer.nvec), int(packer.block_size)
+    zero = np.zeros(int(packer.code_size), np.uint8)
+    lists = ivf.invlists
+    for list_no in range(int(ivf.nlist)):
+        size = int(lists.list_size(list_no))
+        used = size % per_block
+        if not used:
+            continue
+        blocks = -(-size // per_block)
+        codes = faiss.rev_swig_ptr(lists.get_codes(list_no), blocks * block_size)  # a view
+        last = codes[(blocks - 1) * block_size :].reshape(1, block_size)
+        for slot in range(used, per_block):
+            packer.pack_1(zero, slot, last)
+
+
+def fp16_rows(block: np.ndarray) -> np.ndarray:
+    """``block`` as float16, rounded by FAISS's fp16 scalar quantizer as a local build's rows
+    are (it rounds exact halves away from zero where NumPy's ``astype`` rounds them to even:
+    ~1 value in 17,000 of 128-d unit vectors differed by one unit in the last place).
+    A float16 block is returned as it is."""
+    import faiss
+
+    if block.dtype == np.float16:
+        return np.ascontiguousarray(block)
+    x = np.ascontiguousarray(block, dtype=np.float32)
+    quantizer = faiss.IndexScalarQuantizer(
+        x.shape[1], faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+    )
+    codes: np.ndarray = quantizer.sa_encode(x)
+    return codes.view(np.float16).reshape(len(x), x.shape[1])
 
 
 def _store_header(n: int, dim: int) -> bytes:
@@ -166,12 +214,13 @@ def _store_header(n: int, dim: int) -> bytes:
 def write_store(file: Path, blocks: Iterable[np.ndarray], n: int, dim: int) -> None:
     """Write ``n`` rows (given block by block) as a float16 store file: a FAISS fp16
     ``IndexScalarQuantizer`` that :meth:`PQIndex.load` memory-maps and that
-    :func:`store_rows` opens as a NumPy memmap. Never holds more than one block."""
+    :func:`store_rows` opens as a NumPy memmap. Never holds more than one block; float32
+    blocks are rounded as a local build rounds them (:func:`fp16_rows`)."""
     written = 0
     with open(file, "wb") as f:
         f.write(_store_header(n, dim))
         for block in blocks:
-            rows = np.ascontiguousarray(block, dtype=np.float16)
+            rows = fp16_rows(block)
             f.write(rows.tobytes())
             written += len(rows)
     if written != n:
@@ -204,7 +253,8 @@ def _memory_store(rows: np.ndarray) -> Any:
     return store
 
 
-def _vectors_file(name: str) -> str:
+def vectors_file(name: str) -> str:
+    """The float16 rows file saved beside the codes file ``name``."""
     return (name[: -len(".faiss")] if name.endswith(".faiss") else name) + "-vectors.faiss"
 
 
@@ -361,7 +411,7 @@ class PQIndex(_Tombstones):
                 ivf.merge_from(faiss.clone_index(faiss.extract_index_ivf(seg.codes)), seg.offset)
             codes.ntotal = ivf.ntotal
         faiss.write_index(codes, str(path / name))
-        vec_name = _vectors_file(name)
+        vec_name = vectors_file(name)
         target = path / vec_name
         main = self.segments[0].file
         if not (len(self.segments) == 1 and main is not None and target.exists()
@@ -388,7 +438,7 @@ class PQIndex(_Tombstones):
             raise ArtifactError(f"cannot read IVF-PQ index {name}: {e}") from e
         if codes.ntotal != n:
             raise ArtifactError(f"IVF-PQ index {name} holds {codes.ntotal} rows, not {n}")
-        return cls([_load_segment(codes, path / _vectors_file(name))], None, dict(params or {}))
+        return cls([_load_segment(codes, path / vectors_file(name))], None, dict(params or {}))
 
     def warm(self, block: int = 1 << 24) -> int:
         """Read the float16 rows file once, in order, so re-ranking finds its rows in the page

@@ -93,8 +93,8 @@ def run_build_ray_command(args: argparse.Namespace) -> int:
     _positive(args.ray_actors, "--ray-actors")
     _positive(args.ray_actor_cpus, "--ray-actor-cpus")
     _positive(args.batch_size, "--batch-size")
-    from stygig.build import make_build_encoder
-    from stygig.catalog import Taxonomy, read_catalog
+    from stygig.build import catalogue_photos, make_build_encoder, print_build_result
+    from stygig.catalog import Taxonomy
     from stygig.distributed.cluster import import_ray, ray_session
 
     import_ray()  # a missing extra is said before any model is exported
@@ -103,10 +103,9 @@ def run_build_ray_command(args: argparse.Namespace) -> int:
     taxonomy = Taxonomy.load(args.taxonomy) if args.taxonomy else None
     photos: list[str] = []
     if args.int8:  # static int8 is calibrated on the catalogue's own photos, as locally
-        read = read_catalog(
+        photos = catalogue_photos(
             args.catalog, layout=args.format, images_dir=args.images, taxonomy=taxonomy
         )
-        photos = [item.image for item in read.items]
     with (
         ray_session(args.address),
         make_build_encoder(
@@ -139,21 +138,12 @@ def run_build_ray_command(args: argparse.Namespace) -> int:
             actor_cpus=args.ray_actor_cpus,
             stage=args.ray_stage,
         )
-    rejected = sum(result.rejects.values())
     ray_info = result.manifest.get("build", {}).get("ray", {})
-    print(f"artifact: {result.path}")
-    print(
-        f"items: {result.items}  rejected: {rejected}  "
-        f"time: {result.seconds:.1f}s  throughput: {result.images_per_second:.1f} images/s"
-    )
-    print(
+    print_build_result(
+        result,
         f"ray: {ray_info.get('actors')} encoder actor(s) on {ray_info.get('device')}, "
-        f"{ray_info.get('parts')} parts"
+        f"{ray_info.get('parts')} parts",
     )
-    for reason, count in sorted(result.rejects.items()):
-        print(f"  rejected {reason}: {count}")
-    if rejected:
-        print(f"rejected rows and reasons: {result.path / 'rejects.csv'}")
     return 0
 
 

@@ -31,8 +31,8 @@ from stygig.artifact import Artifact
 from stygig.batch import (
     BatchInput,
     BatchSummary,
-    _record,
     finish_run,
+    input_record,
     iter_inputs,
     open_sink,
     prepare_input,
@@ -142,7 +142,7 @@ def run_batch_ray(
         if inp.index in done:
             skipped += 1
         elif inp.error is not None:
-            r = _record(inp, inp.error)
+            r = input_record(inp, inp.error)
             failed.append((r.index, r.line, r.error))
         else:
             work.append(_to_row(inp))

@@ -45,19 +45,11 @@ from typing import Any
 import numpy as np
 
 from stygig import storage
-from stygig.artifact import read_manifest, write_artifact
-from stygig.build import BuildResult, EmbedResult, item_raw, prepare_item_photo
+from stygig.build import BuildResult, EmbedResult, finish_build, item_raw, prepare_or_reject
 from stygig.catalog import CatalogReadResult, Reject, Taxonomy, read_catalog
 from stygig.distributed.cluster import ClusterResources, import_ray, resources
 from stygig.encoders import Encoder, load_encoder, load_onnx_encoder
-from stygig.errors import (
-    ImageTooLargeError,
-    InvalidImageError,
-    NotFoundError,
-    StorageError,
-    StygigError,
-    UnsupportedMediaError,
-)
+from stygig.errors import StygigError
 from stygig.features import PreparedImage
 from stygig.images import PreprocessSpec
 from stygig.index import (
@@ -71,7 +63,6 @@ from stygig.index import (
     choose_kind,
     default_nlist,
 )
-from stygig.whitening import Whitening
 
 __all__ = ["EncoderLoader", "build_artifact_ray", "build_index_on_ray", "stage_location"]
 
@@ -140,21 +131,10 @@ class EncoderLoader:
 # -- stage 1: prepare (Ray tasks) -----------------------------------------------------------------
 
 
-def _prepare_or_reject(image: str, spec: PreprocessSpec) -> PreparedImage | tuple[str, str]:
-    """The local build's per-row step and its reject reasons (as ``stygig.build`` maps them)."""
-    try:
-        return prepare_item_photo(image, spec)
-    except (NotFoundError, StorageError) as e:
-        return "missing_image", e.message
-    except (InvalidImageError, ImageTooLargeError, UnsupportedMediaError) as e:
-        reason = "missing_image" if e.code == "image_not_found" else "corrupt_image"
-        return reason, e.message
-
-
 def prepare_rows(batch: dict[str, np.ndarray], spec: PreprocessSpec) -> dict[str, np.ndarray]:
     """A batch of ``{pos, image}`` rows -> encoder inputs, colours and thumbnails; a failed
     photo keeps its row (``ok`` false, zeros for its tensor) with its reason and message."""
-    prepared = [_prepare_or_reject(str(image), spec) for image in batch["image"]]
+    prepared = [prepare_or_reject(str(image), spec) for image in batch["image"]]
     shape = next(
         (p.tensor.shape for p in prepared if isinstance(p, PreparedImage)),
         (3, spec.size, spec.size),
@@ -440,59 +420,16 @@ def _submit_pq(job: _PQJob, chunk_rows: int, tasks: dict[str, Any]) -> None:
     ]
 
 
-def _zero_padding(index: Any) -> None:
-    """Zero the unused slots of each inverted list's last fast-scan block (32 codes per block).
-
-    ``merge_chunks`` (FAISS ``merge_from``) leaves those slots as uninitialised memory, which
-    searches never read but which would make the codes file differ from build to build; a
-    local build's ``add`` leaves them zero. Zeroed, the merged index is the local one byte for
-    byte (checked in tests/integration/test_ray_build.py)."""
-    import faiss
-
-    ivf: Any = faiss.extract_index_ivf(index)
-    packer = ivf.get_CodePacker()
-    per_block, block_size = int(packer.nvec), int(packer.block_size)
-    zero = np.zeros(int(packer.code_size), np.uint8)
-    lists = ivf.invlists
-    for list_no in range(int(ivf.nlist)):
-        size = int(lists.list_size(list_no))
-        used = size % per_block
-        if not used:
-            continue
-        blocks = -(-size // per_block)
-        codes = faiss.rev_swig_ptr(lists.get_codes(list_no), blocks * block_size)  # a view
-        last = codes[(blocks - 1) * block_size :].reshape(1, block_size)
-        for slot in range(used, per_block):
-            packer.pack_1(zero, slot, last)
-
-
-def _fp16_rows(block: np.ndarray) -> np.ndarray:
-    """``block`` as float16, rounded by FAISS's fp16 scalar quantizer as a local build's rows
-    are (it rounds exact halves away from zero where NumPy's ``astype`` rounds them to even:
-    ~1 value in 17,000 of 128-d unit vectors differed by one unit in the last place)."""
-    import faiss
-
-    x = np.ascontiguousarray(block, dtype=np.float32)
-    quantizer = faiss.IndexScalarQuantizer(
-        x.shape[1], faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
-    )
-    codes: np.ndarray = quantizer.sa_encode(x)
-    return codes.view(np.float16).reshape(len(x), x.shape[1])
-
-
 def _collect_pq(ray: Any, job: _PQJob, folder: Path, chunk_rows: int) -> VectorIndex:
     """Merge ``job``'s chunks (fetched one at a time, in row order) and write its float16
     rows where the index's ``save`` keeps them."""
-    from stygig.index_pq import PQIndex, _vectors_file, merge_chunks, write_store
+    from stygig.index_pq import PQIndex, merge_chunks, vectors_file, write_store
 
     trained: bytes = ray.get(job.trained)
     codes = merge_chunks(trained, (ray.get(ref) for ref in job.chunks or []))
-    _zero_padding(codes)
     n, dim = job.vectors.shape
-    store = folder / _vectors_file(job.name)
-    blocks = (
-        _fp16_rows(job.vectors[start : start + chunk_rows]) for start in range(0, n, chunk_rows)
-    )
+    store = folder / vectors_file(job.name)
+    blocks = (job.vectors[start : start + chunk_rows] for start in range(0, n, chunk_rows))
     write_store(store, blocks, n, dim)
     return PQIndex.from_parts(trained, codes, store, job.params)
 
@@ -516,7 +453,7 @@ def build_index_on_ray(
     Same data, parameters and seed -> the local build's index, byte for byte: the same training
     sample, the same FAISS training (one thread in a one-CPU task), chunks merged in row order
     (each inverted list holds its ids in the order a single ``add`` gives) and the merge's
-    unused block slots zeroed (:func:`_zero_padding`). ``info``, when given, receives what ran
+    unused block slots zeroed (:func:`stygig.index_pq.zero_padding`). ``info``, when given, receives what ran
     (tasks, seconds).
     """
     from stygig.index_pq import ADD_CHUNK_ROWS, PQ_KIND
@@ -623,28 +560,6 @@ def build_artifact_ray(
         progress=progress,
     )
     embed_s = time.perf_counter() - t0
-    # From here on, what stygig.build.build_artifact does after its embed step.
-    rejects = sorted(read.rejects + embedded.rejects, key=lambda r: r.row)
-    vectors = (
-        np.concatenate(embedded.embeddings)
-        if embedded.embeddings
-        else np.zeros((0, encoder.dim), "f4")
-    )
-    if whiten is None:
-        whiten = len(vectors) >= 2 * encoder.dim
-    whitening = Whitening.fit(vectors) if whiten and len(vectors) >= 2 else None
-    if whitening is not None:
-        vectors = whitening.apply(vectors)
-    n_images = len(read.items)
-    build_info = {
-        "catalog": str(catalog),
-        "layout": read.layout,
-        "seconds": {"read": read_s, "embed": embed_s, **embedded.seconds},
-        "images_per_second": n_images / embed_s if embed_s > 0 else None,
-        "workers": int(ray_info["cluster"]["cpus"]),
-        "batch_size": batch_size,
-        "ray": ray_info,
-    }
     index_info: dict[str, Any] = {}
 
     def index_builder(
@@ -661,20 +576,23 @@ def build_artifact_ray(
             ray_info["index"] = dict(index_info)
         return index
 
-    path = write_artifact(
+    result = finish_build(
         out_dir,
-        items=embedded.items,
-        colors=embedded.colors,
-        embeddings=vectors,
+        catalog,
+        read,
+        embedded,
+        encoder,
         taxonomy=taxonomy,
-        encoder_info=encoder.describe(),
-        rejects=rejects,
+        started=started,
+        read_s=read_s,
+        embed_s=embed_s,
+        workers=int(ray_info["cluster"]["cpus"]),
+        batch_size=batch_size,
         index_kind=index_kind,
         index_params=index_params,
-        build_info=build_info,
         extra_files=extra_files,
-        whitening=whitening,
-        thumbnails=embedded.thumbnails,
+        whiten=whiten,
+        build_extra={"ray": ray_info},
         index_builder=index_builder,
     )
     if not keep_stage:
@@ -684,14 +602,4 @@ def build_artifact_ray(
         if not storage.is_remote(where):
             with contextlib.suppress(OSError):  # not empty (someone else's files), or gone
                 os.rmdir(where)
-    total = time.perf_counter() - started
-    manifest = read_manifest(path)
-    counts: dict[str, int] = manifest["counts"]["rejects_by_reason"]
-    return BuildResult(
-        path=path,
-        items=len(embedded.items),
-        rejects=counts,
-        seconds=total,
-        images_per_second=n_images / embed_s if embed_s > 0 else 0.0,
-        manifest=manifest,
-    )
+    return result

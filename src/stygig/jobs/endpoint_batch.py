@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import sys
 import threading
 import time
 import urllib.parse
@@ -31,8 +30,6 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-
-from tqdm import tqdm
 
 from stygig import storage
 from stygig.batch import (
@@ -43,10 +40,11 @@ from stygig.batch import (
     _catalog_inputs,
     _manifest_inputs,
     _photo_inputs,
-    _record,
     finish_run,
     input_kind,
+    input_record,
     open_sink,
+    progress_bar,
     run_record,
     start_run,
 )
@@ -178,14 +176,14 @@ class _Run:
         if self.stop.is_set():
             raise _Stopped
         if inp.error is not None:
-            return _record(inp, inp.error)
+            return input_record(inp, inp.error)
         job_id = self.job_id(inp)
         inv = self.earlier.get(job_id) or self._stored(inp)
         if inv is None:
             try:
                 body, kind, attrs = request_for(inp, self.options)
             except StygigError as e:  # this input's own problem: its record says so
-                return _record(inp, e)
+                return input_record(inp, e)
             inv = self.endpoint.submit(
                 body,
                 kind,
@@ -209,10 +207,10 @@ class _Run:
                 f"{inv.output_location})",
                 code="endpoint_timeout",
             )
-            return _record(inp, error)
+            return input_record(inp, error)
         if outcome.status == "failed":
             assert outcome.error is not None
-            return _record(inp, outcome.error)
+            return input_record(inp, outcome.error)
         assert outcome.result is not None
         try:
             json.loads(outcome.result)
@@ -221,8 +219,8 @@ class _Run:
                 f"the endpoint's answer is not JSON (see {inv.output_location})",
                 code="endpoint_error",
             )
-            return _record(inp, error)
-        return _record(inp, outcome.result)
+            return input_record(inp, error)
+        return input_record(inp, outcome.result)
 
 
 class _Stopped(Exception):
@@ -292,16 +290,7 @@ def run_endpoint_batch(
     started = time.perf_counter()
     processed = errors = seen = skipped = 0
     codes: dict[str, int] = {}
-    bar = tqdm(
-        total=total,
-        initial=len(done),
-        desc="batch",
-        unit="item",
-        disable=not progress,
-        file=sys.stderr,
-        smoothing=0.05,
-        dynamic_ncols=True,
-    )
+    bar = progress_bar(total, len(done), progress)
     complete = False
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="endpoint-batch")
     window: deque[Future[Record]] = deque()
