@@ -180,11 +180,7 @@ class Recommender:
         anyway). ``load`` reads a location first (batch inputs).
         """
         options = options or Options()
-        self.columns.check(options)
-        for item_id in query.item_ids:
-            self.columns.position(item_id)
-        if options.candidate_ids:
-            _check_candidates(self.columns, options.candidate_ids, query.item_ids)
+        _check_request(self.columns, options, query.item_ids)
         if options.category is not None and len(query.images) != 1:
             raise InvalidOptionsError("'category' can only be stated for a single photo")
         pool = self._color_pool if color_beside else None
@@ -200,11 +196,7 @@ class Recommender:
         """:meth:`prepare` for photos already embedded and coloured (e.g. catalogue rows
         standing in for photos in evaluation): checked the same way, no encoder needed."""
         options = options or Options()
-        self.columns.check(options)
-        for item_id in item_ids:
-            self.columns.position(item_id)
-        if options.candidate_ids:
-            _check_candidates(self.columns, options.candidate_ids, item_ids)
+        _check_request(self.columns, options, item_ids)
         return PreparedQuery.precomputed(vectors, colors, options, item_ids)
 
     def embed(self, tensors: Sequence[np.ndarray]) -> np.ndarray:
@@ -658,13 +650,15 @@ class Recommender:
 _NO_GENDER = GenderDecision(None, "none")
 
 
-def _check_candidates(
-    cols: CatalogColumns, candidate_ids: Sequence[str], query_ids: Sequence[str]
-) -> None:
-    """Every candidate is a catalogue item (404 otherwise) and none is part of the query."""
-    for item_id in candidate_ids:
+def _check_request(cols: CatalogColumns, options: Options, item_ids: Sequence[str]) -> None:
+    """The options, the query's item ids and the candidates against one catalogue state: every
+    id a catalogue item (404 otherwise), no candidate part of the query."""
+    cols.check(options)
+    for item_id in item_ids:
         cols.position(item_id)
-    if not set(candidate_ids).isdisjoint(query_ids):
+    for item_id in options.candidate_ids:
+        cols.position(item_id)
+    if not set(options.candidate_ids).isdisjoint(item_ids):
         raise InvalidOptionsError("candidate_ids: a candidate is also an item of the query")
 
 
