@@ -31,6 +31,9 @@ from stygig.thumbnails import ItemImages
 
 __all__ = ["compact", "replay"]
 
+#: Records read from the log at a time (a long log is never held in memory at once).
+REPLAY_BATCH = 64
+
 
 def replay(artifact: Artifact, changelog: ChangeLog) -> CatalogSnapshot:
     """The catalogue of ``artifact`` with every record of ``changelog`` after the sequence the
@@ -38,9 +41,10 @@ def replay(artifact: Artifact, changelog: ChangeLog) -> CatalogSnapshot:
     snap = snapshot_of(
         artifact, encoder=str(artifact.manifest["encoder"]["name"]), compat_mode="rules"
     )
-    for record in changelog.read_since(snap.sequence):
-        changes = [change_from_record(c) for c in record["changes"]]
-        snap = apply_changes(snap, changes, int(record["sequence"]))
+    while records := changelog.read_since(snap.sequence, REPLAY_BATCH):
+        for record in records:
+            changes = [change_from_record(c) for c in record["changes"]]
+            snap = apply_changes(snap, changes, int(record["sequence"]))
     return snap
 
 

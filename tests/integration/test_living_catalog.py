@@ -34,12 +34,17 @@ CLIENTS = 24
 
 @contextmanager
 def living_server(
-    artifact: Path, log: Path, out: Path, *, watch: Path | None = None
+    artifact: Path,
+    log: Path,
+    out: Path,
+    *,
+    watch: Path | None = None,
+    watch_interval: float = 0.5,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
     args = [sys.executable, __file__, str(artifact), str(log), str(port)]
     if watch is not None:
-        args.append(str(watch))
+        args += [str(watch), str(watch_interval)]
     with out.open("ab") as handle:
         process = subprocess.Popen(
             args,
@@ -193,7 +198,10 @@ def test_hot_reload_under_load(workspace: tuple[Path, Path, Path], tmp_path: Pat
     pointer.write_text(str(art))
     photo = _photo(catalog)
     out = tmp_path / "server.log"
-    with living_server(art, log, out, watch=pointer) as (url, process):
+    # Reloads come only from SIGHUP and POST (the pointer is not polled in between): a poll
+    # between writing the pointer and the POST would take the reload, and the POST would
+    # answer "reloaded": false.
+    with living_server(art, log, out, watch=pointer, watch_interval=3600) as (url, process):
         with httpx.Client(base_url=url, timeout=60) as client:
             r = client.post("/v1/catalog/changes", json=_add(catalog, "new-1"))
             assert r.status_code == 200
@@ -393,7 +401,7 @@ def test_cli_against_folder_and_server(
 
 
 if __name__ == "__main__":
-    # python tests/integration/test_living_catalog.py ARTIFACT LOG PORT [WATCH]: one server.
+    # python tests/integration/test_living_catalog.py ARTIFACT LOG PORT [WATCH [SECONDS]]: one server.
     import uvicorn
 
     from stygig.serving.app import ServerConfig, create_app
@@ -401,8 +409,9 @@ if __name__ == "__main__":
 
     artifact, change_log, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
     watch = sys.argv[4] if len(sys.argv) > 4 else None
+    interval = float(sys.argv[5]) if len(sys.argv) > 5 else 0.5
     settings = CatalogSettings(
-        change_log=change_log, follow_interval_s=0.2, watch=watch, watch_interval_s=0.5
+        change_log=change_log, follow_interval_s=0.2, watch=watch, watch_interval_s=interval
     )
     config = ServerConfig(artifact=Path(artifact), catalog=settings, warmup_rounds=1, threads=2)
     uvicorn.run(create_app(config), host="127.0.0.1", port=port, log_config=None, lifespan="on")

@@ -94,9 +94,6 @@ class RowError(Exception):
         self.detail = detail
 
 
-_RowError = RowError
-
-
 def _clean(value: object) -> str | None:
     if value is None:
         return None
@@ -116,9 +113,9 @@ def _price(value: str | None) -> float | None:
     try:
         price = float(value.replace(",", "") if value.count(",") and "." in value else value)
     except ValueError as e:
-        raise _RowError("bad_value", f"price {value!r} is not a number") from e
+        raise RowError("bad_value", f"price {value!r} is not a number") from e
     if price < 0 or price != price:
-        raise _RowError("bad_value", f"price {value!r} must be a non-negative number")
+        raise RowError("bad_value", f"price {value!r} must be a non-negative number")
     return price
 
 
@@ -130,7 +127,7 @@ def _available(value: str | None) -> bool:
         return True
     if word in _FALSE:
         return False
-    raise _RowError("bad_value", f"available {value!r} is not true or false")
+    raise RowError("bad_value", f"available {value!r} is not true or false")
 
 
 def _stock(value: str | None) -> int | None:
@@ -139,16 +136,16 @@ def _stock(value: str | None) -> int | None:
     try:
         number = float(value)
     except ValueError as e:
-        raise _RowError("bad_value", f"stock {value!r} is not a number") from e
+        raise RowError("bad_value", f"stock {value!r} is not a number") from e
     if number < 0 or number != int(number) or number > 1e12:
-        raise _RowError("bad_value", f"stock {value!r} must be a whole number >= 0")
+        raise RowError("bad_value", f"stock {value!r} must be a whole number >= 0")
     return int(number)
 
 
 def _required(row: dict[str, str | None], name: str) -> str:
     value = _clean(row.get(name))
     if value is None:
-        raise _RowError("missing_field", f"required field '{name}' is empty")
+        raise RowError("missing_field", f"required field '{name}' is empty")
     return value
 
 
@@ -163,7 +160,7 @@ def _resolve_image(ref: str, images_dir: Path) -> str:
     if is_remote(ref):
         return ref  # fetched by the build through stygig.storage
     if "://" in ref:
-        raise _RowError("missing_image", f"image URI scheme of {ref!r} is not supported")
+        raise RowError("missing_image", f"image URI scheme of {ref!r} is not supported")
     path = Path(ref)
     return str(path if path.is_absolute() else images_dir / path)
 
@@ -174,7 +171,7 @@ def _generic(row: dict[str, str | None], taxonomy: Taxonomy, images_dir: Path) -
     native = _required(row, "category")
     category = taxonomy.canonical(native)
     if category is None:
-        raise _RowError("unknown_category", f"category {native!r} is not in the taxonomy")
+        raise RowError("unknown_category", f"category {native!r} is not in the taxonomy")
     known = (*_GENERIC_FIELDS, *STOCK_FIELDS)
     extras = {k: c for k, v in row.items() if k not in known and (c := _clean(v))}
     return Item(
@@ -198,12 +195,12 @@ def _kaggle(row: dict[str, str | None], taxonomy: Taxonomy, images_dir: Path) ->
     article = _clean(row.get("articleType"))
     sub = _clean(row.get("subCategory"))
     if article is None and sub is None:
-        raise _RowError("missing_field", "both 'articleType' and 'subCategory' are empty")
+        raise RowError("missing_field", "both 'articleType' and 'subCategory' are empty")
     category = taxonomy.map_native("kaggle", "articleType", article) or taxonomy.map_native(
         "kaggle", "subCategory", sub
     )
     if category is None:
-        raise _RowError(
+        raise RowError(
             "unknown_category", f"articleType {article!r} / subCategory {sub!r} is not mapped"
         )
     attributes = {
@@ -229,7 +226,7 @@ def _mango(row: dict[str, str | None], taxonomy: Taxonomy, images_dir: Path) -> 
     native = _required(row, "des_product_type")
     category = taxonomy.map_native("mango", "des_product_type", native)
     if category is None:
-        raise _RowError("unknown_category", f"des_product_type {native!r} is not mapped")
+        raise RowError("unknown_category", f"des_product_type {native!r} is not mapped")
     image = images_dir / file_name
     if not image.exists() and (images_dir / "images" / file_name).exists():
         image = images_dir / "images" / file_name
@@ -398,11 +395,11 @@ def read_catalog(
         try:
             item = convert(row, taxonomy, images)
             if item.id in seen:
-                raise _RowError("duplicate_id", f"id {item.id!r} already used by an earlier row")
+                raise RowError("duplicate_id", f"id {item.id!r} already used by an earlier row")
             is_local = not is_remote(item.image)
             if check_images and is_local and not Path(item.image).is_file():
-                raise _RowError("missing_image", f"image file not found: {item.image}")
-        except _RowError as e:
+                raise RowError("missing_image", f"image file not found: {item.image}")
+        except RowError as e:
             row_id = _clean(row.get("id")) or _clean(row.get("cod_modelo_color"))
             result.rejects.append(Reject(number, row_id, e.reason, e.detail, _raw(row)))
             continue

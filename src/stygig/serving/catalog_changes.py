@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from stygig.catalog.changes import ChangeRequest, parse_change, parse_changes_jsonl
+from stygig.catalog.changes import MAX_CHANGES, ChangeRequest, parse_change, parse_changes_jsonl
 from stygig.errors import InvalidOptionsError, StygigError
 from stygig.recommendation import parse_json_object
 from stygig.serving.responses import JSON, json_response
@@ -58,8 +58,6 @@ def parse_changes_body(body: bytes, content_type: str) -> list[ChangeRequest]:
         items = data["changes"]
         if set(data) != {"changes"} or not isinstance(items, list) or not items:
             raise InvalidOptionsError("'changes' must be the only key: a non-empty list")
-        from stygig.catalog.changes import MAX_CHANGES
-
         if len(items) > MAX_CHANGES:
             raise InvalidOptionsError(f"at most {MAX_CHANGES} changes per request")
         return [parse_change(c, f"change {n + 1}") for n, c in enumerate(items)]
