@@ -37,6 +37,7 @@ message repeats the client's bytes, Pillow's parser messages (which can quote th
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
@@ -414,13 +415,11 @@ _ICC_CACHE_SIZE = 32
 # digest + mode -> transform to sRGB, or None (sRGB already, or unusable: warned once).
 _icc_cache: OrderedDict[tuple[bytes, str], ImageCms.ImageCmsTransform | None] = OrderedDict()
 _icc_lock = threading.Lock()
-_SRGB: list[ImageCms.ImageCmsProfile] = []
 
 
+@functools.cache
 def _srgb_profile() -> ImageCms.ImageCmsProfile:
-    if not _SRGB:
-        _SRGB.append(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")))
-    return _SRGB[0]
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
 def _probe(mode: str) -> Image.Image:
@@ -435,15 +434,15 @@ def _probe(mode: str) -> Image.Image:
 def _build_transform(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
     """The transform of ``icc`` to sRGB for ``mode`` pixels; None when the profile is sRGB
     already (within one level on a probe of the whole cube) or cannot be used (warned)."""
+    if mode not in _ICC_SPACES:  # before parsing: no profile is used for these
+        log.warning("ignoring a photo's embedded ICC profile: %s photos are not converted", mode)
+        return None
     try:
         profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
     except Exception:  # lcms's parser failing on hostile bytes is the input's fault
         log.warning("ignoring a photo's embedded ICC profile: it is malformed")
         return None
     space = str(profile.profile.xcolor_space).strip()
-    if mode not in _ICC_SPACES:
-        log.warning("ignoring a photo's embedded ICC profile: %s photos are not converted", mode)
-        return None
     if space != _ICC_SPACES[mode]:
         log.warning(
             "ignoring a photo's embedded ICC profile: it describes %s colours, the photo is %s",
