@@ -22,6 +22,7 @@ own (:func:`_single_thread_copy`); the request worker that took the change only 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -58,6 +59,8 @@ log = logging.getLogger("stygig.living")
 #: batches of 1-32 cost the same CPU with EfficientNet-Lite0 on 2 cores; a small batch lets
 #: encoding start while the next photos are still being decoded.
 ENCODE_BATCH = 16
+#: Photos of a bulk change decoded ahead of the encoder: bounds the tensors one request holds.
+DECODE_AHEAD = 2 * ENCODE_BATCH
 #: Records applied per catch-up step (one snapshot each).
 CATCH_UP_BATCH = 64
 #: How much lower (``nice``, Linux only: nice values are per thread there) the threads that
@@ -195,38 +198,51 @@ class LiveCatalog:
         # encoded in small batches as they come, overlapping the next photos' decoding. All
         # on the low-priority change threads: this thread (a request worker) only waits.
         spec = rec.encoder.preprocess
-        jobs = [_photo_pool().submit(self._prepared_photo, req, spec) for _, _, req in pending]
-        encoded: list[tuple[list[tuple[int, Item, PreparedImage]], Future[np.ndarray]]] = []
+        # Decoding runs at most DECODE_AHEAD photos ahead of encoding, and at most two encoder
+        # batches are in flight: a body of many tiny photos holds a bounded number of tensors.
+        jobs: dict[int, Future[PreparedImage]] = {}
+        submitted = 0
+        in_flight: collections.deque[
+            tuple[list[tuple[int, Item, PreparedImage]], Future[np.ndarray]]
+        ] = collections.deque()
+
+        def finish_oldest() -> None:
+            group, vectors = in_flight.popleft()
+            for (n, item, prepared), vector in zip(group, vectors.result(), strict=True):
+                out[n] = CatalogChange(
+                    "add",
+                    item.id,
+                    item=item,
+                    vector=np.asarray(vector, np.float32),
+                    color=prepared.color,
+                    thumbnail=prepared.thumbnail,
+                )
+
         try:
-            for start in range(0, len(jobs), ENCODE_BATCH):
+            for start in range(0, len(pending), ENCODE_BATCH):
+                while submitted < min(start + ENCODE_BATCH + DECODE_AHEAD, len(pending)):
+                    req = pending[submitted][2]
+                    jobs[submitted] = _photo_pool().submit(self._prepared_photo, req, spec)
+                    submitted += 1
                 group: list[tuple[int, Item, PreparedImage]] = []
-                for (n, item, _), job in zip(
-                    pending[start : start + ENCODE_BATCH],
-                    jobs[start : start + ENCODE_BATCH],
-                    strict=True,
-                ):
+                for i in range(start, min(start + ENCODE_BATCH, len(pending))):
+                    n, item, _ = pending[i]
                     try:
-                        group.append((n, item, job.result()))
+                        group.append((n, item, jobs.pop(i).result()))
                     except StygigError as e:
                         e.message = f"change {n + 1}: {e.message}"
                         e.args = (e.message,)
                         raise
                 tensors = [p.tensor for _, _, p in group]
-                encoded.append((group, _encode_pool().submit(self._embed, tensors)))
-            for group, vectors in encoded:
-                for (n, item, prepared), vector in zip(group, vectors.result(), strict=True):
-                    out[n] = CatalogChange(
-                        "add",
-                        item.id,
-                        item=item,
-                        vector=np.asarray(vector, np.float32),
-                        color=prepared.color,
-                        thumbnail=prepared.thumbnail,
-                    )
+                in_flight.append((group, _encode_pool().submit(self._embed, tensors)))
+                if len(in_flight) > 1:
+                    finish_oldest()
+            while in_flight:
+                finish_oldest()
         finally:
-            for job in jobs:
+            for job in jobs.values():
                 job.cancel()
-            for _, vectors in encoded:
+            for _, vectors in in_flight:
                 vectors.cancel()
         return [c for c in out if c is not None]
 

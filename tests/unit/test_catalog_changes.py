@@ -225,3 +225,54 @@ def test_change_work_runs_below_requests(live: tuple[LiveCatalog, Path]) -> None
     for t in changes:
         assert t.native_id is not None
         assert os.getpriority(os.PRIO_PROCESS, t.native_id) >= min(19, mine + living.CHANGE_NICE)
+
+
+def test_a_bulk_decodes_a_bounded_window_ahead_of_the_encoder(
+    live: tuple[LiveCatalog, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bulk of many photos (more than the decode window and several encoder batches): every
+    photo is embedded as a single add embeds it, in order, while at most DECODE_AHEAD + two
+    encoder batches of photos are decoded and waiting for the encoder at any time (a body of
+    tiny photos once held every one of them decoded at once)."""
+
+    catalog, folder = live
+    names = sorted(p.name for p in (folder / "queries").glob("*.jpg"))
+    n = 3 * living.ENCODE_BATCH + living.DECODE_AHEAD + 9
+    bulk = [
+        parse_change(
+            {**_add(folder, f"bulk-{i}"), "image_b64": _photo(folder, names[i % len(names)])}
+        )
+        for i in range(n)
+    ]
+    done = threading.Condition()
+    state = {"running": 0, "waiting": 0, "most": 0}
+    decode, embed = LiveCatalog._prepared_photo, LiveCatalog._embed
+
+    def counted_decode(self: LiveCatalog, req: object, spec: object) -> object:
+        with done:
+            state["running"] += 1
+        try:
+            return decode(self, req, spec)
+        finally:
+            with done:
+                state["running"] -= 1
+                state["waiting"] += 1
+                state["most"] = max(state["most"], state["waiting"])
+                done.notify_all()
+
+    def counted_embed(self: LiveCatalog, tensors: list) -> object:
+        # The encoder lags: it starts only once every decode handed out so far has finished,
+        # so decoding runs as far ahead as prepare() lets it.
+        pool = living._photo_pool()
+        with done:
+            done.wait_for(lambda: state["running"] == 0 and pool._work_queue.empty(), 30)
+            state["waiting"] -= len(tensors)
+        return embed(self, tensors)
+
+    monkeypatch.setattr(LiveCatalog, "_prepared_photo", counted_decode)
+    monkeypatch.setattr(LiveCatalog, "_embed", counted_embed)
+    changes = catalog.prepare(bulk)
+    assert [c.id for c in changes] == [f"bulk-{i}" for i in range(n)]
+    assert state["most"] <= living.DECODE_AHEAD + 2 * living.ENCODE_BATCH
+    single = catalog.prepare([bulk[n - 1]])[0]
+    assert np.allclose(changes[-1].vector, single.vector, atol=1e-5)
