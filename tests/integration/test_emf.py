@@ -25,7 +25,7 @@ import jsonschema
 import pytest
 
 from stygig.errors import InvalidOptionsError
-from stygig.serving.emf import MAX_VALUES, EmfConfig, EmfEmitter, parse_dimensions
+from stygig.serving.emf import MAX_HELD, MAX_VALUES, EmfConfig, EmfEmitter, parse_dimensions
 from tests.integration.server_fixtures import REPO, free_port, wait_ready
 
 # The schema printed in the specification (units list included), trimmed of titles and ids.
@@ -300,3 +300,53 @@ def test_dimensions_are_checked() -> None:
     for bad in (["novalue"], ["A=1,A=2"], ["x y=1"], [",".join(f"K{i}=v" for i in range(10))]):
         with pytest.raises(InvalidOptionsError):
             parse_dimensions(bad)
+
+
+def test_a_blocked_stdout_holds_at_most_max_held_values_per_metric() -> None:
+    """Review: with the writing thread stuck in a write (stdout not drained), observations
+    piled up without bound. Now a metric holds at most MAX_HELD values between lines; the rest
+    is counted as ``ObservationsDropped`` and ``Requests`` stays exact."""
+    written: list[str] = []
+    entered, release = threading.Event(), threading.Event()
+
+    def stuck(line: str) -> None:
+        written.append(line)
+        entered.set()
+        assert release.wait(30)
+
+    emitter = EmfEmitter(EmfConfig(interval_s=3600), write=stuck)
+    emitter.start()
+    try:
+        for _ in range(MAX_VALUES):
+            emitter.observe_timings({"total": 1.0})
+        assert entered.wait(30)  # the thread took that window and is stuck writing it
+        for i in range(20 * MAX_HELD):
+            emitter.observe_timings({"total": 1000.0 + i})
+        with emitter._lock:
+            held = {name: len(v) for name, v in emitter._window.values.items()}
+        assert held == {"TotalLatency": MAX_HELD}
+    finally:
+        release.set()
+        emitter.close()
+    documents = [check_emf(line) for line in written]
+    assert _total(documents, "Requests") == MAX_VALUES + 20 * MAX_HELD
+    assert _total(documents, "ObservationsDropped") == 19 * MAX_HELD
+    kept = [v for d in documents for v in d.get("TotalLatency", [])]
+    assert len(kept) == MAX_VALUES + MAX_HELD
+    late = sorted(v for v in kept if v >= 1000.0)
+    assert len(set(late)) == MAX_HELD  # a sample of the late ones, each kept once
+    # uniform over the whole stretch, not its first MAX_HELD (which end at 1000 + MAX_HELD)
+    assert late[-1] > 1000.0 + 10 * MAX_HELD
+
+
+def test_only_known_metrics_and_finite_values_are_taken() -> None:
+    written: list[str] = []
+    emitter = EmfEmitter(write=written.append)
+    with pytest.raises(ValueError):
+        emitter.observe("/client/route", 1.0)
+    with pytest.raises(ValueError):
+        emitter.count("status_418")
+    emitter.observe("TotalLatency", float("nan"))
+    emitter.observe("TotalLatency", float("inf"))
+    emitter.flush()
+    assert written == []

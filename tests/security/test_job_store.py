@@ -90,7 +90,7 @@ def test_reads_for_views_never_load_inputs(store: JobStore) -> None:
     store.submit(JobSpec("o/{id}", "f/{id}", input_location="s3://shop/in/secret.jpg", id="b"))
     statements: list[str] = []
     store._db.set_trace_callback(statements.append)
-    views = store.list_jobs()
+    views = store.list_jobs().jobs
     one = store.view("b")
     job = store.get("a")
     store._db.set_trace_callback(None)

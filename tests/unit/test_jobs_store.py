@@ -104,7 +104,7 @@ def test_dead_local_process_is_requeued_at_once(store: JobStore) -> None:
     store.claim(dead, lease_s=3600)
     alive = f"{socket.gethostname()}:{os.getppid()}:x"
     assert store.requeue_orphans(alive) == ["a"]  # the lease is long, but its owner is gone
-    assert store.list_jobs(status="queued")[0].id == "a"
+    assert store.list_jobs(status="queued").jobs[0].id == "a"
 
 
 def test_renew_extends_only_my_leases(store: JobStore) -> None:
@@ -128,8 +128,10 @@ def test_purge_keeps_unfinished_and_unnotified_jobs(store: JobStore) -> None:
     store.mark_notified("done", "sent")
     assert store.purge(time.time() - 3600) == 0  # nothing is that old
     assert store.purge(time.time() + 1, batch=1) == 1  # the notification of "pending" is due
-    assert [v.id for v in store.list_jobs()] == ["pending", "queued"]
-    assert {e["job_id"] for e in store.events()} == {"pending", "queued"}
+    assert [v.id for v in store.list_jobs().jobs] == ["pending", "queued"]
+    assert store.events("pending") and store.events("queued")
+    with pytest.raises(NotFoundError):  # its events went with it
+        store.events("done")
 
 
 def test_queue_limits_must_be_positive(tmp_path: Path) -> None:
@@ -140,3 +142,37 @@ def test_queue_limits_must_be_positive(tmp_path: Path) -> None:
         AsyncConfig(jobs_db=tmp_path / "jobs.db", output="out", max_queued=0)
     limits = AsyncConfig(jobs_db=tmp_path / "jobs.db", output="out").queue_limits()
     assert limits == QueueLimits(max_jobs=10_000, max_bytes=1024**3)
+
+
+def test_listing_pages_with_a_cursor_and_counts_stop_at_the_limit(tmp_path: Path) -> None:
+    """Review: every read a client can ask for does bounded work. A page stops at ``limit``
+    with ``next_after`` to go on from (``None`` at the end); a status is counted up to
+    ``count_limit`` and beyond is reported as "at least" (``complete`` false)."""
+    store = JobStore(tmp_path / "jobs.db", synchronous="NORMAL", count_limit=3)
+    try:
+        for i in range(5):
+            store.submit(_spec(id=f"j{i}"))
+        me = new_owner()
+        (job,) = store.claim(me)
+        assert store.finish(job.id, me, 1, "failed")
+        seen: list[str] = []
+        after: int | None = 0
+        pages = 0
+        while after is not None:
+            page = store.list_jobs(limit=2, after_seq=after)
+            seen += [v.id for v in page.jobs]
+            after, pages = page.next_after, pages + 1
+        assert seen == [f"j{i}" for i in range(5)] and pages == 3
+        failed = store.list_jobs(status="failed")
+        assert [v.id for v in failed.jobs] == ["j0"] and failed.next_after is None
+        counts = store.counts()
+        assert counts == {"queued": 3, "running": 0, "succeeded": 0, "failed": 1}
+        assert not counts.complete  # 4 queued: counted up to 3
+        store.count_limit = 4
+        assert store.counts()["queued"] == 4 and store.counts().complete
+        with pytest.raises(NotFoundError):  # as the SQS store answers
+            store.events("nope")
+        with pytest.raises(InvalidOptionsError):
+            JobStore(tmp_path / "other.db", count_limit=0)
+    finally:
+        store.close()

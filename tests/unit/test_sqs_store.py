@@ -155,9 +155,9 @@ def test_submit_is_idempotent_and_readable_from_any_store(queue: Queue) -> None:
     with pytest.raises(InvalidOptionsError):
         a.submit(_spec(id="a/b"))
     second, _ = a.submit(_spec())
-    assert [v.id for v in b.list_jobs()] == ["look-1", second.id]
-    assert [v.id for v in b.list_jobs(after_seq=job.seq)] == [second.id]
-    assert b.list_jobs(status="running") == []
+    assert [v.id for v in b.list_jobs().jobs] == ["look-1", second.id]
+    assert [v.id for v in b.list_jobs(after_seq=job.seq).jobs] == [second.id]
+    assert b.list_jobs(status="running").jobs == []
     assert b.counts() == {"queued": 2, "running": 0, "succeeded": 0, "failed": 0}
     assert [e["event"] for e in b.events("look-1")] == ["submitted"]
 
@@ -423,3 +423,50 @@ def test_two_workers_share_one_queue(
         document = json.loads(storage.read_bytes(f"s3://jobs/out/{job_id}.out"))
         assert document["InferenceId"] == job_id
     assert queue.depth() == (0, 0)
+
+
+def test_listing_and_counting_read_a_bounded_number_of_objects_per_call(
+    queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review: ``status=running`` over jobs none of which runs read every record in one call
+    (one S3 read each), and ``counts`` listed every ``done`` marker. Now a call reads at most
+    ``scan_limit`` records and hands back a cursor; ``counts`` lists at most ``count_limit``
+    markers and says the numbers are lower bounds."""
+    writer = queue.store()
+    ids = [writer.submit(_spec(id=f"l{i}"))[0].id for i in range(7)]
+    reader = queue.store(scan_limit=3, count_limit=4)
+    reads: list[str] = []
+    read = reader._read
+
+    def counted(key: str) -> Any:
+        reads.append(key)
+        return read(key)
+
+    monkeypatch.setattr(reader, "_read", counted)
+    per_call: list[int] = []
+    after: int | None = 0
+    while after is not None:
+        reads.clear()
+        page = reader.list_jobs(status="running", after_seq=after)
+        assert page.jobs == []
+        per_call.append(len(reads))
+        after = page.next_after
+    assert per_call == [3, 3, 1]
+    listed: list[str] = []
+    after = 0
+    while after is not None:
+        page = reader.list_jobs(limit=100, after_seq=after)
+        listed += [v.id for v in page.jobs]
+        after = page.next_after
+    assert listed == ids
+    prefix = queue.results.split("/", 3)[3]
+    for i in range(6):
+        key = f"{prefix}/done/{i:015d}.{'failed' if i == 5 else 'succeeded'}.x{i}"
+        queue.s3.put_object(Bucket=BUCKET, Key=key, Body=b"")
+    counts = reader.counts()
+    assert counts["queued"] == 7 and counts["succeeded"] == 4 and counts["failed"] == 0
+    assert not counts.complete
+    exact = writer.counts()
+    assert (exact["succeeded"], exact["failed"], exact.complete) == (5, 1, True)
+    with pytest.raises(InvalidOptionsError):
+        queue.store(scan_limit=0)

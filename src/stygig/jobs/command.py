@@ -162,16 +162,23 @@ def run_jobs(args: argparse.Namespace) -> int:
             print(json.dumps(info))
         return 0 if all(i["Status"] == "succeeded" for i in infos) else 1
     query = urllib.parse.urlencode(
-        {k: v for k, v in (("status", args.status), ("limit", args.limit)) if v is not None}
+        {
+            k: v
+            for k, v in (("status", args.status), ("limit", args.limit), ("after", args.after))
+            if v is not None
+        }
     )
     data = _checked(*_request("GET", f"{url}/async/jobs?{query}"))
     if args.json_out:
         print(json.dumps(data, indent=2))
         return 0
-    print("counts: " + ", ".join(f"{k} {v}" for k, v in data["counts"].items()))
+    at_least = "" if data.get("counts_complete", True) else "at least "
+    print("counts: " + ", ".join(f"{k} {at_least}{v}" for k, v in data["counts"].items()))
     for job in data["jobs"]:
         error = (job.get("Error") or {}).get("code") or ""
         print(f"{job['InferenceId']:<34} {job['Status']:<10} {job['CreatedAt']}  {error}")
+    if data.get("next_after") is not None:
+        print(f"more: --after {data['next_after']}")
     return 0
 
 
@@ -284,6 +291,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--status", choices=["queued", "running", "succeeded", "failed"])
     p.add_argument("--limit", type=int, default=50)
+    p.add_argument(
+        "--after", type=int, help="the next page: the 'more: --after N' the last page printed"
+    )
     p.add_argument("--json", dest="json_out", action="store_true")
 
     p = subparsers.add_parser("batch", help="recommendations for many inputs (resumable)")

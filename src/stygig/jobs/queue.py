@@ -15,7 +15,11 @@ The contract both keep (the worker's crash-safe order of steps relies on it):
   own redelivery) and is claimed again with the next attempt number.
 * ``finish`` records the terminal state once, only for the owner of the current attempt.
 * ``pending_notifications`` / ``mark_notified``: finished jobs whose notification is due.
-* ``get`` / ``view`` / ``list_jobs`` / ``counts`` / ``events``: what clients and audits read.
+* ``get`` / ``view`` / ``list_jobs`` / ``counts`` / ``events``: what clients and audits read,
+  each with work bounded whatever the store holds: ``list_jobs`` returns a :class:`JobPage`
+  that may stop short of ``limit`` (even empty) with a ``next_after`` cursor to go on from;
+  ``counts`` counts each status only so far (``JobCounts.complete`` false: "at least");
+  ``events`` reads one job's journal (an audit of all pages through ``list_jobs``).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from stygig.jobs.store import Job, JobSpec, JobView, QueueLimits
+from stygig.jobs.store import Job, JobCounts, JobPage, JobSpec, JobView, QueueLimits
 
 __all__ = ["JobQueue"]
 
@@ -77,20 +81,21 @@ class JobQueue(Protocol):
 
     def list_jobs(
         self, *, status: str | None = None, limit: int = 100, after_seq: int = 0
-    ) -> list[JobView]:
-        """Public views in submission order (``after_seq`` pages on)."""
+    ) -> JobPage:
+        """Public views in submission order after ``after_seq``; the page's ``next_after``
+        (``None`` at the end) is where the next one starts."""
         ...
 
     def pending_notifications(self, limit: int = 100) -> list[Job]:
         """Finished jobs whose notification has not been sent yet."""
         ...
 
-    def counts(self) -> dict[str, int]:
-        """Jobs per status (every status present)."""
+    def counts(self) -> JobCounts:
+        """Jobs per status (every status present), each counted only so far (``complete``)."""
         ...
 
-    def events(self, job_id: str | None = None) -> list[dict[str, Any]]:
-        """The journal (one job's, or everyone's), oldest first."""
+    def events(self, job_id: str) -> list[dict[str, Any]]:
+        """One job's journal, oldest first (``NotFoundError`` when unknown)."""
         ...
 
     def close(self) -> None:

@@ -66,7 +66,18 @@ from stygig.errors import (
     StorageError,
     StygigError,
 )
-from stygig.jobs.store import STATUSES, TERMINAL, Job, JobSpec, JobView, QueueLimits
+from stygig.jobs.store import (
+    COUNT_LIMIT,
+    MAX_PAGE,
+    STATUSES,
+    TERMINAL,
+    Job,
+    JobCounts,
+    JobPage,
+    JobSpec,
+    JobView,
+    QueueLimits,
+)
 
 __all__ = ["QueueSettings", "SqsJobStore", "open_job_queue", "parse_queue_url"]
 
@@ -218,6 +229,10 @@ class SqsJobStore:
         notify_scan_s: how often S3 is searched for notifications other servers left.
         notify_takeover_s: how long a finished job's notification is left to the server that
             finished it before another sends it (a crash in between).
+        scan_limit: the most records one :meth:`list_jobs` call reads (one S3 read each,
+            whether the job is listed or skipped by its status).
+        count_limit: the most ``done`` markers one :meth:`counts` call lists (1,000 per S3
+            list request).
         sqs, s3: boto3 clients to use instead of new ones.
     """
 
@@ -231,6 +246,8 @@ class SqsJobStore:
         orphan_message_s: float = 300.0,
         notify_scan_s: float = 10.0,
         notify_takeover_s: float = 120.0,
+        scan_limit: int = MAX_PAGE,
+        count_limit: int = COUNT_LIMIT,
         sqs: Any = None,
         s3: Any = None,
     ) -> None:
@@ -243,6 +260,10 @@ class SqsJobStore:
         self.orphan_message_s = orphan_message_s
         self.notify_scan_s = notify_scan_s
         self.notify_takeover_s = notify_takeover_s
+        if scan_limit < 1 or count_limit < 1:
+            raise InvalidOptionsError("scan_limit and count_limit must be at least 1")
+        self.scan_limit = scan_limit
+        self.count_limit = count_limit
         if sqs is None or s3 is None:
             try:
                 import boto3
@@ -770,31 +791,34 @@ class SqsJobStore:
         """One job's public view (``NotFoundError`` when unknown)."""
         return self._view(self._record(job_id))
 
-    def _indexed(self, after_seq: int = 0) -> Iterator[dict[str, Any]]:
-        """Records in submission order after ``after_seq`` (one read each)."""
-        start = self._key("index", f"{after_seq:020d}.")  # '.' sorts after '-'
-        for obj in self._list("index", start_after=start):
-            job_id = str(obj["Key"]).rsplit("/", 1)[1].partition("-")[2]
-            found = self._read(self._record_key(job_id))
-            if found is not None:
-                yield found[0]
-
     def list_jobs(
         self, *, status: str | None = None, limit: int = 100, after_seq: int = 0
-    ) -> list[JobView]:
-        """Public views in submission order, optionally of one status (``after_seq`` pages on).
-        Each job listed costs one S3 read (and so does each one skipped by ``status``)."""
+    ) -> JobPage:
+        """Public views in submission order, optionally of one status, at most ``limit`` after
+        ``after_seq``.
+
+        Each record examined costs one S3 read, listed or skipped by ``status``: a call reads at
+        most ``scan_limit`` of them and then stops with ``next_after`` set (:class:`JobPage`),
+        so ``status=failed`` over a million succeeded jobs costs the caller more calls, never
+        one call the whole index.
+        """
         if status is not None and status not in STATUSES:
             raise InvalidOptionsError(f"status must be one of {', '.join(STATUSES)}")
-        limit = max(1, min(limit, 10_000))
+        limit = max(1, min(limit, MAX_PAGE, self.scan_limit))
+        start = self._key("index", f"{max(0, after_seq):020d}.")  # '.' sorts after '-'
         found: list[JobView] = []
+        examined = 0
         with self._aws("list jobs"):
-            for record in self._indexed(max(0, after_seq)):
-                if status is None or record["status"] == status:
-                    found.append(self._view(record))
-                    if len(found) >= limit:
-                        break
-        return found
+            for obj in self._list("index", start_after=start):
+                name = str(obj["Key"]).rsplit("/", 1)[1]
+                seq, _, job_id = name.partition("-")
+                read = self._read(self._record_key(job_id))  # None: purged meanwhile
+                examined += 1
+                if read is not None and (status is None or read[0]["status"] == status):
+                    found.append(self._view(read[0]))
+                if len(found) >= limit or examined >= self.scan_limit:
+                    return JobPage(found, int(seq))
+        return JobPage(found, None)
 
     def pending_notifications(self, limit: int = 100) -> list[Job]:
         """Jobs finished here whose notification is due (from memory), and every
@@ -827,14 +851,20 @@ class SqsJobStore:
                     break
         return due
 
-    def counts(self) -> dict[str, int]:
+    def counts(self) -> JobCounts:
         """Jobs per status: ``queued`` and ``running`` as SQS counts messages (approximate:
-        visible + delayed, and in flight), ``succeeded`` and ``failed`` from the ``done``
-        markers (one S3 list request per 1,000 finished jobs kept)."""
+        visible + delayed, and in flight); ``succeeded`` and ``failed`` from the ``done``
+        markers, of which one call lists at most ``count_limit`` (one S3 list request per
+        1,000). Beyond that the two are lower bounds and ``complete`` is false: an operator
+        sees "at least" rather than a request whose cost grows with the jobs kept."""
+        ended = dict.fromkeys(TERMINAL, 0)
+        listed = 0
         with self._aws("count jobs"):
             depth = self._queue_depth()
-            ended = dict.fromkeys(TERMINAL, 0)
             for obj in self._list("done"):
+                listed += 1
+                if listed > self.count_limit:
+                    break
                 status = str(obj["Key"]).rsplit("/", 1)[1].split(".", 2)[1]
                 if status in ended:
                     ended[status] += 1
@@ -844,15 +874,13 @@ class SqsJobStore:
             "running": depth["ApproximateNumberOfMessagesNotVisible"],
             **ended,
         }
-        return {s: counts.get(s, 0) for s in STATUSES}
+        return JobCounts(counts, complete=listed <= self.count_limit)
 
-    def events(self, job_id: str | None = None) -> list[dict[str, Any]]:
-        """The journal (one job's, or every job's in submission order), oldest first."""
-        records = [self._record(job_id)] if job_id is not None else None
-        if records is None:
-            with self._aws("read the journal"):
-                records = list(self._indexed())
-        return [{"job_id": r["id"], **e} for r in records for e in r.get("events", [])]
+    def events(self, job_id: str) -> list[dict[str, Any]]:
+        """One job's journal, oldest first (one S3 read; ``NotFoundError`` when unknown). An
+        audit of every job pages with :meth:`list_jobs` and reads each one's."""
+        record = self._record(job_id)
+        return [{"job_id": record["id"], **e} for e in record.get("events", [])]
 
 
 def _holds(record: Mapping[str, Any], owner: str, attempt: int) -> bool:

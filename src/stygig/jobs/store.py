@@ -45,8 +45,12 @@ from stygig import storage
 from stygig.errors import InvalidOptionsError, NotFoundError, OverloadedError
 
 __all__ = [
+    "COUNT_LIMIT",
+    "MAX_PAGE",
     "STATUSES",
     "Job",
+    "JobCounts",
+    "JobPage",
     "JobSpec",
     "JobStore",
     "JobView",
@@ -61,6 +65,10 @@ Status = Literal["queued", "running", "succeeded", "failed"]
 STATUSES: tuple[Status, ...] = ("queued", "running", "succeeded", "failed")
 TERMINAL = ("succeeded", "failed")
 UNFINISHED = ("queued", "running")
+#: The most jobs one ``list_jobs`` call returns (and the most an SQS store reads for it).
+MAX_PAGE = 1000
+#: How far one ``counts`` call counts a status (the jobs kept can reach millions).
+COUNT_LIMIT = 10_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -287,6 +295,34 @@ class JobView:
         }
 
 
+@dataclass(frozen=True)
+class JobPage:
+    """One page of a job listing.
+
+    Attributes:
+        jobs: the views found, in submission order (at most the ``limit`` asked for; fewer, even
+            none, when the store stopped looking before the end: see ``next_after``).
+        next_after: ``None`` when the listing reached the last job; else the ``after_seq`` to
+            ask for the next page with (the page stopped at ``limit`` jobs, or at the most
+            records one call examines).
+    """
+
+    jobs: list[JobView]
+    next_after: int | None
+
+
+class JobCounts(dict[str, int]):
+    """Jobs per status, every status present (a ``dict``), and whether they are exact.
+
+    ``complete`` false: a status was counted only up to the store's ``count_limit``, so its
+    number (and that of any status counted alongside it) is a lower bound, "at least".
+    """
+
+    def __init__(self, counts: Mapping[str, int], *, complete: bool = True) -> None:
+        super().__init__({s: int(counts.get(s, 0)) for s in STATUSES})
+        self.complete = complete
+
+
 def iso_time(ts: float | None) -> str | None:
     """``ts`` (seconds since the epoch) as ISO 8601 UTC with milliseconds; ``None`` stays."""
     if ts is None:
@@ -304,12 +340,18 @@ class JobStore:
         path: the database file (created with its folder).
         synchronous: SQLite's ``synchronous`` pragma. ``FULL`` (default) makes a commit survive
             power loss, not just a process crash; ``NORMAL`` is faster and survives ``kill -9``.
+        count_limit: how far :meth:`counts` counts one status.
     """
 
-    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
+    def __init__(
+        self, path: str | Path, *, synchronous: str = "FULL", count_limit: int = COUNT_LIMIT
+    ) -> None:
         if synchronous not in ("OFF", "NORMAL", "FULL"):
             raise InvalidOptionsError("synchronous must be OFF, NORMAL or FULL")
+        if count_limit < 1:
+            raise InvalidOptionsError("count_limit must be at least 1")
         self.path = Path(path)
+        self.count_limit = count_limit
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(
@@ -552,21 +594,25 @@ class JobStore:
 
     def list_jobs(
         self, *, status: str | None = None, limit: int = 100, after_seq: int = 0
-    ) -> list[JobView]:
-        """Public views of jobs in submission order, optionally of one status (``after_seq``
-        pages on); only the viewed columns are read."""
+    ) -> JobPage:
+        """Public views of jobs in submission order, optionally of one status, at most ``limit``
+        (up to :data:`MAX_PAGE`) after ``after_seq``; only the viewed columns are read, through
+        the status index, so a call's work is bounded by ``limit`` whatever the table holds.
+        ``next_after`` is set when the page is full (:class:`JobPage`)."""
         if status is not None and status not in STATUSES:
             raise InvalidOptionsError(f"status must be one of {', '.join(STATUSES)}")
+        limit = max(1, min(limit, MAX_PAGE))
         sql = f"SELECT {_VIEW_COLUMNS} FROM jobs WHERE seq > ?"
-        args: list[Any] = [after_seq]
+        args: list[Any] = [max(0, after_seq)]
         if status is not None:
             sql += " AND status = ?"
             args.append(status)
         sql += " ORDER BY seq LIMIT ?"
-        args.append(max(1, min(limit, 10_000)))
+        args.append(limit)
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
-        return [JobView.from_row(r) for r in rows]
+        views = [JobView.from_row(r) for r in rows]
+        return JobPage(views, views[-1].seq if len(views) == limit else None)
 
     def pending_notifications(self, limit: int = 100) -> list[Job]:
         """Finished jobs whose notification has not been sent yet."""
@@ -577,20 +623,30 @@ class JobStore:
             ).fetchall()
         return [Job.from_row(r) for r in rows]
 
-    def counts(self) -> dict[str, int]:
-        """Number of jobs per status (every status present, zero or not)."""
+    def counts(self) -> JobCounts:
+        """Jobs per status, each counted up to ``count_limit`` (default :data:`COUNT_LIMIT`):
+        one bounded index range per status, so a call's work does not grow with the jobs kept.
+        Beyond the limit the number is ``count_limit`` and ``complete`` is false ("at least")."""
+        found: dict[str, int] = {}
         with self._lock:
-            rows = self._db.execute("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")
-            found = {r["status"]: int(r["n"]) for r in rows}
-        return {s: found.get(s, 0) for s in STATUSES}
+            for status in STATUSES:
+                (n,) = self._db.execute(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE status = ? LIMIT ?)",
+                    (status, self.count_limit + 1),
+                ).fetchone()
+                found[status] = int(n)
+        complete = all(n <= self.count_limit for n in found.values())
+        return JobCounts({s: min(n, self.count_limit) for s, n in found.items()}, complete=complete)
 
-    def events(self, job_id: str | None = None) -> list[dict[str, Any]]:
-        """The journal (one job's, or everyone's), oldest first."""
-        sql = "SELECT job_id, at, event, owner, detail FROM events"
-        args: tuple[Any, ...] = ()
-        if job_id is not None:
-            sql += " WHERE job_id = ?"
-            args = (job_id,)
+    def events(self, job_id: str) -> list[dict[str, Any]]:
+        """One job's journal, oldest first (:class:`~stygig.errors.NotFoundError` when unknown:
+        every job has its ``submitted`` event). An audit of every job pages with
+        :meth:`list_jobs` and reads each one's."""
         with self._lock:
-            rows = self._db.execute(sql + " ORDER BY seq", args).fetchall()
+            rows = self._db.execute(
+                "SELECT job_id, at, event, owner, detail FROM events WHERE job_id = ? ORDER BY seq",
+                (job_id,),
+            ).fetchall()
+        if not rows:
+            raise NotFoundError("no job has this InferenceId", code="unknown_job")
         return [dict(r) for r in rows]

@@ -8,6 +8,12 @@ Routes (an ``APIRouter`` the app includes)::
     GET  /async/jobs               list (?status=&limit=&after=) with counts per status; only
                                    when the operator turned it on (``list_jobs``), else 404
 
+A listing is paged by the store, with bounded work per request: ``next_after`` is the ``after``
+of the next page, ``null`` once the last job was reached. A page may hold fewer jobs than
+``limit``, even none, while ``next_after`` is set (a store that reads each record examined,
+like the SQS one, stops after a fixed number of them). Each count is exact while
+``counts_complete`` is true; false means some were counted only so far ("at least").
+
 A submission names its input with ``X-Amzn-SageMaker-InputLocation`` (a stored photo or JSON
 request: path, ``file://`` or ``s3://``, under a prefix the operator allowed:
 ``allow_input_prefixes``, see :mod:`stygig.locations`) or carries it inline (a photo or JSON
@@ -48,7 +54,7 @@ from stygig.engine import Options, Recommender
 from stygig.errors import InvalidImageError, InvalidOptionsError, NotFoundError
 from stygig.jobs.notify import MAX_WEBHOOK_URL_LENGTH, Notifier
 from stygig.jobs.queue import JobQueue
-from stygig.jobs.store import TERMINAL, Job, JobSpec, JobStore, QueueLimits
+from stygig.jobs.store import MAX_PAGE, TERMINAL, Job, JobSpec, JobStore, QueueLimits
 from stygig.jobs.worker import JobWorker, WorkerConfig, check_job_input
 from stygig.locations import InputLocations, public_errors
 from stygig.serving import requests as rq
@@ -338,19 +344,20 @@ def make_async_router(store: JobQueue, worker: JobWorker, config: AsyncConfig) -
     @router.get("/jobs", summary="Jobs in submission order, with counts per status")
     async def jobs(
         status: str | None = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
         after: Annotated[int, Query(ge=0, le=_MAX_SEQ)] = 0,
     ) -> Response:
         if not config.list_jobs:
             raise NotFoundError("job listing is turned off on this server", code="not_found")
-        found = await run_in_threadpool(
+        page = await run_in_threadpool(
             lambda: store.list_jobs(status=status, limit=limit, after_seq=after)
         )
         counts = await run_in_threadpool(store.counts)
         body = {
-            "jobs": [j.to_dict() for j in found],
-            "counts": counts,
-            "next_after": found[-1].seq if found else None,
+            "jobs": [j.to_dict() for j in page.jobs],
+            "counts": dict(counts),
+            "counts_complete": counts.complete,
+            "next_after": page.next_after,
         }
         return json_response(body)
 

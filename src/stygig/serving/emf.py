@@ -12,18 +12,31 @@ per-stage latencies, batch sizes and queue depth that Prometheus sees also go to
 Rate: observations are collected, not printed one by one. A line goes out every ``interval_s``
 (default 60 s, CloudWatch's standard resolution) when anything was observed, or as soon as one
 metric holds 100 values, the most an EMF array may carry; so at most one line per 100 requests,
-and every observation is kept (the arrays hold the values themselves, so CloudWatch's
-percentiles are exact). Lines are written by a background thread, never by the event loop.
+and while stdout keeps up every observation is kept (the arrays hold the values themselves, so
+CloudWatch's percentiles are exact). Lines are written by a background thread, never by the
+event loop.
 
-Dimensions are fixed when the server starts (``Service``, plus the operator's own, e.g. the
-endpoint and variant names): nothing a client sends ever becomes a dimension, so the number of
-CloudWatch metrics cannot grow with traffic.
+Memory is bounded even when stdout is not drained (a blocked pipe stalls the writing thread
+while requests go on): a metric holds at most :data:`MAX_HELD` values between two lines. Beyond,
+the values kept are a uniform random sample of all observed (reservoir sampling, so percentiles
+stay representative of the whole interval rather than of its start), and the number left out
+is written as the count metric ``ObservationsDropped``. Counts (``Requests``, ``Rejected``)
+are plain sums and always exact. EMF has no values-with-counts form (CloudWatch's
+``PutMetricData`` has), so a sample is the way to stay within 100 values per array.
+
+Names are bounded too: only the metrics of :func:`metric_units` are accepted (their names are
+this module's constants), and dimensions are fixed when the server starts (``Service``, plus the
+operator's own, e.g. the endpoint and variant names): nothing a client sends (a route, a status
+code, a header) ever becomes a metric name or a dimension, so the number of CloudWatch metrics
+cannot grow with traffic.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
+import random
 import re
 import sys
 import threading
@@ -34,6 +47,7 @@ from dataclasses import dataclass, field
 from stygig.errors import InvalidOptionsError
 
 __all__ = [
+    "MAX_HELD",
     "MAX_VALUES",
     "NAMESPACE",
     "EmfConfig",
@@ -44,6 +58,10 @@ __all__ = [
 
 NAMESPACE = "StyGig"
 MAX_VALUES = 100  # EMF: "Numeric array metric targets MUST NOT have more than 100 members"
+#: The most values one metric holds between two lines (10 lines' worth); beyond, a sample.
+MAX_HELD = 10 * MAX_VALUES
+#: The count of observations left out of the arrays because a metric held MAX_HELD values.
+DROPPED = "ObservationsDropped"
 _MAX_DIMENSIONS = 9  # EMF: a DimensionSet holds at most 9 keys
 _DIMENSION_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,254}$")
 _DIMENSION_VALUE = re.compile(r"^[A-Za-z0-9_.:/@\-]{1,255}$")
@@ -60,7 +78,7 @@ STAGE_METRICS = {
     "total": "TotalLatency",
 }
 _SAMPLED = {"BatchSize": "Count", "BatchLatency": "Milliseconds", "QueueDepth": "Count"}
-_COUNTED = {"Requests": "Count", "Rejected": "Count"}
+_COUNTED = {"Requests": "Count", "Rejected": "Count", DROPPED: "Count"}
 
 
 def metric_units() -> dict[str, str]:
@@ -124,7 +142,8 @@ class EmfConfig:
 class _Window:
     """What was observed since the last line."""
 
-    values: dict[str, list[float]] = field(default_factory=dict)
+    values: dict[str, list[float]] = field(default_factory=dict)  # at most MAX_HELD each
+    seen: dict[str, int] = field(default_factory=dict)  # observations, kept or not
     counts: dict[str, int] = field(default_factory=dict)
 
     def empty(self) -> bool:
@@ -161,22 +180,43 @@ class EmfEmitter:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._units = metric_units()
+        self._random = random.Random()
 
     # Observations (any thread; cheap: an append under a lock) ------------------------------
 
     def observe(self, name: str, value: float) -> None:
-        """Record one value of a sampled metric (a latency, a batch size, a queue depth)."""
+        """Record one value of a sampled metric (a latency, a batch size, a queue depth); a
+        value that is not finite is ignored (JSON has no NaN). Beyond :data:`MAX_HELD` values
+        since the last line, a uniform sample is kept and the rest counted as dropped."""
+        self._check(name)
+        number = round(float(value), 3)
+        if not math.isfinite(number):
+            return
         with self._lock:
-            values = self._window.values.setdefault(name, [])
-            values.append(round(float(value), 3))
+            window = self._window
+            values = window.values.setdefault(name, [])
+            seen = window.seen[name] = window.seen.get(name, 0) + 1
+            if len(values) < MAX_HELD:
+                values.append(number)
+            else:  # reservoir sampling: every observation is kept with chance MAX_HELD / seen
+                slot = self._random.randrange(seen)
+                if slot < MAX_HELD:
+                    values[slot] = number
+                window.counts[DROPPED] = window.counts.get(DROPPED, 0) + 1
             full = len(values) >= MAX_VALUES
         if full:
             self._wake.set()
 
     def count(self, name: str, n: int = 1) -> None:
         """Add ``n`` to a count metric (``Requests``)."""
+        self._check(name)
         with self._lock:
             self._window.counts[name] = self._window.counts.get(name, 0) + n
+
+    def _check(self, name: str) -> None:
+        # A programming error, never a client's: names are this module's constants.
+        if name not in self._units:
+            raise ValueError(f"{name!r} is not an EMF metric of this server")
 
     def observe_timings(self, timings_ms: Mapping[str, float]) -> None:
         """One recommendation: its per-stage milliseconds, and one more request."""
