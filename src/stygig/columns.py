@@ -76,10 +76,11 @@ class CatalogColumns:
         self.usage_names, self.usage_codes = label_codes([i.usage for i in items])
         self.rgb = rgb_array(artifact.colors)
         self.hsl = rgb_to_hsl(self.rgb).astype(np.float32)
-        self.color_names = describe_colors(self.rgb)
+        self.color_names = np.asarray(describe_colors(self.rgb), dtype=object)
         self.available = np.array([item.in_stock for item in items], dtype=bool)
         # What a request may filter on: the item fields and every attribute the catalogue has.
         self.filterable = frozenset(ITEM_FIELDS).union(*(item.attributes.keys() for item in items))
+        self._spare: dict[Any, _Spare] = {}  # column -> its backing rows (see evolve)
         self._fresh_caches()
 
     def _fresh_caches(self) -> None:
@@ -92,12 +93,19 @@ class CatalogColumns:
 
     def evolve(self, artifact: Artifact, rows: Sequence[int]) -> CatalogColumns:
         """The columns of ``artifact``, this one's catalogue with ``rows`` changed or appended
-        (rows past this one's end are new): only those rows are derived again; every array
-        is a copy, so requests reading this one are undisturbed. A label this catalogue has
-        never seen (a new category, gender or usage) rebuilds them all."""
+        (rows past this one's end are new): only those rows are derived again.
+
+        Copy-on-write, at the cost of what changed rather than of the catalogue: a column
+        whose existing rows change (a stock change: ``available``) is copied, every other
+        column is shared; appended rows are written into a column's spare capacity, past the
+        end of every published view (:class:`_Spare`), so a stream of adds copies nothing of
+        the catalogue's size (amortised; a full buffer doubles). The filter caches (attribute
+        values) move along the same way, so the first filtered request after a change does
+        not walk every item again. A label this catalogue has never seen (a new category,
+        gender or usage) rebuilds them all."""
         items = artifact.items
-        changed = np.asarray(sorted(set(rows)), dtype=np.int64)
-        fresh = [items[int(r)] for r in changed]
+        changed = sorted(set(rows))
+        fresh = [items[r] for r in changed]
         labels = (
             (self.category_names, [i.category for i in fresh]),
             (self.gender_names, [i.gender for i in fresh if i.gender is not None]),
@@ -107,34 +115,104 @@ class CatalogColumns:
             return CatalogColumns(artifact)
         out = copy.copy(self)
         out.artifact = artifact
-        n = len(items)
-
-        def grown(values: np.ndarray, fill: Any) -> np.ndarray:
-            more = n - len(values)
-            tail = np.full((more, *values.shape[1:]), fill, dtype=values.dtype)
-            return np.concatenate([values, tail]) if more > 0 else values.copy()
-
-        out.category_codes = grown(self.category_codes, -1)
-        out.gender_codes = grown(self.gender_codes, -1)
-        out.usage_codes = grown(self.usage_codes, -1)
-        out.rgb = grown(self.rgb, 0)
-        out.hsl = grown(self.hsl, 0)
-        out.color_names = grown(self.color_names.astype(object), "")
-        out.available = grown(self.available, False)
-        if len(changed):
-            cat_index = self._category_index
-            out.category_codes[changed] = [cat_index[i.category] for i in fresh]
-            out.gender_codes[changed] = [_code(self.gender_names, i.gender) for i in fresh]
-            out.usage_codes[changed] = [_code(self.usage_names, i.usage) for i in fresh]
-            rgb = rgb_array([artifact.colors[int(r)] for r in changed])
-            out.rgb[changed] = rgb
-            out.hsl[changed] = rgb_to_hsl(rgb).astype(np.float32)
-            out.color_names[changed] = describe_colors(rgb)
-            out.available[changed] = [i.in_stock for i in fresh]
-        out.can_hedge = bool(((out.gender_codes == out.unisex) | (out.gender_codes < 0)).any())
+        n_old, n = len(self.category_codes), len(items)
+        inside = [r for r in changed if r < n_old]  # existing rows changed in place
+        tail = [items[r] for r in range(n_old, n)]  # appended rows
+        colored = [r for r in inside if artifact.colors[r] is not self.artifact.colors[r]]
+        recolored = [*colored, *range(n_old, n)]
+        rgb = rgb_array([artifact.colors[r] for r in recolored]) if recolored else self.rgb[:0]
+        hsl = rgb_to_hsl(rgb).astype(np.float32) if recolored else self.hsl[:0]
+        names = np.asarray(describe_colors(rgb) if recolored else [], dtype=object)
+        k = len(colored)
+        out._spare = dict(self._spare)
+        out._set(
+            "category_codes",
+            inside,
+            [self._category_index[items[r].category] for r in inside],
+            [self._category_index[i.category] for i in tail],
+        )
+        out._set(
+            "gender_codes",
+            inside,
+            [_code(self.gender_names, items[r].gender) for r in inside],
+            [_code(self.gender_names, i.gender) for i in tail],
+        )
+        out._set(
+            "usage_codes",
+            inside,
+            [_code(self.usage_names, items[r].usage) for r in inside],
+            [_code(self.usage_names, i.usage) for i in tail],
+        )
+        out._set(
+            "available", inside, [items[r].in_stock for r in inside], [i.in_stock for i in tail]
+        )
+        out._set("rgb", colored, rgb[:k], rgb[k:])
+        out._set("hsl", colored, hsl[:k], hsl[k:])
+        out._set("color_names", colored, names[:k], names[k:])
+        if out.gender_codes is not self.gender_codes:
+            hedge = (out.gender_codes == out.unisex) | (out.gender_codes < 0)
+            out.can_hedge = bool(hedge.any())
         out.filterable = self.filterable.union(*(i.attributes.keys() for i in fresh))
+        attribute_cache = dict(list(self._attribute_cache.items()))
+        numeric_cache = dict(list(self._numeric_cache.items()))
         out._fresh_caches()
+        for name, _ in attribute_cache.items():
+            out._attribute_cache[name] = out._evolved_cache(
+                ("attribute", name),
+                attribute_cache[name],
+                inside,
+                [_attribute_of(items[r], name) for r in inside],
+                [_attribute_of(i, name) for i in tail],
+            )
+        for name, values in numeric_cache.items():
+            out._numeric_cache[name] = out._evolved_cache(
+                ("numeric", name),
+                values,
+                inside,
+                [_to_float(_attribute_of(items[r], name)) for r in inside],
+                [_to_float(_attribute_of(i, name)) for i in tail],
+            )
         return out
+
+    def _set(self, name: str, rows: Sequence[int], values: Any, appended: Any) -> None:
+        """Column ``name`` with ``values`` at existing ``rows`` and ``appended`` after its end
+        (on this new object only: the column is copied when its rows change, shared else)."""
+        setattr(self, name, self._evolved(name, getattr(self, name), rows, values, appended))
+
+    def _evolved_cache(
+        self,
+        key: tuple[str, str],
+        values: np.ndarray,
+        rows: Sequence[int],
+        new: list[Any],
+        appended: list[Any],
+    ) -> np.ndarray:
+        return self._evolved(
+            key, values, rows, np.asarray(new, values.dtype), np.asarray(appended, values.dtype)
+        )
+
+    def _evolved(
+        self, key: Any, column: np.ndarray, rows: Sequence[int], values: Any, appended: Any
+    ) -> np.ndarray:
+        values = np.asarray(values, dtype=column.dtype)
+        if len(rows):
+            same = column[list(rows)] == values
+            if bool(np.all(same)):
+                rows = ()  # nothing in place changes (a price update: no column moves)
+        more = len(appended)
+        if not len(rows) and not more:
+            return column
+        n = len(column)
+        spare = self._spare.get(key)
+        if len(rows) or spare is None or not spare.extends(column, more):
+            spare = _Spare.around(column, more)
+            self._spare[key] = spare
+        view = spare.append(
+            n, np.asarray(appended, dtype=column.dtype).reshape(more, *column.shape[1:])
+        )
+        if len(rows):
+            view[list(rows)] = values
+        return view
 
     def _item_fields(self, pos: int) -> dict[str, Any]:
         """Row ``pos``'s :class:`~stygig.answer.ItemView` fields (callers must not mutate)."""
@@ -266,13 +344,44 @@ class CatalogColumns:
     def _attribute_values(self, name: str) -> np.ndarray:
         cached = self._attribute_cache.get(name)
         if cached is None:
-            values = []
-            for item in self.artifact.items:
-                raw = getattr(item, name) if name in ITEM_FIELDS else item.attributes.get(name)
-                values.append(None if raw is None else str(raw).strip().lower())
-            cached = np.array(values, dtype=object)
+            cached = np.array([_attribute_of(item, name) for item in self.artifact.items], object)
             self._attribute_cache[name] = cached
         return cached
+
+
+class _Spare:
+    """A column's backing rows with room after them. Published columns are prefixes of
+    ``data`` (``data[:n]``); an append writes past ``used``, the end of the longest prefix
+    handed out, so no published view ever sees a write."""
+
+    def __init__(self, data: np.ndarray, used: int) -> None:
+        self.data, self.used = data, used
+
+    @classmethod
+    def around(cls, column: np.ndarray, more: int) -> _Spare:
+        """A copy of ``column`` with room for ``more`` rows (double the size, once rows
+        are being appended, so appends cost amortised O(1) each)."""
+        n = len(column)
+        capacity = max(2 * n, n + more + 1024) if more else n
+        data = np.empty((capacity, *column.shape[1:]), dtype=column.dtype)
+        data[:n] = column
+        return cls(data, n)
+
+    def extends(self, column: np.ndarray, more: int) -> bool:
+        """Whether ``column`` is this buffer's longest prefix and ``more`` rows fit after it."""
+        n = len(column)
+        return column.base is self.data and self.used == n and len(self.data) >= n + more
+
+    def append(self, n: int, tail: np.ndarray) -> np.ndarray:
+        self.data[n : n + len(tail)] = tail
+        self.used = n + len(tail)
+        return self.data[: self.used]
+
+
+def _attribute_of(item: Any, name: str) -> str | None:
+    """An item's value of filterable field ``name``, as filters compare it (None: none)."""
+    raw = getattr(item, name) if name in ITEM_FIELDS else item.attributes.get(name)
+    return None if raw is None else str(raw).strip().lower()
 
 
 def _code(names: Sequence[str], value: str | None) -> int:
