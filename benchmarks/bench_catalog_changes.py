@@ -3,7 +3,7 @@
     python benchmarks/bench_catalog_changes.py [--encoder efficientnet-lite0|tiny]
         [--changes 1000] [--rate 20] [--bulk 200] [--rounds 3] [--clients 100]
         [--reload-requests 2000] [--only stock,add,bulk,stream,reload,recall]
-        [--workdir DIR] [--nice N]
+        [--workdir DIR] [--nice N] [--int8]
 
 Everything is measured with a change log in a folder (fsync on every record). Machines here
 are shared, so every comparison is interleaved (alone, with changes, alone, ...) and each
@@ -31,6 +31,9 @@ the wall time depends on what else runs.
 * ``recall_after_changes``: IVF (synthetic 20k x 128), 10 % of the items changed (5 % replaced,
   5 % added) through a live index, recall@50 against the exact oracle vs. a fresh build
   (target: within 0.01).
+
+With ``--int8`` the artifact's encoder is static int8 (``stygig build --int8``; changes' photos
+are encoded with the artifact's own encoder) and the sections are recorded as ``<section>_int8``.
 
 Writes benchmarks/results/catalog_changes.json (with ``--only``, the sections run replace
 theirs in the existing file).
@@ -418,14 +421,20 @@ def recall_after_changes(n: int = 20_000, dim: int = 128, k: int = 50) -> dict[s
     }
 
 
-def _artifact(root: Path, encoder_name: str) -> tuple[Path, Path]:
-    """The sample catalogue and its artifact under ``root`` (built once, then reused)."""
+def _artifact(root: Path, encoder_name: str, int8: bool) -> tuple[Path, Path]:
+    """The sample catalogue and its artifact under ``root`` (built once, then reused; with
+    ``int8``, the static int8 encoder calibrated on the catalogue's photos, as ``stygig build
+    --int8`` makes it)."""
     csv = root / "catalog" / "catalog.csv"
-    art = root / "artifact"
+    art = root / ("artifact-int8" if int8 else "artifact")
     if not csv.exists():
         csv = generate_sample_catalog(root / "catalog")
     if not (art / "manifest.json").exists():
-        with make_build_encoder(encoder_name) as (encoder, extra):
+        photos = sorted((root / "catalog").rglob("*.jpg")) if int8 else []
+        with make_build_encoder(encoder_name, int8=int8, calibration_photos=photos) as (
+            encoder,
+            extra,
+        ):
             build_artifact(csv, art, encoder, extra_files=extra, progress=False)
     return root / "catalog", art
 
@@ -435,6 +444,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--encoder", default="efficientnet-lite0")
+    parser.add_argument(
+        "--int8", action="store_true", help="the artifact's encoder in static int8 (build --int8)"
+    )
     parser.add_argument("--changes", type=int, default=1000, help="changes per stream figure")
     parser.add_argument("--rate", type=float, default=20.0, help="a retailer's changes per s")
     parser.add_argument("--bulk", type=int, default=200, help="new items per bulk request")
@@ -449,6 +461,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     only = set(args.only.split(","))
+    tag = "_int8" if args.int8 else ""  # int8 figures sit beside the fp32 ones
     if args.nice is not None:
         stygig.living.CHANGE_NICE = args.nice
     results: dict[str, Any] = {
@@ -458,7 +471,7 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory(prefix="stygig-bench-changes-") as tmp:
         root = args.workdir or Path(tmp)
-        catalog, art = _artifact(root, args.encoder)
+        catalog, art = _artifact(root, args.encoder, args.int8)
         log = Path(tmp) / "log"
         queries = sorted((catalog / "queries").glob("*.jpg"))
         photos = [q.read_bytes() for q in queries]
@@ -467,21 +480,23 @@ def main() -> None:
         live = LiveCatalog(rec, ChangeLog(log))
         rec.recommend(Query(images=(photo,)), Options())  # warm
         if "stock" in only:
-            results["stock_visible"] = stock_visible(rec, live, photo)
+            results["stock_visible" + tag] = stock_visible(rec, live, photo)
         if "add" in only:
-            results["add_visible"] = add_visible(rec, live, photo)
+            results["add_visible" + tag] = add_visible(rec, live, photo)
         if "bulk" in only:
-            results["bulk"] = bulk(rec, live, photo, photos, args.bulk, args.rounds)
+            results["bulk" + tag] = bulk(rec, live, photo, photos, args.bulk, args.rounds)
         if "stream" in only:
-            results["stream_at_rate"] = stream(rec, live, photo, photos, args.changes, args.rate)
-            results["stream_flat_out"] = stream(rec, live, photo, photos, args.changes, None)
-        results["catalog_version"] = rec.snapshot.catalog_version
+            results["stream_at_rate" + tag] = stream(
+                rec, live, photo, photos, args.changes, args.rate
+            )
+            results["stream_flat_out" + tag] = stream(rec, live, photo, photos, args.changes, None)
+        results["catalog_version" + tag] = rec.snapshot.catalog_version
         if "reload" in only:
             # The log (with whatever the sections above wrote) is the server's; compaction
             # folds it into the version the server flips to.
             if rec.snapshot.sequence == 0:
                 live.submit([parse_change(_add("reload-new", photo))])
-            results["reload_under_load"] = reload_under_load(
+            results["reload_under_load" + tag] = reload_under_load(
                 art, log, Path(tmp), catalog / "queries", args.clients, args.reload_requests
             )
     if "recall" in only:
