@@ -134,6 +134,11 @@ def top_k(
     kk = min(k, n)
     if kk < n:
         part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+        kth = np.take_along_axis(sims, part, 1).min(axis=1)
+        # Ties across the k-th place: argpartition kept arbitrary ones, the lowest ids win.
+        for r in np.flatnonzero((sims >= kth[:, None]).sum(axis=1) > kk):
+            tied = np.flatnonzero(sims[r] >= kth[r])
+            part[r] = tied[np.lexsort((tied, -sims[r, tied]))[:kk]]
     else:
         part = np.broadcast_to(np.arange(n), (sims.shape[0], n)).copy()
     part_scores = np.take_along_axis(sims, part, 1)
