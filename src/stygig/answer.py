@@ -22,6 +22,8 @@ __all__ = [
     "TIMING_NAMES",
     "ArtifactRef",
     "GenderDecision",
+    "HeadScore",
+    "HeadVote",
     "ItemView",
     "Neighbour",
     "Outfit",
@@ -39,6 +41,7 @@ __all__ = [
 ]
 
 CategorySource = Literal["vote", "stated", "catalog"]
+HeadField = Literal["category", "usage"]
 GenderSource = Literal["stated", "item", "photo", "uncertain", "none"]
 
 
@@ -61,6 +64,34 @@ class Neighbour:
 
 
 @dataclass(slots=True)
+class HeadScore:
+    """One class as a photo's neighbours and the artifact's category head scored it."""
+
+    label: str
+    votes: int  # neighbours that voted for it (of ``HeadVote.k``)
+    probability: float  # the head's probability for it
+    score: float  # weight * probability + (1 - weight) * votes / k: the highest decides
+
+
+@dataclass(slots=True)
+class HeadVote:
+    """How a photo's ``field`` was decided when the artifact has a head for it
+    (:mod:`stygig.category_head`): the neighbour vote merged with the head's probabilities.
+
+    ``value`` is what the answer uses (``QueryPart.category`` or ``usage``); ``vote`` what the
+    neighbours alone would have chosen; ``scores`` the classes a neighbour voted for and the
+    head's three likeliest, best first.
+    """
+
+    field: HeadField
+    value: str | None
+    vote: str | None
+    weight: float  # the head's weight against the vote, cross-fitted at build time
+    k: int  # neighbours voting
+    scores: list[HeadScore]
+
+
+@dataclass(slots=True)
 class QueryPart:
     """One photo or catalogue item of the query, as the engine understood it."""
 
@@ -78,6 +109,8 @@ class QueryPart:
     color_name: str
     hsl: list[float]  # hue in degrees [0, 360), saturation and lightness in [0, 1]
     palette: list[PaletteColor]
+    # photos of an artifact with category heads: how each headed field was decided
+    heads: list[HeadVote]
 
 
 @dataclass(slots=True)

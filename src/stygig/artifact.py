@@ -18,6 +18,9 @@ An artifact is one directory (packed as ``model.tar.gz`` for SageMaker)::
     thumbnails.json   their offsets; see :mod:`stygig.thumbnails`
     compat.npz        the learned compatibility model (optional, format 2; see
                       :mod:`stygig.compat` and :func:`add_compat_model`)
+    category_head.npz the category (and usage) heads fitted on the catalogue's labels
+                      (optional; see :mod:`stygig.category_head`); an older reader loads the
+                      artifact and ignores it
 
 Loading checks the manifest first: a newer format version is refused with a message that says
 what to do, and so is anything but exactly the listed files, each matching its size and sha256
@@ -40,7 +43,7 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -50,6 +53,7 @@ import numpy as np
 
 from stygig import __version__
 from stygig.catalog import Item, Reject, Taxonomy
+from stygig.category_head import CategoryHead, load_artifact_heads
 from stygig.compat.model import COMPAT_FILE, CompatModel
 from stygig.errors import ArtifactError
 from stygig.index import (
@@ -452,14 +456,15 @@ class Artifact:
 
     path: Path
     manifest: dict[str, Any]
-    items: list[Item]
-    colors: list[dict[str, Any]]
+    items: Sequence[Item]  # a list, or stygig.rows.Rows once the catalogue changed
+    colors: Sequence[dict[str, Any]]
     embeddings: np.ndarray
     index: VectorIndex
     taxonomy: Taxonomy
     whitening: Whitening | None = None
-    positions: dict[str, int] = field(default_factory=dict)
+    positions: Mapping[str, int] = field(default_factory=dict)
     compat: CompatModel | None = None
+    heads: dict[str, CategoryHead] = field(default_factory=dict)  # field -> its category head
 
     @classmethod
     def load(cls, path: str | Path, *, verify: bool = True, mmap: bool | None = None) -> Artifact:
@@ -492,6 +497,9 @@ class Artifact:
                 Whitening.load(root / "whitening.npz") if manifest.get("whitening") else None
             )
             compat = CompatModel.load(root / COMPAT_FILE) if manifest.get("compat") else None
+            heads = load_artifact_heads(
+                root, manifest, dim=int(embeddings.shape[1]), whitening=whitening
+            )
         except OSError as e:
             name = Path(e.filename).name if e.filename else "a file"
             raise ArtifactError(f"artifact cannot be read: {name!r}: {e.strerror}") from e
@@ -514,6 +522,7 @@ class Artifact:
             whitening=whitening,
             positions={item.id: i for i, item in enumerate(items)},
             compat=compat,
+            heads=heads,
         )
 
     def summary(self) -> dict[str, Any]:
@@ -529,6 +538,7 @@ class Artifact:
             "counts": m.get("counts"),
             "build": m.get("build"),
             "compat": m.get("compat"),
+            "category_head": m.get("category_head"),
         }
 
 

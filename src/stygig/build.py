@@ -27,6 +27,13 @@ from tqdm import tqdm
 from stygig import storage
 from stygig.artifact import IndexBuilder, read_manifest, write_artifact
 from stygig.catalog import CatalogReadResult, Item, Reject, Taxonomy, read_catalog
+from stygig.category_head import (
+    HEAD_FIELDS,
+    CategoryHead,
+    add_category_head,
+    fit_artifact_heads,
+    skip_reason,
+)
 from stygig.encoders import Encoder, export_onnx, load_encoder, load_onnx_encoder
 from stygig.encoders.calibration import catalogue_calibration
 from stygig.errors import (
@@ -38,6 +45,7 @@ from stygig.errors import (
 )
 from stygig.features import PreparedImage, prepare_image
 from stygig.images import PreprocessSpec
+from stygig.scoring import ScoringConfig
 from stygig.whitening import Whitening
 
 __all__ = [
@@ -46,6 +54,8 @@ __all__ = [
     "catalogue_photos",
     "embed_items",
     "finish_build",
+    "fit_heads",
+    "head_summary",
     "make_build_encoder",
     "prepare_item_photo",
     "prepare_or_reject",
@@ -185,6 +195,7 @@ def build_artifact(
     workers: int | None = None,
     extra_files: dict[str, Path] | None = None,
     whiten: bool | None = None,
+    category_head: bool = True,
     progress: bool = True,
 ) -> BuildResult:
     """Build an artifact from a catalogue file with ``encoder`` and write it to ``out_dir``.
@@ -197,6 +208,8 @@ def build_artifact(
     so when the catalogue has at least twice as many items as the embedding has dimensions,
     enough to estimate the covariance (Kaggle, efficientnet-lite0: articleType vote 86.1 % ->
     87.6 %; see docs/evaluation.md).
+    ``category_head`` fits the category (and usage) heads on the catalogue's labels
+    (:func:`fit_heads`; skipped, with the reason in the manifest, when labels are too few).
     """
     started = time.perf_counter()
     taxonomy = taxonomy or Taxonomy.load()
@@ -231,6 +244,8 @@ def build_artifact(
         index_params=index_params,
         extra_files=extra_files,
         whiten=whiten,
+        category_head=category_head,
+        progress=progress,
     )
 
 
@@ -255,6 +270,9 @@ def print_build_result(result: BuildResult, detail: str | None = None) -> None:
         f"items: {result.items}  rejected: {rejected}  "
         f"time: {result.seconds:.1f}s  throughput: {result.images_per_second:.1f} images/s"
     )
+    head = result.manifest.get("build", {}).get("category_head")
+    if head is not None:
+        print(head_summary(head))
     if detail is not None:
         print(detail)
     for reason, count in sorted(result.rejects.items()):
@@ -282,10 +300,13 @@ def finish_build(
     whiten: bool | None,
     build_extra: dict[str, Any] | None = None,
     index_builder: IndexBuilder | None = None,
+    category_head: bool = True,
+    progress: bool = True,
 ) -> BuildResult:
     """What a build does after its embed step (local or on Ray): rejects merged, whitening
-    fitted and applied, the artifact written, its manifest read back. ``build_extra`` goes
-    into ``build_info`` as is (the same dict: the index builder may still add to it)."""
+    fitted and applied, the category heads fitted (``category_head``; :func:`fit_heads`), the
+    artifact written, its manifest read back. ``build_extra`` goes into ``build_info`` as is
+    (the same dict: the index builder may still add to it)."""
     rejects = sorted(read.rejects + embedded.rejects, key=lambda r: r.row)
     dim = encoder.dim
     vectors = (
@@ -296,11 +317,19 @@ def finish_build(
     whitening = Whitening.fit(vectors) if whiten and len(vectors) >= 2 else None
     if whitening is not None:
         vectors = whitening.apply(vectors)
+    heads: dict[str, CategoryHead] = {}
+    head_info: dict[str, Any] = {"off": "--no-category-head"}
+    head_s: dict[str, float] = {}
+    if category_head:
+        t0 = time.perf_counter()
+        heads, head_info = fit_heads(vectors, embedded.items, whitening, progress=progress)
+        head_s["category_head"] = time.perf_counter() - t0
     n_images = len(read.items)
     build_info = {
         "catalog": str(catalog),
         "layout": read.layout,
-        "seconds": {"read": read_s, "embed": embed_s, **embedded.seconds},
+        "category_head": _without_grids(head_info),
+        "seconds": {"read": read_s, "embed": embed_s, **embedded.seconds, **head_s},
         "images_per_second": n_images / embed_s if embed_s > 0 else None,
         "workers": workers,
         "batch_size": batch_size,
@@ -322,6 +351,8 @@ def finish_build(
         thumbnails=embedded.thumbnails,
         index_builder=index_builder,
     )
+    if heads:
+        add_category_head(path, heads, head_info)
     total = time.perf_counter() - started
     manifest = read_manifest(path)
     counts: dict[str, int] = manifest["counts"]["rejects_by_reason"]
@@ -333,6 +364,68 @@ def finish_build(
         images_per_second=n_images / embed_s if embed_s > 0 else 0.0,
         manifest=manifest,
     )
+
+
+def fit_heads(
+    vectors: np.ndarray,
+    items: Sequence[Item],
+    whitening: Whitening | None,
+    *,
+    progress: bool = True,
+) -> tuple[dict[str, CategoryHead], dict[str, Any]]:
+    """The category heads of a build (:mod:`stygig.category_head`): one per field the engine
+    votes (:data:`~stygig.category_head.HEAD_FIELDS`), fitted on the stored ``vectors`` and the
+    items' labels, each field's head weight cross-fitted against the vote the engine runs
+    (``vote_k`` / ``attribute_vote_k`` of the default scoring config). A progress bar counts
+    the fits (six per field: five folds and the final one)."""
+    labels: dict[str, list[str | None]] = {
+        name: [getattr(item, name) for item in items] for name in HEAD_FIELDS
+    }
+    config = ScoringConfig.load()
+    k = {"category": config.vote_k, "usage": config.attribute_vote_k}
+    folds = 5
+    fitting = [name for name, values in labels.items() if skip_reason(values) is None]
+    bar = tqdm(
+        total=(folds + 1) * len(fitting),
+        desc=f"category head ({', '.join(fitting) or 'none'})",
+        unit="fit",
+        disable=not progress or not fitting,
+        file=sys.stderr,
+    )
+    with bar:
+        return fit_artifact_heads(
+            vectors, labels, k=k, whitening=whitening, folds=folds, on_fit=lambda: bar.update(1)
+        )
+
+
+def _without_grids(info: dict[str, Any]) -> dict[str, Any]:
+    """The heads' build report without the weight grids (the ``category_head`` entry keeps them)."""
+    fields = info.get("fields")
+    if not isinstance(fields, dict):
+        return info
+    return {
+        **info,
+        "fields": {n: {k: v for k, v in r.items() if k != "grid"} for n, r in fields.items()},
+    }
+
+
+def head_summary(info: dict[str, Any]) -> str:
+    """One line on the category heads of a build (its ``build_info["category_head"]``)."""
+    if "off" in info:
+        return f"category head: off ({info['off']})"
+    parts = []
+    seconds = 0.0
+    for name, report in info.get("fields", {}).items():
+        seconds += float(report.get("seconds", 0.0))
+        if "skipped" in report:
+            parts.append(f"{name} skipped ({report['skipped']})")
+            continue
+        acc = report.get("accuracy") or {}
+        gain = ""
+        if "vote" in acc and "merged" in acc:
+            gain = f", cross-fit {acc['vote']:.1%} -> {acc['merged']:.1%}"
+        parts.append(f"{name} (weight {report['head_weight']:g}{gain})")
+    return f"category head: {'; '.join(parts) or 'none'}  time: {seconds:.1f}s"
 
 
 @contextmanager

@@ -29,6 +29,21 @@ Stored as one ``.npz`` of plain arrays (no pickle), one head per labelled field
 (``category``, ``subCategory``, ...): :func:`save_heads` / :func:`load_heads`;
 :func:`add_category_head` adds the file to a built artifact with its checksum in the manifest,
 as :func:`stygig.artifact.add_compat_model` does for the compatibility model.
+
+**In a build** (:func:`fit_artifact_heads`, called by :func:`stygig.build.finish_build`): one
+head per field in :data:`HEAD_FIELDS` (the category; the usage is supported, but its head
+gained 0.2 point held out for 40 % of the fit time, so builds leave it out), each
+cross-fitted against the vote the engine runs for it (``vote_k`` neighbours for the category,
+``attribute_vote_k`` for the usage). A field is skipped, with its reason in the manifest, when
+fewer than :data:`MIN_CLASSES` of its classes have :data:`MIN_ITEMS_PER_CLASS` labelled items
+each (too few to fit and cross-fit on), or when the cross-fit gives the head weight 0 (the vote
+alone is best there: a head would cost every query time and change nothing). A catalogue of
+more than :data:`MAX_FIT_ROWS` items is fitted on a seeded sample of that many.
+
+**Serving.** The engine (:meth:`stygig.engine.Recommender.answer`) merges a photo's vote with
+the head's probabilities (:meth:`CategoryHead.for_queries` folds the head, un-whitening
+included, into one matrix over the stored vectors). Items added to a living catalogue, and the
+artifact versions compaction writes, keep the build's heads: nothing refits them but a build.
 """
 
 from __future__ import annotations
@@ -36,8 +51,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,17 +68,24 @@ __all__ = [
     "DEFAULT_HEAD_WEIGHT",
     "DEFAULT_ITERATIONS",
     "DEFAULT_L2",
+    "HEAD_FIELDS",
     "HEAD_FILE",
+    "MAX_FIT_ROWS",
+    "MIN_CLASSES",
+    "MIN_ITEMS_PER_CLASS",
     "CategoryHead",
     "CrossFit",
+    "QueryHead",
     "add_category_head",
     "cross_fit",
+    "fit_artifact_heads",
     "fold_of",
     "load_artifact_heads",
     "load_heads",
     "merge_vote",
     "merge_votes",
     "save_heads",
+    "skip_reason",
     "unwhiten",
 ]
 
@@ -73,6 +97,17 @@ DEFAULT_L2 = 1e-3
 DEFAULT_ITERATIONS = 300
 DEFAULT_LEARNING_RATE = 0.01
 DEFAULT_HEAD_WEIGHT = 0.7
+
+#: The labelled fields a build fits heads for: the ones the engine infers by a neighbour vote.
+HEAD_FIELDS = ("category",)
+#: A field gets a head only when at least MIN_CLASSES classes have MIN_ITEMS_PER_CLASS labelled
+#: items each: fewer, and the 5-fold cross-fit has a class absent from most folds' training rows
+#: (nothing to learn it from, nothing to choose a weight on).
+MIN_CLASSES = 2
+MIN_ITEMS_PER_CLASS = 5
+#: A build fits its heads on at most this many items (a seeded sample of a larger catalogue):
+#: the cross-fit's leave-one-out neighbour search costs rows squared.
+MAX_FIT_ROWS = 20_000
 
 _WEIGHT_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 _CHUNK = 1024
@@ -190,6 +225,29 @@ class CategoryHead:
                 out[:, j] = proba[:, c]
         return out
 
+    def for_queries(self, whitening: Whitening | None = None) -> QueryHead | None:
+        """The head folded into one ``(d, C)`` matrix over the stored vectors, for answering
+        one query at a time (:class:`QueryHead`: the same probabilities, without the ``d x d``
+        un-whitening product). ``None`` when it cannot be folded: a whitening whose directions
+        are not orthonormal (a fitted one always is)."""
+        sw = self.scale[:, None] * self.weights  # standardisation folded into the weights
+        bias = (self.bias - (self.mean * self.scale) @ self.weights).astype(np.float32)
+        if self.input == "stored":
+            return QueryHead(np.ascontiguousarray(sw, np.float32), bias, None)
+        if whitening is None:
+            raise InvalidOptionsError("this category head needs the artifact's whitening")
+        p = np.asarray(whitening.projection, np.float64)
+        if not np.allclose(p.T @ p, np.eye(p.shape[1]), atol=1e-4):
+            return None
+        # unwhiten(y) = z P^T / |z P^T| with z = y / scale, and |z P^T| = |z| (orthonormal P).
+        inverse = (1.0 / np.asarray(whitening.scale, np.float64))[:, None]
+        folded = inverse * (p.T @ np.asarray(sw, np.float64))
+        return QueryHead(
+            np.ascontiguousarray(folded, np.float32),
+            bias,
+            np.asarray(1.0 / whitening.scale, np.float32),
+        )
+
     def with_weight(self, head_weight: float) -> CategoryHead:
         """The same head with another weight against the vote."""
         if not 0.0 <= head_weight <= 1.0:
@@ -209,6 +267,28 @@ class CategoryHead:
             "head_weight": self.head_weight,
             "input": self.input,
         }
+
+
+@dataclass(frozen=True)
+class QueryHead:
+    """A :class:`CategoryHead` folded for queries (:meth:`CategoryHead.for_queries`):
+    ``logits = (y @ weights) / |y * inv_scale| + bias`` on the stored vectors ``y`` (without
+    ``inv_scale``: ``y @ weights + bias``)."""
+
+    weights: np.ndarray  # (d, C)
+    bias: np.ndarray  # (C,)
+    inv_scale: np.ndarray | None  # 1 / the whitening's scale, for an "unwhitened" head
+
+    def predict_proba(self, y: np.ndarray) -> np.ndarray:
+        """``(n, C)`` class probabilities of rows of ``y`` (one row may be given as a vector)."""
+        data = np.asarray(y, np.float32)
+        if data.ndim == 1:
+            data = data[None, :]
+        logits = data @ self.weights
+        if self.inv_scale is not None:
+            norm = np.linalg.norm(data * self.inv_scale, axis=1, keepdims=True)
+            logits = logits / np.maximum(norm, 1e-12)
+        return _softmax(logits + self.bias)
 
 
 def unwhiten(y: np.ndarray, whitening: Whitening) -> np.ndarray:
@@ -369,14 +449,21 @@ def cross_fit(
     l2: float = DEFAULT_L2,
     iterations: int = DEFAULT_ITERATIONS,
     whitening: Whitening | None = None,
+    on_fit: Callable[[], object] | None = None,
+    neighbours: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[CategoryHead, CrossFit]:
     """The head fitted on all rows, with ``head_weight`` chosen by ``folds``-fold cross-fitting.
 
     Each row's head probabilities come from the fold fit that excluded it; its vote from its
     ``k`` nearest *other* rows (in ``x`` as stored: what the engine searches). The weight that
     merges them best (ties: the smaller weight, the vote being the known quantity) is stored on
-    the returned head. ``whitening``: as in :meth:`CategoryHead.fit`.
+    the returned head. ``whitening``: as in :meth:`CategoryHead.fit`. ``on_fit`` is called
+    after each of the ``folds + 1`` fits (progress). ``neighbours``: each row's nearest other
+    rows and their similarities, best first, at least ``k`` of them (default: computed from
+    ``x``; given, they may come from other vectors than the head reads, e.g. the stored ones
+    while ``x`` is un-whitened).
     """
+    done = on_fit or (lambda: None)
     data = np.asarray(x, np.float32)
     names = sorted({str(v) for v in labels if v})
     index = {name: c for c, name in enumerate(names)}
@@ -385,6 +472,7 @@ def cross_fit(
         head = CategoryHead.fit(
             data, labels, field=field, l2=l2, iterations=iterations, whitening=whitening
         )
+        done()
         return head, CrossFit(head.head_weight, {}, [], 0)
     fold = fold_of(len(data), folds, seed)
     proba = np.zeros((len(data), len(names)), np.float32)
@@ -399,7 +487,9 @@ def cross_fit(
             whitening=whitening,
         )
         proba[held] = head.proba_for(data[held], names, whitening)
-    nb_ids, nb_sims = _loo_neighbours(data, k)
+        done()
+    nb_ids, nb_sims = _loo_neighbours(data, k) if neighbours is None else neighbours
+    nb_ids, nb_sims = nb_ids[:, :k], nb_sims[:, :k]
     nb_labels = codes[nb_ids]
     known = codes >= 0
     grid = []
@@ -421,7 +511,88 @@ def cross_fit(
         head_weight=best["head_weight"],
         whitening=whitening,
     )
+    done()
     return head, CrossFit(best["head_weight"], accuracy, grid, folds)
+
+
+def skip_reason(labels: Sequence[str | None]) -> str | None:
+    """Why a field's ``labels`` are too few for a head (``None``: enough): fewer than
+    :data:`MIN_CLASSES` classes with :data:`MIN_ITEMS_PER_CLASS` labelled items each."""
+    counts = Counter(str(v) for v in labels if v)
+    big = sum(n >= MIN_ITEMS_PER_CLASS for n in counts.values())
+    if big >= MIN_CLASSES:
+        return None
+    return (
+        f"{big} of {len(counts)} labelled classes have {MIN_ITEMS_PER_CLASS}+ items "
+        f"(a head needs {MIN_CLASSES})"
+    )
+
+
+def fit_artifact_heads(
+    vectors: np.ndarray,
+    labels: Mapping[str, Sequence[str | None]],
+    *,
+    k: Mapping[str, int],
+    whitening: Whitening | None = None,
+    folds: int = 5,
+    seed: int = 0,
+    max_rows: int = MAX_FIT_ROWS,
+    on_fit: Callable[[], object] | None = None,
+) -> tuple[dict[str, CategoryHead], dict[str, Any]]:
+    """The heads a build stores: one per field of ``labels`` (row-aligned with ``vectors``, the
+    artifact's stored vectors; ``whitening``: the transform that made them), each chosen by
+    :func:`cross_fit` against a ``k[field]``-neighbour vote.
+
+    A catalogue of more than ``max_rows`` items is fitted on a seeded sample of that many (the
+    cross-fit's neighbour search grows with the square of the rows). The vectors are
+    un-whitened and the neighbours found once for every field.
+
+    Returns the heads worth keeping and, for the manifest, per field either the cross-fit and
+    fit time or ``{"skipped": reason}`` (labels too few: :func:`skip_reason`; or a chosen head
+    weight of 0). ``on_fit`` is called after every fit (``folds + 1`` per fitted field).
+    """
+    data = np.asarray(vectors)
+    rows = np.arange(len(data))
+    if len(data) > max_rows:
+        rows = np.sort(np.random.default_rng([seed, 17]).choice(len(data), max_rows, False))
+        data = data[rows]
+    data = np.ascontiguousarray(data, np.float32)
+    picked = rows.tolist()
+    sampled = {name: [values[i] for i in picked] for name, values in labels.items()}
+    heads: dict[str, CategoryHead] = {}
+    fields: dict[str, Any] = {}
+    todo = [name for name, values in sampled.items() if skip_reason(values) is None]
+    for name in set(sampled) - set(todo):
+        fields[name] = {"skipped": skip_reason(sampled[name])}
+    if todo:
+        t0 = time.perf_counter()
+        neighbours = _loo_neighbours(data, max(k[name] for name in todo))
+        plain = data if whitening is None else unwhiten(data, whitening)
+        shared = time.perf_counter() - t0
+    for name in todo:
+        t0 = time.perf_counter()
+        head, fit = cross_fit(
+            plain,
+            sampled[name],
+            field=name,
+            k=k[name],
+            folds=folds,
+            seed=seed,
+            on_fit=on_fit,
+            neighbours=neighbours,
+        )
+        if whitening is not None:  # fitted on the un-whitened vectors: it needs the whitening
+            head = replace(head, input="unwhitened")
+        seconds = time.perf_counter() - t0 + shared / len(todo)
+        report = {"k": k[name], "rows": len(data), "seconds": round(seconds, 2), **fit.describe()}
+        if fit.folds == 0:
+            report["skipped"] = "too few items to cross-fit the head's weight"
+        elif head.head_weight == 0.0:
+            report["skipped"] = "the cross-fit chose head weight 0: the vote alone is best"
+        else:
+            heads[name] = head
+        fields[name] = report
+    return heads, {"fields": dict(sorted(fields.items()))}
 
 
 # -- storage ------------------------------------------------------------------------------------
@@ -540,15 +711,40 @@ def add_category_head(
     return target
 
 
-def load_artifact_heads(root: str | Path, manifest: Mapping[str, Any]) -> dict[str, CategoryHead]:
-    """The heads of a loaded artifact (``{}`` when it has none).
+def load_artifact_heads(
+    root: str | Path,
+    manifest: Mapping[str, Any],
+    *,
+    dim: int | None = None,
+    whitening: Whitening | None = None,
+) -> dict[str, CategoryHead]:
+    """The heads of an artifact (``{}`` when it has none); :meth:`stygig.artifact.Artifact.load`
+    calls it after verifying every listed file's checksum (so an edited head file is refused
+    there, ``artifact_checksum_mismatch``).
 
-    Call after :meth:`stygig.artifact.Artifact.load`, which has verified every listed file's
-    checksum; a manifest that names the head but does not list it is refused.
+    ``dim`` (the stored vectors' width) and ``whitening`` (the artifact's), when given, check
+    that each head reads the vectors this artifact has.
+
+    Raises:
+        ArtifactError: the manifest names the head but does not list its file with a
+            checksum; the file is unreadable; or a head does not fit the artifact's vectors.
     """
     entry = manifest.get("category_head")
     if not entry:
         return {}
     if HEAD_FILE not in (manifest.get("files") or {}):
         raise ArtifactError(f"artifact refused: {HEAD_FILE!r} is not listed with a checksum")
-    return load_heads(Path(root) / HEAD_FILE)
+    heads = load_heads(Path(root) / HEAD_FILE)
+    for head in heads.values():
+        if dim is None:
+            break
+        if head.input == "stored":
+            fits = head.dim == dim
+        else:
+            fits = whitening is not None and head.dim == whitening.projection.shape[0]
+        if not fits:
+            raise ArtifactError(
+                f"artifact refused: the {head.field!r} head in {HEAD_FILE!r} does not read "
+                "this artifact's vectors (rebuild the artifact)"
+            )
+    return heads

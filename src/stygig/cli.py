@@ -72,6 +72,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
             workers=args.workers,
             extra_files=extra_files,
             whiten=args.whiten,
+            category_head=args.category_head,
             progress=not args.quiet,
         )
     print_build_result(result)
@@ -241,6 +242,13 @@ def _parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="PCA whitening fitted on the catalogue (default: on when items >= 2 x embedding dim)",
+    )
+    p.add_argument(
+        "--category-head",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fit the category (and usage) heads on the catalogue's labels and merge them "
+        "with the neighbour vote at query time (default: on; skipped when labels are too few)",
     )
     p.add_argument("--taxonomy", help="taxonomy YAML/JSON (default: the packaged one)")
     p.add_argument("--batch-size", type=int, default=32)

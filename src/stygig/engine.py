@@ -23,6 +23,7 @@ import numpy as np
 
 from stygig.answer import (
     GenderDecision,
+    HeadField,
     Outfit,
     OutfitItemScore,
     OutfitScore,
@@ -32,6 +33,7 @@ from stygig.answer import (
 )
 from stygig.artifact import ONNX_FILE, Artifact
 from stygig.catalog.changes import CatalogChange
+from stygig.category_head import CategoryHead, QueryHead, merge_vote
 from stygig.columns import CatalogColumns
 from stygig.compat.scorer import LearnedScorer
 from stygig.encoders import Encoder, load_encoder, load_onnx_encoder
@@ -41,9 +43,10 @@ from stygig.harmony import HARMONY_RULE_NAMES, describe_color, harmony, rgb_arra
 from stygig.index import LiveIndex, PartitionedIndex, similarities, top_k
 from stygig.pipeline import PreparedQuery, decode_query
 from stygig.recommendation import Options, OutfitRequest, Query
-from stygig.response import PartState, ScoreParts, query_part, recommended_items
+from stygig.response import HeadState, PartState, ScoreParts, query_part, recommended_items
 from stygig.scoring import (
     ScoringConfig,
+    Vote,
     assemble_outfit,
     combine,
     rank_by_category,
@@ -110,6 +113,10 @@ class Recommender:
         self.harmony_rules = self.config.harmony
         self.taxonomy = artifact.taxonomy
         self._color_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stygig-color")
+        # field -> (head, label names, the head folded for queries, each name's column in it)
+        self._query_heads: dict[
+            str, tuple[CategoryHead, list[str], QueryHead | None, np.ndarray]
+        ] = {}
         self._snapshot = snapshot_of(
             artifact, encoder=self.encoder.name, compat_mode=self.config.compat_mode
         )
@@ -259,7 +266,7 @@ class Recommender:
         else:
             nb_scores, nb_ids = top_k(full.T, fetch, removed)
         t_search = time.perf_counter()
-        self._vote(st, parts, nb_scores, nb_ids, own)
+        self._vote(st, parts, nb_scores, nb_ids, own, options)
         gender = decide_gender(
             stated=options.gender,
             item_genders=[p.gender for p in parts if p.position is not None],
@@ -477,9 +484,14 @@ class Recommender:
         scores: np.ndarray,
         ids: np.ndarray,
         own: Sequence[int],
+        options: Options,
     ) -> None:
-        """Infer each part's category (unless known), gender and usage from its neighbours."""
+        """Infer each part's category (unless known), gender and usage from its neighbours;
+        with the artifact's heads (:mod:`stygig.category_head`), a photo's category and usage
+        are the vote merged with the head's probabilities (unless ``use_category_head`` is
+        off)."""
         cols = st.columns
+        heads = st.artifact.heads if options.use_category_head else {}
         k, k_attr = self.config.vote_k, self.config.attribute_vote_k
         for part, row_s, row_i in zip(parts, scores, ids, strict=True):
             keep = (row_i >= 0) & ~np.isin(row_i, own)
@@ -488,6 +500,10 @@ class Recommender:
             cat_vote = vote(cols.category_codes[nb_ids], nb_s)
             if part.category < 0:
                 part.category = cat_vote.winner
+                if "category" in heads:
+                    part.category = self._head_decides(
+                        part, heads, "category", cols.category_names, cat_vote, k
+                    )
             part.neighbours, part.votes = (nb_ids, nb_s), cat_vote.counts
             if part.position is not None:
                 item = st.artifact.items[part.position]
@@ -501,7 +517,48 @@ class Recommender:
             winner = weighted_winner(part.gender_weights)
             part.gender = cols.gender_names[winner[0]] if winner else None
             usage = vote(cols.usage_codes[attr_ids], attr_s)
-            part.usage = cols.usage_names[usage.winner] if usage.winner >= 0 else None
+            code = usage.winner
+            if "usage" in heads and cols.usage_names:
+                code = self._head_decides(part, heads, "usage", cols.usage_names, usage, k_attr)
+            part.usage = cols.usage_names[code] if code >= 0 else None
+
+    def _head_decides(
+        self,
+        part: PartState,
+        heads: dict[str, CategoryHead],
+        field: HeadField,
+        names: list[str],
+        voted: Vote,
+        k: int,
+    ) -> int:
+        """The code of ``names`` that the ``field`` head merged with the vote ``voted`` chooses
+        for the photo ``part``; the decision is kept on the part for the answer."""
+        head = heads[field]
+        form, columns = self._head_for_queries(head, names)
+        if form is not None:
+            proba = form.predict_proba(part.vector)[0]
+        else:
+            proba = head.predict_proba(part.vector, self.whitening)[0]
+        mapped = np.where(columns >= 0, proba[np.maximum(columns, 0)], 0.0)
+        code = merge_vote(mapped, voted.counts, voted.similarity, k=k, head_weight=head.head_weight)
+        state = HeadState(field, mapped, voted.counts, head.head_weight, k, code, voted.winner)
+        part.heads.append(state)
+        return code
+
+    def _head_for_queries(
+        self, head: CategoryHead, names: list[str]
+    ) -> tuple[QueryHead | None, np.ndarray]:
+        """``head`` folded for single queries (:meth:`CategoryHead.for_queries`) and each of
+        ``names``' column in it (-1: a label the head never saw); computed once per head and
+        list of names (a catalogue change that adds a label makes a new list)."""
+        cached = self._query_heads.get(head.field)
+        if cached is not None and cached[0] is head and cached[1] is names:
+            return cached[2], cached[3]
+        index = {label: c for c, label in enumerate(head.labels)}
+        columns = np.array([index.get(name, -1) for name in names], np.int64)
+        form = head.for_queries(self.whitening)
+        self._query_heads[head.field] = (head, names, form, columns)
+        return form, columns
 
     def score_items(
         self, item_ids: Sequence[str], candidate_ids: Sequence[str], *, use_color: bool = True

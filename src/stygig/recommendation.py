@@ -122,6 +122,9 @@ class Options:
     seed: Annotated[int, Field(strict=True, ge=0, le=MAX_SEED)] = 0
     # items the shop cannot sell now (sold out, withdrawn from sale) are left out unless asked
     include_unavailable: Annotated[bool, Field(strict=True)] = False
+    # a photo's category and usage: the neighbour vote merged with the artifact's category
+    # head (when it has one); False: the vote alone
+    use_category_head: Annotated[bool, Field(strict=True)] = True
     # Rank only these catalogue items (a stylist's shortlist, fill-in-the-blank candidates):
     # each scored as any answer's items are; empty: search the whole catalogue.
     candidate_ids: Annotated[
@@ -231,7 +234,7 @@ def options_schema() -> dict[str, Any]:
 
 _INT_OPTIONS = ("k", "k_total", "seed")
 _LIST_OPTIONS = ("include_categories", "exclude_categories", "exclude_ids", "candidate_ids")
-_BOOL_OPTIONS = ("use_color", "include_unavailable")
+_BOOL_OPTIONS = ("use_color", "include_unavailable", "use_category_head")
 
 
 def _coerce(name: str, values: list[str]) -> Any:

@@ -10,6 +10,9 @@ import numpy as np
 
 from stygig.answer import (
     CategorySource,
+    HeadField,
+    HeadScore,
+    HeadVote,
     ItemView,
     Neighbour,
     PaletteColor,
@@ -19,7 +22,15 @@ from stygig.answer import (
 from stygig.columns import CatalogColumns
 from stygig.harmony import HARMONY_PHRASES, HARMONY_RULE_NAMES
 
-__all__ = ["PartState", "ScoreParts", "item_view", "query_part", "recommended_items"]
+__all__ = [
+    "HeadState",
+    "PartState",
+    "ScoreParts",
+    "head_vote",
+    "item_view",
+    "query_part",
+    "recommended_items",
+]
 
 
 def item_view(columns: CatalogColumns, pos: int) -> ItemView:
@@ -86,6 +97,44 @@ def recommended_items(
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class HeadState:
+    """A headed field's decision for one photo, as the engine made it (label codes)."""
+
+    field: HeadField
+    proba: np.ndarray  # the head's probability of each of the field's column codes
+    counts: dict[int, int]  # the neighbour vote: code -> neighbours
+    weight: float
+    k: int
+    code: int  # the merged choice (-1: none)
+    vote: int  # the vote's own winner (-1: none)
+
+
+def head_vote(names: list[str], head: HeadState) -> HeadVote:
+    """A :class:`HeadState` as answered: the classes a neighbour voted for and the head's three
+    likeliest, with their parts, best first (the chosen one first among equal scores)."""
+    proba = head.proba
+    codes = set(head.counts) | {int(c) for c in np.argsort(-proba, kind="stable")[:3]}
+    rows = []
+    for code in codes:
+        votes = head.counts.get(code, 0)
+        prob = float(proba[code])
+        score = head.weight * prob + (1.0 - head.weight) * votes / max(head.k, 1)
+        rows.append((-score, code != head.code, names[code], votes, prob, score))
+    rows.sort()
+    return HeadVote(
+        field=head.field,
+        value=names[head.code] if head.code >= 0 else None,
+        vote=names[head.vote] if head.vote >= 0 else None,
+        weight=head.weight,
+        k=head.k,
+        scores=[
+            HeadScore(label, votes, round(prob, 4), round(score, 4))
+            for _, _, label, votes, prob, score in rows
+        ],
+    )
+
+
 @dataclass
 class PartState:
     """One element of a query as the engine works on it: embedded, coloured, then voted."""
@@ -106,6 +155,7 @@ class PartState:
     gender_votes: dict[int, int] | None = None
     gender: str | None = None
     usage: str | None = None
+    heads: list[HeadState] = field(default_factory=list)  # fields decided with a head
 
 
 def query_part(columns: CatalogColumns, part: PartState) -> QueryPart:
@@ -136,5 +186,9 @@ def query_part(columns: CatalogColumns, part: PartState) -> QueryPart:
         palette=[
             PaletteColor([int(v) for v in p["rgb"]], str(p["hex"]), float(p["share"]))
             for p in part.color.get("palette", [])
+        ],
+        heads=[
+            head_vote(names if h.field == "category" else columns.usage_names, h)
+            for h in part.heads
         ],
     )

@@ -133,6 +133,7 @@ def run_build_ray_command(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             extra_files=extra_files,
             whiten=args.whiten,
+            category_head=args.category_head,
             progress=not args.quiet,
             actors=args.ray_actors,
             actor_cpus=args.ray_actor_cpus,

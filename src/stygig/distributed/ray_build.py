@@ -522,6 +522,7 @@ def build_artifact_ray(
     batch_size: int = 32,
     extra_files: dict[str, Path] | None = None,
     whiten: bool | None = None,
+    category_head: bool = True,
     progress: bool = True,
     actors: int | None = None,
     actor_cpus: float = 1.0,
@@ -537,7 +538,8 @@ def build_artifact_ray(
     ``actors``: encoder actors (default one per GPU, else one per ``actor_cpus`` CPUs);
     ``stage``: where the parts go (default ``<out>.ray-parts``, removed after the build unless
     ``keep_stage``). An ``ivfpq`` index is trained and filled as Ray tasks too
-    (:func:`build_index_on_ray`, ``index_chunk_rows`` rows per adding task).
+    (:func:`build_index_on_ray`, ``index_chunk_rows`` rows per adding task). The category
+    heads (``category_head``) are fitted on the driver, as locally (:func:`finish_build`).
     """
     started = time.perf_counter()
     taxonomy = taxonomy or Taxonomy.load()
@@ -594,6 +596,8 @@ def build_artifact_ray(
         whiten=whiten,
         build_extra={"ray": ray_info},
         index_builder=index_builder,
+        category_head=category_head,
+        progress=progress,
     )
     if not keep_stage:
         _clear(where)

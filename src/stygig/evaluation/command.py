@@ -93,6 +93,7 @@ def cached_artifact(catalog: Path, out: Path, encoder_name: str, *, progress: bo
             extra_files=extra_files,
             whiten=False,
             progress=progress,
+            category_head=False,  # the evaluation fits its own on its split's catalogue rows
         )
     print(f"  {result.items} items in {result.seconds:.0f}s")
     return result.path
