@@ -7,9 +7,13 @@ new count), fresh checksums, and a manifest that says where it came from::
     "version": "<new version>",
     "catalog": {"parent": "<the artifact's version>", "last_sequence": N}
 
-A server that loads it applies only the log's records after ``N``. The encoder, whitening and
-taxonomy are the parent's; no photo is decoded or encoded again (the log holds each added
-item's vector, colour and thumbnail).
+A server that loads it applies only the log's records after ``N``. The encoder, whitening,
+taxonomy, learned compatibility model and category heads are the parent's, carried over with
+fresh checksums; no photo is decoded or encoded again (the log holds each added item's vector,
+colour and thumbnail). Nothing is refitted: the category heads (:mod:`stygig.category_head`)
+were fitted on the catalogue the build saw, and items added while serving, or folded in here,
+never refit them (their labels still count in the neighbour vote the heads are merged with);
+a new build refits them.
 """
 
 from __future__ import annotations
@@ -24,9 +28,9 @@ import numpy as np
 from stygig.artifact import ONNX_FILE, Artifact, add_compat_model
 from stygig.artifact import write_artifact as _write
 from stygig.catalog.changelog import ChangeLog
-from stygig.catalog.changes import change_from_record
+from stygig.category_head import add_category_head
 from stygig.errors import ArtifactError
-from stygig.snapshot import CatalogSnapshot, apply_changes, snapshot_of
+from stygig.snapshot import CatalogSnapshot, apply_record, snapshot_of
 from stygig.thumbnails import ItemImages
 
 __all__ = ["compact", "replay"]
@@ -35,28 +39,34 @@ __all__ = ["compact", "replay"]
 REPLAY_BATCH = 64
 
 
-def replay(artifact: Artifact, changelog: ChangeLog) -> CatalogSnapshot:
+def replay(artifact: Artifact, changelog: ChangeLog) -> tuple[CatalogSnapshot, list[int]]:
     """The catalogue of ``artifact`` with every record of ``changelog`` after the sequence the
-    artifact already folded in (no encoder needed: records carry their vectors)."""
+    artifact already folded in (no encoder needed: records carry their vectors), and the
+    sequences of records skipped because they no longer apply: replayed as a server replays
+    them (:func:`~stygig.snapshot.apply_record`), so the new version holds exactly what the
+    servers following the log serve."""
     snap = snapshot_of(
         artifact, encoder=str(artifact.manifest["encoder"]["name"]), compat_mode="rules"
     )
+    skipped: list[int] = []
     while records := changelog.read_since(snap.sequence, REPLAY_BATCH):
         for record in records:
-            changes = [change_from_record(c) for c in record["changes"]]
-            snap = apply_changes(snap, changes, int(record["sequence"]))
-    return snap
+            snap, reason = apply_record(snap, record)
+            if reason is not None:
+                skipped.append(snap.sequence)
+    return snap, skipped
 
 
 def compact(artifact_dir: str | Path, changelog: ChangeLog, out_dir: str | Path) -> dict[str, Any]:
     """Write the next version of the artifact at ``artifact_dir`` to ``out_dir``; a summary
-    (``version``, ``parent``, ``last_sequence``, ``items``)."""
+    (``version``, ``parent``, ``last_sequence``, ``items``, and ``skipped``: the sequences of
+    records that no longer applied, left out as the servers left them out)."""
     source = Path(artifact_dir)
     out = Path(out_dir)
     if out.resolve() == source.resolve():
         raise ArtifactError("compaction writes a new folder: --out must differ from --artifact")
     artifact = Artifact.load(source)
-    snap = replay(artifact, changelog)
+    snap, skipped = replay(artifact, changelog)
     live = sorted(snap.artifact.positions.values())
     art = snap.artifact
     items = [art.items[r] for r in live]
@@ -103,11 +113,19 @@ def compact(artifact_dir: str | Path, changelog: ChangeLog, out_dir: str | Path)
     if artifact.compat is not None:
         info = {k: v for k, v in (manifest.get("compat") or {}).items() if k != "file"}
         add_compat_model(out, artifact.compat, info)
+    if artifact.heads:
+        head_info = {
+            k: v
+            for k, v in (manifest.get("category_head") or {}).items()
+            if k not in ("file", "heads")
+        }
+        add_category_head(out, artifact.heads, head_info)
     return {
         "version": version,
         "parent": snap.version,
         "last_sequence": snap.sequence,
         "items": len(items),
+        "skipped": skipped,
     }
 
 

@@ -43,13 +43,12 @@ from stygig.catalog.changelog import ChangeLog, SequenceTaken
 from stygig.catalog.changes import (
     CatalogChange,
     ChangeRequest,
-    change_from_record,
     validate_row,
 )
 from stygig.engine import Recommender
 from stygig.errors import InvalidOptionsError, StygigError
 from stygig.features import PreparedImage
-from stygig.snapshot import CatalogSnapshot, apply_changes
+from stygig.snapshot import CatalogSnapshot, apply_changes, apply_record
 
 __all__ = ["LiveCatalog"]
 
@@ -332,20 +331,16 @@ class LiveCatalog:
             applied += len(records)
 
     def _replayed(self, snap: CatalogSnapshot, record: dict[str, Any]) -> CatalogSnapshot:
-        """The snapshot after one record. A record that no longer applies (it cannot happen
-        to records this module wrote on this catalogue) advances the sequence and changes
-        nothing, the same on every replica."""
-        sequence = int(record["sequence"])
-        mode = self.recommender.config.compat_mode
-        try:
-            changes = [change_from_record(c) for c in record["changes"]]
-            return apply_changes(snap, changes, sequence, compat_mode=mode)
-        except (StygigError, KeyError, ValueError, TypeError) as e:
+        """The snapshot after one record (:func:`~stygig.snapshot.apply_record`: a record
+        that no longer applies advances the sequence and changes nothing, the same on every
+        replica and in compaction)."""
+        snap, skipped = apply_record(snap, record, compat_mode=self.recommender.config.compat_mode)
+        if skipped is not None:
             log.error(
                 "change log record skipped",
-                extra={"fields": {"sequence": sequence, "reason": type(e).__name__}},
+                extra={"fields": {"sequence": snap.sequence, "reason": skipped}},
             )
-            return apply_changes(snap, [], sequence, compat_mode=mode)
+        return snap
 
     def follow(self, interval_s: float) -> None:
         """Catch up every ``interval_s`` seconds on a daemon thread until :meth:`stop`."""

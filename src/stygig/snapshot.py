@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,13 +26,20 @@ import numpy as np
 
 from stygig.answer import ArtifactRef
 from stygig.artifact import Artifact
-from stygig.catalog.changes import CatalogChange, merge_update
+from stygig.catalog.changes import CatalogChange, change_from_record, merge_update
 from stygig.columns import CatalogColumns
 from stygig.compat.scorer import LearnedScorer
-from stygig.errors import InvalidOptionsError, NotFoundError
+from stygig.errors import InvalidOptionsError, NotFoundError, StygigError
 from stygig.index import LiveIndex, is_exhaustive
+from stygig.rows import Overlay, Rows
 
-__all__ = ["CatalogSnapshot", "apply_changes", "artifact_version", "snapshot_of"]
+__all__ = [
+    "CatalogSnapshot",
+    "apply_changes",
+    "apply_record",
+    "artifact_version",
+    "snapshot_of",
+]
 
 #: How many recent stock changes a snapshot remembers (for pages asking "what sold out
 #: since I loaded?").
@@ -61,7 +68,7 @@ class CatalogSnapshot:
     ref: ArtifactRef
     version: str  # the artifact version
     sequence: int  # the last change-log record applied (0: none)
-    thumbnails: dict[str, bytes] = field(default_factory=dict)  # changed items' JPEGs
+    thumbnails: Mapping[str, bytes] = field(default_factory=dict)  # changed items' JPEGs
     # (sequence, item id, in stock?) of recent stock changes, oldest first
     stock_events: tuple[tuple[int, str, bool], ...] = ()
     buffer: np.ndarray | None = None  # the embeddings' backing rows (spare capacity after)
@@ -138,19 +145,25 @@ def apply_changes(
     changes: ``snap`` is untouched and no new snapshot exists.
     """
     art = snap.artifact
-    items = list(art.items)
-    # Copied on their first write only: a stream of in-place updates (stock, price,
-    # attributes) copies the item list and nothing else of the catalogue's size.
-    colors: list[dict[str, Any]] = art.colors
-    positions: dict[str, int] = art.positions
-    thumbs: dict[str, bytes] = snap.thumbnails
-    copied = False
+    n = len(art.items)
+    # This batch's changes, kept beside the catalogue until the end: row -> replaced item,
+    # appended items and colours, id -> row (None: removed), id -> thumbnail (None: dropped).
+    # The catalogue's own containers are then changed once (:mod:`stygig.rows`: at the cost
+    # of what changed, not of the catalogue).
+    replaced: dict[int, Any] = {}
+    new_items: list[Any] = []
+    new_colors: list[dict[str, Any]] = []
+    moved: dict[str, int | None] = {}
+    thumbs: dict[str, bytes | None] = {}
 
-    def own() -> None:
-        nonlocal colors, positions, thumbs, copied
-        if not copied:
-            colors, positions, thumbs = list(colors), dict(positions), dict(thumbs)
-            copied = True
+    def item_at(pos: int) -> Any:
+        return new_items[pos - n] if pos >= n else replaced.get(pos) or art.items[pos]
+
+    def color_at(pos: int) -> dict[str, Any]:
+        return new_colors[pos - n] if pos >= n else art.colors[pos]
+
+    def position(item_id: str) -> int | None:
+        return moved[item_id] if item_id in moved else art.positions.get(item_id)
 
     dim = art.embeddings.shape[1]
     added: list[np.ndarray] = []  # vectors of appended rows, in order
@@ -161,25 +174,24 @@ def apply_changes(
     taxonomy = art.taxonomy
 
     def append(item: Any, vector: np.ndarray, color: dict[str, Any]) -> None:
-        own()
-        old = positions.get(item.id)
+        old = position(item.id)
         if old is not None:
             dead.append(old)
-        row = len(items)
-        items.append(item)
-        colors.append(color)
+        row = n + len(new_items)
+        new_items.append(item)
+        new_colors.append(color)
         added.append(np.asarray(vector, np.float32).reshape(dim))
         labels.append(taxonomy.slot_of(item.category))
-        positions[item.id] = row
+        moved[item.id] = row
         touched.append(row)
 
-    for n, change in enumerate(changes):
-        pos = positions.get(change.id)
+    for k, change in enumerate(changes):
+        pos = position(change.id)
         if change.op == "add":
             assert change.item is not None and change.vector is not None
             if change.vector.shape[-1] != dim:
-                raise InvalidOptionsError(f"change {n + 1}: the vector has the wrong dimension")
-            was = items[pos].in_stock if pos is not None else None
+                raise InvalidOptionsError(f"change {k + 1}: the vector has the wrong dimension")
+            was = item_at(pos).in_stock if pos is not None else None
             append(change.item, change.vector, dict(change.color or {}))
             if change.thumbnail:
                 thumbs[change.id] = change.thumbnail
@@ -188,26 +200,40 @@ def apply_changes(
             continue
         if pos is None:
             raise NotFoundError(
-                f"change {n + 1}: the item id is not in the catalogue", code="unknown_item"
+                f"change {k + 1}: the item id is not in the catalogue", code="unknown_item"
             )
         if change.op == "remove":
-            own()
             dead.append(pos)
-            del positions[change.id]
-            thumbs.pop(change.id, None)
+            moved[change.id] = None
+            thumbs[change.id] = None
             events.append((sequence, change.id, False))
             continue
-        old = items[pos]
-        new = merge_update(old, change.fields, taxonomy, where=f"change {n + 1}")
+        old = item_at(pos)
+        new = merge_update(old, change.fields, taxonomy, where=f"change {k + 1}")
         if new.in_stock != old.in_stock:
             events.append((sequence, change.id, new.in_stock))
         if new.category != old.category:
             # Another slot: the row moves (a new row in its new slot's part, the old one dies).
-            append(new, _row_vector(snap, added, pos, dim), colors[pos])
+            append(new, _row_vector(snap, added, pos, dim), color_at(pos))
+        elif pos >= n:
+            new_items[pos - n] = new
+            touched.append(pos)
         else:
-            items[pos] = new
+            replaced[pos] = new
             touched.append(pos)
 
+    items = _rows(art.items).changed(replaced, new_items)
+    colors = _rows(art.colors).changed({}, new_colors) if new_colors else art.colors
+    positions = _overlay(art.positions).changed(
+        {i: p for i, p in moved.items() if p is not None},
+        removed=[i for i, p in moved.items() if p is None and i in art.positions],
+    )
+    thumbnails = _overlay(snap.thumbnails)
+    if thumbs:
+        thumbnails = thumbnails.changed(
+            {i: b for i, b in thumbs.items() if b is not None},
+            removed=[i for i, b in thumbs.items() if b is None and i in thumbnails],
+        )
     buffer, embeddings = _grown(snap, art.embeddings, added, dim)
     index = art.index if isinstance(art.index, LiveIndex) else LiveIndex(art.index, art.embeddings)
     index = index.changed(embeddings, dead, labels)
@@ -235,10 +261,34 @@ def apply_changes(
         learned=learned,
         ref=ref,
         sequence=sequence,
-        thumbnails=thumbs,
+        thumbnails=thumbnails,
         stock_events=recent,
         buffer=buffer,
     )
+
+
+def apply_record(
+    snap: CatalogSnapshot, record: Mapping[str, Any], *, compat_mode: str = "rules"
+) -> tuple[CatalogSnapshot, str | None]:
+    """The snapshot after one change-log record, and ``None``; or, for a record that no longer
+    applies (it cannot happen to records a server wrote on this catalogue: a log written
+    against another artifact, or edited by hand), the snapshot with only the sequence advanced
+    and the reason (an error type's name). Servers, replicas and compaction all replay with
+    this, so they agree on every record, even a bad one."""
+    sequence = int(record["sequence"])
+    try:
+        changes = [change_from_record(c) for c in record["changes"]]
+        return apply_changes(snap, changes, sequence, compat_mode=compat_mode), None
+    except (StygigError, KeyError, ValueError, TypeError) as e:
+        return apply_changes(snap, [], sequence, compat_mode=compat_mode), type(e).__name__
+
+
+def _rows(values: Sequence[Any]) -> Rows[Any]:
+    return values if isinstance(values, Rows) else Rows(values)
+
+
+def _overlay(values: Mapping[str, Any]) -> Overlay[str, Any]:
+    return values if isinstance(values, Overlay) else Overlay(values)
 
 
 def _row_vector(snap: CatalogSnapshot, added: list[np.ndarray], pos: int, dim: int) -> np.ndarray:

@@ -276,3 +276,27 @@ def test_a_bulk_decodes_a_bounded_window_ahead_of_the_encoder(
     assert state["most"] <= living.DECODE_AHEAD + 2 * living.ENCODE_BATCH
     single = catalog.prepare([bulk[n - 1]])[0]
     assert np.allclose(changes[-1].vector, single.vector, atol=1e-5)
+
+
+def test_a_record_that_no_longer_applies_is_skipped_alike_by_servers_and_compaction(
+    live: tuple[LiveCatalog, Path], tmp_path: Path
+) -> None:
+    from stygig.compaction import compact
+
+    catalog, _folder = live
+    rec = catalog.recommender
+    first = rec.artifact.items[0].id
+    catalog.submit([parse_change({"op": "update", "id": first, "set": {"stock": 0}})])
+    log = catalog.changelog
+    assert log is not None
+    # Another writer's records: one names an item this catalogue never had, one is fine.
+    log.append(2, [{"op": "update", "id": "never-here", "set": {"stock": 1}}])
+    log.append(3, [{"op": "remove", "id": rec.artifact.items[1].id}])
+    assert catalog.catch_up() == 2
+    snap = rec.snapshot
+    assert snap.sequence == 3 and rec.artifact.items[1].id not in snap.artifact.positions
+    summary = compact(snap.artifact.path, log, tmp_path / "v2")
+    assert summary["skipped"] == [2] and summary["last_sequence"] == 3
+    compacted = Artifact.load(tmp_path / "v2")
+    assert sorted(compacted.positions) == sorted(snap.artifact.positions)
+    assert not compacted.items[compacted.positions[first]].in_stock

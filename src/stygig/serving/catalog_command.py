@@ -397,4 +397,10 @@ def _cmd_compact(args: argparse.Namespace) -> int:
             f"{result['version']} ({result['items']} items)",
             file=sys.stdout,
         )
+        if result["skipped"]:
+            print(
+                f"skipped {len(result['skipped'])} record(s) that no longer applied, as the "
+                f"servers did: sequence {', '.join(map(str, result['skipped'][:20]))}",
+                file=sys.stdout,
+            )
     return 0
