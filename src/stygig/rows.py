@@ -26,7 +26,9 @@ import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar, overload
 
-__all__ = ["Overlay", "Rows"]
+import numpy as np
+
+__all__ = ["Overlay", "Rows", "StackedRows"]
 
 T = TypeVar("T")
 K = TypeVar("K")
@@ -204,3 +206,63 @@ class Overlay(Mapping[K, V], Generic[K, V]):
         else:
             out._base, out._over = base, over
         return out
+
+
+class StackedRows:
+    """A memory-mapped matrix with rows appended in memory after it, read like one array.
+
+    A large artifact's embeddings are mapped from disk (:meth:`stygig.artifact.Artifact.load`),
+    not held in memory. Adding items while serving must not undo that: copying the map into a
+    bigger buffer at the first add would make every row resident (10M x 512 float32: 20 GB).
+    So the map stays the ``base`` and added rows live in ``tail`` (a prefix of a spare-capacity
+    buffer, as :func:`stygig.snapshot.apply_changes` grows it). Supports what the catalogue's
+    readers use: ``len``, ``shape``, ``dtype``, an int, a slice, an array of row numbers (or a
+    mask). ``np.asarray`` of it makes the whole matrix in memory: nothing on a request path
+    does that.
+    """
+
+    __slots__ = ("base", "dtype", "ndim", "shape", "tail")
+
+    def __init__(self, base: Any, tail: Any) -> None:
+        self.base, self.tail = base, tail
+        self.shape = (len(base) + len(tail), *base.shape[1:])
+        self.dtype = base.dtype
+        self.ndim = base.ndim
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    def __getitem__(self, key: Any) -> Any:
+        n, nb = self.shape[0], len(self.base)
+        if isinstance(key, int | np.integer):
+            k = int(key) + (n if key < 0 else 0)
+            if not 0 <= k < n:
+                raise IndexError("row out of range")
+            return self.base[k] if k < nb else self.tail[k - nb]
+        if isinstance(key, slice):
+            start, stop, step = key.indices(n)
+            if step == 1:
+                if stop <= nb:
+                    return self.base[start:stop]
+                if start >= nb:
+                    return self.tail[start - nb : stop - nb]
+                return np.concatenate([self.base[start:nb], self.tail[: stop - nb]])
+            key = np.arange(start, stop, step)
+        rows = np.asarray(key)
+        if rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+        rows = np.where(rows < 0, rows + n, rows).astype(np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= n):
+            raise IndexError("row out of range")
+        out = np.empty((*rows.shape, *self.shape[1:]), dtype=self.dtype)
+        low = rows < nb
+        out[low] = self.base[rows[low]]
+        out[~low] = self.tail[rows[~low] - nb]
+        return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> Any:
+        whole = np.concatenate([np.asarray(self.base), self.tail])
+        return whole if dtype is None else whole.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"StackedRows(mapped={len(self.base)}, appended={len(self.tail)})"

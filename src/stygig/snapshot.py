@@ -31,7 +31,7 @@ from stygig.columns import CatalogColumns
 from stygig.compat.scorer import LearnedScorer
 from stygig.errors import InvalidOptionsError, NotFoundError, StygigError
 from stygig.index import LiveIndex, is_exhaustive
-from stygig.rows import Overlay, Rows
+from stygig.rows import Overlay, Rows, StackedRows
 
 __all__ = [
     "CatalogSnapshot",
@@ -298,17 +298,31 @@ def _row_vector(snap: CatalogSnapshot, added: list[np.ndarray], pos: int, dim: i
 
 
 def _grown(
-    snap: CatalogSnapshot, embeddings: np.ndarray, added: list[np.ndarray], dim: int
-) -> tuple[np.ndarray | None, np.ndarray]:
+    snap: CatalogSnapshot, embeddings: Any, added: list[np.ndarray], dim: int
+) -> tuple[np.ndarray | None, Any]:
     """The embeddings with ``added`` rows after them, written into spare capacity when the
-    backing buffer has it (rows no published snapshot can see), else into a bigger copy."""
+    backing buffer has it (rows no published snapshot can see), else into a bigger copy.
+    Embeddings mapped from disk stay mapped: added rows go after them in memory
+    (:class:`~stygig.rows.StackedRows`), so a large artifact never becomes resident."""
     if not added:
         return snap.buffer, embeddings
-    n, m = len(embeddings), len(added)
-    buffer = snap.buffer
-    if buffer is None or len(buffer) < n + m or embeddings.base is not buffer:
+    if isinstance(embeddings, StackedRows):
+        buffer, tail = _appended(snap.buffer, embeddings.tail, added, dim)
+        return buffer, StackedRows(embeddings.base, tail)
+    if isinstance(embeddings, np.memmap):
+        buffer, tail = _appended(None, embeddings[:0], added, dim)
+        return buffer, StackedRows(embeddings, tail)
+    return _appended(snap.buffer, embeddings, added, dim)
+
+
+def _appended(
+    buffer: np.ndarray | None, rows: np.ndarray, added: list[np.ndarray], dim: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``rows`` with ``added`` after them, as a prefix of ``buffer`` (or of a bigger one)."""
+    n, m = len(rows), len(added)
+    if buffer is None or len(buffer) < n + m or rows.base is not buffer:
         capacity = max(2 * n, n + m + 1024)
         buffer = np.empty((capacity, dim), np.float32)
-        buffer[:n] = embeddings
+        buffer[:n] = rows
     buffer[n : n + m] = np.stack(added)
     return buffer, buffer[: n + m]
