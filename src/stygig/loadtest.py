@@ -6,6 +6,8 @@ bytes, content type from the file name) until ``requests`` have been answered; e
 before the request is sent to the last byte of the response. The report holds throughput,
 latency percentiles, status counts (2xx/4xx/5xx and transport errors) and every latency, so it
 can be plotted (:func:`write_histogram`, matplotlib's Agg backend) or compared later.
+:class:`PhotoPoster` is the HTTP side, shared with ``stygig invoke --url``
+(:class:`stygig.deploy.invoke.UrlClient`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import numpy as np
 
@@ -26,6 +28,7 @@ from stygig.errors import ConfigError, StygigError
 __all__ = [
     "LoadTestConfig",
     "LoadTestReport",
+    "PhotoPoster",
     "load_photos",
     "print_report",
     "run_load_test",
@@ -74,6 +77,82 @@ class LoadTestReport:
         return json.dumps(data, indent=2)
 
 
+class PhotoPoster:
+    """POSTs photos to one path of a server, over one kept-alive connection per thread.
+
+    Standard-library ``http.client``, so the load generator costs little of the CPU it may
+    share with the server. A thread's connection is opened on its first request and, after a
+    transport error, closed so that ``http.client`` reopens it on the next one. Every request
+    carries ``accept: application/json`` and the bearer token of :mod:`stygig.auth`, if set.
+    """
+
+    def __init__(self, parts: SplitResult, path: str, *, timeout_s: float) -> None:
+        from stygig.auth import bearer_headers
+
+        self.path = path
+        self._parts = parts
+        self._timeout = timeout_s
+        self._headers = {"accept": "application/json", **bearer_headers()}
+        self._local = threading.local()
+        self._opened: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            kind = (
+                http.client.HTTPSConnection
+                if self._parts.scheme == "https"
+                else http.client.HTTPConnection
+            )
+            conn = kind(self._parts.hostname or "", self._parts.port, timeout=self._timeout)
+            self._local.conn = conn
+            with self._lock:
+                self._opened.append(conn)
+        return conn
+
+    def post(self, body: bytes, content_type: str) -> tuple[str, float, bytes]:
+        """POST one photo on this thread's connection: (status, ms, answer).
+
+        The status is the HTTP status (``"200"``) or, for a transport error, the error's class
+        name with an empty answer; neither raises. The time runs from just before the request
+        is sent to the last byte of the answer.
+        """
+        conn = self._connection()
+        t0 = time.perf_counter()
+        try:
+            conn.request(
+                "POST",
+                self.path,
+                body=body,
+                headers={"content-type": content_type, **self._headers},
+            )
+            response = conn.getresponse()
+            raw = response.read()
+            status = str(response.status)
+        except (OSError, http.client.HTTPException) as e:
+            conn.close()  # http.client reopens it on the next request
+            return type(e).__name__, (time.perf_counter() - t0) * 1e3, b""
+        return status, (time.perf_counter() - t0) * 1e3, raw
+
+    def release(self) -> None:
+        """Close this thread's connection (a later request here opens a new one)."""
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            return
+        self._local.conn = None
+        conn.close()
+        with self._lock:
+            self._opened.remove(conn)
+
+    def close(self) -> None:
+        """Close every connection this poster opened."""
+        with self._lock:
+            for conn in self._opened:
+                conn.close()
+            self._opened.clear()
+
+
 def load_photos(folder: Path) -> list[tuple[bytes, str]]:
     """Every jpg/png/webp under ``folder`` as (bytes, content type), sorted by name."""
     photos = [
@@ -118,56 +197,39 @@ def summarise(
 
 
 def _run(config: LoadTestConfig, photos: list[tuple[bytes, str]]) -> LoadTestReport:
-    from stygig.auth import bearer_headers
-
     parts = urlsplit(config.url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError("the load test's URL must be http(s)://host[:port][/prefix]")
-    path = parts.path.rstrip("/") + config.endpoint
-    headers = {"accept": "application/json", **bearer_headers()}
+    poster = PhotoPoster(
+        parts, parts.path.rstrip("/") + config.endpoint, timeout_s=config.timeout_s
+    )
 
-    def connection() -> http.client.HTTPConnection:
-        kind = (
-            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        )
-        return kind(parts.hostname or "", parts.port, timeout=config.timeout_s)
-
-    def send(conn: http.client.HTTPConnection, i: int) -> tuple[float, str]:
+    def send(i: int) -> tuple[float, str]:
         body, kind = photos[i % len(photos)]
-        t0 = time.perf_counter()
-        try:
-            conn.request("POST", path, body=body, headers={"content-type": kind, **headers})
-            response = conn.getresponse()
-            response.read()
-            status = str(response.status)
-        except (OSError, http.client.HTTPException) as e:
-            conn.close()  # the next request opens a fresh connection
-            status = type(e).__name__
-        return (time.perf_counter() - t0) * 1e3, status
+        status, ms, _ = poster.post(body, kind)
+        return ms, status
 
-    warm = connection()
     for i in range(config.warmup):
-        send(warm, i)
-    warm.close()
+        send(i)
+    poster.release()  # the warm-up's connection: each client opens its own
     latencies: list[float] = []
     statuses: list[str] = []
     counter = iter(range(config.requests))
     lock = threading.Lock()
 
     def client() -> None:
-        conn = connection()
         try:
             while True:
                 with lock:
                     i = next(counter, None)
                 if i is None:
                     return
-                ms, status = send(conn, i)
+                ms, status = send(i)
                 with lock:
                     latencies.append(ms)
                     statuses.append(status)
         finally:
-            conn.close()
+            poster.release()
 
     threads = [threading.Thread(target=client, daemon=True) for _ in range(config.concurrency)]
     t0 = time.perf_counter()
@@ -176,6 +238,7 @@ def _run(config: LoadTestConfig, photos: list[tuple[bytes, str]]) -> LoadTestRep
     for t in threads:
         t.join()
     seconds = time.perf_counter() - t0
+    poster.close()
     return summarise(config, latencies, statuses, seconds)
 
 

@@ -1,18 +1,18 @@
 """Call a deployed endpoint with a photo, check the answer, and load it honestly.
 
 The guide's ``test_endpoint.py`` as a library. :class:`UrlClient` (any StyGig server) keeps one
-HTTP connection per thread, as ``stygig loadtest`` does; :class:`EndpointClient` shares one
-boto3 client (thread-safe) whose connection pool is as large as the concurrency. Each
-:class:`Reply` separates the client's round trip from the server's own time (the answer's
-``timings_ms.total``: first stage to serialised answer). :func:`check_response` lists what a
-StyGig response must have and this one lacks (RGB triples, the top-5 vote, the compatibility
-boost); :func:`load_check` sends ``requests`` photos from ``concurrency`` threads and
-summarises them like ``stygig loadtest``, with the server's share beside the client's.
+HTTP connection per thread, through ``stygig loadtest``'s :class:`~stygig.loadtest.PhotoPoster`;
+:class:`EndpointClient` shares one boto3 client (thread-safe) whose connection pool is as large
+as the concurrency. Each :class:`Reply` separates the client's round trip from the server's
+own time (the answer's ``timings_ms.total``: first stage to serialised answer).
+:func:`check_response` lists what a StyGig response must have and this one lacks (RGB
+triples, the top-5 vote, the compatibility boost); :func:`load_check` sends ``requests``
+photos from ``concurrency`` threads and summarises them like ``stygig loadtest``, with the
+server's share beside the client's.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import threading
 import time
@@ -100,13 +100,12 @@ class Reply:
 class UrlClient:
     """POSTs photos to a StyGig server's ``/invocations``, one kept-alive connection per thread.
 
-    Standard-library ``http.client`` (the load generator shares CPUs with the server on a test
-    machine, so it should cost little), connections opened on first use and reopened after a
-    transport error; :meth:`close` closes every thread's connection.
+    The connections are ``stygig loadtest``'s (:class:`~stygig.loadtest.PhotoPoster`): opened on
+    first use, reopened after a transport error; :meth:`close` closes every thread's connection.
     """
 
     def __init__(self, url: str, *, timeout_s: float = 60.0) -> None:
-        from stygig.auth import bearer_headers
+        from stygig.loadtest import PhotoPoster
 
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -114,53 +113,16 @@ class UrlClient:
         self.url = url
         path = parts.path.rstrip("/")
         self.path = path if path.endswith("/invocations") else path + "/invocations"
-        self._parts = parts
-        self._timeout = timeout_s
-        self._headers = {"accept": "application/json", **bearer_headers()}
-        self._local = threading.local()
-        self._opened: list[http.client.HTTPConnection] = []
-        self._lock = threading.Lock()
-
-    def _connection(self) -> http.client.HTTPConnection:
-        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            kind = (
-                http.client.HTTPSConnection
-                if self._parts.scheme == "https"
-                else http.client.HTTPConnection
-            )
-            conn = kind(self._parts.hostname or "", self._parts.port, timeout=self._timeout)
-            self._local.conn = conn
-            with self._lock:
-                self._opened.append(conn)
-        return conn
+        self._poster = PhotoPoster(parts, self.path, timeout_s=timeout_s)
 
     def send(self, body: bytes, content_type: str) -> Reply:
         """POST one photo; never raises for an HTTP status or a transport error."""
-        conn = self._connection()
-        t0 = time.perf_counter()
-        try:
-            conn.request(
-                "POST",
-                self.path,
-                body=body,
-                headers={"content-type": content_type, **self._headers},
-            )
-            response = conn.getresponse()
-            raw = response.read()
-            status = str(response.status)
-        except (OSError, http.client.HTTPException) as e:
-            conn.close()  # http.client reopens it on the next request
-            return Reply(type(e).__name__, (time.perf_counter() - t0) * 1e3, None)
-        ms = (time.perf_counter() - t0) * 1e3
+        status, ms, raw = self._poster.post(body, content_type)
         return Reply(status, ms, server_ms_of(raw) if status == "200" else None, raw)
 
     def close(self) -> None:
         """Close every connection this client opened."""
-        with self._lock:
-            for conn in self._opened:
-                conn.close()
-            self._opened.clear()
+        self._poster.close()
 
 
 def invoke_url(

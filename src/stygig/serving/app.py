@@ -213,7 +213,9 @@ class ModelService:
         )
 
     async def _warm(self) -> None:
-        """Run the real pipeline: single photos, a full batch, and an item query."""
+        """Run every path a real request takes: a lone photo (the whole pipeline in one pool
+        task), a full batch through the micro-batcher (its own encoder thread, whose first use
+        would otherwise land on the first concurrent request), and an item query."""
         assert self.recommender is not None
         photo = _warmup_photo()
         first_id = self.recommender.artifact.items[0].id
@@ -221,7 +223,7 @@ class ModelService:
             await self.answer(rq.ParsedRequest(Query(images=(photo,)), Options()))
         n = self.config.batching.max_batch
         prepared = await self.run(self.recommender.prepare, Query(images=(photo,)))
-        await self.run(self.recommender.embed, prepared.tensors * n)  # the full-batch shape
+        await self.batcher.submit(prepared.tensors * n)  # the full-batch shape
         await self.answer(rq.ParsedRequest(Query(item_ids=(first_id,)), Options()))
 
     def _living(self, rec: Recommender) -> LiveCatalog | None:

@@ -91,6 +91,9 @@ class MicroBatcher(Generic[T]):
         expecting: how many requests will submit soon (e.g. being decoded); when it returns 0
             and nothing is queued, a batch goes at once instead of waiting for its deadline.
             ``None``: always wait up to ``max_wait_ms``.
+
+    Attributes:
+        batches: encoder calls that answered so far (a server's warm-up makes the first).
     """
 
     def __init__(
@@ -109,6 +112,7 @@ class MicroBatcher(Generic[T]):
         self._task: asyncio.Task[None] | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stygig-encoder")
         self._carry: _Pending[T] | None = None
+        self.batches = 0
 
     @property
     def depth(self) -> int:
@@ -230,6 +234,7 @@ class MicroBatcher(Generic[T]):
                         p.future.set_exception(e)
             else:
                 seconds = time.perf_counter() - started
+                self.batches += 1
                 if self._on_batch is not None:
                     self._on_batch(len(items), seconds)
                 offset = 0
