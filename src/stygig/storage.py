@@ -7,6 +7,7 @@ One small surface for the async jobs and batch runs::
     read_beneath(folder, path, max_bytes=n)   (the same, no symbolic link followed below folder)
     exists(uri) -> bool               delete(uri)
     list_keys(prefix) -> [uri, ...]   join(prefix, name) -> uri
+    with local_copy(uri) as path: ...  (an object as a local file, for readers that need a path)
     remove_stale_temps(prefix)        (temporary files a crashed local write left behind)
 
 S3 goes through boto3 (the ``aws`` extra) with its standard configuration: credentials, region
@@ -51,6 +52,7 @@ __all__ = [
     "is_remote",
     "join",
     "list_keys",
+    "local_copy",
     "local_path",
     "parse",
     "read_beneath",
@@ -342,6 +344,25 @@ def remove_stale_temps(prefix: str | Path, *, older_than_s: float = 600.0) -> in
             except FileNotFoundError:
                 continue  # another process cleaned it up first
     return removed
+
+
+@contextmanager
+def local_copy(uri: str | Path) -> Iterator[Path]:
+    """A local file with the contents of ``uri``, for code that reads files by path (the
+    catalogue reader): a local location is itself; an ``s3://`` object is streamed to disk
+    (never held in memory whole) under a temporary folder, with the object's own file name so
+    its suffix still says its format, and removed when the block ends."""
+    loc = parse(uri)
+    if loc.scheme != "s3":
+        assert loc.path is not None
+        yield loc.path
+        return
+    name = loc.key.rsplit("/", 1)[-1] or "object"
+    with tempfile.TemporaryDirectory(prefix="stygig-copy-") as folder:
+        path = Path(folder) / name
+        with _s3_errors(loc), path.open("wb") as f:
+            _s3().download_fileobj(loc.bucket, loc.key, f)
+        yield path
 
 
 def exists(uri: str | Path) -> bool:

@@ -2,18 +2,37 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
+from typing import NoReturn
 
+from stygig import errors
 from stygig.errors import ServerError, StygigError
 
-__all__ = ["ClusterResources", "import_ray", "ray_session", "resources"]
+__all__ = [
+    "FORWARDED_ENV",
+    "ClusterResources",
+    "import_ray",
+    "raise_failure",
+    "ray_session",
+    "resources",
+    "worker_failure",
+    "worker_runtime_env",
+]
 
 log = logging.getLogger("stygig.distributed")
+
+#: Where S3 is, as this process sees it: set on every Ray task and actor of a build or batch, so
+#: workers read the catalogue's photos and write parts at the driver's endpoint (MinIO, a VPC
+#: endpoint, moto) and region even on nodes started without them. Credentials are not among
+#: them: they would travel in clear through Ray's control store and override the nodes' own
+#: roles; every node brings its own (instance role, or ``AWS_*`` set where ``ray start`` runs).
+FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
 
 
 def import_ray() -> ModuleType:
@@ -59,6 +78,30 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
         yield
     finally:
         ray.shutdown()
+
+
+def worker_runtime_env() -> dict[str, dict[str, str]]:
+    """The ``runtime_env`` of StyGig's Ray tasks and actors: this process's
+    :data:`FORWARDED_ENV` variables that are set (nothing else; a node's own settings of the
+    others stay)."""
+    env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    return {"env_vars": env} if env else {}
+
+
+def worker_failure(e: StygigError) -> str:
+    """A StyGig error raised in a Ray worker, as a string column of the stage's output. Ray
+    hands an exception back only as its text (the worker's traceback, the class lost), so a
+    stage returns its failure as data and the driver raises it again (:func:`raise_failure`)."""
+    return json.dumps({"type": type(e).__name__, "code": e.code, "message": e.message})
+
+
+def raise_failure(text: str) -> NoReturn:
+    """Raise the StyGig error that :func:`worker_failure` described, said as StyGig says it."""
+    data = json.loads(text)
+    cls = getattr(errors, str(data.get("type")), StygigError)
+    if not (isinstance(cls, type) and issubclass(cls, StygigError)):
+        cls = StygigError
+    raise cls(f"on a Ray worker: {data.get('message')}", code=str(data.get("code")))
 
 
 @dataclass(frozen=True)

@@ -93,19 +93,20 @@ def run_build_ray_command(args: argparse.Namespace) -> int:
     _positive(args.ray_actors, "--ray-actors")
     _positive(args.ray_actor_cpus, "--ray-actor-cpus")
     _positive(args.batch_size, "--batch-size")
-    from stygig.build import catalogue_photos, make_build_encoder, print_build_result
+    from stygig.build import make_build_encoder, print_build_result
     from stygig.catalog import Taxonomy
     from stygig.distributed.cluster import import_ray, ray_session
 
     import_ray()  # a missing extra is said before any model is exported
-    from stygig.distributed.ray_build import build_artifact_ray
+    from stygig.distributed.ray_build import build_artifact_ray, read_catalogue
 
     taxonomy = Taxonomy.load(args.taxonomy) if args.taxonomy else None
     photos: list[str] = []
     if args.int8:  # static int8 is calibrated on the catalogue's own photos, as locally
-        photos = catalogue_photos(
+        read = read_catalogue(
             args.catalog, layout=args.format, images_dir=args.images, taxonomy=taxonomy
         )
+        photos = [item.image for item in read.items]
     with (
         ray_session(args.address),
         make_build_encoder(

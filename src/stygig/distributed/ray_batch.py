@@ -13,7 +13,8 @@ Inputs that already failed to parse (a bad manifest line, a rejected catalogue r
 the cluster: their error records are merged in by index. Ray retries a failed actor's groups;
 the dataset yields each group's records once, so the output never holds an index twice, and a
 rerun resumes from what the sink already holds, as locally. The artifact folder must be
-readable at the same path on every node (a shared file system), like the photos.
+readable at the same path on every node (a shared file system); ``s3://`` photos are read by the
+actors, at the driver's S3 endpoint and region (:func:`~stygig.distributed.cluster.worker_runtime_env`).
 """
 
 from __future__ import annotations
@@ -40,8 +41,15 @@ from stygig.batch import (
     run_record,
     start_run,
 )
-from stygig.distributed.cluster import import_ray, resources
+from stygig.distributed.cluster import (
+    import_ray,
+    raise_failure,
+    resources,
+    worker_failure,
+    worker_runtime_env,
+)
 from stygig.engine import Options, Recommender
+from stygig.errors import StygigError
 
 __all__ = ["Answer", "run_batch_ray"]
 
@@ -73,16 +81,24 @@ def _from_row(text: str) -> BatchInput:
 
 class Answer:
     """A Ray Data actor: loads the artifact and its encoder once, then answers each group of
-    inputs with :mod:`stygig.batch`'s own steps (prepare, one encoder call, answer)."""
+    inputs with :mod:`stygig.batch`'s own steps (prepare, one encoder call, answer). An
+    artifact it cannot load (not at that path on its node) comes back as a ``failure`` column
+    (:func:`~stygig.distributed.cluster.worker_failure`), for the driver to raise."""
 
     def __init__(self, artifact: str, options: dict[str, Any], verify: bool, device: str) -> None:
         from stygig.engine import load_artifact_encoder
 
-        art = Artifact.load(artifact, verify=verify)
-        self.recommender = Recommender(art, encoder=load_artifact_encoder(art, device=device))
+        self.failure = ""
+        try:
+            art = Artifact.load(artifact, verify=verify)
+            self.recommender = Recommender(art, encoder=load_artifact_encoder(art, device=device))
+        except StygigError as e:
+            self.failure = worker_failure(e)
         self.options = options
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.failure:
+            return {"failure": np.array([self.failure] * len(batch["input"]))}
         inputs = [_from_row(str(t)) for t in batch["input"]]
         prepared = [prepare_input(self.recommender, inp, self.options) for inp in inputs]
         records = [f.result() for f in recommend_group(self.recommender, inputs, prepared)]
@@ -154,6 +170,10 @@ def run_batch_ray(
     ctx.print_on_execution_start = progress
     ctx.execution_options.preserve_order = True  # records come back in input order
 
+    remote_args: dict[str, Any] = {}
+    if env := worker_runtime_env():  # the actors read s3:// photos at the driver's endpoint
+        remote_args["runtime_env"] = env
+
     def answered() -> Iterator[tuple[int, str, str | None]]:
         if not work:
             return
@@ -173,8 +193,11 @@ def run_batch_ray(
             batch_format="numpy",
             num_cpus=actor_cpus,
             num_gpus=1 if use_gpu else 0,
+            **remote_args,
         )
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            if "failure" in batch:
+                raise_failure(str(batch["failure"][0]))
             for index, line, error in zip(
                 batch["index"], batch["line"], batch["error"], strict=True
             ):

@@ -2,8 +2,9 @@
 
 ::
 
-    catalogue (driver: stygig.catalog.read_catalog, local or s3://)
+    catalogue (driver: read_catalogue: stygig.catalog.read_catalog, the file local or s3://)
       -> map_batches(prepare)          tasks: read + decode + colour + thumbnail per photo
+                                       (the photo's bytes are read by the task, not the driver)
                                        (stygig.build.prepare_item_photo, the local build's step)
       -> map_batches(EmbedAndWrite)    an actor pool: one encoder load per actor (a GPU each when
                                        the cluster has GPUs); each batch is embedded in one call
@@ -21,6 +22,10 @@ The encoder is the one the local build uses: ``auto`` builds export the torch mo
 on the driver, and every actor loads that very graph (sent through the object store), so the
 embeddings match the local build's within the runtime's batch-to-batch tolerance.
 
+Every task and actor gets this process's S3 endpoint and region
+(:func:`stygig.distributed.cluster.worker_runtime_env`), so workers read the photos the driver
+read the catalogue from; credentials are each node's own.
+
 An ``ivfpq`` index (``--index ivfpq``, or ``auto`` from ``PQ_MIN_ITEMS`` items) is built on the
 cluster too (:func:`build_index_on_ray`): per index (each outfit slot's part when the index is
 split) one task trains on the local build's sample (:func:`stygig.index_pq.train_pq`) and
@@ -32,6 +37,7 @@ then the artifact writer saves the index as usual -- the same files a local buil
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -46,8 +52,15 @@ import numpy as np
 
 from stygig import storage
 from stygig.build import BuildResult, EmbedResult, finish_build, item_raw, prepare_or_reject
-from stygig.catalog import CatalogReadResult, Reject, Taxonomy, read_catalog
-from stygig.distributed.cluster import ClusterResources, import_ray, resources
+from stygig.catalog import CatalogReadResult, Item, Reject, Taxonomy, read_catalog
+from stygig.distributed.cluster import (
+    ClusterResources,
+    import_ray,
+    raise_failure,
+    resources,
+    worker_failure,
+    worker_runtime_env,
+)
 from stygig.encoders import Encoder, load_encoder, load_onnx_encoder
 from stygig.errors import StygigError
 from stygig.features import PreparedImage
@@ -64,7 +77,13 @@ from stygig.index import (
     default_nlist,
 )
 
-__all__ = ["EncoderLoader", "build_artifact_ray", "build_index_on_ray", "stage_location"]
+__all__ = [
+    "EncoderLoader",
+    "build_artifact_ray",
+    "build_index_on_ray",
+    "read_catalogue",
+    "stage_location",
+]
 
 _PART = re.compile(r"part-(\d+)-(\d+)\.npz$")
 _ONNX = "encoder.onnx"
@@ -126,6 +145,58 @@ class EncoderLoader:
             threads=threads,
         )
         return encoder, None
+
+
+# -- the catalogue (driver) ----------------------------------------------------------------------
+
+
+def read_catalogue(
+    catalog: str | Path,
+    *,
+    layout: str = "auto",
+    images_dir: str | Path | None = None,
+    taxonomy: Taxonomy | None = None,
+) -> CatalogReadResult:
+    """:func:`stygig.catalog.read_catalog` for a catalogue and photos that may be in S3.
+
+    An ``s3://`` catalogue is streamed to a temporary file and read there; photo names that
+    are relative (or a layout's own ``<images>/<id>.jpg``) resolve beneath the catalogue's S3
+    folder, or beneath ``images_dir`` when that is an ``s3://`` prefix, exactly as a local
+    catalogue's resolve beneath its folder. ``s3://`` names in the image column are kept; a
+    local path that does not exist is a ``missing_image`` reject, as locally.
+    """
+    remote_images = images_dir is not None and storage.is_remote(images_dir)
+    if not storage.is_remote(catalog) and not remote_images:
+        return read_catalog(catalog, layout=layout, images_dir=images_dir, taxonomy=taxonomy)
+    with (
+        storage.local_copy(catalog) as path,
+        tempfile.TemporaryDirectory(prefix="stygig-images-") as stand_in,
+    ):
+        if remote_images:  # read against a stand-in folder, then map it to the prefix
+            base, root, local_dir = str(images_dir), Path(stand_in), Path(stand_in)
+        elif images_dir is None:  # relative to the catalogue's S3 folder
+            base, root, local_dir = str(catalog).rsplit("/", 1)[0], path.parent, None
+        else:  # photos in a local (shared) folder
+            return read_catalog(path, layout=layout, images_dir=images_dir, taxonomy=taxonomy)
+        read = read_catalog(
+            path, layout=layout, images_dir=local_dir, taxonomy=taxonomy, check_images=False
+        )
+    items: list[Item] = []
+    for item in read.items:
+        image = Path(item.image)
+        if not storage.is_remote(item.image) and image.is_relative_to(root):
+            item = dataclasses.replace(
+                item, image=storage.join(base, image.relative_to(root).as_posix())
+            )
+        elif not storage.is_remote(item.image) and not image.is_file():
+            row = read.rows.pop(item.id)
+            detail = f"image file not found: {item.image}"
+            read.rejects.append(Reject(row, item.id, "missing_image", detail, item_raw(item)))
+            continue
+        items.append(item)
+    read.items = items
+    read.rejects.sort(key=lambda r: r.row)
+    return read
 
 
 # -- stage 1: prepare (Ray tasks) -----------------------------------------------------------------
@@ -199,21 +270,39 @@ def encode_part(batch: dict[str, np.ndarray], vectors: np.ndarray) -> bytes:
 
 class EmbedAndWrite:
     """A Ray Data actor: loads the encoder once, then embeds each batch in one call and writes
-    it as one part under ``stage``. Returns one summary row per part."""
+    it as one part under ``stage``. Returns one summary row per part; a StyGig error (the
+    encoder not loadable, the stage not writable) comes back as the row's ``failure``
+    (:func:`~stygig.distributed.cluster.worker_failure`), for the driver to raise."""
 
     def __init__(self, loader: EncoderLoader, stage: str, threads: int, device: str) -> None:
-        self.encoder, self._folder = loader.load(threads=threads, device=device)
         self.stage = stage
+        self.failure = ""
+        try:
+            self.encoder, self._folder = loader.load(threads=threads, device=device)
+        except StygigError as e:
+            self.failure = worker_failure(e)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = np.asarray(batch["ok"], bool)
+        name, failure = _part_name(np.asarray(batch["pos"])), self.failure
+        if not failure:
+            try:
+                self._write(batch, ok, name)
+            except StygigError as e:
+                failure = worker_failure(e)
+        return {
+            "part": np.array([name]),
+            "rows": np.array([len(ok)]),
+            "ok": np.array([ok.sum()]),
+            "failure": np.array([failure]),
+        }
+
+    def _write(self, batch: dict[str, np.ndarray], ok: np.ndarray, name: str) -> None:
         if ok.any():
             vectors = self.encoder.encode(np.ascontiguousarray(batch["tensor"][ok]))
         else:
             vectors = np.zeros((0, self.encoder.dim), np.float32)
-        name = _part_name(np.asarray(batch["pos"]))
         storage.write_bytes(storage.join(self.stage, name), encode_part(batch, vectors))
-        return {"part": np.array([name]), "rows": np.array([len(ok)]), "ok": np.array([ok.sum()])}
 
 
 # -- assembly (driver) ----------------------------------------------------------------------------
@@ -312,6 +401,9 @@ def embed_on_ray(
     ctx.enable_progress_bars = progress
     ctx.print_on_execution_start = progress
     _clear(stage)
+    remote_args: dict[str, Any] = {}
+    if env := worker_runtime_env():
+        remote_args["runtime_env"] = env
     rows = [{"pos": i, "image": item.image} for i, item in enumerate(read.items)]
     started = time.perf_counter()
     if rows:
@@ -322,6 +414,7 @@ def embed_on_ray(
             batch_size=batch_size,
             batch_format="numpy",
             num_cpus=1,
+            **remote_args,
         )
         ds = ds.map_batches(
             EmbedAndWrite,
@@ -336,8 +429,12 @@ def embed_on_ray(
             batch_format="numpy",
             num_cpus=actor_cpus,
             num_gpus=1 if use_gpu else 0,
+            **remote_args,
         )
         written = ds.take_all()
+        for row in written:
+            if row["failure"]:
+                raise_failure(str(row["failure"]))
         parts = len(written)
     else:
         parts = 0
@@ -544,7 +641,7 @@ def build_artifact_ray(
     started = time.perf_counter()
     taxonomy = taxonomy or Taxonomy.load()
     t0 = time.perf_counter()
-    read = read_catalog(catalog, layout=layout, images_dir=images_dir, taxonomy=taxonomy)
+    read = read_catalogue(catalog, layout=layout, images_dir=images_dir, taxonomy=taxonomy)
     read_s = time.perf_counter() - t0
     where = stage_location(out_dir, stage)
     loader = EncoderLoader.for_build(
