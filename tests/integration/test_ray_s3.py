@@ -114,10 +114,7 @@ def builds(
     tmp = tmp_path_factory.mktemp("s3-builds")
     encoder = load_encoder("tiny")
     common: dict[str, Any] = {"progress": False, "batch_size": 4}
-    # stygig.build reads catalogue files by path: the same S3 catalogue, fetched first (its
-    # photos are s3:// URIs either way, read from S3 by the build).
-    with storage.local_copy(s3_catalogue["catalog"]) as local_csv:
-        local = build_artifact(local_csv, tmp / "local", encoder, **common)
+    local = build_artifact(s3_catalogue["catalog"], tmp / "local", encoder, **common)
     stage = f"s3://{BUCKET}/build-parts/"
     on_ray = build_artifact_ray(
         s3_catalogue["catalog"], tmp / "ray", encoder, actors=1, stage=stage, **common
@@ -194,7 +191,7 @@ def test_remote_catalogue_names_resolve_beneath_its_s3_folder(s3_cluster: str) -
     """Relative photo names in an S3 catalogue resolve beneath its folder (or an s3:// images
     prefix), as a local catalogue's resolve beneath its folder; a local path that is not
     there is a reject, as locally. Driver only: no photo is read."""
-    from stygig.distributed.ray_build import read_catalogue
+    from stygig.catalog import read_catalog
     from stygig.errors import NotFoundError
 
     uri = f"s3://{BUCKET}/relative/catalog.csv"
@@ -205,15 +202,15 @@ def test_remote_catalogue_names_resolve_beneath_its_s3_folder(s3_cluster: str) -
         b"b,/nowhere/b.jpg,jeans\n"
         b"c,s3://other/c.jpg,dress\n",
     )
-    read = read_catalogue(uri)
+    read = read_catalog(uri)
     images = [i.image for i in read.items]
     assert images == [f"s3://{BUCKET}/relative/photos/a.jpg", "s3://other/c.jpg"]
     assert [(r.id, r.reason, r.row) for r in read.rejects] == [("b", "missing_image", 2)]
     assert read.rows == {"a": 1, "c": 3}
-    again = read_catalogue(uri, images_dir=f"s3://{BUCKET}/pics/")
+    again = read_catalog(uri, images_dir=f"s3://{BUCKET}/pics/")
     assert again.items[0].image == f"s3://{BUCKET}/pics/photos/a.jpg"
     with pytest.raises(NotFoundError, match="does not exist"):
-        read_catalogue(f"s3://{BUCKET}/relative/absent.csv")
+        read_catalog(f"s3://{BUCKET}/relative/absent.csv")
 
 
 def test_a_worker_failure_is_said_as_stygig_says_it(
@@ -221,12 +218,13 @@ def test_a_worker_failure_is_said_as_stygig_says_it(
 ) -> None:
     """An encoder the actors cannot load (its ONNX copy gone from the stage) fails the build
     with StyGig's own error and message, not Ray's wrapper around the worker's traceback."""
-    from stygig.distributed.ray_build import EncoderLoader, embed_on_ray, read_catalogue
+    from stygig.catalog import read_catalog
+    from stygig.distributed.ray_build import EncoderLoader, embed_on_ray
     from stygig.encoders import load_encoder
     from stygig.errors import NotFoundError
 
     encoder = load_encoder("tiny")
-    read = read_catalogue(s3_catalogue["catalog"])
+    read = read_catalog(s3_catalogue["catalog"])
     lost = EncoderLoader(dict(encoder.describe()), onnx=f"s3://{BUCKET}/gone/encoder.onnx")
     with pytest.raises(NotFoundError, match=r"on a Ray worker: s3://shop/gone/encoder\.onnx does"):
         embed_on_ray(read, encoder, lost, f"s3://{BUCKET}/lost-parts/", actors=1, progress=False)

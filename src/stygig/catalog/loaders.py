@@ -23,12 +23,15 @@ A bad row never stops the read: it becomes a :class:`Reject` with one reason fro
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from stygig import storage
 from stygig.catalog.schema import Item, Reject
 from stygig.catalog.taxonomy import Taxonomy
 from stygig.errors import CatalogError
@@ -353,7 +356,67 @@ def read_catalog(
     taxonomy: Taxonomy | None = None,
     check_images: bool = True,
 ) -> CatalogReadResult:
-    """Read and validate a catalogue file.
+    """Read and validate a catalogue file, local or in S3 (see :func:`_read_catalog_file`).
+
+    An ``s3://`` catalogue is streamed to a temporary file and read there; photo names that
+    are relative (or a layout's own ``<images>/<id>.jpg``) resolve beneath the catalogue's S3
+    folder, or beneath ``images_dir`` when that is an ``s3://`` prefix, exactly as a local
+    catalogue's resolve beneath its folder. ``s3://`` names in the image column are kept; a
+    local path that does not exist is a ``missing_image`` reject, as locally. Photos in S3 are
+    not checked here (that would be a request per row): one that is missing becomes a reject
+    when the build reads it.
+    """
+    remote_images = images_dir is not None and is_remote(images_dir)
+    if not is_remote(path) and not remote_images:
+        return _read_catalog_file(
+            path, layout=layout, images_dir=images_dir, taxonomy=taxonomy, check_images=check_images
+        )
+    with (
+        storage.local_copy(path) as local,
+        tempfile.TemporaryDirectory(prefix="stygig-images-") as stand_in,
+    ):
+        if remote_images:  # read against a stand-in folder, then map it to the prefix
+            base, root, local_dir = str(images_dir), Path(stand_in), Path(stand_in)
+        elif images_dir is None:  # relative to the catalogue's S3 folder
+            base, root, local_dir = str(path).rsplit("/", 1)[0], local.parent, None
+        else:  # photos in a local (shared) folder
+            return _read_catalog_file(
+                local,
+                layout=layout,
+                images_dir=images_dir,
+                taxonomy=taxonomy,
+                check_images=check_images,
+            )
+        read = _read_catalog_file(
+            local, layout=layout, images_dir=local_dir, taxonomy=taxonomy, check_images=False
+        )
+    items: list[Item] = []
+    for item in read.items:
+        image = Path(item.image)
+        if not is_remote(item.image) and image.is_relative_to(root):
+            item = dataclasses.replace(
+                item, image=storage.join(base, image.relative_to(root).as_posix())
+            )
+        elif check_images and not is_remote(item.image) and not image.is_file():
+            row = read.rows.pop(item.id)
+            detail = f"image file not found: {item.image}"
+            read.rejects.append(Reject(row, item.id, "missing_image", detail, item.raw()))
+            continue
+        items.append(item)
+    read.items = items
+    read.rejects.sort(key=lambda r: r.row)
+    return read
+
+
+def _read_catalog_file(
+    path: str | Path,
+    *,
+    layout: str = "auto",
+    images_dir: str | Path | None = None,
+    taxonomy: Taxonomy | None = None,
+    check_images: bool = True,
+) -> CatalogReadResult:
+    """Read and validate a local catalogue file.
 
     Args:
         path: a ``.csv`` or ``.jsonl`` file.

@@ -41,6 +41,12 @@ class Item:
         """Whether the shop can sell it now: available, and stock (when known) above 0."""
         return self.available and (self.stock is None or self.stock > 0)
 
+    def raw(self) -> dict[str, str]:
+        """A flat string view of the item, as the rejects file records a row."""
+        return {
+            k: "" if v is None else str(v) for k, v in self.to_dict().items() if k != "attributes"
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly dict (attributes nested; stock fields only when not the defaults,
         so artifacts built before they existed read and write unchanged)."""

@@ -98,12 +98,13 @@ def run_build_ray_command(args: argparse.Namespace) -> int:
     from stygig.distributed.cluster import import_ray, ray_session
 
     import_ray()  # a missing extra is said before any model is exported
-    from stygig.distributed.ray_build import build_artifact_ray, read_catalogue
+    from stygig.catalog import read_catalog
+    from stygig.distributed.ray_build import build_artifact_ray
 
     taxonomy = Taxonomy.load(args.taxonomy) if args.taxonomy else None
     photos: list[str] = []
     if args.int8:  # static int8 is calibrated on the catalogue's own photos, as locally
-        read = read_catalogue(
+        read = read_catalog(
             args.catalog, layout=args.format, images_dir=args.images, taxonomy=taxonomy
         )
         photos = [item.image for item in read.items]

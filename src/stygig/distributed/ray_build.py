@@ -2,7 +2,7 @@
 
 ::
 
-    catalogue (driver: read_catalogue: stygig.catalog.read_catalog, the file local or s3://)
+    catalogue (driver: stygig.catalog.read_catalog, the file local or s3://)
       -> map_batches(prepare)          tasks: read + decode + colour + thumbnail per photo
                                        (the photo's bytes are read by the task, not the driver)
                                        (stygig.build.prepare_item_photo, the local build's step)
@@ -37,7 +37,6 @@ then the artifact writer saves the index as usual -- the same files a local buil
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import json
 import os
@@ -51,8 +50,8 @@ from typing import Any
 import numpy as np
 
 from stygig import storage
-from stygig.build import BuildResult, EmbedResult, finish_build, item_raw, prepare_or_reject
-from stygig.catalog import CatalogReadResult, Item, Reject, Taxonomy, read_catalog
+from stygig.build import BuildResult, EmbedResult, finish_build, prepare_or_reject
+from stygig.catalog import CatalogReadResult, Reject, Taxonomy, read_catalog
 from stygig.distributed.cluster import (
     ClusterResources,
     import_ray,
@@ -81,7 +80,6 @@ __all__ = [
     "EncoderLoader",
     "build_artifact_ray",
     "build_index_on_ray",
-    "read_catalogue",
     "stage_location",
 ]
 
@@ -148,55 +146,6 @@ class EncoderLoader:
 
 
 # -- the catalogue (driver) ----------------------------------------------------------------------
-
-
-def read_catalogue(
-    catalog: str | Path,
-    *,
-    layout: str = "auto",
-    images_dir: str | Path | None = None,
-    taxonomy: Taxonomy | None = None,
-) -> CatalogReadResult:
-    """:func:`stygig.catalog.read_catalog` for a catalogue and photos that may be in S3.
-
-    An ``s3://`` catalogue is streamed to a temporary file and read there; photo names that
-    are relative (or a layout's own ``<images>/<id>.jpg``) resolve beneath the catalogue's S3
-    folder, or beneath ``images_dir`` when that is an ``s3://`` prefix, exactly as a local
-    catalogue's resolve beneath its folder. ``s3://`` names in the image column are kept; a
-    local path that does not exist is a ``missing_image`` reject, as locally.
-    """
-    remote_images = images_dir is not None and storage.is_remote(images_dir)
-    if not storage.is_remote(catalog) and not remote_images:
-        return read_catalog(catalog, layout=layout, images_dir=images_dir, taxonomy=taxonomy)
-    with (
-        storage.local_copy(catalog) as path,
-        tempfile.TemporaryDirectory(prefix="stygig-images-") as stand_in,
-    ):
-        if remote_images:  # read against a stand-in folder, then map it to the prefix
-            base, root, local_dir = str(images_dir), Path(stand_in), Path(stand_in)
-        elif images_dir is None:  # relative to the catalogue's S3 folder
-            base, root, local_dir = str(catalog).rsplit("/", 1)[0], path.parent, None
-        else:  # photos in a local (shared) folder
-            return read_catalog(path, layout=layout, images_dir=images_dir, taxonomy=taxonomy)
-        read = read_catalog(
-            path, layout=layout, images_dir=local_dir, taxonomy=taxonomy, check_images=False
-        )
-    items: list[Item] = []
-    for item in read.items:
-        image = Path(item.image)
-        if not storage.is_remote(item.image) and image.is_relative_to(root):
-            item = dataclasses.replace(
-                item, image=storage.join(base, image.relative_to(root).as_posix())
-            )
-        elif not storage.is_remote(item.image) and not image.is_file():
-            row = read.rows.pop(item.id)
-            detail = f"image file not found: {item.image}"
-            read.rejects.append(Reject(row, item.id, "missing_image", detail, item_raw(item)))
-            continue
-        items.append(item)
-    read.items = items
-    read.rejects.sort(key=lambda r: r.row)
-    return read
 
 
 # -- stage 1: prepare (Ray tasks) -----------------------------------------------------------------
@@ -371,7 +320,7 @@ def assemble(read: CatalogReadResult, stage: str, dim: int) -> EmbedResult:
     out.thumbnails = [thumbs[i] for i in kept]
     for p, (reason, message) in sorted(errors.items()):
         item = items[p]
-        out.rejects.append(Reject(read.rows[item.id], item.id, reason, message, item_raw(item)))
+        out.rejects.append(Reject(read.rows[item.id], item.id, reason, message, item.raw()))
     return out
 
 
@@ -641,7 +590,7 @@ def build_artifact_ray(
     started = time.perf_counter()
     taxonomy = taxonomy or Taxonomy.load()
     t0 = time.perf_counter()
-    read = read_catalogue(catalog, layout=layout, images_dir=images_dir, taxonomy=taxonomy)
+    read = read_catalog(catalog, layout=layout, images_dir=images_dir, taxonomy=taxonomy)
     read_s = time.perf_counter() - t0
     where = stage_location(out_dir, stage)
     loader = EncoderLoader.for_build(
