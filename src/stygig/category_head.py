@@ -40,6 +40,13 @@ each (too few to fit and cross-fit on), or when the cross-fit gives the head wei
 alone is best there: a head would cost every query time and change nothing). A catalogue of
 more than :data:`MAX_FIT_ROWS` items is fitted on a seeded sample of that many.
 
+**The gender stack** (:func:`fit_gender_stack`, fitted by :func:`fit_artifact_heads` when a
+build gives the items' genders): a head over men's and women's items and a small logistic
+stacker over it and the engine's gender vote (:func:`gender_stack_features`), with a gate
+chosen so that the catalogue's confidently-wrong share equals the plain vote's at
+``gender_min_confidence``; stored as the ``"gender"`` entry (a :class:`GenderHead`) of the same
+file. It decides between :data:`GENDER_PAIR` only (:mod:`stygig.gender`).
+
 **Serving.** The engine (:meth:`stygig.engine.Recommender.answer`) merges a photo's vote with
 the head's probabilities (:meth:`CategoryHead.for_queries` folds the head, un-whitening
 included, into one matrix over the stored vectors). Items added to a living catalogue, and the
@@ -68,6 +75,8 @@ __all__ = [
     "DEFAULT_HEAD_WEIGHT",
     "DEFAULT_ITERATIONS",
     "DEFAULT_L2",
+    "GENDER_MIN_ITEMS",
+    "GENDER_PAIR",
     "HEAD_FIELDS",
     "HEAD_FILE",
     "MAX_FIT_ROWS",
@@ -75,11 +84,15 @@ __all__ = [
     "MIN_ITEMS_PER_CLASS",
     "CategoryHead",
     "CrossFit",
+    "GenderHead",
     "QueryHead",
     "add_category_head",
     "cross_fit",
     "fit_artifact_heads",
+    "fit_gender_stack",
     "fold_of",
+    "gender_skip_reason",
+    "gender_stack_features",
     "load_artifact_heads",
     "load_heads",
     "merge_vote",
@@ -252,7 +265,7 @@ class CategoryHead:
         """The same head with another weight against the vote."""
         if not 0.0 <= head_weight <= 1.0:
             raise InvalidOptionsError("head_weight must be within [0, 1]")
-        return CategoryHead(**{**self.__dict__, "head_weight": float(head_weight)})
+        return replace(self, head_weight=float(head_weight))
 
     def describe(self) -> dict[str, Any]:
         """Settings and size, for the manifest or a metrics file."""
@@ -289,6 +302,28 @@ class QueryHead:
             norm = np.linalg.norm(data * self.inv_scale, axis=1, keepdims=True)
             logits = logits / np.maximum(norm, 1e-12)
         return _softmax(logits + self.bias)
+
+
+@dataclass(frozen=True)
+class GenderHead(CategoryHead):
+    """The gender head (a probe over men's and women's items, as a :class:`CategoryHead`) with
+    the stacked decision fitted over it (:func:`fit_gender_stack`).
+
+    ``stacker`` is a logistic model over :func:`gender_stack_features` (the photo's ``k``
+    neighbours' gender vote, this head's log-odds, how many neighbours voted, the nearest
+    similarity); its probability of the likelier of :attr:`labels` is the decision's confidence,
+    trusted from ``gate`` up (chosen on the catalogue: :func:`fit_gender_stack`).
+    """
+
+    stacker: CategoryHead | None = None
+    gate: float = 1.0
+    k: int = 10
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        if self.stacker is not None:
+            out["stack"] = {"features": len(GENDER_STACK_FEATURES), "gate": self.gate, "k": self.k}
+        return out
 
 
 def unwhiten(y: np.ndarray, whitening: Whitening) -> np.ndarray:
@@ -515,6 +550,194 @@ def cross_fit(
     return head, CrossFit(best["head_weight"], accuracy, grid, folds)
 
 
+# -- the gender decision: a stacked vote + head ---------------------------------------------------
+
+#: The two genders the gender head and its stacker decide between. Other genders (boys, girls)
+#: are not modelled: a photo whose neighbours include them is decided by the plain vote.
+GENDER_PAIR = ("men", "women")
+#: A build fits the gender stack only when the catalogue has this many men's and women's items
+#: each: the gate is chosen on the catalogue's own confidently-wrong photos, a rare event.
+GENDER_MIN_ITEMS = 50
+GENDER_STACK_FEATURES = (
+    "share - 1/2",
+    "log-odds of the share",
+    "head log-odds",
+    "voting share",
+    "(share - 1/2) * voting share",
+    "share log-odds * voting share",
+    "nearest similarity",
+    "head log-odds * voting share",
+)
+
+
+def _fit_stacker(features: np.ndarray, labels: Sequence[str | None]) -> CategoryHead:
+    """The stacker: a logistic model over :func:`gender_stack_features` (settings measured on
+    Kaggle efficientnet-lite0, catalogue only; ``docs/evaluation.md``)."""
+    return CategoryHead.fit(
+        features, labels, field="gender_stack", iterations=500, l2=1e-4, learning_rate=0.05
+    )
+
+
+def gender_stack_features(
+    pair_weight: np.ndarray, all_weight: np.ndarray, nearest: np.ndarray, head_proba: np.ndarray
+) -> np.ndarray:
+    """The stacker's ``(n, 8)`` inputs (:data:`GENDER_STACK_FEATURES`).
+
+    ``pair_weight (n, 2)``: the neighbours' summed positive similarity per gender of
+    :data:`GENDER_PAIR`; ``all_weight (n,)``: that of every neighbour (unisex ones included);
+    ``nearest (n,)``: the nearest neighbour's similarity; ``head_proba (n, 2)``: the gender
+    head's probabilities over the pair.
+    """
+    v = np.asarray(pair_weight, np.float64).reshape(-1, 2)
+    tot = v.sum(axis=1)
+    share = np.where(tot > 0, v[:, 1] / np.maximum(tot, 1e-9), 0.5)
+    frac = tot / np.maximum(np.asarray(all_weight, np.float64), 1e-9)
+    p = np.asarray(head_proba, np.float64).reshape(-1, 2)
+    lp = np.log(np.clip(p[:, 1], 1e-4, 1 - 1e-4) / np.clip(p[:, 0], 1e-4, 1.0))
+    ls = np.log(np.clip(share, 0.02, 0.98) / np.clip(1 - share, 0.02, 0.98))
+    near = np.asarray(nearest, np.float64).ravel()
+    cols = [share - 0.5, ls, lp, frac, (share - 0.5) * frac, ls * frac, near, lp * frac]
+    return np.stack(cols, axis=1).astype(np.float32)
+
+
+def _pair_weights(
+    codes: np.ndarray, nb_ids: np.ndarray, nb_sims: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the neighbours' positive similarity summed per pair gender (``codes``: 0 / 1
+    for :data:`GENDER_PAIR`, -1 otherwise) and over every neighbour."""
+    sims = np.maximum(np.asarray(nb_sims, np.float64), 0.0)
+    labels = codes[nb_ids]
+    pair = np.stack([(sims * (labels == c)).sum(axis=1) for c in (0, 1)], axis=1)
+    return pair, sims.sum(axis=1)
+
+
+def _confident_wrong(conf: np.ndarray, wrong: np.ndarray, threshold: float) -> tuple[float, float]:
+    """Shares of all rows that are confident (``conf >= threshold``) and confidently wrong."""
+    c = conf >= threshold
+    return float(c.mean()), float((c & wrong).mean())
+
+
+def _gate_for(conf: np.ndarray, wrong: np.ndarray, budget: float) -> float | None:
+    """The smallest threshold among ``conf``'s values whose confidently-wrong share of all
+    rows is at most ``budget`` (``None``: none is)."""
+    order = np.argsort(-conf, kind="stable")
+    c, w = conf[order], np.cumsum(wrong[order])
+    best = None
+    n = len(conf)
+    for t in np.unique(c)[::-1]:  # descending: the confident set grows
+        last = int(np.searchsorted(-c, -t, side="right")) - 1  # rows with conf >= t
+        if w[last] / n > budget:
+            break
+        best = float(t)
+    return best
+
+
+def gender_skip_reason(genders: Sequence[str | None]) -> str | None:
+    """Why ``genders`` are too few for the gender stack (``None``: enough): fewer than
+    :data:`GENDER_MIN_ITEMS` items of either gender of :data:`GENDER_PAIR`."""
+    counts = Counter(g for g in genders if g in GENDER_PAIR)
+    if min(counts[g] for g in GENDER_PAIR) >= GENDER_MIN_ITEMS:
+        return None
+    have = ", ".join(f"{counts[g]} {g}" for g in GENDER_PAIR)
+    return f"fewer than {GENDER_MIN_ITEMS} items of {' or '.join(GENDER_PAIR)} ({have})"
+
+
+def fit_gender_stack(
+    plain: np.ndarray,
+    genders: Sequence[str | None],
+    neighbours: tuple[np.ndarray, np.ndarray],
+    *,
+    k: int,
+    min_confidence: float,
+    folds: int = 5,
+    seed: int = 0,
+    on_fit: Callable[[], object] | None = None,
+) -> tuple[GenderHead | None, dict[str, Any]]:
+    """The gender head and its stacker, fitted on the catalogue alone.
+
+    ``plain``: the vectors the head reads (un-whitened); ``genders``: each row's gender;
+    ``neighbours``: each row's nearest *other* rows and similarities in the stored vectors,
+    best first, at least ``k`` (the engine's ``attribute_vote_k``). Out of fold throughout: the
+    head's probabilities come from ``folds`` fits that excluded the row, the votes from its
+    other rows, and the stacker's probabilities from another ``folds`` fits over those
+    features. The gate is the smallest threshold at which the stacker's confidently-wrong share
+    of the catalogue is no larger than the plain vote's at ``min_confidence`` (the configured
+    ``gender_min_confidence``): the same error, fewer hedged answers.
+
+    Returns the head (``None`` when skipped) and its report (``skipped``: fewer than
+    :data:`GENDER_MIN_ITEMS` men's or women's items; no gate reaches the vote's error; or the
+    stacker is confident no more often than the vote at that error).
+    """
+    done = on_fit or (lambda: None)
+    t0 = time.perf_counter()
+    labels = [g if g in GENDER_PAIR else None for g in genders]
+    counts = Counter(g for g in labels if g)
+    report: dict[str, Any] = {"k": k, "rows": len(labels), **{g: counts[g] for g in GENDER_PAIR}}
+    reason = gender_skip_reason(genders)
+    if reason is not None:
+        report["skipped"] = reason
+        return None, report
+    data = np.asarray(plain, np.float32)
+    codes = np.array([GENDER_PAIR.index(g) if g else -1 for g in labels], np.int64)
+    fold = fold_of(len(data), folds, seed)
+    proba = np.zeros((len(data), 2), np.float32)
+    for f in range(folds):
+        train, held = fold != f, fold == f
+        part = CategoryHead.fit(
+            data[train], [labels[i] for i in np.flatnonzero(train).tolist()], field="gender"
+        )
+        proba[held] = part.proba_for(data[held], GENDER_PAIR)
+        done()
+    head = CategoryHead.fit(data, labels, field="gender")
+    done()
+    nb_ids, nb_sims = neighbours[0][:, :k], neighbours[1][:, :k]
+    pair, total = _pair_weights(codes, nb_ids, nb_sims)
+    features = gender_stack_features(pair, total, nb_sims[:, 0], proba)
+    fold2 = fold_of(len(data), folds, seed + 1)
+    stacked = np.zeros((len(data), 2), np.float32)
+    for f in range(folds):
+        train, held = fold2 != f, fold2 == f
+        part = _fit_stacker(features[train], [labels[i] for i in np.flatnonzero(train).tolist()])
+        stacked[held] = part.proba_for(features[held], GENDER_PAIR)
+        done()
+    stacker = _fit_stacker(features, labels)
+    done()
+    known = codes >= 0
+    voted = pair.sum(axis=1) > 0
+    vote_conf = np.where(voted, pair.max(axis=1) / np.maximum(pair.sum(axis=1), 1e-12), 0.0)
+    vote_wrong = known & voted & (pair.argmax(axis=1) != codes)
+    vote_confident, budget = _confident_wrong(vote_conf, vote_wrong, min_confidence)
+    stack_conf = stacked.max(axis=1)
+    stack_wrong = known & (stacked.argmax(axis=1) != codes)
+    gate = _gate_for(stack_conf, stack_wrong, budget)
+    report["accuracy"] = {
+        "vote": float((pair.argmax(axis=1)[known & voted] == codes[known & voted]).mean()),
+        "head": float((proba.argmax(axis=1)[known] == codes[known]).mean()),
+        "stacked": float((stacked.argmax(axis=1)[known] == codes[known]).mean()),
+    }
+    report["vote"] = {
+        "min_confidence": min_confidence,
+        "confident": round(vote_confident, 4),
+        "confidently_wrong": round(budget, 5),
+    }
+    report["seconds"] = round(time.perf_counter() - t0, 2)
+    if gate is None:
+        report["skipped"] = "no stacker threshold is as rarely confidently wrong as the vote"
+        return None, report
+    confident, wrong = _confident_wrong(stack_conf, stack_wrong, gate)
+    report["stacked"] = {
+        "gate": round(gate, 4),
+        "confident": round(confident, 4),
+        "confidently_wrong": round(wrong, 5),
+    }
+    report["gate"] = gate
+    if confident <= vote_confident:
+        report["skipped"] = "the vote alone hedges no more often at the same error"
+        return None, report
+    fields = {**head.__dict__, "labels": tuple(head.labels)}
+    return GenderHead(**fields, stacker=stacker, gate=gate, k=k), report
+
+
 def skip_reason(labels: Sequence[str | None]) -> str | None:
     """Why a field's ``labels`` are too few for a head (``None``: enough): fewer than
     :data:`MIN_CLASSES` classes with :data:`MIN_ITEMS_PER_CLASS` labelled items each."""
@@ -538,10 +761,15 @@ def fit_artifact_heads(
     seed: int = 0,
     max_rows: int = MAX_FIT_ROWS,
     on_fit: Callable[[], object] | None = None,
+    genders: Sequence[str | None] | None = None,
+    gender_k: int = 10,
+    gender_min_confidence: float = 0.8,
 ) -> tuple[dict[str, CategoryHead], dict[str, Any]]:
     """The heads a build stores: one per field of ``labels`` (row-aligned with ``vectors``, the
     artifact's stored vectors; ``whitening``: the transform that made them), each chosen by
-    :func:`cross_fit` against a ``k[field]``-neighbour vote.
+    :func:`cross_fit` against a ``k[field]``-neighbour vote; with ``genders`` (row-aligned),
+    also the gender head and its stacked decision (:func:`fit_gender_stack`, against a
+    ``gender_k``-neighbour vote gated at ``gender_min_confidence``), stored as ``"gender"``.
 
     A catalogue of more than ``max_rows`` items is fitted on a seeded sample of that many (the
     cross-fit's neighbour search grows with the square of the rows). The vectors are
@@ -564,11 +792,14 @@ def fit_artifact_heads(
     todo = [name for name, values in sampled.items() if skip_reason(values) is None]
     for name in set(sampled) - set(todo):
         fields[name] = {"skipped": skip_reason(sampled[name])}
-    if todo:
+    sampled_genders = None if genders is None else [genders[i] for i in picked]
+    stack = sampled_genders is not None and gender_skip_reason(sampled_genders) is None
+    if todo or stack:
         t0 = time.perf_counter()
-        neighbours = _loo_neighbours(data, max(k[name] for name in todo))
+        wanted = [k[name] for name in todo] + ([gender_k] if stack else [])
+        neighbours = _loo_neighbours(data, max(wanted))
         plain = data if whitening is None else unwhiten(data, whitening)
-        shared = time.perf_counter() - t0
+        shared = (time.perf_counter() - t0) / len(wanted)
     for name in todo:
         t0 = time.perf_counter()
         head, fit = cross_fit(
@@ -583,7 +814,7 @@ def fit_artifact_heads(
         )
         if whitening is not None:  # fitted on the un-whitened vectors: it needs the whitening
             head = replace(head, input="unwhitened")
-        seconds = time.perf_counter() - t0 + shared / len(todo)
+        seconds = time.perf_counter() - t0 + shared
         report = {"k": k[name], "rows": len(data), "seconds": round(seconds, 2), **fit.describe()}
         if fit.folds == 0:
             report["skipped"] = "too few items to cross-fit the head's weight"
@@ -592,6 +823,24 @@ def fit_artifact_heads(
         else:
             heads[name] = head
         fields[name] = report
+    if sampled_genders is not None and not stack:
+        fields["gender"] = {"skipped": gender_skip_reason(sampled_genders)}
+    elif sampled_genders is not None:
+        gender, report = fit_gender_stack(
+            plain,
+            sampled_genders,
+            neighbours,
+            k=gender_k,
+            min_confidence=gender_min_confidence,
+            folds=folds,
+            seed=seed,
+            on_fit=on_fit,
+        )
+        if "seconds" in report:
+            report["seconds"] = round(report["seconds"] + shared, 2)
+        if gender is not None:
+            heads["gender"] = gender if whitening is None else replace(gender, input="unwhitened")
+        fields["gender"] = report
     return heads, {"fields": dict(sorted(fields.items()))}
 
 
@@ -607,17 +856,28 @@ def save_heads(heads: Mapping[str, CategoryHead], path: Path) -> Path:
             raise InvalidOptionsError(f"head for {head.field!r} stored under {field!r}")
         for key in ("mean", "scale", "weights", "bias"):
             arrays[f"h{n}_{key}"] = np.asarray(getattr(head, key), np.float32)
-        meta.append(
-            {
-                "field": field,
-                "labels": list(head.labels),
-                "l2": head.l2,
-                "iterations": head.iterations,
-                "n_fit": head.n_fit,
-                "head_weight": head.head_weight,
-                "input": head.input,
+        entry: dict[str, Any] = {
+            "field": field,
+            "labels": list(head.labels),
+            "l2": head.l2,
+            "iterations": head.iterations,
+            "n_fit": head.n_fit,
+            "head_weight": head.head_weight,
+            "input": head.input,
+        }
+        stacker = head.stacker if isinstance(head, GenderHead) else None
+        if isinstance(head, GenderHead) and stacker is not None:
+            for key in ("mean", "scale", "weights", "bias"):
+                arrays[f"h{n}_stack_{key}"] = np.asarray(getattr(stacker, key), np.float32)
+            entry["stack"] = {
+                "labels": list(stacker.labels),
+                "l2": stacker.l2,
+                "iterations": stacker.iterations,
+                "n_fit": stacker.n_fit,
+                "gate": head.gate,
+                "k": head.k,
             }
-        )
+        meta.append(entry)
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), np.uint8)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -653,10 +913,38 @@ def load_heads(path: Path) -> dict[str, CategoryHead]:
                     input=str(entry.get("input", "stored")),
                 )
                 _check_shapes(head)
+                if "stack" in entry:
+                    head = _with_stack(head, entry["stack"], data, f"h{n}_stack_")
                 heads[head.field] = head
     except (OSError, KeyError, ValueError, TypeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"cannot read category head file {name!r}") from e
     return heads
+
+
+def _with_stack(head: CategoryHead, entry: Mapping[str, Any], data: Any, key: str) -> GenderHead:
+    """``head`` with the stacker stored beside it (:func:`save_heads`)."""
+    stacker = CategoryHead(
+        field="gender_stack",
+        labels=tuple(str(v) for v in entry["labels"]),
+        mean=data[f"{key}mean"],
+        scale=data[f"{key}scale"],
+        weights=data[f"{key}weights"],
+        bias=data[f"{key}bias"],
+        l2=float(entry["l2"]),
+        iterations=int(entry["iterations"]),
+        n_fit=int(entry["n_fit"]),
+    )
+    _check_shapes(stacker)
+    gate, k = float(entry["gate"]), int(entry["k"])
+    if (
+        head.labels != GENDER_PAIR
+        or stacker.labels != GENDER_PAIR
+        or stacker.dim != len(GENDER_STACK_FEATURES)
+        or not 0.5 <= gate <= 1.0
+        or k < 1
+    ):
+        raise ValueError("inconsistent gender stack")
+    return GenderHead(**head.__dict__, stacker=stacker, gate=gate, k=k)
 
 
 def _check_shapes(head: CategoryHead) -> None:

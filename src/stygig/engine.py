@@ -33,12 +33,19 @@ from stygig.answer import (
 )
 from stygig.artifact import ONNX_FILE, Artifact
 from stygig.catalog.changes import CatalogChange
-from stygig.category_head import CategoryHead, QueryHead, merge_vote
+from stygig.category_head import (
+    GENDER_PAIR,
+    CategoryHead,
+    GenderHead,
+    QueryHead,
+    gender_stack_features,
+    merge_vote,
+)
 from stygig.columns import CatalogColumns
 from stygig.compat.scorer import LearnedScorer
 from stygig.encoders import Encoder, load_encoder, load_onnx_encoder
 from stygig.errors import ConfigError, InvalidOptionsError
-from stygig.gender import decide_gender
+from stygig.gender import StackedGender, decide_gender
 from stygig.harmony import HARMONY_RULE_NAMES, describe_color, harmony, rgb_array, rgb_to_hsl
 from stygig.index import LiveIndex, PartitionedIndex, similarities, top_k
 from stygig.pipeline import PreparedQuery, decode_query
@@ -275,6 +282,7 @@ class Recommender:
             min_confidence=self.config.gender_min_confidence,
             mode=options.mode,
             can_hedge=cols.can_hedge,
+            stacked=self._stacked_gender(st, parts, options),
         )
         t_vote = time.perf_counter()
         timings.vote = (t_vote - t_search) * 1e3
@@ -516,11 +524,64 @@ class Recommender:
             part.gender_votes = gender.counts
             winner = weighted_winner(part.gender_weights)
             part.gender = cols.gender_names[winner[0]] if winner else None
+            stack = heads.get("gender")
+            if isinstance(stack, GenderHead) and stack.stacker is not None:
+                near = (row_i[keep][: stack.k], row_s[keep][: stack.k])
+                part.gender_stack = self._gender_stack(cols, part, stack, stack.stacker, *near)
+                if part.gender_stack is not None:
+                    part.gender = GENDER_PAIR[int(part.gender_stack > 0.5)]
             usage = vote(cols.usage_codes[attr_ids], attr_s)
             code = usage.winner
             if "usage" in heads and cols.usage_names:
                 code = self._head_decides(part, heads, "usage", cols.usage_names, usage, k_attr)
             part.usage = cols.usage_names[code] if code >= 0 else None
+
+    def _gender_stack(
+        self,
+        cols: CatalogColumns,
+        part: PartState,
+        head: GenderHead,
+        stacker: CategoryHead,
+        ids: np.ndarray,
+        sims: np.ndarray,
+    ) -> float | None:
+        """``stacker``'s probability of ``GENDER_PAIR[1]`` for the photo ``part`` from its
+        ``head.k`` nearest catalogue items ``ids`` (similarities ``sims``, best first); ``None``
+        when one of them is of a gender the stacker does not model (neither unisex nor one of
+        the pair): the vote decides there."""
+        if not set(GENDER_PAIR) <= set(cols.gender_names):
+            return None
+        codes = cols.gender_codes[ids]
+        pair = np.full(len(cols.gender_names), -1, np.int64)
+        for c, name in enumerate(GENDER_PAIR):
+            pair[cols.gender_names.index(name)] = c
+        mapped = np.where(codes >= 0, pair[codes], -1)
+        if ((codes >= 0) & (codes != cols.unisex) & (mapped < 0)).any():
+            return None
+        weights = np.maximum(sims.astype(np.float64), 0.0)
+        pair_weight = np.array([[weights[mapped == c].sum() for c in (0, 1)]])
+        form, columns = self._head_for_queries(head, _PAIR_NAMES)
+        if form is not None:
+            proba = form.predict_proba(part.vector)[0]
+        else:
+            proba = head.predict_proba(part.vector, self.whitening)[0]
+        nearest = sims[:1] if len(sims) else np.zeros(1, np.float32)
+        x = gender_stack_features(pair_weight, weights.sum()[None], nearest, proba[columns][None])
+        return float(stacker.predict_proba(x)[0, 1])
+
+    def _stacked_gender(
+        self, st: CatalogSnapshot, parts: Sequence[PartState], options: Options
+    ) -> StackedGender | None:
+        """The stacked gender decision of the photos in ``parts`` (:mod:`stygig.gender`), when
+        the artifact has one, the request lets heads decide and both its genders are in the
+        catalogue."""
+        head = st.artifact.heads.get("gender") if options.use_category_head else None
+        if not isinstance(head, GenderHead) or head.stacker is None:
+            return None
+        if not set(GENDER_PAIR) <= set(st.columns.gender_names):
+            return None
+        photos = [p.gender_stack for p in parts if p.position is None]
+        return StackedGender(GENDER_PAIR, head.gate, photos)
 
     def _head_decides(
         self,
@@ -705,6 +766,9 @@ class Recommender:
 
 
 _NO_GENDER = GenderDecision(None, "none")
+
+
+_PAIR_NAMES = list(GENDER_PAIR)
 
 
 def _check_request(cols: CatalogColumns, options: Options, item_ids: Sequence[str]) -> None:

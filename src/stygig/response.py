@@ -156,6 +156,8 @@ class PartState:
     gender: str | None = None
     usage: str | None = None
     heads: list[HeadState] = field(default_factory=list)  # fields decided with a head
+    # The gender stacker's probability of its second gender (None: not used or not modelled).
+    gender_stack: float | None = None
 
 
 def query_part(columns: CatalogColumns, part: PartState) -> QueryPart:

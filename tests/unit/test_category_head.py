@@ -264,4 +264,8 @@ def test_eval_category_head_end_to_end(tmp_path: Path, capsys: pytest.CaptureFix
         assert row["cross_fit"]["folds"] == 5 and 0.0 <= row["head_weight"] <= 1.0
         assert row["head_settings"]["n_fit"] <= metrics["split"]["catalog"]
         assert row["head_settings"]["input"] == "unwhitened"
-    assert "category head, articleType" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "category head, articleType" in printed
+    # The drawn sample has too few men's items for the gender stack: skipped, with the reason.
+    assert "fewer than" in metrics["validity_whitened_gender_stack"]["fit"]["skipped"]
+    assert "gender stack: skipped (fewer than" in printed

@@ -427,7 +427,53 @@ def evaluate_photos(
         out["gender_confidence"] = gender_confidence_curve(
             white_rec, white[split.catalog], split.catalog, runs
         )
+        if head:
+            out["validity_whitened_gender_stack"] = gender_stack_validity(
+                white_rec, white, whitening, split.catalog, queries, removed, seed=seed
+            )
     return out
+
+
+def gender_stack_validity(
+    recommender: Recommender,
+    vectors: np.ndarray,
+    whitening: Whitening,
+    catalog: np.ndarray,
+    queries: Sequence[int],
+    removed: Sequence[int],
+    *,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Outfit validity with the gender stack (:func:`stygig.category_head.fit_gender_stack`)
+    deciding the photo's gender: fitted as a build fits it (:func:`fit_artifact_heads`), on
+    the ``catalog`` rows of the stored ``vectors`` alone (``whitening`` made them), then the
+    held-out ``queries`` answered by the engine with it. ``fit``: the build's report."""
+    from stygig.category_head import fit_artifact_heads
+
+    if np.isin(np.asarray(queries), catalog).any():
+        raise InvalidOptionsError("gender stack: a query row is in the catalogue it is fitted on")
+    config = recommender.config
+    items = recommender.artifact.items
+    heads, info = fit_artifact_heads(
+        vectors[catalog],
+        {},
+        k={},
+        whitening=whitening,
+        genders=[items[i].gender for i in catalog.tolist()],
+        gender_k=config.attribute_vote_k,
+        gender_min_confidence=config.gender_min_confidence,
+    )
+    report = info["fields"]["gender"]
+    if "gender" not in heads:
+        return {"fit": report}
+    # The head reads un-whitened vectors: the artifact carries the whitening, as a build's does.
+    artifact = replace(
+        recommender.artifact,
+        heads={**recommender.artifact.heads, **heads},
+        whitening=whitening,
+    )
+    stacked = type(recommender)(artifact, encoder=recommender.encoder, config=config)
+    return {"fit": report, **outfit_validity(stacked, queries, removed, seed=seed)}
 
 
 #: Thresholds of ``gender_min_confidence`` the evaluation reports (0 = always guess).

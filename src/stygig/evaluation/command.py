@@ -128,6 +128,18 @@ def _dataset_artifact(
     return Artifact.load(path)
 
 
+def _stack_line(stack: dict[str, Any], vote: dict[str, Any]) -> str:
+    """The gender stack against the vote: validity and hedged share on the held-out photos."""
+    fit = stack["fit"]
+    if "skipped" in fit:
+        return f"gender stack: skipped ({fit['skipped']})"
+    return (
+        f"gender stack: items valid {stack['items_both_valid']:.2%}, hedged "
+        f"{stack['hedged_share']:.1%} (vote: {vote.get('items_both_valid', 0.0):.2%}, "
+        f"{vote.get('hedged_share', 0.0):.1%}; gate {fit['gate']:.3f}, chosen on the catalogue)"
+    )
+
+
 def _photos(args: argparse.Namespace, root: Path, metrics: dict[str, Any]) -> None:
     from stygig.evaluation.category import evaluate_photos
 
@@ -262,6 +274,9 @@ def run_eval(args: argparse.Namespace) -> int:
             f"merged {row['merged']:.2%} (head weight {row['head_weight']:.1f}, chosen on the "
             "catalogue)"
         )
+    stack = metrics.get("validity_whitened_gender_stack")
+    if stack is not None:
+        print(_stack_line(stack, metrics.get("validity_whitened") or {}))
     if "fitb" in metrics:
         print(fitb_table(metrics))
     print(f"metrics: {json_path}\nchart:   {png_path}")
