@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from stygig import storage
 from stygig.artifact import IndexBuilder, read_manifest, write_artifact
 from stygig.catalog import CatalogReadResult, Item, Reject, Taxonomy, read_catalog
 from stygig.category_head import (
@@ -43,7 +42,7 @@ from stygig.errors import (
     StorageError,
     UnsupportedMediaError,
 )
-from stygig.features import PreparedImage, prepare_image
+from stygig.features import PreparedImage, fetch_photo, prepare_image
 from stygig.images import PreprocessSpec
 from stygig.scoring import ScoringConfig
 from stygig.whitening import Whitening
@@ -80,9 +79,7 @@ def prepare_item_photo(source: str | bytes, spec: PreprocessSpec) -> PreparedIma
     it: read, decoded, validated, preprocessed for the encoder, coloured and thumbnailed.
     The one per-item step of a build; a live catalogue change reuses it (raises
     :mod:`stygig.errors` types)."""
-    if isinstance(source, str) and storage.is_remote(source):
-        source = storage.read_bytes(source)
-    return prepare_image(source, spec, thumbnail=True)
+    return prepare_image(fetch_photo(source), spec, thumbnail=True)
 
 
 def prepare_or_reject(image: str, spec: PreprocessSpec) -> PreparedImage | tuple[str, str]:
@@ -147,7 +144,7 @@ def embed_items(
                 if isinstance(prep, tuple):
                     row = row_of(item) if row_of else 0
                     reason, message = prep
-                    out.rejects.append(Reject(row, item.id, reason, message, item_raw(item)))
+                    out.rejects.append(Reject(row, item.id, reason, message, item.raw()))
                 else:
                     good.append((item, prep))
             if good:
@@ -162,11 +159,6 @@ def embed_items(
     bar.close()
     out.seconds = {"waiting_for_decode": decode_s, "encode": encode_s}
     return out
-
-
-def item_raw(item: Item) -> dict[str, str]:
-    """A flat string view of an item for the rejects file."""
-    return {k: "" if v is None else str(v) for k, v in item.to_dict().items() if k != "attributes"}
 
 
 @dataclass
@@ -377,7 +369,12 @@ def fit_heads(
     votes (:data:`~stygig.category_head.HEAD_FIELDS`), fitted on the stored ``vectors`` and the
     items' labels, each field's head weight cross-fitted against the vote the engine runs
     (``vote_k`` / ``attribute_vote_k`` of the default scoring config). A progress bar counts
-    the fits (six per field: five folds and the final one)."""
+    the fits (six per field: five folds and the final one; twelve for the gender stack).
+
+    The gender head and its stacked decision (:func:`~stygig.category_head.fit_gender_stack`)
+    are fitted against the engine's gender vote (``attribute_vote_k`` neighbours, gated at
+    ``gender_min_confidence``); skipped, with the reason, when the catalogue has too few men's
+    or women's items."""
     labels: dict[str, list[str | None]] = {
         name: [getattr(item, name) for item in items] for name in HEAD_FIELDS
     }
@@ -385,16 +382,25 @@ def fit_heads(
     k = {"category": config.vote_k, "usage": config.attribute_vote_k}
     folds = 5
     fitting = [name for name, values in labels.items() if skip_reason(values) is None]
+    genders = [item.gender for item in items]
     bar = tqdm(
-        total=(folds + 1) * len(fitting),
-        desc=f"category head ({', '.join(fitting) or 'none'})",
+        total=(folds + 1) * len(fitting) + 2 * (folds + 1),
+        desc=f"category head ({', '.join([*fitting, 'gender'])})",
         unit="fit",
-        disable=not progress or not fitting,
+        disable=not progress,
         file=sys.stderr,
     )
     with bar:
         return fit_artifact_heads(
-            vectors, labels, k=k, whitening=whitening, folds=folds, on_fit=lambda: bar.update(1)
+            vectors,
+            labels,
+            k=k,
+            whitening=whitening,
+            folds=folds,
+            on_fit=lambda: bar.update(1),
+            genders=genders,
+            gender_k=config.attribute_vote_k,
+            gender_min_confidence=config.gender_min_confidence,
         )
 
 
@@ -419,6 +425,13 @@ def head_summary(info: dict[str, Any]) -> str:
         seconds += float(report.get("seconds", 0.0))
         if "skipped" in report:
             parts.append(f"{name} skipped ({report['skipped']})")
+            continue
+        if name == "gender":
+            vote, stacked = report["vote"]["confident"], report["stacked"]["confident"]
+            parts.append(
+                f"gender (stacked, gate {report['gate']:.3f}: catalogue confident "
+                f"{vote:.1%} -> {stacked:.1%} at the same error)"
+            )
             continue
         acc = report.get("accuracy") or {}
         gain = ""
