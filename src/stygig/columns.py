@@ -20,6 +20,7 @@ from stygig.artifact import Artifact
 from stygig.errors import InvalidOptionsError, NotFoundError
 from stygig.harmony import describe_colors, rgb_array, rgb_to_hsl
 from stygig.recommendation import Options
+from stygig.rows import SpareRows
 from stygig.scoring import label_codes
 
 __all__ = ["ITEM_FIELDS", "CatalogColumns"]
@@ -80,7 +81,7 @@ class CatalogColumns:
         self.available = np.array([item.in_stock for item in items], dtype=bool)
         # What a request may filter on: the item fields and every attribute the catalogue has.
         self.filterable = frozenset(ITEM_FIELDS).union(*(item.attributes.keys() for item in items))
-        self._spare: dict[Any, _Spare] = {}  # column -> its backing rows (see evolve)
+        self._spare: dict[Any, SpareRows] = {}  # column -> its backing rows (see evolve)
         self._fresh_caches()
 
     def _fresh_caches(self) -> None:
@@ -98,7 +99,7 @@ class CatalogColumns:
         Copy-on-write, at the cost of what changed rather than of the catalogue: a column
         whose existing rows change (a stock change: ``available``) is copied, every other
         column is shared; appended rows are written into a column's spare capacity, past the
-        end of every published view (:class:`_Spare`), so a stream of adds copies nothing of
+        end of every published view (:class:`SpareRows`), so a stream of adds copies nothing of
         the catalogue's size (amortised; a full buffer doubles). The filter caches (attribute
         values) move along the same way, so the first filtered request after a change does
         not walk every item again. A label this catalogue has never seen (a new category,
@@ -118,8 +119,10 @@ class CatalogColumns:
         n_old, n = len(self.category_codes), len(items)
         inside = [r for r in changed if r < n_old]  # existing rows changed in place
         tail = [items[r] for r in range(n_old, n)]  # appended rows
-        colored = [r for r in inside if artifact.colors[r] is not self.artifact.colors[r]]
-        recolored = [*colored, *range(n_old, n)]
+        # A change never recolours a row in place (a new photo is a new row), so only
+        # appended rows need colours.
+        colored: list[int] = []
+        recolored = list(range(n_old, n))
         rgb = rgb_array([artifact.colors[r] for r in recolored]) if recolored else self.rgb[:0]
         hsl = rgb_to_hsl(rgb).astype(np.float32) if recolored else self.hsl[:0]
         names = np.asarray(describe_colors(rgb) if recolored else [], dtype=object)
@@ -196,8 +199,8 @@ class CatalogColumns:
     ) -> np.ndarray:
         values = np.asarray(values, dtype=column.dtype)
         if len(rows):
-            same = column[list(rows)] == values
-            if bool(np.all(same)):
+            floats = column.dtype.kind == "f"  # NaN (a missing number) equals NaN here
+            if np.array_equal(column[list(rows)], values, equal_nan=floats):
                 rows = ()  # nothing in place changes (a price update: no column moves)
         more = len(appended)
         if not len(rows) and not more:
@@ -205,7 +208,7 @@ class CatalogColumns:
         n = len(column)
         spare = self._spare.get(key)
         if len(rows) or spare is None or not spare.extends(column, more):
-            spare = _Spare.around(column, more)
+            spare = SpareRows.around(column, more)
             self._spare[key] = spare
         view = spare.append(
             n, np.asarray(appended, dtype=column.dtype).reshape(more, *column.shape[1:])
@@ -347,35 +350,6 @@ class CatalogColumns:
             cached = np.array([_attribute_of(item, name) for item in self.artifact.items], object)
             self._attribute_cache[name] = cached
         return cached
-
-
-class _Spare:
-    """A column's backing rows with room after them. Published columns are prefixes of
-    ``data`` (``data[:n]``); an append writes past ``used``, the end of the longest prefix
-    handed out, so no published view ever sees a write."""
-
-    def __init__(self, data: np.ndarray, used: int) -> None:
-        self.data, self.used = data, used
-
-    @classmethod
-    def around(cls, column: np.ndarray, more: int) -> _Spare:
-        """A copy of ``column`` with room for ``more`` rows (double the size, once rows
-        are being appended, so appends cost amortised O(1) each)."""
-        n = len(column)
-        capacity = max(2 * n, n + more + 1024) if more else n
-        data = np.empty((capacity, *column.shape[1:]), dtype=column.dtype)
-        data[:n] = column
-        return cls(data, n)
-
-    def extends(self, column: np.ndarray, more: int) -> bool:
-        """Whether ``column`` is this buffer's longest prefix and ``more`` rows fit after it."""
-        n = len(column)
-        return column.base is self.data and self.used == n and len(self.data) >= n + more
-
-    def append(self, n: int, tail: np.ndarray) -> np.ndarray:
-        self.data[n : n + len(tail)] = tail
-        self.used = n + len(tail)
-        return self.data[: self.used]
 
 
 def _attribute_of(item: Any, name: str) -> str | None:

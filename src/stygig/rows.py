@@ -28,7 +28,7 @@ from typing import Any, Generic, TypeVar, overload
 
 import numpy as np
 
-__all__ = ["Overlay", "Rows", "StackedRows"]
+__all__ = ["Overlay", "Rows", "SpareRows", "StackedRows"]
 
 T = TypeVar("T")
 K = TypeVar("K")
@@ -208,6 +208,37 @@ class Overlay(Mapping[K, V], Generic[K, V]):
         return out
 
 
+class SpareRows:
+    """Rows with room after them (a catalogue column, the embeddings' added rows).
+
+    Published arrays are prefixes of ``data`` (``data[:n]``); an append writes past ``used``,
+    the end of the longest prefix handed out, so no published view ever sees a write, even
+    when a change is made again from an older snapshot (it copies instead)."""
+
+    def __init__(self, data: np.ndarray, used: int) -> None:
+        self.data, self.used = data, used
+
+    @classmethod
+    def around(cls, column: np.ndarray, more: int) -> SpareRows:
+        """A copy of ``column`` with room for ``more`` rows (double the size, once rows
+        are being appended, so appends cost amortised O(1) each)."""
+        n = len(column)
+        capacity = max(2 * n, n + more + 1024) if more else n
+        data = np.empty((capacity, *column.shape[1:]), dtype=column.dtype)
+        data[:n] = column
+        return cls(data, n)
+
+    def extends(self, column: np.ndarray, more: int) -> bool:
+        """Whether ``column`` is this buffer's longest prefix and ``more`` rows fit after it."""
+        n = len(column)
+        return column.base is self.data and self.used == n and len(self.data) >= n + more
+
+    def append(self, n: int, tail: np.ndarray) -> np.ndarray:
+        self.data[n : n + len(tail)] = tail
+        self.used = n + len(tail)
+        return self.data[: self.used]
+
+
 class StackedRows:
     """A memory-mapped matrix with rows appended in memory after it, read like one array.
 
@@ -218,7 +249,8 @@ class StackedRows:
     buffer, as :func:`stygig.snapshot.apply_changes` grows it). Supports what the catalogue's
     readers use: ``len``, ``shape``, ``dtype``, an int, a slice, an array of row numbers (or a
     mask). ``np.asarray`` of it makes the whole matrix in memory: nothing on a request path
-    does that.
+    does that; the learned compatibility scorer does, once per added batch (it projects every
+    row), so a mapped artifact served with ``compat_mode`` learned is resident while it changes.
     """
 
     __slots__ = ("base", "dtype", "ndim", "shape", "tail")
@@ -234,6 +266,8 @@ class StackedRows:
 
     def __getitem__(self, key: Any) -> Any:
         n, nb = self.shape[0], len(self.base)
+        if isinstance(key, tuple | bool | np.bool_):
+            raise TypeError("StackedRows takes a row, a slice, row numbers or a row mask")
         if isinstance(key, int | np.integer):
             k = int(key) + (n if key < 0 else 0)
             if not 0 <= k < n:
@@ -250,7 +284,11 @@ class StackedRows:
             key = np.arange(start, stop, step)
         rows = np.asarray(key)
         if rows.dtype == bool:
+            if rows.shape != (n,):
+                raise IndexError("a row mask must have one entry per row")
             rows = np.flatnonzero(rows)
+        elif rows.dtype.kind not in "iu" and rows.size:
+            raise TypeError("row numbers must be integers")
         rows = np.where(rows < 0, rows + n, rows).astype(np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= n):
             raise IndexError("row out of range")
@@ -261,8 +299,10 @@ class StackedRows:
         return out
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> Any:
+        if copy is False:
+            raise ValueError("StackedRows cannot be one array without a copy")
         whole = np.concatenate([np.asarray(self.base), self.tail])
-        return whole if dtype is None else whole.astype(dtype)
+        return whole if dtype is None else whole.astype(dtype, copy=False)
 
     def __repr__(self) -> str:
         return f"StackedRows(mapped={len(self.base)}, appended={len(self.tail)})"

@@ -31,7 +31,7 @@ from stygig.columns import CatalogColumns
 from stygig.compat.scorer import LearnedScorer
 from stygig.errors import InvalidOptionsError, NotFoundError, StygigError
 from stygig.index import LiveIndex, is_exhaustive
-from stygig.rows import Overlay, Rows, StackedRows
+from stygig.rows import Overlay, Rows, SpareRows, StackedRows
 
 __all__ = [
     "CatalogSnapshot",
@@ -71,7 +71,7 @@ class CatalogSnapshot:
     thumbnails: Mapping[str, bytes] = field(default_factory=dict)  # changed items' JPEGs
     # (sequence, item id, in stock?) of recent stock changes, oldest first
     stock_events: tuple[tuple[int, str, bool], ...] = ()
-    buffer: np.ndarray | None = None  # the embeddings' backing rows (spare capacity after)
+    buffer: SpareRows | None = None  # the embeddings' (or added rows') backing rows
 
     @property
     def catalog_version(self) -> str:
@@ -299,30 +299,28 @@ def _row_vector(snap: CatalogSnapshot, added: list[np.ndarray], pos: int, dim: i
 
 def _grown(
     snap: CatalogSnapshot, embeddings: Any, added: list[np.ndarray], dim: int
-) -> tuple[np.ndarray | None, Any]:
+) -> tuple[SpareRows | None, Any]:
     """The embeddings with ``added`` rows after them, written into spare capacity when the
-    backing buffer has it (rows no published snapshot can see), else into a bigger copy.
-    Embeddings mapped from disk stay mapped: added rows go after them in memory
-    (:class:`~stygig.rows.StackedRows`), so a large artifact never becomes resident."""
+    backing rows have it (:class:`~stygig.rows.SpareRows`: rows no published snapshot can
+    see), else into a bigger copy. Embeddings mapped from disk stay mapped: added rows go
+    after them in memory (:class:`~stygig.rows.StackedRows`), so a large artifact never
+    becomes resident."""
     if not added:
         return snap.buffer, embeddings
+    tail = np.stack(added).astype(np.float32).reshape(len(added), dim)
     if isinstance(embeddings, StackedRows):
-        buffer, tail = _appended(snap.buffer, embeddings.tail, added, dim)
-        return buffer, StackedRows(embeddings.base, tail)
+        spare, rows = _appended(snap.buffer, embeddings.tail, tail)
+        return spare, StackedRows(embeddings.base, rows)
     if isinstance(embeddings, np.memmap):
-        buffer, tail = _appended(None, embeddings[:0], added, dim)
-        return buffer, StackedRows(embeddings, tail)
-    return _appended(snap.buffer, embeddings, added, dim)
+        spare, rows = _appended(None, embeddings[:0], tail)
+        return spare, StackedRows(embeddings, rows)
+    return _appended(snap.buffer, embeddings, tail)
 
 
 def _appended(
-    buffer: np.ndarray | None, rows: np.ndarray, added: list[np.ndarray], dim: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """``rows`` with ``added`` after them, as a prefix of ``buffer`` (or of a bigger one)."""
-    n, m = len(rows), len(added)
-    if buffer is None or len(buffer) < n + m or rows.base is not buffer:
-        capacity = max(2 * n, n + m + 1024)
-        buffer = np.empty((capacity, dim), np.float32)
-        buffer[:n] = rows
-    buffer[n : n + m] = np.stack(added)
-    return buffer, buffer[: n + m]
+    spare: SpareRows | None, rows: np.ndarray, tail: np.ndarray
+) -> tuple[SpareRows, np.ndarray]:
+    """``rows`` with ``tail`` after them, as a prefix of ``spare`` (or of a bigger copy)."""
+    if spare is None or not spare.extends(rows, len(tail)):
+        spare = SpareRows.around(np.asarray(rows, np.float32), len(tail))
+    return spare, spare.append(len(rows), tail)

@@ -102,8 +102,13 @@ def test_a_stock_change_copies_one_column_and_appends_copy_nothing(
     assert after.available is not before.available and not after.available[0]
     for name in ("category_codes", "gender_codes", "usage_codes", "rgb", "hsl", "color_names"):
         assert getattr(after, name) is getattr(before, name), name
+    # A number filter's cache holds NaN where an item has no such number: a change that
+    # leaves the row's value missing still shares the cache (NaN equals NaN there).
+    cached = after._numeric_values("fit")
+    assert np.isnan(cached).all()
     priced = apply_changes(sold, [CatalogChange("update", ids[1], fields={"price": 3.0})], 2)
     assert priced.columns.available is after.available  # nothing a column holds changed
+    assert priced.columns._numeric_values("fit") is cached
     # Appends land in spare capacity: the next add shares its predecessor's buffer.
     one = apply_changes(priced, [_add(priced, "a-1", 0)], 3)
     two = apply_changes(one, [_add(one, "a-2", 1)], 4)
@@ -113,7 +118,10 @@ def test_a_stock_change_copies_one_column_and_appends_copy_nothing(
         assert len(longer) == len(grown) + 1
     # A branch from an older snapshot (never done by the writer, but it must stay safe)
     # cannot write into rows a published view already shows.
+    published = np.array(two.artifact.embeddings[-1])
     branch = apply_changes(one, [_add(one, "b-1", 2)], 4)
+    np.testing.assert_array_equal(two.artifact.embeddings[-1], published)
+    np.testing.assert_array_equal(branch.artifact.embeddings[-1], one.artifact.embeddings[2])
     assert (
         two.artifact.items[-1].id == "a-2"
         and two.columns.category_codes[-1] == (CatalogColumns(two.artifact).category_codes[-1])

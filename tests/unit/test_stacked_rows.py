@@ -32,9 +32,13 @@ def test_stacked_rows_read_like_one_array(tmp_path: Path) -> None:
     np.testing.assert_array_equal(rows[picks], whole[picks])
     np.testing.assert_array_equal(rows[whole[:, 0] > 0], whole[whole[:, 0] > 0])
     np.testing.assert_array_equal(np.asarray(rows), whole)
-    for bad in (30, -31, np.array([0, 30])):
+    assert rows[[]].shape == (0, 4)
+    for bad in (30, -31, np.array([0, 30]), np.ones(29, bool)):
         with pytest.raises(IndexError):
             rows[bad]
+    for wrong in (True, (0, 1), np.array([0.5])):  # numpy would refuse these too
+        with pytest.raises(TypeError):
+            rows[wrong]
 
 
 def _live(sample: tuple[Path, Path], root: Path, mmap: bool) -> LiveCatalog:
