@@ -854,6 +854,12 @@ def save_heads(heads: Mapping[str, CategoryHead], path: Path) -> Path:
     for n, (field, head) in enumerate(sorted(heads.items())):
         if head.field != field:
             raise InvalidOptionsError(f"head for {head.field!r} stored under {field!r}")
+        stacker = head.stacker if isinstance(head, GenderHead) else None
+        try:  # what load would refuse is never written (a diverged fit: NaN weights)
+            for checked in (head,) if stacker is None else (head, stacker):
+                _check_shapes(checked)
+        except ValueError as e:
+            raise InvalidOptionsError(f"the {field} head cannot be stored: {e}") from e
         for key in ("mean", "scale", "weights", "bias"):
             arrays[f"h{n}_{key}"] = np.asarray(getattr(head, key), np.float32)
         entry: dict[str, Any] = {
@@ -865,7 +871,6 @@ def save_heads(heads: Mapping[str, CategoryHead], path: Path) -> Path:
             "head_weight": head.head_weight,
             "input": head.input,
         }
-        stacker = head.stacker if isinstance(head, GenderHead) else None
         if isinstance(head, GenderHead) and stacker is not None:
             for key in ("mean", "scale", "weights", "bias"):
                 arrays[f"h{n}_stack_{key}"] = np.asarray(getattr(stacker, key), np.float32)
@@ -955,8 +960,13 @@ def _check_shapes(head: CategoryHead) -> None:
         or head.bias.shape != (c,)
         or not 0.0 <= head.head_weight <= 1.0
         or head.input not in ("stored", "unwhitened")
+        or len(set(head.labels)) != c
     ):
         raise ValueError("inconsistent category head arrays")
+    # A head that diverged (a NaN or an infinity anywhere) would answer every request with
+    # NaN probabilities: refused at load, and never written (save_heads checks too).
+    if not all(np.isfinite(a).all() for a in (head.mean, head.scale, head.weights, head.bias)):
+        raise ValueError("category head arrays are not all finite")
 
 
 def add_category_head(

@@ -120,10 +120,10 @@ class Recommender:
         self.harmony_rules = self.config.harmony
         self.taxonomy = artifact.taxonomy
         self._color_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stygig-color")
-        # field -> (head, label names, the head folded for queries, each name's column in it)
-        self._query_heads: dict[
-            str, tuple[CategoryHead, list[str], QueryHead | None, np.ndarray]
-        ] = {}
+        # field -> (head, the head folded for queries): depends on the head and whitening only
+        self._folded_heads: dict[str, tuple[CategoryHead, QueryHead | None]] = {}
+        # field -> (head, label names, each name's column in the head)
+        self._head_columns: dict[str, tuple[CategoryHead, list[str], np.ndarray]] = {}
         self._snapshot = snapshot_of(
             artifact, encoder=self.encoder.name, compat_mode=self.config.compat_mode
         )
@@ -260,7 +260,9 @@ class Recommender:
         full = similarities(embeddings, queries) if st.exact else None
         own = [p.position for p in parts if p.position is not None]
         removed = _removed(st)  # rows taken out of the index: never neighbours nor candidates
-        fetch = max(self.config.vote_k, self.config.attribute_vote_k) + len(own)
+        stack = st.artifact.heads.get("gender")  # its features read the k it was fitted on
+        stack_k = stack.k if isinstance(stack, GenderHead) else 0
+        fetch = max(self.config.vote_k, self.config.attribute_vote_k, stack_k) + len(own)
         pool: tuple[np.ndarray, np.ndarray] | None = None
         if full is None and len(parts) == 1:
             # Approximate index, one query vector: a single search yields both the voters
@@ -609,17 +611,20 @@ class Recommender:
     def _head_for_queries(
         self, head: CategoryHead, names: list[str]
     ) -> tuple[QueryHead | None, np.ndarray]:
-        """``head`` folded for single queries (:meth:`CategoryHead.for_queries`) and each of
-        ``names``' column in it (-1: a label the head never saw); computed once per head and
-        list of names (a catalogue change that adds a label makes a new list)."""
-        cached = self._query_heads.get(head.field)
-        if cached is not None and cached[0] is head and cached[1] is names:
-            return cached[2], cached[3]
-        index = {label: c for c, label in enumerate(head.labels)}
-        columns = np.array([index.get(name, -1) for name in names], np.int64)
-        form = head.for_queries(self.whitening)
-        self._query_heads[head.field] = (head, names, form, columns)
-        return form, columns
+        """``head`` folded for single queries (:meth:`CategoryHead.for_queries`: once per head,
+        made at the warm-up request) and each of ``names``' column in it (-1: a label the head
+        never saw; once per list of names: a catalogue change that adds a label makes a new
+        list, and only this cheap map is made again)."""
+        folded = self._folded_heads.get(head.field)
+        if folded is None or folded[0] is not head:
+            folded = (head, head.for_queries(self.whitening))
+            self._folded_heads[head.field] = folded
+        mapped = self._head_columns.get(head.field)
+        if mapped is None or mapped[0] is not head or mapped[1] is not names:
+            index = {label: c for c, label in enumerate(head.labels)}
+            mapped = (head, names, np.array([index.get(n, -1) for n in names], np.int64))
+            self._head_columns[head.field] = mapped
+        return folded[1], mapped[2]
 
     def score_items(
         self, item_ids: Sequence[str], candidate_ids: Sequence[str], *, use_color: bool = True

@@ -200,12 +200,16 @@ def test_remote_catalogue_names_resolve_beneath_its_s3_folder(s3_cluster: str) -
         b"id,image,category\n"
         b"a,photos/a.jpg,shirt\n"
         b"b,/nowhere/b.jpg,jeans\n"
-        b"c,s3://other/c.jpg,dress\n",
+        b"c,s3://other/c.jpg,dress\n"
+        b"d,photos/../../../up.jpg,shirt\n",  # S3 keys have no '..': never another folder
     )
     read = read_catalog(uri)
     images = [i.image for i in read.items]
     assert images == [f"s3://{BUCKET}/relative/photos/a.jpg", "s3://other/c.jpg"]
-    assert [(r.id, r.reason, r.row) for r in read.rejects] == [("b", "missing_image", 2)]
+    assert [(r.id, r.reason, r.row) for r in read.rejects] == [
+        ("b", "missing_image", 2),
+        ("d", "missing_image", 4),
+    ]
     assert read.rows == {"a": 1, "c": 3}
     again = read_catalog(uri, images_dir=f"s3://{BUCKET}/pics/")
     assert again.items[0].image == f"s3://{BUCKET}/pics/photos/a.jpg"

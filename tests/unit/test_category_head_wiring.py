@@ -27,7 +27,7 @@ from stygig.category_head import (
 from stygig.cli import main
 from stygig.compaction import compact
 from stygig.engine import Options, Query, Recommender
-from stygig.errors import ArtifactError
+from stygig.errors import ArtifactError, InvalidOptionsError
 from stygig.living import LiveCatalog
 from stygig.whitening import Whitening
 
@@ -290,3 +290,15 @@ def test_compaction_carries_the_heads_over(sample: tuple[Path, Path], tmp_path: 
         assert new[name].n_fit == old[name].n_fit
     answer = Recommender.from_path(out).recommend(Query(images=(_query(sample),)))
     assert [h.field for h in answer.query[0].heads] == ["category"]
+
+
+def test_a_diverged_head_is_never_stored(sample: tuple[Path, Path], tmp_path: Path) -> None:
+    art = _copy(sample, tmp_path)
+    head = _confident_head(Artifact.load(art), "hat")
+    weights = head.weights.copy()
+    weights[0, 0] = np.nan
+    before = (art / HEAD_FILE).read_bytes()
+    with pytest.raises(InvalidOptionsError, match="not all finite"):
+        add_category_head(art, {"category": replace(head, weights=weights)})
+    assert (art / HEAD_FILE).read_bytes() == before  # the stored head is untouched
+    Artifact.load(art)  # and still verifies

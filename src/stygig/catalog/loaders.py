@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import posixpath
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -394,9 +395,13 @@ def read_catalog(
     for item in read.items:
         image = Path(item.image)
         if not is_remote(item.image) and image.is_relative_to(root):
-            item = dataclasses.replace(
-                item, image=storage.join(base, image.relative_to(root).as_posix())
-            )
+            relative = posixpath.normpath(image.relative_to(root).as_posix())
+            if relative.startswith(".."):  # S3 keys have no '..': it would name another key
+                row = read.rows.pop(item.id)
+                detail = "image path leaves the catalogue's folder"
+                read.rejects.append(Reject(row, item.id, "missing_image", detail, item.raw()))
+                continue
+            item = dataclasses.replace(item, image=storage.join(base, relative))
         elif check_images and not is_remote(item.image) and not image.is_file():
             row = read.rows.pop(item.id)
             detail = f"image file not found: {item.image}"
