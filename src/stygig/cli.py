@@ -38,6 +38,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from stygig.build import (
         build_artifact,
         catalogue_photos,
+        index_params,
         make_build_encoder,
         print_build_result,
     )
@@ -65,9 +66,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
             images_dir=args.images,
             taxonomy=taxonomy,
             index_kind=args.index,
-            index_params=None
-            if args.partition_by == "auto"
-            else {"partition_by": args.partition_by},
+            index_params=index_params(args.partition_by, args.nprobe),
             batch_size=args.batch_size,
             workers=args.workers,
             extra_files=extra_files,
@@ -236,6 +235,12 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         choices=["auto", "slot", "none"],
         help="one index per outfit slot (auto: with --index auto, above 50,000 items)",
+    )
+    p.add_argument(
+        "--nprobe",
+        type=int,
+        help="lists probed per query by ivf / ivfpq indexes (default per kind; more: better "
+        "recall, slower; docs/scale.md)",
     )
     p.add_argument(
         "--whiten",

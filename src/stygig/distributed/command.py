@@ -93,7 +93,7 @@ def run_build_ray_command(args: argparse.Namespace) -> int:
     _positive(args.ray_actors, "--ray-actors")
     _positive(args.ray_actor_cpus, "--ray-actor-cpus")
     _positive(args.batch_size, "--batch-size")
-    from stygig.build import make_build_encoder, print_build_result
+    from stygig.build import index_params, make_build_encoder, print_build_result
     from stygig.catalog import Taxonomy
     from stygig.distributed.cluster import import_ray, ray_session
 
@@ -129,9 +129,7 @@ def run_build_ray_command(args: argparse.Namespace) -> int:
             images_dir=args.images,
             taxonomy=taxonomy,
             index_kind=args.index,
-            index_params=None
-            if args.partition_by == "auto"
-            else {"partition_by": args.partition_by},
+            index_params=index_params(args.partition_by, args.nprobe),
             batch_size=args.batch_size,
             extra_files=extra_files,
             whiten=args.whiten,
