@@ -904,20 +904,14 @@ def load_heads(path: Path) -> dict[str, CategoryHead]:
             meta = json.loads(bytes(data["meta"]).decode("utf-8"))
             heads = {}
             for n, entry in enumerate(meta):
-                head = CategoryHead(
-                    field=str(entry["field"]),
-                    labels=tuple(str(v) for v in entry["labels"]),
-                    mean=data[f"h{n}_mean"],
-                    scale=data[f"h{n}_scale"],
-                    weights=data[f"h{n}_weights"],
-                    bias=data[f"h{n}_bias"],
-                    l2=float(entry["l2"]),
-                    iterations=int(entry["iterations"]),
-                    n_fit=int(entry["n_fit"]),
+                head = _stored_head(
+                    str(entry["field"]),
+                    entry,
+                    data,
+                    f"h{n}_",
                     head_weight=float(entry["head_weight"]),
                     input=str(entry.get("input", "stored")),
                 )
-                _check_shapes(head)
                 if "stack" in entry:
                     head = _with_stack(head, entry["stack"], data, f"h{n}_stack_")
                 heads[head.field] = head
@@ -926,10 +920,12 @@ def load_heads(path: Path) -> dict[str, CategoryHead]:
     return heads
 
 
-def _with_stack(head: CategoryHead, entry: Mapping[str, Any], data: Any, key: str) -> GenderHead:
-    """``head`` with the stacker stored beside it (:func:`save_heads`)."""
-    stacker = CategoryHead(
-        field="gender_stack",
+def _stored_head(
+    field: str, entry: Mapping[str, Any], data: Any, key: str, **extra: Any
+) -> CategoryHead:
+    """One head as :func:`save_heads` stored it (arrays ``<key>mean`` ...), checked."""
+    head = CategoryHead(
+        field=field,
         labels=tuple(str(v) for v in entry["labels"]),
         mean=data[f"{key}mean"],
         scale=data[f"{key}scale"],
@@ -938,8 +934,15 @@ def _with_stack(head: CategoryHead, entry: Mapping[str, Any], data: Any, key: st
         l2=float(entry["l2"]),
         iterations=int(entry["iterations"]),
         n_fit=int(entry["n_fit"]),
+        **extra,
     )
-    _check_shapes(stacker)
+    _check_shapes(head)
+    return head
+
+
+def _with_stack(head: CategoryHead, entry: Mapping[str, Any], data: Any, key: str) -> GenderHead:
+    """``head`` with the stacker stored beside it (:func:`save_heads`)."""
+    stacker = _stored_head("gender_stack", entry, data, key)
     gate, k = float(entry["gate"]), int(entry["k"])
     if (
         head.labels != GENDER_PAIR
