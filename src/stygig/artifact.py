@@ -543,25 +543,43 @@ class Artifact:
 
 
 def add_compat_model(path: str | Path, model: CompatModel, info: dict[str, Any]) -> Path:
-    """Add (or replace) the learned compatibility model of the artifact at ``path``.
+    """Add (or replace) the learned compatibility model of the artifact at ``path``:
+    ``compat.npz``, a ``compat`` entry (``info``) and format version 2 (:func:`add_file`)."""
+    entry = {"file": COMPAT_FILE, **info}
+    return add_file(path, COMPAT_FILE, model.save, "compat", entry, format_version=2)
 
-    Writes ``compat.npz``, then rewrites the manifest atomically (temporary file + rename) with
-    format version 2, a ``compat`` entry (``info``) and the new file's checksum. A crash before
-    the rename leaves the old manifest, which does not mention the new file.
+
+def add_file(
+    path: str | Path,
+    name: str,
+    write: Callable[[Path], Any],
+    key: str,
+    entry: dict[str, Any],
+    *,
+    format_version: int | None = None,
+) -> Path:
+    """Add (or replace) the file ``name`` of the built artifact at ``path``.
+
+    ``write(partial)`` writes it beside its place, and a rename puts it there; then the
+    manifest is rewritten atomically (temporary file + rename) with ``key`` -> ``entry``, the
+    file's sha256 and size (which :meth:`Artifact.load` verifies) and, when given, at least
+    ``format_version``. A crash before the manifest's rename leaves the old manifest, which
+    does not list the new file.
     """
     root = Path(path)
     manifest = read_manifest(root)
-    target = root / COMPAT_FILE
-    partial = root / f".{COMPAT_FILE}.{os.getpid()}.tmp"
+    target = root / name
+    partial = root / f".{name}.{os.getpid()}.tmp"
     try:
-        model.save(partial)
+        write(partial)
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
-    manifest["format_version"] = max(int(manifest["format_version"]), 2)
-    manifest["compat"] = {"file": COMPAT_FILE, **info}
+    if format_version is not None:
+        manifest["format_version"] = max(int(manifest["format_version"]), format_version)
+    manifest[key] = entry
     files = dict(manifest.get("files", {}))
-    files[COMPAT_FILE] = {"sha256": file_sha256(target), "bytes": target.stat().st_size}
+    files[name] = {"sha256": file_sha256(target), "bytes": target.stat().st_size}
     manifest["files"] = dict(sorted(files.items()))
     fd, tmp_name = tempfile.mkstemp(prefix=f".{MANIFEST}.", dir=root)
     try:

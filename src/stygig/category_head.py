@@ -56,8 +56,6 @@ artifact versions compaction writes, keep the build's heads: nothing refits them
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -977,39 +975,20 @@ def add_category_head(
 ) -> Path:
     """Add (or replace) the category heads of the built artifact at ``path``.
 
-    Writes :data:`HEAD_FILE`, then rewrites the manifest atomically (temporary file + rename)
-    with a ``category_head`` entry (each head's :meth:`~CategoryHead.describe`, plus ``info``,
-    e.g. the cross-fit) and the file's sha256 and size, which :func:`stygig.artifact.Artifact.load`
-    verifies. A crash before the rename leaves the old manifest, which does not list the file.
+    :data:`HEAD_FILE` with a ``category_head`` entry (each head's
+    :meth:`~CategoryHead.describe`, plus ``info``, e.g. the cross-fit), through
+    :func:`stygig.artifact.add_file` (checksum in the manifest, written atomically).
     """
-    from stygig.artifact import MANIFEST, file_sha256, read_manifest
+    from stygig.artifact import add_file
 
-    root = Path(path)
-    manifest = read_manifest(root)
-    target = root / HEAD_FILE
-    partial = root / f".{HEAD_FILE}.{os.getpid()}.tmp"
-    try:
-        save_heads(heads, partial)
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
-    manifest["category_head"] = {
+    entry = {
         "file": HEAD_FILE,
         "heads": {field: head.describe() for field, head in sorted(heads.items())},
         **(info or {}),
     }
-    files = dict(manifest.get("files", {}))
-    files[HEAD_FILE] = {"sha256": file_sha256(target), "bytes": target.stat().st_size}
-    manifest["files"] = dict(sorted(files.items()))
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{MANIFEST}.", dir=root)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(manifest, indent=2) + "\n")
-        os.replace(tmp_name, root / MANIFEST)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return target
+    return add_file(
+        path, HEAD_FILE, lambda partial: save_heads(heads, partial), "category_head", entry
+    )
 
 
 def load_artifact_heads(
