@@ -344,7 +344,7 @@ class OutfitScore:
     items: list[OutfitItemScore]
     pairs: list[PairScore]
     artifact: ArtifactRef
-    timings_ms: dict[str, float] = field(default_factory=dict)
+    timings_ms: dict[Literal["score", "total"], float] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         """The score as compact JSON bytes."""
@@ -363,26 +363,8 @@ def _outfit_adapter() -> TypeAdapter[OutfitScore]:
     return TypeAdapter(OutfitScore)
 
 
-@dataclass
-class _OutfitScoreSchema:
-    score: float
-    similarity: float
-    harmony: float
-    compatible: bool
-    learned: float | None
-    weakest_pair: list[str]
-    use_color: bool
-    scoring: ScoringKind
-    items: list[OutfitItemScore]
-    pairs: list[PairScore]
-    artifact: ArtifactRef
-    timings_ms: dict[Literal["score", "total"], float]
-
-
 def outfit_score_schema() -> dict[str, Any]:
     """JSON Schema of :class:`OutfitScore` (for OpenAPI), from the types that write it."""
-    schema = TypeAdapter(_OutfitScoreSchema).json_schema(
-        ref_template="#/components/schemas/{model}"
-    )
+    schema = _outfit_adapter().json_schema(ref_template="#/components/schemas/{model}")
     schema["title"] = "OutfitScore"
     return schema
