@@ -46,7 +46,14 @@ from stygig.compat.scorer import LearnedScorer
 from stygig.encoders import Encoder, load_encoder, load_onnx_encoder
 from stygig.errors import ConfigError, InvalidOptionsError
 from stygig.gender import StackedGender, decide_gender
-from stygig.harmony import HARMONY_RULE_NAMES, describe_color, harmony, rgb_array, rgb_to_hsl
+from stygig.harmony import (
+    HARMONY_RULE_NAMES,
+    describe_color,
+    harmony,
+    neutral_colors,
+    rgb_array,
+    rgb_to_hsl,
+)
 from stygig.index import LiveIndex, PartitionedIndex, similarities, top_k
 from stygig.pipeline import PreparedQuery, decode_query
 from stygig.recommendation import Options, OutfitRequest, Query
@@ -119,6 +126,7 @@ class Recommender:
         self.config = config or ScoringConfig.load()
         self.harmony_rules = self.config.harmony
         self.taxonomy = artifact.taxonomy
+        self._neutral_for: tuple[CatalogColumns, np.ndarray] | None = None
         self._color_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stygig-color")
         # field -> (head, the head folded for queries): depends on the head and whitening only
         self._folded_heads: dict[str, tuple[CategoryHead, QueryHead | None]] = {}
@@ -758,13 +766,23 @@ class Recommender:
             use_harmony=use_color,
         )
 
+    def _neutral(self, cols: CatalogColumns) -> np.ndarray:
+        """Which catalogue colours are neutral: once per catalogue state, not per request."""
+        kept = self._neutral_for
+        if kept is None or kept[0] is not cols:
+            kept = (cols, neutral_colors(cols.hsl, self.harmony_rules))
+            self._neutral_for = kept  # one assignment: readers see the old pair or the new
+        return kept[1]
+
     def _harmony(
         self, cols: CatalogColumns, query_hsl: np.ndarray, cand: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Harmony of each candidate averaged over the query colours ``(m, 3)``, and the rule
         that decided it against the first query colour (the one reasons name)."""
-        cand_hsl = cols.hsl[cand]
-        per_query = [harmony(h, cand_hsl, self.harmony_rules) for h in query_hsl]
+        cand_hsl, neutral = cols.hsl[cand], self._neutral(cols)[cand]
+        per_query = [
+            harmony(h, cand_hsl, self.harmony_rules, cand_neutral=neutral) for h in query_hsl
+        ]
         if not per_query:
             return np.zeros(len(cand), np.float32), np.zeros(len(cand), np.intp)
         return np.mean([h[0] for h in per_query], axis=0), per_query[0][1]

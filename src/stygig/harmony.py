@@ -70,6 +70,7 @@ __all__ = [
     "hsl_to_rgb",
     "lab_to_lch",
     "load_family_table",
+    "neutral_colors",
     "rgb_array",
     "rgb_to_hsl",
     "rgb_to_lab",
@@ -447,7 +448,11 @@ def _neutral(hsl: npt.NDArray[np.float64], r: HarmonyRules) -> npt.NDArray[np.bo
 
 
 def harmony(
-    query_hsl: npt.ArrayLike, cand_hsl: npt.ArrayLike, rules: HarmonyRules | None = None
+    query_hsl: npt.ArrayLike,
+    cand_hsl: npt.ArrayLike,
+    rules: HarmonyRules | None = None,
+    *,
+    cand_neutral: npt.NDArray[np.bool_] | None = None,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.intp]]:
     """Score how well each candidate colour goes with the query colour.
 
@@ -455,6 +460,8 @@ def harmony(
         query_hsl: the query's HSL colour, shape ``(3,)``.
         cand_hsl: the candidates' HSL colours, shape ``(n, 3)``.
         rules: scores and bands; the defaults are in the module docstring.
+        cand_neutral: :func:`neutral_colors` of ``cand_hsl`` under ``rules``, when the caller
+            keeps it (a catalogue's colours do not change between requests).
 
     Returns:
         ``(scores, rule_index)``: float32 scores in [0, 1] and the index into
@@ -462,25 +469,29 @@ def harmony(
     """
     r = rules or HarmonyRules()
     query = np.asarray(query_hsl, dtype=np.float64)
-    cand = np.asarray(cand_hsl, dtype=np.float64)
+    cand = np.asarray(cand_hsl)
     if query.shape != (3,) or cand.ndim != 2 or cand.shape[1] != 3:
         raise InvalidOptionsError(
             f"harmony needs a (3,) query and (n, 3) candidates, got {query.shape} and {cand.shape}"
         )
-    gap = np.abs(query[0] - cand[:, 0]) % 360.0
-    gap = np.minimum(gap, 360.0 - gap)
-    rule = np.select(
-        [
-            _neutral(query, r) | _neutral(cand, r),
-            gap <= r.monochrome_deg,
-            gap <= r.analogous_deg,
-            np.abs(gap - 180.0) <= r.complementary_tolerance_deg,
-            np.abs(gap - 120.0) <= r.triadic_tolerance_deg,
-        ],
-        [0, 1, 2, 3, 4],
-        default=5,
-    ).astype(np.intp)
+    gap = np.abs(query[0] - cand[:, 0].astype(np.float64)) % 360.0
+    np.minimum(gap, 360.0 - gap, out=gap)
+    # The first rule that holds decides: written from the last to the first, each overwriting.
+    rule = np.full(len(gap), 5, np.intp)
+    rule[np.abs(gap - 120.0) <= r.triadic_tolerance_deg] = 4
+    rule[np.abs(gap - 180.0) <= r.complementary_tolerance_deg] = 3
+    rule[gap <= r.analogous_deg] = 2
+    rule[gap <= r.monochrome_deg] = 1
+    if _neutral(query, r):
+        rule[:] = 0
+    else:
+        rule[neutral_colors(cand, r) if cand_neutral is None else cand_neutral] = 0
     return r.scores[rule], rule
+
+
+def neutral_colors(hsl: npt.ArrayLike, rules: HarmonyRules | None = None) -> npt.NDArray[np.bool_]:
+    """Which HSL colours ``(n, 3)`` are neutral under ``rules`` (they pair with anything)."""
+    return _neutral(np.asarray(hsl, np.float64), rules or HarmonyRules())
 
 
 def describe_colors(rgb: npt.ArrayLike) -> npt.NDArray[np.str_]:
