@@ -30,7 +30,7 @@ import io
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
@@ -418,10 +418,19 @@ class _Boundary:
     read; a body must arrive within ``body_timeout_s`` with no pause over ``body_idle_s`` (else
     408); and all bodies being read or held at once stay within ``max_body_bytes_in_flight``
     (else 503), so slow or stalled uploads cannot hold the server's memory.
+
+    ``direct``: path -> ASGI app for POSTs that go straight to their handler (:func:`_direct`).
     """
 
-    def __init__(self, app: ASGIApp, metrics: ServerMetrics, config: ServerConfig) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: ServerMetrics,
+        config: ServerConfig,
+        direct: dict[str, ASGIApp] | None = None,
+    ) -> None:
         self.app = app
+        self.direct = direct if direct is not None else {}
         self.metrics = metrics
         self.config = config
         self.token = config.auth_token.encode() if config.auth_token else None
@@ -463,7 +472,9 @@ class _Boundary:
             if refused is not None:
                 await refused(scope, receive, send_with_id)
             else:
-                await self.app(scope, body.receive, send_with_id)
+                # The hot POST routes skip Starlette's routing and middleware (see _direct).
+                direct = self.direct.get(scope["path"]) if scope["method"] == "POST" else None
+                await (direct or self.app)(scope, body.receive, send_with_id)
         except ClientDisconnect:
             status = 499  # the client went away: nothing to answer, nothing went wrong here
         except Exception:
@@ -753,16 +764,12 @@ def create_app(
     if jobs:
         app.include_router(jobs.router)
     app.state.metrics = metrics
-    app.add_middleware(_Boundary, metrics=metrics, config=config)
+    direct: dict[str, ASGIApp] = {}  # filled by _routes
+    app.add_middleware(_Boundary, metrics=metrics, config=config, direct=direct)
 
     @app.exception_handler(StygigError)
     async def stygig_error(request: Request, exc: StygigError) -> Response:
-        if exc.http_status >= 500 and exc.http_status != 503:
-            # The detail (a path, an errno text) is for the log; the client gets the code.
-            rid = request.scope.get("state", {}).get("request_id")
-            log.error("server error: %s", exc.message, extra={"fields": {"request_id": rid}})
-            exc = StygigError(f"internal server error (request id {rid})", code=exc.code)
-        return error_response(exc)
+        return _stygig_error(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -773,21 +780,62 @@ def create_app(
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        codes = {404: "not_found", 405: "method_not_allowed", 400: "invalid_input"}
-        code = codes.get(exc.status_code, "http_error")
-        return json_response(
-            {"error": {"code": code, "message": str(exc.detail)}},
-            exc.status_code,
-            dict(exc.headers or {}),
-        )
+        return _http_error(exc)
 
-    _routes(app, service, metrics)
+    _routes(app, service, metrics, direct)
     app.include_router(make_catalog_router(service))  # the try-it page and its catalogue routes
     app.include_router(make_changes_router(service))  # the living catalogue
     return app
 
 
-def _routes(app: FastAPI, service: ModelService, metrics: ServerMetrics) -> None:
+def _stygig_error(request: Request, exc: StygigError) -> Response:
+    """A :class:`StygigError` as its JSON answer; a server fault's detail (a path, an errno
+    text) goes to the log only, the client gets the code and the request id."""
+    if exc.http_status >= 500 and exc.http_status != 503:
+        rid = request.scope.get("state", {}).get("request_id")
+        log.error("server error: %s", exc.message, extra={"fields": {"request_id": rid}})
+        exc = StygigError(f"internal server error (request id {rid})", code=exc.code)
+    return error_response(exc)
+
+
+def _http_error(exc: HTTPException) -> Response:
+    """Starlette's own refusals (404, 405, a malformed form) in StyGig's JSON error shape."""
+    codes = {404: "not_found", 405: "method_not_allowed", 400: "invalid_input"}
+    code = codes.get(exc.status_code, "http_error")
+    return json_response(
+        {"error": {"code": code, "message": str(exc.detail)}},
+        exc.status_code,
+        dict(exc.headers or {}),
+    )
+
+
+def _direct(app: FastAPI, path: str, handler: Callable[[Request], Awaitable[Response]]) -> ASGIApp:
+    """``POST path`` as a bare ASGI app: ``handler`` answers; a :class:`StygigError`, or an
+    :class:`HTTPException` (a malformed form), becomes its JSON error as the app's exception
+    handlers make them. The route stays declared on the app (OpenAPI, other methods' 405);
+    only the request skips Starlette's routing and middleware layers. Any other exception
+    reaches :class:`_Boundary`'s last-resort 500, as it would through them."""
+    route = next(r for r in app.routes if getattr(r, "path", None) == path)
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        # What Starlette and routing set: the metrics and the access log read the route, and
+        # a request with an app turns a malformed form into an HTTPException (400).
+        scope["app"], scope["route"] = app, route
+        request = Request(scope, receive)
+        try:
+            response = await handler(request)
+        except StygigError as exc:
+            response = _stygig_error(request, exc)
+        except HTTPException as exc:
+            response = _http_error(exc)
+        await response(scope, receive, send)
+
+    return endpoint
+
+
+def _routes(
+    app: FastAPI, service: ModelService, metrics: ServerMetrics, direct: dict[str, ASGIApp]
+) -> None:
     async def answer(request: Request, *, multipart: bool) -> Response:
         service.require()
         parsed = await parse_request(request, service, multipart=multipart)
@@ -820,6 +868,9 @@ def _routes(app: FastAPI, service: ModelService, metrics: ServerMetrics) -> None
     )
     async def recommend(request: Request) -> Response:
         return await answer(request, multipart=True)
+
+    direct["/invocations"] = _direct(app, "/invocations", invocations)
+    direct["/v1/recommend"] = _direct(app, "/v1/recommend", recommend)
 
     @app.post(
         "/v1/outfits/score",
