@@ -337,3 +337,21 @@ def test_eval_skips_missing_datasets(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert capsys.readouterr().out.count("skip:") == 2
     metrics = json.loads((latest_run(tmp_path / "out") / "metrics.json").read_text())
     assert set(metrics["skipped"]) == {"category", "fitb"}
+
+
+def test_whitened_artifact_serves_any_width(sample: tuple[Path, Path]) -> None:
+    """A whitening narrower than the encoder (what --tune-whitening may pick) still gives an
+    engine that answers: the artifact carries the transform, as a build stores it."""
+    from stygig.artifact import Artifact
+    from stygig.engine import Recommender
+    from stygig.evaluation import whitened_artifact
+    from stygig.whitening import Whitening
+
+    art = Artifact.load(sample[1])
+    plain = np.asarray(art.embeddings, np.float32)
+    narrow = Whitening.fit(plain, dim=8)
+    white = whitened_artifact(art, narrow)
+    assert white.whitening is narrow and white.embeddings.shape == (len(plain), 8)
+    rec = Recommender(white)
+    answer = rec.answer(rec.prepare_embedded(white.embeddings[:1], [art.colors[0]]))
+    assert answer.items and answer.query[0].category

@@ -312,15 +312,17 @@ def color_agreement(artifact: Artifact, rows: Sequence[int]) -> dict[str, Any]:
     }
 
 
-def whitened_artifact(artifact: Artifact, vectors: np.ndarray) -> Artifact:
-    """A copy of ``artifact`` whose embeddings (and exact index) are ``vectors``.
+def whitened_artifact(artifact: Artifact, whitening: Whitening) -> Artifact:
+    """A copy of a plain ``artifact`` as a build with ``whitening`` stores it: its embeddings
+    (and exact index) whitened, and the transform kept for the queries.
 
-    What the build will store once whitening is wired in; here it lets the engine be measured
-    on whitened vectors without rebuilding.
+    It lets the engine be measured on a whitening fitted on part of the catalogue only,
+    without rebuilding.
     """
     from stygig.index import ExactIndex
 
-    return replace(artifact, embeddings=vectors, index=ExactIndex(vectors))
+    vectors = whitening.apply(np.asarray(artifact.embeddings, np.float32))
+    return replace(artifact, embeddings=vectors, index=ExactIndex(vectors), whitening=whitening)
 
 
 def _vote_block(
@@ -406,31 +408,30 @@ def evaluate_photos(
     queries, removed = split.queries.tolist(), held_out.tolist()
     recommender = Recommender(artifact)
     out["validity"] = outfit_validity(recommender, queries, removed, seed=seed)
-    if whitening.dim == emb.shape[1]:
-        whitened_art = whitened_artifact(artifact, white)
-        white_rec = Recommender(whitened_art, encoder=recommender.encoder)
-        # One run per threshold; the default threshold and 0 (always guess) are among them.
-        runs = {
-            t: outfit_validity(
-                replace_config(white_rec, gender_min_confidence=t), queries, removed, seed=seed
-            )
-            for t in GENDER_THRESHOLDS
-        }
-        default = white_rec.config.gender_min_confidence
-        out["validity_whitened"] = runs.get(default) or outfit_validity(
-            white_rec, queries, removed, seed=seed
+    whitened_art = whitened_artifact(artifact, whitening)
+    white_rec = Recommender(whitened_art, encoder=recommender.encoder)
+    # One run per threshold; the default threshold and 0 (always guess) are among them.
+    runs = {
+        t: outfit_validity(
+            replace_config(white_rec, gender_min_confidence=t), queries, removed, seed=seed
         )
-        out["validity_whitened_stated_gender"] = outfit_validity(
-            white_rec, queries, removed, seed=seed, state_gender=True
+        for t in GENDER_THRESHOLDS
+    }
+    default = white_rec.config.gender_min_confidence
+    out["validity_whitened"] = runs.get(default) or outfit_validity(
+        white_rec, queries, removed, seed=seed
+    )
+    out["validity_whitened_stated_gender"] = outfit_validity(
+        white_rec, queries, removed, seed=seed, state_gender=True
+    )
+    out["validity_whitened_always_guess"] = runs[0.0]
+    out["gender_confidence"] = gender_confidence_curve(
+        white_rec, white[split.catalog], split.catalog, runs
+    )
+    if head:
+        out["validity_whitened_gender_stack"] = gender_stack_validity(
+            white_rec, white, whitening, split.catalog, queries, removed, seed=seed
         )
-        out["validity_whitened_always_guess"] = runs[0.0]
-        out["gender_confidence"] = gender_confidence_curve(
-            white_rec, white[split.catalog], split.catalog, runs
-        )
-        if head:
-            out["validity_whitened_gender_stack"] = gender_stack_validity(
-                white_rec, white, whitening, split.catalog, queries, removed, seed=seed
-            )
     return out
 
 

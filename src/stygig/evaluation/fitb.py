@@ -531,13 +531,12 @@ def evaluate_outfits(
             ).score_items
     # Whitening fitted on the whole MANGO catalogue, as a build would: no outfit is seen.
     whitening = Whitening.fit(np.asarray(artifact.embeddings, np.float32))
-    if whitening.dim == artifact.embeddings.shape[1]:
-        white = whitened_artifact(artifact, whitening.apply(artifact.embeddings))
-        more = engine_scorers(
-            Recommender(white, encoder=recommender.encoder, config=recommender.config),
-            train_counts,
-        )
-        scorers |= {"v4_whitened": more["v4"], "cosine_whitened": more["cosine"]}
+    white = whitened_artifact(artifact, whitening)
+    more = engine_scorers(
+        Recommender(white, encoder=recommender.encoder, config=recommender.config),
+        train_counts,
+    )
+    scorers |= {"v4_whitened": more["v4"], "cosine_whitened": more["cosine"]}
     accuracy = {name: fitb_accuracy(questions, s, seed=seed) for name, s in scorers.items()}
     for_auc = {k: v for k, v in scorers.items() if k != "random"}
     compat = compatibility_auc(pool, types, test, for_auc, seed=seed, swap="all")
