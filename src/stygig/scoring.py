@@ -15,6 +15,7 @@ Weights live in :class:`ScoringConfig`, loaded from ``stygig/data/scoring.yaml``
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -188,7 +189,9 @@ def mmr(scores: np.ndarray, vectors: np.ndarray, k: int, diversity: float) -> np
 
     Returns ``(groups, k)`` positions into each group's ``n``; ``-1`` once a group runs out.
     All groups advance together, so the cost is ``k`` vectorised steps whatever the count of
-    groups (one Gram matrix per group, ``n x n``, is computed up front).
+    groups; each step takes the inner products of the groups' new picks with their members
+    (``k`` of the ``n`` rows of a Gram matrix: ``n`` is ``4 k`` in ranking, so a quarter of
+    its work).
     """
     scores = np.atleast_2d(np.asarray(scores, np.float64))
     groups, n = scores.shape
@@ -203,7 +206,6 @@ def mmr(scores: np.ndarray, vectors: np.ndarray, k: int, diversity: float) -> np
         order[:, : ranked.shape[1]] = np.where(take, ranked, -1)
         return order
     vectors = np.asarray(vectors)
-    gram = np.matmul(vectors, vectors.transpose(0, 2, 1))  # (groups, n, n)
     relevance = (1.0 - diversity) * np.where(valid, scores, 0.0)
     redundancy = np.full((groups, n), -np.inf)
     picked = ~valid
@@ -215,9 +217,31 @@ def mmr(scores: np.ndarray, vectors: np.ndarray, k: int, diversity: float) -> np
         live = step < available
         order[live, step] = choice[live]
         picked[rows[live], choice[live]] = True
-        redundancy = np.maximum(redundancy, gram[rows, choice])
+        if step + 1 < k:  # each member's similarity to the new pick: (groups, n)
+            sims = np.matmul(vectors, vectors[rows, choice][:, :, None])[:, :, 0]
+            redundancy = np.maximum(redundancy, sims)
     return order
 
+
+def _jitter(seed: int, n: int) -> np.ndarray:
+    """``default_rng(seed).random(n) * 1e-12``, read-only: the first ``n`` draws of the seed's
+    stream, kept for the last few seeds (a generator and 10k draws cost more than the rest
+    of ranking's set-up; the default seed serves most requests)."""
+    kept = _JITTER.get(seed)
+    if kept is None or len(kept) < n:
+        kept = np.random.default_rng(seed).random(max(n, 1024)) * 1e-12
+        kept.flags.writeable = False
+        with _JITTER_LOCK:
+            _JITTER.pop(seed, None)
+            while len(_JITTER) >= _JITTER_SEEDS:  # seeds are the client's: keep only a few
+                _JITTER.pop(next(iter(_JITTER)))
+            _JITTER[seed] = kept
+    return kept[:n]
+
+
+_JITTER_SEEDS = 8
+_JITTER: dict[int, np.ndarray] = {}
+_JITTER_LOCK = threading.Lock()
 
 #: At most this many float32s of embeddings are gathered at once for MMR (4 MB).
 _MMR_GATHER_FLOATS = 1 << 20
@@ -246,7 +270,7 @@ def rank_by_category(
 
     Returns categories ordered by their best score.
     """
-    jitter = np.random.default_rng(seed).random(len(score)) * 1e-12
+    jitter = _jitter(seed, len(score))
     key = score.astype(np.float64) - jitter
     depth = k * 4  # MMR picks k from each category's best `depth`
     counts = np.bincount(categories, minlength=int(categories.max(initial=-1)) + 1)
