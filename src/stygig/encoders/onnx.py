@@ -13,7 +13,10 @@ VNNI cores by ``benchmarks/bench_quantization.py``; results in ``benchmarks/resu
   fp32: ORT's dynamic ``ConvInteger`` with int8 weights is slow, and the patch embedding is one op.
   Static QDQ took 0.99-1.04x the dynamic model's time at batch 1 and was 1.06-1.11x faster at
   batch 32 (two runs), but moved embeddings to cosine 0.85 of fp32 (random weights; dynamic:
-  0.9998), so CLIP stays dynamic.
+  0.9998), so CLIP stays dynamic. Fused attention did not pay either: exported with eager
+  attention by the TorchScript exporter, ORT's transformer optimizer fuses all 12 ``Attention``
+  blocks (it finds none in the dynamo graph), but the int8 model ran 1.12x slower at batch 1
+  with the attention quantized too and 1.51x slower with it fp32 (interleaved, busy cores).
 * CNNs (EfficientNet-Lite0): ``quantize_static`` (QDQ, per-channel int8 weights, uint8
   activations, MinMax calibration) after ``quant_pre_process``. With the real weights, on 1,322
   held-out Kaggle photos: batch 1 in 0.52x the fp32 time, mean cosine 0.995 to fp32, top-5
