@@ -333,7 +333,8 @@ class Recommender:
         q_cats = np.array([p.category for p in parts if p.category >= 0], np.int64)
         q_slots = np.unique(cols.category_slot[q_cats])
         c_cat = cols.category_codes[cand]
-        in_q_slots = np.isin(cols.category_slot[c_cat], q_slots)
+        # Per category first (tens of them), then one lookup per candidate.
+        in_q_slots = np.isin(cols.category_slot, q_slots)[c_cat]
         if options.mode == "outfit":
             compatible = _compatible(cols, q_cats, c_cat)
             keep = compatible & ~in_q_slots
@@ -818,4 +819,4 @@ def _removed(st: CatalogSnapshot) -> np.ndarray | None:
 
 def _compatible(cols: CatalogColumns, query_cats: np.ndarray, cand_cats: np.ndarray) -> np.ndarray:
     """Whether each candidate category is compatible with every query category."""
-    return np.asarray(cols.compat[query_cats][:, cand_cats].all(axis=0))
+    return np.asarray(cols.compat[query_cats].all(axis=0))[cand_cats]
