@@ -602,6 +602,101 @@ class BatchSummary:
         return dict(self.__dict__)
 
 
+@dataclass
+class Tally:
+    """A started run's bookkeeping, shared by the local, Ray and endpoint runners: its output
+    (``sink``, and the indexes ``done`` there before this run), its inputs, and the counts its
+    summary reports. The clock starts when the tally is made."""
+
+    dst: str
+    run: dict[str, Any]
+    sink: Sink
+    inputs: Iterator[BatchInput]
+    total: int | None  # the inputs' count when cheaply known; else the summary counts them
+    done: set[int] = field(init=False)
+    seen: int = 0
+    skipped: int = 0
+    processed: int = 0
+    errors: int = 0
+    errors_by_code: dict[str, int] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        self.done = self.sink.done()
+
+    def todo(self) -> Iterator[BatchInput]:
+        """The inputs not already in the output (resume), counting each one seen and skipped."""
+        for inp in self.inputs:
+            self.seen += 1
+            if inp.index in self.done:
+                self.skipped += 1
+                continue
+            yield inp
+
+    def write(self, records: Sequence[Record]) -> None:
+        """Write ``records`` (in index order) to the output, counting them and their errors."""
+        self.sink.write([(r.index, r.line) for r in records])
+        for r in records:
+            if r.error is not None:
+                self.errors += 1
+                self.errors_by_code[r.error] = self.errors_by_code.get(r.error, 0) + 1
+        self.processed += len(records)
+
+    def finish(self, complete: bool) -> BatchSummary:
+        """The run's summary, recorded beside the output when ``complete``
+        (:func:`finish_run`); called once the sink is closed."""
+        return finish_run(
+            self.dst,
+            self.run,
+            self.sink.location,
+            total=self.seen if self.total is None else self.total,
+            processed=self.processed,
+            skipped=self.skipped,
+            errors=self.errors,
+            seconds=time.perf_counter() - self.started,
+            complete=complete,
+            errors_by_code=self.errors_by_code,
+        )
+
+
+def checked_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    """A run's default options, copied and checked: bad options fail before any work."""
+    options = dict(options or {})
+    Options.from_dict(options)
+    return options
+
+
+def start_batch(
+    recommender: Recommender,
+    src: str,
+    dst: str,
+    *,
+    options: dict[str, Any],
+    kind: str,
+    by_photo: bool,
+    part_size: int,
+    overwrite: bool,
+) -> Tally | BatchSummary:
+    """A run answered by ``recommender``'s artifact, started (:func:`start_run`): its tally,
+    or the summary of this same run when it already completed. Local and Ray runs share this
+    run record, so each resumes the other."""
+    manifest = recommender.artifact.manifest
+    run = run_record(
+        src,
+        dst,
+        kind=kind,
+        by_photo=by_photo,
+        options=options,
+        part_size=part_size,
+        artifact={k: manifest.get(k) for k in ("created_at", "format_version")},
+    )
+    finished = start_run(dst, run, overwrite)
+    if finished is not None:
+        return finished
+    inputs, total = iter_inputs(src, recommender, kind=kind, by_photo=by_photo)
+    return Tally(dst, run, open_sink(dst, part_size), inputs, total)
+
+
 def run_batch(
     recommender: Recommender,
     src: str,
@@ -617,42 +712,29 @@ def run_batch(
     progress: bool = True,
 ) -> BatchSummary:
     """Recommend for every input of ``src`` into ``dst``, continuing an interrupted run."""
-    options = dict(options or {})
-    Options.from_dict(options)  # fail fast on bad options, before any work
+    options = checked_options(options)
     workers = workers or os.cpu_count() or 2
-    manifest = recommender.artifact.manifest
-    run = run_record(
+    tally = start_batch(
+        recommender,
         src,
         dst,
+        options=options,
         kind=kind,
         by_photo=by_photo,
-        options=options,
         part_size=part_size,
-        artifact={k: manifest.get(k) for k in ("created_at", "format_version")},
+        overwrite=overwrite,
     )
-    finished = start_run(dst, run, overwrite)
-    if finished is not None:
-        return finished
-    inputs, total = iter_inputs(src, recommender, kind=kind, by_photo=by_photo)
-    sink = open_sink(dst, part_size)
-    done = sink.done()
-    started = time.perf_counter()
-    processed = errors = seen = skipped = 0
-    codes: dict[str, int] = {}
-    bar = progress_bar(total, len(done), progress)
+    if isinstance(tally, BatchSummary):
+        return tally  # this same run already completed
+    bar = progress_bar(tally.total, len(tally.done), progress)
     complete = False
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="batch") as pool:
         decoding: deque[tuple[list[BatchInput], list[Future[Any]]]] = deque()
         scoring: deque[list[Future[Record]]] = deque()
 
         def groups() -> Iterator[list[BatchInput]]:
-            nonlocal seen, skipped
             group: list[BatchInput] = []
-            for inp in inputs:
-                seen += 1
-                if inp.index in done:
-                    skipped += 1
-                    continue
+            for inp in tally.todo():
                 group.append(inp)
                 if len(group) == batch_size:
                     yield group
@@ -669,15 +751,9 @@ def run_batch(
                 decoding.append((group, futures))
 
         def drain(keep: int) -> None:
-            nonlocal processed, errors
             while len(scoring) > keep:
                 records = [f.result() for f in scoring.popleft()]
-                sink.write([(r.index, r.line) for r in records])
-                for r in records:
-                    if r.error is not None:
-                        errors += 1
-                        codes[r.error] = codes.get(r.error, 0) + 1
-                processed += len(records)
+                tally.write(records)
                 bar.update(len(records))
 
         try:
@@ -693,16 +769,5 @@ def run_batch(
             complete = True
         finally:
             bar.close()
-            sink.close(complete)
-    return finish_run(
-        dst,
-        run,
-        sink.location,
-        total=seen if total is None else total,
-        processed=processed,
-        skipped=skipped,
-        errors=errors,
-        seconds=time.perf_counter() - started,
-        complete=complete,
-        errors_by_code=codes,
-    )
+            tally.sink.close(complete)
+    return tally.finish(complete)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import heapq
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,14 +31,12 @@ from stygig.artifact import Artifact
 from stygig.batch import (
     BatchInput,
     BatchSummary,
-    finish_run,
+    Record,
+    checked_options,
     input_record,
-    iter_inputs,
-    open_sink,
     prepare_input,
     recommend_group,
-    run_record,
-    start_run,
+    start_batch,
 )
 from stygig.distributed.cluster import (
     import_ray,
@@ -48,7 +45,7 @@ from stygig.distributed.cluster import (
     worker_failure,
     worker_runtime_env,
 )
-from stygig.engine import Options, Recommender
+from stygig.engine import Recommender
 from stygig.errors import StygigError
 
 __all__ = ["Answer", "run_batch_ray"]
@@ -130,36 +127,26 @@ def run_batch_ray(
     ray = import_ray()
     from ray.data import ActorPoolStrategy, DataContext
 
-    options = dict(options or {})
-    Options.from_dict(options)  # fail fast on bad options, before any work
+    options = checked_options(options)
     recommender = Recommender(Artifact.load(artifact, verify=verify))
-    manifest = recommender.artifact.manifest
-    # The run record of stygig.batch.run_batch: a local run and a Ray run resume each other.
-    run = run_record(
+    # run_batch's own start and run record: a local run and a Ray run resume each other.
+    tally = start_batch(
+        recommender,
         src,
         dst,
+        options=options,
         kind=kind,
         by_photo=by_photo,
-        options=options,
         part_size=part_size,
-        artifact={k: manifest.get(k) for k in ("created_at", "format_version")},
+        overwrite=overwrite,
     )
-    finished = start_run(dst, run, overwrite)
-    if finished is not None:
-        return finished
-    inputs, total = iter_inputs(src, recommender, kind=kind, by_photo=by_photo)
-    sink = open_sink(dst, part_size)
-    done = sink.done()
-    seen = skipped = 0
+    if isinstance(tally, BatchSummary):
+        return tally  # this same run already completed
     work: list[str] = []
-    failed: list[tuple[int, str, str | None]] = []  # inputs that failed before any work
-    for inp in inputs:
-        seen += 1
-        if inp.index in done:
-            skipped += 1
-        elif inp.error is not None:
-            r = input_record(inp, inp.error)
-            failed.append((r.index, r.line, r.error))
+    failed: list[Record] = []  # inputs that failed before any work
+    for inp in tally.todo():
+        if inp.error is not None:
+            failed.append(input_record(inp, inp.error))
         else:
             work.append(_to_row(inp))
     cluster = resources()
@@ -174,7 +161,7 @@ def run_batch_ray(
     if env := worker_runtime_env():  # the actors read s3:// photos at the driver's endpoint
         remote_args["runtime_env"] = env
 
-    def answered() -> Iterator[tuple[int, str, str | None]]:
+    def answered() -> Iterator[Record]:
         if not work:
             return
         ds = ray.data.from_items(
@@ -201,37 +188,19 @@ def run_batch_ray(
             for index, line, error in zip(
                 batch["index"], batch["line"], batch["error"], strict=True
             ):
-                yield int(index), str(line), str(error) or None
+                yield Record(int(index), str(line), str(error) or None)
 
-    started = time.perf_counter()
-    processed = errors = 0
-    codes: dict[str, int] = {}
     complete = False
-    group: list[tuple[int, str]] = []
+    group: list[Record] = []
     try:
-        for index, line, error in heapq.merge(answered(), iter(failed), key=lambda t: t[0]):
-            group.append((index, line))
-            processed += 1
-            if error is not None:
-                errors += 1
-                codes[error] = codes.get(error, 0) + 1
+        for record in heapq.merge(answered(), failed, key=lambda r: r.index):
+            group.append(record)
             if len(group) >= batch_size:
-                sink.write(group)
+                tally.write(group)
                 group = []
         if group:
-            sink.write(group)
+            tally.write(group)
         complete = True
     finally:
-        sink.close(complete)
-    return finish_run(
-        dst,
-        run,
-        sink.location,
-        total=seen if total is None else total,
-        processed=processed,
-        skipped=skipped,
-        errors=errors,
-        seconds=time.perf_counter() - started,
-        complete=complete,
-        errors_by_code=codes,
-    )
+        tally.sink.close(complete)
+    return tally.finish(complete)

@@ -23,7 +23,6 @@ import base64
 import hashlib
 import json
 import threading
-import time
 import urllib.parse
 from collections import deque
 from collections.abc import Iterator
@@ -36,11 +35,12 @@ from stygig.batch import (
     BatchInput,
     BatchSummary,
     Record,
+    Tally,
     _artifact_inputs,
     _catalog_inputs,
     _manifest_inputs,
     _photo_inputs,
-    finish_run,
+    checked_options,
     input_kind,
     input_record,
     open_sink,
@@ -249,8 +249,7 @@ def run_endpoint_batch(
     interrupted run; the summary as :func:`stygig.batch.run_batch` gives it."""
     if concurrency < 1:
         raise InvalidOptionsError("--concurrency must be >= 1")
-    options = dict(options or {})
-    Options.from_dict(options)  # fail fast on bad options, before any work
+    options = checked_options(options)
     run = run_record(
         src,
         dst,
@@ -273,8 +272,7 @@ def run_endpoint_batch(
         return finished
     receipts = endpoint.receipts(f"{run_key}-")
     inputs, total = endpoint_inputs(src, kind=kind, by_photo=by_photo, artifact=artifact)
-    sink = open_sink(dst, part_size)
-    done = sink.done()
+    tally = Tally(dst, run, open_sink(dst, part_size), inputs, total)
     stop = threading.Event()
     trip = _Run(
         endpoint,
@@ -287,30 +285,17 @@ def run_endpoint_batch(
         max_interval_s=max_interval_s,
         stop=stop,
     )
-    started = time.perf_counter()
-    processed = errors = seen = skipped = 0
-    codes: dict[str, int] = {}
-    bar = progress_bar(total, len(done), progress)
+    bar = progress_bar(total, len(tally.done), progress)
     complete = False
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="endpoint-batch")
     window: deque[Future[Record]] = deque()
 
     def write_oldest() -> None:
-        nonlocal processed, errors
-        record = window.popleft().result()
-        sink.write([(record.index, record.line)])
-        if record.error is not None:
-            errors += 1
-            codes[record.error] = codes.get(record.error, 0) + 1
-        processed += 1
+        tally.write([window.popleft().result()])
         bar.update(1)
 
     try:
-        for inp in inputs:
-            seen += 1
-            if inp.index in done:
-                skipped += 1
-                continue
+        for inp in tally.todo():
             window.append(pool.submit(trip, inp))
             # Records are written in input order; a few beyond the pool keep it busy while
             # the oldest is awaited, and bound the memory whatever the input size.
@@ -323,16 +308,5 @@ def run_endpoint_batch(
         stop.set()  # a failure or an interrupt: the waits in flight end, receipts stay
         pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
-        sink.close(complete)
-    return finish_run(
-        dst,
-        run,
-        sink.location,
-        total=seen if total is None else total,
-        processed=processed,
-        skipped=skipped,
-        errors=errors,
-        seconds=time.perf_counter() - started,
-        complete=complete,
-        errors_by_code=codes,
-    )
+        tally.sink.close(complete)
+    return tally.finish(complete)
