@@ -553,6 +553,8 @@ def cross_fit(
 #: The two genders the gender head and its stacker decide between. Other genders (boys, girls)
 #: are not modelled: a photo whose neighbours include them is decided by the plain vote.
 GENDER_PAIR = ("men", "women")
+#: Items for anyone: their neighbours abstain from the vote and do not stop the stack.
+UNISEX = "unisex"
 #: A build fits the gender stack only when the catalogue has this many men's and women's items
 #: each: the gate is chosen on the catalogue's own confidently-wrong photos, a rare event.
 GENDER_MIN_ITEMS = 50
@@ -691,15 +693,22 @@ def fit_gender_stack(
     nb_ids, nb_sims = neighbours[0][:, :k], neighbours[1][:, :k]
     pair, total = _pair_weights(codes, nb_ids, nb_sims)
     features = gender_stack_features(pair, total, nb_sims[:, 0], proba)
+    # The engine's stack decides only photos whose neighbours are all of the pair, unisex or
+    # without a gender (a kids' item among them leaves the photo to the vote): the stacker and
+    # its gate are fitted and calibrated on those rows alone, as they will be used.
+    other = np.array([g not in (None, UNISEX, *GENDER_PAIR) for g in genders], bool)
+    served = ~other[nb_ids].any(axis=1)
+    report["served_rows"] = int(served.sum())
     fold2 = fold_of(len(data), folds, seed + 1)
     stacked = np.zeros((len(data), 2), np.float32)
     for f in range(folds):
-        train, held = fold2 != f, fold2 == f
+        train, held = served & (fold2 != f), served & (fold2 == f)
         part = _fit_stacker(features[train], [labels[i] for i in np.flatnonzero(train).tolist()])
         stacked[held] = part.proba_for(features[held], GENDER_PAIR)
         done()
-    stacker = _fit_stacker(features, labels)
+    stacker = _fit_stacker(features[served], [labels[i] for i in np.flatnonzero(served).tolist()])
     done()
+    pair, proba, stacked, codes = pair[served], proba[served], stacked[served], codes[served]
     known = codes >= 0
     voted = pair.sum(axis=1) > 0
     vote_conf = np.where(voted, pair.max(axis=1) / np.maximum(pair.sum(axis=1), 1e-12), 0.0)

@@ -204,3 +204,22 @@ def test_a_tampered_or_inconsistent_stack_is_refused(
     path = save_heads({"gender": replace(head, gate=1.5)}, tmp_path / "bad.npz")
     with pytest.raises(ArtifactError, match="cannot read category head file"):
         load_heads(path)
+
+
+def test_the_stack_is_fitted_only_where_it_will_decide() -> None:
+    """Photos with a kids' item among their neighbours are left to the vote when served, so
+    the stacker and its gate are fitted on the other rows only."""
+    x, genders = _gendered(n=400, seed=3)
+    for i in range(1, 400, 20):
+        genders[i] = "boys"
+    heads, info = fit_artifact_heads(
+        x, {}, k={}, genders=genders, gender_k=10, gender_min_confidence=0.8
+    )
+    report = info["fields"]["gender"]
+    sims = x @ x.T
+    np.fill_diagonal(sims, -np.inf)
+    nearest = np.argsort(-sims, axis=1, kind="stable")[:, :10]
+    boys = np.array([g == "boys" for g in genders])
+    expected = int((~boys[nearest].any(axis=1)).sum())
+    assert 0 < expected < len(x)  # both kinds of rows are there
+    assert report["served_rows"] == expected
