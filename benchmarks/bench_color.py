@@ -1,23 +1,26 @@
 """Agreement of StyGig's dominant colour with two datasets' colour labels, and its speed.
 
     python benchmarks/bench_color.py [--limit N] [--datasets DIR] [--side PX] [--before REV]
-                                     [--out PATH]
+                                     [--before-side PX] [--out PATH]
 
 For every labelled product photo of ``fashion-products`` (Kaggle, ``baseColour``) and
 ``mango-outfits`` (MANGO, ``des_agrup_color_eng``) it decodes the image, shrinks it to the
-pipeline's colour size (:data:`stygig.features.COLOR_SIDE`, 128 px; ``--side`` for another), runs
-the colour step (:func:`stygig.color.dominant_colors`, then ``to_dict`` as the pipeline does)
-and compares the main colour's family with the label, folded by the tables in
-``stygig/data/color_families.yaml``.
+pipeline's colour size (:data:`stygig.features.COLOR_SIDE`; ``--side`` for another: the family
+classifier was fitted at 64 px), runs the colour step (:func:`stygig.color.dominant_colors`,
+then ``to_dict`` as the pipeline does) and compares the main colour's family with the label,
+folded by the tables in ``stygig/data/color_families.yaml``.
 
-The family thresholds were tuned on the *tuning* half of each dataset (items whose
-``crc32(id)`` is even); the headline number is the agreement on the other, *held-out* half.
+The family classifier (``stygig/data/color_model.json``, ``benchmarks/fit_color.py``) was
+fitted on the *tuning* half of each dataset (items whose ``crc32(id)`` is even) only; the
+headline number is the agreement on the other, *held-out* half.
 
 Speed is the time of the colour step alone (decoding and shrinking excluded): wall-clock median
 and p99, and the median thread CPU time, which other processes on a busy machine disturb less.
 The same photos also go through the colour step *before* issue 13 (``src/stygig/color.py`` at
 git revision ``--before``, loaded from the repository's history, so the old code lives nowhere
 but there), interleaved photo by photo in alternating order; its agreement is reported too.
+``--before-side`` gives it its own input size (the same decoded photo shrunk once for each), so
+a change of the pipeline's colour size is measured as the pipeline would see it.
 Without git or that revision the before figures are skipped. Results go to
 ``benchmarks/results/color.json``. Without the datasets folder the benchmark prints why and
 exits 0.
@@ -139,9 +142,15 @@ def _timings(run: Run) -> dict[str, float]:
 
 
 def evaluate(
-    name: str, items: list[Item], side: int, before: types.ModuleType | None
+    name: str,
+    items: list[Item],
+    sides: dict[str, int],
+    before: types.ModuleType | None,
 ) -> dict[str, Any]:
-    """Run one dataset: agreement per half, confusion on the held-out half, timings."""
+    """Run one dataset: agreement per half, confusion on the held-out half, timings.
+
+    ``sides``: each implementation's input size ("after", "before").
+    """
     fold = load_family_table().datasets[name]
     to_target: dict[str, str] = fold["labels"]
     family_to_target: dict[str, str] = fold.get("families") or {}
@@ -155,10 +164,11 @@ def evaluate(
         if item.label in excluded or item.label not in to_target:
             skipped[item.label] += 1
             continue
-        img = fit_array(decode_image(item.path), side)
+        decoded = decode_image(item.path)
+        imgs = {key: fit_array(decoded, sides[key]) for key in modules}
         order = list(modules) if len(truth) % 2 == 0 else list(modules)[::-1]  # A B, B A, ...
         for key in order:
-            family = _timed(modules[key], img, runs[key])
+            family = _timed(modules[key], imgs[key], runs[key])
             runs[key].predicted.append(family_to_target.get(family, family))
         truth.append(to_target[item.label])
         held_out.append(is_held_out(item.id))
@@ -169,7 +179,9 @@ def evaluate(
         "left_out": dict(skipped.most_common()),
     }
     result |= _agreement(t, h, np.array(runs["after"].predicted), confusion=True)
-    result["ms_per_image"] = {"side": side} | {k: _timings(r) for k, r in runs.items()}
+    result["ms_per_image"] = {"side": sides["after"]} | {k: _timings(r) for k, r in runs.items()}
+    if "before" in runs:
+        result["ms_per_image"]["before_side"] = sides["before"]
     if "before" in runs:
         result["before"] = _agreement(t, h, np.array(runs["before"].predicted), confusion=False)
         result["ms_per_image"]["cpu_ratio_after_to_before"] = (
@@ -218,7 +230,8 @@ def _print(name: str, r: dict[str, Any]) -> None:
                 f"{a['balanced_agreement_held_out']:.1%})"
             )
     ms = r["ms_per_image"]
-    print(f"  colour step at {ms['side']} px (dominant_colors + to_dict), per photo:")
+    before_side = f", before at {ms['before_side']} px" if "before_side" in ms else ""
+    print(f"  colour step at {ms['side']} px{before_side} (dominant_colors + to_dict), per photo:")
     for label in ("after", "before"):
         if label in ms:
             t = ms[label]
@@ -244,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--before", default=DEFAULT_BEFORE, help="git revision to compare with ('' for none)"
     )
+    parser.add_argument(
+        "--before-side", type=int, default=None, help="the before variant's size (default --side)"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "color.json")
     args = parser.parse_args(argv)
     if not args.datasets.is_dir():
@@ -260,9 +276,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipped {name}: {args.datasets / name} not found")
             continue
         items = load_items(name, args.datasets)[: args.limit]
-        results[name] = evaluate(name, items, args.side, before)
+        sides = {"after": args.side, "before": args.before_side or args.side}
+        results[name] = evaluate(name, items, sides, before)
         _print(name, results[name])
     options = [f"--limit {args.limit}" if args.limit else "", f"--side {args.side}"]
+    options += [f"--before {args.before}"] if before else []
+    options += [f"--before-side {args.before_side}"] if before and args.before_side else []
     report = {
         "command": " ".join(["python benchmarks/bench_color.py", *filter(None, options)]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -28,8 +28,9 @@ __all__ = [
     "prepare_image",
 ]
 
-#: Colour is measured on the whole photo shrunk to fit this many pixels.
-COLOR_SIDE = 128
+#: Colour is measured on the whole photo shrunk to fit this many pixels: the size the colour
+#: family model was fitted at (``benchmarks/fit_color.py``; see docs/evaluation.md, colour).
+COLOR_SIDE = 64
 
 
 @dataclass(frozen=True)

@@ -5,20 +5,25 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from stygig.color import (
     _background,
     _bin_lab,
+    _bin_tables,
+    _centre_weights,
     _distance,
     _fill_enclosed,
     _grid,
-    _kmeans,
     color_family,
     dominant_colors,
     foreground_mask,
+    load_family_table,
     rgb_to_hsl,
     rgb_to_lab,
 )
+from stygig.harmony import lab_to_lch
+from stygig.images import fit_array
 
 WHITE = (250, 250, 248)
 
@@ -94,18 +99,26 @@ def test_histogram_table_is_cielab_of_the_bin_centres() -> None:
     assert not table.flags.writeable
 
 
-def test_weighted_kmeans_separates_clusters_and_counts_weights() -> None:
+def test_bin_tables_are_the_cells_and_families_of_the_bin_centres() -> None:
+    cell, family = _bin_tables()
     rng = np.random.default_rng(2)
-    centres = np.array([[20.0, 0.0, 0.0], [60.0, 40.0, 10.0], [80.0, -30.0, 50.0]])
-    x = np.concatenate([c + rng.normal(0, 2, (40, 3)) for c in centres])
-    weight = np.repeat([1.0, 5.0, 0.5], 40)
-    labels = _kmeans(x, weight, 3)
-    assert len(set(labels[:40])) == len(set(labels[40:80])) == len(set(labels[80:])) == 1
-    assert len(set(labels.tolist())) == 3
-    np.testing.assert_array_equal(labels, _kmeans(x.copy(), weight.copy(), 3))
-    # A point with nearly all the weight pulls its cluster's centre onto itself.
-    heavy = np.array([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [100.0, 0.0, 0.0]])
-    assert _kmeans(heavy, np.array([1000.0, 1.0, 1.0]), 2).tolist() == [0, 0, 1]
+    index = rng.integers(0, len(cell), 2000)
+    lab = _bin_lab()[index].astype(np.float64)
+    np.testing.assert_array_equal(family[index], load_family_table().classify_lab(lab))
+    # The cell, from its plain definition: lightness band, then neutral or chroma band x hue.
+    lightness, chroma, hue = lab_to_lch(lab)
+    band = np.array([sum(v >= e for e in (15, 28, 40, 52, 64, 76, 88)) for v in lightness])
+    chroma_band = np.array([sum(v >= e for e in (5, 15, 35)) for v in chroma])
+    within = np.where(chroma_band == 0, 0, 1 + (chroma_band - 1) * 12 + (hue // 30).astype(int))
+    np.testing.assert_array_equal(cell[index], band * 37 + within)
+    assert cell.max() < 8 * 37 and not cell.flags.writeable and not family.flags.writeable
+
+
+def test_centre_weights_fall_with_the_distance_from_the_centre() -> None:
+    w = _centre_weights(5, 7).reshape(5, 7)
+    assert w[2, 3] == 1.0 and w.argmin() == 0
+    np.testing.assert_allclose(w, w[::-1, ::-1])
+    np.testing.assert_allclose(w[0, 0], np.exp(-3.0 * 4.0 * 0.5))
 
 
 def test_same_pixels_same_summary_whatever_the_memory_layout() -> None:
@@ -131,11 +144,13 @@ def test_same_pixels_same_summary_whatever_the_memory_layout() -> None:
 def test_noise_on_a_neutral_garment_does_not_tint_it(
     colour: tuple[int, int, int], noise: float
 ) -> None:
-    """k-means splits plain noise into clusters that lean to different hues; shades of one
-    colour are merged before they vote, so a black garment stays black whatever the noise."""
+    """Noise scatters a plain neutral's pixels over many hues. The pipeline gives the colour
+    step a photo shrunk to its colour size (``fit_array``), whose averaging keeps the pixels of
+    a noisy black within black: so the garment is drawn at 128 px and shrunk to 64 here."""
     expected = color_family(colour)
     for seed in range(5):
-        summary = dominant_colors(garment(colour, noise=noise, seed=seed))
+        img = fit_array(Image.fromarray(garment(colour, noise=noise, seed=seed)), 64)
+        summary = dominant_colors(img)
         assert summary.family == expected, seed
 
 
@@ -158,7 +173,8 @@ def test_shades_of_one_fabric_are_one_palette_colour() -> None:
     img[shadow] -= 14  # the lower part of the shirt in shadow: a shade, not a second colour
     summary = dominant_colors(img)
     assert summary.family == "red"
-    assert len(summary.palette) == 1 and summary.palette[0][1] == pytest.approx(1.0)
+    # A few pixels of the shadow's edge fall in another family: a fringe, left out.
+    assert len(summary.palette) == 1 and summary.palette[0][1] > 0.95
 
 
 def test_dark_and_graded_backdrops_and_a_close_up() -> None:
