@@ -606,7 +606,7 @@ class BatchSummary:
 class Tally:
     """A started run's bookkeeping, shared by the local, Ray and endpoint runners: its output
     (``sink``, and the indexes ``done`` there before this run), its inputs, and the counts its
-    summary reports. The clock starts when the tally is made."""
+    summary reports. The clock starts once the output's finished parts are read."""
 
     dst: str
     run: dict[str, Any]
@@ -619,10 +619,11 @@ class Tally:
     processed: int = 0
     errors: int = 0
     errors_by_code: dict[str, int] = field(default_factory=dict)
-    started: float = field(default_factory=time.perf_counter)
+    started: float = field(init=False)
 
     def __post_init__(self) -> None:
         self.done = self.sink.done()
+        self.started = time.perf_counter()  # the run's work starts after the resume scan
 
     def todo(self) -> Iterator[BatchInput]:
         """The inputs not already in the output (resume), counting each one seen and skipped."""

@@ -132,7 +132,12 @@ class _Grid:
     columns: FloatArray  # (3, w, 6) per column, the terms that multiply 1, v and v^2
 
 
-@functools.lru_cache(maxsize=64)
+#: Image sizes whose tables the colour step keeps: every shape a photo shrunk to fit
+#: COLOR_SIDE (64) can take (64 x w and h x 64: 127), about 5 MB in all.
+_SIZES_KEPT = 256
+
+
+@functools.lru_cache(maxsize=_SIZES_KEPT)
 def _grid(h: int, w: int) -> _Grid:
     u, v = np.linspace(-0.5, 0.5, w), np.linspace(-0.5, 0.5, h)
     b = _border_width(h, w)
@@ -371,7 +376,7 @@ def _bin_tables() -> tuple[npt.NDArray[np.uint16], npt.NDArray[np.uint8]]:
     return cell, family
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=_SIZES_KEPT)
 def _centre_weights(h: int, w: int) -> FloatArray:
     """Each pixel's weight for its distance from the photo's centre, ``(h * w,)``."""
     y, x = np.divmod(np.arange(h * w), w)
