@@ -632,6 +632,13 @@ def _gate_for(conf: np.ndarray, wrong: np.ndarray, budget: float) -> float | Non
     return best
 
 
+def unmodelled_gender(gender: str | None) -> bool:
+    """Whether a neighbour of this gender leaves a photo to the plain vote: a gender that is
+    neither of :data:`GENDER_PAIR`, nor unisex, nor missing (boys, girls). The one rule the
+    stack's fit and the engine both apply."""
+    return gender not in (None, UNISEX, *GENDER_PAIR)
+
+
 def gender_skip_reason(genders: Sequence[str | None]) -> str | None:
     """Why ``genders`` are too few for the gender stack (``None``: enough): fewer than
     :data:`GENDER_MIN_ITEMS` items of either gender of :data:`GENDER_PAIR`."""
@@ -696,9 +703,13 @@ def fit_gender_stack(
     # The engine's stack decides only photos whose neighbours are all of the pair, unisex or
     # without a gender (a kids' item among them leaves the photo to the vote): the stacker and
     # its gate are fitted and calibrated on those rows alone, as they will be used.
-    other = np.array([g not in (None, UNISEX, *GENDER_PAIR) for g in genders], bool)
+    other = np.array([unmodelled_gender(g) for g in genders], bool)
     served = ~other[nb_ids].any(axis=1)
     report["served_rows"] = int(served.sum())
+    reason = gender_skip_reason([genders[i] for i in np.flatnonzero(served).tolist()])
+    if reason is not None:
+        report["skipped"] = f"where the stack would decide (no kids' neighbours): {reason}"
+        return None, report
     fold2 = fold_of(len(data), folds, seed + 1)
     stacked = np.zeros((len(data), 2), np.float32)
     for f in range(folds):

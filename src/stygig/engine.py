@@ -40,6 +40,7 @@ from stygig.category_head import (
     QueryHead,
     gender_stack_features,
     merge_vote,
+    unmodelled_gender,
 )
 from stygig.columns import CatalogColumns
 from stygig.compat.scorer import LearnedScorer
@@ -126,7 +127,7 @@ class Recommender:
         self.config = config or ScoringConfig.load()
         self.harmony_rules = self.config.harmony
         self.taxonomy = artifact.taxonomy
-        self._neutral_for: tuple[CatalogColumns, np.ndarray] | None = None
+        self._neutral_for: tuple[np.ndarray, np.ndarray] | None = None
         self._color_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stygig-color")
         # field -> (head, the head folded for queries): depends on the head and whitening only
         self._folded_heads: dict[str, tuple[CategoryHead, QueryHead | None]] = {}
@@ -563,12 +564,13 @@ class Recommender:
         if not set(GENDER_PAIR) <= set(cols.gender_names):
             return None
         codes = cols.gender_codes[ids]
+        known = codes[codes >= 0]
+        if any(unmodelled_gender(cols.gender_names[c]) for c in np.unique(known).tolist()):
+            return None
         pair = np.full(len(cols.gender_names), -1, np.int64)
         for c, name in enumerate(GENDER_PAIR):
             pair[cols.gender_names.index(name)] = c
         mapped = np.where(codes >= 0, pair[codes], -1)
-        if ((codes >= 0) & (codes != cols.unisex) & (mapped < 0)).any():
-            return None
         weights = np.maximum(sims.astype(np.float64), 0.0)
         pair_weight = np.array([[weights[mapped == c].sum() for c in (0, 1)]])
         form, columns = self._head_for_queries(head, _PAIR_NAMES)
@@ -673,8 +675,11 @@ class Recommender:
         sims = (emb @ emb.T).astype(np.float32)
         harm = np.empty((n, n), np.float32)
         rule = np.empty((n, n), np.intp)
+        neutral = self._neutral(cols)[rows]
         for i in range(n):
-            harm[i], rule[i] = harmony(cols.hsl[rows[i]], cols.hsl[rows], self.harmony_rules)
+            harm[i], rule[i] = harmony(
+                cols.hsl[rows[i]], cols.hsl[rows], self.harmony_rules, cand_neutral=neutral
+            )
         cats = cols.category_codes[rows]
         compatible = cols.compat[cats][:, cats]
         rules, factor = self._v4(sims.ravel(), harm.ravel(), compatible.ravel(), use_color)
@@ -768,10 +773,11 @@ class Recommender:
         )
 
     def _neutral(self, cols: CatalogColumns) -> np.ndarray:
-        """Which catalogue colours are neutral: once per catalogue state, not per request."""
+        """Which catalogue colours are neutral: once per colour column, not per request. A
+        change that leaves every colour alone (stock, price) keeps the column, so the mask."""
         kept = self._neutral_for
-        if kept is None or kept[0] is not cols:
-            kept = (cols, neutral_colors(cols.hsl, self.harmony_rules))
+        if kept is None or kept[0] is not cols.hsl:
+            kept = (cols.hsl, neutral_colors(cols.hsl, self.harmony_rules))
             self._neutral_for = kept  # one assignment: readers see the old pair or the new
         return kept[1]
 
@@ -819,4 +825,5 @@ def _removed(st: CatalogSnapshot) -> np.ndarray | None:
 
 def _compatible(cols: CatalogColumns, query_cats: np.ndarray, cand_cats: np.ndarray) -> np.ndarray:
     """Whether each candidate category is compatible with every query category."""
-    return np.asarray(cols.compat[query_cats].all(axis=0))[cand_cats]
+    by_category = np.asarray(cols.compat[query_cats].all(axis=0))
+    return np.take(by_category, cand_cats)

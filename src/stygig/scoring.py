@@ -15,7 +15,6 @@ Weights live in :class:`ScoringConfig`, loaded from ``stygig/data/scoring.yaml``
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -224,24 +223,21 @@ def mmr(scores: np.ndarray, vectors: np.ndarray, k: int, diversity: float) -> np
 
 
 def _jitter(seed: int, n: int) -> np.ndarray:
-    """``default_rng(seed).random(n) * 1e-12``, read-only: the first ``n`` draws of the seed's
-    stream, kept for the last few seeds (a generator and 10k draws cost more than the rest
-    of ranking's set-up; the default seed serves most requests)."""
-    kept = _JITTER.get(seed)
-    if kept is None or len(kept) < n:
-        kept = np.random.default_rng(seed).random(max(n, 1024)) * 1e-12
+    """``default_rng(seed).random(n) * 1e-12``, read-only. For the default seed 0 (most
+    requests) the first ``n`` draws of a kept stream, grown as needed: a generator and 10k
+    draws cost more than the rest of ranking's set-up. Other seeds (a client's) are drawn
+    fresh, so nothing a client chooses is kept."""
+    if seed != 0:
+        return np.random.default_rng(seed).random(n) * 1e-12
+    kept = _JITTER_0[0]
+    if len(kept) < n:
+        kept = np.random.default_rng(0).random(max(n, 2 * len(kept))) * 1e-12
         kept.flags.writeable = False
-        with _JITTER_LOCK:
-            _JITTER.pop(seed, None)
-            while len(_JITTER) >= _JITTER_SEEDS:  # seeds are the client's: keep only a few
-                _JITTER.pop(next(iter(_JITTER)))
-            _JITTER[seed] = kept
+        _JITTER_0[0] = kept  # one assignment: a racing request draws the same numbers
     return kept[:n]
 
 
-_JITTER_SEEDS = 8
-_JITTER: dict[int, np.ndarray] = {}
-_JITTER_LOCK = threading.Lock()
+_JITTER_0: list[np.ndarray] = [np.zeros(0)]  # seed 0's draws so far
 
 #: At most this many float32s of embeddings are gathered at once for MMR (4 MB).
 _MMR_GATHER_FLOATS = 1 << 20

@@ -223,3 +223,26 @@ def test_the_stack_is_fitted_only_where_it_will_decide() -> None:
     expected = int((~boys[nearest].any(axis=1)).sum())
     assert 0 < expected < len(x)  # both kinds of rows are there
     assert report["served_rows"] == expected
+    assert "gender" in heads, report  # enough rows remain: the stack is fitted on them
+
+
+def test_a_catalogue_mostly_of_kids_neighbours_skips_the_stack() -> None:
+    """Enough men's and women's items overall, but too few photos the stack would decide: the
+    build skips it with the reason instead of fitting a gate on a handful of rows."""
+    x, genders = _gendered(n=400, seed=3)
+    for i in range(1, 400, 3):
+        genders[i] = "boys" if i % 2 else "girls"
+    heads, info = fit_artifact_heads(
+        x, {}, k={}, genders=genders, gender_k=30, gender_min_confidence=0.8
+    )
+    report = info["fields"]["gender"]
+    assert "gender" not in heads
+    assert report["served_rows"] < 2 * GENDER_MIN_ITEMS
+    assert "where the stack would decide" in report["skipped"]
+
+
+def test_fit_and_engine_share_the_unmodelled_rule() -> None:
+    from stygig.category_head import unmodelled_gender
+
+    assert [unmodelled_gender(g) for g in ("men", "women", "unisex", None)] == [False] * 4
+    assert unmodelled_gender("boys") and unmodelled_gender("girls")

@@ -87,16 +87,17 @@ def test_config_loads_defaults_and_validates() -> None:
     assert ScoringConfig.from_dict({"similarity_weight": 1}).similarity_weight == 1.0
 
 
-def test_ranking_jitter_is_the_seeds_stream_and_keeps_few_seeds() -> None:
+def test_ranking_jitter_is_the_seeds_stream_and_keeps_only_the_default() -> None:
     """The tie-breaking jitter is ``default_rng(seed).random(n) * 1e-12`` whatever lengths were
-    asked before, cannot be written to, and only a few client seeds are kept."""
+    asked before, cannot be written to, and only the default seed's draws are kept."""
     from stygig import scoring
 
-    for seed, n in ((0, 5), (0, 3000), (0, 17), (7, 2048)):
+    for seed, n in ((0, 5), (0, 3000), (0, 17), (7, 2048), (0, 9000)):
         expected = np.random.default_rng(seed).random(n) * 1e-12
         got = scoring._jitter(seed, n)
         assert got.shape == (n,) and (got == expected).all()
-        assert not got.flags.writeable
+        assert seed != 0 or not got.flags.writeable
+    kept = scoring._JITTER_0[0]
     for seed in range(100, 140):
         scoring._jitter(seed, 10)
-    assert len(scoring._JITTER) <= scoring._JITTER_SEEDS
+    assert scoring._JITTER_0[0] is kept and len(scoring._JITTER_0) == 1
