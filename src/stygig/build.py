@@ -43,7 +43,7 @@ from stygig.errors import (
     StorageError,
     UnsupportedMediaError,
 )
-from stygig.features import PreparedImage, fetch_photo, prepare_image
+from stygig.features import PreparedImage, color_method, fetch_photo, prepare_image
 from stygig.images import PreprocessSpec
 from stygig.scoring import ScoringConfig
 from stygig.whitening import Whitening
@@ -343,6 +343,7 @@ def finish_build(
         "images_per_second": n_images / embed_s if embed_s > 0 else None,
         "workers": workers,
         "batch_size": batch_size,
+        "color_method": color_method(),
         **(build_extra or {}),
     }
     path = write_artifact(

@@ -100,6 +100,9 @@ def compact(artifact_dir: str | Path, changelog: ChangeLog, out_dir: str | Path)
         index_params=params,
         build_info={
             "compacted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            # The rows' colours are the parent's measurements (and those of rows changed since,
+            # made by the same colour step unless the server was upgraded in between).
+            "color_method": manifest.get("build", {}).get("color_method"),
             "parent_build": manifest.get("build", {}),
         },
         extra_files=extra,

@@ -13,6 +13,7 @@ and the answer's parts (:mod:`stygig.response`). The embed step is the caller's
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +47,7 @@ from stygig.columns import CatalogColumns
 from stygig.compat.scorer import LearnedScorer
 from stygig.encoders import Encoder, load_encoder, load_onnx_encoder
 from stygig.errors import ConfigError, InvalidOptionsError
+from stygig.features import color_method
 from stygig.gender import StackedGender, decide_gender
 from stygig.harmony import (
     HARMONY_RULE_NAMES,
@@ -71,6 +73,8 @@ from stygig.scoring import (
 from stygig.snapshot import CatalogSnapshot, apply_changes, snapshot_of
 
 __all__ = ["Options", "Query", "Recommendation", "Recommender", "load_artifact_encoder"]
+
+log = logging.getLogger(__name__)
 
 # Options, Query (stygig.recommendation) and Recommendation (stygig.answer) are part of this API.
 
@@ -124,6 +128,14 @@ class Recommender:
                 f"artifact's {info['name']} ({info['dim']}-d): mixing encoders is not allowed"
             )
         self.whitening = artifact.whitening
+        measured = (artifact.manifest.get("build") or {}).get("color_method")
+        if measured != color_method():
+            log.warning(
+                "the catalogue's colours were measured by another colour step (%s; this "
+                "engine: %s): colour harmony compares unlike measurements until it is rebuilt",
+                measured or "not recorded",
+                color_method(),
+            )
         self.config = config or ScoringConfig.load()
         self.harmony_rules = self.config.harmony
         self.taxonomy = artifact.taxonomy

@@ -5,8 +5,11 @@ Build and query share this, so a catalogue photo and a shopper's photo are treat
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import time
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ __all__ = [
     "COLOR_SIDE",
     "DecodedPhoto",
     "PreparedImage",
+    "color_method",
     "color_summary",
     "decode_photo",
     "fetch_photo",
@@ -91,6 +95,19 @@ def fetch_photo(source: str | Path | bytes) -> str | Path | bytes:
     if isinstance(source, str | Path) and storage.is_remote(source):
         return storage.read_bytes(source, max_bytes=DEFAULT_LIMITS.max_bytes)
     return source
+
+
+@functools.cache
+def color_method() -> str:
+    """The colour step photos get here, as ``"<digest>@<side>px"``: a digest of the packaged
+    colour model and family table, and :data:`COLOR_SIDE`. A build records it in its manifest
+    (``build.color_method``); an engine whose own differs warns at load, since harmony compares
+    query colours with catalogue colours and both must be measured alike."""
+    data = resources.files("stygig")
+    digest = hashlib.sha256()
+    for name in ("data/color_model.json", "data/color_families.yaml"):
+        digest.update(data.joinpath(name).read_bytes())
+    return f"{digest.hexdigest()[:12]}@{COLOR_SIDE}px"
 
 
 def color_summary(pixels: np.ndarray) -> dict[str, Any]:
