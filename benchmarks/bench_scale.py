@@ -1,7 +1,8 @@
 """The IVF-PQ index (stygig.index_pq) at 1M, 5M and 10M items: recall, latency, memory, build.
 
     python benchmarks/bench_scale.py [--sizes 1000000,5000000,10000000] [--queries 200]
-        [--exact-queries 100] [--workdir /tmp/stygig-scale] [--nprobe 32] [--rerank-extra 100]
+        [--exact-queries 100] [--steady-queries 2000] [--cold-queries 20]
+        [--workdir /tmp/stygig-scale] [--nprobe 32] [--rerank-extra 100] [--mapped-rows-mb 512]
         [--build-threads 1] [--opq] [--keep] [--serve-only]
 
 Synthetic clustered 512-d unit vectors, the same generator, seeds and slot mix as
@@ -16,12 +17,22 @@ holds the catalogue in memory. Each size runs three steps:
    ``add_chunk`` per 100k rows then ``merge_chunks`` -- the functions a Ray build runs as tasks
    -- timed as train and add seconds;
 3. serve (a fresh subprocess, so resident memory is the index's alone; FAISS and BLAS on one
-   thread): load the slot indexes as ``artifact`` loading would (codes read, float16 rows
-   memory-mapped), read the rows file once into the page cache (``PQIndex.warm``), then time ``search_each(q, 293)`` -- the engine's candidate-pool call for
-   one query vector (candidate_pool 2048 over 7 slots) -- and ``search(q, 50)``, and compare
-   top 50s with the exact ones (recall@50 over the catalogue, and per slot: each slot's own
-   top 50, what outfit candidates come from). Resident memory (VmRSS, and its anonymous and
-   file-backed parts) after loading and after the queries.
+   thread): load the slot indexes as ``artifact`` loading would (codes read, float16 rows left
+   on disk: ``mapped_rows_mb`` per part memory-mapped, the rest read with ``pread``), read the
+   rows files once into the page cache (``PQIndex.warm``), then time ``search_each(q, 293)``
+   -- the engine's candidate-pool call for one query vector (candidate_pool 2048 over 7
+   slots) -- and ``search(q, 50)``, and
+   compare top 50s with the exact ones (recall@50 over the catalogue, and per slot: each
+   slot's own top 50, what outfit candidates come from); then ``--steady-queries`` more pool
+   searches with fresh query vectors, as a long-running server makes. Resident memory (VmRSS,
+   and its anonymous and file-backed parts) after loading, after the timed queries and after
+   the steady ones; and the page cache the rows need, stated apart because it is the
+   kernel's (shared, reclaimable, in a process's RSS only where mapped): the rows files'
+   size, how much of them the cache held after warming and after the queries (``mincore``),
+   and the pool search's p50 once the rows are evicted from the cache (``--cold-queries``:
+   the latency without that memory). ``--mapped-rows-mb`` is the index parameter
+   ``mapped_rows_mb`` (MB of each part's rows read through a memory map, the rest with
+   ``pread``).
 
 Scoring + ranking after the search does not depend on the catalogue's size (the pool is 2048
 items at any size); its p50 comes from ``benchmarks/results/search.json`` at 1M and is added to
@@ -32,7 +43,10 @@ the search p50 for the "search + scoring" figure. Appends to benchmarks/results/
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
+import mmap
 import os
 import platform
 import shutil
@@ -65,6 +79,33 @@ def status_kb(key: str) -> int:
 
 def memory() -> dict[str, float]:
     return {k: round(status_kb(k) / 1024, 1) for k in ("VmRSS", "RssAnon", "RssFile", "VmHWM")}
+
+
+def cached_bytes(file: Path) -> int:
+    """Bytes of ``file`` in the page cache: ``mincore`` over a mapping that is never read, so
+    nothing is faulted in and this process's resident memory does not change."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t] + [ctypes.c_int] * 3 + [ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size, page = file.stat().st_size, mmap.PAGESIZE
+    if not size:
+        return 0
+    fd = os.open(file, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr in (None, ctypes.c_void_p(-1).value):
+            raise OSError(ctypes.get_errno(), "mmap failed")
+        try:
+            vec = (ctypes.c_ubyte * (-(-size // page)))()
+            if libc.mincore(ctypes.c_void_p(addr), size, vec):
+                raise OSError(ctypes.get_errno(), "mincore failed")
+            return int(np.count_nonzero(np.frombuffer(vec, np.uint8) & 1)) * page
+        finally:
+            libc.munmap(ctypes.c_void_p(addr), size)
+    finally:
+        os.close(fd)
 
 
 def slot_names() -> tuple[list[str], np.ndarray]:
@@ -208,13 +249,15 @@ def build(data: Path, params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def serve(data: Path, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Load the slot indexes, time searches on one thread, measure recall and memory."""
+def serve(data: Path, overrides: dict[str, Any], steady: int, cold_queries: int) -> dict[str, Any]:
+    """Load the slot indexes, time searches on one thread, measure recall, memory and the page
+    cache the rows need."""
     import faiss
 
     from stygig.index import PartitionedIndex
     from stygig.index_pq import PQIndex
     from stygig.threads import limit_blas_threads
+    from synthetic import clustered_vectors
 
     faiss.omp_set_num_threads(1)
     limit_blas_threads(1)
@@ -227,9 +270,12 @@ def serve(data: Path, overrides: dict[str, Any]) -> dict[str, Any]:
         rows.append(np.load(data / f"rows{i}.npy"))
     index = PartitionedIndex(list(meta["slots"]), parts, rows, "slot")  # type: ignore[arg-type]
     loaded = memory()
+    row_files = [p.segments[0].file for p in parts]
     t = time.perf_counter()
     warmed = sum(p.warm() for p in parts)  # the rows file into the page cache, as serving does
     warm_s = time.perf_counter() - t
+    cached_warm = sum(cached_bytes(f) for f in row_files)
+    warmed_memory = memory()
     queries = np.load(data / "queries.npy")
     for q in queries[:10]:  # warm-up: first touches of the code lists
         index.search_each(q[None, :], POOL_SHARE)
@@ -256,22 +302,76 @@ def serve(data: Path, overrides: dict[str, Any]) -> dict[str, Any]:
         for p, r in enumerate(rows):
             mine = each[np.isin(each, r)]
             slot_recall.append(len(set(ex_i[p, :, j].tolist()) & set(mine.tolist())) / K_EXACT)
+    after_timed = memory()
+    steady_ms, steady_cpu_ms = [], []
+    for q in clustered_vectors(steady, DIM, seed=3):
+        t, c = time.perf_counter(), time.thread_time()
+        index.search_each(q[None, :], POOL_SHARE)
+        steady_cpu_ms.append((time.thread_time() - c) * 1e3)
+        steady_ms.append((time.perf_counter() - t) * 1e3)
+    after_steady = memory()
+    cached_end = sum(cached_bytes(f) for f in row_files)
     code_mb = sum(p.memory_bytes() for p in parts) / 2**20
+    rows_bytes = sum(f.stat().st_size for f in row_files)
+    params = {k: v for k, v in parts[0].params().items() if k != "nlist"}
+    nlists = [int(p.segments[0].ivf.nlist) for p in parts]
+    # Without the page cache: the rows evicted (this benchmark's files only; pages a process
+    # maps are not evicted, so the parts are reopened on the same codes first), each
+    # shortlisted row is a disk read.
+    fresh = [
+        PQIndex.from_parts(p.trained, p.segments[0].codes, p.segments[0].file, p.params())
+        for p in parts
+    ]
+    del index, parts
+    gc.collect()
+    for f in row_files:
+        fd = os.open(f, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+    cached_cold = sum(cached_bytes(f) for f in row_files)
+    cold = PartitionedIndex(list(meta["slots"]), fresh, rows, "slot")  # type: ignore[arg-type]
+    cold_ms = []
+    for q in queries[:cold_queries]:
+        t = time.perf_counter()
+        cold.search_each(q[None, :], POOL_SHARE)
+        cold_ms.append((time.perf_counter() - t) * 1e3)
     return {
-        "params": {k: v for k, v in parts[0].params().items() if k != "nlist"},
-        "nlist_per_slot": [int(p.segments[0].ivf.nlist) for p in parts],
+        "params": params,
+        "nlist_per_slot": nlists,
         "search_pool_p50_ms": round(float(np.median(pool_ms)), 3),
         "search_pool_p99_ms": round(float(np.percentile(pool_ms, 99)), 3),
         "search_pool_cpu_p50_ms": round(float(np.median(pool_cpu_ms)), 3),
         "serve_load_average": [round(v, 2) for v in load_start],
         "search_top50_p50_ms": round(float(np.median(top50_ms)), 3),
+        "steady_queries": len(steady_ms),
+        "steady_pool_p50_ms": round(float(np.median(steady_ms)), 3) if steady_ms else None,
+        "steady_pool_cpu_p50_ms": (
+            round(float(np.median(steady_cpu_ms)), 3) if steady_cpu_ms else None
+        ),
         "recall_at_50": round(float(np.mean(recall)), 4),
         "slot_recall_at_50": round(float(np.mean(slot_recall)), 4),
         "recall_queries": n_exact,
         "timed_queries": len(queries),
         "index_memory_mb": round(code_mb, 1),
         "warm": {"gb": round(warmed / 1e9, 2), "s": round(warm_s, 1)},
-        "memory_mb": {"before_load": before, "loaded": loaded, "after_queries": memory()},
+        "memory_mb": {
+            "before_load": before,
+            "loaded": loaded,
+            "warmed": warmed_memory,
+            "after_timed_queries": after_timed,
+            "after_steady_queries": after_steady,
+        },
+        "page_cache": {
+            "note": "the kernel's page cache (shared, reclaimable, counted in a process's RSS "
+            "only where mapped: mapped_rows_mb per part) that the latency figures need: "
+            "the float16 rows files",
+            "rows_files_gb": round(rows_bytes / 1e9, 2),
+            "cached_gb_after_warm": round(cached_warm / 1e9, 2),
+            "cached_gb_after_queries": round(cached_end / 1e9, 2),
+            "cached_gb_after_eviction": round(cached_cold / 1e9, 2),
+            "rows_evicted_pool_p50_ms": round(float(np.median(cold_ms)), 1) if cold_ms else None,
+            "rows_evicted_queries": len(cold_ms),
+        },
     }
 
 
@@ -304,6 +404,13 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000000,5000000,10000000")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--exact-queries", type=int, default=100)
+    parser.add_argument(
+        "--steady-queries", type=int, default=2000, help="pool searches after the timed ones"
+    )
+    parser.add_argument(
+        "--cold-queries", type=int, default=20, help="pool searches timed with the rows evicted"
+    )
+    parser.add_argument("--mapped-rows-mb", type=float, help="MB of each part's rows mapped")
     parser.add_argument("--workdir", default="/tmp/stygig-scale")
     parser.add_argument("--nprobe", type=int)
     parser.add_argument("--rerank-extra", type=int)
@@ -316,15 +423,23 @@ def main() -> None:
     parser.add_argument("--params", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.step:
-        fn = build if args.step == "build" else serve
-        print(json.dumps(fn(Path(args.data), json.loads(args.params))), flush=True)
+        params = json.loads(args.params)
+        if args.step == "build":
+            out = build(Path(args.data), params)
+        else:
+            out = serve(Path(args.data), params["search"], params["steady"], params["cold"])
+        print(json.dumps(out), flush=True)
         return
     build_params: dict[str, Any] = {"threads": args.build_threads}
     if args.opq:
         build_params["opq"] = True
     search_params = {
         k: v
-        for k, v in (("nprobe", args.nprobe), ("rerank_extra", args.rerank_extra))
+        for k, v in (
+            ("nprobe", args.nprobe),
+            ("rerank_extra", args.rerank_extra),
+            ("mapped_rows_mb", args.mapped_rows_mb),
+        )
         if v is not None
     }
     scoring = scoring_p50_ms()
@@ -340,7 +455,11 @@ def main() -> None:
         built = None
         if not (args.serve_only and (data / "index-part0.faiss").exists()):
             built = _child("build", data, build_params)
-        served = _child("serve", data, search_params)
+        served = _child(
+            "serve",
+            data,
+            {"search": search_params, "steady": args.steady_queries, "cold": args.cold_queries},
+        )
         total = served["search_pool_p50_ms"] + scoring if scoring is not None else None
         result = {
             "items": n,
@@ -352,7 +471,7 @@ def main() -> None:
             "scoring_p50_ms_at_1m": scoring,
             "search_plus_scoring_p50_ms": round(total, 3) if total is not None else None,
             "resident_mb_per_1m_items": round(
-                served["memory_mb"]["after_queries"]["VmRSS"] / (n / 1e6), 1
+                max(m["VmRSS"] for m in served["memory_mb"].values() if m) / (n / 1e6), 1
             ),
             "load_average": {"start": load_start, "end": os.getloadavg()},
         }

@@ -5,10 +5,14 @@ At ten million 512-d items the float16 IVF lists of :class:`stygig.index.FaissIn
 only a product-quantised code per item in memory (``m`` sub-quantisers of 4 bits: 256 bytes at
 512-d, scanned with FAISS's SIMD "fast-scan" kernels, optionally after an OPQ rotation), finds a
 shortlist of ``k + rerank_extra`` candidates with it, and re-ranks the shortlist exactly from the
-items' float16 vectors, which stay on disk in a memory-mapped file: only the
-shortlisted rows are read (page cache), so scores are the same inner products the float16 IVF
-lists give (within ~1e-4 of float32) and resident memory is the codes, the ids and the coarse
-centroids (about 270 MB per million 512-d items).
+items' float16 vectors, which stay in a file on disk: only the shortlisted rows are read, so
+scores are the same inner products the float16 IVF lists give (within ~1e-4 of float32). The
+first ``mapped_rows_mb`` of the rows are read through a memory map, the rest with ``pread``:
+mapped pages count in the process's resident memory and random reads end up mapping the whole
+mapped range, so resident memory is the codes, the ids and the coarse centroids (about 270 MB
+per million 512-d items) plus at most that much of the rows file (1 GB per million items). The
+latency figures assume the whole rows file is in the kernel's page cache (:meth:`PQIndex.warm`):
+memory the machine must have beside the process's own.
 
 Building is two pure steps so that a cluster can run them as tasks (see ``docs/scale.md``):
 :func:`train_pq` (a sample in, the trained empty index as bytes out) and :func:`add_chunk`
@@ -20,6 +24,9 @@ adding chunk by chunk so the float32 copy is never larger than one chunk.
 from __future__ import annotations
 
 import copy
+import mmap
+import os
+import weakref
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -58,6 +65,14 @@ TRAIN_MIN, TRAIN_MAX = 20_000, 160_000
 #: (recall@50 at 1M: 0.980 with 100 extra, 0.954 with 50, the same as float16 lists).
 DEFAULT_NPROBE = 32
 DEFAULT_RERANK_EXTRA = 100
+
+#: Index parameter ``mapped_rows_mb``: how many MB of each loaded index's (each slot part's)
+#: float16 rows are read through a memory map -- fast, but resident in this process once
+#: touched -- the first rows of the file; the rest are read with ``pread`` from the page cache.
+#: 512 maps every row up to ~500k items per part (1M items split by slot: all of them, as
+#: before) and bounds the rows' share of resident memory at 10M items (7 parts) to 3.6 GB
+#: beside 2.9 GB of codes (``docs/scale.md`` has the measured cost).
+DEFAULT_MAPPED_ROWS_MB = 512
 
 
 def default_pq_params(n_items: int, dim: int) -> dict[str, Any]:
@@ -213,7 +228,7 @@ def _store_header(n: int, dim: int) -> bytes:
 
 def write_store(file: Path, blocks: Iterable[np.ndarray], n: int, dim: int) -> None:
     """Write ``n`` rows (given block by block) as a float16 store file: a FAISS fp16
-    ``IndexScalarQuantizer`` that :meth:`PQIndex.load` memory-maps and that
+    ``IndexScalarQuantizer`` that :meth:`PQIndex.load` reads rows from and that
     :func:`store_rows` opens as a NumPy memmap. Never holds more than one block; float32
     blocks are rounded as a local build rounds them (:func:`fp16_rows`)."""
     written = 0
@@ -258,51 +273,131 @@ def vectors_file(name: str) -> str:
     return (name[: -len(".faiss")] if name.endswith(".faiss") else name) + "-vectors.faiss"
 
 
+def _inner_products(query: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``query``'s inner products with float16 ``rows``, best first, as (scores, positions in
+    ``rows``): FAISS's SIMD fp16 scalar-quantizer kernel, the distance ``IndexRefine`` gives
+    over an fp16 store (the same floats, tested), on a throwaway index holding just ``rows``."""
+    import faiss
+
+    dim = rows.shape[1]
+    scratch = faiss.IndexScalarQuantizer(
+        dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+    )
+    scratch.add_sa_codes(np.ascontiguousarray(rows).view(np.uint8).reshape(len(rows), 2 * dim))
+    scores, positions = scratch.search(query[None, :], len(rows))
+    return scores[0], positions[0]
+
+
 class _Segment:
     """Codes and float16 rows of consecutive ids ``offset ..``: the index's own rows (codes in
-    memory, rows memory-mapped after loading), or rows added since (both in memory)."""
+    memory, rows in the store ``file`` after loading), or rows built or added in this process
+    (both in memory).
 
-    def __init__(self, codes: Any, store: Any, offset: int, file: Path | None = None) -> None:
+    A loaded segment whose rows file holds at most ``mapped_bytes`` of rows memory-maps it
+    whole and re-ranks with FAISS's ``IndexRefine``, as an in-memory one does. A larger one
+    maps its first ``mapped_bytes`` of rows and reads the others with ``pread``: mapped pages
+    count in the process's resident memory, and random re-ranking reads through a map (the
+    kernel maps up to 16 neighbouring cached pages on each fault, ``MADV_RANDOM`` or not) make
+    the whole mapped range resident over a server's life -- all 10 GB at 10M items with
+    everything mapped. So ``mapped_bytes`` bounds the rows' share of resident memory; rows read
+    with ``pread`` live only in the kernel's page cache (shared, reclaimable), at the price of
+    a page-cache lookup per row (~3 us at 10M items against ~0.2 us through a mapped page;
+    ``docs/scale.md``)."""
+
+    def __init__(
+        self,
+        codes: Any,
+        store: Any,
+        offset: int,
+        file: Path | None = None,
+        mapped_bytes: int = 0,
+    ) -> None:
         import faiss
 
-        if codes.ntotal != store.ntotal:
-            raise ArtifactError(f"IVF-PQ: {codes.ntotal} codes but {store.ntotal} stored rows")
         self.codes, self.store, self.offset, self.file = codes, store, offset, file
         self.ivf = faiss.extract_index_ivf(codes)
-        self.refine = faiss.IndexRefine(codes, store)  # holds no references: kept above
+        self.dim = int(codes.d)
+        row = 2 * self.dim
+        self.refine: Any = None
+        self._rows: np.ndarray | None = None  # rows 0 .. len(_rows) in memory or mapped
+        if store is not None:
+            if codes.ntotal != store.ntotal:
+                raise ArtifactError(f"IVF-PQ: {codes.ntotal} codes but {store.ntotal} stored rows")
+            self.refine = faiss.IndexRefine(codes, store)  # holds no references: kept above
+            flat = faiss.rev_swig_ptr(store.codes.data(), self.n * row) if self.n else b""
+            self._rows = np.frombuffer(flat, np.float16).reshape(self.n, self.dim)
+        if file is not None:
+            self._fd = os.open(file, os.O_RDONLY)
+            weakref.finalize(self, os.close, self._fd)
+            self._start = os.fstat(self._fd).st_size - self.n * row  # the rows end the file
+            cut = min(self.n, mapped_bytes // row)
+            if cut and self._rows is None:
+                self._map = mmap.mmap(self._fd, self._start + cut * row, prot=mmap.PROT_READ)
+                head = np.frombuffer(self._map, np.uint8, cut * row, self._start)
+                self._rows = head.view(np.float16).reshape(cut, self.dim)
 
     @property
     def n(self) -> int:
         return int(self.codes.ntotal)
 
-    def rows(self) -> np.ndarray:
-        """The float16 rows (a memmap for a loaded segment, a copy of the codes otherwise)."""
-        import faiss
+    def gather(self, ids: np.ndarray) -> np.ndarray:
+        """Rows ``ids`` (ascending, distinct) as an ``(len(ids), dim)`` float16 array: from
+        memory or the mapped rows, the others from the store file with one ``pread`` per run
+        of consecutive ids."""
+        if self._rows is None:
+            return self._read(ids)
+        split = int(np.searchsorted(ids, len(self._rows)))
+        held: np.ndarray = self._rows[ids[:split]]
+        if split == len(ids):
+            return held
+        return np.concatenate([held, self._read(ids[split:])]) if split else self._read(ids)
 
-        if self.file is not None:
-            return store_rows(self.file, self.n, int(self.codes.d))
-        flat = faiss.vector_to_array(self.store.codes).view(np.float16)
-        return flat.reshape(self.n, int(self.codes.d))
+    def _read(self, ids: np.ndarray) -> np.ndarray:
+        assert self.file is not None
+        row = 2 * self.dim
+        runs = np.flatnonzero(np.diff(ids, prepend=-2) != 1)
+        sizes = (np.diff(runs, append=len(ids)) * row).tolist()
+        offsets = (self._start + ids[runs] * row).tolist()
+        fd = self._fd
+        data = b"".join([os.pread(fd, s, o) for s, o in zip(sizes, offsets, strict=True)])
+        if len(data) != len(ids) * row:
+            raise ArtifactError(f"IVF-PQ rows {self.file.name} are shorter than the codes")
+        return np.frombuffer(data, np.float16).reshape(len(ids), self.dim)
 
     def search(self, q: np.ndarray, k: int, extra: int, nprobe: int) -> tuple[Any, Any]:
+        """The top ``k`` of a shortlist of ``k + extra`` codes, re-ranked exactly: by FAISS's
+        ``IndexRefine`` when every row is in memory or mapped, else over the gathered rows
+        with the same kernel (the same floats)."""
         import faiss
 
         fetch = min(k, self.n)
-        ivf_params: Any = faiss.SearchParametersIVF()
-        ivf_params.nprobe = min(nprobe, self.ivf.nlist)
-        params: Any = faiss.IndexRefineSearchParameters()
-        params.k_factor = min(self.n, fetch + extra) / fetch
-        params.base_index_params = ivf_params
-        scores, ids = self.refine.search(q, fetch, params=params)
-        return scores, np.where(ids >= 0, ids + self.offset, -1)
+        params: Any = faiss.SearchParametersIVF()
+        params.nprobe = min(nprobe, self.ivf.nlist)
+        if self.refine is not None:
+            refine_params: Any = faiss.IndexRefineSearchParameters()
+            refine_params.k_factor = min(self.n, fetch + extra) / fetch
+            refine_params.base_index_params = params
+            found_scores, found = self.refine.search(q, fetch, params=refine_params)
+            return found_scores, np.where(found >= 0, found + self.offset, -1)
+        _, shortlist = self.codes.search(q, min(self.n, fetch + extra), params=params)
+        scores = np.full((len(q), fetch), -np.inf, np.float32)
+        ids = np.full((len(q), fetch), -1, np.int64)
+        for i, found in enumerate(shortlist):
+            rows = np.sort(found[found >= 0])
+            if len(rows):
+                best, positions = _inner_products(q[i], self.gather(rows))
+                scores[i, : len(best[:fetch])] = best[:fetch]
+                ids[i, : len(best[:fetch])] = rows[positions[:fetch]] + self.offset
+        return scores, ids
 
 
 class PQIndex(_Tombstones):
     """IVF-PQ (fast-scan, optional OPQ) shortlist + exact re-ranking from float16 rows on disk.
 
     Row ids are positions in the part. The float16 rows are a FAISS fp16 scalar-quantizer file
-    (``<name>-vectors.faiss``), memory-mapped on load: re-ranking ``k + rerank_extra``
-    candidates reads only their rows, with FAISS's SIMD float16 inner products. Rows added by
+    (``<name>-vectors.faiss``), left on disk on load (its first ``mapped_rows_mb`` memory-mapped):
+    re-ranking ``k + rerank_extra`` candidates reads only their rows, with FAISS's SIMD float16
+    inner products. Rows added by
     :meth:`with_added` live in a second, in-memory segment until the next save.
     """
 
@@ -343,8 +438,9 @@ class PQIndex(_Tombstones):
         cls, trained: bytes, codes: Any, store_file: Path, params: dict[str, Any]
     ) -> PQIndex:
         """An index from ``merge_chunks``'s codes and a store file (:func:`write_store` or
-        :func:`store_rows`), memory-mapped -- how a distributed build assembles one."""
-        return cls([_load_segment(codes, store_file)], trained, params)
+        :func:`store_rows`), read as a loaded index reads it -- how a distributed build
+        assembles one."""
+        return cls([_load_segment(codes, store_file, params)], trained, params)
 
     @property
     def ntotal(self) -> int:
@@ -422,13 +518,12 @@ class PQIndex(_Tombstones):
 
     def _row_blocks(self) -> Iterable[np.ndarray]:
         for seg in self.segments:
-            rows = seg.rows()
-            for start in range(0, len(rows), ADD_CHUNK_ROWS):
-                yield rows[start : start + ADD_CHUNK_ROWS]
+            for start in range(0, seg.n, ADD_CHUNK_ROWS):
+                yield seg.gather(np.arange(start, min(start + ADD_CHUNK_ROWS, seg.n)))
 
     @classmethod
     def load(cls, path: Path, name: str, n: int, params: dict[str, Any] | None) -> PQIndex:
-        """Load what :meth:`save` wrote: codes read, float16 rows memory-mapped."""
+        """Load what :meth:`save` wrote: codes read, float16 rows left on disk."""
         import faiss
 
         file = path / name
@@ -438,19 +533,22 @@ class PQIndex(_Tombstones):
             raise ArtifactError(f"cannot read IVF-PQ index {name}: {e}") from e
         if codes.ntotal != n:
             raise ArtifactError(f"IVF-PQ index {name} holds {codes.ntotal} rows, not {n}")
-        return cls([_load_segment(codes, path / vectors_file(name))], None, dict(params or {}))
+        params = dict(params or {})
+        return cls([_load_segment(codes, path / vectors_file(name), params)], None, params)
 
-    def warm(self, block: int = 1 << 24) -> int:
-        """Read the float16 rows file once, in order, so re-ranking finds its rows in the page
-        cache instead of faulting each from disk (a server does this at start); the rows stay
-        out of this process's memory. Returns the bytes read."""
+    def warm(self, block: int = 1 << 20) -> int:
+        """Read the float16 rows file once, in order, into one reused buffer, so re-ranking
+        finds its rows in the kernel's page cache instead of reading each from disk (a server
+        does this at start). Nothing is mapped: the process's resident memory does not grow.
+        Returns the bytes read."""
         total = 0
+        buffer = memoryview(bytearray(block))
         for seg in self.segments:
             if seg.file is None:
                 continue
             with open(seg.file, "rb", buffering=0) as f:
-                while chunk := f.read(block):
-                    total += len(chunk)
+                while got := f.readinto(buffer):
+                    total += got
         return total
 
     def params(self) -> dict[str, Any]:
@@ -458,7 +556,8 @@ class PQIndex(_Tombstones):
 
     def memory_bytes(self) -> int:
         """Bytes kept in memory: codes, ids and coarse centroids (float16 rows are on disk,
-        except in-memory segments)."""
+        except in-memory segments; mapped rows, at most ``mapped_rows_mb`` of the file, are not
+        counted: they are resident only once read)."""
         total = 0
         for seg in self.segments:
             total += seg.n * (int(seg.ivf.code_size) + 8) + int(seg.ivf.nlist) * self.dim * 4
@@ -467,16 +566,25 @@ class PQIndex(_Tombstones):
         return total
 
 
-def _load_segment(codes: Any, store_file: Path) -> _Segment:
+def _load_segment(codes: Any, store_file: Path, params: dict[str, Any]) -> _Segment:
+    """A segment on ``store_file``, checked by FAISS's reader: mapped whole (FAISS's map) when
+    its rows fit in ``mapped_rows_mb``, else its first ``mapped_rows_mb`` of rows mapped and
+    the others read with ``pread``."""
     import faiss
 
+    mapped_mb = float(params.get("mapped_rows_mb", DEFAULT_MAPPED_ROWS_MB))
+    if not mapped_mb >= 0:
+        raise InvalidOptionsError(f"mapped_rows_mb must be 0 or more, not {mapped_mb}")
     try:
-        store = faiss.read_index(str(store_file), faiss.IO_FLAG_MMAP_IFC)
+        store: Any = faiss.read_index(str(store_file), faiss.IO_FLAG_MMAP_IFC)
     except RuntimeError as e:
         raise ArtifactError(f"cannot read IVF-PQ rows {store_file.name}: {e}") from e
     if store.d != codes.d or store.ntotal != codes.ntotal:
         raise ArtifactError(f"IVF-PQ rows {store_file.name} do not match the codes")
-    return _Segment(codes, store, 0, store_file)
+    mapped = int(mapped_mb * 2**20)
+    if store.ntotal * store.d * 2 > mapped:
+        store = None  # unmapped: rows beyond the mapped ones are read with pread
+    return _Segment(codes, store, 0, store_file, mapped)
 
 
 def training_sample(vectors: np.ndarray, nlist: int, seed: int = 0) -> np.ndarray:

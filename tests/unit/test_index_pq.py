@@ -12,6 +12,7 @@ import pytest
 from stygig.errors import ArtifactError, InvalidOptionsError
 from stygig.index import ExactIndex, PartitionedIndex
 from stygig.index_pq import (
+    DEFAULT_RERANK_EXTRA,
     PQIndex,
     add_chunk,
     default_pq_params,
@@ -107,7 +108,7 @@ def test_k_beyond_the_index_pads(data: tuple[np.ndarray, np.ndarray]) -> None:
     assert sorted(ids[0, :40].tolist()) == list(range(40))
 
 
-def test_save_and_load_memory_maps_the_rows(
+def test_save_and_load_reads_rows_from_disk(
     tmp_path: Path, built: PQIndex, data: tuple[np.ndarray, np.ndarray]
 ) -> None:
     x, q = data
@@ -129,6 +130,91 @@ def test_save_and_load_memory_maps_the_rows(
     (tmp_path / "index-part0.faiss").write_bytes(b"not an index")
     with pytest.raises(ArtifactError, match="cannot read"):
         PQIndex.load(tmp_path, "index-part0.faiss", len(x), None)
+
+
+def rss_file_kb() -> int:
+    """This process's resident file-mapped memory (``RssFile`` in /proc/self/status)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    raise AssertionError("no RssFile in /proc/self/status")
+
+
+def test_gathered_rows_rerank_as_faiss_index_refine_to_the_bit(
+    rows_on_disk: tuple[Path, np.ndarray],
+) -> None:
+    """Re-ranking rows gathered with ``pread`` gives the very floats and ids FAISS's
+    ``IndexRefine`` gives over the mapped rows file (how every row was re-ranked before
+    ``mapped_rows_mb``, and still is where the rows fit in it)."""
+    path, wide = rows_on_disk
+    read = PQIndex.load(path, "big.faiss", len(wide), {"mapped_rows_mb": 0}).segments[0]
+    mapped = PQIndex.load(path, "big.faiss", len(wide), None).segments[0]
+    assert read.refine is None and mapped.refine is not None
+    q = wide[::40] + 0.05
+    for k in (10, 50, 293):
+        want = mapped.search(q, k, DEFAULT_RERANK_EXTRA, 8)
+        got = read.search(q, k, DEFAULT_RERANK_EXTRA, 8)
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(got[0], want[0])
+
+
+@pytest.fixture(scope="module")
+def rows_on_disk(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    """A saved index of 8000 256-d rows: a 4 MB rows file."""
+    x = clustered(8000, seed=3)
+    wide = np.repeat(x, 8, axis=1) / np.sqrt(8)
+    path = tmp_path_factory.mktemp("rows")
+    PQIndex.build(wide, nlist=16).save(path, "big.faiss")
+    return path, wide
+
+
+def test_unmapped_rows_are_read_never_mapped(rows_on_disk: tuple[Path, np.ndarray]) -> None:
+    """With ``mapped_rows_mb`` 0 a loaded index gathers the rows the file holds (runs of
+    consecutive ids and single ids) without mapping the rows file: warming and searching leave
+    it out of /proc/self/maps and do not grow the process's file-backed resident memory."""
+    path, wide = rows_on_disk
+    rows_file = path / "big-vectors.faiss"
+    size = rows_file.stat().st_size
+    loaded = PQIndex.load(path, "big.faiss", len(wide), {"mapped_rows_mb": 0})
+    before = rss_file_kb()
+    assert loaded.warm() == size
+    loaded.search(wide[::40], 50)
+    grown_kb = rss_file_kb() - before
+    assert str(rows_file) not in Path("/proc/self/maps").read_text()
+    assert grown_kb < size / 1024 / 4
+
+    seg = loaded.segments[0]
+    ids = np.array([0, 1, 2, 3, 17, 100, 101, 4999, len(wide) - 2, len(wide) - 1])
+    on_disk = store_rows(rows_file, len(wide), wide.shape[1])
+    np.testing.assert_array_equal(seg.gather(ids), on_disk[ids])
+    np.testing.assert_array_equal(seg.gather(np.arange(len(wide))), on_disk)
+    del on_disk
+
+
+def test_mapped_rows_bound_the_resident_rows(rows_on_disk: tuple[Path, np.ndarray]) -> None:
+    """``mapped_rows_mb`` of a quarter of the file maps the first quarter of the rows: reading
+    every row makes at most that quarter resident, the rows either side of the cut come back
+    as the file holds them, and the answers are those of the index with every row mapped."""
+    path, wide = rows_on_disk
+    size = (path / "big-vectors.faiss").stat().st_size
+    mb = len(wide) * wide.shape[1] * 2 / 4 / 2**20
+    quarter = PQIndex.load(path, "big.faiss", len(wide), {"mapped_rows_mb": mb})
+    everything = PQIndex.load(path, "big.faiss", len(wide), None)  # 4 MB: all mapped
+    seg = quarter.segments[0]
+    cut = len(wide) // 4
+    before = rss_file_kb()
+    rows = seg.gather(np.arange(len(wide)))
+    assert rss_file_kb() - before < size / 1024 / 2  # everything mapped: the whole file
+    on_disk = store_rows(path / "big-vectors.faiss", len(wide), wide.shape[1])
+    np.testing.assert_array_equal(rows, on_disk)
+    ids = np.array([cut - 2, cut - 1, cut, cut + 1, cut + 900])
+    np.testing.assert_array_equal(seg.gather(ids), on_disk[ids])
+    del on_disk
+    q = wide[::40]
+    for got, want in zip(quarter.search(q, 50), everything.search(q, 50), strict=True):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(InvalidOptionsError, match="mapped_rows_mb"):
+        PQIndex.load(path, "big.faiss", len(wide), {"mapped_rows_mb": -1})
 
 
 def test_added_rows_are_found_and_saved(
