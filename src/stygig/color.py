@@ -306,7 +306,7 @@ class ColorSummary:
         return {
             "rgb": list(self.rgb),
             "hex": _hex(self.rgb),
-            "name": describe_color(self.rgb),
+            "name": describe_color(self.rgb, self.family),
             "hsl": [round(h, 2), round(s, 4), round(light, 4)],
             "family": self.family,
             "palette": [

@@ -77,7 +77,7 @@ class CatalogColumns:
         self.usage_names, self.usage_codes = label_codes([i.usage for i in items])
         self.rgb = rgb_array(artifact.colors)
         self.hsl = rgb_to_hsl(self.rgb).astype(np.float32)
-        self.color_names = np.asarray(describe_colors(self.rgb), dtype=object)
+        self.color_names = _color_names(artifact.colors, self.rgb)
         self.available = np.array([item.in_stock for item in items], dtype=bool)
         # What a request may filter on: the item fields and every attribute the catalogue has.
         self.filterable = frozenset(ITEM_FIELDS).union(*(item.attributes.keys() for item in items))
@@ -125,7 +125,7 @@ class CatalogColumns:
         recolored = list(range(n_old, n))
         rgb = rgb_array([artifact.colors[r] for r in recolored]) if recolored else self.rgb[:0]
         hsl = rgb_to_hsl(rgb).astype(np.float32) if recolored else self.hsl[:0]
-        names = np.asarray(describe_colors(rgb) if recolored else [], dtype=object)
+        names = _color_names([artifact.colors[r] for r in recolored], rgb)
         k = len(colored)
         out._spare = dict(self._spare)
         out._set(
@@ -350,6 +350,16 @@ class CatalogColumns:
             cached = np.array([_attribute_of(item, name) for item in self.artifact.items], object)
             self._attribute_cache[name] = cached
         return cached
+
+
+def _color_names(colors: Sequence[dict[str, Any]], rgb: np.ndarray) -> np.ndarray:
+    """Each colour's name as its summary reported it (a photo's name agrees with its family,
+    which comes from the whole photo), else the name of its RGB alone."""
+    names = np.asarray([c.get("name") for c in colors], dtype=object)
+    missing = np.flatnonzero(names == None)  # noqa: E711 (element-wise)
+    if len(missing):
+        names[missing] = describe_colors(rgb[missing])
+    return names
 
 
 def _attribute_of(item: Any, name: str) -> str | None:

@@ -494,16 +494,23 @@ def neutral_colors(hsl: npt.ArrayLike, rules: HarmonyRules | None = None) -> npt
     return _neutral(np.asarray(hsl, np.float64), rules or HarmonyRules())
 
 
-def describe_colors(rgb: npt.ArrayLike) -> npt.NDArray[np.str_]:
+def describe_colors(
+    rgb: npt.ArrayLike, families: Sequence[str] | None = None
+) -> npt.NDArray[np.str_]:
     """Short human names for RGB colours (0-255), vectorised over ``(n, 3)``.
 
-    The name refines the colour's family (:func:`color_families`) by lightness and hue:
-    "navy", "charcoal", "burgundy", "teal", "olive", "tan", "camel", "cream", "lavender", ...
-    for reasons such as "navy + grey: neutral pairing".
+    The name refines the colour's family by lightness and hue: "navy", "charcoal",
+    "burgundy", "teal", "olive", "tan", "camel", "cream", "lavender", ... for reasons such as
+    "navy + grey: neutral pairing". The family is ``families`` when given (a photo's family
+    comes from its whole histogram, :func:`stygig.color.dominant_colors`, and its name must
+    agree with it), else the colour's own (:func:`color_families`).
     """
     lab = rgb_to_lab(np.asarray(rgb, dtype=np.float64).reshape(-1, 3))
     table = load_family_table()
-    family = np.asarray(table.families)[table.classify_lab(lab)].astype(object)
+    if families is None:
+        family = np.asarray(table.families)[table.classify_lab(lab)].astype(object)
+    else:
+        family = np.asarray(families, dtype=object)
     light, chroma, hue = lab_to_lch(lab)
     is_ = {f: family == f for f in ("grey", "blue", "green", "brown", "red", "yellow", "white")}
     rules: list[tuple[npt.NDArray[np.bool_], str]] = [
@@ -529,9 +536,10 @@ def describe_colors(rgb: npt.ArrayLike) -> npt.NDArray[np.str_]:
     return out
 
 
-def describe_color(rgb: npt.ArrayLike) -> str:
-    """A short human name for one RGB colour (0-255); see :func:`describe_colors`."""
-    return str(describe_colors(rgb)[0])
+def describe_color(rgb: npt.ArrayLike, family: str | None = None) -> str:
+    """A short human name for one RGB colour (0-255), of ``family`` when given; see
+    :func:`describe_colors`."""
+    return str(describe_colors(rgb, None if family is None else [family])[0])
 
 
 def harmony_reason(query_rgb: npt.ArrayLike, cand_rgb: npt.ArrayLike, rule_index: int) -> str:

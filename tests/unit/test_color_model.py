@@ -12,6 +12,7 @@ import pytest
 import stygig.color
 from stygig.color import (
     ColorModel,
+    color_family,
     color_feature_count,
     color_features,
     dominant_colors,
@@ -102,3 +103,31 @@ def test_held_out_kaggle_photos_agree_with_their_labels() -> None:
         for r in rows
     ]
     assert len(agree) == 400 and np.mean(agree) > 0.6
+
+
+#: The names describe_colors refines each family into (besides the family's own name).
+_REFINED = {
+    "grey": {"charcoal", "light grey"},
+    "blue": {"navy", "light blue"},
+    "green": {"teal", "turquoise", "lime"},
+    "brown": {"olive", "tan"},
+    "red": {"burgundy"},
+    "purple": {"lavender"},
+    "pink": {"lavender"},
+    "yellow": {"camel"},
+    "white": {"cream"},
+}
+
+
+def test_a_photos_colour_name_agrees_with_its_family() -> None:
+    """The name refines the family the whole photo was given, even where the main colour's
+    own rule family differs (a light grey photo whose pixels read as white, one by one)."""
+    seen_disagreement = False
+    for level in range(0, 256, 15):
+        for tint in ((0, 0, 0), (20, 0, 0), (0, 0, 25), (25, 20, 0)):
+            rgb = np.clip(np.array([level, level, level]) + tint, 0, 255).astype(np.uint8)
+            summary = dominant_colors(np.broadcast_to(rgb, (8, 8, 3)).copy())
+            out = summary.to_dict()
+            assert out["name"] == out["family"] or out["name"] in _REFINED[out["family"]], out
+            seen_disagreement |= color_family(summary.rgb) != summary.family
+    assert seen_disagreement  # the case this guards happened at least once
