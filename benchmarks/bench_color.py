@@ -52,8 +52,9 @@ from stygig.images import decode_image, fit_array
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATASETS = REPO.parent / "shared" / "datasets"
-# The last commit whose colour step clustered 1,500 pixels (before issue 13's rewrite).
-DEFAULT_BEFORE = "71dd81d"
+# The last commit whose colour step was k-means at 128 px (before the learned colour family);
+# compare with ``--before-side 128``. 71dd81d is the one before issue 13's k-means rewrite.
+DEFAULT_BEFORE = "4b86af7"
 
 
 @dataclass(frozen=True)
