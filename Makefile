@@ -62,7 +62,8 @@ unit: $(STAMP) browser
 
 test: lint typecheck unit
 
-# The quick loop while editing: unit tests only, no servers, no shared datasets (~35 s here).
+# The quick loop while editing: unit tests only, no servers, no shared datasets, none marked slow
+# (ONNX exports, moto servers, CLI subprocesses; make test runs them): 48 s on a quiet machine.
 test-fast: $(STAMP)
 	$(BIN)/pytest -q tests/unit -m "not slow and not shared_data"
 

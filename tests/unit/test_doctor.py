@@ -33,6 +33,7 @@ def _check(report: dict[str, object], name: str) -> dict[str, str]:
     return next(c for c in checks if c["name"] == name)
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess: not in test-fast
 def test_json_lists_the_cpu_provider_active_and_cuda_not() -> None:
     done = _doctor("--json", "--device", "cpu")
     assert done.returncode == 0, done.stderr
@@ -47,6 +48,7 @@ def test_json_lists_the_cpu_provider_active_and_cuda_not() -> None:
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess: not in test-fast
 def test_device_cuda_fails_here_with_exit_1() -> None:
     done = _doctor("--device", "cuda")
     assert done.returncode == 1, done.stdout + done.stderr
@@ -55,6 +57,7 @@ def test_device_cuda_fails_here_with_exit_1() -> None:
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess: not in test-fast
 def test_an_artifact_is_verified(sample: tuple[Path, Path], tmp_path: Path) -> None:
     done = _doctor("--artifact", str(sample[1]), "--json")
     assert done.returncode == 0, done.stdout + done.stderr

@@ -236,6 +236,7 @@ def test_effnet_same_shape_at_two_sizes_is_nearer_than_a_different_picture(
     assert near > far + 0.1, (near, far)
 
 
+@pytest.mark.slow  # its fixture exports EfficientNet-Lite0 to ONNX: not in make test-fast
 @pytest.mark.torch
 def test_effnet_onnx_matches_torch_at_any_batch(
     effnet: Encoder, effnet_onnx: Encoder, pictures_224: np.ndarray
@@ -250,6 +251,7 @@ def test_effnet_onnx_matches_torch_at_any_batch(
     assert effnet_onnx.encode(pictures_224[:0]).shape == (0, 1280)
 
 
+@pytest.mark.slow  # its fixture exports EfficientNet-Lite0 to ONNX: not in make test-fast
 @pytest.mark.torch
 def test_effnet_int8_stays_close_to_fp32(
     effnet_onnx: Encoder, effnet_int8: Encoder, pictures_224: np.ndarray
@@ -264,6 +266,7 @@ def test_effnet_int8_stays_close_to_fp32(
     assert cosines.min() > 0.90, cosines
 
 
+@pytest.mark.slow  # its fixture exports EfficientNet-Lite0 to ONNX: not in make test-fast
 @pytest.mark.torch
 def test_load_encoder_reuses_a_cached_export(effnet_onnx: Encoder, onnx_dir: Path) -> None:
     assert isinstance(effnet_onnx, OnnxEncoder)
@@ -274,6 +277,7 @@ def test_load_encoder_reuses_a_cached_export(effnet_onnx: Encoder, onnx_dir: Pat
     assert again.path.stat().st_mtime_ns == before
 
 
+@pytest.mark.slow  # its fixture exports EfficientNet-Lite0 to ONNX: not in make test-fast
 @pytest.mark.torch
 def test_onnx_serving_path_needs_no_torch(effnet_int8: Encoder, pictures_224: np.ndarray) -> None:
     assert isinstance(effnet_int8, OnnxEncoder)
@@ -292,6 +296,7 @@ def test_onnx_serving_path_needs_no_torch(effnet_int8: Encoder, pictures_224: np
     np.testing.assert_allclose(np.load(out), effnet_int8.encode(pictures_224), atol=1e-5)
 
 
+@pytest.mark.slow  # its fixture exports EfficientNet-Lite0 to ONNX: not in make test-fast
 @pytest.mark.torch
 def test_onnx_file_must_match_the_manifest(effnet_onnx: Encoder) -> None:
     assert isinstance(effnet_onnx, OnnxEncoder)
@@ -307,6 +312,7 @@ def test_only_torch_encoders_export(tmp_path: Path) -> None:
         export_onnx(TinyEncoder(), tmp_path / "tiny.onnx")
 
 
+@pytest.mark.slow  # its fixture exports EfficientNet-Lite0 to ONNX: not in make test-fast
 @pytest.mark.torch
 @pytest.mark.shared_data
 def test_effnet_int8_drift_on_product_photos(effnet_onnx: Encoder, effnet_int8: Encoder) -> None:

@@ -70,6 +70,7 @@ def test_a_missing_weights_package_names_it(monkeypatch: pytest.MonkeyPatch) -> 
         load_encoder("efficientnet-lite2")
 
 
+@pytest.mark.slow
 @pytest.mark.torch
 def test_lite1_exports_to_onnx_at_240(tmp_path: Path) -> None:
     pytest.importorskip("torch")

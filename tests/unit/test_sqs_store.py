@@ -29,7 +29,10 @@ from tests.integration.test_jobs import wait_for
 boto3 = pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:botocore.*")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:botocore.*"),
+    pytest.mark.slow,  # a moto server per test: 1-3 s each, so make test only, not test-fast
+]
 BUCKET = "jobs"
 _CREDENTIALS = {
     "aws_access_key_id": "testing",
