@@ -691,11 +691,31 @@ def start_batch(
         part_size=part_size,
         artifact={k: manifest.get(k) for k in ("created_at", "format_version")},
     )
+    return begin_run(
+        dst,
+        run,
+        overwrite=overwrite,
+        part_size=part_size,
+        inputs=lambda: iter_inputs(src, recommender, kind=kind, by_photo=by_photo),
+    )
+
+
+def begin_run(
+    dst: str,
+    run: dict[str, Any],
+    *,
+    overwrite: bool,
+    part_size: int,
+    inputs: Callable[[], tuple[Iterator[BatchInput], int | None]],
+) -> Tally | BatchSummary:
+    """Start the run ``run`` into ``dst`` (:func:`start_run`): its tally over ``inputs()``
+    (listed only then) and its output, or the summary of this same run when it already
+    completed. Every runner starts here, whatever its run record."""
     finished = start_run(dst, run, overwrite)
     if finished is not None:
         return finished
-    inputs, total = iter_inputs(src, recommender, kind=kind, by_photo=by_photo)
-    return Tally(dst, run, open_sink(dst, part_size), inputs, total)
+    listed, total = inputs()
+    return Tally(dst, run, open_sink(dst, part_size), listed, total)
 
 
 def run_batch(

@@ -121,12 +121,10 @@ class CatalogColumns:
         tail = [items[r] for r in range(n_old, n)]  # appended rows
         # A change never recolours a row in place (a new photo is a new row), so only
         # appended rows need colours.
-        colored: list[int] = []
-        recolored = list(range(n_old, n))
-        rgb = rgb_array([artifact.colors[r] for r in recolored]) if recolored else self.rgb[:0]
-        hsl = rgb_to_hsl(rgb).astype(np.float32) if recolored else self.hsl[:0]
-        names = _color_names([artifact.colors[r] for r in recolored], rgb)
-        k = len(colored)
+        new_colors = artifact.colors[n_old:n]
+        rgb = rgb_array(new_colors) if new_colors else self.rgb[:0]
+        hsl = rgb_to_hsl(rgb).astype(np.float32) if new_colors else self.hsl[:0]
+        names = _color_names(new_colors, rgb)
         out._spare = dict(self._spare)
         out._set(
             "category_codes",
@@ -149,9 +147,9 @@ class CatalogColumns:
         out._set(
             "available", inside, [items[r].in_stock for r in inside], [i.in_stock for i in tail]
         )
-        out._set("rgb", colored, rgb[:k], rgb[k:])
-        out._set("hsl", colored, hsl[:k], hsl[k:])
-        out._set("color_names", colored, names[:k], names[k:])
+        out._set("rgb", (), rgb[:0], rgb)
+        out._set("hsl", (), hsl[:0], hsl)
+        out._set("color_names", (), names[:0], names)
         if out.gender_codes is not self.gender_codes:
             hedge = (out.gender_codes == out.unisex) | (out.gender_codes < 0)
             out.can_hedge = bool(hedge.any())

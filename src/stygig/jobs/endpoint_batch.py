@@ -35,18 +35,16 @@ from stygig.batch import (
     BatchInput,
     BatchSummary,
     Record,
-    Tally,
     _artifact_inputs,
     _catalog_inputs,
     _manifest_inputs,
     _photo_inputs,
+    begin_run,
     checked_options,
     input_kind,
     input_record,
-    open_sink,
     progress_bar,
     run_record,
-    start_run,
 )
 from stygig.engine import Options
 from stygig.errors import BatchError, InvalidOptionsError, StygigError
@@ -267,12 +265,16 @@ def run_endpoint_batch(
             storage.join(endpoint.require_prefix(), f"receipts/{run_key}-")
         ):
             storage.delete(key)
-    finished = start_run(dst, run, overwrite)
-    if finished is not None:
-        return finished
+    tally = begin_run(
+        dst,
+        run,
+        overwrite=overwrite,
+        part_size=part_size,
+        inputs=lambda: endpoint_inputs(src, kind=kind, by_photo=by_photo, artifact=artifact),
+    )
+    if isinstance(tally, BatchSummary):
+        return tally  # this same run already completed
     receipts = endpoint.receipts(f"{run_key}-")
-    inputs, total = endpoint_inputs(src, kind=kind, by_photo=by_photo, artifact=artifact)
-    tally = Tally(dst, run, open_sink(dst, part_size), inputs, total)
     stop = threading.Event()
     trip = _Run(
         endpoint,
@@ -285,7 +287,7 @@ def run_endpoint_batch(
         max_interval_s=max_interval_s,
         stop=stop,
     )
-    bar = progress_bar(total, len(tally.done), progress)
+    bar = progress_bar(tally.total, len(tally.done), progress)
     complete = False
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="endpoint-batch")
     window: deque[Future[Record]] = deque()
