@@ -4,7 +4,7 @@ At ten million 512-d items the float16 IVF lists of :class:`stygig.index.FaissIn
 10 GB in memory, and one query would stream tens of megabytes of them. :class:`PQIndex` keeps
 only a product-quantised code per item in memory (``m`` sub-quantisers of 4 bits: 256 bytes at
 512-d, scanned with FAISS's SIMD "fast-scan" kernels, optionally after an OPQ rotation), finds a
-shortlist of ``k + rerank_extra`` candidates with it, and re-ranks the shortlist exactly from the
+shortlist of ``k + rerank_extra`` candidates with it (:data:`RERANK_DEPTH`), and re-ranks the shortlist exactly from the
 items' float16 vectors, which stay in a file on disk: only the shortlisted rows are read, so
 scores are the same inner products the float16 IVF lists give (within ~1e-4 of float32). The
 first ``mapped_rows_mb`` of the rows are read through a memory map, the rest with ``pread``:
@@ -35,6 +35,7 @@ import numpy as np
 
 from stygig.errors import ArtifactError, InvalidOptionsError
 from stygig.index import _apply_tombstones, _check_queries, _pad, _Tombstones
+from stygig.rowfile import pread_rows
 
 __all__ = [
     "PQ_KIND",
@@ -65,6 +66,15 @@ TRAIN_MIN, TRAIN_MAX = 20_000, 160_000
 #: (recall@50 at 1M: 0.980 with 100 extra, 0.954 with 50, the same as float16 lists).
 DEFAULT_NPROBE = 32
 DEFAULT_RERANK_EXTRA = 100
+
+#: The depth whose order ``rerank_extra`` protects: a search for ``k`` re-ranks a shortlist of
+#: ``max(k, min(k, RERANK_DEPTH) + rerank_extra)`` codes. Up to 50 that is ``k + extra``; a
+#: deeper search (the engine's candidate pool asks 293 per slot) already holds the 150 codes
+#: that make its top 50 right, so it re-ranks just its ``k``. Measured at 1M
+#: (``docs/scale.md``): per-slot recall@50 0.9741 with a shortlist of 293 against 0.9744 with
+#: 393, and 2,051 rows read per pool search instead of 2,751; ranks 150-293 of the pool are
+#: then the PQ order's, re-scored exactly (recall@293 0.81 against 0.90).
+RERANK_DEPTH = 50
 
 #: Index parameter ``mapped_rows_mb``: how many MB of each loaded index's (each slot part's)
 #: float16 rows are read through a memory map -- fast, but resident in this process once
@@ -354,14 +364,7 @@ class _Segment:
 
     def _read(self, ids: np.ndarray) -> np.ndarray:
         assert self.file is not None
-        row = 2 * self.dim
-        runs = np.flatnonzero(np.diff(ids, prepend=-2) != 1)
-        sizes = (np.diff(runs, append=len(ids)) * row).tolist()
-        offsets = (self._start + ids[runs] * row).tolist()
-        fd = self._fd
-        data = b"".join([os.pread(fd, s, o) for s, o in zip(sizes, offsets, strict=True)])
-        if len(data) != len(ids) * row:
-            raise ArtifactError(f"IVF-PQ rows {self.file.name} are shorter than the codes")
+        data = pread_rows(self._fd, self._start, 2 * self.dim, ids)
         return np.frombuffer(data, np.float16).reshape(len(ids), self.dim)
 
     def search(self, q: np.ndarray, k: int, extra: int, nprobe: int) -> tuple[Any, Any]:
@@ -460,7 +463,8 @@ class PQIndex(_Tombstones):
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = _check_queries(queries, self.dim, k)
         fetch = min(self.ntotal, k + self.n_removed)
-        found = [s.search(q, fetch, self.rerank_extra, self.nprobe) for s in self.segments]
+        extra = max(0, min(fetch, RERANK_DEPTH) + self.rerank_extra - fetch)
+        found = [s.search(q, fetch, extra, self.nprobe) for s in self.segments]
         scores = np.concatenate([f[0] for f in found], axis=1).astype(np.float32)
         ids = np.concatenate([f[1] for f in found], axis=1).astype(np.int64)
         scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)

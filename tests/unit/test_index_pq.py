@@ -341,3 +341,34 @@ def test_index_module_builds_saves_and_loads_the_kind(
     loaded = load_index(split_dir, "ivfpq", x, split.params())
     assert loaded.kind == "ivfpq"
     assert np.array_equal(loaded.search(q, 10)[1], split.search(q, 10)[1])
+
+
+def test_a_deep_search_rerank_its_own_k_and_keeps_the_top_right(
+    built: PQIndex, data: tuple[np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Up to ``RERANK_DEPTH`` a search re-ranks ``k + rerank_extra`` codes; deeper (the
+    engine's candidate pool) just its ``k``, which already holds the shallow shortlist: its
+    top ``RERANK_DEPTH`` are never worse than a shallow search's, score by score."""
+    from stygig import index_pq
+
+    x, q = data
+    asked: list[tuple[int, int]] = []
+    search = index_pq._Segment.search
+
+    def spy(self: index_pq._Segment, qq: np.ndarray, k: int, extra: int, nprobe: int) -> object:
+        asked.append((k, extra))
+        return search(self, qq, k, extra, nprobe)
+
+    monkeypatch.setattr(index_pq._Segment, "search", spy)
+    depth, extra = index_pq.RERANK_DEPTH, built.rerank_extra
+    deep = depth + extra + 40
+    for k in (10, depth, depth + extra // 2, deep):
+        asked.clear()
+        built.search(q, k)
+        assert asked == [(k, max(0, min(k, depth) + extra - k))]
+    shallow, top = built.search(q, depth)[0], built.search(q, deep)[0][:, :depth]
+    assert (top >= shallow - 1e-6).all()
+    want = exact_fp16(x, q, depth)[1]
+    assert recall(built.search(q, deep)[1][:, :depth], want) >= recall(
+        built.search(q, depth)[1], want
+    )
