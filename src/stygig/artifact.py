@@ -61,8 +61,10 @@ from stygig.index import (
     VectorIndex,
     build_index,
     choose_kind,
+    is_exhaustive,
     load_index,
 )
+from stygig.rowfile import FileRows
 from stygig.thumbnails import write_thumbnails
 from stygig.whitening import Whitening
 
@@ -89,9 +91,9 @@ _BAD_MANIFEST = "artifact_bad_manifest"
 _REBUILD = "rebuild the artifact or restore it from its package"
 _LIBRARIES = ("numpy", "faiss-cpu", "onnxruntime", "pillow", "torch", "transformers")
 
-#: ``embeddings.npy`` at least this large is memory-mapped on load (read-only), whatever the
-#: index kind; an ``ivfpq`` index (or split index with an ``ivfpq`` part) always maps it. At 10M
-#: 512-d items the file is 20 GB: mapped, only the rows a query touches are read (page cache).
+#: ``embeddings.npy`` at least this large is left on disk on load (read-only), whatever the
+#: index kind; an ``ivfpq`` index (or split index with an ``ivfpq`` part) always leaves it. At
+#: 10M 512-d items the file is 20 GB: only the rows a query touches are read (page cache).
 MMAP_MIN_BYTES = 1 << 30
 
 #: How :func:`write_artifact` makes the index: ``(vectors, kind, partitions, params, folder)``
@@ -458,7 +460,7 @@ class Artifact:
     manifest: dict[str, Any]
     items: Sequence[Item]  # a list, or stygig.rows.Rows once the catalogue changed
     colors: Sequence[dict[str, Any]]
-    embeddings: np.ndarray
+    embeddings: np.ndarray  # or rows left on disk: stygig.rowfile.FileRows, rows.StackedRows
     index: VectorIndex
     taxonomy: Taxonomy
     whitening: Whitening | None = None
@@ -472,9 +474,11 @@ class Artifact:
 
         ``verify`` runs :func:`verify_files` first (every file listed and unchanged, hashed in
         1 MB blocks, never held whole); without it, :func:`check_paths` still runs, so no file
-        outside the folder is ever read. ``mmap``: map ``embeddings.npy`` read-only instead of
+        outside the folder is ever read. ``mmap``: leave ``embeddings.npy`` on disk instead of
         reading it into memory; unset, :func:`wants_mmap` decides (an ``ivfpq`` index, or a
-        file of :data:`MMAP_MIN_BYTES` or more). A mapped array is read-only: code that
+        file of :data:`MMAP_MIN_BYTES` or more). Its rows are then read with ``pread`` as
+        asked (:class:`~stygig.rowfile.FileRows`), or through a read-only memory map when the
+        index is exhaustive (it reads every row per query). Either is read-only: code that
         changes the catalogue builds new arrays (as :mod:`stygig.snapshot` does).
         """
         root = Path(path)
@@ -511,6 +515,11 @@ class Artifact:
         colors = [r.get("color") or {} for r in rows]
         meta = manifest.get("index", {})
         index = load_index(root, meta.get("kind", "exact"), embeddings, meta.get("params"))
+        if mmap and not is_exhaustive(index):
+            # Requests read a few hundred rows each; through the map they would stay
+            # resident (all 20 GB at 10M items): read them with pread instead. An exhaustive
+            # index reads every row per query, so the map stays.
+            embeddings = FileRows(root / "embeddings.npy")
         return cls(
             path=root,
             manifest=manifest,

@@ -31,6 +31,7 @@ from stygig.columns import CatalogColumns
 from stygig.compat.scorer import LearnedScorer
 from stygig.errors import InvalidOptionsError, NotFoundError, StygigError
 from stygig.index import LiveIndex, is_exhaustive
+from stygig.rowfile import FileRows
 from stygig.rows import Overlay, Rows, SpareRows, StackedRows
 
 __all__ = [
@@ -311,7 +312,7 @@ def _grown(
     if isinstance(embeddings, StackedRows):
         spare, rows = _appended(snap.buffer, embeddings.tail, tail)
         return spare, StackedRows(embeddings.base, rows)
-    if isinstance(embeddings, np.memmap):
+    if isinstance(embeddings, np.memmap | FileRows):
         spare, rows = _appended(None, embeddings[:0], tail)
         return spare, StackedRows(embeddings, rows)
     return _appended(snap.buffer, embeddings, tail)

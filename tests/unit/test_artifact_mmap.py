@@ -1,4 +1,5 @@
-"""``embeddings.npy`` memory-mapped on load: for ``ivfpq`` artifacts and files past a size.
+"""``embeddings.npy`` left on disk on load: for ``ivfpq`` artifacts and files past a size
+(memory-mapped under an exhaustive index, read row by row under an approximate one).
 
 A mapped artifact must answer exactly as one read whole, still verify its checksums, and a
 living catalogue must change on top of it (it builds new arrays, never writing the map).
@@ -19,6 +20,7 @@ from stygig import artifact as artifact_module
 from stygig.artifact import Artifact, wants_mmap, write_artifact
 from stygig.catalog import Item, Taxonomy
 from stygig.errors import ArtifactError
+from stygig.rowfile import FileRows
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -122,7 +124,7 @@ def _items(n: int, dim: int = 16) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("split", [False, True], ids=["one-index", "per-slot"])
-def test_ivfpq_artifacts_are_always_mapped(tmp_path: Path, split: bool) -> None:
+def test_ivfpq_artifacts_always_leave_their_embeddings_on_disk(tmp_path: Path, split: bool) -> None:
     import faiss
 
     threads = faiss.omp_get_max_threads()
@@ -136,9 +138,11 @@ def test_ivfpq_artifacts_are_always_mapped(tmp_path: Path, split: bool) -> None:
         faiss.omp_set_num_threads(threads)
     art = Artifact.load(path)
     assert wants_mmap(path, art.manifest)
-    assert isinstance(art.embeddings, np.memmap)
+    # Not exhaustive: rows are read as asked, never through a map (stygig.rowfile).
+    assert isinstance(art.embeddings, FileRows)
     whole = Artifact.load(path, mmap=False)
-    assert not isinstance(whole.embeddings, np.memmap)
+    assert isinstance(whole.embeddings, np.ndarray) and not isinstance(whole.embeddings, np.memmap)
+    np.testing.assert_array_equal(np.asarray(art.embeddings), whole.embeddings)
     q = whole.embeddings[:5]
     np.testing.assert_array_equal(art.index.search(q, 5)[1], whole.index.search(q, 5)[1])
     flat = write_artifact(tmp_path / "flat", index_kind="flat", **_items(64))
