@@ -11,7 +11,8 @@ first ``mapped_rows_mb`` of the rows are read through a memory map, the rest wit
 mapped pages count in the process's resident memory and random reads end up mapping the whole
 mapped range, so resident memory is the codes, the ids and the coarse centroids (about 270 MB
 per million 512-d items) plus at most that much of the rows file (1 GB per million items). The
-latency figures assume the whole rows file is in the kernel's page cache (:meth:`PQIndex.warm`):
+latency figures assume the whole rows file is in the kernel's page cache (:meth:`PQIndex.warm`,
+which a server runs before it reports ready):
 memory the machine must have beside the process's own.
 
 Building is two pure steps so that a cluster can run them as tasks (see ``docs/scale.md``):
@@ -79,10 +80,13 @@ RERANK_DEPTH = 50
 #: Index parameter ``mapped_rows_mb``: how many MB of each loaded index's (each slot part's)
 #: float16 rows are read through a memory map -- fast, but resident in this process once
 #: touched -- the first rows of the file; the rest are read with ``pread`` from the page cache.
-#: 512 maps every row up to ~500k items per part (1M items split by slot: all of them, as
-#: before) and bounds the rows' share of resident memory at 10M items (7 parts) to 3.6 GB
-#: beside 2.9 GB of codes (``docs/scale.md`` has the measured cost).
-DEFAULT_MAPPED_ROWS_MB = 512
+#: 640 maps every row up to ~650k 512-d items per part (1M items split by slot: all of them;
+#: 10M: the three smaller slots whole, a third of the others) and bounds the rows' share of
+#: resident memory at 10M items (7 parts) to 4.5 GB beside 2.9 GB of codes: 7.3 GB in all.
+#: Each part gets the same share of a query's candidates whatever its size, so a small part's
+#: rows are read most often. Measured at 10M (``docs/scale.md``, interleaved): pool search
+#: 7.69 ms against 8.18 with 512 and 5.94 with every row mapped (12.7 GB resident).
+DEFAULT_MAPPED_ROWS_MB = 640
 
 
 def default_pq_params(n_items: int, dim: int) -> dict[str, Any]:
@@ -542,9 +546,11 @@ class PQIndex(_Tombstones):
 
     def warm(self, block: int = 1 << 20) -> int:
         """Read the float16 rows file once, in order, into one reused buffer, so re-ranking
-        finds its rows in the kernel's page cache instead of reading each from disk (a server
-        does this at start). Nothing is mapped: the process's resident memory does not grow.
-        Returns the bytes read."""
+        finds its rows in the kernel's page cache instead of reading each from disk, then
+        touch each page of the mapped rows (at most ``mapped_rows_mb`` per part) so they are
+        mapped now rather than by the first requests' page faults. Rows read with ``pread``
+        are never mapped. A server does this before it reports ready
+        (:func:`stygig.index.warm_index`). Returns the bytes read."""
         total = 0
         buffer = memoryview(bytearray(block))
         for seg in self.segments:
@@ -553,6 +559,8 @@ class PQIndex(_Tombstones):
             with open(seg.file, "rb", buffering=0) as f:
                 while got := f.readinto(buffer):
                     total += got
+            if seg._rows is not None and seg._rows.size:
+                int(seg._rows.reshape(-1).view(np.uint8)[:: mmap.PAGESIZE].max())
         return total
 
     def params(self) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from stygig import artifact as artifact_module
 from stygig.artifact import Artifact, wants_mmap, write_artifact
 from stygig.catalog import Item, Taxonomy
 from stygig.errors import ArtifactError
+from stygig.index import warm_index
 from stygig.rowfile import FileRows
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -145,5 +146,10 @@ def test_ivfpq_artifacts_always_leave_their_embeddings_on_disk(tmp_path: Path, s
     np.testing.assert_array_equal(np.asarray(art.embeddings), whole.embeddings)
     q = whole.embeddings[:5]
     np.testing.assert_array_equal(art.index.search(q, 5)[1], whole.index.search(q, 5)[1])
+    # A server warms the index before it reports ready: every part's rows file is read.
+    rows_files = sorted(path.glob("index*-vectors.faiss"))
+    assert len(rows_files) == (len(art.index.parts) if split else 1)
+    assert warm_index(art.index) == sum(f.stat().st_size for f in rows_files)
     flat = write_artifact(tmp_path / "flat", index_kind="flat", **_items(64))
     assert not wants_mmap(flat, Artifact.load(flat).manifest)
+    assert warm_index(Artifact.load(flat).index) == 0  # held in memory: nothing to warm

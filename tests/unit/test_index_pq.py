@@ -372,3 +372,18 @@ def test_a_deep_search_rerank_its_own_k_and_keeps_the_top_right(
     assert recall(built.search(q, deep)[1][:, :depth], want) >= recall(
         built.search(q, depth)[1], want
     )
+
+
+def test_warming_maps_the_mapped_rows_and_only_them(rows_on_disk: tuple[Path, np.ndarray]) -> None:
+    """``warm`` reads the whole rows file (page cache) and makes the mapped quarter resident
+    at once, so the first searches fault nothing in; the rows read with ``pread`` never are."""
+    path, wide = rows_on_disk
+    size = (path / "big-vectors.faiss").stat().st_size
+    quarter_kb = size / 1024 / 4
+    index = PQIndex.load(path, "big.faiss", len(wide), {"mapped_rows_mb": size / 4 / 2**20})
+    before = rss_file_kb()
+    assert index.warm() == size
+    warmed = rss_file_kb() - before
+    assert 0.9 * quarter_kb <= warmed <= 1.5 * quarter_kb
+    index.segments[0].gather(np.arange(len(wide)))  # every row: nothing more becomes resident
+    assert rss_file_kb() - before <= 1.5 * quarter_kb

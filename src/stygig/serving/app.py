@@ -59,6 +59,7 @@ from stygig.errors import (
     UnauthorizedError,
     UnsupportedMediaError,
 )
+from stygig.index import warm_index
 from stygig.living import LiveCatalog
 from stygig.locations import InputLocations
 from stygig.recommendation import (
@@ -213,10 +214,12 @@ class ModelService:
         )
 
     async def _warm(self) -> None:
-        """Run every path a real request takes: a lone photo (the whole pipeline in one pool
-        task), a full batch through the micro-batcher (its own encoder thread, whose first use
-        would otherwise land on the first concurrent request), and an item query."""
+        """Bring the index's on-disk rows into memory, then run every path a real request
+        takes: a lone photo (the whole pipeline in one pool task), a full batch through the
+        micro-batcher (its own encoder thread, whose first use would otherwise land on the
+        first concurrent request), and an item query."""
         assert self.recommender is not None
+        await self.run(warm_index, self.recommender.artifact.index)
         photo = _warmup_photo()
         first_id = self.recommender.artifact.items[0].id
         for _ in range(self.config.warmup_rounds):
@@ -282,6 +285,7 @@ class ModelService:
                     "the new artifact has another encoder: restart the server to switch"
                 )
             live = await self.run(self._living, rec)
+            await self.run(warm_index, rec.artifact.index)
             await self.run(rec.recommend, Query(images=(_warmup_photo(),)))
             await self.run(self._swap, rec, live)
             self.artifact_path = path
