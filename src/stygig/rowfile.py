@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ArtifactError
+from stygig.errors import ArtifactError
 
-__all__ = ["FileRows", "pread_rows"]
+__all__ = ["FileRows", "pread_rows", "row_numbers"]
 
 
 def pread_rows(fd: int, start: int, row_bytes: int, rows: np.ndarray) -> bytes:
@@ -41,6 +41,33 @@ def pread_rows(fd: int, start: int, row_bytes: int, rows: np.ndarray) -> bytes:
     if len(data) != len(rows) * row_bytes:
         raise ArtifactError("a rows file is shorter than its header says")
     return data
+
+
+def row_numbers(key: Any, n: int) -> int | np.ndarray:
+    """``key`` as row numbers of an ``n``-row matrix, refused as numpy would refuse it: an int
+    for one row, else an int64 array of any shape from a slice, an array of row numbers
+    (negatives count from the end) or a row mask. Raises ``TypeError`` for another kind of key
+    and ``IndexError`` for a row out of range or a mask of another length."""
+    if isinstance(key, tuple | bool | np.bool_):
+        raise TypeError("rows are taken by a row, a slice, row numbers or a row mask")
+    if isinstance(key, int | np.integer):
+        k = int(key) + (n if key < 0 else 0)
+        if not 0 <= k < n:
+            raise IndexError("row out of range")
+        return k
+    if isinstance(key, slice):
+        return np.arange(*key.indices(n), dtype=np.int64)
+    rows = np.asarray(key)
+    if rows.dtype == bool:
+        if rows.shape != (n,):
+            raise IndexError("a row mask must have one entry per row")
+        return np.flatnonzero(rows)
+    if rows.dtype.kind not in "iu" and rows.size:
+        raise TypeError("row numbers must be integers")
+    rows = np.where(rows < 0, rows + n, rows).astype(np.int64)
+    if rows.size and (rows.min() < 0 or rows.max() >= n):
+        raise IndexError("row out of range")
+    return rows
 
 
 class FileRows:
@@ -93,26 +120,9 @@ class FileRows:
         return block[inverse].reshape(*rows.shape, self.shape[1])
 
     def __getitem__(self, key: Any) -> Any:
-        n = self.shape[0]
-        if isinstance(key, tuple | bool | np.bool_):
-            raise TypeError("FileRows takes a row, a slice, row numbers or a row mask")
-        if isinstance(key, int | np.integer):
-            k = int(key) + (n if key < 0 else 0)
-            if not 0 <= k < n:
-                raise IndexError("row out of range")
-            return self.take(np.array([k], np.int64))[0]
-        if isinstance(key, slice):
-            key = np.arange(*key.indices(n))
-        rows = np.asarray(key)
-        if rows.dtype == bool:
-            if rows.shape != (n,):
-                raise IndexError("a row mask must have one entry per row")
-            rows = np.flatnonzero(rows)
-        elif rows.dtype.kind not in "iu" and rows.size:
-            raise TypeError("row numbers must be integers")
-        rows = np.where(rows < 0, rows + n, rows).astype(np.int64)
-        if rows.size and (rows.min() < 0 or rows.max() >= n):
-            raise IndexError("row out of range")
+        rows = row_numbers(key, self.shape[0])
+        if isinstance(rows, int):
+            return self.take(np.array([rows], np.int64))[0]
         return self.take(rows)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:

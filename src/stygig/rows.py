@@ -28,6 +28,8 @@ from typing import Any, Generic, TypeVar, overload
 
 import numpy as np
 
+from stygig.rowfile import row_numbers
+
 __all__ = ["Overlay", "Rows", "SpareRows", "StackedRows"]
 
 T = TypeVar("T")
@@ -266,13 +268,6 @@ class StackedRows:
 
     def __getitem__(self, key: Any) -> Any:
         n, nb = self.shape[0], len(self.base)
-        if isinstance(key, tuple | bool | np.bool_):
-            raise TypeError("StackedRows takes a row, a slice, row numbers or a row mask")
-        if isinstance(key, int | np.integer):
-            k = int(key) + (n if key < 0 else 0)
-            if not 0 <= k < n:
-                raise IndexError("row out of range")
-            return self.base[k] if k < nb else self.tail[k - nb]
         if isinstance(key, slice):
             start, stop, step = key.indices(n)
             if step == 1:
@@ -281,17 +276,9 @@ class StackedRows:
                 if start >= nb:
                     return self.tail[start - nb : stop - nb]
                 return np.concatenate([self.base[start:nb], self.tail[: stop - nb]])
-            key = np.arange(start, stop, step)
-        rows = np.asarray(key)
-        if rows.dtype == bool:
-            if rows.shape != (n,):
-                raise IndexError("a row mask must have one entry per row")
-            rows = np.flatnonzero(rows)
-        elif rows.dtype.kind not in "iu" and rows.size:
-            raise TypeError("row numbers must be integers")
-        rows = np.where(rows < 0, rows + n, rows).astype(np.int64)
-        if rows.size and (rows.min() < 0 or rows.max() >= n):
-            raise IndexError("row out of range")
+        rows = row_numbers(key, n)
+        if isinstance(rows, int):
+            return self.base[rows] if rows < nb else self.tail[rows - nb]
         out = np.empty((*rows.shape, *self.shape[1:]), dtype=self.dtype)
         low = rows < nb
         out[low] = self.base[rows[low]]
