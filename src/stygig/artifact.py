@@ -519,7 +519,12 @@ class Artifact:
             # Requests read a few hundred rows each; through the map they would stay
             # resident (all 20 GB at 10M items): read them with pread instead. An exhaustive
             # index reads every row per query, so the map stays.
-            embeddings = FileRows(root / "embeddings.npy")
+            try:
+                embeddings = FileRows(root / "embeddings.npy")
+            except OSError as e:
+                raise ArtifactError(
+                    f"artifact cannot be read: 'embeddings.npy': {e.strerror}"
+                ) from e
         return cls(
             path=root,
             manifest=manifest,

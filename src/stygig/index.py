@@ -421,17 +421,17 @@ def _load_faiss(file: Path, kind: str, n: int, params: dict[str, Any] | None) ->
     return FaissIndex(index, kind, dict(params or {}))
 
 
-def warm_index(index: VectorIndex) -> int:
+def warm_index(index: VectorIndex, *, map_rows: bool = True) -> int:
     """Bring what ``index`` keeps on disk into memory before it serves: an IVF-PQ part's
-    float16 rows into the page cache and its mapped rows into this process
+    float16 rows into the page cache and (``map_rows``) its mapped rows into this process
     (:meth:`stygig.index_pq.PQIndex.warm`), so the first requests do not read them from disk.
     Indexes held in memory have nothing to warm. Returns the bytes read."""
     if isinstance(index, LiveIndex):
-        return warm_index(index.base)
+        return warm_index(index.base, map_rows=map_rows)
     if isinstance(index, PartitionedIndex):
-        return sum(warm_index(p) for p in index.parts)
+        return sum(warm_index(p, map_rows=map_rows) for p in index.parts)
     warm = getattr(index, "warm", None)  # PQIndex: index_pq imports this module
-    return int(warm()) if callable(warm) else 0
+    return int(warm(map_rows=map_rows)) if callable(warm) else 0
 
 
 def is_exhaustive(index: VectorIndex) -> bool:

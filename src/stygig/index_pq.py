@@ -467,7 +467,7 @@ class PQIndex(_Tombstones):
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = _check_queries(queries, self.dim, k)
         fetch = min(self.ntotal, k + self.n_removed)
-        extra = max(0, min(fetch, RERANK_DEPTH) + self.rerank_extra - fetch)
+        extra = max(0, min(k, RERANK_DEPTH) + self.rerank_extra - k)  # removed rows aside
         found = [s.search(q, fetch, extra, self.nprobe) for s in self.segments]
         scores = np.concatenate([f[0] for f in found], axis=1).astype(np.float32)
         ids = np.concatenate([f[1] for f in found], axis=1).astype(np.int64)
@@ -544,12 +544,12 @@ class PQIndex(_Tombstones):
         params = dict(params or {})
         return cls([_load_segment(codes, path / vectors_file(name), params)], None, params)
 
-    def warm(self, block: int = 1 << 20) -> int:
+    def warm(self, block: int = 1 << 20, *, map_rows: bool = True) -> int:
         """Read the float16 rows file once, in order, into one reused buffer, so re-ranking
         finds its rows in the kernel's page cache instead of reading each from disk, then
-        touch each page of the mapped rows (at most ``mapped_rows_mb`` per part) so they are
-        mapped now rather than by the first requests' page faults. Rows read with ``pread``
-        are never mapped. A server does this before it reports ready
+        (``map_rows``) touch each page of the mapped rows (at most ``mapped_rows_mb`` per part)
+        so they are mapped now rather than by the first requests' page faults. Rows read with
+        ``pread`` are never mapped. A server does this before it reports ready
         (:func:`stygig.index.warm_index`). Returns the bytes read."""
         total = 0
         buffer = memoryview(bytearray(block))
@@ -559,7 +559,7 @@ class PQIndex(_Tombstones):
             with open(seg.file, "rb", buffering=0) as f:
                 while got := f.readinto(buffer):
                     total += got
-            if seg._rows is not None and seg._rows.size:
+            if map_rows and seg._rows is not None and seg._rows.size:
                 int(seg._rows.reshape(-1).view(np.uint8)[:: mmap.PAGESIZE].max())
         return total
 

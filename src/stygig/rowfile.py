@@ -28,19 +28,41 @@ from stygig.errors import ArtifactError
 __all__ = ["FileRows", "pread_rows", "row_numbers"]
 
 
-def pread_rows(fd: int, start: int, row_bytes: int, rows: np.ndarray) -> bytes:
+#: Runs up to this size are read with one ``pread`` each (a small copy into the result); longer
+#: ones straight into the result, at most :data:`_MAX_READ` per call (Linux returns at most
+#: ~2 GiB per read, and may return less).
+_SMALL_RUN = 1 << 16
+_MAX_READ = 1 << 30
+
+
+def pread_rows(fd: int, start: int, row_bytes: int, rows: np.ndarray) -> bytearray:
     """The bytes of ``rows`` (ascending, distinct row numbers) of a file whose row 0 begins at
-    byte ``start``: one ``pread`` per run of consecutive rows. Raises
-    :class:`~stygig.errors.ArtifactError` when the file is shorter than the rows asked."""
+    byte ``start``, in a new writable buffer: one read per run of consecutive rows (long runs in
+    several). Raises :class:`~stygig.errors.ArtifactError` when the file is shorter than the
+    rows asked."""
+    out = bytearray(len(rows) * row_bytes)
     if not len(rows):
-        return b""
+        return out
     runs = np.flatnonzero(np.diff(rows, prepend=-2) != 1)
     sizes = (np.diff(runs, append=len(rows)) * row_bytes).tolist()
     offsets = (start + rows[runs] * row_bytes).tolist()
-    data = b"".join([os.pread(fd, s, o) for s, o in zip(sizes, offsets, strict=True)])
-    if len(data) != len(rows) * row_bytes:
-        raise ArtifactError("a rows file is shorter than its header says")
-    return data
+    view, pos = memoryview(out), 0
+    for size, offset in zip(sizes, offsets, strict=True):
+        if size <= _SMALL_RUN:
+            got = os.pread(fd, size, offset)
+            if len(got) != size:
+                raise ArtifactError("a rows file is shorter than its header says")
+            view[pos : pos + size] = got
+        else:
+            done = 0
+            while done < size:
+                step = min(size - done, _MAX_READ)
+                n = os.preadv(fd, [view[pos + done : pos + done + step]], offset + done)
+                if n <= 0:
+                    raise ArtifactError("a rows file is shorter than its header says")
+                done += n
+        pos += size
+    return out
 
 
 def row_numbers(key: Any, n: int) -> int | np.ndarray:
@@ -112,11 +134,12 @@ class FileRows:
     def take(self, rows: np.ndarray) -> np.ndarray:
         """Rows ``rows`` (int64, in range, any shape) as ``rows.shape + (dim,)``."""
         flat = rows.ravel()
+        if len(flat) < 2 or bool((flat[1:] > flat[:-1]).all()):  # ascending: read as asked
+            data = pread_rows(self._fd, self._start, self._row_bytes, flat)
+            return np.frombuffer(data, self.dtype).reshape(*rows.shape, self.shape[1])
         wanted, inverse = np.unique(flat, return_inverse=True)
         data = pread_rows(self._fd, self._start, self._row_bytes, wanted)
         block = np.frombuffer(data, self.dtype).reshape(len(wanted), self.shape[1])
-        if len(wanted) == len(flat) and (wanted == flat).all():
-            return block.reshape(*rows.shape, self.shape[1]).copy()
         return block[inverse].reshape(*rows.shape, self.shape[1])
 
     def __getitem__(self, key: Any) -> Any:
@@ -128,5 +151,5 @@ class FileRows:
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         if copy is False:
             raise ValueError("FileRows cannot be viewed without a copy")
-        whole: np.ndarray = np.load(self.file)
+        whole = self.take(np.arange(self.shape[0], dtype=np.int64))  # one buffer, same fd
         return whole if dtype is None else whole.astype(dtype, copy=False)

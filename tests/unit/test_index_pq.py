@@ -366,6 +366,10 @@ def test_a_deep_search_rerank_its_own_k_and_keeps_the_top_right(
         asked.clear()
         built.search(q, k)
         assert asked == [(k, max(0, min(k, depth) + extra - k))]
+    gone = built.without(np.arange(0, 600, 2))  # removed rows never eat into the margin
+    asked.clear()
+    gone.search(q, 10)
+    assert asked == [(10 + 300, extra)]
     shallow, top = built.search(q, depth)[0], built.search(q, deep)[0][:, :depth]
     assert (top >= shallow - 1e-6).all()
     want = exact_fp16(x, q, depth)[1]

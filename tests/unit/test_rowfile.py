@@ -75,6 +75,23 @@ def test_pread_rows_reads_runs_and_refuses_a_short_file(tmp_path: Path) -> None:
         os.close(fd)
 
 
+def test_long_runs_are_read_in_bounded_calls(
+    matrix: tuple[Path, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run longer than one read may return (Linux: ~2 GiB) is read in several calls
+    straight into the result: here with the bounds shrunk to a few rows."""
+    from stygig import rowfile
+
+    file, whole = matrix
+    monkeypatch.setattr(rowfile, "_SMALL_RUN", 2 * 24)  # two 24-byte rows
+    monkeypatch.setattr(rowfile, "_MAX_READ", 5 * 24 + 8)  # not a whole number of rows
+    rows = FileRows(file)
+    np.testing.assert_array_equal(rows[:], whole)
+    np.testing.assert_array_equal(np.asarray(rows), whole)
+    picks = np.array([0, 1, 5, 6, 7, 8, 9, 10, 11, 12, 13, 30, 39])
+    np.testing.assert_array_equal(rows[picks], whole[picks])
+
+
 def test_a_bad_file_is_an_artifact_error(tmp_path: Path) -> None:
     np.save(tmp_path / "one.npy", np.zeros(5, np.float32))
     np.save(tmp_path / "objects.npy", np.array([[{}]], object), allow_pickle=True)

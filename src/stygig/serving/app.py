@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import io
 import logging
@@ -285,7 +286,10 @@ class ModelService:
                     "the new artifact has another encoder: restart the server to switch"
                 )
             live = await self.run(self._living, rec)
-            await self.run(warm_index, rec.artifact.index)
+            # The page cache only: mapping the new rows now, while the old version's are
+            # still mapped, would hold both (2 x 4.5 GB at 10M items); they map as requests
+            # read them.
+            await self.run(functools.partial(warm_index, rec.artifact.index, map_rows=False))
             await self.run(rec.recommend, Query(images=(_warmup_photo(),)))
             await self.run(self._swap, rec, live)
             self.artifact_path = path
