@@ -70,7 +70,9 @@ class HeadScore:
     label: str
     votes: int  # neighbours that voted for it (of ``HeadVote.k``)
     probability: float  # the head's probability for it
-    score: float  # weight * probability + (1 - weight) * votes / k: the highest decides
+    score: float  # weight * probability + (1 - weight) * share: the highest decides
+    # its share of the neighbours' vote: votes / k at temperature 0, else similarity-weighted
+    share: float
 
 
 @dataclass(slots=True)
@@ -89,6 +91,7 @@ class HeadVote:
     weight: float  # the head's weight against the vote, cross-fitted at build time
     k: int  # neighbours voting
     scores: list[HeadScore]
+    temperature: float  # their vote's similarity weighting (0: one vote each)
 
 
 @dataclass(slots=True)

@@ -456,7 +456,10 @@ def head_summary(info: dict[str, Any]) -> str:
         gain = ""
         if "vote" in acc and "merged" in acc:
             gain = f", cross-fit {acc['vote']:.1%} -> {acc['merged']:.1%}"
-        parts.append(f"{name} (weight {report['head_weight']:g}{gain})")
+        vote = ""
+        if name == "category" and "vote_k" in report:  # usage merges its plain k-10 vote
+            vote = f", vote k {report['vote_k']}, T {report['temperature']:g}"
+        parts.append(f"{name} (weight {report['head_weight']:g}{vote}{gain})")
     return f"category head: {'; '.join(parts) or 'none'}  time: {seconds:.1f}s"
 
 

@@ -4,11 +4,15 @@ The top-5 neighbour vote (:func:`stygig.scoring.vote`) reads a photo's category 
 nearest catalogue items. The catalogue's labels hold more than five neighbours can say: a
 multinomial logistic regression over the stored embeddings (the artifact's, whitened when the
 artifact is) learns which directions separate heels from flats over *every* labelled item.
-At query time the two are merged (:func:`merge_vote`)::
+At query time the two are merged (:func:`merge_votes`)::
 
-    score(c) = head_weight * p_head(c) + (1 - head_weight) * votes(c) / k
+    score(c) = head_weight * p_head(c) + (1 - head_weight) * share(c)
 
-``head_weight`` is chosen on the catalogue alone (:func:`cross_fit`): out-of-fold head
+where ``share(c)`` is class ``c``'s part of the vote of the photo's ``vote_k`` nearest items
+(:func:`neighbour_votes`): each neighbour votes ``exp((s - s1) / temperature)``, ``s1`` being
+the nearest one's similarity, and a share is the class's votes over their total; temperature 0
+is the plain count (``votes(c) / k``, the engine's own vote). ``head_weight``, ``vote_k`` and
+``temperature`` are chosen together on the catalogue alone (:func:`cross_fit`): out-of-fold head
 probabilities (k-fold, so no item is scored by a head trained on it) against leave-one-out
 neighbour votes. Nothing here sees an evaluation query: the evaluation fits on its catalogue
 rows only (:mod:`stygig.evaluation.category`).
@@ -33,8 +37,9 @@ as :func:`stygig.artifact.add_compat_model` does for the compatibility model.
 **In a build** (:func:`fit_artifact_heads`, called by :func:`stygig.build.finish_build`): one
 head per field in :data:`HEAD_FIELDS` (the category; the usage is supported, but its head
 gained 0.2 point held out for 40 % of the fit time, so builds leave it out), each
-cross-fitted against the vote the engine runs for it (``vote_k`` neighbours for the category,
-``attribute_vote_k`` for the usage). A field is skipped, with its reason in the manifest, when
+cross-fitted against the vote the engine runs for it: for the category, the weighted vote of
+:data:`VOTE_K_GRID` x :data:`TEMPERATURE_GRID` that merges best (the plain ``vote_k`` count
+when nothing beats it); for the usage, the plain ``attribute_vote_k`` count. A field is skipped, with its reason in the manifest, when
 fewer than :data:`MIN_CLASSES` of its classes have :data:`MIN_ITEMS_PER_CLASS` labelled items
 each (too few to fit and cross-fit on), or when the cross-fit gives the head weight 0 (the vote
 alone is best there: a head would cost every query time and change nothing). A catalogue of
@@ -55,11 +60,13 @@ artifact versions compaction writes, keep the build's heads: nothing refits them
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +87,13 @@ __all__ = [
     "MAX_FIT_ROWS",
     "MIN_CLASSES",
     "MIN_ITEMS_PER_CLASS",
+    "SEARCHED_FIELDS",
+    "TEMPERATURE_GRID",
+    "VOTE_K_GRID",
     "CategoryHead",
     "CrossFit",
     "GenderHead",
+    "NeighbourVotes",
     "QueryHead",
     "add_category_head",
     "cross_fit",
@@ -93,8 +104,9 @@ __all__ = [
     "gender_stack_features",
     "load_artifact_heads",
     "load_heads",
-    "merge_vote",
+    "merge_shares",
     "merge_votes",
+    "neighbour_votes",
     "save_heads",
     "skip_reason",
     "unwhiten",
@@ -111,6 +123,10 @@ DEFAULT_HEAD_WEIGHT = 0.7
 
 #: The labelled fields a build fits heads for: the ones the engine infers by a neighbour vote.
 HEAD_FIELDS = ("category",)
+#: The fields whose vote (neighbours, temperature) a build's cross-fit searches
+#: (:data:`VOTE_K_GRID`, :data:`TEMPERATURE_GRID`); the usage head is merged with the engine's
+#: plain ``attribute_vote_k`` vote.
+SEARCHED_FIELDS = ("category",)
 #: A field gets a head only when at least MIN_CLASSES classes have MIN_ITEMS_PER_CLASS labelled
 #: items each: fewer, and the 5-fold cross-fit has a class absent from most folds' training rows
 #: (nothing to learn it from, nothing to choose a weight on).
@@ -121,6 +137,13 @@ MIN_ITEMS_PER_CLASS = 5
 MAX_FIT_ROWS = 20_000
 
 _WEIGHT_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+#: The category vote's neighbours and temperatures a build's cross-fit searches with the head
+#: weight (Kaggle efficientnet-lite0: 20 neighbours at 0.05 beat the plain 5-vote on the
+#: catalogue and held out; ``docs/evaluation.md``). A stored head's are bounded by these limits.
+VOTE_K_GRID = (5, 7, 10, 15, 20)
+TEMPERATURE_GRID = (0.0, 0.02, 0.05, 0.1, 0.2)
+MAX_VOTE_K = 64
+MAX_TEMPERATURE = 1.0
 _CHUNK = 1024
 
 
@@ -139,6 +162,8 @@ class CategoryHead:
     n_fit: int
     head_weight: float = DEFAULT_HEAD_WEIGHT  # weight of the head against the vote
     input: str = "stored"  # "stored" vectors as they are, or "unwhitened" (see module doc)
+    vote_k: int = 5  # neighbours in the vote the head is merged with
+    temperature: float = 0.0  # their vote's similarity weighting (0: plain counts)
 
     @property
     def dim(self) -> int:
@@ -157,6 +182,8 @@ class CategoryHead:
         learning_rate: float = DEFAULT_LEARNING_RATE,
         head_weight: float = DEFAULT_HEAD_WEIGHT,
         whitening: Whitening | None = None,
+        vote_k: int = 5,
+        temperature: float = 0.0,
     ) -> CategoryHead:
         """Fit on rows of ``x`` labelled ``labels`` (``None`` or ``""``: unlabelled, skipped).
 
@@ -173,6 +200,7 @@ class CategoryHead:
         data = data if whitening is None else unwhiten(data, whitening)
         if l2 < 0 or iterations < 1 or learning_rate <= 0 or not 0.0 <= head_weight <= 1.0:
             raise InvalidOptionsError("category head: l2 >= 0, iterations >= 1, lr > 0")
+        _check_vote(vote_k, temperature)
         keep = np.array([bool(v) for v in labels], bool)
         names = tuple(sorted({str(v) for v in labels if v}))
         if keep.sum() < 2 or len(names) < 2:
@@ -196,6 +224,8 @@ class CategoryHead:
             n_fit=len(y),
             head_weight=float(head_weight),
             input="stored" if whitening is None else "unwhitened",
+            vote_k=int(vote_k),
+            temperature=float(temperature),
         )
 
     def logits(self, x: np.ndarray, whitening: Whitening | None = None) -> np.ndarray:
@@ -276,8 +306,19 @@ class CategoryHead:
             "iterations": self.iterations,
             "n_fit": self.n_fit,
             "head_weight": self.head_weight,
+            "vote_k": self.vote_k,
+            "temperature": self.temperature,
             "input": self.input,
         }
+
+
+def _check_vote(vote_k: int, temperature: float) -> None:
+    """Refuse a vote outside :data:`MAX_VOTE_K` neighbours and ``[0, MAX_TEMPERATURE]``."""
+    if not 1 <= vote_k <= MAX_VOTE_K or not 0.0 <= temperature <= MAX_TEMPERATURE:
+        raise InvalidOptionsError(
+            f"category head: vote_k must be within [1, {MAX_VOTE_K}] and temperature within "
+            f"[0, {MAX_TEMPERATURE:g}]"
+        )
 
 
 @dataclass(frozen=True)
@@ -373,55 +414,103 @@ def _adam_softmax(
 # -- merging with the neighbour vote ------------------------------------------------------------
 
 
-def merge_vote(
-    proba: np.ndarray,
-    counts: Mapping[int, int],
-    similarity: Mapping[int, float] | None = None,
-    *,
-    k: int,
-    head_weight: float,
-) -> int:
-    """The merged choice for one query: ``argmax_c w * proba[c] + (1 - w) * counts[c] / k``.
+@dataclass(frozen=True)
+class NeighbourVotes:
+    """The vote of each query's nearest neighbours, per class code (:func:`neighbour_votes`)."""
 
-    ``proba`` is indexed by the same codes as ``counts`` (the vote's label codes; see
-    :meth:`CategoryHead.proba_for`). Ties go to the larger summed neighbour ``similarity``,
-    then the lower code; ``head_weight`` 0 is the plain vote (:func:`stygig.scoring.vote`'s
-    winner), 1 the head alone. Returns -1 when neither side has an opinion.
+    weight: np.ndarray  # (n, C) the votes each class gets
+    total: np.ndarray  # (n,) the votes' total: a class's share is weight / total
+    counts: np.ndarray  # (n, C) how many of the neighbours voted for each class
+    similarity: np.ndarray  # (n, C) their summed similarity (ties in the merge)
+
+    def shares(self) -> np.ndarray:
+        """``(n, C)`` each class's share of the vote."""
+        out: np.ndarray = self.weight / np.maximum(self.total, 1e-300)[:, None]
+        return out
+
+
+def neighbour_votes(
+    labels: np.ndarray, sims: np.ndarray, classes: int, *, k: int, temperature: float = 0.0
+) -> NeighbourVotes:
+    """The vote of each query's ``k`` nearest neighbours: label codes ``labels (n, >= k)``
+    (``-1``: unlabelled, votes for no class) and similarities ``sims``, best first.
+
+    Temperature 0 is the engine's plain vote: one vote per neighbour, over a total of ``k``.
+    Above 0 each neighbour votes ``exp((s - s1) / temperature)`` (``s1``: the nearest one's
+    similarity, so the nearest votes 1 and farther ones less), over the total of the votes of
+    the neighbours found. Sums run in neighbour order in float64, as
+    :func:`stygig.scoring.vote` adds them, so the similarity that breaks ties is the same.
+    """
+    lab = np.asarray(labels, np.int64)
+    lab = lab.reshape(-1, lab.shape[-1] if lab.size else 0)[:, :k]
+    s = np.asarray(sims, np.float64).reshape(len(lab), -1)[:, : lab.shape[1]]
+    n, width = lab.shape
+    if temperature == 0.0 or width == 0:
+        votes = np.ones_like(s)
+        total = np.full(n, float(max(k, 1)))
+    else:
+        votes = np.exp((s - s[:, :1]) / temperature)
+        total = np.bincount(np.repeat(np.arange(n), width), votes.ravel(), minlength=n)
+    known = (lab >= 0) & (lab < classes)  # a code beyond the columns votes for none
+    flat = (np.arange(n)[:, None] * classes + np.where(known, lab, 0))[known]
+
+    def per_class(values: np.ndarray) -> np.ndarray:
+        summed = np.bincount(flat, values[known], minlength=n * classes)
+        out: np.ndarray = summed.reshape(n, classes)
+        return out
+
+    return NeighbourVotes(
+        per_class(votes), total, per_class(np.ones_like(s)).astype(np.int64), per_class(s)
+    )
+
+
+def merge_shares(proba: np.ndarray, votes: NeighbourVotes, head_weight: float) -> np.ndarray:
+    """The merged choice for each query: ``argmax_c w * proba[c] + (1 - w) * share(c)``.
+
+    ``proba (n, C)`` is indexed by the same codes as the vote (the vote's label codes; see
+    :meth:`CategoryHead.proba_for`). Scores within 1e-9 of the best tie; ties go to the larger
+    summed neighbour similarity, then the lower code. ``head_weight`` 0 is the plain vote
+    (:func:`stygig.scoring.vote`'s winner at temperature 0), 1 the head alone. A query where
+    neither side has an opinion gets -1.
     """
     if not 0.0 <= head_weight <= 1.0:
         raise InvalidOptionsError("head_weight must be within [0, 1]")
-    p = np.asarray(proba, np.float64).ravel()
-    score = head_weight * p
-    for code, n in counts.items():
-        if 0 <= code < len(score):
-            score[code] += (1.0 - head_weight) * n / max(k, 1)
-    if head_weight == 0.0 and not counts:
-        return -1
-    if head_weight == 1.0 and not p.any():
-        return -1
-    best = float(score.max())
-    tied = np.flatnonzero(np.isclose(score, best, rtol=0.0, atol=1e-9))
-    if len(tied) > 1 and similarity:
-        sims = np.array([similarity.get(int(c), float("-inf")) for c in tied])
-        tied = tied[sims == sims.max()]
-    return int(tied[0])
+    p = np.asarray(proba, np.float64).reshape(votes.weight.shape)
+    score = head_weight * p + ((1.0 - head_weight) * votes.weight) / votes.total[:, None]
+    best = score.max(axis=1, keepdims=True) if score.size else score[:, :1]
+    tied = np.abs(score - best) <= 1e-9
+    voted = votes.counts > 0
+    key = np.where(tied, np.where(voted, votes.similarity, -1e300), -np.inf)
+    out = key.argmax(axis=1) if score.size else np.zeros(len(score), np.int64)
+    if head_weight == 0.0:
+        out[~voted.any(axis=1)] = -1
+    if head_weight == 1.0:
+        out[~p.any(axis=1)] = -1
+    result: np.ndarray = out.astype(np.int64)
+    return result
 
 
 def merge_votes(
-    proba: np.ndarray, neighbour_labels: np.ndarray, neighbour_sims: np.ndarray, head_weight: float
+    proba: np.ndarray,
+    neighbour_labels: np.ndarray,
+    neighbour_sims: np.ndarray,
+    head_weight: float,
+    *,
+    k: int | None = None,
+    temperature: float = 0.0,
 ) -> np.ndarray:
-    """:func:`merge_vote` for many queries: ``proba (n, C)``, neighbour label codes and
-    similarities ``(n, k)`` (``-1``: unknown label, ignored)."""
-    from stygig.scoring import vote
-
-    out = np.empty(len(proba), np.int64)
-    k = neighbour_labels.shape[1] if neighbour_labels.ndim == 2 else 0
-    for i, (p, labels, sims) in enumerate(
-        zip(proba, neighbour_labels, neighbour_sims, strict=True)
-    ):
-        v = vote(labels, sims)
-        out[i] = merge_vote(p, v.counts, v.similarity, k=k, head_weight=head_weight)
-    return out
+    """:func:`merge_shares` with the vote of the first ``k`` (default: all) neighbours at
+    ``temperature`` (:func:`neighbour_votes`): ``proba (n, C)``, neighbour label codes and
+    similarities ``(n, >= k)`` (``-1``: unknown label, ignored)."""
+    width = neighbour_labels.shape[1] if neighbour_labels.ndim == 2 else 0
+    votes = neighbour_votes(
+        neighbour_labels,
+        neighbour_sims,
+        np.asarray(proba).shape[-1],
+        k=width if k is None else k,
+        temperature=temperature,
+    )
+    return merge_shares(proba, votes, head_weight)
 
 
 # -- cross-fitting on the catalogue -------------------------------------------------------------
@@ -437,19 +526,27 @@ def fold_of(n: int, folds: int, seed: int = 0) -> np.ndarray:
 
 @dataclass(frozen=True)
 class CrossFit:
-    """Out-of-fold results on the fitting rows: what chose ``head_weight``."""
+    """Out-of-fold results on the fitting rows: what chose ``head_weight``, ``vote_k`` and
+    ``temperature``."""
 
     head_weight: float
     accuracy: dict[str, float]  # "vote", "head", "merged": out-of-fold / leave-one-out
-    grid: list[dict[str, float]]  # accuracy at each weight
+    grid: list[dict[str, float]]  # accuracy at each weight, at the chosen vote
     folds: int
+    vote_k: int = 5
+    temperature: float = 0.0
+    # each searched vote (k, temperature) at its best weight
+    vote_grid: list[dict[str, float]] = dataclass_field(default_factory=list)
 
     def describe(self) -> dict[str, Any]:
         return {
             "head_weight": self.head_weight,
+            "vote_k": self.vote_k,
+            "temperature": self.temperature,
             "folds": self.folds,
             "accuracy": self.accuracy,
             "grid": self.grid,
+            "vote_grid": self.vote_grid,
         }
 
 
@@ -484,68 +581,86 @@ def cross_fit(
     whitening: Whitening | None = None,
     on_fit: Callable[[], object] | None = None,
     neighbours: tuple[np.ndarray, np.ndarray] | None = None,
+    vote_ks: Sequence[int] = (),
+    temperatures: Sequence[float] = (0.0,),
 ) -> tuple[CategoryHead, CrossFit]:
-    """The head fitted on all rows, with ``head_weight`` chosen by ``folds``-fold cross-fitting.
+    """The head fitted on all rows, with ``head_weight`` and its vote chosen by ``folds``-fold
+    cross-fitting.
 
     Each row's head probabilities come from the fold fit that excluded it; its vote from its
-    ``k`` nearest *other* rows (in ``x`` as stored: what the engine searches). The weight that
-    merges them best (ties: the smaller weight, the vote being the known quantity) is stored on
-    the returned head. ``whitening``: as in :meth:`CategoryHead.fit`. ``on_fit`` is called
-    after each of the ``folds + 1`` fits (progress). ``neighbours``: each row's nearest other
-    rows and their similarities, best first, at least ``k`` of them (default: computed from
-    ``x``; given, they may come from other vectors than the head reads, e.g. the stored ones
-    while ``x`` is un-whitened).
+    nearest *other* rows (in ``x`` as stored: what the engine searches): ``k`` of them by plain
+    count (the engine's vote, reported as ``"vote"``), or any of ``vote_ks`` at any of
+    ``temperatures`` (:func:`neighbour_votes`). The (weight, k, temperature) that merges them
+    best is stored on the returned head; ties go to the smaller weight (the vote being the
+    known quantity), then the fewer neighbours, then the lower temperature, so a catalogue
+    where the plain ``k``-vote does as well keeps it. ``whitening``: as in
+    :meth:`CategoryHead.fit`. ``on_fit`` is called after each of the ``folds + 1`` fits
+    (progress). ``neighbours``: each row's nearest other rows and their similarities, best
+    first (default: computed from ``x``; given, they may come from other vectors than the head
+    reads, e.g. the stored ones while ``x`` is un-whitened); a searched vote needing more
+    neighbours than given (or than the rows hold) is left out.
     """
     done = on_fit or (lambda: None)
     data = np.asarray(x, np.float32)
     names = sorted({str(v) for v in labels if v})
     index = {name: c for c, name in enumerate(names)}
     codes = np.array([index[str(v)] if v else -1 for v in labels], np.int64)
+    fit = functools.partial(
+        CategoryHead.fit, field=field, l2=l2, iterations=iterations, whitening=whitening
+    )
     if len(data) < max(2 * folds, k + 1):
-        head = CategoryHead.fit(
-            data, labels, field=field, l2=l2, iterations=iterations, whitening=whitening
-        )
+        head = fit(data, labels, vote_k=k)
         done()
-        return head, CrossFit(head.head_weight, {}, [], 0)
+        return head, CrossFit(head.head_weight, {}, [], 0, vote_k=k)
+    for t in temperatures:
+        _check_vote(k, t)
     fold = fold_of(len(data), folds, seed)
     proba = np.zeros((len(data), len(names)), np.float32)
     for f in range(folds):
         train, held = fold != f, fold == f
-        head = CategoryHead.fit(
-            data[train],
-            [labels[i] for i in np.flatnonzero(train).tolist()],
-            field=field,
-            l2=l2,
-            iterations=iterations,
-            whitening=whitening,
-        )
-        proba[held] = head.proba_for(data[held], names, whitening)
+        part = fit(data[train], [labels[i] for i in np.flatnonzero(train).tolist()])
+        proba[held] = part.proba_for(data[held], names, whitening)
         done()
-    nb_ids, nb_sims = _loo_neighbours(data, k) if neighbours is None else neighbours
-    nb_ids, nb_sims = nb_ids[:, :k], nb_sims[:, :k]
-    nb_labels = codes[nb_ids]
+    ks = sorted({k, *vote_ks})
+    nb_ids, nb_sims = _loo_neighbours(data, ks[-1]) if neighbours is None else neighbours
+    ks = [kk for kk in ks if kk <= nb_ids.shape[1]]
+    nb_labels = codes[nb_ids[:, : ks[-1]]]
     known = codes >= 0
-    grid = []
-    for w in _WEIGHT_GRID:
-        pred = merge_votes(proba, nb_labels, nb_sims, w)
-        grid.append({"head_weight": w, "accuracy": float((pred[known] == codes[known]).mean())})
-    best = max(grid, key=lambda r: (r["accuracy"], -r["head_weight"]))
+    scored = []  # (accuracy, -weight, -k, -temperature): the max is the choice
+    plain: dict[float, float] = {}
+    for kk in ks:
+        for t in sorted({0.0, *temperatures}) if kk == k else sorted(set(temperatures)):
+            votes = neighbour_votes(nb_labels, nb_sims, len(names), k=kk, temperature=t)
+            for w in _WEIGHT_GRID:
+                pred = merge_shares(proba, votes, w)
+                acc = float((pred[known] == codes[known]).mean())
+                if kk == k and t == 0.0:
+                    plain[w] = acc
+                if t in temperatures:
+                    scored.append((acc, -w, -kk, -t))
+    best = max(scored)
+    weight, vote_k, temperature = -best[1], -best[2], -best[3]
+    grid = [
+        {"head_weight": -r[1], "accuracy": r[0]}
+        for r in scored
+        if -r[2] == vote_k and -r[3] == temperature
+    ]
+    vote_grid = [
+        {"k": -r[2], "temperature": -r[3], "head_weight": -r[1], "accuracy": r[0]}
+        for r in (
+            max(r for r in scored if (r[2], r[3]) == pair)
+            for pair in dict.fromkeys((r[2], r[3]) for r in scored)
+        )
+    ]
     accuracy = {
-        "vote": grid[0]["accuracy"],
+        "vote": plain[0.0],
         "head": grid[-1]["accuracy"],
-        "merged": best["accuracy"],
+        "vote_weighted": max(r for r in scored if -r[1] == 0.0)[0],
+        "merged": best[0],
     }
-    head = CategoryHead.fit(
-        data,
-        labels,
-        field=field,
-        l2=l2,
-        iterations=iterations,
-        head_weight=best["head_weight"],
-        whitening=whitening,
-    )
+    head = fit(data, labels, head_weight=weight, vote_k=vote_k, temperature=temperature)
     done()
-    return head, CrossFit(best["head_weight"], accuracy, grid, folds)
+    return head, CrossFit(weight, accuracy, grid, folds, vote_k, temperature, vote_grid)
 
 
 # -- the gender decision: a stacked vote + head ---------------------------------------------------
@@ -785,7 +900,9 @@ def fit_artifact_heads(
 ) -> tuple[dict[str, CategoryHead], dict[str, Any]]:
     """The heads a build stores: one per field of ``labels`` (row-aligned with ``vectors``, the
     artifact's stored vectors; ``whitening``: the transform that made them), each chosen by
-    :func:`cross_fit` against a ``k[field]``-neighbour vote; with ``genders`` (row-aligned),
+    :func:`cross_fit` against a ``k[field]``-neighbour vote (for :data:`SEARCHED_FIELDS`,
+    against any vote of :data:`VOTE_K_GRID` and :data:`TEMPERATURE_GRID` too); with ``genders``
+    (row-aligned),
     also the gender head and its stacked decision (:func:`fit_gender_stack`, against a
     ``gender_k``-neighbour vote gated at ``gender_min_confidence``), stored as ``"gender"``.
 
@@ -815,6 +932,7 @@ def fit_artifact_heads(
     if todo or stack:
         t0 = time.perf_counter()
         wanted = [k[name] for name in todo] + ([gender_k] if stack else [])
+        wanted += [max(VOTE_K_GRID)] if set(todo) & set(SEARCHED_FIELDS) else []
         neighbours = _loo_neighbours(data, max(wanted))
         plain = data if whitening is None else unwhiten(data, whitening)
         shared = (time.perf_counter() - t0) / len(wanted)
@@ -829,6 +947,8 @@ def fit_artifact_heads(
             seed=seed,
             on_fit=on_fit,
             neighbours=neighbours,
+            vote_ks=VOTE_K_GRID if name in SEARCHED_FIELDS else (),
+            temperatures=TEMPERATURE_GRID if name in SEARCHED_FIELDS else (0.0,),
         )
         if whitening is not None:  # fitted on the un-whitened vectors: it needs the whitening
             head = replace(head, input="unwhitened")
@@ -887,6 +1007,8 @@ def save_heads(heads: Mapping[str, CategoryHead], path: Path) -> Path:
             "iterations": head.iterations,
             "n_fit": head.n_fit,
             "head_weight": head.head_weight,
+            "vote_k": head.vote_k,
+            "temperature": head.temperature,
             "input": head.input,
         }
         if isinstance(head, GenderHead) and stacker is not None:
@@ -929,6 +1051,9 @@ def load_heads(path: Path) -> dict[str, CategoryHead]:
                     f"h{n}_",
                     head_weight=float(entry["head_weight"]),
                     input=str(entry.get("input", "stored")),
+                    # files written before the vote was searched: the plain 5-vote
+                    vote_k=int(entry.get("vote_k", 5)),
+                    temperature=float(entry.get("temperature", 0.0)),
                 )
                 if "stack" in entry:
                     head = _with_stack(head, entry["stack"], data, f"h{n}_stack_")
@@ -980,6 +1105,8 @@ def _check_shapes(head: CategoryHead) -> None:
         or head.weights.shape != (d, c)
         or head.bias.shape != (c,)
         or not 0.0 <= head.head_weight <= 1.0
+        or not 1 <= head.vote_k <= MAX_VOTE_K
+        or not 0.0 <= head.temperature <= MAX_TEMPERATURE
         or head.input not in ("stored", "unwhitened")
         or len(set(head.labels)) != c
     ):

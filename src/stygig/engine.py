@@ -24,7 +24,6 @@ import numpy as np
 
 from stygig.answer import (
     GenderDecision,
-    HeadField,
     Outfit,
     OutfitItemScore,
     OutfitScore,
@@ -40,7 +39,8 @@ from stygig.category_head import (
     GenderHead,
     QueryHead,
     gender_stack_features,
-    merge_vote,
+    merge_shares,
+    neighbour_votes,
     unmodelled_gender,
 )
 from stygig.columns import CatalogColumns
@@ -63,7 +63,6 @@ from stygig.recommendation import Options, OutfitRequest, Query
 from stygig.response import HeadState, PartState, ScoreParts, query_part, recommended_items
 from stygig.scoring import (
     ScoringConfig,
-    Vote,
     assemble_outfit,
     combine,
     rank_by_category,
@@ -283,7 +282,9 @@ class Recommender:
         removed = _removed(st)  # rows taken out of the index: never neighbours nor candidates
         stack = st.artifact.heads.get("gender")  # its features read the k it was fitted on
         stack_k = stack.k if isinstance(stack, GenderHead) else 0
-        fetch = max(self.config.vote_k, self.config.attribute_vote_k, stack_k) + len(own)
+        head = st.artifact.heads.get("category")  # its vote may read more neighbours
+        head_k = head.vote_k if head is not None else 0
+        fetch = max(self.config.vote_k, self.config.attribute_vote_k, stack_k, head_k) + len(own)
         pool: tuple[np.ndarray, np.ndarray] | None = None
         if full is None and len(parts) == 1:
             # Approximate index, one query vector: a single search yields both the voters
@@ -527,14 +528,18 @@ class Recommender:
         k, k_attr = self.config.vote_k, self.config.attribute_vote_k
         for part, row_s, row_i in zip(parts, scores, ids, strict=True):
             keep = (row_i >= 0) & ~np.isin(row_i, own)
-            attr_ids, attr_s = row_i[keep][:k_attr], row_s[keep][:k_attr]
+            near_ids, near_s = row_i[keep], row_s[keep]
+            attr_ids, attr_s = near_ids[:k_attr], near_s[:k_attr]
             nb_ids, nb_s = attr_ids[:k], attr_s[:k]
             cat_vote = vote(cols.category_codes[nb_ids], nb_s)
             if part.category < 0:
                 part.category = cat_vote.winner
-                if "category" in heads:
+                head = heads.get("category")
+                if head is not None:
+                    hk = head.vote_k
+                    voters = (cols.category_codes[near_ids[:hk]], near_s[:hk])
                     part.category = self._head_decides(
-                        part, heads, "category", cols.category_names, cat_vote, k
+                        part, head, cols.category_names, voters, cat_vote.winner, head.temperature
                     )
             part.neighbours, part.votes = (nb_ids, nb_s), cat_vote.counts
             if part.position is not None:
@@ -557,7 +562,11 @@ class Recommender:
             usage = vote(cols.usage_codes[attr_ids], attr_s)
             code = usage.winner
             if "usage" in heads and cols.usage_names:
-                code = self._head_decides(part, heads, "usage", cols.usage_names, usage, k_attr)
+                # the usage head merges with the plain attribute vote (its k is not searched)
+                voters = (cols.usage_codes[attr_ids], attr_s)
+                code = self._head_decides(
+                    part, heads["usage"], cols.usage_names, voters, usage.winner, 0.0, k_attr
+                )
             part.usage = cols.usage_names[code] if code >= 0 else None
 
     def _gender_stack(
@@ -611,23 +620,39 @@ class Recommender:
     def _head_decides(
         self,
         part: PartState,
-        heads: dict[str, CategoryHead],
-        field: HeadField,
+        head: CategoryHead,
         names: list[str],
-        voted: Vote,
-        k: int,
+        voters: tuple[np.ndarray, np.ndarray],
+        winner: int,
+        temperature: float,
+        k: int | None = None,
     ) -> int:
-        """The code of ``names`` that the ``field`` head merged with the vote ``voted`` chooses
-        for the photo ``part``; the decision is kept on the part for the answer."""
-        head = heads[field]
+        """The code of ``names`` that ``head`` merged with the vote of the photo ``part``'s
+        ``k`` (default: the head's ``vote_k``) nearest items at ``temperature`` chooses
+        (``voters``: their codes of ``names`` and similarities, best first; ``winner``: the
+        plain vote's choice); the decision is kept on the part for the answer."""
         form, columns = self._head_for_queries(head, names)
         if form is not None:
             proba = form.predict_proba(part.vector)[0]
         else:
             proba = head.predict_proba(part.vector, self.whitening)[0]
         mapped = np.where(columns >= 0, proba[np.maximum(columns, 0)], 0.0)
-        code = merge_vote(mapped, voted.counts, voted.similarity, k=k, head_weight=head.head_weight)
-        state = HeadState(field, mapped, voted.counts, head.head_weight, k, code, voted.winner)
+        k, t = head.vote_k if k is None else k, temperature
+        votes = neighbour_votes(voters[0][None], voters[1][None], len(names), k=k, temperature=t)
+        code = int(merge_shares(mapped[None], votes, head.head_weight)[0])
+        voted = np.flatnonzero(votes.counts[0]).tolist()
+        shares = votes.shares()[0]
+        state = HeadState(
+            "usage" if head.field == "usage" else "category",
+            mapped,
+            {c: int(votes.counts[0, c]) for c in voted},
+            head.head_weight,
+            k,
+            code,
+            winner,
+            {c: float(shares[c]) for c in voted},
+            t,
+        )
         part.heads.append(state)
         return code
 

@@ -108,6 +108,8 @@ class HeadState:
     k: int
     code: int  # the merged choice (-1: none)
     vote: int  # the vote's own winner (-1: none)
+    shares: dict[int, float]  # code -> its share of the vote (what the merge weighs)
+    temperature: float  # the vote's similarity weighting (0: counts)
 
 
 def head_vote(names: list[str], head: HeadState) -> HeadVote:
@@ -117,10 +119,10 @@ def head_vote(names: list[str], head: HeadState) -> HeadVote:
     codes = set(head.counts) | {int(c) for c in np.argsort(-proba, kind="stable")[:3]}
     rows = []
     for code in codes:
-        votes = head.counts.get(code, 0)
+        votes, share = head.counts.get(code, 0), head.shares.get(code, 0.0)
         prob = float(proba[code])
-        score = head.weight * prob + (1.0 - head.weight) * votes / max(head.k, 1)
-        rows.append((-score, code != head.code, names[code], votes, prob, score))
+        score = head.weight * prob + (1.0 - head.weight) * share
+        rows.append((-score, code != head.code, names[code], votes, prob, score, share))
     rows.sort()
     return HeadVote(
         field=head.field,
@@ -129,9 +131,10 @@ def head_vote(names: list[str], head: HeadState) -> HeadVote:
         weight=head.weight,
         k=head.k,
         scores=[
-            HeadScore(label, votes, round(prob, 4), round(score, 4))
-            for _, _, label, votes, prob, score in rows
+            HeadScore(label, votes, round(prob, 4), round(score, 4), round(share, 4))
+            for _, _, label, votes, prob, score, share in rows
         ],
+        temperature=head.temperature,
     )
 
 

@@ -42,7 +42,15 @@ def test_outfit_for_a_photo(rec: Recommender, sample: tuple[Path, Path]) -> None
     q = out["query"][0]
     # The tiny encoder sees colour and layout, not denim: jeans or trousers, a bottom either way.
     assert q["slot"] == "bottom" and sum(q["votes"].values()) == 5
-    assert q["votes"][q["category"]] == max(q["votes"].values())
+    most = max(q["votes"].values())  # the five nearest items' vote
+    heads = {h["field"]: h for h in q.get("heads") or []}
+    if "category" in heads:  # the build's category head, merged with its weighted vote, decided
+        decided = heads["category"]
+        assert decided["value"] == q["category"] == decided["scores"][0]["label"]
+        assert q["votes"][decided["vote"]] == most and decided["k"] >= 5
+        assert sum(s["share"] for s in decided["scores"]) <= 1.0 + 1e-3
+    else:
+        assert q["votes"][q["category"]] == most
     assert len(q["rgb"]) == 3 and q["hex"].startswith("#")
     assert out["items"], "an outfit query returns items"
     for item in out["items"]:

@@ -16,8 +16,8 @@ from stygig.category_head import (
     fold_of,
     load_artifact_heads,
     load_heads,
-    merge_vote,
     merge_votes,
+    neighbour_votes,
     save_heads,
     unwhiten,
 )
@@ -82,16 +82,65 @@ def test_proba_for_reindexes_to_other_names():
 
 
 def test_merge_vote_weights():
-    proba = np.array([0.1, 0.8, 0.1])
-    counts = {0: 3, 2: 2}
-    assert merge_vote(proba, counts, k=5, head_weight=0.0) == 0  # the plain vote
-    assert merge_vote(proba, counts, k=5, head_weight=1.0) == 1  # the head alone
+    proba = np.array([[0.1, 0.8, 0.1]])
+    labels, sims = np.array([[0, 0, 0, 2, 2]]), np.linspace(0.9, 0.5, 5)[None]
+
+    def merged(w: float) -> int:
+        return int(merge_votes(proba, labels, sims, w)[0])
+
+    assert merged(0.0) == 0  # the plain vote
+    assert merged(1.0) == 1  # the head alone
     # 0.5 * 0.8 = 0.40 for class 1 against 0.5 * (0.1 + 0.6) = 0.35 for class 0
-    assert merge_vote(proba, counts, k=5, head_weight=0.5) == 1
-    assert merge_vote(proba, counts, k=5, head_weight=0.3) == 0
-    assert merge_vote(np.zeros(3), {}, k=5, head_weight=0.0) == -1
+    assert merged(0.5) == 1
+    assert merged(0.3) == 0
+    assert merge_votes(np.zeros((1, 3)), np.full((1, 5), -1), sims, 0.0)[0] == -1
     with pytest.raises(InvalidOptionsError):
-        merge_vote(proba, counts, k=5, head_weight=1.5)
+        merged(1.5)
+
+
+def _todays_merge(proba, labels, sims, k, w):  # type: ignore[no-untyped-def]
+    """The merge as the engine made it before the vote was searched (the reference)."""
+    v = vote(labels[:k], sims[:k])
+    score = w * np.asarray(proba, np.float64)
+    for code, n in v.counts.items():
+        score[code] += (1.0 - w) * n / k
+    if (w == 0.0 and not v.counts) or (w == 1.0 and not proba.any()):
+        return -1
+    tied = np.flatnonzero(np.isclose(score, score.max(), rtol=0.0, atol=1e-9))
+    if len(tied) > 1 and v.similarity:
+        s = np.array([v.similarity.get(int(c), float("-inf")) for c in tied])
+        tied = tied[s == s.max()]
+    return int(tied[0])
+
+
+def test_plain_five_vote_merge_is_todays_merge():
+    """k 5 at temperature 0 decides exactly as before, ties (equal counts, equal similarities,
+    scores a float-rounding apart) included."""
+    rng = np.random.default_rng(5)
+    labels = rng.integers(-1, 4, size=(3000, 20))
+    sims = np.round(np.sort(rng.random((3000, 20)), axis=1)[:, ::-1], 1)  # many equal sums
+    proba = rng.integers(0, 5, size=(3000, 4)) / 10.0
+    for w in (0.0, 0.1, 0.3, 0.4, 0.5, 0.7, 1.0):
+        merged = merge_votes(proba, labels, sims, w, k=5, temperature=0.0)
+        expected = [
+            _todays_merge(p, lab, s, 5, w) for p, lab, s in zip(proba, labels, sims, strict=True)
+        ]
+        np.testing.assert_array_equal(merged, expected)
+
+
+def test_weighted_shares():
+    labels = np.array([[1, 0, 0, -1]])
+    sims = np.array([[0.9, 0.8, 0.8, 0.7]])
+    plain = neighbour_votes(labels, sims, 2, k=4)
+    np.testing.assert_allclose(plain.shares(), [[0.5, 0.25]])  # an unlabelled one abstains
+    hot = neighbour_votes(labels, sims, 2, k=4, temperature=0.1)
+    w = np.exp(-1.0)
+    total = 1 + 2 * w + np.exp(-2.0)
+    np.testing.assert_allclose(hot.shares(), [[2 * w / total, 1 / total]])
+    np.testing.assert_array_equal(hot.counts, [[2, 1]])
+    # a nearer single neighbour outweighs two farther ones when the temperature is low
+    assert merge_votes(np.zeros((1, 2)), labels, sims, 0.0, k=4, temperature=0.02)[0] == 1
+    assert merge_votes(np.zeros((1, 2)), labels, sims, 0.0, k=4, temperature=0.0)[0] == 0
 
 
 def test_merge_at_weight_zero_is_the_engine_vote():
@@ -112,12 +161,50 @@ def test_save_load_round_trip(tmp_path: Path):
     loaded = load_heads(path)
     assert set(loaded) == {"category", "subCategory"}
     assert loaded["subCategory"].head_weight == 0.4
+    assert (loaded["category"].vote_k, loaded["category"].temperature) == (5, 0.0)
     np.testing.assert_array_equal(loaded["category"].weights, heads["category"].weights)
     np.testing.assert_allclose(
         loaded["category"].predict_proba(x), heads["category"].predict_proba(x)
     )
     with np.load(path, allow_pickle=False) as data:  # plain arrays only
         assert all(data[k].dtype != object for k in data.files)
+
+
+def test_vote_settings_round_trip_and_old_files_load_as_the_plain_vote(tmp_path: Path):
+    x, labels = _blobs()
+    head = CategoryHead.fit(x, labels, iterations=5, vote_k=20, temperature=0.05)
+    loaded = load_heads(save_heads({"category": head}, tmp_path / HEAD_FILE))["category"]
+    assert (loaded.vote_k, loaded.temperature) == (20, 0.05)
+    assert loaded.describe()["vote_k"] == 20 and loaded.describe()["temperature"] == 0.05
+    # a file written before the vote was searched has neither key
+    old = tmp_path / "old.npz"
+    with np.load(tmp_path / HEAD_FILE, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    meta = json.loads(bytes(arrays["meta"]).decode())
+    for entry in meta:
+        del entry["vote_k"], entry["temperature"]
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    np.savez(old, **arrays)
+    legacy = load_heads(old)["category"]
+    assert (legacy.vote_k, legacy.temperature) == (5, 0.0)
+    np.testing.assert_array_equal(legacy.weights, head.weights)
+
+
+@pytest.mark.parametrize("vote_k, temperature", [(0, 0.0), (65, 0.0), (5, -0.1), (5, 1.5)])
+def test_vote_settings_out_of_bounds_are_refused(tmp_path: Path, vote_k, temperature):  # type: ignore[no-untyped-def]
+    x, labels = _blobs()
+    with pytest.raises(InvalidOptionsError, match="vote_k"):
+        CategoryHead.fit(x, labels, iterations=5, vote_k=vote_k, temperature=temperature)
+    head = CategoryHead.fit(x, labels, iterations=5)
+    path = save_heads({"category": head}, tmp_path / HEAD_FILE)
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    meta = json.loads(bytes(arrays["meta"]).decode())
+    meta[0].update(vote_k=vote_k, temperature=temperature)
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    np.savez(path, **arrays)
+    with pytest.raises(ArtifactError):
+        load_heads(path)
 
 
 def test_load_refuses_a_bad_file_without_quoting_it(tmp_path: Path):
@@ -149,10 +236,30 @@ def test_cross_fit_chooses_a_weight_out_of_fold():
     assert fit.folds == 3 and 0.0 <= head.head_weight <= 1.0
     assert head.head_weight == fit.head_weight
     assert {r["head_weight"] for r in fit.grid} >= {0.0, 1.0}
-    assert set(fit.accuracy) == {"vote", "head", "merged"}
+    assert set(fit.accuracy) == {"vote", "vote_weighted", "head", "merged"}
     assert fit.accuracy["merged"] >= max(fit.accuracy["vote"], fit.accuracy["head"]) - 1e-9
+    assert (head.vote_k, head.temperature) == (fit.vote_k, fit.temperature) == (5, 0.0)
     folds = fold_of(90, 3)
     assert sorted(np.bincount(folds).tolist()) == [30, 30, 30]
+
+
+def test_cross_fit_searches_the_vote_and_keeps_the_plain_one_on_ties():
+    x, labels = _blobs(n_per=30, spread=1.0)
+    grids = {"vote_ks": (5, 7, 10, 15, 20), "temperatures": (0.0, 0.02, 0.05, 0.1, 0.2)}
+    head, fit = cross_fit(x, labels, folds=3, iterations=60, **grids)  # type: ignore[arg-type]
+    assert len(fit.vote_grid) == 25 and (head.vote_k, head.temperature) == (
+        fit.vote_k,
+        fit.temperature,
+    )
+    best = max(r["accuracy"] for r in fit.vote_grid)
+    assert fit.accuracy["merged"] == best >= fit.accuracy["vote"]
+    # the choice is the fewest neighbours, then the lowest temperature, among the best
+    first = min((r["k"], r["temperature"]) for r in fit.vote_grid if r["accuracy"] == best)
+    assert (fit.vote_k, fit.temperature) == first
+    # separable classes: every vote is perfect, so the plain 5-vote at weight 0 is kept
+    easy, easy_labels = _blobs(n_per=30, spread=0.05)
+    head, fit = cross_fit(easy, easy_labels, folds=3, iterations=20, **grids)  # type: ignore[arg-type]
+    assert (head.vote_k, head.temperature, head.head_weight) == (5, 0.0, 0.0)
 
 
 def test_add_category_head_lists_the_file_with_its_checksum(tmp_path: Path):
@@ -217,6 +324,8 @@ def test_head_accuracy_never_sees_the_queries(monkeypatch: pytest.MonkeyPatch):
         np.testing.assert_array_equal(a, b)
     assert first["head_weight"] == second["head_weight"]
     assert first["cross_fit"] == second["cross_fit"]
+    assert len(first["cross_fit"]["vote_grid"]) > 1  # the vote's (k, temperature) searched too
+    assert first["head_settings"] == second["head_settings"]
 
 
 def test_head_accuracy_refuses_a_query_in_the_catalogue():
@@ -236,7 +345,7 @@ def test_head_accuracy_reports_vote_head_and_merge():
     assert out["n"] == len(split.queries)
     for key in ("vote", "head", "merged"):
         assert 0.0 <= out[key] <= 1.0
-    assert out["query_grid_informative"][0]["accuracy"] == out["vote"]
+    assert out["query_grid_informative"][0]["accuracy"] == out["vote_weighted"]
 
 
 @pytest.mark.slow

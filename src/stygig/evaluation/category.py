@@ -89,6 +89,7 @@ def head_accuracy(
     field: str = "category",
     k: int = 5,
     seed: int = 0,
+    other_vote: tuple[int, float] | None = None,
 ) -> dict[str, Any]:
     """The category head against the plain vote on the held-out queries of ``split``.
 
@@ -96,11 +97,15 @@ def head_accuracy(
     only — the vectors and labels of every other row are never passed to it — and chooses its
     weight against the vote there. ``held_out`` (default ``split.queries``) are all rows kept
     out of the catalogue (a ``limit`` scores only some of them): none may be a catalogue row.
-    Reported: the vote, the head alone, the two merged at the chosen weight (the figure), and
-    the merge at every weight of the grid (informative only: chosen on the queries, it would
-    flatter).
+    The vote's neighbours and temperature are searched with the weight, on the catalogue, as a
+    build searches them (:data:`~stygig.category_head.VOTE_K_GRID`,
+    :data:`~stygig.category_head.TEMPERATURE_GRID`). Reported: the plain ``k``-vote, the
+    vote at the chosen (k, temperature) alone (``vote_weighted``), at ``other_vote`` (another
+    head's chosen (k, temperature), e.g. the category's for the subCategory), the head alone,
+    the two merged at the chosen settings (the figure, what the engine does), and the merge at
+    every weight of the grid (informative only: chosen on the queries, it would flatter).
     """
-    from stygig.category_head import cross_fit, merge_votes
+    from stygig.category_head import TEMPERATURE_GRID, VOTE_K_GRID, cross_fit, merge_votes
 
     catalog = np.asarray(split.catalog, np.int64)
     queries = np.asarray(split.queries, np.int64)
@@ -116,10 +121,13 @@ def head_accuracy(
         k=k,
         seed=seed,
         whitening=whitening,
+        vote_ks=VOTE_K_GRID,
+        temperatures=TEMPERATURE_GRID,
     )
     query_vectors = vectors[queries]
     proba = head.proba_for(query_vectors, names, whitening)
-    nb, nb_sims = knn_neighbours(fit_vectors, query_vectors, k)
+    widest = max(k, head.vote_k, *(() if other_vote is None else (other_vote[0],)))
+    nb, nb_sims = knn_neighbours(fit_vectors, query_vectors, widest)
     nb_labels = codes[catalog][nb]
     truth = codes[queries]
     known = truth >= 0
@@ -127,21 +135,34 @@ def head_accuracy(
     def accuracy(pred: np.ndarray) -> float:
         return float((pred[known] == truth[known]).mean()) if known.any() else float("nan")
 
-    merged = merge_votes(proba, nb_labels, nb_sims, head.head_weight)
-    return {
+    def merged_at(w: float, vote_k: int = head.vote_k, t: float = head.temperature) -> np.ndarray:
+        return merge_votes(proba, nb_labels, nb_sims, w, k=vote_k, temperature=t)
+
+    merged = merged_at(head.head_weight)
+    out: dict[str, Any] = {
         "n": int(known.sum()),
-        "vote": accuracy(merge_votes(proba, nb_labels, nb_sims, 0.0)),
+        "vote": accuracy(merged_at(0.0, k, 0.0)),
+        "vote_weighted": accuracy(merged_at(0.0)),
         "head": accuracy(proba.argmax(axis=1)),
         "merged": accuracy(merged),
         "head_weight": head.head_weight,
+        "vote_k": head.vote_k,
+        "temperature": head.temperature,
         "top_confusions": confusions(truth[known], merged[known], names),
         "head_settings": head.describe(),
         "cross_fit": fit.describe(),
         "query_grid_informative": [
-            {"head_weight": w, "accuracy": accuracy(merge_votes(proba, nb_labels, nb_sims, w))}
+            {"head_weight": w, "accuracy": accuracy(merged_at(w))}
             for w in (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
         ],
     }
+    if other_vote is not None:
+        out["vote_other"] = {
+            "vote_k": other_vote[0],
+            "temperature": other_vote[1],
+            "accuracy": accuracy(merged_at(0.0, *other_vote)),
+        }
+    return out
 
 
 def vote_accuracy(
@@ -382,8 +403,10 @@ def evaluate_photos(
         "color": color_agreement(artifact, split.queries.tolist()),
     }
     if head:
-        out["category"]["head"] = {
-            name: head_accuracy(
+        heads: dict[str, Any] = {}
+        for name in ("articleType", "subCategory"):
+            category = heads.get("articleType")  # the engine's category vote, for comparison
+            heads[name] = head_accuracy(
                 white,
                 labels[name],
                 split,
@@ -391,9 +414,11 @@ def evaluate_photos(
                 whitening=whitening,
                 field="category" if name == "articleType" else name,
                 seed=seed,
+                other_vote=None
+                if category is None
+                else (category["vote_k"], category["temperature"]),
             )
-            for name in ("articleType", "subCategory")
-        }
+        out["category"]["head"] = heads
     if tune:
         grid = tune_whitening(
             emb[split.catalog], [str(labels["articleType"][i]) for i in split.catalog], seed=seed

@@ -271,8 +271,8 @@ def run_eval(args: argparse.Namespace) -> int:
     for name, row in (metrics.get("category", {}).get("head") or {}).items():
         print(
             f"category head, {name}: vote {row['vote']:.2%}, head {row['head']:.2%}, "
-            f"merged {row['merged']:.2%} (head weight {row['head_weight']:.1f}, chosen on the "
-            "catalogue)"
+            f"merged {row['merged']:.2%} (head weight {row['head_weight']:.1f}, vote k "
+            f"{row['vote_k']}, T {row['temperature']:g}, chosen on the catalogue)"
         )
     stack = metrics.get("validity_whitened_gender_stack")
     if stack is not None:
