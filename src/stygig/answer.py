@@ -81,8 +81,9 @@ class HeadVote:
     (:mod:`stygig.category_head`): the neighbour vote merged with the head's probabilities.
 
     ``value`` is what the answer uses (``QueryPart.category`` or ``usage``); ``vote`` what the
-    neighbours alone would have chosen; ``scores`` the classes a neighbour voted for and the
-    head's three likeliest, best first.
+    plain vote alone would have chosen (the one ``QueryPart.votes`` shows); ``scores`` the
+    classes one of the ``k`` neighbours voted for and the head's three likeliest, best first,
+    each with its share of those neighbours' vote weighted at ``temperature``.
     """
 
     field: HeadField

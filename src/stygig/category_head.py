@@ -144,6 +144,7 @@ VOTE_K_GRID = (5, 7, 10, 15, 20)
 TEMPERATURE_GRID = (0.0, 0.02, 0.05, 0.1, 0.2)
 MAX_VOTE_K = 64
 MAX_TEMPERATURE = 1.0
+MIN_TEMPERATURE = 1e-3  # below it a share is one neighbour's: use 0
 _CHUNK = 1024
 
 
@@ -162,7 +163,7 @@ class CategoryHead:
     n_fit: int
     head_weight: float = DEFAULT_HEAD_WEIGHT  # weight of the head against the vote
     input: str = "stored"  # "stored" vectors as they are, or "unwhitened" (see module doc)
-    vote_k: int = 5  # neighbours in the vote the head is merged with
+    vote_k: int = 5  # neighbours in the vote the head is merged with (0: the engine's vote_k)
     temperature: float = 0.0  # their vote's similarity weighting (0: plain counts)
 
     @property
@@ -313,11 +314,15 @@ class CategoryHead:
 
 
 def _check_vote(vote_k: int, temperature: float) -> None:
-    """Refuse a vote outside :data:`MAX_VOTE_K` neighbours and ``[0, MAX_TEMPERATURE]``."""
-    if not 1 <= vote_k <= MAX_VOTE_K or not 0.0 <= temperature <= MAX_TEMPERATURE:
+    """Refuse a vote outside :data:`MAX_VOTE_K` neighbours (0: the engine's configured
+    ``vote_k``, what heads stored before the vote was searched used) and a temperature other
+    than 0 or within ``[MIN_TEMPERATURE, MAX_TEMPERATURE]``."""
+    k_ok = isinstance(vote_k, int | np.integer) and not isinstance(vote_k, bool)
+    t_ok = temperature == 0.0 or MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE
+    if not (k_ok and 0 <= vote_k <= MAX_VOTE_K and t_ok):
         raise InvalidOptionsError(
-            f"category head: vote_k must be within [1, {MAX_VOTE_K}] and temperature within "
-            f"[0, {MAX_TEMPERATURE:g}]"
+            f"category head: vote_k must be an integer within [0, {MAX_VOTE_K}] and temperature "
+            f"0 or within [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]"
         )
 
 
@@ -441,9 +446,8 @@ def neighbour_votes(
     the neighbours found. Sums run in neighbour order in float64, as
     :func:`stygig.scoring.vote` adds them, so the similarity that breaks ties is the same.
     """
-    lab = np.asarray(labels, np.int64)
-    lab = lab.reshape(-1, lab.shape[-1] if lab.size else 0)[:, :k]
-    s = np.asarray(sims, np.float64).reshape(len(lab), -1)[:, : lab.shape[1]]
+    lab = np.atleast_2d(np.asarray(labels, np.int64))[:, :k]  # (n, 0): no neighbour left
+    s = np.atleast_2d(np.asarray(sims, np.float64))[:, : lab.shape[1]]
     n, width = lab.shape
     if temperature == 0.0 or width == 0:
         votes = np.ones_like(s)
@@ -927,6 +931,9 @@ def fit_artifact_heads(
     todo = [name for name, values in sampled.items() if skip_reason(values) is None]
     for name in set(sampled) - set(todo):
         fields[name] = {"skipped": skip_reason(sampled[name])}
+    for name in [n for n in todo if k[n] > MAX_VOTE_K]:
+        todo.remove(name)
+        fields[name] = {"skipped": f"vote_k {k[name]} is above the {MAX_VOTE_K} a head merges"}
     sampled_genders = None if genders is None else [genders[i] for i in picked]
     stack = sampled_genders is not None and gender_skip_reason(sampled_genders) is None
     if todo or stack:
@@ -1051,8 +1058,9 @@ def load_heads(path: Path) -> dict[str, CategoryHead]:
                     f"h{n}_",
                     head_weight=float(entry["head_weight"]),
                     input=str(entry.get("input", "stored")),
-                    # files written before the vote was searched: the plain 5-vote
-                    vote_k=int(entry.get("vote_k", 5)),
+                    # files written before the vote was searched: 0, the engine's own plain
+                    # vote_k, which their weight was cross-fitted against
+                    vote_k=entry.get("vote_k", 0),
                     temperature=float(entry.get("temperature", 0.0)),
                 )
                 if "stack" in entry:
@@ -1099,14 +1107,16 @@ def _with_stack(head: CategoryHead, entry: Mapping[str, Any], data: Any, key: st
 
 
 def _check_shapes(head: CategoryHead) -> None:
+    try:
+        _check_vote(head.vote_k, head.temperature)
+    except InvalidOptionsError as e:
+        raise ValueError(str(e)) from e
     d, c = head.dim, len(head.labels)
     if (
         head.scale.shape != (d,)
         or head.weights.shape != (d, c)
         or head.bias.shape != (c,)
         or not 0.0 <= head.head_weight <= 1.0
-        or not 1 <= head.vote_k <= MAX_VOTE_K
-        or not 0.0 <= head.temperature <= MAX_TEMPERATURE
         or head.input not in ("stored", "unwhitened")
         or len(set(head.labels)) != c
     ):

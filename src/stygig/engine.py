@@ -282,8 +282,8 @@ class Recommender:
         removed = _removed(st)  # rows taken out of the index: never neighbours nor candidates
         stack = st.artifact.heads.get("gender")  # its features read the k it was fitted on
         stack_k = stack.k if isinstance(stack, GenderHead) else 0
-        head = st.artifact.heads.get("category")  # its vote may read more neighbours
-        head_k = head.vote_k if head is not None else 0
+        head = st.artifact.heads.get("category") if options.use_category_head else None
+        head_k = head.vote_k if head is not None else 0  # its vote may read more neighbours
         fetch = max(self.config.vote_k, self.config.attribute_vote_k, stack_k, head_k) + len(own)
         pool: tuple[np.ndarray, np.ndarray] | None = None
         if full is None and len(parts) == 1:
@@ -536,7 +536,7 @@ class Recommender:
                 part.category = cat_vote.winner
                 head = heads.get("category")
                 if head is not None:
-                    hk = head.vote_k
+                    hk = head.vote_k or k  # 0: a head stored before k was searched
                     voters = (cols.category_codes[near_ids[:hk]], near_s[:hk])
                     part.category = self._head_decides(
                         part, head, cols.category_names, voters, cat_vote.winner, head.temperature
@@ -637,7 +637,7 @@ class Recommender:
         else:
             proba = head.predict_proba(part.vector, self.whitening)[0]
         mapped = np.where(columns >= 0, proba[np.maximum(columns, 0)], 0.0)
-        k, t = head.vote_k if k is None else k, temperature
+        k, t = (head.vote_k or self.config.vote_k) if k is None else k, temperature
         votes = neighbour_votes(voters[0][None], voters[1][None], len(names), k=k, temperature=t)
         code = int(merge_shares(mapped[None], votes, head.head_weight)[0])
         voted = np.flatnonzero(votes.counts[0]).tolist()

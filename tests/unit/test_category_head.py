@@ -186,11 +186,14 @@ def test_vote_settings_round_trip_and_old_files_load_as_the_plain_vote(tmp_path:
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     np.savez(old, **arrays)
     legacy = load_heads(old)["category"]
-    assert (legacy.vote_k, legacy.temperature) == (5, 0.0)
+    # 0: the engine's configured vote_k, the plain vote its weight was cross-fitted against
+    assert (legacy.vote_k, legacy.temperature) == (0, 0.0)
     np.testing.assert_array_equal(legacy.weights, head.weights)
 
 
-@pytest.mark.parametrize("vote_k, temperature", [(0, 0.0), (65, 0.0), (5, -0.1), (5, 1.5)])
+@pytest.mark.parametrize(
+    "vote_k, temperature", [(-1, 0.0), (65, 0.0), (5, -0.1), (5, 1.5), (5, 1e-9), (5.5, 0.0)]
+)
 def test_vote_settings_out_of_bounds_are_refused(tmp_path: Path, vote_k, temperature):  # type: ignore[no-untyped-def]
     x, labels = _blobs()
     with pytest.raises(InvalidOptionsError, match="vote_k"):
@@ -378,3 +381,39 @@ def test_eval_category_head_end_to_end(tmp_path: Path, capsys: pytest.CaptureFix
     # The drawn sample has too few men's items for the gender stack: skipped, with the reason.
     assert "fewer than" in metrics["validity_whitened_gender_stack"]["fit"]["skipped"]
     assert "gender stack: skipped (fewer than" in printed
+
+
+def test_no_neighbour_left_lets_the_head_decide() -> None:
+    """Every neighbour filtered out (the query's own items, removed rows): an empty vote, no
+    crash; the merge then follows the head."""
+    from stygig.category_head import merge_shares, neighbour_votes
+
+    for t in (0.0, 0.05):
+        votes = neighbour_votes(
+            np.zeros((1, 0), np.int64), np.zeros((1, 0), np.float32), 4, k=5, temperature=t
+        )
+        assert votes.shares().shape == (1, 4) and not votes.shares().any()
+        proba = np.array([[0.1, 0.6, 0.2, 0.1]])
+        assert merge_shares(proba, votes, 0.3).tolist() == [1]
+
+
+def test_vote_settings_are_bounded_and_old_files_use_the_engine_k() -> None:
+    from stygig.category_head import MAX_VOTE_K, _check_vote
+
+    for k, t in ((5, 0.0), (0, 0.0), (MAX_VOTE_K, 1.0), (7, 0.02)):
+        _check_vote(k, t)
+    for k, t in ((-1, 0.0), (MAX_VOTE_K + 1, 0.0), (5.9, 0.0), (True, 0.0), (5, 1e-300),
+                 (5, 2.0), (5, float("nan"))):  # fmt: skip
+        with pytest.raises(InvalidOptionsError):
+            _check_vote(k, t)  # type: ignore[arg-type]
+
+
+def test_a_configured_vote_k_beyond_the_bound_skips_the_head_not_the_build() -> None:
+    """``vote_k`` is the operator's (ScoringConfig allows up to 10,000): past what a head
+    merges, the build goes on without the category head and says why."""
+    from stygig.category_head import MAX_VOTE_K, fit_artifact_heads
+
+    x, labels = _blobs()
+    heads, report = fit_artifact_heads(x, {"category": labels}, k={"category": MAX_VOTE_K + 1})
+    assert "category" not in heads
+    assert "vote_k" in report["fields"]["category"]["skipped"]
