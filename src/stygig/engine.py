@@ -539,8 +539,9 @@ class Recommender:
                     hk = head.vote_k or k  # 0: a head stored before k was searched
                     voters = (cols.category_codes[near_ids[:hk]], near_s[:hk])
                     part.category = self._head_decides(
-                        part, head, cols.category_names, voters, cat_vote.winner, head.temperature
-                    )
+                        part, head, cols.category_names, voters, cat_vote.winner,
+                        hk, head.temperature,
+                    )  # fmt: skip
             part.neighbours, part.votes = (nb_ids, nb_s), cat_vote.counts
             if part.position is not None:
                 item = st.artifact.items[part.position]
@@ -555,7 +556,7 @@ class Recommender:
             part.gender = cols.gender_names[winner[0]] if winner else None
             stack = heads.get("gender")
             if isinstance(stack, GenderHead) and stack.stacker is not None:
-                near = (row_i[keep][: stack.k], row_s[keep][: stack.k])
+                near = (near_ids[: stack.k], near_s[: stack.k])
                 part.gender_stack = self._gender_stack(cols, part, stack, stack.stacker, *near)
                 if part.gender_stack is not None:
                     part.gender = GENDER_PAIR[int(part.gender_stack > 0.5)]
@@ -565,7 +566,7 @@ class Recommender:
                 # the usage head merges with the plain attribute vote (its k is not searched)
                 voters = (cols.usage_codes[attr_ids], attr_s)
                 code = self._head_decides(
-                    part, heads["usage"], cols.usage_names, voters, usage.winner, 0.0, k_attr
+                    part, heads["usage"], cols.usage_names, voters, usage.winner, k_attr, 0.0
                 )
             part.usage = cols.usage_names[code] if code >= 0 else None
 
@@ -624,11 +625,11 @@ class Recommender:
         names: list[str],
         voters: tuple[np.ndarray, np.ndarray],
         winner: int,
+        k: int,
         temperature: float,
-        k: int | None = None,
     ) -> int:
         """The code of ``names`` that ``head`` merged with the vote of the photo ``part``'s
-        ``k`` (default: the head's ``vote_k``) nearest items at ``temperature`` chooses
+        ``k`` nearest items at ``temperature`` chooses
         (``voters``: their codes of ``names`` and similarities, best first; ``winner``: the
         plain vote's choice); the decision is kept on the part for the answer."""
         form, columns = self._head_for_queries(head, names)
@@ -637,7 +638,7 @@ class Recommender:
         else:
             proba = head.predict_proba(part.vector, self.whitening)[0]
         mapped = np.where(columns >= 0, proba[np.maximum(columns, 0)], 0.0)
-        k, t = (head.vote_k or self.config.vote_k) if k is None else k, temperature
+        t = temperature
         votes = neighbour_votes(voters[0][None], voters[1][None], len(names), k=k, temperature=t)
         code = int(merge_shares(mapped[None], votes, head.head_weight)[0])
         voted = np.flatnonzero(votes.counts[0]).tolist()
