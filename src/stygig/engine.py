@@ -269,7 +269,7 @@ class Recommender:
         timings = prepared.timings
         st = self._snapshot  # the catalogue this answer reads, start to end
         cols = st.columns
-        embeddings = st.artifact.embeddings
+        embeddings = st.rows  # on-disk embeddings: the index's own rows
         measured = [f.result() for f in prepared.colors]
         if measured:
             timings.color = sum(ms for _, ms in measured)
@@ -478,7 +478,7 @@ class Recommender:
             parts.append(
                 PartState(
                     f"item:{item_id}",
-                    st.artifact.embeddings[pos],
+                    st.rows[pos],
                     st.artifact.colors[pos],
                     cols.rgb[pos],
                     cols.hsl[pos],
@@ -709,7 +709,7 @@ class Recommender:
         rows = np.array([cols.position(i) for i in request.item_ids], np.int64)
         n = len(rows)
         # Directed parts: row i the query, column j the candidate.
-        emb = st.artifact.embeddings[rows]
+        emb = st.rows[rows]
         sims = (emb @ emb.T).astype(np.float32)
         harm = np.empty((n, n), np.float32)
         rule = np.empty((n, n), np.intp)
@@ -787,7 +787,7 @@ class Recommender:
     ) -> ScoreParts:
         """Catalogue rows ``c`` scored as completions of the rows ``q``: :meth:`answer`'s
         formula without filters or ranking."""
-        cols, emb = st.columns, st.artifact.embeddings
+        cols, emb = st.columns, st.rows
         sims = (emb[c] @ emb[q].T).mean(axis=1)
         harm, rules = self._harmony(cols, cols.hsl[q], c)
         compatible = _compatible(cols, cols.category_codes[q], cols.category_codes[c])

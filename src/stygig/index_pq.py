@@ -477,6 +477,19 @@ class PQIndex(_Tombstones):
         removed = self.removed if self.n_removed else None
         return _pad(*_apply_tombstones(scores, ids, removed, k), k)
 
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """Rows ``ids`` (ascending, distinct) of the float16 store as float16 ``(len(ids),
+        dim)``, read as re-ranking reads them (memory, the mapped rows, else ``pread``)."""
+        cuts = np.searchsorted(ids, [s.offset for s in self.segments[1:]])
+        blocks = [
+            seg.gather(part - seg.offset)
+            for seg, part in zip(self.segments, np.split(ids, cuts), strict=True)
+            if len(part)
+        ]
+        if len(blocks) == 1:
+            return blocks[0]
+        return np.concatenate(blocks) if blocks else np.zeros((0, self.dim), np.float16)
+
     def with_added(self, vectors: np.ndarray) -> PQIndex:
         """A copy with ``vectors`` encoded after these rows (the trained centroids and codebooks,
         no retraining), in an in-memory segment until the next save; this index is never

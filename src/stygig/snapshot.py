@@ -16,6 +16,7 @@ embeddings (until the capacity doubles).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -30,7 +31,7 @@ from stygig.catalog.changes import CatalogChange, change_from_record, merge_upda
 from stygig.columns import CatalogColumns
 from stygig.compat.scorer import LearnedScorer
 from stygig.errors import InvalidOptionsError, NotFoundError, StygigError
-from stygig.index import LiveIndex, is_exhaustive
+from stygig.index import IndexRows, LiveIndex, is_exhaustive
 from stygig.rowfile import FileRows
 from stygig.rows import Overlay, Rows, SpareRows, StackedRows
 
@@ -78,6 +79,22 @@ class CatalogSnapshot:
     def catalog_version(self) -> str:
         """``"<artifact version>+<sequence>"``: equal on replicas that applied the same log."""
         return f"{self.version}+{self.sequence}"
+
+    @functools.cached_property
+    def rows(self) -> Any:
+        """The vectors an answer reads (MMR's redundancy, exact scores of a filtered candidate
+        set, an item query's own vector): the embeddings, except when they are left on disk
+        and the index keeps its own copy of every row (an ``ivfpq`` catalogue's float16
+        rows, already in the page cache for re-ranking): then that copy
+        (:class:`~stygig.index.IndexRows`), so ``embeddings.npy`` is never read while
+        serving."""
+        emb = self.artifact.embeddings
+        on_disk = isinstance(emb, FileRows) or (
+            isinstance(emb, StackedRows) and isinstance(emb.base, FileRows)
+        )
+        if on_disk and IndexRows.readable(self.artifact.index):
+            return IndexRows(self.artifact.index)
+        return emb
 
     @property
     def live_items(self) -> int:
