@@ -30,14 +30,14 @@ Removal is a tombstone mask applied to every backend alike, so ids stay stable.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from stygig.errors import ArtifactError, InvalidOptionsError
-from stygig.rowfile import row_numbers
+from stygig.rowfile import gather, row_numbers
 from stygig.rows import StackedRows
 
 __all__ = [
@@ -73,6 +73,9 @@ PART_MIN_NPROBE = 32
 #: A partition up to this size is searched exactly (every part is searched per query, so the
 #: exact parts' sizes add up: 5,000 x 512-d is about 0.3 ms).
 PART_FLAT_MAX_ITEMS = 5_000
+#: An IVF-PQ index (a part, or a whole one) needs at least this many rows: each 4-bit
+#: sub-quantiser trains 16 codebook entries on them.
+PQ_MIN_ROWS = 16
 
 #: Rows appended to a live index are searched exactly until there are this many; then they
 #: are added to (a copy of) the base index.
@@ -466,6 +469,42 @@ def is_exhaustive(index: VectorIndex) -> bool:
     return index.kind in ("exact", "flat")
 
 
+def plan_parts(
+    partitions: Sequence[str], n: int, kind: str, params: dict[str, Any]
+) -> tuple[list[str], list[np.ndarray], list[str], list[dict[str, Any]]]:
+    """A split index's parts, one per distinct label (sorted): name, rows, index kind and
+    parameters, as :meth:`PartitionedIndex.build` builds them and the Ray build plans them.
+
+    With ``auto``, parts up to :data:`PART_FLAT_MAX_ITEMS` are flat and larger ones ``ivf``
+    (``ivfpq`` from :data:`PQ_MIN_ITEMS` items in all), with IVF probes per
+    :data:`PART_SCAN_BUDGET`. Whatever the kind, a part of fewer than :data:`PQ_MIN_ROWS` rows is
+    flat: it cannot train PQ codebooks, and an exact search of so few rows costs nothing."""
+    labels = np.asarray(list(partitions), dtype=object)
+    if len(labels) != n:
+        raise InvalidOptionsError(f"{len(labels)} partition labels for {n} vectors: one per row")
+    names = sorted({str(v) for v in labels})
+    rows = [np.flatnonzero(labels == name) for name in names]
+    big = "ivfpq" if n >= PQ_MIN_ITEMS else "ivf"
+    kinds = [
+        "flat"
+        if (kind == "auto" and len(r) <= PART_FLAT_MAX_ITEMS) or len(r) < PQ_MIN_ROWS
+        else big
+        if kind == "auto"
+        else kind
+        for r in rows
+    ]
+    # nprobe x n / nlist vectors scanned per IVF part, with nlist = 2 sqrt(n).
+    root_sum = sum(np.sqrt(len(r)) for r, k in zip(rows, kinds, strict=True) if k == "ivf")
+    nprobe = max(PART_MIN_NPROBE, int(np.ceil(2 * PART_SCAN_BUDGET / max(root_sum, 1.0))))
+    each = []
+    for r, part_kind in zip(rows, kinds, strict=True):
+        one = dict(params)
+        if part_kind == "ivf":
+            one.setdefault("nprobe", min(nprobe, default_nlist(len(r))))
+        each.append(one)
+    return names, rows, kinds, each
+
+
 class PartitionedIndex(_Tombstones):
     """One index per partition of the catalogue (its outfit slots); ids stay artifact rows.
 
@@ -507,27 +546,11 @@ class PartitionedIndex(_Tombstones):
         by: str = "label",
         **params: Any,
     ) -> PartitionedIndex:
-        labels = np.asarray(list(partitions), dtype=object)
-        if len(labels) != len(vectors):
-            raise InvalidOptionsError(
-                f"{len(labels)} partition labels for {len(vectors)} vectors: one per row"
-            )
-        names = sorted({str(v) for v in labels})
-        rows = [np.flatnonzero(labels == name) for name in names]
-        big = "ivfpq" if len(vectors) >= PQ_MIN_ITEMS else "ivf"
-        kinds = [
-            ("flat" if len(r) <= PART_FLAT_MAX_ITEMS else big) if kind == "auto" else kind
-            for r in rows
+        names, rows, kinds, each = plan_parts(partitions, len(vectors), kind, params)
+        parts = [
+            build_index(vectors[r], part_kind, **part_params)
+            for r, part_kind, part_params in zip(rows, kinds, each, strict=True)
         ]
-        # nprobe x n / nlist vectors scanned per IVF part, with nlist = 2 sqrt(n).
-        root_sum = sum(np.sqrt(len(r)) for r, k in zip(rows, kinds, strict=True) if k == "ivf")
-        nprobe = max(PART_MIN_NPROBE, int(np.ceil(2 * PART_SCAN_BUDGET / max(root_sum, 1.0))))
-        parts = []
-        for r, part_kind in zip(rows, kinds, strict=True):
-            part_params = dict(params)
-            if part_kind == "ivf":
-                part_params.setdefault("nprobe", min(nprobe, default_nlist(len(r))))
-            parts.append(build_index(vectors[r], part_kind, **part_params))
         return cls(names, parts, rows, by)
 
     @property
@@ -840,19 +863,17 @@ class IndexRows:
 
     __slots__ = ("_read", "dtype", "ndim", "shape")
 
-    def __init__(self, index: Any) -> None:
-        read = _row_reader(index)
-        if read is None:
-            raise ValueError(f"a {index.kind!r} index keeps no rows to read")
+    def __init__(self, read: Callable[[np.ndarray], np.ndarray], rows: int, dim: int) -> None:
         self._read = read
-        self.shape = (int(index.ntotal), int(index.dim))
+        self.shape = (rows, dim)
         self.dtype = np.dtype(np.float32)
         self.ndim = 2
 
-    @staticmethod
-    def readable(index: Any) -> bool:
-        """Whether ``index`` keeps every row where it can be read (see :class:`IndexRows`)."""
-        return _row_reader(index) is not None
+    @classmethod
+    def of(cls, index: Any) -> IndexRows | None:
+        """``index``'s rows, or ``None`` when some part keeps none it can read cheaply."""
+        read = _row_reader(index)
+        return None if read is None else cls(read, int(index.ntotal), int(index.dim))
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -865,8 +886,4 @@ class IndexRows:
         return self._take(rows)
 
     def _take(self, rows: np.ndarray) -> np.ndarray:
-        if not rows.size:
-            return np.zeros((*rows.shape, self.shape[1]), np.float32)
-        wanted, inverse = np.unique(rows.ravel(), return_inverse=True)
-        block = np.asarray(self._read(wanted), np.float32)
-        return block[inverse].reshape(*rows.shape, self.shape[1])
+        return gather(rows, lambda ids: np.asarray(self._read(ids), np.float32), self.shape[1])

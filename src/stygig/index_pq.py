@@ -35,7 +35,7 @@ from typing import Any, Literal
 import numpy as np
 
 from stygig.errors import ArtifactError, InvalidOptionsError
-from stygig.index import _apply_tombstones, _check_queries, _pad, _Tombstones
+from stygig.index import PQ_MIN_ROWS, _apply_tombstones, _check_queries, _pad, _Tombstones
 from stygig.rowfile import pread_rows
 
 __all__ = [
@@ -428,8 +428,11 @@ class PQIndex(_Tombstones):
         """Train on a sample of ``vectors`` and add them all, :data:`ADD_CHUNK_ROWS` at a time
         (``vectors`` may be a memory-mapped array: it is read chunk by chunk)."""
         n, dim = vectors.shape
-        if n == 0:
-            raise InvalidOptionsError("an IVF-PQ index needs at least one vector")
+        if n < PQ_MIN_ROWS:
+            raise InvalidOptionsError(
+                f"an IVF-PQ index needs at least {PQ_MIN_ROWS} vectors to train its codebooks, "
+                f"not {n}: use --index flat (or auto) for so few items"
+            )
         full = {**default_pq_params(n, dim), **params}
         full["nlist"] = min(int(full["nlist"]), n)
         sample = training_sample(vectors, int(full["nlist"]), seed=int(full.get("seed", 0)))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import numpy as np
 
 from stygig.errors import ArtifactError
 
-__all__ = ["FileRows", "pread_rows", "row_numbers"]
+__all__ = ["FileRows", "gather", "pread_rows", "row_numbers"]
 
 
 #: When no run of consecutive rows is longer than this, each is read with one ``pread`` and
@@ -63,6 +64,17 @@ def pread_rows(fd: int, start: int, row_bytes: int, rows: np.ndarray) -> bytes |
             done += n
         pos += size
     return out
+
+
+def gather(rows: np.ndarray, read: Callable[[np.ndarray], np.ndarray], width: int) -> np.ndarray:
+    """Row numbers ``rows`` (in range, any shape) as ``rows.shape + (width,)``, where ``read``
+    gives the rows of ascending, distinct row numbers: ascending ones are read as asked, others
+    once each (a repeated or unsorted request, like MMR's ``(groups, depth)`` table)."""
+    flat = rows.ravel()
+    if len(flat) < 2 or bool((flat[1:] > flat[:-1]).all()):
+        return read(flat).reshape(*rows.shape, width)
+    wanted, inverse = np.unique(flat, return_inverse=True)
+    return read(wanted)[inverse].reshape(*rows.shape, width)
 
 
 def row_numbers(key: Any, n: int) -> int | np.ndarray:
@@ -133,15 +145,12 @@ class FileRows:
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """Rows ``rows`` (int64, in range, any shape) as ``rows.shape + (dim,)``."""
-        flat = rows.ravel()
-        if len(flat) < 2 or bool((flat[1:] > flat[:-1]).all()):  # ascending: read as asked
-            data = pread_rows(self._fd, self._start, self._row_bytes, flat)
-            out = np.frombuffer(data, self.dtype).reshape(*rows.shape, self.shape[1])
-            return out if out.flags.writeable else out.copy()  # the caller's own array
-        wanted, inverse = np.unique(flat, return_inverse=True)
-        data = pread_rows(self._fd, self._start, self._row_bytes, wanted)
-        block = np.frombuffer(data, self.dtype).reshape(len(wanted), self.shape[1])
-        return block[inverse].reshape(*rows.shape, self.shape[1])
+        out = gather(rows, self._read, self.shape[1])
+        return out if out.flags.writeable else out.copy()  # the caller's own array
+
+    def _read(self, rows: np.ndarray) -> np.ndarray:
+        data = pread_rows(self._fd, self._start, self._row_bytes, rows)
+        return np.frombuffer(data, self.dtype).reshape(len(rows), self.shape[1])
 
     def __getitem__(self, key: Any) -> Any:
         rows = row_numbers(key, self.shape[0])

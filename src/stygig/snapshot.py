@@ -82,19 +82,17 @@ class CatalogSnapshot:
 
     @functools.cached_property
     def rows(self) -> Any:
-        """The vectors an answer reads (MMR's redundancy, exact scores of a filtered candidate
-        set, an item query's own vector): the embeddings, except when they are left on disk
-        and the index keeps its own copy of every row (an ``ivfpq`` catalogue's float16
-        rows, already in the page cache for re-ranking): then that copy
-        (:class:`~stygig.index.IndexRows`), so ``embeddings.npy`` is never read while
-        serving."""
+        """The vectors a request reads besides the search (MMR's redundancy, exact scores of a
+        filtered candidate set, an item query's own vector, outfit scores): the embeddings,
+        except under an approximate index whose embeddings are not in memory and which keeps
+        its own copy of every row (an ``ivfpq`` catalogue's float16 rows, already in the page
+        cache for re-ranking): then that copy (:class:`~stygig.index.IndexRows`), so requests
+        never read ``embeddings.npy``. (Changes still do: a learned scorer is made again from
+        every row when items are added, and compaction reads the exact rows.)"""
         emb = self.artifact.embeddings
-        on_disk = isinstance(emb, FileRows) or (
-            isinstance(emb, StackedRows) and isinstance(emb.base, FileRows)
-        )
-        if on_disk and IndexRows.readable(self.artifact.index):
-            return IndexRows(self.artifact.index)
-        return emb
+        if self.exact or isinstance(emb, np.ndarray):  # in memory or mapped: read as it is
+            return emb
+        return IndexRows.of(self.artifact.index) or emb
 
     @property
     def live_items(self) -> int:

@@ -275,8 +275,10 @@ def test_bad_options_and_queries(built: PQIndex, data: tuple[np.ndarray, np.ndar
         train_pq(x, m=5)
     with pytest.raises(InvalidOptionsError, match="bits"):
         train_pq(x, nbits=8)
-    with pytest.raises(InvalidOptionsError):
-        PQIndex.build(x[:0])
+    for few in (0, 1, 15):  # fewer rows than a 4-bit codebook has entries
+        with pytest.raises(InvalidOptionsError, match="at least 16 vectors"):
+            PQIndex.build(x[:few])
+    PQIndex.build(x[:16], nlist=1)
     with pytest.raises(InvalidOptionsError):
         built.search(np.zeros((1, DIM + 1), np.float32), 5)
     with pytest.raises(InvalidOptionsError):
@@ -391,3 +393,20 @@ def test_warming_maps_the_mapped_rows_and_only_them(rows_on_disk: tuple[Path, np
     assert 0.9 * quarter_kb <= warmed <= 1.5 * quarter_kb
     index.segments[0].gather(np.arange(len(wide)))  # every row: nothing more becomes resident
     assert rss_file_kb() - before <= 1.5 * quarter_kb
+
+
+def test_a_split_ivfpq_index_keeps_parts_too_small_for_pq_flat() -> None:
+    """An explicit ``ivfpq`` split of a small catalogue (the drawn sample: 10 items in some
+    slots) failed inside FAISS's k-means; such parts are flat now, in the local and Ray plan."""
+    from stygig.index import PQ_MIN_ROWS, plan_parts
+
+    x = np.random.default_rng(4).standard_normal((120, DIM)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labels = ["big"] * 100 + ["tiny"] * (PQ_MIN_ROWS - 1) + ["edge"] * 5
+    labels[:PQ_MIN_ROWS] = ["edge"] * PQ_MIN_ROWS  # edge: 16 + 5 rows, still PQ
+    names, _, kinds, _ = plan_parts(labels, len(x), "ivfpq", {})
+    assert dict(zip(names, kinds, strict=True)) == {"big": "ivfpq", "edge": "ivfpq", "tiny": "flat"}
+    index = PartitionedIndex.build(x, labels, "ivfpq", nlist=2)
+    assert [p.kind for p in index.parts] == kinds
+    _, ids = index.search(x[:3], 1)
+    assert ids[:, 0].tolist() == [0, 1, 2]

@@ -10,8 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+import stygig.index as index_module
 from stygig.artifact import Artifact
 from stygig.errors import ArtifactError
+from stygig.index import IndexRows
 from stygig.rowfile import FileRows, pread_rows
 from stygig.rows import StackedRows
 
@@ -164,15 +166,27 @@ def test_an_approximate_artifact_answers_and_changes_alike_from_disk(
         )
         alike(answers(recs["disk"]), answers(recs["whole"]))
         assert sum(r.size for r in reads) == 0  # no row of embeddings.npy read to answer
+        # Past MERGE_ROWS appended rows go into the base index (its in-memory segment); later
+        # ones stay appended; a removed row is read too.
+        monkeypatch.setattr(index_module, "MERGE_ROWS", 2)
         for name, rec in recs.items():
             live = LiveCatalog(rec, ChangeLog(tmp_path / f"log-{name}"))
-            for n, photo in enumerate(photos[:3]):
+            for n, photo in enumerate(photos[:4]):
                 change = {
                     "op": "add",
-                    "item": {"id": f"new-{n}", "category": "jeans", "gender": "men"},
+                    "item": {
+                        "id": f"new-{n}",
+                        "category": ("jeans", "hat")[n % 2],
+                        "gender": "men",
+                    },
                     "image_b64": base64.b64encode(photo.read_bytes()).decode(),
                 }
                 live.submit([parse_change(change)])
+            live.submit([parse_change({"op": "remove", "id": rec.artifact.items[5].id})])
+        snap = recs["disk"].snapshot
+        assert isinstance(snap.rows, IndexRows) and len(snap.rows) == len(snap.artifact.embeddings)
+        exact = np.asarray(recs["whole"].embeddings)
+        np.testing.assert_allclose(snap.rows[np.arange(len(exact))], exact, atol=5e-4)
         emb = recs["disk"].artifact.embeddings
         assert isinstance(emb, StackedRows) and isinstance(emb.base, FileRows)
         reads.clear()

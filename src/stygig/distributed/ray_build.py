@@ -64,17 +64,7 @@ from stygig.encoders import Encoder, load_encoder, load_onnx_encoder
 from stygig.errors import StygigError
 from stygig.features import PreparedImage
 from stygig.images import PreprocessSpec
-from stygig.index import (
-    PART_FLAT_MAX_ITEMS,
-    PART_MIN_NPROBE,
-    PART_SCAN_BUDGET,
-    PQ_MIN_ITEMS,
-    PartitionedIndex,
-    VectorIndex,
-    build_index,
-    choose_kind,
-    default_nlist,
-)
+from stygig.index import PartitionedIndex, VectorIndex, build_index, choose_kind, plan_parts
 
 __all__ = [
     "EncoderLoader",
@@ -410,28 +400,13 @@ def _part_plan(
     n: int, kind: str, partitions: list[str] | None, params: dict[str, Any]
 ) -> tuple[list[str], list[np.ndarray], list[str], list[dict[str, Any]]] | None:
     """What :func:`stygig.index.build_index` builds: per part its name, rows, kind and
-    parameters (``None`` when not split). Mirrors :meth:`PartitionedIndex.build`; the Ray test
-    checks the result equals the local build's, file for file."""
+    parameters (``None`` when not split), from the local build's own plan
+    (:func:`stygig.index.plan_parts`); the Ray test checks the artifacts match file for file."""
     if partitions is None:
         return None
-    labels = np.asarray(list(partitions), dtype=object)
-    if len(labels) != n:
+    if len(partitions) != n:
         return None  # build_index says what is wrong
-    names = sorted({str(v) for v in labels})
-    rows = [np.flatnonzero(labels == name) for name in names]
-    big = "ivfpq" if n >= PQ_MIN_ITEMS else "ivf"
-    kinds = [
-        ("flat" if len(r) <= PART_FLAT_MAX_ITEMS else big) if kind == "auto" else kind for r in rows
-    ]
-    root_sum = sum(np.sqrt(len(r)) for r, k in zip(rows, kinds, strict=True) if k == "ivf")
-    nprobe = max(PART_MIN_NPROBE, int(np.ceil(2 * PART_SCAN_BUDGET / max(root_sum, 1.0))))
-    part_params = []
-    for r, part_kind in zip(rows, kinds, strict=True):
-        one = dict(params)
-        if part_kind == "ivf":
-            one.setdefault("nprobe", min(nprobe, default_nlist(len(r))))
-        part_params.append(one)
-    return names, rows, kinds, part_params
+    return plan_parts(partitions, n, kind, params)
 
 
 @dataclass
