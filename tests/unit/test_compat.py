@@ -92,6 +92,41 @@ def test_cooccurrence_counts_pairs_both_ways() -> None:
     assert co.lookup(co.codes(("d",)), co.codes(("c",)))[0, 0] == 1.0
 
 
+def test_absence_marks_styled_pairs_never_styled_together() -> None:
+    co = Cooccurrence.from_outfits([["a", "b"], ["c", "d"]])
+    q, c = co.codes(("a", "new")), co.codes(("b", "c", "other"))
+    absent = Cooccurrence.absent(q, c, co.lookup(q, c))
+    # a-b were styled together; a-c both styled, never together; new items carry no evidence.
+    assert absent.tolist() == [[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]
+
+
+def test_training_counts_a_question_own_outfit_out_of_the_absence_term() -> None:
+    from stygig.training.compat import _batch
+
+    # Rows 0-3; outfits: {0, 1, 2} and {0, 3}. Question: hide 1 from outfit 0 given 0 and 2;
+    # candidates 1 (the answer, styled only here) and 3 (styled elsewhere, never with 2).
+    outfits = [[0, 1, 2], [0, 3]]
+    names = [[str(i) for i in o] for o in outfits]
+    co = Cooccurrence.from_outfits(names)
+    codes = co.codes(("0", "1", "2", "3"))
+    styled = np.array([2, 1, 1, 1])
+    arrays = _batch(
+        [([0, 2], [1, 3], 0)], outfits, np.zeros(4, np.int64), co, codes, None, codes, styled
+    )
+    absent, gg_absent = arrays[-2], arrays[-1]
+    # Row 2 is styled only in this outfit: a new item once it is counted out; 0-3 are together.
+    assert absent[0].tolist() == [[0.0, 0.0], [0.0, 0.0]]
+    assert gg_absent[0].tolist() == [[0.0, 0.0], [0.0, 0.0]]
+    # Once 2 has another outfit (without 3), 2-3 is a pair with chances that never met.
+    styled = np.array([2, 1, 2, 1])
+    absent, gg_absent = _batch(
+        [([0, 2], [1, 3], 0)], outfits, np.zeros(4, np.int64), co, codes, None, codes, styled
+    )[-2:]
+    assert absent[0].tolist() == [[0.0, 0.0], [0.0, 1.0]]
+    # 0 and 2 share only this outfit, and both have others: counted out, they never met.
+    assert gg_absent[0].tolist() == [[0.0, 1.0], [1.0, 0.0]]
+
+
 def test_model_scores_are_vectorised_and_round_trip(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     d, c, h, dim = 5, 2, 6, 3
@@ -279,6 +314,7 @@ def _full_model(rng: np.random.Generator) -> tuple[CompatModel, ItemFeatures, li
         attention=rng.normal(size=(c + 1, c + 1)).astype(np.float32),
         id_ids=np.array(["10-a", "11-a"], dtype=str),
         id_vectors=rng.normal(size=(2, dim)).astype(np.float32),
+        absent_weight=-0.75,
     )
     feats = item_features(
         rng.normal(size=(6, d)),
@@ -306,8 +342,11 @@ def test_full_model_scores_match_the_formula_and_round_trip(tmp_path: Path) -> N
     groups = gco.lookup(
         gco.codes([group_key(i) for i in qi]), gco.codes([group_key(i) for i in ci])
     )
-    assert counts.sum() > 0 and groups.sum() > 0
-    fast = model.score(g[q], feats.category[q], g[cand], feats.category[cand], counts, groups)
+    absent = co.absent(co.codes(qi), co.codes(ci), counts)
+    assert counts.sum() > 0 and groups.sum() > 0 and absent.sum() > 0
+    fast = model.score(
+        g[q], feats.category[q], g[cand], feats.category[cand], counts, groups, absent=absent
+    )
     cats = np.where(feats.category >= 0, feats.category, 2)
     slow = []
     for n, j in enumerate(cand):
@@ -317,6 +356,7 @@ def test_full_model_scores_match_the_formula_and_round_trip(tmp_path: Path) -> N
                 + model.bias[cats[i], cats[j]]
                 + 0.5 * np.log1p(counts[m, n])
                 + 0.25 * np.log1p(groups[m, n])
+                - 0.75 * absent[m, n]
                 for m, i in enumerate(q)
             ]
         )
@@ -330,10 +370,11 @@ def test_full_model_scores_match_the_formula_and_round_trip(tmp_path: Path) -> N
     assert whole.shape == (len(q), len(ids)) and np.allclose(whole, direct, atol=1e-5)
     again = CompatModel.load(model.save(tmp_path / "compat.npz"))
     assert again.attr_vocab == model.attr_vocab and again.group_weight == 0.25
+    assert again.absent_weight == -0.75
     assert np.array_equal(again.id_vectors, model.id_vectors)
     assert np.allclose(again.project(feats, ids), g)
     assert again.score(
-        g[q], feats.category[q], g[cand], feats.category[cand], counts, groups
+        g[q], feats.category[q], g[cand], feats.category[cand], counts, groups, absent=absent
     ) == pytest.approx(fast, abs=1e-6)
 
 
@@ -348,7 +389,7 @@ def test_first_version_model_files_still_load(tmp_path: Path) -> None:
     with (tmp_path / "old.npz").open("wb") as handle:
         np.savez(handle, **old)
     loaded = CompatModel.load(tmp_path / "old.npz")
-    assert loaded.attr_vocab == () and loaded.group_weight == 0.0
+    assert loaded.attr_vocab == () and loaded.group_weight == 0.0 == loaded.absent_weight
     assert loaded.attention.size == 0 and len(loaded.id_ids) == 0
 
 
@@ -369,6 +410,7 @@ def test_training_with_every_option(tmp_path: Path) -> None:
     model = result.model
     assert len(model.id_ids) > 0 and model.id_vectors.shape == (len(model.id_ids), model.dim)
     assert model.attention.shape == model.bias.shape and model.group_weight != 0.0
+    assert model.absent_weight != 0.0
     assert {"val_collection", "val_auc_one"} <= set(result.history[-1])
     add_compat_model(path, model, {"note": "every option"})
     rec = Recommender(

@@ -260,6 +260,11 @@ def test_statistics_baselines_count_train_outfits_only() -> None:
     # No co-occurrence at all: popularity decides; co-occurrence always comes first.
     assert np.argmax(with_pop(["new"], ["y", "x"])) == 1
     assert np.argmax(with_pop(["b"], ["x", "z"])) == 1
+    # Absence: z was styled (with b) but never with a; "new" was never styled at all.
+    absence = scorers["cooccurrence+absence"]
+    assert absence(["a"], ["z", "new"]).tolist() == [-1.0, 0.0]
+    assert absence(["a"], ["x", "new", "z"]).tolist() == [4.0, 0.0, -1.0]  # co-occurrence first
+    assert absence(["new"], ["z", "x"]).tolist() == [0.0, 0.0]  # a new visible item: no evidence
 
 
 def test_seen_and_unseen_split_every_sampling() -> None:

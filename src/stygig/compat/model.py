@@ -4,12 +4,15 @@ An item's features (see :mod:`stygig.compat.features`) go through a two-layer ML
 vector ``g``; the compatibility of a query item ``q`` and a candidate ``c`` is
 
     ``s(q, c) = <g_q * mask[cat q, cat c], g_c> + bias[cat q, cat c]
-               + cooc_weight * log1p(cooccurrences(q, c))``
+               + cooc_weight * log1p(cooccurrences(q, c))
+               + absent_weight * [q and c both in train outfits, never together]``
 
 a type-aware projection: each category pair reads its own learned subspace of ``g``. The
 co-occurrence term counts train outfits holding both items (zero for new items, so content
-carries cold start). A candidate's score given several query items is the mean over them.
-Scoring all candidates of one category is one matrix product.
+carries cold start); the absence term is the evidence *against* a pair that had its chances
+(both items styled before, never with each other), which a new item does not carry. A
+candidate's score given several query items is the mean over them. Scoring all candidates of
+one category is one matrix product.
 """
 
 from __future__ import annotations
@@ -66,6 +69,14 @@ class Cooccurrence:
         pos = np.searchsorted(self.item_ids, arr)
         pos = np.clip(pos, 0, len(self.item_ids) - 1)
         return np.where(self.item_ids[pos] == arr, pos, -1).astype(np.int64)
+
+    @staticmethod
+    def absent(query: np.ndarray, cand: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """``(m, n)`` 1.0 where both items have history (codes ``query`` (m,), ``cand`` (n,))
+        but ``counts`` (their :meth:`lookup`) says they never shared an outfit, else 0.0."""
+        both = (np.asarray(query) >= 0)[:, None] & (np.asarray(cand) >= 0)[None, :]
+        out: np.ndarray = (both & (counts == 0)).astype(np.float32)
+        return out
 
     def lookup(self, query: np.ndarray, cand: np.ndarray) -> np.ndarray:
         """``(m, n)`` counts for code arrays ``query`` (m,) and ``cand`` (n,).
@@ -162,6 +173,9 @@ class CompatModel:
     white_mean: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     white_projection: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     white_scale: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    # Weight of the absence term (:meth:`Cooccurrence.absent`: both items in train outfits,
+    # never together; learned negative); 0 = none, as in models trained before it.
+    absent_weight: float = 0.0
 
     @property
     def training_split(self) -> dict[str, Any] | None:
@@ -303,6 +317,7 @@ class CompatModel:
         cooc: np.ndarray | None = None,
         group_cooc: np.ndarray | None = None,
         pair: np.ndarray | None = None,
+        absent: np.ndarray | None = None,
     ) -> np.ndarray:
         """``(n,)`` learned score of each candidate: the (attention-weighted) mean over the
         query rows.
@@ -313,10 +328,11 @@ class CompatModel:
             cooc: optional ``(m, n)`` co-occurrence counts (:meth:`Cooccurrence.lookup`).
             group_cooc: optional ``(m, n)`` garment-level counts (``group_cooccurrence``).
             pair: the :meth:`pair_scores` when already computed (:meth:`block_scores`).
+            absent: optional ``(m, n)`` :meth:`Cooccurrence.absent` of the pairs.
         """
         if pair is None:
             pair = self.pair_scores(query, query_cat, cand, cand_cat)
-        return self.aggregate(pair, query_cat, cand_cat, cooc, group_cooc)
+        return self.aggregate(pair, query_cat, cand_cat, cooc, group_cooc, absent)
 
     def aggregate(
         self,
@@ -325,10 +341,13 @@ class CompatModel:
         cand_cat: np.ndarray,
         cooc: np.ndarray | None = None,
         group_cooc: np.ndarray | None = None,
+        absent: np.ndarray | None = None,
     ) -> np.ndarray:
         """``(n,)`` candidate scores from the ``(m, n)`` content pair scores: the co-occurrence
-        terms added, then the (attention-weighted) mean over the query rows."""
+        and absence terms added, then the (attention-weighted) mean over the query rows."""
         total = pair.astype(np.float32, copy=True)
+        if absent is not None and self.absent_weight:
+            total += np.float32(self.absent_weight) * absent
         if cooc is not None and self.cooc_weight:
             total += np.float32(self.cooc_weight) * np.log1p(cooc)
         if group_cooc is not None and self.group_weight:
@@ -352,7 +371,8 @@ class CompatModel:
         payload |= {
             "categories": np.array(self.categories, dtype=str),
             "scalars": np.array(
-                [self.cooc_weight, self.rules_weight, self.group_weight], np.float64
+                [self.cooc_weight, self.rules_weight, self.group_weight, self.absent_weight],
+                np.float64,
             ),
             "cooc_ids": self.cooccurrence.item_ids,
             "cooc_keys": self.cooccurrence.keys,
@@ -402,11 +422,13 @@ class CompatModel:
 
 def _optional(data: Any, scalars: np.ndarray) -> dict[str, Any]:
     """The parts a model of the first version lacks (garment co-occurrence, attributes,
-    attention): read when present, else their empty defaults."""
+    attention, absence weight): read when present, else their empty defaults."""
     files = set(data.files)
     out: dict[str, Any] = {}
     if len(scalars) > 2:
         out["group_weight"] = float(scalars[2])
+    if len(scalars) > 3:
+        out["absent_weight"] = float(scalars[3])
     if {"group_ids", "group_keys", "group_counts"} <= files:
         out["group_cooccurrence"] = Cooccurrence(
             data["group_ids"], data["group_keys"], data["group_counts"]

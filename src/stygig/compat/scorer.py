@@ -105,7 +105,11 @@ class LearnedScorer:
         """``(final score, learned part)`` of each candidate row given the query's view."""
         vectors, cats, codes, groups = query
         model = self.model
-        cooc = model.cooccurrence.lookup(codes, self._cooc[cand]) if model.cooc_weight else None
+        cooc = absent = None
+        if model.cooc_weight or model.absent_weight:
+            cooc = model.cooccurrence.lookup(codes, self._cooc[cand])
+            if model.absent_weight:
+                absent = model.cooccurrence.absent(codes, self._cooc[cand], cooc)
         garments = None
         if model.group_weight:
             garments = model.group_cooccurrence.lookup(groups, self._groups[cand])
@@ -114,7 +118,7 @@ class LearnedScorer:
             pair = model.block_scores(vectors, cats, self._blocks, cand)
         else:
             pair = model.pair_scores(vectors, cats, self._vectors[cand], self._cats[cand])
-        learned = model.aggregate(pair, cats, self._cats[cand], cooc, garments)
+        learned = model.aggregate(pair, cats, self._cats[cand], cooc, garments, absent)
         if self.mode == "learned":
             return learned.astype(np.float32), learned
         mixed = learned + np.float32(self.model.rules_weight) * rules

@@ -64,6 +64,8 @@ __all__ = [
 ]
 
 SAMPLINGS = ("uniform", "matched", "collection")
+#: The scorers that are outfit statistics alone (train outfits, no model, no content).
+STATISTICS = ("cooccurrence", "cooccurrence+popularity", "cooccurrence+absence", "popularity")
 #: The figure to read first: popularity alone is at chance on it.
 HEADLINE = "matched"
 _REFERENCE = re.compile(r"(\d+)")
@@ -365,6 +367,9 @@ def statistics_scorers(train_outfits: Iterable[Sequence[str]]) -> dict[str, Scor
 
     * ``cooccurrence``: how many train outfits hold the candidate with each visible item, summed;
     * ``cooccurrence+popularity``: the same, ties broken by the candidate's train outfit count;
+    * ``cooccurrence+absence``: the same, ties broken by how few visible items the candidate
+      was *never* styled with although both were styled (the learned model's absence term, as
+      a statistic: it favours an item without history over one that had its chances);
     * ``popularity`` (popular-by-type: all candidates share the type) is in
       :func:`engine_scorers`.
     """
@@ -385,7 +390,17 @@ def statistics_scorers(train_outfits: Iterable[Sequence[str]]) -> dict[str, Scor
         out: np.ndarray = cooccurrence(given, cands) * top + pop
         return out
 
-    return {"cooccurrence": cooccurrence, "cooccurrence+popularity": with_popularity}
+    def with_absence(given: Sequence[str], cands: Sequence[str]) -> np.ndarray:
+        q, c = table.codes(tuple(given)), table.codes(tuple(cands))
+        absent = Cooccurrence.absent(q, c, table.lookup(q, c)).sum(axis=0)
+        out: np.ndarray = cooccurrence(given, cands) * (len(given) + 1) - absent
+        return out
+
+    return {
+        "cooccurrence": cooccurrence,
+        "cooccurrence+popularity": with_popularity,
+        "cooccurrence+absence": with_absence,
+    }
 
 
 def engine_scorers(recommender: Recommender, train_counts: Mapping[str, int]) -> dict[str, Scorer]:
@@ -597,7 +612,7 @@ def headline(
     }
     out["margin_over_baseline_matched"] = out["matched"] - out["baseline_matched"]
     # The strongest statistic on the headline questions, whichever it is.
-    stats = [n for n in ("cooccurrence", "cooccurrence+popularity", "popularity") if n in accuracy]
+    stats = [n for n in STATISTICS if n in accuracy]
     if stats:
         best = max(stats, key=lambda n: get(n, "matched"))
         out["best_baseline"] = best

@@ -94,7 +94,13 @@ def bars_from_metrics(metrics: dict[str, Any]) -> list[Bar]:
 
 
 #: Outfit statistics on the same questions (grey bars): what a scorer must beat.
-BASELINES = ("cooccurrence+popularity", "cooccurrence", "popularity", "random")
+BASELINES = (
+    "cooccurrence+popularity",
+    "cooccurrence+absence",
+    "cooccurrence",
+    "popularity",
+    "random",
+)
 
 
 def _fitb_spec(
@@ -143,7 +149,7 @@ def _fitb_spec(
         ("auc_single_swap", "AUC, one item swapped", "auc_single_swap"),
         ("auc", "AUC, every item swapped", None),
     ):
-        for name in (*scorers, "cosine", "harmony", *BASELINES[:3]):
+        for name in (*scorers, "cosine", "harmony", *BASELINES[:-1]):  # random has no AUC
             spec.append(
                 (
                     group,

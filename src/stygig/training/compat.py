@@ -4,9 +4,10 @@ Protocol (``docs/compat.md``): the outfits are split with the evaluation's own
 :func:`~stygig.evaluation.split.split_ids` (same seed, same 20 % test outfits, never seen here);
 the train outfits are split again (10 %, seed + 1) into *fit* and *validation* outfits. Each
 epoch asks, for every fit outfit and every item in it, "which of these completes the rest?":
-the hidden item against negatives of the same product type drawn from fit outfits, half
-uniformly and half by popularity, with a softmax cross-entropy loss. Validation FITB uses the
-evaluation's own :func:`~stygig.evaluation.fitb.make_questions` on the validation outfits.
+the hidden item against negatives of the same product type drawn from fit outfits, most by
+popularity and the others among the nearest reference numbers (the same collection drop), with
+a softmax cross-entropy loss plus an outfit ranking loss. Validation FITB uses the evaluation's
+own :func:`~stygig.evaluation.fitb.make_questions` on the validation outfits.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class TrainConfig:
     # Catalogue attribute fields used as input features (those an item lacks are left out).
     attributes: tuple[str, ...] = MANGO_ATTRIBUTES
     group_cooc: bool = True  # garment-level co-occurrence (colours of one garment) as a term
+    absence: bool = True  # a learned term for pairs of styled items never styled together
     attention: bool = False  # category-pair attention over the visible items
     pair_loss: float = 0.0  # weight of a per-pair logistic loss (calibrates scores across items)
     outfit_loss: float = 3.0  # weight of a ranking loss: real outfits above one-swapped ones
@@ -131,6 +133,8 @@ class _Net(nn.Module):
         self.cooc_weight = nn.Parameter(torch.tensor(0.5))
         self.group_weight = nn.Parameter(torch.tensor(0.5 if cfg.group_cooc else 0.0))
         self.group_weight.requires_grad_(cfg.group_cooc)
+        self.absent_weight = nn.Parameter(torch.tensor(0.0))
+        self.absent_weight.requires_grad_(cfg.absence)
         self.attention = nn.Parameter(torch.zeros(n_cat + 1, n_cat + 1))
         self.attention.requires_grad_(cfg.attention)
 
@@ -153,6 +157,7 @@ class _Net(nn.Module):
         cand_cat: torch.Tensor,  # (B, K)
         cooc: torch.Tensor,  # (B, G, K)
         group_cooc: torch.Tensor,  # (B, G, K)
+        absent: torch.Tensor,  # (B, G, K) Cooccurrence.absent of each pair
         row_ids: torch.Tensor | None = None,  # (U,) per-item vector index of each row
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(candidate scores (B, K), pair scores (B, G, K))``."""
@@ -163,6 +168,7 @@ class _Net(nn.Module):
         pair = pair + self.bias[given_cat[:, :, None], cand_cat[:, None, :]]
         pair = pair + self.cooc_weight * torch.log1p(cooc)
         pair = pair + self.group_weight * torch.log1p(group_cooc)
+        pair = pair + self.absent_weight * absent
         logits = self.attention[given_cat[:, :, None], cand_cat[:, None, :]]
         logits = logits.masked_fill(~given_ok[:, :, None], -1e4)
         w = torch.softmax(logits, dim=1) * given_ok.float()[:, :, None]
@@ -180,6 +186,8 @@ class _Net(nn.Module):
         group_cooc: torch.Tensor,
         gg_cooc: torch.Tensor,  # (B, G, G)
         gg_group: torch.Tensor,
+        absent: torch.Tensor,  # (B, G, K)
+        gg_absent: torch.Tensor,  # (B, G, G)
     ) -> torch.Tensor:
         """``(B, K)``: the evaluation's outfit score (mean over ordered pairs) of the visible
         items completed by each candidate."""
@@ -190,11 +198,13 @@ class _Net(nn.Module):
         rev = rev + self.bias[cand_cat[:, :, None], given_cat[:, None, :]]
         rev = rev + self.cooc_weight * torch.log1p(cooc.transpose(1, 2))
         rev = rev + self.group_weight * torch.log1p(group_cooc.transpose(1, 2))
+        rev = rev + self.absent_weight * absent.transpose(1, 2)
         within = self.masks[given_cat[:, :, None], given_cat[:, None, :]]  # (B, G, G, D)
         qq = (gq[:, :, None, :] * within * gq[:, None, :, :]).sum(-1)
         qq = qq + self.bias[given_cat[:, :, None], given_cat[:, None, :]]
         qq = qq + self.cooc_weight * torch.log1p(gg_cooc)
         qq = qq + self.group_weight * torch.log1p(gg_group)
+        qq = qq + self.absent_weight * gg_absent
         eye = torch.eye(qq.shape[1], dtype=torch.bool)[None]
         mask_qq = ok[:, :, None] * ok[:, None, :] * (~eye).float()
         base = (qq * mask_qq).sum((1, 2))  # (B,)
@@ -230,6 +240,7 @@ def _export(
         bias=arr(net.bias),
         cooc_weight=float(net.cooc_weight.item()),
         group_weight=float(net.group_weight.item()) if cfg.group_cooc else 0.0,
+        absent_weight=float(net.absent_weight.item()) if cfg.absence else 0.0,
         attention=arr(net.attention) if cfg.attention else np.zeros((0, 0), np.float32),
     )
 
@@ -277,14 +288,16 @@ def model_scorer(
     def score(given: Sequence[str], cands: Sequence[str]) -> np.ndarray:
         q = np.array([positions[i] for i in given], np.int64)
         c = np.array([positions[i] for i in cands], np.int64)
-        counts = co.lookup(co.codes(tuple(given)), co.codes(tuple(cands)))
+        q_codes, c_codes = co.codes(tuple(given)), co.codes(tuple(cands))
+        counts = co.lookup(q_codes, c_codes)
+        absent = co.absent(q_codes, c_codes, counts) if model.absent_weight else None
         groups = None
         if model.group_weight:
             groups = gco.lookup(
                 gco.codes(tuple(group_key(i) for i in given)),
                 gco.codes(tuple(group_key(i) for i in cands)),
             )
-        return model.score(vectors[q], cats[q], vectors[c], cats[c], counts, groups)
+        return model.score(vectors[q], cats[q], vectors[c], cats[c], counts, groups, absent=absent)
 
     return score
 
@@ -346,7 +359,11 @@ def _batch(
     codes: np.ndarray,
     group_cooc: Cooccurrence | None,
     group_codes: np.ndarray,
+    styled: np.ndarray,
 ) -> tuple[np.ndarray, ...]:
+    """The arrays of one batch of questions. ``styled``: in how many of the table's outfits each
+    row is; an item counts as having history only outside the question's own outfit, as the
+    counts do (a hidden item styled once, here, is a new item to the absence term)."""
     b, g = len(questions), max(len(q[0]) for q in questions)
     k = len(questions[0][1])
     given = np.zeros((b, g), np.int64)
@@ -379,7 +396,30 @@ def _batch(
     counts = np.maximum(counts, 0.0)
     groups = np.maximum(groups, 0.0)
     gg, gg_groups = np.maximum(gg, 0.0), np.maximum(gg_groups, 0.0)
-    return given, ok, cat[given], cands, cat[cands], counts, valid, groups, gg, gg_groups
+    absent = np.zeros((b, g, k), np.float32)
+    gg_absent = np.zeros((b, g, g), np.float32)
+    for n, (rows, cand, o) in enumerate(questions):
+        m = len(rows)
+        # Codes with the question's own outfit taken out: -1 where it was the only one.
+        q = np.where(styled[rows] > 1, 0, -1)
+        c = np.where(styled[cand] > np.isin(cand, outfits[o]), 0, -1)
+        absent[n, :m] = Cooccurrence.absent(q, c, counts[n, :m])
+        gg_absent[n, :m, :m] = Cooccurrence.absent(q, q, gg[n, :m, :m])
+        np.fill_diagonal(gg_absent[n], 0.0)  # an item and itself: no pair
+    return (
+        given,
+        ok,
+        cat[given],
+        cands,
+        cat[cands],
+        counts,
+        valid,
+        groups,
+        gg,
+        gg_groups,
+        absent,
+        gg_absent,
+    )
 
 
 def train_compat(
@@ -445,6 +485,11 @@ def _train(
     fit_cooc = Cooccurrence.from_outfits([clean[o] for o in fit_ids])
     fit_groups = _group_outfits([clean[o] for o in fit_ids]) if cfg.group_cooc else None
     codes = fit_cooc.codes(tuple(id_list))
+    # In how many fit outfits each row is (the absence term's "has history", leave-one-out).
+    styled = np.bincount(
+        np.array([positions[i] for o in fit_ids for i in set(clean[o])], np.int64),
+        minlength=len(id_list),
+    )
     group_codes = (
         fit_groups.codes(tuple(group_key(i) for i in id_list))
         if fit_groups is not None
@@ -503,14 +548,17 @@ def _train(
         total = 0.0
         bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
         for start in bar:
-            given, ok, gcat, cands, ccat, counts, valid, groups, gg, gg_groups = _batch(
-                questions[start : start + cfg.batch],
-                fit_outfits,
-                cat_all,
-                fit_cooc,
-                codes,
-                fit_groups,
-                group_codes,
+            given, ok, gcat, cands, ccat, counts, valid, groups, gg, gg_groups, absent, gg_abs = (
+                _batch(
+                    questions[start : start + cfg.batch],
+                    fit_outfits,
+                    cat_all,
+                    fit_cooc,
+                    codes,
+                    fit_groups,
+                    group_codes,
+                    styled,
+                )
             )
             uniq, inverse = np.unique(np.concatenate([given, cands], 1), return_inverse=True)
             inverse = inverse.reshape(len(given), -1)
@@ -523,6 +571,7 @@ def _train(
                 torch.from_numpy(ccat),
                 torch.from_numpy(counts),
                 torch.from_numpy(groups),
+                torch.from_numpy(absent),
                 torch.from_numpy(row_id[uniq]) if cfg.item_vectors else None,
             )
             valid_t = torch.from_numpy(valid)
@@ -540,6 +589,8 @@ def _train(
                     torch.from_numpy(groups),
                     torch.from_numpy(gg),
                     torch.from_numpy(gg_groups),
+                    torch.from_numpy(absent),
+                    torch.from_numpy(gg_abs),
                 )
                 loss = loss + cfg.outfit_loss * _outfit_loss(scores, valid_t)
             opt.zero_grad()
