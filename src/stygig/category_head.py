@@ -630,8 +630,8 @@ def cross_fit(
     ks = [kk for kk in ks if kk <= nb_ids.shape[1]]
     nb_labels = codes[nb_ids[:, : ks[-1]]]
     known = codes >= 0
-    scored = []  # (accuracy, -weight, -k, -temperature): the max is the choice
-    plain: dict[float, float] = {}
+    rows: list[dict[str, float]] = []  # every searched (k, temperature, weight), its accuracy
+    plain: dict[float, float] = {}  # the engine's plain k-vote at each weight
     for kk in ks:
         for t in sorted({0.0, *temperatures}) if kk == k else sorted(set(temperatures)):
             votes = neighbour_votes(nb_labels, nb_sims, len(names), k=kk, temperature=t)
@@ -641,26 +641,25 @@ def cross_fit(
                 if kk == k and t == 0.0:
                     plain[w] = acc
                 if t in temperatures:
-                    scored.append((acc, -w, -kk, -t))
-    best = max(scored)
-    weight, vote_k, temperature = -best[1], -best[2], -best[3]
-    grid = [
-        {"head_weight": -r[1], "accuracy": r[0]}
-        for r in scored
-        if -r[2] == vote_k and -r[3] == temperature
-    ]
-    vote_grid = [
-        {"k": -r[2], "temperature": -r[3], "head_weight": -r[1], "accuracy": r[0]}
-        for r in (
-            max(r for r in scored if (r[2], r[3]) == pair)
-            for pair in dict.fromkeys((r[2], r[3]) for r in scored)
-        )
-    ]
+                    rows.append({"k": kk, "temperature": t, "head_weight": w, "accuracy": acc})
+
+    def choice(r: dict[str, float]) -> tuple[float, ...]:
+        # the best accuracy; ties: the smaller weight, then fewer neighbours, then lower T
+        return (r["accuracy"], -r["head_weight"], -r["k"], -r["temperature"])
+
+    best = max(rows, key=choice)
+    weight, vote_k, temperature = best["head_weight"], int(best["k"]), best["temperature"]
+    chosen = [r for r in rows if (r["k"], r["temperature"]) == (vote_k, temperature)]
+    grid = [{"head_weight": r["head_weight"], "accuracy": r["accuracy"]} for r in chosen]
+    by_vote: dict[tuple[float, float], list[dict[str, float]]] = {}
+    for r in rows:
+        by_vote.setdefault((r["k"], r["temperature"]), []).append(r)
+    vote_grid = [max(group, key=choice) for group in by_vote.values()]
     accuracy = {
         "vote": plain[0.0],
         "head": grid[-1]["accuracy"],
-        "vote_weighted": max(r for r in scored if -r[1] == 0.0)[0],
-        "merged": best[0],
+        "vote_weighted": max((r for r in rows if r["head_weight"] == 0.0), key=choice)["accuracy"],
+        "merged": best["accuracy"],
     }
     head = fit(data, labels, head_weight=weight, vote_k=vote_k, temperature=temperature)
     done()

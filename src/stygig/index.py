@@ -485,14 +485,13 @@ def plan_parts(
     names = sorted({str(v) for v in labels})
     rows = [np.flatnonzero(labels == name) for name in names]
     big = "ivfpq" if n >= PQ_MIN_ITEMS else "ivf"
-    kinds = [
-        "flat"
-        if (kind == "auto" and len(r) <= PART_FLAT_MAX_ITEMS) or len(r) < PQ_MIN_ROWS
-        else big
-        if kind == "auto"
-        else kind
-        for r in rows
-    ]
+
+    def kind_of(size: int) -> str:
+        if size < PQ_MIN_ROWS or (kind == "auto" and size <= PART_FLAT_MAX_ITEMS):
+            return "flat"
+        return big if kind == "auto" else kind
+
+    kinds = [kind_of(len(r)) for r in rows]
     # nprobe x n / nlist vectors scanned per IVF part, with nlist = 2 sqrt(n).
     root_sum = sum(np.sqrt(len(r)) for r, k in zip(rows, kinds, strict=True) if k == "ivf")
     nprobe = max(PART_MIN_NPROBE, int(np.ceil(2 * PART_SCAN_BUDGET / max(root_sum, 1.0))))
@@ -812,7 +811,13 @@ def _row_reader(index: Any) -> Any:
 
         n, held = index.ntotal, index.index
         flat = faiss.rev_swig_ptr(held.get_xb(), n * index.dim) if n else np.zeros(0, np.float32)
-        return lambda ids: flat.reshape(n, index.dim)[ids]
+        vectors = flat.reshape(n, index.dim)  # a view into the FAISS index's own rows
+
+        def flat_rows(ids: np.ndarray, owner: Any = held) -> np.ndarray:  # owner: keeps them alive
+            out: np.ndarray = vectors[ids]
+            return out
+
+        return flat_rows
     if isinstance(index, PartitionedIndex):
         readers = [_row_reader(p) for p in index.parts]
         if any(r is None for r in readers):

@@ -126,7 +126,7 @@ def head_accuracy(
     )
     query_vectors = vectors[queries]
     proba = head.proba_for(query_vectors, names, whitening)
-    widest = max(k, head.vote_k, *(() if other_vote is None else (other_vote[0],)))
+    widest = max(k, head.vote_k, other_vote[0] if other_vote is not None else 0)
     nb, nb_sims = knn_neighbours(fit_vectors, query_vectors, widest)
     nb_labels = codes[catalog][nb]
     truth = codes[queries]

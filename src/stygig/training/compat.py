@@ -374,38 +374,36 @@ def _batch(
     gg = np.zeros((b, g, g), np.float32)
     gg_groups = np.zeros((b, g, g), np.float32)
     valid = np.ones((b, k), bool)
-    for n, (rows, cand, o) in enumerate(questions):
-        given[n, : len(rows)] = rows
-        ok[n, : len(rows)] = True
-        counts[n, : len(rows)] = cooc.lookup(codes[rows], codes[cand])
-        counts[n, : len(rows), 0] -= 1.0  # the outfit itself is not outside evidence
-        in_outfit = set(outfits[o])
-        valid[n, 1:] = [c not in in_outfit for c in cand[1:]]
-        m = len(rows)
-        gg[n, :m, :m] = cooc.lookup(codes[rows], codes[rows]) - 1.0  # minus the outfit itself
-        if group_cooc is not None:
-            gr = group_codes[rows]
-            same = (gr[:, None] == gr[None, :]).astype(np.float32)
-            gg_groups[n, :m, :m] = group_cooc.lookup(gr, gr) - (1.0 - same) * (gr[:, None] >= 0)
-            gq, gc = group_codes[rows], group_codes[cand]
-            found = group_cooc.lookup(gq, gc)
-            # Neither is the outfit's own garment pairs: count them out.
-            own = np.isin(gc, group_codes[outfits[o]]) & (gc >= 0)
-            found -= (own[None, :] & (gq[:, None] != gc[None, :])).astype(np.float32)
-            groups[n, : len(rows)] = found
-    counts = np.maximum(counts, 0.0)
-    groups = np.maximum(groups, 0.0)
-    gg, gg_groups = np.maximum(gg, 0.0), np.maximum(gg_groups, 0.0)
     absent = np.zeros((b, g, k), np.float32)
     gg_absent = np.zeros((b, g, g), np.float32)
     for n, (rows, cand, o) in enumerate(questions):
         m = len(rows)
+        given[n, :m] = rows
+        ok[n, :m] = True
+        mine = np.isin(cand, outfits[o])
+        valid[n, 1:] = ~mine[1:]
+        counts[n, :m] = cooc.lookup(codes[rows], codes[cand])
+        counts[n, :m, 0] -= 1.0  # the outfit itself is not outside evidence
+        gg[n, :m, :m] = cooc.lookup(codes[rows], codes[rows]) - 1.0  # minus the outfit itself
+        np.maximum(counts[n], 0.0, out=counts[n])
+        np.maximum(gg[n], 0.0, out=gg[n])
         # Codes with the question's own outfit taken out: -1 where it was the only one.
         q = np.where(styled[rows] > 1, 0, -1)
-        c = np.where(styled[cand] > np.isin(cand, outfits[o]), 0, -1)
+        c = np.where(styled[cand] > mine, 0, -1)
         absent[n, :m] = Cooccurrence.absent(q, c, counts[n, :m])
         gg_absent[n, :m, :m] = Cooccurrence.absent(q, q, gg[n, :m, :m])
         np.fill_diagonal(gg_absent[n], 0.0)  # an item and itself: no pair
+        if group_cooc is not None:
+            gr = group_codes[rows]
+            same = (gr[:, None] == gr[None, :]).astype(np.float32)
+            gg_groups[n, :m, :m] = group_cooc.lookup(gr, gr) - (1.0 - same) * (gr[:, None] >= 0)
+            gc = group_codes[cand]
+            found = group_cooc.lookup(gr, gc)
+            # Neither is the outfit's own garment pairs: count them out.
+            own = np.isin(gc, group_codes[outfits[o]]) & (gc >= 0)
+            found -= (own[None, :] & (gr[:, None] != gc[None, :])).astype(np.float32)
+            groups[n, :m] = found
+    groups, gg_groups = np.maximum(groups, 0.0), np.maximum(gg_groups, 0.0)
     return (
         given,
         ok,
