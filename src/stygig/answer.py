@@ -331,13 +331,18 @@ class OutfitItemScore(ItemView):
 class OutfitScore:
     """How well a set of catalogue items goes together: overall, per item, per pair.
 
-    ``score`` is the mean of the pair scores; ``similarity``, ``harmony`` and ``learned`` are
-    the pairs' means; ``compatible`` says whether every pair's categories go together;
-    ``weakest_pair`` names the lowest-scoring pair. ``scoring`` says what the scores hold:
-    the V4 ``rules`` only, or the compatibility model (``learned``, ``learned+rules``).
+    ``score`` is the weakest item's score as the completion of all the others (an outfit is
+    as good as its least fitting piece; ``weakest_item`` names it): one item that does not
+    belong lowers it however well the rest go together, which the pairs' mean
+    (``pair_mean``) dilutes. ``similarity``, ``harmony`` and ``learned`` are the pairs'
+    means; ``compatible`` says whether every pair's categories go together; ``weakest_pair``
+    names the lowest-scoring pair. ``scoring`` says what the scores hold: the V4 ``rules``
+    only, or the compatibility model (``learned``, ``learned+rules``).
     """
 
     score: float
+    weakest_item: str
+    pair_mean: float
     similarity: float
     harmony: float
     compatible: bool

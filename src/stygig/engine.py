@@ -694,7 +694,9 @@ class Recommender:
     def score_outfit(self, request: OutfitRequest | Sequence[str]) -> OutfitScore:
         """How well a set of catalogue items goes together: each pair, scored both ways as a
         recommendation scores a candidate against a one-item query and averaged; each item
-        as the completion of all the others (:meth:`score_items`); overall, the pairs' mean.
+        as the completion of all the others (:meth:`score_items`); overall, the weakest item's
+        score (the evaluation's outfit score, :func:`stygig.evaluation.fitb.outfit_score`),
+        with the pairs' mean beside it.
 
         Raises :class:`~stygig.errors.NotFoundError` (404) for an unknown id and
         :class:`~stygig.errors.InvalidOptionsError` for a set that is too small, too large
@@ -765,10 +767,13 @@ class Recommender:
                 )
             )
         weakest = min(pairs, key=lambda p: (p.score, p.a, p.b))
+        weakest_item = min(items, key=lambda i: (i.score, i.id))
         learned_parts = [p.learned for p in pairs if p.learned is not None]
         ms = round((time.perf_counter() - t0) * 1e3, 3)
         return OutfitScore(
-            score=round(float(np.mean([p.score for p in pairs])), 4),
+            score=weakest_item.score,
+            weakest_item=weakest_item.id,
+            pair_mean=round(float(np.mean([p.score for p in pairs])), 4),
             similarity=round(float(np.mean([p.similarity for p in pairs])), 4),
             harmony=round(float(np.mean([p.harmony for p in pairs])), 4),
             compatible=all(p.compatible for p in pairs),

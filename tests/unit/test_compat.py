@@ -247,6 +247,9 @@ def test_eval_puts_learned_scorers_beside_v4(
     assert result["compat_model"]["file"] == "compat.npz"
     table = fitb_table({"fitb": result})
     assert "| learned+rules |" in table and "| cooccurrence+popularity |" in table
+    assert "AUC one swapped, pairs' mean" in table
+    for key in ("auc_single_swap", "auc_single_swap_pair_mean"):
+        assert 0.0 <= result[key]["learned"] <= 1.0
     assert result["headline"]["scorer"] == "learned+rules"
     assert result["model_split"]["seed"] == 0
 

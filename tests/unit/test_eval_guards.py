@@ -21,6 +21,7 @@ from stygig.evaluation.fitb import (
     evaluate_outfits,
     fitb_accuracy,
     make_questions,
+    outfit_score,
     reference_number,
     statistics_scorers,
     write_questions,
@@ -250,6 +251,45 @@ def test_single_swap_changes_exactly_one_item() -> None:
         assert not real & fake
     with pytest.raises(ConfigError):
         compatibility_auc(outfits, types, list(outfits), {}, swap="two")
+
+
+def test_outfit_score_is_its_weakest_item_or_the_pairs_mean() -> None:
+    # Directed pair scores (query -> candidate); a candidate's score is the mean over queries.
+    table = {
+        ("a", "b"): 0.9, ("b", "a"): 0.7, ("a", "c"): 0.2,
+        ("c", "a"): 0.4, ("b", "c"): 0.3, ("c", "b"): 0.1,
+    }  # fmt: skip
+
+    def scorer(given: Sequence[str], cands: Sequence[str]) -> np.ndarray:
+        return np.array([np.mean([table[g, c] for g in given]) for c in cands])
+
+    # a given b, c: 0.55; b given a, c: 0.5; c given a, b: 0.25 (the misfit)
+    assert outfit_score(["a", "b", "c"], scorer) == pytest.approx(0.25)
+    assert outfit_score(["a", "b", "c"], scorer, "pairs") == pytest.approx(2.6 / 6)
+    with pytest.raises(ConfigError):
+        outfit_score(["a", "b"], scorer, "median")
+
+
+def test_the_weakest_item_tells_a_single_misfit_the_pairs_mean_dilutes() -> None:
+    """Outfits of different overall levels, one item swapped for one that fits nothing: the
+    pairs' mean ranks a good swapped outfit above a weak real one, the weakest item does not."""
+    level = {f"o{n}": 0.1 + 0.3 * n for n in range(6)}
+    outfits = {o: [f"{o}-{t}" for t in "tbs"] for o in level}
+    types = {i: i[-1] for items in outfits.values() for i in items}
+
+    def scorer(given: Sequence[str], cands: Sequence[str]) -> np.ndarray:
+        def pair(g: str, c: str) -> float:
+            same = g.split("-")[0] == c.split("-")[0]
+            return level[g.split("-")[0]] if same else 0.0
+
+        return np.array([np.mean([pair(g, c) for g in given]) for c in cands])
+
+    ids = list(outfits)
+    weakest = compatibility_auc(outfits, types, ids, {"s": scorer}, swap="one")["s"]
+    pairs = compatibility_auc(outfits, types, ids, {"s": scorer}, swap="one", aggregate="pairs")[
+        "s"
+    ]
+    assert weakest == 1.0 and pairs < 0.9
 
 
 def test_statistics_baselines_count_train_outfits_only() -> None:

@@ -20,6 +20,7 @@ from stygig.errors import (
     InvalidOptionsError,
     NotFoundError,
 )
+from stygig.evaluation.fitb import outfit_score
 from stygig.recommendation import (
     MAX_CANDIDATE_IDS,
     MAX_OUTFIT_ITEMS,
@@ -81,7 +82,13 @@ def test_each_item_is_scored_as_the_completion_of_the_others(rec: Recommender) -
     for n, item in enumerate(out.items):
         rest = SET[:n] + SET[n + 1 :]
         assert item.score == pytest.approx(float(rec.score_items(rest, [item.id])[0]), abs=1e-4)
-    assert out.score == pytest.approx(np.mean([p.score for p in out.pairs]), abs=1e-4)
+    # Overall: the weakest item's fit to the rest, the evaluation's outfit score; the pairs'
+    # mean beside it.
+    lowest = min(out.items, key=lambda i: i.score)
+    assert out.score == lowest.score and out.weakest_item == lowest.id
+    assert out.score == pytest.approx(outfit_score(SET, rec.score_items), abs=1e-4)
+    assert out.pair_mean == pytest.approx(np.mean([p.score for p in out.pairs]), abs=1e-4)
+    assert out.pair_mean == pytest.approx(outfit_score(SET, rec.score_items, "pairs"), abs=1e-3)
     weakest = min(out.pairs, key=lambda p: p.score)
     assert out.weakest_pair == [weakest.a, weakest.b]
     assert out.compatible == all(p.compatible for p in out.pairs)
@@ -172,6 +179,7 @@ def test_a_compatibility_model_adds_its_part(tmp_path: Path) -> None:
         for n, item in enumerate(out.items):
             rest = ids[:n] + ids[n + 1 :]
             assert item.score == pytest.approx(float(rec.score_items(rest, [item.id])[0]), abs=1e-4)
+        assert out.score == pytest.approx(outfit_score(ids, rec.score_items), abs=1e-4)
 
 
 # -- candidate_ids ------------------------------------------------------------------------------

@@ -147,6 +147,7 @@ def _fitb_spec(
                     )
     for key, group, target in (
         ("auc_single_swap", "AUC, one item swapped", "auc_single_swap"),
+        ("auc_single_swap_pair_mean", "AUC, one item swapped (pairs' mean)", None),
         ("auc", "AUC, every item swapped", None),
     ):
         for name in (*scorers, "cosine", "harmony", *BASELINES[:-1]):  # random has no AUC
@@ -264,12 +265,13 @@ def fitb_table(metrics: dict[str, Any]) -> str:
     """Markdown table: every scorer and baseline on the same questions, matched first."""
     rows = [
         "| scorer | matched | unseen / seen (matched) | same collection | uniform "
-        "| AUC one swapped | AUC all swapped |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| AUC one swapped | AUC one swapped, pairs' mean | AUC all swapped |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     fitb = metrics.get("fitb", {})
     acc, all_swapped = fitb.get("accuracy", {}), fitb.get("auc", {})
     one_swapped = fitb.get("auc_single_swap", {})
+    one_pairs = fitb.get("auc_single_swap_pair_mean", {})
 
     def pct(value: Any) -> str:
         ok = isinstance(value, int | float) and not math.isnan(value)
@@ -287,7 +289,8 @@ def fitb_table(metrics: dict[str, Any]) -> str:
             f"| {name} | {pct(m.get('accuracy'))} | {pct(m.get('cold_start_accuracy'))} / "
             f"{pct(m.get('seen_accuracy'))} | {pct(acc[name].get('collection', {}).get('accuracy'))}"
             f" | {pct(acc[name].get('uniform', {}).get('accuracy'))} | "
-            f"{num(one_swapped.get(name))} | {num(all_swapped.get(name))} |"
+            f"{num(one_swapped.get(name))} | {num(one_pairs.get(name))} | "
+            f"{num(all_swapped.get(name))} |"
         )
     head = fitb.get("headline")
     if head:

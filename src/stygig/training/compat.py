@@ -189,8 +189,9 @@ class _Net(nn.Module):
         absent: torch.Tensor,  # (B, G, K)
         gg_absent: torch.Tensor,  # (B, G, G)
     ) -> torch.Tensor:
-        """``(B, K)``: the evaluation's outfit score (mean over ordered pairs) of the visible
-        items completed by each candidate."""
+        """``(B, K)``: the mean over ordered pairs of the visible items completed by each
+        candidate (the first round's outfit score; trained against the weakest item's score,
+        the evaluation's, the model lost on validation: docs/compat.md)."""
         gq, gc = self._last
         ok = given_ok.float()
         back = self.masks[cand_cat[:, :, None], given_cat[:, None, :]]  # (B, K, G, D)
@@ -716,7 +717,9 @@ def _auc_one(
     scorer: Callable[[Sequence[str], Sequence[str]], np.ndarray],
     seeds: Sequence[int],
 ) -> float:
-    """Single-swap AUC on the validation outfits, averaged over ``seeds`` (other swaps)."""
+    """Single-swap AUC on the validation outfits, averaged over ``seeds`` (other swaps), with
+    outfits scored as the evaluation and ``POST /v1/outfits/score`` score them (their weakest
+    item)."""
     values = [
         float(compatibility_auc(outfits, types, val_ids, {"m": scorer}, seed=s, swap="one")["m"])
         for s in seeds
