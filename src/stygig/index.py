@@ -460,6 +460,28 @@ def warm_index(index: VectorIndex, *, map_rows: bool = True) -> int:
     return int(warm(map_rows=map_rows)) if callable(warm) else 0
 
 
+def _pq_parts(index: Any) -> list[Any]:
+    """The IVF-PQ indexes inside ``index`` (itself, a split's parts, a living index's base)."""
+    if isinstance(index, LiveIndex):
+        return _pq_parts(index.base)
+    if isinstance(index, PartitionedIndex):
+        return [p for part in index.parts for p in _pq_parts(part)]
+    return [index] if getattr(index, "kind", None) == "ivfpq" else []
+
+
+def release_mapped_rows(index: VectorIndex) -> bool:
+    """Stop reading ``index``'s on-disk rows through memory maps (IVF-PQ parts:
+    :meth:`stygig.index_pq.PQIndex.release_mapped_rows`), so they leave the process's memory
+    before another version loads. Returns whether any rows were mapped."""
+    return any([part.release_mapped_rows() for part in _pq_parts(index)])
+
+
+def restore_mapped_rows(index: VectorIndex) -> None:
+    """Undo :func:`release_mapped_rows` (the rows are mapped again, as loading maps them)."""
+    for part in _pq_parts(index):
+        part.restore_mapped_rows()
+
+
 def is_exhaustive(index: VectorIndex) -> bool:
     """Whether ``index`` searches every vector (exact, flat, or a split of those)."""
     if isinstance(index, LiveIndex):

@@ -410,3 +410,46 @@ def test_a_split_ivfpq_index_keeps_parts_too_small_for_pq_flat() -> None:
     assert [p.kind for p in index.parts] == kinds
     _, ids = index.search(x[:3], 1)
     assert ids[:, 0].tolist() == [0, 1, 2]
+
+
+def mapped_files() -> str:
+    return Path("/proc/self/maps").read_text()
+
+
+@pytest.mark.parametrize("share", [0.25, 1.0], ids=["first-quarter-mapped", "all-mapped"])
+def test_released_rows_leave_the_process_and_come_back(
+    rows_on_disk: tuple[Path, np.ndarray], share: float
+) -> None:
+    """What a reload does to the version it still serves: its mapped rows are unmapped once
+    the last search holding them ends, the same answers come from ``pread``, and a refused
+    reload maps them again. Both kinds of map: part of the rows (NumPy's map of the file) and
+    every row (FAISS's map, re-ranked by ``IndexRefine``)."""
+    import gc
+
+    from stygig.index import release_mapped_rows, restore_mapped_rows
+
+    path, wide = rows_on_disk
+    rows_file = str(path / "big-vectors.faiss")
+    size = (path / "big-vectors.faiss").stat().st_size
+    index = PQIndex.load(path, "big.faiss", len(wide), {"mapped_rows_mb": share * size / 2**20})
+    split = PartitionedIndex(["all"], [index], [np.arange(len(wide))])
+    q = wide[:12] + 0.01
+    want = index.search(q, 60)
+    index.warm()
+    assert rows_file in mapped_files()
+    in_flight = index.segments[0]  # a search that started before the release
+    assert release_mapped_rows(split) is True
+    assert in_flight.gather(np.arange(0, len(wide), 7)).shape == (len(range(0, len(wide), 7)), 256)
+    assert rows_file in mapped_files()  # still held by that search
+    del in_flight
+    gc.collect()
+    assert rows_file not in mapped_files()
+    got = index.search(q, 60)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_allclose(got[0], want[0], rtol=0, atol=1e-6)
+    assert rows_file not in mapped_files()  # pread only
+    assert release_mapped_rows(split) is False  # nothing left mapped
+    restore_mapped_rows(split)
+    again = index.search(q, 60)
+    np.testing.assert_array_equal(again[1], want[1])
+    assert rows_file in mapped_files()

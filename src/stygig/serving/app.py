@@ -60,7 +60,7 @@ from stygig.errors import (
     UnauthorizedError,
     UnsupportedMediaError,
 )
-from stygig.index import warm_index
+from stygig.index import release_mapped_rows, restore_mapped_rows, warm_index
 from stygig.living import LiveCatalog
 from stygig.locations import InputLocations
 from stygig.recommendation import (
@@ -274,23 +274,22 @@ class ModelService:
                 ) from None
             if artifact_version(manifest) == current.snapshot.version:
                 return False
+            # Until the swap the old version answers with its rows read by pread, so its
+            # mapped rows (up to 4.4 GB at 10M items) never share the process with the new
+            # version's codes: a reload's peak is the two versions' codes, not that plus the
+            # old rows (docs/scale.md).
+            old_index = current.artifact.index
+            released = await self.run(release_mapped_rows, old_index)
             try:
-                rec = await self.run(_load, path, True, self.config.device)
-            except StygigError as e:
-                raise ReloadRefusedError(
-                    f"the new artifact version cannot be verified ({e.code}); still serving "
-                    f"{current.snapshot.version}"
-                ) from None
-            if (rec.encoder.name, rec.encoder.dim) != (current.encoder.name, current.encoder.dim):
-                raise ReloadRefusedError(
-                    "the new artifact has another encoder: restart the server to switch"
-                )
-            live = await self.run(self._living, rec)
-            # The page cache only: mapping the new rows now, while the old version's are
-            # still mapped, would hold both (2 x 4.5 GB at 10M items); they map as requests
-            # read them.
-            await self.run(functools.partial(warm_index, rec.artifact.index, map_rows=False))
-            await self.run(rec.recommend, Query(images=(_warmup_photo(),)))
+                rec = await self._load_new(path, current)
+                live = await self.run(self._living, rec)
+                # The page cache only: the new rows map as requests read them.
+                await self.run(functools.partial(warm_index, rec.artifact.index, map_rows=False))
+                await self.run(rec.recommend, Query(images=(_warmup_photo(),)))
+            except BaseException:
+                if released:  # still serving the old version: its rows mapped again
+                    await self.run(restore_mapped_rows, old_index)
+                raise
             await self.run(self._swap, rec, live)
             self.artifact_path = path
             log.info(
@@ -298,6 +297,21 @@ class ModelService:
                 extra={"fields": {"event": "reload", "version": rec.snapshot.catalog_version}},
             )
             return True
+
+    async def _load_new(self, path: Path, current: Recommender) -> Recommender:
+        """The new version, verified, with the serving encoder's name and width."""
+        try:
+            rec = await self.run(_load, path, True, self.config.device)
+        except StygigError as e:
+            raise ReloadRefusedError(
+                f"the new artifact version cannot be verified ({e.code}); still serving "
+                f"{current.snapshot.version}"
+            ) from None
+        if (rec.encoder.name, rec.encoder.dim) != (current.encoder.name, current.encoder.dim):
+            raise ReloadRefusedError(
+                "the new artifact has another encoder: restart the server to switch"
+            )
+        return rec
 
     def _swap(self, rec: Recommender, live: LiveCatalog | None) -> None:
         """Make ``rec`` current; a change being written on the old catalogue finishes first

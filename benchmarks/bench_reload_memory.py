@@ -1,0 +1,160 @@
+"""A hot reload's peak memory on an ``ivfpq`` catalogue: with the served version's mapped rows
+kept until the swap (before) or released first (what ``stygig serve`` does now).
+
+    python benchmarks/bench_reload_memory.py [--items 300000] [--artifact DIR] [--rounds 2]
+
+Each variant runs in its own process, the variants in turn (A B A B): load version 1, warm it
+(its rows mapped), search, reset the peak (``/proc/self/clear_refs``), then the reload's index
+steps as ``ModelService.reload`` takes them -- [release version 1's mapped rows], search with
+version 1 while version 2 loads, load version 2 (a hard-linked copy of the artifact with its
+own ``version``) and warm it without mapping, drop version 1 -- and report the resident memory
+(VmRSS, its peak VmHWM) at each step and version 1's search time during the reload. The
+server's own ordering is tested in tests/unit/test_reload_rows.py.
+
+Synthetic clustered 512-d vectors (benchmarks/synthetic.py), one ``ivfpq`` index, FAISS on one
+thread. Writes benchmarks/results/reload_memory.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+RESULTS = Path(__file__).resolve().parent / "results" / "reload_memory.json"
+VARIANTS = ("rows kept mapped", "rows released")
+
+
+def _status() -> dict[str, int]:
+    """VmRSS, VmHWM, RssAnon and RssFile of this process, in MB."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+            out[key] = int(value.split()[0]) // 1024
+    return out
+
+
+def reload_once(v1: Path, v2: Path, release: bool, queries: int = 200) -> dict[str, object]:
+    """One reload's index steps in this process (see the module docstring)."""
+    import faiss
+
+    from stygig.artifact import Artifact
+    from stygig.index import release_mapped_rows, warm_index
+
+    faiss.omp_set_num_threads(1)
+    old = Artifact.load(v1, verify=False)
+    warm_index(old.index)
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((queries, old.index.dim)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    for row in q:
+        old.index.search(row[None, :], 293)  # the candidate pool's depth
+    steps = {"serving": _status()}
+    Path("/proc/self/clear_refs").write_text("5")  # the peak from here on
+    if release:
+        release_mapped_rows(old.index)
+        gc.collect()
+        steps["released"] = _status()
+    during = []
+    for row in q[:50]:  # the old version still answers while the new one loads
+        t = time.perf_counter()
+        old.index.search(row[None, :], 293)
+        during.append((time.perf_counter() - t) * 1e3)
+    new = Artifact.load(v2, verify=False)
+    warm_index(new.index, map_rows=False)
+    steps["both loaded"] = _status()
+    del old
+    gc.collect()
+    steps["old dropped"] = _status()
+    return {
+        "steps_mb": steps,
+        "peak_mb": steps["old dropped"]["VmHWM"],
+        "peak_over_serving_mb": steps["old dropped"]["VmHWM"] - steps["serving"]["VmRSS"],
+        "old_search_during_reload_p50_ms": round(float(np.median(during)), 3),
+        "new_items": len(new.items),
+    }
+
+
+def _second_version(v1: Path, out: Path) -> Path:
+    """``v1`` hard-linked under ``out`` with its own manifest ``version`` (files unchanged)."""
+    out.mkdir()
+    for f in v1.iterdir():
+        if f.name != "manifest.json":
+            os.link(f, out / f.name)
+    manifest = json.loads((v1 / "manifest.json").read_text())
+    manifest["version"] = "bench-reload-2"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--items", type=int, default=300_000)
+    parser.add_argument("--artifact", type=Path, help="an existing ivfpq artifact to reuse")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        v1, v2, variant = args.child
+        print(json.dumps(reload_once(Path(v1), Path(v2), variant == VARIANTS[1])))
+        return
+    with tempfile.TemporaryDirectory(
+        prefix="stygig-bench-", dir=args.artifact and args.artifact.parent
+    ) as tmp:
+        v1 = args.artifact
+        if v1 is None:
+            from bench_search import _VectorsOnly
+            from synthetic import clustered_vectors, synthetic_artifact
+
+            x = clustered_vectors(args.items, 512, seed=1)
+            v1 = synthetic_artifact(
+                Path(tmp) / "v1",
+                args.items,
+                encoder_info=_VectorsOnly().describe(),
+                vectors=x,
+                index_kind="ivfpq",
+            )
+            del x
+        v2 = _second_version(v1, Path(tmp) / "v2")
+        load_start = os.getloadavg()
+        runs: dict[str, list[dict[str, object]]] = {v: [] for v in VARIANTS}
+        for _ in range(args.rounds):
+            for variant in VARIANTS:
+                done = subprocess.run(
+                    [sys.executable, __file__, "--child", str(v1), str(v2), variant],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
+                runs[variant].append(json.loads(done.stdout.strip().splitlines()[-1]))
+                print(variant, runs[variant][-1]["peak_over_serving_mb"], flush=True)
+    result = {
+        "command": "python benchmarks/bench_reload_memory.py " + " ".join(sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "load_average": {"start": load_start, "end": os.getloadavg()},
+        "runs": runs,
+    }
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    for variant, rs in runs.items():
+        print(
+            f"{variant}: serving {[r['steps_mb']['serving']['VmRSS'] for r in rs]} MB, "
+            f"peak {[r['peak_mb'] for r in rs]} MB, "
+            f"old search during the reload p50 {[r['old_search_during_reload_p50_ms'] for r in rs]} ms"
+        )
+
+
+if __name__ == "__main__":
+    main()
