@@ -109,6 +109,11 @@ def session_options(
         spinning: let idle worker threads busy-wait for the next run. Off by default: it
             saves a little latency only when the cores are the session's alone, and otherwise
             burns the cores that image decoding, the HTTP server or neighbouring processes need.
+            Measured 2026-12-01 on ViT-B/32 int8, batch 1, 2 threads: alone, interleaved, 22.4
+            -> 17.8 ms; behind ``stygig serve`` (a ``--encoder-spinning`` flag tried, one
+            server at a time, A B A B, load ~2) the server's encoder step 22.3 / 21.9 -> 22.2 /
+            22.6 ms and client p50 26.9 / 26.3 -> 28.1 / 31.7 ms, CPU per request +8 to +15
+            ms: no gain over HTTP, so the flag was not kept.
     """
     import onnxruntime as ort
 
