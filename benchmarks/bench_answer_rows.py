@@ -34,7 +34,7 @@ from stygig.artifact import Artifact
 from stygig.engine import Options, Recommender
 from stygig.features import color_summary
 from stygig.threads import limit_blas_threads
-from synthetic import clustered_vectors, synthetic_artifact
+from synthetic import clustered_vectors, synthetic_pq_artifact
 
 RESULTS = Path(__file__).resolve().parent / "results" / "answer_rows.json"
 VARIANTS = ("embeddings cached", "index rows cached", "embeddings evicted", "index rows evicted")
@@ -104,15 +104,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="stygig-bench-") as tmp:
         path = args.artifact
         if path is None:
-            x = clustered_vectors(args.items, 512, seed=1)
-            path = synthetic_artifact(
-                Path(tmp) / "pq",
-                args.items,
-                encoder_info=_VectorsOnly().describe(),
-                vectors=x,
-                index_kind="ivfpq",
-            )
-            del x
+            path = synthetic_pq_artifact(Path(tmp) / "pq", args.items, _VectorsOnly().describe())
         result = run(path, args.queries)
     result["command"] = "python benchmarks/bench_answer_rows.py " + " ".join(sys.argv[1:])
     result["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -116,17 +116,9 @@ def main() -> None:
         v1 = args.artifact
         if v1 is None:
             from bench_search import _VectorsOnly
-            from synthetic import clustered_vectors, synthetic_artifact
+            from synthetic import synthetic_pq_artifact
 
-            x = clustered_vectors(args.items, 512, seed=1)
-            v1 = synthetic_artifact(
-                Path(tmp) / "v1",
-                args.items,
-                encoder_info=_VectorsOnly().describe(),
-                vectors=x,
-                index_kind="ivfpq",
-            )
-            del x
+            v1 = synthetic_pq_artifact(Path(tmp) / "v1", args.items, _VectorsOnly().describe())
         v2 = _second_version(v1, Path(tmp) / "v2")
         load_start = os.getloadavg()
         runs: dict[str, list[dict[str, object]]] = {v: [] for v in VARIANTS}

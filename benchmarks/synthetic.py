@@ -76,3 +76,10 @@ def synthetic_artifact(
         index_kind=index_kind,
         extra_files=extra_files,
     )
+
+
+def synthetic_pq_artifact(out: Path, n: int, encoder_info: dict[str, Any]) -> Path:
+    """``n`` clustered items (seed 1, the encoder's width) under one ``ivfpq`` index: the
+    catalogue the ``ivfpq`` benchmarks build when not given one."""
+    x = clustered_vectors(n, int(encoder_info["dim"]), seed=1)
+    return synthetic_artifact(out, n, encoder_info=encoder_info, vectors=x, index_kind="ivfpq")
