@@ -302,6 +302,17 @@ def _inner_products(query: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np
     return scores[0], positions[0]
 
 
+class _Held:
+    """The rows a segment reads without ``pread``, in one attribute so a reader takes all of it
+    at once and keeps what it points into alive: every row (in memory, or mapped by FAISS,
+    re-ranked by ``refine``) or the first ``len(rows)`` rows mapped by this process."""
+
+    __slots__ = ("owner", "refine", "rows")
+
+    def __init__(self, rows: np.ndarray, refine: Any = None, owner: Any = None) -> None:
+        self.rows, self.refine, self.owner = rows, refine, owner  # owner: the store or the map
+
+
 class _Segment:
     """Codes and float16 rows of consecutive ids ``offset ..``: the index's own rows (codes in
     memory, rows in the store ``file`` after loading), or rows built or added in this process
@@ -316,7 +327,11 @@ class _Segment:
     everything mapped. So ``mapped_bytes`` bounds the rows' share of resident memory; rows read
     with ``pread`` live only in the kernel's page cache (shared, reclaimable), at the price of
     a page-cache lookup per row (~3 us at 10M items against ~0.2 us through a mapped page;
-    ``docs/scale.md``)."""
+    ``docs/scale.md``).
+
+    The file is opened once: maps and reads (also after :meth:`release` and :meth:`hold`) go
+    through that handle, so a folder rebuilt in place under the same name never mixes into
+    the rows this segment serves."""
 
     def __init__(
         self,
@@ -331,24 +346,14 @@ class _Segment:
         self.codes, self.store, self.offset, self.file = codes, store, offset, file
         self.ivf = faiss.extract_index_ivf(codes)
         self.dim = int(codes.d)
-        row = 2 * self.dim
-        self.refine: Any = None
-        self._rows: np.ndarray | None = None  # rows 0 .. len(_rows) in memory or mapped
-        if store is not None:
-            if codes.ntotal != store.ntotal:
-                raise ArtifactError(f"IVF-PQ: {codes.ntotal} codes but {store.ntotal} stored rows")
-            self.refine = faiss.IndexRefine(codes, store)  # holds no references: kept above
-            flat = faiss.rev_swig_ptr(store.codes.data(), self.n * row) if self.n else b""
-            self._rows = np.frombuffer(flat, np.float16).reshape(self.n, self.dim)
+        self.held: _Held | None = None
+        if store is not None:  # built or added here: every row in memory
+            self.held = self._whole(store)
         if file is not None:
             self._fd = os.open(file, os.O_RDONLY)
             weakref.finalize(self, os.close, self._fd)
-            self._start = os.fstat(self._fd).st_size - self.n * row  # the rows end the file
-            cut = min(self.n, mapped_bytes // row)
-            if cut and self._rows is None:
-                self._map = mmap.mmap(self._fd, self._start + cut * row, prot=mmap.PROT_READ)
-                head = np.frombuffer(self._map, np.uint8, cut * row, self._start)
-                self._rows = head.view(np.float16).reshape(cut, self.dim)
+            self._start = os.fstat(self._fd).st_size - self.n * 2 * self.dim  # rows end the file
+            self.hold(mapped_bytes)
 
     @property
     def n(self) -> int:
@@ -357,24 +362,63 @@ class _Segment:
     @property
     def mapped(self) -> bool:
         """Whether some of this segment's file rows are read through a memory map."""
-        return self.file is not None and self._rows is not None
+        return self.file is not None and self.held is not None
 
-    def unmapped(self) -> _Segment:
-        """This segment reading every row with ``pread`` (the same codes and file, no map)."""
+    def _whole(self, store: Any) -> _Held:
+        import faiss
+
+        if self.codes.ntotal != store.ntotal:
+            raise ArtifactError(f"IVF-PQ: {self.codes.ntotal} codes but {store.ntotal} stored rows")
+        flat = faiss.rev_swig_ptr(store.codes.data(), self.n * 2 * self.dim) if self.n else b""
+        rows = np.frombuffer(flat, np.float16).reshape(self.n, self.dim)
+        return _Held(rows, faiss.IndexRefine(self.codes, store), store)  # refine holds no refs
+
+    def hold(self, mapped_bytes: int) -> None:
+        """Map the file's rows as loading does: the whole file through FAISS's reader (which
+        checks it) when its rows fit in ``mapped_bytes``, else its first ``mapped_bytes`` of
+        rows (the others read with ``pread``)."""
+        import faiss
+
         assert self.file is not None
-        return _Segment(self.codes, None, self.offset, self.file, 0)
+        try:  # through this segment's own handle: the file it opened, whatever the name holds now
+            store: Any = faiss.read_index(f"/proc/self/fd/{self._fd}", faiss.IO_FLAG_MMAP_IFC)
+        except RuntimeError as e:
+            raise ArtifactError(f"cannot read IVF-PQ rows {self.file.name}: {e}") from e
+        if store.d != self.codes.d or store.ntotal != self.codes.ntotal:
+            raise ArtifactError(f"IVF-PQ rows {self.file.name} do not match the codes")
+        row = 2 * self.dim
+        if self.n * row <= mapped_bytes:
+            self.held = self._whole(store)
+            return
+        del store  # unmapped: rows beyond the mapped ones are read with pread
+        cut = min(self.n, mapped_bytes // row)
+        if not cut:
+            self.held = None
+            return
+        view = mmap.mmap(self._fd, self._start + cut * row, prot=mmap.PROT_READ)
+        head = np.frombuffer(view, np.uint8, cut * row, self._start)
+        self.held = _Held(head.view(np.float16).reshape(cut, self.dim), None, view)
+
+    def release(self) -> bool:
+        """Read every file row with ``pread`` from now on; the map closes when the last search
+        holding it ends. Returns whether anything was mapped."""
+        was = self.mapped
+        if self.file is not None:
+            self.held = None
+        return was
 
     def gather(self, ids: np.ndarray) -> np.ndarray:
         """Rows ``ids`` (ascending, distinct) as an ``(len(ids), dim)`` float16 array: from
         memory or the mapped rows, the others from the store file with one ``pread`` per run
         of consecutive ids."""
-        if self._rows is None:
+        held = self.held  # once: a release between two reads must not change what is read
+        if held is None:
             return self._read(ids)
-        split = int(np.searchsorted(ids, len(self._rows)))
-        held: np.ndarray = self._rows[ids[:split]]
+        split = int(np.searchsorted(ids, len(held.rows)))
+        kept: np.ndarray = held.rows[ids[:split]]
         if split == len(ids):
-            return held
-        return np.concatenate([held, self._read(ids[split:])]) if split else self._read(ids)
+            return kept
+        return np.concatenate([kept, self._read(ids[split:])]) if split else self._read(ids)
 
     def _read(self, ids: np.ndarray) -> np.ndarray:
         assert self.file is not None
@@ -390,11 +434,12 @@ class _Segment:
         fetch = min(k, self.n)
         params: Any = faiss.SearchParametersIVF()
         params.nprobe = min(nprobe, self.ivf.nlist)
-        if self.refine is not None:
+        held = self.held  # kept to the end: it owns the rows the refine reads
+        if held is not None and held.refine is not None:
             refine_params: Any = faiss.IndexRefineSearchParameters()
             refine_params.k_factor = min(self.n, fetch + extra) / fetch
             refine_params.base_index_params = params
-            found_scores, found = self.refine.search(q, fetch, params=refine_params)
+            found_scores, found = held.refine.search(q, fetch, params=refine_params)
             return found_scores, np.where(found >= 0, found + self.offset, -1)
         _, shortlist = self.codes.search(q, min(self.n, fetch + extra), params=params)
         scores = np.full((len(q), fetch), -np.inf, np.float32)
@@ -585,8 +630,9 @@ class PQIndex(_Tombstones):
             with open(seg.file, "rb", buffering=0) as f:
                 while got := f.readinto(buffer):
                     total += got
-            if map_rows and seg._rows is not None and seg._rows.size:
-                int(seg._rows.reshape(-1).view(np.uint8)[:: mmap.PAGESIZE].max())
+            held = seg.held
+            if map_rows and held is not None and held.rows.size:
+                int(held.rows.reshape(-1).view(np.uint8)[:: mmap.PAGESIZE].max())
         return total
 
     def release_mapped_rows(self) -> bool:
@@ -594,20 +640,19 @@ class PQIndex(_Tombstones):
         memory (they stay in the page cache). A server does this to the version it serves
         before it loads the next one, which then never shares the process with the old
         version's mapped rows (``stygig.serving.app``: up to ``mapped_rows_mb`` per part,
-        4.4 GB at 10M items). The segments are replaced, not changed: a search in flight
-        finishes on the maps it holds, and each map is closed when its last reader ends.
-        :meth:`restore_mapped_rows` undoes it. Returns whether anything was mapped."""
-        released = any(seg.mapped for seg in self.segments)
-        self.segments = [seg.unmapped() if seg.file is not None else seg for seg in self.segments]
-        return released
+        4.4 GB at 10M items). The segments change, and every index sharing them follows (the
+        copies a living catalogue's changes make); a search in flight keeps the map it took
+        until it ends. :meth:`restore_mapped_rows` undoes it. Returns whether anything was
+        mapped."""
+        return any([seg.release() for seg in self.segments])
 
     def restore_mapped_rows(self) -> None:
-        """Map the rows again as loading did (:func:`_load_segment`; requests fault the pages
-        in), after :meth:`release_mapped_rows`: a refused reload keeps serving this version."""
-        self.segments = [
-            _load_segment(seg.codes, seg.file, self._params) if seg.file is not None else seg
-            for seg in self.segments
-        ]
+        """Map the rows again as loading did, through the files these segments opened (requests
+        fault the pages in), after :meth:`release_mapped_rows`: a refused reload keeps serving
+        this version."""
+        for seg in self.segments:
+            if seg.file is not None and seg.held is None:
+                seg.hold(_mapped_bytes(self._params))
 
     def params(self) -> dict[str, Any]:
         return {k: v for k, v in self._params.items() if k not in ("seed", "threads")}
@@ -624,25 +669,19 @@ class PQIndex(_Tombstones):
         return total
 
 
+def _mapped_bytes(params: dict[str, Any]) -> int:
+    """The ``mapped_rows_mb`` of ``params`` in bytes (default :data:`DEFAULT_MAPPED_ROWS_MB`)."""
+    mapped_mb = float(params.get("mapped_rows_mb", DEFAULT_MAPPED_ROWS_MB))
+    if not mapped_mb >= 0:
+        raise InvalidOptionsError(f"mapped_rows_mb must be 0 or more, not {mapped_mb}")
+    return int(mapped_mb * 2**20)
+
+
 def _load_segment(codes: Any, store_file: Path, params: dict[str, Any]) -> _Segment:
     """A segment on ``store_file``, checked by FAISS's reader: mapped whole (FAISS's map) when
     its rows fit in ``mapped_rows_mb``, else its first ``mapped_rows_mb`` of rows mapped and
     the others read with ``pread``."""
-    import faiss
-
-    mapped_mb = float(params.get("mapped_rows_mb", DEFAULT_MAPPED_ROWS_MB))
-    if not mapped_mb >= 0:
-        raise InvalidOptionsError(f"mapped_rows_mb must be 0 or more, not {mapped_mb}")
-    try:
-        store: Any = faiss.read_index(str(store_file), faiss.IO_FLAG_MMAP_IFC)
-    except RuntimeError as e:
-        raise ArtifactError(f"cannot read IVF-PQ rows {store_file.name}: {e}") from e
-    if store.d != codes.d or store.ntotal != codes.ntotal:
-        raise ArtifactError(f"IVF-PQ rows {store_file.name} do not match the codes")
-    mapped = int(mapped_mb * 2**20)
-    if store.ntotal * store.d * 2 > mapped:
-        store = None  # unmapped: rows beyond the mapped ones are read with pread
-    return _Segment(codes, store, 0, store_file, mapped)
+    return _Segment(codes, None, 0, store_file, _mapped_bytes(params))
 
 
 def training_sample(vectors: np.ndarray, nlist: int, seed: int = 0) -> np.ndarray:

@@ -149,7 +149,8 @@ def test_gathered_rows_rerank_as_faiss_index_refine_to_the_bit(
     path, wide = rows_on_disk
     read = PQIndex.load(path, "big.faiss", len(wide), {"mapped_rows_mb": 0}).segments[0]
     mapped = PQIndex.load(path, "big.faiss", len(wide), None).segments[0]
-    assert read.refine is None and mapped.refine is not None
+    assert read.held is None
+    assert mapped.held is not None and mapped.held.refine is not None
     q = wide[::40] + 0.05
     for k in (10, 50, 293):
         want = mapped.search(q, k, DEFAULT_RERANK_EXTRA, 8)
@@ -418,38 +419,52 @@ def mapped_files() -> str:
 
 @pytest.mark.parametrize("share", [0.25, 1.0], ids=["first-quarter-mapped", "all-mapped"])
 def test_released_rows_leave_the_process_and_come_back(
-    rows_on_disk: tuple[Path, np.ndarray], share: float
+    rows_on_disk: tuple[Path, np.ndarray], tmp_path: Path, share: float
 ) -> None:
     """What a reload does to the version it still serves: its mapped rows are unmapped once
     the last search holding them ends, the same answers come from ``pread``, and a refused
-    reload maps them again. Both kinds of map: part of the rows (NumPy's map of the file) and
-    every row (FAISS's map, re-ranked by ``IndexRefine``)."""
+    reload maps them again -- in every index sharing the segments (a living catalogue's
+    copies), and from the file the index opened even when the folder was rebuilt in place
+    meanwhile. Both kinds of map: part of the rows (NumPy's map of the file) and every row
+    (FAISS's map, re-ranked by ``IndexRefine``)."""
+    import copy
     import gc
+    import shutil
 
     from stygig.index import release_mapped_rows, restore_mapped_rows
 
-    path, wide = rows_on_disk
-    rows_file = str(path / "big-vectors.faiss")
-    size = (path / "big-vectors.faiss").stat().st_size
+    source, wide = rows_on_disk
+    path = tmp_path / "served"
+    shutil.copytree(source, path)
+    rows_file = path / "big-vectors.faiss"
+    size = rows_file.stat().st_size
     index = PQIndex.load(path, "big.faiss", len(wide), {"mapped_rows_mb": share * size / 2**20})
     split = PartitionedIndex(["all"], [index], [np.arange(len(wide))])
+    changed = index.without(np.array([3]))  # a change published before the reload
     q = wide[:12] + 0.01
-    want = index.search(q, 60)
+    want, want_rows = index.search(q, 60), index.rows(np.arange(len(wide)))
     index.warm()
-    assert rows_file in mapped_files()
-    in_flight = index.segments[0]  # a search that started before the release
+    assert str(rows_file) in mapped_files()
+    # The folder is rebuilt in place (another build renamed over it): other rows, same name.
+    other = tmp_path / "other"
+    other.mkdir()
+    PQIndex.build(clustered(len(wide), seed=9).repeat(8, axis=1) / np.sqrt(8), nlist=16).save(
+        other, "big.faiss"
+    )
+    (other / "big-vectors.faiss").rename(rows_file)
+    in_flight = index.segments[0].held  # what a search that started before the release holds
     assert release_mapped_rows(split) is True
-    assert in_flight.gather(np.arange(0, len(wide), 7)).shape == (len(range(0, len(wide), 7)), 256)
-    assert rows_file in mapped_files()  # still held by that search
+    assert in_flight is not None and in_flight.rows.shape[1] == 256  # still readable
     del in_flight
     gc.collect()
-    assert rows_file not in mapped_files()
+    assert "big-vectors.faiss" not in mapped_files()  # neither the old file nor the new one
     got = index.search(q, 60)
     np.testing.assert_array_equal(got[1], want[1])
     np.testing.assert_allclose(got[0], want[0], rtol=0, atol=1e-6)
-    assert rows_file not in mapped_files()  # pread only
+    np.testing.assert_array_equal(index.rows(np.arange(len(wide))), want_rows)  # pread, old file
+    assert changed.segments[0].held is None and copy.copy(index).segments[0].held is None
     assert release_mapped_rows(split) is False  # nothing left mapped
     restore_mapped_rows(split)
-    again = index.search(q, 60)
-    np.testing.assert_array_equal(again[1], want[1])
-    assert rows_file in mapped_files()
+    np.testing.assert_array_equal(index.search(q, 60)[1], want[1])
+    np.testing.assert_array_equal(changed.rows(np.arange(len(wide))), want_rows)  # old file
+    assert changed.segments[0].held is not None and "big-vectors.faiss" in mapped_files()

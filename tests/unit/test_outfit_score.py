@@ -84,7 +84,7 @@ def test_each_item_is_scored_as_the_completion_of_the_others(rec: Recommender) -
         assert item.score == pytest.approx(float(rec.score_items(rest, [item.id])[0]), abs=1e-4)
     # Overall: the weakest item's fit to the rest, the evaluation's outfit score; the pairs'
     # mean beside it.
-    lowest = min(out.items, key=lambda i: i.score)
+    lowest = min(out.items, key=lambda i: (i.score, i.id))
     assert out.score == lowest.score and out.weakest_item == lowest.id
     assert out.score == pytest.approx(outfit_score(SET, rec.score_items), abs=1e-4)
     assert out.pair_mean == pytest.approx(np.mean([p.score for p in out.pairs]), abs=1e-4)

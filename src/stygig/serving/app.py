@@ -287,8 +287,8 @@ class ModelService:
                 await self.run(functools.partial(warm_index, rec.artifact.index, map_rows=False))
                 await self.run(rec.recommend, Query(images=(_warmup_photo(),)))
             except BaseException:
-                if released:  # still serving the old version: its rows mapped again
-                    await self.run(restore_mapped_rows, old_index)
+                if released:  # still serving the old version: its rows mapped again, here
+                    restore_mapped_rows(old_index)  # (cheap; also when cancelled or stopping)
                 raise
             await self.run(self._swap, rec, live)
             self.artifact_path = path
