@@ -380,8 +380,12 @@ class _Segment:
         import faiss
 
         assert self.file is not None
-        try:  # through this segment's own handle: the file it opened, whatever the name holds now
-            store: Any = faiss.read_index(f"/proc/self/fd/{self._fd}", faiss.IO_FLAG_MMAP_IFC)
+        # Through this segment's own handle (the file it opened, whatever the name holds now)
+        # where the system names open files (/dev/fd: Linux, macOS), else by the name.
+        own = f"/dev/fd/{self._fd}"
+        source = own if os.path.exists(own) else str(self.file)
+        try:
+            store: Any = faiss.read_index(source, faiss.IO_FLAG_MMAP_IFC)
         except RuntimeError as e:
             raise ArtifactError(f"cannot read IVF-PQ rows {self.file.name}: {e}") from e
         if store.d != self.codes.d or store.ntotal != self.codes.ntotal:
