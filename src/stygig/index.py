@@ -447,26 +447,26 @@ def _load_faiss(file: Path, kind: str, n: int, params: dict[str, Any] | None) ->
     return FaissIndex(index, kind, dict(params or {}))
 
 
+def _leaves(index: Any) -> list[Any]:
+    """The plain indexes inside ``index``: itself, a split's parts, a living index's base."""
+    if isinstance(index, LiveIndex):
+        return _leaves(index.base)
+    if isinstance(index, PartitionedIndex):
+        return [leaf for part in index.parts for leaf in _leaves(part)]
+    return [index]
+
+
+def _pq_parts(index: Any) -> list[Any]:
+    """The IVF-PQ indexes inside ``index`` (index_pq imports this module: found by kind)."""
+    return [leaf for leaf in _leaves(index) if leaf.kind == "ivfpq"]
+
+
 def warm_index(index: VectorIndex, *, map_rows: bool = True) -> int:
     """Bring what ``index`` keeps on disk into memory before it serves: an IVF-PQ part's
     float16 rows into the page cache and (``map_rows``) its mapped rows into this process
     (:meth:`stygig.index_pq.PQIndex.warm`), so the first requests do not read them from disk.
     Indexes held in memory have nothing to warm. Returns the bytes read."""
-    if isinstance(index, LiveIndex):
-        return warm_index(index.base, map_rows=map_rows)
-    if isinstance(index, PartitionedIndex):
-        return sum(warm_index(p, map_rows=map_rows) for p in index.parts)
-    warm = getattr(index, "warm", None)  # PQIndex: index_pq imports this module
-    return int(warm(map_rows=map_rows)) if callable(warm) else 0
-
-
-def _pq_parts(index: Any) -> list[Any]:
-    """The IVF-PQ indexes inside ``index`` (itself, a split's parts, a living index's base)."""
-    if isinstance(index, LiveIndex):
-        return _pq_parts(index.base)
-    if isinstance(index, PartitionedIndex):
-        return [p for part in index.parts for p in _pq_parts(part)]
-    return [index] if getattr(index, "kind", None) == "ivfpq" else []
+    return sum(int(part.warm(map_rows=map_rows)) for part in _pq_parts(index))
 
 
 def release_mapped_rows(index: VectorIndex) -> bool:

@@ -343,7 +343,7 @@ class _Segment:
     ) -> None:
         import faiss
 
-        self.codes, self.store, self.offset, self.file = codes, store, offset, file
+        self.codes, self.offset, self.file = codes, offset, file
         self.ivf = faiss.extract_index_ivf(codes)
         self.dim = int(codes.d)
         self.held: _Held | None = None
@@ -402,6 +402,14 @@ class _Segment:
         view = mmap.mmap(self._fd, self._start + cut * row, prot=mmap.PROT_READ)
         head = np.frombuffer(view, np.uint8, cut * row, self._start)
         self.held = _Held(head.view(np.float16).reshape(cut, self.dim), None, view)
+
+    def read_file(self, buffer: memoryview) -> int:
+        """Read this segment's whole file once, in order, through ``buffer`` (into the page
+        cache); returns the bytes read."""
+        total = 0
+        while got := os.preadv(self._fd, [buffer], total):
+            total += got
+        return total
 
     def release(self) -> bool:
         """Read every file row with ``pread`` from now on; the map closes when the last search
@@ -564,7 +572,8 @@ class PQIndex(_Tombstones):
         segments = list(self.segments)
         if len(segments) > 1:  # grow the (small) added segment
             last = segments.pop()
-            codes, store = faiss.clone_index(last.codes), faiss.clone_index(last.store)
+            assert last.held is not None  # an added segment holds its rows in memory
+            codes, store = faiss.clone_index(last.codes), faiss.clone_index(last.held.owner)
             start = last.n
         else:
             codes, store, start = _deserialize(self.trained), _memory_store(x[:0]), 0
@@ -631,9 +640,7 @@ class PQIndex(_Tombstones):
         for seg in self.segments:
             if seg.file is None:
                 continue
-            with open(seg.file, "rb", buffering=0) as f:
-                while got := f.readinto(buffer):
-                    total += got
+            total += seg.read_file(buffer)
             held = seg.held
             if map_rows and held is not None and held.rows.size:
                 int(held.rows.reshape(-1).view(np.uint8)[:: mmap.PAGESIZE].max())

@@ -279,7 +279,7 @@ class ModelService:
             # version's codes: a reload's peak is the two versions' codes, not that plus the
             # old rows (docs/scale.md).
             old_index = current.artifact.index
-            released = await self.run(release_mapped_rows, old_index)
+            released = release_mapped_rows(old_index)  # a few attributes: no pool hop
             try:
                 rec = await self._load_new(path, current)
                 live = await self.run(self._living, rec)
