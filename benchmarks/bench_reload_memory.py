@@ -2,6 +2,10 @@
 kept until the swap (before) or released first (what ``stygig serve`` does now).
 
     python benchmarks/bench_reload_memory.py [--items 300000] [--artifact DIR] [--rounds 2]
+        [--out benchmarks/results/reload_memory.json]
+
+``--artifact`` may also name the slot indexes ``bench_scale.py --keep`` leaves (10M items:
+``/tmp/stygig-scale/n10000000``): the reload's index steps at that size, without an artifact.
 
 Each variant runs in its own process, the variants in turn (A B A B): load version 1, warm it
 (its rows mapped), search, reset the peak (``/proc/self/clear_refs``), then the reload's index
@@ -26,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,36 +49,50 @@ def _status() -> dict[str, int]:
     return out
 
 
+def _open(path: Path) -> tuple[Any, Any]:
+    """A version (kept whole, as a server holds it) and its index: an artifact, or (a
+    ``meta.json``, no manifest) the slot indexes ``bench_scale.py --keep`` left, loaded as the
+    artifact loader would."""
+    if (path / "meta.json").exists() and not (path / "manifest.json").exists():
+        from bench_scale import load_slots
+
+        index = load_slots(path)
+        return index, index
+    from stygig.artifact import Artifact
+
+    artifact = Artifact.load(path, verify=False)
+    return artifact, artifact.index
+
+
 def reload_once(v1: Path, v2: Path, release: bool, queries: int = 200) -> dict[str, object]:
     """One reload's index steps in this process (see the module docstring)."""
     import faiss
 
-    from stygig.artifact import Artifact
     from stygig.index import release_mapped_rows, warm_index
 
     faiss.omp_set_num_threads(1)
-    old = Artifact.load(v1, verify=False)
-    warm_index(old.index)
+    old_version, old = _open(v1)
+    warm_index(old)
     rng = np.random.default_rng(0)
-    q = rng.standard_normal((queries, old.index.dim)).astype(np.float32)
+    q = rng.standard_normal((queries, old.dim)).astype(np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     for row in q:
-        old.index.search(row[None, :], 293)  # the candidate pool's depth
+        old.search(row[None, :], 293)  # the candidate pool's depth
     steps = {"serving": _status()}
     Path("/proc/self/clear_refs").write_text("5")  # the peak from here on
     if release:
-        release_mapped_rows(old.index)
+        release_mapped_rows(old)
         gc.collect()
         steps["released"] = _status()
     during = []
     for row in q[:50]:  # the old version still answers while the new one loads
         t = time.perf_counter()
-        old.index.search(row[None, :], 293)
+        old.search(row[None, :], 293)
         during.append((time.perf_counter() - t) * 1e3)
-    new = Artifact.load(v2, verify=False)
-    warm_index(new.index, map_rows=False)
+    _new_version, new = _open(v2)  # held whole, as a server holds it
+    warm_index(new, map_rows=False)
     steps["both loaded"] = _status()
-    del old
+    del old, old_version
     gc.collect()
     steps["old dropped"] = _status()
     return {
@@ -81,7 +100,7 @@ def reload_once(v1: Path, v2: Path, release: bool, queries: int = 200) -> dict[s
         "peak_mb": steps["old dropped"]["VmHWM"],
         "peak_over_serving_mb": steps["old dropped"]["VmHWM"] - steps["serving"]["VmRSS"],
         "old_search_during_reload_p50_ms": round(float(np.median(during)), 3),
-        "new_items": len(new.items),
+        "new_items": int(new.ntotal),
     }
 
 
@@ -91,6 +110,8 @@ def _second_version(v1: Path, out: Path) -> Path:
     for f in v1.iterdir():
         if f.name != "manifest.json":
             os.link(f, out / f.name)
+    if not (v1 / "manifest.json").exists():  # bench_scale's slot indexes: no version to set
+        return out
     manifest = json.loads((v1 / "manifest.json").read_text())
     manifest["version"] = "bench-reload-2"
     (out / "manifest.json").write_text(json.dumps(manifest))
@@ -102,8 +123,14 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--items", type=int, default=300_000)
-    parser.add_argument("--artifact", type=Path, help="an existing ivfpq artifact to reuse")
+    parser.add_argument(
+        "--artifact",
+        type=Path,
+        help="an existing ivfpq artifact to reuse, or the slot indexes bench_scale.py --keep "
+        "left (e.g. /tmp/stygig-scale/n10000000)",
+    )
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -138,8 +165,8 @@ def main() -> None:
         "load_average": {"start": load_start, "end": os.getloadavg()},
         "runs": runs,
     }
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.parent.mkdir(exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     for variant, rs in runs.items():
         print(
             f"{variant}: serving {[r['steps_mb']['serving']['VmRSS'] for r in rs]} MB, "

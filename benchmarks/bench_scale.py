@@ -249,6 +249,21 @@ def build(data: Path, params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def load_slots(data: Path, overrides: dict[str, Any] | None = None) -> Any:
+    """The built slot indexes of ``data`` as one split index, loaded as ``artifact`` loading
+    would (codes read, float16 rows left on disk)."""
+    from stygig.index import PartitionedIndex
+    from stygig.index_pq import PQIndex
+
+    meta = json.loads((data / "meta.json").read_text())
+    parts, rows = [], []
+    for i, n_i in enumerate(meta["slot_items"]):
+        params = {**json.loads((data / f"params{i}.json").read_text()), **(overrides or {})}
+        parts.append(PQIndex.load(data, f"index-part{i}.faiss", n_i, params))
+        rows.append(np.load(data / f"rows{i}.npy"))
+    return PartitionedIndex(list(meta["slots"]), parts, rows, "slot")
+
+
 def serve(data: Path, overrides: dict[str, Any], steady: int, cold_queries: int) -> dict[str, Any]:
     """Load the slot indexes, time searches on one thread, measure recall, memory and the page
     cache the rows need."""
@@ -263,12 +278,8 @@ def serve(data: Path, overrides: dict[str, Any], steady: int, cold_queries: int)
     limit_blas_threads(1)
     meta = json.loads((data / "meta.json").read_text())
     before = memory()
-    parts, rows = [], []
-    for i, n_i in enumerate(meta["slot_items"]):
-        params = {**json.loads((data / f"params{i}.json").read_text()), **overrides}
-        parts.append(PQIndex.load(data, f"index-part{i}.faiss", n_i, params))
-        rows.append(np.load(data / f"rows{i}.npy"))
-    index = PartitionedIndex(list(meta["slots"]), parts, rows, "slot")  # type: ignore[arg-type]
+    index = load_slots(data, overrides)
+    parts, rows = index.parts, index.rows
     loaded = memory()
     row_files = [p.segments[0].file for p in parts]
     t = time.perf_counter()
