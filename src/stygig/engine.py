@@ -676,20 +676,28 @@ class Recommender:
         return folded[1], mapped[2]
 
     def score_items(
-        self, item_ids: Sequence[str], candidate_ids: Sequence[str], *, use_color: bool = True
+        self,
+        item_ids: Sequence[str],
+        candidate_ids: Sequence[str],
+        *,
+        use_color: bool = True,
+        outfit: bool = False,
     ) -> np.ndarray:
         """Scores of ``candidate_ids`` as completions of the outfit ``item_ids``.
 
         The same formula as :meth:`answer` (similarity averaged over the query items, harmony
         averaged likewise, boost when compatible with every query item; then the learned
         compatibility model per ``compat_mode`` when the artifact has one), without filters or
-        ranking: what fill-in-the-blank evaluation needs.
+        ranking: what fill-in-the-blank evaluation needs. ``outfit``: each candidate scored as
+        the member of one outfit with ``item_ids``, as :meth:`score_outfit` scores its items
+        (the model's outfit absence weight,
+        :meth:`~stygig.compat.model.CompatModel.absence`), not as a recommendation.
         """
         st = self._snapshot
         cols = st.columns
         q = np.array([cols.position(i) for i in item_ids], np.int64)
         c = np.array([cols.position(i) for i in candidate_ids], np.int64)
-        return self._completion(st, q, c, use_color).score
+        return self._completion(st, q, c, use_color, outfit=outfit).score
 
     def score_outfit(self, request: OutfitRequest | Sequence[str]) -> OutfitScore:
         """How well a set of catalogue items goes together: each pair, scored both ways as a
@@ -755,7 +763,7 @@ class Recommender:
         items = []
         for j in range(n):
             rest = np.delete(rows, j)
-            part = self._completion(st, rest, rows[j : j + 1], use_color)
+            part = self._completion(st, rest, rows[j : j + 1], use_color, outfit=True)
             items.append(
                 OutfitItemScore(
                     **cols.item_fields(int(rows[j])),
@@ -788,10 +796,16 @@ class Recommender:
         )
 
     def _completion(
-        self, st: CatalogSnapshot, q: np.ndarray, c: np.ndarray, use_color: bool
+        self,
+        st: CatalogSnapshot,
+        q: np.ndarray,
+        c: np.ndarray,
+        use_color: bool,
+        *,
+        outfit: bool = False,
     ) -> ScoreParts:
         """Catalogue rows ``c`` scored as completions of the rows ``q``: :meth:`answer`'s
-        formula without filters or ranking."""
+        formula without filters or ranking (``outfit``: as members of one outfit)."""
         cols, emb = st.columns, st.rows
         sims = (emb[c] @ emb[q].T).mean(axis=1)
         harm, rules = self._harmony(cols, cols.hsl[q], c)
@@ -799,7 +813,7 @@ class Recommender:
         score, factor = self._v4(sims, harm, compatible, use_color)
         learned = None
         if st.learned is not None:
-            score, learned = st.learned.score(st.learned.rows_view(q), c, score)
+            score, learned = st.learned.score(st.learned.rows_view(q), c, score, outfit=outfit)
         return ScoreParts(c, score, sims, harm, rules, factor, learned)
 
     def _v4(

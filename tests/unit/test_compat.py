@@ -381,6 +381,77 @@ def test_full_model_scores_match_the_formula_and_round_trip(tmp_path: Path) -> N
     ) == pytest.approx(fast, abs=1e-6)
 
 
+def test_outfit_scores_weigh_the_absence_by_their_own_weight(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    model, feats, ids = _full_model(np.random.default_rng(2))
+    model = replace(model, attention=np.zeros((0, 0), np.float32))  # the plain mean
+    g = model.project(feats, ids)
+    q, cand = np.array([0, 2, 3]), np.array([1, 4, 5])
+    co = model.cooccurrence
+    qi, ci = [ids[i] for i in q], [ids[i] for i in cand]
+    counts = co.lookup(co.codes(qi), co.codes(ci))
+    absent = co.absent(co.codes(qi), co.codes(ci), counts)
+    assert absent.sum() > 0
+
+    def scores(m: CompatModel, outfit: bool) -> np.ndarray:
+        return m.score(
+            g[q],
+            feats.category[q],
+            g[cand],
+            feats.category[cand],
+            counts,
+            absent=absent,
+            outfit=outfit,
+        )
+
+    plain = scores(model, False)
+    # No weight of its own (NaN, as models trained before it): outfits read the learned one.
+    assert np.isnan(model.outfit_absent_weight)
+    assert scores(model, True) == pytest.approx(plain, abs=1e-6)
+    strict = replace(model, outfit_absent_weight=-3.0)
+    assert scores(strict, False) == pytest.approx(plain, abs=1e-6)  # recommendations unchanged
+    moved = (-3.0 - (-0.75)) * absent.mean(axis=0)
+    assert scores(strict, True) == pytest.approx(plain + moved, abs=1e-5)
+    assert np.any(moved != 0)
+    again = CompatModel.load(strict.save(tmp_path / "strict.npz"))
+    assert again.outfit_absent_weight == -3.0 and again.absence(outfit=True) == -3.0
+    assert np.isnan(CompatModel.load(model.save(tmp_path / "plain.npz")).outfit_absent_weight)
+
+
+def test_the_outfit_absence_weight_is_the_best_on_validation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from stygig.training import compat as training
+
+    model, feats, ids = _full_model(np.random.default_rng(2))
+    positions = {item: n for n, item in enumerate(ids)}
+    cfg = training.TrainConfig(outfit_absence_grid=(-2.0, -3.0, -4.0))
+    real = training.model_scorer
+    for auc_of, want in (
+        (lambda w: 0.8 - abs(w + 3.0) if w == w else 0.5, -3.0),
+        (lambda w: 0.8, None),  # ties keep the learned weight
+        (lambda w: 0.9 if w != w else 0.8, None),
+    ):
+        tried: list[float] = []
+
+        def scorer_of(m, f, p, *, outfit=False, tried=tried):  # type: ignore[no-untyped-def]
+            assert outfit  # the weight is for outfit scores
+            tried.append(m.outfit_absent_weight)
+            return real(m, f, p, outfit=outfit)
+
+        def validation_auc(outfits, types, val_ids, scorer, seeds, auc_of=auc_of, tried=tried):  # type: ignore[no-untyped-def]
+            return auc_of(tried[-1])  # the model just made, with the weight tried
+
+        monkeypatch.setattr(training, "model_scorer", scorer_of)
+        monkeypatch.setattr(training, "_auc_one", validation_auc)
+        got = training._pick_outfit_absence(
+            model, feats, positions, None, cfg, lambda _: None, {}, {}, [], (0,)
+        )
+        assert np.isnan(tried[0]) and tried[1:] == [-2.0, -3.0, -4.0]
+        assert np.isnan(got) if want is None else got == want
+
+
 def test_first_version_model_files_still_load(tmp_path: Path) -> None:
     model, _, _ = _full_model(np.random.default_rng(4))
     path = model.save(tmp_path / "compat.npz")

@@ -5,7 +5,9 @@ download."""
 from __future__ import annotations
 
 import csv
+import functools
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import jsonschema
@@ -161,6 +163,9 @@ def test_a_compatibility_model_adds_its_part(tmp_path: Path) -> None:
     model = train_compat(
         Artifact.load(path), outfits, TrainConfig(epochs=1), progress=False, log=lambda _: None
     ).model
+    # An outfit absence weight of its own, so outfit item scores differ from recommendations
+    # wherever two styled items were never styled together.
+    model = replace(model, outfit_absent_weight=model.absent_weight - 5.0)
     add_compat_model(path, model, {"note": "outfit score test"})
     ids = ["shirt-1-0", "trousers-1-1", "sandals-1-2"]
     for mode in ("learned", "learned+rules"):
@@ -176,10 +181,22 @@ def test_a_compatibility_model_adds_its_part(tmp_path: Path) -> None:
             there = float(rec.score_items([pair.a], [pair.b])[0])
             back = float(rec.score_items([pair.b], [pair.a])[0])
             assert pair.score == pytest.approx((there + back) / 2, abs=1e-4)
+        as_outfit = functools.partial(rec.score_items, outfit=True)
         for n, item in enumerate(out.items):
             rest = ids[:n] + ids[n + 1 :]
-            assert item.score == pytest.approx(float(rec.score_items(rest, [item.id])[0]), abs=1e-4)
-        assert out.score == pytest.approx(outfit_score(ids, rec.score_items), abs=1e-4)
+            assert item.score == pytest.approx(float(as_outfit(rest, [item.id])[0]), abs=1e-4)
+        assert out.score == pytest.approx(outfit_score(ids, as_outfit), abs=1e-4)
+    # The outfit weight moves outfit scores by exactly its difference x the absence share.
+    rec = Recommender(
+        Artifact.load(path), config=ScoringConfig.from_dict({"compat_mode": "learned"})
+    )
+    co = model.cooccurrence
+    styled = [i for i in co.item_ids.tolist() if i in rec.snapshot.artifact.positions][:12]
+    given, cands = styled[:3], styled[3:]
+    share = co.absent(co.codes(given), co.codes(cands), co.lookup(co.codes(given), co.codes(cands)))
+    assert share.sum() > 0
+    moved = rec.score_items(given, cands, outfit=True) - rec.score_items(given, cands)
+    assert moved == pytest.approx(-5.0 * share.mean(axis=0), abs=1e-4)
 
 
 # -- candidate_ids ------------------------------------------------------------------------------

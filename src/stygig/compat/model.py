@@ -10,7 +10,8 @@ vector ``g``; the compatibility of a query item ``q`` and a candidate ``c`` is
 a type-aware projection: each category pair reads its own learned subspace of ``g``. The
 co-occurrence term counts train outfits holding both items (zero for new items, so content
 carries cold start); the absence term is the evidence *against* a pair that had its chances
-(both items styled before, never with each other), which a new item does not carry. A
+(both items styled before, never with each other), which a new item does not carry; scoring
+a whole outfit weighs it by ``outfit_absent_weight`` (chosen for that on validation). A
 candidate's score given several query items is the mean over them. Scoring all candidates of
 one category is one matrix product.
 """
@@ -176,6 +177,17 @@ class CompatModel:
     # Weight of the absence term (:meth:`Cooccurrence.absent`: both items in train outfits,
     # never together; learned negative); 0 = none, as in models trained before it.
     absent_weight: float = 0.0
+    # The absence weight when the items are scored as members of one outfit (the outfit score:
+    # each item as the completion of all the others, the weakest counted) rather than as
+    # recommendations; chosen on the trainer's validation outfits for the single-swap AUC.
+    # NaN = the same as ``absent_weight`` (models trained before it).
+    outfit_absent_weight: float = float("nan")
+
+    def absence(self, outfit: bool = False) -> float:
+        """The absence weight for recommendations, or (``outfit``) for an outfit's score."""
+        if outfit and self.outfit_absent_weight == self.outfit_absent_weight:
+            return self.outfit_absent_weight
+        return self.absent_weight
 
     @property
     def training_split(self) -> dict[str, Any] | None:
@@ -318,9 +330,11 @@ class CompatModel:
         group_cooc: np.ndarray | None = None,
         pair: np.ndarray | None = None,
         absent: np.ndarray | None = None,
+        *,
+        outfit: bool = False,
     ) -> np.ndarray:
         """``(n,)`` learned score of each candidate: the (attention-weighted) mean over the
-        query rows.
+        query rows (``outfit``: as members of one outfit, :meth:`absence`).
 
         Args:
             query, cand: projected vectors (:meth:`project`), ``(m, D)`` and ``(n, D)``.
@@ -332,7 +346,7 @@ class CompatModel:
         """
         if pair is None:
             pair = self.pair_scores(query, query_cat, cand, cand_cat)
-        return self.aggregate(pair, query_cat, cand_cat, cooc, group_cooc, absent)
+        return self.aggregate(pair, query_cat, cand_cat, cooc, group_cooc, absent, outfit=outfit)
 
     def aggregate(
         self,
@@ -342,12 +356,17 @@ class CompatModel:
         cooc: np.ndarray | None = None,
         group_cooc: np.ndarray | None = None,
         absent: np.ndarray | None = None,
+        *,
+        outfit: bool = False,
     ) -> np.ndarray:
         """``(n,)`` candidate scores from the ``(m, n)`` content pair scores: the co-occurrence
-        and absence terms added, then the (attention-weighted) mean over the query rows."""
+        and absence terms added (the absence weighted for an ``outfit`` score or for
+        recommendations, :meth:`absence`), then the (attention-weighted) mean over the query
+        rows."""
         total = pair.astype(np.float32, copy=True)
-        if absent is not None and self.absent_weight:
-            total += np.float32(self.absent_weight) * absent
+        weight = self.absence(outfit)
+        if absent is not None and weight:
+            total += np.float32(weight) * absent
         if cooc is not None and self.cooc_weight:
             total += np.float32(self.cooc_weight) * np.log1p(cooc)
         if group_cooc is not None and self.group_weight:
@@ -371,7 +390,13 @@ class CompatModel:
         payload |= {
             "categories": np.array(self.categories, dtype=str),
             "scalars": np.array(
-                [self.cooc_weight, self.rules_weight, self.group_weight, self.absent_weight],
+                [
+                    self.cooc_weight,
+                    self.rules_weight,
+                    self.group_weight,
+                    self.absent_weight,
+                    self.outfit_absent_weight,
+                ],
                 np.float64,
             ),
             "cooc_ids": self.cooccurrence.item_ids,
@@ -429,6 +454,8 @@ def _optional(data: Any, scalars: np.ndarray) -> dict[str, Any]:
         out["group_weight"] = float(scalars[2])
     if len(scalars) > 3:
         out["absent_weight"] = float(scalars[3])
+    if len(scalars) > 4:
+        out["outfit_absent_weight"] = float(scalars[4])
     if {"group_ids", "group_keys", "group_counts"} <= files:
         out["group_cooccurrence"] = Cooccurrence(
             data["group_ids"], data["group_keys"], data["group_counts"]

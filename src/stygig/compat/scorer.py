@@ -101,14 +101,19 @@ class LearnedScorer:
         query: QueryView,
         cand: np.ndarray,
         rules: np.ndarray,
+        *,
+        outfit: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``(final score, learned part)`` of each candidate row given the query's view."""
+        """``(final score, learned part)`` of each candidate row given the query's view
+        (``outfit``: the candidates scored as members of one outfit with the query rows, with
+        the model's outfit absence weight,
+        :meth:`~stygig.compat.model.CompatModel.absence`)."""
         vectors, cats, codes, groups = query
         model = self.model
         cooc = absent = None
-        if model.cooc_weight or model.absent_weight:
+        if model.cooc_weight or model.absence(outfit):
             cooc = model.cooccurrence.lookup(codes, self._cooc[cand])
-            if model.absent_weight:
+            if model.absence(outfit):
                 absent = model.cooccurrence.absent(codes, self._cooc[cand], cooc)
         garments = None
         if model.group_weight:
@@ -118,7 +123,9 @@ class LearnedScorer:
             pair = model.block_scores(vectors, cats, self._blocks, cand)
         else:
             pair = model.pair_scores(vectors, cats, self._vectors[cand], self._cats[cand])
-        learned = model.aggregate(pair, cats, self._cats[cand], cooc, garments, absent)
+        learned = model.aggregate(
+            pair, cats, self._cats[cand], cooc, garments, absent, outfit=outfit
+        )
         if self.mode == "learned":
             return learned.astype(np.float32), learned
         mixed = learned + np.float32(self.model.rules_weight) * rules

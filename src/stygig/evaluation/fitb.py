@@ -23,6 +23,7 @@ swapped, and with one item swapped, for a random item of the same type.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import re
 from collections import Counter
@@ -553,11 +554,16 @@ def evaluate_outfits(
     recommender = Recommender(artifact, config=scoring_config("rules"))
     scorers = engine_scorers(recommender, train_counts)
     scorers |= statistics_scorers(train_outfits)
+    # Outfit scores (the AUCs) score each item as a member of the outfit, as
+    # POST /v1/outfits/score does: the model's outfit absence weight.
+    as_outfit: dict[str, Scorer] = {}
     if artifact.compat is not None:
         for mode in ("learned", "learned+rules"):
-            scorers[mode] = Recommender(
+            learned = Recommender(
                 artifact, encoder=recommender.encoder, config=scoring_config(mode)
-            ).score_items
+            )
+            scorers[mode] = learned.score_items
+            as_outfit[mode] = functools.partial(learned.score_items, outfit=True)
     # Whitening fitted on the whole MANGO catalogue, as a build would: no outfit is seen.
     whitening = Whitening.fit(np.asarray(artifact.embeddings, np.float32))
     white = whitened_artifact(artifact, whitening)
@@ -568,8 +574,10 @@ def evaluate_outfits(
     scorers |= {"v4_whitened": more["v4"], "cosine_whitened": more["cosine"]}
     accuracy = {name: fitb_accuracy(questions, s, seed=seed) for name, s in scorers.items()}
     for_auc = {k: v for k, v in scorers.items() if k != "random"}
-    compat = compatibility_auc(pool, types, test, for_auc, seed=seed, swap="all")
-    single = compatibility_auc(pool, types, test, for_auc, seed=seed, swap="one")
+    outfit_auc = for_auc | as_outfit
+    compat = compatibility_auc(pool, types, test, outfit_auc, seed=seed, swap="all")
+    single = compatibility_auc(pool, types, test, outfit_auc, seed=seed, swap="one")
+    # The first round's outfit score (pairs' mean of the recommendation scores), for comparison.
     single_pairs = compatibility_auc(
         pool, types, test, for_auc, seed=seed, swap="one", aggregate="pairs"
     )
@@ -597,7 +605,10 @@ def evaluate_outfits(
         "auc": compat,
         "auc_single_swap": single,
         "auc_single_swap_pair_mean": single_pairs,
-        "outfit_score": "weakest item (the first round: pairs' mean, auc_single_swap_pair_mean)",
+        "outfit_score": (
+            "weakest item, items scored as outfit members (the model's outfit absence weight); "
+            "the first round: pairs' mean of recommendation scores, auc_single_swap_pair_mean"
+        ),
         "headline": headline(accuracy, compat, single),
     }
 

@@ -64,6 +64,10 @@ def run_train_compat(args: argparse.Namespace) -> int:
         "validation": result.model.info.get("validation"),
         "rules_weight": result.model.rules_weight,
         "cooc_weight": round(result.model.cooc_weight, 4),
+        # For outfit scores; null: the same as the learned absence weight.
+        "outfit_absent_weight": result.model.absence(outfit=True)
+        if result.model.absence(outfit=True) != result.model.absent_weight
+        else None,
     }
     path = add_compat_model(args.artifact, result.model, info)
     print(json.dumps(info, indent=2))

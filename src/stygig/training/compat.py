@@ -94,6 +94,9 @@ class TrainConfig:
     id_dropout: float = 0.5  # share of items trained without their vector (keeps content alive)
     threads: int = 2
     rules_grid: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+    # The absence weight for outfit scores (CompatModel.outfit_absent_weight), chosen after
+    # training by the validation single-swap AUC among the learned weight and these.
+    outfit_absence_grid: tuple[float, ...] = (-1.5, -2.0, -2.5, -3.0, -3.5, -4.0, -5.0, -6.0)
 
 
 @dataclass
@@ -276,9 +279,14 @@ def attribute_table(
 
 
 def model_scorer(
-    model: CompatModel, features: ItemFeatures, positions: Mapping[str, int]
+    model: CompatModel,
+    features: ItemFeatures,
+    positions: Mapping[str, int],
+    *,
+    outfit: bool = False,
 ) -> Callable[[Sequence[str], Sequence[str]], np.ndarray]:
-    """A FITB scorer ``(given ids, candidate ids) -> scores`` from the NumPy model."""
+    """A FITB scorer ``(given ids, candidate ids) -> scores`` from the NumPy model
+    (``outfit``: the candidates scored as members of one outfit, for outfit scores)."""
     ids = [""] * len(positions)
     for item, row in positions.items():
         ids[row] = item
@@ -291,14 +299,16 @@ def model_scorer(
         c = np.array([positions[i] for i in cands], np.int64)
         q_codes, c_codes = co.codes(tuple(given)), co.codes(tuple(cands))
         counts = co.lookup(q_codes, c_codes)
-        absent = co.absent(q_codes, c_codes, counts) if model.absent_weight else None
+        absent = co.absent(q_codes, c_codes, counts) if model.absence(outfit) else None
         groups = None
         if model.group_weight:
             groups = gco.lookup(
                 gco.codes(tuple(group_key(i) for i in given)),
                 gco.codes(tuple(group_key(i) for i in cands)),
             )
-        return model.score(vectors[q], cats[q], vectors[c], cats[c], counts, groups, absent=absent)
+        return model.score(
+            vectors[q], cats[q], vectors[c], cats[c], counts, groups, absent=absent, outfit=outfit
+        )
 
     return score
 
@@ -652,11 +662,26 @@ def _train(
             val_ids,
             val_seeds,
         )
+    outfit_absence = float("nan")
+    if cfg.absence:
+        outfit_absence = _pick_outfit_absence(
+            replace(chosen, rules_weight=rules_weight),
+            features,
+            positions,
+            v4_scorer,
+            cfg,
+            log,
+            val_outfits,
+            types,
+            val_ids,
+            val_seeds,
+        )
     best_epoch = max(history, key=lambda r: r["val_key"])
     all_train = [clean[o] for o in train_ids]
     final = replace(
         chosen,
         rules_weight=rules_weight,
+        outfit_absent_weight=outfit_absence,
         cooccurrence=Cooccurrence.from_outfits(all_train),
         group_cooccurrence=_group_outfits(all_train) if cfg.group_cooc else Cooccurrence.empty(),
         info={
@@ -767,6 +792,55 @@ def _validate(
     collection = row["val_collection"] if row["val_collection"] == row["val_collection"] else 0.0
     row["val_key"] = _criterion(row["val_matched"], collection, row["val_auc_one"])
     return row
+
+
+def _pick_outfit_absence(
+    model: CompatModel,
+    features: ItemFeatures,
+    positions: Mapping[str, int],
+    v4: Callable[[Sequence[str], Sequence[str]], np.ndarray] | None,
+    cfg: TrainConfig,
+    log: Callable[[str], None],
+    outfits: Mapping[str, Sequence[str]],
+    types: Mapping[str, str],
+    val_ids: Sequence[str],
+    seeds: Sequence[int],
+) -> float:
+    """The absence weight for outfit scores (:attr:`CompatModel.outfit_absent_weight`): the
+    learned one (NaN) unless a weight of ``cfg.outfit_absence_grid`` gives a higher
+    single-swap AUC on the validation outfits, outfits scored by their weakest item. Only
+    outfit scores read it, so FITB and recommendations are unchanged.
+
+    Why a weight of its own: ranking one garment's candidates and telling a real outfit from
+    one with a misfit are different questions. Among candidates, most styled items were never
+    styled with the query's, so the absence is weak evidence and training keeps its weight
+    small; within an outfit, one styled item never styled with any of the others is what a
+    swapped-in item looks like (the validation outfits choose how strongly it counts)."""
+    best_w, best_auc = float("nan"), -1.0
+    for w in (float("nan"), *cfg.outfit_absence_grid):
+        learned = model_scorer(
+            replace(model, outfit_absent_weight=w), features, positions, outfit=True
+        )
+        scorer = learned
+        if v4 is not None and model.rules_weight:
+
+            def scorer(
+                given: Sequence[str],
+                cands: Sequence[str],
+                learned: Callable[[Sequence[str], Sequence[str]], np.ndarray] = learned,
+            ) -> np.ndarray:
+                assert v4 is not None
+                out: np.ndarray = learned(given, cands) + model.rules_weight * np.asarray(
+                    v4(given, cands)
+                )
+                return out
+
+        auc_one = _auc_one(outfits, types, val_ids, scorer, seeds)
+        shown = "learned" if w != w else f"{w:g}"
+        log(f"outfit absence weight {shown}: validation AUC one swapped {auc_one:.4f}")
+        if auc_one > best_auc + 1e-9:
+            best_w, best_auc = w, auc_one
+    return best_w
 
 
 def _pick_rules_weight(
