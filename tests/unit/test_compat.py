@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -233,12 +236,35 @@ def test_replacing_the_model_keeps_the_artifact_valid(
 def test_eval_puts_learned_scorers_beside_v4(
     trained: tuple[Path, dict[str, list[str]]], tmp_path: Path
 ) -> None:
-    from stygig.evaluation.fitb import evaluate_outfits
+    from stygig.evaluation.fitb import (
+        compatibility_auc,
+        evaluate_outfits,
+        item_types,
+        read_outfits,
+        scoring_config,
+    )
     from stygig.evaluation.report import fitb_table
+    from stygig.evaluation.split import split_ids
 
     path, outfits = trained
+    # A copy whose model weighs the absence by a weight of its own for outfit scores.
+    copy = tmp_path / "artifact"
+    shutil.copytree(path, copy)
+    model = replace(CompatModel.load(copy / "compat.npz"), outfit_absent_weight=-5.0)
+    add_compat_model(copy, model, {"note": "outfit weight"})
     csv = _write_outfits(tmp_path / "outfits.csv", outfits)
-    result = evaluate_outfits(Artifact.load(path), csv, tmp_path, seed=0)
+    result = evaluate_outfits(Artifact.load(copy), csv, tmp_path, seed=0)
+    # The AUCs score outfits with the outfit weight; FITB ranks with the recommendation one.
+    art = Artifact.load(copy)
+    learned = Recommender(art, config=scoring_config("learned"))
+    _, test = split_ids(list(read_outfits(csv)), seed=0)
+    for outfit, key in ((True, "auc_single_swap"), (False, "auc_single_swap_pair_mean")):
+        scorer = functools.partial(learned.score_items, outfit=outfit)
+        aggregate = "weakest" if outfit else "pairs"
+        want = compatibility_auc(
+            read_outfits(csv), item_types(art), test, {"m": scorer}, swap="one", aggregate=aggregate
+        )["m"]
+        assert result[key]["learned"] == pytest.approx(want, abs=1e-12)
     for name in ("v4", "learned", "learned+rules"):
         assert 0.0 <= result["accuracy"][name]["uniform"]["accuracy"] <= 1.0
         assert 0.0 <= result["auc"][name] <= 1.0
@@ -382,7 +408,6 @@ def test_full_model_scores_match_the_formula_and_round_trip(tmp_path: Path) -> N
 
 
 def test_outfit_scores_weigh_the_absence_by_their_own_weight(tmp_path: Path) -> None:
-    from dataclasses import replace
 
     model, feats, ids = _full_model(np.random.default_rng(2))
     model = replace(model, attention=np.zeros((0, 0), np.float32))  # the plain mean
@@ -440,16 +465,32 @@ def test_the_outfit_absence_weight_is_the_best_on_validation(
             tried.append(m.outfit_absent_weight)
             return real(m, f, p, outfit=outfit)
 
-        def validation_auc(outfits, types, val_ids, scorer, seeds, auc_of=auc_of, tried=tried):  # type: ignore[no-untyped-def]
+        def validation_auc(val, scorer, auc_of=auc_of, tried=tried):  # type: ignore[no-untyped-def]
             return auc_of(tried[-1])  # the model just made, with the weight tried
 
         monkeypatch.setattr(training, "model_scorer", scorer_of)
         monkeypatch.setattr(training, "_auc_one", validation_auc)
-        got = training._pick_outfit_absence(
-            model, feats, positions, None, cfg, lambda _: None, {}, {}, [], (0,)
-        )
+        val = training._Validation([], {}, {}, [], (0,))
+        got = training._pick_outfit_absence(model, feats, positions, val, None, cfg, lambda _: None)
         assert np.isnan(tried[0]) and tried[1:] == [-2.0, -3.0, -4.0]
         assert np.isnan(got) if want is None else got == want
+    # With a rules' weight, each weight is judged on learned + that weight x the V4 score.
+    monkeypatch.setattr(training, "model_scorer", real)
+    judged: list[float] = []
+    given, cands = ids[:2], ids[2:]
+
+    def v4(g: list[str], c: list[str]) -> np.ndarray:
+        return np.arange(len(c), dtype=np.float64) + 10.0
+
+    def check_auc(val, scorer):  # type: ignore[no-untyped-def]
+        judged.append(float(np.asarray(scorer(given, cands))[0]))
+        return 0.5
+
+    monkeypatch.setattr(training, "_auc_one", check_auc)
+    mixed = replace(model, rules_weight=0.5)
+    training._pick_outfit_absence(mixed, feats, positions, val, v4, cfg, lambda _: None)
+    alone = real(mixed, feats, positions, outfit=True)(given, cands)
+    assert judged[0] == pytest.approx(float(alone[0]) + 0.5 * 10.0, abs=1e-5)
 
 
 def test_first_version_model_files_still_load(tmp_path: Path) -> None:

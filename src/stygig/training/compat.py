@@ -26,6 +26,7 @@ from stygig.compat.features import COLOUR_DIM, ItemFeatures, item_features
 from stygig.compat.model import CompatModel, Cooccurrence, group_key, whiten_rows
 from stygig.evaluation.fitb import (
     Question,
+    Scorer,
     compatibility_auc,
     fitb_accuracy,
     item_types,
@@ -97,6 +98,18 @@ class TrainConfig:
     # The absence weight for outfit scores (CompatModel.outfit_absent_weight), chosen after
     # training by the validation single-swap AUC among the learned weight and these.
     outfit_absence_grid: tuple[float, ...] = (-1.5, -2.0, -2.5, -3.0, -3.5, -4.0, -5.0, -6.0)
+
+
+@dataclass(frozen=True)
+class _Validation:
+    """What model selection reads: the validation questions (every draw), the outfits they
+    and the swaps come from, item types, the validation outfit ids and the draws' seeds."""
+
+    questions: Sequence[Question]
+    outfits: Mapping[str, Sequence[str]]
+    types: Mapping[str, str]
+    ids: Sequence[str]
+    seeds: Sequence[int]
 
 
 @dataclass
@@ -510,11 +523,17 @@ def _train(
     sampler = _Sampler(fit_outfits, type_codes, refs, cfg)
     val_outfits = {o: clean[o] for o in train_ids}
     val_seeds = [cfg.seed + 1000 * r for r in range(max(cfg.val_repeats, 1))]
-    val_questions = [
-        q
-        for seed in val_seeds
-        for q in make_questions(val_outfits, types, val_ids, fit_ids, seed=seed)
-    ]
+    val = _Validation(
+        [
+            q
+            for seed in val_seeds
+            for q in make_questions(val_outfits, types, val_ids, fit_ids, seed=seed)
+        ],
+        val_outfits,
+        types,
+        val_ids,
+        val_seeds,
+    )
 
     n_cat = len(categories)
     template = CompatModel(
@@ -609,9 +628,7 @@ def _train(
         net.eval()
         model = _export(net, template, cfg, fit_items)
         row = {"epoch": float(epoch), "loss": total / max(len(questions), 1)}
-        row |= _validate(
-            model, features, positions, val_questions, val_outfits, types, val_ids, seeds=val_seeds
-        )
+        row |= _validate(model, features, positions, val)
         history.append(row)
         log(
             f"epoch {epoch:2d}  loss {row['loss']:.3f}  val FITB matched {row['val_matched']:.1%}"
@@ -627,16 +644,7 @@ def _train(
             assert isinstance(averaged, _Net)
             model = _export(averaged, template, cfg, fit_items)
             row = {"epoch": float(epoch), "loss": row["loss"], "swa": 1.0}
-            row |= _validate(
-                model,
-                features,
-                positions,
-                val_questions,
-                val_outfits,
-                types,
-                val_ids,
-                seeds=val_seeds,
-            )
+            row |= _validate(model, features, positions, val)
             history.append(row)
             log(
                 f"   weights averaged since epoch {cfg.swa_start}: matched {row['val_matched']:.1%}"
@@ -649,33 +657,11 @@ def _train(
     chosen = best[1]
     rules_weight = 0.0
     if v4_scorer is not None:
-        rules_weight = _pick_rules_weight(
-            chosen,
-            features,
-            positions,
-            val_questions,
-            v4_scorer,
-            cfg,
-            log,
-            val_outfits,
-            types,
-            val_ids,
-            val_seeds,
-        )
+        rules_weight = _pick_rules_weight(chosen, features, positions, val, v4_scorer, cfg, log)
     outfit_absence = float("nan")
     if cfg.absence:
-        outfit_absence = _pick_outfit_absence(
-            replace(chosen, rules_weight=rules_weight),
-            features,
-            positions,
-            v4_scorer,
-            cfg,
-            log,
-            val_outfits,
-            types,
-            val_ids,
-            val_seeds,
-        )
+        mixed = replace(chosen, rules_weight=rules_weight)
+        outfit_absence = _pick_outfit_absence(mixed, features, positions, val, v4_scorer, cfg, log)
     best_epoch = max(history, key=lambda r: r["val_key"])
     all_train = [clean[o] for o in train_ids]
     final = replace(
@@ -736,18 +722,18 @@ def _outfit_loss(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 def _auc_one(
-    outfits: Mapping[str, Sequence[str]],
-    types: Mapping[str, str],
-    val_ids: Sequence[str],
-    scorer: Callable[[Sequence[str], Sequence[str]], np.ndarray],
-    seeds: Sequence[int],
+    val: _Validation, scorer: Callable[[Sequence[str], Sequence[str]], np.ndarray]
 ) -> float:
-    """Single-swap AUC on the validation outfits, averaged over ``seeds`` (other swaps), with
+    """Single-swap AUC on the validation outfits, averaged over the draws (other swaps), with
     outfits scored as the evaluation and ``POST /v1/outfits/score`` score them (their weakest
     item)."""
     values = [
-        float(compatibility_auc(outfits, types, val_ids, {"m": scorer}, seed=s, swap="one")["m"])
-        for s in seeds
+        float(
+            compatibility_auc(val.outfits, val.types, val.ids, {"m": scorer}, seed=s, swap="one")[
+                "m"
+            ]
+        )
+        for s in val.seeds
     ]
     return float(np.mean(values))
 
@@ -762,25 +748,12 @@ def _validate(
     model: CompatModel,
     features: ItemFeatures,
     positions: Mapping[str, int],
-    questions: Sequence[Question],
-    outfits: Mapping[str, Sequence[str]],
-    types: Mapping[str, str],
-    val_ids: Sequence[str],
-    v4: Callable[[Sequence[str], Sequence[str]], np.ndarray] | None = None,
-    rules_weight: float = 0.0,
-    seeds: Sequence[int] = (0,),
+    val: _Validation,
 ) -> dict[str, float]:
     """Validation FITB (every sampling, cold start) and single-swap AUC of ``model``."""
     scorer = model_scorer(model, features, positions)
-    if v4 is not None and rules_weight:
-        learned = scorer
-
-        def scorer(given: Sequence[str], cands: Sequence[str]) -> np.ndarray:
-            out: np.ndarray = learned(given, cands) + rules_weight * np.asarray(v4(given, cands))
-            return out
-
-    acc = fitb_accuracy(questions, scorer, seed=0)
-    one = _auc_one(outfits, types, val_ids, scorer, seeds)
+    acc = fitb_accuracy(val.questions, scorer, seed=0)
+    one = _auc_one(val, scorer)
     row = {
         "val_uniform": float(acc["uniform"]["accuracy"]),
         "val_matched": float(acc["matched"]["accuracy"]),
@@ -794,17 +767,40 @@ def _validate(
     return row
 
 
+def _memo(scorer: Scorer) -> Scorer:
+    """``scorer`` with its scores kept per ``(given, cands)``: the grids below score the same
+    validation questions and swaps once per weight."""
+    cache: dict[tuple[tuple[str, ...], tuple[str, ...]], np.ndarray] = {}
+
+    def score(given: Sequence[str], cands: Sequence[str]) -> np.ndarray:
+        key = (tuple(given), tuple(cands))
+        if key not in cache:
+            cache[key] = np.asarray(scorer(given, cands))
+        return cache[key]
+
+    return score
+
+
+def _with_rules(learned: Scorer, v4: Scorer | None, weight: float) -> Scorer:
+    """The learned score plus ``weight`` x the V4 rules' score (learned + rules)."""
+    if v4 is None or not weight:
+        return learned
+
+    def score(given: Sequence[str], cands: Sequence[str]) -> np.ndarray:
+        out: np.ndarray = learned(given, cands) + weight * v4(given, cands)
+        return out
+
+    return score
+
+
 def _pick_outfit_absence(
     model: CompatModel,
     features: ItemFeatures,
     positions: Mapping[str, int],
-    v4: Callable[[Sequence[str], Sequence[str]], np.ndarray] | None,
+    val: _Validation,
+    v4: Scorer | None,
     cfg: TrainConfig,
     log: Callable[[str], None],
-    outfits: Mapping[str, Sequence[str]],
-    types: Mapping[str, str],
-    val_ids: Sequence[str],
-    seeds: Sequence[int],
 ) -> float:
     """The absence weight for outfit scores (:attr:`CompatModel.outfit_absent_weight`): the
     learned one (NaN) unless a weight of ``cfg.outfit_absence_grid`` gives a higher
@@ -815,27 +811,19 @@ def _pick_outfit_absence(
     one with a misfit are different questions. Among candidates, most styled items were never
     styled with the query's, so the absence is weak evidence and training keeps its weight
     small; within an outfit, one styled item never styled with any of the others is what a
-    swapped-in item looks like (the validation outfits choose how strongly it counts)."""
+    swapped-in item looks like (the validation outfits choose how strongly it counts).
+
+    Scored as the trainer validates the model: learned plus the rules' weight it picked; the
+    weight chosen serves ``compat_mode`` learned too (the rules' weight is 0 on MANGO, so the
+    two modes are the same there)."""
+    rules = _memo(v4) if v4 is not None else None
     best_w, best_auc = float("nan"), -1.0
     for w in (float("nan"), *cfg.outfit_absence_grid):
         learned = model_scorer(
             replace(model, outfit_absent_weight=w), features, positions, outfit=True
         )
-        scorer = learned
-        if v4 is not None and model.rules_weight:
-
-            def scorer(
-                given: Sequence[str],
-                cands: Sequence[str],
-                learned: Callable[[Sequence[str], Sequence[str]], np.ndarray] = learned,
-            ) -> np.ndarray:
-                assert v4 is not None
-                out: np.ndarray = learned(given, cands) + model.rules_weight * np.asarray(
-                    v4(given, cands)
-                )
-                return out
-
-        auc_one = _auc_one(outfits, types, val_ids, scorer, seeds)
+        scorer = _with_rules(learned, rules, model.rules_weight)
+        auc_one = _auc_one(val, scorer)
         shown = "learned" if w != w else f"{w:g}"
         log(f"outfit absence weight {shown}: validation AUC one swapped {auc_one:.4f}")
         if auc_one > best_auc + 1e-9:
@@ -847,38 +835,19 @@ def _pick_rules_weight(
     model: CompatModel,
     features: ItemFeatures,
     positions: Mapping[str, int],
-    questions: Sequence[Question],
-    v4: Callable[[Sequence[str], Sequence[str]], np.ndarray],
+    val: _Validation,
+    v4: Scorer,
     cfg: TrainConfig,
     log: Callable[[str], None],
-    outfits: Mapping[str, Sequence[str]] | None = None,
-    types: Mapping[str, str] | None = None,
-    val_ids: Sequence[str] = (),
-    seeds: Sequence[int] = (0,),
 ) -> float:
-    """The weight of the V4 score added to the learned one, best on validation FITB (matched
-    and same-collection, and the single-swap AUC when ``outfits`` are given)."""
-    learned = model_scorer(model, features, positions)
-    cache: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[np.ndarray, np.ndarray]] = {}
-
-    def parts(given: Sequence[str], cands: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        key = (tuple(given), tuple(cands))
-        if key not in cache:
-            cache[key] = (learned(given, cands), np.asarray(v4(given, cands)))
-        return cache[key]
-
+    """The weight of the V4 score added to the learned one, best on the validation criterion
+    (FITB matched and same-collection, and the single-swap AUC)."""
+    learned, rules = _memo(model_scorer(model, features, positions)), _memo(v4)
     best_w, best_key = 0.0, -1.0
     for w in cfg.rules_grid:
-
-        def mixed(given: Sequence[str], cands: Sequence[str], w: float = w) -> np.ndarray:
-            a, b = parts(given, cands)
-            out: np.ndarray = a + w * b
-            return out
-
-        acc = fitb_accuracy(questions, mixed, seed=cfg.seed)
-        auc_one = 0.5
-        if outfits is not None and types is not None:
-            auc_one = _auc_one(outfits, types, val_ids, mixed, seeds)
+        mixed = _with_rules(learned, rules, w)
+        acc = fitb_accuracy(val.questions, mixed, seed=cfg.seed)
+        auc_one = _auc_one(val, mixed)
         matched = float(acc["matched"]["accuracy"])
         collection = float(acc.get("collection", {}).get("accuracy", 0.0))
         key = _criterion(matched, collection, auc_one)
