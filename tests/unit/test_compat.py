@@ -471,7 +471,9 @@ def test_the_outfit_absence_weight_is_the_best_on_validation(
         monkeypatch.setattr(training, "model_scorer", scorer_of)
         monkeypatch.setattr(training, "_auc_one", validation_auc)
         val = training._Validation([], {}, {}, [], (0,))
-        got = training._pick_outfit_absence(model, feats, positions, val, None, cfg, lambda _: None)
+        got = training._Selection(feats, positions, val, None, cfg, lambda _: None).outfit_absence(
+            model
+        )
         assert np.isnan(tried[0]) and tried[1:] == [-2.0, -3.0, -4.0]
         assert np.isnan(got) if want is None else got == want
     # With a rules' weight, each weight is judged on learned + that weight x the V4 score.
@@ -488,7 +490,7 @@ def test_the_outfit_absence_weight_is_the_best_on_validation(
 
     monkeypatch.setattr(training, "_auc_one", check_auc)
     mixed = replace(model, rules_weight=0.5)
-    training._pick_outfit_absence(mixed, feats, positions, val, v4, cfg, lambda _: None)
+    training._Selection(feats, positions, val, v4, cfg, lambda _: None).outfit_absence(mixed)
     alone = real(mixed, feats, positions, outfit=True)(given, cands)
     assert judged[0] == pytest.approx(float(alone[0]) + 0.5 * 10.0, abs=1e-5)
 

@@ -655,13 +655,10 @@ def _train(
                 best = (row["val_key"], model)
     assert best is not None
     chosen = best[1]
-    rules_weight = 0.0
-    if v4_scorer is not None:
-        rules_weight = _pick_rules_weight(chosen, features, positions, val, v4_scorer, cfg, log)
-    outfit_absence = float("nan")
-    if cfg.absence:
-        mixed = replace(chosen, rules_weight=rules_weight)
-        outfit_absence = _pick_outfit_absence(mixed, features, positions, val, v4_scorer, cfg, log)
+    pick = _Selection(features, positions, val, v4_scorer, cfg, log)
+    rules_weight = pick.rules_weight(chosen) if v4_scorer is not None else 0.0
+    mixed = replace(chosen, rules_weight=rules_weight)
+    outfit_absence = pick.outfit_absence(mixed) if cfg.absence else float("nan")
     best_epoch = max(history, key=lambda r: r["val_key"])
     all_train = [clean[o] for o in train_ids]
     final = replace(
@@ -793,68 +790,65 @@ def _with_rules(learned: Scorer, v4: Scorer | None, weight: float) -> Scorer:
     return score
 
 
-def _pick_outfit_absence(
-    model: CompatModel,
-    features: ItemFeatures,
-    positions: Mapping[str, int],
-    val: _Validation,
-    v4: Scorer | None,
-    cfg: TrainConfig,
-    log: Callable[[str], None],
-) -> float:
-    """The absence weight for outfit scores (:attr:`CompatModel.outfit_absent_weight`): the
-    learned one (NaN) unless a weight of ``cfg.outfit_absence_grid`` gives a higher
-    single-swap AUC on the validation outfits, outfits scored by their weakest item. Only
-    outfit scores read it, so FITB and recommendations are unchanged.
+@dataclass(frozen=True)
+class _Selection:
+    """The choices made after training, on the validation outfits: the rules' weight and the
+    outfit absence weight."""
 
-    Why a weight of its own: ranking one garment's candidates and telling a real outfit from
-    one with a misfit are different questions. Among candidates, most styled items were never
-    styled with the query's, so the absence is weak evidence and training keeps its weight
-    small; within an outfit, one styled item never styled with any of the others is what a
-    swapped-in item looks like (the validation outfits choose how strongly it counts).
+    features: ItemFeatures
+    positions: Mapping[str, int]
+    val: _Validation
+    v4: Scorer | None
+    cfg: TrainConfig
+    log: Callable[[str], None]
 
-    Scored as the trainer validates the model: learned plus the rules' weight it picked; the
-    weight chosen serves ``compat_mode`` learned too (the rules' weight is 0 on MANGO, so the
-    two modes are the same there)."""
-    rules = _memo(v4) if v4 is not None else None
-    best_w, best_auc = float("nan"), -1.0
-    for w in (float("nan"), *cfg.outfit_absence_grid):
-        learned = model_scorer(
-            replace(model, outfit_absent_weight=w), features, positions, outfit=True
-        )
-        scorer = _with_rules(learned, rules, model.rules_weight)
-        auc_one = _auc_one(val, scorer)
-        shown = "learned" if w != w else f"{w:g}"
-        log(f"outfit absence weight {shown}: validation AUC one swapped {auc_one:.4f}")
-        if auc_one > best_auc + 1e-9:
-            best_w, best_auc = w, auc_one
-    return best_w
+    def outfit_absence(self, model: CompatModel) -> float:
+        """The absence weight for outfit scores (:attr:`CompatModel.outfit_absent_weight`): the
+        learned one (NaN) unless a weight of ``cfg.outfit_absence_grid`` gives a higher
+        single-swap AUC on the validation outfits, outfits scored by their weakest item. Only
+        outfit scores read it, so FITB and recommendations are unchanged.
 
+        Why a weight of its own: ranking one garment's candidates and telling a real outfit from
+        one with a misfit are different questions. Among candidates, most styled items were never
+        styled with the query's, so the absence is weak evidence and training keeps its weight
+        small; within an outfit, one styled item never styled with any of the others is what a
+        swapped-in item looks like (the validation outfits choose how strongly it counts).
 
-def _pick_rules_weight(
-    model: CompatModel,
-    features: ItemFeatures,
-    positions: Mapping[str, int],
-    val: _Validation,
-    v4: Scorer,
-    cfg: TrainConfig,
-    log: Callable[[str], None],
-) -> float:
-    """The weight of the V4 score added to the learned one, best on the validation criterion
-    (FITB matched and same-collection, and the single-swap AUC)."""
-    learned, rules = _memo(model_scorer(model, features, positions)), _memo(v4)
-    best_w, best_key = 0.0, -1.0
-    for w in cfg.rules_grid:
-        mixed = _with_rules(learned, rules, w)
-        acc = fitb_accuracy(val.questions, mixed, seed=cfg.seed)
-        auc_one = _auc_one(val, mixed)
-        matched = float(acc["matched"]["accuracy"])
-        collection = float(acc.get("collection", {}).get("accuracy", 0.0))
-        key = _criterion(matched, collection, auc_one)
-        log(
-            f"rules weight {w:g}: validation matched {matched:.1%}, collection "
-            f"{collection:.1%}, AUC one swapped {auc_one:.3f}"
-        )
-        if key > best_key + 1e-9:
-            best_w, best_key = w, key
-    return best_w
+        Scored as the trainer validates the model: learned plus the rules' weight it picked; the
+        weight chosen serves ``compat_mode`` learned too (the rules' weight is 0 on MANGO, so the
+        two modes are the same there)."""
+        rules = _memo(self.v4) if self.v4 is not None else None
+        best_w, best_auc = float("nan"), -1.0
+        for w in (float("nan"), *self.cfg.outfit_absence_grid):
+            learned = model_scorer(
+                replace(model, outfit_absent_weight=w), self.features, self.positions, outfit=True
+            )
+            scorer = _with_rules(learned, rules, model.rules_weight)
+            auc_one = _auc_one(self.val, scorer)
+            shown = "learned" if w != w else f"{w:g}"
+            self.log(f"outfit absence weight {shown}: validation AUC one swapped {auc_one:.4f}")
+            if auc_one > best_auc + 1e-9:
+                best_w, best_auc = w, auc_one
+        return best_w
+
+    def rules_weight(self, model: CompatModel) -> float:
+        """The weight of the V4 score added to the learned one, best on the validation criterion
+        (FITB matched and same-collection, and the single-swap AUC)."""
+        assert self.v4 is not None
+        learned = _memo(model_scorer(model, self.features, self.positions))
+        rules = _memo(self.v4)
+        best_w, best_key = 0.0, -1.0
+        for w in self.cfg.rules_grid:
+            mixed = _with_rules(learned, rules, w)
+            acc = fitb_accuracy(self.val.questions, mixed, seed=self.cfg.seed)
+            auc_one = _auc_one(self.val, mixed)
+            matched = float(acc["matched"]["accuracy"])
+            collection = float(acc.get("collection", {}).get("accuracy", 0.0))
+            key = _criterion(matched, collection, auc_one)
+            self.log(
+                f"rules weight {w:g}: validation matched {matched:.1%}, collection "
+                f"{collection:.1%}, AUC one swapped {auc_one:.3f}"
+            )
+            if key > best_key + 1e-9:
+                best_w, best_key = w, key
+        return best_w
