@@ -318,7 +318,9 @@ class PairScore:
 @dataclass(slots=True)
 class OutfitItemScore(ItemView):
     """One item of the set, scored as the completion of all the others: the number
-    fill-in-the-blank ranks, the same formula as a recommendation's items."""
+    fill-in-the-blank ranks, the same formula as a recommendation's items, except that a
+    compatibility model weighs its absence term (two styled items never styled together) by
+    its outfit weight (``CompatModel.outfit_absent_weight``)."""
 
     score: float
     similarity: float  # mean cosine to the other items

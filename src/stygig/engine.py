@@ -702,7 +702,8 @@ class Recommender:
     def score_outfit(self, request: OutfitRequest | Sequence[str]) -> OutfitScore:
         """How well a set of catalogue items goes together: each pair, scored both ways as a
         recommendation scores a candidate against a one-item query and averaged; each item
-        as the completion of all the others (:meth:`score_items`); overall, the weakest item's
+        as the completion of all the others, as a member of the outfit
+        (:meth:`score_items` with ``outfit=True``); overall, the weakest item's
         score (the evaluation's outfit score, :func:`stygig.evaluation.fitb.outfit_score`),
         with the pairs' mean beside it.
 
