@@ -35,18 +35,10 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_scale import load_slots, memory
+
 RESULTS = Path(__file__).resolve().parent / "results" / "reload_memory.json"
 VARIANTS = ("rows kept mapped", "rows released")
-
-
-def _status() -> dict[str, int]:
-    """VmRSS, VmHWM, RssAnon and RssFile of this process, in MB."""
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-            out[key] = int(value.split()[0]) // 1024
-    return out
 
 
 def _open(path: Path) -> tuple[Any, Any]:
@@ -54,8 +46,6 @@ def _open(path: Path) -> tuple[Any, Any]:
     ``meta.json``, no manifest) the slot indexes ``bench_scale.py --keep`` left, loaded as the
     artifact loader would."""
     if (path / "meta.json").exists() and not (path / "manifest.json").exists():
-        from bench_scale import load_slots
-
         index = load_slots(path)
         return index, index
     from stygig.artifact import Artifact
@@ -78,12 +68,12 @@ def reload_once(v1: Path, v2: Path, release: bool, queries: int = 200) -> dict[s
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     for row in q:
         old.search(row[None, :], 293)  # the candidate pool's depth
-    steps = {"serving": _status()}
+    steps = {"serving": memory()}
     Path("/proc/self/clear_refs").write_text("5")  # the peak from here on
     if release:
         release_mapped_rows(old)
         gc.collect()
-        steps["released"] = _status()
+        steps["released"] = memory()
     during = []
     for row in q[:50]:  # the old version still answers while the new one loads
         t = time.perf_counter()
@@ -91,10 +81,10 @@ def reload_once(v1: Path, v2: Path, release: bool, queries: int = 200) -> dict[s
         during.append((time.perf_counter() - t) * 1e3)
     _new_version, new = _open(v2)  # held whole, as a server holds it
     warm_index(new, map_rows=False)
-    steps["both loaded"] = _status()
+    steps["both loaded"] = memory()
     del old, old_version
     gc.collect()
-    steps["old dropped"] = _status()
+    steps["old dropped"] = memory()
     return {
         "steps_mb": steps,
         "peak_mb": steps["old dropped"]["VmHWM"],

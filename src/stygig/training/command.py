@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ def run_train_compat(args: argparse.Namespace) -> int:
     if not args.no_rules_weight:
         v4 = Recommender(artifact, config=scoring_config("rules")).score_items
     result = train_compat(artifact, outfits, config, v4_scorer=v4, progress=not args.quiet)
+    outfit = result.model.outfit_absent_weight
     info = {
         "outfits_file": str(args.outfits),
         "seed": args.seed,
@@ -64,10 +66,8 @@ def run_train_compat(args: argparse.Namespace) -> int:
         "validation": result.model.info.get("validation"),
         "rules_weight": result.model.rules_weight,
         "cooc_weight": round(result.model.cooc_weight, 4),
-        # For outfit scores; null: the same as the learned absence weight.
-        "outfit_absent_weight": result.model.absence(outfit=True)
-        if result.model.absence(outfit=True) != result.model.absent_weight
-        else None,
+        # For outfit scores; null (NaN in the model): the learned absence weight.
+        "outfit_absent_weight": None if math.isnan(outfit) else outfit,
     }
     path = add_compat_model(args.artifact, result.model, info)
     print(json.dumps(info, indent=2))

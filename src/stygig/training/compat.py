@@ -297,7 +297,7 @@ def model_scorer(
     positions: Mapping[str, int],
     *,
     outfit: bool = False,
-) -> Callable[[Sequence[str], Sequence[str]], np.ndarray]:
+) -> Scorer:
     """A FITB scorer ``(given ids, candidate ids) -> scores`` from the NumPy model
     (``outfit``: the candidates scored as members of one outfit, for outfit scores)."""
     ids = [""] * len(positions)
@@ -718,18 +718,13 @@ def _outfit_loss(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return nn.functional.softplus(fake[None, :] - real[:, None]).mean()
 
 
-def _auc_one(
-    val: _Validation, scorer: Callable[[Sequence[str], Sequence[str]], np.ndarray]
-) -> float:
+def _auc_one(val: _Validation, scorer: Scorer) -> float:
     """Single-swap AUC on the validation outfits, averaged over the draws (other swaps), with
     outfits scored as the evaluation and ``POST /v1/outfits/score`` score them (their weakest
     item)."""
+    scorers = {"m": scorer}
     values = [
-        float(
-            compatibility_auc(val.outfits, val.types, val.ids, {"m": scorer}, seed=s, swap="one")[
-                "m"
-            ]
-        )
+        compatibility_auc(val.outfits, val.types, val.ids, scorers, seed=s, swap="one")["m"]
         for s in val.seeds
     ]
     return float(np.mean(values))
