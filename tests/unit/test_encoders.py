@@ -101,6 +101,18 @@ def test_tiny_is_deterministic_and_normalised() -> None:
     assert encoder.encode(batch[:0]).shape == (0, 64)
 
 
+def test_tiny_rows_do_not_depend_on_their_batch() -> None:
+    """A row's embedding is the same bits alone, in a batch of 64 or of 178: local and Ray
+    builds cut the catalogue into different batches and must write the same artifact."""
+    encoder = TinyEncoder()
+    batch = np.random.RandomState(3).uniform(-1, 1, (178, 3, 32, 32)).astype(np.float32)
+    whole = encoder.encode(batch)
+    chunks = np.concatenate([encoder.encode(batch[i : i + 64]) for i in range(0, 178, 64)])
+    singles = np.concatenate([encoder.encode(batch[i : i + 1]) for i in range(0, 178, 7)])
+    np.testing.assert_array_equal(whole, chunks)
+    np.testing.assert_array_equal(whole[::7], singles)
+
+
 def test_tiny_similar_pictures_are_nearer_than_different_ones() -> None:
     encoder = TinyEncoder()
     base = garment_image((200, 30, 30))
