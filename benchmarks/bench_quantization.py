@@ -52,6 +52,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from bench_encoders import interleaved, machine_info
 from stygig.encoders import Encoder, export_onnx, load_encoder, load_onnx_encoder
+from stygig.encoders.base import TorchEncoder
 from stygig.encoders.calibration import catalogue_calibration
 from stygig.encoders.onnx import ONNX_INPUT, session_options
 from stygig.evaluation.split import Split, stratified_split
@@ -315,10 +316,40 @@ def calibration_sweep(
     return out
 
 
+def hugging_face_graph(source: TorchEncoder) -> TorchEncoder:
+    """The same CLIP weights through Hugging Face's own forward (``image_embeds``): the graph
+    StyGig exported before its tower was rewritten for the int8 export
+    (:func:`stygig.encoders.clip._image_tower`)."""
+    import torch
+
+    clip = source.module.clip
+
+    class HuggingFaceForward(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.clip = clip
+
+        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+            embeds: torch.Tensor = self.clip(pixel_values=pixel_values).image_embeds
+            return embeds
+
+    return TorchEncoder(
+        name=source.name,
+        module=HuggingFaceForward().eval(),
+        dim=source.dim,
+        preprocess=source.preprocess,
+        weights=source.weights_info(),
+        weights_sha256=lambda: str(source.weights_info()["sha256"]),
+        int8_method=source.int8_method,
+    )
+
+
 def bench_clip(photos: Photos, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """CLIP ViT-B/32 (random init): fp32 vs dynamic MatMul int8 vs static QDQ (catalogue)."""
+    """CLIP ViT-B/32 (random init): fp32 vs dynamic MatMul int8 (StyGig's tower and Hugging
+    Face's forward) vs static QDQ (catalogue)."""
     print("clip-vit-b-32 (random weights): exporting ...", file=sys.stderr)
     source = load_encoder("clip-vit-b-32", runtime="torch", random_weights=True)
+    assert isinstance(source, TorchEncoder)
     spec, info = source.preprocess, source.describe()
     catalog_paths = [photos.paths[i] for i in photos.split.catalog]
     calibration = catalogue_calibration(catalog_paths, spec, n=args.calibration, seed=0)
@@ -326,6 +357,9 @@ def bench_clip(photos: Photos, args: argparse.Namespace, work: Path) -> dict[str
     files = {
         "fp32": export_onnx(source, work / "clip-fp32.onnx"),
         "dynamic-matmul": export_onnx(source, work / "clip-dyn.onnx", int8=True),
+        "dynamic-matmul, hugging-face graph": export_onnx(
+            hugging_face_graph(source), work / "clip-dyn-hf.onnx", int8=True
+        ),
         "static-catalogue": export_onnx(
             source,
             work / "clip-static.onnx",
