@@ -20,8 +20,10 @@ Parts (``--parts``):
   (the build whitens catalogues of >= 2 x dim items), with the engine's vote
   (:func:`stygig.scoring.vote`).
 * ``clip``: CLIP ViT-B/32 with *random* weights (no internet here: speed is the real
-  architecture's, drift only indicative): fp32, the current dynamic MatMul int8, and static QDQ
-  with catalogue calibration.
+  architecture's, drift only indicative): fp32, the current dynamic MatMul int8, the same
+  int8 exported from Hugging Face's own forward (the graph before StyGig's tower rewrite), and
+  static QDQ with catalogue calibration. ``--parts clip --clip-rounds 100 --out
+  benchmarks/results/quantization_clip.json`` is the run after that rewrite.
 * ``session``: ONNX Runtime session options on the int8 EfficientNet-Lite0 (catalogue
   calibration) and the dynamic int8 CLIP: CPU memory arena and memory pattern on/off, graph
   optimisation level, and 1 vs 2 intra-op threads at batch 1, alone and beside a second process

@@ -17,6 +17,10 @@ VNNI cores by ``benchmarks/bench_quantization.py``; results in ``benchmarks/resu
   attention by the TorchScript exporter, ORT's transformer optimizer fuses all 12 ``Attention``
   blocks (it finds none in the dynamo graph), but the int8 model ran 1.12x slower at batch 1
   with the attention quantized too and 1.51x slower with it fp32 (interleaved, busy cores).
+  With the tower written for the export (:func:`stygig.encoders.clip._image_tower`), the
+  attention core alone as one ORT ``MultiHeadAttention`` per layer (graph surgery) or as the
+  opset-23 ``Attention`` that ``scaled_dot_product_attention`` exports to took 0.94-0.98x
+  the time of the plain products, within run-to-run noise: not adopted.
 * CNNs (EfficientNet-Lite0): ``quantize_static`` (QDQ, per-channel int8 weights, uint8
   activations, MinMax calibration) after ``quant_pre_process``. With the real weights, on 1,322
   held-out Kaggle photos: batch 1 in 0.52x the fp32 time, mean cosine 0.995 to fp32, top-5
