@@ -267,15 +267,13 @@ def load_slots(data: Path, overrides: dict[str, Any] | None = None) -> Any:
 def serve(data: Path, overrides: dict[str, Any], steady: int, cold_queries: int) -> dict[str, Any]:
     """Load the slot indexes, time searches on one thread, measure recall, memory and the page
     cache the rows need."""
-    import faiss
 
     from stygig.index import PartitionedIndex
     from stygig.index_pq import PQIndex
-    from stygig.threads import limit_blas_threads
+    from stygig.threads import limit_library_threads
     from synthetic import clustered_vectors
 
-    faiss.omp_set_num_threads(1)
-    limit_blas_threads(1)
+    limit_library_threads(1)
     meta = json.loads((data / "meta.json").read_text())
     before = memory()
     index = load_slots(data, overrides)

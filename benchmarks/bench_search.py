@@ -7,7 +7,7 @@ Synthetic clustered 512-d unit vectors (see benchmarks/synthetic.py). For each s
 gets the index ``auto`` picks (exact flat up to 50k items, IVF above), and the benchmark times
 ``Recommender.answer`` (after ``prepare_embedded``) for one query vector — search, top-5 vote, candidate scoring,
 ranking and outfit assembly: everything after the embedding — with FAISS and NumPy's BLAS on
-one thread, as ``stygig serve`` runs them (:func:`stygig.threads.limit_blas_threads`).
+one thread, as ``stygig serve`` runs them (:func:`stygig.threads.limit_library_threads`).
 
 Timing on shared cores: the figures are wall-clock per query, and also the CPU time the query
 took (``time.thread_time``). On a 2-core machine that other processes share, wall-clock p50 is
@@ -45,7 +45,7 @@ from stygig.features import color_summary
 from stygig.images import PreprocessSpec
 from stygig.index import PartitionedIndex
 from stygig.scoring import ScoringConfig
-from stygig.threads import limit_blas_threads
+from stygig.threads import limit_library_threads
 from synthetic import clustered_vectors, synthetic_artifact
 
 DIM = 512
@@ -174,8 +174,7 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS, help="results file")
     args = parser.parse_args()
-    faiss.omp_set_num_threads(1)
-    limit_blas_threads(1)
+    limit_library_threads(1)
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="stygig-bench-") as tmp:
         results = [run_size(n, args.queries, Path(tmp), args.passes) for n in sizes]

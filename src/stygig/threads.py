@@ -1,25 +1,37 @@
-"""How many threads NumPy's BLAS may use in a process that also runs an encoder.
+"""How many threads NumPy's BLAS and FAISS's OpenMP may use in a process that also runs an
+encoder.
 
-OpenBLAS keeps its worker threads busy-waiting after every call. Beside ONNX Runtime's own
-thread pool on the same cores they take the encoder's CPU: a server at 10k items measured
-client p50 25.9 -> 16.5 ms, encoder 12.9 -> 6.8 ms and 23 -> 11 ms of CPU per request outside
-the encoder with BLAS on one thread (``benchmarks/bench_budget.py``). A request needs BLAS only
-for matrix-vector products, which one thread streams as fast as memory allows, so processes that
-serve or run batches keep BLAS to one thread; library callers keep their own setting.
+Both keep idle worker threads busy-waiting after every parallel call (OpenBLAS's own threads,
+libgomp's team). Beside ONNX Runtime's thread pool on the same cores they take the encoder's CPU:
+
+* BLAS: a server at 10k items measured client p50 25.9 -> 16.5 ms, encoder 12.9 -> 6.8 ms and
+  23 -> 11 ms of CPU per request outside the encoder with BLAS on one thread
+  (``benchmarks/bench_budget.py``);
+* OpenMP: one FAISS call per request that opened a parallel region (a heap's ``heapify``, since
+  replaced in :func:`stygig.index.top_k`) left libgomp's second thread spinning between
+  requests; with it gone, efficientnet-lite0 over HTTP at 10k items went from 15 to 9 ms of
+  server CPU and from 7.57 to 6.44 ms client p50 (one server at a time, A B A B).
+
+A request needs these libraries only for one query's products and searches, which one thread
+does as fast as the other threads allow (the exact scan splits itself across the cores on its
+own threads: :func:`stygig.index.similarities`), so processes that serve keep both to one
+thread, as every benchmark of a search does; library callers keep their own setting.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["limit_blas_threads"]
+__all__ = ["limit_library_threads"]
 
 _limiter: Any = None  # kept alive: the limit holds until the process ends
 
 
-def limit_blas_threads(threads: int = 1) -> None:
-    """Limit NumPy's BLAS to ``threads`` threads for the rest of the process."""
+def limit_library_threads(threads: int = 1) -> None:
+    """Limit NumPy's BLAS and FAISS's OpenMP to ``threads`` threads for the rest of the process."""
     global _limiter
+    import faiss
     from threadpoolctl import threadpool_limits
 
     _limiter = threadpool_limits(limits=threads, user_api="blas")
+    faiss.omp_set_num_threads(threads)

@@ -108,10 +108,10 @@ def stygig_application(
         def __serve_build_asgi_app__(self) -> Any:
             from stygig.serving.app import create_app
             from stygig.serving.logging import configure_logging
-            from stygig.threads import limit_blas_threads
+            from stygig.threads import limit_library_threads
 
             configure_logging("warning")
-            limit_blas_threads(1)  # as stygig serve: no BLAS spinning beside ONNX Runtime
+            limit_library_threads(1)  # as stygig serve: no BLAS / OpenMP spinning
             failed: list[BaseException] = []
             app = create_app(self.server_config, on_fatal=failed.append)
             service = app.state.service

@@ -147,10 +147,10 @@ def run_serve(args: argparse.Namespace) -> int:
     from stygig.serving.catalog_command import catalog_settings
     from stygig.serving.logging import configure_logging
     from stygig.serving.protocol import head_deadline_protocol
-    from stygig.threads import limit_blas_threads
+    from stygig.threads import limit_library_threads
 
     configure_logging(args.log_level)
-    limit_blas_threads(1)  # OpenBLAS spinning beside ONNX Runtime halves the encoder's speed
+    limit_library_threads(1)  # idle BLAS / OpenMP threads spin beside ONNX Runtime
     batching = (
         BatcherConfig.off(args.max_queue)
         if args.no_batching
