@@ -30,10 +30,7 @@ Removal is a tombstone mask applied to every backend alike, so ids stay stable.
 from __future__ import annotations
 
 import copy
-import os
-import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -218,60 +215,17 @@ class _Tombstones:
         return out
 
 
-#: A one-query scan of at least this many bytes of rows is split across the cores: one core
-#: streams rows at ~33 GB/s here, below what the memory delivers to two (10k x 1280 float32,
-#: 51 MB: 1.48 ms on one thread, 0.86 ms on two, the same sums bit for bit).
-SPLIT_SCAN_BYTES = 8 << 20
-_SPLIT_ALIGN = 64  # rows: each part starts on a whole cache line of rows for any width
-
-
-class _ScanThreads:
-    """Helper threads for :func:`similarities`, made on first use in each process (a forked
-    child, as Ray and multiprocessing make, gets its own: threads do not survive ``fork``)."""
-
-    def __init__(self) -> None:
-        self._pid = -1
-        self._pool: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
-
-    def pool(self, workers: int) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._pool is None or self._pid != os.getpid():
-                self._pool = ThreadPoolExecutor(workers, thread_name_prefix="stygig-scan")
-                self._pid = os.getpid()
-            return self._pool
-
-
-_SCAN = _ScanThreads()
-
-
-def _scan_parts(rows: int, row_bytes: int) -> int:
-    if rows * row_bytes < SPLIT_SCAN_BYTES:
-        return 1
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, 4, rows // (4 * _SPLIT_ALIGN)))
-
-
-def _inner_products(out: np.ndarray, query: np.ndarray, rows: np.ndarray) -> None:
-    import faiss
-
-    faiss.fvec_inner_products_ny(  # type: ignore[attr-defined]
-        faiss.swig_ptr(out), faiss.swig_ptr(query), faiss.swig_ptr(rows), rows.shape[1], len(rows)
-    )
-
-
 def similarities(matrix: np.ndarray, queries: np.ndarray) -> np.ndarray:
     """``matrix @ queries.T``: ``(rows, queries)`` inner products.
 
     One query streams the matrix once through FAISS's SIMD inner products (10k x 1280 float32,
     one thread: 1.4 ms, where BLAS's matrix-vector product takes 2.8 ms and a matrix product
     with one column, which first copies all of it, 5.2 ms); the sums are the same to 1e-7.
-    From :data:`SPLIT_SCAN_BYTES` of rows the scan is cut into one block of rows per core (up
-    to 4), all but the first on helper threads (FAISS releases the GIL): every row's sum is
-    computed by the same kernel as in one call, so the result is identical.
+    Measured and not kept (2026-12-01): cutting that scan into one block per core on helper
+    threads gave the same sums bit for bit and 1.48 -> 0.86 ms alone, and over HTTP at 10k
+    items (efficientnet-lite0 int8, one server at a time) client p50 6.70 -> 6.34 ms with one
+    client, but 205 / 201 -> 184 / 184 requests/s with 100 (the hand-offs cost CPU a loaded
+    server does not have).
     A mapped matrix with rows added in memory (:class:`~stygig.rows.StackedRows`) is scored
     part by part, never copied whole.
     """
@@ -280,23 +234,18 @@ def similarities(matrix: np.ndarray, queries: np.ndarray) -> np.ndarray:
             [similarities(matrix.base, queries), similarities(matrix.tail, queries)]
         )
     if len(queries) == 1 and matrix.dtype == np.float32 and queries.dtype == np.float32:
+        import faiss
+
         rows = np.ascontiguousarray(matrix)
         query = np.ascontiguousarray(queries[0])
         out = np.empty((len(rows), 1), np.float32)
-        parts = _scan_parts(len(rows), rows.shape[1] * 4)
-        if parts == 1:
-            _inner_products(out, query, rows)
-            return out
-        step = -(-len(rows) // parts // _SPLIT_ALIGN) * _SPLIT_ALIGN
-        bounds = [(lo, min(lo + step, len(rows))) for lo in range(0, len(rows), step)]
-        pool = _SCAN.pool(parts - 1)
-        helpers = [
-            pool.submit(_inner_products, out[lo:hi], query, rows[lo:hi]) for lo, hi in bounds[1:]
-        ]
-        lo, hi = bounds[0]
-        _inner_products(out[lo:hi], query, rows[lo:hi])
-        for done in helpers:
-            done.result()
+        faiss.fvec_inner_products_ny(  # type: ignore[attr-defined]
+            faiss.swig_ptr(out),
+            faiss.swig_ptr(query),
+            faiss.swig_ptr(rows),
+            rows.shape[1],
+            len(rows),
+        )
         return out
     product: np.ndarray = matrix @ queries.T
     return product

@@ -9,13 +9,13 @@ libgomp's team). Beside ONNX Runtime's thread pool on the same cores they take t
   (``benchmarks/bench_budget.py``);
 * OpenMP: one FAISS call per request that opened a parallel region (a heap's ``heapify``, since
   replaced in :func:`stygig.index.top_k`) left libgomp's second thread spinning between
-  requests; with it gone, efficientnet-lite0 over HTTP at 10k items went from 15 to 9 ms of
-  server CPU and from 7.57 to 6.44 ms client p50 (one server at a time, A B A B).
+  requests; with it gone (and the exact scan split across the cores, since undone),
+  efficientnet-lite0 over HTTP at 10k items went from 15 to 9 ms of server CPU and from 7.57
+  to 6.44 ms client p50 (one server at a time, A B A B; the split's own share 6.70 -> 6.34).
 
 A request needs these libraries only for one query's products and searches, which one thread
-does as fast as the other threads allow (the exact scan splits itself across the cores on its
-own threads: :func:`stygig.index.similarities`), so processes that serve keep both to one
-thread, as every benchmark of a search does; library callers keep their own setting.
+does as fast as one core streams memory, so processes that serve keep both to one thread, as
+every benchmark of a search does; library callers keep their own setting.
 """
 
 from __future__ import annotations

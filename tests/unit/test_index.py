@@ -191,38 +191,6 @@ def test_partition_probes_follow_the_scan_budget(monkeypatch: pytest.MonkeyPatch
     assert all(p["nprobe"] == index_module.PART_MIN_NPROBE for p in parts)
 
 
-@pytest.mark.parametrize(("rows", "dim"), [(10_000, 1280), (4_097, 512), (700, 96)])
-def test_a_split_scan_gives_the_one_call_sums_bit_for_bit(
-    rows: int, dim: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """From SPLIT_SCAN_BYTES a one-query scan runs in blocks on helper threads; every row's
-    sum is the one-thread call's, to the bit, whatever the block edges."""
-    import threading
-
-    from stygig import index as index_module
-
-    rng = np.random.default_rng(rows)
-    matrix = rng.normal(size=(rows, dim)).astype(np.float32)
-    query = rng.normal(size=(1, dim)).astype(np.float32)
-    monkeypatch.setattr(index_module, "SPLIT_SCAN_BYTES", 1 << 62)
-    one = similarities(matrix, query)
-    monkeypatch.setattr(index_module, "SPLIT_SCAN_BYTES", 1)
-    monkeypatch.setattr(index_module.os, "sched_getaffinity", lambda _: {0, 1, 2, 3})
-    seen: list[tuple[str, int]] = []
-    scan = index_module._inner_products
-
-    def recording(out: np.ndarray, q: np.ndarray, part: np.ndarray) -> None:
-        seen.append((threading.current_thread().name, len(part)))
-        scan(out, q, part)
-
-    monkeypatch.setattr(index_module, "_inner_products", recording)
-    split = similarities(matrix, query)
-    np.testing.assert_array_equal(split, one)
-    np.testing.assert_allclose(split[:, 0], matrix @ query[0], rtol=1e-4, atol=1e-4)
-    assert sum(n for _, n in seen) == rows and len(seen) > 1
-    assert any(name.startswith("stygig-scan") for name, _ in seen)
-
-
 def test_similarities_match_the_matrix_product_for_one_query_and_several() -> None:
     rng = np.random.default_rng(3)
     matrix = rng.normal(size=(500, 64)).astype(np.float32)
