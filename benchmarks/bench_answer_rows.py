@@ -25,7 +25,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -33,7 +32,7 @@ from bench_search import ALWAYS_GUESS, _VectorsOnly
 from stygig.artifact import Artifact
 from stygig.engine import Options, Recommender
 from stygig.features import color_summary
-from stygig.threads import limit_blas_threads
+from stygig.threads import limit_library_threads
 from synthetic import clustered_vectors, synthetic_pq_artifact
 
 RESULTS = Path(__file__).resolve().parent / "results" / "answer_rows.json"
@@ -99,8 +98,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=150)
     parser.add_argument("--artifact", type=Path, help="an existing ivfpq artifact to reuse")
     args = parser.parse_args()
-    limit_blas_threads(1)
-    faiss.omp_set_num_threads(1)
+    limit_library_threads(1)
     with tempfile.TemporaryDirectory(prefix="stygig-bench-") as tmp:
         path = args.artifact
         if path is None:

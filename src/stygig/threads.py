@@ -16,22 +16,37 @@ libgomp's team). Beside ONNX Runtime's thread pool on the same cores they take t
 A request needs these libraries only for one query's products and searches, which one thread
 does as fast as one core streams memory, so processes that serve keep both to one thread, as
 every benchmark of a search does; library callers keep their own setting.
+
+libgomp keeps the OpenMP thread count per thread (``omp_set_num_threads`` sets the caller's
+own), so the limit reaches a thread only if it runs :func:`limit_this_thread`: the serving
+pools that search (``stygig-work``, ``stygig-encoder``) run it as their initializer.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["limit_library_threads"]
+__all__ = ["limit_library_threads", "limit_this_thread"]
 
 _limiter: Any = None  # kept alive: the limit holds until the process ends
+_omp_threads: int | None = None  # the OpenMP limit new threads take (limit_this_thread)
 
 
 def limit_library_threads(threads: int = 1) -> None:
     """Limit NumPy's BLAS and FAISS's OpenMP to ``threads`` threads for the rest of the process."""
-    global _limiter
+    global _limiter, _omp_threads
     import faiss
     from threadpoolctl import threadpool_limits
 
     _limiter = threadpool_limits(limits=threads, user_api="blas")
+    _omp_threads = threads
     faiss.omp_set_num_threads(threads)
+
+
+def limit_this_thread() -> None:
+    """Apply :func:`limit_library_threads`' OpenMP limit to the calling thread, if one was set
+    (a thread pool's ``initializer``); without one, nothing changes."""
+    if _omp_threads is not None:
+        import faiss
+
+        faiss.omp_set_num_threads(_omp_threads)

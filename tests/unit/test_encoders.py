@@ -415,6 +415,44 @@ def test_clip_loads_a_full_checkpoint_from_a_directory(tmp_path: Path) -> None:
 
 
 @pytest.mark.torch
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"patch_size": 16, "image_size": 72},  # the convolution drops 8 pixels: so must we
+        {"patch_size": 8, "image_size": 64, "hidden_act": "gelu", "layer_norm_eps": 1e-2},
+    ],
+)
+def test_clip_tower_is_hugging_faces_forward(extra: dict[str, Any]) -> None:
+    """The tower written for the int8 export gives Hugging Face's image_embeds at batch 1 and
+    3, keeps the checkpoint's state_dict keys, and follows a state dict loaded later."""
+    pytest.importorskip("transformers")
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from stygig.encoders.clip import _image_tower
+
+    config = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3}
+    config |= {"num_attention_heads": 4, "projection_dim": 16, **extra}
+
+    def model(seed: int) -> Any:
+        torch.manual_seed(seed)
+        return CLIPVisionModelWithProjection(CLIPVisionConfig(**config)).eval()
+
+    first, second = model(0), model(1)
+    tower = _image_tower(first).eval()
+    size = int(config["image_size"])
+    batch = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        for n in (1, 3):
+            expected = first(pixel_values=batch[:n]).image_embeds
+            torch.testing.assert_close(tower(batch[:n]), expected, atol=1e-5, rtol=1e-5)
+        assert set(tower.state_dict()) == {f"clip.{k}" for k in first.state_dict()}
+        tower.load_state_dict({f"clip.{k}": v for k, v in second.state_dict().items()})
+        expected = second(pixel_values=batch).image_embeds
+        torch.testing.assert_close(tower(batch), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.torch
 def test_clip_finds_a_model_in_the_hugging_face_cache(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
     from stygig.encoders.clip import load_clip

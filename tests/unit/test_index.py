@@ -14,6 +14,7 @@ from stygig.index import (
     is_exhaustive,
     load_index,
     similarities,
+    top_k,
 )
 
 
@@ -189,6 +190,32 @@ def test_partition_probes_follow_the_scan_budget(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(index_module, "PART_SCAN_BUDGET", 100)
     parts = build_index(x, "auto", labels, "slot").params()["parts"]
     assert all(p["nprobe"] == index_module.PART_MIN_NPROBE for p in parts)
+
+
+def test_top_k_of_one_query_is_the_sorted_best_with_ties_removed_rows_and_nan() -> None:
+    """One query (the photo path): the best k by score, ties to the lower id, removed rows and
+    NaN never returned, -1 / -inf padding when fewer than k remain; the same as the general
+    path for several queries."""
+    rng = np.random.default_rng(5)
+    sims = rng.normal(size=(1, 2_000)).astype(np.float32)
+    sims[0, [10, 20, 30]] = 5.0  # a three-way tie at the top
+    removed = np.zeros(2_000, bool)
+    removed[[20, 7, 8]] = True
+    sims[0, 9] = np.nan
+    scores, ids = top_k(sims, 6, removed)
+    alive = np.flatnonzero(~removed & np.isfinite(sims[0]))
+    order = alive[np.lexsort((alive, -sims[0, alive]))][:6]
+    np.testing.assert_array_equal(ids[0], order)
+    assert ids[0, :2].tolist() == [10, 30]
+    np.testing.assert_array_equal(scores[0], sims[0, order])
+    two = np.vstack([sims, sims])  # the argpartition path gives the same
+    np.testing.assert_array_equal(top_k(two, 6, removed)[1], np.vstack([ids, ids]))
+    few = np.full((1, 5), -np.inf, np.float32)
+    few[0, 3] = 0.5
+    scores, ids = top_k(few, 3)
+    assert (
+        ids.tolist() == [[3, -1, -1]] and scores[0, 0] == 0.5 and np.isneginf(scores[0, 1:]).all()
+    )
 
 
 def test_similarities_match_the_matrix_product_for_one_query_and_several() -> None:

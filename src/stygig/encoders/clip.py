@@ -197,14 +197,12 @@ def _image_tower(model: torch.nn.Module) -> torch.nn.Module:
     product photos. The quantized graph has 552 nodes instead of 773 (50 integer matrix
     products instead of 73; no per-layer ``Shape``/``Slice``/``Concat`` left from the traced
     attention). The weights are the checkpoint's: the stacked and reshaped copies are
-    non-persistent buffers, so ``state_dict`` (and the recorded weights hash) is unchanged.
+    non-persistent buffers, so ``state_dict`` (and the recorded weights hash) is unchanged;
+    they are rebuilt when a state dict is loaded, and cost the torch runtime ~85 MB on
+    ViT-B/32 (the exported file holds one copy).
     """
     import torch
     from torch.nn import functional as F
-
-    vision: Any = model.get_submodule("vision_model")  # Hugging Face's CLIPVisionTransformer
-    layers: list[Any] = list(vision.encoder.layers)
-    projection: Any = model.get_submodule("visual_projection")
 
     class ImageTower(torch.nn.Module):
         patch_weight: torch.Tensor
@@ -212,25 +210,42 @@ def _image_tower(model: torch.nn.Module) -> torch.nn.Module:
         def __init__(self, clip: torch.nn.Module) -> None:
             super().__init__()
             self.clip = clip
-            conv = vision.embeddings.patch_embedding.weight.detach()
+            self._fuse()
+            # A state dict loaded later (the checkpoint's keys only) refreshes the copies.
+            self.register_load_state_dict_post_hook(  # type: ignore[no-untyped-call]
+                lambda module, _: module._fuse()
+            )
+
+        def _parts(self) -> tuple[Any, list[Any], Any]:
+            vision: Any = self.clip.get_submodule("vision_model")  # CLIPVisionTransformer
+            return vision, list(vision.encoder.layers), self.clip.get_submodule("visual_projection")
+
+        @torch.no_grad()
+        def _fuse(self) -> None:
+            """The stacked q/k/v weights and the flattened patch weights, copied from the
+            checkpoint's own (non-persistent buffers: never in ``state_dict``)."""
+            vision, layers, _ = self._parts()
+            conv = vision.embeddings.patch_embedding.weight
             self.register_buffer("patch_weight", conv.reshape(len(conv), -1).clone(), False)
             for i, layer in enumerate(layers):
                 a = layer.self_attn
                 projections = (a.q_proj, a.k_proj, a.v_proj)
-                weight = torch.cat([p.weight.detach() for p in projections])
-                bias = torch.cat([p.bias.detach() for p in projections])
+                weight = torch.cat([p.weight for p in projections])
+                bias = torch.cat([p.bias for p in projections])
                 self.register_buffer(f"qkv_weight_{i}", weight, False)
                 self.register_buffer(f"qkv_bias_{i}", bias, False)
 
         def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+            vision, layers, projection = self._parts()
             embeddings = vision.embeddings
             n, channels, height, width = pixel_values.shape
             size, patch = embeddings.image_size, embeddings.patch_size
             if height != size or width != size:
                 raise ValueError(f"input image size ({height}*{width}) is not {size}*{size}")
-            grid = size // patch
+            grid = size // patch  # the convolution drops a remainder of pixels: so do we
             patches = (
-                pixel_values.reshape(n, channels, grid, patch, grid, patch)
+                pixel_values[:, :, : grid * patch, : grid * patch]
+                .reshape(n, channels, grid, patch, grid, patch)
                 .permute(0, 2, 4, 1, 3, 5)
                 .reshape(n, grid * grid, channels * patch * patch)
             )

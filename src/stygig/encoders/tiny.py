@@ -50,6 +50,7 @@ class TinyEncoder:
         rng = np.random.RandomState(seed)
         scale = 1.0 / np.sqrt(dim)
         self._projection = (rng.standard_normal((n_features, dim)) * scale).astype(np.float32)
+        self._projection64 = self._projection.astype(np.float64)  # see encode()
 
     def features(self, batch: np.ndarray) -> np.ndarray:
         """The un-projected features: the 8x8 thumbnail and per-channel mean and std."""
@@ -69,8 +70,9 @@ class TinyEncoder:
         # with the batch around it (on an AVX-512 EPYC, 152 of 178 rows moved when the same
         # rows ran in batches of 64), and a row's embedding must not depend on which rows share
         # its batch (a Ray build's blocks are not the local build's batches). The float64
-        # differences, ~1e-16, vanish when rounded to float32 (0 of 178 rows moved).
-        projected = feats.astype(np.float64) @ self._projection.astype(np.float64)
+        # differences, ~1e-16, vanish when rounded to float32 (0 of 178 rows moved) unless a
+        # value lies within them of a float32 rounding edge, which is vanishingly rare.
+        projected = feats.astype(np.float64) @ self._projection64
         return l2_normalize(projected.astype(np.float32))
 
     def describe(self) -> dict[str, object]:

@@ -80,6 +80,7 @@ from stygig.serving.catalog_command import CatalogSettings
 from stygig.serving.logging import ACCESS_LOGGER, request_id
 from stygig.serving.metrics import CONTENT_TYPE, ServerMetrics, method_label
 from stygig.serving.responses import ERROR_RESPONSES, JSON, error_response, json_response
+from stygig.threads import limit_this_thread
 
 __all__ = ["ModelService", "ServerConfig", "create_app"]
 
@@ -159,7 +160,9 @@ class ModelService:
         self.ready = False
         self.load_seconds: float | None = None
         self.warmup_seconds: float | None = None
-        self.pool = ThreadPoolExecutor(config.threads, thread_name_prefix="stygig-work")
+        self.pool = ThreadPoolExecutor(
+            config.threads, thread_name_prefix="stygig-work", initializer=limit_this_thread
+        )
         self.preparing = 0  # requests decoding photos now: the batcher's company on its way
         self.batcher: MicroBatcher[np.ndarray] = MicroBatcher(
             self._embed,

@@ -27,6 +27,7 @@ from typing import Generic, TypeVar
 import numpy as np
 
 from stygig.errors import ConfigError, OverloadedError
+from stygig.threads import limit_this_thread
 
 __all__ = ["BatchResult", "BatcherConfig", "MicroBatcher"]
 
@@ -110,7 +111,9 @@ class MicroBatcher(Generic[T]):
         self._expecting = expecting
         self._queue: asyncio.Queue[_Pending[T]] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stygig-encoder")
+        self._thread = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="stygig-encoder", initializer=limit_this_thread
+        )
         self._carry: _Pending[T] | None = None
         self.batches = 0
 

@@ -1,0 +1,54 @@
+"""The serving processes' thread limits reach the threads that search (libgomp's OpenMP thread
+count is a per-thread setting)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+_CHILD = """
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import faiss
+
+from stygig.serving.app import ModelService, ServerConfig
+from stygig.serving.batching import MicroBatcher
+from stygig.serving.metrics import ServerMetrics
+from stygig.threads import limit_library_threads, limit_this_thread
+
+def omp() -> int:
+    return faiss.omp_get_max_threads()
+
+def in_plain_thread() -> int:
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(omp()))
+    thread.start()
+    thread.join()
+    return seen[0]
+
+before = ThreadPoolExecutor(1, initializer=limit_this_thread).submit(omp).result()
+limit_library_threads(1)
+pool = ThreadPoolExecutor(1, initializer=limit_this_thread).submit(omp).result()
+batcher = MicroBatcher(lambda batch: batch)
+encoder = batcher._thread.submit(omp).result()
+work = ModelService(ServerConfig(artifact=Path("unused")), ServerMetrics()).pool.submit(omp)
+print(before, omp(), in_plain_thread(), pool, encoder, work.result())
+"""
+
+
+def test_the_openmp_limit_reaches_the_serving_threads() -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "3"}  # every new thread's default, any machine
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD], capture_output=True, text=True, env=env, cwd=REPO
+    )
+    assert out.returncode == 0, out.stderr
+    before, main, plain, pool, encoder, work = map(int, out.stdout.split())
+    assert before == 3  # no limit set: the initializer changes nothing
+    assert main == 1  # the caller's own setting
+    assert plain == 3  # a thread without the initializer keeps the default ...
+    assert pool == encoder == work == 1  # ... the pools that search take the limit
