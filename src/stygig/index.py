@@ -227,7 +227,9 @@ def similarities(matrix: np.ndarray, queries: np.ndarray) -> np.ndarray:
     threads gave the same sums bit for bit and 1.48 -> 0.86 ms alone, and over HTTP at 10k
     items (efficientnet-lite0 int8, one server at a time) client p50 6.70 -> 6.34 ms with one
     client, but 205 / 201 -> 184 / 184 requests/s with 100 (the hand-offs cost CPU a loaded
-    server does not have).
+    server does not have). Split only when the server had no other request in flight (its
+    idle pool thread as the helper): one client 6.65 -> 6.49 ms p50 but p99 8.99 -> 11.93 ms,
+    and 100 clients 208 / 202 -> 197 / 192 requests/s: not kept either.
     A mapped matrix with rows added in memory (:class:`~stygig.rows.StackedRows`) is scored
     part by part, never copied whole.
     """
