@@ -267,7 +267,6 @@ def load_slots(data: Path, overrides: dict[str, Any] | None = None) -> Any:
 def serve(data: Path, overrides: dict[str, Any], steady: int, cold_queries: int) -> dict[str, Any]:
     """Load the slot indexes, time searches on one thread, measure recall, memory and the page
     cache the rows need."""
-
     from stygig.index import PartitionedIndex
     from stygig.index_pq import PQIndex
     from stygig.threads import limit_library_threads

@@ -138,13 +138,9 @@ def top_k(
         sims = np.where(removed[None, :], -np.inf, sims)
     n = sims.shape[1]
     kk = min(k, n)
-    if kk < n and sims.shape[0] == 1 and sims.dtype == np.float32:
-        # One query (every photo request): the k-th best value, then every row at or above it,
-        # ties included (10k rows: ~25 us, where argpartition takes ~110 us).
-        row = np.ascontiguousarray(sims[0])
-        tied = np.flatnonzero(row >= _kth_largest(row, kk))
-        part = tied[np.lexsort((tied, -row[tied]))[:kk]][None, :]
-    elif kk < n:
+    if kk < n:
+        # One query at 10k rows: ~31 us in all (a FAISS heap for the k-th value, tried for the
+        # one-query case, was no faster and opened an OpenMP region per call: stygig.threads).
         part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
         kth = np.take_along_axis(sims, part, 1).min(axis=1)
         # Ties across the k-th place: argpartition kept arbitrary ones, the lowest ids win.
@@ -157,7 +153,8 @@ def top_k(
     order = np.lexsort((part, -part_scores), axis=1)
     ids = np.take_along_axis(part, order, 1).astype(np.int64)
     scores = np.take_along_axis(part_scores, order, 1).astype(np.float32)
-    return _pad(scores, np.where(np.isfinite(scores), ids, -1), k)
+    found = np.isfinite(scores)  # removed rows (-inf) and NaN (a NaN input) are not results
+    return _pad(np.where(found, scores, -np.inf), np.where(found, ids, -1), k)
 
 
 def _apply_tombstones(
@@ -172,22 +169,6 @@ def _apply_tombstones(
     ids = np.where(dead, -1, ids)
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
-
-
-def _kth_largest(row: np.ndarray, k: int) -> float:
-    """The ``k``-th largest value of a float32 vector (``k <= len(row)``), never below
-    ``-FLT_MAX``: fewer than ``k`` finite values give ``-FLT_MAX``, which no ``-inf`` (a removed
-    row) reaches.
-
-    NumPy's introselect on a copy, ~10 us at 10k rows. FAISS's heap took 15 us, and its
-    ``heapify`` opens an OpenMP parallel region on every call, after which libgomp's worker
-    thread busy-waits: under steady traffic it held the second core whole (80 of 81 ticks
-    beside a loop of 4 ms of other work per call), taking it from the encoder and the scan.
-    """
-    # NaN (from a NaN input) ranks last, as it did in FAISS's heap: NumPy sorts it first.
-    finite = np.nan_to_num(row, nan=-np.inf, posinf=np.inf, neginf=-np.inf)
-    value = float(np.partition(finite, len(row) - k)[len(row) - k])
-    return max(value, float(-np.finfo(np.float32).max))
 
 
 class _Tombstones:

@@ -41,13 +41,43 @@ print(before, omp(), in_plain_thread(), pool, encoder, work.result())
 """
 
 
-def test_the_openmp_limit_reaches_the_serving_threads() -> None:
+_FIRST = """
+import threading
+
+from stygig.threads import limit_library_threads
+
+limit_library_threads(1)  # as stygig serve: before FAISS is loaded
+import faiss
+
+seen = []
+thread = threading.Thread(target=lambda: seen.append(faiss.omp_get_max_threads()))
+thread.start()
+thread.join()
+print(faiss.omp_get_max_threads(), seen[0])
+"""
+
+
+def _child(code: str) -> list[int]:
     env = {**os.environ, "OMP_NUM_THREADS": "3"}  # every new thread's default, any machine
     out = subprocess.run(
-        [sys.executable, "-c", _CHILD], capture_output=True, text=True, env=env, cwd=REPO
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,  # a hung child fails the test instead of the suite
     )
     assert out.returncode == 0, out.stderr
-    before, main, plain, pool, encoder, work = map(int, out.stdout.split())
+    return [int(v) for v in out.stdout.split()]
+
+
+def test_a_limit_set_before_faiss_loads_reaches_every_thread() -> None:
+    main, plain = _child(_FIRST)
+    assert main == plain == 1  # a thread no pool made (async jobs, catalogue changes) too
+
+
+def test_the_openmp_limit_reaches_the_serving_threads() -> None:
+    before, main, plain, pool, encoder, work = _child(_CHILD)
     assert before == 3  # no limit set: the initializer changes nothing
     assert main == 1  # the caller's own setting
     assert plain == 3  # a thread without the initializer keeps the default ...

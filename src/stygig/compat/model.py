@@ -19,6 +19,7 @@ one category is one matrix product.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -185,7 +186,7 @@ class CompatModel:
 
     def absence(self, outfit: bool = False) -> float:
         """The absence weight for recommendations, or (``outfit``) for an outfit's score."""
-        if outfit and self.outfit_absent_weight == self.outfit_absent_weight:
+        if outfit and not math.isnan(self.outfit_absent_weight):
             return self.outfit_absent_weight
         return self.absent_weight
 

@@ -111,9 +111,10 @@ class LearnedScorer:
         vectors, cats, codes, groups = query
         model = self.model
         cooc = absent = None
-        if model.cooc_weight or model.absence(outfit):
+        absence = model.absence(outfit)
+        if model.cooc_weight or absence:
             cooc = model.cooccurrence.lookup(codes, self._cooc[cand])
-            if model.absence(outfit):
+            if absence:
                 absent = model.cooccurrence.absent(codes, self._cooc[cand], cooc)
         garments = None
         if model.group_weight:

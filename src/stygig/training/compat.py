@@ -12,6 +12,7 @@ own :func:`~stygig.evaluation.fitb.make_questions` on the validation outfits.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -820,7 +821,7 @@ class _Selection:
             )
             scorer = _with_rules(learned, rules, model.rules_weight)
             auc_one = _auc_one(self.val, scorer)
-            shown = "learned" if w != w else f"{w:g}"
+            shown = "learned" if math.isnan(w) else f"{w:g}"
             self.log(f"outfit absence weight {shown}: validation AUC one swapped {auc_one:.4f}")
             if auc_one > best_auc + 1e-9:
                 best_w, best_auc = w, auc_one
