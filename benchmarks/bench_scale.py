@@ -216,7 +216,7 @@ def build(data: Path, params: dict[str, Any]) -> dict[str, Any]:
     for i, n_i in enumerate(meta["slot_items"]):
         store_file = data / f"index-part{i}-vectors.faiss"
         vectors = store_rows(store_file, n_i, DIM)
-        part_params = {**default_pq_params(n_i, DIM), **params}
+        part_params = {**default_pq_params(n_i, DIM, sum(meta["slot_items"])), **params}
         t0 = time.perf_counter()
         sample = training_sample(vectors, int(part_params["nlist"]))
         trained = train_pq(sample, **part_params)

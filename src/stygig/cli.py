@@ -239,8 +239,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--nprobe",
         type=int,
-        help="lists probed per query by ivf / ivfpq indexes (default per kind; more: better "
-        "recall, slower; docs/scale.md)",
+        help="lists probed per query by ivf / ivfpq indexes (default per kind and size: ivfpq "
+        "32 up to 5M items, 24 at 10M; more: better recall, slower; docs/scale.md)",
     )
     p.add_argument(
         "--whiten",

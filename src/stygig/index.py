@@ -488,8 +488,10 @@ def plan_parts(
 
     With ``auto``, parts up to :data:`PART_FLAT_MAX_ITEMS` are flat and larger ones ``ivf``
     (``ivfpq`` from :data:`PQ_MIN_ITEMS` items in all), with IVF probes per
-    :data:`PART_SCAN_BUDGET`. Whatever the kind, a part of fewer than :data:`PQ_MIN_ROWS` rows is
-    flat: it cannot train PQ codebooks, and an exact search of so few rows costs nothing."""
+    :data:`PART_SCAN_BUDGET` (IVF-PQ parts: per the whole catalogue's size,
+    :func:`stygig.index_pq.default_nprobe`). Whatever the kind, a part of fewer than
+    :data:`PQ_MIN_ROWS` rows is flat: it cannot train PQ codebooks, and an exact search of so
+    few rows costs nothing."""
     labels = np.asarray(list(partitions), dtype=object)
     if len(labels) != n:
         raise InvalidOptionsError(f"{len(labels)} partition labels for {n} vectors: one per row")
@@ -511,6 +513,10 @@ def plan_parts(
         one = dict(params)
         if part_kind == "ivf":
             one.setdefault("nprobe", min(nprobe, default_nlist(len(r))))
+        elif part_kind == "ivfpq":
+            from stygig.index_pq import default_nprobe  # lazy: index_pq imports this module
+
+            one.setdefault("nprobe", default_nprobe(n))  # by the whole catalogue's size
         each.append(one)
     return names, rows, kinds, each
 

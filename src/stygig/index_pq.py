@@ -42,6 +42,7 @@ __all__ = [
     "PQ_KIND",
     "PQIndex",
     "add_chunk",
+    "default_nprobe",
     "default_pq_params",
     "fp16_rows",
     "merge_chunks",
@@ -63,10 +64,17 @@ TRAIN_PER_LIST = 40
 TRAIN_MIN, TRAIN_MAX = 20_000, 160_000
 
 #: Defaults (see benchmarks/bench_scale.py and docs/scale.md for how they were chosen): 32
-#: probes of sqrt(n) lists per part, and a shortlist of k + 100 candidates re-ranked exactly
-#: (recall@50 at 1M: 0.980 with 100 extra, 0.954 with 50, the same as float16 lists).
+#: probes of sqrt(n) lists per part up to :data:`NPROBE_FULL_ITEMS` items in the catalogue
+#: (fewer above: :func:`default_nprobe`), and a shortlist of k + 100 candidates re-ranked
+#: exactly (recall@50 at 1M: 0.980 with 100 extra, 0.954 with 50, the same as float16 lists).
 DEFAULT_NPROBE = 32
 DEFAULT_RERANK_EXTRA = 100
+
+#: Up to this many items in the whole catalogue every part is probed :data:`DEFAULT_NPROBE`
+#: times; above it the default falls as ``sqrt(NPROBE_FULL_ITEMS / n)``, never below
+#: :data:`MIN_DEFAULT_NPROBE`.
+NPROBE_FULL_ITEMS = 5_000_000
+MIN_DEFAULT_NPROBE = 24
 
 #: The depth whose order ``rerank_extra`` protects: a search for ``k`` re-ranks a shortlist of
 #: ``max(k, min(k, RERANK_DEPTH) + rerank_extra)`` codes. Up to 50 that is ``k + extra``; a
@@ -89,18 +97,37 @@ RERANK_DEPTH = 50
 DEFAULT_MAPPED_ROWS_MB = 640
 
 
-def default_pq_params(n_items: int, dim: int) -> dict[str, Any]:
+def default_nprobe(n_total: int) -> int:
+    """Probes per part for a catalogue of ``n_total`` items (all parts together).
+
+    Each part has ``sqrt(n_part)`` lists of ``sqrt(n_part)`` codes, so a probe scans more codes
+    as the catalogue grows, and every part is searched per query. Up to
+    :data:`NPROBE_FULL_ITEMS` items: :data:`DEFAULT_NPROBE`; above, ``32 sqrt(5M / n)`` probes,
+    at least :data:`MIN_DEFAULT_NPROBE`. Measured on the synthetic 512-d catalogues split by
+    slot (docs/scale.md): 1M and 5M with 32 probes, recall@50 0.987 and 0.986; 10M with 32,
+    recall@50 0.978 but search + scoring 10.9 ms p50, over the 10 ms target; 10M with 24 (this
+    rule's value there), recall@50 0.961 and 8.4-9.8 ms. Sizes in between are interpolated,
+    not measured; ``stygig build --nprobe N`` overrides it.
+    """
+    if n_total <= NPROBE_FULL_ITEMS:
+        return DEFAULT_NPROBE
+    scaled = round(DEFAULT_NPROBE * float(np.sqrt(NPROBE_FULL_ITEMS / n_total)))
+    return max(MIN_DEFAULT_NPROBE, int(scaled))
+
+
+def default_pq_params(n_items: int, dim: int, n_total: int | None = None) -> dict[str, Any]:
     """Settings for ``n_items`` vectors of ``dim``: ``nlist = sqrt(n)`` lists (half the flat IVF
     kind's: a code is 4x smaller than a float16 row, so lists may be longer), ``m = dim``
     sub-quantisers of 4 bits (256 bytes at 512-d: at 2 bits a dimension, m = dim / 2, recall@50
     stayed below 0.85 with 300 candidates re-ranked on clustered 512-d vectors), ``nprobe``
-    and the candidates re-ranked beyond ``k``."""
+    (:func:`default_nprobe` of ``n_total``, the whole catalogue when these vectors are one
+    part of it; default ``n_items``) and the candidates re-ranked beyond ``k``."""
     return {
         "nlist": max(1, min(65_536, int(np.sqrt(max(n_items, 1))))),
         "m": dim,
         "nbits": 4,
         "opq": False,
-        "nprobe": DEFAULT_NPROBE,
+        "nprobe": default_nprobe(n_items if n_total is None else n_total),
         "rerank_extra": DEFAULT_RERANK_EXTRA,
     }
 
