@@ -345,10 +345,11 @@ class Recommender:
             if len(parts) == 1:
                 pool_sims = sims_found[keep_pool]
         q_cats = np.array([p.category for p in parts if p.category >= 0], np.int64)
-        q_slots = np.unique(cols.category_slot[q_cats])
+        q_slots = cols.category_slot[q_cats]  # one per query part; repeats do no harm
         c_cat = cols.category_codes[cand]
-        # Per category first (tens of them), then one lookup per candidate.
-        in_q_slots = np.isin(cols.category_slot, q_slots)[c_cat]
+        # Per category first (tens of them), then one lookup per candidate. A comparison
+        # table, not np.unique + np.isin: their sorting costs ~0.1 ms with cold caches.
+        in_q_slots = (cols.category_slot[:, None] == q_slots[None, :]).any(axis=1)[c_cat]
         if options.mode == "outfit":
             compatible = _compatible(cols, q_cats, c_cat)
             keep = compatible & ~in_q_slots
