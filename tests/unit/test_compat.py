@@ -355,6 +355,28 @@ def _full_model(rng: np.random.Generator) -> tuple[CompatModel, ItemFeatures, li
     return model, feats, ids
 
 
+def test_an_item_added_after_training_is_scored_with_its_own_attributes() -> None:
+    """The serving scorer reads the catalogue's attributes, not only the model's table of the
+    items it trained on: an item added later (here "15-a", unknown to the table) is projected
+    from its own attributes, and an item the table knows keeps the table's row."""
+    from stygig.compat.scorer import LearnedScorer
+
+    model, feats, ids = _full_model(np.random.default_rng(5))
+    ids = [*ids, "15-a"]
+    emb = np.vstack([feats.embeddings, np.random.default_rng(6).normal(size=(1, 5))])
+    rgb = np.vstack([np.full((6, 3), 90), [[200, 30, 30]]]).astype(np.uint8)
+    codes = np.array([0, 1, 0, 0, 1, 1, 0])
+    table = [{"colour": "BLUE", "line": "SHE"}, {"colour": "RED"}, {"colour": "BLUE"}]
+    attributes = [*table, {"colour": "RED", "line": "SHE"}, None, None, {"colour": "RED"}]
+    scorer = LearnedScorer(model, emb, rgb, ["a", "b"], codes, ids, "learned", attributes)
+    expect = item_features(emb, rgb, ["a", "b", "a", "a", "b", "b", "a"], "ab")
+    expect = replace(expect, attributes=model.encode_attributes(attributes))
+    assert np.allclose(scorer._vectors, model.project(expect, ids), atol=1e-6)
+    without = LearnedScorer(model, emb, rgb, ["a", "b"], codes, ids, "learned")
+    assert np.allclose(without._vectors[:6], scorer._vectors[:6], atol=1e-6)  # the same rows
+    assert not np.allclose(without._vectors[6], scorer._vectors[6], atol=1e-3)  # the new one
+
+
 def test_full_model_scores_match_the_formula_and_round_trip(tmp_path: Path) -> None:
     from stygig.compat.model import group_key
 
