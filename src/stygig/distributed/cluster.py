@@ -12,10 +12,11 @@ from types import ModuleType
 from typing import NoReturn
 
 from stygig import errors
-from stygig.errors import ServerError, StygigError
+from stygig.errors import InvalidOptionsError, ServerError, StygigError
 
 __all__ = [
     "FORWARDED_ENV",
+    "RAY_DEVICES",
     "ClusterResources",
     "import_ray",
     "raise_failure",
@@ -95,13 +96,25 @@ def worker_failure(e: StygigError) -> str:
     return json.dumps({"type": type(e).__name__, "code": e.code, "message": e.message})
 
 
-def raise_failure(text: str) -> NoReturn:
-    """Raise the StyGig error that :func:`worker_failure` described, said as StyGig says it."""
+def raise_failure(text: str, *, device: str = "cpu") -> NoReturn:
+    """Raise the StyGig error that :func:`worker_failure` described, said as StyGig says it.
+    ``device``: where the stage's encoder actors ran; an encoder a GPU actor could not load
+    names the way to run on CPUs instead."""
     data = json.loads(text)
     cls = getattr(errors, str(data.get("type")), StygigError)
     if not (isinstance(cls, type) and issubclass(cls, StygigError)):
         cls = StygigError
-    raise cls(f"on a Ray worker: {data.get('message')}", code=str(data.get("code")))
+    message = f"on a Ray worker: {data.get('message')}"
+    if device == "cuda" and issubclass(cls, errors.EncoderUnavailableError):
+        message += (
+            " (the cluster has GPUs, so each encoder actor was given one: --ray-device cpu "
+            "runs them on the CPUs instead)"
+        )
+    raise cls(message, code=str(data.get("code")))
+
+
+#: ``--ray-device``: where encoder actors run.
+RAY_DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -111,11 +124,27 @@ class ClusterResources:
     cpus: float
     gpus: float
 
-    def default_actors(self, actor_cpus: float) -> int:
-        """Encoder actors to run: one per GPU when there are GPUs (the CPUs decode beside them),
-        else as many as the CPUs hold (each decodes and embeds its own batches), at least one."""
-        if self.gpus >= 1:
-            return int(self.gpus)
+    def actor_device(self, requested: str = "auto") -> str:
+        """Where encoder actors run (``cpu`` or ``cuda``) for ``--ray-device requested``:
+        ``auto``, a GPU each when the cluster has GPUs, else the CPUs; ``cpu`` whatever the
+        cluster has; ``cuda`` only on a cluster with GPUs (refused before any work)."""
+        if requested not in RAY_DEVICES:
+            raise InvalidOptionsError(f"--ray-device must be one of {', '.join(RAY_DEVICES)}")
+        if requested == "auto":
+            return "cuda" if self.gpus >= 1 else "cpu"
+        if requested == "cuda" and self.gpus < 1:
+            raise InvalidOptionsError(
+                "--ray-device cuda: the Ray cluster has no GPUs (ray.cluster_resources() "
+                f"reports {self.cpus:g} CPUs and none); use --ray-device auto or cpu, or add "
+                "GPU nodes"
+            )
+        return requested
+
+    def default_actors(self, actor_cpus: float, device: str) -> int:
+        """Encoder actors to run: one per GPU on ``cuda`` (the CPUs decode beside them), else
+        as many as the CPUs hold (each decodes and embeds its own batches), at least one."""
+        if device == "cuda":
+            return max(1, int(self.gpus))
         return max(1, int(self.cpus // max(actor_cpus, 1e-3)))
 
 

@@ -59,6 +59,14 @@ def add_engine_flags(parser: argparse.ArgumentParser, command: str = "build") ->
             default=1.0,
             help="with --engine ray: CPUs (and encoder threads) per actor (default 1)",
         )
+        g.add_argument(
+            "--ray-device",
+            choices=["auto", "cpu", "cuda"],
+            default="auto",
+            help="with --engine ray: where the encoder actors run: auto (a GPU each when the "
+            "cluster has GPUs, else CPUs; default), cpu, or cuda (refused on a cluster without "
+            "GPUs)",
+        )
     if command == "build":
         g.add_argument(
             "--ray-stage",
@@ -137,6 +145,7 @@ def run_build_ray_command(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             actors=args.ray_actors,
             actor_cpus=args.ray_actor_cpus,
+            device=args.ray_device,
             stage=args.ray_stage,
         )
     ray_info = result.manifest.get("build", {}).get("ray", {})
@@ -178,6 +187,7 @@ def run_batch_ray_command(args: argparse.Namespace, options: dict[str, Any]) -> 
             progress=not args.quiet,
             actors=args.ray_actors,
             actor_cpus=args.ray_actor_cpus,
+            device=args.ray_device,
         )
 
 

@@ -121,9 +121,11 @@ def run_batch_ray(
     progress: bool = True,
     actors: int | None = None,
     actor_cpus: float = 1.0,
+    device: str = "auto",
 ) -> BatchSummary:
     """:func:`stygig.batch.run_batch` with the groups answered on the connected Ray cluster;
-    the same inputs, records, sinks and resume rules."""
+    the same inputs, records, sinks and resume rules. ``device``: where the answering actors
+    run (``auto``: a GPU each when the cluster has GPUs; ``cpu``; ``cuda``)."""
     ray = import_ray()
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -150,8 +152,8 @@ def run_batch_ray(
         else:
             work.append(_to_row(inp))
     cluster = resources()
-    use_gpu = cluster.gpus >= 1
-    n_actors = actors or cluster.default_actors(actor_cpus)
+    where = cluster.actor_device(device)
+    n_actors = actors or cluster.default_actors(actor_cpus, where)
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = progress
     ctx.print_on_execution_start = progress
@@ -173,18 +175,18 @@ def run_batch_ray(
                 "artifact": str(Path(artifact).resolve()),
                 "options": options,
                 "verify": False,  # checked once, here
-                "device": "cuda" if use_gpu else "cpu",
+                "device": where,
             },
             compute=ActorPoolStrategy(size=n_actors),
             batch_size=batch_size,
             batch_format="numpy",
             num_cpus=actor_cpus,
-            num_gpus=1 if use_gpu else 0,
+            num_gpus=1 if where == "cuda" else 0,
             **remote_args,
         )
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             if "failure" in batch:
-                raise_failure(str(batch["failure"][0]))
+                raise_failure(str(batch["failure"][0]), device=where)
             for index, line, error in zip(
                 batch["index"], batch["line"], batch["error"], strict=True
             ):

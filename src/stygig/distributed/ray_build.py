@@ -326,6 +326,7 @@ def embed_on_ray(
     batch_size: int = 32,
     actors: int | None = None,
     actor_cpus: float = 1.0,
+    device: str = "auto",
     progress: bool = True,
 ) -> tuple[EmbedResult, dict[str, Any]]:
     """Prepare and embed ``read.items`` on the connected Ray cluster; the parts land in
@@ -334,8 +335,8 @@ def embed_on_ray(
     from ray.data import ActorPoolStrategy, DataContext
 
     cluster: ClusterResources = resources()
-    use_gpu = cluster.gpus >= 1
-    n_actors = actors or cluster.default_actors(actor_cpus)
+    where = cluster.actor_device(device)
+    n_actors = actors or cluster.default_actors(actor_cpus, where)
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = progress
     ctx.print_on_execution_start = progress
@@ -361,19 +362,19 @@ def embed_on_ray(
                 "loader": loader,
                 "stage": stage,
                 "threads": max(1, int(actor_cpus)),
-                "device": "cuda" if use_gpu else "cpu",
+                "device": where,
             },
             compute=ActorPoolStrategy(size=n_actors),
             batch_size=batch_size,
             batch_format="numpy",
             num_cpus=actor_cpus,
-            num_gpus=1 if use_gpu else 0,
+            num_gpus=1 if where == "cuda" else 0,
             **remote_args,
         )
         written = ds.take_all()
         for row in written:
             if row["failure"]:
-                raise_failure(str(row["failure"]))
+                raise_failure(str(row["failure"]), device=where)
         parts = len(written)
     else:
         parts = 0
@@ -387,7 +388,7 @@ def embed_on_ray(
         "actors": n_actors,
         "actor_cpus": actor_cpus,
         "cluster": {"cpus": cluster.cpus, "gpus": cluster.gpus},
-        "device": "cuda" if use_gpu else "cpu",
+        "device": where,
         "parts": parts,
     }
     return embedded, info
@@ -547,6 +548,7 @@ def build_artifact_ray(
     progress: bool = True,
     actors: int | None = None,
     actor_cpus: float = 1.0,
+    device: str = "auto",
     stage: str | None = None,
     keep_stage: bool = False,
     index_chunk_rows: int | None = None,
@@ -557,6 +559,8 @@ def build_artifact_ray(
     ``encoder`` and ``extra_files`` are what :func:`stygig.build.make_build_encoder` yielded
     (``weights`` and ``random_weights`` as given to it: actors load non-ONNX encoders by name).
     ``actors``: encoder actors (default one per GPU, else one per ``actor_cpus`` CPUs);
+    ``device``: where they run (``auto``: a GPU each when the cluster has GPUs; ``cpu``;
+    ``cuda``: :meth:`~stygig.distributed.cluster.ClusterResources.actor_device`);
     ``stage``: where the parts go (default ``<out>.ray-parts``, removed after the build unless
     ``keep_stage``). An ``ivfpq`` index is trained and filled as Ray tasks too
     (:func:`build_index_on_ray`, ``index_chunk_rows`` rows per adding task). The category
@@ -580,6 +584,7 @@ def build_artifact_ray(
         batch_size=batch_size,
         actors=actors,
         actor_cpus=actor_cpus,
+        device=device,
         progress=progress,
     )
     embed_s = time.perf_counter() - t0
