@@ -99,6 +99,9 @@ def test_tiny_is_deterministic_and_normalised() -> None:
     np.testing.assert_array_equal(first, again)
     assert encoder.describe()["weights"] == TinyEncoder().describe()["weights"]
     assert encoder.encode(batch[:0]).shape == (0, 64)
+    # NumPy on the CPU: a GPU asked of it (a Ray GPU actor, serve --device cuda) is refused.
+    with pytest.raises(ConfigError, match="on the CPU: not on 'cuda'"):
+        load_encoder("tiny", device="cuda")
 
 
 def test_tiny_rows_do_not_depend_on_their_batch() -> None:

@@ -105,7 +105,7 @@ def raise_failure(text: str, *, device: str = "cpu") -> NoReturn:
     if not (isinstance(cls, type) and issubclass(cls, StygigError)):
         cls = StygigError
     message = f"on a Ray worker: {data.get('message')}"
-    if device == "cuda" and issubclass(cls, errors.EncoderUnavailableError):
+    if device == "cuda" and issubclass(cls, (errors.EncoderUnavailableError, errors.ConfigError)):
         message += (
             " (the cluster has GPUs, so each encoder actor was given one: --ray-device cpu "
             "runs them on the CPUs instead)"

@@ -107,6 +107,8 @@ def load_encoder(
     if name == "tiny":
         if runtime not in ("auto", "numpy") or int8 or weights is not None:
             raise ConfigError("the tiny encoder runs on NumPy only, with no weights or int8")
+        if device != "cpu":
+            raise ConfigError(f"the tiny encoder runs on NumPy, on the CPU: not on {device!r}")
         return TinyEncoder()
     if runtime == "numpy":
         raise ConfigError(f"{name} runs on torch or onnx, not numpy")
