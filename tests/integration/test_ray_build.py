@@ -41,7 +41,7 @@ HOLD_OUT_EVERY = 10
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
     try:
         yield
     finally:
@@ -411,3 +411,26 @@ def test_other_index_kinds_are_built_locally(tmp_path: Path) -> None:
     split = build_index_on_ray(x, "auto", slots, {}, tmp_path, info=info)
     assert isinstance(split, PartitionedIndex) and {p.kind for p in split.parts} == {"flat"}
     assert info == {} and not any(tmp_path.iterdir())
+
+
+def test_ray_device_cuda_without_gpus_is_refused_before_any_work(
+    cluster: None, builds: dict[str, Path], kaggle_slice: dict[str, Any], tmp_path: Path
+) -> None:
+    """This cluster has no GPU: --ray-device cuda is refused before a catalogue is read or a
+    batch run is started (no stage, no output, no run record)."""
+    from stygig.build import make_build_encoder
+    from stygig.distributed.ray_batch import run_batch_ray
+    from stygig.distributed.ray_build import build_artifact_ray
+    from stygig.errors import InvalidOptionsError
+
+    with (
+        make_build_encoder("tiny") as (encoder, files),
+        pytest.raises(InvalidOptionsError, match="the Ray cluster has no GPUs"),
+    ):
+        build_artifact_ray(
+            tmp_path / "missing.csv", tmp_path / "art", encoder, extra_files=files, device="cuda"
+        )
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(InvalidOptionsError, match="the Ray cluster has no GPUs"):
+        run_batch_ray(builds["ray"], str(kaggle_slice["queries"]), str(out), device="cuda")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

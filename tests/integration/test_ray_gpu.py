@@ -77,7 +77,8 @@ def test_gpu_actors_without_cuda_are_a_clear_error(
         _build(encoder, tmp_path / "art", "auto")  # auto: the cluster has a GPU
     message = str(caught.value)
     assert "on a Ray worker" in message and "no CUDA provider" in message
-    assert "--ray-device cpu" in message and "Traceback" not in message
+    assert "each encoder actor had a GPU; --ray-device cpu" in message
+    assert "Traceback" not in message
     assert not (tmp_path / "art" / "manifest.json").exists()
 
 
@@ -113,18 +114,19 @@ def test_ray_device_cpu_builds_and_batches_on_a_gpu_cluster(
     assert got.processed > 0
 
 
-def test_where_actors_run_follows_the_flag_and_the_cluster() -> None:
-    """No cluster needed: the choice itself."""
-    from stygig.distributed.cluster import ClusterResources
+def test_a_numpy_encoder_runs_on_the_cpus_of_a_gpu_cluster(
+    gpu_cluster: None, tmp_path: Path
+) -> None:
+    """auto gives GPUs only to encoders that can use one: the tiny NumPy encoder builds on the
+    CPUs of a GPU cluster (and is refused a GPU when asked for one, before any work)."""
+    from stygig.encoders import load_encoder
     from stygig.errors import InvalidOptionsError
+    from stygig.sample_catalog import generate_sample_catalog
 
-    gpus, cpus_only = ClusterResources(cpus=16, gpus=2), ClusterResources(cpus=16, gpus=0)
-    assert [gpus.actor_device(d) for d in ("auto", "cpu", "cuda")] == ["cuda", "cpu", "cuda"]
-    assert [cpus_only.actor_device(d) for d in ("auto", "cpu")] == ["cpu", "cpu"]
-    with pytest.raises(InvalidOptionsError, match="--ray-device cuda: the Ray cluster has no GPUs"):
-        cpus_only.actor_device("cuda")
-    with pytest.raises(InvalidOptionsError, match="--ray-device must be one of"):
-        gpus.actor_device("tpu")
-    assert gpus.default_actors(1.0, "cuda") == 2  # one per GPU
-    assert gpus.default_actors(4.0, "cpu") == 4  # by the CPUs
-    assert cpus_only.default_actors(32.0, "cpu") == 1  # at least one
+    csv = generate_sample_catalog(tmp_path / "catalog")
+    tiny = {"csv": csv, "encoder": load_encoder("tiny"), "files": {}}
+    built = _build(tiny, tmp_path / "auto", "auto")
+    assert built.manifest["build"]["ray"]["device"] == "cpu"
+    with pytest.raises(InvalidOptionsError, match="the tiny encoder runs on NumPy"):
+        _build(tiny, tmp_path / "cuda", "cuda")
+    assert not (tmp_path / "cuda").exists() and not (tmp_path / "cuda.ray-parts").exists()

@@ -63,7 +63,7 @@ def s3_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
         if ray.is_initialized():  # pragma: no cover - another module's cluster left running
             ray.shutdown()
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
         server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         server.start()
         try:

@@ -46,7 +46,7 @@ def served(sample: tuple[Path, Path]) -> Iterator[dict[str, Any]]:
     _, artifact = sample
     config = ServerConfig(artifact=artifact, batching=BatcherConfig(8, 20.0, 64), threads=4)
     port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
     try:
         start_serve(config, host="127.0.0.1", port=port, replicas=1, replica_cpus=1.0)
         with TestClient(create_app(config)) as local:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from stygig import errors
 from stygig.errors import InvalidOptionsError, ServerError, StygigError
@@ -89,27 +89,27 @@ def worker_runtime_env() -> dict[str, dict[str, str]]:
     return {"env_vars": env} if env else {}
 
 
-def worker_failure(e: StygigError) -> str:
+def worker_failure(e: StygigError, *, encoder_load: bool = False) -> str:
     """A StyGig error raised in a Ray worker, as a string column of the stage's output. Ray
     hands an exception back only as its text (the worker's traceback, the class lost), so a
     stage returns its failure as data and the driver raises it again (:func:`raise_failure`)."""
-    return json.dumps({"type": type(e).__name__, "code": e.code, "message": e.message})
+    data: dict[str, Any] = {"type": type(e).__name__, "code": e.code, "message": e.message}
+    if encoder_load:  # loading the encoder on the actor's device failed
+        data["encoder_load"] = True
+    return json.dumps(data)
 
 
 def raise_failure(text: str, *, device: str = "cpu") -> NoReturn:
     """Raise the StyGig error that :func:`worker_failure` described, said as StyGig says it.
-    ``device``: where the stage's encoder actors ran; an encoder a GPU actor could not load
-    names the way to run on CPUs instead."""
+    ``device``: where the stage's encoder actors ran; an encoder that a GPU actor could not
+    load names the way to run on the CPUs instead."""
     data = json.loads(text)
     cls = getattr(errors, str(data.get("type")), StygigError)
     if not (isinstance(cls, type) and issubclass(cls, StygigError)):
         cls = StygigError
     message = f"on a Ray worker: {data.get('message')}"
-    if device == "cuda" and issubclass(cls, (errors.EncoderUnavailableError, errors.ConfigError)):
-        message += (
-            " (the cluster has GPUs, so each encoder actor was given one: --ray-device cpu "
-            "runs them on the CPUs instead)"
-        )
+    if device == "cuda" and data.get("encoder_load"):
+        message += " (each encoder actor had a GPU; --ray-device cpu runs them on the CPUs)"
     raise cls(message, code=str(data.get("code")))
 
 
@@ -124,19 +124,29 @@ class ClusterResources:
     cpus: float
     gpus: float
 
-    def actor_device(self, requested: str = "auto") -> str:
+    def actor_device(
+        self, requested: str = "auto", *, encoder: Mapping[str, Any] | None = None
+    ) -> str:
         """Where encoder actors run (``cpu`` or ``cuda``) for ``--ray-device requested``:
-        ``auto``, a GPU each when the cluster has GPUs, else the CPUs; ``cpu`` whatever the
-        cluster has; ``cuda`` only on a cluster with GPUs (refused before any work)."""
+        ``auto``, a GPU each when the cluster has GPUs and the encoder (its ``describe()``) can
+        use one, else the CPUs; ``cpu`` whatever the cluster has; ``cuda`` only on a cluster
+        with GPUs and for an encoder with a GPU path (refused before any work otherwise)."""
         if requested not in RAY_DEVICES:
             raise InvalidOptionsError(f"--ray-device must be one of {', '.join(RAY_DEVICES)}")
+        numpy_only = encoder is not None and encoder.get("runtime") == "numpy"
         if requested == "auto":
-            return "cuda" if self.gpus >= 1 else "cpu"
+            return "cuda" if self.gpus >= 1 and not numpy_only else "cpu"
         if requested == "cuda" and self.gpus < 1:
             raise InvalidOptionsError(
                 "--ray-device cuda: the Ray cluster has no GPUs (ray.cluster_resources() "
                 f"reports {self.cpus:g} CPUs and none); use --ray-device auto or cpu, or add "
                 "GPU nodes"
+            )
+        if requested == "cuda" and numpy_only:
+            name = encoder.get("name") if encoder else None
+            raise InvalidOptionsError(
+                f"--ray-device cuda: the {name} encoder runs on NumPy, on the CPU; use "
+                "--ray-device auto or cpu"
             )
         return requested
 

@@ -50,8 +50,8 @@ def add_engine_flags(parser: argparse.ArgumentParser, command: str = "build") ->
             "--ray-actors",
             type=int,
             default=None,
-            help="with --engine ray: encoder actors (default one per GPU, else one per "
-            "--ray-actor-cpus CPUs of the cluster)",
+            help="with --engine ray: encoder actors (default one per GPU when they run on "
+            "GPUs, else one per --ray-actor-cpus CPUs of the cluster)",
         )
         g.add_argument(
             "--ray-actor-cpus",
@@ -103,7 +103,7 @@ def run_build_ray_command(args: argparse.Namespace) -> int:
     _positive(args.batch_size, "--batch-size")
     from stygig.build import index_params, make_build_encoder, print_build_result
     from stygig.catalog import Taxonomy
-    from stygig.distributed.cluster import import_ray, ray_session
+    from stygig.distributed.cluster import import_ray, ray_session, resources
 
     import_ray()  # a missing extra is said before any model is exported
     from stygig.catalog import read_catalog
@@ -116,38 +116,38 @@ def run_build_ray_command(args: argparse.Namespace) -> int:
             args.catalog, layout=args.format, images_dir=args.images, taxonomy=taxonomy
         )
         photos = [item.image for item in read.items]
-    with (
-        ray_session(args.address),
-        make_build_encoder(
+    with ray_session(args.address):
+        if args.ray_device == "cuda":  # a cluster without GPUs: said before the export
+            resources().actor_device("cuda")
+        with make_build_encoder(
             args.encoder,
             runtime=args.runtime,
             weights=args.weights,
             int8=args.int8,
             random_weights=args.random_weights,
             calibration_photos=photos,
-        ) as (encoder, extra_files),
-    ):
-        result = build_artifact_ray(
-            args.catalog,
-            args.out,
-            encoder,
-            weights=args.weights,
-            random_weights=args.random_weights,
-            layout=args.format,
-            images_dir=args.images,
-            taxonomy=taxonomy,
-            index_kind=args.index,
-            index_params=index_params(args.partition_by, args.nprobe),
-            batch_size=args.batch_size,
-            extra_files=extra_files,
-            whiten=args.whiten,
-            category_head=args.category_head,
-            progress=not args.quiet,
-            actors=args.ray_actors,
-            actor_cpus=args.ray_actor_cpus,
-            device=args.ray_device,
-            stage=args.ray_stage,
-        )
+        ) as (encoder, extra_files):
+            result = build_artifact_ray(
+                args.catalog,
+                args.out,
+                encoder,
+                weights=args.weights,
+                random_weights=args.random_weights,
+                layout=args.format,
+                images_dir=args.images,
+                taxonomy=taxonomy,
+                index_kind=args.index,
+                index_params=index_params(args.partition_by, args.nprobe),
+                batch_size=args.batch_size,
+                extra_files=extra_files,
+                whiten=args.whiten,
+                category_head=args.category_head,
+                progress=not args.quiet,
+                actors=args.ray_actors,
+                actor_cpus=args.ray_actor_cpus,
+                device=args.ray_device,
+                stage=args.ray_stage,
+            )
     ray_info = result.manifest.get("build", {}).get("ray", {})
     print_build_result(
         result,

@@ -85,13 +85,16 @@ class Answer:
     def __init__(self, artifact: str, options: dict[str, Any], verify: bool, device: str) -> None:
         from stygig.engine import load_artifact_encoder
 
-        self.failure = ""
+        self.failure, self.options = "", options
         try:
             art = Artifact.load(artifact, verify=verify)
-            self.recommender = Recommender(art, encoder=load_artifact_encoder(art, device=device))
         except StygigError as e:
             self.failure = worker_failure(e)
-        self.options = options
+            return
+        try:
+            self.recommender = Recommender(art, encoder=load_artifact_encoder(art, device=device))
+        except StygigError as e:
+            self.failure = worker_failure(e, encoder_load=True)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.failure:
@@ -131,6 +134,9 @@ def run_batch_ray(
 
     options = checked_options(options)
     recommender = Recommender(Artifact.load(artifact, verify=verify))
+    # Where the actors run, refused (--ray-device cuda without GPUs) before the run starts.
+    cluster = resources()
+    where = cluster.actor_device(device, encoder=recommender.artifact.manifest["encoder"])
     # run_batch's own start and run record: a local run and a Ray run resume each other.
     tally = start_batch(
         recommender,
@@ -151,8 +157,6 @@ def run_batch_ray(
             failed.append(input_record(inp, inp.error))
         else:
             work.append(_to_row(inp))
-    cluster = resources()
-    where = cluster.actor_device(device)
     n_actors = actors or cluster.default_actors(actor_cpus, where)
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = progress

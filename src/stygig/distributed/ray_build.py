@@ -219,7 +219,7 @@ class EmbedAndWrite:
         try:
             self.encoder, self._folder = loader.load(threads=threads, device=device)
         except StygigError as e:
-            self.failure = worker_failure(e)
+            self.failure = worker_failure(e, encoder_load=True)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = np.asarray(batch["ok"], bool)
@@ -335,7 +335,7 @@ def embed_on_ray(
     from ray.data import ActorPoolStrategy, DataContext
 
     cluster: ClusterResources = resources()
-    where = cluster.actor_device(device)
+    where = cluster.actor_device(device, encoder=encoder.describe())
     n_actors = actors or cluster.default_actors(actor_cpus, where)
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = progress
@@ -567,6 +567,8 @@ def build_artifact_ray(
     heads (``category_head``) are fitted on the driver, as locally (:func:`finish_build`).
     """
     started = time.perf_counter()
+    # Where the actors run, refused (--ray-device cuda without GPUs) before anything is read.
+    device = resources().actor_device(device, encoder=encoder.describe())
     taxonomy = taxonomy or Taxonomy.load()
     t0 = time.perf_counter()
     read = read_catalog(catalog, layout=layout, images_dir=images_dir, taxonomy=taxonomy)
