@@ -187,6 +187,7 @@ def apply_changes(
     dead: list[int] = []
     touched: list[int] = []
     events: list[tuple[int, str, bool]] = []
+    new_attributes: set[int] = set()  # rows whose attributes changed (a compat model input)
     taxonomy = art.taxonomy
 
     def append(item: Any, vector: np.ndarray, color: dict[str, Any]) -> None:
@@ -226,6 +227,8 @@ def apply_changes(
             continue
         old = item_at(pos)
         new = merge_update(old, change.fields, taxonomy, where=f"change {k + 1}")
+        if new.attributes != old.attributes:
+            new_attributes.add(pos)
         if new.in_stock != old.in_stock:
             events.append((sequence, change.id, new.in_stock))
         if new.category != old.category:
@@ -257,12 +260,21 @@ def apply_changes(
         art, items=items, colors=colors, embeddings=embeddings, index=index, positions=positions
     )
     columns = snap.columns.evolve(artifact, touched)
-    # The learned scorer projects every row (O(items x dim)): made again only when rows were
-    # appended. Updates in place (stock, price, attributes) change none of its inputs
-    # (embeddings, colours, categories, ids), so a stream of them costs no projection.
+    # The learned scorer projects every row (O(items x dim)): made again when rows were
+    # appended. Attributes changed in place (a model that reads them) re-project their rows
+    # alone; other updates (stock, price) change none of its inputs (embeddings, colours,
+    # categories, ids, attributes), so a stream of them costs no projection.
     learned = snap.learned
     if learned is not None and added:
         learned = _learned(artifact, columns, embeddings, compat_mode)
+    elif learned is not None and new_attributes and learned.model.attr_vocab:
+        rows = np.array(sorted(new_attributes), np.int64)
+        learned = learned.with_attributes(
+            rows,
+            np.asarray(embeddings[rows], np.float32),
+            columns.rgb[rows],
+            [items[int(r)].attributes for r in rows],
+        )
     recent = (*snap.stock_events, *events)[-RECENT_STOCK_EVENTS:]
     ref = dataclasses.replace(
         snap.ref,

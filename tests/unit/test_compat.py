@@ -8,6 +8,7 @@ import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -355,26 +356,87 @@ def _full_model(rng: np.random.Generator) -> tuple[CompatModel, ItemFeatures, li
     return model, feats, ids
 
 
-def test_an_item_added_after_training_is_scored_with_its_own_attributes() -> None:
-    """The serving scorer reads the catalogue's attributes, not only the model's table of the
-    items it trained on: an item added later (here "15-a", unknown to the table) is projected
-    from its own attributes, and an item the table knows keeps the table's row."""
-    from stygig.compat.scorer import LearnedScorer
+def test_an_item_added_after_training_is_scored_with_its_own_attributes(
+    sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Serving scores every item with the catalogue's attributes, not the model's table of the
+    items it trained on: a known item whose attributes a living catalogue changes is projected
+    again from them (its row alone, as a full rebuild would), and an item added after training
+    (unknown to the table) is projected from its own."""
+    from stygig.catalog.changes import CatalogChange
+    from stygig.snapshot import _learned, apply_changes, snapshot_of
 
-    model, feats, ids = _full_model(np.random.default_rng(5))
-    ids = [*ids, "15-a"]
-    emb = np.vstack([feats.embeddings, np.random.default_rng(6).normal(size=(1, 5))])
-    rgb = np.vstack([np.full((6, 3), 90), [[200, 30, 30]]]).astype(np.uint8)
-    codes = np.array([0, 1, 0, 0, 1, 1, 0])
-    table = [{"colour": "BLUE", "line": "SHE"}, {"colour": "RED"}, {"colour": "BLUE"}]
-    attributes = [*table, {"colour": "RED", "line": "SHE"}, None, None, {"colour": "RED"}]
-    scorer = LearnedScorer(model, emb, rgb, ["a", "b"], codes, ids, "learned", attributes)
-    expect = item_features(emb, rgb, ["a", "b", "a", "a", "b", "b", "a"], "ab")
-    expect = replace(expect, attributes=model.encode_attributes(attributes))
-    assert np.allclose(scorer._vectors, model.project(expect, ids), atol=1e-6)
-    without = LearnedScorer(model, emb, rgb, ["a", "b"], codes, ids, "learned")
-    assert np.allclose(without._vectors[:6], scorer._vectors[:6], atol=1e-6)  # the same rows
-    assert not np.allclose(without._vectors[6], scorer._vectors[6], atol=1e-3)  # the new one
+    path = tmp_path / "art"
+    shutil.copytree(sample[1], path)
+    art = Artifact.load(path)
+    names = tuple(sorted({i.category for i in art.items}))
+    vocab = ("colour=RED", "line=SHE")
+    d, c, h, dim = art.embeddings.shape[1], len(names), 8, 4
+    rng = np.random.default_rng(7)
+    known = art.items[0].id
+    model = CompatModel(
+        categories=names,
+        emb_mean=np.zeros(d, np.float32),
+        emb_scale=np.ones(d, np.float32),
+        w1=rng.normal(size=(d + 7 + c + len(vocab), h)).astype(np.float32),
+        b1=np.zeros(h, np.float32),
+        w2=rng.normal(size=(h, dim)).astype(np.float32),
+        b2=np.zeros(dim, np.float32),
+        masks=rng.normal(size=(c + 1, c + 1, dim)).astype(np.float32),
+        bias=np.zeros((c + 1, c + 1), np.float32),
+        cooc_weight=0.5,
+        cooccurrence=Cooccurrence.from_outfits([]),
+        attr_vocab=vocab,
+        attr_ids=np.array([known], dtype=str),
+        attr_codes=np.array([[0, -1]], np.int32),  # the table: the first item is RED
+    )
+    add_compat_model(path, model, {"note": "attributes"})
+    art = Artifact.load(path)
+    snap = snapshot_of(art, encoder=art.manifest["encoder"]["name"], compat_mode="learned")
+    before = snap.learned
+    assert before is not None
+    # An attribute update alone: its row is projected again, the others are left as they were.
+    edit = CatalogChange("update", known, fields={"attributes": {"line": "SHE"}})
+    updated = apply_changes(snap, [edit], 1, compat_mode="learned")
+    assert updated.learned is not None and updated.learned is not before
+    row = updated.artifact.positions[known]
+    fresh = _learned(updated.artifact, updated.columns, updated.artifact.embeddings, "learned")
+    assert fresh is not None
+    assert np.allclose(updated.learned._vectors, fresh._vectors, atol=1e-6)
+    changed = np.flatnonzero(np.abs(updated.learned._vectors - before._vectors).max(axis=1) > 1e-6)
+    assert changed.tolist() == [row]  # the catalogue's attributes, then the update's
+    was = [art.items[0].attributes]  # the sample's own (none in the vocabulary), not the table's
+    assert np.allclose(before._vectors[row], _projected(updated, model, names, [row], was)[0])
+    assert not np.allclose(
+        before._vectors[row],
+        _projected(updated, model, names, [row], [{"colour": "RED"}])[0],
+        atol=1e-3,
+    )
+    # An item added after training: projected from its own attributes, not scored bare.
+    first = art.items[0]
+    added = replace(first, id="added-after-training", attributes={"colour": "RED", "line": "SHE"})
+    add = CatalogChange("add", added.id, item=added, vector=art.embeddings[0], color=art.colors[0])
+    after = apply_changes(updated, [add], 2, compat_mode="learned")
+    assert after.learned is not None
+    new_row = after.artifact.positions[added.id]
+    got = after.learned._vectors[new_row]
+    assert np.allclose(got, _projected(after, model, names, [new_row], [added.attributes])[0])
+    assert not np.allclose(got, _projected(after, model, names, [new_row], [{}])[0], atol=1e-3)
+    assert np.allclose(after.learned._vectors[row], updated.learned._vectors[row])
+
+
+def _projected(
+    snap: Any, model: CompatModel, names: tuple[str, ...], rows: list[int], attributes: list[Any]
+) -> np.ndarray:
+    items = [snap.artifact.items[r] for r in rows]
+    feats = item_features(
+        np.asarray(snap.artifact.embeddings[rows]),
+        snap.columns.rgb[rows],
+        [i.category for i in items],
+        names,
+        model.encode_attributes(attributes),
+    )
+    return model.project(feats, [i.id for i in items])
 
 
 def test_full_model_scores_match_the_formula_and_round_trip(tmp_path: Path) -> None:

@@ -6,12 +6,13 @@ per photo in the query and one vectorised score over the candidates.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from stygig.compat.features import item_features
+from stygig.compat.features import ItemFeatures, colour_features, item_features
 from stygig.compat.model import CompatModel, group_key
 
 __all__ = ["LearnedScorer", "QueryView"]
@@ -64,6 +65,7 @@ class LearnedScorer:
                 else model.encode_attributes(attributes)
             )
         feats = item_features(embeddings, rgb, item_categories, names, attrs)
+        self._ids = item_ids
         self._vectors = model.project(feats, item_ids)
         self._cats = feats.category
         self._blocks = model.blocks(self._vectors, self._cats)
@@ -71,6 +73,33 @@ class LearnedScorer:
         self._cat_of_code = np.array([lookup[c] for c in self.category_names], np.int64)
         self._cooc = model.cooccurrence.codes(tuple(item_ids))
         self._groups = model.group_cooccurrence.codes(tuple(group_key(i) for i in item_ids))
+
+    def with_attributes(
+        self,
+        rows: np.ndarray,
+        embeddings: np.ndarray,
+        rgb: np.ndarray,
+        attributes: Sequence[Mapping[str, Any] | None],
+    ) -> LearnedScorer:
+        """A copy whose ``rows`` are projected again with new ``attributes`` (their embeddings
+        and colours given, categories and ids unchanged): a living catalogue's attribute
+        update costs its rows' projection, not the catalogue's. This scorer is unchanged."""
+        if not self.model.attr_vocab or not len(rows):
+            return self
+        model = self.model
+        cats = self._cats[rows]
+        feats = ItemFeatures(
+            embeddings=np.asarray(embeddings, np.float32).reshape(len(rows), -1),
+            colour=colour_features(rgb),
+            category=cats,
+            attributes=model.encode_attributes(attributes),
+        )
+        vectors = self._vectors.copy()
+        vectors[rows] = model.project(feats, [self._ids[int(r)] for r in rows])
+        out = copy.copy(self)
+        out._vectors = vectors
+        out._blocks = model.blocks(vectors, self._cats)
+        return out
 
     def query_vectors(
         self,
