@@ -147,6 +147,7 @@ def write_artifact(
     thumbnails: list[bytes | None] | None = None,
     manifest_extra: dict[str, Any] | None = None,
     index_builder: IndexBuilder | None = None,
+    requested_index_params: dict[str, Any] | None = None,
 ) -> Path:
     """Write an artifact atomically: into a temporary sibling, then renamed into place.
 
@@ -168,6 +169,9 @@ def write_artifact(
             parent version and the last change-log sequence folded in).
         index_builder: makes the index instead of :func:`stygig.index.build_index` (the Ray
             build trains and fills ``ivfpq`` indexes as cluster tasks); see :data:`IndexBuilder`.
+        requested_index_params: what the operator asked of the index (``stygig build
+            --nprobe``, ...), recorded as the manifest's ``index.requested`` for compaction to
+            ask again at the new size; default ``index_params``.
     """
     out = Path(out_dir)
     if not (len(items) == len(colors) == len(embeddings)):
@@ -194,6 +198,7 @@ def write_artifact(
         if thumbnails is not None:
             write_thumbnails(tmp, zip((i.id for i in items), thumbnails, strict=True))
         params = dict(index_params or {})
+        requested = dict(params if requested_index_params is None else requested_index_params)
         partitions = _slot_partitions(items, taxonomy, index_kind, params.pop("partition_by", None))
         builder = index_builder or _build_index
         index = builder(vectors, index_kind, partitions, params, tmp)
@@ -214,7 +219,12 @@ def write_artifact(
             "versions": library_versions(),
             "encoder": encoder_info,
             "whitening": whitening.describe() if whitening is not None else None,
-            "index": {"kind": index.kind, "dim": index.dim, "params": index.params()},
+            "index": {
+                "kind": index.kind,
+                "dim": index.dim,
+                "params": index.params(),
+                "requested": requested,
+            },
             "counts": {
                 "items": len(items),
                 "rejects": len(rejects),

@@ -82,6 +82,9 @@ def compact(artifact_dir: str | Path, changelog: ChangeLog, out_dir: str | Path)
     if "parts" in params:  # a split index: split again, each part sized afresh
         params = {"partition_by": "slot"}
         kind = "auto"
+    # What the operator asked at build (--nprobe, ...) is asked again: sized afresh, not reset.
+    requested = dict(index.get("requested") or {})
+    params.update({k: v for k, v in requested.items() if k != "partition_by"})
     extra = {}
     encoder = manifest["encoder"]
     if encoder.get("runtime") == "onnx":
@@ -98,6 +101,7 @@ def compact(artifact_dir: str | Path, changelog: ChangeLog, out_dir: str | Path)
         rejects=[],
         index_kind=kind,
         index_params=params,
+        requested_index_params=requested,
         build_info={
             "compacted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             # The rows' colours are the parent's measurements (and those of rows changed since,

@@ -25,3 +25,26 @@ def test_nprobe_reaches_the_index_and_bad_values_are_refused(
     err = capsys.readouterr().err
     assert "--nprobe must be 1 to 65536" in err and "Traceback" not in err
     assert not (tmp_path / "bad" / "manifest.json").exists()
+
+
+def test_compaction_asks_the_index_for_what_the_operator_asked(
+    sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`--nprobe` is recorded as asked (`index.requested`) and compaction asks it again, on the
+    new version's index sized afresh; a build that asked nothing keeps each kind's default."""
+    from stygig.catalog.changelog import ChangeLog
+    from stygig.compaction import compact
+
+    catalog = sample[0] / "catalog.csv"
+    common = ["build", "--catalog", str(catalog), "--encoder", "tiny", "--quiet"]
+    for name, extra, want in (("asked", ["--nprobe", "3"], 3), ("default", [], None)):
+        art = tmp_path / name
+        argv = [*common, "--out", str(art), "--index", "ivf", "--no-category-head", *extra]
+        assert main(argv) == 0
+        built = read_manifest(art)["index"]
+        assert built["requested"] == ({"nprobe": 3} if want else {})
+        out = tmp_path / f"{name}-compacted"
+        compact(art, ChangeLog(tmp_path / f"{name}-log"), out)
+        again = read_manifest(out)["index"]
+        assert again["kind"] == "ivf" and again["requested"] == built["requested"]
+        assert again["params"]["nprobe"] == (want or built["params"]["nprobe"])
