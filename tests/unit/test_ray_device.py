@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from stygig.distributed.cluster import ClusterResources, raise_failure, worker_failure
-from stygig.errors import ArtifactError, EncoderUnavailableError, InvalidOptionsError
+from stygig.distributed.cluster import (
+    ClusterResources,
+    device_refusal,
+    raise_failure,
+    worker_failure,
+)
+from stygig.errors import ArtifactError, ConfigError, EncoderUnavailableError, InvalidOptionsError
 
 ONNX = {"name": "efficientnet-lite0", "runtime": "onnx"}
 NUMPY = {"name": "tiny", "runtime": "numpy"}
@@ -46,3 +51,11 @@ def test_only_an_encoder_a_gpu_actor_could_not_load_names_the_cpu_flag() -> None
         with pytest.raises((EncoderUnavailableError, ArtifactError)) as caught:
             raise_failure(text, device=device)
         assert "--ray-device" not in str(caught.value)
+
+
+def test_only_device_refusals_count_as_such() -> None:
+    """Loading an encoder can fail for its device (what --ray-device cpu helps with) or for its
+    files (a missing or edited ONNX file: the hint would mislead)."""
+    assert device_refusal(EncoderUnavailableError("no CUDA provider"))
+    assert device_refusal(ConfigError("the tiny encoder runs on NumPy, on the CPU"))
+    assert not device_refusal(ArtifactError("encoder.onnx does not match its checksum"))

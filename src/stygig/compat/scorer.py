@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from stygig.compat.features import ItemFeatures, colour_features, item_features
-from stygig.compat.model import CompatModel, group_key
+from stygig.compat.model import CategoryBlocks, CompatModel, group_key
 
 __all__ = ["LearnedScorer", "QueryView"]
 
@@ -94,11 +94,15 @@ class LearnedScorer:
             category=cats,
             attributes=model.encode_attributes(attributes),
         )
+        projected = model.project(feats, [self._ids[int(r)] for r in rows])
         vectors = self._vectors.copy()
-        vectors[rows] = model.project(feats, [self._ids[int(r)] for r in rows])
+        vectors[rows] = projected
+        # The categories are unchanged, so the blocks keep their order: the rows change place.
+        blocked = self._blocks.vectors.copy()
+        blocked[self._blocks.inverse[rows]] = projected
         out = copy.copy(self)
         out._vectors = vectors
-        out._blocks = model.blocks(vectors, self._cats)
+        out._blocks = CategoryBlocks(blocked, self._blocks.spans, self._blocks.inverse)
         return out
 
     def query_vectors(

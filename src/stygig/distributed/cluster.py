@@ -18,6 +18,7 @@ __all__ = [
     "FORWARDED_ENV",
     "RAY_DEVICES",
     "ClusterResources",
+    "device_refusal",
     "import_ray",
     "raise_failure",
     "ray_session",
@@ -87,6 +88,12 @@ def worker_runtime_env() -> dict[str, dict[str, str]]:
     others stay)."""
     env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
     return {"env_vars": env} if env else {}
+
+
+def device_refusal(e: StygigError) -> bool:
+    """Whether loading an encoder failed for its device (no CUDA provider or GPU, an encoder
+    with no GPU path), rather than for its files: what ``--ray-device cpu`` can help with."""
+    return isinstance(e, (errors.EncoderUnavailableError, errors.ConfigError))
 
 
 def worker_failure(e: StygigError, *, encoder_load: bool = False) -> str:

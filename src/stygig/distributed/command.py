@@ -111,14 +111,14 @@ def run_build_ray_command(args: argparse.Namespace) -> int:
 
     taxonomy = Taxonomy.load(args.taxonomy) if args.taxonomy else None
     photos: list[str] = []
-    if args.int8:  # static int8 is calibrated on the catalogue's own photos, as locally
-        read = read_catalog(
-            args.catalog, layout=args.format, images_dir=args.images, taxonomy=taxonomy
-        )
-        photos = [item.image for item in read.items]
     with ray_session(args.address):
-        if args.ray_device == "cuda":  # a cluster without GPUs: said before the export
+        if args.ray_device == "cuda":  # a cluster without GPUs: said before any work
             resources().actor_device("cuda")
+        if args.int8:  # static int8 is calibrated on the catalogue's own photos, as locally
+            read = read_catalog(
+                args.catalog, layout=args.format, images_dir=args.images, taxonomy=taxonomy
+            )
+            photos = [item.image for item in read.items]
         with make_build_encoder(
             args.encoder,
             runtime=args.runtime,

@@ -39,6 +39,7 @@ from stygig.batch import (
     start_batch,
 )
 from stygig.distributed.cluster import (
+    device_refusal,
     import_ray,
     raise_failure,
     resources,
@@ -94,7 +95,7 @@ class Answer:
         try:
             self.recommender = Recommender(art, encoder=load_artifact_encoder(art, device=device))
         except StygigError as e:
-            self.failure = worker_failure(e, encoder_load=True)
+            self.failure = worker_failure(e, encoder_load=device_refusal(e))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.failure:
@@ -128,7 +129,8 @@ def run_batch_ray(
 ) -> BatchSummary:
     """:func:`stygig.batch.run_batch` with the groups answered on the connected Ray cluster;
     the same inputs, records, sinks and resume rules. ``device``: where the answering actors
-    run (``auto``: a GPU each when the cluster has GPUs; ``cpu``; ``cuda``)."""
+    run (``auto``: a GPU each when the cluster has GPUs and the artifact's encoder can use one;
+    ``cpu``; ``cuda``)."""
     ray = import_ray()
     from ray.data import ActorPoolStrategy, DataContext
 

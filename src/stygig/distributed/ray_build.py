@@ -54,6 +54,7 @@ from stygig.build import BuildResult, EmbedResult, finish_build, prepare_or_reje
 from stygig.catalog import CatalogReadResult, Reject, Taxonomy, read_catalog
 from stygig.distributed.cluster import (
     ClusterResources,
+    device_refusal,
     import_ray,
     raise_failure,
     resources,
@@ -219,7 +220,7 @@ class EmbedAndWrite:
         try:
             self.encoder, self._folder = loader.load(threads=threads, device=device)
         except StygigError as e:
-            self.failure = worker_failure(e, encoder_load=True)
+            self.failure = worker_failure(e, encoder_load=device_refusal(e))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = np.asarray(batch["ok"], bool)
