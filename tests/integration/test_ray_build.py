@@ -26,14 +26,9 @@ pytest.importorskip("ray.data", reason="Ray Data is part of the ray extra (ray[d
 from stygig.artifact import Artifact  # noqa: E402
 from stygig.engine import Options, Query, Recommender  # noqa: E402
 from stygig.rowfile import FileRows  # noqa: E402
+from tests.integration.ray_fixtures import RAY_MARKS, local_ray  # noqa: E402
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore::FutureWarning"),
-    pytest.mark.filterwarnings("ignore::ResourceWarning"),
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
-]
+pytestmark = RAY_MARKS
 
 ROWS = 200
 HOLD_OUT_EVERY = 10
@@ -41,11 +36,8 @@ HOLD_OUT_EVERY = 10
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[None]:
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
-    try:
+    with local_ray():
         yield
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -22,25 +22,17 @@ ort = pytest.importorskip("onnxruntime")
 
 from stygig.artifact import Artifact  # noqa: E402
 from stygig.errors import EncoderUnavailableError  # noqa: E402
+from tests.integration.ray_fixtures import RAY_MARKS, local_ray  # noqa: E402
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore::FutureWarning"),
-    pytest.mark.filterwarnings("ignore::ResourceWarning"),
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
-]
+pytestmark = RAY_MARKS
 
 CUDA_HERE = "CUDAExecutionProvider" in ort.get_available_providers()
 
 
 @pytest.fixture(scope="module")
 def gpu_cluster() -> Iterator[None]:
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
-    try:
+    with local_ray(num_gpus=1):
         yield
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

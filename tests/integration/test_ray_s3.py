@@ -27,14 +27,9 @@ moto_server = pytest.importorskip("moto.server", reason="moto[server] fakes S3 h
 
 from stygig import storage  # noqa: E402
 from stygig.artifact import Artifact  # noqa: E402
+from tests.integration.ray_fixtures import RAY_MARKS  # noqa: E402
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore::FutureWarning"),
-    pytest.mark.filterwarnings("ignore::ResourceWarning"),
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
-]
+pytestmark = RAY_MARKS
 
 BUCKET = "shop"
 CATALOG = f"s3://{BUCKET}/catalogue/catalog.csv"

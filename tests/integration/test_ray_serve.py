@@ -22,15 +22,10 @@ ray = pytest.importorskip("ray", reason="Ray is the optional ray extra: pip inst
 pytest.importorskip("ray.serve", reason="Ray Serve is part of the ray extra (ray[serve])")
 httpx = pytest.importorskip("httpx")
 
+from tests.integration.ray_fixtures import RAY_MARKS  # noqa: E402
 from tests.integration.server_fixtures import free_port  # noqa: E402
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore::FutureWarning"),
-    pytest.mark.filterwarnings("ignore::ResourceWarning"),
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
-]
+pytestmark = RAY_MARKS
 
 
 @pytest.fixture(scope="module")
