@@ -30,49 +30,62 @@ def _cmd_sample_catalog(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_build(args: argparse.Namespace) -> int:
-    if getattr(args, "engine", "local") == "ray":
-        from stygig.distributed.command import run_build_ray_command
+def build_encoder_from_args(args: argparse.Namespace, taxonomy: Any) -> Any:
+    """``stygig build``'s encoder from its flags (any engine), as
+    :func:`stygig.build.make_build_encoder`'s context: with ``--int8``, statically calibrated on
+    the catalogue's own photos."""
+    from stygig.build import catalogue_photos, make_build_encoder
 
-        return run_build_ray_command(args)
-    from stygig.build import (
-        build_artifact,
-        catalogue_photos,
-        index_params,
-        make_build_encoder,
-        print_build_result,
-    )
-    from stygig.catalog import Taxonomy
-
-    taxonomy = Taxonomy.load(args.taxonomy) if args.taxonomy else None
     photos: list[str] = []
-    if args.int8:  # static int8 is calibrated on the catalogue's own photos
+    if args.int8:
         photos = catalogue_photos(
             args.catalog, layout=args.format, images_dir=args.images, taxonomy=taxonomy
         )
-    with make_build_encoder(
+    return make_build_encoder(
         args.encoder,
         runtime=args.runtime,
         weights=args.weights,
         int8=args.int8,
         random_weights=args.random_weights,
         calibration_photos=photos,
-    ) as (encoder, extra_files):
+    )
+
+
+def build_options(args: argparse.Namespace, taxonomy: Any, extra_files: Any) -> dict[str, Any]:
+    """The options ``stygig build``'s flags give :func:`stygig.build.build_artifact` and its Ray
+    twin alike (the encoder's files from :func:`build_encoder_from_args`)."""
+    from stygig.build import index_params
+
+    return {
+        "layout": args.format,
+        "images_dir": args.images,
+        "taxonomy": taxonomy,
+        "index_kind": args.index,
+        "index_params": index_params(args.partition_by, args.nprobe),
+        "batch_size": args.batch_size,
+        "extra_files": extra_files,
+        "whiten": args.whiten,
+        "category_head": args.category_head,
+        "progress": not args.quiet,
+    }
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    if getattr(args, "engine", "local") == "ray":
+        from stygig.distributed.command import run_build_ray_command
+
+        return run_build_ray_command(args)
+    from stygig.build import build_artifact, print_build_result
+    from stygig.catalog import Taxonomy
+
+    taxonomy = Taxonomy.load(args.taxonomy) if args.taxonomy else None
+    with build_encoder_from_args(args, taxonomy) as (encoder, extra_files):
         result = build_artifact(
             args.catalog,
             args.out,
             encoder,
-            layout=args.format,
-            images_dir=args.images,
-            taxonomy=taxonomy,
-            index_kind=args.index,
-            index_params=index_params(args.partition_by, args.nprobe),
-            batch_size=args.batch_size,
             workers=args.workers,
-            extra_files=extra_files,
-            whiten=args.whiten,
-            category_head=args.category_head,
-            progress=not args.quiet,
+            **build_options(args, taxonomy, extra_files),
         )
     print_build_result(result)
     return 0

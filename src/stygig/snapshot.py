@@ -267,13 +267,10 @@ def apply_changes(
     learned = snap.learned
     if learned is not None and added:
         learned = _learned(artifact, columns, embeddings, compat_mode)
-    elif learned is not None and new_attributes and learned.model.attr_vocab:
+    elif learned is not None and new_attributes:  # a no-op for a model without attributes
         rows = np.array(sorted(new_attributes), np.int64)
         learned = learned.with_attributes(
-            rows,
-            np.asarray(embeddings[rows], np.float32),
-            columns.rgb[rows],
-            [items[int(r)].attributes for r in rows],
+            rows, embeddings[rows], columns.rgb[rows], [items[int(r)].attributes for r in rows]
         )
     recent = (*snap.stock_events, *events)[-RECENT_STOCK_EVENTS:]
     ref = dataclasses.replace(

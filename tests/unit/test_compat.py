@@ -318,6 +318,20 @@ def test_group_key_is_the_garment_of_a_colour() -> None:
     assert group_key("shirt-1-0") == "shirt-1-0"
 
 
+def _weights(rng: np.random.Generator, d: int, c: int, attrs: int, h: int, dim: int) -> dict:
+    """A CompatModel's random MLP and category masks: ``d``-wide embeddings, ``c`` categories,
+    ``attrs`` attribute values, ``h`` hidden units, ``dim``-d projections."""
+    return {
+        "emb_mean": np.zeros(d, np.float32),
+        "emb_scale": np.ones(d, np.float32),
+        "w1": rng.normal(size=(d + 7 + c + attrs, h)).astype(np.float32),
+        "b1": np.zeros(h, np.float32),
+        "w2": rng.normal(size=(h, dim)).astype(np.float32),
+        "b2": np.zeros(dim, np.float32),
+        "masks": rng.normal(size=(c + 1, c + 1, dim)).astype(np.float32),
+    }
+
+
 def _full_model(rng: np.random.Generator) -> tuple[CompatModel, ItemFeatures, list[str]]:
     """A model with every optional part: attributes, garment counts, item vectors, attention."""
     d, c, h, dim = 5, 2, 6, 3
@@ -326,13 +340,7 @@ def _full_model(rng: np.random.Generator) -> tuple[CompatModel, ItemFeatures, li
     attr_ids = np.array(sorted(ids[:4]), dtype=str)
     model = CompatModel(
         categories=("a", "b"),
-        emb_mean=np.zeros(d, np.float32),
-        emb_scale=np.ones(d, np.float32),
-        w1=rng.normal(size=(d + 7 + c + len(vocab), h)).astype(np.float32),
-        b1=np.zeros(h, np.float32),
-        w2=rng.normal(size=(h, dim)).astype(np.float32),
-        b2=np.zeros(dim, np.float32),
-        masks=rng.normal(size=(c + 1, c + 1, dim)).astype(np.float32),
+        **_weights(rng, d, c, len(vocab), h, dim),
         bias=rng.normal(size=(c + 1, c + 1)).astype(np.float32),
         cooc_weight=0.5,
         cooccurrence=Cooccurrence.from_outfits([["10-a", "13-a"], ["12-a", "14-a", "11-a"]]),
@@ -376,13 +384,7 @@ def test_an_item_added_after_training_is_scored_with_its_own_attributes(
     known = art.items[0].id
     model = CompatModel(
         categories=names,
-        emb_mean=np.zeros(d, np.float32),
-        emb_scale=np.ones(d, np.float32),
-        w1=rng.normal(size=(d + 7 + c + len(vocab), h)).astype(np.float32),
-        b1=np.zeros(h, np.float32),
-        w2=rng.normal(size=(h, dim)).astype(np.float32),
-        b2=np.zeros(dim, np.float32),
-        masks=rng.normal(size=(c + 1, c + 1, dim)).astype(np.float32),
+        **_weights(rng, d, c, len(vocab), h, dim),
         bias=np.zeros((c + 1, c + 1), np.float32),
         cooc_weight=0.5,
         cooccurrence=Cooccurrence.from_outfits([]),

@@ -140,7 +140,8 @@ class ClusterResources:
         with GPUs and for an encoder with a GPU path (refused before any work otherwise)."""
         if requested not in RAY_DEVICES:
             raise InvalidOptionsError(f"--ray-device must be one of {', '.join(RAY_DEVICES)}")
-        numpy_only = encoder is not None and encoder.get("runtime") == "numpy"
+        info = encoder or {}
+        numpy_only = info.get("runtime") == "numpy"
         if requested == "auto":
             return "cuda" if self.gpus >= 1 and not numpy_only else "cpu"
         if requested == "cuda" and self.gpus < 1:
@@ -150,10 +151,9 @@ class ClusterResources:
                 "GPU nodes"
             )
         if requested == "cuda" and numpy_only:
-            name = encoder.get("name") if encoder else None
             raise InvalidOptionsError(
-                f"--ray-device cuda: the {name} encoder runs on NumPy, on the CPU; use "
-                "--ray-device auto or cpu"
+                f"--ray-device cuda: the {info.get('name')} encoder runs on NumPy, on the "
+                "CPU; use --ray-device auto or cpu"
             )
         return requested
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from stygig.distributed.cluster import RAY_DEVICES
 from stygig.errors import InvalidOptionsError
 
 __all__ = [
@@ -61,7 +62,7 @@ def add_engine_flags(parser: argparse.ArgumentParser, command: str = "build") ->
         )
         g.add_argument(
             "--ray-device",
-            choices=["auto", "cpu", "cuda"],
+            choices=RAY_DEVICES,
             default="auto",
             help="with --engine ray: where the encoder actors run: auto (a GPU each when the "
             "cluster has GPUs, else CPUs; default), cpu, or cuda (refused on a cluster without "
@@ -101,48 +102,27 @@ def run_build_ray_command(args: argparse.Namespace) -> int:
     _positive(args.ray_actors, "--ray-actors")
     _positive(args.ray_actor_cpus, "--ray-actor-cpus")
     _positive(args.batch_size, "--batch-size")
-    from stygig.build import index_params, make_build_encoder, print_build_result
+    from stygig.build import print_build_result
     from stygig.catalog import Taxonomy
+    from stygig.cli import build_encoder_from_args, build_options
     from stygig.distributed.cluster import import_ray, ray_session, resources
 
     import_ray()  # a missing extra is said before any model is exported
-    from stygig.catalog import read_catalog
     from stygig.distributed.ray_build import build_artifact_ray
 
     taxonomy = Taxonomy.load(args.taxonomy) if args.taxonomy else None
-    photos: list[str] = []
     with ray_session(args.address):
-        if args.ray_device == "cuda":  # a cluster without GPUs: said before any work
-            resources().actor_device("cuda")
-        if args.int8:  # static int8 is calibrated on the catalogue's own photos, as locally
-            read = read_catalog(
-                args.catalog, layout=args.format, images_dir=args.images, taxonomy=taxonomy
-            )
-            photos = [item.image for item in read.items]
-        with make_build_encoder(
-            args.encoder,
-            runtime=args.runtime,
-            weights=args.weights,
-            int8=args.int8,
-            random_weights=args.random_weights,
-            calibration_photos=photos,
-        ) as (encoder, extra_files):
+        # --ray-device cuda on a cluster without GPUs: said before the catalogue is read for an
+        # int8 calibration or a model exported (the encoder's own check waits for the build).
+        resources().actor_device(args.ray_device)
+        with build_encoder_from_args(args, taxonomy) as (encoder, extra_files):
             result = build_artifact_ray(
                 args.catalog,
                 args.out,
                 encoder,
                 weights=args.weights,
                 random_weights=args.random_weights,
-                layout=args.format,
-                images_dir=args.images,
-                taxonomy=taxonomy,
-                index_kind=args.index,
-                index_params=index_params(args.partition_by, args.nprobe),
-                batch_size=args.batch_size,
-                extra_files=extra_files,
-                whiten=args.whiten,
-                category_head=args.category_head,
-                progress=not args.quiet,
+                **build_options(args, taxonomy, extra_files),
                 actors=args.ray_actors,
                 actor_cpus=args.ray_actor_cpus,
                 device=args.ray_device,
