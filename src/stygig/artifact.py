@@ -170,8 +170,9 @@ def write_artifact(
         index_builder: makes the index instead of :func:`stygig.index.build_index` (the Ray
             build trains and fills ``ivfpq`` indexes as cluster tasks); see :data:`IndexBuilder`.
         requested_index_params: what the operator asked of the index (``stygig build
-            --nprobe``, ...), recorded as the manifest's ``index.requested`` for compaction to
-            ask again at the new size; default ``index_params``.
+            --nprobe``, ...), recorded as the manifest's ``index.requested`` (and
+            ``index_kind`` as ``index.requested_kind``) for compaction to ask again at the new
+            size; default ``index_params``.
     """
     out = Path(out_dir)
     if not (len(items) == len(colors) == len(embeddings)):
@@ -224,6 +225,7 @@ def write_artifact(
                 "dim": index.dim,
                 "params": index.params(),
                 "requested": requested,
+                "requested_kind": index_kind,
             },
             "counts": {
                 "items": len(items),

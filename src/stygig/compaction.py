@@ -77,14 +77,21 @@ def compact(artifact_dir: str | Path, changelog: ChangeLog, out_dir: str | Path)
     thumbnails = [snap.thumbnails.get(i.id) or stored.get(i.id) for i in items]
     manifest = artifact.manifest
     index = manifest.get("index", {})
-    kind = str(index.get("kind", "auto"))
-    params = {k: v for k, v in (index.get("params") or {}).items() if k not in ("nlist", "nprobe")}
-    if "parts" in params:  # a split index: split again, each part sized afresh
-        params = {"partition_by": "slot"}
-        kind = "auto"
-    # What the operator asked at build (--nprobe, ...) is asked again: sized afresh, not reset.
+    # What the operator asked at build (--index, --nprobe, ...) is asked again at the new
+    # size: `auto` chooses afresh (a flat index becomes IVF once the catalogue outgrows it).
     requested = dict(index.get("requested") or {})
-    params.update({k: v for k, v in requested.items() if k != "partition_by"})
+    if "requested_kind" in index:
+        kind = str(index["requested_kind"])
+        params = dict(requested)
+    else:  # a manifest from before the kind was recorded: the kind it has, sized afresh
+        kind = str(index.get("kind", "auto"))
+        params = {
+            k: v for k, v in (index.get("params") or {}).items() if k not in ("nlist", "nprobe")
+        }
+        if "parts" in params:  # a split index: split again, each part sized afresh
+            params = {"partition_by": "slot"}
+            kind = "auto"
+        params.update({k: v for k, v in requested.items() if k != "partition_by"})
     extra = {}
     encoder = manifest["encoder"]
     if encoder.get("runtime") == "onnx":

@@ -48,3 +48,34 @@ def test_compaction_asks_the_index_for_what_the_operator_asked(
         again = read_manifest(out)["index"]
         assert again["kind"] == "ivf" and again["requested"] == built["requested"]
         assert again["params"]["nprobe"] == (want or built["params"]["nprobe"])
+
+
+def test_compaction_chooses_auto_afresh_when_the_catalogue_outgrows_a_flat_index(
+    sample: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--index auto` is recorded as asked (`index.requested_kind`): a catalogue built flat
+    that has grown past the flat limit is compacted into the split IVF index `auto` gives that
+    size, not kept flat; an explicit kind stays that kind."""
+    import stygig.index
+    from stygig.catalog.changelog import ChangeLog
+    from stygig.compaction import compact
+
+    catalog = sample[0] / "catalog.csv"
+    common = ["build", "--catalog", str(catalog), "--encoder", "tiny", "--quiet"]
+    built = {}
+    for kind in ("auto", "flat"):
+        art = tmp_path / kind
+        assert main([*common, "--out", str(art), "--index", kind, "--no-category-head"]) == 0
+        built[kind] = read_manifest(art)["index"]
+        assert built[kind]["kind"] == "flat" and built[kind]["requested_kind"] == kind
+    n = read_manifest(tmp_path / "auto")["counts"]["items"]
+    # The catalogue "outgrows" flat search: the limits scaled down to the sample's size.
+    monkeypatch.setattr(stygig.index, "FLAT_MAX_ITEMS", n // 2)
+    monkeypatch.setattr(stygig.index, "PART_FLAT_MAX_ITEMS", 2)
+    for kind, want, split in (("auto", "ivf", True), ("flat", "flat", False)):
+        out = tmp_path / f"{kind}-compacted"
+        compact(tmp_path / kind, ChangeLog(tmp_path / f"{kind}-log"), out)
+        again = read_manifest(out)["index"]
+        assert again["kind"] == want and again["requested_kind"] == kind
+        assert ("parts" in again["params"]) is split
+        assert Artifact.load(out).index.ntotal == n

@@ -329,13 +329,15 @@ def embed_on_ray(
     actor_cpus: float = 1.0,
     device: str = "auto",
     progress: bool = True,
+    cluster: ClusterResources | None = None,
 ) -> tuple[EmbedResult, dict[str, Any]]:
     """Prepare and embed ``read.items`` on the connected Ray cluster; the parts land in
-    ``stage`` and come back as an :class:`EmbedResult`, with what ran where."""
+    ``stage`` and come back as an :class:`EmbedResult`, with what ran where. ``cluster``: the
+    cluster's resources as the caller read them (default: read now)."""
     ray = import_ray()
     from ray.data import ActorPoolStrategy, DataContext
 
-    cluster: ClusterResources = resources()
+    cluster = cluster or resources()
     where = cluster.actor_device(device, encoder=encoder.describe())
     n_actors = actors or cluster.default_actors(actor_cpus, where)
     ctx = DataContext.get_current()
@@ -569,7 +571,8 @@ def build_artifact_ray(
     """
     started = time.perf_counter()
     # Where the actors run, refused (--ray-device cuda without GPUs) before anything is read.
-    device = resources().actor_device(device, encoder=encoder.describe())
+    cluster = resources()
+    device = cluster.actor_device(device, encoder=encoder.describe())
     taxonomy = taxonomy or Taxonomy.load()
     t0 = time.perf_counter()
     read = read_catalog(catalog, layout=layout, images_dir=images_dir, taxonomy=taxonomy)
@@ -589,6 +592,7 @@ def build_artifact_ray(
         actor_cpus=actor_cpus,
         device=device,
         progress=progress,
+        cluster=cluster,
     )
     embed_s = time.perf_counter() - t0
     index_info: dict[str, Any] = {}
