@@ -57,10 +57,11 @@ from stygig.harmony import (
     rgb_array,
     rgb_to_hsl,
 )
-from stygig.index import LiveIndex, PartitionedIndex, similarities, top_k
+from stygig.index import LiveIndex, PartitionedIndex, similarities
 from stygig.pipeline import PreparedQuery, decode_query
 from stygig.recommendation import Options, OutfitRequest, Query
 from stygig.response import HeadState, PartState, ScoreParts, query_part, recommended_items
+from stygig.scan import Scores
 from stygig.scoring import (
     ScoringConfig,
     assemble_outfit,
@@ -145,7 +146,10 @@ class Recommender:
         # field -> (head, label names, each name's column in the head)
         self._head_columns: dict[str, tuple[CategoryHead, list[str], np.ndarray]] = {}
         self._snapshot = snapshot_of(
-            artifact, encoder=self.encoder.name, compat_mode=self.config.compat_mode
+            artifact,
+            encoder=self.encoder.name,
+            compat_mode=self.config.compat_mode,
+            scan=self.config.exact_scan,
         )
 
     # -- the catalogue now: one snapshot, swapped whole ----------------------------------------
@@ -276,8 +280,9 @@ class Recommender:
         t = time.perf_counter()
         parts = self._parts(st, [c for c, _ in measured], vectors, prepared.item_ids, options)
         queries = np.stack([p.vector for p in parts]).astype(np.float32)
-        # Exact catalogues: one matrix product serves the vote and every candidate's similarity.
-        full = similarities(embeddings, queries) if st.exact else None
+        # Exact catalogues: one scan of every row serves the vote and every candidate's
+        # similarity (int8 above a few thousand rows, refined in float32 where it matters).
+        full = Scores(embeddings, queries, st.scan) if st.exact else None
         own = [p.position for p in parts if p.position is not None]
         removed = _removed(st)  # rows taken out of the index: never neighbours nor candidates
         stack = st.artifact.heads.get("gender")  # its features read the k it was fitted on
@@ -295,7 +300,7 @@ class Recommender:
         elif full is None:
             nb_scores, nb_ids = st.artifact.index.search(queries, fetch)
         else:
-            nb_scores, nb_ids = top_k(full.T, fetch, removed)
+            nb_scores, nb_ids = full.nearest(fetch, removed)
         t_search = time.perf_counter()
         self._vote(st, parts, nb_scores, nb_ids, own, options)
         gender = decide_gender(
@@ -365,7 +370,9 @@ class Recommender:
         timings.search = (t_search - t + t_cand - t_vote) * 1e3
 
         if full is not None:
-            sims = full[cand].mean(axis=1)
+            if given:  # few: all in float32 now
+                full.exact(cand)
+            sims = full.values[cand].mean(axis=1)
         elif pool_sims is not None:
             sims = pool_sims
         else:
@@ -374,27 +381,55 @@ class Recommender:
         harm, rules = self._harmony(cols, q_hsl, cand)
         use_color = options.use_color and options.mode == "outfit"
         learned: np.ndarray | None = None
+        mixer = st.learned if options.mode == "outfit" else None
         if options.mode == "outfit":
             score, factor = self._v4(sims, harm, compatible, use_color)
-            if st.learned is not None:
-                view = st.learned.query_vectors(
+            if mixer is not None:
+                view = mixer.query_vectors(
                     [p.position for p in parts],
                     queries,
                     np.stack([p.rgb for p in parts]),
                     [p.category for p in parts],
                 )
-                score, learned = st.learned.score(view, cand, score)
+                score, learned = mixer.score(view, cand, score)
         else:
             score, factor = sims.astype(np.float32), np.ones(len(cand), np.float32)
         scored = ScoreParts(cand, score, sims, harm, rules, factor, learned)
         t_score = time.perf_counter()
         timings.score = (t_score - t_cand) * 1e3
 
+        refine = margin = None
+        if full is not None and full.approximate and not given:
+            # A similarity moves a score by at most `per_sim` per unit: a row whose score could
+            # reach a category's ranking within the scan's bound is scored again in float32.
+            per_sim = 1.0
+            if options.mode == "outfit":
+                per_sim = self.config.similarity_weight * max(self.taxonomy.boost, 1.0)
+                per_sim *= 1.0 if mixer is None else mixer.rules_share
+            margin = 2.0 * full.slack * per_sim * 1.001 + 1e-6
+
+            def refine(at: np.ndarray) -> np.ndarray:
+                sims[at] = full.exact(cand[at]).mean(axis=1)
+                if options.mode != "outfit":
+                    score[at] = sims[at]
+                    return score
+                v4, factor[at] = self._v4(sims[at], harm[at], compatible[at], use_color)
+                score[at] = v4 if mixer is None or learned is None else mixer.mix(learned[at], v4)
+                return score
+
         diversity = options.diversity
         if diversity is None:  # given candidates: ranked by score alone unless asked
             diversity = 0.0 if given else self.config.diversity
         ranked = rank_by_category(
-            score, c_cat, embeddings, cand, k=options.k, diversity=diversity, seed=options.seed
+            score,
+            c_cat,
+            embeddings,
+            cand,
+            k=options.k,
+            diversity=diversity,
+            seed=options.seed,
+            refine=refine,
+            margin=margin or 0.0,
         )
         primary = parts[0]
         q_name = cols.category_names[primary.category] if primary.category >= 0 else "query"
@@ -402,6 +437,8 @@ class Recommender:
         if given:  # the answer's items: the best k_total candidates, whatever their category
             best = np.argsort(-score, kind="stable")[: options.k_total]
             shown = np.union1d(shown, best)
+        if refine is not None:  # what an answer shows is float32 (a learned-only score
+            refine(shown)  # ranks without similarity: its shown rows' similarities)
         made = recommended_items(
             cols,
             scored,

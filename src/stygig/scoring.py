@@ -15,7 +15,7 @@ Weights live in :class:`ScoringConfig`, loaded from ``stygig/data/scoring.yaml``
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -27,6 +27,7 @@ from pydantic import ConfigDict, Field, TypeAdapter
 
 from stygig.errors import ConfigError, validate_config
 from stygig.harmony import HarmonyRules
+from stygig.scan import Scan
 
 __all__ = [
     "COMPAT_MODES",
@@ -76,6 +77,9 @@ class ScoringConfig:
     # With a learned compatibility model in the artifact (stygig.compat): which score ranks
     # outfit candidates. Without a model the V4 rules are used whatever this says.
     compat_mode: CompatMode = "learned+rules"
+    # How an exact catalogue is scanned (stygig.scan): int8 (refined in float32 where it can
+    # change an answer), float32, or auto: int8 from 4,096 rows.
+    exact_scan: Scan = "auto"
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> ScoringConfig:
@@ -252,6 +256,8 @@ def rank_by_category(
     k: int,
     diversity: float,
     seed: int,
+    refine: Callable[[np.ndarray], np.ndarray] | None = None,
+    margin: float = 0.0,
 ) -> dict[int, np.ndarray]:
     """Per category: the positions (into ``score``) of its top ``k``, diversified by MMR.
 
@@ -263,29 +269,27 @@ def rank_by_category(
         k: items per category.
         diversity: MMR's trade-off (0: by score only).
         seed: seeds a jitter far below float32 resolution that breaks exact ties reproducibly.
+        refine, margin: for scores known within ``margin / 2`` of their true value (an int8
+            scan's similarities, :mod:`stygig.scan`): ``refine(positions)`` makes those
+            positions' scores true and returns the scores. Every position within ``margin`` of
+            its category's best ``4 k`` is refined, so the ranking is the true scores' ranking.
 
     Returns categories ordered by their best score.
     """
     jitter = _jitter(seed, len(score))
     key = score.astype(np.float64) - jitter
     depth = k * 4  # MMR picks k from each category's best `depth`
-    counts = np.bincount(categories, minlength=int(categories.max(initial=-1)) + 1)
-    cats = np.flatnonzero(counts)
-    # Only the head of the ranking can hold any category's best `depth`: sort just that head
-    # (argpartition is linear), and fall back to the category's own rows when it is thin.
-    head = min(len(key), depth * len(cats) * 2)
-    top = np.argpartition(-key, head - 1)[:head] if 0 < head < len(key) else np.arange(len(key))
-    top = top[np.argsort(-key[top], kind="stable")]
-    top_cats = categories[top]
-    # Each category's best `depth`, padded into one (categories, depth) table for MMR.
-    members = np.zeros((len(cats), depth), np.int64)
-    filled = np.zeros((len(cats), depth), bool)
-    for n, c in enumerate(cats):
-        mine = top[top_cats == c][:depth]
-        if len(mine) < min(depth, counts[c]):
-            rows = np.flatnonzero(categories == c)
-            mine = rows[np.argsort(-key[rows], kind="stable")][:depth]
-        members[n, : len(mine)], filled[n, : len(mine)] = mine, True
+    cats, members, filled = _category_heads(key, categories, depth)
+    if refine is not None:
+        # A true best-`depth` row's score is at most margin/2 below its estimate's, and the
+        # estimated `depth`-th at most margin/2 above the true one: within `margin` of it.
+        last = np.full(int(categories.max(initial=-1)) + 1, -np.inf)
+        last[cats] = np.where(filled[:, -1], key[members[:, -1]], -np.inf)
+        near = np.flatnonzero(key >= last[categories] - margin)
+        score = refine(near)
+        key[near] = score[near].astype(np.float64) - jitter[near]
+        cats, sub, filled = _category_heads(key[near], categories[near], depth)
+        members = near[sub]
     group_scores = np.where(filled, score[members], -np.inf)
     # Categories go to MMR a chunk at a time, so the gathered vectors stay within
     # _MMR_GATHER_FLOATS whatever k the client asked for (k=100 is 400 rows per category).
@@ -296,6 +300,36 @@ def rank_by_category(
         picks[chunk] = mmr(group_scores[chunk], vectors[vector_rows[members[chunk]]], k, diversity)
     out = {int(c): members[n][picks[n][picks[n] >= 0]] for n, c in enumerate(cats)}
     return dict(sorted(out.items(), key=lambda kv: -float(score[kv[1][0]])))
+
+
+def _category_heads(
+    key: np.ndarray, categories: np.ndarray, depth: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each category's best ``depth`` positions by ``key``: ``(categories present, (categories,
+    depth) positions, which of them are filled)``."""
+    counts = np.bincount(categories, minlength=int(categories.max(initial=-1)) + 1)
+    cats = np.flatnonzero(counts)
+    # Only the head of the ranking can hold any category's best `depth`: sort just that head
+    # (argpartition is linear), and fall back to the category's own rows when it is thin.
+    head = min(len(key), depth * len(cats) * 2)
+    top = np.argpartition(-key, head - 1)[:head] if 0 < head < len(key) else np.arange(len(key))
+    # The head by category, best first within each (ties: the stable order of positions).
+    top = top[np.lexsort((top, -key[top], categories[top]))]
+    top_cats = categories[top]
+    slot = np.searchsorted(cats, top_cats)  # each head row's category's line in the table
+    start = np.searchsorted(top_cats, cats)  # where each category's run begins in the head
+    rank = np.arange(len(top)) - start[slot]
+    # Each category's best `depth`, padded into one (categories, depth) table for MMR.
+    members = np.zeros((len(cats), depth), np.int64)
+    filled = np.zeros((len(cats), depth), bool)
+    keep = rank < depth
+    members[slot[keep], rank[keep]], filled[slot[keep], rank[keep]] = top[keep], True
+    # A category thin in the head: its own rows.
+    for n in np.flatnonzero(filled.sum(axis=1) < np.minimum(depth, counts[cats])):
+        rows = np.flatnonzero(categories == cats[n])
+        mine = rows[np.argsort(-key[rows], kind="stable")][:depth]
+        members[n, : len(mine)], filled[n, : len(mine)] = mine, True
+    return cats, members, filled
 
 
 def assemble_outfit(

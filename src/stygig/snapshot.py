@@ -34,6 +34,7 @@ from stygig.errors import InvalidOptionsError, NotFoundError, StygigError
 from stygig.index import IndexRows, LiveIndex, is_exhaustive
 from stygig.rowfile import FileRows
 from stygig.rows import Overlay, Rows, SpareRows, StackedRows
+from stygig.scan import Int8Scan, Scan, make_scan
 
 __all__ = [
     "CatalogSnapshot",
@@ -74,6 +75,8 @@ class CatalogSnapshot:
     # (sequence, item id, in stock?) of recent stock changes, oldest first
     stock_events: tuple[tuple[int, str, bool], ...] = ()
     buffer: SpareRows | None = None  # the embeddings' (or added rows') backing rows
+    # an exact catalogue's rows in int8 as loaded (rows appended since are scanned in float32)
+    scan: Int8Scan | None = None
 
     @property
     def catalog_version(self) -> str:
@@ -111,20 +114,24 @@ def snapshot_of(
     compat_mode: str,
     columns: CatalogColumns | None = None,
     sequence: int | None = None,
+    scan: Scan = "auto",
 ) -> CatalogSnapshot:
-    """The first snapshot of a freshly loaded artifact (no changes applied on top)."""
+    """The first snapshot of a freshly loaded artifact (no changes applied on top); ``scan``:
+    how an exact catalogue's rows are scanned (:func:`stygig.scan.make_scan`)."""
     columns = columns or CatalogColumns(artifact)
+    exact = is_exhaustive(artifact.index)
     version = artifact_version(artifact.manifest)
     folded = int((artifact.manifest.get("catalog") or {}).get("last_sequence", 0) or 0)
     seq = folded if sequence is None else sequence
     return CatalogSnapshot(
         artifact=artifact,
         columns=columns,
-        exact=is_exhaustive(artifact.index),
+        exact=exact,
         learned=_learned(artifact, columns, artifact.embeddings, compat_mode),
         ref=ArtifactRef(encoder, len(artifact.positions), version, seq, f"{version}+{seq}"),
         version=version,
         sequence=seq,
+        scan=make_scan(artifact.embeddings, scan) if exact else None,
     )
 
 

@@ -160,10 +160,19 @@ class LearnedScorer:
         learned = model.aggregate(
             pair, cats, self._cats[cand], cooc, garments, absent, outfit=outfit
         )
+        return self.mix(learned, rules), learned
+
+    def mix(self, learned: np.ndarray, rules: np.ndarray) -> np.ndarray:
+        """The final score from the learned part and the V4 rules' score (elementwise)."""
         if self.mode == "learned":
-            return learned.astype(np.float32), learned
+            return learned.astype(np.float32)
         mixed = learned + np.float32(self.model.rules_weight) * rules
-        return mixed.astype(np.float32), learned
+        return mixed.astype(np.float32)
+
+    @property
+    def rules_share(self) -> float:
+        """How much the final score moves per unit of the rules' score."""
+        return 0.0 if self.mode == "learned" else abs(float(self.model.rules_weight))
 
     def rows_view(self, rows: np.ndarray) -> QueryView:
         """The model's view of catalogue rows used as a query."""

@@ -1,0 +1,226 @@
+"""How an exact catalogue's rows are scored against a query: every row at once from an int8
+copy, then the rows whose exact score could change the answer scored again in float32.
+
+An exact (flat) catalogue answers each request by one inner product per row: at 10k x 1280
+float32 rows that scan reads 51 MB, more than this machine's 32 MB L3 cache, and took 1.5 ms
+of a request's 3 ms outside the encoder. :class:`Int8Scan` holds the rows as int8 codes with
+one scale per row (a quarter of the bytes) and runs ONNX Runtime's ``DynamicQuantizeMatMul``
+(the query quantised to uint8, the product in int32 with VNNI): 0.4-0.5 ms for the same scan.
+
+Each approximate product is within a bound of the float32 one: the query's and the row's
+rounding errors, each uniform within half a quantisation step, sum over the dimensions to an
+error with standard deviation ``sqrt((s_q |r|)^2 + (s_r |q|)^2 / 12)`` (``s_q``, ``s_r`` the
+two scales). The bound is :data:`SIGMAS` of those (8: a Gaussian exceeds it once in 10^15
+rows; measured on real and synthetic catalogues, the largest error over 3 million rows was
+4.7 of them). :class:`Scores` then recomputes in float32, with the same kernel as a float32
+scan (bit for bit the same sums), every row that could be among the nearest neighbours or in a
+category's ranking within that bound, so answers equal the float32 scan's, bit for bit; every score an
+answer shows is a float32 one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+from stygig.index import similarities, top_k
+
+__all__ = ["SCAN_MIN_ROWS", "SIGMAS", "Int8Scan", "Scan", "Scores", "make_scan"]
+
+Scan = Literal["auto", "int8", "float32"]
+#: ``auto`` scans in int8 from this many rows (below, the float32 scan fits in cache).
+SCAN_MIN_ROWS = 4096
+#: The bound on an approximate product, in standard deviations of its rounding error.
+SIGMAS = 8.0
+
+
+class Int8Scan:
+    """The rows ``(n, d)`` as int8 codes with a scale per row, and an ONNX Runtime session that
+    takes every row's approximate inner product with a batch of queries."""
+
+    def __init__(self, rows: np.ndarray) -> None:
+        import onnxruntime as ort
+
+        self.rows, self.dim = rows.shape
+        # Block by block: no float copy of the whole matrix, even for a moment.
+        codes_t = np.empty((self.dim, self.rows), np.int8)  # the layout the graph takes
+        scale = np.empty(self.rows, np.float32)
+        norm = np.empty(self.rows, np.float32)
+        for lo in range(0, self.rows, 4096):
+            x = np.asarray(rows[lo : lo + 4096], np.float32)
+            peak = np.abs(x).max(axis=1)
+            step = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+            codes = np.rint(x / step[:, None]).astype(np.int8)
+            codes_t[:, lo : lo + len(x)] = codes.T
+            scale[lo : lo + len(x)] = step
+            norm[lo : lo + len(x)] = np.linalg.norm(codes * step[:, None], axis=1)
+        self._row_scale = float(scale.max()) if self.rows else 0.0  # a row's largest step
+        self._row_norm = float(norm.max()) if self.rows else 0.0  # decoded rows' largest norm
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        # ONNX Runtime packs the codes once for its int8 kernel and drops its unpacked copy.
+        self._session = ort.InferenceSession(
+            _model(codes_t, scale), options, ["CPUExecutionProvider"]
+        )
+
+    def products(self, queries: np.ndarray) -> tuple[np.ndarray, float]:
+        """``(rows, m)`` approximate inner products with ``queries`` ``(m, d)``, and the bound
+        on each one's error (:data:`SIGMAS` standard deviations)."""
+        q = np.ascontiguousarray(queries, np.float32)
+        (out,) = self._session.run(None, {"q": q})
+        # ONNX Runtime quantises the whole query batch with one uint8 step over [min, max] (0
+        # included): half of that step is each query component's rounding error.
+        step = (max(float(q.max()), 0.0) - min(float(q.min()), 0.0)) / 255.0
+        q_norm = float(np.linalg.norm(q, axis=1).max())
+        sigma = math.hypot(step * self._row_norm, self._row_scale * q_norm) / math.sqrt(12.0)
+        # + float32 rounding of the sums themselves (both scans), far below the rest
+        return np.asarray(out).T, SIGMAS * sigma + 1e-6 * max(q_norm, 1.0)
+
+
+def make_scan(rows: Any, mode: Scan) -> Int8Scan | None:
+    """The int8 scan of an exact catalogue's ``rows`` (``auto``: from :data:`SCAN_MIN_ROWS`),
+    or ``None`` for the float32 scan (asked for, too few rows, or rows not in memory)."""
+    if mode == "float32" or not isinstance(rows, np.ndarray) or rows.ndim != 2:
+        return None
+    if isinstance(rows, np.memmap) or (mode == "auto" and len(rows) < SCAN_MIN_ROWS):
+        return None
+    if len(rows) == 0:
+        return None
+    return Int8Scan(rows)
+
+
+class Scores:
+    """Every row's inner product with the query vectors ``(rows, m)`` for one request: float32
+    where :meth:`exact` has made them so, else within ``slack`` of it.
+
+    Rows past the int8 scan's (items added while serving) are always scanned in float32.
+    """
+
+    def __init__(self, rows: Any, queries: np.ndarray, scan: Int8Scan | None) -> None:
+        self._rows, self._queries = rows, queries
+        if scan is None:
+            self.values, self.slack, self._exact = _each_query(rows, queries), 0.0, None
+            return
+        approx, self.slack = scan.products(queries)
+        done = np.zeros(len(rows), bool)
+        if len(rows) > scan.rows:  # appended rows: few, exact
+            added = _each_query(rows[scan.rows :], queries)
+            approx = np.concatenate([approx, added])
+            done[scan.rows :] = True
+        self.values, self._exact = approx, done
+
+    @property
+    def approximate(self) -> bool:
+        return self._exact is not None
+
+    def exact(self, ids: np.ndarray) -> np.ndarray:
+        """Make rows ``ids`` float32-exact (the same kernel, so the same sums, as a float32
+        scan); returns ``values[ids]``."""
+        ids = np.asarray(ids, np.int64)
+        if self._exact is not None and len(ids):
+            todo = ids[~self._exact[ids]]
+            if len(todo):
+                todo = np.unique(todo)
+                self.values[todo] = _each_query(self._rows[todo], self._queries)
+                self._exact[todo] = True
+        out: np.ndarray = self.values[ids]
+        return out
+
+    def nearest(self, k: int, removed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`stygig.index.top_k` of the exact products, ``(m, k)`` scores and ids."""
+        if self._exact is None:
+            return top_k(self.values.T, k, removed)
+        n, m = self.values.shape
+        scores = np.full((m, k), -np.inf, np.float32)
+        ids = np.full((m, k), -1, np.int64)
+        for r in range(m):
+            approx = self.values[:, r]
+            if removed is not None:
+                approx = np.where(removed, -np.inf, approx)
+            kth = -np.inf if k >= n else float(np.partition(approx, n - k)[n - k])
+            # Every row whose exact product can reach the k-th: within twice the bound of the
+            # approximate k-th (it is at most the bound above the exact k-th).
+            near = np.flatnonzero(approx >= kth - 2.0 * self.slack)
+            if removed is not None:  # fewer live rows than k: the threshold let all through
+                near = near[~removed[near]]
+            self.exact(near)
+            s, i = top_k(self.values[near, r][None, :], k)
+            found = i[0] >= 0
+            scores[r, found], ids[r, found] = s[0, found], near[i[0, found]]
+        return scores, ids
+
+
+def _each_query(rows: Any, queries: np.ndarray) -> np.ndarray:
+    """``(len(rows), m)`` float32 products, one query at a time through one kernel, so a row's
+    product with a query is the same sum whichever rows and other queries are scanned with it
+    (a matrix product of several queries would sum in another order)."""
+    if len(queries) == 1:
+        return similarities(rows, queries)
+    return np.concatenate([similarities(rows, q[None, :]) for q in queries], axis=1)
+
+
+# -- the ONNX graph, written without the onnx package (not a serving dependency) --------------
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _len(field: int, payload: bytes) -> bytes:
+    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _int(field: int, value: int) -> bytes:
+    return _varint(field << 3) + _varint(value)
+
+
+def _tensor(name: str, array: np.ndarray, elem_type: int) -> bytes:
+    dims = b"".join(_int(1, d) for d in array.shape)
+    return dims + _int(2, elem_type) + _len(8, name.encode()) + _len(9, array.tobytes())
+
+
+def _value_info(name: str, elem_type: int, dims: Sequence[int | str]) -> bytes:
+    shape = b"".join(
+        _len(1, _int(1, d) if isinstance(d, int) else _len(2, d.encode())) for d in dims
+    )
+    tensor_type = _int(1, elem_type) + _len(2, shape)
+    return _len(1, name.encode()) + _len(2, _len(1, tensor_type))
+
+
+_FLOAT, _INT8 = 1, 3
+
+
+def _model(codes_t: np.ndarray, scale: np.ndarray) -> bytes:
+    """A one-node ONNX model ``y = DynamicQuantizeMatMul(q, codes_t, scale)``: ``q`` ``(m, d)``
+    float32, ``codes_t`` ``(d, n)`` int8 (constant, so packed once), ``y`` ``(m, n)``."""
+    d, n = codes_t.shape
+    node = (
+        b"".join(_len(1, s.encode()) for s in ("q", "W", "scale"))
+        + _len(2, b"y")
+        + _len(3, b"scan")
+        + _len(4, b"DynamicQuantizeMatMul")
+        + _len(7, b"com.microsoft")
+    )
+    graph = (
+        _len(1, node)
+        + _len(2, b"stygig-int8-scan")
+        + _len(5, _tensor("W", codes_t, _INT8))
+        + _len(5, _tensor("scale", scale, _FLOAT))
+        + _len(11, _value_info("q", _FLOAT, ["m", d]))
+        + _len(12, _value_info("y", _FLOAT, ["m", n]))
+    )
+    opsets = _len(8, _len(1, b"") + _int(2, 13)) + _len(8, _len(1, b"com.microsoft") + _int(2, 1))
+    return _int(1, 8) + opsets + _len(7, graph)

@@ -1,0 +1,196 @@
+"""The int8 scan of exact catalogues (stygig.scan): its bound holds, and what it finds and ranks
+is what the float32 scan finds and ranks, bit for bit, with the catalogue changing too."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stygig.artifact import Artifact, write_artifact
+from stygig.catalog import Item, Taxonomy
+from stygig.catalog.changes import CatalogChange
+from stygig.encoders import load_encoder
+from stygig.engine import Recommender
+from stygig.errors import ConfigError
+from stygig.index import similarities, top_k
+from stygig.recommendation import Options
+from stygig.scan import SCAN_MIN_ROWS, Int8Scan, Scores, _model, make_scan
+from stygig.scoring import ScoringConfig
+
+CATEGORIES = ("t-shirt", "shirt", "jeans", "skirt", "dress", "casual-shoes", "heels", "handbag")
+
+
+def clustered(n: int, dim: int, seed: int, *, spread: float = 0.35) -> np.ndarray:
+    """Unit vectors around a few centres, a tenth of them exact copies of others (ties)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(12, dim))
+    x = centres[rng.integers(0, 12, n)] + spread * rng.normal(size=(n, dim))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    copies = rng.choice(n, n // 10, replace=False)
+    x[copies] = x[rng.integers(0, n, len(copies))]
+    return x
+
+
+@pytest.mark.parametrize("dim", [64, 512])
+def test_the_approximate_products_stay_within_their_bound(dim: int) -> None:
+    rows = clustered(3000, dim, seed=dim)
+    scan = Int8Scan(rows)
+    rng = np.random.default_rng(1)
+    for m in (1, 3):
+        for _ in range(10):
+            q = rows[rng.integers(0, len(rows), m)] + 0.1 * rng.normal(size=(m, dim))
+            q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+            approx, slack = scan.products(q)
+            error = np.abs(approx - rows @ q.T)
+            assert error.max() <= slack
+            # a bound that lets everything through would refine every row: it is a few
+            # thousandths, a few times the largest error seen
+            assert slack < 0.02 and error.max() > slack / 8
+
+
+def test_the_nearest_rows_are_the_float32_scans_bit_for_bit() -> None:
+    rows = clustered(4000, 64, seed=3)
+    scan = Int8Scan(rows[:3500])  # the last 500 rows: added after the scan was made
+    removed = np.zeros(len(rows), bool)
+    removed[np.random.default_rng(4).choice(len(rows), 300, replace=False)] = True
+    rng = np.random.default_rng(5)
+    for trial in range(40):
+        m = 1 + trial % 3
+        q = rows[rng.integers(0, len(rows), m)] + 0.05 * rng.normal(size=(m, 64))
+        q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+        drop = removed if trial % 2 else None
+        found = Scores(rows, q, scan)
+        assert found.approximate
+        scores, ids = found.nearest(25, drop)
+        want = np.concatenate([similarities(rows, q[j : j + 1]) for j in range(m)], axis=1)
+        want_scores, want_ids = top_k(want.T, 25, drop)
+        np.testing.assert_array_equal(ids, want_ids)
+        np.testing.assert_array_equal(scores, want_scores)
+        # the rows it made exact are the float32 scan's sums, and so are the appended ones
+        done = found._exact
+        assert done is not None and done[3500:].all() and done.sum() < len(rows) / 4
+        np.testing.assert_array_equal(found.values[done], want[done])
+
+
+def test_fewer_live_rows_than_asked_never_bring_back_a_removed_one() -> None:
+    rows = clustered(200, 32, seed=9)
+    removed = np.ones(len(rows), bool)
+    removed[[3, 50, 120]] = False
+    q = rows[50:51]
+    scores, ids = Scores(rows, q, Int8Scan(rows)).nearest(10, removed)
+    want_scores, want_ids = top_k(similarities(rows, q).T, 10, removed)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_array_equal(scores, want_scores)
+    assert sorted(ids[0][:3]) == [3, 50, 120] and (ids[0][3:] == -1).all()
+
+
+def test_the_scan_is_made_where_it_pays() -> None:
+    rows = clustered(SCAN_MIN_ROWS, 32, seed=6)
+    assert isinstance(make_scan(rows, "auto"), Int8Scan)
+    assert make_scan(rows[:-1], "auto") is None  # small: the float32 scan is in cache
+    assert isinstance(make_scan(rows[:10], "int8"), Int8Scan)
+    assert make_scan(rows, "float32") is None
+    with pytest.raises(ConfigError, match="exact_scan"):
+        ScoringConfig.from_dict({"exact_scan": "int4"})
+
+
+def test_the_graph_is_valid_onnx() -> None:
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load_from_string(_model(np.zeros((16, 5), np.int8), np.ones(5, np.float32)))
+    onnx.checker.check_model(model)
+    (node,) = model.graph.node
+    assert (node.op_type, node.domain) == ("DynamicQuantizeMatMul", "com.microsoft")
+    assert [tuple(t.dims) for t in model.graph.initializer] == [(16, 5), (5,)]
+
+
+@pytest.fixture(scope="module")
+def catalogue(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3,000 items of the tiny encoder's width, clustered, with exact duplicates."""
+    n, encoder = 3000, load_encoder("tiny")
+    rng = np.random.default_rng(7)
+    vectors = clustered(n, encoder.dim, seed=7, spread=0.5)
+    cats, genders = rng.integers(0, len(CATEGORIES), n), rng.choice(["men", "women", "unisex"], n)
+    rgb = rng.integers(0, 256, (n, 3))
+    items = [
+        Item(
+            id=f"it-{i:05d}",
+            image=f"/nowhere/{i}.jpg",
+            category=CATEGORIES[cats[i]],
+            gender=str(genders[i]),
+            price=float(5 + i % 50),
+        )
+        for i in range(n)
+    ]
+    colors = [
+        {"rgb": [int(v) for v in c], "hex": "#" + bytes(int(v) for v in c).hex()} for c in rgb
+    ]
+    return write_artifact(
+        tmp_path_factory.mktemp("scan") / "art",
+        items=items,
+        colors=colors,
+        embeddings=vectors,
+        taxonomy=Taxonomy.load(),
+        encoder_info=encoder.describe(),
+        rejects=[],
+        index_kind="flat",
+    )
+
+
+def _answer(rec: Recommender, vectors: np.ndarray, colors: list, ids: list, opts: Options) -> str:
+    prepared = rec.prepare_embedded(vectors, colors, opts, ids)
+    out = rec.answer(prepared, vectors if len(vectors) else None).to_dict()
+    out.pop("timings_ms")
+    return json.dumps(out, sort_keys=True)
+
+
+def test_answers_are_the_float32_scans_while_the_catalogue_changes(catalogue: Path) -> None:
+    config = ScoringConfig.load()
+    art = Artifact.load(catalogue)
+    fp32 = Recommender(art, config=dataclasses.replace(config, exact_scan="float32"))
+    int8 = Recommender(art, config=dataclasses.replace(config, exact_scan="int8"))
+    assert fp32.snapshot.scan is None and int8.snapshot.scan is not None
+    rows, colors = np.asarray(art.embeddings), art.colors
+    ids = [i.id for i in art.items]
+    rng = np.random.default_rng(8)
+
+    def compare(rounds: int) -> int:
+        same = 0
+        for r in range(rounds):
+            j = int(rng.integers(0, len(rows)))
+            opts = Options(k=1 + r % 4, diversity=(0.0, 0.3)[r % 2], seed=r)
+            if r % 5 == 4:
+                opts = Options(mode="similar", k=3)
+            if r % 3 == 2:  # catalogue items as the query: several query vectors
+                pair = [ids[j % len(ids)], ids[(j * 7 + 1) % len(ids)]]
+                vec, cols, items = np.zeros((0, rows.shape[1]), np.float32), [], pair
+            else:
+                v = rows[j] + (0.02, 0.3)[r % 2] * rng.normal(size=rows.shape[1])
+                vec = (v / np.linalg.norm(v)).astype(np.float32)[None, :]
+                cols, items = [colors[j]], []
+            assert _answer(int8, vec, cols, items, opts) == _answer(fp32, vec, cols, items, opts)
+            same += 1
+        return same
+
+    assert compare(40) == 40
+    # Items added (rows after the scan's, scanned in float32), removed and replaced.
+    changes = [
+        CatalogChange(
+            "add",
+            f"new-{n}",
+            item=dataclasses.replace(art.items[n], id=f"new-{n}"),
+            vector=rows[n],  # an exact copy of a scanned row: a tie across the two parts
+            color=colors[n],
+        )
+        for n in range(0, 300, 3)
+    ]
+    changes += [CatalogChange("remove", ids[n]) for n in range(1, 300, 3)]
+    for rec in (fp32, int8):
+        rec.apply(changes, 1)
+    assert int8.snapshot.scan is not None and int8.snapshot.scan.rows == len(rows)
+    ids = [i for i in ids if i in int8.snapshot.artifact.positions]
+    assert len(ids) == len(rows) - 100
+    assert compare(40) == 40
