@@ -45,8 +45,11 @@ def replay(artifact: Artifact, changelog: ChangeLog) -> tuple[CatalogSnapshot, l
     sequences of records skipped because they no longer apply: replayed as a server replays
     them (:func:`~stygig.snapshot.apply_record`), so the new version holds exactly what the
     servers following the log serve."""
-    snap = snapshot_of(
-        artifact, encoder=str(artifact.manifest["encoder"]["name"]), compat_mode="rules"
+    snap = snapshot_of(  # no request is answered here: no int8 scan to make
+        artifact,
+        encoder=str(artifact.manifest["encoder"]["name"]),
+        compat_mode="rules",
+        scan="float32",
     )
     skipped: list[int] = []
     while records := changelog.read_since(snap.sequence, REPLAY_BATCH):

@@ -7,19 +7,28 @@ of a request's 3 ms outside the encoder. :class:`Int8Scan` holds the rows as int
 one scale per row (a quarter of the bytes) and runs ONNX Runtime's ``DynamicQuantizeMatMul``
 (the query quantised to uint8, the product in int32 with VNNI): 0.4-0.5 ms for the same scan.
 
-Each approximate product is within a bound of the float32 one: the query's and the row's
-rounding errors, each uniform within half a quantisation step, sum over the dimensions to an
-error with standard deviation ``sqrt((s_q |r|)^2 + (s_r |q|)^2 / 12)`` (``s_q``, ``s_r`` the
-two scales). The bound is :data:`SIGMAS` of those (8: a Gaussian exceeds it once in 10^15
-rows; measured on real and synthetic catalogues, the largest error over 3 million rows was
-4.7 of them). :class:`Scores` then recomputes in float32, with the same kernel as a float32
-scan (bit for bit the same sums), every row that could be among the nearest neighbours or in a
-category's ranking within that bound, so answers equal the float32 scan's, bit for bit; every score an
-answer shows is a float32 one.
+Each approximate product comes with a bound on its error. The query's and the row's rounding
+errors, each within half a quantisation step, sum over the dimensions; modelled as independent
+and uniform, to an error with standard deviation ``sqrt((s_q |r|)^2 + (s_r |q|)^2 / 12)``
+(``s_q``, ``s_r`` the two steps). The bound is :data:`SIGMAS` of those: a statistical bound,
+not a proof (a Gaussian exceeds 8 of them once in 10^15; on real and synthetic catalogues the
+largest error over 3 million products was 4.7). Rows whose rounding errors line up (e.g. a
+long flat tail just under half a step) can break the model, so the scan checks itself when it
+is made: :data:`CHECK_QUERIES` of the catalogue's own rows as queries against every row, and a
+catalogue whose largest error passes :data:`CHECK_SIGMAS` is scanned in float32 instead
+(:func:`make_scan`). :class:`Scores` then recomputes in float32, with the float32 scan's own
+kernel (the same sums), every row the bound lets near the nearest neighbours or a category's
+ranking, so answers equal the float32 scan's, and every score an answer shows is a float32 one.
+
+Codes use the full int8 range only where ONNX Runtime's kernel adds the products in 32 bits
+(x86 VNNI). Without VNNI its AVX2 kernel (``vpmaddubsw``) adds pairs of products into 16 bits
+with saturation: codes are then kept within +-63, so a pair (2 x 255 x 63) never saturates, at
+twice the rows' rounding error.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -28,22 +37,58 @@ import numpy as np
 
 from stygig.index import similarities, top_k
 
-__all__ = ["SCAN_MIN_ROWS", "SIGMAS", "Int8Scan", "Scan", "Scores", "make_scan"]
+__all__ = [
+    "CHECK_QUERIES",
+    "CHECK_SIGMAS",
+    "SCAN_MIN_ROWS",
+    "SIGMAS",
+    "Int8Scan",
+    "Scan",
+    "Scores",
+    "make_scan",
+]
+
+log = logging.getLogger(__name__)
 
 Scan = Literal["auto", "int8", "float32"]
 #: ``auto`` scans in int8 from this many rows (below, the float32 scan fits in cache).
 SCAN_MIN_ROWS = 4096
 #: The bound on an approximate product, in standard deviations of its rounding error.
 SIGMAS = 8.0
+#: The check a new scan passes: its largest error with this many of the catalogue's own rows as
+#: queries stays within this many standard deviations (a Gaussian: once in 10^10 products).
+CHECK_QUERIES = 32
+CHECK_SIGMAS = 6.5
+#: Below this width FAISS's float32 kernels sum a row differently by its place in the batch
+#: (2, 4, 8), so a re-scored row would not be the float32 scan's sum; the scan never pays there.
+MIN_DIM = 16
+
+
+def full_range_codes(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether ONNX Runtime's int8 kernel on this CPU sums in 32 bits (x86 VNNI); unknown: no."""
+    try:
+        with open(cpuinfo, encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    return "avx512_vnni" in flags or "avx_vnni" in flags
+    except OSError:
+        pass
+    return False
 
 
 class Int8Scan:
     """The rows ``(n, d)`` as int8 codes with a scale per row, and an ONNX Runtime session that
     takes every row's approximate inner product with a batch of queries."""
 
-    def __init__(self, rows: np.ndarray) -> None:
+    def __init__(self, rows: np.ndarray, *, levels: int | None = None) -> None:
+        """``levels``: the largest code (127, or 63 where the kernel would saturate; default:
+        by :func:`full_range_codes`)."""
         import onnxruntime as ort
 
+        if levels is None:
+            levels = 127 if full_range_codes() else 63
+        self.levels = levels
         self.rows, self.dim = rows.shape
         # Block by block: no float copy of the whole matrix, even for a moment.
         codes_t = np.empty((self.dim, self.rows), np.int8)  # the layout the graph takes
@@ -52,7 +97,7 @@ class Int8Scan:
         for lo in range(0, self.rows, 4096):
             x = np.asarray(rows[lo : lo + 4096], np.float32)
             peak = np.abs(x).max(axis=1)
-            step = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+            step = np.where(peak > 0, peak / levels, 1.0).astype(np.float32)
             codes = np.rint(x / step[:, None]).astype(np.int8)
             codes_t[:, lo : lo + len(x)] = codes.T
             scale[lo : lo + len(x)] = step
@@ -81,17 +126,52 @@ class Int8Scan:
         # + float32 rounding of the sums themselves (both scans), far below the rest
         return np.asarray(out).T, SIGMAS * sigma + 1e-6 * max(q_norm, 1.0)
 
+    def check(self, rows: np.ndarray) -> float:
+        """The largest error, in standard deviations of the error model, of every row's product
+        with probe queries: :data:`CHECK_QUERIES` of ``rows`` (spread evenly, as photos of
+        the catalogue's kind look), and the directions a shared rounding bias of the rows
+        would line up with: the rows' mean and a random all-positive vector (not the uniform
+        one: its equal components would round alike, an error of the probe's own), each with
+        its opposite."""
+        picks = np.linspace(0, self.rows - 1, min(CHECK_QUERIES, self.rows)).astype(np.int64)
+        mean = np.asarray(rows[picks], np.float64).mean(axis=0)
+        positive = np.abs(np.random.default_rng(0).normal(size=self.dim))
+        probes = [v / max(float(np.linalg.norm(v)), 1e-12) for v in (mean, positive)]
+        q = np.concatenate(
+            [np.asarray(rows[picks], np.float32), np.array(probes + [-p for p in probes])]
+        ).astype(np.float32)
+        worst = 0.0
+        for one in (q[: len(picks)], q[len(picks) :]):  # quantised as batches of their own kind
+            approx, slack = self.products(one)
+            sigma = (slack - 1e-6 * max(float(np.linalg.norm(one, axis=1).max()), 1.0)) / SIGMAS
+            for lo in range(0, self.rows, 8192):
+                exact = np.asarray(rows[lo : lo + 8192], np.float32) @ one.T
+                err = float(np.abs(approx[lo : lo + 8192] - exact).max())
+                worst = max(worst, err / sigma if sigma > 0 else (0.0 if err == 0 else math.inf))
+        return worst
 
-def make_scan(rows: Any, mode: Scan) -> Int8Scan | None:
+
+def make_scan(rows: Any, mode: Scan, *, levels: int | None = None) -> Int8Scan | None:
     """The int8 scan of an exact catalogue's ``rows`` (``auto``: from :data:`SCAN_MIN_ROWS`),
-    or ``None`` for the float32 scan (asked for, too few rows, or rows not in memory)."""
+    or ``None`` for the float32 scan: asked for, too few rows or dimensions, rows not in
+    memory, or rows the scan's error model does not fit (:meth:`Int8Scan.check`: logged)."""
     if mode == "float32" or not isinstance(rows, np.ndarray) or rows.ndim != 2:
         return None
     if isinstance(rows, np.memmap) or (mode == "auto" and len(rows) < SCAN_MIN_ROWS):
         return None
-    if len(rows) == 0:
+    if len(rows) == 0 or rows.shape[1] < MIN_DIM:
         return None
-    return Int8Scan(rows)
+    scan = Int8Scan(rows, levels=levels)
+    worst = scan.check(rows)
+    if worst > CHECK_SIGMAS:
+        log.warning(
+            "the catalogue's rows are scanned in float32: their int8 rounding errors line up "
+            "(an error of %.1f standard deviations in the scan's check, more than %.1f)",
+            worst,
+            CHECK_SIGMAS,
+        )
+        return None
+    return scan
 
 
 class Scores:
