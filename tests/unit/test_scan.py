@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from stygig.artifact import Artifact, write_artifact
-from stygig.catalog import Item, Taxonomy
+from stygig.artifact import Artifact
 from stygig.catalog.changes import CatalogChange
 from stygig.encoders import load_encoder
 from stygig.engine import Recommender
@@ -29,7 +29,8 @@ from stygig.scan import (
 )
 from stygig.scoring import ScoringConfig
 
-CATEGORIES = ("t-shirt", "shirt", "jeans", "skirt", "dress", "casual-shoes", "heels", "handbag")
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from synthetic import synthetic_artifact
 
 
 def clustered(n: int, dim: int, seed: int, *, spread: float = 0.35) -> np.ndarray:
@@ -158,33 +159,14 @@ def test_the_graph_is_valid_onnx() -> None:
 @pytest.fixture(scope="module")
 def catalogue(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3,000 items of the tiny encoder's width, clustered, with exact duplicates."""
-    n, encoder = 3000, load_encoder("tiny")
-    rng = np.random.default_rng(7)
-    vectors = clustered(n, encoder.dim, seed=7, spread=0.5)
-    cats, genders = rng.integers(0, len(CATEGORIES), n), rng.choice(["men", "women", "unisex"], n)
-    rgb = rng.integers(0, 256, (n, 3))
-    items = [
-        Item(
-            id=f"it-{i:05d}",
-            image=f"/nowhere/{i}.jpg",
-            category=CATEGORIES[cats[i]],
-            gender=str(genders[i]),
-            price=float(5 + i % 50),
-        )
-        for i in range(n)
-    ]
-    colors = [
-        {"rgb": [int(v) for v in c], "hex": "#" + bytes(int(v) for v in c).hex()} for c in rgb
-    ]
-    return write_artifact(
+    encoder = load_encoder("tiny")
+    return synthetic_artifact(
         tmp_path_factory.mktemp("scan") / "art",
-        items=items,
-        colors=colors,
-        embeddings=vectors,
-        taxonomy=Taxonomy.load(),
+        3000,
         encoder_info=encoder.describe(),
-        rejects=[],
+        vectors=clustered(3000, encoder.dim, seed=7, spread=0.5),
         index_kind="flat",
+        seed=7,
     )
 
 
