@@ -94,8 +94,8 @@ class Int8Scan:
         codes_t = np.empty((self.dim, self.rows), np.int8)  # the layout the graph takes
         scale = np.empty(self.rows, np.float32)
         norm = np.empty(self.rows, np.float32)
-        for lo in range(0, self.rows, 4096):
-            x = np.asarray(rows[lo : lo + 4096], np.float32)
+        for lo in range(0, self.rows, 1024):
+            x = np.asarray(rows[lo : lo + 1024], np.float32)
             peak = np.abs(x).max(axis=1)
             step = np.where(peak > 0, peak / levels, 1.0).astype(np.float32)
             codes = np.rint(x / step[:, None]).astype(np.int8)
@@ -267,9 +267,17 @@ def _int(field: int, value: int) -> bytes:
     return _varint(field << 3) + _varint(value)
 
 
+def _tensor_head(name: str, shape: Sequence[int], elem_type: int, n_bytes: int) -> bytes:
+    """A tensor's fields up to its raw data, whose ``n_bytes`` follow."""
+    dims = b"".join(_int(1, d) for d in shape)
+    return (
+        dims + _int(2, elem_type) + _len(8, name.encode()) + _varint(9 << 3 | 2) + _varint(n_bytes)
+    )
+
+
 def _tensor(name: str, array: np.ndarray, elem_type: int) -> bytes:
-    dims = b"".join(_int(1, d) for d in array.shape)
-    return dims + _int(2, elem_type) + _len(8, name.encode()) + _len(9, array.tobytes())
+    data = array.tobytes()
+    return _tensor_head(name, array.shape, elem_type, len(data)) + data
 
 
 def _value_info(name: str, elem_type: int, dims: Sequence[int | str]) -> bytes:
@@ -285,7 +293,10 @@ _FLOAT, _INT8 = 1, 3
 
 def _model(codes_t: np.ndarray, scale: np.ndarray) -> bytes:
     """A one-node ONNX model ``y = DynamicQuantizeMatMul(q, codes_t, scale)``: ``q`` ``(m, d)``
-    float32, ``codes_t`` ``(d, n)`` int8 (constant, so packed once), ``y`` ``(m, n)``."""
+    float32, ``codes_t`` ``(d, n)`` int8 (constant, so packed once), ``y`` ``(m, n)``.
+
+    The codes are the model's last bytes, copied once into it: every length before them is
+    worked out from their size (no nested copies of a matrix that may be 64 MB)."""
     d, n = codes_t.shape
     node = (
         b"".join(_len(1, s.encode()) for s in ("q", "W", "scale"))
@@ -294,13 +305,17 @@ def _model(codes_t: np.ndarray, scale: np.ndarray) -> bytes:
         + _len(4, b"DynamicQuantizeMatMul")
         + _len(7, b"com.microsoft")
     )
-    graph = (
+    graph_head = (
         _len(1, node)
         + _len(2, b"stygig-int8-scan")
-        + _len(5, _tensor("W", codes_t, _INT8))
         + _len(5, _tensor("scale", scale, _FLOAT))
         + _len(11, _value_info("q", _FLOAT, ["m", d]))
         + _len(12, _value_info("y", _FLOAT, ["m", n]))
     )
+    raw = np.ascontiguousarray(codes_t).data.cast("B")
+    w_head = _tensor_head("W", codes_t.shape, _INT8, len(raw))
+    w_field = _varint(5 << 3 | 2) + _varint(len(w_head) + len(raw)) + w_head
+    graph_len = len(graph_head) + len(w_field) + len(raw)
     opsets = _len(8, _len(1, b"") + _int(2, 13)) + _len(8, _len(1, b"com.microsoft") + _int(2, 1))
-    return _int(1, 8) + opsets + _len(7, graph)
+    head = _int(1, 8) + opsets + _varint(7 << 3 | 2) + _varint(graph_len) + graph_head + w_field
+    return b"".join((head, raw))
