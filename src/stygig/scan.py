@@ -206,7 +206,7 @@ class Scores:
             todo = ids[~self._exact[ids]]
             if len(todo):
                 todo = np.unique(todo)
-                self.values[todo] = _each_query(self._rows[todo], self._queries)
+                self.values[todo] = _rows_products(self._rows, todo, self._queries)
                 self._exact[todo] = True
         out: np.ndarray = self.values[ids]
         return out
@@ -233,6 +233,29 @@ class Scores:
             found = i[0] >= 0
             scores[r, found], ids[r, found] = s[0, found], near[i[0, found]]
         return scores, ids
+
+
+def _rows_products(rows: Any, ids: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """``(len(ids), m)`` float32 products of rows ``ids`` with each query, the same sums as
+    :func:`_each_query` over all rows: read in place by FAISS's by-index kernel (no gathered
+    copy: 200 rows of 10k x 1280 from a cold cache, 0.13 -> 0.08 ms)."""
+    if not (isinstance(rows, np.ndarray) and rows.dtype == np.float32 and rows.flags.c_contiguous):
+        return _each_query(rows[ids], queries)
+    import faiss
+
+    q = np.ascontiguousarray(queries, np.float32)
+    picks = np.ascontiguousarray(np.broadcast_to(ids.astype(np.int64), (len(q), len(ids))))
+    out = np.empty((len(q), len(ids)), np.float32)
+    faiss.fvec_inner_products_by_idx(  # type: ignore[attr-defined]
+        faiss.swig_ptr(out),
+        faiss.swig_ptr(q),
+        faiss.swig_ptr(rows),
+        faiss.swig_ptr(picks),
+        rows.shape[1],
+        len(q),
+        len(ids),
+    )
+    return out.T
 
 
 def _each_query(rows: Any, queries: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ from stygig.scan import (
     Int8Scan,
     Scores,
     _model,
+    _rows_products,
     full_range_codes,
     make_scan,
 )
@@ -84,6 +85,19 @@ def test_the_nearest_rows_are_the_float32_scans_bit_for_bit() -> None:
         done = found._exact
         assert done is not None and done[3500:].all() and done.sum() < len(rows) / 4
         np.testing.assert_array_equal(found.values[done], want[done])
+
+
+@pytest.mark.parametrize("dim", [16, 17, 100, 512, 1280])
+def test_rows_rescored_in_place_are_the_float32_scans_sums(dim: int) -> None:
+    rows = np.random.default_rng(dim).normal(size=(2000, dim)).astype(np.float32)
+    ids = np.sort(np.random.default_rng(1).choice(2000, 300, replace=False))
+    for m in (1, 3):
+        q = np.random.default_rng(m).normal(size=(m, dim)).astype(np.float32)
+        full = np.concatenate([similarities(rows, q[j : j + 1]) for j in range(m)], axis=1)
+        np.testing.assert_array_equal(_rows_products(rows, ids, q), full[ids])
+        # rows FAISS cannot read in place (not contiguous) are gathered first: the same sums
+        wide = np.concatenate([rows, rows], axis=1)[:, :dim]
+        np.testing.assert_array_equal(_rows_products(wide, ids, q), full[ids])
 
 
 def test_fewer_live_rows_than_asked_never_bring_back_a_removed_one() -> None:
