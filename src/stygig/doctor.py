@@ -69,6 +69,7 @@ class DoctorReport:
     onnxruntime: dict[str, Any] = field(default_factory=dict)
     torch: dict[str, Any] = field(default_factory=dict)
     faiss: dict[str, Any] = field(default_factory=dict)
+    exact_scan: dict[str, Any] = field(default_factory=dict)
     artifact: dict[str, Any] | None = None
     checks: list[Check] = field(default_factory=list)
 
@@ -206,6 +207,56 @@ def _faiss(report: DoctorReport) -> None:
     report.checks.append(Check("faiss", status, detail))
 
 
+def _exact_scan(report: DoctorReport) -> None:
+    """How this CPU runs the int8 scan of exact catalogues (:mod:`stygig.scan`)."""
+    from stygig.scan import full_range_codes
+
+    vnni = full_range_codes()
+    report.exact_scan = {"vnni": vnni, "code_levels": 127 if vnni else 63}
+    detail = (
+        "int8 codes use the full range (x86 VNNI sums in 32 bits)"
+        if vnni
+        else "int8 codes kept within +-63 (no VNNI: ONNX Runtime's AVX2 kernel adds pairs of "
+        "products in saturating 16-bit lanes)"
+    )
+    report.checks.append(Check("exact scan", "ok", detail))
+
+
+def _artifact_scan(info: dict[str, Any], manifest: dict[str, Any], path: Path) -> Check:
+    """How serving will scan this artifact's rows: ``int8`` or ``float32``, and why."""
+    import numpy as np
+
+    from stygig.scan import CHECK_SIGMAS, MIN_DIM, SCAN_MIN_ROWS, Int8Scan
+    from stygig.scoring import ScoringConfig
+
+    index = _mapping(manifest.get("index"))
+    mode = ScoringConfig.load().exact_scan
+    n = int(_mapping(manifest.get("counts")).get("items") or 0)
+    dim = int(index.get("dim") or 0)
+    reason, check = "", None
+    if index.get("kind") not in ("flat", "exact") or "parts" in _mapping(index.get("params")):
+        reason = f"not an exact catalogue (index {index.get('kind')}): searched, not scanned"
+    elif mode == "float32":
+        reason = "scoring.yaml asks exact_scan: float32"
+    elif mode == "auto" and n < SCAN_MIN_ROWS:
+        reason = f"{n:,} items: the float32 scan stays in cache below {SCAN_MIN_ROWS:,}"
+    elif dim < MIN_DIM:
+        reason = f"{dim} dimensions: below {MIN_DIM}"
+    else:
+        rows = np.load(path / "embeddings.npy", mmap_mode="r")
+        check = Int8Scan(rows).check(rows)
+        if check > CHECK_SIGMAS:
+            reason = f"its rounding errors line up ({check:.1f} standard deviations)"
+    info["exact_scan"] = {
+        "scan": "float32" if reason else "int8",
+        "reason": reason or None,
+        "check_sigmas": None if check is None else round(check, 2),
+    }
+    if reason:
+        return Check("artifact scan", "ok", f"float32: {reason}")
+    return Check("artifact scan", "ok", f"int8, refined in float32 (check {check:.1f} sigma)")
+
+
 def simd_level(faiss: Any) -> str:
     """The instruction set FAISS runs with: the dispatched level of a dynamic-dispatch build
     (1.12+), else the optimised library that was loaded (``swigfaiss_avx2``, ...)."""
@@ -258,6 +309,7 @@ def _artifact(report: DoctorReport, path: Path) -> None:
             f"({encoder.get('runtime')})",
         )
     )
+    report.checks.append(_artifact_scan(info, manifest, path))
     if encoder.get("runtime") != "onnx":
         return
     onnx_file = path / str(encoder.get("onnx_file") or ONNX_FILE)  # confined by verify_files
@@ -284,6 +336,7 @@ def diagnose(device: str = "cpu", artifact: Path | None = None) -> DoctorReport:
     _onnxruntime(report)
     _torch(report)
     _faiss(report)
+    _exact_scan(report)
     if artifact is not None:
         _artifact(report, Path(artifact))
     return report

@@ -45,6 +45,8 @@ def test_json_lists_the_cpu_provider_active_and_cuda_not() -> None:
     assert _check(report, "onnxruntime cuda")["status"] in ("skip", "warn")
     assert {"python", "stygig", "numpy", "onnxruntime"} <= set(report["versions"])
     assert report["faiss"]["simd_level"]  # e.g. AVX2, AVX512, generic
+    assert report["exact_scan"]["code_levels"] in (127, 63)
+    assert _check(report, "exact scan")["status"] == "ok"
     assert "Traceback" not in done.stderr
 
 
@@ -65,6 +67,9 @@ def test_an_artifact_is_verified(sample: tuple[Path, Path], tmp_path: Path) -> N
     assert report["artifact"]["verified"] is True
     assert report["artifact"]["items"] > 0
     assert _check(report, "artifact")["status"] == "ok"
+    # the sample is small: served with the float32 scan, and the report says why
+    assert report["artifact"]["exact_scan"]["scan"] == "float32"
+    assert "items" in _check(report, "artifact scan")["detail"]
 
     broken = tmp_path / "artifact"
     shutil.copytree(sample[1], broken)
