@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 from tests.integration.server_fixtures import free_port, start_process, wait_ready  # noqa: E402
 
+from kept_notes import notes_with_history  # noqa: E402
 from stygig.artifact import Artifact  # noqa: E402
 from stygig.build import make_build_encoder  # noqa: E402
 from stygig.engine import load_artifact_encoder  # noqa: E402
@@ -218,14 +219,17 @@ def main() -> None:
             ),
             "client": "one http.client connection per server, kept alive, same machine",
         },
-        "notes": [
-            "CLIP ViT-B/32 uses random weights (no internet): the real model's compute.",
-            "Synthetic 10k-item catalogues of each encoder's width (efficientnet-lite0: 1280-d, "
-            "CLIP: 512-d); query photos are real product photos.",
-            "CPU outside the encoder = server CPU per request (all threads, /proc) minus the "
-            "encoder's CPU per batch-1 call measured alone: an estimate, since the encoder "
-            "shares the cores with the colour thread inside the server.",
-        ],
+        "notes": notes_with_history(
+            args.out,
+            [
+                "CLIP ViT-B/32 uses random weights (no internet): the real model's compute.",
+                "Synthetic 10k-item catalogues of each encoder's width (efficientnet-lite0: 1280-d, "
+                "CLIP: 512-d); query photos are real product photos.",
+                "CPU outside the encoder = server CPU per request (all threads, /proc) minus the "
+                "encoder's CPU per batch-1 call measured alone: an estimate, since the encoder "
+                "shares the cores with the colour thread inside the server.",
+            ],
+        ),
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from kept_notes import notes_with_history  # noqa: E402
 from stygig.artifact import Artifact  # noqa: E402
 from stygig.encoders import load_encoder  # noqa: E402
 from stygig.engine import Recommender  # noqa: E402
@@ -136,12 +137,15 @@ def main() -> None:
             "load_average_at_start": [round(x, 2) for x in load_start],
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         },
-        "notes": [
-            "Synthetic clustered rows (benchmarks/synthetic.py); in process, one thread, a 64 MB "
-            "read before every answer; float32 and int8 alternate query by query.",
-            "resident_mb: the process's resident growth while that recommender loaded (the first "
-            "int8 load also starts ONNX Runtime); the allocator keeps part of the transients.",
-        ],
+        "notes": notes_with_history(
+            args.out,
+            [
+                "Synthetic clustered rows (benchmarks/synthetic.py); in process, one thread, a 64 MB "
+                "read before every answer; float32 and int8 alternate query by query.",
+                "resident_mb: the process's resident growth while that recommender loaded (the first "
+                "int8 load also starts ONNX Runtime); the allocator keeps part of the transients.",
+            ],
+        ),
         "results": results,
     }
     args.out.write_text(json.dumps(document, indent=2) + "\n")
