@@ -30,7 +30,6 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -44,7 +43,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 from tests.integration.server_fixtures import free_port, start_process, wait_ready  # noqa: E402
 
-from kept_notes import notes_with_history  # noqa: E402
+from results_file import machine, notes_with_history  # noqa: E402
 from stygig.artifact import Artifact  # noqa: E402
 from stygig.build import make_build_encoder  # noqa: E402
 from stygig.engine import load_artifact_encoder  # noqa: E402
@@ -200,13 +199,7 @@ def main() -> None:
         }
     document = {
         "command": "python benchmarks/bench_budget.py " + " ".join(sys.argv[1:]),
-        "machine": {
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "load_average_at_start": [round(x, 2) for x in load_start],
-            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine(load_start),
         "settings": {
             "items": args.items,
             "photos": len(photos),

@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from kept_notes import notes_with_history  # noqa: E402
+from results_file import machine, notes_with_history  # noqa: E402
 from stygig.artifact import Artifact  # noqa: E402
 from stygig.encoders import load_encoder  # noqa: E402
 from stygig.engine import Recommender  # noqa: E402
@@ -130,13 +129,7 @@ def main() -> None:
             )
     document = {
         "command": "python benchmarks/bench_scan.py " + " ".join(sys.argv[1:]),
-        "machine": {
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "load_average_at_start": [round(x, 2) for x in load_start],
-            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine(load_start),
         "notes": notes_with_history(
             args.out,
             [

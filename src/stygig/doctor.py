@@ -226,7 +226,7 @@ def _artifact_scan(info: dict[str, Any], manifest: dict[str, Any], path: Path) -
     """How serving will scan this artifact's rows: ``int8`` or ``float32``, and why."""
     import numpy as np
 
-    from stygig.scan import CHECK_SIGMAS, MIN_DIM, SCAN_MIN_ROWS, Int8Scan
+    from stygig.scan import CHECK_SIGMAS, MIN_DIM, SCAN_MIN_BYTES, Int8Scan
     from stygig.scoring import ScoringConfig
 
     index = _mapping(manifest.get("index"))
@@ -238,8 +238,11 @@ def _artifact_scan(info: dict[str, Any], manifest: dict[str, Any], path: Path) -
         reason = f"not an exact catalogue (index {index.get('kind')}): searched, not scanned"
     elif mode == "float32":
         reason = "scoring.yaml asks exact_scan: float32"
-    elif mode == "auto" and n < SCAN_MIN_ROWS:
-        reason = f"{n:,} items: the float32 scan stays in cache below {SCAN_MIN_ROWS:,}"
+    elif mode == "auto" and n * dim * 4 < SCAN_MIN_BYTES:
+        reason = (
+            f"{n:,} items of {dim} dimensions: float32 rows under {SCAN_MIN_BYTES >> 20} MiB "
+            "stay in cache"
+        )
     elif dim < MIN_DIM:
         reason = f"{dim} dimensions: below {MIN_DIM}"
     else:

@@ -78,7 +78,7 @@ class ScoringConfig:
     # outfit candidates. Without a model the V4 rules are used whatever this says.
     compat_mode: CompatMode = "learned+rules"
     # How an exact catalogue is scanned (stygig.scan): int8 (refined in float32 where it can
-    # change an answer), float32, or auto: int8 from 4,096 rows.
+    # change an answer), float32, or auto: int8 from 16 MiB of float32 rows.
     exact_scan: Scan = "auto"
 
     @classmethod

@@ -20,7 +20,7 @@ from stygig.index import similarities, top_k
 from stygig.recommendation import Options
 from stygig.scan import (
     CHECK_SIGMAS,
-    SCAN_MIN_ROWS,
+    SCAN_MIN_BYTES,
     Int8Scan,
     Scores,
     _model,
@@ -151,9 +151,10 @@ def test_rows_whose_rounding_errors_line_up_are_scanned_in_float32(
 
 
 def test_the_scan_is_made_where_it_pays() -> None:
-    rows = clustered(SCAN_MIN_ROWS, 32, seed=6)
+    rows = clustered(SCAN_MIN_BYTES // (4 * 1024), 1024, seed=6)  # 16 MiB of float32 rows
     assert isinstance(make_scan(rows, "auto"), Int8Scan)
-    assert make_scan(rows[:-1], "auto") is None  # small: the float32 scan is in cache
+    assert make_scan(rows[:-1], "auto") is None  # smaller: the float32 rows stay in cache
+    assert make_scan(np.ascontiguousarray(rows[:, :64]), "auto") is None  # as many, narrow
     assert isinstance(make_scan(rows[:10], "int8"), Int8Scan)
     assert make_scan(rows, "float32") is None
     assert make_scan(rows[:, :8], "int8") is None  # FAISS sums narrow rows by their place
