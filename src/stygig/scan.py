@@ -205,9 +205,8 @@ class Scores:
         scan); returns ``values[ids]``."""
         ids = np.asarray(ids, np.int64)
         if self._exact is not None and len(ids):
-            todo = ids[~self._exact[ids]]
+            todo = ids[~self._exact[ids]]  # a row asked twice is written twice, alike
             if len(todo):
-                todo = np.unique(todo)
                 self.values[todo] = _rows_products(self._rows, todo, self._queries)
                 self._exact[todo] = True
         out: np.ndarray = self.values[ids]
@@ -230,10 +229,12 @@ class Scores:
             near = np.flatnonzero(approx >= kth - 2.0 * self.slack)
             if removed is not None:  # fewer live rows than k: the threshold let all through
                 near = near[~removed[near]]
-            self.exact(near)
-            s, i = top_k(self.values[near, r][None, :], k)
-            found = i[0] >= 0
-            scores[r, found], ids[r, found] = s[0, found], near[i[0, found]]
+            exact = self.exact(near)[:, r]
+            # top_k's order on a few dozen rows in one sort: best first, ties to the lower id;
+            # nothing that is not a number (a NaN query) is a result
+            best = np.lexsort((near, -exact))[:k]
+            best = best[np.isfinite(exact[best])]
+            scores[r, : len(best)], ids[r, : len(best)] = exact[best], near[best]
         return scores, ids
 
 
