@@ -223,33 +223,23 @@ def _exact_scan(report: DoctorReport) -> None:
 
 
 def _artifact_scan(info: dict[str, Any], manifest: dict[str, Any], path: Path) -> Check:
-    """How serving will scan this artifact's rows: ``int8`` or ``float32``, and why."""
+    """How serving will scan this artifact's rows: ``int8`` or ``float32``, and why (the
+    engine's own choice, :func:`stygig.scan.choose_scan`, on the rows loaded as serving loads
+    them)."""
     import numpy as np
 
-    from stygig.scan import CHECK_SIGMAS, MIN_DIM, SCAN_MIN_BYTES, Int8Scan
+    from stygig.artifact import wants_mmap
+    from stygig.scan import choose_scan
     from stygig.scoring import ScoringConfig
 
     index = _mapping(manifest.get("index"))
-    mode = ScoringConfig.load().exact_scan
-    n = int(_mapping(manifest.get("counts")).get("items") or 0)
-    dim = int(index.get("dim") or 0)
-    reason, check = "", None
     if index.get("kind") not in ("flat", "exact") or "parts" in _mapping(index.get("params")):
-        reason = f"not an exact catalogue (index {index.get('kind')}): searched, not scanned"
-    elif mode == "float32":
-        reason = "scoring.yaml asks exact_scan: float32"
-    elif mode == "auto" and n * dim * 4 < SCAN_MIN_BYTES:
-        reason = (
-            f"{n:,} items of {dim} dimensions: float32 rows under {SCAN_MIN_BYTES >> 20} MiB "
-            "stay in cache"
-        )
-    elif dim < MIN_DIM:
-        reason = f"{dim} dimensions: below {MIN_DIM}"
+        reason, check = f"not an exact catalogue (index {index.get('kind')}): searched", None
     else:
-        rows = np.load(path / "embeddings.npy", mmap_mode="r")
-        check = Int8Scan(rows).check(rows)
-        if check > CHECK_SIGMAS:
-            reason = f"its rounding errors line up ({check:.1f} standard deviations)"
+        mapped = wants_mmap(path, manifest)
+        rows = np.load(path / "embeddings.npy", mmap_mode="r" if mapped else None)
+        choice = choose_scan(rows, ScoringConfig.load().exact_scan)
+        reason, check = choice.reason, choice.check
     info["exact_scan"] = {
         "scan": "float32" if reason else "int8",
         "reason": reason or None,

@@ -398,7 +398,8 @@ class Recommender:
         t_score = time.perf_counter()
         timings.score = (t_score - t_cand) * 1e3
 
-        refine = margin = None
+        refine: Callable[[np.ndarray], np.ndarray] | None = None
+        margin = 0.0
         if full is not None and full.approximate and not given:
             # A similarity moves a score by at most `per_sim` per unit: a row whose score could
             # reach a category's ranking within the scan's bound is scored again in float32.
@@ -429,7 +430,7 @@ class Recommender:
             diversity=diversity,
             seed=options.seed,
             refine=refine,
-            margin=margin or 0.0,
+            margin=margin,
         )
         primary = parts[0]
         q_name = cols.category_names[primary.category] if primary.category >= 0 else "query"
@@ -437,8 +438,8 @@ class Recommender:
         if given:  # the answer's items: the best k_total candidates, whatever their category
             best = np.argsort(-score, kind="stable")[: options.k_total]
             shown = np.union1d(shown, best)
-        if refine is not None:  # what an answer shows is float32 (a learned-only score
-            refine(shown)  # ranks without similarity: its shown rows' similarities)
+        if refine is not None:  # every similarity an answer shows is float32 (a score of the
+            refine(shown)  # learned model alone ranks without them, so they may not be yet)
         made = recommended_items(
             cols,
             scored,

@@ -16,7 +16,7 @@ largest error over 3 million products was 4.7). Rows whose rounding errors line 
 long flat tail just under half a step) can break the model, so the scan checks itself when it
 is made: :data:`CHECK_QUERIES` of the catalogue's own rows as queries against every row, and a
 catalogue whose largest error passes :data:`CHECK_SIGMAS` is scanned in float32 instead
-(:func:`make_scan`). :class:`Scores` then recomputes in float32, with the float32 scan's own
+(:func:`choose_scan`). :class:`Scores` then recomputes in float32, with the float32 scan's own
 kernel (the same sums), every row the bound lets near the nearest neighbours or a category's
 ranking, so answers equal the float32 scan's, and every score an answer shows is a float32 one.
 
@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -44,7 +45,9 @@ __all__ = [
     "SIGMAS",
     "Int8Scan",
     "Scan",
+    "ScanChoice",
     "Scores",
+    "choose_scan",
     "make_scan",
 ]
 
@@ -119,14 +122,22 @@ class Int8Scan:
         """``(rows, m)`` approximate inner products with ``queries`` ``(m, d)``, and the bound
         on each one's error (:data:`SIGMAS` standard deviations)."""
         q = np.ascontiguousarray(queries, np.float32)
+        sigma, rounding = self._error_model(q)
+        return self._approximate(q), SIGMAS * sigma + rounding
+
+    def _approximate(self, q: np.ndarray) -> np.ndarray:
         (out,) = self._session.run(None, {"q": q})
+        return np.asarray(out).T
+
+    def _error_model(self, q: np.ndarray) -> tuple[float, float]:
+        """The standard deviation of a product's quantisation error for the query batch ``q``,
+        and a bound on the float32 rounding of the sums themselves (both scans)."""
         # ONNX Runtime quantises the whole query batch with one uint8 step over [min, max] (0
         # included): half of that step is each query component's rounding error.
         step = (max(float(q.max()), 0.0) - min(float(q.min()), 0.0)) / 255.0
         q_norm = float(np.linalg.norm(q, axis=1).max())
         sigma = math.hypot(step * self._row_norm, self._row_scale * q_norm) / math.sqrt(12.0)
-        # + float32 rounding of the sums themselves (both scans), far below the rest
-        return np.asarray(out).T, SIGMAS * sigma + 1e-6 * max(q_norm, 1.0)
+        return sigma, 1e-6 * max(q_norm, 1.0)
 
     def check(self, rows: np.ndarray) -> float:
         """The largest error, in standard deviations of the error model, of every row's product
@@ -136,16 +147,14 @@ class Int8Scan:
         one: its equal components would round alike, an error of the probe's own), each with
         its opposite."""
         picks = np.linspace(0, self.rows - 1, min(CHECK_QUERIES, self.rows)).astype(np.int64)
-        mean = np.asarray(rows[picks], np.float64).mean(axis=0)
+        like_rows = np.asarray(rows[picks], np.float32)
+        mean = like_rows.astype(np.float64).mean(axis=0)
         positive = np.abs(np.random.default_rng(0).normal(size=self.dim))
         probes = [v / max(float(np.linalg.norm(v)), 1e-12) for v in (mean, positive)]
-        q = np.concatenate(
-            [np.asarray(rows[picks], np.float32), np.array(probes + [-p for p in probes])]
-        ).astype(np.float32)
+        directions = np.array(probes + [-p for p in probes], np.float32)
         worst = 0.0
-        for one in (q[: len(picks)], q[len(picks) :]):  # quantised as batches of their own kind
-            approx, slack = self.products(one)
-            sigma = (slack - 1e-6 * max(float(np.linalg.norm(one, axis=1).max()), 1.0)) / SIGMAS
+        for one in (like_rows, directions):  # quantised as batches of their own kind
+            approx, (sigma, _) = self._approximate(one), self._error_model(one)
             for lo in range(0, self.rows, 8192):
                 exact = np.asarray(rows[lo : lo + 8192], np.float32) @ one.T
                 err = float(np.abs(approx[lo : lo + 8192] - exact).max())
@@ -153,27 +162,50 @@ class Int8Scan:
         return worst
 
 
-def make_scan(rows: Any, mode: Scan, *, levels: int | None = None) -> Int8Scan | None:
+@dataclass(frozen=True)
+class ScanChoice:
+    """How an exact catalogue's rows are scanned: ``scan`` (``None``: in float32, for
+    ``reason``) and the int8 scan's self-check when it ran (:meth:`Int8Scan.check`)."""
+
+    scan: Int8Scan | None
+    reason: str = ""
+    check: float | None = None
+
+
+def choose_scan(rows: Any, mode: Scan, *, levels: int | None = None) -> ScanChoice:
     """The int8 scan of an exact catalogue's ``rows`` (``auto``: from :data:`SCAN_MIN_BYTES`),
-    or ``None`` for the float32 scan: asked for, too few rows or dimensions, rows not in
-    memory, or rows the scan's error model does not fit (:meth:`Int8Scan.check`: logged)."""
-    if mode == "float32" or not isinstance(rows, np.ndarray) or rows.ndim != 2:
-        return None
-    if isinstance(rows, np.memmap) or (mode == "auto" and rows.size * 4 < SCAN_MIN_BYTES):
-        return None
-    if len(rows) == 0 or rows.shape[1] < MIN_DIM:
-        return None
+    or the float32 scan and why: asked for, too few bytes or dimensions, rows not in memory,
+    or rows the scan's error model does not fit."""
+    if mode == "float32":
+        return ScanChoice(None, "scoring.yaml asks exact_scan: float32")
+    if not isinstance(rows, np.ndarray) or isinstance(rows, np.memmap) or rows.ndim != 2:
+        return ScanChoice(None, "the rows are not in memory (mapped from disk)")
+    n, dim = rows.shape
+    if mode == "auto" and rows.size * 4 < SCAN_MIN_BYTES:
+        return ScanChoice(
+            None,
+            f"{n:,} items of {dim} dimensions: float32 rows under {SCAN_MIN_BYTES >> 20} MiB "
+            "stay in cache",
+        )
+    if n == 0 or dim < MIN_DIM:
+        return ScanChoice(None, f"{n:,} items of {dim} dimensions: below {MIN_DIM} dimensions")
     scan = Int8Scan(rows, levels=levels)
     worst = scan.check(rows)
     if worst > CHECK_SIGMAS:
-        log.warning(
-            "the catalogue's rows are scanned in float32: their int8 rounding errors line up "
-            "(an error of %.1f standard deviations in the scan's check, more than %.1f)",
-            worst,
-            CHECK_SIGMAS,
+        reason = (
+            f"their int8 rounding errors line up (an error of {worst:.1f} standard deviations "
+            f"in the scan's check, more than {CHECK_SIGMAS})"
         )
-        return None
-    return scan
+        return ScanChoice(None, reason, worst)
+    return ScanChoice(scan, "", worst)
+
+
+def make_scan(rows: Any, mode: Scan, *, levels: int | None = None) -> Int8Scan | None:
+    """:func:`choose_scan`'s scan; a catalogue whose rows failed the check is logged."""
+    choice = choose_scan(rows, mode, levels=levels)
+    if choice.scan is None and choice.check is not None:
+        log.warning("the catalogue's rows are scanned in float32: %s", choice.reason)
+    return choice.scan
 
 
 class Scores:
@@ -285,8 +317,13 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
+def _key_len(field: int, n_bytes: int) -> bytes:
+    """A length-delimited field's key and length, its ``n_bytes`` to follow."""
+    return _varint(field << 3 | 2) + _varint(n_bytes)
+
+
 def _len(field: int, payload: bytes) -> bytes:
-    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
+    return _key_len(field, len(payload)) + payload
 
 
 def _int(field: int, value: int) -> bytes:
@@ -296,9 +333,7 @@ def _int(field: int, value: int) -> bytes:
 def _tensor_head(name: str, shape: Sequence[int], elem_type: int, n_bytes: int) -> bytes:
     """A tensor's fields up to its raw data, whose ``n_bytes`` follow."""
     dims = b"".join(_int(1, d) for d in shape)
-    return (
-        dims + _int(2, elem_type) + _len(8, name.encode()) + _varint(9 << 3 | 2) + _varint(n_bytes)
-    )
+    return dims + _int(2, elem_type) + _len(8, name.encode()) + _key_len(9, n_bytes)
 
 
 def _tensor(name: str, array: np.ndarray, elem_type: int) -> bytes:
@@ -340,8 +375,8 @@ def _model(codes_t: np.ndarray, scale: np.ndarray) -> bytes:
     )
     raw = np.ascontiguousarray(codes_t).data.cast("B")
     w_head = _tensor_head("W", codes_t.shape, _INT8, len(raw))
-    w_field = _varint(5 << 3 | 2) + _varint(len(w_head) + len(raw)) + w_head
+    w_field = _key_len(5, len(w_head) + len(raw)) + w_head
     graph_len = len(graph_head) + len(w_field) + len(raw)
     opsets = _len(8, _len(1, b"") + _int(2, 13)) + _len(8, _len(1, b"com.microsoft") + _int(2, 1))
-    head = _int(1, 8) + opsets + _varint(7 << 3 | 2) + _varint(graph_len) + graph_head + w_field
+    head = _int(1, 8) + opsets + _key_len(7, graph_len) + graph_head + w_field
     return b"".join((head, raw))

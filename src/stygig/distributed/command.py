@@ -97,11 +97,15 @@ def _positive(value: float | None, flag: str) -> None:
         raise InvalidOptionsError(f"{flag} must be positive")
 
 
-def run_build_ray_command(args: argparse.Namespace) -> int:
-    """``stygig build --engine ray``: the flags of ``stygig build``, the work on Ray."""
+def _check_ray_flags(args: argparse.Namespace) -> None:
     _positive(args.ray_actors, "--ray-actors")
     _positive(args.ray_actor_cpus, "--ray-actor-cpus")
     _positive(args.batch_size, "--batch-size")
+
+
+def run_build_ray_command(args: argparse.Namespace) -> int:
+    """``stygig build --engine ray``: the flags of ``stygig build``, the work on Ray."""
+    _check_ray_flags(args)
     from stygig.build import print_build_result
     from stygig.catalog import Taxonomy
     from stygig.cli import build_encoder_from_args, build_options
@@ -145,21 +149,21 @@ def run_batch_ray_command(args: argparse.Namespace, options: dict[str, Any]) -> 
         )
     if args.artifact is None:
         raise InvalidOptionsError("--engine ray needs --artifact")
-    _positive(args.ray_actors, "--ray-actors")
-    _positive(args.ray_actor_cpus, "--ray-actor-cpus")
-    _positive(args.batch_size, "--batch-size")
+    _check_ray_flags(args)
     from stygig.distributed.cluster import import_ray, ray_session
+    from stygig.jobs.command import batch_source
 
     import_ray()
     from stygig.distributed.ray_batch import run_batch_ray
 
+    src, kind = batch_source(args)
     with ray_session(args.address):
         return run_batch_ray(
             args.artifact,
-            str(args.artifact) if args.all_items else args.input,
+            src,
             args.output,
             options=options,
-            kind="artifact" if args.all_items else args.kind,
+            kind=kind,
             by_photo=args.by_photo,
             batch_size=args.batch_size,
             overwrite=args.overwrite,

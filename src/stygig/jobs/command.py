@@ -182,6 +182,14 @@ def run_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def batch_source(args: argparse.Namespace) -> tuple[str, str]:
+    """``(source, kind)`` of ``stygig batch``'s inputs: the artifact's own catalogue with
+    ``--all-items``, else ``--input`` as ``--kind`` says (every engine reads them alike)."""
+    if args.all_items:
+        return str(args.artifact), "artifact"
+    return args.input, args.kind
+
+
 def run_batch_command(args: argparse.Namespace) -> int:
     """``stygig batch``: run (or resume) a batch and print its summary."""
     if (args.input is None) == (not args.all_items):
@@ -205,12 +213,13 @@ def run_batch_command(args: argparse.Namespace) -> int:
     from stygig.engine import Recommender
 
     recommender = Recommender(Artifact.load(args.artifact, verify=not args.no_verify))
+    src, kind = batch_source(args)
     summary = run_batch(
         recommender,
-        str(args.artifact) if args.all_items else args.input,
+        src,
         args.output,
         options=options,
-        kind="artifact" if args.all_items else args.kind,
+        kind=kind,
         by_photo=args.by_photo,
         batch_size=args.batch_size,
         workers=args.workers,

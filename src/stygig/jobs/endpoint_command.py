@@ -17,6 +17,7 @@ from typing import Any
 from stygig import storage
 from stygig.batch import BatchSummary
 from stygig.errors import InvalidOptionsError
+from stygig.jobs.command import batch_source
 from stygig.jobs.sagemaker_async import (
     AsyncEndpoint,
     AsyncInvocation,
@@ -178,12 +179,13 @@ def run_endpoint_batch_command(args: argparse.Namespace, options: dict[str, Any]
         )
     endpoint = _endpoint(args)
     endpoint.require_prefix()
+    src, kind = batch_source(args)
     return run_endpoint_batch(
         endpoint,
-        str(args.artifact) if args.all_items else args.input,
+        src,
         args.output,
         options=options,
-        kind="artifact" if args.all_items else args.kind,
+        kind=kind,
         by_photo=args.by_photo,
         artifact=args.artifact,
         concurrency=args.concurrency,
