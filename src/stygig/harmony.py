@@ -33,6 +33,7 @@ Pure NumPy; :mod:`stygig.color` builds on this module to find the colours of a p
 
 from __future__ import annotations
 
+import colorsys
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -100,9 +101,15 @@ _D65_WHITE = np.array([0.95047, 1.0, 1.08883])
 def rgb_to_hsl(rgb: npt.ArrayLike) -> FloatArray:
     """Convert RGB (0-255, any shape ``(..., 3)``) to HSL: H in degrees [0, 360), S and L in [0, 1].
 
-    The same arithmetic as :func:`colorsys.rgb_to_hls`, vectorised (and in H, S, L order).
+    The same arithmetic as :func:`colorsys.rgb_to_hls`, vectorised (and in H, S, L order). One
+    colour (shape ``(3,)``, a query's) goes through :mod:`colorsys` itself: the ~25 array
+    operations cost 0.1 ms on three numbers.
     """
     c = np.asarray(rgb, dtype=np.float64) / 255.0
+    if c.shape == (3,):
+        h, light, s = colorsys.rgb_to_hls(*c.tolist())
+        hue = h * 360.0
+        return np.array([hue - 360.0 if hue >= 360.0 else hue, s, light])
     r, g, b = c[..., 0], c[..., 1], c[..., 2]
     maxc, minc = c.max(axis=-1), c.min(axis=-1)
     sumc, rangec = maxc + minc, maxc - minc

@@ -83,6 +83,12 @@ def test_rgb_to_hsl_matches_colorsys_on_random_and_edge_colours() -> None:
     np.testing.assert_allclose(got[:, 2], expected[:, 1], atol=1e-12)
     assert got.shape == (len(rgb), 3) and got.dtype == np.float64
     assert (got[:, 0] >= 0).all() and (got[:, 0] < 360).all()
+    # One colour (a query's) takes colorsys itself: the same numbers to the bit, as floats too.
+    floats = np.concatenate([rgb, rng.random((500, 3)) * 255.0])
+    whole = rgb_to_hsl(floats)
+    one = np.array([rgb_to_hsl(c) for c in floats])
+    np.testing.assert_array_equal(one, whole)
+    assert rgb_to_hsl(floats[0]).shape == (3,) and rgb_to_hsl(floats[0]).dtype == np.float64
 
 
 def test_hsl_to_rgb_matches_colorsys_and_round_trips() -> None:
