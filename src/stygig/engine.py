@@ -46,6 +46,7 @@ from stygig.category_head import (
 from stygig.columns import CatalogColumns
 from stygig.compat.scorer import LearnedScorer
 from stygig.encoders import Encoder, load_encoder, load_onnx_encoder
+from stygig.encoders.efficientnet import recorded_pooling
 from stygig.errors import ConfigError, InvalidOptionsError
 from stygig.features import color_method
 from stygig.gender import StackedGender, decide_gender
@@ -90,13 +91,15 @@ def load_artifact_encoder(artifact: Artifact, *, device: str = "cpu") -> Encoder
         onnx_file = artifact.path / str(info.get("onnx_file") or ONNX_FILE)
         return load_onnx_encoder(onnx_file, info, device=device)
     source = info.get("weights") if isinstance(info.get("weights"), dict) else {}
+    name = str(info["name"])
     return load_encoder(
-        str(info["name"]),
+        name,
         runtime=str(info.get("runtime", "auto")),
         weights=source.get("path"),
         random_weights=source.get("source") == "random-init",
         model_id=source.get("model_id"),
         device=device,
+        pooling=recorded_pooling(info) if name.startswith("efficientnet-lite") else None,
     )
 
 

@@ -23,6 +23,7 @@ from stygig.encoders import (
     Encoder,
     OnnxEncoder,
     TinyEncoder,
+    TorchEncoder,
     export_onnx,
     load_encoder,
     load_onnx_encoder,
@@ -162,6 +163,9 @@ def test_encoders_satisfy_the_protocol_and_describe_themselves() -> None:
         ("efficientnet-lite0", {"runtime": "numpy"}),
         ("efficientnet-lite0", {"runtime": "torch", "int8": True}),
         ("efficientnet-lite0", {"runtime": "tensorflow"}),
+        ("efficientnet-lite0", {"pooling": "max"}),
+        ("clip-vit-b-32", {"pooling": "gem"}),
+        ("tiny", {"pooling": "avg"}),
     ],
 )
 def test_load_encoder_refuses_bad_options(name: str, options: dict[str, Any]) -> None:
@@ -231,6 +235,48 @@ def test_effnet_loads_and_encodes_without_printing(capfd: pytest.CaptureFixture[
 
 
 @pytest.mark.torch
+def test_effnet_pools_by_generalized_mean_and_records_it(
+    effnet: Encoder, pictures_224: np.ndarray
+) -> None:
+    import torch
+
+    from stygig.encoders import l2_normalize
+
+    avg = load_encoder("efficientnet-lite0", pooling="avg")
+    assert isinstance(effnet, TorchEncoder) and isinstance(avg, TorchEncoder)
+    assert effnet.describe()["pooling"] == "gem" and avg.describe()["pooling"] == "avg"
+    batch = pictures_224[:4]
+    with torch.inference_mode():
+        fmap = effnet.module.backbone.extract_features(torch.from_numpy(batch)).numpy()
+    fmap = fmap.astype(np.float64)
+    gem = l2_normalize(np.cbrt((np.maximum(fmap, 1e-6) ** 3).mean(axis=(2, 3))))
+    mean = l2_normalize(fmap.mean(axis=(2, 3)))
+    np.testing.assert_allclose(effnet.encode(batch), gem, atol=1e-5)
+    np.testing.assert_allclose(avg.encode(batch), mean, atol=1e-5)
+    assert _cosines(gem, mean).max() < 0.999  # two different vectors, not a rounding
+
+
+@pytest.mark.torch
+def test_an_artifact_is_embedded_with_its_own_pooling(effnet: Encoder) -> None:
+    """A torch-runtime artifact is re-embedded with the pooling its manifest records, and one
+    built before the record existed with the average it was built with."""
+    from types import SimpleNamespace
+
+    from stygig.engine import load_artifact_encoder
+
+    info = dict(effnet.describe())
+    for recorded, expected in (("gem", "gem"), ("avg", "avg"), (None, "avg")):
+        record = (
+            {**info, "pooling": recorded}
+            if recorded
+            else {k: v for k, v in info.items() if k != "pooling"}
+        )
+        artifact = SimpleNamespace(manifest={"encoder": record}, path=Path("."))
+        encoder = load_artifact_encoder(artifact)  # type: ignore[arg-type]
+        assert isinstance(encoder, TorchEncoder) and encoder.pooling == expected
+
+
+@pytest.mark.torch
 def test_effnet_batches_agree_with_singles(effnet: Encoder, pictures_224: np.ndarray) -> None:
     batch = pictures_224[:3]
     together = effnet.encode(batch)
@@ -290,6 +336,9 @@ def test_load_encoder_reuses_a_cached_export(effnet_onnx: Encoder, onnx_dir: Pat
     assert isinstance(again, OnnxEncoder)
     assert again.path == effnet_onnx.path
     assert again.path.stat().st_mtime_ns == before
+    # the export is keyed by the pooling too: an average-pooled graph is never reused for GeM
+    assert again.path.name.startswith("efficientnet-lite0-gem-")
+    assert again.describe()["pooling"] == "gem"
 
 
 @pytest.mark.slow  # its fixture exports EfficientNet-Lite0 to ONNX: not in make test-fast

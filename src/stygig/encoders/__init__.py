@@ -50,13 +50,22 @@ def _build_torch(
     random_weights: bool,
     model_id: str | None,
     device: str,
+    pooling: str | None,
 ) -> TorchEncoder:
     if name.startswith("efficientnet-lite"):
-        from stygig.encoders.efficientnet import load_efficientnet_lite
+        from stygig.encoders.efficientnet import DEFAULT_POOLING, load_efficientnet_lite
 
         if model_id is not None:
             raise ConfigError("model_id applies to CLIP encoders only")
-        return load_efficientnet_lite(name, weights, random_weights=random_weights, device=device)
+        return load_efficientnet_lite(
+            name,
+            weights,
+            random_weights=random_weights,
+            device=device,
+            pooling=pooling or DEFAULT_POOLING,
+        )
+    if pooling is not None:
+        raise ConfigError("pooling applies to EfficientNet encoders only")
     from stygig.encoders.clip import DEFAULT_MODEL_ID, load_clip
 
     return load_clip(
@@ -78,6 +87,7 @@ def load_encoder(
     device: str = "cpu",
     threads: int | None = None,
     onnx_dir: str | Path | None = None,
+    pooling: str | None = None,
 ) -> Encoder:
     """Build an encoder by name.
 
@@ -94,7 +104,10 @@ def load_encoder(
         device: ``"cpu"`` or ``"cuda"``.
         threads: ONNX Runtime intra-op threads (default all cores).
         onnx_dir: where the ``runtime="onnx"`` export is written; default a cache directory
-            (``$STYGIG_CACHE_DIR`` or ``~/.cache/stygig``) keyed by the weights' hash, reused.
+            (``$STYGIG_CACHE_DIR`` or ``~/.cache/stygig``) keyed by the weights' hash and the
+            pooling, reused.
+        pooling: EfficientNet's pool, ``gem`` (default) or ``avg``
+            (:data:`~stygig.encoders.efficientnet.POOLINGS`).
 
     Raises:
         ConfigError: an unknown name or runtime, or options that do not go together.
@@ -105,8 +118,10 @@ def load_encoder(
     if runtime not in _RUNTIMES:
         raise ConfigError(f"unknown runtime {runtime!r}; choose one of {', '.join(_RUNTIMES)}")
     if name == "tiny":
-        if runtime not in ("auto", "numpy") or int8 or weights is not None:
-            raise ConfigError("the tiny encoder runs on NumPy only, with no weights or int8")
+        if runtime not in ("auto", "numpy") or int8 or weights is not None or pooling:
+            raise ConfigError(
+                "the tiny encoder runs on NumPy only, with no weights, int8 or pooling"
+            )
         if device != "cpu":
             raise ConfigError(f"the tiny encoder runs on NumPy, on the CPU: not on {device!r}")
         return TinyEncoder()
@@ -118,14 +133,20 @@ def load_encoder(
         raise ConfigError("int8 is an ONNX Runtime model; use runtime='onnx' (or 'auto')")
 
     encoder = _build_torch(
-        name, weights=weights, random_weights=random_weights, model_id=model_id, device=device
+        name,
+        weights=weights,
+        random_weights=random_weights,
+        model_id=model_id,
+        device=device,
+        pooling=pooling,
     )
     if runtime == "torch":
         return encoder
     info = encoder.describe()
     sha = str(encoder.weights_info()["sha256"])
     directory = Path(onnx_dir) if onnx_dir is not None else _onnx_cache_dir()
-    path = directory / f"{name}-{sha[:16]}-{'int8' if int8 else 'fp32'}.onnx"
+    pool = f"-{encoder.pooling}" if encoder.pooling else ""
+    path = directory / f"{name}{pool}-{sha[:16]}-{'int8' if int8 else 'fp32'}.onnx"
     if not path.is_file():
         export_onnx(encoder, path, int8=int8)
     return load_onnx_encoder(path, info, threads=threads, device=device)

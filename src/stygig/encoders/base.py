@@ -205,6 +205,8 @@ class TorchEncoder:
             ``"dynamic"`` (transformers: int8 MatMul weights) or ``"static"`` (CNNs: calibrated
             per-channel QDQ, because dynamic int8 convolutions lose too much and run slowly).
         device: ``"cpu"`` or ``"cuda"``.
+        pooling: how a feature map becomes the vector, for encoders that have a choice
+            (EfficientNet: ``gem`` or ``avg``); recorded in the manifest.
     """
 
     runtime: str = "torch"
@@ -220,8 +222,10 @@ class TorchEncoder:
         weights_sha256: Callable[[], str],
         int8_method: str,
         device: str = "cpu",
+        pooling: str | None = None,
     ) -> None:
         self.name = name
+        self.pooling = pooling
         self.module = module
         self.dim = dim
         self.preprocess = preprocess
@@ -251,10 +255,12 @@ class TorchEncoder:
 
     def describe(self) -> dict[str, object]:
         """A JSON-friendly description for the artifact manifest."""
+        pooling = {} if self.pooling is None else {"pooling": self.pooling}
         return {
             "name": self.name,
             "dim": self.dim,
             "preprocess": self.preprocess.to_dict(),
+            **pooling,
             "runtime": self.runtime,
             "weights": self.weights_info(),
             "quantization": None,

