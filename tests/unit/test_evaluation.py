@@ -8,6 +8,7 @@ import json
 import shutil
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -355,3 +356,42 @@ def test_whitened_artifact_serves_any_width(sample: tuple[Path, Path]) -> None:
     rec = Recommender(white)
     answer = rec.answer(rec.prepare_embedded(white.embeddings[:1], [art.colors[0]]))
     assert answer.items and answer.query[0].category
+
+
+def test_a_cached_artifact_of_another_pooling_is_rebuilt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`stygig eval` reuses its cached artifact only when its vectors are today's: an
+    EfficientNet artifact built average-pooled (no `pooling` record) is built again."""
+    import contextlib
+
+    import stygig.build
+    from stygig.evaluation.command import cached_artifact
+
+    catalog, out = tmp_path / "styles.csv", tmp_path / "art"
+    out.mkdir()
+    built: list[Path] = []
+
+    @contextlib.contextmanager
+    def fake_encoder(name: str) -> Any:
+        yield object(), {}
+
+    def fake_build(catalog_path: Path, path: Path, *a: Any, **k: Any) -> Any:
+        built.append(path)
+        return argparse.Namespace(path=path, items=0, seconds=0.0)
+
+    monkeypatch.setattr(stygig.build, "make_build_encoder", fake_encoder)
+    monkeypatch.setattr(stygig.build, "build_artifact", fake_build)
+
+    def manifest(**encoder: Any) -> None:
+        record = {"name": "efficientnet-lite0", **encoder}
+        body = {"format_version": 1, "encoder": record, "build": {"catalog": str(catalog)}}
+        (out / "manifest.json").write_text(json.dumps(body))
+
+    manifest(pooling="gem")
+    assert cached_artifact(catalog, out, "efficientnet-lite0") == out and built == []
+    manifest()  # built before the record: average-pooled
+    cached_artifact(catalog, out, "efficientnet-lite0")
+    manifest(pooling="avg")
+    cached_artifact(catalog, out, "efficientnet-lite0")
+    assert built == [out, out]
