@@ -558,7 +558,10 @@ class Artifact:
             "path": str(self.path),
             "format_version": m["format_version"],
             "created_at": m.get("created_at"),
-            "encoder": {k: m["encoder"].get(k) for k in ("name", "dim", "runtime", "quantization")},
+            "encoder": {
+                **{k: m["encoder"].get(k) for k in ("name", "dim", "runtime", "quantization")},
+                "pooling": _pooling(m["encoder"]),
+            },
             "whitening": m.get("whitening"),
             "index": m.get("index"),
             "counts": m.get("counts"),
@@ -616,3 +619,15 @@ def add_file(
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return target
+
+
+def _pooling(encoder: dict[str, Any]) -> str | None:
+    """How an EfficientNet artifact's vectors were pooled (``gem``; ``avg`` before the record
+    existed); None for encoders without the choice."""
+    from stygig.encoders.efficientnet import recorded_pooling
+
+    return (
+        recorded_pooling(encoder)
+        if str(encoder.get("name", "")).startswith("efficientnet")
+        else None
+    )

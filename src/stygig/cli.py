@@ -103,7 +103,11 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     counts = summary["counts"]
     print(f"artifact       {summary['path']}")
     print(f"format         v{summary['format_version']}  built {summary['created_at']}")
-    print(f"encoder        {enc['name']} ({enc['dim']}-d, {enc['runtime']}, {enc['quantization']})")
+    pooling = f", {enc['pooling']} pooling" if enc.get("pooling") else ""
+    print(
+        f"encoder        {enc['name']} ({enc['dim']}-d, {enc['runtime']}, {enc['quantization']}"
+        f"{pooling})"
+    )
     print(f"index          {summary['index']['kind']} {summary['index']['params']}")
     print(f"items          {counts['items']}")
     for cat, n in counts["by_category"].items():
