@@ -107,9 +107,9 @@ def rgb_to_hsl(rgb: npt.ArrayLike) -> FloatArray:
     """
     c = np.asarray(rgb, dtype=np.float64) / 255.0
     if c.shape == (3,):
-        h, light, s = colorsys.rgb_to_hls(*c.tolist())
-        hue = h * 360.0
-        return np.array([hue - 360.0 if hue >= 360.0 else hue, s, light])
+        h, one_l, one_s = colorsys.rgb_to_hls(*c.tolist())
+        degrees = h * 360.0
+        return np.array([degrees - 360.0 if degrees >= 360.0 else degrees, one_s, one_l])
     r, g, b = c[..., 0], c[..., 1], c[..., 2]
     maxc, minc = c.max(axis=-1), c.min(axis=-1)
     sumc, rangec = maxc + minc, maxc - minc
