@@ -277,6 +277,17 @@ def test_an_artifact_is_embedded_with_its_own_pooling(effnet: Encoder) -> None:
 
 
 @pytest.mark.torch
+def test_a_ray_build_loads_the_drivers_pooling() -> None:
+    """Ray actors of a torch-runtime build rebuild the driver's encoder, pooling included."""
+    from stygig.distributed.ray_build import EncoderLoader
+
+    avg = load_encoder("efficientnet-lite0", pooling="avg")
+    loader = EncoderLoader.for_build(avg, {}, "unused-stage", runtime="torch")
+    encoder, folder = loader.load(threads=1, device="cpu")
+    assert folder is None and isinstance(encoder, TorchEncoder) and encoder.pooling == "avg"
+
+
+@pytest.mark.torch
 def test_effnet_batches_agree_with_singles(effnet: Encoder, pictures_224: np.ndarray) -> None:
     batch = pictures_224[:3]
     together = effnet.encode(batch)

@@ -132,6 +132,7 @@ class EncoderLoader:
             random_weights=self.random_weights,
             device=device,
             threads=threads,
+            pooling=self.info.get("pooling"),  # the driver's, as its manifest records
         )
         return encoder, None
 
