@@ -83,12 +83,17 @@ def test_rgb_to_hsl_matches_colorsys_on_random_and_edge_colours() -> None:
     np.testing.assert_allclose(got[:, 2], expected[:, 1], atol=1e-12)
     assert got.shape == (len(rgb), 3) and got.dtype == np.float64
     assert (got[:, 0] >= 0).all() and (got[:, 0] < 360).all()
-    # One colour (a query's) takes colorsys itself: the same numbers to the bit, as floats too.
-    floats = np.concatenate([rgb, rng.random((500, 3)) * 255.0])
-    whole = rgb_to_hsl(floats)
-    one = np.array([rgb_to_hsl(c) for c in floats])
-    np.testing.assert_array_equal(one, whole)
+    # One colour (a query's) is computed on Python floats: the same bits as the array path,
+    # for bytes, floats (float32 too, as the engine passes) and values outside 0-255.
+    floats = np.concatenate(
+        [rgb, rng.random((2000, 3)) * 255.0, rng.normal(0, 300, (500, 3)), [[-255, 255, 0]]]
+    )
+    for values in (floats, floats.astype(np.float32), rgb.astype(np.uint8)):
+        whole = rgb_to_hsl(values)
+        one = np.array([rgb_to_hsl(c) for c in values])
+        assert one.tobytes() == whole.tobytes()  # bit for bit, -0.0 included
     assert rgb_to_hsl(floats[0]).shape == (3,) and rgb_to_hsl(floats[0]).dtype == np.float64
+    assert np.isnan(rgb_to_hsl([np.nan, 0, 0])).any()  # not a number stays one, as before
 
 
 def test_hsl_to_rgb_matches_colorsys_and_round_trips() -> None:
