@@ -204,3 +204,27 @@ def test_stop_finishes_queued_work_and_refuses_new() -> None:
             await batcher.submit([1.0])
 
     run(main)
+
+
+def test_a_batch_across_a_reload_embeds_each_photo_with_its_own_version() -> None:
+    """The server's batch embedding: photos of requests started before a hot reload keep the
+    old version's encoder (and whitening), the others take the new one's, in batch order."""
+    pytest.importorskip("fastapi")
+    from stygig.serving.app import ModelService
+
+    class Version:
+        def __init__(self, offset: float) -> None:
+            self.offset, self.calls = offset, 0
+
+        def embed(self, tensors: list[np.ndarray]) -> np.ndarray:
+            self.calls += 1
+            return np.array([[float(t[0]) + self.offset, 0.0] for t in tensors], np.float32)
+
+    old, new = Version(100.0), Version(200.0)
+    photos: list[Any] = [(old, np.array([n])) for n in (1, 2)] + [(new, np.array([3]))]
+    photos.append((old, np.array([4])))
+    vectors = ModelService._embed(photos)
+    assert vectors[:, 0].tolist() == [101.0, 102.0, 203.0, 104.0]
+    assert (old.calls, new.calls) == (1, 1)  # one encoder call per version
+    alone = ModelService._embed([(new, np.array([5]))])
+    assert alone[:, 0].tolist() == [205.0] and new.calls == 2

@@ -150,6 +150,10 @@ class ReloadRefusedError(InputError):
     code = "reload_refused"
 
 
+#: A photo for the micro-batcher: the recommender that answers it and its prepared tensor.
+_Photo = tuple[Recommender, np.ndarray]
+
+
 class ModelService:
     """Owns the recommender, the batcher and the thread pool; answers parsed requests."""
 
@@ -164,7 +168,7 @@ class ModelService:
             config.threads, thread_name_prefix="stygig-work", initializer=limit_this_thread
         )
         self.preparing = 0  # requests decoding photos now: the batcher's company on its way
-        self.batcher: MicroBatcher[np.ndarray] = MicroBatcher(
+        self.batcher: MicroBatcher[_Photo] = MicroBatcher(
             self._embed,
             config.batching,
             on_batch=metrics.observe_batch,
@@ -179,9 +183,21 @@ class ModelService:
         metrics.in_flight.set_function(lambda: float(self.in_flight))
         metrics.queue_depth.set_function(lambda: float(self.batcher.depth))
 
-    def _embed(self, tensors: list[np.ndarray]) -> np.ndarray:
-        assert self.recommender is not None
-        return self.recommender.embed(tensors)
+    @staticmethod
+    def _embed(photos: list[_Photo]) -> np.ndarray:
+        """Each photo by the recommender whose catalogue answers it: a batch that straddles a
+        reload holds both versions' photos, and each version's vectors come from its own
+        encoder and whitening (one call per version)."""
+        groups: dict[int, tuple[Recommender, list[int]]] = {}
+        for n, (rec, _) in enumerate(photos):
+            groups.setdefault(id(rec), (rec, []))[1].append(n)
+        if len(groups) == 1:
+            return photos[0][0].embed([t for _, t in photos])
+        parts = [(at, rec.embed([photos[n][1] for n in at])) for rec, at in groups.values()]
+        out = np.empty((len(photos), parts[0][1].shape[1]), parts[0][1].dtype)
+        for at, vectors in parts:
+            out[at] = vectors
+        return out
 
     async def run(self, fn: Callable[..., R], *args: Any) -> R:
         """``fn(*args)`` in the worker pool."""
@@ -229,8 +245,9 @@ class ModelService:
         for _ in range(self.config.warmup_rounds):
             await self.answer(rq.ParsedRequest(Query(images=(photo,)), Options()))
         n = self.config.batching.max_batch
-        prepared = await self.run(self.recommender.prepare, Query(images=(photo,)))
-        await self.batcher.submit(prepared.tensors * n)  # the full-batch shape
+        rec = self.recommender
+        prepared = await self.run(rec.prepare, Query(images=(photo,)))
+        await self.batcher.submit([(rec, t) for t in prepared.tensors * n])  # full-batch shape
         await self.answer(rq.ParsedRequest(Query(item_ids=(first_id,)), Options()))
 
     def _living(self, rec: Recommender) -> LiveCatalog | None:
@@ -409,7 +426,7 @@ class ModelService:
             finally:
                 self.preparing -= 1
             try:
-                result = await self.batcher.submit(prepared.tensors)
+                result = await self.batcher.submit([(rec, t) for t in prepared.tensors])
             except OverloadedError:
                 self.metrics.rejected.inc()
                 raise
