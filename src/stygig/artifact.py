@@ -75,6 +75,7 @@ __all__ = [
     "IndexBuilder",
     "add_compat_model",
     "check_paths",
+    "encoder_pooling",
     "file_sha256",
     "library_versions",
     "read_manifest",
@@ -83,8 +84,12 @@ __all__ = [
     "write_artifact",
 ]
 
-FORMAT_VERSION = 3  # 2: optional learned compatibility model (compat.npz); 3: split index
+# 2: optional learned compatibility model (compat.npz); 3: split index; 4: a GeM-pooled
+# EfficientNet on the torch runtime (a reader before 4 would rebuild it average-pooled and
+# embed queries unlike the rows: it must refuse instead; an ONNX graph holds its own pooling)
+FORMAT_VERSION = 4
 _UNSPLIT_FORMAT = 2  # what an artifact without a split index is written as
+_SPLIT_FORMAT = 3
 MANIFEST = "manifest.json"
 ONNX_FILE = "encoder.onnx"  # an ONNX encoder's graph when the manifest names no other file
 _BAD_MANIFEST = "artifact_bad_manifest"
@@ -213,9 +218,7 @@ def write_artifact(
             by_reason[r.reason] = by_reason.get(r.reason, 0) + 1
         files = sorted(p.name for p in tmp.iterdir() if p.is_file())
         manifest = {
-            "format_version": (
-                FORMAT_VERSION if isinstance(index, PartitionedIndex) else _UNSPLIT_FORMAT
-            ),
+            "format_version": _format_version(index, encoder_info),
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "versions": library_versions(),
             "encoder": encoder_info,
@@ -495,6 +498,8 @@ class Artifact:
         """
         root = Path(path)
         manifest = read_manifest(root)
+        if isinstance(manifest.get("encoder"), dict):
+            encoder_pooling(manifest["encoder"])  # a record no reader knows refuses at load
         if verify:
             verify_files(root, manifest)
         else:
@@ -560,7 +565,8 @@ class Artifact:
             "created_at": m.get("created_at"),
             "encoder": {
                 **{k: m["encoder"].get(k) for k in ("name", "dim", "runtime", "quantization")},
-                "pooling": _pooling(m["encoder"]),
+                "pooling": encoder_pooling(m["encoder"]),
+                "pooling_recorded": "pooling" in m["encoder"],
             },
             "whitening": m.get("whitening"),
             "index": m.get("index"),
@@ -621,13 +627,33 @@ def add_file(
     return target
 
 
-def _pooling(encoder: dict[str, Any]) -> str | None:
-    """How an EfficientNet artifact's vectors were pooled (``gem``; ``avg`` before the record
-    existed); None for encoders without the choice."""
-    from stygig.encoders.efficientnet import recorded_pooling
+def encoder_pooling(encoder: Mapping[str, Any]) -> str | None:
+    """How a manifest's ``encoder`` record says its vectors were pooled: a name of
+    :data:`~stygig.encoders.efficientnet.POOLINGS` for an EfficientNet, ``avg`` when the record
+    predates the field, ``None`` for encoders without the choice.
 
-    return (
-        recorded_pooling(encoder)
-        if str(encoder.get("name", "")).startswith("efficientnet")
-        else None
-    )
+    Raises:
+        ArtifactError: the field holds anything else.
+    """
+    from stygig.encoders.efficientnet import POOLINGS, is_efficientnet
+
+    if not is_efficientnet(str(encoder.get("name", ""))):
+        return None
+    if "pooling" not in encoder:
+        return "avg"  # built before the record existed
+    value = encoder["pooling"]
+    if not isinstance(value, str) or value not in POOLINGS:
+        raise ArtifactError(
+            f"artifact: {MANIFEST}'s encoder.pooling is {repr(value)[:40]}, not one of "
+            f"{', '.join(POOLINGS)}: {_REBUILD}",
+            code=_BAD_MANIFEST,
+        )
+    return value
+
+
+def _format_version(index: Any, encoder: Mapping[str, Any]) -> int:
+    """The oldest format that reads this artifact right (:data:`FORMAT_VERSION`'s history)."""
+    version = _SPLIT_FORMAT if isinstance(index, PartitionedIndex) else _UNSPLIT_FORMAT
+    if encoder.get("runtime") == "torch" and encoder_pooling(encoder) not in (None, "avg"):
+        version = FORMAT_VERSION
+    return version

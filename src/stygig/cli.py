@@ -104,6 +104,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     print(f"artifact       {summary['path']}")
     print(f"format         v{summary['format_version']}  built {summary['created_at']}")
     pooling = f", {enc['pooling']} pooling" if enc.get("pooling") else ""
+    if enc.get("pooling") and not enc.get("pooling_recorded"):
+        pooling += " (built before pooling was recorded)"
     print(
         f"encoder        {enc['name']} ({enc['dim']}-d, {enc['runtime']}, {enc['quantization']}"
         f"{pooling})"

@@ -272,13 +272,14 @@ def _cpu_simd(faiss: Any) -> list[str]:
 
 
 def _artifact(report: DoctorReport, path: Path) -> None:
-    from stygig.artifact import ONNX_FILE, read_manifest, verify_files
+    from stygig.artifact import ONNX_FILE, encoder_pooling, read_manifest, verify_files
     from stygig.encoders.onnx import active_providers, check_active
     from stygig.errors import StygigError
 
     try:
         manifest = read_manifest(path)
         verify_files(path, manifest)
+        pooling = encoder_pooling(_mapping(manifest.get("encoder")))
     except StygigError as e:
         report.artifact = {"path": str(path), "verified": False, "error": e.code}
         report.checks.append(Check("artifact", "fail", e.message))
@@ -289,7 +290,10 @@ def _artifact(report: DoctorReport, path: Path) -> None:
         "path": str(path),
         "verified": True,
         "format_version": manifest.get("format_version"),
-        "encoder": {k: encoder.get(k) for k in ("name", "dim", "runtime", "quantization")},
+        "encoder": {
+            **{k: encoder.get(k) for k in ("name", "dim", "runtime", "quantization")},
+            "pooling": pooling,
+        },
         "items": counts.get("items"),
         "built_with": manifest.get("versions"),
     }
@@ -299,7 +303,7 @@ def _artifact(report: DoctorReport, path: Path) -> None:
             "artifact",
             "ok",
             f"checksums ok; {counts.get('items')} items; encoder {encoder.get('name')} "
-            f"({encoder.get('runtime')})",
+            f"({encoder.get('runtime')}{f', {pooling} pooling' if pooling else ''})",
         )
     )
     report.checks.append(_artifact_scan(info, manifest, path))

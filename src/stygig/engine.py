@@ -31,7 +31,7 @@ from stygig.answer import (
     Recommendation,
     ScoringKind,
 )
-from stygig.artifact import ONNX_FILE, Artifact
+from stygig.artifact import ONNX_FILE, Artifact, encoder_pooling
 from stygig.catalog.changes import CatalogChange
 from stygig.category_head import (
     GENDER_PAIR,
@@ -46,7 +46,6 @@ from stygig.category_head import (
 from stygig.columns import CatalogColumns
 from stygig.compat.scorer import LearnedScorer
 from stygig.encoders import Encoder, load_encoder, load_onnx_encoder
-from stygig.encoders.efficientnet import recorded_pooling
 from stygig.errors import ConfigError, InvalidOptionsError
 from stygig.features import color_method
 from stygig.gender import StackedGender, decide_gender
@@ -99,7 +98,7 @@ def load_artifact_encoder(artifact: Artifact, *, device: str = "cpu") -> Encoder
         random_weights=source.get("source") == "random-init",
         model_id=source.get("model_id"),
         device=device,
-        pooling=recorded_pooling(info) if name.startswith("efficientnet-lite") else None,
+        pooling=encoder_pooling(info),
     )
 
 
@@ -129,6 +128,13 @@ class Recommender:
             raise ConfigError(
                 f"encoder {self.encoder.name} ({self.encoder.dim}-d) does not match the "
                 f"artifact's {info['name']} ({info['dim']}-d): mixing encoders is not allowed"
+            )
+        pooling = encoder_pooling(info)
+        if pooling is not None and (getattr(self.encoder, "pooling", None) or "avg") != pooling:
+            raise ConfigError(
+                f"encoder {self.encoder.name} pools by {getattr(self.encoder, 'pooling', None)}, "
+                f"the artifact's vectors by {pooling}: queries would not be embedded like its "
+                "rows (load_artifact_encoder gives the artifact's own)"
             )
         self.whitening = artifact.whitening
         measured = (artifact.manifest.get("build") or {}).get("color_method")

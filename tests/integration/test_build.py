@@ -139,6 +139,8 @@ def test_kaggle_slice_with_efficientnet_onnx(tmp_path: Path) -> None:
         )
     art = Artifact.load(result.path)
     assert art.manifest["encoder"]["runtime"] == "onnx" and (result.path / "encoder.onnx").is_file()
+    # GeM in the graph (stamped) and in the record; format 2: an ONNX graph holds its own pool
+    assert art.manifest["encoder"]["pooling"] == "gem-p3" and art.manifest["format_version"] == 2
     assert result.items + sum(result.rejects.values()) == 200
     from stygig.engine import load_artifact_encoder
 

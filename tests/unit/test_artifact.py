@@ -7,7 +7,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stygig.artifact import FORMAT_VERSION, MANIFEST, Artifact, file_sha256, write_artifact
+from stygig.artifact import (
+    FORMAT_VERSION,
+    MANIFEST,
+    Artifact,
+    encoder_pooling,
+    file_sha256,
+    write_artifact,
+)
 from stygig.catalog import Item, Reject, Taxonomy
 from stygig.errors import ArtifactError
 
@@ -59,7 +66,7 @@ def test_index_split_by_slot_is_format_3_and_round_trips(tmp_path: Path) -> None
     path = _write(tmp_path / "art", index_kind="flat", index_params={"partition_by": "slot"})
     art = Artifact.load(path)
     m = art.manifest
-    assert m["format_version"] == FORMAT_VERSION == 3
+    assert m["format_version"] == 3 < FORMAT_VERSION
     assert m["index"]["params"]["partition_by"] == "slot"
     assert {"index-partitions.npy", "index-part0.faiss"} <= set(m["files"])
     assert "index.faiss" not in m["files"]
@@ -265,3 +272,47 @@ def test_an_onnx_encoder_without_its_listed_file_is_refused(tmp_path: Path) -> N
     (path / "encoder.onnx").unlink()
     _save(path, manifest)
     _refused(path, "artifact_file_missing")
+
+
+EFFNET = {"name": "efficientnet-lite0", "dim": 8}
+
+
+def test_an_efficientnet_record_says_how_its_vectors_were_pooled() -> None:
+    assert encoder_pooling({**EFFNET, "pooling": "gem-p3"}) == "gem-p3"
+    assert encoder_pooling({**EFFNET, "pooling": "avg"}) == "avg"
+    assert encoder_pooling(EFFNET) == "avg"  # built before the record: the average pool
+    assert encoder_pooling({"name": "clip-vit-b-32", "pooling": "x"}) is None  # no such choice
+    assert encoder_pooling(ENCODER) is None
+
+
+@pytest.mark.parametrize(
+    "value", ["max", "", "gem", "GEM-P3", " gem-p3", 0, False, None, 3, ["avg"]]
+)
+def test_a_pooling_record_no_reader_knows_is_refused_at_load(tmp_path: Path, value: Any) -> None:
+    """Never a silent fallback: an edited or hostile record fails the load, naming the field
+    and the value (cut short), not the path."""
+    with pytest.raises(ArtifactError, match=r"encoder\.pooling") as caught:
+        encoder_pooling({**EFFNET, "pooling": value})
+    assert repr(value)[:40] in caught.value.message
+    path = _write(tmp_path / "art", encoder_info={**EFFNET, "runtime": "onnx", "pooling": value})
+    with pytest.raises(ArtifactError, match=r"encoder\.pooling"):
+        Artifact.load(path)
+
+
+@pytest.mark.parametrize(
+    ("record", "version"),
+    [
+        ({**EFFNET, "runtime": "torch", "pooling": "gem-p3"}, FORMAT_VERSION),
+        ({**EFFNET, "runtime": "torch", "pooling": "avg"}, 2),
+        ({**EFFNET, "runtime": "onnx", "pooling": "gem-p3"}, 2),  # the graph holds its pool
+        (ENCODER, 2),
+    ],
+)
+def test_a_gem_torch_artifact_is_a_format_older_readers_refuse(
+    tmp_path: Path, record: dict[str, Any], version: int
+) -> None:
+    """A reader from before the pooling record would rebuild a torch-runtime EfficientNet
+    average-pooled and embed queries unlike the rows: that artifact is written as format 4,
+    which such readers refuse ("upgrade stygig")."""
+    path = _write(tmp_path / "art", encoder_info=record, index_kind="flat")
+    assert json.loads((path / MANIFEST).read_text())["format_version"] == version

@@ -388,10 +388,15 @@ def test_a_cached_artifact_of_another_pooling_is_rebuilt(
         body = {"format_version": 1, "encoder": record, "build": {"catalog": str(catalog)}}
         (out / "manifest.json").write_text(json.dumps(body))
 
-    manifest(pooling="gem")
+    manifest(pooling="gem-p3")
     assert cached_artifact(catalog, out, "efficientnet-lite0") == out and built == []
     manifest()  # built before the record: average-pooled
     cached_artifact(catalog, out, "efficientnet-lite0")
     manifest(pooling="avg")
     cached_artifact(catalog, out, "efficientnet-lite0")
-    assert built == [out, out]
+    manifest(pooling="nonsense")  # an unreadable record: built again, not trusted
+    cached_artifact(catalog, out, "efficientnet-lite0")
+    assert built == [out, out, out]
+    body = {"format_version": 1, "encoder": {"name": "clip-vit-b-32"}}  # no pooling choice
+    (out / "manifest.json").write_text(json.dumps({**body, "build": {"catalog": str(catalog)}}))
+    assert cached_artifact(catalog, out, "clip-vit-b-32") == out and len(built) == 3

@@ -52,7 +52,9 @@ def _build_torch(
     device: str,
     pooling: str | None,
 ) -> TorchEncoder:
-    if name.startswith("efficientnet-lite"):
+    from stygig.encoders.efficientnet import is_efficientnet
+
+    if is_efficientnet(name):
         from stygig.encoders.efficientnet import DEFAULT_POOLING, load_efficientnet_lite
 
         if model_id is not None:
@@ -62,7 +64,7 @@ def _build_torch(
             weights,
             random_weights=random_weights,
             device=device,
-            pooling=pooling or DEFAULT_POOLING,
+            pooling=DEFAULT_POOLING if pooling is None else pooling,
         )
     if pooling is not None:
         raise ConfigError("pooling applies to EfficientNet encoders only")
@@ -106,7 +108,7 @@ def load_encoder(
         onnx_dir: where the ``runtime="onnx"`` export is written; default a cache directory
             (``$STYGIG_CACHE_DIR`` or ``~/.cache/stygig``) keyed by the weights' hash and the
             pooling, reused.
-        pooling: EfficientNet's pool, ``gem`` (default) or ``avg``
+        pooling: EfficientNet's pool, ``gem-p3`` (default) or ``avg``
             (:data:`~stygig.encoders.efficientnet.POOLINGS`).
 
     Raises:
@@ -118,7 +120,7 @@ def load_encoder(
     if runtime not in _RUNTIMES:
         raise ConfigError(f"unknown runtime {runtime!r}; choose one of {', '.join(_RUNTIMES)}")
     if name == "tiny":
-        if runtime not in ("auto", "numpy") or int8 or weights is not None or pooling:
+        if runtime not in ("auto", "numpy") or int8 or weights is not None or pooling is not None:
             raise ConfigError(
                 "the tiny encoder runs on NumPy only, with no weights, int8 or pooling"
             )

@@ -7,11 +7,11 @@ the 1280-wide head at every size. The variants differ in width, depth and input 
 (:data:`EFFICIENTNET_SIZES`: 224, 240, 260 px, the sizes they were trained at).
 
 The pool is a generalized mean (GeM, ``mean(x ** 3) ** (1 / 3)`` per channel, Radenovic et
-al. 2018) rather than the classifier's average: it weighs the strongest responses of each
-channel more, which is what retrieval needs (a heel, a collar), at no measurable cost. On the
-Kaggle evaluation (docs/evaluation.md) it lifts the merged articleType vote from 89.4 % to
-90.2 % with Lite0. An artifact records its pooling (``pooling`` in the manifest's encoder); one
-built before that record existed was average-pooled (:func:`recorded_pooling`).
+al. 2018; :data:`POOLINGS` ``gem-p3``) rather than the classifier's average (``avg``): it weighs
+the strongest responses of each channel more, which is what retrieval needs (a heel, a collar),
+at no measurable cost (docs/evaluation.md, "GeM pooling", measures it). The pooling is part of
+what an artifact's vectors mean: the manifest's encoder records it and the exported graph is
+stamped with it (:func:`stygig.artifact.encoder_pooling` reads the record).
 
 Two details matter for quality:
 
@@ -49,10 +49,10 @@ __all__ = [
     "EFFICIENTNET_SPEC",
     "POOLINGS",
     "efficientnet_spec",
+    "is_efficientnet",
     "load_efficientnet_lite",
     "load_efficientnet_lite0",
     "packaged_weights_path",
-    "recorded_pooling",
 ]
 
 #: Input size of each variant (``efficientnet_lite_builder.py``'s resolution).
@@ -79,17 +79,17 @@ EFFICIENTNET_SPEC = efficientnet_spec(224)
 _MODEL_NAME = "efficientnet-lite0"
 _DIM = 1280
 
-#: How the last feature map becomes the embedding: ``gem`` (the default) or ``avg`` (the
-#: classifier's average pool, every artifact built before 2026-12-01).
-POOLINGS = ("gem", "avg")
-DEFAULT_POOLING = "gem"
-_GEM_P = 3.0  # the usual exponent; the catalogue's cross-fit is flat from 2 to 4
+#: How the last feature map becomes the embedding, by its recorded name: the generalized mean
+#: with its exponent (the usual 3; the catalogue's cross-fit is flat from 2 to 4), or the
+#: classifier's average pool (``None``), which every artifact built before 2026-12-01 used.
+#: Another exponent would be another name, so a record always says exactly what was computed.
+POOLINGS: dict[str, float | None] = {"gem-p3": 3.0, "avg": None}
+DEFAULT_POOLING = "gem-p3"
 
 
-def recorded_pooling(encoder: dict[str, object]) -> str:
-    """The pooling a manifest's EfficientNet ``encoder`` record says its vectors were built
-    with: ``avg`` for an artifact built before the record existed."""
-    return str(encoder.get("pooling") or "avg")
+def is_efficientnet(name: str) -> bool:
+    """Whether encoder ``name`` is an EfficientNet-Lite (whose vectors depend on a pooling)."""
+    return name in EFFICIENTNET_SIZES
 
 
 def _weights_package(name: str) -> str:
@@ -139,7 +139,7 @@ def _pooled(net: torch.nn.Module, pooling: str) -> torch.nn.Module:
             pooled = features.clamp(min=1e-6).pow(self.p).mean(dim=(2, 3))
             return pooled.pow(1.0 / self.p)
 
-    return PooledFeatures(net, _GEM_P if pooling == "gem" else None)
+    return PooledFeatures(net, POOLINGS[pooling])
 
 
 def load_efficientnet_lite0(
@@ -172,14 +172,15 @@ def load_efficientnet_lite(
         random_weights: seeded random initialisation instead (tests of shape and cost only).
         seed: the seed for ``random_weights``.
         device: ``"cpu"`` or ``"cuda"``.
-        pooling: one of :data:`POOLINGS` (``avg``: vectors of an artifact built before GeM).
+        pooling: a name of :data:`POOLINGS` (``avg``: an artifact built before GeM).
 
     Raises:
         ConfigError: an unknown pooling.
         EncoderUnavailableError: torch or the packages are missing, or the weights do not load.
     """
-    if pooling not in POOLINGS:
-        raise ConfigError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+    if not isinstance(pooling, str) or pooling not in POOLINGS:
+        shown = repr(pooling)[:40]
+        raise ConfigError(f"unknown pooling {shown}; choose one of {', '.join(POOLINGS)}")
     try:
         import torch
         from efficientnet_lite_pytorch import EfficientNet

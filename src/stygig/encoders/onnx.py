@@ -261,13 +261,24 @@ class OnnxEncoder:
         meta = self.session.get_modelmeta().custom_metadata_map
         self.quantization: str | None = meta.get(_META + "quantization") or None
         self.quantization_method: str | None = meta.get(_META + "quantization_method") or None
-        self._check(meta.get(_META + "encoder"))
+        recorded = info.get("pooling")
+        #: the graph's pooling (EfficientNet): its stamp, else the manifest's record; ``None``
+        #: for a graph exported before either existed (average-pooled) or without the choice
+        self.pooling: str | None = meta.get(_META + "pooling") or (
+            recorded if isinstance(recorded, str) else None
+        )
+        self._check(meta.get(_META + "encoder"), meta.get(_META + "pooling"), recorded)
 
-    def _check(self, exported_name: str | None) -> None:
+    def _check(self, exported_name: str | None, stamped: str | None, recorded: Any) -> None:
         if exported_name is not None and exported_name != self.name:
             raise EncoderUnavailableError(
                 f"{self.path.name} was exported from encoder {exported_name!r}, "
                 f"but the manifest says {self.name!r}"
+            )
+        if stamped is not None and recorded is not None and stamped != recorded:
+            raise EncoderUnavailableError(
+                f"{self.path.name} pools by {stamped!r}, but the manifest says "
+                f"{str(recorded)[:40]!r}: its vectors would not be the catalogue's"
             )
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         size, width = inputs[0].shape[-1], outputs[0].shape[-1]
@@ -541,6 +552,8 @@ def export_onnx(
         fp32 = Path(tmp) / "model.fp32.onnx"
         _export_fp32(encoder, fp32)
         props = {_META + "encoder": encoder.name, _META + "quantization": ""}
+        if encoder.pooling is not None:
+            props[_META + "pooling"] = encoder.pooling
         final = fp32
         if int8:
             final = Path(tmp) / "model.int8.onnx"

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stygig.artifact import Artifact, read_manifest
+from stygig.artifact import Artifact, encoder_pooling, read_manifest
 from stygig.errors import ArtifactError, ConfigError
 
 __all__ = ["TARGETS", "cached_artifact", "new_run_dir", "register", "run_eval"]
@@ -73,13 +73,13 @@ def register(subparsers: Any) -> None:
 def cached_artifact(catalog: Path, out: Path, encoder_name: str, *, progress: bool = True) -> Path:
     """The artifact of ``catalog`` under ``out``, built once per (catalogue, encoder)."""
     from stygig.build import build_artifact, make_build_encoder
-    from stygig.encoders.efficientnet import DEFAULT_POOLING, recorded_pooling
+    from stygig.encoders.efficientnet import DEFAULT_POOLING, is_efficientnet
 
     try:
         manifest = read_manifest(out)
         same = manifest["encoder"]["name"] == encoder_name and not manifest.get("whitening")
-        if encoder_name.startswith("efficientnet-lite"):  # vectors of today's pool only
-            same = same and recorded_pooling(manifest["encoder"]) == DEFAULT_POOLING
+        if is_efficientnet(encoder_name):  # vectors of today's pool only
+            same = same and encoder_pooling(manifest["encoder"]) == DEFAULT_POOLING
         if same and manifest["build"].get("catalog") == str(catalog):
             print(f"reusing artifact {out}")
             return out
