@@ -222,23 +222,25 @@ def _exact_scan(report: DoctorReport) -> None:
     report.checks.append(Check("exact scan", "ok", detail))
 
 
-def _artifact_scan(info: dict[str, Any], manifest: dict[str, Any], path: Path) -> Check:
-    """How serving will scan this artifact's rows: ``int8`` or ``float32``, and why (the
-    engine's own choice, :func:`stygig.scan.choose_scan`, on the rows loaded as serving loads
-    them)."""
-    import numpy as np
-
-    from stygig.artifact import wants_mmap
+def _artifact_scan(info: dict[str, Any], path: Path) -> Check:
+    """How serving will scan this artifact's rows: ``int8`` or ``float32``, and why: the
+    engine's own rules (:func:`~stygig.index.is_exhaustive`, :func:`~stygig.scan.choose_scan`)
+    on the artifact loaded as serving loads it."""
+    from stygig.artifact import Artifact
+    from stygig.errors import StygigError
+    from stygig.index import is_exhaustive
     from stygig.scan import choose_scan
     from stygig.scoring import ScoringConfig
 
-    index = _mapping(manifest.get("index"))
-    if index.get("kind") not in ("flat", "exact") or "parts" in _mapping(index.get("params")):
-        reason, check = f"not an exact catalogue (index {index.get('kind')}): searched", None
+    try:
+        artifact = Artifact.load(path, verify=False)  # its files were verified just before
+    except StygigError as e:
+        return Check("artifact scan", "fail", e.message)
+    if not is_exhaustive(artifact.index):
+        reason = f"not an exact catalogue (index {artifact.index.kind}): searched"
+        check = None
     else:
-        mapped = wants_mmap(path, manifest)
-        rows = np.load(path / "embeddings.npy", mmap_mode="r" if mapped else None)
-        choice = choose_scan(rows, ScoringConfig.load().exact_scan)
+        choice = choose_scan(artifact.embeddings, ScoringConfig.load().exact_scan)
         reason, check = choice.reason, choice.check
     info["exact_scan"] = {
         "scan": "float32" if reason else "int8",
@@ -306,7 +308,7 @@ def _artifact(report: DoctorReport, path: Path) -> None:
             f"({encoder.get('runtime')}{f', {pooling} pooling' if pooling else ''})",
         )
     )
-    report.checks.append(_artifact_scan(info, manifest, path))
+    report.checks.append(_artifact_scan(info, path))
     if encoder.get("runtime") != "onnx":
         return
     onnx_file = path / str(encoder.get("onnx_file") or ONNX_FILE)  # confined by verify_files

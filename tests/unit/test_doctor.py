@@ -152,3 +152,20 @@ def test_simd_level_of_older_faiss_builds(monkeypatch: pytest.MonkeyPatch) -> No
         SIMDConfig=types.SimpleNamespace(get_level_name=lambda: "AVX512")
     )
     assert simd_level(dispatched) == "AVX512"
+
+
+def test_the_artifact_scan_is_the_engines_choice_for_a_split_flat_index(tmp_path: Path) -> None:
+    """A catalogue split by slot into flat parts is searched exhaustively, so the engine scans
+    its rows: the doctor says what the engine does (here float32: too few bytes), not that it
+    is not an exact catalogue."""
+    from stygig.artifact import Artifact
+    from stygig.index import PartitionedIndex, is_exhaustive
+    from tests.unit.test_artifact import _write
+
+    path = _write(tmp_path / "art", n=40, index_kind="flat", index_params={"partition_by": "slot"})
+    index = Artifact.load(path).index
+    assert isinstance(index, PartitionedIndex) and is_exhaustive(index)
+    report = diagnose(artifact=path)
+    detail = next(c.detail for c in report.checks if c.name == "artifact scan")
+    assert detail.startswith("float32: 40 items of 8 dimensions"), detail
+    assert report.artifact is not None and report.artifact["exact_scan"]["scan"] == "float32"
