@@ -90,9 +90,8 @@ def load_artifact_encoder(artifact: Artifact, *, device: str = "cpu") -> Encoder
         onnx_file = artifact.path / str(info.get("onnx_file") or ONNX_FILE)
         return load_onnx_encoder(onnx_file, info, device=device)
     source = info.get("weights") if isinstance(info.get("weights"), dict) else {}
-    name = str(info["name"])
     return load_encoder(
-        name,
+        str(info["name"]),
         runtime=str(info.get("runtime", "auto")),
         weights=source.get("path"),
         random_weights=source.get("source") == "random-init",
@@ -129,12 +128,12 @@ class Recommender:
                 f"encoder {self.encoder.name} ({self.encoder.dim}-d) does not match the "
                 f"artifact's {info['name']} ({info['dim']}-d): mixing encoders is not allowed"
             )
-        pooling = encoder_pooling(info)
-        if pooling is not None and (getattr(self.encoder, "pooling", None) or "avg") != pooling:
+        pooling, pools = encoder_pooling(info), getattr(self.encoder, "pooling", None)
+        if pooling is not None and (pools or "avg") != pooling:
             raise ConfigError(
-                f"encoder {self.encoder.name} pools by {getattr(self.encoder, 'pooling', None)}, "
-                f"the artifact's vectors by {pooling}: queries would not be embedded like its "
-                "rows (load_artifact_encoder gives the artifact's own)"
+                f"encoder {self.encoder.name} pools by {pools}, the artifact's vectors by "
+                f"{pooling}: queries would not be embedded like its rows "
+                "(load_artifact_encoder gives the artifact's own)"
             )
         self.whitening = artifact.whitening
         measured = (artifact.manifest.get("build") or {}).get("color_method")

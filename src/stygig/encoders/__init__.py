@@ -52,11 +52,13 @@ def _build_torch(
     device: str,
     pooling: str | None,
 ) -> TorchEncoder:
-    from stygig.encoders.efficientnet import is_efficientnet
+    from stygig.encoders.efficientnet import (
+        DEFAULT_POOLING,
+        is_efficientnet,
+        load_efficientnet_lite,
+    )
 
     if is_efficientnet(name):
-        from stygig.encoders.efficientnet import DEFAULT_POOLING, load_efficientnet_lite
-
         if model_id is not None:
             raise ConfigError("model_id applies to CLIP encoders only")
         return load_efficientnet_lite(

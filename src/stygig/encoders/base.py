@@ -206,7 +206,7 @@ class TorchEncoder:
             per-channel QDQ, because dynamic int8 convolutions lose too much and run slowly).
         device: ``"cpu"`` or ``"cuda"``.
         pooling: how a feature map becomes the vector, for encoders that have a choice
-            (EfficientNet: ``gem`` or ``avg``); recorded in the manifest.
+            (EfficientNet: ``gem-p3`` or ``avg``); recorded in the manifest.
     """
 
     runtime: str = "torch"
