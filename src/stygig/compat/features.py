@@ -1,8 +1,8 @@
 """Item features for the compatibility model: embedding, colour and category, row-aligned.
 
-The model sees ``[embedding, Lab colour, HSL colour, category one-hot, attributes]``; standardisation of the
-embedding lives in the model (so it can embed query photos too), this module only gathers raw
-values. Everything is NumPy so serving needs no torch.
+The model sees ``[embedding, Lab colour, HSL colour, category one-hot, attributes, style]``;
+standardisation of the embedding lives in the model (so it can embed query photos too), this
+module only gathers raw values. Everything is NumPy so serving needs no torch.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ class ItemFeatures:
     #: ``(n, A)`` multi-hot catalogue attributes in the model's vocabulary (``None``: unknown,
     #: as for a query photo; :meth:`stygig.compat.model.CompatModel.attribute_rows`).
     attributes: np.ndarray | None = None
+    #: ``(n, S + 1)`` style rows and a "has style" flag
+    #: (:meth:`stygig.compat.model.CompatModel.style_of`; ``None``: none, as for a query photo).
+    style: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.embeddings.shape[0])
@@ -42,7 +45,10 @@ class ItemFeatures:
         """The features of ``rows`` only."""
         idx = np.asarray(rows, np.int64)
         attrs = None if self.attributes is None else self.attributes[idx]
-        return ItemFeatures(self.embeddings[idx], self.colour[idx], self.category[idx], attrs)
+        style = None if self.style is None else self.style[idx]
+        return ItemFeatures(
+            self.embeddings[idx], self.colour[idx], self.category[idx], attrs, style
+        )
 
 
 def rgb_to_lab(rgb: npt.ArrayLike) -> np.ndarray:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,14 @@ import numpy as np
 
 from stygig.compat.features import COLOUR_DIM, ItemFeatures
 
-__all__ = ["COMPAT_FILE", "CategoryBlocks", "CompatModel", "Cooccurrence", "group_key"]
+__all__ = [
+    "COMPAT_FILE",
+    "CategoryBlocks",
+    "CompatModel",
+    "Cooccurrence",
+    "embedding_check",
+    "group_key",
+]
 
 #: File name of the model inside an artifact.
 COMPAT_FILE = "compat.npz"
@@ -103,6 +111,11 @@ class Cooccurrence:
             out[n] = dense[gather]
             dense[partners] = 0.0
         return out
+
+
+def embedding_check(row: np.ndarray) -> int:
+    """CRC-32 of one embedding row as float32 bytes: which photo a style row was measured on."""
+    return zlib.crc32(np.ascontiguousarray(row, np.float32).tobytes())
 
 
 def group_key(item_id: str) -> str:
@@ -183,6 +196,15 @@ class CompatModel:
     # recommendations; chosen on the trainer's validation outfits for the single-swap AUC.
     # NaN = the same as ``absent_weight`` (models trained before it).
     outfit_absent_weight: float = float("nan")
+    # Each catalogue photo's style, as the trainer measured it (stygig.training.style: the
+    # spread of intermediate feature maps, reduced): sorted ids, ``(k, S)`` float16 rows and
+    # the CRC-32 of each item's embedding row then (:func:`embedding_check`), so an item whose
+    # photo changed since (re-added under its id) is not given the old photo's style. Items
+    # without a row (a query photo, an item added after training) are scored without it.
+    # Empty = none, as in models trained before it.
+    style_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=str))
+    style_rows: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float16))
+    style_checks: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))
 
     def absence(self, outfit: bool = False) -> float:
         """The absence weight for recommendations, or (``outfit``) for an outfit's score."""
@@ -235,8 +257,31 @@ class CompatModel:
                     out[n, col] = 1.0
         return out
 
+    @property
+    def style_width(self) -> int:
+        """Columns of :meth:`style_of` rows: the style and its flag (0 without style)."""
+        return int(self.style_rows.shape[1]) + 1 if self.style_rows.size else 0
+
+    def style_of(self, item_ids: Sequence[str], embeddings: np.ndarray) -> np.ndarray:
+        """``(n, S + 1)`` style rows of catalogue items from the model's table, the last
+        column 1; zeros (the catalogue's mean style, flag 0) for an id it has no row for, or
+        whose embedding row (``embeddings``, aligned with ``item_ids``) is not the one it had
+        at training: another photo under the same id."""
+        out = np.zeros((len(item_ids), self.style_width), np.float32)
+        if not self.style_width or not len(item_ids):
+            return out
+        arr = np.array(item_ids, dtype=str)
+        pos = np.clip(np.searchsorted(self.style_ids, arr), 0, len(self.style_ids) - 1)
+        found = np.flatnonzero(self.style_ids[pos] == arr)
+        checks = np.array([embedding_check(embeddings[n]) for n in found], np.uint32)
+        found = found[checks == self.style_checks[pos[found]]]
+        out[found, :-1] = self.style_rows[pos[found]]
+        out[found, -1] = 1.0
+        return out
+
     def inputs(self, features: ItemFeatures) -> np.ndarray:
-        """The MLP's input rows: standardised embedding, colour, category one-hot, attributes."""
+        """The MLP's input rows: standardised embedding, colour, category one-hot, attributes,
+        style (:meth:`style_of`)."""
         n, c = len(features), len(self.categories)
         onehot = np.zeros((n, c), np.float32)
         known = features.category >= 0
@@ -248,6 +293,9 @@ class CompatModel:
             parts.append(
                 np.zeros((n, len(self.attr_vocab)), np.float32) if attrs is None else attrs
             )
+        if self.style_width:
+            style = features.style
+            parts.append(np.zeros((n, self.style_width), np.float32) if style is None else style)
         return np.concatenate(parts, axis=1).astype(np.float32)
 
     def id_rows(self, item_ids: Sequence[str]) -> np.ndarray:
@@ -412,6 +460,9 @@ class CompatModel:
             "attention": np.asarray(self.attention, np.float32),
             "id_ids": np.asarray(self.id_ids, dtype=str),
             "id_vectors": np.asarray(self.id_vectors, np.float32),
+            "style_ids": np.asarray(self.style_ids, dtype=str),
+            "style_rows": np.asarray(self.style_rows, np.float16),
+            "style_checks": np.asarray(self.style_checks, np.uint32),
             "info": np.array(json.dumps(self.info)),
         }
         with path.open("wb") as handle:
@@ -441,14 +492,14 @@ class CompatModel:
                 **_optional(data, scalars),
             )
         width = model.emb_mean.shape[0] + COLOUR_DIM + len(model.categories)
-        if model.w1.shape[0] != width + len(model.attr_vocab):
+        if model.w1.shape[0] != width + len(model.attr_vocab) + model.style_width:
             raise ValueError(f"{path}: inconsistent compatibility model shapes")
         return model
 
 
 def _optional(data: Any, scalars: np.ndarray) -> dict[str, Any]:
     """The parts a model of the first version lacks (garment co-occurrence, attributes,
-    attention, absence weight): read when present, else their empty defaults."""
+    attention, absence weight, style): read when present, else their empty defaults."""
     files = set(data.files)
     out: dict[str, Any] = {}
     if len(scalars) > 2:
@@ -470,4 +521,10 @@ def _optional(data: Any, scalars: np.ndarray) -> dict[str, Any]:
     if {"id_ids", "id_vectors"} <= files:
         out["id_ids"] = data["id_ids"]
         out["id_vectors"] = data["id_vectors"]
+    if {"style_ids", "style_rows", "style_checks"} <= files:
+        out["style_ids"] = data["style_ids"]
+        out["style_rows"] = data["style_rows"]
+        out["style_checks"] = data["style_checks"]
+        if not len(out["style_ids"]) == len(out["style_rows"]) == len(out["style_checks"]):
+            raise ValueError("inconsistent compatibility model style table")
     return out

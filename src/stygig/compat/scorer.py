@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -65,6 +66,8 @@ class LearnedScorer:
                 else model.encode_attributes(attributes)
             )
         feats = item_features(embeddings, rgb, item_categories, names, attrs)
+        if model.style_width:  # the trainer's table: an item added since has none
+            feats = replace(feats, style=model.style_of(item_ids, embeddings))
         self._ids = item_ids
         self._vectors = model.project(feats, item_ids)
         self._cats = feats.category
@@ -88,13 +91,15 @@ class LearnedScorer:
             return self
         model = self.model
         cats = self._cats[rows]
+        ids = [self._ids[int(r)] for r in rows]
         feats = ItemFeatures(
             embeddings=np.asarray(embeddings, np.float32).reshape(len(rows), -1),
             colour=colour_features(rgb),
             category=cats,
             attributes=model.encode_attributes(attributes),
+            style=model.style_of(ids, embeddings) if model.style_width else None,
         )
-        projected = model.project(feats, [self._ids[int(r)] for r in rows])
+        projected = model.project(feats, ids)
         vectors = self._vectors.copy()
         vectors[rows] = projected
         # The categories are unchanged, so the blocks keep their order: the rows change place.
@@ -114,7 +119,7 @@ class LearnedScorer:
     ) -> QueryView:
         """The model's view of the query parts: projections, model categories, co-occurrence
         codes. ``rows`` are catalogue rows (``None`` for a photo, projected from its
-        embedding, colour and category code; -1: unknown; no attributes)."""
+        embedding, colour and category code; -1: unknown; no attributes, no style)."""
         out = np.empty((len(rows), self.model.dim), np.float32)
         cats = np.empty(len(rows), np.int64)
         for n, row in enumerate(rows):

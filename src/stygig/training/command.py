@@ -30,9 +30,26 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="split and training seed (eval: 0)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs")
     p.add_argument("--whiten", action="store_true", help="PCA-whiten the embeddings first")
+    p.add_argument(
+        "--style-dims",
+        type=_count,
+        default=None,
+        help="components of the catalogue photos' style (default 256; 0: none, no photo read)",
+    )
     p.add_argument("--no-rules-weight", action="store_true", help="keep the V4 weight at 0")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_train_compat)
+
+
+def _count(text: str) -> int:
+    """An argparse type: an integer of 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 0 or more, got {text[:20]!r}")
+    return value
 
 
 def run_train_compat(args: argparse.Namespace) -> int:
@@ -52,6 +69,8 @@ def run_train_compat(args: argparse.Namespace) -> int:
     config = TrainConfig(seed=args.seed, whiten=args.whiten)
     if args.epochs is not None:
         config = replace(config, epochs=args.epochs)
+    if args.style_dims is not None:
+        config = replace(config, style_dims=args.style_dims)
     v4 = None
     if not args.no_rules_weight:
         v4 = Recommender(artifact, config=scoring_config("rules")).score_items
@@ -66,6 +85,7 @@ def run_train_compat(args: argparse.Namespace) -> int:
         "validation": result.model.info.get("validation"),
         "rules_weight": result.model.rules_weight,
         "cooc_weight": round(result.model.cooc_weight, 4),
+        "style": result.model.info.get("style") or None,
         # For outfit scores; null (NaN in the model): the learned absence weight.
         "outfit_absent_weight": None if math.isnan(outfit) else outfit,
     }

@@ -24,7 +24,13 @@ import torch
 from torch import nn
 
 from stygig.compat.features import COLOUR_DIM, ItemFeatures, item_features
-from stygig.compat.model import CompatModel, Cooccurrence, group_key, whiten_rows
+from stygig.compat.model import (
+    CompatModel,
+    Cooccurrence,
+    embedding_check,
+    group_key,
+    whiten_rows,
+)
 from stygig.evaluation.fitb import (
     Question,
     Scorer,
@@ -92,6 +98,11 @@ class TrainConfig:
     pair_loss: float = 0.0  # weight of a per-pair logistic loss (calibrates scores across items)
     outfit_loss: float = 3.0  # weight of a ranking loss: real outfits above one-swapped ones
     swa_start: int = 3  # from this epoch on, also try the running mean of the weights (0: off)
+    # Each catalogue photo's style (stygig.training.style), reduced to this many components
+    # (0: none); in training an item loses it with probability style_dropout, as a query
+    # photo or an item added later has none.
+    style_dims: int = 256
+    style_dropout: float = 0.3
     item_vectors: bool = False  # learn a vector per item of the fit outfits (added to g)
     id_dropout: float = 0.5  # share of items trained without their vector (keeps content alive)
     threads: int = 2
@@ -136,8 +147,12 @@ def artifact_features(artifact: Artifact, categories: Sequence[str]) -> ItemFeat
 class _Net(nn.Module):
     """The torch twin of :class:`CompatModel` (same parameters, same formula)."""
 
-    def __init__(self, n_in: int, n_cat: int, cfg: TrainConfig, n_ids: int = 0) -> None:
+    def __init__(
+        self, n_in: int, n_cat: int, cfg: TrainConfig, n_ids: int = 0, style_width: int = 0
+    ) -> None:
         super().__init__()
+        # The input's last style_width columns are the style and its flag.
+        self.style_width, self.style_dropout = style_width, cfg.style_dropout
         self.ids = nn.Embedding(n_ids + 1, cfg.dim)  # row n_ids: no vector
         nn.init.zeros_(self.ids.weight)
         self.ids.weight.requires_grad_(cfg.item_vectors)
@@ -156,6 +171,10 @@ class _Net(nn.Module):
         self.attention.requires_grad_(cfg.attention)
 
     def project(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        if self.training and self.style_width and self.style_dropout:
+            # Some items without their style (all zeros, the flag too), as photos are.
+            x = x.clone()
+            x[torch.rand(len(x)) < self.style_dropout, -self.style_width :] = 0.0
         g = self.lin2(self.drop(torch.relu(self.lin1(x))))
         if ids is not None:
             if self.training and self.id_dropout:
@@ -537,6 +556,7 @@ def _train(
     )
 
     n_cat = len(categories)
+    style_ids, style_rows, style_checks, style_info = _style_table(artifact, cfg, progress, log)
     template = CompatModel(
         categories=tuple(categories),
         emb_mean=mean,
@@ -555,18 +575,23 @@ def _train(
         white_mean=white[0],
         white_projection=white[1],
         white_scale=white[2],
+        style_ids=style_ids,
+        style_rows=style_rows,
+        style_checks=style_checks,
     )
     base = artifact_features(artifact, categories)
     features = replace(base, attributes=template.attribute_rows(id_list)) if vocab else base
+    if template.style_width:
+        features = replace(features, style=template.style_of(id_list, artifact.embeddings))
     x_all = torch.from_numpy(template.inputs(features))
     cat_all = np.where(features.category >= 0, features.category, n_cat)
     fit_items = np.array(sorted({i for o in fit_ids for i in clean[o]}), dtype=str)
     id_index = {i: n for n, i in enumerate(fit_items.tolist())}
     row_id = np.array([id_index.get(i, len(fit_items)) for i in id_list], np.int64)
-    net = _Net(x_all.shape[1], n_cat, cfg, len(fit_items))
+    net = _Net(x_all.shape[1], n_cat, cfg, len(fit_items), template.style_width)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     config_info = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
-    template = replace(template, info={"config": config_info})
+    template = replace(template, info={"config": config_info, "style": style_info})
     history: list[dict[str, float]] = []
     best: tuple[float, CompatModel] | None = None
     swa = torch.optim.swa_utils.AveragedModel(net)
@@ -670,6 +695,7 @@ def _train(
         group_cooccurrence=_group_outfits(all_train) if cfg.group_cooc else Cooccurrence.empty(),
         info={
             "config": config_info,
+            "style": style_info,
             "best_epoch": int(best_epoch["epoch"]),
             "validation": best_epoch,
             # What the evaluation checks before scoring this model (docs/evaluation.md):
@@ -690,6 +716,43 @@ def _train(
     note = " (weights averaged)" if best_epoch.get("swa") else ""
     log(f"best epoch {int(best_epoch['epoch'])}{note}; trained in {seconds:.0f}s")
     return TrainResult(final, history, seconds, dict(final.info["split"]))
+
+
+def _style_table(
+    artifact: Artifact, cfg: TrainConfig, progress: bool, log: Callable[[str], None]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """``(sorted ids, (k, S) rows, their embedding checks, what was measured)``: the style of
+    every catalogue photo that could be read (:mod:`stygig.training.style`); empty with
+    ``style_dims`` 0."""
+    from stygig.training.style import STYLE_BLOCKS, STYLE_ENCODER, measure_style, reduce_style
+
+    none: tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]] = (
+        np.zeros(0, dtype=str),
+        np.zeros((0, 0), np.float16),
+        np.zeros(0, np.uint32),
+        {},
+    )
+    if cfg.style_dims <= 0:
+        return none
+    items = list(artifact.items)
+    raw, readable = measure_style([i.image for i in items], progress=progress, log=log)
+    rows = reduce_style(raw[readable], cfg.style_dims)
+    if rows.shape[1] == 0:
+        return none
+    at = np.flatnonzero(readable)
+    ids = np.array([items[n].id for n in at], dtype=str)
+    checks = np.array([embedding_check(artifact.embeddings[n]) for n in at], np.uint32)
+    order = np.argsort(ids, kind="stable")
+    info = {
+        "encoder": STYLE_ENCODER,
+        "blocks": list(STYLE_BLOCKS),
+        "features": int(raw.shape[1]),
+        "dims": int(rows.shape[1]),
+        "items": len(ids),
+        "unreadable": int((~readable).sum()),
+    }
+    # float16, as the model stores them: training sees what serving will.
+    return ids[order], rows[order].astype(np.float16), checks[order], info
 
 
 def _group_outfits(outfits: Sequence[Sequence[str]]) -> Cooccurrence:
