@@ -67,7 +67,7 @@ class LearnedScorer:
             )
         feats = item_features(embeddings, rgb, item_categories, names, attrs)
         if model.style_width:  # the trainer's table: an item added since has none
-            feats = replace(feats, style=model.style_of(item_ids, embeddings))
+            feats = replace(feats, style=model.style_of(item_ids, feats.embeddings))
         self._ids = item_ids
         self._vectors = model.project(feats, item_ids)
         self._cats = feats.category
@@ -92,12 +92,13 @@ class LearnedScorer:
         model = self.model
         cats = self._cats[rows]
         ids = [self._ids[int(r)] for r in rows]
+        vectors_in = np.asarray(embeddings, np.float32).reshape(len(rows), -1)
         feats = ItemFeatures(
-            embeddings=np.asarray(embeddings, np.float32).reshape(len(rows), -1),
+            embeddings=vectors_in,
             colour=colour_features(rgb),
             category=cats,
             attributes=model.encode_attributes(attributes),
-            style=model.style_of(ids, embeddings) if model.style_width else None,
+            style=model.style_of(ids, vectors_in) if model.style_width else None,
         )
         projected = model.project(feats, ids)
         vectors = self._vectors.copy()

@@ -582,7 +582,7 @@ def _train(
     base = artifact_features(artifact, categories)
     features = replace(base, attributes=template.attribute_rows(id_list)) if vocab else base
     if template.style_width:
-        features = replace(features, style=template.style_of(id_list, artifact.embeddings))
+        features = replace(features, style=template.style_of(id_list, features.embeddings))
     x_all = torch.from_numpy(template.inputs(features))
     cat_all = np.where(features.category >= 0, features.category, n_cat)
     fit_items = np.array(sorted({i for o in fit_ids for i in clean[o]}), dtype=str)
@@ -741,7 +741,8 @@ def _style_table(
         return none
     at = np.flatnonzero(readable)
     ids = np.array([items[n].id for n in at], dtype=str)
-    checks = np.array([embedding_check(artifact.embeddings[n]) for n in at], np.uint32)
+    rows_in = np.asarray(artifact.embeddings, np.float32)
+    checks = np.array([embedding_check(rows_in[n]) for n in at], np.uint32)
     order = np.argsort(ids, kind="stable")
     info = {
         "encoder": STYLE_ENCODER,
