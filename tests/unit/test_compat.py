@@ -6,6 +6,7 @@ import argparse
 import functools
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,17 +25,24 @@ CATEGORIES = ("shirt", "trousers", "sandals")
 STYLES = 4
 
 
-def _artifact(root: Path, per_style: int = 6) -> tuple[Path, dict[str, list[str]]]:
+def _artifact(
+    root: Path,
+    per_style: int = 6,
+    image: Callable[[str, int, int, int], str] | None = None,
+) -> tuple[Path, dict[str, list[str]]]:
     """Items of 3 categories in 4 hidden styles; each outfit takes one item per category from
-    one style, so the style (visible in the embedding) is what makes items go together."""
+    one style, so the style (visible in the embedding) is what makes items go together.
+    ``image(item id, category index, style, k)`` gives each item's photo (default: none)."""
     encoder = load_encoder("tiny")
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(STYLES, encoder.dim))
     items, colors, vectors = [], [], []
-    for cat in CATEGORIES:
+    for c, cat in enumerate(CATEGORIES):
         for style in range(STYLES):
             for k in range(per_style):
-                items.append(Item(id=f"{cat}-{style}-{k}", image="x.jpg", category=cat))
+                item_id = f"{cat}-{style}-{k}"
+                photo = image(item_id, c, style, k) if image else "x.jpg"
+                items.append(Item(id=item_id, image=photo, category=cat))
                 colors.append({"rgb": [60 * style, 40, 200 - 40 * style]})
                 vectors.append(centres[style] + 0.6 * rng.normal(size=encoder.dim))
     x = np.array(vectors, np.float32)

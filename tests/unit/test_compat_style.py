@@ -9,17 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stygig.artifact import Artifact, add_compat_model, write_artifact
-from stygig.catalog import Item, Taxonomy
+from stygig.artifact import Artifact, add_compat_model
 from stygig.compat import CompatModel, ItemFeatures
-from stygig.encoders import load_encoder
 from stygig.engine import Options, Query, Recommender
 from stygig.scoring import ScoringConfig
 
 pytest.importorskip("torch")
 pytest.importorskip("efficientnet_lite_pytorch")
-
-CATEGORIES = ("shirt", "trousers", "sandals")
 
 
 def _photo(path: Path, style: int, k: int, seed: int = 0) -> Path:
@@ -36,39 +32,18 @@ def _photo(path: Path, style: int, k: int, seed: int = 0) -> Path:
 
 
 def _artifact(root: Path, *, missing: str | None = None) -> tuple[Path, dict[str, list[str]]]:
-    """24 items with real photos (one id's photo ``missing``), 4 styles, 60 outfits."""
-    encoder = load_encoder("tiny")
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(4, encoder.dim))
+    """test_compat's 24 items (2 per style), each with a real photo but ``missing``'s."""
+    from tests.unit.test_compat import _artifact as with_items
+
     (root / "img").mkdir(parents=True)
-    items, colors, vectors = [], [], []
-    for c, cat in enumerate(CATEGORIES):
-        for style in range(4):
-            for k in range(2):
-                item_id = f"{cat}-{style}-{k}"
-                image = root / "img" / f"{item_id}.jpg"
-                if item_id != missing:
-                    _photo(image, style, k, c)
-                items.append(Item(id=item_id, image=str(image), category=cat))
-                colors.append({"rgb": [60 * style, 40, 200 - 40 * style]})
-                vectors.append(centres[style] + 0.6 * rng.normal(size=encoder.dim))
-    x = np.array(vectors, np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    path = write_artifact(
-        root / "art",
-        items=items,
-        colors=colors,
-        embeddings=x,
-        taxonomy=Taxonomy.load(),
-        encoder_info=encoder.describe(),
-        rejects=[],
-        index_kind="exact",
-    )
-    outfits = {}
-    for o in range(60):
-        style = int(rng.integers(4))
-        outfits[f"o{o:03d}"] = [f"{cat}-{style}-{int(rng.integers(2))}" for cat in CATEGORIES]
-    return path, outfits
+
+    def image(item_id: str, c: int, style: int, k: int) -> str:
+        path = root / "img" / f"{item_id}.jpg"
+        if item_id != missing:
+            _photo(path, style, k, c)
+        return str(path)
+
+    return with_items(root, per_style=2, image=image)
 
 
 @pytest.fixture(scope="module")
