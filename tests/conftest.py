@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +39,15 @@ def encode(img: Image.Image, fmt: str = "JPEG", **kwargs: object) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format=fmt, **kwargs)
     return buf.getvalue()
+
+
+@pytest.fixture(autouse=True)
+def python_sigint_handler() -> Iterator[None]:
+    """Every test starts with Python's own SIGINT handler, as a CLI process does: a library an
+    earlier test ran in this process (a server, Ray) may leave its own installed, and a Ctrl-C
+    a test sends would then do nothing (two full runs on 2026-12-01)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
 
 
 @pytest.fixture

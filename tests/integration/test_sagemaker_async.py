@@ -441,16 +441,12 @@ def test_batch_through_the_endpoint_bounded_resumed_and_like_in_process(
     def two_held_two_written() -> bool:
         return runtime.held == 2 and out.exists() and out.read_bytes().count(b"\n") == 2
 
-    # Ctrl-C as a shell delivers it to the CLI: Python's own handler, whatever an earlier test
-    # of this process (servers, Ray) left installed.
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     interrupter = threading.Thread(target=_interrupt_when, args=(two_held_two_written,))
     interrupter.start()
     try:
         assert main(argv) == 130
     finally:
         interrupter.join(90)
-        signal.signal(signal.SIGINT, previous)
     assert "interrupted" in capsys.readouterr().err
     assert [r["index"] for r in _records(out)] == [0, 1]
     runtime.release.set()
