@@ -556,7 +556,10 @@ def _train(
     )
 
     n_cat = len(categories)
-    style_ids, style_rows, style_checks, style_info = _style_table(artifact, cfg, progress, log)
+    base = artifact_features(artifact, categories)
+    style_ids, style_rows, style_checks, style_info = _style_table(
+        artifact, base.embeddings, cfg, progress, log
+    )
     template = CompatModel(
         categories=tuple(categories),
         emb_mean=mean,
@@ -579,7 +582,6 @@ def _train(
         style_rows=style_rows,
         style_checks=style_checks,
     )
-    base = artifact_features(artifact, categories)
     features = replace(base, attributes=template.attribute_rows(id_list)) if vocab else base
     if template.style_width:
         features = replace(features, style=template.style_of(id_list, features.embeddings))
@@ -719,11 +721,16 @@ def _train(
 
 
 def _style_table(
-    artifact: Artifact, cfg: TrainConfig, progress: bool, log: Callable[[str], None]
+    artifact: Artifact,
+    embeddings: np.ndarray,
+    cfg: TrainConfig,
+    progress: bool,
+    log: Callable[[str], None],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """``(sorted ids, (k, S) rows, their embedding checks, what was measured)``: the style of
-    every catalogue photo that could be read (:mod:`stygig.training.style`); empty with
-    ``style_dims`` 0."""
+    every catalogue photo that could be read (:mod:`stygig.training.style`), checked against
+    ``embeddings`` (the artifact's rows, read once by the caller); empty with ``style_dims``
+    0."""
     from stygig.training.style import STYLE_BLOCKS, STYLE_ENCODER, measure_style, reduce_style
 
     none: tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]] = (
@@ -741,8 +748,7 @@ def _style_table(
         return none
     at = np.flatnonzero(readable)
     ids = np.array([items[n].id for n in at], dtype=str)
-    rows_in = np.asarray(artifact.embeddings, np.float32)
-    checks = np.array([embedding_check(rows_in[n]) for n in at], np.uint32)
+    checks = np.array([embedding_check(embeddings[n]) for n in at], np.uint32)
     order = np.argsort(ids, kind="stable")
     info = {
         "encoder": STYLE_ENCODER,
