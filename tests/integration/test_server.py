@@ -340,6 +340,39 @@ def test_concurrent_requests_match_single_requests(
     assert "stygig_batch_size_count" in metrics
 
 
+def test_a_lone_small_photo_is_answered_on_the_event_loop(
+    client: httpx.Client, sample: tuple[Path, Path]
+) -> None:
+    """Alone in the server, a photo small in bytes and pixels, or an item query, is answered on
+    the event loop (counted); a photo over the inline pixel limit, and one the decode refuses,
+    go to the worker pool. The answer is the library's either way (see
+    test_same_schema_and_answer_as_the_library; concurrent requests batch, as before)."""
+
+    def inline() -> float:
+        text = client.get("/metrics").text
+        return sum(
+            float(x.rsplit(" ", 1)[1])
+            for x in text.splitlines()
+            if x.startswith("stygig_inline_requests_total")
+        )
+
+    jpeg = {"content-type": "image/jpeg"}
+    before = inline()
+    for _ in range(3):
+        assert client.post("/invocations", content=_photo(sample), headers=jpeg).status_code == 200
+    items = client.post("/invocations", json={"item_ids": ["sku-0014"]})
+    assert items.status_code == 200
+    assert inline() - before == 4
+    # 1600 x 1400 = 2.24 MP, over INLINE_MAX_PIXELS (2 MP): decoded in the pool.
+    big = Image.open(sample[0] / "queries" / "blue-jeans.jpg").resize((1600, 1400))
+    before = inline()
+    r = client.post("/invocations", content=encode(big, "JPEG", quality=70), headers=jpeg)
+    assert r.status_code == 200 and r.json()["items"]
+    broken = client.post("/invocations", content=_photo(sample)[:300], headers=jpeg)
+    assert broken.status_code == 400 and broken.json()["error"]["code"] == "invalid_image"
+    assert inline() == before
+
+
 def test_metrics_are_exposed_and_count(client: httpx.Client, sample: tuple[Path, Path]) -> None:
     def count(text: str, prefix: str) -> float:
         return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(prefix))

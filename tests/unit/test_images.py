@@ -26,6 +26,7 @@ from stygig.images import (
     PreprocessSpec,
     decode_image,
     fit_array,
+    header_pixels,
     preprocess,
     preprocess_batch,
     sniff_format,
@@ -52,6 +53,19 @@ def test_sniff_format() -> None:
     assert sniff_format(encode(garment_image(), "PNG")) == "PNG"
     assert sniff_format(encode(garment_image(), "WEBP")) == "WEBP"
     assert sniff_format(b"GIF89a....") is None
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_header_pixels_reads_the_size_without_decoding(fmt: str) -> None:
+    assert header_pixels(encode(Image.new("RGB", (300, 170), "red"), fmt)) == 300 * 170
+
+
+def test_header_pixels_is_none_where_decode_would_refuse() -> None:
+    """None for whatever the decode's own checks refuse before any pixel: the decode then
+    answers why (a foreign format, a broken header, a scan bomb, not an image)."""
+    truncated = encode(garment_image(), "JPEG")[:40]
+    for data in (*FOREIGN.values(), truncated, progressive_bomb(300, 200), b"hello", b""):
+        assert header_pixels(data) is None
 
 
 def test_decodes_from_path(tmp_path) -> None:  # type: ignore[no-untyped-def]

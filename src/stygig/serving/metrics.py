@@ -110,6 +110,11 @@ class ServerMetrics:
         self.rejected = Counter(
             "stygig_rejected_requests", "Requests refused with 503 (queue full).", registry=r
         )
+        self.inline = Counter(
+            "stygig_inline_requests",
+            "Recommendations answered on the event loop: alone in the server, a small photo.",
+            registry=r,
+        )
         self.model_load = Gauge(
             "stygig_model_load_seconds", "Time to load the artifact and encoder.", registry=r
         )
