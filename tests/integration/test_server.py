@@ -343,10 +343,11 @@ def test_concurrent_requests_match_single_requests(
 def test_a_lone_small_photo_is_answered_on_the_event_loop(
     client: httpx.Client, sample: tuple[Path, Path]
 ) -> None:
-    """Alone in the server, a photo small in bytes and pixels, or an item query, is answered on
-    the event loop (counted); a photo over the inline pixel limit, and one the decode refuses,
-    go to the worker pool. The answer is the library's either way (see
-    test_same_schema_and_answer_as_the_library; concurrent requests batch, as before)."""
+    """Alone in the server, a small baseline JPEG, or an item query, is answered on the event
+    loop (counted); photos whose decode could hold the loop long (over the inline pixel limit,
+    progressive, PNG) and photos the decode refuses go to the worker pool. The answer is the
+    library's either way (test_same_schema_and_answer_as_the_library); requests that arrive
+    meanwhile batch (tests/integration/test_server_inline.py)."""
 
     def inline() -> float:
         text = client.get("/metrics").text
@@ -363,13 +364,21 @@ def test_a_lone_small_photo_is_answered_on_the_event_loop(
     items = client.post("/invocations", json={"item_ids": ["sku-0014"]})
     assert items.status_code == 200
     assert inline() - before == 4
-    # 1600 x 1400 = 2.24 MP, over INLINE_MAX_PIXELS (2 MP): decoded in the pool.
-    big = Image.open(sample[0] / "queries" / "blue-jeans.jpg").resize((1600, 1400))
+
+    garment = Image.open(sample[0] / "queries" / "blue-jeans.jpg")
+    pool = {
+        # 1600 x 1400 = 2.24 MP, over INLINE_MAX_PIXELS (2 MP)
+        "image/jpeg": encode(garment.resize((1600, 1400)), "JPEG", quality=70),
+        "image/png": encode(garment, "PNG"),
+    }
     before = inline()
-    r = client.post("/invocations", content=encode(big, "JPEG", quality=70), headers=jpeg)
-    assert r.status_code == 200 and r.json()["items"]
-    broken = client.post("/invocations", content=_photo(sample)[:300], headers=jpeg)
-    assert broken.status_code == 400 and broken.json()["error"]["code"] == "invalid_image"
+    for kind, body in pool.items():
+        r = client.post("/invocations", content=body, headers={"content-type": kind})
+        assert r.status_code == 200 and r.json()["items"]
+    progressive = encode(garment, "JPEG", progressive=True)
+    assert client.post("/invocations", content=progressive, headers=jpeg).status_code == 200
+    broken = client.post("/invocations", content=b"\xff\xd8\xff" + bytes(500), headers=jpeg)
+    assert broken.status_code == 400
     assert inline() == before
 
 

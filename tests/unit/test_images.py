@@ -26,9 +26,9 @@ from stygig.images import (
     PreprocessSpec,
     decode_image,
     fit_array,
-    header_pixels,
     preprocess,
     preprocess_batch,
+    read_header,
     sniff_format,
 )
 from tests.conftest import KAGGLE_DIR, MANGO_DIR, REPO, encode, garment_image, require_dataset
@@ -56,16 +56,23 @@ def test_sniff_format() -> None:
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
-def test_header_pixels_reads_the_size_without_decoding(fmt: str) -> None:
-    assert header_pixels(encode(Image.new("RGB", (300, 170), "red"), fmt)) == 300 * 170
+def test_read_header_reads_the_size_without_decoding(fmt: str) -> None:
+    header = read_header(encode(Image.new("RGB", (300, 170), "red"), fmt))
+    assert header is not None and (header.format, header.width, header.height) == (fmt, 300, 170)
+    assert header.pixels == 300 * 170 and not header.progressive
 
 
-def test_header_pixels_is_none_where_decode_would_refuse() -> None:
+def test_read_header_tells_a_progressive_jpeg() -> None:
+    header = read_header(encode(garment_image(), "JPEG", progressive=True))
+    assert header is not None and header.format == "JPEG" and header.progressive
+
+
+def test_read_header_is_none_where_decode_would_refuse() -> None:
     """None for whatever the decode's own checks refuse before any pixel: the decode then
     answers why (a foreign format, a broken header, a scan bomb, not an image)."""
     truncated = encode(garment_image(), "JPEG")[:40]
     for data in (*FOREIGN.values(), truncated, progressive_bomb(300, 200), b"hello", b""):
-        assert header_pixels(data) is None
+        assert read_header(data) is None
 
 
 def test_decodes_from_path(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -19,7 +19,7 @@ The model is loaded and warmed in the background at start-up (``/healthz`` answe
 ``/ping`` and ``/readyz`` turn 200 when warm). Photos are decoded in a thread pool, encoded by
 the :class:`~stygig.serving.batching.MicroBatcher` in its own thread, then searched and scored
 in the pool again: the event loop only moves bytes. The exception is a request alone in the
-server with a small photo (or none), answered on the loop itself (:func:`_inline`).
+server with a small baseline JPEG (or no photo), answered on the loop itself (:func:`_inline`).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ from stygig.errors import (
     UnauthorizedError,
     UnsupportedMediaError,
 )
-from stygig.images import header_pixels
+from stygig.images import read_header
 from stygig.index import release_mapped_rows, restore_mapped_rows, warm_index
 from stygig.living import LiveCatalog
 from stygig.locations import InputLocations
@@ -404,9 +404,10 @@ class ModelService:
         """Whether this request is still alone once the event loop has read what the sockets
         hold: requests that came while the last one was answered on the loop are parsed and
         begun (:class:`_Boundary` counts them in :attr:`requests`) before this one decides to
-        hold the loop itself. Three turns of the loop: its I/O poll, then the new requests'
-        first steps, in whichever order the loop (asyncio's or uvloop's) runs them."""
-        for _ in range(3):
+        hold the loop itself. Five turns of the loop: a request on a new connection reaches
+        :class:`_Boundary` after four with asyncio's (the accept, the transport's set-up, its
+        reader, the read), after two with uvloop's; a turn costs ~5 us."""
+        for _ in range(5):
             await asyncio.sleep(0)
         return self.requests <= 1 and self._alone()
 
@@ -417,8 +418,9 @@ class ModelService:
         query, options = parsed.query, parsed.options
         inline = False  # the whole answer here, on the event loop (see _inline)
         alone = self._alone()
-        if alone and (not query.images or _inline(query)):
-            alone = inline = await self._quiet()
+        if alone and _inline(rec, query):
+            inline = await self._quiet()
+            alone = self._alone()
         if not query.images:  # item ids only: checks and answer in one task, no encoder
 
             def finish() -> tuple[bytes, dict[str, float]]:
@@ -454,42 +456,58 @@ class ModelService:
                 return _serialised(rec.answer(prepared, result.vectors))
 
         if inline:
-            self.metrics.inline.inc()
             body, timings = finish()
+            self.metrics.inline.inc()
         else:
             body, timings = await self.run(finish)
         self.metrics.observe_timings(timings)
         return body
 
 
-#: A lone request is answered on the event loop when its photo is at most this many bytes and
-#: pixels (see :func:`_inline`): a JPEG decode of that size takes a few ms (a 12 MP phone photo,
-#: reduced by libjpeg's DCT scaling, 70 ms here), so the loop is never held for long.
+#: A lone request is answered on the event loop when its photo is a baseline (not progressive)
+#: JPEG of at most this many bytes and pixels (see :func:`_inline`): decoded in ~3 ms at most
+#: (a smooth 2 MP photo of 256 KiB, reduced by libjpeg's DCT scaling; 15 ms for 2 MB of noise).
 INLINE_MAX_BYTES = 256 << 10
 INLINE_MAX_PIXELS = 2_000_000
 
 
-def _inline(query: Query) -> bool:
-    """Whether a lone request's whole pipeline runs on the event loop instead of a pool thread.
+def _inline(rec: Recommender, query: Query) -> bool:
+    """Whether a lone request's whole pipeline may run on the event loop instead of a pool
+    thread (if it is still alone then: :meth:`ModelService._quiet`).
 
     Handing the work to a pool thread and the answer back wakes two sleeping threads: 0.15-0.2
     ms of the time outside the encoder (efficientnet-lite0 int8, 10k items, one client, the
-    server with and without it alternating per request, 1,600 each: 3.94 -> 3.73 and 4.15 ->
-    4.00 ms; 100 clients: 155 / 202 -> 183 / 198 requests/s, A B B A, i.e. unchanged). The
-    server is otherwise idle (:meth:`ModelService._quiet`), so nothing waits meanwhile but
-    requests that arrive during it: they are read when it ends, no later than the pool would
-    have answered it, and, finding each other, batch. Only a single photo small in bytes and in
-    pixels qualifies (its header parsed after the same structure checks as the decode), so the
-    loop is held for a few milliseconds; any other photo, and any those checks refuse (the
-    pool's decode then answers why), goes to the pool.
+    server with and without it alternating per request, 1,600 each: 3.94 -> 3.73, 4.15 -> 4.00
+    and 3.75 -> 3.58 ms; 100 clients: 155 / 202 -> 183 / 198 requests/s, A B B A, i.e. unchanged). Nothing
+    waits meanwhile but requests that arrive during it: they are read when it ends, and, finding
+    each other, batch. The loop must not be held long, so only work with a small bound goes:
+
+    * an exact catalogue's (scanned in memory, at most ~5 ms at 50k items); an approximate
+      index may read rows from disk (docs/scale.md), never on the loop;
+    * no photo (item ids), or one baseline JPEG within :data:`INLINE_MAX_BYTES` and
+      :data:`INLINE_MAX_PIXELS` by its header, read after the decode's own structure checks
+      (at most ~13 ms on the loop, for a hostile header of 64 KB of fill). Progressive JPEGs
+      (up to 100 passes over the image: 90 ms for 2 MP), PNG and WebP (their decode scales with
+      the pixels, 30-65 ms for 2 MP) and any photo those checks refuse (the pool's decode then
+      says why) go to the pool.
+
+    An answer on the loop cannot be cut short by the request time limit, which only acts where
+    a request waits; this bound is far below it.
     """
-    if len(query.images) != 1:
+    if not rec.exact:
         return False
+    if not query.images:
+        return True
     photo = query.images[0]
-    if not isinstance(photo, bytes) or len(photo) > INLINE_MAX_BYTES:
+    if len(query.images) != 1 or not isinstance(photo, bytes) or len(photo) > INLINE_MAX_BYTES:
         return False
-    pixels = header_pixels(photo)
-    return pixels is not None and pixels <= INLINE_MAX_PIXELS
+    header = read_header(photo)
+    return (
+        header is not None
+        and header.format == "JPEG"
+        and not header.progressive
+        and header.pixels <= INLINE_MAX_PIXELS
+    )
 
 
 def _serialised(answer: Recommendation) -> tuple[bytes, dict[str, float]]:

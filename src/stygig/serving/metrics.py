@@ -112,7 +112,7 @@ class ServerMetrics:
         )
         self.inline = Counter(
             "stygig_inline_requests",
-            "Recommendations answered on the event loop: alone in the server, a small photo.",
+            "Recommendations answered on the event loop: alone, a small baseline JPEG or no photo.",
             registry=r,
         )
         self.model_load = Gauge(
