@@ -811,7 +811,9 @@ async def _parse_multipart(request: Request, service: ModelService) -> rq.Parsed
 async def parse_request(
     request: Request, service: ModelService, *, multipart: bool
 ) -> rq.ParsedRequest:
-    """Read and parse the body by content type (JSON and decoding work off the event loop)."""
+    """Read and parse the body by content type: JSON in the pool, unless it is small and the
+    request is alone (~0.3 ms less outside the encoder and CPU for a lone JSON photo, the
+    server with and without it alternating per request; parsing 256 KiB takes ~1 ms)."""
     rq.check_accept(request.headers.get("accept"))
     kind = rq.media_type(request.headers.get("content-type"))
     if multipart and kind == "multipart/form-data":
@@ -820,6 +822,8 @@ async def parse_request(
         raise rq.unsupported(kind)
     body = await request.body()
     if kind == JSON:
+        if len(body) <= INLINE_MAX_BYTES and service.requests <= 1 and service.in_flight == 0:
+            return rq.parse_json_body(body)  # small, and nobody else in the server: no hand-off
         return await service.run(rq.parse_json_body, body)
     params = [
         *rq.custom_attributes(request.headers.get("x-amzn-sagemaker-custom-attributes")),
