@@ -238,9 +238,10 @@ class ModelService:
 
     async def _warm(self) -> None:
         """Bring the index's on-disk rows into memory, then run every path a real request
-        takes: a lone photo (the whole pipeline in one pool task), a full batch through the
-        micro-batcher (its own encoder thread, whose first use would otherwise land on the
-        first concurrent request), and an item query."""
+        takes: a lone photo (the whole pipeline on the event loop, :func:`_inline`), a full
+        batch through the micro-batcher (its own encoder thread, whose first use would
+        otherwise land on the first concurrent request) and an answer in the pool, and an item
+        query."""
         assert self.recommender is not None
         await self.run(warm_index, self.recommender.artifact.index)
         photo = _warmup_photo()
@@ -250,7 +251,8 @@ class ModelService:
         n = self.config.batching.max_batch
         rec = self.recommender
         prepared = await self.run(rec.prepare, Query(images=(photo,)))
-        await self.batcher.submit([(rec, t) for t in prepared.tensors * n])  # full-batch shape
+        batch = await self.batcher.submit([(rec, t) for t in prepared.tensors * n])  # full shape
+        await self.run(rec.answer, prepared, batch.vectors[:1])  # an answer in the pool
         await self.answer(rq.ParsedRequest(Query(item_ids=(first_id,)), Options()))
 
     def _living(self, rec: Recommender) -> LiveCatalog | None:
@@ -477,10 +479,11 @@ def _inline(rec: Recommender, query: Query) -> bool:
 
     Handing the work to a pool thread and the answer back wakes two sleeping threads: 0.15-0.2
     ms of the time outside the encoder (efficientnet-lite0 int8, 10k items, one client, the
-    server with and without it alternating per request, 1,600 each: 3.94 -> 3.73, 4.15 -> 4.00
-    and 3.75 -> 3.58 ms; 100 clients: 155 / 202 -> 183 / 198 requests/s, A B B A, i.e. unchanged). Nothing
-    waits meanwhile but requests that arrive during it: they are read when it ends, and, finding
-    each other, batch. The loop must not be held long, so only work with a small bound goes:
+    server with and without it alternating per request, 1,600 each: 3.94 -> 3.73, 4.15 ->
+    4.00 and 3.75 -> 3.58 ms; 100 clients: 155 / 202 -> 183 / 198 requests/s, A B B A, i.e.
+    unchanged). Nothing waits meanwhile but requests that arrive during it: they are read when
+    it ends, and, finding each other, batch. The loop must not be held long, so only work with
+    a small bound goes:
 
     * an exact catalogue's (scanned in memory, at most ~5 ms at 50k items); an approximate
       index may read rows from disk (docs/scale.md), never on the loop;
