@@ -73,12 +73,7 @@ class Cooccurrence:
 
     def codes(self, ids: list[str] | tuple[str, ...]) -> np.ndarray:
         """Row code of each id (``-1`` when the item has no history)."""
-        if len(self.item_ids) == 0:
-            return np.full(len(ids), -1, np.int64)
-        arr = np.array(ids, dtype=str)
-        pos = np.searchsorted(self.item_ids, arr)
-        pos = np.clip(pos, 0, len(self.item_ids) - 1)
-        return np.where(self.item_ids[pos] == arr, pos, -1).astype(np.int64)
+        return _sorted_positions(self.item_ids, ids)
 
     @staticmethod
     def absent(query: np.ndarray, cand: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -111,6 +106,15 @@ class Cooccurrence:
             out[n] = dense[gather]
             dense[partners] = 0.0
         return out
+
+
+def _sorted_positions(table: np.ndarray, item_ids: Sequence[str]) -> np.ndarray:
+    """Each id's position in ``table``, a sorted array of ids (``-1`` where it is absent)."""
+    if len(table) == 0 or not len(item_ids):
+        return np.full(len(item_ids), -1, np.int64)
+    arr = np.array(item_ids, dtype=str)
+    pos = np.clip(np.searchsorted(table, arr), 0, len(table) - 1)
+    return np.where(table[pos] == arr, pos, -1).astype(np.int64)
 
 
 def embedding_check(row: np.ndarray) -> int:
@@ -234,11 +238,10 @@ class CompatModel:
         """``(n, A)`` multi-hot attributes of catalogue items from the model's table (zeros for
         an id it does not know)."""
         out = np.zeros((len(item_ids), len(self.attr_vocab)), np.float32)
-        if not self.attr_vocab or len(self.attr_ids) == 0 or not len(item_ids):
+        if not self.attr_vocab:
             return out
-        arr = np.array(item_ids, dtype=str)
-        pos = np.clip(np.searchsorted(self.attr_ids, arr), 0, len(self.attr_ids) - 1)
-        found = np.flatnonzero(self.attr_ids[pos] == arr)
+        pos = _sorted_positions(self.attr_ids, item_ids)
+        found = np.flatnonzero(pos >= 0)
         codes = self.attr_codes[pos[found]]
         rows = np.repeat(found, codes.shape[1])
         cols = codes.reshape(-1)
@@ -268,11 +271,10 @@ class CompatModel:
         whose embedding row (``embeddings``, aligned with ``item_ids``) is not the one it had
         at training: another photo under the same id."""
         out = np.zeros((len(item_ids), self.style_width), np.float32)
-        if not self.style_width or not len(item_ids):
+        if not self.style_width:
             return out
-        arr = np.array(item_ids, dtype=str)
-        pos = np.clip(np.searchsorted(self.style_ids, arr), 0, len(self.style_ids) - 1)
-        found = np.flatnonzero(self.style_ids[pos] == arr)
+        pos = _sorted_positions(self.style_ids, item_ids)
+        found = np.flatnonzero(pos >= 0)
         checks = np.array([embedding_check(embeddings[n]) for n in found], np.uint32)
         found = found[checks == self.style_checks[pos[found]]]
         out[found, :-1] = self.style_rows[pos[found]]
@@ -301,11 +303,8 @@ class CompatModel:
     def id_rows(self, item_ids: Sequence[str]) -> np.ndarray:
         """``(n, D)`` learned per-item vectors (zeros for an id without one)."""
         out = np.zeros((len(item_ids), self.dim), np.float32)
-        if len(self.id_ids) == 0 or not len(item_ids):
-            return out
-        arr = np.array(item_ids, dtype=str)
-        pos = np.clip(np.searchsorted(self.id_ids, arr), 0, len(self.id_ids) - 1)
-        found = self.id_ids[pos] == arr
+        pos = _sorted_positions(self.id_ids, item_ids)
+        found = pos >= 0
         out[found] = self.id_vectors[pos[found]]
         return out
 
