@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -62,11 +63,17 @@ class Server:
         return int(self.process.returncode)
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60.0) -> float:
-    """Seconds until ``GET /ping`` answered 200; raises if the process died or it timed out."""
+def wait_ready(
+    url: str, process: subprocess.Popen[bytes] | threading.Thread, timeout: float = 60.0
+) -> float:
+    """Seconds until ``GET /ping`` answered 200; raises if the server's process (or thread, for
+    one run in this process) ended or it timed out."""
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < timeout:
-        if process.poll() is not None:
+        if isinstance(process, threading.Thread):
+            if not process.is_alive():
+                raise RuntimeError("the server's thread ended before it was ready")
+        elif process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode} before it was ready")
         try:
             if httpx.get(url + "/ping", timeout=1.0).status_code == 200:
@@ -75,6 +82,12 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60.0
             pass
         time.sleep(0.05)
     raise TimeoutError(f"server at {url} not ready after {timeout:.0f} s")
+
+
+def metric_total(text: str, prefix: str) -> float:
+    """The sum of the samples of a Prometheus exposition ``text`` whose lines start with
+    ``prefix`` (a metric name, with labels as far as they are given)."""
+    return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(prefix))
 
 
 def start_process(

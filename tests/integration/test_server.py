@@ -23,6 +23,7 @@ from tests.conftest import encode, garment_image
 from tests.integration.server_fixtures import (
     Server,
     exit_code,
+    metric_total,
     running_server,
     start_process,
 )
@@ -350,12 +351,7 @@ def test_a_lone_small_photo_is_answered_on_the_event_loop(
     meanwhile batch (tests/integration/test_server_inline.py)."""
 
     def inline() -> float:
-        text = client.get("/metrics").text
-        return sum(
-            float(x.rsplit(" ", 1)[1])
-            for x in text.splitlines()
-            if x.startswith("stygig_inline_requests_total")
-        )
+        return metric_total(client.get("/metrics").text, "stygig_inline_requests_total")
 
     jpeg = {"content-type": "image/jpeg"}
     before = inline()
@@ -383,16 +379,13 @@ def test_a_lone_small_photo_is_answered_on_the_event_loop(
 
 
 def test_metrics_are_exposed_and_count(client: httpx.Client, sample: tuple[Path, Path]) -> None:
-    def count(text: str, prefix: str) -> float:
-        return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(prefix))
-
     before = client.get("/metrics").text
     key = 'stygig_requests_total{method="POST",route="/invocations",status="200"}'
     for _ in range(3):
         client.post("/invocations", content=_photo(sample), headers={"content-type": "image/jpeg"})
     after = client.get("/metrics")
     assert after.status_code == 200 and after.headers["content-type"].startswith("text/plain")
-    assert count(after.text, key) - count(before, key) == 3
+    assert metric_total(after.text, key) - metric_total(before, key) == 3
     for stage in ("decode", "embed", "search", "score", "total"):
         assert f'stygig_stage_seconds_count{{stage="{stage}"}}' in after.text
     for name in ("stygig_batch_size_bucket", "stygig_queue_depth", "stygig_model_load_seconds"):

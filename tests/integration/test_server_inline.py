@@ -8,7 +8,6 @@ import http.client
 import json
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +21,7 @@ import uvicorn
 from stygig.engine import Recommender
 from stygig.serving.app import ServerConfig, create_app
 from stygig.serving.protocol import head_deadline_protocol
-from tests.integration.server_fixtures import free_port
+from tests.integration.server_fixtures import free_port, metric_total, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -46,16 +45,7 @@ def _server(artifact: Path, loop: str) -> Iterator[int]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert thread.is_alive(), "the server stopped before it was ready"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server was not ready in 120 s"
-            time.sleep(0.05)
+        wait_ready(f"http://127.0.0.1:{port}", thread, timeout=120)
         yield port
     finally:
         server.should_exit = True
@@ -78,11 +68,7 @@ def _answer(sock: socket.socket) -> tuple[int, dict[str, Any]]:
 
 def _inline_count(port: int) -> float:
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("stygig_inline_requests_total")
-    )
+    return metric_total(text, "stygig_inline_requests_total")
 
 
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
