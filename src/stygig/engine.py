@@ -249,7 +249,9 @@ class Recommender:
         """Encode photos in one batch (whitened like the catalogue when it is)."""
         if not tensors:
             return np.zeros((0, self.embeddings.shape[1]), np.float32)
-        return self.project(self.encoder.encode(np.stack(tensors)))
+        # One photo (most requests): a view, not a copy of its 0.6 MB into a new batch array.
+        batch = tensors[0][None] if len(tensors) == 1 else np.stack(tensors)
+        return self.project(self.encoder.encode(batch))
 
     def project(self, vectors: np.ndarray) -> np.ndarray:
         """Map raw encoder outputs into the artifact's embedding space."""
