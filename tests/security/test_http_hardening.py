@@ -304,6 +304,73 @@ def test_a_declared_huge_body_gets_413_at_once(server: Server) -> None:
     assert time.monotonic() - t0 < 5
 
 
+def _stream_head(server: Server, first: bytes, piece: bytes, total: int) -> tuple[int, int]:
+    """Send ``first`` then ``piece`` after ``piece`` (an endless head) until ``total`` bytes or the
+    server stops reading; the answer's status (0: closed or reset before one came) and the bytes
+    the server took."""
+    sent = 0
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        try:
+            sock.sendall(first)
+            sent = len(first)
+            while sent < total:
+                sock.sendall(piece)
+                sent += len(piece)
+        except OSError:  # the server closed the connection: it stopped reading
+            pass
+        try:
+            return read_status(sock), sent
+        except (OSError, IndexError, ValueError):
+            return 0, sent
+
+
+def test_an_oversized_request_head_gets_431_and_holds_nothing(
+    server: Server, sample: tuple[Path, Path]
+) -> None:
+    """A request head has no size limit in llhttp: 80 MB of tiny headers over one connection
+    grew the server by 1.8 GB (three such connections: a crash), and one endless header value
+    held the event loop for 10 s (every other request waited 9.5 s). Both are now refused at
+    64 KiB of head with 431, and the connection closed."""
+    before = rss_kb(server)
+    start = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+    # Within the limit, then over it by one small send: the refusal is read, not reset.
+    status, _ = _stream_head(server, start, b"a:b\r\n" * 1000, 70_000)
+    assert status == 431
+    for piece in (b"a:b\r\n" * 10_000, b"X-Big: " + b"a" * 65_536):
+        t0 = time.monotonic()
+        status, sent = _stream_head(server, start, piece, 64 << 20)
+        assert status in (431, 0)  # refused, or reset while the client was still sending
+        assert sent < 32 << 20, sent  # the server stopped reading long before 64 MB
+        assert time.monotonic() - t0 < 8  # refused at the limit, not at the head deadline
+    assert rss_kb(server) - before < 64 * 1024
+    r = httpx.get(f"{server.url}/healthz", timeout=10)
+    assert r.status_code == 200
+
+
+def test_a_large_head_within_the_limit_and_pipelined_requests_are_answered(
+    server: Server, sample: tuple[Path, Path]
+) -> None:
+    """The head limit counts heads only: a 60 KB head sent in one piece with its photo, and
+    three requests pipelined in one send, are all answered."""
+    pad = "".join(f"X-Pad-{n}: {'p' * 90}\n" for n in range(600))
+    body = photo(sample)
+    head = (
+        f"POST /invocations HTTP/1.1\nHost: x\nContent-Type: image/jpeg\n{pad}"
+        f"Content-Length: {len(body)}\n"
+    )
+    assert 55_000 < len(head) < 64 * 1024
+    with raw_request(server, head, body) as sock:
+        assert read_status(sock) == 200
+    three = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 3
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(three)
+        data = b""
+        while data.count(b"HTTP/1.1 200") < 3:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+
+
 def test_stalled_uploads_time_out_and_hold_bounded_memory(
     sample: tuple[Path, Path], tmp_path: Path
 ) -> None:
