@@ -144,6 +144,10 @@ class ImageLimits:
     # the scan has. Encoders write 1 scan (baseline), or progressive 6 (grey), 10 (colour) or 18
     # (CMYK) with libjpeg's script, ~12 with mozjpeg's; the catalogue photos have 1 or 10.
     max_jpeg_scans: int = 100
+    # And scans x pixels: 100 scans are cheap on a small photo but cost ~3 s of CPU at 40 MP
+    # (a 0.47 MB file); 500 M is libjpeg's 10-scan colour script or mozjpeg's ~12 at the full
+    # 40 MP, its 18-scan CMYK script up to 27 MP, every scan count up to 5 MP; at most ~0.4 s.
+    max_jpeg_scan_pixels: int = 500_000_000
     # Markers of any kind, scans included. Pillow parses the header's markers in Python (5M
     # empty comments: 4.6 s and +400 MB). The catalogue photos have 9 to 29; an ICC profile
     # split over APP2 segments or extended XMP adds at most a few hundred.
@@ -308,7 +312,7 @@ def _check_jpeg_structure(data: bytes, limits: ImageLimits) -> None:
     MPO's later frames are never decoded). Truncated or malformed structure just ends the walk:
     reporting it is Pillow's job. Linear, and in C but for one step per marker.
     """
-    scans = segments = frames = header_gap = 0
+    scans = segments = frames = header_gap = pixels = 0
     pos = 2  # after SOI
     while (match := _JPEG_MARKER.search(data, pos)) is not None:
         if scans == 0:
@@ -337,14 +341,20 @@ def _check_jpeg_structure(data: bytes, limits: ImageLimits) -> None:
                 raise InvalidImageError(
                     "the JPEG has more than one frame header (SOF)", code="image_malformed_header"
                 )
+            # Length (2), precision (1), height (2), width (2).
+            pixels = int.from_bytes(data[pos + 3 : pos + 5], "big") * int.from_bytes(
+                data[pos + 5 : pos + 7], "big"
+            )
         # A length under 2 is skipped as 2, the length field itself, like libjpeg and Pillow.
         pos += max(2, int.from_bytes(data[pos : pos + 2], "big"))
         if marker == _JPEG_SOS:
             scans += 1
-            if scans > limits.max_jpeg_scans:
+            per_size = max(1, limits.max_jpeg_scan_pixels // max(pixels, 1))  # 1: a baseline
+            allowed = min(limits.max_jpeg_scans, per_size)
+            if scans > allowed:
                 raise ImageTooLargeError(
-                    f"the JPEG has more than {limits.max_jpeg_scans:,} scans; each one is "
-                    "decoded over the whole image (re-encode it as a baseline JPEG)",
+                    f"the JPEG has more than {allowed:,} scans, the most allowed at its size; "
+                    "each one is decoded over the whole image (re-encode it as a baseline JPEG)",
                     code="image_too_many_scans",
                 )
 

@@ -454,6 +454,27 @@ def test_the_scan_limit_counts_each_scan_once() -> None:
         decode_image(progressive_bomb(64, 95))
 
 
+def test_the_scan_limit_shrinks_with_the_image_size() -> None:
+    """100 scans were allowed at any size: a 0.47 MB progressive JPEG of 40 MP took 3.1 s of
+    CPU. Scans x pixels is bounded too (500 M by default: 86 scans at 2400 x 2400)."""
+    limits = ImageLimits(max_jpeg_scan_pixels=64 * 64 * 20)
+    assert decode_image(progressive_bomb(64, 14), limits=limits).size == (64, 64)  # 20 scans
+    with pytest.raises(ImageTooLargeError, match="more than 20 scans"):
+        decode_image(progressive_bomb(64, 15), limits=limits)
+    bomb = progressive_bomb(2400, 81)  # 87 scans
+    start = time.process_time()
+    with pytest.raises(ImageTooLargeError, match="more than 86 scans") as e:
+        decode_image(bomb)
+    assert time.process_time() - start < 0.5
+    assert e.value.code == "image_too_many_scans"
+    # A baseline photo (one scan) of any size gets to the pixel limit, which names the problem.
+    baseline = bytearray(encode(Image.new("L", (64, 64)), "JPEG"))
+    sof = baseline.index(b"\xff\xc0")
+    baseline[sof + 5 : sof + 9] = b"\xff\xff\xff\xff"  # 65,535 x 65,535
+    with pytest.raises(ImageTooLargeError, match="pixels"):
+        decode_image(bytes(baseline))
+
+
 @pytest.mark.parametrize(
     ("mode", "options", "scans"),
     [
