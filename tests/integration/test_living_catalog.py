@@ -137,6 +137,13 @@ def test_two_servers_one_log_converge(workspace: tuple[Path, Path, Path], tmp_pa
         bad = {"op": "update", "id": first, "set": {"category": "spaceship"}}
         r = a.post("/v1/catalog/changes", json=bad)
         assert r.status_code == 422 and r.json()["error"]["code"] == "unknown_category"
+        # An infinite price (JSON's non-standard Infinity) would make item answers invalid JSON.
+        r = a.post(
+            "/v1/catalog/changes",
+            content=f'{{"op":"update","id":"{first}","set":{{"price":Infinity}}}}',
+            headers={"content-type": "application/json"},
+        )
+        assert r.status_code == 422 and r.json()["error"]["code"] == "bad_value", r.text
         for client in (a, b):
             assert _until(lambda c=client: c.get("/v1/catalog/version").json()["sequence"] == 2)
         answers = [_similar(c, photo) for c in (a, b)]

@@ -47,6 +47,9 @@ def test_every_bad_row_is_rejected_with_its_reason(tmp_path: Path) -> None:
         "x3,images/ok.jpg,shirt,,,,,cheap,,",  # 7 bad price
         "x4,images/ok.jpg,shirt",  # 8 wrong column count
         "x5,ftp://host/x.jpg,shirt,,,,,,,",  # 9 unsupported scheme
+        "x6,images/ok.jpg,shirt,,,,,inf,,",  # 10 an infinite price
+        "x7,images/ok.jpg,shirt,,,,,-1e999,,",  # 11 and its negative
+        "x8,images/ok.jpg,shirt,,,,,+nan,,",  # 12 not a number
     ]
     (tmp_path / "c.csv").write_text(HEADER + "\n".join(rows) + "\n")
     res = read_catalog(tmp_path / "c.csv")
@@ -61,6 +64,9 @@ def test_every_bad_row_is_rejected_with_its_reason(tmp_path: Path) -> None:
         7: "bad_value",
         8: "malformed_row",
         9: "missing_image",
+        10: "bad_value",
+        11: "bad_value",
+        12: "bad_value",
     }
     assert set(got.values()) <= set(REJECT_REASONS)
     assert res.reject_counts()["missing_field"] == 2

@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import posixpath
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -118,7 +119,7 @@ def _price(value: str | None) -> float | None:
         price = float(value.replace(",", "") if value.count(",") and "." in value else value)
     except ValueError as e:
         raise RowError("bad_value", f"price {value!r} is not a number") from e
-    if price < 0 or price != price:
+    if not math.isfinite(price) or price < 0:  # inf is no price, and no JSON number either
         raise RowError("bad_value", f"price {value!r} must be a non-negative number")
     return price
 
