@@ -244,6 +244,15 @@ def test_submit_poll_output_failure_and_webhook(
         # Bad requests are refused before anything is queued.
         bad = httpx.post(f"{url}/async/invocations?k=0", content=b"x")
         assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_options"
+        # The options of a JSON input too (they were checked only once the job ran); an unknown
+        # option's name is a client string, so the answer lists the known ones instead.
+        for body, said in (
+            ({"item_ids": ["x"], "k": 0}, "k"),
+            ({"item_ids": ["x"], "kk": 1}, "known"),
+        ):
+            bad = httpx.post(f"{url}/async/invocations", json=body)
+            assert bad.status_code == 422, bad.text
+            assert said in bad.json()["error"]["message"]
         empty = httpx.post(f"{url}/async/invocations")
         assert empty.status_code == 400
         assert httpx.get(f"{url}/async/jobs/nope").status_code == 404

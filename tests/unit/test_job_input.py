@@ -79,6 +79,19 @@ def test_stored_photos_are_read_only_through_the_policy(tmp_path: Path) -> None:
     assert query.images == (photo.read_bytes(),)
 
 
+def test_a_json_inputs_options_are_checked_at_submission() -> None:
+    """The body's options, over the submission's, are refused before the 202 (422), not when
+    the job runs; a photo body's options come from the submission alone (checked there)."""
+    check_job_input(_json({"item_ids": ["a"], "k": 3}), "application/json", InputLocations())
+    for body, params in (({"item_ids": ["a"], "k": 0}, {}), ({"item_ids": ["a"]}, {"k": 0})):
+        with pytest.raises(InvalidOptionsError, match="k"):
+            check_job_input(_json(body), "application/json", InputLocations(), params)
+    # The body's own value wins over the submission's, as when the job runs.
+    check_job_input(
+        _json({"item_ids": ["a"], "k": 3}), "application/json", InputLocations(), {"k": 0}
+    )
+
+
 def test_local_locations_are_plain_paths_resolved_inside(tmp_path: Path) -> None:
     allowed, outside = tmp_path / "allowed", tmp_path / "outside"
     allowed.mkdir()

@@ -119,12 +119,20 @@ def _is_json(body: bytes, content_type: str | None) -> bool:
     return kind in _JSON_TYPES
 
 
-def check_job_input(body: bytes, content_type: str | None, locations: InputLocations) -> None:
+def check_job_input(
+    body: bytes,
+    content_type: str | None,
+    locations: InputLocations,
+    params: Mapping[str, Any] | None = None,
+) -> None:
     """Refuse at submission what the job would refuse later: a JSON input that is malformed,
-    has too many parts, or names a location ``locations`` does not allow."""
+    has too many parts, names a location ``locations`` does not allow, or whose options (over
+    the submission's ``params``) fail validation."""
     if _is_json(body, content_type):
-        for uri in _split_json_input(body)[2]:
+        _, _, uris, rest = _split_json_input(body)
+        for uri in uris:
             locations.check(uri)
+        Options.from_dict({**(params or {}), **rest})
 
 
 def parse_job_input(

@@ -271,7 +271,7 @@ async def _spec(
             )
         if content_type and content_type not in rq.IMAGE_TYPES and content_type != JSON:
             raise rq.unsupported(content_type)
-        await run_in_threadpool(check_job_input, body, content_type, locations)
+        await run_in_threadpool(check_job_input, body, content_type, locations, params)
         body_arg = body
     webhook = given.webhook
     if webhook is not None:
