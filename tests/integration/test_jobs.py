@@ -253,6 +253,16 @@ def test_submit_poll_output_failure_and_webhook(
             bad = httpx.post(f"{url}/async/invocations", json=body)
             assert bad.status_code == 422, bad.text
             assert said in bad.json()["error"]["message"]
+        # An input inline and by location: which one was meant? Refused, not one ignored.
+        both = httpx.post(
+            f"{url}/async/invocations",
+            content=photo.read_bytes(),
+            headers={
+                "Content-Type": "image/jpeg",
+                "X-Amzn-SageMaker-InputLocation": stored.as_uri(),
+            },
+        )
+        assert both.status_code == 400 and both.json()["error"]["code"] == "ambiguous_input"
         empty = httpx.post(f"{url}/async/invocations")
         assert empty.status_code == 400
         assert httpx.get(f"{url}/async/jobs/nope").status_code == 404

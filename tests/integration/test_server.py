@@ -175,6 +175,18 @@ def test_rest_api(client: httpx.Client, sample: tuple[Path, Path]) -> None:
     )
     assert _without_timings(r.json()) == _without_timings(raw.json())
     assert client.post("/v1/recommend", json={"item_ids": ["sku-0014"]}).status_code == 200
+    # A form's options object is read as a JSON body is: item ids there count.
+    form = client.post(
+        "/v1/recommend",
+        files={"image": ("jeans.jpg", _photo(sample), "image/jpeg")},
+        data={"options": json.dumps({"k": 1, "item_ids": ["sku-0014"]})},
+    )
+    assert form.status_code == 200, form.text
+    assert [q["source"] for q in form.json()["query"]] == ["image[0]", "item:sku-0014"]
+    # Forms go to /v1/recommend; /invocations says so rather than list them as accepted.
+    refused = client.post("/invocations", files={"image": ("jeans.jpg", b"x", "image/jpeg")})
+    assert refused.status_code == 415
+    assert "forms: POST /v1/recommend" in refused.json()["error"]["message"]
     item = client.get("/v1/items/sku-0014")
     assert item.status_code == 200 and item.json()["id"] == "sku-0014"
     assert len(item.json()["color"]["rgb"]) == 3

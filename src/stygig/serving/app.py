@@ -778,10 +778,15 @@ _FILE_FIELDS = ("image", "images", "file")
 def _multipart_request(
     images: list[bytes], item_ids: list[str], texts: list[str], params: list[tuple[str, str]]
 ) -> rq.ParsedRequest:
-    """The request a form describes; its JSON ``options`` fields are parsed here, in the pool."""
+    """The request a form describes; its JSON ``options`` fields are parsed here, in the pool,
+    and read as a JSON request body is (``item_ids`` or ``image_b64`` there count too)."""
     options: dict[str, Any] = {}
     for text in texts:
-        options.update(rq.parse_json_object(text.encode(), what="the options field"))
+        more_images, more_ids, more = rq.split_json_request(
+            rq.parse_json_object(text.encode(), what="the options field")
+        )
+        images, item_ids = [*images, *more_images], [*item_ids, *more_ids]
+        options.update(more)
     return rq.build_request(images, item_ids, {**options, **rq.params_to_dict(params)})
 
 
@@ -822,7 +827,7 @@ async def parse_request(
     if multipart and kind == "multipart/form-data":
         return await _parse_multipart(request, service)
     if kind not in rq.IMAGE_TYPES and kind != JSON:
-        raise rq.unsupported(kind)
+        raise rq.unsupported(kind, multipart=multipart)
     body = await request.body()
     if kind == JSON:
         if len(body) <= INLINE_MAX_BYTES and service.requests <= 1 and service.in_flight == 0:

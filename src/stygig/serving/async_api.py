@@ -51,7 +51,7 @@ from starlette.concurrency import run_in_threadpool
 
 from stygig import storage
 from stygig.engine import Options, Recommender
-from stygig.errors import InvalidImageError, InvalidOptionsError, NotFoundError
+from stygig.errors import InputError, InvalidImageError, InvalidOptionsError, NotFoundError
 from stygig.jobs.notify import MAX_WEBHOOK_URL_LENGTH, Notifier
 from stygig.jobs.queue import JobQueue
 from stygig.jobs.store import MAX_PAGE, TERMINAL, Job, JobSpec, JobStore, QueueLimits
@@ -254,6 +254,11 @@ async def _spec(
     location = given.input_location
     body = await request.body()
     content_type = rq.media_type(h.get("x-amzn-sagemaker-content-type") or h.get("content-type"))
+    if location and body:
+        raise InputError(
+            "send the input inline or name it with X-Amzn-SageMaker-InputLocation, not both",
+            code="ambiguous_input",
+        )
     if location:
         # Refused now, before the 202, whether it exists or not (a thread: it touches files).
         await run_in_threadpool(locations.check, location)

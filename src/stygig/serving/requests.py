@@ -49,6 +49,7 @@ __all__ = [
     "parse_image_body",
     "parse_json_body",
     "parse_json_object",
+    "split_json_request",
     "unsupported",
 ]
 
@@ -114,11 +115,17 @@ def custom_attributes(header: str | None) -> list[tuple[str, str]]:
     return parse_qsl(header or "", keep_blank_values=False)
 
 
-def unsupported(content_type: str) -> UnsupportedMediaError:
-    """The error for a body whose content type we do not read."""
+def unsupported(content_type: str, *, multipart: bool = False) -> UnsupportedMediaError:
+    """The error for a body whose content type we do not read (``multipart``: the route takes
+    forms too)."""
     what = "this content type" if content_type else "a body without a content type"
+    forms = (
+        "application/json or multipart/form-data"
+        if multipart
+        else "or application/json (forms: POST /v1/recommend)"
+    )
     return UnsupportedMediaError(
         f"{what} is not accepted; send image/jpeg, image/png, image/webp, "
-        "application/x-image, application/json or multipart/form-data",
+        f"application/x-image, {forms}",
         code="unsupported_content_type",
     )
