@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -237,20 +238,24 @@ _LIST_OPTIONS = ("include_categories", "exclude_categories", "exclude_ids", "can
 _BOOL_OPTIONS = ("use_color", "include_unavailable", "use_category_head")
 
 
+# Numbers in text options as people write them, in ASCII digits: Python's int() and float()
+# also take "1_0", other scripts' digits, surrounding spaces, "nan" and "inf".
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
+_DECIMAL = re.compile(r"-?(?:[0-9]{1,18}(?:\.[0-9]{0,18})?|\.[0-9]{1,18})")
+
+
 def _coerce(name: str, values: list[str]) -> Any:
     if name in _LIST_OPTIONS:
         return [v for value in values for v in value.split(",") if v]
     value = values[-1]
     if name in _INT_OPTIONS:
-        try:
-            return int(value)
-        except ValueError:
-            raise InvalidOptionsError(f"{name} must be an integer") from None
+        if not _INTEGER.fullmatch(value):
+            raise InvalidOptionsError(f"{name} must be an integer")
+        return int(value)
     if name == "diversity":
-        try:
-            return float(value)
-        except ValueError:
-            raise InvalidOptionsError("diversity must be a number") from None
+        if not _DECIMAL.fullmatch(value):
+            raise InvalidOptionsError("diversity must be a number")
+        return float(value)
     if name in _BOOL_OPTIONS:
         if value.lower() in ("1", "true", "yes", "on"):
             return True
