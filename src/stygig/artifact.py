@@ -75,6 +75,7 @@ __all__ = [
     "IndexBuilder",
     "add_compat_model",
     "check_paths",
+    "check_replaceable",
     "encoder_pooling",
     "file_sha256",
     "library_versions",
@@ -132,7 +133,41 @@ def _write_rejects(path: Path, rejects: Iterable[Reject]) -> None:
         writer = csv.writer(handle)
         writer.writerow(["row", "id", "reason", "detail", "raw"])
         for r in rejects:
-            writer.writerow([r.row, r.id or "", r.reason, r.detail, json.dumps(r.raw)])
+            writer.writerow(
+                [r.row, _cell(r.id or ""), r.reason, _cell(r.detail), json.dumps(r.raw)]
+            )
+
+
+def _cell(text: str) -> str:
+    """Catalogue text as a spreadsheet shows it, never as a formula it runs (rejects.csv is
+    opened in one): a leading ``= + - @``, tab or carriage return gets a quote before it."""
+    return f"'{text}" if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def check_replaceable(out_dir: str | Path) -> None:
+    """Refuse an output folder that holds something other than an artifact: a build replaces
+    what is at ``out_dir``, and a mistyped ``--out`` (the catalogue's own folder, a home
+    directory) must not be deleted. Absent, empty, or an artifact (``manifest.json``): fine."""
+    out = Path(out_dir)
+    if not out.exists() and not out.is_symlink():
+        return
+    folder = out.is_dir() and not out.is_symlink()
+    if folder and ((out / MANIFEST).is_file() or not any(out.iterdir())):
+        return
+    raise ArtifactError(
+        f"{out} exists and is not a StyGig artifact (no {MANIFEST}); a build replaces its "
+        "output folder, so choose a new or empty one, or remove it first"
+    )
+
+
+def _modes(folder: Path) -> tuple[int, int]:
+    """The modes a new file and folder get under the process's umask (read from a file made
+    here, not by setting the umask, which other threads share)."""
+    probe = folder / ".mode-probe"
+    probe.touch()
+    file_mode = probe.stat().st_mode & 0o666
+    probe.unlink()
+    return file_mode, file_mode | (file_mode & 0o444) >> 2  # folders: x wherever r
 
 
 def write_artifact(
@@ -187,6 +222,7 @@ def write_artifact(
         )
     if len(items) == 0:
         raise ArtifactError("no valid items: nothing to build (see the rejects summary)")
+    check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -244,6 +280,13 @@ def write_artifact(
             },
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        # mkdtemp's folder is private (0700): the artifact gets the umask's modes instead, so
+        # that one user can build it and another serve it.
+        file_mode, folder_mode = _modes(tmp)
+        for path in tmp.rglob("*"):
+            path.chmod(folder_mode if path.is_dir() else file_mode)
+        tmp.chmod(folder_mode)
+        check_replaceable(out)  # again: the build took a while
         if out.exists():
             backup = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(backup)

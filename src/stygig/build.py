@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from stygig.artifact import IndexBuilder, read_manifest, write_artifact
+from stygig.artifact import IndexBuilder, check_replaceable, read_manifest, write_artifact
 from stygig.catalog import CatalogReadResult, Item, Reject, Taxonomy, read_catalog
 from stygig.category_head import (
     HEAD_FIELDS,
@@ -223,6 +223,7 @@ def build_artifact(
     (:func:`fit_heads`; skipped, with the reason in the manifest, when labels are too few).
     """
     started = time.perf_counter()
+    check_replaceable(out_dir)  # before minutes of encoding, not after
     taxonomy = taxonomy or Taxonomy.load()
     t0 = time.perf_counter()
     read: CatalogReadResult = read_catalog(

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import csv
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +111,54 @@ def test_overwrite_is_atomic_and_leaves_no_temp_dirs(tmp_path: Path) -> None:
     _write(tmp_path / "art", n=12)
     assert Artifact.load(tmp_path / "art").manifest["counts"]["items"] == 12
     assert [p.name for p in tmp_path.iterdir()] == ["art"]
+
+
+def test_a_folder_that_is_not_an_artifact_is_never_replaced(tmp_path: Path) -> None:
+    """``stygig build --out`` replaces its output folder: pointed by mistake at the catalogue's
+    own folder it deleted the CSV and every photo. Only an artifact, an empty folder or
+    nothing is replaced; anything else is refused and left as it was."""
+    shop = tmp_path / "shop"
+    shop.mkdir()
+    (shop / "catalog.csv").write_text("precious")
+    (tmp_path / "file").write_text("also precious")
+    (tmp_path / "link").symlink_to(tmp_path / "empty-target", target_is_directory=True)
+    for out in (shop, tmp_path / "file", tmp_path / "link"):
+        with pytest.raises(ArtifactError, match="not a StyGig artifact"):
+            _write(out, n=4)
+    assert (shop / "catalog.csv").read_text() == "precious"
+    assert (tmp_path / "file").read_text() == "also precious"
+    (tmp_path / "empty").mkdir()
+    _write(tmp_path / "empty", n=4)  # an empty folder, then an artifact: both replaced
+    _write(tmp_path / "empty", n=5)
+    assert Artifact.load(tmp_path / "empty").manifest["counts"]["items"] == 5
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+
+
+def test_rejects_csv_shows_catalogue_text_never_as_a_formula(tmp_path: Path) -> None:
+    """rejects.csv is opened in spreadsheets: an id like =HYPERLINK(...) was a live formula."""
+    bad = '=HYPERLINK("http://evil.example","x")'
+    rejects = [
+        Reject(2, bad, "missing_image", "@SUM(1)", {"id": bad}),
+        Reject(3, "ok", "x", "d", {}),
+    ]
+    path = _write(tmp_path / "art", n=4, rejects=rejects)
+    with (path / "rejects.csv").open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[1][1:4] == ["'" + bad, "missing_image", "'@SUM(1)"]
+    assert json.loads(rows[1][4]) == {"id": bad}  # the raw row as JSON text, never a formula
+    assert rows[2][1] == "ok"
+
+
+def test_an_artifact_gets_the_umask_modes_not_private_ones(tmp_path: Path) -> None:
+    """Built as one user and served as another: the folder and files follow the umask (mkdtemp
+    made the folder 0700)."""
+    old = os.umask(0o022)
+    try:
+        path = _write(tmp_path / "art", n=4)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(p.stat().st_mode) for p in path.iterdir() if p.is_file()} == {0o644}
 
 
 def test_empty_or_misaligned_inputs_are_errors(tmp_path: Path) -> None:

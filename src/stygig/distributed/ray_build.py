@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from stygig import storage
+from stygig.artifact import check_replaceable
 from stygig.build import BuildResult, EmbedResult, finish_build, prepare_or_reject
 from stygig.catalog import CatalogReadResult, Reject, Taxonomy, read_catalog
 from stygig.distributed.cluster import (
@@ -572,6 +573,7 @@ def build_artifact_ray(
     """
     started = time.perf_counter()
     # Where the actors run, refused (--ray-device cuda without GPUs) before anything is read.
+    check_replaceable(out_dir)  # before the cluster's work, not after
     cluster = resources()
     device = cluster.actor_device(device, encoder=encoder.describe())
     taxonomy = taxonomy or Taxonomy.load()
