@@ -89,6 +89,55 @@ def test_jsonl_with_bad_lines(tmp_path: Path) -> None:
     assert [r.reason for r in res.rejects] == ["malformed_row", "malformed_row"]
 
 
+def test_a_row_that_is_not_utf8_is_rejected_alone(tmp_path: Path) -> None:
+    """One invalid byte failed the decoder's whole 8 KB chunk: 10 of 25 rows vanished without
+    a trace (the rows before the bad one too). Every row is now accounted for."""
+    _images(tmp_path, "ok.jpg")
+    good = [f"g{n},images/ok.jpg,shirt,,,,{'n' * 500},,," for n in range(25)]
+    body = "\n".join(good[:20]).encode() + b"\nbad\xff,images/ok.jpg,shirt,,,,,,,\n"
+    (tmp_path / "c.csv").write_bytes(HEADER.encode() + body + "\n".join(good[20:]).encode())
+    res = read_catalog(tmp_path / "c.csv")
+    assert [i.id for i in res.items] == [f"g{n}" for n in range(25)]
+    assert [(r.row, r.reason, r.detail) for r in res.rejects] == [
+        (21, "malformed_row", "the row is not UTF-8 text")
+    ]
+    (tmp_path / "h.csv").write_bytes(b"id,ima\xffge,category\n")
+    with pytest.raises(CatalogError, match="header row is not UTF-8"):
+        read_catalog(tmp_path / "h.csv")
+
+
+def test_a_quote_left_open_is_named_in_the_reason(tmp_path: Path) -> None:
+    _images(tmp_path, "ok.jpg")
+    rows = ['a,images/ok.jpg,shirt,,,,"open,,,', "b,images/ok.jpg,shirt,,,,,,,"]
+    (tmp_path / "c.csv").write_text(HEADER + "\n".join(rows) + "\n")
+    res = read_catalog(tmp_path / "c.csv")
+    assert not res.items and "unclosed quote" in res.rejects[0].detail
+
+
+def test_jsonl_rows_python_cannot_read_are_rejected_alone(tmp_path: Path) -> None:
+    """Each of these stopped a build with a traceback: invalid UTF-8, a number over Python's
+    4,300-digit limit, nesting deeper than its recursion limit; and a stock of inf."""
+    _images(tmp_path, "a.jpg")
+    row = {"id": "a", "image": "images/a.jpg", "category": "jeans"}
+    lines = [
+        json.dumps(row).encode(),
+        b'{"id": "b\xff", "image": "images/a.jpg", "category": "jeans"}',
+        b'{"id": "c", "price": ' + b"9" * 5000 + b"}",
+        b"[" * 100_000 + b"]" * 100_000,
+        json.dumps({**row, "id": "d", "stock": "inf"}).encode(),
+        json.dumps({**row, "id": "e"}).encode(),
+    ]
+    (tmp_path / "c.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    res = read_catalog(tmp_path / "c.jsonl")
+    assert [i.id for i in res.items] == ["a", "e"]
+    assert [(r.row, r.reason) for r in res.rejects] == [
+        (2, "malformed_row"),
+        (3, "malformed_row"),
+        (4, "malformed_row"),
+        (5, "bad_value"),
+    ]
+
+
 def test_s3_uris_are_kept_for_the_build_to_fetch(tmp_path: Path) -> None:
     (tmp_path / "c.csv").write_text("id,image,category\na,s3://shop/a.jpg,dress\n")
     res = read_catalog(tmp_path / "c.csv")

@@ -27,6 +27,7 @@ import dataclasses
 import json
 import math
 import posixpath
+import re
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -142,7 +143,7 @@ def _stock(value: str | None) -> int | None:
         number = float(value)
     except ValueError as e:
         raise RowError("bad_value", f"stock {value!r} is not a number") from e
-    if number < 0 or number != int(number) or number > 1e12:
+    if not math.isfinite(number) or number < 0 or number != int(number) or number > 1e12:
         raise RowError("bad_value", f"stock {value!r} must be a whole number >= 0")
     return int(number)
 
@@ -280,14 +281,22 @@ def detect_layout(columns: list[str]) -> str:
     return "generic"
 
 
+#: Bytes that are not UTF-8 are read as these (``surrogateescape``), so that the row holding
+#: them is rejected alone; a strict decoder fails a whole 8 KB chunk, rows before it included.
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
+_NOT_UTF8_REASON = "the row is not UTF-8 text"
+
+
 def _csv_header(path: Path) -> list[str]:
-    with path.open(newline="", encoding="utf-8-sig") as handle:
+    with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
         try:
             header = [h.strip() for h in next(csv.reader(handle))]
         except StopIteration as e:
             raise CatalogError(f"catalogue {path} is empty (no header row)") from e
-        except (csv.Error, UnicodeDecodeError) as e:
+        except csv.Error as e:
             raise CatalogError(f"catalogue {path} cannot be read as CSV: {e}") from e
+    if any(_NOT_UTF8.search(h) for h in header):
+        raise CatalogError(f"catalogue {path}: the header row is not UTF-8 text")
     if len(set(header)) != len(header):
         raise CatalogError(f"catalogue {path} has duplicate column names: {header}")
     return header
@@ -297,7 +306,7 @@ def _csv_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, str 
     header = _csv_header(path)
 
     def rows() -> Iterator[tuple[int, dict[str, str | None], str]]:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
+        with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
             reader = csv.reader(handle)
             next(reader)
             number = 0
@@ -306,18 +315,26 @@ def _csv_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, str 
                     values = next(reader)
                 except StopIteration:
                     return
-                except (csv.Error, UnicodeDecodeError) as e:
+                except csv.Error as e:
                     number += 1
                     yield number, {}, f"unparseable CSV row: {e}"
                     continue
                 if not values or all(not v.strip() for v in values):
                     continue
                 number += 1
+                if any(_NOT_UTF8.search(v) for v in values):
+                    yield number, {}, _NOT_UTF8_REASON
+                    continue
                 if len(values) != len(header):
+                    # A quote left open joins every row up to the next quote into this one.
+                    joined = any("\n" in v for v in values)
+                    hint = (
+                        " (an unclosed quote may have joined the rows after it)" if joined else ""
+                    )
                     yield (
                         number,
                         dict(zip(header, values, strict=False)),
-                        f"row has {len(values)} columns, the header has {len(header)}",
+                        f"row has {len(values)} columns, the header has {len(header)}{hint}",
                     )
                     continue
                 yield number, dict(zip(header, values, strict=True)), ""
@@ -327,16 +344,25 @@ def _csv_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, str 
 
 def _jsonl_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, str | None], str]]]:
     def rows() -> Iterator[tuple[int, dict[str, str | None], str]]:
-        with path.open(encoding="utf-8") as handle:
+        with path.open(encoding="utf-8", errors="surrogateescape") as handle:
             number = 0
             for line in handle:
                 if not line.strip():
                     continue
                 number += 1
+                if _NOT_UTF8.search(line):
+                    yield number, {}, _NOT_UTF8_REASON
+                    continue
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
                     yield number, {}, f"invalid JSON: {e.msg}"
+                    continue
+                except RecursionError:
+                    yield number, {}, "invalid JSON: nested too deeply"
+                    continue
+                except ValueError:  # an integer over Python's 4,300-digit conversion limit
+                    yield number, {}, "invalid JSON: a number too long to read"
                     continue
                 if not isinstance(obj, dict):
                     yield number, {}, "a JSONL row must be an object"
