@@ -103,10 +103,20 @@ def _photo_inputs(src: str) -> Iterator[BatchInput]:
                 i += 1
 
 
+def _manifest_lines(src: str) -> Iterator[str]:
+    """The manifest's lines; a local one is read a line at a time (memory bounded by its
+    longest line, not its size)."""
+    if storage.is_remote(src):
+        yield from storage.read_bytes(src).decode("utf-8", errors="replace").splitlines()
+        return
+    with open(src, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            yield line.rstrip("\n")
+
+
 def _manifest_inputs(src: str) -> Iterator[BatchInput]:
     base = "" if storage.is_remote(src) else str(Path(src).parent)
-    lines = storage.read_bytes(src).decode("utf-8", errors="replace").splitlines()
-    for i, line in enumerate(lines):
+    for i, line in enumerate(_manifest_lines(src)):
         if not line.strip():
             continue
         key = f"line-{i + 1}"
@@ -119,11 +129,13 @@ def _manifest_inputs(src: str) -> Iterator[BatchInput]:
                 row.get("images")
                 or [row[k] for k in ("image", "path", "uri") if row.get(k) is not None][:1]
             )
-            if isinstance(images, str) or not all(isinstance(x, str) for x in images):
+            if not isinstance(images, list) or not all(isinstance(x, str) for x in images):
                 raise InvalidOptionsError("'images' must be a list of paths or URIs")
             item_ids = row.get("item_ids") or []
             if isinstance(item_ids, str):
                 item_ids = [item_ids]
+            if not isinstance(item_ids, list) or not all(isinstance(x, str) for x in item_ids):
+                raise InvalidOptionsError("'item_ids' must be a list of catalogue ids")
             options = row.get("options") or {}
             if not isinstance(options, dict):
                 raise InvalidOptionsError("'options' must be an object")
@@ -135,6 +147,11 @@ def _manifest_inputs(src: str) -> Iterator[BatchInput]:
             yield BatchInput(i, key, f"{src}:{i + 1}", resolved, tuple(item_ids), options)
         except json.JSONDecodeError as e:
             err = InvalidOptionsError(f"line {i + 1} is not JSON: {e}", code="malformed_json")
+            yield BatchInput(i, key, f"{src}:{i + 1}", error=err)
+        except (RecursionError, ValueError):  # nested too deeply; a 5,000-digit number
+            err = InvalidOptionsError(
+                f"line {i + 1} is JSON too deep or too long to read", code="malformed_json"
+            )
             yield BatchInput(i, key, f"{src}:{i + 1}", error=err)
         except StygigError as e:
             yield BatchInput(i, key, f"{src}:{i + 1}", error=e)

@@ -43,6 +43,7 @@ import io
 import logging
 import os
 import re
+import stat
 import threading
 import warnings
 from collections import OrderedDict
@@ -242,10 +243,17 @@ def _read_source(source: bytes | str | Path, limits: ImageLimits) -> bytes:
         data = bytes(source)
     else:
         try:
-            with Path(source).open("rb") as handle:
-                if os.fstat(handle.fileno()).st_size > limits.max_bytes:
+            # Non-blocking, so that a FIFO is refused rather than waited on forever.
+            fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as handle:
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode):
+                    raise InvalidImageError(
+                        "the image is not a regular file", code="not_a_regular_file"
+                    )
+                if info.st_size > limits.max_bytes:
                     raise too_large
-                # Bounded even if the file grows after fstat, or is a device with no size.
+                # Bounded even if the file grows after fstat.
                 data = handle.read(limits.max_bytes + 1)
         except FileNotFoundError as e:
             raise InvalidImageError("the image file was not found", code="image_not_found") from e

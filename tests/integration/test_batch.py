@@ -81,12 +81,20 @@ def test_manifest_bad_records_are_isolated(
         json.dumps({"id": "missing", "image": "missing.jpg"}),
         json.dumps({"id": "bad-options", "item_ids": ["sku-0001"], "options": {"k": 0}}),
         json.dumps({"id": "item", "item_ids": ["sku-0001"], "options": {"mode": "similar"}}),
+        # Each of these stopped the whole run with a traceback, 0 bytes written.
+        json.dumps({"id": "images-number", "images": 5}),
+        json.dumps({"id": "ids-number", "item_ids": 5}),
+        '{"id": "long", "item_ids": ["sku-0001"], "k": ' + "9" * 5000 + "}",
+        "[" * 100_000 + "]" * 100_000,
     ]
+    fifo = tmp_path / "fifo.jpg"
+    os.mkfifo(fifo)  # read blocking, it would wait for a writer forever
+    lines.append(json.dumps({"id": "fifo", "image": str(fifo)}))
     manifest = tmp_path / "manifest.jsonl"
     manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "out.parquet"
     summary = run_batch(rec, str(manifest), str(out), progress=False)
-    assert summary.processed == 7 and summary.errors == 5
+    assert summary.processed == 12 and summary.errors == 10
 
     import pyarrow.parquet as pq
 
@@ -97,6 +105,9 @@ def test_manifest_bad_records_are_isolated(
     assert status["unknown"] == ("error", "unknown_item")
     assert status["bad-options"] == ("error", "invalid_options")
     assert status["corrupt"][0] == "error" and status["missing"][0] == "error"
+    assert status["images-number"] == status["ids-number"] == ("error", "invalid_options")
+    assert status["line-10"] == status["line-11"] == ("error", "malformed_json")
+    assert status["fifo"] == ("error", "not_a_regular_file")
     assert json.loads(table[0]["recommendation"])["outfit"] is not None
     assert not out.with_name("out.parquet.parts").exists()
 

@@ -300,3 +300,19 @@ def test_a_record_that_no_longer_applies_is_skipped_alike_by_servers_and_compact
     compacted = Artifact.load(tmp_path / "v2")
     assert sorted(compacted.positions) == sorted(snap.artifact.positions)
     assert not compacted.items[compacted.positions[first]].in_stock
+
+
+def test_the_catalog_command_reads_a_photo_file_bounded(tmp_path: Path) -> None:
+    """``stygig catalog add --photo`` and ``catalog apply`` read photos the operator names: a
+    FIFO hung the command and /dev/zero filled its memory; both are refused at once."""
+    from stygig.errors import StygigError
+    from stygig.serving.catalog_command import _read_photo
+
+    fifo = tmp_path / "fifo.jpg"
+    os.mkfifo(fifo)
+    photo = tmp_path / "ok.jpg"
+    photo.write_bytes(b"\xff\xd8 bytes")
+    assert _read_photo(photo) == b"\xff\xd8 bytes"
+    for source in (fifo, Path("/dev/zero")):
+        with pytest.raises(StygigError):
+            _read_photo(source)

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import io
+import os
 import random
 import struct
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -85,6 +87,26 @@ def test_missing_file_is_invalid_image(tmp_path) -> None:  # type: ignore[no-unt
     with pytest.raises(InvalidImageError, match="not found") as e:
         decode_image(tmp_path / "nope.jpg")
     assert e.value.code == "image_not_found"
+
+
+def test_a_fifo_or_a_device_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """A FIFO named as a photo hung batch runs and ``stygig recommend`` (a blocking open waits
+    for a writer); a device has no end. Both are refused at once as not regular files."""
+    fifo = tmp_path / "photo.jpg"
+    os.mkfifo(fifo)
+    codes: list[str] = []
+
+    def attempt() -> None:
+        for source in (fifo, Path("/dev/zero")):
+            with pytest.raises(InvalidImageError) as e:
+                decode_image(source)
+            codes.append(e.value.code)
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive(), "the read waited on the FIFO"
+    assert codes == ["not_a_regular_file"] * 2
 
 
 def test_messages_never_show_the_server_path(tmp_path: Path) -> None:

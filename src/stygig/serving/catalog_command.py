@@ -187,7 +187,7 @@ def _pairs(pairs: list[str], flag: str) -> dict[str, Any]:
 
 def _cmd_add(args: argparse.Namespace) -> int:
     row = _pairs(args.field, "--field")
-    photo = Path(args.photo).read_bytes()
+    photo = _read_photo(args.photo)
     change = {"op": "add", "item": row, "image_b64": base64.b64encode(photo).decode()}
     return _send(args, [change])
 
@@ -214,7 +214,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
             continue
         try:
             change = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise InputError(f"line {number}: not a JSON object") from None
         changes.append(_inline_photo(change, path.parent, args.url is not None))
     return _send(args, changes)
@@ -229,11 +229,20 @@ def _inline_photo(change: Any, folder: Path, remote: bool) -> Any:
     item: dict[str, Any] = change["item"] if isinstance(change.get("item"), dict) else {}
     location = change.get("image", item.get("image"))
     if isinstance(location, str) and "://" not in location:
-        photo = (folder / location).read_bytes()
+        photo = _read_photo(folder / location)
         change = {k: v for k, v in change.items() if k != "image"}
         change["item"] = {k: v for k, v in item.items() if k != "image"}
         change["image_b64"] = base64.b64encode(photo).decode()
     return change
+
+
+def _read_photo(path: str | Path) -> bytes:
+    """A photo file, bounded by the image byte limit; a FIFO or a device is refused, not read
+    (a FIFO hung the command, /dev/zero filled its memory)."""
+    from stygig.images import DEFAULT_LIMITS
+    from stygig.storage import read_bytes
+
+    return read_bytes(path, max_bytes=DEFAULT_LIMITS.max_bytes)
 
 
 def _send(args: argparse.Namespace, changes: list[Any]) -> int:
