@@ -106,6 +106,20 @@ def test_a_row_that_is_not_utf8_is_rejected_alone(tmp_path: Path) -> None:
         read_catalog(tmp_path / "h.csv")
 
 
+def test_ids_follow_the_living_catalogues_rule(tmp_path: Path) -> None:
+    """A build took ids the change API refuses: '/' (unreachable at /v1/items/{id}), ESC and
+    BEL (terminal escapes when printed), bidi overrides, '..', 100,000 characters."""
+    _images(tmp_path, "ok.jpg")
+    bad = ["a/b", "x\x1b[31mred", "bell\x07", "\u202ezzz", "..", "n" * 201, "c\\d"]
+    rows = [{"id": "ok-1", "image": "images/ok.jpg", "category": "shirt"}]
+    rows += [{"id": b, "image": "images/ok.jpg", "category": "shirt"} for b in bad]
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    res = read_catalog(tmp_path / "c.jsonl")
+    assert [i.id for i in res.items] == ["ok-1"]
+    assert [r.reason for r in res.rejects] == ["bad_value"] * len(bad)
+    assert all("id" in r.detail for r in res.rejects)
+
+
 def test_a_quote_left_open_is_named_in_the_reason(tmp_path: Path) -> None:
     _images(tmp_path, "ok.jpg")
     rows = ['a,images/ok.jpg,shirt,,,,"open,,,', "b,images/ok.jpg,shirt,,,,,,,"]

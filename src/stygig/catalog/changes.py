@@ -34,7 +34,7 @@ from typing import Any, Literal
 import numpy as np
 
 from stygig.catalog.loaders import RowError, item_from_row
-from stygig.catalog.schema import Item
+from stygig.catalog.schema import MAX_ID, Item, id_problem
 from stygig.catalog.taxonomy import Taxonomy
 from stygig.errors import InputError, InvalidImageError, InvalidOptionsError
 
@@ -53,7 +53,6 @@ Op = Literal["add", "remove", "update"]
 OPS = ("add", "remove", "update")
 #: Changes in one request (one log record).
 MAX_CHANGES = 1_000
-MAX_ID = 200
 MAX_VALUE = 2_000  # one field's text
 MAX_FIELDS = 64
 #: Fields an update may set (everything else is an attribute); ``id`` and ``image`` are not:
@@ -148,10 +147,11 @@ def change_from_record(record: Mapping[str, Any]) -> CatalogChange:
 
 
 def _text_id(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > MAX_ID:
+    if not isinstance(value, str):
         raise InvalidOptionsError(f"{where}: 'id' must be a string of 1 to {MAX_ID} characters")
-    if any(c in value for c in "/\\\0\n\r"):
-        raise InvalidOptionsError(f"{where}: 'id' may not hold '/', '\\', NUL or line breaks")
+    problem = id_problem(value)
+    if problem is not None:
+        raise InvalidOptionsError(f"{where}: 'id': {problem}")
     return value.strip()
 
 

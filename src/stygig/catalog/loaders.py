@@ -35,7 +35,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from stygig import storage
-from stygig.catalog.schema import Item, Reject
+from stygig.catalog.schema import Item, Reject, id_problem
 from stygig.catalog.taxonomy import Taxonomy
 from stygig.errors import CatalogError
 from stygig.storage import is_remote
@@ -155,6 +155,15 @@ def _required(row: dict[str, str | None], name: str) -> str:
     return value
 
 
+def _item_id(row: dict[str, str | None], name: str) -> str:
+    """The row's id, by the rule every catalogue and living-catalogue id follows."""
+    value = _required(row, name)
+    problem = id_problem(value)
+    if problem is not None:
+        raise RowError("bad_value", problem)
+    return value
+
+
 def _raw(row: Mapping[str, str | None]) -> dict[str, str]:
     """A rejected row as written, for rejects.csv (only rejects need it)."""
     return {k: ("" if v is None else v) for k, v in row.items()}
@@ -172,7 +181,7 @@ def _resolve_image(ref: str, images_dir: Path) -> str:
 
 
 def _generic(row: dict[str, str | None], taxonomy: Taxonomy, images_dir: Path) -> Item:
-    item_id = _required(row, "id")
+    item_id = _item_id(row, "id")
     image = _resolve_image(_required(row, "image"), images_dir)
     native = _required(row, "category")
     category = taxonomy.canonical(native)
@@ -197,7 +206,7 @@ def _generic(row: dict[str, str | None], taxonomy: Taxonomy, images_dir: Path) -
 
 
 def _kaggle(row: dict[str, str | None], taxonomy: Taxonomy, images_dir: Path) -> Item:
-    item_id = _required(row, "id")
+    item_id = _item_id(row, "id")
     article = _clean(row.get("articleType"))
     sub = _clean(row.get("subCategory"))
     if article is None and sub is None:
@@ -227,7 +236,7 @@ def _kaggle(row: dict[str, str | None], taxonomy: Taxonomy, images_dir: Path) ->
 
 
 def _mango(row: dict[str, str | None], taxonomy: Taxonomy, images_dir: Path) -> Item:
-    item_id = _required(row, "cod_modelo_color")
+    item_id = _item_id(row, "cod_modelo_color")
     file_name = Path(_required(row, "des_filename")).name
     native = _required(row, "des_product_type")
     category = taxonomy.map_native("mango", "des_product_type", native)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["REJECT_REASONS", "Item", "Reject"]
+__all__ = ["MAX_ID", "REJECT_REASONS", "Item", "Reject", "id_problem"]
 
 #: Why a catalogue row was kept out of an artifact; every rejected row has exactly one.
 REJECT_REASONS = (
@@ -17,6 +18,25 @@ REJECT_REASONS = (
     "missing_image",  # the image file does not exist
     "corrupt_image",  # the image exists but cannot be decoded (corrupt, truncated, too large)
 )
+
+
+#: The longest item id: a path segment of ``/v1/items/{id}``, a log field, a metric-free key.
+MAX_ID = 200
+# Path separators, control characters (NUL, line breaks, ESC, BEL: terminal escapes when an id
+# is printed) and the bidirectional overrides that make text read other than it is stored.
+_BAD_ID_CHARS = re.compile(r"[/\\\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def id_problem(value: str) -> str | None:
+    """Why ``value`` cannot be an item id (``None``: it can): one rule for catalogues built
+    and items added to a living catalogue."""
+    if not value.strip() or len(value) > MAX_ID:
+        return f"an id is 1 to {MAX_ID} characters"
+    if value.strip() in (".", ".."):  # a path segment that names another path
+        return "an id may not be '.' or '..'"
+    if _BAD_ID_CHARS.search(value):
+        return "an id may not hold '/', '\\', control characters or bidirectional overrides"
+    return None
 
 
 @dataclass(frozen=True)

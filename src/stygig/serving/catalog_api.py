@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
@@ -122,8 +123,9 @@ def load_examples(folder: Path | None, max_bytes: int) -> dict[str, Example]:
 
 
 def image_url(item_id: str) -> str:
-    """Where a client fetches an item's thumbnail (never the server's path to the photo)."""
-    return f"/v1/items/{item_id}/image"
+    """Where a client fetches an item's thumbnail (never the server's path to the photo); the
+    id percent-encoded, so that ``? # %`` or spaces in it stay part of the path segment."""
+    return f"/v1/items/{quote(item_id, safe='')}/image"
 
 
 def _static_files() -> dict[str, tuple[bytes, str]]:
