@@ -120,6 +120,19 @@ def test_ids_follow_the_living_catalogues_rule(tmp_path: Path) -> None:
     assert all("id" in r.detail for r in res.rejects)
 
 
+def test_a_field_over_the_text_bound_is_rejected(tmp_path: Path) -> None:
+    """A 20 MB name made every catalogue page that listed the item 20 MB; fields hold at most
+    2,000 characters, as a living catalogue's changes do, and the reject keeps a cut copy."""
+    _images(tmp_path, "ok.jpg")
+    row = {"id": "a", "image": "images/ok.jpg", "category": "shirt", "name": "n" * 2000}
+    rows = [row, {**row, "id": "b", "name": "n" * 2001}, {**row, "id": "c", "brand": "b" * 10**6}]
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    res = read_catalog(tmp_path / "c.jsonl")
+    assert [i.id for i in res.items] == ["a"]
+    assert [(r.id, r.reason) for r in res.rejects] == [("b", "bad_value"), ("c", "bad_value")]
+    assert len(res.rejects[1].raw["brand"]) == 2000
+
+
 def test_a_quote_left_open_is_named_in_the_reason(tmp_path: Path) -> None:
     _images(tmp_path, "ok.jpg")
     rows = ['a,images/ok.jpg,shirt,,,,"open,,,', "b,images/ok.jpg,shirt,,,,,,,"]

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from stygig.catalog.loaders import RowError, item_from_row
+from stygig.catalog.loaders import MAX_VALUE, RowError, item_from_row
 from stygig.catalog.schema import MAX_ID, Item, id_problem
 from stygig.catalog.taxonomy import Taxonomy
 from stygig.errors import InputError, InvalidImageError, InvalidOptionsError
@@ -53,7 +53,6 @@ Op = Literal["add", "remove", "update"]
 OPS = ("add", "remove", "update")
 #: Changes in one request (one log record).
 MAX_CHANGES = 1_000
-MAX_VALUE = 2_000  # one field's text
 MAX_FIELDS = 64
 #: Fields an update may set (everything else is an attribute); ``id`` and ``image`` are not:
 #: an item's photo changes by adding it again.

@@ -155,6 +155,11 @@ def _required(row: dict[str, str | None], name: str) -> str:
     return value
 
 
+#: The longest text a catalogue field holds (a name, a brand, an attribute, a location): the
+#: same bound as a living catalogue's changes.
+MAX_VALUE = 2_000
+
+
 def _item_id(row: dict[str, str | None], name: str) -> str:
     """The row's id, by the rule every catalogue and living-catalogue id follows."""
     value = _required(row, name)
@@ -165,8 +170,9 @@ def _item_id(row: dict[str, str | None], name: str) -> str:
 
 
 def _raw(row: Mapping[str, str | None]) -> dict[str, str]:
-    """A rejected row as written, for rejects.csv (only rejects need it)."""
-    return {k: ("" if v is None else v) for k, v in row.items()}
+    """A rejected row as written, for rejects.csv (only rejects need it); each value cut at
+    :data:`MAX_VALUE` characters, so one huge field does not fill the file."""
+    return {k: ("" if v is None else v[:MAX_VALUE]) for k, v in row.items()}
 
 
 def _resolve_image(ref: str, images_dir: Path) -> str:
@@ -497,6 +503,9 @@ def _read_catalog_file(
             )
             continue
         try:
+            if any(v is not None and len(v) > MAX_VALUE for v in row.values()):
+                # Every answer and catalogue page that shows the item would carry it.
+                raise RowError("bad_value", f"a field is over {MAX_VALUE:,} characters")
             item = convert(row, taxonomy, images)
             if item.id in seen:
                 raise RowError("duplicate_id", f"id {item.id!r} already used by an earlier row")
