@@ -62,6 +62,12 @@ def test_page_and_static_files_are_served(client: httpx.Client) -> None:
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "/static/app.js" in page.text and "/static/style.css" in page.text
+    # Its own script and styles only, never framed; every answer's type is not to be guessed
+    # (the browser tests below run the page under this policy).
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert page.headers["x-frame-options"] == "DENY"
+    assert client.get("/healthz").headers["x-content-type-options"] == "nosniff"
     for name, kind in (("app.js", "text/javascript"), ("style.css", "text/css")):
         r = client.get(f"/static/{name}")
         assert r.status_code == 200 and r.headers["content-type"].startswith(kind)
@@ -171,6 +177,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
     ):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # CSP reports, below
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     try:
         driver.set_page_load_timeout(30)
@@ -349,6 +356,10 @@ def test_a_newcomer_clicks_an_example_photo_and_gets_an_outfit(
     example = next(e for e in examples if e.get_attribute("data-example") == QUERY_PHOTO)
     example.click()
     _wait(browser, _answered)
+    blocked = [
+        e["message"] for e in browser.get_log("browser") if "Security Policy" in e["message"]
+    ]
+    assert not blocked, blocked  # the page works under its own Content-Security-Policy
     options = json.loads(browser.find_element("id", "results").get_attribute("data-request"))
     api = _recommend(client, sample[0] / "queries" / QUERY_PHOTO, options)
     assert browser.find_element("id", "query-category").text == _title(api["query"][0]["category"])

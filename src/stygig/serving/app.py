@@ -580,6 +580,7 @@ class _Boundary:
                 message["headers"] = [
                     *message.get("headers", []),
                     (b"x-request-id", rid.encode("latin-1")),
+                    (b"x-content-type-options", b"nosniff"),  # a body is what its type says
                 ]
             await send(message)
 

@@ -48,7 +48,14 @@ if TYPE_CHECKING:
     from stygig.serving.app import ModelService
     from stygig.snapshot import CatalogSnapshot
 
-__all__ = ["MAX_EXAMPLES", "Example", "image_url", "load_examples", "make_catalog_router"]
+__all__ = [
+    "MAX_EXAMPLES",
+    "PAGE_HEADERS",
+    "Example",
+    "image_url",
+    "load_examples",
+    "make_catalog_router",
+]
 
 _STATIC = {
     "index.html": "text/html; charset=utf-8",
@@ -126,6 +133,19 @@ def image_url(item_id: str) -> str:
     """Where a client fetches an item's thumbnail (never the server's path to the photo); the
     id percent-encoded, so that ``? # %`` or spaces in it stay part of the path segment."""
     return f"/v1/items/{quote(item_id, safe='')}/image"
+
+
+#: The page runs its own script and style sheet only, talks to this server only, shows
+#: photos it fetched or the shopper picked (blob: URLs), and is never framed by another site.
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+        "frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def _static_files() -> dict[str, tuple[bytes, str]]:
@@ -272,7 +292,7 @@ def make_catalog_router(service: ModelService) -> APIRouter:
         return Response(
             files["index.html"][0],
             media_type=_STATIC["index.html"],
-            headers={"Cache-Control": "no-cache"},
+            headers={"Cache-Control": "no-cache", **PAGE_HEADERS},
         )
 
     @router.get("/static/{name}", include_in_schema=False)
