@@ -377,10 +377,9 @@ class PartsSink:
         self._buffer: list[tuple[int, str]] = []
         for key in storage.list_keys(prefix):
             name = key.rsplit("/", 1)[-1]
-            if name.startswith("part-") and name.endswith(".jsonl"):
+            if _is_part(name):
                 start, _, end = name[5:-6].partition("-")
-                if start.isdigit() and end.isdigit():
-                    self._done.update(range(int(start), int(end)))
+                self._done.update(range(int(start), int(end)))
 
     def done(self) -> set[int]:
         """Indexes covered by existing parts."""
@@ -572,10 +571,15 @@ def _check_run(dst: str, run: dict[str, Any], overwrite: bool) -> dict[str, Any]
         return None
     if earlier is None:
         local = None if storage.is_remote(dst) else storage.parse(dst).path
+        # A Parquet output is staged in "<name>.parts" beside it: someone else's folder of
+        # that name would be read as finished work and then deleted.
+        staging = local.with_name(local.name + ".parts") if local is not None else None
         if (local is not None and local.exists()) or (
             storage.is_remote(dst) and storage.list_keys(dst)
         ):
             raise BatchError(f"{dst} exists but was not written by a batch run; use --overwrite")
+        if staging is not None and staging.exists() and dst.endswith(".parquet"):
+            raise BatchError(f"{staging} exists but was not written by a batch run")
         return None
     if earlier.get("run") != run:
         raise BatchError(
@@ -592,9 +596,27 @@ def _remove_output(dst: str) -> None:
         return
     path = storage.parse(dst).path
     assert path is not None
-    path.unlink(missing_ok=True)
+    if path.is_dir():  # a parts prefix: a batch run's parts only, never anything else
+        others = [p for p in path.iterdir() if not _is_part(p.name)]
+        if others:
+            raise BatchError(
+                f"{dst} is a folder that holds more than a batch run's parts; --overwrite "
+                "removes only a batch run's own output"
+            )
+        for part in path.iterdir():
+            part.unlink()
+    else:
+        path.unlink(missing_ok=True)
     Path(f"{dst}.batch.json").unlink(missing_ok=True)
     shutil.rmtree(path.with_name(path.name + ".parts"), ignore_errors=True)
+
+
+def _is_part(name: str) -> bool:
+    """Whether ``name`` is one of :class:`PartsSink`'s files."""
+    start, _, end = name.removeprefix("part-").removesuffix(".jsonl").partition("-")
+    return (
+        name.startswith("part-") and name.endswith(".jsonl") and start.isdigit() and end.isdigit()
+    )
 
 
 # -- the run --------------------------------------------------------------------------------------

@@ -92,7 +92,7 @@ def fetch_photo(source: str | Path | bytes) -> str | Path | bytes:
     """A remote photo (``s3://``, ``file://``) read into bytes, at most the image byte limit (a
     larger object is refused before it is read); local paths and bytes pass through. For
     operator-given locations only (batch inputs, catalogue rows): never a client's."""
-    if isinstance(source, str | Path) and storage.is_remote(source):
+    if isinstance(source, str) and "://" in source:  # s3://, file://; other schemes refused
         return storage.read_bytes(source, max_bytes=DEFAULT_LIMITS.max_bytes)
     return source
 

@@ -44,6 +44,30 @@ def test_nightly_refresh_every_item_once(rec: Recommender, tmp_path: Path) -> No
         run_batch(rec, str(rec.artifact.path), str(out), options={"k": 3}, progress=False)
 
 
+def test_overwrite_and_staging_never_touch_files_a_run_did_not_write(
+    rec: Recommender, tmp_path: Path
+) -> None:
+    """A folder named like a Parquet output's staging ("<out>.parts") was read as finished
+    parts and then deleted; ``--overwrite`` onto a folder raised IsADirectoryError."""
+    src = str(rec.artifact.path)
+    staging = tmp_path / "out.parquet.parts"
+    staging.mkdir()
+    (staging / "part-000000000-000000100.jsonl").write_text("not this run's\n")
+    with pytest.raises(BatchError, match="not written by a batch run"):
+        run_batch(rec, src, str(tmp_path / "out.parquet"), progress=False)
+    assert (staging / "part-000000000-000000100.jsonl").read_text() == "not this run's\n"
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep")
+    with pytest.raises(BatchError, match="more than a batch run's parts"):
+        run_batch(rec, src, str(folder), overwrite=True, progress=False)
+    assert (folder / "notes.txt").read_text() == "keep"
+    prefix = tmp_path / "parts"
+    first = run_batch(rec, src, str(prefix), progress=False)
+    again = run_batch(rec, src, str(prefix), overwrite=True, progress=False)
+    assert again.processed == first.processed and not again.skipped
+
+
 def test_batch_options_are_typed_like_the_servers(
     sample: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -90,11 +114,14 @@ def test_manifest_bad_records_are_isolated(
     fifo = tmp_path / "fifo.jpg"
     os.mkfifo(fifo)  # read blocking, it would wait for a writer forever
     lines.append(json.dumps({"id": "fifo", "image": str(fifo)}))
+    photo = catalog / "queries" / "blue-jeans.jpg"
+    lines.append(json.dumps({"id": "file-uri", "image": photo.as_uri()}))
+    lines.append(json.dumps({"id": "http", "image": "http://example.invalid/x.jpg"}))
     manifest = tmp_path / "manifest.jsonl"
     manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "out.parquet"
     summary = run_batch(rec, str(manifest), str(out), progress=False)
-    assert summary.processed == 12 and summary.errors == 10
+    assert summary.processed == 14 and summary.errors == 11
 
     import pyarrow.parquet as pq
 
@@ -108,6 +135,8 @@ def test_manifest_bad_records_are_isolated(
     assert status["images-number"] == status["ids-number"] == ("error", "invalid_options")
     assert status["line-10"] == status["line-11"] == ("error", "malformed_json")
     assert status["fifo"] == ("error", "not_a_regular_file")
+    assert status["file-uri"] == ("ok", None)  # file:// as the docs say (was image_not_found)
+    assert status["http"] == ("error", "invalid_location")
     assert json.loads(table[0]["recommendation"])["outfit"] is not None
     assert not out.with_name("out.parquet.parts").exists()
 
