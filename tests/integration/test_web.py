@@ -187,9 +187,19 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 def _wait(driver: Any, condition: Callable[[Any], T], timeout: float = 20.0) -> T:
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    result: T = WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition)
+    try:
+        result: T = WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition)
+    except TimeoutException:  # say what the page showed, and what its console said
+        state = driver.execute_script(
+            "const r = document.getElementById('results');"
+            "return {busy: r.getAttribute('aria-busy'), request: r.dataset.request,"
+            " error: (document.getElementById('error') || {}).textContent,"
+            " mode: (document.querySelector('input[name=mode]:checked') || {}).value};"
+        )
+        raise AssertionError(f"page: {state}; console: {driver.get_log('browser')}") from None
     return result
 
 
@@ -378,7 +388,15 @@ def test_settings_and_catalogue_pick_update_without_reload(
     browser.find_element("css selector", "#catalog-picker summary").click()
     search = browser.find_element("id", "catalog-query")
     search.send_keys("navy skirt")
-    _wait(browser, lambda d: d.find_elements("css selector", "#catalog-list .pick"))
+    # Wait for the search's own list (the page asks for 12 at a time): opening the picker
+    # lists every item first, and the search's list replacing it later moves the settings
+    # below it (a click meant for them then lands on a pick).
+    found = client.get("/v1/catalog", params={"query": "navy skirt", "limit": 12}).json()
+    wanted = [i["id"] for i in found["items"]]
+    listed = (
+        "return [...document.querySelectorAll('#catalog-list .pick')].map(b => b.dataset.itemId)"
+    )
+    _wait(browser, lambda d: d.execute_script(listed) == wanted)  # read at once: never stale
     pick = browser.find_element("css selector", "#catalog-list .pick")
     item_id = pick.get_attribute("data-item-id")
     pick.click()
