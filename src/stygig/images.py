@@ -41,9 +41,7 @@ import functools
 import hashlib
 import io
 import logging
-import os
 import re
-import stat
 import threading
 import warnings
 from collections import OrderedDict
@@ -54,7 +52,15 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
-from stygig.errors import ImageTooLargeError, InvalidImageError, UnsupportedMediaError
+from stygig import storage
+from stygig.errors import (
+    ImageTooLargeError,
+    InvalidImageError,
+    NotFoundError,
+    PayloadTooLargeError,
+    StygigError,
+    UnsupportedMediaError,
+)
 
 __all__ = [
     "ACCEPTED_FORMATS",
@@ -242,22 +248,19 @@ def _read_source(source: bytes | str | Path, limits: ImageLimits) -> bytes:
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
     else:
+        # storage's bounded read: the size checked first, a FIFO or a device refused rather
+        # than waited on; its errors name the path, so they are said again here without it.
         try:
-            # Non-blocking, so that a FIFO is refused rather than waited on forever.
-            fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK)
-            with os.fdopen(fd, "rb") as handle:
-                info = os.fstat(fd)
-                if not stat.S_ISREG(info.st_mode):
-                    raise InvalidImageError(
-                        "the image is not a regular file", code="not_a_regular_file"
-                    )
-                if info.st_size > limits.max_bytes:
-                    raise too_large
-                # Bounded even if the file grows after fstat.
-                data = handle.read(limits.max_bytes + 1)
-        except FileNotFoundError as e:
+            data = storage.read_bytes(Path(source), max_bytes=limits.max_bytes)
+        except NotFoundError as e:
             raise InvalidImageError("the image file was not found", code="image_not_found") from e
-        except OSError as e:
+        except PayloadTooLargeError as e:
+            raise too_large from e
+        except StygigError as e:
+            if e.code == "not_a_regular_file":
+                raise InvalidImageError(
+                    "the image is not a regular file", code="not_a_regular_file"
+                ) from e
             raise InvalidImageError("the image file cannot be read") from e
     if not data:
         raise InvalidImageError("the image is empty (0 bytes)", code="empty_image")
