@@ -222,7 +222,6 @@ def write_artifact(
         )
     if len(items) == 0:
         raise ArtifactError("no valid items: nothing to build (see the rejects summary)")
-    check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -286,7 +285,7 @@ def write_artifact(
         for path in tmp.rglob("*"):
             path.chmod(folder_mode if path.is_dir() else file_mode)
         tmp.chmod(folder_mode)
-        check_replaceable(out)  # again: the build took a while
+        check_replaceable(out)  # here, just before it is replaced (builds check at their start)
         if out.exists():
             backup = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(backup)

@@ -376,10 +376,9 @@ class PartsSink:
         self._done: set[int] = set()
         self._buffer: list[tuple[int, str]] = []
         for key in storage.list_keys(prefix):
-            name = key.rsplit("/", 1)[-1]
-            if _is_part(name):
-                start, _, end = name[5:-6].partition("-")
-                self._done.update(range(int(start), int(end)))
+            span = _part_range(key.rsplit("/", 1)[-1])
+            if span is not None:
+                self._done.update(span)
 
     def done(self) -> set[int]:
         """Indexes covered by existing parts."""
@@ -597,7 +596,7 @@ def _remove_output(dst: str) -> None:
     path = storage.parse(dst).path
     assert path is not None
     if path.is_dir():  # a parts prefix: a batch run's parts only, never anything else
-        others = [p for p in path.iterdir() if not _is_part(p.name)]
+        others = [p for p in path.iterdir() if _part_range(p.name) is None]
         if others:
             raise BatchError(
                 f"{dst} is a folder that holds more than a batch run's parts; --overwrite "
@@ -611,12 +610,13 @@ def _remove_output(dst: str) -> None:
     shutil.rmtree(path.with_name(path.name + ".parts"), ignore_errors=True)
 
 
-def _is_part(name: str) -> bool:
-    """Whether ``name`` is one of :class:`PartsSink`'s files."""
-    start, _, end = name.removeprefix("part-").removesuffix(".jsonl").partition("-")
-    return (
-        name.startswith("part-") and name.endswith(".jsonl") and start.isdigit() and end.isdigit()
-    )
+def _part_range(name: str) -> range | None:
+    """The indexes one of :class:`PartsSink`'s files covers (``part-<start>-<end>.jsonl``);
+    None for any other name."""
+    if not (name.startswith("part-") and name.endswith(".jsonl")):
+        return None
+    start, _, end = name[5:-6].partition("-")
+    return range(int(start), int(end)) if start.isdigit() and end.isdigit() else None
 
 
 # -- the run --------------------------------------------------------------------------------------

@@ -22,12 +22,12 @@ the pure-Python h11 here (``benchmarks/bench_budget.py``), and as strict about f
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from stygig.errors import InputError, InvalidOptionsError
+from stygig.serving.responses import json_bytes
 
 __all__ = ["HEAD_LIMIT_BYTES", "head_deadline_protocol"]
 
@@ -87,7 +87,7 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
             f"the request line and headers are over the {self.head_limit_bytes:,}-byte limit"
         )
         self.logger.warning("request head over %d bytes: answered 431", self.head_limit_bytes)
-        body = json.dumps(err.to_dict(), separators=(",", ":")).encode()
+        body = json_bytes(err.to_dict())
         self.transport.write(
             b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
             b"content-type: application/json\r\nconnection: close\r\n"
