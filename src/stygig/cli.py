@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from stygig import __version__
-from stygig.errors import InvalidOptionsError, StygigError
+from stygig.errors import InvalidOptionsError, StorageError, StygigError
 
 __all__ = ["main"]
 
@@ -346,6 +346,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
+    except OSError as e:
+        # A path the operator named cannot be used (a file where a folder is needed, no
+        # permission, a full disk): say which and why, not a traceback.
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"stygig: error: {e.strerror or e}{where}", file=sys.stderr)
+        return StorageError.exit_code
 
 
 if __name__ == "__main__":

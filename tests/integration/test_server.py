@@ -276,7 +276,22 @@ BAD_REQUESTS: dict[str, tuple[str, dict[str, Any], int]] = {
     "bad_multipart": (
         "/v1/recommend",
         {"content": b"--x\r\nbroken", "ct": "multipart/form-data; boundary=x"},
-        422,  # nothing usable in it: an empty query
+        400,  # no closing boundary
+    ),
+    "multipart_cut_off": (  # a whole option part, then the photo's part cut short
+        "/v1/recommend",
+        {
+            "content": b'--x\r\nContent-Disposition: form-data; name="k"\r\n\r\n3\r\n'
+            b'--x\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
+            b"Content-Type: image/jpeg\r\n\r\n" + _jpeg()[:2000],
+            "ct": "multipart/form-data; boundary=x",
+        },
+        400,
+    ),
+    "multipart_no_boundary": (
+        "/v1/recommend",
+        {"content": b"--x\r\n\r\n--x--\r\n", "ct": "multipart/form-data"},
+        400,
     ),
     "multipart_text_image": ("/v1/recommend", {"data": {"image": "not a file"}}, 422),
     "unknown_item_rest": ("/v1/items/no-such-item/recommendations", {"get": True}, 404),

@@ -315,3 +315,17 @@ def test_seen_and_unseen_split_every_sampling() -> None:
     assert set(acc) == {"uniform", "matched", "collection"}
     for block in acc.values():
         assert block["seen_n"] + block["cold_start_n"] == block["n"] > 0
+
+
+def test_eval_out_that_is_a_file_is_an_error_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stygig.cli import main
+
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder\n")
+    code = main(["eval", "--only", "category", "--out", str(taken), "--datasets", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 6
+    assert err.startswith("stygig: error: Not a directory") and "runs" in err
+    assert taken.read_text() == "not a folder\n"

@@ -793,6 +793,7 @@ def _multipart_request(
 
 async def _parse_multipart(request: Request, service: ModelService) -> rq.ParsedRequest:
     limit = service.config.max_body_bytes
+    rq.check_form_complete(await request.body(), request.headers.get("content-type", ""))
     form = await request.form(max_files=16, max_fields=64, max_part_size=limit)
     try:
         images: list[bytes] = []

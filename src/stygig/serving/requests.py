@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl
 
 from stygig.engine import Options, Query
 from stygig.errors import (
+    InputError,
     InvalidImageError,
     NotAcceptableError,
     PayloadTooLargeError,
@@ -108,6 +109,20 @@ def parse_image_body(body: bytes, params: Iterable[tuple[str, str]]) -> ParsedRe
     if not body:
         raise InvalidImageError("the request body is empty", code="empty_image")
     return ParsedRequest(Query(images=(body,)), options_from_params(params))
+
+
+def check_form_complete(body: bytes, content_type: str) -> None:
+    """Refuse (400 ``malformed_multipart``) a form body without its closing delimiter
+    (``--boundary--``): a cut-off upload would otherwise be read as whatever parts arrived
+    whole, a photo cut short among them. No boundary at all is refused the same way."""
+    from python_multipart.multipart import parse_options_header  # the form parser's own reading
+
+    boundary = parse_options_header(content_type)[1].get(b"boundary")
+    closing = b"--" + (boundary or b"") + b"--"
+    if not boundary or not (body.startswith(closing) or b"\r\n" + closing in body):
+        raise InputError(
+            "the form is incomplete or malformed: no closing boundary", code="malformed_multipart"
+        )
 
 
 def custom_attributes(header: str | None) -> list[tuple[str, str]]:
