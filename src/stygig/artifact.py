@@ -43,7 +43,8 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -55,7 +56,7 @@ from stygig import __version__
 from stygig.catalog import Item, Reject, Taxonomy
 from stygig.category_head import CategoryHead, load_artifact_heads
 from stygig.compat.model import COMPAT_FILE, CompatModel
-from stygig.errors import ArtifactError
+from stygig.errors import ArtifactError, StygigError
 from stygig.index import (
     PartitionedIndex,
     VectorIndex,
@@ -340,7 +341,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise ArtifactError(f"{root} is not a StyGig artifact: {MANIFEST} not found")
     try:
         manifest: Any = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, too deep, huge numbers
         raise ArtifactError(
             f"artifact: {MANIFEST} is not valid JSON: {e}", code=_BAD_MANIFEST
         ) from e
@@ -509,6 +510,52 @@ def wants_mmap(path: str | Path, manifest: dict[str, Any]) -> bool:
         return False  # np.load says what is wrong with it
 
 
+@contextmanager
+def _reading(name: str) -> Iterator[None]:
+    """Say a file of the artifact that cannot be read as one :class:`ArtifactError` naming it,
+    whatever its reader raised on a malformed or tampered file (a missing key, a wrong type, a
+    header that claims petabytes), never a traceback."""
+    try:
+        yield
+    except StygigError:
+        raise
+    except OSError as e:
+        raise ArtifactError(f"artifact cannot be read: {name!r}: {e.strerror or e}") from e
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError) as e:
+        raise ArtifactError(
+            f"artifact cannot be read: {name!r}: {type(e).__name__}: {e}"[:500]
+        ) from e
+    except MemoryError as e:  # a size no real artifact of this machine has
+        raise ArtifactError(
+            f"artifact cannot be read: {name!r}: it asks for more memory than "
+            "there is (a corrupt or tampered size)"
+        ) from e
+
+
+def check_npy(path: Path) -> None:
+    """Refuse a ``.npy`` file whose header does not describe exactly the bytes that follow
+    (a 2-D float array): truncated, padded, or claiming more rows than it holds. Reads the
+    header only."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, _, dtype = read(f)
+        offset = f.tell()
+        size = os.fstat(f.fileno()).st_size
+    if len(shape) != 2 or dtype.kind != "f":
+        raise ArtifactError(f"artifact: {path.name} is not a 2-D float array ({dtype}, {shape})")
+    expected = offset + int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if size != expected:
+        raise ArtifactError(
+            f"artifact: {path.name} holds {size - offset} bytes of data but its header says "
+            f"{shape} {dtype} ({expected - offset} bytes)"
+        )
+
+
 @dataclass
 class Artifact:
     """A loaded artifact: items, colours, embeddings, index, taxonomy and manifest."""
@@ -546,34 +593,37 @@ class Artifact:
             verify_files(root, manifest)
         else:
             check_paths(root, manifest)
-        try:
-            if mmap is None:
-                mmap = wants_mmap(root, manifest)
+        if mmap is None:
+            mmap = wants_mmap(root, manifest)
+        with _reading("embeddings.npy"):
+            check_npy(root / "embeddings.npy")
             embeddings = np.load(root / "embeddings.npy", mmap_mode="r" if mmap else None)
+        with _reading("items.jsonl"):
             rows = [
                 json.loads(line)
                 for line in (root / "items.jsonl").read_text(encoding="utf-8").splitlines()
                 if line.strip()
             ]
-            taxonomy = Taxonomy.load(root / "taxonomy.yaml")
+            items = [Item.from_dict(r) for r in rows]
+            colors = [r.get("color") or {} for r in rows]
+        with _reading("taxonomy.yaml"):
+            taxonomy = Taxonomy.load(root / "taxonomy.yaml", origin="taxonomy.yaml")
+        with _reading("whitening.npz"):
             whitening = (
                 Whitening.load(root / "whitening.npz") if manifest.get("whitening") else None
             )
+        with _reading(COMPAT_FILE):
             compat = CompatModel.load(root / COMPAT_FILE) if manifest.get("compat") else None
+        with _reading("the category heads"):
             heads = load_artifact_heads(
                 root, manifest, dim=int(embeddings.shape[1]), whitening=whitening
             )
-        except OSError as e:
-            name = Path(e.filename).name if e.filename else "a file"
-            raise ArtifactError(f"artifact cannot be read: {name!r}: {e.strerror}") from e
-        except ValueError as e:
-            raise ArtifactError(f"artifact cannot be read: {e}") from e
         if len(rows) != len(embeddings):
             raise ArtifactError(f"artifact: {len(rows)} items but {len(embeddings)} embeddings")
-        items = [Item.from_dict(r) for r in rows]
-        colors = [r.get("color") or {} for r in rows]
-        meta = manifest.get("index", {})
-        index = load_index(root, meta.get("kind", "exact"), embeddings, meta.get("params"))
+        meta = manifest.get("index")
+        meta = meta if isinstance(meta, dict) else {}
+        with _reading("the index"):
+            index = load_index(root, meta.get("kind", "exact"), embeddings, meta.get("params"))
         if mmap and not is_exhaustive(index):
             # Requests read a few hundred rows each; through the map they would stay
             # resident (all 20 GB at 10M items): read them with pread instead. An exhaustive

@@ -430,9 +430,9 @@ def _load_faiss(file: Path, kind: str, n: int, params: dict[str, Any] | None) ->
     try:
         index = faiss.read_index(str(file))
     except RuntimeError as e:
-        raise ArtifactError(f"cannot read FAISS index {file}: {e}") from e
+        raise ArtifactError(f"cannot read FAISS index {file.name}: {e}") from e
     if index.ntotal != n:
-        raise ArtifactError(f"index {file} holds {index.ntotal} vectors but the item table has {n}")
+        raise ArtifactError(f"index {file.name} holds {index.ntotal} vectors but the item table has {n}")
     return FaissIndex(index, kind, dict(params or {}))
 
 
@@ -653,10 +653,10 @@ class PartitionedIndex(_Tombstones):
         try:
             labels = np.load(file)
         except (OSError, ValueError) as e:
-            raise ArtifactError(f"cannot read {file}: {e}") from e
+            raise ArtifactError(f"cannot read {file.name}: {e}") from e
         specs = list(params["parts"])
         if len(labels) != len(vectors) or (len(labels) and labels.max() >= len(specs)):
-            raise ArtifactError(f"{file} does not match the item table or the manifest")
+            raise ArtifactError(f"{file.name} does not match the item table or the manifest")
         names, parts, rows = [], [], []
         for i, spec in enumerate(specs):
             r = np.flatnonzero(labels == i)

@@ -143,7 +143,7 @@ class Whitening:
                     n_fit=int(settings[2]),
                 )
         except (OSError, KeyError, ValueError) as e:
-            raise ArtifactError(f"cannot read whitening file {path}: {e}") from e
+            raise ArtifactError(f"cannot read whitening file {Path(path).name}: {e}") from e
 
     def describe(self) -> dict[str, Any]:
         """Settings and size, for a manifest entry or a metrics file."""

@@ -22,7 +22,7 @@ from stygig.build import build_artifact
 from stygig.encoders.onnx import ONNX_INPUT, ONNX_OUTPUT, OnnxEncoder
 from stygig.encoders.tiny import TINY_SPEC
 from stygig.engine import Recommender
-from stygig.errors import ArtifactError
+from stygig.errors import ArtifactError, ConfigError, StygigError
 from tests.integration.server_fixtures import free_port, start_process, wait_ready
 
 #: Seconds ``stygig serve`` may take to refuse the artifact and exit, or to start serving it
@@ -219,3 +219,90 @@ def test_serve_refuses_a_tampered_artifact_and_exits(
     assert code == ArtifactError.exit_code, text
     assert len(errors) == 1 and expected in errors[0], text
     assert "the model could not be loaded" in errors[0] and str(tmp_path) not in errors[0]
+
+
+# -- files re-signed after tampering: the checksums pass, the readers must still refuse ---------
+
+
+def _resign(path: Path) -> None:
+    """Recompute every listed file's size and sha256, as someone who can write the folder can."""
+    manifest = _manifest(path)
+    manifest["files"] = {
+        name: {"sha256": file_sha256(path / name), "bytes": (path / name).stat().st_size}
+        for name in manifest["files"]
+    }
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _npy_claiming(rows: int) -> bytes:
+    """A version-1 ``.npy`` whose header claims ``rows`` x 1280 float32, followed by 4 KiB."""
+    header = f"{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, 1280), }}"
+    header = header.ljust(117) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + bytes(4096)
+
+
+def _faiss_claiming(path: Path, floats: int) -> None:
+    """A flat index whose vector of codes claims ``floats`` floats (offset 37: after the
+    fourcc, d, ntotal, two dummies, is_trained and the metric)."""
+    data = bytearray((path / "index.faiss").read_bytes())
+    assert data[:4] == b"IxFI"
+    data[37:45] = floats.to_bytes(8, "little")
+    (path / "index.faiss").write_bytes(bytes(data))
+
+
+def _drop_first_id(path: Path) -> None:
+    lines = (path / "items.jsonl").read_text().splitlines()
+    row = json.loads(lines[0])
+    del row["id"]
+    (path / "items.jsonl").write_text("\n".join([json.dumps(row), *lines[1:]]) + "\n")
+
+
+def _alias_taxonomy(path: Path) -> None:
+    aliases = 'l0: &l0 ["x","x","x"]\nl1: &l1 [*l0,*l0,*l0]\n'
+    (path / "taxonomy.yaml").write_text(
+        aliases + "slots: {top: {label: top}}\ncategories: {top: {slot: top, aliases: *l1}}\n"
+    )
+
+
+RESIGNED = {
+    "embeddings_cut_short": lambda p: (p / "embeddings.npy").write_bytes(
+        (p / "embeddings.npy").read_bytes()[:1000]
+    ),
+    "embeddings_header_claims_petabytes": lambda p: (p / "embeddings.npy").write_bytes(
+        _npy_claiming(10**12)
+    ),
+    "embeddings_of_objects": lambda p: np.save(
+        p / "embeddings.npy", np.array([{}, {}], dtype=object), allow_pickle=True
+    ),
+    "index_claims_terabytes": lambda p: _faiss_claiming(p, 2**40),
+    "item_without_id": _drop_first_id,
+    "taxonomy_slot_is_a_mapping": _alias_taxonomy,
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESIGNED))
+def test_a_tampered_file_with_fresh_checksums_is_a_clear_error(
+    sample: tuple[Path, Path], tmp_path: Path, case: str
+) -> None:
+    """Hole: a file whose checksum was recomputed after tampering reached its reader, which
+    raised whatever it raised (MemoryError for a header claiming 10^12 rows, KeyError,
+    TypeError): a traceback instead of a refusal naming the file."""
+    path = _copy(sample[1], tmp_path)
+    RESIGNED[case](path)
+    _resign(path)
+    with pytest.raises(StygigError) as caught:
+        Artifact.load(path)
+    assert caught.value.exit_code in (ArtifactError.exit_code, ConfigError.exit_code)
+    assert str(tmp_path) not in caught.value.message
+
+
+def test_a_format_version_of_5000_digits_is_a_clear_error(
+    sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    path = _copy(sample[1], tmp_path)
+    (path / "manifest.json").write_text(
+        json.dumps({**_manifest(path), "format_version": 0}).replace(
+            '"format_version": 0', '"format_version": 1' + "0" * 5000
+        )
+    )
+    _refused(path, "artifact_bad_manifest")

@@ -70,22 +70,34 @@ class Taxonomy:
     raw: Mapping[str, Any]
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> Taxonomy:
-        """Load and validate a taxonomy file (YAML or JSON); ``None`` loads the default."""
+    def load(cls, path: str | Path | None = None, *, origin: str | None = None) -> Taxonomy:
+        """Load and validate a taxonomy file (YAML or JSON); ``None`` loads the default.
+        ``origin``: how messages name the file (default: its path)."""
         path = Path(path) if path is not None else default_taxonomy_path()
+        origin = origin or str(path)
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as e:
-            raise ConfigError(f"cannot read taxonomy file {path}: {e}") from e
+            raise ConfigError(f"cannot read taxonomy file {origin}: {e.strerror}") from e
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"taxonomy file {origin} is not UTF-8 text") from e
         try:
             data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as e:
-            raise ConfigError(f"taxonomy file {path} is not valid YAML/JSON: {e}") from e
-        return cls.from_dict(data, origin=str(path))
+        except (ValueError, RecursionError, yaml.YAMLError) as e:
+            raise ConfigError(f"taxonomy file {origin} is not valid YAML/JSON: {e}") from e
+        return cls.from_dict(data, origin=origin)
 
     @classmethod
     def from_dict(cls, data: Any, *, origin: str = "<dict>") -> Taxonomy:
-        """Build and validate a taxonomy from its parsed data."""
+        """Build and validate a taxonomy from its parsed data (:class:`ConfigError` for any
+        shape it does not have: a mapping where a name belongs, a number that is text, ...)."""
+        try:
+            return cls._from_dict(data, origin)
+        except (TypeError, ValueError, AttributeError) as e:
+            raise ConfigError(f"taxonomy {origin}: malformed ({type(e).__name__}: {e})") from e
+
+    @classmethod
+    def _from_dict(cls, data: Any, origin: str) -> Taxonomy:
         if not isinstance(data, dict):
             raise ConfigError(f"taxonomy {origin}: top level must be a mapping")
         for key in ("slots", "categories"):

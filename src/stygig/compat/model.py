@@ -492,7 +492,7 @@ class CompatModel:
             )
         width = model.emb_mean.shape[0] + COLOUR_DIM + len(model.categories)
         if model.w1.shape[0] != width + len(model.attr_vocab) + model.style_width:
-            raise ValueError(f"{path}: inconsistent compatibility model shapes")
+            raise ValueError(f"{Path(path).name}: inconsistent compatibility model shapes")
         return model
 
 
