@@ -257,7 +257,7 @@ class CatalogColumns:
         if unknown:
             raise InvalidOptionsError(
                 f"{len(unknown)} filter(s) name no attribute of this catalogue; "
-                f"filterable: {sorted(self.filterable)}"
+                f"filterable: {_listed(sorted(self.filterable))}"
             )
         if options.category is not None:
             try:
@@ -267,11 +267,11 @@ class CatalogColumns:
             if code is None:
                 raise InvalidOptionsError(
                     "the stated category is not in this catalogue; "
-                    f"known: {', '.join(self.category_names)}"
+                    f"known: {_listed(self.category_names)}"
                 )
         if options.gender and options.gender.lower() not in self.gender_names:
             raise InvalidOptionsError(
-                f"the stated gender is not in this catalogue; known: {self.gender_names}"
+                f"the stated gender is not in this catalogue; known: {_listed(self.gender_names)}"
             )
         for name in ("include_categories", "exclude_categories"):
             for cat in getattr(options, name):
@@ -375,3 +375,9 @@ def _to_float(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         return float("nan")
+
+
+def _listed(names: Sequence[str], most: int = 40) -> str:
+    """``names`` for a message, the first ``most`` of them (GET /v1/config lists them all)."""
+    shown = ", ".join(names[:most])
+    return shown if len(names) <= most else f"{shown} and {len(names) - most} more"

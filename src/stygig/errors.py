@@ -102,6 +102,14 @@ class UnauthorizedError(InputError):
     code = "unauthorized"
 
 
+class CatalogFullError(InputError):
+    """A catalogue change refused because the living catalogue reached one of its bounds
+    (replaced rows kept until compaction, distinct labels, attribute names)."""
+
+    http_status = 409
+    code = "catalog_full"
+
+
 class RequestTimeoutError(InputError):
     """A request body that did not arrive within the server's body-read limits."""
 

@@ -104,6 +104,20 @@ def _photo_pool() -> ThreadPoolExecutor:
     )
 
 
+#: Change requests a server works on at once (parsing the body, waiting for their photos and
+#: their turn to write); the server answers more with 503.
+CHANGE_REQUESTS = 4
+
+
+@functools.cache
+def request_pool() -> ThreadPoolExecutor:
+    """Threads that run a server's change requests (at the lowered priority; they mostly
+    wait for the threads below), so that a bulk of photos never holds a request worker."""
+    return ThreadPoolExecutor(
+        CHANGE_REQUESTS, thread_name_prefix="stygig-change-request", initializer=_lower_priority
+    )
+
+
 @functools.cache
 def _writer_pool() -> ThreadPoolExecutor:
     """The thread that applies and logs changes (one per process), at the lowered priority."""

@@ -30,7 +30,7 @@ from stygig.artifact import Artifact
 from stygig.catalog.changes import CatalogChange, change_from_record, merge_update
 from stygig.columns import CatalogColumns
 from stygig.compat.scorer import LearnedScorer
-from stygig.errors import InvalidOptionsError, NotFoundError, StygigError
+from stygig.errors import CatalogFullError, InvalidOptionsError, NotFoundError, StygigError
 from stygig.index import IndexRows, LiveIndex, is_exhaustive
 from stygig.rowfile import FileRows
 from stygig.rows import Overlay, Rows, SpareRows, StackedRows
@@ -47,6 +47,17 @@ __all__ = [
 #: How many recent stock changes a snapshot remembers (for pages asking "what sold out
 #: since I loaded?").
 RECENT_STOCK_EVENTS = 10_000
+#: What changes may grow a living catalogue to (a built catalogue may start above a bound;
+#: changes then add no more): distinct genders, usages and filterable names (each a column
+#: rebuilt, a list in /v1/config and in messages), and rows that died since the artifact was
+#: built or compacted (a replaced item's old row keeps its vector until compaction), at most
+#: this many or as many as there are live items, whichever is more: past it, changes that
+#: replace an item's row (an add of an id it has, a category change) are refused; others are
+#: taken.
+MAX_GENDERS = 16
+MAX_USAGES = 64
+MAX_FILTERABLE = 256
+MAX_DEAD_ROWS = 20_000
 
 
 def artifact_version(manifest: dict[str, Any]) -> str:
@@ -192,6 +203,7 @@ def apply_changes(
     added: list[np.ndarray] = []  # vectors of appended rows, in order
     labels: list[str] = []  # their outfit slots
     dead: list[int] = []
+    superseded: list[int] = []  # rows that died for a new row of their item (kept: memory)
     touched: list[int] = []
     events: list[tuple[int, str, bool]] = []
     new_attributes: set[int] = set()  # rows whose attributes changed (a compat model input)
@@ -201,6 +213,7 @@ def apply_changes(
         old = position(item.id)
         if old is not None:
             dead.append(old)
+            superseded.append(old)
         row = n + len(new_items)
         new_items.append(item)
         new_colors.append(color)
@@ -266,6 +279,7 @@ def apply_changes(
     artifact = dataclasses.replace(
         art, items=items, colors=colors, embeddings=embeddings, index=index, positions=positions
     )
+    _check_growth(snap, artifact, touched, superseding=bool(superseded))
     columns = snap.columns.evolve(artifact, touched)
     # The learned scorer projects every row (O(items x dim)): made again when rows were
     # appended. Attributes changed in place (a model that reads them) re-project their rows
@@ -297,6 +311,41 @@ def apply_changes(
         stock_events=recent,
         buffer=buffer,
     )
+
+
+def _check_growth(
+    snap: CatalogSnapshot, artifact: Artifact, touched: Sequence[int], *, superseding: bool
+) -> None:
+    """Refuse (409 ``catalog_full``) changes that would take the catalogue past a bound
+    (:data:`MAX_GENDERS`, ...): checked before any column is rebuilt, so a refused change
+    costs nothing of the catalogue's size."""
+    cols, items = snap.columns, artifact.items
+    fresh = [items[r] for r in set(touched)]
+    grown = (
+        ("genders", cols.gender_names, {i.gender for i in fresh} - {None}, MAX_GENDERS),
+        ("usages", cols.usage_names, {i.usage for i in fresh} - {None}, MAX_USAGES),
+        (
+            "filterable names",
+            cols.filterable,
+            set().union(*(i.attributes.keys() for i in fresh)),
+            MAX_FILTERABLE,
+        ),
+    )
+    for what, known, values, bound in grown:
+        new = len(values - set(known))
+        if new and len(known) + new > bound:
+            raise CatalogFullError(
+                f"a living catalogue holds at most {bound} {what} (it has {len(known)}): "
+                "use one it has, or rebuild the catalogue"
+            )
+    live, dead = len(artifact.positions), len(items) - len(artifact.positions)
+    if superseding and dead > max(MAX_DEAD_ROWS, live):  # removes and new ids: taken
+        kept = len(snap.artifact.items) - len(snap.artifact.positions)
+        raise CatalogFullError(
+            f"the catalogue keeps {kept} replaced or removed rows until it is compacted: "
+            "compact it (stygig catalog compact) and reload before replacing items or changing "
+            "their category; other changes are still taken"
+        )
 
 
 def apply_record(

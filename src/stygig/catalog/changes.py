@@ -34,7 +34,7 @@ from typing import Any, Literal
 import numpy as np
 
 from stygig.catalog.loaders import MAX_VALUE, RowError, item_from_row
-from stygig.catalog.schema import MAX_ID, Item, id_problem
+from stygig.catalog.schema import MAX_ID, Item, id_problem, text_problem
 from stygig.catalog.taxonomy import Taxonomy
 from stygig.errors import InputError, InvalidImageError, InvalidOptionsError
 
@@ -54,6 +54,10 @@ OPS = ("add", "remove", "update")
 #: Changes in one request (one log record).
 MAX_CHANGES = 1_000
 MAX_FIELDS = 64
+#: The most attributes an update may leave an item with (more only if it had more).
+MAX_ITEM_ATTRIBUTES = 64
+#: Numbers in changes: finite, within filters' own range.
+MAX_NUMBER = 1e15
 #: Fields an update may set (everything else is an attribute); ``id`` and ``image`` are not:
 #: an item's photo changes by adding it again.
 ITEM_SETTABLE = (
@@ -68,6 +72,8 @@ ITEM_SETTABLE = (
     "stock",
 )
 _ROW_FIELDS = ("id", "image", "category", "gender", "usage", "season", "name", "price", "brand")
+#: An item's own fields: never an attribute's name.
+ITEM_FIELDS = (*_ROW_FIELDS, "available", "stock", "attributes")
 _PLACEHOLDER_IMAGE = "/photo"
 
 #: What a client is told for each reason a row is refused (the detail quotes the row).
@@ -154,21 +160,37 @@ def _text_id(value: Any, where: str) -> str:
     return value.strip()
 
 
-def _check_values(data: Mapping[str, Any], where: str) -> None:
+def _check_values(data: Mapping[str, Any], where: str, *, attributes: bool = False) -> None:
+    """Field names and values of a row or an update (``attributes``: of its ``attributes``
+    object, whose names may not be an item's own fields: an attribute never stands in for
+    ``id``, ``category`` or ``price``)."""
     if len(data) > MAX_FIELDS:
         raise InvalidOptionsError(f"{where}: at most {MAX_FIELDS} fields")
     for key, value in data.items():
-        if not isinstance(key, str) or not 0 < len(key) <= MAX_ID:
-            raise InvalidOptionsError(f"{where}: field names are 1 to {MAX_ID} characters")
-        if key == "attributes":
+        if not isinstance(key, str) or not 0 < len(key) <= MAX_ID or text_problem(key):
+            raise InvalidOptionsError(f"{where}: field names are 1 to {MAX_ID} characters of text")
+        if attributes and key in ITEM_FIELDS:
+            raise InvalidOptionsError(
+                f"{where}: an attribute may not be named as an item field "
+                f"({', '.join(ITEM_FIELDS)})"
+            )
+        if key == "attributes" and not attributes:
             if value is not None and not isinstance(value, dict):
                 raise InvalidOptionsError(f"{where}: 'attributes' must be an object")
-            _check_values(value or {}, where)
+            _check_values(value or {}, where, attributes=True)
             continue
         if isinstance(value, dict | list):
             raise InvalidOptionsError(f"{where}: field values are strings, numbers or booleans")
-        if isinstance(value, str) and len(value) > MAX_VALUE:
-            raise InvalidOptionsError(f"{where}: a field value is over {MAX_VALUE} characters")
+        if isinstance(value, str) and (len(value) > MAX_VALUE or text_problem(value)):
+            raise InvalidOptionsError(
+                f"{where}: a field value is text of at most {MAX_VALUE} characters"
+            )
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if number and not -MAX_NUMBER < value < MAX_NUMBER:  # NaN compares false: refused
+            raise InvalidOptionsError(
+                f"{where}: a number must be finite and within +-{MAX_NUMBER:.0e}",
+                code="bad_value",
+            )
 
 
 def parse_change(data: Any, where: str = "change 1") -> ChangeRequest:
@@ -231,7 +253,8 @@ def parse_changes_jsonl(body: bytes, *, max_changes: int = MAX_CHANGES) -> list[
     except UnicodeDecodeError:
         raise InputError("the changes are not UTF-8 text", code="malformed_json") from None
     out: list[ChangeRequest] = []
-    for number, line in enumerate(text.splitlines(), 1):
+    # Lines end at "\n" alone (JSON Lines): U+2028 or U+0085 inside a string is text.
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         if len(out) >= max_changes:
@@ -287,5 +310,10 @@ def merge_update(old: Item, fields: Mapping[str, Any], taxonomy: Taxonomy, where
         else:
             attributes[key] = value
     row["attributes"] = {k: v for k, v in attributes.items() if v is not None}
+    if len(row["attributes"]) > max(MAX_ITEM_ATTRIBUTES, len(old.attributes)):
+        raise InvalidOptionsError(
+            f"{where}: an item holds at most {MAX_ITEM_ATTRIBUTES} attributes",
+            code="too_many_attributes",
+        )
     new = validate_row(row, taxonomy, where)
     return dataclasses.replace(new, image=old.image)

@@ -35,7 +35,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from stygig import storage
-from stygig.catalog.schema import Item, Reject, id_problem
+from stygig.catalog.schema import SURROGATE, Item, Reject, id_problem
 from stygig.catalog.taxonomy import Taxonomy
 from stygig.errors import CatalogError
 from stygig.storage import is_remote
@@ -381,6 +381,9 @@ def _jsonl_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, st
                     continue
                 if not isinstance(obj, dict):
                     yield number, {}, "a JSONL row must be an object"
+                    continue
+                if any(SURROGATE.search(f"{k}\n{v}") for k, v in obj.items()):
+                    yield number, {}, "the row holds a lone UTF-16 surrogate (not text)"
                     continue
                 yield (
                     number,

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["MAX_ID", "REJECT_REASONS", "Item", "Reject", "id_problem"]
+__all__ = ["MAX_ID", "REJECT_REASONS", "SURROGATE", "Item", "Reject", "id_problem", "text_problem"]
 
 #: Why a catalogue row was kept out of an artifact; every rejected row has exactly one.
 REJECT_REASONS = (
@@ -22,9 +23,15 @@ REJECT_REASONS = (
 
 #: The longest item id: a path segment of ``/v1/items/{id}``, a log field, a metric-free key.
 MAX_ID = 200
-# Path separators, control characters (NUL, line breaks, ESC, BEL: terminal escapes when an id
-# is printed) and the bidirectional overrides that make text read other than it is stored.
-_BAD_ID_CHARS = re.compile(r"[/\\\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# Path separators and the characters that are not text one can see: control characters (NUL,
+# line breaks, ESC, BEL: terminal escapes when an id is printed), format characters (bidi
+# overrides that make text read other than it is stored, zero-width spaces that make two ids
+# look alike), line and paragraph separators, and lone surrogates (no UTF-8 can carry them).
+_BAD_ID_CHARS = re.compile(r"[/\\]")
+_INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+#: A lone UTF-16 surrogate: what a JSON ``\udXXX`` escape can smuggle into a string, and
+#: what no answer can then encode.
+SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def id_problem(value: str) -> str | None:
@@ -34,8 +41,19 @@ def id_problem(value: str) -> str | None:
         return f"an id is 1 to {MAX_ID} characters"
     if value.strip() in (".", ".."):  # a path segment that names another path
         return "an id may not be '.' or '..'"
-    if _BAD_ID_CHARS.search(value):
-        return "an id may not hold '/', '\\', control characters or bidirectional overrides"
+    if _BAD_ID_CHARS.search(value) or any(unicodedata.category(c) in _INVISIBLE for c in value):
+        return (
+            "an id may not hold '/', '\\', control or format characters (bidirectional "
+            "overrides, zero-width spaces), line separators or lone surrogates"
+        )
+    return None
+
+
+def text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be catalogue text (``None``: it can): a lone surrogate, which
+    no answer could encode."""
+    if SURROGATE.search(value):
+        return "text holds a lone UTF-16 surrogate (not a character)"
     return None
 
 

@@ -13,8 +13,9 @@ Routes (behind the server's bearer token, like every route but the health checks
                                  configured folder); 409 and the old version kept when the
                                  new one cannot be verified
 
-Changes are applied in the worker pool; answers never wait for them (see
-:mod:`stygig.living`).
+Change requests run on threads of their own (:data:`stygig.living.CHANGE_REQUESTS` at once,
+more get 503), never in the request workers, so a bulk of photos to encode does not hold back
+answers; their photos are decoded and encoded on :mod:`stygig.living`'s low-priority threads.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from stygig.catalog.changes import MAX_CHANGES, ChangeRequest, parse_change, parse_changes_jsonl
-from stygig.errors import InvalidOptionsError, StygigError
+from stygig.errors import InvalidOptionsError, OverloadedError, StygigError
+from stygig.living import CHANGE_REQUESTS, request_pool
 from stygig.recommendation import parse_json_object
 from stygig.serving.responses import JSON, json_response
 
@@ -86,6 +88,7 @@ def version_body(service: ModelService, since: int | None = None) -> dict[str, A
 def make_changes_router(service: ModelService) -> APIRouter:
     """The change, version and reload routes."""
     router = APIRouter()
+    running = 0  # change requests past their body (the event loop's thread only)
 
     @router.post(
         "/v1/catalog/changes",
@@ -102,10 +105,21 @@ def make_changes_router(service: ModelService) -> APIRouter:
             )
         from stygig.serving.requests import media_type
 
+        nonlocal running
         kind = media_type(request.headers.get("content-type"))
         body = await request.body()
-        requests = await service.run(parse_changes_body, body, kind)
-        snap = await service.run(live.submit, requests)
+        if running >= CHANGE_REQUESTS:
+            raise OverloadedError(
+                f"{running} catalogue change requests are in progress; retry after they end",
+                code="changes_busy",
+            )
+        running += 1
+        try:
+            loop = asyncio.get_running_loop()
+            requests = await loop.run_in_executor(request_pool(), parse_changes_body, body, kind)
+            snap = await loop.run_in_executor(request_pool(), live.submit, requests)
+        finally:
+            running -= 1
         return json_response(
             {
                 "sequence": snap.sequence,

@@ -1,0 +1,314 @@
+"""A living catalogue's changes come from clients: what they may write is bounded and checked.
+
+Holes covered (a hostile review, 2026-12-02): a lone UTF-16 surrogate (a JSON escape) in an
+added id or a field made every answer holding the item a 500, also after a restart; an
+attribute named ``id`` or ``category`` renamed items, replaced other items and duplicated ids;
+attributes, genders, usages and filterable names grew without bound (each new label rebuilt
+every column; a 422 listed 94,501 names); rows replaced by category flips piled up in memory
+(48 x the bodies that made them); bulk change requests held the request workers, so answers
+waited seconds; U+2028 inside a JSON Lines string split its line; NaN and 4,000-digit numbers
+were taken as values.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from stygig import snapshot as snapshot_module
+from stygig.artifact import Artifact
+from stygig.catalog.changelog import ChangeLog
+from stygig.catalog.changes import (
+    MAX_ITEM_ATTRIBUTES,
+    parse_change,
+    parse_changes_jsonl,
+)
+from stygig.catalog.loaders import read_catalog
+from stygig.catalog.schema import id_problem
+from stygig.engine import Options, Query, Recommender
+from stygig.errors import CatalogFullError, InputError, InvalidOptionsError
+from stygig.living import CHANGE_REQUESTS, LiveCatalog
+from tests.integration.server_fixtures import free_port, wait_ready
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture
+def live(sample: tuple[Path, Path], tmp_path: Path) -> tuple[LiveCatalog, Path]:
+    art = tmp_path / "artifact"
+    shutil.copytree(sample[1], art)
+    rec = Recommender(Artifact.load(art))
+    return LiveCatalog(rec, ChangeLog(tmp_path / "log")), sample[0]
+
+
+def _add(catalog: Path, item_id: str, **fields: Any) -> dict[str, Any]:
+    photo = base64.b64encode((catalog / "queries" / "blue-jeans.jpg").read_bytes()).decode()
+    item = {"id": item_id, "category": "jeans", "gender": "men", **fields}
+    return {"op": "add", "item": item, "image_b64": photo}
+
+
+def _update(item_id: str, **fields: Any) -> dict[str, Any]:
+    return {"op": "update", "id": item_id, "set": fields}
+
+
+def _refused(change: Any) -> InvalidOptionsError:
+    with pytest.raises(InvalidOptionsError) as caught:
+        parse_change(change)
+    return caught.value
+
+
+# -- text no answer can encode, names that are not what they seem --------------------------
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["Z\udc80", "x\ud800y", "sku-0001\u200b", "a\u2028b", "a\u2029b", "a\u0085b", "\ufeffsku"],
+)
+def test_an_id_is_visible_encodable_text(sample: tuple[Path, Path], bad: str) -> None:
+    assert id_problem(bad) is not None
+    assert id_problem("sku-0001 caf\u00e9 \u00fcber-\u6f22\u5b57") is None
+    error = _refused(_add(sample[0], bad))
+    assert bad not in error.message
+
+
+def test_text_with_a_lone_surrogate_is_refused_everywhere_in_a_change(
+    live: tuple[LiveCatalog, Path],
+) -> None:
+    catalog, folder = live
+    first = catalog.snapshot.artifact.items[0].id
+    for change in (
+        _update(first, name="x\ud800"),
+        _update(first, **{"fit\udc80": "slim"}),
+        _update(first, attributes={"fit": "\udfff"}),
+        _add(folder, "new-1", brand="\ud83d"),
+    ):
+        _refused(change)
+    # The same, as JSON escapes in a JSON Lines body (how a client sends them).
+    with pytest.raises(InvalidOptionsError):
+        parse_changes_jsonl(json.dumps(_update(first, name="x\ud800")).encode())
+    # A real astral character (a surrogate *pair* in the escape) is text: taken.
+    snap = catalog.submit(
+        parse_changes_jsonl(json.dumps(_update(first, name="ok \U0001f457")).encode())
+    )
+    item = snap.artifact.items[snap.artifact.positions[first]]
+    assert item.name == "ok \U0001f457"
+    answer = catalog.recommender.recommend(Query(item_ids=(first,)), Options(mode="similar"))
+    assert json.loads(answer.to_json())
+
+
+def test_a_json_lines_catalogue_row_with_a_lone_surrogate_is_rejected_alone(
+    tmp_path: Path,
+) -> None:
+    photo = tmp_path / "a.jpg"
+    photo.write_bytes(b"not checked")
+    rows = [
+        {"id": "ok-1", "image": "a.jpg", "category": "jeans"},
+        {"id": "bad-1", "image": "a.jpg", "category": "jeans", "name": "x\ud800"},
+        {"id": "bad\udc80", "image": "a.jpg", "category": "jeans"},
+        {"id": "ok-2", "image": "a.jpg", "category": "jeans"},
+    ]
+    path = tmp_path / "catalog.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))  # ASCII: \\udXXX escapes
+    result = read_catalog(path, check_images=False)
+    assert [i.id for i in result.items] == ["ok-1", "ok-2"]
+    assert sorted(r.row for r in result.rejects) == [2, 3]
+
+
+def test_json_lines_end_at_newlines_only() -> None:
+    """U+2028 and U+0085 inside a string are text (``str.splitlines`` cut lines there)."""
+    body = '{"op": "update", "id": "a", "set": {"name": "x\u2028y\u0085z"}}\n'.encode()
+    [change] = parse_changes_jsonl(body)
+    assert change.fields["name"] == "x\u2028y\u0085z"
+
+
+@pytest.mark.parametrize(
+    "value", ["NaN", "Infinity", "-Infinity", "1" + "0" * 4000, "1e300", "-2e15"]
+)
+def test_a_number_is_finite_and_bounded(value: str) -> None:
+    body = b'{"op": "update", "id": "a", "set": {"price": ' + value.encode() + b"}}"
+    with pytest.raises(InputError) as caught:
+        parse_changes_jsonl(body)
+    assert caught.value.http_status in (400, 422)
+
+
+def test_an_attribute_never_stands_in_for_an_item_field(live: tuple[LiveCatalog, Path]) -> None:
+    catalog, folder = live
+    items = catalog.snapshot.artifact.items
+    first, other = items[0].id, items[1].id
+    for change in (
+        _update(first, attributes={"id": "EVIL"}),
+        _update(first, attributes={"id": other}),
+        _update(first, attributes={"category": "dress"}),
+        _update(first, attributes={"price": 1}),
+        _add(folder, "new-1", attributes={"id": other}),
+        _add(folder, "new-2", attributes={"available": "false"}),
+    ):
+        error = _refused(change)
+        assert "item field" in error.message
+    before = catalog.snapshot
+    assert before.artifact.items[before.artifact.positions[first]].id == first
+
+
+# -- bounds on what changes may grow ---------------------------------------------------------
+
+
+def test_an_update_cannot_pile_attributes_onto_an_item(live: tuple[LiveCatalog, Path]) -> None:
+    catalog, _ = live
+    first = catalog.snapshot.artifact.items[0].id
+    half = MAX_ITEM_ATTRIBUTES // 2 + 1
+    catalog.submit([parse_change(_update(first, **{f"a{n}": "x" for n in range(half)}))])
+    with pytest.raises(InvalidOptionsError) as caught:
+        catalog.submit([parse_change(_update(first, **{f"b{n}": "x" for n in range(half)}))])
+    assert caught.value.code == "too_many_attributes"
+    # Deleting some (null) and setting others in their place is fine.
+    catalog.submit([parse_change(_update(first, **{f"a{n}": None for n in range(half)}, b0="y"))])
+
+
+def test_new_labels_and_attribute_names_are_bounded(
+    live: tuple[LiveCatalog, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    catalog, _ = live
+    cols = catalog.snapshot.columns
+    items = catalog.snapshot.artifact.items
+    monkeypatch.setattr(snapshot_module, "MAX_GENDERS", len(cols.gender_names) + 1)
+    monkeypatch.setattr(snapshot_module, "MAX_USAGES", len(cols.usage_names) + 1)
+    monkeypatch.setattr(snapshot_module, "MAX_FILTERABLE", len(cols.filterable) + 1)
+    for field, first, second in (
+        ("gender", "gender-one", "gender-two"),
+        ("usage", "usage-one", "usage-two"),
+        ("fabric-one", "x", None),
+    ):
+        if second is None:  # a new attribute name: one fits, the next does not
+            catalog.submit([parse_change(_update(items[0].id, **{field: first}))])
+            change = _update(items[1].id, **{"fabric-two": "y"})
+        else:
+            catalog.submit([parse_change(_update(items[0].id, **{field: first}))])
+            change = _update(items[1].id, **{field: second})
+        before = catalog.snapshot
+        with pytest.raises(CatalogFullError) as caught:
+            catalog.submit([parse_change(change)])
+        assert caught.value.http_status == 409 and catalog.snapshot is before
+    # A label the catalogue has is always taken.
+    catalog.submit([parse_change(_update(items[2].id, gender="gender-one"))])
+
+
+def test_replaced_rows_are_bounded_until_compaction(
+    live: tuple[LiveCatalog, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A category change gives the item a new row and keeps the old one (its vector) until
+    compaction: past the bound such changes are refused, others still taken."""
+    catalog, folder = live
+    monkeypatch.setattr(snapshot_module, "MAX_DEAD_ROWS", 0)  # the bound: the live count
+    snap = catalog.snapshot
+    live_items = snap.live_items
+    first = snap.artifact.items[0]
+    flips = ("jeans", "dress")
+    refused = None
+    for n in range(live_items + 2):
+        try:
+            catalog.submit([parse_change(_update(first.id, category=flips[n % 2]))])
+        except CatalogFullError as e:
+            refused = (n, e)
+            break
+    assert refused is not None and refused[0] == live_items, refused  # flip live + 1
+    assert "compact" in refused[1].message
+    # Updates in place, removes and new ids are still taken.
+    catalog.submit([parse_change(_update(first.id, price=3, stock=2))])
+    catalog.submit([parse_change({"op": "remove", "id": snap.artifact.items[1].id})])
+    catalog.submit([parse_change(_add(folder, "brand-new"))])
+    with pytest.raises(CatalogFullError):
+        catalog.submit([parse_change(_add(folder, "brand-new"))])  # replacing it: a new row
+
+
+# -- change requests never hold the request workers -----------------------------------------
+
+
+@contextmanager
+def _living_server(art: Path, log: Path) -> Iterator[str]:
+    import uvicorn
+
+    from stygig.serving.app import ServerConfig, create_app
+    from stygig.serving.catalog_command import CatalogSettings
+
+    port = free_port()
+    config = ServerConfig(
+        artifact=art,
+        catalog=CatalogSettings(change_log=str(log), follow_interval_s=None),
+        warmup_rounds=1,
+        threads=2,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config), host="127.0.0.1", port=port, log_config=None, lifespan="on"
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", thread, timeout=120)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(60)
+
+
+def test_change_requests_never_hold_the_request_workers(
+    sample: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As many change requests as the server runs at once, each held inside its change (as a
+    bulk of photos to encode holds it for a minute): a recommendation is still answered (the
+    two request workers were both held before), one more change request is 503 at once, and
+    the held ones finish when let go."""
+    art = tmp_path / "artifact"
+    shutil.copytree(sample[1], art)
+    release, entered = threading.Event(), threading.Semaphore(0)
+    submit = LiveCatalog.submit
+
+    def held(self: LiveCatalog, requests: Any) -> Any:
+        entered.release()
+        assert release.wait(120)
+        return submit(self, requests)
+
+    monkeypatch.setattr(LiveCatalog, "submit", held)
+    photo = (sample[0] / "queries" / "blue-jeans.jpg").read_bytes()
+    with (
+        _living_server(art, tmp_path / "log") as url,
+        ThreadPoolExecutor(8) as pool,
+        httpx.Client(base_url=url, timeout=120) as client,
+    ):
+        first = client.get("/v1/catalog", params={"limit": 1}).json()["items"][0]["id"]
+        pending = [
+            pool.submit(client.post, "/v1/catalog/changes", json=_update(first, price=n))
+            for n in range(CHANGE_REQUESTS)
+        ]
+        try:
+            for _ in range(CHANGE_REQUESTS):
+                assert entered.acquire(timeout=60)
+            # Two recommendations at once (so neither is answered on the event loop alone).
+            answers = [
+                pool.submit(
+                    client.post,
+                    "/invocations",
+                    content=photo,
+                    headers={"content-type": "image/jpeg"},
+                )
+                for _ in range(2)
+            ]
+            assert [a.result(timeout=60).status_code for a in answers] == [200, 200]
+            busy = client.post("/v1/catalog/changes", json=_update(first, price=99))
+            assert busy.status_code == 503 and busy.json()["error"]["code"] == "changes_busy"
+        finally:
+            release.set()
+        assert sorted(p.result(timeout=60).json()["sequence"] for p in pending) == list(
+            range(1, CHANGE_REQUESTS + 1)
+        )
