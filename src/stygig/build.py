@@ -44,7 +44,7 @@ from stygig.errors import (
     UnsupportedMediaError,
 )
 from stygig.features import PreparedImage, color_method, fetch_photo, prepare_image
-from stygig.images import PreprocessSpec
+from stygig.images import CATALOG_LIMITS, DEFAULT_LIMITS, ImageLimits, PreprocessSpec
 from stygig.scoring import ScoringConfig
 from stygig.whitening import Whitening
 
@@ -93,18 +93,20 @@ def index_params(partition_by: str = "auto", nprobe: int | None = None) -> dict[
     return params or None
 
 
-def prepare_item_photo(source: str | bytes, spec: PreprocessSpec) -> PreparedImage:
+def prepare_item_photo(
+    source: str | bytes, spec: PreprocessSpec, limits: ImageLimits = DEFAULT_LIMITS
+) -> PreparedImage:
     """One catalogue photo (a path, a remote location or its bytes) as the build prepares
     it: read, decoded, validated, preprocessed for the encoder, coloured and thumbnailed.
-    The one per-item step of a build; a live catalogue change reuses it (raises
-    :mod:`stygig.errors` types)."""
-    return prepare_image(fetch_photo(source), spec, thumbnail=True)
+    The one per-item step of a build; a live catalogue change (a client's photo, within the
+    default ``limits``) reuses it (raises :mod:`stygig.errors` types)."""
+    return prepare_image(fetch_photo(source), spec, thumbnail=True, limits=limits)
 
 
 def prepare_or_reject(image: str, spec: PreprocessSpec) -> PreparedImage | tuple[str, str]:
     """The prepared photo, or ``(reject reason, message)`` for this row alone."""
     try:
-        return prepare_item_photo(image, spec)
+        return prepare_item_photo(image, spec, CATALOG_LIMITS)  # the operator's photos
     except (NotFoundError, StorageError) as e:
         return "missing_image", e.message
     except (InvalidImageError, ImageTooLargeError, UnsupportedMediaError) as e:

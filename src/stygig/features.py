@@ -18,7 +18,14 @@ from PIL import Image
 
 from stygig import storage
 from stygig.color import dominant_colors
-from stygig.images import DEFAULT_LIMITS, PreprocessSpec, decode_image, fit_array, preprocess
+from stygig.images import (
+    DEFAULT_LIMITS,
+    ImageLimits,
+    PreprocessSpec,
+    decode_image,
+    fit_array,
+    preprocess,
+)
 from stygig.thumbnails import make_thumbnail
 
 __all__ = [
@@ -48,14 +55,18 @@ class PreparedImage:
 
 
 def prepare_image(
-    source: str | Path | bytes, spec: PreprocessSpec, *, thumbnail: bool = False
+    source: str | Path | bytes,
+    spec: PreprocessSpec,
+    *,
+    thumbnail: bool = False,
+    limits: ImageLimits = DEFAULT_LIMITS,
 ) -> PreparedImage:
     """Decode, validate, preprocess and colour one photo (raises :mod:`stygig.errors` types).
 
     ``thumbnail`` also makes the shop's thumbnail from the same decoded pixels (builds do).
     """
     t0 = time.perf_counter()
-    photo = decode_photo(source, spec)
+    photo = decode_photo(source, spec, limits)
     t1 = time.perf_counter()
     color = color_summary(photo.color_pixels)
     t2 = time.perf_counter()
@@ -81,10 +92,12 @@ class DecodedPhoto:
         return fit_array(self.image, COLOR_SIDE)
 
 
-def decode_photo(source: str | Path | bytes, spec: PreprocessSpec) -> DecodedPhoto:
+def decode_photo(
+    source: str | Path | bytes, spec: PreprocessSpec, limits: ImageLimits = DEFAULT_LIMITS
+) -> DecodedPhoto:
     """Decode, validate and preprocess one photo: the step every photo goes through, at build
     and at query time, so a catalogue photo and a shopper's photo are treated alike."""
-    img = decode_image(source, min_size=max(spec.size, COLOR_SIDE))
+    img = decode_image(source, min_size=max(spec.size, COLOR_SIDE), limits=limits)
     return DecodedPhoto(preprocess(img, spec), img)
 
 

@@ -141,6 +141,11 @@ class ImageLimits:
 
     max_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000  # a 48 MP phone photo is 48e6; 40e6 leaves room for 12-36 MP
+    # PNG and WebP are decoded whole (JPEG at 1/8 scale when the encoder allows: a 40 MP JPEG
+    # costs ~23 ms of CPU to prepare). Whole, 40 MP cost ~600 ms of CPU (a 189 KB lossy WebP),
+    # 16 MP ~200 ms: a bound on what one small upload can make the server do. Photos from
+    # phones are JPEG or HEIC; screenshots and web images are a few MP.
+    max_whole_decode_pixels: int = 16_000_000
     min_side: int = 8
     # Long side / short side. Garments, shoes and accessories photograph well inside 4:1; 20:1
     # leaves room for banners and keeps every resize of an accepted image output-bounded.
@@ -173,6 +178,9 @@ class ImageLimits:
 
 
 DEFAULT_LIMITS = ImageLimits()
+#: For a catalogue's own photos (the operator's, read by builds): PNG and WebP masters up to
+#: the full pixel limit; the whole-decode bound is for what clients send.
+CATALOG_LIMITS = ImageLimits(max_whole_decode_pixels=DEFAULT_LIMITS.max_pixels)
 
 
 @dataclass(frozen=True)
@@ -269,7 +277,9 @@ def _read_source(source: bytes | str | Path, limits: ImageLimits) -> bytes:
     return data
 
 
-def _check_header(width: int, height: int, n_bytes: int, limits: ImageLimits) -> None:
+def _check_header(
+    width: int, height: int, n_bytes: int, limits: ImageLimits, kind: str = "JPEG"
+) -> None:
     """Refuse, from the header's size alone, an image that would cost too much to decode."""
     pixels = width * height
     if pixels > limits.max_pixels:
@@ -294,6 +304,11 @@ def _check_header(width: int, height: int, n_bytes: int, limits: ImageLimits) ->
             f"{limits.pixels_per_byte_floor:,} pixels it may have at most "
             f"{limits.max_pixels_per_byte:,g} pixels per byte (re-encode it as JPEG)",
             code="image_too_compressed",
+        )
+    if kind not in ("JPEG", "MPO") and pixels > limits.max_whole_decode_pixels:
+        raise ImageTooLargeError(
+            f"a PNG or WebP image may have at most {limits.max_whole_decode_pixels:,} pixels "
+            f"(JPEG: {limits.max_pixels:,}); send a smaller image or a JPEG"
         )
 
 
@@ -598,7 +613,7 @@ def decode_image(
     data = _read_source(source, limits)
     _check_format(data, limits)
     img = _open(data)
-    _check_header(*img.size, len(data), limits)
+    _check_header(*img.size, len(data), limits, str(img.format))
     try:
         with warnings.catch_warnings():
             # Our own pixel limit was checked above; PIL's generic bomb warning adds nothing.

@@ -432,7 +432,9 @@ def _load_faiss(file: Path, kind: str, n: int, params: dict[str, Any] | None) ->
     except RuntimeError as e:
         raise ArtifactError(f"cannot read FAISS index {file.name}: {e}") from e
     if index.ntotal != n:
-        raise ArtifactError(f"index {file.name} holds {index.ntotal} vectors but the item table has {n}")
+        raise ArtifactError(
+            f"index {file.name} holds {index.ntotal} vectors but the item table has {n}"
+        )
     return FaissIndex(index, kind, dict(params or {}))
 
 

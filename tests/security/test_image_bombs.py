@@ -104,6 +104,13 @@ def short_strip() -> bytes:
 
 
 @cache
+def wide_png() -> bytes:
+    """5000 x 4000 (20 MP) in ~60 KB, within the pixels-per-byte limit: a PNG is decoded
+    whole (no reduced decode as for JPEG), ~0.3 s of CPU at 20 MP and ~0.6 s at 40 MP."""
+    return blank_png(5000, 4000)
+
+
+@cache
 def flat_webp() -> bytes:
     """16000 x 2499 white, lossless WebP: 40 MP in a few dozen bytes."""
     white = Image.new("RGB", (16000, 2499), (255, 255, 255))
@@ -172,8 +179,9 @@ def post_refused(server: Server, body: bytes, content_type: str, status: int, co
         (tall_strip, "image/png", 400, "image_aspect_ratio"),
         (short_strip, "image/png", 400, "image_aspect_ratio"),
         (flat_webp, "image/webp", 413, "image_too_compressed"),
+        (wide_png, "image/png", 413, "image_too_large"),
     ],
-    ids=["png-8x4999999", "png-8x60000", "webp-16000x2499-lossless"],
+    ids=["png-8x4999999", "png-8x60000", "webp-16000x2499-lossless", "png-5000x4000"],
 )
 def test_bombs_are_refused_from_the_header(
     server: Server,
