@@ -107,7 +107,9 @@ def _manifest_lines(src: str) -> Iterator[str]:
     """The manifest's lines; a local one is read a line at a time (memory bounded by its
     longest line, not its size)."""
     if storage.is_remote(src):
-        yield from storage.read_bytes(src).decode("utf-8", errors="replace").splitlines()
+        text = storage.read_bytes(src).decode("utf-8", errors="replace")
+        # Lines end at newlines only, as a local file's do (U+2028 inside a string is text).
+        yield from text.replace("\r\n", "\n").split("\n")
         return
     with open(src, encoding="utf-8", errors="replace") as handle:
         for line in handle:
