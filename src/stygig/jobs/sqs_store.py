@@ -92,6 +92,20 @@ _MAX_VISIBILITY_S = 12 * 3600  # SQS's limit
 _CAS_TRIES = 20
 _NOT_FOUND = ("NoSuchKey", "404", "NotFound")
 _CONFLICT = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
+#: What every job record holds: one without them (edited, truncated) is corrupt.
+_RECORD_KEYS = frozenset({"id", "seq", "status", "attempts", "events", "token"})
+
+
+class CorruptRecordError(StygigError):
+    """A job record that is not one (not JSON, or without a record's fields): the job can
+    never run or be shown. A server fault (500, the key in the log only); housekeeping,
+    listings and the queue step over it instead of failing on it for ever."""
+
+    code = "corrupt_record"
+
+    def __init__(self, key: str) -> None:
+        log.error("job record %s is corrupt (not a job record); it is skipped", key)
+        super().__init__("a job's record cannot be read")
 
 
 @dataclass(frozen=True)
@@ -354,7 +368,17 @@ class SqsJobStore:
             if _error_code(e) in _NOT_FOUND:
                 return None
             raise
-        data = json.loads(answer["Body"].read())
+        try:
+            data = json.loads(answer["Body"].read())
+        except (ValueError, RecursionError):
+            data = None
+        if (
+            not isinstance(data, dict)
+            or not data.keys() >= _RECORD_KEYS
+            or data["status"] not in STATUSES
+            or not isinstance(data["events"], list)
+        ):
+            raise CorruptRecordError(key)
         return data, str(answer["ETag"])
 
     def _write(self, key: str, record: Mapping[str, Any], *, if_match: str | None = None) -> bool:
@@ -474,46 +498,79 @@ class SqsJobStore:
             token = uuid.uuid4().hex
             seq = _new_seq(now)
             input_key = None
+            index_key = self._key("index", f"{seq:020d}-{job_id}")
             if spec.input_body is not None:
                 input_key = self._key("inputs", f"{job_id}/{token}")
-                self._s3.put_object(Bucket=self.bucket, Key=input_key, Body=spec.input_body)
-            index_key = self._key("index", f"{seq:020d}-{job_id}")
-            self._s3.put_object(Bucket=self.bucket, Key=index_key, Body=b"")
-            record: dict[str, Any] = {
-                "format": 1,
-                "seq": seq,
-                "id": job_id,
-                "status": "queued",
-                "input_location": spec.input_location,
-                "input_key": input_key,
-                "content_type": spec.content_type,
-                "params": dict(spec.params),
-                "output_location": spec.output_location.replace("{id}", job_id),
-                "failure_location": spec.failure_location.replace("{id}", job_id),
-                "webhook": spec.webhook,
-                "time_limit_s": spec.time_limit_s,
-                "attempts": 0,
-                "max_attempts": spec.max_attempts,
-                "owner": None,
-                "lease_expires": None,
-                "created_at": now,
-                "started_at": None,
-                "finished_at": None,
-                "error": None,
-                "notify_state": None,
-                "token": token,
-                "events": [_event("submitted", None, now)],
-            }
-            self._send(job_id, token)
-            if self._write(key, record):
-                return self._job(record), True
-            # Another server created this id a moment ago: that job stands; our message names
-            # our token, so it is dropped when received.
-            self._delete(input_key, index_key)
-            existing = self._read(key)
-            if existing is None:  # created and purged in between: as good as a full queue
-                raise OverloadedError("the job queue is busy; retry later", code="queue_busy")
-            return self._job(existing[0]), False
+        try:
+            with self._aws("record a job"):
+                return self._create(spec, job_id, key, token, seq, now, input_key, index_key)
+        except BaseException:
+            # Nothing of a submission that failed half-way stays behind: its input would
+            # count against the queue's byte limit for ever (no record ever names it). Unless
+            # the record was written after all (its answer lost): then the job stands.
+            if not self._recorded(key, token):
+                self._delete(input_key, index_key)
+            raise
+
+    def _recorded(self, key: str, token: str) -> bool:
+        """Whether the record at ``key`` is the one with ``token`` (``False`` when it cannot
+        be read either)."""
+        try:
+            found = self._read(key)
+        except Exception:
+            return False
+        return found is not None and found[0].get("token") == token
+
+    def _create(
+        self,
+        spec: JobSpec,
+        job_id: str,
+        key: str,
+        token: str,
+        seq: int,
+        now: float,
+        input_key: str | None,
+        index_key: str,
+    ) -> tuple[Job, bool]:
+        """The objects, message and record of a new job (:meth:`submit`)."""
+        if input_key is not None:
+            self._s3.put_object(Bucket=self.bucket, Key=input_key, Body=spec.input_body)
+        self._s3.put_object(Bucket=self.bucket, Key=index_key, Body=b"")
+        record: dict[str, Any] = {
+            "format": 1,
+            "seq": seq,
+            "id": job_id,
+            "status": "queued",
+            "input_location": spec.input_location,
+            "input_key": input_key,
+            "content_type": spec.content_type,
+            "params": dict(spec.params),
+            "output_location": spec.output_location.replace("{id}", job_id),
+            "failure_location": spec.failure_location.replace("{id}", job_id),
+            "webhook": spec.webhook,
+            "time_limit_s": spec.time_limit_s,
+            "attempts": 0,
+            "max_attempts": spec.max_attempts,
+            "owner": None,
+            "lease_expires": None,
+            "created_at": now,
+            "started_at": None,
+            "finished_at": None,
+            "error": None,
+            "notify_state": None,
+            "token": token,
+            "events": [_event("submitted", None, now)],
+        }
+        self._send(job_id, token)
+        if self._write(key, record):
+            return self._job(record), True
+        # Another server created this id a moment ago: that job stands; our message names
+        # our token, so it is dropped when received.
+        self._delete(input_key, index_key)
+        existing = self._read(key)
+        if existing is None:  # created and purged in between: as good as a full queue
+            raise OverloadedError("the job queue is busy; retry later", code="queue_busy")
+        return self._job(existing[0]), False
 
     def _send(self, job_id: str, token: str) -> None:
         extra: dict[str, Any] = {}
@@ -609,7 +666,11 @@ class SqsJobStore:
         # often has it first. Look again a few times before putting it back for a while.
         for pause in (0.0, 0.05, 0.1, 0.2):
             time.sleep(pause)
-            record = self._update(job_id, take)
+            try:
+                record = self._update(job_id, take)
+            except CorruptRecordError:
+                self._delete_message(receipt)  # it can never run: not redelivered for ever
+                return None
             if record is not None or verdict:
                 break
         if record is None:
@@ -737,7 +798,11 @@ class SqsJobStore:
                     break
                 stamp, _, rest = key.rsplit("/", 1)[1].partition(".")
                 _, _, job_id = rest.partition(".")
-                found = self._read(self._record_key(job_id))
+                try:
+                    found = self._read(self._record_key(job_id))
+                except CorruptRecordError:
+                    self._delete(key)  # the record stays for a person to look at
+                    continue
                 record = found[0] if found else None
                 if (
                     record is None
@@ -812,7 +877,10 @@ class SqsJobStore:
             for obj in self._list("index", start_after=start):
                 name = str(obj["Key"]).rsplit("/", 1)[1]
                 seq, _, job_id = name.partition("-")
-                read = self._read(self._record_key(job_id))  # None: purged meanwhile
+                try:
+                    read = self._read(self._record_key(job_id))  # None: purged meanwhile
+                except CorruptRecordError:
+                    read = None  # logged; a listing shows the jobs it can read
                 examined += 1
                 if read is not None and (status is None or read[0]["status"] == status):
                     found.append(self._view(read[0]))
@@ -837,7 +905,10 @@ class SqsJobStore:
                 job_id = str(obj["Key"]).rsplit("/", 1)[1]
                 if job_id in mine:
                     continue
-                found = self._read(self._record_key(job_id))
+                try:
+                    found = self._read(self._record_key(job_id))
+                except CorruptRecordError:
+                    found = None  # nothing this server can send: the marker goes
                 record = found[0] if found else None
                 if record is None or record.get("notify_state") not in (None, "pending"):
                     self._delete(str(obj["Key"]))  # nothing (more) to send

@@ -28,7 +28,9 @@ are shown to clients only as :func:`shown_location` gives them.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import socket
 import sqlite3
@@ -42,7 +44,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from stygig import storage
-from stygig.errors import InvalidOptionsError, NotFoundError, OverloadedError
+from stygig.errors import ConfigError, InvalidOptionsError, NotFoundError, OverloadedError
+
+log = logging.getLogger("stygig.jobs")
 
 __all__ = [
     "COUNT_LIMIT",
@@ -330,6 +334,15 @@ def iso_time(ts: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
 
 
+def _unavailable(error: sqlite3.OperationalError) -> OverloadedError:
+    """A write the database could not take (locked past its timeout, a full disk): 503
+    ``queue_unavailable`` for a client, the detail in the log."""
+    log.error("the job store could not be written: %s", error)
+    return OverloadedError(
+        "the job queue cannot be reached now; retry later", code="queue_unavailable"
+    )
+
+
 class JobStore:
     """The job table in one SQLite file; safe for many threads and for several processes.
 
@@ -358,16 +371,23 @@ class JobStore:
             self.path, timeout=30.0, isolation_level=None, check_same_thread=False
         )
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={synchronous}")
-        with self._transaction() as db:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            present = {r["name"] for r in db.execute("PRAGMA table_info(jobs)")}
-            for name, kind in _MIGRATIONS:
-                if name not in present:
-                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            with self._transaction() as db:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                present = {r["name"] for r in db.execute("PRAGMA table_info(jobs)")}
+                for name, kind in _MIGRATIONS:
+                    if name not in present:
+                        db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+        except (sqlite3.DatabaseError, OverloadedError) as e:
+            self._db.close()
+            raise ConfigError(
+                f"the job store {self.path} cannot be opened as a SQLite database ({e}); "
+                "restore it, or move it aside to start with an empty one"
+            ) from e
 
     def close(self) -> None:
         """Close the database connection."""
@@ -382,15 +402,29 @@ class JobStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` .. ``COMMIT`` (or ``ROLLBACK``) under the connection lock."""
+        """``BEGIN IMMEDIATE`` .. ``COMMIT`` (or ``ROLLBACK``) under the connection lock. A
+        database that cannot take the write (locked by another process past the 30 s timeout,
+        a full disk) is :class:`~stygig.errors.OverloadedError` ``queue_unavailable`` (503 to
+        a client; the detail goes to the log)."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as e:
+                raise _unavailable(e) from e
             try:
                 yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
+            except BaseException as e:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                if isinstance(e, sqlite3.OperationalError):
+                    raise _unavailable(e) from e
                 raise
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.OperationalError as e:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                raise _unavailable(e) from e
 
     @staticmethod
     def _event(

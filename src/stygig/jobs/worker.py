@@ -31,11 +31,12 @@ never more than its byte limit.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -278,6 +279,15 @@ class _Running:
     abandoned: bool = False
 
 
+@contextlib.contextmanager
+def _chore(what: str) -> Iterator[None]:
+    """Run one housekeeping chore; a failure is logged (once per try), not raised."""
+    try:
+        yield
+    except Exception:
+        log.exception("job housekeeping failed: %s", what)
+
+
 class JobWorker:
     """Claims and runs jobs from a job store (a :class:`~stygig.jobs.queue.JobQueue`: SQLite
     on one host, or an SQS queue several servers share) in background threads.
@@ -435,13 +445,28 @@ class JobWorker:
             log.exception("job %s: unexpected failure", job.id)
             internal = {"code": "internal_error", "message": "the job failed on the server"}
             outcome = self._fail(job, internal)
-        if outcome is not None and not self.store.finish(
-            job.id, self.owner, job.attempts, *outcome
-        ):
-            log.warning("job %s was taken over before it finished here", job.id)
+        if outcome is not None:
+            self._record_end(job, outcome)
         self._wake.set()
         if timed_out:
             self._await_or_abandon(run, future)
+
+    def _record_end(self, job: Job, outcome: Outcome) -> None:
+        """Record ``job``'s end in the store, retried (with backoff, up to 30 s apart) while the
+        store cannot take it (locked, a full disk): an end never recorded left the job
+        ``running`` for good, its lease renewed. Stopping gives up (the lease runs out and
+        another worker runs the job again)."""
+        delay = 0.5
+        while True:
+            try:
+                if not self.store.finish(job.id, self.owner, job.attempts, *outcome):
+                    log.warning("job %s was taken over before it finished here", job.id)
+                return
+            except Exception:
+                log.exception("job %s: its end could not be recorded; retrying", job.id)
+            if self._stopping.wait(delay):
+                return
+            delay = min(2 * delay, 30.0)
 
     def _fail(self, job: Job, error: dict[str, Any]) -> Outcome | None:
         """Write ``job``'s failure; ``None`` when storage is down (then the lease runs out and
@@ -500,22 +525,25 @@ class JobWorker:
         last_purge = -_PURGE_EVERY_S
         while not self._stopping.wait(min(self.config.poll_s, 0.25)):
             now = time.monotonic()
-            try:
-                if now - last_renew >= self.config.lease_s / 3:
+            # Each chore on its own: one that fails (a record it cannot read, the store down)
+            # is logged and tried again at its own pace, never holding up the others.
+            if now - last_renew >= self.config.lease_s / 3:
+                with _chore("renewing leases"):
                     self.store.renew(self.owner, lease_s=self.config.lease_s)
-                    last_renew = now
-                if now - last_orphans >= max(5.0, self.config.lease_s / 3):
+                last_renew = now
+            if now - last_orphans >= max(5.0, self.config.lease_s / 3):
+                with _chore("requeueing orphaned jobs"):
                     if self.store.requeue_orphans(self.owner):
                         self._wake.set()
-                    last_orphans = now
-                if self.retention_s is not None and now - last_purge >= _PURGE_EVERY_S:
+                last_orphans = now
+            if self.retention_s is not None and now - last_purge >= _PURGE_EVERY_S:
+                last_purge = now
+                with _chore("deleting finished jobs past the retention time"):
                     purged = self.store.purge(time.time() - self.retention_s)
                     if purged:
                         log.info("deleted %d finished job(s) past the retention time", purged)
-                    last_purge = now
+            with _chore("sending notifications"):
                 self._notify_pending()
-            except Exception:
-                log.exception("job housekeeping failed")
 
     def _notify_pending(self) -> None:
         for job in self.store.pending_notifications(limit=200):
