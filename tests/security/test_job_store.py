@@ -288,3 +288,58 @@ def test_a_full_queue_is_a_503_with_retry_after(tmp_path: Path) -> None:
             assert jobs.store.counts()["queued"] == 2
     finally:
         jobs.store.close()
+
+
+def test_a_locked_store_is_503_and_an_end_it_could_not_take_is_recorded_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Holes: while another connection held the database's write lock, a submission was a 500
+    after 30 s, and a job whose end could not be recorded stayed ``running`` for good (its
+    lease renewed, the error never logged)."""
+    from tests.integration.test_jobs import _SlowRecommender
+
+    store = JobStore(tmp_path / "jobs.db", synchronous="NORMAL")
+    store._db.execute("PRAGMA busy_timeout = 200")  # the test waits 0.2 s, not 30
+    holder = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(OverloadedError) as e:
+            store.submit(_spec("while-locked"))
+        assert e.value.code == "queue_unavailable" and str(tmp_path) not in e.value.message
+    finally:
+        holder.execute("ROLLBACK")
+    # The end of a job fails twice (as a locked or full database makes it), then goes through.
+    finish, failures = store.finish, []
+
+    def flaky(*args: Any) -> bool:
+        if len(failures) < 2:
+            failures.append(args[0])
+            raise OverloadedError("the job queue cannot be reached now", code="queue_unavailable")
+        return finish(*args)
+
+    monkeypatch.setattr(store, "finish", flaky)
+    out = tmp_path / "out"
+    job, _ = store.submit(
+        JobSpec(
+            str(out / "{id}.out"),
+            str(out / "{id}-error.out"),
+            input_body=b'{"item_ids": ["x"]}',
+            content_type="application/json",
+        )
+    )
+    worker = JobWorker(store, lambda: _SlowRecommender(0.0), WorkerConfig(poll_s=0.05))  # type: ignore[arg-type,return-value]
+    worker.start()
+    try:
+        wait_for(lambda: store.get(job.id).status == "succeeded", 30)
+    finally:
+        worker.stop()
+        store.close()
+    assert failures == [job.id, job.id]
+
+
+def test_a_store_file_that_is_not_a_database_is_one_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    path.write_bytes(b"SQLite format 3\x00" + os.urandom(4000))
+    with pytest.raises(StygigError) as e:
+        JobStore(path)
+    assert "cannot be opened as a SQLite database" in e.value.message

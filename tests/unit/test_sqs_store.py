@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from stygig.errors import InvalidOptionsError, NotFoundError, OverloadedError
+from stygig.errors import InvalidOptionsError, NotFoundError, OverloadedError, StygigError
 from stygig.jobs.sqs_store import SqsJobStore, open_job_queue, parse_queue_url
 from stygig.jobs.store import JobSpec, QueueLimits, new_owner
 from stygig.jobs.worker import JobWorker, WorkerConfig
@@ -473,3 +473,48 @@ def test_listing_and_counting_read_a_bounded_number_of_objects_per_call(
     assert (exact["succeeded"], exact["failed"], exact.complete) == (5, 1, True)
     with pytest.raises(InvalidOptionsError):
         queue.store(scan_limit=0)
+
+
+def test_a_submission_that_fails_half_way_leaves_nothing_behind(
+    queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hole: an input and an index entry written before SendMessage failed stayed for ever
+    and counted against the byte limit: after 4 such failures a 30 KB limit refused every
+    inline submission on an empty queue."""
+    store = queue.store()
+    limits = QueueLimits(max_jobs=10, max_bytes=10)
+
+    def down(**_: Any) -> None:
+        raise RuntimeError("SQS is down")
+
+    monkeypatch.setattr(store._sqs, "send_message", down)
+    for n in range(3):
+        with pytest.raises(OverloadedError) as e:
+            store.submit(_spec(id=f"lost-{n}", input_body=b"12345678"), limits)
+        assert e.value.code == "queue_unavailable"
+    assert queue.keys("inputs") == [] and queue.keys("index") == [] and queue.keys("jobs") == []
+    monkeypatch.undo()
+    job, created = store.submit(_spec(id="after", input_body=b"12345678"), limits)
+    assert created and job.status == "queued"
+
+
+def test_a_corrupt_record_is_stepped_over_not_failed_on_for_ever(queue: Queue) -> None:
+    """Hole: one record edited into non-JSON made every purge raise (and with it the
+    notifications after it, 78 tracebacks in 20 s), and its message came back for ever."""
+    store = queue.store(notify_scan_s=0.0, notify_takeover_s=0.0)
+    owner = new_owner()
+    for job_id in ("bad", "good"):
+        store.submit(_spec(id=job_id))
+    prefix = queue.results.split("/", 3)[3]
+    queue.s3.put_object(Bucket=BUCKET, Key=f"{prefix}/jobs/bad.json", Body=b"{not json")
+    claimed = wait_for(lambda: [j.id for j in store.claim(owner, limit=10)] or None)
+    assert claimed == ["good"]
+    assert wait_for(lambda: queue.depth() == (0, 1))  # the bad one's message is gone
+    assert store.finish("good", owner, 1, "succeeded")
+    assert [j.id for j in store.pending_notifications()] == ["good"]
+    store.mark_notified("good", "sent")
+    assert store.purge(time.time() + 1) == 1
+    assert [v.id for v in store.list_jobs().jobs] == []
+    with pytest.raises(StygigError) as e:
+        store.view("bad")
+    assert e.value.code == "corrupt_record" and prefix not in e.value.message
