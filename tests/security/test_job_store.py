@@ -343,3 +343,28 @@ def test_a_store_file_that_is_not_a_database_is_one_clear_error(tmp_path: Path) 
     with pytest.raises(StygigError) as e:
         JobStore(path)
     assert "cannot be opened as a SQLite database" in e.value.message
+
+
+def test_a_corrupt_row_fails_its_job_and_stalls_nothing(store: JobStore) -> None:
+    """Hole: a queued job whose params were not JSON made every claim roll back and select
+    it again (the queue stalled, 2 tracebacks a second); a finished job whose error was not
+    JSON was a 500 on its view and on the whole listing."""
+    store.submit(_spec("done"))
+    _finish(store, "done")
+    for job_id in ("bad", "good-1"):
+        store.submit(_spec(job_id))
+    with store._transaction() as db:
+        db.execute("UPDATE jobs SET params = '{bad' WHERE id = 'bad'")
+        db.execute("UPDATE jobs SET error = 'not json' WHERE id = 'done'")
+    owner = new_owner()
+    claimed = store.claim(owner, limit=1)
+    claimed += store.claim(owner, limit=1) if not claimed else []
+    assert [j.id for j in claimed] == ["good-1"]
+    bad = store.view("bad")
+    assert bad.status == "failed" and bad.error == {
+        "code": "corrupt_record",
+        "message": "the job's record cannot be read",
+    }
+    assert store.view("done").error is not None  # shown as unreadable, not a 500
+    assert {v.id for v in store.list_jobs().jobs} == {"done", "bad", "good-1"}
+    assert "bad" in {j.id for j in store.pending_notifications()}

@@ -227,11 +227,20 @@ class Job:
     token: str | None  # None: a job from before tokens existed
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Job:
-        """A job from a row of every column (``input_body`` may be selected as NULL)."""
+    def from_row(cls, row: sqlite3.Row, *, strict: bool = False) -> Job:
+        """A job from a row of every column (``input_body`` may be selected as NULL).
+        Params that are not a JSON object are ``ValueError`` when ``strict`` (a job about to
+        run), else empty (a job to show or notify about)."""
         data = dict(row)
-        data["params"] = json.loads(data["params"] or "{}")
-        data["error"] = json.loads(data["error"]) if data["error"] else None
+        try:
+            data["params"] = json.loads(data["params"] or "{}")
+        except (ValueError, RecursionError):
+            data["params"] = None
+        if not isinstance(data["params"], dict):
+            if strict:
+                raise ValueError("a job's params are not an object")
+            data["params"] = {}
+        data["error"] = _error_column(data["error"])
         return cls(**data)
 
     def owns(self, document: Any) -> bool:
@@ -280,7 +289,7 @@ class JobView:
     def from_row(cls, row: sqlite3.Row) -> JobView:
         """A view from a row of the view's columns."""
         data = dict(row)
-        data["error"] = json.loads(data["error"]) if data["error"] else None
+        data["error"] = _error_column(data["error"])
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -332,6 +341,22 @@ def iso_time(ts: float | None) -> str | None:
     if ts is None:
         return None
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
+
+
+#: What a job whose stored error cannot be read shows, and what a job that cannot be read
+#: at all fails with (a row edited by hand, a damaged file).
+CORRUPT_RECORD = {"code": "corrupt_record", "message": "the job's record cannot be read"}
+
+
+def _error_column(text: str | None) -> dict[str, Any] | None:
+    """A job's stored error, or :data:`CORRUPT_RECORD` when it is not a JSON object."""
+    if not text:
+        return None
+    try:
+        error = json.loads(text)
+    except (ValueError, RecursionError):
+        error = None
+    return error if isinstance(error, dict) else dict(CORRUPT_RECORD)
 
 
 def _unavailable(error: sqlite3.OperationalError) -> OverloadedError:
@@ -509,12 +534,21 @@ class JobStore:
                     (owner, now + lease_s, now, job_id),
                 )
                 self._event(db, job_id, "claimed", owner)
-            claimed = [
-                Job.from_row(
-                    db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (i,)).fetchone()
-                )
-                for i in ids
-            ]
+            claimed = []
+            for job_id in ids:
+                row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                try:
+                    claimed.append(Job.from_row(row, strict=True))
+                except (ValueError, TypeError, RecursionError):
+                    # It can never run: failed now, so it does not stall every job behind it.
+                    log.error("job %s cannot be read (a corrupt row); it is failed", job_id)
+                    db.execute(
+                        "UPDATE jobs SET status = 'failed', finished_at = ?, error = ?,"
+                        " lease_expires = NULL, notify_state = 'pending', input_body = NULL"
+                        " WHERE id = ?",
+                        (now, json.dumps(CORRUPT_RECORD), job_id),
+                    )
+                    self._event(db, job_id, "failed", owner, CORRUPT_RECORD)
         return claimed
 
     def renew(self, owner: str, *, lease_s: float = 60.0) -> int:
