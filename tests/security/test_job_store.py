@@ -368,3 +368,30 @@ def test_a_corrupt_row_fails_its_job_and_stalls_nothing(store: JobStore) -> None
     assert store.view("done").error is not None  # shown as unreadable, not a 500
     assert {v.id for v in store.list_jobs().jobs} == {"done", "bad", "good-1"}
     assert "bad" in {j.id for j in store.pending_notifications()}
+
+
+def test_retention_deletes_the_jobs_own_documents_too(tmp_path: Path) -> None:
+    """Hole: purged jobs' result files stayed in a local output folder for ever (no route
+    reached them: the disk grew ~17 KB a job). A document that is not the job's (another
+    job of the same id, written later) stays."""
+    from stygig.jobs.worker import _document
+
+    store = JobStore(tmp_path / "jobs.db", synchronous="NORMAL")
+    out = tmp_path / "out"
+    try:
+        job, _ = store.submit(
+            JobSpec(str(out / "{id}.out"), str(out / "{id}-error.out"), input_body=b"x", id="r")
+        )
+        storage_out, storage_err = Path(job.output_location), Path(job.failure_location)
+        out.mkdir()
+        storage_out.write_bytes(_document(job, {"outfit": None}))
+        storage_err.write_bytes(b'{"InferenceId": "r", "JobToken": "someone-else"}')
+        owner = new_owner()
+        (claimed,) = store.claim(owner)
+        assert store.finish("r", owner, claimed.attempts, "succeeded")
+        store.mark_notified("r", "none")
+        assert store.purge(time.time() + 1) == 1
+        assert not storage_out.exists()
+        assert storage_err.exists()  # not this job's: kept
+    finally:
+        store.close()

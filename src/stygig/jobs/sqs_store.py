@@ -610,7 +610,7 @@ class SqsJobStore:
                 MaxNumberOfMessages=max(1, min(limit, 10)),
                 VisibilityTimeout=_visibility(lease_s),
                 WaitTimeSeconds=self.wait_s,
-                MessageSystemAttributeNames=["SentTimestamp"],
+                MessageSystemAttributeNames=["SentTimestamp", "ApproximateReceiveCount"],
             )
         claimed = []
         for message in answer.get("Messages", []):
@@ -663,8 +663,11 @@ class SqsJobStore:
             return True
 
         # The message is sent before the record is written: a receiver waiting on the queue
-        # often has it first. Look again a few times before putting it back for a while.
-        for pause in (0.0, 0.05, 0.1, 0.2):
+        # often has it first. Look again a few times before putting it back for a while (on
+        # its first receipt only: a message back again without a record gets one look).
+        attributes = message.get("Attributes", {})
+        receipts = int(attributes.get("ApproximateReceiveCount", 1) or 1)
+        for pause in (0.0, 0.05, 0.1, 0.2) if receipts <= 1 else (0.0,):
             time.sleep(pause)
             try:
                 record = self._update(job_id, take)
@@ -678,9 +681,12 @@ class SqsJobStore:
                 self._set_visibility(receipt, min(float(verdict[1]), _MAX_VISIBILITY_S))
                 return None
             if not verdict:  # no record
-                sent = float(message.get("Attributes", {}).get("SentTimestamp", 0)) / 1000
+                sent = float(attributes.get("SentTimestamp", 0)) / 1000
                 if time.time() - sent < self.orphan_message_s:
-                    self._set_visibility(receipt, 2)  # its submission is still being recorded
+                    # Its submission may still be being recorded: back in 2 s, then 4, 8, ...
+                    # up to a minute, so that messages whose submission failed (they wait
+                    # out orphan_message_s) do not crowd real jobs out of the receiver.
+                    self._set_visibility(receipt, min(2 ** min(receipts, 6), 60))
                     return None
             # finished, another job's of this id, or a submission that never completed
             self._delete_message(receipt)

@@ -44,7 +44,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from stygig import storage
-from stygig.errors import ConfigError, InvalidOptionsError, NotFoundError, OverloadedError
+from stygig.errors import (
+    ConfigError,
+    InvalidOptionsError,
+    NotFoundError,
+    OverloadedError,
+    StygigError,
+)
 
 log = logging.getLogger("stygig.jobs")
 
@@ -359,6 +365,26 @@ def _error_column(text: str | None) -> dict[str, Any] | None:
     return error if isinstance(error, dict) else dict(CORRUPT_RECORD)
 
 
+def _delete_own(where: str | None, job_id: str, token: str | None) -> None:
+    """Delete the document at ``where`` if it is job ``job_id``'s (its id and token: never a
+    later job's of the same id); best effort, logged."""
+    if not where or token is None:
+        return
+    try:
+        document = json.loads(storage.read_bytes(where, max_bytes=64 << 20))
+    except (StygigError, ValueError, RecursionError):
+        return  # absent, unreadable or not JSON: nothing of this job's to delete
+    if (
+        isinstance(document, dict)
+        and document.get("InferenceId") == job_id
+        and document.get("JobToken") == token
+    ):
+        try:
+            storage.delete(where)
+        except (StygigError, OSError):
+            log.warning("job %s: its document could not be deleted", job_id, exc_info=True)
+
+
 def _unavailable(error: sqlite3.OperationalError) -> OverloadedError:
     """A write the database could not take (locked past its timeout, a full disk): 503
     ``queue_unavailable`` for a client, the detail in the log."""
@@ -620,17 +646,19 @@ class JobStore:
         removed = 0
         while True:
             with self._transaction() as db:
-                ids = [
-                    r["id"]
-                    for r in db.execute(
-                        "SELECT id FROM jobs WHERE finished_at < ? AND status IN (?, ?)"
-                        " AND (notify_state IS NULL OR notify_state != 'pending') LIMIT ?",
-                        (finished_before, *TERMINAL, batch),
-                    )
-                ]
+                rows = db.execute(
+                    "SELECT id, token, output_location, failure_location FROM jobs"
+                    " WHERE finished_at < ? AND status IN (?, ?)"
+                    " AND (notify_state IS NULL OR notify_state != 'pending') LIMIT ?",
+                    (finished_before, *TERMINAL, batch),
+                ).fetchall()
+                ids = [r["id"] for r in rows]
                 marks = ", ".join("?" * len(ids))
                 db.execute(f"DELETE FROM events WHERE job_id IN ({marks})", ids)
                 db.execute(f"DELETE FROM jobs WHERE id IN ({marks})", ids)
+            for row in rows:  # the jobs' own documents go with them (a folder's disk is bounded)
+                for where in (row["output_location"], row["failure_location"]):
+                    _delete_own(where, row["id"], row["token"])
             removed += len(ids)
             if len(ids) < batch:
                 return removed
