@@ -1,5 +1,6 @@
 """Start-up warms the path a concurrent request takes: the micro-batcher and its encoder thread
-have run before ``/ping`` says ready, and a failure there is reported like any warm-up failure."""
+have run before ``/ping`` says ready, and a failure there is reported like any warm-up failure.
+A version the server refused to reload is not loaded again by its watch."""
 
 from __future__ import annotations
 
@@ -56,3 +57,46 @@ def test_a_failing_batcher_at_warm_up_is_reported_as_before(
         assert client.get("/ping").status_code != 200
     assert isinstance(failed[0], EncoderUnavailableError)
     assert str(failed[0]) == "the encoder failed to run" and failed[0].exit_code == 5
+
+
+def test_the_watch_does_not_reload_a_refused_version_again_and_again(
+    sample: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hole: a watched pointer naming a version the server refuses (another encoder) made it
+    load that version again every interval (CPU x12 at rest on a tiny artifact). A refused
+    version is tried again only on an explicit reload (SIGHUP, POST) or once it changes."""
+    import functools
+    import json
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from stygig.serving.app import ReloadRefusedError
+
+    art = tmp_path / "artifact"
+    shutil.copytree(sample[1], art)
+    loads: list[Path] = []
+
+    async def refuse(self: ModelService, path: Path, current: object) -> None:
+        loads.append(path)
+        raise ReloadRefusedError("the new artifact has another encoder: restart the server")
+
+    monkeypatch.setattr(ModelService, "_load_new", refuse)
+    app = create_app(ServerConfig(artifact=art, warmup_rounds=1, threads=2))
+    service: ModelService = app.state.service
+    with TestClient(app) as client:
+        assert _until(lambda: client.get("/ping").status_code == 200)
+        manifest = json.loads((art / "manifest.json").read_text())
+        (art / "manifest.json").write_text(json.dumps({**manifest, "version": "next"}))
+        watched = functools.partial(service.reload, watched=True)
+        with pytest.raises(ReloadRefusedError):
+            client.portal.call(watched)  # type: ignore[union-attr]
+        assert client.portal.call(watched) is False  # type: ignore[union-attr]
+        assert len(loads) == 1
+        with pytest.raises(ReloadRefusedError):
+            client.portal.call(service.reload)  # type: ignore[union-attr]
+        assert len(loads) == 2
+        (art / "manifest.json").write_text(json.dumps({**manifest, "version": "after"}))
+        with pytest.raises(ReloadRefusedError):
+            client.portal.call(watched)  # type: ignore[union-attr]
+        assert len(loads) == 3

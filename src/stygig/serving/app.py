@@ -181,6 +181,9 @@ class ModelService:
         self.live: LiveCatalog | None = None  # the catalogue's changes, when configured
         self.artifact_path = config.artifact  # the version served now (hot reload moves it)
         self._reloading = asyncio.Lock()
+        # The last version a reload refused (its folder and version): the watch does not load
+        # it again every interval, only a new version or an explicit reload does.
+        self._refused: tuple[Path, str] | None = None
         # The gauges read the live state when scraped: nothing to keep in step by hand.
         metrics.ready.set_function(lambda: float(self.ready))
         metrics.in_flight.set_function(lambda: float(self.in_flight))
@@ -274,11 +277,12 @@ class ModelService:
         if live is not None and settings is not None and settings.follow_interval_s:
             live.follow(settings.follow_interval_s)
 
-    async def reload(self) -> bool:
+    async def reload(self, *, watched: bool = False) -> bool:
         """Switch to the artifact version the watched pointer (else the configured folder)
         holds, if it is new: load and verify it, replay the change log on it, warm it, then
         swap. Requests in flight finish on the version they started with; none fails. An
-        unverifiable version is refused (:class:`ReloadRefusedError`), the old one kept."""
+        unverifiable version is refused (:class:`ReloadRefusedError`), the old one kept.
+        ``watched`` (the watch's own polling): a version refused before is not tried again."""
         from stygig.artifact import read_manifest
         from stygig.snapshot import artifact_version
 
@@ -297,8 +301,11 @@ class ModelService:
                     f"the new artifact version cannot be read ({e.code}); still serving "
                     f"{current.snapshot.version}"
                 ) from None
-            if artifact_version(manifest) == current.snapshot.version:
+            version = artifact_version(manifest)
+            if version == current.snapshot.version:
                 return False
+            if watched and self._refused == (path, version):
+                return False  # refused before (logged then); tried again on SIGHUP or POST
             # Until the swap the old version answers with its rows read by pread, so its
             # mapped rows (up to 4.4 GB at 10M items) never share the process with the new
             # version's codes: a reload's peak is the two versions' codes, not that plus the
@@ -306,7 +313,11 @@ class ModelService:
             old_index = current.artifact.index
             released = release_mapped_rows(old_index)  # a few attributes: no pool hop
             try:
-                rec = await self._load_new(path, current)
+                try:
+                    rec = await self._load_new(path, current)
+                except ReloadRefusedError:
+                    self._refused = (path, version)
+                    raise
                 live = await self.run(self._living, rec)
                 # The page cache only: the new rows map as requests read them.
                 await self.run(functools.partial(warm_index, rec.artifact.index, map_rows=False))

@@ -167,11 +167,12 @@ async def watch_and_signal(service: ModelService, stop: asyncio.Event) -> None:
                 task.cancel()
             if stop.is_set():
                 return
+            signalled = wake.is_set()
             wake.clear()
             if not service.ready:
                 continue
             try:
-                await service.reload()
+                await service.reload(watched=not signalled)
             except StygigError as e:
                 log.error("hot reload refused: %s", e.code, extra={"fields": {"code": e.code}})
             except Exception:
