@@ -6,6 +6,7 @@ HTTP through boto3). Leases are a second or two where a test needs one to run ou
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -518,3 +519,23 @@ def test_a_corrupt_record_is_stepped_over_not_failed_on_for_ever(queue: Queue) -
     with pytest.raises(StygigError) as e:
         store.view("bad")
     assert e.value.code == "corrupt_record" and prefix not in e.value.message
+
+
+def test_an_inline_input_deleted_before_its_job_runs_is_input_lost(
+    queue: Queue, tmp_path: Path
+) -> None:
+    """It was read as an empty body: ``empty_image``, the client's mistake."""
+    from stygig.jobs.worker import run_job
+
+    store = queue.store()
+    out = tmp_path / "out"
+    spec = JobSpec(str(out / "{id}.out"), str(out / "{id}-error.out"), input_body=b"\xffphoto")
+    store.submit(dataclasses.replace(spec, id="lost"))
+    prefix = queue.results.split("/", 3)[3]
+    [key] = queue.keys("inputs")
+    queue.s3.delete_object(Bucket=BUCKET, Key=f"{prefix}/inputs/{key}")
+    owner = new_owner()
+    [job] = wait_for(lambda: store.claim(owner) or None)
+    assert job.input_body is None
+    status, error = run_job(job, recommender=None)  # type: ignore[arg-type]
+    assert status == "failed" and error is not None and error["code"] == "input_lost"

@@ -693,8 +693,7 @@ class SqsJobStore:
             return None
         body = None
         if record.get("input_key"):
-            found_body = self._read_bytes(str(record["input_key"]))
-            body = b"" if found_body is None else found_body
+            body = self._read_bytes(str(record["input_key"]))  # None: lost (run_job says so)
         with self._lock:
             self._held[job_id] = _Held(owner, int(record["attempts"]), receipt)
         return self._job(record, body)

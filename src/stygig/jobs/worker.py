@@ -256,6 +256,12 @@ def run_job(
     gate = gate or WriteGate()
     try:
         body = job.input_body
+        if body is None and job.input_location is None:
+            error = {
+                "code": "input_lost",
+                "message": "the job's input is no longer stored (deleted before the job ran)",
+            }
+            return _failure(job, error, gate)
         if body is None:
             body = policy.read(str(job.input_location))
         query, options = parse_job_input(body, job.content_type, job.params, policy)
