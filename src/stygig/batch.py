@@ -104,12 +104,11 @@ def _photo_inputs(src: str) -> Iterator[BatchInput]:
 
 
 def _manifest_lines(src: str) -> Iterator[str]:
-    """The manifest's lines; a local one is read a line at a time (memory bounded by its
-    longest line, not its size)."""
+    """The manifest's lines, read a line at a time, local or remote (memory bounded by its
+    longest line, not its size; lines end at newlines only: U+2028 in a string is text)."""
     if storage.is_remote(src):
-        text = storage.read_bytes(src).decode("utf-8", errors="replace")
-        # Lines end at newlines only, as a local file's do (U+2028 inside a string is text).
-        yield from text.replace("\r\n", "\n").split("\n")
+        for raw in storage.iter_lines(src):
+            yield raw.decode("utf-8", errors="replace")
         return
     with open(src, encoding="utf-8", errors="replace") as handle:
         for line in handle:

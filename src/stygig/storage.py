@@ -192,6 +192,28 @@ def read_bytes(uri: str | Path, *, max_bytes: int | None = None) -> bytes:
     return _read_fd_bounded(fd, loc, max_bytes)
 
 
+def iter_lines(uri: str | Path) -> Iterator[bytes]:
+    """The object at ``uri`` line by line (ends: ``\n``, ``\r\n`` or ``\r``, not kept), read
+    as a stream: memory is bounded by the longest line, not the object."""
+    loc = parse(uri)
+    if loc.scheme == "s3":
+        with _s3_errors(loc):
+            body = _s3().get_object(Bucket=loc.bucket, Key=loc.key)["Body"]
+            try:
+                yield from body.iter_lines(chunk_size=1 << 16)
+            finally:
+                body.close()
+        return
+    assert loc.path is not None
+    try:
+        handle = loc.path.open("rb")
+    except OSError as e:
+        raise _os_error(e, loc) from e
+    with handle:
+        for line in handle:
+            yield line.rstrip(b"\r\n")
+
+
 def read_beneath(folder: str | Path, path: str | Path, *, max_bytes: int) -> bytes:
     """The regular file ``path`` inside ``folder`` (both resolved already), read like
     ``read_bytes(path, max_bytes=...)`` but reached without following any symbolic link below

@@ -92,6 +92,25 @@ def test_read_write_list_delete(s3_env: dict[str, str], tmp_path: Path) -> None:
     assert storage.read_bytes(str(local)) == b"abc" and storage.list_keys(tmp_path) == [str(local)]
 
 
+def test_lines_are_streamed_and_end_at_newlines_only(
+    s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A remote batch manifest was read whole (a 100 MB one peaked at 425 MB) and split at
+    U+2028 inside its JSON strings."""
+    from stygig.batch import _manifest_lines
+
+    lines = [json.dumps({"id": n, "name": "a\u2028b"}, ensure_ascii=False) for n in range(5000)]
+    data = ("\r\n".join(lines[:10]) + "\n" + "\n".join(lines[10:]) + "\n").encode()
+    storage.write_bytes("s3://shop/manifest.jsonl", data)
+    (tmp_path / "manifest.jsonl").write_bytes(data)
+    for where in ("s3://shop/manifest.jsonl", str(tmp_path / "manifest.jsonl")):
+        got = [line.decode() for line in storage.iter_lines(where)]
+        assert got == lines, where
+        assert [line for line in _manifest_lines(where) if line] == lines, where
+    with pytest.raises(NotFoundError):
+        list(storage.iter_lines("s3://shop/nothing.jsonl"))
+
+
 def test_batch_to_s3_prefix_resumes_by_part(
     s3_env: dict[str, str], sample: tuple[Path, Path]
 ) -> None:
