@@ -168,7 +168,10 @@ def _check_values(data: Mapping[str, Any], where: str, *, attributes: bool = Fal
         raise InvalidOptionsError(f"{where}: at most {MAX_FIELDS} fields")
     for key, value in data.items():
         if not isinstance(key, str) or not 0 < len(key) <= MAX_ID or text_problem(key):
-            raise InvalidOptionsError(f"{where}: field names are 1 to {MAX_ID} characters of text")
+            raise InvalidOptionsError(
+                f"{where}: field names are 1 to {MAX_ID} characters of text "
+                "(no lone UTF-16 surrogates)"
+            )
         if attributes and key in ITEM_FIELDS:
             raise InvalidOptionsError(
                 f"{where}: an attribute may not be named as an item field "
@@ -183,7 +186,8 @@ def _check_values(data: Mapping[str, Any], where: str, *, attributes: bool = Fal
             raise InvalidOptionsError(f"{where}: field values are strings, numbers or booleans")
         if isinstance(value, str) and (len(value) > MAX_VALUE or text_problem(value)):
             raise InvalidOptionsError(
-                f"{where}: a field value is text of at most {MAX_VALUE} characters"
+                f"{where}: a field value is text of at most {MAX_VALUE} characters "
+                "(no lone UTF-16 surrogates)"
             )
         number = isinstance(value, int | float) and not isinstance(value, bool)
         if number and not -MAX_NUMBER < value < MAX_NUMBER:  # NaN compares false: refused
