@@ -539,3 +539,20 @@ def test_an_inline_input_deleted_before_its_job_runs_is_input_lost(
     assert job.input_body is None
     status, error = run_job(job, recommender=None)  # type: ignore[arg-type]
     assert status == "failed" and error is not None and error["code"] == "input_lost"
+
+
+def test_retention_deletes_the_jobs_own_documents(queue: Queue, tmp_path: Path) -> None:
+    from stygig.jobs.worker import _document
+
+    store = queue.store()
+    out = tmp_path / "out"
+    spec = JobSpec(str(out / "{id}.out"), str(out / "{id}-error.out"), input_body=b"x")
+    job, _ = store.submit(dataclasses.replace(spec, id="kept-then-gone"))
+    out.mkdir()
+    Path(job.output_location).write_bytes(_document(job, {"outfit": None}))
+    owner = new_owner()
+    [claimed] = wait_for(lambda: store.claim(owner) or None)
+    assert store.finish(claimed.id, owner, claimed.attempts, "succeeded")
+    store.mark_notified(claimed.id, "none")
+    assert store.purge(time.time() + 1) == 1
+    assert not Path(job.output_location).exists()

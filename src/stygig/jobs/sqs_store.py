@@ -77,6 +77,7 @@ from stygig.jobs.store import (
     JobSpec,
     JobView,
     QueueLimits,
+    delete_own_document,
 )
 
 __all__ = ["QueueSettings", "SqsJobStore", "open_job_queue", "parse_queue_url"]
@@ -825,6 +826,8 @@ class SqsJobStore:
                     record.get("input_key"),
                     key,
                 )
+                for where in (record.get("output_location"), record.get("failure_location")):
+                    delete_own_document(where, job_id, record.get("token"))
                 removed += 1
         return removed
 

@@ -365,7 +365,7 @@ def _error_column(text: str | None) -> dict[str, Any] | None:
     return error if isinstance(error, dict) else dict(CORRUPT_RECORD)
 
 
-def _delete_own(where: str | None, job_id: str, token: str | None) -> None:
+def delete_own_document(where: str | None, job_id: str, token: str | None) -> None:
     """Delete the document at ``where`` if it is job ``job_id``'s (its id and token: never a
     later job's of the same id); best effort, logged."""
     if not where or token is None:
@@ -658,7 +658,7 @@ class JobStore:
                 db.execute(f"DELETE FROM jobs WHERE id IN ({marks})", ids)
             for row in rows:  # the jobs' own documents go with them (a folder's disk is bounded)
                 for where in (row["output_location"], row["failure_location"]):
-                    _delete_own(where, row["id"], row["token"])
+                    delete_own_document(where, row["id"], row["token"])
             removed += len(ids)
             if len(ids) < batch:
                 return removed
