@@ -6,6 +6,7 @@ import io
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -66,3 +67,20 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Pat
     catalog, artifact = sample_artifact(tmp_path_factory.mktemp("sample"))
     yield catalog, artifact
     verify_files(artifact, read_manifest(artifact))
+
+
+@pytest.fixture
+def live(sample: tuple[Path, Path], tmp_path: Path) -> Any:
+    """``(LiveCatalog, catalog folder)``: a copy of the sample artifact taking changes
+    through a change log in ``tmp_path``."""
+    import shutil
+
+    from stygig.artifact import Artifact
+    from stygig.catalog.changelog import ChangeLog
+    from stygig.engine import Recommender
+    from stygig.living import LiveCatalog
+
+    art = tmp_path / "artifact"
+    shutil.copytree(sample[1], art)
+    rec = Recommender(Artifact.load(art))
+    return LiveCatalog(rec, ChangeLog(tmp_path / "log")), sample[0]

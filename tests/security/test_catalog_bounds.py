@@ -26,8 +26,6 @@ import httpx
 import pytest
 
 from stygig import snapshot as snapshot_module
-from stygig.artifact import Artifact
-from stygig.catalog.changelog import ChangeLog
 from stygig.catalog.changes import (
     MAX_ITEM_ATTRIBUTES,
     parse_change,
@@ -35,20 +33,12 @@ from stygig.catalog.changes import (
 )
 from stygig.catalog.loaders import read_catalog
 from stygig.catalog.schema import id_problem
-from stygig.engine import Options, Query, Recommender
+from stygig.engine import Options, Query
 from stygig.errors import CatalogFullError, InputError, InvalidOptionsError
 from stygig.living import CHANGE_REQUESTS, LiveCatalog
 from tests.integration.server_fixtures import free_port, wait_ready
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-@pytest.fixture
-def live(sample: tuple[Path, Path], tmp_path: Path) -> tuple[LiveCatalog, Path]:
-    art = tmp_path / "artifact"
-    shutil.copytree(sample[1], art)
-    rec = Recommender(Artifact.load(art))
-    return LiveCatalog(rec, ChangeLog(tmp_path / "log")), sample[0]
 
 
 def _add(catalog: Path, item_id: str, **fields: Any) -> dict[str, Any]:

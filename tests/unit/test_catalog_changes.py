@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import sys
 import threading
 from pathlib import Path
@@ -24,14 +23,6 @@ from stygig.index import MERGE_ROWS, ExactIndex, LiveIndex, build_index
 from stygig.living import LiveCatalog
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-@pytest.fixture
-def live(sample: tuple[Path, Path], tmp_path: Path) -> tuple[LiveCatalog, Path]:
-    art = tmp_path / "artifact"
-    shutil.copytree(sample[1], art)
-    rec = Recommender(Artifact.load(art))
-    return LiveCatalog(rec, ChangeLog(tmp_path / "log")), sample[0]
 
 
 def _photo(catalog: Path, name: str = "blue-jeans.jpg") -> str:
