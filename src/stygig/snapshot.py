@@ -170,8 +170,13 @@ def apply_changes(
     sequence: int,
     *,
     compat_mode: str = "rules",
+    bounded: bool = True,
 ) -> CatalogSnapshot:
     """The snapshot after ``changes`` (in order), at change-log record ``sequence``.
+
+    ``bounded``: refuse changes past the living catalogue's bounds (:data:`MAX_GENDERS`, ...,
+    an item's attributes): for changes being submitted. A replay of the log (``False``)
+    applies what was accepted, whatever the bounds are now.
 
     Every change is checked against the catalogue as the earlier ones left it: removing or
     updating an unknown id is :class:`NotFoundError` (404), an update that makes the row invalid
@@ -246,7 +251,7 @@ def apply_changes(
             events.append((sequence, change.id, False))
             continue
         old = item_at(pos)
-        new = merge_update(old, change.fields, taxonomy, where=f"change {k + 1}")
+        new = merge_update(old, change.fields, taxonomy, where=f"change {k + 1}", bounded=bounded)
         if new.attributes != old.attributes:
             new_attributes.add(pos)
         if new.in_stock != old.in_stock:
@@ -279,7 +284,8 @@ def apply_changes(
     artifact = dataclasses.replace(
         art, items=items, colors=colors, embeddings=embeddings, index=index, positions=positions
     )
-    _check_growth(snap, artifact, touched, superseding=bool(superseded))
+    if bounded:
+        _check_growth(snap, artifact, touched, superseding=bool(superseded))
     columns = snap.columns.evolve(artifact, touched)
     # The learned scorer projects every row (O(items x dim)): made again when rows were
     # appended. Attributes changed in place (a model that reads them) re-project their rows
@@ -359,7 +365,9 @@ def apply_record(
     sequence = int(record["sequence"])
     try:
         changes = [change_from_record(c) for c in record["changes"]]
-        return apply_changes(snap, changes, sequence, compat_mode=compat_mode), None
+        # Bounds are checked when a change is submitted: a replay applies what was accepted.
+        applied = apply_changes(snap, changes, sequence, compat_mode=compat_mode, bounded=False)
+        return applied, None
     except (StygigError, KeyError, ValueError, TypeError) as e:
         return apply_changes(snap, [], sequence, compat_mode=compat_mode), type(e).__name__
 

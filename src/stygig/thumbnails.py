@@ -149,10 +149,12 @@ class ItemImages:
         path = self.originals.get(item_id)
         if path is None or not Path(path).is_file():
             return None
-        from stygig.images import decode_image
+        from stygig.images import CATALOG_LIMITS, decode_image
 
-        try:
-            data = make_thumbnail(decode_image(path, min_size=THUMBNAIL_SIDE))
+        try:  # the catalogue's own photo: its limits
+            data = make_thumbnail(
+                decode_image(path, min_size=THUMBNAIL_SIDE, limits=CATALOG_LIMITS)
+            )
         except StygigError:
             return None
         with self._lock:

@@ -34,7 +34,7 @@ from typing import Any, Literal
 import numpy as np
 
 from stygig.catalog.loaders import MAX_VALUE, RowError, item_from_row
-from stygig.catalog.schema import MAX_ID, Item, id_problem, text_problem
+from stygig.catalog.schema import MAX_ID, SURROGATE, Item, id_problem, text_problem
 from stygig.catalog.taxonomy import Taxonomy
 from stygig.errors import InputError, InvalidImageError, InvalidOptionsError
 
@@ -131,7 +131,12 @@ class CatalogChange:
 
 
 def change_from_record(record: Mapping[str, Any]) -> CatalogChange:
-    """Inverse of :meth:`CatalogChange.to_record` (a log written by this module)."""
+    """Inverse of :meth:`CatalogChange.to_record` (a log written by this module). A change
+    holding text no answer can encode (a lone surrogate, which logs written before
+    2026-12-02 could hold) is ``ValueError``: its record is skipped on replay."""
+    text = json.dumps([record.get(k) for k in ("id", "item", "set")], ensure_ascii=False)
+    if SURROGATE.search(text):
+        raise ValueError("a change in the log holds a lone surrogate")
     op = record["op"]
     if op == "add":
         vector = np.frombuffer(base64.b64decode(record["vector"]), "<f4").astype(np.float32)
@@ -151,10 +156,13 @@ def change_from_record(record: Mapping[str, Any]) -> CatalogChange:
     raise ValueError("unknown change operation in the log")
 
 
-def _text_id(value: Any, where: str) -> str:
-    if not isinstance(value, str):
+def _text_id(value: Any, where: str, *, new: bool = False) -> str:
+    """The id a change names: a new item's follows the id rule (:func:`id_problem`); an
+    existing item's is only looked up, so an item built before a rule changed can still be
+    updated and removed."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID or text_problem(value):
         raise InvalidOptionsError(f"{where}: 'id' must be a string of 1 to {MAX_ID} characters")
-    problem = id_problem(value)
+    problem = id_problem(value) if new else None
     if problem is not None:
         raise InvalidOptionsError(f"{where}: 'id': {problem}")
     return value.strip()
@@ -226,7 +234,7 @@ def parse_change(data: Any, where: str = "change 1") -> ChangeRequest:
     if not isinstance(row, dict):
         raise InvalidOptionsError(f"{where}: an add needs an 'item' object (its catalogue row)")
     _check_values(row, where)
-    item_id = _text_id(row.get("id", data.get("id")), where)
+    item_id = _text_id(row.get("id", data.get("id")), where, new=True)
     if "id" in data and data["id"] != row.get("id", data["id"]):
         raise InvalidOptionsError(f"{where}: 'id' and 'item.id' differ")
     location = data.get("image", row.get("image"))
@@ -298,7 +306,9 @@ def validate_row(row: Mapping[str, Any], taxonomy: Taxonomy, where: str) -> Item
     return dataclasses.replace(item, image=image if isinstance(image, str) else "")
 
 
-def merge_update(old: Item, fields: Mapping[str, Any], taxonomy: Taxonomy, where: str) -> Item:
+def merge_update(
+    old: Item, fields: Mapping[str, Any], taxonomy: Taxonomy, where: str, *, bounded: bool = True
+) -> Item:
     """``old`` with ``fields`` set (``None`` clears a field or an attribute), validated as a
     row; 422 with the reason when the result is not a valid item."""
     row: dict[str, Any] = {k: v for k, v in old.to_dict().items() if k in _ROW_FIELDS}
@@ -314,7 +324,7 @@ def merge_update(old: Item, fields: Mapping[str, Any], taxonomy: Taxonomy, where
         else:
             attributes[key] = value
     row["attributes"] = {k: v for k, v in attributes.items() if v is not None}
-    if len(row["attributes"]) > max(MAX_ITEM_ATTRIBUTES, len(old.attributes)):
+    if bounded and len(row["attributes"]) > max(MAX_ITEM_ATTRIBUTES, len(old.attributes)):
         raise InvalidOptionsError(
             f"{where}: an item holds at most {MAX_ITEM_ATTRIBUTES} attributes",
             code="too_many_attributes",

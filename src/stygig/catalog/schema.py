@@ -23,12 +23,17 @@ REJECT_REASONS = (
 
 #: The longest item id: a path segment of ``/v1/items/{id}``, a log field, a metric-free key.
 MAX_ID = 200
-# Path separators and the characters that are not text one can see: control characters (NUL,
-# line breaks, ESC, BEL: terminal escapes when an id is printed), format characters (bidi
-# overrides that make text read other than it is stored, zero-width spaces that make two ids
-# look alike), line and paragraph separators, and lone surrogates (no UTF-8 can carry them).
-_BAD_ID_CHARS = re.compile(r"[/\\]")
-_INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+# Path separators; the bidirectional overrides and isolates that make text read other than it
+# is stored; invisible characters that make two ids look alike (zero-width space, word
+# joiner, BOM, Mongolian vowel separator, tag characters). Format characters that real words
+# need stay allowed (the zero-width non-joiner and joiner of Persian or Indic spelling, the
+# soft hyphen, direction marks).
+_BAD_ID_CHARS = re.compile(
+    "[/\\\\\u202a-\u202e\u2066-\u2069\u200b\u2060\ufeff\u180e\U000e0000-\U000e007f]"
+)
+# Control characters (NUL, line breaks, ESC, BEL: terminal escapes when an id is printed),
+# lone surrogates (no UTF-8 can carry them), line and paragraph separators.
+_INVISIBLE = frozenset({"Cc", "Cs", "Zl", "Zp"})
 #: A lone UTF-16 surrogate: what a JSON ``\udXXX`` escape can smuggle into a string, and
 #: what no answer can then encode.
 SURROGATE = re.compile("[\ud800-\udfff]")
@@ -43,8 +48,8 @@ def id_problem(value: str) -> str | None:
         return "an id may not be '.' or '..'"
     if _BAD_ID_CHARS.search(value) or any(unicodedata.category(c) in _INVISIBLE for c in value):
         return (
-            "an id may not hold '/', '\\', control or format characters (bidirectional "
-            "overrides, zero-width spaces), line separators or lone surrogates"
+            "an id may not hold '/', '\\', control characters, bidirectional overrides, "
+            "zero-width spaces, line separators or lone surrogates"
         )
     return None
 

@@ -24,7 +24,7 @@ from PIL import Image
 
 from stygig.errors import InputError, StorageError
 from stygig.features import fetch_photo
-from stygig.images import PreprocessSpec, decode_image, preprocess_batch
+from stygig.images import CATALOG_LIMITS, PreprocessSpec, decode_image, preprocess_batch
 
 __all__ = ["CATALOGUE_SAMPLE", "Calibration", "catalogue_calibration"]
 
@@ -56,7 +56,7 @@ class Calibration:
 def _decode(source: str | Path | bytes, spec: PreprocessSpec) -> Image.Image | None:
     """One photo decoded at reduced scale, or None when it cannot be read or decoded."""
     try:
-        return decode_image(fetch_photo(source), min_size=spec.size)
+        return decode_image(fetch_photo(source), min_size=spec.size, limits=CATALOG_LIMITS)
     except (InputError, StorageError):  # missing, unreadable, corrupt, too large, unsupported
         return None
 

@@ -433,7 +433,17 @@ class JobStore:
                 for name, kind in _MIGRATIONS:
                     if name not in present:
                         db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
-        except (sqlite3.DatabaseError, OverloadedError) as e:
+        except (OverloadedError, sqlite3.OperationalError) as e:
+            # Locked by another process past the 30 s timeout, or another operational failure
+            # (a full disk, no permission): the file may be fine, never advise moving it.
+            self._db.close()
+            if isinstance(e, sqlite3.OperationalError) and "locked" not in str(e):
+                raise ConfigError(f"the job store {self.path} cannot be used: {e}") from e
+            raise ConfigError(
+                f"the job store {self.path} is locked by another process (waited 30 s); "
+                "start again when it is free"
+            ) from e
+        except sqlite3.DatabaseError as e:
             self._db.close()
             raise ConfigError(
                 f"the job store {self.path} cannot be opened as a SQLite database ({e}); "

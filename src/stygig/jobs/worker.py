@@ -44,7 +44,14 @@ from typing import Any, Literal
 
 from stygig import storage
 from stygig.engine import Options, Query, Recommender
-from stygig.errors import InvalidImageError, InvalidOptionsError, NotFoundError, StygigError
+from stygig.errors import (
+    InvalidImageError,
+    InvalidOptionsError,
+    NotFoundError,
+    OverloadedError,
+    StorageError,
+    StygigError,
+)
 from stygig.jobs.notify import Notifier
 from stygig.jobs.queue import JobQueue
 from stygig.jobs.store import Job, new_owner
@@ -459,17 +466,21 @@ class JobWorker:
 
     def _record_end(self, job: Job, outcome: Outcome) -> None:
         """Record ``job``'s end in the store, retried (with backoff, up to 30 s apart) while the
-        store cannot take it (locked, a full disk): an end never recorded left the job
-        ``running`` for good, its lease renewed. Stopping gives up (the lease runs out and
-        another worker runs the job again)."""
+        store cannot take it (unreachable, locked, a full disk): an end never recorded left
+        the job ``running`` for good, its lease renewed. Other errors are logged and not
+        retried (they would hold this worker's thread for ever). Stopping gives up (the lease
+        runs out and another worker runs the job again)."""
         delay = 0.5
         while True:
             try:
                 if not self.store.finish(job.id, self.owner, job.attempts, *outcome):
                     log.warning("job %s was taken over before it finished here", job.id)
                 return
-            except Exception:
+            except (OverloadedError, StorageError):  # the store unreachable, locked, full
                 log.exception("job %s: its end could not be recorded; retrying", job.id)
+            except Exception:  # never going to work (a corrupt record, a bug): not retried
+                log.exception("job %s: its end cannot be recorded; given up", job.id)
+                return
             if self._stopping.wait(delay):
                 return
             delay = min(2 * delay, 30.0)
@@ -536,7 +547,7 @@ class JobWorker:
             if now - last_renew >= self.config.lease_s / 3:
                 with _chore("renewing leases"):
                     self.store.renew(self.owner, lease_s=self.config.lease_s)
-                last_renew = now
+                    last_renew = now  # a failed renewal is tried again at the next tick
             if now - last_orphans >= max(5.0, self.config.lease_s / 3):
                 with _chore("requeueing orphaned jobs"):
                     if self.store.requeue_orphans(self.owner):

@@ -150,6 +150,7 @@ class ReloadRefusedError(InputError):
 
     http_status = 409
     code = "reload_refused"
+    lasting = False  # True: the same version would be refused again (another encoder)
 
 
 #: A photo for the micro-batcher: the recommender that answers it and its prepared tensor.
@@ -181,8 +182,9 @@ class ModelService:
         self.live: LiveCatalog | None = None  # the catalogue's changes, when configured
         self.artifact_path = config.artifact  # the version served now (hot reload moves it)
         self._reloading = asyncio.Lock()
-        # The last version a reload refused (its folder and version): the watch does not load
-        # it again every interval, only a new version or an explicit reload does.
+        # The last version a reload refused for good (another encoder; its folder and
+        # version): the watch does not load it again every interval, only a new version or an
+        # explicit reload does. Other refusals (files still arriving) are retried.
         self._refused: tuple[Path, str] | None = None
         # The gauges read the live state when scraped: nothing to keep in step by hand.
         metrics.ready.set_function(lambda: float(self.ready))
@@ -315,8 +317,9 @@ class ModelService:
             try:
                 try:
                     rec = await self._load_new(path, current)
-                except ReloadRefusedError:
-                    self._refused = (path, version)
+                except ReloadRefusedError as e:
+                    if e.lasting:  # another encoder: loading it again cannot help
+                        self._refused = (path, version)
                     raise
                 live = await self.run(self._living, rec)
                 # The page cache only: the new rows map as requests read them.
@@ -344,9 +347,11 @@ class ModelService:
                 f"{current.snapshot.version}"
             ) from None
         if (rec.encoder.name, rec.encoder.dim) != (current.encoder.name, current.encoder.dim):
-            raise ReloadRefusedError(
+            refused = ReloadRefusedError(
                 "the new artifact has another encoder: restart the server to switch"
             )
+            refused.lasting = True
+            raise refused
         return rec
 
     def _swap(self, rec: Recommender, live: LiveCatalog | None) -> None:

@@ -50,6 +50,7 @@ def measure_style(
 
     from stygig.encoders.efficientnet import load_efficientnet_lite
     from stygig.features import decode_photo, fetch_photo
+    from stygig.images import CATALOG_LIMITS
 
     encoder = load_efficientnet_lite(STYLE_ENCODER)
     module: Any = encoder.module  # PooledFeatures around the package's (untyped) network
@@ -73,7 +74,8 @@ def measure_style(
             tensors, at = [], []
             for n in range(start, min(start + _BATCH, len(images))):
                 try:
-                    tensors.append(decode_photo(fetch_photo(images[n]), encoder.preprocess).tensor)
+                    photo = decode_photo(fetch_photo(images[n]), encoder.preprocess, CATALOG_LIMITS)
+                    tensors.append(photo.tensor)
                 except (StygigError, OSError):
                     continue
                 at.append(n)
