@@ -66,6 +66,8 @@ __all__ = [
 
 log = logging.getLogger("stygig.batch")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+#: The most inputs one part file may cover (``part_size`` is 1,000 by default).
+MAX_PART_SIZE = 1_000_000
 _LOOKAHEAD = 3  # groups decoding ahead of the encoder
 
 
@@ -115,8 +117,24 @@ def _manifest_lines(src: str) -> Iterator[str]:
             yield line.rstrip("\n")
 
 
+def _manifest_photo(src: str, name: str) -> str:
+    """A photo a manifest line names: a URI as it is, a relative path from the manifest's own
+    folder (local or in S3). A manifest in S3 never names the local disk of the machine that
+    runs the batch (an absolute path or ``file://``)."""
+    remote = storage.is_remote(src)
+    if remote and (name.startswith(("/", "file:")) or Path(name).is_absolute()):
+        raise InvalidOptionsError(
+            "a manifest in S3 names photos beside it or by s3:// URI, never local files",
+            code="invalid_location",
+        )
+    if "://" in name:
+        return name
+    if remote:
+        return storage.join(src.rsplit("/", 1)[0], name)
+    return name if Path(name).is_absolute() else str(Path(src).parent / name)
+
+
 def _manifest_inputs(src: str) -> Iterator[BatchInput]:
-    base = "" if storage.is_remote(src) else str(Path(src).parent)
     for i, line in enumerate(_manifest_lines(src)):
         if not line.strip():
             continue
@@ -140,10 +158,7 @@ def _manifest_inputs(src: str) -> Iterator[BatchInput]:
             options = row.get("options") or {}
             if not isinstance(options, dict):
                 raise InvalidOptionsError("'options' must be an object")
-            resolved = tuple(
-                x if "://" in x or Path(x).is_absolute() or not base else str(Path(base) / x)
-                for x in images
-            )
+            resolved = tuple(_manifest_photo(src, x) for x in images)
             Query(images=resolved, item_ids=tuple(item_ids))  # validates the shape
             yield BatchInput(i, key, f"{src}:{i + 1}", resolved, tuple(item_ids), options)
         except json.JSONDecodeError as e:
@@ -372,6 +387,8 @@ class PartsSink:
     """
 
     def __init__(self, prefix: str, part_size: int = 1000) -> None:
+        if not 0 < part_size <= MAX_PART_SIZE:
+            raise InvalidOptionsError(f"part_size must be 1 to {MAX_PART_SIZE:,}")
         self.location = prefix
         self.part_size = part_size
         self._done: set[int] = set()
@@ -590,9 +607,11 @@ def _check_run(dst: str, run: dict[str, Any], overwrite: bool) -> dict[str, Any]
 
 
 def _remove_output(dst: str) -> None:
-    if storage.is_remote(dst):
+    if storage.is_remote(dst):  # a batch run's parts and record only, as in a local folder
         for key in storage.list_keys(dst):
-            storage.delete(key)
+            name = key.rsplit("/", 1)[-1]
+            if _part_range(name) is not None or key == _sidecar(dst):
+                storage.delete(key)
         return
     path = storage.parse(dst).path
     assert path is not None
@@ -617,7 +636,12 @@ def _part_range(name: str) -> range | None:
     if not (name.startswith("part-") and name.endswith(".jsonl")):
         return None
     start, _, end = name[5:-6].partition("-")
-    return range(int(start), int(end)) if start.isdigit() and end.isdigit() else None
+    if not (start.isdigit() and end.isdigit() and len(start) < 16 and len(end) < 16):
+        return None
+    span = range(int(start), int(end))
+    # A part covers at most MAX_PART_SIZE inputs: a stray name claiming billions is no part
+    # of ours (read as one, it would fill memory with the indexes it claims done).
+    return span if 0 < len(span) <= MAX_PART_SIZE else None
 
 
 # -- the run --------------------------------------------------------------------------------------

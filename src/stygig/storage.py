@@ -412,15 +412,20 @@ def delete(uri: str | Path) -> None:
     loc.path.unlink(missing_ok=True)
 
 
-def list_keys(prefix: str | Path) -> list[str]:
-    """Every object under ``prefix`` (a folder or an S3 prefix), sorted, as locations."""
+def list_keys(prefix: str | Path, *, folder: bool = True) -> list[str]:
+    """Every object under ``prefix`` (a folder or an S3 prefix), sorted, as locations.
+
+    An S3 prefix is a folder (``folder``): ``s3://b/recs/shard1`` lists ``recs/shard1/...``,
+    never ``recs/shard10/...``. ``folder=False`` lists every key that starts with it (an id
+    prefix among a folder's names)."""
     loc = parse(prefix)
     if loc.scheme == "s3":
         out: list[str] = []
+        key = loc.key
+        if folder and key and not key.endswith("/"):
+            key += "/"
         with _s3_errors(loc):
-            pages = (
-                _s3().get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=loc.key)
-            )
+            pages = _s3().get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=key)
             for page in pages:
                 out.extend(f"s3://{loc.bucket}/{obj['Key']}" for obj in page.get("Contents", []))
         return sorted(out)

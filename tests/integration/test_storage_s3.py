@@ -92,6 +92,38 @@ def test_read_write_list_delete(s3_env: dict[str, str], tmp_path: Path) -> None:
     assert storage.read_bytes(str(local)) == b"abc" and storage.list_keys(tmp_path) == [str(local)]
 
 
+def test_an_s3_prefix_is_a_folder_for_batch_runs(s3_env: dict[str, str]) -> None:
+    """Holes: ``s3://b/recs/shard1`` also listed ``recs/shard10/...`` (a run refused as
+    existing, another run's parts counted as done and deleted by --overwrite); --overwrite on
+    a prefix deleted everything under it, input photos included; a relative photo in a
+    manifest in S3 was read from the local disk of the machine running the batch."""
+    from stygig.batch import _manifest_inputs, _remove_output
+
+    for key in ("recs/shard1/part-000000000-000000010.jsonl", "recs/shard10/_batch.json"):
+        storage.write_bytes(f"s3://shop/{key}", b"{}")
+    assert storage.list_keys("s3://shop/recs/shard1") == [
+        "s3://shop/recs/shard1/part-000000000-000000010.jsonl"
+    ]
+    assert len(storage.list_keys("s3://shop/recs/shard1", folder=False)) == 2
+    for name in ("part-000000010-000000020.jsonl", "_batch.json", "photo.jpg", "notes.txt"):
+        storage.write_bytes(f"s3://shop/mixed/{name}", b"{}")
+    _remove_output("s3://shop/mixed")
+    assert storage.list_keys("s3://shop/mixed") == [
+        "s3://shop/mixed/notes.txt",
+        "s3://shop/mixed/photo.jpg",
+    ]
+    assert storage.list_keys("s3://shop/recs/shard10") == ["s3://shop/recs/shard10/_batch.json"]
+    lines = [{"image": "a.jpg"}, {"image": "s3://other/b.jpg"}, {"image": "/etc/passwd"}]
+    lines.append({"image": "file:///etc/passwd"})
+    storage.write_bytes(
+        "s3://shop/m/manifest.jsonl", "\n".join(json.dumps(x) for x in lines).encode()
+    )
+    inputs = list(_manifest_inputs("s3://shop/m/manifest.jsonl"))
+    assert inputs[0].images == ("s3://shop/m/a.jpg",)
+    assert inputs[1].images == ("s3://other/b.jpg",)
+    assert [i.error.code for i in inputs[2:]] == ["invalid_location"] * 2  # type: ignore[union-attr]
+
+
 def test_lines_are_streamed_and_end_at_newlines_only(
     s3_env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -262,7 +262,7 @@ def run_endpoint_batch(
     run_key = f"batch-{digest[:12]}"
     if overwrite:
         for key in storage.list_keys(
-            storage.join(endpoint.require_prefix(), f"receipts/{run_key}-")
+            storage.join(endpoint.require_prefix(), f"receipts/{run_key}-"), folder=False
         ):
             storage.delete(key)
     tally = begin_run(

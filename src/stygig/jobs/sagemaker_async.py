@@ -315,7 +315,8 @@ class AsyncEndpoint:
     def receipts(self, id_prefix: str) -> dict[str, AsyncInvocation]:
         """Every receipt whose inference id starts with ``id_prefix`` (one listing)."""
         out: dict[str, AsyncInvocation] = {}
-        for key in storage.list_keys(storage.join(self.require_prefix(), f"receipts/{id_prefix}")):
+        receipts = storage.join(self.require_prefix(), f"receipts/{id_prefix}")
+        for key in storage.list_keys(receipts, folder=False):
             if key.endswith(".json"):
                 inv = AsyncInvocation.from_dict(json.loads(storage.read_bytes(key)))
                 out[inv.inference_id] = inv
