@@ -500,3 +500,24 @@ def test_loadtest_command_reports_and_plots(
     assert report["counts"]["5xx"] == 0 and report["throughput_rps"] > 0
     assert {"p50", "p95", "p99"} <= set(report["latency_ms"])
     assert png.stat().st_size > 1000
+
+
+def test_a_json_body_takes_the_query_and_custom_attribute_options_under_its_own(
+    client: httpx.Client,
+) -> None:
+    """A JSON body ignored them: ``mode=similar`` in SageMaker's custom attributes (what an
+    async endpoint forwards with a JSON input) came back as an outfit, and an unknown option
+    there was a 200."""
+    body = {"item_ids": ["sku-0014"]}
+    r = client.post("/invocations", json=body, params={"mode": "similar", "k": "2"})
+    assert r.status_code == 200 and r.json()["mode"] == "similar", r.text
+    r = client.post(
+        "/invocations",
+        json=body,
+        headers={"X-Amzn-SageMaker-Custom-Attributes": "mode=similar"},
+    )
+    assert r.status_code == 200 and r.json()["mode"] == "similar"
+    r = client.post("/invocations", json={**body, "mode": "outfit"}, params={"mode": "similar"})
+    assert r.json()["mode"] == "outfit"  # the body's own option wins
+    r = client.post("/invocations", json=body, params={"bogus": "1"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_options"

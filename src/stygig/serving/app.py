@@ -847,14 +847,14 @@ async def parse_request(
     if kind not in rq.IMAGE_TYPES and kind != JSON:
         raise rq.unsupported(kind, multipart=multipart)
     body = await request.body()
-    if kind == JSON:
-        if len(body) <= INLINE_MAX_BYTES and service.requests <= 1 and service.in_flight == 0:
-            return rq.parse_json_body(body)  # small, and nobody else in the server: no hand-off
-        return await service.run(rq.parse_json_body, body)
     params = [
         *rq.custom_attributes(request.headers.get("x-amzn-sagemaker-custom-attributes")),
         *request.query_params.multi_items(),
     ]
+    if kind == JSON:
+        if len(body) <= INLINE_MAX_BYTES and service.requests <= 1 and service.in_flight == 0:
+            return rq.parse_json_body(body, params)  # small, and alone: no hand-off
+        return await service.run(rq.parse_json_body, body, params)
     return rq.parse_image_body(body, params)
 
 

@@ -99,9 +99,15 @@ def build_request(
     return ParsedRequest(Query(tuple(images), tuple(item_ids)), Options.from_dict(dict(options)))
 
 
-def parse_json_body(body: bytes) -> ParsedRequest:
-    """A JSON body: ``image_b64`` / ``images_b64`` / ``item_ids`` plus options."""
-    return build_request(*split_json_request(parse_json_object(body)))
+def parse_json_body(body: bytes, params: Iterable[tuple[str, str]] = ()) -> ParsedRequest:
+    """A JSON body: ``image_b64`` / ``images_b64`` / ``item_ids`` plus options; ``params``
+    (the query string, SageMaker's custom attributes) apply under the body's own options, as
+    for an asynchronous job's JSON input."""
+    images, item_ids, options = split_json_request(parse_json_object(body))
+    pairs = list(params)
+    if pairs:
+        options = {**params_to_dict(pairs), **options}
+    return build_request(images, item_ids, options)
 
 
 def parse_image_body(body: bytes, params: Iterable[tuple[str, str]]) -> ParsedRequest:
