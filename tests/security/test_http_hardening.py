@@ -402,16 +402,16 @@ def test_idle_and_trickling_connections_are_closed_so_the_limit_cannot_lock_out(
     whose request head is not complete within ``--head-timeout`` is closed."""
     flags = ("--max-connections", "4", "--head-timeout", "5")  # slack for a busy machine
     with capped_server(sample[1], tmp_path / "log", *flags) as s:
-        healthz = f"{s.url}/healthz"
+        page = f"{s.url}/"  # not a health check: those are answered past the limit
         idle = [socket.create_connection(("127.0.0.1", s.port), timeout=30) for _ in range(3)]
         trickle = raw_request(s, "GET /healthz HTTP/1.1")  # a request line, then no end of head
         try:
-            assert httpx.get(healthz).status_code == 503  # 4 connections held: none left
+            assert httpx.get(page).status_code == 503  # 4 connections held: none left
             t0 = time.monotonic()
             assert all(closed_by_server(sock, trickle=False) for sock in idle)
             assert closed_by_server(trickle, trickle=True)
             assert time.monotonic() - t0 < 25
-            wait_for(lambda: httpx.get(healthz).status_code == 200)
+            wait_for(lambda: httpx.get(page).status_code == 200)
         finally:
             for sock in [*idle, trickle]:
                 sock.close()
@@ -487,3 +487,49 @@ def test_the_async_queue_limits_are_the_operators(
         assert "retry-after" in r.headers
         ok = httpx.post(f"{s.url}/async/invocations", json={"item_ids": ["sku-0014"]})
         assert ok.status_code == 202  # a few bytes fit: the limit counts bytes, not requests
+
+
+def test_health_checks_are_answered_past_the_connection_limit(
+    sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """With every allowed connection held by a slow upload, /ping was a plain-text 503, so a
+    burst could make SageMaker replace a healthy instance. And --max-connections N served
+    N - 1 (uvicorn counts the connection asking)."""
+    with capped_server(sample[1], tmp_path / "server.log", "--max-connections", "2") as server:
+        head = (
+            "POST /invocations HTTP/1.1\nHost: x\nContent-Type: image/jpeg\nContent-Length: 5000\n"
+        )
+        slow = [raw_request(server, head, b"\xff\xd8") for _ in range(2)]  # bodies never finish
+        try:
+
+            def full() -> bool:
+                r = httpx.post(
+                    server.url + "/invocations",
+                    content=photo(sample),
+                    headers={"content-type": "image/jpeg"},
+                    timeout=30,
+                )
+                return r.status_code == 503
+
+            wait_for(full)  # both slots are held: a third request is refused
+            assert httpx.get(server.url + "/ping", timeout=30).status_code == 200
+            assert httpx.get(server.url + "/healthz", timeout=30).status_code == 200
+        finally:
+            for sock in slow:
+                sock.close()
+        # One slow upload (of the two allowed) leaves room for a request: N means N.
+        one = raw_request(server, head, b"\xff\xd8")
+        try:
+            wait_for(
+                lambda: (
+                    httpx.post(
+                        server.url + "/invocations",
+                        content=photo(sample),
+                        headers={"content-type": "image/jpeg"},
+                        timeout=30,
+                    ).status_code
+                    == 200
+                )
+            )
+        finally:
+            one.close()

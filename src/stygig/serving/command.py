@@ -211,7 +211,8 @@ def run_serve(args: argparse.Namespace) -> int:
             access_log=False,
             timeout_graceful_shutdown=_GRACE_S,
             timeout_keep_alive=75,  # longer than typical load-balancer idle timeouts
-            limit_concurrency=args.max_connections,
+            # uvicorn refuses at >= its limit, counting the connection asking: N + 1 serves N.
+            limit_concurrency=args.max_connections + 1,
             http=head_deadline_protocol(args.head_timeout),
             lifespan="on",
         )

@@ -43,6 +43,10 @@ class HeadTooLargeError(InputError):
     code = "head_too_large"
 
 
+#: Answered past the connection limit (``--max-connections``): they cost next to nothing.
+HEALTH_PATHS = frozenset({b"/ping", b"/healthz", b"/readyz"})
+
+
 class _HeadDeadlineProtocol(HttpToolsProtocol):
     """:class:`HttpToolsProtocol` that closes a connection whose request head is late, and
     answers 431 to one whose head is too large."""
@@ -121,6 +125,16 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         self._disarm()  # the head is complete; body limits are the app's business
         self._head_bytes = None
         self._heads += 1
+        limit = self.limit_concurrency
+        if limit is not None and self.url.split(b"?", 1)[0] in HEALTH_PATHS:
+            # A health check is answered however many connections are open: SageMaker
+            # replaces an instance whose /ping fails during a burst of slow uploads.
+            self.limit_concurrency = None
+            try:
+                super().on_headers_complete()
+            finally:
+                self.limit_concurrency = limit
+            return
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
