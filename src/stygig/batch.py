@@ -105,16 +105,17 @@ def _photo_inputs(src: str) -> Iterator[BatchInput]:
                 i += 1
 
 
-def _manifest_lines(src: str) -> Iterator[str]:
-    """The manifest's lines, read a line at a time, local or remote (memory bounded by its
-    longest line, not its size; lines end at newlines only: U+2028 in a string is text)."""
-    if storage.is_remote(src):
-        for raw in storage.iter_lines(src):
-            yield raw.decode("utf-8", errors="replace")
-        return
-    with open(src, encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            yield line.rstrip("\n")
+#: The longest manifest line read (a line of 8 photos in base64 is ~60 MB at most by the
+#: image limits; a manifest names photos, it does not hold them).
+MAX_MANIFEST_LINE = 16 << 20
+
+
+def _manifest_lines(src: str) -> Iterator[str | None]:
+    """The manifest's lines, read a line at a time, local or remote: memory bounded by
+    :data:`MAX_MANIFEST_LINE`, a longer line ``None`` (that input's error); lines end at
+    newlines only (U+2028 in a string is text)."""
+    for raw in storage.iter_lines(src, max_line_bytes=MAX_MANIFEST_LINE):
+        yield None if raw is None else raw.decode("utf-8", errors="replace")
 
 
 def _manifest_photo(src: str, name: str) -> str:
@@ -136,9 +137,15 @@ def _manifest_photo(src: str, name: str) -> str:
 
 def _manifest_inputs(src: str) -> Iterator[BatchInput]:
     for i, line in enumerate(_manifest_lines(src)):
+        key = f"line-{i + 1}"
+        if line is None:
+            err = InvalidOptionsError(
+                f"line {i + 1} is over {MAX_MANIFEST_LINE:,} bytes", code="malformed_json"
+            )
+            yield BatchInput(i, key, f"{src}:{i + 1}", error=err)
+            continue
         if not line.strip():
             continue
-        key = f"line-{i + 1}"
         try:
             row = json.loads(line)
             if not isinstance(row, dict):

@@ -192,26 +192,55 @@ def read_bytes(uri: str | Path, *, max_bytes: int | None = None) -> bytes:
     return _read_fd_bounded(fd, loc, max_bytes)
 
 
-def iter_lines(uri: str | Path) -> Iterator[bytes]:
-    """The object at ``uri`` line by line (ends: ``\n``, ``\r\n`` or ``\r``, not kept), read
-    as a stream: memory is bounded by the longest line, not the object."""
+def iter_lines(uri: str | Path, *, max_line_bytes: int = 64 << 20) -> Iterator[bytes | None]:
+    """The object or file at ``uri`` line by line, read as a stream: lines end at ``\n`` (a
+    ``\r`` before it is dropped), and memory is bounded by ``max_line_bytes``, not by the
+    object or its longest line. A line over that is ``None`` (its bytes skipped), so a
+    reader can say which line was too long and go on. A local path is opened non-blocking:
+    a FIFO or a device is refused (``not_a_regular_file``), not waited on."""
     loc = parse(uri)
     if loc.scheme == "s3":
         with _s3_errors(loc):
             body = _s3().get_object(Bucket=loc.bucket, Key=loc.key)["Body"]
             try:
-                yield from body.iter_lines(chunk_size=1 << 16)
+                yield from _split_lines(body.iter_chunks(1 << 16), max_line_bytes)
             finally:
                 body.close()
         return
     assert loc.path is not None
     try:
-        handle = loc.path.open("rb")
+        fd = os.open(loc.path, _READ_FLAGS)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StorageError(f"{loc} is not a regular file", code="not_a_regular_file")
+        os.set_blocking(fd, True)
     except OSError as e:
         raise _os_error(e, loc) from e
-    with handle:
-        for line in handle:
-            yield line.rstrip(b"\r\n")
+    with os.fdopen(fd, "rb") as handle:
+        yield from _split_lines(iter(lambda: handle.read(1 << 16), b""), max_line_bytes)
+
+
+def _split_lines(chunks: Iterator[bytes], max_line: int) -> Iterator[bytes | None]:
+    pending = bytearray()
+    over = False  # the current line passed max_line: its bytes are dropped
+    for chunk in chunks:
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            if not over:
+                pending += chunk[start:end]
+            yield None if over or len(pending) > max_line else bytes(pending).removesuffix(b"\r")
+            pending.clear()
+            over = False
+            start = end + 1
+        if not over:
+            pending += chunk[start:]
+            if len(pending) > max_line:
+                over = True
+                pending.clear()
+    if over:
+        yield None
+    elif pending:
+        yield bytes(pending).removesuffix(b"\r")
 
 
 def read_beneath(folder: str | Path, path: str | Path, *, max_bytes: int) -> bytes:
