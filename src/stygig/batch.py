@@ -363,9 +363,13 @@ class JsonlSink:
                     if not line.endswith(b"\n"):
                         break  # torn by a kill: cut off below
                     try:
-                        self._done.add(int(json.loads(line)["index"]))
-                    except (ValueError, KeyError, TypeError):
-                        break
+                        record = json.loads(line)
+                        index = record["index"]
+                        if not isinstance(index, int) or "status" not in record:
+                            raise ValueError("not a record of a batch run")
+                        self._done.add(index)
+                    except (ValueError, KeyError, TypeError, RecursionError, OverflowError):
+                        break  # the run's records end here: the rest is done again
                     good += len(line)
             with path.open("r+b") as f:
                 f.truncate(good)
@@ -589,7 +593,18 @@ def _sidecar(dst: str) -> str:
 def _check_run(dst: str, run: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
     """The earlier run's record, if it is this same run; refuse a different one."""
     side = _sidecar(dst)
-    earlier = json.loads(storage.read_bytes(side)) if storage.exists(side) else None
+    earlier = None
+    if storage.exists(side):
+        try:
+            earlier = json.loads(storage.read_bytes(side, max_bytes=1 << 20))
+        except (ValueError, RecursionError, StygigError):
+            earlier = None
+        if not isinstance(earlier, dict):
+            if not overwrite:
+                raise BatchError(
+                    f"{side} is not a batch run's record; use --overwrite to start again"
+                )
+            earlier = None
     if overwrite:
         _remove_output(dst)
         return None

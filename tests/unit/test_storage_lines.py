@@ -43,3 +43,29 @@ def test_an_over_long_manifest_line_is_that_inputs_error(
     assert [i.key for i in inputs] == ["a", "line-2", "c"]
     assert inputs[1].error is not None and "over 1,000 bytes" in inputs[1].error.message
     assert inputs[0].images == (str(tmp_path / "a.jpg"),)
+
+
+@pytest.mark.parametrize(
+    "tampered",
+    [b'{"index": 1e400, "status": "ok"}', b"[" * 100_000, b'{"index": 2}', b'{"index": "3"}'],
+)
+def test_a_resumed_output_counts_only_real_records_as_done(tmp_path: Path, tampered: bytes) -> None:
+    """A tampered output line crashed the resume (OverflowError, RecursionError) or, as a
+    stub ``{"index": 2}``, marked an input done that never was."""
+    out = tmp_path / "out.jsonl"
+    good = b'{"index": 0, "id": "a", "status": "ok"}\n'
+    out.write_bytes(good + tampered + b"\n" + b'{"index": 5, "id": "f", "status": "ok"}\n')
+    sink = batch.JsonlSink(out)
+    try:
+        assert sink.done() == {0}
+    finally:
+        sink.close(complete=False)
+    assert out.read_bytes() == good  # the rest is done again
+
+
+def test_a_sidecar_that_is_not_a_run_record_is_refused_clearly(tmp_path: Path) -> None:
+    dst = tmp_path / "out.jsonl"
+    Path(f"{dst}.batch.json").write_text("[1, 2]")
+    with pytest.raises(StygigError) as caught:
+        batch._check_run(str(dst), {"src": "x"}, overwrite=False)
+    assert "not a batch run's record" in caught.value.message
