@@ -810,18 +810,22 @@ class SqsJobStore:
                     self._delete(key)  # the record stays for a person to look at
                     continue
                 record = found[0] if found else None
-                if (
-                    record is None
-                    or record["status"] not in TERMINAL
-                    or f"{int(float(record['finished_at']) * 1000):015d}" != stamp
-                ):
+                try:
+                    finished = f"{int(float(record['finished_at']) * 1000):015d}" if record else ""
+                    index = (
+                        self._key("index", f"{int(record['seq']):020d}-{job_id}") if record else ""
+                    )
+                except (ValueError, TypeError, OverflowError):  # a record edited by hand
+                    log.error("job record %s has no readable end; its marker is dropped", job_id)
+                    finished = index = ""
+                if record is None or record["status"] not in TERMINAL or finished != stamp:
                     self._delete(key)  # a marker of an attempt that did not finish the job
                     continue
                 if record.get("notify_state") == "pending":
                     continue
                 self._delete(
                     self._record_key(job_id),
-                    self._key("index", f"{int(record['seq']):020d}-{job_id}"),
+                    index,
                     self._key("notify", job_id),
                     record.get("input_key"),
                     key,

@@ -347,6 +347,10 @@ class JobWorker:
             self.config.notify_threads, thread_name_prefix="stygig-notify"
         )
         self._notifying: set[str] = set()
+        # Retention runs on a thread of its own: deleting many jobs' documents (a storage call
+        # or two each) must never hold up lease renewal on the housekeeping thread.
+        self._purge_pool = ThreadPoolExecutor(1, thread_name_prefix="stygig-purge")
+        self._purging: Future[None] | None = None
         self._running: dict[str, _Running] = {}
         self._abandoned = 0
         self._at_cap = False
@@ -377,6 +381,7 @@ class JobWorker:
             time.sleep(0.05)
         self._supervisors.shutdown(wait=False, cancel_futures=True)
         self._notify_pool.shutdown(wait=False, cancel_futures=True)
+        self._purge_pool.shutdown(wait=False, cancel_futures=True)
 
     def wake(self) -> None:
         """Look for work now (called after a submission)."""
@@ -555,12 +560,16 @@ class JobWorker:
                 last_orphans = now
             if self.retention_s is not None and now - last_purge >= _PURGE_EVERY_S:
                 last_purge = now
-                with _chore("deleting finished jobs past the retention time"):
-                    purged = self.store.purge(time.time() - self.retention_s)
-                    if purged:
-                        log.info("deleted %d finished job(s) past the retention time", purged)
+                if self._purging is None or self._purging.done():
+                    self._purging = self._purge_pool.submit(self._purge, self.retention_s)
             with _chore("sending notifications"):
                 self._notify_pending()
+
+    def _purge(self, retention_s: float) -> None:
+        with _chore("deleting finished jobs past the retention time"):
+            purged = self.store.purge(time.time() - retention_s)
+            if purged:
+                log.info("deleted %d finished job(s) past the retention time", purged)
 
     def _notify_pending(self) -> None:
         for job in self.store.pending_notifications(limit=200):
