@@ -527,8 +527,8 @@ def _reading(name: str) -> Iterator[None]:
         ) from e
     except MemoryError as e:  # a size no real artifact of this machine has
         raise ArtifactError(
-            f"artifact cannot be read: {name!r}: it asks for more memory than "
-            "there is (a corrupt or tampered size)"
+            f"artifact cannot be read: {name!r}: it asks for more memory than there is "
+            "(a corrupt or tampered size, or an artifact too large for this machine)"
         ) from e
 
 

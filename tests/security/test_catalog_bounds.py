@@ -163,6 +163,13 @@ def test_an_update_cannot_pile_attributes_onto_an_item(live: tuple[LiveCatalog, 
     with pytest.raises(InvalidOptionsError) as caught:
         catalog.submit([parse_change(_update(first, **{f"b{n}": "x" for n in range(half)}))])
     assert caught.value.code == "too_many_attributes"
+    # An add counts top-level and nested attributes together (64 + 64 fit each object).
+    _, folder = live
+    top = {f"t{n}": "x" for n in range(40)}
+    nested = {f"n{n}": "x" for n in range(40)}
+    with pytest.raises(InvalidOptionsError) as added:
+        catalog.prepare([parse_change(_add(folder, "wide", **top, attributes=nested))])
+    assert added.value.code == "too_many_attributes"
     # Deleting some (null) and setting others in their place is fine.
     catalog.submit([parse_change(_update(first, **{f"a{n}": None for n in range(half)}, b0="y"))])
 

@@ -289,7 +289,9 @@ def _as_text(value: Any) -> str | None:
     return str(value)
 
 
-def validate_row(row: Mapping[str, Any], taxonomy: Taxonomy, where: str) -> Item:
+def validate_row(
+    row: Mapping[str, Any], taxonomy: Taxonomy, where: str, *, bounded: bool = True
+) -> Item:
     """An added item's row as a canonical :class:`Item` (its photo's location kept as given),
     or :class:`InvalidOptionsError` (422) with the reason (``unknown_category``, ...)."""
     image = row.get("image")
@@ -303,6 +305,11 @@ def validate_row(row: Mapping[str, Any], taxonomy: Taxonomy, where: str) -> Item
         raise InvalidOptionsError(
             f"{where}: {_REASONS.get(e.reason, 'the row is invalid')}", code=e.reason
         ) from None
+    if bounded and len(item.attributes) > MAX_ITEM_ATTRIBUTES:  # top level and nested together
+        raise InvalidOptionsError(
+            f"{where}: an item holds at most {MAX_ITEM_ATTRIBUTES} attributes",
+            code="too_many_attributes",
+        )
     return dataclasses.replace(item, image=image if isinstance(image, str) else "")
 
 
@@ -329,5 +336,5 @@ def merge_update(
             f"{where}: an item holds at most {MAX_ITEM_ATTRIBUTES} attributes",
             code="too_many_attributes",
         )
-    new = validate_row(row, taxonomy, where)
+    new = validate_row(row, taxonomy, where, bounded=False)  # its own bound is above
     return dataclasses.replace(new, image=old.image)

@@ -107,14 +107,14 @@ def make_changes_router(service: ModelService) -> APIRouter:
 
         nonlocal running
         kind = media_type(request.headers.get("content-type"))
-        body = await request.body()
-        if running >= CHANGE_REQUESTS:
+        if running >= CHANGE_REQUESTS:  # before the body is read: a refusal costs nothing
             raise OverloadedError(
                 f"{running} catalogue change requests are in progress; retry after they end",
                 code="changes_busy",
             )
         running += 1
         try:
+            body = await request.body()
             loop = asyncio.get_running_loop()
             requests = await loop.run_in_executor(request_pool(), parse_changes_body, body, kind)
             snap = await loop.run_in_executor(request_pool(), live.submit, requests)
