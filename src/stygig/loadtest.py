@@ -36,6 +36,9 @@ __all__ = [
     "write_histogram",
 ]
 
+#: The most of an answer read (a recommendation is a few KB; a server sending more is not
+#: one of ours, and must not fill the client's memory).
+MAX_ANSWER_BYTES = 16 << 20
 _TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
 
 
@@ -128,7 +131,10 @@ class PhotoPoster:
                 headers={"content-type": content_type, **self._headers},
             )
             response = conn.getresponse()
-            raw = response.read()
+            raw = response.read(MAX_ANSWER_BYTES + 1)
+            if len(raw) > MAX_ANSWER_BYTES:  # no answer of ours is this large
+                conn.close()
+                return "AnswerTooLarge", (time.perf_counter() - t0) * 1e3, b""
             status = str(response.status)
         except (OSError, http.client.HTTPException) as e:
             conn.close()  # http.client reopens it on the next request

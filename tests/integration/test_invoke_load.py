@@ -12,6 +12,7 @@ import pytest
 
 from stygig.cli import main
 from stygig.deploy import invoke as inv
+from stygig.errors import StygigError
 from tests.integration.server_fixtures import Server, running_server
 
 
@@ -95,6 +96,17 @@ def test_server_time_is_read_from_the_answers_tail() -> None:
     assert inv.server_ms_of(b'{"timings_ms":{"total":3},"items":[]}') == 3.0  # not last
     assert inv.server_ms_of(b'{"items":[]}') is None
     assert inv.server_ms_of(b"not json") is None
+    # An answer no StyGig server writes is no server time, never a traceback.
+    for hostile in (
+        b'{"timings_ms":{"total":' + b"9" * 400 + b"}}",
+        b'{"timings_ms":{"total":' + b"9" * 5000 + b"}}",
+        b'{"timings_ms":{"total":1e999}}',
+        b"[" * 100_000,
+    ):
+        assert inv.server_ms_of(hostile) is None
+    for hostile in (b"[" * 100_000, b'{"a":' + b"9" * 5000 + b"}"):
+        with pytest.raises(StygigError):
+            inv._parse(hostile, "the server")
 
 
 def test_invoke_mistakes_are_clear_errors(

@@ -14,6 +14,7 @@ server's share beside the client's.
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -56,7 +57,7 @@ def content_type_of(path: str | Path) -> str:
 def _parse(raw: bytes, where: str) -> dict[str, Any]:
     try:
         data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, too deep, huge numbers
         raise ServerError(f"{where} answered with something that is not JSON: {e}") from e
     if not isinstance(data, dict):
         raise ServerError(f"{where} answered with JSON that is not an object")
@@ -74,16 +75,22 @@ def server_ms_of(raw: bytes) -> float | None:
     if at >= 0:
         try:
             timings = json.loads(raw[at + len(_TIMINGS_KEY) : -1])
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, RecursionError):
             timings = None
     if not isinstance(timings, dict):
         try:
             data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, RecursionError):
             return None
         timings = data.get("timings_ms") if isinstance(data, dict) else None
     total = timings.get("total") if isinstance(timings, dict) else None
-    return float(total) if isinstance(total, int | float) else None
+    if not isinstance(total, int | float):
+        return None
+    try:
+        value = float(total)
+    except OverflowError:  # a 400-digit integer
+        return None
+    return value if math.isfinite(value) else None
 
 
 @dataclass(frozen=True)
