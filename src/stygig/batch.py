@@ -123,7 +123,7 @@ def _manifest_photo(src: str, name: str) -> str:
     folder (local or in S3). A manifest in S3 never names the local disk of the machine that
     runs the batch (an absolute path or ``file://``)."""
     remote = storage.is_remote(src)
-    if remote and (name.startswith(("/", "file:")) or Path(name).is_absolute()):
+    if remote and (Path(name).is_absolute() or name.startswith("file:")):
         raise InvalidOptionsError(
             "a manifest in S3 names photos beside it or by s3:// URI, never local files",
             code="invalid_location",

@@ -277,9 +277,7 @@ def _read_source(source: bytes | str | Path, limits: ImageLimits) -> bytes:
     return data
 
 
-def _check_header(
-    width: int, height: int, n_bytes: int, limits: ImageLimits, kind: str = "JPEG"
-) -> None:
+def _check_header(width: int, height: int, n_bytes: int, limits: ImageLimits, kind: str) -> None:
     """Refuse, from the header's size alone, an image that would cost too much to decode."""
     pixels = width * height
     if pixels > limits.max_pixels:

@@ -183,13 +183,13 @@ def read_bytes(uri: str | Path, *, max_bytes: int | None = None) -> bytes:
                 return body
             return _read_s3_bounded(loc, max_bytes)
     assert loc.path is not None
-    try:
-        if max_bytes is None:
+    if max_bytes is None:
+        try:
             return loc.path.read_bytes()
-        fd = os.open(loc.path, _READ_FLAGS)
-    except OSError as e:
-        raise _os_error(e, loc) from e
-    return _read_fd_bounded(fd, loc, max_bytes)
+        except OSError as e:
+            raise _os_error(e, loc) from e
+    fd, size = _open_regular(loc)
+    return _read_fd_bounded(fd, size, loc, max_bytes)
 
 
 def iter_lines(uri: str | Path, *, max_line_bytes: int = 64 << 20) -> Iterator[bytes | None]:
@@ -207,15 +207,7 @@ def iter_lines(uri: str | Path, *, max_line_bytes: int = 64 << 20) -> Iterator[b
             finally:
                 body.close()
         return
-    assert loc.path is not None
-    try:
-        fd = os.open(loc.path, _READ_FLAGS)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise StorageError(f"{loc} is not a regular file", code="not_a_regular_file")
-        os.set_blocking(fd, True)
-    except OSError as e:
-        raise _os_error(e, loc) from e
+    fd, _ = _open_regular(loc)
     with os.fdopen(fd, "rb") as handle:
         yield from _split_lines(iter(lambda: handle.read(1 << 16), b""), max_line_bytes)
 
@@ -274,7 +266,7 @@ def read_beneath(folder: str | Path, path: str | Path, *, max_bytes: int) -> byt
         if e.errno == errno.ELOOP:
             raise StorageError(f"{loc}: a symbolic link on the way", code="location_changed") from e
         raise _os_error(e, loc) from e
-    return _read_fd_bounded(file_fd, loc, max_bytes)
+    return _read_fd_bounded(file_fd, _regular(file_fd, loc), loc, max_bytes)
 
 
 def _os_error(e: OSError, loc: Location) -> StygigError:
@@ -289,13 +281,39 @@ def _too_large(loc: Location, max_bytes: int) -> PayloadTooLargeError:
     return PayloadTooLargeError(f"{loc} is larger than {max_bytes:,} bytes", code="input_too_large")
 
 
-def _read_fd_bounded(fd: int, loc: Location, max_bytes: int) -> bytes:
-    """At most ``max_bytes`` of the regular file open as ``fd`` (closed here)."""
+def _open_regular(loc: Location) -> tuple[int, int]:
+    """``(descriptor, size)`` of the regular local file ``loc``, opened non-blocking (so a
+    FIFO is not waited on); see :func:`_regular`."""
+    assert loc.path is not None
     try:
-        info = os.fstat(fd)  # the file actually opened, not whatever the path names by now
+        fd = os.open(loc.path, _READ_FLAGS)
+    except OSError as e:
+        raise _os_error(e, loc) from e
+    return fd, _regular(fd, loc)
+
+
+def _regular(fd: int, loc: Location) -> int:
+    """The size of the file open as ``fd``, checked on the file actually opened, not whatever
+    the path names by now: anything but a regular file is ``not_a_regular_file`` (``fd``
+    closed). Reads on it then block as usual."""
+    try:
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise InputError(f"{loc} is not a regular file", code="not_a_regular_file")
-        if info.st_size > max_bytes:
+        os.set_blocking(fd, True)
+    except BaseException as e:
+        os.close(fd)
+        if isinstance(e, OSError):
+            raise _os_error(e, loc) from e
+        raise
+    return info.st_size
+
+
+def _read_fd_bounded(fd: int, size: int, loc: Location, max_bytes: int) -> bytes:
+    """At most ``max_bytes`` of the regular file open as ``fd``, ``size`` bytes when opened
+    (closed here)."""
+    try:
+        if size > max_bytes:
             raise _too_large(loc, max_bytes)
         chunks: list[bytes] = []
         left = max_bytes + 1

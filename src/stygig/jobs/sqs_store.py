@@ -93,7 +93,8 @@ _MAX_VISIBILITY_S = 12 * 3600  # SQS's limit
 _CAS_TRIES = 20
 _NOT_FOUND = ("NoSuchKey", "404", "NotFound")
 _CONFLICT = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
-#: What every job record holds: one without them (edited, truncated) is corrupt.
+#: What every job record holds: one without them (edited, truncated) is corrupt
+#: (:func:`_is_record`).
 _RECORD_KEYS = frozenset({"id", "seq", "status", "attempts", "events", "token"})
 
 
@@ -373,12 +374,7 @@ class SqsJobStore:
             data = json.loads(answer["Body"].read())
         except (ValueError, RecursionError):
             data = None
-        if (
-            not isinstance(data, dict)
-            or not data.keys() >= _RECORD_KEYS
-            or data["status"] not in STATUSES
-            or not isinstance(data["events"], list)
-        ):
+        if not _is_record(data):
             raise CorruptRecordError(key)
         return data, str(answer["ETag"])
 
@@ -810,22 +806,18 @@ class SqsJobStore:
                     self._delete(key)  # the record stays for a person to look at
                     continue
                 record = found[0] if found else None
-                try:
-                    finished = f"{int(float(record['finished_at']) * 1000):015d}" if record else ""
-                    index = (
-                        self._key("index", f"{int(record['seq']):020d}-{job_id}") if record else ""
-                    )
-                except (ValueError, TypeError, OverflowError):  # a record edited by hand
-                    log.error("job record %s has no readable end; its marker is dropped", job_id)
-                    finished = index = ""
-                if record is None or record["status"] not in TERMINAL or finished != stamp:
+                if (
+                    record is None
+                    or record["status"] not in TERMINAL
+                    or f"{int(float(record['finished_at']) * 1000):015d}" != stamp
+                ):
                     self._delete(key)  # a marker of an attempt that did not finish the job
                     continue
                 if record.get("notify_state") == "pending":
                     continue
                 self._delete(
                     self._record_key(job_id),
-                    index,
+                    self._key("index", f"{int(record['seq']):020d}-{job_id}"),
                     self._key("notify", job_id),
                     record.get("input_key"),
                     key,
@@ -964,6 +956,28 @@ class SqsJobStore:
         audit of every job pages with :meth:`list_jobs` and reads each one's."""
         record = self._record(job_id)
         return [{"job_id": record["id"], **e} for e in record.get("events", [])]
+
+
+def _is_record(data: Any) -> bool:
+    """Whether ``data`` is a job record as this module writes it: its fields there, its
+    status known, its numbers numbers (a terminal one's end among them). One edited by hand
+    is :class:`CorruptRecordError` where it is read, never a failure further on."""
+    if not isinstance(data, dict) or not data.keys() >= _RECORD_KEYS:
+        return False
+    finished = data.get("finished_at")
+    return (
+        data["status"] in STATUSES
+        and isinstance(data["events"], list)
+        and isinstance(data["seq"], int)
+        and isinstance(data["attempts"], int)
+        and (data["status"] not in TERMINAL or _is_time(finished))
+        and (finished is None or _is_time(finished))
+    )
+
+
+def _is_time(value: Any) -> bool:
+    """A Unix time a record can hold (seconds, a number before the year 5000)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1e11
 
 
 def _holds(record: Mapping[str, Any], owner: str, attempt: int) -> bool:

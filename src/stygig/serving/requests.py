@@ -15,7 +15,7 @@ Every mistake raises a :mod:`stygig.errors` type (4xx), never anything else.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -99,14 +99,13 @@ def build_request(
     return ParsedRequest(Query(tuple(images), tuple(item_ids)), Options.from_dict(dict(options)))
 
 
-def parse_json_body(body: bytes, params: Iterable[tuple[str, str]] = ()) -> ParsedRequest:
+def parse_json_body(body: bytes, params: Sequence[tuple[str, str]] = ()) -> ParsedRequest:
     """A JSON body: ``image_b64`` / ``images_b64`` / ``item_ids`` plus options; ``params``
     (the query string, SageMaker's custom attributes) apply under the body's own options, as
     for an asynchronous job's JSON input."""
     images, item_ids, options = split_json_request(parse_json_object(body))
-    pairs = list(params)
-    if pairs:
-        options = {**params_to_dict(pairs), **options}
+    if params:
+        options = {**params_to_dict(params), **options}
     return build_request(images, item_ids, options)
 
 
