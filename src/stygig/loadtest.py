@@ -222,18 +222,22 @@ def _run(config: LoadTestConfig, photos: list[tuple[bytes, str]]) -> LoadTestRep
     statuses: list[str] = []
     counter = iter(range(config.requests))
     lock = threading.Lock()
+    failed: list[BaseException] = []  # a client that died: the run stops and says why
 
     def client() -> None:
         try:
             while True:
                 with lock:
-                    i = next(counter, None)
+                    i = None if failed else next(counter, None)
                 if i is None:
                     return
                 ms, status = send(i)
                 with lock:
                     latencies.append(ms)
                     statuses.append(status)
+        except BaseException as e:  # handed to the main thread, raised there
+            with lock:
+                failed.append(e)
         finally:
             poster.release()
 
@@ -245,6 +249,8 @@ def _run(config: LoadTestConfig, photos: list[tuple[bytes, str]]) -> LoadTestRep
         t.join()
     seconds = time.perf_counter() - t0
     poster.close()
+    if failed:  # not a measurement of the server: a report would hide the missing requests
+        raise failed[0]
     return summarise(config, latencies, statuses, seconds)
 
 

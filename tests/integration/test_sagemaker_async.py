@@ -33,6 +33,7 @@ from stygig.batch import run_batch
 from stygig.cli import main
 from stygig.deploy import sagemaker as sm_api
 from stygig.engine import Recommender
+from stygig.jobs.sagemaker_async import MAX_RESULT_BYTES, AsyncEndpoint, AsyncInvocation
 from tests.integration.server_fixtures import Server, free_port, running_server
 from tests.integration.test_jobs import wait_for
 
@@ -372,6 +373,79 @@ def test_endpoint_mistakes_are_clear_errors(
     err = capsys.readouterr().err
     assert code == 2 and "ghost" in err and "Traceback" not in err
     assert not runtime.calls
+
+
+def test_receipts_and_results_read_back_from_the_bucket_are_checked(
+    moto_env: dict[str, str],
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """What the client reads back from S3 is input like any other: a receipt that is not one
+    (not JSON, edited to name a local file or another job) is a clear error or skipped, and an
+    output or failure object is read within a bound, never whole."""
+    ep = create_async_endpoint("hostile")
+    endpoint = AsyncEndpoint(ep.name, input_prefix=PREFIX)
+    receipts = f"{PREFIX}receipts"
+
+    def receipt(job: str, **fields: Any) -> dict[str, Any]:
+        return {
+            "InferenceId": job,
+            "EndpointName": ep.name,
+            "OutputLocation": f"{ep.output}/{job}.out",
+            "FailureLocation": f"{ep.failure}/{job}-error.out",
+            **fields,
+        }
+
+    good = receipt("run-good")
+    storage.write_bytes(f"{receipts}/run-good.json", json.dumps(good).encode())
+    storage.write_bytes(f"{receipts}/run-torn.json", b'{"InferenceId": "run-to')
+    local = receipt("run-local", OutputLocation="/etc/passwd")
+    storage.write_bytes(f"{receipts}/run-local.json", json.dumps(local).encode())
+    other = receipt("run-good")  # under another job's name
+    storage.write_bytes(f"{receipts}/run-other.json", json.dumps(other).encode())
+    storage.write_bytes(f"{receipts}/run-list.json", b"[1, 2]")
+    storage.write_bytes(f"{receipts}/run-big.json", b" " * (1 << 20) + json.dumps(good).encode())
+    with caplog.at_level(logging.WARNING, logger="stygig.jobs.sagemaker_async"):
+        found = endpoint.receipts("run-")
+    assert list(found) == ["run-good"]
+    skipped = [r.getMessage() for r in caplog.records if "is not a job's receipt" in r.getMessage()]
+    assert len(skipped) == 5
+    assert not any("root:" in m for m in skipped)  # the local file was never read
+
+    where = ["--endpoint-name", ep.name, "--input-prefix", PREFIX]
+    for job, expected in [
+        ("run-torn", "not JSON"),
+        ("run-local", "OutputLocation is not an s3:// location"),
+        ("run-other", "names job 'run-good'"),
+        ("run-list", "not a JSON object"),
+    ]:
+        assert main(["jobs", "status", *where, job]) == 1, job
+        err = capsys.readouterr().err
+        assert expected in err and "name the job by its output location" in err, (job, err)
+        assert "Traceback" not in err and "root:" not in err
+    assert main(["jobs", "status", *where, "../../other/thing"]) == 2
+    assert "neither an inference id" in capsys.readouterr().err
+
+    # An output object larger than any answer: a failed job, not a 17 MB read into memory.
+    huge = AsyncInvocation(
+        "huge", ep.name, "", "", f"{ep.output}/huge.out", f"{ep.failure}/huge-error.out", ""
+    )
+    storage.write_bytes(huge.output_location, b"{" + b" " * MAX_RESULT_BYTES + b"}")
+    outcome = endpoint.outcome(huge)
+    assert outcome.status == "failed" and outcome.result is None
+    assert outcome.error is not None and outcome.error.code == "endpoint_error"
+    assert "over 16 MB" in outcome.error.message
+    assert endpoint.outcome(huge, read_result=False).status == "succeeded"
+    # A failure object larger than an error document: the generic error naming it.
+    failed = AsyncInvocation(
+        "bad", ep.name, "", "", f"{ep.output}/bad.out", f"{ep.failure}/bad-error.out", ""
+    )
+    body = json.dumps({"error": {"code": "invalid_image", "message": "x" * (1 << 20)}})
+    storage.write_bytes(failed.failure_location or "", body.encode())
+    outcome = endpoint.outcome(failed)
+    assert outcome.status == "failed" and outcome.error is not None
+    assert outcome.error.code == "endpoint_error"
+    assert failed.failure_location in outcome.error.message
 
 
 def test_own_server_input_location_sends_its_content_type(

@@ -163,3 +163,30 @@ def test_each_caller_keeps_its_own_url_error(tmp_path: Path) -> None:
     (tmp_path / "a.jpg").write_bytes(b"jpeg bytes")
     with pytest.raises(ConfigError, match="the load test's URL must be http"):
         run_load_test(LoadTestConfig(url="ftp://x", images=tmp_path))
+
+
+def test_a_client_thread_that_dies_fails_the_run(
+    stub: tuple[str, Seen], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error no status stands for (a bug, an exception http.client does not document) ends
+    the run with that error: a report of the requests that survived would read as a result."""
+    url, seen = stub
+    real = PhotoPoster.post
+    calls = 0
+    lock = threading.Lock()
+
+    def post(self: PhotoPoster, body: bytes, content_type: str) -> tuple[str, float, bytes]:
+        nonlocal calls
+        with lock:
+            calls += 1
+            n = calls
+        if n == 3:
+            raise ValueError("something no status stands for")
+        return real(self, body, content_type)
+
+    monkeypatch.setattr(PhotoPoster, "post", post)
+    (tmp_path / "a.jpg").write_bytes(b"jpeg bytes")
+    config = LoadTestConfig(url=url, images=tmp_path, concurrency=2, requests=40, warmup=0)
+    with pytest.raises(ValueError, match="no status stands for"):
+        run_load_test(config)
+    assert len(seen.requests) < 40  # the other client stopped too

@@ -25,6 +25,7 @@ from the endpoint's ``S3FailurePath`` the way SageMaker names it (``<uuid>-error
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
@@ -40,6 +41,7 @@ from stygig import storage
 from stygig.errors import (
     InvalidOptionsError,
     NotFoundError,
+    PayloadTooLargeError,
     ServerError,
     StygigError,
 )
@@ -55,7 +57,12 @@ __all__ = [
     "temporary_queue",
 ]
 
+log = logging.getLogger(__name__)
+
 MAX_TIME_LIMIT_S = 3600  # SageMaker's cap on InvocationTimeoutSeconds
+#: The largest answer read back from an output location: no answer of a StyGig endpoint is
+#: near it (an outfit is a few KB), so a larger object is not one, and is not read into memory.
+MAX_RESULT_BYTES = 16 << 20
 _TYPES_BY_SUFFIX = {
     ".jpg": "image/jpeg",
     ".jpeg": "image/jpeg",
@@ -66,6 +73,7 @@ _TYPES_BY_SUFFIX = {
 _ACCEPTED = [*sorted(set(_TYPES_BY_SUFFIX.values())), "application/x-image"]
 _INFERENCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _MAX_FAILURE_BYTES = 64 * 1024
+_MAX_RECEIPT_BYTES = 64 * 1024  # a receipt is a few hundred bytes
 
 Status = Literal["pending", "succeeded", "failed"]
 
@@ -123,16 +131,40 @@ class AsyncInvocation:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AsyncInvocation:
-        """Back from :meth:`to_dict` (a receipt)."""
-        return cls(
-            str(data["InferenceId"]),
-            str(data["EndpointName"]),
-            str(data.get("InputLocation") or ""),
-            str(data.get("ContentType") or ""),
-            str(data["OutputLocation"]),
+        """Back from :meth:`to_dict` (a receipt). A receipt is read from a bucket, so it is
+        checked as any input: an inference id SageMaker would take, and result locations in
+        S3 only (a receipt naming a local file would have it read as a job's answer)."""
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        job_id, output, failure = (
+            data.get("InferenceId"),
+            data.get("OutputLocation"),
             data.get("FailureLocation"),
-            str(data.get("SubmittedAt") or ""),
         )
+        if not isinstance(job_id, str) or not _INFERENCE_ID.match(job_id):
+            raise ValueError("no valid InferenceId")
+        if not isinstance(output, str) or not output.startswith("s3://"):
+            raise ValueError("OutputLocation is not an s3:// location")
+        if failure is not None and (
+            not isinstance(failure, str) or not failure.startswith("s3://")
+        ):
+            raise ValueError("FailureLocation is not an s3:// location")
+        texts = [
+            data.get(k) for k in ("EndpointName", "InputLocation", "ContentType", "SubmittedAt")
+        ]
+        if not all(v is None or isinstance(v, str) for v in texts):
+            raise ValueError("a field that is not text")
+        name, input_location, content_type, submitted = (v or "" for v in texts)
+        return cls(job_id, name, input_location, content_type, output, failure, submitted)
+
+
+def read_receipt(body: bytes) -> AsyncInvocation:
+    """A receipt's invocation (:class:`ValueError` when the bytes are not a receipt)."""
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError("not JSON") from e
+    return AsyncInvocation.from_dict(data)
 
 
 @dataclass(frozen=True)
@@ -313,13 +345,22 @@ class AsyncEndpoint:
         return storage.join(self.require_prefix(), f"receipts/{inference_id}.json")
 
     def receipts(self, id_prefix: str) -> dict[str, AsyncInvocation]:
-        """Every receipt whose inference id starts with ``id_prefix`` (one listing)."""
+        """Every receipt whose inference id starts with ``id_prefix`` (one listing). One that
+        is not a receipt of its own job (unreadable, too large, edited, under another job's
+        name) is logged and left out: its job counts as never submitted."""
         out: dict[str, AsyncInvocation] = {}
         receipts = storage.join(self.require_prefix(), f"receipts/{id_prefix}")
         for key in storage.list_keys(receipts, folder=False):
-            if key.endswith(".json"):
-                inv = AsyncInvocation.from_dict(json.loads(storage.read_bytes(key)))
-                out[inv.inference_id] = inv
+            if not key.endswith(".json"):
+                continue
+            try:
+                inv = read_receipt(storage.read_bytes(key, max_bytes=_MAX_RECEIPT_BYTES))
+                if f"{inv.inference_id}.json" != key.rsplit("/", 1)[-1]:
+                    raise ValueError(f"it names job {inv.inference_id!r}")
+            except (ValueError, PayloadTooLargeError, NotFoundError) as e:
+                log.warning("%s is not a job's receipt (%s); it is skipped", key, e)
+                continue
+            out[inv.inference_id] = inv
         return out
 
     def failure_path(self) -> str | None:
@@ -349,15 +390,28 @@ class AsyncEndpoint:
             failure_path = self.failure_path()
             failure = storage.join(failure_path, f"{name}-error.out") if failure_path else None
             return AsyncInvocation(name, self.endpoint_name, "", "", ref, failure, "")
+        if not _INFERENCE_ID.match(ref):
+            raise InvalidOptionsError(
+                f"{ref!r} is neither an inference id (1 to 64 letters, digits, '.', '_', '-') "
+                "nor an output location (s3://…/<id>.out)"
+            )
+        key = self._receipt(ref)
         try:
-            data = json.loads(storage.read_bytes(self._receipt(ref)))
+            inv = read_receipt(storage.read_bytes(key, max_bytes=_MAX_RECEIPT_BYTES))
+            if inv.inference_id != ref:
+                raise ValueError(f"it names job {inv.inference_id!r}")
         except NotFoundError:
             raise NotFoundError(
                 f"no receipt for job {ref!r} under {self.require_prefix()}receipts/; "
                 "name it by its output location instead",
                 code="job_not_found",
             ) from None
-        return AsyncInvocation.from_dict(data)
+        except (ValueError, PayloadTooLargeError) as e:
+            raise StygigError(
+                f"{key} is not a job's receipt ({e}); name the job by its output location instead",
+                code="corrupt_record",
+            ) from None
+        return inv
 
     # -- following ----------------------------------------------------------------------------
 
@@ -365,10 +419,23 @@ class AsyncEndpoint:
         """Look once: the output object (succeeded), else the failure object (failed, its
         error read), else pending. With ``read_result``, a result is read too."""
         if storage.exists(inv.output_location):
-            body = storage.read_bytes(inv.output_location) if read_result else None
+            if not read_result:
+                return Outcome(inv, "succeeded")
+            try:
+                body = storage.read_bytes(inv.output_location, max_bytes=MAX_RESULT_BYTES)
+            except PayloadTooLargeError:
+                error = StygigError(
+                    f"the endpoint's answer is over {MAX_RESULT_BYTES >> 20} MB, so not one "
+                    f"(see {inv.output_location})",
+                    code="endpoint_error",
+                )
+                return Outcome(inv, "failed", error=error)
             return Outcome(inv, "succeeded", result=body)
         if inv.failure_location and storage.exists(inv.failure_location):
-            body = storage.read_bytes(inv.failure_location)[:_MAX_FAILURE_BYTES]
+            try:
+                body = storage.read_bytes(inv.failure_location, max_bytes=_MAX_FAILURE_BYTES)
+            except PayloadTooLargeError:
+                body = b""  # not the server's error document: the generic error names it
             return Outcome(inv, "failed", error=failure_error(body, inv.failure_location))
         return Outcome(inv, "pending")
 
