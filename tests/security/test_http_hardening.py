@@ -493,8 +493,9 @@ def test_health_checks_are_answered_past_the_connection_limit(
     sample: tuple[Path, Path], tmp_path: Path
 ) -> None:
     """With every allowed connection held by a slow upload, /ping was a plain-text 503, so a
-    burst could make SageMaker replace a healthy instance. And --max-connections N served
-    N - 1 (uvicorn counts the connection asking)."""
+    burst could make SageMaker replace a healthy instance (and the 503 of any other request
+    was plain text, not StyGig's JSON error). And --max-connections N served N - 1 (uvicorn
+    counts the connection asking)."""
     with capped_server(sample[1], tmp_path / "server.log", "--max-connections", "2") as server:
         head = (
             "POST /invocations HTTP/1.1\nHost: x\nContent-Type: image/jpeg\nContent-Length: 5000\n"
@@ -509,7 +510,12 @@ def test_health_checks_are_answered_past_the_connection_limit(
                     headers={"content-type": "image/jpeg"},
                     timeout=30,
                 )
-                return r.status_code == 503
+                if r.status_code != 503:
+                    return False
+                # StyGig's JSON error, as every other refusal (uvicorn's was plain text)
+                assert r.json()["error"]["code"] == "too_many_connections", r.text
+                assert r.headers["retry-after"] == "1" and r.headers["connection"] == "close"
+                return True
 
             wait_for(full)  # both slots are held: a third request is refused
             assert httpx.get(server.url + "/ping", timeout=30).status_code == 200

@@ -15,6 +15,10 @@ tens of megabytes per connection (three such connections took a 4 GB process dow
 the event loop, and so every other client, for seconds. A head over the limit is answered 431
 and the connection closed, before the app sees it.
 
+Past the connection limit (``--max-connections``) a request is answered as every other refusal
+of the server: a JSON 503 ``too_many_connections`` with ``Retry-After``, not uvicorn's plain-text one, and the
+connection closed; health checks are still answered (:data:`HEALTH_PATHS`).
+
 The parser is llhttp (through ``httptools``), Node's C parser: about 0.4 ms less per request than
 the pure-Python h11 here (``benchmarks/bench_budget.py``), and as strict about framing.
 """
@@ -26,7 +30,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from stygig.errors import InputError, InvalidOptionsError
+from stygig.errors import InputError, InvalidOptionsError, OverloadedError
 from stygig.serving.responses import json_bytes
 
 __all__ = ["HEAD_LIMIT_BYTES", "head_deadline_protocol"]
@@ -45,6 +49,27 @@ class HeadTooLargeError(InputError):
 
 #: Answered past the connection limit (``--max-connections``): they cost next to nothing.
 HEALTH_PATHS = frozenset({b"/ping", b"/healthz", b"/readyz"})
+
+
+_BUSY = json_bytes(
+    OverloadedError(
+        "the server has as many connections as it takes (--max-connections); retry shortly",
+        code="too_many_connections",
+    ).to_dict()
+)
+
+
+async def _busy(scope: Any, receive: Any, send: Any) -> None:
+    """The answer past the connection limit (uvicorn's own is plain text); the body is not
+    read and the connection is closed, as uvicorn does."""
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(_BUSY)).encode()),
+        (b"retry-after", b"1"),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": _BUSY})
 
 
 class _HeadDeadlineProtocol(HttpToolsProtocol):
@@ -126,16 +151,22 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         self._head_bytes = None
         self._heads += 1
         limit = self.limit_concurrency
-        if limit is not None and self.url.split(b"?", 1)[0] in HEALTH_PATHS:
-            # A health check is answered however many connections are open: SageMaker
-            # replaces an instance whose /ping fails during a burst of slow uploads.
-            self.limit_concurrency = None
-            try:
-                super().on_headers_complete()
-            finally:
-                self.limit_concurrency = limit
+        if limit is None or (len(self.connections) < limit and len(self.tasks) < limit):
+            super().on_headers_complete()
             return
-        super().on_headers_complete()
+        # Past the limit. A health check is answered however many connections are open
+        # (SageMaker replaces an instance whose /ping fails during a burst of slow uploads);
+        # anything else gets the JSON 503, through uvicorn's own request cycle.
+        app = self.app
+        if self.url.split(b"?", 1)[0] not in HEALTH_PATHS:
+            self.logger.warning("over the connection limit (%d): answered 503", limit)
+            self.app = _busy
+        self.limit_concurrency = None
+        try:
+            super().on_headers_complete()
+        finally:
+            self.limit_concurrency = limit
+            self.app = app
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
