@@ -51,6 +51,10 @@ def configure_logging(level: str = "info") -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+    # FAISS's loader reports at info that "AVX2 support could not be loaded" while its one
+    # library dispatches to AVX2/AVX-512 at run time: an alarming line about nothing wrong.
+    if root.level > logging.DEBUG:
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 def request_id(incoming: str | None) -> str:
