@@ -309,6 +309,63 @@ def test_stage_cleanup_removes_only_parts(builds: dict[str, Path]) -> None:
     assert sorted(p.name for p in stage.iterdir()) == ["notes.txt"]
 
 
+def test_a_build_keeps_to_its_own_stage_folder_and_clears_it_when_interrupted(
+    cluster: None, kaggle_slice: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review (session 35): two builds given one --ray-stage read each other's parts (one
+    exited 0 with 30 of 131 rows from the other catalogue), each cleared the other's at start,
+    and an interrupted build left its parts and encoder copy behind. Each build now writes in
+    a run folder of its own, and removes it however it ends."""
+    from stygig.build import make_build_encoder
+    from stygig.distributed import ray_build
+
+    shared = tmp_path / "shared-stage"
+    (shared / "run-another-build").mkdir(parents=True)
+    foreign = {  # another build's parts, one at the top as an older version wrote them
+        shared / f"part-{0:010d}-{16:010d}.npz": b"theirs",
+        shared / "run-another-build" / f"part-{0:010d}-{16:010d}.npz": b"theirs too",
+        shared / "run-another-build" / "encoder.onnx": b"their encoder",
+    }
+    for path, data in foreign.items():
+        path.write_bytes(data)
+    seen: list[list[str]] = []
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        mine = sorted(
+            str(p.relative_to(shared))
+            for p in shared.rglob("*")
+            if p.is_file() and p not in foreign
+        )
+        seen.append(mine)
+        raise KeyboardInterrupt  # Ctrl-C once the cluster's work is done
+
+    monkeypatch.setattr(ray_build, "finish_build", interrupted)
+    with (
+        make_build_encoder("efficientnet-lite0") as (encoder, files),
+        pytest.raises(KeyboardInterrupt),
+    ):
+        ray_build.build_artifact_ray(
+            kaggle_slice["csv"],
+            tmp_path / "out",
+            encoder,
+            extra_files=files,
+            images_dir=kaggle_slice["images"],
+            progress=False,
+            batch_size=64,
+            stage=str(shared),
+        )
+    [mine] = seen
+    folders = {m.split("/", 1)[0] for m in mine}
+    assert len(folders) == 1 and folders.pop().startswith("run-")  # all in one folder of its own
+    assert any(m.endswith("encoder.onnx") for m in mine) and sum("part-" in m for m in mine) >= 2
+    left = {p for p in shared.rglob("*") if p.is_file()}
+    assert left == set(foreign)  # its own files gone, nobody else's touched
+    assert all(p.read_bytes() == data for p, data in foreign.items())
+    assert sorted(p.name for p in shared.iterdir()) == sorted(
+        ["run-another-build", f"part-{0:010d}-{16:010d}.npz"]
+    )
+
+
 def _build_args(argv: list[str]) -> Any:
     """``stygig build`` parsed by the CLI's own parser, with the engine flags (registered by
     stygig.cli once wired; added here to its build subparser until then)."""

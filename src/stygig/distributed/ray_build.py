@@ -39,10 +39,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import re
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,8 @@ __all__ = [
     "build_index_on_ray",
     "stage_location",
 ]
+
+log = logging.getLogger(__name__)
 
 _PART = re.compile(r"part-(\d+)-(\d+)\.npz$")
 _ONNX = "encoder.onnx"
@@ -566,8 +570,9 @@ def build_artifact_ray(
     ``actors``: encoder actors (default one per GPU, else one per ``actor_cpus`` CPUs);
     ``device``: where they run (``auto``: a GPU each when the cluster has GPUs; ``cpu``;
     ``cuda``: :meth:`~stygig.distributed.cluster.ClusterResources.actor_device`);
-    ``stage``: where the parts go (default ``<out>.ray-parts``, removed after the build unless
-    ``keep_stage``). An ``ivfpq`` index is trained and filled as Ray tasks too
+    ``stage``: where the parts go (default ``<out>.ray-parts``), each build in a folder of its
+    own (``run-<random id>/``), removed when the build ends, also by a failure or an interrupt,
+    unless ``keep_stage``. An ``ivfpq`` index is trained and filled as Ray tasks too
     (:func:`build_index_on_ray`, ``index_chunk_rows`` rows per adding task). The category
     heads (``category_head``) are fitted on the driver, as locally (:func:`finish_build`).
     """
@@ -580,7 +585,67 @@ def build_artifact_ray(
     t0 = time.perf_counter()
     read = read_catalog(catalog, layout=layout, images_dir=images_dir, taxonomy=taxonomy)
     read_s = time.perf_counter() - t0
-    where = stage_location(out_dir, stage)
+    # This build's own folder of the stage: two builds given one --ray-stage never read each
+    # other's parts, and clearing it touches nothing else.
+    where = storage.join(stage_location(out_dir, stage), f"run-{uuid.uuid4().hex[:16]}")
+    try:
+        return _build_staged(
+            where,
+            out_dir,
+            catalog,
+            read,
+            encoder,
+            extra_files=extra_files,
+            weights=weights,
+            random_weights=random_weights,
+            taxonomy=taxonomy,
+            started=started,
+            read_s=read_s,
+            batch_size=batch_size,
+            actors=actors,
+            actor_cpus=actor_cpus,
+            device=device,
+            progress=progress,
+            cluster=cluster,
+            index_kind=index_kind,
+            index_params=index_params,
+            index_chunk_rows=index_chunk_rows,
+            whiten=whiten,
+            category_head=category_head,
+        )
+    finally:  # built, failed or interrupted: the stage holds nothing of this run afterwards
+        if keep_stage:
+            log.info("this build's parts are kept in %s", where)
+        else:
+            remove_stage(where, default=not stage)
+
+
+def _build_staged(
+    where: str,
+    out_dir: str | Path,
+    catalog: str | Path,
+    read: CatalogReadResult,
+    encoder: Encoder,
+    *,
+    extra_files: dict[str, Path] | None,
+    weights: str | Path | None,
+    random_weights: bool,
+    taxonomy: Taxonomy,
+    started: float,
+    read_s: float,
+    batch_size: int,
+    actors: int | None,
+    actor_cpus: float,
+    device: str,
+    progress: bool,
+    cluster: ClusterResources,
+    index_kind: str,
+    index_params: dict[str, Any] | None,
+    index_chunk_rows: int | None,
+    whiten: bool | None,
+    category_head: bool,
+) -> BuildResult:
+    """The cluster's work and the artifact, with this run's parts and encoder under ``where``."""
     loader = EncoderLoader.for_build(
         encoder, extra_files or {}, where, weights=weights, random_weights=random_weights
     )
@@ -614,7 +679,7 @@ def build_artifact_ray(
             ray_info["index"] = dict(index_info)
         return index
 
-    result = finish_build(
+    return finish_build(
         out_dir,
         catalog,
         read,
@@ -635,11 +700,15 @@ def build_artifact_ray(
         category_head=category_head,
         progress=progress,
     )
-    if not keep_stage:
-        _clear(where)
-        if loader.onnx is not None:
-            storage.delete(loader.onnx)
-        if not storage.is_remote(where):
-            with contextlib.suppress(OSError):  # not empty (someone else's files), or gone
-                os.rmdir(where)
-    return result
+
+
+def remove_stage(where: str, *, default: bool) -> None:
+    """Delete one build's stage folder ``where`` (every key under it is the build's own), and
+    the default ``<out>.ray-parts`` above it when nothing else is left there."""
+    for key in storage.list_keys(where):
+        storage.delete(key)
+    if not storage.is_remote(where):
+        folders = [Path(where), *([Path(where).parent] if default else [])]
+        for folder in folders:
+            with contextlib.suppress(OSError):  # not empty (another build's run), or gone
+                os.rmdir(folder)
