@@ -274,11 +274,18 @@ def _strip(line: str) -> dict[str, Any]:
 
 
 def test_batch_on_ray_writes_the_local_records(
-    builds: dict[str, Path], kaggle_slice: dict[str, Any], tmp_path: Path
+    builds: dict[str, Path],
+    kaggle_slice: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from stygig.batch import run_batch
+    from stygig.distributed import ray_batch
     from stygig.distributed.ray_batch import run_batch_ray
 
+    # Three windows of inputs (the driver holds one at a time; review, session 35: it held
+    # every input, 1.1 GB for a 300 MB manifest): the records are the same, in order.
+    monkeypatch.setattr(ray_batch, "WINDOW_INPUTS", 8)
     src = str(kaggle_slice["queries"])
     local = run_batch(
         Recommender.from_path(builds["ray"]), src, str(tmp_path / "local.jsonl"), progress=False
