@@ -59,3 +59,51 @@ def test_only_device_refusals_count_as_such() -> None:
     assert device_refusal(EncoderUnavailableError("no CUDA provider"))
     assert device_refusal(ConfigError("the tiny encoder runs on NumPy, on the CPU"))
     assert not device_refusal(ArtifactError("encoder.onnx does not match its checksum"))
+
+
+def test_json_output_keeps_ray_worker_lines_off_stdout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review (session 35): with ``--json`` a dead worker's notice, printed by Ray on stdout,
+    came before the summary and ``json.loads(stdout)`` failed. The session started for a
+    ``--json`` batch does not forward the workers' lines; others still do."""
+    import argparse
+    import contextlib
+    from collections.abc import Iterator
+    from types import SimpleNamespace
+    from typing import Any
+
+    pytest.importorskip("ray.data", reason="Ray is the optional ray extra")
+    from stygig.distributed import cluster, command, ray_batch
+    from stygig.jobs import command as jobs_command
+
+    inits: list[dict[str, Any]] = []
+    fake = SimpleNamespace(
+        is_initialized=lambda: False,
+        init=lambda **kw: inits.append(kw),
+        shutdown=lambda: None,
+    )
+    monkeypatch.setattr(cluster, "import_ray", lambda: fake)
+    with cluster.ray_session(None, num_cpus=2):
+        pass
+    with cluster.ray_session(None, num_cpus=2, worker_logs=False):
+        pass
+    assert [kw["log_to_driver"] for kw in inits] == [True, False]
+
+    sessions: list[bool] = []
+
+    @contextlib.contextmanager
+    def session(address: str | None, *, worker_logs: bool = True) -> Iterator[None]:
+        sessions.append(worker_logs)
+        yield
+
+    monkeypatch.setattr(cluster, "ray_session", session)
+    monkeypatch.setattr(ray_batch, "run_batch_ray", lambda *a, **kw: "summary")
+    monkeypatch.setattr(jobs_command, "batch_source", lambda args: ("in.jsonl", "auto"))
+    flags = dict(
+        endpoint_name=None, artifact="art", ray_actors=None, ray_actor_cpus=1.0, batch_size=8,
+        address=None, output="out.jsonl", by_photo=False, overwrite=False, no_verify=False,
+        quiet=True, ray_device="auto",
+    )  # fmt: skip
+    for json_out in (True, False):
+        args = argparse.Namespace(json_out=json_out, **flags)
+        assert command.run_batch_ray_command(args, {}) == "summary"
+    assert sessions == [False, True]

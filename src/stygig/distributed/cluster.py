@@ -51,11 +51,14 @@ def import_ray() -> ModuleType:
 
 
 @contextmanager
-def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> Iterator[None]:
+def ray_session(
+    address: str | None = None, *, num_cpus: int | None = None, worker_logs: bool = True
+) -> Iterator[None]:
     """Ray, initialised for the block: joined at ``address`` (``auto``, ``ray://host:10001``,
     ``host:6379``; default ``$RAY_ADDRESS``), else a local cluster of this machine's cores that
     ends with the block. A session already initialised in this process (a test's, a notebook's)
-    is used as it is and left running."""
+    is used as it is and left running. ``worker_logs``: Ray prints its workers' and raylets'
+    lines here, some on stdout (off where stdout is a machine's to read: ``--json``)."""
     ray = import_ray()
     if ray.is_initialized():
         yield
@@ -68,7 +71,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
             include_dashboard=False,
             configure_logging=True,
             logging_level=logging.WARNING,
-            log_to_driver=True,
+            log_to_driver=worker_logs,
         )
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = f"at {address}" if address else "on this machine"

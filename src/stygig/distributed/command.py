@@ -157,7 +157,8 @@ def run_batch_ray_command(args: argparse.Namespace, options: dict[str, Any]) -> 
     from stygig.distributed.ray_batch import run_batch_ray
 
     src, kind = batch_source(args)
-    with ray_session(args.address):
+    # --json: stdout holds the summary alone (Ray prints a dead worker's notice on stdout)
+    with ray_session(args.address, worker_logs=not getattr(args, "json_out", False)):
         return run_batch_ray(
             args.artifact,
             src,
