@@ -166,3 +166,46 @@ def test_serve_flags_refuse_what_ray_does_not_carry(tmp_path: Path) -> None:
     args = parser.parse_args(["serve", "--engine", "ray", "--replicas", "0"])
     with pytest.raises(InvalidOptionsError, match="--replicas"):
         config_from_args(args)
+    # Review (session 35): these were accepted and silently did nothing under Ray.
+    for flags in (["--head-timeout", "5"], ["--max-connections", "10"]):
+        args = parser.parse_args(["serve", "--engine", "ray", *flags])
+        with pytest.raises(InvalidOptionsError, match="Ray's HTTP proxy holds the connections"):
+            config_from_args(args)
+    # ... and these are carried to every replica, with paths a replica can read.
+    (tmp_path / "examples").mkdir()
+    args = parser.parse_args(
+        ["serve", "--engine", "ray", "--artifact", str(tmp_path), "--change-log", "changes",
+         "--catalog-photos", "photos", "--examples", str(tmp_path / "examples")]
+    )  # fmt: skip
+    config = config_from_args(args)
+    assert config.catalog is not None
+    assert config.catalog.change_log == str(Path("changes").resolve())
+    assert config.catalog.photo_prefixes == (str(Path("photos").resolve()),)
+    assert config.examples == (tmp_path / "examples").resolve()
+
+
+def test_a_second_deployment_is_refused_and_leaves_the_running_one(
+    served: dict[str, Any], tmp_path: Path
+) -> None:
+    """Review (session 35): ``stygig serve --engine ray`` joined to a cluster replaced an app
+    of its name, printed a port Ray's proxy did not listen on (a running Serve keeps its own),
+    and at Ctrl-C shut down Serve with every other team's application."""
+    import subprocess
+    import sys
+
+    client = served["client"]
+    gcs = ray.get_runtime_context().gcs_address
+    cmd = [sys.executable, "-m", "stygig.cli", "serve", "--engine", "ray", "--address", gcs,
+           "--artifact", str(served["artifact"]), "--port", str(free_port())]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "already runs an application named 'stygig'" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert client.get("/ping").status_code == 200  # the running one was left alone
+    # The proxy is checked where it was asked to listen: Serve's own port answers, another not.
+    from stygig.distributed.ray_serve import _check_listening
+    from stygig.errors import ServerError
+
+    _check_listening("127.0.0.1", client.base_url.port or 0)
+    with pytest.raises(ServerError, match=r"does not answer on 127\.0\.0\.1"):
+        _check_listening("127.0.0.1", free_port(), timeout_s=1.0)

@@ -10,15 +10,26 @@ A replica counts as started only once its model is loaded and warm (its ``/ping`
 200), so Ray routes no request to a replica still loading; a model that cannot be loaded fails
 the deployment with the reason instead of serving 503s.
 
-Not carried over from ``stygig serve``: the asynchronous jobs (a SQLite queue per replica would
-split the queue; run them on one host), the EMF lines, and the head-deadline / connection
-limits of StyGig's own HTTP protocol (Ray's proxy holds the connections).
+The living catalogue is carried over: every replica replays and follows the same change log
+(``--change-log``, a folder every node reaches or an ``s3://`` prefix) and watches the same
+``--watch`` pointer, as several ``stygig serve`` hosts do.
+
+Not carried over from ``stygig serve``, and refused: the asynchronous jobs (a SQLite queue per
+replica would split the queue; run them on one host), the EMF lines, and the head-deadline /
+connection limits of StyGig's own HTTP protocol. Ray's proxy holds the connections, and it reads
+a request's whole body before a replica sees it: body limits and the bearer token are checked
+by the replica, after the proxy has held the body (put a proxy that limits bodies in front).
+
+On a cluster that was already running, only this application is removed at the end (Serve and
+other applications stay), and a Serve instance already listening elsewhere is said, not hidden
+behind a URL that does not answer.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import signal
 import threading
@@ -29,7 +40,14 @@ from typing import Any
 
 from stygig.errors import InvalidOptionsError, ServerError, StygigError
 
-__all__ = ["ReadyGate", "config_from_args", "serve_from_args", "start_serve", "stygig_application"]
+__all__ = [
+    "ReadyGate",
+    "config_from_args",
+    "refuse_taken_name",
+    "serve_from_args",
+    "start_serve",
+    "stygig_application",
+]
 
 APP_NAME = "stygig"
 _LOAD_TIMEOUT_S = 900.0
@@ -85,6 +103,7 @@ def stygig_application(
     replicas: int = 1,
     replica_cpus: float = 1.0,
     replica_gpus: float = 0.0,
+    log_level: str = "warning",
 ) -> Any:
     """The Ray Serve application: ``replicas`` copies of the StyGig app for ``config`` (a
     :class:`stygig.serving.app.ServerConfig`; its artifact path must exist on every node)."""
@@ -96,6 +115,9 @@ def stygig_application(
         name="StyGig",
         num_replicas=replicas,
         max_ongoing_requests=max_ongoing,  # the app's own queue limit answers 503 beyond it
+        # Requests waiting for a replica: the proxy holds each one's body, so their number is
+        # bounded (Ray answers 503 beyond it) instead of growing with a burst.
+        max_queued_requests=max_ongoing,
         ray_actor_options={"num_cpus": replica_cpus, "num_gpus": replica_gpus},
         health_check_period_s=10,
         health_check_timeout_s=30,
@@ -110,7 +132,7 @@ def stygig_application(
             from stygig.serving.logging import configure_logging
             from stygig.threads import limit_library_threads
 
-            configure_logging("warning")
+            configure_logging(log_level)
             limit_library_threads(1)  # as stygig serve: no BLAS / OpenMP spinning
             failed: list[BaseException] = []
             app = create_app(self.server_config, on_fatal=failed.append)
@@ -128,33 +150,88 @@ def start_serve(
     replicas: int = 1,
     replica_cpus: float = 1.0,
     replica_gpus: float = 0.0,
+    log_level: str = "warning",
 ) -> None:
-    """Deploy on the connected cluster and return once every replica is warm."""
+    """Deploy on the connected cluster and return once every replica is warm and the proxy
+    answers on ``host:port``. An application of this name already on the cluster (another
+    ``stygig serve --engine ray``) is refused, never replaced."""
     from ray import serve
 
+    refuse_taken_name()
     serve.start(http_options={"host": host, "port": port})
     try:
         serve.run(
             stygig_application(
-                config, replicas=replicas, replica_cpus=replica_cpus, replica_gpus=replica_gpus
+                config,
+                replicas=replicas,
+                replica_cpus=replica_cpus,
+                replica_gpus=replica_gpus,
+                log_level=log_level,
             ),
             name=APP_NAME,
             route_prefix="/",
         )
-    except RuntimeError as e:
+    except Exception as e:  # Ray's own errors (a replica that failed, a route taken)
         raise ServerError(
             f"the Ray Serve deployment did not start (the replica log says why): {str(e)[:300]}",
             code="deploy_failed",
         ) from None
+    _check_listening(host, port)
+
+
+def refuse_taken_name() -> None:
+    """Refuse a cluster that already runs an application of :data:`APP_NAME`: deploying would
+    replace another ``stygig serve --engine ray``'s."""
+    from ray import serve
+
+    if APP_NAME in serve.status().applications:
+        raise ServerError(
+            f"the Ray cluster already runs an application named {APP_NAME!r} (another "
+            f"stygig serve --engine ray?); stop it first (serve.delete({APP_NAME!r}))",
+            code="app_exists",
+        )
+
+
+def _check_listening(host: str, port: int, *, timeout_s: float = 30.0) -> None:
+    """That Ray's proxy answers this app's ``/ping`` on ``host:port``: a Serve instance that
+    was already running keeps its own host and port whatever ``serve.start`` asks."""
+    import http.client
+
+    probe = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    deadline = time.monotonic() + timeout_s
+    while True:
+        conn = http.client.HTTPConnection(probe, port, timeout=5)
+        try:
+            conn.request("GET", "/ping")
+            if conn.getresponse().status == 200:
+                return
+        except (OSError, http.client.HTTPException):
+            pass
+        finally:
+            conn.close()
+        if time.monotonic() > deadline:
+            raise ServerError(
+                f"Ray Serve's HTTP proxy does not answer on {host}:{port}: Serve was already "
+                "running on this cluster with its own host and port, which a new deployment "
+                "cannot change (serve on that port, or restart Serve)",
+                code="deploy_failed",
+            )
+        time.sleep(0.2)
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """The :class:`ServerConfig` of ``stygig serve``'s flags, refusing the ones Ray Serve does
-    not carry (asynchronous jobs, EMF)."""
+    not carry (asynchronous jobs, EMF, the head deadline and connection limit)."""
     from stygig.auth import load_token
     from stygig.serving.app import ServerConfig
     from stygig.serving.batching import BatcherConfig
-    from stygig.serving.command import DEFAULT_ARTIFACT, check_device
+    from stygig.serving.catalog_command import catalog_settings
+    from stygig.serving.command import (
+        DEFAULT_ARTIFACT,
+        HEAD_TIMEOUT_S,
+        MAX_CONNECTIONS,
+        check_device,
+    )
 
     if getattr(args, "jobs_db", None):
         raise InvalidOptionsError(
@@ -163,6 +240,19 @@ def config_from_args(args: argparse.Namespace) -> Any:
         )
     if getattr(args, "emf", None):
         raise InvalidOptionsError("--emf is not available with --engine ray (use Ray's metrics)")
+    held = [
+        flag
+        for flag, value, default in (
+            ("--head-timeout", getattr(args, "head_timeout", None), HEAD_TIMEOUT_S),
+            ("--max-connections", getattr(args, "max_connections", None), MAX_CONNECTIONS),
+        )
+        if value is not None and value != default
+    ]
+    if held:
+        raise InvalidOptionsError(
+            f"{' and '.join(held)}: Ray's HTTP proxy holds the connections with --engine ray; "
+            "put a proxy with these limits in front of it"
+        )
     if args.replicas < 1 or args.replica_cpus <= 0:
         raise InvalidOptionsError("--replicas and --replica-cpus must be positive")
     batching = (
@@ -172,8 +262,18 @@ def config_from_args(args: argparse.Namespace) -> Any:
     )
     artifact = Path(args.artifact or os.environ.get("STYGIG_ARTIFACT") or DEFAULT_ARTIFACT)
     check_device(args.device, artifact)
+    catalog = catalog_settings(args)
+    if catalog is not None:  # every replica reads these; a relative path would be the node's
+        catalog = dataclasses.replace(
+            catalog,
+            change_log=_absolute(catalog.change_log),
+            watch=_absolute(catalog.watch),
+            photo_prefixes=tuple(_absolute(p) or p for p in catalog.photo_prefixes),
+        )
     return ServerConfig(
         artifact=artifact.resolve(),
+        catalog=catalog,
+        examples=Path(args.examples).resolve() if getattr(args, "examples", None) else None,
         batching=batching,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         request_timeout_s=args.timeout,
@@ -187,6 +287,15 @@ def config_from_args(args: argparse.Namespace) -> Any:
     )
 
 
+def _absolute(location: str | None) -> str | None:
+    """A local path made absolute (a replica's working folder is not the driver's)."""
+    from stygig import storage
+
+    if not location or storage.is_remote(location) or location.startswith("file://"):
+        return location
+    return str(Path(location).resolve())
+
+
 def serve_from_args(args: argparse.Namespace) -> int:
     """Run the deployment until SIGINT or SIGTERM, then take it down; the exit code."""
     from ray import serve
@@ -196,10 +305,14 @@ def serve_from_args(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     port = args.port if args.port is not None else default_port()
+    # A cluster this process starts ends with it; on one it joins, Serve and the other
+    # applications stay: only this application is taken down at the end.
+    joined = bool(args.address or os.environ.get("RAY_ADDRESS"))
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with ray_session(args.address):
+            refuse_taken_name()  # before anything of ours is on the cluster
             try:
                 start_serve(
                     config,
@@ -208,6 +321,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
                     replicas=args.replicas,
                     replica_cpus=args.replica_cpus,
                     replica_gpus=1.0 if args.device == "cuda" else 0.0,
+                    log_level=getattr(args, "log_level", "warning"),
                 )
                 print(
                     f"stygig: serving {config.artifact.name} on http://{args.host}:{port} "
@@ -215,14 +329,23 @@ def serve_from_args(args: argparse.Namespace) -> int:
                     flush=True,
                 )
                 stop.wait()
-            finally:
-                try:
-                    serve.shutdown()  # type: ignore[no-untyped-call]
-                except StygigError:
-                    raise
-                except Exception:  # already gone with its cluster: nothing left to stop
-                    pass
+            finally:  # deployed, failed or refused after the name check: the app is ours
+                _take_down(serve, joined=joined)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
     return 0
+
+
+def _take_down(serve: Any, *, joined: bool) -> None:
+    """This application off the cluster: on a joined cluster only it; on its own cluster
+    Serve too."""
+    try:
+        if joined:
+            serve.delete(APP_NAME)
+        else:
+            serve.shutdown()
+    except StygigError:
+        raise
+    except Exception:  # already gone with its cluster: nothing left to stop
+        pass

@@ -32,6 +32,8 @@ __all__ = [
 ]
 
 DEFAULT_ARTIFACT = "/opt/ml/model"
+HEAD_TIMEOUT_S = 10.0  # --head-timeout's default
+MAX_CONNECTIONS = 256  # --max-connections' default
 _GRACE_S = 25  # SageMaker sends SIGTERM, then SIGKILL 30 s later
 
 
@@ -71,13 +73,13 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--head-timeout",
         type=float,
-        default=10.0,
+        default=HEAD_TIMEOUT_S,
         help="a request's head must arrive within this many seconds (idle sockets are closed)",
     )
     p.add_argument(
         "--max-connections",
         type=int,
-        default=256,
+        default=MAX_CONNECTIONS,
         help="open connections and requests at once; beyond it new ones get 503",
     )
     p.add_argument(
