@@ -199,6 +199,26 @@ def test_kill_9_loses_no_acknowledged_change(
             assert int(item["attributes"]["counter"]) >= n  # acknowledged: never lost
 
 
+def test_a_server_starts_again_after_its_first_item_was_removed(
+    workspace: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """Found in session 35 (a Ray Serve replica would not start): the warm-up queried the
+    artifact's first item by id, so once a logged change had removed that item, replaying the
+    log at start made the warm-up fail and the server never became ready."""
+    from stygig.artifact import Artifact
+
+    _catalog, art, log = workspace
+    first = Artifact.load(art).items[0].id
+    out = tmp_path / "server.log"
+    with living_server(art, log, out) as (url, _), httpx.Client(base_url=url) as client:
+        r = client.post("/v1/catalog/changes", json={"op": "remove", "id": first})
+        assert r.status_code == 200, r.text
+    with living_server(art, log, out) as (url, _), httpx.Client(base_url=url) as client:
+        assert client.get("/ping").status_code == 200
+        assert client.get(f"/v1/items/{first}").status_code == 404
+        assert client.get("/v1/catalog/version").json()["sequence"] == 1
+
+
 def test_hot_reload_under_load(workspace: tuple[Path, Path, Path], tmp_path: Path) -> None:
     catalog, art, log = workspace
     pointer = tmp_path / "serve-this"

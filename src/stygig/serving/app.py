@@ -234,7 +234,7 @@ class ModelService:
                     "event": "ready",
                     "artifact": str(self.config.artifact),
                     "encoder": self.recommender.encoder.name,
-                    "items": len(self.recommender.artifact.items),
+                    "items": len(self.recommender.artifact.positions),
                     "load_s": round(self.load_seconds, 3),
                     "warmup_s": round(self.warmup_seconds, 3),
                 }
@@ -250,7 +250,9 @@ class ModelService:
         assert self.recommender is not None
         await self.run(warm_index, self.recommender.artifact.index)
         photo = _warmup_photo()
-        first_id = self.recommender.artifact.items[0].id
+        # A live item: the artifact's first may have been removed by a logged change (it was
+        # taken, and a server with such a change log could not start again).
+        live_id = next(iter(self.recommender.artifact.positions), None)
         for _ in range(self.config.warmup_rounds):
             await self.answer(rq.ParsedRequest(Query(images=(photo,)), Options()))
         n = self.config.batching.max_batch
@@ -258,7 +260,8 @@ class ModelService:
         prepared = await self.run(rec.prepare, Query(images=(photo,)))
         batch = await self.batcher.submit([(rec, t) for t in prepared.tensors * n])  # full shape
         await self.run(rec.answer, prepared, batch.vectors[:1])  # an answer in the pool
-        await self.answer(rq.ParsedRequest(Query(item_ids=(first_id,)), Options()))
+        if live_id is not None:  # every item removed: no item query to warm
+            await self.answer(rq.ParsedRequest(Query(item_ids=(live_id,)), Options()))
 
     def _living(self, rec: Recommender) -> LiveCatalog | None:
         """The recommender's live catalogue, caught up with the change log (a restart
