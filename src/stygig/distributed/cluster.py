@@ -53,20 +53,22 @@ def import_ray() -> ModuleType:
 @contextmanager
 def ray_session(
     address: str | None = None, *, num_cpus: int | None = None, worker_logs: bool = True
-) -> Iterator[None]:
+) -> Iterator[bool]:
     """Ray, initialised for the block: joined at ``address`` (``auto``, ``ray://host:10001``,
-    ``host:6379``; default ``$RAY_ADDRESS``), else a local cluster of this machine's cores that
-    ends with the block. A session already initialised in this process (a test's, a notebook's)
-    is used as it is and left running. ``worker_logs``: Ray prints its workers' and raylets'
-    lines here, some on stdout (off where stdout is a machine's to read: ``--json``)."""
+    ``host:6379``; default ``$RAY_ADDRESS``), else a new local cluster of this machine's cores
+    that ends with the block (never one a ``ray start`` left running: that takes ``--address
+    auto``). A session already initialised in this process (a test's, a notebook's) is used as
+    it is and left running. Yields whether the cluster is this block's own (``False``: joined,
+    with others on it). ``worker_logs``: Ray prints its workers' and raylets' lines here, some
+    on stdout (off where stdout is a machine's to read: ``--json``)."""
     ray = import_ray()
     if ray.is_initialized():
-        yield
+        yield False
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     try:
         ray.init(
-            address=address,
+            address=address or "local",
             num_cpus=num_cpus if address is None else None,
             include_dashboard=False,
             configure_logging=True,
@@ -80,7 +82,7 @@ def ray_session(
             code="ray_unavailable",
         ) from None
     try:
-        yield
+        yield address is None
     finally:
         ray.shutdown()
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import logging
 import os
 import signal
 import threading
@@ -48,6 +49,8 @@ __all__ = [
     "start_serve",
     "stygig_application",
 ]
+
+log = logging.getLogger(__name__)
 
 APP_NAME = "stygig"
 _LOAD_TIMEOUT_S = 900.0
@@ -152,12 +155,11 @@ def start_serve(
     replica_gpus: float = 0.0,
     log_level: str = "warning",
 ) -> None:
-    """Deploy on the connected cluster and return once every replica is warm and the proxy
-    answers on ``host:port``. An application of this name already on the cluster (another
-    ``stygig serve --engine ray``) is refused, never replaced."""
+    """Deploy on the connected cluster and return once every replica is warm, on a proxy
+    that listens on ``host:port`` (:func:`refuse_taken_name` first, where another application
+    of this name may be running)."""
     from ray import serve
 
-    refuse_taken_name()
     serve.start(http_options={"host": host, "port": port})
     try:
         serve.run(
@@ -181,7 +183,8 @@ def start_serve(
 
 def refuse_taken_name() -> None:
     """Refuse a cluster that already runs an application of :data:`APP_NAME`: deploying would
-    replace another ``stygig serve --engine ray``'s."""
+    replace another ``stygig serve --engine ray``'s. Not atomic: two started at the same
+    moment both pass, and the later one replaces the first."""
     from ray import serve
 
     if APP_NAME in serve.status().applications:
@@ -192,31 +195,28 @@ def refuse_taken_name() -> None:
         )
 
 
-def _check_listening(host: str, port: int, *, timeout_s: float = 30.0) -> None:
-    """That Ray's proxy answers this app's ``/ping`` on ``host:port``: a Serve instance that
-    was already running keeps its own host and port whatever ``serve.start`` asks."""
-    import http.client
+def _check_listening(host: str, port: int) -> None:
+    """That Serve's HTTP proxies listen on ``host:port``: a Serve instance that was already
+    running on the cluster keeps its own host and port whatever ``serve.start`` asks. Read from
+    Serve's controller (its client's ``http_config``; not a public API: if it cannot be read,
+    nothing is said), not by a request from this machine, which may hold no proxy."""
+    try:
+        from ray.serve.context import _get_global_client
 
-    probe = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    deadline = time.monotonic() + timeout_s
-    while True:
-        conn = http.client.HTTPConnection(probe, port, timeout=5)
-        try:
-            conn.request("GET", "/ping")
-            if conn.getresponse().status == 200:
-                return
-        except (OSError, http.client.HTTPException):
-            pass
-        finally:
-            conn.close()
-        if time.monotonic() > deadline:
-            raise ServerError(
-                f"Ray Serve's HTTP proxy does not answer on {host}:{port}: Serve was already "
-                "running on this cluster with its own host and port, which a new deployment "
-                "cannot change (serve on that port, or restart Serve)",
-                code="deploy_failed",
-            )
-        time.sleep(0.2)
+        client = _get_global_client()
+        if client is None:
+            return
+        actual_host, actual_port = str(client.http_config.host), int(client.http_config.port)
+    except Exception:  # another Ray version: no check rather than a wrong one
+        log.debug("Serve's HTTP settings could not be read; not checked")
+        return
+    if (actual_host, actual_port) != (host, port):
+        raise ServerError(
+            f"Ray Serve's HTTP proxies listen on {actual_host}:{actual_port}, not {host}:{port}: "
+            "Serve was already running on this cluster with its own host and port, which a new "
+            "deployment cannot change (serve on that port, or restart Serve)",
+            code="deploy_failed",
+        )
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -307,11 +307,10 @@ def serve_from_args(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else default_port()
     # A cluster this process starts ends with it; on one it joins, Serve and the other
     # applications stay: only this application is taken down at the end.
-    joined = bool(args.address or os.environ.get("RAY_ADDRESS"))
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with ray_session(args.address):
+        with ray_session(args.address) as own_cluster:
             refuse_taken_name()  # before anything of ours is on the cluster
             try:
                 start_serve(
@@ -329,8 +328,8 @@ def serve_from_args(args: argparse.Namespace) -> int:
                     flush=True,
                 )
                 stop.wait()
-            finally:  # deployed, failed or refused after the name check: the app is ours
-                _take_down(serve, joined=joined)
+            finally:  # deployed or failed after the name check: the app is ours
+                _take_down(serve, joined=not own_cluster)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
