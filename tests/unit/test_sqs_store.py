@@ -298,6 +298,21 @@ def test_a_claim_reads_past_messages_without_a_job(queue: Queue) -> None:
     assert queue.depth() == (0, 4)  # the ghosts are kept (their records may be on the way)
 
 
+def test_a_claim_that_fails_stops_reading(queue: Queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message whose record cannot be read (S3 down) ends the claim: reading on would hide
+    every message of the queue for a lease, each with a traceback (code review, session 35)."""
+    store = queue.store()
+    for n in range(5):
+        store.submit(_spec(id=f"job-{n}"))
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise StygigError("S3 is unreachable", code="storage_error")
+
+    monkeypatch.setattr(store, "_update", down)
+    assert store.claim(new_owner()) == []
+    assert queue.depth() == (4, 1)  # one message taken and failed; the others still visible
+
+
 def test_close_releases_held_jobs_to_other_servers(queue: Queue) -> None:
     leaving, staying = queue.store(), queue.store()
     leaving.submit(_spec(id="handover"))

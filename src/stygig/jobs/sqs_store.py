@@ -91,7 +91,7 @@ _JOB_FIELDS = tuple(f.name for f in fields(Job) if f.name != "input_body")
 _VIEW_FIELDS = tuple(f.name for f in fields(JobView))
 _MAX_VISIBILITY_S = 12 * 3600  # SQS's limit
 #: How long one claim goes on reading the queue past messages that yield no job.
-_CLAIM_ROUNDS_S = 5.0
+_CLAIM_ROUNDS_S = 3.0
 _CAS_TRIES = 20
 _NOT_FOUND = ("NoSuchKey", "404", "NotFound")
 _CONFLICT = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
@@ -619,15 +619,17 @@ class SqsJobStore:
                     MessageSystemAttributeNames=["SentTimestamp", "ApproximateReceiveCount"],
                 )
             messages = answer.get("Messages", [])
+            failed = False
             for message in messages:
                 try:
                     job = self._take(owner, lease_s, message)
                 except Exception:  # the message comes back after its visibility timeout
                     log.exception("claiming a job from its message failed")
+                    failed = True  # S3 unreachable, say: reading on would hide the queue
                     continue
                 if job is not None:
                     claimed.append(job)
-            if claimed or not messages or time.monotonic() > deadline:
+            if claimed or failed or not messages or time.monotonic() > deadline:
                 return claimed
 
     def _take(self, owner: str, lease_s: float, message: Mapping[str, Any]) -> Job | None:
