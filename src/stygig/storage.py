@@ -192,6 +192,41 @@ def read_bytes(uri: str | Path, *, max_bytes: int | None = None) -> bytes:
     return _read_fd_bounded(fd, size, loc, max_bytes)
 
 
+def read_head(uri: str | Path, max_bytes: int) -> bytes:
+    """The first ``max_bytes`` bytes of the object at ``uri``, whatever its size (a ranged
+    read in S3; a regular local file only, as :func:`read_bytes` with a bound)."""
+    loc = parse(uri)
+    if loc.scheme == "s3":
+        with _s3_errors(loc):
+            client = _s3()
+            if int(client.head_object(Bucket=loc.bucket, Key=loc.key)["ContentLength"]) == 0:
+                return b""  # a Range on an empty object is an error
+            response = client.get_object(
+                Bucket=loc.bucket, Key=loc.key, Range=f"bytes=0-{max(max_bytes - 1, 0)}"
+            )
+            stream = response["Body"]
+            try:
+                data: bytes = stream.read(max_bytes)
+            finally:
+                stream.close()
+            return data[:max_bytes]
+    fd, _ = _open_regular(loc)
+    try:
+        chunks: list[bytes] = []
+        left = max_bytes
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    except OSError as e:
+        raise _os_error(e, loc) from e
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
 def iter_lines(uri: str | Path, *, max_line_bytes: int = 64 << 20) -> Iterator[bytes | None]:
     """The object or file at ``uri`` line by line, read as a stream: lines end at ``\n`` (a
     ``\r`` before it is dropped), and memory is bounded by ``max_line_bytes``, not by the

@@ -436,7 +436,8 @@ def test_receipts_and_results_read_back_from_the_bucket_are_checked(
     assert outcome.error is not None and outcome.error.code == "endpoint_error"
     assert "over 16 MB" in outcome.error.message
     assert endpoint.outcome(huge, read_result=False).status == "succeeded"
-    # A failure object larger than an error document: the generic error naming it.
+    # A failure object larger than an error document: its first 64 KB are read (a ranged
+    # read), where the server's code still shows; the rest never leaves S3.
     failed = AsyncInvocation(
         "bad", ep.name, "", "", f"{ep.output}/bad.out", f"{ep.failure}/bad-error.out", ""
     )
@@ -444,8 +445,9 @@ def test_receipts_and_results_read_back_from_the_bucket_are_checked(
     storage.write_bytes(failed.failure_location or "", body.encode())
     outcome = endpoint.outcome(failed)
     assert outcome.status == "failed" and outcome.error is not None
-    assert outcome.error.code == "endpoint_error"
-    assert failed.failure_location in outcome.error.message
+    assert outcome.error.code == "invalid_image"
+    assert failed.failure_location in outcome.error.message  # not the 1 MB message itself
+    assert len(storage.read_head(failed.failure_location or "", 100)) == 100
 
 
 def test_own_server_input_location_sends_its_content_type(

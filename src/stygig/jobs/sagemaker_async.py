@@ -432,10 +432,9 @@ class AsyncEndpoint:
                 return Outcome(inv, "failed", error=error)
             return Outcome(inv, "succeeded", result=body)
         if inv.failure_location and storage.exists(inv.failure_location):
-            try:
-                body = storage.read_bytes(inv.failure_location, max_bytes=_MAX_FAILURE_BYTES)
-            except PayloadTooLargeError:
-                body = b""  # not the server's error document: the generic error names it
+            # Its first 64 KB only (a ranged read): enough for the server's error document
+            # or SageMaker's text around it, never a whole object of any size.
+            body = storage.read_head(inv.failure_location, _MAX_FAILURE_BYTES)
             return Outcome(inv, "failed", error=failure_error(body, inv.failure_location))
         return Outcome(inv, "pending")
 
