@@ -301,3 +301,37 @@ def test_invoke_endpoint_checks_the_response(
     captured = capsys.readouterr()
     assert "query: shirt (votes: shirt 4)" in captured.out
     assert "no item carries the compatibility boost" in captured.err
+
+
+def test_endpoints_stygig_did_not_make_are_handled_with_care(
+    aws: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review (session 35): ``deploy delete`` of one endpoint deleted an untagged model
+    another endpoint still ran on, and a serverless variant (no InstanceType) was a KeyError
+    traceback for ``alarms create`` and ``deploy delete``."""
+    sm = boto3.client("sagemaker", region_name=REGION)
+    container = {"Image": IMAGE, "ModelDataUrl": "s3://x/m.tar.gz"}
+    sm.create_model(ModelName="shared-model", ExecutionRoleArn=ROLE, PrimaryContainer=container)
+    for name in ("team-a", "team-b"):
+        variant = {"VariantName": "v", "ModelName": "shared-model", "InstanceType": "ml.m5.large",
+                   "InitialInstanceCount": 1}  # fmt: skip
+        sm.create_endpoint_config(EndpointConfigName=f"{name}-cfg", ProductionVariants=[variant])
+        sm.create_endpoint(EndpointName=name, EndpointConfigName=f"{name}-cfg")
+    assert main(["deploy", "delete", "--endpoint-name", "team-a"]) == 0
+    out = capsys.readouterr().out
+    assert "deleted endpoint team-a" in out and "kept model shared-model: not tagged" in out
+    assert [m["ModelName"] for m in sm.list_models()["Models"]] == ["shared-model"]
+    assert sm.describe_endpoint(EndpointName="team-b")["EndpointStatus"] == "InService"
+
+    sm.create_model(ModelName="sl-model", ExecutionRoleArn=ROLE, PrimaryContainer=container)
+    serverless = {"VariantName": "v", "ModelName": "sl-model",
+                  "ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 5}}  # fmt: skip
+    sm.create_endpoint_config(EndpointConfigName="sl-cfg", ProductionVariants=[serverless])
+    sm.create_endpoint(EndpointName="sl", EndpointConfigName="sl-cfg")
+    assert main(["alarms", "create", "--endpoint-name", "sl"]) == 0
+    assert main(["deploy", "delete", "--endpoint-name", "sl"]) == 0
+    out = capsys.readouterr().out
+    assert "deleted endpoint sl" in out and "deleted alarm sl-v-5xx-rate" in out
+    # A region name that is not one: a clear error, not botocore's traceback.
+    assert main(["deploy", "delete", "--endpoint-name", "sl", "--region", "bad region"]) == 3
+    assert "'bad region' is not an AWS region name" in capsys.readouterr().err

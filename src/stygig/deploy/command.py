@@ -399,8 +399,11 @@ def run_lifecycle(args: argparse.Namespace) -> int:
 
     aws = sm_api.Clients.connect(args.region)
     if args.action == "delete":
-        for line in sm_api.delete_endpoint(aws, args.endpoint_name):
+        kept: list[str] = []
+        for line in sm_api.delete_endpoint(aws, args.endpoint_name, kept=kept):
             print(f"deleted {line}")
+        for line in kept:
+            print(f"kept {line}")
         return 0
     waiting = None if args.no_wait else sm_api.Waiting()
     step = sm_api.promote if args.action == "promote" else sm_api.rollback

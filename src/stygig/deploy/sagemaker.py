@@ -68,7 +68,7 @@ def aws_client(service: str, region: str | None = None) -> Any:
     """A boto3 client; region from ``region`` or the standard AWS environment."""
     try:
         import boto3
-        from botocore.exceptions import NoRegionError
+        from botocore.exceptions import InvalidRegionError, NoRegionError
     except ImportError as e:  # pragma: no cover - depends on the install
         raise ConfigError("AWS commands need boto3: pip install 'stygig[aws]'") from e
     try:
@@ -77,6 +77,10 @@ def aws_client(service: str, region: str | None = None) -> Any:
         raise ConfigError(
             "no AWS region: pass --region or set AWS_DEFAULT_REGION", code="aws_region"
         ) from e
+    except InvalidRegionError:
+        raise ConfigError(
+            f"{region!r} is not an AWS region name (e.g. us-east-1)", code="aws_region"
+        ) from None
 
 
 def translate(e: Exception, what: str) -> StygigError:
@@ -142,7 +146,7 @@ class Variant:
         return cls(
             data["VariantName"],
             data["ModelName"],
-            data["InstanceType"],
+            str(data.get("InstanceType") or ""),  # none for a serverless variant
             int(data.get("InitialInstanceCount", 1)),
             float(data.get("InitialVariantWeight", 1.0)),
         )
@@ -777,8 +781,12 @@ def rollback(aws: Clients, endpoint_name: str, waiting: Waiting | None = None) -
     return _keep_one(aws, endpoint_name, 0, waiting)
 
 
-def delete_endpoint(aws: Clients, endpoint_name: str) -> list[str]:
-    """Delete the endpoint with its scaling, alarms, configs and models; what was deleted.
+def delete_endpoint(
+    aws: Clients, endpoint_name: str, *, kept: list[str] | None = None
+) -> list[str]:
+    """Delete the endpoint with its scaling, alarms, and the configs and models tagged as its
+    own; what was deleted. A config or model it ran on without that tag is left (``kept``
+    says which and why).
 
     Leftovers of an endpoint that is already gone (tagged configs and models, scalable
     targets, alarms) are deleted too; with nothing at all to delete it is NotFound.
@@ -801,9 +809,22 @@ def delete_endpoint(aws: Clients, endpoint_name: str) -> list[str]:
         call(aws.sm, "delete_endpoint", EndpointName=endpoint_name)
         deleted.append(f"endpoint {endpoint_name}")
     tagged_configs, tagged_models = _owned(aws.sm, endpoint_name)
+    # Only what is tagged as this endpoint's: a config or model the endpoint ran on that StyGig
+    # did not create (made by hand, or shared with another endpoint) stays, and is said.
+    for what, used, tagged in (
+        ("config", configs, tagged_configs),
+        ("model", models, tagged_models),
+    ):
+        for name in dict.fromkeys(n for n in used if n not in tagged):
+            if kept is not None:
+                kept.append(
+                    f"{'endpoint config' if what == 'config' else 'model'} {name}: not tagged "
+                    f"{TAG}={endpoint_name} (not made by StyGig for this endpoint; another "
+                    "endpoint may run on it)"
+                )
     for operation, key, names, what in (
-        ("delete_endpoint_config", "EndpointConfigName", configs + tagged_configs, "config"),
-        ("delete_model", "ModelName", models + tagged_models, "model"),
+        ("delete_endpoint_config", "EndpointConfigName", tagged_configs, "config"),
+        ("delete_model", "ModelName", tagged_models, "model"),
     ):
         for name in dict.fromkeys(names):
             try:
