@@ -339,8 +339,14 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         )
     if not file.is_file():
         raise ArtifactError(f"{root} is not a StyGig artifact: {MANIFEST} not found")
+    return parse_manifest(file.read_bytes())
+
+
+def parse_manifest(raw: bytes) -> dict[str, Any]:
+    """A manifest's bytes as the checked manifest (JSON object, a format version this stygig
+    reads): :func:`read_manifest`'s checks, also for a manifest read from an archive."""
     try:
-        manifest: Any = json.loads(file.read_text(encoding="utf-8"))
+        manifest: Any = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, too deep, huge numbers
         raise ArtifactError(
             f"artifact: {MANIFEST} is not valid JSON: {e}", code=_BAD_MANIFEST
@@ -376,19 +382,9 @@ def _named_files(manifest: dict[str, Any]) -> dict[str, object]:
     return named
 
 
-def check_paths(path: str | Path, manifest: dict[str, Any]) -> list[Path]:
-    """Confinement: every name in the manifest is a plain file name, and nothing is a link.
-
-    A manifest names files only directly inside the artifact: absolute paths, separators and
-    ``..`` are refused, as is a symbolic link anywhere in the folder (it could point anywhere).
-    This is not a checksum: loading runs it even when verification is switched off.
-
-    Returns:
-        The folder's entries, sorted (so :func:`verify_files` need not list it again).
-
-    Raises:
-        ArtifactError: ``artifact_unsafe_path`` or ``artifact_symlink``.
-    """
+def check_names(manifest: dict[str, Any]) -> None:
+    """Every name in the manifest is a plain file name (no folders, ``..`` or absolute
+    paths): ``artifact_unsafe_path`` otherwise."""
     for where, name in _named_files(manifest).items():
         # An absolute path always holds a separator, so the separators cover it.
         if (
@@ -402,6 +398,47 @@ def check_paths(path: str | Path, manifest: dict[str, Any]) -> list[Path]:
                 "the artifact (no folders, '..' or absolute paths)",
                 code="artifact_unsafe_path",
             )
+
+
+def check_file_entries(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's ``files``: a non-empty map of names to a ``sha256`` string and a
+    ``bytes`` integer (not a boolean) each."""
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise ArtifactError(
+            f"artifact refused: {MANIFEST} lists no file checksums, so nothing could be "
+            f"verified ({_REBUILD})",
+            code="artifact_no_checksums",
+        )
+    for name, meta in files.items():
+        if not (
+            isinstance(meta, dict)
+            and isinstance(meta.get("sha256"), str)
+            and isinstance(meta.get("bytes"), int)
+            and not isinstance(meta.get("bytes"), bool)
+        ):
+            raise ArtifactError(
+                f"artifact refused: the {MANIFEST} entry of {name!r} needs a 'sha256' string "
+                "and a 'bytes' integer",
+                code=_BAD_MANIFEST,
+            )
+    return files
+
+
+def check_paths(path: str | Path, manifest: dict[str, Any]) -> list[Path]:
+    """Confinement: every name in the manifest is a plain file name, and nothing is a link.
+
+    A manifest names files only directly inside the artifact: absolute paths, separators and
+    ``..`` are refused, as is a symbolic link anywhere in the folder (it could point anywhere).
+    This is not a checksum: loading runs it even when verification is switched off.
+
+    Returns:
+        The folder's entries, sorted (so :func:`verify_files` need not list it again).
+
+    Raises:
+        ArtifactError: ``artifact_unsafe_path`` or ``artifact_symlink``.
+    """
+    check_names(manifest)
     entries = sorted(Path(path).iterdir())
     for entry in entries:
         if entry.is_symlink():
@@ -427,24 +464,7 @@ def verify_files(path: str | Path, manifest: dict[str, Any]) -> None:
     """
     root = Path(path)
     entries = check_paths(root, manifest)
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
-        raise ArtifactError(
-            f"artifact refused: {MANIFEST} lists no file checksums, so nothing could be "
-            f"verified ({_REBUILD})",
-            code="artifact_no_checksums",
-        )
-    for name, meta in files.items():
-        if not (
-            isinstance(meta, dict)
-            and isinstance(meta.get("sha256"), str)
-            and isinstance(meta.get("bytes"), int)
-        ):
-            raise ArtifactError(
-                f"artifact refused: the {MANIFEST} entry of {name!r} needs a 'sha256' string "
-                "and a 'bytes' integer",
-                code=_BAD_MANIFEST,
-            )
+    files = check_file_entries(manifest)
     for entry in entries:
         if entry.name != MANIFEST and entry.name not in files:
             kind = "file" if entry.is_file() else "entry"
@@ -466,10 +486,10 @@ def verify_files(path: str | Path, manifest: dict[str, Any]) -> None:
                 f"(corrupted or edited); {_REBUILD}",
                 code="artifact_checksum_mismatch",
             )
-    _verify_onnx(manifest, files)
+    verify_onnx(manifest, files)
 
 
-def _verify_onnx(manifest: dict[str, Any], files: dict[str, Any]) -> None:
+def verify_onnx(manifest: dict[str, Any], files: dict[str, Any]) -> None:
     """An ONNX encoder's file is listed and its ``onnx_sha256`` is that file's checksum."""
     encoder = manifest.get("encoder")
     if not isinstance(encoder, dict) or encoder.get("runtime") != "onnx":

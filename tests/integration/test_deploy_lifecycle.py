@@ -320,6 +320,50 @@ def _tampered(folder: Path) -> bytes:
     return buf.getvalue()
 
 
+def _packed(folder: Path, manifest: bytes, extra: dict[str, bytes] | None = None) -> bytes:
+    """The artifact's files (checksums intact) as a .tar.gz with this manifest.json instead."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        files = {f.name: f.read_bytes() for f in sorted(folder.iterdir())}
+        for name, data in {**files, "manifest.json": manifest, **(extra or {})}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_preflight_applies_the_containers_own_manifest_checks(
+    aws: None, artifact: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review (session 35): ``--verify-archive full`` passed archives the container's loader
+    refuses at start (a newer format version, a listed file in a folder, ``"bytes": true``),
+    so the endpoint was made and failed later; a manifest too deep to parse was exit 7."""
+    s3 = _c("s3")
+    s3.create_bucket(Bucket="models")
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    newer = {**manifest, "format_version": 999}
+    one = next(iter(manifest["files"]))
+    bool_bytes = {**manifest, "files": {**manifest["files"], one: {
+        **manifest["files"][one], "bytes": True}}}  # fmt: skip
+    nested = b"[" * 100_000 + b"]" * 100_000
+    cases = {
+        "newer": (json.dumps(newer).encode(), None, "reads up to version"),
+        "bool": (json.dumps(bool_bytes).encode(), None, "needs a 'sha256' string and a 'bytes'"),
+        "nested": (nested, None, "is not valid JSON"),
+        "folder": (json.dumps(manifest).encode(), {"sub/x": b"x"}, "not a plain file at its root"),
+    }
+    for name, (raw, extra, expected) in cases.items():
+        s3.put_object(
+            Bucket="models", Key=f"{name}/model.tar.gz", Body=_packed(artifact, raw, extra)
+        )
+        argv = ["deploy", "sync", "--endpoint-name", name, "--verify-archive", "full",
+                "--model-uri", f"s3://models/{name}/model.tar.gz"]  # fmt: skip
+        assert main(argv) == 4, name
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err, (name, err)
+    assert inventory()["models"] == []
+
+
 def test_preflight_refuses_before_creating_anything(
     aws: None, archive: Any, artifact: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -33,13 +33,13 @@ import base64
 import binascii
 import hashlib
 import io
-import json
 import re
 import tarfile
 import zlib
 from dataclasses import dataclass
 from typing import Any
 
+from stygig.artifact import check_file_entries, check_names, parse_manifest, verify_onnx
 from stygig.errors import (
     ArtifactError,
     ConfigError,
@@ -147,12 +147,12 @@ def verify_stream(body: Any, where: str) -> str:
     """
     stream = _Hashing(body)
     seen: dict[str, tuple[int, str]] = {}
-    manifest: Any = None
+    raw_manifest: bytes | None = None
     try:
         with tarfile.open(fileobj=io.BufferedReader(stream, _CHUNK), mode="r|gz") as tar:
             for member in tar:
                 name = member.name
-                if not member.isfile() or name.startswith("/") or ".." in name.split("/"):
+                if not member.isfile() or "/" in name or name in ("", ".", ".."):
                     raise _bad(where, f"holds {name[:100]!r}, not a plain file at its root")
                 if name in seen:
                     raise _bad(where, f"holds {name[:100]!r} twice")
@@ -161,9 +161,8 @@ def verify_stream(body: Any, where: str) -> str:
                 if name == _MANIFEST:
                     if member.size > _MANIFEST_MAX:
                         raise _bad(where, "has an oversized manifest.json")
-                    raw = handle.read()
-                    manifest = json.loads(raw)
-                    seen[name] = (len(raw), hashlib.sha256(raw).hexdigest())
+                    raw_manifest = handle.read()
+                    seen[name] = (len(raw_manifest), hashlib.sha256(raw_manifest).hexdigest())
                     continue
                 sha, size = hashlib.sha256(), 0
                 while chunk := handle.read(_CHUNK):
@@ -173,21 +172,32 @@ def verify_stream(body: Any, where: str) -> str:
         stream.drain()
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         raise _bad(where, f"is not a readable .tar.gz ({type(e).__name__})", "archive_bad") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise _bad(where, "has a manifest.json that is not JSON", "archive_bad") from e
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    if not isinstance(files, dict) or not files:
+    if raw_manifest is None:
         raise _bad(where, "has no manifest.json listing file checksums", "archive_bad")
+    try:
+        # The container's own checks of a manifest (JSON object, a format version this stygig
+        # reads, plain file names, typed checksums): what it would refuse at start is refused
+        # here, before an endpoint is made.
+        manifest = parse_manifest(raw_manifest)
+        check_names(manifest)
+        files = check_file_entries(manifest)
+    except ArtifactError as e:
+        raise _bad(
+            where, f"is refused by the container's loader ({e.message})", "archive_bad"
+        ) from None
     for name, meta in files.items():
         got = seen.get(name)
         if got is None:
             raise _bad(where, f"lacks {name[:100]!r}, which its manifest lists")
-        want = (meta.get("bytes"), meta.get("sha256")) if isinstance(meta, dict) else None
-        if got != want:
+        if got != (meta["bytes"], meta["sha256"]):
             raise _bad(where, f"holds {name[:100]!r}, which does not match its checksum")
     extra = sorted(set(seen) - set(files) - {_MANIFEST})
     if extra:
         raise _bad(where, f"holds {extra[0][:100]!r}, which its manifest does not list")
+    try:
+        verify_onnx(manifest, files)
+    except ArtifactError as e:
+        raise _bad(where, f"is refused by the container's loader ({e.message})") from None
     return stream.sha.hexdigest()
 
 
