@@ -40,6 +40,7 @@ __all__ = [
     "load_check",
     "runtime_client",
     "server_ms_of",
+    "shape_problems",
 ]
 
 _TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
@@ -250,8 +251,43 @@ def _is_rgb(value: Any) -> bool:
     )
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def shape_problems(rec: dict[str, Any]) -> list[str]:
+    """Where this JSON answer is not shaped as StyGig's at all (another model's, a broken
+    deployment's): lists of objects where StyGig has them, vote counts that are numbers.
+    Empty when the shape is StyGig's (its content is :func:`check_response`'s)."""
+    problems: list[str] = []
+    items, query = rec.get("items"), rec.get("query", [])
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        problems.append("'items' is not a list of objects")
+    if not isinstance(query, list) or not all(isinstance(p, dict) for p in query):
+        problems.append("'query' is not a list of objects")
+    else:
+        for part in query:
+            votes = part.get("votes")
+            if votes is not None and not (
+                isinstance(votes, dict) and all(_number(n) for n in votes.values())
+            ):
+                problems.append("a query part's 'votes' is not a map of counts")
+    outfit = rec.get("outfit")
+    slots = outfit.get("slots", {}) if isinstance(outfit, dict) else None
+    if outfit is not None and not (
+        isinstance(slots, dict) and all(isinstance(v, dict) for v in slots.values())
+    ):
+        problems.append("'outfit' is not an object of slots")
+    if not isinstance(rec.get("timings_ms", {}), dict):
+        problems.append("'timings_ms' is not an object")
+    return [f"not StyGig's answer: {p}" for p in problems]
+
+
 def check_response(rec: dict[str, Any]) -> list[str]:
     """What this response lacks of StyGig's contract; empty when it is complete."""
+    shape = shape_problems(rec)
+    if shape:
+        return shape
     problems: list[str] = []
     items = rec.get("items")
     if not isinstance(items, list) or not items:
@@ -277,24 +313,31 @@ def check_response(rec: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _rgb(value: Any) -> str:
+    return str(tuple(value)) if _is_rgb(value) else repr(value)[:40]
+
+
 def describe_response(rec: dict[str, Any], latency_ms: float) -> str:
-    """The outfit, the query's vote and the latency (client and server) as a few lines."""
+    """The outfit, the query's vote and the latency (client and server) as a few lines; an
+    answer not shaped as StyGig's (:func:`shape_problems`) is shown as its JSON instead."""
+    if shape_problems(rec):
+        return json.dumps(rec, indent=2)[:4000]
     lines = []
     for part in rec.get("query", []):
         votes = ", ".join(f"{c} {n}" for c, n in (part.get("votes") or {}).items())
         lines.append(
-            f"query: {part.get('category')} (votes: {votes or '-'}) rgb {tuple(part.get('rgb', []))}"
+            f"query: {part.get('category')} (votes: {votes or '-'}) rgb {_rgb(part.get('rgb'))}"
         )
     slots = (rec.get("outfit") or {}).get("slots", {})
     if slots:
         lines.append("outfit:")
         for slot, item in slots.items():
             lines.append(
-                f"  {slot:<10} {item.get('id')!s:<14} rgb {tuple(item.get('rgb') or [])!s:<16} "
+                f"  {slot:<10} {item.get('id')!s:<14} rgb {_rgb(item.get('rgb'))!s:<16} "
                 f"boost {item.get('boost', '-')}"
             )
     for item in rec.get("items", [])[:5] if not slots else []:
-        lines.append(f"  {item.get('id')} {item.get('category')} rgb {tuple(item.get('rgb', []))}")
+        lines.append(f"  {item.get('id')} {item.get('category')} rgb {_rgb(item.get('rgb'))}")
     server_ms = (rec.get("timings_ms") or {}).get("total")
     if isinstance(server_ms, int | float):
         lines.append(

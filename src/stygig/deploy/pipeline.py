@@ -372,8 +372,7 @@ def _check_async(
     """The check photo through the asynchronous endpoint: uploaded beside the outputs
     (``<s3-output-path>/_pipeline-check/``), invoked, its result awaited (at most
     ``--check-timeout`` seconds, an instance may first have to wake from zero)."""
-    import json
-
+    from stygig.deploy.invoke import _parse
     from stygig.errors import ServerError
     from stygig.jobs.sagemaker_async import AsyncEndpoint
 
@@ -391,7 +390,7 @@ def _check_async(
             f"{job.output_location})",
             code="endpoint_timeout",
         )
-    return json.loads(outcome.result), ms
+    return _parse(outcome.result, f"endpoint {endpoint}"), ms
 
 
 def run_pipeline(args: argparse.Namespace) -> int:
