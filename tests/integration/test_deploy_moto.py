@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,6 +137,54 @@ def test_package_checks_uploads_and_refuses(
     (broken / "items.jsonl").write_text("{}\n")
     assert main(["package", "--artifact", str(broken), "--out", str(tmp_path / "b.tgz")]) == 4
     assert "does not match its checksum" in capsys.readouterr().err
+
+
+def test_package_packs_what_it_checked(
+    artifact: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Review (session 35): ``--out`` inside the artifact overwrote one of its files (exit 0,
+    then a broken artifact), an ``--upload`` that is not s3:// was refused only after packing, and a file
+    swapped between the check and the packing (a symbolic link to /etc/passwd, an edit) went
+    into the archive."""
+    from stygig.deploy import package
+
+    art = tmp_path / "art"
+    shutil.copytree(artifact, art)
+    for out in (art / "embeddings.npy", art / "model.tar.gz"):
+        assert main(["package", "--artifact", str(art), "--out", str(out)]) == 2
+        assert "inside the artifact folder" in capsys.readouterr().err
+    assert main(["inspect", str(art)]) == 0  # untouched
+    capsys.readouterr()
+    out = tmp_path / "m.tar.gz"
+    assert main(["package", "--artifact", str(art), "--out", str(out),
+                 "--upload", str(tmp_path / "bucket")]) == 6  # fmt: skip
+    assert "--upload must be an s3:// URI" in capsys.readouterr().err and not out.exists()
+
+    real = package.verify_files
+    for swap in ("link", "edit"):
+        work = tmp_path / swap
+        shutil.copytree(artifact, work)
+
+        def verified_then_swapped(root: Any, manifest: Any, swap: str = swap) -> None:
+            real(root, manifest)  # checked; then someone changes a file before it is packed
+            target = Path(root) / "rejects.csv"
+            target.unlink()
+            if swap == "link":
+                target.symlink_to("/etc/passwd")
+            else:
+                target.write_text("id,reason\nedited,after the check\n")
+
+        monkeypatch.setattr(package, "verify_files", verified_then_swapped)
+        assert (
+            main(["package", "--artifact", str(work), "--out", str(tmp_path / f"{swap}.tgz")]) == 4
+        )
+        err = capsys.readouterr().err
+        assert ("symbolic link" if swap == "link" else "changed while it was packed") in err, err
+        assert not (tmp_path / f"{swap}.tgz").exists()
+        assert not list(tmp_path.glob(f".{swap}.tgz.partial"))
 
 
 def test_sync_defaults_cpu_guard_and_autoscaling(

@@ -13,14 +13,18 @@ checksum, so that ``HeadObject`` alone proves the stored bytes are the packed ar
 
 from __future__ import annotations
 
+import errno
 import gzip
+import hashlib
+import os
+import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from stygig.artifact import file_sha256, read_manifest, verify_files
-from stygig.errors import StorageError
+from stygig.errors import ArtifactError, InvalidOptionsError, StorageError
 from stygig.storage import parse
 
 __all__ = ["META_MANIFEST_SHA256", "META_SHA256", "Package", "package_artifact", "upload"]
@@ -41,13 +45,39 @@ class Package:
     manifest_sha256: str = ""
 
 
+class _Hashing:
+    """A file read once: what ``tarfile`` reads of it is hashed on the way."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+        self.sha = hashlib.sha256()
+        self.bytes = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self._handle.read(n)
+        self.sha.update(data)
+        self.bytes += len(data)
+        return data
+
+
 def package_artifact(artifact: str | Path, out: str | Path) -> Package:
-    """Check the artifact against its manifest and pack it as ``out`` (a ``.tar.gz``)."""
+    """Check the artifact against its manifest and pack it as ``out`` (a ``.tar.gz``).
+
+    Each file is opened once (never through a symbolic link), and what goes into the archive
+    is hashed as it goes in and compared with the manifest: a file swapped or edited after
+    the check is refused, not packed."""
     root = Path(artifact)
+    target = Path(out)
+    if target.resolve().parent == root.resolve():
+        raise InvalidOptionsError(
+            f"--out {target} is inside the artifact folder: the archive would be written among "
+            "the files it packs; name a file outside it"
+        )
+    manifest_sha = file_sha256(root / "manifest.json")  # the manifest about to be checked
     manifest = read_manifest(root)
     verify_files(root, manifest)
-    names = sorted({"manifest.json", *manifest.get("files", {})})
-    target = Path(out)
+    files: dict[str, Any] = manifest["files"]
+    names = sorted({"manifest.json", *files})
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.partial")
     try:
@@ -57,21 +87,43 @@ def package_artifact(artifact: str | Path, out: str | Path) -> Package:
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
         ):
             for name in names:
-                info = tar.gettarinfo(str(root / name), arcname=name)
-                info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-                info.mode = 0o644
-                with (root / name).open("rb") as handle:
-                    tar.addfile(info, handle)
+                fd = os.open(root / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+                with os.fdopen(fd, "rb") as handle:
+                    info = tarfile.TarInfo(name)
+                    st = os.fstat(fd)
+                    if not stat.S_ISREG(st.st_mode):
+                        raise _changed(name)
+                    info.size, info.mode = st.st_size, 0o644  # mtime, owners: 0, ""
+                    stream = _Hashing(handle)
+                    tar.addfile(info, stream)
+                    digest = stream.sha.hexdigest()
+                want = (
+                    (stream.bytes, manifest_sha)
+                    if name == "manifest.json"
+                    else (files[name]["bytes"], files[name]["sha256"])
+                )
+                if (stream.bytes, digest) != want:
+                    raise _changed(name)
         tmp.replace(target)
     except OSError as e:
         tmp.unlink(missing_ok=True)
+        if e.errno == errno.ELOOP:  # a file became a symbolic link after the check
+            raise ArtifactError(
+                "artifact refused: a file became a symbolic link while it was packed",
+                code="artifact_symlink",
+            ) from None
         raise StorageError(f"cannot write {target}: {e}") from e
-    return Package(
-        target,
-        file_sha256(target),
-        target.stat().st_size,
-        tuple(names),
-        file_sha256(root / "manifest.json"),
+    except ArtifactError:
+        tmp.unlink(missing_ok=True)
+        raise
+    return Package(target, file_sha256(target), target.stat().st_size, tuple(names), manifest_sha)
+
+
+def _changed(name: str) -> ArtifactError:
+    return ArtifactError(
+        f"artifact refused: {name!r} changed while it was packed (it no longer matches its "
+        "checksum); pack it again once nothing writes to the folder",
+        code="artifact_checksum_mismatch",
     )
 
 
