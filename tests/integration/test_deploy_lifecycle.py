@@ -364,6 +364,26 @@ def test_preflight_applies_the_containers_own_manifest_checks(
     assert inventory()["models"] == []
 
 
+def test_preflight_refuses_a_decompression_bomb(
+    aws: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review (session 35): a 1 MB object inflating to 1 GB was read whole (6 s; at the
+    2 GB limit it would have been hours). An archive may inflate to 20 times its size."""
+    s3 = _c("s3")
+    s3.create_bucket(Bucket="models")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo("embeddings.npy")
+        info.size = 64 << 20  # zeros: 64 MB from about 64 KB
+        tar.addfile(info, io.BytesIO(bytes(info.size)))
+    s3.put_object(Bucket="models", Key="bomb/model.tar.gz", Body=buf.getvalue())
+    argv = ["deploy", "sync", "--endpoint-name", "bomb", "--model-uri",
+            "s3://models/bomb/model.tar.gz"]  # fmt: skip
+    assert main(argv) == 4
+    assert "inflates to more than 20 times its size" in capsys.readouterr().err
+    assert inventory()["models"] == []
+
+
 def test_preflight_refuses_before_creating_anything(
     aws: None, archive: Any, artifact: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -58,6 +58,11 @@ __all__ = [
 ]
 
 VERIFY_MODES = ("auto", "full", "skip")
+#: What an archive may inflate to, times its size (at least 1 MB): StyGig's artifacts are
+#: float rows, JPEG thumbnails and model weights, which gzip shrinks by a few percent.
+MAX_INFLATION = 20
+#: An artifact holds a dozen or two files.
+MAX_MEMBERS = 10_000
 _ECR_IMAGE = re.compile(
     r"(?P<account>\d{12})\.dkr\.ecr(?:-fips)?\.(?P<region>[a-z]{2}(?:-[a-z]+)+-\d)"
     r"\.amazonaws\.com(?:\.cn)?/(?P<repo>[a-z0-9]+(?:[._/-][a-z0-9]+)*)"
@@ -139,19 +144,34 @@ def _bad(where: str, why: str, code: str = "archive_mismatch") -> ArtifactError:
     return ArtifactError(f"model archive {where} {why}; repack it with `stygig package`", code=code)
 
 
-def verify_stream(body: Any, where: str) -> str:
+def verify_stream(body: Any, where: str, *, size: int | None = None) -> str:
     """Verify a ``model.tar.gz`` read from ``body`` against the manifest inside; its sha256.
 
     One pass, nothing written: each member's size and sha256 are recorded as it streams past
-    (the manifest sorts after most files), then compared with the manifest at the end.
+    (the manifest sorts after most files), then compared with the manifest at the end. With
+    the archive's ``size``, what it inflates to is bounded (:data:`MAX_INFLATION` times it, and
+    :data:`MAX_MEMBERS` members): an artifact's files (floats, JPEGs, model weights) hardly
+    compress, so a bomb is refused after reading that much, not after hours.
     """
     stream = _Hashing(body)
     seen: dict[str, tuple[int, str]] = {}
     raw_manifest: bytes | None = None
+    budget = None if size is None else max(size, 1 << 20) * MAX_INFLATION
+    inflated = 0
     try:
         with tarfile.open(fileobj=io.BufferedReader(stream, _CHUNK), mode="r|gz") as tar:
             for member in tar:
                 name = member.name
+                inflated += member.size + 512  # its data and its header
+                if budget is not None and inflated > budget:
+                    raise _bad(
+                        where,
+                        f"inflates to more than {MAX_INFLATION} times its size: not a packed "
+                        "artifact",
+                        "archive_bad",
+                    )
+                if len(seen) >= MAX_MEMBERS:
+                    raise _bad(where, f"holds more than {MAX_MEMBERS:,} files", "archive_bad")
                 if not member.isfile() or "/" in name or name in ("", ".", ".."):
                     raise _bad(where, f"holds {name[:100]!r}, not a plain file at its root")
                 if name in seen:
@@ -287,7 +307,7 @@ def check_archive(
     except Exception as e:
         raise translate(e, f"model archive {uri}") from e
     try:
-        sha = verify_stream(body, uri)
+        sha = verify_stream(body, uri, size=size)
     except StygigError:
         raise
     except Exception as e:  # the connection dropped while streaming
