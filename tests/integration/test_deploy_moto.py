@@ -153,11 +153,25 @@ def test_package_packs_what_it_checked(
 
     art = tmp_path / "art"
     shutil.copytree(artifact, art)
-    for out in (art / "embeddings.npy", art / "model.tar.gz"):
+    for out in (art / "embeddings.npy", art / "model.tar.gz", art / "sub" / "model.tar.gz"):
         assert main(["package", "--artifact", str(art), "--out", str(out)]) == 2
         assert "inside the artifact folder" in capsys.readouterr().err
     assert main(["inspect", str(art)]) == 0  # untouched
     capsys.readouterr()
+    # A folder that is not an artifact, and a manifest that is a link (to a device that never
+    # ends): said from the manifest check, as before (the first version hashed it first).
+    (tmp_path / "empty").mkdir()
+    assert (
+        main(["package", "--artifact", str(tmp_path / "empty"), "--out", str(tmp_path / "e.tgz")])
+        == 4
+    )
+    assert "manifest.json not found" in capsys.readouterr().err
+    linked = tmp_path / "linked"
+    shutil.copytree(artifact, linked)
+    (linked / "manifest.json").unlink()
+    (linked / "manifest.json").symlink_to("/dev/zero")
+    assert main(["package", "--artifact", str(linked), "--out", str(tmp_path / "l.tgz")]) == 4
+    assert "symbolic link" in capsys.readouterr().err
     out = tmp_path / "m.tar.gz"
     assert main(["package", "--artifact", str(art), "--out", str(out),
                  "--upload", str(tmp_path / "bucket")]) == 6  # fmt: skip
@@ -384,3 +398,18 @@ def test_endpoints_stygig_did_not_make_are_handled_with_care(
     # A region name that is not one: a clear error, not botocore's traceback.
     assert main(["deploy", "delete", "--endpoint-name", "sl", "--region", "bad region"]) == 3
     assert "'bad region' is not an AWS region name" in capsys.readouterr().err
+
+
+def test_delete_finds_what_it_made_for_a_long_endpoint_name(
+    aws: None, archive: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Code review (session 35): names are the endpoint's cut to leave room for a suffix, so
+    for a 63-character endpoint the listing by its whole name found none of them, and delete
+    (keeping only what it found tagged) left its own config and model behind."""
+    uri = put_model(archive, "v1/model.tar.gz")
+    name = "shop-" + "x" * 58  # SageMaker's longest
+    assert main(["deploy", "sync", "--model-uri", uri, "--endpoint-name", name]) == 0
+    assert main(["deploy", "delete", "--endpoint-name", name]) == 0
+    assert "kept" not in capsys.readouterr().out
+    sm = _sm()
+    assert sm.list_models()["Models"] == [] and sm.list_endpoint_configs()["EndpointConfigs"] == []

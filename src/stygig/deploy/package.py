@@ -46,10 +46,12 @@ class Package:
 
 
 class _Hashing:
-    """A file read once: what ``tarfile`` reads of it is hashed on the way."""
+    """A regular file opened once (never through a link): what is read of it is hashed on the
+    way; ``size`` is its size when opened."""
 
-    def __init__(self, handle: Any) -> None:
-        self._handle = handle
+    def __init__(self, fd: int, size: int) -> None:
+        self._handle = os.fdopen(fd, "rb")
+        self.size = size
         self.sha = hashlib.sha256()
         self.bytes = 0
 
@@ -58,6 +60,39 @@ class _Hashing:
         self.sha.update(data)
         self.bytes += len(data)
         return data
+
+    def __enter__(self) -> _Hashing:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.close()
+
+
+def _open_hashing(path: Path, name: str) -> _Hashing:
+    """``path`` opened for :class:`_Hashing`: a file that became a link, something else than
+    a regular file, or vanished since the check is :func:`_changed`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ArtifactError(
+                f"artifact refused: {name!r} became a symbolic link while it was packed",
+                code="artifact_symlink",
+            ) from None
+        raise _changed(name) from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise _changed(name)
+    return _Hashing(fd, st.st_size)
+
+
+def _regular_sha256(path: Path) -> str:
+    """The sha256 of the regular file ``path``, read once (never through a link)."""
+    with _open_hashing(path, path.name) as stream:
+        while stream.read(1 << 20):
+            pass
+        return stream.sha.hexdigest()
 
 
 def package_artifact(artifact: str | Path, out: str | Path) -> Package:
@@ -68,13 +103,13 @@ def package_artifact(artifact: str | Path, out: str | Path) -> Package:
     the check is refused, not packed."""
     root = Path(artifact)
     target = Path(out)
-    if target.resolve().parent == root.resolve():
+    if target.resolve().is_relative_to(root.resolve()):
         raise InvalidOptionsError(
             f"--out {target} is inside the artifact folder: the archive would be written among "
             "the files it packs; name a file outside it"
         )
-    manifest_sha = file_sha256(root / "manifest.json")  # the manifest about to be checked
-    manifest = read_manifest(root)
+    manifest = read_manifest(root)  # not found, a link, not JSON: said here first
+    manifest_sha = _regular_sha256(root / "manifest.json")  # what was checked, to compare
     verify_files(root, manifest)
     files: dict[str, Any] = manifest["files"]
     names = sorted({"manifest.json", *files})
@@ -87,15 +122,16 @@ def package_artifact(artifact: str | Path, out: str | Path) -> Package:
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
         ):
             for name in names:
-                fd = os.open(root / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-                with os.fdopen(fd, "rb") as handle:
+                stream = _open_hashing(root / name, name)
+                with stream:
                     info = tarfile.TarInfo(name)
-                    st = os.fstat(fd)
-                    if not stat.S_ISREG(st.st_mode):
-                        raise _changed(name)
-                    info.size, info.mode = st.st_size, 0o644  # mtime, owners: 0, ""
-                    stream = _Hashing(handle)
-                    tar.addfile(info, stream)
+                    info.size, info.mode = stream.size, 0o644  # mtime, owners: 0, ""
+                    try:
+                        tar.addfile(info, stream)
+                    except OSError:
+                        if stream.bytes < stream.size:  # it shrank while it was read
+                            raise _changed(name) from None
+                        raise
                     digest = stream.sha.hexdigest()
                 want = (
                     (stream.bytes, manifest_sha)
@@ -107,11 +143,6 @@ def package_artifact(artifact: str | Path, out: str | Path) -> Package:
         tmp.replace(target)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        if e.errno == errno.ELOOP:  # a file became a symbolic link after the check
-            raise ArtifactError(
-                "artifact refused: a file became a symbolic link while it was packed",
-                code="artifact_symlink",
-            ) from None
         raise StorageError(f"cannot write {target}: {e}") from e
     except ArtifactError:
         tmp.unlink(missing_ok=True)

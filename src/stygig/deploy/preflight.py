@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import gzip
 import hashlib
 import io
 import re
 import tarfile
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from stygig.artifact import check_file_entries, check_names, parse_manifest, verify_onnx
 from stygig.errors import (
@@ -140,6 +141,26 @@ class _Hashing(io.RawIOBase):
             pass
 
 
+class _Bounded:
+    """A readable stream of at most ``budget`` bytes (``None``: any): past it, the archive is
+    refused as a decompression bomb."""
+
+    def __init__(self, inner: Any, budget: int | None, where: str) -> None:
+        self._inner, self._budget, self._where = inner, budget, where
+        self.read_bytes = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self._inner.read(n)
+        self.read_bytes += len(data)
+        if self._budget is not None and self.read_bytes > self._budget:
+            raise _bad(
+                self._where,
+                f"inflates to more than {MAX_INFLATION} times its size: not a packed artifact",
+                "archive_bad",
+            )
+        return data
+
+
 def _bad(where: str, why: str, code: str = "archive_mismatch") -> ArtifactError:
     return ArtifactError(f"model archive {where} {why}; repack it with `stygig package`", code=code)
 
@@ -157,19 +178,14 @@ def verify_stream(body: Any, where: str, *, size: int | None = None) -> str:
     seen: dict[str, tuple[int, str]] = {}
     raw_manifest: bytes | None = None
     budget = None if size is None else max(size, 1 << 20) * MAX_INFLATION
-    inflated = 0
     try:
-        with tarfile.open(fileobj=io.BufferedReader(stream, _CHUNK), mode="r|gz") as tar:
+        # Inflated bytes are counted where gzip yields them: tar's own headers (a PAX header
+        # of hundreds of MB is read whole before its member) count as much as files.
+        gz = gzip.GzipFile(fileobj=io.BufferedReader(stream, _CHUNK), mode="rb")
+        inflated = _Bounded(gz, budget, where)
+        with tarfile.open(fileobj=cast(Any, inflated), mode="r|") as tar:
             for member in tar:
                 name = member.name
-                inflated += member.size + 512  # its data and its header
-                if budget is not None and inflated > budget:
-                    raise _bad(
-                        where,
-                        f"inflates to more than {MAX_INFLATION} times its size: not a packed "
-                        "artifact",
-                        "archive_bad",
-                    )
                 if len(seen) >= MAX_MEMBERS:
                     raise _bad(where, f"holds more than {MAX_MEMBERS:,} files", "archive_bad")
                 if not member.isfile() or "/" in name or name in ("", ".", ".."):

@@ -77,9 +77,10 @@ def aws_client(service: str, region: str | None = None) -> Any:
         raise ConfigError(
             "no AWS region: pass --region or set AWS_DEFAULT_REGION", code="aws_region"
         ) from e
-    except InvalidRegionError:
+    except InvalidRegionError as e:
+        given = region or e.kwargs.get("region_name")
         raise ConfigError(
-            f"{region!r} is not an AWS region name (e.g. us-east-1)", code="aws_region"
+            f"{given!r} is not an AWS region name (e.g. us-east-1)", code="aws_region"
         ) from None
 
 
@@ -514,6 +515,9 @@ def _switch(
 def _owned(sm: Any, endpoint_name: str) -> tuple[list[str], list[str]]:
     """The endpoint configs and models tagged as this endpoint's."""
     found: list[list[str]] = []
+    # The names start with the endpoint's, cut to leave room for the suffix (:func:`_name`):
+    # its first 32 characters are in every one of them.
+    probe = endpoint_name[:32]
     for operation, key, name_key, arn_key in (
         ("list_endpoint_configs", "EndpointConfigs", "EndpointConfigName", "EndpointConfigArn"),
         ("list_models", "Models", "ModelName", "ModelArn"),
@@ -521,9 +525,9 @@ def _owned(sm: Any, endpoint_name: str) -> tuple[list[str], list[str]]:
         names = []
         token: dict[str, str] = {}
         while True:
-            page = call(sm, operation, NameContains=endpoint_name, MaxResults=100, **token)
+            page = call(sm, operation, NameContains=probe, MaxResults=100, **token)
             for entry in page.get(key, []):
-                if endpoint_name not in entry[name_key]:
+                if probe not in entry[name_key]:
                     continue  # NameContains narrows the listing; the tag decides
                 tags = call(sm, "list_tags", ResourceArn=entry[arn_key]).get("Tags", [])
                 if {"Key": TAG, "Value": endpoint_name} in tags:

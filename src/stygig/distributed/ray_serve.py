@@ -154,12 +154,15 @@ def start_serve(
     replica_cpus: float = 1.0,
     replica_gpus: float = 0.0,
     log_level: str = "warning",
+    check_name: bool = True,
 ) -> None:
     """Deploy on the connected cluster and return once every replica is warm, on a proxy
-    that listens on ``host:port`` (:func:`refuse_taken_name` first, where another application
-    of this name may be running)."""
+    that listens on ``host:port``. An application of this name already there is refused
+    (:func:`refuse_taken_name`; ``check_name=False``: the caller checked)."""
     from ray import serve
 
+    if check_name:
+        refuse_taken_name()
     serve.start(http_options={"host": host, "port": port})
     try:
         serve.run(
@@ -321,6 +324,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
                     replica_cpus=args.replica_cpus,
                     replica_gpus=1.0 if args.device == "cuda" else 0.0,
                     log_level=getattr(args, "log_level", "warning"),
+                    check_name=False,  # checked above, outside the clean-up of ours
                 )
                 print(
                     f"stygig: serving {config.artifact.name} on http://{args.host}:{port} "
