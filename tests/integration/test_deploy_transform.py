@@ -209,9 +209,14 @@ def test_transform_failures_and_mistakes(
         ([*base, "--model-name", ep.name, "--all-items"], "--artifact"),
         ([*base, "--model-name", ep.name, "--input", f"s3://{BUCKET}/empty/"], "no inputs"),
         ([*base, "--model-name", ep.name, "--env", "NOEQUALS"], "KEY=VALUE"),
+        # checked as deploy's (a key the container cannot take; a repeat): the first version
+        # took any key and echoed the value, which may be a secret
+        ([*base, "--model-name", ep.name, "--env", "1BAD=secret-value"], "KEY=VALUE"),
+        ([*base, "--model-name", ep.name, "--env", "A=1", "--env", "A=2"], "given twice"),
         ([*base, "--model-name", ep.name, "--max-concurrent", "32"], "at most 100"),
     ]
     for argv, expected in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert expected in err and "Traceback" not in err, (argv, err)
+        assert "secret-value" not in err

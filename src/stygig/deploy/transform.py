@@ -98,18 +98,6 @@ def _model_of(sm: Any, endpoint_name: str) -> str:
     return max(variants, key=lambda v: v.weight).model_name
 
 
-def _env_pairs(values: list[str] | None) -> dict[str, str]:
-    from stygig.errors import InvalidOptionsError
-
-    env: dict[str, str] = {}
-    for pair in values or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InvalidOptionsError(f"--env expects KEY=VALUE, not {pair!r}")
-        env[key] = value
-    return env
-
-
 def _all_items_file(args: argparse.Namespace, prefix: str) -> str:
     """Write one item-id request per artifact item under ``prefix``; its location."""
     from stygig import storage
@@ -153,7 +141,9 @@ def _job_request(
     }
     if args.max_concurrent:
         request["MaxConcurrentTransforms"] = args.max_concurrent
-    env = _env_pairs(args.env)
+    from stygig.deploy.sagemaker import parse_environment
+
+    env = parse_environment(args.env or [])  # checked as deploy's (a value is never echoed)
     if env:
         request["Environment"] = env
     return request
