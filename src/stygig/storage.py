@@ -211,20 +211,7 @@ def read_head(uri: str | Path, max_bytes: int) -> bytes:
                 stream.close()
             return data[:max_bytes]
     fd, _ = _open_regular(loc)
-    try:
-        chunks: list[bytes] = []
-        left = max_bytes
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-    except OSError as e:
-        raise _os_error(e, loc) from e
-    finally:
-        os.close(fd)
-    return b"".join(chunks)
+    return _read_fd(fd, max_bytes, loc)
 
 
 def iter_lines(uri: str | Path, *, max_line_bytes: int = 64 << 20) -> Iterator[bytes | None]:
@@ -344,14 +331,11 @@ def _regular(fd: int, loc: Location) -> int:
     return info.st_size
 
 
-def _read_fd_bounded(fd: int, size: int, loc: Location, max_bytes: int) -> bytes:
-    """At most ``max_bytes`` of the regular file open as ``fd``, ``size`` bytes when opened
-    (closed here)."""
+def _read_fd(fd: int, limit: int, loc: Location) -> bytes:
+    """Up to ``limit`` bytes of the file open as ``fd`` (closed here)."""
     try:
-        if size > max_bytes:
-            raise _too_large(loc, max_bytes)
         chunks: list[bytes] = []
-        left = max_bytes + 1
+        left = limit
         while left > 0:
             chunk = os.read(fd, min(left, 1 << 20))
             if not chunk:
@@ -362,9 +346,19 @@ def _read_fd_bounded(fd: int, size: int, loc: Location, max_bytes: int) -> bytes
         raise _os_error(e, loc) from e
     finally:
         os.close(fd)
-    if left <= 0:
-        raise _too_large(loc, max_bytes)  # it grew after the size check
     return b"".join(chunks)
+
+
+def _read_fd_bounded(fd: int, size: int, loc: Location, max_bytes: int) -> bytes:
+    """At most ``max_bytes`` of the regular file open as ``fd``, ``size`` bytes when opened
+    (closed here)."""
+    if size > max_bytes:
+        os.close(fd)
+        raise _too_large(loc, max_bytes)
+    data = _read_fd(fd, max_bytes + 1, loc)
+    if len(data) > max_bytes:
+        raise _too_large(loc, max_bytes)  # it grew after the size check
+    return data
 
 
 def _read_s3_bounded(loc: Location, max_bytes: int) -> bytes:

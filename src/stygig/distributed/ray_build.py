@@ -45,6 +45,7 @@ import re
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -585,121 +586,76 @@ def build_artifact_ray(
     t0 = time.perf_counter()
     read = read_catalog(catalog, layout=layout, images_dir=images_dir, taxonomy=taxonomy)
     read_s = time.perf_counter() - t0
-    # This build's own folder of the stage: two builds given one --ray-stage never read each
-    # other's parts, and clearing it touches nothing else.
-    where = storage.join(stage_location(out_dir, stage), f"run-{uuid.uuid4().hex[:16]}")
-    try:
-        return _build_staged(
-            where,
-            out_dir,
-            catalog,
+    with _run_stage(stage_location(out_dir, stage), keep=keep_stage, default=not stage) as where:
+        loader = EncoderLoader.for_build(
+            encoder, extra_files or {}, where, weights=weights, random_weights=random_weights
+        )
+        t0 = time.perf_counter()
+        embedded, ray_info = embed_on_ray(
             read,
             encoder,
-            extra_files=extra_files,
-            weights=weights,
-            random_weights=random_weights,
-            taxonomy=taxonomy,
-            started=started,
-            read_s=read_s,
+            loader,
+            where,
             batch_size=batch_size,
             actors=actors,
             actor_cpus=actor_cpus,
             device=device,
             progress=progress,
             cluster=cluster,
+        )
+        embed_s = time.perf_counter() - t0
+        index_info: dict[str, Any] = {}
+
+        def index_builder(
+            x: np.ndarray,
+            kind: str,
+            partitions: list[str] | None,
+            params: dict[str, Any],
+            folder: Path,
+        ) -> VectorIndex:
+            index = build_index_on_ray(
+                x, kind, partitions, params, folder, chunk_rows=index_chunk_rows, info=index_info
+            )
+            if index_info:  # into the manifest: write_artifact writes build_info after the index
+                ray_info["index"] = dict(index_info)
+            return index
+
+        return finish_build(
+            out_dir,
+            catalog,
+            read,
+            embedded,
+            encoder,
+            taxonomy=taxonomy,
+            started=started,
+            read_s=read_s,
+            embed_s=embed_s,
+            workers=int(ray_info["cluster"]["cpus"]),
+            batch_size=batch_size,
             index_kind=index_kind,
             index_params=index_params,
-            index_chunk_rows=index_chunk_rows,
+            extra_files=extra_files,
             whiten=whiten,
+            build_extra={"ray": ray_info},
+            index_builder=index_builder,
             category_head=category_head,
+            progress=progress,
         )
-    finally:  # built, failed or interrupted: the stage holds nothing of this run afterwards
-        if keep_stage:
+
+
+@contextlib.contextmanager
+def _run_stage(root: str, *, keep: bool, default: bool) -> Iterator[str]:
+    """This build's own folder of the stage (``run-<random id>/``): two builds given one
+    --ray-stage never read each other's parts, and clearing it touches nothing else. Built,
+    failed or interrupted, it holds nothing of the run afterwards unless ``keep``."""
+    where = storage.join(root, f"run-{uuid.uuid4().hex[:16]}")
+    try:
+        yield where
+    finally:
+        if keep:
             log.info("this build's parts are kept in %s", where)
         else:
-            remove_stage(where, default=not stage)
-
-
-def _build_staged(
-    where: str,
-    out_dir: str | Path,
-    catalog: str | Path,
-    read: CatalogReadResult,
-    encoder: Encoder,
-    *,
-    extra_files: dict[str, Path] | None,
-    weights: str | Path | None,
-    random_weights: bool,
-    taxonomy: Taxonomy,
-    started: float,
-    read_s: float,
-    batch_size: int,
-    actors: int | None,
-    actor_cpus: float,
-    device: str,
-    progress: bool,
-    cluster: ClusterResources,
-    index_kind: str,
-    index_params: dict[str, Any] | None,
-    index_chunk_rows: int | None,
-    whiten: bool | None,
-    category_head: bool,
-) -> BuildResult:
-    """The cluster's work and the artifact, with this run's parts and encoder under ``where``."""
-    loader = EncoderLoader.for_build(
-        encoder, extra_files or {}, where, weights=weights, random_weights=random_weights
-    )
-    t0 = time.perf_counter()
-    embedded, ray_info = embed_on_ray(
-        read,
-        encoder,
-        loader,
-        where,
-        batch_size=batch_size,
-        actors=actors,
-        actor_cpus=actor_cpus,
-        device=device,
-        progress=progress,
-        cluster=cluster,
-    )
-    embed_s = time.perf_counter() - t0
-    index_info: dict[str, Any] = {}
-
-    def index_builder(
-        x: np.ndarray,
-        kind: str,
-        partitions: list[str] | None,
-        params: dict[str, Any],
-        folder: Path,
-    ) -> VectorIndex:
-        index = build_index_on_ray(
-            x, kind, partitions, params, folder, chunk_rows=index_chunk_rows, info=index_info
-        )
-        if index_info:  # into the manifest: write_artifact writes build_info after the index
-            ray_info["index"] = dict(index_info)
-        return index
-
-    return finish_build(
-        out_dir,
-        catalog,
-        read,
-        embedded,
-        encoder,
-        taxonomy=taxonomy,
-        started=started,
-        read_s=read_s,
-        embed_s=embed_s,
-        workers=int(ray_info["cluster"]["cpus"]),
-        batch_size=batch_size,
-        index_kind=index_kind,
-        index_params=index_params,
-        extra_files=extra_files,
-        whiten=whiten,
-        build_extra={"ray": ray_info},
-        index_builder=index_builder,
-        category_head=category_head,
-        progress=progress,
-    )
+            remove_stage(where, default=default)
 
 
 def remove_stage(where: str, *, default: bool) -> None:
