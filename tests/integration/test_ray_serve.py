@@ -163,6 +163,11 @@ def test_serve_flags_refuse_what_ray_does_not_carry(tmp_path: Path) -> None:
     args = parser.parse_args(["serve", "--engine", "ray", "--jobs-db", str(tmp_path / "j.db")])
     with pytest.raises(InvalidOptionsError, match="asynchronous jobs"):
         config_from_args(args)
+    args = parser.parse_args(
+        ["serve", "--engine", "ray", "--job-queue", "sqs://q?results=s3://b/p"]
+    )
+    with pytest.raises(InvalidOptionsError, match="asynchronous jobs"):
+        config_from_args(args)  # was accepted and dropped without a word (docs check, s35)
     args = parser.parse_args(["serve", "--engine", "ray", "--replicas", "0"])
     with pytest.raises(InvalidOptionsError, match="--replicas"):
         config_from_args(args)

@@ -236,11 +236,12 @@ def config_from_args(args: argparse.Namespace) -> Any:
         check_device,
     )
 
-    if getattr(args, "jobs_db", None):
-        raise InvalidOptionsError(
-            "--engine ray serves real-time requests only; run the asynchronous jobs "
-            "(--jobs-db) on one host with --engine local"
-        )
+    for flag, value in (("--jobs-db", "jobs_db"), ("--job-queue", "job_queue")):
+        if getattr(args, value, None):
+            raise InvalidOptionsError(
+                "--engine ray serves real-time requests only; run the asynchronous jobs "
+                f"({flag}) with --engine local"
+            )
     if getattr(args, "emf", None):
         raise InvalidOptionsError("--emf is not available with --engine ray (use Ray's metrics)")
     held = [
