@@ -172,6 +172,37 @@ def test_a_retried_block_is_never_duplicated(
         assemble(read, str(stage), dim)  # a lost part is said, never papered over
 
 
+def test_an_actor_writes_no_part_once_its_build_has_ended(tmp_path: Path) -> None:
+    """Code review (session 35): a build that fails or is interrupted clears its run folder
+    while an actor may still be embedding a batch; its part would then recreate the folder.
+    An actor writes only while the run's marker is there."""
+    from stygig.distributed.ray_build import RUN_MARKER, EmbedAndWrite, EncoderLoader
+    from stygig.encoders import load_encoder
+
+    encoder = load_encoder("tiny")
+    stage = tmp_path / "run-x"
+    stage.mkdir()
+    actor = EmbedAndWrite(
+        EncoderLoader(dict(encoder.describe()), name="tiny", runtime="numpy"), str(stage), 1, "cpu"
+    )
+    side = encoder.preprocess.size
+    batch = {
+        "pos": np.arange(2),
+        "ok": np.ones(2, bool),
+        "tensor": np.zeros((2, 3, side, side), np.float32),
+        "color": np.array([json.dumps({"rgb": [1, 2, 3]})] * 2, object),
+        "thumb": np.array([b"jpeg"] * 2, object),
+        "reason": np.array([""] * 2, object),
+        "message": np.array([""] * 2, object),
+    }
+    (stage / RUN_MARKER).write_text("{}")
+    assert actor(batch)["failure"][0] == "" and len(list(stage.glob("part-*"))) == 1
+    for p in stage.iterdir():  # the driver clears the run folder: the build has ended
+        p.unlink()
+    row = actor(batch)
+    assert "stage_gone" in str(row["failure"][0]) and list(stage.iterdir()) == []
+
+
 # -- the ivfpq index trained and filled as Ray tasks ----------------------------------------------
 
 

@@ -80,6 +80,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: In a build's run folder while the build runs: an actor that finds it gone (the build ended
+#: and cleared the folder while the actor was embedding) writes no part behind it.
+RUN_MARKER = "run.json"
 _PART = re.compile(r"part-(\d+)-(\d+)\.npz$")
 _ONNX = "encoder.onnx"
 
@@ -249,6 +252,10 @@ class EmbedAndWrite:
             vectors = self.encoder.encode(np.ascontiguousarray(batch["tensor"][ok]))
         else:
             vectors = np.zeros((0, self.encoder.dim), np.float32)
+        if not storage.exists(storage.join(self.stage, RUN_MARKER)):
+            # The build has ended (failed, interrupted) and cleared its stage while this actor
+            # was still embedding: writing now would leave a part behind it.
+            raise StygigError("the build's stage is gone: the build has ended", code="stage_gone")
         storage.write_bytes(storage.join(self.stage, name), encode_part(batch, vectors))
 
 
@@ -351,6 +358,7 @@ def embed_on_ray(
     ctx.enable_progress_bars = progress
     ctx.print_on_execution_start = progress
     _clear(stage)
+    storage.write_bytes(storage.join(stage, RUN_MARKER), b"{}")  # the run is live
     remote_args: dict[str, Any] = {}
     if env := worker_runtime_env():
         remote_args["runtime_env"] = env
