@@ -329,3 +329,52 @@ def test_eval_out_that_is_a_file_is_an_error_not_a_traceback(
     assert code == 6
     assert err.startswith("stygig: error: Not a directory") and "runs" in err
     assert taken.read_text() == "not a folder\n"
+
+
+def test_outfit_files_that_are_not_looks_are_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review (session 35): one "outfit" of 881 items made training ask for 50 GB; a file that
+    is not UTF-8 or holds a field over csv's limit was a traceback; an id repeated in a large
+    outfit was found by a linear scan (40k ids: 10 s)."""
+    from stygig.errors import CatalogError
+    from stygig.evaluation.fitb import MAX_OUTFIT_ITEMS, read_outfits
+
+    rows = ["cod_outfit,cod_modelo_color", "a,1-1", "a,2-1", "a,1-1"]
+    rows += [f"dump,{n}-1" for n in range(MAX_OUTFIT_ITEMS + 1)]
+    (tmp_path / "o.csv").write_text("\n".join(rows) + "\n")
+    with caplog.at_level("WARNING", logger="stygig.evaluation.fitb"):
+        assert read_outfits(tmp_path / "o.csv") == {"a": ["1-1", "2-1"]}
+    assert "1 outfit(s) of more than 50 items left out" in caplog.text
+    (tmp_path / "latin1.csv").write_bytes(b"cod_outfit,cod_modelo_color\na,caf\xe9-1\n")
+    with pytest.raises(CatalogError, match="not UTF-8"):
+        read_outfits(tmp_path / "latin1.csv")
+    (tmp_path / "huge.csv").write_text("cod_outfit,cod_modelo_color\na," + "x" * 200_000 + "\n")
+    with pytest.raises(CatalogError, match="not a CSV row"):
+        read_outfits(tmp_path / "huge.csv")
+
+
+def test_an_evaluation_of_nothing_is_refused(tmp_path: Path) -> None:
+    """Review (session 35): test outfits none of whose items are in the catalogue gave a run
+    with every figure blank, exit 0, and LATEST moved to it; --limit 0 meant no limit, -1 all
+    but one; --out an artifact folder broke the artifact."""
+    import argparse
+
+    from stygig.errors import CatalogError, InvalidOptionsError
+    from stygig.evaluation.command import _positive, run_eval
+
+    path, outfits = _artifact(tmp_path)
+    ref = _write_outfits(tmp_path / "outfits.csv", outfits)
+    strangers = _write_outfits(tmp_path / "strangers.csv", {"x": ["no-1", "such-2", "items-3"]})
+    with pytest.raises(CatalogError, match="no question could be made from its 1 test outfit"):
+        evaluate_outfits(
+            Artifact.load(path), ref, tmp_path / "run", seed=0, test_outfits_file=strangers
+        )
+    for text in ("0", "-1", "x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _positive(text)
+    assert _positive("3") == 3
+    args = argparse.Namespace(out=str(path), datasets=str(tmp_path))
+    with pytest.raises(InvalidOptionsError, match="is an artifact folder"):
+        run_eval(args)
+    assert not (path / "runs").exists() and not (path / "LATEST").exists()

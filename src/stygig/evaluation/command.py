@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from stygig.artifact import Artifact, encoder_pooling, read_manifest
-from stygig.errors import ArtifactError, ConfigError
+from stygig.errors import ArtifactError, ConfigError, InvalidOptionsError
 
 __all__ = ["TARGETS", "cached_artifact", "new_run_dir", "register", "run_eval"]
 
@@ -59,7 +59,9 @@ def register(subparsers: Any) -> None:
         help="score every outfit of this CSV (same format) instead of --outfits' test part",
     )
     p.add_argument("--only", choices=["category", "fitb"], help="run one part only")
-    p.add_argument("--limit", type=int, default=None, help="at most N queries / test outfits")
+    p.add_argument(
+        "--limit", type=_positive, default=None, help="at most N queries / test outfits (N >= 1)"
+    )
     p.add_argument("--tune-whitening", action="store_true", help="grid-search on the catalogue")
     p.add_argument(
         "--category-head",
@@ -188,6 +190,18 @@ def _model_tag(args: argparse.Namespace) -> str:
         return "rules"
 
 
+def _positive(text: str) -> int:
+    """An argparse type: a whole number of 1 or more (0 read as "no limit", -1 as "all but
+    one" before)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {text[:20]!r}")
+    return value
+
+
 def new_run_dir(out: Path, parts: list[str]) -> Path:
     """A new folder ``<out>/runs/<parts joined by ->``, suffixed ``-2``, ``-3``, ... when
     another run took the name (same second): runs never share or overwrite files."""
@@ -225,6 +239,10 @@ def run_eval(args: argparse.Namespace) -> int:
     root = Path(args.datasets)
     now = time.gmtime()
     out = Path(args.out)
+    if (out / "manifest.json").exists():  # its runs/ and LATEST would break the artifact
+        raise InvalidOptionsError(
+            f"--out {out} is an artifact folder; name a folder for evaluation runs instead"
+        )
     stem = Path(args.test_outfits or args.outfits or MANGO_OUTFITS).stem
     run = new_run_dir(
         out,

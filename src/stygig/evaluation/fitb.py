@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import logging
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -76,6 +77,8 @@ _TRAIN_KEY = "\x00train:"
 #: ``scorer(given_ids, candidate_ids) -> one score per candidate`` (higher = better completion).
 Scorer = Callable[[Sequence[str], Sequence[str]], np.ndarray]
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Question:
@@ -105,24 +108,47 @@ class Question:
         )
 
 
+#: The most items an outfit may hold (MANGO's largest: 13). A larger one is not a look but a
+#: list (a catalogue dump under one id, say): its pairs grow with its square, and one outfit
+#: of 881 items made training ask for 50 GB. Such outfits are left out, and said.
+MAX_OUTFIT_ITEMS = 50
+
+
 def read_outfits(path: str | Path) -> dict[str, list[str]]:
-    """``{outfit id: [item ids in file order]}`` from a ``cod_outfit,cod_modelo_color`` CSV."""
+    """``{outfit id: [item ids in file order]}`` from a ``cod_outfit,cod_modelo_color`` CSV
+    (an item listed twice in an outfit counts once; outfits of more than
+    :data:`MAX_OUTFIT_ITEMS` items are left out with a warning)."""
     path = Path(path)
     if not path.is_file():
         raise CatalogError(f"outfits file not found: {path}")
-    outfits: dict[str, list[str]] = {}
+    outfits: dict[str, dict[str, None]] = {}  # ordered sets: a membership test is O(1)
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
-        if not {"cod_outfit", "cod_modelo_color"} <= set(reader.fieldnames or ()):
-            raise CatalogError(f"{path}: expected columns cod_outfit,cod_modelo_color")
-        for row in reader:
-            outfit, item = (
-                (row["cod_outfit"] or "").strip(),
-                (row["cod_modelo_color"] or "").strip(),
-            )
-            if outfit and item and item not in outfits.setdefault(outfit, []):
-                outfits[outfit].append(item)
-    return outfits
+        try:
+            if not {"cod_outfit", "cod_modelo_color"} <= set(reader.fieldnames or ()):
+                raise CatalogError(f"{path}: expected columns cod_outfit,cod_modelo_color")
+            for row in reader:
+                outfit, item = (
+                    (row["cod_outfit"] or "").strip(),
+                    (row["cod_modelo_color"] or "").strip(),
+                )
+                if outfit and item:
+                    outfits.setdefault(outfit, {})[item] = None
+        except UnicodeDecodeError:
+            raise CatalogError(f"{path}: not UTF-8 text (line {reader.line_num + 1})") from None
+        except csv.Error as e:
+            raise CatalogError(f"{path}, line {reader.line_num}: not a CSV row ({e})") from None
+    large = [o for o, items in outfits.items() if len(items) > MAX_OUTFIT_ITEMS]
+    if large:
+        log.warning(
+            "%s: %d outfit(s) of more than %d items left out (an outfit is a look of a few "
+            "garments), e.g. %r",
+            path,
+            len(large),
+            MAX_OUTFIT_ITEMS,
+            large[0][:60],
+        )
+    return {o: list(items) for o, items in outfits.items() if len(items) <= MAX_OUTFIT_ITEMS}
 
 
 def occurrences(outfits: Iterable[Sequence[str]]) -> Counter[str]:
@@ -547,6 +573,13 @@ def evaluate_outfits(
         test = test[:limit]
     train_sets = {frozenset(outfits[o]) for o in train}
     questions = make_questions(pool, types, test, train_keys, seed=seed)
+    if not questions:  # every figure would be a blank over nothing: said, not reported
+        found = sum(1 for o in test for i in pool.get(o, ()) if i in types)
+        raise CatalogError(
+            f"{questions_from}: no question could be made from its {len(test)} test outfit(s) "
+            f"({found} of their items are in the catalogue; a question needs an outfit of at "
+            "least two catalogue items of known types)"
+        )
     path = write_questions(questions, out_dir / f"fitb-{questions_from.stem}-seed{seed}.jsonl")
     train_outfits = [outfits[o] for o in train]
     train_counts = occurrences(train_outfits)
