@@ -43,6 +43,7 @@ import platform
 import shutil
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -541,7 +542,16 @@ def _reading(name: str) -> Iterator[None]:
         raise
     except OSError as e:
         raise ArtifactError(f"artifact cannot be read: {name!r}: {e.strerror or e}") from e
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError) as e:
+    except (
+        ValueError,
+        KeyError,
+        TypeError,
+        IndexError,
+        AttributeError,
+        RecursionError,
+        EOFError,
+        zipfile.BadZipFile,  # a truncated .npz
+    ) as e:
         raise ArtifactError(
             f"artifact cannot be read: {name!r}: {type(e).__name__}: {e}"[:500]
         ) from e
@@ -640,6 +650,11 @@ class Artifact:
             )
         if len(rows) != len(embeddings):
             raise ArtifactError(f"artifact: {len(rows)} items but {len(embeddings)} embeddings")
+        if compat is not None and compat.input_dim != embeddings.shape[1]:
+            raise ArtifactError(
+                f"artifact cannot be read: {COMPAT_FILE!r} reads {compat.input_dim}-d embeddings, "
+                f"the catalogue's are {embeddings.shape[1]}-d"
+            )
         meta = manifest.get("index")
         meta = meta if isinstance(meta, dict) else {}
         with _reading("the index"):

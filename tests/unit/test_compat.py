@@ -651,3 +651,55 @@ def test_the_kept_epoch_is_not_overwritten_by_later_training(tmp_path: Path) -> 
         training._export = original  # type: ignore[assignment]
     assert len(exported) == 2
     assert not np.array_equal(exported[0].w1, exported[1].w1)  # epoch 1 kept its own weights
+
+
+@pytest.mark.parametrize(
+    ("case", "said"),
+    [
+        ("truncated", "BadZipFile"),
+        ("emb_dim", "reads 63-d embeddings, the catalogue's are 64-d"),
+        ("masks", "masks has shape"),
+        ("w2", "has shape"),
+        ("nan", "not a finite number"),
+        ("cooc", "co-occurrence table"),
+    ],
+)
+def test_a_tampered_re_signed_model_is_refused_at_load(
+    trained: tuple[Path, dict[str, list[str]]], tmp_path: Path, case: str, said: str
+) -> None:
+    """Review (session 35): a compat.npz edited and re-signed in manifest.json (so its
+    checksum passes) loaded, then every request or `eval` failed with a NumPy traceback, and
+    `stygig doctor` called the artifact healthy. Each is one ArtifactError at load now."""
+    import hashlib
+
+    from stygig.errors import ArtifactError
+
+    art = tmp_path / "art"
+    shutil.copytree(trained[0], art)
+    npz = art / "compat.npz"
+    m = CompatModel.load(npz)
+    edits: dict[str, Callable[[], Any]] = {
+        "emb_dim": lambda: replace(
+            m, emb_mean=m.emb_mean[:-1], emb_scale=m.emb_scale[:-1], w1=m.w1[1:]
+        ),
+        "masks": lambda: replace(m, masks=m.masks[:1]),
+        "w2": lambda: replace(m, w2=m.w2[:, :10], b2=m.b2[:10]),
+        "nan": lambda: replace(m, w2=np.full_like(m.w2, np.nan)),
+        "cooc": lambda: replace(
+            m, cooccurrence=replace(m.cooccurrence, counts=m.cooccurrence.counts[:3])
+        ),
+    }
+    if case == "truncated":
+        npz.write_bytes(npz.read_bytes()[: npz.stat().st_size // 2])
+    else:
+        edits[case]().save(npz)
+    manifest = json.loads((art / "manifest.json").read_text())
+    data = npz.read_bytes()
+    manifest["files"]["compat.npz"] = {
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
+    }
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"compat\.npz") as refused:
+        Artifact.load(art)
+    assert said in str(refused.value)

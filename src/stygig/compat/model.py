@@ -471,7 +471,9 @@ class CompatModel:
     @classmethod
     def load(cls, path: str | Path) -> CompatModel:
         """Read a model written by :meth:`save`."""
-        with np.load(Path(path), allow_pickle=False) as data:
+        # The file opened here, so a truncated one (np.load raises before its own
+        # context manager holds it) is closed as well.
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
             scalars = data["scalars"]
             model = cls(
                 categories=tuple(str(c) for c in data["categories"]),
@@ -490,10 +492,59 @@ class CompatModel:
                 info=json.loads(str(data["info"])),
                 **_optional(data, scalars),
             )
-        width = model.emb_mean.shape[0] + COLOUR_DIM + len(model.categories)
-        if model.w1.shape[0] != width + len(model.attr_vocab) + model.style_width:
-            raise ValueError(f"{Path(path).name}: inconsistent compatibility model shapes")
+        model._check_shapes()
         return model
+
+    def _check_shapes(self) -> None:
+        """Every array of a loaded model against the others (a tampered or truncated file,
+        re-signed, must be refused at load, not fail every request): :class:`ValueError`."""
+        d, (rows, hidden) = len(self.emb_mean), _shape(self.w1, 2)
+        out = _shape(self.w2, 2)[1]
+        k = _shape(self.bias, 2)[0]
+        width = d + COLOUR_DIM + len(self.categories) + len(self.attr_vocab) + self.style_width
+        expected = {
+            "emb_scale": (self.emb_scale, (d,)),
+            "w1": (self.w1, (width, hidden)),
+            "b1": (self.b1, (hidden,)),
+            "w2": (self.w2, (hidden, out)),
+            "b2": (self.b2, (out,)),
+            "masks": (self.masks, (k, k, out)),
+            "bias": (self.bias, (k, k)),
+        }
+        for name, (array, shape) in expected.items():
+            if tuple(array.shape) != shape:
+                raise ValueError(
+                    f"compatibility model: {name} has shape {array.shape}, not {shape}"
+                )
+        if k < len(self.categories) or self.emb_mean.ndim != 1 or rows != width:
+            raise ValueError("compatibility model: inconsistent shapes")
+        for table in (self.cooccurrence, self.group_cooccurrence):
+            if table.keys.ndim != 1 or table.keys.shape != table.counts.shape:
+                raise ValueError("compatibility model: a co-occurrence table's keys and counts")
+        if len(self.attr_ids) != len(self.attr_codes) or (
+            self.attr_codes.size and int(self.attr_codes.max()) >= len(self.attr_vocab)
+        ):
+            raise ValueError("compatibility model: its attribute table")
+        if len(self.id_ids) != len(self.id_vectors):
+            raise ValueError("compatibility model: its item vector table")
+        numbers = [self.emb_mean, self.emb_scale, self.w1, self.b1, self.w2, self.b2, self.masks]
+        numbers += [self.bias, self.cooccurrence.counts, self.group_cooccurrence.counts]
+        scalars = [self.cooc_weight, self.rules_weight, self.group_weight, self.absent_weight]
+        if not all(np.isfinite(a).all() for a in numbers) or not np.isfinite(scalars).all():
+            raise ValueError("compatibility model: a weight that is not a finite number")
+        if self.white_mean.size and self.white_projection.shape != (len(self.white_mean), d):
+            raise ValueError("compatibility model: its whitening does not give its input width")
+
+    @property
+    def input_dim(self) -> int:
+        """The width of the catalogue embeddings the model reads."""
+        return len(self.white_mean) if self.white_mean.size else len(self.emb_mean)
+
+
+def _shape(array: np.ndarray, ndim: int) -> tuple[int, ...]:
+    if array.ndim != ndim:
+        raise ValueError(f"compatibility model: an array of {array.ndim} dimensions, not {ndim}")
+    return tuple(array.shape)
 
 
 def _optional(data: Any, scalars: np.ndarray) -> dict[str, Any]:
