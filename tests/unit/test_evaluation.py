@@ -366,10 +366,14 @@ def test_a_cached_artifact_of_another_pooling_is_rebuilt(
     import contextlib
 
     import stygig.build
+    from stygig.artifact import file_sha256
     from stygig.evaluation.command import cached_artifact
 
     catalog, out = tmp_path / "styles.csv", tmp_path / "art"
     out.mkdir()
+    catalog.write_text("id,image,category\n1,1.jpg,shirt\n")
+    source = tmp_path / "art.source.json"  # what the cache was built from
+    source.write_text(json.dumps({"sha256": file_sha256(catalog)}))
     built: list[Path] = []
 
     @contextlib.contextmanager
@@ -400,3 +404,9 @@ def test_a_cached_artifact_of_another_pooling_is_rebuilt(
     body = {"format_version": 1, "encoder": {"name": "clip-vit-b-32"}}  # no pooling choice
     (out / "manifest.json").write_text(json.dumps({**body, "build": {"catalog": str(catalog)}}))
     assert cached_artifact(catalog, out, "clip-vit-b-32") == out and len(built) == 3
+    # The same path with other bytes (rows cut in place, review session 35): built again, and
+    # what it was built from is recorded beside it.
+    catalog.write_text("id,image,category\n2,2.jpg,skirt\n")
+    cached_artifact(catalog, out, "clip-vit-b-32")
+    assert len(built) == 4 and json.loads(source.read_text())["sha256"] == file_sha256(catalog)
+    assert cached_artifact(catalog, out, "clip-vit-b-32") == out and len(built) == 4

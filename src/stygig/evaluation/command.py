@@ -10,12 +10,13 @@ it is not an error.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-from stygig.artifact import Artifact, encoder_pooling, read_manifest
+from stygig.artifact import Artifact, encoder_pooling, file_sha256, read_manifest
 from stygig.errors import ArtifactError, ConfigError, InvalidOptionsError
 
 __all__ = ["TARGETS", "cached_artifact", "new_run_dir", "register", "run_eval"]
@@ -77,15 +78,20 @@ def cached_artifact(catalog: Path, out: Path, encoder_name: str, *, progress: bo
     from stygig.build import build_artifact, make_build_encoder
     from stygig.encoders.efficientnet import DEFAULT_POOLING, is_efficientnet
 
+    # The catalogue's bytes, not only its path: a product file edited in place (rows cut,
+    # say) must not be evaluated against the artifact of its old rows.
+    source = out.with_name(out.name + ".source.json")
+    digest = file_sha256(catalog)
     try:
         manifest = read_manifest(out)
         same = manifest["encoder"]["name"] == encoder_name and not manifest.get("whitening")
         if is_efficientnet(encoder_name):  # vectors of today's pool only
             same = same and encoder_pooling(manifest["encoder"]) == DEFAULT_POOLING
-        if same and manifest["build"].get("catalog") == str(catalog):
+        recorded = json.loads(source.read_text(encoding="utf-8")).get("sha256")
+        if same and manifest["build"].get("catalog") == str(catalog) and recorded == digest:
             print(f"reusing artifact {out}")
             return out
-    except (ArtifactError, KeyError):
+    except (ArtifactError, KeyError, OSError, ValueError, AttributeError):
         pass
     print(f"building artifact {out} from {catalog} with {encoder_name} (cached for re-runs)")
     with make_build_encoder(encoder_name) as (encoder, extra_files):
@@ -101,6 +107,7 @@ def cached_artifact(catalog: Path, out: Path, encoder_name: str, *, progress: bo
             category_head=False,  # the evaluation fits its own on its split's catalogue rows
         )
     print(f"  {result.items} items in {result.seconds:.0f}s")
+    source.write_text(json.dumps({"catalog": str(catalog), "sha256": digest}) + "\n")
     return result.path
 
 
