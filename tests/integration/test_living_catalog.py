@@ -411,7 +411,9 @@ def test_cli_against_folder_and_server(
         {"op": "add", "item": {"id": "cli-1", "category": "dress", "image": "dress.jpg"}},
         {"op": "update", "id": "cli-1", "set": {"available": False}},
     ]
-    changes.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    # Saved by an editor that writes a byte-order mark (read as line 1 "not a JSON object"
+    # before: review, session 35).
+    changes.write_text("\ufeff" + "\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
     args = _cli(["apply", str(changes), "--artifact", str(art), "--json"])
     assert args.func(args) == 0
     assert json.loads(capsys.readouterr().out)["sequence"] == 1

@@ -205,7 +205,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 
     path = Path(args.file)
     try:
-        lines = path.read_text(encoding="utf-8").split("\n")  # JSON Lines: newlines only
+        lines = path.read_text(encoding="utf-8-sig").split("\n")  # JSON Lines; a BOM is dropped
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"cannot read the changes file: {e}") from None
     changes = []
