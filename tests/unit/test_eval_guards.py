@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stygig.artifact import Artifact, add_compat_model
+from stygig.artifact import Artifact, add_compat_model, file_sha256
 from stygig.errors import ArtifactError, ConfigError
 from stygig.evaluation.command import new_run_dir
 from stygig.evaluation.fitb import (
@@ -95,6 +95,9 @@ def test_a_refused_eval_leaves_no_run_behind(
     manifest = json.loads((cache / "manifest.json").read_text())
     manifest["build"]["catalog"] = str((datasets / "product_data.csv").resolve())
     (cache / "manifest.json").write_text(json.dumps(manifest))
+    # ... built from these very bytes (the cache records their sha256 beside it)
+    digest = file_sha256(datasets / "product_data.csv")
+    cache.with_name("mango-tiny.source.json").write_text(json.dumps({"sha256": digest}))
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     argv = ["eval", "--datasets", str(tmp_path / "datasets"), "--encoder", "tiny"]
