@@ -199,17 +199,7 @@ def read_head(uri: str | Path, max_bytes: int) -> bytes:
     if loc.scheme == "s3":
         with _s3_errors(loc):
             client = _s3()
-            if int(client.head_object(Bucket=loc.bucket, Key=loc.key)["ContentLength"]) == 0:
-                return b""  # a Range on an empty object is an error
-            response = client.get_object(
-                Bucket=loc.bucket, Key=loc.key, Range=f"bytes=0-{max(max_bytes - 1, 0)}"
-            )
-            stream = response["Body"]
-            try:
-                data: bytes = stream.read(max_bytes)
-            finally:
-                stream.close()
-            return data[:max_bytes]
+            return _s3_first(client, loc, max_bytes) if _s3_size(client, loc) else b""
     fd, _ = _open_regular(loc)
     return _read_fd(fd, max_bytes, loc)
 
@@ -363,21 +353,33 @@ def _read_fd_bounded(fd: int, size: int, loc: Location, max_bytes: int) -> bytes
 
 def _read_s3_bounded(loc: Location, max_bytes: int) -> bytes:
     client = _s3()
-    size = int(client.head_object(Bucket=loc.bucket, Key=loc.key)["ContentLength"])
+    size = _s3_size(client, loc)
     if size > max_bytes:
         raise _too_large(loc, max_bytes)
     if size == 0:
-        return b""  # a Range on an empty object is an error, and there is nothing to read
-    # The Range bounds the transfer even if the object was replaced by a bigger one since.
-    response = client.get_object(Bucket=loc.bucket, Key=loc.key, Range=f"bytes=0-{max_bytes}")
+        return b""  # nothing to read (and a Range on an empty object is an error)
+    data = _s3_first(client, loc, max_bytes + 1)
+    if len(data) > max_bytes:
+        raise _too_large(loc, max_bytes)  # replaced by a bigger object since the HEAD
+    return data
+
+
+def _s3_size(client: Any, loc: Location) -> int:
+    return int(client.head_object(Bucket=loc.bucket, Key=loc.key)["ContentLength"])
+
+
+def _s3_first(client: Any, loc: Location, n: int) -> bytes:
+    """At most the first ``n`` bytes of a non-empty object: the Range bounds the transfer
+    whatever the object's size is by now."""
+    if n <= 0:
+        return b""
+    response = client.get_object(Bucket=loc.bucket, Key=loc.key, Range=f"bytes=0-{n - 1}")
     stream = response["Body"]
     try:
-        data: bytes = stream.read(max_bytes + 1)
+        data: bytes = stream.read(n)
     finally:
         stream.close()
-    if len(data) > max_bytes:
-        raise _too_large(loc, max_bytes)
-    return data
+    return data[:n]
 
 
 # What write_bytes' temporary files are called (mkstemp: "." + name + "." + 8 random characters
