@@ -410,3 +410,50 @@ def test_a_cached_artifact_of_another_pooling_is_rebuilt(
     cached_artifact(catalog, out, "clip-vit-b-32")
     assert len(built) == 4 and json.loads(source.read_text())["sha256"] == file_sha256(catalog)
     assert cached_artifact(catalog, out, "clip-vit-b-32") == out and len(built) == 4
+
+
+def test_a_cached_artifact_holding_a_trained_model_is_never_built_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cached artifact that `stygig train-compat` added a model to, and that no longer matches
+    its catalogue (other bytes, or bytes never recorded: cached before the record existed), is
+    refused with what to do, not rebuilt: the rebuild deleted the trained model (session 36)."""
+    import contextlib
+
+    import stygig.build
+    from stygig.artifact import file_sha256
+    from stygig.errors import InvalidOptionsError
+    from stygig.evaluation.command import cached_artifact
+
+    catalog, out = tmp_path / "styles.csv", tmp_path / "art"
+    out.mkdir()
+    catalog.write_text("id,image,category\n1,1.jpg,shirt\n")
+    body = {"format_version": 2, "encoder": {"name": "clip-vit-b-32"}}
+    (out / "manifest.json").write_text(json.dumps({**body, "build": {"catalog": str(catalog)}}))
+    (out / "compat.npz").write_bytes(b"the trained model")
+    built: list[Path] = []
+
+    @contextlib.contextmanager
+    def fake_encoder(name: str) -> Any:
+        yield object(), {}
+
+    def fake_build(catalog_path: Path, path: Path, *a: Any, **k: Any) -> Any:
+        built.append(path)
+        return argparse.Namespace(path=path, items=0, seconds=0.0)
+
+    monkeypatch.setattr(stygig.build, "make_build_encoder", fake_encoder)
+    monkeypatch.setattr(stygig.build, "build_artifact", fake_build)
+    with pytest.raises(InvalidOptionsError, match="were not recorded.*move the artifact"):
+        cached_artifact(catalog, out, "clip-vit-b-32")  # cached before the bytes' record
+    source = tmp_path / "art.source.json"
+    source.write_text(json.dumps({"sha256": file_sha256(catalog)}))
+    assert cached_artifact(catalog, out, "clip-vit-b-32") == out  # the current build: reused
+    catalog.write_text("id,image,category\n2,2.jpg,skirt\n")
+    with pytest.raises(InvalidOptionsError, match="built from other catalogue bytes"):
+        cached_artifact(catalog, out, "clip-vit-b-32")
+    with pytest.raises(InvalidOptionsError, match="holds a trained compatibility model"):
+        cached_artifact(catalog, out, "efficientnet-lite0")  # another encoder, same folder
+    assert built == [] and (out / "compat.npz").read_bytes() == b"the trained model"
+    (out / "compat.npz").unlink()  # nothing trained there: rebuilt as before
+    cached_artifact(catalog, out, "clip-vit-b-32")
+    assert built == [out]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from stygig.artifact import Artifact, encoder_pooling, file_sha256, read_manifest
+from stygig.compat.model import COMPAT_FILE
 from stygig.errors import ArtifactError, ConfigError, InvalidOptionsError
 
 __all__ = ["TARGETS", "cached_artifact", "new_run_dir", "register", "run_eval"]
@@ -93,6 +94,18 @@ def cached_artifact(catalog: Path, out: Path, encoder_name: str, *, progress: bo
             return out
     except (ArtifactError, KeyError, OSError, ValueError, AttributeError):
         pass
+    if (out / COMPAT_FILE).exists():
+        # `stygig train-compat` put minutes to hours of training there: never built over.
+        why = (
+            "it was built from other catalogue bytes"
+            if source.is_file()
+            else "the catalogue bytes it was built from were not recorded"
+        )
+        raise InvalidOptionsError(
+            f"{out} holds a trained compatibility model ({COMPAT_FILE}) but is not the current "
+            f"build of {catalog.name} with {encoder_name} ({why}); evaluation will not build "
+            "over it: move the artifact elsewhere or pass another --out"
+        )
     print(f"building artifact {out} from {catalog} with {encoder_name} (cached for re-runs)")
     with make_build_encoder(encoder_name) as (encoder, extra_files):
         # Plain embeddings: the evaluation fits whitening itself, on its catalogue split only.
