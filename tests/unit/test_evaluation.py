@@ -443,7 +443,7 @@ def test_a_cached_artifact_holding_a_trained_model_is_never_built_over(
 
     monkeypatch.setattr(stygig.build, "make_build_encoder", fake_encoder)
     monkeypatch.setattr(stygig.build, "build_artifact", fake_build)
-    with pytest.raises(InvalidOptionsError, match="were not recorded.*move the artifact"):
+    with pytest.raises(InvalidOptionsError, match=r"were not recorded.*move the artifact"):
         cached_artifact(catalog, out, "clip-vit-b-32")  # cached before the bytes' record
     source = tmp_path / "art.source.json"
     source.write_text(json.dumps({"sha256": file_sha256(catalog)}))
