@@ -347,6 +347,84 @@ def test_an_oversized_request_head_gets_431_and_holds_nothing(
     assert r.status_code == 200
 
 
+def _chunked(body: bytes, size: int) -> bytes:
+    """``body`` as HTTP/1.1 chunks of ``size`` bytes, the last (zero-size) chunk included."""
+    parts = [
+        b"%x\r\n%s\r\n" % (len(body[i : i + size]), body[i : i + size])
+        for i in range(0, len(body), size)
+    ]
+    return b"".join(parts) + b"0\r\n"
+
+
+def test_trailers_and_chunk_framing_cannot_grow_memory_or_hold_the_loop(
+    server: Server, sample: tuple[Path, Path]
+) -> None:
+    """Review, session 36: the head limit stopped at the end of the head, so the trailer
+    section after a chunked body's last chunk was unbounded: endless trailer fields to the
+    public /ping took a 4 GB server down in 10 s (no token needed), and one endless trailer
+    value held the event loop for seconds. Trailers are now refused, and a chunked body's
+    framing is bounded; chunked uploads themselves are answered as before."""
+    before = rss_kb(server)
+    chunked = "Transfer-Encoding: chunked\n"
+    # A photo sent in 1 KiB chunks, no trailer: answered.
+    head = f"POST /invocations HTTP/1.1\nHost: x\nContent-Type: image/jpeg\n{chunked}"
+    with raw_request(server, head, _chunked(photo(sample), 1024) + b"\r\n") as sock:
+        assert read_status(sock) == 200
+    # Endless trailer fields after an answered GET, and one endless trailer value after a
+    # POST whose body the app is waiting for: the server stops reading within the limit.
+    cases = [
+        (
+            b"GET /ping HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n",
+            b"X-T: " + b"a" * 50 + b"\r\n",
+            {200, 400},  # answered, or refused when the trailers come with the head
+        ),
+        (
+            b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\nX-T: ",
+            b"a" * 65_536,
+            {431, 0},  # the value never ends: over the framing limit
+        ),
+        # One chunk size line that never ends (chunk extensions): framing, not body.
+        (
+            b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n4;x=",
+            b"a" * 65_536,
+            {431, 400, 0},
+        ),
+    ]
+    for first, piece, statuses in cases:
+        t0 = time.monotonic()
+        status, sent = _stream_head(server, first, piece * 20, 256 << 20)
+        assert status in statuses, (first[:30], status)
+        assert sent < 32 << 20, sent  # the server stopped reading long before 256 MB
+        assert time.monotonic() - t0 < 8
+    assert rss_kb(server) - before < 64 * 1024
+    assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
+
+
+def test_a_body_sent_to_a_route_that_never_reads_it_must_still_end(
+    sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Review, session 36: the body deadline acted only while the app read the body, so a
+    chunked body trickled to GET /healthz (answered at once) held its connection, and a slot of
+    --max-connections, for as long as the client went on. Its message must now end within the
+    body timeout (and a grace period), or the connection is closed."""
+    with capped_server(sample[1], tmp_path / "log", "--body-timeout", "2") as s:
+        sock = raw_request(s, "GET /healthz HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\n")
+        with sock:
+            assert read_status(sock) == 200  # answered without reading the body
+            deadline = time.monotonic() + 30
+            closed = False
+            while not closed and time.monotonic() < deadline:
+                try:
+                    sock.sendall(b"1\r\nx\r\n")  # one byte of body every 0.5 s
+                    readable, _, _ = select.select([sock], [], [], 0.5)
+                    closed = bool(readable) and sock.recv(65536) == b""
+                except OSError:  # reset by the server
+                    closed = True
+            assert closed, "the trickled body held its connection for 30 s"
+
+
 def test_a_large_head_within_the_limit_and_pipelined_requests_are_answered(
     server: Server, sample: tuple[Path, Path]
 ) -> None:

@@ -15,6 +15,17 @@ tens of megabytes per connection (three such connections took a 4 GB process dow
 the event loop, and so every other client, for seconds. A head over the limit is answered 431
 and the connection closed, before the app sees it.
 
+A request's body is the app's to bound (:class:`stygig.serving.app._Boundary`), but what
+comes between and after its chunks is not: chunk headers, their extensions and trailer fields
+are parsed here, and llhttp and ``httptools`` bound none of them (an endless trailer section
+after a zero-size chunk to the public ``/ping`` took a 4 GB server down in 10 s: review,
+session 36). So trailers are refused (400: StyGig reads none), and the framing of a chunked
+body may take at most ``head_limit_bytes`` plus :data:`CHUNK_FRAMING_BYTES` per chunk (431 and
+the connection closed). And a request's message must end within ``body_timeout_s`` (plus
+:data:`BODY_GRACE_S`, so that the app's own 408 comes first where it reads the body) of its
+head: the app's body deadline acts only while the app reads, and a body trickled to a route
+that never reads it held a connection slot for as long as it kept coming.
+
 Past the connection limit (``--max-connections``) a request is answered as every other refusal
 of the server: a JSON 503 ``too_many_connections`` with ``Retry-After``, not uvicorn's plain-text one, and the
 connection closed; health checks are still answered (:data:`HEALTH_PATHS`).
@@ -28,7 +39,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from stygig.errors import InputError, InvalidOptionsError, OverloadedError
 from stygig.serving.responses import json_bytes
@@ -38,6 +49,12 @@ __all__ = ["HEAD_LIMIT_BYTES", "head_deadline_protocol"]
 #: The largest request head (request line and headers) read: 64 KiB, four times h11's default
 #: and eight times a typical proxy's header buffer; a SageMaker request's head is under 2 KiB.
 HEAD_LIMIT_BYTES = 64 * 1024
+#: Framing allowed per chunk of a chunked body beyond the head limit: a chunk's size in hex
+#: and its line ends (a 16-digit size and two CRLFs: 20 bytes), with room for extensions.
+CHUNK_FRAMING_BYTES = 64
+#: How long after the app's own body deadline the connection is closed if the message has not
+#: ended (the app answers 408 first when it is the one reading).
+BODY_GRACE_S = 5.0
 
 
 class HeadTooLargeError(InputError):
@@ -45,6 +62,12 @@ class HeadTooLargeError(InputError):
 
     http_status = 431
     code = "head_too_large"
+
+
+class TrailersRefusedError(InputError):
+    """Header fields after a chunked body: StyGig reads none."""
+
+    code = "trailers_refused"
 
 
 #: Answered past the connection limit (``--max-connections``): they cost next to nothing.
@@ -78,18 +101,30 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
 
     head_timeout_s = 10.0
     head_limit_bytes = HEAD_LIMIT_BYTES
+    body_timeout_s = 60.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
+        self._message_timer: asyncio.TimerHandle | None = None
         # Bytes of the current request head received so far; None while no head is being
         # read (a body, or a request being answered).
         self._head_bytes: int | None = 0
         self._heads = 0  # request heads completed on this connection
+        # While a message's body is being read: the bytes fed to the parser since its head, of
+        # which body bytes, and its chunks; None between messages.
+        self._message_bytes: int | None = None
+        self._body_bytes = 0
+        self._chunks = 0
 
     def data_received(self, data: bytes) -> None:
         if self._head_bytes is None:
             super().data_received(data)
+            if self._message_bytes is not None:  # the message goes on: its framing so far
+                self._message_bytes += len(data)
+                framing = self._message_bytes - self._body_bytes
+                if framing > self.head_limit_bytes + CHUNK_FRAMING_BYTES * self._chunks:
+                    self._refuse_framing()
             return
         room = self.head_limit_bytes - self._head_bytes
         if len(data) <= room:
@@ -116,12 +151,34 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
             f"the request line and headers are over the {self.head_limit_bytes:,}-byte limit"
         )
         self.logger.warning("request head over %d bytes: answered 431", self.head_limit_bytes)
-        body = json_bytes(err.to_dict())
-        self.transport.write(
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-            b"content-type: application/json\r\nconnection: close\r\n"
-            b"content-length: %d\r\n\r\n%s" % (len(body), body)
+        self._answer_and_close(431, "Request Header Fields Too Large", err, None)
+
+    def _refuse_framing(self) -> None:
+        err = HeadTooLargeError(
+            "the chunked body's framing and trailers are over the "
+            f"{self.head_limit_bytes:,}-byte limit"
         )
+        self.logger.warning("chunk framing over the limit: answered 431")
+        self._answer_and_close(431, "Request Header Fields Too Large", err, self.cycle)
+
+    def _answer_and_close(
+        self, status: int, reason: str, err: InputError, cycle: RequestResponseCycle | None
+    ) -> None:
+        """``err`` as the JSON answer, unless the app has begun one for ``cycle`` (the request
+        whose message is refused; None: a head, before the app has one), and the connection
+        closed: the rest of what the client sends is never read."""
+        self._end_message()
+        if self.transport.is_closing():
+            return
+        if cycle is not None:  # the app sees a disconnect and its answer, if any, is dropped
+            cycle.disconnected = True
+            cycle.message_event.set()
+        if cycle is None or not cycle.response_started:
+            body = json_bytes(err.to_dict())
+            self.transport.write(
+                b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                b"content-length: %d\r\n\r\n%s" % (status, reason.encode(), len(body), body)
+            )
         self.transport.close()
 
     def _arm(self) -> None:
@@ -138,6 +195,33 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             self.transport.close()  # the head never completed: there is no one to answer
 
+    def _end_message(self) -> None:
+        self._message_bytes = None
+        if self._message_timer is not None:
+            self._message_timer.cancel()
+            self._message_timer = None
+
+    def _message_expired(self) -> None:
+        self._message_timer = None
+        self.logger.warning("request body not complete within its deadline: connection closed")
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._head_bytes is None:  # a trailer field, after a chunked body
+            if not self.transport.is_closing():
+                err = TrailersRefusedError("trailer fields are not accepted")
+                self._answer_and_close(400, "Bad Request", err, self.cycle)
+            return  # never added to the request's headers
+        super().on_header(name, value)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        super().on_body(body)
+
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm()  # the first request's head: its clock starts with the connection
@@ -147,9 +231,13 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         self._arm()  # the first byte of a later request's head on a kept-alive connection
 
     def on_headers_complete(self) -> None:
-        self._disarm()  # the head is complete; body limits are the app's business
+        self._disarm()  # the head is complete: the body's own limits and deadline follow
         self._head_bytes = None
         self._heads += 1
+        self._message_bytes, self._body_bytes, self._chunks = 0, 0, 0
+        self._message_timer = self.loop.call_later(
+            self.body_timeout_s + BODY_GRACE_S, self._message_expired
+        )
         limit = self.limit_concurrency
         if limit is None or (len(self.connections) < limit and len(self.tasks) < limit):
             super().on_headers_complete()
@@ -169,18 +257,24 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
             self.app = app
 
     def on_message_complete(self) -> None:
+        self._end_message()
         super().on_message_complete()
         self._head_bytes = 0  # whatever arrives next on this connection is a new head
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._end_message()
         super().connection_lost(exc)
 
 
-def head_deadline_protocol(head_timeout_s: float) -> type[HttpToolsProtocol]:
-    """The protocol class for uvicorn's ``http=`` setting, with this head deadline."""
-    if head_timeout_s <= 0:
-        raise InvalidOptionsError("the request-head timeout must be positive")
+def head_deadline_protocol(
+    head_timeout_s: float, body_timeout_s: float = 60.0
+) -> type[HttpToolsProtocol]:
+    """The protocol class for uvicorn's ``http=`` setting, with these deadlines."""
+    if head_timeout_s <= 0 or body_timeout_s <= 0:
+        raise InvalidOptionsError("the request-head and body timeouts must be positive")
     return type(
-        "HeadDeadlineProtocol", (_HeadDeadlineProtocol,), {"head_timeout_s": head_timeout_s}
+        "HeadDeadlineProtocol",
+        (_HeadDeadlineProtocol,),
+        {"head_timeout_s": head_timeout_s, "body_timeout_s": body_timeout_s},
     )
