@@ -102,6 +102,13 @@ class UnauthorizedError(InputError):
     code = "unauthorized"
 
 
+class ForbiddenError(InputError):
+    """A request the server will not act on whoever sends it: a cross-site request."""
+
+    http_status = 403
+    code = "forbidden"
+
+
 class CatalogFullError(InputError):
     """A catalogue change refused because the living catalogue reached one of its bounds
     (replaced rows kept until compaction, distinct labels, attribute names)."""

@@ -459,7 +459,7 @@ def test_graceful_shutdown_finishes_in_flight_requests(
         # A request whose body is still arriving when SIGTERM comes: it must still be answered.
         sock = socket.create_connection(("127.0.0.1", srv.port))
         head = (
-            f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            f"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
             f"Content-Length: {len(photo)}\r\n\r\n"
         ).encode()
         sock.sendall(head + photo[:100])

@@ -54,7 +54,7 @@ def _server(artifact: Path, loop: str) -> Iterator[int]:
 
 def _send(sock: socket.socket, photo: bytes) -> None:
     head = (
-        "POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        "POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
         f"Content-Length: {len(photo)}\r\n\r\n"
     )
     sock.sendall(head.encode() + photo)

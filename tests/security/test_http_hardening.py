@@ -142,6 +142,44 @@ def test_bearer_token_guards_every_route_but_health(
             assert client.head("/ping").status_code == 200
 
 
+def test_a_loopback_server_answers_only_its_own_names_and_same_site_changes(
+    server: Server, sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Review, session 36: the server answered any Host, so a web page that rebinds its own
+    name to 127.0.0.1 read every answer of a loopback server (and, with a change log, renamed
+    items), and a plain cross-site form could post to it. A loopback-bound server now answers
+    only requests addressed to this machine (or to --allowed-host names), and refuses a change
+    whose Origin is another site; clients that send no Origin (SageMaker, scripts) are as
+    before."""
+    url = f"{server.url}/v1/config"
+    r = httpx.get(url, headers={"Host": "rebound.example"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "host_not_allowed"
+    assert "rebound" not in r.text  # the client's value is not echoed
+    for name in (f"localhost:{server.port}", f"[::1]:{server.port}", "127.0.0.1"):
+        assert httpx.get(url, headers={"Host": name}).status_code == 200, name
+    body, jpeg = photo(sample), {"content-type": "image/jpeg"}
+    post = f"{server.url}/invocations"
+    r = httpx.post(post, content=body, headers={**jpeg, "Origin": "https://evil.example"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+    r = httpx.post(post, content=body, headers={**jpeg, "Origin": "null"})  # sandboxed frame
+    assert r.status_code == 403
+    same = {**jpeg, "Origin": f"http://127.0.0.1:{server.port}"}  # the try-it page's own
+    assert httpx.post(post, content=body, headers=same).status_code == 200
+    assert httpx.post(post, content=body, headers=jpeg).status_code == 200
+    assert httpx.get(url, headers={"Origin": "https://evil.example"}).status_code == 200
+    with capped_server(sample[1], tmp_path / "log", "--allowed-host", "Shop.Example") as s:
+        r = httpx.get(f"{s.url}/v1/config", headers={"Host": "shop.example:443"})
+        assert r.status_code == 200
+        r = httpx.post(
+            f"{s.url}/invocations",
+            content=body,
+            headers={**jpeg, "Host": "127.0.0.1", "Origin": "https://shop.example"},
+        )
+        assert r.status_code == 200  # a proxy that rewrites Host: the public name is allowed
+        r = httpx.get(f"{s.url}/v1/config", headers={"Host": "other.example"})
+        assert r.status_code == 400
+
+
 def test_a_short_token_is_refused_at_start(sample: tuple[Path, Path], tmp_path: Path) -> None:
     """Item 4: a guessable token would be worse than none: the server refuses to start."""
     token_file = tmp_path / "token"
@@ -297,7 +335,7 @@ def test_a_declared_huge_body_gets_413_at_once(server: Server) -> None:
     t0 = time.monotonic()
     with raw_request(
         server,
-        "POST /invocations HTTP/1.1\nHost: x\nContent-Type: image/jpeg\n"
+        "POST /invocations HTTP/1.1\nHost: 127.0.0.1\nContent-Type: image/jpeg\n"
         "Content-Length: 100000000000\n",
     ) as sock:
         assert read_status(sock) == 413
@@ -332,7 +370,7 @@ def test_an_oversized_request_head_gets_431_and_holds_nothing(
     held the event loop for 10 s (every other request waited 9.5 s). Both are now refused at
     64 KiB of head with 431, and the connection closed."""
     before = rss_kb(server)
-    start = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+    start = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
     # Within the limit, then over it by one small send: the refusal is read, not reset.
     status, _ = _stream_head(server, start, b"a:b\r\n" * 1000, 70_000)
     assert status == 431
@@ -367,26 +405,26 @@ def test_trailers_and_chunk_framing_cannot_grow_memory_or_hold_the_loop(
     before = rss_kb(server)
     chunked = "Transfer-Encoding: chunked\n"
     # A photo sent in 1 KiB chunks, no trailer: answered.
-    head = f"POST /invocations HTTP/1.1\nHost: x\nContent-Type: image/jpeg\n{chunked}"
+    head = f"POST /invocations HTTP/1.1\nHost: 127.0.0.1\nContent-Type: image/jpeg\n{chunked}"
     with raw_request(server, head, _chunked(photo(sample), 1024) + b"\r\n") as sock:
         assert read_status(sock) == 200
     # Endless trailer fields after an answered GET, and one endless trailer value after a
     # POST whose body the app is waiting for: the server stops reading within the limit.
     cases = [
         (
-            b"GET /ping HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n",
+            b"GET /ping HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n",
             b"X-T: " + b"a" * 50 + b"\r\n",
             {200, 400},  # answered, or refused when the trailers come with the head
         ),
         (
-            b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            b"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\nX-T: ",
             b"a" * 65_536,
             {431, 0},  # the value never ends: over the framing limit
         ),
         # One chunk size line that never ends (chunk extensions): framing, not body.
         (
-            b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            b"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n4;x=",
             b"a" * 65_536,
             {431, 400, 0},
@@ -410,7 +448,9 @@ def test_a_body_sent_to_a_route_that_never_reads_it_must_still_end(
     --max-connections, for as long as the client went on. Its message must now end within the
     body timeout (and a grace period), or the connection is closed."""
     with capped_server(sample[1], tmp_path / "log", "--body-timeout", "2") as s:
-        sock = raw_request(s, "GET /healthz HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\n")
+        sock = raw_request(
+            s, "GET /healthz HTTP/1.1\nHost: 127.0.0.1\nTransfer-Encoding: chunked\n"
+        )
         with sock:
             assert read_status(sock) == 200  # answered without reading the body
             deadline = time.monotonic() + 30
@@ -433,13 +473,13 @@ def test_a_large_head_within_the_limit_and_pipelined_requests_are_answered(
     pad = "".join(f"X-Pad-{n}: {'p' * 90}\n" for n in range(600))
     body = photo(sample)
     head = (
-        f"POST /invocations HTTP/1.1\nHost: x\nContent-Type: image/jpeg\n{pad}"
+        f"POST /invocations HTTP/1.1\nHost: 127.0.0.1\nContent-Type: image/jpeg\n{pad}"
         f"Content-Length: {len(body)}\n"
     )
     assert 55_000 < len(head) < 64 * 1024
     with raw_request(server, head, body) as sock:
         assert read_status(sock) == 200
-    three = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 3
+    three = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 3
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
         sock.sendall(three)
         data = b""
@@ -456,7 +496,7 @@ def test_stalled_uploads_time_out_and_hold_bounded_memory(
     flags = ("--body-timeout", "4", "--max-bodies-mb", "24")
     with capped_server(sample[1], tmp_path / "log", *flags) as s:
         before = rss_kb(s)
-        head = "POST /invocations HTTP/1.1\nHost: x\nContent-Type: image/jpeg\nContent-Length: {}\n"
+        head = "POST /invocations HTTP/1.1\nHost: 127.0.0.1\nContent-Type: image/jpeg\nContent-Length: {}\n"
         sockets = [raw_request(s, head.format(6_000_000), b"\xff" * 5_500_000) for _ in range(12)]
         try:
             statuses = sorted(read_status(sock) for sock in sockets)
@@ -494,10 +534,10 @@ def test_idle_and_trickling_connections_are_closed_so_the_limit_cannot_lock_out(
             for sock in [*idle, trickle]:
                 sock.close()
         # A kept-alive connection idle for longer than the head deadline is still served.
-        with raw_request(s, "GET /healthz HTTP/1.1\nHost: x\n") as sock:
+        with raw_request(s, "GET /healthz HTTP/1.1\nHost: 127.0.0.1\n") as sock:
             assert read_status(sock) == 200
             time.sleep(6)  # idle on purpose: longer than --head-timeout
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             # Whatever of the first answer read_status left unread comes first: read until the
             # second answer's status line, however the bytes were split into segments.
             seen = b""
@@ -528,7 +568,7 @@ def test_a_client_disconnect_is_not_a_server_error(server: Server) -> None:
     metrics = f"{server.url}/metrics"
     with raw_request(
         server,
-        "POST /invocations HTTP/1.1\nHost: x\nContent-Type: image/jpeg\nContent-Length: 100000\n",
+        "POST /invocations HTTP/1.1\nHost: 127.0.0.1\nContent-Type: image/jpeg\nContent-Length: 100000\n",
         b"\xff\xd8\xff" * 10,
     ):
         pass
@@ -575,9 +615,7 @@ def test_health_checks_are_answered_past_the_connection_limit(
     was plain text, not StyGig's JSON error). And --max-connections N served N - 1 (uvicorn
     counts the connection asking)."""
     with capped_server(sample[1], tmp_path / "server.log", "--max-connections", "2") as server:
-        head = (
-            "POST /invocations HTTP/1.1\nHost: x\nContent-Type: image/jpeg\nContent-Length: 5000\n"
-        )
+        head = "POST /invocations HTTP/1.1\nHost: 127.0.0.1\nContent-Type: image/jpeg\nContent-Length: 5000\n"
         slow = [raw_request(server, head, b"\xff\xd8") for _ in range(2)]  # bodies never finish
         try:
 

@@ -226,7 +226,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     """The :class:`ServerConfig` of ``stygig serve``'s flags, refusing the ones Ray Serve does
     not carry (asynchronous jobs, EMF, the head deadline and connection limit)."""
     from stygig.auth import load_token
-    from stygig.serving.app import ServerConfig
+    from stygig.serving.app import ServerConfig, allowed_hosts
     from stygig.serving.batching import BatcherConfig
     from stygig.serving.catalog_command import catalog_settings
     from stygig.serving.command import (
@@ -286,6 +286,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         auth_token=load_token(args.auth_token_file),
         docs=args.docs,
         body_timeout_s=args.body_timeout,
+        # Ray's proxy passes the client's Host on: the replicas check it as `stygig serve` does.
+        allowed_hosts=allowed_hosts(args.host, getattr(args, "allowed_host", None) or ()),
         max_body_bytes_in_flight=int(args.max_bodies_mb * 1024 * 1024),
         **({"threads": args.threads} if args.threads else {}),
     )

@@ -29,10 +29,11 @@ import contextlib
 import functools
 import hmac
 import io
+import ipaddress
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
@@ -53,6 +54,7 @@ from stygig.answer import Recommendation, answer_schema, outfit_score_schema
 from stygig.catalog.changelog import ChangeLog
 from stygig.engine import Options, Query, Recommender, load_artifact_encoder
 from stygig.errors import (
+    ForbiddenError,
     InputError,
     InvalidOptionsError,
     OverloadedError,
@@ -113,6 +115,9 @@ class ServerConfig:
     # A folder of example photos the page offers as one-click first tries (``serve --examples``,
     # else $STYGIG_EXAMPLES); served by name from a list made at start, never a client's path.
     examples: Path | None = field(default_factory=lambda: _examples_from_env())
+    # The names a request's Host may give (None: any). `stygig serve` bound to loopback
+    # answers only requests addressed to this machine (DNS rebinding: see _Boundary).
+    allowed_hosts: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         if self.auth_token is not None and len(self.auth_token) < MIN_TOKEN_CHARS:
@@ -130,6 +135,9 @@ def _examples_from_env() -> Path | None:
 
 #: Answered without the bearer token: health checks for load balancers and SageMaker, and the
 #: page's own files (they hold no catalogue data; the page asks for the token when it needs it).
+#: The names a loopback-bound server answers to, beside its bind address and --allowed-host.
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PUBLIC_PATHS = frozenset({"/ping", "/healthz", "/", "/favicon.ico"})
 PUBLIC_PREFIXES = ("/static/",)
 MIN_TOKEN_CHARS = 16
@@ -606,7 +614,7 @@ class _Boundary:
         body = _BodyReader(receive, self)
         self.service.requests += 1
         try:
-            refused = self._refuse(scope["path"], headers)
+            refused = self._refuse(scope["method"], scope["path"], headers)
             if refused is not None:
                 await refused(scope, receive, send_with_id)
             else:
@@ -642,8 +650,32 @@ class _Boundary:
                 },
             )
 
-    def _refuse(self, path: str, headers: dict[str, str]) -> Response | None:
-        """The answer for a request refused before the app sees it (no token, too big)."""
+    def _refuse(self, method: str, path: str, headers: dict[str, str]) -> Response | None:
+        """The answer for a request refused before the app sees it (another host's name, a
+        cross-site change, no token, too big).
+
+        A server bound to loopback trusts that only this machine reaches it; a web page
+        elsewhere can still make the browser send requests to it, by rebinding its own name to
+        127.0.0.1 (it then reads the answers as same-origin), or by a form posted across sites.
+        So a request whose ``Host`` is not one of ``allowed_hosts`` is refused, and so is a
+        change (any method but GET, HEAD, OPTIONS) whose ``Origin`` is another site's."""
+        host = _hostname(headers.get("host", ""))
+        allowed = self.config.allowed_hosts
+        if allowed is not None and host and host not in allowed:
+            return error_response(
+                InputError(
+                    "this server answers only requests addressed to its own names; start it "
+                    "with --allowed-host NAME to answer another",
+                    code="host_not_allowed",
+                )
+            )
+        origin = headers.get("origin")
+        if origin is not None and method not in _SAFE_METHODS:
+            named = _hostname(origin.partition("://")[2].partition("/")[0])
+            if named != host and (allowed is None or named not in allowed):
+                return error_response(
+                    ForbiddenError("a cross-site request may not change anything here")
+                )
         if not self._authorized(path, headers):
             return error_response(UnauthorizedError("send 'Authorization: Bearer <token>'"))
         declared = headers.get("content-length", "")
@@ -656,6 +688,26 @@ class _Boundary:
                 response.headers["Connection"] = "close"
             return response
         return None
+
+
+def _hostname(authority: str) -> str:
+    """The host name of ``authority`` (``host[:port]``, ``[v6]:port``), lower case."""
+    authority = authority.strip().lower()
+    if authority.startswith("["):
+        return authority[1:].partition("]")[0]
+    return authority.rpartition(":")[0] if authority.count(":") == 1 else authority
+
+
+def allowed_hosts(bind: str, extra: Sequence[str] = ()) -> frozenset[str] | None:
+    """The names a server bound to ``bind`` answers to: on loopback, this machine's names and
+    ``extra``; elsewhere any (None), unless ``extra`` names some."""
+    try:
+        loopback = bind == "localhost" or ipaddress.ip_address(bind).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not extra:
+        return None
+    return frozenset({*LOOPBACK_NAMES, _hostname(bind), *(_hostname(h) for h in extra)})
 
 
 def _over_limit(limit: int) -> rq.PayloadTooLargeError:

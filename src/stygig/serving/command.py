@@ -53,6 +53,14 @@ def register(subparsers: Any) -> None:
         help="bind address (default 127.0.0.1, this machine only; the container's entrypoint "
         "binds 0.0.0.0)",
     )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a name requests may give as their Host, beside this machine's own (repeatable; "
+        "bound to loopback, requests addressed to other names are refused: DNS rebinding)",
+    )
     p.add_argument("--port", type=int, default=None, help="default $SAGEMAKER_BIND_TO_PORT or 8080")
     p.add_argument("--max-batch", type=int, default=8, help="photos per encoder call")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="batch collection deadline")
@@ -144,7 +152,7 @@ def run_serve(args: argparse.Namespace) -> int:
         return run_serve_ray_command(args)
 
     from stygig.auth import load_token
-    from stygig.serving.app import ServerConfig, create_app
+    from stygig.serving.app import ServerConfig, allowed_hosts, create_app
     from stygig.serving.batching import BatcherConfig
     from stygig.serving.catalog_command import catalog_settings
     from stygig.serving.logging import configure_logging
@@ -174,6 +182,7 @@ def run_serve(args: argparse.Namespace) -> int:
         auth_token=load_token(args.auth_token_file),
         docs=args.docs,
         body_timeout_s=args.body_timeout,
+        allowed_hosts=allowed_hosts(args.host, args.allowed_host),
         max_body_bytes_in_flight=int(args.max_bodies_mb * 1024 * 1024),
         **({"threads": args.threads} if args.threads else {}),
     )
