@@ -77,6 +77,16 @@ def test_page_and_static_files_are_served(client: httpx.Client) -> None:
     assert total < 80_000, "the page should stay small"
     missing = client.get("/static/..%2Fapp.py")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    # Review, session 36: the page was also served at /static/index.html, without its
+    # headers (framed by another site in a browser); a trailing slash redirected to the
+    # client's Host; HEAD was a 405, so monitors saw the page as down.
+    assert client.get("/static/index.html").status_code == 404
+    slash = client.get("/static/app.js/", headers={"Host": "127.0.0.1"})
+    assert slash.status_code == 404 and "location" not in slash.headers
+    for path in ("/", "/static/app.js", "/v1/items/sku-0014/image"):
+        head = client.head(path)
+        assert head.status_code == 200 and head.content == b"", path
+        assert int(head.headers["content-length"]) == len(client.get(path).content), path
 
 
 def test_item_images_come_from_the_artifact(

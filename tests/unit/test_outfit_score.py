@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 import pytest
+from PIL import Image
 
 from stygig.answer import outfit_score_schema
 from stygig.engine import Options, Query, Recommender
@@ -269,14 +272,25 @@ def test_examples_are_an_allow_list_read_once(tmp_path: Path, sample: tuple[Path
     (folder / "sub.jpg").mkdir()  # a folder with a photo's name
     (folder / "bad name.jpg").write_bytes(photo)
     (folder / ".hidden.jpg").write_bytes(photo)
+    # Review, session 36: links were followed (passwd.jpg -> /etc/passwd was served as a
+    # photo) and any bytes with a photo's suffix were served as one.
+    secret = tmp_path / "secret.txt"
+    secret.write_text("db-password=hunter2")
+    (folder / "passwd.jpg").symlink_to(secret)
+    (folder / "photo-link.jpg").symlink_to(folder / "grey-shirt.jpg")  # a link, even to a photo
+    (folder / "text.jpg").write_text("db-password=hunter2")
+    (folder / "shirt.png").write_bytes(photo)  # a JPEG named .png
+    os.mkfifo(folder / "pipe.jpg")  # never waited on
     found = load_examples(folder, max_bytes=len(photo) + 100)
     assert list(found) == ["grey-shirt.jpg"]
     example = found["grey-shirt.jpg"]
     assert example.label == "Grey shirt" and example.media_type == "image/jpeg"
     assert example.body == photo
     assert example.card()["url"] == "/v1/examples/grey-shirt.jpg"
+    png = io.BytesIO()
+    Image.open(io.BytesIO(photo)).save(png, "PNG")
     for n in range(MAX_EXAMPLES + 3):
-        (folder / f"x{n:02d}.png").write_bytes(b"png")
+        (folder / f"x{n:02d}.png").write_bytes(png.getvalue())
     assert len(load_examples(folder, max_bytes=10**6)) == MAX_EXAMPLES
     assert load_examples(None, 10) == {}
     with pytest.raises(ConfigError) as caught:

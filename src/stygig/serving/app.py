@@ -958,6 +958,8 @@ def create_app(
         lifespan=lifespan,
         docs_url="/docs" if config.docs else None,
         redoc_url=None,
+        # No route ends in "/": a redirect would be built from the client's Host header.
+        redirect_slashes=False,
         responses=ERROR_RESPONSES,
     )
     _with_schemas(app)

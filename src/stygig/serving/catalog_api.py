@@ -27,7 +27,9 @@ with a text tower, which none of StyGig's encoders has (``text_search: false`` i
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import stat
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -39,6 +41,7 @@ from fastapi.responses import Response
 
 from stygig import __version__
 from stygig.errors import ConfigError, InvalidOptionsError, NotFoundError
+from stygig.images import read_header
 from stygig.response import item_view
 from stygig.serving.responses import JSON, json_bytes, json_response
 from stygig.thumbnails import ItemImages
@@ -72,6 +75,8 @@ _EXAMPLE_TYPES = {
     ".png": "image/png",
     ".webp": "image/webp",
 }
+#: The image format (Pillow's name) each example's bytes must be, by its media type.
+_EXAMPLE_FORMATS = {"image/jpeg": {"JPEG", "MPO"}, "image/png": {"PNG"}, "image/webp": {"WEBP"}}
 _EXAMPLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
@@ -97,8 +102,10 @@ class Example:
 def load_examples(folder: Path | None, max_bytes: int) -> dict[str, Example]:
     """The example photos of ``folder`` (none when ``None``), read once: plain files with a
     photo's suffix and a name of letters, digits, ``.``, ``_`` and ``-``, each within the
-    upload limit (the page sends it back as an upload), the first :data:`MAX_EXAMPLES` by
-    name. Anything else in the folder is ignored; a folder that cannot be read is an error."""
+    upload limit (the page sends it back as an upload) and an image of its suffix's format,
+    the first :data:`MAX_EXAMPLES` by name. Anything else in the folder is ignored, links
+    included (review, session 36: ``passwd.jpg -> /etc/passwd`` and a link to
+    ``/proc/self/environ`` were served as photos); a folder that cannot be read is an error."""
     if folder is None:
         return {}
     try:
@@ -111,10 +118,13 @@ def load_examples(folder: Path | None, max_bytes: int) -> dict[str, Example]:
         if media is None or not _EXAMPLE_NAME.fullmatch(path.name):
             continue
         try:
-            if not path.is_file() or path.stat().st_size > max_bytes:
-                continue
-            body = path.read_bytes()
+            body = _read_plain_file(path, max_bytes)
         except OSError:
+            continue
+        if body is None:
+            continue
+        header = read_header(body)
+        if header is None or header.format not in _EXAMPLE_FORMATS[media]:
             continue
         words = re.sub(r"[-_.]+", " ", path.stem).strip()
         out[path.name] = Example(
@@ -127,6 +137,21 @@ def load_examples(folder: Path | None, max_bytes: int) -> dict[str, Example]:
         if len(out) == MAX_EXAMPLES:
             break
     return out
+
+
+def _read_plain_file(path: Path, max_bytes: int) -> bytes | None:
+    """The bytes of ``path`` if it is a regular file (not a link, device or pipe) of at most
+    ``max_bytes``, read through one descriptor opened without following links; else None."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            body = f.read(max_bytes + 1)
+        return body if len(body) <= max_bytes else None
+    finally:
+        os.close(fd)
 
 
 def image_url(item_id: str) -> str:
@@ -287,7 +312,7 @@ def make_catalog_router(service: ModelService) -> APIRouter:
             current[:] = [found]
         return found
 
-    @router.get("/", include_in_schema=False)
+    @router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page() -> Response:
         return Response(
             files["index.html"][0],
@@ -295,9 +320,11 @@ def make_catalog_router(service: ModelService) -> APIRouter:
             headers={"Cache-Control": "no-cache", **PAGE_HEADERS},
         )
 
-    @router.get("/static/{name}", include_in_schema=False)
+    @router.api_route("/static/{name}", methods=["GET", "HEAD"], include_in_schema=False)
     async def static(name: str, request: Request) -> Response:
-        if name not in _STATIC:
+        # The page itself only at "/", with its security headers (review, session 36: the
+        # same page at /static/index.html had none and could be framed).
+        if name not in _STATIC or name == "index.html":
             raise NotFoundError("no such static file", code="not_found")
         body, etag = files[name]
         headers = {"Cache-Control": "no-cache", "ETag": etag}
@@ -305,8 +332,9 @@ def make_catalog_router(service: ModelService) -> APIRouter:
             return Response(status_code=304, headers=headers)
         return Response(body, media_type=_STATIC[name], headers=headers)
 
-    @router.get(
+    @router.api_route(
         "/v1/items/{item_id}/image",
+        methods=["GET", "HEAD"],
         tags=["catalogue"],
         summary="The item's thumbnail (JPEG), made at build time",
         responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "unknown item"}},
@@ -367,8 +395,9 @@ def make_catalog_router(service: ModelService) -> APIRouter:
     async def example_list() -> Response:
         return json_response({"examples": [e.card() for e in examples.values()]})
 
-    @router.get(
+    @router.api_route(
         "/v1/examples/{name}",
+        methods=["GET", "HEAD"],
         tags=["catalogue"],
         summary="One example photo, by a name from /v1/examples",
         responses={200: {"content": {t: {} for t in sorted(set(_EXAMPLE_TYPES.values()))}}},
