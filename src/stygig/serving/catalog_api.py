@@ -26,10 +26,13 @@ with a text tower, which none of StyGig's encoders has (``text_search: false`` i
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import os
 import re
 import stat
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -40,7 +43,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from stygig import __version__
-from stygig.errors import ConfigError, InvalidOptionsError, NotFoundError
+from stygig.errors import ConfigError, InvalidOptionsError, NotFoundError, OverloadedError
 from stygig.images import read_header
 from stygig.response import item_view
 from stygig.serving.responses import JSON, json_bytes, json_response
@@ -294,23 +297,74 @@ def _config(
     }
 
 
+#: Catalogue searches run one at a time (each reads every live item's text in Python: ~0.13 s
+#: at 20k items), so that searches never hold the worker pool that recommendations need
+#: (review, session 36: 16 searches at once took a recommendation from 8 ms to 1.2-1.8 s);
+#: at most this many wait, beyond them 503.
+SEARCHES_WAITING = 8
+
+
+class _OneAtATime:
+    """An asyncio lock with a bounded queue and a bounded wait."""
+
+    def __init__(self, waiting: int, timeout_s: float) -> None:
+        self._lock = asyncio.Lock()
+        self._waiting, self._max, self._timeout_s = 0, waiting, timeout_s
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        if self._waiting >= self._max:
+            raise OverloadedError("too many catalogue searches at once; retry shortly")
+        self._waiting += 1
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._lock.acquire()
+        except TimeoutError:
+            raise OverloadedError(
+                "the catalogue search waited too long; retry shortly", code="timeout"
+            ) from None
+        finally:
+            self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+
 def make_catalog_router(service: ModelService) -> APIRouter:
     """The page, its static files, item images, catalogue browsing and the page's config."""
     router = APIRouter()
     current: list[_Shelf] = []  # the latest shelf (one: older snapshots are not served)
+    building: dict[int, asyncio.Future[_Shelf]] = {}  # the build under way, by snapshot id
+    searches = _OneAtATime(SEARCHES_WAITING, service.config.request_timeout_s)
     files = _static_files()
     examples = load_examples(service.config.examples, service.config.max_body_bytes)
 
     async def shelf() -> _Shelf:
-        """The current catalogue's shelf, made once per snapshot in the worker pool."""
+        """The current catalogue's shelf, made once per snapshot in the worker pool: requests
+        that come while it is made wait for that one build (each used to start its own)."""
         rec = service.require()
         snap = rec.snapshot
         found = current[0] if current else None
-        if found is None or found.snapshot is not snap:
+        if found is not None and found.snapshot is snap:
+            return found
+        build = building.get(id(snap))
+        if build is None:
             images = found.images if found is not None else None
-            found = await service.run(_Shelf.of, rec, snap, images)
-            current[:] = [found]
-        return found
+            build = asyncio.ensure_future(service.run(_Shelf.of, rec, snap, images))
+            building.clear()  # an older snapshot's build: its waiters keep their own future
+            building[id(snap)] = build
+
+            def done(task: asyncio.Future[_Shelf]) -> None:
+                if building.get(id(snap)) is task:
+                    del building[id(snap)]
+                if not task.cancelled() and task.exception() is None:
+                    made, live = task.result(), service.recommender
+                    if live is not None and made.snapshot is live.snapshot:  # still current
+                        current[:] = [made]
+
+            build.add_done_callback(done)
+        return await asyncio.shield(build)
 
     @router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page() -> Response:
@@ -366,7 +420,8 @@ def make_catalog_router(service: ModelService) -> APIRouter:
         offset: int = Query(0, ge=0, le=10**9),
     ) -> Response:
         current = await shelf()
-        hits = await service.run(current.search, query, category or None, gender or None)
+        async with searches.turn():
+            hits = await service.run(current.search, query, category or None, gender or None)
         page_hits = hits[offset : offset + limit]
         return json_response(
             {
