@@ -154,12 +154,25 @@ def check_replaceable(out_dir: str | Path) -> None:
     if not out.exists() and not out.is_symlink():
         return
     folder = out.is_dir() and not out.is_symlink()
-    if folder and ((out / MANIFEST).is_file() or not any(out.iterdir())):
+    if folder and (not any(out.iterdir()) or _is_artifact(out)):
         return
     raise ArtifactError(
-        f"{out} exists and is not a StyGig artifact (no {MANIFEST}); a build replaces its "
-        "output folder, so choose a new or empty one, or remove it first"
+        f"{out} exists and is not a StyGig artifact (no StyGig {MANIFEST}); a build replaces "
+        "its output folder, so choose a new or empty one, or remove it first"
     )
+
+
+def _is_artifact(folder: Path) -> bool:
+    """Whether ``folder``'s ``manifest.json`` is a StyGig artifact's (review, session 36: any
+    file of that name passed, and a web app's folder was replaced by the build)."""
+    manifest = folder / MANIFEST
+    try:
+        if manifest.is_symlink() or manifest.stat().st_size > 64 << 20:
+            return False
+        found = read_manifest(folder)
+    except (ArtifactError, OSError):
+        return False
+    return isinstance(found.get("files"), dict) and isinstance(found.get("encoder"), dict)
 
 
 def _modes(folder: Path) -> tuple[int, int]:

@@ -127,6 +127,15 @@ def test_a_folder_that_is_not_an_artifact_is_never_replaced(tmp_path: Path) -> N
             _write(out, n=4)
     assert (shop / "catalog.csv").read_text() == "precious"
     assert (tmp_path / "file").read_text() == "also precious"
+    # Review, session 36: any file named manifest.json passed, and a web app's folder (its
+    # manifest.json is a PWA's) was replaced by the build; so was an unreadable manifest.
+    for name, text in (("webapp", '{"name": "My PWA"}'), ("broken", "{not json")):
+        (tmp_path / name / "src").mkdir(parents=True)
+        (tmp_path / name / "manifest.json").write_text(text)
+        (tmp_path / name / "src" / "app.js").write_text("precious")
+        with pytest.raises(ArtifactError, match="not a StyGig artifact"):
+            _write(tmp_path / name, n=4)
+        assert (tmp_path / name / "src" / "app.js").read_text() == "precious"
     (tmp_path / "empty").mkdir()
     _write(tmp_path / "empty", n=4)  # an empty folder, then an artifact: both replaced
     _write(tmp_path / "empty", n=5)

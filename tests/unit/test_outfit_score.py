@@ -338,6 +338,31 @@ def test_kaggle_demo_catalogue_is_balanced_and_holds_out_its_examples(tmp_path: 
     assert again.read_bytes() == csv_path.read_bytes()  # same download, same seed
 
 
+def test_a_sample_catalogue_never_writes_over_other_files(tmp_path: Path) -> None:
+    """Review, session 36: `sample-catalog --from-kaggle D --out D` unlinked the download's own
+    photos (source and target were one file), and `--out` an operator's folder replaced its
+    catalog.csv. A folder holding anything but a catalogue written here is refused; the
+    sample's own folder is written again, as `make demo` does."""
+    from stygig.sample_catalog import generate_sample_catalog
+
+    shop = tmp_path / "shop"
+    shop.mkdir()
+    (shop / "catalog.csv").write_text("id,image,category\nMY-REAL-1,photos/a.jpg,top\n")
+    with pytest.raises(InvalidOptionsError, match="holds other files"):
+        generate_sample_catalog(shop)
+    assert "MY-REAL-1" in (shop / "catalog.csv").read_text()
+    again = generate_sample_catalog(tmp_path / "sample")
+    assert generate_sample_catalog(tmp_path / "sample") == again  # its own folder: rewritten
+    download = tmp_path / "kaggle"
+    (download / "images").mkdir(parents=True)
+    (download / "images" / "1.jpg").write_bytes(b"a photo")
+    (download / "styles.csv").write_text("id,gender,masterCategory\n")
+    for out in (download, download / "demo", tmp_path):
+        with pytest.raises(InvalidOptionsError, match="apart from the Kaggle download"):
+            kaggle_demo_catalog(download, out, limit=20)
+    assert (download / "images" / "1.jpg").read_bytes() == b"a photo"
+
+
 def test_kaggle_styles_are_found_where_the_download_unpacks(tmp_path: Path) -> None:
     source = _kaggle_or_skip()
     unpacked = tmp_path / "archive" / "myntradataset"
