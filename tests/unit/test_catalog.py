@@ -141,6 +141,31 @@ def test_a_quote_left_open_is_named_in_the_reason(tmp_path: Path) -> None:
     assert not res.items and "unclosed quote" in res.rejects[0].detail
 
 
+def test_a_quote_left_open_in_the_last_column_does_not_hide_the_rows_it_swallowed(
+    tmp_path: Path,
+) -> None:
+    """Review, session 36: a stray quote in the last column (a name like `12" shoe`) joined
+    every later row into that field; the row still had its columns, so 89 rows vanished under
+    one reject "over 2,000 characters" (or, shorter, were accepted as its name). The row is
+    now rejected saying how many lines it swallowed; a multi-line text field is still read."""
+    _images(tmp_path, "ok.jpg")
+    head = "id,image,category,name\n"
+    rows = [f"r{i},images/ok.jpg,shirt," + ('"12 inch shoe' if i == 3 else "n") for i in range(40)]
+    (tmp_path / "c.csv").write_text(head + "\n".join(rows) + "\n")
+    res = read_catalog(tmp_path / "c.csv")
+    assert [i.id for i in res.items] == ["r0", "r1", "r2"]
+    (reject,) = res.rejects
+    assert reject.id == "r3" and reject.reason == "malformed_row"
+    assert "unclosed quote joined the next 36 lines" in reject.detail
+    text = '"A shirt, cotton.\nWash cold, dry flat.\nMade in Portugal."'
+    (tmp_path / "d.csv").write_text(
+        head + f"a,images/ok.jpg,shirt,{text}\nb,images/ok.jpg,shirt,n\n"
+    )
+    res = read_catalog(tmp_path / "d.csv")
+    assert [i.id for i in res.items] == ["a", "b"] and not res.rejects
+    assert res.items[0].name is not None and "Portugal" in res.items[0].name
+
+
 def test_jsonl_rows_python_cannot_read_are_rejected_alone(tmp_path: Path) -> None:
     """Each of these stopped a build with a traceback: invalid UTF-8, a number over Python's
     4,300-digit limit, nesting deeper than its recursion limit; and a stock of inf."""

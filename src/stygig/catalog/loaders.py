@@ -326,6 +326,7 @@ def _csv_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, str 
             next(reader)
             number = 0
             while True:
+                start = reader.line_num
                 try:
                     values = next(reader)
                 except StopIteration:
@@ -339,6 +340,15 @@ def _csv_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, str 
                 number += 1
                 if any(_NOT_UTF8.search(v) for v in values):
                     yield number, {}, _NOT_UTF8_REASON
+                    continue
+                swallowed = _swallowed_rows(values, len(header), reader.line_num - start)
+                if swallowed:
+                    yield (
+                        number,
+                        dict(zip(header, values, strict=False)),
+                        f"an unclosed quote joined the next {swallowed} lines into this row "
+                        "(they were not read as rows: close the quote and build again)",
+                    )
                     continue
                 if len(values) != len(header):
                     # A quote left open joins every row up to the next quote into this one.
@@ -355,6 +365,33 @@ def _csv_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, str 
                 yield number, dict(zip(header, values, strict=True)), ""
 
     return header, rows()
+
+
+def _swallowed_rows(values: list[str], columns: int, lines: int) -> int:
+    """How many lines of CSV rows a value holds (0: none): a quote left open in a field joins
+    the lines after it, up to the next quote, into that field, and where it is the last field
+    the row still has its columns (review, session 36: 89 rows vanished under one reject "over
+    2,000 characters"). A field's line that parses as a whole row of ``columns`` fields counts
+    as one; a multi-line description is not rows, so most of its lines must be."""
+    if lines < 2 or columns < 2:
+        return 0
+    for value in values:
+        if "\n" not in value:
+            continue
+        rest = value.splitlines()[1:]
+        rows = sum(
+            1 for line in rest if line.count(",") >= columns - 1 and _row_like(line, columns)
+        )
+        if rows and rows * 2 > len(rest):
+            return len(rest)
+    return 0
+
+
+def _row_like(line: str, columns: int) -> bool:
+    try:
+        return len(next(csv.reader([line]))) == columns
+    except (csv.Error, StopIteration):
+        return False
 
 
 def _jsonl_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, str | None], str]]]:
