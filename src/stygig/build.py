@@ -36,6 +36,7 @@ from stygig.category_head import (
 from stygig.encoders import Encoder, export_onnx, load_encoder, load_onnx_encoder
 from stygig.encoders.calibration import catalogue_calibration
 from stygig.errors import (
+    ArtifactError,
     ImageTooLargeError,
     InvalidImageError,
     InvalidOptionsError,
@@ -295,6 +296,22 @@ def print_build_result(result: BuildResult, detail: str | None = None) -> None:
         print(f"rejected rows and reasons: {result.path / 'rejects.csv'}")
 
 
+def _nothing_built(rejects: list[Reject]) -> str:
+    """Why no row became an item: the count per reason and the first rows' reasons (review,
+    session 36: "see the rejects summary", which was never printed, and no rejects.csv)."""
+    if not rejects:
+        return "no valid items: the catalogue holds no rows"
+    counts: dict[str, int] = {}
+    for r in rejects:
+        counts[r.reason] = counts.get(r.reason, 0) + 1
+    by_reason = ", ".join(f"{reason} {n:,}" for reason, n in sorted(counts.items()))
+    first = "; ".join(f"row {r.row}: {r.detail[:160]}" for r in rejects[:3])
+    return (
+        f"no valid items: nothing to build; {len(rejects):,} rows rejected ({by_reason}). "
+        f"First: {first}"
+    )
+
+
 def finish_build(
     out_dir: str | Path,
     catalog: str | Path,
@@ -322,6 +339,8 @@ def finish_build(
     artifact written, its manifest read back. ``build_extra`` goes into ``build_info`` as is
     (the same dict: the index builder may still add to it)."""
     rejects = sorted(read.rejects + embedded.rejects, key=lambda r: r.row)
+    if not embedded.items:
+        raise ArtifactError(_nothing_built(rejects))
     dim = encoder.dim
     vectors = (
         np.concatenate(embedded.embeddings) if embedded.embeddings else np.zeros((0, dim), "f4")

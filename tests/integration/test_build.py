@@ -102,6 +102,20 @@ def test_cli_build_and_inspect(
     assert "checksum" in capsys.readouterr().err
 
 
+def test_a_build_with_no_valid_row_says_why(
+    sample: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review, session 36: every row rejected (here: photos looked for in the wrong folder)
+    ended with "see the rejects summary", which was never printed, and no rejects.csv. The
+    error now counts the reasons and gives the first rows'."""
+    args = ["build", "--catalog", str(sample), "--encoder", "tiny", "--quiet"]
+    code = main([*args, "--images", str(tmp_path), "--out", str(tmp_path / "a")])
+    assert code == 4
+    err = capsys.readouterr().err
+    assert "131 rows rejected (missing_image 131)" in err and "row 1: image file not found" in err
+    assert not (tmp_path / "a").exists()
+
+
 def test_cli_reports_unreadable_catalogue(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

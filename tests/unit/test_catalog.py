@@ -166,6 +166,17 @@ def test_a_quote_left_open_in_the_last_column_does_not_hide_the_rows_it_swallowe
     assert res.items[0].name is not None and "Portugal" in res.items[0].name
 
 
+def test_a_jsonl_catalogue_with_a_byte_order_mark_keeps_its_first_row(tmp_path: Path) -> None:
+    """Review, session 36: the first row of a JSONL file saved with a BOM was rejected as
+    invalid JSON (CSV files and change files already read one)."""
+    _images(tmp_path, "ok.jpg")
+    rows = [{"id": i, "image": "images/ok.jpg", "category": "shirt"} for i in ("a", "b")]
+    text = "\n".join(json.dumps(r) for r in rows) + "\n"
+    (tmp_path / "c.jsonl").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    res = read_catalog(tmp_path / "c.jsonl")
+    assert [i.id for i in res.items] == ["a", "b"] and not res.rejects
+
+
 def test_jsonl_rows_python_cannot_read_are_rejected_alone(tmp_path: Path) -> None:
     """Each of these stopped a build with a traceback: invalid UTF-8, a number over Python's
     4,300-digit limit, nesting deeper than its recursion limit; and a stock of inf."""

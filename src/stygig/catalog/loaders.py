@@ -396,7 +396,7 @@ def _row_like(line: str, columns: int) -> bool:
 
 def _jsonl_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, str | None], str]]]:
     def rows() -> Iterator[tuple[int, dict[str, str | None], str]]:
-        with path.open(encoding="utf-8", errors="surrogateescape") as handle:
+        with path.open(encoding="utf-8-sig", errors="surrogateescape") as handle:
             number = 0
             for line in handle:
                 if not line.strip():
