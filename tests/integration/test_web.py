@@ -153,6 +153,8 @@ def test_example_photos_are_served_from_the_operators_list(
         assert "catalog" not in missing.json()["error"]["message"]
     config = client.get("/v1/config").json()
     assert config["drawn_sample"] is True and config["examples"] == len(listed)
+    # Without `serve --docs` there is no /docs, and the page's footer does not link to it.
+    assert config["docs"] is False and client.get("/docs").status_code == 404
 
 
 # -- the page in a browser ----------------------------------------------------------------------
@@ -370,6 +372,7 @@ def test_a_newcomer_clicks_an_example_photo_and_gets_an_outfit(
     note = browser.find_element("id", "sample-note")
     _wait(browser, lambda d: note.is_displayed())
     assert "drawn sample" in note.text
+    assert not browser.find_element("id", "api-link").is_displayed()  # no --docs: no link
     _wait(browser, lambda d: d.find_elements("css selector", "#example-list .pick"))
     examples = browser.find_elements("css selector", "#example-list .pick")
     assert len(examples) == len(list((sample[0] / "queries").glob("*.jpg")))

@@ -294,6 +294,8 @@ def _config(
         # StyGig's drawn sample catalogue: drawings, not photos (the page says so)
         "drawn_sample": is_drawn_sample(artifact.items[p] for p in artifact.positions.values()),
         "examples": examples,
+        # /docs is served only with `serve --docs`: the page links to it only then
+        "docs": service.config.docs,
     }
 
 

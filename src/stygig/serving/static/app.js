@@ -154,6 +154,7 @@
     $("server-state").classList.add("ok");
     $("foot-info").textContent = cfg.items + " items · encoder " + cfg.encoder + " · v" + cfg.version;
     $("sample-note").hidden = !cfg.drawn_sample;
+    $("api-link").hidden = !cfg.docs;
     if (cfg.examples) loadExamples();
     showCatalogVersion(cfg.catalog_version);
     state.loadedSequence = cfg.sequence || 0;
