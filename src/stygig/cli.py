@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from stygig import __version__
+from stygig.arguments import positive
 from stygig.errors import InvalidOptionsError, StorageError, StygigError
 
 __all__ = ["main"]
@@ -275,8 +276,8 @@ def _parser() -> argparse.ArgumentParser:
         "with the neighbour vote at query time (default: on; skipped when labels are too few)",
     )
     p.add_argument("--taxonomy", help="taxonomy YAML/JSON (default: the packaged one)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=None, help="decode threads (default: cores)")
+    p.add_argument("--batch-size", type=positive, default=32)
+    p.add_argument("--workers", type=positive, default=None, help="decode threads (default: cores)")
     p.add_argument("--out", required=True, help="artifact folder to write")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     from stygig.distributed.command import add_engine_flags

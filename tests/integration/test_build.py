@@ -116,6 +116,27 @@ def test_a_build_with_no_valid_row_says_why(
     assert not (tmp_path / "a").exists()
 
 
+def test_build_and_batch_refuse_sizes_below_one(
+    sample: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review, session 36: `--batch-size 0` and `--workers -1` ended in tracebacks after the
+    catalogue was read, `--batch-size -5` dropped every row; now usage errors (exit 2)."""
+    base = ["build", "--catalog", str(sample), "--encoder", "tiny", "--out", str(tmp_path / "a")]
+    batch = ["batch", "--artifact", str(tmp_path / "a"), "--input", str(sample), "--output", "o"]
+    for args in (
+        [*base, "--batch-size", "0"],
+        [*base, "--batch-size", "-5"],
+        [*base, "--workers", "-1"],
+        [*batch, "--batch-size", "0"],
+        [*batch, "--workers", "0"],
+    ):
+        with pytest.raises(SystemExit) as stopped:
+            main(args)
+        assert stopped.value.code == 2, args
+        assert "expected a whole number of 1 or more" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+
+
 def test_cli_reports_unreadable_catalogue(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -363,8 +363,9 @@ def test_an_evaluation_of_nothing_is_refused(tmp_path: Path) -> None:
     but one; --out an artifact folder broke the artifact."""
     import argparse
 
+    from stygig.arguments import positive
     from stygig.errors import CatalogError, InvalidOptionsError
-    from stygig.evaluation.command import _positive, run_eval
+    from stygig.evaluation.command import run_eval
 
     path, outfits = _artifact(tmp_path)
     ref = _write_outfits(tmp_path / "outfits.csv", outfits)
@@ -375,8 +376,8 @@ def test_an_evaluation_of_nothing_is_refused(tmp_path: Path) -> None:
         )
     for text in ("0", "-1", "x"):
         with pytest.raises(argparse.ArgumentTypeError):
-            _positive(text)
-    assert _positive("3") == 3
+            positive(text)
+    assert positive("3") == 3
     args = argparse.Namespace(out=str(path), datasets=str(tmp_path))
     with pytest.raises(InvalidOptionsError, match="is an artifact folder"):
         run_eval(args)

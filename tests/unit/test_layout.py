@@ -4,7 +4,7 @@ The **core** is what answers a query and builds an artifact: catalogue, images, 
 colour and harmony, index, artifact and build, scoring and the recommender, the compatibility
 model serving reads (``stygig.compat``), storage. The **shell** drives the core from outside:
 
-* ``stygig.cli`` — the ``stygig`` command;
+* ``stygig.cli``, ``stygig.arguments`` — the ``stygig`` command and its argument types;
 * ``stygig.serving``, ``stygig.jobs``, ``stygig.batch`` — the HTTP server, async jobs, batch runs;
 * ``stygig.deploy``, ``stygig.loadtest`` — containers, SageMaker, load against a server;
 * ``stygig.evaluation``, ``stygig.training`` — ``stygig eval`` and ``stygig train-compat``;
@@ -34,6 +34,7 @@ import stygig
 SRC = Path(stygig.__file__).parent
 
 SHELL = (
+    "stygig.arguments",
     "stygig.auth",
     "stygig.batch",
     "stygig.cli",

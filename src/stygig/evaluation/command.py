@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from stygig.arguments import positive
 from stygig.artifact import Artifact, encoder_pooling, file_sha256, read_manifest
 from stygig.compat.model import COMPAT_FILE
 from stygig.errors import ArtifactError, ConfigError, InvalidOptionsError
@@ -62,7 +63,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--only", choices=["category", "fitb"], help="run one part only")
     p.add_argument(
-        "--limit", type=_positive, default=None, help="at most N queries / test outfits (N >= 1)"
+        "--limit", type=positive, default=None, help="at most N queries / test outfits (N >= 1)"
     )
     p.add_argument("--tune-whitening", action="store_true", help="grid-search on the catalogue")
     p.add_argument(
@@ -208,18 +209,6 @@ def _model_tag(args: argparse.Namespace) -> str:
         return "model" + str(manifest["files"]["compat.npz"]["sha256"])[:10]
     except (ArtifactError, KeyError, TypeError):
         return "rules"
-
-
-def _positive(text: str) -> int:
-    """An argparse type: a whole number of 1 or more (0 read as "no limit", -1 as "all but
-    one" before)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {text[:20]!r}")
-    return value
 
 
 def new_run_dir(out: Path, parts: list[str]) -> Path:

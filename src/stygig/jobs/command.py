@@ -25,6 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from stygig.arguments import positive
 from stygig.auth import bearer_headers
 from stygig.errors import InvalidOptionsError, NotFoundError, ServerError
 from stygig.jobs.store import TERMINAL
@@ -324,8 +325,8 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--option", action="append", help="option key=value for every input")
     p.add_argument("--options", help="options for every input as a JSON object")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=None, help="threads (default: cores)")
+    p.add_argument("--batch-size", type=positive, default=32)
+    p.add_argument("--workers", type=positive, default=None, help="threads (default: cores)")
     p.add_argument("--overwrite", action="store_true", help="discard an earlier run's output")
     p.add_argument("--no-verify", action="store_true", help="skip artifact checksums")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from stygig.arguments import count
+
 __all__ = ["register", "run_train_compat"]
 
 
@@ -32,24 +34,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--whiten", action="store_true", help="PCA-whiten the embeddings first")
     p.add_argument(
         "--style-dims",
-        type=_count,
+        type=count,
         default=None,
         help="components of the catalogue photos' style (default 256; 0: none, no photo read)",
     )
     p.add_argument("--no-rules-weight", action="store_true", help="keep the V4 weight at 0")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_train_compat)
-
-
-def _count(text: str) -> int:
-    """An argparse type: an integer of 0 or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number of 0 or more, got {text[:20]!r}")
-    return value
 
 
 def run_train_compat(args: argparse.Namespace) -> int:
