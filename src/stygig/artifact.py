@@ -40,6 +40,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -142,8 +143,15 @@ def _write_rejects(path: Path, rejects: Iterable[Reject]) -> None:
 
 def _cell(text: str) -> str:
     """Catalogue text as a spreadsheet shows it, never as a formula it runs (rejects.csv is
-    opened in one): a leading ``= + - @``, tab or carriage return gets a quote before it."""
+    opened in one): a leading ``= + - @``, tab or carriage return gets a quote before it. And
+    as a terminal shows it, never as a command: control characters (escape sequences that
+    retitle or clear a terminal, NUL) and the marks that reorder text on screen (bidi
+    overrides, line and paragraph separators) are written as ``\\uXXXX`` (review, session 36)."""
+    text = _UNSEEN.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
     return f"'{text}" if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+_UNSEEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 
 
 def check_replaceable(out_dir: str | Path) -> None:

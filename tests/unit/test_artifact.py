@@ -156,6 +156,19 @@ def test_rejects_csv_shows_catalogue_text_never_as_a_formula(tmp_path: Path) -> 
     assert rows[1][1:4] == ["'" + bad, "missing_image", "'@SUM(1)"]
     assert json.loads(rows[1][4]) == {"id": bad}  # the raw row as JSON text, never a formula
     assert rows[2][1] == "ok"
+    # Review, session 36: terminal escapes and bidi overrides went out raw (`cat rejects.csv`
+    # retitled and cleared the terminal); they are written as \\u escapes, text stays text.
+    rejects = [
+        Reject(2, "esc\x1b]0;PWNED\x07\x1b[2J", "bad_value", "i/\x1b[31mRED.jpg\x00", {}),
+        Reject(3, "bidi\u202eexe.gpj", "x", "café, a tab\there", {}),
+    ]
+    path = _write(tmp_path / "art2", n=4, rejects=rejects)
+    text = (path / "rejects.csv").read_text(encoding="utf-8")
+    assert not any(c in text for c in "\x1b\x07\x00\u202e")
+    rows = list(csv.reader(text.splitlines()))
+    assert rows[1][1] == "esc\\u001b]0;PWNED\\u0007\\u001b[2J"
+    assert rows[1][3] == "i/\\u001b[31mRED.jpg\\u0000"
+    assert rows[2][1:4] == ["bidi\\u202eexe.gpj", "x", "café, a tab\there"]
 
 
 def test_an_artifact_gets_the_umask_modes_not_private_ones(tmp_path: Path) -> None:
