@@ -30,7 +30,7 @@ from stygig.artifact import write_artifact as _write
 from stygig.catalog.changelog import ChangeLog
 from stygig.category_head import add_category_head
 from stygig.errors import ArtifactError
-from stygig.snapshot import CatalogSnapshot, apply_record, snapshot_of
+from stygig.snapshot import CatalogSnapshot, ancestors, apply_record, snapshot_of
 from stygig.thumbnails import ItemImages
 
 __all__ = ["compact", "replay"]
@@ -124,7 +124,12 @@ def compact(artifact_dir: str | Path, changelog: ChangeLog, out_dir: str | Path)
         thumbnails=thumbnails,
         manifest_extra={
             "version": version,
-            "catalog": {"parent": snap.version, "last_sequence": snap.sequence},
+            "catalog": {
+                "parent": snap.version,
+                "last_sequence": snap.sequence,
+                # every artifact before the parent, so records written against any still apply
+                "lineage": ancestors(manifest),
+            },
         },
     )
     if artifact.compat is not None:

@@ -354,6 +354,28 @@ def _check_growth(
         )
 
 
+#: Ancestors a compacted artifact remembers (its records' bases may be any of them: a server
+#: that was not reloaded after a compaction goes on writing against the artifact it serves).
+MAX_LINEAGE = 64
+
+
+def ancestors(manifest: Mapping[str, Any]) -> list[str]:
+    """The artifacts a compacted artifact was made from, oldest first (``catalog.lineage``,
+    then ``catalog.parent``); none for a build."""
+    catalog = manifest.get("catalog")
+    if not isinstance(catalog, Mapping):
+        return []
+    earlier = catalog.get("lineage")
+    names = [*(earlier if isinstance(earlier, list) else []), catalog.get("parent")]
+    return list(dict.fromkeys(n for n in names if isinstance(n, str)))[-MAX_LINEAGE:]
+
+
+def lineage(manifest: Mapping[str, Any], version: str) -> frozenset[str]:
+    """The artifact versions whose change-log records apply to this artifact: its own and its
+    :func:`ancestors`."""
+    return frozenset({version, *ancestors(manifest)})
+
+
 def apply_record(
     snap: CatalogSnapshot, record: Mapping[str, Any], *, compat_mode: str = "rules"
 ) -> tuple[CatalogSnapshot, str | None]:
@@ -363,6 +385,12 @@ def apply_record(
     and the reason (an error type's name). Servers, replicas and compaction all replay with
     this, so they agree on every record, even a bad one."""
     sequence = int(record["sequence"])
+    base = record.get("base")
+    if base is not None and base not in lineage(snap.artifact.manifest, snap.version):
+        # Written against another artifact (review, session 36: `stygig build --out A` over
+        # A left A's change log, whose items then came back into the new A, with vectors of
+        # the old one's space, and whose removals would have hit the new one's items).
+        return apply_changes(snap, [], sequence, compat_mode=compat_mode), "ForeignBase"
     try:
         changes = [change_from_record(c) for c in record["changes"]]
         # Bounds are checked when a change is submitted: a replay applies what was accepted.

@@ -293,6 +293,42 @@ def test_a_record_that_no_longer_applies_is_skipped_alike_by_servers_and_compact
     assert not compacted.items[compacted.positions[first]].in_stock
 
 
+def test_records_written_against_another_artifact_are_never_replayed(
+    live: tuple[LiveCatalog, Path], tmp_path: Path
+) -> None:
+    """Review, session 36: `stygig build --out A` over an artifact left A's change log, and
+    its records came back into the new A (items whose vectors were of the old artifact's
+    space; a removal would have hit one of the new items). A record applies only to the
+    artifact it was written against or one compacted from it, however many compactions
+    later (a server not reloaded goes on writing against the artifact it serves)."""
+    from stygig.compaction import compact, replay
+
+    catalog, _folder = live
+    rec = catalog.recommender
+    v0 = rec.snapshot.version
+    first, second, third = (item.id for item in rec.artifact.items[:3])
+    catalog.submit([parse_change({"op": "update", "id": first, "set": {"stock": 0}})])
+    log = catalog.changelog
+    assert log is not None and log.read_since(0, 10)[0]["base"] == v0
+    log.append(2, [{"op": "remove", "id": second}], base="an-artifact-built-before")
+    snap, skipped = replay(rec.artifact, log)
+    assert skipped == [2] and second in snap.artifact.positions  # the foreign removal: not done
+    assert not snap.artifact.items[snap.artifact.positions[first]].in_stock
+    one = compact(rec.artifact.path, log, tmp_path / "v1")
+    assert one["skipped"] == [2]
+    log.append(3, [{"op": "update", "id": second, "set": {"stock": 0}}], base=v0)
+    v1 = Artifact.load(tmp_path / "v1")
+    snap, skipped = replay(v1, log)  # written against v0 after the compaction: applies
+    assert skipped == [] and not snap.artifact.items[snap.artifact.positions[second]].in_stock
+    compact(tmp_path / "v1", log, tmp_path / "v2")
+    v2 = Artifact.load(tmp_path / "v2")
+    assert v2.manifest["catalog"]["lineage"] == [v0]
+    log.append(4, [{"op": "update", "id": third, "set": {"stock": 0}}], base=v0)
+    log.append(5, [{"op": "remove", "id": third}], base="another-lineage")
+    snap, skipped = replay(v2, log)  # two compactions later, still v0's line: applies
+    assert skipped == [5] and not snap.artifact.items[snap.artifact.positions[third]].in_stock
+
+
 def test_the_catalog_command_reads_a_photo_file_bounded(tmp_path: Path) -> None:
     """``stygig catalog add --photo`` and ``catalog apply`` read photos the operator names: a
     FIFO hung the command and /dev/zero filled its memory; both are refused at once."""
