@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
+from stygig.errors import InputError
 from tests.integration.server_fixtures import REPO, free_port, wait_ready
 
 pytestmark = pytest.mark.slow
@@ -417,6 +418,11 @@ def test_cli_against_folder_and_server(
     args = _cli(["apply", str(changes), "--artifact", str(art), "--json"])
     assert args.func(args) == 0
     assert json.loads(capsys.readouterr().out)["sequence"] == 1
+    # A FIFO named as the changes file hung the command (review, session 36): refused at once.
+    os.mkfifo(tmp_path / "fifo.jsonl")
+    args = _cli(["apply", str(tmp_path / "fifo.jsonl"), "--artifact", str(art)])
+    with pytest.raises(InputError, match="cannot read the changes file"):
+        args.func(args)
     with living_server(art, log, tmp_path / "server.log") as (url, _):
         args = _cli(["remove", "cli-1", "--url", url, "--json"])
         assert args.func(args) == 0

@@ -200,13 +200,23 @@ def _cmd_update(args: argparse.Namespace) -> int:
     return _send(args, [{"op": "update", "id": args.id, "set": _pairs(args.set, "--set")}])
 
 
+#: The largest changes file `catalog apply` reads (changes with photos inline are large).
+CHANGES_FILE_MAX_BYTES = 512 << 20
+
+
 def _cmd_apply(args: argparse.Namespace) -> int:
-    from stygig.errors import InputError
+    from stygig.errors import InputError, StygigError
+    from stygig.storage import read_bytes
 
     path = Path(args.file)
     try:
-        lines = path.read_text(encoding="utf-8-sig").split("\n")  # JSON Lines; a BOM is dropped
-    except (OSError, UnicodeDecodeError) as e:
+        # Bounded, and a FIFO or a device refused rather than waited on (review, session 36:
+        # a FIFO hung the command and the file was read whole, whatever its size).
+        raw = read_bytes(path, max_bytes=CHANGES_FILE_MAX_BYTES)
+        lines = raw.decode("utf-8-sig").split("\n")  # JSON Lines; a BOM is dropped
+    except UnicodeDecodeError:
+        raise InputError("cannot read the changes file: it is not UTF-8 text") from None
+    except (OSError, StygigError) as e:
         raise InputError(f"cannot read the changes file: {e}") from None
     changes = []
     for number, line in enumerate(lines, 1):
