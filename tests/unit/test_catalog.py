@@ -177,6 +177,43 @@ def test_a_jsonl_catalogue_with_a_byte_order_mark_keeps_its_first_row(tmp_path: 
     assert [i.id for i in res.items] == ["a", "b"] and not res.rejects
 
 
+def test_huge_lines_and_many_bad_rows_are_read_in_bounded_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review, session 36: one 1.5 GB JSONL line was a MemoryError traceback (CSV: 3 GB of
+    memory), and every reject kept its whole row (a 46 MB file of broken rows: 988 MB). A line
+    over the limit is a rejected row, read in pieces; a reject keeps at most RAW_CHARS of its
+    row, and none past the first RAW_REJECTS."""
+    import tracemalloc
+
+    from stygig.catalog import loaders
+
+    monkeypatch.setattr(loaders, "RAW_REJECTS", 5)
+    _images(tmp_path, "ok.jpg")
+    good = {"id": "a", "image": "images/ok.jpg", "category": "shirt"}
+    huge = "x" * (3 * loaders.MAX_LINE_CHARS)
+    with (tmp_path / "c.jsonl").open("w") as f:
+        f.write(json.dumps({**good, "name": huge}) + "\n" + json.dumps(good) + "\n")
+    with (tmp_path / "c.csv").open("w") as f:
+        f.write(
+            "id,image,category,name\n" + f"b,images/ok.jpg,shirt,{huge}\na,images/ok.jpg,shirt,n\n"
+        )
+    for name in ("c.jsonl", "c.csv"):
+        tracemalloc.start()
+        res = read_catalog(tmp_path / name)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert [i.id for i in res.items] == ["a"], name
+        assert [r.detail for r in res.rejects] == [loaders._OVERLONG_REASON], name
+        assert peak < loaders.MAX_LINE_CHARS * 8, (name, peak)  # never the 3 Mi-char line
+    rows = [f"r{i},images/ok.jpg,spacesuit," + "n" * 1999 for i in range(20)]
+    (tmp_path / "d.csv").write_text("id,image,category,name\n" + "\n".join(rows) + "\n")
+    res = read_catalog(tmp_path / "d.csv")
+    assert len(res.rejects) == 20 and all(r.reason == "unknown_category" for r in res.rejects)
+    assert [bool(r.raw) for r in res.rejects] == [True] * 5 + [False] * 15
+    assert res.rejects[0].raw["name"] == "n" * 1999
+
+
 def test_jsonl_rows_python_cannot_read_are_rejected_alone(tmp_path: Path) -> None:
     """Each of these stopped a build with a traceback: invalid UTF-8, a number over Python's
     4,300-digit limit, nesting deeper than its recursion limit; and a stock of inf."""

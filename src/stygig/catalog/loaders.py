@@ -32,6 +32,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 from urllib.parse import unquote, urlparse
 
 from stygig import storage
@@ -169,10 +170,45 @@ def _item_id(row: dict[str, str | None], name: str) -> str:
     return value
 
 
-def _raw(row: Mapping[str, str | None]) -> dict[str, str]:
-    """A rejected row as written, for rejects.csv (only rejects need it); each value cut at
-    :data:`MAX_VALUE` characters, so one huge field does not fill the file."""
-    return {k: ("" if v is None else v[:MAX_VALUE]) for k, v in row.items()}
+def _raw(row: Mapping[str, str | None], keep: bool = True) -> dict[str, str]:
+    """A rejected row as written, for rejects.csv (only rejects need it): at most
+    :data:`RAW_CHARS` characters in all (each value cut at :data:`MAX_VALUE`), and none past
+    the first :data:`RAW_REJECTS` rejects of a read (``keep`` False), so a feed of a million
+    broken rows does not hold a million rows' text (review, session 36: 988 MB for a 46 MB
+    file)."""
+    out: dict[str, str] = {}
+    room = RAW_CHARS if keep else 0
+    for k, v in row.items():
+        if room <= 0:
+            break
+        text = ("" if v is None else v)[: min(MAX_VALUE, room)]
+        out[k[:MAX_VALUE]] = text
+        room -= len(text) + len(k)
+    return out
+
+
+#: What a reject keeps of its row for rejects.csv: this many characters, for this many rejects.
+RAW_CHARS = 8_000
+RAW_REJECTS = 10_000
+#: The longest line of a catalogue file read (CSV or JSON Lines); a longer one is a rejected
+#: row, never held whole (one 1.5 GB line was a MemoryError traceback).
+MAX_LINE_CHARS = 1 << 20
+#: What :func:`_lines` yields in place of a longer line (a private-use character: no catalogue
+#: text is made of it alone).
+_OVERLONG = "\ue000\n"
+_OVERLONG_REASON = f"the line is over {MAX_LINE_CHARS:,} characters"
+
+
+def _lines(handle: TextIO) -> Iterator[str]:
+    """``handle``'s lines, each at most :data:`MAX_LINE_CHARS`; a longer line is skipped,
+    read in pieces, and :data:`_OVERLONG` yielded in its place."""
+    while line := handle.readline(MAX_LINE_CHARS + 1):
+        if len(line) <= MAX_LINE_CHARS or line.endswith("\n"):
+            yield line
+            continue
+        while (more := handle.readline(MAX_LINE_CHARS)) and not more.endswith("\n"):
+            pass
+        yield _OVERLONG
 
 
 def _resolve_image(ref: str, images_dir: Path) -> str:
@@ -305,7 +341,7 @@ _NOT_UTF8_REASON = "the row is not UTF-8 text"
 def _csv_header(path: Path) -> list[str]:
     with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
         try:
-            header = [h.strip() for h in next(csv.reader(handle))]
+            header = [h.strip() for h in next(csv.reader(_lines(handle)))]
         except StopIteration as e:
             raise CatalogError(f"catalogue {path} is empty (no header row)") from e
         except csv.Error as e:
@@ -322,7 +358,7 @@ def _csv_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, str 
 
     def rows() -> Iterator[tuple[int, dict[str, str | None], str]]:
         with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
-            reader = csv.reader(handle)
+            reader = csv.reader(_lines(handle))
             next(reader)
             number = 0
             while True:
@@ -338,6 +374,9 @@ def _csv_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, str 
                 if not values or all(not v.strip() for v in values):
                     continue
                 number += 1
+                if values == [_OVERLONG[0]]:
+                    yield number, {}, _OVERLONG_REASON
+                    continue
                 if any(_NOT_UTF8.search(v) for v in values):
                     yield number, {}, _NOT_UTF8_REASON
                     continue
@@ -398,10 +437,13 @@ def _jsonl_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, st
     def rows() -> Iterator[tuple[int, dict[str, str | None], str]]:
         with path.open(encoding="utf-8-sig", errors="surrogateescape") as handle:
             number = 0
-            for line in handle:
+            for line in _lines(handle):
                 if not line.strip():
                     continue
                 number += 1
+                if line == _OVERLONG:
+                    yield number, {}, _OVERLONG_REASON
+                    continue
                 if _NOT_UTF8.search(line):
                     yield number, {}, _NOT_UTF8_REASON
                     continue
@@ -537,9 +579,10 @@ def _read_catalog_file(
     result = CatalogReadResult(layout=layout)
     seen: set[str] = set()
     for number, row, problem in rows:
+        keep = len(result.rejects) < RAW_REJECTS
         if problem:
             result.rejects.append(
-                Reject(number, _clean(row.get("id")), "malformed_row", problem, _raw(row))
+                Reject(number, _clean(row.get("id")), "malformed_row", problem, _raw(row, keep))
             )
             continue
         try:
@@ -554,7 +597,7 @@ def _read_catalog_file(
                 raise RowError("missing_image", f"image file not found: {item.image}")
         except RowError as e:
             row_id = _clean(row.get("id")) or _clean(row.get("cod_modelo_color"))
-            result.rejects.append(Reject(number, row_id, e.reason, e.detail, _raw(row)))
+            result.rejects.append(Reject(number, row_id, e.reason, e.detail, _raw(row, keep)))
             continue
         seen.add(item.id)
         result.items.append(item)
