@@ -342,6 +342,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stygig: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        # Past the machine's (or the container's) memory: a sentence, not a traceback.
+        print(
+            "stygig: error: out of memory; give the command more memory, or split its input",
+            file=sys.stderr,
+        )
+        return 1
     except BrokenPipeError:
         # The reader went away (`stygig inspect A | head`): stop quietly, as Unix tools do.
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -137,6 +137,26 @@ def test_build_and_batch_refuse_sizes_below_one(
     assert not (tmp_path / "a").exists()
 
 
+def test_running_out_of_memory_is_a_sentence_not_a_traceback(
+    sample: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review, session 36: a catalogue too large for the machine ended in a MemoryError
+    traceback."""
+    import stygig.build
+
+    def exhausted(*args: object, **kwargs: object) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(stygig.build, "read_catalog", exhausted)
+    args = ["build", "--catalog", str(sample), "--encoder", "tiny", "--out", str(tmp_path / "a")]
+    assert main([*args, "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "out of memory" in err and "Traceback" not in err
+
+
 def test_cli_reports_unreadable_catalogue(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
