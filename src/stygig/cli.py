@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,16 +82,36 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from stygig.catalog import Taxonomy
 
     taxonomy = Taxonomy.load(args.taxonomy) if args.taxonomy else None
-    with build_encoder_from_args(args, taxonomy) as (encoder, extra_files):
+    with _terminate_as_interrupt(), build_encoder_from_args(args, taxonomy) as (encoder, extra):
         result = build_artifact(
             args.catalog,
             args.out,
             encoder,
             workers=args.workers,
-            **build_options(args, taxonomy, extra_files),
+            **build_options(args, taxonomy, extra),
         )
     print_build_result(result)
     return 0
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a container stopped, a job killed) ends the build as Ctrl-C does, so its
+    clean-up runs: by default it killed the process mid-write and left a partial artifact
+    folder beside the output that no later build removed (review, session 36)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (a library caller): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:

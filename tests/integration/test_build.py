@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from stygig.encoders import load_encoder
 from stygig.features import prepare_image
 from stygig.sample_catalog import generate_sample_catalog
 from tests.conftest import KAGGLE_DIR, require_dataset
+from tests.integration.server_fixtures import REPO
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +158,30 @@ def test_running_out_of_memory_is_a_sentence_not_a_traceback(
     assert main([*args, "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "out of memory" in err and "Traceback" not in err
+
+
+def test_a_build_stopped_by_sigterm_leaves_nothing_behind(sample: Path, tmp_path: Path) -> None:
+    """Review, session 36: SIGTERM while the artifact was written killed the process and left
+    its partial folder (`.<out>.XXXX/`) beside the output for good. It now ends the build as
+    Ctrl-C does: the partial folder removed, exit 130."""
+    script = f"""
+import os, signal, sys
+import stygig.artifact as artifact
+from stygig.cli import main
+write = artifact._write_rejects
+def stopped(*args):
+    os.kill(os.getpid(), signal.SIGTERM)  # mid-write: the partial folder exists now
+    write(*args)
+artifact._write_rejects = stopped
+sys.exit(main(["build", "--catalog", {str(sample)!r}, "--encoder", "tiny",
+               "--out", {str(tmp_path / "art")!r}, "--quiet"]))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
+    assert done.returncode == 130, (done.returncode, done.stderr[-500:])
+    assert "interrupted" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no .art.* folder, no art
 
 
 def test_cli_reports_unreadable_catalogue(
