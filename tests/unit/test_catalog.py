@@ -214,6 +214,15 @@ def test_huge_lines_and_many_bad_rows_are_read_in_bounded_memory(
     assert res.rejects[0].raw["name"] == "n" * 1999
 
 
+def test_a_catalogue_in_a_format_that_is_not_read_is_named_so(tmp_path: Path) -> None:
+    """Review, session 36: a Parquet or Excel file was read as CSV and refused as "the header
+    row is not UTF-8 text"."""
+    for name in ("c.parquet", "c.XLSX", "c.json"):
+        (tmp_path / name).write_bytes(b"PAR1\x00\x01binary")
+        with pytest.raises(CatalogError, match="files are not read; a catalogue is CSV"):
+            read_catalog(tmp_path / name)
+
+
 def test_jsonl_rows_python_cannot_read_are_rejected_alone(tmp_path: Path) -> None:
     """Each of these stopped a build with a traceback: invalid UTF-8, a number over Python's
     4,300-digit limit, nesting deeper than its recursion limit; and a stock of inf."""

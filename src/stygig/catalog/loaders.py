@@ -406,6 +406,12 @@ def _csv_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, str 
     return header, rows()
 
 
+#: Formats a catalogue file is sometimes saved in that are neither CSV nor JSON Lines.
+_NOT_CATALOGUE_SUFFIXES = frozenset(
+    {".parquet", ".xlsx", ".xls", ".json", ".gz", ".zip", ".ods", ".numbers", ".feather"}
+)
+
+
 def _swallowed_rows(values: list[str], columns: int, lines: int) -> int:
     """How many lines of CSV rows a value holds (0: none): a quote left open in a field joins
     the lines after it, up to the next quote, into that field, and where it is the last field
@@ -561,7 +567,14 @@ def _read_catalog_file(
     if not path.is_file():
         raise CatalogError(f"catalogue file not found: {path}")
     taxonomy = taxonomy or Taxonomy.load()
-    is_jsonl = path.suffix.lower() in (".jsonl", ".ndjson")
+    suffix = path.suffix.lower()
+    if suffix in _NOT_CATALOGUE_SUFFIXES:
+        # Read as CSV, these gave "the header row is not UTF-8 text" (review, session 36).
+        raise CatalogError(
+            f"catalogue {path.name}: {suffix} files are not read; a catalogue is CSV "
+            "(.csv, .txt, or any other name) or JSON Lines (.jsonl, .ndjson)"
+        )
+    is_jsonl = suffix in (".jsonl", ".ndjson")
     header, rows = _jsonl_rows(path) if is_jsonl else _csv_rows(path)
     if layout == "auto":
         layout = "generic" if is_jsonl else detect_layout(header)
