@@ -214,6 +214,25 @@ def test_huge_lines_and_many_bad_rows_are_read_in_bounded_memory(
     assert res.rejects[0].raw["name"] == "n" * 1999
 
 
+def test_a_photo_path_that_is_not_a_file_says_what_it_is(tmp_path: Path) -> None:
+    """Review, session 36: a folder, a FIFO or a link loop named as a photo was "image file not
+    found" (the file is there)."""
+    import os
+
+    _images(tmp_path, "ok.jpg")
+    (tmp_path / "images" / "folder.jpg").mkdir()
+    os.mkfifo(tmp_path / "images" / "pipe.jpg")
+    (tmp_path / "images" / "loop.jpg").symlink_to(tmp_path / "images" / "loop.jpg")
+    names = ["ok", "folder", "pipe", "loop", "absent"]
+    rows = [f"{n},images/{n}.jpg,shirt" for n in names]
+    (tmp_path / "c.csv").write_text("id,image,category\n" + "\n".join(rows) + "\n")
+    res = read_catalog(tmp_path / "c.csv")
+    assert [i.id for i in res.items] == ["ok"]
+    details = {r.id: r.detail for r in res.rejects}
+    assert "not a regular file" in details["folder"] and "not a regular file" in details["pipe"]
+    assert "cannot be read" in details["loop"] and "not found" in details["absent"]
+
+
 def test_a_catalogue_in_a_format_that_is_not_read_is_named_so(tmp_path: Path) -> None:
     """Review, session 36: a Parquet or Excel file was read as CSV and refused as "the header
     row is not UTF-8 text"."""

@@ -412,6 +412,18 @@ _NOT_CATALOGUE_SUFFIXES = frozenset(
 )
 
 
+def _not_a_file(path: Path) -> str:
+    """Why a row's photo path is no photo file: absent, or there but not a regular file (a
+    folder, a pipe, a device, a link loop were all "not found": review, session 36)."""
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return f"image file not found: {path}"
+    except OSError as e:
+        return f"image file cannot be read ({e.strerror or 'error'}): {path}"
+    return f"image is not a regular file (a folder, pipe or device): {path}"
+
+
 def _swallowed_rows(values: list[str], columns: int, lines: int) -> int:
     """How many lines of CSV rows a value holds (0: none): a quote left open in a field joins
     the lines after it, up to the next quote, into that field, and where it is the last field
@@ -607,7 +619,7 @@ def _read_catalog_file(
                 raise RowError("duplicate_id", f"id {item.id!r} already used by an earlier row")
             is_local = not is_remote(item.image)
             if check_images and is_local and not Path(item.image).is_file():
-                raise RowError("missing_image", f"image file not found: {item.image}")
+                raise RowError("missing_image", _not_a_file(Path(item.image)))
         except RowError as e:
             row_id = _clean(row.get("id")) or _clean(row.get("cod_modelo_color"))
             result.rejects.append(Reject(number, row_id, e.reason, e.detail, _raw(row, keep)))
