@@ -231,6 +231,13 @@ def test_a_photo_path_that_is_not_a_file_says_what_it_is(tmp_path: Path) -> None
     details = {r.id: r.detail for r in res.rejects}
     assert "not a regular file" in details["folder"] and "not a regular file" in details["pipe"]
     assert "cannot be read" in details["loop"] and "not found" in details["absent"]
+    # file://otherhost/... read this machine's path (review, session 36): refused.
+    ok = tmp_path / "images" / "ok.jpg"
+    rows = [f"h1,file://fileserver{ok},shirt", f"h2,file://localhost{ok},shirt"]
+    (tmp_path / "d.csv").write_text("id,image,category\n" + "\n".join(rows) + "\n")
+    res = read_catalog(tmp_path / "d.csv")
+    assert [i.id for i in res.items] == ["h2"]
+    assert "another host" in res.rejects[0].detail
 
 
 def test_a_catalogue_in_a_format_that_is_not_read_is_named_so(tmp_path: Path) -> None:

@@ -213,7 +213,10 @@ def _lines(handle: TextIO) -> Iterator[str]:
 
 def _resolve_image(ref: str, images_dir: Path) -> str:
     if ref.startswith("file://"):
-        return unquote(urlparse(ref).path)
+        parsed = urlparse(ref)
+        if parsed.netloc not in ("", "localhost"):  # file://otherhost/x read the local /x
+            raise RowError("missing_image", "a file:// URI of another host is not read")
+        return unquote(parsed.path)
     if is_remote(ref):
         return ref  # fetched by the build through stygig.storage
     if "://" in ref:
