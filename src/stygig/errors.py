@@ -192,6 +192,20 @@ class ServerError(StygigError):
     code = "server_error"
 
 
+def config_read_problem(error: BaseException) -> str:
+    """Why a configuration file could not be read, without its contents: PyYAML's messages
+    quote the lines around the error (a secret on them was printed: review, session 36), so
+    only its problem and where it is are said."""
+    problem, mark = getattr(error, "problem", None), getattr(error, "problem_mark", None)
+    if isinstance(problem, str) and mark is not None:
+        return f"{problem[:200]} at line {mark.line + 1}, column {mark.column + 1}"
+    if isinstance(error, OSError):
+        return error.strerror or type(error).__name__
+    if isinstance(error, ValueError) and hasattr(error, "lineno"):  # json.JSONDecodeError
+        return f"{getattr(error, 'msg', 'invalid JSON')} at line {error.lineno}"
+    return f"not valid YAML ({type(error).__name__})"
+
+
 def validation_summary(error: ValidationError) -> str:
     """``field: what is wrong; ...`` for a pydantic error (never the offending value)."""
     parts = []

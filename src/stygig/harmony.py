@@ -52,7 +52,7 @@ from pydantic import (
     model_validator,
 )
 
-from stygig.errors import ConfigError, InvalidOptionsError, validate_config
+from stygig.errors import ConfigError, InvalidOptionsError, config_read_problem, validate_config
 
 __all__ = [
     "HARMONY_PHRASES",
@@ -361,7 +361,9 @@ def load_family_table(path: str | Path | None = None) -> FamilyTable:
             text = Path(path).read_text(encoding="utf-8")
         data = yaml.safe_load(text)
     except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot read colour family table {source}: {e}") from e
+        raise ConfigError(
+            f"cannot read colour family table {source}: {config_read_problem(e)}"
+        ) from e
     return FamilyTable.from_dict(data, source)
 
 

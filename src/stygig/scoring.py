@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 from pydantic import ConfigDict, Field, TypeAdapter
 
-from stygig.errors import ConfigError, validate_config
+from stygig.errors import ConfigError, config_read_problem, validate_config
 from stygig.harmony import HarmonyRules
 from stygig.scan import Scan
 
@@ -90,7 +90,7 @@ class ScoringConfig:
         try:
             data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"cannot read scoring config {file}: {e}") from e
+            raise ConfigError(f"cannot read scoring config {file}: {config_read_problem(e)}") from e
         return cls.from_dict(data, source=file)
 
     @classmethod

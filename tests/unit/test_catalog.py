@@ -240,6 +240,22 @@ def test_a_photo_path_that_is_not_a_file_says_what_it_is(tmp_path: Path) -> None
     assert "another host" in res.rejects[0].detail
 
 
+def test_a_broken_config_file_is_named_without_its_contents(tmp_path: Path) -> None:
+    """Review, session 36: PyYAML's message quoted the lines around the error, and the CLI
+    printed them (a secret on such a line with it)."""
+    from stygig.harmony import load_family_table
+    from stygig.scoring import ScoringConfig
+
+    (tmp_path / "t.yaml").write_text("slots:\n  top: [SECRET-LINE-CONTENT\n")
+    with pytest.raises(ConfigError) as caught:
+        Taxonomy.load(tmp_path / "t.yaml")
+    assert "SECRET" not in str(caught.value) and "line 3" in str(caught.value)
+    for load in (ScoringConfig.load, load_family_table):
+        with pytest.raises(ConfigError) as caught:
+            load(tmp_path / "t.yaml")
+        assert "SECRET" not in str(caught.value), load
+
+
 def test_a_catalogue_in_a_format_that_is_not_read_is_named_so(tmp_path: Path) -> None:
     """Review, session 36: a Parquet or Excel file was read as CSV and refused as "the header
     row is not UTF-8 text"."""

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from stygig.errors import ConfigError
+from stygig.errors import ConfigError, config_read_problem
 
 __all__ = ["Slot", "Taxonomy", "default_taxonomy_path"]
 
@@ -84,7 +84,9 @@ class Taxonomy:
         try:
             data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
         except (ValueError, RecursionError, yaml.YAMLError) as e:
-            raise ConfigError(f"taxonomy file {origin} is not valid YAML/JSON: {e}") from e
+            raise ConfigError(
+                f"taxonomy file {origin} is not valid YAML/JSON: {config_read_problem(e)}"
+            ) from e
         return cls.from_dict(data, origin=origin)
 
     @classmethod

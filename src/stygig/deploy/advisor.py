@@ -33,7 +33,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
-from stygig.errors import ConfigError, InvalidOptionsError, validate_config
+from stygig.errors import ConfigError, InvalidOptionsError, config_read_problem, validate_config
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -216,7 +216,7 @@ def load_matrix(path: str | Path | None = None) -> Matrix:
             text = Path(path).read_text(encoding="utf-8")
         data = yaml.safe_load(text)
     except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot read instance matrix {source}: {e}") from e
+        raise ConfigError(f"cannot read instance matrix {source}: {config_read_problem(e)}") from e
     return validate_config(_matrix_adapter(), data, f"instance matrix {source}").matrix()
 
 
