@@ -120,6 +120,17 @@ def _batches(items: list[Item], size: int) -> Iterator[list[Item]]:
         yield items[start : start + size]
 
 
+#: Decode threads a build runs unless told: one per core, at most this many. A photo master
+#: may take ~320 MB to decode (a 40 MP PNG: review, session 36), so a 64-core build box
+#: decoding one per core needed 20 GB whatever the catalogue's size.
+MAX_DEFAULT_WORKERS = 8
+
+
+def default_workers() -> int:
+    """The decode threads of a build: the cores, at most :data:`MAX_DEFAULT_WORKERS`."""
+    return max(1, min(os.cpu_count() or 2, MAX_DEFAULT_WORKERS))
+
+
 def embed_items(
     items: list[Item],
     encoder: Encoder,
@@ -130,7 +141,7 @@ def embed_items(
     progress: bool = True,
 ) -> EmbedResult:
     """Decode, colour and embed ``items`` with bounded look-ahead; failures become rejects."""
-    workers = workers or os.cpu_count() or 2
+    workers = workers or default_workers()
     out = EmbedResult()
     decode_s = encode_s = 0.0
     bar = tqdm(
@@ -253,7 +264,7 @@ def build_artifact(
         started=started,
         read_s=read_s,
         embed_s=embed_s,
-        workers=workers or os.cpu_count(),
+        workers=workers or default_workers(),
         batch_size=batch_size,
         index_kind=index_kind,
         index_params=index_params,

@@ -299,7 +299,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--taxonomy", help="taxonomy YAML/JSON (default: the packaged one)")
     p.add_argument("--batch-size", type=positive, default=32)
-    p.add_argument("--workers", type=positive, default=None, help="decode threads (default: cores)")
+    p.add_argument(
+        "--workers",
+        type=positive,
+        default=None,
+        help="decode threads (default: the cores, at most 8)",
+    )
     p.add_argument("--out", required=True, help="artifact folder to write")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     from stygig.distributed.command import add_engine_flags

@@ -184,6 +184,20 @@ sys.exit(main(["build", "--catalog", {str(sample)!r}, "--encoder", "tiny",
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no .art.* folder, no art
 
 
+def test_a_build_decodes_on_at_most_eight_threads_unless_told(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review, session 36: one decode thread per core, each up to ~320 MB for a large PNG
+    master: 20 GB on a 64-core build box whatever the catalogue's size."""
+    import os
+
+    import stygig.build
+
+    for cores, threads in ((64, 8), (2, 2), (None, 2)):
+        monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
+        assert stygig.build.default_workers() == threads, cores
+
+
 def test_cli_reports_unreadable_catalogue(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
