@@ -72,6 +72,8 @@ def test_every_bad_row_is_rejected_with_its_reason(tmp_path: Path) -> None:
     assert res.reject_counts()["missing_field"] == 2
     assert all(r.detail for r in res.rejects)
     assert next(r for r in res.rejects if r.row == 5).raw["category"] == "spaceship"
+    # The duplicate names the row whose id it repeats (the one built: review, session 36).
+    assert next(r for r in res.rejects if r.row == 4).detail == "id 'ok' already used by row 1"
 
 
 def test_jsonl_with_bad_lines(tmp_path: Path) -> None:

@@ -605,7 +605,7 @@ def _read_catalog_file(
     convert = _CONVERTERS[layout]
 
     result = CatalogReadResult(layout=layout)
-    seen: set[str] = set()
+    seen: dict[str, int] = {}  # id -> the row that has it
     for number, row, problem in rows:
         keep = len(result.rejects) < RAW_REJECTS
         if problem:
@@ -619,7 +619,11 @@ def _read_catalog_file(
                 raise RowError("bad_value", f"a field is over {MAX_VALUE:,} characters")
             item = convert(row, taxonomy, images)
             if item.id in seen:
-                raise RowError("duplicate_id", f"id {item.id!r} already used by an earlier row")
+                # The first row of an id is the one built, even if its photo then fails to
+                # decode: say which row that is (review, session 36).
+                raise RowError(
+                    "duplicate_id", f"id {item.id!r} already used by row {seen[item.id]}"
+                )
             is_local = not is_remote(item.image)
             if check_images and is_local and not Path(item.image).is_file():
                 raise RowError("missing_image", _not_a_file(Path(item.image)))
@@ -627,7 +631,7 @@ def _read_catalog_file(
             row_id = _clean(row.get("id")) or _clean(row.get("cod_modelo_color"))
             result.rejects.append(Reject(number, row_id, e.reason, e.detail, _raw(row, keep)))
             continue
-        seen.add(item.id)
+        seen[item.id] = number
         result.items.append(item)
         result.rows[item.id] = number
     return result
