@@ -258,6 +258,30 @@ def test_a_broken_config_file_is_named_without_its_contents(tmp_path: Path) -> N
         assert "SECRET" not in str(caught.value), load
 
 
+def test_jsonl_values_are_text_numbers_or_booleans(tmp_path: Path) -> None:
+    """Review, session 36: a list or an object was kept as Python's repr (an id ["a"] became
+    "['a']"), true became "True", and a field given twice kept its last value silently."""
+    _images(tmp_path, "ok.jpg")
+    base = '"image": "images/ok.jpg", "category": "shirt"'
+    lines = [
+        '{"id": ["a"], ' + base + "}",
+        '{"id": "b", "brand": {"x": 1}, ' + base + "}",
+        '{"id": "c", "id": "c2", ' + base + "}",
+        '{"id": "d", "organic": true, "price": 12.5, ' + base + "}",
+    ]
+    (tmp_path / "c.jsonl").write_text("\n".join(lines) + "\n")
+    res = read_catalog(tmp_path / "c.jsonl")
+    assert [i.id for i in res.items] == ["d"]
+    assert res.items[0].attributes["organic"] == "true" and res.items[0].price == 12.5
+    details = [r.detail for r in res.rejects]
+    assert details == [
+        "the field 'id' holds a list or an object",
+        "the field 'brand' holds a list or an object",
+        "the field 'id' is given twice",
+    ]
+    assert res.rejects[0].raw["id"] == '["a"]'
+
+
 def test_a_catalogue_in_a_format_that_is_not_read_is_named_so(tmp_path: Path) -> None:
     """Review, session 36: a Parquet or Excel file was read as CSV and refused as "the header
     row is not UTF-8 text"."""

@@ -32,7 +32,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 from urllib.parse import unquote, urlparse
 
 from stygig import storage
@@ -454,6 +454,31 @@ def _row_like(line: str, columns: int) -> bool:
         return False
 
 
+class _DuplicateKey(ValueError):
+    """A JSON object that names one field twice (JSON keeps the last, silently)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _json_text(value: Any) -> str | None:
+    """A JSON Lines value as catalogue text: ``true``/``false`` as JSON writes them (Python's
+    ``True`` before), lists and objects as JSON."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)[:MAX_VALUE]
+    return str(value)
+
+
 def _jsonl_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, str | None], str]]]:
     def rows() -> Iterator[tuple[int, dict[str, str | None], str]]:
         with path.open(encoding="utf-8-sig", errors="surrogateescape") as handle:
@@ -469,7 +494,10 @@ def _jsonl_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, st
                     yield number, {}, _NOT_UTF8_REASON
                     continue
                 try:
-                    obj = json.loads(line)
+                    obj = json.loads(line, object_pairs_hook=_unique_keys)
+                except _DuplicateKey as e:
+                    yield number, {}, f"the field {str(e)[:100]!r} is given twice"
+                    continue
                 except json.JSONDecodeError as e:
                     yield number, {}, f"invalid JSON: {e.msg}"
                     continue
@@ -485,11 +513,12 @@ def _jsonl_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, st
                 if any(SURROGATE.search(f"{k}\n{v}") for k, v in obj.items()):
                     yield number, {}, "the row holds a lone UTF-16 surrogate (not text)"
                     continue
-                yield (
-                    number,
-                    {str(k): None if v is None else str(v) for k, v in obj.items()},
-                    "",
-                )
+                nested = next((k for k, v in obj.items() if isinstance(v, (list, dict))), None)
+                if nested is not None:  # was kept as Python's repr: an id ["a"] was "['a']"
+                    row = {str(k): _json_text(v) for k, v in obj.items()}
+                    yield number, row, f"the field {nested[:100]!r} holds a list or an object"
+                    continue
+                yield number, {str(k): _json_text(v) for k, v in obj.items()}, ""
 
     return list(_GENERIC_FIELDS), rows()
 
