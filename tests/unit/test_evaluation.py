@@ -358,22 +358,12 @@ def test_whitened_artifact_serves_any_width(sample: tuple[Path, Path]) -> None:
     assert answer.items and answer.query[0].category
 
 
-def test_a_cached_artifact_of_another_pooling_is_rebuilt(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`stygig eval` reuses its cached artifact only when its vectors are today's: an
-    EfficientNet artifact built average-pooled (no `pooling` record) is built again."""
+def _fake_builds(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Builds recorded instead of run (the encoder and the build replaced): the folders built."""
     import contextlib
 
     import stygig.build
-    from stygig.artifact import file_sha256
-    from stygig.evaluation.command import cached_artifact
 
-    catalog, out = tmp_path / "styles.csv", tmp_path / "art"
-    out.mkdir()
-    catalog.write_text("id,image,category\n1,1.jpg,shirt\n")
-    source = tmp_path / "art.source.json"  # what the cache was built from
-    source.write_text(json.dumps({"sha256": file_sha256(catalog)}))
     built: list[Path] = []
 
     @contextlib.contextmanager
@@ -386,6 +376,23 @@ def test_a_cached_artifact_of_another_pooling_is_rebuilt(
 
     monkeypatch.setattr(stygig.build, "make_build_encoder", fake_encoder)
     monkeypatch.setattr(stygig.build, "build_artifact", fake_build)
+    return built
+
+
+def test_a_cached_artifact_of_another_pooling_is_rebuilt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`stygig eval` reuses its cached artifact only when its vectors are today's: an
+    EfficientNet artifact built average-pooled (no `pooling` record) is built again."""
+    from stygig.artifact import file_sha256
+    from stygig.evaluation.command import cached_artifact
+
+    catalog, out = tmp_path / "styles.csv", tmp_path / "art"
+    out.mkdir()
+    catalog.write_text("id,image,category\n1,1.jpg,shirt\n")
+    source = tmp_path / "art.source.json"  # what the cache was built from
+    source.write_text(json.dumps({"sha256": file_sha256(catalog)}))
+    built = _fake_builds(monkeypatch)
 
     def manifest(**encoder: Any) -> None:
         record = {"name": "efficientnet-lite0", **encoder}
@@ -418,9 +425,6 @@ def test_a_cached_artifact_holding_a_trained_model_is_never_built_over(
     """A cached artifact that `stygig train-compat` added a model to, and that no longer matches
     its catalogue (other bytes, or bytes never recorded: cached before the record existed), is
     refused with what to do, not rebuilt: the rebuild deleted the trained model (session 36)."""
-    import contextlib
-
-    import stygig.build
     from stygig.artifact import file_sha256
     from stygig.errors import InvalidOptionsError
     from stygig.evaluation.command import cached_artifact
@@ -431,18 +435,7 @@ def test_a_cached_artifact_holding_a_trained_model_is_never_built_over(
     body = {"format_version": 2, "encoder": {"name": "clip-vit-b-32"}}
     (out / "manifest.json").write_text(json.dumps({**body, "build": {"catalog": str(catalog)}}))
     (out / "compat.npz").write_bytes(b"the trained model")
-    built: list[Path] = []
-
-    @contextlib.contextmanager
-    def fake_encoder(name: str) -> Any:
-        yield object(), {}
-
-    def fake_build(catalog_path: Path, path: Path, *a: Any, **k: Any) -> Any:
-        built.append(path)
-        return argparse.Namespace(path=path, items=0, seconds=0.0)
-
-    monkeypatch.setattr(stygig.build, "make_build_encoder", fake_encoder)
-    monkeypatch.setattr(stygig.build, "build_artifact", fake_build)
+    built = _fake_builds(monkeypatch)
     with pytest.raises(InvalidOptionsError, match=r"were not recorded.*move the artifact"):
         cached_artifact(catalog, out, "clip-vit-b-32")  # cached before the bytes' record
     source = tmp_path / "art.source.json"
