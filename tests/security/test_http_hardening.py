@@ -479,23 +479,25 @@ def test_a_large_head_within_the_limit_and_pipelined_requests_are_answered(
     assert 55_000 < len(head) < 64 * 1024
     with raw_request(server, head, body) as sock:
         assert read_status(sock) == 200
-    # Two uploads back to back on one connection, the second's head in the read that ends the
-    # first: the bytes before it are the first's body, not framing (review, session 36: a
-    # false 431 and both answers lost).
-    pair = b"".join(
-        f"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
-        f"Content-Length: {len(big)}\r\n\r\n".encode()
-        + big
-        for big in (body + b"\0" * 120_000, body + b"\0" * 900_000)
-    )
+    # Two uploads back to back on one connection, the second's head in the data that ends
+    # the first: the bytes before it are the first's body, not framing. (Review, session 36:
+    # where one read held over 64 KiB of the first body and the second head, a false 431
+    # lost both answers; this server's reads did not split that way here, so this checks the
+    # answers, and the reviewer's proto_pipeline4.py, run against the fix, the split.)
+    first, second = body + b"\0" * 100_000, body + b"\0" * 900_000
+    head = "POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
     with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
-        sock.sendall(pair)
+        sock.sendall(f"{head}Expect: 100-continue\r\nContent-Length: {len(first)}\r\n\r\n".encode())
         data = b""
-        while data.count(b"HTTP/1.1 ") < 2 or not data.rstrip().endswith(b"}"):
+        while b"100 Continue" not in data:
             chunk = sock.recv(65536)
             assert chunk, data[:300]
             data += chunk
-        assert data.count(b"HTTP/1.1 200 OK") == 2, data[:300]
+        sock.sendall(first + f"{head}Content-Length: {len(second)}\r\n\r\n".encode() + second)
+        while data.count(b"HTTP/1.1 200 OK") < 2 or not data.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            assert chunk, data[:300]
+            data += chunk
     three = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 3
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
         sock.sendall(three)
