@@ -155,7 +155,7 @@ def test_a_loopback_server_answers_only_its_own_names_and_same_site_changes(
     r = httpx.get(url, headers={"Host": "rebound.example"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "host_not_allowed"
     assert "rebound" not in r.text  # the client's value is not echoed
-    for name in (f"localhost:{server.port}", f"[::1]:{server.port}", "127.0.0.1"):
+    for name in (f"localhost:{server.port}", f"[::1]:{server.port}", "127.0.0.1", "LocalHost."):
         assert httpx.get(url, headers={"Host": name}).status_code == 200, name
     body, jpeg = photo(sample), {"content-type": "image/jpeg"}
     post = f"{server.url}/invocations"
@@ -178,6 +178,14 @@ def test_a_loopback_server_answers_only_its_own_names_and_same_site_changes(
         assert r.status_code == 200  # a proxy that rewrites Host: the public name is allowed
         r = httpx.get(f"{s.url}/v1/config", headers={"Host": "other.example"})
         assert r.status_code == 400
+    # Bound elsewhere (the container, behind a proxy that may rewrite Host): no such checks,
+    # and --allowed-host is refused at start rather than silently meaningless.
+    from stygig.errors import InvalidOptionsError
+    from stygig.serving.app import allowed_hosts
+
+    assert allowed_hosts("0.0.0.0") is None
+    with pytest.raises(InvalidOptionsError, match="loopback"):
+        allowed_hosts("0.0.0.0", ["shop.example"])
 
 
 def test_a_short_token_is_refused_at_start(sample: tuple[Path, Path], tmp_path: Path) -> None:

@@ -214,7 +214,7 @@ def _lines(handle: TextIO) -> Iterator[str]:
 def _resolve_image(ref: str, images_dir: Path) -> str:
     if ref.startswith("file://"):
         parsed = urlparse(ref)
-        if parsed.netloc not in ("", "localhost"):  # file://otherhost/x read the local /x
+        if parsed.netloc.lower() not in ("", "localhost"):  # file://otherhost/x read /x
             raise RowError("missing_image", "a file:// URI of another host is not read")
         return unquote(parsed.path)
     if is_remote(ref):

@@ -670,9 +670,9 @@ class _Boundary:
                 )
             )
         origin = headers.get("origin")
-        if origin is not None and method not in _SAFE_METHODS:
+        if allowed is not None and origin is not None and method not in _SAFE_METHODS:
             named = _hostname(origin.partition("://")[2].partition("/")[0])
-            if named != host and (allowed is None or named not in allowed):
+            if named != host and named not in allowed:
                 return error_response(
                     ForbiddenError("a cross-site request may not change anything here")
                 )
@@ -691,21 +691,29 @@ class _Boundary:
 
 
 def _hostname(authority: str) -> str:
-    """The host name of ``authority`` (``host[:port]``, ``[v6]:port``), lower case."""
+    """The host name of ``authority`` (``host[:port]``, ``[v6]:port``), lower case, without
+    the trailing dot of a fully qualified name."""
     authority = authority.strip().lower()
     if authority.startswith("["):
         return authority[1:].partition("]")[0]
-    return authority.rpartition(":")[0] if authority.count(":") == 1 else authority
+    name = authority.rpartition(":")[0] if authority.count(":") == 1 else authority
+    return name.rstrip(".") or name
 
 
 def allowed_hosts(bind: str, extra: Sequence[str] = ()) -> frozenset[str] | None:
-    """The names a server bound to ``bind`` answers to: on loopback, this machine's names and
-    ``extra``; elsewhere any (None), unless ``extra`` names some."""
+    """The names a server bound to ``bind`` answers to: bound to loopback, this machine's
+    names and ``extra``; bound elsewhere, any (None: the checks are for a server that trusts
+    its loopback bind; an exposed one is guarded by its token, and a proxy in front of it may
+    rewrite ``Host``)."""
     try:
         loopback = bind == "localhost" or ipaddress.ip_address(bind).is_loopback
     except ValueError:
         loopback = False
-    if not loopback and not extra:
+    if not loopback:
+        if extra:
+            raise InvalidOptionsError(
+                "--allowed-host is for a server bound to loopback (--host 127.0.0.1)"
+            )
         return None
     return frozenset({*LOOPBACK_NAMES, _hostname(bind), *(_hostname(h) for h in extra)})
 
