@@ -377,7 +377,7 @@ def _csv_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, str 
                 if not values or all(not v.strip() for v in values):
                     continue
                 number += 1
-                if values == [_OVERLONG[0]]:
+                if any(_OVERLONG[0] in v for v in values):  # alone, or within a quoted field
                     yield number, {}, _OVERLONG_REASON
                     continue
                 if any(_NOT_UTF8.search(v) for v in values):
@@ -427,6 +427,10 @@ def _not_a_file(path: Path) -> str:
     return f"image is not a regular file (a folder, pipe or device): {path}"
 
 
+#: Lines of a text field that parse as whole rows before the field counts as swallowed rows.
+SWALLOWED_ROWS_MIN = 3
+
+
 def _swallowed_rows(values: list[str], columns: int, lines: int) -> int:
     """How many lines of CSV rows a value holds (0: none): a quote left open in a field joins
     the lines after it, up to the next quote, into that field, and where it is the last field
@@ -442,7 +446,9 @@ def _swallowed_rows(values: list[str], columns: int, lines: int) -> int:
         rows = sum(
             1 for line in rest if line.count(",") >= columns - 1 and _row_like(line, columns)
         )
-        if rows and rows * 2 > len(rest):
+        # Three or more: a text field's line may well hold as many commas as a row has (review,
+        # session 36: "Fabric: cotton, linen, elastane" in a 4-column file was refused).
+        if rows >= SWALLOWED_ROWS_MIN and rows * 2 > len(rest):
             return len(rest)
     return 0
 
@@ -452,6 +458,11 @@ def _row_like(line: str, columns: int) -> bool:
         return len(next(csv.reader([line]))) == columns
     except (csv.Error, StopIteration):
         return False
+
+
+#: A JSON Lines row's fields StyGig reads itself: a list or an object there is no value (any
+#: other field keeps one as JSON text, a free attribute).
+_OWN = frozenset(_GENERIC_FIELDS)
 
 
 class _DuplicateKey(ValueError):
@@ -513,7 +524,10 @@ def _jsonl_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, st
                 if any(SURROGATE.search(f"{k}\n{v}") for k, v in obj.items()):
                     yield number, {}, "the row holds a lone UTF-16 surrogate (not text)"
                     continue
-                nested = next((k for k, v in obj.items() if isinstance(v, (list, dict))), None)
+                nested = next(
+                    (k for k, v in obj.items() if isinstance(v, (list, dict)) and k in _OWN),
+                    None,
+                )
                 if nested is not None:  # was kept as Python's repr: an id ["a"] was "['a']"
                     row = {str(k): _json_text(v) for k, v in obj.items()}
                     yield number, row, f"the field {nested[:100]!r} holds a list or an object"
