@@ -606,6 +606,11 @@ def _check_out(out_dir: Path, source: Path | None = None) -> None:
             ours = readme.is_file() and f.read(100).startswith(_OWN_README)
     except (OSError, UnicodeDecodeError):
         ours = False
+    # A run stopped before its README (written last) left photo folders only: ours too
+    # (review, session 36: an interrupted `make demo` was refused ever after).
+    names = {p.name for p in out_dir.iterdir()}
+    if not ours and names <= {"images", "queries"}:
+        ours = all((out_dir / n).is_dir() and not (out_dir / n).is_symlink() for n in names)
     if not ours:
         raise InvalidOptionsError(
             f"--out {out_dir} holds other files; a sample catalogue writes catalog.csv, "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import io
 import json
 import os
 import shutil
@@ -403,7 +404,10 @@ def _cli(argv: list[str]) -> argparse.Namespace:
 
 
 def test_cli_against_folder_and_server(
-    workspace: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    workspace: tuple[Path, Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     catalog, art, log = workspace
     changes = tmp_path / "changes.jsonl"
@@ -418,21 +422,27 @@ def test_cli_against_folder_and_server(
     args = _cli(["apply", str(changes), "--artifact", str(art), "--json"])
     assert args.func(args) == 0
     assert json.loads(capsys.readouterr().out)["sequence"] == 1
-    # A FIFO named as the changes file hung the command (review, session 36): refused at once.
+    # A FIFO named as the changes file hung the command (review, session 36): refused at once;
+    # a pipe is read as standard input ("-").
     os.mkfifo(tmp_path / "fifo.jsonl")
     args = _cli(["apply", str(tmp_path / "fifo.jsonl"), "--artifact", str(art)])
     with pytest.raises(InputError, match="cannot read the changes file"):
         args.func(args)
+    piped = json.dumps({"op": "update", "id": "cli-1", "set": {"available": True}}) + "\n"
+    monkeypatch.setattr(sys, "stdin", argparse.Namespace(buffer=io.BytesIO(piped.encode())))
+    args = _cli(["apply", "-", "--artifact", str(art), "--json"])
+    assert args.func(args) == 0
+    assert json.loads(capsys.readouterr().out)["sequence"] == 2
     with living_server(art, log, tmp_path / "server.log") as (url, _):
         args = _cli(["remove", "cli-1", "--url", url, "--json"])
         assert args.func(args) == 0
-        assert json.loads(capsys.readouterr().out)["catalog_version"].endswith("+2")
+        assert json.loads(capsys.readouterr().out)["catalog_version"].endswith("+3")
         args = _cli(["update", "sku-0001", "--set", "stock=3", "--url", url, "--json"])
         assert args.func(args) == 0
         capsys.readouterr()
         args = _cli(["status", "--url", url, "--json"])
         assert args.func(args) == 0
-        assert json.loads(capsys.readouterr().out)["sequence"] == 3
+        assert json.loads(capsys.readouterr().out)["sequence"] == 4
 
 
 if __name__ == "__main__":

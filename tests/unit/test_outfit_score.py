@@ -353,6 +353,11 @@ def test_a_sample_catalogue_never_writes_over_other_files(tmp_path: Path) -> Non
     assert "MY-REAL-1" in (shop / "catalog.csv").read_text()
     again = generate_sample_catalog(tmp_path / "sample")
     assert generate_sample_catalog(tmp_path / "sample") == again  # its own folder: rewritten
+    # A run stopped before its README (written last) left photo folders only: written again
+    # (review, session 36: `make demo` was refused after an interrupted run).
+    (tmp_path / "sample" / "README.txt").unlink()
+    (tmp_path / "sample" / "catalog.csv").unlink()
+    assert generate_sample_catalog(tmp_path / "sample") == again
     download = tmp_path / "kaggle"
     (download / "images").mkdir(parents=True)
     (download / "images" / "1.jpg").write_bytes(b"a photo")

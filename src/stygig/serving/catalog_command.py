@@ -148,7 +148,7 @@ def register(subparsers: Any) -> None:
     q.set_defaults(func=_cmd_update)
 
     q = sub.add_parser("apply", help="apply a JSON Lines file of changes")
-    q.add_argument("file")
+    q.add_argument("file", help="a JSON Lines file of changes, or - for standard input")
     target(q)
     q.set_defaults(func=_cmd_apply)
 
@@ -210,9 +210,15 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 
     path = Path(args.file)
     try:
-        # Bounded, and a FIFO or a device refused rather than waited on (review, session 36:
-        # a FIFO hung the command and the file was read whole, whatever its size).
-        raw = read_bytes(path, max_bytes=CHANGES_FILE_MAX_BYTES)
+        if args.file == "-":  # standard input, as a pipe: `... | stygig catalog apply -`
+            raw = sys.stdin.buffer.read(CHANGES_FILE_MAX_BYTES + 1)
+            if len(raw) > CHANGES_FILE_MAX_BYTES:
+                raise InputError(f"over {CHANGES_FILE_MAX_BYTES:,} bytes")
+            path = Path.cwd() / "-"  # photos named in it are relative to this folder
+        else:
+            # Bounded, and a FIFO or a device refused rather than waited on (review, session
+            # 36: a FIFO hung the command and the file was read whole, whatever its size).
+            raw = read_bytes(path, max_bytes=CHANGES_FILE_MAX_BYTES)
         lines = raw.decode("utf-8-sig").split("\n")  # JSON Lines; a BOM is dropped
     except UnicodeDecodeError:
         raise InputError("cannot read the changes file: it is not UTF-8 text") from None
