@@ -27,16 +27,15 @@ with a text tower, which none of StyGig's encoders has (``text_search: false`` i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
 import re
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
@@ -299,6 +298,8 @@ def _config(
     }
 
 
+T = TypeVar("T")
+
 #: Catalogue searches run one at a time (each reads every live item's text in Python: ~0.13 s
 #: at 20k items), so that searches never hold the worker pool that recommendations need
 #: (review, session 36: 16 searches at once took a recommendation from 8 ms to 1.2-1.8 s);
@@ -313,8 +314,9 @@ class _OneAtATime:
         self._lock = asyncio.Lock()
         self._waiting, self._max, self._timeout_s = 0, waiting, timeout_s
 
-    @contextlib.asynccontextmanager
-    async def turn(self) -> AsyncIterator[None]:
+    async def run(self, work: Callable[[], Awaitable[T]]) -> T:
+        """``work()`` in its turn. The turn ends when the work does, even if the request that
+        asked for it is cancelled meanwhile (the pool goes on with it: review, session 36)."""
         if self._waiting >= self._max:
             raise OverloadedError("too many catalogue searches at once; retry shortly")
         self._waiting += 1
@@ -327,10 +329,9 @@ class _OneAtATime:
             ) from None
         finally:
             self._waiting -= 1
-        try:
-            yield
-        finally:
-            self._lock.release()
+        task = asyncio.ensure_future(work())
+        task.add_done_callback(lambda _: self._lock.release())
+        return await asyncio.shield(task)
 
 
 def make_catalog_router(service: ModelService) -> APIRouter:
@@ -422,8 +423,9 @@ def make_catalog_router(service: ModelService) -> APIRouter:
         offset: int = Query(0, ge=0, le=10**9),
     ) -> Response:
         current = await shelf()
-        async with searches.turn():
-            hits = await service.run(current.search, query, category or None, gender or None)
+        hits = await searches.run(
+            lambda: service.run(current.search, query, category or None, gender or None)
+        )
         page_hits = hits[offset : offset + limit]
         return json_response(
             {
