@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from stygig import __version__
-from stygig.catalog import Item, Reject, Taxonomy
+from stygig.catalog import Item, Reject, Taxonomy, count_by_reason
 from stygig.category_head import CategoryHead, load_artifact_heads
 from stygig.compat.model import COMPAT_FILE, CompatModel
 from stygig.errors import ArtifactError, StygigError
@@ -175,7 +175,7 @@ def _is_artifact(folder: Path) -> bool:
     file of that name passed, and a web app's folder was replaced by the build)."""
     manifest = folder / MANIFEST
     try:
-        if manifest.is_symlink() or manifest.stat().st_size > 64 << 20:
+        if manifest.stat().st_size > 64 << 20:  # (a link: read_manifest refuses it)
             return False
         found = read_manifest(folder)
     except (ArtifactError, OSError):
@@ -271,9 +271,7 @@ def write_artifact(
         by_category: dict[str, int] = {}
         for item in items:
             by_category[item.category] = by_category.get(item.category, 0) + 1
-        by_reason: dict[str, int] = {}
-        for r in rejects:
-            by_reason[r.reason] = by_reason.get(r.reason, 0) + 1
+        by_reason = count_by_reason(rejects)
         files = sorted(p.name for p in tmp.iterdir() if p.is_file())
         manifest = {
             "format_version": _format_version(index, encoder_info),

@@ -25,7 +25,14 @@ import numpy as np
 from tqdm import tqdm
 
 from stygig.artifact import IndexBuilder, check_replaceable, read_manifest, write_artifact
-from stygig.catalog import CatalogReadResult, Item, Reject, Taxonomy, read_catalog
+from stygig.catalog import (
+    CatalogReadResult,
+    Item,
+    Reject,
+    Taxonomy,
+    count_by_reason,
+    read_catalog,
+)
 from stygig.category_head import (
     HEAD_FIELDS,
     CategoryHead,
@@ -312,9 +319,7 @@ def _nothing_built(rejects: list[Reject]) -> str:
     session 36: "see the rejects summary", which was never printed, and no rejects.csv)."""
     if not rejects:
         return "no valid items: the catalogue holds no rows"
-    counts: dict[str, int] = {}
-    for r in rejects:
-        counts[r.reason] = counts.get(r.reason, 0) + 1
+    counts = count_by_reason(rejects)
     by_reason = ", ".join(f"{reason} {n:,}" for reason, n in sorted(counts.items()))
     first = "; ".join(f"row {r.row}: {r.detail[:160]}" for r in rejects[:3])
     return (

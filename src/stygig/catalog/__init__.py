@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from stygig.catalog.loaders import LAYOUTS, CatalogReadResult, detect_layout, read_catalog
-from stygig.catalog.schema import REJECT_REASONS, Item, Reject
+from stygig.catalog.schema import REJECT_REASONS, Item, Reject, count_by_reason
 from stygig.catalog.taxonomy import Slot, Taxonomy, default_taxonomy_path
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "Reject",
     "Slot",
     "Taxonomy",
+    "count_by_reason",
     "default_taxonomy_path",
     "detect_layout",
     "read_catalog",

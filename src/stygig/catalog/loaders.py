@@ -36,7 +36,7 @@ from typing import Any, TextIO
 from urllib.parse import unquote, urlparse
 
 from stygig import storage
-from stygig.catalog.schema import SURROGATE, Item, Reject, id_problem
+from stygig.catalog.schema import SURROGATE, Item, Reject, count_by_reason, id_problem
 from stygig.catalog.taxonomy import Taxonomy
 from stygig.errors import CatalogError
 from stygig.storage import is_remote
@@ -85,10 +85,7 @@ class CatalogReadResult:
 
     def reject_counts(self) -> dict[str, int]:
         """Number of rejected rows per reason."""
-        counts: dict[str, int] = {}
-        for r in self.rejects:
-            counts[r.reason] = counts.get(r.reason, 0) + 1
-        return counts
+        return count_by_reason(self.rejects)
 
 
 class RowError(Exception):
@@ -528,11 +525,9 @@ def _jsonl_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, st
                     (k for k, v in obj.items() if isinstance(v, (list, dict)) and k in _OWN),
                     None,
                 )
-                if nested is not None:  # was kept as Python's repr: an id ["a"] was "['a']"
-                    row = {str(k): _json_text(v) for k, v in obj.items()}
-                    yield number, row, f"the field {nested[:100]!r} holds a list or an object"
-                    continue
-                yield number, {str(k): _json_text(v) for k, v in obj.items()}, ""
+                # (kept as Python's repr before: an id ["a"] was "['a']")
+                problem = f"the field {nested[:100]!r} holds a list or an object" if nested else ""
+                yield number, {str(k): _json_text(v) for k, v in obj.items()}, problem
 
     return list(_GENERIC_FIELDS), rows()
 
@@ -648,7 +643,6 @@ def _read_catalog_file(
     convert = _CONVERTERS[layout]
 
     result = CatalogReadResult(layout=layout)
-    seen: dict[str, int] = {}  # id -> the row that has it
     for number, row, problem in rows:
         keep = len(result.rejects) < RAW_REJECTS
         if problem:
@@ -661,11 +655,11 @@ def _read_catalog_file(
                 # Every answer and catalogue page that shows the item would carry it.
                 raise RowError("bad_value", f"a field is over {MAX_VALUE:,} characters")
             item = convert(row, taxonomy, images)
-            if item.id in seen:
+            if item.id in result.rows:
                 # The first row of an id is the one built, even if its photo then fails to
                 # decode: say which row that is (review, session 36).
                 raise RowError(
-                    "duplicate_id", f"id {item.id!r} already used by row {seen[item.id]}"
+                    "duplicate_id", f"id {item.id!r} already used by row {result.rows[item.id]}"
                 )
             is_local = not is_remote(item.image)
             if check_images and is_local and not Path(item.image).is_file():
@@ -674,7 +668,6 @@ def _read_catalog_file(
             row_id = _clean(row.get("id")) or _clean(row.get("cod_modelo_color"))
             result.rejects.append(Reject(number, row_id, e.reason, e.detail, _raw(row, keep)))
             continue
-        seen[item.id] = number
         result.items.append(item)
         result.rows[item.id] = number
     return result

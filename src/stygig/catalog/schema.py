@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["MAX_ID", "REJECT_REASONS", "SURROGATE", "Item", "Reject", "id_problem", "text_problem"]
+__all__ = [
+    "MAX_ID",
+    "REJECT_REASONS",
+    "SURROGATE",
+    "Item",
+    "Reject",
+    "count_by_reason",
+    "id_problem",
+    "text_problem",
+]
 
 #: Why a catalogue row was kept out of an artifact; every rejected row has exactly one.
 REJECT_REASONS = (
@@ -142,3 +152,11 @@ class Reject:
     reason: str
     detail: str
     raw: dict[str, str] = field(default_factory=dict)
+
+
+def count_by_reason(rejects: Iterable[Reject]) -> dict[str, int]:
+    """Number of ``rejects`` per reason."""
+    counts: dict[str, int] = {}
+    for r in rejects:
+        counts[r.reason] = counts.get(r.reason, 0) + 1
+    return counts

@@ -133,11 +133,11 @@ def _examples_from_env() -> Path | None:
     return Path(value) if value else None
 
 
-#: Answered without the bearer token: health checks for load balancers and SageMaker, and the
-#: page's own files (they hold no catalogue data; the page asks for the token when it needs it).
 #: The names a loopback-bound server answers to, beside its bind address and --allowed-host.
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Answered without the bearer token: health checks for load balancers and SageMaker, and the
+#: page's own files (they hold no catalogue data; the page asks for the token when it needs it).
 PUBLIC_PATHS = frozenset({"/ping", "/healthz", "/", "/favicon.ico"})
 PUBLIC_PREFIXES = ("/static/",)
 MIN_TOKEN_CHARS = 16
@@ -659,23 +659,11 @@ class _Boundary:
         127.0.0.1 (it then reads the answers as same-origin), or by a form posted across sites.
         So a request whose ``Host`` is not one of ``allowed_hosts`` is refused, and so is a
         change (any method but GET, HEAD, OPTIONS) whose ``Origin`` is another site's."""
-        host = _hostname(headers.get("host", ""))
         allowed = self.config.allowed_hosts
-        if allowed is not None and host and host not in allowed:
-            return error_response(
-                InputError(
-                    "this server answers only requests addressed to its own names; start it "
-                    "with --allowed-host NAME to answer another",
-                    code="host_not_allowed",
-                )
-            )
-        origin = headers.get("origin")
-        if allowed is not None and origin is not None and method not in _SAFE_METHODS:
-            named = _hostname(origin.partition("://")[2].partition("/")[0])
-            if named != host and named not in allowed:
-                return error_response(
-                    ForbiddenError("a cross-site request may not change anything here")
-                )
+        if allowed is not None:  # bound to loopback
+            refused = _cross_site(method, headers, allowed)
+            if refused is not None:
+                return error_response(refused)
         if not self._authorized(path, headers):
             return error_response(UnauthorizedError("send 'Authorization: Bearer <token>'"))
         declared = headers.get("content-length", "")
@@ -688,6 +676,24 @@ class _Boundary:
                 response.headers["Connection"] = "close"
             return response
         return None
+
+
+def _cross_site(method: str, headers: dict[str, str], allowed: frozenset[str]) -> InputError | None:
+    """Why a request to a loopback-bound server is refused: addressed to another name, or a
+    change sent from another site (see :meth:`_Boundary._refuse`); None: it is not."""
+    host = _hostname(headers.get("host", ""))
+    if host and host not in allowed:
+        return InputError(
+            "this server answers only requests addressed to its own names; start it with "
+            "--allowed-host NAME to answer another",
+            code="host_not_allowed",
+        )
+    origin = headers.get("origin")
+    if origin is not None and method not in _SAFE_METHODS:
+        named = _hostname(origin.partition("://")[2].partition("/")[0])
+        if named != host and named not in allowed:
+            return ForbiddenError("a cross-site request may not change anything here")
+    return None
 
 
 def _hostname(authority: str) -> str:

@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import re
-import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -41,8 +39,14 @@ from urllib.parse import quote
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from stygig import __version__
-from stygig.errors import ConfigError, InvalidOptionsError, NotFoundError, OverloadedError
+from stygig import __version__, storage
+from stygig.errors import (
+    ConfigError,
+    InvalidOptionsError,
+    NotFoundError,
+    OverloadedError,
+    StygigError,
+)
 from stygig.images import read_header
 from stygig.response import item_view
 from stygig.serving.responses import JSON, json_bytes, json_response
@@ -110,8 +114,9 @@ def load_examples(folder: Path | None, max_bytes: int) -> dict[str, Example]:
     ``/proc/self/environ`` were served as photos); a folder that cannot be read is an error."""
     if folder is None:
         return {}
+    root = Path(folder).resolve()
     try:
-        entries = sorted(Path(folder).iterdir())
+        entries = sorted(root.iterdir())
     except OSError:
         raise ConfigError("the examples folder cannot be read (--examples)") from None
     out: dict[str, Example] = {}
@@ -119,11 +124,9 @@ def load_examples(folder: Path | None, max_bytes: int) -> dict[str, Example]:
         media = _EXAMPLE_TYPES.get(path.suffix.lower())
         if media is None or not _EXAMPLE_NAME.fullmatch(path.name):
             continue
-        try:
-            body = _read_plain_file(path, max_bytes)
-        except OSError:
-            continue
-        if body is None:
+        try:  # a regular file, reached without following a link, within the limit
+            body = storage.read_beneath(root, path, max_bytes=max_bytes)
+        except StygigError:
             continue
         header = read_header(body)
         if header is None or header.format not in _EXAMPLE_FORMATS[media]:
@@ -139,21 +142,6 @@ def load_examples(folder: Path | None, max_bytes: int) -> dict[str, Example]:
         if len(out) == MAX_EXAMPLES:
             break
     return out
-
-
-def _read_plain_file(path: Path, max_bytes: int) -> bytes | None:
-    """The bytes of ``path`` if it is a regular file (not a link, device or pipe) of at most
-    ``max_bytes``, read through one descriptor opened without following links; else None."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
-            return None
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            body = f.read(max_bytes + 1)
-        return body if len(body) <= max_bytes else None
-    finally:
-        os.close(fd)
 
 
 def image_url(item_id: str) -> str:
@@ -338,7 +326,8 @@ def make_catalog_router(service: ModelService) -> APIRouter:
     """The page, its static files, item images, catalogue browsing and the page's config."""
     router = APIRouter()
     current: list[_Shelf] = []  # the latest shelf (one: older snapshots are not served)
-    building: dict[int, asyncio.Future[_Shelf]] = {}  # the build under way, by snapshot id
+    # The build under way and its snapshot (one: an older one's waiters keep their future).
+    building: list[tuple[CatalogSnapshot, asyncio.Future[_Shelf]]] = []
     searches = _OneAtATime(SEARCHES_WAITING, service.config.request_timeout_s)
     files = _static_files()
     examples = load_examples(service.config.examples, service.config.max_body_bytes)
@@ -351,16 +340,16 @@ def make_catalog_router(service: ModelService) -> APIRouter:
         found = current[0] if current else None
         if found is not None and found.snapshot is snap:
             return found
-        build = building.get(id(snap))
-        if build is None:
+        if building and building[0][0] is snap:
+            build = building[0][1]
+        else:
             images = found.images if found is not None else None
             build = asyncio.ensure_future(service.run(_Shelf.of, rec, snap, images))
-            building.clear()  # an older snapshot's build: its waiters keep their own future
-            building[id(snap)] = build
+            building[:] = [(snap, build)]
 
             def done(task: asyncio.Future[_Shelf]) -> None:
-                if building.get(id(snap)) is task:
-                    del building[id(snap)]
+                if building and building[0][1] is task:
+                    building.clear()
                 if not task.cancelled() and task.exception() is None:
                     made, live = task.result(), service.recommender
                     if live is not None and made.snapshot is live.snapshot:  # still current
