@@ -116,24 +116,35 @@ def test_requests_that_come_while_one_holds_the_loop_are_not_answered_on_it(
 
 
 def test_only_small_bounded_work_is_answered_on_the_loop(sample: tuple[Path, Path]) -> None:
-    """The decision itself: an exact catalogue and a small baseline JPEG or no photo; never an
-    approximate index (its search may read rows from disk), two photos, a path, a PNG."""
+    """The decision itself: an exact catalogue, a small answer and a small baseline JPEG or no
+    photo; never an approximate index (its search may read rows from disk), two photos, a
+    path, a PNG, a large k (k=100 with MMR held the loop 80-100 ms at 10k items), many query
+    items or a candidate list."""
     from PIL import Image
 
+    from stygig.engine import Options
     from stygig.recommendation import Query
-    from stygig.serving.app import _inline
+    from stygig.serving.app import INLINE_MAX_ITEMS, INLINE_MAX_K, INLINE_MAX_K_TOTAL, _inline
     from tests.conftest import encode
 
     photo = (sample[0] / "queries" / "blue-jeans.jpg").read_bytes()
     png = encode(Image.open(sample[0] / "queries" / "blue-jeans.jpg"), "PNG")
     exact, approximate = SimpleNamespace(exact=True), SimpleNamespace(exact=False)
-    assert _inline(exact, Query(images=(photo,)))  # type: ignore[arg-type]
-    assert _inline(exact, Query(item_ids=("sku-0014",)))  # type: ignore[arg-type]
-    for rec, query in (
-        (approximate, Query(images=(photo,))),
-        (approximate, Query(item_ids=("sku-0014",))),
-        (exact, Query(images=(photo, photo))),
-        (exact, Query(images=(sample[0] / "queries" / "blue-jeans.jpg",))),
-        (exact, Query(images=(png,))),
+    plain = Options()
+    largest = Options(k=INLINE_MAX_K, k_total=INLINE_MAX_K_TOTAL, diversity=1.0)
+    items = tuple(f"sku-{n:04d}" for n in range(INLINE_MAX_ITEMS))
+    assert _inline(exact, Query(images=(photo,)), plain)  # type: ignore[arg-type]
+    assert _inline(exact, Query(item_ids=("sku-0014",)), plain)  # type: ignore[arg-type]
+    assert _inline(exact, Query(item_ids=items), largest)  # type: ignore[arg-type]
+    for rec, query, options in (
+        (approximate, Query(images=(photo,)), plain),
+        (approximate, Query(item_ids=("sku-0014",)), plain),
+        (exact, Query(images=(photo, photo)), plain),
+        (exact, Query(images=(sample[0] / "queries" / "blue-jeans.jpg",)), plain),
+        (exact, Query(images=(png,)), plain),
+        (exact, Query(item_ids=("sku-0014",)), Options(k=INLINE_MAX_K + 1)),
+        (exact, Query(images=(photo,)), Options(k_total=INLINE_MAX_K_TOTAL + 1)),
+        (exact, Query(item_ids=(*items, "sku-0099")), plain),
+        (exact, Query(item_ids=("sku-0014",)), Options(candidate_ids=("sku-0001",))),
     ):
-        assert not _inline(rec, query)  # type: ignore[arg-type]
+        assert not _inline(rec, query, options)  # type: ignore[arg-type]

@@ -447,7 +447,7 @@ class ModelService:
         query, options = parsed.query, parsed.options
         inline = False  # the whole answer here, on the event loop (see _inline)
         alone = self._alone()
-        if alone and _inline(rec, query):
+        if alone and _inline(rec, query, options):
             inline = await self._quiet()
             alone = self._alone()
         if not query.images:  # item ids only: checks and answer in one task, no encoder
@@ -498,9 +498,15 @@ class ModelService:
 #: (a smooth 2 MP photo of 256 KiB, reduced by libjpeg's DCT scaling; 15 ms for 2 MB of noise).
 INLINE_MAX_BYTES = 256 << 10
 INLINE_MAX_PIXELS = 2_000_000
+#: ... and when its answer is small: at most this many items per category and in all, and at
+#: most this many catalogue items as the query (ranking and scoring grow with both: k=100 with
+#: MMR took 80-100 ms at 10k items, the defaults ~3 ms), with no candidate list.
+INLINE_MAX_K = 6
+INLINE_MAX_K_TOTAL = 24
+INLINE_MAX_ITEMS = 4
 
 
-def _inline(rec: Recommender, query: Query) -> bool:
+def _inline(rec: Recommender, query: Query, options: Options) -> bool:
     """Whether a lone request's whole pipeline may run on the event loop instead of a pool
     thread (if it is still alone then: :meth:`ModelService._quiet`).
 
@@ -514,6 +520,9 @@ def _inline(rec: Recommender, query: Query) -> bool:
 
     * an exact catalogue's (scanned in memory, at most ~5 ms at 50k items); an approximate
       index may read rows from disk (docs/scale.md), never on the loop;
+    * a small answer: ``k``, ``k_total`` and the query's item ids within
+      :data:`INLINE_MAX_K`, :data:`INLINE_MAX_K_TOTAL` and :data:`INLINE_MAX_ITEMS`, no
+      ``candidate_ids`` (a large ``k`` with MMR held the loop 80-100 ms at 10k items);
     * no photo (item ids), or one baseline JPEG within :data:`INLINE_MAX_BYTES` and
       :data:`INLINE_MAX_PIXELS` by its header, read after the decode's own structure checks
       (at most ~13 ms on the loop, for a hostile header of 64 KB of fill). Progressive JPEGs
@@ -524,7 +533,13 @@ def _inline(rec: Recommender, query: Query) -> bool:
     An answer on the loop cannot be cut short by the request time limit, which only acts where
     a request waits; this bound is far below it.
     """
-    if not rec.exact:
+    small = (
+        options.k <= INLINE_MAX_K
+        and options.k_total <= INLINE_MAX_K_TOTAL
+        and len(query.item_ids) <= INLINE_MAX_ITEMS
+        and not options.candidate_ids
+    )
+    if not rec.exact or not small:
         return False
     if not query.images:
         return True
