@@ -183,6 +183,30 @@ def test_rest_api(client: httpx.Client, sample: tuple[Path, Path]) -> None:
     )
     assert form.status_code == 200, form.text
     assert [q["source"] for q in form.json()["query"]] == ["image[0]", "item:sku-0014"]
+    # The query string and the custom attributes apply to a form as to any body, under the
+    # form's own fields, which are under its options object (as a JSON body is over the URL).
+    upload = {"image": ("jeans.jpg", _photo(sample), "image/jpeg")}
+    bad = client.post("/v1/recommend?k=abc", files=upload)
+    assert bad.status_code == 422 and "k" in bad.json()["error"]["message"]
+
+    def same(response: httpx.Response, query: str) -> bool:
+        raw = client.post(
+            f"/invocations?{query}", content=_photo(sample), headers={"content-type": "image/jpeg"}
+        )
+        assert response.status_code == raw.status_code == 200, response.text
+        return _without_timings(response.json()) == _without_timings(raw.json())
+
+    attrs = {"X-Amzn-SageMaker-Custom-Attributes": "mode=similar&k=1"}
+    assert same(client.post("/v1/recommend", files=upload, headers=attrs), "mode=similar&k=1")
+    assert not same(client.post("/v1/recommend", files=upload), "mode=similar&k=1")
+    layered = client.post(
+        "/v1/recommend?mode=similar&k=1",
+        files=upload,
+        data={"k": "2", "options": json.dumps({"k": 3})},
+    )
+    assert same(layered, "mode=similar&k=3")
+    fields = client.post("/v1/recommend?mode=similar&k=1", files=upload, data={"k": "2"})
+    assert same(fields, "mode=similar&k=2")
     # Forms go to /v1/recommend; /invocations says so rather than list them as accepted.
     refused = client.post("/invocations", files={"image": ("jeans.jpg", b"x", "image/jpeg")})
     assert refused.status_code == 415

@@ -877,10 +877,17 @@ _FILE_FIELDS = ("image", "images", "file")
 
 
 def _multipart_request(
-    images: list[bytes], item_ids: list[str], texts: list[str], params: list[tuple[str, str]]
+    images: list[bytes],
+    item_ids: list[str],
+    texts: list[str],
+    params: list[tuple[str, str]],
+    outside: list[tuple[str, str]],
 ) -> rq.ParsedRequest:
     """The request a form describes; its JSON ``options`` fields are parsed here, in the pool,
-    and read as a JSON request body is (``item_ids`` or ``image_b64`` there count too)."""
+    and read as a JSON request body is (``item_ids`` or ``image_b64`` there count too).
+    The form's own option fields (``params``) are over ``outside`` (the custom attributes and
+    the query string), and the ``options`` JSON over both, as a JSON body is over the query
+    string."""
     options: dict[str, Any] = {}
     for text in texts:
         more_images, more_ids, more = rq.split_json_request(
@@ -888,10 +895,14 @@ def _multipart_request(
         )
         images, item_ids = [*images, *more_images], [*item_ids, *more_ids]
         options.update(more)
-    return rq.build_request(images, item_ids, {**options, **rq.params_to_dict(params)})
+    merged = {**rq.params_to_dict(outside), **rq.params_to_dict(params), **options}
+    return rq.build_request(images, item_ids, merged)
 
 
-async def _parse_multipart(request: Request, service: ModelService) -> rq.ParsedRequest:
+async def _parse_multipart(
+    request: Request, service: ModelService, outside: list[tuple[str, str]]
+) -> rq.ParsedRequest:
+    """A form; ``outside``: the options of the custom attributes and the query string."""
     limit = service.config.max_body_bytes
     rq.check_form_complete(await request.body(), request.headers.get("content-type", ""))
     form = await request.form(max_files=16, max_fields=64, max_part_size=limit)
@@ -913,7 +924,7 @@ async def _parse_multipart(request: Request, service: ModelService) -> rq.Parsed
                 texts.append(value)
             else:
                 params.append((key, value))
-        return await service.run(_multipart_request, images, item_ids, texts, params)
+        return await service.run(_multipart_request, images, item_ids, texts, params, outside)
     finally:
         await form.close()
 
@@ -926,15 +937,15 @@ async def parse_request(
     server with and without it alternating per request; parsing 256 KiB takes ~1 ms)."""
     rq.check_accept(request.headers.get("accept"))
     kind = rq.media_type(request.headers.get("content-type"))
-    if multipart and kind == "multipart/form-data":
-        return await _parse_multipart(request, service)
-    if kind not in rq.IMAGE_TYPES and kind != JSON:
-        raise rq.unsupported(kind, multipart=multipart)
-    body = await request.body()
     params = [
         *rq.custom_attributes(request.headers.get("x-amzn-sagemaker-custom-attributes")),
         *request.query_params.multi_items(),
     ]
+    if multipart and kind == "multipart/form-data":
+        return await _parse_multipart(request, service, params)
+    if kind not in rq.IMAGE_TYPES and kind != JSON:
+        raise rq.unsupported(kind, multipart=multipart)
+    body = await request.body()
     if kind == JSON:
         if len(body) <= INLINE_MAX_BYTES and service.requests <= 1 and service.in_flight == 0:
             return rq.parse_json_body(body, params)  # small, and alone: no hand-off
