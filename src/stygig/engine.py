@@ -226,11 +226,20 @@ class Recommender:
         anyway). ``load`` reads a location first (batch inputs).
         """
         options = options or Options()
-        _check_request(self.columns, options, query.item_ids)
-        if options.category is not None and len(query.images) != 1:
-            raise InvalidOptionsError("'category' can only be stated for a single photo")
+        self.check(options, query.item_ids, len(query.images))
         pool = self._color_pool if color_beside else None
         return decode_query(query, options, self.encoder.preprocess, color_pool=pool, load=load)
+
+    def check(
+        self, options: Options, item_ids: Sequence[str] = (), photos: int | None = None
+    ) -> None:
+        """What :meth:`prepare` refuses before it reads a photo: ``options`` and ``item_ids``
+        against the catalogue (unknown filters, categories, genders and ids, a candidate that
+        is a query item) and a stated category without exactly one of ``photos`` (None: the
+        number is not known yet, e.g. a job whose input is stored)."""
+        _check_request(self.columns, options, item_ids)
+        if options.category is not None and photos is not None and photos != 1:
+            raise InvalidOptionsError("'category' can only be stated for a single photo")
 
     def prepare_embedded(
         self,

@@ -517,3 +517,49 @@ def test_a_stuck_job_gives_its_slot_back_and_the_queue_goes_on(tmp_path: Path) -
         stuck.release.set()
         worker.stop()
         store.close()
+
+
+def test_a_submission_is_refused_as_the_real_time_request_is(
+    sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Everything a job would refuse before reading a stored photo is refused before the 202,
+    with the real-time route's status and code (it was accepted, then failed as a job), and
+    nothing is queued; the same bodies that are valid are accepted."""
+    catalog, artifact = sample
+    photo = (catalog / "queries" / "blue-jeans.jpg").read_bytes()
+    item = {"item_ids": ["sku-0014"]}
+    refused = [
+        ({}, ""),
+        ({"k": 3}, ""),
+        ({**item, "filters": {"fabric": "silk"}}, ""),
+        ({**item, "gender": "robot"}, ""),
+        ({**item, "category": "dress"}, ""),
+        ({**item, "include_categories": ["spaceship"]}, ""),
+        ({**item, "candidate_ids": ["sku-0014"]}, ""),
+        ({"item_ids": ["no-such-item"]}, ""),
+        (None, '?filters={"fabric":"silk"}'),
+        (None, "?gender=robot"),
+    ]
+    with async_server(artifact, tmp_path, "--async-list-jobs") as server:
+        wait_for(lambda: httpx.get(server.url + "/readyz", timeout=5).status_code == 200)
+        for body, query in refused:
+            if body is None:
+                content, kind = photo, "image/jpeg"
+            else:
+                content, kind = json.dumps(body).encode(), "application/json"
+            headers = {"Content-Type": kind}
+            real = httpx.post(f"{server.url}/v1/recommend{query}", content=content, headers=headers)
+            late = httpx.post(
+                f"{server.url}/async/invocations{query}", content=content, headers=headers
+            )
+            assert 400 <= real.status_code < 500, (body, query, real.text)
+            assert late.status_code == real.status_code, (body, query, late.text)
+            assert late.json()["error"]["code"] == real.json()["error"]["code"]
+        ok = httpx.post(
+            f"{server.url}/async/invocations",
+            content=json.dumps({**item, "gender": "women", "k": 2}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        assert ok.status_code == 202, ok.text
+        listed = httpx.get(f"{server.url}/async/jobs").json()
+        assert [j["InferenceId"] for j in listed["jobs"]] == [ok.json()["InferenceId"]]

@@ -132,15 +132,19 @@ def check_job_input(
     content_type: str | None,
     locations: InputLocations,
     params: Mapping[str, Any] | None = None,
-) -> None:
+) -> tuple[Query, Options]:
     """Refuse at submission what the job would refuse later: a JSON input that is malformed,
-    has too many parts, names a location ``locations`` does not allow, or whose options (over
-    the submission's ``params``) fail validation."""
-    if _is_json(body, content_type):
-        _, _, uris, rest = _split_json_input(body)
-        for uri in uris:
-            locations.check(uri)
-        Options.from_dict({**(params or {}), **rest})
+    has too many parts or none, names a location ``locations`` does not allow, or whose
+    options (over the submission's ``params``) fail validation. The query and options it
+    describes, stored photos as their (unread) locations, for the catalogue's own checks
+    (:meth:`stygig.engine.Recommender.check`)."""
+    if not _is_json(body, content_type):
+        return Query(images=(body,)), Options.from_dict(dict(params or {}))
+    images, item_ids, uris, rest = _split_json_input(body)
+    for uri in uris:
+        locations.check(uri)
+    options = Options.from_dict({**(params or {}), **rest})
+    return Query(images=(*images, *uris), item_ids=item_ids), options
 
 
 def parse_job_input(
@@ -335,6 +339,7 @@ class JobWorker:
         self.retention_s = retention_s
         self.owner = new_owner()
         self._recommender = recommender
+        self.current_recommender = recommender  # the loaded one, or None while loading
         self._should_yield = should_yield
         self._slots = threading.BoundedSemaphore(self.config.concurrency)
         self._wake = threading.Event()

@@ -51,6 +51,7 @@ from starlette.concurrency import run_in_threadpool
 
 from stygig import storage
 from stygig.engine import Options, Recommender
+from stygig.engine import Query as RecommendQuery
 from stygig.errors import InputError, InvalidImageError, InvalidOptionsError, NotFoundError
 from stygig.jobs.notify import MAX_WEBHOOK_URL_LENGTH, Notifier
 from stygig.jobs.queue import JobQueue
@@ -240,9 +241,15 @@ class _WebhookChecks:
 
 
 async def _spec(
-    request: Request, config: AsyncConfig, locations: InputLocations, webhooks: _WebhookChecks
+    request: Request,
+    config: AsyncConfig,
+    locations: InputLocations,
+    webhooks: _WebhookChecks,
+    recommender: Callable[[], Recommender | None],
 ) -> JobSpec:
-    """The job a submission asks for (4xx errors for every mistake)."""
+    """The job a submission asks for (4xx errors for every mistake: everything the job would
+    refuse before reading a stored photo, checked against the catalogue when it is loaded, as
+    the real-time routes check it)."""
     h = request.headers
     given = SubmissionHeaders.read(h)
     pairs = [
@@ -250,7 +257,8 @@ async def _spec(
         *request.query_params.multi_items(),
     ]
     params = rq.params_to_dict(pairs)
-    Options.from_dict(dict(params))  # refuse bad options now, not after the 202
+    options = Options.from_dict(dict(params))  # refuse bad options now, not after the 202
+    query: RecommendQuery | None = None
     location = given.input_location
     body = await request.body()
     content_type = rq.media_type(h.get("x-amzn-sagemaker-content-type") or h.get("content-type"))
@@ -276,8 +284,16 @@ async def _spec(
             )
         if content_type and content_type not in rq.IMAGE_TYPES and content_type != JSON:
             raise rq.unsupported(content_type)
-        await run_in_threadpool(check_job_input, body, content_type, locations, params)
+        query, options = await run_in_threadpool(
+            check_job_input, body, content_type, locations, params
+        )
         body_arg = body
+    rec = recommender()
+    if rec is not None:  # the catalogue it is loaded with; the job checks again when it runs
+        if query is None:
+            await run_in_threadpool(rec.check, options)
+        else:
+            await run_in_threadpool(rec.check, options, query.item_ids, len(query.images))
     webhook = given.webhook
     if webhook is not None:
         await webhooks.check(webhook)  # it resolves the host, within a bound
@@ -316,7 +332,7 @@ def make_async_router(store: JobQueue, worker: JobWorker, config: AsyncConfig) -
 
     @router.post("/invocations", status_code=202, summary="Submit an asynchronous inference")
     async def submit(request: Request) -> Response:
-        spec = await _spec(request, config, policy, webhooks)
+        spec = await _spec(request, config, policy, webhooks, worker.current_recommender)
         job, created = await run_in_threadpool(store.submit, spec, limits)
         if created:
             worker.wake()
