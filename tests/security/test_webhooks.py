@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -514,7 +514,37 @@ def test_send_checks_job_webhooks_but_trusts_the_operators(
         assert notifier.send(_job(tmp_path / "a", None)) is True
         assert len(rec.wait_for_hits(1)) == 1
         assert notifier.send(_job(tmp_path / "b", rec.url.replace("/hook", "/other"))) is False
-        assert [h.path for h in rec.hits] == ["/hook"]
+        rec.wait_for_hits(2)  # the operator's is still told
+        assert [h.path for h in rec.hits] == ["/hook", "/hook"]
+
+
+def test_a_clients_webhook_neither_silences_the_operators_nor_learns_the_input_location(
+    tmp_path: Path, make_notifier: Callable[..., Notifier]
+) -> None:
+    """Review (s37): a job's own webhook replaced the operator's ``--async-webhook`` (a client
+    could hide its jobs from an audit), and both carried the job's input location (a server
+    path or bucket key the client had named) although docs/security.md says notifications
+    show none. Now both are posted; only the operator's channels carry the input location."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    with JobStore(tmp_path / "jobs.db", synchronous="NORMAL") as store:
+        job, _ = store.submit(
+            JobSpec(
+                output_location=str(tmp_path / "out"),
+                failure_location=str(tmp_path / "err"),
+                input_location="s3://shop/in/secret-photo.jpg",
+                webhook="http://127.0.0.1:9/client",  # replaced below with the receiver's
+            )
+        )
+    with receiver((200, {})) as rec:
+        client = replace(job, webhook=rec.url.replace("/hook", "/client"))
+        notifier = make_notifier(webhook=rec.url, allow_networks=LOOPBACK, retries=1)
+        assert notifier.send(client) is True
+        hits = {h.path: json.loads(h.body) for h in rec.wait_for_hits(2)}
+    assert set(hits) == {"/hook", "/client"}
+    assert "secret-photo" not in json.dumps(hits["/client"])
+    assert hits["/client"]["requestParameters"] == {"contentType": job.content_type}
+    assert hits["/hook"]["requestParameters"]["inputLocation"] == "s3://shop/in/secret-photo.jpg"
+    assert hits["/client"]["inferenceId"] == hits["/hook"]["inferenceId"] == job.id
 
 
 def test_close_ends_a_pending_backoff(make_notifier: Callable[..., Notifier]) -> None:

@@ -76,8 +76,10 @@ _IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
-def event_for(job: Job) -> dict[str, Any]:
-    """The notification message for a finished job (locations as a client may see them)."""
+def event_for(job: Job, *, operator: bool = False) -> dict[str, Any]:
+    """The notification message for a finished job (output locations as a client may see
+    them). Its input location only for the ``operator``'s own channels (``--async-webhook``,
+    the topics): a client's webhook learns no server path or bucket key from it."""
     ok = job.status == "succeeded"
     output, failure = job.shown_locations()
     response: dict[str, Any] = (
@@ -95,7 +97,8 @@ def event_for(job: Job) -> dict[str, Any]:
         "eventTime": iso_time(job.finished_at),
         "receivedTime": iso_time(job.created_at),
         "attempts": job.attempts,
-        "requestParameters": {"inputLocation": job.input_location, "contentType": job.content_type},
+        "requestParameters": {"contentType": job.content_type}
+        | ({"inputLocation": job.input_location} if operator else {}),
         "responseParameters": response,
     }
     if not ok:
@@ -317,15 +320,15 @@ class Notifier:
         try again).
         """
         try:
-            event = event_for(job)
             ok = True
-            if job.webhook:
-                ok = self.post(job.webhook, event)
-            elif self.webhook:
-                ok = self.post(self.webhook, event, trusted=True)
+            own = event_for(job, operator=True)
+            if job.webhook:  # the client's, and the operator's too: it sees every job
+                ok = self.post(job.webhook, event_for(job))
+            if self.webhook:
+                ok = self.post(self.webhook, own, trusted=True) and ok
             topic = self.success_topic if job.status == "succeeded" else self.error_topic
             if topic:
-                ok = self.publish(topic, event) and ok
+                ok = self.publish(topic, own) and ok
             return ok
         except Exception:
             log.warning("notification for job %s failed", job.id, exc_info=True)
