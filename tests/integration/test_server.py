@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import socket
 import struct
@@ -174,6 +175,8 @@ def test_rest_api(client: httpx.Client, sample: tuple[Path, Path]) -> None:
         "/invocations?k=1", content=_photo(sample), headers={"content-type": "image/jpeg"}
     )
     assert _without_timings(r.json()) == _without_timings(raw.json())
+    plain = {"content-type": "image/jpeg", "content-encoding": "identity"}
+    assert client.post("/invocations?k=1", content=_photo(sample), headers=plain).status_code == 200
     assert client.post("/v1/recommend", json={"item_ids": ["sku-0014"]}).status_code == 200
     # A form's options object is read as a JSON body is: item ids there count.
     form = client.post(
@@ -324,6 +327,26 @@ BAD_REQUESTS: dict[str, tuple[str, dict[str, Any], int]] = {
         400,
     ),
     "multipart_text_image": ("/v1/recommend", {"data": {"image": "not a file"}}, 422),
+    # No route decodes a compressed body: 415 naming the header, not "not an image".
+    "gzip_photo": (
+        "/invocations",
+        {"content": gzip.compress(_jpeg()), "ct": "image/jpeg", "encoding": "gzip"},
+        415,
+    ),
+    "gzip_json": (
+        "/v1/recommend",
+        {
+            "content": gzip.compress(b'{"item_ids": ["sku-0014"]}'),
+            "ct": "application/json",
+            "encoding": "gzip",
+        },
+        415,
+    ),
+    "br_label_on_a_plain_body": (
+        "/invocations",
+        {"content": _jpeg(), "ct": "image/jpeg", "encoding": "br"},
+        415,
+    ),
     "unknown_item_rest": ("/v1/items/no-such-item/recommendations", {"get": True}, 404),
     "unknown_route": ("/v2/nothing", {"get": True}, 404),
     "wrong_method": ("/invocations", {"get": True}, 405),
@@ -345,8 +368,12 @@ def test_bad_input_is_a_4xx_json_error_and_the_server_stays_healthy(
     else:
         if spec["ct"] is not None:
             headers["content-type"] = spec["ct"]
+        if "encoding" in spec:
+            headers["content-encoding"] = spec["encoding"]
         r = client.post(path, content=spec["content"], headers=headers)
     assert r.status_code == status, r.text
+    if "encoding" in spec:
+        assert "Content-Encoding" in r.json()["error"]["message"]
     error = r.json()["error"]
     assert error["code"] and error["message"]
     _healthy(client, sample)

@@ -667,7 +667,7 @@ class _Boundary:
 
     def _refuse(self, method: str, path: str, headers: dict[str, str]) -> Response | None:
         """The answer for a request refused before the app sees it (another host's name, a
-        cross-site change, no token, too big).
+        cross-site change, no token, a compressed body, too big).
 
         A server bound to loopback trusts that only this machine reaches it; a web page
         elsewhere can still make the browser send requests to it, by rebinding its own name to
@@ -681,6 +681,17 @@ class _Boundary:
                 return error_response(refused)
         if not self._authorized(path, headers):
             return error_response(UnauthorizedError("send 'Authorization: Bearer <token>'"))
+        encoding = headers.get("content-encoding", "").strip().lower()
+        has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+        if encoding not in ("", "identity") and has_body:
+            # No route decodes a compressed body: a gzip photo was "not an image", a gzip
+            # JSON "not UTF-8", a body labelled br but sent plain was read as if it were.
+            return error_response(
+                UnsupportedMediaError(
+                    "Content-Encoding is not accepted: send the body uncompressed",
+                    code="unsupported_content_encoding",
+                )
+            )
         declared = headers.get("content-length", "")
         limit = self.config.max_body_bytes
         if declared.isdigit() and int(declared) > limit:
