@@ -343,3 +343,26 @@ def test_the_catalog_command_reads_a_photo_file_bounded(tmp_path: Path) -> None:
     for source in (fifo, Path("/dev/zero")):
         with pytest.raises(StygigError):
             _read_photo(source)
+
+
+def test_a_changes_body_of_many_small_values_is_refused_before_it_is_parsed() -> None:
+    """Review (s37): a few MB of ``[[],[],...]`` cost a second and 150 MB to parse before
+    being refused. A body of more JSON values than 1,000 changes hold is a 413 unparsed, as
+    JSON or JSON Lines; 1,000 changes with attributes are read."""
+    from stygig.catalog.changes import JSON_VALUES_PER_CHANGE, MAX_CHANGES
+    from stygig.errors import PayloadTooLargeError
+    from stygig.serving.catalog_changes import parse_changes_body
+
+    bomb = b'{"changes": [' + b"[]," * (MAX_CHANGES * JSON_VALUES_PER_CHANGE) + b"[]]}"
+    with pytest.raises(PayloadTooLargeError, match="JSON values"):
+        parse_changes_body(bomb, "application/json")
+    with pytest.raises(PayloadTooLargeError, match="JSON values"):
+        parse_changes_body(
+            b'{"op": "update", "id": "a", "zz": [' + b"[]," * 200_000 + b"[]]}\n",
+            "application/x-ndjson",
+        )
+    change = {"op": "update", "id": "sku-1", "set": {f"field{n}": n for n in range(40)}}
+    many = {"changes": [change] * MAX_CHANGES}
+    assert len(parse_changes_body(json.dumps(many).encode(), "application/json")) == MAX_CHANGES
+    lines = "\n".join(json.dumps(change) for _ in range(MAX_CHANGES)).encode()
+    assert len(parse_changes_body(lines, "application/x-ndjson")) == MAX_CHANGES

@@ -37,8 +37,10 @@ from stygig.catalog.loaders import MAX_VALUE, RowError, item_from_row
 from stygig.catalog.schema import MAX_ID, SURROGATE, Item, id_problem, text_problem
 from stygig.catalog.taxonomy import Taxonomy
 from stygig.errors import InputError, InvalidImageError, InvalidOptionsError
+from stygig.recommendation import check_json_values
 
 __all__ = [
+    "JSON_VALUES_PER_CHANGE",
     "MAX_CHANGES",
     "CatalogChange",
     "ChangeRequest",
@@ -53,6 +55,9 @@ Op = Literal["add", "remove", "update"]
 OPS = ("add", "remove", "update")
 #: Changes in one request (one log record).
 MAX_CHANGES = 1_000
+# JSON values one change may hold (its row's fields, attributes, lists): what bounds the
+# parse of a request's changes (stygig.recommendation.check_json_values).
+JSON_VALUES_PER_CHANGE = 100
 MAX_FIELDS = 64
 #: The most attributes an update may leave an item with (more only if it had more).
 MAX_ITEM_ATTRIBUTES = 64
@@ -260,6 +265,7 @@ def parse_change(data: Any, where: str = "change 1") -> ChangeRequest:
 def parse_changes_jsonl(body: bytes, *, max_changes: int = MAX_CHANGES) -> list[ChangeRequest]:
     """A JSON Lines body of changes (blank lines skipped), each checked; at most
     ``max_changes``."""
+    check_json_values(body, what="the changes", limit=max_changes * JSON_VALUES_PER_CHANGE)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:

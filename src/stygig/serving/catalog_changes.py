@@ -30,7 +30,13 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from stygig.catalog.changes import MAX_CHANGES, ChangeRequest, parse_change, parse_changes_jsonl
+from stygig.catalog.changes import (
+    JSON_VALUES_PER_CHANGE,
+    MAX_CHANGES,
+    ChangeRequest,
+    parse_change,
+    parse_changes_jsonl,
+)
 from stygig.errors import InvalidOptionsError, OverloadedError, StygigError
 from stygig.living import CHANGE_REQUESTS, request_pool
 from stygig.recommendation import parse_json_object
@@ -55,7 +61,9 @@ def parse_changes_body(body: bytes, content_type: str) -> list[ChangeRequest]:
             "send changes as application/json or application/x-ndjson (one per line)",
             code="unsupported_content_type",
         )
-    data = parse_json_object(body, what="the changes")
+    data = parse_json_object(
+        body, what="the changes", max_values=MAX_CHANGES * JSON_VALUES_PER_CHANGE
+    )
     if "changes" in data:
         items = data["changes"]
         if set(data) != {"changes"} or not isinstance(items, list) or not items:
