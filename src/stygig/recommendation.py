@@ -36,6 +36,7 @@ __all__ = [
     "Query",
     "check_json_values",
     "check_part_count",
+    "option_parameters",
     "options_from_params",
     "options_schema",
     "outfit_request_schema",
@@ -232,8 +233,43 @@ def outfit_request_schema() -> dict[str, Any]:
 
 
 def options_schema() -> dict[str, Any]:
-    """JSON Schema of :class:`Options` (for OpenAPI): the rules the constructor applies."""
-    return TypeAdapter(Options).json_schema(ref_template="#/components/schemas/{model}")
+    """JSON Schema of :class:`Options` (for OpenAPI): the rules the constructor applies,
+    unknown options refused."""
+    schema = TypeAdapter(Options).json_schema(ref_template="#/components/schemas/{model}")
+    schema["additionalProperties"] = False
+    return schema
+
+
+def option_parameters(*, header: bool = True) -> list[dict[str, Any]]:
+    """Every option as an OpenAPI query parameter, as :func:`params_to_dict` reads them
+    (lists comma-separated or repeated, ``filters`` a JSON object), and (``header``)
+    SageMaker's custom attributes header, which carries the same text."""
+    properties = options_schema()["properties"]
+    out: list[dict[str, Any]] = []
+    for name, schema in properties.items():
+        param: dict[str, Any] = {"name": name, "in": "query", "required": False}
+        if name in _LIST_OPTIONS:
+            param |= {"style": "form", "explode": True}
+            param["schema"] = {"type": "array", "items": {"type": "string"}}
+            param["description"] = "repeat it, or separate the values with commas"
+        elif name == "filters":
+            param["content"] = {"application/json": {"schema": schema}}
+            param["description"] = "a JSON object: attribute -> value, [values] or {min, max}"
+        else:
+            param["schema"] = {k: v for k, v in schema.items() if k != "title"}
+        out.append(param)
+    if header:
+        out.append(
+            {
+                "name": "X-Amzn-SageMaker-Custom-Attributes",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "maxLength": 1024},
+                "description": "the options as a query string (k=3&mode=similar), under the "
+                "query string's and the body's own",
+            }
+        )
+    return out
 
 
 _INT_OPTIONS = ("k", "k_total", "seed")

@@ -563,3 +563,21 @@ def test_a_submission_is_refused_as_the_real_time_request_is(
         assert ok.status_code == 202, ok.text
         listed = httpx.get(f"{server.url}/async/jobs").json()
         assert [j["InferenceId"] for j in listed["jobs"]] == [ok.json()["InferenceId"]]
+        # The submission is documented as it is read: its headers, every option, the input
+        # as the body (JSON with stored photos' locations too) and the 202's fields.
+        submit = httpx.get(f"{server.url}/openapi.json").json()["paths"]["/async/invocations"]
+        params = {p["name"] for p in submit["post"]["parameters"]}
+        assert {
+            "X-Amzn-SageMaker-InputLocation",
+            "X-Amzn-SageMaker-Inference-Id",
+            "X-Amzn-SageMaker-InvocationTimeoutSeconds",
+            "X-Stygig-Webhook",
+            "X-Amzn-SageMaker-Custom-Attributes",
+            "k",
+            "candidate_ids",
+        } <= params
+        content = submit["post"]["requestBody"]["content"]
+        assert {"image/jpeg", "application/json"} <= set(content)
+        assert "image_uris" in content["application/json"]["schema"]["properties"]
+        accepted = submit["post"]["responses"]["202"]["content"]["application/json"]["schema"]
+        assert set(accepted["required"]) == set(ok.json())

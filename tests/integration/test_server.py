@@ -133,6 +133,23 @@ def test_openapi_documents_every_option_and_the_whole_answer(
         assert not errors, errors
     wrong = client.post("/invocations", json={"item_ids": ["sku-0014"], "use_color": "false"})
     assert wrong.status_code == 422 and "use_color" in wrong.json()["error"]["message"]
+    # Every option is a documented query parameter of every recommending route (review: none
+    # were), SageMaker's custom attributes a header of the POST ones; the JSON body is one
+    # closed object, as the server refuses unknown keys.
+    assert schemas["Options"]["additionalProperties"] is False
+    for path in ("/invocations", "/v1/recommend", "/v1/items/{item_id}/recommendations"):
+        route = next(iter(document["paths"][path].values()))
+        query = {p["name"] for p in route["parameters"] if p["in"] == "query"}
+        headers = {p["name"] for p in route["parameters"] if p["in"] == "header"}
+        assert query == set(Options.__dataclass_fields__), path
+        assert headers == ({"X-Amzn-SageMaker-Custom-Attributes"} if "items" not in path else set())
+    body = document["paths"]["/invocations"]["post"]["requestBody"]["content"]["application/json"]
+    check = jsonschema.Draft202012Validator(
+        {**body["schema"], "components": document["components"]}
+    )
+    assert check.is_valid({"image_b64": photo, "item_ids": ["sku-0014"], "k": 2, "filters": {}})
+    assert not check.is_valid({"image_b64": photo, "colour": 1})
+    assert client.post("/invocations", json={"image_b64": photo, "colour": 1}).status_code == 422
 
 
 def test_missing_artifact_defaults_to_opt_ml_model_and_exits(tmp_path: Path) -> None:

@@ -68,9 +68,8 @@ from stygig.index import release_mapped_rows, restore_mapped_rows, warm_index
 from stygig.living import LiveCatalog
 from stygig.locations import InputLocations
 from stygig.recommendation import (
-    MAX_QUERY_PARTS,
-    MAX_TEXT,
     OutfitRequest,
+    option_parameters,
     options_schema,
     outfit_request_schema,
 )
@@ -791,7 +790,6 @@ class _BodyReader:
 
 
 _IMAGE_BODY = {"schema": {"type": "string", "format": "binary"}}
-_OPTIONS_REF = {"$ref": "#/components/schemas/Options"}
 _ANSWER_REF = {"$ref": "#/components/schemas/Recommendation"}
 _OUTFIT_SCORE_DOC: dict[str, Any] = {
     "requestBody": {
@@ -805,30 +803,8 @@ OUTFIT_SCORE_RESPONSE: dict[int | str, dict[str, Any]] = {
         "content": {JSON: {"schema": {"$ref": "#/components/schemas/OutfitScore"}}},
     }
 }
-# A JSON body: the photos and item ids, with every option beside them (the Options schema).
-_JSON_BODY = {
-    "schema": {
-        "allOf": [
-            {
-                "type": "object",
-                "properties": {
-                    "image_b64": {"type": "string", "description": "one photo, base64"},
-                    "images_b64": {
-                        "type": "array",
-                        "items": {"type": "string"},
-                        "maxItems": MAX_QUERY_PARTS,
-                    },
-                    "item_ids": {
-                        "type": "array",
-                        "items": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT},
-                        "maxItems": MAX_QUERY_PARTS,
-                    },
-                },
-            },
-            _OPTIONS_REF,
-        ]
-    }
-}
+# A JSON body: the photos and item ids, with every option beside them.
+_JSON_BODY = {"schema": rq.json_body_schema()}
 #: The 200 answer of every recommending route.
 ANSWER_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"description": "the recommendation", "content": {JSON: {"schema": _ANSWER_REF}}}
@@ -858,15 +834,17 @@ def _with_schemas(app: FastAPI) -> None:
 
 
 _INVOCATION_DOC: dict[str, Any] = {
+    "parameters": option_parameters(),
     "requestBody": {
         "required": True,
         "content": {
             **{t: _IMAGE_BODY for t in sorted(rq.IMAGE_TYPES)},
             JSON: _JSON_BODY,
         },
-    }
+    },
 }
 _RECOMMEND_DOC: dict[str, Any] = {
+    "parameters": option_parameters(),
     "requestBody": {
         "required": True,
         "content": {
@@ -882,7 +860,7 @@ _RECOMMEND_DOC: dict[str, Any] = {
                 }
             },
         },
-    }
+    },
 }
 _FILE_FIELDS = ("image", "images", "file")
 
@@ -1169,6 +1147,7 @@ def _routes(
         tags=["catalogue"],
         summary="What goes with a catalogue item (options as query parameters)",
         responses=ANSWER_RESPONSE,
+        openapi_extra={"parameters": option_parameters(header=False)},
     )
     async def item_recommendations(item_id: str, request: Request) -> Response:
         service.require()

@@ -42,7 +42,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
@@ -58,6 +58,7 @@ from stygig.jobs.queue import JobQueue
 from stygig.jobs.store import MAX_PAGE, TERMINAL, Job, JobSpec, JobStore, QueueLimits
 from stygig.jobs.worker import JobWorker, WorkerConfig, check_job_input
 from stygig.locations import InputLocations, public_errors
+from stygig.recommendation import option_parameters
 from stygig.serving import requests as rq
 from stygig.serving.responses import JSON, json_response
 
@@ -322,6 +323,76 @@ def _own_output(job: Job) -> bytes:
     return own[0]
 
 
+_SUBMITTED = {
+    "type": "object",
+    "properties": {
+        "InferenceId": {"type": "string"},
+        "OutputLocation": {"type": "string", "description": "where the result will be"},
+        "FailureLocation": {"type": "string", "description": "where an error will be"},
+        "Status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed"]},
+    },
+    "required": ["InferenceId", "OutputLocation", "FailureLocation", "Status"],
+}
+# The submission as SageMaker sends it: the input as the body or a stored location, the
+# parameters as headers, the options as the query string or custom attributes.
+_SUBMIT_DOC: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": "X-Amzn-SageMaker-InputLocation",
+            "in": "header",
+            "schema": {"type": "string", "maxLength": _MAX_LOCATION_CHARS},
+            "description": "a stored input (a photo, or a JSON request as the body would be) "
+            "under a prefix the operator allowed; else send the input as the body",
+        },
+        {
+            "name": "X-Amzn-SageMaker-Inference-Id",
+            "in": "header",
+            "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
+            "description": "your id (not ending in -error); resubmitting it returns the same job",
+        },
+        {
+            "name": "X-Amzn-SageMaker-InvocationTimeoutSeconds",
+            "in": "header",
+            "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": _MAX_TIME_LIMIT_S},
+        },
+        {
+            "name": "X-Amzn-SageMaker-Content-Type",
+            "in": "header",
+            "schema": {"type": "string"},
+            "description": "the input's content type (else Content-Type)",
+        },
+        {
+            "name": "X-Stygig-Webhook",
+            "in": "header",
+            "schema": {"type": "string", "maxLength": MAX_WEBHOOK_URL_LENGTH},
+            "description": "this job's notification URL (http(s), public addresses unless "
+            "the operator allows a network)",
+        },
+        *option_parameters(),
+    ],
+    "requestBody": {
+        "required": False,
+        "content": {
+            **{
+                t: {"schema": {"type": "string", "format": "binary"}}
+                for t in sorted(rq.IMAGE_TYPES)
+            },
+            JSON: {
+                "schema": rq.json_body_schema(
+                    {
+                        "image_uri": {"type": "string", "description": "a stored photo"},
+                        "image_uris": {"type": "array", "items": {"type": "string"}},
+                    }
+                )
+            },
+        },
+    },
+    "responses": {
+        "202": {"description": "the job, queued", "content": {JSON: {"schema": _SUBMITTED}}}
+    },
+}
+
+
 def make_async_router(store: JobQueue, worker: JobWorker, config: AsyncConfig) -> APIRouter:
     """The ``/async`` routes over ``store``; ``worker`` is woken on every submission, and
     client-named inputs are checked against the policy it reads them with."""
@@ -330,7 +401,12 @@ def make_async_router(store: JobQueue, worker: JobWorker, config: AsyncConfig) -
     limits = config.queue_limits()
     webhooks = _WebhookChecks(config.notifier)
 
-    @router.post("/invocations", status_code=202, summary="Submit an asynchronous inference")
+    @router.post(
+        "/invocations",
+        status_code=202,
+        summary="Submit an asynchronous inference",
+        openapi_extra=_SUBMIT_DOC,
+    )
     async def submit(request: Request) -> Response:
         spec = await _spec(request, config, policy, webhooks, worker.current_recommender)
         job, created = await run_in_threadpool(store.submit, spec, limits)

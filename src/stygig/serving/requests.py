@@ -29,7 +29,10 @@ from stygig.errors import (
     UnsupportedMediaError,
 )
 from stygig.recommendation import (
+    MAX_QUERY_PARTS,
+    MAX_TEXT,
     options_from_params,
+    options_schema,
     params_to_dict,
     parse_json_object,
     split_json_request,
@@ -44,6 +47,7 @@ __all__ = [
     "build_request",
     "check_accept",
     "custom_attributes",
+    "json_body_schema",
     "media_type",
     "options_from_params",
     "params_to_dict",
@@ -149,3 +153,25 @@ def unsupported(content_type: str, *, multipart: bool = False) -> UnsupportedMed
         f"application/x-image, {forms}",
         code="unsupported_content_type",
     )
+
+
+def json_body_schema(extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A JSON request body's schema (OpenAPI): the photos and item ids (and ``extra``
+    properties) with every option beside them, nothing else. One closed object, as the server
+    refuses unknown keys (an ``allOf`` with the closed Options schema would refuse the
+    photos)."""
+    schema = options_schema()
+    schema.pop("$defs", None)  # the app puts them in its components
+    schema.pop("title", None)
+    schema["properties"] = {
+        "image_b64": {"type": "string", "description": "one photo, base64"},
+        "images_b64": {"type": "array", "items": {"type": "string"}, "maxItems": MAX_QUERY_PARTS},
+        "item_ids": {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT},
+            "maxItems": MAX_QUERY_PARTS,
+        },
+        **(extra or {}),
+        **schema["properties"],
+    }
+    return schema

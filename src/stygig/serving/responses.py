@@ -32,6 +32,7 @@ class ErrorBody(BaseModel):
 _ERRORS = {
     400: "the request is malformed (body, JSON, image)",
     401: "the server requires 'Authorization: Bearer <token>'",
+    403: "a change sent from another site to a server bound to loopback",
     404: "unknown item, job or route",
     405: "the route does not take this method",
     406: "the Accept header rules out JSON",
@@ -40,6 +41,7 @@ _ERRORS = {
     413: "the body or image is over a limit",
     415: "a content type or image format StyGig does not read",
     422: "options that fail validation",
+    431: "the request line and headers are over 64 KiB (a query string too)",
     500: "a fault on the server (details in its log, by request id)",
     503: "loading or at capacity; retry after Retry-After seconds",
 }
