@@ -218,15 +218,19 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
         exclude_ids=tuple(args.exclude_id or ()),
         filters=_parse_filters(args.filter or []),
         use_color=not args.no_color,
+        diversity=args.diversity,
         seed=args.seed,
+        include_unavailable=args.include_unavailable,
+        use_category_head=not args.no_category_head,
+        candidate_ids=tuple(args.candidate or ()),
     )
     query = Query(images=tuple(Path(p) for p in args.photos), item_ids=tuple(args.item or ()))
     recommender = Recommender.from_path(args.artifact)
-    rec = recommender.recommend(query, options).to_dict()
+    answer = recommender.recommend(query, options)
     if args.json:
-        print(json.dumps(rec, indent=2))
+        print(answer.to_json().decode())
     else:
-        _print_table(rec)
+        _print_table(answer.to_dict())
     return 0
 
 
@@ -335,8 +339,29 @@ def _parser() -> argparse.ArgumentParser:
         "--filter", action="append", help="attribute filter: usage=Casual, price=..50 (repeat)"
     )
     p.add_argument("--no-color", action="store_true", help="turn colour harmony off")
+    p.add_argument(
+        "--diversity",
+        type=float,
+        default=None,
+        help="MMR's trade-off between score and variety, 0 to 1 (default: the scoring config's)",
+    )
+    p.add_argument(
+        "--candidate",
+        action="append",
+        help="rank only these catalogue items (repeat; a stylist's shortlist)",
+    )
+    p.add_argument(
+        "--include-unavailable", action="store_true", help="also items the shop cannot sell now"
+    )
+    p.add_argument(
+        "--no-category-head",
+        action="store_true",
+        help="a photo's category by the neighbour vote alone, not merged with the artifact's head",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for deterministic tie-breaking")
-    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p.add_argument(
+        "--json", action="store_true", help="the answer as JSON, the bytes the server sends"
+    )
     p.set_defaults(func=_cmd_recommend)
 
     from stygig.deploy.command import register as register_deploy

@@ -18,10 +18,23 @@ from tests.integration.test_jobs import async_server, job_status, wait_for
 
 pytestmark = pytest.mark.slow
 
-# Two questions: an outfit for a photo plus a catalogue item, and visual search for a photo.
+# Three questions: an outfit for a photo plus a catalogue item, visual search for a photo,
+# and a shortlist ranked with MMR, unavailable items and the neighbour vote alone.
 CASES = [
     ("blue-jeans.jpg", ("sku-0014",), {"k": 2, "k_total": 6, "seed": 3}),
     ("grey-shirt.jpg", (), {"mode": "similar", "k": 3, "k_total": 5, "use_color": False}),
+    (
+        "blue-jeans.jpg",
+        (),
+        {
+            "k": 2,
+            "k_total": 4,
+            "diversity": 0.5,
+            "include_unavailable": True,
+            "use_category_head": False,
+            "candidate_ids": ["sku-0001", "sku-0020", "sku-0031", "sku-0054", "sku-0090"],
+        },
+    ),
 ]
 
 
@@ -43,6 +56,13 @@ def _cli_args(photo: Path, items: tuple[str, ...], options: dict[str, Any]) -> l
         args += ["--seed", str(options["seed"])]
     if options.get("use_color") is False:
         args.append("--no-color")
+    if "diversity" in options:
+        args += ["--diversity", str(options["diversity"])]
+    if options.get("include_unavailable"):
+        args.append("--include-unavailable")
+    if options.get("use_category_head") is False:
+        args.append("--no-category-head")
+    args += [a for c in options.get("candidate_ids", ()) for a in ("--candidate", c)]
     return args
 
 
@@ -55,7 +75,9 @@ def test_every_route_gives_the_same_answer(
     photos = [catalog / "queries" / name for name, _, _ in CASES]
 
     answers["library"] = [
-        _answer(rec.recommend(Query(images=(p,), item_ids=items), Options(**o)).to_dict())
+        _answer(
+            rec.recommend(Query(images=(p,), item_ids=items), Options.from_dict(dict(o))).to_dict()
+        )
         for p, (_, items, o) in zip(photos, CASES, strict=True)
     ]
 
@@ -65,7 +87,10 @@ def test_every_route_gives_the_same_answer(
         assert (
             main(["recommend", "--artifact", str(artifact), "--json", *_cli_args(p, items, o)]) == 0
         )
-        answers["cli"].append(_answer(json.loads(capsys.readouterr().out)))
+        printed = capsys.readouterr().out
+        # The bytes the server sends (compact, one line), not a re-indented copy.
+        assert printed.endswith("}\n") and "\n" not in printed[:-1]
+        answers["cli"].append(_answer(json.loads(printed)))
 
     manifest = tmp_path / "inputs.jsonl"
     manifest.write_text(
@@ -79,7 +104,7 @@ def test_every_route_gives_the_same_answer(
     out = tmp_path / "batch.jsonl"
     run_batch(rec, str(manifest), str(out), progress=False)
     records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
-    assert [r["status"] for r in records] == ["ok", "ok"], records
+    assert [r["status"] for r in records] == ["ok"] * len(CASES), records
     answers["batch"] = [_answer(r["recommendation"]) for r in records]
 
     (tmp_path / "server").mkdir()
