@@ -50,9 +50,10 @@ from tqdm import tqdm
 from stygig import storage
 from stygig.catalog import Item, Reject, read_catalog
 from stygig.engine import Options, Query, Recommender
-from stygig.errors import BatchError, InvalidOptionsError, StygigError
+from stygig.errors import BatchError, InputError, InvalidOptionsError, StygigError
 from stygig.features import fetch_photo
 from stygig.pipeline import PreparedQuery
+from stygig.recommendation import check_json_values
 
 __all__ = [
     "BatchInput",
@@ -144,13 +145,23 @@ def _manifest_inputs(src: str) -> Iterator[BatchInput]:
             )
             yield BatchInput(i, key, f"{src}:{i + 1}", error=err)
             continue
+        if i == 0:
+            line = line.removeprefix("\ufeff")  # a byte-order mark is not the line's text
         if not line.strip():
             continue
         try:
+            # Each value a Python object once parsed: bounded before (1M option keys in one
+            # line held 150 MB until its group ran).
+            check_json_values(line, what=f"line {i + 1}")
             row = json.loads(line)
             if not isinstance(row, dict):
                 raise InvalidOptionsError("a manifest line must be a JSON object")
-            key = str(row.get("id", key))
+            given = row.get("id")
+            if isinstance(given, int) and not isinstance(given, bool):
+                given = str(given)
+            if given is not None and not isinstance(given, str):
+                raise InvalidOptionsError("'id' must be a string or an integer")
+            key = given if given else key
             images = (
                 row.get("images")
                 or [row[k] for k in ("image", "path", "uri") if row.get(k) is not None][:1]
@@ -263,6 +274,9 @@ def prepare_input(
         return rec.prepare(query, options, color_beside=False, load=fetch_photo)
     except StygigError as e:
         return e
+    except (OSError, ValueError):  # one input must never stop the run (e.g. a NUL in a path)
+        log.warning("input %s could not be read", inp.key, exc_info=True)
+        return InputError("the input could not be read", code="unreadable_input")
 
 
 @dataclass(frozen=True)

@@ -320,13 +320,18 @@ def options_from_params(pairs: Iterable[tuple[str, str]]) -> Options:
     return Options.from_dict(params_to_dict(pairs))
 
 
-def check_json_values(body: bytes, *, what: str = "the body", limit: int = MAX_JSON_VALUES) -> None:
+def check_json_values(
+    body: bytes | str, *, what: str = "the body", limit: int = MAX_JSON_VALUES
+) -> None:
     """Refuse (413) a JSON text of more than about ``limit`` values before it is parsed: each
     value is a Python object, so a few MB of ``[[],[],...]`` cost 1 s of CPU and 150 MB of
     memory within the byte limits. Counted from the separators and openers (a comma or a
     bracket inside a string counts too: the count is an upper bound); photos in base64 hold
     none."""
-    values = body.count(b",") + body.count(b"[") + body.count(b"{")
+    if isinstance(body, bytes):
+        values = body.count(b",") + body.count(b"[") + body.count(b"{")
+    else:
+        values = body.count(",") + body.count("[") + body.count("{")
     if values > limit:
         raise PayloadTooLargeError(f"{what} holds more than {limit:,} JSON values")
 

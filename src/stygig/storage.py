@@ -301,6 +301,8 @@ def _open_regular(loc: Location) -> tuple[int, int]:
         fd = os.open(loc.path, _READ_FLAGS)
     except OSError as e:
         raise _os_error(e, loc) from e
+    except ValueError:  # a NUL character in the path: no file has that name
+        raise InputError("a path holds a NUL character", code="invalid_location") from None
     return fd, _regular(fd, loc)
 
 

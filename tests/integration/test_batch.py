@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -117,11 +118,23 @@ def test_manifest_bad_records_are_isolated(
     photo = catalog / "queries" / "blue-jeans.jpg"
     lines.append(json.dumps({"id": "file-uri", "image": photo.as_uri()}))
     lines.append(json.dumps({"id": "http", "image": "http://example.invalid/x.jpg"}))
+    # Review (s37): a NUL in a path stopped the run with a traceback at every rerun; a line of
+    # a million option keys was held whole until its group ran; ids were Python reprs.
+    shutil.copy(photo, tmp_path / "beside.jpg")
+    lines.append(json.dumps({"id": "nul", "image": "beside.jpg\u0000x"}))
+    lines.append(
+        '{"id": "many", "item_ids": ["sku-0001"], "options": {'
+        + ",".join(f'"o{n}": 1' for n in range(30_000))
+        + "}}"
+    )
+    lines.append(json.dumps({"id": None, "item_ids": ["sku-0001"]}))
+    lines.append(json.dumps({"id": 42, "item_ids": ["sku-0001"]}))
+    lines.append(json.dumps({"id": {"a": 1}, "item_ids": ["sku-0001"]}))
     manifest = tmp_path / "manifest.jsonl"
-    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    manifest.write_text("\ufeff" + "\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "out.parquet"
     summary = run_batch(rec, str(manifest), str(out), progress=False)
-    assert summary.processed == 14 and summary.errors == 11
+    assert summary.processed == 19 and summary.errors == 14
 
     import pyarrow.parquet as pq
 
@@ -133,10 +146,16 @@ def test_manifest_bad_records_are_isolated(
     assert status["bad-options"] == ("error", "invalid_options")
     assert status["corrupt"][0] == "error" and status["missing"][0] == "error"
     assert status["images-number"] == status["ids-number"] == ("error", "invalid_options")
-    assert status["line-10"] == status["line-11"] == ("error", "malformed_json")
+    assert status["line-10"] == ("error", "malformed_json")
+    assert status["line-11"] == ("error", "payload_too_large")  # counted before it is parsed
     assert status["fifo"] == ("error", "not_a_regular_file")
     assert status["file-uri"] == ("ok", None)  # file:// as the docs say (was image_not_found)
     assert status["http"] == ("error", "invalid_location")
+    assert status["nul"] == ("error", "invalid_image")  # a record, not a traceback
+    assert status["line-16"] == ("error", "payload_too_large")  # its id is never read
+    assert status["line-17"] == ("ok", None) and status["42"] == ("ok", None)
+    assert status["line-19"] == ("error", "invalid_options")  # an object is not an id
+    assert status["photo"] == ("ok", None)  # the first line, after a byte-order mark
     assert json.loads(table[0]["recommendation"])["outfit"] is not None
     assert not out.with_name("out.parquet.parts").exists()
 
