@@ -32,6 +32,7 @@ with other arguments is refused instead of mixing two runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -88,11 +89,23 @@ class BatchInput:
 # -- inputs ---------------------------------------------------------------------------------------
 
 
-def _photo_inputs(src: str) -> Iterator[BatchInput]:
+def _remote_photos(src: str) -> list[str]:
+    """The photos under an S3 prefix; none is a mistake (a mistyped prefix, a file of another
+    kind), not an empty run recorded as complete."""
+    names = [k for k in storage.list_keys(src) if k.lower().endswith(IMAGE_SUFFIXES)]
+    if not names:
+        raise BatchError(
+            f"no photos under {src} (a manifest ends in .jsonl, a catalogue in .csv; "
+            "or name the kind with --kind)"
+        )
+    return names
+
+
+def _photo_inputs(src: str, names: list[str] | None = None) -> Iterator[BatchInput]:
+    """The photos of a folder or an S3 prefix (``names``: the prefix's, already listed)."""
     if storage.is_remote(src):
-        names = [k for k in storage.list_keys(src) if k.lower().endswith(IMAGE_SUFFIXES)]
         base = src.rstrip("/") + "/"
-        for i, uri in enumerate(names):
+        for i, uri in enumerate(_remote_photos(src) if names is None else names):
             yield BatchInput(i, uri[len(base) :], uri, images=(uri,))
         return
     root = Path(src)
@@ -216,7 +229,12 @@ def _artifact_inputs(ids: Sequence[str]) -> Iterator[BatchInput]:
 def input_kind(src: str) -> str:
     """``artifact``, ``photos``, ``catalog`` or ``manifest``, from what ``src`` looks like."""
     if storage.is_remote(src):
-        return "manifest" if src.endswith((".jsonl", ".ndjson")) else "photos"
+        suffix = src.rsplit("/", 1)[-1].lower()
+        if suffix.endswith((".jsonl", ".ndjson")):
+            return "manifest"
+        if suffix.endswith(".csv"):
+            return "catalog"
+        return "photos"
     path = Path(src)
     if path.is_dir():
         return "artifact" if (path / "manifest.json").is_file() else "photos"
@@ -224,11 +242,15 @@ def input_kind(src: str) -> str:
         raise BatchError(f"input {src} does not exist")
     if path.suffix.lower() == ".csv":
         return "catalog"
-    with path.open(encoding="utf-8", errors="replace") as f:
-        first = next((line for line in f if line.strip()), "{}")
+    # The first line that is not blank, read a bounded piece at a time (a one-line export or
+    # a binary file is never read whole here).
+    with contextlib.closing(storage.iter_lines(src, max_line_bytes=MAX_MANIFEST_LINE)) as lines:
+        first = next((line for line in lines if line is None or line.strip()), b"{}")
+    if first is None:  # longer than any manifest line: read as a manifest, whose error it is
+        return "manifest"
     try:
-        row = json.loads(first)
-    except json.JSONDecodeError:
+        row = json.loads(first.decode("utf-8", errors="replace").removeprefix("\ufeff"))
+    except (json.JSONDecodeError, RecursionError, ValueError):
         return "manifest"
     return "catalog" if isinstance(row, dict) and "category" in row else "manifest"
 
@@ -249,6 +271,9 @@ def iter_inputs(
         )
         return _artifact_inputs(ids), len(ids)
     if kind == "photos":
+        if storage.is_remote(src):
+            names = _remote_photos(src)
+            return _photo_inputs(src, names), len(names)
         return _photo_inputs(src), None
     if kind == "catalog":
         positions = recommender.artifact.positions
@@ -418,10 +443,8 @@ class PartsSink:
         self.part_size = part_size
         self._done: set[int] = set()
         self._buffer: list[tuple[int, str]] = []
-        for key in storage.list_keys(prefix):
-            span = _part_range(key.rsplit("/", 1)[-1])
-            if span is not None:
-                self._done.update(span)
+        for _, span in own_parts(prefix):
+            self._done.update(span)
 
     def done(self) -> set[int]:
         """Indexes covered by existing parts."""
@@ -490,7 +513,7 @@ class ParquetSink:
         )
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            for key in storage.list_keys(str(self.staging)):
+            for key, _ in own_parts(str(self.staging)):
                 rows = [json.loads(line) for line in storage.read_bytes(key).splitlines()]
                 columns: dict[str, list[Any]] = {name: [] for name in schema.names}
                 for r in rows:
@@ -539,7 +562,7 @@ def run_record(
         "by_photo": by_photo,
         "options": options,
         **answered_by,
-        "part_size": part_size if storage.is_remote(dst) or dst.endswith(".parquet") else None,
+        "part_size": part_size if storage.is_remote(dst) or _is_parquet(dst) else None,
     }
 
 
@@ -547,12 +570,37 @@ def start_run(dst: str, run: dict[str, Any], overwrite: bool) -> BatchSummary | 
     """The summary of this same run when it already completed (nothing to do); else the run is
     recorded as started and ``None`` returned. A different earlier run is refused."""
     earlier = _check_run(dst, run, overwrite)
+    if earlier is not None and earlier.get("complete") and not _output_present(dst, earlier):
+        log.warning("%s: the completed run's output is gone or cut short; running it again", dst)
+        earlier = None
     if earlier is not None and earlier.get("complete"):
         before = dict(earlier["summary"])
         before.update(processed=0, skipped=before["total"], seconds=0.0, items_per_second=0.0)
         return BatchSummary(**before)
     storage.write_bytes(_sidecar(dst), json.dumps({"run": run, "complete": False}).encode())
     return None
+
+
+def _output_present(dst: str, earlier: dict[str, Any]) -> bool:
+    """Whether a completed run's output still holds every record it wrote: the JSONL file its
+    lines, the parts their indexes, the Parquet file its rows (a lifecycle rule or a person may
+    have removed or cut it since)."""
+    total = int((earlier.get("summary") or {}).get("total") or 0)
+    if storage.is_remote(dst):
+        return sum(len(span) for _, span in own_parts(dst)) >= total
+    path = storage.parse(dst).path
+    assert path is not None
+    if not path.is_file():
+        return False
+    if _is_parquet(dst):
+        import pyarrow.parquet as pq
+
+        try:
+            return int(pq.ParquetFile(path).metadata.num_rows) >= total
+        except (OSError, ValueError):
+            return False
+    with path.open("rb") as f:
+        return sum(1 for _ in f) >= total
 
 
 def finish_run(
@@ -627,11 +675,11 @@ def _check_run(dst: str, run: dict[str, Any], overwrite: bool) -> dict[str, Any]
         # A Parquet output is staged in "<name>.parts" beside it: someone else's folder of
         # that name would be read as finished work and then deleted.
         staging = local.with_name(local.name + ".parts") if local is not None else None
-        if (local is not None and local.exists()) or (
-            storage.is_remote(dst) and storage.list_keys(dst)
-        ):
+        # In S3, parts of no recorded run (other objects under the prefix, other runs in
+        # folders below it, are not this run's and are never read or removed).
+        if (local is not None and local.exists()) or (storage.is_remote(dst) and own_parts(dst)):
             raise BatchError(f"{dst} exists but was not written by a batch run; use --overwrite")
-        if staging is not None and staging.exists() and dst.endswith(".parquet"):
+        if staging is not None and staging.exists() and _is_parquet(dst):
             raise BatchError(f"{staging} exists but was not written by a batch run")
         return None
     if earlier.get("run") != run:
@@ -644,10 +692,10 @@ def _check_run(dst: str, run: dict[str, Any], overwrite: bool) -> dict[str, Any]
 
 def _remove_output(dst: str) -> None:
     if storage.is_remote(dst):  # a batch run's parts and record only, as in a local folder
-        for key in storage.list_keys(dst):
-            name = key.rsplit("/", 1)[-1]
-            if _part_range(name) is not None or key == _sidecar(dst):
-                storage.delete(key)
+        for key, _ in own_parts(dst):
+            storage.delete(key)
+        if storage.exists(_sidecar(dst)):
+            storage.delete(_sidecar(dst))
         return
     path = storage.parse(dst).path
     assert path is not None
@@ -663,7 +711,37 @@ def _remove_output(dst: str) -> None:
     else:
         path.unlink(missing_ok=True)
     Path(f"{dst}.batch.json").unlink(missing_ok=True)
-    shutil.rmtree(path.with_name(path.name + ".parts"), ignore_errors=True)
+    staging = path.with_name(path.name + ".parts")
+    if _is_parquet(dst) and staging.is_dir():  # a Parquet run's staging: its parts only
+        for key, _ in own_parts(str(staging)):
+            Path(key).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            staging.rmdir()  # kept when it holds anything else
+
+
+def own_parts(prefix: str) -> list[tuple[str, range]]:
+    """The batch parts directly under ``prefix`` (a folder or an S3 prefix) and the indexes
+    each covers, in name order: never a sub-folder's (another run's output below this one)
+    nor any other file (a temporary one a killed write left)."""
+    if not storage.is_remote(prefix):
+        folder = storage.parse(prefix).path
+        assert folder is not None
+        if not folder.is_dir():
+            return []
+        found = [(str(p), _part_range(p.name)) for p in sorted(folder.iterdir()) if p.is_file()]
+        return [(key, span) for key, span in found if span is not None]
+    base = prefix.rstrip("/") + "/"
+    out = []
+    for key in storage.list_keys(prefix):
+        rest = key[len(base) :] if key.startswith(base) else "/"
+        span = None if "/" in rest else _part_range(rest)
+        if span is not None:
+            out.append((key, span))
+    return out
+
+
+def _is_parquet(dst: str) -> bool:
+    return not storage.is_remote(dst) and dst.lower().endswith(".parquet")
 
 
 def _part_range(name: str) -> range | None:

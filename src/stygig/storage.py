@@ -29,7 +29,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,7 +204,9 @@ def read_head(uri: str | Path, max_bytes: int) -> bytes:
     return _read_fd(fd, max_bytes, loc)
 
 
-def iter_lines(uri: str | Path, *, max_line_bytes: int = 64 << 20) -> Iterator[bytes | None]:
+def iter_lines(
+    uri: str | Path, *, max_line_bytes: int = 64 << 20
+) -> Generator[bytes | None, None, None]:
     """The object or file at ``uri`` line by line, read as a stream: lines end at ``\n`` (a
     ``\r`` before it is dropped), and memory is bounded by ``max_line_bytes``, not by the
     object or its longest line. A line over that is ``None`` (its bytes skipped), so a

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import shutil
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,6 +43,15 @@ def test_nightly_refresh_every_item_once(rec: Recommender, tmp_path: Path) -> No
     assert again.processed == 0 and again.skipped == len(ids)
     with pytest.raises(BatchError, match="other arguments"):
         run_batch(rec, str(rec.artifact.path), str(out), options={"k": 3}, progress=False)
+    # Review (s37): a completed run whose output was removed or cut short since said
+    # "already done" and wrote nothing; it runs again.
+    out.write_bytes(b"".join(out.read_bytes().splitlines(keepends=True)[:3]))
+    cut = run_batch(rec, str(rec.artifact.path), str(out), options={"k": 2}, progress=False)
+    assert cut.processed == len(ids) - 3 and cut.skipped == 3  # the 3 kept lines are done
+    assert [r["id"] for r in _records(out)] == ids
+    out.unlink()
+    gone = run_batch(rec, str(rec.artifact.path), str(out), options={"k": 2}, progress=False)
+    assert gone.processed == len(ids) and len(_records(out)) == len(ids)
 
 
 def test_overwrite_and_staging_never_touch_files_a_run_did_not_write(
@@ -63,6 +72,28 @@ def test_overwrite_and_staging_never_touch_files_a_run_did_not_write(
     with pytest.raises(BatchError, match="more than a batch run's parts"):
         run_batch(rec, src, str(folder), overwrite=True, progress=False)
     assert (folder / "notes.txt").read_text() == "keep"
+    # Review (s37): the guard was case-sensitive (".PARQUET" staged into the operator's
+    # folder), --overwrite of a .jsonl output removed "<out>.parts" whatever it held, and the
+    # staging's listing read any file there (a killed write's temporary one) as a part.
+    upper = tmp_path / "up.PARQUET.parts"
+    upper.mkdir()
+    (upper / "part-000000000-000000100.jsonl").write_text("not this run's\n")
+    with pytest.raises(BatchError, match="not written by a batch run"):
+        run_batch(rec, src, str(tmp_path / "up.PARQUET"), progress=False)
+    beside = tmp_path / "r.jsonl.parts"
+    beside.mkdir()
+    (beside / "keep-me.txt").write_text("keep")
+    run_batch(rec, src, str(tmp_path / "r.jsonl"), overwrite=True, progress=False)
+    assert (beside / "keep-me.txt").read_text() == "keep"
+    from stygig.batch import own_parts
+
+    (beside / "part-000000000-000000010.jsonl").write_text("{}\n")
+    (beside / ".part-000000010-000000020.jsonl.ab12cd34.tmp").write_text("{torn")
+    (beside / "sub").mkdir()
+    (beside / "sub" / "part-000000020-000000030.jsonl").write_text("{}\n")
+    assert [(Path(k).name, s) for k, s in own_parts(str(beside))] == [
+        ("part-000000000-000000010.jsonl", range(0, 10))
+    ]
     prefix = tmp_path / "parts"
     first = run_batch(rec, src, str(prefix), progress=False)
     again = run_batch(rec, src, str(prefix), overwrite=True, progress=False)

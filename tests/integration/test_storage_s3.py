@@ -20,7 +20,7 @@ import pytest
 from stygig import storage
 from stygig.batch import run_batch
 from stygig.engine import Recommender
-from stygig.errors import InvalidOptionsError, NotFoundError, PayloadTooLargeError
+from stygig.errors import BatchError, InvalidOptionsError, NotFoundError, PayloadTooLargeError
 from stygig.jobs import Notifier
 from stygig.locations import InputLocations
 from tests.integration.server_fixtures import free_port
@@ -165,6 +165,40 @@ def test_batch_to_s3_prefix_resumes_by_part(
         for line in storage.read_bytes(k).splitlines()
     ]
     assert sorted(r["index"] for r in lines) == list(range(n))
+
+
+def test_a_run_on_a_prefix_never_touches_runs_below_it_and_redoes_a_lost_output(
+    s3_env: dict[str, str], sample: tuple[Path, Path]
+) -> None:
+    """Review (s37): --overwrite on s3://b/recs deleted the parts of the runs under
+    recs/2026-11-26/ (a recursive listing, judged by base name), a resume counted them as its
+    own done work, and a completed run whose parts a lifecycle rule had removed reported
+    "already done" and wrote nothing. An input that is not .jsonl was read as a photo prefix:
+    0 inputs, exit 0, recorded as complete."""
+    from stygig.batch import input_kind, iter_inputs
+
+    rec = Recommender.from_path(sample[1])
+    n = len(rec.artifact.items)
+    below = "s3://shop/recs/2026-11-26/"
+    run_batch(rec, str(sample[1]), below, part_size=50, progress=False)
+    theirs = storage.list_keys(below)
+    first = run_batch(rec, str(sample[1]), "s3://shop/recs", part_size=50, progress=False)
+    assert first.processed == n and first.skipped == 0  # their parts are not its done work
+    again = run_batch(
+        rec, str(sample[1]), "s3://shop/recs", part_size=50, progress=False, overwrite=True
+    )
+    assert again.processed == n and storage.list_keys(below) == theirs
+    for key in storage.list_keys("s3://shop/recs"):
+        if "/recs/part-" in key:
+            storage.delete(key)  # a lifecycle rule
+    redone = run_batch(rec, str(sample[1]), "s3://shop/recs", part_size=50, progress=False)
+    assert redone.processed == n and storage.list_keys(below) == theirs
+    storage.write_bytes("s3://shop/in/catalog.CSV", (sample[0] / "catalog.csv").read_bytes())
+    storage.write_bytes("s3://shop/in/manifest.JSONL", b'{"item_ids": ["sku-0001"]}\n')
+    assert input_kind("s3://shop/in/catalog.CSV") == "catalog"
+    assert input_kind("s3://shop/in/manifest.JSONL") == "manifest"
+    with pytest.raises(BatchError, match="no photos under"):
+        iter_inputs("s3://shop/in/typo", rec)
 
 
 def test_async_job_with_s3_input_and_output(
