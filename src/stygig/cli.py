@@ -184,7 +184,8 @@ def _print_table(rec: dict[str, Any]) -> None:
             f"vote): {then}; --gender states it"
         )
     elif gender.get("value"):
-        sure = f", {gender['confidence']:.0%} of the vote" if "confidence" in gender else ""
+        confidence = gender.get("confidence")  # None for a stated gender or an item's
+        sure = f", {confidence:.0%} of the vote" if confidence is not None else ""
         print(f"gender: {gender['value']} ({gender['source']}{sure})")
     if rec["outfit"]:
         print("\noutfit:")
@@ -206,6 +207,7 @@ def _print_table(rec: dict[str, Any]) -> None:
 
 def _cmd_recommend(args: argparse.Namespace) -> int:
     from stygig.engine import Options, Query, Recommender
+    from stygig.serving.catalog_command import unapplied_changes_note
 
     options = Options(
         mode=args.mode,
@@ -227,6 +229,9 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     query = Query(images=tuple(Path(p) for p in args.photos), item_ids=tuple(args.item or ()))
     recommender = Recommender.from_path(args.artifact)
     answer = recommender.recommend(query, options)
+    note = unapplied_changes_note(args.artifact)
+    if note:
+        print(note, file=sys.stderr)
     if args.json:
         print(answer.to_json().decode())
     else:

@@ -251,3 +251,24 @@ def test_kill_9_half_way_then_resume(sample: tuple[Path, Path], tmp_path: Path) 
     records = _records(out)
     assert sorted(int(str(r["index"])) for r in records) == list(range(n))  # each exactly once
     assert all(r["status"] == "ok" for r in records)
+
+
+def test_answers_from_an_artifact_with_unapplied_changes_say_so(
+    sample: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review (s37): after `stygig catalog remove --artifact A` (which `catalog status`
+    counts), `stygig batch` and `stygig recommend` answered from the artifact as built, the
+    removed item among their answers, without a word. They say so now, on standard error."""
+    artifact = tmp_path / "art"
+    shutil.copytree(sample[1], artifact)
+    assert batch_main(["recommend", "--artifact", str(artifact), "--item", "sku-0001"]) == 0
+    assert "change record" not in capsys.readouterr().err
+    assert batch_main(["catalog", "remove", "sku-0006", "--artifact", str(artifact)]) == 0
+    capsys.readouterr()
+    assert batch_main(["recommend", "--artifact", str(artifact), "--item", "sku-0001"]) == 0
+    err = capsys.readouterr().err
+    assert "1 change record(s)" in err and "--change-log" in err
+    out = tmp_path / "out.jsonl"
+    argv = ["batch", "--artifact", str(artifact), "--all-items", "--output", str(out), "--quiet"]
+    assert batch_main(argv) == 0
+    assert "1 change record(s)" in capsys.readouterr().err

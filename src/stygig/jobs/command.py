@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -212,8 +213,12 @@ def run_batch_command(args: argparse.Namespace) -> int:
     from stygig.artifact import Artifact
     from stygig.batch import run_batch
     from stygig.engine import Recommender
+    from stygig.serving.catalog_command import unapplied_changes_note
 
     recommender = Recommender(Artifact.load(args.artifact, verify=not args.no_verify))
+    note = unapplied_changes_note(args.artifact)
+    if note:  # before the run, so that it is seen before hours of work
+        print(note, file=sys.stderr)
     src, kind = batch_source(args)
     summary = run_batch(
         recommender,

@@ -33,6 +33,7 @@ __all__ = [
     "catalog_settings",
     "default_change_log",
     "register",
+    "unapplied_changes_note",
 ]
 
 #: The most bytes of changes one HTTP request carries (the server's body limit is 6 MB).
@@ -72,6 +73,32 @@ def default_change_log(artifact: str | Path) -> str:
     """The change log beside an artifact folder: ``<folder>.changes``."""
     text = str(artifact).rstrip("/")
     return text + ".changes"
+
+
+def unapplied_changes_note(artifact: str | Path) -> str | None:
+    """What to tell the user of a command that answers from ``artifact`` alone while its
+    change log (``<artifact>.changes``, where ``stygig catalog ... --artifact`` writes) holds
+    records: ``stygig catalog status`` counts them, this command's answers do not."""
+    from stygig import storage
+    from stygig.catalog.changelog import ChangeLog
+    from stygig.errors import StygigError
+
+    if storage.is_remote(str(artifact)):
+        return None
+    where = default_change_log(artifact)
+    if not Path(where).is_dir():
+        return None
+    try:
+        count = len(ChangeLog(where).sequences())
+    except StygigError:
+        return None
+    if not count:
+        return None
+    return (
+        f"warning: {where} holds {count} change record(s) that these answers do not include "
+        "(they are from the artifact as built); serve with --change-log to answer with them, "
+        "or fold them into a new artifact with `stygig catalog compact`"
+    )
 
 
 def add_catalog_flags(p: argparse.ArgumentParser) -> None:
