@@ -137,6 +137,22 @@ def test_package_checks_uploads_and_refuses(
     (broken / "items.jsonl").write_text("{}\n")
     assert main(["package", "--artifact", str(broken), "--out", str(tmp_path / "b.tgz")]) == 4
     assert "does not match its checksum" in capsys.readouterr().err
+    # Review (s37): files cut and their checksums re-recorded matched the manifest, so the
+    # archive was packed and an endpoint created that could never load it. Loaded first now.
+    from stygig.artifact import file_sha256
+
+    manifest = json.loads((broken / "manifest.json").read_text())
+    lines = (artifact / "items.jsonl").read_bytes().splitlines(keepends=True)
+    (broken / "items.jsonl").write_bytes(b"".join(lines[:60]))
+    entry = manifest["files"]["items.jsonl"]
+    entry["bytes"], entry["sha256"] = (
+        (broken / "items.jsonl").stat().st_size,
+        file_sha256(broken / "items.jsonl"),
+    )
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["package", "--artifact", str(broken), "--out", str(tmp_path / "c.tgz")]) == 4
+    assert "items" in capsys.readouterr().err
+    assert not (tmp_path / "c.tgz").exists()
 
 
 def test_package_packs_what_it_checked(
