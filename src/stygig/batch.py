@@ -569,6 +569,11 @@ def run_record(
 def start_run(dst: str, run: dict[str, Any], overwrite: bool) -> BatchSummary | None:
     """The summary of this same run when it already completed (nothing to do); else the run is
     recorded as started and ``None`` returned. A different earlier run is refused."""
+    if not storage.is_remote(dst) and (dst.endswith(("/", os.sep)) or Path(dst).is_dir()):
+        raise BatchError(
+            f"--output {dst} is a folder: a local output is a .jsonl or .parquet file "
+            "(a folder of parts is an s3:// prefix)"
+        )
     earlier = _check_run(dst, run, overwrite)
     if earlier is not None and earlier.get("complete") and not _output_present(dst, earlier):
         log.warning("%s: the completed run's output is gone or cut short; running it again", dst)
@@ -697,19 +702,9 @@ def _remove_output(dst: str) -> None:
         if storage.exists(_sidecar(dst)):
             storage.delete(_sidecar(dst))
         return
-    path = storage.parse(dst).path
+    path = storage.parse(dst).path  # a file: start_run refuses a local folder
     assert path is not None
-    if path.is_dir():  # a parts prefix: a batch run's parts only, never anything else
-        others = [p for p in path.iterdir() if _part_range(p.name) is None]
-        if others:
-            raise BatchError(
-                f"{dst} is a folder that holds more than a batch run's parts; --overwrite "
-                "removes only a batch run's own output"
-            )
-        for part in path.iterdir():
-            part.unlink()
-    else:
-        path.unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
     Path(f"{dst}.batch.json").unlink(missing_ok=True)
     staging = path.with_name(path.name + ".parts")
     if _is_parquet(dst) and staging.is_dir():  # a Parquet run's staging: its parts only

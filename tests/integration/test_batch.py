@@ -69,9 +69,14 @@ def test_overwrite_and_staging_never_touch_files_a_run_did_not_write(
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "notes.txt").write_text("keep")
-    with pytest.raises(BatchError, match="more than a batch run's parts"):
+    with pytest.raises(BatchError, match="is a folder"):
         run_batch(rec, src, str(folder), overwrite=True, progress=False)
     assert (folder / "notes.txt").read_text() == "keep"
+    # Review (s37): "recs/" (named like the docs' S3 prefixes) made the folder, left a hidden
+    # record in it and failed with "Is a directory" on every run.
+    with pytest.raises(BatchError, match="is a folder"):
+        run_batch(rec, src, str(tmp_path / "recs") + "/", progress=False)
+    assert not (tmp_path / "recs").exists() and not (tmp_path / "recs.batch.json").exists()
     # Review (s37): the guard was case-sensitive (".PARQUET" staged into the operator's
     # folder), --overwrite of a .jsonl output removed "<out>.parts" whatever it held, and the
     # staging's listing read any file there (a killed write's temporary one) as a part.
