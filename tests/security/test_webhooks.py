@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -470,14 +470,16 @@ def test_https_to_the_checked_address_still_verifies_the_name(
 # -- send(): what the worker calls ---------------------------------------------------------------
 
 
-def _job(tmp_path: Path, webhook: str | None) -> Job:
+def _job(tmp_path: Path, webhook: str | None, input_location: str | None = None) -> Job:
+    """A queued job with ``webhook``; its input inline, or stored at ``input_location``."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     with JobStore(tmp_path / "jobs.db", synchronous="NORMAL") as store:
         job, _ = store.submit(
             JobSpec(
                 output_location=str(tmp_path / "out"),
                 failure_location=str(tmp_path / "err"),
-                input_body=b"{}",
+                input_body=None if input_location else b"{}",
+                input_location=input_location,
                 webhook=webhook,
             )
         )
@@ -525,20 +527,11 @@ def test_a_clients_webhook_neither_silences_the_operators_nor_learns_the_input_l
     could hide its jobs from an audit), and both carried the job's input location (a server
     path or bucket key the client had named) although docs/security.md says notifications
     show none. Now both are posted; only the operator's channels carry the input location."""
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    with JobStore(tmp_path / "jobs.db", synchronous="NORMAL") as store:
-        job, _ = store.submit(
-            JobSpec(
-                output_location=str(tmp_path / "out"),
-                failure_location=str(tmp_path / "err"),
-                input_location="s3://shop/in/secret-photo.jpg",
-                webhook="http://127.0.0.1:9/client",  # replaced below with the receiver's
-            )
-        )
     with receiver((200, {})) as rec:
-        client = replace(job, webhook=rec.url.replace("/hook", "/client"))
+        hook = rec.url.replace("/hook", "/client")
+        job = _job(tmp_path, hook, input_location="s3://shop/in/secret-photo.jpg")
         notifier = make_notifier(webhook=rec.url, allow_networks=LOOPBACK, retries=1)
-        assert notifier.send(client) is True
+        assert notifier.send(job) is True
         hits = {h.path: json.loads(h.body) for h in rec.wait_for_hits(2)}
     assert set(hits) == {"/hook", "/client"}
     assert "secret-photo" not in json.dumps(hits["/client"])
