@@ -57,7 +57,8 @@ MAX_CANDIDATE_IDS = 1000  # candidates a caller may ask to have ranked
 MAX_OUTFIT_ITEMS = 16  # items of one set scored together (120 pairs)
 MAX_FILTERS = 16
 MAX_SEED = 2**32 - 1
-# JSON values in one request body: the options' lists at their limits hold about 6,300.
+# JSON values in one request body: the query and the options' lists at their limits hold
+# about 6,700 (8 + 8 photos and ids, 2 x 256 categories, 2 x 1,000 ids, 16 x 256 filter values).
 MAX_JSON_VALUES = 20_000
 MAX_NUMBER = 1e15  # the largest magnitude of a number in a filter
 
