@@ -581,3 +581,10 @@ def test_a_submission_is_refused_as_the_real_time_request_is(
         assert "image_uris" in content["application/json"]["schema"]["properties"]
         accepted = submit["post"]["responses"]["202"]["content"]["application/json"]["schema"]
         assert set(accepted["required"]) == set(ok.json())
+        # The job view's documented fields are the ones it has (review: no schema at all).
+        paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
+        view_doc = paths["/async/jobs/{job_id}"]["get"]["responses"]["200"]
+        documented = set(view_doc["content"]["application/json"]["schema"]["properties"])
+        view = httpx.get(f"{server.url}/async/jobs/{ok.json()['InferenceId']}").json()
+        assert documented == set(view)
+        assert "409" in paths["/async/jobs/{job_id}/output"]["get"]["responses"]

@@ -42,7 +42,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
@@ -55,7 +55,7 @@ from stygig.engine import Query as RecommendQuery
 from stygig.errors import InputError, InvalidImageError, InvalidOptionsError, NotFoundError
 from stygig.jobs.notify import MAX_WEBHOOK_URL_LENGTH, Notifier
 from stygig.jobs.queue import JobQueue
-from stygig.jobs.store import MAX_PAGE, TERMINAL, Job, JobSpec, JobStore, QueueLimits
+from stygig.jobs.store import MAX_PAGE, TERMINAL, Job, JobSpec, JobStore, QueueLimits, Status
 from stygig.jobs.worker import JobWorker, WorkerConfig, check_job_input
 from stygig.locations import InputLocations, public_errors
 from stygig.recommendation import option_parameters
@@ -323,15 +323,61 @@ def _own_output(job: Job) -> bytes:
     return own[0]
 
 
-_SUBMITTED = {
+_SUBMITTED: dict[str, Any] = {
     "type": "object",
     "properties": {
         "InferenceId": {"type": "string"},
         "OutputLocation": {"type": "string", "description": "where the result will be"},
         "FailureLocation": {"type": "string", "description": "where an error will be"},
-        "Status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed"]},
+        "Status": {"type": "string", "enum": list(get_args(Status))},
     },
     "required": ["InferenceId", "OutputLocation", "FailureLocation", "Status"],
+}
+_WHEN = {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}]}
+# GET /async/jobs/{id}: JobView.to_dict.
+_JOB_VIEW = {
+    "type": "object",
+    "properties": {
+        **_SUBMITTED["properties"],
+        "CreatedAt": _WHEN,
+        "StartedAt": _WHEN,
+        "FinishedAt": _WHEN,
+        "Attempts": {"type": "integer", "minimum": 0},
+        "Error": {
+            "anyOf": [
+                {
+                    "type": "object",
+                    "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                },
+                {"type": "null"},
+            ]
+        },
+    },
+    "required": [*_SUBMITTED["required"], "CreatedAt", "Attempts"],
+}
+_JOB_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the job's status and times", "content": {JSON: {"schema": _JOB_VIEW}}}
+}
+_OUTPUT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "a finished job's document: the answer (as POST /invocations gives it) "
+        "or its error, with InferenceId and JobToken",
+        "content": {JSON: {"schema": {"type": "object", "required": ["InferenceId"]}}},
+    },
+    409: {
+        "description": "the job has not finished",
+        "content": {
+            JSON: {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "InferenceId": {"type": "string"},
+                        "Status": _SUBMITTED["properties"]["Status"],
+                    },
+                }
+            }
+        },
+    },
 }
 # The submission as SageMaker sends it: the input as the body or a stored location, the
 # parameters as headers, the options as the query string or custom attributes.
@@ -426,11 +472,17 @@ def make_async_router(store: JobQueue, worker: JobWorker, config: AsyncConfig) -
         }
         return json_response(body, 202, headers)
 
-    @router.get("/jobs/{job_id}", summary="One job's status and timestamps")
+    @router.get(
+        "/jobs/{job_id}", summary="One job's status and timestamps", responses=_JOB_RESPONSES
+    )
     async def status(job_id: str) -> Response:
         return json_response((await run_in_threadpool(store.view, job_id)).to_dict())
 
-    @router.get("/jobs/{job_id}/output", summary="A finished job's result (or error)")
+    @router.get(
+        "/jobs/{job_id}/output",
+        summary="A finished job's result (or error)",
+        responses=_OUTPUT_RESPONSES,
+    )
     async def output(job_id: str) -> Response:
         job = await run_in_threadpool(store.get, job_id)
         if job.status not in TERMINAL:
