@@ -338,7 +338,6 @@ class JobWorker:
         self.locations = locations or InputLocations()
         self.retention_s = retention_s
         self.owner = new_owner()
-        self._recommender = recommender
         self.current_recommender = recommender  # the loaded one, or None while loading
         self._should_yield = should_yield
         self._slots = threading.BoundedSemaphore(self.config.concurrency)
@@ -409,7 +408,7 @@ class JobWorker:
         self._wake.clear()
 
     def _may_claim(self) -> bool:
-        if self._recommender() is None or (self._should_yield and self._should_yield()):
+        if self.current_recommender() is None or (self._should_yield and self._should_yield()):
             return False
         with self._lock:
             at_cap = self._abandoned >= self.config.max_abandoned
@@ -443,7 +442,7 @@ class JobWorker:
 
     def _supervise(self, run: _Running) -> None:
         job = run.job
-        rec = self._recommender()
+        rec = self.current_recommender()
         assert rec is not None
         future: Future[Outcome] = Future()
         threading.Thread(

@@ -291,10 +291,8 @@ async def _spec(
         body_arg = body
     rec = recommender()
     if rec is not None:  # the catalogue it is loaded with; the job checks again when it runs
-        if query is None:
-            await run_in_threadpool(rec.check, options)
-        else:
-            await run_in_threadpool(rec.check, options, query.item_ids, len(query.images))
+        ids, photos = (query.item_ids, len(query.images)) if query else ((), None)
+        await run_in_threadpool(rec.check, options, ids, photos)
     webhook = given.webhook
     if webhook is not None:
         await webhooks.check(webhook)  # it resolves the host, within a bound
