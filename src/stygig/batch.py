@@ -264,8 +264,11 @@ def iter_inputs(
         from stygig.artifact import Artifact
 
         own = Path(src).resolve() == recommender.artifact.path.resolve()
+        # The recommender's own catalogue as it is now (changes applied: items added since
+        # the build, none removed), in row order; another artifact's items as built.
+        positions = recommender.artifact.positions
         ids = (
-            [i.id for i in recommender.artifact.items]
+            sorted(positions, key=positions.__getitem__)
             if own
             else [i.id for i in Artifact.load(src, verify=False).items]
         )
@@ -855,6 +858,10 @@ def start_batch(
     or the summary of this same run when it already completed. Local and Ray runs share this
     run record, so each resumes the other."""
     manifest = recommender.artifact.manifest
+    answered_by = {k: manifest.get(k) for k in ("created_at", "format_version")}
+    snap = recommender.snapshot
+    if snap.sequence:  # changes applied (a change log): resumed only on the same catalogue
+        answered_by["catalog_version"] = snap.catalog_version
     run = run_record(
         src,
         dst,
@@ -862,7 +869,7 @@ def start_batch(
         by_photo=by_photo,
         options=options,
         part_size=part_size,
-        artifact={k: manifest.get(k) for k in ("created_at", "format_version")},
+        artifact=answered_by,
     )
     return begin_run(
         dst,

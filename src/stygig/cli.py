@@ -207,7 +207,11 @@ def _print_table(rec: dict[str, Any]) -> None:
 
 def _cmd_recommend(args: argparse.Namespace) -> int:
     from stygig.engine import Options, Query, Recommender
-    from stygig.serving.catalog_command import unapplied_changes_note
+    from stygig.serving.catalog_command import (
+        answer_change_log,
+        apply_answer_change_log,
+        unapplied_changes_note,
+    )
 
     options = Options(
         mode=args.mode,
@@ -228,10 +232,15 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     )
     query = Query(images=tuple(Path(p) for p in args.photos), item_ids=tuple(args.item or ()))
     recommender = Recommender.from_path(args.artifact)
-    answer = recommender.recommend(query, options)
-    note = unapplied_changes_note(args.artifact)
+    change_log = answer_change_log(args.artifact, args.change_log, use=not args.no_change_log)
+    note = (
+        apply_answer_change_log(recommender, change_log)
+        if change_log is not None
+        else unapplied_changes_note(args.artifact)
+    )
     if note:
         print(note, file=sys.stderr)
+    answer = recommender.recommend(query, options)
     if args.json:
         print(answer.to_json().decode())
     else:
@@ -328,9 +337,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true", help="skip checksum verification")
     p.set_defaults(func=_cmd_inspect)
 
+    from stygig.serving.catalog_command import add_answer_flags
+
     p = sub.add_parser("recommend", help="recommend items that go with a photo or catalogue item")
     p.add_argument("photos", nargs="*", help="query photo(s) that belong together")
     p.add_argument("--artifact", required=True)
+    add_answer_flags(p)
     p.add_argument("--item", action="append", help="a catalogue item id in the query (repeat)")
     p.add_argument("--mode", default="outfit", choices=["outfit", "similar"])
     p.add_argument("--k", type=int, default=3, help="items per category")

@@ -50,7 +50,7 @@ from stygig.errors import InvalidOptionsError, StygigError
 from stygig.features import PreparedImage
 from stygig.snapshot import CatalogSnapshot, apply_changes, apply_record
 
-__all__ = ["LiveCatalog"]
+__all__ = ["LiveCatalog", "replay"]
 
 log = logging.getLogger("stygig.living")
 
@@ -332,29 +332,7 @@ class LiveCatalog:
 
     def _catch_up_locked(self) -> int:
         assert self.changelog is not None
-        rec = self.recommender
-        applied = 0
-        while True:
-            records = self.changelog.read_since(rec.snapshot.sequence, CATCH_UP_BATCH)
-            if not records:
-                return applied
-            snap = rec.snapshot
-            for record in records:
-                snap = self._replayed(snap, record)
-            rec.publish(snap)
-            applied += len(records)
-
-    def _replayed(self, snap: CatalogSnapshot, record: dict[str, Any]) -> CatalogSnapshot:
-        """The snapshot after one record (:func:`~stygig.snapshot.apply_record`: a record
-        that no longer applies advances the sequence and changes nothing, the same on every
-        replica and in compaction)."""
-        snap, skipped = apply_record(snap, record, compat_mode=self.recommender.config.compat_mode)
-        if skipped is not None:
-            log.error(
-                "change log record skipped",
-                extra={"fields": {"sequence": snap.sequence, "reason": skipped}},
-            )
-        return snap
+        return replay(self.recommender, self.changelog)
 
     def follow(self, interval_s: float) -> None:
         """Catch up every ``interval_s`` seconds on a daemon thread until :meth:`stop`."""
@@ -398,3 +376,32 @@ class LiveCatalog:
                 break
             self._stop.wait(0.01)
         return self.snapshot.sequence >= sequence
+
+
+def replay(recommender: Recommender, changelog: ChangeLog, until: int | None = None) -> int:
+    """Apply ``changelog``'s records after ``recommender``'s current snapshot, up to record
+    ``until`` (``None``: every one written); how many. Reads the log, never writes it: a
+    restarted server, a replica following, a batch run or ``stygig recommend`` answering with
+    the catalogue's changes.
+
+    A record that no longer applies advances the sequence and changes nothing
+    (:func:`~stygig.snapshot.apply_record`), the same on every replica and in compaction.
+    """
+    applied = 0
+    while until is None or recommender.snapshot.sequence < until:
+        after = recommender.snapshot.sequence
+        limit = CATCH_UP_BATCH if until is None else min(CATCH_UP_BATCH, until - after)
+        records = changelog.read_since(after, limit)
+        if not records:
+            break
+        snap = recommender.snapshot
+        for record in records:
+            snap, skipped = apply_record(snap, record, compat_mode=recommender.config.compat_mode)
+            if skipped is not None:
+                log.error(
+                    "change log record skipped",
+                    extra={"fields": {"sequence": snap.sequence, "reason": skipped}},
+                )
+        recommender.publish(snap)
+        applied += len(records)
+    return applied

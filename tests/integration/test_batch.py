@@ -11,13 +11,14 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from stygig.batch import run_batch
 from stygig.cli import main as batch_main
 from stygig.engine import Recommender
 from stygig.errors import BatchError
-from tests.integration.server_fixtures import REPO
+from tests.integration.server_fixtures import REPO, running_server
 
 
 @pytest.fixture(scope="module")
@@ -258,22 +259,76 @@ def test_kill_9_half_way_then_resume(sample: tuple[Path, Path], tmp_path: Path) 
     assert all(r["status"] == "ok" for r in records)
 
 
-def test_answers_from_an_artifact_with_unapplied_changes_say_so(
+def test_answers_from_an_artifact_apply_its_change_log(
     sample: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Review (s37): after `stygig catalog remove --artifact A` (which `catalog status`
-    counts), `stygig batch` and `stygig recommend` answered from the artifact as built, the
-    removed item among their answers, without a word. They say so now, on standard error."""
+    """`stygig catalog add/remove --artifact A` writes A's change log, which `catalog status`
+    counts and a server with --change-log applies; `stygig recommend` and `stygig batch`
+    answered from A as built (s37: with a warning). They apply it now: an added item is a
+    query and a candidate, a removed one is in no answer and no --all-items run, a run
+    resumes only on the same catalogue; --no-change-log answers from A as built, saying so."""
     artifact = tmp_path / "art"
     shutil.copytree(sample[1], artifact)
-    assert batch_main(["recommend", "--artifact", str(artifact), "--item", "sku-0001"]) == 0
-    assert "change record" not in capsys.readouterr().err
-    assert batch_main(["catalog", "remove", "sku-0006", "--artifact", str(artifact)]) == 0
+
+    def recommend(*extra: str) -> tuple[dict[str, object], str]:
+        argv = ["recommend", "--artifact", str(artifact), "--json", "--k", "6", *extra]
+        assert batch_main(argv) == 0
+        out, err = capsys.readouterr()
+        return json.loads(out), err
+
+    def shown(answer: dict[str, object]) -> set[str]:
+        groups = answer["by_category"]
+        assert isinstance(groups, dict)
+        return {str(i["id"]) for items in groups.values() for i in items}
+
+    built, err = recommend("--item", "sku-0001")
+    assert err == ""
+    gone = sorted(shown(built))[0]  # an item the answer holds: removing it must show
+    photo = sample[0] / "images" / "sku-0002.jpg"
+    add = ["catalog", "add", "--artifact", str(artifact), "--photo", str(photo)]
+    add += ["--field", "id=new-top", "--field", "category=top", "--field", "name=New top"]
+    assert batch_main(add) == 0
+    assert batch_main(["catalog", "remove", gone, "--artifact", str(artifact)]) == 0
     capsys.readouterr()
-    assert batch_main(["recommend", "--artifact", str(artifact), "--item", "sku-0001"]) == 0
-    err = capsys.readouterr().err
-    assert "1 change record(s)" in err and "--change-log" in err
+
+    now, err = recommend("--item", "sku-0001")
+    assert "applied 2 change record(s)" in err
+    assert gone not in shown(now)
+    assert recommend("--item", "new-top")[0]["query"]  # the added item is a query now
+    as_built, err = recommend("--item", "sku-0001", "--no-change-log")
+    assert "2 change record(s) that these answers do not include" in err
+    assert shown(as_built) == shown(built)
+    # A server without --change-log answers from the artifact as built: it says so at start.
+    with running_server(artifact, tmp_path / "serve.log") as server:
+        assert httpx.get(f"{server.url}/v1/items/new-top").status_code == 404
+    said = (tmp_path / "serve.log").read_text(encoding="utf-8")
+    assert "2 change record(s) that these answers do not include" in said
+    assert "serve with --change-log" in said
+    both = ["recommend", "--artifact", str(artifact), "--item", "sku-0001"]
+    assert batch_main([*both, "--no-change-log", "--change-log", str(tmp_path / "x")]) == 2
+    assert batch_main([*both, "--change-log", str(tmp_path / "missing")]) == 2
+    capsys.readouterr()
+
     out = tmp_path / "out.jsonl"
     argv = ["batch", "--artifact", str(artifact), "--all-items", "--output", str(out), "--quiet"]
     assert batch_main(argv) == 0
-    assert "1 change record(s)" in capsys.readouterr().err
+    assert "applied 2 change record(s)" in capsys.readouterr().err
+    records = _records(out)
+    ids = [str(r["id"]) for r in records]
+    assert "new-top" in ids and gone not in ids and len(ids) == len(set(ids))
+    assert all(r["status"] == "ok" for r in records)
+    for r in records:
+        assert gone not in shown(r["recommendation"])  # type: ignore[arg-type]
+    # One more change: the same arguments no longer name the same run (its catalogue moved).
+    assert batch_main(["catalog", "remove", "new-top", "--artifact", str(artifact)]) == 0
+    capsys.readouterr()
+    assert batch_main(argv) == 2
+    assert "other arguments" in capsys.readouterr().err
+    # As built: every item of the build, the removed one too, said so before the run.
+    old = tmp_path / "old.jsonl"
+    argv = ["batch", "--artifact", str(artifact), "--all-items", "--output", str(old)]
+    assert batch_main([*argv, "--quiet", "--no-change-log"]) == 0
+    assert "3 change record(s) that these answers do not include" in capsys.readouterr().err
+    assert [r["id"] for r in _records(old)] == [
+        i.id for i in Recommender.from_path(artifact).artifact.items
+    ]

@@ -334,6 +334,44 @@ def test_batch_on_ray_writes_the_local_records(
     assert again.processed == 0 and again.skipped == local.total  # resumed: nothing redone
 
 
+def test_batch_on_ray_applies_the_change_log_like_a_local_run(
+    builds: dict[str, Path], kaggle_slice: dict[str, Any], tmp_path: Path
+) -> None:
+    """`stygig batch --engine ray` answers with the artifact's change log applied, on the
+    driver (which lists --all-items) and in every actor alike: the local run's records, the
+    added item among the inputs and the removed one nowhere."""
+    from stygig.batch import run_batch
+    from stygig.catalog.changelog import ChangeLog
+    from stygig.cli import main
+    from stygig.distributed.ray_batch import run_batch_ray
+    from stygig.living import replay
+
+    art = tmp_path / "art"
+    shutil.copytree(builds["ray"], art)
+    items = Artifact.load(art).items
+    photo = next(p for p in sorted(kaggle_slice["queries"].glob("*.jpg")) if p.name != "broken.jpg")
+    add = ["catalog", "add", "--artifact", str(art), "--photo", str(photo)]
+    assert main([*add, "--field", "id=added-1", "--field", f"category={items[0].category}"]) == 0
+    assert main(["catalog", "remove", items[1].id, "--artifact", str(art)]) == 0
+    log = str(tmp_path / "art.changes")
+
+    rec = Recommender.from_path(art)
+    assert replay(rec, ChangeLog(log)) == 2
+    local = run_batch(rec, str(art), str(tmp_path / "local.jsonl"), progress=False)
+    on_ray = run_batch_ray(
+        art, str(art), str(tmp_path / "ray.jsonl"), batch_size=8, progress=False, change_log=log
+    )
+    assert (on_ray.total, on_ray.errors) == (local.total, local.errors) == (len(items), 0)
+    a = [_strip(x) for x in (tmp_path / "local.jsonl").read_text().splitlines()]
+    b = [_strip(x) for x in (tmp_path / "ray.jsonl").read_text().splitlines()]
+    assert b == a
+    assert "added-1" in {r["id"] for r in b} and items[1].id not in {r["id"] for r in b}
+    answered = {
+        i["id"] for r in b for group in r["recommendation"]["by_category"].values() for i in group
+    }
+    assert items[1].id not in answered and answered
+
+
 def test_stage_cleanup_removes_only_parts(builds: dict[str, Path]) -> None:
     """The stage location is plain storage: listing and removing parts there never touches
     anything else (a foreign file in a shared stage folder survives the build's cleanup)."""

@@ -141,8 +141,11 @@ def run_build_ray_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_batch_ray_command(args: argparse.Namespace, options: dict[str, Any]) -> Any:
-    """``stygig batch --engine ray`` (in-process artifact only): the run's summary."""
+def run_batch_ray_command(
+    args: argparse.Namespace, options: dict[str, Any], change_log: str | None = None
+) -> Any:
+    """``stygig batch --engine ray`` (in-process artifact only): the run's summary, answered
+    with ``change_log``'s changes applied (``None``: the artifact as built)."""
     if getattr(args, "endpoint_name", None):
         raise InvalidOptionsError(
             "--engine ray runs the artifact on a Ray cluster; it does not go with --endpoint-name"
@@ -173,6 +176,7 @@ def run_batch_ray_command(args: argparse.Namespace, options: dict[str, Any]) -> 
             actors=args.ray_actors,
             actor_cpus=args.ray_actor_cpus,
             device=args.ray_device,
+            change_log=change_log,
         )
 
 

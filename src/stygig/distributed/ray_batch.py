@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from stygig.batch import (
     recommend_group,
     start_batch,
 )
+from stygig.catalog.changelog import ChangeLog
 from stygig.distributed.cluster import (
     device_refusal,
     import_ray,
@@ -50,7 +52,9 @@ from stygig.distributed.cluster import (
     worker_runtime_env,
 )
 from stygig.engine import Recommender
-from stygig.errors import StygigError
+from stygig.errors import BatchError, StygigError
+from stygig.living import replay
+from stygig.serving.catalog_command import apply_answer_change_log
 
 __all__ = ["WINDOW_BYTES", "WINDOW_INPUTS", "Answer", "run_batch_ray"]
 
@@ -112,7 +116,15 @@ class Answer:
     artifact it cannot load (not at that path on its node) comes back as a ``failure`` column
     (:func:`~stygig.distributed.cluster.worker_failure`), for the driver to raise."""
 
-    def __init__(self, artifact: str, options: dict[str, Any], verify: bool, device: str) -> None:
+    def __init__(
+        self,
+        artifact: str,
+        options: dict[str, Any],
+        verify: bool,
+        device: str,
+        change_log: str | None = None,
+        sequence: int = 0,
+    ) -> None:
         from stygig.engine import load_artifact_encoder
 
         self.failure, self.options = "", options
@@ -125,6 +137,17 @@ class Answer:
             self.recommender = Recommender(art, encoder=load_artifact_encoder(art, device=device))
         except StygigError as e:
             self.failure = worker_failure(e, encoder_load=device_refusal(e))
+            return
+        if change_log is not None:  # the driver's catalogue: its log up to its record, no further
+            try:
+                replay(self.recommender, ChangeLog(change_log), until=sequence)
+                if self.recommender.snapshot.sequence != sequence:
+                    raise BatchError(
+                        f"the change log holds {self.recommender.snapshot.sequence} of the "
+                        f"{sequence} records the driver applied on this node"
+                    )
+            except StygigError as e:
+                self.failure = worker_failure(e)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.failure:
@@ -155,16 +178,20 @@ def run_batch_ray(
     actors: int | None = None,
     actor_cpus: float = 1.0,
     device: str = "auto",
+    change_log: str | None = None,
 ) -> BatchSummary:
     """:func:`stygig.batch.run_batch` with the groups answered on the connected Ray cluster;
     the same inputs, records, sinks and resume rules. ``device``: where the answering actors
     run (``auto``: a GPU each when the cluster has GPUs and the artifact's encoder can use one;
-    ``cpu``; ``cuda``)."""
+    ``cpu``; ``cuda``). ``change_log``: answer with its changes applied, on the driver (which
+    lists the inputs) and on every actor alike, up to the record the driver reached."""
     ray = import_ray()
     from ray.data import ActorPoolStrategy, DataContext
 
     options = checked_options(options)
     recommender = Recommender(Artifact.load(artifact, verify=verify))
+    if change_log is not None and (note := apply_answer_change_log(recommender, change_log)):
+        print(note, file=sys.stderr)
     # Where the actors run, refused (--ray-device cuda without GPUs) before the run starts.
     cluster = resources()
     where = cluster.actor_device(device, encoder=recommender.artifact.manifest["encoder"])
@@ -203,6 +230,8 @@ def run_batch_ray(
                 "options": options,
                 "verify": False,  # checked once, here
                 "device": where,
+                "change_log": change_log,
+                "sequence": recommender.snapshot.sequence,
             },
             # no more actors than the window has groups (a last, small window: one or two)
             compute=ActorPoolStrategy(size=min(n_actors, blocks)),

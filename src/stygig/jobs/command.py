@@ -200,24 +200,37 @@ def run_batch_command(args: argparse.Namespace) -> int:
         parse_json_object(args.options.encode(), what="--options") if args.options else {}
     )
     options.update(params_to_dict(_pairs(args.option)))  # typed like the server's options
-    if getattr(args, "engine", "local") == "ray":
-        from stygig.distributed.command import run_batch_ray_command
-
-        return _print_summary(run_batch_ray_command(args, options), args.json_out)
-    if args.endpoint_name:
+    ray = getattr(args, "engine", "local") == "ray"
+    if args.endpoint_name and not ray:  # (--engine ray refuses an endpoint itself)
+        if args.change_log or args.no_change_log:
+            raise InvalidOptionsError(
+                "--change-log and --no-change-log are for in-process runs: an endpoint answers "
+                "with its own catalogue"
+            )
         from stygig.jobs.endpoint_command import run_endpoint_batch_command
 
         return _print_summary(run_endpoint_batch_command(args, options), args.json_out)
     if args.artifact is None:
         raise InvalidOptionsError("give --artifact (in-process) or --endpoint-name (SageMaker)")
+    from stygig.serving.catalog_command import (
+        answer_change_log,
+        apply_answer_change_log,
+        unapplied_changes_note,
+    )
+
+    change_log = answer_change_log(args.artifact, args.change_log, use=not args.no_change_log)
+    if change_log is None and (note := unapplied_changes_note(args.artifact)):
+        print(note, file=sys.stderr)  # before the run, so that it is seen before hours of work
+    if ray:
+        from stygig.distributed.command import run_batch_ray_command
+
+        return _print_summary(run_batch_ray_command(args, options, change_log), args.json_out)
     from stygig.artifact import Artifact
     from stygig.batch import run_batch
     from stygig.engine import Recommender
-    from stygig.serving.catalog_command import unapplied_changes_note
 
     recommender = Recommender(Artifact.load(args.artifact, verify=not args.no_verify))
-    note = unapplied_changes_note(args.artifact)
-    if note:  # before the run, so that it is seen before hours of work
+    if change_log is not None and (note := apply_answer_change_log(recommender, change_log)):
         print(note, file=sys.stderr)
     src, kind = batch_source(args)
     summary = run_batch(
@@ -337,6 +350,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", dest="json_out", action="store_true", help="summary as JSON")
     from stygig.distributed.command import add_engine_flags
+    from stygig.serving.catalog_command import add_answer_flags
+
+    add_answer_flags(p)
 
     add_engine_flags(p, "batch")
     g = p.add_argument_group("through a SageMaker async endpoint instead of in-process")

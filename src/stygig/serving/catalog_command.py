@@ -29,7 +29,10 @@ from typing import Any
 
 __all__ = [
     "CatalogSettings",
+    "add_answer_flags",
     "add_catalog_flags",
+    "answer_change_log",
+    "apply_answer_change_log",
     "catalog_settings",
     "default_change_log",
     "register",
@@ -75,10 +78,64 @@ def default_change_log(artifact: str | Path) -> str:
     return text + ".changes"
 
 
+def add_answer_flags(p: argparse.ArgumentParser) -> None:
+    """The change-log flags of the commands that answer from an artifact folder (``recommend``,
+    ``batch``): its changes are applied unless they say otherwise."""
+    p.add_argument(
+        "--change-log",
+        help="answer with this change log's changes applied (a folder or s3:// prefix; "
+        "default: <artifact>.changes when that folder exists, where `stygig catalog "
+        "--artifact` writes)",
+    )
+    p.add_argument(
+        "--no-change-log",
+        action="store_true",
+        help="answer from the artifact as built, without its change log's changes",
+    )
+
+
+def answer_change_log(artifact: str | Path, given: str | None, *, use: bool = True) -> str | None:
+    """The change log a command answering from ``artifact`` applies: ``given``
+    (``--change-log``), else ``<artifact>.changes`` when that folder exists; ``None`` when
+    there is none or ``use`` is false (``--no-change-log``)."""
+    from stygig import storage
+    from stygig.errors import InvalidOptionsError
+
+    if not use:
+        if given:
+            raise InvalidOptionsError("--change-log and --no-change-log do not go together")
+        return None
+    if given:
+        if not storage.is_remote(given) and not Path(given).is_dir():
+            raise InvalidOptionsError(f"--change-log {given}: no such change log folder")
+        return given
+    if storage.is_remote(str(artifact)):
+        return None
+    where = default_change_log(artifact)
+    return where if Path(where).is_dir() else None
+
+
+def apply_answer_change_log(recommender: Any, where: str) -> str | None:
+    """Bring ``recommender``'s catalogue up to the change log ``where``
+    (:func:`answer_change_log`), as a server with ``--change-log`` would answer; what to tell
+    the user on standard error (``None``: no record to apply)."""
+    from stygig.catalog.changelog import ChangeLog
+    from stygig.living import replay
+
+    applied = replay(recommender, ChangeLog(where))
+    if not applied:
+        return None
+    snap = recommender.snapshot
+    return (
+        f"applied {applied} change record(s) from {where}: catalogue {snap.catalog_version}, "
+        f"{snap.live_items} items (--no-change-log: the artifact as built)"
+    )
+
+
 def unapplied_changes_note(artifact: str | Path) -> str | None:
-    """What to tell the user of a command that answers from ``artifact`` alone while its
-    change log (``<artifact>.changes``, where ``stygig catalog ... --artifact`` writes) holds
-    records: ``stygig catalog status`` counts them, this command's answers do not."""
+    """What to tell the user of a command that answers from ``artifact`` as built
+    (``--no-change-log``, a server without ``--change-log``) while its change log (``<artifact>.changes``) holds records:
+    ``stygig catalog status`` counts them, this command's answers do not."""
     from stygig import storage
     from stygig.catalog.changelog import ChangeLog
     from stygig.errors import StygigError
@@ -95,9 +152,8 @@ def unapplied_changes_note(artifact: str | Path) -> str | None:
     if not count:
         return None
     return (
-        f"warning: {where} holds {count} change record(s) that these answers do not include "
-        "(they are from the artifact as built); serve with --change-log to answer with them, "
-        "or fold them into a new artifact with `stygig catalog compact`"
+        f"note: {where} holds {count} change record(s) that these answers do not include "
+        "(the artifact as built)"
     )
 
 

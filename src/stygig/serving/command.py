@@ -12,6 +12,7 @@ EMF lines on stdout (:mod:`stygig.serving.emf`).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -154,7 +155,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from stygig.auth import load_token
     from stygig.serving.app import ServerConfig, allowed_hosts, create_app
     from stygig.serving.batching import BatcherConfig
-    from stygig.serving.catalog_command import catalog_settings
+    from stygig.serving.catalog_command import catalog_settings, unapplied_changes_note
     from stygig.serving.logging import configure_logging
     from stygig.serving.protocol import head_deadline_protocol
     from stygig.threads import limit_library_threads
@@ -169,9 +170,15 @@ def run_serve(args: argparse.Namespace) -> int:
     artifact = Path(args.artifact or os.environ.get("STYGIG_ARTIFACT") or DEFAULT_ARTIFACT)
     emf = emf_config_from_args(args)
     check_device(args.device, artifact)  # before the port is bound: no silent CPU fallback
+    catalog = catalog_settings(args)
+    if (catalog is None or not catalog.change_log) and (note := unapplied_changes_note(artifact)):
+        # `stygig catalog ... --artifact A` wrote them; this server answers without them.
+        logging.getLogger("stygig.serving").warning(
+            "%s; serve with --change-log to answer with them", note
+        )
     config = ServerConfig(
         artifact=artifact,
-        catalog=catalog_settings(args),
+        catalog=catalog,
         examples=Path(args.examples) if args.examples else None,
         batching=batching,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
