@@ -9,6 +9,7 @@ endpoint runs on is left, and that every variant expected to autoscale does. mot
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import shlex
@@ -347,7 +348,20 @@ def test_preflight_applies_the_containers_own_manifest_checks(
     bool_bytes = {**manifest, "files": {**manifest["files"], one: {
         **manifest["files"][one], "bytes": True}}}  # fmt: skip
     nested = b"[" * 100_000 + b"]" * 100_000
+    # Session 38 (s37's review: `package` packed these; an archive already in S3 still passed
+    # full verification): items cut to 60 and their checksum re-recorded: every file matches
+    # the manifest, but not the 131 embeddings beside it, which only a load finds.
+    lines = (artifact / "items.jsonl").read_bytes().splitlines(keepends=True)
+    cut = b"".join(lines[:60])
+    recut = {**manifest, "files": {**manifest["files"], "items.jsonl": {
+        **manifest["files"]["items.jsonl"], "bytes": len(cut),
+        "sha256": hashlib.sha256(cut).hexdigest()}}}  # fmt: skip
     cases = {
+        "recut": (
+            json.dumps(recut).encode(),
+            {"items.jsonl": cut},
+            "refused by the container's loader",
+        ),
         "newer": (json.dumps(newer).encode(), None, "reads up to version"),
         "bool": (json.dumps(bool_bytes).encode(), None, "needs a 'sha256' string and a 'bytes'"),
         "nested": (nested, None, "is not valid JSON"),
@@ -362,6 +376,7 @@ def test_preflight_applies_the_containers_own_manifest_checks(
         assert main(argv) == 4, name
         err = capsys.readouterr().err
         assert expected in err and "Traceback" not in err, (name, err)
+        assert "stygig-archive-" not in err  # never the temporary folder
     assert inventory()["models"] == []
 
 

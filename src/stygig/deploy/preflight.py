@@ -19,10 +19,14 @@ How the archive is verified (``--verify-archive``):
     record (uploaded some other way), or whose checksum S3 cannot compare (a multipart
     upload), is verified in full when it is at most ``--verify-max-mb``, refused otherwise.
 ``full``
-    The archive is streamed once (no temporary file; memory bounded by a read buffer): every
-    member is hashed and compared with the ``manifest.json`` inside it (each listed file
-    present with its size and sha256, nothing unlisted, no path outside the archive root),
-    and the whole archive's sha256 with the upload record when there is one.
+    The archive is streamed once (memory bounded by a read buffer): every member is hashed and
+    compared with the ``manifest.json`` inside it (each listed file present with its size and
+    sha256, nothing unlisted, no path outside the archive root), and the whole archive's
+    sha256 with the upload record when there is one. The members are unpacked as they stream
+    into a temporary folder (removed after; at most what the inflation bound lets through),
+    and the artifact is loaded from it as the container will load it: files that each match
+    their re-recorded checksums can still disagree with one another (60 items beside 131
+    embeddings), which only a load finds.
 ``skip``
     Existence only.
 """
@@ -31,13 +35,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import gzip
 import hashlib
 import io
 import re
 import tarfile
+import tempfile
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 from stygig.artifact import check_file_entries, check_names, parse_manifest, verify_onnx
@@ -165,10 +172,13 @@ def _bad(where: str, why: str, code: str = "archive_mismatch") -> ArtifactError:
     return ArtifactError(f"model archive {where} {why}; repack it with `stygig package`", code=code)
 
 
-def verify_stream(body: Any, where: str, *, size: int | None = None) -> str:
+def verify_stream(
+    body: Any, where: str, *, size: int | None = None, unpack_to: Path | None = None
+) -> str:
     """Verify a ``model.tar.gz`` read from ``body`` against the manifest inside; its sha256.
 
-    One pass, nothing written: each member's size and sha256 are recorded as it streams past
+    One pass, nothing written but into ``unpack_to`` (a folder: each member is written there
+    as it is hashed, for a load after): each member's size and sha256 are recorded as it streams past
     (the manifest sorts after most files), then compared with the manifest at the end. With
     the archive's ``size``, what it inflates to is bounded (:data:`MAX_INFLATION` times it, and
     :data:`MAX_MEMBERS` members): an artifact's files (floats, JPEGs, model weights) hardly
@@ -199,11 +209,21 @@ def verify_stream(body: Any, where: str, *, size: int | None = None) -> str:
                         raise _bad(where, "has an oversized manifest.json")
                     raw_manifest = handle.read()
                     seen[name] = (len(raw_manifest), hashlib.sha256(raw_manifest).hexdigest())
+                    if unpack_to is not None:
+                        (unpack_to / name).write_bytes(raw_manifest)
                     continue
                 sha, size = hashlib.sha256(), 0
-                while chunk := handle.read(_CHUNK):
-                    sha.update(chunk)
-                    size += len(chunk)
+                with contextlib.ExitStack() as stack:
+                    out = (
+                        stack.enter_context((unpack_to / name).open("xb"))
+                        if unpack_to is not None
+                        else None
+                    )
+                    while chunk := handle.read(_CHUNK):
+                        sha.update(chunk)
+                        size += len(chunk)
+                        if out is not None:
+                            out.write(chunk)
                 seen[name] = (size, sha.hexdigest())
         stream.drain()
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
@@ -322,17 +342,35 @@ def check_archive(
         body = s3.get_object(Bucket=loc.bucket, Key=loc.key)["Body"]
     except Exception as e:
         raise translate(e, f"model archive {uri}") from e
-    try:
-        sha = verify_stream(body, uri, size=size)
-    except StygigError:
-        raise
-    except Exception as e:  # the connection dropped while streaming
-        raise translate(e, f"model archive {uri}") from e
+    with tempfile.TemporaryDirectory(prefix="stygig-archive-") as folder:
+        try:
+            sha = verify_stream(body, uri, size=size, unpack_to=Path(folder))
+        except StygigError:
+            raise
+        except Exception as e:  # the connection dropped while streaming
+            raise translate(e, f"model archive {uri}") from e
+        _load(Path(folder), uri)
     if recorded and sha != recorded:
         raise _bad(uri, "differs from what `stygig package --upload` recorded")
     if expect_sha256 and sha != expect_sha256:
         raise _bad(uri, "is not the archive just packed (another upload replaced it?)")
-    return ArchiveCheck(uri, size, sha, "read whole: every file matches the manifest inside")
+    return ArchiveCheck(
+        uri, size, sha, "read whole: every file matches the manifest inside, and it loads"
+    )
+
+
+def _load(folder: Path, where: str) -> None:
+    """Load the unpacked artifact in ``folder`` as the container will (its checksums were
+    compared while it streamed)."""
+    from stygig.artifact import Artifact
+
+    try:
+        Artifact.load(folder, verify=False)
+    except StygigError as e:
+        message = e.message.replace(str(folder), "<archive>")  # never the temporary path
+        raise _bad(
+            where, f"is refused by the container's loader ({message})", "archive_bad"
+        ) from None
 
 
 def check_endpoint_free(sm: Any, name: str, *, update: bool) -> dict[str, Any] | None:
