@@ -68,6 +68,7 @@ from stygig.index import (
     load_index,
 )
 from stygig.rowfile import FileRows
+from stygig.storage import new_file_mode, new_temp_file
 from stygig.thumbnails import write_thumbnails
 from stygig.whitening import Whitening
 
@@ -183,13 +184,9 @@ def _is_artifact(folder: Path) -> bool:
     return isinstance(found.get("files"), dict) and isinstance(found.get("encoder"), dict)
 
 
-def _modes(folder: Path) -> tuple[int, int]:
-    """The modes a new file and folder get under the process's umask (read from a file made
-    here, not by setting the umask, which other threads share)."""
-    probe = folder / ".mode-probe"
-    probe.touch()
-    file_mode = probe.stat().st_mode & 0o666
-    probe.unlink()
+def _modes() -> tuple[int, int]:
+    """The modes a new file and folder get under the process's umask."""
+    file_mode = new_file_mode()
     return file_mode, file_mode | (file_mode & 0o444) >> 2  # folders: x wherever r
 
 
@@ -302,7 +299,7 @@ def write_artifact(
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         # mkdtemp's folder is private (0700): the artifact gets the umask's modes instead, so
         # that one user can build it and another serve it.
-        file_mode, folder_mode = _modes(tmp)
+        file_mode, folder_mode = _modes()
         for path in tmp.rglob("*"):
             path.chmod(folder_mode if path.is_dir() else file_mode)
         tmp.chmod(folder_mode)
@@ -762,7 +759,7 @@ def add_file(
     files = dict(manifest.get("files", {}))
     files[name] = {"sha256": file_sha256(target), "bytes": target.stat().st_size}
     manifest["files"] = dict(sorted(files.items()))
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{MANIFEST}.", dir=root)
+    fd, tmp_name = new_temp_file(root, f".{MANIFEST}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(json.dumps(manifest, indent=2) + "\n")

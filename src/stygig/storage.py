@@ -23,6 +23,7 @@ the server log). What a client may see of them is decided by :mod:`stygig.locati
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
 import stat
@@ -386,6 +387,32 @@ def _s3_first(client: Any, loc: Location, n: int) -> bytes:
     return data[:n]
 
 
+def new_file_mode() -> int:
+    """The permissions ``open()`` gives a new file here (``0o666`` less the umask), read from
+    ``/proc`` (setting the umask to learn it would race with other threads' files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o644
+
+
+def new_temp_file(folder: Path, prefix: str, suffix: str = "") -> tuple[int, str]:
+    """``tempfile.mkstemp`` in ``folder``, with the permissions of a file ``open()`` makes: a
+    file renamed into place from it is readable as any other written there (mkstemp's 0600
+    left artifacts and change logs unreadable to the container's own user)."""
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
+    try:
+        os.fchmod(fd, new_file_mode())
+    except BaseException:
+        os.close(fd)
+        Path(name).unlink(missing_ok=True)
+        raise
+    return fd, name
+
+
 # What write_bytes' temporary files are called (mkstemp: "." + name + "." + 8 random characters
 # + ".tmp"): only those are ever cleaned up.
 _TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
@@ -402,7 +429,7 @@ def write_bytes(uri: str | Path, data: bytes, *, content_type: str | None = None
     assert loc.path is not None
     try:
         loc.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{loc.path.name}.", suffix=".tmp", dir=loc.path.parent)
+        fd, tmp = new_temp_file(loc.path.parent, f".{loc.path.name}.", ".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)

@@ -183,6 +183,28 @@ def test_an_artifact_gets_the_umask_modes_not_private_ones(tmp_path: Path) -> No
     assert {stat.S_IMODE(p.stat().st_mode) for p in path.iterdir() if p.is_file()} == {0o644}
 
 
+def test_files_rewritten_later_keep_the_umask_modes(tmp_path: Path) -> None:
+    """Review (s38): a file added to an artifact (train-compat's model) left manifest.json
+    0600 (mkstemp's mode kept through the rename): the container's own user could no longer
+    load an artifact another user trained. So were every storage.write_bytes file and every
+    change-log record."""
+    from stygig.artifact import add_file
+    from stygig.catalog.changelog import ChangeLog
+    from stygig.storage import write_bytes
+
+    old = os.umask(0o027)
+    try:
+        path = _write(tmp_path / "art", n=4)
+        add_file(path, "extra.bin", lambda p: p.write_bytes(b"x"), key="extra", entry={})
+        write_bytes(tmp_path / "out" / "record.json", b"{}")
+        ChangeLog(tmp_path / "log").append(1, [])
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((path / "manifest.json").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "out" / "record.json").stat().st_mode) == 0o640
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "log").iterdir()} == {0o640}
+
+
 def test_empty_or_misaligned_inputs_are_errors(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="no valid items"):
         _write(tmp_path / "a", n=0)

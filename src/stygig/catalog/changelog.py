@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +67,7 @@ class ChangeLog:
     def _append_local(self, sequence: int, body: bytes) -> None:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".record.", suffix=".tmp", dir=self.folder)
+            fd, tmp = storage.new_temp_file(self.folder, ".record.", ".tmp")
             try:
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(body)
