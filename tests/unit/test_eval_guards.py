@@ -109,6 +109,31 @@ def test_a_refused_eval_leaves_no_run_behind(
     assert list((out / "runs").iterdir()) == [] and not (out / "LATEST").exists()
 
 
+def test_a_named_file_that_is_missing_is_an_error_not_an_empty_run(tmp_path: Path) -> None:
+    """Review (s38): a mistyped --test-outfits or --outfits printed "skip", exited 0 and
+    pointed LATEST at a run without figures; so did --only fitb without its dataset."""
+    import argparse
+
+    from stygig.errors import CatalogError
+    from stygig.evaluation.command import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    out = tmp_path / "eval"
+    argv = ["eval", "--datasets", str(tmp_path / "none"), "--out", str(out), "--quiet"]
+    for extra, said in (
+        (["--test-outfits", str(tmp_path / "typo.csv")], "--test-outfits"),
+        (["--outfits", str(tmp_path / "typo.csv")], "--outfits"),
+        (["--only", "fitb"], "--only fitb"),
+    ):
+        args = parser.parse_args([*argv, *extra])
+        with pytest.raises(CatalogError, match=said):
+            args.func(args)
+        runs = out / "runs"
+        assert not runs.exists() or list(runs.iterdir()) == []
+        assert not (out / "LATEST").exists()
+
+
 def test_eval_refuses_a_model_trained_on_other_outfits(
     seed0_model: tuple[Path, dict[str, list[str]]], tmp_path: Path
 ) -> None:
@@ -170,6 +195,46 @@ def test_test_outfits_are_scored_whole_and_seen_means_trained_on(tmp_path: Path)
         assert set(q["given"]) | {q["hidden"]} == set(others[q["outfit"]])
     acc = result["accuracy"]["v4"]["uniform"]
     assert acc["seen_n"] + acc["cold_start_n"] == acc["n"] == 30
+
+
+def test_test_outfits_inside_a_train_outfit_are_left_out(tmp_path: Path) -> None:
+    """Review (s38): a test outfit holding only items one train outfit holds together (the
+    same outfit under another id, or a part of it) was scored as held out: `--test-outfits`
+    on the training file itself reported 79.7 % against an honest 40.5 %. Such outfits are
+    left out of every question and AUC, and counted; a file made mostly of them is refused."""
+    from stygig.errors import CatalogError
+
+    path, outfits = _artifact(tmp_path)
+    train, _ = split_ids(list(outfits), seed=0)
+    ref = _write_outfits(tmp_path / "outfits.csv", outfits)
+    rng = np.random.default_rng(7)
+    items = sorted({i for o in outfits.values() for i in o})
+    by_cat: dict[str, list[str]] = {}
+    for i in items:
+        by_cat.setdefault(i.split("-")[0], []).append(i)
+    new = {
+        f"new{n:02d}": [str(rng.choice(by_cat[c])) for c in ("shirt", "trousers", "sandals")]
+        for n in range(24)
+    }
+    copies = {f"copy{n}": list(outfits[o]) for n, o in enumerate(train[:4])}
+    parts = {f"part{n}": list(outfits[o])[:2] for n, o in enumerate(train[4:8])}
+    held_out = {o: v for o, v in new.items() if not any(set(v) <= set(outfits[t]) for t in train)}
+    test = _write_outfits(tmp_path / "mixed.csv", {**new, **copies, **parts})
+    result = evaluate_outfits(
+        Artifact.load(path), ref, tmp_path / "run", seed=0, test_outfits_file=test
+    )
+    left_out = len(new) - len(held_out) + len(copies) + len(parts)
+    assert result["split"]["test_outfits_inside_a_train_outfit_left_out"] == left_out
+    assert result["split"]["test_outfits"] == len(held_out)
+    lines = Path(result["questions_file"]).read_text().splitlines()
+    asked = {json.loads(line)["outfit"] for line in lines}
+    assert asked == set(held_out)
+    # The training outfits themselves, renamed: refused, nothing scored.
+    renamed = _write_outfits(tmp_path / "again.csv", {f"r{o}": outfits[o] for o in train})
+    with pytest.raises(CatalogError, match="learned from"):
+        evaluate_outfits(
+            Artifact.load(path), ref, tmp_path / "run2", seed=0, test_outfits_file=renamed
+        )
 
 
 def test_questions_and_runs_are_never_overwritten(tmp_path: Path) -> None:

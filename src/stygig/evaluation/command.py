@@ -19,7 +19,7 @@ from typing import Any
 from stygig.arguments import positive
 from stygig.artifact import Artifact, encoder_pooling, file_sha256, read_manifest
 from stygig.compat.model import COMPAT_FILE
-from stygig.errors import ArtifactError, ConfigError, InvalidOptionsError
+from stygig.errors import ArtifactError, CatalogError, ConfigError, InvalidOptionsError
 
 __all__ = ["TARGETS", "cached_artifact", "new_run_dir", "register", "run_eval"]
 
@@ -140,6 +140,8 @@ def _dataset_artifact(
     """
     name, what = part
     missing = [str(p) for p in needed if not p.is_file()]
+    if missing and args.only == name:  # the one part asked for: an error, not an empty run
+        raise CatalogError(f"--only {name}: {', '.join(missing)} not found")
     if missing:
         reason = f"{', '.join(missing)} not found: {what} skipped"
         print(f"skip: {reason}")
@@ -252,6 +254,9 @@ def run_eval(args: argparse.Namespace) -> int:
         raise InvalidOptionsError(
             f"--out {out} is an artifact folder; name a folder for evaluation runs instead"
         )
+    for flag, named in (("--outfits", args.outfits), ("--test-outfits", args.test_outfits)):
+        if named and not Path(named).is_file():  # named by the user: a typo is not a skip
+            raise CatalogError(f"{flag} {named}: no such file")
     stem = Path(args.test_outfits or args.outfits or MANGO_OUTFITS).stem
     run = new_run_dir(
         out,
