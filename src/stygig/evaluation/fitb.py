@@ -535,17 +535,15 @@ def inside_train_outfits(
     """The test outfits (ids into ``pool``) whose catalogue items (those in ``types``, at least
     two) are all in one train outfit: identical to it, or a part of it."""
     holding: dict[str, set[int]] = {}
-    for n, items in enumerate(train_outfits):
-        for item in items:
+    for n, outfit in enumerate(train_outfits):
+        for item in outfit:
             holding.setdefault(item, set()).add(n)
     inside = set()
     for o in test:
         items = {i for i in pool.get(o, ()) if i in types}
-        if len(items) < 2 or any(i not in holding for i in items):
-            continue
-        common = set.intersection(*(holding[i] for i in items))
-        if common:
-            inside.add(o)
+        if len(items) >= 2 and all(i in holding for i in items):
+            if set.intersection(*(holding[i] for i in items)):
+                inside.add(o)
     return inside
 
 
