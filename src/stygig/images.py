@@ -37,14 +37,18 @@ message repeats the client's bytes, Pillow's parser messages (which can quote th
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
 import logging
 import re
 import threading
+import time
 import warnings
+import zlib
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -57,6 +61,7 @@ from stygig.errors import (
     ImageTooLargeError,
     InvalidImageError,
     NotFoundError,
+    OverloadedError,
     PayloadTooLargeError,
     StygigError,
     UnsupportedMediaError,
@@ -98,7 +103,7 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"MM\x00+", "TIFF"),
     (b"8BPS", "PSD"),
     (b"\x00\x00\x01\x00", "ICO"),
-    (b"\x00\x00\x02\x00", "ICO"),
+    (b"\x00\x00\x02\x00", "CUR or TGA"),  # a cursor, or an uncompressed true-colour TGA
     (b"icns", "ICNS"),
     (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"),
     (b"\xff\x4f\xff\x51", "JPEG 2000"),
@@ -175,12 +180,31 @@ class ImageLimits:
     # LUT-based RGB profile can reach a few hundred KB. Pillow has already read the bytes
     # (bounded by max_bytes and the structure limits); this bounds what LittleCMS parses.
     max_icc_profile_bytes: int = 1 << 20
+    # What one decode may hold, estimated from the header (:func:`decode_bytes`): pixels alone
+    # do not bound it. A progressive (or multi-scan) JPEG keeps every DCT coefficient of the
+    # whole image (128 bytes per 8x8 block and channel) however small the output: 307 MB for
+    # a 311 KB 40 MP CMYK file; a 16-bit PNG holds twice the bytes of an 8-bit one, a WebP
+    # several canvases. 256 MiB: a progressive 40 MP photo (4:2:0 ~124 MB, 4:4:4 ~244 MB),
+    # a 16 MP PNG or WebP; a baseline JPEG reduced in libjpeg costs a few MB at any size.
+    max_decode_bytes: int = 256 << 20
 
 
 DEFAULT_LIMITS = ImageLimits()
 #: For a catalogue's own photos (the operator's, read by builds): PNG and WebP masters up to
-#: the full pixel limit; the whole-decode bound is for what clients send.
-CATALOG_LIMITS = ImageLimits(max_whole_decode_pixels=DEFAULT_LIMITS.max_pixels)
+#: the full pixel limit, and the decode memory that takes; the whole-decode bound is for
+#: what clients send.
+CATALOG_LIMITS = ImageLimits(
+    max_whole_decode_pixels=DEFAULT_LIMITS.max_pixels, max_decode_bytes=2 << 30
+)
+
+#: Decodes estimated under this many bytes (every baseline JPEG reduced in libjpeg, every
+#: photo of a few MP) never wait for the shared budget below: one per thread at most.
+SMALL_DECODE_BYTES = 16 << 20
+#: What the larger decodes of all threads may hold at once (one process): a few at a time,
+#: so a burst of expensive photos costs a bounded amount of memory, not threads x each.
+DECODE_BUDGET_BYTES = 512 << 20
+#: How long a decode waits for room in the budget before its request is told to retry (503).
+DECODE_WAIT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -242,7 +266,7 @@ def read_header(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> ImageHeade
     why). Reads no pixel data: the structure check is linear in the bytes (~7 us for a 5 KB
     JPEG, ~13 ms for 64 KB of header fill), then Pillow's header parser (~20 us)."""
     try:
-        _check_format(data, limits)
+        data, _ = _check_format(data, limits)
         img = _open(data)
     except (ImageTooLargeError, InvalidImageError, UnsupportedMediaError):
         return None
@@ -328,8 +352,9 @@ _MAX_JPEG_HEADER_GAP = 64 * 1024
 _PNG_COMPRESSED_CHUNKS = frozenset({b"iCCP", b"zTXt", b"iTXt"})
 
 
-def _check_jpeg_structure(data: bytes, limits: ImageLimits) -> None:
-    """Refuse a JPEG with more scans or segments than ``limits`` allow, or a malformed header.
+def _check_jpeg_structure(data: bytes, limits: ImageLimits) -> int:
+    """Refuse a JPEG with more scans or segments than ``limits`` allow, or a malformed header;
+    the number of scans before the first EOI.
 
     Walks the markers as libjpeg reads them: each segment skipped by its length, a scan's
     entropy-coded data up to the next marker; up to the first EOI, where decoding stops (an
@@ -350,7 +375,7 @@ def _check_jpeg_structure(data: bytes, limits: ImageLimits) -> None:
         marker = data[match.start() + 1]
         pos = match.end()
         if marker == _JPEG_EOI:
-            return
+            return scans
         segments += 1
         if segments > limits.max_jpeg_segments:
             raise ImageTooLargeError(
@@ -381,15 +406,23 @@ def _check_jpeg_structure(data: bytes, limits: ImageLimits) -> None:
                     "each one is decoded over the whole image (re-encode it as a baseline JPEG)",
                     code="image_too_many_scans",
                 )
+    return scans
 
 
-def _check_png_structure(data: bytes, limits: ImageLimits) -> None:
-    """Refuse a PNG with more chunks, or more compressed chunks, than ``limits`` allow.
+def _check_png_structure(data: bytes, limits: ImageLimits) -> list[tuple[int, int]]:
+    """Refuse a PNG with more chunks, or more compressed chunks, than ``limits`` allow; the
+    spans of the compressed metadata chunks that inflate past what Pillow reads (iCCP, zTXt,
+    iTXt over ``PngImagePlugin.MAX_TEXT_CHUNK``: Pillow refuses the whole file for one), which
+    :func:`decode_image` leaves out: metadata, not pixels (an oversized profile is ignored,
+    as elsewhere).
 
     Counts every chunk up to IEND, where Pillow stops reading; a truncated chunk ends the walk
-    (Pillow reports it). One step per chunk, at most ``max_png_chunks`` steps.
+    (Pillow reports it). One step per chunk, at most ``max_png_chunks`` steps; each of at most
+    ``max_png_compressed_chunks`` compressed chunks is inflated up to Pillow's limit, as Pillow
+    would.
     """
     chunks = compressed = 0
+    oversized: list[tuple[int, int]] = []
     pos = 8  # after the signature
     while pos + 8 <= len(data):
         chunks += 1
@@ -399,6 +432,7 @@ def _check_png_structure(data: bytes, limits: ImageLimits) -> None:
                 code="image_too_many_chunks",
             )
         kind = data[pos + 4 : pos + 8]
+        end = pos + 12 + int.from_bytes(data[pos : pos + 4], "big")  # length, type, data, CRC
         if kind in _PNG_COMPRESSED_CHUNKS:
             compressed += 1
             if compressed > limits.max_png_compressed_chunks:
@@ -407,13 +441,41 @@ def _check_png_structure(data: bytes, limits: ImageLimits) -> None:
                     "metadata chunks (iCCP, zTXt, iTXt)",
                     code="image_too_many_chunks",
                 )
+            if _inflates_past(data[pos + 8 : end - 4], kind):
+                oversized.append((pos, end))
         if kind == b"IEND":
-            return
-        pos += 12 + int.from_bytes(data[pos : pos + 4], "big")  # length, type, data, CRC
+            return oversized
+        pos = end
+    return oversized
 
 
-def _check_format(data: bytes, limits: ImageLimits) -> None:
-    """Check the format and structure from the signature and layout, before any parser runs.
+def _inflates_past(body: bytes, kind: bytes) -> bool:
+    """Whether a compressed PNG chunk's text or profile inflates past Pillow's limit."""
+    from PIL import PngImagePlugin
+
+    # iCCP and zTXt: keyword, NUL, method, data; iTXt: keyword, NUL, flag, method, language,
+    # NUL, translated keyword, NUL, text (inflated only when the flag says compressed).
+    _, _, rest = body.partition(b"\0")
+    if kind == b"iTXt":
+        if len(rest) < 2 or rest[0] != 1:
+            return False
+        parts = rest[2:].split(b"\0", 2)
+        if len(parts) < 3:
+            return False
+        compressed = parts[2]
+    else:
+        compressed = rest[1:]
+    inflate = zlib.decompressobj()
+    try:
+        inflate.decompress(compressed, PngImagePlugin.MAX_TEXT_CHUNK)
+    except zlib.error:
+        return False  # corrupt: Pillow's to report, or to skip
+    return bool(inflate.unconsumed_tail)
+
+
+def _check_format(data: bytes, limits: ImageLimits) -> tuple[bytes, int]:
+    """Check the format and structure from the signature and layout, before any parser runs;
+    the bytes to parse (a PNG without its oversized metadata chunks) and a JPEG's scans.
 
     A recognised image in a format StyGig does not accept is refused (415) here, so none of
     Pillow's other parsers ever sees it; a JPEG's scans and segments and a PNG's chunks are
@@ -423,9 +485,17 @@ def _check_format(data: bytes, limits: ImageLimits) -> None:
     if name is not None and name not in ACCEPTED_FORMATS:
         raise UnsupportedMediaError(f"{name} images are not accepted; send JPEG, PNG or WebP")
     if name == "JPEG":
-        _check_jpeg_structure(data, limits)
-    elif name == "PNG":
-        _check_png_structure(data, limits)
+        return data, _check_jpeg_structure(data, limits)
+    if name == "PNG":
+        oversized = _check_png_structure(data, limits)
+        if oversized:
+            log.warning("PNG metadata chunk(s) too large to read ignored: %d", len(oversized))
+            kept, start = [], 0
+            for begin, end in oversized:
+                kept.append(data[start:begin])
+                start = end
+            data = b"".join([*kept, data[start:]])
+    return data, 0
 
 
 def _open(data: bytes) -> Image.Image:
@@ -445,7 +515,18 @@ def _open(data: bytes) -> Image.Image:
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
-    """Palette, 1-bit and 16-bit images as 8-bit L, RGB or RGBA; other modes unchanged."""
+    """Palette, 1-bit and 16-bit images as 8-bit L, RGB or RGBA, a colour key (a PNG's tRNS:
+    pixels of one value are transparent) as alpha; other modes unchanged."""
+    key = img.info.get("transparency")
+    if key is not None and img.mode in ("1", "L", "RGB"):
+        # Optimisers write a cut-out's transparent background this way (optipng, oxipng):
+        # composited on white like alpha, not read as the key's colour (black, mostly).
+        return img.convert("LA" if img.mode != "RGB" else "RGBA")
+    if key is not None and img.mode == "I;16" and isinstance(key, int):
+        values = np.asarray(img, dtype=np.uint16)
+        grey = Image.fromarray((values >> 8).astype(np.uint8))
+        alpha = Image.fromarray(np.where(values == key, 0, 255).astype(np.uint8))
+        return Image.merge("LA", (grey, alpha))
     if img.mode in _REDUCIBLE_MODES:
         return img
     if img.mode == "I;16":
@@ -609,26 +690,145 @@ def decode_image(
         ImageTooLargeError: over the byte, pixel, pixels-per-byte, scan, segment or chunk limit.
     """
     data = _read_source(source, limits)
-    _check_format(data, limits)
+    data, scans = _check_format(data, limits)
     img = _open(data)
     _check_header(*img.size, len(data), limits, str(img.format))
+    if img.format == "PNG" and png_raw_bytes(data) > 4 * limits.max_whole_decode_pixels:
+        raise ImageTooLargeError(
+            f"a PNG may hold at most {4 * limits.max_whole_decode_pixels:,} bytes of rows "
+            f"({limits.max_whole_decode_pixels:,} pixels of 8-bit RGBA, half as many of "
+            "16-bit); send a smaller image or a JPEG"
+        )
+    cost = decode_bytes(img, min_size, scans)
+    if cost > limits.max_decode_bytes:
+        raise ImageTooLargeError(
+            f"decoding the image would take about {cost >> 20:,} MB of memory (at most "
+            f"{limits.max_decode_bytes >> 20:,} MB); send a baseline JPEG or a smaller image",
+            code="image_decode_too_large",
+        )
+    with _DECODES.hold(cost):
+        try:
+            with warnings.catch_warnings():
+                # Our own pixel limit was checked above; PIL's generic bomb warning adds nothing.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                if min_size is not None and img.format in ("JPEG", "MPO"):
+                    # EXIF rotation swaps sides but draft keeps both >= the request: safe.
+                    img.draft("RGB", (min_size, min_size))
+                img.load()
+                icc = img.info.get("icc_profile")
+                img = _to_8bit(img)
+                if min_size is not None:
+                    # Before any other conversion, so a 40 MP PNG is copied at most once.
+                    img = _shrink(img, min_size)
+                img = _exif_transposed(img)
+                return _to_srgb(img, icc if isinstance(icc, bytes) else None, limits)
+        except MemoryError as e:  # this process, not the photo: the client may try again
+            raise OverloadedError("not enough memory to decode the image now; retry shortly") from e
+        except Exception as e:  # PIL's decoders raise OSError, ValueError, struct.error, ...
+            log.info("image not decoded (%s): answered as corrupt", type(e).__name__)
+            raise InvalidImageError("the image data is corrupt or truncated") from e
+
+
+def _exif_transposed(img: Image.Image) -> Image.Image:
+    """``img`` turned upright by its EXIF orientation; unturned when the EXIF block cannot be
+    read (the pixels are fine: a malformed block is not a corrupt photo)."""
     try:
-        with warnings.catch_warnings():
-            # Our own pixel limit was checked above; PIL's generic bomb warning adds nothing.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            if min_size is not None and img.format in ("JPEG", "MPO"):
-                # EXIF rotation swaps sides but draft keeps both >= the request, so it is safe.
-                img.draft("RGB", (min_size, min_size))
-            img.load()
-            icc = img.info.get("icc_profile")
-            img = _to_8bit(img)
-            if min_size is not None:
-                # Before any other conversion, so a 40 MP PNG is copied at most once full-size.
-                img = _shrink(img, min_size)
-            img = ImageOps.exif_transpose(img) or img
-            return _to_srgb(img, icc if isinstance(icc, bytes) else None, limits)
-    except Exception as e:  # PIL's decoders raise OSError, ValueError, struct.error, ...
-        raise InvalidImageError("the image data is corrupt or truncated") from e
+        return ImageOps.exif_transpose(img) or img
+    except Exception as e:  # Pillow's EXIF parser on hostile bytes
+        log.warning("EXIF orientation unreadable (%s): the photo is not turned", type(e).__name__)
+        return img
+
+
+# What a decode holds besides its images (the decoder's own buffers, Python objects).
+_DECODE_SLACK = 4 << 20
+# Channels of a PNG by its colour type (IHDR): grey, RGB, palette, grey + alpha, RGBA.
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+
+
+def decode_bytes(img: Image.Image, min_size: int | None, scans: int = 1) -> int:
+    """About the most memory decoding ``img`` (opened, not loaded) holds at once, from its
+    header: what :data:`ImageLimits.max_decode_bytes` and the shared budget count.
+
+    * JPEG: the output (reduced in libjpeg when ``min_size`` allows, as :func:`decode_image`
+      asks) and its converted copies; a progressive or multi-scan JPEG also keeps every DCT
+      coefficient of the full image (per channel, 128 bytes per 8x8 block of its sampling);
+    * PNG: the raw rows at their bit depth and channels, and the 8-bit copies after;
+    * WebP: Pillow decodes through its animation decoder, which holds several canvases.
+    """
+    width, height = img.size
+    if img.format in ("JPEG", "MPO"):
+        layers = getattr(img, "layer", None) or [("", 1, 1, 0)] * 3
+        scale = 1
+        while min_size is not None and scale < 8 and min(width, height) // (2 * scale) >= min_size:
+            scale *= 2
+        out = _ceil_div(width, scale) * _ceil_div(height, scale) * max(len(layers), 3) * 3
+        if scans <= 1 and not img.info.get("progressive"):
+            return out + _DECODE_SLACK
+        h_max = max(int(layer[1]) for layer in layers) or 1
+        v_max = max(int(layer[2]) for layer in layers) or 1
+        blocks = sum(
+            _ceil_div(_ceil_div(width * int(h), h_max), 8)
+            * _ceil_div(_ceil_div(height * int(v), v_max), 8)
+            for _, h, v, *_ in layers
+        )
+        return blocks * 128 + out + _DECODE_SLACK
+    pixels = width * height
+    if img.format == "PNG":
+        # Pillow holds 1, 2 (16-bit grey) or 4 bytes a pixel; then at most one 8-bit RGBA-size
+        # conversion before the reduction, and the sRGB copy when there is none.
+        stored = 1 if img.mode in ("1", "L", "P") else 2 if img.mode.startswith("I;16") else 4
+        return pixels * (stored + 4 + (4 if min_size is None else 0)) + _DECODE_SLACK
+    return pixels * 16 + _DECODE_SLACK  # WebP: ~4 RGBA canvases (247 MB measured at 16 MP)
+
+
+def png_raw_bytes(data: bytes) -> int:
+    """The bytes of a PNG's rows as its header declares them (bit depth x channels): what its
+    inflating and unfiltering cost, which pixels alone do not say (16-bit RGBA: 8 a pixel)."""
+    if len(data) < 26:
+        return 0
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    return width * height * _PNG_CHANNELS.get(data[25], 4) * data[24] // 8
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class _DecodeBudget:
+    """The memory the larger decodes of all threads may hold at once (see
+    :data:`DECODE_BUDGET_BYTES`); a decode that finds no room within :data:`DECODE_WAIT_S` is
+    refused as :class:`~stygig.errors.OverloadedError` (503: retry)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.held = 0
+        self._room = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, cost: int) -> Iterator[None]:
+        if cost < SMALL_DECODE_BYTES:
+            yield
+            return
+        cost = min(cost, self.total)  # the largest waits to be alone, never for ever
+        deadline = time.monotonic() + DECODE_WAIT_S
+        with self._room:
+            while self.held + cost > self.total:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise OverloadedError(
+                        "the server is decoding other large images; retry shortly"
+                    )
+                self._room.wait(left)
+            self.held += cost
+        try:
+            yield
+        finally:
+            with self._room:
+                self.held -= cost
+                self._room.notify_all()
+
+
+_DECODES = _DecodeBudget(DECODE_BUDGET_BYTES)
 
 
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}

@@ -744,3 +744,154 @@ def test_png_and_webp_from_clients_are_bounded_lower_than_a_catalogues_own(
     buf = io.BytesIO()
     Image.new("RGB", (4000, 4000), (200, 30, 30)).save(buf, "PNG", compress_level=1)
     decode_image(buf.getvalue(), min_size=224)
+
+
+# -- review, session 38: decode memory, colour keys, metadata that is not pixels --------------
+
+
+def _jpeg(size: tuple[int, int], **save: object) -> bytes:
+    rng = np.random.default_rng(3)
+    noise = rng.integers(0, 256, (size[1] // 16, size[0] // 16, 3), dtype=np.uint8)
+    img = Image.fromarray(noise).resize(size, Image.Resampling.BILINEAR)
+    return encode(img, "JPEG", quality=90, **save)
+
+
+def test_a_progressive_jpeg_is_bounded_by_its_coefficient_memory() -> None:
+    """A progressive JPEG keeps every DCT coefficient of the whole image however small the
+    output (a 311 KB 40 MP CMYK file held 307 MB): its estimate counts them and is bounded;
+    the same photo as a baseline JPEG, reduced in libjpeg, costs a few MB."""
+    from stygig.images import decode_bytes
+
+    progressive = _jpeg((2000, 2000), progressive=True, subsampling=0)
+    baseline = _jpeg((2000, 2000), subsampling=0)
+    tight = ImageLimits(max_decode_bytes=16 << 20)
+    with pytest.raises(ImageTooLargeError) as e:
+        decode_image(progressive, min_size=224, limits=tight)
+    assert e.value.code == "image_decode_too_large" and e.value.http_status == 413
+    assert decode_image(baseline, min_size=224, limits=tight).size == (250, 250)
+    cost = decode_bytes(Image.open(io.BytesIO(progressive)), 224, scans=10)
+    assert 2000 * 2000 // 64 * 3 * 128 <= cost < 30 << 20  # 3 channels of 62,500 blocks
+
+
+@pytest.mark.skipif(not LINUX_PROC, reason="peak memory is read from /proc")
+@pytest.mark.parametrize(
+    "make",
+    [
+        "Image.new('RGB', (4000, 3000), (200, 30, 30)).save(buf, 'JPEG', progressive=True, "
+        "subsampling=0)",
+        "Image.new('RGBA', (4000, 3000), (200, 30, 30, 90)).save(buf, 'PNG')",
+        "Image.radial_gradient('L').resize((3000, 3000)).convert('RGB').save(buf, 'WEBP', "
+        "lossless=True)",
+    ],
+)
+def test_the_decode_estimate_covers_the_measured_peak(make: str) -> None:
+    """What the limit and the shared budget count is at least what a decode holds."""
+    from stygig.images import decode_bytes
+
+    setup = f"buf = io.BytesIO(); {make}; data = buf.getvalue()"
+    peak = peak_growth_mb(setup, "decode_image(data, min_size=224)")
+    buf = io.BytesIO()
+    eval(make, {"Image": Image, "buf": buf})  # noqa: S307 - the test's own literal
+    img = Image.open(io.BytesIO(buf.getvalue()))
+    estimate = decode_bytes(img, 224, scans=10 if img.info.get("progressive") else 1) / 2**20
+    assert peak <= estimate, (peak, estimate)
+
+
+def test_large_decodes_share_one_budget_and_a_late_one_is_told_to_retry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Threads x the largest decode was the bound (8 x 300 MB under a 3 GB cap: 500s). The
+    larger decodes share one budget; one that finds no room in time is a 503, not a crash."""
+    from stygig import images
+    from stygig.errors import OverloadedError
+
+    monkeypatch.setattr(images, "DECODE_WAIT_S", 0.3)
+    budget = images._DecodeBudget(100 << 20)
+    big = 60 << 20
+    failed: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            with budget.hold(big):
+                pass
+        except BaseException as e:
+            failed.append(e)
+
+    with budget.hold(big):
+        with budget.hold(images.SMALL_DECODE_BYTES - 1):  # small ones never wait
+            pass
+        worker = threading.Thread(target=second)
+        worker.start()
+        worker.join(30)
+    assert len(failed) == 1 and isinstance(failed[0], OverloadedError)
+    assert failed[0].http_status == 503
+    with budget.hold(big), budget.hold(40 << 20):
+        assert budget.held == 100 << 20  # room again once the first is done
+    assert budget.held == 0
+
+
+def test_memory_running_out_while_decoding_is_a_503_not_a_corrupt_photo(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from stygig.errors import OverloadedError
+
+    def no_memory(self: Image.Image) -> None:
+        raise MemoryError
+
+    data = encode(garment_image(), "PNG")
+    monkeypatch.setattr(Image.Image, "load", no_memory)
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", no_memory)
+    with pytest.raises(OverloadedError):
+        decode_image(data)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "I;16"])
+def test_a_colour_key_is_transparency(mode: str) -> None:
+    """A PNG whose background is transparent by a colour key (tRNS: what optipng and oxipng
+    write for a cut-out) was read with that key's colour (black) as the background, and
+    answered differently from the same picture with alpha. Composited on white now."""
+    size = (64, 64)
+    if mode == "I;16":
+        img = Image.new("I;16", size, 0)
+        img.paste(40000, (16, 16, 48, 48))
+        key: object = 0
+    else:
+        img = Image.new(mode, size, 0 if mode == "L" else (0, 0, 0))
+        img.paste(200 if mode == "L" else (200, 30, 30), (16, 16, 48, 48))
+        key = 0 if mode == "L" else (0, 0, 0)
+    data = encode(img, "PNG", transparency=key)
+    out = np.asarray(decode_image(data))
+    assert (out[0, 0] == 255).all() and (out[-1, -1] == 255).all()  # background: white
+    assert (out[32, 32] < 250).any()  # the garment is kept
+
+
+def test_metadata_that_cannot_be_read_does_not_refuse_the_pixels() -> None:
+    """A PNG with a metadata chunk Pillow will not inflate (over 1 MB: XMP bloat, a huge
+    profile) or an EXIF block that is not TIFF was "corrupt" (400), though its pixels are
+    fine and a JPEG with the same metadata decoded."""
+    huge = zlib.compress(bytes(2 << 20), 9)
+    for chunk in (
+        png_chunk(b"zTXt", b"XML:com.adobe.xmp\x00\x00" + huge),
+        png_chunk(b"iCCP", b"profile\x00\x00" + huge),
+        png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x01\x00\x00\x00" + huge),
+    ):
+        assert decode_image(png_with_chunks(chunk)).size == (64, 64)
+    bad_exif = png_with_chunks(png_chunk(b"eXIf", b"NOT A TIFF HEADER" * 4))
+    assert decode_image(bad_exif).size == (64, 64)
+
+
+def test_a_png_is_bounded_by_the_bytes_of_its_rows() -> None:
+    """A 132 KB 16-bit RGBA 16 MP PNG cost 0.7 s of CPU: its rows hold 8 bytes a pixel."""
+    img = Image.fromarray(np.zeros((600, 600, 4), np.uint16).astype(np.uint8))
+    eight = encode(img, "PNG")
+    limits = ImageLimits(max_whole_decode_pixels=600 * 600)
+    assert decode_image(eight, limits=limits).size == (600, 600)
+    header = eight[12:24] + b"\x10" + eight[25:29]  # IHDR says 16-bit: twice the bytes
+    sixteen = eight[:12] + header + struct.pack(">I", zlib.crc32(header)) + eight[33:]
+    with pytest.raises(ImageTooLargeError, match="16-bit"):
+        decode_image(sixteen, limits=limits)
+
+
+def test_a_cursor_or_tga_is_named_as_such() -> None:
+    with pytest.raises(UnsupportedMediaError, match="CUR or TGA"):
+        decode_image(b"\x00\x00\x02\x00" + bytes(64))
