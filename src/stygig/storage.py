@@ -23,7 +23,6 @@ the server log). What a client may see of them is decided by :mod:`stygig.locati
 from __future__ import annotations
 
 import errno
-import functools
 import os
 import re
 import stat

@@ -541,9 +541,9 @@ def inside_train_outfits(
     inside = set()
     for o in test:
         items = {i for i in pool.get(o, ()) if i in types}
-        if len(items) >= 2 and all(i in holding for i in items):
-            if set.intersection(*(holding[i] for i in items)):
-                inside.add(o)
+        known = len(items) >= 2 and all(i in holding for i in items)
+        if known and set.intersection(*(holding[i] for i in items)):
+            inside.add(o)
     return inside
 
 
