@@ -48,7 +48,7 @@ from stygig.catalog.changes import (
 from stygig.engine import Recommender
 from stygig.errors import InvalidOptionsError, StygigError
 from stygig.features import PreparedImage
-from stygig.snapshot import CatalogSnapshot, apply_changes, apply_record
+from stygig.snapshot import CatalogSnapshot, apply_changes, apply_record, lineage_root
 
 __all__ = ["LiveCatalog", "replay"]
 
@@ -300,22 +300,36 @@ class LiveCatalog:
         changes = self.prepare(requests)
         # Applied and logged on the low-priority writer thread (one: writers are serialised
         # anyway); the caller, a request worker, waits without using the CPU.
-        return _writer_pool().submit(self._submit_prepared, changes).result()
+        done = _writer_pool().submit(self._submit_prepared, changes).result()
+        if done is None:
+            # A hot reload replaced this catalogue while the photos were prepared: its version
+            # may embed them otherwise (another encoder's weights, another whitening), so they
+            # are prepared again there, never logged with this version's vectors.
+            assert self.successor is not None
+            return self.successor.submit(requests)
+        return done
 
-    def _submit_prepared(self, changes: list[CatalogChange]) -> CatalogSnapshot:
+    def _submit_prepared(self, changes: list[CatalogChange]) -> CatalogSnapshot | None:
+        """Apply and log prepared ``changes``; ``None`` when a hot reload has replaced this
+        catalogue (nothing applied: :meth:`submit` prepares them again on the new one)."""
         assert self.changelog is not None
         records = [c.to_record() for c in changes]
         rec = self.recommender
         with self._lock:
-            if self.successor is not None:  # a hot reload: the new catalogue takes it
-                return self.successor._submit_prepared(changes)
+            if self.successor is not None:
+                return None
             while True:
                 self._catch_up_locked()
                 current = rec.snapshot
                 sequence = current.sequence + 1
                 new = apply_changes(current, changes, sequence, compat_mode=rec.config.compat_mode)
                 try:
-                    self.changelog.append(sequence, records, base=current.version)
+                    self.changelog.append(
+                        sequence,
+                        records,
+                        base=current.version,
+                        root=lineage_root(current.artifact.manifest, current.version),
+                    )
                 except SequenceTaken:
                     continue  # another writer took it: apply theirs first, then try the next
                 rec.publish(new)

@@ -227,6 +227,19 @@ def apply_changes(
         moved[item.id] = row
         touched.append(row)
 
+    @functools.cache
+    def gone_before() -> frozenset[str]:
+        """Ids whose latest recent stock event before these changes is "unavailable"."""
+        last = {item_id: in_stock for _, item_id, in_stock in snap.stock_events}
+        return frozenset(i for i, ok in last.items() if not ok)
+
+    def gone_lately(item_id: str) -> bool:
+        """Whether ``item_id``'s latest recent stock event says "unavailable" (a removal)."""
+        for _, seen, in_stock in reversed(events):
+            if seen == item_id:
+                return not in_stock
+        return item_id in gone_before()
+
     for k, change in enumerate(changes):
         pos = position(change.id)
         if change.op == "add":
@@ -234,6 +247,8 @@ def apply_changes(
             if change.vector.shape[-1] != dim:
                 raise InvalidOptionsError(f"change {k + 1}: the vector has the wrong dimension")
             was = item_at(pos).in_stock if pos is not None else None
+            if was is None and gone_lately(change.id):
+                was = False  # removed earlier (a page marked it sold out): back now
             append(change.item, change.vector, dict(change.color or {}))
             if change.thumbnail:
                 thumbs[change.id] = change.thumbnail
@@ -370,6 +385,14 @@ def ancestors(manifest: Mapping[str, Any]) -> list[str]:
     return list(dict.fromkeys(n for n in names if isinstance(n, str)))[-MAX_LINEAGE:]
 
 
+def lineage_root(manifest: Mapping[str, Any], version: str) -> str:
+    """The build every version of this catalogue was compacted from (its oldest ancestor, or
+    itself): a change-log record written on any of them applies to all of them, ancestors and
+    descendants alike, since they all replay one log."""
+    older = ancestors(manifest)
+    return older[0] if older else version
+
+
 def lineage(manifest: Mapping[str, Any], version: str) -> frozenset[str]:
     """The artifact versions whose change-log records apply to this artifact: its own and its
     :func:`ancestors`."""
@@ -385,8 +408,14 @@ def apply_record(
     and the reason (an error type's name). Servers, replicas and compaction all replay with
     this, so they agree on every record, even a bad one."""
     sequence = int(record["sequence"])
-    base = record.get("base")
-    if base is not None and base not in lineage(snap.artifact.manifest, snap.version):
+    base, root = record.get("base"), record.get("root")
+    manifest = snap.artifact.manifest
+    ours = base is None or base in lineage(manifest, snap.version)
+    # A record written on a version compacted from this one (a replica reloaded before this
+    # one, or a compaction started from an older version) names the same root build.
+    if not ours and root is not None and root == lineage_root(manifest, snap.version):
+        ours = True
+    if not ours:
         # Written against another artifact (review, session 36: `stygig build --out A` over
         # A left A's change log, whose items then came back into the new A, with vectors of
         # the old one's space, and whose removals would have hit the new one's items).

@@ -53,7 +53,7 @@ def living_server(
             cwd=REPO,
             stdout=handle,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])},
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -333,6 +333,37 @@ def s3_log(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     finally:
         storage._clients.clear()
         server.stop()
+
+
+def test_a_watching_server_starts_on_the_version_its_pointer_names(
+    workspace: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """Review (s38): a restarted (or added) --watch replica loaded --artifact, replayed the
+    log on that ancestor and served it (192 items instead of 978) until its first watch
+    tick. It starts on the pointer's version; a pointer naming nothing readable falls back to
+    --artifact with a warning."""
+    from stygig.artifact import Artifact
+    from stygig.catalog.changelog import ChangeLog
+    from stygig.catalog.changes import parse_change
+    from stygig.compaction import compact
+    from stygig.engine import Recommender
+    from stygig.living import LiveCatalog
+
+    catalog, art, log = workspace
+    live = LiveCatalog(Recommender(Artifact.load(art)), ChangeLog(log))
+    live.submit([parse_change(_add(catalog, "new-1"))])
+    v2 = compact(art, ChangeLog(log), tmp_path / "v2")["version"]
+    pointer = tmp_path / "serve-this"
+    pointer.write_text(str(tmp_path / "v2"))
+    out = tmp_path / "server.log"
+    with living_server(art, log, out, watch=pointer, watch_interval=3600) as (url, _):
+        version = httpx.get(f"{url}/v1/catalog/version", timeout=30).json()
+        assert version["artifact_version"] == v2 and version["sequence"] == 1
+    pointer.write_text(str(tmp_path / "nothing-here"))
+    with living_server(art, log, out, watch=pointer, watch_interval=3600) as (url, _):
+        version = httpx.get(f"{url}/v1/catalog/version", timeout=30).json()
+        assert version["artifact_version"] != v2 and version["sequence"] == 1
+    assert "names no readable artifact" in out.read_text()
 
 
 def test_s3_change_log_two_writers_converge(

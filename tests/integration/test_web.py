@@ -97,7 +97,10 @@ def test_item_images_come_from_the_artifact(
     r = client.get("/v1/items/sku-0014/image")
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
     assert r.content == ItemImages(sample[1]).get("sku-0014")
-    assert r.content[:3] == b"\xff\xd8\xff" and "max-age" in r.headers["cache-control"]
+    assert r.content[:3] == b"\xff\xd8\xff"
+    # Revalidated by its ETag (a living catalogue replaces photos under one URL) and never
+    # kept by a shared cache (review, s38: "public, max-age=3600" behind a token).
+    assert r.headers["cache-control"] == "private, no-cache"
     assert (
         client.get(
             "/v1/items/sku-0014/image", headers={"if-none-match": r.headers["etag"]}
@@ -485,7 +488,9 @@ def test_a_server_with_a_token_asks_for_it_once_then_works(
         rows = [json.loads(line) for line in srv.log_lines() if '"stygig.access"' in line]
         images = [r["status"] for r in rows if r["route"] == "/v1/items/{item_id}/image"]
         answers = [r["status"] for r in rows if r["route"].endswith("/recommendations")]
-        assert images and answers and set(images) == set(answers) == {200}
+        # (A thumbnail shown twice is revalidated by its ETag: 304, no 401 among them.)
+        assert images and answers and set(answers) == {200} and set(images) <= {200, 304}
+        assert 200 in images
 
 
 def test_catalogue_searches_wait_their_turn_and_shelves_are_built_once(

@@ -366,3 +366,102 @@ def test_a_changes_body_of_many_small_values_is_refused_before_it_is_parsed() ->
     assert len(parse_changes_body(json.dumps(many).encode(), "application/json")) == MAX_CHANGES
     lines = "\n".join(json.dumps(change) for _ in range(MAX_CHANGES)).encode()
     assert len(parse_changes_body(lines, "application/x-ndjson")) == MAX_CHANGES
+
+
+def test_records_written_on_a_compacted_version_apply_to_its_ancestors(
+    live: tuple[LiveCatalog, Path], tmp_path: Path
+) -> None:
+    """Review (s38): a record written by a server on compacted v1 named v1 as its base, so a
+    replica still on v0, and a compaction started from v0 (as the docs' example does), skipped
+    it as foreign while counting its sequence: acknowledged changes lost for good. Records
+    name the build they all descend from (`root`), and apply on every version of it."""
+    from stygig.compaction import compact, replay
+
+    catalog, folder = live
+    rec = catalog.recommender
+    log = catalog.changelog
+    assert log is not None
+    v0 = rec.snapshot.version
+    first = rec.artifact.items[0].id
+    catalog.submit([parse_change({"op": "update", "id": first, "set": {"stock": 0}})])
+    compact(rec.artifact.path, log, tmp_path / "v1")
+    newer = LiveCatalog(Recommender(Artifact.load(tmp_path / "v1")), log)
+    newer.catch_up()
+    newer.submit([parse_change(_add(folder, "NEW-1"))])
+    record = log.read_since(1, 10)[0]
+    assert record["base"] == newer.snapshot.version != v0 and record["root"] == v0
+    assert catalog.catch_up() == 1  # the replica on v0 follows it
+    assert "NEW-1" in rec.snapshot.artifact.positions
+    snap, skipped = replay(rec.artifact, log)  # a compaction from v0
+    assert skipped == [] and "NEW-1" in snap.artifact.positions
+    log.append(3, [{"op": "remove", "id": first}], base="elsewhere", root="another-build")
+    assert replay(rec.artifact, log)[1] == [3]  # another build's line: still foreign
+
+
+def test_changes_prepared_across_a_hot_reload_are_prepared_again_on_the_new_version(
+    live: tuple[LiveCatalog, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review (s38): a bulk add that straddled a hot reload was logged on the new version
+    with vectors from the old version's encoder and whitening (its own photo no longer found
+    it). Such changes are prepared again on the new version."""
+    import shutil
+
+    catalog, folder = live
+    shutil.copytree(catalog.recommender.artifact.path, tmp_path / "next")
+    successor = LiveCatalog(Recommender(Artifact.load(tmp_path / "next")), catalog.changelog)
+    monkeypatch.setattr(  # the new version embeds otherwise (another whitening, say)
+        successor.recommender, "project", lambda v: -np.asarray(v, np.float32)
+    )
+    prepare = catalog.prepare
+
+    def reload_meanwhile(requests: list) -> list:
+        prepared = prepare(requests)
+        catalog.retire(successor)  # the reload swaps in while the photos were prepared
+        return prepared
+
+    monkeypatch.setattr(catalog, "prepare", reload_meanwhile)
+    snap = catalog.submit([parse_change(_add(folder, "ACROSS"))])
+    assert snap is successor.snapshot and "ACROSS" in snap.artifact.positions
+    vector = np.asarray(snap.artifact.embeddings[snap.artifact.positions["ACROSS"]])
+    expected = successor.prepare([parse_change(_add(folder, "ACROSS"))])[0].vector
+    assert np.allclose(vector, expected, atol=1e-5)
+
+
+def test_a_removed_item_added_again_is_available_again_since(
+    live: tuple[LiveCatalog, Path],
+) -> None:
+    """Review (s38): after remove then add, `?since=` kept the id among the sold out (the
+    add made no stock event for an id with no row), and the page marked it "Sold out"."""
+    catalog, folder = live
+    item = catalog.recommender.artifact.items[0]
+    catalog.submit([parse_change({"op": "remove", "id": item.id})])
+    catalog.submit([parse_change(_add(folder, item.id))])
+    last = {i: ok for _, i, ok in catalog.snapshot.stock_events}
+    assert last[item.id] is True
+    catalog.submit([parse_change(_add(folder, "BRAND-NEW"))])
+    assert "BRAND-NEW" not in {i for _, i, _ in catalog.snapshot.stock_events}  # no noise
+
+
+def test_a_replay_holds_a_bounded_number_of_bytes(tmp_path: Path) -> None:
+    """Review (s38): a replay read 64 records at once; one request of 1,000 tiny photos makes
+    a ~17 MB record, so a restart held over 1 GB. Reads stop at a byte bound (one record at
+    least), and a replay still applies every record."""
+    log = ChangeLog(tmp_path / "log")
+    for n in range(1, 6):
+        log.append(n, [{"op": "update", "id": f"x{n}", "set": {"note": "y" * 1000}}])
+    assert len(log.read_since(0, 64, max_bytes=2500)) == 3
+    assert len(log.read_since(0, 64, max_bytes=1)) == 1
+    assert len(log.read_since(0, 64)) == 5
+
+
+def test_text_numbers_and_labels_are_bounded_like_json_ones(
+    live: tuple[LiveCatalog, Path],
+) -> None:
+    """Review (s38): a price sent as text ("1e300") passed the bound JSON numbers get, and a
+    gender of 2,000 characters was accepted though no request can name it."""
+    catalog, _folder = live
+    first = catalog.recommender.artifact.items[0].id
+    for fields in ({"price": "1e300"}, {"gender": "x" * 2000}, {"usage": "y" * 201}):
+        with pytest.raises(InputError):
+            catalog.submit([parse_change({"op": "update", "id": first, "set": fields})])
+    catalog.submit([parse_change({"op": "update", "id": first, "set": {"price": "19.90"}})])

@@ -105,10 +105,24 @@ def _clean(value: object) -> str | None:
     return text if text and text.upper() not in ("NA", "N/A", "NAN", "NULL", "NONE") else None
 
 
+#: The longest gender or usage a row may have: what a request's ``gender`` option can name
+#: (a longer one could never be asked for, only carried in every answer).
+MAX_LABEL = 200
+#: The largest price a row may have (JSON changes bound their numbers alike; a price sent as
+#: text is bounded here, after it is read).
+MAX_PRICE = 1e15
+
+
+def _label(value: str | None, name: str) -> str | None:
+    if value is not None and len(value) > MAX_LABEL:
+        raise RowError("bad_value", f"{name} is longer than {MAX_LABEL} characters")
+    return value
+
+
 def _gender(value: str | None) -> str | None:
     if value is None:
         return None
-    return _GENDER_WORDS.get(value.lower(), value.lower())
+    return _label(_GENDER_WORDS.get(value.lower(), value.lower()), "gender")
 
 
 def _price(value: str | None) -> float | None:
@@ -120,6 +134,8 @@ def _price(value: str | None) -> float | None:
         raise RowError("bad_value", f"price {value!r} is not a number") from e
     if not math.isfinite(price) or price < 0:  # inf is no price, and no JSON number either
         raise RowError("bad_value", f"price {value!r} must be a non-negative number")
+    if price >= MAX_PRICE:
+        raise RowError("bad_value", f"price {value[:40]!r} must be below {MAX_PRICE:.0e}")
     return price
 
 
@@ -236,7 +252,7 @@ def _generic(row: dict[str, str | None], taxonomy: Taxonomy, images_dir: Path) -
         image=image,
         category=category,
         gender=_gender(_clean(row.get("gender"))),
-        usage=_clean(row.get("usage")),
+        usage=_label(_clean(row.get("usage")), "usage"),
         season=_clean(row.get("season")),
         name=_clean(row.get("name")),
         price=_price(_clean(row.get("price"))),
@@ -270,7 +286,7 @@ def _kaggle(row: dict[str, str | None], taxonomy: Taxonomy, images_dir: Path) ->
         image=str(images_dir / f"{item_id}.jpg"),
         category=category,
         gender=_gender(_clean(row.get("gender"))),
-        usage=_clean(row.get("usage")),
+        usage=_label(_clean(row.get("usage")), "usage"),
         season=_clean(row.get("season")),
         name=_clean(row.get("productDisplayName")),
         attributes=attributes,

@@ -222,7 +222,7 @@ class ModelService:
         """Load the artifact, start the batcher, warm every path, then report ready."""
         t0 = time.perf_counter()
         self.recommender = await self.run(
-            _load, self.config.artifact, self.config.verify, self.config.device
+            _load, await self.run(self._start_path), self.config.verify, self.config.device
         )
         self.live = await self.run(self._living, self.recommender)
         self.load_seconds = time.perf_counter() - t0
@@ -269,6 +269,26 @@ class ModelService:
         await self.run(rec.answer, prepared, batch.vectors[:1])  # an answer in the pool
         if live_id is not None:  # every item removed: no item query to warm
             await self.answer(rq.ParsedRequest(Query(item_ids=(live_id,)), Options()))
+
+    def _start_path(self) -> Path:
+        """The artifact to start on: the one the watched pointer names (a restarted or added
+        replica must not serve the version it was first given, with the log replayed on an
+        ancestor, until its first watch tick), else ``--artifact``."""
+        from stygig.artifact import read_manifest
+
+        settings = self.config.catalog
+        if settings is None or not settings.watch:
+            return Path(self.config.artifact)
+        try:
+            pointed = read_pointer(settings.watch)
+            read_manifest(pointed)
+        except StygigError as e:
+            log.warning(
+                "the watched pointer names no readable artifact (%s): starting on --artifact",
+                e.code,
+            )
+            return Path(self.config.artifact)
+        return pointed
 
     def _living(self, rec: Recommender) -> LiveCatalog | None:
         """The recommender's live catalogue, caught up with the change log (a restart

@@ -27,6 +27,7 @@ with a text tower, which none of StyGig's encoders has (``text_search: false`` i
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import re
 from collections.abc import Awaitable, Callable
@@ -179,14 +180,15 @@ class _Shelf:
     recommender: Recommender
     snapshot: CatalogSnapshot
     images: ItemImages
-    haystacks: dict[int, str]  # live rows only, in catalogue order
     etag_seed: str
     config: bytes | None = None  # the /v1/config body, made on first use
 
-    @classmethod
-    def of(cls, rec: Recommender, snap: CatalogSnapshot, images: ItemImages | None) -> _Shelf:
-        artifact, cols = snap.artifact, snap.columns
-        haystacks = {
+    @functools.cached_property
+    def haystacks(self) -> dict[int, str]:
+        """Each live row's search text, in catalogue order: made on the first search of this
+        snapshot, not for every thumbnail after a change (34 ms at 8k items; review)."""
+        artifact, cols, snap = self.snapshot.artifact, self.snapshot.columns, self.snapshot
+        return {
             i: " ".join(
                 str(v).lower()
                 for v in (item.name, item.id, item.brand, item.category, cols.color_names[i])
@@ -195,6 +197,10 @@ class _Shelf:
             for i, item in enumerate(artifact.items)
             if snap.is_live(i)
         }
+
+    @classmethod
+    def of(cls, rec: Recommender, snap: CatalogSnapshot, images: ItemImages | None) -> _Shelf:
+        artifact = snap.artifact
         files = artifact.manifest.get("files", {})
         seed = str(
             files.get("thumbnails.bin", {}).get("sha256") or artifact.manifest.get("created_at")
@@ -202,7 +208,7 @@ class _Shelf:
         if images is None or images.root != artifact.path:
             originals = {item.id: item.image for item in artifact.items}
             images = ItemImages(artifact.path, originals)
-        return cls(rec, snap, images, haystacks, seed)
+        return cls(rec, snap, images, seed)
 
     def image(self, item_id: str) -> bytes | None:
         """The item's thumbnail: a changed item's from the change log, else the artifact's."""
@@ -391,7 +397,9 @@ def make_catalog_router(service: ModelService) -> APIRouter:
         changed = current.snapshot.thumbnails.get(item_id)
         seed = hashlib.sha256(changed).hexdigest() if changed else current.etag_seed
         etag = '"' + hashlib.sha256(f"{seed}:{item_id}".encode()).hexdigest()[:24] + '"'
-        headers = {"Cache-Control": f"public, max-age={_IMAGE_MAX_AGE_S}", "ETag": etag}
+        # Revalidated every time (a living catalogue replaces photos under the same URL: the
+        # ETag says when), and never kept by a shared cache (a token may guard it).
+        headers = {"Cache-Control": "private, no-cache", "ETag": etag}
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=headers)
         data = await service.run(current.image, item_id)
@@ -454,7 +462,8 @@ def make_catalog_router(service: ModelService) -> APIRouter:
         found = examples.get(name)
         if found is None:
             raise NotFoundError("no such example photo; see /v1/examples", code="not_found")
-        headers = {"Cache-Control": f"public, max-age={_IMAGE_MAX_AGE_S}", "ETag": found.etag}
+        scope = "private" if service.config.auth_token else "public"  # shared caches: no token
+        headers = {"Cache-Control": f"{scope}, max-age={_IMAGE_MAX_AGE_S}", "ETag": found.etag}
         if request.headers.get("if-none-match") == found.etag:
             return Response(status_code=304, headers=headers)
         return Response(found.body, media_type=found.media_type, headers=headers)
