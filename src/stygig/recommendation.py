@@ -341,8 +341,12 @@ def parse_json_object(
     body: bytes, *, what: str = "the body", max_values: int = MAX_JSON_VALUES
 ) -> dict[str, Any]:
     """A JSON object, or :class:`~stygig.errors.InputError` (400) saying why not; 413 past
-    ``max_values`` values (:func:`check_json_values`)."""
-    check_json_values(body, what=what, limit=max_values)
+    ``max_values`` values (:func:`check_json_values`). Only a body opening an object or an
+    array is counted: one that cannot be an object (a photo sent as application/json) is a
+    400 whatever its size (a 3.6 MB JPEG was a 413 "too many JSON values", a small one a
+    400)."""
+    if body.lstrip(b" \t\r\n")[:1] in (b"{", b"["):  # a scalar or garbage holds one value
+        check_json_values(body, what=what, limit=max_values)
     try:
         data = json.loads(body)
     except UnicodeDecodeError:
