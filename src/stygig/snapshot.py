@@ -88,6 +88,9 @@ class CatalogSnapshot:
     buffer: SpareRows | None = None  # the embeddings' (or added rows') backing rows
     # an exact catalogue's rows in int8 as loaded (rows appended since are scanned in float32)
     scan: Int8Scan | None = None
+    # stock_events hold every stock change after this record (those before were folded into
+    # the artifact by compaction, or dropped past RECENT_STOCK_EVENTS)
+    events_from: int = 0
 
     @property
     def catalog_version(self) -> str:
@@ -143,6 +146,7 @@ def snapshot_of(
         version=version,
         sequence=seq,
         scan=make_scan(artifact.embeddings, scan) if exact else None,
+        events_from=seq,
     )
 
 
@@ -314,7 +318,9 @@ def apply_changes(
         learned = learned.with_attributes(
             rows, embeddings[rows], columns.rgb[rows], [items[int(r)].attributes for r in rows]
         )
-    recent = (*snap.stock_events, *events)[-RECENT_STOCK_EVENTS:]
+    every = (*snap.stock_events, *events)
+    recent = every[-RECENT_STOCK_EVENTS:]
+    dropped = every[-RECENT_STOCK_EVENTS - 1][0] if len(every) > RECENT_STOCK_EVENTS else 0
     ref = dataclasses.replace(
         snap.ref,
         items=len(positions),
@@ -330,6 +336,7 @@ def apply_changes(
         sequence=sequence,
         thumbnails=thumbnails,
         stock_events=recent,
+        events_from=max(snap.events_from, dropped),
         buffer=buffer,
     )
 

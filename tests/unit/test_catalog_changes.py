@@ -465,3 +465,46 @@ def test_text_numbers_and_labels_are_bounded_like_json_ones(
         with pytest.raises(InputError):
             catalog.submit([parse_change({"op": "update", "id": first, "set": fields})])
     catalog.submit([parse_change({"op": "update", "id": first, "set": {"price": "19.90"}})])
+
+
+def test_since_says_when_its_lists_may_be_incomplete(
+    live: tuple[LiveCatalog, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review (s38): after a compaction (or past the events kept), `?since=` answered empty
+    lists for changes it no longer knew of, and a page kept showing a sold-out item as
+    available. `complete` says whether the lists cover everything after `since`."""
+    from stygig import snapshot
+    from stygig.compaction import compact
+    from stygig.serving.catalog_changes import version_body
+
+    catalog, _folder = live
+    first, second, third = (i.id for i in catalog.recommender.artifact.items[:3])
+
+    class Service:
+        def __init__(self, rec: Recommender) -> None:
+            self.rec = rec
+
+        def require(self) -> Recommender:
+            return self.rec
+
+    catalog.submit([parse_change({"op": "update", "id": first, "set": {"stock": 0}})])
+    body = version_body(Service(catalog.recommender), since=0)  # type: ignore[arg-type]
+    assert body["unavailable_since"] == [first] and body["complete"] is True
+    assert catalog.changelog is not None
+    compact(catalog.recommender.artifact.path, catalog.changelog, tmp_path / "v1")
+    v1 = Recommender(Artifact.load(tmp_path / "v1"))
+    body = version_body(Service(v1), since=0)  # type: ignore[arg-type]
+    assert body["unavailable_since"] == [] and body["complete"] is False
+    assert version_body(Service(v1), since=1)["complete"] is True  # type: ignore[arg-type]
+    monkeypatch.setattr(snapshot, "RECENT_STOCK_EVENTS", 2)
+    for n, item in enumerate((second, third), start=2):
+        catalog.submit([parse_change({"op": "update", "id": item, "set": {"stock": 0}})])
+        assert catalog.snapshot.events_from == (n - 2)  # the third event drops the first
+    body = version_body(Service(catalog.recommender), since=0)  # type: ignore[arg-type]
+    assert (
+        body["complete"] is False
+        and version_body(  # type: ignore[arg-type]
+            Service(catalog.recommender), since=1
+        )["complete"]
+        is True
+    )

@@ -90,6 +90,9 @@ def version_body(service: ModelService, since: int | None = None) -> dict[str, A
                 state[item_id] = in_stock
         body["unavailable_since"] = sorted(i for i, ok in state.items() if not ok)
         body["available_again"] = sorted(i for i, ok in state.items() if ok)
+        # False: changes after `since` were folded into this version (compaction) or are
+        # older than the events kept; the lists may miss some (a page should reload).
+        body["complete"] = since >= snap.events_from
     return body
 
 

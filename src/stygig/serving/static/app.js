@@ -587,6 +587,11 @@
     showCatalogVersion(v.catalog_version);
     state.soldOut = v.unavailable_since || [];
     markSoldOut(state.soldOut);
+    if (v.complete === false) {
+      // The catalogue was compacted (or moved on too far) since this page loaded: what sold
+      // out before is not listed any more. Say so instead of showing stale availability.
+      $("catalog-version").textContent = "catalogue " + v.catalog_version + " (updated: reload the page to refresh availability)";
+    }
   }
 
   // -- catalogue picker -------------------------------------------------------------------------
