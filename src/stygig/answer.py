@@ -141,8 +141,8 @@ class RecommendedItem(ItemView):
 
     score: float
     similarity: float
-    harmony: float
-    harmony_rule: str | None  # outfit mode: the colour rule that decided ``harmony``
+    harmony: float | None  # outfit mode with colour on (else not a part of the score)
+    harmony_rule: str | None  # the colour rule that decided ``harmony``, when it is shown
     boost: float  # the taxonomy's factor (x1.15 for a compatible pair, else 1)
     learned: float | None  # the compatibility model's part (None without a model)
     reason: str

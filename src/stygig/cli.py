@@ -197,9 +197,10 @@ def _print_table(rec: dict[str, Any]) -> None:
         f"\n{'id':<14} {'category':<14} {'colour':<8} {'score':>6} {'sim':>6} {'harm':>5} {'boost':>5}  reason"
     )
     for item in rec["items"]:
+        harmony = "-" if item["harmony"] is None else f"{item['harmony']:.2f}"
         print(
             f"{item['id']:<14} {item['category']:<14} {item['hex'] or '':<8} {item['score']:>6.3f} "
-            f"{item['similarity']:>6.3f} {item['harmony']:>5.2f} {item['boost']:>5.2f}  {item['reason']}"
+            f"{item['similarity']:>6.3f} {harmony:>5} {item['boost']:>5.2f}  {item['reason']}"
         )
     timings = ", ".join(f"{k} {v:.1f}" for k, v in rec["timings_ms"].items())
     print(f"\ntimings (ms): {timings}")

@@ -296,11 +296,14 @@ class CatalogColumns:
         mask = np.ones(n, dtype=bool) if removed is None else ~removed[sel]
         if not options.include_unavailable:
             mask &= self.available[sel]
-        if (gender.value and gender.value != "unisex") or gender.hedged:
+        # A gender voted "unisex" from a photo goes with anything; a shopper who states
+        # "unisex" asks for unisex items (review, s38: it filtered nothing).
+        stated_unisex = gender.value == "unisex" and gender.source == "stated"
+        if (gender.value and gender.value != "unisex") or gender.hedged or stated_unisex:
             codes = self.gender_codes[sel]
             # The same gender (none when hedging), unisex, or items without a gender (-1).
             fits = (codes == self.unisex) | (codes < 0)
-            if gender.value:
+            if gender.value and gender.value in self.gender_names:
                 fits |= codes == self.gender_names.index(gender.value)
             mask &= fits
         for name, include in (("include_categories", True), ("exclude_categories", False)):
@@ -331,8 +334,14 @@ class CatalogColumns:
             if "max" in cond:
                 ok &= values <= float(cond["max"])
             return ok
-        wanted = cond if isinstance(cond, list) else [cond]
-        return np.isin(self._attribute_values(name), [str(w).strip().lower() for w in wanted])
+        wanted = [str(w).strip().lower() for w in (cond if isinstance(cond, list) else [cond])]
+        hit: np.ndarray = np.isin(self._attribute_values(name), wanted)
+        # A number matches by value (price 40 is the item's 40.0; "34.90" its 34.9), as a
+        # range does; text compares as text.
+        numbers = [f for f in map(_to_float, wanted) if not np.isnan(f)]
+        if numbers:
+            hit |= np.isin(self._numeric_values(name), numbers)
+        return hit
 
     def _numeric_values(self, name: str) -> np.ndarray:
         """``name`` of every item as a float (NaN where missing or not a number), cached."""
@@ -362,6 +371,8 @@ def _color_names(colors: Sequence[dict[str, Any]], rgb: np.ndarray) -> np.ndarra
 
 def _attribute_of(item: Any, name: str) -> str | None:
     """An item's value of filterable field ``name``, as filters compare it (None: none)."""
+    if name == "available":  # what the answer shows as "available": stock counted too
+        return str(bool(item.in_stock)).lower()
     raw = getattr(item, name) if name in ITEM_FIELDS else item.attributes.get(name)
     return None if raw is None else str(raw).strip().lower()
 

@@ -301,7 +301,13 @@ class Recommender:
         queries = np.stack([p.vector for p in parts]).astype(np.float32)
         # Exact catalogues: one scan of every row serves the vote and every candidate's
         # similarity (int8 above a few thousand rows, refined in float32 where it matters).
-        full = Scores(embeddings, queries, st.scan) if st.exact else None
+        # An approximate index over no more rows than the candidate pool would return fewer
+        # than it promises (HNSW's graph, IVF's probed lists: 356 of 2,048 asked at 2k items):
+        # every row is scored exactly instead, as an exact catalogue is.
+        exact = st.exact or (
+            isinstance(embeddings, np.ndarray) and len(embeddings) <= self.config.candidate_pool
+        )
+        full = Scores(embeddings, queries, st.scan) if exact else None
         own = [p.position for p in parts if p.position is not None]
         removed = _removed(st)  # rows taken out of the index: never neighbours nor candidates
         stack = st.artifact.heads.get("gender")  # its features read the k it was fitted on
@@ -344,7 +350,7 @@ class Recommender:
         given = options.candidate_ids
         mask = (
             cols.filter_mask(options, gender, own, removed)
-            if (st.exact or selective) and not given
+            if (exact or selective) and not given
             else None
         )
         if given:
@@ -353,7 +359,7 @@ class Recommender:
             cand = np.array([cols.position(i) for i in given], np.int64)
             stated = gender if gender.source == "stated" else _NO_GENDER
             cand = cand[cols.filter_mask(options, stated, own, removed, cand)]
-        elif mask is not None and (st.exact or mask.sum() <= self.config.candidate_pool):
+        elif mask is not None and (exact or mask.sum() <= self.config.candidate_pool):
             cand = np.flatnonzero(mask)
         else:
             if pool is None:

@@ -330,7 +330,15 @@ class FaissIndex(_Tombstones):
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = _check_queries(queries, self.dim, k)
         fetch = min(max(1, self.ntotal), k + self.n_removed)
-        scores, ids = self.index.search(q, fetch)
+        if self.kind == "hnsw" and fetch > self.index.hnsw.efSearch:
+            # HNSW returns at most efSearch neighbours: asked for more, it is widened for this
+            # search (per call: the index is shared by threads).
+            import faiss
+
+            params = faiss.SearchParametersHNSW(efSearch=fetch)
+            scores, ids = self.index.search(q, fetch, params=params)
+        else:
+            scores, ids = self.index.search(q, fetch)
         scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
         removed = self.removed if self.n_removed else None
         return _pad(*_apply_tombstones(scores, ids.astype(np.int64), removed, k), k)

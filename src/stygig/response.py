@@ -67,6 +67,9 @@ def recommended_items(
     (shortest exact decimal), so JSON shows ``0.3``, never ``0.30000000000000004``.
     """
     rows = parts.cand[positions].tolist()
+    # Harmony is a part of the score only in outfit mode with colour on: shown only then, so
+    # the parts shown always make the score (review, s38: use_color off showed 0.9 and a rule).
+    coloured = mode == "outfit" and use_color
     score, sim = parts.score[positions].tolist(), parts.similarity[positions].tolist()
     harm, factor = parts.harmony[positions].tolist(), parts.factor[positions].tolist()
     rules = parts.rules[positions].tolist()
@@ -87,8 +90,8 @@ def recommended_items(
                 **fields,
                 score=round(score[n], 4),
                 similarity=round(sim[n], 4),
-                harmony=round(harm[n], 4),
-                harmony_rule=HARMONY_RULE_NAMES[rules[n]] if mode == "outfit" else None,
+                harmony=round(harm[n], 4) if coloured else None,
+                harmony_rule=HARMONY_RULE_NAMES[rules[n]] if coloured else None,
                 boost=round(factor[n], 4),
                 learned=None if learned is None else round(learned[n], 4),
                 reason=reason,

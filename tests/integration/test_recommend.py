@@ -199,7 +199,33 @@ def test_colour_off_changes_scores(rec: Recommender) -> None:
     ).to_dict()
     for item in off["items"]:
         assert item["score"] == pytest.approx(0.6 * item["similarity"] * 1.15, abs=2e-4)
+        # Review (s38): harmony 0.9 and its rule were shown though no part of the score.
+        assert item["harmony"] is None and item["harmony_rule"] is None
+    assert all(i["harmony"] is not None and i["harmony_rule"] for i in on["items"])
     assert [i["score"] for i in on["items"]] != [i["score"] for i in off["items"]]
+    similar = rec.recommend(Query(item_ids=("sku-0014",)), Options(mode="similar")).to_dict()
+    assert all(i["harmony"] is None for i in similar["items"])
+
+
+def test_a_stated_unisex_asks_for_unisex_items(rec: Recommender) -> None:
+    """Review (s38): gender "unisex" stated filtered nothing (men's and women's items too)."""
+    out = rec.recommend(
+        Query(item_ids=("sku-0014",)), Options(gender="unisex", k_total=60)
+    ).to_dict()
+    assert out["items"] and {i["gender"] for i in out["items"]} <= {"unisex", None}
+
+
+def test_equality_filters_compare_numbers_as_numbers(rec: Recommender) -> None:
+    """Review (s38): price 40 never matched an item priced 40.00 (its text is "40.0")."""
+    price = next(i.price for i in rec.artifact.items if i.price is not None)
+    want = {i.id for i in rec.artifact.items if i.price == price}
+    for value in (price, str(price), f"{price:.2f}", [price, -1]):
+        out = rec.recommend(
+            Query(item_ids=("sku-0014",)),
+            Options(mode="similar", k_total=100, filters={"price": value}),
+        ).to_dict()
+        got = {i["id"] for i in out["items"]}
+        assert got and got <= want, value
 
 
 def test_deterministic(rec: Recommender) -> None:
@@ -300,7 +326,9 @@ def test_approximate_index_path_filters_and_finds_the_same_items(
         index_kind="ivf",
         progress=False,
     ).path
-    ivf = Recommender.from_path(art)
+    # A pool just under the catalogue's 131 items: the approximate path (a pool that covers
+    # the catalogue scores every item exactly instead, next test).
+    ivf = Recommender.from_path(art, config=replace(ScoringConfig.load(), candidate_pool=128))
     assert not ivf.exact
     query = Query(item_ids=("sku-0014",))
     only = ivf.recommend(query, Options(k=3, include_categories=("handbag",))).to_dict()
@@ -309,6 +337,26 @@ def test_approximate_index_path_filters_and_finds_the_same_items(
     assert all(i["gender"] in (out["query"][0]["gender"], "unisex") for i in out["items"])
     exact = Recommender.from_path(sample[1]).recommend(query, Options(k=3, k_total=40)).to_dict()
     assert {i["id"] for i in out["items"]} == {i["id"] for i in exact["items"]}
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_an_approximate_index_no_larger_than_the_pool_answers_exactly(
+    sample: tuple[Path, Path], tmp_path: Path, kind: str
+) -> None:
+    """Review (s38): HNSW returned 356-605 of the 2,048 candidates asked at 2k items (its
+    efSearch is 128), IVF 1,319-1,576: outfits lost pieces against exact search. A catalogue
+    no larger than the pool is scored exactly, whatever its index."""
+    art = build_artifact(
+        sample[0] / "catalog.csv", tmp_path / kind, load_encoder("tiny"), index_kind=kind,
+        index_params={"nlist": 8, "nprobe": 1} if kind == "ivf" else {}, progress=False,
+    ).path  # fmt: skip
+    approx, exact = Recommender.from_path(art), Recommender.from_path(sample[1])
+    assert not approx.exact
+    for item_id in ("sku-0003", "sku-0040", "sku-0090"):
+        query, options = Query(item_ids=(item_id,)), Options(k=3, k_total=40)
+        a, b = approx.recommend(query, options).to_dict(), exact.recommend(query, options).to_dict()
+        assert [i["id"] for i in a["items"]] == [i["id"] for i in b["items"]]
+        assert a["outfit"]["item_ids"] == b["outfit"]["item_ids"]
 
 
 @pytest.mark.parametrize("k", [1, 3])

@@ -508,3 +508,21 @@ def test_since_says_when_its_lists_may_be_incomplete(
         )["complete"]
         is True
     )
+
+
+def test_the_available_filter_reads_what_the_answer_shows(live: tuple[LiveCatalog, Path]) -> None:
+    """Review (s38): a filter on `available` read the row's flag, the answer's `available`
+    counts stock too: `available: true` returned items the same answer showed unavailable."""
+    catalog, _folder = live
+    rec = catalog.recommender
+    sold = [i.id for i in rec.artifact.items[:6]]
+    catalog.submit([parse_change({"op": "update", "id": i, "set": {"stock": 0}}) for i in sold])
+    query = Query(item_ids=(rec.artifact.items[10].id,))
+    for value, shown in (("true", True), ("false", False)):
+        out = rec.recommend(
+            query,
+            Options(
+                mode="similar", k_total=100, include_unavailable=True, filters={"available": value}
+            ),
+        ).to_dict()
+        assert out["items"] and {i["available"] for i in out["items"]} == {shown}

@@ -248,6 +248,7 @@ def test_eval_puts_learned_scorers_beside_v4(
     from stygig.evaluation.fitb import (
         compatibility_auc,
         evaluate_outfits,
+        inside_train_outfits,
         item_types,
         read_outfits,
         scoring_config,
@@ -266,7 +267,12 @@ def test_eval_puts_learned_scorers_beside_v4(
     # The AUCs score outfits with the outfit weight; FITB ranks with the recommendation one.
     art = Artifact.load(copy)
     learned = Recommender(art, config=scoring_config("learned"))
-    _, test = split_ids(list(read_outfits(csv)), seed=0)
+    every = read_outfits(csv)
+    train, test = split_ids(list(every), seed=0)
+    # The evaluation leaves out test outfits that repeat (a part of) a train outfit.
+    inside = inside_train_outfits(every, item_types(art), test, [every[o] for o in train])
+    assert result["split"]["test_outfits_inside_a_train_outfit_left_out"] == len(inside)
+    test = [o for o in test if o not in inside]
     for outfit, key in ((True, "auc_single_swap"), (False, "auc_single_swap_pair_mean")):
         scorer = functools.partial(learned.score_items, outfit=outfit)
         aggregate = "weakest" if outfit else "pairs"

@@ -52,6 +52,15 @@ def test_faiss_agrees_with_exact_oracle(kind: str) -> None:
     assert recall >= (1.0 if kind == "flat" else 0.9)
 
 
+def test_hnsw_returns_as_many_neighbours_as_asked() -> None:
+    """Review (s38): HNSW returned at most efSearch (128) neighbours whatever k asked."""
+    x = _clustered(3000, 32)
+    index = build_index(x, "hnsw")
+    scores, ids = index.search(x[:2], 1000)
+    assert (ids >= 0).all() and np.isfinite(scores).all()
+    assert index.index.hnsw.efSearch == 128  # widened for that search only
+
+
 @pytest.mark.parametrize("storage", ["fp16", "flat"])
 def test_ivf_storage_float16_and_float32(tmp_path: Path, storage: str) -> None:
     """IVF lists in float16 (the default) find the neighbours float32 lists find, with inner
