@@ -335,7 +335,7 @@ class FaissIndex(_Tombstones):
             # search (per call: the index is shared by threads).
             import faiss
 
-            params = faiss.SearchParametersHNSW(efSearch=fetch)
+            params = faiss.SearchParametersHNSW(efSearch=fetch)  # type: ignore[attr-defined]
             scores, ids = self.index.search(q, fetch, params=params)
         else:
             scores, ids = self.index.search(q, fetch)
