@@ -163,22 +163,30 @@ def test_eval_refuses_a_model_that_records_no_split(
     assert e.value.code == "compat_split_unknown" and "retrain" in e.value.message
 
 
+def _random_outfits(
+    outfits: dict[str, list[str]], n: int, *, seed: int, prefix: str, width: int
+) -> dict[str, list[str]]:
+    """``n`` outfits of a random shirt, trousers and sandals from ``outfits``' items."""
+    rng = np.random.default_rng(seed)
+    by_cat: dict[str, list[str]] = {}
+    for i in sorted({i for o in outfits.values() for i in o}):
+        by_cat.setdefault(i.split("-")[0], []).append(i)
+    return {
+        f"{prefix}{k:0{width}d}": [
+            str(rng.choice(by_cat[c])) for c in ("shirt", "trousers", "sandals")
+        ]
+        for k in range(n)
+    }
+
+
 def test_test_outfits_are_scored_whole_and_seen_means_trained_on(tmp_path: Path) -> None:
     """``--test-outfits FILE``: one question per sampling for every outfit of FILE (not its
     20 %), and an answer is "seen" exactly when it is in a train outfit of the model's split."""
     path, outfits = _artifact(tmp_path)
     train, _ = split_ids(list(outfits), seed=0)
     trained = {i for o in train for i in outfits[o]}
-    rng = np.random.default_rng(5)
-    items = sorted({i for o in outfits.values() for i in o})
-    by_cat: dict[str, list[str]] = {}
-    for i in items:
-        by_cat.setdefault(i.split("-")[0], []).append(i)
     # New outfits (ids colliding with the reference file's on purpose), random items.
-    others = {
-        f"o{n:03d}": [str(rng.choice(by_cat[c])) for c in ("shirt", "trousers", "sandals")]
-        for n in range(30)
-    }
+    others = _random_outfits(outfits, 30, seed=5, prefix="o", width=3)
     ref = _write_outfits(tmp_path / "outfits.csv", outfits)
     test = _write_outfits(tmp_path / "new.csv", others)
     result = evaluate_outfits(
@@ -207,15 +215,7 @@ def test_test_outfits_inside_a_train_outfit_are_left_out(tmp_path: Path) -> None
     path, outfits = _artifact(tmp_path)
     train, _ = split_ids(list(outfits), seed=0)
     ref = _write_outfits(tmp_path / "outfits.csv", outfits)
-    rng = np.random.default_rng(7)
-    items = sorted({i for o in outfits.values() for i in o})
-    by_cat: dict[str, list[str]] = {}
-    for i in items:
-        by_cat.setdefault(i.split("-")[0], []).append(i)
-    new = {
-        f"new{n:02d}": [str(rng.choice(by_cat[c])) for c in ("shirt", "trousers", "sandals")]
-        for n in range(24)
-    }
+    new = _random_outfits(outfits, 24, seed=7, prefix="new", width=2)
     copies = {f"copy{n}": list(outfits[o]) for n, o in enumerate(train[:4])}
     parts = {f"part{n}": list(outfits[o])[:2] for n, o in enumerate(train[4:8])}
     held_out = {o: v for o, v in new.items() if not any(set(v) <= set(outfits[t]) for t in train)}
