@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["count", "positive"]
+__all__ = ["count", "port", "positive"]
 
 
 def _at_least(text: str, floor: int) -> int:
@@ -29,3 +29,11 @@ def positive(text: str) -> int:
 def count(text: str) -> int:
     """A whole number of 0 or more."""
     return _at_least(text, 0)
+
+
+def port(text: str) -> int:
+    """A TCP port, 1 to 65535 (99999 was taken, and the server listened on 99999 - 65536)."""
+    value = _at_least(text, 1)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port of 1 to 65535, got {text[:20]!r}")
+    return value

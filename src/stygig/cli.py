@@ -130,7 +130,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     if enc.get("pooling") and not enc.get("pooling_recorded"):
         pooling += " (built before pooling was recorded)"
     print(
-        f"encoder        {enc['name']} ({enc['dim']}-d, {enc['runtime']}, {enc['quantization']}"
+        f"encoder        {enc['name']} ({enc['dim']}-d, {enc['runtime']}, "
+        f"{enc['quantization'] or 'fp32'}"
         f"{pooling})"
     )
     print(f"index          {summary['index']['kind']} {summary['index']['params']}")

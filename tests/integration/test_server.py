@@ -158,6 +158,33 @@ def test_missing_artifact_defaults_to_opt_ml_model_and_exits(tmp_path: Path) -> 
     assert "/opt/ml/model" in (tmp_path / "log").read_text()
 
 
+def test_serve_refuses_a_bad_port_or_a_missing_artifact_in_one_line(
+    sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Review (s38): --port 99999 was taken (the server listened on 34463), a port in use
+    gave only a JSON log record and exit 3, and a missing artifact bound the port and logged
+    a traceback before its one-line error."""
+    import socket
+
+    def run(*args: str) -> tuple[int, str]:
+        log = tmp_path / f"log-{len(list(tmp_path.iterdir()))}"
+        code = exit_code(start_process(["serve", "--host", "127.0.0.1", *args], log))
+        return code, log.read_text()
+
+    code, text = run("--artifact", str(sample[1]), "--port", "99999")
+    assert code == 2 and "1 to 65535" in text
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        code, text = run("--artifact", str(sample[1]), "--port", port)
+    assert code != 0 and f"cannot listen on 127.0.0.1:{port}" in text, text
+    assert "Traceback" not in text
+    code, text = run("--artifact", str(tmp_path / "nope"), "--port", port)
+    assert code != 0 and "not a StyGig artifact" in text
+    assert "Traceback" not in text and "Uvicorn running" not in text
+
+
 # -- content types -------------------------------------------------------------------------------
 
 

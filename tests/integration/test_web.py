@@ -555,3 +555,40 @@ def test_catalogue_searches_wait_their_turn_and_shelves_are_built_once(
     assert builds == [1]  # one shelf for the twelve requests
     assert statuses.count(200) == 1 + catalog_api.SEARCHES_WAITING
     assert statuses.count(503) == 12 - 1 - catalog_api.SEARCHES_WAITING
+
+
+def test_a_wrong_token_is_asked_for_once_and_can_be_given_again(
+    browser: Any, sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Review (s38): a cancelled or wrong token brought the prompt back every second for a
+    minute, the header said "Offline" and the message "Something went wrong on our side".
+    Now: one prompt, the refused token forgotten, a message that names the token and a
+    button to give it again."""
+    token = "page-token-0123456789abcdef"
+    (tmp_path / "token").write_text(token)
+    flags = ("--auth-token-file", str(tmp_path / "token"))
+    with running_server(sample[1], tmp_path / "server.log", *flags) as srv:
+        browser.get(srv.url + "/")
+        prompt = _wait(browser, _alert)
+        prompt.send_keys("not-the-token-at-all")
+        prompt.accept()
+        button = browser.find_element("id", "token-button")
+        _wait(browser, lambda d: button.is_displayed())
+        assert _alert(browser) is False
+        assert "access token" in browser.find_element("id", "error").text
+        assert browser.find_element("id", "server-state").text == "Locked"
+        assert browser.execute_script("return sessionStorage.getItem('stygig-token');") is None
+        configs = [
+            json.loads(line)
+            for line in srv.log_lines()
+            if '"stygig.access"' in line and '"/v1/config"' in line
+        ]
+        assert [r["status"] for r in configs] == [401, 401]  # asked, tried once: no loop
+        button.click()
+        prompt = _wait(browser, _alert)
+        prompt.send_keys(token)
+        prompt.accept()
+        _wait(
+            browser, lambda d: "ok" in d.find_element("id", "server-state").get_attribute("class")
+        )
+        assert not button.is_displayed()

@@ -71,6 +71,7 @@ _STATIC = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
+    "icon.svg": "image/svg+xml",
 }
 _IMAGE_MAX_AGE_S = 3600
 _MAX_LIMIT = 100

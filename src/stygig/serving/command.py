@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from stygig.arguments import port
+
 if TYPE_CHECKING:
     from stygig.serving.async_api import AsyncConfig
     from stygig.serving.emf import EmfConfig
@@ -62,7 +64,9 @@ def register(subparsers: Any) -> None:
         help="a name requests may give as their Host, beside this machine's own (repeatable; "
         "bound to loopback, requests addressed to other names are refused: DNS rebinding)",
     )
-    p.add_argument("--port", type=int, default=None, help="default $SAGEMAKER_BIND_TO_PORT or 8080")
+    p.add_argument(
+        "--port", type=port, default=None, help="default $SAGEMAKER_BIND_TO_PORT or 8080"
+    )
     p.add_argument("--max-batch", type=int, default=8, help="photos per encoder call")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="batch collection deadline")
     p.add_argument("--max-queue", type=int, default=256, help="requests in flight before 503")
@@ -152,6 +156,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
         return run_serve_ray_command(args)
 
+    from stygig.artifact import read_manifest
     from stygig.auth import load_token
     from stygig.serving.app import ServerConfig, allowed_hosts, create_app
     from stygig.serving.batching import BatcherConfig
@@ -171,6 +176,10 @@ def run_serve(args: argparse.Namespace) -> int:
     emf = emf_config_from_args(args)
     check_device(args.device, artifact)  # before the port is bound: no silent CPU fallback
     catalog = catalog_settings(args)
+    if catalog is None or not catalog.watch:
+        read_manifest(artifact)  # not an artifact: said in one line, before the port is bound
+    bind_port = args.port if args.port is not None else default_port()
+    check_port_free(args.host, bind_port)
     if (catalog is None or not catalog.change_log) and (note := unapplied_changes_note(artifact)):
         # `stygig catalog ... --artifact A` wrote them; this server answers without them.
         logging.getLogger("stygig.serving").warning(
@@ -223,7 +232,7 @@ def run_serve(args: argparse.Namespace) -> int:
         uvicorn.Config(
             app,
             host=args.host,
-            port=args.port if args.port is not None else default_port(),
+            port=bind_port,
             workers=1,
             log_config=None,
             access_log=False,
@@ -245,6 +254,26 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"stygig: error: the model could not be loaded: {error}", file=sys.stderr)
         return int(getattr(error, "exit_code", 1))
     return 0
+
+
+def check_port_free(host: str, number: int) -> None:
+    """Refuse, in one line, a port this host cannot listen on (in use, or not allowed): uvicorn
+    only logs it, as a JSON record among others, and exits 3."""
+    import socket
+
+    from stygig.errors import ConfigError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, number))
+        except OSError as e:
+            raise ConfigError(
+                f"cannot listen on {host}:{number}: {e.strerror or e} (choose another with "
+                "--port, or PORT=... make demo)",
+                code="port_unavailable",
+            ) from None
 
 
 def check_device(device: str, artifact: Path) -> None:

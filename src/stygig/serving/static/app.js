@@ -26,6 +26,7 @@
     overloaded: "The shop is very busy right now. Please try again in a moment.",
     timeout: "That took too long. Please try again.",
     not_ready: "The shop is still getting ready. Please try again in a few seconds.",
+    unauthorized: "This server needs an access token. Use “Enter access token” to give it.",
     network: "The server could not be reached. Check the connection and try again.",
   };
   const FALLBACK = "Something went wrong on our side. Please try again.";
@@ -52,7 +53,12 @@
     const token = sessionStorage.getItem(TOKEN_KEY);
     return token ? { Authorization: "Bearer " + token } : {};
   };
+  // Asked at most once per page until the shopper asks to try again (a cancelled or wrong
+  // token used to bring the prompt back every second for a minute).
+  let tokenAsked = false;
   const askToken = () => {
+    if (tokenAsked) return false;
+    tokenAsked = true;
     const token = window.prompt("This StyGig server needs its access token:");
     if (token) sessionStorage.setItem(TOKEN_KEY, token.trim());
     return Boolean(token);
@@ -66,6 +72,10 @@
       // Requests sent together all meet the 401: the first asks, the others reuse its answer.
       const now = sessionStorage.getItem(TOKEN_KEY);
       if ((now && now !== used) || askToken()) res = await send();
+      if (res.status === 401) {
+        sessionStorage.removeItem(TOKEN_KEY); // refused: never sent again
+        $("token-button").hidden = false;
+      }
     }
     return res;
   }
@@ -143,17 +153,21 @@
     try {
       state.config = await api("/v1/config");
     } catch (e) {
-      $("server-state").textContent = e.code === "not_ready" ? "Getting ready…" : "Offline";
-      if (attempt < 60) setTimeout(() => loadConfig(attempt + 1), 1000);
-      if (e.code !== "not_ready") showError(friendly(e));
+      const locked = e.code === "unauthorized" || e.code === "http_401";
+      $("server-state").textContent = e.code === "not_ready" ? "Getting ready…" : locked ? "Locked" : "Offline";
+      // Waiting helps a server that is starting or unreachable, not one that wants a token.
+      if (attempt < 60 && !locked) setTimeout(() => loadConfig(attempt + 1), 1000);
+      if (e.code !== "not_ready") showError(locked ? MESSAGES.unauthorized : friendly(e));
       return;
     }
+    $("token-button").hidden = true;
     const cfg = state.config;
     showError("");
     $("server-state").textContent = cfg.items + " items";
     $("server-state").classList.add("ok");
     $("foot-info").textContent = cfg.items + " items · encoder " + cfg.encoder + " · v" + cfg.version;
     $("sample-note").hidden = !cfg.drawn_sample;
+    $("sample-examples").hidden = !cfg.examples; // "try an example" only where there are some
     $("api-link").hidden = !cfg.docs;
     if (cfg.examples) loadExamples();
     showCatalogVersion(cfg.catalog_version);
@@ -227,10 +241,14 @@
     }
   }
 
+  const SENT_AS_IS = ["image/jpeg", "image/png", "image/webp"];
+
   async function shrinkIfHuge(file) {
-    // Phone photos can exceed the upload limit; re-encode those in the browser first.
+    // Phone photos can exceed the upload limit, and a GIF, BMP, AVIF or HEIC (where the
+    // browser reads it) is not what the server takes: re-encode those here first.
     const limit = (state.config && state.config.max_upload_bytes) || 6 * 1024 * 1024;
-    if (file.size < limit * 0.9 || !window.createImageBitmap) return file;
+    const readable = SENT_AS_IS.includes(file.type) || !file.type.startsWith("image/");
+    if ((readable && file.size < limit * 0.9) || !window.createImageBitmap) return file;
     try {
       const bitmap = await createImageBitmap(file);
       const scale = Math.min(1, 2048 / Math.max(bitmap.width, bitmap.height));
@@ -248,6 +266,8 @@
   async function usePhoto(file) {
     if (!file) return;
     if (state.source && state.source.url) URL.revokeObjectURL(state.source.url);
+    busy(true); // re-encoding a large photo takes a moment: say so at once
+    showError("");
     const upload = await shrinkIfHuge(file);
     state.source = { kind: "photo", file: upload, url: URL.createObjectURL(file) };
     recommend();
@@ -680,6 +700,10 @@
     $("catalog-more").addEventListener("click", () => loadCatalog(true));
     $("catalog-picker").addEventListener("toggle", () => {
       if ($("catalog-picker").open && !$("catalog-list").children.length) loadCatalog();
+    });
+    $("token-button").addEventListener("click", () => {
+      tokenAsked = false; // the shopper asked: one more prompt
+      if (askToken()) loadConfig();
     });
   }
 
