@@ -449,7 +449,7 @@ def fit_heads(
         file=sys.stderr,
     )
     with bar:
-        return fit_artifact_heads(
+        fitted = fit_artifact_heads(
             vectors,
             labels,
             k=k,
@@ -460,6 +460,11 @@ def fit_heads(
             gender_k=config.attribute_vote_k,
             gender_min_confidence=config.gender_min_confidence,
         )
+        # A head skipped (too few labels: the gender stack on a catalogue without men's items)
+        # fits nothing: the bar ends full, not at 6 of 18.
+        bar.total = bar.n
+        bar.refresh()
+        return fitted
 
 
 def _without_grids(info: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from stygig import __version__
 from stygig.arguments import positive
-from stygig.errors import InvalidOptionsError, StorageError, StygigError
+from stygig.errors import InvalidOptionsError, NotFoundError, StorageError, StygigError
 
 __all__ = ["main"]
 
@@ -197,6 +197,8 @@ def _print_table(rec: dict[str, Any]) -> None:
     print(
         f"\n{'id':<14} {'category':<14} {'colour':<8} {'score':>6} {'sim':>6} {'harm':>5} {'boost':>5}  reason"
     )
+    if not rec["items"]:
+        print("(no item passed the filters and options: loosen --filter, --gender or --include)")
     for item in rec["items"]:
         harmony = "-" if item["harmony"] is None else f"{item['harmony']:.2f}"
         print(
@@ -232,6 +234,9 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
         use_category_head=not args.no_category_head,
         candidate_ids=tuple(args.candidate or ()),
     )
+    for photo in args.photos:  # the user's own files: named (a server never names paths)
+        if not Path(photo).is_file():
+            raise InvalidOptionsError(f"{photo}: no such photo file", code="image_not_found")
     query = Query(images=tuple(Path(p) for p in args.photos), item_ids=tuple(args.item or ()))
     recommender = Recommender.from_path(args.artifact)
     change_log = answer_change_log(args.artifact, args.change_log, use=not args.no_change_log)
@@ -242,6 +247,12 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     )
     if note:
         print(note, file=sys.stderr)
+    unknown = [i for i in query.item_ids if i not in recommender.artifact.positions]
+    if unknown:
+        raise NotFoundError(
+            f"not in the catalogue: {', '.join(repr(i[:80]) for i in unknown[:5])}",
+            code="unknown_item",
+        )
     answer = recommender.recommend(query, options)
     if args.json:
         print(answer.to_json().decode())

@@ -299,7 +299,13 @@ def test_cli_recommend_table_and_json(
     data = json.loads(capsys.readouterr().out)
     assert data["items"] and all(i["price"] <= 40 for i in data["items"])
     assert main(["recommend", "--artifact", str(sample[1]), "--item", "nope"]) == 2
-    assert "not in the catalogue" in capsys.readouterr().err
+    assert "not in the catalogue: 'nope'" in capsys.readouterr().err  # named (review, s38)
+    missing = str(sample[0] / "queries" / "no-such.jpg")
+    assert main(["recommend", "--artifact", str(sample[1]), missing]) == 2
+    assert f"{missing}: no such photo file" in capsys.readouterr().err
+    argv = ["recommend", "--artifact", str(sample[1]), "--item", "sku-0014"]
+    assert main([*argv, "--filter", "brand=nobody-sells-this"]) == 0
+    assert "no item passed the filters" in capsys.readouterr().out
 
 
 def test_removed_items_are_never_neighbours_or_candidates(sample: tuple[Path, Path]) -> None:
