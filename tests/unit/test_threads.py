@@ -82,3 +82,28 @@ def test_the_openmp_limit_reaches_the_serving_threads() -> None:
     assert main == 1  # the caller's own setting
     assert plain == 3  # a thread without the initializer keeps the default ...
     assert pool == encoder == work == 1  # ... the pools that search take the limit
+
+
+def test_a_pool_that_cannot_start_a_thread_is_a_503_not_a_500() -> None:
+    """Review (s38): under a memory cap, eight large decodes left the process unable to start
+    a pool thread: the RuntimeError became 500 internal_error. It is a 503 to retry."""
+    import asyncio
+    import types
+
+    import pytest
+
+    from stygig.errors import OverloadedError
+
+    class Exhausted:
+        def submit(self, *args: object, **kwargs: object) -> None:
+            raise RuntimeError("can't start new thread")
+
+    class Broken:
+        def submit(self, *args: object, **kwargs: object) -> None:
+            raise RuntimeError("something else")
+
+    with pytest.raises(OverloadedError) as e:
+        asyncio.run(ModelService.run(types.SimpleNamespace(pool=Exhausted()), print))
+    assert e.value.http_status == 503
+    with pytest.raises(RuntimeError, match="something else"):  # other faults stay faults
+        asyncio.run(ModelService.run(types.SimpleNamespace(pool=Broken()), print))

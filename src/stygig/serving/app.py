@@ -215,8 +215,15 @@ class ModelService:
         return out
 
     async def run(self, fn: Callable[..., R], *args: Any) -> R:
-        """``fn(*args)`` in the worker pool."""
-        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        """``fn(*args)`` in the worker pool; a pool that cannot start its thread (the process
+        at its memory or thread limit) is a 503 to retry, not a 500 (review, s38)."""
+        try:
+            future = asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        except RuntimeError as e:
+            if "can't start new thread" not in str(e):
+                raise
+            raise OverloadedError("the server cannot take more work right now; retry") from e
+        return await future
 
     async def start(self) -> None:
         """Load the artifact, start the batcher, warm every path, then report ready."""
