@@ -93,6 +93,7 @@ def test_a_pool_that_cannot_start_a_thread_is_a_503_not_a_500() -> None:
     import pytest
 
     from stygig.errors import OverloadedError
+    from stygig.serving.app import ModelService
 
     class Exhausted:
         def submit(self, *args: object, **kwargs: object) -> None:
