@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -460,19 +461,31 @@ def _alert(driver: Any) -> Any:
         return False
 
 
+TOKEN = "page-token-0123456789abcdef"
+
+
+@contextmanager
+def _token_page(
+    browser: Any, sample: tuple[Path, Path], tmp_path: Path, *, answer: str
+) -> Iterator[Server]:
+    """A server with ``--auth-token-file`` (:data:`TOKEN`), its page open in ``browser`` and
+    its token prompt answered with ``answer``."""
+    (tmp_path / "token").write_text(TOKEN)
+    flags = ("--auth-token-file", str(tmp_path / "token"))
+    with running_server(sample[1], tmp_path / "server.log", *flags) as srv:
+        browser.get(srv.url + "/")
+        prompt = _wait(browser, _alert)
+        prompt.send_keys(answer)
+        prompt.accept()
+        yield srv
+
+
 def test_a_server_with_a_token_asks_for_it_once_then_works(
     browser: Any, sample: tuple[Path, Path], tmp_path: Path
 ) -> None:
     """With ``--auth-token-file`` the page asks for the token, keeps it for the tab, sends it
     with every call and loads the thumbnails through it (an <img> cannot send a header)."""
-    token = "page-token-0123456789abcdef"
-    (tmp_path / "token").write_text(token)
-    flags = ("--auth-token-file", str(tmp_path / "token"))
-    with running_server(sample[1], tmp_path / "server.log", *flags) as srv:
-        browser.get(srv.url + "/")
-        prompt = _wait(browser, _alert)
-        prompt.send_keys(token)
-        prompt.accept()
+    with _token_page(browser, sample, tmp_path, answer=TOKEN) as srv:
         _wait(
             browser, lambda d: "ok" in d.find_element("id", "server-state").get_attribute("class")
         )
@@ -482,7 +495,7 @@ def test_a_server_with_a_token_asks_for_it_once_then_works(
         browser.find_element("css selector", "#catalog-list .pick").click()
         _wait(browser, _answered)
         _wait(browser, _all_images_loaded)
-        assert browser.execute_script("return sessionStorage.getItem('stygig-token');") == token
+        assert browser.execute_script("return sessionStorage.getItem('stygig-token');") == TOKEN
         assert _alert(browser) is False  # asked once, not once per request
         # Every thumbnail and the recommendation went through with the token.
         rows = [json.loads(line) for line in srv.log_lines() if '"stygig.access"' in line]
@@ -564,14 +577,7 @@ def test_a_wrong_token_is_asked_for_once_and_can_be_given_again(
     minute, the header said "Offline" and the message "Something went wrong on our side".
     Now: one prompt, the refused token forgotten, a message that names the token and a
     button to give it again."""
-    token = "page-token-0123456789abcdef"
-    (tmp_path / "token").write_text(token)
-    flags = ("--auth-token-file", str(tmp_path / "token"))
-    with running_server(sample[1], tmp_path / "server.log", *flags) as srv:
-        browser.get(srv.url + "/")
-        prompt = _wait(browser, _alert)
-        prompt.send_keys("not-the-token-at-all")
-        prompt.accept()
+    with _token_page(browser, sample, tmp_path, answer="not-the-token-at-all") as srv:
         button = browser.find_element("id", "token-button")
         _wait(browser, lambda d: button.is_displayed())
         assert _alert(browser) is False
@@ -586,7 +592,7 @@ def test_a_wrong_token_is_asked_for_once_and_can_be_given_again(
         assert [r["status"] for r in configs] == [401, 401]  # asked, tried once: no loop
         button.click()
         prompt = _wait(browser, _alert)
-        prompt.send_keys(token)
+        prompt.send_keys(TOKEN)
         prompt.accept()
         _wait(
             browser, lambda d: "ok" in d.find_element("id", "server-state").get_attribute("class")
