@@ -271,6 +271,9 @@ def print_report(report: LoadTestReport) -> None:
             f"max {lat['max']:.1f}"
         )
     print("responses     " + "  ".join(f"{k} {v}" for k, v in report.counts.items()))
+    failed = {k: v for k, v in report.statuses.items() if not k.isdigit()}
+    if failed:  # transport errors by kind: "errors 5" alone said nothing of why
+        print("errors        " + "  ".join(f"{k} {v}" for k, v in failed.items()))
 
 
 def write_histogram(report: LoadTestReport, path: Path) -> None:

@@ -23,6 +23,7 @@ from tests.conftest import encode, garment_image
 from tests.integration.server_fixtures import (
     Server,
     exit_code,
+    free_port,
     metric_total,
     running_server,
     start_process,
@@ -604,6 +605,19 @@ def test_loadtest_command_reports_and_plots(
     assert report["counts"]["5xx"] == 0 and report["throughput_rps"] > 0
     assert {"p50", "p95", "p99"} <= set(report["latency_ms"])
     assert png.stat().st_size > 1000
+
+
+def test_loadtest_says_why_requests_failed(
+    sample: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review (s38): a run against nothing said "errors 5" and not why."""
+    from stygig.cli import main
+
+    url = f"http://127.0.0.1:{free_port()}"  # nobody listens there
+    args = ["loadtest", "--url", url, "--images", str(sample[0] / "queries")]
+    assert main([*args, "--concurrency", "1", "--requests", "3", "--warmup", "0"]) == 1
+    out = capsys.readouterr().out
+    assert "errors 3" in out and "ConnectionRefusedError 3" in out, out
 
 
 def test_a_json_body_takes_the_query_and_custom_attribute_options_under_its_own(
