@@ -241,7 +241,9 @@ def test_a_json_body_of_many_small_values_is_refused_before_it_is_parsed(server:
         answers = list(pool.map(post, [bomb] * 12))
     assert [r.status_code for r in answers] == [413] * 12
     assert "JSON values" in answers[0].json()["error"]["message"]
-    assert rss_kb(server) - before < 100 * 1024
+    # The twelve 5.7 MB bodies are read at once by design (68 MB, within the bodies' budget)
+    # and the allocator keeps its arenas: 90-105 MB measured. Parsing them cost 700 MB.
+    assert rss_kb(server) - before < 160 * 1024
     largest = {
         "item_ids": ["sku-0014"],
         "exclude_ids": [f"x{n}" for n in range(MAX_EXCLUDE_IDS)],
