@@ -30,20 +30,17 @@ from stygig.artifact import write_artifact as _write
 from stygig.catalog.changelog import ChangeLog
 from stygig.category_head import add_category_head
 from stygig.errors import ArtifactError
-from stygig.snapshot import CatalogSnapshot, ancestors, apply_record, snapshot_of
+from stygig.snapshot import CatalogSnapshot, ancestors, replay_batches, snapshot_of
 from stygig.thumbnails import ItemImages
 
 __all__ = ["compact", "replay"]
-
-#: Records read from the log at a time (a long log is never held in memory at once).
-REPLAY_BATCH = 64
 
 
 def replay(artifact: Artifact, changelog: ChangeLog) -> tuple[CatalogSnapshot, list[int]]:
     """The catalogue of ``artifact`` with every record of ``changelog`` after the sequence the
     artifact already folded in (no encoder needed: records carry their vectors), and the
     sequences of records skipped because they no longer apply: replayed as a server replays
-    them (:func:`~stygig.snapshot.apply_record`), so the new version holds exactly what the
+    them (:func:`~stygig.snapshot.replay_batches`), so the new version holds exactly what the
     servers following the log serve."""
     snap = snapshot_of(  # no request is answered here: no int8 scan to make
         artifact,
@@ -52,11 +49,9 @@ def replay(artifact: Artifact, changelog: ChangeLog) -> tuple[CatalogSnapshot, l
         scan="float32",
     )
     skipped: list[int] = []
-    while records := changelog.read_since(snap.sequence, REPLAY_BATCH):
-        for record in records:
-            snap, reason = apply_record(snap, record)
-            if reason is not None:
-                skipped.append(snap.sequence)
+    for after, _, missed in replay_batches(snap, changelog):
+        snap = after
+        skipped += [sequence for sequence, _ in missed]
     return snap, skipped
 
 

@@ -48,7 +48,7 @@ from stygig.catalog.changes import (
 from stygig.engine import Recommender
 from stygig.errors import InvalidOptionsError, StygigError
 from stygig.features import PreparedImage
-from stygig.snapshot import CatalogSnapshot, apply_changes, apply_record, lineage_root
+from stygig.snapshot import CatalogSnapshot, apply_changes, lineage_root, replay_batches
 
 __all__ = ["LiveCatalog", "replay"]
 
@@ -60,8 +60,6 @@ log = logging.getLogger("stygig.living")
 ENCODE_BATCH = 16
 #: Photos of a bulk change decoded ahead of the encoder: bounds the tensors one request holds.
 DECODE_AHEAD = 2 * ENCODE_BATCH
-#: Records applied per catch-up step (one snapshot each).
-CATCH_UP_BATCH = 64
 #: How much lower (``nice``, Linux only: nice values are per thread there) the threads that
 #: prepare and encode changes' photos run than the process, so requests take the CPU first and
 #: changes use what is left. ``STYGIG_CHANGE_NICE=0`` turns it off.
@@ -402,20 +400,15 @@ def replay(recommender: Recommender, changelog: ChangeLog, until: int | None = N
     (:func:`~stygig.snapshot.apply_record`), the same on every replica and in compaction.
     """
     applied = 0
-    while until is None or recommender.snapshot.sequence < until:
-        after = recommender.snapshot.sequence
-        limit = CATCH_UP_BATCH if until is None else min(CATCH_UP_BATCH, until - after)
-        records = changelog.read_since(after, limit)
-        if not records:
-            break
-        snap = recommender.snapshot
-        for record in records:
-            snap, skipped = apply_record(snap, record, compat_mode=recommender.config.compat_mode)
-            if skipped is not None:
-                log.error(
-                    "change log record skipped",
-                    extra={"fields": {"sequence": snap.sequence, "reason": skipped}},
-                )
+    batches = replay_batches(
+        recommender.snapshot, changelog, compat_mode=recommender.config.compat_mode, until=until
+    )
+    for snap, records, skipped in batches:
+        for sequence, reason in skipped:
+            log.error(
+                "change log record skipped",
+                extra={"fields": {"sequence": sequence, "reason": reason}},
+            )
         recommender.publish(snap)
-        applied += len(records)
+        applied += records
     return applied

@@ -19,9 +19,9 @@ import dataclasses
 import functools
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,6 +35,9 @@ from stygig.index import IndexRows, LiveIndex, is_exhaustive
 from stygig.rowfile import FileRows
 from stygig.rows import Overlay, Rows, SpareRows, StackedRows
 from stygig.scan import Int8Scan, Scan, make_scan
+
+if TYPE_CHECKING:
+    from stygig.catalog.changelog import ChangeLog
 
 __all__ = [
     "CatalogSnapshot",
@@ -406,6 +409,35 @@ def lineage(manifest: Mapping[str, Any], version: str) -> frozenset[str]:
     return frozenset({version, *ancestors(manifest)})
 
 
+#: Records a replay reads from a change log at a time (their bytes are bounded too,
+#: :meth:`~stygig.catalog.changelog.ChangeLog.read_since`): a long log is never held at once.
+REPLAY_BATCH = 64
+
+
+def replay_batches(
+    snap: CatalogSnapshot,
+    changelog: ChangeLog,
+    *,
+    compat_mode: str = "rules",
+    until: int | None = None,
+) -> Iterator[tuple[CatalogSnapshot, int, list[tuple[int, str]]]]:
+    """``changelog``'s records after ``snap``, up to record ``until`` (``None``: every one
+    written), applied a batch at a time (:func:`apply_record`): per batch, the snapshot after
+    it, how many records it held and the ``(sequence, reason)`` of those skipped. Servers,
+    replicas, compaction and the commands answering from an artifact all replay this way."""
+    while until is None or snap.sequence < until:
+        limit = REPLAY_BATCH if until is None else min(REPLAY_BATCH, until - snap.sequence)
+        records = changelog.read_since(snap.sequence, limit)
+        if not records:
+            return
+        skipped = []
+        for record in records:
+            snap, reason = apply_record(snap, record, compat_mode=compat_mode)
+            if reason is not None:
+                skipped.append((snap.sequence, reason))
+        yield snap, len(records), skipped
+
+
 def apply_record(
     snap: CatalogSnapshot, record: Mapping[str, Any], *, compat_mode: str = "rules"
 ) -> tuple[CatalogSnapshot, str | None]:
@@ -417,11 +449,14 @@ def apply_record(
     sequence = int(record["sequence"])
     base, root = record.get("base"), record.get("root")
     manifest = snap.artifact.manifest
-    ours = base is None or base in lineage(manifest, snap.version)
-    # A record written on a version compacted from this one (a replica reloaded before this
-    # one, or a compaction started from an older version) names the same root build.
-    if not ours and root is not None and root == lineage_root(manifest, snap.version):
-        ours = True
+    # Ours: written on this version or an ancestor, or on a version compacted from this one
+    # (a replica reloaded before this one, a compaction started from an older version): the
+    # same root build.
+    ours = (
+        base is None
+        or base in lineage(manifest, snap.version)
+        or root == lineage_root(manifest, snap.version)
+    )
     if not ours:
         # Written against another artifact (review, session 36: `stygig build --out A` over
         # A left A's change log, whose items then came back into the new A, with vectors of
