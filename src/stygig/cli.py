@@ -211,11 +211,7 @@ def _print_table(rec: dict[str, Any]) -> None:
 
 def _cmd_recommend(args: argparse.Namespace) -> int:
     from stygig.engine import Options, Query, Recommender
-    from stygig.serving.catalog_command import (
-        answer_change_log,
-        apply_answer_change_log,
-        unapplied_changes_note,
-    )
+    from stygig.serving.catalog_command import answer_change_log, apply_answer_change_log
 
     options = Options(
         mode=args.mode,
@@ -240,12 +236,7 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     query = Query(images=tuple(Path(p) for p in args.photos), item_ids=tuple(args.item or ()))
     recommender = Recommender.from_path(args.artifact)
     change_log = answer_change_log(args.artifact, args.change_log, use=not args.no_change_log)
-    note = (
-        apply_answer_change_log(recommender, change_log)
-        if change_log is not None
-        else unapplied_changes_note(args.artifact)
-    )
-    if note:
+    if note := apply_answer_change_log(recommender, args.artifact, change_log):
         print(note, file=sys.stderr)
     unknown = [i for i in query.item_ids if i not in recommender.artifact.positions]
     if unknown:

@@ -190,7 +190,7 @@ def run_batch_ray(
 
     options = checked_options(options)
     recommender = Recommender(Artifact.load(artifact, verify=verify))
-    if change_log is not None and (note := apply_answer_change_log(recommender, change_log)):
+    if note := apply_answer_change_log(recommender, artifact, change_log):
         print(note, file=sys.stderr)
     # Where the actors run, refused (--ray-device cuda without GPUs) before the run starts.
     cluster = resources()

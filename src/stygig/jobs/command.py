@@ -212,15 +212,9 @@ def run_batch_command(args: argparse.Namespace) -> int:
         return _print_summary(run_endpoint_batch_command(args, options), args.json_out)
     if args.artifact is None:
         raise InvalidOptionsError("give --artifact (in-process) or --endpoint-name (SageMaker)")
-    from stygig.serving.catalog_command import (
-        answer_change_log,
-        apply_answer_change_log,
-        unapplied_changes_note,
-    )
+    from stygig.serving.catalog_command import answer_change_log, apply_answer_change_log
 
     change_log = answer_change_log(args.artifact, args.change_log, use=not args.no_change_log)
-    if change_log is None and (note := unapplied_changes_note(args.artifact)):
-        print(note, file=sys.stderr)  # before the run, so that it is seen before hours of work
     if ray:
         from stygig.distributed.command import run_batch_ray_command
 
@@ -230,8 +224,8 @@ def run_batch_command(args: argparse.Namespace) -> int:
     from stygig.engine import Recommender
 
     recommender = Recommender(Artifact.load(args.artifact, verify=not args.no_verify))
-    if change_log is not None and (note := apply_answer_change_log(recommender, change_log)):
-        print(note, file=sys.stderr)
+    if note := apply_answer_change_log(recommender, args.artifact, change_log):
+        print(note, file=sys.stderr)  # before the run, so that it is seen before hours of work
     src, kind = batch_source(args)
     summary = run_batch(
         recommender,

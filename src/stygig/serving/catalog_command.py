@@ -115,13 +115,19 @@ def answer_change_log(artifact: str | Path, given: str | None, *, use: bool = Tr
     return where if Path(where).is_dir() else None
 
 
-def apply_answer_change_log(recommender: Any, where: str) -> str | None:
+def apply_answer_change_log(
+    recommender: Any, artifact: str | Path, where: str | None
+) -> str | None:
     """Bring ``recommender``'s catalogue up to the change log ``where``
     (:func:`answer_change_log`), as a server with ``--change-log`` would answer; what to tell
-    the user on standard error (``None``: no record to apply)."""
+    the user on standard error: the records applied, or, answering from ``artifact`` as built
+    (``where`` ``None``), the records its log holds that the answers leave out (``None``:
+    nothing to say)."""
     from stygig.catalog.changelog import ChangeLog
     from stygig.living import replay
 
+    if where is None:
+        return unapplied_changes_note(artifact)
     applied = replay(recommender, ChangeLog(where))
     if not applied:
         return None
