@@ -213,12 +213,8 @@ def verify_stream(
                         (unpack_to / name).write_bytes(raw_manifest)
                     continue
                 sha, size = hashlib.sha256(), 0
-                with contextlib.ExitStack() as stack:
-                    out = (
-                        stack.enter_context((unpack_to / name).open("xb"))
-                        if unpack_to is not None
-                        else None
-                    )
+                unpacked = (unpack_to / name).open("xb") if unpack_to else contextlib.nullcontext()
+                with unpacked as out:
                     while chunk := handle.read(_CHUNK):
                         sha.update(chunk)
                         size += len(chunk)
