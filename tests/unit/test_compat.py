@@ -139,6 +139,33 @@ def test_training_counts_a_question_own_outfit_out_of_the_absence_term() -> None
     assert gg_absent[0].tolist() == [[0.0, 1.0], [1.0, 0.0]]
 
 
+def test_training_asks_no_question_its_counts_already_answer() -> None:
+    from stygig.training.compat import _held_apart
+
+    clean = {
+        "a": ["1", "2", "3"],
+        "a-again": ["3", "2", "1"],  # the same outfit under another id
+        "part": ["1", "2"],  # inside "a"
+        "b": ["4", "5"],
+        "one": ["6"],  # a single catalogue item: no question, no pair
+        "v-inside": ["2", "3"],  # validation: a part of fit outfit "a"
+        "v-new": ["1", "4"],  # validation: items from two fit outfits, never together
+    }
+    types = {str(i): "t" for i in range(1, 7)}
+    fit = ["a", "a-again", "part", "b", "one"]
+    lines: list[str] = []
+    counted, asked, val = _held_apart(clean, types, fit, ["v-inside", "v-new"], lines.append)
+    assert counted == ["a", "part", "b"]
+    assert asked == ["a", "b"]
+    assert val == ["v-new"]
+    assert "1 inside another" in lines[0] and "1 inside a fit outfit left out" in lines[0]
+    # Before, a copy left the answer in the counts of a question about its twin: hiding "1"
+    # of "a" (counts minus "a" itself) still found 1-2 and 1-3 together, in "a-again".
+    counts = Cooccurrence.from_outfits([clean[o] for o in counted])
+    found = counts.lookup(counts.codes(("1",)), counts.codes(("2", "3")))
+    assert found.tolist() == [[2.0, 1.0]]  # "a" and "part"; "a" alone: minus its own, 1 and 0
+
+
 def test_model_scores_are_vectorised_and_round_trip(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     d, c, h, dim = 5, 2, 6, 3

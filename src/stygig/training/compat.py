@@ -36,6 +36,7 @@ from stygig.evaluation.fitb import (
     Scorer,
     compatibility_auc,
     fitb_accuracy,
+    inside_train_outfits,
     item_types,
     make_questions,
     reference_number,
@@ -494,6 +495,48 @@ def _deterministic_torch() -> Iterator[None]:
         torch.use_deterministic_algorithms(previous)
 
 
+def _held_apart(
+    clean: Mapping[str, Sequence[str]],
+    types: Mapping[str, str],
+    fit_ids: Sequence[str],
+    val_ids: Sequence[str],
+    log: Callable[[str], None],
+) -> tuple[list[str], list[str], list[str]]:
+    """``(fit outfits counted, fit outfits asked about, validation outfits)``, with no question
+    whose answer the counts already hold, as the evaluation asks none
+    (:func:`~stygig.evaluation.fitb.inside_train_outfits`).
+
+    Outfit files repeat outfits under other ids (MANGO: 329 of the 3,929 fit outfits of seed
+    0). A repeat is counted once: "the counts minus the question's own outfit" would otherwise
+    still hold the copy, and the model would learn to trust co-occurrence on questions that
+    co-occurrence answers outright. A fit outfit inside another (a part of it) is counted but
+    not asked about, and a validation outfit inside a fit outfit is not validated on."""
+    seen: set[frozenset[str]] = set()
+    counted = []
+    for o in fit_ids:
+        items = frozenset(clean[o])
+        if len(items) >= 2 and items not in seen:
+            seen.add(items)
+            counted.append(o)
+    within: set[str] = set()
+    holding: dict[str, set[int]] = {}
+    for n, o in enumerate(counted):
+        for item in set(clean[o]):
+            holding.setdefault(item, set()).add(n)
+    for o in counted:
+        if len(set.intersection(*(holding[i] for i in set(clean[o])))) > 1:
+            within.add(o)
+    asked = [o for o in counted if o not in within]
+    inside = inside_train_outfits(clean, types, val_ids, [clean[o] for o in counted])
+    kept_val = [o for o in val_ids if o not in inside]
+    log(
+        f"fit outfits: {len(counted)} counted ({len(fit_ids) - len(counted)} repeats or "
+        f"single items left out), {len(asked)} asked about ({len(within)} inside another); "
+        f"validation outfits: {len(kept_val)} ({len(inside)} inside a fit outfit left out)"
+    )
+    return counted, asked, kept_val
+
+
 def _train(
     artifact: Artifact,
     outfits: Mapping[str, Sequence[str]],
@@ -515,7 +558,8 @@ def _train(
     train_ids, test_ids = split_ids(list(outfits), test_fraction=TEST_FRACTION, seed=cfg.seed)
     fit_ids, val_ids = split_ids(train_ids, test_fraction=cfg.val_fraction, seed=cfg.seed + 1)
     clean = {o: [i for i in outfits[o] if i in positions] for o in train_ids}
-    fit_outfits = [[positions[i] for i in clean[o]] for o in fit_ids if len(clean[o]) >= 2]
+    fit_ids, asked_ids, val_ids = _held_apart(clean, types, fit_ids, val_ids, log)
+    fit_outfits = [[positions[i] for i in clean[o]] for o in asked_ids]
     categories = sorted({i.category for i in artifact.items})
     vocab, attr_ids, attr_codes = attribute_table(artifact, cfg.attributes)
     white = _whitening(artifact.embeddings) if cfg.whiten else _NO_WHITENING
