@@ -105,6 +105,11 @@ class QueryPart:
     slot: str | None
     votes: dict[str, int]  # category -> how many of the top-k neighbours voted for it
     neighbors: list[Neighbour]
+    # photos: the cosine to the nearest catalogue item, unwhitened (stygig.familiarity)
+    likeness: float | None
+    # photos: far less like the catalogue than its items are like each other, so the vote
+    # and the outfit are a guess; None: catalogue items, or an artifact written before this
+    unlike_catalogue: bool | None
     gender: str | None
     usage: str | None
     gender_votes: dict[str, int] | None  # photos only: the neighbours' gender vote

@@ -59,6 +59,7 @@ from stygig.catalog import Item, Reject, Taxonomy, count_by_reason
 from stygig.category_head import CategoryHead, load_artifact_heads
 from stygig.compat.model import COMPAT_FILE, CompatModel
 from stygig.errors import ArtifactError, StygigError
+from stygig.familiarity import nearest_profile
 from stygig.index import (
     PartitionedIndex,
     VectorIndex,
@@ -290,6 +291,11 @@ def write_artifact(
                 "rejects_by_reason": dict(sorted(by_reason.items())),
             },
             "build": build_info or {},
+            # How near each item's nearest other item is: photos far beyond it are unlike
+            # the catalogue (stygig.familiarity).
+            "nearest_similarity": nearest_profile(
+                vectors, None if whitening is None else whitening.scale
+            ),
             **(manifest_extra or {}),
             "files": {
                 name: {"sha256": file_sha256(tmp / name), "bytes": (tmp / name).stat().st_size}

@@ -18,6 +18,7 @@ import numpy as np
 from stygig.answer import GenderDecision
 from stygig.artifact import Artifact
 from stygig.errors import InvalidOptionsError, NotFoundError
+from stygig.familiarity import unlike_threshold
 from stygig.harmony import describe_colors, rgb_array, rgb_to_hsl
 from stygig.recommendation import Options
 from stygig.rows import SpareRows
@@ -81,6 +82,8 @@ class CatalogColumns:
         self.available = np.array([item.in_stock for item in items], dtype=bool)
         # What a request may filter on: the item fields and every attribute the catalogue has.
         self.filterable = frozenset(ITEM_FIELDS).union(*(item.attributes.keys() for item in items))
+        # A photo whose nearest item is less similar than this is unlike the catalogue.
+        self.unlike_below = unlike_threshold(artifact.manifest.get("nearest_similarity"))
         self._spare: dict[Any, SpareRows] = {}  # column -> its backing rows (see evolve)
         self._fresh_caches()
 

@@ -47,6 +47,7 @@ from stygig.columns import CatalogColumns
 from stygig.compat.scorer import LearnedScorer
 from stygig.encoders import Encoder, load_encoder, load_onnx_encoder
 from stygig.errors import ConfigError, InvalidOptionsError
+from stygig.familiarity import NEAREST, likeness
 from stygig.features import color_method
 from stygig.gender import StackedGender, decide_gender
 from stygig.harmony import (
@@ -590,6 +591,7 @@ class Recommender:
         cols = st.columns
         heads = st.artifact.heads if options.use_category_head else {}
         k, k_attr = self.config.vote_k, self.config.attribute_vote_k
+        scale = None if self.whitening is None else self.whitening.scale
         for part, row_s, row_i in zip(parts, scores, ids, strict=True):
             keep = (row_i >= 0) & ~np.isin(row_i, own)
             near_ids, near_s = row_i[keep], row_s[keep]
@@ -611,6 +613,8 @@ class Recommender:
                 item = st.artifact.items[part.position]
                 part.gender, part.usage = item.gender, item.usage
                 continue
+            nearest = np.sort(near_ids[:NEAREST])
+            part.likeness = likeness(part.vector, st.rows[nearest], scale)
             # Unisex neighbours say nothing about the shopper's gender: they abstain.
             codes = cols.gender_codes[attr_ids]
             gender = vote(np.where(codes == cols.unisex, -1, codes), attr_s)

@@ -164,6 +164,7 @@ class PartState:
     heads: list[HeadState] = field(default_factory=list)  # fields decided with a head
     # The gender stacker's probability of its second gender (None: not used or not modelled).
     gender_stack: float | None = None
+    likeness: float | None = None  # photos: to the catalogue (stygig.familiarity)
 
 
 def query_part(columns: CatalogColumns, part: PartState) -> QueryPart:
@@ -182,6 +183,10 @@ def query_part(columns: CatalogColumns, part: PartState) -> QueryPart:
             Neighbour(items[i].id, names[columns.category_codes[i]], round(s, 4))
             for i, s in zip(ids.tolist(), sims.tolist(), strict=True)
         ],
+        likeness=None if part.likeness is None else round(part.likeness, 4),
+        unlike_catalogue=None
+        if part.likeness is None or columns.unlike_below is None
+        else part.likeness < columns.unlike_below,
         gender=part.gender,
         usage=part.usage,
         gender_votes=None

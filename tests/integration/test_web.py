@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
 from stygig.thumbnails import ItemImages
 from tests.integration.server_fixtures import REPO, Server, running_server
@@ -301,6 +303,9 @@ def test_photo_in_outfit_out_matches_the_api(
         for li in browser.find_elements("css selector", "#votes li")
     }
     assert votes == query["votes"] and sum(votes.values()) == 5
+    # a shopper's photo of the catalogue's kind: no "unlike the catalogue" note
+    assert query["unlike_catalogue"] is False
+    assert not browser.find_element("id", "query-unlike").is_displayed()
     swatches = [
         li.get_attribute("data-hex") for li in browser.find_elements("css selector", "#palette li")
     ]
@@ -435,6 +440,23 @@ def test_settings_and_catalogue_pick_update_without_reload(
     ]
     assert ids == [row["id"] for row in api["items"]]
     assert browser.execute_script("return window.__sameDocument === true;")
+
+
+def test_a_photo_unlike_the_catalogue_is_answered_with_a_note(
+    browser: Any, server: Server, client: httpx.Client, tmp_path: Path
+) -> None:
+    noise = np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)
+    photo = tmp_path / "static.png"
+    Image.fromarray(noise).save(photo)
+    _open_page(browser, server)
+    browser.find_element("id", "photo-input").send_keys(str(photo))
+    _wait(browser, _answered)
+    options = json.loads(browser.find_element("id", "results").get_attribute("data-request"))
+    query = _recommend(client, photo, options)["query"][0]
+    assert query["unlike_catalogue"] is True
+    note = browser.find_element("id", "query-unlike")
+    assert note.is_displayed() and "unlike anything in the catalogue" in note.text
+    assert browser.find_elements("css selector", "#board .card")  # still answered
 
 
 def test_a_file_that_is_not_an_image_gets_a_sentence(

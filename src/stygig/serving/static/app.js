@@ -347,7 +347,8 @@
     if (window.matchMedia("(max-width: 899px)").matches) $("results").scrollIntoView({ block: "start" });
     const n = outfit ? Object.keys(outfit).length : body.items.length;
     announce(
-      (q.category ? "Recognised " + words(q.category) + ". " : "") +
+      (q.unlike_catalogue === true ? "This photo looks unlike the catalogue; the answer is a guess. " : "") +
+        (q.category ? "Recognised " + words(q.category) + ". " : "") +
         (outfit ? "Outfit with " + n + " pieces." : n + " similar items.")
     );
   }
@@ -356,6 +357,7 @@
     $("query-category").textContent = q.category ? title(q.category) : "Not recognised";
     const source = { vote: "recognised from the photo", catalog: "from the catalogue", stated: "as you said" };
     $("query-source").textContent = q.category_source ? "(" + (source[q.category_source] || q.category_source) + ")" : "";
+    $("query-unlike").hidden = q.unlike_catalogue !== true;
     const votes = $("votes");
     votes.replaceChildren();
     const entries = Object.entries(q.votes || {}).sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]));
