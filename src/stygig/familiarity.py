@@ -42,11 +42,12 @@ NEAREST = 10
 def likeness_rows(rows: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
     """``rows`` (the artifact's unit vectors, whitened when ``scale`` is the whitening's
     per-direction scale) as likeness compares them: unit rows, unwhitened."""
-    x = np.asarray(rows, np.float32)
+    x: np.ndarray = np.asarray(rows, np.float32)
     if scale is not None:
         x = x / np.asarray(scale, np.float32)
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
+    out: np.ndarray = x / np.maximum(norms, 1e-12)
+    return out
 
 
 def likeness(query: np.ndarray, nearest: np.ndarray, scale: np.ndarray | None) -> float | None:
