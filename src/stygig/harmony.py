@@ -544,12 +544,17 @@ def describe_colors(
     light, chroma, hue = lab_to_lch(lab)
     is_ = {f: family == f for f in ("grey", "blue", "green", "brown", "red", "yellow", "white")}
     rules: list[tuple[npt.NDArray[np.bool_], str]] = [
+        # Near black with a tint (a black garment's shadows lean blue or brown): black.
+        ((light < 20) & (chroma < 8), "black"),
         (is_["grey"] & (light < 35), "charcoal"),
         (is_["grey"] & (light > 70), "light grey"),
         (is_["blue"] & (light < 35), "navy"),
         (is_["blue"] & (light > 75), "light blue"),
         (is_["green"] & (hue >= 180) & (light < 60), "teal"),
         (is_["green"] & (hue >= 180), "turquoise"),
+        # Yellow-greens: lime is bright and vivid; dull ones are olive (dark) or khaki.
+        (is_["green"] & (hue < 125) & (chroma < 35) & (light < 60), "olive"),
+        (is_["green"] & (hue < 125) & (chroma < 35), "khaki"),
         (is_["green"] & (hue < 125), "lime"),
         (is_["brown"] & (hue >= 90), "olive"),
         (is_["brown"] & (light >= 50), "tan"),

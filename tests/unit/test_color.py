@@ -502,3 +502,20 @@ def test_describe_color_and_reason() -> None:
     assert describe_color((250, 250, 250)) == "white"
     assert describe_color((200, 30, 30)) == "red"
     assert harmony_reason(NAVY, (128, 128, 128), 0) == "navy + grey: neutral pairing"
+
+
+@pytest.mark.parametrize(
+    ("rgb", "family", "name"),
+    [
+        ((108, 108, 55), "green", "olive"),  # dull and dark: not lime (Kaggle "Olive")
+        ((178, 168, 125), "green", "khaki"),  # dull and light
+        ((160, 220, 40), "green", "lime"),  # bright and vivid
+        ((32, 35, 42), "blue", "black"),  # a black garment whose shadows lean blue
+        ((38, 36, 30), "brown", "black"),
+        (NAVY, "blue", "navy"),  # dark, but clearly blue
+    ],
+)
+def test_colour_names_follow_lightness_and_chroma(
+    rgb: tuple[int, int, int], family: str, name: str
+) -> None:
+    assert describe_color(rgb, family) == name
