@@ -55,8 +55,8 @@ def likeness(query: np.ndarray, nearest: np.ndarray, scale: np.ndarray | None) -
     rows of its :data:`NEAREST` nearest items (``nearest``). ``None`` without rows."""
     if len(nearest) == 0:
         return None
-    q = likeness_rows(query[None, :], scale)[0]
-    return float((likeness_rows(nearest, scale) @ q).max())
+    x = likeness_rows(np.vstack([query[None, :], nearest]), scale)
+    return float((x[1:] @ x[0]).max())
 
 
 def nearest_profile(
