@@ -175,6 +175,11 @@ def _print_table(rec: dict[str, Any]) -> None:
             f"query {part['source']}: {part['category']} ({part['category_source']}"
             f"{'; votes ' + votes if votes else ''}) colour {part['hex']} rgb {tuple(part['rgb'])}"
         )
+        if part.get("unlike_catalogue"):
+            print(
+                f"  unlike the catalogue (likeness {part['likeness']:.2f}): the category and "
+                "the outfit are a guess"
+            )
     gender = rec.get("gender") or {}
     if gender.get("source") == "uncertain":
         then = "unisex items only" if gender.get("hedged") else "not filtered by it"

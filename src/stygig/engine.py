@@ -315,7 +315,8 @@ class Recommender:
         stack_k = stack.k if isinstance(stack, GenderHead) else 0
         head = st.artifact.heads.get("category") if options.use_category_head else None
         head_k = head.vote_k if head is not None else 0  # its vote may read more neighbours
-        fetch = max(self.config.vote_k, self.config.attribute_vote_k, stack_k, head_k) + len(own)
+        wanted = (self.config.vote_k, self.config.attribute_vote_k, stack_k, head_k, NEAREST)
+        fetch = max(wanted) + len(own)
         pool: tuple[np.ndarray, np.ndarray] | None = None
         if full is None and len(parts) == 1:
             # Approximate index, one query vector: a single search yields both the voters
@@ -613,7 +614,8 @@ class Recommender:
                 item = st.artifact.items[part.position]
                 part.gender, part.usage = item.gender, item.usage
                 continue
-            nearest = np.sort(near_ids[:NEAREST])
+            # Like the catalogue: among all its items, the query's own included.
+            nearest = np.sort(row_i[row_i >= 0][:NEAREST])
             part.likeness = likeness(part.vector, st.rows[nearest], scale)
             # Unisex neighbours say nothing about the shopper's gender: they abstain.
             codes = cols.gender_codes[attr_ids]

@@ -34,6 +34,11 @@ _CHUNK = 16_384  # reference rows per product: SAMPLE x _CHUNK float32 = 64 MB
 #: How far below the catalogue's 1st percentile a photo's nearest item must be, in units of
 #: the spread between that percentile and the median.
 SPREAD = 0.5
+#: Rows this alike are the same photo (a catalogue listing one photo under several SKUs, one
+#: per size): not a row's "nearest other item", or such a catalogue would mark every photo.
+TWIN = 0.999
+#: Fewer items say nothing about how alike a catalogue's items are: no profile.
+MIN_ITEMS = 50
 #: A photo's likeness is read among its this many nearest items (by the search's own
 #: similarity): on Kaggle the same photos are marked as with the 200 nearest, to 0.3 %.
 NEAREST = 10
@@ -65,9 +70,9 @@ def nearest_profile(
     """Percentiles of the catalogue rows' likeness to their nearest other row.
 
     ``vectors``: the artifact's unit rows; ``scale``: its whitening's, if any. ``None`` for
-    fewer than two rows (no "other row")."""
+    fewer than :data:`MIN_ITEMS` rows, or when no sampled row has another photo."""
     n = len(vectors)
-    if n < 2:
+    if n < MIN_ITEMS:
         return None
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(n, size=min(SAMPLE, n), replace=False))
@@ -77,7 +82,8 @@ def nearest_profile(
     for lo in range(0, len(reference), _CHUNK):
         rows = reference[lo : lo + _CHUNK]
         block = queries @ likeness_rows(vectors[rows], scale).T
-        block[sample[:, None] == rows[None, :]] = -np.inf  # not a row and itself
+        block[sample[:, None] == rows[None, :]] = -np.inf  # not a row and itself,
+        block[~(block < TWIN)] = -np.inf  # nor its photo under another id (nor a NaN row)
         np.maximum(best, block.max(axis=1), out=best)
     best = best[np.isfinite(best)]
     if len(best) == 0:
@@ -101,7 +107,7 @@ def unlike_threshold(profile: Any) -> float | None:
         return None
     try:
         p01, p50 = float(profile["p01"]), float(profile["p50"])
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         return None
     if not (np.isfinite(p01) and np.isfinite(p50)):
         return None

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from stygig.artifact import Artifact
 from stygig.build import build_artifact
@@ -274,13 +275,19 @@ def test_bad_queries(rec: Recommender) -> None:
 
 
 def test_cli_recommend_table_and_json(
-    sample: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+    sample: tuple[Path, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     photo = sample[0] / "queries" / "grey-shirt.jpg"
     assert main(["recommend", "--artifact", str(sample[1]), str(photo)]) == 0
     table = capsys.readouterr().out
     assert "outfit:" in table and "votes" in table and "timings (ms)" in table
     assert "gender: " in table  # voted, or uncertain with the unisex hedge spelled out
+    assert "unlike the catalogue" not in table
+    noise = np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)
+    odd = tmp_path / "static-noise.png"
+    Image.fromarray(noise).save(odd)
+    assert main(["recommend", "--artifact", str(sample[1]), str(odd)]) == 0
+    assert "unlike the catalogue (likeness 0." in capsys.readouterr().out
     assert (
         main(
             [

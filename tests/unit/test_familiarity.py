@@ -25,15 +25,37 @@ def _unit(x: np.ndarray) -> np.ndarray:
 def test_the_profile_is_each_row_s_nearest_other_row() -> None:
     rng = np.random.default_rng(3)
     vectors = _unit(rng.normal(size=(300, 16)))
-    vectors[7] = vectors[8]  # a row's twin is its nearest other row, at 1
+    vectors[7] = vectors[8]  # the same photo under two ids: not each other's nearest
     profile = nearest_profile(vectors)
     sims = vectors @ vectors.T
     np.fill_diagonal(sims, -np.inf)
+    sims[7, 8] = sims[8, 7] = -np.inf
     nearest = sims.max(axis=1)
     assert profile is not None and profile["sample"] == profile["among"] == 300
     for key, q in (("p01", 1), ("p05", 5), ("p50", 50)):
         assert profile[key] == pytest.approx(float(np.percentile(nearest, q)), abs=1e-4)
-    assert nearest_profile(vectors[:1]) is None  # one row has no other row
+    assert nearest_profile(vectors[:49]) is None  # too few items to say how alike they are
+
+
+def test_a_catalogue_listing_each_photo_twice_still_marks_only_odd_photos() -> None:
+    rng = np.random.default_rng(4)
+    photos = _unit(rng.normal(size=(200, 16)))
+    sizes = np.repeat(photos, 3, axis=0)  # every photo under three SKUs (S, M, L)
+    once, thrice = nearest_profile(photos), nearest_profile(sizes)
+    assert once is not None and thrice is not None
+    assert thrice["p01"] == pytest.approx(once["p01"], abs=0.02)
+    assert thrice["p50"] == pytest.approx(once["p50"], abs=0.02)
+    threshold = unlike_threshold(thrice)
+    assert threshold is not None and threshold < 0.9  # before: 1.0, every photo marked
+    # Every row the same photo: no "other item" at all, so no profile.
+    assert nearest_profile(np.repeat(photos[:1], 60, axis=0)) is None
+
+
+def test_a_nan_row_does_not_turn_the_profile_off() -> None:
+    vectors = _unit(np.random.default_rng(5).normal(size=(120, 8)))
+    vectors[3] = np.nan
+    profile = nearest_profile(vectors)
+    assert profile is not None and np.isfinite(profile["p01"])
 
 
 def test_a_large_catalogue_is_sampled_within_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -67,7 +89,14 @@ def test_likeness_undoes_the_whitening_s_scale() -> None:
 
 @pytest.mark.parametrize(
     "profile",
-    [None, {}, {"p01": "x", "p50": 0.8}, {"p01": float("nan"), "p50": 0.8}, [0.6, 0.8]],
+    [
+        None,
+        {},
+        {"p01": "x", "p50": 0.8},
+        {"p01": float("nan"), "p50": 0.8},
+        {"p01": 10**400, "p50": 0.8},  # json reads it as an int no float holds
+        [0.6, 0.8],
+    ],
 )
 def test_a_missing_or_broken_profile_marks_nothing(profile: object) -> None:
     assert unlike_threshold(profile) is None
@@ -96,6 +125,11 @@ def test_a_photo_unlike_the_catalogue_is_marked_and_still_answered(
     assert plain.query[0].unlike_catalogue is False
     assert plain.query[0].likeness == pytest.approx(1.0, abs=1e-3)
     assert odd.query[0].likeness is not None and odd.query[0].likeness < profile["p01"]
+    # The same photo with catalogue items beside it: the same likeness (its own nearest item
+    # among them is still the catalogue's).
+    nearest = plain.query[0].neighbors[0].id
+    beside = rec.recommend(Query(images=(Path(own).read_bytes(),), item_ids=(nearest,)))
+    assert beside.query[0].likeness == plain.query[0].likeness
     item = rec.recommend(Query(item_ids=(art.items[0].id,))).query[0]
     assert item.unlike_catalogue is None and item.likeness is None
     body = json.loads(odd.to_json())
