@@ -77,7 +77,9 @@ def test_eval_refuses_a_model_of_another_seed(
 
 
 def test_a_refused_eval_leaves_no_run_behind(
-    seed0_model: tuple[Path, dict[str, list[str]]], tmp_path: Path
+    seed0_model: tuple[Path, dict[str, list[str]]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Through the command: exit with the error, no run folder, no LATEST."""
     import argparse
@@ -107,6 +109,19 @@ def test_a_refused_eval_leaves_no_run_behind(
         args.func(args)
     assert e.value.code == "compat_split_mismatch"
     assert list((out / "runs").iterdir()) == [] and not (out / "LATEST").exists()
+    # Every part: refused before the category part runs (it takes minutes; the refusal came
+    # after it before), so nothing is spent on a run that cannot finish.
+    import stygig.evaluation.command as command
+
+    photos: list[object] = []
+    monkeypatch.setattr(command, "_photos", lambda *a: photos.append(a))
+    argv_all = [a for a in argv if a not in ("--only", "fitb")]
+    args = parser.parse_args([*argv_all, "--seed", "1"])
+    with pytest.raises(ArtifactError) as e:
+        args.func(args)
+    assert e.value.code == "compat_split_mismatch" and photos == []
+    args = parser.parse_args([*argv_all, "--seed", "0"])
+    assert args.func(args) == 0 and len(photos) == 1  # the model's own split: both parts
 
 
 def test_a_named_file_that_is_missing_is_an_error_not_an_empty_run(tmp_path: Path) -> None:

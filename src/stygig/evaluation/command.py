@@ -187,18 +187,42 @@ def _photos(args: argparse.Namespace, root: Path, metrics: dict[str, Any]) -> No
         )
 
 
-def _outfits(args: argparse.Namespace, root: Path, metrics: dict[str, Any], run: Path) -> None:
+def _outfits_file(args: argparse.Namespace, root: Path) -> Path:
+    return Path(args.outfits) if args.outfits else root / MANGO_OUTFITS
+
+
+def _outfits_artifact(
+    args: argparse.Namespace, root: Path, metrics: dict[str, Any]
+) -> Artifact | None:
+    """The MANGO artifact, its model checked against this run's split at once (a refusal
+    after the category part would have cost its minutes first); None when skipped."""
+    from stygig.evaluation.fitb import check_model_split, read_outfits
+    from stygig.evaluation.split import split_ids
+
+    outfits = _outfits_file(args, root)
+    test_file = Path(args.test_outfits) if args.test_outfits else None
+    needed = [root / MANGO, outfits] + ([test_file] if test_file else [])
+    art = _dataset_artifact(
+        args, root / MANGO, needed, "mango", ("fitb", "fill-in-the-blank"), metrics
+    )
+    if art is not None and art.compat is not None:
+        rows = read_outfits(outfits)
+        train, _ = split_ids(list(rows), seed=args.seed)
+        check_model_split(art, rows, train, seed=args.seed, outfits_name=outfits.name)
+    return art
+
+
+def _outfits(args: argparse.Namespace, art: Artifact, metrics: dict[str, Any], run: Path) -> None:
     from stygig.evaluation.fitb import evaluate_outfits
 
-    catalog = root / MANGO
-    outfits = Path(args.outfits) if args.outfits else root / MANGO_OUTFITS
     test_file = Path(args.test_outfits) if args.test_outfits else None
-    needed = [catalog, outfits] + ([test_file] if test_file else [])
-    art = _dataset_artifact(args, catalog, needed, "mango", ("fitb", "fill-in-the-blank"), metrics)
-    if art is None:
-        return
     metrics["fitb"] = evaluate_outfits(
-        art, outfits, run, seed=args.seed, limit=args.limit, test_outfits_file=test_file
+        art,
+        _outfits_file(args, Path(args.datasets)),
+        run,
+        seed=args.seed,
+        limit=args.limit,
+        test_outfits_file=test_file,
     )
 
 
@@ -280,10 +304,11 @@ def run_eval(args: argparse.Namespace) -> int:
         "skipped": {},
     }
     try:
+        mango = _outfits_artifact(args, root, metrics) if args.only in (None, "fitb") else None
         if args.only in (None, "category"):
             _photos(args, root, metrics)
-        if args.only in (None, "fitb"):
-            _outfits(args, root, metrics, run)
+        if mango is not None:
+            _outfits(args, mango, metrics, run)
     except BaseException:
         if not any(run.iterdir()):
             run.rmdir()  # a refused run (say, a model of another split) leaves nothing behind
