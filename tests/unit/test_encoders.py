@@ -31,6 +31,7 @@ from stygig.encoders import (
 from stygig.encoders.base import preprocess_from_dict
 from stygig.errors import ConfigError, EncoderUnavailableError
 from stygig.images import PreprocessSpec, decode_image, preprocess_batch
+from stygig.scan import full_range_codes
 from tests.conftest import KAGGLE_DIR, REPO, garment_image, require_dataset
 
 # ---------------------------------------------------------------------------------------------
@@ -360,11 +361,13 @@ def test_effnet_int8_stays_close_to_fp32(
     assert info["quantization"] == "int8"
     assert str(info["quantization_method"]).startswith("static-qdq")
     cosines = _cosines(effnet_int8.encode(pictures_224), effnet_onnx.encode(pictures_224))
-    # Measured here: mean 0.970, min 0.935 with GeM (average pool: 0.971, 0.937; the pure
-    # gradient and flat drawings drift most).
-    # Product photos drift less (see the shared_data test); dynamic int8 gave mean 0.84.
-    assert cosines.mean() > 0.95, cosines
-    assert cosines.min() > 0.90, cosines
+    # Measured with VNNI: mean 0.970, min 0.935 with GeM (average pool: 0.971, 0.937; the pure
+    # gradient and flat drawings drift most). Without VNNI (AVX2, 7-bit weights, 2026-12-02):
+    # mean 0.920, min 0.830. Product photos drift less (see the shared_data test); dynamic
+    # int8 gave mean 0.84.
+    vnni = full_range_codes()
+    assert cosines.mean() > (0.95 if vnni else 0.90), cosines
+    assert cosines.min() > (0.90 if vnni else 0.80), cosines
 
 
 @pytest.mark.slow  # its fixture exports EfficientNet-Lite0 to ONNX: not in make test-fast
@@ -437,9 +440,13 @@ def test_effnet_int8_drift_on_product_photos(effnet_onnx: Encoder, effnet_int8: 
     images = [decode_image(p, min_size=effnet_onnx.preprocess.size) for p in photos]
     batch = preprocess_batch(images, effnet_onnx.preprocess)
     cosines = _cosines(effnet_int8.encode(batch), effnet_onnx.encode(batch))
-    # measured here on 48 photos (synthetic calibration): mean 0.99, min 0.98
-    assert cosines.mean() > 0.98
-    assert cosines.min() > 0.95
+    # measured on 48 photos (synthetic calibration), with VNNI: mean 0.99, min 0.98. Without
+    # VNNI (AVX2, 2026-12-02): full-range weights saturate ONNX Runtime's kernel, mean 0.90 and
+    # min 0.70 on 200 photos; the 7-bit weights a build there makes, mean 0.97, min 0.91.
+    if full_range_codes():
+        assert cosines.mean() > 0.98 and cosines.min() > 0.95, cosines
+    else:
+        assert cosines.mean() > 0.96 and cosines.min() > 0.88, cosines
 
 
 # ---------------------------------------------------------------------------------------------

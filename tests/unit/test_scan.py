@@ -45,7 +45,14 @@ def clustered(n: int, dim: int, seed: int, *, spread: float = 0.35) -> np.ndarra
     return x
 
 
-@pytest.mark.parametrize("levels", [127, 63])
+#: What this CPU's kernel adds without saturating: full-range codes need VNNI (the scan never
+#: makes them elsewhere, and they saturate there: errors of 0.06 against a bound of 0.012).
+VNNI = full_range_codes()
+LEVELS = 127 if VNNI else 63
+needs_vnni = pytest.mark.skipif(not VNNI, reason="full-range int8 codes need x86 VNNI")
+
+
+@pytest.mark.parametrize("levels", [pytest.param(127, marks=needs_vnni), 63])
 @pytest.mark.parametrize("dim", [64, 512])
 def test_the_approximate_products_stay_within_their_bound(dim: int, levels: int) -> None:
     rows = clustered(3000, dim, seed=dim)
@@ -83,7 +90,9 @@ def test_the_nearest_rows_are_the_float32_scans_bit_for_bit() -> None:
         np.testing.assert_array_equal(scores, want_scores)
         # the rows it made exact are the float32 scan's sums, and so are the appended ones
         done = found._exact
-        assert done is not None and done[3500:].all() and done.sum() < len(rows) / 4
+        # (7-bit codes: twice the rounding error, so more rows near the answer)
+        assert done is not None and done[3500:].all()
+        assert done.sum() < len(rows) / (4 if VNNI else 2)
         np.testing.assert_array_equal(found.values[done], want[done])
 
 
@@ -138,15 +147,15 @@ def test_rows_whose_rounding_errors_line_up_are_scanned_in_float32(
     scan's check at load sends such a catalogue to the float32 scan."""
     dim, rng = 256, np.random.default_rng(10)
     odd = np.zeros((40, dim), np.float32)
-    odd[:, 0], odd[:, 1:] = 100.0, 0.39  # tail 0.39 < half of a step of 100 / 127
+    odd[:, 0], odd[:, 1:] = 100.0, 0.39  # tail 0.39 < half of a step of 100 / 127 (or 63)
     rows = np.concatenate([odd, rng.normal(size=(400, dim)).astype(np.float32)])
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
     with caplog.at_level("WARNING", logger="stygig.scan"):
-        assert make_scan(rows, "int8", levels=127) is None
+        assert make_scan(rows, "int8", levels=LEVELS) is None
     assert "scanned in float32" in caplog.text
-    assert Int8Scan(rows, levels=127).check(rows) > CHECK_SIGMAS
+    assert Int8Scan(rows, levels=LEVELS).check(rows) > CHECK_SIGMAS
     plain = clustered(440, dim, seed=11)
-    assert Int8Scan(plain, levels=127).check(plain) < 5.5
+    assert Int8Scan(plain, levels=LEVELS).check(plain) < 5.5
     assert isinstance(make_scan(plain, "int8"), Int8Scan)
 
 
@@ -192,7 +201,7 @@ def _answer(rec: Recommender, vectors: np.ndarray, colors: list, ids: list, opts
     return json.dumps(out, sort_keys=True)
 
 
-@pytest.mark.parametrize("vnni", [True, False])
+@pytest.mark.parametrize("vnni", [pytest.param(True, marks=needs_vnni), False])
 def test_answers_are_the_float32_scans_while_the_catalogue_changes(
     catalogue: Path, vnni: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
