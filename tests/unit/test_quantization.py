@@ -139,3 +139,32 @@ def test_export_refuses_an_unknown_int8_method_or_an_empty_calibration(
     with pytest.raises(ConfigError, match="at least one image"):
         export_onnx(small_cnn, tmp_path / "y.onnx", int8=True, calibration=empty)
     assert not list(tmp_path.glob("*.onnx"))
+
+
+@pytest.mark.torch
+def test_weights_fit_the_cpu_s_int8_kernel_and_a_mismatch_is_said(
+    small_cnn: TorchEncoder,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Without VNNI ONNX Runtime's int8 kernel saturates on full-range weights (EfficientNet:
+    mean cosine 0.90 to fp32): a build there quantises to 7 bits, and a full-range model
+    loaded there is warned about."""
+    import stygig.encoders.onnx as onnx_module
+
+    calibration = catalogue_calibration(_photos(tmp_path, 4), SPEC, n=4)
+    assert calibration is not None
+    models = {}
+    for vnni in (True, False):
+        monkeypatch.setattr(onnx_module, "full_range_codes", lambda vnni=vnni: vnni)
+        path = export_onnx(small_cnn, tmp_path / f"{vnni}.onnx", int8=True, calibration=calibration)
+        models[vnni] = path
+        method = load_onnx_encoder(path, small_cnn.describe()).describe()["quantization_method"]
+        assert str(method).startswith(f"static-qdq-per-channel-{'int8' if vnni else 'int7'}")
+    monkeypatch.setattr(onnx_module, "full_range_codes", lambda: False)
+    with caplog.at_level("WARNING", logger="stygig.encoders.onnx"):
+        load_onnx_encoder(models[False], small_cnn.describe())
+        assert "no VNNI" not in caplog.text
+        load_onnx_encoder(models[True], small_cnn.describe())
+    assert "no VNNI" in caplog.text and "7-bit" in caplog.text
