@@ -544,8 +544,6 @@ def describe_colors(
     light, chroma, hue = lab_to_lch(lab)
     is_ = {f: family == f for f in ("grey", "blue", "green", "brown", "red", "yellow", "white")}
     rules: list[tuple[npt.NDArray[np.bool_], str]] = [
-        # Near black with a tint (a black garment's shadows lean blue or brown): black.
-        ((light < 20) & (chroma < 8), "black"),
         (is_["grey"] & (light < 35), "charcoal"),
         (is_["grey"] & (light > 70), "light grey"),
         (is_["blue"] & (light < 35), "navy"),

@@ -510,8 +510,6 @@ def test_describe_color_and_reason() -> None:
         ((108, 108, 55), "green", "olive"),  # dull and dark: not lime (Kaggle "Olive")
         ((178, 168, 125), "green", "khaki"),  # dull and light
         ((160, 220, 40), "green", "lime"),  # bright and vivid
-        ((32, 35, 42), "blue", "black"),  # a black garment whose shadows lean blue
-        ((38, 36, 30), "brown", "black"),
         (NAVY, "blue", "navy"),  # dark, but clearly blue
     ],
 )
