@@ -531,9 +531,12 @@ def inside_train_outfits(
     types: Mapping[str, str],
     test: Sequence[str],
     train_outfits: Sequence[Sequence[str]],
+    own: Mapping[str, int] | None = None,
 ) -> set[str]:
     """The test outfits (ids into ``pool``) whose catalogue items (those in ``types``, at least
-    two) are all in one train outfit: identical to it, or a part of it."""
+    two) are all in one train outfit: identical to it, or a part of it. ``own``: a test
+    outfit's own place among ``train_outfits``, which does not count (an outfit inside
+    another of the same list)."""
     holding: dict[str, set[int]] = {}
     for n, outfit in enumerate(train_outfits):
         for item in outfit:
@@ -542,7 +545,7 @@ def inside_train_outfits(
     for o in test:
         items = {i for i in pool.get(o, ()) if i in types}
         known = len(items) >= 2 and all(i in holding for i in items)
-        if known and set.intersection(*(holding[i] for i in items)):
+        if known and set.intersection(*(holding[i] for i in items)) - {(own or {}).get(o, -1)}:
             inside.add(o)
     return inside
 

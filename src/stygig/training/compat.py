@@ -518,16 +518,11 @@ def _held_apart(
         if len(items) >= 2 and items not in seen:
             seen.add(items)
             counted.append(o)
-    within: set[str] = set()
-    holding: dict[str, set[int]] = {}
-    for n, o in enumerate(counted):
-        for item in set(clean[o]):
-            holding.setdefault(item, set()).add(n)
-    for o in counted:
-        if len(set.intersection(*(holding[i] for i in set(clean[o])))) > 1:
-            within.add(o)
+    rows = [clean[o] for o in counted]
+    places = {o: n for n, o in enumerate(counted)}
+    within = inside_train_outfits(clean, types, counted, rows, own=places)
     asked = [o for o in counted if o not in within]
-    inside = inside_train_outfits(clean, types, val_ids, [clean[o] for o in counted])
+    inside = inside_train_outfits(clean, types, val_ids, rows)
     kept_val = [o for o in val_ids if o not in inside]
     log(
         f"fit outfits: {len(counted)} counted ({len(fit_ids) - len(counted)} repeats or "
