@@ -253,3 +253,43 @@ def test_cpu_bombs_are_refused_from_the_structure(
     elapsed = post_refused(server, make(), content_type, 413, code)
     assert elapsed < MAX_REFUSAL_SECONDS
     assert_still_serving(server, sample)
+
+
+def truncated_png(width: int, height: int) -> bytes:
+    """An RGBA PNG whose image data stops at 90 %, with a proper IEND: Pillow allocates and
+    fills most of the image before it finds the rest missing (a 400)."""
+    deflate = zlib.compressobj(9)
+    row = bytes(1 + 4 * width)  # filter byte 0, then the pixels
+    packed = b"".join(deflate.compress(row) for _ in range(height)) + deflate.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", packed[: int(len(packed) * 0.9)])
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def rss_mb(server: Server) -> float:
+    """The server process's resident memory now (VmRSS) in MB."""
+    text = Path(f"/proc/{server.process.pid}/status").read_text()
+    return (
+        int(next(line.split()[1] for line in text.splitlines() if line.startswith("VmRSS"))) / 1024
+    )
+
+
+def test_refused_photos_leave_no_memory_behind(server: Server, sample: tuple[Path, Path]) -> None:
+    """A refused photo's memory is freed when the refusal is sent (review, session 40: the
+    awaiting frame kept the failed work's traceback in a cycle, so each truncated 16 MP PNG
+    held its 64 MB image until a rare full garbage collection: 80 of them took the server to
+    2.4 GB and into lasting 503s for valid large photos)."""
+    body = truncated_png(4000, 4000)
+    assert len(body) < 200_000
+    post_refused(server, body, "image/png", 400, "invalid_image")
+    before = rss_mb(server)
+    seen = []
+    for _ in range(6):
+        post_refused(server, body, "image/png", 400, "invalid_image")
+        seen.append(rss_mb(server) - before)
+    assert max(seen) < 100, f"resident memory grew by {[round(x) for x in seen]} MB"
+    assert_still_serving(server, sample)

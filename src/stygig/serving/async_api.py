@@ -228,6 +228,8 @@ class _WebhookChecks:
             await asyncio.wait_for(asyncio.shield(lookup), max(0.0, deadline - time.monotonic()))
         except TimeoutError:
             raise self._late() from None
+        finally:
+            del lookup  # no cycle with a failure's traceback (ModelService.run)
 
     def _done(self, lookup: asyncio.Future[None]) -> None:
         self.slots.release()

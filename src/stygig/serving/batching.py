@@ -162,7 +162,10 @@ class MicroBatcher(Generic[T]):
                 f"the server is at capacity ({self.config.max_queue} requests queued); "
                 "retry shortly"
             ) from None
-        return await future
+        try:
+            return await future
+        finally:
+            del future  # no cycle with a failure's traceback (ModelService.run)
 
     async def _next(self, timeout: float | None) -> _Pending[T] | None:
         assert self._queue is not None
@@ -226,33 +229,47 @@ class MicroBatcher(Generic[T]):
             items = [x for p in live for x in p.items]
             started = time.perf_counter()
             if not items:
-                for _ in batch:
+                for _ in range(len(batch)):
                     self._queue.task_done()
                 continue
             try:
                 vectors = await loop.run_in_executor(self._thread, self._embed, items)
             except Exception as e:  # handed to each waiting request, not lost
-                for p in live:
-                    if not p.future.done():
-                        p.future.set_exception(e)
+                _fail(live, e)
             else:
                 seconds = time.perf_counter() - started
                 self.batches += 1
                 if self._on_batch is not None:
                     self._on_batch(len(items), seconds)
-                offset = 0
-                for p in live:
-                    n = len(p.items)
-                    if not p.future.done():
-                        p.future.set_result(
-                            BatchResult(
-                                vectors[offset : offset + n],
-                                queue_ms=(started - p.enqueued) * 1e3,
-                                embed_ms=seconds * 1e3,
-                                batch_size=len(items),
-                            )
-                        )
-                    offset += n
+                _deliver(live, vectors, started, seconds)
+                del vectors
             finally:
-                for _ in batch:
+                for _ in range(len(batch)):
                     self._queue.task_done()
+            # A failure handed out holds this frame in its traceback: the batch (its photos,
+            # its futures) is let go now, not when the next batch comes (review, session 40).
+            del batch, live, items
+
+
+def _fail(live: list[_Pending[T]], error: Exception) -> None:
+    for p in live:
+        if not p.future.done():
+            p.future.set_exception(error)
+
+
+def _deliver(live: list[_Pending[T]], vectors: np.ndarray, started: float, seconds: float) -> None:
+    """Each waiting request's rows of the batch's ``vectors``."""
+    size = sum(len(p.items) for p in live)
+    offset = 0
+    for p in live:
+        n = len(p.items)
+        if not p.future.done():
+            p.future.set_result(
+                BatchResult(
+                    vectors[offset : offset + n],
+                    queue_ms=(started - p.enqueued) * 1e3,
+                    embed_ms=seconds * 1e3,
+                    batch_size=size,
+                )
+            )
+        offset += n

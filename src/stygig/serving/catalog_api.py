@@ -326,7 +326,10 @@ class _OneAtATime:
             self._waiting -= 1
         task = asyncio.ensure_future(work())
         task.add_done_callback(lambda _: self._lock.release())
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(task)
+        finally:
+            del task  # no cycle with a failure's traceback (ModelService.run)
 
 
 def make_catalog_router(service: ModelService) -> APIRouter:
@@ -363,7 +366,10 @@ def make_catalog_router(service: ModelService) -> APIRouter:
                         current[:] = [made]
 
             build.add_done_callback(done)
-        return await asyncio.shield(build)
+        try:
+            return await asyncio.shield(build)
+        finally:
+            del build  # no cycle with a failure's traceback (ModelService.run)
 
     @router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page() -> Response:
