@@ -69,10 +69,10 @@ def public_errors(what: str, *, max_bytes: int | None = None) -> Iterator[None]:
         raise type(e)(f"{what} {reason}", code=e.code) from None
 
 
-def _refused() -> InvalidOptionsError:
+def _refused(flag: str) -> InvalidOptionsError:
     return InvalidOptionsError(
         "the input location is not in a prefix this server may read; allowed prefixes are "
-        "set by the operator (--allow-input-prefix)",
+        f"set by the operator ({flag})",
         code=LOCATION_NOT_ALLOWED,
     )
 
@@ -104,12 +104,21 @@ class InputLocations:
             folder: ``s3://b/in`` allows ``s3://b/in/x``, not ``s3://b/inbox/x``) and local
             folders (plain paths or ``file://``). Empty: every client-chosen location is refused.
         max_bytes: the most one read returns (bigger inputs fail with ``input_too_large``).
+        flag: the operator's option that sets ``prefixes``, named in a refusal (review, s40:
+            a catalogue photo's refusal named the async endpoint's).
     """
 
-    def __init__(self, prefixes: Iterable[str] = (), *, max_bytes: int = 6 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        prefixes: Iterable[str] = (),
+        *,
+        max_bytes: int = 6 * 1024 * 1024,
+        flag: str = "--allow-input-prefix",
+    ) -> None:
         if max_bytes < 1:
             raise InvalidOptionsError("max_bytes must be at least 1")
         self.max_bytes = max_bytes
+        self.flag = flag
         folders: list[_Folder] = []
         s3: list[tuple[str, str]] = []
         for prefix in prefixes:
@@ -132,37 +141,39 @@ class InputLocations:
         try:
             loc = storage.parse(uri)
         except StygigError:
-            raise _refused() from None  # another scheme (http, ...): never read
+            raise _refused(self.flag) from None  # another scheme (http, ...): never read
         if loc.scheme == "s3":
             return _Target(self._check_s3(uri, loc), None)
         if uri.startswith("file://") and urlparse(uri).netloc not in ("", "localhost"):
-            raise _refused()  # a file on another host: not a local path at all
+            raise _refused(self.flag)  # a file on another host: not a local path at all
         # On the text alone: resolving a path outside first would let the answer depend on
         # what is there (a ".." after a symlink resolves elsewhere than after a folder).
         text = storage.local_path(uri)
         segments = text.split("/")
         if segments[0] or "\x00" in text or any(s in ("", ".", "..") for s in segments[1:]):
-            raise _refused()  # relative, or not one plain name per segment
+            raise _refused(self.flag)  # relative, or not one plain name per segment
         if not any(_under(text, f.given) or _under(text, f.real) for f in self._folders):
-            raise _refused()
+            raise _refused(self.flag)
         try:
             real = os.path.realpath(text)  # where it really is (symlinks inside followed)
         except (OSError, ValueError):
-            raise _refused() from None
+            raise _refused(self.flag) from None
         inside = [f.real for f in self._folders if _under(real, f.real)]
         if not inside:
-            raise _refused()  # a symlink inside led out
+            raise _refused(self.flag)  # a symlink inside led out
         return _Target(real, max(inside, key=len))
 
     def _check_s3(self, uri: str, loc: storage.Location) -> str:
         canonical = str(loc)
         segments = loc.key.split("/")
         if canonical != uri or any(s in ("", ".", "..") for s in segments):
-            raise _refused()  # "?", "#", "//", "." or ".." in the key: no one key it stands for
+            raise _refused(
+                self.flag
+            )  # "?", "#", "//", "." or ".." in the key: no one key it stands for
         if not any(
             loc.bucket == bucket and loc.key.startswith(prefix) for bucket, prefix in self._s3
         ):
-            raise _refused()
+            raise _refused(self.flag)
         return canonical
 
     def read(self, uri: str) -> bytes:

@@ -21,6 +21,7 @@ from stygig.errors import InputError, InvalidImageError, InvalidOptionsError, Pa
 
 __all__ = [
     "MAX_CANDIDATE_IDS",
+    "MAX_CUSTOM_ATTRIBUTES",
     "MAX_EXCLUDE_IDS",
     "MAX_FILTERS",
     "MAX_K",
@@ -43,6 +44,8 @@ __all__ = [
     "params_to_dict",
     "parse_json_object",
     "split_json_request",
+    "split_text_list",
+    "string_list",
 ]
 
 Mode = Literal["outfit", "similar"]
@@ -61,6 +64,9 @@ MAX_SEED = 2**32 - 1
 # about 6,700 (8 + 8 photos and ids, 2 x 256 categories, 2 x 1,000 ids, 16 x 256 filter values).
 MAX_JSON_VALUES = 20_000
 MAX_NUMBER = 1e15  # the largest magnitude of a number in a filter
+#: SageMaker Runtime's own bound on ``CustomAttributes`` (InvokeEndpoint and
+#: InvokeEndpointAsync): what arrives through SageMaker is never longer.
+MAX_CUSTOM_ATTRIBUTES = 1024
 
 
 def check_part_count(parts: int) -> None:
@@ -265,7 +271,7 @@ def option_parameters(*, header: bool = True) -> list[dict[str, Any]]:
                 "name": "X-Amzn-SageMaker-Custom-Attributes",
                 "in": "header",
                 "required": False,
-                "schema": {"type": "string", "maxLength": 1024},
+                "schema": {"type": "string", "maxLength": MAX_CUSTOM_ATTRIBUTES},
                 "description": "the options as a query string (k=3&mode=similar), under the "
                 "query string's and the body's own",
             }
@@ -281,12 +287,33 @@ _BOOL_OPTIONS = ("use_color", "include_unavailable", "use_category_head")
 # Numbers in text options as people write them, in ASCII digits: Python's int() and float()
 # also take "1_0", other scripts' digits, surrounding spaces, "nan" and "inf".
 _INTEGER = re.compile(r"-?[0-9]{1,18}")
-_DECIMAL = re.compile(r"-?(?:[0-9]{1,18}(?:\.[0-9]{0,18})?|\.[0-9]{1,18})")
+_DECIMAL = re.compile(r"-?(?:[0-9]{1,18}(?:\.[0-9]{0,18})?|\.[0-9]{1,18})(?:[eE][-+]?[0-9]{1,3})?")
+
+
+#: The most values each list option takes (Options' own bounds), checked on text before it is
+#: split: a 6 MB form field of commas is a 422 at once, not two million strings (review,
+#: session 40).
+_LIST_LIMITS = {
+    "include_categories": MAX_LIST,
+    "exclude_categories": MAX_LIST,
+    "exclude_ids": MAX_EXCLUDE_IDS,
+    "candidate_ids": MAX_CANDIDATE_IDS,
+}
+
+
+def split_text_list(values: Iterable[str], name: str, limit: int) -> list[str]:
+    """Comma-separated ``values`` as one list without empty entries; more than ``limit``
+    entries, counted from the commas before anything is split (an empty entry counts), is an
+    :class:`InvalidOptionsError` naming ``name``."""
+    values = list(values)
+    if sum(v.count(",") + 1 for v in values) > limit:
+        raise InvalidOptionsError(f"{name}: at most {limit:,} values")
+    return [v for value in values for v in value.split(",") if v]
 
 
 def _coerce(name: str, values: list[str]) -> Any:
     if name in _LIST_OPTIONS:
-        return [v for value in values for v in value.split(",") if v]
+        return split_text_list(values, name, _LIST_LIMITS[name])
     value = values[-1]
     if name in _INT_OPTIONS:
         if not _INTEGER.fullmatch(value):
@@ -380,7 +407,7 @@ def split_json_request(
             raise InvalidOptionsError("images_b64 must be a list of base64 strings")
         check_part_count(len(values))  # counted before anything is decoded
         images.extend(_b64(v, f"images_b64[{i}]") for i, v in enumerate(values))
-    item_ids = _string_list(data.get("item_ids", []), "item_ids")
+    item_ids = string_list(data.get("item_ids", []), "item_ids")
     options = {k: v for k, v in data.items() if k not in _JSON_QUERY_KEYS}
     return images, item_ids, options
 
@@ -396,7 +423,7 @@ def _b64(value: Any, where: str) -> bytes:
         raise InvalidImageError(f"{where} is not valid base64", code="invalid_base64") from None
 
 
-def _string_list(value: Any, name: str) -> tuple[str, ...]:
+def string_list(value: Any, name: str) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

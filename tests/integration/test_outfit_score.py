@@ -178,6 +178,13 @@ BAD: dict[str, tuple[str, dict[str, Any], int, str]] = {
         422,
         "invalid_options",
     ),
+    # Review (s40): the route read no query string and ignored it silently.
+    "query_string": (
+        f"/v1/outfits/score?use_color=false&{SECRET}=1",
+        {"json": {"item_ids": SET}},
+        422,
+        "invalid_options",
+    ),
     "candidates_not_strings": (
         "/v1/recommend",
         {"json": {"item_ids": ["sku-0014"], "candidate_ids": [1, 2]}},

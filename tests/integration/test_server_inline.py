@@ -148,3 +148,24 @@ def test_only_small_bounded_work_is_answered_on_the_loop(sample: tuple[Path, Pat
         (exact, Query(item_ids=("sku-0014",)), Options(candidate_ids=("sku-0001",))),
     ):
         assert not _inline(rec, query, options)  # type: ignore[arg-type]
+
+
+def test_no_photo_but_a_jpeg_is_read_on_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review (s40): every photo up to 256 KiB had its header read on the loop before PNG or
+    WebP was ruled out, and a PNG's structure check inflates up to 32 compressed text chunks:
+    a 231 KB PNG held the loop 270 ms (the bound is ~13 ms). Only a JPEG's first bytes let a
+    header be read there."""
+    from stygig.engine import Options
+    from stygig.recommendation import Query
+    from stygig.serving import app
+
+    read: list[bytes] = []
+    monkeypatch.setattr(app, "read_header", lambda photo: read.append(photo))
+    exact = SimpleNamespace(exact=True)
+    for head in (b"\x89PNG\r\n\x1a\n", b"RIFF\x00\x00\x00\x00WEBPVP8 ", b"GIF89a", b"\xff\xd8"):
+        assert not app._inline(exact, Query(images=(head + bytes(1000),)), Options())  # type: ignore[arg-type]
+    assert read == []
+    app._inline(exact, Query(images=(b"\xff\xd8\xff" + bytes(1000),)), Options())  # type: ignore[arg-type]
+    assert len(read) == 1

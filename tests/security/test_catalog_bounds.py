@@ -341,3 +341,26 @@ def test_a_logged_change_with_a_lone_surrogate_is_skipped_on_replay() -> None:
     assert change_from_record({"op": "update", "id": "a", "set": {"name": "ok"}}).fields
     with pytest.raises(ValueError):
         change_from_record({"op": "update", "id": "a", "set": {"name": "x\ud800"}})
+
+
+def test_change_refusals_name_the_right_flag_and_status(
+    sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Review (s40): a photo location outside the catalogue's photo folders was refused naming
+    the async endpoint's --allow-input-prefix (which never allows catalogue photos), and a body
+    of another content type was a 422, where every other route answers 415."""
+    art = tmp_path / "artifact"
+    shutil.copytree(sample[1], art)
+    with _living_server(art, tmp_path / "log") as url, httpx.Client(base_url=url) as client:
+        plain = client.post(
+            "/v1/catalog/changes", content=b"op=add", headers={"content-type": "text/plain"}
+        )
+        assert plain.status_code == 415, plain.text
+        assert plain.json()["error"]["code"] == "unsupported_content_type"
+        item = {"id": "new-1", "category": "jeans", "gender": "men"}
+        outside = {"op": "add", "item": item, "image": str(sample[0] / "queries" / "x.jpg")}
+        refused = client.post("/v1/catalog/changes", json=outside)
+        assert refused.status_code == 422, refused.text
+        message = refused.json()["error"]["message"]
+        assert "--catalog-photos" in message and "--allow-input-prefix" not in message
+        assert str(sample[0]) not in refused.text

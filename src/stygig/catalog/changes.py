@@ -266,6 +266,10 @@ def parse_changes_jsonl(body: bytes, *, max_changes: int = MAX_CHANGES) -> list[
     """A JSON Lines body of changes (blank lines skipped), each checked; at most
     ``max_changes``."""
     check_json_values(body, what="the changes", limit=max_changes * JSON_VALUES_PER_CHANGE)
+    if body.count(b"\n") > 2 * max_changes:  # before millions of blank lines are split out
+        raise InvalidOptionsError(
+            f"at most {max_changes} changes per request, and as many blank lines"
+        )
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:

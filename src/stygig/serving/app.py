@@ -68,10 +68,14 @@ from stygig.index import release_mapped_rows, restore_mapped_rows, warm_index
 from stygig.living import LiveCatalog
 from stygig.locations import InputLocations
 from stygig.recommendation import (
+    MAX_QUERY_PARTS,
     OutfitRequest,
+    check_json_values,
     option_parameters,
     options_schema,
     outfit_request_schema,
+    split_text_list,
+    string_list,
 )
 from stygig.response import item_view
 from stygig.serving import requests as rq
@@ -312,7 +316,7 @@ class ModelService:
         live = LiveCatalog(
             rec,
             ChangeLog(settings.change_log),
-            load=InputLocations(settings.photo_prefixes).read,
+            load=InputLocations(settings.photo_prefixes, flag="--catalog-photos").read,
         )
         live.catch_up()
         return live
@@ -555,7 +559,7 @@ def _inline(rec: Recommender, query: Query, options: Options) -> bool:
     * a small answer: ``k``, ``k_total`` and the query's item ids within
       :data:`INLINE_MAX_K`, :data:`INLINE_MAX_K_TOTAL` and :data:`INLINE_MAX_ITEMS`, no
       ``candidate_ids`` (a large ``k`` with MMR held the loop 80-100 ms at 10k items);
-    * no photo (item ids), or one baseline JPEG within :data:`INLINE_MAX_BYTES` and
+    * no photo (item ids), or one baseline JPEG (by its first bytes) within :data:`INLINE_MAX_BYTES` and
       :data:`INLINE_MAX_PIXELS` by its header, read after the decode's own structure checks
       (at most ~13 ms on the loop, for a hostile header of 64 KB of fill). Progressive JPEGs
       (up to 100 passes over the image: 90 ms for 2 MP), PNG and WebP (their decode scales with
@@ -578,6 +582,8 @@ def _inline(rec: Recommender, query: Query, options: Options) -> bool:
     photo = query.images[0]
     if len(query.images) != 1 or not isinstance(photo, bytes) or len(photo) > INLINE_MAX_BYTES:
         return False
+    if not photo.startswith(b"\xff\xd8\xff"):  # no other format is read on the loop,
+        return False  # not even its structure (review, s40: a PNG's 32 zTXt chunks: 270 ms)
     header = read_header(photo)
     return (
         header is not None
@@ -641,10 +647,21 @@ class _Boundary:
             return
         t0 = time.perf_counter()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if len(headers) < len(scope["headers"]):  # a field given twice: see _fields
+            headers = _fields(scope["headers"])
         rid = request_id(headers.get("x-request-id"))
         scope.setdefault("state", {})["request_id"] = rid
         status = 500
         started = False
+        body = _BodyReader(receive, self)
+        # A body the answer may leave unread whose rest no declared length bounds (chunked),
+        # or bounds beyond a modest excess: the connection closes after the answer instead of
+        # reading what the client goes on sending (review, session 40: after a 401, 413 or
+        # 415 one chunked upload pushed 19 GB in 10 s, all read by the event loop).
+        declared = headers.get("content-length", "")
+        unbounded = "transfer-encoding" in headers or (
+            declared.isdigit() and int(declared) > 4 * self.config.max_body_bytes
+        )
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, started
@@ -656,9 +673,10 @@ class _Boundary:
                     (b"x-request-id", rid.encode("latin-1")),
                     (b"x-content-type-options", b"nosniff"),  # a body is what its type says
                 ]
+                if unbounded and not body.complete:
+                    message["headers"].append((b"connection", b"close"))
             await send(message)
 
-        body = _BodyReader(receive, self)
         self.service.requests += 1
         try:
             refused = self._refuse(scope["method"], scope["path"], headers)
@@ -706,6 +724,10 @@ class _Boundary:
         127.0.0.1 (it then reads the answers as same-origin), or by a form posted across sites.
         So a request whose ``Host`` is not one of ``allowed_hosts`` is refused, and so is a
         change (any method but GET, HEAD, OPTIONS) whose ``Origin`` is another site's."""
+        if _TWICE in headers:
+            return error_response(
+                InputError("a request names one Host and one Authorization", code="bad_header")
+            )
         allowed = self.config.allowed_hosts
         if allowed is not None:  # bound to loopback
             refused = _cross_site(method, headers, allowed)
@@ -713,9 +735,9 @@ class _Boundary:
                 return error_response(refused)
         if not self._authorized(path, headers):
             return error_response(UnauthorizedError("send 'Authorization: Bearer <token>'"))
-        encoding = headers.get("content-encoding", "").strip().lower()
+        encodings = {e.strip() for e in headers.get("content-encoding", "").lower().split(",")}
         has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
-        if encoding not in ("", "identity") and has_body:
+        if not encodings <= {"", "identity"} and has_body:
             # No route decodes a compressed body: a gzip photo was "not an image", a gzip
             # JSON "not UTF-8", a body labelled br but sent plain was read as if it were.
             return error_response(
@@ -727,13 +749,34 @@ class _Boundary:
         declared = headers.get("content-length", "")
         limit = self.config.max_body_bytes
         if declared.isdigit() and int(declared) > limit:
-            response = error_response(_over_limit(limit))
             # The server discards what a client still sends after a 413 so that it can read
-            # the answer; past a modest excess it closes the connection instead.
-            if int(declared) > 4 * limit:
-                response.headers["Connection"] = "close"
-            return response
+            # the answer; past a modest excess it closes the connection instead (__call__).
+            return error_response(_over_limit(limit))
         return None
+
+
+#: Set (in the header dict) by :func:`_fields` when a field that must appear once came twice.
+_TWICE = ":twice"
+#: Fields a request holds once: a second Host passed the loopback check by its last value
+#: (review, s40; RFC 9112 answers 400), a second Authorization is a question of which counts.
+_ONCE = frozenset({"host", "authorization"})
+
+
+def _fields(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
+    """A request's header fields by lower-case name, for a request with a name given more
+    than once: a list-valued field's values joined by commas (so every Content-Encoding is
+    checked, not the last: review, s40), and :data:`_TWICE` set when a field of
+    :data:`_ONCE` repeats."""
+    out: dict[str, str] = {}
+    for k, v in raw:
+        name, value = k.decode("latin-1").lower(), v.decode("latin-1")
+        if name not in out:
+            out[name] = value
+        elif name in _ONCE:
+            out[_TWICE] = name
+        else:
+            out[name] += "," + value
+    return out
 
 
 def _cross_site(method: str, headers: dict[str, str], allowed: frozenset[str]) -> InputError | None:
@@ -795,6 +838,11 @@ class _BodyReader:
         self._deadline = time.monotonic() + boundary.config.body_timeout_s
         self._done = False
         self.total = 0  # bytes of this body counted in the boundary's in-flight total
+
+    @property
+    def complete(self) -> bool:
+        """Whether the app has read the body to its end."""
+        return self._done
 
     async def receive(self) -> Message:
         if self._done:  # the body is complete: later calls only wait for a disconnect
@@ -910,6 +958,9 @@ def _multipart_request(
     The form's own option fields (``params``) are over ``outside`` (the custom attributes and
     the query string), and the ``options`` JSON over both, as a JSON body is over the query
     string."""
+    # All the options fields together are one JSON body's worth of values (each was counted
+    # alone: 64 fields held 64 times the limit; review, session 40).
+    check_json_values("".join(texts), what="the options fields")
     options: dict[str, Any] = {}
     for text in texts:
         more_images, more_ids, more = rq.split_json_request(
@@ -918,7 +969,7 @@ def _multipart_request(
         images, item_ids = [*images, *more_images], [*item_ids, *more_ids]
         options.update(more)
     merged = {**rq.params_to_dict(outside), **rq.params_to_dict(params), **options}
-    return rq.build_request(images, item_ids, merged)
+    return rq.build_request(images, string_list(item_ids, "item_ids"), merged)
 
 
 async def _parse_multipart(
@@ -940,8 +991,8 @@ async def _parse_multipart(
                 images.append(await value.read())
             elif key in _FILE_FIELDS:
                 raise InvalidOptionsError(f"fields {', '.join(_FILE_FIELDS)} must be file uploads")
-            elif key == "item_ids":
-                item_ids.extend(v for v in value.split(",") if v)
+            elif key == "item_ids":  # bounded before it is split, checked as JSON's are
+                item_ids.extend(split_text_list([value], key, MAX_QUERY_PARTS))
             elif key == "options":
                 texts.append(value)
             else:
@@ -1169,6 +1220,11 @@ def _routes(
     async def outfit_score(request: Request) -> Response:
         service.require()
         rq.check_accept(request.headers.get("accept"))
+        if request.query_params:  # ignored silently before (review, s40): a typo looked taken
+            raise InvalidOptionsError(
+                "this route takes no query parameters: send the set and its options as JSON, "
+                '{"item_ids": [...], "use_color": ...}'
+            )
         kind = rq.media_type(request.headers.get("content-type"))
         if kind != JSON:
             raise UnsupportedMediaError(

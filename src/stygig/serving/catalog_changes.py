@@ -37,7 +37,12 @@ from stygig.catalog.changes import (
     parse_change,
     parse_changes_jsonl,
 )
-from stygig.errors import InvalidOptionsError, OverloadedError, StygigError
+from stygig.errors import (
+    InvalidOptionsError,
+    OverloadedError,
+    StygigError,
+    UnsupportedMediaError,
+)
 from stygig.living import CHANGE_REQUESTS, request_pool
 from stygig.recommendation import parse_json_object
 from stygig.serving.responses import JSON, json_response
@@ -57,7 +62,7 @@ def parse_changes_body(body: bytes, content_type: str) -> list[ChangeRequest]:
     if content_type in _JSONL:
         return parse_changes_jsonl(body)
     if content_type != JSON:
-        raise InvalidOptionsError(
+        raise UnsupportedMediaError(
             "send changes as application/json or application/x-ndjson (one per line)",
             code="unsupported_content_type",
         )

@@ -186,6 +186,16 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
             )
         self.transport.close()
 
+    def send_400_response(self, msg: str) -> None:
+        """A request llhttp cannot parse (a negative Content-Length, a NUL in a header, both
+        Transfer-Encoding and Content-Length, an obsolete line fold): the JSON error every
+        other refusal gets, not uvicorn's plain text (review, s40), and the connection
+        closed. A response the app has begun for the current request is left as it is."""
+        self.logger.warning("malformed HTTP request: answered 400")
+        live = self.cycle if self.cycle is not None and not self.cycle.response_complete else None
+        err = InputError("the request is not valid HTTP/1.1", code="malformed_http")
+        self._answer_and_close(400, "Bad Request", err, live)
+
     def _arm(self) -> None:
         if self._head_timer is None:
             self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_expired)

@@ -24,11 +24,13 @@ from stygig.engine import Options, Query
 from stygig.errors import (
     InputError,
     InvalidImageError,
+    InvalidOptionsError,
     NotAcceptableError,
     PayloadTooLargeError,
     UnsupportedMediaError,
 )
 from stygig.recommendation import (
+    MAX_CUSTOM_ATTRIBUTES,
     MAX_QUERY_PARTS,
     MAX_TEXT,
     options_from_params,
@@ -135,8 +137,14 @@ def check_form_complete(body: bytes, content_type: str) -> None:
 
 
 def custom_attributes(header: str | None) -> list[tuple[str, str]]:
-    """SageMaker's ``X-Amzn-SageMaker-Custom-Attributes`` (``k=3&mode=similar``) as pairs."""
-    return parse_qsl(header or "", keep_blank_values=False)
+    """SageMaker's ``X-Amzn-SageMaker-Custom-Attributes`` (``k=3&mode=similar``) as pairs,
+    read as the query string is: a blank value (``k=``) is there, and refused by its option
+    (review, s40: it was dropped, so ``k=`` passed here and was a 422 in the query string)."""
+    if header and len(header) > MAX_CUSTOM_ATTRIBUTES:
+        raise InvalidOptionsError(
+            f"X-Amzn-SageMaker-Custom-Attributes is over {MAX_CUSTOM_ATTRIBUTES:,} characters"
+        )
+    return parse_qsl(header or "", keep_blank_values=True)
 
 
 def unsupported(content_type: str, *, multipart: bool = False) -> UnsupportedMediaError:
