@@ -40,7 +40,6 @@ import hashlib
 import json
 import os
 import platform
-import re
 import shutil
 import tempfile
 import time
@@ -56,6 +55,7 @@ import numpy as np
 
 from stygig import __version__
 from stygig.catalog import Item, Reject, Taxonomy, count_by_reason
+from stygig.catalog.schema import shown
 from stygig.category_head import CategoryHead, load_artifact_heads
 from stygig.compat.model import COMPAT_FILE, CompatModel
 from stygig.errors import ArtifactError, StygigError
@@ -149,11 +149,8 @@ def _cell(text: str) -> str:
     as a terminal shows it, never as a command: control characters (escape sequences that
     retitle or clear a terminal, NUL) and the marks that reorder text on screen (bidi
     overrides, line and paragraph separators) are written as ``\\uXXXX`` (review, session 36)."""
-    text = _UNSEEN.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    text = shown(text)
     return f"'{text}" if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
-
-
-_UNSEEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 
 
 def check_replaceable(out_dir: str | Path) -> None:

@@ -168,15 +168,25 @@ def _parse_filters(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def _say(line: str) -> None:
+    """Print a line that holds catalogue text, its control characters written out: an item
+    name's escape sequences retitled, cleared or wrote the clipboard of the terminal before
+    (review, session 40; text in artifacts built earlier may still hold them)."""
+    from stygig.catalog.schema import shown
+
+    print(shown(line))
+
+
 def _print_table(rec: dict[str, Any]) -> None:
+    """The answer as a table; catalogue text as a terminal shows it (:func:`_say`)."""
     for part in rec["query"]:
         votes = ", ".join(f"{c} {n}" for c, n in part.get("votes", {}).items())
-        print(
+        _say(
             f"query {part['source']}: {part['category']} ({part['category_source']}"
             f"{'; votes ' + votes if votes else ''}) colour {part['hex']} rgb {tuple(part['rgb'])}"
         )
         if part.get("unlike_catalogue"):
-            print(
+            _say(
                 f"  unlike the catalogue (likeness {part['likeness']:.2f}): the category and "
                 "the outfit are a guess"
             )
@@ -185,33 +195,33 @@ def _print_table(rec: dict[str, Any]) -> None:
         then = "unisex items only" if gender.get("hedged") else "not filtered by it"
         if gender.get("value"):
             then = f"used anyway ({gender['value']} items and unisex)"
-        print(
+        _say(
             f"gender: uncertain (best guess {gender['guess']}, {gender['confidence']:.0%} of the "
             f"vote): {then}; --gender states it"
         )
     elif gender.get("value"):
         confidence = gender.get("confidence")  # None for a stated gender or an item's
         sure = f", {confidence:.0%} of the vote" if confidence is not None else ""
-        print(f"gender: {gender['value']} ({gender['source']}{sure})")
+        _say(f"gender: {gender['value']} ({gender['source']}{sure})")
     if rec["outfit"]:
-        print("\noutfit:")
+        _say("\noutfit:")
         for slot, item in rec["outfit"]["slots"].items():
-            print(
+            _say(
                 f"  {slot:<10} {item['id']:<14} {item['category']:<14} {item['hex']}  {item['name']}"
             )
-    print(
+    _say(
         f"\n{'id':<14} {'category':<14} {'colour':<8} {'score':>6} {'sim':>6} {'harm':>5} {'boost':>5}  reason"
     )
     if not rec["items"]:
-        print("(no item passed the filters and options: loosen --filter, --gender or --include)")
+        _say("(no item passed the filters and options: loosen --filter, --gender or --include)")
     for item in rec["items"]:
         harmony = "-" if item["harmony"] is None else f"{item['harmony']:.2f}"
-        print(
+        _say(
             f"{item['id']:<14} {item['category']:<14} {item['hex'] or '':<8} {item['score']:>6.3f} "
             f"{item['similarity']:>6.3f} {harmony:>5} {item['boost']:>5.2f}  {item['reason']}"
         )
     timings = ", ".join(f"{k} {v:.1f}" for k, v in rec["timings_ms"].items())
-    print(f"\ntimings (ms): {timings}")
+    _say(f"\ntimings (ms): {timings}")
 
 
 def _cmd_recommend(args: argparse.Namespace) -> int:

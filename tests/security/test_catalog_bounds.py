@@ -64,7 +64,16 @@ def _refused(change: Any) -> InvalidOptionsError:
 
 @pytest.mark.parametrize(
     "bad",
-    ["Z\udc80", "x\ud800y", "sku-0001\u200b", "a\u2028b", "a\u2029b", "a\u0085b", "\ufeffsku"],
+    [
+        "Z\udc80",
+        "x\ud800y",
+        "sku-0001\u200b",
+        "a\u2028b",
+        "a\u2029b",
+        "a\u0085b",
+        "\ufeffsku",
+        "cafe\u0301",  # review (s40): prints as "caf\u00e9", another item's id
+    ],
 )
 def test_an_id_is_visible_encodable_text(sample: tuple[Path, Path], bad: str) -> None:
     assert id_problem(bad) is not None
@@ -72,6 +81,17 @@ def test_an_id_is_visible_encodable_text(sample: tuple[Path, Path], bad: str) ->
     assert id_problem("\u06a9\u0641\u0634\u200c\u0648\u0631\u0632\u0634\u06cc") is None  # ZWNJ
     error = _refused(_add(sample[0], bad))
     assert bad not in error.message
+    assert id_problem("\ud55c\uae00") is None  # Hangul syllables: composed is NFC
+
+
+def test_ids_that_differ_only_in_unicode_form_are_not_two_items(tmp_path: Path) -> None:
+    """Review (s40): "caf\u00e9" composed and decomposed built as two items that print alike."""
+    (tmp_path / "a.jpg").write_bytes(b"not checked")
+    path = tmp_path / "catalog.csv"
+    path.write_text("id,image,category\ncaf\u00e9,a.jpg,jeans\ncafe\u0301,a.jpg,jeans\n")
+    result = read_catalog(path, check_images=False)
+    assert [i.id for i in result.items] == ["caf\u00e9"]
+    assert [(r.row, r.reason) for r in result.rejects] == [(2, "bad_value")]
 
 
 def test_text_with_a_lone_surrogate_is_refused_everywhere_in_a_change(
@@ -115,6 +135,58 @@ def test_a_json_lines_catalogue_row_with_a_lone_surrogate_is_rejected_alone(
     result = read_catalog(path, check_images=False)
     assert [i.id for i in result.items] == ["ok-1", "ok-2"]
     assert sorted(r.row for r in result.rejects) == [2, 3]
+
+
+ESCAPES = "Slim \x1b]0;OWNED\x07\x1b]52;c;ZWNobyBoaQ==\x07\x1b[2J jeans"
+
+
+def test_control_characters_never_enter_catalogue_text(
+    live: tuple[LiveCatalog, Path], tmp_path: Path
+) -> None:
+    """Review (s40): a client's change (or a catalogue row) put terminal escape sequences in an
+    item's name, and ``stygig recommend`` printed them to the operator's terminal (retitled
+    it, wrote its clipboard with OSC 52, cleared it). A change holding a control character is
+    refused, a catalogue row holding one is rejected alone; tabs and line ends stay text."""
+    catalog, folder = live
+    first = catalog.snapshot.artifact.items[0].id
+    for change in (
+        _update(first, name=ESCAPES),
+        _update(first, attributes={"fit": "a\x00b"}),
+        _update(first, **{"fi\x9bt": "slim"}),
+        _add(folder, "new-1", brand="\x7f"),
+    ):
+        _refused(change)
+    snap = catalog.submit(
+        parse_changes_jsonl(json.dumps(_update(first, name="two\tlines\r\nok")).encode())
+    )
+    assert snap.artifact.items[snap.artifact.positions[first]].name == "two\tlines\r\nok"
+    photo = tmp_path / "a.jpg"
+    photo.write_bytes(b"not checked")
+    rows = [
+        {"id": "ok-1", "image": "a.jpg", "category": "jeans"},
+        {"id": "bad-1", "image": "a.jpg", "category": "jeans", "name": ESCAPES},
+        {"id": "bad-2", "image": "a.jpg", "category": "jeans", "fi\x1bt": "slim"},
+        {"id": "ok-2", "image": "a.jpg", "category": "jeans", "name": "a\tb"},
+    ]
+    path = tmp_path / "catalog.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = read_catalog(path, check_images=False)
+    assert [i.id for i in result.items] == ["ok-1", "ok-2"]
+    assert {r.row: r.reason for r in result.rejects} == {2: "bad_value", 3: "bad_value"}
+
+
+def test_column_names_are_bounded_and_unnamed_columns_are_no_attribute(tmp_path: Path) -> None:
+    """Review (s40): a 130,000-character column name went into every item (and into every 422
+    listing the filterable names), and an empty one became an attribute named ''."""
+    (tmp_path / "a.jpg").write_bytes(b"not checked")
+    path = tmp_path / "catalog.csv"
+    path.write_text("id,image,category,fit,\nok-1,a.jpg,jeans,slim,x\n")
+    result = read_catalog(path, check_images=False)
+    assert [i.attributes for i in result.items] == [{"fit": "slim"}]
+    path.write_text(f"id,image,category,{'x' * 201}\nbad-1,a.jpg,jeans,slim\n")
+    result = read_catalog(path, check_images=False)
+    assert not result.items and [r.reason for r in result.rejects] == ["bad_value"]
+    assert "column name is over 200" in result.rejects[0].detail
 
 
 def test_json_lines_end_at_newlines_only() -> None:
@@ -364,3 +436,27 @@ def test_change_refusals_name_the_right_flag_and_status(
         message = refused.json()["error"]["message"]
         assert "--catalog-photos" in message and "--allow-input-prefix" not in message
         assert str(sample[0]) not in refused.text
+
+
+def test_the_cli_writes_out_the_control_characters_of_older_text(
+    live: tuple[LiveCatalog, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Text accepted before control characters were refused (a change log, an artifact built
+    earlier) still reaches ``stygig recommend``'s table: its escapes are written out, never
+    sent to the operator's terminal (review, s40)."""
+    from stygig.catalog import changes
+    from stygig.cli import main
+
+    catalog, _ = live
+    items = catalog.snapshot.artifact.items
+    monkeypatch.setattr(changes, "text_problem", lambda value: None)  # as before the rule
+    catalog.submit([parse_change(_update(i.id, name=ESCAPES)) for i in items])
+    monkeypatch.undo()
+    argv = ["recommend", "--artifact", str(tmp_path / "artifact"), "--item", items[0].id]
+    assert main([*argv, "--change-log", str(tmp_path / "log")]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "Slim \\u001b]0;OWNED\\u0007" in out  # the name is there, written out

@@ -183,7 +183,7 @@ def _check_values(data: Mapping[str, Any], where: str, *, attributes: bool = Fal
         if not isinstance(key, str) or not 0 < len(key) <= MAX_ID or text_problem(key):
             raise InvalidOptionsError(
                 f"{where}: field names are 1 to {MAX_ID} characters of text "
-                "(no lone UTF-16 surrogates)"
+                "(no control characters or lone UTF-16 surrogates)"
             )
         if attributes and key in ITEM_FIELDS:
             raise InvalidOptionsError(
@@ -200,7 +200,7 @@ def _check_values(data: Mapping[str, Any], where: str, *, attributes: bool = Fal
         if isinstance(value, str) and (len(value) > MAX_VALUE or text_problem(value)):
             raise InvalidOptionsError(
                 f"{where}: a field value is text of at most {MAX_VALUE} characters "
-                "(no lone UTF-16 surrogates)"
+                "(no control characters or lone UTF-16 surrogates)"
             )
         number = isinstance(value, int | float) and not isinstance(value, bool)
         if number and not -MAX_NUMBER < value < MAX_NUMBER:  # NaN compares false: refused

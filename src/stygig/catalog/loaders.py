@@ -36,7 +36,15 @@ from typing import Any, TextIO
 from urllib.parse import unquote, urlparse
 
 from stygig import storage
-from stygig.catalog.schema import SURROGATE, Item, Reject, count_by_reason, id_problem
+from stygig.catalog.schema import (
+    CONTROL,
+    MAX_ID,
+    SURROGATE,
+    Item,
+    Reject,
+    count_by_reason,
+    id_problem,
+)
 from stygig.catalog.taxonomy import Taxonomy
 from stygig.errors import CatalogError
 from stygig.storage import is_remote
@@ -246,7 +254,8 @@ def _generic(row: dict[str, str | None], taxonomy: Taxonomy, images_dir: Path) -
     if category is None:
         raise RowError("unknown_category", f"category {native!r} is not in the taxonomy")
     known = (*_GENERIC_FIELDS, *STOCK_FIELDS)
-    extras = {k: c for k, v in row.items() if k not in known and (c := _clean(v))}
+    # An unnamed column (a header's trailing comma) is no attribute anyone can filter on.
+    extras = {k: c for k, v in row.items() if k.strip() and k not in known and (c := _clean(v))}
     return Item(
         id=item_id,
         image=image,
@@ -670,7 +679,13 @@ def _read_catalog_file(
             if any(v is not None and len(v) > MAX_VALUE for v in row.values()):
                 # Every answer and catalogue page that shows the item would carry it.
                 raise RowError("bad_value", f"a field is over {MAX_VALUE:,} characters")
-            item = convert(row, taxonomy, images)
+            if any(len(k) > MAX_ID for k in row):  # a column name: an attribute of every item
+                raise RowError("bad_value", f"a column name is over {MAX_ID} characters")
+            item = convert(row, taxonomy, images)  # the id's own rule first, then the text's
+            if any(CONTROL.search(f"{k}\n{v or ''}") for k, v in row.items()):
+                raise RowError(
+                    "bad_value", "a field holds a control character (an escape sequence, NUL)"
+                )
             if item.id in result.rows:
                 # The first row of an id is the one built, even if its photo then fails to
                 # decode: say which row that is (review, session 36).

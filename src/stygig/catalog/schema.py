@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "CONTROL",
     "MAX_ID",
     "REJECT_REASONS",
     "SURROGATE",
@@ -16,6 +17,7 @@ __all__ = [
     "Reject",
     "count_by_reason",
     "id_problem",
+    "shown",
     "text_problem",
 ]
 
@@ -61,15 +63,39 @@ def id_problem(value: str) -> str | None:
             "an id may not hold '/', '\\', control characters, bidirectional overrides, "
             "zero-width spaces, line separators or lone surrogates"
         )
+    if not unicodedata.is_normalized("NFC", value):
+        # "café" composed and decomposed print alike: two such ids were two items (review,
+        # session 40). One form, so an id that looks the same is the same.
+        return "an id is in Unicode normal form C (composed: 'é', not 'e' + U+0301)"
     return None
+
+
+#: Control characters catalogue text may not hold: C0 but tab and line ends, DEL, C1 but NEL
+#: (U+0085, a line end of its own). An escape sequence in an item's name retitled, cleared or
+#: wrote the clipboard of the terminal of an operator who printed an answer (review, session
+#: 40); NUL ends a C string.
+CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f]")
 
 
 def text_problem(value: str) -> str | None:
     """Why ``value`` cannot be catalogue text (``None``: it can): a lone surrogate, which
-    no answer could encode."""
+    no answer could encode, or a control character (:data:`CONTROL`)."""
     if SURROGATE.search(value):
         return "text holds a lone UTF-16 surrogate (not a character)"
+    if CONTROL.search(value):
+        return "text holds a control character (an escape sequence, NUL)"
     return None
+
+
+def shown(text: str) -> str:
+    """``text`` as a terminal shows it, never as a command: control characters and the marks
+    that reorder text on screen (bidi overrides and isolates, direction marks, line and
+    paragraph separators) written as ``\\uXXXX`` (for text read before :data:`CONTROL`
+    was refused, and a rejected row's own text)."""
+    return _UNSEEN.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+_UNSEEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 
 
 @dataclass(frozen=True)
