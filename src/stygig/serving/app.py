@@ -86,7 +86,13 @@ from stygig.serving.catalog_changes import make_changes_router, read_pointer, wa
 from stygig.serving.catalog_command import CatalogSettings
 from stygig.serving.logging import ACCESS_LOGGER, request_id
 from stygig.serving.metrics import CONTENT_TYPE, ServerMetrics, method_label
-from stygig.serving.responses import ERROR_RESPONSES, JSON, error_response, json_response
+from stygig.serving.responses import (
+    ERROR_RESPONSES,
+    JSON,
+    error_response,
+    get_and_head,
+    json_response,
+)
 from stygig.threads import limit_this_thread
 
 __all__ = ["ModelService", "ServerConfig", "create_app"]
@@ -1179,9 +1185,7 @@ def _routes(
         parsed = await parse_request(request, service, multipart=multipart)
         return Response(await service.answer(parsed), media_type=JSON)
 
-    @app.api_route(
-        "/ping", methods=["GET", "HEAD"], tags=["sagemaker"], summary="SageMaker health check"
-    )
+    @get_and_head(app, "/ping", tags=["sagemaker"], summary="SageMaker health check")
     async def ping() -> Response:
         if not service.ready:
             return error_response(OverloadedError("the model is loading", code="not_ready"))
@@ -1267,9 +1271,7 @@ def _routes(
         parsed = rq.ParsedRequest(Query(item_ids=(item_id,)), options)
         return Response(await service.answer(parsed), media_type=JSON)
 
-    @app.api_route(
-        "/healthz", methods=["GET", "HEAD"], tags=["ops"], summary="Liveness: the process answers"
-    )
+    @get_and_head(app, "/healthz", tags=["ops"], summary="Liveness: the process answers")
     async def healthz() -> Response:
         return json_response({"status": "alive", "ready": service.ready})
 

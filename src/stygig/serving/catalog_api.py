@@ -50,7 +50,7 @@ from stygig.errors import (
 )
 from stygig.images import read_header
 from stygig.response import item_view
-from stygig.serving.responses import JSON, json_bytes, json_response
+from stygig.serving.responses import JSON, get_and_head, json_bytes, json_response
 from stygig.thumbnails import ItemImages
 
 if TYPE_CHECKING:
@@ -391,9 +391,9 @@ def make_catalog_router(service: ModelService) -> APIRouter:
             return Response(status_code=304, headers=headers)
         return Response(body, media_type=_STATIC[name], headers=headers)
 
-    @router.api_route(
+    @get_and_head(
+        router,
         "/v1/items/{item_id}/image",
-        methods=["GET", "HEAD"],
         tags=["catalogue"],
         summary="The item's thumbnail (JPEG), made at build time",
         responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "unknown item"}},
@@ -458,9 +458,9 @@ def make_catalog_router(service: ModelService) -> APIRouter:
     async def example_list() -> Response:
         return json_response({"examples": [e.card() for e in examples.values()]})
 
-    @router.api_route(
+    @get_and_head(
+        router,
         "/v1/examples/{name}",
-        methods=["GET", "HEAD"],
         tags=["catalogue"],
         summary="One example photo, by a name from /v1/examples",
         responses={200: {"content": {t: {} for t in sorted(set(_EXAMPLE_TYPES.values()))}}},

@@ -33,6 +33,7 @@ from fastapi.responses import Response
 from stygig.catalog.changes import (
     JSON_VALUES_PER_CHANGE,
     MAX_CHANGES,
+    MAX_FIELDS,
     ChangeRequest,
     parse_change,
     parse_changes_jsonl,
@@ -101,6 +102,106 @@ def version_body(service: ModelService, since: int | None = None) -> dict[str, A
     return body
 
 
+_FIELDS = {
+    "type": "object",
+    "maxProperties": MAX_FIELDS,
+    "description": "catalogue fields (name, category, gender, price, brand, available, stock, "
+    "...) and an 'attributes' object; text of at most 2,000 characters, no control characters",
+    "additionalProperties": {"type": ["string", "number", "boolean", "object", "null"]},
+}
+_CHANGE = {
+    "oneOf": [
+        {
+            "type": "object",
+            "description": "add an item, or replace the item of that id (with a new photo)",
+            "required": ["op", "item"],
+            "properties": {
+                "op": {"const": "add"},
+                "item": {**_FIELDS, "required": ["id", "category"]},
+                "image_b64": {"type": "string", "description": "the photo, base64"},
+                "image": {
+                    "type": "string",
+                    "description": "or the photo's location, within the folders or S3 prefixes "
+                    "the operator allowed (serve --catalog-photos)",
+                },
+            },
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "description": "change fields of an item (not its id or photo)",
+            "required": ["op", "id", "set"],
+            "properties": {"op": {"const": "update"}, "id": {"type": "string"}, "set": _FIELDS},
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "description": "take an item out of the catalogue",
+            "required": ["op", "id"],
+            "properties": {"op": {"const": "remove"}, "id": {"type": "string"}},
+            "additionalProperties": False,
+        },
+    ]
+}
+#: The change route's body and answer in the OpenAPI document (review, session 40: it had no
+#: request body at all).
+CHANGES_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            JSON: {
+                "schema": {
+                    "oneOf": [
+                        _CHANGE,
+                        {
+                            "type": "object",
+                            "required": ["changes"],
+                            "properties": {
+                                "changes": {
+                                    "type": "array",
+                                    "items": _CHANGE,
+                                    "minItems": 1,
+                                    "maxItems": MAX_CHANGES,
+                                }
+                            },
+                            "additionalProperties": False,
+                        },
+                    ]
+                }
+            },
+            **{
+                kind: {
+                    "schema": {
+                        "type": "string",
+                        "description": f"one change object per line, at most {MAX_CHANGES}",
+                    }
+                }
+                for kind in _JSONL
+            },
+        },
+    }
+}
+CHANGES_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the changes are applied and logged",
+        "content": {
+            JSON: {
+                "schema": {
+                    "type": "object",
+                    "required": ["sequence", "catalog_version", "applied", "items"],
+                    "properties": {
+                        "sequence": {"type": "integer", "description": "the log's last record"},
+                        "catalog_version": {"type": "string"},
+                        "applied": {"type": "integer"},
+                        "items": {"type": "integer", "description": "items in the catalogue"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
 def make_changes_router(service: ModelService) -> APIRouter:
     """The change, version and reload routes."""
     router = APIRouter()
@@ -110,6 +211,8 @@ def make_changes_router(service: ModelService) -> APIRouter:
         "/v1/catalog/changes",
         tags=["catalogue"],
         summary="Add, replace, remove or update items while serving (single or JSON Lines)",
+        openapi_extra=CHANGES_DOC,
+        responses=CHANGES_RESPONSE,
     )
     async def changes(request: Request) -> Response:
         service.require()

@@ -3,15 +3,41 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import Response
 from pydantic import BaseModel
 
 from stygig.errors import StygigError
 
-__all__ = ["ERROR_RESPONSES", "JSON", "ErrorBody", "error_response", "json_bytes", "json_response"]
+__all__ = [
+    "ERROR_RESPONSES",
+    "JSON",
+    "ErrorBody",
+    "error_response",
+    "get_and_head",
+    "json_bytes",
+    "json_response",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def get_and_head(router: APIRouter | FastAPI, path: str, **kwargs: Any) -> Callable[[F], F]:
+    """Route GET ``path`` (documented) and HEAD (answered by the same handler, left out of the
+    OpenAPI document). One route of both methods gave both operations one ``operationId``,
+    which OpenAPI forbids (FastAPI warned, and /openapi.json was a 500 where warnings are
+    errors: review, session 40)."""
+
+    def register(handler: F) -> F:
+        router.api_route(path, methods=["GET"], **kwargs)(handler)
+        router.api_route(path, methods=["HEAD"], **{**kwargs, "include_in_schema": False})(handler)
+        return handler
+
+    return register
+
 
 JSON = "application/json"
 
