@@ -21,6 +21,7 @@ from pydantic import TypeAdapter
 __all__ = [
     "TIMING_NAMES",
     "ArtifactRef",
+    "CatalogItem",
     "GenderDecision",
     "HeadScore",
     "HeadVote",
@@ -37,6 +38,7 @@ __all__ = [
     "ScoringKind",
     "Timings",
     "answer_schema",
+    "catalog_item_schema",
     "outfit_score_schema",
 ]
 
@@ -138,6 +140,26 @@ class ItemView:
     hsl: list[float]  # hue in degrees [0, 360), saturation and lightness in [0, 1]
     color_name: str
     available: bool  # the shop can sell it now (not sold out, not withdrawn)
+
+
+@dataclass(slots=True)
+class CatalogItem(ItemView):
+    """``GET /v1/items/{id}``: the item as answers show it, and what only that route shows."""
+
+    usage: str | None
+    season: str | None
+    stock: int | None  # units in stock, when the shop says
+    attributes: dict[str, str]
+    image_url: str  # the thumbnail route (the catalogue's own image path is the server's)
+    color: dict[str, Any]  # the photo's colour summary, measured at build time
+    catalog_version: str
+
+
+def catalog_item_schema() -> dict[str, Any]:
+    """JSON Schema of :class:`CatalogItem` (for OpenAPI), from the type that writes it."""
+    schema = TypeAdapter(CatalogItem).json_schema(ref_template="#/components/schemas/{model}")
+    schema["title"] = "CatalogItem"
+    return schema
 
 
 @dataclass(slots=True)

@@ -272,8 +272,19 @@ def test_rest_api(client: httpx.Client, sample: tuple[Path, Path]) -> None:
     assert client.get("/readyz").status_code == 200
     assert client.get("/docs").status_code == 404  # off unless --docs (its scripts: a CDN)
     assert client.get("/openapi.json").status_code == 200
-    paths = client.get("/openapi.json").json()["paths"]
+    document = client.get("/openapi.json").json()
+    paths = document["paths"]
     assert {"/ping", "/invocations", "/v1/recommend", "/v1/items/{item_id}"} <= set(paths)
+    # The item's answer validates, closed, against its documented schema (review, s40: {}).
+    documented = paths["/v1/items/{item_id}"]["get"]["responses"]["200"]["content"]
+    schema = {
+        **document["components"]["schemas"]["CatalogItem"],
+        "additionalProperties": False,
+        "components": document["components"],
+    }
+    assert documented["application/json"]["schema"] == {"$ref": "#/components/schemas/CatalogItem"}
+    errors = [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(item.json())]
+    assert not errors, errors
 
 
 def test_request_ids_are_echoed_and_logged(client: httpx.Client, server: Server) -> None:

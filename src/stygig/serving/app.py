@@ -50,7 +50,13 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stygig import __version__
-from stygig.answer import Recommendation, answer_schema, outfit_score_schema
+from stygig.answer import (
+    CatalogItem,
+    Recommendation,
+    answer_schema,
+    catalog_item_schema,
+    outfit_score_schema,
+)
 from stygig.catalog.changelog import ChangeLog
 from stygig.engine import Options, Query, Recommender, load_artifact_encoder
 from stygig.errors import (
@@ -876,6 +882,10 @@ class _BodyReader:
         return message
 
 
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
 _IMAGE_BODY = {"schema": {"type": "string", "format": "binary"}}
 _ANSWER_REF = {"$ref": "#/components/schemas/Recommendation"}
 _OUTFIT_SCORE_DOC: dict[str, Any] = {
@@ -912,6 +922,7 @@ def _with_schemas(app: FastAPI) -> None:
                 ("Options", options_schema()),
                 ("OutfitScore", outfit_score_schema()),
                 ("OutfitScoreRequest", outfit_request_schema()),
+                ("CatalogItem", catalog_item_schema()),
             ):
                 schemas.update(schema.pop("$defs", {}))
                 schemas[name] = schema
@@ -1238,24 +1249,29 @@ def _routes(
         body = await request.body()
         return Response(await service.score_outfit(body), media_type=JSON)
 
-    @app.get("/v1/items/{item_id}", tags=["catalogue"], summary="One catalogue item")
+    @app.get(
+        "/v1/items/{item_id}",
+        tags=["catalogue"],
+        summary="One catalogue item",
+        responses={200: {"content": {JSON: {"schema": _ref("CatalogItem")}}}},
+    )
     async def item(item_id: str) -> Response:
         snap = service.require().snapshot  # one catalogue state for the whole answer
         pos = snap.columns.position(item_id)
         item = snap.artifact.items[pos]
         # The answer's item fields, then what only this route shows; the catalogue's image path
         # is the server's business: clients get the thumbnail route.
-        data = {
+        data = CatalogItem(
             **asdict(item_view(snap.columns, pos)),
-            "usage": item.usage,
-            "season": item.season,
-            "stock": item.stock,
-            "attributes": item.attributes,
-            "image_url": image_url(item_id),
-            "color": snap.artifact.colors[pos],
-            "catalog_version": snap.catalog_version,
-        }
-        return json_response(data)
+            usage=item.usage,
+            season=item.season,
+            stock=item.stock,
+            attributes=item.attributes,
+            image_url=image_url(item_id),
+            color=snap.artifact.colors[pos],
+            catalog_version=snap.catalog_version,
+        )
+        return json_response(asdict(data))
 
     @app.get(
         "/v1/items/{item_id}/recommendations",
