@@ -36,6 +36,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -50,6 +51,7 @@ from tqdm import tqdm
 
 from stygig import storage
 from stygig.catalog import Item, Reject, read_catalog
+from stygig.catalog.schema import SURROGATE
 from stygig.engine import Options, Query, Recommender
 from stygig.errors import BatchError, InputError, InvalidOptionsError, StygigError
 from stygig.features import fetch_photo
@@ -89,6 +91,22 @@ class BatchInput:
 # -- inputs ---------------------------------------------------------------------------------------
 
 
+def safe_text(text: str) -> str:
+    """``text`` as UTF-8 can carry it (a Parquet column, a strict JSON reader): a byte of a
+    file name that is not UTF-8 (read by Python as a lone surrogate, ``surrogateescape``) as
+    ``\\xNN``, any other lone surrogate as ``\\uNNNN``; text without them as it is. The same
+    name always gives the same text, so a rerun keys its inputs alike (review, session 40: one
+    such photo name made a Parquet output impossible to finish)."""
+    if not SURROGATE.search(text):
+        return text
+
+    def escaped(m: re.Match[str]) -> str:
+        c = ord(m.group())
+        return f"\\x{c - 0xDC00:02x}" if 0xDC80 <= c <= 0xDCFF else f"\\u{c:04x}"
+
+    return SURROGATE.sub(escaped, text)
+
+
 def _remote_photos(src: str) -> list[str]:
     """The photos under an S3 prefix; none is a mistake (a mistyped prefix, a file of another
     kind), not an empty run recorded as complete."""
@@ -115,7 +133,9 @@ def _photo_inputs(src: str, names: list[str] | None = None) -> Iterator[BatchInp
         for name in sorted(files):
             if name.lower().endswith(IMAGE_SUFFIXES):
                 path = Path(folder) / name
-                yield BatchInput(i, path.relative_to(root).as_posix(), str(path), (str(path),))
+                key, source = path.relative_to(root).as_posix(), str(path)
+                # Keyed by its name as text (a byte that is not UTF-8 escaped); read by path.
+                yield BatchInput(i, safe_text(key), safe_text(source), (source,))
                 i += 1
 
 
@@ -169,6 +189,14 @@ def _manifest_inputs(src: str) -> Iterator[BatchInput]:
             row = json.loads(line)
             if not isinstance(row, dict):
                 raise InvalidOptionsError("a manifest line must be a JSON object")
+            # A lone surrogate ("\ud800", legal JSON syntax) is no text: no output can carry
+            # it as an id, an option or a path (the line was decoded with replacement, so
+            # only a \u escape can make one).
+            if "\\u" in line and SURROGATE.search(json.dumps(row, ensure_ascii=False)):
+                raise InvalidOptionsError(
+                    f"line {i + 1} holds a lone UTF-16 surrogate escape (not text)",
+                    code="malformed_json",
+                )
             given = row.get("id")
             if isinstance(given, int) and not isinstance(given, bool):
                 given = str(given)
@@ -318,9 +346,11 @@ class Record:
 
 def input_record(inp: BatchInput, result: bytes | StygigError) -> Record:
     """The output line for one input: its answer, or its error."""
-    base = json.dumps({"index": inp.index, "id": inp.key, "source": inp.source})[:-1]
+    # Every string as UTF-8 text (no lone surrogate reaches a JSONL or Parquet output).
+    head = {"index": inp.index, "id": safe_text(inp.key), "source": safe_text(inp.source)}
+    base = json.dumps(head)[:-1]
     if isinstance(result, StygigError):
-        error = {"code": result.code, "message": result.message}
+        error = {"code": safe_text(result.code), "message": safe_text(result.message)}
         line = f'{base}, "status": "error", "error": {json.dumps(error)}}}'
         return Record(inp.index, line, result.code)
     # The answer's own JSON bytes, as the API sends them: serialised once.
@@ -523,17 +553,25 @@ class ParquetSink:
                     rec = r.get("recommendation")
                     err = r.get("error") or {}
                     columns["index"].append(r["index"])
-                    columns["id"].append(r["id"])
-                    columns["source"].append(r.get("source"))
-                    columns["status"].append(r["status"])
+                    columns["id"].append(_text(r["id"]))
+                    columns["source"].append(_text(r.get("source")))
+                    columns["status"].append(_text(r["status"]))
                     outfit = (rec or {}).get("outfit") or {}
-                    columns["outfit_item_ids"].append(outfit.get("item_ids", []))
-                    columns["error_code"].append(err.get("code"))
-                    columns["error_message"].append(err.get("message"))
+                    columns["outfit_item_ids"].append(
+                        [_text(x) for x in outfit.get("item_ids", [])]
+                    )
+                    columns["error_code"].append(_text(err.get("code")))
+                    columns["error_message"].append(_text(err.get("message")))
                     columns["recommendation"].append(json.dumps(rec) if rec else None)
                 writer.write_table(pa.table(columns, schema=schema))
         os.replace(tmp, self.path)
         shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def _text(value: Any) -> Any:
+    """A staged string as Parquet can hold it (:func:`safe_text`): parts staged before
+    records were made safe held lone surrogates, and the conversion failed on every rerun."""
+    return safe_text(value) if isinstance(value, str) else value
 
 
 def open_sink(dst: str, part_size: int = 1000) -> Sink:
