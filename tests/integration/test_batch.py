@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -426,3 +428,100 @@ def test_a_parquet_run_staged_with_names_that_are_not_text_finishes(
     (row,) = pq.read_table(out).to_pylist()
     assert row["id"] == "bad\\xffname.jpg" and row["status"] == "ok"
     assert not staging.exists()
+
+
+# A real `stygig batch` process held before its first input is read, until the test writes a
+# line to its stdin: "started" on its stdout says it holds its output (review, session 40).
+_HELD_RUN = """
+import sys, threading
+import stygig.batch as batch
+from stygig.cli import main
+
+real, gate, opened = batch.prepare_input, threading.Lock(), []
+
+
+def held(*args, **kwargs):
+    with gate:
+        if not opened:
+            print("started", flush=True)
+            sys.stdin.readline()
+            opened.append(True)
+    return real(*args, **kwargs)
+
+
+batch.prepare_input = held
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@contextlib.contextmanager
+def _held_run(argv: list[str]) -> Iterator[subprocess.Popen[str]]:
+    """A batch process started and held at its first input (its output's lock taken); killed
+    on the way out if it still runs."""
+    with subprocess.Popen(
+        [sys.executable, "-c", _HELD_RUN, *argv],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as process:
+        try:
+            assert process.stdout is not None
+            line = process.stdout.readline()  # the run's own word, or EOF if it failed first
+            assert line == "started\n", f"the held run exited with {process.wait(30)}"
+            yield process
+        finally:
+            process.kill()
+
+
+def test_a_second_run_of_a_run_in_progress_is_refused(
+    sample: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review, session 40: two runs of the same command at once (an overlapping nightly cron
+    entry) both resumed the same record, both appended every record and both said complete.
+    The second is refused (exit 8) while the first lives, --overwrite included, and nothing
+    of the first is touched; once it ends, however it ends (kill -9 too), a run goes on."""
+    _, artifact = sample
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(
+        "".join(json.dumps({"id": f"q{i}", "item_ids": ["sku-0001"]}) + "\n" for i in range(40))
+    )
+    for name in ("out.jsonl", "out.parquet"):
+        out = tmp_path / name
+        argv = ["batch", "--artifact", str(artifact), "--input", str(manifest), "--output"]
+        argv += [str(out), "--quiet", "--batch-size", "8"]
+        with _held_run(argv) as first:
+            sidecar = Path(f"{out}.batch.json").read_bytes()
+            for extra in ([], ["--overwrite"]):
+                assert batch_main([*argv, *extra]) == 8
+                err = capsys.readouterr().err
+                assert f"another batch run is writing {out} now" in err
+                assert Path(f"{out}.batch.json").read_bytes() == sidecar
+            assert not out.exists() or out.read_bytes() == b""  # the first is held: no record
+            assert first.stdin is not None
+            first.stdin.write("go\n")
+            first.stdin.flush()
+            assert first.wait(120) == 0
+        if name.endswith(".jsonl"):
+            indexes = [r["index"] for r in _records(out)]
+        else:
+            import pyarrow.parquet as pq
+
+            indexes = [r["index"] for r in pq.read_table(out).to_pylist()]
+        assert indexes == list(range(40))  # each exactly once
+        assert not Path(f"{out}.batch.lock").exists()
+        assert batch_main(argv) == 0  # the same run, complete: nothing to do
+        assert "written now: 0" in capsys.readouterr().out
+
+    # Killed while it holds the output: the kernel lets go, and the next run resumes it.
+    out = tmp_path / "killed.jsonl"
+    argv = ["batch", "--artifact", str(artifact), "--input", str(manifest), "--output"]
+    argv += [str(out), "--quiet"]
+    with _held_run(argv) as first:
+        first.send_signal(signal.SIGKILL)
+        assert first.wait(30) == -signal.SIGKILL
+    assert Path(f"{out}.batch.lock").exists()  # left by the kill: it holds nothing
+    assert batch_main(argv) == 0
+    assert [r["index"] for r in _records(out)] == list(range(40))
+    assert not Path(f"{out}.batch.lock").exists()
