@@ -27,15 +27,18 @@ Resume: the output itself says what is done. A JSONL file is scanned (a torn las
 off) and finished indexes are skipped; parts of a prefix cover fixed index ranges and are written
 whole (atomic puts), so an existing part is done and a missing one is redone. A sidecar
 ``<DST>.batch.json`` (``_batch.json`` inside a prefix) records the run's arguments, so a rerun
-with other arguments is refused instead of mixing two runs.
+with other arguments is refused instead of mixing two runs. A run into a local output holds its
+:class:`RunLock`, so a second run of it at once is refused instead of writing every record twice.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -44,12 +47,13 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from tqdm import tqdm
 
 from stygig import storage
 from stygig.catalog import Item, Reject, read_catalog
+from stygig.catalog.schema import SURROGATE
 from stygig.engine import Options, Query, Recommender
 from stygig.errors import BatchError, InputError, InvalidOptionsError, StygigError
 from stygig.features import fetch_photo
@@ -59,6 +63,8 @@ from stygig.recommendation import check_json_values
 __all__ = [
     "BatchInput",
     "BatchSummary",
+    "RunInProgressError",
+    "RunLock",
     "input_record",
     "iter_inputs",
     "open_sink",
@@ -89,6 +95,22 @@ class BatchInput:
 # -- inputs ---------------------------------------------------------------------------------------
 
 
+def safe_text(text: str) -> str:
+    """``text`` as UTF-8 can carry it (a Parquet column, a strict JSON reader): a byte of a
+    file name that is not UTF-8 (read by Python as a lone surrogate, ``surrogateescape``) as
+    ``\\xNN``, any other lone surrogate as ``\\uNNNN``; text without them as it is. The same
+    name always gives the same text, so a rerun keys its inputs alike (review, session 40: one
+    such photo name made a Parquet output impossible to finish)."""
+    if not SURROGATE.search(text):
+        return text
+
+    def escaped(m: re.Match[str]) -> str:
+        c = ord(m.group())
+        return f"\\x{c - 0xDC00:02x}" if 0xDC80 <= c <= 0xDCFF else f"\\u{c:04x}"
+
+    return SURROGATE.sub(escaped, text)
+
+
 def _remote_photos(src: str) -> list[str]:
     """The photos under an S3 prefix; none is a mistake (a mistyped prefix, a file of another
     kind), not an empty run recorded as complete."""
@@ -115,7 +137,9 @@ def _photo_inputs(src: str, names: list[str] | None = None) -> Iterator[BatchInp
         for name in sorted(files):
             if name.lower().endswith(IMAGE_SUFFIXES):
                 path = Path(folder) / name
-                yield BatchInput(i, path.relative_to(root).as_posix(), str(path), (str(path),))
+                key, source = path.relative_to(root).as_posix(), str(path)
+                # Keyed by its name as text (a byte that is not UTF-8 escaped); read by path.
+                yield BatchInput(i, safe_text(key), safe_text(source), (source,))
                 i += 1
 
 
@@ -169,6 +193,14 @@ def _manifest_inputs(src: str) -> Iterator[BatchInput]:
             row = json.loads(line)
             if not isinstance(row, dict):
                 raise InvalidOptionsError("a manifest line must be a JSON object")
+            # A lone surrogate ("\ud800", legal JSON syntax) is no text: no output can carry
+            # it as an id, an option or a path (the line was decoded with replacement, so
+            # only a \u escape can make one).
+            if "\\u" in line and SURROGATE.search(json.dumps(row, ensure_ascii=False)):
+                raise InvalidOptionsError(
+                    f"line {i + 1} holds a lone UTF-16 surrogate escape (not text)",
+                    code="malformed_json",
+                )
             given = row.get("id")
             if isinstance(given, int) and not isinstance(given, bool):
                 given = str(given)
@@ -318,9 +350,11 @@ class Record:
 
 def input_record(inp: BatchInput, result: bytes | StygigError) -> Record:
     """The output line for one input: its answer, or its error."""
-    base = json.dumps({"index": inp.index, "id": inp.key, "source": inp.source})[:-1]
+    # Every string as UTF-8 text (no lone surrogate reaches a JSONL or Parquet output).
+    head = {"index": inp.index, "id": safe_text(inp.key), "source": safe_text(inp.source)}
+    base = json.dumps(head)[:-1]
     if isinstance(result, StygigError):
-        error = {"code": result.code, "message": result.message}
+        error = {"code": safe_text(result.code), "message": safe_text(result.message)}
         line = f'{base}, "status": "error", "error": {json.dumps(error)}}}'
         return Record(inp.index, line, result.code)
     # The answer's own JSON bytes, as the API sends them: serialised once.
@@ -523,17 +557,25 @@ class ParquetSink:
                     rec = r.get("recommendation")
                     err = r.get("error") or {}
                     columns["index"].append(r["index"])
-                    columns["id"].append(r["id"])
-                    columns["source"].append(r.get("source"))
-                    columns["status"].append(r["status"])
+                    columns["id"].append(_text(r["id"]))
+                    columns["source"].append(_text(r.get("source")))
+                    columns["status"].append(_text(r["status"]))
                     outfit = (rec or {}).get("outfit") or {}
-                    columns["outfit_item_ids"].append(outfit.get("item_ids", []))
-                    columns["error_code"].append(err.get("code"))
-                    columns["error_message"].append(err.get("message"))
+                    columns["outfit_item_ids"].append(
+                        [_text(x) for x in outfit.get("item_ids", [])]
+                    )
+                    columns["error_code"].append(_text(err.get("code")))
+                    columns["error_message"].append(_text(err.get("message")))
                     columns["recommendation"].append(json.dumps(rec) if rec else None)
                 writer.write_table(pa.table(columns, schema=schema))
         os.replace(tmp, self.path)
         shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def _text(value: Any) -> Any:
+    """A staged string as Parquet can hold it (:func:`safe_text`): parts staged before
+    records were made safe held lone surrogates, and the conversion failed on every rerun."""
+    return safe_text(value) if isinstance(value, str) else value
 
 
 def open_sink(dst: str, part_size: int = 1000) -> Sink:
@@ -569,14 +611,112 @@ def run_record(
     }
 
 
-def start_run(dst: str, run: dict[str, Any], overwrite: bool) -> BatchSummary | None:
-    """The summary of this same run when it already completed (nothing to do); else the run is
-    recorded as started and ``None`` returned. A different earlier run is refused."""
+class RunInProgressError(StygigError):
+    """Another run is writing this output now (exit 8: try again once it has finished)."""
+
+    http_status = 409
+    exit_code = 8
+    code = "run_in_progress"
+
+
+class RunLock:
+    """A run's hold on its local output: an exclusive ``flock`` on ``<DST>.batch.lock``, taken
+    before the run's record is read and kept until the record says complete or the run stops.
+    A second run of the same output meanwhile (an overlapping cron entry) is refused with
+    :class:`RunInProgressError` instead of appending every record a second time (review,
+    session 40). The kernel drops the lock when the process ends, however it ends (``kill -9``
+    included), so no stale file ever refuses a run. An ``s3://`` output has none: its parts are
+    whole, idempotent writes (two runs at once write each part twice, with the same records).
+    """
+
+    def __init__(self, path: Path | None = None, file: BinaryIO | None = None) -> None:
+        self.path = path
+        self._file = file  # a file object: a lock never let go is dropped when it is collected
+
+    @classmethod
+    def take(cls, dst: str) -> RunLock:
+        """The lock of ``dst``, held; :class:`RunInProgressError` when another run holds it."""
+        if storage.is_remote(dst):
+            return cls()
+        _refuse_folder(dst)  # before anything is made there
+        path = Path(f"{dst}.batch.lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise RunInProgressError(
+                    f"another batch run is writing {dst} now; run this command again once "
+                    "it has finished (it resumes or finds the run complete)"
+                ) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            # The run that held it removes the file as it lets go: a lock taken on a removed
+            # file holds nothing, so it is taken again on the file the name leads to now.
+            try:
+                if os.path.samestat(os.fstat(fd), os.stat(path)):
+                    return cls(path, os.fdopen(fd, "r+b", buffering=0))
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+
+    def release(self) -> None:
+        """Let go (once; later calls do nothing). The file goes first, while still held."""
+        if self._file is None:
+            return
+        file, self._file = self._file, None
+        try:
+            if self.path is not None:
+                self.path.unlink(missing_ok=True)
+        finally:
+            file.close()
+
+
+class _LockedSink:
+    """A run's sink that lets go of the run's :class:`RunLock` when it is closed without the
+    run completing, or fails to close; a completed run's lock is let go once its record says
+    so (:meth:`Tally.finish`). Every runner closes its sink in a ``finally``."""
+
+    def __init__(self, sink: Sink, lock: RunLock) -> None:
+        self.inner = sink
+        self.location = sink.location
+        self.lock = lock
+
+    def done(self) -> set[int]:
+        """Indexes already in the output."""
+        return self.inner.done()
+
+    def write(self, records: Sequence[tuple[int, str]]) -> None:
+        """Append records."""
+        self.inner.write(records)
+
+    def close(self, complete: bool) -> None:
+        """Close the output; let go of the lock unless the run completed."""
+        try:
+            self.inner.close(complete)
+        except BaseException:
+            self.lock.release()
+            raise
+        if not complete:
+            self.lock.release()
+
+
+def _refuse_folder(dst: str) -> None:
     if not storage.is_remote(dst) and (dst.endswith(("/", os.sep)) or Path(dst).is_dir()):
         raise BatchError(
             f"--output {dst} is a folder: a local output is a .jsonl or .parquet file "
             "(a folder of parts is an s3:// prefix)"
         )
+
+
+def start_run(dst: str, run: dict[str, Any], overwrite: bool) -> BatchSummary | None:
+    """The summary of this same run when it already completed (nothing to do); else the run is
+    recorded as started and ``None`` returned. A different earlier run is refused. Called with
+    the output's :class:`RunLock` held (:func:`begin_run`)."""
+    _refuse_folder(dst)
     earlier = _check_run(dst, run, overwrite)
     if earlier is not None and earlier.get("complete") and not _output_present(dst, earlier):
         log.warning("%s: the completed run's output is gone or cut short; running it again", dst)
@@ -796,6 +936,7 @@ class Tally:
     errors: int = 0
     errors_by_code: dict[str, int] = field(default_factory=dict)
     started: float = field(init=False)
+    lock: RunLock | None = None  # the output's, held until the run's record is written
 
     def __post_init__(self) -> None:
         self.done = self.sink.done()
@@ -821,19 +962,23 @@ class Tally:
 
     def finish(self, complete: bool) -> BatchSummary:
         """The run's summary, recorded beside the output when ``complete``
-        (:func:`finish_run`); called once the sink is closed."""
-        return finish_run(
-            self.dst,
-            self.run,
-            self.sink.location,
-            total=self.seen if self.total is None else self.total,
-            processed=self.processed,
-            skipped=self.skipped,
-            errors=self.errors,
-            seconds=time.perf_counter() - self.started,
-            complete=complete,
-            errors_by_code=self.errors_by_code,
-        )
+        (:func:`finish_run`); called once the sink is closed. The output's lock is let go."""
+        try:
+            return finish_run(
+                self.dst,
+                self.run,
+                self.sink.location,
+                total=self.seen if self.total is None else self.total,
+                processed=self.processed,
+                skipped=self.skipped,
+                errors=self.errors,
+                seconds=time.perf_counter() - self.started,
+                complete=complete,
+                errors_by_code=self.errors_by_code,
+            )
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
 
 def checked_options(options: dict[str, Any] | None) -> dict[str, Any]:
@@ -887,15 +1032,25 @@ def begin_run(
     overwrite: bool,
     part_size: int,
     inputs: Callable[[], tuple[Iterator[BatchInput], int | None]],
+    lock: RunLock | None = None,
 ) -> Tally | BatchSummary:
     """Start the run ``run`` into ``dst`` (:func:`start_run`): its tally over ``inputs()``
     (listed only then) and its output, or the summary of this same run when it already
-    completed. Every runner starts here, whatever its run record."""
-    finished = start_run(dst, run, overwrite)
-    if finished is not None:
-        return finished
-    listed, total = inputs()
-    return Tally(dst, run, open_sink(dst, part_size), listed, total)
+    completed. Every runner starts here, whatever its run record. The output's
+    :class:`RunLock` (``lock``, already taken, or taken here) is held by the tally until the
+    run ends: another run of the same output at once is refused."""
+    held = lock if lock is not None else RunLock.take(dst)
+    try:
+        finished = start_run(dst, run, overwrite)
+        if finished is not None:
+            held.release()
+            return finished
+        listed, total = inputs()
+        sink = _LockedSink(open_sink(dst, part_size), held)
+        return Tally(dst, run, sink, listed, total, lock=held)
+    except BaseException:
+        held.release()
+        raise
 
 
 def run_batch(

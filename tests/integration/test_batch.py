@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -332,3 +334,194 @@ def test_answers_from_an_artifact_apply_its_change_log(
     assert [r["id"] for r in _records(old)] == [
         i.id for i in Recommender.from_path(artifact).artifact.items
     ]
+
+
+def _strict_records(path: Path) -> list[dict[str, object]]:
+    """A JSONL output as a strict reader takes it: UTF-8, no lone surrogate in any string."""
+    records = [json.loads(line) for line in path.read_bytes().decode("utf-8").splitlines()]
+    json.dumps(records, ensure_ascii=False).encode("utf-8")  # raises on a lone surrogate
+    return records
+
+
+def test_names_that_are_not_text_are_escaped_or_refused_and_the_run_finishes(
+    sample: tuple[Path, Path], rec: Recommender, tmp_path: Path
+) -> None:
+    """Review, session 40: a photo file name holding a byte that is not UTF-8, or a manifest
+    id "x\\ud800y", had every record computed, then the Parquet conversion failed
+    (UnicodeEncodeError, exit 1), and again on every rerun, --overwrite included; JSONL wrote
+    lone-surrogate escapes a strict reader refuses. The name is keyed with the byte escaped;
+    a manifest line holding a lone surrogate is that line's error record."""
+    catalog, _ = sample
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(catalog / "queries" / "blue-jeans.jpg", photos / "jeans.jpg")
+    with open(os.fsencode(photos) + b"/bad\xffname.jpg", "wb") as f:
+        f.write((catalog / "queries" / "blue-jeans.jpg").read_bytes())
+    for name in ("p.parquet", "p.jsonl"):
+        out = tmp_path / name
+        summary = run_batch(rec, str(photos), str(out), progress=False)
+        assert summary.complete and summary.processed == 2 and summary.errors == 0
+        assert run_batch(rec, str(photos), str(out), progress=False).skipped == 2  # complete
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "p.parquet").to_pylist()
+    assert [(r["id"], r["status"]) for r in table] == [
+        ("bad\\xffname.jpg", "ok"),  # the byte escaped; the photo read by its own name
+        ("jeans.jpg", "ok"),
+    ]
+    assert table[0]["source"] == f"{photos}/bad\\xffname.jpg"
+    records = _strict_records(tmp_path / "p.jsonl")
+    assert [(r["id"], r["status"]) for r in records] == [(r["id"], "ok") for r in table]
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(
+        '{"id": "ok", "item_ids": ["sku-0001"]}\n'
+        '{"id": "x\\ud800y", "item_ids": ["sku-0002"]}\n'
+        '{"id": "in-ids", "item_ids": ["sku-0001\\udcff"]}\n'
+        '{"id": "in-path", "image": "a\\udcff.jpg"}\n'
+        '{"id": "in-options", "item_ids": ["sku-0001"], "options": {"mode": "\\ud800"}}\n'
+        '{"id": "pair-\\ud83d\\ude00", "item_ids": ["sku-0003"]}\n',  # a pair is a character
+        encoding="utf-8",
+    )
+    out = tmp_path / "m.parquet"
+    summary = run_batch(rec, str(manifest), str(out), progress=False)
+    assert summary.complete and summary.processed == 6 and summary.errors == 4
+    rows = {r["id"]: r for r in pq.read_table(out).to_pylist()}
+    assert rows["ok"]["status"] == rows["pair-\U0001f600"]["status"] == "ok"
+    for line in (2, 3, 4, 5):
+        row = rows[f"line-{line}"]
+        assert (row["status"], row["error_code"]) == ("error", "malformed_json")
+        message = f"line {line} holds a lone UTF-16 surrogate escape (not text)"
+        assert row["error_message"] == message
+    jsonl = tmp_path / "m-out.jsonl"
+    run_batch(rec, str(manifest), str(jsonl), progress=False)
+    assert [r["id"] for r in _strict_records(jsonl)] == list(rows)
+
+
+def test_a_parquet_run_staged_with_names_that_are_not_text_finishes(
+    sample: tuple[Path, Path], rec: Recommender, tmp_path: Path
+) -> None:
+    """Review, session 40: parts staged before records were made text hold lone surrogates;
+    the run that resumes them converts them (escaped) instead of failing on every rerun."""
+    catalog, _ = sample
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    with open(os.fsencode(photos) + b"/bad\xffname.jpg", "wb") as f:
+        f.write((catalog / "queries" / "blue-jeans.jpg").read_bytes())
+    jsonl = tmp_path / "p.jsonl"
+    run_batch(rec, str(photos), str(jsonl), progress=False)
+    record = _records(jsonl)[0]
+    out = tmp_path / "p.parquet"
+    run_batch(rec, str(photos), str(out), progress=False)
+    # As a run before the fix left it: staged, not converted, the name as Python read it.
+    sidecar = Path(f"{out}.batch.json")
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "complete": False}))
+    out.unlink()
+    staged = {**record, "id": "bad\udcffname.jpg", "source": f"{photos}/bad\udcffname.jpg"}
+    staging = tmp_path / "p.parquet.parts"
+    staging.mkdir()
+    (staging / "part-000000000-000000001.jsonl").write_text(json.dumps(staged) + "\n")
+    summary = run_batch(rec, str(photos), str(out), progress=False)
+    assert summary.complete and summary.skipped == 1 and summary.processed == 0
+    import pyarrow.parquet as pq
+
+    (row,) = pq.read_table(out).to_pylist()
+    assert row["id"] == "bad\\xffname.jpg" and row["status"] == "ok"
+    assert not staging.exists()
+
+
+# A real `stygig batch` process held before its first input is read, until the test writes a
+# line to its stdin: "started" on its stdout says it holds its output (review, session 40).
+_HELD_RUN = """
+import sys, threading
+import stygig.batch as batch
+from stygig.cli import main
+
+real, gate, opened = batch.prepare_input, threading.Lock(), []
+
+
+def held(*args, **kwargs):
+    with gate:
+        if not opened:
+            print("started", flush=True)
+            sys.stdin.readline()
+            opened.append(True)
+    return real(*args, **kwargs)
+
+
+batch.prepare_input = held
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@contextlib.contextmanager
+def _held_run(argv: list[str]) -> Iterator[subprocess.Popen[str]]:
+    """A batch process started and held at its first input (its output's lock taken); killed
+    on the way out if it still runs."""
+    with subprocess.Popen(
+        [sys.executable, "-c", _HELD_RUN, *argv],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as process:
+        try:
+            assert process.stdout is not None
+            line = process.stdout.readline()  # the run's own word, or EOF if it failed first
+            assert line == "started\n", f"the held run exited with {process.wait(30)}"
+            yield process
+        finally:
+            process.kill()
+
+
+def test_a_second_run_of_a_run_in_progress_is_refused(
+    sample: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review, session 40: two runs of the same command at once (an overlapping nightly cron
+    entry) both resumed the same record, both appended every record and both said complete.
+    The second is refused (exit 8) while the first lives, --overwrite included, and nothing
+    of the first is touched; once it ends, however it ends (kill -9 too), a run goes on."""
+    _, artifact = sample
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(
+        "".join(json.dumps({"id": f"q{i}", "item_ids": ["sku-0001"]}) + "\n" for i in range(40))
+    )
+    for name in ("out.jsonl", "out.parquet"):
+        out = tmp_path / name
+        argv = ["batch", "--artifact", str(artifact), "--input", str(manifest), "--output"]
+        argv += [str(out), "--quiet", "--batch-size", "8"]
+        with _held_run(argv) as first:
+            sidecar = Path(f"{out}.batch.json").read_bytes()
+            for extra in ([], ["--overwrite"]):
+                assert batch_main([*argv, *extra]) == 8
+                err = capsys.readouterr().err
+                assert f"another batch run is writing {out} now" in err
+                assert Path(f"{out}.batch.json").read_bytes() == sidecar
+            assert not out.exists() or out.read_bytes() == b""  # the first is held: no record
+            assert first.stdin is not None
+            first.stdin.write("go\n")
+            first.stdin.flush()
+            assert first.wait(120) == 0
+        if name.endswith(".jsonl"):
+            indexes = [r["index"] for r in _records(out)]
+        else:
+            import pyarrow.parquet as pq
+
+            indexes = [r["index"] for r in pq.read_table(out).to_pylist()]
+        assert indexes == list(range(40))  # each exactly once
+        assert not Path(f"{out}.batch.lock").exists()
+        assert batch_main(argv) == 0  # the same run, complete: nothing to do
+        assert "written now: 0" in capsys.readouterr().out
+
+    # Killed while it holds the output: the kernel lets go, and the next run resumes it.
+    out = tmp_path / "killed.jsonl"
+    argv = ["batch", "--artifact", str(artifact), "--input", str(manifest), "--output"]
+    argv += [str(out), "--quiet"]
+    with _held_run(argv) as first:
+        first.send_signal(signal.SIGKILL)
+        assert first.wait(30) == -signal.SIGKILL
+    assert Path(f"{out}.batch.lock").exists()  # left by the kill: it holds nothing
+    assert batch_main(argv) == 0
+    assert [r["index"] for r in _records(out)] == list(range(40))
+    assert not Path(f"{out}.batch.lock").exists()

@@ -64,3 +64,24 @@ def test_an_incomplete_run_is_not_recorded_and_a_known_total_stands(tmp_path: Pa
     assert (summary.total, summary.processed, summary.skipped, summary.errors) == (6, 3, 0, 0)
     assert not summary.complete and summary.errors_by_code == {}
     assert start_run(dst, tally.run, overwrite=False) is None  # not done: resumed, not skipped
+
+
+def _strict(line: str) -> dict[str, object]:
+    """A record as a strict reader takes it: UTF-8 text, no lone surrogate in any string."""
+    record = json.loads(line)
+    json.dumps(record, ensure_ascii=False).encode("utf-8")  # raises on a lone surrogate
+    return record
+
+
+def test_records_hold_text_only_whatever_the_input_names(tmp_path: Path) -> None:
+    """Review, session 40: an id, a source or a message holding a lone surrogate (a file name
+    byte that is not UTF-8, a JSON "\\ud800") went into the record as it was: a strict JSON
+    reader refused the line and the Parquet conversion failed, on every rerun."""
+    inp = BatchInput(0, "bad\udcffname.jpg", "/in/bad\udcffname.jpg", images=("x",))
+    failed = _strict(input_record(inp, InvalidOptionsError("no \ud800 here")).line)
+    assert failed["id"] == "bad\\xffname.jpg" and failed["source"] == "/in/bad\\xffname.jpg"
+    assert failed["error"] == {"code": "invalid_options", "message": "no \\ud800 here"}
+    ok = _strict(input_record(BatchInput(1, "x\ud800y", "s"), b"{}").line)
+    assert ok["id"] == "x\\ud800y" and ok["status"] == "ok"
+    plain = _strict(input_record(BatchInput(2, "caf\u00e9 \U0001f600", "s"), b"{}").line)
+    assert plain["id"] == "caf\u00e9 \U0001f600"  # text is kept as it is

@@ -610,6 +610,14 @@ def read_catalog(
                 read.rejects.append(Reject(row, item.id, "missing_image", detail, item.raw()))
                 continue
             item = dataclasses.replace(item, image=storage.join(base, relative))
+        elif is_remote(path) and not is_remote(item.image):
+            # An absolute path or a file:// URI: a catalogue in S3 never names the local disk
+            # of the machine that reads it, as a manifest in S3 never does (review, session
+            # 40: `stygig batch` read such a file, and uploaded it through an endpoint).
+            row = read.rows.pop(item.id)
+            detail = "a catalogue in S3 names photos beside it or by s3:// URI, never local files"
+            read.rejects.append(Reject(row, item.id, "missing_image", detail, item.raw()))
+            continue
         elif check_images and not is_remote(item.image) and not image.is_file():
             row = read.rows.pop(item.id)
             detail = f"image file not found: {item.image}"

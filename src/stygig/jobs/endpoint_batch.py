@@ -35,6 +35,7 @@ from stygig.batch import (
     BatchInput,
     BatchSummary,
     Record,
+    RunLock,
     _artifact_inputs,
     _catalog_inputs,
     _manifest_inputs,
@@ -260,18 +261,26 @@ def run_endpoint_batch(
     )
     digest = hashlib.sha256(json.dumps([run, dst], sort_keys=True).encode()).hexdigest()
     run_key = f"batch-{digest[:12]}"
-    if overwrite:
-        for key in storage.list_keys(
-            storage.join(endpoint.require_prefix(), f"receipts/{run_key}-"), folder=False
-        ):
-            storage.delete(key)
-    tally = begin_run(
-        dst,
-        run,
-        overwrite=overwrite,
-        part_size=part_size,
-        inputs=lambda: endpoint_inputs(src, kind=kind, by_photo=by_photo, artifact=artifact),
-    )
+    # The output's lock first: a run in progress is refused before --overwrite removes
+    # anything of it (its receipts, its output).
+    lock = RunLock.take(dst)
+    try:
+        if overwrite:
+            for key in storage.list_keys(
+                storage.join(endpoint.require_prefix(), f"receipts/{run_key}-"), folder=False
+            ):
+                storage.delete(key)
+        tally = begin_run(
+            dst,
+            run,
+            overwrite=overwrite,
+            part_size=part_size,
+            inputs=lambda: endpoint_inputs(src, kind=kind, by_photo=by_photo, artifact=artifact),
+            lock=lock,
+        )
+    except BaseException:
+        lock.release()
+        raise
     if isinstance(tally, BatchSummary):
         return tally  # this same run already completed
     receipts = endpoint.receipts(f"{run_key}-")
