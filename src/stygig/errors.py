@@ -20,6 +20,7 @@
     ├── EncoderUnavailableError      exit 5        weights or runtime not reachable
     ├── StorageError                 exit 6        a location that cannot be read or written
     ├── ServerError                  exit 7        a StyGig server unreachable or answering 5xx
+    ├── (batch.RunInProgressError)   exit 8        another batch run is writing that output now
     └── OverloadedError              503           queue full; retry later
 
 Every error carries a stable machine-readable ``code`` (used as ``error.code`` in HTTP bodies).
