@@ -70,6 +70,7 @@ __all__ = [
 log = logging.getLogger("stygig.jobs")
 _JSON_TYPES = ("application/json", "text/json")
 _PURGE_EVERY_S = 60.0
+_PURGE_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -318,7 +319,9 @@ class JobWorker:
         should_yield: when it returns true, no new job is claimed (e.g. the real-time queue is
             busy); running jobs go on.
         locations: which client-named inputs jobs may read (``None``: none).
-        retention_s: finished jobs older than this are deleted from the store (``None``: kept).
+        retention_s: finished jobs older than this are deleted from the store (``None``: kept
+            whatever their age). Either way the store's own bound on the finished jobs it keeps
+            (``max_finished``) is applied at the same pace.
     """
 
     def __init__(
@@ -562,18 +565,27 @@ class JobWorker:
                     if self.store.requeue_orphans(self.owner):
                         self._wake.set()
                 last_orphans = now
-            if self.retention_s is not None and now - last_purge >= _PURGE_EVERY_S:
+            if now - last_purge >= _PURGE_EVERY_S:
                 last_purge = now
                 if self._purging is None or self._purging.done():
                     self._purging = self._purge_pool.submit(self._purge, self.retention_s)
             with _chore("sending notifications"):
                 self._notify_pending()
 
-    def _purge(self, retention_s: float) -> None:
-        with _chore("deleting finished jobs past the retention time"):
-            purged = self.store.purge(time.time() - retention_s)
+    def _purge(self, retention_s: float | None) -> None:
+        with _chore("deleting finished jobs past the retention time or the number kept"):
+            before = 0.0 if retention_s is None else time.time() - retention_s
+            purged = 0
+            while not self._stopping.is_set():
+                # A store may delete a batch per call (SQS): again while batches come back full.
+                n = self.store.purge(before, batch=_PURGE_BATCH)
+                purged += n
+                if n < _PURGE_BATCH:
+                    break
             if purged:
-                log.info("deleted %d finished job(s) past the retention time", purged)
+                log.info(
+                    "deleted %d finished job(s) past the retention time or the number kept", purged
+                )
 
     def _notify_pending(self) -> None:
         for job in self.store.pending_notifications(limit=200):
