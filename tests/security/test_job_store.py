@@ -164,7 +164,10 @@ class _RaisingNotifier:
     def wants(self, job: Job) -> bool:
         return True
 
-    def send(self, job: Job) -> bool:
+    def wants_operator(self, job: Job) -> bool:
+        return True
+
+    def send_operator(self, job: Job) -> bool:
         self.calls += 1
         raise RuntimeError("boom")
 

@@ -616,3 +616,20 @@ def test_finished_jobs_lose_their_options_and_are_bounded_in_number(queue: Queue
     assert sorted(k.removesuffix(".json") for k in queue.keys("jobs")) == sorted(by_end[2:])
     assert len(queue.keys("done")) == 2
     assert store.purge(0.0) == 0
+
+
+def test_pending_notifications_page_past_those_being_sent(queue: Queue) -> None:
+    """Review, session 40 (F4): the worker reads the due notifications a page at a time past
+    those it is still sending (``after_seq``), here as in SQLite, in submission order."""
+    store = queue.store()
+    for job_id in ("p1", "p2", "p3"):
+        store.submit(_spec(id=job_id))
+    owner = new_owner()
+    for _ in range(3):
+        [job] = wait_for(lambda: store.claim(owner) or None)
+        assert store.finish(job.id, owner, job.attempts, "succeeded")
+    every = store.pending_notifications()
+    assert [j.id for j in every] == ["p1", "p2", "p3"]
+    assert [j.id for j in store.pending_notifications(limit=1)] == ["p1"]
+    assert [j.id for j in store.pending_notifications(after_seq=every[0].seq)] == ["p2", "p3"]
+    assert store.pending_notifications(after_seq=every[2].seq) == []

@@ -89,8 +89,9 @@ class JobQueue(Protocol):
         (``None`` at the end) is where the next one starts."""
         ...
 
-    def pending_notifications(self, limit: int = 100) -> list[Job]:
-        """Finished jobs whose notification has not been sent yet."""
+    def pending_notifications(self, limit: int = 100, *, after_seq: int = 0) -> list[Job]:
+        """Finished jobs whose notification has not been sent yet, in submission order after
+        ``after_seq`` (so a caller pages past the ones it is still sending)."""
         ...
 
     def counts(self) -> JobCounts:

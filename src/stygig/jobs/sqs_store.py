@@ -929,18 +929,20 @@ class SqsJobStore:
                     return JobPage(found, int(seq))
         return JobPage(found, None)
 
-    def pending_notifications(self, limit: int = 100) -> list[Job]:
+    def pending_notifications(self, limit: int = 100, *, after_seq: int = 0) -> list[Job]:
         """Jobs finished here whose notification is due (from memory), and every
         ``notify_scan_s`` those other servers finished and left unsent for
-        ``notify_takeover_s`` (a crash before they sent it)."""
+        ``notify_takeover_s`` (a crash before they sent it); those submitted after
+        ``after_seq``, the ones from memory in submission order."""
         with self._lock:
-            due = list(self._due.values())[:limit]
+            held = sorted((j for j in self._due.values() if j.seq > after_seq), key=_by_seq)
+            due = held[:limit]
+            mine = set(self._due)
             scan = time.monotonic() - self._last_scan >= self.notify_scan_s
             if scan:
                 self._last_scan = time.monotonic()
         if not scan or len(due) >= limit:
             return due
-        mine = {j.id for j in due}
         with self._aws("look for notifications"):
             for obj in self._list("notify"):
                 job_id = str(obj["Key"]).rsplit("/", 1)[1]
@@ -958,10 +960,12 @@ class SqsJobStore:
                     continue  # a finish that did not happen (yet)
                 if time.time() - float(record["finished_at"]) < self.notify_takeover_s:
                     continue  # its server sends it
+                if int(record["seq"]) <= after_seq:
+                    continue
                 due.append(self._job(record))
                 if len(due) >= limit:
                     break
-        return due
+        return sorted(due, key=_by_seq)
 
     def counts(self) -> JobCounts:
         """Jobs per status: ``queued`` and ``running`` as SQS counts messages (approximate:
@@ -993,6 +997,10 @@ class SqsJobStore:
         audit of every job pages with :meth:`list_jobs` and reads each one's."""
         record = self._record(job_id)
         return [{"job_id": record["id"], **e} for e in record.get("events", [])]
+
+
+def _by_seq(job: Job) -> int:
+    return job.seq
 
 
 def _is_record(data: Any) -> bool:

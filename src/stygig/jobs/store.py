@@ -783,12 +783,14 @@ class JobStore:
         views = [JobView.from_row(r) for r in rows]
         return JobPage(views, views[-1].seq if len(views) == limit else None)
 
-    def pending_notifications(self, limit: int = 100) -> list[Job]:
-        """Finished jobs whose notification has not been sent yet."""
+    def pending_notifications(self, limit: int = 100, *, after_seq: int = 0) -> list[Job]:
+        """Finished jobs whose notification has not been sent yet, in submission order after
+        ``after_seq`` (the caller pages past those it is already sending)."""
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {_NO_BODY} FROM jobs WHERE notify_state = 'pending' ORDER BY seq LIMIT ?",
-                (limit,),
+                f"SELECT {_NO_BODY} FROM jobs WHERE notify_state = 'pending' AND seq > ?"
+                " ORDER BY seq LIMIT ?",
+                (max(0, after_seq), limit),
             ).fetchall()
         return [Job.from_row(r) for r in rows]
 
