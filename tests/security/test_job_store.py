@@ -164,7 +164,10 @@ class _RaisingNotifier:
     def wants(self, job: Job) -> bool:
         return True
 
-    def send(self, job: Job) -> bool:
+    def wants_operator(self, job: Job) -> bool:
+        return True
+
+    def send_operator(self, job: Job) -> bool:
         self.calls += 1
         raise RuntimeError("boom")
 
@@ -395,3 +398,141 @@ def test_retention_deletes_the_jobs_own_documents_too(tmp_path: Path) -> None:
         assert storage_err.exists()  # not this job's: kept
     finally:
         store.close()
+
+
+def test_a_finished_jobs_options_are_dropped(tmp_path: Path) -> None:
+    """Review, session 40 (F3): a finished job kept its options (the custom attributes or query
+    string, up to the 64 KB request head) for the whole retention time; one client grew the
+    file ~74 KB a job. A queued job keeps them (it needs them to run); nothing a client reads
+    of a finished job changes."""
+    config = AsyncConfig(jobs_db=tmp_path / "jobs.db", output=str(tmp_path / "out"))
+    jobs = AsyncJobs(config, lambda: None)  # not started: the test finishes the job itself
+    app = FastAPI()
+    app.include_router(jobs.router)
+    ids = ",".join(f"x{'y' * 50}{i:04d}" for i in range(1000))  # ~55 KB of valid options
+    store = jobs.store
+    assert isinstance(store, JobStore)
+    try:
+        with TestClient(app) as client:
+            for job_id in ("done", "waiting"):
+                answer = client.post(
+                    "/async/invocations",
+                    content=b'{"item_ids": ["sku-0001"]}',
+                    headers={
+                        "Content-Type": "application/json",
+                        "X-Amzn-SageMaker-Inference-Id": job_id,
+                        "X-Amzn-SageMaker-Custom-Attributes": f"exclude_ids={ids}",
+                    },
+                )
+                assert answer.status_code == 202, answer.text
+            view_before = client.get("/async/jobs/done").json()
+            owner = new_owner()
+            (job,) = store.claim(owner)
+            assert job.id == "done" and len(job.params["exclude_ids"]) == 1000
+            assert store.finish("done", owner, job.attempts, "succeeded")
+            kept = dict(_rows(store, "SELECT id, length(params) FROM jobs"))
+            assert kept["done"] <= 2 and kept["waiting"] > 50_000
+            view = client.get("/async/jobs/done").json()
+            assert view["Status"] == "succeeded"
+            unchanged = ("InferenceId", "OutputLocation", "FailureLocation", "CreatedAt")
+            assert {k: view[k] for k in unchanged} == {k: view_before[k] for k in unchanged}
+            assert store.get("done").params == {}
+    finally:
+        store.close()
+
+
+def _finished(store: JobStore, job_id: str, out: Path, *, notified: bool = True) -> Path:
+    """Submit, run and finish ``job_id`` with a result document in ``out``; its path."""
+    from stygig.jobs.worker import _document
+
+    job, _ = store.submit(
+        JobSpec(str(out / "{id}.out"), str(out / "{id}-error.out"), input_body=b"x", id=job_id)
+    )
+    result = Path(job.output_location)
+    result.write_bytes(_document(job, {"outfit": None}))
+    owner = new_owner()
+    (claimed,) = store.claim(owner)
+    assert claimed.id == job_id and store.finish(job_id, owner, claimed.attempts, "succeeded")
+    if notified:
+        store.mark_notified(job_id, "none")
+    return result
+
+
+def test_finished_jobs_kept_are_bounded_in_number_oldest_first(tmp_path: Path) -> None:
+    """Review, session 40 (F3): only age bounded the finished jobs kept (7 days by default);
+    at 35 jobs/s that is millions of rows and result documents. Beyond ``max_finished`` the
+    oldest finished ones go first, whatever their age, with their events and documents; one
+    whose notification is still due stays (it is sent first), unfinished ones are not
+    counted."""
+    out = tmp_path / "out"
+    out.mkdir()
+    store = JobStore(tmp_path / "jobs.db", synchronous="NORMAL", max_finished=3)
+    try:
+        _finished(store, "j0", out, notified=False)
+        for i in range(1, 6):
+            _finished(store, f"j{i}", out)
+        store.submit(_spec("running"))
+        assert [j.id for j in store.claim(new_owner())] == ["running"]  # not finished: stays
+        assert store.purge(0.0, batch=1) == 3  # none is past an age; three beyond the number
+        kept = sorted(r[0] for r in _rows(store, "SELECT id FROM jobs"))
+        assert kept == ["j0", "j4", "j5", "running"]  # j0: still to notify, and counted
+        assert {r[0] for r in _rows(store, "SELECT job_id FROM events")} == set(kept)
+        assert sorted(p.name for p in out.iterdir()) == ["j0.out", "j4.out", "j5.out"]
+        store.mark_notified("j0", "sent")
+        assert store.purge(0.0) == 0  # at the bound
+        _finished(store, "j6", out)
+        assert store.purge(0.0) == 1  # the oldest goes
+        assert sorted(r[0] for r in _rows(store, "SELECT id FROM jobs")) == [
+            "j4",
+            "j5",
+            "j6",
+            "running",
+        ]
+        assert store.purge(0.0) == 0  # at the bound: nothing more
+    finally:
+        store.close()
+
+
+def test_the_number_kept_is_the_operators_to_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review, session 40 (F3): ``$STYGIG_ASYNC_MAX_FINISHED`` sets the bound for the store a
+    server opens (``--jobs-db``); a value that is not a whole number of at least 1 is a clear
+    error at start, not a silent default."""
+    from stygig.errors import ConfigError
+    from stygig.jobs.store import MAX_FINISHED
+
+    monkeypatch.delenv("STYGIG_ASYNC_MAX_FINISHED", raising=False)
+    with JobStore(tmp_path / "a.db") as store:
+        assert store.max_finished == MAX_FINISHED
+    monkeypatch.setenv("STYGIG_ASYNC_MAX_FINISHED", "250_000")
+    config = AsyncConfig(jobs_db=tmp_path / "b.db", output=str(tmp_path / "out"))
+    opened, _ = config.open_store()
+    try:
+        assert isinstance(opened, JobStore) and opened.max_finished == 250_000
+    finally:
+        opened.close()
+    for bad in ("0", "-5", "1e6", "lots", "١٢"):
+        monkeypatch.setenv("STYGIG_ASYNC_MAX_FINISHED", bad)
+        with pytest.raises(ConfigError, match="STYGIG_ASYNC_MAX_FINISHED"):
+            JobStore(tmp_path / "c.db")
+
+
+def test_the_worker_keeps_finished_jobs_within_the_bound(tmp_path: Path) -> None:
+    """Review, session 40 (F3): the worker's housekeeping applies the bound, not only the age
+    (here the retention time is far off)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    store = JobStore(tmp_path / "jobs.db", synchronous="NORMAL", max_finished=2)
+    for i in range(5):
+        _finished(store, f"j{i}", out)
+    worker = JobWorker(store, lambda: None, WorkerConfig(poll_s=0.05), retention_s=7 * 24 * 3600)
+    worker.start()
+    try:
+        wait_for(lambda: len(_rows(store, "SELECT id FROM jobs")) == 2, 30)
+    finally:
+        worker.stop()
+        store.close()
+    with sqlite3.connect(tmp_path / "jobs.db") as db:
+        assert sorted(r[0] for r in db.execute("SELECT id FROM jobs")) == ["j3", "j4"]
+    db.close()

@@ -28,6 +28,7 @@ import pytest
 from stygig.errors import InvalidOptionsError
 from stygig.jobs.notify import Notifier, event_for
 from stygig.jobs.store import Job, JobSpec, JobStore, new_owner
+from tests.integration.test_jobs import wait_for
 
 LOOPBACK = ("127.0.0.0/8",)
 #: A public address (example.com's) that fake resolvers return; tests never connect to it.
@@ -692,3 +693,209 @@ def test_notifications_show_no_server_paths(
     suffix = ".out" if status == "succeeded" else "-error.out"
     shown = event_for(remote)["responseParameters"][key]
     assert shown == f"s3://shop/results/{remote.id}{suffix}"
+
+
+# -- one client's slow webhook holds back nobody else (review, session 40: F4) -------------------
+
+
+@dataclass
+class BlackHole:
+    """A TCP server on 127.0.0.1 that accepts connections and never answers (nor closes)."""
+
+    port: int = 0
+    accepted: int = 0
+    lock: threading.Condition = field(default_factory=threading.Condition)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def wait_for_connections(self, n: int, timeout: float = 20.0) -> int:
+        with self.lock:
+            if not self.lock.wait_for(lambda: self.accepted >= n, timeout):
+                raise TimeoutError(f"the black hole got {self.accepted} of {n} connections")
+            return self.accepted
+
+
+@contextmanager
+def black_hole() -> Iterator[BlackHole]:
+    hole = BlackHole()
+    listener = socket.create_server(("127.0.0.1", 0), backlog=512)
+    listener.settimeout(0.1)
+    hole.port = listener.getsockname()[1]
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            held.append(conn)  # never answered
+            with hole.lock:
+                hole.accepted += 1
+                hole.lock.notify_all()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield hole
+    finally:
+        stop.set()
+        thread.join(10)
+        listener.close()
+        for conn in held:
+            conn.close()
+
+
+def _finished_jobs(store: JobStore, webhooks: dict[str, str | None]) -> None:
+    """Submit and finish one job per ``{id: webhook}``, in that order."""
+    for job_id, webhook in webhooks.items():
+        store.submit(
+            JobSpec(
+                "out/{id}.out", "out/{id}-error.out", input_body=b"x", webhook=webhook, id=job_id
+            )
+        )
+        owner = new_owner()
+        (job,) = store.claim(owner)
+        assert job.id == job_id and store.finish(job_id, owner, job.attempts, "succeeded")
+
+
+def _heard(rec: Receiver, path: str) -> set[str]:
+    """The jobs whose notification reached ``path`` so far."""
+    with rec.lock:  # a Condition's lock is re-entrant: callable while waiting on it
+        return {json.loads(h.body)["inferenceId"] for h in rec.hits if h.path == path}
+
+
+def _wait_heard(rec: Receiver, path: str, ids: set[str], timeout: float = 20.0) -> None:
+    with rec.lock:
+        if not rec.lock.wait_for(lambda: ids <= _heard(rec, path), timeout):
+            missing = sorted(ids - _heard(rec, path))
+            raise TimeoutError(f"{path} not told of {missing} within {timeout:g} s")
+
+
+def _notify_states(store: JobStore) -> dict[str, str]:
+    with store._lock:
+        rows = store._db.execute("SELECT id, notify_state FROM jobs").fetchall()
+    return {r["id"]: r["notify_state"] for r in rows}
+
+
+def test_a_clients_unanswered_webhooks_hold_back_neither_the_operator_nor_other_clients(
+    tmp_path: Path,
+) -> None:
+    """Review, session 40 (F4): notifications shared 4 threads, taken in submission order, and
+    a job's own webhook was tried (6 attempts of up to 30 s) before the operator's channels:
+    4 jobs whose webhook never answered delayed the operator's notification of an unrelated
+    job by 63 s, 12 by 208 s. Now the operator's channels go out at once for every job, the
+    black hole's own included; another client's webhook is delivered at once; and the black
+    hole gets at most ``webhooks_per_host`` connections at a time. Stopping leaves the black
+    hole's notifications pending (at least once: the next process sends them)."""
+    from stygig.jobs import JobWorker, WorkerConfig
+
+    store = JobStore(tmp_path / "jobs.db", synchronous="NORMAL")
+    with receiver((200, {})) as rec, black_hole() as hole:
+        client = rec.url.replace("/hook", "/client")
+        slow = {f"slow-{i}": hole.url for i in range(8)}
+        _finished_jobs(store, {**slow, "plain": None, "other-client": client})
+        # An attempt to the black hole lasts a minute: nothing here waits for one to end.
+        notifier = Notifier(
+            webhook=rec.url, allow_networks=LOOPBACK, timeout_s=60.0, deadline_s=60.0
+        )
+        worker = JobWorker(store, lambda: None, WorkerConfig(poll_s=0.05), notifier=notifier)
+        worker.start()
+        try:
+            everyone = {*slow, "plain", "other-client"}
+            _wait_heard(rec, "/hook", everyone)  # the operator: every job, at once
+            _wait_heard(rec, "/client", {"other-client"})
+            hole.wait_for_connections(1)
+            assert hole.accepted <= WorkerConfig().webhooks_per_host
+            assert _heard(rec, "/client") == {"other-client"}
+            done = ("plain", "other-client")
+            wait_for(lambda: all(_notify_states(store)[j] == "sent" for j in done), 20)
+        finally:
+            worker.stop(5.0)
+    states = _notify_states(store)
+    store.close()
+    assert {states[j] for j in slow} == {"pending"}
+
+
+def test_a_webhook_waiting_to_retry_holds_no_thread(tmp_path: Path) -> None:
+    """Review, session 40 (F4): a delivery waiting out its pause (a ``Retry-After``) held a
+    delivery thread; with one thread every other notification waited behind it. Now the
+    pause holds nothing: with one notification thread, another client's webhook is still
+    delivered while the first waits to retry."""
+    from stygig.jobs import JobWorker, WorkerConfig
+
+    store = JobStore(tmp_path / "jobs.db", synchronous="NORMAL")
+    with receiver((503, {"Retry-After": "60"})) as busy, receiver((200, {})) as good:
+        _finished_jobs(store, {"busy": busy.url, "good": good.url})
+        notifier = Notifier(allow_networks=LOOPBACK, retries=3, retry_after_cap_s=60.0)
+        config = WorkerConfig(poll_s=0.05, notify_threads=1)
+        worker = JobWorker(store, lambda: None, config, notifier=notifier)
+        worker.start()
+        try:
+            busy.wait_for_hits(1)
+            _wait_heard(good, "/hook", {"good"})
+            wait_for(lambda: _notify_states(store)["good"] == "sent", 20)
+            assert len(busy.hits) == 1  # still waiting out its 60 s
+        finally:
+            worker.stop(5.0)
+    states = _notify_states(store)
+    store.close()
+    assert states == {"busy": "pending", "good": "sent"}
+
+
+def test_clients_webhook_deliveries_are_bounded_per_host_and_in_all(tmp_path: Path) -> None:
+    """Review, session 40 (F4): nothing bounded the notifications waiting for slow webhooks.
+    Beyond ``webhook_host_backlog`` for one host (or ``webhook_backlog`` in all) a job's own
+    webhook is not sent: its notification is recorded failed at once (the operator's channels
+    still told), so neither memory nor the pending rows in the store grow without bound."""
+    from stygig.jobs import JobWorker, WorkerConfig
+
+    store = JobStore(tmp_path / "jobs.db", synchronous="NORMAL")
+    with receiver((200, {})) as rec, black_hole() as hole:
+        slow = {f"slow-{i}": hole.url for i in range(5)}
+        _finished_jobs(store, slow)
+        notifier = Notifier(
+            webhook=rec.url, allow_networks=LOOPBACK, timeout_s=60.0, deadline_s=60.0
+        )
+        config = WorkerConfig(poll_s=0.05, webhooks_per_host=1, webhook_host_backlog=2)
+        worker = JobWorker(store, lambda: None, config, notifier=notifier)
+        worker.start()
+        try:
+            _wait_heard(rec, "/hook", set(slow))
+            wait_for(lambda: list(_notify_states(store).values()).count("failed") == 3, 20)
+            assert hole.wait_for_connections(1) == 1
+        finally:
+            worker.stop(5.0)
+    states = _notify_states(store)
+    store.close()
+    assert sorted(states.values()) == ["failed"] * 3 + ["pending"] * 2
+    assert {states["slow-0"], states["slow-1"]} == {"pending"}  # the first two were taken
+
+
+def test_a_page_of_slow_deliveries_does_not_hide_the_jobs_behind_it(tmp_path: Path) -> None:
+    """Review, session 40 (F4): the worker read the oldest 200 pending notifications each time;
+    with 200 of them still being sent (slow webhooks), a later job's was never even read.
+    The store is now read a page at a time past those being sent."""
+    from stygig.jobs import JobWorker, WorkerConfig
+
+    store = JobStore(tmp_path / "jobs.db", synchronous="NORMAL")
+    with receiver((200, {})) as rec, black_hole() as hole:
+        slow = {f"slow-{i:03d}": hole.url for i in range(210)}
+        _finished_jobs(store, {**slow, "last": rec.url.replace("/hook", "/client")})
+        notifier = Notifier(allow_networks=LOOPBACK, timeout_s=60.0, deadline_s=60.0)
+        config = WorkerConfig(poll_s=0.05, webhook_host_backlog=300)
+        worker = JobWorker(store, lambda: None, config, notifier=notifier)
+        worker.start()
+        try:
+            _wait_heard(rec, "/client", {"last"}, timeout=30)
+            webhooks = worker._webhooks
+            assert webhooks is not None
+            wait_for(lambda: webhooks.pending() == 210, 20)  # the slow ones: all still out
+        finally:
+            worker.stop(5.0)
+    store.close()

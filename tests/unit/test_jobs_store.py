@@ -176,3 +176,17 @@ def test_listing_pages_with_a_cursor_and_counts_stop_at_the_limit(tmp_path: Path
             JobStore(tmp_path / "other.db", count_limit=0)
     finally:
         store.close()
+
+
+def test_pending_notifications_page_past_those_being_sent(store: JobStore) -> None:
+    """Review, session 40 (F4): the worker reads the due notifications a page at a time past
+    those it is still sending (``after_seq``), in submission order."""
+    owner = new_owner()
+    for job_id in ("p1", "p2", "p3"):
+        store.submit(_spec(id=job_id))
+        (job,) = store.claim(owner)
+        assert store.finish(job_id, owner, job.attempts, "succeeded")
+    every = store.pending_notifications()
+    assert [j.id for j in every] == ["p1", "p2", "p3"]
+    assert [j.id for j in store.pending_notifications(1, after_seq=every[0].seq)] == ["p2"]
+    assert store.pending_notifications(after_seq=every[2].seq) == []

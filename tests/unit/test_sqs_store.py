@@ -585,3 +585,51 @@ def test_retention_deletes_the_jobs_own_documents(queue: Queue, tmp_path: Path) 
     store.mark_notified(claimed.id, "none")
     assert store.purge(time.time() + 1) == 1
     assert not Path(job.output_location).exists()
+
+
+def test_finished_jobs_lose_their_options_and_are_bounded_in_number(queue: Queue) -> None:
+    """Review, session 40 (F3), on the shared queue as in SQLite: a finished job's record kept
+    its options (up to a request head's 64 KB) for the retention time, and only age bounded
+    the finished jobs kept. Now the options are emptied at the end, and beyond
+    ``max_finished`` the oldest finished jobs are purged whatever their age."""
+    store = queue.store(max_finished=2)
+    options = {"exclude_ids": [f"x{'y' * 50}{i:04d}" for i in range(200)]}
+    for i in range(4):
+        store.submit(_spec(id=f"j{i}", params=options))
+    finished: list[str] = []
+    owner = new_owner()
+    while len(finished) < 4:
+        [job] = wait_for(lambda: store.claim(owner) or None)
+        assert job.params == options  # a job to run has them
+        assert store.finish(job.id, owner, job.attempts, "succeeded")
+        store.mark_notified(job.id, "none")
+        finished.append(job.id)
+    record = json.loads(
+        queue.s3.get_object(Bucket=BUCKET, Key=f"{store.prefix}jobs/{finished[0]}.json")[
+            "Body"
+        ].read()
+    )
+    assert record["params"] == {} and store.get(finished[0]).params == {}
+    by_end = [key.split(".", 2)[2] for key in sorted(queue.keys("done"))]  # oldest first
+    assert sorted(by_end) == sorted(finished)
+    assert store.purge(0.0) == 2  # none is past an age; two beyond the number
+    assert sorted(k.removesuffix(".json") for k in queue.keys("jobs")) == sorted(by_end[2:])
+    assert len(queue.keys("done")) == 2
+    assert store.purge(0.0) == 0
+
+
+def test_pending_notifications_page_past_those_being_sent(queue: Queue) -> None:
+    """Review, session 40 (F4): the worker reads the due notifications a page at a time past
+    those it is still sending (``after_seq``), here as in SQLite, in submission order."""
+    store = queue.store()
+    for job_id in ("p1", "p2", "p3"):
+        store.submit(_spec(id=job_id))
+    owner = new_owner()
+    for _ in range(3):
+        [job] = wait_for(lambda: store.claim(owner) or None)
+        assert store.finish(job.id, owner, job.attempts, "succeeded")
+    every = store.pending_notifications()
+    assert [j.id for j in every] == ["p1", "p2", "p3"]
+    assert [j.id for j in store.pending_notifications(limit=1)] == ["p1"]
+    assert [j.id for j in store.pending_notifications(after_seq=every[0].seq)] == ["p2", "p3"]
+    assert store.pending_notifications(after_seq=every[2].seq) == []

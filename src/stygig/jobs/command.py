@@ -35,6 +35,19 @@ from stygig.recommendation import params_to_dict, parse_json_object
 __all__ = ["register", "run_batch_command", "run_jobs"]
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Never follow a redirect: urllib would send every header but ``Content-*`` (the bearer
+    token included) to whatever host the ``Location`` names. The 3xx comes back as it is."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+# Every handler urllib installs by default (proxies from the environment included), but
+# the redirect handler.
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
 def _request(
     method: str,
     url: str,
@@ -42,12 +55,23 @@ def _request(
     headers: dict[str, str] | None = None,
     timeout: float = 30.0,
 ) -> tuple[int, dict[str, Any]]:
+    """One request to a StyGig server with its token (when one is set); ``(status, JSON)``.
+
+    A redirect is never followed (the token would go with it to another host) and is a
+    :class:`~stygig.errors.ServerError` naming its status: a StyGig server never answers one.
+    """
     headers = {**bearer_headers(), **(headers or {})}  # the server's token, when one is set
     req = urllib.request.Request(url, data=body, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as response:
+        with _OPENER.open(req, timeout=timeout) as response:
             return int(response.status), json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as e:
+        if 300 <= e.code < 400:
+            e.close()
+            raise ServerError(
+                f"{url} answered HTTP {e.code}, a redirect; not followed (the request would "
+                "carry the auth token to another address): give --url the server's own address"
+            ) from None
         try:
             data = json.loads(e.read() or b"{}")
         except json.JSONDecodeError:

@@ -27,19 +27,28 @@ webhook (``--async-webhook``) is trusted for its address but must still be ``htt
 
 Each attempt has an overall deadline (``deadline_s``), from connecting to the answer's headers:
 a receiver that trickles its answer a byte at a time resets a per-read timeout forever, so the
-request runs as a task on a fresh event loop in the delivering thread and is cancelled at the
-deadline (a cancel interrupts a read that is waiting, which nothing can do to a blocking
-socket read). :meth:`Notifier.close` cancels the attempts in flight the same way.
+request runs as a task on an event loop (a fresh one in the delivering thread for
+:meth:`Notifier.post`, the one of :class:`WebhookDeliveries` for a client's webhook) and is
+cancelled at the deadline (a cancel interrupts a read that is waiting, which nothing can do to
+a blocking socket read). :meth:`Notifier.close` cancels the attempts in flight the same way.
 
 Attempts stop after ``1 + retries``: a 2xx is delivered; 5xx, 408, 429, network errors and an
 attempt past its deadline are retried with capped exponential backoff and full jitter (a
 ``Retry-After`` is honoured up to a cap); anything else (3xx, other 4xx, an address that is not
 allowed) fails at once.
+
+The worker sends the operator's channels (:meth:`Notifier.send_operator`) on threads of their
+own, and hands a job's own webhook to :class:`WebhookDeliveries`: every client delivery is a
+task on one event loop, so a receiver that never answers holds no thread while it is waited
+for or between attempts, and at most a few attempts go to one host at once. So neither the
+operator's notifications nor other clients' wait behind one client's unresponsive webhook
+(review, session 40).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import email.utils
 import ipaddress
 import json
@@ -49,6 +58,7 @@ import re
 import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -60,7 +70,13 @@ from stygig.jobs.store import Job, iso_time
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["MAX_WEBHOOK_URL_LENGTH", "Notifier", "event_for", "resolve_host"]
+__all__ = [
+    "MAX_WEBHOOK_URL_LENGTH",
+    "Notifier",
+    "WebhookDeliveries",
+    "event_for",
+    "resolve_host",
+]
 
 log = logging.getLogger("stygig.jobs.notify")
 
@@ -191,9 +207,9 @@ class Notifier:
     """Where notifications go. Every field is optional; nothing configured means no message.
 
     Attributes:
-        webhook: a URL that receives a ``POST`` with the JSON message (a job's own webhook,
-            given at submission, takes precedence). Chosen by the operator, so its address is
-            trusted; it must still be ``http(s)``.
+        webhook: a URL that receives a ``POST`` with the JSON message for every job (a job's
+            own webhook, given at submission, is told as well). Chosen by the operator, so its
+            address is trusted; it must still be ``http(s)``.
         success_topic / error_topic: SNS topic ARNs (boto3; the standard AWS configuration).
         retries: webhook attempts after the first one.
         backoff_s: the first pause between attempts; doubled each time up to ``max_backoff_s``,
@@ -310,22 +326,40 @@ class Notifier:
 
     def wants(self, job: Job) -> bool:
         """Whether anything should be sent for ``job``."""
+        return bool(job.webhook) or self.wants_operator(job)
+
+    def wants_operator(self, job: Job) -> bool:
+        """Whether the operator's channels (``webhook``, a topic) want ``job``'s notification."""
         topic = self.success_topic if job.status == "succeeded" else self.error_topic
-        return bool(job.webhook or self.webhook or topic)
+        return bool(self.webhook or topic)
 
     def send(self, job: Job) -> bool:
-        """Deliver ``job``'s notification everywhere configured; whether all of it went out.
+        """Deliver ``job``'s notification everywhere configured, in this thread: the operator's
+        channels first (:meth:`send_operator`), then the job's own webhook; whether all of it
+        went out. Never raises: a failure anywhere is ``False``.
 
-        Never raises: a failure anywhere is ``False`` (the caller records it once and does not
-        try again).
+        The worker does not call this: it sends the two parts apart, so that a client's
+        webhook never holds up the operator's channels (see the module's docstring).
         """
+        ok = self.send_operator(job)
+        if job.webhook:  # the client's, and the operator's too: it sees every job
+            try:
+                ok = self.post(job.webhook, event_for(job)) and ok
+            except Exception:
+                log.warning("notification for job %s failed", job.id, exc_info=True)
+                return False
+        return ok
+
+    def send_operator(self, job: Job) -> bool:
+        """Deliver ``job``'s notification to the operator's channels (``webhook``, the topic for
+        its status), in this thread; whether all of it went out (``True`` when there are none).
+        Never raises: a failure anywhere is ``False`` (the caller records it once and does not
+        try again)."""
         try:
             ok = True
             own = event_for(job, operator=True)
-            if job.webhook:  # the client's, and the operator's too: it sees every job
-                ok = self.post(job.webhook, event_for(job))
             if self.webhook:
-                ok = self.post(self.webhook, own, trusted=True) and ok
+                ok = self.post(self.webhook, own, trusted=True)
             topic = self.success_topic if job.status == "succeeded" else self.error_topic
             if topic:
                 ok = self.publish(topic, own) and ok
@@ -376,28 +410,59 @@ class Notifier:
             pause = max(pause, min(retry_after_s, self.retry_after_cap_s))
         return pause
 
-    def _attempt(
-        self, url: str, body: bytes, event: dict[str, Any], attempt: int, trusted: bool
-    ) -> _Outcome:
+    def _target(self, url: str, trusted: bool) -> tuple[httpx.URL, Sequence[str | None]] | _Outcome:
+        """``url`` parsed, and the addresses to send to (``[None]``: the URL's own host, for
+        the ``trusted`` operator's webhook; else every address it resolves to, checked); an
+        outcome instead when it is refused. Blocks on the system resolver."""
         try:
             target = self._parse(url)
             pinned: Sequence[str | None] = [None] if trusted else self._addresses(target)
         except InvalidOptionsError as e:
             # A name that stopped resolving may come back; a refused address will not.
             return _Outcome(False, e.code == "webhook_unresolvable", e.code)
-        headers = {
+        return target, pinned
+
+    @staticmethod
+    def _headers(event: dict[str, Any], attempt: int) -> dict[str, str]:
+        return {
             "Content-Type": "application/json",
             "X-Stygig-Inference-Id": str(event.get("inferenceId")),
             "X-Stygig-Attempt": str(attempt),
         }
+
+    def _late(self) -> _Outcome:
+        return _Outcome(False, True, f"no answer within the {self.deadline_s:g}-second deadline")
+
+    def _attempt(
+        self, url: str, body: bytes, event: dict[str, Any], attempt: int, trusted: bool
+    ) -> _Outcome:
+        found = self._target(url, trusted)
+        if isinstance(found, _Outcome):
+            return found
         try:
-            return asyncio.run(self._deliver(target, pinned, body, headers))
+            return asyncio.run(self._deliver(*found, body, self._headers(event, attempt)))
         except TimeoutError:
-            return _Outcome(
-                False, True, f"no answer within the {self.deadline_s:g}-second deadline"
-            )
+            return self._late()
         except asyncio.CancelledError:
             return _Outcome(False, False, "the notifier was closed")
+
+    async def _attempt_async(
+        self, url: str, body: bytes, event: dict[str, Any], attempt: int, resolver: Executor
+    ) -> _Outcome:
+        """One attempt to a client's webhook on the running event loop: the host name resolved
+        (and checked) on ``resolver``'s threads within ``deadline_s``, then :meth:`_deliver`.
+        :class:`asyncio.CancelledError` when the notifier is closed."""
+        lookup = asyncio.get_running_loop().run_in_executor(resolver, self._target, url, False)
+        try:
+            found = await asyncio.wait_for(lookup, self.deadline_s)
+        except TimeoutError:
+            return _Outcome(False, True, f"the host did not resolve within {self.deadline_s:g} s")
+        if isinstance(found, _Outcome):
+            return found
+        try:
+            return await self._deliver(*found, body, self._headers(event, attempt))
+        except TimeoutError:
+            return self._late()
 
     async def _deliver(
         self,
@@ -467,6 +532,171 @@ class Notifier:
             log.warning("SNS publish to %s failed", topic_arn, exc_info=True)
             return False
         return True
+
+
+@dataclass
+class _Host:
+    """One webhook host's deliveries: its attempt slots, and how many wait or run."""
+
+    slots: asyncio.Semaphore
+    deliveries: int = 0
+
+
+class WebhookDeliveries:
+    """Clients' own webhooks, delivered on one event loop (a thread of its own), bounded.
+
+    A job's webhook is the client's choice; one that never answers costs an attempt's whole
+    deadline (30 s), six times over. Sent on the few threads every notification shared, four
+    such webhooks held back every other job's notification, the operator's included, by about
+    a minute, and more of them without limit (review, session 40). Here:
+
+    * each delivery is a task: waiting for an answer or between attempts it holds no thread
+      (the host-name lookup, which blocks, runs on ``resolvers`` threads within the host's
+      slot, bounded by the attempt's deadline);
+    * at most ``concurrency`` attempts are in flight at once, and at most ``per_host`` to one
+      webhook host (scheme, host name, port): a host that never answers holds its own slots,
+      every other host's deliveries go on;
+    * at most ``backlog`` deliveries wait or run at once, ``host_backlog`` of them for one
+      host: beyond, :meth:`submit` refuses (the caller records that notification failed), so
+      neither memory nor the notifications left pending in the job store grow without bound.
+
+    Retries, pauses, deadlines, the address check before every attempt and the pinned address
+    are :class:`Notifier`'s, as for :meth:`Notifier.post`. :meth:`close` (or the notifier's
+    ``close``) ends every delivery; their callbacks get ``False``.
+    """
+
+    def __init__(
+        self,
+        notifier: Notifier,
+        *,
+        concurrency: int = 32,
+        per_host: int = 2,
+        backlog: int = 1000,
+        host_backlog: int = 100,
+        resolvers: int = 8,
+    ) -> None:
+        if min(concurrency, per_host, backlog, host_backlog, resolvers) < 1:
+            raise InvalidOptionsError("webhook delivery limits must be at least 1")
+        self.notifier = notifier
+        self.concurrency = concurrency
+        self.per_host = per_host
+        self.backlog = backlog
+        self.host_backlog = host_backlog
+        self._lock = threading.Lock()
+        self._hosts: dict[str, _Host] = {}
+        self._total = 0
+        self._closed = False
+        self._slots = asyncio.Semaphore(concurrency)
+        self._resolver = ThreadPoolExecutor(resolvers, thread_name_prefix="stygig-webhook-dns")
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="stygig-webhooks", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_forever()
+            # Closed: what is left is cancelled and unwinds (connections closed, callbacks
+            # told), then the loop goes.
+            left = asyncio.all_tasks(self._loop)
+            for task in left:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+        finally:
+            self._loop.close()
+
+    def pending(self) -> int:
+        """Deliveries waiting or running now."""
+        with self._lock:
+            return self._total
+
+    def _host_key(self, url: str) -> str:
+        try:
+            target = self.notifier._parse(url)
+        except InvalidOptionsError:
+            return ""  # refused at its first attempt anyway
+        host = target.raw_host.decode("ascii", "replace").lower()
+        return f"{target.scheme}://{host}:{_port(target)}"
+
+    def submit(self, url: str, event: dict[str, Any], done: Callable[[bool], None]) -> bool:
+        """Deliver ``event`` to a client's webhook ``url``; ``done(delivered)`` is called once
+        when it is over (on the delivery thread: it must not block). ``False`` (and ``done``
+        never called) when refused: the backlog, or this host's share of it, is full, or the
+        deliveries are closed."""
+        key = self._host_key(url)
+        with self._lock:
+            host = self._hosts.get(key)
+            if (
+                self._closed
+                or self._total >= self.backlog
+                or (host is not None and host.deliveries >= self.host_backlog)
+            ):
+                return False
+            if host is None:
+                host = self._hosts[key] = _Host(asyncio.Semaphore(self.per_host))
+            host.deliveries += 1
+            self._total += 1
+            future = asyncio.run_coroutine_threadsafe(
+                self._deliver(url, event, key, host), self._loop
+            )
+
+        def over(future: concurrent.futures.Future[bool]) -> None:
+            delivered = not future.cancelled() and future.exception() is None and future.result()
+            try:
+                done(bool(delivered))
+            except Exception:
+                log.exception("a webhook delivery's callback failed")
+
+        future.add_done_callback(over)
+        return True
+
+    async def _deliver(self, url: str, event: dict[str, Any], key: str, host: _Host) -> bool:
+        try:
+            return await self._attempts(url, event, host)
+        except Exception:
+            log.warning("webhook for job %s failed", event.get("inferenceId"), exc_info=True)
+            return False
+        finally:
+            with self._lock:
+                host.deliveries -= 1
+                self._total -= 1
+                if host.deliveries == 0 and self._hosts.get(key) is host:
+                    del self._hosts[key]
+
+    async def _attempts(self, url: str, event: dict[str, Any], host: _Host) -> bool:
+        notifier = self.notifier
+        attempts = notifier.retries + 1
+        body = json.dumps(event).encode()
+        for attempt in range(1, attempts + 1):
+            if notifier._deliveries.closed.is_set():
+                return False
+            # The host's slot first: a host that never answers waits for its own slots without
+            # holding one of the shared ones.
+            async with host.slots, self._slots:
+                outcome = await notifier._attempt_async(url, body, event, attempt, self._resolver)
+            if outcome.delivered:
+                return True
+            log.warning(
+                "webhook attempt %d/%d for job %s failed: %s",
+                attempt,
+                attempts,
+                event.get("inferenceId"),
+                outcome.reason,
+            )
+            if not outcome.retry or attempt == attempts:
+                return False
+            await asyncio.sleep(notifier._pause(attempt, outcome.retry_after_s))
+        return False
+
+    def close(self, timeout: float = 10.0) -> None:
+        """End every delivery (``done(False)`` for each) and the loop; wait up to ``timeout``."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout)
+        self._resolver.shutdown(wait=False, cancel_futures=True)
 
 
 def _port(url: httpx.URL) -> int:

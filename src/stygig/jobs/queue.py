@@ -13,7 +13,9 @@ The contract both keep (the worker's crash-safe order of steps relies on it):
 * ``claim`` hands a queued job to one owner at a time and counts the attempt; the owner keeps it
   with ``renew``; a job whose owner stops renewing comes back (``requeue_orphans`` or the queue's
   own redelivery) and is claimed again with the next attempt number.
-* ``finish`` records the terminal state once, only for the owner of the current attempt.
+* ``finish`` records the terminal state once, only for the owner of the current attempt, and
+  drops the job's inline input and options; ``purge`` keeps the finished jobs within an age and
+  a number (``max_finished``).
 * ``pending_notifications`` / ``mark_notified``: finished jobs whose notification is due.
 * ``get`` / ``view`` / ``list_jobs`` / ``counts`` / ``events``: what clients and audits read,
   each with work bounded whatever the store holds: ``list_jobs`` returns a :class:`JobPage`
@@ -64,7 +66,8 @@ class JobQueue(Protocol):
         ...
 
     def purge(self, finished_before: float, *, batch: int = 500) -> int:
-        """Delete finished, notified jobs that ended before ``finished_before``; how many."""
+        """Delete finished, notified jobs that ended before ``finished_before``, and the oldest
+        of them beyond the store's ``max_finished``; how many (a store may stop at ``batch``)."""
         ...
 
     def mark_notified(self, job_id: str, state: str) -> None:
@@ -86,8 +89,9 @@ class JobQueue(Protocol):
         (``None`` at the end) is where the next one starts."""
         ...
 
-    def pending_notifications(self, limit: int = 100) -> list[Job]:
-        """Finished jobs whose notification has not been sent yet."""
+    def pending_notifications(self, limit: int = 100, *, after_seq: int = 0) -> list[Job]:
+        """Finished jobs whose notification has not been sent yet, in submission order after
+        ``after_seq`` (so a caller pages past the ones it is still sending)."""
         ...
 
     def counts(self) -> JobCounts:

@@ -35,8 +35,11 @@ win a claim or a finish. The steps mirror the SQLite store:
   redrive policy that moves messages to a dead-letter queue sooner than that.
 * **finish**: the record goes terminal only for the owner of the current attempt (a second
   finish, or a worker whose job was taken over, is refused), then the message and the input
-  are deleted. The ``notify`` and ``done`` markers are written before the record changes, so a
-  crash after it loses neither the notification nor the retention.
+  are deleted, and the record's options (``params``) are emptied. The ``notify`` and ``done``
+  markers are written before the record changes, so a crash after it loses neither the
+  notification nor the retention.
+* **purge**: finished jobs past the retention time, and the oldest beyond ``max_finished``
+  whatever their age (one pass over the ``done`` markers counts them), as in SQLite.
 
 Messages never carry inputs (SQS holds 256 KiB; inline inputs reach 6 MB). Every AWS failure
 reaches clients as 503 ``queue_unavailable`` (the detail is in the server's log only).
@@ -78,6 +81,7 @@ from stygig.jobs.store import (
     JobView,
     QueueLimits,
     delete_own_document,
+    max_finished_from_env,
 )
 
 __all__ = ["QueueSettings", "SqsJobStore", "open_job_queue", "parse_queue_url"]
@@ -251,6 +255,8 @@ class SqsJobStore:
             whether the job is listed or skipped by its status).
         count_limit: the most ``done`` markers one :meth:`counts` call lists (1,000 per S3
             list request).
+        max_finished: finished jobs kept at most: :meth:`purge` deletes the oldest beyond it
+            (``None``: :func:`~stygig.jobs.store.max_finished_from_env`).
         sqs, s3: boto3 clients to use instead of new ones.
     """
 
@@ -266,6 +272,7 @@ class SqsJobStore:
         notify_takeover_s: float = 120.0,
         scan_limit: int = MAX_PAGE,
         count_limit: int = COUNT_LIMIT,
+        max_finished: int | None = None,
         sqs: Any = None,
         s3: Any = None,
     ) -> None:
@@ -282,6 +289,9 @@ class SqsJobStore:
             raise InvalidOptionsError("scan_limit and count_limit must be at least 1")
         self.scan_limit = scan_limit
         self.count_limit = count_limit
+        if max_finished is not None and max_finished < 1:
+            raise InvalidOptionsError("max_finished must be at least 1")
+        self.max_finished = max_finished_from_env() if max_finished is None else max_finished
         if sqs is None or s3 is None:
             try:
                 import boto3
@@ -756,7 +766,8 @@ class SqsJobStore:
         error: Mapping[str, Any] | None = None,
     ) -> bool:
         """Record the terminal state once, only for the owner of this attempt; whether it did.
-        Then the job's message and inline input are deleted."""
+        Its options are emptied in the record (never needed again; up to a request head's
+        size each), then the job's message and inline input are deleted."""
         now = time.time()
         done_key = self._key("done", f"{int(now * 1000):015d}.{status}.{job_id}")
 
@@ -770,6 +781,7 @@ class SqsJobStore:
                 error=detail,
                 lease_expires=None,
                 notify_state="pending",
+                params={},
             )
             record["events"].append(_event(status, owner, now, detail))
             return True
@@ -801,14 +813,24 @@ class SqsJobStore:
         return []
 
     def purge(self, finished_before: float, *, batch: int = 500) -> int:
-        """Delete finished jobs (record, markers, input) that ended before ``finished_before``
-        and have nothing left to notify; how many (at most ``batch`` per call)."""
+        """Delete finished jobs (record, markers, input) that have nothing left to notify and
+        ended before ``finished_before``, or are the oldest beyond ``max_finished`` finished
+        jobs; how many (at most ``batch`` per call). Each call lists every ``done`` marker
+        (one S3 list request per 1,000) to count them."""
+        if batch < 1:
+            raise InvalidOptionsError("batch must be at least 1")
         cutoff = self._key("done", f"{int(finished_before * 1000):015d}")
         removed = 0
         with self._aws("purge finished jobs"):
+            markers = 0
+            oldest: list[str] = []  # those a call may delete: some are skipped (to notify)
             for obj in self._list("done"):
-                key = str(obj["Key"])
-                if key >= cutoff or removed >= batch:
+                markers += 1
+                if len(oldest) < 4 * batch:
+                    oldest.append(str(obj["Key"]))
+            excess = markers - self.max_finished
+            for key in oldest:
+                if removed >= batch or (key >= cutoff and excess <= 0):
                     break
                 stamp, _, rest = key.rsplit("/", 1)[1].partition(".")
                 _, _, job_id = rest.partition(".")
@@ -816,6 +838,7 @@ class SqsJobStore:
                     found = self._read(self._record_key(job_id))
                 except CorruptRecordError:
                     self._delete(key)  # the record stays for a person to look at
+                    excess -= 1
                     continue
                 record = found[0] if found else None
                 if (
@@ -824,6 +847,7 @@ class SqsJobStore:
                     or f"{int(float(record['finished_at']) * 1000):015d}" != stamp
                 ):
                     self._delete(key)  # a marker of an attempt that did not finish the job
+                    excess -= 1
                     continue
                 if record.get("notify_state") == "pending":
                     continue
@@ -837,6 +861,7 @@ class SqsJobStore:
                 for where in (record.get("output_location"), record.get("failure_location")):
                     delete_own_document(where, job_id, record.get("token"))
                 removed += 1
+                excess -= 1
         return removed
 
     def mark_notified(self, job_id: str, state: str) -> None:
@@ -904,18 +929,20 @@ class SqsJobStore:
                     return JobPage(found, int(seq))
         return JobPage(found, None)
 
-    def pending_notifications(self, limit: int = 100) -> list[Job]:
+    def pending_notifications(self, limit: int = 100, *, after_seq: int = 0) -> list[Job]:
         """Jobs finished here whose notification is due (from memory), and every
         ``notify_scan_s`` those other servers finished and left unsent for
-        ``notify_takeover_s`` (a crash before they sent it)."""
+        ``notify_takeover_s`` (a crash before they sent it); those submitted after
+        ``after_seq``, the ones from memory in submission order."""
         with self._lock:
-            due = list(self._due.values())[:limit]
+            held = sorted((j for j in self._due.values() if j.seq > after_seq), key=_by_seq)
+            due = held[:limit]
+            mine = set(self._due)
             scan = time.monotonic() - self._last_scan >= self.notify_scan_s
             if scan:
                 self._last_scan = time.monotonic()
         if not scan or len(due) >= limit:
             return due
-        mine = {j.id for j in due}
         with self._aws("look for notifications"):
             for obj in self._list("notify"):
                 job_id = str(obj["Key"]).rsplit("/", 1)[1]
@@ -933,10 +960,12 @@ class SqsJobStore:
                     continue  # a finish that did not happen (yet)
                 if time.time() - float(record["finished_at"]) < self.notify_takeover_s:
                     continue  # its server sends it
+                if int(record["seq"]) <= after_seq:
+                    continue
                 due.append(self._job(record))
                 if len(due) >= limit:
                     break
-        return due
+        return sorted(due, key=_by_seq)
 
     def counts(self) -> JobCounts:
         """Jobs per status: ``queued`` and ``running`` as SQS counts messages (approximate:
@@ -968,6 +997,10 @@ class SqsJobStore:
         audit of every job pages with :meth:`list_jobs` and reads each one's."""
         record = self._record(job_id)
         return [{"job_id": record["id"], **e} for e in record.get("events", [])]
+
+
+def _by_seq(job: Job) -> int:
+    return job.seq
 
 
 def _is_record(data: Any) -> bool:

@@ -20,8 +20,11 @@ location proves it was written for this job (not for an earlier job of the same 
 
 What the store keeps is bounded: :meth:`JobStore.submit` refuses a job once the unfinished
 ones reach a count or hold a total of inline input bytes (:class:`QueueLimits`, checked in the
-insert's own transaction), a job's inline input is dropped when it finishes, and
-:meth:`JobStore.purge` deletes finished jobs (and their events) older than the retention time.
+insert's own transaction); a job's inline input and its options (``params``, up to a request
+head's size, which no view or notification shows) are dropped when it finishes; and
+:meth:`JobStore.purge` deletes finished jobs (and their events) older than the retention time,
+and the oldest beyond ``max_finished`` (:data:`MAX_FINISHED`, ``$STYGIG_ASYNC_MAX_FINISHED``)
+whatever their age, so a client submitting fast cannot grow the file for the whole retention.
 Public views (:class:`JobView`) hold neither the input nor the webhook, and a job's locations
 are shown to clients only as :func:`shown_location` gives them.
 """
@@ -56,6 +59,8 @@ log = logging.getLogger("stygig.jobs")
 
 __all__ = [
     "COUNT_LIMIT",
+    "MAX_FINISHED",
+    "MAX_FINISHED_ENV",
     "MAX_PAGE",
     "STATUSES",
     "Job",
@@ -67,6 +72,7 @@ __all__ = [
     "QueueLimits",
     "Status",
     "iso_time",
+    "max_finished_from_env",
     "new_owner",
     "shown_location",
 ]
@@ -79,6 +85,11 @@ UNFINISHED = ("queued", "running")
 MAX_PAGE = 1000
 #: How far one ``counts`` call counts a status (the jobs kept can reach millions).
 COUNT_LIMIT = 10_000
+#: Finished jobs a store keeps at most (the oldest beyond are purged first, whatever the
+#: retention time): with its events about 1-4 KB a job in SQLite, plus its result document.
+MAX_FINISHED = 100_000
+#: The environment variable an operator sets the bound with (a whole number, at least 1).
+MAX_FINISHED_ENV = "STYGIG_ASYNC_MAX_FINISHED"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -155,6 +166,20 @@ class QueueLimits:
     def __post_init__(self) -> None:
         if self.max_jobs < 1 or self.max_bytes < 1:
             raise InvalidOptionsError("the queue limits must be at least 1")
+
+
+def max_finished_from_env() -> int:
+    """The finished jobs a store keeps: ``$STYGIG_ASYNC_MAX_FINISHED``, else
+    :data:`MAX_FINISHED` (:class:`~stygig.errors.ConfigError` when it is not a whole number of
+    at least 1: a bound mistyped by the operator is said at start, never silently replaced)."""
+    text = os.environ.get(MAX_FINISHED_ENV, "").strip().replace("_", "")
+    if not text:
+        return MAX_FINISHED
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise ConfigError(
+            f"{MAX_FINISHED_ENV} must be a whole number of finished jobs to keep, at least 1"
+        )
+    return int(text)
 
 
 def new_owner() -> str:
@@ -405,17 +430,27 @@ class JobStore:
         synchronous: SQLite's ``synchronous`` pragma. ``FULL`` (default) makes a commit survive
             power loss, not just a process crash; ``NORMAL`` is faster and survives ``kill -9``.
         count_limit: how far :meth:`counts` counts one status.
+        max_finished: finished jobs kept at most: :meth:`purge` deletes the oldest beyond it
+            (``None``: :func:`max_finished_from_env`).
     """
 
     def __init__(
-        self, path: str | Path, *, synchronous: str = "FULL", count_limit: int = COUNT_LIMIT
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "FULL",
+        count_limit: int = COUNT_LIMIT,
+        max_finished: int | None = None,
     ) -> None:
         if synchronous not in ("OFF", "NORMAL", "FULL"):
             raise InvalidOptionsError("synchronous must be OFF, NORMAL or FULL")
         if count_limit < 1:
             raise InvalidOptionsError("count_limit must be at least 1")
+        if max_finished is not None and max_finished < 1:
+            raise InvalidOptionsError("max_finished must be at least 1")
         self.path = Path(path)
         self.count_limit = count_limit
+        self.max_finished = max_finished_from_env() if max_finished is None else max_finished
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(
@@ -580,8 +615,8 @@ class JobStore:
                     log.error("job %s cannot be read (a corrupt row); it is failed", job_id)
                     db.execute(
                         "UPDATE jobs SET status = 'failed', finished_at = ?, error = ?,"
-                        " lease_expires = NULL, notify_state = 'pending', input_body = NULL"
-                        " WHERE id = ?",
+                        " lease_expires = NULL, notify_state = 'pending', input_body = NULL,"
+                        " params = '{}' WHERE id = ?",
                         (now, json.dumps(CORRUPT_RECORD), job_id),
                     )
                     self._event(db, job_id, "failed", owner, CORRUPT_RECORD)
@@ -605,11 +640,13 @@ class JobStore:
         error: Mapping[str, Any] | None = None,
     ) -> bool:
         """Record the terminal state, once: only the owner of this attempt can; whether it did.
-        The job's inline input is dropped in the same transaction (it is never needed again)."""
+        The job's inline input and its options are dropped in the same transaction: they are
+        never needed again (no view, listing or notification shows them), and the options
+        alone can be a request head's worth (64 KB) kept for the whole retention time."""
         with self._transaction() as db:
             cur = db.execute(
                 "UPDATE jobs SET status = ?, finished_at = ?, error = ?, lease_expires = NULL,"
-                " notify_state = 'pending', input_body = NULL"
+                " notify_state = 'pending', input_body = NULL, params = '{}'"
                 " WHERE id = ? AND status = 'running' AND owner = ? AND attempts = ?",
                 (
                     status,
@@ -651,27 +688,53 @@ class JobStore:
         return orphans
 
     def purge(self, finished_before: float, *, batch: int = 500) -> int:
-        """Delete finished jobs (and their events) that ended before ``finished_before`` and
-        have nothing left to notify; how many. Deletes in short transactions of ``batch``."""
+        """Delete finished jobs (and their events and documents) that have nothing left to
+        notify and ended before ``finished_before``, then the oldest of them beyond
+        ``max_finished`` finished jobs, whatever their age; how many. Deletes in short
+        transactions of ``batch``."""
+        if batch < 1:
+            raise InvalidOptionsError("batch must be at least 1")
         removed = 0
         while True:
-            with self._transaction() as db:
-                rows = db.execute(
-                    "SELECT id, token, output_location, failure_location FROM jobs"
-                    " WHERE finished_at < ? AND status IN (?, ?)"
-                    " AND (notify_state IS NULL OR notify_state != 'pending') LIMIT ?",
-                    (finished_before, *TERMINAL, batch),
-                ).fetchall()
-                ids = [r["id"] for r in rows]
-                marks = ", ".join("?" * len(ids))
-                db.execute(f"DELETE FROM events WHERE job_id IN ({marks})", ids)
-                db.execute(f"DELETE FROM jobs WHERE id IN ({marks})", ids)
-            for row in rows:  # the jobs' own documents go with them (a folder's disk is bounded)
-                for where in (row["output_location"], row["failure_location"]):
-                    delete_own_document(where, row["id"], row["token"])
-            removed += len(ids)
-            if len(ids) < batch:
-                return removed
+            deleted = self._delete_finished("finished_at < ?", (finished_before,), batch)
+            removed += deleted
+            if deleted < batch:
+                break
+        with self._lock:
+            (finished,) = self._db.execute(
+                "SELECT COUNT(*) FROM jobs WHERE finished_at IS NOT NULL"
+            ).fetchone()
+        excess = int(finished) - self.max_finished
+        while excess > 0:
+            # The oldest first (the finished_at index), skipping those still to notify.
+            deleted = self._delete_finished(
+                "finished_at IS NOT NULL ORDER BY finished_at, seq", (), min(batch, excess)
+            )
+            if deleted == 0:
+                break  # the rest are still to be notified
+            removed += deleted
+            excess -= deleted
+        return removed
+
+    def _delete_finished(self, where: str, args: tuple[Any, ...], limit: int) -> int:
+        """Delete up to ``limit`` finished jobs whose notification is not pending, chosen by
+        ``where`` (with ``args``; may end in an ``ORDER BY``), with their events, then their
+        own documents (a folder's disk is bounded too); how many."""
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT id, token, output_location, failure_location FROM jobs"
+                " WHERE status IN (?, ?) AND (notify_state IS NULL OR notify_state != 'pending')"
+                f" AND {where} LIMIT ?",
+                (*TERMINAL, *args, limit),
+            ).fetchall()
+            ids = [r["id"] for r in rows]
+            marks = ", ".join("?" * len(ids))
+            db.execute(f"DELETE FROM events WHERE job_id IN ({marks})", ids)
+            db.execute(f"DELETE FROM jobs WHERE id IN ({marks})", ids)
+        for row in rows:
+            for where_to in (row["output_location"], row["failure_location"]):
+                delete_own_document(where_to, row["id"], row["token"])
+        return len(ids)
 
     def mark_notified(self, job_id: str, state: str) -> None:
         """Record the notification outcome: ``sent``, ``failed`` or ``none`` (nothing to send)."""
@@ -720,12 +783,14 @@ class JobStore:
         views = [JobView.from_row(r) for r in rows]
         return JobPage(views, views[-1].seq if len(views) == limit else None)
 
-    def pending_notifications(self, limit: int = 100) -> list[Job]:
-        """Finished jobs whose notification has not been sent yet."""
+    def pending_notifications(self, limit: int = 100, *, after_seq: int = 0) -> list[Job]:
+        """Finished jobs whose notification has not been sent yet, in submission order after
+        ``after_seq`` (the caller pages past those it is already sending)."""
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {_NO_BODY} FROM jobs WHERE notify_state = 'pending' ORDER BY seq LIMIT ?",
-                (limit,),
+                f"SELECT {_NO_BODY} FROM jobs WHERE notify_state = 'pending' AND seq > ?"
+                " ORDER BY seq LIMIT ?",
+                (max(0, after_seq), limit),
             ).fetchall()
         return [Job.from_row(r) for r in rows]
 

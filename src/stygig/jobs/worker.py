@@ -32,6 +32,7 @@ never more than its byte limit.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import threading
@@ -52,7 +53,7 @@ from stygig.errors import (
     StorageError,
     StygigError,
 )
-from stygig.jobs.notify import Notifier
+from stygig.jobs.notify import Notifier, WebhookDeliveries, event_for
 from stygig.jobs.queue import JobQueue
 from stygig.jobs.store import Job, new_owner
 from stygig.locations import InputLocations
@@ -70,6 +71,10 @@ __all__ = [
 log = logging.getLogger("stygig.jobs")
 _JSON_TYPES = ("application/json", "text/json")
 _PURGE_EVERY_S = 60.0
+_PURGE_BATCH = 500
+#: Notifications being sent at once besides clients' webhook backlog (the operator's
+#: channels are fast, so these are few; the bound keeps a stuck operator receiver finite).
+_MAX_NOTIFYING = 1000
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,14 @@ class WorkerConfig:
             real-time requests always find one).
         lease_s: how long a claim holds without renewal (renewed every ``lease_s / 3``).
         poll_s: how often an idle worker looks for work (a submission wakes it at once).
-        notify_threads: notifications delivered in parallel (a slow webhook blocks one).
+        notify_threads: threads sending the operator's channels (``--async-webhook``, SNS);
+            a job's own webhook never takes one (see :class:`~stygig.jobs.notify.WebhookDeliveries`).
+        webhook_concurrency: clients' webhook attempts in flight at once (tasks on one event
+            loop, not threads).
+        webhooks_per_host: of those, at most this many to one webhook host.
+        webhook_backlog: clients' webhook deliveries waiting or running at most; beyond, a
+            job's own webhook is not sent (its notification is recorded failed).
+        webhook_host_backlog: the same, for one webhook host.
         grace_s: how long past its time limit a job's computation may go on holding its slot;
             after that its thread is abandoned and the slot given back.
         max_abandoned: abandoned threads allowed at once; at the cap nothing new is claimed.
@@ -91,6 +103,10 @@ class WorkerConfig:
     lease_s: float = 60.0
     poll_s: float = 0.5
     notify_threads: int = 4
+    webhook_concurrency: int = 32
+    webhooks_per_host: int = 2
+    webhook_backlog: int = 1000
+    webhook_host_backlog: int = 100
     grace_s: float = 5.0
     max_abandoned: int = 4
 
@@ -101,6 +117,15 @@ class WorkerConfig:
             raise InvalidOptionsError("lease_s and poll_s must be positive")
         if self.grace_s < 0 or self.max_abandoned < 1:
             raise InvalidOptionsError("grace_s must be >= 0 and max_abandoned at least 1")
+        limits = (
+            self.notify_threads,
+            self.webhook_concurrency,
+            self.webhooks_per_host,
+            self.webhook_backlog,
+            self.webhook_host_backlog,
+        )
+        if min(limits) < 1:
+            raise InvalidOptionsError("notification threads and webhook limits must be at least 1")
 
 
 def _split_json_input(
@@ -288,6 +313,16 @@ def run_job(
 
 
 @dataclass
+class _Notice:
+    """A notification being sent: its parts still out (the operator's channels, the job's own
+    webhook), and whether every part so far went out."""
+
+    job: Job
+    parts: int
+    ok: bool = True
+
+
+@dataclass
 class _Running:
     job: Job
     gate: WriteGate = field(default_factory=WriteGate)
@@ -318,7 +353,9 @@ class JobWorker:
         should_yield: when it returns true, no new job is claimed (e.g. the real-time queue is
             busy); running jobs go on.
         locations: which client-named inputs jobs may read (``None``: none).
-        retention_s: finished jobs older than this are deleted from the store (``None``: kept).
+        retention_s: finished jobs older than this are deleted from the store (``None``: kept
+            whatever their age). Either way the store's own bound on the finished jobs it keeps
+            (``max_finished``) is applied at the same pace.
     """
 
     def __init__(
@@ -347,10 +384,15 @@ class JobWorker:
         self._supervisors = ThreadPoolExecutor(
             self.config.concurrency, thread_name_prefix="stygig-job"
         )
+        # The operator's channels on threads of their own; clients' webhooks on an event loop
+        # (made at start); outcomes recorded on one more thread, never the event loop's.
         self._notify_pool = ThreadPoolExecutor(
             self.config.notify_threads, thread_name_prefix="stygig-notify"
         )
-        self._notifying: set[str] = set()
+        self._record_pool = ThreadPoolExecutor(1, thread_name_prefix="stygig-notified")
+        self._webhooks: WebhookDeliveries | None = None
+        self._notifying: dict[str, _Notice] = {}
+        self._notify_after = 0  # where the next look for pending notifications starts
         # Retention runs on a thread of its own: deleting many jobs' documents (a storage call
         # or two each) must never hold up lease renewal on the housekeeping thread.
         self._purge_pool = ThreadPoolExecutor(1, thread_name_prefix="stygig-purge")
@@ -367,6 +409,13 @@ class JobWorker:
         requeued = self.store.requeue_orphans(self.owner)
         if requeued:
             log.info("re-queued %d job(s) left running by a stopped process", len(requeued))
+        self._webhooks = WebhookDeliveries(
+            self.notifier,
+            concurrency=self.config.webhook_concurrency,
+            per_host=self.config.webhooks_per_host,
+            backlog=self.config.webhook_backlog,
+            host_backlog=self.config.webhook_host_backlog,
+        )
         for target, name in ((self._dispatch, "dispatch"), (self._housekeep, "housekeeping")):
             thread = threading.Thread(target=target, name=f"stygig-jobs-{name}", daemon=True)
             thread.start()
@@ -378,6 +427,8 @@ class JobWorker:
         self._stopping.set()
         self._wake.set()
         self.notifier.close()  # a backoff pause ends now; the notification stays pending
+        if self._webhooks is not None:
+            self._webhooks.close()  # clients' deliveries too (their pauses included)
         for thread in self._threads:
             thread.join(timeout)
         deadline = time.monotonic() + timeout
@@ -385,6 +436,7 @@ class JobWorker:
             time.sleep(0.05)
         self._supervisors.shutdown(wait=False, cancel_futures=True)
         self._notify_pool.shutdown(wait=False, cancel_futures=True)
+        self._record_pool.shutdown(wait=False, cancel_futures=True)
         self._purge_pool.shutdown(wait=False, cancel_futures=True)
 
     def wake(self) -> None:
@@ -562,42 +614,104 @@ class JobWorker:
                     if self.store.requeue_orphans(self.owner):
                         self._wake.set()
                 last_orphans = now
-            if self.retention_s is not None and now - last_purge >= _PURGE_EVERY_S:
+            if now - last_purge >= _PURGE_EVERY_S:
                 last_purge = now
                 if self._purging is None or self._purging.done():
                     self._purging = self._purge_pool.submit(self._purge, self.retention_s)
             with _chore("sending notifications"):
                 self._notify_pending()
 
-    def _purge(self, retention_s: float) -> None:
-        with _chore("deleting finished jobs past the retention time"):
-            purged = self.store.purge(time.time() - retention_s)
+    def _purge(self, retention_s: float | None) -> None:
+        with _chore("deleting finished jobs past the retention time or the number kept"):
+            before = 0.0 if retention_s is None else time.time() - retention_s
+            purged = 0
+            while not self._stopping.is_set():
+                # A store may delete a batch per call (SQS): again while batches come back full.
+                n = self.store.purge(before, batch=_PURGE_BATCH)
+                purged += n
+                if n < _PURGE_BATCH:
+                    break
             if purged:
-                log.info("deleted %d finished job(s) past the retention time", purged)
+                log.info(
+                    "deleted %d finished job(s) past the retention time or the number kept", purged
+                )
 
     def _notify_pending(self) -> None:
-        for job in self.store.pending_notifications(limit=200):
+        """Start sending the notifications that are due and not being sent already.
+
+        The operator's channels go to the notification threads at once; a job's own webhook
+        goes to :class:`~stygig.jobs.notify.WebhookDeliveries`, where a slow receiver holds no
+        thread. The store is read a page at a time past the jobs already being sent, so a page
+        full of slow deliveries never hides the jobs behind it. How many are being sent is
+        bounded: clients' by the webhook backlog, the rest by ``_MAX_NOTIFYING`` beyond it.
+        """
+        webhooks = self._webhooks
+        if webhooks is None:
+            return
+        limit = 200
+        jobs = self.store.pending_notifications(limit=limit, after_seq=self._notify_after)
+        self._notify_after = jobs[-1].seq if len(jobs) == limit else 0
+        most = self.config.webhook_backlog + _MAX_NOTIFYING
+        for job in jobs:
             if not self.notifier.wants(job):
                 self.store.mark_notified(job.id, "none")
                 continue
+            operator = self.notifier.wants_operator(job)
+            notice = _Notice(job, int(operator) + int(bool(job.webhook)))
             with self._lock:
                 if job.id in self._notifying:
                     continue
-                self._notifying.add(job.id)
-            self._notify_pool.submit(self._notify, job)
+                if len(self._notifying) >= most:
+                    self._notify_after = 0
+                    return
+                self._notifying[job.id] = notice
+            if operator:
+                self._notify_pool.submit(self._send_operator, notice)
+            if job.webhook and not webhooks.submit(
+                job.webhook, event_for(job), functools.partial(self._part_sent, notice)
+            ):
+                self._part_sent(notice, False)
+                if self._stopping.is_set():
+                    continue  # refused because closed: stays pending for the next process
+                log.warning(
+                    "job %s: its webhook is not sent: %d client webhook notifications are "
+                    "waiting already (at most %d, %d for one host)",
+                    job.id,
+                    webhooks.pending(),
+                    webhooks.backlog,
+                    webhooks.host_backlog,
+                )
 
-    def _notify(self, job: Job) -> None:
+    def _send_operator(self, notice: _Notice) -> None:
         try:
+            sent = self.notifier.send_operator(notice.job)
+        except Exception:  # any failure is recorded: a pending one would be retried forever
+            log.exception("notification for job %s failed", notice.job.id)
+            sent = False
+        self._part_sent(notice, sent)
+
+    def _part_sent(self, notice: _Notice, sent: bool) -> None:
+        """One part of ``notice`` is over; the last one has the outcome recorded (on the
+        recording thread: this may be the webhooks' event loop, which must not block)."""
+        with self._lock:
+            notice.ok = notice.ok and sent
+            notice.parts -= 1
+            last = notice.parts == 0
+        if last:
             try:
-                sent = self.notifier.send(job)
-            except Exception:  # any failure is recorded: a pending one would be retried forever
-                log.exception("notification for job %s failed", job.id)
-                sent = False
-            if not sent and self._stopping.is_set():
+                self._record_pool.submit(self._record_notice, notice)
+            except RuntimeError:  # stopped: it stays pending, the next process sends it
+                with self._lock:
+                    self._notifying.pop(notice.job.id, None)
+
+    def _record_notice(self, notice: _Notice) -> None:
+        job = notice.job
+        try:
+            if not notice.ok and self._stopping.is_set():
                 return  # cut short by stop(): still pending, the next process sends it
-            self.store.mark_notified(job.id, "sent" if sent else "failed")
+            self.store.mark_notified(job.id, "sent" if notice.ok else "failed")
         except Exception:
             log.exception("recording the notification of job %s failed", job.id)
         finally:
             with self._lock:
-                self._notifying.discard(job.id)
+                self._notifying.pop(job.id, None)
