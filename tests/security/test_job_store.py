@@ -516,6 +516,24 @@ def test_the_number_kept_is_the_operators_to_set(
         monkeypatch.setenv("STYGIG_ASYNC_MAX_FINISHED", bad)
         with pytest.raises(ConfigError, match="STYGIG_ASYNC_MAX_FINISHED"):
             JobStore(tmp_path / "c.db")
+    # `stygig serve --async-max-finished N` reaches the store, over the environment's.
+    import argparse
+
+    from stygig.serving.command import add_async_arguments, async_config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_async_arguments(parser)
+    flags = ["--jobs-db", str(tmp_path / "d.db"), "--async-output", str(tmp_path / "out")]
+    args = parser.parse_args([*flags, "--async-max-finished", "7"])
+    from_flag = async_config_from_args(args)
+    assert from_flag is not None
+    opened, _ = from_flag.open_store()
+    try:
+        assert isinstance(opened, JobStore) and opened.max_finished == 7
+    finally:
+        opened.close()
+    with pytest.raises(SystemExit):
+        parser.parse_args([*flags, "--async-max-finished", "0"])
 
 
 def test_the_worker_keeps_finished_jobs_within_the_bound(tmp_path: Path) -> None:

@@ -194,14 +194,16 @@ def _number(text: str, name: str, low: float, high: float) -> float:
     return value
 
 
-def open_job_queue(url: str) -> SqsJobStore:
-    """The store a ``--job-queue`` URL names (:func:`parse_queue_url`), connected."""
+def open_job_queue(url: str, *, max_finished: int | None = None) -> SqsJobStore:
+    """The store a ``--job-queue`` URL names (:func:`parse_queue_url`), connected
+    (``max_finished``: as :class:`SqsJobStore`'s)."""
     settings = parse_queue_url(url)
     return SqsJobStore(
         settings.queue,
         settings.results,
         region=settings.region,
         wait_s=settings.wait_s,
+        max_finished=max_finished,
     )
 
 

@@ -150,6 +150,8 @@ class AsyncConfig:
             together; beyond, submissions are refused alike.
         job_queue: instead of ``jobs_db``, a queue several servers share:
             ``sqs://QUEUE?results=s3://BUCKET/PREFIX`` (:mod:`stygig.jobs.sqs_store`).
+        max_finished: finished jobs kept at most, the oldest deleted first (``None``:
+            ``$STYGIG_ASYNC_MAX_FINISHED``, else 100,000).
     """
 
     jobs_db: Path | None
@@ -166,6 +168,7 @@ class AsyncConfig:
     max_queued: int = 10_000
     max_queued_bytes: int = 1024**3
     job_queue: str | None = None
+    max_finished: int | None = None
 
     def __post_init__(self) -> None:
         if (self.jobs_db is None) == (self.job_queue is None):
@@ -176,6 +179,8 @@ class AsyncConfig:
             parse_queue_url(self.job_queue)  # a bad URL is refused now, not at start-up
         if self.retention_s <= 0:
             raise InvalidOptionsError("the job retention time must be positive")
+        if self.max_finished is not None and self.max_finished < 1:
+            raise InvalidOptionsError("the finished jobs kept must be at least 1")
         if self.max_input_bytes < 1 or self.max_inline_bytes < 1:
             raise InvalidOptionsError("the input byte limits must be at least 1")
         self.queue_limits()  # refuses limits below 1 now, not at the first submission
@@ -193,12 +198,12 @@ class AsyncConfig:
         worker settings to use with it (an SQS URL's ``lease`` is the visibility timeout)."""
         if self.job_queue is None:
             assert self.jobs_db is not None
-            return JobStore(self.jobs_db), self.worker
+            return JobStore(self.jobs_db, max_finished=self.max_finished), self.worker
         from stygig.jobs.sqs_store import open_job_queue, parse_queue_url
 
         lease_s = parse_queue_url(self.job_queue).lease_s
         worker = self.worker if lease_s is None else replace(self.worker, lease_s=lease_s)
-        return open_job_queue(self.job_queue), worker
+        return open_job_queue(self.job_queue, max_finished=self.max_finished), worker
 
 
 class _WebhookChecks:

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stygig.arguments import port
+from stygig.arguments import port, positive
 
 if TYPE_CHECKING:
     from stygig.serving.async_api import AsyncConfig
@@ -462,6 +462,13 @@ def add_async_arguments(p: argparse.ArgumentParser) -> None:
         default=168.0,
         help="finished jobs are forgotten after this (default 7 days)",
     )
+    g.add_argument(
+        "--async-max-finished",
+        type=positive,
+        default=None,
+        help="finished jobs kept at most, the oldest deleted first (default "
+        "$STYGIG_ASYNC_MAX_FINISHED, else 100,000)",
+    )
 
 
 def async_config_from_args(args: argparse.Namespace) -> AsyncConfig | None:
@@ -495,4 +502,5 @@ def async_config_from_args(args: argparse.Namespace) -> AsyncConfig | None:
         retention_s=args.async_retention_hours * 3600.0,
         max_queued=args.async_max_queued,
         max_queued_bytes=int(args.async_max_queued_mb * 1024 * 1024),
+        max_finished=args.async_max_finished,
     )
