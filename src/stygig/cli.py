@@ -174,7 +174,8 @@ def _say(line: str) -> None:
     (review, session 40; text in artifacts built earlier may still hold them)."""
     from stygig.catalog.schema import shown
 
-    print(shown(line))
+    # and its line ends: a name holding one printed a line of its own (review, session 40)
+    print(shown(line).replace("\n", "\\n").replace("\r", "\\r"))
 
 
 def _print_table(rec: dict[str, Any]) -> None:
@@ -204,13 +205,15 @@ def _print_table(rec: dict[str, Any]) -> None:
         sure = f", {confidence:.0%} of the vote" if confidence is not None else ""
         _say(f"gender: {gender['value']} ({gender['source']}{sure})")
     if rec["outfit"]:
-        _say("\noutfit:")
+        print()
+        _say("outfit:")
         for slot, item in rec["outfit"]["slots"].items():
             _say(
                 f"  {slot:<10} {item['id']:<14} {item['category']:<14} {item['hex']}  {item['name']}"
             )
+    print()
     _say(
-        f"\n{'id':<14} {'category':<14} {'colour':<8} {'score':>6} {'sim':>6} {'harm':>5} {'boost':>5}  reason"
+        f"{'id':<14} {'category':<14} {'colour':<8} {'score':>6} {'sim':>6} {'harm':>5} {'boost':>5}  reason"
     )
     if not rec["items"]:
         _say("(no item passed the filters and options: loosen --filter, --gender or --include)")
@@ -221,7 +224,8 @@ def _print_table(rec: dict[str, Any]) -> None:
             f"{item['similarity']:>6.3f} {harmony:>5} {item['boost']:>5.2f}  {item['reason']}"
         )
     timings = ", ".join(f"{k} {v:.1f}" for k, v in rec["timings_ms"].items())
-    _say(f"\ntimings (ms): {timings}")
+    print()
+    _say(f"timings (ms): {timings}")
 
 
 def _cmd_recommend(args: argparse.Namespace) -> int:

@@ -21,7 +21,6 @@ from stygig.errors import InputError, InvalidImageError, InvalidOptionsError, Pa
 
 __all__ = [
     "MAX_CANDIDATE_IDS",
-    "MAX_CUSTOM_ATTRIBUTES",
     "MAX_EXCLUDE_IDS",
     "MAX_FILTERS",
     "MAX_K",
@@ -64,9 +63,6 @@ MAX_SEED = 2**32 - 1
 # about 6,700 (8 + 8 photos and ids, 2 x 256 categories, 2 x 1,000 ids, 16 x 256 filter values).
 MAX_JSON_VALUES = 20_000
 MAX_NUMBER = 1e15  # the largest magnitude of a number in a filter
-#: SageMaker Runtime's own bound on ``CustomAttributes`` (InvokeEndpoint and
-#: InvokeEndpointAsync): what arrives through SageMaker is never longer.
-MAX_CUSTOM_ATTRIBUTES = 1024
 
 
 def check_part_count(parts: int) -> None:
@@ -271,9 +267,10 @@ def option_parameters(*, header: bool = True) -> list[dict[str, Any]]:
                 "name": "X-Amzn-SageMaker-Custom-Attributes",
                 "in": "header",
                 "required": False,
-                "schema": {"type": "string", "maxLength": MAX_CUSTOM_ATTRIBUTES},
+                "schema": {"type": "string"},
                 "description": "the options as a query string (k=3&mode=similar), under the "
-                "query string's and the body's own",
+                "query string's and the body's own; text that is not key=value (a trace id) is "
+                "passed over. Through SageMaker at most 1,024 characters",
             }
         )
     return out
@@ -305,8 +302,8 @@ def split_text_list(values: Iterable[str], name: str, limit: int) -> list[str]:
     """Comma-separated ``values`` as one list without empty entries; more than ``limit``
     entries, counted from the commas before anything is split (an empty entry counts), is an
     :class:`InvalidOptionsError` naming ``name``."""
-    values = list(values)
-    if sum(v.count(",") + 1 for v in values) > limit:
+    values = [v.strip(",") for v in values]  # a trailing comma adds no value
+    if sum(v.count(",") + 1 for v in values if v) > limit:
         raise InvalidOptionsError(f"{name}: at most {limit:,} values")
     return [v for value in values for v in value.split(",") if v]
 

@@ -84,6 +84,31 @@ def test_an_id_is_visible_encodable_text(sample: tuple[Path, Path], bad: str) ->
     assert id_problem("\ud55c\uae00") is None  # Hangul syllables: composed is NFC
 
 
+def test_an_item_whose_id_an_older_rule_took_is_still_updated(
+    live: tuple[LiveCatalog, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review (s40): an update re-checked the item's own id against today's rule, so an item
+    built before ids had to be NFC could no longer be updated (a 422 naming a wrong type), and
+    its logged updates were skipped at replay."""
+    from stygig.catalog import changes, loaders
+
+    catalog, folder = live
+    old_id = "cafe\u0301"
+    for module in (changes, loaders):  # as before the rule
+        monkeypatch.setattr(module, "id_problem", lambda value: None)
+    catalog.submit([parse_change(_add(folder, old_id))])
+    monkeypatch.undo()
+    snap = catalog.submit([parse_change(_update(old_id, price=12.5, name="Slim"))])
+    item = snap.artifact.items[snap.artifact.positions[old_id]]
+    assert (item.id, item.price, item.name) == (old_id, 12.5, "Slim")
+    fresh = LiveCatalog(
+        Recommender(Artifact.load(tmp_path / "artifact")), ChangeLog(tmp_path / "log")
+    )
+    assert fresh.catch_up() == 2
+    replayed = fresh.snapshot.artifact.items[fresh.snapshot.artifact.positions[old_id]]
+    assert (replayed.price, replayed.name) == (12.5, "Slim")
+
+
 def test_ids_that_differ_only_in_unicode_form_are_not_two_items(tmp_path: Path) -> None:
     """Review (s40): "caf\u00e9" composed and decomposed built as two items that print alike."""
     (tmp_path / "a.jpg").write_bytes(b"not checked")
@@ -156,10 +181,9 @@ def test_control_characters_never_enter_catalogue_text(
         _add(folder, "new-1", brand="\x7f"),
     ):
         _refused(change)
-    snap = catalog.submit(
-        parse_changes_jsonl(json.dumps(_update(first, name="two\tlines\r\nok")).encode())
-    )
-    assert snap.artifact.items[snap.artifact.positions[first]].name == "two\tlines\r\nok"
+    pasted = "two\tlines\r\nok\x0bpasted\x0cfrom a word processor"  # whitespace: text
+    snap = catalog.submit(parse_changes_jsonl(json.dumps(_update(first, name=pasted)).encode()))
+    assert snap.artifact.items[snap.artifact.positions[first]].name == pasted
     photo = tmp_path / "a.jpg"
     photo.write_bytes(b"not checked")
     rows = [
@@ -187,6 +211,18 @@ def test_column_names_are_bounded_and_unnamed_columns_are_no_attribute(tmp_path:
     result = read_catalog(path, check_images=False)
     assert not result.items and [r.reason for r in result.rejects] == ["bad_value"]
     assert "column name is over 200" in result.rejects[0].detail
+
+
+def test_a_json_lines_body_at_its_bound_may_space_its_changes() -> None:
+    """Review (s40): 1,000 changes each followed by a blank line, and the body's final line
+    end, were refused by the count of line ends made to stop millions of blank lines."""
+    from stygig.catalog.changes import MAX_CHANGES
+
+    line = json.dumps(_update("a", price=1))
+    body = ("\n".join([line] * MAX_CHANGES).replace("\n", "\n\n") + "\n").encode()
+    assert len(parse_changes_jsonl(body)) == MAX_CHANGES
+    with pytest.raises(InvalidOptionsError, match="blank lines"):
+        parse_changes_jsonl(line.encode() + b"\n" * (2 * MAX_CHANGES + 2))
 
 
 def test_json_lines_end_at_newlines_only() -> None:
@@ -460,6 +496,11 @@ def test_the_cli_writes_out_the_control_characters_of_older_text(
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out
     assert "Slim \\u001b]0;OWNED\\u0007" in out  # the name is there, written out
+    # A line end in a name is written out too: it printed a line of the table of its own.
+    catalog.submit([parse_change(_update(i.id, name="x\nfake  line")) for i in items])
+    assert main([*argv, "--change-log", str(tmp_path / "log")]) == 0
+    out = capsys.readouterr().out
+    assert "x\\nfake  line" in out and "\nfake  line" not in out
 
 
 def test_the_change_route_documents_its_body_and_answer(
@@ -493,6 +534,10 @@ def test_the_change_route_documents_its_body_and_answer(
             r = client.post("/v1/catalog/changes", json=change)
             assert r.status_code == 200, r.text
             assert not list(answer.iter_errors(r.json()))
+        beside = {"op": "add", "id": "new-2", "item": {"category": "jeans"}}  # id beside
+        beside["image_b64"] = _add(sample[0], "x")["image_b64"]
+        assert not list(body.iter_errors(beside))
+        assert client.post("/v1/catalog/changes", json=beside).status_code == 200
         for wrong in ({"op": "rename", "id": first}, {"op": "remove"}, {"changes": []}):
             assert list(body.iter_errors(wrong))
             assert client.post("/v1/catalog/changes", json=wrong).status_code == 422

@@ -38,14 +38,28 @@ def test_a_number_option_takes_what_json_takes(text: str, value: float) -> None:
     assert params_to_dict([("diversity", text)]) == {"diversity": value}
 
 
-def test_custom_attributes_are_read_as_the_query_string_is() -> None:
-    """Review (s40): blank values were dropped (``k=`` passed, a 422 in the query string) and
-    the documented 1,024-character bound was not enforced (8 KB was read)."""
-    from stygig.recommendation import MAX_CUSTOM_ATTRIBUTES
+def test_custom_attributes_pass_over_what_is_not_an_option() -> None:
+    """SageMaker passes the header on as the caller wrote it, and callers put trace ids in it
+    (its own documented example): a bare word or an empty value is passed over, and a long
+    one (``stygig jobs submit`` with 100 ids) is read whole (review, session 40: refusing
+    them broke both)."""
     from stygig.serving.requests import custom_attributes
 
     assert custom_attributes("k=3&mode=similar") == [("k", "3"), ("mode", "similar")]
-    with pytest.raises(InvalidOptionsError, match="k must be an integer"):
-        options_from_params(custom_attributes("k=&mode=similar"))
-    with pytest.raises(InvalidOptionsError, match="1,024 characters"):
-        custom_attributes("k=3&" + "x" * MAX_CUSTOM_ATTRIBUTES)
+    assert custom_attributes("c000b4f9-df62-4c85-a0bf-7c525f9104a4") == []
+    assert custom_attributes("k=3&trace&x=") == [("k", "3")]
+    ids = ",".join(f"sku-{n:04d}" for n in range(100))
+    assert options_from_params(custom_attributes(f"exclude_ids={ids}")).exclude_ids == tuple(
+        ids.split(",")
+    )
+
+
+def test_a_list_at_its_bound_may_end_with_a_comma() -> None:
+    """Review (s40): counted from the commas, a list of exactly 1,000 ids with a trailing comma
+    was "more than 1,000"; one of 1,001 is still refused before it is split."""
+    from stygig.recommendation import MAX_EXCLUDE_IDS, split_text_list
+
+    ids = [f"x{n}" for n in range(MAX_EXCLUDE_IDS)]
+    assert split_text_list([",".join(ids) + ","], "exclude_ids", MAX_EXCLUDE_IDS) == ids
+    with pytest.raises(InvalidOptionsError, match="exclude_ids: at most 1,000 values"):
+        split_text_list([",".join(ids) + ",x"], "exclude_ids", MAX_EXCLUDE_IDS)

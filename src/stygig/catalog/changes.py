@@ -266,7 +266,7 @@ def parse_changes_jsonl(body: bytes, *, max_changes: int = MAX_CHANGES) -> list[
     """A JSON Lines body of changes (blank lines skipped), each checked; at most
     ``max_changes``."""
     check_json_values(body, what="the changes", limit=max_changes * JSON_VALUES_PER_CHANGE)
-    if body.count(b"\n") > 2 * max_changes:  # before millions of blank lines are split out
+    if body.count(b"\n") > 2 * max_changes + 1:  # before millions of blank lines are split
         raise InvalidOptionsError(
             f"at most {max_changes} changes per request, and as many blank lines"
         )
@@ -346,5 +346,12 @@ def merge_update(
             f"{where}: an item holds at most {MAX_ITEM_ATTRIBUTES} attributes",
             code="too_many_attributes",
         )
+    # The id is not the update's to change, nor to judge: an item built before a rule of ids
+    # changed (NFC, session 40) is still updated (review, session 40: a 422 "wrong type",
+    # and its logged updates skipped at replay). The row is validated under a stand-in id.
+    row["id"] = _STAND_IN_ID
     new = validate_row(row, taxonomy, where, bounded=False)  # its own bound is above
-    return dataclasses.replace(new, image=old.image)
+    return dataclasses.replace(new, id=old.id, image=old.image)
+
+
+_STAND_IN_ID = "item"

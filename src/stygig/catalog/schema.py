@@ -70,11 +70,12 @@ def id_problem(value: str) -> str | None:
     return None
 
 
-#: Control characters catalogue text may not hold: C0 but tab and line ends, DEL, C1 but NEL
-#: (U+0085, a line end of its own). An escape sequence in an item's name retitled, cleared or
+#: Control characters catalogue text may not hold: C0 but tab, line ends, vertical tab and form
+#: feed (whitespace: text pasted from a word processor holds them), DEL, C1 but NEL (U+0085,
+#: a line end of its own). An escape sequence in an item's name retitled, cleared or
 #: wrote the clipboard of the terminal of an operator who printed an answer (review, session
 #: 40); NUL ends a C string.
-CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f]")
+CONTROL = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f]")
 
 
 def text_problem(value: str) -> str | None:

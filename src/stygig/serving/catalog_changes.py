@@ -117,7 +117,8 @@ _CHANGE = {
             "required": ["op", "item"],
             "properties": {
                 "op": {"const": "add"},
-                "item": {**_FIELDS, "required": ["id", "category"]},
+                "id": {"type": "string", "description": "the item's id, if the row has none"},
+                "item": {**_FIELDS, "required": ["category"]},
                 "image_b64": {"type": "string", "description": "the photo, base64"},
                 "image": {
                     "type": "string",

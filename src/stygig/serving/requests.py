@@ -24,13 +24,11 @@ from stygig.engine import Options, Query
 from stygig.errors import (
     InputError,
     InvalidImageError,
-    InvalidOptionsError,
     NotAcceptableError,
     PayloadTooLargeError,
     UnsupportedMediaError,
 )
 from stygig.recommendation import (
-    MAX_CUSTOM_ATTRIBUTES,
     MAX_QUERY_PARTS,
     MAX_TEXT,
     options_from_params,
@@ -137,14 +135,14 @@ def check_form_complete(body: bytes, content_type: str) -> None:
 
 
 def custom_attributes(header: str | None) -> list[tuple[str, str]]:
-    """SageMaker's ``X-Amzn-SageMaker-Custom-Attributes`` (``k=3&mode=similar``) as pairs,
-    read as the query string is: a blank value (``k=``) is there, and refused by its option
-    (review, s40: it was dropped, so ``k=`` passed here and was a 422 in the query string)."""
-    if header and len(header) > MAX_CUSTOM_ATTRIBUTES:
-        raise InvalidOptionsError(
-            f"X-Amzn-SageMaker-Custom-Attributes is over {MAX_CUSTOM_ATTRIBUTES:,} characters"
-        )
-    return parse_qsl(header or "", keep_blank_values=True)
+    """SageMaker's ``X-Amzn-SageMaker-Custom-Attributes`` (``k=3&mode=similar``) as pairs.
+
+    The header is opaque to SageMaker, and callers put trace ids in it (its own example), so
+    text that is not ``key=value`` (a bare word, ``k=``) is passed over, not refused (review,
+    session 40: refusing it broke those callers). Its length is the request head's bound
+    (64 KiB); through SageMaker it is at most 1,024 characters, and ``stygig jobs submit``
+    sends longer ones (a list option of 100 ids)."""
+    return parse_qsl(header or "", keep_blank_values=False)
 
 
 def unsupported(content_type: str, *, multipart: bool = False) -> UnsupportedMediaError:
