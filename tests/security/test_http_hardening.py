@@ -861,3 +861,24 @@ def test_a_header_given_twice_is_read_whole(server: Server, sample: tuple[Path, 
         head = f"POST /invocations HTTP/1.1\nContent-Type: image/jpeg\n{fields}Connection: close\n"
         with raw_request(server, head, body) as sock:
             assert read_status(sock) == status, fields
+
+
+def test_refused_uploads_repeated_on_one_connection_are_cut_off(server: Server) -> None:
+    """Review (s40, R3): a refusal before the body is read (a 415 here; 401, 403, a refused
+    host alike) keeps a declared body of modest size readable, so the client sees its answer;
+    but one connection repeating such uploads pushed 24 GB in 10 s through the event loop.
+    The bytes a connection sends after their answers are bounded over its life (4 x the body
+    limit), then it is closed."""
+    body = b"\xff" * 5_000_000  # within the 6 MB limit: read and dropped after the 415
+    request = (
+        b"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+        b"Content-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    answered, sent = _stream_head(server, request, request, 512 << 20)
+    assert answered in (415, 0), answered
+    assert sent < 64 << 20, f"the server read {sent >> 20} MB of refused uploads"
+    # One refused upload still gets its answer on a connection that stays usable.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(request)
+        assert read_status(sock) == 415
+    assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200

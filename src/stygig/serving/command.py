@@ -240,7 +240,11 @@ def run_serve(args: argparse.Namespace) -> int:
             timeout_keep_alive=75,  # longer than typical load-balancer idle timeouts
             # uvicorn refuses at >= its limit, counting the connection asking: N + 1 serves N.
             limit_concurrency=args.max_connections + 1,
-            http=head_deadline_protocol(args.head_timeout, args.body_timeout),
+            http=head_deadline_protocol(
+                args.head_timeout,
+                args.body_timeout,
+                discard_limit_bytes=4 * int(args.max_body_mb * 1024 * 1024),
+            ),
             lifespan="on",
         )
     )

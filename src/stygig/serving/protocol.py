@@ -55,6 +55,12 @@ CHUNK_FRAMING_BYTES = 64
 #: How long after the app's own body deadline the connection is closed if the message has not
 #: ended (the app answers 408 first when it is the one reading).
 BODY_GRACE_S = 5.0
+#: Body bytes a connection may send after their requests were answered (a refusal before the
+#: body was read: 401, 403, 415, 413), read and dropped so the client can read its answer;
+#: past this, over the connection's life, it is closed. Counted per connection, not per
+#: request: a client repeating refused 6 MB uploads on one connection pushed 24 GB in 10 s
+#: through the event loop (review, session 40). ``serve`` sets 4 x the body limit.
+DISCARD_LIMIT_BYTES = 4 * 6 * 1024 * 1024
 
 
 class HeadTooLargeError(InputError):
@@ -102,6 +108,7 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
     head_timeout_s = 10.0
     head_limit_bytes = HEAD_LIMIT_BYTES
     body_timeout_s = 60.0
+    discard_limit_bytes = DISCARD_LIMIT_BYTES
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -117,6 +124,7 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         self._body_bytes = 0
         self._chunks = 0
         self._chunked = False  # the current message's body is chunked (framing is counted)
+        self._discarded = 0  # body bytes received after their request was answered
 
     def data_received(self, data: bytes) -> None:
         if self._head_bytes is None:
@@ -232,6 +240,13 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
+        if self.cycle is not None and self.cycle.response_complete:  # answered: dropped
+            self._discarded += len(body)
+            if self._discarded > self.discard_limit_bytes and not self.transport.is_closing():
+                self.logger.warning("body bytes after their answers over the bound: closed")
+                self._end_message()
+                self.transport.close()
+                return
         super().on_body(body)
 
     def on_chunk_header(self) -> None:
@@ -287,13 +302,23 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
 
 
 def head_deadline_protocol(
-    head_timeout_s: float, body_timeout_s: float = 60.0
+    head_timeout_s: float,
+    body_timeout_s: float = 60.0,
+    discard_limit_bytes: int = DISCARD_LIMIT_BYTES,
 ) -> type[HttpToolsProtocol]:
-    """The protocol class for uvicorn's ``http=`` setting, with these deadlines."""
+    """The protocol class for uvicorn's ``http=`` setting, with these deadlines and this bound
+    on the body bytes a connection may send after their answers (``serve``: 4 x the body
+    limit)."""
     if head_timeout_s <= 0 or body_timeout_s <= 0:
         raise InvalidOptionsError("the request-head and body timeouts must be positive")
+    if discard_limit_bytes < 0:
+        raise InvalidOptionsError("the discarded-bytes bound must not be negative")
     return type(
         "HeadDeadlineProtocol",
         (_HeadDeadlineProtocol,),
-        {"head_timeout_s": head_timeout_s, "body_timeout_s": body_timeout_s},
+        {
+            "head_timeout_s": head_timeout_s,
+            "body_timeout_s": body_timeout_s,
+            "discard_limit_bytes": discard_limit_bytes,
+        },
     )
