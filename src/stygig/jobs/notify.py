@@ -385,14 +385,7 @@ class Notifier:
                 outcome = self._attempt(url, body, event, attempt, trusted)
                 if outcome.delivered:
                     return True
-                log.warning(
-                    "webhook attempt %d/%d for job %s failed: %s",
-                    attempt,
-                    attempts,
-                    event.get("inferenceId"),
-                    outcome.reason,
-                )
-                if not outcome.retry or attempt == attempts:
+                if not _again(outcome, attempt, attempts, event):
                     return False
                 # An interruptible pause, so close() does not wait out a backoff.
                 if self._deliveries.closed.wait(self._pause(attempt, outcome.retry_after_s)):
@@ -676,14 +669,7 @@ class WebhookDeliveries:
                 outcome = await notifier._attempt_async(url, body, event, attempt, self._resolver)
             if outcome.delivered:
                 return True
-            log.warning(
-                "webhook attempt %d/%d for job %s failed: %s",
-                attempt,
-                attempts,
-                event.get("inferenceId"),
-                outcome.reason,
-            )
-            if not outcome.retry or attempt == attempts:
+            if not _again(outcome, attempt, attempts, event):
                 return False
             await asyncio.sleep(notifier._pause(attempt, outcome.retry_after_s))
         return False
@@ -709,3 +695,15 @@ def _is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _again(outcome: _Outcome, attempt: int, attempts: int, event: dict[str, Any]) -> bool:
+    """Log a failed attempt; whether another should follow."""
+    log.warning(
+        "webhook attempt %d/%d for job %s failed: %s",
+        attempt,
+        attempts,
+        event.get("inferenceId"),
+        outcome.reason,
+    )
+    return outcome.retry and attempt < attempts
