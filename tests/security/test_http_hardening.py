@@ -882,3 +882,22 @@ def test_refused_uploads_repeated_on_one_connection_are_cut_off(server: Server) 
         sock.sendall(request)
         assert read_status(sock) == 415
     assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
+
+
+def test_a_websocket_upgrade_is_answered_as_plain_http(server: Server) -> None:
+    """Review (s40): a WebSocket upgrade reached uvicorn's WebSocket protocol and got an empty
+    403 (no route is a WebSocket); it is now the HTTP request it also is: a JSON 404 here."""
+    head = (
+        "GET /v1/socket HTTP/1.1\nHost: 127.0.0.1\nUpgrade: websocket\nConnection: Upgrade\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\nSec-WebSocket-Version: 13\n"
+    )
+    with raw_request(server, head) as sock:
+        data = b""
+        while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head_part, _, body = data.partition(b"\r\n\r\n")
+    assert head_part.startswith(b"HTTP/1.1 404 "), data[:200]
+    assert json.loads(body)["error"]["code"] == "not_found"

@@ -240,6 +240,7 @@ def run_serve(args: argparse.Namespace) -> int:
             timeout_keep_alive=75,  # longer than typical load-balancer idle timeouts
             # uvicorn refuses at >= its limit, counting the connection asking: N + 1 serves N.
             limit_concurrency=args.max_connections + 1,
+            ws="none",  # no route is a WebSocket: an upgrade is answered as plain HTTP
             http=head_deadline_protocol(
                 args.head_timeout,
                 args.body_timeout,

@@ -194,6 +194,13 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
             )
         self.transport.close()
 
+    def _unsupported_upgrade_warning(self) -> None:
+        """An ``Upgrade`` (WebSocket, h2c) is answered as the plain HTTP request it also is (the
+        server runs no WebSocket protocol: ``ws="none"``); uvicorn's warning would tell the
+        operator to install a WebSocket library, on every such request (review, session 40:
+        an upgrade got an empty 403, not the JSON error)."""
+        self.logger.debug("upgrade request answered as plain HTTP")
+
     def send_400_response(self, msg: str) -> None:
         """A request llhttp cannot parse (a negative Content-Length, a NUL in a header, both
         Transfer-Encoding and Content-Length, an obsolete line fold): the JSON error every
