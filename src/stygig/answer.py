@@ -21,7 +21,9 @@ from pydantic import TypeAdapter
 __all__ = [
     "TIMING_NAMES",
     "ArtifactRef",
+    "CatalogCard",
     "CatalogItem",
+    "CatalogPage",
     "GenderDecision",
     "HeadScore",
     "HeadVote",
@@ -39,6 +41,7 @@ __all__ = [
     "Timings",
     "answer_schema",
     "catalog_item_schema",
+    "catalog_page_schema",
     "outfit_score_schema",
 ]
 
@@ -153,6 +156,31 @@ class CatalogItem(ItemView):
     image_url: str  # the thumbnail route (the catalogue's own image path is the server's)
     color: dict[str, Any]  # the photo's colour summary, measured at build time
     catalog_version: str
+
+
+@dataclass(slots=True)
+class CatalogCard(ItemView):
+    """One item of a ``GET /v1/catalog`` page: the answer's fields and its thumbnail route."""
+
+    image_url: str
+
+
+@dataclass(slots=True)
+class CatalogPage:
+    """``GET /v1/catalog``: a page of the items that match, and how many match in all."""
+
+    total: int
+    offset: int
+    limit: int
+    text_search: bool  # words matched as text (False: by substring of name, id, colour)
+    items: list[CatalogCard]
+
+
+def catalog_page_schema() -> dict[str, Any]:
+    """JSON Schema of :class:`CatalogPage` (for OpenAPI), from the type that writes it."""
+    schema = TypeAdapter(CatalogPage).json_schema(ref_template="#/components/schemas/{model}")
+    schema["title"] = "CatalogPage"
+    return schema
 
 
 def catalog_item_schema() -> dict[str, Any]:

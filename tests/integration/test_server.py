@@ -285,6 +285,25 @@ def test_rest_api(client: httpx.Client, sample: tuple[Path, Path]) -> None:
     assert documented["application/json"]["schema"] == {"$ref": "#/components/schemas/CatalogItem"}
     errors = [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(item.json())]
     assert not errors, errors
+    # So does a page of the catalogue (its items closed too).
+    documented = paths["/v1/catalog"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert documented["schema"] == {"$ref": "#/components/schemas/CatalogPage"}
+    closed = {
+        **document["components"]["schemas"],
+        "CatalogCard": {
+            **document["components"]["schemas"]["CatalogCard"],
+            "additionalProperties": False,
+        },
+    }
+    page_schema = {
+        **closed["CatalogPage"],
+        "additionalProperties": False,
+        "components": {"schemas": closed},
+    }
+    page = client.get("/v1/catalog", params={"limit": 3}).json()
+    assert len(page["items"]) == 3
+    errors = [e.message for e in jsonschema.Draft202012Validator(page_schema).iter_errors(page)]
+    assert not errors, errors
 
 
 def test_request_ids_are_echoed_and_logged(client: httpx.Client, server: Server) -> None:

@@ -55,6 +55,7 @@ from stygig.answer import (
     Recommendation,
     answer_schema,
     catalog_item_schema,
+    catalog_page_schema,
     outfit_score_schema,
 )
 from stygig.catalog.changelog import ChangeLog
@@ -923,6 +924,7 @@ def _with_schemas(app: FastAPI) -> None:
                 ("OutfitScore", outfit_score_schema()),
                 ("OutfitScoreRequest", outfit_request_schema()),
                 ("CatalogItem", catalog_item_schema()),
+                ("CatalogPage", catalog_page_schema()),
             ):
                 schemas.update(schema.pop("$defs", {}))
                 schemas[name] = schema

@@ -41,6 +41,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from stygig import __version__, storage
+from stygig.answer import CatalogCard, CatalogPage
 from stygig.errors import (
     ConfigError,
     InvalidOptionsError,
@@ -216,10 +217,10 @@ class _Shelf:
         changed = self.snapshot.thumbnails.get(item_id)
         return changed if changed is not None else self.images.get(item_id)
 
-    def card(self, pos: int) -> dict[str, Any]:
+    def card(self, pos: int) -> CatalogCard:
         """The fields a page needs to show one catalogue item."""
         view = item_view(self.snapshot.columns, pos)
-        return {**asdict(view), "image_url": image_url(view.id)}
+        return CatalogCard(**asdict(view), image_url=image_url(view.id))
 
     def search(self, query: str, category: str | None, gender: str | None) -> list[int]:
         """Positions of the items whose text holds every word of ``query``, after the filters."""
@@ -332,6 +333,9 @@ class _OneAtATime:
             del task  # no cycle with a failure's traceback (ModelService.run)
 
 
+_PAGE_REF = "#/components/schemas/CatalogPage"
+
+
 def make_catalog_router(service: ModelService) -> APIRouter:
     """The page, its static files, item images, catalogue browsing and the page's config."""
     router = APIRouter()
@@ -414,7 +418,12 @@ def make_catalog_router(service: ModelService) -> APIRouter:
             raise NotFoundError("the item has no image in this artifact", code="no_image")
         return Response(data, media_type="image/jpeg", headers=headers)
 
-    @router.get("/v1/catalog", tags=["catalogue"], summary="Browse and search catalogue items")
+    @router.get(
+        "/v1/catalog",
+        tags=["catalogue"],
+        summary="Browse and search catalogue items",
+        responses={200: {"content": {JSON: {"schema": {"$ref": _PAGE_REF}}}}},
+    )
     async def catalog(
         query: str = Query("", max_length=200, description="words matched in name, id, colour"),
         category: str | None = Query(
@@ -431,15 +440,8 @@ def make_catalog_router(service: ModelService) -> APIRouter:
             lambda: service.run(current.search, query, category or None, gender or None)
         )
         page_hits = hits[offset : offset + limit]
-        return json_response(
-            {
-                "total": len(hits),
-                "offset": offset,
-                "limit": limit,
-                "text_search": False,
-                "items": [current.card(pos) for pos in page_hits],
-            }
-        )
+        page = CatalogPage(len(hits), offset, limit, False, [current.card(p) for p in page_hits])
+        return json_response(asdict(page))
 
     @router.get("/v1/config", tags=["catalogue"], summary="What the page can offer")
     async def config() -> Response:
