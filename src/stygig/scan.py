@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -42,6 +43,7 @@ __all__ = [
     "CHECK_QUERIES",
     "CHECK_SIGMAS",
     "SCAN_MIN_BYTES",
+    "SCAN_THREADS",
     "SIGMAS",
     "Int8Scan",
     "Scan",
@@ -64,6 +66,11 @@ SIGMAS = 8.0
 #: queries stays within this many standard deviations (a Gaussian: once in 10^10 products).
 CHECK_QUERIES = 32
 CHECK_SIGMAS = 6.5
+#: The int8 scan's threads: the rows split between two cores. A request's scan runs after its
+#: encoder, when the second core is free (a lone request's colour is done by then): at 10k x
+#: 1280 the scan alone 0.27 -> 0.17 ms warm, and 0.3 ms less outside the encoder over HTTP
+#: (``benchmarks/bench_budget.py``, 2026-12-03). More threads split 10k rows too thin.
+SCAN_THREADS = 2
 #: Below this width FAISS's float32 kernels sum a row differently by its place in the batch
 #: (2, 4, 8), so a re-scored row would not be the float32 scan's sum; the scan never pays there.
 MIN_DIM = 16
@@ -86,9 +93,13 @@ class Int8Scan:
     """The rows ``(n, d)`` as int8 codes with a scale per row, and an ONNX Runtime session that
     takes every row's approximate inner product with a batch of queries."""
 
-    def __init__(self, rows: np.ndarray, *, levels: int | None = None) -> None:
+    def __init__(
+        self, rows: np.ndarray, *, levels: int | None = None, threads: int | None = None
+    ) -> None:
         """``levels``: the largest code (127, or 63 where the kernel would saturate; default:
-        by :func:`full_range_codes`)."""
+        by :func:`full_range_codes`). ``threads``: ONNX Runtime's intra-op threads for the scan
+        (default :data:`SCAN_THREADS`, at most the cores); the products are the same sums
+        whatever the count (int32, exact)."""
         import onnxruntime as ort
 
         if levels is None:
@@ -110,8 +121,10 @@ class Int8Scan:
         self._row_scale = float(scale.max()) if self.rows else 0.0  # a row's largest step
         self._row_norm = float(norm.max()) if self.rows else 0.0  # decoded rows' largest norm
         options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
+        options.intra_op_num_threads = threads or min(SCAN_THREADS, os.cpu_count() or 1)
         options.inter_op_num_threads = 1
+        # Idle scan threads sleep: they would busy-wait beside the encoder's between requests.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
         # ONNX Runtime packs the codes once for its int8 kernel and drops its unpacked copy.
         self._session = ort.InferenceSession(

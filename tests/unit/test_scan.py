@@ -70,6 +70,15 @@ def test_the_approximate_products_stay_within_their_bound(dim: int, levels: int)
             assert slack < 0.03 and error.max() > slack / 8
 
 
+def test_the_scan_gives_the_same_products_on_any_number_of_threads() -> None:
+    # the rows are split between threads: each product is still one int32 sum, scaled once
+    rows = clustered(5000, 512, seed=7)
+    q = rows[[3, 1234, 4999]] + 0.01
+    one = Int8Scan(rows, threads=1).products(q)
+    two = Int8Scan(rows, threads=2).products(q)
+    assert np.array_equal(one[0], two[0]) and one[1] == two[1]
+
+
 def test_the_nearest_rows_are_the_float32_scans_bit_for_bit() -> None:
     rows = clustered(4000, 64, seed=3)
     scan = Int8Scan(rows[:3500])  # the last 500 rows: added after the scan was made
