@@ -920,6 +920,8 @@ class Recommender:
         ]
         if not per_query:
             return np.zeros(len(cand), np.float32), np.zeros(len(cand), np.intp)
+        if len(per_query) == 1:  # one photo or item (most requests): its scores are the mean
+            return per_query[0]
         return np.mean([h[0] for h in per_query], axis=0), per_query[0][1]
 
 

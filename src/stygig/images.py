@@ -729,9 +729,16 @@ def decode_image(
             raise InvalidImageError("the image data is corrupt or truncated") from e
 
 
+#: Where Pillow looks for an orientation (``Image.getexif``: EXIF, a PNG's raw profile, XMP).
+_ORIENTATION_KEYS = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
+
+
 def _exif_transposed(img: Image.Image) -> Image.Image:
     """``img`` turned upright by its EXIF orientation; unturned when the EXIF block cannot be
-    read (the pixels are fine: a malformed block is not a corrupt photo)."""
+    read (the pixels are fine: a malformed block is not a corrupt photo). A photo with none of
+    the metadata an orientation is read from is passed through (no parse, no copy)."""
+    if not any(key in img.info for key in _ORIENTATION_KEYS):
+        return img
     try:
         return ImageOps.exif_transpose(img) or img
     except Exception as e:  # Pillow's EXIF parser on hostile bytes

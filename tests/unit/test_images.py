@@ -279,6 +279,28 @@ def test_exif_orientation_applied() -> None:
     assert out.size == (200, 300)
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_an_orientation_in_xmp_alone_is_applied(fmt: str) -> None:
+    # Pillow reads an orientation from XMP when no EXIF block holds one (JPEG's APP1 XMP and
+    # WebP's chunk as info["xmp"], PNG's iTXt as info["XML:com.adobe.xmp"])
+    xmp = (
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/'
+        '22-rdf-syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" '
+        'tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+    )
+    img = garment_image(size=(300, 200))
+    if fmt == "PNG":
+        from PIL import PngImagePlugin
+
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt("XML:com.adobe.xmp", xmp)
+        data = encode(img, fmt, pnginfo=info)
+    else:
+        data = encode(img, fmt, xmp=xmp.encode())
+    assert decode_image(data).size == (200, 300)
+    assert decode_image(encode(img, fmt)).size == (300, 200)  # no metadata: as stored
+
+
 def test_rgba_composited_on_white() -> None:
     rgba = Image.new("RGBA", (64, 64), (255, 0, 0, 0))  # fully transparent red
     rgba.paste((0, 0, 255, 255), (16, 16, 48, 48))
