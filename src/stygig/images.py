@@ -72,8 +72,10 @@ __all__ = [
     "ImageHeader",
     "ImageLimits",
     "PreprocessSpec",
+    "check_header",
     "decode_image",
     "fit_array",
+    "looks_like_image",
     "preprocess",
     "preprocess_batch",
     "read_header",
@@ -246,6 +248,12 @@ def sniff_format(data: bytes) -> str | None:
     return name if name in ACCEPTED_FORMATS else None
 
 
+def looks_like_image(data: bytes) -> bool:
+    """Whether ``data`` starts like an image of any format this module recognises (accepted
+    or not: :func:`decode_image` then says which it is and why it is refused)."""
+    return _image_format(data) is not None
+
+
 @dataclass(frozen=True)
 class ImageHeader:
     """What an image's header declares, before any pixel is decoded."""
@@ -273,6 +281,17 @@ def read_header(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> ImageHeade
     width, height = img.size
     progressive = bool(img.info.get("progressive"))
     return ImageHeader(str(img.format), int(width), int(height), progressive)
+
+
+def check_header(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> None:
+    """Refuse what :func:`decode_image` would refuse before reading a pixel, with its errors
+    and codes: over the byte limit, not an image or not an accepted format, a malformed
+    structure or header, too many pixels, too small or too elongated. A photo that passes may
+    still be corrupt in its pixels, which only decoding shows (an asynchronous job's input is
+    checked so at submission and decoded when the job runs)."""
+    data, _ = _check_format(_read_source(data, limits), limits)
+    img = _open(data)
+    _check_header(*img.size, len(data), limits, str(img.format))
 
 
 def _read_source(source: bytes | str | Path, limits: ImageLimits) -> bytes:

@@ -30,6 +30,7 @@ __all__ = [
     "MAX_QUERY_PARTS",
     "MAX_SEED",
     "MAX_TEXT",
+    "OPAQUE_CONTENT_TYPES",
     "Mode",
     "Options",
     "OutfitRequest",
@@ -50,6 +51,11 @@ __all__ = [
 Mode = Literal["outfit", "similar"]
 MAX_K = 100
 MAX_QUERY_PARTS = 8
+#: Content types that say nothing of a request's body: SageMaker's Python SDK sends a photo as
+#: ``application/octet-stream`` by default (``IdentitySerializer``), boto3's ``invoke_endpoint``
+#: without ``ContentType`` sends none. Such a body is told from its bytes (a photo by its
+#: signature, a JSON request by its ``{``), in real time and in asynchronous jobs alike.
+OPAQUE_CONTENT_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
 # Bounds on what a client may ask for: work and memory per request follow from these, and
 # error messages name the field and the bound, never the value the client sent.
 MAX_TEXT = 200  # one category, gender, id or filter value

@@ -23,6 +23,8 @@ import pytest
 from stygig.cli import main as jobs_main
 from stygig.engine import Options, Query
 from stygig.jobs import JobSpec, JobStore, JobWorker, WorkerConfig
+from stygig.jobs.store import TERMINAL
+from tests.conftest import encode, garment_image
 from tests.integration.server_fixtures import REPO, free_port
 
 pytestmark = pytest.mark.slow
@@ -555,14 +557,51 @@ def test_a_submission_is_refused_as_the_real_time_request_is(
             assert 400 <= real.status_code < 500, (body, query, real.text)
             assert late.status_code == real.status_code, (body, query, late.text)
             assert late.json()["error"]["code"] == real.json()["error"]["code"]
+        # What the real-time route refuses before decoding a photo, or by the Accept header
+        # (review, s41: these were accepted, then failed as jobs; text/csv even succeeded).
+        gif = encode(garment_image(), "GIF")
+        raw = [
+            (b"hello world" * 10, {"Content-Type": "image/jpeg"}),
+            (photo[:2] + b"\x00" * 64, {"Content-Type": "image/jpeg"}),
+            (gif, {"Content-Type": "image/jpeg"}),
+            (gif, {"Content-Type": "application/octet-stream"}),
+            (b"hello world", {"Content-Type": "application/octet-stream"}),
+            (b"hello world", {}),
+            (json.dumps(item).encode(), {"Content-Type": "application/json", "Accept": "text/csv"}),
+        ]
+        for content, headers in raw:
+            real = httpx.post(f"{server.url}/v1/recommend", content=content, headers=headers)
+            late = httpx.post(f"{server.url}/async/invocations", content=content, headers=headers)
+            assert 400 <= real.status_code < 500, (content[:20], headers, real.text)
+            assert late.status_code == real.status_code, (content[:20], headers, late.text)
+            assert late.json()["error"]["code"] == real.json()["error"]["code"]
         ok = httpx.post(
             f"{server.url}/async/invocations",
             content=json.dumps({**item, "gender": "women", "k": 2}).encode(),
             headers={"Content-Type": "application/json"},
         )
         assert ok.status_code == 202, ok.text
+        # A photo sent as application/octet-stream (the SageMaker SDK's default) or untyped,
+        # and untyped JSON, are told from their bytes and run (review, s41: octet-stream 415).
+        submit = f"{server.url}/async/invocations"
+        told = [
+            httpx.post(submit, content=content, headers=headers).json()["InferenceId"]
+            for content, headers in (
+                (photo, {"Content-Type": "application/octet-stream"}),
+                (photo, {}),
+                (json.dumps(item).encode(), {"Content-Type": "binary/octet-stream"}),
+            )
+        ]
+        for job_id in told:
+            view = wait_for(
+                lambda j=job_id: (
+                    (v := httpx.get(f"{server.url}/async/jobs/{j}").json())["Status"] in TERMINAL
+                    and v
+                )
+            )
+            assert view["Status"] == "succeeded", view
         listed = httpx.get(f"{server.url}/async/jobs").json()
-        assert [j["InferenceId"] for j in listed["jobs"]] == [ok.json()["InferenceId"]]
+        assert {j["InferenceId"] for j in listed["jobs"]} == {ok.json()["InferenceId"], *told}
         # The submission is documented as it is read: its headers, every option, the input
         # as the body (JSON with stored photos' locations too) and the 202's fields.
         submit = httpx.get(f"{server.url}/openapi.json").json()["paths"]["/async/invocations"]

@@ -203,6 +203,25 @@ def test_every_image_content_type(client: httpx.Client, fmt: str) -> None:
     assert all(len(v) <= 2 for v in r.json()["by_category"].values())
 
 
+@pytest.mark.parametrize("declared", [None, "application/octet-stream", "binary/octet-stream"])
+def test_a_body_sent_without_a_useful_type_is_told_from_its_bytes(
+    client: httpx.Client, sample: tuple[Path, Path], declared: str | None
+) -> None:
+    """Review (s41): SageMaker's Python SDK sends a photo as application/octet-stream by
+    default, boto3's invoke_endpoint without ContentType sends no type: both were a 415. A
+    photo or a JSON request sent so is answered as if typed."""
+    headers = {} if declared is None else {"content-type": declared}
+    photo = _photo(sample)
+    typed = client.post("/invocations?k=2", content=photo, headers={"content-type": "image/jpeg"})
+    told = client.post("/invocations?k=2", content=photo, headers=headers)
+    assert told.status_code == 200, told.text
+    assert _without_timings(told.json()) == _without_timings(typed.json())
+    body = b'\xef\xbb\xbf {"item_ids": ["sku-0014"], "k": 2}'  # a byte order mark, a space
+    as_json = client.post("/invocations", content=body, headers=headers)
+    assert as_json.status_code == 200, as_json.text
+    assert as_json.json()["query"][0]["source"] == "item:sku-0014"
+
+
 def test_json_bodies(client: httpx.Client, sample: tuple[Path, Path]) -> None:
     b64 = base64.b64encode(_photo(sample)).decode()
     one = client.post("/invocations", json={"image_b64": b64, "k": 1})
@@ -356,7 +375,25 @@ BAD_REQUESTS: dict[str, tuple[str, dict[str, Any], int]] = {
         413,
     ),
     "wrong_content_type": ("/invocations", {"content": _jpeg(), "ct": "text/plain"}, 415),
-    "missing_content_type": ("/invocations", {"content": _jpeg(), "ct": None}, 415),
+    # No type, or application/octet-stream: told from the bytes (a photo, a JSON object) ...
+    "missing_content_type": ("/invocations", {"content": b"hello world" * 50, "ct": None}, 415),
+    "octet_stream_text": (
+        "/invocations",
+        {"content": b"hello world", "ct": "application/octet-stream"},
+        415,
+    ),
+    # ... and then refused as such: a GIF is a 415, a cut-off JPEG a 400, bad JSON a 400
+    "octet_stream_gif": (
+        "/invocations",
+        {"content": encode(garment_image(), "GIF"), "ct": "application/octet-stream"},
+        415,
+    ),
+    "octet_stream_truncated_jpeg": (
+        "/invocations",
+        {"content": _jpeg()[:400], "ct": "application/octet-stream"},
+        400,
+    ),
+    "untyped_malformed_json": ("/invocations", {"content": b' {"item_ids": [', "ct": None}, 400),
     "malformed_json": (
         "/invocations",
         {"content": b'{"item_ids": [', "ct": "application/json"},

@@ -57,7 +57,12 @@ from stygig.jobs.notify import Notifier, WebhookDeliveries, event_for
 from stygig.jobs.queue import JobQueue
 from stygig.jobs.store import Job, new_owner
 from stygig.locations import InputLocations
-from stygig.recommendation import check_part_count, parse_json_object, split_json_request
+from stygig.recommendation import (
+    OPAQUE_CONTENT_TYPES,
+    check_part_count,
+    parse_json_object,
+    split_json_request,
+)
 
 __all__ = [
     "JobWorker",
@@ -147,8 +152,8 @@ def _split_json_input(
 
 def _is_json(body: bytes, content_type: str | None) -> bool:
     kind = (content_type or "").split(";", 1)[0].strip().lower()
-    if not kind:
-        return body.lstrip()[:1] == b"{"
+    if kind in OPAQUE_CONTENT_TYPES:  # no type, or application/octet-stream: by the bytes
+        return body.lstrip().removeprefix(b"\xef\xbb\xbf").lstrip()[:1] == b"{"
     return kind in _JSON_TYPES
 
 

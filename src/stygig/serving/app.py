@@ -1035,9 +1035,11 @@ async def parse_request(
     ]
     if multipart and kind == "multipart/form-data":
         return await _parse_multipart(request, service, params)
-    if kind not in rq.IMAGE_TYPES and kind != JSON:
+    if kind not in rq.IMAGE_TYPES and kind != JSON and kind not in rq.OPAQUE_TYPES:
         raise rq.unsupported(kind, multipart=multipart)
     body = await request.body()
+    if kind in rq.OPAQUE_TYPES:
+        kind = rq.told_from_bytes(body, kind, multipart=multipart)
     if kind == JSON:
         if len(body) <= INLINE_MAX_BYTES and service.requests <= 1 and service.in_flight == 0:
             return rq.parse_json_body(body, params)  # small, and alone: no hand-off

@@ -53,6 +53,7 @@ from stygig import storage
 from stygig.engine import Options, Recommender
 from stygig.engine import Query as RecommendQuery
 from stygig.errors import InputError, InvalidImageError, InvalidOptionsError, NotFoundError
+from stygig.images import check_header
 from stygig.jobs.notify import MAX_WEBHOOK_URL_LENGTH, Notifier
 from stygig.jobs.queue import JobQueue
 from stygig.jobs.store import MAX_PAGE, TERMINAL, Job, JobSpec, JobStore, QueueLimits, Status
@@ -259,6 +260,7 @@ async def _spec(
     refuse before reading a stored photo, checked against the catalogue when it is loaded, as
     the real-time routes check it)."""
     h = request.headers
+    rq.check_accept(h.get("accept"))  # the job's output is JSON, as /invocations answers
     given = SubmissionHeaders.read(h)
     pairs = [
         *rq.custom_attributes(h.get("x-amzn-sagemaker-custom-attributes")),
@@ -290,8 +292,12 @@ async def _spec(
                 f"inline inputs are limited to {config.max_inline_bytes:,} bytes; "
                 "store the input and pass X-Amzn-SageMaker-InputLocation"
             )
-        if content_type and content_type not in rq.IMAGE_TYPES and content_type != JSON:
+        if content_type in rq.OPAQUE_TYPES:
+            content_type = rq.told_from_bytes(body, content_type)
+        elif content_type not in rq.IMAGE_TYPES and content_type != JSON:
             raise rq.unsupported(content_type)
+        if content_type != JSON:  # what /invocations refuses before decoding, refused now
+            await run_in_threadpool(check_header, body)
         query, options = await run_in_threadpool(
             check_job_input, body, content_type, locations, params
         )

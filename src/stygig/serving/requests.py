@@ -9,6 +9,9 @@ Accepted bodies (``POST /invocations`` and ``POST /v1/recommend``):
   ``{"item_ids": [...]}``, with the recommender's options beside them.
 * ``multipart/form-data``: files in ``image`` / ``images`` / ``file``, ``item_ids`` fields, and
   an ``options`` field holding a JSON object (parsed by the app, which owns the form parser).
+* ``application/octet-stream`` (the SageMaker Python SDK's default serializer), or no content
+  type (boto3's ``invoke_endpoint`` without ``ContentType``): a photo or a JSON request, told
+  from the bytes (:func:`told_from_bytes`).
 
 Every mistake raises a :mod:`stygig.errors` type (4xx), never anything else.
 """
@@ -28,9 +31,11 @@ from stygig.errors import (
     PayloadTooLargeError,
     UnsupportedMediaError,
 )
+from stygig.images import looks_like_image
 from stygig.recommendation import (
     MAX_QUERY_PARTS,
     MAX_TEXT,
+    OPAQUE_CONTENT_TYPES,
     options_from_params,
     options_schema,
     params_to_dict,
@@ -41,6 +46,7 @@ from stygig.recommendation import (
 __all__ = [
     "IMAGE_TYPES",
     "MAX_BODY_BYTES",
+    "OPAQUE_TYPES",
     "NotAcceptableError",
     "ParsedRequest",
     "PayloadTooLargeError",
@@ -55,6 +61,7 @@ __all__ = [
     "parse_json_body",
     "parse_json_object",
     "split_json_request",
+    "told_from_bytes",
     "unsupported",
 ]
 
@@ -62,6 +69,7 @@ __all__ = [
 MAX_BODY_BYTES = 6 * 1024 * 1024
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "application/x-image"})
 _ACCEPTABLE = ("application/json", "application/*", "*/*")
+OPAQUE_TYPES = OPAQUE_CONTENT_TYPES  # see there: a body told from its bytes
 
 
 @dataclass(frozen=True)
@@ -145,10 +153,27 @@ def custom_attributes(header: str | None) -> list[tuple[str, str]]:
     return parse_qsl(header or "", keep_blank_values=False)
 
 
-def unsupported(content_type: str, *, multipart: bool = False) -> UnsupportedMediaError:
+def told_from_bytes(body: bytes, declared: str, *, multipart: bool = False) -> str:
+    """The content type a body sent as one of :data:`OPAQUE_TYPES` is read as: an image (any
+    format this server recognises; the decode refuses the ones it does not accept, saying
+    which) or an empty body as ``application/x-image``, a JSON object (``{`` after white space
+    or a UTF-8 byte order mark) as ``application/json``; anything else is refused (415) as a
+    body of the declared type is."""
+    if not body or looks_like_image(body):
+        return "application/x-image"
+    if body.lstrip(b" \t\r\n").removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")[:1] == b"{":
+        return "application/json"
+    raise unsupported(declared, multipart=multipart, sniffed=True)
+
+
+def unsupported(
+    content_type: str, *, multipart: bool = False, sniffed: bool = False
+) -> UnsupportedMediaError:
     """The error for a body whose content type we do not read (``multipart``: the route takes
     forms too)."""
     what = "this content type" if content_type else "a body without a content type"
+    if sniffed:
+        what = f"{what}, whose bytes are neither an image nor a JSON object,"
     forms = (
         "application/json or multipart/form-data"
         if multipart
