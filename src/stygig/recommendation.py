@@ -382,14 +382,31 @@ def parse_json_object(
     except UnicodeDecodeError:
         raise InputError(f"{what} is not UTF-8 text", code="malformed_json") from None
     except json.JSONDecodeError as e:  # its text says where, never what: no client bytes
-        raise InputError(f"{what} is not valid JSON: {e}", code="malformed_json") from None
+        hint = ""
+        if e.msg == "Extra data" and b"\n" in body[: e.pos]:
+            # SageMaker batch transform's MultiRecord: records joined by line ends
+            hint = (
+                "; one JSON object per request: send each line on its own (a batch "
+                "transform's BatchStrategy SingleRecord; GET /execution-parameters says so)"
+            )
+        raise InputError(f"{what} is not valid JSON: {e}{hint}", code="malformed_json") from None
     except RecursionError:
         raise InputError(f"{what} is nested too deeply", code="malformed_json") from None
     except ValueError:  # e.g. an integer longer than Python's 4,300-digit conversion limit
         raise InputError(f"{what} holds a number too long to read", code="malformed_json") from None
     if not isinstance(data, dict):
-        raise InvalidOptionsError(f"{what} must be a JSON object, not {type(data).__name__}")
+        kind = _JSON_KINDS.get(type(data), "number")
+        raise InvalidOptionsError(f"{what} must be a JSON object, not {kind}")
     return data
+
+
+#: What a parsed JSON value was, in JSON's words (not Python's type names).
+_JSON_KINDS: dict[type, str] = {
+    list: "an array",
+    str: "a string",
+    bool: "true or false",
+    type(None): "null",
+}
 
 
 _JSON_QUERY_KEYS = ("image_b64", "images_b64", "item_ids")

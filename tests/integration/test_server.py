@@ -222,6 +222,35 @@ def test_a_body_sent_without_a_useful_type_is_told_from_its_bytes(
     assert as_json.json()["query"][0]["source"] == "item:sku-0014"
 
 
+def test_a_batch_transform_is_told_what_to_send_and_its_payload_limit_is_kept(
+    client: httpx.Client, sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Review (s41): SageMaker asks GET /execution-parameters before a batch transform (a
+    404); it gives the container the job's MaxPayloadInMB as SAGEMAKER_MAX_PAYLOAD_IN_MB,
+    which the server ignored (a 7 MB record was a 413, and one refused record fails the job);
+    several JSON lines in one body (MultiRecord) were a bare "Extra data"."""
+    assert client.get("/execution-parameters").json() == {
+        "MaxConcurrentTransforms": 8,
+        "BatchStrategy": "SINGLE_RECORD",
+        "MaxPayloadInMB": 6,
+    }
+    lines = b'{"item_ids": ["sku-0014"]}\n{"item_ids": ["sku-0014"]}\n'
+    r = client.post("/invocations", content=lines, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "SingleRecord" in r.json()["error"]["message"]
+    r = client.post("/invocations", content=b"null", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"]["message"].endswith("not null")
+    padded = b'{"item_ids": ["sku-0014"], "k": 1' + b" " * (7 << 20) + b"}"
+    env = {"SAGEMAKER_MAX_PAYLOAD_IN_MB": "20"}
+    with running_server(sample[1], tmp_path / "server.log", env=env) as srv:
+        limits = httpx.get(f"{srv.url}/execution-parameters").json()
+        assert limits["MaxPayloadInMB"] == 20 and limits["MaxConcurrentTransforms"] == 5
+        json_type = {"content-type": "application/json"}
+        r = httpx.post(f"{srv.url}/invocations", content=padded, headers=json_type, timeout=60)
+        assert r.status_code == 200, r.text
+    r = client.post("/invocations", content=padded, headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
 def test_json_bodies(client: httpx.Client, sample: tuple[Path, Path]) -> None:
     b64 = base64.b64encode(_photo(sample)).decode()
     one = client.post("/invocations", json={"image_b64": b64, "k": 1})
@@ -336,6 +365,33 @@ def test_request_ids_are_echoed_and_logged(client: httpx.Client, server: Server)
 
     mine = wait_for(logged)  # the access line is written after the answer is sent
     assert mine[0]["status"] == 200 and mine[0]["latency_ms"] >= 0
+    assert "code" not in mine[0]
+    # An error's line says why (a batch transform's log is the operator's only trace of a
+    # failed record), and a request refused before routing names its route (review, s41: a
+    # 413 on /invocations was "unmatched", and no line held the code).
+    refused = {
+        "415": ({"content-type": "text/plain"}, b"x"),
+        "413": ({"content-type": "image/jpeg", "content-length": str(7 << 20)}, b""),
+    }
+    for rid, (headers, body) in refused.items():
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            sock.sendall(
+                f"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nx-request-id: r{rid}\r\n"
+                f"{head}Connection: close\r\n\r\n".encode()
+                + body
+            )
+            assert _read_http(sock).startswith(f"HTTP/1.1 {rid}".encode())
+
+    def refused_lines() -> dict[str, dict[str, Any]] | None:
+        lines = [json.loads(x) for x in server.log_lines() if x.startswith("{")]
+        found = {x["request_id"]: x for x in lines if x.get("request_id") in ("r415", "r413")}
+        return found if len(found) == 2 else None
+
+    lines = wait_for(refused_lines)
+    assert lines["r415"]["code"] == "unsupported_content_type"
+    assert lines["r413"]["code"] == "payload_too_large"
+    assert {x["route"] for x in lines.values()} == {"/invocations"}
     # FAISS's loader says at info that "AVX2 support could not be loaded" while it dispatches
     # to AVX2/AVX-512 at run time: not a line an operator should have to wonder about.
     assert not any('"logger": "faiss.loader"' in line for line in server.log_lines())

@@ -48,6 +48,10 @@ def test_custom_attributes_pass_over_what_is_not_an_option() -> None:
     assert custom_attributes("k=3&mode=similar") == [("k", "3"), ("mode", "similar")]
     assert custom_attributes("c000b4f9-df62-4c85-a0bf-7c525f9104a4") == []
     assert custom_attributes("k=3&trace&x=") == [("k", "3")]
+    # Review (s41): a caller's own key=value (a trace id, JumpStart's accept_eula) was a 422,
+    # and pairs joined by ';' were read as one value of k
+    assert custom_attributes("trace_id=c000b4f9&accept_eula=true") == []
+    assert custom_attributes("k=2;trace_id=abc; mode=similar") == [("k", "2"), ("mode", "similar")]
     ids = ",".join(f"sku-{n:04d}" for n in range(100))
     assert options_from_params(custom_attributes(f"exclude_ids={ids}")).exclude_ids == tuple(
         ids.split(",")

@@ -32,6 +32,7 @@ import io
 import ipaddress
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +48,7 @@ from fastapi.responses import Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stygig import __version__
@@ -154,7 +156,7 @@ LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: Answered without the bearer token: health checks for load balancers and SageMaker, and the
 #: page's own files (they hold no catalogue data; the page asks for the token when it needs it).
-PUBLIC_PATHS = frozenset({"/ping", "/healthz", "/", "/favicon.ico"})
+PUBLIC_PATHS = frozenset({"/ping", "/execution-parameters", "/healthz", "/", "/favicon.ico"})
 PUBLIC_PREFIXES = ("/static/",)
 MIN_TOKEN_CHARS = 16
 
@@ -628,6 +630,7 @@ class _Boundary:
     (else 503), so slow or stalled uploads cannot hold the server's memory.
 
     ``direct``: path -> ASGI app for POSTs that go straight to their handler (:func:`_direct`).
+    ``routes``: the app's routes (the list routing reads), to name a refused request's route.
     """
 
     def __init__(
@@ -637,8 +640,10 @@ class _Boundary:
         config: ServerConfig,
         service: ModelService,
         direct: dict[str, ASGIApp] | None = None,
+        routes: Sequence[BaseRoute] = (),
     ) -> None:
         self.app = app
+        self.routes = routes
         self.service = service
         self.direct = direct if direct is not None else {}
         self.metrics = metrics
@@ -666,6 +671,7 @@ class _Boundary:
         scope.setdefault("state", {})["request_id"] = rid
         status = 500
         started = False
+        error_code: str | None = None  # an error answer's code, for the access log
         body = _BodyReader(receive, self)
         # A body the answer may leave unread whose rest no declared length bounds (chunked),
         # or bounds beyond a modest excess: the connection closes after the answer instead of
@@ -677,7 +683,9 @@ class _Boundary:
         )
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, started
+            nonlocal status, started, error_code
+            if status >= 400 and error_code is None and message["type"] == "http.response.body":
+                error_code = _error_code(message.get("body", b""))
             if message["type"] == "http.response.start":
                 started = True
                 status = int(message["status"])
@@ -710,7 +718,7 @@ class _Boundary:
             self.service.requests -= 1
             self.bodies_in_flight -= body.total
             seconds = time.perf_counter() - t0
-            route = getattr(scope.get("route"), "path", "unmatched")
+            route = self._route(scope)
             self.metrics.requests.labels(route, method_label(scope["method"]), str(status)).inc()
             self.metrics.latency.labels(route).observe(seconds)
             access_log.info(
@@ -723,10 +731,24 @@ class _Boundary:
                         "path": scope["path"][:200],
                         "route": route,
                         "status": status,
+                        **({"code": error_code} if error_code else {}),
                         "latency_ms": round(seconds * 1e3, 3),
                     }
                 },
             )
+
+    def _route(self, scope: Scope) -> str:
+        """The declared route a request went to, for metrics and the access log: routing's,
+        or for a request refused before routing (a 413 on /invocations, a 401), the route its
+        method and path match; ``unmatched`` for none (a bounded label either way)."""
+        route = scope.get("route")
+        if route is not None:
+            return str(getattr(route, "path", "unmatched"))
+        for candidate in self.routes:
+            match, _ = candidate.matches(scope)
+            if match is Match.FULL:
+                return str(getattr(candidate, "path", "unmatched"))
+        return "unmatched"
 
     def _refuse(self, method: str, path: str, headers: dict[str, str]) -> Response | None:
         """The answer for a request refused before the app sees it (another host's name, a
@@ -766,6 +788,17 @@ class _Boundary:
             # the answer; past a modest excess it closes the connection instead (__call__).
             return error_response(_over_limit(limit))
         return None
+
+
+_ERROR_CODE = re.compile(rb'^\{"error":\{"code":"([a-z0-9_]{1,64})"')
+
+
+def _error_code(body: bytes) -> str | None:
+    """The ``code`` of a StyGig error body (``{"error": {"code": ...``, always written first),
+    for the access log: an operator reading why a record failed (a batch transform's only
+    trace) sees ``not_an_image`` beside the 400. Codes are the server's own words."""
+    found = _ERROR_CODE.match(body[:128])
+    return found.group(1).decode() if found else None
 
 
 #: Set (in the header dict) by :func:`_fields` when a field that must appear once came twice.
@@ -1102,7 +1135,14 @@ def create_app(
         app.include_router(jobs.router)
     app.state.metrics = metrics
     direct: dict[str, ASGIApp] = {}  # filled by _routes
-    app.add_middleware(_Boundary, metrics=metrics, config=config, service=service, direct=direct)
+    app.add_middleware(
+        _Boundary,
+        metrics=metrics,
+        config=config,
+        service=service,
+        direct=direct,
+        routes=app.router.routes,  # filled below: the same list
+    )
 
     @app.exception_handler(StygigError)
     async def stygig_error(request: Request, exc: StygigError) -> Response:
@@ -1205,6 +1245,25 @@ def _routes(
         if not service.ready:
             return error_response(OverloadedError("the model is loading", code="not_ready"))
         return json_response({"status": "ok"})
+
+    @app.get(
+        "/execution-parameters",
+        tags=["sagemaker"],
+        summary="What a batch transform should send (SageMaker asks before its first record)",
+    )
+    async def execution_parameters() -> Response:
+        # One record per request: a body is one query (several JSON lines are refused). As
+        # many at once as the encoder batches, within SageMaker's rule that concurrency x
+        # payload stays within 100 MB.
+        payload_mb = max(1, service.config.max_body_bytes // (1024 * 1024))
+        concurrent = max(1, min(service.config.batching.max_batch, 100 // payload_mb))
+        return json_response(
+            {
+                "MaxConcurrentTransforms": concurrent,
+                "BatchStrategy": "SINGLE_RECORD",
+                "MaxPayloadInMB": payload_mb,
+            }
+        )
 
     @app.post(
         "/invocations",

@@ -46,6 +46,20 @@ def default_port() -> int:
     return int(value) if value.isdigit() else 8080
 
 
+#: The largest body a SageMaker batch transform may send (``MaxPayloadInMB``, 1-100).
+MAX_PAYLOAD_MB = 100
+
+
+def default_max_body_mb() -> float:
+    """``SAGEMAKER_MAX_PAYLOAD_IN_MB`` when set (a batch transform's ``MaxPayloadInMB``, which
+    SageMaker gives its container: a record up to that size must not be refused), else 6 (the
+    real-time endpoints' payload limit)."""
+    value = os.environ.get("SAGEMAKER_MAX_PAYLOAD_IN_MB", "").strip()
+    if value.isdigit() and 1 <= int(value) <= MAX_PAYLOAD_MB:
+        return float(value)
+    return 6.0  # stygig.serving.requests.MAX_BODY_BYTES, in MB
+
+
 def register(subparsers: Any) -> None:
     """Add ``serve`` and ``loadtest`` to ``stygig``'s argparse subparsers."""
     p = subparsers.add_parser("serve", help="run the real-time HTTP server (SageMaker contract)")
@@ -72,7 +86,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-queue", type=int, default=256, help="requests in flight before 503")
     p.add_argument("--no-batching", action="store_true", help="one request per encoder call")
     p.add_argument("--threads", type=int, default=None, help="decode/score threads")
-    p.add_argument("--max-body-mb", type=float, default=6.0, help="request body limit (MB)")
+    p.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=None,
+        help="request body limit (MB; default $SAGEMAKER_MAX_PAYLOAD_IN_MB, a batch transform's, "
+        "or 6)",
+    )
     p.add_argument("--timeout", type=float, default=50.0, help="per-request limit in seconds")
     p.add_argument(
         "--body-timeout", type=float, default=60.0, help="a request body must arrive within this"
@@ -179,6 +199,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if catalog is None or not catalog.watch:
         read_manifest(artifact)  # not an artifact: said in one line, before the port is bound
     bind_port = args.port if args.port is not None else default_port()
+    max_body_mb = args.max_body_mb if args.max_body_mb is not None else default_max_body_mb()
     check_port_free(args.host, bind_port)
     if (catalog is None or not catalog.change_log) and (note := unapplied_changes_note(artifact)):
         # `stygig catalog ... --artifact A` wrote them; this server answers without them.
@@ -190,7 +211,7 @@ def run_serve(args: argparse.Namespace) -> int:
         catalog=catalog,
         examples=Path(args.examples) if args.examples else None,
         batching=batching,
-        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        max_body_bytes=int(max_body_mb * 1024 * 1024),
         request_timeout_s=args.timeout,
         verify=not args.no_verify,
         device=args.device,
@@ -244,7 +265,7 @@ def run_serve(args: argparse.Namespace) -> int:
             http=head_deadline_protocol(
                 args.head_timeout,
                 args.body_timeout,
-                discard_limit_bytes=4 * int(args.max_body_mb * 1024 * 1024),
+                discard_limit_bytes=4 * int(max_body_mb * 1024 * 1024),
             ),
             lifespan="on",
         )

@@ -143,14 +143,23 @@ def check_form_complete(body: bytes, content_type: str) -> None:
 
 
 def custom_attributes(header: str | None) -> list[tuple[str, str]]:
-    """SageMaker's ``X-Amzn-SageMaker-Custom-Attributes`` (``k=3&mode=similar``) as pairs.
+    """The options in SageMaker's ``X-Amzn-SageMaker-Custom-Attributes`` (``k=3&mode=similar``;
+    ``;`` separates pairs too) as pairs.
 
-    The header is opaque to SageMaker, and callers put trace ids in it (its own example), so
-    text that is not ``key=value`` (a bare word, ``k=``) is passed over, not refused (review,
-    session 40: refusing it broke those callers). Its length is the request head's bound
-    (64 KiB); through SageMaker it is at most 1,024 characters, and ``stygig jobs submit``
-    sends longer ones (a list option of 100 ids)."""
-    return parse_qsl(header or "", keep_blank_values=False)
+    The header is opaque to SageMaker and callers carry their own data in it (AWS's example is
+    a bare trace id; ``trace_id=...`` and JumpStart's ``accept_eula=true`` are as common), so
+    only the pairs that name an option are read: other text is passed over, not refused
+    (review, sessions 40 and 41: refusing it broke those callers). An option's value is
+    checked as anywhere else. Its length is the request head's bound (64 KiB); through
+    SageMaker it is at most 1,024 characters, and ``stygig jobs submit`` sends longer ones (a
+    list option of 100 ids)."""
+    known = Options.__dataclass_fields__
+    return [
+        (key, value)
+        for part in (header or "").split(";")
+        for key, value in parse_qsl(part.strip(), keep_blank_values=False)
+        if key in known
+    ]
 
 
 def told_from_bytes(body: bytes, declared: str, *, multipart: bool = False) -> str:
