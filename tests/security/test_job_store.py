@@ -240,6 +240,26 @@ def test_unfinished_jobs_are_bounded_in_number_even_under_concurrent_submissions
             store.close()
 
 
+def test_the_options_of_unfinished_jobs_count_against_the_byte_bound(store: JobStore) -> None:
+    """Known since s40, fixed in s41: a job's options (up to the 64 KB request head, e.g. a
+    list of 1,000 ids in the custom attributes) were not counted, so 10,000 queued jobs could
+    hold 640 MB beyond the inputs' bound."""
+    limits = QueueLimits(max_jobs=100, max_bytes=50_000)
+    ids = ",".join(f"item-{n:05d}" for n in range(1000))  # ~11 KB of options a job
+    stored = "s3://in/x.jpg"
+    for n in range(4):
+        store.submit(
+            JobSpec("o/{id}", "f/{id}", input_location=stored, id=f"p{n}", params={"x": ids}),
+            limits,
+        )
+    with pytest.raises(OverloadedError) as full:
+        store.submit(
+            JobSpec("o/{id}", "f/{id}", input_location=stored, id="p4", params={"x": ids}),
+            limits,
+        )
+    assert full.value.code == "queue_full"
+
+
 def test_inline_bytes_held_by_unfinished_jobs_are_bounded(store: JobStore) -> None:
     """Review item 6: the inline inputs of queued jobs had no total bound. Running jobs count
     too (their bodies stay until they finish); a finished job's body is dropped, and with it
