@@ -238,9 +238,11 @@ def test_submit_poll_output_failure_and_webhook(
             },
         )
         assert again.status_code == 202 and again.json()["InferenceId"] == "look-42"
+        # Cut after its header: accepted (only decoding shows it), then the job fails.
+        cut = photo.read_bytes()
         corrupt = httpx.post(
             f"{url}/async/invocations",
-            content=photo.read_bytes()[:300],
+            content=cut[: len(cut) // 2],
             headers={"Content-Type": "image/jpeg"},
         ).json()
         # Bad requests are refused before anything is queued.
