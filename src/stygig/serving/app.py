@@ -89,6 +89,7 @@ from stygig.serving import requests as rq
 from stygig.serving.async_api import AsyncConfig, AsyncJobs
 from stygig.serving.batching import BatcherConfig, MicroBatcher
 from stygig.serving.bodies import (
+    ASYNC_ANSWERS,
     SERVER_ANSWERS,
     ArtifactBuild,
     BatchingSettings,
@@ -1106,7 +1107,7 @@ def create_app(
         redirect_slashes=False,
         responses=ERROR_RESPONSES,
     )
-    _with_schemas(app, SERVER_ANSWERS)
+    _with_schemas(app, [*SERVER_ANSWERS, *(ASYNC_ANSWERS if jobs else ())])
     app.state.service = service
     if jobs:
         app.include_router(jobs.router)

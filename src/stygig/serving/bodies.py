@@ -3,8 +3,9 @@
 Each handler builds its answer as one of these dataclasses and sends ``asdict`` of it, and the
 OpenAPI document's schema for that answer is made from the same type (:func:`component_schemas`),
 so the two cannot drift apart. The recommender's answers (``Recommendation``, ``OutfitScore``,
-``CatalogItem``, ``CatalogPage``) are :mod:`stygig.answer`'s. Field descriptions are the
-attributes' docstrings.
+``CatalogItem``, ``CatalogPage``) are :mod:`stygig.answer`'s; an async job's view is
+:class:`stygig.jobs.store.JobState`, its result and failure documents are
+:mod:`stygig.jobs.documents`'. Field descriptions are the attributes' docstrings.
 
 Answers that are not JSON are documented with their own media type only: ``/metrics`` (the
 Prometheus text format) and the photos (:data:`IMAGE_BODY`).
@@ -18,11 +19,15 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, TypeAdapter
 
+from stygig.jobs.documents import JobFailure, JobResult
+from stygig.jobs.store import JobState
+from stygig.jobs.store import Status as JobStatus
 from stygig.recommendation import Mode
 from stygig.serving.batching import BatcherConfig
 from stygig.serving.responses import JSON
 
 __all__ = [
+    "ASYNC_ANSWERS",
     "IMAGE_BODY",
     "NOT_MODIFIED",
     "SERVER_ANSWERS",
@@ -36,6 +41,9 @@ __all__ = [
     "ExampleCard",
     "ExampleList",
     "Health",
+    "JobList",
+    "JobSubmitted",
+    "JobUnfinished",
     "PageConfig",
     "Ping",
     "Readiness",
@@ -309,6 +317,51 @@ class ChangesApplied:
     """items in the catalogue now"""
 
 
+# -- async jobs ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class JobSubmitted:
+    """``POST /async/invocations`` (202): the job is committed to the store."""
+
+    __pydantic_config__ = _DOCUMENTED
+
+    InferenceId: str
+    """the job's id (yours, when you sent X-Amzn-SageMaker-Inference-Id)"""
+    OutputLocation: str
+    """where the result will be (``/async/jobs/{id}/output`` for a server folder)"""
+    FailureLocation: str
+    """where an error will be"""
+    Status: JobStatus
+    """the job's status now (a resubmitted id: that job's)"""
+
+
+@dataclass(slots=True)
+class JobUnfinished:
+    """``GET /async/jobs/{id}/output`` (409): the job has not finished."""
+
+    __pydantic_config__ = _DOCUMENTED
+
+    InferenceId: str
+    Status: JobStatus
+
+
+@dataclass(slots=True)
+class JobList:
+    """``GET /async/jobs``: a page of jobs in submission order, with counts per status."""
+
+    __pydantic_config__ = _DOCUMENTED
+
+    jobs: list[JobState]
+    """the page's jobs (at most ``limit``; fewer, even none, while ``next_after`` is set)"""
+    counts: dict[JobStatus, int]
+    """jobs per status, every status present"""
+    counts_complete: bool
+    """false: some counts are lower bounds ("at least")"""
+    next_after: int | None
+    """the ``after`` of the next page; ``null`` once the last job was reached"""
+
+
 #: The server's answer types (their schemas are OpenAPI components of the same name).
 SERVER_ANSWERS: tuple[type, ...] = (
     Ping,
@@ -321,6 +374,16 @@ SERVER_ANSWERS: tuple[type, ...] = (
     CatalogReload,
     ChangesApplied,
 )
+#: Those of the ``/async`` routes, when the server has them.
+ASYNC_ANSWERS: tuple[type, ...] = (
+    JobSubmitted,
+    JobState,
+    JobUnfinished,
+    JobList,
+    JobResult,
+    JobFailure,
+)
+
 #: A photo's bytes (OpenAPI's "binary" string).
 IMAGE_BODY: dict[str, Any] = {"schema": {"type": "string", "format": "binary"}}
 #: The answer to a request whose ``If-None-Match`` names the current ETag: no body.
