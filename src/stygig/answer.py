@@ -20,6 +20,7 @@ from pydantic import TypeAdapter
 
 __all__ = [
     "TIMING_NAMES",
+    "AnswerDocument",
     "ArtifactRef",
     "CatalogCard",
     "CatalogItem",
@@ -340,13 +341,18 @@ def _timings_adapter() -> TypeAdapter[dict[str, float]]:
 
 
 @dataclass
-class _AnswerSchema(_Body):
+class AnswerDocument(_Body):
+    """The answer as JSON (:meth:`Recommendation.to_json`): the query as understood, ranked
+    items, per-category lists, an outfit, and the milliseconds each stage took."""
+
     timings_ms: dict[Literal[TIMING_NAMES], float]  # type: ignore[valid-type]
 
 
 def answer_schema() -> dict[str, Any]:
     """JSON Schema of the answer (for OpenAPI), from the same types that write it."""
-    return TypeAdapter(_AnswerSchema).json_schema(ref_template="#/components/schemas/{model}")
+    schema = TypeAdapter(AnswerDocument).json_schema(ref_template="#/components/schemas/{model}")
+    schema["title"] = "Recommendation"
+    return schema
 
 
 # -- how well a set of items goes together (``POST /v1/outfits/score``) -----------------------

@@ -42,9 +42,12 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, NotRequired, cast
+
+from pydantic import ConfigDict, Field, WithJsonSchema
+from typing_extensions import TypedDict  # pydantic reads typing's only from Python 3.12
 
 from stygig import storage
 from stygig.errors import (
@@ -65,8 +68,10 @@ __all__ = [
     "STATUSES",
     "Job",
     "JobCounts",
+    "JobError",
     "JobPage",
     "JobSpec",
+    "JobState",
     "JobStore",
     "JobView",
     "QueueLimits",
@@ -79,6 +84,7 @@ __all__ = [
 
 Status = Literal["queued", "running", "succeeded", "failed"]
 STATUSES: tuple[Status, ...] = ("queued", "running", "succeeded", "failed")
+_Status = Status  # JobState's field of that name hides the type in its class body
 TERMINAL = ("succeeded", "failed")
 UNFINISHED = ("queued", "running")
 #: The most jobs one ``list_jobs`` call returns (and the most an SQS store reads for it).
@@ -323,20 +329,64 @@ class JobView:
         data["error"] = _error_column(data["error"])
         return cls(**data)
 
-    def to_dict(self) -> dict[str, Any]:
+    def state(self) -> JobState:
         """``GET /async/jobs/{id}``: SageMaker-style names, ISO timestamps, locations as a
         client may see them (:func:`shown_location`)."""
-        return {
-            "InferenceId": self.id,
-            "Status": self.status,
-            "OutputLocation": shown_location(self.id, self.output_location),
-            "FailureLocation": shown_location(self.id, self.failure_location),
-            "CreatedAt": iso_time(self.created_at),
-            "StartedAt": iso_time(self.started_at),
-            "FinishedAt": iso_time(self.finished_at),
-            "Attempts": self.attempts,
-            "Error": self.error,
-        }
+        return JobState(
+            InferenceId=self.id,
+            Status=self.status,
+            OutputLocation=shown_location(self.id, self.output_location),
+            FailureLocation=shown_location(self.id, self.failure_location),
+            CreatedAt=iso_time(self.created_at),
+            StartedAt=iso_time(self.started_at),
+            FinishedAt=iso_time(self.finished_at),
+            Attempts=self.attempts,
+            Error=cast("JobError | None", self.error),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """:meth:`state` as JSON-ready objects: what ``GET /async/jobs/{id}`` sends."""
+        return asdict(self.state())
+
+
+#: A time as :func:`iso_time` writes it.
+_When = Annotated[str, WithJsonSchema({"type": "string", "format": "date-time"})]
+
+
+class JobError(TypedDict):
+    """Why a job failed: a stable ``code`` and, for people, a ``message`` (the failure
+    document's ``error``)."""
+
+    code: str
+    message: NotRequired[str]
+
+
+@dataclass(frozen=True, slots=True)
+class JobState:
+    """What a client sees of a job (``GET /async/jobs/{id}``, an item of ``GET /async/jobs``):
+    never its input or webhook, and a server folder never."""
+
+    __pydantic_config__ = ConfigDict(use_attribute_docstrings=True)
+
+    InferenceId: str
+    """the job's id"""
+    Status: _Status
+    """queued, running, succeeded or failed"""
+    OutputLocation: str
+    """where the result is once it succeeded (``/async/jobs/{id}/output`` for a server
+    folder)"""
+    FailureLocation: str
+    """where the error is once it failed"""
+    CreatedAt: _When | None
+    """when it was submitted (ISO 8601, UTC, milliseconds)"""
+    StartedAt: _When | None
+    """when its last attempt started (``null``: not yet)"""
+    FinishedAt: _When | None
+    """when it finished (``null``: not yet)"""
+    Attempts: Annotated[int, Field(ge=0)]
+    """attempts started so far"""
+    Error: JobError | None
+    """why it failed (``null`` unless it did)"""
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, cast
 
 from stygig import storage
 from stygig.engine import Options, Query, Recommender
@@ -53,9 +53,10 @@ from stygig.errors import (
     StorageError,
     StygigError,
 )
+from stygig.jobs.documents import Failure, JobProof
 from stygig.jobs.notify import Notifier, WebhookDeliveries, event_for
 from stygig.jobs.queue import JobQueue
-from stygig.jobs.store import Job, new_owner
+from stygig.jobs.store import Job, JobError, new_owner
 from stygig.locations import InputLocations
 from stygig.recommendation import (
     OPAQUE_CONTENT_TYPES,
@@ -236,14 +237,16 @@ class WriteGate:
             return self._written
 
 
-def _document(job: Job, data: Mapping[str, Any] | bytes) -> bytes:
-    """A result or failure document: ``data`` (a mapping, or a JSON object's bytes, as an
-    answer's ``to_json`` writes it) with the job's id and token (its proof)."""
-    proof = json.dumps({"InferenceId": job.id, "JobToken": job.token}, separators=(",", ":"))
-    body = data if isinstance(data, bytes) else json.dumps(data, separators=(",", ":")).encode()
-    if body == b"{}":
-        return proof.encode()
-    return body[:-1] + b"," + proof[1:].encode()
+def _document(job: Job, data: Failure | bytes) -> bytes:
+    """A result or failure document: ``data`` (a :class:`Failure`, or a JSON object's bytes, as
+    an answer's ``to_json`` writes it) with the job's id and token (its proof): a
+    :class:`~stygig.jobs.documents.JobResult` or :class:`~stygig.jobs.documents.JobFailure`."""
+    proof = json.dumps(asdict(JobProof(job.id, job.token)), separators=(",", ":")).encode()
+    if not isinstance(data, bytes):
+        data = json.dumps(asdict(data), separators=(",", ":")).encode()
+    if data == b"{}":
+        return proof
+    return data[:-1] + b"," + proof[1:]
 
 
 def _write_outcome(gate: WriteGate, outcome: Outcome, location: str, document: bytes) -> Outcome:
@@ -257,7 +260,7 @@ def _write_outcome(gate: WriteGate, outcome: Outcome, location: str, document: b
 
 
 def _failure(job: Job, error: dict[str, Any], gate: WriteGate | None = None) -> Outcome:
-    document = _document(job, {"error": error, "attempts": job.attempts})
+    document = _document(job, Failure(cast(JobError, error), job.attempts))
     return _write_outcome(gate or WriteGate(), ("failed", error), job.failure_location, document)
 
 

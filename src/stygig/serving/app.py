@@ -90,6 +90,17 @@ from stygig.response import item_view
 from stygig.serving import requests as rq
 from stygig.serving.async_api import AsyncConfig, AsyncJobs
 from stygig.serving.batching import BatcherConfig, MicroBatcher
+from stygig.serving.bodies import (
+    ASYNC_ANSWERS,
+    SERVER_ANSWERS,
+    ArtifactBuild,
+    BatchingSettings,
+    Health,
+    Ping,
+    Readiness,
+    component_schemas,
+    json_answer,
+)
 from stygig.serving.catalog_api import image_url, make_catalog_router
 from stygig.serving.catalog_changes import make_changes_router, read_pointer, watch_and_signal
 from stygig.serving.catalog_command import CatalogSettings
@@ -942,9 +953,10 @@ ANSWER_RESPONSE: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _with_schemas(app: FastAPI) -> None:
-    """Put the answer's and the options' schemas (made from the types that write and check
-    them) into the app's OpenAPI document, where the routes refer to them."""
+def _with_schemas(app: FastAPI, answers: Sequence[type]) -> None:
+    """Put the answers' and the options' schemas (made from the types that write and check
+    them: ``answers`` are :mod:`.bodies`' types) into the app's OpenAPI document, where the
+    routes refer to them."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -961,6 +973,7 @@ def _with_schemas(app: FastAPI) -> None:
             ):
                 schemas.update(schema.pop("$defs", {}))
                 schemas[name] = schema
+            schemas.update(component_schemas(answers))
         return app.openapi_schema or generate()
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -1129,7 +1142,7 @@ def create_app(
         redirect_slashes=False,
         responses=ERROR_RESPONSES,
     )
-    _with_schemas(app)
+    _with_schemas(app, [*SERVER_ANSWERS, *(ASYNC_ANSWERS if jobs else ())])
     app.state.service = service
     if jobs:
         app.include_router(jobs.router)
@@ -1240,11 +1253,17 @@ def _routes(
         parsed = await parse_request(request, service, multipart=multipart)
         return Response(await service.answer(parsed), media_type=JSON)
 
-    @get_and_head(app, "/ping", tags=["sagemaker"], summary="SageMaker health check")
+    @get_and_head(
+        app,
+        "/ping",
+        tags=["sagemaker"],
+        summary="SageMaker health check",
+        responses={200: json_answer("loaded and warm", Ping)},
+    )
     async def ping() -> Response:
         if not service.ready:
             return error_response(OverloadedError("the model is loading", code="not_ready"))
-        return json_response({"status": "ok"})
+        return json_response(asdict(Ping("ok")))
 
     @app.get(
         "/execution-parameters",
@@ -1350,36 +1369,51 @@ def _routes(
         parsed = rq.ParsedRequest(Query(item_ids=(item_id,)), options)
         return Response(await service.answer(parsed), media_type=JSON)
 
-    @get_and_head(app, "/healthz", tags=["ops"], summary="Liveness: the process answers")
+    @get_and_head(
+        app,
+        "/healthz",
+        tags=["ops"],
+        summary="Liveness: the process answers",
+        responses={200: json_answer("the process answers", Health)},
+    )
     async def healthz() -> Response:
-        return json_response({"status": "alive", "ready": service.ready})
+        return json_response(asdict(Health("alive", service.ready)))
 
-    @app.get("/readyz", tags=["ops"], summary="Readiness: model loaded and warm")
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        summary="Readiness: model loaded and warm",
+        responses={
+            200: json_answer("loaded and warm", Readiness),
+            503: json_answer("not ready yet: the same body, ready false", Readiness),
+        },
+    )
     async def readyz() -> Response:
         rec = service.recommender
-        manifest = rec.artifact.manifest if rec else {}
-        body = {
-            "ready": service.ready,
+        body = Readiness(
+            ready=service.ready,
             # Which artifact, by its build time: never the folder it was loaded from.
-            "artifact": {"created_at": manifest.get("created_at")} if rec else None,
-            "encoder": rec.encoder.name if rec else None,
-            "items": rec.snapshot.live_items if rec else None,
-            "catalog_version": rec.snapshot.catalog_version if rec else None,
-            "load_seconds": service.load_seconds,
-            "warmup_seconds": service.warmup_seconds,
-            "batching": {
-                "max_batch": service.config.batching.max_batch,
-                "max_wait_ms": service.config.batching.max_wait_ms,
-                "max_queue": service.config.batching.max_queue,
-            },
-        }
-        return json_response(body, 200 if service.ready else 503)
+            artifact=ArtifactBuild(rec.artifact.manifest.get("created_at")) if rec else None,
+            encoder=rec.encoder.name if rec else None,
+            items=rec.snapshot.live_items if rec else None,
+            catalog_version=rec.snapshot.catalog_version if rec else None,
+            load_seconds=service.load_seconds,
+            warmup_seconds=service.warmup_seconds,
+            batching=BatchingSettings.of(service.config.batching),
+        )
+        return json_response(asdict(body), 200 if service.ready else 503)
 
     @app.get(
         "/metrics",
         tags=["ops"],
         summary="Prometheus metrics",
-        responses={200: {"content": {CONTENT_TYPE: {"schema": {"type": "string"}}}}},
+        response_class=Response,  # not JSON: FastAPI would document application/json too
+        responses={
+            200: {
+                "description": "the Prometheus text exposition format",
+                "content": {CONTENT_TYPE: {"schema": {"type": "string"}}},
+            }
+        },
     )
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)

@@ -40,9 +40,9 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
@@ -54,13 +54,24 @@ from stygig.engine import Options, Recommender
 from stygig.engine import Query as RecommendQuery
 from stygig.errors import InputError, InvalidImageError, InvalidOptionsError, NotFoundError
 from stygig.images import check_header
+from stygig.jobs.documents import JobFailure, JobResult
 from stygig.jobs.notify import MAX_WEBHOOK_URL_LENGTH, Notifier
 from stygig.jobs.queue import JobQueue
-from stygig.jobs.store import MAX_PAGE, TERMINAL, Job, JobSpec, JobStore, QueueLimits, Status
+from stygig.jobs.store import (
+    MAX_PAGE,
+    STATUSES,
+    TERMINAL,
+    Job,
+    JobSpec,
+    JobState,
+    JobStore,
+    QueueLimits,
+)
 from stygig.jobs.worker import JobWorker, WorkerConfig, check_job_input
 from stygig.locations import InputLocations, public_errors
 from stygig.recommendation import option_parameters
 from stygig.serving import requests as rq
+from stygig.serving.bodies import JobList, JobSubmitted, JobUnfinished, json_answer
 from stygig.serving.responses import JSON, json_response
 
 __all__ = [
@@ -334,61 +345,20 @@ def _own_output(job: Job) -> bytes:
     return own[0]
 
 
-_SUBMITTED: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "InferenceId": {"type": "string"},
-        "OutputLocation": {"type": "string", "description": "where the result will be"},
-        "FailureLocation": {"type": "string", "description": "where an error will be"},
-        "Status": {"type": "string", "enum": list(get_args(Status))},
-    },
-    "required": ["InferenceId", "OutputLocation", "FailureLocation", "Status"],
-}
-_WHEN = {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}]}
-# GET /async/jobs/{id}: JobView.to_dict.
-_JOB_VIEW = {
-    "type": "object",
-    "properties": {
-        **_SUBMITTED["properties"],
-        "CreatedAt": _WHEN,
-        "StartedAt": _WHEN,
-        "FinishedAt": _WHEN,
-        "Attempts": {"type": "integer", "minimum": 0},
-        "Error": {
-            "anyOf": [
-                {
-                    "type": "object",
-                    "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-                },
-                {"type": "null"},
-            ]
-        },
-    },
-    "required": [*_SUBMITTED["required"], "CreatedAt", "Attempts"],
-}
 _JOB_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "the job's status and times", "content": {JSON: {"schema": _JOB_VIEW}}}
+    200: json_answer("the job's status and times", JobState)
 }
 _OUTPUT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "a finished job's document: the answer (as POST /invocations gives it) "
-        "or its error, with InferenceId and JobToken",
-        "content": {JSON: {"schema": {"type": "object", "required": ["InferenceId"]}}},
-    },
-    409: {
-        "description": "the job has not finished",
-        "content": {
-            JSON: {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "InferenceId": {"type": "string"},
-                        "Status": _SUBMITTED["properties"]["Status"],
-                    },
-                }
-            }
-        },
-    },
+    200: json_answer(
+        "a finished job's document: the answer (as POST /invocations gives it) or its error, "
+        "with InferenceId and JobToken",
+        JobResult,
+        JobFailure,
+    ),
+    409: json_answer("the job has not finished", JobUnfinished),
+}
+_LIST_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: json_answer("a page of jobs and the counts per status", JobList)
 }
 # The submission as SageMaker sends it: the input as the body or a stored location, the
 # parameters as headers, the options as the query string or custom attributes.
@@ -444,9 +414,7 @@ _SUBMIT_DOC: dict[str, Any] = {
             },
         },
     },
-    "responses": {
-        "202": {"description": "the job, queued", "content": {JSON: {"schema": _SUBMITTED}}}
-    },
+    "responses": {"202": json_answer("the job, queued", JobSubmitted)},
 }
 
 
@@ -470,18 +438,13 @@ def make_async_router(store: JobQueue, worker: JobWorker, config: AsyncConfig) -
         if created:
             worker.wake()
         output, failure = job.shown_locations()
-        body = {
-            "InferenceId": job.id,
-            "OutputLocation": output,
-            "FailureLocation": failure,
-            "Status": job.status,
-        }
+        body = JobSubmitted(job.id, output, failure, job.status)
         headers = {
             "X-Amzn-SageMaker-OutputLocation": output,
             "X-Amzn-SageMaker-FailureLocation": failure,
             "Location": f"/async/jobs/{job.id}",
         }
-        return json_response(body, 202, headers)
+        return json_response(asdict(body), 202, headers)
 
     @router.get(
         "/jobs/{job_id}", summary="One job's status and timestamps", responses=_JOB_RESPONSES
@@ -497,11 +460,15 @@ def make_async_router(store: JobQueue, worker: JobWorker, config: AsyncConfig) -
     async def output(job_id: str) -> Response:
         job = await run_in_threadpool(store.get, job_id)
         if job.status not in TERMINAL:
-            return json_response({"InferenceId": job.id, "Status": job.status}, 409)
+            return json_response(asdict(JobUnfinished(job.id, job.status)), 409)
         data = await run_in_threadpool(_own_output, job)
         return Response(data, status_code=200, media_type=JSON)
 
-    @router.get("/jobs", summary="Jobs in submission order, with counts per status")
+    @router.get(
+        "/jobs",
+        summary="Jobs in submission order, with counts per status",
+        responses=_LIST_RESPONSES,
+    )
     async def jobs(
         status: str | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
@@ -513,13 +480,13 @@ def make_async_router(store: JobQueue, worker: JobWorker, config: AsyncConfig) -
             lambda: store.list_jobs(status=status, limit=limit, after_seq=after)
         )
         counts = await run_in_threadpool(store.counts)
-        body = {
-            "jobs": [j.to_dict() for j in page.jobs],
-            "counts": dict(counts),
-            "counts_complete": counts.complete,
-            "next_after": page.next_after,
-        }
-        return json_response(body)
+        body = JobList(
+            jobs=[j.state() for j in page.jobs],
+            counts={s: counts[s] for s in STATUSES},
+            counts_complete=counts.complete,
+            next_after=page.next_after,
+        )
+        return json_response(await run_in_threadpool(asdict, body))
 
     return router
 

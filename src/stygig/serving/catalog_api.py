@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
@@ -51,7 +51,18 @@ from stygig.errors import (
 )
 from stygig.images import read_header
 from stygig.response import item_view
-from stygig.serving.responses import JSON, get_and_head, json_bytes, json_response
+from stygig.serving.bodies import (
+    IMAGE_BODY,
+    NOT_MODIFIED,
+    CategoryCount,
+    ExampleCard,
+    ExampleList,
+    PageConfig,
+    ScoringWeights,
+    SlotLabel,
+    json_answer,
+)
+from stygig.serving.responses import JSON, ErrorBody, get_and_head, json_bytes, json_response
 from stygig.thumbnails import ItemImages
 
 if TYPE_CHECKING:
@@ -99,13 +110,8 @@ class Example:
     body: bytes
     etag: str
 
-    def card(self) -> dict[str, str]:
-        return {
-            "name": self.name,
-            "label": self.label,
-            "media_type": self.media_type,
-            "url": f"/v1/examples/{self.name}",
-        }
+    def card(self) -> ExampleCard:
+        return ExampleCard(self.name, self.label, self.media_type, f"/v1/examples/{self.name}")
 
 
 def load_examples(folder: Path | None, max_bytes: int) -> dict[str, Example]:
@@ -254,7 +260,7 @@ class _Shelf:
 
 def _config(
     service: ModelService, rec: Recommender, snap: CatalogSnapshot, examples: int
-) -> dict[str, Any]:
+) -> PageConfig:
     from stygig.sample_catalog import is_drawn_sample
 
     artifact = snap.artifact
@@ -266,32 +272,30 @@ def _config(
     slots = sorted(
         {taxonomy.slot_of(c) for c in counts}, key=lambda s: taxonomy.slots[s].outfit_order
     )
-    return {
-        "version": __version__,
-        "encoder": rec.encoder.name,
-        "text_search": False,  # no StyGig encoder has a text tower; the page searches names
-        "modes": ["outfit", "similar"],
-        "items": snap.live_items,
-        "catalog_version": snap.catalog_version,
-        "sequence": snap.sequence,
-        "thumbnails": "thumbnails.bin" in artifact.manifest.get("files", {}),
-        "categories": [
-            {"name": c, "slot": taxonomy.slot_of(c), "count": counts[c]} for c in sorted(counts)
-        ],
-        "genders": list(snap.columns.gender_names),
-        "slots": [{"name": s, "label": taxonomy.slots[s].label} for s in slots],
-        "scoring": {
-            "similarity_weight": rec.config.similarity_weight,
-            "harmony_weight": rec.config.harmony_weight,
-            "boost": taxonomy.boost,
-        },
-        "max_upload_bytes": service.config.max_body_bytes,
+    return PageConfig(
+        version=__version__,
+        encoder=rec.encoder.name,
+        text_search=False,  # no StyGig encoder has a text tower; the page searches names
+        modes=["outfit", "similar"],
+        items=snap.live_items,
+        catalog_version=snap.catalog_version,
+        sequence=snap.sequence,
+        thumbnails="thumbnails.bin" in artifact.manifest.get("files", {}),
+        categories=[CategoryCount(c, taxonomy.slot_of(c), counts[c]) for c in sorted(counts)],
+        genders=list(snap.columns.gender_names),
+        slots=[SlotLabel(s, taxonomy.slots[s].label) for s in slots],
+        scoring=ScoringWeights(
+            similarity_weight=rec.config.similarity_weight,
+            harmony_weight=rec.config.harmony_weight,
+            boost=taxonomy.boost,
+        ),
+        max_upload_bytes=service.config.max_body_bytes,
         # StyGig's drawn sample catalogue: drawings, not photos (the page says so)
-        "drawn_sample": is_drawn_sample(artifact.items[p] for p in artifact.positions.values()),
-        "examples": examples,
+        drawn_sample=is_drawn_sample(artifact.items[p] for p in artifact.positions.values()),
+        examples=examples,
         # /docs is served only with `serve --docs`: the page links to it only then
-        "docs": service.config.docs,
-    }
+        docs=service.config.docs,
+    )
 
 
 T = TypeVar("T")
@@ -400,7 +404,12 @@ def make_catalog_router(service: ModelService) -> APIRouter:
         "/v1/items/{item_id}/image",
         tags=["catalogue"],
         summary="The item's thumbnail (JPEG), made at build time",
-        responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "unknown item"}},
+        response_class=Response,  # not JSON: FastAPI would document application/json too
+        responses={
+            200: {"description": "the thumbnail", "content": {"image/jpeg": IMAGE_BODY}},
+            304: NOT_MODIFIED,
+            404: {"model": ErrorBody, "description": "unknown item, or an item without a photo"},
+        },
     )
     async def item_image(item_id: str, request: Request) -> Response:
         current = await shelf()
@@ -443,12 +452,17 @@ def make_catalog_router(service: ModelService) -> APIRouter:
         page = CatalogPage(len(hits), offset, limit, False, [current.card(p) for p in page_hits])
         return json_response(asdict(page))
 
-    @router.get("/v1/config", tags=["catalogue"], summary="What the page can offer")
+    @router.get(
+        "/v1/config",
+        tags=["catalogue"],
+        summary="What the page can offer",
+        responses={200: json_answer("the catalogue's categories, slots and settings", PageConfig)},
+    )
     async def config() -> Response:
         current = await shelf()
         if current.config is None:
             current.config = json_bytes(
-                _config(service, current.recommender, current.snapshot, len(examples))
+                asdict(_config(service, current.recommender, current.snapshot, len(examples)))
             )
         return Response(current.config, media_type=JSON)
 
@@ -456,16 +470,24 @@ def make_catalog_router(service: ModelService) -> APIRouter:
         "/v1/examples",
         tags=["catalogue"],
         summary="Example photos to try (the operator's, from serve --examples)",
+        responses={200: json_answer("the example photos", ExampleList)},
     )
     async def example_list() -> Response:
-        return json_response({"examples": [e.card() for e in examples.values()]})
+        return json_response(asdict(ExampleList([e.card() for e in examples.values()])))
 
     @get_and_head(
         router,
         "/v1/examples/{name}",
         tags=["catalogue"],
         summary="One example photo, by a name from /v1/examples",
-        responses={200: {"content": {t: {} for t in sorted(set(_EXAMPLE_TYPES.values()))}}},
+        response_class=Response,  # not JSON: FastAPI would document application/json too
+        responses={
+            200: {
+                "description": "the photo, of the media type /v1/examples lists for it",
+                "content": {t: IMAGE_BODY for t in sorted(set(_EXAMPLE_TYPES.values()))},
+            },
+            304: NOT_MODIFIED,
+        },
     )
     async def example(name: str, request: Request) -> Response:
         found = examples.get(name)

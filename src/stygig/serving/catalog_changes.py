@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,13 @@ from stygig.errors import (
 )
 from stygig.living import CHANGE_REQUESTS, request_pool
 from stygig.recommendation import parse_json_object
+from stygig.serving.bodies import (
+    CatalogReload,
+    CatalogVersion,
+    CatalogVersionSince,
+    ChangesApplied,
+    json_answer,
+)
 from stygig.serving.responses import JSON, json_response
 
 if TYPE_CHECKING:
@@ -80,26 +88,33 @@ def parse_changes_body(body: bytes, content_type: str) -> list[ChangeRequest]:
     return [parse_change(data)]
 
 
-def version_body(service: ModelService, since: int | None = None) -> dict[str, Any]:
+def catalog_version(
+    service: ModelService, since: int | None = None
+) -> CatalogVersion | CatalogVersionSince:
+    """The catalogue version now; with ``since``, the items whose availability changed after
+    that change-log record (:class:`CatalogVersionSince`)."""
     rec = service.require()
     snap = rec.snapshot
-    body: dict[str, Any] = {
-        "catalog_version": snap.catalog_version,
-        "artifact_version": snap.version,
-        "sequence": snap.sequence,
-        "items": snap.live_items,
-    }
-    if since is not None:
-        state: dict[str, bool] = {}
-        for sequence, item_id, in_stock in snap.stock_events:
-            if sequence > since:
-                state[item_id] = in_stock
-        body["unavailable_since"] = sorted(i for i, ok in state.items() if not ok)
-        body["available_again"] = sorted(i for i, ok in state.items() if ok)
+    now = CatalogVersion(snap.catalog_version, snap.version, snap.sequence, snap.live_items)
+    if since is None:
+        return now
+    state: dict[str, bool] = {}
+    for sequence, item_id, in_stock in snap.stock_events:
+        if sequence > since:
+            state[item_id] = in_stock
+    return CatalogVersionSince(
+        **asdict(now),
+        unavailable_since=sorted(i for i, ok in state.items() if not ok),
+        available_again=sorted(i for i, ok in state.items() if ok),
         # False: changes after `since` were folded into this version (compaction) or are
         # older than the events kept; the lists may miss some (a page should reload).
-        body["complete"] = since >= snap.events_from
-    return body
+        complete=since >= snap.events_from,
+    )
+
+
+def version_body(service: ModelService, since: int | None = None) -> dict[str, Any]:
+    """:func:`catalog_version` as the JSON-ready dict ``GET /v1/catalog/version`` sends."""
+    return asdict(catalog_version(service, since))
 
 
 _FIELDS = {
@@ -183,23 +198,7 @@ CHANGES_DOC: dict[str, Any] = {
     }
 }
 CHANGES_RESPONSE: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "the changes are applied and logged",
-        "content": {
-            JSON: {
-                "schema": {
-                    "type": "object",
-                    "required": ["sequence", "catalog_version", "applied", "items"],
-                    "properties": {
-                        "sequence": {"type": "integer", "description": "the log's last record"},
-                        "catalog_version": {"type": "string"},
-                        "applied": {"type": "integer"},
-                        "items": {"type": "integer", "description": "items in the catalogue"},
-                    },
-                }
-            }
-        },
-    }
+    200: json_answer("the changes are applied and logged", ChangesApplied)
 }
 
 
@@ -240,16 +239,23 @@ def make_changes_router(service: ModelService) -> APIRouter:
             snap = await loop.run_in_executor(request_pool(), live.submit, requests)
         finally:
             running -= 1
-        return json_response(
-            {
-                "sequence": snap.sequence,
-                "catalog_version": snap.catalog_version,
-                "applied": len(requests),
-                "items": snap.live_items,
-            }
+        applied = ChangesApplied(
+            snap.sequence, snap.catalog_version, len(requests), snap.live_items
         )
+        return json_response(asdict(applied))
 
-    @router.get("/v1/catalog/version", tags=["catalogue"], summary="The catalogue version now")
+    @router.get(
+        "/v1/catalog/version",
+        tags=["catalogue"],
+        summary="The catalogue version now",
+        responses={
+            200: json_answer(
+                "the version (CatalogVersion); with since, CatalogVersionSince",
+                CatalogVersion,
+                CatalogVersionSince,
+            )
+        },
+    )
     async def version(
         since: int | None = Query(None, ge=0, le=10**15, description="a sequence number"),
     ) -> Response:
@@ -259,11 +265,14 @@ def make_changes_router(service: ModelService) -> APIRouter:
         "/v1/catalog/reload",
         tags=["catalogue"],
         summary="Switch to a new artifact version without dropping requests",
+        responses={
+            200: json_answer("whether a new version was taken, and the version now", CatalogReload)
+        },
     )
     async def reload() -> Response:
         service.require()
         changed = await service.reload()
-        return json_response({"reloaded": changed, **version_body(service)})
+        return json_response(asdict(CatalogReload(changed, **version_body(service))))
 
     return router
 
