@@ -95,6 +95,7 @@ from stygig.serving.bodies import (
     SERVER_ANSWERS,
     ArtifactBuild,
     BatchingSettings,
+    ExecutionParameters,
     Health,
     Ping,
     Readiness,
@@ -1269,6 +1270,7 @@ def _routes(
         "/execution-parameters",
         tags=["sagemaker"],
         summary="What a batch transform should send (SageMaker asks before its first record)",
+        responses={200: json_answer("the batch transform's parameters", ExecutionParameters)},
     )
     async def execution_parameters() -> Response:
         # One record per request: a body is one query (several JSON lines are refused). As
@@ -1276,13 +1278,7 @@ def _routes(
         # payload stays within 100 MB.
         payload_mb = max(1, service.config.max_body_bytes // (1024 * 1024))
         concurrent = max(1, min(service.config.batching.max_batch, 100 // payload_mb))
-        return json_response(
-            {
-                "MaxConcurrentTransforms": concurrent,
-                "BatchStrategy": "SINGLE_RECORD",
-                "MaxPayloadInMB": payload_mb,
-            }
-        )
+        return json_response(asdict(ExecutionParameters(concurrent, "SINGLE_RECORD", payload_mb)))
 
     @app.post(
         "/invocations",

@@ -40,6 +40,7 @@ __all__ = [
     "ChangesApplied",
     "ExampleCard",
     "ExampleList",
+    "ExecutionParameters",
     "Health",
     "JobList",
     "JobSubmitted",
@@ -81,6 +82,22 @@ class Health:
     """always ``alive``"""
     ready: bool
     """the model is loaded and warm (``/readyz`` says more)"""
+
+
+@dataclass(slots=True)
+class ExecutionParameters:
+    """``GET /execution-parameters``: what a SageMaker batch transform should send when its
+    job does not say (SageMaker asks before its first record)."""
+
+    __pydantic_config__ = _DOCUMENTED
+
+    MaxConcurrentTransforms: int
+    """requests at once per instance: the encoder's batch, within SageMaker's rule that
+    concurrency x payload stays within 100 MB"""
+    BatchStrategy: Literal["SINGLE_RECORD"]
+    """one record per request: a body is one query"""
+    MaxPayloadInMB: int
+    """the body limit, in MB"""
 
 
 @dataclass(slots=True)
@@ -365,6 +382,7 @@ class JobList:
 #: The server's answer types (their schemas are OpenAPI components of the same name).
 SERVER_ANSWERS: tuple[type, ...] = (
     Ping,
+    ExecutionParameters,
     Health,
     Readiness,
     PageConfig,
