@@ -584,18 +584,14 @@ def read_catalog(
         storage.local_copy(path) as local,
         tempfile.TemporaryDirectory(prefix="stygig-images-") as stand_in,
     ):
+        base: str | None
         if remote_images:  # read against a stand-in folder, then map it to the prefix
             base, root, local_dir = str(images_dir), Path(stand_in), Path(stand_in)
         elif images_dir is None:  # relative to the catalogue's S3 folder
             base, root, local_dir = str(path).rsplit("/", 1)[0], local.parent, None
-        else:  # photos in a local (shared) folder
-            return _read_catalog_file(
-                local,
-                layout=layout,
-                images_dir=images_dir,
-                taxonomy=taxonomy,
-                check_images=check_images,
-            )
+        else:  # photos in a local (shared) folder: confined to it, as to an S3 folder (review,
+            # session 41: absolute paths, file:// URIs and '..' were read anywhere on the disk)
+            base, root, local_dir = None, Path(images_dir), Path(images_dir)
         read = _read_catalog_file(
             local, layout=layout, images_dir=local_dir, taxonomy=taxonomy, check_images=False
         )
@@ -606,10 +602,20 @@ def read_catalog(
             relative = posixpath.normpath(image.relative_to(root).as_posix())
             if relative.startswith(".."):  # S3 keys have no '..': it would name another key
                 row = read.rows.pop(item.id)
-                detail = "image path leaves the catalogue's folder"
+                detail = (
+                    "image path leaves the catalogue's folder"
+                    if base is not None
+                    else "image path leaves the --images folder"
+                )
                 read.rejects.append(Reject(row, item.id, "missing_image", detail, item.raw()))
                 continue
-            item = dataclasses.replace(item, image=storage.join(base, relative))
+            if base is not None:
+                item = dataclasses.replace(item, image=storage.join(base, relative))
+            elif check_images and not image.is_file():
+                row = read.rows.pop(item.id)
+                detail = _not_a_file(image)
+                read.rejects.append(Reject(row, item.id, "missing_image", detail, item.raw()))
+                continue
         elif is_remote(path) and not is_remote(item.image):
             # An absolute path or a file:// URI: a catalogue in S3 never names the local disk
             # of the machine that reads it, as a manifest in S3 never does (review, session
