@@ -678,6 +678,11 @@ class Artifact:
         meta = meta if isinstance(meta, dict) else {}
         with _reading("the index"):
             index = load_index(root, meta.get("kind", "exact"), embeddings, meta.get("params"))
+        if "dim" in meta and meta["dim"] != index.dim:  # (review, session 41)
+            raise ArtifactError(
+                f"artifact cannot be read: the manifest's index is {str(meta['dim'])[:20]}-d, "
+                f"the embeddings and index are {index.dim}-d"
+            )
         if mmap and not is_exhaustive(index):
             # Requests read a few hundred rows each; through the map they would stay
             # resident (all 20 GB at 10M items): read them with pread instead. An exhaustive

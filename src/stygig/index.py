@@ -423,14 +423,29 @@ def load_index(
     if kind == "exact":
         return ExactIndex(vectors)
     if kind == "ivfpq":
-        return _load_pq(path, "index.faiss", len(vectors), params)
-    return _load_faiss(path / "index.faiss", kind, len(vectors), params)
+        return _load_pq(path, "index.faiss", len(vectors), params, _dim(vectors))
+    return _load_faiss(path / "index.faiss", kind, len(vectors), params, _dim(vectors))
 
 
-def _load_pq(path: Path, name: str, n: int, params: dict[str, Any] | None) -> VectorIndex:
+def _dim(vectors: np.ndarray) -> int:
+    return int(vectors.shape[1]) if len(vectors.shape) == 2 else 0
+
+
+def _check_dim(index: VectorIndex, name: str, dim: int) -> None:
+    """An index of another dimension than the embeddings loads, and then refuses every query
+    as the client's error (review, session 41): refused here instead."""
+    if dim and index.dim != dim:
+        raise ArtifactError(
+            f"index {name} holds {index.dim}-d vectors but the embeddings are {dim}-d"
+        )
+
+
+def _load_pq(path: Path, name: str, n: int, params: dict[str, Any] | None, dim: int) -> VectorIndex:
     from stygig.index_pq import PQIndex  # lazy: index_pq imports this module
 
-    return PQIndex.load(path, name, n, params)
+    index = PQIndex.load(path, name, n, params)
+    _check_dim(index, name, dim)
+    return index
 
 
 class _SizeClaim(Exception):
@@ -506,13 +521,17 @@ def read_faiss(file: Path, what: str = "FAISS index") -> Any:
         ) from None
 
 
-def _load_faiss(file: Path, kind: str, n: int, params: dict[str, Any] | None) -> FaissIndex:
+def _load_faiss(
+    file: Path, kind: str, n: int, params: dict[str, Any] | None, dim: int
+) -> FaissIndex:
     index = read_faiss(file)
     if index.ntotal != n:
         raise ArtifactError(
             f"index {file.name} holds {index.ntotal} vectors but the item table has {n}"
         )
-    return FaissIndex(index, kind, dict(params or {}))
+    loaded = FaissIndex(index, kind, dict(params or {}))
+    _check_dim(loaded, file.name, dim)
+    return loaded
 
 
 def _leaves(index: Any) -> list[Any]:
@@ -748,9 +767,9 @@ class PartitionedIndex(_Tombstones):
             part: VectorIndex = (
                 ExactIndex(vectors[r])
                 if kind == "exact"
-                else _load_pq(path, f"index-part{i}.faiss", len(r), extra)
+                else _load_pq(path, f"index-part{i}.faiss", len(r), extra, _dim(vectors))
                 if kind == "ivfpq"
-                else _load_faiss(path / f"index-part{i}.faiss", kind, len(r), extra)
+                else _load_faiss(path / f"index-part{i}.faiss", kind, len(r), extra, _dim(vectors))
             )
             names.append(str(spec["name"]))
             parts.append(part)

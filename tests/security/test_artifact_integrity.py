@@ -278,6 +278,9 @@ RESIGNED = {
     # review, session 41: allocated and zero-filled (1 GiB for a 1 KB file) before the read
     "index_claims_a_gigabyte": lambda p: _faiss_claiming(p, 2**28),
     "item_without_id": _drop_first_id,
+    "manifest_index_dim_differs": lambda p: _edit(
+        p, index={**_manifest(p)["index"], "dim": 2 * _manifest(p)["index"]["dim"]}
+    ),
     "taxonomy_slot_is_a_mapping": _alias_taxonomy,
 }
 

@@ -273,3 +273,26 @@ def test_an_index_claiming_more_than_its_file_holds_is_refused_before_allocating
         load_index(tmp_path / "hnsw", "hnsw", x, {})
     assert "cut short" in caught.value.message
     assert ".cpp" not in caught.value.message and "Error in" not in caught.value.message
+
+
+def test_an_index_of_another_dimension_than_the_embeddings_is_refused(tmp_path: Path) -> None:
+    """Review (session 41): a 128-d index beside 64-d embeddings loaded, and then refused every
+    query as the client's error (exit 2); so did a split index's part."""
+    x = _clustered(600, 16)
+    wide = _clustered(600, 32)
+    for kind in ("flat", "hnsw"):
+        folder = tmp_path / kind
+        folder.mkdir()
+        params = build_index(x, kind).params()
+        build_index(wide, kind).save(folder)  # the same rows, another dimension
+        with pytest.raises(ArtifactError, match="holds 32-d vectors but the embeddings are 16-d"):
+            load_index(folder, kind, x, params)
+    labels = ["a"] * 300 + ["b"] * 300
+    split = build_index(x, "flat", labels)
+    for name in ("split", "part"):
+        (tmp_path / name).mkdir()
+    split.save(tmp_path / "split")
+    build_index(wide[labels.index("b") :], "flat").save(tmp_path / "part")
+    (tmp_path / "part" / "index.faiss").replace(tmp_path / "split" / "index-part1.faiss")
+    with pytest.raises(ArtifactError, match=r"index-part1\.faiss holds 32-d vectors"):
+        load_index(tmp_path / "split", split.kind, x, split.params())
