@@ -222,6 +222,25 @@ def test_huge_lines_and_many_bad_rows_are_read_in_bounded_memory(
     assert res.rejects[0].raw["name"] == "n" * 1999
 
 
+def test_a_photo_path_the_system_refuses_is_one_rejected_row(tmp_path: Path) -> None:
+    """Review, session 41: a name too long (ENAMETOOLONG) aborted the build with the server
+    path, a ``file://`` URI's ``%00`` with a ``ValueError`` traceback; each is now its row's
+    ``missing_image`` reject, and the rows after it are read."""
+    _images(tmp_path, "ok.jpg")
+    rows = [
+        "long,images/" + "x" * 300 + ".jpg,shirt",
+        f"nul,{(tmp_path / 'images').as_uri()}/a%00b.jpg,shirt",
+        "ok,images/ok.jpg,shirt",
+    ]
+    (tmp_path / "c.csv").write_text("id,image,category\n" + "\n".join(rows) + "\n")
+    res = read_catalog(tmp_path / "c.csv")
+    assert [i.id for i in res.items] == ["ok"]
+    details = {r.id: (r.row, r.reason, r.detail) for r in res.rejects}
+    assert details["long"][:2] == (1, "missing_image") and "cannot be read" in details["long"][2]
+    assert details["nul"] == (2, "missing_image", "image path holds a NUL character")
+    assert all(str(tmp_path) not in d for _, _, d in details.values())
+
+
 def test_a_photo_path_that_is_not_a_file_says_what_it_is(tmp_path: Path) -> None:
     """Review, session 36: a folder, a FIFO or a link loop named as a photo was "image file not
     found" (the file is there)."""

@@ -437,15 +437,27 @@ _NOT_CATALOGUE_SUFFIXES = frozenset(
 )
 
 
+def _is_file(path: Path) -> bool:
+    """Whether ``path`` is a regular file; a name too long, a folder not searchable or a NUL
+    (a ``file://`` URI's ``%00``) is none, not an error that stops the read (review, session
+    41: one such row aborted the build, with a traceback for the NUL)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _not_a_file(path: Path) -> str:
     """Why a row's photo path is no photo file: absent, or there but not a regular file (a
     folder, a pipe, a device, a link loop were all "not found": review, session 36)."""
+    if "\0" in str(path):
+        return "image path holds a NUL character"
     try:
         path.stat()
     except FileNotFoundError:
         return f"image file not found: {path}"
-    except OSError as e:
-        return f"image file cannot be read ({e.strerror or 'error'}): {path}"
+    except OSError as e:  # the path may be long: its last part only
+        return f"image file cannot be read ({e.strerror or 'error'}): {path.name[:100]}"
     return f"image is not a regular file (a folder, pipe or device): {path}"
 
 
@@ -611,7 +623,7 @@ def read_catalog(
                 continue
             if base is not None:
                 item = dataclasses.replace(item, image=storage.join(base, relative))
-            elif check_images and not image.is_file():
+            elif check_images and not _is_file(image):
                 row = read.rows.pop(item.id)
                 detail = _not_a_file(image)
                 read.rejects.append(Reject(row, item.id, "missing_image", detail, item.raw()))
@@ -624,7 +636,7 @@ def read_catalog(
             detail = "a catalogue in S3 names photos beside it or by s3:// URI, never local files"
             read.rejects.append(Reject(row, item.id, "missing_image", detail, item.raw()))
             continue
-        elif check_images and not is_remote(item.image) and not image.is_file():
+        elif check_images and not is_remote(item.image) and not _is_file(image):
             row = read.rows.pop(item.id)
             detail = f"image file not found: {item.image}"
             read.rejects.append(Reject(row, item.id, "missing_image", detail, item.raw()))
@@ -707,7 +719,7 @@ def _read_catalog_file(
                     "duplicate_id", f"id {item.id!r} already used by row {result.rows[item.id]}"
                 )
             is_local = not is_remote(item.image)
-            if check_images and is_local and not Path(item.image).is_file():
+            if check_images and is_local and not _is_file(Path(item.image)):
                 raise RowError("missing_image", _not_a_file(Path(item.image)))
         except RowError as e:
             row_id = _clean(row.get("id")) or _clean(row.get("cod_modelo_color"))
