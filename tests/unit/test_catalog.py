@@ -222,6 +222,26 @@ def test_huge_lines_and_many_bad_rows_are_read_in_bounded_memory(
     assert res.rejects[0].raw["name"] == "n" * 1999
 
 
+def test_a_quoted_field_of_many_lines_over_csvs_limit_rejects_only_its_row(
+    tmp_path: Path,
+) -> None:
+    """Review, session 41: a 200-line quoted name of 200 KB (over csv's 128 KiB field limit)
+    was cut inside: its lines became 69 phantom rejects and the two rows after it one reject
+    "an unclosed quote", numbered 72."""
+    import csv
+
+    _images(tmp_path, "a.jpg")
+    text = "\n".join("w" * 999 for _ in range(200))
+    body = f'id,image,category,name\nf1,images/a.jpg,shirt,a\nf2,images/a.jpg,shirt,"{text}"\n'
+    body += "f3,images/a.jpg,shirt,c\nf4,images/a.jpg,shirt,d\n"
+    (tmp_path / "c.csv").write_text(body)
+    limit = csv.field_size_limit()
+    res = read_catalog(tmp_path / "c.csv")
+    assert csv.field_size_limit() == limit  # the process's own limit is left as it was
+    assert [i.id for i in res.items] == ["f1", "f3", "f4"]
+    assert [(r.row, r.id, r.reason) for r in res.rejects] == [(2, "f2", "bad_value")]
+
+
 def test_a_photo_path_the_system_refuses_is_one_rejected_row(tmp_path: Path) -> None:
     """Review, session 41: a name too long (ENAMETOOLONG) aborted the build with the server
     path, a ``file://`` URI's ``%00`` with a ``ValueError`` traceback; each is now its row's
