@@ -454,3 +454,16 @@ def test_real_kaggle_and_mango_catalogues_map_almost_everything() -> None:
     mango = read_catalog(require_dataset(MANGO_DIR) / "product_data.csv")
     assert mango.layout == "mango" and len(mango.items) > 8900
     assert all(Path(i.image).is_file() for i in mango.items[:50])
+
+
+def test_header_errors_name_their_cause_briefly(tmp_path: Path) -> None:
+    """Review, session 41: a repeated column name quoted the whole header (288,991 characters);
+    a header line over the line bound was "lacks required columns"."""
+    wide = ",".join(f"c{i}" for i in range(30_000))
+    (tmp_path / "dup.csv").write_text(f"id,image,category,{wide},id,c7\n")
+    with pytest.raises(CatalogError) as caught:
+        read_catalog(tmp_path / "dup.csv")
+    assert caught.value.message.endswith("has duplicate column names: 'id', 'c7'")
+    (tmp_path / "long.csv").write_text(f"id,image,category,{wide * 6}\n")
+    with pytest.raises(CatalogError, match="the header line is over 1,048,576 characters"):
+        read_catalog(tmp_path / "long.csv")
