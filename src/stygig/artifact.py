@@ -655,6 +655,14 @@ class Artifact:
             ]
             items = [Item.from_dict(r) for r in rows]
             colors = [r.get("color") or {} for r in rows]
+        positions: dict[str, int] = {}
+        for i, item in enumerate(items):
+            first = positions.setdefault(item.id, i)
+            if first != i:  # one id, two rows: the first would be unreachable (review, s. 41)
+                raise ArtifactError(
+                    f"artifact cannot be read: 'items.jsonl': id {item.id[:100]!r} on rows "
+                    f"{first + 1} and {i + 1}"
+                )
         with _reading("taxonomy.yaml"):
             taxonomy = Taxonomy.load(root / "taxonomy.yaml", origin="taxonomy.yaml")
         with _reading("whitening.npz"):
@@ -702,7 +710,7 @@ class Artifact:
             index=index,
             taxonomy=taxonomy,
             whitening=whitening,
-            positions={item.id: i for i, item in enumerate(items)},
+            positions=positions,
             compat=compat,
             heads=heads,
         )
