@@ -467,3 +467,18 @@ def test_header_errors_name_their_cause_briefly(tmp_path: Path) -> None:
     (tmp_path / "long.csv").write_text(f"id,image,category,{wide * 6}\n")
     with pytest.raises(CatalogError, match="the header line is over 1,048,576 characters"):
         read_catalog(tmp_path / "long.csv")
+
+
+def test_a_row_of_more_attributes_than_an_item_holds_is_rejected(tmp_path: Path) -> None:
+    """Review, session 41: a build kept 100,000 attributes per item (14 MB of each in memory
+    to serve); a living catalogue's changes were already bound to 64."""
+    _images(tmp_path, "a.jpg")
+    extra = [f"x{i}" for i in range(70)]
+    header = "id,image,category," + ",".join(extra) + "\n"
+    wide = "w,images/a.jpg,shirt," + ",".join("v" for _ in extra) + "\n"
+    narrow = "n,images/a.jpg,shirt,v,v,v" + "," * (len(extra) - 3) + "\n"
+    (tmp_path / "c.csv").write_text(header + wide + narrow)
+    res = read_catalog(tmp_path / "c.csv")
+    assert [(i.id, len(i.attributes)) for i in res.items] == [("n", 3)]
+    assert [(r.row, r.id, r.reason) for r in res.rejects] == [(1, "w", "bad_value")]
+    assert "an item holds at most 64" in res.rejects[0].detail

@@ -40,6 +40,7 @@ from stygig import storage
 from stygig.catalog.schema import (
     CONTROL,
     MAX_ID,
+    MAX_ITEM_ATTRIBUTES,
     SURROGATE,
     Item,
     Reject,
@@ -725,6 +726,13 @@ def _read_catalog_file(
             if any(len(k) > MAX_ID for k in row):  # a column name: an attribute of every item
                 raise RowError("bad_value", f"a column name is over {MAX_ID} characters")
             item = convert(row, taxonomy, images)  # the id's own rule first, then the text's
+            if len(item.attributes) > MAX_ITEM_ATTRIBUTES:  # a living catalogue's bound too
+                # (review, session 41: 100,000 per item held 14 MB of each in memory to serve)
+                raise RowError(
+                    "bad_value",
+                    f"the row holds {len(item.attributes):,} attributes (columns besides "
+                    f"StyGig's own, with a value); an item holds at most {MAX_ITEM_ATTRIBUTES}",
+                )
             if any(CONTROL.search(f"{k}\n{v or ''}") for k, v in row.items()):
                 raise RowError(
                     "bad_value", "a field holds a control character (an escape sequence, NUL)"
