@@ -655,6 +655,14 @@ class Artifact:
             ]
             items = [Item.from_dict(r) for r in rows]
             colors = [r.get("color") or {} for r in rows]
+        positions: dict[str, int] = {}
+        for i, item in enumerate(items):
+            first = positions.setdefault(item.id, i)
+            if first != i:  # one id, two rows: the first would be unreachable (review, s. 41)
+                raise ArtifactError(
+                    f"artifact cannot be read: 'items.jsonl': id {item.id[:100]!r} on rows "
+                    f"{first + 1} and {i + 1}"
+                )
         with _reading("taxonomy.yaml"):
             taxonomy = Taxonomy.load(root / "taxonomy.yaml", origin="taxonomy.yaml")
         with _reading("whitening.npz"):
@@ -678,6 +686,11 @@ class Artifact:
         meta = meta if isinstance(meta, dict) else {}
         with _reading("the index"):
             index = load_index(root, meta.get("kind", "exact"), embeddings, meta.get("params"))
+        if "dim" in meta and meta["dim"] != index.dim:  # (review, session 41)
+            raise ArtifactError(
+                f"artifact cannot be read: the manifest's index is {str(meta['dim'])[:20]}-d, "
+                f"the embeddings and index are {index.dim}-d"
+            )
         if mmap and not is_exhaustive(index):
             # Requests read a few hundred rows each; through the map they would stay
             # resident (all 20 GB at 10M items): read them with pread instead. An exhaustive
@@ -697,7 +710,7 @@ class Artifact:
             index=index,
             taxonomy=taxonomy,
             whitening=whitening,
-            positions={item.id: i for i, item in enumerate(items)},
+            positions=positions,
             compat=compat,
             heads=heads,
         )

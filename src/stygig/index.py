@@ -30,6 +30,7 @@ Removal is a tombstone mask applied to every backend alike, so ids stay stable.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -422,28 +423,115 @@ def load_index(
     if kind == "exact":
         return ExactIndex(vectors)
     if kind == "ivfpq":
-        return _load_pq(path, "index.faiss", len(vectors), params)
-    return _load_faiss(path / "index.faiss", kind, len(vectors), params)
+        return _load_pq(path, "index.faiss", len(vectors), params, _dim(vectors))
+    return _load_faiss(path / "index.faiss", kind, len(vectors), params, _dim(vectors))
 
 
-def _load_pq(path: Path, name: str, n: int, params: dict[str, Any] | None) -> VectorIndex:
+def _dim(vectors: np.ndarray) -> int:
+    return int(vectors.shape[1]) if len(vectors.shape) == 2 else 0
+
+
+def _check_dim(index: VectorIndex, name: str, dim: int) -> None:
+    """An index of another dimension than the embeddings loads, and then refuses every query
+    as the client's error (review, session 41): refused here instead."""
+    if dim and index.dim != dim:
+        raise ArtifactError(
+            f"index {name} holds {index.dim}-d vectors but the embeddings are {dim}-d"
+        )
+
+
+def _load_pq(path: Path, name: str, n: int, params: dict[str, Any] | None, dim: int) -> VectorIndex:
     from stygig.index_pq import PQIndex  # lazy: index_pq imports this module
 
-    return PQIndex.load(path, name, n, params)
+    index = PQIndex.load(path, name, n, params)
+    _check_dim(index, name, dim)
+    return index
 
 
-def _load_faiss(file: Path, kind: str, n: int, params: dict[str, Any] | None) -> FaissIndex:
+class _SizeClaim(Exception):
+    """A FAISS file claims more than it holds (raised inside FAISS's read, through it)."""
+
+
+class _ClaimCheckingReader:
+    """Feeds FAISS's reader from a file, checking each size the file claims against the bytes
+    left in it before FAISS allocates that size (review, session 41: a 1 KB index claiming
+    1 GiB was allocated and zero-filled before FAISS found it short; a larger claim was
+    ``std::bad_alloc`` or the OOM killer). FAISS reads a vector's length (8 bytes) and then
+    allocates it: a length over the bytes left is a lie, as are an inverted list's sizes whose
+    rows (codes and ids) would not fit. Other 8-byte fields are small (``1 << 20`` is a
+    placeholder FAISS writes), at most the rows the file holds, or a negative marker (a block
+    list's code size, ``-1``)."""
+
+    def __init__(self, handle: Any, size: int) -> None:
+        self._handle, self._left = handle, size
+        self._lists: list[bytes] = []  # what followed an inverted lists' 'ilar' tag
+        self._length = 0  # the last 8-byte field: a vector's length when data follows
+
+    def __call__(self, n: int) -> bytes:
+        data: bytes = self._handle.read(n)
+        self._left -= len(data)
+        # A vector's data (2 floats, 1 double) is no length: it follows its length's read.
+        is_data = self._length > 0 and len(data) in (self._length * w for w in (1, 2, 4, 8))
+        value = int.from_bytes(data, "little") if len(data) == 8 and not is_data else 0
+        if max(self._left, 1 << 20) < value < 1 << 63:  # from 1 << 63: a marker (-1)
+            raise _SizeClaim
+        self._length = value
+        if len(data) == 4 and data == b"ilar":
+            self._lists = [data]
+        elif self._lists:
+            self._lists.append(data)  # nlist, code size, layout, sizes' length, sizes
+            if len(self._lists) == 5 and value == 0:
+                self._lists = []  # no sizes (a sparse layout of empty lists)
+            elif len(self._lists) == 6:
+                self._check_lists()
+        return data
+
+    def _check_lists(self) -> None:
+        _, _, code_size, layout, _, raw = self._lists
+        self._lists = []
+        sizes = np.frombuffer(raw, dtype="<u8")
+        if layout == b"sprs":  # (list, size) pairs
+            sizes = sizes[1::2]
+        rows = sum(int(v) for v in sizes)
+        if rows * (int.from_bytes(code_size, "little") + 8) > self._left:
+            raise _SizeClaim
+
+
+def read_faiss(file: Path, what: str = "FAISS index") -> Any:
+    """``faiss.read_index`` of ``file``, each size it claims checked against the file's size
+    before FAISS allocates it (:class:`_ClaimCheckingReader`).
+
+    Raises:
+        ArtifactError: the file is short, claims more than it holds, or is no FAISS index;
+            FAISS's own (C++) text is not in the message.
+    """
     import faiss
 
     try:
-        index = faiss.read_index(str(file))
-    except RuntimeError as e:
-        raise ArtifactError(f"cannot read FAISS index {file.name}: {e}") from e
+        with file.open("rb") as handle:
+            feed = _ClaimCheckingReader(handle, os.fstat(handle.fileno()).st_size)
+            reader = faiss.PyCallbackIOReader(feed, 1 << 20)  # type: ignore[attr-defined]
+            return faiss.read_index(reader)
+    except _SizeClaim:
+        raise ArtifactError(f"{what} {file.name} claims more than the file holds") from None
+    except (RuntimeError, OSError) as e:
+        raise ArtifactError(
+            f"cannot read {what} {file.name} ({type(e).__name__}: cut short, or not a FAISS "
+            "index this version reads)"
+        ) from None
+
+
+def _load_faiss(
+    file: Path, kind: str, n: int, params: dict[str, Any] | None, dim: int
+) -> FaissIndex:
+    index = read_faiss(file)
     if index.ntotal != n:
         raise ArtifactError(
             f"index {file.name} holds {index.ntotal} vectors but the item table has {n}"
         )
-    return FaissIndex(index, kind, dict(params or {}))
+    loaded = FaissIndex(index, kind, dict(params or {}))
+    _check_dim(loaded, file.name, dim)
+    return loaded
 
 
 def _leaves(index: Any) -> list[Any]:
@@ -679,9 +767,9 @@ class PartitionedIndex(_Tombstones):
             part: VectorIndex = (
                 ExactIndex(vectors[r])
                 if kind == "exact"
-                else _load_pq(path, f"index-part{i}.faiss", len(r), extra)
+                else _load_pq(path, f"index-part{i}.faiss", len(r), extra, _dim(vectors))
                 if kind == "ivfpq"
-                else _load_faiss(path / f"index-part{i}.faiss", kind, len(r), extra)
+                else _load_faiss(path / f"index-part{i}.faiss", kind, len(r), extra, _dim(vectors))
             )
             names.append(str(spec["name"]))
             parts.append(part)

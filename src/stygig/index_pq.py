@@ -35,7 +35,14 @@ from typing import Any, Literal
 import numpy as np
 
 from stygig.errors import ArtifactError, InvalidOptionsError
-from stygig.index import PQ_MIN_ROWS, _apply_tombstones, _check_queries, _pad, _Tombstones
+from stygig.index import (
+    PQ_MIN_ROWS,
+    _apply_tombstones,
+    _check_queries,
+    _pad,
+    _Tombstones,
+    read_faiss,
+)
 from stygig.rowfile import pread_rows
 
 __all__ = [
@@ -643,13 +650,8 @@ class PQIndex(_Tombstones):
     @classmethod
     def load(cls, path: Path, name: str, n: int, params: dict[str, Any] | None) -> PQIndex:
         """Load what :meth:`save` wrote: codes read, float16 rows left on disk."""
-        import faiss
-
         file = path / name
-        try:
-            codes = faiss.read_index(str(file))
-        except RuntimeError as e:
-            raise ArtifactError(f"cannot read IVF-PQ index {name}: {e}") from e
+        codes = read_faiss(file, "IVF-PQ index")
         if codes.ntotal != n:
             raise ArtifactError(f"IVF-PQ index {name} holds {codes.ntotal} rows, not {n}")
         params = dict(params or {})

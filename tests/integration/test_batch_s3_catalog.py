@@ -100,3 +100,37 @@ def test_a_batch_never_reads_nor_uploads_local_files_an_s3_catalogue_names(
     uploaded = [storage.read_bytes(k) for k in storage.list_keys("s3://shop/async40/")]
     assert uploaded and not any(b"images_b64" in body for body in uploaded)
     assert not any(SECRET in body or b"VE9QU0VDUkVU" in body for body in uploaded)
+
+
+def test_an_s3_catalogue_with_a_local_images_folder_is_confined_to_it(
+    s3_env: dict[str, str], sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``--images`` naming a local folder confines an S3 catalogue's photos to that folder, as
+    an S3 folder does (review, session 41: absolute paths, file:// URIs and '..' were read)."""
+    images, private = tmp_path / "imgs", tmp_path / "private"
+    images.mkdir()
+    private.mkdir()
+    photo = (sample[0] / "queries" / "blue-jeans.jpg").read_bytes()
+    (images / "ok.jpg").write_bytes(photo)
+    (private / "secret.jpg").write_bytes(photo)
+    rows = [
+        "rel,ok.jpg,top",
+        f"abs,{private / 'secret.jpg'},top",
+        f"uri,{(private / 'secret.jpg').as_uri()},top",
+        "dotdot,../private/secret.jpg,top",
+        "gone,absent.jpg,top",
+    ]
+    body = "id,image,category\n" + "\n".join(rows) + "\n"
+    storage.write_bytes("s3://shop/cat41/cat.csv", body.encode())
+    for check_images in (False, True):
+        read = read_catalog("s3://shop/cat41/cat.csv", images_dir=images, check_images=check_images)
+        kept = [(i.id, i.image) for i in read.items]
+        assert kept[0] == ("rel", str(images / "ok.jpg"))
+        assert [i for i, _ in kept] == (["rel"] if check_images else ["rel", "gone"])
+        refused = [(r.id, r.reason, r.detail) for r in read.rejects]
+        assert refused[:3] == [
+            ("abs", "missing_image", REFUSED),
+            ("uri", "missing_image", REFUSED),
+            ("dotdot", "missing_image", "image path leaves the --images folder"),
+        ]
+        assert [r.id for r in read.rejects[3:]] == (["gone"] if check_images else [])

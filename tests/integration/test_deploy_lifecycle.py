@@ -13,6 +13,8 @@ import hashlib
 import io
 import json
 import shlex
+import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -406,6 +408,39 @@ def test_preflight_refuses_a_decompression_bomb(
                 f"s3://models/{key}/model.tar.gz"]  # fmt: skip
         assert main(argv) == 4
         assert "inflates to more than 20 times its size" in capsys.readouterr().err
+    assert inventory()["models"] == []
+
+
+def test_preflight_refuses_sparse_members_and_sizes_over_the_bound_before_writing(
+    aws: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review (session 41): a GNU sparse member's holes are made by tarfile, not inflated, so
+    no bound counted them (127 bytes wrote 300 MB into the unpack folder); a member declaring
+    more than the bound is refused before a byte of it is written."""
+    if shutil.which("tar") is None:
+        pytest.skip("no tar command to write a sparse member")
+    s3 = _c("s3")
+    s3.create_bucket(Bucket="models")
+    (tmp_path / "x").mkdir()
+    with (tmp_path / "x" / "embeddings.npy").open("wb") as f:
+        f.truncate(40 << 20)  # holes: 40 MB from a few bytes
+    sparse = tmp_path / "sparse.tar.gz"
+    argv = ["tar", "--sparse", "--format=gnu", "-czf", str(sparse), "-C", str(tmp_path / "x")]
+    subprocess.run([*argv, "embeddings.npy"], check=True)
+    s3.put_object(Bucket="models", Key="sparse/model.tar.gz", Body=sparse.read_bytes())
+    declared = io.BytesIO()
+    with gzip.GzipFile(fileobj=declared, mode="wb", mtime=0) as gz:
+        header = tarfile.TarInfo("embeddings.npy")
+        header.size = 1 << 30  # claimed, never sent
+        gz.write(header.tobuf(tarfile.PAX_FORMAT) + bytes(4096))
+    s3.put_object(Bucket="models", Key="declared/model.tar.gz", Body=declared.getvalue())
+    expected = {"sparse": "as a sparse file", "declared": "inflates to more than 20 times"}
+    for key, why in expected.items():
+        argv = ["deploy", "sync", "--endpoint-name", key, "--verify-archive", "full",
+                "--model-uri", f"s3://models/{key}/model.tar.gz"]  # fmt: skip
+        assert main(argv) == 4
+        err = capsys.readouterr().err
+        assert why in err and "Traceback" not in err, (key, err)
     assert inventory()["models"] == []
 
 

@@ -434,6 +434,20 @@ def _cli(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(["catalog", *argv])
 
 
+def test_cli_apply_refuses_a_nul_in_a_photo_path_as_its_change(
+    workspace: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """Review, session 41: a NUL in a local photo path was a ``ValueError`` traceback (from
+    resolving it), where its ``file://...%00`` form was a clean ``change 1:`` error."""
+    _, art, _ = workspace
+    for image in ("a\0.jpg", f"{tmp_path.as_uri()}/a%00.jpg"):
+        change = {"op": "add", "item": {"id": "nul-1", "category": "dress"}, "image": image}
+        (tmp_path / "changes.jsonl").write_text(json.dumps(change) + "\n", encoding="utf-8")
+        args = _cli(["apply", str(tmp_path / "changes.jsonl"), "--artifact", str(art)])
+        with pytest.raises(InputError, match="change 1: a path holds a NUL character"):
+            args.func(args)
+
+
 def test_cli_against_folder_and_server(
     workspace: tuple[Path, Path, Path],
     tmp_path: Path,

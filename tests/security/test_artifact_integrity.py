@@ -257,6 +257,12 @@ def _drop_first_id(path: Path) -> None:
     (path / "items.jsonl").write_text("\n".join([json.dumps(row), *lines[1:]]) + "\n")
 
 
+def _repeat_first_id(path: Path) -> None:
+    lines = (path / "items.jsonl").read_text().splitlines()
+    row = {**json.loads(lines[1]), "id": json.loads(lines[0])["id"]}
+    (path / "items.jsonl").write_text("\n".join([lines[0], json.dumps(row), *lines[2:]]) + "\n")
+
+
 def _alias_taxonomy(path: Path) -> None:
     aliases = 'l0: &l0 ["x","x","x"]\nl1: &l1 [*l0,*l0,*l0]\n'
     (path / "taxonomy.yaml").write_text(
@@ -275,7 +281,13 @@ RESIGNED = {
         p / "embeddings.npy", np.array([{}, {}], dtype=object), allow_pickle=True
     ),
     "index_claims_terabytes": lambda p: _faiss_claiming(p, 2**40),
+    # review, session 41: allocated and zero-filled (1 GiB for a 1 KB file) before the read
+    "index_claims_a_gigabyte": lambda p: _faiss_claiming(p, 2**28),
     "item_without_id": _drop_first_id,
+    "one_id_on_two_rows": _repeat_first_id,  # review, session 41: loaded and packaged
+    "manifest_index_dim_differs": lambda p: _edit(
+        p, index={**_manifest(p)["index"], "dim": 2 * _manifest(p)["index"]["dim"]}
+    ),
     "taxonomy_slot_is_a_mapping": _alias_taxonomy,
 }
 
@@ -294,6 +306,11 @@ def test_a_tampered_file_with_fresh_checksums_is_a_clear_error(
         Artifact.load(path)
     assert caught.value.exit_code in (ArtifactError.exit_code, ConfigError.exit_code)
     assert str(tmp_path) not in caught.value.message
+    assert ".cpp" not in caught.value.message  # never FAISS's C++ text
+    if case == "one_id_on_two_rows":
+        assert caught.value.message.endswith("on rows 1 and 2")
+    if case.startswith("index_claims"):
+        assert "index.faiss claims more than the file holds" in caught.value.message
 
 
 def test_a_format_version_of_5000_digits_is_a_clear_error(

@@ -222,6 +222,45 @@ def test_huge_lines_and_many_bad_rows_are_read_in_bounded_memory(
     assert res.rejects[0].raw["name"] == "n" * 1999
 
 
+def test_a_quoted_field_of_many_lines_over_csvs_limit_rejects_only_its_row(
+    tmp_path: Path,
+) -> None:
+    """Review, session 41: a 200-line quoted name of 200 KB (over csv's 128 KiB field limit)
+    was cut inside: its lines became 69 phantom rejects and the two rows after it one reject
+    "an unclosed quote", numbered 72."""
+    import csv
+
+    _images(tmp_path, "a.jpg")
+    text = "\n".join("w" * 999 for _ in range(200))
+    body = f'id,image,category,name\nf1,images/a.jpg,shirt,a\nf2,images/a.jpg,shirt,"{text}"\n'
+    body += "f3,images/a.jpg,shirt,c\nf4,images/a.jpg,shirt,d\n"
+    (tmp_path / "c.csv").write_text(body)
+    limit = csv.field_size_limit()
+    res = read_catalog(tmp_path / "c.csv")
+    assert csv.field_size_limit() == limit  # the process's own limit is left as it was
+    assert [i.id for i in res.items] == ["f1", "f3", "f4"]
+    assert [(r.row, r.id, r.reason) for r in res.rejects] == [(2, "f2", "bad_value")]
+
+
+def test_a_photo_path_the_system_refuses_is_one_rejected_row(tmp_path: Path) -> None:
+    """Review, session 41: a name too long (ENAMETOOLONG) aborted the build with the server
+    path, a ``file://`` URI's ``%00`` with a ``ValueError`` traceback; each is now its row's
+    ``missing_image`` reject, and the rows after it are read."""
+    _images(tmp_path, "ok.jpg")
+    rows = [
+        "long,images/" + "x" * 300 + ".jpg,shirt",
+        f"nul,{(tmp_path / 'images').as_uri()}/a%00b.jpg,shirt",
+        "ok,images/ok.jpg,shirt",
+    ]
+    (tmp_path / "c.csv").write_text("id,image,category\n" + "\n".join(rows) + "\n")
+    res = read_catalog(tmp_path / "c.csv")
+    assert [i.id for i in res.items] == ["ok"]
+    details = {r.id: (r.row, r.reason, r.detail) for r in res.rejects}
+    assert details["long"][:2] == (1, "missing_image") and "cannot be read" in details["long"][2]
+    assert details["nul"] == (2, "missing_image", "image path holds a NUL character")
+    assert all(str(tmp_path) not in d for _, _, d in details.values())
+
+
 def test_a_photo_path_that_is_not_a_file_says_what_it_is(tmp_path: Path) -> None:
     """Review, session 36: a folder, a FIFO or a link loop named as a photo was "image file not
     found" (the file is there)."""
@@ -415,3 +454,31 @@ def test_real_kaggle_and_mango_catalogues_map_almost_everything() -> None:
     mango = read_catalog(require_dataset(MANGO_DIR) / "product_data.csv")
     assert mango.layout == "mango" and len(mango.items) > 8900
     assert all(Path(i.image).is_file() for i in mango.items[:50])
+
+
+def test_header_errors_name_their_cause_briefly(tmp_path: Path) -> None:
+    """Review, session 41: a repeated column name quoted the whole header (288,991 characters);
+    a header line over the line bound was "lacks required columns"."""
+    wide = ",".join(f"c{i}" for i in range(30_000))
+    (tmp_path / "dup.csv").write_text(f"id,image,category,{wide},id,c7\n")
+    with pytest.raises(CatalogError) as caught:
+        read_catalog(tmp_path / "dup.csv")
+    assert caught.value.message.endswith("has duplicate column names: 'id', 'c7'")
+    (tmp_path / "long.csv").write_text(f"id,image,category,{wide * 6}\n")
+    with pytest.raises(CatalogError, match="the header line is over 1,048,576 characters"):
+        read_catalog(tmp_path / "long.csv")
+
+
+def test_a_row_of_more_attributes_than_an_item_holds_is_rejected(tmp_path: Path) -> None:
+    """Review, session 41: a build kept 100,000 attributes per item (14 MB of each in memory
+    to serve); a living catalogue's changes were already bound to 64."""
+    _images(tmp_path, "a.jpg")
+    extra = [f"x{i}" for i in range(70)]
+    header = "id,image,category," + ",".join(extra) + "\n"
+    wide = "w,images/a.jpg,shirt," + ",".join("v" for _ in extra) + "\n"
+    narrow = "n,images/a.jpg,shirt,v,v,v" + "," * (len(extra) - 3) + "\n"
+    (tmp_path / "c.csv").write_text(header + wide + narrow)
+    res = read_catalog(tmp_path / "c.csv")
+    assert [(i.id, len(i.attributes)) for i in res.items] == [("n", 3)]
+    assert [(r.row, r.id, r.reason) for r in res.rejects] == [(1, "w", "bad_value")]
+    assert "an item holds at most 64" in res.rejects[0].detail

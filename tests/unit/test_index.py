@@ -235,3 +235,64 @@ def test_similarities_match_the_matrix_product_for_one_query_and_several() -> No
         got = similarities(matrix, queries)
         assert got.shape == (500, m)
         np.testing.assert_allclose(got, matrix @ queries.T, rtol=1e-5, atol=1e-5)
+
+
+def _claiming(file: Path, marker: bytes, skip: int, value: int) -> None:
+    """Rewrite the 8-byte field ``skip`` bytes after ``marker`` in ``file`` with ``value``."""
+    data = bytearray(file.read_bytes())
+    at = data.index(marker) + skip
+    data[at : at + 8] = value.to_bytes(8, "little")
+    file.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("storage", ["fp16", "flat"])
+def test_an_index_claiming_more_than_its_file_holds_is_refused_before_allocating(
+    tmp_path: Path, storage: str
+) -> None:
+    """Review (session 41): FAISS allocated (and zero-filled) what a vector's length or an
+    inverted list's size claimed before finding the file short: 1 GiB for a 1 KB file, the OOM
+    killer or ``std::bad_alloc`` for more. FAISS's C++ text stays out of the message."""
+    x = _clustered(3000, 32)
+    for kind, params in (("flat", {}), ("hnsw", {}), ("ivf", {"nlist": 16, "storage": storage})):
+        folder = tmp_path / kind
+        folder.mkdir()
+        idx = build_index(x, kind, **params)
+        idx.save(folder)
+        found = load_index(folder, kind, x, idx.params()).search(x[:3], 5)[1]
+        assert found[:, 0].tolist() == [0, 1, 2]
+    # a flat index's codes (after fourcc, d, ntotal, two dummies, is_trained and the metric)
+    _claiming(tmp_path / "flat" / "index.faiss", b"IxFI", 37, 1 << 36)
+    # the first of an IVF index's list sizes (after 'ilar', nlist, code size, 'full', length)
+    _claiming(tmp_path / "ivf" / "index.faiss", b"ilar", 32, 1 << 36)
+    for kind in ("flat", "ivf"):
+        with pytest.raises(ArtifactError, match=r"index\.faiss claims more than the file holds"):
+            load_index(tmp_path / kind, kind, x, {})
+    cut = tmp_path / "hnsw" / "index.faiss"
+    cut.write_bytes(cut.read_bytes()[:-100])
+    with pytest.raises(ArtifactError) as caught:
+        load_index(tmp_path / "hnsw", "hnsw", x, {})
+    assert "cut short" in caught.value.message
+    assert ".cpp" not in caught.value.message and "Error in" not in caught.value.message
+
+
+def test_an_index_of_another_dimension_than_the_embeddings_is_refused(tmp_path: Path) -> None:
+    """Review (session 41): a 128-d index beside 64-d embeddings loaded, and then refused every
+    query as the client's error (exit 2); so did a split index's part."""
+    x = _clustered(600, 16)
+    wide = _clustered(600, 32)
+    for kind in ("flat", "hnsw"):
+        folder = tmp_path / kind
+        folder.mkdir()
+        params = build_index(x, kind).params()
+        build_index(wide, kind).save(folder)  # the same rows, another dimension
+        with pytest.raises(ArtifactError, match="holds 32-d vectors but the embeddings are 16-d"):
+            load_index(folder, kind, x, params)
+    labels = ["a"] * 300 + ["b"] * 300
+    split = build_index(x, "flat", labels)
+    for name in ("split", "part"):
+        (tmp_path / name).mkdir()
+    split.save(tmp_path / "split")
+    build_index(wide[labels.index("b") :], "flat").save(tmp_path / "part")
+    (tmp_path / "part" / "index.faiss").replace(tmp_path / "split" / "index-part1.faiss")
+    with pytest.raises(ArtifactError, match=r"index-part1\.faiss holds 32-d vectors"):
+        load_index(tmp_path / "split", split.kind, x, split.params())

@@ -34,7 +34,14 @@ from typing import Any, Literal
 import numpy as np
 
 from stygig.catalog.loaders import MAX_VALUE, RowError, item_from_row
-from stygig.catalog.schema import MAX_ID, SURROGATE, Item, id_problem, text_problem
+from stygig.catalog.schema import (
+    MAX_ID,
+    MAX_ITEM_ATTRIBUTES,
+    SURROGATE,
+    Item,
+    id_problem,
+    text_problem,
+)
 from stygig.catalog.taxonomy import Taxonomy
 from stygig.errors import InputError, InvalidImageError, InvalidOptionsError
 from stygig.recommendation import check_json_values
@@ -59,8 +66,6 @@ MAX_CHANGES = 1_000
 # parse of a request's changes (stygig.recommendation.check_json_values).
 JSON_VALUES_PER_CHANGE = 100
 MAX_FIELDS = 64
-#: The most attributes an update may leave an item with (more only if it had more).
-MAX_ITEM_ATTRIBUTES = 64
 #: Numbers in changes: finite, within filters' own range.
 MAX_NUMBER = 1e15
 #: Fields an update may set (everything else is an attribute); ``id`` and ``image`` are not:

@@ -29,6 +29,7 @@ import math
 import posixpath
 import re
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ from stygig import storage
 from stygig.catalog.schema import (
     CONTROL,
     MAX_ID,
+    MAX_ITEM_ATTRIBUTES,
     SURROGATE,
     Item,
     Reject,
@@ -371,10 +373,18 @@ def _csv_header(path: Path) -> list[str]:
             raise CatalogError(f"catalogue {path} is empty (no header row)") from e
         except csv.Error as e:
             raise CatalogError(f"catalogue {path} cannot be read as CSV: {e}") from e
+    if any(_OVERLONG[0] in h for h in header):  # (it was "lacks required columns")
+        raise CatalogError(
+            f"catalogue {path}: the header line is over {MAX_LINE_CHARS:,} characters"
+        )
     if any(_NOT_UTF8.search(h) for h in header):
         raise CatalogError(f"catalogue {path}: the header row is not UTF-8 text")
     if len(set(header)) != len(header):
-        raise CatalogError(f"catalogue {path} has duplicate column names: {header}")
+        # The names repeated, not the whole header (review, session 41: 288,991 characters).
+        twice = [h for h, count in Counter(header).items() if count > 1]
+        names = ", ".join(repr(h[:100]) for h in twice[:5])
+        more = f" and {len(twice) - 5:,} more" if len(twice) > 5 else ""
+        raise CatalogError(f"catalogue {path} has duplicate column names: {names}{more}")
     return header
 
 
@@ -388,13 +398,21 @@ def _csv_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, str 
             number = 0
             while True:
                 start = reader.line_num
+                # A quoted field of many lines may pass csv's 128 KiB (a row rejected for it
+                # above MAX_VALUE, as on one line); cut inside it, the reader read the rest of
+                # the field as rows (review, session 41: 69 phantom rejects, 2 rows lost).
+                limit = csv.field_size_limit(MAX_LINE_CHARS)
                 try:
-                    values = next(reader)
+                    values, error = next(reader), None
                 except StopIteration:
                     return
                 except csv.Error as e:
+                    values, error = [], e
+                finally:
+                    csv.field_size_limit(limit)  # the process's own, for other readers
+                if error is not None:
                     number += 1
-                    yield number, {}, f"unparseable CSV row: {e}"
+                    yield number, {}, f"unparseable CSV row: {error}"
                     continue
                 if not values or all(not v.strip() for v in values):
                     continue
@@ -437,15 +455,27 @@ _NOT_CATALOGUE_SUFFIXES = frozenset(
 )
 
 
+def _is_file(path: Path) -> bool:
+    """Whether ``path`` is a regular file; a name too long, a folder not searchable or a NUL
+    (a ``file://`` URI's ``%00``) is none, not an error that stops the read (review, session
+    41: one such row aborted the build, with a traceback for the NUL)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _not_a_file(path: Path) -> str:
     """Why a row's photo path is no photo file: absent, or there but not a regular file (a
     folder, a pipe, a device, a link loop were all "not found": review, session 36)."""
+    if "\0" in str(path):
+        return "image path holds a NUL character"
     try:
         path.stat()
     except FileNotFoundError:
         return f"image file not found: {path}"
-    except OSError as e:
-        return f"image file cannot be read ({e.strerror or 'error'}): {path}"
+    except OSError as e:  # the path may be long: its last part only
+        return f"image file cannot be read ({e.strerror or 'error'}): {path.name[:100]}"
     return f"image is not a regular file (a folder, pipe or device): {path}"
 
 
@@ -584,18 +614,14 @@ def read_catalog(
         storage.local_copy(path) as local,
         tempfile.TemporaryDirectory(prefix="stygig-images-") as stand_in,
     ):
+        base: str | None
         if remote_images:  # read against a stand-in folder, then map it to the prefix
             base, root, local_dir = str(images_dir), Path(stand_in), Path(stand_in)
         elif images_dir is None:  # relative to the catalogue's S3 folder
             base, root, local_dir = str(path).rsplit("/", 1)[0], local.parent, None
-        else:  # photos in a local (shared) folder
-            return _read_catalog_file(
-                local,
-                layout=layout,
-                images_dir=images_dir,
-                taxonomy=taxonomy,
-                check_images=check_images,
-            )
+        else:  # photos in a local (shared) folder: confined to it, as to an S3 folder (review,
+            # session 41: absolute paths, file:// URIs and '..' were read anywhere on the disk)
+            base, root, local_dir = None, Path(images_dir), Path(images_dir)
         read = _read_catalog_file(
             local, layout=layout, images_dir=local_dir, taxonomy=taxonomy, check_images=False
         )
@@ -606,10 +632,20 @@ def read_catalog(
             relative = posixpath.normpath(image.relative_to(root).as_posix())
             if relative.startswith(".."):  # S3 keys have no '..': it would name another key
                 row = read.rows.pop(item.id)
-                detail = "image path leaves the catalogue's folder"
+                detail = (
+                    "image path leaves the catalogue's folder"
+                    if base is not None
+                    else "image path leaves the --images folder"
+                )
                 read.rejects.append(Reject(row, item.id, "missing_image", detail, item.raw()))
                 continue
-            item = dataclasses.replace(item, image=storage.join(base, relative))
+            if base is not None:
+                item = dataclasses.replace(item, image=storage.join(base, relative))
+            elif check_images and not _is_file(image):
+                row = read.rows.pop(item.id)
+                detail = _not_a_file(image)
+                read.rejects.append(Reject(row, item.id, "missing_image", detail, item.raw()))
+                continue
         elif is_remote(path) and not is_remote(item.image):
             # An absolute path or a file:// URI: a catalogue in S3 never names the local disk
             # of the machine that reads it, as a manifest in S3 never does (review, session
@@ -618,7 +654,7 @@ def read_catalog(
             detail = "a catalogue in S3 names photos beside it or by s3:// URI, never local files"
             read.rejects.append(Reject(row, item.id, "missing_image", detail, item.raw()))
             continue
-        elif check_images and not is_remote(item.image) and not image.is_file():
+        elif check_images and not is_remote(item.image) and not _is_file(image):
             row = read.rows.pop(item.id)
             detail = f"image file not found: {item.image}"
             read.rejects.append(Reject(row, item.id, "missing_image", detail, item.raw()))
@@ -690,6 +726,13 @@ def _read_catalog_file(
             if any(len(k) > MAX_ID for k in row):  # a column name: an attribute of every item
                 raise RowError("bad_value", f"a column name is over {MAX_ID} characters")
             item = convert(row, taxonomy, images)  # the id's own rule first, then the text's
+            if len(item.attributes) > MAX_ITEM_ATTRIBUTES:  # a living catalogue's bound too
+                # (review, session 41: 100,000 per item held 14 MB of each in memory to serve)
+                raise RowError(
+                    "bad_value",
+                    f"the row holds {len(item.attributes):,} attributes (columns besides "
+                    f"StyGig's own, with a value); an item holds at most {MAX_ITEM_ATTRIBUTES}",
+                )
             if any(CONTROL.search(f"{k}\n{v or ''}") for k, v in row.items()):
                 raise RowError(
                     "bad_value", "a field holds a control character (an escape sequence, NUL)"
@@ -701,7 +744,7 @@ def _read_catalog_file(
                     "duplicate_id", f"id {item.id!r} already used by row {result.rows[item.id]}"
                 )
             is_local = not is_remote(item.image)
-            if check_images and is_local and not Path(item.image).is_file():
+            if check_images and is_local and not _is_file(Path(item.image)):
                 raise RowError("missing_image", _not_a_file(Path(item.image)))
         except RowError as e:
             row_id = _clean(row.get("id")) or _clean(row.get("cod_modelo_color"))

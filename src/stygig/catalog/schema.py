@@ -35,6 +35,9 @@ REJECT_REASONS = (
 
 #: The longest item id: a path segment of ``/v1/items/{id}``, a log field, a metric-free key.
 MAX_ID = 200
+#: The most attributes an item holds: a catalogue row with more is rejected, and an update
+#: may leave an item with no more (more only if it had more).
+MAX_ITEM_ATTRIBUTES = 64
 # Path separators; the bidirectional overrides and isolates that make text read other than it
 # is stored; invisible characters that make two ids look alike (zero-width space, word
 # joiner, BOM, Mongolian vowel separator, tag characters). Format characters that real words

@@ -460,7 +460,8 @@ def _send_local(args: argparse.Namespace, changes: list[Any]) -> dict[str, Any]:
         if isinstance(change, dict) and change.get("op") == "add" and "image_b64" not in change:
             item: dict[str, Any] = change["item"] if isinstance(change.get("item"), dict) else {}
             location = change.get("image", item.get("image"))
-            if isinstance(location, str) and "://" not in location:
+            # (a NUL is refused by the change's own check, not a resolve's ValueError)
+            if isinstance(location, str) and "://" not in location and "\0" not in location:
                 change = {**change, "image": str((base / location).resolve())}
         requests.append(parse_change(change, f"change {n + 1}"))
     applied = 0
