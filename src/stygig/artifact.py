@@ -40,6 +40,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -153,6 +154,48 @@ def _cell(text: str) -> str:
     return f"'{text}" if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
+#: Who writes an artifact's temporary folders (``.<out>.<host>~<pid>-...``): a later write into
+#: the same folder on this host removes those whose process is gone (:func:`remove_dead_writes`).
+_WRITER = f"{re.sub(r'[^A-Za-z0-9_.-]', '_', platform.node())[:64]}~{os.getpid()}"
+
+
+def remove_dead_writes(out_dir: str | Path) -> int:
+    """Remove the temporary folders that writes of ``out_dir`` left when their process died
+    (``kill -9`` mid-write: a partial artifact as large as the real one, kept for ever before
+    (review, session 41)); how many. Only this host's writers, by process id: a folder of a
+    live process, or of another host sharing the folder, is never touched."""
+    out = Path(out_dir)
+    host = _WRITER.rsplit("~", 1)[0]
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.{re.escape(host)}~(\d+)-")
+    removed = 0
+    try:
+        entries = list(os.scandir(out.parent))
+    except OSError:
+        return 0
+    for entry in entries:
+        found = pattern.match(entry.name)
+        if found is None or not entry.is_dir(follow_symlinks=False):
+            continue
+        if _alive(int(found.group(1))):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process of this id runs (one of another user counts: it may be a writer)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists
+        return True
+    return True
+
+
 def check_replaceable(out_dir: str | Path) -> None:
     """Refuse an output folder that holds something other than an artifact: a build replaces
     what is at ``out_dir``, and a mistyped ``--out`` (the catalogue's own folder, a home
@@ -241,7 +284,8 @@ def write_artifact(
     if len(items) == 0:
         raise ArtifactError("no valid items: nothing to build (see the rejects summary)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    remove_dead_writes(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{_WRITER}-", dir=out.parent))
     try:
         vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
         np.save(tmp / "embeddings.npy", vectors)
@@ -308,7 +352,7 @@ def write_artifact(
         tmp.chmod(folder_mode)
         check_replaceable(out)  # here, just before it is replaced (builds check at their start)
         if out.exists():
-            backup = out.with_name(f".{out.name}.old-{os.getpid()}")
+            backup = out.with_name(f".{out.name}.{_WRITER}-old")
             out.rename(backup)
             tmp.rename(out)
             shutil.rmtree(backup, ignore_errors=True)

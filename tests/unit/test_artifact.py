@@ -113,6 +113,33 @@ def test_overwrite_is_atomic_and_leaves_no_temp_dirs(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["art"]
 
 
+def test_a_write_killed_midway_leaves_nothing_after_the_next_write(tmp_path: Path) -> None:
+    """Review (s41): a build killed with -9 while writing left its hidden partial artifact
+    (as large as the real one) for ever. The next write of the same folder on this host
+    removes the temporary folders of writers that are gone, never a live writer's."""
+    import subprocess
+    import sys
+
+    from stygig.artifact import _WRITER
+
+    host = _WRITER.rsplit("~", 1)[0]
+    finished = subprocess.run(  # a process that has ended: its id names no one now
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid = int(finished.stdout)
+    dead = tmp_path / f".art.{host}~{dead_pid}-k7q2x9ab"
+    (dead / "sub").mkdir(parents=True)
+    (dead / "embeddings.npy").write_bytes(b"x" * 1000)
+    backup = tmp_path / f".art.{host}~{dead_pid}-old"
+    backup.mkdir()
+    live = tmp_path / f".art.{host}~{os.getppid()}-abcdefgh"  # the test runner's parent: alive
+    live.mkdir()
+    other_host = tmp_path / f".art.elsewhere~{dead_pid}-abcdefgh"  # a shared folder
+    other_host.mkdir()
+    _write(tmp_path / "art", n=10)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["art", live.name, other_host.name])
+
+
 def test_a_folder_that_is_not_an_artifact_is_never_replaced(tmp_path: Path) -> None:
     """``stygig build --out`` replaces its output folder: pointed by mistake at the catalogue's
     own folder it deleted the CSV and every photo. Only an artifact, an empty folder or
