@@ -269,8 +269,10 @@ def _config(
         category = artifact.items[pos].category
         counts[category] = counts.get(category, 0) + 1
     taxonomy = rec.taxonomy
-    slots = sorted(
-        {taxonomy.slot_of(c) for c in counts}, key=lambda s: taxonomy.slots[s].outfit_order
+    slots = sorted(  # by outfit order, then name: slots of one order (top, one_piece) come in
+        # one order in every process (a set's order follows the process's hash seed)
+        {taxonomy.slot_of(c) for c in counts},
+        key=lambda s: (taxonomy.slots[s].outfit_order, s),
     )
     return PageConfig(
         version=__version__,
