@@ -129,6 +129,11 @@ def test_a_store_from_before_tokens_gets_them(tmp_path: Path) -> None:
         fresh, _ = migrated.submit(_spec("fresh"))
         other, _ = migrated.submit(_spec("other"))
     assert legacy.token is None and legacy.owns({"outfit": None})
+    # ... and the documents this version writes for it (a null token: found in session 41,
+    # its own result was "not found" and a retry did not know it was written)
+    assert legacy.owns({"outfit": None, "InferenceId": "legacy", "JobToken": None})
+    assert not legacy.owns({"outfit": None, "InferenceId": "other", "JobToken": None})
+    assert not legacy.owns({"outfit": None, "InferenceId": "legacy", "JobToken": "t"})
     assert fresh.token and fresh.token != other.token
     assert fresh.owns({"InferenceId": "fresh", "JobToken": fresh.token})
     assert not fresh.owns({"InferenceId": "fresh", "JobToken": other.token})

@@ -282,11 +282,14 @@ class Job:
 
     def owns(self, document: Any) -> bool:
         """Whether a result or failure ``document`` (parsed JSON) was written for this job: it
-        carries this job's id and token. A job from before tokens accepts token-less ones."""
+        carries this job's id and token. A job from before tokens accepts token-less ones:
+        written before tokens, or by this version for it (a null token and its id)."""
         if not isinstance(document, dict):
             return False
         if self.token is None:
-            return "JobToken" not in document
+            return (
+                document.get("JobToken") is None and document.get("InferenceId", self.id) == self.id
+            )
         return document.get("JobToken") == self.token and document.get("InferenceId") == self.id
 
     def read_own(self, uri: str) -> tuple[bytes, dict[str, Any]] | None:
