@@ -286,7 +286,7 @@ def test_examples_are_an_allow_list_read_once(tmp_path: Path, sample: tuple[Path
     example = found["grey-shirt.jpg"]
     assert example.label == "Grey shirt" and example.media_type == "image/jpeg"
     assert example.body == photo
-    assert example.card()["url"] == "/v1/examples/grey-shirt.jpg"
+    assert example.card().url == "/v1/examples/grey-shirt.jpg"
     png = io.BytesIO()
     Image.open(io.BytesIO(photo)).save(png, "PNG")
     for n in range(MAX_EXAMPLES + 3):

@@ -234,6 +234,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         HEAD_TIMEOUT_S,
         MAX_CONNECTIONS,
         check_device,
+        max_body_mb,
     )
 
     for flag, value in (("--jobs-db", "jobs_db"), ("--job-queue", "job_queue")):
@@ -279,7 +280,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         catalog=catalog,
         examples=Path(args.examples).resolve() if getattr(args, "examples", None) else None,
         batching=batching,
-        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        max_body_bytes=int(max_body_mb(args) * 1024 * 1024),
         request_timeout_s=args.timeout,
         verify=not args.no_verify,
         device=args.device,

@@ -60,6 +60,13 @@ def default_max_body_mb() -> float:
     return 6.0  # stygig.serving.requests.MAX_BODY_BYTES, in MB
 
 
+def max_body_mb(args: argparse.Namespace) -> float:
+    """The body limit ``serve``'s flags ask for: ``--max-body-mb``, else
+    :func:`default_max_body_mb` (any engine)."""
+    given: float | None = getattr(args, "max_body_mb", None)
+    return given if given is not None else default_max_body_mb()
+
+
 def register(subparsers: Any) -> None:
     """Add ``serve`` and ``loadtest`` to ``stygig``'s argparse subparsers."""
     p = subparsers.add_parser("serve", help="run the real-time HTTP server (SageMaker contract)")
@@ -199,7 +206,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if catalog is None or not catalog.watch:
         read_manifest(artifact)  # not an artifact: said in one line, before the port is bound
     bind_port = args.port if args.port is not None else default_port()
-    max_body_mb = args.max_body_mb if args.max_body_mb is not None else default_max_body_mb()
+    body_mb = max_body_mb(args)
     check_port_free(args.host, bind_port)
     if (catalog is None or not catalog.change_log) and (note := unapplied_changes_note(artifact)):
         # `stygig catalog ... --artifact A` wrote them; this server answers without them.
@@ -211,7 +218,7 @@ def run_serve(args: argparse.Namespace) -> int:
         catalog=catalog,
         examples=Path(args.examples) if args.examples else None,
         batching=batching,
-        max_body_bytes=int(max_body_mb * 1024 * 1024),
+        max_body_bytes=int(body_mb * 1024 * 1024),
         request_timeout_s=args.timeout,
         verify=not args.no_verify,
         device=args.device,
@@ -265,7 +272,7 @@ def run_serve(args: argparse.Namespace) -> int:
             http=head_deadline_protocol(
                 args.head_timeout,
                 args.body_timeout,
-                discard_limit_bytes=4 * int(max_body_mb * 1024 * 1024),
+                discard_limit_bytes=4 * int(body_mb * 1024 * 1024),
             ),
             lifespan="on",
         )
