@@ -625,3 +625,83 @@ def test_a_wrong_token_is_asked_for_once_and_can_be_given_again(
             browser, lambda d: "ok" in d.find_element("id", "server-state").get_attribute("class")
         )
         assert not button.is_displayed()
+
+
+# -- the living catalogue in the page: hostile names, sold-out marks ----------------------------
+
+
+@pytest.fixture(scope="module")
+def living(sample: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server on a copy of the sample artifact that takes changes (``--change-log``)."""
+    root = tmp_path_factory.mktemp("living-web")
+    shutil.copytree(sample[1], root / "artifact")
+    flags = ("--change-log", str(root / "changes"))
+    with running_server(root / "artifact", root / "server.log", *flags) as srv:
+        yield srv
+
+
+def _change(server: Server, changes: list[dict[str, Any]]) -> None:
+    r = httpx.post(f"{server.url}/v1/catalog/changes", json={"changes": changes}, timeout=60)
+    assert r.status_code == 200, r.text
+
+
+def _at_phone_width(driver: Any) -> None:
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True},
+    )
+
+
+_OVERFLOW = """
+const e = document.documentElement, w = window.innerWidth;
+const wide = [...document.querySelectorAll('.card, .pick, #answer img, .pick img')]
+  .filter(n => n.getClientRects().length && n.getBoundingClientRect().width > w)
+  .map(n => n.className || n.tagName);
+return {scroll: e.scrollWidth, inner: w, wide: wide.slice(0, 5)};
+"""
+
+
+def test_a_name_of_one_long_word_does_not_widen_the_phone_page(
+    browser: Any, living: Server
+) -> None:
+    """Review, session 41 (web 1): one 2,000-character word in a product name (a feed may send
+    one) set the card's width: at 390 px the page scrolled 68,000 px sideways. Every item's name
+    is now such a word: the picker, the board, the alternatives and the explanations wrap it."""
+    with httpx.Client(base_url=living.url, timeout=60) as client:
+        ids = [i["id"] for i in client.get("/v1/catalog", params={"limit": 100}).json()["items"]]
+        ids += [
+            i["id"]
+            for i in client.get("/v1/catalog", params={"limit": 100, "offset": 100}).json()["items"]
+        ]
+    names = [
+        {"op": "update", "id": i, "set": {"name": "W" * 1990 + i.replace("-", "")}} for i in ids
+    ]
+    _change(living, names)
+    _at_phone_width(browser)
+    try:
+        _open_page(browser, living)
+        browser.find_element("css selector", "#catalog-picker summary").click()
+        _wait(browser, lambda d: d.find_elements("css selector", "#catalog-list .pick"))
+        assert browser.execute_script(_OVERFLOW)["wide"] == []
+        browser.find_element("css selector", "#catalog-list .pick").click()
+        _wait(browser, _answered)
+        names_shown = browser.execute_script(
+            "return [...document.querySelectorAll('#board .card-name')].map(n => n.textContent);"
+        )
+        assert names_shown and all(len(n) > 1990 for n in names_shown)
+        browser.find_element("css selector", "#board .act-why").click()
+        for mode in ("outfit", "similar"):
+            if mode == "similar":
+                browser.find_element("css selector", "label[for=mode-similar]").click()
+                _wait(
+                    browser,
+                    lambda d: (
+                        _answered(d)
+                        and '"similar"'
+                        in d.find_element("id", "results").get_attribute("data-request")
+                    ),
+                )
+            seen = browser.execute_script(_OVERFLOW)
+            assert seen["scroll"] <= seen["inner"] and seen["wide"] == [], (mode, seen)
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
