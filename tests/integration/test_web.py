@@ -473,6 +473,32 @@ def test_a_file_that_is_not_an_image_gets_a_sentence(
     assert browser.find_element("id", "results").get_attribute("aria-busy") == "false"
 
 
+def test_a_photo_refused_for_its_shape_or_make_says_what_to_change(
+    browser: Any, server: Server, client: httpx.Client, tmp_path: Path
+) -> None:
+    """Review, session 41 (web 2): a banner crop or a long screenshot (400
+    ``image_aspect_ratio``) and a 1-bit scan (413 ``image_too_compressed``) were answered "Something
+    went wrong on our side. Please try again.", though the same photo fails every time. The page
+    now says what is wrong with the photo; "our side" is kept for the server's own faults."""
+    banner = tmp_path / "banner.jpg"
+    Image.new("RGB", (4200, 200), (30, 60, 200)).save(banner, quality=85)
+    scan = tmp_path / "scan.png"
+    Image.new("1", (4000, 4000), 1).save(scan)
+    expected = {banner: ("image_aspect_ratio", "too long and thin")}
+    expected[scan] = ("image_too_compressed", "too many pixels for its file size")
+    _open_page(browser, server)
+    error = browser.find_element("id", "error")
+    for photo, (code, words) in expected.items():
+        kind = "image/png" if photo.suffix == ".png" else "image/jpeg"
+        api = client.post("/v1/recommend", files={"image": (photo.name, photo.read_bytes(), kind)})
+        assert 400 <= api.status_code < 500 and api.json()["error"]["code"] == code
+        browser.execute_script("document.getElementById('error').textContent = '';")
+        browser.find_element("id", "photo-input").send_keys(str(photo))
+        _wait(browser, lambda d: error.is_displayed() and error.text)
+        assert words in error.text and "our side" not in error.text, error.text
+        assert "try again" in error.text.lower()  # what to do about it
+
+
 def _alert(driver: Any) -> Any:
     """The page's open prompt, or ``False`` while there is none."""
     from selenium.common.exceptions import NoAlertPresentException

@@ -15,6 +15,15 @@
     image_too_small: "That image is too small to recognise. Please use a larger photo.",
     image_too_large: "That photo is too large. Please use a smaller one.",
     payload_too_large: "That photo is too large. Please use a smaller one.",
+    image_aspect_ratio:
+      "That picture is too long and thin to be a photo of a garment (a long screenshot or a banner?). Crop it to the piece of clothing and try again.",
+    image_too_compressed:
+      "That image has too many pixels for its file size (a scan or a drawing?). Save it as a JPEG photo, or crop it, and try again.",
+    image_decode_too_large: "That photo is too large to read. Please use a smaller one, saved as an ordinary JPEG.",
+    image_too_many_scans: "That photo is saved in a way that is slow to read. Save it again as an ordinary JPEG and try again.",
+    image_too_many_segments: "That image file is unusual or damaged. Save it again as an ordinary JPEG or PNG and try again.",
+    image_too_many_chunks: "That image file is unusual or damaged. Save it again as an ordinary JPEG or PNG and try again.",
+    image_malformed_header: "That image file is damaged. Save it again as an ordinary JPEG or PNG and try again.",
     unsupported_media_type: "That image format is not supported. Please use a JPEG, PNG or WebP photo.",
     unsupported_content_type: "That image format is not supported. Please use a JPEG, PNG or WebP photo.",
     invalid_base64: "That image could not be read. Please try another photo.",
@@ -24,12 +33,18 @@
     not_found: "That item is no longer in the catalogue.",
     no_image: "There is no picture of that item.",
     overloaded: "The shop is very busy right now. Please try again in a moment.",
+    busy: "The shop is very busy right now. Please try again in a moment.",
+    too_many_connections: "The shop is very busy right now. Please try again in a moment.",
+    queue_full: "The shop is very busy right now. Please try again in a moment.",
+    request_timeout: "That took too long. Please try again.",
     timeout: "That took too long. Please try again.",
     not_ready: "The shop is still getting ready. Please try again in a few seconds.",
     unauthorized: "This server needs an access token. Use “Enter access token” to give it.",
     network: "The server could not be reached. Check the connection and try again.",
   };
+  // Only for the server's own failures (5xx): a refusal (4xx) says what to change instead.
   const FALLBACK = "Something went wrong on our side. Please try again.";
+  const TOO_LARGE = MESSAGES.payload_too_large;
 
   const state = {
     config: null,
@@ -41,9 +56,10 @@
   };
 
   class ApiError extends Error {
-    constructor(code, message) {
+    constructor(code, message, status = 0) {
       super(message);
       this.code = code;
+      this.status = status; // the HTTP status (0: none, the server was not reached)
     }
   }
 
@@ -110,12 +126,33 @@
     if (!res.ok) {
       const err = (body && body.error) || {};
       const code = err.code || (res.status === 413 ? "payload_too_large" : "http_" + res.status);
-      throw new ApiError(code, err.message || res.statusText);
+      throw new ApiError(code, err.message || res.statusText, res.status);
     }
     return body;
   }
 
-  const friendly = (err) => (err instanceof ApiError && MESSAGES[err.code]) || FALLBACK;
+  // The server's own message ends a refusal the page has no words for: it is written for people
+  // and names no server path (a photo is bytes; the server never names its files).
+  const serverSaid = (err) => {
+    const said = String(err.message || "").trim().slice(0, 300).replace(/[.\s]+$/, "");
+    return said ? " (The shop said: " + said + ".)" : "";
+  };
+  // In words a shopper understands: what went wrong and what to do; "our side" only for a 5xx
+  // or an answer that is not the server's. `photo`: the request sent the shopper's photo.
+  function friendly(err, photo = false) {
+    if (!(err instanceof ApiError)) return FALLBACK;
+    if (MESSAGES[err.code]) return MESSAGES[err.code];
+    if (err.status === 413) return TOO_LARGE;
+    if (err.status === 415 && photo) return MESSAGES.unsupported_media_type;
+    if (err.status >= 400 && err.status < 500) {
+      return (
+        (photo
+          ? "The shop could not use that photo. Please try another one."
+          : "The shop could not answer that request. Try other settings or another item.") + serverSaid(err)
+      );
+    }
+    return FALLBACK;
+  }
   const el = (tag, cls, text) => {
     const node = document.createElement(tag);
     if (cls) node.className = cls;
@@ -234,8 +271,9 @@
       if (seq !== state.seq) return;
       $("answer").hidden = true;
       $("empty").hidden = false;
-      showError(friendly(e));
-      announce(friendly(e));
+      const said = friendly(e, source.kind === "photo");
+      showError(said);
+      announce(said);
     } finally {
       if (seq === state.seq) busy(false);
     }
