@@ -731,3 +731,59 @@ def test_a_name_of_one_long_word_does_not_widen_the_phone_page(
             assert seen["scroll"] <= seen["inner"] and seen["wide"] == [], (mode, seen)
     finally:
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+#: Run before the page's own script: its 15-second catalogue poll every 0.2 s, and each
+#: timer the page starts counted in ``window.__pollTimers``.
+_FAST_POLL = """
+window.__pollTimers = 0;
+const every = window.setInterval.bind(window);
+window.setInterval = (fn, ms, ...rest) => {
+  if (ms === 15000) { window.__pollTimers += 1; ms = 200; }
+  return every(fn, ms, ...rest);
+};
+"""
+
+
+@contextmanager
+def _fast_poll(driver: Any) -> Iterator[None]:
+    added = driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": _FAST_POLL})
+    try:
+        yield
+    finally:
+        driver.execute_cdp_cmd(
+            "Page.removeScriptToEvaluateOnNewDocument", {"identifier": added["identifier"]}
+        )
+
+
+_MARKS = """
+return Object.fromEntries([...document.querySelectorAll('#catalog-list [data-item-id]')]
+  .filter(n => arguments[0].includes(n.dataset.itemId))
+  .map(n => [n.dataset.itemId, [n.classList.contains('sold-out'),
+                                n.querySelectorAll('.sold-out-tag').length]]));
+"""
+
+
+def test_sold_out_marks_follow_the_catalogue_both_ways(browser: Any, living: Server) -> None:
+    """Review, session 41 (web 3): a restocked item lost its grey but kept its "Sold out" tag
+    (the page ignored ``available_again``), and an item sold out before the page loaded lost
+    its grey at the first poll and kept the tag. Grey and tag now follow the item's state."""
+    listed = httpx.get(f"{living.url}/v1/catalog", params={"limit": 12}).json()["items"]
+    x, y = listed[0]["id"], listed[1]["id"]
+    _change(living, [{"op": "update", "id": y, "set": {"available": False}}])
+    try:
+        with _fast_poll(browser):
+            _open_page(browser, living)
+            browser.find_element("css selector", "#catalog-picker summary").click()
+            _wait(browser, lambda d: len(d.execute_script(_MARKS, [x, y])) == 2)
+            assert browser.execute_script(_MARKS, [x, y]) == {x: [False, 0], y: [True, 1]}
+            _change(living, [{"op": "update", "id": x, "set": {"available": False}}])
+            _wait(browser, lambda d: d.execute_script(_MARKS, [x, y])[x] == [True, 1])
+            assert browser.execute_script(_MARKS, [x, y])[y] == [True, 1]  # polled: still
+            _change(living, [{"op": "update", "id": x, "set": {"available": True}}])
+            _wait(browser, lambda d: d.execute_script(_MARKS, [x, y])[x] == [False, 0])
+            assert browser.execute_script(_MARKS, [x, y])[y] == [True, 1]
+            card = browser.find_element("css selector", f'#catalog-list [data-item-id="{x}"]')
+            assert "Sold out" not in card.text
+    finally:
+        _change(living, [{"op": "update", "id": i, "set": {"available": True}} for i in (x, y)])

@@ -589,6 +589,7 @@
       const li = el("li", "nothing", "Nothing in the catalogue matches these settings. Try fewer categories or another gender.");
       board.append(li);
     }
+    markSoldOut();
   }
 
   function renderAlternatives(body) {
@@ -610,6 +611,7 @@
       group.append(list);
       box.append(group);
     }
+    markSoldOut();
   }
 
   // -- the living catalogue: its version, and items sold out since the page loaded -------------
@@ -623,15 +625,27 @@
     box.title = "artifact version + changes applied";
   }
 
-  function markSoldOut(ids) {
-    const gone = new Set(ids);
+  // What the page last heard of each item's availability: the catalogue picker's `available`
+  // (as of its answer: an item sold out before the page loaded) and the version poll's
+  // `unavailable_since` / `available_again` (as of the poll), whichever came last.
+  const availability = new Map();
+
+  function noteAvailability(ids, available) {
+    for (const id of ids) availability.set(id, available);
+  }
+
+  // Greyed and tagged together, both following the item's state (a restocked item loses both).
+  function markSoldOut() {
     for (const node of document.querySelectorAll("[data-item-id]")) {
-      const sold = gone.has(node.dataset.itemId);
+      const sold = availability.get(node.dataset.itemId) === false;
       node.classList.toggle("sold-out", sold);
-      if (sold && !node.querySelector(".sold-out-tag")) {
-        const tag = el("span", "sold-out-tag", "Sold out");
-        tag.setAttribute("role", "status");
-        node.prepend(tag);
+      const tag = node.querySelector(":scope > .sold-out-tag");
+      if (sold && !tag) {
+        const mark = el("span", "sold-out-tag", "Sold out");
+        mark.setAttribute("role", "status");
+        node.prepend(mark);
+      } else if (!sold && tag) {
+        tag.remove();
       }
     }
   }
@@ -645,8 +659,9 @@
       return; // an older server or a hiccup: the page works on without marks
     }
     showCatalogVersion(v.catalog_version);
-    state.soldOut = v.unavailable_since || [];
-    markSoldOut(state.soldOut);
+    noteAvailability(v.unavailable_since || [], false);
+    noteAvailability(v.available_again || [], true);
+    markSoldOut();
     if (v.complete === false) {
       // The catalogue was compacted (or moved on too far) since this page loaded: what sold
       // out before is not listed any more. Say so instead of showing stale availability.
@@ -687,7 +702,8 @@
       li.append(btn);
       list.append(li);
     }
-    markSoldOut((state.soldOut || []).concat(page.items.filter((c) => c.available === false).map((c) => c.id)));
+    for (const card of page.items) if (typeof card.available === "boolean") availability.set(card.id, card.available);
+    markSoldOut();
     state.catalogOffset += page.items.length;
     $("catalog-count").textContent = page.total ? page.total + (page.total === 1 ? " item" : " items") : "No items match.";
     $("catalog-more").hidden = state.catalogOffset >= page.total;
