@@ -787,3 +787,44 @@ def test_sold_out_marks_follow_the_catalogue_both_ways(browser: Any, living: Ser
             assert "Sold out" not in card.text
     finally:
         _change(living, [{"op": "update", "id": i, "set": {"available": True}} for i in (x, y)])
+
+
+_CONTROLS = """
+const ids = [...document.querySelectorAll('[id]')].map(n => n.id);
+return {genders: document.querySelectorAll('#gender option').length,
+        chips: document.querySelectorAll('#categories input').length,
+        browse: document.querySelectorAll('#catalog-category option').length,
+        duplicated: ids.filter((id, i) => ids.indexOf(id) !== i),
+        gender: document.getElementById('gender').value,
+        ticked: [...document.querySelectorAll('#categories input:checked')].map(i => i.value),
+        timers: window.__pollTimers};
+"""
+
+
+def test_giving_the_token_again_sets_the_page_up_once(
+    browser: Any, sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Review, session 41 (web 4): "Enter access token" after a rotated token ran the page's
+    setup again: every gender, category chip and browse option twice (12 duplicated ids, a
+    chip's label ticking the other chip) and a second 15-second poll timer. Now the controls
+    are refilled, the shopper's choices kept, and the one timer stays."""
+    with _fast_poll(browser), _token_page(browser, sample, tmp_path, answer=TOKEN):
+        _wait(
+            browser, lambda d: "ok" in d.find_element("id", "server-state").get_attribute("class")
+        )
+        before = browser.execute_script(_CONTROLS)
+        assert before["duplicated"] == [] and before["timers"] == 1 and before["chips"] > 3
+        browser.find_element("css selector", ".chips summary").click()
+        browser.find_element("css selector", "label[for=cat-jeans]").click()
+        browser.execute_script(
+            "const g = document.getElementById('gender'); g.value = g.options[1].value;"
+            "document.getElementById('token-button').hidden = false;"
+        )
+        chosen = browser.execute_script(_CONTROLS)
+        browser.find_element("id", "token-button").click()
+        prompt = _wait(browser, _alert)
+        prompt.send_keys(TOKEN)
+        prompt.accept()
+        _wait(browser, lambda d: not d.find_element("id", "token-button").is_displayed())
+        after = browser.execute_script(_CONTROLS)
+        assert after == {**before, "gender": chosen["gender"], "ticked": ["jeans"]}

@@ -208,28 +208,48 @@
     $("api-link").hidden = !cfg.docs;
     if (cfg.examples) loadExamples();
     showCatalogVersion(cfg.catalog_version);
-    state.loadedSequence = cfg.sequence || 0;
-    setInterval(checkSoldOut, SOLD_OUT_POLL_MS);
+    // Given again (a new token), the config refills the controls and keeps the one timer: the
+    // page's sold-out marks stay relative to the catalogue it first loaded.
+    if (state.loadedSequence === undefined) state.loadedSequence = cfg.sequence || 0;
+    if (!state.pollTimer) state.pollTimer = setInterval(checkSoldOut, SOLD_OUT_POLL_MS);
     $("catalog-query").placeholder = cfg.text_search ? "Describe it, e.g. navy skirt" : "Search names, e.g. navy skirt";
+    fillControls(cfg);
+  }
+
+  // The gender and category controls, emptied first and the shopper's choices kept.
+  function fillControls(cfg) {
+    const gender = $("gender");
+    const pickedGender = gender.value;
+    gender.replaceChildren(gender.options[0]); // "Anyone"
     for (const g of cfg.genders.filter((g) => g !== "unisex")) {
       const opt = el("option", null, title(g));
       opt.value = g;
-      $("gender").append(opt);
+      gender.append(opt);
     }
+    gender.value = pickedGender;
+    if (gender.selectedIndex < 0) gender.selectedIndex = 0;
     const chips = $("categories");
+    const ticked = new Set([...chips.querySelectorAll("input:checked")].map((i) => i.value));
+    chips.replaceChildren();
+    const browse = $("catalog-category");
+    const browsing = browse.value;
+    browse.replaceChildren(browse.options[0]); // "All categories"
     for (const c of cfg.categories) {
       const id = "cat-" + c.name;
       const input = el("input");
       input.type = "checkbox";
       input.id = id;
       input.value = c.name;
+      input.checked = ticked.has(c.name);
       const label = el("label", null, words(c.name));
       label.htmlFor = id;
       chips.append(input, label);
       const opt = el("option", null, words(c.name) + " (" + c.count + ")");
       opt.value = c.name;
-      $("catalog-category").append(opt);
+      browse.append(opt);
     }
+    browse.value = browsing;
+    if (browse.selectedIndex < 0) browse.selectedIndex = 0;
   }
 
   function options() {
