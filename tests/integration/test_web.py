@@ -828,3 +828,72 @@ def test_giving_the_token_again_sets_the_page_up_once(
         _wait(browser, lambda d: not d.find_element("id", "token-button").is_displayed())
         after = browser.execute_script(_CONTROLS)
         assert after == {**before, "gender": chosen["gender"], "ticked": ["jeans"]}
+
+
+def test_docs_run_only_pinned_checked_files_and_are_never_framed(
+    browser: Any, sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Review, session 41 (web 5): ``serve --docs`` served FastAPI's Swagger UI page with no
+    policy (any site could frame it: clickjacking into "Try it out"), an inline script, the
+    floating ``swagger-ui-dist@5`` from a CDN without integrity, and a favicon from another
+    site; with a token the page still linked to /docs, which a link cannot open (401)."""
+    import base64
+    import hashlib
+    import re
+    import tarfile
+
+    from stygig.serving.catalog_api import SWAGGER_UI_FILES, SWAGGER_UI_VERSION
+
+    with running_server(sample[1], tmp_path / "docs.log", "--docs") as srv:
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            r = c.get("/docs")
+            assert c.get("/docs/oauth2-redirect").status_code == 404
+            assert c.get("/openapi.json").status_code == 200
+            assert c.get("/static/docs.js").status_code == 200
+        _open_page(browser, srv)
+        _wait(browser, lambda d: d.find_element("id", "api-link").is_displayed())
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    policy = dict(
+        part.strip().split(" ", 1) for part in r.headers["content-security-policy"].split(";")
+    )
+    base = f"https://cdn.jsdelivr.net/npm/swagger-ui-dist@{SWAGGER_UI_VERSION}"
+    assert policy["default-src"] == "'none'" and policy["frame-ancestors"] == "'none'"
+    assert policy["script-src"] == f"'self' {base}/swagger-ui-bundle.js"
+    assert policy["style-src"] == f"{base}/swagger-ui.css"
+    assert "unsafe" not in r.headers["content-security-policy"]
+    assert r.headers["x-frame-options"] == "DENY"
+    assert r.headers["referrer-policy"] == "no-referrer"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", SWAGGER_UI_VERSION)  # one exact version
+    page = r.text
+    scripts = re.findall(r"<script([^>]*)>(.*?)</script>", page, re.S)
+    assert scripts and all('src="' in attrs and not body.strip() for attrs, body in scripts)
+    for name, digest in SWAGGER_UI_FILES.items():
+        tag = next(t for t in re.findall(r"<(?:script|link)[^>]*>", page) if name in t)
+        assert f'src="{base}/{name}"' in tag or f'href="{base}/{name}"' in tag
+        assert f'integrity="{digest}"' in tag and 'crossorigin="anonymous"' in tag
+    external = re.findall(r'(?:src|href)="(https?://[^"]+)"', page)
+    assert sorted(external) == sorted(f"{base}/{n}" for n in SWAGGER_UI_FILES)
+    # Where the package is at hand (a developer's `npm pack swagger-ui-dist@VERSION` in
+    # $STYGIG_SWAGGER_UI_TGZ), the digests are checked against its files.
+    packed = os.environ.get("STYGIG_SWAGGER_UI_TGZ")
+    if packed:
+        with tarfile.open(packed) as tgz:
+            for name, digest in SWAGGER_UI_FILES.items():
+                member = tgz.extractfile(f"package/{name}")
+                assert member is not None
+                got = base64.b64encode(hashlib.sha384(member.read()).digest()).decode()
+                assert digest == f"sha384-{got}", name
+
+    # With a token, /docs needs the header a link cannot send: the page does not link to it.
+    (tmp_path / "token").write_text(TOKEN)
+    flags = ("--docs", "--auth-token-file", str(tmp_path / "token"))
+    with running_server(sample[1], tmp_path / "docs-token.log", *flags) as srv:
+        assert httpx.get(f"{srv.url}/docs").status_code == 401
+        browser.get(srv.url + "/")
+        prompt = _wait(browser, _alert)
+        prompt.send_keys(TOKEN)
+        prompt.accept()
+        _wait(
+            browser, lambda d: "ok" in d.find_element("id", "server-state").get_attribute("class")
+        )
+        assert not browser.find_element("id", "api-link").is_displayed()

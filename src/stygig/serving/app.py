@@ -1199,7 +1199,8 @@ def create_app(
         version=__version__,
         description="Photo in, outfit out: fashion recommendations from a retailer's catalogue.",
         lifespan=lifespan,
-        docs_url="/docs" if config.docs else None,
+        docs_url=None,  # /docs: the catalogue router's, with its own headers (docs_page)
+        swagger_ui_oauth2_redirect_url=None,
         redoc_url=None,
         # No route ends in "/": a redirect would be built from the client's Host header.
         redirect_slashes=False,

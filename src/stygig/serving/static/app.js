@@ -205,7 +205,8 @@
     $("foot-info").textContent = cfg.items + " items · encoder " + cfg.encoder + " · v" + cfg.version;
     $("sample-note").hidden = !cfg.drawn_sample;
     $("sample-examples").hidden = !cfg.examples; // "try an example" only where there are some
-    $("api-link").hidden = !cfg.docs;
+    // /docs needs the token where the server has one, and a link cannot send it: no link then.
+    $("api-link").hidden = !cfg.docs || Boolean(sessionStorage.getItem(TOKEN_KEY));
     if (cfg.examples) loadExamples();
     showCatalogVersion(cfg.catalog_version);
     // Given again (a new token), the config refills the controls and keeps the one timer: the
