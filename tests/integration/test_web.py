@@ -473,6 +473,32 @@ def test_a_file_that_is_not_an_image_gets_a_sentence(
     assert browser.find_element("id", "results").get_attribute("aria-busy") == "false"
 
 
+def test_a_photo_refused_for_its_shape_or_make_says_what_to_change(
+    browser: Any, server: Server, client: httpx.Client, tmp_path: Path
+) -> None:
+    """Review, session 41 (web 2): a banner crop or a long screenshot (400
+    ``image_aspect_ratio``) and a 1-bit scan (413 ``image_too_compressed``) were answered "Something
+    went wrong on our side. Please try again.", though the same photo fails every time. The page
+    now says what is wrong with the photo; "our side" is kept for the server's own faults."""
+    banner = tmp_path / "banner.jpg"
+    Image.new("RGB", (4200, 200), (30, 60, 200)).save(banner, quality=85)
+    scan = tmp_path / "scan.png"
+    Image.new("1", (4000, 4000), 1).save(scan)
+    expected = {banner: ("image_aspect_ratio", "too long and thin")}
+    expected[scan] = ("image_too_compressed", "too many pixels for its file size")
+    _open_page(browser, server)
+    error = browser.find_element("id", "error")
+    for photo, (code, words) in expected.items():
+        kind = "image/png" if photo.suffix == ".png" else "image/jpeg"
+        api = client.post("/v1/recommend", files={"image": (photo.name, photo.read_bytes(), kind)})
+        assert 400 <= api.status_code < 500 and api.json()["error"]["code"] == code
+        browser.execute_script("document.getElementById('error').textContent = '';")
+        browser.find_element("id", "photo-input").send_keys(str(photo))
+        _wait(browser, lambda d: error.is_displayed() and error.text)
+        assert words in error.text and "our side" not in error.text, error.text
+        assert "try again" in error.text.lower()  # what to do about it
+
+
 def _alert(driver: Any) -> Any:
     """The page's open prompt, or ``False`` while there is none."""
     from selenium.common.exceptions import NoAlertPresentException
@@ -625,3 +651,249 @@ def test_a_wrong_token_is_asked_for_once_and_can_be_given_again(
             browser, lambda d: "ok" in d.find_element("id", "server-state").get_attribute("class")
         )
         assert not button.is_displayed()
+
+
+# -- the living catalogue in the page: hostile names, sold-out marks ----------------------------
+
+
+@pytest.fixture(scope="module")
+def living(sample: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server on a copy of the sample artifact that takes changes (``--change-log``)."""
+    root = tmp_path_factory.mktemp("living-web")
+    shutil.copytree(sample[1], root / "artifact")
+    flags = ("--change-log", str(root / "changes"))
+    with running_server(root / "artifact", root / "server.log", *flags) as srv:
+        yield srv
+
+
+def _change(server: Server, changes: list[dict[str, Any]]) -> None:
+    r = httpx.post(f"{server.url}/v1/catalog/changes", json={"changes": changes}, timeout=60)
+    assert r.status_code == 200, r.text
+
+
+def _at_phone_width(driver: Any) -> None:
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True},
+    )
+
+
+_OVERFLOW = """
+const e = document.documentElement, w = window.innerWidth;
+const wide = [...document.querySelectorAll('.card, .pick, #answer img, .pick img')]
+  .filter(n => n.getClientRects().length && n.getBoundingClientRect().width > w)
+  .map(n => n.className || n.tagName);
+return {scroll: e.scrollWidth, inner: w, wide: wide.slice(0, 5)};
+"""
+
+
+def test_a_name_of_one_long_word_does_not_widen_the_phone_page(
+    browser: Any, living: Server
+) -> None:
+    """Review, session 41 (web 1): one 2,000-character word in a product name (a feed may send
+    one) set the card's width: at 390 px the page scrolled 68,000 px sideways. Every item's name
+    is now such a word: the picker, the board, the alternatives and the explanations wrap it."""
+    with httpx.Client(base_url=living.url, timeout=60) as client:
+        ids = [i["id"] for i in client.get("/v1/catalog", params={"limit": 100}).json()["items"]]
+        ids += [
+            i["id"]
+            for i in client.get("/v1/catalog", params={"limit": 100, "offset": 100}).json()["items"]
+        ]
+    names = [
+        {"op": "update", "id": i, "set": {"name": "W" * 1990 + i.replace("-", "")}} for i in ids
+    ]
+    _change(living, names)
+    _at_phone_width(browser)
+    try:
+        _open_page(browser, living)
+        browser.find_element("css selector", "#catalog-picker summary").click()
+        _wait(browser, lambda d: d.find_elements("css selector", "#catalog-list .pick"))
+        assert browser.execute_script(_OVERFLOW)["wide"] == []
+        browser.find_element("css selector", "#catalog-list .pick").click()
+        _wait(browser, _answered)
+        names_shown = browser.execute_script(
+            "return [...document.querySelectorAll('#board .card-name')].map(n => n.textContent);"
+        )
+        assert names_shown and all(len(n) > 1990 for n in names_shown)
+        browser.find_element("css selector", "#board .act-why").click()
+        for mode in ("outfit", "similar"):
+            if mode == "similar":
+                browser.find_element("css selector", "label[for=mode-similar]").click()
+                _wait(
+                    browser,
+                    lambda d: (
+                        _answered(d)
+                        and '"similar"'
+                        in d.find_element("id", "results").get_attribute("data-request")
+                    ),
+                )
+            seen = browser.execute_script(_OVERFLOW)
+            assert seen["scroll"] <= seen["inner"] and seen["wide"] == [], (mode, seen)
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+#: Run before the page's own script: its 15-second catalogue poll every 0.2 s, and each
+#: timer the page starts counted in ``window.__pollTimers``.
+_FAST_POLL = """
+window.__pollTimers = 0;
+const every = window.setInterval.bind(window);
+window.setInterval = (fn, ms, ...rest) => {
+  if (ms === 15000) { window.__pollTimers += 1; ms = 200; }
+  return every(fn, ms, ...rest);
+};
+"""
+
+
+@contextmanager
+def _fast_poll(driver: Any) -> Iterator[None]:
+    added = driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": _FAST_POLL})
+    try:
+        yield
+    finally:
+        driver.execute_cdp_cmd(
+            "Page.removeScriptToEvaluateOnNewDocument", {"identifier": added["identifier"]}
+        )
+
+
+_MARKS = """
+return Object.fromEntries([...document.querySelectorAll('#catalog-list [data-item-id]')]
+  .filter(n => arguments[0].includes(n.dataset.itemId))
+  .map(n => [n.dataset.itemId, [n.classList.contains('sold-out'),
+                                n.querySelectorAll('.sold-out-tag').length]]));
+"""
+
+
+def test_sold_out_marks_follow_the_catalogue_both_ways(browser: Any, living: Server) -> None:
+    """Review, session 41 (web 3): a restocked item lost its grey but kept its "Sold out" tag
+    (the page ignored ``available_again``), and an item sold out before the page loaded lost
+    its grey at the first poll and kept the tag. Grey and tag now follow the item's state."""
+    listed = httpx.get(f"{living.url}/v1/catalog", params={"limit": 12}).json()["items"]
+    x, y = listed[0]["id"], listed[1]["id"]
+    _change(living, [{"op": "update", "id": y, "set": {"available": False}}])
+    try:
+        with _fast_poll(browser):
+            _open_page(browser, living)
+            browser.find_element("css selector", "#catalog-picker summary").click()
+            _wait(browser, lambda d: len(d.execute_script(_MARKS, [x, y])) == 2)
+            assert browser.execute_script(_MARKS, [x, y]) == {x: [False, 0], y: [True, 1]}
+            _change(living, [{"op": "update", "id": x, "set": {"available": False}}])
+            _wait(browser, lambda d: d.execute_script(_MARKS, [x, y])[x] == [True, 1])
+            assert browser.execute_script(_MARKS, [x, y])[y] == [True, 1]  # polled: still
+            _change(living, [{"op": "update", "id": x, "set": {"available": True}}])
+            _wait(browser, lambda d: d.execute_script(_MARKS, [x, y])[x] == [False, 0])
+            assert browser.execute_script(_MARKS, [x, y])[y] == [True, 1]
+            card = browser.find_element("css selector", f'#catalog-list [data-item-id="{x}"]')
+            assert "Sold out" not in card.text
+    finally:
+        _change(living, [{"op": "update", "id": i, "set": {"available": True}} for i in (x, y)])
+
+
+_CONTROLS = """
+const ids = [...document.querySelectorAll('[id]')].map(n => n.id);
+return {genders: document.querySelectorAll('#gender option').length,
+        chips: document.querySelectorAll('#categories input').length,
+        browse: document.querySelectorAll('#catalog-category option').length,
+        duplicated: ids.filter((id, i) => ids.indexOf(id) !== i),
+        gender: document.getElementById('gender').value,
+        ticked: [...document.querySelectorAll('#categories input:checked')].map(i => i.value),
+        timers: window.__pollTimers};
+"""
+
+
+def test_giving_the_token_again_sets_the_page_up_once(
+    browser: Any, sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Review, session 41 (web 4): "Enter access token" after a rotated token ran the page's
+    setup again: every gender, category chip and browse option twice (12 duplicated ids, a
+    chip's label ticking the other chip) and a second 15-second poll timer. Now the controls
+    are refilled, the shopper's choices kept, and the one timer stays."""
+    with _fast_poll(browser), _token_page(browser, sample, tmp_path, answer=TOKEN):
+        _wait(
+            browser, lambda d: "ok" in d.find_element("id", "server-state").get_attribute("class")
+        )
+        before = browser.execute_script(_CONTROLS)
+        assert before["duplicated"] == [] and before["timers"] == 1 and before["chips"] > 3
+        browser.find_element("css selector", ".chips summary").click()
+        browser.find_element("css selector", "label[for=cat-jeans]").click()
+        browser.execute_script(
+            "const g = document.getElementById('gender'); g.value = g.options[1].value;"
+            "document.getElementById('token-button').hidden = false;"
+        )
+        chosen = browser.execute_script(_CONTROLS)
+        browser.find_element("id", "token-button").click()
+        prompt = _wait(browser, _alert)
+        prompt.send_keys(TOKEN)
+        prompt.accept()
+        _wait(browser, lambda d: not d.find_element("id", "token-button").is_displayed())
+        after = browser.execute_script(_CONTROLS)
+        assert after == {**before, "gender": chosen["gender"], "ticked": ["jeans"]}
+
+
+def test_docs_run_only_pinned_checked_files_and_are_never_framed(
+    browser: Any, sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Review, session 41 (web 5): ``serve --docs`` served FastAPI's Swagger UI page with no
+    policy (any site could frame it: clickjacking into "Try it out"), an inline script, the
+    floating ``swagger-ui-dist@5`` from a CDN without integrity, and a favicon from another
+    site; with a token the page still linked to /docs, which a link cannot open (401)."""
+    import base64
+    import hashlib
+    import re
+    import tarfile
+
+    from stygig.serving.catalog_api import SWAGGER_UI_FILES, SWAGGER_UI_VERSION
+
+    with running_server(sample[1], tmp_path / "docs.log", "--docs") as srv:
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            r = c.get("/docs")
+            assert c.get("/docs/oauth2-redirect").status_code == 404
+            assert c.get("/openapi.json").status_code == 200
+            assert c.get("/static/docs.js").status_code == 200
+        _open_page(browser, srv)
+        _wait(browser, lambda d: d.find_element("id", "api-link").is_displayed())
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    policy = dict(
+        part.strip().split(" ", 1) for part in r.headers["content-security-policy"].split(";")
+    )
+    base = f"https://cdn.jsdelivr.net/npm/swagger-ui-dist@{SWAGGER_UI_VERSION}"
+    assert policy["default-src"] == "'none'" and policy["frame-ancestors"] == "'none'"
+    assert policy["script-src"] == f"'self' {base}/swagger-ui-bundle.js"
+    assert policy["style-src"] == f"{base}/swagger-ui.css"
+    assert "unsafe" not in r.headers["content-security-policy"]
+    assert r.headers["x-frame-options"] == "DENY"
+    assert r.headers["referrer-policy"] == "no-referrer"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", SWAGGER_UI_VERSION)  # one exact version
+    page = r.text
+    scripts = re.findall(r"<script([^>]*)>(.*?)</script>", page, re.S)
+    assert scripts and all('src="' in attrs and not body.strip() for attrs, body in scripts)
+    for name, digest in SWAGGER_UI_FILES.items():
+        tag = next(t for t in re.findall(r"<(?:script|link)[^>]*>", page) if name in t)
+        assert f'src="{base}/{name}"' in tag or f'href="{base}/{name}"' in tag
+        assert f'integrity="{digest}"' in tag and 'crossorigin="anonymous"' in tag
+    external = re.findall(r'(?:src|href)="(https?://[^"]+)"', page)
+    assert sorted(external) == sorted(f"{base}/{n}" for n in SWAGGER_UI_FILES)
+    # Where the package is at hand (a developer's `npm pack swagger-ui-dist@VERSION` in
+    # $STYGIG_SWAGGER_UI_TGZ), the digests are checked against its files.
+    packed = os.environ.get("STYGIG_SWAGGER_UI_TGZ")
+    if packed:
+        with tarfile.open(packed) as tgz:
+            for name, digest in SWAGGER_UI_FILES.items():
+                member = tgz.extractfile(f"package/{name}")
+                assert member is not None
+                got = base64.b64encode(hashlib.sha384(member.read()).digest()).decode()
+                assert digest == f"sha384-{got}", name
+
+    # With a token, /docs needs the header a link cannot send: the page does not link to it.
+    (tmp_path / "token").write_text(TOKEN)
+    flags = ("--docs", "--auth-token-file", str(tmp_path / "token"))
+    with running_server(sample[1], tmp_path / "docs-token.log", *flags) as srv:
+        assert httpx.get(f"{srv.url}/docs").status_code == 401
+        browser.get(srv.url + "/")
+        prompt = _wait(browser, _alert)
+        prompt.send_keys(TOKEN)
+        prompt.accept()
+        _wait(
+            browser, lambda d: "ok" in d.find_element("id", "server-state").get_attribute("class")
+        )
+        assert not browser.find_element("id", "api-link").is_displayed()

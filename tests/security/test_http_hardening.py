@@ -168,6 +168,22 @@ def test_a_loopback_server_answers_only_its_own_names_and_same_site_changes(
     assert httpx.post(post, content=body, headers=same).status_code == 200
     assert httpx.post(post, content=body, headers=jpeg).status_code == 200
     assert httpx.get(url, headers={"Origin": "https://evil.example"}).status_code == 200
+    # Review, session 41 (web 6): the host name alone was compared, so any other local web
+    # app (a dev server on another port, another scheme) could post here. The whole origin
+    # counts now: scheme, name and port.
+    own = f"http://localhost:{server.port}"
+    for origin in ("http://localhost:3000", "https://127.0.0.1:1", f"https://{own[7:]}"):
+        r = httpx.post(post, content=body, headers={**jpeg, "Origin": origin})
+        assert r.status_code == 403, origin
+        reload = httpx.post(
+            f"{server.url}/v1/catalog/reload",
+            content=b"x",
+            headers={"content-type": "text/plain", "Origin": origin},
+        )
+        assert reload.status_code == 403, origin  # a form's simple request: no preflight
+    for host, origin in ((f"localhost:{server.port}", own), (f"[::1]:{server.port}", own)):
+        r = httpx.post(post, content=body, headers={**jpeg, "Host": host, "Origin": origin})
+        assert r.status_code == 200, (host, origin)  # this server's names, its port
     with capped_server(sample[1], tmp_path / "log", "--allowed-host", "Shop.Example") as s:
         r = httpx.get(f"{s.url}/v1/config", headers={"Host": "shop.example:443"})
         assert r.status_code == 200
@@ -177,6 +193,13 @@ def test_a_loopback_server_answers_only_its_own_names_and_same_site_changes(
             headers={**jpeg, "Host": "127.0.0.1", "Origin": "https://shop.example"},
         )
         assert r.status_code == 200  # a proxy that rewrites Host: the public name is allowed
+        for origin in ("https://shop.example:8443", "http://localhost:3000"):
+            r = httpx.post(
+                f"{s.url}/invocations",
+                content=body,
+                headers={**jpeg, "Host": "127.0.0.1", "Origin": origin},
+            )
+            assert r.status_code == 403, origin
         r = httpx.get(f"{s.url}/v1/config", headers={"Host": "other.example"})
         assert r.status_code == 400
     # Bound elsewhere (the container, behind a proxy that may rewrite Host): no such checks,

@@ -712,7 +712,8 @@ class _Boundary:
 
         self.service.requests += 1
         try:
-            refused = self._refuse(scope["method"], scope["path"], headers)
+            server = scope.get("server") or (None, None)
+            refused = self._refuse(scope["method"], scope["path"], headers, server[1])
             if refused is not None:
                 await refused(scope, receive, send_with_id)
             else:
@@ -762,7 +763,9 @@ class _Boundary:
                 return str(getattr(candidate, "path", "unmatched"))
         return "unmatched"
 
-    def _refuse(self, method: str, path: str, headers: dict[str, str]) -> Response | None:
+    def _refuse(
+        self, method: str, path: str, headers: dict[str, str], port: int | None = None
+    ) -> Response | None:
         """The answer for a request refused before the app sees it (another host's name, a
         cross-site change, no token, a compressed body, too big).
 
@@ -770,14 +773,15 @@ class _Boundary:
         elsewhere can still make the browser send requests to it, by rebinding its own name to
         127.0.0.1 (it then reads the answers as same-origin), or by a form posted across sites.
         So a request whose ``Host`` is not one of ``allowed_hosts`` is refused, and so is a
-        change (any method but GET, HEAD, OPTIONS) whose ``Origin`` is another site's."""
+        change (any method but GET, HEAD, OPTIONS) whose ``Origin`` is not one of the server's
+        own origins (``port``: the port it was reached on, from the ASGI scope)."""
         if _TWICE in headers:
             return error_response(
                 InputError("a request names one Host and one Authorization", code="bad_header")
             )
         allowed = self.config.allowed_hosts
         if allowed is not None:  # bound to loopback
-            refused = _cross_site(method, headers, allowed)
+            refused = _cross_site(method, headers, allowed, port)
             if refused is not None:
                 return error_response(refused)
         if not self._authorized(path, headers):
@@ -837,9 +841,11 @@ def _fields(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
     return out
 
 
-def _cross_site(method: str, headers: dict[str, str], allowed: frozenset[str]) -> InputError | None:
+def _cross_site(
+    method: str, headers: dict[str, str], allowed: frozenset[str], port: int | None = None
+) -> InputError | None:
     """Why a request to a loopback-bound server is refused: addressed to another name, or a
-    change sent from another site (see :meth:`_Boundary._refuse`); None: it is not."""
+    change sent from another origin (see :meth:`_Boundary._refuse`); None: it is not."""
     host = _hostname(headers.get("host", ""))
     if host and host not in allowed:
         return InputError(
@@ -848,11 +854,67 @@ def _cross_site(method: str, headers: dict[str, str], allowed: frozenset[str]) -
             code="host_not_allowed",
         )
     origin = headers.get("origin")
-    if origin is not None and method not in _SAFE_METHODS:
-        named = _hostname(origin.partition("://")[2].partition("/")[0])
-        if named != host and named not in allowed:
-            return ForbiddenError("a cross-site request may not change anything here")
+    if (
+        origin is not None
+        and method not in _SAFE_METHODS
+        and _origin(origin) not in _own_origins(headers.get("host", ""), allowed, port)
+    ):
+        return ForbiddenError("a cross-site request may not change anything here")
     return None
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(value: str) -> tuple[str, str, int] | None:
+    """``(scheme, host, port)`` of an ``Origin`` value (``scheme://host[:port]``), the port
+    made explicit; None for ``null``, a path, another scheme or anything malformed."""
+    scheme, sep, authority = value.strip().lower().partition("://")
+    if not sep or scheme not in _DEFAULT_PORTS or not authority or "/" in authority:
+        return None
+    return _with_port(scheme, authority)
+
+
+def _with_port(scheme: str, authority: str) -> tuple[str, str, int] | None:
+    host = _hostname(authority)
+    rest = authority.rpartition("]")[2] if authority.startswith("[") else authority
+    port_text = rest.rpartition(":")[2] if rest.count(":") == 1 else ""
+    if port_text and not port_text.isdigit():
+        return None
+    return scheme, host, int(port_text) if port_text else _DEFAULT_PORTS[scheme]
+
+
+def _is_loopback(name: str) -> bool:
+    try:
+        return name == "localhost" or ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _own_origins(
+    host_header: str, allowed: frozenset[str], port: int | None
+) -> set[tuple[str, str, int] | None]:
+    """The origins whose pages may change things on a loopback-bound server (review, session
+    41: the host name alone let ``http://localhost:3000``, any other local web app, post here).
+
+    * the origin the request was addressed to: ``http://`` and its ``Host`` (the page posts to
+      its own origin);
+    * this machine's names at the port the server was reached on (``port``), over ``http``
+      (the server speaks plain HTTP);
+    * an ``--allowed-host`` name (the public name of a proxy on this machine) over ``http`` or
+      ``https`` at their default ports, or at the port of a ``Host`` that names it."""
+    own: set[tuple[str, str, int] | None] = {_with_port("http", host_header.strip().lower())}
+    named = _hostname(host_header)
+    for name in allowed:
+        if _is_loopback(name):
+            if port is not None:
+                own.add(("http", name, port))
+        else:
+            own |= {("http", name, 80), ("https", name, 443)}
+            if name == named:
+                own.add(_with_port("https", host_header.strip().lower()))
+    own.discard(None)
+    return own
 
 
 def _hostname(authority: str) -> str:
@@ -1137,7 +1199,8 @@ def create_app(
         version=__version__,
         description="Photo in, outfit out: fashion recommendations from a retailer's catalogue.",
         lifespan=lifespan,
-        docs_url="/docs" if config.docs else None,
+        docs_url=None,  # /docs: the catalogue router's, with its own headers (docs_page)
+        swagger_ui_oauth2_redirect_url=None,
         redoc_url=None,
         # No route ends in "/": a redirect would be built from the client's Host header.
         redirect_slashes=False,

@@ -84,6 +84,7 @@ _STATIC = {
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
     "icon.svg": "image/svg+xml",
+    "docs.js": "text/javascript; charset=utf-8",
 }
 _IMAGE_MAX_AGE_S = 3600
 _MAX_LIMIT = 100
@@ -170,6 +171,49 @@ PAGE_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
 }
+
+
+#: ``serve --docs``: Swagger UI from a CDN, pinned to one exact version of the npm package
+#: ``swagger-ui-dist`` and checked by the browser against these SHA-384 digests (subresource
+#: integrity: a changed or compromised CDN file is refused, never run on the API's origin).
+#: The digests are of the files in the npm package (``npm pack swagger-ui-dist@VERSION``),
+#: which the CDN serves byte for byte; a new version needs new digests.
+SWAGGER_UI_VERSION = "5.35.0"
+SWAGGER_UI_BASE = f"https://cdn.jsdelivr.net/npm/swagger-ui-dist@{SWAGGER_UI_VERSION}"
+SWAGGER_UI_FILES = {
+    "swagger-ui-bundle.js": "sha384-gjRm0bEPMeTmMh5jT2cHccIwCUZSTd8YC+j0d0sXw0MdGEfScduGpSyF3ZSSLkX9",
+    "swagger-ui.css": "sha384-WlYgdmXYOOBWL5apwjDEZwN+U3HmXSSu5R6V5aGxEcf7z+KuRNwBhoxKVN1i3D5I",
+}
+#: /docs runs the pinned bundle and its own starter script (/static/docs.js: no inline
+#: script), reads this server's schema and calls it, and is never framed (review, session 41:
+#: FastAPI's page had no policy, a floating CDN version, an inline script, and a favicon from
+#: another site that was sent the server's origin as Referer).
+DOCS_HEADERS = {
+    "Content-Security-Policy": (
+        f"default-src 'none'; script-src 'self' {SWAGGER_UI_BASE}/swagger-ui-bundle.js; "
+        f"style-src {SWAGGER_UI_BASE}/swagger-ui.css; img-src 'self' data:; "
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def docs_page() -> bytes:
+    """The /docs page: the pinned, integrity-checked Swagger UI files and /static/docs.js."""
+    css, js = SWAGGER_UI_FILES["swagger-ui.css"], SWAGGER_UI_FILES["swagger-ui-bundle.js"]
+    return (
+        '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        "<title>StyGig API</title>\n"
+        '<link rel="icon" href="/static/icon.svg" type="image/svg+xml">\n'
+        f'<link rel="stylesheet" href="{SWAGGER_UI_BASE}/swagger-ui.css" integrity="{css}" '
+        'crossorigin="anonymous" referrerpolicy="no-referrer">\n</head>\n<body>\n'
+        '<div id="swagger-ui"></div>\n'
+        f'<script src="{SWAGGER_UI_BASE}/swagger-ui-bundle.js" integrity="{js}" '
+        'crossorigin="anonymous" referrerpolicy="no-referrer"></script>\n'
+        '<script src="/static/docs.js"></script>\n</body>\n</html>\n'
+    ).encode()
 
 
 def _static_files() -> dict[str, tuple[bytes, str]]:
@@ -388,6 +432,16 @@ def make_catalog_router(service: ModelService) -> APIRouter:
             media_type=_STATIC["index.html"],
             headers={"Cache-Control": "no-cache", **PAGE_HEADERS},
         )
+
+    if service.config.docs:
+
+        @router.api_route("/docs", methods=["GET", "HEAD"], include_in_schema=False)
+        async def docs() -> Response:
+            return Response(
+                docs_page(),
+                media_type="text/html; charset=utf-8",
+                headers={"Cache-Control": "no-cache", **DOCS_HEADERS},
+            )
 
     @router.api_route("/static/{name}", methods=["GET", "HEAD"], include_in_schema=False)
     async def static(name: str, request: Request) -> Response:

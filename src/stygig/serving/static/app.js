@@ -15,6 +15,15 @@
     image_too_small: "That image is too small to recognise. Please use a larger photo.",
     image_too_large: "That photo is too large. Please use a smaller one.",
     payload_too_large: "That photo is too large. Please use a smaller one.",
+    image_aspect_ratio:
+      "That picture is too long and thin to be a photo of a garment (a long screenshot or a banner?). Crop it to the piece of clothing and try again.",
+    image_too_compressed:
+      "That image has too many pixels for its file size (a scan or a drawing?). Save it as a JPEG photo, or crop it, and try again.",
+    image_decode_too_large: "That photo is too large to read. Please use a smaller one, saved as an ordinary JPEG.",
+    image_too_many_scans: "That photo is saved in a way that is slow to read. Save it again as an ordinary JPEG and try again.",
+    image_too_many_segments: "That image file is unusual or damaged. Save it again as an ordinary JPEG or PNG and try again.",
+    image_too_many_chunks: "That image file is unusual or damaged. Save it again as an ordinary JPEG or PNG and try again.",
+    image_malformed_header: "That image file is damaged. Save it again as an ordinary JPEG or PNG and try again.",
     unsupported_media_type: "That image format is not supported. Please use a JPEG, PNG or WebP photo.",
     unsupported_content_type: "That image format is not supported. Please use a JPEG, PNG or WebP photo.",
     invalid_base64: "That image could not be read. Please try another photo.",
@@ -24,12 +33,18 @@
     not_found: "That item is no longer in the catalogue.",
     no_image: "There is no picture of that item.",
     overloaded: "The shop is very busy right now. Please try again in a moment.",
+    busy: "The shop is very busy right now. Please try again in a moment.",
+    too_many_connections: "The shop is very busy right now. Please try again in a moment.",
+    queue_full: "The shop is very busy right now. Please try again in a moment.",
+    request_timeout: "That took too long. Please try again.",
     timeout: "That took too long. Please try again.",
     not_ready: "The shop is still getting ready. Please try again in a few seconds.",
     unauthorized: "This server needs an access token. Use “Enter access token” to give it.",
     network: "The server could not be reached. Check the connection and try again.",
   };
+  // Only for the server's own failures (5xx): a refusal (4xx) says what to change instead.
   const FALLBACK = "Something went wrong on our side. Please try again.";
+  const TOO_LARGE = MESSAGES.payload_too_large;
 
   const state = {
     config: null,
@@ -41,9 +56,10 @@
   };
 
   class ApiError extends Error {
-    constructor(code, message) {
+    constructor(code, message, status = 0) {
       super(message);
       this.code = code;
+      this.status = status; // the HTTP status (0: none, the server was not reached)
     }
   }
 
@@ -110,12 +126,33 @@
     if (!res.ok) {
       const err = (body && body.error) || {};
       const code = err.code || (res.status === 413 ? "payload_too_large" : "http_" + res.status);
-      throw new ApiError(code, err.message || res.statusText);
+      throw new ApiError(code, err.message || res.statusText, res.status);
     }
     return body;
   }
 
-  const friendly = (err) => (err instanceof ApiError && MESSAGES[err.code]) || FALLBACK;
+  // The server's own message ends a refusal the page has no words for: it is written for people
+  // and names no server path (a photo is bytes; the server never names its files).
+  const serverSaid = (err) => {
+    const said = String(err.message || "").trim().slice(0, 300).replace(/[.\s]+$/, "");
+    return said ? " (The shop said: " + said + ".)" : "";
+  };
+  // In words a shopper understands: what went wrong and what to do; "our side" only for a 5xx
+  // or an answer that is not the server's. `photo`: the request sent the shopper's photo.
+  function friendly(err, photo = false) {
+    if (!(err instanceof ApiError)) return FALLBACK;
+    if (MESSAGES[err.code]) return MESSAGES[err.code];
+    if (err.status === 413) return TOO_LARGE;
+    if (err.status === 415 && photo) return MESSAGES.unsupported_media_type;
+    if (err.status >= 400 && err.status < 500) {
+      return (
+        (photo
+          ? "The shop could not use that photo. Please try another one."
+          : "The shop could not answer that request. Try other settings or another item.") + serverSaid(err)
+      );
+    }
+    return FALLBACK;
+  }
   const el = (tag, cls, text) => {
     const node = document.createElement(tag);
     if (cls) node.className = cls;
@@ -168,31 +205,52 @@
     $("foot-info").textContent = cfg.items + " items · encoder " + cfg.encoder + " · v" + cfg.version;
     $("sample-note").hidden = !cfg.drawn_sample;
     $("sample-examples").hidden = !cfg.examples; // "try an example" only where there are some
-    $("api-link").hidden = !cfg.docs;
+    // /docs needs the token where the server has one, and a link cannot send it: no link then.
+    $("api-link").hidden = !cfg.docs || Boolean(sessionStorage.getItem(TOKEN_KEY));
     if (cfg.examples) loadExamples();
     showCatalogVersion(cfg.catalog_version);
-    state.loadedSequence = cfg.sequence || 0;
-    setInterval(checkSoldOut, SOLD_OUT_POLL_MS);
+    // Given again (a new token), the config refills the controls and keeps the one timer: the
+    // page's sold-out marks stay relative to the catalogue it first loaded.
+    if (state.loadedSequence === undefined) state.loadedSequence = cfg.sequence || 0;
+    if (!state.pollTimer) state.pollTimer = setInterval(checkSoldOut, SOLD_OUT_POLL_MS);
     $("catalog-query").placeholder = cfg.text_search ? "Describe it, e.g. navy skirt" : "Search names, e.g. navy skirt";
+    fillControls(cfg);
+  }
+
+  // The gender and category controls, emptied first and the shopper's choices kept.
+  function fillControls(cfg) {
+    const gender = $("gender");
+    const pickedGender = gender.value;
+    gender.replaceChildren(gender.options[0]); // "Anyone"
     for (const g of cfg.genders.filter((g) => g !== "unisex")) {
       const opt = el("option", null, title(g));
       opt.value = g;
-      $("gender").append(opt);
+      gender.append(opt);
     }
+    gender.value = pickedGender;
+    if (gender.selectedIndex < 0) gender.selectedIndex = 0;
     const chips = $("categories");
+    const ticked = new Set([...chips.querySelectorAll("input:checked")].map((i) => i.value));
+    chips.replaceChildren();
+    const browse = $("catalog-category");
+    const browsing = browse.value;
+    browse.replaceChildren(browse.options[0]); // "All categories"
     for (const c of cfg.categories) {
       const id = "cat-" + c.name;
       const input = el("input");
       input.type = "checkbox";
       input.id = id;
       input.value = c.name;
+      input.checked = ticked.has(c.name);
       const label = el("label", null, words(c.name));
       label.htmlFor = id;
       chips.append(input, label);
       const opt = el("option", null, words(c.name) + " (" + c.count + ")");
       opt.value = c.name;
-      $("catalog-category").append(opt);
+      browse.append(opt);
     }
+    browse.value = browsing;
+    if (browse.selectedIndex < 0) browse.selectedIndex = 0;
   }
 
   function options() {
@@ -234,8 +292,9 @@
       if (seq !== state.seq) return;
       $("answer").hidden = true;
       $("empty").hidden = false;
-      showError(friendly(e));
-      announce(friendly(e));
+      const said = friendly(e, source.kind === "photo");
+      showError(said);
+      announce(said);
     } finally {
       if (seq === state.seq) busy(false);
     }
@@ -551,6 +610,7 @@
       const li = el("li", "nothing", "Nothing in the catalogue matches these settings. Try fewer categories or another gender.");
       board.append(li);
     }
+    markSoldOut();
   }
 
   function renderAlternatives(body) {
@@ -572,6 +632,7 @@
       group.append(list);
       box.append(group);
     }
+    markSoldOut();
   }
 
   // -- the living catalogue: its version, and items sold out since the page loaded -------------
@@ -585,15 +646,27 @@
     box.title = "artifact version + changes applied";
   }
 
-  function markSoldOut(ids) {
-    const gone = new Set(ids);
+  // What the page last heard of each item's availability: the catalogue picker's `available`
+  // (as of its answer: an item sold out before the page loaded) and the version poll's
+  // `unavailable_since` / `available_again` (as of the poll), whichever came last.
+  const availability = new Map();
+
+  function noteAvailability(ids, available) {
+    for (const id of ids) availability.set(id, available);
+  }
+
+  // Greyed and tagged together, both following the item's state (a restocked item loses both).
+  function markSoldOut() {
     for (const node of document.querySelectorAll("[data-item-id]")) {
-      const sold = gone.has(node.dataset.itemId);
+      const sold = availability.get(node.dataset.itemId) === false;
       node.classList.toggle("sold-out", sold);
-      if (sold && !node.querySelector(".sold-out-tag")) {
-        const tag = el("span", "sold-out-tag", "Sold out");
-        tag.setAttribute("role", "status");
-        node.prepend(tag);
+      const tag = node.querySelector(":scope > .sold-out-tag");
+      if (sold && !tag) {
+        const mark = el("span", "sold-out-tag", "Sold out");
+        mark.setAttribute("role", "status");
+        node.prepend(mark);
+      } else if (!sold && tag) {
+        tag.remove();
       }
     }
   }
@@ -607,8 +680,9 @@
       return; // an older server or a hiccup: the page works on without marks
     }
     showCatalogVersion(v.catalog_version);
-    state.soldOut = v.unavailable_since || [];
-    markSoldOut(state.soldOut);
+    noteAvailability(v.unavailable_since || [], false);
+    noteAvailability(v.available_again || [], true);
+    markSoldOut();
     if (v.complete === false) {
       // The catalogue was compacted (or moved on too far) since this page loaded: what sold
       // out before is not listed any more. Say so instead of showing stale availability.
@@ -649,7 +723,8 @@
       li.append(btn);
       list.append(li);
     }
-    markSoldOut((state.soldOut || []).concat(page.items.filter((c) => c.available === false).map((c) => c.id)));
+    for (const card of page.items) if (typeof card.available === "boolean") availability.set(card.id, card.available);
+    markSoldOut();
     state.catalogOffset += page.items.length;
     $("catalog-count").textContent = page.total ? page.total + (page.total === 1 ? " item" : " items") : "No items match.";
     $("catalog-more").hidden = state.catalogOffset >= page.total;
