@@ -36,17 +36,17 @@ to find ``index.faiss``; unsplit artifacts are still written as format 2.
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import json
 import os
 import platform
-import re
 import shutil
 import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -154,46 +154,54 @@ def _cell(text: str) -> str:
     return f"'{text}" if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
-#: Who writes an artifact's temporary folders (``.<out>.<host>~<pid>-...``): a later write into
-#: the same folder on this host removes those whose process is gone (:func:`remove_dead_writes`).
-_WRITER = f"{re.sub(r'[^A-Za-z0-9_.-]', '_', platform.node())[:64]}~{os.getpid()}"
+#: An artifact write's own folders beside its output: ``.<out>.stygig-tmp-<random>`` (the
+#: artifact being written) and ``.<out>.stygig-old-<random>`` (the one it replaces, until it is
+#: deleted). The writer holds a lock on each while it works (:func:`_held`); a later write of the
+#: same output removes those no one holds (:func:`remove_dead_writes`).
+_TEMP_TAG = ".stygig-tmp-"
+_OLD_TAG = ".stygig-old-"
+#: A folder younger than this is never removed: its writer may not hold its lock yet.
+_DEAD_WRITE_GRACE_S = 60.0
+
+
+@contextmanager
+def _held(folder: Path, *, wait: bool = False) -> Iterator[None]:
+    """Hold ``folder``'s lock (``flock`` on the folder itself) while the block runs: the kernel
+    drops it when the process ends, however it ends. Not ``wait``: :class:`BlockingIOError`
+    when another holds it."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+    finally:
+        os.close(fd)
 
 
 def remove_dead_writes(out_dir: str | Path) -> int:
-    """Remove the temporary folders that writes of ``out_dir`` left when their process died
-    (``kill -9`` mid-write: a partial artifact as large as the real one, kept for ever before
-    (review, session 41)); how many. Only this host's writers, by process id: a folder of a
-    live process, or of another host sharing the folder, is never touched."""
+    """Remove the folders that writes of ``out_dir`` left when their process died (``kill -9``
+    mid-write left a partial artifact as large as the real one, kept for ever: review, session
+    41); how many. A folder is its writer's while the writer's lock on it holds, whichever
+    process or container (same kernel) wrote it: only unlocked folders older than a minute go."""
     out = Path(out_dir)
-    host = _WRITER.rsplit("~", 1)[0]
-    pattern = re.compile(rf"^\.{re.escape(out.name)}\.{re.escape(host)}~(\d+)-")
+    prefixes = (f".{out.name}{_TEMP_TAG}", f".{out.name}{_OLD_TAG}")
     removed = 0
     try:
         entries = list(os.scandir(out.parent))
     except OSError:
         return 0
+    cutoff = time.time() - _DEAD_WRITE_GRACE_S
     for entry in entries:
-        found = pattern.match(entry.name)
-        if found is None or not entry.is_dir(follow_symlinks=False):
+        if not entry.name.startswith(prefixes) or not entry.is_dir(follow_symlinks=False):
             continue
-        if _alive(int(found.group(1))):
-            continue
-        shutil.rmtree(entry.path, ignore_errors=True)
-        removed += 1
+        try:
+            if entry.stat(follow_symlinks=False).st_mtime > cutoff:
+                continue
+            with _held(Path(entry.path)):  # held by its writer: BlockingIOError, left alone
+                shutil.rmtree(entry.path)
+            removed += 1
+        except OSError:
+            continue  # held, or gone meanwhile, or not ours to remove
     return removed
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process of this id runs (one of another user counts: it may be a writer)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: it exists
-        return True
-    return True
 
 
 def check_replaceable(out_dir: str | Path) -> None:
@@ -285,8 +293,10 @@ def write_artifact(
         raise ArtifactError("no valid items: nothing to build (see the rejects summary)")
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_writes(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{_WRITER}-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{_TEMP_TAG}", dir=out.parent))
+    held = ExitStack()  # the locks on this write's folders (remove_dead_writes)
     try:
+        held.enter_context(_held(tmp))
         vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
         np.save(tmp / "embeddings.npy", vectors)
         with (tmp / "items.jsonl").open("w", encoding="utf-8") as handle:
@@ -352,15 +362,20 @@ def write_artifact(
         tmp.chmod(folder_mode)
         check_replaceable(out)  # here, just before it is replaced (builds check at their start)
         if out.exists():
-            backup = out.with_name(f".{out.name}.{_WRITER}-old")
+            backup = out.with_name(f".{out.name}{_OLD_TAG}{os.urandom(4).hex()}")
+            # the old artifact, held under its backup name (another write swapping it now
+            # finishes first: the last write wins, as before)
+            held.enter_context(_held(out, wait=True))
             out.rename(backup)
             tmp.rename(out)
             shutil.rmtree(backup, ignore_errors=True)
         else:
             tmp.rename(out)
     except BaseException:
+        held.close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    held.close()
     return out
 
 

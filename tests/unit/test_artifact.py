@@ -115,29 +115,48 @@ def test_overwrite_is_atomic_and_leaves_no_temp_dirs(tmp_path: Path) -> None:
 
 def test_a_write_killed_midway_leaves_nothing_after_the_next_write(tmp_path: Path) -> None:
     """Review (s41): a build killed with -9 while writing left its hidden partial artifact
-    (as large as the real one) for ever. The next write of the same folder on this host
-    removes the temporary folders of writers that are gone, never a live writer's."""
+    (as large as the real one) for ever. A write holds a lock on its folders while it works;
+    the next write of the same output removes those no one holds (a process that died holds
+    none), never a live writer's, whatever its process id or container, nor a young one."""
     import subprocess
     import sys
+    import time
 
-    from stygig.artifact import _WRITER
+    def folder(name: str, age_s: float = 3600.0) -> Path:
+        path = tmp_path / name
+        (path / "sub").mkdir(parents=True)
+        (path / "embeddings.npy").write_bytes(b"x" * 1000)
+        then = time.time() - age_s
+        os.utime(path, (then, then))
+        return path
 
-    host = _WRITER.rsplit("~", 1)[0]
-    finished = subprocess.run(  # a process that has ended: its id names no one now
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    dead = folder(".art.stygig-tmp-k7q2x9ab")  # a writer killed mid-way
+    old = folder(".art.stygig-old-1a2b3c4d")  # killed between its two renames
+    young = folder(".art.stygig-tmp-justmade", age_s=0)  # its writer may not hold it yet
+    live = folder(".art.stygig-tmp-livewrtr")
+    other = folder(".other.stygig-tmp-k7q2x9ab")  # another output's
+    # another process holds `live` (as a writer in any process or container would)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY);"
+            " fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()",
+            str(live),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
-    dead_pid = int(finished.stdout)
-    dead = tmp_path / f".art.{host}~{dead_pid}-k7q2x9ab"
-    (dead / "sub").mkdir(parents=True)
-    (dead / "embeddings.npy").write_bytes(b"x" * 1000)
-    backup = tmp_path / f".art.{host}~{dead_pid}-old"
-    backup.mkdir()
-    live = tmp_path / f".art.{host}~{os.getppid()}-abcdefgh"  # the test runner's parent: alive
-    live.mkdir()
-    other_host = tmp_path / f".art.elsewhere~{dead_pid}-abcdefgh"  # a shared folder
-    other_host.mkdir()
-    _write(tmp_path / "art", n=10)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["art", live.name, other_host.name])
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        _write(tmp_path / "art", n=10)
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+            ["art", young.name, live.name, other.name]
+        )
+        assert not dead.exists() and not old.exists()
+    finally:
+        holder.communicate("", timeout=30)
 
 
 def test_a_folder_that_is_not_an_artifact_is_never_replaced(tmp_path: Path) -> None:
