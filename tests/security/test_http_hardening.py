@@ -181,7 +181,11 @@ def test_a_loopback_server_answers_only_its_own_names_and_same_site_changes(
             headers={"content-type": "text/plain", "Origin": origin},
         )
         assert reload.status_code == 403, origin  # a form's simple request: no preflight
-    for host, origin in ((f"localhost:{server.port}", own), (f"[::1]:{server.port}", own)):
+    for host, origin in (
+        (f"localhost:{server.port}", own),
+        (f"[::1]:{server.port}", own),
+        ("localhost:8443", "https://localhost:8443"),  # a TLS proxy here that keeps the Host
+    ):
         r = httpx.post(post, content=body, headers={**jpeg, "Host": host, "Origin": origin})
         assert r.status_code == 200, (host, origin)  # this server's names, its port
     with capped_server(sample[1], tmp_path / "log", "--allowed-host", "Shop.Example") as s:
@@ -193,13 +197,15 @@ def test_a_loopback_server_answers_only_its_own_names_and_same_site_changes(
             headers={**jpeg, "Host": "127.0.0.1", "Origin": "https://shop.example"},
         )
         assert r.status_code == 200  # a proxy that rewrites Host: the public name is allowed
-        for origin in ("https://shop.example:8443", "http://localhost:3000"):
+        # ... on any port and scheme (the operator named it as this server's: review of
+        # session 41's fixes, 4), unlike this machine's own names on another port
+        for origin, status in (("https://shop.example:8443", 200), ("http://localhost:3000", 403)):
             r = httpx.post(
                 f"{s.url}/invocations",
                 content=body,
                 headers={**jpeg, "Host": "127.0.0.1", "Origin": origin},
             )
-            assert r.status_code == 403, origin
+            assert r.status_code == status, origin
         r = httpx.get(f"{s.url}/v1/config", headers={"Host": "other.example"})
         assert r.status_code == 400
     # Bound elsewhere (the container, behind a proxy that may rewrite Host): no such checks,

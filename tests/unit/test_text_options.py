@@ -67,3 +67,21 @@ def test_a_list_at_its_bound_may_end_with_a_comma() -> None:
     assert split_text_list([",".join(ids) + ","], "exclude_ids", MAX_EXCLUDE_IDS) == ids
     with pytest.raises(InvalidOptionsError, match="exclude_ids: at most 1,000 values"):
         split_text_list([",".join(ids) + ",x"], "exclude_ids", MAX_EXCLUDE_IDS)
+
+
+def test_a_browser_page_of_another_origin_is_told_apart() -> None:
+    """Review of session 41's fixes (6): a body without a type is read from its bytes for SDKs
+    and CLIs, never for a browser page elsewhere (it posts such bodies with no preflight)."""
+    from stygig.serving.requests import from_another_site
+
+    assert not from_another_site({"host": "127.0.0.1:8080"})  # boto3, curl, SageMaker
+    assert not from_another_site({"host": "a:1", "origin": "http://a:1"})
+    assert not from_another_site({"host": "a:1", "sec-fetch-site": "same-origin"})
+    assert not from_another_site({"host": "a:1", "sec-fetch-site": "none"})  # typed by hand
+    assert from_another_site({"host": "a:1", "origin": "http://b:1"})
+    assert from_another_site({"host": "a:1", "origin": "http://a:2"})
+    assert from_another_site({"host": "a:1", "origin": "null"})
+    assert from_another_site({"host": "a:1", "sec-fetch-site": "same-site"})
+    assert from_another_site(
+        {"host": "a:1", "sec-fetch-site": "cross-site", "origin": "http://a:1"}
+    )

@@ -388,6 +388,16 @@ def _csv_header(path: Path) -> list[str]:
     return header
 
 
+def _field_limit_at_least(chars: int) -> None:
+    """Raise csv's field limit (one for the whole process) to ``chars``, never lower it. A
+    quoted field of many lines may pass csv's 128 KiB (a row rejected for it above MAX_VALUE,
+    as on one line); cut inside it, the reader read the rest of the field as rows (review,
+    session 41: 69 phantom rejects, 2 rows lost). Raised, not set and restored around each
+    row: two readers at once left it raised anyway (review of session 41's fixes, 7)."""
+    if csv.field_size_limit() < chars:
+        csv.field_size_limit(chars)
+
+
 def _csv_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, str | None], str]]]:
     header = _csv_header(path)
 
@@ -398,18 +408,13 @@ def _csv_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, str 
             number = 0
             while True:
                 start = reader.line_num
-                # A quoted field of many lines may pass csv's 128 KiB (a row rejected for it
-                # above MAX_VALUE, as on one line); cut inside it, the reader read the rest of
-                # the field as rows (review, session 41: 69 phantom rejects, 2 rows lost).
-                limit = csv.field_size_limit(MAX_LINE_CHARS)
+                _field_limit_at_least(MAX_LINE_CHARS)
                 try:
                     values, error = next(reader), None
                 except StopIteration:
                     return
                 except csv.Error as e:
                     values, error = [], e
-                finally:
-                    csv.field_size_limit(limit)  # the process's own, for other readers
                 if error is not None:
                     number += 1
                     yield number, {}, f"unparseable CSV row: {error}"

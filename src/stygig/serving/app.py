@@ -711,10 +711,12 @@ class _Boundary:
             await send(message)
 
         self.service.requests += 1
+        refused_route = "unmatched"
         try:
             server = scope.get("server") or (None, None)
             refused = self._refuse(scope["method"], scope["path"], headers, server[1])
             if refused is not None:
+                refused_route = self._match(scope)  # routing never ran: named for the log
                 await refused(scope, receive, send_with_id)
             else:
                 # The hot POST routes skip Starlette's routing and middleware (see _direct).
@@ -731,7 +733,7 @@ class _Boundary:
             self.service.requests -= 1
             self.bodies_in_flight -= body.total
             seconds = time.perf_counter() - t0
-            route = self._route(scope)
+            route = str(getattr(scope.get("route"), "path", None) or refused_route)
             self.metrics.requests.labels(route, method_label(scope["method"]), str(status)).inc()
             self.metrics.latency.labels(route).observe(seconds)
             access_log.info(
@@ -750,13 +752,10 @@ class _Boundary:
                 },
             )
 
-    def _route(self, scope: Scope) -> str:
-        """The declared route a request went to, for metrics and the access log: routing's,
-        or for a request refused before routing (a 413 on /invocations, a 401), the route its
-        method and path match; ``unmatched`` for none (a bounded label either way)."""
-        route = scope.get("route")
-        if route is not None:
-            return str(getattr(route, "path", "unmatched"))
+    def _match(self, scope: Scope) -> str:
+        """The declared route a request refused before routing (a 413 on /invocations, a
+        401) would have gone to, for metrics and the access log; ``unmatched`` for none (a
+        bounded label either way). Only refusals pay for it: routing names the others."""
         for candidate in self.routes:
             match, _ = candidate.matches(scope)
             if match is Match.FULL:
@@ -857,7 +856,7 @@ def _cross_site(
     if (
         origin is not None
         and method not in _SAFE_METHODS
-        and _origin(origin) not in _own_origins(headers.get("host", ""), allowed, port)
+        and not _own_origin(_origin(origin), headers.get("host", ""), allowed, port)
     ):
         return ForbiddenError("a cross-site request may not change anything here")
     return None
@@ -891,30 +890,29 @@ def _is_loopback(name: str) -> bool:
         return False
 
 
-def _own_origins(
-    host_header: str, allowed: frozenset[str], port: int | None
-) -> set[tuple[str, str, int] | None]:
-    """The origins whose pages may change things on a loopback-bound server (review, session
-    41: the host name alone let ``http://localhost:3000``, any other local web app, post here).
+def _own_origin(
+    origin: tuple[str, str, int] | None, host_header: str, allowed: frozenset[str], port: int | None
+) -> bool:
+    """Whether a page of ``origin`` may change things on a loopback-bound server (review,
+    session 41: the host name alone let ``http://localhost:3000``, any other local web app,
+    post here):
 
-    * the origin the request was addressed to: ``http://`` and its ``Host`` (the page posts to
-      its own origin);
-    * this machine's names at the port the server was reached on (``port``), over ``http``
-      (the server speaks plain HTTP);
-    * an ``--allowed-host`` name (the public name of a proxy on this machine) over ``http`` or
-      ``https`` at their default ports, or at the port of a ``Host`` that names it."""
-    own: set[tuple[str, str, int] | None] = {_with_port("http", host_header.strip().lower())}
-    named = _hostname(host_header)
-    for name in allowed:
-        if _is_loopback(name):
-            if port is not None:
-                own.add(("http", name, port))
-        else:
-            own |= {("http", name, 80), ("https", name, 443)}
-            if name == named:
-                own.add(_with_port("https", host_header.strip().lower()))
-    own.discard(None)
-    return own
+    * the origin the request was addressed to, by its ``Host``: the page posts to its own
+      origin (over ``https`` too: a TLS proxy on this machine that keeps the ``Host``);
+    * this machine's names at the port the server was reached on (``port``), over ``http``;
+    * an ``--allowed-host`` name (the public name of a proxy in front of it), any scheme and
+      port: the operator named it as this server's."""
+    if origin is None:
+        return False
+    scheme, name, at = origin
+    addressed = _with_port(scheme, host_header.strip().lower())
+    if addressed is not None and addressed[1:] == (name, at):
+        return True
+    if name not in allowed:
+        return False
+    if _is_loopback(name):
+        return scheme == "http" and port is not None and at == port
+    return True
 
 
 def _hostname(authority: str) -> str:
@@ -1144,10 +1142,15 @@ async def parse_request(
     ]
     if multipart and kind == "multipart/form-data":
         return await _parse_multipart(request, service, params)
-    if kind not in rq.IMAGE_TYPES and kind != JSON and kind not in rq.OPAQUE_TYPES:
+    opaque = kind in rq.OPAQUE_TYPES
+    if opaque and rq.from_another_site(request.headers):
+        # A browser sends a body without a type from any page, with no preflight: a page
+        # elsewhere could post to a server without a token (review of session 41's fixes, 6)
+        raise rq.unsupported(kind, multipart=multipart)
+    if kind not in rq.IMAGE_TYPES and kind != JSON and not opaque:
         raise rq.unsupported(kind, multipart=multipart)
     body = await request.body()
-    if kind in rq.OPAQUE_TYPES:
+    if opaque:
         kind = rq.told_from_bytes(body, kind, multipart=multipart)
     if kind == JSON:
         if len(body) <= INLINE_MAX_BYTES and service.requests <= 1 and service.in_flight == 0:
@@ -1339,7 +1342,8 @@ def _routes(
         # One record per request: a body is one query (several JSON lines are refused). As
         # many at once as the encoder batches, within SageMaker's rule that concurrency x
         # payload stays within 100 MB.
-        payload_mb = max(1, service.config.max_body_bytes // (1024 * 1024))
+        # Whole MB within SageMaker's range (1-100): a limit under 1 MB cannot be said.
+        payload_mb = max(1, min(100, service.config.max_body_bytes // (1024 * 1024)))
         concurrent = max(1, min(service.config.batching.max_batch, 100 // payload_mb))
         return json_response(asdict(ExecutionParameters(concurrent, "SINGLE_RECORD", payload_mb)))
 

@@ -53,6 +53,7 @@ __all__ = [
     "build_request",
     "check_accept",
     "custom_attributes",
+    "from_another_site",
     "json_body_schema",
     "media_type",
     "options_from_params",
@@ -160,6 +161,19 @@ def custom_attributes(header: str | None) -> list[tuple[str, str]]:
         for key, value in parse_qsl(part.strip(), keep_blank_values=False)
         if key in known
     ]
+
+
+def from_another_site(headers: Mapping[str, str]) -> bool:
+    """Whether a browser sent the request from a page of another origin: its
+    ``Sec-Fetch-Site``, else an ``Origin`` other than the ``Host`` it was sent to. SDKs, CLIs
+    and SageMaker send neither."""
+    site = headers.get("sec-fetch-site")
+    if site is not None:
+        return site.strip().lower() not in ("same-origin", "none")
+    origin = headers.get("origin")
+    if origin is None:
+        return False
+    return origin.strip().lower().partition("://")[2] != headers.get("host", "").strip().lower()
 
 
 def told_from_bytes(body: bytes, declared: str, *, multipart: bool = False) -> str:
