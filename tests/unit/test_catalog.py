@@ -235,12 +235,17 @@ def test_a_quoted_field_of_many_lines_over_csvs_limit_rejects_only_its_row(
     body = f'id,image,category,name\nf1,images/a.jpg,shirt,a\nf2,images/a.jpg,shirt,"{text}"\n'
     body += "f3,images/a.jpg,shirt,c\nf4,images/a.jpg,shirt,d\n"
     (tmp_path / "c.csv").write_text(body)
-    limit = csv.field_size_limit(128 << 10)  # csv's own default, whatever ran before
-    try:
-        res = read_catalog(tmp_path / "c.csv")
-    finally:
-        csv.field_size_limit(limit)
+    limit = csv.field_size_limit()
+    res = read_catalog(tmp_path / "c.csv")
+    assert csv.field_size_limit() == limit  # the process's own limit is left as it was
     assert [i.id for i in res.items] == ["f1", "f3", "f4"]
+    # ... also by readers at once (review of the fixes: two left it raised for every reader)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        for found in pool.map(lambda _: read_catalog(tmp_path / "c.csv"), range(8)):
+            assert [i.id for i in found.items] == ["f1", "f3", "f4"]
+    assert csv.field_size_limit() == limit
     assert [(r.row, r.id, r.reason) for r in res.rejects] == [(2, "f2", "bad_value")]
 
 

@@ -29,6 +29,7 @@ import math
 import posixpath
 import re
 import tempfile
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -388,14 +389,22 @@ def _csv_header(path: Path) -> list[str]:
     return header
 
 
-def _field_limit_at_least(chars: int) -> None:
-    """Raise csv's field limit (one for the whole process) to ``chars``, never lower it. A
-    quoted field of many lines may pass csv's 128 KiB (a row rejected for it above MAX_VALUE,
-    as on one line); cut inside it, the reader read the rest of the field as rows (review,
-    session 41: 69 phantom rejects, 2 rows lost). Raised, not set and restored around each
-    row: two readers at once left it raised anyway (review of session 41's fixes, 7)."""
-    if csv.field_size_limit() < chars:
-        csv.field_size_limit(chars)
+_WIDE_FIELDS = threading.Lock()
+
+
+def _wide_row(reader: Any) -> list[str]:
+    """``next(reader)`` with csv's field limit (one for the whole process) at the line bound
+    for that row, then as it was. A quoted field of many lines may pass csv's 128 KiB (a row
+    rejected for it above MAX_VALUE, as on one line); cut inside it, the reader read the rest
+    of the field as rows (review, session 41: 69 phantom rejects, 2 rows lost). The lock keeps
+    two readers at once from leaving it raised (review of session 41's fixes, 7): other code
+    keeps csv's own limit (the outfits reader refuses a field over it)."""
+    with _WIDE_FIELDS:
+        limit = csv.field_size_limit(MAX_LINE_CHARS)
+        try:
+            return list(next(reader))
+        finally:
+            csv.field_size_limit(limit)
 
 
 def _csv_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, str | None], str]]]:
@@ -408,9 +417,8 @@ def _csv_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, str 
             number = 0
             while True:
                 start = reader.line_num
-                _field_limit_at_least(MAX_LINE_CHARS)
                 try:
-                    values, error = next(reader), None
+                    values, error = _wide_row(reader), None
                 except StopIteration:
                     return
                 except csv.Error as e:
