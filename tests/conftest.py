@@ -35,6 +35,17 @@ def garment_image(
     return Image.fromarray(arr, "RGB")
 
 
+def closed_schema(node: Any) -> Any:
+    """A JSON schema (or any part of one) with every object that lists its properties
+    refusing any other: an answer validated against it may hold nothing undocumented."""
+    if isinstance(node, dict):
+        node = {k: closed_schema(v) for k, v in node.items()}
+        if node.get("type") == "object" and "properties" in node:
+            node.setdefault("additionalProperties", False)
+        return node
+    return [closed_schema(v) for v in node] if isinstance(node, list) else node
+
+
 def encode(img: Image.Image, fmt: str = "JPEG", **kwargs: object) -> bytes:
     """Encode an image to bytes in ``fmt``."""
     buf = io.BytesIO()

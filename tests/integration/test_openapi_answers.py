@@ -24,6 +24,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from stygig.serving.app import ServerConfig, create_app
+from tests.conftest import closed_schema
 from tests.integration.test_jobs import async_server, wait_for
 
 pytestmark = pytest.mark.slow
@@ -32,16 +33,6 @@ JSON = "application/json"
 BINARY = {"type": "string", "format": "binary"}
 #: The routes whose successful answers are not JSON.
 NOT_JSON = {"/metrics", "/v1/items/{item_id}/image", "/v1/examples/{name}"}
-
-
-def _closed(node: Any) -> Any:
-    """``node`` with every object that lists its properties refusing any other."""
-    if isinstance(node, dict):
-        node = {k: _closed(v) for k, v in node.items()}
-        if node.get("type") == "object" and "properties" in node:
-            node.setdefault("additionalProperties", False)
-        return node
-    return [_closed(v) for v in node] if isinstance(node, list) else node
 
 
 def _refs(node: Any) -> Iterator[str]:
@@ -66,7 +57,7 @@ class Answers:
 
     def __init__(self, document: dict[str, Any]) -> None:
         self.document = document
-        self.schemas = _closed(document["components"]["schemas"])
+        self.schemas = closed_schema(document["components"]["schemas"])
         self.checked: set[tuple[str, str]] = set()
 
     def check(self, method: str, path: str, answer: httpx.Response) -> Any:
@@ -88,7 +79,7 @@ class Answers:
             return None
         data = answer.json()
         validator = jsonschema.Draft202012Validator(
-            {**_closed(schema), "components": {"schemas": self.schemas}}
+            {**closed_schema(schema), "components": {"schemas": self.schemas}}
         )
         errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(data)]
         assert not errors, (method, path, status, errors)

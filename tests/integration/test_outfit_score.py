@@ -14,6 +14,7 @@ import pytest
 
 from stygig.engine import Recommender
 from stygig.recommendation import MAX_OUTFIT_ITEMS, OutfitRequest
+from tests.conftest import closed_schema
 from tests.integration.server_fixtures import Server, running_server
 
 pytestmark = pytest.mark.slow
@@ -42,15 +43,6 @@ def client(server: Server) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="module")
 def rec(sample: tuple[Path, Path]) -> Recommender:
     return Recommender.from_path(sample[1])
-
-
-def _closed(node: Any) -> Any:
-    if isinstance(node, dict):
-        node = {k: _closed(v) for k, v in node.items()}
-        if node.get("type") == "object" and "properties" in node:
-            node.setdefault("additionalProperties", False)
-        return node
-    return [_closed(v) for v in node] if isinstance(node, list) else node
 
 
 def _without_timings(body: dict[str, Any]) -> dict[str, Any]:
@@ -85,7 +77,7 @@ def test_openapi_documents_the_route_and_answers_validate_strictly(
     )
     assert "candidate_ids" in schemas["Options"]["properties"]
     validator = jsonschema.Draft202012Validator(
-        {**_closed(schemas["OutfitScore"]), "components": {"schemas": _closed(schemas)}}
+        {**closed_schema(schemas["OutfitScore"]), "components": {"schemas": closed_schema(schemas)}}
     )
     data = client.post("/v1/outfits/score", json={"item_ids": SET}).json()
     assert not [e.message for e in validator.iter_errors(data)]

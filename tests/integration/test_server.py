@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from stygig.engine import Options, Query, Recommender
-from tests.conftest import encode, garment_image
+from tests.conftest import closed_schema, encode, garment_image
 from tests.integration.server_fixtures import (
     Server,
     exit_code,
@@ -116,16 +116,8 @@ def test_openapi_documents_every_option_and_the_whole_answer(
         ref = route["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
         assert ref == "#/components/schemas/Recommendation"
 
-    def closed(node: Any) -> Any:  # refuse undocumented keys anywhere in an answer
-        if isinstance(node, dict):
-            node = {k: closed(v) for k, v in node.items()}
-            if node.get("type") == "object" and "properties" in node:
-                node.setdefault("additionalProperties", False)
-            return node
-        return [closed(v) for v in node] if isinstance(node, list) else node
-
     validator = jsonschema.Draft202012Validator(
-        {**closed(answer), "components": {"schemas": closed(schemas)}}
+        {**closed_schema(answer), "components": {"schemas": closed_schema(schemas)}}
     )
     photo = base64.b64encode(_photo(sample)).decode()
     for body in (

@@ -39,6 +39,7 @@ from stygig.sample_catalog import (
     kaggle_demo_catalog,
     plan_sample_catalog,
 )
+from tests.conftest import closed_schema
 
 KAGGLE = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "fashion-products"
 SET = ["sku-0014", "sku-0040", "sku-0085", "sku-0115"]  # shirt, jeans, loafers, handbag
@@ -47,16 +48,6 @@ SET = ["sku-0014", "sku-0040", "sku-0085", "sku-0115"]  # shirt, jeans, loafers,
 @pytest.fixture(scope="module")
 def rec(sample: tuple[Path, Path]) -> Recommender:
     return Recommender.from_path(sample[1])
-
-
-def _closed(node: object) -> object:
-    """The schema with undocumented keys refused everywhere."""
-    if isinstance(node, dict):
-        node = {k: _closed(v) for k, v in node.items()}
-        if node.get("type") == "object" and "properties" in node:
-            node.setdefault("additionalProperties", False)
-        return node
-    return [_closed(v) for v in node] if isinstance(node, list) else node
 
 
 # -- score_outfit -------------------------------------------------------------------------------
@@ -113,7 +104,7 @@ def test_the_json_is_what_its_schema_says(rec: Recommender) -> None:
     schema = outfit_score_schema()
     defs = schema.pop("$defs", {})
     validator = jsonschema.Draft202012Validator(
-        {**_closed(schema), "components": {"schemas": _closed(defs)}}  # type: ignore[dict-item]
+        {**closed_schema(schema), "components": {"schemas": closed_schema(defs)}}  # type: ignore[dict-item]
     )
     data = rec.score_outfit(SET).to_dict()
     assert not [e.message for e in validator.iter_errors(data)]
