@@ -284,14 +284,29 @@ def read_header(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> ImageHeade
 
 
 def check_header(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> None:
-    """Refuse what :func:`decode_image` would refuse before reading a pixel, with its errors
-    and codes: over the byte limit, not an image or not an accepted format, a malformed
-    structure or header, too many pixels, too small or too elongated. A photo that passes may
-    still be corrupt in its pixels, which only decoding shows (an asynchronous job's input is
-    checked so at submission and decoded when the job runs)."""
-    data, _ = _check_format(_read_source(data, limits), limits)
+    """Refuse what :func:`decode_image` refuses before it reads a pixel (:func:`_opened`), with
+    its errors and codes. A photo that passes may still be corrupt in its pixels, which only
+    decoding shows (an asynchronous job's input is checked so at submission and decoded when
+    the job runs), or cost too much to decode at the size its encoder asks for."""
+    _opened(data, limits)
+
+
+def _opened(source: bytes | str | Path, limits: ImageLimits) -> tuple[Image.Image, int]:
+    """The image with its header parsed and no pixel read, and its JPEG scans, after every
+    check made from its bytes and header: over the byte limit, not an image or not an accepted
+    format, a malformed structure or header, too many pixels, too small or too elongated, a
+    PNG's rows over their bound."""
+    data = _read_source(source, limits)
+    data, scans = _check_format(data, limits)
     img = _open(data)
     _check_header(*img.size, len(data), limits, str(img.format))
+    if img.format == "PNG" and png_raw_bytes(data) > 4 * limits.max_whole_decode_pixels:
+        raise ImageTooLargeError(
+            f"a PNG may hold at most {4 * limits.max_whole_decode_pixels:,} bytes of rows "
+            f"({limits.max_whole_decode_pixels:,} pixels of 8-bit RGBA, half as many of "
+            "16-bit); send a smaller image or a JPEG"
+        )
+    return img, scans
 
 
 def _read_source(source: bytes | str | Path, limits: ImageLimits) -> bytes:
@@ -708,16 +723,7 @@ def decode_image(
         UnsupportedMediaError: a real image in a format StyGig does not accept (GIF, TIFF, ...).
         ImageTooLargeError: over the byte, pixel, pixels-per-byte, scan, segment or chunk limit.
     """
-    data = _read_source(source, limits)
-    data, scans = _check_format(data, limits)
-    img = _open(data)
-    _check_header(*img.size, len(data), limits, str(img.format))
-    if img.format == "PNG" and png_raw_bytes(data) > 4 * limits.max_whole_decode_pixels:
-        raise ImageTooLargeError(
-            f"a PNG may hold at most {4 * limits.max_whole_decode_pixels:,} bytes of rows "
-            f"({limits.max_whole_decode_pixels:,} pixels of 8-bit RGBA, half as many of "
-            "16-bit); send a smaller image or a JPEG"
-        )
+    img, scans = _opened(source, limits)
     cost = decode_bytes(img, min_size, scans)
     if cost > limits.max_decode_bytes:
         raise ImageTooLargeError(

@@ -37,6 +37,7 @@ __all__ = [
     "Query",
     "check_json_values",
     "check_part_count",
+    "opens_a_json_object",
     "option_parameters",
     "options_from_params",
     "options_schema",
@@ -56,6 +57,14 @@ MAX_QUERY_PARTS = 8
 #: without ``ContentType`` sends none. Such a body is told from its bytes (a photo by its
 #: signature, a JSON request by its ``{``), in real time and in asynchronous jobs alike.
 OPAQUE_CONTENT_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
+
+
+def opens_a_json_object(data: bytes) -> bool:
+    """Whether ``data`` starts like a JSON object: ``{`` after white space or a UTF-8 byte
+    order mark (how a body without a useful type, or a stored input, is told to be JSON)."""
+    return data.lstrip().removeprefix(b"\xef\xbb\xbf").lstrip()[:1] == b"{"
+
+
 # Bounds on what a client may ask for: work and memory per request follow from these, and
 # error messages name the field and the bound, never the value the client sent.
 MAX_TEXT = 200  # one category, gender, id or filter value

@@ -45,6 +45,7 @@ from stygig.errors import (
     ServerError,
     StygigError,
 )
+from stygig.recommendation import opens_a_json_object
 
 __all__ = [
     "MAX_TIME_LIMIT_S",
@@ -100,7 +101,7 @@ def sniff_content_type(head: bytes) -> str | None:
         return "image/png"
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "image/webp"
-    if head.removeprefix(b"\xef\xbb\xbf").lstrip()[:1] == b"{":
+    if opens_a_json_object(head):
         return "application/json"
     return None
 

@@ -61,6 +61,7 @@ from stygig.locations import InputLocations
 from stygig.recommendation import (
     OPAQUE_CONTENT_TYPES,
     check_part_count,
+    opens_a_json_object,
     parse_json_object,
     split_json_request,
 )
@@ -154,7 +155,7 @@ def _split_json_input(
 def _is_json(body: bytes, content_type: str | None) -> bool:
     kind = (content_type or "").split(";", 1)[0].strip().lower()
     if kind in OPAQUE_CONTENT_TYPES:  # no type, or application/octet-stream: by the bytes
-        return body.lstrip().removeprefix(b"\xef\xbb\xbf").lstrip()[:1] == b"{"
+        return opens_a_json_object(body)
     return kind in _JSON_TYPES
 
 

@@ -1142,7 +1142,7 @@ async def parse_request(
     ]
     if multipart and kind == "multipart/form-data":
         return await _parse_multipart(request, service, params)
-    opaque = kind in rq.OPAQUE_TYPES
+    opaque = kind in rq.OPAQUE_CONTENT_TYPES
     if opaque and rq.from_another_site(request.headers):
         # A browser sends a body without a type from any page, with no preflight: a page
         # elsewhere could post to a server without a token (review of session 41's fixes, 6)
@@ -1343,7 +1343,7 @@ def _routes(
         # many at once as the encoder batches, within SageMaker's rule that concurrency x
         # payload stays within 100 MB.
         # Whole MB within SageMaker's range (1-100): a limit under 1 MB cannot be said.
-        payload_mb = max(1, min(100, service.config.max_body_bytes // (1024 * 1024)))
+        payload_mb = max(1, min(rq.MAX_PAYLOAD_MB, service.config.max_body_bytes // (1 << 20)))
         concurrent = max(1, min(service.config.batching.max_batch, 100 // payload_mb))
         return json_response(asdict(ExecutionParameters(concurrent, "SINGLE_RECORD", payload_mb)))
 

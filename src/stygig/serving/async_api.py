@@ -303,9 +303,9 @@ async def _spec(
                 f"inline inputs are limited to {config.max_inline_bytes:,} bytes; "
                 "store the input and pass X-Amzn-SageMaker-InputLocation"
             )
-        if content_type in rq.OPAQUE_TYPES and rq.from_another_site(h):
-            raise rq.unsupported(content_type)  # a page elsewhere: see parse_request
-        if content_type in rq.OPAQUE_TYPES:
+        if content_type in rq.OPAQUE_CONTENT_TYPES:
+            if rq.from_another_site(h):  # a page elsewhere: see parse_request
+                raise rq.unsupported(content_type)
             content_type = rq.told_from_bytes(body, content_type)
         elif content_type not in rq.IMAGE_TYPES and content_type != JSON:
             raise rq.unsupported(content_type)

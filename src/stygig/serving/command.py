@@ -46,18 +46,16 @@ def default_port() -> int:
     return int(value) if value.isdigit() else 8080
 
 
-#: The largest body a SageMaker batch transform may send (``MaxPayloadInMB``, 1-100).
-MAX_PAYLOAD_MB = 100
-
-
 def default_max_body_mb() -> float:
     """``SAGEMAKER_MAX_PAYLOAD_IN_MB`` when set (a batch transform's ``MaxPayloadInMB``, which
     SageMaker gives its container: a record up to that size must not be refused), else 6 (the
     real-time endpoints' payload limit)."""
+    from stygig.serving.requests import MAX_BODY_BYTES, MAX_PAYLOAD_MB
+
     value = os.environ.get("SAGEMAKER_MAX_PAYLOAD_IN_MB", "").strip()
     if value.isdigit() and 1 <= int(value) <= MAX_PAYLOAD_MB:
         return float(value)
-    return 6.0  # stygig.serving.requests.MAX_BODY_BYTES, in MB
+    return MAX_BODY_BYTES / (1024 * 1024)
 
 
 def max_body_mb(args: argparse.Namespace) -> float:

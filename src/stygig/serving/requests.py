@@ -36,6 +36,7 @@ from stygig.recommendation import (
     MAX_QUERY_PARTS,
     MAX_TEXT,
     OPAQUE_CONTENT_TYPES,
+    opens_a_json_object,
     options_from_params,
     options_schema,
     params_to_dict,
@@ -46,7 +47,8 @@ from stygig.recommendation import (
 __all__ = [
     "IMAGE_TYPES",
     "MAX_BODY_BYTES",
-    "OPAQUE_TYPES",
+    "MAX_PAYLOAD_MB",
+    "OPAQUE_CONTENT_TYPES",
     "NotAcceptableError",
     "ParsedRequest",
     "PayloadTooLargeError",
@@ -68,9 +70,10 @@ __all__ = [
 
 #: SageMaker's real-time payload limit.
 MAX_BODY_BYTES = 6 * 1024 * 1024
+#: The largest body a SageMaker batch transform may send (``MaxPayloadInMB``, 1-100), in MB.
+MAX_PAYLOAD_MB = 100
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "application/x-image"})
 _ACCEPTABLE = ("application/json", "application/*", "*/*")
-OPAQUE_TYPES = OPAQUE_CONTENT_TYPES  # see there: a body told from its bytes
 
 
 @dataclass(frozen=True)
@@ -177,14 +180,14 @@ def from_another_site(headers: Mapping[str, str]) -> bool:
 
 
 def told_from_bytes(body: bytes, declared: str, *, multipart: bool = False) -> str:
-    """The content type a body sent as one of :data:`OPAQUE_TYPES` is read as: an image (any
+    """The content type a body sent as one of :data:`OPAQUE_CONTENT_TYPES` is read as: an image (any
     format this server recognises; the decode refuses the ones it does not accept, saying
     which) or an empty body as ``application/x-image``, a JSON object (``{`` after white space
     or a UTF-8 byte order mark) as ``application/json``; anything else is refused (415) as a
     body of the declared type is."""
     if not body or looks_like_image(body):
         return "application/x-image"
-    if body.lstrip(b" \t\r\n").removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")[:1] == b"{":
+    if opens_a_json_object(body):
         return "application/json"
     raise unsupported(declared, multipart=multipart, sniffed=True)
 
