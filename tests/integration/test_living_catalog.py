@@ -444,7 +444,62 @@ def test_cli_apply_refuses_a_nul_in_a_photo_path_as_its_change(
         change = {"op": "add", "item": {"id": "nul-1", "category": "dress"}, "image": image}
         (tmp_path / "changes.jsonl").write_text(json.dumps(change) + "\n", encoding="utf-8")
         args = _cli(["apply", str(tmp_path / "changes.jsonl"), "--artifact", str(art)])
-        with pytest.raises(InputError, match="change 1: a path holds a NUL character"):
+        with pytest.raises(InputError, match="line 1: a path holds a NUL character"):
+            args.func(args)
+
+
+def test_cli_apply_says_which_lines_went_in_and_resumes(
+    workspace: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review, session 42: a file sent in parts (500 changes a request, 1,000 a group on a
+    folder) whose later part was refused left the earlier parts applied while the error said
+    only "change 50" (of the part: line 550 of the file), so a rerun applied them twice. The
+    error names the file's line and what went in; ``--from-line`` sends the rest."""
+    from stygig.errors import StygigError
+
+    _, art, log = workspace
+
+    def changes(n: int, bad: int) -> Path:
+        rows = [
+            {"op": "update", "id": "nope" if i == bad else "sku-0001", "set": {"stock": i}}
+            for i in range(1, n + 1)
+        ]
+        path = tmp_path / f"changes-{n}.jsonl"
+        path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+        return path
+
+    # A folder: groups of 1,000; line 1,050 refused after the first group went in.
+    args = _cli(["apply", str(changes(1100, 1050)), "--artifact", str(art)])
+    with pytest.raises(StygigError) as refused:
+        args.func(args)
+    message = refused.value.message
+    assert message.startswith("line 1050: ") and "--from-line 1001" in message, message
+    assert "(1000 change(s);" in message
+    status = _cli(["status", "--artifact", str(art), "--json"])
+    status.func(status)
+    assert json.loads(capsys.readouterr().out)["sequence"] == 1
+    with living_server(art, log, tmp_path / "server.log") as (url, _):
+        # A server: requests of 500; line 550 refused after lines 1-500 went in (sequence 2).
+        path = changes(600, 550)
+        args = _cli(["apply", str(path), "--url", url])
+        with pytest.raises(StygigError) as refused:
+            args.func(args)
+        message = refused.value.message
+        assert "(404): line 550: " in message and "--from-line 501" in message, message
+        with httpx.Client() as client:
+            assert client.get(f"{url}/v1/catalog/version").json()["sequence"] == 2
+        # Fixed, the rest goes in once: one more record, the last stock is line 600's.
+        path.write_text(path.read_text(encoding="utf-8").replace('"nope"', '"sku-0001"'))
+        args = _cli(["apply", str(path), "--url", url, "--from-line", "501", "--json"])
+        assert args.func(args) == 0
+        assert json.loads(capsys.readouterr().out)["applied"] == 100
+        with httpx.Client() as client:
+            assert client.get(f"{url}/v1/catalog/version").json()["sequence"] == 3
+            item = client.get(f"{url}/v1/items/sku-0001").json()
+        assert item["stock"] == 600
+        # A refusal of the first part: nothing went in.
+        args = _cli(["apply", str(changes(3, 2)), "--url", url])
+        with pytest.raises(StygigError, match=r"line 2: .*nothing was applied: lines 1-3"):
             args.func(args)
 
 

@@ -22,6 +22,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,6 +239,14 @@ def register(subparsers: Any) -> None:
 
     q = sub.add_parser("apply", help="apply a JSON Lines file of changes")
     q.add_argument("file", help="a JSON Lines file of changes, or - for standard input")
+    q.add_argument(
+        "--from-line",
+        type=int,
+        default=1,
+        metavar="N",
+        help="skip the file's lines before N (resume after a refusal: the error says which "
+        "lines went in and the N to give)",
+    )
     target(q)
     q.set_defaults(func=_cmd_apply)
 
@@ -294,7 +303,7 @@ CHANGES_FILE_MAX_BYTES = 512 << 20
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
-    from stygig.errors import InputError, StygigError
+    from stygig.errors import InputError, InvalidOptionsError, StygigError
     from stygig.storage import read_bytes
 
     path = Path(args.file)
@@ -313,16 +322,53 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         raise InputError("cannot read the changes file: it is not UTF-8 text") from None
     except (OSError, StygigError) as e:
         raise InputError(f"cannot read the changes file: {e}") from None
-    changes = []
+    if args.from_line < 1:
+        raise InvalidOptionsError("--from-line must be 1 or more")
+    changes: list[_Line] = []
     for number, line in enumerate(lines, 1):
-        if not line.strip():
+        if number < args.from_line or not line.strip():
             continue
         try:
             change = json.loads(line)
         except (ValueError, RecursionError):
             raise InputError(f"line {number}: not a JSON object") from None
-        changes.append(_inline_photo(change, path.parent, args.url is not None))
+        changes.append(_Line(number, _inline_photo(change, path.parent, args.url is not None)))
     return _send(args, changes)
+
+
+@dataclass(frozen=True)
+class _Line:
+    """One change of a changes file and its line number there."""
+
+    number: int
+    change: Any
+    word: str = "line"  # "change" for the changes a command's arguments make
+
+    @property
+    def label(self) -> str:
+        return f"{self.word} {self.number}"
+
+
+def _refused(part: list[_Line], message: str, done: dict[str, Any] | None) -> str:
+    """What to tell the operator when the changes of ``part`` (one request or group, applied
+    all or nothing) were refused after ``done`` (the answer of the last part that went in):
+    the refused line by its number in the file, what went in before it and how to resume.
+
+    The server and the living catalogue number a request's changes from 1 (``change N: ...``,
+    ``line N: ...``); that is put back as the file's line."""
+    found = re.match(r"(?:change|line) (\d+)(:.*)", message, re.S)
+    if found and 1 <= int(found.group(1)) <= len(part):
+        message = f"{part[int(found.group(1)) - 1].label}{found.group(2)}"
+    lines = f"lines {part[0].number}-{part[-1].number}"
+    if part[0].word != "line":  # a command's own changes: one request
+        return message
+    if done is None:
+        return f"{message} (nothing was applied: {lines} go in together or not at all)"
+    return (
+        f"{message}; none of {lines} was applied, but the lines before line {part[0].number} "
+        f"were ({done['applied']} change(s); catalogue {done.get('catalog_version')}): once "
+        f"it is fixed, send the rest with --from-line {part[0].number}"
+    )
 
 
 def _inline_photo(change: Any, folder: Path, remote: bool) -> Any:
@@ -350,7 +396,9 @@ def _read_photo(path: str | Path) -> bytes:
     return read_bytes(path, max_bytes=DEFAULT_LIMITS.max_bytes)
 
 
-def _send(args: argparse.Namespace, changes: list[Any]) -> int:
+def _send(args: argparse.Namespace, changes: list[_Line] | list[Any]) -> int:
+    """Send a file's changes, or a command's (numbered as changes)."""
+    changes = [c if isinstance(c, _Line) else _Line(n, c, "change") for n, c in enumerate(changes, 1)]
     result = _send_http(args, changes) if args.url else _send_local(args, changes)
     _print(args, result)
     return 0
@@ -366,23 +414,26 @@ def _print(args: argparse.Namespace, result: dict[str, Any]) -> None:
         )
 
 
-def _batches(changes: list[Any]) -> list[bytes]:
-    out: list[bytes] = []
+def _batches(changes: list[_Line]) -> list[tuple[list[_Line], bytes]]:
+    """The changes in requests of at most 500 changes or 4 MB, each with its lines."""
+    out: list[tuple[list[_Line], bytes]] = []
+    part: list[_Line] = []
     lines: list[bytes] = []
     size = 0
     for change in changes:
-        line = json.dumps(change, separators=(",", ":")).encode() + b"\n"
+        line = json.dumps(change.change, separators=(",", ":")).encode() + b"\n"
         if lines and (size + len(line) > _MAX_REQUEST_BYTES or len(lines) >= _MAX_REQUEST_CHANGES):
-            out.append(b"".join(lines))
-            lines, size = [], 0
+            out.append((part, b"".join(lines)))
+            part, lines, size = [], [], 0
+        part.append(change)
         lines.append(line)
         size += len(line)
     if lines:
-        out.append(b"".join(lines))
+        out.append((part, b"".join(lines)))
     return out
 
 
-def _send_http(args: argparse.Namespace, changes: list[Any]) -> dict[str, Any]:
+def _send_http(args: argparse.Namespace, changes: list[_Line]) -> dict[str, Any]:
     import httpx
 
     from stygig.auth import bearer_headers
@@ -390,30 +441,43 @@ def _send_http(args: argparse.Namespace, changes: list[Any]) -> dict[str, Any]:
 
     url = args.url.rstrip("/")
     headers = {**bearer_headers(), "content-type": "application/x-ndjson"}
-    result: dict[str, Any] = {}
+    result: dict[str, Any] | None = None
     applied = 0
     with httpx.Client(timeout=args.timeout) as client:
         if not changes:
             return _get_status(client, url)
-        for body in _batches(changes):
+        for part, body in _batches(changes):
             try:
                 r = client.post(f"{url}/v1/catalog/changes", content=body, headers=headers)
             except httpx.HTTPError as e:
-                raise ServerError(f"the server could not be reached: {type(e).__name__}") from None
+                # A request sent and not answered (a timeout) may have been applied.
+                where = f"lines {part[0].number}-{part[-1].number}"
+                before = (
+                    f"the lines before line {part[0].number} were applied ({applied} "
+                    f"change(s)); "
+                    if result is not None
+                    else ""
+                )
+                raise ServerError(
+                    f"the server could not be reached ({type(e).__name__}) with {where}: "
+                    f"{before}whether {where} were applied, `stygig catalog status` and the "
+                    "items say"
+                ) from None
             data = (
                 r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
             )
             if r.status_code != 200:
                 err = data.get("error", {}) if isinstance(data, dict) else {}
+                message = _refused(part, str(err.get("message", "")), result)
                 error = StygigError(
-                    f"the server refused the changes ({r.status_code}): {err.get('message', '')}",
+                    f"the server refused the changes ({r.status_code}): {message}",
                     code=str(err.get("code", "server_error")),
                 )
                 error.exit_code = 2 if r.status_code < 500 else 7
                 raise error
             applied += int(data.get("applied", 0))
-            result = data
-    result["applied"] = applied
+            result = {**data, "applied": applied}
+    assert result is not None  # there was a change, so a request
     return result
 
 
@@ -450,26 +514,34 @@ def _live(args: argparse.Namespace) -> Any:
     return live
 
 
-def _send_local(args: argparse.Namespace, changes: list[Any]) -> dict[str, Any]:
+def _send_local(args: argparse.Namespace, changes: list[_Line]) -> dict[str, Any]:
     from stygig.catalog.changes import MAX_CHANGES, parse_change
+    from stygig.errors import StygigError
 
     live = _live(args)
     base = Path(args.file).parent if getattr(args, "file", None) else Path.cwd()
     requests = []
-    for n, change in enumerate(changes):
+    for line in changes:
+        change = line.change
         if isinstance(change, dict) and change.get("op") == "add" and "image_b64" not in change:
             item: dict[str, Any] = change["item"] if isinstance(change.get("item"), dict) else {}
             location = change.get("image", item.get("image"))
             # (a NUL is refused by the change's own check, not a resolve's ValueError)
             if isinstance(location, str) and "://" not in location and "\0" not in location:
                 change = {**change, "image": str((base / location).resolve())}
-        requests.append(parse_change(change, f"change {n + 1}"))
+        requests.append(parse_change(change, line.label))
+    done: dict[str, Any] | None = None
     applied = 0
     for start in range(0, len(requests), MAX_CHANGES):
         group = requests[start : start + MAX_CHANGES]
-        if group:
+        try:
             live.submit(group)
-            applied += len(group)
+        except StygigError as e:
+            e.message = _refused(changes[start : start + MAX_CHANGES], e.message, done)
+            e.args = (e.message,)
+            raise
+        applied += len(group)
+        done = _status_of(live.snapshot) | {"applied": applied}
     return _status_of(live.snapshot) | {"applied": applied}
 
 
