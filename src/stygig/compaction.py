@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,7 @@ from stygig.artifact import write_artifact as _write
 from stygig.catalog.changelog import ChangeLog
 from stygig.category_head import add_category_head
 from stygig.errors import ArtifactError
-from stygig.snapshot import CatalogSnapshot, ancestors, replay_batches, snapshot_of
+from stygig.snapshot import CatalogSnapshot, ancestors, lineage_root, replay_batches, snapshot_of
 from stygig.thumbnails import ItemImages
 
 __all__ = ["compact", "replay"]
@@ -119,12 +120,7 @@ def compact(artifact_dir: str | Path, changelog: ChangeLog, out_dir: str | Path)
         thumbnails=thumbnails,
         manifest_extra={
             "version": version,
-            "catalog": {
-                "parent": snap.version,
-                "last_sequence": snap.sequence,
-                # every artifact before the parent, so records written against any still apply
-                "lineage": ancestors(manifest),
-            },
+            "catalog": catalog_entry(manifest, snap.version, snap.sequence),
         },
     )
     if artifact.compat is not None:
@@ -150,3 +146,16 @@ def _new_version(snap: CatalogSnapshot) -> str:
     """A new version id: the parent's, the sequence folded, and the time, hashed."""
     seed = f"{snap.version}+{snap.sequence}@{time.time_ns()}".encode()
     return hashlib.sha256(seed).hexdigest()[:12]
+
+
+def catalog_entry(parent: Mapping[str, Any], version: str, sequence: int) -> dict[str, Any]:
+    """The manifest's ``catalog`` of a version compacted from ``parent`` (a manifest of
+    ``version``) at change-log record ``sequence``."""
+    return {
+        "parent": version,
+        "last_sequence": sequence,
+        # every artifact before the parent, so records written against any still apply
+        "lineage": ancestors(parent),
+        # the build they all descend from, however many compactions ago
+        "root": lineage_root(parent, version),
+    }

@@ -398,7 +398,16 @@ def ancestors(manifest: Mapping[str, Any]) -> list[str]:
 def lineage_root(manifest: Mapping[str, Any], version: str) -> str:
     """The build every version of this catalogue was compacted from (its oldest ancestor, or
     itself): a change-log record written on any of them applies to all of them, ancestors and
-    descendants alike, since they all replay one log."""
+    descendants alike, since they all replay one log.
+
+    A compacted manifest names it (``catalog.root``, inherited by every compaction): the
+    oldest of its 64 remembered ancestors is the root only until the 65th compaction (review,
+    session 42: from then on a replica one version behind took new records for another
+    build's and skipped them). Manifests compacted before it was written: that oldest one."""
+    catalog = manifest.get("catalog")
+    root = catalog.get("root") if isinstance(catalog, Mapping) else None
+    if isinstance(root, str):
+        return root
     older = ancestors(manifest)
     return older[0] if older else version
 
@@ -447,6 +456,8 @@ def apply_record(
     and the reason (an error type's name). Servers, replicas and compaction all replay with
     this, so they agree on every record, even a bad one."""
     sequence = int(record["sequence"])
+    if record.get("unreadable"):  # ChangeLog's stand-in for a damaged record
+        return apply_changes(snap, [], sequence, compat_mode=compat_mode), "UnreadableRecord"
     base, root = record.get("base"), record.get("root")
     manifest = snap.artifact.manifest
     # Ours: written on this version or an ancestor, or on a version compacted from this one

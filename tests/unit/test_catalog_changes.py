@@ -526,3 +526,80 @@ def test_the_available_filter_reads_what_the_answer_shows(live: tuple[LiveCatalo
             ),
         ).to_dict()
         assert out["items"] and {i["available"] for i in out["items"]} == {shown}
+
+
+def test_a_record_of_any_shape_edited_by_hand_is_skipped_and_the_log_goes_on(
+    live: tuple[LiveCatalog, Path], tmp_path: Path
+) -> None:
+    """Review, session 42: a record whose change was ``1`` raised ``AttributeError`` in the
+    replay, so every server sharing the log answered 500 to every change and none could start
+    again. Whatever a hand-edited record holds, it is skipped as the docs say, by servers and
+    compaction alike, and the records after it apply."""
+    from stygig.compaction import compact, replay
+
+    catalog, _folder = live
+    rec = catalog.recommender
+    log = catalog.changelog
+    assert log is not None
+    first = rec.artifact.items[0].id
+    vector = base64.b64encode(np.ones(3, "<f4").tobytes()).decode()
+    bad: list[object] = [
+        [1],
+        [None],
+        ["update"],
+        [[{"op": "update"}]],
+        [{"op": "update", "id": first, "set": [1]}],
+        [{"op": "update", "id": ["a"], "set": {"stock": 1}}],
+        [{"op": "update", "id": {"a": 1}, "set": {"stock": 1}}],
+        [{"op": "add", "id": "x", "item": 5, "vector": vector}],
+        [{"op": "add", "id": "x", "item": {"id": "x", "category": "dress"}, "vector": "!!"}],
+        [{"op": "add", "id": "x", "item": {"id": "x", "category": "dress"}, "vector": vector}],
+        [{"op": "add", "id": "x", "item": {"id": "x"}, "vector": vector, "color": [1]}],
+        [{"op": "remove"}],
+        [{"op": 7, "id": first}],
+    ]
+    sequence = 0
+    for changes in bad:
+        sequence += 1
+        log.append(sequence, changes)  # type: ignore[arg-type]
+    # Not a record of its number at all: the log reads it as one to skip.
+    for raw in ('{"changes": {"a": 1}}', '{"changes": "text"}', "[1]", "not json", "[" * 100_000):
+        sequence += 1
+        log.append(sequence, [])
+        path = Path(log.location) / f"{sequence:012d}.json"
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if raw.startswith("{"):
+            raw = json.dumps({**record, **json.loads(raw)})
+        path.write_text(raw, encoding="utf-8")
+    sequence += 1
+    log.append(sequence, [{"op": "update", "id": first, "set": {"stock": 0}}])
+    assert catalog.catch_up() == sequence
+    snap = rec.snapshot
+    assert snap.sequence == sequence
+    assert not snap.artifact.items[snap.artifact.positions[first]].in_stock
+    replayed, skipped = replay(rec.artifact, log)
+    assert skipped == list(range(1, sequence))
+    summary = compact(rec.artifact.path, log, tmp_path / "v1")
+    assert summary["skipped"] == list(range(1, sequence))
+    compacted = Artifact.load(tmp_path / "v1")
+    assert not compacted.items[compacted.positions[first]].in_stock
+
+
+def test_the_root_build_survives_any_number_of_compactions() -> None:
+    """Review, session 42: a compacted manifest remembers 64 ancestors, and the root was the
+    oldest of them, so from the 65th compaction on the newest version named another root than
+    the one before it, and a replica (or compaction) still on that one skipped its records
+    as another build's. The root is written in the manifest and inherited."""
+    from stygig.compaction import catalog_entry
+    from stygig.snapshot import MAX_LINEAGE, lineage_root
+
+    manifests = [{"version": "v0"}]
+    for n in range(1, MAX_LINEAGE + 5):
+        parent = manifests[-1]
+        catalog = catalog_entry(parent, str(parent["version"]), n)
+        manifests.append({"version": f"v{n}", "catalog": catalog})
+    assert {lineage_root(m, str(m["version"])) for m in manifests} == {"v0"}
+    assert len(manifests[-1]["catalog"]["lineage"]) == MAX_LINEAGE  # still bounded
+    # A manifest compacted before the root was written: the oldest ancestor it remembers.
+    old = {"version": "v9", "catalog": {"parent": "v8", "lineage": ["v3", "v4"]}}
+    assert lineage_root(old, "v9") == "v3"

@@ -143,7 +143,14 @@ class CatalogChange:
 def change_from_record(record: Mapping[str, Any]) -> CatalogChange:
     """Inverse of :meth:`CatalogChange.to_record` (a log written by this module). A change
     holding text no answer can encode (a lone surrogate, which logs written before
-    2026-12-02 could hold) is ``ValueError``: its record is skipped on replay."""
+    2026-12-02 could hold) is ``ValueError``: its record is skipped on replay; so is a change
+    of another shape than this module writes (a log edited by hand: review, session 42, a
+    change ``1`` was an ``AttributeError`` that stopped every server sharing the log)."""
+    if not isinstance(record, Mapping):
+        raise ValueError("a change in the log is not an object")
+    for key, kind in (("item", Mapping), ("set", Mapping), ("color", Mapping), ("id", str)):
+        if record.get(key) is not None and not isinstance(record[key], kind):
+            raise ValueError(f"a change's {key} in the log is not of its type")
     text = json.dumps([record.get(k) for k in ("id", "item", "set")], ensure_ascii=False)
     if SURROGATE.search(text):
         raise ValueError("a change in the log holds a lone surrogate")
