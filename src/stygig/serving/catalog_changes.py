@@ -205,7 +205,7 @@ CHANGES_RESPONSE: dict[int | str, dict[str, Any]] = {
 def make_changes_router(service: ModelService) -> APIRouter:
     """The change, version and reload routes."""
     router = APIRouter()
-    running = 0  # change requests past their body (the event loop's thread only)
+    running = 0  # change requests at work, past their body (the event loop's thread only)
 
     @router.post(
         "/v1/catalog/changes",
@@ -226,14 +226,17 @@ def make_changes_router(service: ModelService) -> APIRouter:
 
         nonlocal running
         kind = media_type(request.headers.get("content-type"))
-        if running >= CHANGE_REQUESTS:  # before the body is read: a refusal costs nothing
+        # The slots bound the work (parsing, photos, the encoder, the writer), not uploads: a
+        # body is read first, within the server's body limits and timeouts (review, session
+        # 42: four slow uploads holding every slot refused every change for a minute).
+        body = await request.body()
+        if running >= CHANGE_REQUESTS:
             raise OverloadedError(
                 f"{running} catalogue change requests are in progress; retry after they end",
                 code="changes_busy",
             )
         running += 1
         try:
-            body = await request.body()
             loop = asyncio.get_running_loop()
             requests = await loop.run_in_executor(request_pool(), parse_changes_body, body, kind)
             snap = await loop.run_in_executor(request_pool(), live.submit, requests)
