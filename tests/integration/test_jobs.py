@@ -207,6 +207,7 @@ def test_submit_poll_output_failure_and_webhook(
     inputs.mkdir()
     stored = inputs / "request.json"
     stored.write_text(json.dumps({"item_ids": ["sku-0014"], "k": 2}), encoding="utf-8")
+    (inputs / "other.json").write_text(json.dumps({"item_ids": ["sku-0014"]}), encoding="utf-8")
     flags = ("--async-webhook", "--allow-input-prefix", str(inputs), "--async-list-jobs")
     with (
         webhook_receiver(fail_first=1) as hook,
@@ -238,6 +239,22 @@ def test_submit_poll_output_failure_and_webhook(
             },
         )
         assert again.status_code == 202 and again.json()["InferenceId"] == "look-42"
+        # The same id with another input or other options is someone else's request: 409,
+        # never that job's answer (review, session 42).
+        for other in (
+            {"content": photo.read_bytes(), "headers": {"Content-Type": "image/jpeg"}},
+            {"headers": {"X-Amzn-SageMaker-InputLocation": (inputs / "other.json").as_uri()}},
+            {
+                "headers": {
+                    "X-Amzn-SageMaker-InputLocation": stored.as_uri(),
+                    "X-Amzn-SageMaker-Custom-Attributes": "k=3",
+                }
+            },
+        ):
+            headers = {**other.pop("headers"), "X-Amzn-SageMaker-Inference-Id": "look-42"}
+            taken = httpx.post(f"{url}/async/invocations", headers=headers, **other)
+            assert taken.status_code == 409, taken.text
+            assert taken.json()["error"]["code"] == "inference_id_in_use"
         # Cut after its header: accepted (only decoding shows it), then the job fails.
         cut = photo.read_bytes()
         corrupt = httpx.post(

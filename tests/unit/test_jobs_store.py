@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 
 from stygig.errors import InvalidOptionsError, NotFoundError
-from stygig.jobs.store import JobSpec, JobStore, QueueLimits, new_owner
+from stygig.jobs.store import InferenceIdInUseError, JobSpec, JobStore, QueueLimits, new_owner
 from stygig.serving.async_api import AsyncConfig
 
 
 def _spec(**kw: object) -> JobSpec:
-    return JobSpec("out/{id}.out", "out/{id}-error.out", input_body=b"x", **kw)  # type: ignore[arg-type]
+    kw.setdefault("input_body", b"x")
+    return JobSpec("out/{id}.out", "out/{id}-error.out", **kw)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -34,6 +35,20 @@ def test_submit_is_idempotent_by_id_and_fills_locations(store: JobStore) -> None
     assert created and job.status == "queued" and job.output_location == "out/a1.out"
     again, created = store.submit(_spec(id="a1"))
     assert not created and again.seq == job.seq
+    # The id with another input, type or options is another request: refused, 409 (review,
+    # session 42: it was told "queued" and given the first request's answer).
+    for other in (
+        _spec(id="a1", input_body=b"other"),
+        _spec(id="a1", content_type="image/png"),
+        _spec(id="a1", params={"k": 3}),
+    ):
+        with pytest.raises(InferenceIdInUseError) as taken:
+            store.submit(other)
+        assert taken.value.http_status == 409
+    store.submit(_spec(id="a1", webhook="https://example.test/h"))  # where to tell: the same
+    # A job stored before fingerprints were (no fingerprint): taken as the same request.
+    store._db.execute("UPDATE jobs SET fingerprint = NULL WHERE id = 'a1'")
+    assert store.submit(_spec(id="a1", params={"k": 3}))[1] is False
     assert store.counts() == {"queued": 1, "running": 0, "succeeded": 0, "failed": 0}
     with pytest.raises(NotFoundError):
         store.get("nope")

@@ -21,7 +21,7 @@ import pytest
 
 from stygig.errors import InvalidOptionsError, NotFoundError, OverloadedError, StygigError
 from stygig.jobs.sqs_store import SqsJobStore, open_job_queue, parse_queue_url
-from stygig.jobs.store import JobSpec, QueueLimits, new_owner
+from stygig.jobs.store import InferenceIdInUseError, JobSpec, QueueLimits, new_owner
 from stygig.jobs.worker import JobWorker, WorkerConfig
 from stygig.serving.async_api import AsyncConfig
 from tests.integration.server_fixtures import free_port
@@ -147,8 +147,12 @@ def test_submit_is_idempotent_and_readable_from_any_store(queue: Queue) -> None:
     a, b = queue.store(), queue.store()
     job, created = a.submit(_spec(id="look-1", params={"k": 2}))
     assert created and job.status == "queued" and job.output_location == "s3://jobs/out/look-1.out"
-    again, created = b.submit(_spec(id="look-1", input_body=b"other"))
+    again, created = b.submit(_spec(id="look-1", params={"k": 2}))
     assert not created and again.token == job.token and again.seq == job.seq
+    # The id with another input or other options: someone else's request (review, s42).
+    for other in (_spec(id="look-1", input_body=b"other", params={"k": 2}), _spec(id="look-1")):
+        with pytest.raises(InferenceIdInUseError):
+            b.submit(other)
     assert queue.depth() == (1, 0)  # one message: the second submission sent none
     view = b.view("look-1")
     assert view.status == "queued" and view.to_dict()["OutputLocation"] == job.output_location
@@ -333,7 +337,8 @@ def test_the_queue_is_bounded(queue: Queue) -> None:
     with pytest.raises(OverloadedError) as jobs_full:
         store.submit(_spec(id="c"), limits)
     assert jobs_full.value.code == "queue_full"
-    assert store.submit(_spec(id="a"), limits)[1] is False  # an existing id is still answered
+    # an existing id is still answered
+    assert store.submit(_spec(id="a", input_body=b"12345"), limits)[1] is False
     with pytest.raises(NotFoundError):
         store.get("c")  # nothing of the refused job was kept
 

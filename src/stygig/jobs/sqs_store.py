@@ -78,6 +78,7 @@ from stygig.jobs.store import (
     JobCounts,
     JobPage,
     JobSpec,
+    check_same_request,
     JobView,
     QueueLimits,
     delete_own_document,
@@ -502,6 +503,7 @@ class SqsJobStore:
         with self._aws("record a job"):
             existing = self._read(key)
             if existing is not None:
+                check_same_request(job_id, existing[0].get("fingerprint"), spec)
                 return self._job(existing[0]), False
             if limits is not None:
                 self._check_room(limits, len(spec.input_body or b""))
@@ -570,6 +572,7 @@ class SqsJobStore:
             "error": None,
             "notify_state": None,
             "token": token,
+            "fingerprint": spec.fingerprint(),
             "events": [_event("submitted", None, now)],
         }
         self._send(job_id, token)
@@ -581,6 +584,7 @@ class SqsJobStore:
         existing = self._read(key)
         if existing is None:  # created and purged in between: as good as a full queue
             raise OverloadedError("the job queue is busy; retry later", code="queue_busy")
+        check_same_request(job_id, existing[0].get("fingerprint"), spec)
         return self._job(existing[0]), False
 
     def _send(self, job_id: str, token: str) -> None:

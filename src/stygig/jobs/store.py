@@ -32,6 +32,7 @@ are shown to clients only as :func:`shown_location` gives them.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -52,6 +53,7 @@ from typing_extensions import TypedDict  # pydantic reads typing's only from Pyt
 from stygig import storage
 from stygig.errors import (
     ConfigError,
+    InputError,
     InvalidOptionsError,
     NotFoundError,
     OverloadedError,
@@ -62,6 +64,7 @@ log = logging.getLogger("stygig.jobs")
 
 __all__ = [
     "COUNT_LIMIT",
+    "InferenceIdInUseError",
     "MAX_FINISHED",
     "MAX_FINISHED_ENV",
     "MAX_PAGE",
@@ -76,6 +79,7 @@ __all__ = [
     "JobView",
     "QueueLimits",
     "Status",
+    "check_same_request",
     "iso_time",
     "max_finished_from_env",
     "new_owner",
@@ -135,7 +139,7 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_job ON events (job_id);
 """
 # Columns added after the first release: (name, type), added to older files on open.
-_MIGRATIONS = (("token", "TEXT"),)
+_MIGRATIONS = (("token", "TEXT"), ("fingerprint", "TEXT"))
 _COLUMNS = (
     "seq, id, status, input_location, input_body, content_type, params, output_location,"
     " failure_location, webhook, time_limit_s, attempts, max_attempts, owner, lease_expires,"
@@ -236,6 +240,35 @@ class JobSpec:
         if self.max_attempts < 1:
             raise InvalidOptionsError("max_attempts must be at least 1")
 
+
+    def fingerprint(self) -> str:
+        """What makes two submissions of one id the same request: the input (its location, or
+        its bytes' digest), its content type and the options; not where to write or whom to
+        tell. A resubmission of an id with another fingerprint is refused
+        (:class:`InferenceIdInUseError`)."""
+        body = None if self.input_body is None else hashlib.sha256(self.input_body).hexdigest()
+        what = [self.input_location, body, self.content_type, dict(self.params)]
+        text = json.dumps(what, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+class InferenceIdInUseError(InputError):
+    """A job id (``X-Amzn-SageMaker-Inference-Id``) submitted again with another input or
+    other options: the first job stands, and answering it would give this client someone
+    else's result (review, session 42)."""
+
+    http_status = 409
+    code = "inference_id_in_use"
+
+
+def check_same_request(job_id: str, stored: str | None, spec: JobSpec) -> None:
+    """Raise :class:`InferenceIdInUseError` when job ``job_id``'s stored fingerprint is not
+    ``spec``'s (a job submitted before fingerprints were stored has none: taken as the same)."""
+    if stored is not None and stored != spec.fingerprint():
+        raise InferenceIdInUseError(
+            "this Inference-Id names a job submitted with another input or other options: "
+            "give each request its own id (resubmitting the same request returns its job)"
+        )
 
 @dataclass(frozen=True)
 class Job:
@@ -590,7 +623,8 @@ class JobStore:
         """Record a queued job (committed before this returns); ``(job, created)``.
 
         Submitting an id that already exists returns the existing job and ``created=False``,
-        so a client that retries a submission never creates a duplicate.
+        so a client that retries a submission never creates a duplicate; with another input
+        or other options it is refused (:class:`InferenceIdInUseError`, 409).
 
         Raises:
             OverloadedError: ``queue_full`` when the unfinished jobs, with this one, would go
@@ -603,6 +637,8 @@ class JobStore:
         with self._transaction() as db:
             existing = db.execute(select, (job_id,)).fetchone()
             if existing is not None:
+                stored = db.execute("SELECT fingerprint FROM jobs WHERE id = ?", (job_id,))
+                check_same_request(job_id, stored.fetchone()["fingerprint"], spec)
                 return Job.from_row(existing), False
             params = json.dumps(dict(spec.params))
             if limits is not None:
@@ -610,7 +646,8 @@ class JobStore:
             db.execute(
                 "INSERT INTO jobs (id, status, input_location, input_body, content_type, params,"
                 " output_location, failure_location, webhook, time_limit_s, max_attempts,"
-                " created_at, token) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " created_at, token, fingerprint)"
+                " VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     spec.input_location,
@@ -624,6 +661,7 @@ class JobStore:
                     spec.max_attempts,
                     now,
                     uuid.uuid4().hex,
+                    spec.fingerprint(),
                 ),
             )
             self._event(db, job_id, "submitted", None)

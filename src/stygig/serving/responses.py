@@ -63,7 +63,8 @@ _ERRORS = {
     405: "the route does not take this method",
     406: "the Accept header rules out JSON",
     408: "the request body arrived too slowly",
-    409: "the job has not finished",
+    409: "the job has not finished; a catalogue bound reached; an Inference-Id already "
+    "naming another request",
     413: "the body or image is over a limit",
     415: "a content type or image format StyGig does not read",
     422: "options that fail validation",
