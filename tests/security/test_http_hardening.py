@@ -7,6 +7,7 @@ attacks a real ``stygig serve`` on loopback, under a memory cap where the attack
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -587,6 +588,109 @@ def test_a_large_head_within_the_limit_and_pipelined_requests_are_answered(
             chunk = sock.recv(65536)
             assert chunk, data
             data += chunk
+
+
+def _answers_until_closed(
+    sock: socket.socket, within_s: float = 30.0, seen: list[bytes] | None = None
+) -> tuple[int, bool]:
+    """The answers read from ``sock`` until the server closes it (or ``within_s``), and
+    whether it closed; the bytes read are added to ``seen``."""
+    data, deadline = b"", time.monotonic() + within_s
+    closed = False
+    while time.monotonic() < deadline and not closed:
+        readable, _, _ = select.select([sock], [], [], 0.5)
+        if not readable:
+            continue
+        try:
+            chunk = sock.recv(1 << 16)
+        except OSError:  # reset by the server
+            chunk = b""
+        closed = not chunk
+        data += chunk
+    if seen is not None:
+        seen.append(data)
+    return data.count(b"HTTP/1.1 "), closed
+
+
+def test_pipelined_requests_are_bounded_per_connection(server: Server) -> None:
+    """Review, session 42: uvicorn queued every request a read held and read on after each
+    answer, so one connection streaming pipelined ``GET /healthz`` (public, no token) grew
+    the server by 25 MB/s to its memory cap, after which every photo was a 400. A connection
+    with more than 16 requests queued is closed; 16 are answered (above: 3)."""
+    from stygig.serving.protocol import MAX_PIPELINE
+
+    before = rss_kb(server)
+    request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sent = 0
+        with contextlib.suppress(OSError):  # the server closes while the client sends
+            for _ in range(40):  # 40 x 5,000 requests, 8 MB, unless cut off
+                sock.sendall(request * 5_000)
+                sent += 5_000
+        answers, closed = _answers_until_closed(sock)
+    assert closed and answers <= MAX_PIPELINE + 2, (answers, sent)
+    assert rss_kb(server) - before < 32 * 1024
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(request * MAX_PIPELINE)
+        data = b""
+        while data.count(b"HTTP/1.1 200") < MAX_PIPELINE:
+            chunk = sock.recv(65536)
+            assert chunk, data.count(b"HTTP/1.1 200")
+            data += chunk
+
+
+def test_a_chunked_body_of_tiny_chunks_is_refused(
+    server: Server, sample: tuple[Path, Path]
+) -> None:
+    """Review, session 42: every chunk costs the event loop a few Python calls, so 6 MB sent
+    in 1-byte chunks held it for 6 s of CPU (every other client waited). After 64 chunks of
+    any size, the chunks must average 1 KiB: a body of 1-byte chunks is a 400 and the
+    connection closed; 1 KiB chunks (above) and one chunk are answered."""
+    head = (
+        "POST /invocations HTTP/1.1\nHost: 127.0.0.1\nContent-Type: image/jpeg\n"
+        "Transfer-Encoding: chunked\n"
+    )
+    cpu = _cpu_seconds(server)
+    start = photo(sample)[:256]  # a JPEG's first bytes: the route reads on
+    with raw_request(server, head, b"%x\r\n%s\r\n" % (len(start), start)) as sock:
+        with contextlib.suppress(OSError):
+            for _ in range(100):
+                sock.sendall(b"1\r\nX\r\n" * 10_000)
+        seen: list[bytes] = []
+        answers, closed = _answers_until_closed(sock, seen=seen)
+    assert closed and answers == 1 and b'"code":"chunks_too_small"' in seen[0], seen
+    assert _cpu_seconds(server) - cpu < 2.0
+    with raw_request(server, head, _chunked(photo(sample), 1 << 20) + b"\r\n") as sock:
+        assert read_status(sock) == 200
+
+
+def test_idle_kept_alive_connections_make_room_at_the_connection_limit(
+    sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Review, session 42: connections kept alive after one ``GET /ping`` counted against
+    ``--max-connections`` for the keep-alive time (75 s), so 257 of them a minute, no token
+    needed, locked every client out. At the limit, the longest-idle kept-alive connections
+    are closed to make room; connections at work are not."""
+    flags = ("--max-connections", "3")
+    with capped_server(sample[1], tmp_path / "log", *flags) as s:
+        head = "POST /invocations HTTP/1.1\nHost: 127.0.0.1\nContent-Type: image/jpeg\nContent-Length: 5000\n"
+        working = raw_request(s, head, b"\xff\xd8")  # an upload in progress: not idle
+        idle = []
+        for _ in range(2):
+            sock = raw_request(s, "GET /ping HTTP/1.1\nHost: 127.0.0.1\n")
+            data = b""
+            while not data.endswith(b"}"):  # the whole answer: what follows is the close
+                data += sock.recv(4096)
+            idle.append(sock)
+        try:
+            with httpx.Client(timeout=30) as client:  # a fourth connection
+                assert client.get(f"{s.url}/v1/catalog", params={"limit": 1}).status_code == 200
+            assert _answers_until_closed(idle[0], 10) == (0, True)  # the longest idle
+            assert _answers_until_closed(idle[1], 1) == (0, False)  # one was enough
+            assert not closed_by_server(working, trickle=False, within_s=1)
+        finally:
+            for sock in [working, *idle]:
+                sock.close()
 
 
 def test_stalled_uploads_time_out_and_hold_bounded_memory(

@@ -55,6 +55,17 @@ CHUNK_FRAMING_BYTES = 64
 #: How long after the app's own body deadline the connection is closed if the message has not
 #: ended (the app answers 408 first when it is the one reading).
 BODY_GRACE_S = 5.0
+#: Requests a connection may have queued behind the one being answered (HTTP/1.1
+#: pipelining). uvicorn queued every pipelined request a read held and read on after each
+#: answer: one connection streaming ``GET /healthz`` grew the server by 25 MB/s to its memory
+#: cap (review, session 42). Past the bound the connection is closed; while requests are
+#: queued, nothing more is read.
+MAX_PIPELINE = 16
+#: Chunks of a chunked body that may be of any size; after them, the chunks must average
+#: :data:`MIN_CHUNK_BYTES` (each chunk costs the event loop a few Python calls: 6 MB sent in
+#: 1-byte chunks held it for 6 s of CPU, review, session 42). curl sends 8-64 KiB chunks.
+FREE_CHUNKS = 64
+MIN_CHUNK_BYTES = 1024
 #: Body bytes a connection may send after their requests were answered (a refusal before the
 #: body was read: 401, 403, 415, 413), read and dropped so the client can read its answer;
 #: past this, over the connection's life, it is closed. Counted per connection, not per
@@ -74,6 +85,12 @@ class TrailersRefusedError(InputError):
     """Header fields after a chunked body: StyGig reads none."""
 
     code = "trailers_refused"
+
+
+class ChunksTooSmallError(InputError):
+    """A chunked body in more, smaller chunks than the server reads."""
+
+    code = "chunks_too_small"
 
 
 #: Answered past the connection limit (``--max-connections``): they cost next to nothing.
@@ -125,8 +142,23 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         self._chunks = 0
         self._chunked = False  # the current message's body is chunked (framing is counted)
         self._discarded = 0  # body bytes received after their request was answered
+        # Body pieces of the current message parsed from this read, handed to uvicorn at once
+        # (uvicorn appends each piece to the body with bytes +=: quadratic in the pieces).
+        self._pieces: list[bytes] = []
+        self._idle_since: float | None = None  # kept alive with nothing to do, since
 
     def data_received(self, data: bytes) -> None:
+        self._idle_since = None
+        self._received(data)
+        self._flush_body()
+
+    def _flush_body(self) -> None:
+        if self._pieces:
+            body = self._pieces[0] if len(self._pieces) == 1 else b"".join(self._pieces)
+            self._pieces = []
+            super().on_body(body)
+
+    def _received(self, data: bytes) -> None:
         if self._head_bytes is None:
             heads = self._heads
             super().data_received(data)
@@ -153,7 +185,7 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         if self._heads == heads:  # the head is still incomplete at the limit
             self._refuse_head()
         elif not self.transport.is_closing():
-            self.data_received(data[room:])
+            self._received(data[room:])
 
     def _refuse_head(self) -> None:
         self._disarm()
@@ -247,17 +279,27 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
+        if self.transport.is_closing():
+            return
         if self.cycle is not None and self.cycle.response_complete:  # answered: dropped
             self._discarded += len(body)
-            if self._discarded > self.discard_limit_bytes and not self.transport.is_closing():
+            if self._discarded > self.discard_limit_bytes:
                 self.logger.warning("body bytes after their answers over the bound: closed")
                 self._end_message()
                 self.transport.close()
-                return
-        super().on_body(body)
+            return
+        self._pieces.append(body)  # to uvicorn at the message's end or the read's
 
     def on_chunk_header(self) -> None:
-        self._chunks += 1
+        done, self._chunks = self._chunks, self._chunks + 1
+        small = done > FREE_CHUNKS and self._body_bytes < MIN_CHUNK_BYTES * (done - FREE_CHUNKS)
+        if small and not self.transport.is_closing():
+            err = ChunksTooSmallError(
+                f"a chunked body's chunks must average {MIN_CHUNK_BYTES:,} bytes after the "
+                f"first {FREE_CHUNKS}; send larger chunks, or a Content-Length"
+            )
+            self.logger.warning("chunked body in chunks too small: answered 400")
+            self._answer_and_close(400, "Bad Request", err, self.cycle)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -268,6 +310,8 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         self._arm()  # the first byte of a later request's head on a kept-alive connection
 
     def on_headers_complete(self) -> None:
+        if self.transport.is_closing():  # the rest of a read after a refusal: no request
+            return
         self._disarm()  # the head is complete: the body's own limits and deadline follow
         self._head_bytes = None
         self._heads += 1
@@ -282,12 +326,16 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         limit = self.limit_concurrency
         if limit is None or (len(self.connections) < limit and len(self.tasks) < limit):
             super().on_headers_complete()
+            self._bound_pipeline()
             return
-        # Past the limit. A health check is answered however many connections are open
+        # Past the limit: kept-alive connections with nothing to do make room first (they
+        # held it for the keep-alive time: 257 GET /ping a minute locked every client out,
+        # review, session 42). A health check is answered however many connections are open
         # (SageMaker replaces an instance whose /ping fails during a burst of slow uploads);
         # anything else gets the JSON 503, through uvicorn's own request cycle.
         app = self.app
-        if self.url.split(b"?", 1)[0] not in HEALTH_PATHS:
+        room = len(self.tasks) < limit and self._make_room(limit)
+        if not room and self.url.split(b"?", 1)[0] not in HEALTH_PATHS:
             self.logger.warning("over the connection limit (%d): answered 503", limit)
             self.app = _busy
         self.limit_concurrency = None
@@ -296,9 +344,63 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         finally:
             self.limit_concurrency = limit
             self.app = app
+        self._bound_pipeline()
+
+    def _make_room(self, limit: int) -> bool:
+        """Close the longest-idle kept-alive connections until this one fits within ``limit``
+        open connections (those closing do not count); whether it fits."""
+        open_ = [c for c in self.connections if not c.transport.is_closing()]
+        over = len(open_) - limit + 1
+        if over <= 0:
+            return True
+        idle = sorted(
+            (
+                (c._idle_since, id(c), c)
+                for c in open_
+                if isinstance(c, _HeadDeadlineProtocol)
+                and c is not self
+                and c._idle_since is not None
+            ),
+            key=lambda entry: entry[:2],
+        )
+        if len(idle) < over:
+            return False
+        for _since, _id, connection in idle[:over]:
+            connection._close_idle()
+        self.logger.info(
+            "connection limit (%d): closed %d idle kept-alive connection(s)", limit, over
+        )
+        return True
+
+    def _close_idle(self) -> None:
+        self._unset_keepalive_if_required()
+        self._idle_since = None
+        self.transport.close()
+
+    def _bound_pipeline(self) -> None:
+        if len(self.pipeline) > MAX_PIPELINE and not self.transport.is_closing():
+            self.logger.warning(
+                "over %d pipelined requests queued: connection closed", MAX_PIPELINE
+            )
+            self.pipeline.clear()  # never started: nothing to answer
+            self._end_message()
+            self.transport.close()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.transport.is_closing():
+            return
+        if self.pipeline:
+            # uvicorn reads on after every answer: only once every queued request has begun.
+            self.flow.pause_reading()
+        elif self.timeout_keep_alive_task is not None:
+            self._idle_since = self.loop.time()
 
     def on_message_complete(self) -> None:
+        if self.transport.is_closing():
+            return
         self._end_message()
+        self._flush_body()
         super().on_message_complete()
         self._head_bytes = 0  # whatever arrives next on this connection is a new head
 
