@@ -577,7 +577,7 @@ def test_a_record_of_any_shape_edited_by_hand_is_skipped_and_the_log_goes_on(
     snap = rec.snapshot
     assert snap.sequence == sequence
     assert not snap.artifact.items[snap.artifact.positions[first]].in_stock
-    replayed, skipped = replay(rec.artifact, log)
+    _, skipped = replay(rec.artifact, log)
     assert skipped == list(range(1, sequence))
     summary = compact(rec.artifact.path, log, tmp_path / "v1")
     assert summary["skipped"] == list(range(1, sequence))

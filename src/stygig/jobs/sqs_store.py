@@ -78,9 +78,9 @@ from stygig.jobs.store import (
     JobCounts,
     JobPage,
     JobSpec,
-    check_same_request,
     JobView,
     QueueLimits,
+    check_same_request,
     delete_own_document,
     max_finished_from_env,
 )

@@ -64,11 +64,11 @@ log = logging.getLogger("stygig.jobs")
 
 __all__ = [
     "COUNT_LIMIT",
-    "InferenceIdInUseError",
     "MAX_FINISHED",
     "MAX_FINISHED_ENV",
     "MAX_PAGE",
     "STATUSES",
+    "InferenceIdInUseError",
     "Job",
     "JobCounts",
     "JobError",
@@ -240,7 +240,6 @@ class JobSpec:
         if self.max_attempts < 1:
             raise InvalidOptionsError("max_attempts must be at least 1")
 
-
     def fingerprint(self) -> str:
         """What makes two submissions of one id the same request: the input (its location, or
         its bytes' digest), its content type and the options; not where to write or whom to
@@ -269,6 +268,7 @@ def check_same_request(job_id: str, stored: str | None, spec: JobSpec) -> None:
             "this Inference-Id names a job submitted with another input or other options: "
             "give each request its own id (resubmitting the same request returns its job)"
         )
+
 
 @dataclass(frozen=True)
 class Job:

@@ -398,7 +398,9 @@ def _read_photo(path: str | Path) -> bytes:
 
 def _send(args: argparse.Namespace, changes: list[_Line] | list[Any]) -> int:
     """Send a file's changes, or a command's (numbered as changes)."""
-    changes = [c if isinstance(c, _Line) else _Line(n, c, "change") for n, c in enumerate(changes, 1)]
+    changes = [
+        c if isinstance(c, _Line) else _Line(n, c, "change") for n, c in enumerate(changes, 1)
+    ]
     result = _send_http(args, changes) if args.url else _send_local(args, changes)
     _print(args, result)
     return 0
@@ -453,8 +455,7 @@ def _send_http(args: argparse.Namespace, changes: list[_Line]) -> dict[str, Any]
                 # A request sent and not answered (a timeout) may have been applied.
                 where = f"lines {part[0].number}-{part[-1].number}"
                 before = (
-                    f"the lines before line {part[0].number} were applied ({applied} "
-                    f"change(s)); "
+                    f"the lines before line {part[0].number} were applied ({applied} change(s)); "
                     if result is not None
                     else ""
                 )
