@@ -48,7 +48,7 @@ import time
 import warnings
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -73,7 +73,9 @@ __all__ = [
     "ImageLimits",
     "PreprocessSpec",
     "check_header",
+    "check_photos",
     "decode_image",
+    "decode_work",
     "fit_array",
     "looks_like_image",
     "preprocess",
@@ -289,6 +291,44 @@ def check_header(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> None:
     decoding shows (an asynchronous job's input is checked so at submission and decoded when
     the job runs), or cost too much to decode at the size its encoder asks for."""
     _opened(data, limits)
+
+
+#: How much more full-size decoding a libjpeg scan pass costs than a WebP or PNG pixel does
+#: (measured: a 36 MP scan ~22 ms; 16 MP of WebP or PNG 200-300 ms).
+_JPEG_SCAN_SHARE = 25
+
+
+def decode_work(img: Image.Image, scans: int) -> int:
+    """About how much decoding ``img`` (opened, not loaded) costs, in pixels of a whole PNG or
+    WebP decode: those are decoded whole; a JPEG's scans each pass over its whole image at a
+    25th of that cost (whatever scale it is decoded at)."""
+    pixels = img.size[0] * img.size[1]
+    if img.format in ("JPEG", "MPO"):
+        return max(1, scans) * pixels // _JPEG_SCAN_SHARE
+    return pixels
+
+
+def check_photos(
+    sources: Sequence[bytes | str | Path], limits: ImageLimits = DEFAULT_LIMITS
+) -> None:
+    """Refuse, from their headers, the photos of one request that together would cost more
+    decoding than two photos at the limit may: each photo is bounded alone, and 8 WebPs of
+    16 MP (28 KB each) cost 2.6 s of CPU in one 304 KB request (review, session 42). What
+    :func:`decode_image` refuses for one photo is refused here with its own error."""
+    if len(sources) < 2:
+        return
+    budget = 2 * limits.max_whole_decode_pixels
+    work = 0
+    for source in sources:
+        img, scans = _opened(source, limits)
+        work += decode_work(img, scans)
+    if work > budget:
+        raise ImageTooLargeError(
+            f"the photos together would take about {work / 1e6:,.0f} M pixels of full-size "
+            f"decoding (at most {budget / 1e6:,.0f} M a request); send fewer or smaller photos "
+            "(a baseline JPEG costs least)",
+            code="images_too_costly",
+        )
 
 
 def _opened(source: bytes | str | Path, limits: ImageLimits) -> tuple[Image.Image, int]:
@@ -545,7 +585,30 @@ def _open(data: bytes) -> Image.Image:
             "the data is not an image StyGig can read (JPEG, PNG or WebP)", code="not_an_image"
         ) from e
     except Exception as e:  # any parser failure on hostile bytes is the input's fault
+        _raise_if_out_of_memory(e, _HEADER_PROBE_BYTES)
         raise InvalidImageError("the image header is corrupt") from e
+
+
+#: What a header parse may allocate: Pillow opens a WebP through libwebp's animation decoder,
+#: whose canvases (RGBA, 16 MP at most: 64 MB each) are made with the header.
+_HEADER_PROBE_BYTES = 128 << 20
+
+
+def _raise_if_out_of_memory(error: Exception, needed: int) -> None:
+    """An :class:`OverloadedError` (503: retry) when a codec's failure was this process's
+    memory, not the photo: libjpeg and libwebp report a failed allocation as an ordinary
+    ``OSError`` ("could not create decoder object", "broken data stream"), which read as
+    "corrupt" (a 400 the client never retries: review, session 42). So after a failure, what
+    the decode needed (``needed`` bytes) is asked for once more; if that fails too, the
+    process is out of memory."""
+    if isinstance(error, MemoryError):
+        raise OverloadedError("not enough memory to decode the image now; retry shortly") from error
+    try:
+        probe = bytearray(needed)  # untouched pages: address space, not memory, is taken
+    except MemoryError:
+        log.warning("image not decoded: the process is out of memory (%s)", type(error).__name__)
+        raise OverloadedError("not enough memory to decode the image now; retry shortly") from error
+    del probe
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
@@ -747,9 +810,10 @@ def decode_image(
                     img = _shrink(img, min_size)
                 img = _exif_transposed(img)
                 return _to_srgb(img, icc if isinstance(icc, bytes) else None, limits)
-        except MemoryError as e:  # this process, not the photo: the client may try again
-            raise OverloadedError("not enough memory to decode the image now; retry shortly") from e
         except Exception as e:  # PIL's decoders raise OSError, ValueError, struct.error, ...
+            # A MemoryError, or a codec's failed allocation, is this process, not the photo:
+            # the client may try again.
+            _raise_if_out_of_memory(e, cost)
             log.info("image not decoded (%s): answered as corrupt", type(e).__name__)
             raise InvalidImageError("the image data is corrupt or truncated") from e
 

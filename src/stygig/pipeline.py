@@ -27,7 +27,7 @@ import numpy as np
 
 from stygig.answer import Timings
 from stygig.features import DecodedPhoto, color_summary, decode_photo
-from stygig.images import PreprocessSpec
+from stygig.images import PreprocessSpec, check_photos
 from stygig.recommendation import Options, Query
 
 __all__ = ["ColorResult", "PreparedQuery", "decode_query"]
@@ -96,9 +96,14 @@ def decode_query(
     tensors: list[np.ndarray] = []
     colors: list[Future[ColorResult]] = []
     decode_ms = 0.0
-    for source in query.images:
+    sources = [load(s) if load is not None else s for s in query.images]
+    if len(sources) > 1:  # several photos: their decoding together is bounded too
         t0 = time.perf_counter()
-        photo = decode_photo(load(source) if load is not None else source, spec)
+        check_photos(sources)  # (a path is read twice: once here for its header)
+        decode_ms += (time.perf_counter() - t0) * 1e3
+    for source in sources:
+        t0 = time.perf_counter()
+        photo = decode_photo(source, spec)
         decode_ms += (time.perf_counter() - t0) * 1e3
         tensors.append(photo.tensor)
         if color_pool is not None:

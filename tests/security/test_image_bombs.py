@@ -13,6 +13,8 @@ than JPEG, PNG and WebP, so the tests can see that no other parser is ever hande
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import struct
 import time
@@ -292,4 +294,32 @@ def test_refused_photos_leave_no_memory_behind(server: Server, sample: tuple[Pat
         post_refused(server, body, "image/png", 400, "invalid_image")
         seen.append(rss_mb(server) - before)
     assert max(seen) < 100, f"resident memory grew by {[round(x) for x in seen]} MB"
+    assert_still_serving(server, sample)
+
+
+@cache
+def busy_webp(side: int) -> bytes:
+    """A lossy WebP of ``side`` x ``side`` within every per-photo limit (16 MP at 4,000), a
+    few tens of KB: decoded whole."""
+    out = io.BytesIO()
+    Image.new("RGB", (side, side), (120, 60, 200)).save(out, "WEBP", quality=80)
+    return out.getvalue()
+
+
+def test_the_photos_of_one_request_share_one_decode_budget(
+    server: Server, sample: tuple[Path, Path]
+) -> None:
+    """Review, session 42: each photo was bounded alone, so 8 WebPs of 16 MP (28 KB each, all
+    within every limit) made one 304 KB request cost 2.6 s of CPU. A request's photos
+    together may cost what two photos at the limit do: 8 of them are a 413 from their headers
+    at once; two are decoded."""
+    many = [base64.b64encode(busy_webp(4000)).decode()] * 8
+    start = time.perf_counter()
+    response = httpx.post(f"{server.url}/invocations", json={"images_b64": many}, timeout=60)
+    elapsed = time.perf_counter() - start
+    assert response.status_code == 413, response.text[:300]
+    assert response.json()["error"]["code"] == "images_too_costly"
+    assert elapsed < MAX_REFUSAL_SECONDS
+    two = httpx.post(f"{server.url}/invocations", json={"images_b64": many[:2]}, timeout=60)
+    assert two.status_code == 200, two.text[:300]
     assert_still_serving(server, sample)

@@ -917,3 +917,38 @@ def test_a_png_is_bounded_by_the_bytes_of_its_rows() -> None:
 def test_a_cursor_or_tga_is_named_as_such() -> None:
     with pytest.raises(UnsupportedMediaError, match="CUR or TGA"):
         decode_image(b"\x00\x00\x02\x00" + bytes(64))
+
+
+def test_a_decoder_out_of_memory_is_a_retry_not_a_corrupt_photo() -> None:
+    """Review, session 42: libwebp and libjpeg report a failed allocation as an ordinary
+    OSError, so a server near its memory cap answered valid photos 400 "corrupt" (which
+    clients and batch jobs never retry). Under an address-space cap too low for the decode,
+    a valid 16 MP WebP is a 503 to retry; without it, it decodes, and a corrupt one is a 400."""
+    script = textwrap.dedent(
+        """
+        import io, resource, sys
+        from PIL import Image
+        from stygig.errors import StygigError
+        from stygig.images import decode_image
+        out = io.BytesIO()
+        Image.new("RGB", (4000, 4000), (120, 60, 200)).save(out, "WEBP", quality=80)
+        data = out.getvalue()
+        decode_image(data, min_size=224)
+        print("decoded")
+        def attempt(body):
+            try:
+                decode_image(body, min_size=224)
+            except StygigError as e:
+                print(e.http_status, e.code)
+        attempt(data[:200])  # cut inside its pixels
+        size = int(open("/proc/self/statm").read().split()[0]) * 4096
+        resource.setrlimit(resource.RLIMIT_AS, (size + (100 << 20), resource.RLIM_INFINITY))
+        attempt(data)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[:3] == ["decoded", "400 invalid_image", "503 overloaded"]
