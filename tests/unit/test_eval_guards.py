@@ -21,6 +21,7 @@ from stygig.evaluation.fitb import (
     evaluate_outfits,
     fitb_accuracy,
     make_questions,
+    near_train_outfits,
     outfit_score,
     reference_number,
     statistics_scorers,
@@ -194,6 +195,12 @@ def _random_outfits(
     }
 
 
+def types_of(path: Path) -> dict[str, str]:
+    from stygig.evaluation.fitb import item_types
+
+    return item_types(Artifact.load(path))
+
+
 def test_test_outfits_are_scored_whole_and_seen_means_trained_on(tmp_path: Path) -> None:
     """``--test-outfits FILE``: one question per sampling for every outfit of FILE (not its
     20 %), and an answer is "seen" exactly when it is in a train outfit of the model's split."""
@@ -207,17 +214,22 @@ def test_test_outfits_are_scored_whole_and_seen_means_trained_on(tmp_path: Path)
     result = evaluate_outfits(
         Artifact.load(path), ref, tmp_path / "run", seed=0, test_outfits_file=test
     )
-    assert result["split"]["test_outfits"] == 30
-    assert result["questions_per_sampling"] == {"uniform": 30, "matched": 30}
+    # Every outfit but those near a train outfit (three random items of this small
+    # catalogue often share two with one: left out, session 42).
+    near = near_train_outfits(others, types_of(path), list(others), [outfits[o] for o in train])
+    scored = set(others) - near
+    assert result["split"]["test_outfits"] == len(scored) >= 15
+    n = len(scored)
+    assert result["questions_per_sampling"] == {"uniform": n, "matched": n}
     lines = Path(result["questions_file"]).read_text().splitlines()
     questions = [json.loads(line) for line in lines]
     assert Path(result["questions_file"]).name == "fitb-new-seed0.jsonl"
-    assert {q["outfit"] for q in questions} == set(others)
+    assert {q["outfit"] for q in questions} == scored
     for q in questions:
         assert q["cold_start"] == (q["hidden"] not in trained)
         assert set(q["given"]) | {q["hidden"]} == set(others[q["outfit"]])
     acc = result["accuracy"]["v4"]["uniform"]
-    assert acc["seen_n"] + acc["cold_start_n"] == acc["n"] == 30
+    assert acc["seen_n"] + acc["cold_start_n"] == acc["n"] == n
 
 
 def test_test_outfits_inside_a_train_outfit_are_left_out(tmp_path: Path) -> None:
@@ -233,23 +245,64 @@ def test_test_outfits_inside_a_train_outfit_are_left_out(tmp_path: Path) -> None
     new = _random_outfits(outfits, 24, seed=7, prefix="new", width=2)
     copies = {f"copy{n}": list(outfits[o]) for n, o in enumerate(train[:4])}
     parts = {f"part{n}": list(outfits[o])[:2] for n, o in enumerate(train[4:8])}
-    held_out = {o: v for o, v in new.items() if not any(set(v) <= set(outfits[t]) for t in train)}
-    test = _write_outfits(tmp_path / "mixed.csv", {**new, **copies, **parts})
+    # Review, session 42: a train outfit with one item added or changed (three items or
+    # more, all but one in one train outfit) is left out too, and counted apart.
+    plus = {
+        f"plus{n}": [*outfits[o], new["new00"][0]]
+        for n, o in enumerate(train[8:14])
+        if new["new00"][0] not in outfits[o]
+    }
+
+    def shared(v: list[str]) -> int:
+        return max(len(set(v) & set(outfits[t])) for t in train)
+
+    inside = {o for o, v in {**new, **copies, **parts}.items() if shared(v) == len(set(v))}
+    near = {
+        o
+        for o, v in {**new, **plus}.items()
+        if o not in inside and len(set(v)) >= 3 and shared(v) >= len(set(v)) - 1
+    }
+    assert len(near) >= len(plus) > 0
+    held_out = {o: v for o, v in new.items() if o not in inside | near}
+    test = _write_outfits(tmp_path / "mixed.csv", {**new, **copies, **parts, **plus})
     result = evaluate_outfits(
         Artifact.load(path), ref, tmp_path / "run", seed=0, test_outfits_file=test
     )
-    left_out = len(new) - len(held_out) + len(copies) + len(parts)
-    assert result["split"]["test_outfits_inside_a_train_outfit_left_out"] == left_out
+    assert result["split"]["test_outfits_inside_a_train_outfit_left_out"] == len(inside)
+    assert result["split"]["test_outfits_near_a_train_outfit_left_out"] == len(near)
     assert result["split"]["test_outfits"] == len(held_out)
     lines = Path(result["questions_file"]).read_text().splitlines()
     asked = {json.loads(line)["outfit"] for line in lines}
     assert asked == set(held_out)
+    # The headline with them asked too, beside: more questions, and an answer for each.
+    assert result["questions_with_near_copies"] > result["questions"]
+    head = result["headline"]
+    assert 0.0 <= head["matched_with_near_copies"] <= 1.0
+    with_near = result["accuracy_with_near_copies"]["v4"]["matched"]
+    assert with_near["n"] > result["accuracy"]["v4"]["matched"]["n"]
     # The training outfits themselves, renamed: refused, nothing scored.
     renamed = _write_outfits(tmp_path / "again.csv", {f"r{o}": outfits[o] for o in train})
     with pytest.raises(CatalogError, match="learned from"):
         evaluate_outfits(
             Artifact.load(path), ref, tmp_path / "run2", seed=0, test_outfits_file=renamed
         )
+
+
+def test_an_outfits_questions_depend_on_its_id_not_its_place(tmp_path: Path) -> None:
+    """Review, session 42: each outfit's draws were seeded by its place in the sorted list,
+    so one added outfit (even one that makes no question) redrew every question after it.
+    Two files that share outfits share their questions."""
+    outfits = {
+        f"o{n:02d}": [f"{100 + n}-01", f"{200 + n % 5}-01", f"{300 + n % 7}-01"] for n in range(30)
+    }
+    types = {i: i[0] for items in outfits.values() for i in items}
+    base = make_questions(outfits, types, sorted(outfits), [], seed=3)
+    # Lines of items the catalogue does not hold: no question, no change to the pools.
+    more = {**outfits, "a-first": ["999-01", "998-01"], "o05b": ["997-01"]}
+    again = make_questions(more, types, sorted(more), [], seed=3)
+    shared = [q for q in again if q.outfit in outfits]
+    assert len(base) == len(shared) > 0 and base == shared
+    assert make_questions(outfits, types, sorted(outfits), [], seed=4) != base  # the seed counts
 
 
 def test_questions_and_runs_are_never_overwritten(tmp_path: Path) -> None:

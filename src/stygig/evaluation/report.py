@@ -304,5 +304,11 @@ def fitb_table(metrics: dict[str, Any]) -> str:
                 if "best_baseline" in head
                 else ""
             )
+            + (
+                f"; with the test outfits near a train outfit asked too: "
+                f"{pct(head['matched_with_near_copies'])}"
+                if "matched_with_near_copies" in head
+                else ""
+            )
         )
     return "\n".join(rows)
