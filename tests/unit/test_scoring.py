@@ -101,3 +101,27 @@ def test_ranking_jitter_is_the_seeds_stream_and_keeps_only_the_default() -> None
     for seed in range(100, 140):
         scoring._jitter(seed, 10)
     assert scoring._JITTER_0[0] is kept and len(scoring._JITTER_0) == 1
+
+
+def test_a_long_list_is_diversified_at_its_head_and_ranked_by_score_after() -> None:
+    """Review, session 42: ``k=100`` diversified every pick against a pool of 400 per category
+    (0.56 s of CPU a request at 10k items, 15 times ``k=3``). The first ``MMR_PICKS`` are
+    MMR's own picks; the rest of the pool follows by score; short lists are unchanged."""
+    from stygig.scoring import MMR_PICKS, mmr, mmr_depth
+
+    rng = np.random.default_rng(0)
+    groups, n, dim = 3, mmr_depth(60), 16
+    vectors = rng.normal(size=(groups, n, dim))
+    vectors /= np.linalg.norm(vectors, axis=2, keepdims=True)
+    scores = rng.random((groups, n))
+    scores[2, 30:] = -np.inf  # a group that runs out
+    long = mmr(scores, vectors, 60, 0.5)
+    head = mmr(scores, vectors, MMR_PICKS, 0.5)
+    assert (long[:, :MMR_PICKS] == head).all()
+    for g in range(groups):
+        rest = [int(j) for j in long[g, MMR_PICKS:] if j >= 0]
+        left = [j for j in np.argsort(-scores[g], kind="stable") if j not in set(head[g])]
+        left = [int(j) for j in left if np.isfinite(scores[g, j])]
+        assert rest == left[: 60 - MMR_PICKS]
+    assert (long[2, 30:] == -1).all() and (long[2, :30] >= 0).all()
+    assert mmr_depth(5) == 20 and mmr_depth(100) == 100 + 3 * MMR_PICKS
