@@ -224,6 +224,23 @@ def _outfits(args: argparse.Namespace, art: Artifact, metrics: dict[str, Any], r
         limit=args.limit,
         test_outfits_file=test_file,
     )
+    fitb = metrics["fitb"]
+    missing = fitb["outfit_items"] - fitb["outfit_items_in_catalog"]
+    if missing:  # asked without them: said, not silently dropped (review, session 42)
+        print(
+            f"note: {missing:,} of the {fitb['outfit_items']:,} items of the outfits asked "
+            "about are not in the catalogue; their outfits are asked without them"
+        )
+    split = fitb["split"]
+    left = (
+        split["test_outfits_inside_a_train_outfit_left_out"]
+        + split["test_outfits_near_a_train_outfit_left_out"]
+    )
+    if left:
+        print(
+            f"note: {left:,} test outfit(s) left out as (parts of) train outfits or train "
+            f"outfits with one item added or changed; {split['test_outfits']:,} asked about"
+        )
 
 
 def _model_tag(args: argparse.Namespace) -> str:
