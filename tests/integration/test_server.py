@@ -558,6 +558,47 @@ def test_bad_input_is_a_4xx_json_error_and_the_server_stays_healthy(
     _healthy(client, sample)
 
 
+def test_nothing_given_twice_is_the_last_one_wins(
+    client: httpx.Client, sample: tuple[Path, Path]
+) -> None:
+    """Review, session 42: a key twice in a JSON body, an option repeated in the query string
+    or given in two places (query string, custom attributes, body, form) was silently merged
+    by one of three rules; a bare string stood for an array; ``k=`` in the custom attributes
+    was passed over; a range filter with min above max answered nothing. All 422s now,
+    naming the key or option (and both places)."""
+    jpeg = {"content-type": "image/jpeg"}
+    ca = "X-Amzn-SageMaker-Custom-Attributes"
+    js = {"content-type": "application/json"}
+    cases: list[tuple[str, dict[str, Any], str, str]] = [
+        ("/v1/recommend", {"content": b'{"item_ids":["sku-0014"],"k":2,"k":5}', "headers": js}, "duplicate_key", "'k'"),
+        ("/v1/recommend", {"content": b'{"item_ids":["sku-0014"],"item_ids":["sku-0030"]}', "headers": js}, "duplicate_key", "'item_ids'"),
+        ("/v1/outfits/score", {"content": b'{"item_ids":["sku-0014","sku-0030"],"item_ids":["sku-0014","sku-0040"]}', "headers": js}, "duplicate_key", "'item_ids'"),
+        ("/invocations?mode=similar&mode=outfit", {"content": _photo(sample), "headers": jpeg}, "duplicate_key", "mode"),
+        ("/invocations?k=5", {"content": _photo(sample), "headers": {**jpeg, ca: "k=2"}}, "option_given_twice", "custom attributes"),
+        ("/invocations?include_categories=shoes", {"content": _photo(sample), "headers": {**jpeg, ca: "include_categories=bag"}}, "option_given_twice", "query string"),
+        ("/invocations?use_color=false", {"json": {"item_ids": ["sku-0014"], "use_color": True}}, "option_given_twice", "the body"),
+        ("/invocations", {"content": _photo(sample), "headers": {**jpeg, ca: "k="}}, "invalid_options", "k must be an integer"),
+        ("/v1/recommend", {"json": {"item_ids": "sku-0014"}}, "invalid_options", "item_ids must be a list"),
+        ("/v1/recommend", {"json": {"item_ids": ["sku-0014"], "exclude_ids": "sku-0030"}}, "invalid_options", "exclude_ids must be a list"),
+        ("/v1/recommend", {"json": {"item_ids": ["sku-0014"], "include_categories": "shoes"}}, "invalid_options", "include_categories"),
+        ("/v1/recommend", {"json": {"item_ids": ["sku-0014"], "filters": {"price": {"min": 50, "max": 10}}}}, "invalid_options", "min is above its max"),
+        ("/v1/recommend", {"files": {"image": ("a.jpg", _photo(sample), "image/jpeg")}, "data": {"options": ['{"k": 2}', '{"k": 5}']}}, "option_given_twice", "options field 2"),
+        ("/v1/recommend", {"files": {"image": ("a.jpg", _photo(sample), "image/jpeg")}, "data": {"k": "2", "options": '{"k": 5}'}}, "option_given_twice", "the form's fields"),
+        ("/v1/items/sku-0014/recommendations?k=2&k=5", {"get": True}, "duplicate_key", "k is given 2 times"),
+    ]  # fmt: skip
+    for path, spec, code, named in cases:
+        r = client.get(path) if spec.pop("get", False) else client.post(path, **spec)
+        assert r.status_code == 422, (path, r.text)
+        error = r.json()["error"]
+        assert error["code"] == code and named in error["message"], (path, error)
+    # each option once, wherever it is: answered as before
+    once = client.post(
+        "/invocations?k=2", content=_photo(sample), headers={**jpeg, ca: "mode=similar"}
+    )
+    assert once.status_code == 200 and once.json()["mode"] == "similar"
+    _healthy(client, sample)
+
+
 def test_body_over_limit_without_content_length_is_cut_off(
     server: Server, client: httpx.Client, sample: tuple[Path, Path]
 ) -> None:
