@@ -158,7 +158,9 @@ class Options:
     # Rank only these catalogue items (a stylist's shortlist, fill-in-the-blank candidates):
     # each scored as any answer's items are; empty: search the whole catalogue.
     candidate_ids: Annotated[
-        tuple[Text, ...], Field(max_length=MAX_CANDIDATE_IDS), AfterValidator(_distinct)
+        tuple[Text, ...],
+        Field(max_length=MAX_CANDIDATE_IDS, json_schema_extra={"uniqueItems": True}),
+        AfterValidator(_distinct),
     ] = ()
 
     def __post_init__(self) -> None:
@@ -277,6 +279,8 @@ def option_parameters(*, header: bool = True) -> list[dict[str, Any]]:
         if name in _LIST_OPTIONS:
             param |= {"style": "form", "explode": True}
             param["schema"] = {"type": "array", "items": {"type": "string"}}
+            if schema.get("uniqueItems"):  # candidate_ids: each id at most once
+                param["schema"]["uniqueItems"] = True
             param["description"] = "repeat it, or separate the values with commas"
         elif name == "filters":
             param["content"] = {"application/json": {"schema": schema}}

@@ -1047,6 +1047,7 @@ _INVOCATION_DOC: dict[str, Any] = {
         "content": {
             **{t: _IMAGE_BODY for t in sorted(rq.IMAGE_TYPES)},
             JSON: _JSON_BODY,
+            **rq.opaque_bodies(_JSON_BODY["schema"]),
         },
     },
 }
@@ -1056,16 +1057,7 @@ _RECOMMEND_DOC: dict[str, Any] = {
         "required": True,
         "content": {
             **_INVOCATION_DOC["requestBody"]["content"],
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "image": {"type": "string", "format": "binary"},
-                        "item_ids": {"type": "array", "items": {"type": "string"}},
-                        "options": {"type": "string", "description": "a JSON object"},
-                    },
-                }
-            },
+            "multipart/form-data": {"schema": rq.form_body_schema()},
         },
     },
 }

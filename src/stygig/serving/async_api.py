@@ -377,6 +377,12 @@ _LIST_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 # The submission as SageMaker sends it: the input as the body or a stored location, the
 # parameters as headers, the options as the query string or custom attributes.
+_ASYNC_JSON_BODY = rq.json_body_schema(
+    {
+        "image_uri": {"type": "string", "description": "a stored photo"},
+        "image_uris": {"type": "array", "items": {"type": "string"}},
+    }
+)
 _SUBMIT_DOC: dict[str, Any] = {
     "parameters": [
         {
@@ -419,14 +425,8 @@ _SUBMIT_DOC: dict[str, Any] = {
                 t: {"schema": {"type": "string", "format": "binary"}}
                 for t in sorted(rq.IMAGE_TYPES)
             },
-            JSON: {
-                "schema": rq.json_body_schema(
-                    {
-                        "image_uri": {"type": "string", "description": "a stored photo"},
-                        "image_uris": {"type": "array", "items": {"type": "string"}},
-                    }
-                )
-            },
+            JSON: {"schema": _ASYNC_JSON_BODY},
+            **rq.opaque_bodies(_ASYNC_JSON_BODY),
         },
     },
     "responses": {"202": json_answer("the job, queued", JobSubmitted)},
