@@ -290,8 +290,8 @@ def test_rest_api(client: httpx.Client, sample: tuple[Path, Path]) -> None:
     )
     assert form.status_code == 200, form.text
     assert [q["source"] for q in form.json()["query"]] == ["image[0]", "item:sku-0014"]
-    # The query string and the custom attributes apply to a form as to any body, under the
-    # form's own fields, which are under its options object (as a JSON body is over the URL).
+    # The query string and the custom attributes apply to a form as to any body; an option in
+    # two places is refused (review, session 42: three silent precedence rules).
     upload = {"image": ("jeans.jpg", _photo(sample), "image/jpeg")}
     bad = client.post("/v1/recommend?k=abc", files=upload)
     assert bad.status_code == 422 and "k" in bad.json()["error"]["message"]
@@ -307,13 +307,13 @@ def test_rest_api(client: httpx.Client, sample: tuple[Path, Path]) -> None:
     assert same(client.post("/v1/recommend", files=upload, headers=attrs), "mode=similar&k=1")
     assert not same(client.post("/v1/recommend", files=upload), "mode=similar&k=1")
     layered = client.post(
-        "/v1/recommend?mode=similar&k=1",
+        "/v1/recommend?mode=similar",
         files=upload,
-        data={"k": "2", "options": json.dumps({"k": 3})},
+        data={"use_color": "false", "options": json.dumps({"k": 3})},
     )
-    assert same(layered, "mode=similar&k=3")
+    assert same(layered, "mode=similar&k=3&use_color=false")
     fields = client.post("/v1/recommend?mode=similar&k=1", files=upload, data={"k": "2"})
-    assert same(fields, "mode=similar&k=2")
+    assert fields.status_code == 422 and fields.json()["error"]["code"] == "option_given_twice"
     # Forms go to /v1/recommend; /invocations says so rather than list them as accepted.
     refused = client.post("/invocations", files={"image": ("jeans.jpg", b"x", "image/jpeg")})
     assert refused.status_code == 415
@@ -795,7 +795,7 @@ def test_loadtest_says_why_requests_failed(
     assert "errors 3" in out and "ConnectionRefusedError 3" in out, out
 
 
-def test_a_json_body_takes_the_query_and_custom_attribute_options_under_its_own(
+def test_a_json_body_takes_the_query_and_custom_attribute_options_beside_its_own(
     client: httpx.Client,
 ) -> None:
     """A JSON body ignored them: ``mode=similar`` in SageMaker's custom attributes (what an
@@ -811,6 +811,7 @@ def test_a_json_body_takes_the_query_and_custom_attribute_options_under_its_own(
     )
     assert r.status_code == 200 and r.json()["mode"] == "similar"
     r = client.post("/invocations", json={**body, "mode": "outfit"}, params={"mode": "similar"})
-    assert r.json()["mode"] == "outfit"  # the body's own option wins
+    assert r.status_code == 422  # in two places (review, session 42: the body's silently won)
+    assert r.json()["error"]["code"] == "option_given_twice"
     r = client.post("/invocations", json=body, params={"bogus": "1"})
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_options"
