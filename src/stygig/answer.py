@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-from pydantic import TypeAdapter
+from pydantic import ConfigDict, TypeAdapter
 
 __all__ = [
     "TIMING_NAMES",
@@ -213,6 +213,11 @@ class Outfit:
     score: float
 
 
+#: For an answer's types with defaults: their schema (written in serialization mode) lists
+#: every field as required, as every answer sends them all.
+_SENT_WHOLE = ConfigDict(json_schema_serialization_defaults_required=True)
+
+
 @dataclass(slots=True)
 class GenderDecision:
     """Whose items were recommended (``value``'s and unisex ones; ``None``: no filter).
@@ -221,6 +226,9 @@ class GenderDecision:
     neighbours, ``uncertain`` (a weak vote: ``guess`` and ``confidence`` say how weak), or
     ``none``. ``hedged``: only unisex items (or items without a gender) were considered.
     """
+
+    # Every answer carries every field: the schema says so (review, session 42)
+    __pydantic_config__ = _SENT_WHOLE
 
     value: str | None
     source: GenderSource
@@ -238,6 +246,8 @@ class ArtifactRef:
     both as one string, ``"<version>+<sequence>"``, the same on every replica that has
     applied the same changes.
     """
+
+    __pydantic_config__ = _SENT_WHOLE
 
     encoder: str
     items: int
@@ -350,7 +360,9 @@ class AnswerDocument(_Body):
 
 def answer_schema() -> dict[str, Any]:
     """JSON Schema of the answer (for OpenAPI), from the same types that write it."""
-    schema = TypeAdapter(AnswerDocument).json_schema(ref_template="#/components/schemas/{model}")
+    schema = TypeAdapter(AnswerDocument).json_schema(
+        ref_template="#/components/schemas/{model}", mode="serialization"
+    )
     schema["title"] = "Recommendation"
     return schema
 
@@ -437,6 +449,8 @@ def _outfit_adapter() -> TypeAdapter[OutfitScore]:
 
 def outfit_score_schema() -> dict[str, Any]:
     """JSON Schema of :class:`OutfitScore` (for OpenAPI), from the types that write it."""
-    schema = _outfit_adapter().json_schema(ref_template="#/components/schemas/{model}")
+    schema = _outfit_adapter().json_schema(
+        ref_template="#/components/schemas/{model}", mode="serialization"
+    )
     schema["title"] = "OutfitScore"
     return schema

@@ -59,6 +59,7 @@ from stygig.errors import BatchError, InputError, InvalidOptionsError, StygigErr
 from stygig.features import fetch_photo
 from stygig.pipeline import PreparedQuery
 from stygig.recommendation import check_json_values
+from stygig.unique_keys import key_name, unique_object
 
 __all__ = [
     "BatchInput",
@@ -173,6 +174,46 @@ def _manifest_photo(src: str, name: str) -> str:
     return name if Path(name).is_absolute() else str(Path(src).parent / name)
 
 
+#: A manifest line's keys: its id, its photos (one of the four), its item ids, its options.
+_PHOTO_KEYS = ("image", "images", "path", "uri")
+_MANIFEST_KEYS = ("id", *_PHOTO_KEYS, "item_ids", "options")
+
+
+def _manifest_row(row: dict[str, Any]) -> tuple[list[str], list[str], dict[str, Any]]:
+    """A manifest line's photos, item ids and options, checked as closely as a request body
+    is: an unknown key (a typo, an option beside ``options``), two ways of naming photos, or
+    a value of the wrong type (``false``, ``""``, ``[]`` too) is an
+    :class:`InvalidOptionsError`, never silently dropped (review, session 42)."""
+    unknown = sorted(k for k in row if k not in _MANIFEST_KEYS)
+    if unknown:
+        raise InvalidOptionsError(
+            f"unknown key {key_name(unknown[0])}"
+            + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
+            + f"; a manifest line holds {', '.join(_MANIFEST_KEYS)} (options go in 'options')"
+        )
+    given = [k for k in _PHOTO_KEYS if k in row]
+    if len(given) > 1:
+        raise InvalidOptionsError(
+            f"give the photos once: {' or '.join(repr(k) for k in given)}, not both"
+        )
+    images: Any = []
+    if given == ["images"]:
+        images = row["images"]
+        if not isinstance(images, list) or not all(isinstance(x, str) for x in images):
+            raise InvalidOptionsError("'images' must be a list of paths or URIs")
+    elif given:
+        if not isinstance(row[given[0]], str):
+            raise InvalidOptionsError(f"{given[0]!r} must be a path or URI")
+        images = [row[given[0]]]
+    item_ids = row.get("item_ids", [])
+    if not isinstance(item_ids, list) or not all(isinstance(x, str) for x in item_ids):
+        raise InvalidOptionsError("'item_ids' must be a list of catalogue ids")
+    options = row.get("options", {})
+    if not isinstance(options, dict):
+        raise InvalidOptionsError("'options' must be an object")
+    return images, item_ids, options
+
+
 def _manifest_inputs(src: str) -> Iterator[BatchInput]:
     for i, line in enumerate(_manifest_lines(src)):
         key = f"line-{i + 1}"
@@ -190,7 +231,7 @@ def _manifest_inputs(src: str) -> Iterator[BatchInput]:
             # Each value a Python object once parsed: bounded before (1M option keys in one
             # line held 150 MB until its group ran).
             check_json_values(line, what=f"line {i + 1}")
-            row = json.loads(line)
+            row = json.loads(line, object_pairs_hook=unique_object)
             if not isinstance(row, dict):
                 raise InvalidOptionsError("a manifest line must be a JSON object")
             # A lone surrogate ("\ud800", legal JSON syntax) is no text: no output can carry
@@ -207,20 +248,7 @@ def _manifest_inputs(src: str) -> Iterator[BatchInput]:
             if given is not None and not isinstance(given, str):
                 raise InvalidOptionsError("'id' must be a string or an integer")
             key = given if given else key
-            images = (
-                row.get("images")
-                or [row[k] for k in ("image", "path", "uri") if row.get(k) is not None][:1]
-            )
-            if not isinstance(images, list) or not all(isinstance(x, str) for x in images):
-                raise InvalidOptionsError("'images' must be a list of paths or URIs")
-            item_ids = row.get("item_ids") or []
-            if isinstance(item_ids, str):
-                item_ids = [item_ids]
-            if not isinstance(item_ids, list) or not all(isinstance(x, str) for x in item_ids):
-                raise InvalidOptionsError("'item_ids' must be a list of catalogue ids")
-            options = row.get("options") or {}
-            if not isinstance(options, dict):
-                raise InvalidOptionsError("'options' must be an object")
+            images, item_ids, options = _manifest_row(row)
             resolved = tuple(_manifest_photo(src, x) for x in images)
             Query(images=resolved, item_ids=tuple(item_ids))  # validates the shape
             yield BatchInput(i, key, f"{src}:{i + 1}", resolved, tuple(item_ids), options)

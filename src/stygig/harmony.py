@@ -53,6 +53,7 @@ from pydantic import (
 )
 
 from stygig.errors import ConfigError, InvalidOptionsError, config_read_problem, validate_config
+from stygig.unique_keys import load_yaml
 
 __all__ = [
     "HARMONY_PHRASES",
@@ -359,7 +360,7 @@ def load_family_table(path: str | Path | None = None) -> FamilyTable:
             text = resources.files("stygig").joinpath("data/color_families.yaml").read_text()
         else:
             text = Path(path).read_text(encoding="utf-8")
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(
             f"cannot read colour family table {source}: {config_read_problem(e)}"

@@ -18,6 +18,7 @@ from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationE
 from typing_extensions import TypedDict
 
 from stygig.errors import InputError, InvalidImageError, InvalidOptionsError, PayloadTooLargeError
+from stygig.unique_keys import DuplicateKeyError, key_name, unique_object
 
 __all__ = [
     "MAX_CANDIDATE_IDS",
@@ -37,6 +38,7 @@ __all__ = [
     "Query",
     "check_json_values",
     "check_part_count",
+    "merge_option_sources",
     "opens_a_json_object",
     "option_parameters",
     "options_from_params",
@@ -100,9 +102,14 @@ class RangeFilter(TypedDict, total=False):
     max: Number
 
 
+_MIN_ABOVE_MAX = "a range filter's min is above its max"
+
+
 def _not_empty(value: RangeFilter) -> RangeFilter:
     if not value:
         raise ValueError("a range filter needs min, max or both")
+    if "min" in value and "max" in value and value["min"] > value["max"]:
+        raise ValueError(_MIN_ABOVE_MAX)  # it would match nothing (review, session 42)
     return value
 
 
@@ -151,7 +158,9 @@ class Options:
     # Rank only these catalogue items (a stylist's shortlist, fill-in-the-blank candidates):
     # each scored as any answer's items are; empty: search the whole catalogue.
     candidate_ids: Annotated[
-        tuple[Text, ...], Field(max_length=MAX_CANDIDATE_IDS), AfterValidator(_distinct)
+        tuple[Text, ...],
+        Field(max_length=MAX_CANDIDATE_IDS, json_schema_extra={"uniqueItems": True}),
+        AfterValidator(_distinct),
     ] = ()
 
     def __post_init__(self) -> None:
@@ -159,7 +168,8 @@ class Options:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Options:
-        """Options from a JSON object (unknown keys are an error, lists become tuples)."""
+        """Options from a JSON object (unknown keys are an error; a list option is a JSON
+        array, never a bare string, and becomes a tuple)."""
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:
@@ -168,8 +178,6 @@ class Options:
         for name in _LIST_OPTIONS:
             if name in kwargs:
                 value = kwargs[name]
-                if isinstance(value, str):
-                    value = [value]
                 if not isinstance(value, list | tuple):
                     raise InvalidOptionsError(f"{name} must be a list of strings")
                 kwargs[name] = tuple(value)
@@ -179,6 +187,8 @@ class Options:
 def _explain(name: str, error: ValidationError) -> str:
     """``field: rule`` for a refused option. Never the value, nor a client's dict key."""
     first = error.errors()[0]
+    if name == "filters" and any(_MIN_ABOVE_MAX in e["msg"] for e in error.errors()):
+        return f"filters: {_MIN_ABOVE_MAX}"
     if name == "filters" and first["type"] != "too_long":
         return (
             f"filters: each filter is a value, a list of 1 to {MAX_LIST} values, or "
@@ -269,6 +279,8 @@ def option_parameters(*, header: bool = True) -> list[dict[str, Any]]:
         if name in _LIST_OPTIONS:
             param |= {"style": "form", "explode": True}
             param["schema"] = {"type": "array", "items": {"type": "string"}}
+            if schema.get("uniqueItems"):  # candidate_ids: each id at most once
+                param["schema"]["uniqueItems"] = True
             param["description"] = "repeat it, or separate the values with commas"
         elif name == "filters":
             param["content"] = {"application/json": {"schema": schema}}
@@ -283,9 +295,10 @@ def option_parameters(*, header: bool = True) -> list[dict[str, Any]]:
                 "in": "header",
                 "required": False,
                 "schema": {"type": "string"},
-                "description": "the options as a query string (k=3&mode=similar), under the "
-                "query string's and the body's own; text that is not key=value (a trace id) is "
-                "passed over. Through SageMaker at most 1,024 characters",
+                "description": "the options as a query string (k=3&mode=similar); an option "
+                "also given in the query string or the body is a 422 (option_given_twice); "
+                "text that is not key=value (a trace id) is passed over. Through SageMaker at "
+                "most 1,024 characters",
             }
         )
     return out
@@ -326,7 +339,7 @@ def split_text_list(values: Iterable[str], name: str, limit: int) -> list[str]:
 def _coerce(name: str, values: list[str]) -> Any:
     if name in _LIST_OPTIONS:
         return split_text_list(values, name, _LIST_LIMITS[name])
-    value = values[-1]
+    value = values[0]  # the only one (params_to_dict refuses a repeated option)
     if name in _INT_OPTIONS:
         if not _INTEGER.fullmatch(value):
             raise InvalidOptionsError(f"{name} must be an integer")
@@ -347,11 +360,42 @@ def _coerce(name: str, values: list[str]) -> Any:
 
 
 def params_to_dict(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
-    """Option values from text pairs (query string, form fields), typed per option."""
+    """Option values from text pairs (query string, form fields), typed per option. A list
+    option may be repeated (its values are joined); any other option given twice is an
+    :class:`InvalidOptionsError` (``duplicate_key``), never "the last one wins"."""
     grouped: dict[str, list[str]] = {}
     for key, value in pairs:
         grouped.setdefault(key, []).append(value)
+    for key, values in grouped.items():
+        if len(values) > 1 and key not in _LIST_OPTIONS and key in Options.__dataclass_fields__:
+            raise InvalidOptionsError(
+                f"{key} is given {len(values)} times; give it once (only the list options "
+                f"{', '.join(_LIST_OPTIONS)} may be repeated)",
+                code="duplicate_key",
+            )
     return {k: _coerce(k, v) for k, v in grouped.items()}
+
+
+def merge_option_sources(*sources: tuple[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """One request's options from the places it gives them, each ``(place, options)``: the
+    custom attributes, the query string, a JSON body, a form's fields. An option given in two
+    places is an :class:`InvalidOptionsError` (``option_given_twice``) naming it and both
+    places, never one place silently over another (review, session 42: a scalar from the
+    query string beat the custom attributes, lists of both were united, and a body replaced
+    them)."""
+    merged: dict[str, Any] = {}
+    where: dict[str, str] = {}
+    for place, options in sources:
+        for name, value in options.items():
+            if name in where:
+                raise InvalidOptionsError(
+                    f"{key_name(name)} is given in {where[name]} and in {place}; "
+                    "give each option in one place",
+                    code="option_given_twice",
+                )
+            where[name] = place
+            merged[name] = value
+    return merged
 
 
 def options_from_params(pairs: Iterable[tuple[str, str]]) -> Options:
@@ -387,7 +431,9 @@ def parse_json_object(
     if body.lstrip(b" \t\r\n")[:1] in (b"{", b"["):  # a scalar or garbage holds one value
         check_json_values(body, what=what, limit=max_values)
     try:
-        data = json.loads(body)
+        data = json.loads(body, object_pairs_hook=unique_object)
+    except DuplicateKeyError as e:  # never "the last one wins" (review, session 42)
+        raise DuplicateKeyError(e.key, what) from None
     except UnicodeDecodeError:
         raise InputError(f"{what} is not UTF-8 text", code="malformed_json") from None
     except json.JSONDecodeError as e:  # its text says where, never what: no client bytes
@@ -453,8 +499,7 @@ def _b64(value: Any, where: str) -> bytes:
 
 
 def string_list(value: Any, name: str) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
+    """A JSON array of ids (a bare string is no array: review, session 42)."""
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise InvalidOptionsError(f"{name} must be a list of strings")
     if len(value) > MAX_QUERY_PARTS or not all(0 < len(v) <= MAX_TEXT for v in value):

@@ -28,6 +28,7 @@ from pydantic import ConfigDict, Field, TypeAdapter
 from stygig.errors import ConfigError, config_read_problem, validate_config
 from stygig.harmony import HarmonyRules
 from stygig.scan import Scan
+from stygig.unique_keys import load_yaml
 
 __all__ = [
     "COMPAT_MODES",
@@ -88,7 +89,7 @@ class ScoringConfig:
             Path(path) if path else Path(str(resources.files("stygig") / "data" / "scoring.yaml"))
         )
         try:
-            data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+            data = load_yaml(file.read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as e:
             raise ConfigError(f"cannot read scoring config {file}: {config_read_problem(e)}") from e
         return cls.from_dict(data, source=file)

@@ -199,6 +199,52 @@ def test_manifest_bad_records_are_isolated(
     assert not out.with_name("out.parquet.parts").exists()
 
 
+def test_a_manifest_line_is_checked_as_closely_as_a_request_body(
+    sample: tuple[Path, Path], rec: Recommender, tmp_path: Path
+) -> None:
+    """Review, session 42: unknown keys (an option beside ``options``, a typo) were dropped,
+    ``options: false`` read as none, ``image`` beside ``images`` dropped, ``"item_ids": "x"``
+    wrapped, and a key given twice kept its last value. Each is that line's error now."""
+    shirt = str(sample[0] / "queries" / "blue-jeans.jpg")
+    lines = {
+        "top-level-k": {"item_ids": ["sku-0014"], "k": 1},
+        "typo": {"item_ids": ["sku-0014"], "opts": {"k": 1}},
+        "options-false": {"item_ids": ["sku-0014"], "options": False},
+        "options-list": {"item_ids": ["sku-0014"], "options": []},
+        "options-text": {"item_ids": ["sku-0014"], "options": ""},
+        "image-and-images": {"images": [shirt], "image": shirt},
+        "image-and-path": {"image": shirt, "path": shirt},
+        "images-false": {"images": False, "image": shirt},
+        "image-null": {"image": None, "item_ids": ["sku-0014"]},
+        "ids-text": {"item_ids": "sku-0014"},
+        "ids-false": {"item_ids": False, "image": shirt},
+        # the documented shapes still work
+        "ok-image": {"image": shirt, "options": {"k": 2}},
+        "ok-path": {"path": shirt},
+        "ok-images": {"images": [shirt], "item_ids": ["sku-0014"]},
+        "ok-ids": {"item_ids": ["sku-0014"]},
+    }
+    text = [json.dumps({"id": key, **row}) for key, row in lines.items()]
+    text.append('{"id": "twice", "item_ids": ["sku-0014"], "options": {"k": 2, "k": 5}}')
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join(text) + "\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    run_batch(rec, str(manifest), str(out), progress=False)
+    records = {str(r["id"]): r for r in _records(out)}
+    ok = {k for k in records if k.startswith("ok-")}
+    assert {k for k, r in records.items() if r["status"] == "ok"} == ok
+    errors = {k: r["error"] for k, r in records.items() if k not in ok}
+    twice = errors.pop("line-16")  # a line that cannot be read has no id of its own
+    assert twice == {"code": "duplicate_key", "message": "the key 'k' is given twice; give it once"}
+    assert set(errors) == set(lines) - ok
+    assert all(e["code"] == "invalid_options" for e in errors.values()), errors  # type: ignore[index]
+    assert "unknown key 'k'" in errors["top-level-k"]["message"]  # type: ignore[index]
+    assert "unknown key 'opts'" in errors["typo"]["message"]  # type: ignore[index]
+    assert "'options' must be an object" in errors["options-false"]["message"]  # type: ignore[index]
+    assert "not both" in errors["image-and-images"]["message"]  # type: ignore[index]
+    assert "'item_ids' must be a list" in errors["ids-text"]["message"]  # type: ignore[index]
+
+
 def test_resume_cuts_a_torn_line_and_finishes(rec: Recommender, tmp_path: Path) -> None:
     src = str(rec.artifact.path)
     full = tmp_path / "full.jsonl"

@@ -350,3 +350,19 @@ def test_only_known_metrics_and_finite_values_are_taken() -> None:
     emitter.observe("TotalLatency", float("inf"))
     emitter.flush()
     assert written == []
+
+
+def test_every_timing_name_is_a_metric() -> None:
+    """Review, session 42: ``vote`` and ``serialise``, in every ``timings_ms``, were exported
+    neither to Prometheus nor to EMF."""
+    from stygig.answer import TIMING_NAMES
+    from stygig.serving.emf import STAGE_METRICS, metric_units
+    from stygig.serving.metrics import STAGES, ServerMetrics
+
+    assert tuple(STAGE_METRICS) == TIMING_NAMES and STAGES == TIMING_NAMES
+    assert {"VoteLatency", "SerialiseLatency"} <= set(metric_units())
+    metrics = ServerMetrics()
+    metrics.observe_timings(dict.fromkeys(TIMING_NAMES, 1.0))
+    text = metrics.render().decode()
+    for name in TIMING_NAMES:
+        assert f'stygig_stage_seconds_count{{stage="{name}"}} 1.0' in text, name

@@ -649,3 +649,54 @@ def test_a_submission_is_refused_as_the_real_time_request_is(
         view = httpx.get(f"{server.url}/async/jobs/{ok.json()['InferenceId']}").json()
         assert documented == set(view)
         assert "409" in paths["/async/jobs/{job_id}/output"]["get"]["responses"]
+
+
+def test_a_submission_given_a_key_or_option_twice_is_refused_before_the_202(
+    sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Review, session 42: ``{"k": 2, "k": 5}`` ran with k=5, ``?k=5`` beside custom
+    attributes ``k=2`` with 5, ``image_uris: false`` as none and ``"item_ids": "x"`` as a
+    list. Each is the real-time route's 422 (same code), before the 202; a time limit that is
+    not a whole number of seconds too."""
+    catalog, artifact = sample
+    photo = (catalog / "queries" / "blue-jeans.jpg").read_bytes()
+    js = {"Content-Type": "application/json"}
+    ca = "X-Amzn-SageMaker-Custom-Attributes"
+    cases: list[tuple[str, bytes, dict[str, str], str]] = [
+        ("", b'{"item_ids": ["sku-0014"], "k": 2, "k": 5}', js, "duplicate_key"),
+        ("?k=5", photo, {"Content-Type": "image/jpeg", ca: "k=2"}, "option_given_twice"),
+        ("?k=5", b'{"item_ids": ["sku-0014"], "k": 2}', js, "option_given_twice"),
+        ("?k=2&k=5", photo, {"Content-Type": "image/jpeg"}, "duplicate_key"),
+        ("", photo, {"Content-Type": "image/jpeg", ca: "k="}, "invalid_options"),
+        ("", b'{"item_ids": "sku-0014"}', js, "invalid_options"),
+    ]
+    with async_server(artifact, tmp_path) as server:
+        wait_for(lambda: httpx.get(server.url + "/readyz", timeout=5).status_code == 200)
+        for query, content, headers, code in cases:
+            real = httpx.post(f"{server.url}/v1/recommend{query}", content=content, headers=headers)
+            late = httpx.post(
+                f"{server.url}/async/invocations{query}", content=content, headers=headers
+            )
+            assert real.status_code == late.status_code == 422, (query, content[:40], late.text)
+            assert real.json()["error"]["code"] == late.json()["error"]["code"] == code
+        for falsy in ("false", "0", '""', "null"):
+            body = f'{{"item_ids": ["sku-0014"], "image_uris": {falsy}}}'.encode()
+            late = httpx.post(f"{server.url}/async/invocations", content=body, headers=js)
+            assert late.status_code == 422 and "image_uris" in late.json()["error"]["message"]
+        for limit in ("1.5", "1e2", "0.001"):
+            late = httpx.post(
+                f"{server.url}/async/invocations",
+                content=b'{"item_ids": ["sku-0014"]}',
+                headers={**js, "X-Amzn-SageMaker-InvocationTimeoutSeconds": limit},
+            )
+            assert late.status_code == 422, (limit, late.text)
+        ok = httpx.post(
+            f"{server.url}/async/invocations?mode=similar",
+            content=b'{"item_ids": ["sku-0014"], "k": 2}',
+            headers={
+                **js,
+                ca: "use_color=false",
+                "X-Amzn-SageMaker-InvocationTimeoutSeconds": "60",
+            },
+        )
+        assert ok.status_code == 202, ok.text

@@ -136,6 +136,32 @@ def test_readyz_not_ready_is_documented(not_loaded: TestClient) -> None:
     answers.check("GET", "/ping", ping)
 
 
+def test_always_sent_fields_are_required_and_every_request_form_is_documented(
+    not_loaded: TestClient,
+) -> None:
+    """Review, session 42: ``GenderDecision.hedged/confidence/guess`` and
+    ``ArtifactRef.version/sequence/catalog``, in every answer, were optional in the schema;
+    the form's ``images``/``file`` fields and per-option fields, the octet-stream bodies, and
+    ``candidate_ids``' uniqueness were not documented."""
+    document = not_loaded.get("/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    assert set(schemas["GenderDecision"]["required"]) == set(
+        schemas["GenderDecision"]["properties"]
+    )
+    assert set(schemas["ArtifactRef"]["required"]) == set(schemas["ArtifactRef"]["properties"])
+    for path in ("/invocations", "/v1/recommend"):
+        content = document["paths"][path]["post"]["requestBody"]["content"]
+        for opaque in ("application/octet-stream", "binary/octet-stream"):
+            assert len(content[opaque]["schema"]["oneOf"]) == 2, (path, opaque)
+        body = content[JSON]["schema"]
+        assert body["properties"]["candidate_ids"]["uniqueItems"] is True
+    form = document["paths"]["/v1/recommend"]["post"]["requestBody"]["content"]
+    fields = form["multipart/form-data"]["schema"]["properties"]
+    assert {"image", "images", "file", "item_ids", "options", "k", "mode", "filters"} <= set(fields)
+    assert fields["images"]["items"] == BINARY
+    assert set(schemas["Options"]["properties"]) <= set(fields)
+
+
 def test_every_answer_validates_closed_against_its_documented_schema(
     sample: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -559,8 +559,10 @@ def test_batch_through_the_endpoint_bounded_resumed_and_like_in_process(
     # Complete: a rerun does nothing; other arguments are refused.
     assert main(argv) == 0
     assert json.loads(_out(capsys))["processed"] == 0 and len(runtime.calls) == n
-    assert main([*argv, "--option", "k=3"]) == 2
+    assert main([*argv, "--option", "use_color=false"]) == 2
     assert "other arguments" in capsys.readouterr().err
+    assert main([*argv, "--option", "k=3"]) == 2  # k=2 and k=3: given twice (review, s42)
+    assert "k is given 2 times" in capsys.readouterr().err
 
     # A catalogue with the deployed artifact beside it: rows known to it go by item id (JSON),
     # into an S3 prefix; a rejected row is its own error record.

@@ -290,8 +290,8 @@ def test_rest_api(client: httpx.Client, sample: tuple[Path, Path]) -> None:
     )
     assert form.status_code == 200, form.text
     assert [q["source"] for q in form.json()["query"]] == ["image[0]", "item:sku-0014"]
-    # The query string and the custom attributes apply to a form as to any body, under the
-    # form's own fields, which are under its options object (as a JSON body is over the URL).
+    # The query string and the custom attributes apply to a form as to any body; an option in
+    # two places is refused (review, session 42: three silent precedence rules).
     upload = {"image": ("jeans.jpg", _photo(sample), "image/jpeg")}
     bad = client.post("/v1/recommend?k=abc", files=upload)
     assert bad.status_code == 422 and "k" in bad.json()["error"]["message"]
@@ -307,13 +307,13 @@ def test_rest_api(client: httpx.Client, sample: tuple[Path, Path]) -> None:
     assert same(client.post("/v1/recommend", files=upload, headers=attrs), "mode=similar&k=1")
     assert not same(client.post("/v1/recommend", files=upload), "mode=similar&k=1")
     layered = client.post(
-        "/v1/recommend?mode=similar&k=1",
+        "/v1/recommend?mode=similar",
         files=upload,
-        data={"k": "2", "options": json.dumps({"k": 3})},
+        data={"use_color": "false", "options": json.dumps({"k": 3})},
     )
-    assert same(layered, "mode=similar&k=3")
+    assert same(layered, "mode=similar&k=3&use_color=false")
     fields = client.post("/v1/recommend?mode=similar&k=1", files=upload, data={"k": "2"})
-    assert same(fields, "mode=similar&k=2")
+    assert fields.status_code == 422 and fields.json()["error"]["code"] == "option_given_twice"
     # Forms go to /v1/recommend; /invocations says so rather than list them as accepted.
     refused = client.post("/invocations", files={"image": ("jeans.jpg", b"x", "image/jpeg")})
     assert refused.status_code == 415
@@ -558,6 +558,47 @@ def test_bad_input_is_a_4xx_json_error_and_the_server_stays_healthy(
     _healthy(client, sample)
 
 
+def test_nothing_given_twice_is_the_last_one_wins(
+    client: httpx.Client, sample: tuple[Path, Path]
+) -> None:
+    """Review, session 42: a key twice in a JSON body, an option repeated in the query string
+    or given in two places (query string, custom attributes, body, form) was silently merged
+    by one of three rules; a bare string stood for an array; ``k=`` in the custom attributes
+    was passed over; a range filter with min above max answered nothing. All 422s now,
+    naming the key or option (and both places)."""
+    jpeg = {"content-type": "image/jpeg"}
+    ca = "X-Amzn-SageMaker-Custom-Attributes"
+    js = {"content-type": "application/json"}
+    cases: list[tuple[str, dict[str, Any], str, str]] = [
+        ("/v1/recommend", {"content": b'{"item_ids":["sku-0014"],"k":2,"k":5}', "headers": js}, "duplicate_key", "'k'"),
+        ("/v1/recommend", {"content": b'{"item_ids":["sku-0014"],"item_ids":["sku-0030"]}', "headers": js}, "duplicate_key", "'item_ids'"),
+        ("/v1/outfits/score", {"content": b'{"item_ids":["sku-0014","sku-0030"],"item_ids":["sku-0014","sku-0040"]}', "headers": js}, "duplicate_key", "'item_ids'"),
+        ("/invocations?mode=similar&mode=outfit", {"content": _photo(sample), "headers": jpeg}, "duplicate_key", "mode"),
+        ("/invocations?k=5", {"content": _photo(sample), "headers": {**jpeg, ca: "k=2"}}, "option_given_twice", "custom attributes"),
+        ("/invocations?include_categories=shoes", {"content": _photo(sample), "headers": {**jpeg, ca: "include_categories=bag"}}, "option_given_twice", "query string"),
+        ("/invocations?use_color=false", {"json": {"item_ids": ["sku-0014"], "use_color": True}}, "option_given_twice", "the body"),
+        ("/invocations", {"content": _photo(sample), "headers": {**jpeg, ca: "k="}}, "invalid_options", "k must be an integer"),
+        ("/v1/recommend", {"json": {"item_ids": "sku-0014"}}, "invalid_options", "item_ids must be a list"),
+        ("/v1/recommend", {"json": {"item_ids": ["sku-0014"], "exclude_ids": "sku-0030"}}, "invalid_options", "exclude_ids must be a list"),
+        ("/v1/recommend", {"json": {"item_ids": ["sku-0014"], "include_categories": "shoes"}}, "invalid_options", "include_categories"),
+        ("/v1/recommend", {"json": {"item_ids": ["sku-0014"], "filters": {"price": {"min": 50, "max": 10}}}}, "invalid_options", "min is above its max"),
+        ("/v1/recommend", {"files": {"image": ("a.jpg", _photo(sample), "image/jpeg")}, "data": {"options": ['{"k": 2}', '{"k": 5}']}}, "option_given_twice", "options field 2"),
+        ("/v1/recommend", {"files": {"image": ("a.jpg", _photo(sample), "image/jpeg")}, "data": {"k": "2", "options": '{"k": 5}'}}, "option_given_twice", "the form's fields"),
+        ("/v1/items/sku-0014/recommendations?k=2&k=5", {"get": True}, "duplicate_key", "k is given 2 times"),
+    ]  # fmt: skip
+    for path, spec, code, named in cases:
+        r = client.get(path) if spec.pop("get", False) else client.post(path, **spec)
+        assert r.status_code == 422, (path, r.text)
+        error = r.json()["error"]
+        assert error["code"] == code and named in error["message"], (path, error)
+    # each option once, wherever it is: answered as before
+    once = client.post(
+        "/invocations?k=2", content=_photo(sample), headers={**jpeg, ca: "mode=similar"}
+    )
+    assert once.status_code == 200 and once.json()["mode"] == "similar"
+    _healthy(client, sample)
+
+
 def test_body_over_limit_without_content_length_is_cut_off(
     server: Server, client: httpx.Client, sample: tuple[Path, Path]
 ) -> None:
@@ -754,7 +795,7 @@ def test_loadtest_says_why_requests_failed(
     assert "errors 3" in out and "ConnectionRefusedError 3" in out, out
 
 
-def test_a_json_body_takes_the_query_and_custom_attribute_options_under_its_own(
+def test_a_json_body_takes_the_query_and_custom_attribute_options_beside_its_own(
     client: httpx.Client,
 ) -> None:
     """A JSON body ignored them: ``mode=similar`` in SageMaker's custom attributes (what an
@@ -770,6 +811,7 @@ def test_a_json_body_takes_the_query_and_custom_attribute_options_under_its_own(
     )
     assert r.status_code == 200 and r.json()["mode"] == "similar"
     r = client.post("/invocations", json={**body, "mode": "outfit"}, params={"mode": "similar"})
-    assert r.json()["mode"] == "outfit"  # the body's own option wins
+    assert r.status_code == 422  # in two places (review, session 42: the body's silently won)
+    assert r.json()["error"]["code"] == "option_given_twice"
     r = client.post("/invocations", json=body, params={"bogus": "1"})
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_options"

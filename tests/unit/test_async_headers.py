@@ -19,7 +19,8 @@ def test_valid_headers_are_read() -> None:
             "content-type": "image/jpeg",  # other headers are not its business
         }
     )
-    assert given.inference_id == "look-42" and given.time_limit_s == 120.0
+    assert given.inference_id == "look-42" and given.time_limit_s == 120
+    assert isinstance(given.time_limit_s, int)
     assert given.input_location == "s3://bucket/in.json" and given.webhook is None
     assert SubmissionHeaders.read({}).time_limit_s is None
 
@@ -34,6 +35,12 @@ def test_valid_headers_are_read() -> None:
         ("x-amzn-sagemaker-invocationtimeoutseconds", "0", "InvocationTimeoutSeconds"),
         ("x-amzn-sagemaker-invocationtimeoutseconds", "3601", "InvocationTimeoutSeconds"),
         ("x-amzn-sagemaker-invocationtimeoutseconds", "nan", "InvocationTimeoutSeconds"),
+        # review, session 42: SageMaker's header is a whole number of seconds, 1 to 3600
+        ("x-amzn-sagemaker-invocationtimeoutseconds", "1.5", "InvocationTimeoutSeconds"),
+        ("x-amzn-sagemaker-invocationtimeoutseconds", "1e2", "InvocationTimeoutSeconds"),
+        ("x-amzn-sagemaker-invocationtimeoutseconds", "0.001", "InvocationTimeoutSeconds"),
+        ("x-amzn-sagemaker-invocationtimeoutseconds", "-5", "InvocationTimeoutSeconds"),
+        ("x-amzn-sagemaker-invocationtimeoutseconds", "６０", "InvocationTimeoutSeconds"),
         ("x-amzn-sagemaker-inputlocation", "s3://" + "a" * 3000, "InputLocation"),
         ("x-stygig-webhook", "", "X-StyGig-Webhook"),
     ],

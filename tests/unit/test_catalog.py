@@ -4,8 +4,10 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from stygig.catalog import REJECT_REASONS, Taxonomy, detect_layout, read_catalog
+from stygig.catalog.taxonomy import Slot, default_taxonomy_path
 from stygig.errors import CatalogError, ConfigError
 from tests.conftest import KAGGLE_DIR, MANGO_DIR, garment_image, require_dataset
 
@@ -444,6 +446,54 @@ def test_taxonomy_validation_errors(tmp_path: Path) -> None:
     (tmp_path / "t.yaml").write_text("slots: [unclosed")
     with pytest.raises(ConfigError, match="not valid"):
         Taxonomy.load(tmp_path / "t.yaml")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "named"),
+    [
+        ("boost: 1.15", "boost: .inf", "boost: Input should be a finite number"),
+        ("boost: 1.15", "boost: .nan", "boost: Input should be a finite number"),
+        ("boost: 1.15", "boost: true", "boost: Input should be a valid number"),
+        ("boost: 1.15", "boost: '1.15'", "boost: Input should be a valid number"),
+        ("boost: 1.15", "boots: 1.3", "boots: unknown key"),
+        ("version: 1", "version: 99", "version: Input should be 1"),
+        ("outfit_order: 2}", "outfit_order: 2.7}", "slots.bottom.outfit_order: Input should"),
+        ("outfit_order: 2}", "outfit_order: '2'}", "slots.bottom.outfit_order: Input should"),
+        ("{label: Bottom,", "{lable: Bottom,", "slots.bottom.lable: unknown key"),
+        ("boost: 1.15", "boost: 1.15\nboost: 3.0", "found the key 'boost' twice at line"),
+        ("  jeans: bottom", "  jeans: bottom\n  jeans: top", "found the key 'jeans' twice"),
+    ],
+)
+def test_taxonomy_types_are_checked_naming_the_field(
+    tmp_path: Path, old: str, new: str, named: str
+) -> None:
+    """Review, session 42: the taxonomy was checked by hand: ``boost: .inf`` was taken (every
+    answer then failed), ``true`` read as 1.0, ``2.7`` as 2, a typo ``boots:`` and a key given
+    twice passed over. It is validated as ``scoring.yaml`` is, by pydantic, strictly."""
+    text = default_taxonomy_path().read_text(encoding="utf-8")
+    assert text.count(old) == 1, old
+    path = tmp_path / "taxonomy.yaml"
+    path.write_text(text.replace(old, new))
+    with pytest.raises(ConfigError) as caught:
+        Taxonomy.load(path, origin="t.yaml")
+    assert caught.value.message.startswith(("taxonomy t.yaml: ", "taxonomy file t.yaml"))
+    assert named in caught.value.message
+    assert str(tmp_path) not in caught.value.message
+    (tmp_path / "t.json").write_text('{"slots": {"top": {}}, "slots": {}, "categories": {}}')
+    with pytest.raises(ConfigError, match="'slots' is given twice"):
+        Taxonomy.load(tmp_path / "t.json")
+
+
+def test_every_shipped_taxonomy_still_loads_as_before() -> None:
+    tax = Taxonomy.load()
+    assert tax.boost == 1.15 and tax.slots["other"] == Slot("other", "Other", 9)
+    assert tax.slots["one_piece"].label == "Dress / jumpsuit" and len(tax.categories) == 49
+    again = Taxonomy.from_dict(yaml.safe_load(tax.to_yaml()))
+    assert (again.categories, again.slots, again.sources) == (
+        tax.categories,
+        tax.slots,
+        tax.sources,
+    )
 
 
 def test_taxonomy_round_trips_through_yaml(tmp_path: Path) -> None:

@@ -109,6 +109,12 @@ def test_bad_changes_change_nothing(live: tuple[LiveCatalog, Path], tmp_path: Pa
         with pytest.raises(InputError) as e2:
             parse_changes_jsonl(text.encode())
         assert e2.value.http_status < 500
+    # Review, session 42: a change line naming a key twice kept the last (422 now, named)
+    twice = '{"op": "update", "id": "a", "set": {"price": 3}, "set": {"price": 4}}'
+    with pytest.raises(InvalidOptionsError) as e3:
+        parse_changes_jsonl(('{"op": "remove", "id": "b"}\n' + twice).encode())
+    assert e3.value.code == "duplicate_key"
+    assert e3.value.message == "the key 'set' is given twice in line 2; give it once"
 
 
 def test_replay_and_two_writers(live: tuple[LiveCatalog, Path], tmp_path: Path) -> None:

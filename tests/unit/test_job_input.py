@@ -86,10 +86,34 @@ def test_a_json_inputs_options_are_checked_at_submission() -> None:
     for body, params in (({"item_ids": ["a"], "k": 0}, {}), ({"item_ids": ["a"]}, {"k": 0})):
         with pytest.raises(InvalidOptionsError, match="k"):
             check_job_input(_json(body), "application/json", InputLocations(), params)
-    # The body's own value wins over the submission's, as when the job runs.
-    check_job_input(
-        _json({"item_ids": ["a"], "k": 3}), "application/json", InputLocations(), {"k": 0}
-    )
+    # Review, session 42: the body's own value silently won over the submission's. An option
+    # in both is refused naming it and both places, at submission and when the job runs.
+    body = _json({"item_ids": ["a"], "k": 3})
+    with pytest.raises(InvalidOptionsError, match="'k' is given in the submission") as twice:
+        check_job_input(body, "application/json", InputLocations(), {"k": 2})
+    assert twice.value.code == "option_given_twice" and "the JSON input" in twice.value.message
+    with pytest.raises(InvalidOptionsError, match="'k'"):
+        parse_job_input(body, "application/json", {"k": 2})
+    _, options = check_job_input(body, "application/json", InputLocations(), {"mode": "similar"})
+    assert options.k == 3 and options.mode == "similar"  # each given once: both kept
+
+
+@pytest.mark.parametrize("value", [False, 0, "", None, {}, "/abs/x.jpg"])
+def test_image_uris_that_are_not_a_list_are_refused(value: object) -> None:
+    """Review, session 42: a falsy ``image_uris`` (false, 0, "", null) was read as none."""
+    body = _json({"item_ids": ["a"], "image_uris": value})
+    with pytest.raises(InvalidOptionsError, match="image_uris must be a list"):
+        check_job_input(body, "application/json", InputLocations())
+    with pytest.raises(InvalidOptionsError, match="image_uris must be a list"):
+        parse_job_input(body, "application/json", {})
+
+
+def test_a_key_given_twice_in_a_json_input_is_refused() -> None:
+    """Review, session 42: ``{"k": 2, "k": 5}`` ran with k=5 (JSON's last one wins)."""
+    for body in (b'{"item_ids": ["a"], "k": 2, "k": 5}', b'{"item_ids": ["a"], "item_ids": ["b"]}'):
+        with pytest.raises(InvalidOptionsError) as refused:
+            check_job_input(body, "application/json", InputLocations())
+        assert refused.value.code == "duplicate_key" and "given twice" in refused.value.message
 
 
 def test_local_locations_are_plain_paths_resolved_inside(tmp_path: Path) -> None:

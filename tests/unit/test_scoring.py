@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -85,6 +87,19 @@ def test_config_loads_defaults_and_validates() -> None:
     with pytest.raises(ConfigError, match=r"vote_k.*diversity"):  # every wrong field is named
         ScoringConfig.from_dict({"vote_k": 0, "diversity": -1})
     assert ScoringConfig.from_dict({"similarity_weight": 1}).similarity_weight == 1.0
+
+
+def test_a_key_given_twice_in_the_config_is_refused(tmp_path: Path) -> None:
+    """Review, session 42: ``vote_k: 7`` then ``vote_k: 9`` loaded as 9, silently."""
+    path = tmp_path / "scoring.yaml"
+    path.write_text("vote_k: 7\ndiversity: 0.3\nvote_k: 9\n")
+    with pytest.raises(ConfigError, match="found the key 'vote_k' twice at line 3"):
+        ScoringConfig.load(path)
+    path.write_text("harmony:\n  neutral: 0.9\n  neutral: 0.8\n")
+    with pytest.raises(ConfigError, match="'neutral' twice"):
+        ScoringConfig.load(path)
+    path.write_text("vote_k: 7\ndiversity: 0.3\n")
+    assert ScoringConfig.load(path).vote_k == 7
 
 
 def test_ranking_jitter_is_the_seeds_stream_and_keeps_only_the_default() -> None:

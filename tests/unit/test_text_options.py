@@ -85,3 +85,106 @@ def test_a_browser_page_of_another_origin_is_told_apart() -> None:
     assert from_another_site(
         {"host": "a:1", "sec-fetch-site": "cross-site", "origin": "http://a:1"}
     )
+
+
+# -- review, session 42: nothing given twice is "the last one wins" -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "values"),
+    [("k", ["2", "5"]), ("mode", ["similar", "outfit"]), ("filters", ["{}", "{}"])],
+)
+def test_a_single_valued_option_repeated_in_text_is_refused(name: str, values: list[str]) -> None:
+    """``?k=2&k=5`` ran with k=5; ``?mode=similar&mode=outfit`` with outfit."""
+    with pytest.raises(InvalidOptionsError, match=f"{name} is given 2 times") as refused:
+        params_to_dict([(name, v) for v in values])
+    assert refused.value.code == "duplicate_key"
+
+
+def test_a_list_option_may_be_repeated_as_documented() -> None:
+    got = params_to_dict([("exclude_ids", "a,b"), ("exclude_ids", "c")])
+    assert got == {"exclude_ids": ["a", "b", "c"]}
+
+
+def test_a_key_given_twice_in_a_json_object_is_refused_naming_it() -> None:
+    from stygig.recommendation import parse_json_object
+
+    for body, key in (
+        (b'{"item_ids": ["a"], "k": 2, "k": 5}', "k"),
+        (b'{"item_ids": ["a"], "item_ids": ["b"]}', "item_ids"),
+        (b'{"filters": {"price": {"min": 1, "min": 2}}}', "min"),
+    ):
+        with pytest.raises(InvalidOptionsError) as refused:
+            parse_json_object(body)
+        assert refused.value.code == "duplicate_key"
+        assert f"the key {key!r} is given twice in the body" in refused.value.message
+    with pytest.raises(InvalidOptionsError, match="given twice"):
+        params_to_dict([("filters", '{"a": 1, "a": 2}')])
+    long = "x" * 5000  # a key is named, bounded
+    with pytest.raises(InvalidOptionsError) as refused:
+        parse_json_object(f'{{"{long}": 1, "{long}": 2}}'.encode())
+    assert len(refused.value.message) < 200
+
+
+def test_an_option_in_two_places_is_refused_naming_both() -> None:
+    """Review, session 42: the query string silently beat the custom attributes, lists from
+    both were united, and a body replaced them."""
+    from stygig.serving.requests import outside_options, parse_image_body, parse_json_body
+
+    body = b'{"item_ids": ["a"], "k": 2}'
+    for header, query, places in (
+        ("k=2", [("k", "5")], ("the custom attributes", "the query string")),
+        ("include_categories=bag", [("include_categories", "shoes")], ("custom", "query")),
+        ("", [("k", "5")], ("the query string", "the body")),
+        ("k=5", [], ("the custom attributes", "the body")),
+    ):
+        with pytest.raises(InvalidOptionsError) as refused:
+            if places[1] == "the body":
+                parse_json_body(body, outside_options(header, query))
+            else:
+                parse_image_body(b"photo", outside_options(header, query))
+        assert refused.value.code == "option_given_twice"
+        message = refused.value.message
+        assert message.startswith("'") and all(p in message for p in places), message
+    # each option given once, wherever: all of them kept, as before
+    parsed = parse_json_body(body, outside_options("mode=similar", [("use_color", "false")]))
+    assert (parsed.options.k, parsed.options.mode, parsed.options.use_color) == (
+        2,
+        "similar",
+        False,
+    )
+
+
+def test_a_blank_option_in_the_custom_attributes_is_refused_as_in_the_query_string() -> None:
+    """Review, session 42: ``k=`` in the custom attributes was passed over (a 422 in the query
+    string)."""
+    from stygig.serving.requests import custom_attributes
+
+    assert custom_attributes("k=&trace") == [("k", "")]
+    for text in ("k=", "use_color"):
+        with pytest.raises(InvalidOptionsError):
+            options_from_params(custom_attributes(text))
+        with pytest.raises(InvalidOptionsError):
+            options_from_params([(text.partition("=")[0], "")])
+
+
+@pytest.mark.parametrize("name", ["exclude_ids", "include_categories", "candidate_ids"])
+def test_a_bare_string_is_no_list_in_json(name: str) -> None:
+    """Review, session 42: ``"exclude_ids": "sku-1"`` was read as ``["sku-1"]`` though the
+    schema says array (``POST /v1/outfits/score`` refused it)."""
+    from stygig.recommendation import Options, split_json_request
+
+    with pytest.raises(InvalidOptionsError, match=f"{name} must be a list"):
+        Options.from_dict({name: "sku-1"})
+    assert Options.from_dict({name: ["sku-1"]})
+    with pytest.raises(InvalidOptionsError, match="item_ids must be a list"):
+        split_json_request({"item_ids": "sku-1"})
+
+
+def test_a_range_filter_whose_min_is_above_its_max_is_refused() -> None:
+    """Review, session 42: ``{"min": 50, "max": 10}`` was taken and matched nothing."""
+    from stygig.recommendation import Options
+
+    with pytest.raises(InvalidOptionsError, match="filters: a range filter's min is above"):
+        Options(filters={"price": {"min": 50, "max": 10}})
+    assert Options(filters={"price": {"min": 10, "max": 10}})

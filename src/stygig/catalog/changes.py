@@ -45,6 +45,7 @@ from stygig.catalog.schema import (
 from stygig.catalog.taxonomy import Taxonomy
 from stygig.errors import InputError, InvalidImageError, InvalidOptionsError
 from stygig.recommendation import check_json_values
+from stygig.unique_keys import DuplicateKeyError, unique_object
 
 __all__ = [
     "JSON_VALUES_PER_CHANGE",
@@ -294,7 +295,9 @@ def parse_changes_jsonl(body: bytes, *, max_changes: int = MAX_CHANGES) -> list[
         if len(out) >= max_changes:
             raise InvalidOptionsError(f"at most {max_changes} changes per request")
         try:
-            data = json.loads(line)
+            data = json.loads(line, object_pairs_hook=unique_object)
+        except DuplicateKeyError as e:  # never "the last one wins" (review, session 42)
+            raise DuplicateKeyError(e.key, f"line {number}") from None
         except (json.JSONDecodeError, RecursionError, ValueError):
             raise InputError(f"line {number}: not a JSON object", code="malformed_json") from None
         out.append(parse_change(data, f"line {number}"))

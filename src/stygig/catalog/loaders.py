@@ -51,6 +51,7 @@ from stygig.catalog.schema import (
 from stygig.catalog.taxonomy import Taxonomy
 from stygig.errors import CatalogError
 from stygig.storage import is_remote
+from stygig.unique_keys import DuplicateKeyError, key_name, unique_object
 
 __all__ = [
     "LAYOUTS",
@@ -530,19 +531,6 @@ def _row_like(line: str, columns: int) -> bool:
 _OWN = frozenset(_GENERIC_FIELDS)
 
 
-class _DuplicateKey(ValueError):
-    """A JSON object that names one field twice (JSON keeps the last, silently)."""
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
-    return out
-
-
 def _json_text(value: Any) -> str | None:
     """A JSON Lines value as catalogue text: ``true``/``false`` as JSON writes them (Python's
     ``True`` before), lists and objects as JSON."""
@@ -570,9 +558,9 @@ def _jsonl_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, st
                     yield number, {}, _NOT_UTF8_REASON
                     continue
                 try:
-                    obj = json.loads(line, object_pairs_hook=_unique_keys)
-                except _DuplicateKey as e:
-                    yield number, {}, f"the field {str(e)[:100]!r} is given twice"
+                    obj = json.loads(line, object_pairs_hook=unique_object)
+                except DuplicateKeyError as e:
+                    yield number, {}, f"the field {key_name(e.key)} is given twice"
                     continue
                 except json.JSONDecodeError as e:
                     yield number, {}, f"invalid JSON: {e.msg}"

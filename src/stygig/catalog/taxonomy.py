@@ -11,17 +11,20 @@ Loaded from a YAML/JSON data file that users can edit (the default ships as
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
 
-from stygig.errors import ConfigError, config_read_problem
+from stygig.errors import ConfigError, config_read_problem, validate_config
+from stygig.unique_keys import DuplicateKeyError, load_yaml, unique_object
 
 __all__ = ["Slot", "Taxonomy", "default_taxonomy_path"]
 
@@ -57,6 +60,47 @@ def _pairs(raw: Any, what: str, known: Iterable[str]) -> frozenset[frozenset[str
     return frozenset(out)
 
 
+_Name = Annotated[str, Field(strict=True, min_length=1, max_length=200)]
+
+
+def _native_text(value: Any) -> Any:
+    """A native category as text: YAML reads ``42`` or ``yes`` as a number or a boolean."""
+    return str(value) if isinstance(value, int | float) else value
+
+
+_Native = Annotated[str, BeforeValidator(_native_text), Field(strict=True, min_length=1)]
+
+
+class _SlotSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    label: str | None = None
+    outfit_order: Annotated[int, Field(strict=True, ge=0, le=1000)] = 9
+
+
+class _TaxonomyFile(BaseModel):
+    """The taxonomy file's types, checked strictly by pydantic as ``scoring.yaml``'s are: a
+    boost that is not a finite positive number (``.inf``, ``true``), an order that is not a
+    whole number (``2.7``, ``'1'``), an unknown key (``boots:`` for ``boost:``) or another
+    ``version`` is a :class:`ConfigError` naming the field (review, session 42: ``.inf`` was
+    taken and every answer then failed). Names are checked against each other after."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Literal[1] = 1
+    boost: Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)] = 1.15
+    slots: Annotated[dict[_Name, _SlotSpec], Field(min_length=1)]
+    categories: Annotated[dict[_Name, _Name], Field(min_length=1)]
+    compatible_slots: list[Any] | None = None  # [a, b] pairs, checked by _pairs
+    incompatible_pairs: list[Any] | None = None
+    sources: dict[_Name, dict[_Name, dict[_Native, _Name] | None] | None] | None = None
+
+
+@functools.cache
+def _taxonomy_adapter() -> TypeAdapter[_TaxonomyFile]:
+    return TypeAdapter(_TaxonomyFile)
+
+
 @dataclass(frozen=True)
 class Taxonomy:
     """Canonical categories, their slots, compatibility rules and native-category mappings."""
@@ -82,7 +126,12 @@ class Taxonomy:
         except UnicodeDecodeError as e:
             raise ConfigError(f"taxonomy file {origin} is not UTF-8 text") from e
         try:
-            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+            if path.suffix == ".json":
+                data = json.loads(text, object_pairs_hook=unique_object)
+            else:
+                data = load_yaml(text)
+        except DuplicateKeyError as e:
+            raise ConfigError(f"taxonomy file {origin}: {e.message}") from None
         except (ValueError, RecursionError, yaml.YAMLError) as e:
             raise ConfigError(
                 f"taxonomy file {origin} is not valid YAML/JSON: {config_read_problem(e)}"
@@ -102,25 +151,18 @@ class Taxonomy:
     def _from_dict(cls, data: Any, origin: str) -> Taxonomy:
         if not isinstance(data, dict):
             raise ConfigError(f"taxonomy {origin}: top level must be a mapping")
-        for key in ("slots", "categories"):
-            if not isinstance(data.get(key), dict) or not data[key]:
-                raise ConfigError(f"taxonomy {origin}: '{key}' must be a non-empty mapping")
+        spec = validate_config(_taxonomy_adapter(), data, f"taxonomy {origin}")
         slots = {
-            name: Slot(name, str(spec.get("label", name)), int(spec.get("outfit_order", 9)))
-            for name, spec in data["slots"].items()
+            name: Slot(name, s.label if s.label is not None else name, s.outfit_order)
+            for name, s in spec.slots.items()
         }
         categories: dict[str, str] = {}
-        for cat, slot in data["categories"].items():
+        for cat, slot in spec.categories.items():
             if slot not in slots:
                 raise ConfigError(f"taxonomy {origin}: category {cat!r} has unknown slot {slot!r}")
-            categories[str(cat)] = str(slot)
-        boost = data.get("boost", 1.15)
-        if not isinstance(boost, int | float) or boost <= 0:
-            raise ConfigError(
-                f"taxonomy {origin}: 'boost' must be a positive number, not {boost!r}"
-            )
+            categories[cat] = slot
         sources: dict[str, dict[str, dict[str, str]]] = {}
-        for source, fields in (data.get("sources") or {}).items():
+        for source, fields in (spec.sources or {}).items():
             sources[source] = {}
             for field_name, mapping in (fields or {}).items():
                 lowered: dict[str, str] = {}
@@ -135,11 +177,9 @@ class Taxonomy:
         return cls(
             categories=categories,
             slots=slots,
-            compatible_slots=_pairs(data.get("compatible_slots"), "compatible_slots", slots),
-            incompatible_pairs=_pairs(
-                data.get("incompatible_pairs"), "incompatible_pairs", categories
-            ),
-            boost=float(boost),
+            compatible_slots=_pairs(spec.compatible_slots, "compatible_slots", slots),
+            incompatible_pairs=_pairs(spec.incompatible_pairs, "incompatible_pairs", categories),
+            boost=float(spec.boost),
             sources=sources,
             raw=data,
         )

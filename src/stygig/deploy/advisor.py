@@ -208,13 +208,15 @@ def load_matrix(path: str | Path | None = None) -> Matrix:
     """
     import yaml
 
+    from stygig.unique_keys import load_yaml
+
     source = path or "instances.yaml (packaged)"
     try:
         if path is None:
             text = resources.files("stygig").joinpath("data/instances.yaml").read_text("utf-8")
         else:
             text = Path(path).read_text(encoding="utf-8")
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"cannot read instance matrix {source}: {config_read_problem(e)}") from e
     return validate_config(_matrix_adapter(), data, f"instance matrix {source}").matrix()

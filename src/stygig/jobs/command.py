@@ -30,7 +30,7 @@ from stygig.arguments import positive
 from stygig.auth import bearer_headers
 from stygig.errors import InvalidOptionsError, NotFoundError, ServerError
 from stygig.jobs.store import TERMINAL
-from stygig.recommendation import params_to_dict, parse_json_object
+from stygig.recommendation import merge_option_sources, params_to_dict, parse_json_object
 
 __all__ = ["register", "run_batch_command", "run_jobs"]
 
@@ -220,10 +220,12 @@ def run_batch_command(args: argparse.Namespace) -> int:
     """``stygig batch``: run (or resume) a batch and print its summary."""
     if (args.input is None) == (not args.all_items):
         raise InvalidOptionsError("give --input SRC or --all-items (the artifact's catalogue)")
-    options: dict[str, Any] = (
-        parse_json_object(args.options.encode(), what="--options") if args.options else {}
+    options = merge_option_sources(  # one option in both is an error, as on the server
+        ("--options", parse_json_object(args.options.encode(), what="--options"))
+        if args.options
+        else ("--options", {}),
+        ("--option", params_to_dict(_pairs(args.option))),  # typed like the server's options
     )
-    options.update(params_to_dict(_pairs(args.option)))  # typed like the server's options
     ray = getattr(args, "engine", "local") == "ray"
     if args.endpoint_name and not ray:  # (--engine ray refuses an endpoint itself)
         if args.change_log or args.no_change_log:

@@ -28,7 +28,7 @@ from stygig.jobs.sagemaker_async import (
     temporary_queue,
     wait_error,
 )
-from stygig.recommendation import params_to_dict, parse_json_object
+from stygig.recommendation import merge_option_sources, params_to_dict, parse_json_object
 
 __all__ = ["run_endpoint_batch_command", "run_endpoint_jobs"]
 
@@ -67,7 +67,8 @@ def _with_options(body: bytes, pairs: list[tuple[str, str]], what: str) -> bytes
     if not pairs:
         return body
     request = parse_json_object(body, what=what)
-    return json.dumps({**request, **params_to_dict(pairs)}).encode()
+    merged = merge_option_sources((what, request), ("--option", params_to_dict(pairs)))
+    return json.dumps(merged).encode()
 
 
 def _submit(endpoint: AsyncEndpoint, args: argparse.Namespace) -> AsyncInvocation:
@@ -102,7 +103,8 @@ def _submit(endpoint: AsyncEndpoint, args: argparse.Namespace) -> AsyncInvocatio
         request = json.loads(args.json) if args.json else {"item_ids": args.item}
         if not isinstance(request, dict):
             raise InvalidOptionsError("--json must be a JSON object")
-        body = json.dumps({**request, **params_to_dict(pairs)}).encode()
+        merged = merge_option_sources(("--json", request), ("--option", params_to_dict(pairs)))
+        body = json.dumps(merged).encode()
         kind, attrs = "application/json", None
     return endpoint.submit(
         body, kind, suffix=_SUFFIX.get(kind, ".bin"), custom_attributes=attrs, **common

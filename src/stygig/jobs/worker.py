@@ -61,6 +61,7 @@ from stygig.locations import InputLocations
 from stygig.recommendation import (
     OPAQUE_CONTENT_TYPES,
     check_part_count,
+    merge_option_sources,
     opens_a_json_object,
     parse_json_object,
     split_json_request,
@@ -142,7 +143,7 @@ def _split_json_input(
     against the query limit before any location is read."""
     images, item_ids, rest = split_json_request(parse_json_object(body, what="the JSON input"))
     uris = [rest.pop("image_uri")] if "image_uri" in rest else []
-    more = rest.pop("image_uris", None) or []
+    more = rest.pop("image_uris", [])  # false, 0, "" and null are no list (review, session 42)
     if not isinstance(more, list):
         raise InvalidOptionsError("image_uris must be a list of strings")
     uris += more
@@ -150,6 +151,15 @@ def _split_json_input(
         raise InvalidOptionsError("image_uri(s) must be strings")
     check_part_count(len(images) + len(item_ids) + len(uris))
     return images, item_ids, uris, rest
+
+
+def _job_options(params: Mapping[str, Any], rest: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON input's options beside the submission's: one option in both is an error naming
+    it (``option_given_twice``), never one silently over the other (review, session 42)."""
+    return merge_option_sources(
+        ("the submission's parameters (query string or custom attributes)", params),
+        ("the JSON input", rest),
+    )
 
 
 def _is_json(body: bytes, content_type: str | None) -> bool:
@@ -167,7 +177,8 @@ def check_job_input(
 ) -> tuple[Query, Options]:
     """Refuse at submission what the job would refuse later: a JSON input that is malformed,
     has too many parts or none, names a location ``locations`` does not allow, or whose
-    options (over the submission's ``params``) fail validation. The query and options it
+    options (beside the submission's ``params``; one option in both is an error) fail
+    validation. The query and options it
     describes, stored photos as their (unread) locations, for the catalogue's own checks
     (:meth:`stygig.engine.Recommender.check`)."""
     if not _is_json(body, content_type):
@@ -175,7 +186,7 @@ def check_job_input(
     images, item_ids, uris, rest = _split_json_input(body)
     for uri in uris:
         locations.check(uri)
-    options = Options.from_dict({**(params or {}), **rest})
+    options = Options.from_dict(_job_options(params or {}, rest))
     return Query(images=(*images, *uris), item_ids=item_ids), options
 
 
@@ -189,8 +200,8 @@ def parse_job_input(
 
     JSON: ``image_b64`` / ``images_b64`` / ``item_ids`` as in the real-time API, plus
     ``image_uri`` / ``image_uris`` naming stored photos, read through ``locations`` (``None``:
-    none may be named), with options beside them. ``params`` (the submission's options) apply
-    under the body's own.
+    none may be named), with options beside them. ``params`` (the submission's options) count
+    too; an option both there and in the body is an error naming it.
     """
     if not _is_json(body, content_type):
         if not body:
@@ -199,7 +210,7 @@ def parse_job_input(
     images, item_ids, uris, rest = _split_json_input(body)
     policy = locations or InputLocations()
     images.extend(policy.read(u) for u in uris)
-    options = {**params, **rest}
+    options = _job_options(params, rest)
     return Query(images=tuple(images), item_ids=item_ids), Options.from_dict(options)
 
 

@@ -1047,6 +1047,7 @@ _INVOCATION_DOC: dict[str, Any] = {
         "content": {
             **{t: _IMAGE_BODY for t in sorted(rq.IMAGE_TYPES)},
             JSON: _JSON_BODY,
+            **rq.opaque_bodies(_JSON_BODY["schema"]),
         },
     },
 }
@@ -1056,16 +1057,7 @@ _RECOMMEND_DOC: dict[str, Any] = {
         "required": True,
         "content": {
             **_INVOCATION_DOC["requestBody"]["content"],
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "image": {"type": "string", "format": "binary"},
-                        "item_ids": {"type": "array", "items": {"type": "string"}},
-                        "options": {"type": "string", "description": "a JSON object"},
-                    },
-                }
-            },
+            "multipart/form-data": {"schema": rq.form_body_schema()},
         },
     },
 }
@@ -1077,29 +1069,29 @@ def _multipart_request(
     item_ids: list[str],
     texts: list[str],
     params: list[tuple[str, str]],
-    outside: list[tuple[str, str]],
+    outside: rq.OptionSources,
 ) -> rq.ParsedRequest:
     """The request a form describes; its JSON ``options`` fields are parsed here, in the pool,
     and read as a JSON request body is (``item_ids`` or ``image_b64`` there count too).
-    The form's own option fields (``params``) are over ``outside`` (the custom attributes and
-    the query string), and the ``options`` JSON over both, as a JSON body is over the query
-    string."""
+    Options come from the form's own option fields (``params``), its ``options`` fields and
+    ``outside`` it (the custom attributes and the query string): one option in two of these
+    places is a 422 naming both (review, session 42: three silent precedence rules)."""
     # All the options fields together are one JSON body's worth of values (each was counted
     # alone: 64 fields held 64 times the limit; review, session 40).
     check_json_values("".join(texts), what="the options fields")
-    options: dict[str, Any] = {}
-    for text in texts:
+    sources = [*outside, ("the form's fields", rq.params_to_dict(params))]
+    for i, text in enumerate(texts):
         more_images, more_ids, more = rq.split_json_request(
             rq.parse_json_object(text.encode(), what="the options field")
         )
         images, item_ids = [*images, *more_images], [*item_ids, *more_ids]
-        options.update(more)
-    merged = {**rq.params_to_dict(outside), **rq.params_to_dict(params), **options}
+        sources.append((f"options field {i + 1}" if len(texts) > 1 else "the options field", more))
+    merged = rq.merge_option_sources(*sources)
     return rq.build_request(images, string_list(item_ids, "item_ids"), merged)
 
 
 async def _parse_multipart(
-    request: Request, service: ModelService, outside: list[tuple[str, str]]
+    request: Request, service: ModelService, outside: rq.OptionSources
 ) -> rq.ParsedRequest:
     """A form; ``outside``: the options of the custom attributes and the query string."""
     limit = service.config.max_body_bytes
@@ -1136,10 +1128,10 @@ async def parse_request(
     server with and without it alternating per request; parsing 256 KiB takes ~1 ms)."""
     rq.check_accept(request.headers.get("accept"))
     kind = rq.media_type(request.headers.get("content-type"))
-    params = [
-        *rq.custom_attributes(request.headers.get("x-amzn-sagemaker-custom-attributes")),
-        *request.query_params.multi_items(),
-    ]
+    params = rq.outside_options(
+        request.headers.get("x-amzn-sagemaker-custom-attributes"),
+        request.query_params.multi_items(),
+    )
     if multipart and kind == "multipart/form-data":
         return await _parse_multipart(request, service, params)
     opaque = kind in rq.OPAQUE_CONTENT_TYPES

@@ -46,7 +46,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from stygig import storage
@@ -85,7 +85,7 @@ log = logging.getLogger("stygig.serving.async")
 # "<id>-error.out" is a failure's name: an id ending in "-error" would name its result like
 # the failure of another job (case-insensitive: some file systems are).
 _FAILURE_LIKE_ID = re.compile(r"-error$", re.IGNORECASE)
-_MAX_TIME_LIMIT_S = 3600.0  # SageMaker's InvocationTimeoutSeconds maximum
+_MAX_TIME_LIMIT_S = 3600  # SageMaker's InvocationTimeoutSeconds maximum
 _MAX_LOCATION_CHARS = 2048  # an s3:// or file:// location named by a client
 
 
@@ -93,6 +93,14 @@ def _not_failure_like(job_id: str) -> str:
     if _FAILURE_LIKE_ID.search(job_id):
         raise ValueError("must not end in '-error'")
     return job_id
+
+
+def _whole_seconds(value: Any) -> Any:
+    if isinstance(value, str):
+        if not re.fullmatch(r"[0-9]{1,6}", value.strip()):
+            raise ValueError(f"a whole number of seconds, 1 to {_MAX_TIME_LIMIT_S}")
+        return int(value)
+    return value
 
 
 class SubmissionHeaders(BaseModel):
@@ -109,8 +117,13 @@ class SubmissionHeaders(BaseModel):
         ]
         | None
     ) = Field(None, alias="x-amzn-sagemaker-inference-id")
+    # SageMaker's definition: a whole number of seconds, 1 to 3600, in ASCII digits ("1.5",
+    # "1e2" and "0.001" were taken: review, session 42)
     time_limit_s: (
-        Annotated[float, Field(gt=0, le=_MAX_TIME_LIMIT_S, allow_inf_nan=False)] | None
+        Annotated[
+            int, BeforeValidator(_whole_seconds), Field(strict=True, ge=1, le=_MAX_TIME_LIMIT_S)
+        ]
+        | None
     ) = Field(None, alias="x-amzn-sagemaker-invocationtimeoutseconds")
     input_location: Annotated[str, Field(min_length=1, max_length=_MAX_LOCATION_CHARS)] | None = (
         Field(None, alias="x-amzn-sagemaker-inputlocation")
@@ -273,11 +286,11 @@ async def _spec(
     h = request.headers
     rq.check_accept(h.get("accept"))  # the job's output is JSON, as /invocations answers
     given = SubmissionHeaders.read(h)
-    pairs = [
-        *rq.custom_attributes(h.get("x-amzn-sagemaker-custom-attributes")),
-        *request.query_params.multi_items(),
-    ]
-    params = rq.params_to_dict(pairs)
+    # one option in both places is a 422, as on /invocations (review, session 42)
+    outside = rq.outside_options(
+        h.get("x-amzn-sagemaker-custom-attributes"), request.query_params.multi_items()
+    )
+    params = rq.merge_option_sources(*outside)
     options = Options.from_dict(dict(params))  # refuse bad options now, not after the 202
     query: RecommendQuery | None = None
     location = given.input_location
@@ -364,6 +377,12 @@ _LIST_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 # The submission as SageMaker sends it: the input as the body or a stored location, the
 # parameters as headers, the options as the query string or custom attributes.
+_ASYNC_JSON_BODY = rq.json_body_schema(
+    {
+        "image_uri": {"type": "string", "description": "a stored photo"},
+        "image_uris": {"type": "array", "items": {"type": "string"}},
+    }
+)
 _SUBMIT_DOC: dict[str, Any] = {
     "parameters": [
         {
@@ -382,7 +401,7 @@ _SUBMIT_DOC: dict[str, Any] = {
         {
             "name": "X-Amzn-SageMaker-InvocationTimeoutSeconds",
             "in": "header",
-            "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": _MAX_TIME_LIMIT_S},
+            "schema": {"type": "integer", "minimum": 1, "maximum": _MAX_TIME_LIMIT_S},
         },
         {
             "name": "X-Amzn-SageMaker-Content-Type",
@@ -406,14 +425,8 @@ _SUBMIT_DOC: dict[str, Any] = {
                 t: {"schema": {"type": "string", "format": "binary"}}
                 for t in sorted(rq.IMAGE_TYPES)
             },
-            JSON: {
-                "schema": rq.json_body_schema(
-                    {
-                        "image_uri": {"type": "string", "description": "a stored photo"},
-                        "image_uris": {"type": "array", "items": {"type": "string"}},
-                    }
-                )
-            },
+            JSON: {"schema": _ASYNC_JSON_BODY},
+            **rq.opaque_bodies(_ASYNC_JSON_BODY),
         },
     },
     "responses": {"202": json_answer("the job, queued", JobSubmitted)},

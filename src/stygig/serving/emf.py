@@ -73,8 +73,10 @@ STAGE_METRICS = {
     "queue": "QueueLatency",
     "embed": "EmbedLatency",
     "search": "SearchLatency",
+    "vote": "VoteLatency",
     "score": "ScoreLatency",
     "rank": "RankLatency",
+    "serialise": "SerialiseLatency",
     "total": "TotalLatency",
 }
 _SAMPLED = {"BatchSize": "Count", "BatchLatency": "Milliseconds", "QueueDepth": "Count"}

@@ -18,6 +18,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from stygig.answer import TIMING_NAMES
+
 if TYPE_CHECKING:
     from stygig.serving.emf import EmfEmitter
 
@@ -25,8 +27,9 @@ __all__ = ["CONTENT_TYPE", "STAGES", "ServerMetrics", "method_label"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
-#: Stages timed per request (``timings_ms`` keys of a recommendation, plus the whole request).
-STAGES = ("decode", "color", "queue", "embed", "search", "score", "rank", "total")
+#: Stages timed per request: every ``timings_ms`` key of a recommendation, one set of names
+#: (``vote`` and ``serialise`` were left out: review, session 42).
+STAGES = TIMING_NAMES
 
 _LATENCY_BUCKETS = (
     0.001,

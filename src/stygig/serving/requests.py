@@ -36,7 +36,9 @@ from stygig.recommendation import (
     MAX_QUERY_PARTS,
     MAX_TEXT,
     OPAQUE_CONTENT_TYPES,
+    merge_option_sources,
     opens_a_json_object,
+    option_parameters,
     options_from_params,
     options_schema,
     params_to_dict,
@@ -50,15 +52,20 @@ __all__ = [
     "MAX_PAYLOAD_MB",
     "OPAQUE_CONTENT_TYPES",
     "NotAcceptableError",
+    "OptionSources",
     "ParsedRequest",
     "PayloadTooLargeError",
     "build_request",
     "check_accept",
     "custom_attributes",
+    "form_body_schema",
     "from_another_site",
     "json_body_schema",
     "media_type",
+    "merge_option_sources",
+    "opaque_bodies",
     "options_from_params",
+    "outside_options",
     "params_to_dict",
     "parse_image_body",
     "parse_json_body",
@@ -74,6 +81,11 @@ MAX_BODY_BYTES = 6 * 1024 * 1024
 MAX_PAYLOAD_MB = 100
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "application/x-image"})
 _ACCEPTABLE = ("application/json", "application/*", "*/*")
+
+
+#: Options by the place a request gives them: ``(place, options)``, as
+#: :func:`~stygig.recommendation.merge_option_sources` takes them.
+OptionSources = Sequence[tuple[str, Mapping[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -115,21 +127,28 @@ def build_request(
     return ParsedRequest(Query(tuple(images), tuple(item_ids)), Options.from_dict(dict(options)))
 
 
-def parse_json_body(body: bytes, params: Sequence[tuple[str, str]] = ()) -> ParsedRequest:
-    """A JSON body: ``image_b64`` / ``images_b64`` / ``item_ids`` plus options; ``params``
-    (the query string, SageMaker's custom attributes) apply under the body's own options, as
-    for an asynchronous job's JSON input."""
+def outside_options(header: str | None, query: Iterable[tuple[str, str]]) -> OptionSources:
+    """The options a request gives outside its body, by place: SageMaker's custom attributes
+    (``header``) and the query string, each typed (:func:`params_to_dict`)."""
+    return (
+        ("the custom attributes", params_to_dict(custom_attributes(header))),
+        ("the query string", params_to_dict(query)),
+    )
+
+
+def parse_json_body(body: bytes, outside: OptionSources = ()) -> ParsedRequest:
+    """A JSON body: ``image_b64`` / ``images_b64`` / ``item_ids`` plus options; the options
+    ``outside`` it (:func:`outside_options`) count too, and one option given both there and in
+    the body is a 422 (``option_given_twice``), as for an asynchronous job's JSON input."""
     images, item_ids, options = split_json_request(parse_json_object(body))
-    if params:
-        options = {**params_to_dict(params), **options}
-    return build_request(images, item_ids, options)
+    return build_request(images, item_ids, merge_option_sources(*outside, ("the body", options)))
 
 
-def parse_image_body(body: bytes, params: Iterable[tuple[str, str]]) -> ParsedRequest:
-    """A raw photo body with options from query parameters."""
+def parse_image_body(body: bytes, outside: OptionSources = ()) -> ParsedRequest:
+    """A raw photo body with the options given outside it (:func:`outside_options`)."""
     if not body:
         raise InvalidImageError("the request body is empty", code="empty_image")
-    return ParsedRequest(Query(images=(body,)), options_from_params(params))
+    return ParsedRequest(Query(images=(body,)), Options.from_dict(merge_option_sources(*outside)))
 
 
 def check_form_complete(body: bytes, content_type: str) -> None:
@@ -154,14 +173,14 @@ def custom_attributes(header: str | None) -> list[tuple[str, str]]:
     a bare trace id; ``trace_id=...`` and JumpStart's ``accept_eula=true`` are as common), so
     only the pairs that name an option are read: other text is passed over, not refused
     (review, sessions 40 and 41: refusing it broke those callers). An option's value is
-    checked as anywhere else. Its length is the request head's bound (64 KiB); through
+    checked as anywhere else, an empty one too (``k=`` is a 422, as in the query string). Its length is the request head's bound (64 KiB); through
     SageMaker it is at most 1,024 characters, and ``stygig jobs submit`` sends longer ones (a
     list option of 100 ids)."""
     known = Options.__dataclass_fields__
     return [
         (key, value)
         for part in (header or "").split(";")
-        for key, value in parse_qsl(part.strip(), keep_blank_values=False)
+        for key, value in parse_qsl(part.strip(), keep_blank_values=True)
         if key in known
     ]
 
@@ -232,3 +251,47 @@ def json_body_schema(extra: dict[str, Any] | None = None) -> dict[str, Any]:
         **schema["properties"],
     }
     return schema
+
+
+_BINARY = {"type": "string", "format": "binary"}
+
+
+def opaque_bodies(json_schema: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """OpenAPI content for the bodies sent as ``application/octet-stream`` or
+    ``binary/octet-stream`` (or with no type, which OpenAPI cannot name): a photo or a JSON
+    request (``json_schema``), told from the bytes."""
+    schema = {
+        "oneOf": [_BINARY, json_schema],
+        "description": "a photo or a JSON request, told from its bytes (an image's signature, "
+        "or '{'); the same with no Content-Type at all",
+    }
+    return {t: {"schema": schema} for t in sorted(OPAQUE_CONTENT_TYPES) if t}
+
+
+def form_body_schema() -> dict[str, Any]:
+    """A form's schema (OpenAPI): photos in ``image``, ``images`` or ``file`` (each may be
+    repeated), ``item_ids`` fields (comma-separated text, repeatable), ``options`` fields
+    holding a JSON object, and one field per option, read as the query string reads it."""
+    photos = {"type": "array", "items": _BINARY, "description": "photos (repeat the field)"}
+    properties: dict[str, Any] = {
+        "image": photos,
+        "images": photos,
+        "file": photos,
+        "item_ids": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "catalogue item ids: repeat the field, or separate them with commas",
+        },
+        "options": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "a JSON object of options (read as a JSON body: item_ids and "
+            "image_b64 there count too)",
+        },
+    }
+    for param in option_parameters(header=False):
+        if "schema" in param:
+            properties[param["name"]] = {**param["schema"], "description": "as in the query string"}
+        else:  # filters: JSON text
+            properties[param["name"]] = {"type": "string", "description": param["description"]}
+    return {"type": "object", "properties": properties, "additionalProperties": False}
