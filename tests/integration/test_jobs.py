@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -587,6 +588,17 @@ def test_a_submission_is_refused_as_the_real_time_request_is(
             (b"hello world", {"Content-Type": "application/octet-stream"}),
             (b"hello world", {}),
             (json.dumps(item).encode(), {"Content-Type": "application/json", "Accept": "text/csv"}),
+            # A JSON input's photos too (review, session 42: a 202, then a failed job).
+            (
+                json.dumps({"image_b64": base64.b64encode(gif).decode()}).encode(),
+                {"Content-Type": "application/json"},
+            ),
+            (
+                json.dumps(
+                    {"images_b64": [base64.b64encode(b"hello world" * 9).decode()]}
+                ).encode(),
+                {"Content-Type": "application/json"},
+            ),
         ]
         for content, headers in raw:
             real = httpx.post(f"{server.url}/v1/recommend", content=content, headers=headers)
