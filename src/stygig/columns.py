@@ -236,11 +236,13 @@ class CatalogColumns:
             "available": bool(self.available[pos]),
         }
 
-    def position(self, item_id: str) -> int:
-        """The catalogue row of ``item_id`` (:class:`NotFoundError`, 404, when unknown)."""
+    def position(self, item_id: str, where: str | None = None) -> int:
+        """The catalogue row of ``item_id`` (:class:`NotFoundError`, 404, when unknown; the
+        message names ``where`` the id was given, e.g. ``item_ids[2]``, never the id)."""
         pos = self.artifact.positions.get(item_id)
         if pos is None:
-            raise NotFoundError("an item id is not in the catalogue", code="unknown_item")
+            said = f"{where}: " if where else ""
+            raise NotFoundError(f"{said}an item id is not in the catalogue", code="unknown_item")
         return pos
 
     def category_code(self, name: str) -> int | None:

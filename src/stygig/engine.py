@@ -13,6 +13,7 @@ and the answer's parts (:mod:`stygig.response`). The embed step is the caller's
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -356,11 +357,16 @@ class Recommender:
             else None
         )
         if given:
-            # The caller's candidates, in their order: the options' own filters still apply,
-            # the gender voted from a photo does not (the caller chose these).
-            cand = np.array([cols.position(i) for i in given], np.int64)
+            # The caller's candidates, in their order: the options' own filters still apply;
+            # neither the gender voted from a photo nor availability does (the caller chose
+            # these: a sold-out one is ranked, marked available: false; it was dropped without
+            # a word, review, session 42).
+            cand = np.array(
+                [cols.position(i, f"candidate_ids[{n}]") for n, i in enumerate(given)], np.int64
+            )
             stated = gender if gender.source == "stated" else _NO_GENDER
-            cand = cand[cols.filter_mask(options, stated, own, removed, cand)]
+            chosen = dataclasses.replace(options, include_unavailable=True)
+            cand = cand[cols.filter_mask(chosen, stated, own, removed, cand)]
         elif mask is not None and (exact or mask.sum() <= self.config.candidate_pool):
             cand = np.flatnonzero(mask)
         else:
@@ -539,8 +545,8 @@ class Recommender:
                     str(name) if name else describe_color(rgb),
                 )
             )
-        for item_id in item_ids:
-            pos = cols.position(item_id)
+        for n, item_id in enumerate(item_ids):
+            pos = cols.position(item_id, f"item_ids[{n}]")
             parts.append(
                 PartState(
                     f"item:{item_id}",
@@ -787,7 +793,9 @@ class Recommender:
         use_color = request.use_color
         st = self._snapshot  # one catalogue state for the whole score
         cols = st.columns
-        rows = np.array([cols.position(i) for i in request.item_ids], np.int64)
+        rows = np.array(
+            [cols.position(i, f"item_ids[{n}]") for n, i in enumerate(request.item_ids)], np.int64
+        )
         n = len(rows)
         # Directed parts: row i the query, column j the candidate.
         emb = st.rows[rows]
@@ -935,10 +943,10 @@ def _check_request(cols: CatalogColumns, options: Options, item_ids: Sequence[st
     """The options, the query's item ids and the candidates against one catalogue state: every
     id a catalogue item (404 otherwise), no candidate part of the query."""
     cols.check(options)
-    for item_id in item_ids:
-        cols.position(item_id)
-    for item_id in options.candidate_ids:
-        cols.position(item_id)
+    for n, item_id in enumerate(item_ids):
+        cols.position(item_id, f"item_ids[{n}]")
+    for n, item_id in enumerate(options.candidate_ids):
+        cols.position(item_id, f"candidate_ids[{n}]")
     if not set(options.candidate_ids).isdisjoint(item_ids):
         raise InvalidOptionsError("candidate_ids: a candidate is also an item of the query")
 

@@ -64,6 +64,17 @@ def test_stock_is_first_class(live: tuple[LiveCatalog, Path]) -> None:
     hits = _ids(rec, photo, filters={"fit": "slim"})
     assert hits == [first]
     assert rec.artifact.items[rec.position(first)].price == 1.5
+    # A sold-out item given as a candidate is ranked, marked so (review, session 42: it was
+    # dropped without a word); the caller's own filters still apply.
+    catalog.submit([parse_change({"op": "update", "id": first, "set": {"stock": 0}})])
+    others = [i.id for i in rec.artifact.items if i.id != first][:3]
+    shortlist = rec.recommend(Query(images=(photo,)), Options(candidate_ids=(first, *others)))
+    ranked = {i.id: i for i in shortlist.items}
+    assert set(ranked) == {first, *others} and ranked[first].available is False
+    excluded = rec.recommend(
+        Query(images=(photo,)), Options(candidate_ids=(first, *others), exclude_ids=(first,))
+    )
+    assert first not in {i.id for i in excluded.items}
 
 
 def test_add_replace_remove(live: tuple[LiveCatalog, Path]) -> None:

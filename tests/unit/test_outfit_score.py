@@ -237,6 +237,10 @@ def test_bad_candidates_are_refused_before_any_work(rec: Recommender) -> None:
     with pytest.raises(NotFoundError) as unknown:
         rec.prepare(query, Options(candidate_ids=("sku-0040", "secret-client-text")))
     assert "secret-client-text" not in str(unknown.value)
+    # Which one, by its place (review, session 42: it named neither field nor place).
+    assert str(unknown.value).startswith("candidate_ids[1]: ")
+    with pytest.raises(NotFoundError, match=r"^item_ids\[1\]: "):
+        rec.prepare(Query(item_ids=("sku-0014", "nope")), Options())
     with pytest.raises(InvalidOptionsError):
         rec.prepare(query, Options(candidate_ids=("sku-0014", "sku-0040")))
     with pytest.raises(InvalidOptionsError, match="at most once"):
