@@ -412,7 +412,10 @@ class OutfitScore:
     (``pair_mean``) dilutes. ``similarity``, ``harmony`` and ``learned`` are the pairs'
     means; ``compatible`` says whether every pair's categories go together; ``weakest_pair``
     names the lowest-scoring pair. ``scoring`` says what the scores hold: the V4 ``rules``
-    only, or the compatibility model (``learned``, ``learned+rules``).
+    only, or the compatibility model (``learned``, ``learned+rules``); ``rules_weight`` how:
+    a score is ``learned + rules_weight x (similarity weight x similarity + harmony weight x
+    harmony) x boost`` (``learned``: 0; ``null`` for the rules alone, whose score is that
+    last term: the weights are in ``GET /v1/config``).
     """
 
     score: float
@@ -425,6 +428,7 @@ class OutfitScore:
     weakest_pair: list[str]
     use_color: bool
     scoring: ScoringKind
+    rules_weight: float | None
     items: list[OutfitItemScore]
     pairs: list[PairScore]
     artifact: ArtifactRef

@@ -868,6 +868,7 @@ class Recommender:
             weakest_pair=[weakest.a, weakest.b],
             use_color=use_color,
             scoring="rules" if st.learned is None else _scoring_kind(st.learned.mode),
+            rules_weight=None if st.learned is None else st.learned.rules_weight,
             items=items,
             pairs=pairs,
             artifact=st.ref,

@@ -159,7 +159,7 @@ def test_a_compatibility_model_adds_its_part(tmp_path: Path) -> None:
     ).model
     # An outfit absence weight of its own, so outfit item scores differ from recommendations
     # wherever two styled items were never styled together.
-    model = replace(model, outfit_absent_weight=model.absent_weight - 5.0)
+    model = replace(model, outfit_absent_weight=model.absent_weight - 5.0, rules_weight=2.0)
     add_compat_model(path, model, {"note": "outfit score test"})
     ids = ["shirt-1-0", "trousers-1-1", "sandals-1-2"]
     for mode in ("learned", "learned+rules"):
@@ -169,6 +169,14 @@ def test_a_compatibility_model_adds_its_part(tmp_path: Path) -> None:
         out = rec.score_outfit(ids)
         assert out.scoring == mode
         assert all(isinstance(p.learned, float) for p in out.pairs)
+        # The parts add up, from what the answer and /v1/config show (review, session 42:
+        # the rules' weight was only in the manifest).
+        assert out.rules_weight == (0.0 if mode == "learned" else model.rules_weight)
+        cfg = rec.config
+        for pair in out.pairs:
+            rules = (cfg.similarity_weight * pair.similarity + cfg.harmony_weight * pair.harmony)
+            want = pair.learned + out.rules_weight * rules * pair.boost
+            assert pair.score == pytest.approx(want, abs=3e-4)
         assert all(isinstance(i.learned, float) for i in out.items)
         assert out.learned == pytest.approx(np.mean([p.learned for p in out.pairs]), abs=1e-4)
         for pair in out.pairs:

@@ -176,6 +176,11 @@ class LearnedScorer:
         return mixed.astype(np.float32)
 
     @property
+    def rules_weight(self) -> float:
+        """The weight of the rules' score in the final score (0 in ``learned`` mode)."""
+        return 0.0 if self.mode == "learned" else float(self.model.rules_weight)
+
+    @property
     def rules_share(self) -> float:
         """How much the final score moves per unit of the rules' score."""
         return 0.0 if self.mode == "learned" else abs(float(self.model.rules_weight))

@@ -183,13 +183,17 @@ class SlotLabel:
 @dataclass(slots=True)
 class ScoringWeights:
     """How an item's score is made: the weights of similarity and colour harmony, and the
-    taxonomy's factor for a compatible pair of categories."""
+    taxonomy's factor for a compatible pair of categories (the V4 rules); with a compatibility
+    model (``scoring``: ``learned`` or ``learned+rules``), in outfit mode, the model's part
+    plus ``rules_weight`` times the rules' score (``null``: the rules alone)."""
 
     __pydantic_config__ = _DOCUMENTED
 
     similarity_weight: float
     harmony_weight: float
     boost: float
+    scoring: Literal["rules", "learned", "learned+rules"]
+    rules_weight: float | None
 
 
 @dataclass(slots=True)

@@ -334,6 +334,14 @@ def _config(
             similarity_weight=rec.config.similarity_weight,
             harmony_weight=rec.config.harmony_weight,
             boost=taxonomy.boost,
+            scoring=(
+                "rules"
+                if snap.learned is None
+                else "learned"
+                if snap.learned.mode == "learned"
+                else "learned+rules"
+            ),
+            rules_weight=None if snap.learned is None else snap.learned.rules_weight,
         ),
         max_upload_bytes=service.config.max_body_bytes,
         # StyGig's drawn sample catalogue: drawings, not photos (the page says so)
