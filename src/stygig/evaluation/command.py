@@ -223,6 +223,7 @@ def _outfits(args: argparse.Namespace, art: Artifact, metrics: dict[str, Any], r
         seed=args.seed,
         limit=args.limit,
         test_outfits_file=test_file,
+        progress=not args.quiet,
     )
     fitb = metrics["fitb"]
     missing = fitb["outfit_items"] - fitb["outfit_items_in_catalog"]

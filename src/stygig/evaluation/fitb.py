@@ -594,6 +594,7 @@ def evaluate_outfits(
     seed: int = 0,
     limit: int | None = None,
     test_outfits_file: Path | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """FITB accuracy (every sampling; seen / unseen answers), compatibility AUC (every item and
     one item swapped; outfits scored by their weakest item, and by the pairs' mean with one
@@ -684,7 +685,15 @@ def evaluate_outfits(
         train_counts,
     )
     scorers |= {"v4_whitened": more["v4"], "cosine_whitened": more["cosine"]}
-    accuracy = {name: fitb_accuracy(questions, s, seed=seed) for name, s in scorers.items()}
+    from tqdm import tqdm
+
+    # A progress bar over the scorers (a large --test-outfits file ran minutes in silence).
+    accuracy = {
+        name: fitb_accuracy(questions, s, seed=seed)
+        for name, s in tqdm(
+            scorers.items(), desc=f"FITB, {len(questions):,} questions", disable=not progress
+        )
+    }
     near_questions = make_questions(
         pool, types, sorted(near & set(with_near)), train_keys, seed=seed
     )
