@@ -271,6 +271,44 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_score_outfit(args: argparse.Namespace) -> int:
+    """``POST /v1/outfits/score`` on an artifact folder: how well a set of items goes together."""
+    from stygig.engine import Recommender
+    from stygig.recommendation import OutfitRequest
+    from stygig.serving.catalog_command import answer_change_log, apply_answer_change_log
+
+    request = OutfitRequest(tuple(args.item_ids), use_color=not args.no_color)
+    recommender = Recommender.from_path(args.artifact)
+    change_log = answer_change_log(args.artifact, args.change_log, use=not args.no_change_log)
+    if note := apply_answer_change_log(recommender, args.artifact, change_log):
+        print(note, file=sys.stderr)
+    unknown = [i for i in request.item_ids if i not in recommender.artifact.positions]
+    if unknown:  # the user's own ids: named
+        raise NotFoundError(
+            f"not in the catalogue: {', '.join(repr(i[:80]) for i in unknown[:5])}",
+            code="unknown_item",
+        )
+    answer = recommender.score_outfit(request)
+    if args.json:
+        print(answer.to_json().decode())
+        return 0
+    _say(
+        f"outfit score {answer.score:.4f} (the weakest item, {answer.weakest_item}); pairs' mean "
+        f"{answer.pair_mean:.4f}; scoring {answer.scoring}"
+        + ("" if answer.compatible else "; not every pair of categories goes together")
+    )
+    _say(f"{'item':<16} {'category':<14} {'score':>7}")
+    for item in answer.items:
+        _say(f"{item.id:<16} {item.category:<14} {item.score:>7.4f}")
+    _say(f"{'pair':<33} {'score':>7} {'sim':>6} {'harm':>5} {'boost':>5}")
+    for pair in answer.pairs:
+        _say(
+            f"{pair.a + ' + ' + pair.b:<33} {pair.score:>7.4f} {pair.similarity:>6.3f} "
+            f"{pair.harmony:>5.2f} {pair.boost:>5.2f}"
+        )
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stygig", description="StyGig: fashion outfit recommendation. Photo in, outfit out."
@@ -403,6 +441,18 @@ def _parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="the answer as JSON, the bytes the server sends"
     )
     p.set_defaults(func=_cmd_recommend)
+
+    p = sub.add_parser(
+        "score-outfit", help="how well a set of catalogue items goes together (2 to 16 ids)"
+    )
+    p.add_argument("item_ids", nargs="+", help="catalogue item ids of the set")
+    p.add_argument("--artifact", required=True)
+    add_answer_flags(p)
+    p.add_argument("--no-color", action="store_true", help="turn colour harmony off")
+    p.add_argument(
+        "--json", action="store_true", help="the answer as JSON, the bytes the server sends"
+    )
+    p.set_defaults(func=_cmd_score_outfit)
 
     from stygig.deploy.command import register as register_deploy
     from stygig.doctor import register as register_doctor

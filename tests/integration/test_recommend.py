@@ -433,6 +433,31 @@ def test_slot_partitioned_index_keeps_every_slot_in_the_candidate_pool(
     assert {i["id"] for i in got["items"]} == {i["id"] for i in want["items"]}
 
 
+def test_cli_scores_an_outfit_as_the_server_does(
+    sample: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review, session 42: ``POST /v1/outfits/score`` had no command. ``stygig score-outfit``
+    gives the same answer as the library (and so the server), as a table or JSON."""
+    from stygig.engine import Recommender
+
+    ids = ["sku-0014", "sku-0030", "sku-0050"]
+    art = str(sample[1])
+    assert main(["score-outfit", "--artifact", art, *ids, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    want = Recommender.from_path(sample[1]).score_outfit(ids).to_dict()
+    for key in ("score", "weakest_item", "pair_mean", "items", "pairs", "scoring"):
+        got = data[key]
+        if key in ("items", "pairs"):
+            got = [{k: v for k, v in x.items() if k != "timings_ms"} for x in got]
+        assert got == want[key], key
+    assert main(["score-outfit", "--artifact", art, *ids]) == 0
+    table = capsys.readouterr().out
+    assert f"outfit score {data['score']:.4f}" in table and "sku-0030 + sku-0050" in table
+    assert main(["score-outfit", "--artifact", art, "sku-0014", "nope"]) == 2
+    assert "not in the catalogue: 'nope'" in capsys.readouterr().err
+    assert main(["score-outfit", "--artifact", art, "sku-0014"]) == 2  # one item: no set
+
+
 def test_cli_output_into_a_closed_pipe_stops_quietly(sample: tuple[Path, Path]) -> None:
     """`stygig recommend ... | head -1`: no traceback when the reader goes away."""
     import fcntl
