@@ -456,9 +456,11 @@ def apply_record(
     and the reason (an error type's name). Servers, replicas and compaction all replay with
     this, so they agree on every record, even a bad one."""
     sequence = int(record["sequence"])
-    if record.get("unreadable"):  # ChangeLog's stand-in for a damaged record
-        return apply_changes(snap, [], sequence, compat_mode=compat_mode), "UnreadableRecord"
     base, root = record.get("base"), record.get("root")
+    # ChangeLog's stand-in for a damaged record, or one whose base or root is no version name
+    # (an array there stopped every server replaying the log: review of session 42's fixes).
+    if record.get("unreadable") or not all(v is None or isinstance(v, str) for v in (base, root)):
+        return apply_changes(snap, [], sequence, compat_mode=compat_mode), "UnreadableRecord"
     manifest = snap.artifact.manifest
     # Ours: written on this version or an ancestor, or on a version compacted from this one
     # (a replica reloaded before this one, a compaction started from an older version): the

@@ -580,7 +580,15 @@ def test_a_record_of_any_shape_edited_by_hand_is_skipped_and_the_log_goes_on(
         sequence += 1
         log.append(sequence, changes)  # type: ignore[arg-type]
     # Not a record of its number at all: the log reads it as one to skip.
-    for raw in ('{"changes": {"a": 1}}', '{"changes": "text"}', "[1]", "not json", "[" * 100_000):
+    for raw in (
+        '{"changes": {"a": 1}}',
+        '{"changes": "text"}',
+        '{"base": []}',
+        '{"root": {"a": 1}}',
+        "[1]",
+        "not json",
+        "[" * 100_000,
+    ):
         sequence += 1
         log.append(sequence, [])
         path = Path(log.location) / f"{sequence:012d}.json"

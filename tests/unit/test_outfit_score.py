@@ -174,7 +174,7 @@ def test_a_compatibility_model_adds_its_part(tmp_path: Path) -> None:
         assert out.rules_weight == (0.0 if mode == "learned" else model.rules_weight)
         cfg = rec.config
         for pair in out.pairs:
-            rules = (cfg.similarity_weight * pair.similarity + cfg.harmony_weight * pair.harmony)
+            rules = cfg.similarity_weight * pair.similarity + cfg.harmony_weight * pair.harmony
             want = pair.learned + out.rules_weight * rules * pair.boost
             assert pair.score == pytest.approx(want, abs=3e-4)
         assert all(isinstance(i.learned, float) for i in out.items)

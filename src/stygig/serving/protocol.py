@@ -58,14 +58,21 @@ BODY_GRACE_S = 5.0
 #: Requests a connection may have queued behind the one being answered (HTTP/1.1
 #: pipelining). uvicorn queued every pipelined request a read held and read on after each
 #: answer: one connection streaming ``GET /healthz`` grew the server by 25 MB/s to its memory
-#: cap (review, session 42). Past the bound the connection is closed; while requests are
-#: queued, nothing more is read.
+#: cap (review, session 42). Past the bound, the requests queued are answered, those after them
+#: are dropped unread and the connection is closed; reading pauses while requests are queued
+#: (uvicorn resumes it for a request that reads its body, whose bytes are bounded).
 MAX_PIPELINE = 16
 #: Chunks of a chunked body that may be of any size; after them, the chunks must average
 #: :data:`MIN_CHUNK_BYTES` (each chunk costs the event loop a few Python calls: 6 MB sent in
-#: 1-byte chunks held it for 6 s of CPU, review, session 42). curl sends 8-64 KiB chunks.
-FREE_CHUNKS = 64
+#: 1-byte chunks held it for 6 s of CPU, review, session 42). curl sends 8-64 KiB chunks;
+#: a client streaming JSON from a generator sends a chunk per token, and a body under 1 KiB
+#: never reaches the rule.
+FREE_CHUNKS = 1024
 MIN_CHUNK_BYTES = 1024
+#: How long a kept-alive connection must have been idle before the connection limit may close
+#: it: a client reusing a connection at once may have a request on its way (review of session
+#: 42's fixes: immediate eviction reset requests already sent).
+IDLE_EVICTABLE_S = 2.0
 #: Body bytes a connection may send after their requests were answered (a refusal before the
 #: body was read: 401, 403, 415, 413), read and dropped so the client can read its answer;
 #: past this, over the connection's life, it is closed. Counted per connection, not per
@@ -146,6 +153,7 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         # (uvicorn appends each piece to the body with bytes +=: quadratic in the pieces).
         self._pieces: list[bytes] = []
         self._idle_since: float | None = None  # kept alive with nothing to do, since
+        self._overflow = False  # over MAX_PIPELINE: what is queued is answered, then closed
 
     def data_received(self, data: bytes) -> None:
         self._idle_since = None
@@ -279,7 +287,7 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self._overflow:
             return
         if self.cycle is not None and self.cycle.response_complete:  # answered: dropped
             self._discarded += len(body)
@@ -311,6 +319,10 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         if self.transport.is_closing():  # the rest of a read after a refusal: no request
+            return
+        if self._overflow:  # past the pipeline's bound: dropped unread (see MAX_PIPELINE)
+            self._disarm()
+            self._head_bytes = None
             return
         self._disarm()  # the head is complete: the body's own limits and deadline follow
         self._head_bytes = None
@@ -353,6 +365,7 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         over = len(open_) - limit + 1
         if over <= 0:
             return True
+        since = self.loop.time() - IDLE_EVICTABLE_S
         idle = sorted(
             (
                 (c._idle_since, id(c), c)
@@ -360,6 +373,7 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
                 if isinstance(c, _HeadDeadlineProtocol)
                 and c is not self
                 and c._idle_since is not None
+                and c._idle_since <= since
             ),
             key=lambda entry: entry[:2],
         )
@@ -380,17 +394,23 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
     def _bound_pipeline(self) -> None:
         if len(self.pipeline) > MAX_PIPELINE and not self.transport.is_closing():
             self.logger.warning(
-                "over %d pipelined requests queued: connection closed", MAX_PIPELINE
+                "over %d pipelined requests queued: the rest dropped, closed after their answers",
+                MAX_PIPELINE,
             )
-            self.pipeline.clear()  # never started: nothing to answer
-            self._end_message()
-            self.transport.close()
+            self.pipeline.popleft()  # this one: never started, never answered
+            self._overflow = True
+            self.flow.pause_reading()
 
     def on_response_complete(self) -> None:
+        queued = bool(self.pipeline)  # uvicorn starts the next one, if any
         super().on_response_complete()
         if self.transport.is_closing():
             return
-        if self.pipeline:
+        if self._overflow and not queued:  # the last queued request is answered
+            self._unset_keepalive_if_required()
+            self.transport.close()
+            return
+        if self.pipeline or self._overflow:
             # uvicorn reads on after every answer: only once every queued request has begun.
             self.flow.pause_reading()
         elif self.timeout_keep_alive_task is not None:
@@ -398,6 +418,11 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         if self.transport.is_closing():
+            return
+        if self._overflow:  # a dropped request's end: nothing to hand on
+            self._end_message()
+            self._pieces = []
+            self._head_bytes = 0
             return
         self._end_message()
         self._flush_body()
