@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -387,7 +388,9 @@ def merge_option_sources(*sources: tuple[str, Mapping[str, Any]]) -> dict[str, A
     where: dict[str, str] = {}
     for place, options in sources:
         for name, value in options.items():
-            if name in where:
+            # An unknown name is refused as one by Options (never repeated back): only an
+            # option's own name is said to be given twice.
+            if name in where and name in OPTION_NAMES:
                 raise InvalidOptionsError(
                     f"{key_name(name)} is given in {where[name]} and in {place}; "
                     "give each option in one place",
@@ -433,7 +436,7 @@ def parse_json_object(
     try:
         data = json.loads(body, object_pairs_hook=unique_object)
     except DuplicateKeyError as e:  # never "the last one wins" (review, session 42)
-        raise DuplicateKeyError(e.key, what) from None
+        raise DuplicateKeyError(e.key, what, named=REQUEST_KEYS) from None
     except UnicodeDecodeError:
         raise InputError(f"{what} is not UTF-8 text", code="malformed_json") from None
     except json.JSONDecodeError as e:  # its text says where, never what: no client bytes
@@ -465,6 +468,9 @@ _JSON_KINDS: dict[type, str] = {
 
 
 _JSON_QUERY_KEYS = ("image_b64", "images_b64", "item_ids")
+#: Every option's name, and every key a request's JSON may hold: the names an error may repeat.
+OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(Options))
+REQUEST_KEYS = OPTION_NAMES | {*_JSON_QUERY_KEYS, "image_uri", "image_uris", "options"}
 
 
 def split_json_request(

@@ -8,6 +8,7 @@ further down a ``scoring.yaml`` replaced the first (review, session 42, findings
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import yaml
@@ -29,13 +30,19 @@ def key_name(key: object) -> str:
 
 
 class DuplicateKeyError(InvalidOptionsError):
-    """A JSON object naming one key twice (422 ``duplicate_key`` over HTTP)."""
+    """A JSON object naming one key twice (422 ``duplicate_key`` over HTTP).
+
+    ``named``: the key names itself in the message (an operator's own file, or one of the
+    fields a request may hold: ``named`` is then that set). A client's other keys are never
+    repeated back (docs/security.md: no client text in errors; review of session 42's fixes)."""
 
     code = "duplicate_key"
 
-    def __init__(self, key: str, what: str = "") -> None:
+    def __init__(self, key: str, what: str = "", *, named: bool | Collection[str] = True) -> None:
         where = f" in {what}" if what else ""
-        super().__init__(f"the key {key_name(key)} is given twice{where}; give it once")
+        shown = named if isinstance(named, bool) else key in named
+        said = f"the key {key_name(key)}" if shown else "a key"
+        super().__init__(f"{said} is given twice{where}; give it once")
         self.key = key
 
 

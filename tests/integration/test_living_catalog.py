@@ -497,6 +497,12 @@ def test_cli_apply_says_which_lines_went_in_and_resumes(
             assert client.get(f"{url}/v1/catalog/version").json()["sequence"] == 3
             item = client.get(f"{url}/v1/items/sku-0001").json()
         assert item["stock"] == 600
+        # A key given twice is refused as the server refuses it, before anything is sent.
+        twice = tmp_path / "twice.jsonl"
+        twice.write_text('{"op": "update", "id": "sku-0001", "set": {"stock": 1, "stock": 2}}\n')
+        args = _cli(["apply", str(twice), "--url", url])
+        with pytest.raises(StygigError, match="line 1: .* given twice"):
+            args.func(args)
         # A refusal of the first part: nothing went in.
         args = _cli(["apply", str(changes(3, 2)), "--url", url])
         with pytest.raises(StygigError, match=r"line 2: .*nothing was applied: lines 1-3"):

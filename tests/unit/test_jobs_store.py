@@ -46,6 +46,13 @@ def test_submit_is_idempotent_by_id_and_fills_locations(store: JobStore) -> None
             store.submit(other)
         assert taken.value.http_status == 409
     store.submit(_spec(id="a1", webhook="https://example.test/h"))  # where to tell: the same
+    # A set-like list option in another order is the same request; the query's items are not.
+    sets = {"include_categories": ["shoes", "bag"], "item_ids": ["a", "b"]}
+    store.submit(_spec(id="s1", params=sets))
+    again = {"include_categories": ["bag", "shoes"], "item_ids": ["a", "b"]}
+    assert store.submit(_spec(id="s1", params=again))[1] is False
+    with pytest.raises(InferenceIdInUseError):
+        store.submit(_spec(id="s1", params={**sets, "item_ids": ["b", "a"]}))
     # A job stored before fingerprints were (no fingerprint): taken as the same request.
     store._db.execute("UPDATE jobs SET fingerprint = NULL WHERE id = 'a1'")
     assert store.submit(_spec(id="a1", params={"k": 3}))[1] is False

@@ -141,6 +141,10 @@ class CatalogChange:
         return out
 
 
+#: The keys of a change an error may name (a client's other keys are never repeated back).
+_CHANGE_KEYS = frozenset({"op", "id", "item", "set", "image", "image_b64", "changes"})
+
+
 def change_from_record(record: Mapping[str, Any]) -> CatalogChange:
     """Inverse of :meth:`CatalogChange.to_record` (a log written by this module). A change
     holding text no answer can encode (a lone surrogate, which logs written before
@@ -297,7 +301,7 @@ def parse_changes_jsonl(body: bytes, *, max_changes: int = MAX_CHANGES) -> list[
         try:
             data = json.loads(line, object_pairs_hook=unique_object)
         except DuplicateKeyError as e:  # never "the last one wins" (review, session 42)
-            raise DuplicateKeyError(e.key, f"line {number}") from None
+            raise DuplicateKeyError(e.key, f"line {number}", named=_CHANGE_KEYS) from None
         except (json.JSONDecodeError, RecursionError, ValueError):
             raise InputError(f"line {number}: not a JSON object", code="malformed_json") from None
         out.append(parse_change(data, f"line {number}"))

@@ -650,8 +650,10 @@ def evaluate_outfits(
             "scoring them would measure memory of the outfits the model learned from, not "
             "held-out quality"
         )
-    with_near = rest[:limit] if limit is not None else rest
-    test = [o for o in with_near if o not in near]
+    # --limit counts the outfits asked about (near ones left out first: review of session
+    # 42's fixes), and as many near ones for the figure with them.
+    test = [o for o in rest if o not in near][:limit]
+    with_near = [*test, *sorted(near)[:limit]]
     questions = make_questions(pool, types, test, train_keys, seed=seed)
     if not questions:  # every figure would be a blank over nothing: said, not reported
         found = sum(1 for o in test for i in pool.get(o, ()) if i in types)

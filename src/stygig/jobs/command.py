@@ -120,8 +120,8 @@ def _submit(args: argparse.Namespace) -> dict[str, Any]:
         if kind:
             headers["X-Amzn-SageMaker-Content-Type"] = kind
     else:
-        data = json.loads(args.json) if args.json else {"item_ids": args.item}
-        body = json.dumps(data).encode()
+        # the text as given (a key twice is the server's 422 to say, not "the last one wins")
+        body = args.json.encode() if args.json else json.dumps({"item_ids": args.item}).encode()
         headers["Content-Type"] = "application/json"
     if args.option:
         headers["X-Amzn-SageMaker-Custom-Attributes"] = urllib.parse.urlencode(_pairs(args.option))

@@ -217,6 +217,12 @@ def _owner_is_dead(owner: str, me: str) -> bool:
     return False
 
 
+#: Options whose values are a set: their order does not make another request.
+_SET_OPTIONS = frozenset(
+    {"include_categories", "exclude_categories", "exclude_ids", "candidate_ids"}
+)
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """What a client asked for: where the input is (or the input itself) and where to write."""
@@ -246,7 +252,13 @@ class JobSpec:
         tell. A resubmission of an id with another fingerprint is refused
         (:class:`InferenceIdInUseError`)."""
         body = None if self.input_body is None else hashlib.sha256(self.input_body).hexdigest()
-        what = [self.input_location, body, self.content_type, dict(self.params)]
+        # A list option's values in any order are the same request (categories, ids to leave
+        # out, candidates: sets; review of session 42's fixes); the query's item_ids keep theirs.
+        params = {
+            k: sorted(map(str, v)) if isinstance(v, list) and k in _SET_OPTIONS else v
+            for k, v in self.params.items()
+        }
+        what = [self.input_location, body, self.content_type, params]
         text = json.dumps(what, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         return hashlib.sha256(text.encode()).hexdigest()
 

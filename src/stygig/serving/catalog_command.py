@@ -305,6 +305,7 @@ CHANGES_FILE_MAX_BYTES = 512 << 20
 def _cmd_apply(args: argparse.Namespace) -> int:
     from stygig.errors import InputError, InvalidOptionsError, StygigError
     from stygig.storage import read_bytes
+    from stygig.unique_keys import DuplicateKeyError, unique_object
 
     path = Path(args.file)
     try:
@@ -329,7 +330,11 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         if number < args.from_line or not line.strip():
             continue
         try:
-            change = json.loads(line)
+            # A key given twice is refused here as the server refuses it (review of session
+            # 42's fixes: the last one was applied from a folder)
+            change = json.loads(line, object_pairs_hook=unique_object)
+        except DuplicateKeyError as e:
+            raise InputError(f"line {number}: {e.message}", code=e.code) from None
         except (ValueError, RecursionError):
             raise InputError(f"line {number}: not a JSON object") from None
         changes.append(_Line(number, _inline_photo(change, path.parent, args.url is not None)))
