@@ -628,3 +628,26 @@ def test_the_root_build_survives_any_number_of_compactions() -> None:
     # A manifest compacted before the root was written: the oldest ancestor it remembers.
     old = {"version": "v9", "catalog": {"parent": "v8", "lineage": ["v3", "v4"]}}
     assert lineage_root(old, "v9") == "v3"
+
+
+def test_a_killed_writers_temporary_record_is_removed_when_the_log_is_opened(
+    tmp_path: Path,
+) -> None:
+    """Review, session 42: a writer killed between writing a record's temporary file and
+    linking it left the file (up to ~17 MB) in the log folder for ever. Opening the log (a
+    server's start) removes those older than 10 minutes; a live writer's is left alone."""
+    import time
+
+    from stygig.catalog.changelog import STALE_TEMPORARY_S
+
+    folder = tmp_path / "log"
+    log = ChangeLog(folder)
+    log.append(1, [{"op": "remove", "id": "a"}])
+    stale, fresh = folder / ".record.dead.tmp", folder / ".record.live.tmp"
+    for path in (stale, fresh):
+        path.write_bytes(b"{}")
+    then = time.time() - STALE_TEMPORARY_S - 60
+    os.utime(stale, (then, then))
+    ChangeLog(folder)
+    assert not stale.exists() and fresh.exists()
+    assert ChangeLog(folder).last_sequence() == 1

@@ -15,9 +15,11 @@ order and stop at the first missing number.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,8 @@ from stygig.errors import StorageError
 __all__ = ["ChangeLog", "SequenceTaken"]
 
 _NAME = re.compile(r"^(\d{12})\.json$")
+#: How old a writer's temporary file must be to be a killed writer's (review, session 42).
+STALE_TEMPORARY_S = 600.0
 _WIDTH = 12
 
 
@@ -53,6 +57,22 @@ class ChangeLog:
             path = storage.parse(self.location).path
             assert path is not None
             self.folder: Path = Path(path)
+            self._sweep_temporaries()
+
+    def _sweep_temporaries(self) -> None:
+        """Remove the temporary files of writers killed between writing a record and linking
+        it (each up to a record's size, ~17 MB; a live writer's exists for milliseconds):
+        those older than :data:`STALE_TEMPORARY_S`, when a log is opened (a server's start)."""
+        try:
+            entries = list(os.scandir(self.folder))
+        except OSError:  # not there yet, or unreadable: the first write says so
+            return
+        old = time.time() - STALE_TEMPORARY_S
+        for entry in entries:
+            if entry.name.startswith(".record.") and entry.name.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    if entry.stat(follow_symlinks=False).st_mtime < old:
+                        os.unlink(entry.path)
 
     def __repr__(self) -> str:
         return "ChangeLog(...)"  # never a server path in a message
