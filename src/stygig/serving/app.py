@@ -1445,13 +1445,14 @@ def _routes(
     )
     async def readyz() -> Response:
         rec = service.recommender
+        snap = rec.snapshot if rec else None  # once: items and version of one catalogue state
         body = Readiness(
             ready=service.ready,
             # Which artifact, by its build time: never the folder it was loaded from.
             artifact=ArtifactBuild(rec.artifact.manifest.get("created_at")) if rec else None,
             encoder=rec.encoder.name if rec else None,
-            items=rec.snapshot.live_items if rec else None,
-            catalog_version=rec.snapshot.catalog_version if rec else None,
+            items=snap.live_items if snap else None,
+            catalog_version=snap.catalog_version if snap else None,
             load_seconds=service.load_seconds,
             warmup_seconds=service.warmup_seconds,
             batching=BatchingSettings.of(service.config.batching),
