@@ -168,6 +168,19 @@ def test_a_minimal_matrix_file(tmp_path: Path) -> None:
         ("models: {m:", "models: {n:", "the document", "not declared under `models`"),
         ("models: {m:", "pricing: {hours_per_month: '730'}\nmodels: {m:", "pricing", "number"),
         ("instances:", "instance:", "instance", "unknown key"),
+        # A key given twice was "the last one wins" (a price of 9.99: review, session 42).
+        (
+            "price_per_hour: 0.1",
+            "price_per_hour: 0.1\n    price_per_hour: 9.99",
+            "found the key 'price_per_hour' twice",
+            "at line",
+        ),
+        (
+            "  ml.c5.large:",
+            "  ml.c5.large: {vcpu: 64}\n  ml.c5.large:",
+            "'ml.c5.large' twice",
+            "line",
+        ),
     ],
 )
 def test_bad_matrix_files_name_the_field_and_file(
@@ -180,25 +193,6 @@ def test_bad_matrix_files_name_the_field_and_file(
         load_matrix(path)
     assert e.value.message.startswith(f"instance matrix {path}: ")
     assert f"{field}" in e.value.message and problem in e.value.message
-
-
-@pytest.mark.parametrize(
-    ("old", "new", "key"),
-    [
-        ("price_per_hour: 0.1", "price_per_hour: 0.1\n    price_per_hour: 9.99", "price_per_hour"),
-        ("  ml.c5.large:", "  ml.c5.large: {vcpu: 64}\n  ml.c5.large:", "ml.c5.large"),
-    ],
-)
-def test_a_key_given_twice_in_the_matrix_is_refused(
-    tmp_path: Path, old: str, new: str, key: str
-) -> None:
-    """Review, session 42: a price given twice was "the last one wins" (9.99)."""
-    assert old in _GOOD
-    path = tmp_path / "instances.yaml"
-    path.write_text(_GOOD.replace(old, new, 1))
-    with pytest.raises(ConfigError) as e:
-        load_matrix(path)
-    assert f"found the key {key!r} twice at line" in e.value.message
 
 
 @pytest.mark.parametrize("text", ["[1, 2]\n", "", "instances: {a: [\n"])
