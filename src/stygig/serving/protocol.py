@@ -152,11 +152,9 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         # Body pieces of the current message parsed from this read, handed to uvicorn at once
         # (uvicorn appends each piece to the body with bytes +=: quadratic in the pieces).
         self._pieces: list[bytes] = []
-        self._idle_since: float | None = None  # kept alive with nothing to do, since
         self._overflow = False  # over MAX_PIPELINE: what is queued is answered, then closed
 
     def data_received(self, data: bytes) -> None:
-        self._idle_since = None
         self._received(data)
         self._flush_body()
 
@@ -320,12 +318,10 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         if self.transport.is_closing():  # the rest of a read after a refusal: no request
             return
-        if self._overflow:  # past the pipeline's bound: dropped unread (see MAX_PIPELINE)
-            self._disarm()
-            self._head_bytes = None
-            return
         self._disarm()  # the head is complete: the body's own limits and deadline follow
         self._head_bytes = None
+        if self._overflow:  # past the pipeline's bound: dropped unread (see MAX_PIPELINE)
+            return
         self._heads += 1
         self._message_bytes, self._body_bytes, self._chunks = 0, 0, 0
         self._chunked = any(
@@ -368,12 +364,12 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         since = self.loop.time() - IDLE_EVICTABLE_S
         idle = sorted(
             (
-                (c._idle_since, id(c), c)
+                (idle_since, id(c), c)
                 for c in open_
                 if isinstance(c, _HeadDeadlineProtocol)
                 and c is not self
-                and c._idle_since is not None
-                and c._idle_since <= since
+                and (idle_since := c._idle_since()) is not None
+                and idle_since <= since
             ),
             key=lambda entry: entry[:2],
         )
@@ -386,9 +382,14 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         )
         return True
 
+    def _idle_since(self) -> float | None:
+        """When this connection was last answered with nothing queued, while it waits kept
+        alive (uvicorn's keep-alive timer runs exactly then, set to fire that long after)."""
+        timer = self.timeout_keep_alive_task
+        return None if timer is None else timer.when() - self.timeout_keep_alive
+
     def _close_idle(self) -> None:
         self._unset_keepalive_if_required()
-        self._idle_since = None
         self.transport.close()
 
     def _bound_pipeline(self) -> None:
@@ -413,20 +414,14 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         if self.pipeline or self._overflow:
             # uvicorn reads on after every answer: only once every queued request has begun.
             self.flow.pause_reading()
-        elif self.timeout_keep_alive_task is not None:
-            self._idle_since = self.loop.time()
 
     def on_message_complete(self) -> None:
         if self.transport.is_closing():
             return
-        if self._overflow:  # a dropped request's end: nothing to hand on
-            self._end_message()
-            self._pieces = []
-            self._head_bytes = 0
-            return
         self._end_message()
-        self._flush_body()
-        super().on_message_complete()
+        if not self._overflow:  # a dropped request's end has nothing to hand on
+            self._flush_body()
+            super().on_message_complete()
         self._head_bytes = 0  # whatever arrives next on this connection is a new head
 
     def connection_lost(self, exc: Exception | None) -> None:
