@@ -78,6 +78,7 @@ __all__ = [
     "decode_image",
     "decode_work",
     "fit_array",
+    "image_bytes",
     "looks_like_image",
     "preprocess",
     "preprocess_batch",
@@ -312,18 +313,17 @@ def decode_work(img: Image.Image, scans: int) -> int:
 def check_photos(
     sources: Sequence[bytes | str | Path], limits: ImageLimits = DEFAULT_LIMITS
 ) -> None:
-    """Refuse, from their headers, the photos of one request that together would cost more
-    decoding than two photos at the limit may: each photo is bounded alone, and 8 WebPs of
-    16 MP (28 KB each) cost 2.6 s of CPU in one 304 KB request (review, session 42). What
-    :func:`decode_image` refuses for one photo is refused here with its own error."""
-    if len(sources) < 2:
-        return
+    """Refuse, from their headers, what :func:`decode_image` refuses of each photo of one
+    request before it reads a pixel (:func:`check_header`, with its own error), and photos
+    that together would cost more decoding than two photos at the limit may: each photo is
+    bounded alone, and 8 WebPs of 16 MP (28 KB each) cost 2.6 s of CPU in one 304 KB request
+    (review, session 42)."""
     budget = 2 * limits.max_whole_decode_pixels
     work = 0
     for source in sources:
         img, scans = _opened(source, limits)
         work += decode_work(img, scans)
-    if work > budget:
+    if len(sources) > 1 and work > budget:
         raise ImageTooLargeError(
             f"the photos together would take about {work / 1e6:,.0f} M pixels of full-size "
             f"decoding (at most {budget / 1e6:,.0f} M a request); send fewer or smaller photos "
@@ -348,6 +348,12 @@ def _opened(source: bytes | str | Path, limits: ImageLimits) -> tuple[Image.Imag
             "16-bit); send a smaller image or a JPEG"
         )
     return img, scans
+
+
+def image_bytes(source: bytes | str | Path, limits: ImageLimits = DEFAULT_LIMITS) -> bytes:
+    """A photo's bytes: a path read within the byte limit (its errors those of
+    :func:`decode_image`, never the path), bytes as they are."""
+    return _read_source(source, limits)
 
 
 def _read_source(source: bytes | str | Path, limits: ImageLimits) -> bytes:

@@ -27,7 +27,7 @@ import numpy as np
 
 from stygig.answer import Timings
 from stygig.features import DecodedPhoto, color_summary, decode_photo
-from stygig.images import PreprocessSpec, check_photos
+from stygig.images import PreprocessSpec, check_photos, image_bytes
 from stygig.recommendation import Options, Query
 
 __all__ = ["ColorResult", "PreparedQuery", "decode_query"]
@@ -99,7 +99,8 @@ def decode_query(
     sources = [load(s) if load is not None else s for s in query.images]
     if len(sources) > 1:  # several photos: their decoding together is bounded too
         t0 = time.perf_counter()
-        check_photos(sources)  # (a path is read twice: once here for its header)
+        sources = [image_bytes(s) for s in sources]  # a path read once, for both steps
+        check_photos(sources)
         decode_ms += (time.perf_counter() - t0) * 1e3
     for source in sources:
         t0 = time.perf_counter()

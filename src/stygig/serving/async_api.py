@@ -273,14 +273,6 @@ class _WebhookChecks:
         )
 
 
-def _check_photos(photos: list[bytes]) -> None:
-    """What the real-time routes refuse of a request's photos before decoding them (review,
-    session 42: a GIF in an async JSON input was a 202, then a failed job)."""
-    for photo in photos:
-        check_header(photo)
-    check_photos(photos)
-
-
 async def _spec(
     request: Request,
     config: AsyncConfig,
@@ -336,8 +328,9 @@ async def _spec(
             check_job_input, body, content_type, locations, params
         )
         inline = [i for i in query.images if isinstance(i, bytes)] if query else []
-        if inline:  # a JSON input's photos, refused now as /v1/recommend refuses them
-            await run_in_threadpool(_check_photos, inline)
+        if inline:  # a JSON input's photos, refused now as /v1/recommend refuses them (review,
+            # session 42: a GIF there was a 202, then a failed job)
+            await run_in_threadpool(check_photos, inline)
         body_arg = body
     rec = recommender()
     if rec is not None:  # the catalogue it is loaded with; the job checks again when it runs
