@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+from tqdm import tqdm
 
 from stygig.errors import ArtifactError, CatalogError, ConfigError
 from stygig.evaluation.split import outfits_fingerprint
@@ -308,7 +309,13 @@ def fitb_accuracy(
     questions: Sequence[Question], scorer: Scorer, *, seed: int = 0
 ) -> dict[str, dict[str, float | int]]:
     """Accuracy per sampling present: overall, on unseen (cold-start) and on seen answers."""
-    chosen = answer(questions, scorer, seed=seed)
+    return _accuracy(questions, answer(questions, scorer, seed=seed))
+
+
+def _accuracy(
+    questions: Sequence[Question], chosen: np.ndarray
+) -> dict[str, dict[str, float | int]]:
+    """:func:`fitb_accuracy` of the candidates ``chosen`` for ``questions``."""
     right = chosen == np.array([q.answer for q in questions], np.int64)
     cold_all = np.array([q.cold_start for q in questions], bool)
     out: dict[str, dict[str, float | int]] = {}
@@ -653,7 +660,7 @@ def evaluate_outfits(
     # --limit counts the outfits asked about (near ones left out first: review of session
     # 42's fixes), and as many near ones for the figure with them.
     test = [o for o in rest if o not in near][:limit]
-    with_near = [*test, *sorted(near)[:limit]]
+    near_asked = sorted(near)[:limit]
     questions = make_questions(pool, types, test, train_keys, seed=seed)
     if not questions:  # every figure would be a blank over nothing: said, not reported
         found = sum(1 for o in test for i in pool.get(o, ()) if i in types)
@@ -687,23 +694,23 @@ def evaluate_outfits(
         train_counts,
     )
     scorers |= {"v4_whitened": more["v4"], "cosine_whitened": more["cosine"]}
-    from tqdm import tqdm
-
+    # The engine's and the statistics' figures with the near copies asked too: their
+    # questions after the others, answered in the same pass (the draws that break ties come
+    # in question order, so the first questions' answers are those of a pass without them).
+    near_questions = make_questions(pool, types, near_asked, train_keys, seed=seed)
+    both = [*questions, *near_questions]
+    accuracy: dict[str, dict[str, dict[str, float | int]]] = {}
+    with_near_copies: dict[str, dict[str, dict[str, float | int]]] = {}
     # A progress bar over the scorers (a large --test-outfits file ran minutes in silence).
-    accuracy = {
-        name: fitb_accuracy(questions, s, seed=seed)
-        for name, s in tqdm(
-            scorers.items(), desc=f"FITB, {len(questions):,} questions", disable=not progress
-        )
-    }
-    near_questions = make_questions(
-        pool, types, sorted(near & set(with_near)), train_keys, seed=seed
-    )
-    with_near_copies = {
-        name: fitb_accuracy([*questions, *near_questions], s, seed=seed)
-        for name, s in scorers.items()
-        if name in ("learned", "learned+rules", "v4", *STATISTICS)
-    }
+    for name, scorer in tqdm(
+        scorers.items(), desc=f"FITB, {len(questions):,} questions", disable=not progress
+    ):
+        if name not in ("learned", "learned+rules", "v4", *STATISTICS):
+            accuracy[name] = fitb_accuracy(questions, scorer, seed=seed)
+            continue
+        chosen = answer(both, scorer, seed=seed)
+        accuracy[name] = _accuracy(questions, chosen[: len(questions)])
+        with_near_copies[name] = _accuracy(both, chosen)
     for_auc = {k: v for k, v in scorers.items() if k != "random"}
     outfit_auc = for_auc | as_outfit
     compat = compatibility_auc(pool, types, test, outfit_auc, seed=seed, swap="all")
@@ -728,7 +735,7 @@ def evaluate_outfits(
             "train_fingerprint": outfits_fingerprint(outfits, train),
             "test_outfits_identical_to_a_train_outfit": identical,
             "test_outfits_inside_a_train_outfit_left_out": len(inside),
-            "test_outfits_near_a_train_outfit_left_out": len(near & set(with_near)),
+            "test_outfits_near_a_train_outfit_left_out": len(near_asked),
         },
         "outfit_items": sum(len(v) for v in asked.values()),
         "outfit_items_in_catalog": in_catalog,
