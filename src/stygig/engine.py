@@ -74,7 +74,14 @@ from stygig.scoring import (
 )
 from stygig.snapshot import CatalogSnapshot, apply_changes, snapshot_of
 
-__all__ = ["Options", "Query", "Recommendation", "Recommender", "load_artifact_encoder"]
+__all__ = [
+    "Options",
+    "Query",
+    "Recommendation",
+    "Recommender",
+    "load_artifact_encoder",
+    "scoring_kind",
+]
 
 log = logging.getLogger(__name__)
 
@@ -867,7 +874,7 @@ class Recommender:
             learned=round(float(np.mean(learned_parts)), 4) if learned_parts else None,
             weakest_pair=[weakest.a, weakest.b],
             use_color=use_color,
-            scoring="rules" if st.learned is None else _scoring_kind(st.learned.mode),
+            scoring=scoring_kind(st.learned),
             rules_weight=None if st.learned is None else st.learned.rules_weight,
             items=items,
             pairs=pairs,
@@ -952,8 +959,12 @@ def _check_request(cols: CatalogColumns, options: Options, item_ids: Sequence[st
         raise InvalidOptionsError("candidate_ids: a candidate is also an item of the query")
 
 
-def _scoring_kind(mode: str) -> ScoringKind:
-    return "learned" if mode == "learned" else "learned+rules"
+def scoring_kind(learned: LearnedScorer | None) -> ScoringKind:
+    """What a score holds: the V4 ``rules`` alone (no compatibility model), or the model's
+    part (``learned``) and, in ``learned+rules``, the rules' too."""
+    if learned is None:
+        return "rules"
+    return "learned" if learned.mode == "learned" else "learned+rules"
 
 
 def _removed(st: CatalogSnapshot) -> np.ndarray | None:

@@ -368,7 +368,7 @@ def params_to_dict(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
     for key, value in pairs:
         grouped.setdefault(key, []).append(value)
     for key, values in grouped.items():
-        if len(values) > 1 and key not in _LIST_OPTIONS and key in Options.__dataclass_fields__:
+        if len(values) > 1 and key not in _LIST_OPTIONS and key in OPTION_NAMES:
             raise InvalidOptionsError(
                 f"{key} is given {len(values)} times; give it once (only the list options "
                 f"{', '.join(_LIST_OPTIONS)} may be repeated)",

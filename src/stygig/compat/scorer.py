@@ -183,7 +183,7 @@ class LearnedScorer:
     @property
     def rules_share(self) -> float:
         """How much the final score moves per unit of the rules' score."""
-        return 0.0 if self.mode == "learned" else abs(float(self.model.rules_weight))
+        return abs(self.rules_weight)
 
     def rows_view(self, rows: np.ndarray) -> QueryView:
         """The model's view of catalogue rows used as a query."""

@@ -100,9 +100,12 @@ def _submit(endpoint: AsyncEndpoint, args: argparse.Namespace) -> AsyncInvocatio
         if kind == "application/json":
             body, attrs = _with_options(body, pairs, "the JSON request"), None
     else:
-        request = json.loads(args.json) if args.json else {"item_ids": args.item}
-        if not isinstance(request, dict):
-            raise InvalidOptionsError("--json must be a JSON object")
+        # read as the server reads a body (a key given twice is refused, not "the last wins")
+        request = (
+            parse_json_object(args.json.encode(), what="--json")
+            if args.json
+            else {"item_ids": args.item}
+        )
         merged = merge_option_sources(("--json", request), ("--option", params_to_dict(pairs)))
         body = json.dumps(merged).encode()
         kind, attrs = "application/json", None

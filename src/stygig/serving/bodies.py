@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, TypeAdapter
 
+from stygig.answer import ScoringKind
 from stygig.jobs.documents import JobFailure, JobResult
 from stygig.jobs.store import JobState
 from stygig.jobs.store import Status as JobStatus
@@ -192,7 +193,7 @@ class ScoringWeights:
     similarity_weight: float
     harmony_weight: float
     boost: float
-    scoring: Literal["rules", "learned", "learned+rules"]
+    scoring: ScoringKind
     rules_weight: float | None
 
 

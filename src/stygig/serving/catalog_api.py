@@ -42,6 +42,7 @@ from fastapi.responses import Response
 
 from stygig import __version__, storage
 from stygig.answer import CatalogCard, CatalogPage
+from stygig.engine import scoring_kind
 from stygig.errors import (
     ConfigError,
     InvalidOptionsError,
@@ -334,13 +335,7 @@ def _config(
             similarity_weight=rec.config.similarity_weight,
             harmony_weight=rec.config.harmony_weight,
             boost=taxonomy.boost,
-            scoring=(
-                "rules"
-                if snap.learned is None
-                else "learned"
-                if snap.learned.mode == "learned"
-                else "learned+rules"
-            ),
+            scoring=scoring_kind(snap.learned),
             rules_weight=None if snap.learned is None else snap.learned.rules_weight,
         ),
         max_upload_bytes=service.config.max_body_bytes,
