@@ -628,7 +628,10 @@ def test_pipelined_requests_are_bounded_per_connection(server: Server) -> None:
             for _ in range(40):  # 40 x 5,000 requests, 8 MB, unless cut off
                 sock.sendall(request * 5_000)
         answers, closed = _answers_until_closed(sock)
-    assert closed and answers == MAX_PIPELINE + 1, answers
+    # At most the 17 (running + queued): the server closes with the flood's bytes unread, so
+    # its close is a reset, which may drop answers the client had not read yet (12 of 17 once,
+    # on a busy machine). The exact count is checked below, with bursts read whole.
+    assert closed and answers <= MAX_PIPELINE + 1, answers
     assert rss_kb(server) - before < 32 * 1024
     for burst in (MAX_PIPELINE + 2, MAX_PIPELINE + 1):
         with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
