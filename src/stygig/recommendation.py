@@ -30,6 +30,7 @@ __all__ = [
     "MAX_NUMBER",
     "MAX_OUTFIT_ITEMS",
     "MAX_QUERY_PARTS",
+    "MAX_QUERY_PHOTOS",
     "MAX_SEED",
     "MAX_TEXT",
     "OPAQUE_CONTENT_TYPES",
@@ -54,7 +55,13 @@ __all__ = [
 
 Mode = Literal["outfit", "similar"]
 MAX_K = 100
-MAX_QUERY_PARTS = 8
+#: Photos of one query: each is decoded and encoded (and the request's photos share one
+#: decode budget, :func:`stygig.images.check_photos`).
+MAX_QUERY_PHOTOS = 8
+#: Photos and catalogue items of one query together: a catalogue item costs a look-up, so a
+#: partial outfit as long as the longest set scored together (:data:`MAX_OUTFIT_ITEMS`) can be
+#: completed; MANGO's outfits hold up to 13 items (FITB asks with up to 12 visible).
+MAX_QUERY_PARTS = 16
 #: Content types that say nothing of a request's body: SageMaker's Python SDK sends a photo as
 #: ``application/octet-stream`` by default (``IdentitySerializer``), boto3's ``invoke_endpoint``
 #: without ``ContentType`` sends none. Such a body is told from its bytes (a photo by its
@@ -78,16 +85,21 @@ MAX_OUTFIT_ITEMS = 16  # items of one set scored together (120 pairs)
 MAX_FILTERS = 16
 MAX_SEED = 2**32 - 1
 # JSON values in one request body: the query and the options' lists at their limits hold
-# about 6,700 (8 + 8 photos and ids, 2 x 256 categories, 2 x 1,000 ids, 16 x 256 filter values).
+# about 6,700 (16 photos and ids, 2 x 256 categories, 2 x 1,000 ids, 16 x 256 filter values).
 MAX_JSON_VALUES = 20_000
 MAX_NUMBER = 1e15  # the largest magnitude of a number in a filter
 
 
-def check_part_count(parts: int) -> None:
-    """:class:`InvalidOptionsError` when a query would hold more than ``MAX_QUERY_PARTS``
-    photos and items together (callers count before decoding or reading anything)."""
+def check_part_count(parts: int, photos: int) -> None:
+    """:class:`InvalidOptionsError` when a query would hold more than :data:`MAX_QUERY_PHOTOS`
+    photos, or more than :data:`MAX_QUERY_PARTS` photos and items together (callers count
+    before decoding or reading anything)."""
+    if photos > MAX_QUERY_PHOTOS:
+        raise InvalidOptionsError(f"a query may hold at most {MAX_QUERY_PHOTOS} photos")
     if parts > MAX_QUERY_PARTS:
-        raise InvalidOptionsError(f"a query may hold at most {MAX_QUERY_PARTS} photos/items")
+        raise InvalidOptionsError(
+            f"a query may hold at most {MAX_QUERY_PARTS} photos and items together"
+        )
 
 
 Text = Annotated[str, Field(strict=True, min_length=1, max_length=MAX_TEXT)]
@@ -486,7 +498,7 @@ def split_json_request(
         values = data["images_b64"]
         if not isinstance(values, list):
             raise InvalidOptionsError("images_b64 must be a list of base64 strings")
-        check_part_count(len(values))  # counted before anything is decoded
+        check_part_count(len(values), len(values))  # counted before anything is decoded
         images.extend(_b64(v, f"images_b64[{i}]") for i, v in enumerate(values))
     item_ids = string_list(data.get("item_ids", []), "item_ids")
     options = {k: v for k, v in data.items() if k not in _JSON_QUERY_KEYS}
@@ -526,4 +538,4 @@ class Query:
         parts = len(self.images) + len(self.item_ids)
         if parts == 0:
             raise InvalidOptionsError("a query needs at least one photo or item id")
-        check_part_count(parts)
+        check_part_count(parts, len(self.images))

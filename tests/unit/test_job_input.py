@@ -59,11 +59,15 @@ def test_stored_photos_are_counted_before_any_is_read(tmp_path: Path) -> None:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)  # a read of it would fail (not a regular file): the count comes first
     policy = InputLocations([str(tmp_path)])
-    body = _json({"image_uris": [str(fifo)] * 7, "item_ids": ["a", "b"]})
-    with pytest.raises(InvalidOptionsError, match="at most 8"):
-        parse_job_input(body, "application/json", {}, policy)
-    with pytest.raises(InvalidOptionsError, match="at most 8"):
-        check_job_input(body, None, policy)
+    for body, bound in (
+        # 9 photos (7 + 1 stored, 1 inline), then 8 photos and 9 catalogue items: 17 parts.
+        (_json({"image_uris": [str(fifo)] * 7, "image_uri": str(fifo), "image_b64": ""}), "8"),
+        (_json({"image_uris": [str(fifo)] * 8, "item_ids": [f"i{n}" for n in range(9)]}), "16"),
+    ):
+        with pytest.raises(InvalidOptionsError, match=f"at most {bound} photos"):
+            parse_job_input(body, "application/json", {}, policy)
+        with pytest.raises(InvalidOptionsError, match=f"at most {bound} photos"):
+            check_job_input(body, None, policy)
 
 
 def test_stored_photos_are_read_only_through_the_policy(tmp_path: Path) -> None:

@@ -149,7 +149,7 @@ def _split_json_input(
     uris += more
     if not all(isinstance(u, str) for u in uris):
         raise InvalidOptionsError("image_uri(s) must be strings")
-    check_part_count(len(images) + len(item_ids) + len(uris))
+    check_part_count(len(images) + len(item_ids) + len(uris), len(images) + len(uris))
     return images, item_ids, uris, rest
 
 

@@ -34,6 +34,7 @@ from stygig.errors import (
 from stygig.images import looks_like_image
 from stygig.recommendation import (
     MAX_QUERY_PARTS,
+    MAX_QUERY_PHOTOS,
     MAX_TEXT,
     OPAQUE_CONTENT_TYPES,
     merge_option_sources,
@@ -241,7 +242,7 @@ def json_body_schema(extra: dict[str, Any] | None = None) -> dict[str, Any]:
     schema.pop("title", None)
     schema["properties"] = {
         "image_b64": {"type": "string", "description": "one photo, base64"},
-        "images_b64": {"type": "array", "items": {"type": "string"}, "maxItems": MAX_QUERY_PARTS},
+        "images_b64": {"type": "array", "items": {"type": "string"}, "maxItems": MAX_QUERY_PHOTOS},
         "item_ids": {
             "type": "array",
             "items": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT},
