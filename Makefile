@@ -40,6 +40,7 @@ demo-kaggle: $(STAMP)
 	$(BIN)/stygig sample-catalog --from-kaggle "$(KAGGLE)" --limit $(KAGGLE_LIMIT) --out $(DEMO_DIR)-kaggle/catalog
 	$(BIN)/stygig build --catalog $(DEMO_DIR)-kaggle/catalog/catalog.csv --encoder efficientnet-lite0 \
 		--out $(DEMO_DIR)-kaggle/artifact
+	$(BIN)/stygig pick-examples --artifact $(DEMO_DIR)-kaggle/artifact --catalog-dir $(DEMO_DIR)-kaggle/catalog
 	@echo "Serving the web page and API on http://127.0.0.1:$(PORT) (Ctrl-C to stop)"
 	$(BIN)/stygig serve --artifact $(DEMO_DIR)-kaggle/artifact --host 127.0.0.1 --port $(PORT) \
 		--examples $(DEMO_DIR)-kaggle/catalog/queries

@@ -33,6 +33,17 @@ def _cmd_sample_catalog(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pick_examples(args: argparse.Namespace) -> int:
+    from stygig.demo_examples import pick_examples
+
+    checks = pick_examples(args.artifact, Path(args.catalog_dir))
+    for check in checks:
+        print(check.line())
+    offered = sum(c.offered is not None for c in checks)
+    print(f"{offered} of {len(checks)} categories offered in {Path(args.catalog_dir) / 'queries'}")
+    return 0
+
+
 def build_encoder_from_args(args: argparse.Namespace, taxonomy: Any) -> Any:
     """``stygig build``'s encoder from its flags (any engine), as
     :func:`stygig.build.make_build_encoder`'s context: with ``--int8``, statically calibrated on
@@ -330,6 +341,18 @@ def _parser() -> argparse.ArgumentParser:
         "--limit", type=int, default=3000, help="with --from-kaggle: products (default 3000)"
     )
     p.set_defaults(func=_cmd_sample_catalog)
+
+    p = sub.add_parser(
+        "pick-examples",
+        help="offer as the demo's examples the held-out photos the built catalogue votes right",
+    )
+    p.add_argument("--artifact", required=True, help="the artifact built from the catalogue")
+    p.add_argument(
+        "--catalog-dir",
+        required=True,
+        help="the folder `sample-catalog --from-kaggle` wrote (candidates.csv, candidates/)",
+    )
+    p.set_defaults(func=_cmd_pick_examples)
 
     p = sub.add_parser("build", help="build an artifact from a catalogue and its photos")
     p.add_argument("--catalog", required=True, help="catalogue file (.csv or .jsonl)")

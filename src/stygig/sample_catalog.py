@@ -15,7 +15,9 @@ from a real one (the page says so: a real photo finds only the nearest drawing).
 :func:`kaggle_demo_catalog` writes the same layout from the Kaggle dataset's ``styles.csv`` and
 ``images/`` (its "small" download unpacks to ``myntradataset/``, the full one to
 ``fashion-dataset/``): a balanced draw of products (every category, the large ones capped) and
-a few real photos held out of the catalogue as ``queries/``.
+up to three real photos per familiar category held out of the catalogue as ``candidates/``,
+the first of each offered in ``queries/`` until :mod:`stygig.demo_examples` picks, per category,
+the first the built catalogue votes right.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from stygig.errors import CatalogError, InvalidOptionsError
 from stygig.sample_drawing import Garment, draw_garment
 
 __all__ = [
+    "CANDIDATES_FILE",
     "CATALOG_COLUMNS",
     "COLOURS",
     "SampleItem",
@@ -51,6 +54,10 @@ __all__ = [
 ]
 
 RGB = tuple[int, int, int]
+
+#: A Kaggle demo's held-out example photos, in order of preference per category: ``category,file``
+#: (files in ``candidates/``), read by :mod:`stygig.demo_examples`.
+CANDIDATES_FILE = "candidates.csv"
 
 CATALOG_COLUMNS = (
     "id",
@@ -492,9 +499,11 @@ def kaggle_demo_catalog(
 
     Rows are read and checked by the catalogue's own Kaggle reader (unmapped categories and
     missing photos are left out). Categories take turns, in a shuffled order per category, so
-    every category is in and the largest are capped; one photo each of a few familiar
-    categories is held out of the catalogue as ``queries/<colour>-<category>.jpg``, the
-    example photos ``stygig serve --examples`` offers. Photos are hard-linked when they can
+    every category is in and the largest are capped; up to three photos each of a few familiar
+    categories are held out of the catalogue as ``candidates/<colour>-<category>.jpg`` (listed
+    in order in :data:`CANDIDATES_FILE`), the first of each copied to ``queries/``, the example
+    photos ``stygig serve --examples`` offers (:func:`stygig.demo_examples.pick_examples`
+    replaces one the built catalogue votes wrong). Photos are hard-linked when they can
     be, else copied. The same download and seed give the same files.
     """
     from stygig.catalog.loaders import read_catalog
@@ -510,14 +519,15 @@ def kaggle_demo_catalog(
     for n in rng.permutation(len(read.items)):
         item = read.items[int(n)]
         groups.setdefault(item.category, []).append(item)
-    queries = {}
+    queries: dict[str, list[Item]] = {}
     for category in _KAGGLE_QUERIES:
         members = groups.get(category, [])
         if len(members) >= 4:  # enough left for the catalogue
-            queries[category] = members.pop(0)
+            queries[category] = [members.pop(0) for _ in range(min(3, len(members) - 3))]
     # The same photo can be listed twice (colour variants): keep a held-out photo's twins out.
-    held = {_digest(Path(q.image)) for q in queries.values()}
-    sizes = {Path(q.image).stat().st_size for q in queries.values()}
+    held_out = [q for candidates in queries.values() for q in candidates]
+    held = {_digest(Path(q.image)) for q in held_out}
+    sizes = {Path(q.image).stat().st_size for q in held_out}
     for category, members in groups.items():
         groups[category] = [
             m
@@ -540,12 +550,30 @@ def kaggle_demo_catalog(
         name = f"images/{item.id}.jpg"
         _link_or_copy(Path(item.image), out_dir / name)
         rows.append(_generic_row(item, name))
+    # Each category's candidates, in order, in candidates/; the first is offered in queries/
+    # until `stygig pick-examples` checks them against the built catalogue.
+    (out_dir / "candidates").mkdir(exist_ok=True)
+    for old in [*(out_dir / "candidates").glob("*.jpg"), *(out_dir / "queries").glob("*.jpg")]:
+        old.unlink()  # a previous draw's (the folder is this module's: _check_out)
+    listed: list[dict[str, str]] = []
+    for category, candidates in queries.items():
+        for item in candidates:
+            colour = item.attributes.get("baseColour") or ""
+            stem = re.sub(r"[^a-z0-9]+", "-", f"{colour} {category}".lower()).strip("-")
+            name = f"{stem}.jpg"
+            while any(row["file"] == name for row in listed):
+                name = f"{stem}-{sum(row['category'] == category for row in listed) + 1}.jpg"
+            _link_or_copy(Path(item.image), out_dir / "candidates" / name)
+            listed.append({"category": category, "file": name})
+    with (out_dir / CANDIDATES_FILE).open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=("category", "file"), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(listed)
     written = []
-    for category, item in queries.items():
-        colour = item.attributes.get("baseColour") or ""
-        stem = re.sub(r"[^a-z0-9]+", "-", f"{colour} {category}".lower()).strip("-")
-        _link_or_copy(Path(item.image), out_dir / "queries" / f"{stem}.jpg")
-        written.append(stem)
+    for category in queries:
+        first = next(row["file"] for row in listed if row["category"] == category)
+        _link_or_copy(out_dir / "candidates" / first, out_dir / "queries" / first)
+        written.append(first)
     csv_path = out_dir / "catalog.csv"
     with csv_path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=CATALOG_COLUMNS, lineterminator="\n")
@@ -554,7 +582,9 @@ def kaggle_demo_catalog(
     (out_dir / "README.txt").write_text(
         f"Demo catalogue drawn by stygig {__version__} (seed {seed}) from the Kaggle 'Fashion "
         f"Product Images' dataset (Myntra's catalogue): {len(rows)} products in images/, "
-        f"{len(written)} photos held out of it in queries/.\n"
+        f"{len(listed)} photos held out of it in candidates/ (listed in {CANDIDATES_FILE}), "
+        f"the first of each of {len(written)} categories offered in queries/ until "
+        "`stygig pick-examples` checks them against the built catalogue.\n"
         "These are other parties' product photos: use them to try StyGig, do not publish "
         "or commit them.\n",
         encoding="utf-8",
@@ -609,7 +639,7 @@ def _check_out(out_dir: Path, source: Path | None = None) -> None:
     # A run stopped before its README (written last) left photo folders only: ours too
     # (review, session 36: an interrupted `make demo` was refused ever after).
     names = {p.name for p in out_dir.iterdir()}
-    if not ours and names <= {"images", "queries"}:
+    if not ours and names <= {"images", "queries", "candidates"}:
         ours = all((out_dir / n).is_dir() and not (out_dir / n).is_symlink() for n in names)
     if not ours:
         raise InvalidOptionsError(

@@ -11,8 +11,9 @@ model serving reads (``stygig.compat``), storage. The **shell** drives the core 
 * ``stygig.auth``, ``stygig.locations`` — who may call a server and which stored locations a
   client may name: decisions of the boundary (server, job worker, clients), never of the
   recommender, which answers whatever it is handed;
-* ``stygig.sample_catalog``, ``stygig.sample_drawing`` — demo data for ``stygig sample-catalog``
-  and the tests; no query or build needs them.
+* ``stygig.sample_catalog``, ``stygig.sample_drawing``, ``stygig.demo_examples`` — demo data
+  for ``stygig sample-catalog`` and ``pick-examples`` and the tests; no query or build needs
+  them.
 
 Every module not named above is core. The rule is checked on source, not by importing, so it
 holds on every path, not only on the ones a test happens to run: each module is parsed and
@@ -38,6 +39,7 @@ SHELL = (
     "stygig.auth",
     "stygig.batch",
     "stygig.cli",
+    "stygig.demo_examples",
     "stygig.deploy",
     "stygig.distributed",
     "stygig.doctor",

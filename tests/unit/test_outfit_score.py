@@ -32,6 +32,7 @@ from stygig.recommendation import (
     OutfitRequest,
     options_schema,
     outfit_request_schema,
+    split_json_request,
 )
 from stygig.sample_catalog import (
     find_kaggle_styles,
@@ -260,6 +261,32 @@ def test_bad_candidates_are_refused_before_any_work(rec: Recommender) -> None:
     assert schema["maxItems"] == MAX_CANDIDATE_IDS and schema["type"] == "array"
 
 
+def test_a_long_partial_outfit_of_catalogue_items_can_be_completed(
+    rec: Recommender, sample: tuple[Path, Path]
+) -> None:
+    """FITB from outside: MANGO's outfits hold up to 13 items, so a question shows up to 12.
+    A query holds up to 16 photos and items together (a catalogue item is a look-up), and at
+    most 8 photos (each is decoded and encoded)."""
+    ids = [i.id for i in rec.artifact.items]
+    given, candidates = tuple(ids[:12]), tuple(ids[12:16])
+    out = rec.recommend(Query(item_ids=given), Options(candidate_ids=candidates))
+    assert sorted(i.id for i in out.items) == sorted(candidates)
+    assert [p.source for p in out.query] == [f"item:{i}" for i in given]
+    expected = dict(zip(candidates, rec.score_items(list(given), list(candidates)), strict=True))
+    for item in out.items:
+        assert item.score == pytest.approx(float(expected[item.id]), abs=1e-4)
+    with pytest.raises(InvalidOptionsError, match="at most 16 photos and items together"):
+        Query(item_ids=tuple(ids[:17]))
+    photo = sample[0] / "queries" / "red-dress.jpg"
+    with pytest.raises(InvalidOptionsError, match="at most 8 photos"):
+        Query(images=(photo,) * 9)
+    assert len(Query(images=(photo,) * 8, item_ids=tuple(ids[:8])).item_ids) == 8
+    with pytest.raises(InvalidOptionsError, match="at most 8 photos"):
+        split_json_request({"images_b64": ["AA=="] * 9})
+    with pytest.raises(InvalidOptionsError, match="item_ids: at most 16"):
+        split_json_request({"item_ids": ids[:17]})
+
+
 # -- the page's example photos ------------------------------------------------------------------
 
 
@@ -334,8 +361,11 @@ def test_kaggle_demo_catalogue_is_balanced_and_holds_out_its_examples(tmp_path: 
     assert {"shirt", "jeans", "casual-shoes", "handbag"} <= set(counts)
     queries = sorted((tmp_path / "demo" / "queries").glob("*.jpg"))
     assert len(queries) >= 6 and any(q.name.endswith("-shirt.jpg") for q in queries)
+    candidates = sorted((tmp_path / "demo" / "candidates").glob("*.jpg"))
+    assert len(candidates) > len(queries)  # spares, for a first photo voted wrong
+    assert {q.name for q in queries} <= {c.name for c in candidates}
     in_catalogue = {(tmp_path / "demo" / i.image).read_bytes() for i in read.items}
-    assert not any(q.read_bytes() in in_catalogue for q in queries)  # held out
+    assert not any(c.read_bytes() in in_catalogue for c in candidates)  # held out
     assert not is_drawn_sample(read.items)
     again = kaggle_demo_catalog(source, tmp_path / "again", limit=120)
     assert again.read_bytes() == csv_path.read_bytes()  # same download, same seed
