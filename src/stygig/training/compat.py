@@ -781,6 +781,13 @@ def _style_table(
     if cfg.style_dims <= 0:
         return none
     items = list(artifact.items)
+    kept = _kept_style(artifact, embeddings, cfg)
+    if kept is not None:
+        log(
+            f"style of the catalogue photos: the artifact's current model's {len(kept[0]):,} "
+            "rows, every photo unchanged since it measured them (no photo read)"
+        )
+        return kept
     raw, readable = measure_style([i.image for i in items], progress=progress, log=log)
     rows = reduce_style(raw[readable], cfg.style_dims)
     if rows.shape[1] == 0:
@@ -799,6 +806,38 @@ def _style_table(
     }
     # float16, as the model stores them: training sees what serving will.
     return ids[order], rows[order].astype(np.float16), checks[order], info
+
+
+def _kept_style(
+    artifact: Artifact, embeddings: np.ndarray, cfg: TrainConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]] | None:
+    """The artifact's current model's style table, when measuring again would give the same:
+    the same encoder, blocks and width, and the same photos (every catalogue item has a row
+    whose embedding check matches, except as many as the model found unreadable; the same
+    width asked for). Style rows are reduced over the whole catalogue, so one photo added,
+    changed or removed means measuring all again (``None``). Retraining on new outfits then reads no photo (MANGO:
+    9,049 photos, 5 to 30 minutes on the shared cores)."""
+    from stygig.training.style import STYLE_BLOCKS, STYLE_ENCODER
+
+    model = artifact.compat
+    info = model.info.get("style") if model is not None else None
+    if model is None or not isinstance(info, dict) or not model.style_width:
+        return None
+    same = (
+        info.get("encoder") == STYLE_ENCODER
+        and info.get("blocks") == list(STYLE_BLOCKS)
+        and info.get("dims") == model.style_rows.shape[1] == cfg.style_dims
+    )
+    if not same:
+        return None
+    row_of = {str(i): n for n, i in enumerate(model.style_ids)}
+    found = [(n, row_of[i.id]) for n, i in enumerate(artifact.items) if i.id in row_of]
+    if len(found) != len(row_of) or len(artifact.items) - len(found) != info.get("unreadable"):
+        return None
+    checks = [embedding_check(embeddings[n]) for n, _ in found]
+    if checks != [int(model.style_checks[r]) for _, r in found]:
+        return None
+    return model.style_ids, model.style_rows, model.style_checks, dict(info)
 
 
 def _group_outfits(outfits: Sequence[Sequence[str]]) -> Cooccurrence:
