@@ -20,8 +20,10 @@ from tests.security.conftest import capped_server
 pytestmark = pytest.mark.slow
 
 TOKEN = "fuzz-token-0123456789abcdef"
-#: The fuzzing budget in seconds: about two minutes of the suite.
-BUDGET_S = 100
+#: The fuzzing budget in seconds: the suite's longest test (100 s until session 43, when the
+#: whole suite reached 15-16 minutes on the shared cores; its seed is fixed, so each run sends
+#: the same first requests and a shorter budget cuts only the tail).
+BUDGET_S = 70
 
 
 def server_errors(url: str) -> float:
