@@ -16,13 +16,23 @@ offered, and the report says so.
 from __future__ import annotations
 
 import csv
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from stygig.errors import CatalogError
+from stygig import storage
+from stygig.errors import CatalogError, StygigError
 from stygig.sample_catalog import CANDIDATES_FILE, _link_or_copy
 
 __all__ = ["ExampleCheck", "pick_examples"]
+
+#: A candidate's and an example's file name: what ``sample-catalog`` writes, and within what
+#: ``stygig serve --examples`` serves (letters, digits, ``.``, ``_``, ``-``; a photo suffix).
+_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,90}\.jpg")
+#: A candidate photo larger than this is not offered: the server's default upload limit, within
+#: which it serves examples (the page sends an example back as an upload).
+_MAX_PHOTO_BYTES = 6 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,72 +40,102 @@ class ExampleCheck:
     """One category's candidates as the artifact voted them."""
 
     category: str
-    offered: str | None  # the file offered in queries/; None: every candidate voted wrong
-    tried: tuple[tuple[str, str | None], ...]  # (candidate file, category voted), in order
+    offered: str | None  # the example's name in queries/; None: no candidate voted right
+    # (candidate file, the category voted, or why it was not voted: "unreadable"), in order
+    tried: tuple[tuple[str, str | None], ...]
 
     def line(self) -> str:
         votes = ", ".join(f"{f} -> {v or 'no category'}" for f, v in self.tried)
         if self.offered is None:
-            return f"{self.category}: not offered (every photo voted another category: {votes})"
+            return f"{self.category}: not offered (no photo voted {self.category}: {votes})"
         return f"{self.category}: {self.offered} ({votes})"
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    category: str
+    file: str  # in candidates/
+    example: str  # its name in queries/ when offered
 
 
 def pick_examples(artifact: str | Path, catalog_dir: str | Path) -> list[ExampleCheck]:
     """Offer in ``catalog_dir/queries/`` the first candidate of each category that
     ``artifact`` votes right (the query's category after the top-k vote and any category
-    head, as an answer reports it); remove the other candidates' copies from ``queries/``
-    (never a file the candidates do not name). Returns each category's check, in the list's
-    order."""
+    head, as an answer reports it); remove the other candidates' examples from ``queries/``
+    (never a file the list does not name). A candidate that cannot be read (missing, a link,
+    corrupt, too large) is tried as ``unreadable`` and the next one is. The artifact must be
+    built from this folder's ``catalog.csv`` (its items are rows of it), else
+    :class:`CatalogError`: a stale artifact may hold a new candidate's photo. Returns each
+    category's check, in the list's order."""
     from stygig.engine import Recommender
     from stygig.recommendation import Options, Query
 
     folder = Path(catalog_dir)
     listed = _read_candidates(folder)
     rec = Recommender.from_path(artifact)
+    _check_built_from((i.id for i in rec.artifact.items), folder)
+    root = (folder / "candidates").resolve()
     options = Options(k=1)
     checks = []
-    for category, files in listed.items():
+    for category, candidates in listed.items():
         tried: list[tuple[str, str | None]] = []
         offered = None
-        for name in files:
-            photo = (folder / "candidates" / name).read_bytes()
-            voted = rec.recommend(Query(images=(photo,)), options).query[0].category
-            tried.append((name, voted))
+        for c in candidates:
+            try:
+                photo = storage.read_beneath(root, root / c.file, max_bytes=_MAX_PHOTO_BYTES)
+                voted = rec.recommend(Query(images=(photo,)), options).query[0].category
+            except StygigError:  # missing, a link, too large, not a photo it can read
+                tried.append((c.file, "unreadable"))
+                continue
+            tried.append((c.file, voted))
             if voted == category:
-                offered = name
+                offered = c
                 break
-        checks.append(ExampleCheck(category, offered, tuple(tried)))
-    queries = folder / "queries"
-    queries.mkdir(exist_ok=True)
-    offered_names = {c.offered for c in checks if c.offered}
-    for files in listed.values():
-        for name in files:
-            target = queries / name
-            if name in offered_names:
-                _link_or_copy(folder / "candidates" / name, target)
+        name = offered.example if offered is not None else None
+        checks.append(ExampleCheck(category, name, tuple(tried)))
+        queries = folder / "queries"
+        queries.mkdir(exist_ok=True)
+        for c in candidates:
+            target = queries / c.example
+            if offered is not None and c.example == offered.example:
+                _link_or_copy(root / offered.file, target)
             elif target.exists() or target.is_symlink():
                 target.unlink()
     return checks
 
 
-def _read_candidates(folder: Path) -> dict[str, list[str]]:
-    """``category -> candidate files`` in order, from ``candidates.csv``; a file name that is
-    not a plain name in ``candidates/`` is refused."""
+def _read_candidates(folder: Path) -> dict[str, list[_Candidate]]:
+    """``category -> candidates`` in order, from ``candidates.csv``; a row without a category
+    or with a name ``sample-catalog`` would not write is refused."""
     path = folder / CANDIDATES_FILE
     if not path.is_file():
         raise CatalogError(
             f"no {CANDIDATES_FILE} in the catalogue folder: pick-examples reads the candidates "
             "that `stygig sample-catalog --from-kaggle` holds out"
         )
-    listed: dict[str, list[str]] = {}
+    listed: dict[str, list[_Candidate]] = {}
     with path.open(newline="", encoding="utf-8") as f:
         for line, row in enumerate(csv.DictReader(f), start=2):
-            category, name = (row.get("category") or "").strip(), (row.get("file") or "").strip()
-            plain = name and Path(name).name == name and not name.startswith(".")
-            if not category or not plain or not (folder / "candidates" / name).is_file():
+            category = (row.get("category") or "").strip()
+            file, example = (row.get("file") or "").strip(), (row.get("example") or "").strip()
+            if not category or not _NAME.fullmatch(file) or not _NAME.fullmatch(example):
                 raise CatalogError(
-                    f"{CANDIDATES_FILE} line {line}: a category and the name of a photo in "
-                    "candidates/ are needed"
+                    f"{CANDIDATES_FILE} line {line}: a category, and a file and an example "
+                    "name of lower-case letters, digits and '-' ending in .jpg, are needed"
                 )
-            listed.setdefault(category, []).append(name)
+            listed.setdefault(category, []).append(_Candidate(category, file, example))
     return listed
+
+
+def _check_built_from(item_ids: Iterable[str], folder: Path) -> None:
+    """:class:`CatalogError` unless every item of the artifact is a row of ``catalog.csv``."""
+    try:
+        with (folder / "catalog.csv").open(newline="", encoding="utf-8") as f:
+            rows = {(row.get("id") or "") for row in csv.DictReader(f)}
+    except (OSError, UnicodeDecodeError, csv.Error):
+        raise CatalogError("the catalogue folder's catalog.csv cannot be read") from None
+    if not set(item_ids) <= rows:
+        raise CatalogError(
+            "the artifact was not built from this folder's catalog.csv (a catalogue drawn "
+            "again needs its artifact built again): its votes would not check these photos"
+        )

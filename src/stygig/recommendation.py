@@ -492,14 +492,14 @@ def split_json_request(
     ``images_b64`` decoded (strict base64, data URLs allowed), ``item_ids`` checked, and every
     other key left as an option."""
     images: list[bytes] = []
+    values = data.get("images_b64", [])
+    if not isinstance(values, list):
+        raise InvalidOptionsError("images_b64 must be a list of base64 strings")
+    photos = len(values) + ("image_b64" in data)
+    check_part_count(photos, photos)  # counted before anything is decoded
     if "image_b64" in data:
         images.append(_b64(data["image_b64"], "image_b64"))
-    if "images_b64" in data:
-        values = data["images_b64"]
-        if not isinstance(values, list):
-            raise InvalidOptionsError("images_b64 must be a list of base64 strings")
-        check_part_count(len(values), len(values))  # counted before anything is decoded
-        images.extend(_b64(v, f"images_b64[{i}]") for i, v in enumerate(values))
+    images.extend(_b64(v, f"images_b64[{i}]") for i, v in enumerate(values))
     item_ids = string_list(data.get("item_ids", []), "item_ids")
     options = {k: v for k, v in data.items() if k not in _JSON_QUERY_KEYS}
     return images, item_ids, options

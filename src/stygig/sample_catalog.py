@@ -55,8 +55,9 @@ __all__ = [
 
 RGB = tuple[int, int, int]
 
-#: A Kaggle demo's held-out example photos, in order of preference per category: ``category,file``
-#: (files in ``candidates/``), read by :mod:`stygig.demo_examples`.
+#: A Kaggle demo's held-out example photos, in order of preference per category:
+#: ``category,file,example`` (``file`` in ``candidates/``; ``example``: its name in ``queries/``
+#: when offered), read by :mod:`stygig.demo_examples`.
 CANDIDATES_FILE = "candidates.csv"
 
 CATALOG_COLUMNS = (
@@ -545,6 +546,12 @@ def kaggle_demo_catalog(
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     (out_dir / "queries").mkdir(parents=True, exist_ok=True)
+    # First, so that a run stopped half-way (catalog.csv written, say) is known as this
+    # module's and written again; the whole README replaces it last.
+    (out_dir / "README.txt").write_text(
+        f"{_OWN_README[1]} {__version__}: being written (a stopped run is written again).\n",
+        encoding="utf-8",
+    )
     rows = []
     for item in sorted(chosen, key=lambda i: (i.category, i.id)):
         name = f"images/{item.id}.jpg"
@@ -560,25 +567,28 @@ def kaggle_demo_catalog(
         for item in candidates:
             colour = item.attributes.get("baseColour") or ""
             stem = re.sub(r"[^a-z0-9]+", "-", f"{colour} {category}".lower()).strip("-")
-            name = f"{stem}.jpg"
+            name = f"{stem}.jpg"  # two of one colour: the second is "<stem>-2.jpg"
             while any(row["file"] == name for row in listed):
                 name = f"{stem}-{sum(row['category'] == category for row in listed) + 1}.jpg"
             _link_or_copy(Path(item.image), out_dir / "candidates" / name)
-            listed.append({"category": category, "file": name})
-    with (out_dir / CANDIDATES_FILE).open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=("category", "file"), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(listed)
+            # Offered as "<colour>-<category>.jpg" whichever of them it is (the page's label).
+            listed.append({"category": category, "file": name, "example": f"{stem}.jpg"})
     written = []
     for category in queries:
-        first = next(row["file"] for row in listed if row["category"] == category)
-        _link_or_copy(out_dir / "candidates" / first, out_dir / "queries" / first)
-        written.append(first)
+        first = next(row for row in listed if row["category"] == category)
+        _link_or_copy(
+            out_dir / "candidates" / first["file"], out_dir / "queries" / first["example"]
+        )
+        written.append(first["example"])
     csv_path = out_dir / "catalog.csv"
     with csv_path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=CATALOG_COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
+    with (out_dir / CANDIDATES_FILE).open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=("category", "file", "example"), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(listed)
     (out_dir / "README.txt").write_text(
         f"Demo catalogue drawn by stygig {__version__} (seed {seed}) from the Kaggle 'Fashion "
         f"Product Images' dataset (Myntra's catalogue): {len(rows)} products in images/, "
@@ -644,7 +654,8 @@ def _check_out(out_dir: Path, source: Path | None = None) -> None:
     if not ours:
         raise InvalidOptionsError(
             f"--out {out_dir} holds other files; a sample catalogue writes catalog.csv, "
-            "README.txt, images/ and queries/ there: choose a new or empty folder"
+            "README.txt, images/ and queries/ there (a Kaggle demo also candidates/ and "
+            f"{CANDIDATES_FILE}): choose a new or empty folder"
         )
 
 

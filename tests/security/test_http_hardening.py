@@ -8,6 +8,7 @@ attacks a real ``stygig serve`` on loopback, under a memory cap where the attack
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import select
@@ -19,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 
 from stygig.cli import _parser
 from tests.integration.server_fixtures import REPO, Server, exit_code, start_process
@@ -923,6 +925,28 @@ def test_form_lists_are_counted_before_they_are_split(server: Server, field: str
         assert (_cpu_seconds(server) - cpu) / 3 < 0.25
         ok, content_type = _form([("item_ids", "sku-0014,sku-0020"), ("exclude_ids", "a,b")])
         r = client.post("/v1/recommend", content=ok, headers={"content-type": content_type})
+        assert r.status_code == 200, r.text[:300]
+
+
+def test_form_photos_are_counted_before_they_are_read(server: Server) -> None:
+    """A form holds at most 8 photos, and 16 photos and items together: the 9th upload is
+    refused before it is read (review, session 43: all 16 the parser allows were read first)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(buf, "JPEG")
+    photo = buf.getvalue()
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        r = client.post("/v1/recommend", files=[("image", ("p.jpg", photo, "image/jpeg"))] * 9)
+        assert r.status_code == 422, r.text[:300]
+        assert r.json()["error"]["message"] == "a query may hold at most 8 photos"
+        ids = ",".join(f"sku-{n:04d}" for n in range(10, 19))
+        r = client.post(
+            "/v1/recommend",
+            files=[("image", ("p.jpg", photo, "image/jpeg"))] * 8,
+            data={"item_ids": ids},
+        )
+        assert r.status_code == 422, r.text[:300]
+        assert "at most 16 photos and items together" in r.json()["error"]["message"]
+        r = client.post("/v1/recommend", files=[("image", ("p.jpg", photo, "image/jpeg"))] * 8)
         assert r.status_code == 200, r.text[:300]
 
 

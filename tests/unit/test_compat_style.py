@@ -3,7 +3,7 @@ per item in the model, absent (and scored without) for photos and items added la
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +53,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, CompatModel
 
     root = tmp_path_factory.mktemp("style")
     path, outfits = _artifact(root, missing="sandals-3-1")
-    (root / "outfits.json").write_text(json.dumps(outfits))
     logged: list[str] = []
     cfg = TrainConfig(epochs=2, style_dims=8)
     result = train_compat(Artifact.load(path), outfits, cfg, progress=False, log=logged.append)
@@ -247,13 +246,13 @@ def test_style_dims_0_trains_without_reading_a_photo(
 
 
 def test_retraining_keeps_the_style_rows_while_the_photos_are_unchanged(
-    trained: tuple[Path, CompatModel, list[str]], monkeypatch: pytest.MonkeyPatch
+    trained: tuple[Path, CompatModel, list[str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from stygig.training import style
     from stygig.training.compat import TrainConfig, _kept_style, train_compat
 
-    path, model, _ = trained
-    art = Artifact.load(path)
     measured: list[int] = []
     real = style.measure_style
 
@@ -262,24 +261,31 @@ def test_retraining_keeps_the_style_rows_while_the_photos_are_unchanged(
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(style, "measure_style", counted)
+    path, outfits = _artifact(tmp_path)  # every photo readable
+    cfg = TrainConfig(epochs=1, style_dims=8)
+    first = train_compat(Artifact.load(path), outfits, cfg, progress=False, log=lambda _: None)
+    add_compat_model(path, first.model, {"note": "style"})
+    assert measured == [1]
+    art = Artifact.load(path)
     logged: list[str] = []
-    outfits = json.loads((path.parent / "outfits.json").read_text())
-    result = train_compat(
-        art, outfits, TrainConfig(epochs=1, style_dims=8), progress=False, log=logged.append
-    )
-    assert measured == []  # no photo read: the rows are the current model's
-    assert np.array_equal(result.model.style_rows, model.style_rows)
-    assert np.array_equal(result.model.style_ids, model.style_ids)
-    assert result.model.info["style"] == model.info["style"]
-    assert any("23 rows, every photo unchanged" in line for line in logged)
-    # Another width, or one photo changed (its embedding row), means measuring all again.
+    again = train_compat(art, outfits, cfg, progress=False, log=logged.append)
+    assert measured == [1]  # no photo read: the rows are the current model's
+    assert np.array_equal(again.model.style_rows, first.model.style_rows)
+    assert np.array_equal(again.model.style_ids, first.model.style_ids)
+    assert again.model.info["style"] == first.model.info["style"]
+    assert any("24 rows, every photo unchanged" in line for line in logged)
+    # Another width, one photo changed (its embedding row), or an item gone: measured again.
     rows = np.asarray(art.embeddings, np.float32)
     assert _kept_style(art, rows, TrainConfig(style_dims=4)) is None
     changed = rows.copy()
     changed[art.positions["shirt-2-1"]] += 0.01
     assert _kept_style(art, changed, TrainConfig(style_dims=8)) is None
-    assert _kept_style(art, rows, TrainConfig(style_dims=8)) is not None
-    train_compat(
-        art, outfits, TrainConfig(epochs=1, style_dims=4), progress=False, log=lambda _: None
-    )
-    assert measured == [1]
+    assert _kept_style(art, rows, cfg) is not None
+    fewer = dataclasses.replace(art, items=art.items[1:])
+    assert _kept_style(fewer, rows[1:], cfg) is None
+    # A model that found a photo unreadable is never reused: the photo may be readable now
+    # (review, session 43: a mended photo stayed without style and every row was stale).
+    kaggle_path, model, _ = trained
+    assert model.info["style"]["unreadable"] == 1
+    held = Artifact.load(kaggle_path)
+    assert _kept_style(held, np.asarray(held.embeddings, np.float32), cfg) is None

@@ -283,6 +283,8 @@ def test_a_long_partial_outfit_of_catalogue_items_can_be_completed(
     assert len(Query(images=(photo,) * 8, item_ids=tuple(ids[:8])).item_ids) == 8
     with pytest.raises(InvalidOptionsError, match="at most 8 photos"):
         split_json_request({"images_b64": ["AA=="] * 9})
+    with pytest.raises(InvalidOptionsError, match="at most 8 photos"):  # counted together
+        split_json_request({"image_b64": "AA==", "images_b64": ["AA=="] * 8})
     with pytest.raises(InvalidOptionsError, match="item_ids: at most 16"):
         split_json_request({"item_ids": ids[:17]})
 

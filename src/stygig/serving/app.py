@@ -80,6 +80,7 @@ from stygig.recommendation import (
     MAX_QUERY_PARTS,
     OutfitRequest,
     check_json_values,
+    check_part_count,
     option_parameters,
     options_schema,
     outfit_request_schema,
@@ -1106,6 +1107,7 @@ async def _parse_multipart(
             if isinstance(value, UploadFile):
                 if key not in _FILE_FIELDS:
                     raise InvalidOptionsError("unexpected file field; send photos as 'image'")
+                check_part_count(len(images) + 1, len(images) + 1)  # counted before it is read
                 images.append(await value.read())
             elif key in _FILE_FIELDS:
                 raise InvalidOptionsError(f"fields {', '.join(_FILE_FIELDS)} must be file uploads")
