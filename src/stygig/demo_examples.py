@@ -23,7 +23,7 @@ from pathlib import Path
 
 from stygig import storage
 from stygig.errors import CatalogError, StygigError
-from stygig.sample_catalog import CANDIDATES_FILE, _link_or_copy
+from stygig.sample_catalog import CANDIDATES_FILE
 
 __all__ = ["ExampleCheck", "pick_examples"]
 
@@ -71,15 +71,18 @@ def pick_examples(artifact: str | Path, catalog_dir: str | Path) -> list[Example
     from stygig.recommendation import Options, Query
 
     folder = Path(catalog_dir)
+    queries = folder / "queries"
+    for sub in (folder / "candidates", queries):
+        if sub.is_symlink():  # what it names would be read or replaced outside the folder
+            raise CatalogError(f"{sub.name}/ is a link: the demo's folders must be its own")
     listed = _read_candidates(folder)
     rec = Recommender.from_path(artifact)
     _check_built_from((i.id for i in rec.artifact.items), folder)
     root = (folder / "candidates").resolve()
     options = Options(k=1)
-    checks = []
+    checks, offers = [], {}
     for category, candidates in listed.items():
         tried: list[tuple[str, str | None]] = []
-        offered = None
         for c in candidates:
             try:
                 photo = storage.read_beneath(root, root / c.file, max_bytes=_MAX_PHOTO_BYTES)
@@ -89,18 +92,18 @@ def pick_examples(artifact: str | Path, catalog_dir: str | Path) -> list[Example
                 continue
             tried.append((c.file, voted))
             if voted == category:
-                offered = c
+                offers[c.example] = photo  # the bytes voted, never the path read again
                 break
-        name = offered.example if offered is not None else None
-        checks.append(ExampleCheck(category, name, tuple(tried)))
-        queries = folder / "queries"
-        queries.mkdir(exist_ok=True)
+        offered = next((c.example for c in candidates if c.example in offers), None)
+        checks.append(ExampleCheck(category, offered, tuple(tried)))
+    queries.mkdir(exist_ok=True)
+    for candidates in listed.values():
         for c in candidates:
             target = queries / c.example
-            if offered is not None and c.example == offered.example:
-                _link_or_copy(root / offered.file, target)
-            elif target.exists() or target.is_symlink():
-                target.unlink()
+            if target.is_symlink() or (target.exists() and c.example not in offers):
+                target.unlink()  # a link is never served: replaced by the photo itself
+            if c.example in offers:
+                storage.write_bytes(target, offers[c.example])
     return checks
 
 
@@ -114,16 +117,25 @@ def _read_candidates(folder: Path) -> dict[str, list[_Candidate]]:
             "that `stygig sample-catalog --from-kaggle` holds out"
         )
     listed: dict[str, list[_Candidate]] = {}
-    with path.open(newline="", encoding="utf-8") as f:
-        for line, row in enumerate(csv.DictReader(f), start=2):
-            category = (row.get("category") or "").strip()
-            file, example = (row.get("file") or "").strip(), (row.get("example") or "").strip()
-            if not category or not _NAME.fullmatch(file) or not _NAME.fullmatch(example):
-                raise CatalogError(
-                    f"{CANDIDATES_FILE} line {line}: a category, and a file and an example "
-                    "name of lower-case letters, digits and '-' ending in .jpg, are needed"
-                )
-            listed.setdefault(category, []).append(_Candidate(category, file, example))
+    owner: dict[str, str] = {}  # example name -> its category
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(enumerate(csv.DictReader(f), start=2))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        raise CatalogError(f"{CANDIDATES_FILE} cannot be read (UTF-8 CSV)") from None
+    for line, row in rows:
+        category = (row.get("category") or "").strip()
+        file, example = (row.get("file") or "").strip(), (row.get("example") or "").strip()
+        if not category or not _NAME.fullmatch(file) or not _NAME.fullmatch(example):
+            raise CatalogError(
+                f"{CANDIDATES_FILE} line {line}: a category, and a file and an example "
+                "name of lower-case letters, digits and '-' ending in .jpg, are needed"
+            )
+        if owner.setdefault(example, category) != category:
+            raise CatalogError(
+                f"{CANDIDATES_FILE} line {line}: its example name is another category's"
+            )
+        listed.setdefault(category, []).append(_Candidate(category, file, example))
     return listed
 
 

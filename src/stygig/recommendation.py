@@ -486,16 +486,18 @@ REQUEST_KEYS = OPTION_NAMES | {*_JSON_QUERY_KEYS, "image_uri", "image_uris", "op
 
 
 def split_json_request(
-    data: Mapping[str, Any],
+    data: Mapping[str, Any], *, photos_before: int = 0
 ) -> tuple[list[bytes], tuple[str, ...], dict[str, Any]]:
     """A JSON request object as ``(photos, item ids, options)``: ``image_b64`` and
     ``images_b64`` decoded (strict base64, data URLs allowed), ``item_ids`` checked, and every
-    other key left as an option."""
+    other key left as an option. ``photos_before``: the photos of the same request read
+    already (a form's uploads and earlier ``options`` fields), counted with these before any
+    is decoded."""
     images: list[bytes] = []
     values = data.get("images_b64", [])
     if not isinstance(values, list):
         raise InvalidOptionsError("images_b64 must be a list of base64 strings")
-    photos = len(values) + ("image_b64" in data)
+    photos = photos_before + len(values) + ("image_b64" in data)
     check_part_count(photos, photos)  # counted before anything is decoded
     if "image_b64" in data:
         images.append(_b64(data["image_b64"], "image_b64"))

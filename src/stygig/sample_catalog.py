@@ -651,6 +651,12 @@ def _check_out(out_dir: Path, source: Path | None = None) -> None:
     names = {p.name for p in out_dir.iterdir()}
     if not ours and names <= {"images", "queries", "candidates"}:
         ours = all((out_dir / n).is_dir() and not (out_dir / n).is_symlink() for n in names)
+    if ours and any((out_dir / n).is_symlink() for n in ("images", "queries", "candidates")):
+        # A redraw replaces the photos in them: through a link, someone else's (review, s43).
+        raise InvalidOptionsError(
+            f"--out {out_dir}: its images/, queries/ or candidates/ is a link; a sample "
+            "catalogue writes only into folders of its own"
+        )
     if not ours:
         raise InvalidOptionsError(
             f"--out {out_dir} holds other files; a sample catalogue writes catalog.csv, "

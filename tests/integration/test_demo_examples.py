@@ -16,7 +16,7 @@ from stygig.build import build_artifact, make_build_encoder
 from stygig.cli import main
 from stygig.demo_examples import pick_examples
 from stygig.engine import Options, Query, Recommender
-from stygig.errors import CatalogError
+from stygig.errors import CatalogError, InvalidOptionsError
 from stygig.sample_catalog import CANDIDATES_FILE, kaggle_demo_catalog
 
 KAGGLE = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "fashion-products"
@@ -85,6 +85,12 @@ def test_each_category_offers_the_first_photo_voted_right(
     _write_rows(catalog, rows)
     (queries / "bag-as-shirt.jpg").write_bytes(b"a stale copy")  # named by the list: removed
     (queries / "mine.jpg").write_bytes(b"the operator's own")  # named by no row: left alone
+    # A link where an example goes is replaced by the photo itself: the server serves no link
+    # (review of the fixes, session 43: a link to the candidate was kept as "the same file").
+    for r in rows:
+        target = queries / r["example"]
+        if not target.exists() and (catalog / "candidates" / r["file"]).is_file():
+            target.symlink_to(catalog / "candidates" / r["file"])
 
     checks = pick_examples(artifact, catalog)
 
@@ -136,6 +142,28 @@ def test_the_command_prints_each_category_and_refuses_a_bad_list_or_a_stale_arti
         with pytest.raises(CatalogError, match=f"line {len(rows) + 2}") as caught:
             pick_examples(artifact, catalog)
         assert "passwd" not in str(caught.value) and str(tmp_path) not in str(caught.value)
+    # An example name under two categories (the second's pass removed the first's offer).
+    _write_rows(
+        catalog,
+        [*rows, {"category": "jeans", "file": rows[0]["file"], "example": rows[0]["example"]}],
+    )
+    with pytest.raises(CatalogError, match=f"line {len(rows) + 2}: its example name is another"):
+        pick_examples(artifact, catalog)
+    (catalog / CANDIDATES_FILE).unlink()
+    (catalog / CANDIDATES_FILE).write_bytes(b"category,file,example\nshirt,\xff\xfe.jpg,x.jpg\n")
+    with pytest.raises(CatalogError, match="cannot be read"):
+        pick_examples(artifact, catalog)
+    _write_rows(catalog, rows)
+    # A linked queries/ (or candidates/) folder: its files would be replaced outside the demo.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / rows[0]["example"]).write_bytes(b"someone else's")
+    shutil.rmtree(catalog / "queries")
+    (catalog / "queries").symlink_to(elsewhere)
+    with pytest.raises(CatalogError, match="queries/ is a link"):
+        pick_examples(artifact, catalog)
+    assert (elsewhere / rows[0]["example"]).read_bytes() == b"someone else's"
+    (catalog / "queries").unlink()
     # A catalogue drawn again (another limit) without building its artifact again.
     kaggle_demo_catalog(KAGGLE, tmp_path / "redrawn", limit=60, seed=3)
     with pytest.raises(CatalogError, match="not built from this folder"):
@@ -172,3 +200,20 @@ def test_a_stopped_draw_is_drawn_again(tmp_path: Path, monkeypatch: pytest.Monke
     csv_path = kaggle_demo_catalog(KAGGLE, out, limit=40)
     assert len(csv_path.read_text().splitlines()) == 41 and (out / CANDIDATES_FILE).is_file()
     assert "being written" not in (out / "README.txt").read_text()
+
+
+def test_a_redraw_never_writes_through_a_linked_folder(tmp_path: Path) -> None:
+    """Review of the fixes, session 43: a redraw removes the old photos of queries/ and
+    candidates/; through a link they would be someone else's."""
+    if not (KAGGLE / "styles.csv").is_file():
+        pytest.skip(f"the Kaggle 'Fashion Product Images' copy is not at {KAGGLE}")
+    out = tmp_path / "catalog"
+    kaggle_demo_catalog(KAGGLE, out, limit=40)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "mine.jpg").write_bytes(b"someone else's")
+    shutil.rmtree(out / "candidates")
+    (out / "candidates").symlink_to(elsewhere)
+    with pytest.raises(InvalidOptionsError, match="is a link"):
+        kaggle_demo_catalog(KAGGLE, out, limit=40)
+    assert (elsewhere / "mine.jpg").read_bytes() == b"someone else's"

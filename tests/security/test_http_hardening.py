@@ -7,6 +7,7 @@ attacks a real ``stygig serve`` on loopback, under a memory cap where the attack
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
@@ -929,8 +930,9 @@ def test_form_lists_are_counted_before_they_are_split(server: Server, field: str
 
 
 def test_form_photos_are_counted_before_they_are_read(server: Server) -> None:
-    """A form holds at most 8 photos, and 16 photos and items together: the 9th upload is
-    refused before it is read (review, session 43: all 16 the parser allows were read first)."""
+    """A form holds at most 8 photos, and 16 photos and items together, its uploads and the
+    photos of its ``options`` fields counted together (review, session 43). The parser takes up
+    to 16 files within the body limit; the 9th is refused before it is copied out of it."""
     buf = io.BytesIO()
     Image.new("RGB", (64, 64), (200, 40, 40)).save(buf, "JPEG")
     photo = buf.getvalue()
@@ -946,6 +948,13 @@ def test_form_photos_are_counted_before_they_are_read(server: Server) -> None:
         )
         assert r.status_code == 422, r.text[:300]
         assert "at most 16 photos and items together" in r.json()["error"]["message"]
+        # Photos in several options fields are counted together, before any is decoded.
+        b64 = base64.b64encode(photo).decode()
+        options = json.dumps({"images_b64": [b64] * 5})
+        body, content_type = _form([("options", options), ("options", options)])
+        r = client.post("/v1/recommend", content=body, headers={"content-type": content_type})
+        assert r.status_code == 422, r.text[:300]
+        assert r.json()["error"]["message"] == "a query may hold at most 8 photos"
         r = client.post("/v1/recommend", files=[("image", ("p.jpg", photo, "image/jpeg"))] * 8)
         assert r.status_code == 200, r.text[:300]
 

@@ -1083,7 +1083,8 @@ def _multipart_request(
     sources = [*outside, ("the form's fields", rq.params_to_dict(params))]
     for i, text in enumerate(texts):
         more_images, more_ids, more = rq.split_json_request(
-            rq.parse_json_object(text.encode(), what="the options field")
+            rq.parse_json_object(text.encode(), what="the options field"),
+            photos_before=len(images),
         )
         images, item_ids = [*images, *more_images], [*item_ids, *more_ids]
         sources.append((f"options field {i + 1}" if len(texts) > 1 else "the options field", more))
@@ -1107,7 +1108,9 @@ async def _parse_multipart(
             if isinstance(value, UploadFile):
                 if key not in _FILE_FIELDS:
                     raise InvalidOptionsError("unexpected file field; send photos as 'image'")
-                check_part_count(len(images) + 1, len(images) + 1)  # counted before it is read
+                # Counted before it is copied out of the parser's spool (the parser itself
+                # takes up to 16 files, within the body limit).
+                check_part_count(len(images) + 1, len(images) + 1)
                 images.append(await value.read())
             elif key in _FILE_FIELDS:
                 raise InvalidOptionsError(f"fields {', '.join(_FILE_FIELDS)} must be file uploads")
