@@ -273,7 +273,7 @@ def test_retraining_keeps_the_style_rows_while_the_photos_are_unchanged(
     assert np.array_equal(again.model.style_rows, first.model.style_rows)
     assert np.array_equal(again.model.style_ids, first.model.style_ids)
     assert again.model.info["style"] == first.model.info["style"]
-    assert any("24 rows, every photo unchanged" in line for line in logged)
+    assert any("24 rows, every item's embedding unchanged" in line for line in logged)
     # Another width, one photo changed (its embedding row), or an item gone: measured again.
     rows = np.asarray(art.embeddings, np.float32)
     assert _kept_style(art, rows, TrainConfig(style_dims=4)) is None

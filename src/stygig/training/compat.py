@@ -785,7 +785,7 @@ def _style_table(
     if kept is not None:
         log(
             f"style of the catalogue photos: the artifact's current model's {len(kept[0]):,} "
-            "rows, every photo unchanged since it measured them (no photo read)"
+            "rows, every item's embedding unchanged since they were measured (no photo read)"
         )
         return kept
     raw, readable = measure_style([i.image for i in items], progress=progress, log=log)
