@@ -24,15 +24,13 @@ from pathlib import Path
 from stygig import storage
 from stygig.errors import CatalogError, StygigError
 from stygig.sample_catalog import CANDIDATES_FILE
+from stygig.serving.requests import MAX_BODY_BYTES
 
 __all__ = ["ExampleCheck", "pick_examples"]
 
 #: A candidate's and an example's file name: what ``sample-catalog`` writes, and within what
 #: ``stygig serve --examples`` serves (letters, digits, ``.``, ``_``, ``-``; a photo suffix).
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,90}\.jpg")
-#: A candidate photo larger than this is not offered: the server's default upload limit, within
-#: which it serves examples (the page sends an example back as an upload).
-_MAX_PHOTO_BYTES = 6 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +81,12 @@ def pick_examples(artifact: str | Path, catalog_dir: str | Path) -> list[Example
     checks, offers = [], {}
     for category, candidates in listed.items():
         tried: list[tuple[str, str | None]] = []
+        offered = None
         for c in candidates:
             try:
-                photo = storage.read_beneath(root, root / c.file, max_bytes=_MAX_PHOTO_BYTES)
+                # Within the server's default upload limit, as it serves examples (the page
+                # sends an example back as an upload).
+                photo = storage.read_beneath(root, root / c.file, max_bytes=MAX_BODY_BYTES)
                 voted = rec.recommend(Query(images=(photo,)), options).query[0].category
             except StygigError:  # missing, a link, too large, not a photo it can read
                 tried.append((c.file, "unreadable"))
@@ -93,8 +94,8 @@ def pick_examples(artifact: str | Path, catalog_dir: str | Path) -> list[Example
             tried.append((c.file, voted))
             if voted == category:
                 offers[c.example] = photo  # the bytes voted, never the path read again
+                offered = c.example
                 break
-        offered = next((c.example for c in candidates if c.example in offers), None)
         checks.append(ExampleCheck(category, offered, tuple(tried)))
     queries.mkdir(exist_ok=True)
     for candidates in listed.values():

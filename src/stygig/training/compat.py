@@ -815,20 +815,19 @@ def _kept_style(
     the same encoder, blocks and width asked for, and the same photos (every catalogue item,
     and no other, has a row whose embedding check matches; a model that found a photo
     unreadable is never reused). Style rows are reduced over the whole catalogue, so one photo
-    added, changed or removed means measuring all again (``None``). Retraining on new outfits then reads no photo (MANGO:
-    9,049 photos, 5 to 30 minutes on the shared cores)."""
+    added, changed or removed means measuring all again (``None``). Retraining on new outfits
+    then reads no photo (MANGO: 9,049 photos, 5 to 30 minutes on the shared cores)."""
     from stygig.training.style import STYLE_BLOCKS, STYLE_ENCODER
 
     model = artifact.compat
     info = model.info.get("style") if model is not None else None
     if model is None or not isinstance(info, dict) or not model.style_width:
         return None
-    same = (
-        info.get("encoder") == STYLE_ENCODER
-        and info.get("blocks") == list(STYLE_BLOCKS)
-        and info.get("dims") == model.style_rows.shape[1] == cfg.style_dims
-    )
-    if not same:
+    if (
+        info.get("encoder") != STYLE_ENCODER
+        or info.get("blocks") != list(STYLE_BLOCKS)
+        or not info.get("dims") == model.style_rows.shape[1] == cfg.style_dims
+    ):
         return None
     row_of = {str(i): n for n, i in enumerate(model.style_ids)}
     found = [(n, row_of[i.id]) for n, i in enumerate(artifact.items) if i.id in row_of]
