@@ -25,9 +25,11 @@ from stygig.color import (
 )
 from stygig.errors import ConfigError, InvalidImageError, InvalidOptionsError
 from stygig.harmony import (
+    _NAME_RULES,
     HARMONY_RULE_NAMES,
     HarmonyRules,
     describe_color,
+    describe_colors,
     harmony,
     harmony_reason,
 )
@@ -517,3 +519,16 @@ def test_colour_names_follow_lightness_and_chroma(
     rgb: tuple[int, int, int], family: str, name: str
 ) -> None:
     assert describe_color(rgb, family) == name
+
+
+def test_one_colour_is_named_as_the_vectorised_names_name_it() -> None:
+    # describe_color runs the rules on Python floats (one colour per request), describe_colors
+    # on arrays (a catalogue's): every colour, with its own family or a given one, gets the same
+    # name both ways, every name of the rules included.
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (6000, 3))
+    families = rng.choice(list(load_family_table().families), len(rgb)).tolist()
+    own, given = describe_colors(rgb).tolist(), describe_colors(rgb, families).tolist()
+    assert [describe_color(c) for c in rgb.tolist()] == own
+    assert [describe_color(c, f) for c, f in zip(rgb.tolist(), families, strict=True)] == given
+    assert {name for name, _ in _NAME_RULES} <= set(own) | set(given)
