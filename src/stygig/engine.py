@@ -607,7 +607,9 @@ class Recommender:
         k, k_attr = self.config.vote_k, self.config.attribute_vote_k
         scale = None if self.whitening is None else self.whitening.scale
         for part, row_s, row_i in zip(parts, scores, ids, strict=True):
-            keep = (row_i >= 0) & ~np.isin(row_i, own)
+            keep = row_i >= 0
+            if own:  # a photo-only query (most) has no item of its own to leave out
+                keep &= ~np.isin(row_i, own)
             near_ids, near_s = row_i[keep], row_s[keep]
             attr_ids, attr_s = near_ids[:k_attr], near_s[:k_attr]
             nb_ids, nb_s = attr_ids[:k], attr_s[:k]
