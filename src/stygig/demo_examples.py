@@ -28,8 +28,9 @@ from stygig.serving.requests import MAX_BODY_BYTES
 
 __all__ = ["ExampleCheck", "pick_examples"]
 
-#: A candidate's and an example's file name: what ``sample-catalog`` writes, and within what
-#: ``stygig serve --examples`` serves (letters, digits, ``.``, ``_``, ``-``; a photo suffix).
+#: A candidate's and an example's file name: what ``sample-catalog`` writes (lower-case
+#: letters, digits and ``-``, then ``.jpg``), a subset of what ``stygig serve --examples``
+#: serves (``catalog_api._EXAMPLE_NAME`` with a photo suffix).
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,90}\.jpg")
 
 
@@ -98,13 +99,13 @@ def pick_examples(artifact: str | Path, catalog_dir: str | Path) -> list[Example
                 break
         checks.append(ExampleCheck(category, offered, tuple(tried)))
     queries.mkdir(exist_ok=True)
-    for candidates in listed.values():
-        for c in candidates:
-            target = queries / c.example
-            if target.is_symlink() or (target.exists() and c.example not in offers):
-                target.unlink()  # a link is never served: replaced by the photo itself
-            if c.example in offers:
-                storage.write_bytes(target, offers[c.example])
+    # Each example name once (a category's candidates of one colour share theirs).
+    for example in dict.fromkeys(c.example for cs in listed.values() for c in cs):
+        target = queries / example
+        if example in offers:  # a rename: a link there is replaced, never written through
+            storage.write_bytes(target, offers[example])
+        elif target.is_symlink() or target.exists():
+            target.unlink()
     return checks
 
 
