@@ -39,7 +39,7 @@ import numpy as np
 
 from stygig.build import prepare_item_photo
 from stygig.catalog import Item
-from stygig.catalog.changelog import ChangeLog, SequenceTaken
+from stygig.catalog.changelog import ChangeLog, RecordUnconfirmed, SequenceTaken
 from stygig.catalog.changes import (
     CatalogChange,
     ChangeRequest,
@@ -330,6 +330,9 @@ class LiveCatalog:
                     )
                 except SequenceTaken:
                     continue  # another writer took it: apply theirs first, then try the next
+                except RecordUnconfirmed:
+                    rec.publish(new)  # in the log, so applied (as every replica will): say so
+                    raise
                 rec.publish(new)
                 return new
 

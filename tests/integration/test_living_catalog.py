@@ -386,6 +386,115 @@ def test_s3_change_log_two_writers_converge(
         ChangeLog(s3_log).append(2, [])
 
 
+class _LostAnswers:
+    """An S3 client whose ``put_object`` answer never arrives (a connection cut): after the
+    put landed (``lands``) or before it was sent; ``get_object`` may be cut too. ``retried``:
+    the client sends the landed put again, as botocore's retries do, and returns what S3
+    answers to that (412: the key exists)."""
+
+    def __init__(self, real: object, *, lands: bool, reads: bool = True, retried: bool = False):
+        self._real, self._lands, self._reads, self._retried = real, lands, reads, retried
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._real, name)
+
+    def put_object(self, **kwargs: object) -> object:
+        from botocore.exceptions import ReadTimeoutError
+
+        if self._lands:
+            self._real.put_object(**kwargs)  # type: ignore[attr-defined]
+        if self._retried:
+            return self._real.put_object(**kwargs)  # type: ignore[attr-defined]
+        raise ReadTimeoutError(endpoint_url="http://127.0.0.1")
+
+    def get_object(self, **kwargs: object) -> object:
+        from botocore.exceptions import ConnectionClosedError
+
+        if not self._reads:
+            raise ConnectionClosedError(endpoint_url="http://127.0.0.1")
+        return self._real.get_object(**kwargs)  # type: ignore[attr-defined]
+
+
+def test_an_s3_record_whose_answer_is_lost_is_known_by_what_the_key_holds(
+    s3_log: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A put whose answer is lost may have landed: what is at the key says whether it did
+    (before, a lost answer was an unhandled error, a 500, whatever had happened)."""
+    from stygig import storage
+    from stygig.catalog import changelog
+    from stygig.catalog.changelog import ChangeLog, RecordUnknown, SequenceTaken
+    from stygig.errors import StorageError
+
+    log = ChangeLog(f"{s3_log}/lost-answers")  # moto's buckets outlive its servers
+    real = storage._s3()
+
+    def client(**how: bool) -> None:
+        monkeypatch.setattr(changelog.storage, "_s3", lambda: _LostAnswers(real, **how))
+
+    client(lands=True)  # landed: written, nothing to say
+    log.append(1, [{"op": "remove", "id": "a"}])
+    assert [r["changes"][0]["id"] for r in log.read_since(0)] == ["a"]
+    # Landed, and the retry is refused (412): its own record, not another writer's (before,
+    # SequenceTaken: the writer applied record 1 as another's, then wrote its changes again).
+    client(lands=True, retried=True)
+    log.append(2, [{"op": "remove", "id": "b"}])
+    log.append(3, [])
+    client(lands=False)  # never landed: a plain storage error, nothing there
+    with pytest.raises(StorageError) as caught:
+        log.append(4, [{"op": "remove", "id": "c"}])
+    assert type(caught.value) is StorageError and log.sequences() == [1, 2, 3]
+    client(lands=False)  # another writer's record is there: the number is taken
+    with pytest.raises(SequenceTaken):
+        log.append(1, [{"op": "remove", "id": "d"}])
+    client(lands=False, retried=True)  # refused (412) for another writer's record: taken
+    with pytest.raises(SequenceTaken):
+        log.append(2, [{"op": "remove", "id": "e"}])
+    client(lands=False, reads=False)  # nothing answers: unknown, and said so
+    with pytest.raises(RecordUnknown) as unknown:
+        log.append(4, [{"op": "remove", "id": "f"}])
+    assert unknown.value.http_status == 503 and "record 4" in unknown.value.message
+    monkeypatch.setattr(changelog.storage, "_s3", lambda: real)
+    assert log.sequences() == [1, 2, 3]
+    assert [r["changes"][0]["id"] for r in log.read_since(0) if r["changes"]] == ["a", "b"]
+
+
+def test_a_change_whose_record_is_unconfirmed_is_a_503_that_says_it_is_applied(
+    workspace: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import stat
+
+    from fastapi.testclient import TestClient
+
+    from stygig.catalog import changelog
+    from stygig.serving.app import ServerConfig, create_app
+    from stygig.serving.catalog_command import CatalogSettings
+
+    _, art, log = workspace
+    real = os.fsync
+
+    def fsync(fd: int) -> None:  # a failing disk: the folder's sync after the record's link
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(5, "Input/output error")
+        real(fd)
+
+    config = ServerConfig(
+        artifact=art,
+        catalog=CatalogSettings(change_log=str(log), follow_interval_s=None),
+        warmup_rounds=1,
+    )
+    with TestClient(create_app(config)) as client:
+        assert _until(lambda: client.get("/ping").status_code == 200, 120)
+        assert client.get("/v1/items/sku-0001").status_code == 200
+        monkeypatch.setattr(changelog.os, "fsync", fsync)
+        r = client.post("/v1/catalog/changes", json={"op": "remove", "id": "sku-0001"})
+        assert r.status_code == 503, r.text
+        error = r.json()["error"]
+        assert error["code"] == "change_unconfirmed" and "record 1" in error["message"]
+        assert str(log) not in r.text and "Input/output" not in r.text
+        assert client.get("/v1/catalog/version").json()["sequence"] == 1
+        assert client.get("/v1/items/sku-0001").status_code == 404  # removed: applied
+
+
 def test_change_routes_need_the_token(workspace: tuple[Path, Path, Path]) -> None:
     from fastapi.testclient import TestClient
 
@@ -446,6 +555,43 @@ def test_cli_apply_refuses_a_nul_in_a_photo_path_as_its_change(
         args = _cli(["apply", str(tmp_path / "changes.jsonl"), "--artifact", str(art)])
         with pytest.raises(InputError, match="line 1: a path holds a NUL character"):
             args.func(args)
+
+
+def test_cli_apply_says_lines_went_in_when_their_record_is_unconfirmed(
+    workspace: tuple[Path, Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A record the storage did not confirm went in: the operator is told to resume after
+    it, not that nothing was applied (which a rerun would apply twice)."""
+    import stat
+
+    from stygig.catalog import changelog
+    from stygig.catalog.changelog import RecordUnconfirmed
+
+    _, art, _ = workspace
+    path = tmp_path / "changes.jsonl"
+    rows = [{"op": "update", "id": "sku-0001", "set": {"stock": i}} for i in (1, 2, 3)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(5, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(changelog.os, "fsync", fsync)
+    args = _cli(["apply", str(path), "--artifact", str(art)])
+    with pytest.raises(RecordUnconfirmed) as unsure:
+        args.func(args)
+    message = unsure.value.message
+    assert "lines 1-3 went in: send the rest with --from-line 4" in message, message
+    assert "nothing was applied" not in message
+    monkeypatch.undo()
+    status = _cli(["status", "--artifact", str(art), "--json"])
+    status.func(status)
+    assert json.loads(capsys.readouterr().out)["sequence"] == 1
 
 
 def test_cli_apply_says_which_lines_went_in_and_resumes(

@@ -651,3 +651,68 @@ def test_a_killed_writers_temporary_record_is_removed_when_the_log_is_opened(
     ChangeLog(folder)
     assert not stale.exists() and fresh.exists()
     assert ChangeLog(folder).last_sequence() == 1
+
+
+def _failing_folder_sync(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fsync`` fails on a folder (a failing disk), as it does after the record's link."""
+    import stat
+
+    from stygig.catalog import changelog
+
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(5, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(changelog.os, "fsync", fsync)
+
+
+def test_a_record_whose_folder_sync_fails_is_applied_and_said_to_be_unconfirmed(
+    live: tuple[LiveCatalog, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record is linked before the folder's ``fsync``: it exists, every reader applies it.
+    Its writer applied nothing and answered "cannot be written" (suspected, session 44): the
+    client was told a change failed that the catalogue then showed."""
+    from stygig.catalog.changelog import RecordUnconfirmed
+
+    catalog, _ = live
+    rec = catalog.recommender
+    first = rec.artifact.items[0].id
+    _failing_folder_sync(monkeypatch)
+    with pytest.raises(RecordUnconfirmed) as caught:
+        catalog.submit([parse_change({"op": "update", "id": first, "set": {"stock": 0}})])
+    assert caught.value.http_status == 503 and caught.value.code == "change_unconfirmed"
+    assert "record 1 and is applied" in caught.value.message
+    assert str(catalog.changelog.folder) not in caught.value.message  # no server path
+    # Applied here as in the log: the next request sees it, the next change is record 2.
+    assert rec.snapshot.sequence == 1
+    assert not rec.artifact.items[rec.position(first)].in_stock
+    assert [r["sequence"] for r in catalog.changelog.read_since(0)] == [1]
+    monkeypatch.undo()
+    snap = catalog.submit([parse_change({"op": "update", "id": first, "set": {"stock": 3}})])
+    assert snap.sequence == 2 and rec.artifact.items[rec.position(first)].in_stock
+
+
+def test_a_record_that_cannot_be_linked_is_a_storage_error_and_changes_nothing(
+    live: tuple[LiveCatalog, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stygig.catalog import changelog
+    from stygig.catalog.changelog import RecordUnconfirmed
+    from stygig.errors import StorageError
+
+    catalog, _ = live
+    rec = catalog.recommender
+    first = rec.artifact.items[0].id
+
+    def no_link(src: object, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(changelog.os, "link", no_link)
+    with pytest.raises(StorageError) as caught:
+        catalog.submit([parse_change({"op": "update", "id": first, "set": {"stock": 0}})])
+    assert not isinstance(caught.value, RecordUnconfirmed) and caught.value.http_status == 500
+    assert rec.snapshot.sequence == 0 and rec.artifact.items[rec.position(first)].in_stock
+    assert catalog.changelog.read_since(0) == []
+    assert not [p for p in catalog.changelog.folder.iterdir() if p.name.startswith(".record.")]

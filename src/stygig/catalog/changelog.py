@@ -9,7 +9,10 @@ the changes in order. A record is written whole or not at all and never overwrit
 * S3: ``PutObject`` with ``If-None-Match: *`` (atomic, and refused if the key exists).
 
 So a record that exists was acknowledged or about to be; a writer killed with -9 leaves at most
-a temporary file, never a half record. Readers (:meth:`ChangeLog.read_since`) take records in
+a temporary file, never a half record. A record written whose durability the storage then does
+not confirm (the folder's ``fsync`` failing after the link; an S3 answer lost after the put, the
+record found there afterwards) is :class:`RecordUnconfirmed`: it exists, readers apply it, so the
+writer applies it too and says so. Readers (:meth:`ChangeLog.read_since`) take records in
 order and stop at the first missing number.
 """
 
@@ -26,7 +29,7 @@ from typing import Any
 from stygig import storage
 from stygig.errors import StorageError
 
-__all__ = ["ChangeLog", "SequenceTaken"]
+__all__ = ["ChangeLog", "RecordUnconfirmed", "RecordUnknown", "SequenceTaken"]
 
 _NAME = re.compile(r"^(\d{12})\.json$")
 #: How old a writer's temporary file must be to be a killed writer's (review, session 42).
@@ -36,6 +39,41 @@ _WIDTH = 12
 
 class SequenceTaken(Exception):
     """Another writer appended this sequence number first: catch up, then try the next."""
+
+
+class RecordUnconfirmed(StorageError):
+    """Record ``sequence`` is in the log, but the storage did not confirm that it is durable.
+
+    It is read and applied like any other record (every replica will), so it is not a failed
+    write: the writer applies it and tells its client, who must not send it again blindly.
+    """
+
+    http_status = 503
+    code = "change_unconfirmed"
+
+    def __init__(self, sequence: int) -> None:
+        super().__init__(
+            f"the change was logged as record {sequence} and is applied, but the change log's "
+            "storage did not confirm that it is durable (sending it again logs it again)"
+        )
+        self.sequence = sequence
+
+
+class RecordUnknown(StorageError):
+    """The storage did not answer the write of record ``sequence``, nor the read that would
+    have told whether it landed: the change may be in the log (then every replica, this one
+    included, applies it when it next catches up) or not."""
+
+    http_status = 503
+    code = "change_unknown"
+
+    def __init__(self, sequence: int) -> None:
+        super().__init__(
+            f"the change log's storage did not answer: the change may have been logged as "
+            f"record {sequence} (then it is applied when the catalogue next catches up) or "
+            "not; read the items back before sending it again"
+        )
+        self.sequence = sequence
 
 
 def _name(sequence: int) -> str:
@@ -80,7 +118,8 @@ class ChangeLog:
     # -- writing -----------------------------------------------------------------------------
 
     def append(self, sequence: int, changes: list[dict[str, Any]], **meta: Any) -> None:
-        """Write record ``sequence`` durably; :class:`SequenceTaken` if it exists already."""
+        """Write record ``sequence`` durably; :class:`SequenceTaken` if it exists already,
+        :class:`RecordUnconfirmed` if it was written but its durability is not confirmed."""
         body = json.dumps(
             {"sequence": sequence, **meta, "changes": changes}, separators=(",", ":")
         ).encode()
@@ -104,20 +143,25 @@ class ChangeLog:
                     raise SequenceTaken(sequence) from None
             finally:
                 Path(tmp).unlink(missing_ok=True)
+        except OSError as e:
+            raise StorageError(f"the change log cannot be written: {e.strerror}") from None
+        # The record exists from here on: a reader may apply it already.
+        try:
             dir_fd = os.open(self.folder, os.O_RDONLY)
             try:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
-        except OSError as e:
-            raise StorageError(f"the change log cannot be written: {e.strerror}") from None
+        except OSError:
+            raise RecordUnconfirmed(sequence) from None
 
     def _append_s3(self, sequence: int, body: bytes) -> None:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         loc = storage.parse(storage.join(self.location, _name(sequence)))
+        s3 = storage._s3()
         try:
-            storage._s3().put_object(
+            s3.put_object(
                 Bucket=loc.bucket,
                 Key=loc.key,
                 Body=body,
@@ -126,9 +170,36 @@ class ChangeLog:
             )
         except ClientError as e:
             code = str(e.response.get("Error", {}).get("Code", ""))
-            if code in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
+            if code not in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
+                raise StorageError(f"the change log cannot be written ({code})") from None
+            # Taken, perhaps by this very put: the client retries a put whose answer was
+            # lost, and the retry finds the first one's record.
+            if self._read_back(s3, loc, sequence) != body:
                 raise SequenceTaken(sequence) from None
-            raise StorageError(f"the change log cannot be written ({code})") from None
+        except BotoCoreError:
+            # No answer (a connection cut, a timeout): the put may have landed. What is at the
+            # key says: this body (written), another (taken), nothing (not written).
+            found = self._read_back(s3, loc, sequence)
+            if found is None:
+                raise StorageError("the change log cannot be written (no answer)") from None
+            if found != body:
+                raise SequenceTaken(sequence) from None
+
+    @staticmethod
+    def _read_back(s3: Any, loc: storage.Location, sequence: int) -> bytes | None:
+        """The record at ``loc`` (``None``: there is none); :class:`RecordUnknown` when the
+        storage does not answer this either."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            data: bytes = s3.get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read()
+        except ClientError as e:
+            if str(e.response.get("Error", {}).get("Code", "")) in ("NoSuchKey", "404"):
+                return None
+            raise RecordUnknown(sequence) from None
+        except BotoCoreError:
+            raise RecordUnknown(sequence) from None
+        return data
 
     # -- reading -----------------------------------------------------------------------------
 

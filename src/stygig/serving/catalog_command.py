@@ -376,6 +376,27 @@ def _refused(part: list[_Line], message: str, done: dict[str, Any] | None) -> st
     )
 
 
+#: The error codes of a change whose record the storage did not confirm: it went in
+#: (``change_unconfirmed``) or may have (``change_unknown``), so it is not "refused".
+_UNSURE = {"change_unconfirmed": True, "change_unknown": False}
+
+
+def _unsure(part: list[_Line], message: str, went_in: bool) -> str:
+    """What to tell the operator when the storage did not confirm the record of ``part``: it
+    went in (``went_in``) or may have, so resuming must not send it twice."""
+    lines = f"lines {part[0].number}-{part[-1].number}"
+    if part[0].word != "line":
+        return message
+    nxt = part[-1].number + 1
+    if went_in:
+        return f"{message}; {lines} went in: send the rest with --from-line {nxt}"
+    return (
+        f"{message}; {lines} may have gone in: once the storage answers, `stygig catalog "
+        f"status` says (its sequence below the record named: resume with --from-line "
+        f"{part[0].number}, else with --from-line {nxt})"
+    )
+
+
 def _inline_photo(change: Any, folder: Path, remote: bool) -> Any:
     """For a server: a local photo path an add names is read here and sent as bytes."""
     if not remote or not isinstance(change, dict) or change.get("op") != "add":
@@ -474,10 +495,14 @@ def _send_http(args: argparse.Namespace, changes: list[_Line]) -> dict[str, Any]
             )
             if r.status_code != 200:
                 err = data.get("error", {}) if isinstance(data, dict) else {}
+                code = str(err.get("code", "server_error"))
+                if code in _UNSURE:
+                    message = _unsure(part, str(err.get("message", "")), _UNSURE[code])
+                    raise ServerError(f"the server's change log ({r.status_code}): {message}")
                 message = _refused(part, str(err.get("message", "")), result)
                 error = StygigError(
                     f"the server refused the changes ({r.status_code}): {message}",
-                    code=str(err.get("code", "server_error")),
+                    code=code,
                 )
                 error.exit_code = 2 if r.status_code < 500 else 7
                 raise error
@@ -521,6 +546,7 @@ def _live(args: argparse.Namespace) -> Any:
 
 
 def _send_local(args: argparse.Namespace, changes: list[_Line]) -> dict[str, Any]:
+    from stygig.catalog.changelog import RecordUnconfirmed, RecordUnknown
     from stygig.catalog.changes import MAX_CHANGES, parse_change
     from stygig.errors import StygigError
 
@@ -542,6 +568,11 @@ def _send_local(args: argparse.Namespace, changes: list[_Line]) -> dict[str, Any
         group = requests[start : start + MAX_CHANGES]
         try:
             live.submit(group)
+        except (RecordUnconfirmed, RecordUnknown) as e:
+            went_in = isinstance(e, RecordUnconfirmed)
+            e.message = _unsure(changes[start : start + MAX_CHANGES], e.message, went_in)
+            e.args = (e.message,)
+            raise
         except StygigError as e:
             e.message = _refused(changes[start : start + MAX_CHANGES], e.message, done)
             e.args = (e.message,)
