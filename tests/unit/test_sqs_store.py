@@ -211,6 +211,47 @@ def test_claims_are_exclusive_and_finish_happens_once(queue: Queue) -> None:
     assert other.counts() == {"queued": 0, "running": 0, "succeeded": 11, "failed": 1}
 
 
+class _RetriedPuts:
+    """An S3 client whose record writes land and whose answers are lost, so the client sends
+    them again (as botocore's retries do after a timeout): the retry is refused (412) for the
+    first one's record."""
+
+    def __init__(self, real: Any) -> None:
+        self._real, self.retried = real, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def put_object(self, **kwargs: Any) -> Any:
+        answer = self._real.put_object(**kwargs)
+        if "IfMatch" in kwargs or "IfNoneMatch" in kwargs:
+            self.retried += 1
+            return self._real.put_object(**kwargs)  # the retry: 412
+        return answer
+
+
+def test_a_record_write_retried_after_a_lost_answer_is_its_own_not_anothers(
+    queue: Queue,
+) -> None:
+    """Before, the retry's 412 read as another server's write: the claim was dropped while its
+    record said running (the job waited out its lease), the end deleted its own done marker
+    ("someone else's job") and answered False."""
+    store = queue.store()
+    store.submit(_spec(id="lost-1"))
+    flaky = _RetriedPuts(store._s3)
+    store._s3 = flaky
+    owner = new_owner()
+    jobs = store.claim(owner, lease_s=60, limit=1)
+    assert [j.id for j in jobs] == ["lost-1"] and jobs[0].attempts == 1
+    assert store.finish("lost-1", owner, 1, "succeeded")
+    assert flaky.retried == 2  # the claim and the end, each refused on its retry
+    other = queue.store()
+    assert other.get("lost-1").status == "succeeded"
+    assert [e["event"] for e in other.events("lost-1")] == ["submitted", "claimed", "succeeded"]
+    assert any(k.endswith(".succeeded.lost-1") for k in queue.keys("done"))
+    assert other.counts() == {"queued": 0, "running": 0, "succeeded": 1, "failed": 0}
+
+
 def test_an_expired_lease_is_taken_over_and_only_the_new_owner_finishes(queue: Queue) -> None:
     first, second = queue.store(), queue.store()
     job, _ = first.submit(_spec(id="slow"))

@@ -397,19 +397,35 @@ class SqsJobStore:
         """Create (``if_match`` ``None``: only when absent) or replace (only when its ETag is
         still ``if_match``) a record; whether it was written."""
         condition = {"IfMatch": if_match} if if_match else {"IfNoneMatch": "*"}
+        body = json.dumps(record, separators=(",", ":")).encode()
         try:
             self._s3.put_object(
                 Bucket=self.bucket,
                 Key=key,
-                Body=json.dumps(record, separators=(",", ":")).encode(),
+                Body=body,
                 ContentType="application/json",
                 **condition,
             )
         except Exception as e:
-            if _error_code(e) in _CONFLICT or (if_match and _error_code(e) in _NOT_FOUND):
+            if if_match and _error_code(e) in _NOT_FOUND:
+                return False
+            if _error_code(e) not in _CONFLICT:
+                raise
+            # Refused, perhaps for this very write: the client retries a put whose answer was
+            # lost (a timeout), and the retry finds the first one's record, with a new ETag.
+            # Taken for another's, a claim or an end would be dropped while its record holds it.
+            return self._holds_body(key, body)
+        return True
+
+    def _holds_body(self, key: str, body: bytes) -> bool:
+        """Whether the object at ``key`` is exactly ``body`` (records hold a token, times and
+        events, so another writer's is never the same bytes)."""
+        try:
+            return bool(self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read() == body)
+        except Exception as e:
+            if _error_code(e) in _NOT_FOUND:
                 return False
             raise
-        return True
 
     def _update(
         self, job_id: str, change: Callable[[dict[str, Any]], bool]
