@@ -1056,6 +1056,38 @@ def test_a_header_given_twice_is_read_whole(server: Server, sample: tuple[Path, 
             assert read_status(sock) == status, fields
 
 
+def test_a_transfer_coding_other_than_chunked_alone_is_refused(
+    server: Server, sample: tuple[Path, Path]
+) -> None:
+    """Review (s45): the parser reads any coding list that ends in chunked as chunked and
+    nothing undid the others, so ``gzip, chunked`` was answered 200 as a plain body, where a
+    proxy in front may frame it otherwise (request smuggling). Chunked alone is read."""
+    body = photo(sample)
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    cases = [
+        ("Transfer-Encoding: gzip, chunked\n", 400),
+        ("Transfer-Encoding: x-evil, chunked\n", 400),
+        ("Transfer-Encoding: identity, chunked\n", 400),
+        ("Transfer-Encoding: gzip\nTransfer-Encoding: chunked\n", 400),
+        ("Transfer-Encoding: chunked, chunked\n", 400),
+        ("Transfer-Encoding: Chunked\n", 200),
+    ]
+    for fields, status in cases:
+        head = (
+            "POST /invocations HTTP/1.1\nHost: 127.0.0.1\nContent-Type: image/jpeg\n"
+            f"{fields}Connection: close\n"
+        )
+        with raw_request(server, head, chunked) as sock:
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 %d " % status), (fields, data[:300])
+        if status == 400:  # (llhttp itself refuses some lists: "chunked, chunked")
+            answer = json.loads(data.partition(b"\r\n\r\n")[2])
+            codes = ("unsupported_transfer_encoding", "malformed_http")
+            assert answer["error"]["code"] in codes, (fields, answer)
+
+
 def test_refused_uploads_repeated_on_one_connection_are_cut_off(server: Server) -> None:
     """Review (s40, R3): a refusal before the body is read (a 415 here; 401, 403, a refused
     host alike) keeps a declared body of modest size readable, so the client sees its answer;

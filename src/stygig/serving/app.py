@@ -786,6 +786,17 @@ class _Boundary:
                 return error_response(refused)
         if not self._authorized(path, headers):
             return error_response(UnauthorizedError("send 'Authorization: Bearer <token>'"))
+        codings = [c.strip() for c in headers.get("transfer-encoding", "").lower().split(",")]
+        if "transfer-encoding" in headers and codings != ["chunked"]:
+            # The parser reads any coding list ending in chunked as chunked and nothing undoes
+            # the others: "gzip, chunked" was read as plain, where a proxy in front may frame
+            # it otherwise (a smuggling gap; review, session 45). Chunked alone, or a length.
+            return error_response(
+                InputError(
+                    "Transfer-Encoding must be chunked alone (or send a Content-Length)",
+                    code="unsupported_transfer_encoding",
+                )
+            )
         encodings = {e.strip() for e in headers.get("content-encoding", "").lower().split(",")}
         has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
         if not encodings <= {"", "identity"} and has_body:
