@@ -541,3 +541,13 @@ class Query:
         if parts == 0:
             raise InvalidOptionsError("a query needs at least one photo or item id")
         check_part_count(parts, len(self.images))
+        if len(set(self.item_ids)) != len(self.item_ids):
+            # One item twice in one outfit: candidate_ids and the outfit score refuse it; the
+            # query took it, weighing that item's votes twice (review, session 45).
+            first: dict[str, int] = {}
+            for n, item_id in enumerate(self.item_ids):
+                if item_id in first:
+                    raise InvalidOptionsError(
+                        f"item_ids[{n}] repeats item_ids[{first[item_id]}]: each item at most once"
+                    )
+                first[item_id] = n

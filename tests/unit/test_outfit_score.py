@@ -259,6 +259,9 @@ def test_bad_candidates_are_refused_before_any_work(rec: Recommender) -> None:
     assert Options.from_dict({"candidate_ids": ["a", "b"]}).candidate_ids == ("a", "b")
     schema = options_schema()["properties"]["candidate_ids"]
     assert schema["maxItems"] == MAX_CANDIDATE_IDS and schema["type"] == "array"
+    # An item twice in the query (review, s45: taken, its votes weighed twice).
+    with pytest.raises(InvalidOptionsError, match=r"^item_ids\[2\] repeats item_ids\[0\]"):
+        Query(item_ids=("sku-0014", "sku-0040", "sku-0014"))
 
 
 def test_a_long_partial_outfit_of_catalogue_items_can_be_completed(

@@ -247,6 +247,7 @@ def json_body_schema(extra: dict[str, Any] | None = None) -> dict[str, Any]:
             "type": "array",
             "items": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT},
             "maxItems": MAX_QUERY_PARTS,
+            "uniqueItems": True,
         },
         **(extra or {}),
         **schema["properties"],
