@@ -28,6 +28,7 @@ import numpy as np
 from stygig.answer import ArtifactRef
 from stygig.artifact import Artifact
 from stygig.catalog.changes import CatalogChange, change_from_record, merge_update
+from stygig.catalog.loaders import MISSING_WORDS
 from stygig.columns import CatalogColumns
 from stygig.compat.scorer import LearnedScorer
 from stygig.errors import CatalogFullError, InvalidOptionsError, NotFoundError, StygigError
@@ -273,7 +274,14 @@ def apply_changes(
             events.append((sequence, change.id, False))
             continue
         old = item_at(pos)
-        new = merge_update(old, change.fields, taxonomy, where=f"change {k + 1}", bounded=bounded)
+        new = merge_update(
+            old,
+            change.fields,
+            taxonomy,
+            where=f"change {k + 1}",
+            bounded=bounded,
+            missing=frozenset() if change.literal else MISSING_WORDS,
+        )
         if new.attributes != old.attributes:
             new_attributes.add(pos)
         if new.in_stock != old.in_stock:

@@ -74,6 +74,24 @@ def _refused(change: Any) -> InvalidOptionsError:
         "a\u0085b",
         "\ufeffsku",
         "cafe\u0301",  # review (s40): prints as "caf\u00e9", another item's id
+        # review (s45): each printed as "sku-0014", a second item beside it
+        "sku-0014\u2061",
+        "sku-0014\u3164",
+        "sku-0014\u115f",
+        "sku-0014\uffa0",
+        "sku-0014\u034f",
+        "sku-0014\u17b4",
+        "sku-0014\u206a",
+        "sku-0014\U0001d173",
+        "sku-0014\ufe0f",
+        "sku-0014\u2800",
+        "sku-\u00ad0014",
+        "sku-0014\u200e",
+        "sku-0014\u061c",
+        "sku-0014\u00a0",  # stripped, it replaced "sku-0014"
+        "\u3000sku-0014",
+        " sku-0014",
+        "sku\u2002-0014",  # a space other than ' '
     ],
 )
 def test_an_id_is_visible_encodable_text(sample: tuple[Path, Path], bad: str) -> None:
@@ -83,6 +101,19 @@ def test_an_id_is_visible_encodable_text(sample: tuple[Path, Path], bad: str) ->
     error = _refused(_add(sample[0], bad))
     assert bad not in error.message
     assert id_problem("\ud55c\uae00") is None  # Hangul syllables: composed is NFC
+
+
+@pytest.mark.parametrize("name", ["a\u202eb", "fit\u200b", "\u2061fit", "a\u2028b"])
+def test_a_field_name_is_visible_text(sample: tuple[Path, Path], name: str) -> None:
+    """Review (s45): an attribute named with a right-to-left override was kept, and shown to
+    every client in messages and /v1/config, where it reversed the text after it."""
+    change = _add(sample[0], "sku-new")
+    change["item"]["attributes"] = {name: "x"}
+    assert "field name" in _refused(change).message
+    update = {"op": "update", "id": "sku-0001", "set": {name: "x"}}
+    assert "field name" in _refused(update).message
+    change["item"]["attributes"] = {"fit \u200c\u200d": "x"}  # what Persian spelling needs
+    parse_change(change)
 
 
 def test_an_item_whose_id_an_older_rule_took_is_still_updated(
@@ -577,3 +608,20 @@ def test_the_change_route_documents_its_body_and_answer(
         for wrong in ({"op": "rename", "id": first}, {"op": "remove"}, {"changes": []}):
             assert list(body.iter_errors(wrong))
             assert client.post("/v1/catalog/changes", json=wrong).status_code == 422
+
+
+def test_an_add_names_its_photo_once(sample: tuple[Path, Path]) -> None:
+    """Review (s45): an add with both bytes and a location (even one no operator allowed) was
+    taken with the location silently dropped; the async API refuses the same as ambiguous."""
+    both = {**_add(sample[0], "sku-new"), "image": "/etc/passwd"}
+    with pytest.raises(InputError) as caught:
+        parse_change(both)
+    assert caught.value.code == "ambiguous_input" and "/etc/passwd" not in caught.value.message
+    inside = _add(sample[0], "sku-new")
+    inside["item"]["image"] = "/etc/passwd"
+    with pytest.raises(InputError):
+        parse_change(inside)
+    two = {"op": "add", "item": {"id": "x", "category": "jeans", "image": "a.jpg"}, "image": "b"}
+    with pytest.raises(InvalidOptionsError, match="differ"):
+        parse_change(two)
+    parse_change(_add(sample[0], "sku-new"))  # bytes alone

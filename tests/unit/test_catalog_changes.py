@@ -716,3 +716,44 @@ def test_a_record_that_cannot_be_linked_is_a_storage_error_and_changes_nothing(
     assert rec.snapshot.sequence == 0 and rec.artifact.items[rec.position(first)].in_stock
     assert catalog.changelog.read_since(0) == []
     assert not [p for p in catalog.changelog.folder.iterdir() if p.name.startswith(".record.")]
+
+
+def test_json_text_is_taken_as_written_and_only_null_is_no_value(
+    live: tuple[LiveCatalog, Path],
+) -> None:
+    """Review (s45): the changes API cleared "None", "NULL", "NA", "N/A" and "NaN" as a
+    catalogue file's cells are (a brand "None" became no brand; an item "NA" was refused as
+    "a required field is empty"; a price "NaN" was taken as no price). JSON says no value
+    with null."""
+    catalog, folder = live
+    rec = catalog.recommender
+    add = _add(folder, "NA", brand="None", name="NULL", fit="n/a")
+    catalog.submit([parse_change(add)])
+    item = rec.artifact.items[rec.position("NA")]
+    assert (item.brand, item.name, item.attributes["fit"]) == ("None", "NULL", "n/a")
+    catalog.submit([parse_change({"op": "update", "id": "NA", "set": {"brand": "NA"}})])
+    assert rec.artifact.items[rec.position("NA")].brand == "NA"
+    catalog.submit([parse_change({"op": "update", "id": "NA", "set": {"brand": None}})])
+    assert rec.artifact.items[rec.position("NA")].brand is None
+    with pytest.raises(InvalidOptionsError):
+        catalog.submit([parse_change({"op": "update", "id": "NA", "set": {"price": "NaN"}})])
+    with pytest.raises(InvalidOptionsError):
+        catalog.submit([parse_change(_add(folder, "nan-price", price="NaN"))])
+
+
+def test_an_update_logged_before_json_text_was_literal_replays_as_it_applied(
+    live: tuple[LiveCatalog, Path], tmp_path: Path
+) -> None:
+    """A record without ``literal`` (logged before 2026-12-03) applied "NA" as no value when it
+    was written: a replica replaying it now must apply it alike."""
+    catalog, _ = live
+    rec = catalog.recommender
+    first = rec.artifact.items[0].id
+    catalog.submit([parse_change({"op": "update", "id": first, "set": {"brand": "Acme"}})])
+    catalog.changelog.append(2, [{"op": "update", "id": first, "set": {"brand": "NA"}}])
+    catalog.changelog.append(
+        3, [{"op": "update", "id": first, "set": {"name": "NA"}, "literal": True}]
+    )
+    assert catalog.catch_up() == 2
+    item = rec.artifact.items[rec.position(first)]
+    assert item.brand is None and item.name == "NA"

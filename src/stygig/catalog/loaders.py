@@ -55,6 +55,7 @@ from stygig.unique_keys import DuplicateKeyError, key_name, unique_object
 
 __all__ = [
     "LAYOUTS",
+    "MISSING_WORDS",
     "STOCK_FIELDS",
     "CatalogReadResult",
     "RowError",
@@ -110,11 +111,16 @@ class RowError(Exception):
         self.detail = detail
 
 
-def _clean(value: object) -> str | None:
+#: What a catalogue file's cell means by "no value" besides an empty cell (pandas' and
+#: spreadsheets' words). A JSON change says so with ``null``: its text is taken as written.
+MISSING_WORDS = frozenset({"NA", "N/A", "NAN", "NULL", "NONE"})
+
+
+def _clean(value: object, missing: frozenset[str] = MISSING_WORDS) -> str | None:
     if value is None:
         return None
     text = str(value).strip()
-    return text if text and text.upper() not in ("NA", "N/A", "NAN", "NULL", "NONE") else None
+    return text if text and text.upper() not in missing else None
 
 
 #: The longest gender or usage a row may have: what a request's ``gender`` option can name
@@ -174,8 +180,10 @@ def _stock(value: str | None) -> int | None:
     return int(number)
 
 
-def _required(row: dict[str, str | None], name: str) -> str:
-    value = _clean(row.get(name))
+def _required(
+    row: dict[str, str | None], name: str, missing: frozenset[str] = MISSING_WORDS
+) -> str:
+    value = _clean(row.get(name), missing)
     if value is None:
         raise RowError("missing_field", f"required field '{name}' is empty")
     return value
@@ -186,9 +194,9 @@ def _required(row: dict[str, str | None], name: str) -> str:
 MAX_VALUE = 2_000
 
 
-def _item_id(row: dict[str, str | None], name: str) -> str:
+def _item_id(row: dict[str, str | None], name: str, missing: frozenset[str] = MISSING_WORDS) -> str:
     """The row's id, by the rule every catalogue and living-catalogue id follows."""
-    value = _required(row, name)
+    value = _required(row, name, missing)
     problem = id_problem(value)
     if problem is not None:
         raise RowError("bad_value", problem)
@@ -250,29 +258,36 @@ def _resolve_image(ref: str, images_dir: Path) -> str:
     return str(path if path.is_absolute() else images_dir / path)
 
 
-def _generic(row: dict[str, str | None], taxonomy: Taxonomy, images_dir: Path) -> Item:
-    item_id = _item_id(row, "id")
-    image = _resolve_image(_required(row, "image"), images_dir)
-    native = _required(row, "category")
+def _generic(
+    row: dict[str, str | None],
+    taxonomy: Taxonomy,
+    images_dir: Path,
+    missing: frozenset[str] = MISSING_WORDS,
+) -> Item:
+    item_id = _item_id(row, "id", missing)
+    image = _resolve_image(_required(row, "image", missing), images_dir)
+    native = _required(row, "category", missing)
     category = taxonomy.canonical(native)
     if category is None:
         raise RowError("unknown_category", f"category {native!r} is not in the taxonomy")
     known = (*_GENERIC_FIELDS, *STOCK_FIELDS)
     # An unnamed column (a header's trailing comma) is no attribute anyone can filter on.
-    extras = {k: c for k, v in row.items() if k.strip() and k not in known and (c := _clean(v))}
+    extras = {
+        k: c for k, v in row.items() if k.strip() and k not in known and (c := _clean(v, missing))
+    }
     return Item(
         id=item_id,
         image=image,
         category=category,
-        gender=_gender(_clean(row.get("gender"))),
-        usage=_label(_clean(row.get("usage")), "usage"),
-        season=_clean(row.get("season")),
-        name=_clean(row.get("name")),
-        price=_price(_clean(row.get("price"))),
-        brand=_clean(row.get("brand")),
+        gender=_gender(_clean(row.get("gender"), missing)),
+        usage=_label(_clean(row.get("usage"), missing), "usage"),
+        season=_clean(row.get("season"), missing),
+        name=_clean(row.get("name"), missing),
+        price=_price(_clean(row.get("price"), missing)),
+        brand=_clean(row.get("brand"), missing),
         attributes={k: str(v) for k, v in extras.items()},
-        available=_available(_clean(row.get("available"))),
-        stock=_stock(_clean(row.get("stock"))),
+        available=_available(_clean(row.get("available"), missing)),
+        stock=_stock(_clean(row.get("stock"), missing)),
     )
 
 
@@ -339,7 +354,11 @@ _CONVERTERS: dict[str, Callable[[dict[str, str | None], Taxonomy, Path], Item]] 
 
 
 def item_from_row(
-    row: Mapping[str, object], taxonomy: Taxonomy, images_dir: Path | None = None
+    row: Mapping[str, object],
+    taxonomy: Taxonomy,
+    images_dir: Path | None = None,
+    *,
+    missing: frozenset[str] = MISSING_WORDS,
 ) -> Item:
     """One generic-layout row (``id``, ``image``, ``category``, optional fields, stock and
     free attributes) as an :class:`Item`, validated as a catalogue file's rows are.
@@ -348,7 +367,7 @@ def item_from_row(
         RowError: ``missing_field``, ``bad_value``, ``unknown_category`` or ``missing_image``.
     """
     clean = {str(k): None if v is None else str(v) for k, v in row.items()}
-    return _generic(clean, taxonomy, images_dir or Path("/"))
+    return _generic(clean, taxonomy, images_dir or Path("/"), missing)
 
 
 def detect_layout(columns: list[str]) -> str:

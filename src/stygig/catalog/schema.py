@@ -17,6 +17,7 @@ __all__ = [
     "Reject",
     "count_by_reason",
     "id_problem",
+    "name_problem",
     "shown",
     "text_problem",
 ]
@@ -38,20 +39,39 @@ MAX_ID = 200
 #: The most attributes an item holds: a catalogue row with more is rejected, and an update
 #: may leave an item with no more (more only if it had more).
 MAX_ITEM_ATTRIBUTES = 64
-# Path separators; the bidirectional overrides and isolates that make text read other than it
-# is stored; invisible characters that make two ids look alike (zero-width space, word
-# joiner, BOM, Mongolian vowel separator, tag characters). Format characters that real words
-# need stay allowed (the zero-width non-joiner and joiner of Persian or Indic spelling, the
-# soft hyphen, direction marks).
-_BAD_ID_CHARS = re.compile(
-    "[/\\\\\u202a-\u202e\u2066-\u2069\u200b\u2060\ufeff\u180e\U000e0000-\U000e007f]"
+# Characters that draw nothing, so that two ids look alike: Unicode's default-ignorable
+# code points (soft hyphen, direction marks, bidirectional overrides and isolates, zero-width
+# space, word joiner and invisible operators, variation selectors, Hangul fillers, BOM, tag
+# characters, ...) and the braille blank; but the zero-width non-joiner and joiner (U+200C,
+# U+200D), which Persian and Indic spelling need. (Review, session 45: "sku-0014" + U+2061
+# was taken as a second item printed as "sku-0014".)
+_INVISIBLE_CHARS = (
+    "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b\u200e\u200f"
+    "\u202a-\u202e\u2060-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
+    "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff"
 )
+_HIDDEN = re.compile(f"[{_INVISIBLE_CHARS}]")
+# ... and, in an id, the path separators.
+_BAD_ID_CHARS = re.compile(f"[/\\\\{_INVISIBLE_CHARS}]")
 # Control characters (NUL, line breaks, ESC, BEL: terminal escapes when an id is printed),
 # lone surrogates (no UTF-8 can carry them), line and paragraph separators.
 _INVISIBLE = frozenset({"Cc", "Cs", "Zl", "Zp"})
 #: A lone UTF-16 surrogate: what a JSON ``\udXXX`` escape can smuggle into a string, and
 #: what no answer can then encode.
 SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def name_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a field's (an attribute's) name, which every client is shown
+    (``None``: it can): no invisible characters (:data:`_HIDDEN`: a right-to-left override in
+    a name reversed the text of the messages and of ``/v1/config`` that list it), no control
+    characters, line separators or lone surrogates."""
+    if _HIDDEN.search(value) or any(unicodedata.category(c) in _INVISIBLE for c in value):
+        return (
+            "a field name may not hold control or invisible characters (bidirectional "
+            "overrides, zero-width spaces), line separators or lone surrogates"
+        )
+    return None
 
 
 def id_problem(value: str) -> str | None:
@@ -61,10 +81,17 @@ def id_problem(value: str) -> str | None:
         return f"an id is 1 to {MAX_ID} characters"
     if value.strip() in (".", ".."):  # a path segment that names another path
         return "an id may not be '.' or '..'"
-    if _BAD_ID_CHARS.search(value) or any(unicodedata.category(c) in _INVISIBLE for c in value):
+    if value != value.strip():
+        # "sku-1\u00a0" was stripped and replaced item "sku-1" (review, session 45)
+        return "an id has no leading or trailing whitespace"
+    if _BAD_ID_CHARS.search(value) or any(
+        unicodedata.category(c) in _INVISIBLE or (c != " " and unicodedata.category(c) == "Zs")
+        for c in value
+    ):
         return (
-            "an id may not hold '/', '\\', control characters, bidirectional overrides, "
-            "zero-width spaces, line separators or lone surrogates"
+            "an id may not hold '/', '\\', control characters, invisible characters "
+            "(bidirectional overrides, direction marks, zero-width spaces, soft hyphens), "
+            "spaces other than ' ', line separators or lone surrogates"
         )
     if not unicodedata.is_normalized("NFC", value):
         # "café" composed and decomposed print alike: two such ids were two items (review,

@@ -560,7 +560,10 @@ def _send_local(args: argparse.Namespace, changes: list[_Line]) -> dict[str, Any
             location = change.get("image", item.get("image"))
             # (a NUL is refused by the change's own check, not a resolve's ValueError)
             if isinstance(location, str) and "://" not in location and "\0" not in location:
-                change = {**change, "image": str((base / location).resolve())}
+                resolved = str((base / location).resolve())
+                change = {**change, "image": resolved}
+                if "image" in item:  # the same location, said the same way in both places
+                    change["item"] = {**item, "image": resolved}
         requests.append(parse_change(change, line.label))
     done: dict[str, Any] | None = None
     applied = 0
