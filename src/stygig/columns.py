@@ -43,6 +43,11 @@ ITEM_FIELDS = (
 )
 
 
+#: Item fields that hold numbers: a filter on them compares numbers.
+_NUMBER_FIELDS = frozenset({"price", "stock"})
+_BOOLS = frozenset({"true", "false"})
+
+
 class CatalogColumns:
     """Per-item arrays of one artifact, built once (thread-safe for reads).
 
@@ -264,6 +269,10 @@ class CatalogColumns:
                 f"{len(unknown)} filter(s) name no attribute of this catalogue; "
                 f"filterable: {_listed(sorted(self.filterable))}"
             )
+        for name, cond in options.filters.items():
+            problem = self._filter_problem(name, cond)
+            if problem is not None:  # it could match nothing: a 200 with no items before
+                raise InvalidOptionsError(f"filters.{name}: {problem}")
         if options.category is not None:
             try:
                 code = self.category_code(options.category)
@@ -282,6 +291,27 @@ class CatalogColumns:
             for cat in getattr(options, name):
                 if self.artifact.taxonomy.canonical(cat) is None:
                     raise InvalidOptionsError(f"{name}: a category is not in the taxonomy")
+
+    def _filter_problem(self, name: str, cond: Any) -> str | None:
+        """Why filter ``name`` (a filterable name) is a mistake rather than a wish this
+        catalogue cannot meet: a range on a field of which no item holds a number, a number
+        field given text, a category the taxonomy does not know, ``available`` other than
+        true or false (review, session 45: each answered 200 with no items, as "nothing in
+        stock" would)."""
+        if isinstance(cond, dict):
+            if name not in _NUMBER_FIELDS and np.isnan(self._numeric_values(name)).all():
+                return "a range ({min, max}) needs a field of numbers; this one holds none"
+            return None
+        values = cond if isinstance(cond, list) else [cond]
+        if name in _NUMBER_FIELDS and any(np.isnan(_to_float(v)) for v in values):
+            return f"{name} is a number: give numbers or a range {{min, max}}"
+        if name == "available" and any(str(v).strip().lower() not in _BOOLS for v in values):
+            return "available is true or false"
+        if name == "category":
+            taxonomy = self.artifact.taxonomy
+            if any(taxonomy.canonical(str(v)) is None for v in values):
+                return "a category is not in the taxonomy"
+        return None
 
     def filter_mask(
         self,

@@ -757,3 +757,28 @@ def test_an_update_logged_before_json_text_was_literal_replays_as_it_applied(
     assert catalog.catch_up() == 2
     item = rec.artifact.items[rec.position(first)]
     assert item.brand is None and item.name == "NA"
+
+
+def test_a_filter_that_can_only_be_a_mistake_is_a_422_naming_it(
+    live: tuple[LiveCatalog, Path],
+) -> None:
+    """Review (s45): a filter whose value cannot be of its field's kind answered 200 with no
+    items, which a client cannot tell from "nothing in stock"."""
+    catalog, _ = live
+    rec = catalog.recommender
+    first = rec.artifact.items[0].id
+    catalog.submit([parse_change({"op": "update", "id": first, "set": {"fit": "slim"}})])
+    query = Query(item_ids=(rec.artifact.items[10].id,))
+    wrong = {
+        "price": "cheap",
+        "stock": ["many"],
+        "fit": {"min": 1},  # a range on a field of text
+        "available": "maybe",
+        "category": "spaceship",
+    }
+    for name, value in wrong.items():
+        with pytest.raises(InvalidOptionsError, match=rf"^filters\.{name}: "):
+            rec.recommend(query, Options(filters={name: value}))
+    for name, value in {"price": "40", "fit": ["slim", 3], "available": "true"}.items():
+        rec.recommend(query, Options(filters={name: value}))
+    rec.recommend(query, Options(filters={"price": {"min": 1}, "category": "dress"}))
