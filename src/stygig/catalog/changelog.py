@@ -9,10 +9,11 @@ the changes in order. A record is written whole or not at all and never overwrit
 * S3: ``PutObject`` with ``If-None-Match: *`` (atomic, and refused if the key exists).
 
 So a record that exists was acknowledged or about to be; a writer killed with -9 leaves at most
-a temporary file, never a half record. A record written whose durability the storage then does
-not confirm (the folder's ``fsync`` failing after the link; an S3 answer lost after the put, the
-record found there afterwards) is :class:`RecordUnconfirmed`: it exists, readers apply it, so the
-writer applies it too and says so. Readers (:meth:`ChangeLog.read_since`) take records in
+a temporary file, never a half record. A record linked whose folder's ``fsync`` then fails is
+:class:`RecordUnconfirmed`: it exists, readers apply it, so the writer applies it too and says
+so. An S3 put whose answer is lost (or whose retry is refused: the key exists) is known by what
+the key holds: this record (written), another (taken), none (not written); when that read is
+not answered either, :class:`RecordUnknown`. Readers (:meth:`ChangeLog.read_since`) take records in
 order and stop at the first missing number.
 """
 
