@@ -139,6 +139,13 @@ def test_config_and_catalogue_browsing(client: httpx.Client) -> None:
     bad = client.get("/v1/catalog", params={"category": "spacesuit"})
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_options"
     assert client.get("/v1/catalog", params={"limit": 0}).status_code == 422
+    # Review (s45): an unknown parameter (?q=, the parameter is query) returned every item;
+    # a repeated one used its last value.
+    unknown = client.get("/v1/catalog", params={"q": "navy skirt"})
+    assert unknown.status_code == 422 and "query" in unknown.json()["error"]["message"]
+    twice = client.get("/v1/catalog?category=jeans&category=skirt")
+    assert twice.status_code == 422 and "'category' is given twice" in twice.text
+    assert client.get("/v1/catalog/version?since=0&since=1").status_code == 422
 
 
 def test_example_photos_are_served_from_the_operators_list(

@@ -58,5 +58,8 @@ def test_listing_pages_to_the_end_and_flags_lower_bound_counts(tmp_path: Path) -
             assert client.get("/async/jobs", params={"limit": 1001}).status_code == 422
             bad = client.get("/async/jobs", params={"status": "lost"})
             assert bad.status_code < 500 and "lost" not in bad.text
+            twice = client.get("/async/jobs?status=succeeded&status=failed")  # review, s45
+            assert twice.status_code == 422 and "given twice" in twice.text
+            assert client.get("/async/jobs", params={"state": "queued"}).status_code == 422
     finally:
         store.close()

@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -486,6 +486,7 @@ def make_async_router(store: JobQueue, worker: JobWorker, config: AsyncConfig) -
     @router.get(
         "/jobs",
         summary="Jobs in submission order, with counts per status",
+        dependencies=[Depends(rq.strict_query("status", "limit", "after"))],
         responses=_LIST_RESPONSES,
     )
     async def jobs(

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import quote
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from stygig import __version__, storage
@@ -63,6 +63,7 @@ from stygig.serving.bodies import (
     SlotLabel,
     json_answer,
 )
+from stygig.serving.requests import strict_query
 from stygig.serving.responses import JSON, ErrorBody, get_and_head, json_bytes, json_response
 from stygig.thumbnails import ItemImages
 
@@ -490,6 +491,7 @@ def make_catalog_router(service: ModelService) -> APIRouter:
         "/v1/catalog",
         tags=["catalogue"],
         summary="Browse and search catalogue items",
+        dependencies=[Depends(strict_query("query", "category", "gender", "limit", "offset"))],
         responses={200: {"content": {JSON: {"schema": {"$ref": _PAGE_REF}}}}},
     )
     async def catalog(

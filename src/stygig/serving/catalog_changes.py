@@ -28,7 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from stygig.catalog.changes import (
@@ -54,6 +54,7 @@ from stygig.serving.bodies import (
     ChangesApplied,
     json_answer,
 )
+from stygig.serving.requests import strict_query
 from stygig.serving.responses import JSON, json_response
 
 if TYPE_CHECKING:
@@ -251,6 +252,7 @@ def make_changes_router(service: ModelService) -> APIRouter:
         "/v1/catalog/version",
         tags=["catalogue"],
         summary="The catalogue version now",
+        dependencies=[Depends(strict_query("since"))],
         responses={
             200: json_answer(
                 "the version (CatalogVersion); with since, CatalogVersionSince",

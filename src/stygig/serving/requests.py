@@ -23,10 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
+from starlette.requests import Request
+
 from stygig.engine import Options, Query
 from stygig.errors import (
     InputError,
     InvalidImageError,
+    InvalidOptionsError,
     NotAcceptableError,
     PayloadTooLargeError,
     UnsupportedMediaError,
@@ -297,3 +300,24 @@ def form_body_schema() -> dict[str, Any]:
         else:  # filters: JSON text
             properties[param["name"]] = {"type": "string", "description": param["description"]}
     return {"type": "object", "properties": properties, "additionalProperties": False}
+
+
+def strict_query(*names: str) -> Any:
+    """A route dependency: the query string names only ``names``, each at most once (a GET
+    route's parameters; review, session 45: ``?q=shirt`` to ``/v1/catalog``, whose parameter
+    is ``query``, returned every item, and ``?status=a&status=b`` used the last). A 422 names
+    the repeated parameter, never an unknown one."""
+    allowed = frozenset(names)
+
+    def check(request: Request) -> None:
+        seen: set[str] = set()
+        for key, _ in request.query_params.multi_items():
+            if key not in allowed:
+                raise InvalidOptionsError(
+                    f"a query parameter is not one of this route's: {', '.join(sorted(allowed))}"
+                )
+            if key in seen:
+                raise InvalidOptionsError(f"query parameter '{key}' is given twice")
+            seen.add(key)
+
+    return check
