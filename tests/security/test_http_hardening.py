@@ -1088,6 +1088,25 @@ def test_a_transfer_coding_other_than_chunked_alone_is_refused(
             assert answer["error"]["code"] in codes, (fields, answer)
 
 
+def test_a_client_that_half_closes_after_its_request_gets_its_answer(
+    server: Server, sample: tuple[Path, Path]
+) -> None:
+    """Review (s45): a client that shuts down its sending side after a whole request (``nc
+    -N``, some proxies) got no answer: the server did the work, the connection was gone. The
+    answer (every queued one) is sent, then the connection closes."""
+    body = photo(sample)
+    head = f"POST /invocations HTTP/1.1\nHost: 127.0.0.1\nContent-Type: image/jpeg\nContent-Length: {len(body)}\n"
+    ping = b"GET /ping HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with raw_request(server, head, body + ping) as sock:
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(65536):  # ends: the server closes after the last answer
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 "), data[:200]
+    assert data.count(b"HTTP/1.1 200 ") == 2  # the pipelined ping too
+    assert json.loads(data.split(b"\r\n\r\n", 1)[1].split(b"HTTP/1.1", 1)[0])["items"]
+
+
 def test_refused_uploads_repeated_on_one_connection_are_cut_off(server: Server) -> None:
     """Review (s40, R3): a refusal before the body is read (a 415 here; 401, 403, a refused
     host alike) keeps a declared body of modest size readable, so the client sees its answer;

@@ -153,6 +153,15 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         # (uvicorn appends each piece to the body with bytes +=: quadratic in the pieces).
         self._pieces: list[bytes] = []
         self._overflow = False  # over MAX_PIPELINE: what is queued is answered, then closed
+        self._peer_done = False  # the client shut down its sending side (a half-close)
+
+    def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol's
+        """The client has sent all it will (``shutdown(SHUT_WR)``: ``nc -N``, some proxies): a
+        request being answered, or queued, still gets its answer, then the connection closes.
+        Before, the transport closed at once and the answer was lost (review, session 45)."""
+        self._peer_done = True
+        busy = self.cycle is not None and not self.cycle.response_complete
+        return True if busy or self.pipeline else None
 
     def data_received(self, data: bytes) -> None:
         self._received(data)
@@ -406,6 +415,10 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         queued = bool(self.pipeline)  # uvicorn starts the next one, if any
         super().on_response_complete()
         if self.transport.is_closing():
+            return
+        if self._peer_done and not queued:  # half-closed: the last answer is sent
+            self._unset_keepalive_if_required()
+            self.transport.close()
             return
         if self._overflow and not queued:  # the last queued request is answered
             self._unset_keepalive_if_required()
