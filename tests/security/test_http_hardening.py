@@ -1107,6 +1107,19 @@ def test_a_client_that_half_closes_after_its_request_gets_its_answer(
     assert json.loads(data.split(b"\r\n\r\n", 1)[1].split(b"HTTP/1.1", 1)[0])["items"]
 
 
+def test_an_http_1_1_request_without_a_host_is_refused(server: Server) -> None:
+    """RFC 9112: an HTTP/1.1 request with no Host, or an empty one, is a 400 (review, s45: it
+    was served); HTTP/1.0 need not name one."""
+    for head, status in (
+        ("GET /healthz HTTP/1.1\nConnection: close\n", 400),
+        ("GET /healthz HTTP/1.1\nHost:\nConnection: close\n", 400),
+        ("GET /healthz HTTP/1.0\n", 200),
+        ("GET /healthz HTTP/1.1\nHost: 127.0.0.1\nConnection: close\n", 200),
+    ):
+        with raw_request(server, head) as sock:
+            assert read_status(sock) == status, head
+
+
 def test_refused_uploads_repeated_on_one_connection_are_cut_off(server: Server) -> None:
     """Review (s40, R3): a refusal before the body is read (a 415 here; 401, 403, a refused
     host alike) keeps a declared body of modest size readable, so the client sees its answer;

@@ -716,6 +716,12 @@ class _Boundary:
         try:
             server = scope.get("server") or (None, None)
             refused = self._refuse(scope["method"], scope["path"], headers, server[1])
+            if refused is None and scope.get("http_version") == "1.1" and not headers.get("host"):
+                # RFC 9112: an HTTP/1.1 request without a Host (or an empty one) is a 400
+                # (review, session 45: it was served). HTTP/1.0 need not name one.
+                refused = error_response(
+                    InputError("an HTTP/1.1 request names its Host", code="bad_header")
+                )
             if refused is not None:
                 refused_route = self._match(scope)  # routing never ran: named for the log
                 await refused(scope, receive, send_with_id)
