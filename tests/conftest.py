@@ -95,3 +95,22 @@ def live(sample: tuple[Path, Path], tmp_path: Path) -> Any:
     shutil.copytree(sample[1], art)
     rec = Recommender(Artifact.load(art))
     return LiveCatalog(rec, ChangeLog(tmp_path / "log")), sample[0]
+
+
+@pytest.fixture
+def fail_folder_sync(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A call that makes the change log's ``fsync`` of a folder fail from then on (a failing
+    disk, as after a record's link); files still sync."""
+    import os
+    import stat
+
+    from stygig.catalog import changelog
+
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(5, "Input/output error")
+        real(fd)
+
+    return lambda: monkeypatch.setattr(changelog.os, "fsync", fsync)

@@ -459,24 +459,14 @@ def test_an_s3_record_whose_answer_is_lost_is_known_by_what_the_key_holds(
 
 
 def test_a_change_whose_record_is_unconfirmed_is_a_503_that_says_it_is_applied(
-    workspace: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
+    workspace: tuple[Path, Path, Path], fail_folder_sync: Any
 ) -> None:
-    import stat
-
     from fastapi.testclient import TestClient
 
-    from stygig.catalog import changelog
     from stygig.serving.app import ServerConfig, create_app
     from stygig.serving.catalog_command import CatalogSettings
 
     _, art, log = workspace
-    real = os.fsync
-
-    def fsync(fd: int) -> None:  # a failing disk: the folder's sync after the record's link
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
-            raise OSError(5, "Input/output error")
-        real(fd)
-
     config = ServerConfig(
         artifact=art,
         catalog=CatalogSettings(change_log=str(log), follow_interval_s=None),
@@ -485,7 +475,7 @@ def test_a_change_whose_record_is_unconfirmed_is_a_503_that_says_it_is_applied(
     with TestClient(create_app(config)) as client:
         assert _until(lambda: client.get("/ping").status_code == 200, 120)
         assert client.get("/v1/items/sku-0001").status_code == 200
-        monkeypatch.setattr(changelog.os, "fsync", fsync)
+        fail_folder_sync()
         r = client.post("/v1/catalog/changes", json={"op": "remove", "id": "sku-0001"})
         assert r.status_code == 503, r.text
         error = r.json()["error"]
@@ -562,26 +552,17 @@ def test_cli_apply_says_lines_went_in_when_their_record_is_unconfirmed(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    fail_folder_sync: Any,
 ) -> None:
     """A record the storage did not confirm went in: the operator is told to resume after
     it, not that nothing was applied (which a rerun would apply twice)."""
-    import stat
-
-    from stygig.catalog import changelog
     from stygig.catalog.changelog import RecordUnconfirmed
 
     _, art, _ = workspace
     path = tmp_path / "changes.jsonl"
     rows = [{"op": "update", "id": "sku-0001", "set": {"stock": i}} for i in (1, 2, 3)]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
-    real = os.fsync
-
-    def fsync(fd: int) -> None:
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
-            raise OSError(5, "Input/output error")
-        real(fd)
-
-    monkeypatch.setattr(changelog.os, "fsync", fsync)
+    fail_folder_sync()
     args = _cli(["apply", str(path), "--artifact", str(art)])
     with pytest.raises(RecordUnconfirmed) as unsure:
         args.func(args)

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -653,24 +654,10 @@ def test_a_killed_writers_temporary_record_is_removed_when_the_log_is_opened(
     assert ChangeLog(folder).last_sequence() == 1
 
 
-def _failing_folder_sync(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``fsync`` fails on a folder (a failing disk), as it does after the record's link."""
-    import stat
-
-    from stygig.catalog import changelog
-
-    real = os.fsync
-
-    def fsync(fd: int) -> None:
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
-            raise OSError(5, "Input/output error")
-        real(fd)
-
-    monkeypatch.setattr(changelog.os, "fsync", fsync)
-
-
 def test_a_record_whose_folder_sync_fails_is_applied_and_said_to_be_unconfirmed(
-    live: tuple[LiveCatalog, Path], monkeypatch: pytest.MonkeyPatch
+    live: tuple[LiveCatalog, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    fail_folder_sync: Callable[[], None],
 ) -> None:
     """The record is linked before the folder's ``fsync``: it exists, every reader applies it.
     Its writer applied nothing and answered "cannot be written" (suspected, session 44): the
@@ -680,7 +667,7 @@ def test_a_record_whose_folder_sync_fails_is_applied_and_said_to_be_unconfirmed(
     catalog, _ = live
     rec = catalog.recommender
     first = rec.artifact.items[0].id
-    _failing_folder_sync(monkeypatch)
+    fail_folder_sync()
     with pytest.raises(RecordUnconfirmed) as caught:
         catalog.submit([parse_change({"op": "update", "id": first, "set": {"stock": 0}})])
     assert caught.value.http_status == 503 and caught.value.code == "change_unconfirmed"
