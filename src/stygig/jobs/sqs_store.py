@@ -421,11 +421,12 @@ class SqsJobStore:
         """Whether the object at ``key`` is exactly ``body`` (records hold a token, times and
         events, so another writer's is never the same bytes)."""
         try:
-            return bool(self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read() == body)
+            found: bytes = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except Exception as e:
             if _error_code(e) in _NOT_FOUND:
                 return False
             raise
+        return found == body
 
     def _update(
         self, job_id: str, change: Callable[[dict[str, Any]], bool]

@@ -715,13 +715,9 @@ class _Boundary:
         refused_route = "unmatched"
         try:
             server = scope.get("server") or (None, None)
-            refused = self._refuse(scope["method"], scope["path"], headers, server[1])
-            if refused is None and scope.get("http_version") == "1.1" and not headers.get("host"):
-                # RFC 9112: an HTTP/1.1 request without a Host (or an empty one) is a 400
-                # (review, session 45: it was served). HTTP/1.0 need not name one.
-                refused = error_response(
-                    InputError("an HTTP/1.1 request names its Host", code="bad_header")
-                )
+            refused = self._refuse(
+                scope["method"], scope["path"], headers, server[1], scope.get("http_version")
+            )
             if refused is not None:
                 refused_route = self._match(scope)  # routing never ran: named for the log
                 await refused(scope, receive, send_with_id)
@@ -770,10 +766,16 @@ class _Boundary:
         return "unmatched"
 
     def _refuse(
-        self, method: str, path: str, headers: dict[str, str], port: int | None = None
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        port: int | None = None,
+        http_version: str | None = None,
     ) -> Response | None:
-        """The answer for a request refused before the app sees it (another host's name, a
-        cross-site change, no token, a compressed body, too big).
+        """The answer for a request refused before the app sees it (a Host missing or given
+        twice, another host's name, a cross-site change, no token, a transfer or content
+        coding not read, too big).
 
         A server bound to loopback trusts that only this machine reaches it; a web page
         elsewhere can still make the browser send requests to it, by rebinding its own name to
@@ -785,6 +787,12 @@ class _Boundary:
             return error_response(
                 InputError("a request names one Host and one Authorization", code="bad_header")
             )
+        if http_version == "1.1" and not headers.get("host"):
+            # RFC 9112: an HTTP/1.1 request without a Host (or an empty one) is a 400 (review,
+            # session 45: it was served). HTTP/1.0 need not name one.
+            return error_response(
+                InputError("an HTTP/1.1 request names its Host", code="bad_header")
+            )
         allowed = self.config.allowed_hosts
         if allowed is not None:  # bound to loopback
             refused = _cross_site(method, headers, allowed, port)
@@ -792,8 +800,8 @@ class _Boundary:
                 return error_response(refused)
         if not self._authorized(path, headers):
             return error_response(UnauthorizedError("send 'Authorization: Bearer <token>'"))
-        codings = [c.strip() for c in headers.get("transfer-encoding", "").lower().split(",")]
-        if "transfer-encoding" in headers and codings != ["chunked"]:
+        coding = headers.get("transfer-encoding")
+        if coding is not None and [c.strip() for c in coding.lower().split(",")] != ["chunked"]:
             # The parser reads any coding list ending in chunked as chunked and nothing undoes
             # the others: "gzip, chunked" was read as plain, where a proxy in front may frame
             # it otherwise (a smuggling gap; review, session 45). Chunked alone, or a length.

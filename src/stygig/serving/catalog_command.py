@@ -384,10 +384,9 @@ _UNSURE = {"change_unconfirmed": True, "change_unknown": False}
 def _unsure(part: list[_Line], message: str, went_in: bool) -> str:
     """What to tell the operator when the storage did not confirm the record of ``part``: it
     went in (``went_in``) or may have, so resuming must not send it twice."""
-    lines = f"lines {part[0].number}-{part[-1].number}"
-    if part[0].word != "line":
+    if part[0].word != "line":  # a command's own changes: one request
         return message
-    nxt = part[-1].number + 1
+    lines, nxt = f"lines {part[0].number}-{part[-1].number}", part[-1].number + 1
     if went_in:
         return f"{message}; {lines} went in: send the rest with --from-line {nxt}"
     return (
