@@ -37,6 +37,7 @@ the pure-Python h11 here (``benchmarks/bench_budget.py``), and as strict about f
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -154,6 +155,10 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         self._pieces: list[bytes] = []
         self._overflow = False  # over MAX_PIPELINE: what is queued is answered, then closed
         self._peer_done = False  # the client shut down its sending side (a half-close)
+        # When the last answer ended (time.monotonic): the loop's clock counts milliseconds,
+        # so connections answered within one had equal keep-alive deadlines and the "longest
+        # idle" was chosen by object address (review, session 45: a flaky test).
+        self._answered_at = 0.0
 
     def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol's
         """The client has sent all it will (``shutdown(SHUT_WR)``: ``nc -N``, some proxies): a
@@ -370,7 +375,7 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         over = len(open_) - limit + 1
         if over <= 0:
             return True
-        since = self.loop.time() - IDLE_EVICTABLE_S
+        since = time.monotonic() - IDLE_EVICTABLE_S
         idle = sorted(
             (
                 (idle_since, id(c), c)
@@ -392,10 +397,9 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         return True
 
     def _idle_since(self) -> float | None:
-        """When this connection was last answered with nothing queued, while it waits kept
-        alive (uvicorn's keep-alive timer runs exactly then, set to fire that long after)."""
-        timer = self.timeout_keep_alive_task
-        return None if timer is None else timer.when() - self.timeout_keep_alive
+        """When this connection was last answered (``time.monotonic``), while it waits kept
+        alive with nothing queued (uvicorn's keep-alive timer runs exactly then)."""
+        return None if self.timeout_keep_alive_task is None else self._answered_at
 
     def _close_idle(self) -> None:
         self._unset_keepalive_if_required()
@@ -413,6 +417,7 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         queued = bool(self.pipeline)  # uvicorn starts the next one, if any
+        self._answered_at = time.monotonic()
         super().on_response_complete()
         if self.transport.is_closing():
             return
