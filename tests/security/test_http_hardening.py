@@ -14,6 +14,7 @@ import json
 import os
 import select
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -67,6 +68,36 @@ def raw_request(server: Server, head: str, body: bytes = b"") -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     sock.sendall(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
     return sock
+
+
+UPLOAD_HEAD = (
+    "POST /invocations HTTP/1.1\nHost: 127.0.0.1\nContent-Type: image/jpeg\nContent-Length: {}\n"
+)
+
+
+@contextlib.contextmanager
+def steady_upload(server: Server, total: int = 40_000_000) -> Iterator[socket.socket]:
+    """A connection uploading a ``total``-byte body at about 1 MB/s from a thread of its own
+    (the server needs ``--max-body-mb`` over it): a fast client's request at work, which the
+    connection limit never closes."""
+    sock = raw_request(server, UPLOAD_HEAD.format(total), b"\xff\xd8")
+    stop = threading.Event()
+
+    def send() -> None:
+        piece, sent = b"\0" * 16384, 2
+        with contextlib.suppress(OSError):  # the server answers or closes: sending ends
+            while not stop.wait(0.016) and sent + len(piece) < total:
+                sock.sendall(piece)
+                sent += len(piece)
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    try:
+        yield sock
+    finally:
+        stop.set()
+        thread.join()
+        sock.close()
 
 
 def read_status(sock: socket.socket) -> int:
@@ -695,10 +726,8 @@ def test_idle_kept_alive_connections_make_room_at_the_connection_limit(
     ``--max-connections`` for the keep-alive time (75 s), so 257 of them a minute, no token
     needed, locked every client out. At the limit, the longest-idle kept-alive connections
     (idle 2 s or more) are closed to make room; connections at work are not."""
-    flags = ("--max-connections", "3")
-    with capped_server(sample[1], tmp_path / "log", *flags) as s:
-        head = "POST /invocations HTTP/1.1\nHost: 127.0.0.1\nContent-Type: image/jpeg\nContent-Length: 5000\n"
-        working = raw_request(s, head, b"\xff\xd8")  # an upload in progress: not idle
+    flags = ("--max-connections", "3", "--max-body-mb", "64")
+    with capped_server(sample[1], tmp_path / "log", *flags) as s, steady_upload(s) as working:
         idle = []
         for _ in range(2):
             sock = raw_request(s, "GET /ping HTTP/1.1\nHost: 127.0.0.1\n")
@@ -719,8 +748,64 @@ def test_idle_kept_alive_connections_make_room_at_the_connection_limit(
             assert _answers_until_closed(idle[1], 1) == (0, False)  # one was enough
             assert not closed_by_server(working, trickle=False, within_s=1)
         finally:
-            for sock in [working, *idle]:
+            for sock in idle:
                 sock.close()
+
+
+def _answer_code(sock: socket.socket, within_s: float = 30.0) -> str | None:
+    """The error code of the answer the server sends on ``sock`` before closing it (None:
+    closed without an answer, or not closed within ``within_s``)."""
+    seen: list[bytes] = []
+    _answers_until_closed(sock, within_s, seen)
+    head, _, body = seen[0].partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 "):
+        return None
+    return str(json.loads(body)["error"]["code"])
+
+
+def test_slow_requests_make_room_at_the_connection_limit(
+    sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Review, session 46: only idle kept-alive connections made room at the limit, so sockets
+    that sent nothing, a request head trickled a line at a time, or a body trickled a byte
+    every 14 s, held their slots until their deadlines (10 s, 60 s), and a client reopening
+    256 of them locked every other client out at almost no cost. At the limit, a head not
+    complete 1 s after it began, then a body arriving at under 32 KiB/s, gives its connection
+    up: a 408 ``request_too_slow``, oldest head first, then the slowest body; an upload
+    arriving at a fast client's pace is never closed, however long it takes."""
+    flags = ("--max-connections", "4", "--head-timeout", "60", "--max-body-mb", "64")
+    with capped_server(sample[1], tmp_path / "log", *flags) as s, contextlib.ExitStack() as stack:
+        silent = socket.create_connection(("127.0.0.1", s.port), timeout=10)  # sends nothing
+        late_head = raw_request(s, "GET /v1/catalog HTTP/1.1\nHost: 127.0.0.1")  # no end of head
+        trickle = raw_request(s, UPLOAD_HEAD.format(5000), b"\xff\xd8")  # 2 bytes of 5,000
+        for sock in (silent, late_head, trickle):
+            stack.callback(sock.close)
+        fast = [stack.enter_context(steady_upload(s))]  # the 4 connections allowed are held
+
+        def served() -> bool:
+            # The server closes this connection as it answers: it holds no slot afterwards.
+            r = httpx.get(
+                f"{s.url}/v1/catalog",
+                params={"limit": 1},
+                headers={"connection": "close"},
+                timeout=30,
+            )
+            assert r.status_code in (200, 503), r.text
+            return r.status_code == 200
+
+        # Each whole request closes one slow connection, in order; a fast upload then takes
+        # the room it made, so the next request needs room again.
+        for closing, kept in ((silent, late_head), (late_head, trickle), (trickle, None)):
+            wait_for(served)
+            assert _answer_code(closing) == "request_too_slow"
+            if kept is not None:
+                assert _answers_until_closed(kept, 0.5) == (0, False)
+                fast.append(stack.enter_context(steady_upload(s)))
+        # Three uploads at work and room for one request, without closing anything.
+        assert served()
+        assert not any(closed_by_server(sock, trickle=False, within_s=0.5) for sock in fast)
+    log = (tmp_path / "log").read_text()
+    assert log.count("slow request closed at the connection limit: answered 408") == 3
 
 
 def test_stalled_uploads_time_out_and_hold_bounded_memory(
@@ -750,15 +835,15 @@ def test_idle_and_trickling_connections_are_closed_so_the_limit_cannot_lock_out(
     sample: tuple[Path, Path], tmp_path: Path
 ) -> None:
     """Item 11: no connection limit; then (review) sockets that send nothing held every slot of
-    ``--max-connections`` for ever. Now requests beyond the limit get 503, and a connection
-    whose request head is not complete within ``--head-timeout`` is closed."""
+    ``--max-connections`` for ever. A connection whose request head is not complete within
+    ``--head-timeout`` is closed, whether or not a request needs its room (one that does
+    closes it sooner: test_slow_requests_make_room_at_the_connection_limit)."""
     flags = ("--max-connections", "4", "--head-timeout", "5")  # slack for a busy machine
     with capped_server(sample[1], tmp_path / "log", *flags) as s:
         page = f"{s.url}/"  # not a health check: those are answered past the limit
         idle = [socket.create_connection(("127.0.0.1", s.port), timeout=30) for _ in range(3)]
         trickle = raw_request(s, "GET /healthz HTTP/1.1")  # a request line, then no end of head
         try:
-            assert httpx.get(page).status_code == 503  # 4 connections held: none left
             t0 = time.monotonic()
             assert all(closed_by_server(sock, trickle=False) for sock in idle)
             assert closed_by_server(trickle, trickle=True)
@@ -844,14 +929,14 @@ def test_the_async_queue_limits_are_the_operators(
 def test_health_checks_are_answered_past_the_connection_limit(
     sample: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    """With every allowed connection held by a slow upload, /ping was a plain-text 503, so a
+    """With every allowed connection held by an upload, /ping was a plain-text 503, so a
     burst could make SageMaker replace a healthy instance (and the 503 of any other request
     was plain text, not StyGig's JSON error). And --max-connections N served N - 1 (uvicorn
     counts the connection asking)."""
-    with capped_server(sample[1], tmp_path / "server.log", "--max-connections", "2") as server:
-        head = "POST /invocations HTTP/1.1\nHost: 127.0.0.1\nContent-Type: image/jpeg\nContent-Length: 5000\n"
-        slow = [raw_request(server, head, b"\xff\xd8") for _ in range(2)]  # bodies never finish
-        try:
+    flags = ("--max-connections", "2", "--max-body-mb", "64")
+    with capped_server(sample[1], tmp_path / "server.log", *flags) as server:
+        head = UPLOAD_HEAD.format(5000)
+        with steady_upload(server), steady_upload(server):  # both slots at work
 
             def full() -> bool:
                 r = httpx.post(
@@ -870,9 +955,6 @@ def test_health_checks_are_answered_past_the_connection_limit(
             wait_for(full)  # both slots are held: a third request is refused
             assert httpx.get(server.url + "/ping", timeout=30).status_code == 200
             assert httpx.get(server.url + "/healthz", timeout=30).status_code == 200
-        finally:
-            for sock in slow:
-                sock.close()
         # One slow upload (of the two allowed) leaves room for a request: N means N.
         one = raw_request(server, head, b"\xff\xd8")
         try:

@@ -28,7 +28,9 @@ that never reads it held a connection slot for as long as it kept coming.
 
 Past the connection limit (``--max-connections``) a request is answered as every other refusal
 of the server: a JSON 503 ``too_many_connections`` with ``Retry-After``, not uvicorn's plain-text one, and the
-connection closed; health checks are still answered (:data:`HEALTH_PATHS`).
+connection closed; health checks are still answered (:data:`HEALTH_PATHS`). Before that, room is
+made: idle kept-alive connections are closed, then requests arriving too slowly
+(:data:`SLOW_HEAD_S`, :data:`SLOW_BODY_BYTES_PER_S`) are answered 408 and closed.
 
 The parser is llhttp (through ``httptools``), Node's C parser: about 0.4 ms less per request than
 the pure-Python h11 here (``benchmarks/bench_budget.py``), and as strict about framing.
@@ -74,6 +76,17 @@ MIN_CHUNK_BYTES = 1024
 #: it: a client reusing a connection at once may have a request on its way (review of session
 #: 42's fixes: immediate eviction reset requests already sent).
 IDLE_EVICTABLE_S = 2.0
+#: At the connection limit, with too few idle kept-alive connections to close, a request that
+#: is arriving too slowly gives up its connection too: a head not complete 1 s after it began
+#: (a client's head arrives in one piece, a few milliseconds after it connects), or a body
+#: arriving at under 32 KiB/s on average once 1 s has passed since its head (slower than any
+#: phone's upload; 256 KiB/s in all across 8 such bodies). Before, 256 sockets trickling a
+#: byte every 14 s held every slot until their 60 s body deadline, and reopened: a lock-out
+#: that cost the client next to nothing. Late heads go first (oldest first), then bodies
+#: (slowest first); a connection whose reading the server itself paused is never judged.
+SLOW_HEAD_S = 1.0
+SLOW_BODY_BYTES_PER_S = 32 * 1024
+SLOW_BODY_AFTER_S = 1.0
 #: Body bytes a connection may send after their requests were answered (a refusal before the
 #: body was read: 401, 403, 415, 413), read and dropped so the client can read its answer;
 #: past this, over the connection's life, it is closed. Counted per connection, not per
@@ -99,6 +112,13 @@ class ChunksTooSmallError(InputError):
     """A chunked body in more, smaller chunks than the server reads."""
 
     code = "chunks_too_small"
+
+
+class RequestTooSlowError(InputError):
+    """A request arriving too slowly, closed at the connection limit for another client's."""
+
+    http_status = 408
+    code = "request_too_slow"
 
 
 #: Answered past the connection limit (``--max-connections``): they cost next to nothing.
@@ -159,6 +179,10 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         # so connections answered within one had equal keep-alive deadlines and the "longest
         # idle" was chosen by object address (review, session 45: a flaky test).
         self._answered_at = 0.0
+        # When the current request's head began (the connection opened, or its first byte on
+        # a kept-alive connection), and when its body began (its head completed).
+        self._head_since = 0.0
+        self._body_since = 0.0
 
     def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol's
         """The client has sent all it will (``shutdown(SHUT_WR)``: ``nc -N``, some proxies): a
@@ -265,6 +289,7 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
 
     def _arm(self) -> None:
         if self._head_timer is None:
+            self._head_since = time.monotonic()
             self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_expired)
 
     def _disarm(self) -> None:
@@ -345,6 +370,7 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         self._message_timer = self.loop.call_later(
             self.body_timeout_s + BODY_GRACE_S, self._message_expired
         )
+        self._body_since = time.monotonic()
         limit = self.limit_concurrency
         if limit is None or (len(self.connections) < limit and len(self.tasks) < limit):
             super().on_headers_complete()
@@ -352,12 +378,13 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
             return
         # Past the limit: kept-alive connections with nothing to do make room first (they
         # held it for the keep-alive time: 257 GET /ping a minute locked every client out,
-        # review, session 42). A health check is answered however many connections are open
-        # (SageMaker replaces an instance whose /ping fails during a burst of slow uploads);
+        # review, session 42), then requests arriving too slowly (:data:`SLOW_HEAD_S`). A
+        # health check is answered however many connections are open (SageMaker replaces an
+        # instance whose /ping fails during a burst of slow uploads) and closes nothing;
         # anything else gets the JSON 503, through uvicorn's own request cycle.
         app = self.app
-        room = len(self.tasks) < limit and self._make_room(limit)
-        if not room and self.url.split(b"?", 1)[0] not in HEALTH_PATHS:
+        health = self.url.split(b"?", 1)[0] in HEALTH_PATHS
+        if not health and not (len(self.tasks) < limit and self._make_room(limit)):
             self.logger.warning("over the connection limit (%d): answered 503", limit)
             self.app = _busy
         self.limit_concurrency = None
@@ -369,32 +396,73 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         self._bound_pipeline()
 
     def _make_room(self, limit: int) -> bool:
-        """Close the longest-idle kept-alive connections until this one fits within ``limit``
-        open connections (those closing do not count); whether it fits."""
+        """Close connections until this one fits within ``limit`` open connections (those
+        closing do not count): the longest-idle kept-alive ones first, then the requests
+        arriving too slowly; whether it fits. Nothing is closed unless enough can be."""
         open_ = [c for c in self.connections if not c.transport.is_closing()]
         over = len(open_) - limit + 1
         if over <= 0:
             return True
-        since = time.monotonic() - IDLE_EVICTABLE_S
-        idle = sorted(
-            (
-                (idle_since, id(c), c)
-                for c in open_
-                if isinstance(c, _HeadDeadlineProtocol)
-                and c is not self
-                and (idle_since := c._idle_since()) is not None
-                and idle_since <= since
-            ),
-            key=lambda entry: entry[:2],
-        )
-        if len(idle) < over:
+        now = time.monotonic()
+        idle: list[tuple[float, int, _HeadDeadlineProtocol]] = []
+        slow: list[tuple[tuple[int, float], int, _HeadDeadlineProtocol]] = []
+        for c in open_:
+            if c is self or not isinstance(c, _HeadDeadlineProtocol):
+                continue
+            if (idle_since := c._idle_since()) is not None:
+                if idle_since <= now - IDLE_EVICTABLE_S:
+                    idle.append((idle_since, id(c), c))
+            elif (slowness := c._slowness(now)) is not None:
+                slow.append((slowness, id(c), c))
+        if len(idle) + len(slow) < over:
             return False
-        for _since, _id, connection in idle[:over]:
+        idle.sort(key=lambda entry: entry[:2])
+        slow.sort(key=lambda entry: entry[:2])
+        closing_idle = idle[:over]
+        closing_slow = slow[: over - len(closing_idle)]
+        for _since, _id, connection in closing_idle:
             connection._close_idle()
+        for _slowness, _id, connection in closing_slow:
+            connection._close_slow()
         self.logger.info(
-            "connection limit (%d): closed %d idle kept-alive connection(s)", limit, over
+            "connection limit (%d): closed %d idle kept-alive and %d slow connection(s)",
+            limit,
+            len(closing_idle),
+            len(closing_slow),
         )
         return True
+
+    def _slowness(self, now: float) -> tuple[int, float] | None:
+        """How slowly this connection's request is arriving, if too slowly to keep its
+        connection at the limit: ``(0, when its head began)`` for a late head, ``(1, body
+        bytes per second)`` for a slow body (sorted: the first closes first); else None."""
+        if self.transport.is_closing() or self.flow.read_paused:
+            return None  # the server paused reading: the client is not the slow one
+        if self._head_timer is not None:
+            return (0, self._head_since) if now - self._head_since >= SLOW_HEAD_S else None
+        if self._message_timer is None or self._overflow:
+            return None  # being answered, or its answers are owed before anything is read
+        elapsed = now - self._body_since
+        if elapsed < SLOW_BODY_AFTER_S:
+            return None
+        rate = self._body_bytes / elapsed
+        return (1, rate) if rate < SLOW_BODY_BYTES_PER_S else None
+
+    def _close_slow(self) -> None:
+        """A 408 ``request_too_slow`` (unless an answer has begun) and the connection closed."""
+        if self._head_timer is not None:
+            part, cycle = f"head was not complete {SLOW_HEAD_S:g} s after it began", None
+        else:
+            rate = f"{SLOW_BODY_BYTES_PER_S // 1024} KiB/s"
+            part, cycle = f"body was arriving at under {rate}", self.cycle
+        self._disarm()
+        self._head_bytes = None
+        err = RequestTooSlowError(
+            f"the server is at its connection limit and this request's {part}: the "
+            "connection was closed for another request; send requests at once"
+        )
+        self.logger.warning("slow request closed at the connection limit: answered 408")
+        self._answer_and_close(408, "Request Timeout", err, cycle)
 
     def _idle_since(self) -> float | None:
         """When this connection was last answered (``time.monotonic``), while it waits kept
