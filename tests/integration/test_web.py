@@ -92,6 +92,21 @@ def test_page_and_static_files_are_served(client: httpx.Client) -> None:
         assert int(head.headers["content-length"]) == len(client.get(path).content), path
 
 
+def test_every_get_route_answers_head(client: httpx.Client) -> None:
+    """RFC 9110 (9.1): a server that answers GET answers HEAD. Review, session 45: HEAD on
+    ``/execution-parameters`` (and ``/readyz``, ``/metrics``, ``/v1/catalog``, ...) was a 405.
+    Every GET operation of the OpenAPI document answers HEAD with GET's status and no body."""
+    paths = client.get("/openapi.json").json()["paths"]
+    gets = [path for path, operations in paths.items() if "get" in operations]
+    assert {"/execution-parameters", "/readyz", "/metrics", "/v1/catalog"} <= set(gets)
+    for template in gets:
+        path = template.replace("{item_id}", "sku-0014").replace("{name}", "no-such-example")
+        get, head = client.get(path), client.head(path)
+        assert head.status_code == get.status_code, (path, head.status_code, get.status_code)
+        assert head.content == b"", path
+        assert head.headers["content-type"] == get.headers["content-type"], path
+
+
 def test_item_images_come_from_the_artifact(
     client: httpx.Client, sample: tuple[Path, Path]
 ) -> None:

@@ -1354,7 +1354,8 @@ def _routes(
             return error_response(OverloadedError("the model is loading", code="not_ready"))
         return json_response(asdict(Ping("ok")))
 
-    @app.get(
+    @get_and_head(
+        app,
         "/execution-parameters",
         tags=["sagemaker"],
         summary="What a batch transform should send (SageMaker asks before its first record)",
@@ -1416,7 +1417,8 @@ def _routes(
         body = await request.body()
         return Response(await service.score_outfit(body), media_type=JSON)
 
-    @app.get(
+    @get_and_head(
+        app,
         "/v1/items/{item_id}",
         tags=["catalogue"],
         summary="One catalogue item",
@@ -1440,7 +1442,8 @@ def _routes(
         )
         return json_response(asdict(data))
 
-    @app.get(
+    @get_and_head(
+        app,
         "/v1/items/{item_id}/recommendations",
         tags=["catalogue"],
         summary="What goes with a catalogue item (options as query parameters)",
@@ -1464,7 +1467,8 @@ def _routes(
     async def healthz() -> Response:
         return json_response(asdict(Health("alive", service.ready)))
 
-    @app.get(
+    @get_and_head(
+        app,
         "/readyz",
         tags=["ops"],
         summary="Readiness: model loaded and warm",
@@ -1489,7 +1493,8 @@ def _routes(
         )
         return json_response(asdict(body), 200 if service.ready else 503)
 
-    @app.get(
+    @get_and_head(
+        app,
         "/metrics",
         tags=["ops"],
         summary="Prometheus metrics",

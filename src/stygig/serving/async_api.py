@@ -72,7 +72,7 @@ from stygig.locations import InputLocations, public_errors
 from stygig.recommendation import option_parameters
 from stygig.serving import requests as rq
 from stygig.serving.bodies import JobList, JobSubmitted, JobUnfinished, json_answer
-from stygig.serving.responses import JSON, json_response
+from stygig.serving.responses import JSON, get_and_head, json_response
 
 __all__ = [
     "AsyncConfig",
@@ -465,13 +465,17 @@ def make_async_router(store: JobQueue, worker: JobWorker, config: AsyncConfig) -
         }
         return json_response(asdict(body), 202, headers)
 
-    @router.get(
-        "/jobs/{job_id}", summary="One job's status and timestamps", responses=_JOB_RESPONSES
+    @get_and_head(
+        router,
+        "/jobs/{job_id}",
+        summary="One job's status and timestamps",
+        responses=_JOB_RESPONSES,
     )
     async def status(job_id: str) -> Response:
         return json_response((await run_in_threadpool(store.view, job_id)).to_dict())
 
-    @router.get(
+    @get_and_head(
+        router,
         "/jobs/{job_id}/output",
         summary="A finished job's result (or error)",
         responses=_OUTPUT_RESPONSES,
@@ -483,7 +487,8 @@ def make_async_router(store: JobQueue, worker: JobWorker, config: AsyncConfig) -
         data = await run_in_threadpool(_own_output, job)
         return Response(data, status_code=200, media_type=JSON)
 
-    @router.get(
+    @get_and_head(
+        router,
         "/jobs",
         summary="Jobs in submission order, with counts per status",
         dependencies=[Depends(rq.strict_query("status", "limit", "after"))],

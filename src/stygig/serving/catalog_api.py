@@ -487,7 +487,8 @@ def make_catalog_router(service: ModelService) -> APIRouter:
             raise NotFoundError("the item has no image in this artifact", code="no_image")
         return Response(data, media_type="image/jpeg", headers=headers)
 
-    @router.get(
+    @get_and_head(
+        router,
         "/v1/catalog",
         tags=["catalogue"],
         summary="Browse and search catalogue items",
@@ -513,7 +514,8 @@ def make_catalog_router(service: ModelService) -> APIRouter:
         page = CatalogPage(len(hits), offset, limit, False, [current.card(p) for p in page_hits])
         return json_response(asdict(page))
 
-    @router.get(
+    @get_and_head(
+        router,
         "/v1/config",
         tags=["catalogue"],
         summary="What the page can offer",
@@ -527,7 +529,8 @@ def make_catalog_router(service: ModelService) -> APIRouter:
             )
         return Response(current.config, media_type=JSON)
 
-    @router.get(
+    @get_and_head(
+        router,
         "/v1/examples",
         tags=["catalogue"],
         summary="Example photos to try (the operator's, from serve --examples)",

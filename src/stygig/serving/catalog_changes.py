@@ -55,7 +55,7 @@ from stygig.serving.bodies import (
     json_answer,
 )
 from stygig.serving.requests import strict_query
-from stygig.serving.responses import JSON, json_response
+from stygig.serving.responses import JSON, get_and_head, json_response
 
 if TYPE_CHECKING:
     from stygig.serving.app import ModelService
@@ -248,7 +248,8 @@ def make_changes_router(service: ModelService) -> APIRouter:
         )
         return json_response(asdict(applied))
 
-    @router.get(
+    @get_and_head(
+        router,
         "/v1/catalog/version",
         tags=["catalogue"],
         summary="The catalogue version now",
