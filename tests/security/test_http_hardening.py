@@ -806,6 +806,10 @@ def test_slow_requests_make_room_at_the_connection_limit(
         assert not any(closed_by_server(sock, trickle=False, within_s=0.5) for sock in fast)
     log = (tmp_path / "log").read_text()
     assert log.count("slow request closed at the connection limit: answered 408") == 3
+    # The body closed mid-read is logged as it was answered, not as a client's 499.
+    access = [json.loads(line) for line in log.splitlines() if '"/invocations"' in line]
+    trickled = [e for e in access if e.get("code") == "request_too_slow"]
+    assert len(trickled) == 1 and trickled[0]["status"] == 408, access
 
 
 def test_stalled_uploads_time_out_and_hold_bounded_memory(

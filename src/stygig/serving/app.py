@@ -108,6 +108,7 @@ from stygig.serving.catalog_changes import make_changes_router, read_pointer, wa
 from stygig.serving.catalog_command import CatalogSettings
 from stygig.serving.logging import ACCESS_LOGGER, request_id
 from stygig.serving.metrics import CONTENT_TYPE, ServerMetrics, method_label
+from stygig.serving.protocol import CLOSED_BY_SERVER
 from stygig.serving.responses import (
     ERROR_RESPONSES,
     JSON,
@@ -726,7 +727,9 @@ class _Boundary:
                 direct = self.direct.get(scope["path"]) if scope["method"] == "POST" else None
                 await (direct or self.app)(scope, body.receive, send_with_id)
         except ClientDisconnect:
-            status = 499  # the client went away: nothing to answer, nothing went wrong here
+            # The client went away (499: nothing to answer, nothing went wrong here), or the
+            # server closed its connection mid-body (the protocol says how it answered).
+            status, error_code = scope["state"].get(CLOSED_BY_SERVER, (499, None))
         except Exception:
             log.exception("unhandled error", extra={"fields": {"request_id": rid}})
             if not started:

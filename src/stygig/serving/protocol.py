@@ -47,7 +47,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from stygig.errors import InputError, InvalidOptionsError, OverloadedError
 from stygig.serving.responses import json_bytes
 
-__all__ = ["HEAD_LIMIT_BYTES", "head_deadline_protocol"]
+__all__ = ["CLOSED_BY_SERVER", "HEAD_LIMIT_BYTES", "head_deadline_protocol"]
 
 #: The largest request head (request line and headers) read: 64 KiB, four times h11's default
 #: and eight times a typical proxy's header buffer; a SageMaker request's head is under 2 KiB.
@@ -87,6 +87,9 @@ IDLE_EVICTABLE_S = 2.0
 SLOW_HEAD_S = 1.0
 SLOW_BODY_BYTES_PER_S = 32 * 1024
 SLOW_BODY_AFTER_S = 1.0
+#: The key of a request's ``scope["state"]`` under which a request whose connection the server
+#: closed mid-body holds ``(status, code)``: the access log and metrics show that, not 499.
+CLOSED_BY_SERVER = "stygig.closed_by_server"
 #: Body bytes a connection may send after their requests were answered (a refusal before the
 #: body was read: 401, 403, 415, 413), read and dropped so the client can read its answer;
 #: past this, over the connection's life, it is closed. Counted per connection, not per
@@ -462,6 +465,8 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
             "connection was closed for another request; send requests at once"
         )
         self.logger.warning("slow request closed at the connection limit: answered 408")
+        if cycle is not None:  # the app, reading the body, sees a disconnect: not the client's
+            cycle.scope.setdefault("state", {})[CLOSED_BY_SERVER] = (408, err.code)
         self._answer_and_close(408, "Request Timeout", err, cycle)
 
     def _idle_since(self) -> float | None:
