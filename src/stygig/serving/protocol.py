@@ -439,10 +439,13 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         """How slowly this connection's request is arriving, if too slowly to keep its
         connection at the limit: ``(0, when its head began)`` for a late head, ``(1, body
         bytes per second)`` for a slow body (sorted: the first closes first); else None."""
-        if self.transport.is_closing() or self.flow.read_paused:
-            return None  # the server paused reading: the client is not the slow one
+        if self.transport.is_closing() or self.flow.read_paused or self.pipeline:
+            return None  # the server paused reading, or has requests queued: at work
         if self._head_timer is not None:
-            return (0, self._head_since) if now - self._head_since >= SLOW_HEAD_S else None
+            answering = self.cycle is not None and not self.cycle.response_complete
+            if answering or now - self._head_since < SLOW_HEAD_S:
+                return None  # a kept-alive client may send its next head while answered
+            return (0, self._head_since)
         if self._message_timer is None or self._overflow:
             return None  # being answered, or its answers are owed before anything is read
         elapsed = now - self._body_since
@@ -464,7 +467,7 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
             f"the server is at its connection limit and this request's {part}: the "
             "connection was closed for another request; send requests at once"
         )
-        self.logger.warning("slow request closed at the connection limit: answered 408")
+        self.logger.debug("slow request closed at the connection limit: answered 408")
         if cycle is not None:  # the app, reading the body, sees a disconnect: not the client's
             cycle.scope.setdefault("state", {})[CLOSED_BY_SERVER] = (408, err.code)
         self._answer_and_close(408, "Request Timeout", err, cycle)
