@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageFile, UnidentifiedImageError
 
 from stygig import storage
 from stygig.errors import (
@@ -87,6 +87,16 @@ __all__ = [
 ]
 
 log = logging.getLogger("stygig.images")
+
+# Pillow warns, per photo, about what hostile metadata it skips (one line per bad EXIF tag:
+# a 64 KB JPEG wrote 2.4 MB to the log, audit of session 46) and about its generic pixel
+# limit, which this module's own limits replace. Filtered once for the process, by category
+# and by Pillow's metadata parsers: a ``catch_warnings`` per decode is not thread-safe (a
+# concurrent exit can leave its filters in place) and resets Python's show-once registry.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+warnings.filterwarnings(
+    "ignore", category=UserWarning, module=r"PIL\.(TiffImagePlugin|JpegImagePlugin|PngImagePlugin)"
+)
 
 # Never decode a partial image silently: a truncated file is an error, not a grey stripe.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -420,7 +430,11 @@ def _check_header(width: int, height: int, n_bytes: int, limits: ImageLimits, ki
 # finds the next marker after a segment or a scan's entropy-coded data, junk skipped. Two bytes
 # per try, so the search runs in C and stays linear even over long runs of 0xFF.
 _JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
-_JPEG_SOS, _JPEG_EOI = 0xDA, 0xD9
+_JPEG_SOS, _JPEG_EOI, _JPEG_APP1 = 0xDA, 0xD9, 0xE1
+_EXIF_ID = b"Exif\x00\x00"
+#: The most entries an EXIF block's first IFD may have before the block is dropped unread
+#: (with a warning): the standard defines a few dozen tags there.
+_MAX_EXIF_ENTRIES = 1000
 _JPEG_NO_LENGTH = frozenset({0x01, 0xD8})  # TEM, SOI: markers without a length field
 # Frame headers: SOF0-15 but DHT, JPG and DAC. libjpeg refuses a second one, but only after
 # Pillow has parsed them all in Python (6 MB of them: 0.5 s and +200 MB).
@@ -433,9 +447,10 @@ _MAX_JPEG_HEADER_GAP = 64 * 1024
 _PNG_COMPRESSED_CHUNKS = frozenset({b"iCCP", b"zTXt", b"iTXt"})
 
 
-def _check_jpeg_structure(data: bytes, limits: ImageLimits) -> int:
+def _check_jpeg_structure(data: bytes, limits: ImageLimits) -> tuple[int, list[tuple[int, int]]]:
     """Refuse a JPEG with more scans or segments than ``limits`` allow, or a malformed header;
-    the number of scans before the first EOI.
+    the number of scans before the first EOI, and the spans of its EXIF segments when their
+    first IFD has more entries than a camera writes (:func:`_oversized_exif`).
 
     Walks the markers as libjpeg reads them: each segment skipped by its length, a scan's
     entropy-coded data up to the next marker; up to the first EOI, where decoding stops (an
@@ -443,6 +458,7 @@ def _check_jpeg_structure(data: bytes, limits: ImageLimits) -> int:
     reporting it is Pillow's job. Linear, and in C but for one step per marker.
     """
     scans = segments = frames = header_gap = pixels = 0
+    exif: list[tuple[int, int]] = []
     pos = 2  # after SOI
     while (match := _JPEG_MARKER.search(data, pos)) is not None:
         if scans == 0:
@@ -456,7 +472,7 @@ def _check_jpeg_structure(data: bytes, limits: ImageLimits) -> int:
         marker = data[match.start() + 1]
         pos = match.end()
         if marker == _JPEG_EOI:
-            return scans
+            break
         segments += 1
         if segments > limits.max_jpeg_segments:
             raise ImageTooLargeError(
@@ -476,7 +492,10 @@ def _check_jpeg_structure(data: bytes, limits: ImageLimits) -> int:
                 data[pos + 5 : pos + 7], "big"
             )
         # A length under 2 is skipped as 2, the length field itself, like libjpeg and Pillow.
-        pos += max(2, int.from_bytes(data[pos : pos + 2], "big"))
+        end = pos + max(2, int.from_bytes(data[pos : pos + 2], "big"))
+        if marker == _JPEG_APP1 and scans == 0 and data[pos + 2 : pos + 8] == _EXIF_ID:
+            exif.append((match.start(), end))
+        pos = end
         if marker == _JPEG_SOS:
             scans += 1
             per_size = max(1, limits.max_jpeg_scan_pixels // max(pixels, 1))  # 1: a baseline
@@ -487,7 +506,19 @@ def _check_jpeg_structure(data: bytes, limits: ImageLimits) -> int:
                     "each one is decoded over the whole image (re-encode it as a baseline JPEG)",
                     code="image_too_many_scans",
                 )
-    return scans
+    return scans, _oversized_exif(data, exif)
+
+
+def _oversized_exif(data: bytes, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``spans`` (a JPEG's EXIF segments) when the block they make has over
+    :data:`_MAX_EXIF_ENTRIES` entries in its first IFD, else none. Pillow joins every EXIF
+    segment into one block and, for a JPEG without a JFIF header, reads that IFD whole in
+    Python when it opens the file (for a resolution): 65,535 entries cost 0.23 s of CPU
+    (measured in session 47). Cameras write a few dozen."""
+    if not spans:
+        return []
+    block = b"".join(data[start + 10 : end] for start, end in spans)  # marker, length, "Exif\0\0"
+    return spans if _ifd0_entries(block) > _MAX_EXIF_ENTRIES else []
 
 
 def _check_png_structure(data: bytes, limits: ImageLimits) -> list[tuple[int, int]]:
@@ -566,25 +597,56 @@ def _check_format(data: bytes, limits: ImageLimits) -> tuple[bytes, int]:
     if name is not None and name not in ACCEPTED_FORMATS:
         raise UnsupportedMediaError(f"{name} images are not accepted; send JPEG, PNG or WebP")
     if name == "JPEG":
-        return data, _check_jpeg_structure(data, limits)
+        scans, exif = _check_jpeg_structure(data, limits)
+        if exif:
+            log.warning("JPEG EXIF with over %d entries ignored", _MAX_EXIF_ENTRIES)
+        return _without(data, exif), scans
+    if name == "WEBP" and (size := _webp_canvas(data)) is not None:
+        # Pillow opens every WebP through libwebp's animation decoder, which allocates the
+        # canvas with the header: a 120-byte file declaring 13000 x 13000 reserved 680 MB
+        # before any check (audit, session 46). So the size is checked from the bytes first.
+        _check_header(*size, len(data), limits, name)
     if name == "PNG":
         oversized = _check_png_structure(data, limits)
         if oversized:
             log.warning("PNG metadata chunk(s) too large to read ignored: %d", len(oversized))
-            kept, start = [], 0
-            for begin, end in oversized:
-                kept.append(data[start:begin])
-                start = end
-            data = b"".join([*kept, data[start:]])
+        return _without(data, oversized), 0
     return data, 0
+
+
+def _webp_canvas(data: bytes) -> tuple[int, int] | None:
+    """A WebP's canvas (width, height) from its first chunk, as libwebp reads it: ``VP8X``'s
+    canvas, or a simple file's lossy (``VP8``) or lossless (``VP8L``) frame; None when the
+    chunk is none of those or is cut short (Pillow then reports what is wrong)."""
+    kind, body = data[12:16], data[20:30]
+    if kind == b"VP8X" and len(body) >= 10:
+        return 1 + int.from_bytes(body[4:7], "little"), 1 + int.from_bytes(body[7:10], "little")
+    if kind == b"VP8 " and len(body) >= 10 and body[3:6] == b"\x9d\x01\x2a":
+        return (
+            int.from_bytes(body[6:8], "little") & 0x3FFF,
+            int.from_bytes(body[8:10], "little") & 0x3FFF,
+        )
+    if kind == b"VP8L" and len(body) >= 5 and body[0] == 0x2F:
+        bits = int.from_bytes(body[1:5], "little")
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    return None
+
+
+def _without(data: bytes, spans: list[tuple[int, int]]) -> bytes:
+    """``data`` less the (ordered, disjoint) ``spans``."""
+    if not spans:
+        return data
+    kept, start = [], 0
+    for begin, end in spans:
+        kept.append(data[start:begin])
+        start = end
+    return b"".join([*kept, data[start:]])
 
 
 def _open(data: bytes) -> Image.Image:
     """Parse the header with the accepted formats' openers only."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return Image.open(io.BytesIO(data), formats=_OPEN_FORMATS)
+        return Image.open(io.BytesIO(data), formats=_OPEN_FORMATS)
     except Image.DecompressionBombError as e:
         raise ImageTooLargeError("the image has far too many pixels") from e
     except UnidentifiedImageError as e:  # foreign formats were refused by _check_format
@@ -597,7 +659,8 @@ def _open(data: bytes) -> Image.Image:
 
 
 #: What a header parse may allocate: Pillow opens a WebP through libwebp's animation decoder,
-#: whose canvases (RGBA, 16 MP at most: 64 MB each) are made with the header.
+#: whose canvases (RGBA, 16 MP at most once _webp_canvas is checked: 64 MB each) are made
+#: with the header.
 _HEADER_PROBE_BYTES = 128 << 20
 
 
@@ -630,10 +693,16 @@ def _to_8bit(img: Image.Image) -> Image.Image:
         # composited on white like alpha, not read as the key's colour (black, mostly).
         return img.convert("LA" if img.mode != "RGB" else "RGBA")
     if key is not None and img.mode == "I;16" and isinstance(key, int):
+        # One byte a pixel for each result and no wider temporaries: with the 16-bit copy,
+        # 6 bytes a pixel as decode_bytes counts (an int64 np.where took 8 more: audit,
+        # session 46).
         values = np.asarray(img, dtype=np.uint16)
-        grey = Image.fromarray((values >> 8).astype(np.uint8))
-        alpha = Image.fromarray(np.where(values == key, 0, 255).astype(np.uint8))
-        return Image.merge("LA", (grey, alpha))
+        alpha = np.not_equal(values, key).view(np.uint8)
+        alpha *= 255
+        grey = np.empty(values.shape, np.uint8)
+        np.right_shift(values, 8, out=grey, casting="unsafe")
+        del values
+        return Image.merge("LA", (Image.fromarray(grey), Image.fromarray(alpha)))
     if img.mode in _REDUCIBLE_MODES:
         return img
     if img.mode == "I;16":
@@ -806,20 +875,17 @@ def decode_image(
         )
     with _DECODES.hold(cost):
         try:
-            with warnings.catch_warnings():
-                # Our own pixel limit was checked above; PIL's generic bomb warning adds nothing.
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                if min_size is not None and img.format in ("JPEG", "MPO"):
-                    # EXIF rotation swaps sides but draft keeps both >= the request: safe.
-                    img.draft("RGB", (min_size, min_size))
-                img.load()
-                icc = img.info.get("icc_profile")
-                img = _to_8bit(img)
-                if min_size is not None:
-                    # Before any other conversion, so a 40 MP PNG is copied at most once.
-                    img = _shrink(img, min_size)
-                img = _exif_transposed(img)
-                return _to_srgb(img, icc if isinstance(icc, bytes) else None, limits)
+            if min_size is not None and img.format in ("JPEG", "MPO"):
+                # EXIF rotation swaps sides but draft keeps both >= the request: safe.
+                img.draft("RGB", (min_size, min_size))
+            img.load()
+            icc = img.info.get("icc_profile")
+            img = _to_8bit(img)
+            if min_size is not None:
+                # Before any other conversion, so a 40 MP PNG is copied at most once.
+                img = _shrink(img, min_size)
+            img = _exif_transposed(img)
+            return _to_srgb(img, icc if isinstance(icc, bytes) else None, limits)
         except Exception as e:  # PIL's decoders raise OSError, ValueError, struct.error, ...
             # A MemoryError, or a codec's failed allocation, is this process, not the photo:
             # the client may try again.
@@ -828,21 +894,107 @@ def decode_image(
             raise InvalidImageError("the image data is corrupt or truncated") from e
 
 
-#: Where Pillow looks for an orientation (``Image.getexif``: EXIF, a PNG's raw profile, XMP).
-_ORIENTATION_KEYS = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
+#: How an EXIF orientation (1-8) turns the stored pixels upright.
+_TRANSPOSES = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_ORIENTATION_TAG = 0x0112
+_XMP_ORIENTATION = re.compile(rb'tiff:Orientation(?:="|>)([0-9])')
+
+
+def _ifd0(exif: bytes) -> tuple[str, int, int] | None:
+    """Byte order (``<`` or ``>``), offset and entry count of a TIFF-structured EXIF block's
+    first IFD; None when it is not one."""
+    if exif.startswith(_EXIF_ID):
+        exif = exif[6:]
+    endian = {b"II*\x00": "<", b"MM\x00*": ">"}.get(exif[:4])
+    if endian is None or len(exif) < 8:
+        return None
+    order: Literal["little", "big"] = "little" if endian == "<" else "big"
+    offset = int.from_bytes(exif[4:8], order)
+    if offset + 2 > len(exif):
+        return None
+    return endian, offset, int.from_bytes(exif[offset : offset + 2], order)
+
+
+def _ifd0_entries(exif: bytes) -> int:
+    return 0 if (ifd := _ifd0(exif)) is None else ifd[2]
+
+
+def _ifd0_orientation(exif: bytes) -> int | None:
+    """The orientation tag of a TIFF-structured EXIF block's first IFD, or None.
+
+    Only that one tag is looked up, in one vectorised pass over the IFD's entries: Pillow's
+    ``getexif`` reads every entry in Python (with a warning per bad one) and
+    ``exif_transpose`` then re-serialises the whole block, so 60,000 tags in a 720 KB PNG
+    cost 1.4 s of CPU per photo (audit, session 46)."""
+    if (ifd := _ifd0(exif)) is None:
+        return None
+    endian, offset, count = ifd
+    if exif.startswith(_EXIF_ID):
+        exif = exif[6:]
+    entries = exif[offset + 2 : offset + 2 + 12 * count]
+    layout = np.dtype(
+        [
+            ("tag", endian + "u2"),
+            ("type", endian + "u2"),
+            ("count", endian + "u4"),
+            ("short", endian + "u2"),
+            ("rest", "V2"),
+        ]
+    )
+    table = np.frombuffer(entries, dtype=layout, count=len(entries) // 12)
+    found = np.flatnonzero(table["tag"] == _ORIENTATION_TAG)
+    if not found.size:
+        return None
+    entry = table[found[0]]
+    if int(entry["count"]) != 1:
+        return None
+    if int(entry["type"]) == 3:  # SHORT, as the standard says
+        return int(entry["short"])
+    if int(entry["type"]) == 4:  # LONG, which some writers use
+        return int.from_bytes(entry.tobytes()[8:12], "little" if endian == "<" else "big")
+    return None
+
+
+def _orientation(img: Image.Image) -> int | None:
+    """The photo's orientation from where Pillow's ``getexif`` reads it, in the same order:
+    an EXIF block (JPEG APP1, PNG ``eXIf``, WebP ``EXIF``) or ImageMagick's hex text of one
+    in a PNG, then an XMP packet's ``tiff:Orientation``."""
+    exif = img.info.get("exif")
+    raw = img.info.get("Raw profile type exif")
+    if exif is None and isinstance(raw, str):
+        # "\nexif\n   <length>\n<hex lines>", as Pillow reads it
+        exif = bytes.fromhex("".join(raw.split("\n")[3:]))
+    if isinstance(exif, bytes):
+        orientation = _ifd0_orientation(exif)
+        if orientation is not None:
+            return orientation
+    xmp = img.info.get("XML:com.adobe.xmp") or img.info.get("xmp")
+    if isinstance(xmp, str):
+        xmp = xmp.encode("utf-8", "replace")
+    if isinstance(xmp, bytes) and (match := _XMP_ORIENTATION.search(xmp)):
+        return int(match[1])
+    return None
 
 
 def _exif_transposed(img: Image.Image) -> Image.Image:
-    """``img`` turned upright by its EXIF orientation; unturned when the EXIF block cannot be
-    read (the pixels are fine: a malformed block is not a corrupt photo). A photo with none of
-    the metadata an orientation is read from is passed through (no parse, no copy)."""
-    if not any(key in img.info for key in _ORIENTATION_KEYS):
-        return img
+    """``img`` turned upright by its orientation (EXIF, or XMP); unturned when there is none
+    or it cannot be read (the pixels are fine: a malformed block is not a corrupt photo).
+    The metadata is not parsed or rewritten beyond that one tag: StyGig never uses it after."""
     try:
-        return ImageOps.exif_transpose(img) or img
-    except Exception as e:  # Pillow's EXIF parser on hostile bytes
+        orientation = _orientation(img)
+    except Exception as e:  # hex text or an IFD that is not what it claims
         log.warning("EXIF orientation unreadable (%s): the photo is not turned", type(e).__name__)
         return img
+    method = _TRANSPOSES.get(orientation) if orientation is not None else None
+    return img if method is None else img.transpose(method)
 
 
 # What a decode holds besides its images (the decoder's own buffers, Python objects).
@@ -883,6 +1035,8 @@ def decode_bytes(img: Image.Image, min_size: int | None, scans: int = 1) -> int:
         # Pillow holds 1, 2 (16-bit grey) or 4 bytes a pixel; then at most one 8-bit RGBA-size
         # conversion before the reduction, and the sRGB copy when there is none.
         stored = 1 if img.mode in ("1", "L", "P") else 2 if img.mode.startswith("I;16") else 4
+        if img.mode.startswith("I;16") and "transparency" in img.info:
+            stored += 2  # the 16-bit copy _to_8bit reads a colour key from
         return pixels * (stored + 4 + (4 if min_size is None else 0)) + _DECODE_SLACK
     return pixels * 16 + _DECODE_SLACK  # WebP: ~4 RGBA canvases (247 MB measured at 16 MP)
 
