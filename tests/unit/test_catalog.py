@@ -216,6 +216,15 @@ def test_huge_lines_and_many_bad_rows_are_read_in_bounded_memory(
         assert [i.id for i in res.items] == ([] if name == "q.csv" else ["a"]), name
         assert [r.detail for r in res.rejects] == [loaders._OVERLONG_REASON], name
         assert peak < loaders.MAX_LINE_CHARS * 8, (name, peak)  # never the 3 Mi-char line
+    # Line ends of one bare CR (classic Mac, some spreadsheet exports): the rows after the
+    # long line are read (audit, session 46: all were dropped, with no reject).
+    for end in ("\r", "\r\n"):
+        rows = [f"{c},images/ok.jpg,shirt,n" for c in "cde"]
+        text = end.join(["id,image,category,name", f"b,images/ok.jpg,shirt,{huge}", *rows])
+        (tmp_path / "m.csv").write_bytes((text + end).encode())
+        res = read_catalog(tmp_path / "m.csv")
+        assert [i.id for i in res.items] == ["c", "d", "e"], repr(end)
+        assert [r.detail for r in res.rejects] == [loaders._OVERLONG_REASON], repr(end)
     rows = [f"r{i},images/ok.jpg,spacesuit," + "n" * 1999 for i in range(20)]
     (tmp_path / "d.csv").write_text("id,image,category,name\n" + "\n".join(rows) + "\n")
     res = read_catalog(tmp_path / "d.csv")

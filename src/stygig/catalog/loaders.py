@@ -234,14 +234,20 @@ _OVERLONG_REASON = f"the line is over {MAX_LINE_CHARS:,} characters"
 
 def _lines(handle: TextIO) -> Iterator[str]:
     """``handle``'s lines, each at most :data:`MAX_LINE_CHARS`; a longer line is skipped,
-    read in pieces, and :data:`_OVERLONG` yielded in its place."""
+    read in pieces, and :data:`_OVERLONG` yielded in its place. A line ends as ``handle``'s
+    ``newline`` says: a CSV is opened with ``newline=""``, where a bare CR (classic Mac, some
+    spreadsheet exports) ends one too, so the skip stops there (it ran to the end of the
+    file, dropping every later row unreported: audit, session 46)."""
     while line := handle.readline(MAX_LINE_CHARS + 1):
-        if len(line) <= MAX_LINE_CHARS or line.endswith("\n"):
+        if len(line) <= MAX_LINE_CHARS or line.endswith(_LINE_ENDS):
             yield line
             continue
-        while (more := handle.readline(MAX_LINE_CHARS)) and not more.endswith("\n"):
+        while (more := handle.readline(MAX_LINE_CHARS)) and not more.endswith(_LINE_ENDS):
             pass
         yield _OVERLONG
+
+
+_LINE_ENDS = ("\n", "\r")
 
 
 def _resolve_image(ref: str, images_dir: Path) -> str:
