@@ -460,7 +460,7 @@ class JsonlSink:
         self.path = path
         self._done: set[int] = set()
         path.parent.mkdir(parents=True, exist_ok=True)
-        good = 0
+        good, last = 0, -1
         if path.exists():
             with path.open("rb") as f:
                 for line in f:
@@ -469,8 +469,14 @@ class JsonlSink:
                     try:
                         record = json.loads(line)
                         index = record["index"]
-                        if not isinstance(index, int) or "status" not in record:
+                        if type(index) is not int or "status" not in record:
                             raise ValueError("not a record of a batch run")
+                        # Runs write in input order, so indexes only grow: one that does not
+                        # (a repeat, a negative one; a merged or hand-edited file) ends the
+                        # run's records like garbage would (audit, session 46).
+                        if index <= last:
+                            raise ValueError("not in input order")
+                        last = index
                         self._done.add(index)
                     except (ValueError, KeyError, TypeError, RecursionError, OverflowError):
                         break  # the run's records end here: the rest is done again
@@ -978,6 +984,13 @@ class Tally:
                 self.skipped += 1
                 continue
             yield inp
+        foreign = sum(1 for index in self.done if not 0 <= index < self.seen)
+        if foreign:
+            # Reported complete, the output would hold more records than there are inputs.
+            raise BatchError(
+                f"the output holds {foreign:,} record(s) of no input of this run (there are "
+                f"{self.seen:,} inputs): it was edited or merged; rerun with --overwrite"
+            )
 
     def write(self, records: Sequence[Record]) -> None:
         """Write ``records`` (in index order) to the output, counting them and their errors."""

@@ -262,6 +262,39 @@ def test_resume_cuts_a_torn_line_and_finishes(rec: Recommender, tmp_path: Path) 
     assert indexes == list(range(len(lines)))
 
 
+@pytest.mark.parametrize(
+    "edit", ["a repeat", "a negative index", "a boolean index", "an index of no input"]
+)
+def test_resume_keeps_each_input_once_whatever_the_file_holds(
+    rec: Recommender, tmp_path: Path, edit: str
+) -> None:
+    """Audit, session 46: a resumed output with a repeated, negative, boolean or
+    out-of-range index was reported complete with more records than inputs."""
+    src = str(rec.artifact.path)
+    part = tmp_path / "part.jsonl"
+    run_batch(rec, src, str(part), progress=False)
+    lines = part.read_text(encoding="utf-8").splitlines(keepends=True)
+    n = len(lines)
+    odd = {
+        "a repeat": lines[3],
+        "a negative index": json.dumps({**json.loads(lines[4]), "index": -1}) + "\n",
+        "a boolean index": json.dumps({**json.loads(lines[4]), "index": True}) + "\n",
+        "an index of no input": json.dumps({**json.loads(lines[4]), "index": 10**12}) + "\n",
+    }[edit]
+    kept = n if edit == "an index of no input" else 10
+    part.write_text("".join(lines[:kept]) + odd + "".join(lines[kept:]), encoding="utf-8")
+    sidecar = Path(f"{part}.batch.json")
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "complete": False}))
+    if edit == "an index of no input":
+        with pytest.raises(BatchError, match=r"1 record\(s\) of no input"):
+            run_batch(rec, src, str(part), progress=False)
+        assert not json.loads(sidecar.read_text())["complete"]
+        return
+    summary = run_batch(rec, src, str(part), progress=False)
+    assert summary.complete and summary.skipped == kept  # the rest is done again
+    assert [r["index"] for r in _records(part)] == list(range(n))
+
+
 def test_kill_9_half_way_then_resume(sample: tuple[Path, Path], tmp_path: Path) -> None:
     _, artifact = sample
     ids = [
