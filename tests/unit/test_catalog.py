@@ -332,11 +332,18 @@ def test_jsonl_values_are_text_numbers_or_booleans(tmp_path: Path) -> None:
         '{"id": "e", "sizes": ["S", "M"], ' + base + "}",  # a free field: kept as JSON text
         '{"id": "c", "id": "c2", ' + base + "}",
         '{"id": "d", "organic": true, "price": 12.5, ' + base + "}",
+        # Audit, session 46: a long list was cut to 2,000 characters (broken JSON) where a
+        # long string is refused, and ids true / 12.0 became the texts "true" / "12.0".
+        json.dumps({"id": "f", "tags": ["x" * 10] * 400, "image": "images/ok.jpg"})[:-1]
+        + ', "category": "shirt"}',
+        '{"id": true, ' + base + "}",
+        '{"id": 12.0, ' + base + "}",
+        '{"id": 12, ' + base + "}",
     ]
     (tmp_path / "c.jsonl").write_text("\n".join(lines) + "\n")
     res = read_catalog(tmp_path / "c.jsonl")
     items = {i.id: i for i in res.items}
-    assert sorted(items) == ["d", "e"]
+    assert sorted(items) == ["12", "d", "e"]
     assert items["d"].attributes["organic"] == "true" and items["d"].price == 12.5
     assert items["e"].attributes["sizes"] == '["S", "M"]'
     details = [r.detail for r in res.rejects]
@@ -344,6 +351,9 @@ def test_jsonl_values_are_text_numbers_or_booleans(tmp_path: Path) -> None:
         "the field 'id' holds a list or an object",
         "the field 'brand' holds a list or an object",
         "the field 'id' is given twice",
+        "a field is over 2,000 characters",
+        "the id is true or false: write ids as text or whole numbers",
+        "the id 12.0 is a decimal number: write ids as text or whole numbers",
     ]
     assert res.rejects[0].raw["id"] == '["a"]'
 

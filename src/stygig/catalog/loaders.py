@@ -564,8 +564,19 @@ def _json_text(value: Any) -> str | None:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, dict)):
-        return json.dumps(value)[:MAX_VALUE]
+        # Whole, so a long one is refused like a long string (cut, it was broken JSON).
+        return json.dumps(value)
     return str(value)
+
+
+def _json_id_problem(value: Any) -> str:
+    """Why a JSON Lines id is not one: ``true`` or ``12.0`` became the text "true" or "12.0"
+    (audit, session 46), never what the photo file or the feed meant."""
+    if isinstance(value, bool):
+        return "the id is true or false: write ids as text or whole numbers"
+    if isinstance(value, float):
+        return f"the id {value!r} is a decimal number: write ids as text or whole numbers"
+    return ""
 
 
 def _jsonl_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, str | None], str]]]:
@@ -608,6 +619,7 @@ def _jsonl_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, st
                 )
                 # (kept as Python's repr before: an id ["a"] was "['a']")
                 problem = f"the field {nested[:100]!r} holds a list or an object" if nested else ""
+                problem = problem or _json_id_problem(obj.get("id"))
                 yield number, {str(k): _json_text(v) for k, v in obj.items()}, problem
 
     return list(_GENERIC_FIELDS), rows()
