@@ -789,7 +789,38 @@ def _build_transform(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None
         return None
     if np.abs(converted - np.asarray(probe.convert("RGB"), np.int16)).max() <= 1:
         return None  # sRGB (or indistinguishable from it): nothing to convert
+    if (problem := _implausible(converted.reshape(-1, 3), mode)) is not None:
+        log.warning("ignoring a photo's embedded ICC profile: %s", problem)
+        return None
     return transform
+
+
+#: How far from neutral a profile may take its own greys (R = G = B), in sRGB levels: a display
+#: or camera profile's colorants add up to its white, so its greys stay grey.
+_ICC_GREY_TOLERANCE = 16
+
+
+def _implausible(converted: np.ndarray, mode: str) -> str | None:
+    """Why a profile's conversion of the probe (rows of sRGB) is no photo's colours, or None.
+
+    LittleCMS uses any well-formed matrix/curve profile, and a broken one turned whole photos
+    black, white or magenta (all-zero or huge colorants, a gamma of 0 or 255.99: audit, session
+    46), which is not what a browser shows either. A profile's greys must stay grey, grow
+    from dark to light without collapsing to a few levels, and span most of the range."""
+    if mode == "L":
+        greys = converted
+    else:
+        levels = round(len(converted) ** (1 / 3))
+        steps = np.arange(levels)
+        greys = converted[(steps * levels + steps) * levels + steps]  # R = G = B
+    if (greys.max(axis=1) - greys.min(axis=1)).max() > _ICC_GREY_TOLERANCE:
+        return "it does not keep greys grey"
+    luma = greys.mean(axis=1)
+    if (np.diff(luma) < -1).any() or len(np.unique(greys, axis=0)) < len(greys) // 2:
+        return "its greys do not grow from dark to light"
+    if luma[-1] - luma[0] < 128:
+        return "it squeezes the photo's range"
+    return None
 
 
 def _icc_transform(icc: bytes, mode: str, limits: ImageLimits) -> ImageCms.ImageCmsTransform | None:

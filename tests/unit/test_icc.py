@@ -322,6 +322,54 @@ def test_an_unusable_profile_is_ignored_with_a_warning(
     assert all("not a profile" not in r.getMessage() for r in caplog.records)
 
 
+def _with_tags(icc: bytes, **tags: bytes) -> bytes:
+    """``icc`` with the named tags' data replaced in place (same size)."""
+    out = bytearray(icc)
+    for i in range(struct.unpack(">I", icc[128:132])[0]):
+        sig, offset, size = struct.unpack(">4sII", icc[132 + 12 * i : 144 + 12 * i])
+        if (data := tags.get(sig.decode().strip())) is not None:
+            assert len(data) <= size
+            out[offset : offset + len(data)] = data
+    return bytes(out)
+
+
+def _gamma_curve(gamma: float) -> bytes:
+    return b"para" + bytes(4) + struct.pack(">HH", 0, 0) + _s15([gamma])
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"rXYZ": _xyz_tag([0, 0, 0]), "gXYZ": _xyz_tag([0, 0, 0]), "bXYZ": _xyz_tag([0, 0, 0])},
+        {"rXYZ": _xyz_tag([30000, 30000, 30000]), "gXYZ": _xyz_tag([0.1, 0.9, 0.1])},
+        {"rTRC": _gamma_curve(0), "gTRC": _gamma_curve(0), "bTRC": _gamma_curve(0)},
+        {"rTRC": _gamma_curve(255), "gTRC": _gamma_curve(255), "bTRC": _gamma_curve(255)},
+    ],
+    ids=["zero-colorants", "huge-colorant", "gamma-0", "gamma-255"],
+)
+def test_a_profile_that_would_wreck_the_photo_is_ignored(
+    broken: dict[str, bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Audit, session 46: a well-formed but broken matrix/curve profile (colorants of zero or
+    huge, a gamma of 0 or 255) was applied, and the photo (and a catalogue item changed with
+    it) turned black, white or magenta. Such a profile is ignored like a malformed one; real
+    ones (P3, and the wider and linear ones here) still convert."""
+    grid = Image.fromarray(colour_grid())
+    untagged = as_array(decode_image(encode(grid, "PNG")))
+    icc = _with_tags(display_p3_profile(), **broken)
+    with caplog.at_level(logging.WARNING, logger="stygig.images"):
+        got = as_array(decode_image(encode(grid, "PNG", icc_profile=icc)))
+    assert (got == untagged).all()
+    assert any("ICC profile" in r.getMessage() for r in caplog.records)
+    for primaries, curve in (
+        (((0.64, 0.33), (0.21, 0.71), (0.15, 0.06)), (2.2, 1, 0, 0, 0)),  # Adobe RGB
+        (((0.7347, 0.2653), (0.1596, 0.8404), (0.0366, 0.0001)), (1.8, 1, 0, 0, 0)),  # ProPhoto
+        (P3_PRIMARIES, (1.0, 1, 0, 0, 0)),  # linear P3
+    ):
+        wide = rgb_profile(primaries, "wide", curve)
+        assert not (as_array(decode_image(encode(grid, "PNG", icc_profile=wide))) == untagged).all()
+
+
 def test_a_cmyk_photo_keeps_pillows_conversion(caplog: pytest.LogCaptureFixture) -> None:
     """CMYK photos are not colour managed: their profile is ignored, with a warning."""
     cmyk = Image.new("CMYK", (64, 64), (0, 200, 200, 0))
