@@ -29,6 +29,7 @@ from stygig.answer import ArtifactRef
 from stygig.artifact import Artifact
 from stygig.catalog.changes import CatalogChange, change_from_record, merge_update
 from stygig.catalog.loaders import MISSING_WORDS
+from stygig.catalog.schema import Item
 from stygig.columns import CatalogColumns
 from stygig.compat.scorer import LearnedScorer
 from stygig.errors import CatalogFullError, InvalidOptionsError, NotFoundError, StygigError
@@ -296,6 +297,14 @@ def apply_changes(
             replaced[pos] = new
             touched.append(pos)
 
+    # A row that died keeps its vector until compaction, never its text: no answer reads a
+    # dead row, and a replaced item's 64 attributes of 2,000 characters made the bound on dead
+    # rows one of gigabytes (about 130 KiB a row, audit of session 46).
+    for pos in dead:
+        if pos >= n:
+            new_items[pos - n] = _tombstone(new_items[pos - n])
+        else:
+            replaced[pos] = _tombstone(item_at(pos))
     items = _rows(art.items).changed(replaced, new_items)
     colors = _rows(art.colors).changed({}, new_colors) if new_colors else art.colors
     positions = _overlay(art.positions).changed(
@@ -385,6 +394,20 @@ def _check_growth(
             "compact it (stygig catalog compact) and reload before replacing items or changing "
             "their category; other changes are still taken"
         )
+
+
+def _tombstone(item: Item) -> Item:
+    """What a dead row keeps of its item: the fields its columns were made from that are
+    bounded (labels, availability), no text."""
+    return Item(
+        id=item.id,
+        image="",
+        category=item.category,
+        gender=item.gender,
+        usage=item.usage,
+        available=item.available,
+        stock=item.stock,
+    )
 
 
 #: Ancestors a compacted artifact remembers (its records' bases may be any of them: a server

@@ -370,6 +370,26 @@ def test_replaced_rows_are_bounded_until_compaction(
         catalog.submit([parse_change(_add(folder, "brand-new"))])  # replacing it: a new row
 
 
+def test_replaced_rows_keep_no_text(live: tuple[LiveCatalog, Path]) -> None:
+    """Audit, session 46: a replaced row kept its whole item until compaction, so the bound
+    on replaced rows (a count) let a client hold ~130 KiB a row (64 attributes of 2,000
+    characters): gigabytes. A dead row keeps its vector and labels, no text; the live item
+    is unchanged."""
+    catalog, folder = live
+    heavy = {"name": "n" * 2_000, "attributes": {f"a{i}": "x" * 2_000 for i in range(60)}}
+    for _ in range(3):  # two replaced rows, then the live one
+        catalog.submit([parse_change(_add(folder, "heavy", brand="b" * 2_000, **heavy))])
+    catalog.submit([parse_change(_add(folder, "gone", **heavy))])
+    catalog.submit([parse_change({"op": "remove", "id": "gone"})])
+    snap = catalog.snapshot
+    items, live_rows = snap.artifact.items, set(snap.artifact.positions.values())
+    dead = [items[p] for p in range(len(items)) if p not in live_rows]
+    assert {i.id for i in dead} >= {"heavy", "gone"} and len(dead) >= 3
+    assert all(not i.attributes and i.name is None and i.brand is None for i in dead)
+    kept = items[snap.artifact.positions["heavy"]]
+    assert kept.attributes == heavy["attributes"] and kept.brand == "b" * 2_000
+
+
 # -- change requests never hold the request workers -----------------------------------------
 
 
