@@ -190,8 +190,13 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
     def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol's
         """The client has sent all it will (``shutdown(SHUT_WR)``: ``nc -N``, some proxies): a
         request being answered, or queued, still gets its answer, then the connection closes.
-        Before, the transport closed at once and the answer was lost (review, session 45)."""
+        Before, the transport closed at once and the answer was lost (review, session 45).
+        A request whose body is not all there never will be: its connection closes, and the
+        app sees the client gone (499), not a body that waits for its deadline (408 after
+        15 s, the connection held meanwhile)."""
         self._peer_done = True
+        if self.cycle is not None and self.cycle.more_body:
+            return None  # cut short: nothing to answer
         busy = self.cycle is not None and not self.cycle.response_complete
         return True if busy or self.pipeline else None
 
@@ -263,6 +268,8 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if cycle is not None:  # the app sees a disconnect and its answer, if any, is dropped
+            if not cycle.response_started:  # logged and counted as answered here, not a 499
+                cycle.scope.setdefault("state", {})[CLOSED_BY_SERVER] = (status, err.code)
             cycle.disconnected = True
             cycle.message_event.set()
         if cycle is None or not cycle.response_started:
@@ -425,8 +432,8 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         closing_slow = slow[: over - len(closing_idle)]
         for _since, _id, connection in closing_idle:
             connection._close_idle()
-        for _slowness, _id, connection in closing_slow:
-            connection._close_slow()
+        for (kind, _), _id, connection in closing_slow:
+            connection._close_slow(head=kind == 0)
         self.logger.info(
             "connection limit (%d): closed %d idle kept-alive and %d slow connection(s)",
             limit,
@@ -439,7 +446,7 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         """How slowly this connection's request is arriving, if too slowly to keep its
         connection at the limit: ``(0, when its head began)`` for a late head, ``(1, body
         bytes per second)`` for a slow body (sorted: the first closes first); else None."""
-        if self.transport.is_closing() or self.flow.read_paused or self.pipeline:
+        if self.flow.read_paused or self.pipeline:
             return None  # the server paused reading, or has requests queued: at work
         if self._head_timer is not None:
             answering = self.cycle is not None and not self.cycle.response_complete
@@ -454,22 +461,19 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         rate = self._body_bytes / elapsed
         return (1, rate) if rate < SLOW_BODY_BYTES_PER_S else None
 
-    def _close_slow(self) -> None:
-        """A 408 ``request_too_slow`` (unless an answer has begun) and the connection closed."""
-        if self._head_timer is not None:
+    def _close_slow(self, head: bool) -> None:
+        """A 408 ``request_too_slow`` for a late ``head`` or a slow body (unless an answer
+        has begun) and the connection closed."""
+        if head:
             part, cycle = f"head was not complete {SLOW_HEAD_S:g} s after it began", None
         else:
             rate = f"{SLOW_BODY_BYTES_PER_S // 1024} KiB/s"
             part, cycle = f"body was arriving at under {rate}", self.cycle
-        self._disarm()
-        self._head_bytes = None
         err = RequestTooSlowError(
             f"the server is at its connection limit and this request's {part}: the "
             "connection was closed for another request; send requests at once"
         )
         self.logger.debug("slow request closed at the connection limit: answered 408")
-        if cycle is not None:  # the app, reading the body, sees a disconnect: not the client's
-            cycle.scope.setdefault("state", {})[CLOSED_BY_SERVER] = (408, err.code)
         self._answer_and_close(408, "Request Timeout", err, cycle)
 
     def _idle_since(self) -> float | None:
