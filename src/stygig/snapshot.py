@@ -325,7 +325,9 @@ def apply_changes(
     )
     if bounded:
         _check_growth(snap, artifact, touched, superseding=bool(superseded))
-    columns = snap.columns.evolve(artifact, touched)
+    # Dead rows too: their columns' values (a brand, the attribute caches) are let go with
+    # their text, and the columns stay those a fresh build of these rows makes.
+    columns = snap.columns.evolve(artifact, [*touched, *dead])
     # The learned scorer projects every row (O(items x dim)): made again when rows were
     # appended. Attributes changed in place (a model that reads them) re-project their rows
     # alone; other updates (stock, price) change none of its inputs (embeddings, colours,
