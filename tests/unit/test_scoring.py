@@ -140,3 +140,35 @@ def test_a_long_list_is_diversified_at_its_head_and_ranked_by_score_after() -> N
         assert rest == left[: 60 - MMR_PICKS]
     assert (long[2, 30:] == -1).all() and (long[2, :30] >= 0).all()
     assert mmr_depth(5) == 20 and mmr_depth(100) == 100 + 3 * MMR_PICKS
+
+
+def test_the_per_category_lists_are_bounded_in_all() -> None:
+    """Audit, session 47: k is per category, so k=100 over 28 categories was a 976 KB answer
+    (and 50 ms of CPU) for a 112-byte request. The lists hold MAX_RANKED_ITEMS in all: each
+    category gets fewer (at least one), best items first; small answers are unchanged."""
+    from stygig.scoring import MAX_RANKED_ITEMS, rank_by_category
+
+    rng = np.random.default_rng(0)
+    cats, per = 30, 120
+    categories = np.repeat(np.arange(cats), per)
+    score = rng.random(cats * per).astype(np.float32)
+    vectors = rng.standard_normal((cats * per, 16)).astype(np.float32)
+    rows = np.arange(cats * per)
+
+    def ranked(k: int, categories: np.ndarray = categories) -> dict[int, np.ndarray]:
+        return rank_by_category(score, categories, vectors, rows, k=k, diversity=0.0, seed=0)
+
+    big = ranked(100)
+    assert len(big) == cats and sum(len(v) for v in big.values()) <= MAX_RANKED_ITEMS
+    assert {len(v) for v in big.values()} == {MAX_RANKED_ITEMS // cats}
+    for c, picked in big.items():  # still each category's best
+        best = np.flatnonzero(categories == c)[np.argsort(-score[categories == c])]
+        assert picked.tolist() == best[: len(picked)].tolist()
+    assert {len(v) for v in ranked(3).values()} == {3}
+    two = np.where(categories < 2, categories, 0)  # two categories: k=100 each fits
+    assert {len(v) for v in ranked(100, two).values()} == {100}
+    many = np.arange(cats * per) % 400  # more categories than the bound: the best, one each
+    top = ranked(5, many)
+    assert len(top) == MAX_RANKED_ITEMS and {len(v) for v in top.values()} == {1}
+    bests = sorted((float(score[many == c].max()) for c in range(400)), reverse=True)
+    assert [float(score[v[0]]) for v in top.values()] == bests[:MAX_RANKED_ITEMS]
