@@ -211,3 +211,36 @@ def test_an_unknown_name_in_two_places_is_an_unknown_option_not_repeated_back() 
         parse_json_body(body, [("the query string", {"<script>alert(1)</script>": "1"})])
     assert refused.value.code == "invalid_options"
     assert "script" not in refused.value.message and "unknown option" in refused.value.message
+
+
+@pytest.mark.parametrize(
+    ("accept", "taken"),
+    [
+        ("application/json", True),
+        ("text/html, application/json;q=0.1", True),
+        ("*/*", True),
+        ("application/*;q=0.5", True),
+        ("APPLICATION/JSON; Q=0.001", True),
+        ("application/json;q=1.000, text/html", True),
+        ("text/html", False),
+        # Audit, session 47: the most specific range decides (RFC 9110 12.5.1), q is named
+        # in any case, and a q outside 0-1 (or with more than 3 decimals) is no quality.
+        ("application/json;q=0, */*", False),
+        ("application/*;q=0, */*;q=1", False),
+        ("*/*;q=0.5, application/json;q=0", False),
+        ("APPLICATION/JSON;Q=0", False),
+        ("application/json;q=2", False),
+        ("application/json;q=abc", False),
+        ("application/json;q=0.0001", False),
+        ("application/json;q=0, application/*;q=1", False),
+    ],
+)
+def test_accept_is_read_as_the_rfc_says(accept: str, taken: bool) -> None:
+    from stygig.errors import NotAcceptableError
+    from stygig.serving.requests import check_accept
+
+    if taken:
+        check_accept(accept)
+    else:
+        with pytest.raises(NotAcceptableError):
+            check_accept(accept)

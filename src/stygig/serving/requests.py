@@ -18,6 +18,7 @@ Every mistake raises a :mod:`stygig.errors` type (4xx), never anything else.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -106,22 +107,32 @@ def media_type(content_type: str | None) -> str:
 
 
 def check_accept(accept: str | None) -> None:
-    """Raise :class:`NotAcceptableError` unless the client takes JSON."""
+    """Raise :class:`NotAcceptableError` unless the client takes JSON.
+
+    As RFC 9110 12.5.1 reads it: JSON's quality is that of the most specific range that
+    matches it (``application/json``, else ``application/*``, else ``*/*``), so
+    ``application/json;q=0, */*`` refuses it; ``q`` is named in any case and is a number from
+    0 to 1 with at most three decimals (another value counts as 0)."""
     if not accept:
         return
+    quality: dict[str, float] = {}
     for part in accept.split(","):
         kind = media_type(part)
+        if kind not in _ACCEPTABLE:
+            continue
         q = 1.0
         for param in part.split(";")[1:]:
             key, _, value = param.strip().partition("=")
-            if key == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
-        if kind in _ACCEPTABLE and q > 0:
-            return
-    raise NotAcceptableError("responses are application/json; the Accept header rules it out")
+            if key.strip().lower() == "q":
+                q = float(value) if _QVALUE.fullmatch(value.strip()) else 0.0
+        quality.setdefault(kind, q)  # a range given twice: its first
+    matched = next((quality[kind] for kind in _ACCEPTABLE if kind in quality), 0.0)
+    if matched <= 0:
+        raise NotAcceptableError("responses are application/json; the Accept header rules it out")
+
+
+#: RFC 9110's qvalue: 0 to 1, at most three decimals.
+_QVALUE = re.compile(r"0(\.\d{0,3})?|1(\.0{0,3})?")
 
 
 def build_request(
