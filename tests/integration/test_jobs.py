@@ -301,6 +301,8 @@ def test_submit_poll_output_failure_and_webhook(
         assert result["outfit"]["slots"] and result["by_category"]
         assert all(len(v) <= 2 for v in result["by_category"].values())
         item_result = httpx.get(f"{url}/async/jobs/look-42/output").json()
+        for route in ("/async/jobs/look-42", "/async/jobs/look-42/output"):  # audit, s47
+            assert httpx.get(f"{url}{route}?x=1").status_code == 422, route
         assert item_result["query"][0]["source"] == "item:sku-0014"
         failed = job_status(url, corrupt["InferenceId"])
         assert failed["Status"] == "failed"

@@ -161,6 +161,16 @@ def test_config_and_catalogue_browsing(client: httpx.Client) -> None:
     twice = client.get("/v1/catalog?category=jeans&category=skirt")
     assert twice.status_code == 422 and "'category' is given twice" in twice.text
     assert client.get("/v1/catalog/version?since=0&since=1").status_code == 422
+    # Audit (s47): the JSON routes that take no parameters ignored any; thumbnails and health
+    # checks still do (a page's or a load balancer's cache-busting parameter).
+    item = everything["items"][0]
+    for path in (f"/v1/items/{item['id']}", "/v1/config", "/v1/examples", "/execution-parameters"):
+        assert client.get(path).status_code == 200, path
+        extra = client.get(path, params={"x": "1"})
+        assert extra.status_code == 422, path
+        assert extra.json()["error"]["message"] == "this route takes no query parameters"
+    assert client.get(item["image_url"], params={"v": "2"}).status_code == 200
+    assert client.get("/ping", params={"probe": "lb"}).status_code == 200
 
 
 def test_example_photos_are_served_from_the_operators_list(

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.datastructures import UploadFile
@@ -1360,6 +1360,7 @@ def _routes(
     @get_and_head(
         app,
         "/execution-parameters",
+        dependencies=[Depends(rq.strict_query())],
         tags=["sagemaker"],
         summary="What a batch transform should send (SageMaker asks before its first record)",
         responses={200: json_answer("the batch transform's parameters", ExecutionParameters)},
@@ -1425,6 +1426,7 @@ def _routes(
         "/v1/items/{item_id}",
         tags=["catalogue"],
         summary="One catalogue item",
+        dependencies=[Depends(rq.strict_query())],
         responses={200: {"content": {JSON: {"schema": _ref("CatalogItem")}}}},
     )
     async def item(item_id: str) -> Response:

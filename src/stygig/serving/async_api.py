@@ -469,6 +469,7 @@ def make_async_router(store: JobQueue, worker: JobWorker, config: AsyncConfig) -
         router,
         "/jobs/{job_id}",
         summary="One job's status and timestamps",
+        dependencies=[Depends(rq.strict_query())],
         responses=_JOB_RESPONSES,
     )
     async def status(job_id: str) -> Response:
@@ -478,6 +479,7 @@ def make_async_router(store: JobQueue, worker: JobWorker, config: AsyncConfig) -
         router,
         "/jobs/{job_id}/output",
         summary="A finished job's result (or error)",
+        dependencies=[Depends(rq.strict_query())],
         responses=_OUTPUT_RESPONSES,
     )
     async def output(job_id: str) -> Response:

@@ -518,6 +518,7 @@ def make_catalog_router(service: ModelService) -> APIRouter:
         router,
         "/v1/config",
         tags=["catalogue"],
+        dependencies=[Depends(strict_query())],
         summary="What the page can offer",
         responses={200: json_answer("the catalogue's categories, slots and settings", PageConfig)},
     )
@@ -533,6 +534,7 @@ def make_catalog_router(service: ModelService) -> APIRouter:
         router,
         "/v1/examples",
         tags=["catalogue"],
+        dependencies=[Depends(strict_query())],
         summary="Example photos to try (the operator's, from serve --examples)",
         responses={200: json_answer("the example photos", ExampleList)},
     )

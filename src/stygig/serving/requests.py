@@ -316,8 +316,10 @@ def form_body_schema() -> dict[str, Any]:
 def strict_query(*names: str) -> Any:
     """A route dependency: the query string names only ``names``, each at most once (a GET
     route's parameters; review, session 45: ``?q=shirt`` to ``/v1/catalog``, whose parameter
-    is ``query``, returned every item, and ``?status=a&status=b`` used the last). A 422 names
-    the repeated parameter, never an unknown one."""
+    is ``query``, returned every item, and ``?status=a&status=b`` used the last; audit,
+    session 47: the JSON routes without parameters ignored any). A 422 names the repeated
+    parameter, never an unknown one. Health checks, thumbnails and example photos take none
+    and ignore any (a load balancer's or a page's cache-busting parameter)."""
     allowed = frozenset(names)
 
     def check(request: Request) -> None:
@@ -326,6 +328,8 @@ def strict_query(*names: str) -> Any:
             if key not in allowed:
                 raise InvalidOptionsError(
                     f"a query parameter is not one of this route's: {', '.join(sorted(allowed))}"
+                    if allowed
+                    else "this route takes no query parameters"
                 )
             if key in seen:
                 raise InvalidOptionsError(f"query parameter '{key}' is given twice")
