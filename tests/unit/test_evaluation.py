@@ -94,6 +94,38 @@ def test_fitb_questions_are_valid_and_reproducible(tmp_path: Path) -> None:
     assert read_questions(file) == questions
 
 
+@pytest.mark.parametrize(
+    ("text", "refused"),
+    [
+        # Audit, session 47: an unclosed quote made the next rows one outfit item with line
+        # breaks; a column named twice used its last copy; a NUL stayed in an id.
+        ('cod_outfit,cod_modelo_color\no1,"a\n' + "o2,b\n" * 50, "line 52: cod_modelo_color"),
+        ("cod_outfit,cod_outfit,cod_modelo_color\no1,o2,a\n", "names a column twice"),
+        ("cod_outfit,cod_modelo_color\no1,a\x00b\n", "line 2: cod_modelo_color"),
+        ("cod_outfit,cod_modelo_color\no\x01,a\n", "line 2: cod_outfit"),
+        ("cod_outfit,cod_modelo_color\no1," + "x" * 300 + "\n", "line 2: cod_modelo_color"),
+    ],
+)
+def test_an_outfits_file_that_is_not_what_it_claims_is_refused(
+    tmp_path: Path, text: str, refused: str
+) -> None:
+    from stygig.errors import CatalogError
+
+    path = tmp_path / "outfits.csv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(CatalogError, match=refused):
+        read_outfits(path)
+
+
+def test_an_outfits_file_drops_incomplete_rows_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "outfits.csv"
+    path.write_text("cod_outfit,cod_modelo_color\no1,a\no1\n,b\no1,c,extra\n")
+    assert read_outfits(path) == {"o1": ["a", "c"]}
+    assert "2 row(s) without an outfit or an item left out" in caplog.text
+
+
 def test_matched_sampling_follows_the_occurrence_weights(tmp_path: Path) -> None:
     path, types = _outfits_file(tmp_path / "outfits.csv")
     outfits = read_outfits(path)

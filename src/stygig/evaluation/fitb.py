@@ -38,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
+from stygig.catalog.schema import id_problem
 from stygig.errors import ArtifactError, CatalogError, ConfigError
 from stygig.evaluation.split import outfits_fingerprint
 
@@ -119,27 +120,47 @@ MAX_OUTFIT_ITEMS = 50
 def read_outfits(path: str | Path) -> dict[str, list[str]]:
     """``{outfit id: [item ids in file order]}`` from a ``cod_outfit,cod_modelo_color`` CSV
     (an item listed twice in an outfit counts once; outfits of more than
-    :data:`MAX_OUTFIT_ITEMS` items are left out with a warning)."""
+    :data:`MAX_OUTFIT_ITEMS` items are left out with a warning, and so are rows without both
+    values). A file that cannot be what it claims is refused, naming the line: a column
+    named twice, or a value that is no id (an unclosed quote swallowed the next rows into
+    one "id" with line breaks, audit of session 47; control characters, over 200
+    characters)."""
     path = Path(path)
     if not path.is_file():
         raise CatalogError(f"outfits file not found: {path}")
     outfits: dict[str, dict[str, None]] = {}  # ordered sets: a membership test is O(1)
+    incomplete = 0
+    checked: set[str] = set()  # item ids found valid (most appear in several outfits)
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         try:
-            if not {"cod_outfit", "cod_modelo_color"} <= set(reader.fieldnames or ()):
+            names = reader.fieldnames or ()
+            if not {"cod_outfit", "cod_modelo_color"} <= set(names):
                 raise CatalogError(f"{path}: expected columns cod_outfit,cod_modelo_color")
+            if len(set(names)) != len(names):
+                raise CatalogError(f"{path}: the header names a column twice")
             for row in reader:
                 outfit, item = (
                     (row["cod_outfit"] or "").strip(),
                     (row["cod_modelo_color"] or "").strip(),
                 )
-                if outfit and item:
-                    outfits.setdefault(outfit, {})[item] = None
+                if not (outfit and item):
+                    incomplete += 1
+                    continue
+                if outfit not in outfits and (problem := _outfit_id_problem(outfit)):
+                    raise CatalogError(f"{path}, line {reader.line_num}: cod_outfit: {problem}")
+                if item not in checked and (problem := id_problem(item)):
+                    raise CatalogError(
+                        f"{path}, line {reader.line_num}: cod_modelo_color: {problem}"
+                    )
+                checked.add(item)
+                outfits.setdefault(outfit, {})[item] = None
         except UnicodeDecodeError:
             raise CatalogError(f"{path}: not UTF-8 text (line {reader.line_num + 1})") from None
         except csv.Error as e:
             raise CatalogError(f"{path}, line {reader.line_num}: not a CSV row ({e})") from None
+    if incomplete:
+        log.warning("%s: %d row(s) without an outfit or an item left out", path, incomplete)
     large = [o for o, items in outfits.items() if len(items) > MAX_OUTFIT_ITEMS]
     if large:
         log.warning(
@@ -151,6 +172,16 @@ def read_outfits(path: str | Path) -> dict[str, list[str]]:
             large[0][:60],
         )
     return {o: list(items) for o, items in outfits.items() if len(items) <= MAX_OUTFIT_ITEMS}
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _outfit_id_problem(value: str) -> str | None:
+    """Why ``value`` cannot be an outfit id (None: it can)."""
+    if len(value) > 200 or _CONTROL.search(value):
+        return "an id is 1 to 200 characters, without line breaks or control characters"
+    return None
 
 
 def occurrences(outfits: Iterable[Sequence[str]]) -> Counter[str]:
