@@ -399,6 +399,21 @@ def test_request_ids_are_echoed_and_logged(client: httpx.Client, server: Server)
     assert lines["r415"]["code"] == "unsupported_content_type"
     assert lines["r413"]["code"] == "payload_too_large"
     assert {x["route"] for x in lines.values()} == {"/invocations"}
+    # Routes that are not FastAPI's own are named too (audit, s47: /openapi.json was logged
+    # and counted as "unmatched"); an unknown path stays "unmatched" (a bounded label).
+    client.get("/openapi.json", headers={"x-request-id": "schema"})
+    client.get("/no/such/path", headers={"x-request-id": "nowhere"})
+
+    def routes() -> dict[str, str] | None:
+        lines = [json.loads(x) for x in server.log_lines() if x.startswith("{")]
+        found = {
+            x["request_id"]: x["route"]
+            for x in lines
+            if x.get("request_id") in ("schema", "nowhere")
+        }
+        return found if len(found) == 2 else None
+
+    assert wait_for(routes) == {"schema": "/openapi.json", "nowhere": "unmatched"}
     # FAISS's loader says at info that "AVX2 support could not be loaded" while it dispatches
     # to AVX2/AVX-512 at run time: not a line an operator should have to wonder about.
     assert not any('"logger": "faiss.loader"' in line for line in server.log_lines())

@@ -739,7 +739,11 @@ class _Boundary:
             self.service.requests -= 1
             self.bodies_in_flight -= body.total
             seconds = time.perf_counter() - t0
+            # Routes that are not FastAPI's own (/openapi.json, the page's static files) leave
+            # no route in the scope: named by matching, so they are not counted as unmatched.
             route = str(getattr(scope.get("route"), "path", None) or refused_route)
+            if route == "unmatched":
+                route = self._match(scope)
             self.metrics.requests.labels(route, method_label(scope["method"]), str(status)).inc()
             self.metrics.latency.labels(route).observe(seconds)
             access_log.info(
