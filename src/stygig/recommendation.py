@@ -137,7 +137,7 @@ Filter = (
 
 def _distinct(value: tuple[str, ...]) -> tuple[str, ...]:
     if len(set(value)) != len(value):
-        raise ValueError("each id at most once")
+        raise ValueError("each value at most once")
     return value
 
 
@@ -154,8 +154,17 @@ class Options:
     k_total: Annotated[int, Field(strict=True, ge=1, le=MAX_K)] = 12
     category: Text | None = None  # the caller states the (single) photo's category
     gender: Text | None = None  # filter; default: the inferred gender (plus unisex)
-    include_categories: Annotated[tuple[Text, ...], Field(max_length=MAX_LIST)] = ()
-    exclude_categories: Annotated[tuple[Text, ...], Field(max_length=MAX_LIST)] = ()
+    # Each category once (audit, session 47: 256 copies of "top" were taken)
+    include_categories: Annotated[
+        tuple[Text, ...],
+        Field(max_length=MAX_LIST, json_schema_extra={"uniqueItems": True}),
+        AfterValidator(_distinct),
+    ] = ()
+    exclude_categories: Annotated[
+        tuple[Text, ...],
+        Field(max_length=MAX_LIST, json_schema_extra={"uniqueItems": True}),
+        AfterValidator(_distinct),
+    ] = ()
     exclude_ids: Annotated[tuple[Text, ...], Field(max_length=MAX_EXCLUDE_IDS)] = ()
     # attribute -> value | [values] | {min, max}
     filters: Annotated[dict[Text, Filter], Field(max_length=MAX_FILTERS)] = field(
@@ -294,7 +303,7 @@ def option_parameters(*, header: bool = True) -> list[dict[str, Any]]:
         if name in _LIST_OPTIONS:
             param |= {"style": "form", "explode": True}
             param["schema"] = {"type": "array", "items": {"type": "string"}}
-            if schema.get("uniqueItems"):  # candidate_ids: each id at most once
+            if schema.get("uniqueItems"):  # candidate_ids, categories: each at most once
                 param["schema"]["uniqueItems"] = True
             param["description"] = "repeat it, or separate the values with commas"
         elif name == "filters":

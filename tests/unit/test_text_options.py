@@ -244,3 +244,13 @@ def test_accept_is_read_as_the_rfc_says(accept: str, taken: bool) -> None:
     else:
         with pytest.raises(NotAcceptableError):
             check_accept(accept)
+
+
+@pytest.mark.parametrize("name", ["include_categories", "exclude_categories", "candidate_ids"])
+def test_a_list_option_that_is_a_set_takes_each_value_once(name: str) -> None:
+    # Audit, session 47: 256 copies of "top" in include_categories were taken.
+    from stygig.recommendation import Options
+
+    with pytest.raises(InvalidOptionsError, match=f"{name}: .*each value at most once"):
+        Options.from_dict({name: ["top", "jeans", "top"]})
+    assert getattr(Options.from_dict({name: ["top", "jeans"]}), name) == ("top", "jeans")
