@@ -185,7 +185,9 @@ def test_serve_refuses_a_bad_port_or_a_missing_artifact_in_one_line(
 # -- content types -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt", ["image/jpeg", "image/png", "image/webp", "application/x-image"])
+@pytest.mark.parametrize(
+    "fmt", ["image/jpeg", "image/jpg", "image/png", "image/webp", "application/x-image"]
+)
 def test_every_image_content_type(client: httpx.Client, fmt: str) -> None:
     pil = {"image/png": "PNG", "image/webp": "WEBP"}.get(fmt, "JPEG")
     data = encode(garment_image((30, 60, 160)), pil)

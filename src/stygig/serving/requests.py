@@ -84,7 +84,11 @@ __all__ = [
 MAX_BODY_BYTES = 6 * 1024 * 1024
 #: The largest body a SageMaker batch transform may send (``MaxPayloadInMB``, 1-100), in MB.
 MAX_PAYLOAD_MB = 100
-IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "application/x-image"})
+#: ``image/jpg`` is no registered type, but clients send it for JPEG (audit, session 47): the
+#: bytes say the format either way.
+IMAGE_TYPES = frozenset(
+    {"image/jpeg", "image/jpg", "image/png", "image/webp", "application/x-image"}
+)
 _ACCEPTABLE = ("application/json", "application/*", "*/*")
 
 
