@@ -121,6 +121,16 @@ def test_bad_changes_change_nothing(live: tuple[LiveCatalog, Path], tmp_path: Pa
         with pytest.raises(InputError) as e2:
             parse_changes_jsonl(text.encode())
         assert e2.value.http_status < 500
+    # Audit, session 47: each was "not a JSON object"; said as it is, without the text.
+    said = {
+        '{"op": "remove", "id": "a"}\r{"op": "remove", "id": "b"}\r': "more than one JSON value",
+        '{"op": "remove", "id": "a", "n": ' + "9" * 5_000 + "}": "a number too long to read",
+        "[" * 100_000: "nested too deeply",
+    }
+    for text, why in said.items():
+        with pytest.raises(InputError) as e4:
+            parse_changes_jsonl(text.encode())
+        assert e4.value.message.startswith(f"line 1: {why}"), e4.value.message
     # Review, session 42: a change line naming a key twice kept the last (422 now, named)
     twice = '{"op": "update", "id": "a", "set": {"price": 3}, "set": {"price": 4}}'
     with pytest.raises(InvalidOptionsError) as e3:
