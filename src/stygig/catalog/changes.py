@@ -54,6 +54,7 @@ __all__ = [
     "CatalogChange",
     "ChangeRequest",
     "change_from_record",
+    "json_line",
     "merge_update",
     "parse_change",
     "parse_changes_jsonl",
@@ -320,28 +321,35 @@ def parse_changes_jsonl(body: bytes, *, max_changes: int = MAX_CHANGES) -> list[
         if len(out) >= max_changes:
             raise InvalidOptionsError(f"at most {max_changes} changes per request")
         try:
-            data = json.loads(line, object_pairs_hook=unique_object)
+            data = json_line(line, number)
         except DuplicateKeyError as e:  # never "the last one wins" (review, session 42)
             raise DuplicateKeyError(e.key, f"line {number}", named=_CHANGE_KEYS) from None
-        except json.JSONDecodeError as e:
-            # Said as it is (audit, session 47: a file of CR line ends, or a 5,000-digit
-            # number, was "not a JSON object"); the client's text is never quoted.
-            why = (
-                "more than one JSON value (JSON Lines ends each line with \\n, not \\r)"
-                if e.msg == "Extra data"
-                else "not a JSON object"
-            )
-            raise InputError(f"line {number}: {why}", code="malformed_json") from None
-        except RecursionError:
-            raise InputError(f"line {number}: nested too deeply", code="malformed_json") from None
-        except ValueError:  # an integer over Python's 4,300-digit conversion limit
-            raise InputError(
-                f"line {number}: a number too long to read", code="malformed_json"
-            ) from None
         out.append(parse_change(data, f"line {number}"))
     if not out:
         raise InvalidOptionsError("no changes: send one JSON object per line")
     return out
+
+
+def json_line(line: str, number: int) -> Any:
+    """Line ``number`` of a changes file read as JSON (a key given twice is a
+    :class:`DuplicateKeyError`); an :class:`InputError` that says what is wrong with it, never
+    quoting it (audit, session 47: a file of CR line ends, or a 5,000-digit number, was "not
+    a JSON object")."""
+    try:
+        return json.loads(line, object_pairs_hook=unique_object)
+    except json.JSONDecodeError as e:
+        why = (
+            "more than one JSON value (JSON Lines ends each line with \\n, not \\r)"
+            if e.msg == "Extra data"
+            else "not a JSON object"
+        )
+        raise InputError(f"line {number}: {why}", code="malformed_json") from None
+    except RecursionError:
+        raise InputError(f"line {number}: nested too deeply", code="malformed_json") from None
+    except ValueError:  # an integer over Python's 4,300-digit conversion limit
+        raise InputError(
+            f"line {number}: a number too long to read", code="malformed_json"
+        ) from None
 
 
 def _as_text(value: Any) -> str | None:

@@ -303,9 +303,10 @@ CHANGES_FILE_MAX_BYTES = 512 << 20
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
+    from stygig.catalog.changes import json_line
     from stygig.errors import InputError, InvalidOptionsError, StygigError
     from stygig.storage import read_bytes
-    from stygig.unique_keys import DuplicateKeyError, unique_object
+    from stygig.unique_keys import DuplicateKeyError
 
     path = Path(args.file)
     try:
@@ -332,11 +333,9 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         try:
             # A key given twice is refused here as the server refuses it (review of session
             # 42's fixes: the last one was applied from a folder)
-            change = json.loads(line, object_pairs_hook=unique_object)
+            change = json_line(line, number)
         except DuplicateKeyError as e:
             raise InputError(f"line {number}: {e.message}", code=e.code) from None
-        except (ValueError, RecursionError):
-            raise InputError(f"line {number}: not a JSON object") from None
         changes.append(_Line(number, _inline_photo(change, path.parent, args.url is not None)))
     return _send(args, changes)
 
