@@ -978,18 +978,20 @@ class Tally:
 
     def todo(self) -> Iterator[BatchInput]:
         """The inputs not already in the output (resume), counting each one seen and skipped."""
+        last = -1  # the largest input index (a manifest's are its line numbers: may skip)
         for inp in self.inputs:
             self.seen += 1
+            last = max(last, inp.index)
             if inp.index in self.done:
                 self.skipped += 1
                 continue
             yield inp
-        foreign = sum(1 for index in self.done if not 0 <= index < self.seen)
+        foreign = sum(1 for index in self.done if not 0 <= index <= last)
         if foreign:
             # Reported complete, the output would hold more records than there are inputs.
             raise BatchError(
-                f"the output holds {foreign:,} record(s) of no input of this run (there are "
-                f"{self.seen:,} inputs): it was edited or merged; rerun with --overwrite"
+                f"the output holds {foreign:,} record(s) past this run's last input (index "
+                f"{last:,}): it was edited or merged; rerun with --overwrite"
             )
 
     def write(self, records: Sequence[Record]) -> None:

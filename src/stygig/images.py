@@ -393,13 +393,9 @@ def _read_source(source: bytes | str | Path, limits: ImageLimits) -> bytes:
 
 
 def _check_header(width: int, height: int, n_bytes: int, limits: ImageLimits, kind: str) -> None:
-    """Refuse, from the header's size alone, an image that would cost too much to decode."""
-    pixels = width * height
-    if pixels > limits.max_pixels:
-        raise ImageTooLargeError(
-            f"the image has more than {limits.max_pixels:,} pixels (width x height); "
-            "send a smaller image"
-        )
+    """Refuse, from the header's size alone, an image that would cost too much to decode, or
+    is too small or too elongated."""
+    _check_pixel_count(width, height, limits)
     if min(width, height) < limits.min_side:
         raise InvalidImageError(
             f"the image is too small; both sides must be at least {limits.min_side} pixels",
@@ -411,6 +407,28 @@ def _check_header(width: int, height: int, n_bytes: int, limits: ImageLimits, ki
             f"{limits.max_aspect_ratio:g} times its short side",
             code="image_aspect_ratio",
         )
+    _check_decode_cost(width, height, n_bytes, limits, kind)
+
+
+def _check_pixels(width: int, height: int, n_bytes: int, limits: ImageLimits, kind: str) -> None:
+    """Refuse, from its size, an image that would cost too much to decode (not one that is
+    small or elongated: :func:`read_header` still reads such a header)."""
+    _check_pixel_count(width, height, limits)
+    _check_decode_cost(width, height, n_bytes, limits, kind)
+
+
+def _check_pixel_count(width: int, height: int, limits: ImageLimits) -> None:
+    if width * height > limits.max_pixels:
+        raise ImageTooLargeError(
+            f"the image has more than {limits.max_pixels:,} pixels (width x height); "
+            "send a smaller image"
+        )
+
+
+def _check_decode_cost(
+    width: int, height: int, n_bytes: int, limits: ImageLimits, kind: str
+) -> None:
+    pixels = width * height
     if pixels > limits.pixels_per_byte_floor and pixels > limits.max_pixels_per_byte * n_bytes:
         raise ImageTooLargeError(
             f"the image has too many pixels for its file size; above "
@@ -604,8 +622,8 @@ def _check_format(data: bytes, limits: ImageLimits) -> tuple[bytes, int]:
     if name == "WEBP" and (size := _webp_canvas(data)) is not None:
         # Pillow opens every WebP through libwebp's animation decoder, which allocates the
         # canvas with the header: a 120-byte file declaring 13000 x 13000 reserved 680 MB
-        # before any check (audit, session 46). So the size is checked from the bytes first.
-        _check_header(*size, len(data), limits, name)
+        # before any check (audit, session 46). So its cost is checked from the bytes first.
+        _check_pixels(*size, len(data), limits, name)
     if name == "PNG":
         oversized = _check_png_structure(data, limits)
         if oversized:
@@ -939,23 +957,34 @@ _ORIENTATION_TAG = 0x0112
 _XMP_ORIENTATION = re.compile(rb'tiff:Orientation(?:="|>)([0-9])')
 
 
-def _ifd0(exif: bytes) -> tuple[str, int, int] | None:
-    """Byte order (``<`` or ``>``), offset and entry count of a TIFF-structured EXIF block's
-    first IFD; None when it is not one."""
-    if exif.startswith(_EXIF_ID):
-        exif = exif[6:]
-    endian = {b"II*\x00": "<", b"MM\x00*": ">"}.get(exif[:4])
-    if endian is None or len(exif) < 8:
+def _tiff(exif: bytes) -> bytes:
+    """``exif`` without its ``Exif\\0\\0`` header, which writers put there once or, some, twice
+    (Pillow strips two)."""
+    for _ in range(2):
+        if exif.startswith(_EXIF_ID):
+            exif = exif[6:]
+    return exif
+
+
+def _ifd0(tiff: bytes) -> tuple[str, int, int] | None:
+    """Byte order (``<`` or ``>``), offset and entry count of a TIFF block's first IFD; None
+    when it is not one (the magic number is read in either byte order, as Pillow does)."""
+    endian = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if endian is None or len(tiff) < 8 or tiff[2:4] not in (b"*\x00", b"\x00*"):
         return None
     order: Literal["little", "big"] = "little" if endian == "<" else "big"
-    offset = int.from_bytes(exif[4:8], order)
-    if offset + 2 > len(exif):
+    offset = int.from_bytes(tiff[4:8], order)
+    if offset + 2 > len(tiff):
         return None
-    return endian, offset, int.from_bytes(exif[offset : offset + 2], order)
+    return endian, offset, int.from_bytes(tiff[offset : offset + 2], order)
 
 
 def _ifd0_entries(exif: bytes) -> int:
-    return 0 if (ifd := _ifd0(exif)) is None else ifd[2]
+    return 0 if (ifd := _ifd0(_tiff(exif))) is None else ifd[2]
+
+
+#: EXIF value types an orientation may be written as: SHORT, LONG, SSHORT, SLONG.
+_SHORTS, _LONGS = (3, 8), (4, 9)
 
 
 def _ifd0_orientation(exif: bytes) -> int | None:
@@ -964,19 +993,19 @@ def _ifd0_orientation(exif: bytes) -> int | None:
     Only that one tag is looked up, in one vectorised pass over the IFD's entries: Pillow's
     ``getexif`` reads every entry in Python (with a warning per bad one) and
     ``exif_transpose`` then re-serialises the whole block, so 60,000 tags in a 720 KB PNG
-    cost 1.4 s of CPU per photo (audit, session 46)."""
-    if (ifd := _ifd0(exif)) is None:
+    cost 1.4 s of CPU per photo (audit, session 46). The first value is read when the
+    entry holds more than one, as Pillow does."""
+    tiff = _tiff(exif)
+    if (ifd := _ifd0(tiff)) is None:
         return None
     endian, offset, count = ifd
-    if exif.startswith(_EXIF_ID):
-        exif = exif[6:]
-    entries = exif[offset + 2 : offset + 2 + 12 * count]
+    entries = tiff[offset + 2 : offset + 2 + 12 * count]
     layout = np.dtype(
         [
             ("tag", endian + "u2"),
             ("type", endian + "u2"),
             ("count", endian + "u4"),
-            ("short", endian + "u2"),
+            ("short", endian + "i2"),
             ("rest", "V2"),
         ]
     )
@@ -985,12 +1014,12 @@ def _ifd0_orientation(exif: bytes) -> int | None:
     if not found.size:
         return None
     entry = table[found[0]]
-    if int(entry["count"]) != 1:
-        return None
-    if int(entry["type"]) == 3:  # SHORT, as the standard says
+    kind, n = int(entry["type"]), int(entry["count"])
+    if kind in _SHORTS and 1 <= n <= 2:  # inline: one or two 16-bit values
         return int(entry["short"])
-    if int(entry["type"]) == 4:  # LONG, which some writers use
-        return int.from_bytes(entry.tobytes()[8:12], "little" if endian == "<" else "big")
+    if kind in _LONGS and n == 1:
+        order: Literal["little", "big"] = "little" if endian == "<" else "big"
+        return int.from_bytes(entry.tobytes()[8:12], order, signed=True)
     return None
 
 

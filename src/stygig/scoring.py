@@ -271,9 +271,9 @@ _MMR_GATHER_FLOATS = 1 << 20
 
 #: The most items the per-category lists of one answer hold in all (``k`` is per category:
 #: k=100 over 28 categories was a 976 KB answer to a 112-byte request, and 50 ms of CPU;
-#: audit, session 47). At the default k (3), or up to 8 a category over 30 categories, it
-#: never binds.
-MAX_RANKED_ITEMS = 240
+#: audit, session 47). It binds only past k=9 over the bundled taxonomy's 49 categories,
+#: or k=3 (the default) over 160.
+MAX_RANKED_ITEMS = 480
 
 
 def rank_by_category(
@@ -287,7 +287,6 @@ def rank_by_category(
     seed: int,
     refine: Callable[[np.ndarray], np.ndarray] | None = None,
     margin: float = 0.0,
-    max_items: int | None = None,
 ) -> dict[int, np.ndarray]:
     """Per category: the positions (into ``score``) of its top ``k``, diversified by MMR.
 
@@ -296,9 +295,8 @@ def rank_by_category(
         categories: each candidate's category code.
         vectors / vector_rows: the catalogue's embeddings and each candidate's row in them, for
             MMR's redundancy (only the rows MMR looks at are gathered).
-        k: items per category; with ``max_items`` (default :data:`MAX_RANKED_ITEMS`), at most
-            that many in all: with many categories each gets fewer (at least one, in the best
-            ``max_items`` categories).
+        k: items per category, and :data:`MAX_RANKED_ITEMS` in all: with many categories
+            each gets fewer (at least one, in the best :data:`MAX_RANKED_ITEMS` categories).
         diversity: MMR's trade-off (0: by score only).
         seed: seeds a jitter far below float32 resolution that breaks exact ties reproducibly.
         refine, margin: for scores known within ``margin / 2`` of their true value (an int8
@@ -308,8 +306,8 @@ def rank_by_category(
 
     Returns categories ordered by their best score.
     """
-    limit = MAX_RANKED_ITEMS if max_items is None else max_items
-    present = len(np.unique(categories))
+    limit = MAX_RANKED_ITEMS
+    present = int(np.count_nonzero(np.bincount(categories))) if len(categories) else 0
     k = max(1, min(k, limit // max(present, 1)))
     jitter = _jitter(seed, len(score))
     key = score.astype(np.float64) - jitter

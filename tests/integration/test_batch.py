@@ -286,13 +286,32 @@ def test_resume_keeps_each_input_once_whatever_the_file_holds(
     sidecar = Path(f"{part}.batch.json")
     sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "complete": False}))
     if edit == "an index of no input":
-        with pytest.raises(BatchError, match=r"1 record\(s\) of no input"):
+        with pytest.raises(BatchError, match=r"1 record\(s\) past this run's last input"):
             run_batch(rec, src, str(part), progress=False)
         assert not json.loads(sidecar.read_text())["complete"]
         return
     summary = run_batch(rec, src, str(part), progress=False)
     assert summary.complete and summary.skipped == kept  # the rest is done again
     assert [r["index"] for r in _records(part)] == list(range(n))
+
+
+def test_a_manifest_with_blank_lines_resumes(rec: Recommender, tmp_path: Path) -> None:
+    """A manifest's indexes are its line numbers, so blank lines leave gaps: a resumed run
+    takes the records before the cut as its own (review, s47: the first version of the check
+    for records of no input refused them)."""
+    rows = [json.dumps({"id": f"r{n}", "item_ids": ["sku-0014"]}) for n in range(6)]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n\n".join(rows) + "\n", encoding="utf-8")  # indexes 0, 2, ... 10
+    out = tmp_path / "out.jsonl"
+    run_batch(rec, str(manifest), str(out), progress=False)
+    lines = out.read_text(encoding="utf-8").splitlines(keepends=True)
+    assert [json.loads(line)["index"] for line in lines] == [0, 2, 4, 6, 8, 10]
+    out.write_text("".join(lines[:5]), encoding="utf-8")  # done up to index 8 of 6 inputs
+    sidecar = Path(f"{out}.batch.json")
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "complete": False}))
+    summary = run_batch(rec, str(manifest), str(out), progress=False)
+    assert summary.complete and summary.skipped == 5 and summary.processed == 1
+    assert [r["index"] for r in _records(out)] == [0, 2, 4, 6, 8, 10]
 
 
 def test_kill_9_half_way_then_resume(sample: tuple[Path, Path], tmp_path: Path) -> None:

@@ -908,6 +908,12 @@ def test_a_webp_canvas_is_checked_before_libwebp_allocates_it(
     with pytest.raises(ImageTooLargeError) as e:
         decode_image(bytes(data))
     assert e.value.http_status == 413 and opened == []
+    monkeypatch.undo()
+    # A small WebP's header is still read (the page lists such an example photo; review, s47)
+    from stygig.images import read_header
+
+    header = read_header(encode(small, "WEBP"))
+    assert header is not None and (header.width, header.height) == (16, 16)
 
 
 @pytest.mark.shared_data

@@ -167,8 +167,8 @@ def test_the_per_category_lists_are_bounded_in_all() -> None:
     assert {len(v) for v in ranked(3).values()} == {3}
     two = np.where(categories < 2, categories, 0)  # two categories: k=100 each fits
     assert {len(v) for v in ranked(100, two).values()} == {100}
-    many = np.arange(cats * per) % 400  # more categories than the bound: the best, one each
+    many = np.arange(cats * per) % 600  # more categories than the bound: the best, one each
     top = ranked(5, many)
     assert len(top) == MAX_RANKED_ITEMS and {len(v) for v in top.values()} == {1}
-    bests = sorted((float(score[many == c].max()) for c in range(400)), reverse=True)
+    bests = sorted((float(score[many == c].max()) for c in range(600)), reverse=True)
     assert [float(score[v[0]]) for v in top.values()] == bests[:MAX_RANKED_ITEMS]

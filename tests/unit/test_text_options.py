@@ -222,16 +222,19 @@ def test_an_unknown_name_in_two_places_is_an_unknown_option_not_repeated_back() 
         ("application/*;q=0.5", True),
         ("APPLICATION/JSON; Q=0.001", True),
         ("application/json;q=1.000, text/html", True),
+        # Java's HttpURLConnection (review, s47: q=.2 was read as 0)
+        ("text/html, image/gif, image/jpeg, *; q=.2, */*; q=.2", True),
+        ("application/json;q=.5", True),
+        ("application/json;q=0.0001", True),
         ("text/html", False),
         # Audit, session 47: the most specific range decides (RFC 9110 12.5.1), q is named
-        # in any case, and a q outside 0-1 (or with more than 3 decimals) is no quality.
+        # in any case, and a q outside 0-1 is no quality.
         ("application/json;q=0, */*", False),
         ("application/*;q=0, */*;q=1", False),
         ("*/*;q=0.5, application/json;q=0", False),
         ("APPLICATION/JSON;Q=0", False),
         ("application/json;q=2", False),
         ("application/json;q=abc", False),
-        ("application/json;q=0.0001", False),
         ("application/json;q=0, application/*;q=1", False),
     ],
 )

@@ -338,11 +338,11 @@ def json_line(line: str, number: int) -> Any:
     try:
         return json.loads(line, object_pairs_hook=unique_object)
     except json.JSONDecodeError as e:
-        why = (
-            "more than one JSON value (JSON Lines ends each line with \\n, not \\r)"
-            if e.msg == "Extra data"
-            else "not a JSON object"
-        )
+        why = "not a JSON object"
+        if e.msg == "Extra data":
+            why = "more than one JSON value" + (
+                " (JSON Lines ends each line with \\n, not \\r)" if "\r" in line else ""
+            )
         raise InputError(f"line {number}: {why}", code="malformed_json") from None
     except RecursionError:
         raise InputError(f"line {number}: nested too deeply", code="malformed_json") from None

@@ -713,7 +713,7 @@ class _Boundary:
             await send(message)
 
         self.service.requests += 1
-        refused_route = "unmatched"
+        refused_route: str | None = None  # a refused request's route, named before routing
         try:
             server = scope.get("server") or (None, None)
             refused = self._refuse(
@@ -741,9 +741,9 @@ class _Boundary:
             seconds = time.perf_counter() - t0
             # Routes that are not FastAPI's own (/openapi.json, the page's static files) leave
             # no route in the scope: named by matching, so they are not counted as unmatched.
-            route = str(getattr(scope.get("route"), "path", None) or refused_route)
-            if route == "unmatched":
-                route = self._match(scope)
+            route = str(
+                getattr(scope.get("route"), "path", None) or refused_route or self._match(scope)
+            )
             self.metrics.requests.labels(route, method_label(scope["method"]), str(status)).inc()
             self.metrics.latency.labels(route).observe(seconds)
             access_log.info(
@@ -764,8 +764,9 @@ class _Boundary:
 
     def _match(self, scope: Scope) -> str:
         """The declared route a request refused before routing (a 413 on /invocations, a
-        401) would have gone to, for metrics and the access log; ``unmatched`` for none (a
-        bounded label either way). Only refusals pay for it: routing names the others."""
+        401), or served by a route that is not FastAPI's own, would have gone to, for metrics
+        and the access log; ``unmatched`` for none (a bounded label either way). Routing names
+        the others."""
         for candidate in self.routes:
             match, _ = candidate.matches(scope)
             if match is Match.FULL:

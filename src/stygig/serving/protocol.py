@@ -195,8 +195,8 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         app sees the client gone (499), not a body that waits for its deadline (408 after
         15 s, the connection held meanwhile)."""
         self._peer_done = True
-        if self.cycle is not None and self.cycle.more_body:
-            return None  # cut short: nothing to answer
+        if self._message_bytes is not None and not self._overflow:
+            return None  # a body cut short: nothing to answer (a dropped one has no answer)
         busy = self.cycle is not None and not self.cycle.response_complete
         return True if busy or self.pipeline else None
 

@@ -116,7 +116,7 @@ def check_accept(accept: str | None) -> None:
     As RFC 9110 12.5.1 reads it: JSON's quality is that of the most specific range that
     matches it (``application/json``, else ``application/*``, else ``*/*``), so
     ``application/json;q=0, */*`` refuses it; ``q`` is named in any case and is a number from
-    0 to 1 with at most three decimals (another value counts as 0)."""
+    0 to 1 (another value counts as 0)."""
     if not accept:
         return
     quality: dict[str, float] = {}
@@ -128,15 +128,25 @@ def check_accept(accept: str | None) -> None:
         for param in part.split(";")[1:]:
             key, _, value = param.strip().partition("=")
             if key.strip().lower() == "q":
-                q = float(value) if _QVALUE.fullmatch(value.strip()) else 0.0
+                q = _quality(value)
         quality.setdefault(kind, q)  # a range given twice: its first
     matched = next((quality[kind] for kind in _ACCEPTABLE if kind in quality), 0.0)
     if matched <= 0:
         raise NotAcceptableError("responses are application/json; the Accept header rules it out")
 
 
-#: RFC 9110's qvalue: 0 to 1, at most three decimals.
-_QVALUE = re.compile(r"0(\.\d{0,3})?|1(\.0{0,3})?")
+def _quality(value: str) -> float:
+    """A ``q`` parameter's value: a decimal number from 0 to 1 (RFC 9110's three decimals at
+    most, and its leading digit, are not insisted on: Java's default header sends
+    ``q=.2``); anything else counts as 0."""
+    text = value.strip()
+    if not _DECIMAL.fullmatch(text):
+        return 0.0
+    q = float(text)
+    return q if q <= 1.0 else 0.0
+
+
+_DECIMAL = re.compile(r"\d*\.?\d+|\d+\.")
 
 
 def build_request(
