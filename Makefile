@@ -58,15 +58,21 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) || \
 	  echo "chromium/chromedriver could not be installed: the browser tests will be skipped"
 
+# Python's bytecode caches are kept for the tests (git ignores them) even where the environment
+# says PYTHONDONTWRITEBYTECODE: without them pytest compiles and rewrites every test module and
+# plugin again on each run (collecting the unit tests: 11 s instead of 5).
+PYTEST = env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest
+
 unit: $(STAMP) browser
-	$(BIN)/pytest -q
+	$(PYTEST) -q
 
 test: lint typecheck unit
 
 # The quick loop while editing: unit tests only, no servers, no shared datasets, none marked slow
-# (ONNX exports, moto servers, CLI subprocesses; make test runs them): 48 s on a quiet machine.
+# (about a second or more each: ONNX exports, model training, memory measurements in
+# subprocesses, CLI subprocesses; make test runs them).
 test-fast: $(STAMP)
-	$(BIN)/pytest -q tests/unit -m "not slow and not shared_data"
+	$(PYTEST) -q tests/unit -m "not slow and not shared_data"
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

@@ -38,6 +38,7 @@ def _copy(sample: tuple[Path, Path], tmp_path: Path) -> Path:
     return art
 
 
+@pytest.mark.slow
 def test_files_past_the_threshold_are_mapped_and_answer_alike(
     sample: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

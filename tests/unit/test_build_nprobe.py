@@ -27,6 +27,7 @@ def test_nprobe_reaches_the_index_and_bad_values_are_refused(
     assert not (tmp_path / "bad" / "manifest.json").exists()
 
 
+@pytest.mark.slow
 def test_compaction_asks_the_index_for_what_the_operator_asked(
     sample: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -50,6 +51,7 @@ def test_compaction_asks_the_index_for_what_the_operator_asked(
         assert again["params"]["nprobe"] == (want or built["params"]["nprobe"])
 
 
+@pytest.mark.slow
 def test_compaction_chooses_auto_afresh_when_the_catalogue_outgrows_a_flat_index(
     sample: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

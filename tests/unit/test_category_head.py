@@ -113,6 +113,7 @@ def _todays_merge(proba, labels, sims, k, w):  # type: ignore[no-untyped-def]
     return int(tied[0])
 
 
+@pytest.mark.slow
 def test_plain_five_vote_merge_is_todays_merge():
     """k 5 at temperature 0 decides exactly as before, ties (equal counts, equal similarities,
     scores a float-rounding apart) included."""

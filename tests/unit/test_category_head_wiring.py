@@ -67,6 +67,7 @@ def test_a_default_build_writes_the_heads_with_their_checksum(sample: tuple[Path
     assert loaded.heads["category"].n_fit == manifest["counts"]["items"]
 
 
+@pytest.mark.slow
 def test_no_category_head_flag_and_the_build_line(
     sample: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -38,6 +38,7 @@ def artifact(sample: tuple[Path, Path]) -> Path:
     return sample[1]
 
 
+@pytest.mark.slow
 def test_build_and_inspect_run_without_the_shell_extras(artifact: Path) -> None:
     assert _stygig("build", "--help").returncode == 0
     # Every command registers its flags without its extras: training's too (torch).

@@ -220,6 +220,7 @@ def test_format_1_artifacts_still_load(tmp_path: Path) -> None:
     assert art.compat is None and Recommender(art).learned is None
 
 
+@pytest.mark.slow
 def test_training_stores_a_model_that_learns_styles(
     trained: tuple[Path, dict[str, list[str]]],
 ) -> None:
@@ -235,6 +236,7 @@ def test_training_stores_a_model_that_learns_styles(
     assert entry["validation"]["val_uniform"] >= 0.6
 
 
+@pytest.mark.slow
 def test_recommender_uses_the_model_per_compat_mode(
     trained: tuple[Path, dict[str, list[str]]],
 ) -> None:
@@ -258,6 +260,7 @@ def test_recommender_uses_the_model_per_compat_mode(
     assert all(i["learned"] is None for i in plain["items"])
 
 
+@pytest.mark.slow
 def test_replacing_the_model_keeps_the_artifact_valid(
     trained: tuple[Path, dict[str, list[str]]],
 ) -> None:
@@ -269,6 +272,7 @@ def test_replacing_the_model_keeps_the_artifact_valid(
     assert art.manifest["compat"]["note"] == "replaced" and art.compat is not None
 
 
+@pytest.mark.slow
 def test_eval_puts_learned_scorers_beside_v4(
     trained: tuple[Path, dict[str, list[str]]], tmp_path: Path
 ) -> None:
@@ -328,6 +332,7 @@ def test_eval_puts_learned_scorers_beside_v4(
     assert result["model_split"]["seed"] == 0
 
 
+@pytest.mark.slow
 def test_training_is_reproducible(tmp_path: Path) -> None:
     from stygig.training.compat import TrainConfig, train_compat
 
@@ -643,6 +648,7 @@ def test_first_version_model_files_still_load(tmp_path: Path) -> None:
     assert loaded.attention.size == 0 and len(loaded.id_ids) == 0
 
 
+@pytest.mark.slow
 def test_training_with_every_option(tmp_path: Path) -> None:
     from stygig.training.compat import TrainConfig, train_compat
 
@@ -670,6 +676,7 @@ def test_training_with_every_option(tmp_path: Path) -> None:
     assert out["items"] and all(isinstance(i["learned"], float) for i in out["items"])
 
 
+@pytest.mark.slow
 def test_the_kept_epoch_is_not_overwritten_by_later_training(tmp_path: Path) -> None:
     from stygig.training import compat as training
 
@@ -703,6 +710,7 @@ def test_the_kept_epoch_is_not_overwritten_by_later_training(tmp_path: Path) -> 
         ("cooc", "co-occurrence table"),
     ],
 )
+@pytest.mark.slow
 def test_a_tampered_re_signed_model_is_refused_at_load(
     trained: tuple[Path, dict[str, list[str]]], tmp_path: Path, case: str, said: str
 ) -> None:

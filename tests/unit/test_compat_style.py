@@ -60,6 +60,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, CompatModel
     return path, result.model, logged
 
 
+@pytest.mark.slow
 def test_training_stores_the_style_of_every_readable_catalogue_photo(
     trained: tuple[Path, CompatModel, list[str]],
 ) -> None:
@@ -80,6 +81,7 @@ def test_training_stores_the_style_of_every_readable_catalogue_photo(
     assert np.abs(model.w1[-9:]).sum() > 0
 
 
+@pytest.mark.slow
 def test_style_rows_are_looked_up_by_id_and_unknown_ids_have_none(
     trained: tuple[Path, CompatModel, list[str]],
 ) -> None:
@@ -95,6 +97,7 @@ def test_style_rows_are_looked_up_by_id_and_unknown_ids_have_none(
     assert not rows[1:].any()
 
 
+@pytest.mark.slow
 def test_a_model_with_style_round_trips_and_a_model_without_loads_as_before(
     trained: tuple[Path, CompatModel, list[str]], tmp_path: Path
 ) -> None:
@@ -121,6 +124,7 @@ def test_a_model_with_style_round_trips_and_a_model_without_loads_as_before(
         CompatModel.load(tmp_path / "bad.npz")
 
 
+@pytest.mark.slow
 def test_inputs_without_style_are_the_zero_row_and_a_zero_flag(
     trained: tuple[Path, CompatModel, list[str]],
 ) -> None:
@@ -139,6 +143,7 @@ def test_inputs_without_style_are_the_zero_row_and_a_zero_flag(
     assert with_style[:, -1].sum() == 23.0
 
 
+@pytest.mark.slow
 def test_photos_and_catalogue_items_are_recommended_with_a_style_model(
     trained: tuple[Path, CompatModel, list[str]],
 ) -> None:
@@ -153,6 +158,7 @@ def test_photos_and_catalogue_items_are_recommended_with_a_style_model(
     assert by_photo["items"] and all(isinstance(i["learned"], float) for i in by_photo["items"])
 
 
+@pytest.mark.slow
 def test_the_catalogue_items_style_changes_their_learned_scores(
     trained: tuple[Path, CompatModel, list[str]],
 ) -> None:
@@ -229,6 +235,7 @@ def test_train_compat_refuses_a_style_dims_that_is_not_a_count(
     assert "--style-dims" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_style_dims_0_trains_without_reading_a_photo(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -245,6 +252,7 @@ def test_style_dims_0_trains_without_reading_a_photo(
     assert result.model.style_width == 0 and result.model.info["style"] == {}
 
 
+@pytest.mark.slow
 def test_retraining_keeps_the_style_rows_while_the_photos_are_unchanged(
     trained: tuple[Path, CompatModel, list[str]],
     tmp_path: Path,

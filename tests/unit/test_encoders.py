@@ -478,6 +478,7 @@ def _save_small_clip(directory: Path, *, with_text: bool) -> Any:
 
 
 @pytest.mark.torch
+@pytest.mark.slow
 def test_clip_unreachable_weights_name_the_options(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
     with pytest.raises(EncoderUnavailableError) as caught:
@@ -489,6 +490,7 @@ def test_clip_unreachable_weights_name_the_options(tmp_path: Path) -> None:
 
 
 @pytest.mark.torch
+@pytest.mark.slow
 def test_clip_offline_cache_miss_fails_fast(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

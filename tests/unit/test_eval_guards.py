@@ -77,6 +77,7 @@ def test_eval_refuses_a_model_of_another_seed(
     assert evaluate_outfits(Artifact.load(path), csv, tmp_path / "ok", seed=0)["questions"] > 0
 
 
+@pytest.mark.slow
 def test_a_refused_eval_leaves_no_run_behind(
     seed0_model: tuple[Path, dict[str, list[str]]],
     tmp_path: Path,

@@ -232,6 +232,7 @@ def test_a_p3_photo_is_converted_to_srgb(fmt: str) -> None:
     assert np.abs(grid.astype(np.int64) - want).max() > 40
 
 
+@pytest.mark.slow
 def test_a_p3_jpeg_is_converted_at_full_and_reduced_scale() -> None:
     """A phone-sized P3 JPEG: its pixels equal the same JPEG without the profile (the same
     compressed pixels), converted to sRGB, whether decoded at full size or DCT-scaled for a 224

@@ -421,6 +421,7 @@ def test_bad_metadata_prints_nothing() -> None:
     assert done.stderr == ""
 
 
+@pytest.mark.slow
 def test_a_16_bit_colour_key_is_read_within_the_decode_estimate() -> None:
     """Audit, session 46: a 37 KB 16-bit grey PNG with a tRNS key held 214 MiB (an int64
     array of the full image) where the decode budget counted 96 MiB; six clients took a
@@ -592,6 +593,7 @@ def peak_growth_mb(setup: str, call: str) -> float:
     ("mode", "copy_mb"),
     [("RGBA", 64), ("I;16", 32)],  # 4000 x 4000: Pillow keeps RGBA in 4 bytes, 16-bit in 2
 )
+@pytest.mark.slow
 def test_a_large_png_is_reduced_before_it_is_converted(mode: str, copy_mb: int) -> None:
     """A 16 MP (the most a PNG may have) transparent or 16-bit PNG going to a 224 input: the
     decoded image plus at most two full-size buffers, not one or more per conversion step (the
@@ -614,6 +616,7 @@ def test_a_large_png_is_reduced_before_it_is_converted(mode: str, copy_mb: int) 
         "make_thumbnail(img)",
     ],
 )
+@pytest.mark.slow
 def test_resizes_are_bounded_by_their_output(size: tuple[int, int], call: str) -> None:
     """A 20:1 photo (the most elongated accepted, 157 MB decoded): each resize costs a few MB,
     however long the long side (the centre crop used to resize the whole strip first)."""
@@ -935,6 +938,7 @@ def test_real_photos_pass_the_structure_limits() -> None:
         assert e.value.code == "image_too_large", photo.name
 
 
+@pytest.mark.slow
 def test_png_and_webp_from_clients_are_bounded_lower_than_a_catalogues_own(
     tmp_path: Path,
 ) -> None:
@@ -996,6 +1000,7 @@ def test_a_progressive_jpeg_is_bounded_by_its_coefficient_memory() -> None:
         "lossless=True)",
     ],
 )
+@pytest.mark.slow
 def test_the_decode_estimate_covers_the_measured_peak(make: str) -> None:
     """What the limit and the shared budget count is at least what a decode holds."""
     from stygig.images import decode_bytes
@@ -1109,6 +1114,7 @@ def test_a_cursor_or_tga_is_named_as_such() -> None:
         decode_image(b"\x00\x00\x02\x00" + bytes(64))
 
 
+@pytest.mark.slow
 def test_a_decoder_out_of_memory_is_a_retry_not_a_corrupt_photo() -> None:
     """Review, session 42: libwebp and libjpeg report a failed allocation as an ordinary
     OSError, so a server near its memory cap answered valid photos 400 "corrupt" (which

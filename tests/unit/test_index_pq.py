@@ -297,6 +297,7 @@ def test_task_functions_are_pure_and_assemble_the_same_index(
         write_store(tmp_path / "short.faiss", [x[:3]], 4, DIM)
 
 
+@pytest.mark.slow
 def test_opq_rotation_and_fewer_sub_quantisers(data: tuple[np.ndarray, np.ndarray]) -> None:
     x, q = data
     index = PQIndex.build(x[:2000], nlist=8, m=8, opq=True, rerank_extra=300)
@@ -453,6 +454,7 @@ def mapped_files() -> str:
 
 
 @pytest.mark.parametrize("share", [0.25, 1.0], ids=["first-quarter-mapped", "all-mapped"])
+@pytest.mark.slow
 def test_released_rows_leave_the_process_and_come_back(
     rows_on_disk: tuple[Path, np.ndarray], tmp_path: Path, share: float
 ) -> None:

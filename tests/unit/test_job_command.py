@@ -63,7 +63,7 @@ class _Redirector(http.server.BaseHTTPRequestHandler):
 @contextmanager
 def _serve(handler: type[http.server.BaseHTTPRequestHandler], host: str) -> Iterator[str]:
     server = http.server.ThreadingHTTPServer((host, 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     try:
         yield f"http://{host}:{server.server_port}"

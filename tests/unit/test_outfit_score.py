@@ -352,6 +352,7 @@ def _kaggle_or_skip() -> Path:
     return KAGGLE
 
 
+@pytest.mark.slow
 def test_kaggle_demo_catalogue_is_balanced_and_holds_out_its_examples(tmp_path: Path) -> None:
     from stygig.catalog.loaders import read_catalog
 
@@ -376,6 +377,7 @@ def test_kaggle_demo_catalogue_is_balanced_and_holds_out_its_examples(tmp_path: 
     assert again.read_bytes() == csv_path.read_bytes()  # same download, same seed
 
 
+@pytest.mark.slow
 def test_a_sample_catalogue_never_writes_over_other_files(tmp_path: Path) -> None:
     """Review, session 36: `sample-catalog --from-kaggle D --out D` unlinked the download's own
     photos (source and target were one file), and `--out` an operator's folder replaced its

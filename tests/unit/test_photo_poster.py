@@ -72,7 +72,7 @@ def stub() -> Iterator[tuple[str, Seen]]:
     seen = Seen()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(seen))
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/prefix", seen

@@ -109,6 +109,7 @@ def small_cnn() -> TorchEncoder:
 
 
 @pytest.mark.torch
+@pytest.mark.slow
 def test_export_records_catalogue_calibration_in_the_manifest(
     small_cnn: TorchEncoder, tmp_path: Path
 ) -> None:
@@ -130,6 +131,7 @@ def test_export_records_catalogue_calibration_in_the_manifest(
 
 
 @pytest.mark.torch
+@pytest.mark.slow
 def test_export_refuses_an_unknown_int8_method_or_an_empty_calibration(
     small_cnn: TorchEncoder, tmp_path: Path
 ) -> None:
@@ -142,6 +144,7 @@ def test_export_refuses_an_unknown_int8_method_or_an_empty_calibration(
 
 
 @pytest.mark.torch
+@pytest.mark.slow
 def test_weights_fit_the_cpu_s_int8_kernel_and_a_mismatch_is_said(
     small_cnn: TorchEncoder,
     tmp_path: Path,

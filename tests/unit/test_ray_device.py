@@ -61,6 +61,7 @@ def test_only_device_refusals_count_as_such() -> None:
     assert not device_refusal(ArtifactError("encoder.onnx does not match its checksum"))
 
 
+@pytest.mark.slow
 def test_json_output_keeps_ray_worker_lines_off_stdout(monkeypatch: pytest.MonkeyPatch) -> None:
     """Review (session 35): with ``--json`` a dead worker's notice, printed by Ray on stdout,
     came before the summary and ``json.loads(stdout)`` failed. The session started for a

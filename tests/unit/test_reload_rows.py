@@ -45,6 +45,7 @@ def _build(catalog: Path, out: Path, nlist: int) -> Path:
         faiss.omp_set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_reload_unmaps_the_old_rows_before_the_new_version_loads(
     sample: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -108,6 +108,7 @@ def test_a_bad_file_is_an_artifact_error(tmp_path: Path) -> None:
         assert str(tmp_path) not in str(e.value)  # names the file, not the server's path
 
 
+@pytest.mark.slow
 def test_an_approximate_artifact_answers_and_changes_alike_from_disk(
     sample: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -9,6 +9,7 @@ import pytest
 from stygig.rows import Overlay, Rows
 
 
+@pytest.mark.slow
 def test_rows_follow_a_list_through_random_changes_and_old_versions_never_move() -> None:
     rnd = random.Random(0)
     rows, oracle = Rows(range(50)), list(range(50))

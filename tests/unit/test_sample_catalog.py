@@ -165,6 +165,7 @@ def test_queries_exist_and_are_not_catalogue_images(
         assert hashlib.sha256(q.read_bytes()).digest() not in catalogue_hashes
 
 
+@pytest.mark.slow
 def test_same_seed_gives_byte_identical_files(catalog: Path, tmp_path: Path) -> None:
     again = generate_sample_catalog(tmp_path / "again", seed=0)
     first, second = _digests(catalog.parent), _digests(again.parent)
@@ -178,6 +179,7 @@ def test_other_seed_gives_another_catalogue() -> None:
     assert [i.row for i in a] != [i.row for i in b]
 
 
+@pytest.mark.slow
 def test_generation_prints_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     generate_sample_catalog(tmp_path / "quiet", seed=3)
     assert capsys.readouterr() == ("", "")

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 _CHILD = """
@@ -76,6 +78,7 @@ def test_a_limit_set_before_faiss_loads_reaches_every_thread() -> None:
     assert main == plain == 1  # a thread no pool made (async jobs, catalogue changes) too
 
 
+@pytest.mark.slow
 def test_the_openmp_limit_reaches_the_serving_threads() -> None:
     before, main, plain, pool, encoder, work = _child(_CHILD)
     assert before == 3  # no limit set: the initializer changes nothing
