@@ -148,9 +148,8 @@ class Options:
     rules. Error messages name the field and the rule, never the value sent."""
 
     mode: Mode = "outfit"
-    k: Annotated[int, Field(strict=True, ge=1, le=MAX_K)] = (
-        3  # per category (scoring.MAX_RANKED_ITEMS in all)
-    )
+    # per category (scoring.MAX_RANKED_ITEMS in all)
+    k: Annotated[int, Field(strict=True, ge=1, le=MAX_K)] = 3
     k_total: Annotated[int, Field(strict=True, ge=1, le=MAX_K)] = 12
     category: Text | None = None  # the caller states the (single) photo's category
     gender: Text | None = None  # filter; default: the inferred gender (plus unisex)

@@ -307,12 +307,12 @@ def rank_by_category(
     Returns categories ordered by their best score.
     """
     limit = MAX_RANKED_ITEMS
-    present = int(np.count_nonzero(np.bincount(categories))) if len(categories) else 0
-    k = max(1, min(k, limit // max(present, 1)))
+    counts = _counts(categories)
+    k = max(1, min(k, limit // max(int(np.count_nonzero(counts)), 1)))
     jitter = _jitter(seed, len(score))
     key = score.astype(np.float64) - jitter
     depth = mmr_depth(k)  # MMR picks k from each category's best `depth`
-    cats, members, filled = _category_heads(key, categories, depth)
+    cats, members, filled = _category_heads(key, categories, depth, counts)
     if refine is not None:
         # A true best-`depth` row's score is at most margin/2 below its estimate's, and the
         # estimated `depth`-th at most margin/2 above the true one: within `margin` of it.
@@ -336,12 +336,19 @@ def rank_by_category(
     return dict(sorted(out.items(), key=lambda kv: -float(score[kv[1][0]]))[:limit])
 
 
+def _counts(categories: np.ndarray) -> np.ndarray:
+    """Rows per category code."""
+    return np.bincount(categories, minlength=int(categories.max(initial=-1)) + 1)
+
+
 def _category_heads(
-    key: np.ndarray, categories: np.ndarray, depth: int
+    key: np.ndarray, categories: np.ndarray, depth: int, counts: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each category's best ``depth`` positions by ``key``: ``(categories present, (categories,
-    depth) positions, which of them are filled)``."""
-    counts = np.bincount(categories, minlength=int(categories.max(initial=-1)) + 1)
+    depth) positions, which of them are filled)``. ``counts``: :func:`_counts` of
+    ``categories`` when the caller has it."""
+    if counts is None:
+        counts = _counts(categories)
     cats = np.flatnonzero(counts)
     # Only the head of the ranking can hold any category's best `depth`: sort just that head
     # (argpartition is linear), and fall back to the category's own rows when it is thin.

@@ -38,7 +38,7 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from stygig.catalog.schema import id_problem
+from stygig.catalog.schema import MAX_ID, id_problem
 from stygig.errors import ArtifactError, CatalogError, ConfigError
 from stygig.evaluation.split import outfits_fingerprint
 
@@ -179,8 +179,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 def _outfit_id_problem(value: str) -> str | None:
     """Why ``value`` cannot be an outfit id (None: it can)."""
-    if len(value) > 200 or _CONTROL.search(value):
-        return "an id is 1 to 200 characters, without line breaks or control characters"
+    if len(value) > MAX_ID or _CONTROL.search(value):
+        return f"an id is 1 to {MAX_ID} characters, without line breaks or control characters"
     return None
 
 
