@@ -588,6 +588,7 @@ def test_a_submission_is_refused_as_the_real_time_request_is(
             (gif, {"Content-Type": "image/jpeg"}),
             (gif, {"Content-Type": "application/octet-stream"}),
             (b"hello world", {"Content-Type": "application/octet-stream"}),
+            (b"hello world", {"Content-Type": "image/*"}),
             (b"hello world", {}),
             (json.dumps(item).encode(), {"Content-Type": "application/json", "Accept": "text/csv"}),
             # A JSON input's photos too (review, session 42: a 202, then a failed job).
@@ -623,6 +624,8 @@ def test_a_submission_is_refused_as_the_real_time_request_is(
                 (photo, {"Content-Type": "application/octet-stream"}),
                 (photo, {}),
                 (json.dumps(item).encode(), {"Content-Type": "binary/octet-stream"}),
+                (photo, {"Content-Type": "image/*"}),  # audit: a 415 before
+                (json.dumps(item).encode(), {"Content-Type": "image/*"}),
             )
         ]
         for job_id in told:

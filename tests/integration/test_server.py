@@ -197,13 +197,16 @@ def test_every_image_content_type(client: httpx.Client, fmt: str) -> None:
     assert all(len(v) <= 2 for v in r.json()["by_category"].values())
 
 
-@pytest.mark.parametrize("declared", [None, "application/octet-stream", "binary/octet-stream"])
+@pytest.mark.parametrize(
+    "declared", [None, "application/octet-stream", "binary/octet-stream", "image/*", "Image/*"]
+)
 def test_a_body_sent_without_a_useful_type_is_told_from_its_bytes(
     client: httpx.Client, sample: tuple[Path, Path], declared: str | None
 ) -> None:
     """Review (s41): SageMaker's Python SDK sends a photo as application/octet-stream by
     default, boto3's invoke_endpoint without ContentType sends no type: both were a 415. A
-    photo or a JSON request sent so is answered as if typed."""
+    photo or a JSON request sent so is answered as if typed. Audit: ``image/*`` (a range some
+    clients send for "an image") was a 415 too."""
     headers = {} if declared is None else {"content-type": declared}
     photo = _photo(sample)
     typed = client.post("/invocations?k=2", content=photo, headers={"content-type": "image/jpeg"})
@@ -468,6 +471,25 @@ BAD_REQUESTS: dict[str, tuple[str, dict[str, Any], int]] = {
         {"content": encode(garment_image(), "GIF"), "ct": "application/octet-stream"},
         415,
     ),
+    # image/* is told from the bytes as octet-stream is; other ranges are refused (audit)
+    "image_range_text": ("/invocations", {"content": b"hello world", "ct": "image/*"}, 415),
+    "image_range_gif": (
+        "/invocations",
+        {"content": encode(garment_image(), "GIF"), "ct": "image/*"},
+        415,
+    ),
+    "image_range_truncated_jpeg": (
+        "/invocations",
+        {"content": _jpeg()[:400], "ct": "image/*"},
+        400,
+    ),
+    "any_range": ("/invocations", {"content": _jpeg(), "ct": "*/*"}, 415),
+    "text_range": ("/v1/recommend", {"content": _jpeg(), "ct": "text/*"}, 415),
+    "application_range": (
+        "/invocations",
+        {"content": b'{"item_ids": ["sku-0014"]}', "ct": "application/*"},
+        415,
+    ),
     "octet_stream_truncated_jpeg": (
         "/invocations",
         {"content": _jpeg()[:400], "ct": "application/octet-stream"},
@@ -614,6 +636,59 @@ def test_nothing_given_twice_is_the_last_one_wins(
     )
     assert once.status_code == 200 and once.json()["mode"] == "similar"
     _healthy(client, sample)
+
+
+def test_an_unknown_method_is_a_501_and_a_known_one_a_405(server: Server) -> None:
+    """Audit: ``FOO /ping`` was a 400 ``malformed_http``, as bytes that are no request are;
+    RFC 9110 15.6.2 says 501 for a method the server does not recognise. A method it knows
+    that the route does not take is a 405, on a connection kept open."""
+    host = f"Host: 127.0.0.1:{server.port}\r\n\r\n"
+    for method, status, code in (
+        ("FOO", 501, "method_not_implemented"),
+        ("get", 501, "method_not_implemented"),  # methods are case-sensitive
+        ("\x16\x03\x01", 400, "malformed_http"),  # a TLS handshake is no method
+        ("PROPFIND", 405, None),
+        ("DELETE", 405, None),
+    ):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+            sock.sendall(f"{method} /ping HTTP/1.1\r\n{host}".encode("latin-1"))
+            head, _, body = _read_http(sock).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 %d " % status), (method, head)
+            assert b"content-type: application/json" in head.lower(), (method, head)
+            error = json.loads(body)["error"]
+            assert code is None or error["code"] == code, (method, error)
+            if status != 405:  # refused by the parser: the connection is closed
+                assert sock.recv(1) == b"", method
+            else:
+                sock.sendall(f"GET /ping HTTP/1.1\r\n{host}".encode())
+                assert _read_http(sock).startswith(b"HTTP/1.1 200 ")
+
+
+def test_integer_query_parameters_are_decimal_digits(client: httpx.Client) -> None:
+    """Audit: ``/v1/catalog?limit=+5`` was read as 5 (pydantic's lax reading of an integer
+    from text: `` 5``, ``5.0`` and ``1_0`` too). Every integer query parameter of every GET
+    route now takes plain digits only and names itself in its 422 (the recommender's
+    options did already)."""
+    document = client.get("/openapi.json").json()
+    found = [
+        (path.replace("{item_id}", "sku-0014"), param)
+        for path, operations in document["paths"].items()
+        for param in operations.get("get", {}).get("parameters", [])
+        if param["in"] == "query" and param.get("schema", {}).get("type") == "integer"
+    ]
+    names = {p["name"] for _, p in found}
+    assert {"limit", "offset", "k", "k_total", "seed"} <= names, names
+    for path, param in found:
+        for text in ("+5", " 5", "5.0", "1_0"):
+            r = client.get(path, params={param["name"]: text})
+            assert r.status_code == 422 and param["name"] in r.json()["error"]["message"], (
+                path,
+                param["name"],
+                text,
+                r.text,
+            )
+    page = client.get("/v1/catalog", params={"limit": "05", "offset": "0"})
+    assert page.status_code == 200 and len(page.json()["items"]) == 5
 
 
 def test_body_over_limit_without_content_length_is_cut_off(

@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -498,8 +498,8 @@ def make_async_router(store: JobQueue, worker: JobWorker, config: AsyncConfig) -
     )
     async def jobs(
         status: str | None = None,
-        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-        after: Annotated[int, Query(ge=0, le=_MAX_SEQ)] = 0,
+        limit: Annotated[int, rq.query_int(ge=1, le=MAX_PAGE)] = 100,
+        after: Annotated[int, rq.query_int(ge=0, le=_MAX_SEQ)] = 0,
     ) -> Response:
         if not config.list_jobs:
             raise NotFoundError("job listing is turned off on this server", code="not_found")

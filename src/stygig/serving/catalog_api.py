@@ -63,7 +63,7 @@ from stygig.serving.bodies import (
     SlotLabel,
     json_answer,
 )
-from stygig.serving.requests import strict_query
+from stygig.serving.requests import query_int, strict_query
 from stygig.serving.responses import JSON, ErrorBody, get_and_head, json_bytes, json_response
 from stygig.thumbnails import ItemImages
 
@@ -503,8 +503,8 @@ def make_catalog_router(service: ModelService) -> APIRouter:
         gender: str | None = Query(
             None, max_length=200, description="a gender in this catalogue (plus unisex)"
         ),
-        limit: int = Query(24, ge=1, le=_MAX_LIMIT),
-        offset: int = Query(0, ge=0, le=10**9),
+        limit: int = query_int(default=24, ge=1, le=_MAX_LIMIT),
+        offset: int = query_int(default=0, ge=0, le=10**9),
     ) -> Response:
         current = await shelf()
         hits = await searches.run(

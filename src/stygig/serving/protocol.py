@@ -32,6 +32,11 @@ connection closed; health checks are still answered (:data:`HEALTH_PATHS`). Befo
 made: idle kept-alive connections are closed, then requests arriving too slowly
 (:data:`SLOW_HEAD_S`, :data:`SLOW_BODY_BYTES_PER_S`) are answered 408 and closed.
 
+A request llhttp cannot parse is answered 400 ``malformed_http`` (JSON) and closed; one whose
+method it does not know (it knows HTTP's and WebDAV's, among others) is answered 501
+``method_not_implemented`` (RFC 9110 15.6.2) and closed alike. A method it knows that a route
+does not take reaches the app: 405.
+
 The parser is llhttp (through ``httptools``), Node's C parser: about 0.4 ms less per request than
 the pure-Python h11 here (``benchmarks/bench_budget.py``), and as strict about framing.
 """
@@ -39,9 +44,12 @@ the pure-Python h11 here (``benchmarks/bench_budget.py``), and as strict about f
 from __future__ import annotations
 
 import asyncio
+import re
+import sys
 import time
 from typing import Any
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from stygig.errors import InputError, InvalidOptionsError, OverloadedError
@@ -124,6 +132,23 @@ class RequestTooSlowError(InputError):
     code = "request_too_slow"
 
 
+class MethodNotImplementedError(InputError):
+    """A request method the parser does not know (RFC 9110 15.6.2: 501, not 400)."""
+
+    http_status = 501
+    code = "method_not_implemented"
+
+
+#: A message's first bytes kept for :meth:`_HeadDeadlineProtocol.send_400_response`: room for
+#: its method and the space after it (the longest method llhttp knows has 13 characters).
+METHOD_BYTES = 64
+#: What a message must begin with for an unknown method to be a 501: a method's syntax (RFC
+#: 9110 9.1: a token) up to a space, or to the end of what has arrived. Anything else that
+#: llhttp refuses as a method (a TLS handshake, JSON, a status line, a leading space,
+#: ``GET`` then a line end) is no method at all: 400 ``malformed_http``.
+_METHOD_START = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+(?: |$)")
+
+
 #: Answered past the connection limit (``--max-connections``): they cost next to nothing.
 HEALTH_PATHS = frozenset({b"/ping", b"/healthz", b"/readyz"})
 
@@ -186,6 +211,11 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         # a kept-alive connection), and when its body began (its head completed).
         self._head_since = 0.0
         self._body_since = 0.0
+        # The current message's first bytes (up to METHOD_BYTES), while where it began is
+        # known: b"" from the connection's start and after a message that ended with a read;
+        # None after one that ended mid-read (pipelined: the next began at an unknown offset).
+        self._start: bytes | None = b""
+        self._begun = False  # the parser began a message since the last one ended
 
     def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol's
         """The client has sent all it will (``shutdown(SHUT_WR)``: ``nc -N``, some proxies): a
@@ -213,7 +243,7 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
     def _received(self, data: bytes) -> None:
         if self._head_bytes is None:
             heads = self._heads
-            super().data_received(data)
+            self._feed(data)
             # A chunked message that goes on: its framing so far. Not counted in a read where
             # a head completed (the read's bytes before it were another message's: review,
             # session 36), so the count may miss up to one read of framing.
@@ -226,18 +256,27 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         room = self.head_limit_bytes - self._head_bytes
         if len(data) <= room:
             self._head_bytes += len(data)
-            super().data_received(data)
+            self._feed(data)
             return
         # Feed the head's share only: if the head completes within it, the rest is its body
         # (or the next request), fed with the state that follows.
         heads = self._heads
         if room > 0:
             self._head_bytes += room
-            super().data_received(data[:room])
+            self._feed(data[:room])
         if self._heads == heads:  # the head is still incomplete at the limit
             self._refuse_head()
         elif not self.transport.is_closing():
             self._received(data[room:])
+
+    def _feed(self, data: bytes) -> None:
+        """``data`` to the parser (uvicorn's ``data_received``), keeping the current message's
+        first bytes while where it began is known (:meth:`send_400_response` reads them)."""
+        if self._start is not None and len(self._start) < METHOD_BYTES:
+            self._start += data[: METHOD_BYTES - len(self._start)]
+        super().data_received(data)
+        if self._start is None and not self._begun:
+            self._start = b""  # the last message ended with this read: the next begins a read
 
     def _refuse_head(self) -> None:
         self._disarm()
@@ -291,11 +330,33 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         """A request llhttp cannot parse (a negative Content-Length, a NUL in a header, both
         Transfer-Encoding and Content-Length, an obsolete line fold): the JSON error every
         other refusal gets, not uvicorn's plain text (review, s40), and the connection
-        closed. A response the app has begun for the current request is left as it is."""
-        self.logger.warning("malformed HTTP request: answered 400")
+        closed. A response the app has begun for the current request is left as it is.
+        A method llhttp does not know is a 501 instead (:meth:`_unknown_method`)."""
         live = self.cycle if self.cycle is not None and not self.cycle.response_complete else None
+        if self._unknown_method():
+            self.logger.warning("unknown request method: answered 501")
+            err: InputError = MethodNotImplementedError(
+                "the request method is not one this server implements (methods are "
+                "case-sensitive: GET, HEAD, POST)"
+            )
+            self._answer_and_close(501, "Not Implemented", err, live)
+            return
+        self.logger.warning("malformed HTTP request: answered 400")
         err = InputError("the request is not valid HTTP/1.1", code="malformed_http")
         self._answer_and_close(400, "Bad Request", err, live)
+
+    def _unknown_method(self) -> bool:
+        """Whether the parse error being answered is a method llhttp does not know: its
+        ``HttpParserInvalidMethodError`` (uvicorn calls :meth:`send_400_response` while
+        handling it, without passing it on), in a message whose first bytes are a method's
+        syntax (:data:`_METHOD_START`; llhttp raises the same error for bytes that are no
+        method at all). Where the message began is not known (it followed another within
+        one read), the error stays a 400."""
+        error = sys.exc_info()[1]
+        if not isinstance(error, httptools.HttpParserInvalidMethodError) or not self._start:
+            return False
+        # RFC 9112 2.2: empty lines before a request line are ignored (llhttp skips them).
+        return _METHOD_START.match(self._start.lstrip(b"\r\n")) is not None
 
     def _arm(self) -> None:
         if self._head_timer is None:
@@ -361,6 +422,7 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         self._arm()  # the first request's head: its clock starts with the connection
 
     def on_message_begin(self) -> None:
+        self._begun = True
         super().on_message_begin()
         self._arm()  # the first byte of a later request's head on a kept-alive connection
 
@@ -514,6 +576,7 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
             self.flow.pause_reading()
 
     def on_message_complete(self) -> None:
+        self._start, self._begun = None, False  # the next message: see _feed
         if self.transport.is_closing():
             return
         self._end_message()

@@ -9,9 +9,9 @@ Accepted bodies (``POST /invocations`` and ``POST /v1/recommend``):
   ``{"item_ids": [...]}``, with the recommender's options beside them.
 * ``multipart/form-data``: files in ``image`` / ``images`` / ``file``, ``item_ids`` fields, and
   an ``options`` field holding a JSON object (parsed by the app, which owns the form parser).
-* ``application/octet-stream`` (the SageMaker Python SDK's default serializer), or no content
-  type (boto3's ``invoke_endpoint`` without ``ContentType``): a photo or a JSON request, told
-  from the bytes (:func:`told_from_bytes`).
+* ``application/octet-stream`` (the SageMaker Python SDK's default serializer), ``image/*``, or no
+  content type (boto3's ``invoke_endpoint`` without ``ContentType``): a photo or a JSON request,
+  told from the bytes (:func:`told_from_bytes`).
 
 Every mistake raises a :mod:`stygig.errors` type (4xx), never anything else.
 """
@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
+from fastapi import Query as QueryParameter
+from pydantic import BeforeValidator
+from pydantic_core import PydanticCustomError
 from starlette.requests import Request
 
 from stygig.engine import Options, Query
@@ -40,7 +43,6 @@ from stygig.recommendation import (
     MAX_QUERY_PARTS,
     MAX_QUERY_PHOTOS,
     MAX_TEXT,
-    OPAQUE_CONTENT_TYPES,
     merge_option_sources,
     opens_a_json_object,
     option_parameters,
@@ -50,6 +52,7 @@ from stygig.recommendation import (
     parse_json_object,
     split_json_request,
 )
+from stygig.recommendation import OPAQUE_CONTENT_TYPES as _UNTYPED
 
 __all__ = [
     "IMAGE_TYPES",
@@ -75,6 +78,7 @@ __all__ = [
     "parse_image_body",
     "parse_json_body",
     "parse_json_object",
+    "query_int",
     "split_json_request",
     "told_from_bytes",
     "unsupported",
@@ -90,6 +94,16 @@ IMAGE_TYPES = frozenset(
     {"image/jpeg", "image/jpg", "image/png", "image/webp", "application/x-image"}
 )
 _ACCEPTABLE = ("application/json", "application/*", "*/*")
+#: Content types whose body is told from its bytes (:func:`told_from_bytes`): those that say
+#: nothing of it (:data:`stygig.recommendation.OPAQUE_CONTENT_TYPES`: none, octet-stream) and
+#: ``image/*``, a range some clients send for "an image" (a 415 before: audit). It names no
+#: format, so the bytes say which, as they do for ``image/jpeg``; a JSON request sent so is
+#: read as from an octet-stream. Other ranges stay refused (415): ``*/*`` and ``application/*``
+#: say nothing a client means by them, and ``text/*`` claims text, which a photo is not
+#: (``text/plain`` is refused alike). An asynchronous job's inline input is told at submission
+#: and stored with the type it was told as; a stored input sent as ``image/*`` is read as a
+#: photo, as one of any type but JSON's is.
+OPAQUE_CONTENT_TYPES = _UNTYPED | {"image/*"}
 
 
 #: Options by the place a request gives them: ``(place, options)``, as
@@ -287,9 +301,9 @@ _BINARY = {"type": "string", "format": "binary"}
 
 
 def opaque_bodies(json_schema: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """OpenAPI content for the bodies sent as ``application/octet-stream`` or
-    ``binary/octet-stream`` (or with no type, which OpenAPI cannot name): a photo or a JSON
-    request (``json_schema``), told from the bytes."""
+    """OpenAPI content for the bodies sent as ``application/octet-stream``,
+    ``binary/octet-stream`` or ``image/*`` (or with no type, which OpenAPI cannot name): a photo
+    or a JSON request (``json_schema``), told from the bytes."""
     schema = {
         "oneOf": [_BINARY, json_schema],
         "description": "a photo or a JSON request, told from its bytes (an image's signature, "
@@ -325,6 +339,37 @@ def form_body_schema() -> dict[str, Any]:
         else:  # filters: JSON text
             properties[param["name"]] = {"type": "string", "description": param["description"]}
     return {"type": "object", "properties": properties, "additionalProperties": False}
+
+
+#: The most digits an integer query parameter may have: every bound fits (the largest, a job's
+#: sequence number, is 2**63 - 1: 19 digits), and a longer text is refused before it is read.
+QUERY_INT_DIGITS = 19
+_DIGITS = re.compile(rf"[0-9]{{1,{QUERY_INT_DIGITS}}}")  # ASCII only: \d takes any script's
+
+
+def _decimal_digits(value: Any) -> Any:
+    """An integer query parameter's text, if it is plain decimal digits; else a 422 naming the
+    parameter. pydantic reads an int from text leniently: ``+5``, `` 5 ``, ``5.0`` and
+    ``1_000`` were taken (audit), and a text of any length was converted before its bounds
+    were checked."""
+    if isinstance(value, str) and not _DIGITS.fullmatch(value):
+        raise PydanticCustomError(
+            "int_digits",
+            "must be a whole number in decimal digits 0-9, at most {digits} of them",
+            {"digits": QUERY_INT_DIGITS},
+        )
+    return value
+
+
+def query_int(*, ge: int, le: int, **kwargs: Any) -> Any:
+    """Every route's integer query parameter: ``Query(ge=ge, le=le, **kwargs)`` that takes
+    plain decimal digits only (``limit: Annotated[int, query_int(ge=1, le=100)] = 24``). The
+    check follows the bounds among the parameter's metadata: a validator before them (an
+    annotated ``int`` type of its own) made pydantic document them as ``ge``/``le``, not as
+    the OpenAPI schema's ``minimum``/``maximum``."""
+    param = QueryParameter(ge=ge, le=le, **kwargs)
+    param.metadata.append(BeforeValidator(_decimal_digits))
+    return param
 
 
 def strict_query(*names: str) -> Any:

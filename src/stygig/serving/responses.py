@@ -70,6 +70,8 @@ _ERRORS = {
     422: "options that fail validation",
     431: "the request line and headers are over 64 KiB (a query string too)",
     500: "a fault on the server (details in its log, by request id)",
+    501: "a request method the server does not know (one it knows that the route does not "
+    "take: 405)",
     503: "loading or at capacity; retry after Retry-After seconds",
 }
 #: The error answers every route may give, for the OpenAPI schema.

@@ -1,0 +1,115 @@
+"""What the protocol answers a request method llhttp does not know (RFC 9110 15.6.2: 501) and
+bytes that are no request at all (400), with an in-memory transport (no sockets): before,
+``FOO /ping`` got 400 ``malformed_http`` as a TLS handshake does."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from uvicorn.config import Config
+from uvicorn.server import ServerState
+
+from stygig.serving.protocol import head_deadline_protocol
+from tests.unit.test_protocol_eof import MemoryTransport
+
+GET = b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    body = scope["method"].encode()
+    headers = [(b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _exchange(*reads: bytes) -> tuple[bytes, bool]:
+    """``reads`` received one after another, each once the answers so far were written: (all
+    written, whether the connection was closed)."""
+    config = Config(_app, lifespan="off", log_level="critical")
+    config.load()
+    protocol = head_deadline_protocol(10.0)(config=config, server_state=ServerState(), app_state={})
+    transport = MemoryTransport()
+    protocol.connection_made(transport)
+    loop = asyncio.get_running_loop()
+    for data in reads:
+        if transport.closing:
+            break
+        protocol.data_received(data)
+        deadline = loop.time() + 30
+        while protocol.tasks and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+    closed = transport.closing
+    protocol.connection_lost(None)
+    return bytes(transport.out), closed
+
+
+def _last_answer(out: bytes) -> tuple[int, str | None]:
+    """The status of the last answer in ``out`` and its JSON error code (None: not an error)."""
+    answer = out[out.rindex(b"HTTP/1.1 ") :]
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    if b"content-type: application/json" not in head.lower():
+        return status, None
+    return status, json.loads(body)["error"]["code"]
+
+
+@pytest.mark.parametrize(
+    "reads",
+    [
+        (b"FOO /ping HTTP/1.1\r\nHost: x\r\n\r\n",),
+        (b"get /ping HTTP/1.1\r\nHost: x\r\n\r\n",),  # methods are case-sensitive
+        (b"GETX /ping HTTP/1.1\r\nHost: x\r\n\r\n",),  # a known method's prefix
+        (b"\r\nFOO /ping HTTP/1.1\r\nHost: x\r\n\r\n",),  # an empty line before it is ignored
+        (b"FO", b"O /ping HTTP/1.1\r\nHost: x\r\n\r\n"),  # refused before the rest arrived
+        (GET, b"FOO /ping HTTP/1.1\r\nHost: x\r\n\r\n"),  # on a kept-alive connection
+    ],
+    ids=["unknown", "lower-case", "known-prefix", "empty-line", "split", "kept-alive"],
+)
+def test_an_unknown_method_is_501_and_the_connection_closed(reads: tuple[bytes, ...]) -> None:
+    out, closed = asyncio.run(_exchange(*reads))
+    assert _last_answer(out) == (501, "method_not_implemented"), out
+    assert out.count(b"HTTP/1.1 ") == (2 if reads[0] == GET else 1)  # GET's answer first
+    assert b"HTTP/1.1 501 Not Implemented\r\n" in out and b"connection: close" in out
+    assert b"FOO" not in out.rpartition(b"\r\n\r\n")[2]  # never repeated back
+    assert closed
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS handshake
+        b'{"item_ids": ["sku-0014"]}',
+        b"HTTP/1.1 200 OK\r\n\r\n",
+        b" GET /ping HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET\r\n\r\n",
+        b"GET /ping HTTP/9.1\r\nHost: x\r\n\r\n",
+        b"GET /ping HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
+        # Another message began within the read: where is not known, so no 501 is guessed.
+        GET + b"FOO /ping HTTP/1.1\r\nHost: x\r\n\r\n",
+        GET + b"\x16\x03\x01\x02\x00",
+    ],
+    ids=[
+        "tls",
+        "json",
+        "status-line",
+        "leading-space",
+        "no-target",
+        "version",
+        "nul-in-header",
+        "pipelined-method",
+        "pipelined-tls",
+    ],
+)
+def test_bytes_that_are_no_request_stay_400(data: bytes) -> None:
+    out, closed = asyncio.run(_exchange(data))
+    assert _last_answer(out) == (400, "malformed_http"), out
+    assert closed
+
+
+def test_a_method_the_parser_knows_reaches_the_app() -> None:
+    """PROPFIND is llhttp's: the app answers it (StyGig's routes: 405), on a kept connection."""
+    out, closed = asyncio.run(_exchange(b"PROPFIND /ping HTTP/1.1\r\nHost: x\r\n\r\n", GET))
+    assert out.count(b"HTTP/1.1 200 ") == 2 and out.endswith(b"GET") and not closed
