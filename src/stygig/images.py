@@ -80,6 +80,7 @@ __all__ = [
     "fit_array",
     "image_bytes",
     "looks_like_image",
+    "photo_work",
     "preprocess",
     "preprocess_batch",
     "read_header",
@@ -329,10 +330,7 @@ def check_photos(
     bounded alone, and 8 WebPs of 16 MP (28 KB each) cost 2.6 s of CPU in one 304 KB request
     (review, session 42)."""
     budget = 2 * limits.max_whole_decode_pixels
-    work = 0
-    for source in sources:
-        img, scans = _opened(source, limits)
-        work += decode_work(img, scans)
+    work = sum(photo_work(source, limits) for source in sources)
     if len(sources) > 1 and work > budget:
         raise ImageTooLargeError(
             f"the photos together would take about {work / 1e6:,.0f} M pixels of full-size "
@@ -340,6 +338,13 @@ def check_photos(
             "(a baseline JPEG costs least)",
             code="images_too_costly",
         )
+
+
+def photo_work(source: bytes | str | Path, limits: ImageLimits = DEFAULT_LIMITS) -> int:
+    """:func:`decode_work` of one photo, from its header, after :func:`check_header`'s checks
+    (with their errors): what a request's photos are bounded by before any is decoded."""
+    img, scans = _opened(source, limits)
+    return decode_work(img, scans)
 
 
 def _opened(source: bytes | str | Path, limits: ImageLimits) -> tuple[Image.Image, int]:

@@ -46,8 +46,9 @@ from stygig.catalog.changes import (
     validate_row,
 )
 from stygig.engine import Recommender
-from stygig.errors import InvalidOptionsError, StygigError
+from stygig.errors import ImageTooLargeError, InvalidOptionsError, StygigError
 from stygig.features import PreparedImage
+from stygig.images import photo_work
 from stygig.snapshot import CatalogSnapshot, apply_changes, lineage_root, replay_batches
 
 __all__ = ["LiveCatalog", "replay"]
@@ -60,6 +61,13 @@ log = logging.getLogger("stygig.living")
 ENCODE_BATCH = 16
 #: Photos of a bulk change decoded ahead of the encoder: bounds the tensors one request holds.
 DECODE_AHEAD = 2 * ENCODE_BATCH
+#: The most decoding one change request may cost when the caller bounds it (a server does:
+#: the work a client causes is bounded by its input; an operator's ``stygig catalog`` is not),
+#: in pixels of whole PNG or WebP decoding (:func:`stygig.images.photo_work`; a baseline JPEG
+#: costs a 25th of its pixels): 1,000 baseline JPEGs of 6 MP, or 64 lossless WebPs of 4 MP
+#: (~2 s of CPU). Without it 999 WebPs of 4 MP, 212 bytes each, made one 360 KB request cost
+#: 32 s of CPU (review, session 49).
+CHANGE_DECODE_BUDGET = 256_000_000
 #: How much lower (``nice``, Linux only: nice values are per thread there) the threads that
 #: prepare and encode changes' photos run than the process, so requests take the CPU first and
 #: changes use what is left. ``STYGIG_CHANGE_NICE=0`` turns it off.
@@ -148,6 +156,17 @@ def _single_thread_copy(encoder: Any) -> Any:
         return encoder
 
 
+@contextlib.contextmanager
+def _naming(n: int) -> Any:
+    """A 4xx raised inside names change ``n`` (0-based) as the client counts: ``change 3: ...``."""
+    try:
+        yield
+    except StygigError as e:
+        e.message = f"change {n + 1}: {e.message}"
+        e.args = (e.message,)
+        raise
+
+
 class LiveCatalog:
     """Changes to ``recommender``'s catalogue through the change log ``changelog``.
 
@@ -184,8 +203,13 @@ class LiveCatalog:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def prepare(self, requests: Sequence[ChangeRequest]) -> list[CatalogChange]:
+    def prepare(
+        self, requests: Sequence[ChangeRequest], *, decode_budget: int | None = None
+    ) -> list[CatalogChange]:
         """Validate rows and embed the photos of ``requests`` (no lock held; nothing changes).
+        ``decode_budget``: the most decoding the photos may cost together (see
+        :data:`CHANGE_DECODE_BUDGET`; None: unbounded), checked from their headers before
+        any is decoded.
 
         Raises :mod:`stygig.errors` 4xx types naming the change (``change 3: ...``).
         """
@@ -205,6 +229,21 @@ class LiveCatalog:
             out.append(None)
         if not pending:
             return [c for c in out if c is not None]
+        # Every photo's header before any photo is decoded: a bad one (not an image, over a
+        # limit, a location not found) costs no decoding of the others, and the request's
+        # decoding is known before it begins (review, session 49: a non-image after 999 good
+        # photos was found after 32 s of decoding, and the request could be sent again).
+        work = 0
+        for n, _, req in pending:
+            with _naming(n):
+                work += photo_work(self._photo(req))
+            if decode_budget is not None and work > decode_budget:  # no need to read more
+                raise ImageTooLargeError(
+                    f"the photos of changes 1-{n + 1} would take over "
+                    f"{decode_budget / 1e6:,.0f} M pixels of full-size decoding, the most a "
+                    "request may; send them in several requests (a baseline JPEG costs least)",
+                    code="images_too_costly",
+                )
         # Photos decode in parallel, as a build's do (PIL and NumPy release the GIL), and are
         # encoded in small batches as they come, overlapping the next photos' decoding. All
         # on the low-priority change threads: this thread (a request worker) only waits.
@@ -238,12 +277,8 @@ class LiveCatalog:
                 group: list[tuple[int, Item, PreparedImage]] = []
                 for i in range(start, min(start + ENCODE_BATCH, len(pending))):
                     n, item, _ = pending[i]
-                    try:
+                    with _naming(n):
                         group.append((n, item, jobs.pop(i).result()))
-                    except StygigError as e:
-                        e.message = f"change {n + 1}: {e.message}"
-                        e.args = (e.message,)
-                        raise
                 tensors = [p.tensor for _, _, p in group]
                 in_flight.append((group, _encode_pool().submit(self._embed, tensors)))
                 if len(in_flight) > 1:
@@ -287,15 +322,18 @@ class LiveCatalog:
             )
         return self.load(req.location)
 
-    def submit(self, requests: Sequence[ChangeRequest]) -> CatalogSnapshot:
+    def submit(
+        self, requests: Sequence[ChangeRequest], *, decode_budget: int | None = None
+    ) -> CatalogSnapshot:
         """Apply ``requests`` as one log record; the snapshot that holds them (acknowledged:
-        logged durably and visible to the next request). All or nothing."""
+        logged durably and visible to the next request). All or nothing. ``decode_budget``:
+        see :meth:`prepare`."""
         if self.changelog is None:
             raise InvalidOptionsError(
                 "this catalogue takes no changes: no change log is configured",
                 code="changes_disabled",
             )
-        changes = self.prepare(requests)
+        changes = self.prepare(requests, decode_budget=decode_budget)
         # Applied and logged on the low-priority writer thread (one: writers are serialised
         # anyway); the caller, a request worker, waits without using the CPU.
         done = _writer_pool().submit(self._submit_prepared, changes).result()
@@ -304,7 +342,7 @@ class LiveCatalog:
             # may embed them otherwise (another encoder's weights, another whitening), so they
             # are prepared again there, never logged with this version's vectors.
             assert self.successor is not None
-            return self.successor.submit(requests)
+            return self.successor.submit(requests, decode_budget=decode_budget)
         return done
 
     def _submit_prepared(self, changes: list[CatalogChange]) -> CatalogSnapshot | None:

@@ -201,6 +201,37 @@ def test_kill_9_loses_no_acknowledged_change(
             assert int(item["attributes"]["counter"]) >= n  # acknowledged: never lost
 
 
+def test_a_change_request_costing_more_decoding_than_its_budget_is_a_413_before_any(
+    workspace: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """Review, session 49: 999 lossless WebPs of 4 MP (212 bytes each, a 360 KB body) cost 32 s
+    of CPU. A server bounds a change request's decoding (CHANGE_DECODE_BUDGET), from the
+    photos' headers: one photo over makes a 413, and nothing changes."""
+    from PIL import Image
+
+    from stygig.living import CHANGE_DECODE_BUDGET
+
+    _, art, log = workspace
+    buffer = io.BytesIO()
+    Image.new("RGB", (2000, 2000), (200, 30, 30)).save(buffer, "WEBP", lossless=True)
+    webp = base64.b64encode(buffer.getvalue()).decode()
+    fits = CHANGE_DECODE_BUDGET // (2000 * 2000)
+    item = {"category": "jeans", "gender": "men"}
+    body = [
+        {"op": "add", "item": {**item, "id": f"w{i}"}, "image_b64": webp} for i in range(fits + 1)
+    ]
+    with (
+        living_server(art, log, tmp_path / "server.log") as (url, _),
+        httpx.Client(base_url=url, timeout=120) as client,
+    ):
+        r = client.post("/v1/catalog/changes", json={"changes": body})
+        assert r.status_code == 413, r.text
+        error = r.json()["error"]
+        assert error["code"] == "images_too_costly" and "several requests" in error["message"]
+        assert client.get("/v1/catalog/version").json()["sequence"] == 0
+    assert not log.exists() or not any(log.iterdir())
+
+
 def test_a_server_starts_again_after_its_first_item_was_removed(
     workspace: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:

@@ -18,8 +18,15 @@ from stygig.artifact import Artifact
 from stygig.catalog.changelog import ChangeLog, SequenceTaken
 from stygig.catalog.changes import parse_change, parse_changes_jsonl
 from stygig.engine import Options, Query, Recommender
-from stygig.errors import InputError, InvalidImageError, InvalidOptionsError, NotFoundError
+from stygig.errors import (
+    ImageTooLargeError,
+    InputError,
+    InvalidImageError,
+    InvalidOptionsError,
+    NotFoundError,
+)
 from stygig.features import prepare_image
+from stygig.images import photo_work
 from stygig.index import MERGE_ROWS, ExactIndex, LiveIndex, build_index
 from stygig.living import LiveCatalog
 
@@ -297,6 +304,40 @@ def test_a_bulk_decodes_a_bounded_window_ahead_of_the_encoder(
     assert np.allclose(changes[-1].vector, single.vector, atol=1e-5)
 
 
+def test_every_photo_header_is_checked_before_any_photo_is_decoded(
+    live: tuple[LiveCatalog, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review, session 49: a request of 999 good photos and a non-image last decoded all 999
+    (32 s of CPU) before it was refused, and could be sent again. Headers come first now: a
+    bad one is refused, named, with no photo decoded; so is a request whose photos together
+    would cost more decoding than its budget."""
+    catalog, folder = live
+    decoded: list[object] = []
+    decode = LiveCatalog._prepared_photo
+
+    def counted(self: LiveCatalog, req: object, spec: object) -> object:
+        decoded.append(req)
+        return decode(self, req, spec)
+
+    monkeypatch.setattr(LiveCatalog, "_prepared_photo", counted)
+    good = [parse_change(_add(folder, f"good-{i}")) for i in range(3)]
+    not_image = {"op": "add", "item": {"id": "bad", "category": "jeans"}, "image_b64": "bm90IGFu"}
+    with pytest.raises(InvalidImageError) as caught:
+        catalog.prepare([*good, parse_change(not_image)])
+    assert caught.value.code == "not_an_image"
+    assert caught.value.message.startswith("change 4: ")
+    assert decoded == []
+    # The budget: in pixels of whole decoding, from the headers (photo_work).
+    work = photo_work(base64.b64decode(_photo(folder)))
+    with pytest.raises(ImageTooLargeError) as over:
+        catalog.prepare(good, decode_budget=3 * work - 1)
+    assert over.value.code == "images_too_costly" and over.value.http_status == 413
+    assert decoded == []
+    assert [c.id for c in catalog.prepare(good, decode_budget=3 * work)] == [g.id for g in good]
+    assert len(decoded) == 3
+    assert catalog.prepare(good)  # no budget: an operator's own command
+
+
 def test_a_record_that_no_longer_applies_is_skipped_alike_by_servers_and_compaction(
     live: tuple[LiveCatalog, Path], tmp_path: Path
 ) -> None:
@@ -442,8 +483,8 @@ def test_changes_prepared_across_a_hot_reload_are_prepared_again_on_the_new_vers
     )
     prepare = catalog.prepare
 
-    def reload_meanwhile(requests: list) -> list:
-        prepared = prepare(requests)
+    def reload_meanwhile(requests: list, decode_budget: int | None = None) -> list:
+        prepared = prepare(requests, decode_budget=decode_budget)
         catalog.retire(successor)  # the reload swaps in while the photos were prepared
         return prepared
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 from dataclasses import asdict
@@ -45,7 +46,7 @@ from stygig.errors import (
     StygigError,
     UnsupportedMediaError,
 )
-from stygig.living import CHANGE_REQUESTS, request_pool
+from stygig.living import CHANGE_DECODE_BUDGET, CHANGE_REQUESTS, request_pool
 from stygig.recommendation import parse_json_object
 from stygig.serving.bodies import (
     CatalogReload,
@@ -240,7 +241,8 @@ def make_changes_router(service: ModelService) -> APIRouter:
         try:
             loop = asyncio.get_running_loop()
             requests = await loop.run_in_executor(request_pool(), parse_changes_body, body, kind)
-            snap = await loop.run_in_executor(request_pool(), live.submit, requests)
+            submit = functools.partial(live.submit, decode_budget=CHANGE_DECODE_BUDGET)
+            snap = await loop.run_in_executor(request_pool(), submit, requests)
         finally:
             running -= 1
         applied = ChangesApplied(
