@@ -146,6 +146,34 @@ def test_bad_changes_change_nothing(live: tuple[LiveCatalog, Path], tmp_path: Pa
     assert e3.value.message == "the key 'set' is given twice in line 2; give it once"
 
 
+def test_an_attribute_given_as_a_field_and_in_attributes_is_a_422() -> None:
+    """Review, session 49: kept one of the two values, by the order of the keys."""
+    changes = (
+        {
+            "op": "add",
+            "item": {
+                "id": "t",
+                "category": "jeans",
+                "colour": "red",
+                "attributes": {"colour": "blue"},
+            },
+            "image_b64": "eA==",
+        },
+        {"op": "update", "id": "t", "set": {"colour": "green", "attributes": {"colour": "pink"}}},
+        {"op": "update", "id": "t", "set": {"attributes": {"colour": "pink"}, "colour": "green"}},
+    )
+    for change in changes:
+        with pytest.raises(InvalidOptionsError) as caught:
+            parse_change(change, "change 2")
+        assert caught.value.code == "field_given_twice"
+        assert caught.value.message == (
+            "change 2: the attribute 'colour' is given twice, as a field and in 'attributes'; "
+            "give it once"
+        )
+    one_each = {"op": "update", "id": "t", "set": {"colour": "red", "attributes": {"fit": "slim"}}}
+    assert parse_change(one_each).fields == one_each["set"]
+
+
 def test_replay_and_two_writers(live: tuple[LiveCatalog, Path], tmp_path: Path) -> None:
     catalog, folder = live
     first = catalog.recommender

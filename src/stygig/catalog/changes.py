@@ -224,6 +224,14 @@ def _check_values(data: Mapping[str, Any], where: str, *, attributes: bool = Fal
             if value is not None and not isinstance(value, dict):
                 raise InvalidOptionsError(f"{where}: 'attributes' must be an object")
             _check_values(value or {}, where, attributes=True)
+            # A name at both levels: which value won was the keys' order (review, session 49).
+            twice = sorted(set(value or {}) & set(data))
+            if twice:
+                raise InvalidOptionsError(
+                    f"{where}: the attribute '{twice[0]}' is given twice, as a field and in "
+                    "'attributes'; give it once",
+                    code="field_given_twice",
+                )
             continue
         if isinstance(value, dict | list):
             raise InvalidOptionsError(f"{where}: field values are strings, numbers or booleans")
