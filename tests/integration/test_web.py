@@ -125,6 +125,24 @@ def test_item_images_come_from_the_artifact(
         ).status_code
         == 304
     )
+    # Review, session 49: only the exact tag revalidated. RFC 9110 13.1.2: "*", a list, a weak
+    # tag, several header lines; a malformed list or another tag gets the photo.
+    etag = r.headers["etag"]
+    for value, status in (
+        ("*", 304),
+        (f'"other", {etag}', 304),
+        (f"W/{etag}", 304),
+        (f'"a,b" ,W/{etag}', 304),
+        ('"other"', 200),
+        (f"{etag[:-1]}", 200),
+        (f"{etag} junk", 200),
+        ("", 200),
+    ):
+        again = client.get("/v1/items/sku-0014/image", headers={"if-none-match": value})
+        assert again.status_code == status, value
+        assert again.content == (b"" if status == 304 else r.content)
+    lines = [("if-none-match", '"other"'), ("if-none-match", etag)]
+    assert client.get("/v1/items/sku-0014/image", headers=lines).status_code == 304
     unknown = client.get("/v1/items/no-such-sku/image")
     assert unknown.status_code == 404
     assert unknown.json()["error"]["code"] == "unknown_item"

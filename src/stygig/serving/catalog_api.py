@@ -64,7 +64,14 @@ from stygig.serving.bodies import (
     json_answer,
 )
 from stygig.serving.requests import query_int, strict_query
-from stygig.serving.responses import JSON, ErrorBody, get_and_head, json_bytes, json_response
+from stygig.serving.responses import (
+    JSON,
+    ErrorBody,
+    get_and_head,
+    json_bytes,
+    json_response,
+    not_modified,
+)
 from stygig.thumbnails import ItemImages
 
 if TYPE_CHECKING:
@@ -455,7 +462,7 @@ def make_catalog_router(service: ModelService) -> APIRouter:
             raise NotFoundError("no such static file", code="not_found")
         body, etag = files[name]
         headers = {"Cache-Control": "no-cache", "ETag": etag}
-        if request.headers.get("if-none-match") == etag:
+        if not_modified(request.headers, etag):
             return Response(status_code=304, headers=headers)
         return Response(body, media_type=_STATIC[name], headers=headers)
 
@@ -480,7 +487,7 @@ def make_catalog_router(service: ModelService) -> APIRouter:
         # Revalidated every time (a living catalogue replaces photos under the same URL: the
         # ETag says when), and never kept by a shared cache (a token may guard it).
         headers = {"Cache-Control": "private, no-cache", "ETag": etag}
-        if request.headers.get("if-none-match") == etag:
+        if not_modified(request.headers, etag):
             return Response(status_code=304, headers=headers)
         data = await service.run(current.image, item_id)
         if data is None:
@@ -561,7 +568,7 @@ def make_catalog_router(service: ModelService) -> APIRouter:
             raise NotFoundError("no such example photo; see /v1/examples", code="not_found")
         scope = "private" if service.config.auth_token else "public"  # shared caches: no token
         headers = {"Cache-Control": f"{scope}, max-age={_IMAGE_MAX_AGE_S}", "ETag": found.etag}
-        if request.headers.get("if-none-match") == found.etag:
+        if not_modified(request.headers, found.etag):
             return Response(status_code=304, headers=headers)
         return Response(found.body, media_type=found.media_type, headers=headers)
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import Response
 from pydantic import BaseModel
+from starlette.datastructures import Headers
 
 from stygig.errors import StygigError
 
@@ -20,9 +22,37 @@ __all__ = [
     "get_and_head",
     "json_bytes",
     "json_response",
+    "not_modified",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+#: One entity tag of an ``If-None-Match`` list, weak or strong (RFC 9110 8.8.3: a quoted string
+#: of any visible character but the quote, commas included), and the comma after it.
+_ENTITY_TAG = re.compile(r'[ \t]*(?:W/)?("[\x21\x23-\x7e\x80-\xff]*")[ \t]*(?:,|$)')
+
+
+def not_modified(headers: Headers, etag: str) -> bool:
+    """Whether a request's ``If-None-Match`` makes its answer a 304 for the current ``etag``
+    (RFC 9110 13.1.2): ``*``, or any tag of its list (several header lines are one list)
+    equal to ``etag`` by the weak comparison (``W/"x"`` matches ``"x"``). A malformed list
+    matches nothing: the full answer (review, session 49: only the exact header
+    ``"<etag>"`` gave a 304)."""
+    lines = headers.getlist("if-none-match")
+    if not lines:
+        return False
+    value = ", ".join(lines).strip()
+    if value == "*":
+        return True
+    tags, pos = set(), 0
+    while pos < len(value):
+        found = _ENTITY_TAG.match(value, pos)
+        if found is None or found.end() == pos:
+            return False
+        tags.add(found.group(1))
+        pos = found.end()
+    return etag.removeprefix("W/") in tags
 
 
 def get_and_head(router: APIRouter | FastAPI, path: str, **kwargs: Any) -> Callable[[F], F]:
