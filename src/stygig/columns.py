@@ -93,12 +93,27 @@ class CatalogColumns:
         self._fresh_caches()
 
     def _fresh_caches(self) -> None:
+        self.__dict__.pop("genders_held", None)  # a cached_property: copied by evolve's copy
         self._attribute_cache: dict[str, np.ndarray] = {}
         self._numeric_cache: dict[str, np.ndarray] = {}
         # An item's fields as answers show them, made once per item recommended (keyed by row,
         # so bounded by the catalogue; the LRU bounds memory for very large ones). A changed
         # catalogue gets a new, empty one (:meth:`evolve`).
         self.item_fields = functools.lru_cache(maxsize=ITEM_FIELDS_CACHE)(self._item_fields)
+
+    @functools.cached_property
+    def genders_held(self) -> list[str]:
+        """The genders some live row has, sorted: what a request may state or filter on and
+        what the catalogue lists. A removed or replaced row keeps its labels until
+        compaction (they count towards the living catalogue's bounds), but they are no
+        longer the catalogue's (review, session 49: a removed item's gender was listed and
+        accepted)."""
+        index = self.artifact.index
+        codes = self.gender_codes
+        if index.n_removed and index.removed is not None:
+            codes = codes[~index.removed[: len(codes)]]
+        held = np.bincount(codes[codes >= 0], minlength=len(self.gender_names)) > 0
+        return [name for name, h in zip(self.gender_names, held.tolist(), strict=True) if h]
 
     def evolve(self, artifact: Artifact, rows: Sequence[int]) -> CatalogColumns:
         """The columns of ``artifact``, this one's catalogue with ``rows`` changed or appended
@@ -283,9 +298,9 @@ class CatalogColumns:
                     "the stated category is not in this catalogue; "
                     f"known: {_listed(self.category_names)}"
                 )
-        if options.gender and options.gender.lower() not in self.gender_names:
+        if options.gender and options.gender.lower() not in self.genders_held:
             raise InvalidOptionsError(
-                f"the stated gender is not in this catalogue; known: {_listed(self.gender_names)}"
+                f"the stated gender is not in this catalogue; known: {_listed(self.genders_held)}"
             )
         for name in ("include_categories", "exclude_categories"):
             for cat in getattr(options, name):

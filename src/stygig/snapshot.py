@@ -385,8 +385,9 @@ def _check_growth(
         new = len(values - set(known))
         if new and len(known) + new > bound:
             raise CatalogFullError(
-                f"a living catalogue holds at most {bound} {what} (it has {len(known)}): "
-                "use one it has, or rebuild the catalogue"
+                f"a living catalogue holds at most {bound} {what} (it has {len(known)}, "
+                "those of its removed and replaced items counted until it is compacted): use "
+                "one it has, or compact (stygig catalog compact) or rebuild the catalogue"
             )
     live, dead = len(artifact.positions), len(items) - len(artifact.positions)
     if superseding and dead > max(MAX_DEAD_ROWS, live):  # removes and new ids: taken

@@ -232,6 +232,28 @@ def test_a_change_request_costing_more_decoding_than_its_budget_is_a_413_before_
     assert not log.exists() or not any(log.iterdir())
 
 
+def test_a_removed_items_gender_is_neither_listed_nor_accepted(
+    workspace: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """Review, session 49: /v1/config and the 422s' "known" lists named the genders of items
+    removed since."""
+    catalog, art, log = workspace
+    add = _add(catalog, "odd-1")
+    add["item"]["gender"] = "gg0"
+    with (
+        living_server(art, log, tmp_path / "server.log") as (url, _),
+        httpx.Client(base_url=url, timeout=60) as client,
+    ):
+        assert client.post("/v1/catalog/changes", json=add).status_code == 200
+        assert "gg0" in client.get("/v1/config").json()["genders"]
+        assert client.get("/v1/catalog", params={"gender": "gg0"}).json()["items"]
+        r = client.post("/v1/catalog/changes", json={"op": "remove", "id": "odd-1"})
+        assert r.status_code == 200, r.text
+        assert "gg0" not in client.get("/v1/config").json()["genders"]
+        r = client.get("/v1/catalog", params={"gender": "gg0"})
+        assert r.status_code == 422 and "gg0" not in r.text
+
+
 def test_a_server_starts_again_after_its_first_item_was_removed(
     workspace: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:

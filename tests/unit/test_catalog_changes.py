@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stygig import living
+from stygig import living, snapshot
 from stygig.artifact import Artifact
 from stygig.catalog.changelog import ChangeLog, SequenceTaken
 from stygig.catalog.changes import parse_change, parse_changes_jsonl
 from stygig.engine import Options, Query, Recommender
 from stygig.errors import (
+    CatalogFullError,
     ImageTooLargeError,
     InputError,
     InvalidImageError,
@@ -172,6 +173,35 @@ def test_an_attribute_given_as_a_field_and_in_attributes_is_a_422() -> None:
         )
     one_each = {"op": "update", "id": "t", "set": {"colour": "red", "attributes": {"fit": "slim"}}}
     assert parse_change(one_each).fields == one_each["set"]
+
+
+def test_a_removed_items_gender_is_no_longer_the_catalogues(
+    live: tuple[LiveCatalog, Path],
+) -> None:
+    """Review, session 49: a removed item's gender stayed listed and accepted. Its tombstone
+    keeps it (and it counts towards MAX_GENDERS until compaction, as the 409 says), but a
+    request may no longer state it."""
+    catalog, folder = live
+    catalog.submit([parse_change(_add(folder, "odd-1", gender="gg0"))])
+    cols = catalog.snapshot.columns
+    assert "gg0" in cols.genders_held
+    photo = (folder / "queries" / "blue-jeans.jpg").read_bytes()
+    assert _ids(catalog.recommender, photo, gender="gg0")
+    catalog.submit([parse_change({"op": "remove", "id": "odd-1"})])
+    cols = catalog.snapshot.columns
+    assert "gg0" in cols.gender_names and "gg0" not in cols.genders_held
+    assert {"men", "women"} <= set(cols.genders_held)
+    with pytest.raises(InvalidOptionsError) as caught:
+        _ids(catalog.recommender, photo, gender="gg0")
+    assert caught.value.message.startswith("the stated gender is not in this catalogue")
+    assert "gg0" not in caught.value.message
+    # The bound counts it until compaction, and says so.
+    full = [
+        parse_change(_add(folder, f"odd-{n}", gender=f"gh{n}")) for n in range(snapshot.MAX_GENDERS)
+    ]
+    with pytest.raises(CatalogFullError) as over:
+        catalog.submit(full)
+    assert "counted until it is compacted" in over.value.message
 
 
 def test_replay_and_two_writers(live: tuple[LiveCatalog, Path], tmp_path: Path) -> None:

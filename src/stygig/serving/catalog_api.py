@@ -293,9 +293,9 @@ class _Shelf:
                     f"the category is not in this catalogue; known: {', '.join(cols.category_names)}"
                 )
             category = canonical
-        if gender and gender.lower() not in cols.gender_names:
+        if gender and gender.lower() not in cols.genders_held:
             raise InvalidOptionsError(
-                f"the gender is not in this catalogue; known: {', '.join(cols.gender_names)}"
+                f"the gender is not in this catalogue; known: {', '.join(cols.genders_held)}"
             )
         wanted_gender = gender.lower() if gender else None
         out = []
@@ -337,7 +337,7 @@ def _config(
         sequence=snap.sequence,
         thumbnails="thumbnails.bin" in artifact.manifest.get("files", {}),
         categories=[CategoryCount(c, taxonomy.slot_of(c), counts[c]) for c in sorted(counts)],
-        genders=list(snap.columns.gender_names),
+        genders=list(snap.columns.genders_held),
         slots=[SlotLabel(s, taxonomy.slots[s].label) for s in slots],
         scoring=ScoringWeights(
             similarity_weight=rec.config.similarity_weight,
