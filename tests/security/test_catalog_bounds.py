@@ -435,12 +435,12 @@ def test_change_requests_never_hold_the_request_workers(
     release, entered, holding = threading.Event(), threading.Semaphore(0), threading.Event()
     submit = LiveCatalog.submit
 
-    def held(self: LiveCatalog, requests: Any) -> Any:
+    def held(self: LiveCatalog, requests: Any, **kwargs: Any) -> Any:
         if not holding.is_set():
-            return submit(self, requests)
+            return submit(self, requests, **kwargs)
         entered.release()
         assert release.wait(120)
-        return submit(self, requests)
+        return submit(self, requests, **kwargs)
 
     monkeypatch.setattr(LiveCatalog, "submit", held)
     from stygig.serving import requests as serving_requests
