@@ -24,7 +24,7 @@ import pytest
 from stygig.cli import main as jobs_main
 from stygig.engine import Options, Query
 from stygig.jobs import JobSpec, JobStore, JobWorker, WorkerConfig
-from stygig.jobs.store import TERMINAL
+from stygig.jobs.store import TERMINAL, new_owner
 from tests.conftest import encode, garment_image
 from tests.integration.server_fixtures import REPO, free_port
 
@@ -717,3 +717,87 @@ def test_a_submission_given_a_key_or_option_twice_is_refused_before_the_202(
             },
         )
         assert ok.status_code == 202, ok.text
+
+
+def test_a_job_whose_outcome_cannot_be_written_is_tried_again_then_ends(tmp_path: Path) -> None:
+    """Review, session 49: when neither a job's result nor its failure could be written (its
+    output storage failing: here a file where the output folder should be), the job stayed
+    ``running``, its lease renewed, until the process restarted. It goes back in line now,
+    is tried again after ``retry_s`` (doubled per attempt), and once storage is back it
+    succeeds; a job whose storage never comes back is failed at its last attempt, in the
+    store alone."""
+    answers = _StuckRecommender()  # answers at once for any item but "stuck"
+    store = JobStore(tmp_path / "jobs.db")
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the output folder should be")
+    config = WorkerConfig(concurrency=1, poll_s=0.05, retry_s=0.2)
+    worker = JobWorker(store, lambda: answers, config)  # type: ignore[arg-type,return-value]
+    body = json.dumps({"item_ids": ["fine"]}).encode()
+    out = blocked / "out"
+    store.submit(  # attempts enough that its retries outlast any wait of this test
+        JobSpec(
+            str(out / "{id}.out"),
+            str(out / "{id}-error.out"),
+            input_body=body,
+            id="back",
+            max_attempts=10,
+        )
+    )
+    never = tmp_path / "never"
+    never.write_text("a file for good")
+    store.submit(
+        JobSpec(
+            str(never / "{id}.out"),
+            str(never / "{id}-error.out"),
+            input_body=body,
+            id="gone",
+            max_attempts=2,
+        )
+    )
+    worker.start()
+    try:
+
+        def released(job_id: str, times: int) -> bool:
+            return _events(tmp_path / "jobs.db", job_id).count("released") >= times
+
+        wait_for(lambda: released("back", 1) and store.get("gone").status == "failed", 20)
+        assert store.get("gone").error == {
+            "code": "output_unwritable",
+            "message": "the job's outcome could not be stored (2 attempts)",
+        }
+        assert store.get("gone").attempts == 2
+        blocked.unlink()  # storage is back
+        wait_for(lambda: store.get("back").status == "succeeded", 20)
+        assert (out / "back.out").exists()
+        assert 2 <= store.get("back").attempts <= 10
+    finally:
+        worker.stop()
+        store.close()
+
+
+def _events(db: Path, job_id: str) -> list[str]:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT event FROM events WHERE job_id = ? ORDER BY rowid", (job_id,)
+        ).fetchall()
+    conn.close()
+    return [r[0] for r in rows]
+
+
+def test_a_released_job_waits_out_its_delay_and_only_its_owner_releases_it(
+    tmp_path: Path,
+) -> None:
+    store = JobStore(tmp_path / "jobs.db")
+    try:
+        store.submit(JobSpec("/out/{id}.out", "/out/{id}-error.out", input_body=b"x", id="a"))
+        store.submit(JobSpec("/out/{id}.out", "/out/{id}-error.out", input_body=b"x", id="b"))
+        owner = new_owner()
+        [first] = store.claim(owner)
+        assert not store.release("a", new_owner(), first.attempts, delay_s=0)
+        assert store.release("a", owner, first.attempts, delay_s=3600)
+        assert store.get("a").status == "queued"
+        assert store.renew(owner) == 0
+        assert [j.id for j in store.claim(owner, limit=5)] == ["b"]  # "a" waits its hour
+        assert store.claim(new_owner(), limit=5) == []
+    finally:
+        store.close()

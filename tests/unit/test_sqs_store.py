@@ -277,6 +277,28 @@ def test_an_expired_lease_is_taken_over_and_only_the_new_owner_finishes(queue: Q
     assert queue.keys("done")[0].endswith(".succeeded.slow") and len(queue.keys("done")) == 1
 
 
+def test_a_released_job_is_no_longer_renewed_and_comes_back_after_its_delay(
+    queue: Queue,
+) -> None:
+    """A job whose outcome could not be written is given back (review, session 49: it was
+    renewed for as long as its server lived): its owner renews it no more, and after the
+    delay another receiver takes it over as its next attempt."""
+    store, other = queue.store(), queue.store()
+    store.submit(_spec(id="back"))
+    owner = new_owner()
+    [claimed] = store.claim(owner, lease_s=30)
+    assert not store.release("back", new_owner(), claimed.attempts, delay_s=0)  # not its job
+    assert store.release("back", owner, claimed.attempts, delay_s=0)
+    assert store.renew(owner, lease_s=30) == 0
+    assert not store.finish("back", new_owner(), claimed.attempts, "succeeded")
+    taker = new_owner()
+    [again] = wait_for(lambda: other.claim(taker, lease_s=30))
+    assert again.id == "back" and again.attempts == 2
+    events = [(e["event"], e["owner"]) for e in other.events("back")]
+    assert events[-3:] == [("released", owner), ("requeued", taker), ("claimed", taker)]
+    assert other.finish("back", taker, again.attempts, "succeeded")
+
+
 def test_renew_extends_the_lease_and_duplicates_wait_for_it(queue: Queue) -> None:
     store, other = queue.store(), queue.store()
     job, _ = store.submit(_spec(id="dup"))

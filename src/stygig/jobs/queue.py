@@ -60,6 +60,11 @@ class JobQueue(Protocol):
         """Record the terminal state once (owner and attempt must hold the job); whether it did."""
         ...
 
+    def release(self, job_id: str, owner: str, attempt: int, *, delay_s: float = 0.0) -> bool:
+        """Give back a job ``owner`` runs but cannot finish, to be claimed again after
+        ``delay_s`` (owner and attempt must hold it); whether it did."""
+        ...
+
     def requeue_orphans(self, owner: str) -> list[str]:
         """Put jobs whose owner is gone back in line (ids); a queue that redelivers on its own
         may return none."""

@@ -830,6 +830,32 @@ class SqsJobStore:
             self._due[job_id] = self._job(record)
         return True
 
+    def release(self, job_id: str, owner: str, attempt: int, *, delay_s: float = 0.0) -> bool:
+        """Give back a job ``owner`` runs but cannot finish: no longer renewed here, its
+        record's lease ended now and its message visible again after ``delay_s``, when the
+        next receiver takes it over (see :meth:`claim`); whether the record was ``owner``'s.
+        Should the store fail meanwhile, the job still comes back: its lease runs out."""
+        with self._lock:
+            held = self._held.get(job_id)
+            if held is not None and held.owner == owner and held.attempt == attempt:
+                del self._held[job_id]  # renew() leaves it be from now on
+            else:
+                held = None
+        now = time.time()
+
+        def back(record: dict[str, Any]) -> bool:
+            if not _holds(record, owner, attempt):
+                return False
+            record["lease_expires"] = now
+            record["events"].append(_event("released", owner, now, {"delay_s": delay_s}))
+            return True
+
+        with self._aws("give a job back"):
+            record = self._update(job_id, back)
+            if held is not None:
+                self._set_visibility(held.receipt, min(max(delay_s, 0.0), _MAX_VISIBILITY_S))
+        return record is not None
+
     def requeue_orphans(self, owner: str) -> list[str]:
         """Nothing to do: a dead owner's message becomes visible again after its visibility
         timeout and the next receiver takes the job over (see :meth:`claim`)."""

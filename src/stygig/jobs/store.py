@@ -700,8 +700,11 @@ class JobStore:
         """Take up to ``limit`` queued jobs (oldest first) for ``owner``; counts the attempt."""
         now = time.time()
         with self._transaction() as db:
+            # A queued job's lease_expires, when set, is when it may run again (release).
             rows = db.execute(
-                "SELECT id FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT ?", (limit,)
+                "SELECT id FROM jobs WHERE status = 'queued'"
+                " AND (lease_expires IS NULL OR lease_expires <= ?) ORDER BY seq LIMIT ?",
+                (now, limit),
             ).fetchall()
             ids = [r["id"] for r in rows]
             for job_id in ids:
@@ -766,6 +769,20 @@ class JobStore:
             if cur.rowcount != 1:
                 return False
             self._event(db, job_id, status, owner, dict(error) if error else None)
+        return True
+
+    def release(self, job_id: str, owner: str, attempt: int, *, delay_s: float = 0.0) -> bool:
+        """Give back a job ``owner`` runs (``attempt``) but cannot finish: queued again, to be
+        claimed from ``delay_s`` on (its ``lease_expires`` says when); whether it did."""
+        with self._transaction() as db:
+            cur = db.execute(
+                "UPDATE jobs SET status = 'queued', owner = NULL, lease_expires = ?"
+                " WHERE id = ? AND status = 'running' AND owner = ? AND attempts = ?",
+                (time.time() + max(delay_s, 0.0), job_id, owner, attempt),
+            )
+            if cur.rowcount != 1:
+                return False
+            self._event(db, job_id, "released", owner, {"delay_s": round(delay_s, 3)})
         return True
 
     def requeue_orphans(self, owner: str) -> list[str]:

@@ -105,6 +105,9 @@ class WorkerConfig:
         grace_s: how long past its time limit a job's computation may go on holding its slot;
             after that its thread is abandoned and the slot given back.
         max_abandoned: abandoned threads allowed at once; at the cap nothing new is claimed.
+        retry_s: how long a job whose outcome could not be written (its output storage
+            failing) waits before it is tried again, doubled per attempt; its last attempt's
+            failure is recorded in the store alone (see :meth:`JobWorker._give_back`).
     """
 
     concurrency: int = 1
@@ -117,6 +120,7 @@ class WorkerConfig:
     webhook_host_backlog: int = 100
     grace_s: float = 5.0
     max_abandoned: int = 4
+    retry_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -535,40 +539,76 @@ class JobWorker:
             if outcome is None:
                 message = f"the job ran past its {job.time_limit_s:g}-second time limit"
                 outcome = self._fail(job, {"code": "timeout", "message": message})
+        except StorageError:  # the outcome's storage failing (or its earlier documents
+            # unreadable): not the job's fault, so not its end (review, session 49)
+            log.exception("job %s: its outcome could not be written", job.id)
+            outcome = None
         except Exception:
             log.exception("job %s: unexpected failure", job.id)
             internal = {"code": "internal_error", "message": "the job failed on the server"}
             outcome = self._fail(job, internal)
         if outcome is not None:
             self._record_end(job, outcome)
+        else:
+            self._give_back(job)
         self._wake.set()
         if timed_out:
             self._await_or_abandon(run, future)
 
     def _record_end(self, job: Job, outcome: Outcome) -> None:
-        """Record ``job``'s end in the store, retried (with backoff, up to 30 s apart) while the
-        store cannot take it (unreachable, locked, a full disk): an end never recorded left
-        the job ``running`` for good, its lease renewed. Other errors are logged and not
-        retried (they would hold this worker's thread for ever). Stopping gives up (the lease
-        runs out and another worker runs the job again)."""
+        """Record ``job``'s end in the store (see :meth:`_store_retried`)."""
+
+        def finish() -> None:
+            if not self.store.finish(job.id, self.owner, job.attempts, *outcome):
+                log.warning("job %s was taken over before it finished here", job.id)
+
+        self._store_retried(job, "its end", finish)
+
+    def _give_back(self, job: Job) -> None:
+        """A job whose outcome could not be written (neither its result nor its failure: the
+        output storage failing) goes back in line, to be tried again after :attr:`retry_s
+        <WorkerConfig.retry_s>` doubled per attempt. Its last attempt (``max_attempts``) is
+        failed in the store alone, since no document can be written, so the job ends and its
+        client is told (review, session 49: it stayed ``running`` with its lease renewed, and
+        was never tried again, until the process restarted)."""
+        if job.attempts >= job.max_attempts:
+            error = {
+                "code": "output_unwritable",
+                "message": f"the job's outcome could not be stored ({job.attempts} attempts)",
+            }
+            self._record_end(job, ("failed", error))
+            return
+        delay = self.config.retry_s * 2 ** max(job.attempts - 1, 0)
+
+        def release() -> None:
+            if not self.store.release(job.id, self.owner, job.attempts, delay_s=delay):
+                log.warning("job %s was taken over before it was given back", job.id)
+
+        self._store_retried(job, "its return to the queue", release)
+
+    def _store_retried(self, job: Job, what: str, call: Callable[[], None]) -> None:
+        """``call`` (a write to the store about ``job``), retried with backoff, up to 30 s
+        apart, while the store cannot take it (unreachable, locked, a full disk): an end
+        never recorded left the job ``running`` for good, its lease renewed. Other errors are
+        logged and not retried (they would hold this worker's thread for ever). Stopping
+        gives up (the lease runs out and another worker runs the job again)."""
         delay = 0.5
         while True:
             try:
-                if not self.store.finish(job.id, self.owner, job.attempts, *outcome):
-                    log.warning("job %s was taken over before it finished here", job.id)
+                call()
                 return
             except (OverloadedError, StorageError):  # the store unreachable, locked, full
-                log.exception("job %s: its end could not be recorded; retrying", job.id)
+                log.exception("job %s: %s could not be recorded; retrying", job.id, what)
             except Exception:  # never going to work (a corrupt record, a bug): not retried
-                log.exception("job %s: its end cannot be recorded; given up", job.id)
+                log.exception("job %s: %s cannot be recorded; given up", job.id, what)
                 return
             if self._stopping.wait(delay):
                 return
             delay = min(2 * delay, 30.0)
 
     def _fail(self, job: Job, error: dict[str, Any]) -> Outcome | None:
-        """Write ``job``'s failure; ``None`` when storage is down (then the lease runs out and
-        the job is tried again)."""
+        """Write ``job``'s failure; ``None`` when storage is down (then the job is given back:
+        :meth:`_give_back`)."""
         try:
             return _failure(job, error)
         except Exception:
