@@ -5,8 +5,10 @@ error, exit 2) instead of failing later with a traceback or a silent empty resul
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
 
-__all__ = ["count", "port", "positive"]
+__all__ = ["count", "port", "positive", "real"]
 
 
 def _at_least(text: str, floor: int) -> int:
@@ -37,3 +39,25 @@ def port(text: str) -> int:
     if value > 65535:
         raise argparse.ArgumentTypeError(f"expected a port of 1 to 65535, got {text[:20]!r}")
     return value
+
+
+def real(floor: float, ceiling: float = math.inf, *, above: bool = False) -> Callable[[str], float]:
+    """An argument type: a finite number of ``floor`` or more (``above``: more than ``floor``),
+    at most ``ceiling``. NaN, the infinities and text are refused (review, session 49:
+    ``--max-body-mb nan`` was a traceback, ``--max-body-mb 0`` a server that refused every
+    body, ``--async-timeout -1`` one that refused every job with a 422 blaming its client)."""
+    low = f"more than {floor:g}" if above else f"{floor:g} or more"
+    high = "" if ceiling == math.inf else f", at most {ceiling:g}"
+
+    def number(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and (value > floor if above else value >= floor)):
+            value = math.nan
+        if not value <= ceiling:  # NaN too
+            raise argparse.ArgumentTypeError(f"expected a number {low}{high}, got {text[:20]!r}")
+        return value
+
+    return number

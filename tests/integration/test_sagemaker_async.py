@@ -290,13 +290,16 @@ def test_submit_wait_and_status_through_s3_and_sns(
     assert submitted["InferenceId"] == "look-42" and submitted["InputLocation"] == stored
     assert runtime.calls[-1]["ContentType"] == "application/json"
     topics = ["--sns-topic", ep.success_topic, "--sns-topic", ep.error_topic]
+    sqs, sns = boto3.client("sqs"), boto3.client("sns")
+    # Other tests' queues on the shared moto server (test_sqs_jobs.py run first) are not ours.
+    queues = set(sqs.list_queues().get("QueueUrls", []))
+    subscriptions = len(sns.list_subscriptions()["Subscriptions"])
     assert main(["jobs", "wait", *flags, *topics, "--max-interval", "1", "look-42"]) == 0
     line = json.loads(_out(capsys))
     assert line["Status"] == "succeeded"
     assert _s3_json(line["OutputLocation"])["query"][0]["source"] == "item:sku-0014"
-    sqs, sns = boto3.client("sqs"), boto3.client("sns")
-    assert not sqs.list_queues().get("QueueUrls")  # the wait's queue is gone, and its
-    assert not sns.list_subscriptions()["Subscriptions"]  # subscriptions with it
+    assert set(sqs.list_queues().get("QueueUrls", [])) == queues  # the wait's queue is gone,
+    assert len(sns.list_subscriptions()["Subscriptions"]) == subscriptions  # its subscriptions too
 
     # A corrupt photo: the failure location holds the server's error; wait exits 1.
     corrupt = tmp_path / "torn.jpg"

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -202,8 +203,15 @@ class AsyncConfig:
             from stygig.jobs.sqs_store import parse_queue_url
 
             parse_queue_url(self.job_queue)  # a bad URL is refused now, not at start-up
-        if self.retention_s <= 0:
+        if not 0 < self.retention_s < math.inf:
             raise InvalidOptionsError("the job retention time must be positive")
+        if not 0 < self.time_limit_s <= 24 * 3600:  # a job's own must be: JobSpec
+            raise InvalidOptionsError("the job time limit must be within (0, 86400] seconds")
+        for where in (self.output, self.failure):  # an unsupported scheme: now, not at start
+            if where is not None:
+                storage.parse(where)
+        if self.jobs_db is not None and self.jobs_db.is_dir():
+            raise InvalidOptionsError("the jobs database must be a file, not a folder")
         if self.max_finished is not None and self.max_finished < 1:
             raise InvalidOptionsError("the finished jobs kept must be at least 1")
         if self.max_input_bytes < 1 or self.max_inline_bytes < 1:

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stygig.arguments import port, positive
+from stygig.arguments import port, positive, real
 
 if TYPE_CHECKING:
     from stygig.serving.async_api import AsyncConfig
@@ -41,9 +41,19 @@ _GRACE_S = 25  # SageMaker sends SIGTERM, then SIGKILL 30 s later
 
 
 def default_port() -> int:
-    """``SAGEMAKER_BIND_TO_PORT`` when set, else 8080."""
-    value = os.environ.get("SAGEMAKER_BIND_TO_PORT", "")
-    return int(value) if value.isdigit() else 8080
+    """``SAGEMAKER_BIND_TO_PORT`` when set, else 8080; a value that is no port (1-65535) is
+    refused, naming the variable (review, session 49: ``99999`` and ``²`` were tracebacks,
+    ``0`` a random port, ``abc`` a silent 8080)."""
+    from stygig.errors import InvalidOptionsError
+
+    value = os.environ.get("SAGEMAKER_BIND_TO_PORT", "").strip()
+    if not value:
+        return 8080
+    if not (value.isascii() and value.isdigit() and 1 <= int(value) <= 65535):
+        raise InvalidOptionsError(
+            f"SAGEMAKER_BIND_TO_PORT must be a port of 1 to 65535, got {value[:20]!r}"
+        )
+    return int(value)
 
 
 def default_max_body_mb() -> float:
@@ -87,24 +97,31 @@ def register(subparsers: Any) -> None:
         "--port", type=port, default=None, help="default $SAGEMAKER_BIND_TO_PORT or 8080"
     )
     p.add_argument("--max-batch", type=int, default=8, help="photos per encoder call")
-    p.add_argument("--max-wait-ms", type=float, default=2.0, help="batch collection deadline")
+    p.add_argument(
+        "--max-wait-ms", type=real(0.0, 1000.0), default=2.0, help="batch collection deadline"
+    )
     p.add_argument("--max-queue", type=int, default=256, help="requests in flight before 503")
     p.add_argument("--no-batching", action="store_true", help="one request per encoder call")
     p.add_argument("--threads", type=int, default=None, help="decode/score threads")
     p.add_argument(
         "--max-body-mb",
-        type=float,
+        type=real(1.0, 1024.0),
         default=None,
         help="request body limit (MB; default $SAGEMAKER_MAX_PAYLOAD_IN_MB, a batch transform's, "
         "or 6)",
     )
-    p.add_argument("--timeout", type=float, default=50.0, help="per-request limit in seconds")
     p.add_argument(
-        "--body-timeout", type=float, default=60.0, help="a request body must arrive within this"
+        "--timeout", type=real(0.0, above=True), default=50.0, help="per-request limit in seconds"
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=real(0.0, above=True),
+        default=60.0,
+        help="a request body must arrive within this",
     )
     p.add_argument(
         "--max-bodies-mb",
-        type=float,
+        type=real(1.0),
         default=256.0,
         help="request bodies being read or held at once, in all (MB); beyond it 503",
     )
@@ -450,7 +467,12 @@ def add_async_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--async-output", help="results prefix: folder, file:// or s3://")
     g.add_argument("--async-failure", help="failures prefix (default: --async-output)")
     g.add_argument("--async-concurrency", type=int, default=1, help="async jobs at once")
-    g.add_argument("--async-timeout", type=float, default=900.0, help="per-job limit, seconds")
+    g.add_argument(
+        "--async-timeout",
+        type=real(0.0, 86400.0, above=True),
+        default=900.0,
+        help="per-job limit, seconds (at most 86,400)",
+    )
     g.add_argument("--async-webhook", help="POST every job's notification here")
     g.add_argument("--async-success-topic", help="SNS topic ARN for successes")
     g.add_argument("--async-error-topic", help="SNS topic ARN for failures")
@@ -483,13 +505,13 @@ def add_async_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--async-max-queued-mb",
-        type=float,
+        type=real(0.0, above=True),
         default=1024.0,
         help="inline inputs held by unfinished jobs, in MB; beyond it 503 (default 1024)",
     )
     g.add_argument(
         "--async-retention-hours",
-        type=float,
+        type=real(0.0, above=True),
         default=168.0,
         help="finished jobs are forgotten after this (default 7 days)",
     )
