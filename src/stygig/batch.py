@@ -66,6 +66,7 @@ __all__ = [
     "BatchSummary",
     "RunInProgressError",
     "RunLock",
+    "check_output_name",
     "input_record",
     "iter_inputs",
     "open_sink",
@@ -612,6 +613,45 @@ def _text(value: Any) -> Any:
     return safe_text(value) if isinstance(value, str) else value
 
 
+#: Local output names that promise a format a batch does not write: it writes JSON Lines (any
+#: other name) or Parquet (``.parquet``), and ``out.csv`` got JSON Lines without a word
+#: (review, session 49). Other suffixes (a date: ``recs.2026-12-04``) are names, not formats.
+_OTHER_FORMATS = frozenset(
+    [
+        ".csv",
+        ".tsv",
+        ".json",
+        ".txt",
+        ".xls",
+        ".xlsx",
+        ".pq",
+        ".parq",
+        ".avro",
+        ".orc",
+        ".feather",
+        ".arrow",
+        ".gz",
+        ".bz2",
+        ".xz",
+        ".zst",
+        ".zip",
+    ]
+)
+
+
+def check_output_name(dst: str) -> None:
+    """Refuse a local output named for a format a batch does not write (see
+    :data:`_OTHER_FORMATS`); an ``s3://`` prefix takes parts, whatever its name."""
+    if storage.is_remote(dst):
+        return
+    suffix = Path(dst.rstrip("/")).suffix.lower()
+    if suffix in _OTHER_FORMATS:
+        raise BatchError(
+            f"a batch writes JSON Lines (.jsonl) or Parquet (.parquet), not {suffix}: name "
+            "the output for one of them"
+        )
+
+
 def open_sink(dst: str, part_size: int = 1000) -> Sink:
     """The sink for ``dst``: ``s3://`` prefix, ``.parquet`` file, or else a JSONL file."""
     if storage.is_remote(dst):
@@ -1082,6 +1122,7 @@ def begin_run(
     completed. Every runner starts here, whatever its run record. The output's
     :class:`RunLock` (``lock``, already taken, or taken here) is held by the tally until the
     run ends: another run of the same output at once is refused."""
+    check_output_name(dst)  # before any lock of this call: a refused name leaves nothing
     held = lock if lock is not None else RunLock.take(dst)
     try:
         finished = start_run(dst, run, overwrite)

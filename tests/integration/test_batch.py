@@ -75,6 +75,15 @@ def test_overwrite_and_staging_never_touch_files_a_run_did_not_write(
     with pytest.raises(BatchError, match="is a folder"):
         run_batch(rec, src, str(folder), overwrite=True, progress=False)
     assert (folder / "notes.txt").read_text() == "keep"
+    # Review (s49): "out.csv" got JSON Lines without a word; refused before anything is made.
+    for name in ("named.csv", "named.JSON", "named.jsonl.gz"):
+        with pytest.raises(BatchError, match=r"writes JSON Lines \(\.jsonl\) or Parquet"):
+            run_batch(rec, src, str(tmp_path / name), progress=False)
+    assert not list(tmp_path.glob("*named*")) and not list(tmp_path.glob(".*named*"))
+    from stygig.batch import check_output_name
+
+    for name in ("recs.2026-12-04", "recs", "r.ndjson", "r.Parquet", "s3://shop/recs.csv"):
+        check_output_name(name if "://" in name else str(tmp_path / name))
     # Review (s37): "recs/" (named like the docs' S3 prefixes) made the folder, left a hidden
     # record in it and failed with "Is a directory" on every run.
     with pytest.raises(BatchError, match="is a folder"):

@@ -41,6 +41,7 @@ from stygig.batch import (
     _manifest_inputs,
     _photo_inputs,
     begin_run,
+    check_output_name,
     checked_options,
     input_kind,
     input_record,
@@ -263,6 +264,7 @@ def run_endpoint_batch(
     run_key = f"batch-{digest[:12]}"
     # The output's lock first: a run in progress is refused before --overwrite removes
     # anything of it (its receipts, its output).
+    check_output_name(dst)
     lock = RunLock.take(dst)
     try:
         if overwrite:
