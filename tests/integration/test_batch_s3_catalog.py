@@ -133,4 +133,11 @@ def test_an_s3_catalogue_with_a_local_images_folder_is_confined_to_it(
             ("uri", "missing_image", REFUSED),
             ("dotdot", "missing_image", "image path leaves the --images folder"),
         ]
+        assert read.rejects[2].raw["image"] == "../private/secret.jpg"  # as the row gave it
         assert [r.id for r in read.rejects[3:]] == (["gone"] if check_images else [])
+    # Photos beside the catalogue in S3: it is read from a temporary copy, whose folder a
+    # reject's raw values named ("/tmp/stygig-copy-.../../private/secret.jpg"; review, s49).
+    read = read_catalog("s3://shop/cat41/cat.csv")
+    [dotdot] = [r for r in read.rejects if r.id == "dotdot"]
+    assert dotdot.detail == "image path leaves the catalogue's folder"
+    assert dotdot.raw["image"] == "../private/secret.jpg"

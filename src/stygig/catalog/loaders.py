@@ -667,7 +667,8 @@ def read_catalog(
     for item in read.items:
         image = Path(item.image)
         if not is_remote(item.image) and image.is_relative_to(root):
-            relative = posixpath.normpath(image.relative_to(root).as_posix())
+            written = image.relative_to(root).as_posix()  # as the row gave it
+            relative = posixpath.normpath(written)
             if relative.startswith(".."):  # S3 keys have no '..': it would name another key
                 row = read.rows.pop(item.id)
                 detail = (
@@ -675,7 +676,10 @@ def read_catalog(
                     if base is not None
                     else "image path leaves the --images folder"
                 )
-                read.rejects.append(Reject(row, item.id, "missing_image", detail, item.raw()))
+                # The row's value, never the folder it was read against (a temporary one
+                # for a catalogue in S3: review, session 49).
+                raw = {**item.raw(), "image": written}
+                read.rejects.append(Reject(row, item.id, "missing_image", detail, raw))
                 continue
             if base is not None:
                 item = dataclasses.replace(item, image=storage.join(base, relative))
