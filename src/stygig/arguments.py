@@ -8,7 +8,7 @@ import argparse
 import math
 from collections.abc import Callable
 
-__all__ = ["count", "port", "positive", "real"]
+__all__ = ["count", "encoder_device", "port", "positive", "real"]
 
 
 def _at_least(text: str, floor: int) -> int:
@@ -61,3 +61,15 @@ def real(floor: float, ceiling: float = math.inf, *, above: bool = False) -> Cal
         return value
 
     return number
+
+
+def encoder_device(text: str) -> str:
+    """Where an encoder runs: ``cpu`` or ``cuda``. A type, not ``choices``: argparse converts a
+    default through its type but never checks a default against its choices, so a bad
+    ``$STYGIG_DEVICE`` (the flag's default) bound the port before the model load failed
+    with a traceback (review, session 49)."""
+    if text not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(
+            f"expected cpu or cuda (the default is $STYGIG_DEVICE's), got {text[:20]!r}"
+        )
+    return text

@@ -31,6 +31,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from stygig.arguments import encoder_device
+
 __all__ = ["Check", "DoctorReport", "diagnose", "register", "run_doctor"]
 
 #: Distributions whose versions are reported (absent ones are left out).
@@ -349,7 +351,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--artifact", help="also verify this artifact and run its encoder's session")
     p.add_argument(
         "--device",
-        choices=["cpu", "cuda"],
+        type=encoder_device,
+        metavar="{cpu,cuda}",
         default=os.environ.get("STYGIG_DEVICE", "cpu"),
         help="the device serving will use; cuda makes the GPU checks required "
         "(default $STYGIG_DEVICE or cpu)",

@@ -99,3 +99,22 @@ def test_serve_says_a_bad_async_output_in_one_line(
     err = capsys.readouterr().err
     assert err.strip().endswith("only plain paths, file:// and s3:// are supported")
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["serve", "doctor"])
+def test_a_bad_stygig_device_is_a_usage_error_naming_it(
+    command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """argparse never checks a default against its choices: ``STYGIG_DEVICE=gpu`` bound the
+    port, then the model load failed with a traceback (review, session 49)."""
+    monkeypatch.setenv("STYGIG_DEVICE", "gpu")
+    with pytest.raises(SystemExit) as e:
+        main([command])
+    assert e.value.code == 2
+    assert "expected cpu or cuda (the default is $STYGIG_DEVICE's), got 'gpu'" in (
+        capsys.readouterr().err
+    )
+    monkeypatch.setenv("STYGIG_DEVICE", "cuda")
+    from stygig.cli import _parser
+
+    assert _parser().parse_args([command]).device == "cuda"

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stygig.arguments import port, positive, real
+from stygig.arguments import encoder_device, port, positive, real
 
 if TYPE_CHECKING:
     from stygig.serving.async_api import AsyncConfig
@@ -152,7 +152,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-verify", action="store_true", help="skip artifact checksums at start")
     p.add_argument(
         "--device",
-        choices=["cpu", "cuda"],
+        type=encoder_device,
+        metavar="{cpu,cuda}",
         default=os.environ.get("STYGIG_DEVICE", "cpu"),
         help="where the encoder runs (default $STYGIG_DEVICE or cpu)",
     )
