@@ -156,6 +156,29 @@ def _single_thread_copy(encoder: Any) -> Any:
         return encoder
 
 
+class _DecodeBudget:
+    """The decoding one change request's photos may cost together (``None``: unbounded), spent
+    photo by photo from their headers, from any thread."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.spent = 0
+        self._lock = threading.Lock()
+
+    def spend(self, work: int) -> None:
+        with self._lock:
+            self.spent += work
+            over = self.limit is not None and self.spent > self.limit
+        if over:
+            assert self.limit is not None
+            raise ImageTooLargeError(
+                f"this photo takes the request's photos over {self.limit / 1e6:,.0f} M pixels "
+                "of full-size decoding, the most a request may; send them in several requests "
+                "(a baseline JPEG costs least)",
+                code="images_too_costly",
+            )
+
+
 @contextlib.contextmanager
 def _naming(n: int) -> Any:
     """A 4xx raised inside names change ``n`` (0-based) as the client counts: ``change 3: ...``."""
@@ -229,21 +252,16 @@ class LiveCatalog:
             out.append(None)
         if not pending:
             return [c for c in out if c is not None]
-        # Every photo's header before any photo is decoded: a bad one (not an image, over a
-        # limit, a location not found) costs no decoding of the others, and the request's
-        # decoding is known before it begins (review, session 49: a non-image after 999 good
-        # photos was found after 32 s of decoding, and the request could be sent again).
-        work = 0
+        # Every uploaded photo's header before any photo is decoded: a bad one (not an image,
+        # over a limit) costs no decoding of the others, and the request's decoding is
+        # bounded (review, session 49: a non-image after 999 good photos was found after 32 s
+        # of decoding, and the request could be sent again). A photo named by its location is
+        # read once, where it is decoded, and counted there before it is.
+        budget = _DecodeBudget(decode_budget)
         for n, _, req in pending:
-            with _naming(n):
-                work += photo_work(self._photo(req))
-            if decode_budget is not None and work > decode_budget:  # no need to read more
-                raise ImageTooLargeError(
-                    f"the photos of changes 1-{n + 1} would take over "
-                    f"{decode_budget / 1e6:,.0f} M pixels of full-size decoding, the most a "
-                    "request may; send them in several requests (a baseline JPEG costs least)",
-                    code="images_too_costly",
-                )
+            if req.photo is not None:
+                with _naming(n):
+                    budget.spend(photo_work(req.photo))
         # Photos decode in parallel, as a build's do (PIL and NumPy release the GIL), and are
         # encoded in small batches as they come, overlapping the next photos' decoding. All
         # on the low-priority change threads: this thread (a request worker) only waits.
@@ -272,7 +290,7 @@ class LiveCatalog:
             for start in range(0, len(pending), ENCODE_BATCH):
                 while submitted < min(start + ENCODE_BATCH + DECODE_AHEAD, len(pending)):
                     req = pending[submitted][2]
-                    jobs[submitted] = _photo_pool().submit(self._prepared_photo, req, spec)
+                    jobs[submitted] = _photo_pool().submit(self._prepared_photo, req, spec, budget)
                     submitted += 1
                 group: list[tuple[int, Item, PreparedImage]] = []
                 for i in range(start, min(start + ENCODE_BATCH, len(pending))):
@@ -309,8 +327,13 @@ class LiveCatalog:
                     self._encoder = _single_thread_copy(self.recommender.encoder)
         return self._encoder
 
-    def _prepared_photo(self, req: ChangeRequest, spec: Any) -> PreparedImage:
-        return prepare_item_photo(self._photo(req), spec)
+    def _prepared_photo(
+        self, req: ChangeRequest, spec: Any, budget: _DecodeBudget | None = None
+    ) -> PreparedImage:
+        data = self._photo(req)
+        if budget is not None and req.photo is None:  # a location's: counted as it is read
+            budget.spend(photo_work(data))
+        return prepare_item_photo(data, spec)
 
     def _photo(self, req: ChangeRequest) -> bytes:
         if req.photo is not None:

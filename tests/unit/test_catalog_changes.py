@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import sys
 import threading
 from collections.abc import Callable
@@ -145,6 +146,38 @@ def test_bad_changes_change_nothing(live: tuple[LiveCatalog, Path], tmp_path: Pa
         parse_changes_jsonl(('{"op": "remove", "id": "b"}\n' + twice).encode())
     assert e3.value.code == "duplicate_key"
     assert e3.value.message == "the key 'set' is given twice in line 2; give it once"
+
+
+def test_a_photo_named_by_its_location_is_read_once_and_counted_in_the_budget(
+    live: tuple[LiveCatalog, Path],
+) -> None:
+    """Code review, session 49: the header pass read every located photo (S3, a file) one
+    after another, then the decode read each again. Each is read once now, where it is
+    decoded, and counted there."""
+    catalog, folder = live
+    photo = (folder / "queries" / "blue-jeans.jpg").read_bytes()
+    reads: list[str] = []
+    lock = threading.Lock()
+
+    def load(location: str) -> bytes:
+        with lock:
+            reads.append(location)
+        return photo
+
+    located = LiveCatalog(catalog.recommender, catalog.changelog, load=load)
+    rows = [
+        {"op": "add", "item": {"id": f"at-{i}", "category": "jeans"}, "image": f"shop/{i}.jpg"}
+        for i in range(5)
+    ]
+    changes = located.prepare([parse_change(r) for r in rows])
+    assert [c.id for c in changes] == [f"at-{i}" for i in range(5)]
+    assert sorted(reads) == [f"shop/{i}.jpg" for i in range(5)]
+    work = photo_work(photo)
+    with pytest.raises(ImageTooLargeError) as over:
+        located.prepare([parse_change(r) for r in rows], decode_budget=2 * work)
+    assert over.value.code == "images_too_costly"
+    # Decoded in parallel: the photo that tips it over is the third read, whichever that was.
+    assert re.match(r"change [345]: this photo takes the request's photos over", over.value.message)
 
 
 def test_an_attribute_given_as_a_field_and_in_attributes_is_a_422() -> None:
@@ -332,11 +365,11 @@ def test_a_bulk_decodes_a_bounded_window_ahead_of_the_encoder(
     state = {"running": 0, "waiting": 0, "most": 0}
     decode, embed = LiveCatalog._prepared_photo, LiveCatalog._embed
 
-    def counted_decode(self: LiveCatalog, req: object, spec: object) -> object:
+    def counted_decode(self: LiveCatalog, req: object, *args: object) -> object:
         with done:
             state["running"] += 1
         try:
-            return decode(self, req, spec)
+            return decode(self, req, *args)
         finally:
             with done:
                 state["running"] -= 1
@@ -373,9 +406,9 @@ def test_every_photo_header_is_checked_before_any_photo_is_decoded(
     decoded: list[object] = []
     decode = LiveCatalog._prepared_photo
 
-    def counted(self: LiveCatalog, req: object, spec: object) -> object:
+    def counted(self: LiveCatalog, req: object, *args: object) -> object:
         decoded.append(req)
-        return decode(self, req, spec)
+        return decode(self, req, *args)
 
     monkeypatch.setattr(LiveCatalog, "_prepared_photo", counted)
     good = [parse_change(_add(folder, f"good-{i}")) for i in range(3)]
