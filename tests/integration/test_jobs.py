@@ -730,7 +730,7 @@ def test_a_job_whose_outcome_cannot_be_written_is_tried_again_then_ends(tmp_path
     store = JobStore(tmp_path / "jobs.db")
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where the output folder should be")
-    config = WorkerConfig(concurrency=1, poll_s=0.05, retry_s=0.2)
+    config = WorkerConfig(concurrency=1, poll_s=0.05, retry_s=0.2, grace_s=0.1)
     worker = JobWorker(store, lambda: answers, config)  # type: ignore[arg-type,return-value]
     body = json.dumps({"item_ids": ["fine"]}).encode()
     out = blocked / "out"
@@ -754,6 +754,16 @@ def test_a_job_whose_outcome_cannot_be_written_is_tried_again_then_ends(tmp_path
             max_attempts=2,
         )
     )
+    fine = tmp_path / "failures"
+    store.submit(  # only its output is broken: its failure document is still written
+        JobSpec(
+            str(never / "{id}.out"),
+            str(fine / "{id}-error.out"),
+            input_body=body,
+            id="half",
+            max_attempts=1,
+        )
+    )
     worker.start()
     try:
 
@@ -765,6 +775,12 @@ def test_a_job_whose_outcome_cannot_be_written_is_tried_again_then_ends(tmp_path
             "code": "output_unwritable",
             "message": "the job's outcome could not be stored (2 attempts)",
         }
+        assert not list(tmp_path.glob("**/gone*"))  # its failure location is broken too
+        wait_for(lambda: store.get("half").status == "failed", 20)
+        assert store.get("half").error["code"] == "output_unwritable"  # type: ignore[index]
+        assert json.loads((fine / "half-error.out").read_bytes())["error"]["code"] == (
+            "output_unwritable"
+        )
         assert store.get("gone").attempts == 2
         blocked.unlink()  # storage is back
         wait_for(lambda: store.get("back").status == "succeeded", 20)

@@ -831,10 +831,11 @@ class SqsJobStore:
         return True
 
     def release(self, job_id: str, owner: str, attempt: int, *, delay_s: float = 0.0) -> bool:
-        """Give back a job ``owner`` runs but cannot finish: no longer renewed here, its
-        record's lease ended now and its message visible again after ``delay_s``, when the
-        next receiver takes it over (see :meth:`claim`); whether the record was ``owner``'s.
-        Should the store fail meanwhile, the job still comes back: its lease runs out."""
+        """Give back a job ``owner`` runs but cannot finish: no longer renewed here, its record
+        ``queued`` again (so no renewal already under way extends it, and its next receiver
+        takes it as a new attempt) and its message visible again after ``delay_s``; whether
+        the record was ``owner``'s. Should the store fail meanwhile, the job still comes
+        back: its lease runs out."""
         with self._lock:
             held = self._held.get(job_id)
             if held is not None and held.owner == owner and held.attempt == attempt:
@@ -846,13 +847,13 @@ class SqsJobStore:
         def back(record: dict[str, Any]) -> bool:
             if not _holds(record, owner, attempt):
                 return False
-            record["lease_expires"] = now
+            record.update(status="queued", owner=None, lease_expires=None)
             record["events"].append(_event("released", owner, now, {"delay_s": delay_s}))
             return True
 
         with self._aws("give a job back"):
             record = self._update(job_id, back)
-            if held is not None:
+            if record is not None and held is not None:
                 self._set_visibility(held.receipt, min(max(delay_s, 0.0), _MAX_VISIBILITY_S))
         return record is not None
 

@@ -576,9 +576,13 @@ class JobWorker:
                 "code": "output_unwritable",
                 "message": f"the job's outcome could not be stored ({job.attempts} attempts)",
             }
-            self._record_end(job, ("failed", error))
+            # Its failure document where that location is writable (only the output may be
+            # broken), else the store alone says so.
+            self._record_end(job, self._fail(job, error) or ("failed", error))
             return
-        delay = self.config.retry_s * 2 ** max(job.attempts - 1, 0)
+        # Never sooner than an overrun computation of this attempt may still hold its slot
+        # (grace_s), so the next attempt never runs beside it.
+        delay = max(self.config.retry_s * 2 ** max(job.attempts - 1, 0), self.config.grace_s)
 
         def release() -> None:
             if not self.store.release(job.id, self.owner, job.attempts, delay_s=delay):
