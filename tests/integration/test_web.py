@@ -133,6 +133,8 @@ def test_item_images_come_from_the_artifact(
         (f'"other", {etag}', 304),
         (f"W/{etag}", 304),
         (f'"a,b" ,W/{etag}', 304),
+        (f'"x",, {etag},', 304),  # empty list elements are ignored (RFC 9110 5.6.1)
+        (f", {etag}", 304),
         ('"other"', 200),
         (f"{etag[:-1]}", 200),
         (f"{etag} junk", 200),

@@ -46,6 +46,8 @@ def test_real_takes_finite_numbers_within_its_bounds() -> None:
         ("--async-timeout", "86401"),
         ("--async-retention-hours", "nan"),
         ("--async-max-queued-mb", "0"),
+        ("--head-timeout", "nan"),
+        ("--head-timeout", "0"),
     ],
 )
 def test_serve_refuses_a_number_out_of_range_before_it_starts(

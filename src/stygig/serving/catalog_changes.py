@@ -29,7 +29,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from stygig.catalog.changes import (
@@ -55,7 +55,7 @@ from stygig.serving.bodies import (
     ChangesApplied,
     json_answer,
 )
-from stygig.serving.requests import strict_query
+from stygig.serving.requests import query_int, strict_query
 from stygig.serving.responses import JSON, get_and_head, json_response
 
 if TYPE_CHECKING:
@@ -265,7 +265,9 @@ def make_changes_router(service: ModelService) -> APIRouter:
         },
     )
     async def version(
-        since: int | None = Query(None, ge=0, le=10**15, description="a sequence number"),
+        since: int | None = query_int(
+            default=None, ge=0, le=10**15, description="a sequence number"
+        ),
     ) -> Response:
         return json_response(version_body(service, since))
 

@@ -127,7 +127,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--head-timeout",
-        type=float,
+        type=real(0.0, 3600.0, above=True),
         default=HEAD_TIMEOUT_S,
         help="a request's head must arrive within this many seconds (idle sockets are closed)",
     )

@@ -47,6 +47,9 @@ def not_modified(headers: Headers, etag: str) -> bool:
         return True
     tags, pos = set(), 0
     while pos < len(value):
+        if value[pos] in ", \t":  # empty list elements are ignored (RFC 9110 5.6.1)
+            pos += 1
+            continue
         found = _ENTITY_TAG.match(value, pos)
         if found is None or found.end() == pos:
             return False
