@@ -417,6 +417,22 @@ def test_a_watching_server_starts_on_the_version_its_pointer_names(
         version = httpx.get(f"{url}/v1/catalog/version", timeout=30).json()
         assert version["artifact_version"] != v2 and version["sequence"] == 1
     assert "names no readable artifact" in out.read_text()
+    # Review, session 49: a version whose files fail their checksums killed a starting
+    # replica (the running ones refuse it and go on); it starts on --artifact, and the
+    # watch's refusals say why.
+    pointer.write_text(str(tmp_path / "v2"))
+    rows = tmp_path / "v2" / "embeddings.npy"
+    data = bytearray(rows.read_bytes())
+    data[-10] ^= 0xFF
+    rows.write_bytes(bytes(data))
+    with living_server(art, log, out, watch=pointer, watch_interval=0.2) as (url, _):
+        version = httpx.get(f"{url}/v1/catalog/version", timeout=30).json()
+        assert version["artifact_version"] != v2 and version["sequence"] == 1
+        said = "hot reload refused: the new artifact version cannot be verified"
+        assert _until(lambda: said in out.read_text())
+    text = out.read_text()
+    assert "the watched pointer's artifact cannot be loaded (artifact_checksum_mismatch)" in text
+    assert "(artifact_checksum_mismatch); still serving" in text
 
 
 def test_s3_change_log_two_writers_converge(

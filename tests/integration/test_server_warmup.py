@@ -91,9 +91,17 @@ def test_the_watch_does_not_reload_a_refused_version_again_and_again(
         manifest = json.loads((art / "manifest.json").read_text())
         (art / "manifest.json").write_text(json.dumps({**manifest, "version": "next"}))
         watched = functools.partial(service.reload, watched=True)
-        for _ in range(2):  # a passing refusal (1), then a lasting one (2)
-            with pytest.raises(ReloadRefusedError):
-                client.portal.call(watched)  # type: ignore[union-attr]
+        with pytest.raises(ReloadRefusedError):  # a passing refusal (1): tried again later
+            client.portal.call(watched)  # type: ignore[union-attr]
+        # Not at every tick (review, session 49: each re-read and re-hashed every file): it
+        # waits, from the watch interval up, doubling. Here the wait is made to be over.
+        assert client.portal.call(watched) is False  # type: ignore[union-attr]
+        assert len(loads) == 1
+        [(key, (_, wait))] = service._retry_at.items()
+        assert wait == 1.0  # no watch configured here: a second
+        service._retry_at = {key: (0.0, wait)}
+        with pytest.raises(ReloadRefusedError):  # then a lasting one (2)
+            client.portal.call(watched)  # type: ignore[union-attr]
         assert client.portal.call(watched) is False  # type: ignore[union-attr]
         assert len(loads) == 2
         with pytest.raises(ReloadRefusedError):

@@ -168,6 +168,9 @@ def _examples_from_env() -> Path | None:
 #: The names a loopback-bound server answers to, beside its bind address and --allowed-host.
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: The longest wait before the watch tries again a version it could not load or verify (the
+#: wait doubles from the watch interval: an upload still being copied is taken once whole).
+RELOAD_RETRY_MAX_S = 300.0
 #: Answered without the bearer token: health checks for load balancers and SageMaker, and the
 #: page's own files (they hold no catalogue data; the page asks for the token when it needs it).
 PUBLIC_PATHS = frozenset({"/ping", "/execution-parameters", "/healthz", "/", "/favicon.ico"})
@@ -226,6 +229,9 @@ class ModelService:
         # version): the watch does not load it again every interval, only a new version or an
         # explicit reload does. Other refusals (files still arriving) are retried.
         self._refused: tuple[Path, str] | None = None
+        # (path, version) of an unverifiable version the watch refused: (when it is tried
+        # again, the wait before that); one entry, the last refused.
+        self._retry_at: dict[tuple[Path, str], tuple[float, float]] = {}
         # The gauges read the live state when scraped: nothing to keep in step by hand.
         metrics.ready.set_function(lambda: float(self.ready))
         metrics.in_flight.set_function(lambda: float(self.in_flight))
@@ -267,9 +273,20 @@ class ModelService:
     async def start(self) -> None:
         """Load the artifact, start the batcher, warm every path, then report ready."""
         t0 = time.perf_counter()
-        self.recommender = await self.run(
-            _load, await self.run(self._start_path), self.config.verify, self.config.device
-        )
+        path, given = await self.run(self._start_path), Path(self.config.artifact)
+        try:
+            self.recommender = await self.run(_load, path, self.config.verify, self.config.device)
+        except StygigError as e:
+            if path == given:
+                raise
+            # The watched pointer's version cannot be loaded or verified: the running replicas
+            # refuse it and go on serving, so a starting one must not die on it (review,
+            # session 49: it crash-looped); the watch tries it again at its own pace.
+            log.warning(
+                "the watched pointer's artifact cannot be loaded (%s): starting on --artifact",
+                e.code,
+            )
+            self.recommender = await self.run(_load, given, self.config.verify, self.config.device)
         self.live = await self.run(self._living, self.recommender)
         self.load_seconds = time.perf_counter() - t0
         self.metrics.model_load.set(self.load_seconds)
@@ -384,6 +401,9 @@ class ModelService:
                 return False
             if watched and self._refused == (path, version):
                 return False  # refused before (logged then); tried again on SIGHUP or POST
+            retry = self._retry_at.get((path, version))
+            if watched and retry is not None and time.monotonic() < retry[0]:
+                return False  # an unverifiable version: tried again at its own pace
             # Until the swap the old version answers with its rows read by pread, so its
             # mapped rows (up to 4.4 GB at 10M items) never share the process with the new
             # version's codes: a reload's peak is the two versions' codes, not that plus the
@@ -396,6 +416,14 @@ class ModelService:
                 except ReloadRefusedError as e:
                     if e.lasting:  # another encoder: loading it again cannot help
                         self._refused = (path, version)
+                    elif watched:
+                        # It may still be being copied: tried again, but every tick re-read
+                        # and re-hashed every file of it (review, session 49), so the wait
+                        # doubles from the watch interval up to RELOAD_RETRY_MAX_S.
+                        last = self._retry_at.get((path, version), (0.0, 0.0))[1]
+                        interval = settings.watch_interval_s if settings is not None else 1.0
+                        wait = min(max(2 * last, interval), RELOAD_RETRY_MAX_S)
+                        self._retry_at = {(path, version): (time.monotonic() + wait, wait)}
                     raise
                 live = await self.run(self._living, rec)
                 # The page cache only: the new rows map as requests read them.

@@ -312,8 +312,9 @@ async def watch_and_signal(service: ModelService, stop: asyncio.Event) -> None:
                 continue
             try:
                 await service.reload(watched=not signalled)
-            except StygigError as e:
-                log.error("hot reload refused: %s", e.code, extra={"fields": {"code": e.code}})
+            except StygigError as e:  # why, and the version still served (review, session
+                # 49: every cause logged the same "reload_refused"); messages name no path
+                log.error("hot reload refused: %s", e.message, extra={"fields": {"code": e.code}})
             except Exception:
                 log.exception("hot reload failed")
     finally:
