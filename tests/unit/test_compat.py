@@ -750,3 +750,44 @@ def test_a_tampered_re_signed_model_is_refused_at_load(
     with pytest.raises(ArtifactError, match=r"compat\.npz") as refused:
         Artifact.load(art)
     assert said in str(refused.value)
+
+
+def test_train_compat_says_when_nothing_is_left_to_learn_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review, session 49: a header-only outfits file, single-item outfits or ids the artifact
+    lacks ended in a ValueError traceback from the sampler; ``--epochs 0`` in a bare
+    AssertionError. Both are said in one line now, and the artifact is left as it was."""
+    from stygig.cli import main
+
+    path, outfits = _artifact(tmp_path)
+    before = (path / "manifest.json").read_bytes()
+    files = {
+        "header-only": {},
+        "singles": {o: items[:1] for o, items in outfits.items()},
+        "unknown": {o: [f"nope-{n}-{i}" for i in range(3)] for n, o in enumerate(outfits)},
+    }
+    for name, chosen in files.items():
+        csv = _write_outfits(tmp_path / f"{name}.csv", chosen)
+        code = main(["train-compat", "--outfits", str(csv), "--artifact", str(path), "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 3, (name, err)
+        assert "no outfit of two or more of the artifact's items is left to learn from" in err
+        assert "Traceback" not in err
+    assert (path / "manifest.json").read_bytes() == before
+    good = _write_outfits(tmp_path / "good.csv", outfits)
+    for epochs in ("0", "-2"):
+        with pytest.raises(SystemExit) as e:
+            main(
+                [
+                    "train-compat",
+                    "--outfits",
+                    str(good),
+                    "--artifact",
+                    str(path),
+                    "--epochs",
+                    epochs,
+                ]
+            )
+        assert e.value.code == 2
+        assert "argument --epochs: expected a whole number of 1 or more" in capsys.readouterr().err

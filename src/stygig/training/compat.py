@@ -31,6 +31,7 @@ from stygig.compat.model import (
     group_key,
     whiten_rows,
 )
+from stygig.errors import CatalogError
 from stygig.evaluation.fitb import (
     Question,
     Scorer,
@@ -555,6 +556,14 @@ def _train(
     clean = {o: [i for i in outfits[o] if i in positions] for o in train_ids}
     fit_ids, asked_ids, val_ids = _held_apart(clean, types, fit_ids, val_ids, log)
     fit_outfits = [[positions[i] for i in clean[o]] for o in asked_ids]
+    if not fit_outfits:  # a header-only file, single items, ids the artifact lacks: a
+        # ValueError traceback from deep in the sampler before (review, session 49)
+        known = sum(1 for o in train_ids if clean[o])
+        raise CatalogError(
+            "no outfit of two or more of the artifact's items is left to learn from "
+            f"({len(outfits)} outfits read, {known} of the training ones name any item of "
+            "the artifact); check the outfits file and the artifact it belongs to"
+        )
     categories = sorted({i.category for i in artifact.items})
     vocab, attr_ids, attr_codes = attribute_table(artifact, cfg.attributes)
     white = _whitening(artifact.embeddings) if cfg.whiten else _NO_WHITENING
