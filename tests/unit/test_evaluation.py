@@ -359,17 +359,27 @@ def latest_run(out: Path) -> Path:
 
 
 def test_eval_skips_missing_datasets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from stygig.errors import CatalogError
     from stygig.evaluation.command import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
+    (tmp_path / "empty").mkdir()
     args = parser.parse_args(
-        ["eval", "--datasets", str(tmp_path / "none"), "--out", str(tmp_path / "out")]
+        ["eval", "--datasets", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]
     )
     assert args.func(args) == 0
     assert capsys.readouterr().out.count("skip:") == 2
     metrics = json.loads((latest_run(tmp_path / "out") / "metrics.json").read_text())
     assert set(metrics["skipped"]) == {"category", "fitb"}
+    # A --datasets folder that is not there is a typo, not two skips (review, session 49:
+    # it exited 0 with an empty run, so a CI gate on it passed).
+    args = parser.parse_args(
+        ["eval", "--datasets", str(tmp_path / "none"), "--out", str(tmp_path / "out2")]
+    )
+    with pytest.raises(CatalogError, match="no such folder, so nothing would be evaluated"):
+        args.func(args)
+    assert not (tmp_path / "out2" / "LATEST").exists()
 
 
 def test_whitened_artifact_serves_any_width(sample: tuple[Path, Path]) -> None:

@@ -19,7 +19,13 @@ from typing import Any
 from stygig.arguments import positive
 from stygig.artifact import Artifact, encoder_pooling, file_sha256, read_manifest
 from stygig.compat.model import COMPAT_FILE
-from stygig.errors import ArtifactError, CatalogError, ConfigError, InvalidOptionsError
+from stygig.errors import (
+    ArtifactError,
+    CatalogError,
+    ConfigError,
+    InvalidOptionsError,
+    StygigError,
+)
 
 __all__ = ["TARGETS", "cached_artifact", "new_run_dir", "register", "run_eval"]
 
@@ -299,6 +305,17 @@ def run_eval(args: argparse.Namespace) -> int:
     for flag, named in (("--outfits", args.outfits), ("--test-outfits", args.test_outfits)):
         if named and not Path(named).is_file():  # named by the user: a typo is not a skip
             raise CatalogError(f"{flag} {named}: no such file")
+        if named:  # read now, not after an artifact is built for it (review, session 49)
+            from stygig.evaluation.fitb import read_outfits
+
+            try:
+                read_outfits(named)
+            except StygigError as e:
+                raise CatalogError(f"{flag} {named}: {e.message}") from None
+    # A folder that is not there: an empty run exited 0 (review, session 49; --only fitb
+    # says so itself).
+    if args.only != "fitb" and not root.is_dir():
+        raise CatalogError(f"--datasets {root}: no such folder, so nothing would be evaluated")
     stem = Path(args.test_outfits or args.outfits or MANGO_OUTFITS).stem
     run = new_run_dir(
         out,
