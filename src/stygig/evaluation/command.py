@@ -19,6 +19,7 @@ from typing import Any
 from stygig.arguments import positive
 from stygig.artifact import Artifact, encoder_pooling, file_sha256, read_manifest
 from stygig.compat.model import COMPAT_FILE
+from stygig.encoders.base import ENCODER_NAMES
 from stygig.errors import (
     ArtifactError,
     CatalogError,
@@ -51,7 +52,9 @@ def register(subparsers: Any) -> None:
     """Add the ``eval`` subcommand to ``stygig``'s argparse subparsers."""
     p = subparsers.add_parser("eval", help="measure accuracy on the shared evaluation datasets")
     p.add_argument("--datasets", default=str(Path("..") / "shared" / "datasets"))
-    p.add_argument("--encoder", default="efficientnet-lite0")
+    p.add_argument(  # a choice: "bogus" failed only once an artifact was being built
+        "--encoder", default="efficientnet-lite0", choices=ENCODER_NAMES
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--out",
