@@ -300,6 +300,12 @@
     }
   }
 
+  // An item's name inside a sentence for screen readers, its direction isolated (U+2068 ...
+  // U+2069): a name holding a right-to-left override turned the rest of the label around.
+  function isolated(row) {
+    return "\u2068" + (row.name || row.id) + "\u2069";
+  }
+
   const SENT_AS_IS = ["image/jpeg", "image/png", "image/webp"];
 
   async function shrinkIfHuge(file) {
@@ -314,7 +320,12 @@
       const canvas = document.createElement("canvas");
       canvas.width = Math.round(bitmap.width * scale);
       canvas.height = Math.round(bitmap.height * scale);
-      canvas.getContext("2d").drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+      const ctx = canvas.getContext("2d");
+      // A transparent background on white, as the server composites one (a JPEG has no
+      // alpha: the canvas put it on black, and the same garment got another answer).
+      ctx.fillStyle = "#fff";
+      ctx.fillRect(0, 0, canvas.width, canvas.height);
+      ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
       const blob = await new Promise((ok) => canvas.toBlob(ok, "image/jpeg", 0.9));
       return blob ? new File([blob], "photo.jpg", { type: "image/jpeg" }) : file;
     } catch (e) {
@@ -509,7 +520,9 @@
     setImage(img, imageUrl(row.id));
     img.alt = row.name || row.id;
     img.addEventListener("error", () => img.classList.add("missing"), { once: true });
-    node.querySelector(".card-name").textContent = row.name || row.id;
+    const name = node.querySelector(".card-name");
+    name.textContent = row.name || row.id;
+    name.title = row.name || row.id; // shown whole on hover: the card clamps it to 3 lines
     const sw = node.querySelector(".swatch");
     sw.style.background = row.hex || "#ccc";
     sw.title = row.hex || "";
@@ -524,7 +537,7 @@
     if (compact) node.querySelector(".card-media").title = row.reason + " · score " + row.score.toFixed(2);
     const whyBtn = node.querySelector(".act-why");
     whyBtn.setAttribute("aria-controls", why.id);
-    whyBtn.setAttribute("aria-label", "Why " + (row.name || row.id) + "? The score explained");
+    whyBtn.setAttribute("aria-label", "Why " + isolated(row) + "? The score explained");
     whyBtn.title = "Why this item?";
     whyBtn.addEventListener("click", () => {
       const open = whyBtn.getAttribute("aria-expanded") !== "true";
@@ -533,13 +546,13 @@
       node.classList.toggle("open", open);
     });
     const more = node.querySelector(".act-more");
-    more.setAttribute("aria-label", "More like this: " + (row.name || row.id));
+    more.setAttribute("aria-label", "More like this: " + isolated(row));
     more.title = "More like this";
     more.addEventListener("click", () => moreLikeThis(row));
     const swap = node.querySelector(".act-swap");
     if (onSwap) {
       swap.textContent = swapLabel || "Swap";
-      swap.setAttribute("aria-label", (swapLabel ? "Use in the outfit" : "Swap for the next best") + ": " + (row.name || row.id));
+      swap.setAttribute("aria-label", (swapLabel ? "Use in the outfit" : "Swap for the next best") + ": " + isolated(row));
       swap.addEventListener("click", onSwap);
     } else {
       swap.remove();
@@ -566,16 +579,16 @@
     state.outfit[slot] = rows[(at + 1) % rows.length];
     renderBoard(state.response.query[0] || {}, state.response);
     renderAlternatives(state.response);
-    const card = $("board").querySelector('[data-slot="' + slot + '"] .act-swap');
+    const card = $("board").querySelector('[data-slot="' + CSS.escape(slot) + '"] .act-swap');
     if (card) card.focus();
-    announce(slotLabel(slot) + " swapped for " + (state.outfit[slot].name || state.outfit[slot].id) + ".");
+    announce(slotLabel(slot) + " swapped for " + isolated(state.outfit[slot]) + ".");
   }
 
   function useAlternative(row) {
     state.outfit[row.slot] = row;
     renderBoard(state.response.query[0] || {}, state.response);
     renderAlternatives(state.response);
-    announce((row.name || row.id) + " is now in the outfit.");
+    announce(isolated(row) + " is now in the outfit.");
   }
 
   function moreLikeThis(row) {
