@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import signal
@@ -733,37 +734,18 @@ def test_a_job_whose_outcome_cannot_be_written_is_tried_again_then_ends(tmp_path
     config = WorkerConfig(concurrency=1, poll_s=0.05, retry_s=0.2, grace_s=0.1)
     worker = JobWorker(store, lambda: answers, config)  # type: ignore[arg-type,return-value]
     body = json.dumps({"item_ids": ["fine"]}).encode()
+
+    def submit(job_id: str, output: Path, failure: Path, attempts: int) -> None:
+        spec = JobSpec(str(output / "{id}.out"), str(failure / "{id}-error.out"), input_body=body)
+        store.submit(dataclasses.replace(spec, id=job_id, max_attempts=attempts))
+
     out = blocked / "out"
-    store.submit(  # attempts enough that its retries outlast any wait of this test
-        JobSpec(
-            str(out / "{id}.out"),
-            str(out / "{id}-error.out"),
-            input_body=body,
-            id="back",
-            max_attempts=10,
-        )
-    )
+    submit("back", out, out, 10)  # attempts enough that its retries outlast any wait here
     never = tmp_path / "never"
     never.write_text("a file for good")
-    store.submit(
-        JobSpec(
-            str(never / "{id}.out"),
-            str(never / "{id}-error.out"),
-            input_body=body,
-            id="gone",
-            max_attempts=2,
-        )
-    )
+    submit("gone", never, never, 2)
     fine = tmp_path / "failures"
-    store.submit(  # only its output is broken: its failure document is still written
-        JobSpec(
-            str(never / "{id}.out"),
-            str(fine / "{id}-error.out"),
-            input_body=body,
-            id="half",
-            max_attempts=1,
-        )
-    )
+    submit("half", never, fine, 1)  # only its output is broken: its failure document is written
     worker.start()
     try:
 
