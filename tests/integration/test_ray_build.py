@@ -492,9 +492,20 @@ def test_cli_build_engine_ray_refuses_bad_flags(tmp_path: Path) -> None:
     from stygig.distributed.command import run_build_ray_command
     from stygig.errors import InvalidOptionsError
 
-    args = _build_args(["--catalog", "c.csv", "--out", "o", "--engine", "ray", "--ray-actors", "0"])
-    with pytest.raises(InvalidOptionsError, match="--ray-actors must be positive"):
+    args = _build_args(["--catalog", "c.csv", "--out", "o", "--engine", "ray", "--batch-size", "1"])
+    args.batch_size = 0  # (argparse refuses 0 itself; the Ray run checks again)
+    with pytest.raises(InvalidOptionsError, match="--batch-size must be positive"):
         run_build_ray_command(args)
+    # Review, session 49: a NaN or an infinity passed "<= 0" and ended in a traceback after the
+    # run record was written; argparse refuses them now, before anything runs.
+    for flag, value in (
+        ("--ray-actors", "0"),
+        ("--ray-actor-cpus", "nan"),
+        ("--ray-actor-cpus", "inf"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            _build_args(["--catalog", "c.csv", "--out", "o", "--engine", "ray", flag, value])
+        assert e.value.code == 2
 
 
 def test_engine_local_never_imports_ray() -> None:

@@ -168,9 +168,10 @@ def test_serve_flags_refuse_what_ray_does_not_carry(tmp_path: Path) -> None:
     )
     with pytest.raises(InvalidOptionsError, match="asynchronous jobs"):
         config_from_args(args)  # was accepted and dropped without a word (docs check, s35)
-    args = parser.parse_args(["serve", "--engine", "ray", "--replicas", "0"])
-    with pytest.raises(InvalidOptionsError, match="--replicas"):
-        config_from_args(args)
+    for flags in (["--replicas", "0"], ["--replica-cpus", "nan"], ["--threads", "-1"]):
+        with pytest.raises(SystemExit) as refused:  # a usage error (review, session 49)
+            parser.parse_args(["serve", "--engine", "ray", *flags])
+        assert refused.value.code == 2
     # Review (session 35): these were accepted and silently did nothing under Ray.
     for flags in (["--head-timeout", "5"], ["--max-connections", "10"]):
         args = parser.parse_args(["serve", "--engine", "ray", *flags])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from stygig.arguments import positive, real
 from stygig.distributed.cluster import RAY_DEVICES
 from stygig.errors import InvalidOptionsError
 
@@ -49,14 +50,14 @@ def add_engine_flags(parser: argparse.ArgumentParser, command: str = "build") ->
     if command in ("build", "batch"):
         g.add_argument(
             "--ray-actors",
-            type=int,
+            type=positive,
             default=None,
             help="with --engine ray: encoder actors (default one per GPU when they run on "
             "GPUs, else one per --ray-actor-cpus CPUs of the cluster)",
         )
         g.add_argument(
             "--ray-actor-cpus",
-            type=float,
+            type=CPUS,
             default=1.0,
             help="with --engine ray: CPUs (and encoder threads) per actor (default 1)",
         )
@@ -77,14 +78,23 @@ def add_engine_flags(parser: argparse.ArgumentParser, command: str = "build") ->
         )
     if command == "serve":
         g.add_argument(
-            "--replicas", type=int, default=1, help="with --engine ray: replicas of the server"
+            "--replicas",
+            type=positive,
+            default=1,
+            help="with --engine ray: replicas of the server",
         )
         g.add_argument(
             "--replica-cpus",
-            type=float,
+            type=CPUS,
             default=1.0,
             help="with --engine ray: CPUs per replica (default 1)",
         )
+
+
+#: CPUs of a Ray actor or replica: Ray counts them in ten-thousandths, and a NaN or an
+#: infinity passed every check to end in a traceback after the run record was written
+#: (review, session 49).
+CPUS = real(0.001, 1024.0)
 
 
 def wants_ray(args: argparse.Namespace) -> bool:

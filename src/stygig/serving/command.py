@@ -96,13 +96,13 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--port", type=port, default=None, help="default $SAGEMAKER_BIND_TO_PORT or 8080"
     )
-    p.add_argument("--max-batch", type=int, default=8, help="photos per encoder call")
+    p.add_argument("--max-batch", type=positive, default=8, help="photos per encoder call")
     p.add_argument(
         "--max-wait-ms", type=real(0.0, 1000.0), default=2.0, help="batch collection deadline"
     )
-    p.add_argument("--max-queue", type=int, default=256, help="requests in flight before 503")
+    p.add_argument("--max-queue", type=positive, default=256, help="requests in flight before 503")
     p.add_argument("--no-batching", action="store_true", help="one request per encoder call")
-    p.add_argument("--threads", type=int, default=None, help="decode/score threads")
+    p.add_argument("--threads", type=positive, default=None, help="decode/score threads")
     p.add_argument(
         "--max-body-mb",
         type=real(1.0, 1024.0),
