@@ -120,3 +120,17 @@ def test_a_bad_stygig_device_is_a_usage_error_naming_it(
     from stygig.cli import _parser
 
     assert _parser().parse_args([command]).device == "cuda"
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--threads", "-1"), ("--threads", "0"), ("--max-queue", "0"), ("--max-batch", "0")],
+)
+def test_serve_counts_are_one_or_more(
+    flag: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--threads -1`` was a ValueError traceback, ``0`` silently the default (review, s49)."""
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--artifact", "/nonexistent", f"{flag}={value}"])
+    assert e.value.code == 2
+    assert f"argument {flag}: expected a whole number of 1 or more" in capsys.readouterr().err
