@@ -370,6 +370,15 @@ def test_endpoint_mistakes_are_clear_errors(
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert expected in err and "Traceback" not in err, (argv, err)
+    # Review, session 49: a FIFO hung for ever and /dev/zero grew the process until the
+    # machine ran out of memory; local inputs are read bounded, from regular files only.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for odd in (str(fifo), "/dev/zero"):
+        code = main([*base, "--input-prefix", PREFIX, "--content-type", "image/jpeg", odd])
+        err = capsys.readouterr().err
+        assert code != 0 and "Traceback" not in err, err
+        assert "not a regular file" in err, err
     # An endpoint that does not exist: AWS's refusal, translated.
     code = main(["jobs", "status", "--endpoint-name", "ghost", "--input-prefix", PREFIX,
                  f"s3://{BUCKET}/ghost/out/x.out"])  # fmt: skip

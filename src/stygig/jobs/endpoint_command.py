@@ -51,9 +51,16 @@ def _options(args: argparse.Namespace) -> list[tuple[str, str]]:
     return _pairs(args.option)
 
 
+#: The most a local input of ``jobs submit --endpoint-name`` may hold: a request of 8 photos at
+#: the image limit, base64 in JSON, fits. Read bounded and only from a regular file (a FIFO
+#: hung for ever, ``/dev/zero`` grew the process until the machine ran out of memory, a 3 GB
+#: file was read whole: review, session 49).
+MAX_LOCAL_INPUT_BYTES = 256 << 20
+
+
 def _local_input(path: str, given: str | None) -> tuple[bytes, str]:
     """A local photo or JSON request and its content type (suffix, else its first bytes)."""
-    body = storage.read_bytes(Path(path))
+    body = storage.read_bytes(Path(path), max_bytes=MAX_LOCAL_INPUT_BYTES)
     kind = content_type_for(path, given) or sniff_content_type(body[:16])
     if kind is None:
         raise InvalidOptionsError(
