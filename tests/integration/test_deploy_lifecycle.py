@@ -149,10 +149,11 @@ def test_env_flags_and_async_limits(
     assert main(["deploy", "update", "--endpoint-name", "rt", "--model-uri", uri,
                  "--traffic", "10", "--env", "B=2"]) == 0  # fmt: skip
     assert _model(_variants("rt")[1]["ModelName"])["Environment"] == {"A": "1", "B": "2"}
-    for bad in ("1X=2", "NOEQUALS", "A-B=1"):
+    for bad in ("1X=2", "NOEQUALS", "A-B=1", "API_TOKEN:hunter2secret"):
         assert main(["deploy", "sync", "--model-uri", uri, "--endpoint-name", "x",
                      "--env", bad]) == 2  # fmt: skip
-        assert "expected KEY=VALUE" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "expected KEY=VALUE" in err and "hunter2" not in err  # (review, session 49)
     assert main(["deploy", "sync", "--model-uri", uri, "--endpoint-name", "x",
                  "--env", "A=1", "--env", "A=secret"]) == 2  # fmt: skip
     err = capsys.readouterr().err

@@ -153,6 +153,21 @@ def test_package_checks_uploads_and_refuses(
     assert main(["package", "--artifact", str(broken), "--out", str(tmp_path / "c.tgz")]) == 4
     assert "items" in capsys.readouterr().err
     assert not (tmp_path / "c.tgz").exists()
+    # Review, session 49: an --out naming no file was a ValueError traceback, after the whole
+    # artifact was verified and loaded.
+    for named in ("", ".", "/", str(tmp_path)):
+        assert main(["package", "--artifact", str(artifact), "--out", named]) == 2, named
+        err = capsys.readouterr().err
+        assert "name the archive file to write" in err and "Traceback" not in err
+    # ... and deploy's waits are finite numbers (--poll nan ended in a traceback after the
+    # endpoint was created, --timeout nan waited for ever, --poll 0 asked AWS in a loop).
+    for flag, value in (("--poll", "nan"), ("--poll", "0"), ("--timeout", "nan")):
+        with pytest.raises(SystemExit) as e:
+            main(["deploy", "sync", "--model-uri", "s3://m/x.tar.gz", "--endpoint-name", "e",
+                  flag, value])  # fmt: skip
+        assert e.value.code == 2 and f"argument {flag}: expected a number" in (
+            capsys.readouterr().err
+        )
 
 
 def test_package_packs_what_it_checked(

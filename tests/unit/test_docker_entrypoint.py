@@ -18,7 +18,9 @@ exec python3 -c 'import json, os, sys; print(json.dumps({"argv": sys.argv[1:], "
 """
 
 
-def _run(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def _run(
+    tmp_path: Path, *args: str, cwd: Path | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
     fake = tmp_path / "bin" / "stygig"
     fake.parent.mkdir(exist_ok=True)
     fake.write_text(FAKE)
@@ -26,7 +28,12 @@ def _run(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[
     base = {k: v for k, v in os.environ.items() if not k.startswith(("STYGIG_", "SAGEMAKER_"))}
     full = {**base, "PATH": f"{fake.parent}:{base['PATH']}", **env}
     return subprocess.run(
-        ["/bin/sh", str(SERVE), *args], env=full, capture_output=True, text=True, timeout=10
+        ["/bin/sh", str(SERVE), *args],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=10,
+        cwd=cwd,
     )
 
 
@@ -59,6 +66,18 @@ def test_defaults_and_extra_flags(tmp_path: Path, artifact: Path) -> None:
     argv = json.loads(out.stdout)["argv"]
     assert argv[argv.index("--port") + 1] == "8080"
     assert argv[-3:] == ["--max-batch", "16", "--no-verify"]
+
+
+def test_extra_flags_are_never_expanded_as_a_glob(tmp_path: Path, artifact: Path) -> None:
+    """Review, session 49: a "*" in STYGIG_SERVE_ARGS matched the working folder's file
+    names, and a file named like a flag became one."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "--admin-token=leak").write_text("")
+    out = _run(tmp_path, cwd=work, STYGIG_ARTIFACT=str(artifact), STYGIG_SERVE_ARGS="--x *")
+    assert out.returncode == 0, out.stderr
+    argv = json.loads(out.stdout)["argv"]
+    assert argv[-2:] == ["--x", "*"] and "--admin-token=leak" not in argv
 
 
 def test_exec_replaces_the_shell(tmp_path: Path, artifact: Path) -> None:

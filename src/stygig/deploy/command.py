@@ -15,12 +15,21 @@ import argparse
 import os
 from typing import Any
 
+from stygig.arguments import real
 from stygig.deploy.check_command import SYNC_DEFAULT_INSTANCE, cpu_guard, register_checks
 from stygig.deploy.transform import register_transform
 
 __all__ = ["deploy_from_args", "enable_scaling", "prune_endpoint", "register"]
 
 ASYNC_DEFAULT_INSTANCE = "ml.m5.large"
+
+
+#: Seconds to wait for an endpoint, and between its status checks: finite, so a NaN neither
+#: waits for ever nor, as a poll, ends in a traceback after the endpoint was created (its
+#: scaling and clean-up never ran); a poll of at least a second (0 asked AWS in a tight
+#: loop). Review, session 49.
+WAIT_S = real(0.0, 7 * 24 * 3600.0, above=True)
+POLL_S = real(1.0, 3600.0)
 
 
 def register(subparsers: Any) -> None:
@@ -107,8 +116,8 @@ def _create_flags(p: argparse.ArgumentParser, instance: str) -> None:
         "and alarms kept; for a canary use `deploy update`)",
     )
     p.add_argument("--no-wait", action="store_true", help="return once creation has started")
-    p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for InService")
-    p.add_argument("--poll", type=float, default=15.0, help="seconds between status checks")
+    p.add_argument("--timeout", type=WAIT_S, default=3600.0, help="seconds to wait for InService")
+    p.add_argument("--poll", type=POLL_S, default=15.0, help="seconds between status checks")
 
 
 def _add_deploy_sync(deploy: Any) -> None:
@@ -156,8 +165,8 @@ def _add_deploy_update(deploy: Any) -> None:
     p.add_argument("--instance-type", help="default: the live variant's")
     p.add_argument("--instance-count", type=int, help="default: the live variant's")
     p.add_argument("--no-wait", action="store_true")
-    p.add_argument("--timeout", type=float, default=3600.0)
-    p.add_argument("--poll", type=float, default=15.0)
+    p.add_argument("--timeout", type=WAIT_S, default=3600.0)
+    p.add_argument("--poll", type=POLL_S, default=15.0)
     p.set_defaults(func=run_update)
 
 
@@ -460,8 +469,8 @@ def _add_deploy_pipeline(deploy: Any) -> None:
     p.add_argument("--max-concurrent", type=int, default=4)
     p.add_argument("--backlog-target", type=float, default=5.0)
     p.add_argument("--no-autoscale", action="store_true", help="async: no scaling policies")
-    p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for InService")
-    p.add_argument("--poll", type=float, default=15.0, help="seconds between status checks")
+    p.add_argument("--timeout", type=WAIT_S, default=3600.0, help="seconds to wait for InService")
+    p.add_argument("--poll", type=POLL_S, default=15.0, help="seconds between status checks")
     p.set_defaults(func=run_pipeline)
 
 

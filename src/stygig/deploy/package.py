@@ -103,6 +103,9 @@ def package_artifact(artifact: str | Path, out: str | Path) -> Package:
     the check is refused, not packed."""
     root = Path(artifact)
     target = Path(out)
+    if not target.name or target.is_dir():  # "", ".", "/": a ValueError after the whole
+        # artifact was verified and loaded (review, session 49)
+        raise InvalidOptionsError(f"--out {str(out)[:200]!r}: name the archive file to write")
     if target.resolve().is_relative_to(root.resolve()):
         raise InvalidOptionsError(
             f"--out {target} is inside the artifact folder: the archive would be written among "

@@ -226,8 +226,12 @@ def parse_environment(pairs: Sequence[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not _ENV_KEY.fullmatch(key):
+            # Without "=" the whole pair is the key as read: a value may be in it
+            # ("API_TOKEN:secret" was echoed; review, session 49), so it is named only
+            # when it is a valid name.
+            named = f"--env {key!r}" if _ENV_KEY.fullmatch(key) else "an --env pair"
             raise InvalidOptionsError(
-                f"--env {key[:60]!r}: expected KEY=VALUE, KEY made of letters, digits and _ "
+                f"{named}: expected KEY=VALUE, KEY made of letters, digits and _ "
                 "and not starting with a digit",
                 code="invalid_env",
             )
