@@ -310,6 +310,13 @@ def test_cli_recommend_table_and_json(
     missing = str(sample[0] / "queries" / "no-such.jpg")
     assert main(["recommend", "--artifact", str(sample[1]), missing]) == 2
     assert f"{missing}: no such photo file" in capsys.readouterr().err
+    # Review, session 49: a folder was "no such photo file", and a path's control characters
+    # reached the terminal as they were.
+    assert main(["recommend", "--artifact", str(sample[1]), str(sample[0])]) == 2
+    assert f"{sample[0]}: not a regular file" in capsys.readouterr().err
+    assert main(["recommend", "--artifact", str(sample[1]), "/tmp/x\x1b[31mred.jpg"]) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "/tmp/x\\x1b[31mred.jpg: no such photo file" in err
     argv = ["recommend", "--artifact", str(sample[1]), "--item", "sku-0014"]
     assert main([*argv, "--filter", "brand=nobody-sells-this"]) == 0
     assert "no item passed the filters" in capsys.readouterr().out
