@@ -25,7 +25,7 @@ from typing import Any
 
 from stygig.artifact import Artifact, file_sha256, read_manifest, verify_files
 from stygig.errors import ArtifactError, InvalidOptionsError, StorageError
-from stygig.storage import parse
+from stygig.storage import new_temp_file, parse
 
 __all__ = ["META_MANIFEST_SHA256", "META_SHA256", "Package", "package_artifact", "upload"]
 
@@ -121,10 +121,13 @@ def package_artifact(artifact: str | Path, out: str | Path) -> Package:
     files: dict[str, Any] = manifest["files"]
     names = sorted({"manifest.json", *files})
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.partial")
+    # A name of its own (two packs at once shared ".<name>.partial" and could mix their
+    # bytes), and the bytes on disk before the rename (review, session 49).
+    fd, tmp_name = new_temp_file(target.parent, f".{target.name[:100]}.", ".partial")
+    tmp = Path(tmp_name)
     try:
         with (
-            tmp.open("wb") as raw,
+            os.fdopen(fd, "wb") as raw,
             gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz,
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
         ):
@@ -147,6 +150,10 @@ def package_artifact(artifact: str | Path, out: str | Path) -> Package:
                 )
                 if (stream.bytes, digest) != want:
                     raise _changed(name)
+            tar.close()
+            gz.close()
+            raw.flush()
+            os.fsync(raw.fileno())
         tmp.replace(target)
     except OSError as e:
         tmp.unlink(missing_ok=True)
