@@ -154,6 +154,12 @@ def test_env_flags_and_async_limits(
                      "--env", bad]) == 2  # fmt: skip
         err = capsys.readouterr().err
         assert "expected KEY=VALUE" in err and "hunter2" not in err  # (review, session 49)
+    # Review, session 49: serve flags the container would refuse made an endpoint that never
+    # started; they are refused here, before anything is made.
+    for flags, said in (("--max-batch 0", "argument --max-batch"), ("--nope", "--nope")):
+        assert main(["deploy", "sync", "--model-uri", uri, "--endpoint-name", "x",
+                     "--env", f"STYGIG_SERVE_ARGS={flags}"]) == 2  # fmt: skip
+        assert "--env STYGIG_SERVE_ARGS: " in (err := capsys.readouterr().err) and said in err
     assert main(["deploy", "sync", "--model-uri", uri, "--endpoint-name", "x",
                  "--env", "A=1", "--env", "A=secret"]) == 2  # fmt: skip
     err = capsys.readouterr().err

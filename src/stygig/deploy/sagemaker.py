@@ -244,7 +244,31 @@ def parse_environment(pairs: Sequence[str]) -> dict[str, str]:
         env[key] = value
     if len(env) > _MAX_ENV:
         raise InvalidOptionsError(f"--env: SageMaker allows {_MAX_ENV} variables at most")
+    if "STYGIG_SERVE_ARGS" in env:
+        check_serve_args(env["STYGIG_SERVE_ARGS"])
     return env
+
+
+def check_serve_args(value: str) -> None:
+    """Refuse ``STYGIG_SERVE_ARGS`` that ``stygig serve`` would refuse at start, now, before an
+    endpoint is made whose container can never start (review, session 49:
+    ``--max-batch 0`` was found only when the container started). Split on white space, as
+    ``docker/serve`` splits it."""
+    import contextlib
+    import io
+
+    from stygig.cli import _parser
+
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            _parser().parse_args(["serve", "--artifact", "/opt/ml/model", *value.split()])
+    except SystemExit:
+        lines = said.getvalue().strip().splitlines() or ["not serve's flags"]
+        reason = re.sub(r"^stygig( serve)?: error: ", "", lines[-1])
+        raise InvalidOptionsError(
+            f"--env STYGIG_SERVE_ARGS: {reason}", code="invalid_env"
+        ) from None
 
 
 def with_async_limits(env: dict[str, str]) -> dict[str, str]:
