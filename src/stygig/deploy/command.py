@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from typing import Any
 
 from stygig.arguments import real
@@ -30,6 +31,21 @@ ASYNC_DEFAULT_INSTANCE = "ml.m5.large"
 #: loop). Review, session 49.
 WAIT_S = real(0.0, 7 * 24 * 3600.0, above=True)
 POLL_S = real(1.0, 3600.0)
+
+
+#: SageMaker's rule for an endpoint's name (CreateEndpoint): checked before an archive is read
+#: or a model made (review, session 49: a name AWS refuses failed after that work).
+_ENDPOINT_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
+
+
+def endpoint_name(text: str) -> str:
+    """An argument type: a name SageMaker takes for an endpoint."""
+    if not _ENDPOINT_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"expected 1 to 63 letters, digits and hyphens, starting and ending with a letter "
+            f"or digit (SageMaker's rule), got {text[:70]!a}"
+        )
+    return text
 
 
 def register(subparsers: Any) -> None:
@@ -73,7 +89,7 @@ def register(subparsers: Any) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--endpoint-name", required=True)
+    p.add_argument("--endpoint-name", required=True, type=endpoint_name)
     p.add_argument("--region", help="AWS region (default: the AWS environment)")
 
 
