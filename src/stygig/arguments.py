@@ -53,12 +53,11 @@ def real(floor: float, ceiling: float = math.inf, *, above: bool = False) -> Cal
         try:
             value = float(text)
         except ValueError:
-            value = math.nan
-        if not (math.isfinite(value) and (value > floor if above else value >= floor)):
-            value = math.nan
-        if not value <= ceiling:  # NaN too
-            raise argparse.ArgumentTypeError(f"expected a number {low}{high}, got {text[:20]!r}")
-        return value
+            value = math.nan  # refused below, as NaN is
+        in_range = (value > floor if above else value >= floor) and value <= ceiling
+        if math.isfinite(value) and in_range:
+            return value
+        raise argparse.ArgumentTypeError(f"expected a number {low}{high}, got {text[:20]!r}")
 
     return number
 

@@ -265,16 +265,13 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
             # Said as it is (a FIFO or a folder was "no such photo file"), and named with
             # its control characters escaped: a path is printed to the user's terminal
             # (review, session 49).
-            there = os.path.lexists(photo)
-            raise InvalidOptionsError(
-                f"{ascii(photo)[1:-1] if not photo.isprintable() else photo}: "
-                + (
-                    "not a regular file (a photo is read from a file)"
-                    if there
-                    else "no such photo file"
-                ),
-                code="not_a_regular_file" if there else "image_not_found",
-            )
+            from stygig.catalog.schema import shown
+
+            if os.path.lexists(photo):
+                why, code = "not a regular file (a photo is read from a file)", "not_a_regular_file"
+            else:
+                why, code = "no such photo file", "image_not_found"
+            raise InvalidOptionsError(f"{shown(photo)}: {why}", code=code)
     query = Query(images=tuple(Path(p) for p in args.photos), item_ids=tuple(args.item or ()))
     recommender = Recommender.from_path(args.artifact)
     change_log = answer_change_log(args.artifact, args.change_log, use=not args.no_change_log)

@@ -64,9 +64,12 @@ MAX_QUERY_PHOTOS = 8
 MAX_QUERY_PARTS = 16
 #: Content types that say nothing of a request's body: SageMaker's Python SDK sends a photo as
 #: ``application/octet-stream`` by default (``IdentitySerializer``), boto3's ``invoke_endpoint``
-#: without ``ContentType`` sends none. Such a body is told from its bytes (a photo by its
-#: signature, a JSON request by its ``{``), in real time and in asynchronous jobs alike.
-OPAQUE_CONTENT_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
+#: without ``ContentType`` sends none, and some clients send ``image/*`` for "an image" (a 415
+#: before: audit, session 47), a range that names no format. Such a body is told from its
+#: bytes (a photo by its signature, a JSON request by its ``{``), in real time and in
+#: asynchronous jobs alike. Other ranges stay refused (415): ``*/*`` and ``application/*`` say
+#: nothing a client means by them, and ``text/*`` claims text, which a photo is not.
+OPAQUE_CONTENT_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream", "image/*"})
 
 
 def opens_a_json_object(data: bytes) -> bool:

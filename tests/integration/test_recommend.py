@@ -316,7 +316,7 @@ def test_cli_recommend_table_and_json(
     assert f"{sample[0]}: not a regular file" in capsys.readouterr().err
     assert main(["recommend", "--artifact", str(sample[1]), "/tmp/x\x1b[31mred.jpg"]) == 2
     err = capsys.readouterr().err
-    assert "\x1b" not in err and "/tmp/x\\x1b[31mred.jpg: no such photo file" in err
+    assert "\x1b" not in err and "/tmp/x\\u001b[31mred.jpg: no such photo file" in err
     argv = ["recommend", "--artifact", str(sample[1]), "--item", "sku-0014"]
     assert main([*argv, "--filter", "brand=nobody-sells-this"]) == 0
     assert "no item passed the filters" in capsys.readouterr().out

@@ -97,9 +97,10 @@ def test_the_watch_does_not_reload_a_refused_version_again_and_again(
         # waits, from the watch interval up, doubling. Here the wait is made to be over.
         assert client.portal.call(watched) is False  # type: ignore[union-attr]
         assert len(loads) == 1
-        [(key, (_, wait))] = service._retry_at.items()
+        assert service._retry is not None
+        path, version, _, wait = service._retry
         assert wait == 1.0  # no watch configured here: a second
-        service._retry_at = {key: (0.0, wait)}
+        service._retry = (path, version, 0.0, wait)
         with pytest.raises(ReloadRefusedError):  # then a lasting one (2)
             client.portal.call(watched)  # type: ignore[union-attr]
         assert client.portal.call(watched) is False  # type: ignore[union-attr]

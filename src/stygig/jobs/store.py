@@ -67,6 +67,7 @@ __all__ = [
     "MAX_FINISHED",
     "MAX_FINISHED_ENV",
     "MAX_PAGE",
+    "MAX_TIME_LIMIT_S",
     "STATUSES",
     "InferenceIdInUseError",
     "Job",
@@ -93,6 +94,8 @@ TERMINAL = ("succeeded", "failed")
 UNFINISHED = ("queued", "running")
 #: The most jobs one ``list_jobs`` call returns (and the most an SQS store reads for it).
 MAX_PAGE = 1000
+#: The longest time limit a job may have (a day): a job's own, and a server's default.
+MAX_TIME_LIMIT_S = 24 * 3600.0
 #: How far one ``counts`` call counts a status (the jobs kept can reach millions).
 COUNT_LIMIT = 10_000
 #: Finished jobs a store keeps at most (the oldest beyond are purged first, whatever the
@@ -241,8 +244,10 @@ class JobSpec:
     def __post_init__(self) -> None:
         if (self.input_location is None) == (self.input_body is None):
             raise InvalidOptionsError("a job needs exactly one of an input location or a body")
-        if not 0 < self.time_limit_s <= 24 * 3600:
-            raise InvalidOptionsError("the time limit must be within (0, 86400] seconds")
+        if not 0 < self.time_limit_s <= MAX_TIME_LIMIT_S:
+            raise InvalidOptionsError(
+                f"the time limit must be within (0, {MAX_TIME_LIMIT_S:.0f}] seconds"
+            )
         if self.max_attempts < 1:
             raise InvalidOptionsError("max_attempts must be at least 1")
 

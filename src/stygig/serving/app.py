@@ -229,9 +229,9 @@ class ModelService:
         # version): the watch does not load it again every interval, only a new version or an
         # explicit reload does. Other refusals (files still arriving) are retried.
         self._refused: tuple[Path, str] | None = None
-        # (path, version) of an unverifiable version the watch refused: (when it is tried
-        # again, the wait before that); one entry, the last refused.
-        self._retry_at: dict[tuple[Path, str], tuple[float, float]] = {}
+        # The last unverifiable version the watch refused: (path, version, when it is tried
+        # again, the wait before that).
+        self._retry: tuple[Path, str, float, float] | None = None
         # The gauges read the live state when scraped: nothing to keep in step by hand.
         metrics.ready.set_function(lambda: float(self.ready))
         metrics.in_flight.set_function(lambda: float(self.in_flight))
@@ -401,8 +401,9 @@ class ModelService:
                 return False
             if watched and self._refused == (path, version):
                 return False  # refused before (logged then); tried again on SIGHUP or POST
-            retry = self._retry_at.get((path, version))
-            if watched and retry is not None and time.monotonic() < retry[0]:
+            # This version's last refusal, if it is the one the watch is waiting out.
+            retry = self._retry if self._retry and self._retry[:2] == (path, version) else None
+            if watched and retry is not None and time.monotonic() < retry[2]:
                 return False  # an unverifiable version: tried again at its own pace
             # Until the swap the old version answers with its rows read by pread, so its
             # mapped rows (up to 4.4 GB at 10M items) never share the process with the new
@@ -420,10 +421,10 @@ class ModelService:
                         # It may still be being copied: tried again, but every tick re-read
                         # and re-hashed every file of it (review, session 49), so the wait
                         # doubles from the watch interval up to RELOAD_RETRY_MAX_S.
-                        last = self._retry_at.get((path, version), (0.0, 0.0))[1]
+                        last = retry[3] if retry is not None else 0.0
                         interval = settings.watch_interval_s if settings is not None else 1.0
                         wait = min(max(2 * last, interval), RELOAD_RETRY_MAX_S)
-                        self._retry_at = {(path, version): (time.monotonic() + wait, wait)}
+                        self._retry = (path, version, time.monotonic() + wait, wait)
                     raise
                 live = await self.run(self._living, rec)
                 # The page cache only: the new rows map as requests read them.

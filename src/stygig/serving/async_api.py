@@ -60,6 +60,7 @@ from stygig.jobs.notify import MAX_WEBHOOK_URL_LENGTH, Notifier
 from stygig.jobs.queue import JobQueue
 from stygig.jobs.store import (
     MAX_PAGE,
+    MAX_TIME_LIMIT_S,
     STATUSES,
     TERMINAL,
     Job,
@@ -205,8 +206,10 @@ class AsyncConfig:
             parse_queue_url(self.job_queue)  # a bad URL is refused now, not at start-up
         if not 0 < self.retention_s < math.inf:
             raise InvalidOptionsError("the job retention time must be positive")
-        if not 0 < self.time_limit_s <= 24 * 3600:  # a job's own must be: JobSpec
-            raise InvalidOptionsError("the job time limit must be within (0, 86400] seconds")
+        if not 0 < self.time_limit_s <= MAX_TIME_LIMIT_S:  # as a job's own must be
+            raise InvalidOptionsError(
+                f"the job time limit must be within (0, {MAX_TIME_LIMIT_S:.0f}] seconds"
+            )
         for where in (self.output, self.failure):  # an unsupported scheme: now, not at start
             if where is not None:
                 storage.parse(where)

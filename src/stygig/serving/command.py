@@ -49,11 +49,12 @@ def default_port() -> int:
     value = os.environ.get("SAGEMAKER_BIND_TO_PORT", "").strip()
     if not value:
         return 8080
-    if not (value.isascii() and value.isdigit() and 1 <= int(value) <= 65535):
+    try:
+        return port(value)  # what --port takes
+    except argparse.ArgumentTypeError:
         raise InvalidOptionsError(
             f"SAGEMAKER_BIND_TO_PORT must be a port of 1 to 65535, got {value[:20]!r}"
-        )
-    return int(value)
+        ) from None
 
 
 def default_max_body_mb() -> float:
@@ -470,6 +471,8 @@ def add_async_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--async-concurrency", type=int, default=1, help="async jobs at once")
     g.add_argument(
         "--async-timeout",
+        # stygig.jobs.store.MAX_TIME_LIMIT_S, written out: the jobs package is imported only
+        # when async jobs are on (AsyncConfig checks the same bound)
         type=real(0.0, 86400.0, above=True),
         default=900.0,
         help="per-job limit, seconds (at most 86,400)",

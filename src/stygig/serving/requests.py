@@ -43,6 +43,7 @@ from stygig.recommendation import (
     MAX_QUERY_PARTS,
     MAX_QUERY_PHOTOS,
     MAX_TEXT,
+    OPAQUE_CONTENT_TYPES,
     merge_option_sources,
     opens_a_json_object,
     option_parameters,
@@ -52,7 +53,6 @@ from stygig.recommendation import (
     parse_json_object,
     split_json_request,
 )
-from stygig.recommendation import OPAQUE_CONTENT_TYPES as _UNTYPED
 
 __all__ = [
     "IMAGE_TYPES",
@@ -94,16 +94,6 @@ IMAGE_TYPES = frozenset(
     {"image/jpeg", "image/jpg", "image/png", "image/webp", "application/x-image"}
 )
 _ACCEPTABLE = ("application/json", "application/*", "*/*")
-#: Content types whose body is told from its bytes (:func:`told_from_bytes`): those that say
-#: nothing of it (:data:`stygig.recommendation.OPAQUE_CONTENT_TYPES`: none, octet-stream) and
-#: ``image/*``, a range some clients send for "an image" (a 415 before: audit). It names no
-#: format, so the bytes say which, as they do for ``image/jpeg``; a JSON request sent so is
-#: read as from an octet-stream. Other ranges stay refused (415): ``*/*`` and ``application/*``
-#: say nothing a client means by them, and ``text/*`` claims text, which a photo is not
-#: (``text/plain`` is refused alike). An asynchronous job's inline input is told at submission
-#: and stored with the type it was told as; a stored input sent as ``image/*`` is read as a
-#: photo, as one of any type but JSON's is.
-OPAQUE_CONTENT_TYPES = _UNTYPED | {"image/*"}
 
 
 #: Options by the place a request gives them: ``(place, options)``, as

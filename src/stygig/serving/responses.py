@@ -29,8 +29,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 #: One entity tag of an ``If-None-Match`` list, weak or strong (RFC 9110 8.8.3: a quoted string
-#: of any visible character but the quote, commas included), and the comma after it.
-_ENTITY_TAG = re.compile(r'[ \t]*(?:W/)?("[\x21\x23-\x7e\x80-\xff]*")[ \t]*(?:,|$)')
+#: of any visible character but the quote, commas included), then the comma after it, if any.
+_ENTITY_TAG = re.compile(r'(?:W/)?("[\x21\x23-\x7e\x80-\xff]*")[ \t]*(?:,|$)')
 
 
 def not_modified(headers: Headers, etag: str) -> bool:
@@ -51,7 +51,7 @@ def not_modified(headers: Headers, etag: str) -> bool:
             pos += 1
             continue
         found = _ENTITY_TAG.match(value, pos)
-        if found is None or found.end() == pos:
+        if found is None:
             return False
         tags.add(found.group(1))
         pos = found.end()
