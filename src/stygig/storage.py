@@ -47,6 +47,7 @@ from stygig.errors import (
 __all__ = [
     "Location",
     "StorageError",
+    "check_s3_key",
     "delete",
     "exists",
     "is_remote",
@@ -84,12 +85,36 @@ def parse(uri: str | Path) -> Location:
         parsed = urlparse(text)
         if not parsed.netloc:
             raise StorageError(f"{text!r} names no bucket", code="invalid_location")
-        return Location("s3", bucket=parsed.netloc, key=parsed.path.lstrip("/"))
+        if not _BUCKET.fullmatch(parsed.netloc):
+            raise StorageError(
+                f"{text!r}: {parsed.netloc!r} is not an S3 bucket name (3-255 letters, digits, "
+                "'.', '-' or '_'; buckets made since 2018: 3-63 lowercase)",
+                code="invalid_location",
+            )
+        key = parsed.path.lstrip("/")
+        check_s3_key(key)
+        return Location("s3", bucket=parsed.netloc, key=key)
     if "://" in text and not text.startswith("file://"):
         raise StorageError(
             f"{text!r}: only plain paths, file:// and s3:// are supported", code="invalid_location"
         )
     return Location("file", path=Path(local_path(text)))
+
+
+# Every bucket name S3 has ever accepted (older buckets in us-east-1 may hold capitals and '_'):
+# anything else (a port, user info, spaces) is refused here, before any work is done for it.
+_BUCKET = re.compile(r"[A-Za-z0-9._-]{3,255}")
+S3_KEY_MAX_BYTES = 1024  # S3's limit on an object key, in UTF-8 bytes
+
+
+def check_s3_key(key: str) -> None:
+    """Refuse an S3 object key longer than S3 takes (said before any work is done for it)."""
+    size = len(key.encode("utf-8", "surrogatepass"))
+    if size > S3_KEY_MAX_BYTES:
+        raise StorageError(
+            f"an S3 object key is at most {S3_KEY_MAX_BYTES} bytes of UTF-8; this one is {size}",
+            code="invalid_location",
+        )
 
 
 def local_path(uri: str) -> str:
@@ -417,6 +442,13 @@ def new_temp_file(folder: Path, prefix: str, suffix: str = "") -> tuple[int, str
 _TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 
+def _temp_stem(name: str) -> str:
+    """``name`` cut to leave room in a file name (255 bytes) for the temporary suffix's 14."""
+    while len(os.fsencode(name)) > 200:
+        name = name[:-1]
+    return name
+
+
 def write_bytes(uri: str | Path, data: bytes, *, content_type: str | None = None) -> str:
     """Write ``data`` to ``uri`` atomically (all or nothing), creating folders; the location."""
     loc = parse(uri)
@@ -428,7 +460,7 @@ def write_bytes(uri: str | Path, data: bytes, *, content_type: str | None = None
     assert loc.path is not None
     try:
         loc.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = new_temp_file(loc.path.parent, f".{loc.path.name}.", ".tmp")
+        fd, tmp = new_temp_file(loc.path.parent, f".{_temp_stem(loc.path.name)}.", ".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)

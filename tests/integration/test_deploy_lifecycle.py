@@ -635,6 +635,10 @@ def test_pipeline_async_from_an_artifact(
            "--work-dir", str(tmp_path), "--upload", "s3://models/bulk/", "--mode", "async"]  # fmt: skip
     assert main(cmd) == 2
     assert "--mode async needs --s3-output-path" in capsys.readouterr().err
+    bad = [*cmd[:-4], "--upload", "s3://models bucket/bulk/", "--s3-output-path", "s3://out/r/"]
+    assert main(bad) != 0  # a bucket S3 would refuse: said before anything is packed or made
+    assert "is not an S3 bucket name" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
     assert main([*cmd, "--s3-output-path", "s3://out/r/"]) == 0
     out = capsys.readouterr().out
     assert "[1/6] build: using" in out and "[6/6] check: skipped: no --check-image" in out

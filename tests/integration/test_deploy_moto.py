@@ -211,6 +211,12 @@ def test_package_packs_what_it_checked(
     assert main(["package", "--artifact", str(art), "--out", str(out),
                  "--upload", str(tmp_path / "bucket")]) == 6  # fmt: skip
     assert "--upload must be an s3:// URI" in capsys.readouterr().err and not out.exists()
+    # A bucket name or key S3 would refuse: said before packing, not after (review, session 49).
+    for upload, said in (("s3://My Bucket/", "is not an S3 bucket name"),
+                         ("s3://bucket/" + "p/" * 510, "at most 1024 bytes")):  # fmt: skip
+        assert main(["package", "--artifact", str(art), "--out", str(out),
+                     "--upload", upload]) == 6  # fmt: skip
+        assert said in capsys.readouterr().err and not out.exists()
 
     real = package.verify_files
     for swap in ("link", "edit"):

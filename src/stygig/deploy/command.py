@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 from stygig.arguments import real
@@ -197,14 +198,17 @@ def _setting(value: str | None, env: str, what: str, flag: str) -> str:
 
 def run_package(args: argparse.Namespace) -> int:
     """Pack (and upload) an artifact; print the archive's checksum."""
-    from stygig.deploy.package import package_artifact, upload
+    from stygig.deploy.package import package_artifact, upload, upload_key
     from stygig.errors import StorageError
     from stygig.storage import parse
 
-    if args.upload and parse(args.upload).scheme != "s3":  # said before packing, not after
-        raise StorageError(
-            f"--upload must be an s3:// URI, not {args.upload!r}", code="invalid_location"
-        )
+    if args.upload:  # said before packing, not after: the scheme, bucket name and key
+        loc = parse(args.upload)
+        if loc.scheme != "s3":
+            raise StorageError(
+                f"--upload must be an s3:// URI, not {args.upload!r}", code="invalid_location"
+            )
+        upload_key(loc, Path(args.out).name)
     pkg = package_artifact(args.artifact, args.out)
     print(f"model archive: {pkg.path} ({pkg.bytes / 1e6:.2f} MB, {len(pkg.files)} files)")
     print(f"sha256: {pkg.sha256}")

@@ -25,7 +25,7 @@ from typing import Any
 
 from stygig.artifact import Artifact, file_sha256, read_manifest, verify_files
 from stygig.errors import ArtifactError, InvalidOptionsError, StorageError
-from stygig.storage import new_temp_file, parse
+from stygig.storage import Location, check_s3_key, new_temp_file, parse
 
 __all__ = ["META_MANIFEST_SHA256", "META_SHA256", "Package", "package_artifact", "upload"]
 
@@ -172,6 +172,14 @@ def _changed(name: str) -> ArtifactError:
     )
 
 
+def upload_key(loc: Location, name: str) -> str:
+    """The object key an archive called ``name`` is uploaded to: ``loc``'s key, or ``name``
+    under it when it is a prefix (empty or ending in ``/``); refused when S3 would refuse it."""
+    key = loc.key + name if not loc.key or loc.key.endswith("/") else loc.key
+    check_s3_key(key)
+    return key
+
+
 def upload(
     path: str | Path,
     uri: str,
@@ -190,7 +198,7 @@ def upload(
     loc = parse(uri)
     if loc.scheme != "s3":
         raise StorageError(f"--upload must be an s3:// URI, not {uri!r}", code="invalid_location")
-    key = loc.key + Path(path).name if not loc.key or loc.key.endswith("/") else loc.key
+    key = upload_key(loc, Path(path).name)
     s3: Any = aws_client("s3", region)
     try:
         s3.head_bucket(Bucket=loc.bucket)

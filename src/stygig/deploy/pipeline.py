@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from stygig.errors import InvalidOptionsError, StorageError, StygigError
+from stygig.storage import parse
 
 __all__ = ["STATE_FILE", "PipelineState", "run_pipeline"]
 
@@ -191,7 +192,9 @@ def _package(work: Path, built: dict[str, Any], state: PipelineState) -> dict[st
 def _model_uri(prefix: str, sha256: str) -> str:
     if not prefix.startswith("s3://"):
         raise InvalidOptionsError(f"--upload must be an s3:// prefix, not {prefix[:200]!r}")
-    return f"{prefix.rstrip('/')}/{sha256[:12]}/model.tar.gz"
+    uri = f"{prefix.rstrip('/')}/{sha256[:12]}/model.tar.gz"
+    parse(uri)  # a bucket name or key S3 would refuse: said before anything is built
+    return uri
 
 
 def _upload(args: argparse.Namespace, packed: dict[str, Any], state: PipelineState) -> str:
