@@ -243,6 +243,16 @@ def _gender_ok(query: str | None, item: str | None) -> bool:
     return query in (None, "unisex") or item in (None, "unisex", query)
 
 
+def _live_genders(artifact: Artifact) -> set[str]:
+    """The genders (lower case) of the rows still in ``artifact``'s index."""
+    removed = artifact.index.removed if artifact.index.n_removed else None
+    return {
+        item.gender.lower()
+        for n, item in enumerate(artifact.items)
+        if item.gender and (removed is None or n >= len(removed) or not removed[n])
+    }
+
+
 def outfit_validity(
     recommender: Recommender,
     query_rows: Sequence[int],
@@ -267,13 +277,15 @@ def outfit_validity(
     artifact.index.remove(np.asarray(held_out, np.int64))
     rows = np.asarray(query_rows, np.int64)
     tally = Counter[str]()
+    # A shop states the genders its catalogue holds: one that only held-out rows have is not
+    # the catalogue's any more, and a request stating it is refused (a 422 when served).
+    held = _live_genders(artifact) if state_gender else set()
     for pos in rows.tolist():
         truth = artifact.items[pos]
-        options = Options(
-            mode="outfit",
-            seed=seed,
-            gender=truth.gender if state_gender and truth.gender != "unisex" else None,
-        )
+        given = truth.gender if truth.gender and truth.gender != "unisex" else None
+        stated = given if given and given.lower() in held else None
+        tally["gender_not_stated"] += bool(state_gender and given and stated is None)
+        options = Options(mode="outfit", seed=seed, gender=stated)
         # The pipeline's own path, with the build's embedding and colour as the embed step.
         prepared = recommender.prepare_embedded(
             artifact.embeddings[pos : pos + 1], [artifact.colors[pos]], options
@@ -298,6 +310,8 @@ def outfit_validity(
         for what in ("category", "gender", "both"):
             out[f"{scope}_{what}_valid"] = tally[f"{scope}_{what}"] / n
     out["queries_without_items"] = tally["queries_without_items"]
+    if state_gender:  # queries whose gender only held-out rows have: the engine inferred it
+        out["gender_not_stated"] = tally["gender_not_stated"]
     # What hedging an uncertain gender with unisex items costs: how often, and how full answers are.
     out["hedged_share"] = tally["hedged"] / max(len(rows), 1)
     out["items_per_query"] = tally["items"] / max(len(rows), 1)
