@@ -707,10 +707,17 @@ def _raise_if_out_of_memory(error: Exception, needed: int) -> None:
     probe.close()
 
 
-def _to_8bit(img: Image.Image) -> Image.Image:
+def _to_8bit(img: Image.Image, wide_key: bool = False) -> Image.Image:
     """Palette, 1-bit and 16-bit images as 8-bit L, RGB or RGBA, a colour key (a PNG's tRNS:
-    pixels of one value are transparent) as alpha; other modes unchanged."""
+    pixels of one value are transparent) as alpha; other modes unchanged.
+
+    ``wide_key``: the image was 16-bit RGB, which Pillow reads as its samples' high bytes while
+    its colour key keeps all 16 bits: the key is compared by its high bytes too (a pixel within
+    one 8-bit level of it is transparent; compared whole, the key missed its own background and
+    could hide an opaque garment instead: review, session 50)."""
     key = img.info.get("transparency")
+    if key is not None and wide_key and img.mode == "RGB" and isinstance(key, tuple):
+        img.info["transparency"] = tuple(int(v) >> 8 for v in key)
     if key is not None and img.mode in ("1", "L", "RGB"):
         # Optimisers write a cut-out's transparent background this way (optipng, oxipng):
         # composited on white like alpha, not read as the key's colour (black, mostly).
@@ -725,7 +732,11 @@ def _to_8bit(img: Image.Image) -> Image.Image:
         grey = np.empty(values.shape, np.uint8)
         np.right_shift(values, 8, out=grey, casting="unsafe")
         del values
-        return Image.merge("LA", (Image.fromarray(grey), Image.fromarray(alpha)))
+        out = Image.merge("LA", (Image.fromarray(grey), Image.fromarray(alpha)))
+        # Its orientation (EXIF, XMP) and profile, which a new image does not have (review,
+        # session 50: such a photo was not turned upright).
+        out.info.update((k, v) for k, v in img.info.items() if k != "transparency")
+        return out
     if img.mode in _REDUCIBLE_MODES:
         return img
     if img.mode == "I;16":
@@ -739,10 +750,17 @@ def _to_8bit(img: Image.Image) -> Image.Image:
 
 def _to_rgb(img: Image.Image) -> Image.Image:
     """8-bit RGB; transparency is composited on white (one new image, no full-size temporaries)."""
-    if img.mode in ("RGBA", "LA"):
+    if img.mode == "RGBA":
         background = Image.new("RGB", img.size, (255, 255, 255))
         background.paste(img, mask=img.getchannel("A"))
         return background
+    if img.mode == "LA":
+        # Composited as grey, then widened: pasting LA on RGB copies its raw bytes, which are
+        # (L, 0, 0) for an LA image Image.merge made (review, session 50: a grey cut-out came
+        # out red).
+        grey = Image.new("L", img.size, 255)
+        grey.paste(img.getchannel("L"), mask=img.getchannel("A"))
+        return grey.convert("RGB")
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
@@ -932,9 +950,14 @@ def decode_image(
             if min_size is not None and img.format in ("JPEG", "MPO"):
                 # EXIF rotation swaps sides but draft keeps both >= the request: safe.
                 img.draft("RGB", (min_size, min_size))
+            # A 16-bit RGB PNG (read as its high bytes): its colour key is 16-bit.
+            wide_key = img.format == "PNG" and any(
+                isinstance(t.args, str) and t.args.startswith("RGB;16")
+                for t in getattr(img, "tile", ())
+            )
             img.load()
             icc = img.info.get("icc_profile")
-            img = _to_8bit(img)
+            img = _to_8bit(img, wide_key)
             if min_size is not None:
                 # Before any other conversion, so a 40 MP PNG is copied at most once.
                 img = _shrink(img, min_size)

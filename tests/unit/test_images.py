@@ -1079,7 +1079,50 @@ def test_a_colour_key_is_transparency(mode: str) -> None:
     data = encode(img, "PNG", transparency=key)
     out = np.asarray(decode_image(data))
     assert (out[0, 0] == 255).all() and (out[-1, -1] == 255).all()  # background: white
-    assert (out[32, 32] < 250).any()  # the garment is kept
+    # The garment is kept, in its own colour (a 16-bit grey one came out (156, 0, 0): s50).
+    if mode == "I;16":  # grey, whatever Pillow made of 40000 when it wrote the file
+        assert out[32, 32, 0] == out[32, 32, 1] == out[32, 32, 2] < 250
+    else:
+        assert tuple(out[32, 32]) == ((200, 30, 30) if mode == "RGB" else (200, 200, 200))
+
+
+def _png16(pixels: np.ndarray, colour_type: int, *chunks: bytes) -> bytes:
+    """A 16-bit PNG of ``pixels`` (uint16, grey or RGB) with ``chunks`` before its data."""
+    height, width = pixels.shape[:2]
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)
+    head = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", head) + b"".join(chunks)
+            + png_chunk(b"IDAT", zlib.compress(rows)) + png_chunk(b"IEND", b""))  # fmt: skip
+
+
+def test_a_16_bit_rgb_colour_key_is_compared_at_16_bits() -> None:
+    """Pillow reads 16-bit RGB as its high bytes but keeps the tRNS key's 16 bits: the key was
+    compared with the 8-bit pixels, so the key's own background stayed and an opaque garment
+    whose high bytes equal the key's number vanished (review, session 50)."""
+    for key, garment in (
+        ((0x1234, 0x5678, 0x9ABC), (0xFFFF, 0, 0)),
+        ((0xFF, 0, 0), (0xFFFF, 0, 0)),
+    ):
+        pixels = np.empty((64, 64, 3), np.uint16)
+        pixels[:] = key
+        pixels[16:48, 16:48] = garment
+        trns = png_chunk(b"tRNS", struct.pack(">HHH", *key))
+        out = np.asarray(decode_image(_png16(pixels, 2, trns)))
+        assert tuple(out[0, 0]) == (255, 255, 255)  # the key: transparent, on white
+        assert tuple(out[32, 32]) == (255, 0, 0)  # the garment: opaque red
+
+
+def test_a_16_bit_grey_photo_with_a_colour_key_keeps_its_orientation() -> None:
+    """The 16-bit grey + tRNS path makes a new image, which lost the EXIF orientation: the
+    photo was not turned upright (review, session 50)."""
+    pixels = np.full((40, 60), 40000, np.uint16)
+    pixels[:, :5] = 7  # the key
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turn 90 degrees clockwise to view
+    chunks = (png_chunk(b"tRNS", struct.pack(">H", 7)), png_chunk(b"eXIf", exif.tobytes()))
+    out = decode_image(_png16(pixels, 0, *chunks))
+    assert out.size == (40, 60)  # turned: 60 x 40 stored
+    assert tuple(np.asarray(out)[0, 0]) == (255, 255, 255)  # the key column, now the top row
 
 
 def test_metadata_that_cannot_be_read_does_not_refuse_the_pixels() -> None:
