@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -222,7 +222,7 @@ class Recommender:
     def prepare(
         self,
         query: Query,
-        options: Options | None = None,
+        options: Options | Mapping[str, Any] | None = None,
         *,
         color_beside: bool = True,
         load: Callable[[str | Path | bytes], str | Path | bytes] | None = None,
@@ -234,7 +234,7 @@ class Recommender:
         encoder (requests); off, they are measured here (batch runs, whose workers are busy
         anyway). ``load`` reads a location first (batch inputs).
         """
-        options = options or Options()
+        options = _options(options)
         self.check(options, query.item_ids, len(query.images))
         pool = self._color_pool if color_beside else None
         return decode_query(query, options, self.encoder.preprocess, color_pool=pool, load=load)
@@ -254,12 +254,12 @@ class Recommender:
         self,
         vectors: np.ndarray,
         colors: Sequence[dict[str, Any]],
-        options: Options | None = None,
+        options: Options | Mapping[str, Any] | None = None,
         item_ids: Sequence[str] = (),
     ) -> PreparedQuery:
         """:meth:`prepare` for photos already embedded and coloured (e.g. catalogue rows
         standing in for photos in evaluation): checked the same way, no encoder needed."""
-        options = options or Options()
+        options = _options(options)
         _check_request(self.columns, options, item_ids)
         return PreparedQuery.precomputed(vectors, colors, options, item_ids)
 
@@ -275,7 +275,9 @@ class Recommender:
         """Map raw encoder outputs into the artifact's embedding space."""
         return vectors if self.whitening is None else self.whitening.apply(vectors)
 
-    def recommend(self, query: Query, options: Options | None = None) -> Recommendation:
+    def recommend(
+        self, query: Query, options: Options | Mapping[str, Any] | None = None
+    ) -> Recommendation:
         """Photo(s) and/or item ids in, ranked items and an outfit out: the pipeline in line.
 
         The photos' colours are measured on a second thread while the encoder runs.
@@ -297,6 +299,16 @@ class Recommender:
             vectors = prepared.vectors
         if vectors is None or len(vectors) != prepared.photos:
             raise ValueError("answer() needs one embedding per photo of the prepared query")
+        if prepared.photos:
+            vectors = np.asarray(vectors)
+            width = self.embeddings.shape[1]
+            if vectors.ndim != 2 or vectors.shape[1] != width:
+                raise ValueError(
+                    f"answer() needs embeddings of shape (photos, {width}), "
+                    f"not {tuple(vectors.shape)}"
+                )
+            if not np.isfinite(vectors).all():
+                raise ValueError("answer() needs finite embeddings (one holds NaN or infinity)")
         options = prepared.options
         timings = prepared.timings
         st = self._snapshot  # the catalogue this answer reads, start to end
@@ -947,6 +959,19 @@ _NO_GENDER = GenderDecision(None, "none")
 
 
 _PAIR_NAMES = list(GENDER_PAIR)
+
+
+def _options(options: Options | Mapping[str, Any] | None) -> Options:
+    """``options`` as :class:`Options`: a mapping is read as a JSON request's options are."""
+    if options is None:
+        return Options()
+    if isinstance(options, Mapping):
+        return Options.from_dict(dict(options))
+    if not isinstance(options, Options):
+        raise InvalidOptionsError(
+            f"options must be Options or a mapping of option names, not {type(options).__name__}"
+        )
+    return options
 
 
 def _check_request(cols: CatalogColumns, options: Options, item_ids: Sequence[str]) -> None:

@@ -129,15 +129,25 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"qoif", "QOI"),
     (b"DDS ", "DDS"),
 )
-# ISO base media files (HEIC, AVIF) say what they are in the ``ftyp`` box's brand.
+# ISO base media files (HEIC, AVIF) say what they are in the ``ftyp`` box: its major brand, or
+# one of its compatible brands (an AVIF may name another major brand: review, session 50).
 _FTYP_BRANDS = {
     b"heic": "HEIC",
     b"heix": "HEIC",
+    b"heim": "HEIC",
+    b"heis": "HEIC",
+    b"hevc": "HEIC",
+    b"hevx": "HEIC",
+    b"hevm": "HEIC",
+    b"hevs": "HEIC",
     b"mif1": "HEIF",
+    b"mif2": "HEIF",
     b"msf1": "HEIF",
     b"avif": "AVIF",
     b"avis": "AVIF",
+    b"avio": "AVIF",
 }
+_FTYP_MAX_BRANDS = 64  # compatible brands read from one ftyp box, at most
 # "BM" alone is too common a start for text; a BMP also names one of these DIB header sizes.
 _BMP_HEADER_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
 
@@ -250,11 +260,20 @@ def _image_format(data: bytes) -> str | None:
             return name
     if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP"
-    if len(data) >= 12 and data[4:8] == b"ftyp" and data[8:12] in _FTYP_BRANDS:
-        return _FTYP_BRANDS[data[8:12]]
+    if len(data) >= 12 and data[4:8] == b"ftyp":
+        return _ftyp_format(data)
     if data[:2] == b"BM" and int.from_bytes(data[14:18], "little") in _BMP_HEADER_SIZES:
         return "BMP"
     return None
+
+
+def _ftyp_format(data: bytes) -> str | None:
+    """The image format an ISO base media file's ``ftyp`` box names: its major brand first,
+    then its compatible brands (within the box's declared size, at most _FTYP_MAX_BRANDS)."""
+    size = int.from_bytes(data[:4], "big")
+    end = min(len(data), size if size >= 16 else 16, 16 + 4 * _FTYP_MAX_BRANDS)
+    brands = [data[8:12]] + [data[i : i + 4] for i in range(16, end - 3, 4)]
+    return next((_FTYP_BRANDS[b] for b in brands if b in _FTYP_BRANDS), None)
 
 
 def sniff_format(data: bytes) -> str | None:

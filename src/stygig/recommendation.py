@@ -550,6 +550,25 @@ class Query:
     item_ids: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        # A bare photo or id is no sequence of them: iterated, a path was taken for one photo
+        # per character ("at most 8 photos") and an id for repeated letters (review, s50).
+        if isinstance(self.images, str | bytes | bytearray | Path):
+            raise InvalidOptionsError(
+                "images must be a list of photos (bytes or paths), not one photo: "
+                "Query(images=[photo])"
+            )
+        if isinstance(self.item_ids, str):
+            raise InvalidOptionsError("item_ids must be a list of ids, not one id: [item_id]")
+        for n, image in enumerate(self.images):
+            if not isinstance(image, bytes | str | Path):
+                raise InvalidOptionsError(
+                    f"images[{n}] must be a photo's bytes or path, not {type(image).__name__}"
+                )
+        for n, item_id in enumerate(self.item_ids):
+            if not isinstance(item_id, str):
+                raise InvalidOptionsError(
+                    f"item_ids[{n}] must be a string, not {type(item_id).__name__}"
+                )
         parts = len(self.images) + len(self.item_ids)
         if parts == 0:
             raise InvalidOptionsError("a query needs at least one photo or item id")

@@ -193,6 +193,35 @@ def test_only_the_accepted_formats_parsers_see_the_bytes(monkeypatch: pytest.Mon
     assert decode_image(encode(garment_image(), "PNG")).size == (224, 224)
 
 
+def _ftyp(major: bytes, *compatible: bytes) -> bytes:
+    box = major + b"\x00\x00\x00\x00" + b"".join(compatible)
+    return struct.pack(">I", 8 + len(box)) + b"ftyp" + box + bytes(64)
+
+
+@pytest.mark.parametrize(
+    ("data", "name"),
+    [
+        (_ftyp(b"heic", b"mif1", b"heic"), "HEIC"),
+        (_ftyp(b"hevc", b"msf1", b"hevc"), "HEIC"),  # a burst: an image sequence
+        (_ftyp(b"heim", b"mif1"), "HEIC"),
+        (_ftyp(b"mif2", b"mif1"), "HEIF"),
+        (_ftyp(b"avio", b"avif"), "AVIF"),
+        (_ftyp(b"MA1B", b"avif", b"mif1"), "AVIF"),  # AVIF named among the compatible brands
+    ],
+)
+def test_a_phone_photo_format_is_named_not_called_no_image(data: bytes, name: str) -> None:
+    """HEIC and AVIF with other brands than the six first listed were 400 "not an image"
+    instead of 415 naming the format, which tells a phone client what to send (s50)."""
+    with pytest.raises(UnsupportedMediaError, match=name) as e:
+        decode_image(data)
+    assert e.value.http_status == 415
+
+
+def test_an_mp4_is_no_image() -> None:
+    with pytest.raises(InvalidImageError):  # an ftyp box naming no image brand
+        decode_image(_ftyp(b"isom", b"isom", b"mp41"))
+
+
 def test_text_that_starts_like_a_signature_is_not_an_image() -> None:
     with pytest.raises(InvalidImageError) as e:
         decode_image(b"BMW convertible, red, 2019 model, low mileage" * 3)
