@@ -264,6 +264,9 @@ def _image_format(data: bytes) -> str | None:
         return _ftyp_format(data)
     if data[:2] == b"BM" and int.from_bytes(data[14:18], "little") in _BMP_HEADER_SIZES:
         return "BMP"
+    head = data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n")  # a BOM, white space
+    if head.startswith((b"<svg", b"<?xml", b"<!DOCTYPE svg")) and b"<svg" in head:
+        return "SVG"  # a 415 naming it, as the content type image/svg+xml gets (s50)
     return None
 
 

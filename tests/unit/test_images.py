@@ -217,6 +217,17 @@ def test_a_phone_photo_format_is_named_not_called_no_image(data: bytes, name: st
     assert e.value.http_status == 415
 
 
+def test_an_svg_is_named() -> None:
+    for data in (
+        b'<svg xmlns="http://www.w3.org/2000/svg"/>',
+        b'\xef\xbb\xbf<?xml version="1.0"?>\n<svg/>',
+    ):
+        with pytest.raises(UnsupportedMediaError, match="SVG"):
+            decode_image(data)
+    with pytest.raises(InvalidImageError):  # XML that is no SVG: no image at all
+        decode_image(b'<?xml version="1.0"?><note>red dress</note>')
+
+
 def test_an_mp4_is_no_image() -> None:
     with pytest.raises(InvalidImageError):  # an ftyp box naming no image brand
         decode_image(_ftyp(b"isom", b"isom", b"mp41"))
