@@ -113,3 +113,29 @@ def test_a_method_the_parser_knows_reaches_the_app() -> None:
     """PROPFIND is llhttp's: the app answers it (StyGig's routes: 405), on a kept connection."""
     out, closed = asyncio.run(_exchange(b"PROPFIND /ping HTTP/1.1\r\nHost: x\r\n\r\n", GET))
     assert out.count(b"HTTP/1.1 200 ") == 2 and out.endswith(b"GET") and not closed
+
+
+POST_CHUNKED = b"POST /ping HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("data", "answered"),
+    [
+        (GET + b"FOO /ping HTTP/1.1\r\nHost: x\r\n\r\n", 1),
+        (GET + GET + b"\x16\x03\x01\x02\x00", 2),
+        (GET + b"GET /ping HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n", 1),
+        (GET + POST_CHUNKED + b"zz\r\nab\r\n0\r\n\r\n", 1),  # the second's body refused
+    ],
+    ids=["method", "tls", "nul-in-header", "chunk-size"],
+)
+def test_requests_received_before_a_refused_message_are_answered_first(
+    data: bytes, answered: int
+) -> None:
+    """RFC 9112 9.3.2: answers in order. The refused message's 400 took the place of the
+    answer being made for the complete request before it, in the same read (review, session
+    50: GET /ping then a malformed message got only the 400; the log said 200)."""
+    out, closed = asyncio.run(_exchange(data))
+    assert out.count(b"HTTP/1.1 200 ") == answered, out
+    assert out.index(b"HTTP/1.1 200 ") < out.index(b"HTTP/1.1 400 ")
+    assert _last_answer(out) == (400, "malformed_http") and out.count(b"HTTP/1.1 ") == answered + 1
+    assert closed

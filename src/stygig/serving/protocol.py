@@ -202,6 +202,9 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         # (uvicorn appends each piece to the body with bytes +=: quadratic in the pieces).
         self._pieces: list[bytes] = []
         self._overflow = False  # over MAX_PIPELINE: what is queued is answered, then closed
+        # A later message refused while earlier requests still await their answers: (status,
+        # reason, error), written once they are answered, then the connection closes.
+        self._refused: tuple[int, str, InputError] | None = None
         self._peer_done = False  # the client shut down its sending side (a half-close)
         # When the last answer ended (time.monotonic): the loop's clock counts milliseconds,
         # so connections answered within one had equal keep-alive deadlines and the "longest
@@ -231,6 +234,8 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         return True if busy or self.pipeline else None
 
     def data_received(self, data: bytes) -> None:
+        if self._refused is not None:  # nothing after a refused message is read
+            return
         self._received(data)
         self._flush_body()
 
@@ -271,7 +276,10 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
 
     def _feed(self, data: bytes) -> None:
         """``data`` to the parser (uvicorn's ``data_received``), keeping the current message's
-        first bytes while where it began is known (:meth:`send_400_response` reads them)."""
+        first bytes while where it began is known (:meth:`send_400_response` reads them).
+        Nothing is fed once a message is refused (the parser stopped at its error)."""
+        if self._refused is not None:
+            return
         if self._start is not None and len(self._start) < METHOD_BYTES:
             self._start += data[: METHOD_BYTES - len(self._start)]
         super().data_received(data)
@@ -302,10 +310,32 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
     ) -> None:
         """``err`` as the JSON answer, unless the app has begun one for ``cycle`` (the request
         whose message is refused; None: a head, before the app has one), and the connection
-        closed: the rest of what the client sends is never read."""
+        closed: the rest of what the client sends is never read.
+
+        Requests received whole before the refused message are answered first, in order (RFC
+        9112 9.3.2): the error is written after their answers. Before, it took the place of
+        the answer being made (review, session 50: ``GET /ping`` then a malformed message in
+        one write got only the 400, while the log said 200)."""
         self._end_message()
         if self.transport.is_closing():
             return
+        if cycle is not None and self.pipeline and any(c is cycle for c, _ in self.pipeline):
+            # A queued request whose own message is refused: never started, never answered.
+            self.pipeline = type(self.pipeline)((c, a) for c, a in self.pipeline if c is not cycle)
+            cycle = None
+        waiting = bool(self.pipeline) or (
+            self.cycle is not None and self.cycle is not cycle and not self.cycle.response_complete
+        )
+        if cycle is None and waiting:
+            self._disarm()
+            self._refused = (status, reason, err)
+            self.flow.pause_reading()
+            return
+        self._write_error_and_close(status, reason, err, cycle)
+
+    def _write_error_and_close(
+        self, status: int, reason: str, err: InputError, cycle: RequestResponseCycle | None
+    ) -> None:
         if cycle is not None:  # the app sees a disconnect and its answer, if any, is dropped
             if not cycle.response_started:  # logged and counted as answered here, not a 499
                 cycle.scope.setdefault("state", {})[CLOSED_BY_SERVER] = (status, err.code)
@@ -332,7 +362,12 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         other refusal gets, not uvicorn's plain text (review, s40), and the connection
         closed. A response the app has begun for the current request is left as it is.
         A method llhttp does not know is a 501 instead (:meth:`_unknown_method`)."""
-        live = self.cycle if self.cycle is not None and not self.cycle.response_complete else None
+        # The refused message's own request, when its head was read (its body is what failed);
+        # otherwise the error is a later message's, with no request of its own yet.
+        cycle = self.cycle
+        live = (
+            cycle if cycle is not None and cycle.more_body and not cycle.response_complete else None
+        )
         if self._unknown_method():
             self.logger.warning("unknown request method: answered 501")
             err: InputError = MethodNotImplementedError(
@@ -562,6 +597,9 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         self._answered_at = time.monotonic()
         super().on_response_complete()
         if self.transport.is_closing():
+            return
+        if self._refused is not None and not queued:  # every request before it is answered
+            self._write_error_and_close(*self._refused, None)
             return
         if self._peer_done and not queued:  # half-closed: the last answer is sent
             self._unset_keepalive_if_required()
