@@ -822,6 +822,41 @@ def test_slow_requests_make_room_at_the_connection_limit(
     assert len(trickled) == 1 and trickled[0]["status"] == 408, access
 
 
+def test_clients_that_do_not_read_their_answers_make_room_at_the_connection_limit(
+    sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Review, session 50: 20 sockets pipelining 16 x GET /openapi.json (120 KB) and never
+    reading held every slot of a --max-connections 20 server, each answer stuck for as long as
+    the client liked. Once its answers fill the transport's buffer for a second, such a
+    connection is closed at the limit (a whole request gets in), and it is closed anyway after
+    protocol.WRITE_TIMEOUT_S."""
+    # An answer larger than the kernel's socket buffers take: each is stuck in the transport
+    # (kept-alive connections that are merely idle were already closed at the limit).
+    examples = tmp_path / "examples"
+    examples.mkdir()
+    noise = Image.frombytes("RGB", (1200, 1200), os.urandom(1200 * 1200 * 3))
+    noise.save(examples / "big.png")
+    assert (examples / "big.png").stat().st_size > 4 << 20
+    flags = ("--max-connections", "4", "--examples", str(examples))
+    with capped_server(sample[1], tmp_path / "log", *flags) as s, contextlib.ExitStack() as stack:
+        for _ in range(4):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+            sock.connect(("127.0.0.1", s.port))
+            stack.callback(sock.close)
+            sock.sendall(b"GET /v1/examples/big.png HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 4)
+
+        def served() -> bool:
+            r = httpx.get(f"{s.url}/v1/config", headers={"connection": "close"}, timeout=30)
+            assert r.status_code in (200, 503), r.text
+            return r.status_code == 200
+
+        wait_for(served)  # room made by closing a connection that did not read
+    log = (tmp_path / "log").read_text()
+    assert re.search(r"closed 0 idle kept-alive and [1-4] slow connection", log), log[-3000:]
+    assert "unhandled error" not in log and '"level": "error"' not in log  # a client's doing
+
+
 def test_stalled_uploads_time_out_and_hold_bounded_memory(
     sample: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -739,7 +739,16 @@ class _Boundary:
                 ]
                 if unbounded and not body.complete:
                     message["headers"].append((b"connection", b"close"))
-            await send(message)
+            try:
+                await send(message)
+            except RuntimeError as e:
+                # uvloop refuses a write to a connection already closed (the client went,
+                # or the server closed it at the connection limit) where asyncio's ignores
+                # it: the client's disconnect, not an error here (review, session 50: an
+                # ERROR traceback a client could cause at will).
+                if "closed" not in str(e):
+                    raise
+                raise ClientDisconnect from None
 
         self.service.requests += 1
         refused_route: str | None = None  # a refused request's route, named before routing

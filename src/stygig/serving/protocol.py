@@ -95,6 +95,13 @@ IDLE_EVICTABLE_S = 2.0
 SLOW_HEAD_S = 1.0
 SLOW_BODY_BYTES_PER_S = 32 * 1024
 SLOW_BODY_AFTER_S = 1.0
+#: A client that does not read its answers: once the transport's buffer is full (asyncio pauses
+#: writing past 64 KiB), its connection may be closed at the limit after this long, and is
+#: closed anyway after WRITE_TIMEOUT_S without the buffer draining. Twenty sockets pipelining
+#: 16 x GET /openapi.json and never reading held a --max-connections 20 server's every slot, each
+#: answer stuck for as long as the client liked (73 s measured: review, session 50).
+SLOW_READER_S = 1.0
+WRITE_TIMEOUT_S = 30.0
 #: The key of a request's ``scope["state"]`` under which a request whose connection the server
 #: closed mid-body holds ``(status, code)``: the access log and metrics show that, not 499.
 CLOSED_BY_SERVER = "stygig.closed_by_server"
@@ -205,6 +212,10 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         # A later message refused while earlier requests still await their answers: (status,
         # reason, error), written once they are answered, then the connection closes.
         self._refused: tuple[int, str, InputError] | None = None
+        # While writing is paused (the client is not reading): since when, and the deadline.
+        self._write_paused_since: float | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
+        self._answering: RequestResponseCycle | None = None  # see _start_asgi_task
         self._peer_done = False  # the client shut down its sending side (a half-close)
         # When the last answer ended (time.monotonic): the loop's clock counts milliseconds,
         # so connections answered within one had equal keep-alive deadlines and the "longest
@@ -347,7 +358,7 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
                 b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\nconnection: close\r\n"
                 b"content-length: %d\r\n\r\n%s" % (status, reason.encode(), len(body), body)
             )
-        self.transport.close()
+        self._close()
 
     def _unsupported_upgrade_warning(self) -> None:
         """An ``Upgrade`` (WebSocket, h2c) is answered as the plain HTTP request it also is (the
@@ -406,7 +417,7 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
     def _head_expired(self) -> None:
         self._head_timer = None
         if not self.transport.is_closing():
-            self.transport.close()  # the head never completed: there is no one to answer
+            self._close()  # the head never completed: there is no one to answer
 
     def _end_message(self) -> None:
         self._message_bytes = None
@@ -418,7 +429,7 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         self._message_timer = None
         self.logger.warning("request body not complete within its deadline: connection closed")
         if not self.transport.is_closing():
-            self.transport.close()
+            self._close()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._head_bytes is None:  # a trailer field, after a chunked body
@@ -437,7 +448,7 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
             if self._discarded > self.discard_limit_bytes:
                 self.logger.warning("body bytes after their answers over the bound: closed")
                 self._end_message()
-                self.transport.close()
+                self._close()
             return
         self._pieces.append(body)  # to uvicorn at the message's end or the read's
 
@@ -451,6 +462,59 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
             )
             self.logger.warning("chunked body in chunks too small: answered 400")
             self._answer_and_close(400, "Bad Request", err, self.cycle)
+
+    def pause_writing(self) -> None:
+        """The transport's buffer is full: the client is not reading as fast as it is answered.
+        A deadline starts (:data:`WRITE_TIMEOUT_S`); the connection counts as slow at the limit
+        after :data:`SLOW_READER_S`."""
+        super().pause_writing()
+        self._write_paused_since = time.monotonic()
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(WRITE_TIMEOUT_S, self._write_expired)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._write_paused_since = None
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _write_expired(self) -> None:
+        self._write_timer = None
+        self.logger.warning(
+            "answer not read by the client within %g s: connection closed", WRITE_TIMEOUT_S
+        )
+        self._abort()
+
+    def _abort(self) -> None:
+        """Closed at once, the answer buffered for the client dropped (``close`` would wait for
+        a client that does not read); the app sees a disconnect now, as uvicorn's
+        ``connection_lost`` would tell it later (uvloop refuses a write to an aborted
+        transport with a RuntimeError, where asyncio's ignores it)."""
+        self._disconnect_requests()
+        self.transport.abort()
+
+    def _close(self) -> None:
+        """The connection closed by the server (what is written is still sent); requests not
+        yet answered on it see a disconnect now."""
+        self._disconnect_requests()
+        self.transport.close()
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        # The request being answered: with requests pipelined behind it, ``self.cycle`` is the
+        # newest one, and uvicorn's connection_lost tells only that one of a disconnect.
+        self._answering = cycle
+        super()._start_asgi_task(cycle, app)
+
+    def _disconnect_requests(self) -> None:
+        """Every request not yet answered on this connection sees a disconnect: the one being
+        answered too (uvicorn tells only the newest, so the one being answered behind a
+        pipeline wrote to a closed transport: a RuntimeError under uvloop, review s50)."""
+        for cycle in (self._answering, self.cycle, *(c for c, _ in self.pipeline)):
+            if cycle is not None and not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
+        self.flow.resume_writing()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -530,7 +594,11 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         for _since, _id, connection in closing_idle:
             connection._close_idle()
         for (kind, _), _id, connection in closing_slow:
-            connection._close_slow(head=kind == 0)
+            if kind == 2:  # nothing can be written to it: no 408 either
+                connection.logger.debug("client not reading its answers closed at the limit")
+                connection._abort()
+            else:
+                connection._close_slow(head=kind == 0)
         self.logger.info(
             "connection limit (%d): closed %d idle kept-alive and %d slow connection(s)",
             limit,
@@ -542,7 +610,11 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
     def _slowness(self, now: float) -> tuple[int, float] | None:
         """How slowly this connection's request is arriving, if too slowly to keep its
         connection at the limit: ``(0, when its head began)`` for a late head, ``(1, body
-        bytes per second)`` for a slow body (sorted: the first closes first); else None."""
+        bytes per second)`` for a slow body, ``(2, since when)`` for a client that has not read
+        its answers for :data:`SLOW_READER_S` (sorted: the first closes first); else None."""
+        paused = self._write_paused_since
+        if paused is not None and now - paused >= SLOW_READER_S:
+            return (2, paused)
         if self.flow.read_paused or self.pipeline:
             return None  # the server paused reading, or has requests queued: at work
         if self._head_timer is not None:
@@ -580,7 +652,7 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
 
     def _close_idle(self) -> None:
         self._unset_keepalive_if_required()
-        self.transport.close()
+        self._close()
 
     def _bound_pipeline(self) -> None:
         if len(self.pipeline) > MAX_PIPELINE and not self.transport.is_closing():
@@ -624,6 +696,10 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # whatever arrives next on this connection is a new head
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._disconnect_requests()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
         self._disarm()
         self._end_message()
         super().connection_lost(exc)
