@@ -1090,6 +1090,37 @@ def test_form_photos_are_counted_before_they_are_read(server: Server) -> None:
         assert r.status_code == 200, r.text[:300]
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        "GET /v1/config HTTP/2.0\n",
+        "GET /v1/config HTTP/2.0\nHost: 127.0.0.1\n",
+        "GET /v1/config\n",  # no version: llhttp reads HTTP/0.9
+        "POST /invocations HTTP/2.0\nHost: 127.0.0.1\nContent-Type: application/json\n"
+        'Content-Length: 26\n\n{"item_ids": ["sku-0001"]}',
+    ],
+    ids=["2.0", "2.0-with-host", "0.9", "2.0-post"],
+)
+def test_a_version_other_than_http_1_is_505(server: Server, head: str) -> None:
+    """Review (s50): HTTP/2.0 and a line without a version were served as HTTP/1.1, without
+    its rule that a request names its Host."""
+    body = b""
+    if "\n\n" in head:
+        head, text = head.split("\n\n")
+        head, body = head + "\n", text.encode()
+    sock = raw_request(server, head, body)
+    try:
+        assert read_status(sock) == 505
+    finally:
+        sock.close()
+    for version in ("1.0", "1.1"):
+        sock = raw_request(server, f"GET /v1/config HTTP/{version}\nHost: 127.0.0.1\n")
+        try:
+            assert read_status(sock) == 200
+        finally:
+            sock.close()
+
+
 def test_form_options_fields_share_one_json_value_budget(server: Server) -> None:
     """Review (s40): each of a form's 64 ``options`` fields was counted against the JSON value
     limit alone, so a form held 64 times what a JSON body may."""

@@ -108,7 +108,7 @@ from stygig.serving.catalog_changes import make_changes_router, read_pointer, wa
 from stygig.serving.catalog_command import CatalogSettings
 from stygig.serving.logging import ACCESS_LOGGER, request_id
 from stygig.serving.metrics import CONTENT_TYPE, ServerMetrics, method_label
-from stygig.serving.protocol import CLOSED_BY_SERVER
+from stygig.serving.protocol import CLOSED_BY_SERVER, HttpVersionError
 from stygig.serving.responses import (
     ERROR_RESPONSES,
     JSON,
@@ -832,6 +832,12 @@ class _Boundary:
         if _TWICE in headers:
             return error_response(
                 InputError("a request names one Host and one Authorization", code="bad_header")
+            )
+        if http_version is not None and http_version not in ("1.0", "1.1"):
+            # llhttp reads HTTP/2.0 (and a line without a version as 0.9): they were served as
+            # HTTP/1.1, without its Host rule (review, session 50).
+            return error_response(
+                HttpVersionError("this server speaks HTTP/1.1 (and 1.0) on this port")
             )
         if http_version == "1.1" and not headers.get("host"):
             # RFC 9112: an HTTP/1.1 request without a Host (or an empty one) is a 400 (review,

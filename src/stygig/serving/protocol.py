@@ -146,6 +146,13 @@ class MethodNotImplementedError(InputError):
     code = "method_not_implemented"
 
 
+class HttpVersionError(InputError):
+    """A request line naming a version other than HTTP/1.0 and 1.1 (RFC 9110 15.6.6)."""
+
+    http_status = 505
+    code = "http_version_not_supported"
+
+
 #: A message's first bytes kept for :meth:`_HeadDeadlineProtocol.send_400_response`: room for
 #: its method and the space after it (the longest method llhttp knows has 13 characters).
 METHOD_BYTES = 64
@@ -530,6 +537,9 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
             return
         self._disarm()  # the head is complete: the body's own limits and deadline follow
         self._head_bytes = None
+        if self.parser.get_http_version() != "1.1":
+            # RFC 9110 10.1.1: never a 100 Continue to an HTTP/1.0 client (uvicorn sent one).
+            self.expect_100_continue = False
         if self._overflow:  # past the pipeline's bound: dropped unread (see MAX_PIPELINE)
             return
         self._heads += 1
