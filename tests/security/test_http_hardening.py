@@ -855,6 +855,9 @@ def test_clients_that_do_not_read_their_answers_make_room_at_the_connection_limi
     log = (tmp_path / "log").read_text()
     assert re.search(r"closed 0 idle kept-alive and [1-4] slow connection", log), log[-3000:]
     assert "unhandled error" not in log and '"level": "error"' not in log  # a client's doing
+    # An answer cut off unsent is logged as the disconnect it was (it said 200 before).
+    access = [json.loads(line) for line in log.splitlines() if '"/v1/examples/big.png"' in line]
+    assert {e["status"] for e in access} <= {200, 499} and 499 in {e["status"] for e in access}
 
 
 def test_stalled_uploads_time_out_and_hold_bounded_memory(

@@ -178,3 +178,12 @@ def test_no_100_continue_is_sent_to_an_http_1_0_client() -> None:
     assert asyncio.run(_expecting("1.1")).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
     out = asyncio.run(_expecting("1.0"))
     assert b" 100 " not in out and out.startswith(b"HTTP/1.1 200 ") and out.endswith(b"ok")
+
+
+def test_past_the_pipeline_bound_a_refused_message_still_waits_for_the_queued_answers() -> None:
+    """Review of session 50's fix: with a request dropped past MAX_PIPELINE, the refused message
+    was taken for that request's own, and its 400 went out at once, the queued answers lost."""
+    out, closed = asyncio.run(_exchange(GET * 20 + b"\x16\x03\x01\x02\x00"))
+    assert out.count(b"HTTP/1.1 200 ") == 17, out.count(b"HTTP/1.1 200 ")  # 1 + 16 queued
+    assert out.index(b"HTTP/1.1 400 ") > out.rindex(b"HTTP/1.1 200 ")
+    assert closed

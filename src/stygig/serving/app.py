@@ -108,7 +108,7 @@ from stygig.serving.catalog_changes import make_changes_router, read_pointer, wa
 from stygig.serving.catalog_command import CatalogSettings
 from stygig.serving.logging import ACCESS_LOGGER, request_id
 from stygig.serving.metrics import CONTENT_TYPE, ServerMetrics, method_label
-from stygig.serving.protocol import CLOSED_BY_SERVER, HttpVersionError
+from stygig.serving.protocol import CLOSED_BY_SERVER, CUT_OFF, HttpVersionError
 from stygig.serving.responses import (
     ERROR_RESPONSES,
     JSON,
@@ -749,6 +749,8 @@ class _Boundary:
                 if "closed" not in str(e):
                     raise
                 raise ClientDisconnect from None
+            if scope["state"].get(CUT_OFF):  # dropped by uvicorn, unsent: logged as such
+                raise ClientDisconnect
 
         self.service.requests += 1
         refused_route: str | None = None  # a refused request's route, named before routing

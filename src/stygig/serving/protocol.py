@@ -95,16 +95,25 @@ IDLE_EVICTABLE_S = 2.0
 SLOW_HEAD_S = 1.0
 SLOW_BODY_BYTES_PER_S = 32 * 1024
 SLOW_BODY_AFTER_S = 1.0
-#: A client that does not read its answers: once the transport's buffer is full (asyncio pauses
-#: writing past 64 KiB), its connection may be closed at the limit after this long, and is
-#: closed anyway after WRITE_TIMEOUT_S without the buffer draining. Twenty sockets pipelining
-#: 16 x GET /openapi.json and never reading held a --max-connections 20 server's every slot, each
-#: answer stuck for as long as the client liked (73 s measured: review, session 50).
+#: A client that does not read its answers. While the transport's buffer is full (writing
+#: paused past 64 KiB), what it drains is measured: at the connection limit, a connection whose
+#: buffer has drained at under SLOW_BODY_BYTES_PER_S for SLOW_READER_S may be closed; and any
+#: connection whose buffer drains less than WRITE_PROGRESS_BYTES in WRITE_TIMEOUT_S is closed.
+#: Twenty sockets pipelining 16 x GET /openapi.json and never reading held a --max-connections
+#: 20 server's every slot, each answer stuck for as long as the client liked (73 s measured:
+#: review, session 50). Progress, not the pause's length, is judged: an answer is written in
+#: one piece, so a client reading a 6 MB photo steadily at 40 KB/s stays paused for minutes
+#: (a deadline on the pause cut it off: review of that fix).
 SLOW_READER_S = 1.0
 WRITE_TIMEOUT_S = 30.0
+WRITE_PROGRESS_BYTES = 64 * 1024
 #: The key of a request's ``scope["state"]`` under which a request whose connection the server
 #: closed mid-body holds ``(status, code)``: the access log and metrics show that, not 499.
 CLOSED_BY_SERVER = "stygig.closed_by_server"
+#: Set in a request's ``scope["state"]`` when its connection was closed or lost before its
+#: answer was complete: uvicorn's ``send`` then drops what the app sends without a word, and
+#: the app reads this to log a disconnect (499), not the status it meant to send.
+CUT_OFF = "stygig.cut_off"
 #: Body bytes a connection may send after their requests were answered (a refusal before the
 #: body was read: 401, 403, 415, 413), read and dropped so the client can read its answer;
 #: past this, over the connection's life, it is closed. Counted per connection, not per
@@ -222,6 +231,8 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         # While writing is paused (the client is not reading): since when, and the deadline.
         self._write_paused_since: float | None = None
         self._write_timer: asyncio.TimerHandle | None = None
+        self._buffered_at_pause = 0  # the transport's write buffer when writing paused
+        self._buffered_at_check = 0  # ... and when the write deadline was last armed
         self._answering: RequestResponseCycle | None = None  # see _start_asgi_task
         self._peer_done = False  # the client shut down its sending side (a half-close)
         # When the last answer ended (time.monotonic): the loop's clock counts milliseconds,
@@ -252,7 +263,11 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         return True if busy or self.pipeline else None
 
     def data_received(self, data: bytes) -> None:
-        if self._refused is not None:  # nothing after a refused message is read
+        if self._refused is not None:  # nothing after a refused message is parsed
+            self._discarded += len(data)
+            if self._discarded > self.discard_limit_bytes and not self.transport.is_closing():
+                self.logger.warning("bytes after a refused message over the bound: closed")
+                self._close()
             return
         self._received(data)
         self._flush_body()
@@ -341,8 +356,9 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
             # A queued request whose own message is refused: never started, never answered.
             self.pipeline = type(self.pipeline)((c, a) for c, a in self.pipeline if c is not cycle)
             cycle = None
-        waiting = bool(self.pipeline) or (
-            self.cycle is not None and self.cycle is not cycle and not self.cycle.response_complete
+        waiting = bool(self.pipeline) or any(
+            c is not None and c is not cycle and not c.response_complete
+            for c in (self._answering, self.cycle)
         )
         if cycle is None and waiting:
             self._disarm()
@@ -386,6 +402,8 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         live = (
             cycle if cycle is not None and cycle.more_body and not cycle.response_complete else None
         )
+        if self._overflow:  # the refused message is past the pipeline's bound: none of its own
+            live = None
         if self._unknown_method():
             self.logger.warning("unknown request method: answered 501")
             err: InputError = MethodNotImplementedError(
@@ -470,12 +488,18 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
             self.logger.warning("chunked body in chunks too small: answered 400")
             self._answer_and_close(400, "Bad Request", err, self.cycle)
 
+    def _buffered(self) -> int:
+        try:
+            return int(self.transport.get_write_buffer_size())
+        except (AttributeError, NotImplementedError, RuntimeError):
+            return 0
+
     def pause_writing(self) -> None:
         """The transport's buffer is full: the client is not reading as fast as it is answered.
-        A deadline starts (:data:`WRITE_TIMEOUT_S`); the connection counts as slow at the limit
-        after :data:`SLOW_READER_S`."""
+        What it drains from here is watched (:data:`WRITE_TIMEOUT_S`, :data:`SLOW_READER_S`)."""
         super().pause_writing()
         self._write_paused_since = time.monotonic()
+        self._buffered_at_pause = self._buffered_at_check = self._buffered()
         if self._write_timer is None:
             self._write_timer = self.loop.call_later(WRITE_TIMEOUT_S, self._write_expired)
 
@@ -487,11 +511,29 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
             self._write_timer = None
 
     def _write_expired(self) -> None:
+        """Closed unless the client read at least :data:`WRITE_PROGRESS_BYTES` of its answer
+        since the deadline was armed; armed again if it did."""
         self._write_timer = None
+        buffered = self._buffered()
+        if self._buffered_at_check - buffered >= WRITE_PROGRESS_BYTES:
+            self._buffered_at_check = buffered
+            self._write_timer = self.loop.call_later(WRITE_TIMEOUT_S, self._write_expired)
+            return
         self.logger.warning(
-            "answer not read by the client within %g s: connection closed", WRITE_TIMEOUT_S
+            "answer not read by the client (under %d KiB in %g s): connection closed",
+            WRITE_PROGRESS_BYTES // 1024,
+            WRITE_TIMEOUT_S,
         )
         self._abort()
+
+    def _reading_slowly(self, now: float) -> bool:
+        """Writing has been paused for :data:`SLOW_READER_S` and the client has read its answer
+        at under :data:`SLOW_BODY_BYTES_PER_S` since (what a slow body is, the other way)."""
+        paused = self._write_paused_since
+        if paused is None or now - paused < SLOW_READER_S:
+            return False
+        drained = self._buffered_at_pause - self._buffered()
+        return drained < SLOW_BODY_BYTES_PER_S * (now - paused)
 
     def _abort(self) -> None:
         """Closed at once, the answer buffered for the client dropped (``close`` would wait for
@@ -520,6 +562,7 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         for cycle in (self._answering, self.cycle, *(c for c, _ in self.pipeline)):
             if cycle is not None and not cycle.response_complete:
                 cycle.disconnected = True
+                cycle.scope.setdefault("state", {})[CUT_OFF] = True
                 cycle.message_event.set()
         self.flow.resume_writing()
 
@@ -622,9 +665,8 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         connection at the limit: ``(0, when its head began)`` for a late head, ``(1, body
         bytes per second)`` for a slow body, ``(2, since when)`` for a client that has not read
         its answers for :data:`SLOW_READER_S` (sorted: the first closes first); else None."""
-        paused = self._write_paused_since
-        if paused is not None and now - paused >= SLOW_READER_S:
-            return (2, paused)
+        if self._reading_slowly(now):
+            return (2, self._write_paused_since or now)
         if self.flow.read_paused or self.pipeline:
             return None  # the server paused reading, or has requests queued: at work
         if self._head_timer is not None:
