@@ -1124,6 +1124,22 @@ def test_a_version_other_than_http_1_is_505(server: Server, head: str) -> None:
             sock.close()
 
 
+def test_an_absolute_form_targets_host_is_checked_as_the_host(server: Server) -> None:
+    """RFC 9112 3.2.2: the target's authority stands for Host. Review (s50): the Host field
+    alone was checked, so `GET http://evil.example/...` with `Host: 127.0.0.1` was served."""
+    for target, host, status in (
+        ("http://evil.example/v1/config", "127.0.0.1", 400),
+        ("http://evil.example:80/v1/config?x=1", "127.0.0.1", 400),
+        (f"http://127.0.0.1:{server.port}/v1/config", "evil.example", 200),
+        ("/v1/config", "127.0.0.1", 200),
+    ):
+        sock = raw_request(server, f"GET {target} HTTP/1.1\nHost: {host}\n")
+        try:
+            assert read_status(sock) == status, target
+        finally:
+            sock.close()
+
+
 def test_form_options_fields_share_one_json_value_budget(server: Server) -> None:
     """Review (s40): each of a form's 64 ``options`` fields was counted against the JSON value
     limit alone, so a form held 64 times what a JSON body may."""
