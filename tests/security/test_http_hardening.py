@@ -1132,12 +1132,22 @@ def test_an_absolute_form_targets_host_is_checked_as_the_host(server: Server) ->
         ("http://evil.example:80/v1/config?x=1", "127.0.0.1", 400),
         (f"http://127.0.0.1:{server.port}/v1/config", "evil.example", 200),
         ("/v1/config", "127.0.0.1", 200),
+        # User information is no host (it read "localhost:x@evil.com" as localhost: s50).
+        ("http://localhost:x@evil.example/v1/config", "127.0.0.1", 400),
+        ("/v1/config", "localhost:x@evil.example", 400),
+        # Several Host fields, or none, are refused as without the target.
+        ("http://127.0.0.1/v1/config", "127.0.0.1\nHost: 127.0.0.1", 400),
     ):
         sock = raw_request(server, f"GET {target} HTTP/1.1\nHost: {host}\n")
         try:
-            assert read_status(sock) == status, target
+            assert read_status(sock) == status, (target, host)
         finally:
             sock.close()
+    sock = raw_request(server, "GET http://127.0.0.1/v1/config HTTP/1.1\n")
+    try:
+        assert read_status(sock) == 400
+    finally:
+        sock.close()
 
 
 def test_form_options_fields_share_one_json_value_budget(server: Server) -> None:

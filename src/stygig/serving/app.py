@@ -999,6 +999,8 @@ def _hostname(authority: str) -> str:
     """The host name of ``authority`` (``host[:port]``, ``[v6]:port``), lower case, without
     the trailing dot of a fully qualified name."""
     authority = authority.strip().lower()
+    if "@" in authority:  # user information is no host name: matches no allowed one (RFC
+        return authority  # 9110 4.2.4; "localhost:x@evil.com" read as localhost, review s50)
     if authority.startswith("["):
         return authority[1:].partition("]")[0]
     name = authority.rpartition(":")[0] if authority.count(":") == 1 else authority

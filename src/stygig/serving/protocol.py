@@ -583,10 +583,13 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         if self.parser.get_http_version() != "1.1":
             # RFC 9110 10.1.1: never a 100 Continue to an HTTP/1.0 client (uvicorn sent one).
             self.expect_100_continue = False
-        if self.url[:8].lower().startswith((b"http://", b"https://")):
+        if self.url[:8].lower().startswith((b"http://", b"https://")) and (
+            sum(name == b"host" for name, _ in self.headers) == 1
+        ):
             # RFC 9112 3.2.2: an absolute-form target's authority stands for Host, which is
             # ignored (the Host checks read the field: the target's host was not checked at
-            # all, review, session 50).
+            # all, review, session 50). No Host field, or several, stay for the app to refuse
+            # as they are without the target.
             authority = self.url.split(b"//", 1)[1].split(b"/", 1)[0].split(b"?", 1)[0]
             # In place: the request's scope holds this very list.
             self.headers[:] = [
