@@ -93,7 +93,7 @@ class CatalogColumns:
         self._fresh_caches()
 
     def _fresh_caches(self) -> None:
-        self.__dict__.pop("genders_held", None)  # a cached_property: copied by evolve's copy
+        self._genders_held: tuple[int, list[str]] | None = None  # (index.n_removed, genders)
         self._attribute_cache: dict[str, np.ndarray] = {}
         self._numeric_cache: dict[str, np.ndarray] = {}
         # An item's fields as answers show them, made once per item recommended (keyed by row,
@@ -101,19 +101,23 @@ class CatalogColumns:
         # catalogue gets a new, empty one (:meth:`evolve`).
         self.item_fields = functools.lru_cache(maxsize=ITEM_FIELDS_CACHE)(self._item_fields)
 
-    @functools.cached_property
+    @property
     def genders_held(self) -> list[str]:
         """The genders some live row has, sorted: what a request may state or filter on and
         what the catalogue lists. A removed or replaced row keeps its labels until
         compaction (they count towards the living catalogue's bounds), but they are no
         longer the catalogue's (review, session 49: a removed item's gender was listed and
-        accepted)."""
+        accepted). Counted again when rows leave the index in place (evaluation holds rows
+        out so: a list counted before kept their genders)."""
         index = self.artifact.index
-        codes = self.gender_codes
-        if index.n_removed and index.removed is not None:
-            codes = codes[~index.removed[: len(codes)]]
-        held = np.bincount(codes[codes >= 0], minlength=len(self.gender_names)) > 0
-        return [name for name, h in zip(self.gender_names, held.tolist(), strict=True) if h]
+        if self._genders_held is None or self._genders_held[0] != index.n_removed:
+            codes = self.gender_codes
+            if index.n_removed and index.removed is not None:
+                codes = codes[~index.removed[: len(codes)]]
+            held = np.bincount(codes[codes >= 0], minlength=len(self.gender_names)) > 0
+            names = [n for n, h in zip(self.gender_names, held.tolist(), strict=True) if h]
+            self._genders_held = (index.n_removed, names)
+        return self._genders_held[1]
 
     def evolve(self, artifact: Artifact, rows: Sequence[int]) -> CatalogColumns:
         """The columns of ``artifact``, this one's catalogue with ``rows`` changed or appended

@@ -299,9 +299,14 @@ class Recommender:
             vectors = prepared.vectors
         if vectors is None or len(vectors) != prepared.photos:
             raise ValueError("answer() needs one embedding per photo of the prepared query")
+        options = prepared.options
+        timings = prepared.timings
+        st = self._snapshot  # the catalogue this answer reads, start to end
+        cols = st.columns
+        embeddings = st.rows  # on-disk embeddings: the index's own rows
         if prepared.photos:
             vectors = np.asarray(vectors)
-            width = self.embeddings.shape[1]
+            width = st.artifact.embeddings.shape[1]
             if vectors.ndim != 2 or vectors.shape[1] != width:
                 raise ValueError(
                     f"answer() needs embeddings of shape (photos, {width}), "
@@ -309,11 +314,6 @@ class Recommender:
                 )
             if not np.isfinite(vectors).all():
                 raise ValueError("answer() needs finite embeddings (one holds NaN or infinity)")
-        options = prepared.options
-        timings = prepared.timings
-        st = self._snapshot  # the catalogue this answer reads, start to end
-        cols = st.columns
-        embeddings = st.rows  # on-disk embeddings: the index's own rows
         measured = [f.result() for f in prepared.colors]
         if measured:
             timings.color = sum(ms for _, ms in measured)

@@ -87,7 +87,7 @@ def parse(uri: str | Path) -> Location:
             raise StorageError(f"{text!r} names no bucket", code="invalid_location")
         if not _BUCKET.fullmatch(parsed.netloc):
             raise StorageError(
-                f"{text!r}: {parsed.netloc!r} is not an S3 bucket name (3-255 letters, digits, "
+                f"{parsed.netloc[:100]!r} is not an S3 bucket name (3-255 letters, digits, "
                 "'.', '-' or '_'; buckets made since 2018: 3-63 lowercase)",
                 code="invalid_location",
             )
@@ -423,10 +423,21 @@ def new_file_mode() -> int:
     return 0o644
 
 
+_NAME_MAX = 255  # bytes in one file name (Linux, macOS)
+
+
 def new_temp_file(folder: Path, prefix: str, suffix: str = "") -> tuple[int, str]:
     """``tempfile.mkstemp`` in ``folder``, with the permissions of a file ``open()`` makes: a
     file renamed into place from it is readable as any other written there (mkstemp's 0600
-    left artifacts and change logs unreadable to the container's own user)."""
+    left artifacts and change logs unreadable to the container's own user).
+
+    A ``prefix`` too long for a file name with mkstemp's 8 characters and ``suffix`` is cut
+    before its last character (its separator): a write to a 250-byte name failed with "File
+    name too long" (review, session 49)."""
+    room = _NAME_MAX - 8 - len(os.fsencode(suffix))
+    raw = os.fsencode(prefix)
+    if len(raw) > room:  # (the bytes themselves: a letter cut in two is still a file name)
+        prefix = os.fsdecode(raw[: room - 1]) + prefix[-1]
     fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
     try:
         os.fchmod(fd, new_file_mode())
@@ -442,13 +453,6 @@ def new_temp_file(folder: Path, prefix: str, suffix: str = "") -> tuple[int, str
 _TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 
-def _temp_stem(name: str) -> str:
-    """``name`` cut to leave room in a file name (255 bytes) for the temporary suffix's 14."""
-    while len(os.fsencode(name)) > 200:
-        name = name[:-1]
-    return name
-
-
 def write_bytes(uri: str | Path, data: bytes, *, content_type: str | None = None) -> str:
     """Write ``data`` to ``uri`` atomically (all or nothing), creating folders; the location."""
     loc = parse(uri)
@@ -460,7 +464,7 @@ def write_bytes(uri: str | Path, data: bytes, *, content_type: str | None = None
     assert loc.path is not None
     try:
         loc.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = new_temp_file(loc.path.parent, f".{_temp_stem(loc.path.name)}.", ".tmp")
+        fd, tmp = new_temp_file(loc.path.parent, f".{loc.path.name}.", ".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)

@@ -842,9 +842,13 @@ def test_clients_that_do_not_read_their_answers_make_room_at_the_connection_limi
         for _ in range(4):
             sock = socket.socket()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+            sock.settimeout(30)
             sock.connect(("127.0.0.1", s.port))
             stack.callback(sock.close)
             sock.sendall(b"GET /v1/examples/big.png HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 4)
+            # Being answered: the server has taken the connection (connect() returns once the
+            # kernel has, before the server counts it against the limit).
+            assert sock.recv(1, socket.MSG_PEEK)
 
         def served() -> bool:
             r = httpx.get(f"{s.url}/v1/config", headers={"connection": "close"}, timeout=30)

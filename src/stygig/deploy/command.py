@@ -198,17 +198,10 @@ def _setting(value: str | None, env: str, what: str, flag: str) -> str:
 
 def run_package(args: argparse.Namespace) -> int:
     """Pack (and upload) an artifact; print the archive's checksum."""
-    from stygig.deploy.package import package_artifact, upload, upload_key
-    from stygig.errors import StorageError
-    from stygig.storage import parse
+    from stygig.deploy.package import package_artifact, upload, upload_target
 
     if args.upload:  # said before packing, not after: the scheme, bucket name and key
-        loc = parse(args.upload)
-        if loc.scheme != "s3":
-            raise StorageError(
-                f"--upload must be an s3:// URI, not {args.upload!r}", code="invalid_location"
-            )
-        upload_key(loc, Path(args.out).name)
+        upload_target(args.upload, Path(args.out).name)
     pkg = package_artifact(args.artifact, args.out)
     print(f"model archive: {pkg.path} ({pkg.bytes / 1e6:.2f} MB, {len(pkg.files)} files)")
     print(f"sha256: {pkg.sha256}")

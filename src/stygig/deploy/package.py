@@ -123,7 +123,7 @@ def package_artifact(artifact: str | Path, out: str | Path) -> Package:
     target.parent.mkdir(parents=True, exist_ok=True)
     # A name of its own (two packs at once shared ".<name>.partial" and could mix their
     # bytes), and the bytes on disk before the rename (review, session 49).
-    fd, tmp_name = new_temp_file(target.parent, f".{target.name[:100]}.", ".partial")
+    fd, tmp_name = new_temp_file(target.parent, f".{target.name}.", ".partial")
     tmp = Path(tmp_name)
     try:
         with (
@@ -172,12 +172,16 @@ def _changed(name: str) -> ArtifactError:
     )
 
 
-def upload_key(loc: Location, name: str) -> str:
-    """The object key an archive called ``name`` is uploaded to: ``loc``'s key, or ``name``
-    under it when it is a prefix (empty or ending in ``/``); refused when S3 would refuse it."""
+def upload_target(uri: str, name: str) -> tuple[Location, str]:
+    """Where an archive called ``name`` is uploaded: ``uri`` (an ``s3://`` URI) and the object
+    key, ``uri``'s key or ``name`` under it when it is a prefix (empty or ending in ``/``);
+    refused when S3 would refuse it. Checked before packing, and again by :func:`upload`."""
+    loc = parse(uri)
+    if loc.scheme != "s3":
+        raise StorageError(f"--upload must be an s3:// URI, not {uri!r}", code="invalid_location")
     key = loc.key + name if not loc.key or loc.key.endswith("/") else loc.key
     check_s3_key(key)
-    return key
+    return loc, key
 
 
 def upload(
@@ -195,10 +199,7 @@ def upload(
     """
     from stygig.deploy.sagemaker import aws_client, translate
 
-    loc = parse(uri)
-    if loc.scheme != "s3":
-        raise StorageError(f"--upload must be an s3:// URI, not {uri!r}", code="invalid_location")
-    key = upload_key(loc, Path(path).name)
+    loc, key = upload_target(uri, Path(path).name)
     s3: Any = aws_client("s3", region)
     try:
         s3.head_bucket(Bucket=loc.bucket)

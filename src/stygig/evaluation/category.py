@@ -243,16 +243,6 @@ def _gender_ok(query: str | None, item: str | None) -> bool:
     return query in (None, "unisex") or item in (None, "unisex", query)
 
 
-def _live_genders(artifact: Artifact) -> set[str]:
-    """The genders (lower case) of the rows still in ``artifact``'s index."""
-    removed = artifact.index.removed if artifact.index.n_removed else None
-    return {
-        item.gender.lower()
-        for n, item in enumerate(artifact.items)
-        if item.gender and (removed is None or n >= len(removed) or not removed[n])
-    }
-
-
 def outfit_validity(
     recommender: Recommender,
     query_rows: Sequence[int],
@@ -279,7 +269,7 @@ def outfit_validity(
     tally = Counter[str]()
     # A shop states the genders its catalogue holds: one that only held-out rows have is not
     # the catalogue's any more, and a request stating it is refused (a 422 when served).
-    held = _live_genders(artifact) if state_gender else set()
+    held = set(recommender.columns.genders_held) if state_gender else set()
     for pos in rows.tolist():
         truth = artifact.items[pos]
         given = truth.gender if truth.gender and truth.gender != "unisex" else None

@@ -350,11 +350,11 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         the answer being made (review, session 50: ``GET /ping`` then a malformed message in
         one write got only the 400, while the log said 200)."""
         self._end_message()
-        if self.transport.is_closing():
-            return
-        if cycle is not None and self.pipeline and any(c is cycle for c, _ in self.pipeline):
-            # A queued request whose own message is refused: never started, never answered.
-            self.pipeline = type(self.pipeline)((c, a) for c, a in self.pipeline if c is not cycle)
+        if self.transport.is_closing() or self._refused is not None:
+            return  # answered already, or the first refusal waits its turn
+        queued = next((entry for entry in self.pipeline if entry[0] is cycle), None)
+        if queued is not None:  # a queued request whose own message is refused: never answered
+            self.pipeline.remove(queued)
             cycle = None
         waiting = bool(self.pipeline) or any(
             c is not None and c is not cycle and not c.response_complete
