@@ -583,7 +583,11 @@ class ModelService:
             self.metrics.inline.inc()
         else:
             body, timings = await self.run(finish)
-        self.metrics.observe_timings(timings)
+        # Recorded once the answer is on its way (the loop runs it after this task has handed
+        # the response to the transport: 0.05-0.1 ms less outside the encoder), as a warm-up
+        # or a client's request by the state now.
+        serving = self.metrics.serving()
+        asyncio.get_running_loop().call_soon(self.metrics.observe_timings, timings, serving)
         return body
 
 

@@ -124,25 +124,26 @@ class ServerMetrics:
         self.warmup = Gauge("stygig_warmup_seconds", "Time spent warming up.", registry=r)
         self.ready = Gauge("stygig_ready", "1 when the model is loaded and warm.", registry=r)
 
-    def observe_timings(self, timings_ms: dict[str, float]) -> None:
-        """Record a recommendation's ``timings_ms`` per stage."""
+    def observe_timings(self, timings_ms: dict[str, float], serving: bool | None = None) -> None:
+        """Record a recommendation's ``timings_ms`` per stage. ``serving``: whether the server
+        was ready when it was answered (default: now), for a record made after the answer."""
         for stage in STAGES:
             value = timings_ms.get(stage)
             if value is not None:
                 self.stage.labels(stage).observe(value / 1e3)
-        if self.emf is not None and self._serving():
+        if self.emf is not None and (self.serving() if serving is None else serving):
             self.emf.observe_timings(timings_ms)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         """Record one encoder call (and, for EMF, the requests left waiting after it)."""
         self.batch_size.observe(size)
         self.batch_seconds.observe(seconds)
-        if self.emf is not None and self._serving():
+        if self.emf is not None and self.serving():
             self.emf.observe_batch(size, seconds, _value(self.queue_depth))
 
-    def _serving(self) -> bool:
-        # Warm-up requests run before ``ready``: Prometheus keeps them, CloudWatch gets only
-        # what clients asked for (so ``Requests`` counts clients' requests).
+    def serving(self) -> bool:
+        """Whether the server is ready: warm-up requests run before, and Prometheus keeps
+        them, but CloudWatch gets only what clients asked for (``Requests`` counts those)."""
         return _value(self.ready) >= 1.0
 
     def rejected_total(self) -> float:
