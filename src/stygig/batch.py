@@ -805,8 +805,9 @@ def start_run(dst: str, run: dict[str, Any], overwrite: bool) -> BatchSummary | 
 
 def _output_present(dst: str, earlier: dict[str, Any]) -> bool:
     """Whether a completed run's output still holds every record it wrote: the JSONL file its
-    lines, the parts their indexes, the Parquet file its rows (a lifecycle rule or a person may
-    have removed or cut it since)."""
+    whole lines, the parts their indexes, the Parquet file its rows (a lifecycle rule or a
+    person may have removed or cut it since; review, session 51: a cut inside the last line
+    left it counted, the run "already done" and the file's last record broken)."""
     total = int((earlier.get("summary") or {}).get("total") or 0)
     if storage.is_remote(dst):
         return sum(len(span) for _, span in own_parts(dst)) >= total
@@ -821,8 +822,8 @@ def _output_present(dst: str, earlier: dict[str, Any]) -> bool:
             return int(pq.ParquetFile(path).metadata.num_rows) >= total
         except (OSError, ValueError):
             return False
-    with path.open("rb") as f:
-        return sum(1 for _ in f) >= total
+    with path.open("rb") as f:  # whole lines only: a cut inside the last one is not a record
+        return sum(1 for line in f if line.endswith(b"\n")) >= total
 
 
 def finish_run(
