@@ -15,7 +15,7 @@ from stygig.arguments import real
 from stygig.cli import main
 from stygig.errors import InvalidOptionsError, StorageError
 from stygig.serving.async_api import AsyncConfig
-from stygig.serving.command import default_port
+from stygig.serving.command import default_max_body_mb, default_port
 
 
 def test_real_takes_finite_numbers_within_its_bounds() -> None:
@@ -82,6 +82,27 @@ def test_sagemaker_bind_to_port_when_set_else_8080(monkeypatch: pytest.MonkeyPat
     assert default_port() == 9000
     monkeypatch.delenv("SAGEMAKER_BIND_TO_PORT")
     assert default_port() == 8080
+
+
+@pytest.mark.parametrize("value", ["101", "-1", "2.5", "²", "abc", "6MB"])
+def test_a_bad_sagemaker_max_payload_is_refused_naming_it(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Review (s51): a value outside 1-100 was silently the 6 MB default.
+    monkeypatch.setenv("SAGEMAKER_MAX_PAYLOAD_IN_MB", value)
+    with pytest.raises(InvalidOptionsError, match="SAGEMAKER_MAX_PAYLOAD_IN_MB must be a whole"):
+        default_max_body_mb()
+
+
+def test_sagemaker_max_payload_when_set_else_6_mb(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SAGEMAKER_MAX_PAYLOAD_IN_MB", " 20 ")
+    assert default_max_body_mb() == 20.0
+    monkeypatch.setenv("SAGEMAKER_MAX_PAYLOAD_IN_MB", "100")
+    assert default_max_body_mb() == 100.0
+    monkeypatch.setenv("SAGEMAKER_MAX_PAYLOAD_IN_MB", "0")  # SageMaker's "any size, chunked"
+    assert default_max_body_mb() == 6.0
+    monkeypatch.delenv("SAGEMAKER_MAX_PAYLOAD_IN_MB")
+    assert default_max_body_mb() == 6.0
 
 
 def test_async_settings_are_checked_with_the_config(tmp_path: Path) -> None:

@@ -60,13 +60,22 @@ def default_port() -> int:
 def default_max_body_mb() -> float:
     """``SAGEMAKER_MAX_PAYLOAD_IN_MB`` when set (a batch transform's ``MaxPayloadInMB``, which
     SageMaker gives its container: a record up to that size must not be refused), else 6 (the
-    real-time endpoints' payload limit)."""
+    real-time endpoints' payload limit). ``0``, SageMaker's "records of any size, chunked",
+    keeps the 6 MB bound (every body is bounded here). Any other value outside 1-100 whole MB
+    is refused, naming the variable, as a bad ``SAGEMAKER_BIND_TO_PORT`` is (review, session
+    51: ``101`` was silently 6 MB)."""
+    from stygig.errors import InvalidOptionsError
     from stygig.serving.requests import MAX_BODY_BYTES, MAX_PAYLOAD_MB
 
     value = os.environ.get("SAGEMAKER_MAX_PAYLOAD_IN_MB", "").strip()
-    if value.isdigit() and 1 <= int(value) <= MAX_PAYLOAD_MB:
+    if value in ("", "0"):
+        return MAX_BODY_BYTES / (1024 * 1024)
+    if value.isascii() and value.isdigit() and 1 <= int(value) <= MAX_PAYLOAD_MB:
         return float(value)
-    return MAX_BODY_BYTES / (1024 * 1024)
+    raise InvalidOptionsError(
+        f"SAGEMAKER_MAX_PAYLOAD_IN_MB must be a whole number of MB from 0 to {MAX_PAYLOAD_MB}, "
+        f"got {value[:20]!r}"
+    )
 
 
 def max_body_mb(args: argparse.Namespace) -> float:
