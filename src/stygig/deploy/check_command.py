@@ -62,7 +62,7 @@ def register_checks(subparsers: Any) -> None:
         "--encoder",
         dest="model",
         help="model key of the matrix, e.g. efficientnet-lite0 (default: --artifact's "
-        "encoder, else clip-vit-b-32)",
+        "encoder, else efficientnet-lite0, what build builds)",
     )
     p.add_argument("--artifact", help="artifact folder: its manifest names the encoder")
     p.add_argument("--utilisation", type=float, default=0.7, help="share of throughput used")
@@ -245,8 +245,11 @@ def run_advise(args: argparse.Namespace) -> int:
     if args.live_prices:
         matrix = _with_live_prices(matrix, args.region)
     model, why = resolve_model(args.model, args.artifact)
-    if why == "the artifact's encoder":
-        print(f"model {model}: the encoder of {Path(args.artifact).name}")
+    if why.startswith("the artifact's encoder"):
+        note = f"model {model}: the encoder of {Path(args.artifact).name}"
+        if args.model and args.model != model:  # said, not silently overruled (review, s51)
+            note += f", not --encoder {args.model}"
+        print(note)
     advice = advise(
         matrix,
         mode=args.mode,

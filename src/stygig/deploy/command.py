@@ -144,7 +144,7 @@ def _add_deploy_sync(deploy: Any) -> None:
     p.add_argument(
         "--encoder",
         help="the artifact's encoder as a matrix key, e.g. efficientnet-lite0 (default: "
-        "--artifact's, else clip-vit-b-32): the CPU guard quotes its figures",
+        "--artifact's, else efficientnet-lite0): the CPU guard quotes its figures",
     )
     p.add_argument("--artifact", help="the artifact folder the archive was packed from")
     p.add_argument("--max-instances", type=int, help="turn on autoscaling up to N instances")
