@@ -8,7 +8,9 @@ import argparse
 import math
 from collections.abc import Callable
 
-__all__ = ["count", "encoder_device", "port", "positive", "real"]
+from stygig.recommendation import MAX_SEED
+
+__all__ = ["count", "encoder_device", "port", "positive", "real", "seed"]
 
 
 def _at_least(text: str, floor: int) -> int:
@@ -31,6 +33,19 @@ def positive(text: str) -> int:
 def count(text: str) -> int:
     """A whole number of 0 or more."""
     return _at_least(text, 0)
+
+
+def seed(text: str) -> int:
+    """A seed, 0 to :data:`~stygig.recommendation.MAX_SEED`, what a request's ``seed`` takes and
+    within every generator a seed reaches (NumPy's, torch's) (review, session 51: ``--seed=-1`` was a NumPy traceback
+    after the evaluation's build, 2**64 torch's, and a 250-digit one a run folder's name too
+    long for the disk)."""
+    value = _at_least(text, 0)
+    if value > MAX_SEED:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of 0 to {MAX_SEED}, got {text[:20]!r}"
+        )
+    return value
 
 
 def port(text: str) -> int:

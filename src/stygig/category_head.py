@@ -74,6 +74,7 @@ import numpy as np
 
 from stygig.encoders.base import l2_normalize
 from stygig.errors import ArtifactError, InvalidOptionsError
+from stygig.npzfile import load_npz
 from stygig.whitening import Whitening
 
 __all__ = [
@@ -1046,7 +1047,7 @@ def load_heads(path: Path) -> dict[str, CategoryHead]:
     """
     name = Path(path).name
     try:
-        with np.load(Path(path), allow_pickle=False) as data:
+        with load_npz(Path(path)) as data:  # no member unpacks beyond the file's size
             meta = json.loads(bytes(data["meta"]).decode("utf-8"))
             heads = {}
             for n, entry in enumerate(meta):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from stygig import __version__
-from stygig.arguments import positive
+from stygig.arguments import positive, seed
 from stygig.errors import InvalidOptionsError, NotFoundError, StorageError, StygigError
 
 __all__ = ["main"]
@@ -338,7 +338,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample-catalog", help="generate the sample catalogue (drawn garments)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument(
         "--from-kaggle",
         metavar="DIR",
@@ -468,7 +468,9 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="a photo's category by the neighbour vote alone, not merged with the artifact's head",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed for deterministic tie-breaking")
+    p.add_argument(
+        "--seed", type=seed, default=0, help="seed for deterministic tie-breaking (0 to 2**32 - 1)"
+    )
     p.add_argument(
         "--json", action="store_true", help="the answer as JSON, the bytes the server sends"
     )

@@ -22,6 +22,7 @@ import numpy as np
 
 from stygig.encoders.base import l2_normalize
 from stygig.errors import ArtifactError, InvalidOptionsError
+from stygig.npzfile import load_npz
 
 __all__ = ["DEFAULT_DIM", "DEFAULT_POWER", "DEFAULT_SHRINKAGE", "Whitening"]
 
@@ -131,7 +132,7 @@ class Whitening:
     def load(cls, path: Path) -> Whitening:
         """Read a file written by :meth:`save`."""
         try:
-            with np.load(Path(path), allow_pickle=False) as data:
+            with load_npz(Path(path)) as data:  # no member unpacks beyond the file's size
                 settings = data["settings"]
                 return cls(
                     mean=data["mean"],

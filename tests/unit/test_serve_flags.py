@@ -149,3 +149,25 @@ def test_a_bad_stygig_device_is_a_usage_error_naming_it(
     from stygig.cli import _parser
 
     assert _parser().parse_args([command]).device == "cuda"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train-compat", "--outfits", "o.csv", "--artifact", "a"],
+        ["eval"],
+        ["recommend", "--artifact", "a", "--item", "x"],
+        ["sample-catalog", "--out", "s"],
+    ],
+)
+@pytest.mark.parametrize("value", ["-1", "4294967296", "18446744073709551616", "1" * 250, "x"])
+def test_every_seed_flag_takes_0_to_2_to_the_32_minus_1(
+    command: list[str], value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Review (s51): --seed=-1 was a NumPy traceback after eval's build, 2**64 torch's, and a
+    # 250-digit seed a run folder whose name was too long for the disk.
+    with pytest.raises(SystemExit) as e:
+        main([*command, f"--seed={value}"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --seed: expected a whole number of 0" in err and "Traceback" not in err

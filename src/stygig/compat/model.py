@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from stygig.compat.features import COLOUR_DIM, ItemFeatures
+from stygig.npzfile import load_npz
 
 __all__ = [
     "COMPAT_FILE",
@@ -471,10 +472,14 @@ class CompatModel:
     @classmethod
     def load(cls, path: str | Path) -> CompatModel:
         """Read a model written by :meth:`save`."""
-        # The file opened here, so a truncated one (np.load raises before its own
-        # context manager holds it) is closed as well.
-        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
+        with load_npz(path) as data:  # members checked: no unpacking beyond the file's size
             scalars = data["scalars"]
+            info = json.loads(str(data["info"]))
+            if not isinstance(info, dict):
+                raise ValueError("compatibility model: its info is not a JSON object")
+            for name in ("categories", "attr_vocab", "cooc_ids", "group_ids", "attr_ids"):
+                if name in data.files and data[name].dtype.kind != "U":
+                    raise ValueError(f"compatibility model: {name} is not text")
             model = cls(
                 categories=tuple(str(c) for c in data["categories"]),
                 emb_mean=data["emb_mean"],
@@ -489,7 +494,7 @@ class CompatModel:
                 cooc_weight=float(scalars[0]),
                 rules_weight=float(scalars[1]),
                 cooccurrence=Cooccurrence(data["cooc_ids"], data["cooc_keys"], data["cooc_counts"]),
-                info=json.loads(str(data["info"])),
+                info=info,
                 **_optional(data, scalars),
             )
         model._check_shapes()
@@ -529,16 +534,61 @@ class CompatModel:
             raise ValueError("compatibility model: its item vector table")
         numbers = [self.emb_mean, self.emb_scale, self.w1, self.b1, self.w2, self.b2, self.masks]
         numbers += [self.bias, self.cooccurrence.counts, self.group_cooccurrence.counts]
+        numbers += [self.attention, self.id_vectors, self.style_rows]
+        numbers += [self.white_mean, self.white_projection, self.white_scale]
         scalars = [self.cooc_weight, self.rules_weight, self.group_weight, self.absent_weight]
+        if any(np.asarray(a).dtype.kind != "f" for a in numbers):
+            raise ValueError("compatibility model: a weight array that is not of numbers")
         if not all(np.isfinite(a).all() for a in numbers) or not np.isfinite(scalars).all():
             raise ValueError("compatibility model: a weight that is not a finite number")
-        if self.white_mean.size and self.white_projection.shape != (len(self.white_mean), d):
+        if math.isinf(self.outfit_absent_weight):  # NaN: the recommendations' weight
+            raise ValueError("compatibility model: a weight that is not a finite number")
+        if self.white_mean.size and (
+            self.white_projection.shape != (len(self.white_mean), d)
+            or self.white_scale.shape != (d,)
+        ):
             raise ValueError("compatibility model: its whitening does not give its input width")
+        # Review (s51): a tampered file with these wrong loaded, then failed every request or
+        # gave NaN scores and silently dropped terms.
+        if self.attention.size and self.attention.shape != (k, k):
+            raise ValueError("compatibility model: its attention is not one per category pair")
+        if self.id_vectors.size and self.id_vectors.shape != (len(self.id_ids), out):
+            raise ValueError("compatibility model: its item vectors are not of its width")
+        if self.style_rows.size and self.style_rows.ndim != 2:
+            raise ValueError("compatibility model: its style table")
+        for table in (self.cooccurrence, self.group_cooccurrence):
+            _check_table(table)
+        for ids in (self.attr_ids, self.id_ids, self.style_ids):
+            if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
+                raise ValueError("compatibility model: an id table that is not sorted")
+        if self.attr_codes.size and (
+            self.attr_codes.dtype.kind not in "iu" or int(self.attr_codes.min()) < -1
+        ):
+            raise ValueError("compatibility model: its attribute table")
 
     @property
     def input_dim(self) -> int:
         """The width of the catalogue embeddings the model reads."""
         return len(self.white_mean) if self.white_mean.size else len(self.emb_mean)
+
+
+def _check_table(table: Cooccurrence) -> None:
+    """A co-occurrence table as :meth:`Cooccurrence.from_outfits` makes it: sorted ids, keys
+    strictly increasing within ``k * k`` and counts of one or more (a table out of order
+    silently lost its term; negative counts made NaN scores)."""
+    ids, keys, counts = table.item_ids, table.keys, table.counts
+    k = len(ids)
+    if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
+        raise ValueError("compatibility model: a co-occurrence table's ids are not sorted")
+    if keys.size and (
+        keys.dtype.kind not in "iu"
+        or counts.dtype.kind != "f"
+        or not (keys[1:] > keys[:-1]).all()
+        or int(keys[0]) < 0
+        or int(keys[-1]) >= k * k
+        or not (counts >= 1).all()
+    ):
+        raise ValueError("compatibility model: a co-occurrence table's keys or counts")
 
 
 def _shape(array: np.ndarray, ndim: int) -> tuple[int, ...]:

@@ -70,6 +70,7 @@ from stygig.errors import StygigError
 from stygig.features import PreparedImage
 from stygig.images import PreprocessSpec
 from stygig.index import PartitionedIndex, VectorIndex, build_index, choose_kind, plan_parts
+from stygig.npzfile import load_npz
 
 __all__ = [
     "EncoderLoader",
@@ -291,7 +292,7 @@ def assemble(read: CatalogReadResult, stage: str, dim: int) -> EmbedResult:
     for key in sorted(storage.list_keys(stage)):
         if not _PART.search(key):
             continue
-        with np.load(io.BytesIO(storage.read_bytes(key)), allow_pickle=False) as part:
+        with load_npz(storage.read_bytes(key)) as part:  # bounded by the part's size
             pos, ok = part["pos"], part["ok"]
             if len(pos) and (pos.min() < 0 or pos.max() >= n):
                 raise StygigError("a build part names rows outside the catalogue (stale stage?)")

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stygig.arguments import positive
+from stygig.arguments import positive, seed
 from stygig.artifact import Artifact, encoder_pooling, file_sha256, read_manifest
 from stygig.compat.model import COMPAT_FILE
 from stygig.encoders.base import ENCODER_NAMES
@@ -55,7 +55,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(  # a choice: "bogus" failed only once an artifact was being built
         "--encoder", default="efficientnet-lite0", choices=ENCODER_NAMES
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0, help="split seed (0 to 2**32 - 1)")
     p.add_argument(
         "--out",
         default=str(Path("build") / "eval"),

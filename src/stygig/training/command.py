@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from stygig.arguments import count, positive
+from stygig.arguments import count, positive, seed
 
 __all__ = ["register", "run_train_compat"]
 
@@ -29,7 +29,9 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--catalog", help="the catalogue the artifact was built from (checked, optional)"
     )
-    p.add_argument("--seed", type=int, default=0, help="split and training seed (eval: 0)")
+    p.add_argument(
+        "--seed", type=seed, default=0, help="split and training seed, 0 to 2**32 - 1 (eval: 0)"
+    )
     p.add_argument("--epochs", type=positive, default=None, help="training epochs")
     p.add_argument("--whiten", action="store_true", help="PCA-whiten the embeddings first")
     p.add_argument(
