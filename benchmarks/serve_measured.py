@@ -8,8 +8,9 @@ encoder, the CPU its calls take in this process:
 
 * the calling thread's CPU during each ``encode`` (``time.thread_time``: the event loop's
   thread for a lone request, the batcher's for a batch);
-* the threads ONNX Runtime starts for the encoder's session (its intra-op pool: the threads
-  that appear while the session is made), whose CPU the benchmark reads from ``/proc``.
+* the threads that appear while the encoder is made (its session's intra-op pool, and one
+  that ``import onnxruntime`` starts there and leaves idle), whose CPU the benchmark reads
+  from ``/proc``.
 
 Each ``SIGUSR1`` writes REPORT (JSON): ``sequence`` (how many reports so far), ``calls``,
 ``caller_cpu_s`` and ``encoder_threads`` (native thread ids). A thread of its own waits for

@@ -791,3 +791,27 @@ def test_train_compat_says_when_nothing_is_left_to_learn_from(
             )
         assert e.value.code == 2
         assert "argument --epochs: expected a whole number of 1 or more" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_compat_replaces_a_trained_model_only_when_asked(
+    trained: tuple[Path, dict[str, list[str]]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review (session 51): training on an artifact that held a model replaced it without a
+    word (minutes to hours of training); a --catalog that does not exist was only a warning."""
+    from stygig.cli import main
+
+    art = tmp_path / "art"
+    shutil.copytree(trained[0], art)
+    csv = _write_outfits(tmp_path / "o.csv", trained[1])
+    before = (art / "compat.npz").read_bytes()
+    base = ["train-compat", "--outfits", str(csv), "--artifact", str(art), "--quiet"]
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert "already holds a compatibility model (trained on outfits.csv, seed 0)" in err
+    assert "--replace" in err and "Traceback" not in err
+    assert main([*base, "--replace", "--catalog", str(tmp_path / "missing.csv")]) == 3
+    assert "--catalog" in capsys.readouterr().err
+    assert (art / "compat.npz").read_bytes() == before
+    assert main([*base, "--replace", "--epochs", "1", "--style-dims", "0"]) == 0
+    assert (art / "compat.npz").read_bytes() != before

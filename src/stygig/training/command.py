@@ -41,6 +41,11 @@ def register(subparsers: Any) -> None:
         help="components of the catalogue photos' style (default 256; 0: none, no photo read)",
     )
     p.add_argument("--no-rules-weight", action="store_true", help="keep the V4 weight at 0")
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="train a new model in place of the one the artifact holds (refused without it)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_train_compat)
 
@@ -50,11 +55,23 @@ def run_train_compat(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from stygig.artifact import Artifact, add_compat_model
+    from stygig.errors import CatalogError, InvalidOptionsError
     from stygig.engine import Recommender
     from stygig.evaluation.fitb import read_outfits, scoring_config
     from stygig.training.compat import TrainConfig, train_compat
 
     artifact = Artifact.load(args.artifact)
+    held = artifact.manifest.get("compat")
+    if held and not args.replace:
+        # Minutes to hours of training, replaced without a word before (review, session 51).
+        trained = held if isinstance(held, dict) else {}
+        source = Path(str(trained.get("outfits_file", "an outfits file"))).name
+        raise InvalidOptionsError(
+            f"the artifact already holds a compatibility model (trained on {source}, seed "
+            f"{trained.get('seed', '?')}): --replace trains a new one in its place"
+        )
+    if args.catalog and not Path(args.catalog).is_file():
+        raise CatalogError(f"--catalog {args.catalog}: no such file")
     built_from = artifact.manifest.get("build", {}).get("catalog")
     if args.catalog and built_from and Path(built_from).resolve() != Path(args.catalog).resolve():
         print(f"warning: artifact was built from {built_from}, not {args.catalog}", file=sys.stderr)
