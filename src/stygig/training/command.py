@@ -55,8 +55,8 @@ def run_train_compat(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from stygig.artifact import Artifact, add_compat_model
-    from stygig.errors import CatalogError, InvalidOptionsError
     from stygig.engine import Recommender
+    from stygig.errors import CatalogError, InvalidOptionsError
     from stygig.evaluation.fitb import read_outfits, scoring_config
     from stygig.training.compat import TrainConfig, train_compat
 
