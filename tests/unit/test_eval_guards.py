@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from stygig.artifact import Artifact, add_compat_model, file_sha256
-from stygig.errors import ArtifactError, ConfigError
+from stygig.errors import ArtifactError, ConfigError, InvalidOptionsError
 from stygig.evaluation.command import new_run_dir
 from stygig.evaluation.fitb import (
     compatibility_auc,
@@ -149,6 +149,15 @@ def test_a_named_file_that_is_missing_is_an_error_not_an_empty_run(tmp_path: Pat
     ):
         args = parser.parse_args([*argv, *extra])
         with pytest.raises(CatalogError, match=said):
+            args.func(args)
+        runs = out / "runs"
+        assert not runs.exists() or list(runs.iterdir()) == []
+        assert not (out / "LATEST").exists()
+    # Review (s51): outfit files beside --only category were read, then ignored in silence.
+    _write_outfits(tmp_path / "o.csv", {"o1": ["a", "b"]})
+    for flag in ("--outfits", "--test-outfits"):
+        args = parser.parse_args([*argv, "--only", "category", flag, str(tmp_path / "o.csv")])
+        with pytest.raises(InvalidOptionsError, match=f"{flag} is for the outfit questions"):
             args.func(args)
         runs = out / "runs"
         assert not runs.exists() or list(runs.iterdir()) == []
@@ -490,9 +499,25 @@ def test_outfit_files_that_are_not_looks_are_said(
     (tmp_path / "latin1.csv").write_bytes(b"cod_outfit,cod_modelo_color\na,caf\xe9-1\n")
     with pytest.raises(CatalogError, match="not UTF-8"):
         read_outfits(tmp_path / "latin1.csv")
+    # Review (s51): one long line was read whole before csv's field limit (1 GB: 2.2 GB of
+    # memory); errors named the wrong line (a bad byte on line 3 as line 1, an unclosed quote
+    # by the line where csv gave up); a folder was "not found".
     (tmp_path / "huge.csv").write_text("cod_outfit,cod_modelo_color\na," + "x" * 200_000 + "\n")
-    with pytest.raises(CatalogError, match="not a CSV row"):
+    with pytest.raises(CatalogError, match=r"huge\.csv, line 2: over 65,536 characters"):
         read_outfits(tmp_path / "huge.csv")
+    unclosed = 'cod_outfit,cod_modelo_color\na,1-1\nb,"2-1\n' + "c,3-1\n" * 30_000
+    (tmp_path / "unclosed.csv").write_text(unclosed)
+    with pytest.raises(CatalogError, match=r"unclosed.csv, line 3: not a CSV row"):
+        read_outfits(tmp_path / "unclosed.csv")
+    (tmp_path / "late.csv").write_bytes(b"cod_outfit,cod_modelo_color\na,1-1\nb,2\xff-1\n")
+    with pytest.raises(CatalogError, match=r"not UTF-8 text \(line 3\)"):
+        read_outfits(tmp_path / "late.csv")
+    (tmp_path / "long-id.csv").write_text("cod_outfit,cod_modelo_color\na,1\nb,2\nc," + "y" * 300)
+    with pytest.raises(CatalogError, match=r"long-id\.csv, line 4: cod_modelo_color"):
+        read_outfits(tmp_path / "long-id.csv")
+    (tmp_path / "folder.csv").mkdir()
+    with pytest.raises(CatalogError, match="is a folder"):
+        read_outfits(tmp_path / "folder.csv")
 
 
 def test_an_evaluation_of_nothing_is_refused(tmp_path: Path) -> None:

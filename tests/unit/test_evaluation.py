@@ -98,8 +98,9 @@ def test_fitb_questions_are_valid_and_reproducible(tmp_path: Path) -> None:
     ("text", "refused"),
     [
         # Audit, session 47: an unclosed quote made the next rows one outfit item with line
-        # breaks; a column named twice used its last copy; a NUL stayed in an id.
-        ('cod_outfit,cod_modelo_color\no1,"a\n' + "o2,b\n" * 50, "line 52: cod_modelo_color"),
+        # breaks; a column named twice used its last copy; a NUL stayed in an id. The line
+        # named is where the row begins, the quote's (session 51: the row's end, line 52).
+        ('cod_outfit,cod_modelo_color\no1,"a\n' + "o2,b\n" * 50, "line 2: cod_modelo_color"),
         ("cod_outfit,cod_outfit,cod_modelo_color\no1,o2,a\n", "names a column twice"),
         ("cod_outfit,cod_modelo_color\no1,a\x00b\n", "line 2: cod_modelo_color"),
         ("cod_outfit,cod_modelo_color\no\x01,a\n", "line 2: cod_outfit"),

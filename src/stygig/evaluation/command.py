@@ -306,6 +306,10 @@ def run_eval(args: argparse.Namespace) -> int:
             f"--out {out} is an artifact folder; name a folder for evaluation runs instead"
         )
     for flag, named in (("--outfits", args.outfits), ("--test-outfits", args.test_outfits)):
+        if named and args.only == "category":  # read and ignored before (review, session 51)
+            raise InvalidOptionsError(
+                f"{flag} is for the outfit questions; --only category reads no outfits"
+            )
         if named and not Path(named).is_file():  # named by the user: a typo is not a skip
             raise CatalogError(f"{flag} {named}: no such file")
         if named:  # read now, not after an artifact is built for it (review, session 49)
@@ -313,8 +317,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
             try:
                 read_outfits(named)
-            except StygigError as e:
-                raise CatalogError(f"{flag} {named}: {e.message}") from None
+            except StygigError as e:  # its message names the file already
+                raise CatalogError(f"{flag}: {e.message}") from None
     # A folder that is not there: an empty run exited 0 (review, session 49; --only fitb
     # says so itself).
     if args.only != "fitb" and not root.is_dir():

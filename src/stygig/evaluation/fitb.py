@@ -29,10 +29,10 @@ import logging
 import re
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 import numpy.typing as npt
@@ -126,20 +126,27 @@ def read_outfits(path: str | Path) -> dict[str, list[str]]:
     one "id" with line breaks, audit of session 47; control characters, over 200
     characters)."""
     path = Path(path)
+    if path.is_dir():
+        raise CatalogError(f"outfits file {path} is a folder")
     if not path.is_file():
         raise CatalogError(f"outfits file not found: {path}")
     outfits: dict[str, dict[str, None]] = {}  # ordered sets: a membership test is O(1)
     incomplete = 0
     checked: set[str] = set()  # item ids found valid (most appear in several outfits)
     with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
+        reader = csv.DictReader(_bounded_lines(handle, path))
+        start = 1  # the line the row being read begins on (a quoted field may span lines)
         try:
             names = reader.fieldnames or ()
             if not {"cod_outfit", "cod_modelo_color"} <= set(names):
                 raise CatalogError(f"{path}: expected columns cod_outfit,cod_modelo_color")
             if len(set(names)) != len(names):
                 raise CatalogError(f"{path}: the header names a column twice")
-            for row in reader:
+            while True:
+                start = reader.line_num + 1
+                row = next(reader, None)
+                if row is None:
+                    break
                 outfit, item = (
                     (row["cod_outfit"] or "").strip(),
                     (row["cod_modelo_color"] or "").strip(),
@@ -148,17 +155,17 @@ def read_outfits(path: str | Path) -> dict[str, list[str]]:
                     incomplete += 1
                     continue
                 if outfit not in outfits and (problem := _outfit_id_problem(outfit)):
-                    raise CatalogError(f"{path}, line {reader.line_num}: cod_outfit: {problem}")
+                    raise CatalogError(f"{path}, line {start}: cod_outfit: {problem}")
                 if item not in checked and (problem := id_problem(item)):
-                    raise CatalogError(
-                        f"{path}, line {reader.line_num}: cod_modelo_color: {problem}"
-                    )
+                    raise CatalogError(f"{path}, line {start}: cod_modelo_color: {problem}")
                 checked.add(item)
                 outfits.setdefault(outfit, {})[item] = None
         except UnicodeDecodeError:
-            raise CatalogError(f"{path}: not UTF-8 text (line {reader.line_num + 1})") from None
+            # Text is decoded ahead in blocks: the line is found in the bytes (review, s51:
+            # a bad byte on line 3 was reported on line 1).
+            raise CatalogError(f"{path}: not UTF-8 text (line {_undecodable_line(path)})") from None
         except csv.Error as e:
-            raise CatalogError(f"{path}, line {reader.line_num}: not a CSV row ({e})") from None
+            raise CatalogError(f"{path}, line {start}: not a CSV row ({e})") from None
     if incomplete:
         log.warning("%s: %d row(s) without an outfit or an item left out", path, incomplete)
     large = [o for o, items in outfits.items() if len(items) > MAX_OUTFIT_ITEMS]
@@ -172,6 +179,35 @@ def read_outfits(path: str | Path) -> dict[str, list[str]]:
             large[0][:60],
         )
     return {o: list(items) for o, items in outfits.items() if len(items) <= MAX_OUTFIT_ITEMS}
+
+
+#: The longest line an outfits file may have (two ids of at most MAX_ID characters and a few
+#: more columns fit many times over): a longer one is refused as it is read, so one line of
+#: 1 GB is not held whole first (review, session 51: 2.2 GB before its refusal).
+MAX_LINE_CHARS = 1 << 16
+
+
+def _bounded_lines(handle: TextIO, path: Path) -> Iterator[str]:
+    """The file's lines, each read at most :data:`MAX_LINE_CHARS` characters at a time."""
+    number = 0
+    while line := handle.readline(MAX_LINE_CHARS + 1):
+        number += 1
+        if len(line) > MAX_LINE_CHARS:
+            raise CatalogError(f"{path}, line {number}: over {MAX_LINE_CHARS:,} characters")
+        yield line
+
+
+def _undecodable_line(path: Path) -> int:
+    """The number of the first line of ``path`` that is not UTF-8 (lines read bounded)."""
+    with path.open("rb") as raw:
+        number = 0
+        while line := raw.readline(MAX_LINE_CHARS * 4 + 1):
+            number += 1
+            try:
+                (line[3:] if number == 1 and line.startswith(b"\xef\xbb\xbf") else line).decode()
+            except UnicodeDecodeError:
+                return number
+    return number
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
