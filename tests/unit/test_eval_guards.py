@@ -496,6 +496,10 @@ def test_outfit_files_that_are_not_looks_are_said(
     with caplog.at_level("WARNING", logger="stygig.evaluation.fitb"):
         assert read_outfits(tmp_path / "o.csv") == {"a": ["1-1", "2-1"]}
     assert "1 outfit(s) of more than 50 items left out" in caplog.text
+    caplog.clear()  # a read that only checks the file (eval's, before its run) says nothing
+    with caplog.at_level("WARNING", logger="stygig.evaluation.fitb"):
+        assert read_outfits(tmp_path / "o.csv", warn=False) == {"a": ["1-1", "2-1"]}
+    assert "left out" not in caplog.text
     (tmp_path / "latin1.csv").write_bytes(b"cod_outfit,cod_modelo_color\na,caf\xe9-1\n")
     with pytest.raises(CatalogError, match="not UTF-8"):
         read_outfits(tmp_path / "latin1.csv")

@@ -215,7 +215,7 @@ def _outfits_artifact(
         args, root / MANGO, needed, "mango", ("fitb", "fill-in-the-blank"), metrics
     )
     if art is not None and art.compat is not None:
-        rows = read_outfits(outfits)
+        rows = read_outfits(outfits, warn=False)  # the run reads it again, and warns
         train, _ = split_ids(list(rows), seed=args.seed)
         check_model_split(art, rows, train, seed=args.seed, outfits_name=outfits.name)
     return art
@@ -316,7 +316,7 @@ def run_eval(args: argparse.Namespace) -> int:
             from stygig.evaluation.fitb import read_outfits
 
             try:
-                read_outfits(named)
+                read_outfits(named, warn=False)  # the run reads it again, and warns
             except StygigError as e:  # its message names the file already
                 raise CatalogError(f"{flag}: {e.message}") from None
     # A folder that is not there: an empty run exited 0 (review, session 49; --only fitb

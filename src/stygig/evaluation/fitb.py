@@ -117,14 +117,15 @@ class Question:
 MAX_OUTFIT_ITEMS = 50
 
 
-def read_outfits(path: str | Path) -> dict[str, list[str]]:
+def read_outfits(path: str | Path, *, warn: bool = True) -> dict[str, list[str]]:
     """``{outfit id: [item ids in file order]}`` from a ``cod_outfit,cod_modelo_color`` CSV
     (an item listed twice in an outfit counts once; outfits of more than
     :data:`MAX_OUTFIT_ITEMS` items are left out with a warning, and so are rows without both
     values). A file that cannot be what it claims is refused, naming the line: a column
     named twice, or a value that is no id (an unclosed quote swallowed the next rows into
     one "id" with line breaks, audit of session 47; control characters, over 200
-    characters)."""
+    characters). ``warn``: off for a read that only checks the file (the run reads it again
+    and warns then: eval printed each warning twice; review, session 51)."""
     path = Path(path)
     if path.is_dir():
         raise CatalogError(f"outfits file {path} is a folder")
@@ -166,10 +167,10 @@ def read_outfits(path: str | Path) -> dict[str, list[str]]:
             raise CatalogError(f"{path}: not UTF-8 text (line {_undecodable_line(path)})") from None
         except csv.Error as e:
             raise CatalogError(f"{path}, line {start}: not a CSV row ({e})") from None
-    if incomplete:
+    if incomplete and warn:
         log.warning("%s: %d row(s) without an outfit or an item left out", path, incomplete)
     large = [o for o, items in outfits.items() if len(items) > MAX_OUTFIT_ITEMS]
-    if large:
+    if large and warn:
         log.warning(
             "%s: %d outfit(s) of more than %d items left out (an outfit is a look of a few "
             "garments), e.g. %r",
