@@ -44,6 +44,7 @@ import platform
 import shutil
 import tempfile
 import time
+import tokenize
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -628,6 +629,9 @@ def _reading(name: str) -> Iterator[None]:
         AttributeError,
         RecursionError,
         EOFError,
+        ArithmeticError,  # a number past float's range: 1e400 (review, session 51)
+        SyntaxError,  # a .npy header that is not a literal
+        tokenize.TokenError,  # ... or not even tokens (an unclosed bracket)
         zipfile.BadZipFile,  # a truncated .npz
     ) as e:
         raise ArtifactError(

@@ -1113,7 +1113,8 @@ def _check_shapes(head: CategoryHead) -> None:
         raise ValueError(str(e)) from e
     d, c = head.dim, len(head.labels)
     if (
-        head.scale.shape != (d,)
+        head.mean.shape != (d,)  # a 2-D mean broadcast into every query (review, session 51)
+        or head.scale.shape != (d,)
         or head.weights.shape != (d, c)
         or head.bias.shape != (c,)
         or not 0.0 <= head.head_weight <= 1.0

@@ -12,6 +12,7 @@ size; pickled members stay refused (``allow_pickle=False``).
 from __future__ import annotations
 
 import io
+import tokenize
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -63,7 +64,7 @@ def _check(handle: IO[bytes]) -> None:
                         else np.lib.format.read_array_header_2_0
                     )
                     shape, _, dtype = read(member)
-                except ValueError as e:
+                except (ValueError, SyntaxError, tokenize.TokenError) as e:
                     raise ValueError(f"member {name[:60]!r} is not a .npy array ({e})") from None
                 header = member.tell()
             if dtype.hasobject:

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -113,8 +115,14 @@ class ItemImages:
         self.originals = dict(originals or {})
         self.cache_size = cache_size
         self._offsets: dict[str, tuple[int, int]] | None = None
+        self._fd: int | None = None  # the thumbnails file, open from the moment it is indexed
         self._made: OrderedDict[str, bytes] = OrderedDict()
         self._lock = threading.Lock()
+        # The index and the open file are taken together now: a folder replaced in place later
+        # (a rebuild, a compaction into the served folder) does not mix this version's offsets
+        # with the next version's bytes (review, session 51: an item's picture was a slice of
+        # another's, served as a JPEG, until the server reloaded).
+        self._index()
 
     @property
     def stored(self) -> bool:
@@ -124,19 +132,19 @@ class ItemImages:
     def _index(self) -> dict[str, tuple[int, int]]:
         with self._lock:
             if self._offsets is None:
-                self._offsets = _read_index(self.root / THUMBNAILS_INDEX)
+                self._offsets, self._fd = _open_store(self.root)
+                if self._fd is not None:
+                    weakref.finalize(self, os.close, self._fd)
             return self._offsets
 
     def get(self, item_id: str) -> bytes | None:
         """The JPEG for ``item_id``, or ``None`` when the shop has no picture of it."""
         span = self._index().get(item_id)
-        if span is not None:
+        if span is not None and self._fd is not None:
             offset, length = span
-            with (self.root / THUMBNAILS_BIN).open("rb") as handle:
-                handle.seek(offset)
-                data = handle.read(length)
+            data = os.pread(self._fd, length, offset)  # within the file: checked when opened
             if len(data) != length:
-                raise ArtifactError(f"{self.root / THUMBNAILS_BIN} is shorter than its index says")
+                raise ArtifactError(f"{THUMBNAILS_BIN} is shorter than its index says")
             return data
         return self._from_original(item_id)
 
@@ -164,12 +172,40 @@ class ItemImages:
         return data
 
 
-def _read_index(path: Path) -> dict[str, tuple[int, int]]:
+#: The largest thumbnail an index may name (a 256 px JPEG is ~10-30 KB).
+MAX_THUMBNAIL_BYTES = 4 << 20
+
+
+def _open_store(root: Path) -> tuple[dict[str, tuple[int, int]], int | None]:
+    """The thumbnails index and the thumbnails file opened, every span checked against the
+    open file: whole numbers, within it, at most :data:`MAX_THUMBNAIL_BYTES` (review, session
+    51: a tampered index was a 500 per request, or a 4 GB read). No index: ``({}, None)``."""
+    path = root / THUMBNAILS_INDEX
     if not path.is_file():
-        return {}
+        return {}, None
     try:
+        fd = os.open(root / THUMBNAILS_BIN, os.O_RDONLY)
+    except OSError as e:
+        raise ArtifactError(f"{THUMBNAILS_BIN} cannot be read: {e.strerror or e}") from e
+    try:
+        size = os.fstat(fd).st_size
         raw: Any = json.loads(path.read_text(encoding="utf-8"))
-        items = raw["items"]
-        return {str(k): (int(v[0]), int(v[1])) for k, v in items.items()}
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
-        raise ArtifactError(f"{path} cannot be read: {e}") from e
+        spans: dict[str, tuple[int, int]] = {}
+        for key, span in raw["items"].items():
+            offset, length = span
+            if not (
+                type(offset) is int
+                and type(length) is int
+                and offset >= 0
+                and 0 < length <= MAX_THUMBNAIL_BYTES
+                and offset + length <= size
+            ):
+                raise ValueError(f"an item's span is not within {THUMBNAILS_BIN}")
+            spans[str(key)] = (offset, length)
+        return spans, fd
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        os.close(fd)
+        raise ArtifactError(f"{THUMBNAILS_INDEX} cannot be read: {type(e).__name__}") from e
+    except BaseException:
+        os.close(fd)
+        raise

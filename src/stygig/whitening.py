@@ -134,7 +134,7 @@ class Whitening:
         try:
             with load_npz(Path(path)) as data:  # no member unpacks beyond the file's size
                 settings = data["settings"]
-                return cls(
+                white = cls(
                     mean=data["mean"],
                     projection=data["projection"],
                     scale=data["scale"],
@@ -143,8 +143,27 @@ class Whitening:
                     power=float(settings[1]),
                     n_fit=int(settings[2]),
                 )
-        except (OSError, KeyError, ValueError) as e:
+            white.check()
+            return white
+        except (OSError, KeyError, ValueError, OverflowError) as e:
             raise ArtifactError(f"cannot read whitening file {Path(path).name}: {e}") from e
+
+    def check(self) -> None:
+        """Refuse (:class:`ValueError`) arrays that do not make a whitening: every photo query
+        failed on them (review, session 51: NaN scales, a narrow projection, a short scale)."""
+        d = self.mean.shape[0] if self.mean.ndim == 1 else -1
+        keep = self.projection.shape[1] if self.projection.ndim == 2 else -1
+        if (
+            d < 1
+            or keep < 1
+            or self.projection.shape != (d, keep)
+            or self.scale.shape != (keep,)
+            or self.eigenvalues.shape != (keep,)
+        ):
+            raise ValueError("inconsistent whitening arrays")
+        arrays = (self.mean, self.projection, self.scale, self.eigenvalues)
+        if any(a.dtype.kind != "f" or not np.isfinite(a).all() for a in arrays):
+            raise ValueError("whitening arrays that are not all finite numbers")
 
     def describe(self) -> dict[str, Any]:
         """Settings and size, for a manifest entry or a metrics file."""

@@ -159,3 +159,66 @@ def test_a_model_member_of_another_kind_is_refused_at_load(
     path.write_bytes(_rewrite(path.read_bytes(), member, buf.getvalue()))
     with pytest.raises(ValueError, match=said):
         CompatModel.load(path)
+
+
+def test_a_member_header_that_is_no_literal_is_refused() -> None:
+    # Review (s51): an unclosed bracket in a .npy header was a tokenize.TokenError traceback.
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": "<f4", "fortran_order": False, "shape": (1,)}
+    )
+    header = buf.getvalue().replace(b"(1,)", b"(1, ")
+    _refused(_rewrite(_npz(x=np.zeros(1, np.float32)), "x.npy", header + bytes(4)), "x.npy")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OverflowError("int too large"),
+        SyntaxError("not a literal"),
+        __import__("tokenize").TokenError("EOF in multi-line statement"),
+    ],
+)
+def test_an_artifact_file_whose_reader_overflows_or_cannot_tokenize_is_one_error(
+    error: Exception,
+) -> None:
+    # Review (s51): "stock": 1e400 in items.jsonl, inf in whitening settings and an unclosed
+    # bracket in a .npy header were tracebacks at load.
+    from stygig.artifact import _reading
+    from stygig.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match="artifact cannot be read: 'f'"), _reading("f"):
+        raise error
+
+
+def test_whitening_arrays_that_make_no_whitening_are_refused(tmp_path: Path) -> None:
+    # Review (s51): NaN scales, a narrow projection or a short scale loaded, then every
+    # photo query failed.
+    from stygig.errors import ArtifactError
+    from stygig.whitening import Whitening
+
+    good = Whitening.fit(np.random.default_rng(0).normal(size=(40, 6)), dim=4)
+    assert Whitening.load(good.save(tmp_path / "w.npz")).projection.shape == (6, 4)
+    for bad in (
+        replace(good, scale=np.full(4, np.nan, np.float32)),
+        replace(good, mean=np.full(6, np.inf, np.float32)),
+        replace(good, projection=good.projection[:, :3]),
+        replace(good, scale=good.scale[:2]),
+    ):
+        with pytest.raises(ArtifactError, match="cannot read whitening file"):
+            Whitening.load(bad.save(tmp_path / "w.npz"))
+
+
+def test_yaml_aliases_of_lists_or_mappings_are_refused() -> None:
+    # Review (s51): nested aliases in a 6.8 KB taxonomy.yaml stood for billions of entries
+    # (5.5 GB, 40 s, then MemoryError). An alias of a scalar stays allowed.
+    import yaml
+
+    from stygig.unique_keys import load_yaml
+
+    assert load_yaml("a: &x one\nb: *x\n") == {"a": "one", "b": "one"}
+    bomb = "a: &a [x, x]\nb: &b [*a, *a]\nc: [*b, *b]\n"
+    with pytest.raises(yaml.YAMLError, match=r"alias \(\*a\) of a list or mapping"):
+        load_yaml(bomb)
+    with pytest.raises(yaml.YAMLError, match="alias"):
+        load_yaml("m: &m {k: v}\nn: *m\n")

@@ -107,6 +107,47 @@ def test_a_corrupt_index_is_an_artifact_error(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError):
         ItemImages(tmp_path).get("x")
     (tmp_path / THUMBNAILS_INDEX).write_text(json.dumps({"items": {"x": [0, 10]}}))
+    with pytest.raises(ArtifactError, match="cannot be read"):  # the index without its file
+        ItemImages(tmp_path)
     (tmp_path / THUMBNAILS_BIN).write_bytes(b"short")
     with pytest.raises(ArtifactError):
         ItemImages(tmp_path).get("x")
+    # Review (s51): a tampered index loaded, then each request for the item was a 500 (a list,
+    # 1e400, a negative offset, deep nesting) or asked for a 4 GB buffer. Refused when opened.
+    (tmp_path / THUMBNAILS_BIN).write_bytes(bytes(100))
+    for items in (
+        [[0, 10]],
+        {"x": [1e400, 10]},
+        {"x": [-100, 10]},
+        {"x": [0, 4_000_000_000]},
+        {"x": [0, 0]},
+        {"x": [95, 10]},
+        {"x": [0.0, 10]},
+        {"x": [True, 10]},
+        {"x": [0]},
+    ):
+        (tmp_path / THUMBNAILS_INDEX).write_text(json.dumps({"items": items}))
+        with pytest.raises(ArtifactError, match="cannot be read"):
+            ItemImages(tmp_path)
+    (tmp_path / THUMBNAILS_INDEX).write_text('{"items": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(ArtifactError, match="cannot be read"):
+        ItemImages(tmp_path)
+
+
+def test_a_folder_replaced_in_place_keeps_serving_the_pictures_it_was_opened_with(
+    tmp_path: Path,
+) -> None:
+    """Review (s51): a rebuild or compaction into the served folder made an item's picture a
+    slice of another's (old offsets, the new file) until the server reloaded."""
+    served, fresh = tmp_path / "served", tmp_path / "fresh"
+    for root, first, second in ((served, b"A" * 30, b"B" * 20), (fresh, b"C" * 5, b"D" * 50)):
+        root.mkdir()
+        (root / THUMBNAILS_BIN).write_bytes(first + second)
+        spans = {"x": [0, len(first)], "y": [len(first), len(second)]}
+        (root / THUMBNAILS_INDEX).write_text(json.dumps({"items": spans}))
+    images = ItemImages(served)
+    old = tmp_path / "old"
+    served.rename(old)  # as write_artifact swaps a folder: the old one moves away
+    fresh.rename(served)
+    assert images.get("x") == b"A" * 30 and images.get("y") == b"B" * 20
+    assert ItemImages(served).get("y") == b"D" * 50
