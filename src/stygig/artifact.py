@@ -39,6 +39,7 @@ import csv
 import fcntl
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -610,6 +611,71 @@ def wants_mmap(path: str | Path, manifest: dict[str, Any]) -> bool:
         return False  # np.load says what is wrong with it
 
 
+def _check_rows(
+    items: Sequence[Item],
+    colors: Sequence[Any],
+    taxonomy: Taxonomy,
+    embeddings: np.ndarray | None,
+) -> None:
+    """What every request reads of a row, checked once at load (review, session 51: a category
+    the taxonomy lacks, a NaN or out-of-range colour, a NaN or unnormalised embedding loaded,
+    then failed every request naming the item, or answered similarities of 2e31): the row is
+    named, never its contents. ``embeddings``: the rows in memory (None: left on disk, read by
+    requests as they are, as an index over them was built)."""
+    known = set(taxonomy.categories)
+    for n, (item, color) in enumerate(zip(items, colors, strict=True), start=1):
+        if item.category not in known:
+            raise ArtifactError(
+                f"artifact cannot be read: 'items.jsonl': row {n}'s category is not one of "
+                "taxonomy.yaml's"
+            )
+        if not _color_ok(color):
+            raise ArtifactError(
+                f"artifact cannot be read: 'items.jsonl': row {n}'s colour is not a colour "
+                "summary (rgb of three whole numbers 0-255, a palette of them with shares)"
+            )
+    if embeddings is not None and len(embeddings):
+        norms = np.linalg.norm(np.asarray(embeddings, np.float32), axis=1)
+        bad = np.flatnonzero(~(np.abs(norms - 1.0) <= 1e-2))  # NaN fails too
+        if len(bad):
+            raise ArtifactError(
+                f"artifact cannot be read: 'embeddings.npy': row {int(bad[0]) + 1} is not a "
+                "finite unit vector (every row is L2-normalised when built)"
+            )
+
+
+def _rgb_ok(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 3
+        and all(type(v) is int and 0 <= v <= 255 for v in value)
+    )
+
+
+def _color_ok(color: Any) -> bool:
+    """A colour summary as the build writes it (:meth:`stygig.color.ColorSummary.to_dict`),
+    or nothing (``{}``: an item without one)."""
+    if not isinstance(color, dict):
+        return False
+    if "rgb" in color and not _rgb_ok(color["rgb"]):
+        return False
+    hsl = color.get("hsl")
+    if hsl is not None and not (
+        isinstance(hsl, list)
+        and len(hsl) == 3
+        and all(type(v) in (int, float) and math.isfinite(v) for v in hsl)
+    ):
+        return False
+    palette = color.get("palette", [])
+    return isinstance(palette, list) and all(
+        isinstance(p, dict)
+        and _rgb_ok(p.get("rgb"))
+        and type(p.get("share")) in (int, float)
+        and 0.0 <= p["share"] <= 1.0
+        for p in palette
+    )
+
+
 @contextmanager
 def _reading(name: str) -> Iterator[None]:
     """Say a file of the artifact that cannot be read as one :class:`ArtifactError` naming it,
@@ -728,6 +794,7 @@ class Artifact:
                 )
         with _reading("taxonomy.yaml"):
             taxonomy = Taxonomy.load(root / "taxonomy.yaml", origin="taxonomy.yaml")
+        _check_rows(items, colors, taxonomy, embeddings if not mmap else None)
         with _reading("whitening.npz"):
             whitening = (
                 Whitening.load(root / "whitening.npz") if manifest.get("whitening") else None

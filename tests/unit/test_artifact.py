@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -457,3 +459,63 @@ def test_a_gem_torch_artifact_is_a_format_older_readers_refuse(
     which such readers refuse ("upgrade stygig")."""
     path = _write(tmp_path / "art", encoder_info=record, index_kind="flat")
     assert json.loads((path / MANIFEST).read_text())["format_version"] == version
+
+
+def _edited_rows(path: Path, row: int, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Edit one row of items.jsonl and re-sign it in the manifest (its checksum passes)."""
+    lines = (path / "items.jsonl").read_text(encoding="utf-8").splitlines()
+    data = json.loads(lines[row])
+    edit(data)
+    lines[row] = json.dumps(data)
+    (path / "items.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    manifest = _manifest(path)
+    raw = (path / "items.jsonl").read_bytes()
+    manifest["files"]["items.jsonl"] = {
+        "sha256": hashlib.sha256(raw).hexdigest(),
+        "bytes": len(raw),
+    }
+    _save(path, manifest)
+
+
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        (lambda d: d.update(category="spaceship"), "row 4's category is not one of"),
+        (lambda d: d.update(gender=["men"]), "item field 'gender' is not text"),
+        (lambda d: d.update(usage={"a": 1}), "item field 'usage' is not text"),
+        (lambda d: d.update(available="false"), "'available' is not true or false"),
+        (lambda d: d.update(stock=-3), "'stock' is not a whole number"),
+        (lambda d: d.update(price=float("nan")), "'price' is not a non-negative number"),
+        (lambda d: d.update(attributes={"fit": 3}), "'attributes' is not a mapping"),
+        (lambda d: d.update(color={"rgb": [1, 2]}), "row 4's colour is not a colour summary"),
+        (lambda d: d.update(color={"rgb": [1, 2, 300]}), "row 4's colour"),
+        (lambda d: d.update(color={"rgb": "red"}), "row 4's colour"),
+        (lambda d: d.update(color={"hsl": [float("nan"), 0, 0]}), "row 4's colour"),
+        (lambda d: d.update(color={"palette": [{"rgb": [1, 2, 3], "share": 7}]}), "row 4's colour"),
+        (lambda d: d.update(color=[1, 2, 3]), "row 4's colour"),
+    ],
+)
+def test_a_re_signed_row_of_the_wrong_kind_is_refused_at_load(
+    tmp_path: Path, edit: Callable[[dict[str, Any]], None], said: str
+) -> None:
+    """Review (session 51): these loaded, then failed every request naming the item (a 500, or
+    a server that could not start) or were misread (``"available": "false"`` was available)."""
+    path = _write(tmp_path / "a")
+    _edited_rows(path, 3, edit)
+    assert said in _refused(path, "artifact_error")
+
+
+def test_embeddings_that_are_not_finite_unit_vectors_are_refused_at_load(tmp_path: Path) -> None:
+    """Review (session 51): a NaN row never appeared in results and failed as a query; rows
+    x50 were served with similarities of 927."""
+    for name, change in (("nan", np.nan), ("scaled", 50.0)):
+        path = _write(tmp_path / name)
+        x = np.load(path / "embeddings.npy")
+        x[5] = x[5] * change
+        np.save(path / "embeddings.npy", x)
+        manifest = _manifest(path)
+        raw = (path / "embeddings.npy").read_bytes()
+        entry = {"sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw)}
+        manifest["files"]["embeddings.npy"] = entry
+        _save(path, manifest)
+        assert "row 6 is not a finite unit vector" in _refused(path, "artifact_error")

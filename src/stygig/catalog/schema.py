@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -183,20 +184,54 @@ class Item:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Item:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`; a field of another type is a :class:`TypeError` or
+        :class:`ValueError` naming it, never taken as it is (review, session 51: a list as a
+        gender, a NaN colour or ``"available": "false"`` loaded, then failed or misled every
+        request naming the item)."""
+        if not isinstance(data, dict):
+            raise TypeError("an item is not a JSON object")
+
+        def text(name: str, required: bool = False) -> str | None:
+            value = data.get(name)
+            if value is None and not required:
+                return None
+            if not isinstance(value, str):
+                raise TypeError(f"item field {name!r} is not text")
+            return value
+
+        price, stock = data.get("price"), data.get("stock")
+        if price is not None and (
+            isinstance(price, bool)
+            or not isinstance(price, int | float)
+            or not math.isfinite(price)
+            or price < 0
+        ):
+            raise ValueError("item field 'price' is not a non-negative number")
+        if stock is not None and (
+            isinstance(stock, bool) or not isinstance(stock, int) or stock < 0
+        ):
+            raise ValueError("item field 'stock' is not a whole number of 0 or more")
+        attributes = data.get("attributes") or {}
+        if not isinstance(attributes, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in attributes.items()
+        ):
+            raise TypeError("item field 'attributes' is not a mapping of text to text")
+        available = data.get("available", True)
+        if not isinstance(available, bool):
+            raise TypeError("item field 'available' is not true or false")
         return cls(
-            id=str(data["id"]),
-            image=str(data["image"]),
-            category=str(data["category"]),
-            gender=data.get("gender"),
-            usage=data.get("usage"),
-            season=data.get("season"),
-            name=data.get("name"),
-            price=data.get("price"),
-            brand=data.get("brand"),
-            attributes=dict(data.get("attributes") or {}),
-            available=bool(data.get("available", True)),
-            stock=None if data.get("stock") is None else int(data["stock"]),
+            id=str(text("id", True)),
+            image=str(text("image", True)),
+            category=str(text("category", True)),
+            gender=text("gender"),
+            usage=text("usage"),
+            season=text("season"),
+            name=text("name"),
+            price=price,
+            brand=text("brand"),
+            attributes=dict(attributes),
+            available=available,
+            stock=stock,
         )
 
 
