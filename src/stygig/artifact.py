@@ -435,7 +435,7 @@ def parse_manifest(raw: bytes) -> dict[str, Any]:
     if not isinstance(manifest, dict):
         raise ArtifactError(f"artifact: {MANIFEST} is not a JSON object", code=_BAD_MANIFEST)
     version = manifest.get("format_version")
-    if not isinstance(version, int):
+    if type(version) is not int or version < 1:  # true, -7 were taken (review, session 51)
         raise ArtifactError(
             f"artifact: {MANIFEST} has no integer 'format_version'", code=_BAD_MANIFEST
         )
@@ -445,7 +445,62 @@ def parse_manifest(raw: bytes) -> dict[str, Any]:
             f"({__version__}) reads up to version {FORMAT_VERSION}: upgrade stygig "
             "or rebuild the artifact with this version"
         )
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise ArtifactError(f"artifact: {MANIFEST}: {problem}", code=_BAD_MANIFEST)
     return manifest
+
+
+def _finite(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def _manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """What in the manifest's parts that loading reads is of the wrong kind (review, session
+    51: an encoder given as text, a build record that is no object, an index kind in a list,
+    a dimension in text, a zero standard deviation were tracebacks at load or at every photo
+    query), or None. The message names the field, never its value."""
+    encoder = manifest.get("encoder", {})  # a missing one: refused where it is read
+    if not isinstance(encoder, dict):
+        return "'encoder' is not an object"
+    if "name" in encoder and not isinstance(encoder["name"], str):
+        return "'encoder.name' is not text"
+    dim = encoder.get("dim", 1)
+    if type(dim) is not int or dim < 1:
+        return "'encoder.dim' is not a whole number of 1 or more"
+    for key in ("runtime", "quantization", "pooling"):  # onnx_file: check_names says
+        if encoder.get(key) is not None and not isinstance(encoder[key], str):
+            return f"'encoder.{key}' is not text"
+    pre = encoder.get("preprocess")
+    if pre is not None:
+        if not isinstance(pre, dict):
+            return "'encoder.preprocess' is not an object"
+        size, mean, std = (
+            pre.get("size", 224),
+            pre.get("mean", [0, 0, 0]),
+            pre.get("std", [1, 1, 1]),
+        )
+        if type(size) is not int or not 1 <= size <= 4096:
+            return "'encoder.preprocess.size' is not a whole number of 1 to 4096"
+        for name, values in (("mean", mean), ("std", std)):
+            if not (isinstance(values, list) and len(values) == 3 and all(map(_finite, values))):
+                return f"'encoder.preprocess.{name}' is not three finite numbers"
+        if not all(v > 0 for v in std):
+            return "'encoder.preprocess.std' has a value that is not above 0"
+    for key in ("build", "index", "counts", "versions", "nearest_similarity"):
+        if manifest.get(key) is not None and not isinstance(manifest[key], dict):
+            return f"'{key}' is not an object"
+    for key in ("whitening", "compat", "category_head"):
+        if manifest.get(key) is not None and not isinstance(manifest[key], dict | bool):
+            return f"'{key}' is not an object"
+    index = manifest.get("index") or {}
+    if index.get("kind") is not None and not isinstance(index["kind"], str):
+        return "'index.kind' is not text"
+    if "dim" in index and type(index["dim"]) is not int:
+        return "'index.dim' is not a whole number"
+    if index.get("params") is not None and not isinstance(index["params"], dict):
+        return "'index.params' is not an object"
+    return None
 
 
 def _named_files(manifest: dict[str, Any]) -> dict[str, object]:

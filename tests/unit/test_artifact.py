@@ -519,3 +519,36 @@ def test_embeddings_that_are_not_finite_unit_vectors_are_refused_at_load(tmp_pat
         manifest["files"]["embeddings.npy"] = entry
         _save(path, manifest)
         assert "row 6 is not a finite unit vector" in _refused(path, "artifact_error")
+
+
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        (lambda m: m.update(format_version=True), "no integer 'format_version'"),
+        (lambda m: m.update(format_version=-7), "no integer 'format_version'"),
+        (lambda m: m.update(encoder="tiny"), "'encoder' is not an object"),
+        (lambda m: m["encoder"].update(dim="abc"), "'encoder.dim' is not a whole number"),
+        (lambda m: m["encoder"].update(name=["x"]), "'encoder.name' is not text"),
+        (lambda m: m.update(build="x"), "'build' is not an object"),
+        (lambda m: m.update(counts="x"), "'counts' is not an object"),
+        (lambda m: m["index"].update(kind=["flat"]), "'index.kind' is not text"),
+        (lambda m: m["index"].update(dim="8"), "'index.dim' is not a whole number"),
+        (
+            lambda m: m["encoder"].update(preprocess={"std": [0, 0, 0]}),
+            "'encoder.preprocess.std' has a value that is not above 0",
+        ),
+        (
+            lambda m: m["encoder"].update(preprocess={"mean": [float("nan"), 0, 0]}),
+            "'encoder.preprocess.mean' is not three finite numbers",
+        ),
+    ],
+)
+def test_a_manifest_part_of_the_wrong_kind_is_refused_at_load(
+    tmp_path: Path, edit: Callable[[dict[str, Any]], None], said: str
+) -> None:
+    """Review (session 51): each of these was a traceback at load, or at every photo query."""
+    path = _write(tmp_path / "a")
+    manifest = _manifest(path)
+    edit(manifest)
+    _save(path, manifest)
+    assert said in _refused(path, "artifact_bad_manifest")
