@@ -46,7 +46,7 @@ from stygig.catalog.changes import (
     validate_row,
 )
 from stygig.engine import Recommender
-from stygig.errors import ImageTooLargeError, InvalidOptionsError, StygigError
+from stygig.errors import ImageTooLargeError, InvalidOptionsError, StorageError, StygigError
 from stygig.features import PreparedImage
 from stygig.images import photo_work
 from stygig.snapshot import CatalogSnapshot, apply_changes, lineage_root, replay_batches
@@ -409,6 +409,21 @@ class LiveCatalog:
     def _catch_up_locked(self) -> int:
         assert self.changelog is not None
         return replay(self.recommender, self.changelog)
+
+    def check_no_gap(self) -> None:
+        """Refuse (:class:`StorageError`) a log holding records past one that is missing,
+        once caught up: the next change would take the missing number and be ordered before
+        records already acknowledged, which replicas past it never read (review, session 51:
+        a restarted server wrote record 3 under 4 and 5, which then undid it)."""
+        if self.changelog is None:
+            return
+        reached, last = self.snapshot.sequence, self.changelog.last_sequence()
+        if last > reached:
+            raise StorageError(
+                f"the change log holds records up to {last}, but record {reached + 1} is "
+                "missing: restore it from a copy of the log before serving changes (a change "
+                "written now would take its number, before records already acknowledged)"
+            )
 
     def follow(self, interval_s: float) -> None:
         """Catch up every ``interval_s`` seconds on a daemon thread until :meth:`stop`."""

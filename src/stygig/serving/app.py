@@ -365,6 +365,7 @@ class ModelService:
             load=InputLocations(settings.photo_prefixes, flag="--catalog-photos").read,
         )
         live.catch_up()
+        live.check_no_gap()
         return live
 
     def _follow(self, live: LiveCatalog | None) -> None:
