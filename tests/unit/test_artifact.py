@@ -108,9 +108,30 @@ def test_missing_file_and_not_an_artifact(tmp_path: Path) -> None:
         Artifact.load(tmp_path)
 
 
-def test_overwrite_is_atomic_and_leaves_no_temp_dirs(tmp_path: Path) -> None:
+def test_overwrite_is_atomic_and_leaves_no_temp_dirs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stygig.artifact import _exchange
+
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    exchanges = _exchange(tmp_path / "x", tmp_path / "y")
+    (tmp_path / "x").rmdir()
+    (tmp_path / "y").rmdir()
     _write(tmp_path / "art", n=10)
+    # Review (s51): the old folder was renamed away, then the new one into its place; a
+    # process killed between the two left no artifact at the name. One exchange now: the
+    # artifact's name is never renamed away.
+    renamed: list[str] = []
+    rename = Path.rename
+
+    def watched(self: Path, target: Any) -> Any:
+        renamed.append(self.name)
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", watched)
     _write(tmp_path / "art", n=12)
+    assert ("art" in renamed) is not exchanges  # two renames only where it cannot exchange
     assert Artifact.load(tmp_path / "art").manifest["counts"]["items"] == 12
     assert [p.name for p in tmp_path.iterdir()] == ["art"]
 
