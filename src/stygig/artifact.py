@@ -884,6 +884,21 @@ class Artifact:
             )
         if len(rows) != len(embeddings):
             raise ArtifactError(f"artifact: {len(rows)} items but {len(embeddings)} embeddings")
+        # What a photo's vector will be: the encoder's width, or the whitening's (review,
+        # session 51: a manifest without its whitening loaded, then every photo query failed).
+        encoder_dim = manifest.get("encoder", {}).get("dim")
+        width = whitening.projection.shape[1] if whitening is not None else encoder_dim
+        if whitening is not None and encoder_dim is not None and len(whitening.mean) != encoder_dim:
+            raise ArtifactError(
+                f"artifact cannot be read: 'whitening.npz' reads {len(whitening.mean)}-d vectors, "
+                f"the encoder's are {encoder_dim}-d"
+            )
+        if width is not None and width != embeddings.shape[1]:
+            raise ArtifactError(
+                f"artifact cannot be read: a photo's vector is {width}-d "
+                f"({'whitened' if whitening is not None else 'the encoder'}'s), the catalogue's "
+                f"rows are {embeddings.shape[1]}-d"
+            )
         if compat is not None and compat.input_dim != embeddings.shape[1]:
             raise ArtifactError(
                 f"artifact cannot be read: {COMPAT_FILE!r} reads {compat.input_dim}-d embeddings, "

@@ -573,3 +573,15 @@ def test_a_manifest_part_of_the_wrong_kind_is_refused_at_load(
     edit(manifest)
     _save(path, manifest)
     assert said in _refused(path, "artifact_bad_manifest")
+
+
+def test_rows_of_another_width_than_a_photos_vector_are_refused_at_load(tmp_path: Path) -> None:
+    """Review (session 51): a manifest whose whitening entry was dropped (or whose encoder
+    width was edited) loaded, then every photo query failed on the widths."""
+    path = _write(tmp_path / "a")
+    manifest = _manifest(path)
+    manifest["encoder"]["dim"] = 16
+    _save(path, manifest)
+    assert "a photo's vector is 16-d (the encoder's), the catalogue's rows are 8-d" in _refused(
+        path, "artifact_error"
+    )
