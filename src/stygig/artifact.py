@@ -72,6 +72,7 @@ from stygig.index import (
     is_exhaustive,
     load_index,
 )
+from stygig.npzfile import npy_header
 from stygig.rowfile import FileRows
 from stygig.storage import new_file_mode, new_temp_file
 from stygig.thumbnails import write_thumbnails
@@ -792,14 +793,7 @@ def check_npy(path: Path) -> None:
     (a 2-D float array): truncated, padded, or claiming more rows than it holds. Reads the
     header only."""
     with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        read = (
-            np.lib.format.read_array_header_1_0
-            if version == (1, 0)
-            else np.lib.format.read_array_header_2_0
-        )
-        shape, _, dtype = read(f)
-        offset = f.tell()
+        shape, dtype, offset = npy_header(f)
         size = os.fstat(f.fileno()).st_size
     if len(shape) != 2 or dtype.kind != "f":
         raise ArtifactError(f"artifact: {path.name} is not a 2-D float array ({dtype}, {shape})")

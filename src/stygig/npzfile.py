@@ -21,7 +21,7 @@ from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["load_npz"]
+__all__ = ["load_npz", "npy_header"]
 
 
 @contextmanager
@@ -42,6 +42,18 @@ def load_npz(source: str | Path | bytes) -> Iterator[Any]:
             yield data
 
 
+def npy_header(handle: IO[bytes]) -> tuple[tuple[int, ...], np.dtype[Any], int]:
+    """A ``.npy`` stream's shape, dtype and header length, read from its header alone."""
+    version = np.lib.format.read_magic(handle)
+    read = (
+        np.lib.format.read_array_header_1_0
+        if version == (1, 0)
+        else np.lib.format.read_array_header_2_0
+    )
+    shape, _, dtype = read(handle)
+    return tuple(shape), dtype, handle.tell()
+
+
 def _check(handle: IO[bytes]) -> None:
     try:
         archive = zipfile.ZipFile(handle)
@@ -57,16 +69,9 @@ def _check(handle: IO[bytes]) -> None:
                 )
             with archive.open(info) as member:
                 try:
-                    version = np.lib.format.read_magic(member)
-                    read = (
-                        np.lib.format.read_array_header_1_0
-                        if version == (1, 0)
-                        else np.lib.format.read_array_header_2_0
-                    )
-                    shape, _, dtype = read(member)
+                    shape, dtype, header = npy_header(member)
                 except (ValueError, SyntaxError, tokenize.TokenError) as e:
                     raise ValueError(f"member {name[:60]!r} is not a .npy array ({e})") from None
-                header = member.tell()
             if dtype.hasobject:
                 raise ValueError(f"member {name[:60]!r} holds Python objects")
             data = int(np.prod(shape, dtype=object)) * dtype.itemsize
