@@ -8,8 +8,6 @@ import argparse
 import math
 from collections.abc import Callable
 
-from stygig.recommendation import MAX_SEED
-
 __all__ = ["count", "encoder_device", "port", "positive", "real", "seed"]
 
 
@@ -36,10 +34,12 @@ def count(text: str) -> int:
 
 
 def seed(text: str) -> int:
-    """A seed, 0 to :data:`~stygig.recommendation.MAX_SEED`, what a request's ``seed`` takes and
-    within every generator a seed reaches (NumPy's, torch's) (review, session 51: ``--seed=-1`` was a NumPy traceback
-    after the evaluation's build, 2**64 torch's, and a 250-digit one a run folder's name too
-    long for the disk)."""
+    """A seed, 0 to :data:`~stygig.recommendation.MAX_SEED`: what a request's ``seed`` takes,
+    within every generator a seed reaches (NumPy's, torch's). Review, session 51:
+    ``--seed=-1`` was a NumPy traceback after the evaluation's build, 2**64 torch's, and a
+    250-digit seed a run folder's name too long for the disk."""
+    from stygig.recommendation import MAX_SEED  # here: `stygig --help` does not load pydantic
+
     value = _at_least(text, 0)
     if value > MAX_SEED:
         raise argparse.ArgumentTypeError(

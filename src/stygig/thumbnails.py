@@ -114,33 +114,25 @@ class ItemImages:
         self.root = Path(root)
         self.originals = dict(originals or {})
         self.cache_size = cache_size
-        self._offsets: dict[str, tuple[int, int]] | None = None
-        self._fd: int | None = None  # the thumbnails file, open from the moment it is indexed
-        self._made: OrderedDict[str, bytes] = OrderedDict()
+        self._made: OrderedDict[str, bytes] = OrderedDict()  # made on the fly (_lock)
         self._lock = threading.Lock()
-        # The index and the open file are taken together now: a folder replaced in place later
-        # (a rebuild, a compaction into the served folder) does not mix this version's offsets
-        # with the next version's bytes (review, session 51: an item's picture was a slice of
-        # another's, served as a JPEG, until the server reloaded).
-        self._index()
+        # The index and the open file are taken together, now: a folder replaced in place
+        # later (a rebuild, a compaction into the served folder) does not mix this version's
+        # offsets with the next version's bytes (review, session 51: an item's picture was a
+        # slice of another's, served as a JPEG, until the server reloaded).
+        self._offsets, self._fd = _open_store(self.root)
+        if self._fd is not None:
+            weakref.finalize(self, os.close, self._fd)
 
     @property
     def stored(self) -> bool:
         """Whether the artifact carries build-time thumbnails."""
-        return bool(self._index())
-
-    def _index(self) -> dict[str, tuple[int, int]]:
-        with self._lock:
-            if self._offsets is None:
-                self._offsets, self._fd = _open_store(self.root)
-                if self._fd is not None:
-                    weakref.finalize(self, os.close, self._fd)
-            return self._offsets
+        return bool(self._offsets)
 
     def get(self, item_id: str) -> bytes | None:
         """The JPEG for ``item_id``, or ``None`` when the shop has no picture of it."""
-        span = self._index().get(item_id)
-        if span is not None and self._fd is not None:
+        span = self._offsets.get(item_id)
+        if span is not None and self._fd is not None:  # spans come with their open file
             offset, length = span
             data = os.pread(self._fd, length, offset)  # within the file: checked when opened
             if len(data) != length:

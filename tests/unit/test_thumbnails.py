@@ -151,3 +151,22 @@ def test_a_folder_replaced_in_place_keeps_serving_the_pictures_it_was_opened_wit
     fresh.rename(served)
     assert images.get("x") == b"A" * 30 and images.get("y") == b"B" * 20
     assert ItemImages(served).get("y") == b"D" * 50
+
+
+def test_a_shelf_keeps_its_thumbnails_only_while_they_are_its_versions(
+    sample: tuple[Path, Path],
+) -> None:
+    """A change keeps the artifact version, so its thumbnails; a version reloaded into the
+    same folder (another thumbnails checksum) opens its own, not the old version's files."""
+    from dataclasses import replace
+
+    from stygig.engine import Recommender
+    from stygig.serving.catalog_api import _Shelf
+
+    rec = Recommender.from_path(sample[1])
+    first = _Shelf.of(rec, rec.snapshot, None)
+    assert first.images.stored
+    assert _Shelf.of(rec, rec.snapshot, first).images is first.images
+    older = replace(first, etag_seed="another version's thumbnails")
+    fresh = _Shelf.of(rec, rec.snapshot, older)
+    assert fresh.images is not first.images and fresh.images.root == first.images.root

@@ -184,19 +184,20 @@ class Item:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Item:
-        """Inverse of :meth:`to_dict`; a field of another type is a :class:`TypeError` or
-        :class:`ValueError` naming it, never taken as it is (review, session 51: a list as a
-        gender, a NaN colour or ``"available": "false"`` loaded, then failed or misled every
-        request naming the item)."""
+        """Inverse of :meth:`to_dict`; a field of another type is a :class:`ValueError` naming
+        it, never taken as it is (review, session 51: a list as a gender or ``"available":
+        "false"`` loaded, then failed or misled every request naming the item). ValueError
+        alone: a change-log record holding such an item is skipped on replay like any record
+        that no longer reads (:func:`stygig.catalog.changes.change_from_record`)."""
         if not isinstance(data, dict):
-            raise TypeError("an item is not a JSON object")
+            raise ValueError("an item is not a JSON object")
 
         def text(name: str, required: bool = False) -> str | None:
             value = data.get(name)
             if value is None and not required:
                 return None
             if not isinstance(value, str):
-                raise TypeError(f"item field {name!r} is not text")
+                raise ValueError(f"item field {name!r} is not text")
             return value
 
         price, stock = data.get("price"), data.get("stock")
@@ -215,10 +216,10 @@ class Item:
         if not isinstance(attributes, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in attributes.items()
         ):
-            raise TypeError("item field 'attributes' is not a mapping of text to text")
+            raise ValueError("item field 'attributes' is not a mapping of text to text")
         available = data.get("available", True)
         if not isinstance(available, bool):
-            raise TypeError("item field 'available' is not true or false")
+            raise ValueError("item field 'available' is not true or false")
         return cls(
             id=str(text("id", True)),
             image=str(text("image", True)),

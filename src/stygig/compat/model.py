@@ -558,9 +558,8 @@ class CompatModel:
             raise ValueError("compatibility model: its style table")
         for table in (self.cooccurrence, self.group_cooccurrence):
             _check_table(table)
-        for ids in (self.attr_ids, self.id_ids, self.style_ids):
-            if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
-                raise ValueError("compatibility model: an id table that is not sorted")
+        if not all(_ascending(ids) for ids in (self.attr_ids, self.id_ids, self.style_ids)):
+            raise ValueError("compatibility model: an id table that is not sorted")
         if self.attr_codes.size and (
             self.attr_codes.dtype.kind not in "iu" or int(self.attr_codes.min()) < -1
         ):
@@ -578,17 +577,22 @@ def _check_table(table: Cooccurrence) -> None:
     silently lost its term; negative counts made NaN scores)."""
     ids, keys, counts = table.item_ids, table.keys, table.counts
     k = len(ids)
-    if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
+    if not _ascending(ids):
         raise ValueError("compatibility model: a co-occurrence table's ids are not sorted")
     if keys.size and (
         keys.dtype.kind not in "iu"
         or counts.dtype.kind != "f"
-        or not (keys[1:] > keys[:-1]).all()
+        or not _ascending(keys)
         or int(keys[0]) < 0
         or int(keys[-1]) >= k * k
         or not (counts >= 1).all()
     ):
         raise ValueError("compatibility model: a co-occurrence table's keys or counts")
+
+
+def _ascending(values: np.ndarray) -> bool:
+    """Strictly ascending (what the tables' binary searches need), or shorter than 2."""
+    return len(values) < 2 or bool((values[1:] > values[:-1]).all())
 
 
 def _shape(array: np.ndarray, ndim: int) -> tuple[int, ...]:

@@ -260,16 +260,20 @@ class _Shelf:
         }
 
     @classmethod
-    def of(cls, rec: Recommender, snap: CatalogSnapshot, images: ItemImages | None) -> _Shelf:
+    def of(cls, rec: Recommender, snap: CatalogSnapshot, previous: _Shelf | None) -> _Shelf:
+        """The shelf of ``snap``; ``previous``'s thumbnails are kept while they are this
+        artifact version's (a change keeps them; a version reloaded into the same folder does
+        not: they are read from the files opened with the version they belong to)."""
         artifact = snap.artifact
         files = artifact.manifest.get("files", {})
         seed = str(
             files.get("thumbnails.bin", {}).get("sha256") or artifact.manifest.get("created_at")
         )
-        if images is None or images.root != artifact.path:
-            originals = {item.id: item.image for item in artifact.items}
-            images = ItemImages(artifact.path, originals)
-        return cls(rec, snap, images, seed)
+        same = previous is not None and previous.images.root == artifact.path
+        if same and previous is not None and previous.etag_seed == seed:
+            return cls(rec, snap, previous.images, seed)
+        originals = {item.id: item.image for item in artifact.items}
+        return cls(rec, snap, ItemImages(artifact.path, originals), seed)
 
     def image(self, item_id: str) -> bytes | None:
         """The item's thumbnail: a changed item's from the change log, else the artifact's."""
@@ -418,8 +422,7 @@ def make_catalog_router(service: ModelService) -> APIRouter:
         if building and building[0][0] is snap:
             build = building[0][1]
         else:
-            images = found.images if found is not None else None
-            build = asyncio.ensure_future(service.run(_Shelf.of, rec, snap, images))
+            build = asyncio.ensure_future(service.run(_Shelf.of, rec, snap, found))
             building[:] = [(snap, build)]
 
             def done(task: asyncio.Future[_Shelf]) -> None:
