@@ -496,6 +496,54 @@ def read_faiss(file: Path, what: str = "FAISS index") -> Any:
         ) from None
 
 
+def check_row_ids(index: Any, name: str) -> None:
+    """Refuse an IVF index whose lists do not hold each of its rows once.
+
+    FAISS reads the lists' ids as written: an id past the table failed each search that probed
+    its list (an IndexError, a 500 per request), and an id held twice answered one item twice.
+    So every list's ids must be the rows ``0 .. ntotal - 1``, each once. Linear in the rows:
+    about 5 ms a million ids at 1,024 lists, 17 ms at 4,096 (views of FAISS's arrays). An HNSW
+    graph needs nothing here: FAISS (1.15, the floor in pyproject.toml) checks its links,
+    offsets and levels as it reads it (``test_an_hnsw_graph_outside_its_rows_is_refused_at_load``).
+
+    Raises:
+        ArtifactError: naming the index file and what does not hold.
+    """
+    import faiss
+
+    n = int(index.ntotal)
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:  # not an IVF index
+        ivf = None
+    if ivf is not None:
+        _check_list_ids(ivf, n, name)
+
+
+def _check_list_ids(ivf: Any, n: int, name: str) -> None:
+    import faiss
+
+    lists, seen, total = ivf.invlists, np.zeros(n, bool), 0
+    for list_no in range(int(ivf.nlist)):
+        size = int(lists.list_size(list_no))
+        if not size:
+            continue
+        total += size
+        if total > n:
+            raise ArtifactError(f"index {name}: its lists hold more ids than its {n} rows")
+        pointer = lists.get_ids(list_no)
+        try:
+            ids = faiss.rev_swig_ptr(pointer, size)
+            if int(ids.min()) < 0 or int(ids.max()) >= n:
+                raise ArtifactError(f"index {name}: a list holds a row id outside 0..{n - 1}")
+            seen[ids] = True
+        finally:
+            lists.release_ids(list_no, pointer)
+    # n ids in all that reach every row: each row once (an id held twice leaves one unseen).
+    if total != n or not seen.all():
+        raise ArtifactError(f"index {name}: its lists do not hold each of its {n} rows once")
+
+
 def _load_faiss(
     file: Path, kind: str, n: int, params: dict[str, Any] | None, dim: int
 ) -> FaissIndex:
@@ -504,6 +552,7 @@ def _load_faiss(
         raise ArtifactError(
             f"index {file.name} holds {index.ntotal} vectors but the item table has {n}"
         )
+    check_row_ids(index, file.name)
     loaded = FaissIndex(index, kind, dict(params or {}))
     _check_dim(loaded, file.name, dim)
     return loaded

@@ -41,6 +41,7 @@ from stygig.index import (
     _check_queries,
     _pad,
     _Tombstones,
+    check_row_ids,
     read_faiss,
 )
 from stygig.rowfile import pread_rows
@@ -654,6 +655,7 @@ class PQIndex(_Tombstones):
         codes = read_faiss(file, "IVF-PQ index")
         if codes.ntotal != n:
             raise ArtifactError(f"IVF-PQ index {name} holds {codes.ntotal} rows, not {n}")
+        check_row_ids(codes, name)
         params = dict(params or {})
         return cls([_load_segment(codes, path / vectors_file(name), params)], None, params)
 

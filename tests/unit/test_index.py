@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -298,3 +299,86 @@ def test_an_index_of_another_dimension_than_the_embeddings_is_refused(tmp_path: 
     (tmp_path / "part" / "index.faiss").replace(tmp_path / "split" / "index-part1.faiss")
     with pytest.raises(ArtifactError, match=r"index-part1\.faiss holds 32-d vectors"):
         load_index(tmp_path / "split", split.kind, x, split.params())
+
+
+def _tampered_ivf(tmp_path: Path, kind: str, change: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """An IVF index saved, one list's ids changed in place, written again (FAISS reads ids as
+    written: the artifact's checksums would be re-signed by whoever tampered)."""
+    import faiss
+
+    x = _clustered(600, 16)
+    params = {"nlist": 8, "nprobe": 8} if kind == "ivf" else {}
+    idx = build_index(x, kind, **params)
+    codes = idx.index if kind == "ivf" else idx.segments[0].codes
+    lists = faiss.extract_index_ivf(codes).invlists
+    nlist = int(faiss.extract_index_ivf(codes).nlist)
+    first, second = [n for n in range(nlist) if lists.list_size(n)][:2]
+    ids = faiss.rev_swig_ptr(lists.get_ids(first), lists.list_size(first))  # a writable view
+    if change == "outside":
+        ids[0] = len(x) + 5
+    elif change == "negative":
+        ids[0] = -3
+    elif change == "twice":  # one row held twice, another row never
+        ids[0] = faiss.rev_swig_ptr(lists.get_ids(second), lists.list_size(second))[0]
+    idx.save(tmp_path)
+    return x, idx.params()
+
+
+@pytest.mark.parametrize("kind", ["ivf", "ivfpq"])
+@pytest.mark.parametrize("change", ["outside", "negative", "twice"])
+def test_an_ivf_list_naming_rows_it_does_not_hold_once_is_refused_at_load(
+    tmp_path: Path, kind: str, change: str
+) -> None:
+    """Review (session 51): an id past the table made every search probing its list an
+    IndexError (a 500 per request), and an id held twice answered one item twice."""
+    x, params = _tampered_ivf(tmp_path, kind, change)
+    with pytest.raises(ArtifactError, match=r"index index\.faiss: (a list|its lists)") as err:
+        load_index(tmp_path, kind, x, params)
+    assert str(tmp_path) not in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["ivf", "ivfpq", "hnsw"])
+def test_untampered_indexes_load_and_answer(tmp_path: Path, kind: str) -> None:
+    x = _clustered(600, 16)
+    idx = build_index(x, kind, **({"nlist": 8, "nprobe": 8} if kind == "ivf" else {}))
+    idx.save(tmp_path)
+    loaded = load_index(tmp_path, kind, x, idx.params())
+    assert (loaded.search(x[:3], 5)[1][:, 0] == [0, 1, 2]).all()
+
+
+def _edit_graph(hnsw: Any, change: str, n: int) -> None:
+    import faiss
+
+    links = faiss.rev_swig_ptr(hnsw.neighbors.data(), hnsw.neighbors.size())
+    offsets = faiss.rev_swig_ptr(hnsw.offsets.data(), hnsw.offsets.size())
+    levels = faiss.rev_swig_ptr(hnsw.levels.data(), hnsw.levels.size())
+    if change == "link":
+        links[3] = n + 100
+    elif change == "link_negative":
+        links[3] = -7
+    elif change == "offset":
+        offsets[n // 2] += 1
+    elif change == "offset_end":
+        offsets[-1] += 1_000_000
+    elif change == "level":
+        levels[5] = 40
+    elif change == "entry":
+        hnsw.entry_point = n + 1
+    elif change == "top":
+        hnsw.max_level = 9
+
+
+@pytest.mark.parametrize(
+    "change", ["link", "link_negative", "offset", "offset_end", "level", "entry", "top"]
+)
+def test_an_hnsw_graph_outside_its_rows_is_refused_at_load(tmp_path: Path, change: str) -> None:
+    """An HNSW graph's links and offsets are followed in C++: one past its arrays would be read
+    outside them. FAISS's reader checks them (this guards the FAISS floor, pyproject.toml)."""
+    import faiss
+
+    x = _clustered(600, 16)
+    idx = build_index(x, "hnsw")
+    _edit_graph(idx.index.hnsw, change, len(x))
+    faiss.write_index(idx.index, str(tmp_path / "index.faiss"))
+    with pytest.raises(ArtifactError, match=r"cannot read FAISS index index\.faiss"):
+        load_index(tmp_path, "hnsw", x, idx.params())
