@@ -62,7 +62,7 @@ from stygig.catalog import Item, Reject, Taxonomy, count_by_reason
 from stygig.catalog.schema import shown
 from stygig.category_head import CategoryHead, load_artifact_heads
 from stygig.compat.model import COMPAT_FILE, CompatModel
-from stygig.errors import ArtifactError, StygigError
+from stygig.errors import ArtifactError, ConfigError, StygigError
 from stygig.familiarity import nearest_profile
 from stygig.index import (
     PartitionedIndex,
@@ -102,6 +102,9 @@ FORMAT_VERSION = 4
 _UNSPLIT_FORMAT = 2  # what an artifact without a split index is written as
 _SPLIT_FORMAT = 3
 MANIFEST = "manifest.json"
+#: The largest manifest read (a real one is a few kB; one file entry is about 150 bytes): its
+#: JSON is parsed whole, and 64 MB of ``[0,0,...]`` is a gigabyte of Python objects.
+MANIFEST_MAX_BYTES = 4 << 20
 ONNX_FILE = "encoder.onnx"  # an ONNX encoder's graph when the manifest names no other file
 _BAD_MANIFEST = "artifact_bad_manifest"
 _REBUILD = "rebuild the artifact or restore it from its package"
@@ -443,12 +446,18 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         )
     if not file.is_file():
         raise ArtifactError(f"{root} is not a StyGig artifact: {MANIFEST} not found")
-    return parse_manifest(file.read_bytes())
+    with file.open("rb") as handle:
+        raw = handle.read(MANIFEST_MAX_BYTES + 1)
+    return parse_manifest(raw)
 
 
 def parse_manifest(raw: bytes) -> dict[str, Any]:
     """A manifest's bytes as the checked manifest (JSON object, a format version this stygig
     reads): :func:`read_manifest`'s checks, also for a manifest read from an archive."""
+    if len(raw) > MANIFEST_MAX_BYTES:
+        raise ArtifactError(
+            f"artifact: {MANIFEST} is over {MANIFEST_MAX_BYTES >> 20} MiB", code=_BAD_MANIFEST
+        )
     try:
         manifest: Any = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, too deep, huge numbers
@@ -761,6 +770,8 @@ def _reading(name: str) -> Iterator[None]:
     header that claims petabytes), never a traceback."""
     try:
         yield
+    except ConfigError as e:  # a tampered taxonomy.yaml is the artifact's fault: exit 4, not 3
+        raise ArtifactError(f"artifact cannot be read: {name!r}: {e.message}"[:500]) from e
     except StygigError:
         raise
     except OSError as e:

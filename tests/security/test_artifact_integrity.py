@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stygig.artifact import Artifact, file_sha256
+from stygig.artifact import MANIFEST_MAX_BYTES, Artifact, file_sha256, read_manifest
 from stygig.build import build_artifact
 from stygig.encoders.onnx import ONNX_INPUT, ONNX_OUTPUT, OnnxEncoder
 from stygig.encoders.tiny import TINY_SPEC
 from stygig.engine import Recommender
-from stygig.errors import ArtifactError, ConfigError, StygigError
+from stygig.errors import ArtifactError, StygigError
 from tests.integration.server_fixtures import free_port, start_process, wait_ready
 
 #: Seconds ``stygig serve`` may take to refuse the artifact and exit, or to start serving it
@@ -289,6 +289,9 @@ RESIGNED = {
         p, index={**_manifest(p)["index"], "dim": 2 * _manifest(p)["index"]["dim"]}
     ),
     "taxonomy_slot_is_a_mapping": _alias_taxonomy,
+    "taxonomy_category_of_an_unknown_slot": lambda p: (p / "taxonomy.yaml").write_text(
+        "slots: {top: {label: top}}\ncategories: {top: nowhere}\n"
+    ),
 }
 
 
@@ -304,13 +307,28 @@ def test_a_tampered_file_with_fresh_checksums_is_a_clear_error(
     _resign(path)
     with pytest.raises(StygigError) as caught:
         Artifact.load(path)
-    assert caught.value.exit_code in (ArtifactError.exit_code, ConfigError.exit_code)
+    assert caught.value.exit_code == ArtifactError.exit_code  # a bad taxonomy was 3 (config)
     assert str(tmp_path) not in caught.value.message
     assert ".cpp" not in caught.value.message  # never FAISS's C++ text
     if case == "one_id_on_two_rows":
         assert caught.value.message.endswith("on rows 1 and 2")
     if case.startswith("index_claims"):
         assert "index.faiss claims more than the file holds" in caught.value.message
+
+
+def test_a_manifest_over_its_bound_is_refused_before_it_is_parsed(
+    sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A manifest was read and parsed whole: 64 MB of ``[0,0,...]`` is a gigabyte of objects.
+    Now at most 4 MiB is read (a real manifest is a few kB), in a folder or in an archive."""
+    path = _copy(sample[1], tmp_path)
+    padding = "[" + "0," * (MANIFEST_MAX_BYTES // 2) + "0]"
+    text = json.dumps({**_manifest(path), "padding": []}).replace("[]", padding, 1)
+    (path / "manifest.json").write_text(text)
+    assert (path / "manifest.json").stat().st_size > MANIFEST_MAX_BYTES
+    _refused(path, "artifact_bad_manifest")
+    with pytest.raises(ArtifactError, match="over 4 MiB"):
+        read_manifest(path)
 
 
 def test_a_format_version_of_5000_digits_is_a_clear_error(

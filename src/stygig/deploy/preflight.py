@@ -47,7 +47,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from stygig.artifact import check_file_entries, check_names, parse_manifest, verify_onnx
+from stygig.artifact import (
+    MANIFEST_MAX_BYTES,
+    check_file_entries,
+    check_names,
+    parse_manifest,
+    verify_onnx,
+)
 from stygig.errors import (
     ArtifactError,
     ConfigError,
@@ -78,7 +84,6 @@ _ECR_IMAGE = re.compile(
 )
 _ROLE_ARN = re.compile(r"arn:aws(?:-cn|-us-gov)?:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
 _MANIFEST = "manifest.json"
-_MANIFEST_MAX = 64 * 1024 * 1024
 _CHUNK = 1 << 20
 
 
@@ -209,7 +214,7 @@ def verify_stream(
                 handle = tar.extractfile(member)
                 assert handle is not None  # a regular file
                 if name == _MANIFEST:
-                    if member.size > _MANIFEST_MAX:
+                    if member.size > MANIFEST_MAX_BYTES:
                         raise _bad(where, "has an oversized manifest.json")
                     raw_manifest = handle.read()
                     seen[name] = (len(raw_manifest), hashlib.sha256(raw_manifest).hexdigest())
