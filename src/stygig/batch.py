@@ -25,7 +25,9 @@ input size.
 
 Resume: the output itself says what is done. A JSONL file is scanned (a torn last line is cut
 off) and finished indexes are skipped; parts of a prefix cover fixed index ranges and are written
-whole (atomic puts), so an existing part is done and a missing one is redone. A sidecar
+whole (atomic puts), so an existing part is done and a missing one is redone. A Parquet output's
+staged parts are also closed once open :data:`PART_SECONDS` (``$STYGIG_BATCH_PART_SECONDS``), so
+a killed run loses at most that long's work, not up to ``part_size - 1`` records. A sidecar
 ``<DST>.batch.json`` (``_batch.json`` inside a prefix) records the run's arguments, so a rerun
 with other arguments is refused instead of mixing two runs. A run into a local output holds its
 :class:`RunLock`, so a second run of it at once is refused instead of writing every record twice.
@@ -55,13 +57,15 @@ from stygig import storage
 from stygig.catalog import Item, Reject, read_catalog
 from stygig.catalog.schema import SURROGATE
 from stygig.engine import Options, Query, Recommender
-from stygig.errors import BatchError, InputError, InvalidOptionsError, StygigError
+from stygig.errors import BatchError, ConfigError, InputError, InvalidOptionsError, StygigError
 from stygig.features import fetch_photo
 from stygig.pipeline import PreparedQuery
 from stygig.recommendation import check_json_values
 from stygig.unique_keys import key_name, unique_object
 
 __all__ = [
+    "PART_SECONDS",
+    "PART_SECONDS_ENV",
     "BatchInput",
     "BatchSummary",
     "RunInProgressError",
@@ -79,6 +83,29 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 #: The most inputs one part file may cover (``part_size`` is 1,000 by default).
 MAX_PART_SIZE = 1_000_000
 _LOOKAHEAD = 3  # groups decoding ahead of the encoder
+#: How long a Parquet run's staged part stays open at most (seconds) before it is written, full
+#: or not: a killed run redoes at most this long's records. A fast run fills its parts sooner,
+#: so it writes no more files; a slow one writes at most one a period.
+PART_SECONDS = 20.0
+#: The environment variable an operator sets that period with (seconds, more than 0).
+PART_SECONDS_ENV = "STYGIG_BATCH_PART_SECONDS"
+#: The clock parts are timed with (a test's own in its place).
+_now = time.monotonic
+
+
+def part_seconds_from_env() -> float:
+    """``$STYGIG_BATCH_PART_SECONDS``, else :data:`PART_SECONDS` (:class:`ConfigError` when
+    it is not a number of seconds above 0: a mistyped bound is said, never replaced)."""
+    text = os.environ.get(PART_SECONDS_ENV, "").strip()
+    if not text:
+        return PART_SECONDS
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(f"{PART_SECONDS_ENV} must be a number of seconds above 0")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -502,21 +529,38 @@ class JsonlSink:
 
 
 class PartsSink:
-    """JSONL parts under a prefix (local folder or ``s3://``), each covering a fixed range.
+    """JSONL parts under a prefix (local folder or ``s3://``), each within a fixed range.
 
     Part ``part-<start>-<end>.jsonl`` holds the records of indexes ``start <= i < end``; a part
-    is written whole, so it exists completely or not at all.
+    is written whole, so it exists completely or not at all. Without ``part_seconds`` a part
+    covers its whole range of ``part_size`` indexes (an ``s3://`` prefix's). With it (a Parquet
+    run's staging) a part is also written once it has been open ``part_seconds`` (timed at each
+    write, by :data:`_now`), and when the run stops, so a range may be covered by several parts
+    one after the other: each starts where the range's last one ended, never overlapping it.
     """
 
-    def __init__(self, prefix: str, part_size: int = 1000) -> None:
+    def __init__(
+        self, prefix: str, part_size: int = 1000, *, part_seconds: float | None = None
+    ) -> None:
         if not 0 < part_size <= MAX_PART_SIZE:
             raise InvalidOptionsError(f"part_size must be 1 to {MAX_PART_SIZE:,}")
+        if part_seconds is not None and not 0 < part_seconds < float("inf"):
+            raise InvalidOptionsError("part_seconds must be above 0")
         self.location = prefix
         self.part_size = part_size
+        self.part_seconds = part_seconds
         self._done: set[int] = set()
         self._buffer: list[tuple[int, str]] = []
+        self._opened = 0.0  # when the buffered part was begun (by _now)
+        # Per range (its first index), where its parts written so far end.
+        self._ends: dict[int, int] = {}
         for _, span in own_parts(prefix):
             self._done.update(span)
+            self._covered(span)
+
+    def _covered(self, span: range) -> None:
+        base = span.start // self.part_size * self.part_size
+        self._ends[base] = max(self._ends.get(base, base), span.stop)
 
     def done(self) -> set[int]:
         """Indexes covered by existing parts."""
@@ -525,33 +569,61 @@ class PartsSink:
     def _flush(self) -> None:
         if not self._buffer:
             return
-        start = self._buffer[0][0] // self.part_size * self.part_size
+        first = self._buffer[0][0]
+        base = first // self.part_size * self.part_size
+        # From where the range's last part ended (the indexes between are no inputs), else
+        # from the range's start, as a whole range's part always was.
+        start = self._ends.get(base, base)
+        start = start if start <= first else base
         end = self._buffer[-1][0] + 1
         body = b"".join(line.encode() + b"\n" for _, line in self._buffer)
         storage.write_bytes(storage.join(self.location, f"part-{start:09d}-{end:09d}.jsonl"), body)
+        self._covered(range(start, end))
         self._buffer = []
 
     def write(self, records: Sequence[tuple[int, str]]) -> None:
-        """Buffer records; a part is written once its index range is over."""
+        """Buffer records; a part is written once its index range is over, or (with
+        ``part_seconds``) once it has been open that long."""
+        now = _now()
         for index, line in records:
             if self._buffer and index // self.part_size != self._buffer[0][0] // self.part_size:
                 self._flush()
+            if not self._buffer:
+                self._opened = now
             self._buffer.append((index, line))
+        seconds = self.part_seconds
+        if seconds is not None and self._buffer and now - self._opened >= seconds:
+            self._flush()
 
     def close(self, complete: bool) -> None:
-        """Write the last part only when the run completed (a partial part would be wrong)."""
+        """Write the last part when the run completed. When it stopped short, too if parts
+        may end anywhere in their range (``part_seconds``): its records are finished work, kept
+        as far as storage lets (a failure here is logged, never hiding why the run stopped)."""
         if complete:
             self._flush()
+        elif self.part_seconds is not None:
+            try:
+                self._flush()
+            except (StygigError, OSError) as e:
+                log.warning("the records of the last part were not kept (%s): redone on resume", e)
 
 
 class ParquetSink:
-    """A Parquet file, staged as JSONL parts beside it and converted once the run completes."""
+    """A Parquet file, staged as JSONL parts beside it and converted once the run completes.
 
-    def __init__(self, path: Path, part_size: int = 1000) -> None:
+    A staged part is written once ``part_size`` records' range is over or it has been open
+    ``part_seconds`` (``None``: :func:`part_seconds_from_env`), whichever comes first, so a
+    killed run loses at most that long's records (the Parquet file is written at the end).
+    """
+
+    def __init__(
+        self, path: Path, part_size: int = 1000, *, part_seconds: float | None = None
+    ) -> None:
         self.location = str(path)
         self.path = path
         self.staging = path.with_name(path.name + ".parts")
-        self.parts = PartsSink(str(self.staging), part_size)
+        seconds = part_seconds_from_env() if part_seconds is None else part_seconds
+        self.parts = PartsSink(str(self.staging), part_size, part_seconds=seconds)
 
     def done(self) -> set[int]:
         """Indexes in the staged parts."""
@@ -562,7 +634,8 @@ class ParquetSink:
         self.parts.write(records)
 
     def close(self, complete: bool) -> None:
-        """On completion: parts -> one Parquet file (one row group per part), staging removed."""
+        """On completion: parts -> one Parquet file (row groups of ``part_size`` rows or
+        more, however the parts were cut), staging removed."""
         self.parts.close(complete)
         if not complete:
             return
@@ -584,10 +657,10 @@ class ParquetSink:
             ]
         )
         tmp = self.path.with_name(f".{self.path.name}.tmp")
+        columns: dict[str, list[Any]] = {name: [] for name in schema.names}
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
             for key, _ in own_parts(str(self.staging)):
                 rows = [json.loads(line) for line in storage.read_bytes(key).splitlines()]
-                columns: dict[str, list[Any]] = {name: [] for name in schema.names}
                 for r in rows:
                     rec = r.get("recommendation")
                     err = r.get("error") or {}
@@ -602,6 +675,10 @@ class ParquetSink:
                     columns["error_code"].append(_text(err.get("code")))
                     columns["error_message"].append(_text(err.get("message")))
                     columns["recommendation"].append(json.dumps(rec) if rec else None)
+                if len(columns["index"]) >= self.parts.part_size:
+                    writer.write_table(pa.table(columns, schema=schema))
+                    columns = {name: [] for name in schema.names}
+            if columns["index"]:
                 writer.write_table(pa.table(columns, schema=schema))
         os.replace(tmp, self.path)
         shutil.rmtree(self.staging, ignore_errors=True)

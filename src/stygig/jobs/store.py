@@ -57,6 +57,7 @@ from stygig.errors import (
     InvalidOptionsError,
     NotFoundError,
     OverloadedError,
+    StorageError,
     StygigError,
 )
 
@@ -77,6 +78,7 @@ __all__ = [
     "JobSpec",
     "JobState",
     "JobStore",
+    "JobStoreDamagedError",
     "JobView",
     "QueueLimits",
     "Status",
@@ -513,6 +515,39 @@ def delete_own_document(where: str | None, job_id: str, token: str | None) -> No
             log.warning("job %s: its document could not be deleted", job_id, exc_info=True)
 
 
+class JobStoreDamagedError(StorageError):
+    """The job store's file is damaged: SQLite finds it malformed (a damaged page in the file
+    or in a WAL whose frames are otherwise valid), not merely out of reach. Refused when the
+    store is opened (exit 6, naming the file); found later, it is logged once and every call
+    after it is refused with this (503 ``job_store_damaged``, which never names the file)."""
+
+    http_status = 503
+    code = "job_store_damaged"
+
+
+#: What a client is told while the store is damaged (never the file's path: the log has it).
+_DAMAGED = "the job store is damaged and cannot be used until the server's operator restores it"
+#: SQLite's primary result codes for a file that is damaged (SQLITE_CORRUPT, SQLITE_NOTADB).
+_DAMAGE_CODES = (11, 26)
+
+
+def _is_damage(error: sqlite3.Error) -> bool:
+    """Whether SQLite says the file itself is damaged (malformed, not a database), as opposed
+    to out of reach now (locked, a full disk, an I/O error: :class:`sqlite3.OperationalError`)."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in _DAMAGE_CODES
+    return type(error) is sqlite3.DatabaseError
+
+
+def _restore_advice(path: Path) -> str:
+    return (
+        f"restore it from a backup, or stop every server using it and move {path.name}, "
+        f"{path.name}-wal and {path.name}-shm aside to start with an empty store "
+        "(its jobs are then forgotten)"
+    )
+
+
 def _unavailable(error: sqlite3.OperationalError) -> OverloadedError:
     """A write the database could not take (locked past its timeout, a full disk): 503
     ``queue_unavailable`` for a client, the detail in the log."""
@@ -556,6 +591,10 @@ class JobStore:
         self.max_finished = max_finished_from_env() if max_finished is None else max_finished
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        # What SQLite said of the damage, once it was found while running: from then on every
+        # call is refused (JobStoreDamagedError) without touching the file again.
+        self._damage: str | None = None
+        self._opened = False
         self._db = sqlite3.connect(
             self.path, timeout=30.0, isolation_level=None, check_same_thread=False
         )
@@ -563,6 +602,7 @@ class JobStore:
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._check_intact()  # before anything is written to a damaged file
             with self._transaction() as db:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
@@ -581,12 +621,40 @@ class JobStore:
                 f"the job store {self.path} is locked by another process (waited 30 s); "
                 "start again when it is free"
             ) from e
+        except JobStoreDamagedError as e:
+            self._db.close()
+            if e.__cause__ is None:
+                raise  # the quick check's own, naming the file
+            raise JobStoreDamagedError(
+                f"the job store {self.path} is damaged ({e.__cause__}); "
+                + _restore_advice(self.path)
+            ) from e.__cause__
         except sqlite3.DatabaseError as e:
             self._db.close()
-            raise ConfigError(
+            raise JobStoreDamagedError(
                 f"the job store {self.path} cannot be opened as a SQLite database ({e}); "
-                "restore it, or move it aside to start with an empty one"
+                + _restore_advice(self.path)
             ) from e
+        self._opened = True
+
+    def _check_intact(self) -> None:
+        """Refuse a damaged file now rather than fail jobs later: SQLite's ``quick_check``
+        (every page's structure, the WAL's frames included; not the indexes against their
+        tables). It reads the whole file, through SQLite's own connection: never through a
+        file of ours, whose closing would drop the locks SQLite holds on it in this process
+        (another connection would then checkpoint and delete the WAL under this one). Opening
+        a store of 10,000 finished jobs (15 MB) takes about 12 ms with the file in the page
+        cache, 0.2-0.5 s from a cold disk; one of 100,000 (the default most kept, 150 MB) about
+        0.1 s, 2-3.5 s cold. A WAL torn by a crash (its last frames cut short) is no damage:
+        SQLite drops the unfinished transaction when it opens the file, and the check finds it
+        fine."""
+        rows = self._db.execute("PRAGMA quick_check(1)").fetchall()
+        found = "; ".join(str(r[0]) for r in rows).replace("\n", "; ") or "ok"
+        if found != "ok":
+            raise JobStoreDamagedError(
+                f"the job store {self.path} is damaged (SQLite's quick_check: {found[:300]}); "
+                + _restore_advice(self.path)
+            )
 
     def close(self) -> None:
         """Close the database connection."""
@@ -600,29 +668,55 @@ class JobStore:
         self.close()
 
     @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """The connection, under its lock. Damage SQLite reports (a malformed page) is
+        :class:`JobStoreDamagedError`: logged once, with the file's path, and from then on
+        every call is refused at once (writing on into a damaged file can spread the damage;
+        the operator restores it)."""
+        with self._lock:
+            if self._damage is not None:
+                raise JobStoreDamagedError(_DAMAGED)
+            try:
+                yield self._db
+            except sqlite3.DatabaseError as e:
+                if not _is_damage(e):
+                    raise
+                self._damage = str(e)
+                if self._opened:  # at open the error itself says it, naming the file
+                    log.error(
+                        "the job store %s is damaged (%s): every job request is refused (503 "
+                        "job_store_damaged) until it is restored; %s",
+                        self.path,
+                        e,
+                        _restore_advice(self.path),
+                    )
+                raise JobStoreDamagedError(_DAMAGED) from e
+
+    @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` .. ``COMMIT`` (or ``ROLLBACK``) under the connection lock. A
         database that cannot take the write (locked by another process past the 30 s timeout,
         a full disk) is :class:`~stygig.errors.OverloadedError` ``queue_unavailable`` (503 to
-        a client; the detail goes to the log)."""
-        with self._lock:
+        a client; the detail goes to the log); a damaged one is :class:`JobStoreDamagedError`
+        (:meth:`_connection`)."""
+        with self._connection() as db:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
+                db.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as e:
                 raise _unavailable(e) from e
             try:
-                yield self._db
+                yield db
             except BaseException as e:
                 with contextlib.suppress(sqlite3.Error):
-                    self._db.execute("ROLLBACK")
+                    db.execute("ROLLBACK")
                 if isinstance(e, sqlite3.OperationalError):
                     raise _unavailable(e) from e
                 raise
             try:
-                self._db.execute("COMMIT")
+                db.execute("COMMIT")
             except sqlite3.OperationalError as e:
                 with contextlib.suppress(sqlite3.Error):
-                    self._db.execute("ROLLBACK")
+                    db.execute("ROLLBACK")
                 raise _unavailable(e) from e
 
     @staticmethod
@@ -828,8 +922,8 @@ class JobStore:
             removed += deleted
             if deleted < batch:
                 break
-        with self._lock:
-            (finished,) = self._db.execute(
+        with self._connection() as db:
+            (finished,) = db.execute(
                 "SELECT COUNT(*) FROM jobs WHERE finished_at IS NOT NULL"
             ).fetchone()
         excess = int(finished) - self.max_finished
@@ -873,8 +967,8 @@ class JobStore:
     # -- reads -----------------------------------------------------------------------------------
 
     def _one(self, columns: str, job_id: str) -> sqlite3.Row:
-        with self._lock:
-            row = self._db.execute(f"SELECT {columns} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        with self._connection() as db:
+            row = db.execute(f"SELECT {columns} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise NotFoundError("no job has this InferenceId", code="unknown_job")
         assert isinstance(row, sqlite3.Row)
@@ -906,16 +1000,16 @@ class JobStore:
             args.append(status)
         sql += " ORDER BY seq LIMIT ?"
         args.append(limit)
-        with self._lock:
-            rows = self._db.execute(sql, args).fetchall()
+        with self._connection() as db:
+            rows = db.execute(sql, args).fetchall()
         views = [JobView.from_row(r) for r in rows]
         return JobPage(views, views[-1].seq if len(views) == limit else None)
 
     def pending_notifications(self, limit: int = 100, *, after_seq: int = 0) -> list[Job]:
         """Finished jobs whose notification has not been sent yet, in submission order after
         ``after_seq`` (the caller pages past those it is already sending)."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._connection() as db:
+            rows = db.execute(
                 f"SELECT {_NO_BODY} FROM jobs WHERE notify_state = 'pending' AND seq > ?"
                 " ORDER BY seq LIMIT ?",
                 (max(0, after_seq), limit),
@@ -927,9 +1021,9 @@ class JobStore:
         one bounded index range per status, so a call's work does not grow with the jobs kept.
         Beyond the limit the number is ``count_limit`` and ``complete`` is false ("at least")."""
         found: dict[str, int] = {}
-        with self._lock:
+        with self._connection() as db:
             for status in STATUSES:
-                (n,) = self._db.execute(
+                (n,) = db.execute(
                     "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE status = ? LIMIT ?)",
                     (status, self.count_limit + 1),
                 ).fetchone()
@@ -941,8 +1035,8 @@ class JobStore:
         """One job's journal, oldest first (:class:`~stygig.errors.NotFoundError` when unknown:
         every job has its ``submitted`` event). An audit of every job pages with
         :meth:`list_jobs` and reads each one's."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._connection() as db:
+            rows = db.execute(
                 "SELECT job_id, at, event, owner, detail FROM events WHERE job_id = ? ORDER BY seq",
                 (job_id,),
             ).fetchall()

@@ -56,7 +56,7 @@ from stygig.errors import (
 from stygig.jobs.documents import Failure, JobProof
 from stygig.jobs.notify import Notifier, WebhookDeliveries, event_for
 from stygig.jobs.queue import JobQueue
-from stygig.jobs.store import Job, JobError, new_owner
+from stygig.jobs.store import Job, JobError, JobStoreDamagedError, new_owner
 from stygig.locations import InputLocations
 from stygig.recommendation import (
     OPAQUE_CONTENT_TYPES,
@@ -357,9 +357,13 @@ class _Running:
 
 @contextlib.contextmanager
 def _chore(what: str) -> Iterator[None]:
-    """Run one housekeeping chore; a failure is logged (once per try), not raised."""
+    """Run one housekeeping chore; a failure is logged (once per try), not raised. A damaged
+    job store is not: the store said so once, when it found the damage (a chore tried every
+    minute logged "malformed" every minute)."""
     try:
         yield
+    except JobStoreDamagedError:
+        pass
     except Exception:
         log.exception("job housekeeping failed: %s", what)
 
@@ -505,6 +509,8 @@ class JobWorker:
             try:
                 if self._may_claim():
                     claimed = self.store.claim(self.owner, lease_s=self.config.lease_s)
+            except JobStoreDamagedError:
+                pass  # said once, by the store; nothing runs until it is restored
             except Exception:
                 log.exception("claiming a job failed")
             if not claimed:
@@ -601,6 +607,8 @@ class JobWorker:
             try:
                 call()
                 return
+            except JobStoreDamagedError:
+                return  # said once, by the store: the job runs again once it is restored
             except (OverloadedError, StorageError):  # the store unreachable, locked, full
                 log.exception("job %s: %s could not be recorded; retrying", job.id, what)
             except Exception:  # never going to work (a corrupt record, a bug): not retried
@@ -774,6 +782,8 @@ class JobWorker:
             if not notice.ok and self._stopping.is_set():
                 return  # cut short by stop(): still pending, the next process sends it
             self.store.mark_notified(job.id, "sent" if notice.ok else "failed")
+        except JobStoreDamagedError:
+            pass  # said once, by the store; still pending once it is restored
         except Exception:
             log.exception("recording the notification of job %s failed", job.id)
         finally:
