@@ -762,3 +762,48 @@ if __name__ == "__main__":
     )
     config = ServerConfig(artifact=Path(artifact), catalog=settings, warmup_rounds=1, threads=2)
     uvicorn.run(create_app(config), host="127.0.0.1", port=port, log_config=None, lifespan="on")
+
+
+def test_a_gap_in_the_log_is_refused_by_the_cli_and_by_a_reload(
+    workspace: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """Review, session 52: with a record missing under later ones, `stygig catalog update
+    --artifact` wrote its change into the gap (exit 0), ordered before records already
+    acknowledged, and two replicas then answered differently under one catalog_version; a
+    reload onto a version whose replay meets the gap answered 500 and stayed put. Both are
+    refused now, the server keeps serving, and nothing is written."""
+    from stygig.artifact import Artifact
+    from stygig.catalog.changelog import ChangeLog, ChangeLogGapError
+    from stygig.catalog.changes import parse_change
+    from stygig.compaction import compact
+    from stygig.engine import Recommender
+    from stygig.living import LiveCatalog
+
+    _, art, log = workspace
+    live = LiveCatalog(Recommender(Artifact.load(art)), ChangeLog(log))
+    change = {"op": "update", "id": "sku-0001", "set": {"stock": 1}}
+    live.submit([parse_change(change)])
+    compact(art, ChangeLog(log), tmp_path / "v2")  # at record 1
+    for stock in (2, 3, 4):
+        live.submit([parse_change({**change, "set": {"stock": stock}})])
+    pointer = tmp_path / "serve-this"
+    pointer.write_text(str(art))
+    with living_server(art, log, tmp_path / "server.log", watch=pointer, watch_interval=3600) as (
+        url,
+        _,
+    ):
+        next(log.glob("*00000003.json")).rename(tmp_path / "record-3-moved-away")
+        args = _cli(["update", "sku-0002", "--set", "price=99", "--artifact", str(art)])
+        with pytest.raises(ChangeLogGapError, match="up to 4, but record 3 is missing"):
+            args.func(args)
+        assert ChangeLog(log).sequences() == [1, 2, 4]  # nothing written into the gap
+        pointer.write_text(str(tmp_path / "v2"))
+        with httpx.Client(base_url=url, timeout=120) as c:
+            before = c.get("/v1/catalog/version").json()
+            r = c.post("/v1/catalog/reload")
+            assert r.status_code == 409, r.text
+            error = r.json()["error"]
+            assert error["code"] == "reload_refused"
+            assert "record 3 is missing" in error["message"]
+            assert str(tmp_path) not in error["message"]
+            assert c.get("/v1/catalog/version").json() == before  # still serving it

@@ -923,3 +923,48 @@ def test_a_filter_that_can_only_be_a_mistake_is_a_422_naming_it(
     for name, value in {"price": "40", "fit": ["slim", 3], "available": "true"}.items():
         rec.recommend(query, Options(filters={name: value}))
     rec.recommend(query, Options(filters={"price": {"min": 1}, "category": "dress"}))
+
+
+def test_a_record_written_after_the_catch_up_is_no_gap(
+    live: tuple[LiveCatalog, Path], tmp_path: Path
+) -> None:
+    """Review, session 52: the gap check compared the sequence reached with a listing taken
+    after the catch-up, so a record another writer appended in between was "missing": a
+    replica starting beside a writer died (4 of 15 restarts), a reload answered 500. Here the
+    other writer appends exactly there, twice; the check reads both records and says nothing."""
+    catalog, _ = live
+    writer = catalog.recommender.artifact.items[0].id
+
+    class Busy(ChangeLog):
+        appended = 0
+
+        def sequences(self, after: int = 0) -> list[int]:
+            if self.appended < 2:  # another replica's change, written before this listing
+                self.appended += 1
+                catalog.submit([parse_change({"op": "update", "id": writer, "set": {"stock": 7}})])
+            return super().sequences(after)
+
+    starting = LiveCatalog(
+        Recommender(Artifact.load(tmp_path / "artifact")), Busy(tmp_path / "log")
+    )
+    starting.check_no_gap()
+    assert starting.snapshot.sequence == catalog.snapshot.sequence == 2
+
+
+def test_compaction_refuses_a_log_with_a_gap(
+    live: tuple[LiveCatalog, Path], tmp_path: Path
+) -> None:
+    """Review, session 52: compaction replayed up to the first missing record and wrote a
+    version without every record past it (exit 0, no word); servers loading it then stopped
+    on the gap. Refused, naming the numbers, as a server start is."""
+    from stygig.catalog.changelog import ChangeLogGapError
+    from stygig.compaction import compact
+
+    catalog, _ = live
+    item = catalog.recommender.artifact.items[0].id
+    for stock in (1, 2, 3):
+        catalog.submit([parse_change({"op": "update", "id": item, "set": {"stock": stock}})])
+    next((tmp_path / "log").glob("*00000002.json")).rename(tmp_path / "record-2-moved-away")
+    with pytest.raises(ChangeLogGapError, match="holds records up to 3, but record 2 is missing"):
+        compact(tmp_path / "artifact", ChangeLog(tmp_path / "log"), tmp_path / "v2")
+    assert not (tmp_path / "v2").exists()

@@ -30,7 +30,13 @@ from typing import Any
 from stygig import storage
 from stygig.errors import StorageError
 
-__all__ = ["ChangeLog", "RecordUnconfirmed", "RecordUnknown", "SequenceTaken"]
+__all__ = [
+    "ChangeLog",
+    "ChangeLogGapError",
+    "RecordUnconfirmed",
+    "RecordUnknown",
+    "SequenceTaken",
+]
 
 _NAME = re.compile(r"^(\d{12})\.json$")
 #: How old a writer's temporary file must be to be a killed writer's (review, session 42).
@@ -84,6 +90,13 @@ def _name(sequence: int) -> str:
 #: How many bytes of records one read takes at most (past the first record): what a replay
 #: holds at once, however large the records a client's bulk requests made.
 READ_BYTES = 32 << 20
+
+
+class ChangeLogGapError(StorageError):
+    """A log holding records past one that is missing (:meth:`ChangeLog.more_after`); the
+    message names the numbers, never the log's location."""
+
+    code = "change_log_gap"
 
 
 class ChangeLog:
@@ -292,6 +305,23 @@ class ChangeLog:
             why = "not a record of its number"
             return {"sequence": sequence, "changes": [], "unreadable": why}
         return record
+
+    def more_after(self, reached: int) -> bool:
+        """Whether records follow record ``reached``: ``False`` when none is written, ``True``
+        when the next one is (written since ``reached`` was read), and
+        :class:`ChangeLogGapError` when later ones are but the next is missing. The next is
+        asked for by name: a listing taken while writers append is no snapshot of the log (it
+        may miss a record written before one it shows)."""
+        later = self.sequences(reached)
+        if not later:
+            return False
+        if storage.exists(storage.join(self.location, _name(reached + 1))):
+            return True
+        raise ChangeLogGapError(
+            f"the change log holds records up to {later[-1]}, but record {reached + 1} is "
+            "missing: restore it from a copy of the log before serving changes (a change "
+            "written now would take its number, before records already acknowledged)"
+        )
 
     def last_sequence(self) -> int:
         """The highest record number (0: an empty log)."""

@@ -60,7 +60,7 @@ from stygig.answer import (
     catalog_page_schema,
     outfit_score_schema,
 )
-from stygig.catalog.changelog import ChangeLog
+from stygig.catalog.changelog import ChangeLog, ChangeLogGapError
 from stygig.engine import Options, Query, Recommender, load_artifact_encoder
 from stygig.errors import (
     ForbiddenError,
@@ -68,6 +68,7 @@ from stygig.errors import (
     InvalidOptionsError,
     OverloadedError,
     RequestTimeoutError,
+    StorageError,
     StygigError,
     UnauthorizedError,
     UnsupportedMediaError,
@@ -364,8 +365,7 @@ class ModelService:
             ChangeLog(settings.change_log),
             load=InputLocations(settings.photo_prefixes, flag="--catalog-photos").read,
         )
-        live.catch_up()
-        live.check_no_gap()
+        live.check_no_gap()  # caught up first
         return live
 
     def _follow(self, live: LiveCatalog | None) -> None:
@@ -427,7 +427,15 @@ class ModelService:
                         wait = min(max(2 * last, interval), RELOAD_RETRY_MAX_S)
                         self._retry = (path, version, time.monotonic() + wait, wait)
                     raise
-                live = await self.run(self._living, rec)
+                try:
+                    live = await self.run(self._living, rec)
+                except StorageError as e:  # a gap in the log, or the log out of reach: the
+                    # old version goes on serving (a gap was a 500: review, session 52)
+                    why = e.message if isinstance(e, ChangeLogGapError) else e.code
+                    raise ReloadRefusedError(
+                        f"the change log cannot be replayed on the new version ({why}); "
+                        f"still serving {current.snapshot.version}"
+                    ) from None
                 # The page cache only: the new rows map as requests read them.
                 await self.run(functools.partial(warm_index, rec.artifact.index, map_rows=False))
                 await self.run(rec.recommend, Query(images=(_warmup_photo(),)))
