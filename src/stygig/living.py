@@ -46,7 +46,7 @@ from stygig.catalog.changes import (
     validate_row,
 )
 from stygig.engine import Recommender
-from stygig.errors import ImageTooLargeError, InvalidOptionsError, StygigError
+from stygig.errors import ImageTooLargeError, InvalidOptionsError, OverloadedError, StygigError
 from stygig.features import PreparedImage
 from stygig.images import photo_work
 from stygig.snapshot import CatalogSnapshot, apply_changes, lineage_root, replay_batches
@@ -190,6 +190,12 @@ def _naming(n: int) -> Any:
         raise
 
 
+#: How long a change request goes on losing its record number to other writers (each loss:
+#: catch up, apply it again) before it is refused, nothing applied (503 ``changes_busy``). A
+#: request of 1,000 changes takes about 50 ms to apply, so beside a writer taking ~400 small
+#: records a second it loses nearly every try (review, session 52: 12-30 s for one HTTP
+#: request, with no bound; the CLI's own timeout then said "may have been applied").
+WRITE_RETRY_S = 30.0
 #: How many catch-ups :meth:`LiveCatalog.check_no_gap` makes while other writers keep appending
 #: (each reads what they wrote; past it the log is plainly alive: its next record was there
 #: each time).
@@ -383,7 +389,15 @@ class LiveCatalog:
         with self._lock:
             if self.successor is not None:
                 return None
+            deadline = time.monotonic() + WRITE_RETRY_S
             while True:
+                if time.monotonic() > deadline:
+                    raise OverloadedError(
+                        f"other writers took every record number for {WRITE_RETRY_S:.0f} s while "
+                        "this request was applied again on each: nothing of it was logged or "
+                        "applied; send it again (smaller requests get in sooner)",
+                        code="changes_busy",
+                    )
                 self._catch_up_locked()
                 current = rec.snapshot
                 sequence = current.sequence + 1

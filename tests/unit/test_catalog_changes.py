@@ -26,6 +26,7 @@ from stygig.errors import (
     InvalidImageError,
     InvalidOptionsError,
     NotFoundError,
+    OverloadedError,
     StorageError,
 )
 from stygig.features import prepare_image
@@ -968,3 +969,36 @@ def test_compaction_refuses_a_log_with_a_gap(
     with pytest.raises(ChangeLogGapError, match="holds records up to 3, but record 2 is missing"):
         compact(tmp_path / "artifact", ChangeLog(tmp_path / "log"), tmp_path / "v2")
     assert not (tmp_path / "v2").exists()
+
+
+def test_a_request_that_keeps_losing_its_record_number_is_refused_in_bounded_time(
+    live: tuple[LiveCatalog, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review, session 52: each time another writer took the next number first, a request
+    caught up and was applied again; beside a steady stream of small writes a request of
+    1,000 changes lost nearly every try (12-30 s, no bound). Past WRITE_RETRY_S it is refused
+    (503 changes_busy), nothing of it logged or applied, and the other writer's records are."""
+    catalog, _ = live
+    item = catalog.recommender.artifact.items[0].id
+    (change,) = catalog.prepare([parse_change({"op": "update", "id": item, "set": {"stock": 9}})])
+    theirs = change.to_record()
+
+    class Contended(ChangeLog):
+        def append(self, sequence: int, changes: list[dict], **meta: object) -> None:
+            super().append(sequence, [theirs], **meta)  # another writer got there first
+            raise SequenceTaken
+
+    monkeypatch.setattr(living, "WRITE_RETRY_S", 0.3)
+    losing = LiveCatalog(
+        Recommender(Artifact.load(tmp_path / "artifact")), Contended(tmp_path / "log")
+    )
+    mine = parse_change({"op": "update", "id": item, "set": {"price": 1.5}})
+    with pytest.raises(OverloadedError) as busy:
+        losing.submit([mine])
+    assert busy.value.code == "changes_busy" and busy.value.http_status == 503
+    written = ChangeLog(tmp_path / "log").read_since(0)
+    assert len(written) >= 2 and all(r["changes"] == [theirs] for r in written)
+    losing.catch_up()
+    assert losing.snapshot.sequence == len(written)  # theirs applied, mine not
+    row = losing.snapshot.artifact.positions[item]
+    assert losing.snapshot.artifact.items[row].price != 1.5
