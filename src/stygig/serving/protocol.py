@@ -55,7 +55,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from stygig.errors import InputError, InvalidOptionsError, OverloadedError
 from stygig.serving.responses import json_bytes
 
-__all__ = ["CLOSED_BY_SERVER", "HEAD_LIMIT_BYTES", "head_deadline_protocol"]
+__all__ = ["CLOSED_BY_SERVER", "HEAD_LIMIT_BYTES", "SERVER_CLOSED_STATUS", "head_deadline_protocol"]
 
 #: The largest request head (request line and headers) read: 64 KiB, four times h11's default
 #: and eight times a typical proxy's header buffer; a SageMaker request's head is under 2 KiB.
@@ -108,8 +108,15 @@ SLOW_READER_S = 1.0
 WRITE_TIMEOUT_S = 30.0
 WRITE_PROGRESS_BYTES = 64 * 1024
 #: The key of a request's ``scope["state"]`` under which a request whose connection the server
-#: closed mid-body holds ``(status, code)``: the access log and metrics show that, not 499.
+#: closed before its answer was complete holds ``(status, code)``: the access log and metrics
+#: show that, not 499.
 CLOSED_BY_SERVER = "stygig.closed_by_server"
+#: The status of such a request where the server wrote no answer of its own (nginx's 444: closed
+#: without a response), with a code naming why: ``answer_not_read`` (a client not reading its
+#: answers, closed at the connection limit or after WRITE_TIMEOUT_S), ``head_timeout``,
+#: ``request_timeout``, ``discard_limit``. 499 is left to a client that closed the connection
+#: itself: an answer the server cut off was logged and counted as the client's 499.
+SERVER_CLOSED_STATUS = 444
 #: Set in a request's ``scope["state"]`` when its connection was closed or lost before its
 #: answer was complete: uvicorn's ``send`` then drops what the app sends without a word, and
 #: the app reads this to log a disconnect (499), not the status it meant to send.
@@ -170,6 +177,8 @@ METHOD_BYTES = 64
 #: llhttp refuses as a method (a TLS handshake, JSON, a status line, a leading space,
 #: ``GET`` then a line end) is no method at all: 400 ``malformed_http``.
 _METHOD_START = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+(?: |$)")
+#: Empty lines before a request line, which llhttp skips (RFC 9112 2.2).
+_EMPTY_LINES = re.compile(rb"[\r\n]*")
 
 
 #: Answered past the connection limit (``--max-connections``): they cost next to nothing.
@@ -244,10 +253,18 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         self._head_since = 0.0
         self._body_since = 0.0
         # The current message's first bytes (up to METHOD_BYTES), while where it began is
-        # known: b"" from the connection's start and after a message that ended with a read;
-        # None after one that ended mid-read (pipelined: the next began at an unknown offset).
+        # known: b"" from the connection's start and after a message that ended with a part
+        # fed to the parser (see _received); None after one that ended within a part (after a
+        # chunked body: the next began at an unknown offset).
         self._start: bytes | None = b""
         self._begun = False  # the parser began a message since the last one ended
+        # The current message's Content-Length while its body is read (None: chunked), so
+        # that the part fed to the parser ends with it; see _received.
+        self._length: int | None = None
+        # The last bytes (up to 3) of a request head still being read: its empty line may
+        # straddle two reads.
+        self._tail = b""
+        self._part_body = 0  # body bytes parsed from the part being fed
 
     def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol's
         """The client has sent all it will (``shutdown(SHUT_WR)``: ``nc -N``, some proxies): a
@@ -267,7 +284,7 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
             self._discarded += len(data)
             if self._discarded > self.discard_limit_bytes and not self.transport.is_closing():
                 self.logger.warning("bytes after a refused message over the bound: closed")
-                self._close()
+                self._close("discard_limit")
             return
         self._received(data)
         self._flush_body()
@@ -279,35 +296,99 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def _received(self, data: bytes) -> None:
-        if self._head_bytes is None:
-            heads = self._heads
-            self._feed(data)
-            # A chunked message that goes on: its framing so far. Not counted in a read where
-            # a head completed (the read's bytes before it were another message's: review,
-            # session 36), so the count may miss up to one read of framing.
-            if self._message_bytes is not None and self._chunked and self._heads == heads:
-                self._message_bytes += len(data)
-                framing = self._message_bytes - self._body_bytes
-                if framing > self.head_limit_bytes + CHUNK_FRAMING_BYTES * self._chunks:
-                    self._refuse_framing()
-            return
+        """``data`` to the parser in parts that end where a message does wherever that is
+        known: a request head at its empty line (:meth:`_head_end`), a body at its
+        Content-Length. So a message begins a part, its head is counted toward the limit from
+        its first byte, and its first bytes are known (:meth:`_unknown_method`). Before, a head
+        that began in the read where another message ended was counted from the next read
+        only: the limit held one read (up to 256 KiB) more, and an unknown method there was a
+        400. A chunked body's end is not known: it is fed in parts of at most the head limit,
+        and a head that begins within one is counted from the part's start, less its bodies
+        (at most that part's framing and other heads more: refused early, never late)."""
+        view = memoryview(data)
+        at = 0
+        while at < len(data) and not self.transport.is_closing() and self._refused is None:
+            if self._head_bytes is None:
+                at = self._received_body(data, view, at)
+            else:
+                at = self._received_head(data, view, at)
+
+    def _received_head(self, data: bytes, view: memoryview, at: int) -> int:
+        """The part of ``data`` from ``at`` that is the current request head (all of it, up
+        to the limit); where the next part begins."""
+        assert self._head_bytes is not None
         room = self.head_limit_bytes - self._head_bytes
-        if len(data) <= room:
-            self._head_bytes += len(data)
-            self._feed(data)
-            return
-        # Feed the head's share only: if the head completes within it, the rest is its body
-        # (or the next request), fed with the state that follows.
+        end = self._head_end(data, at, at + room)
+        if end is not None:  # what follows is its body or the next message: fed apart
+            self._head_bytes += end - at
+            self._feed(data if at == 0 and end == len(data) else view[at:end])
+            return end
+        if len(data) - at <= room:
+            self._head_bytes += len(data) - at
+            self._feed(data if at == 0 else view[at:])
+            return len(data)
+        # Feed the head's share only: if the head completes within it (its end was not found
+        # above: the parser is the judge), the rest is fed with the state that follows.
         heads = self._heads
+        self._part_body = 0
         if room > 0:
             self._head_bytes += room
-            self._feed(data[:room])
+            self._feed(view[at : at + room])
         if self._heads == heads:  # the head is still incomplete at the limit
             self._refuse_head()
-        elif not self.transport.is_closing():
-            self._received(data[room:])
+            return len(data)
+        self._count_begun(room)
+        return at + room
 
-    def _feed(self, data: bytes) -> None:
+    def _received_body(self, data: bytes, view: memoryview, at: int) -> int:
+        """The part of ``data`` from ``at`` that is the current message's body (or, chunked,
+        up to the head limit of it and what follows); where the next part begins."""
+        stop = len(data)
+        if self._message_bytes is not None:
+            left = None if self._length is None else self._length - self._body_bytes
+            if left is not None and 0 < left < stop - at:
+                stop = at + left
+            elif self._chunked:
+                stop = min(stop, at + self.head_limit_bytes)
+        heads = self._heads
+        self._part_body = 0
+        self._feed(data if at == 0 and stop == len(data) else view[at:stop])
+        # A chunked message that goes on: its framing so far. Not counted in a part where a
+        # head completed (the part's bytes before it were another message's: review, session
+        # 36), so the count may miss up to one part of framing.
+        if self._message_bytes is not None and self._chunked and self._heads == heads:
+            self._message_bytes += stop - at
+            framing = self._message_bytes - self._body_bytes
+            if framing > self.head_limit_bytes + CHUNK_FRAMING_BYTES * self._chunks:
+                self._refuse_framing()
+        self._count_begun(stop - at)
+        return stop
+
+    def _count_begun(self, size: int) -> None:
+        """After a part of ``size`` bytes in which a message ended where it is not known: a
+        head begun since is counted from the part's start, less the bodies parsed from it."""
+        if self._begun and self._head_bytes is not None:
+            self._head_bytes = size - self._part_body
+
+    def _head_end(self, data: bytes, at: int, stop: int) -> int | None:
+        """Where the request head being read ends in ``data`` (the offset after its empty
+        line), if it does from ``at`` to ``stop``. llhttp ends every line of a head with CRLF
+        (a bare LF is refused), and no line but the last is empty: the head ends at its first
+        CRLF CRLF, which may straddle two reads (:attr:`_tail`). Before it begins, empty
+        lines are skipped (RFC 9112 2.2)."""
+        if self._begun:  # the head began in an earlier part: only its bytes are in _tail
+            found = (self._tail + data[at : at + 3]).find(b"\r\n\r\n")
+            if found >= 0:
+                end = at + found + 4 - len(self._tail)
+                return end if end <= stop else None
+            start = at
+        else:
+            skipped = _EMPTY_LINES.match(data, at)
+            start = skipped.end() if skipped else at
+        found = data.find(b"\r\n\r\n", start, stop)
+        return None if found < 0 else found + 4
+
+    def _feed(self, data: bytes | memoryview) -> None:
         """``data`` to the parser (uvicorn's ``data_received``), keeping the current message's
         first bytes while where it began is known (:meth:`send_400_response` reads them).
         Nothing is fed once a message is refused (the parser stopped at its error)."""
@@ -315,9 +396,11 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
             return
         if self._start is not None and len(self._start) < METHOD_BYTES:
             self._start += data[: METHOD_BYTES - len(self._start)]
-        super().data_received(data)
+        super().data_received(data)  # type: ignore[arg-type]  # httptools reads any buffer
         if self._start is None and not self._begun:
-            self._start = b""  # the last message ended with this read: the next begins a read
+            self._start = b""  # the last message ended with this part: the next begins one
+        if self._begun and self._head_bytes is not None:  # a head goes on in the next part
+            self._tail = (self._tail + data[-3:])[-3:]
 
     def _refuse_head(self) -> None:
         self._disarm()
@@ -381,7 +464,7 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
                 b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\nconnection: close\r\n"
                 b"content-length: %d\r\n\r\n%s" % (status, reason.encode(), len(body), body)
             )
-        self._close()
+        self._close(err.code)
 
     def _unsupported_upgrade_warning(self) -> None:
         """An ``Upgrade`` (WebSocket, h2c) is answered as the plain HTTP request it also is (the
@@ -421,8 +504,9 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         ``HttpParserInvalidMethodError`` (uvicorn calls :meth:`send_400_response` while
         handling it, without passing it on), in a message whose first bytes are a method's
         syntax (:data:`_METHOD_START`; llhttp raises the same error for bytes that are no
-        method at all). Where the message began is not known (it followed another within
-        one read), the error stays a 400."""
+        method at all). A message begins a part fed to the parser (:meth:`_received`: a
+        pipelined ``FOO`` in the read of the request before it was a 400), but after a chunked
+        body, whose end within a part is not known: there the error stays a 400."""
         error = sys.exc_info()[1]
         if not isinstance(error, httptools.HttpParserInvalidMethodError) or not self._start:
             return False
@@ -442,7 +526,8 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
     def _head_expired(self) -> None:
         self._head_timer = None
         if not self.transport.is_closing():
-            self._close()  # the head never completed: there is no one to answer
+            # The head never completed: no one to answer (but a request answered meanwhile).
+            self._close("head_timeout")
 
     def _end_message(self) -> None:
         self._message_bytes = None
@@ -454,7 +539,7 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         self._message_timer = None
         self.logger.warning("request body not complete within its deadline: connection closed")
         if not self.transport.is_closing():
-            self._close()
+            self._close("request_timeout")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._head_bytes is None:  # a trailer field, after a chunked body
@@ -466,6 +551,7 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
+        self._part_body += len(body)
         if self.transport.is_closing() or self._overflow:
             return
         if self.cycle is not None and self.cycle.response_complete:  # answered: dropped
@@ -473,7 +559,7 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
             if self._discarded > self.discard_limit_bytes:
                 self.logger.warning("body bytes after their answers over the bound: closed")
                 self._end_message()
-                self._close()
+                self._close("discard_limit")
             return
         self._pieces.append(body)  # to uvicorn at the message's end or the read's
 
@@ -524,7 +610,7 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
             WRITE_PROGRESS_BYTES // 1024,
             WRITE_TIMEOUT_S,
         )
-        self._abort()
+        self._abort("answer_not_read")
 
     def _reading_slowly(self, now: float) -> bool:
         """Writing has been paused for :data:`SLOW_READER_S` and the client has read its answer
@@ -535,18 +621,19 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         drained = self._buffered_at_pause - self._buffered()
         return drained < SLOW_BODY_BYTES_PER_S * (now - paused)
 
-    def _abort(self) -> None:
+    def _abort(self, why: str) -> None:
         """Closed at once, the answer buffered for the client dropped (``close`` would wait for
         a client that does not read); the app sees a disconnect now, as uvicorn's
         ``connection_lost`` would tell it later (uvloop refuses a write to an aborted
-        transport with a RuntimeError, where asyncio's ignores it)."""
-        self._disconnect_requests()
+        transport with a RuntimeError, where asyncio's ignores it). ``why``: the code logged
+        for the requests cut off (:data:`SERVER_CLOSED_STATUS`)."""
+        self._disconnect_requests(why)
         self.transport.abort()
 
-    def _close(self) -> None:
+    def _close(self, why: str) -> None:
         """The connection closed by the server (what is written is still sent); requests not
-        yet answered on it see a disconnect now."""
-        self._disconnect_requests()
+        yet answered on it see a disconnect now, logged as ``why`` (:meth:`_abort`)."""
+        self._disconnect_requests(why)
         self.transport.close()
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
@@ -555,14 +642,20 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         self._answering = cycle
         super()._start_asgi_task(cycle, app)
 
-    def _disconnect_requests(self) -> None:
+    def _disconnect_requests(self, why: str | None = None) -> None:
         """Every request not yet answered on this connection sees a disconnect: the one being
         answered too (uvicorn tells only the newest, so the one being answered behind a
-        pipeline wrote to a closed transport: a RuntimeError under uvloop, review s50)."""
+        pipeline wrote to a closed transport: a RuntimeError under uvloop, review s50).
+        ``why``: the server closed the connection, for this reason; None: the client did
+        (499). An answer the server had already set for a request is kept (the error it
+        wrote: :meth:`_write_error_and_close`)."""
         for cycle in (self._answering, self.cycle, *(c for c, _ in self.pipeline)):
             if cycle is not None and not cycle.response_complete:
                 cycle.disconnected = True
-                cycle.scope.setdefault("state", {})[CUT_OFF] = True
+                state = cycle.scope.setdefault("state", {})
+                state[CUT_OFF] = True
+                if why is not None:
+                    state.setdefault(CLOSED_BY_SERVER, (SERVER_CLOSED_STATUS, why))
                 cycle.message_event.set()
         self.flow.resume_writing()
 
@@ -604,6 +697,8 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
             name == b"transfer-encoding" and b"chunked" in value.lower()
             for name, value in self.headers
         )
+        length = next((value for name, value in self.headers if name == b"content-length"), b"")
+        self._length = int(length) if length.isdigit() and not self._chunked else None
         self._message_timer = self.loop.call_later(
             self.body_timeout_s + BODY_GRACE_S, self._message_expired
         )
@@ -662,7 +757,7 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         for (kind, _), _id, connection in closing_slow:
             if kind == 2:  # nothing can be written to it: no 408 either
                 connection.logger.debug("client not reading its answers closed at the limit")
-                connection._abort()
+                connection._abort("answer_not_read")
             else:
                 connection._close_slow(head=kind == 0)
         self.logger.info(
@@ -717,7 +812,7 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
 
     def _close_idle(self) -> None:
         self._unset_keepalive_if_required()
-        self._close()
+        self._close("idle")  # nothing is being answered: no request is logged
 
     def _bound_pipeline(self) -> None:
         if len(self.pipeline) > MAX_PIPELINE and not self.transport.is_closing():
