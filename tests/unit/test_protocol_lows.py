@@ -153,9 +153,10 @@ def test_an_unknown_method_pipelined_in_one_read_is_501_after_the_answer_before_
     assert _code(answers[1][1]) == "method_not_implemented"
 
 
-def _head(size: int) -> bytes:
-    """A complete request head of exactly ``size`` bytes, the connection's last."""
-    head = b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Pad: %s\r\n\r\n"
+def _head(size: int, *, last: bool = True) -> bytes:
+    """A complete request head of exactly ``size`` bytes (``last``: the connection's last)."""
+    close = b"Connection: close\r\n" if last else b""
+    head = b"GET /big HTTP/1.1\r\nHost: x\r\n" + close + b"X-Pad: %s\r\n\r\n"
     return head % (b"p" * (size - len(head) + 2))
 
 
@@ -168,10 +169,15 @@ def _head(size: int) -> bytes:
         (GET, proto.HEAD_LIMIT_BYTES, [200, 200]),
         (POST, proto.HEAD_LIMIT_BYTES + 1, [200, 431]),
         (POST, proto.HEAD_LIMIT_BYTES, [200, 200]),
-        # After a chunked body, whose end is not known, a head is counted from the body's
-        # last part: refused a few bytes early, never late.
-        (CHUNKED, proto.HEAD_LIMIT_BYTES + 1, [200, 431]),
-        (CHUNKED, 4096, [200, 200]),
+        # After a chunked body, whose end is not known, a head begun in the body's last part
+        # is counted from the next part: at most one part (the limit) more, never early
+        # (review, session 52: counted from the part's start, a 30 KB head after a 40 KB one
+        # was a 431).
+        (CHUNKED, proto.HEAD_LIMIT_BYTES + 1, [200, 200]),
+        (CHUNKED, 2 * proto.HEAD_LIMIT_BYTES + 1, [200, 431]),
+        (CHUNKED + _head(40_000, last=False), 30_000, [200, 200, 200]),
+        (CHUNKED + _head(60_000, last=False), 10_000, [200, 200, 200]),
+        (CHUNKED, proto.HEAD_LIMIT_BYTES - 8, [200, 200]),
     ],
     ids=[
         "alone-over",
@@ -180,8 +186,11 @@ def _head(size: int) -> bytes:
         "get-at",
         "post-over",
         "post-at",
-        "chunked-over",
-        "chunked-small",
+        "chunked-one-over",
+        "chunked-a-part-over",
+        "chunked-then-40k-then-30k",
+        "chunked-then-60k-then-10k",
+        "chunked-at",
     ],
 )
 def test_a_head_that_begins_in_the_read_where_another_request_ended_is_within_the_limit(
@@ -290,3 +299,38 @@ def test_a_client_that_goes_while_its_answer_waits_is_still_499(
         sock.close()
         assert _logged(access, 2) == [(200, None), (499, None)]
         assert _counted(app, 499) == 1 and _counted(app, proto.SERVER_CLOSED_STATUS) == 0
+
+
+SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Content-Length: %d\r\n\r\n%s" % (len(SMUGGLED), SMUGGLED),
+        b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(SMUGGLED), SMUGGLED),
+    ],
+    ids=["content-length", "chunked"],
+)
+def test_an_upgrade_request_with_a_body_is_refused_and_its_body_never_run(
+    echo: int, framing: bytes
+) -> None:
+    """Review, session 52: llhttp stops at the head of a request asking to upgrade, so its
+    body was read as the next request: a POST whose body is a request ran both (a desync for
+    a proxy forwarding Upgrade). It is a 400 ``upgrade_with_body`` now, and nothing after it
+    is read."""
+    head = b"POST /up HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n"
+    answers = _exchange(echo, head + framing)
+    assert [status for status, _ in answers] == [400], answers
+    assert _code(answers[0][1]) == "upgrade_with_body"
+
+
+def test_an_upgrade_without_a_body_is_answered_as_plain_http_with_what_follows(
+    echo: int,
+) -> None:
+    """A WebSocket or h2c upgrade of a GET is answered as the plain request it also is, and a
+    request pipelined after it in the same read is answered too."""
+    upgrade = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    last = b"GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    answers = _exchange(echo, upgrade + last)
+    assert answers == [(200, b"GET"), (200, b"GET")], answers

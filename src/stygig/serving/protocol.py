@@ -155,6 +155,14 @@ class RequestTooSlowError(InputError):
     code = "request_too_slow"
 
 
+class UpgradeWithBodyError(InputError):
+    """A request asking to upgrade the connection (``Connection: upgrade`` and ``Upgrade``)
+    with a body: llhttp stops at such a head for the new protocol, so the body would be read
+    as the next request."""
+
+    code = "upgrade_with_body"
+
+
 class MethodNotImplementedError(InputError):
     """A request method the parser does not know (RFC 9110 15.6.2: 501, not 400)."""
 
@@ -303,8 +311,11 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         that began in the read where another message ended was counted from the next read
         only: the limit held one read (up to 256 KiB) more, and an unknown method there was a
         400. A chunked body's end is not known: it is fed in parts of at most the head limit,
-        and a head that begins within one is counted from the part's start, less its bodies
-        (at most that part's framing and other heads more: refused early, never late)."""
+        and a head that begins within one is counted from the next part (as every pipelined
+        head was before), so after a chunked body in the same read the limit holds at most
+        one such part (64 KiB) more. Counting it from the part's start instead refused heads
+        well under the limit: the part's other heads and framing were counted too (review,
+        session 52: a 30 KB head after a chunked POST and a 40 KB GET was a 431)."""
         view = memoryview(data)
         at = 0
         while at < len(data) and not self.transport.is_closing() and self._refused is None:
@@ -350,7 +361,7 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
                 stop = at + left
             elif self._chunked:
                 stop = min(stop, at + self.head_limit_bytes)
-        heads = self._heads
+        heads, ends_unknown = self._heads, self._length is None  # chunked: where it ends
         self._part_body = 0
         self._feed(data if at == 0 and stop == len(data) else view[at:stop])
         # A chunked message that goes on: its framing so far. Not counted in a part where a
@@ -361,14 +372,15 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
             framing = self._message_bytes - self._body_bytes
             if framing > self.head_limit_bytes + CHUNK_FRAMING_BYTES * self._chunks:
                 self._refuse_framing()
-        self._count_begun(stop - at)
+        self._count_begun(0 if ends_unknown else stop - at)
         return stop
 
     def _count_begun(self, size: int) -> None:
         """After a part of ``size`` bytes in which a message ended where it is not known: a
-        head begun since is counted from the part's start, less the bodies parsed from it."""
+        head begun since is counted as ``size`` less the bodies parsed from the part (0: from
+        the next part on)."""
         if self._begun and self._head_bytes is not None:
-            self._head_bytes = size - self._part_body
+            self._head_bytes = max(size - self._part_body, 0)
 
     def _head_end(self, data: bytes, at: int, stop: int) -> int | None:
         """Where the request head being read ends in ``data`` (the offset after its empty
@@ -699,6 +711,19 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         )
         length = next((value for name, value in self.headers if name == b"content-length"), b"")
         self._length = int(length) if length.isdigit() and not self._chunked else None
+        if (self._chunked or self._length) and self._get_upgrade() is not None:
+            # The server speaks HTTP/1.1 only and answers an upgrade as the plain request it
+            # also is, but llhttp leaves the head's body unread for the new protocol, and the
+            # next read parsed it as a request of its own (review, session 52: a POST whose
+            # body was `GET /smuggled ...` ran both, a desync for any proxy forwarding
+            # Upgrade). Refused before the app sees it; nothing after it is read.
+            err = UpgradeWithBodyError(
+                "a request asking to upgrade the connection cannot carry a body here: this "
+                "server speaks HTTP/1.1 only; send it without Upgrade (curl: --http1.1)"
+            )
+            self.logger.warning("upgrade request with a body: answered 400")
+            self._answer_and_close(400, "Bad Request", err, None)
+            return
         self._message_timer = self.loop.call_later(
             self.body_timeout_s + BODY_GRACE_S, self._message_expired
         )
