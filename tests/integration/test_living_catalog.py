@@ -765,7 +765,7 @@ if __name__ == "__main__":
 
 
 def test_a_gap_in_the_log_is_refused_by_the_cli_and_by_a_reload(
-    workspace: tuple[Path, Path, Path], tmp_path: Path
+    workspace: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Review, session 52: with a record missing under later ones, `stygig catalog update
     --artifact` wrote its change into the gap (exit 0), ordered before records already
@@ -797,6 +797,10 @@ def test_a_gap_in_the_log_is_refused_by_the_cli_and_by_a_reload(
         with pytest.raises(ChangeLogGapError, match="up to 4, but record 3 is missing"):
             args.func(args)
         assert ChangeLog(log).sequences() == [1, 2, 4]  # nothing written into the gap
+        status = _cli(["status", "--artifact", str(art), "--json"])  # reads: up to the gap
+        capsys.readouterr()
+        status.func(status)
+        assert json.loads(capsys.readouterr().out)["sequence"] == 2
         pointer.write_text(str(tmp_path / "v2"))
         with httpx.Client(base_url=url, timeout=120) as c:
             before = c.get("/v1/catalog/version").json()

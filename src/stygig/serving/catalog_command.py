@@ -521,7 +521,7 @@ def _get_status(client: Any, url: str) -> dict[str, Any]:
     return data
 
 
-def _live(args: argparse.Namespace) -> Any:
+def _live(args: argparse.Namespace, *, writing: bool = True) -> Any:
     from stygig.artifact import Artifact
     from stygig.catalog.changelog import ChangeLog
     from stygig.engine import Recommender
@@ -539,6 +539,9 @@ def _live(args: argparse.Namespace) -> Any:
         # The operator's own command: any location it can read (a photo's size is bounded).
         load=lambda loc: read_bytes(loc, max_bytes=DEFAULT_LIMITS.max_bytes),
     )
+    if not writing:  # `status`: what the records before any gap make
+        live.catch_up()
+        return live
     # Caught up, and refused over a gap as a server is: a change written into a gap would be
     # ordered before records already acknowledged (review, session 52: two replicas then
     # answered differently under one catalog_version).
@@ -602,7 +605,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         with httpx.Client(timeout=args.timeout) as client:
             result = _get_status(client, args.url.rstrip("/"))
     else:
-        result = _status_of(_live(args).snapshot)
+        result = _status_of(_live(args, writing=False).snapshot)
     _print(args, result)
     return 0
 
