@@ -272,7 +272,6 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         # The last bytes (up to 3) of a request head still being read: its empty line may
         # straddle two reads.
         self._tail = b""
-        self._part_body = 0  # body bytes parsed from the part being fed
 
     def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol's
         """The client has sent all it will (``shutdown(SHUT_WR)``: ``nc -N``, some proxies): a
@@ -341,14 +340,12 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         # Feed the head's share only: if the head completes within it (its end was not found
         # above: the parser is the judge), the rest is fed with the state that follows.
         heads = self._heads
-        self._part_body = 0
         if room > 0:
             self._head_bytes += room
             self._feed(view[at : at + room])
         if self._heads == heads:  # the head is still incomplete at the limit
             self._refuse_head()
             return len(data)
-        self._count_begun(room)
         return at + room
 
     def _received_body(self, data: bytes, view: memoryview, at: int) -> int:
@@ -361,8 +358,7 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
                 stop = at + left
             elif self._chunked:
                 stop = min(stop, at + self.head_limit_bytes)
-        heads, ends_unknown = self._heads, self._length is None  # chunked: where it ends
-        self._part_body = 0
+        heads = self._heads
         self._feed(data if at == 0 and stop == len(data) else view[at:stop])
         # A chunked message that goes on: its framing so far. Not counted in a part where a
         # head completed (the part's bytes before it were another message's: review, session
@@ -372,15 +368,7 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
             framing = self._message_bytes - self._body_bytes
             if framing > self.head_limit_bytes + CHUNK_FRAMING_BYTES * self._chunks:
                 self._refuse_framing()
-        self._count_begun(0 if ends_unknown else stop - at)
         return stop
-
-    def _count_begun(self, size: int) -> None:
-        """After a part of ``size`` bytes in which a message ended where it is not known: a
-        head begun since is counted as ``size`` less the bodies parsed from the part (0: from
-        the next part on)."""
-        if self._begun and self._head_bytes is not None:
-            self._head_bytes = max(size - self._part_body, 0)
 
     def _head_end(self, data: bytes, at: int, stop: int) -> int | None:
         """Where the request head being read ends in ``data`` (the offset after its empty
@@ -563,7 +551,6 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
-        self._part_body += len(body)
         if self.transport.is_closing() or self._overflow:
             return
         if self.cycle is not None and self.cycle.response_complete:  # answered: dropped
