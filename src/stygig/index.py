@@ -511,19 +511,12 @@ def check_row_ids(index: Any, name: str) -> None:
     """
     import faiss
 
-    n = int(index.ntotal)
     try:
-        ivf = faiss.extract_index_ivf(index)
+        ivf: Any = faiss.extract_index_ivf(index)
     except RuntimeError:  # not an IVF index
-        ivf = None
-    if ivf is not None:
-        _check_list_ids(ivf, n, name)
-
-
-def _check_list_ids(ivf: Any, n: int, name: str) -> None:
-    import faiss
-
-    lists, seen, total = ivf.invlists, np.zeros(n, bool), 0
+        return
+    n, lists = int(index.ntotal), ivf.invlists
+    seen, total = np.zeros(n, bool), 0
     for list_no in range(int(ivf.nlist)):
         size = int(lists.list_size(list_no))
         if not size:
