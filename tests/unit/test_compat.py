@@ -166,23 +166,30 @@ def test_training_asks_no_question_its_counts_already_answer() -> None:
     assert found.tolist() == [[2.0, 1.0]]  # "a" and "part"; "a" alone: minus its own, 1 and 0
 
 
-def test_model_scores_are_vectorised_and_round_trip(tmp_path: Path) -> None:
-    rng = np.random.default_rng(1)
+def small_model(rng: np.random.Generator, outfits: list[list[str]], **parts: Any) -> CompatModel:
+    """A small random model of 5-d embeddings, categories "a" and "b" and 3-d vectors, its
+    counts from ``outfits`` (``parts``: optional ones, e.g. item vectors)."""
     d, c, h, dim = 5, 2, 6, 3
-    f = d + 7 + c
-    model = CompatModel(
+    return CompatModel(
         categories=("a", "b"),
         emb_mean=np.zeros(d, np.float32),
         emb_scale=np.ones(d, np.float32),
-        w1=rng.normal(size=(f, h)).astype(np.float32),
+        w1=rng.normal(size=(d + 7 + c, h)).astype(np.float32),
         b1=np.zeros(h, np.float32),
         w2=rng.normal(size=(h, dim)).astype(np.float32),
         b2=np.zeros(dim, np.float32),
         masks=rng.normal(size=(c + 1, c + 1, dim)).astype(np.float32),
         bias=rng.normal(size=(c + 1, c + 1)).astype(np.float32),
         cooc_weight=0.5,
-        cooccurrence=Cooccurrence.from_outfits([["x", "y"]]),
+        cooccurrence=Cooccurrence.from_outfits(outfits),
+        **parts,
     )
+
+
+def test_model_scores_are_vectorised_and_round_trip(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    d = 5  # small_model's embedding width
+    model = small_model(rng, [["x", "y"]])
     feats = item_features(
         rng.normal(size=(6, d)), rng.integers(0, 255, (6, 3)), ["a", "b", None, "a", "b", "b"], "ab"
     )

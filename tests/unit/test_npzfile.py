@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stygig.compat.model import CompatModel, Cooccurrence
+from stygig.compat.model import CompatModel
 from stygig.npzfile import load_npz
+from tests.unit.test_compat import small_model
 
 
 def _npz(**arrays: Any) -> bytes:
@@ -78,23 +79,9 @@ def test_objects_and_non_archives_are_refused() -> None:
 
 
 def _model() -> CompatModel:
-    rng = np.random.default_rng(1)
-    d, c, h, dim = 5, 2, 6, 3
-    return CompatModel(
-        categories=("a", "b"),
-        emb_mean=np.zeros(d, np.float32),
-        emb_scale=np.ones(d, np.float32),
-        w1=rng.normal(size=(d + 7 + c, h)).astype(np.float32),
-        b1=np.zeros(h, np.float32),
-        w2=rng.normal(size=(h, dim)).astype(np.float32),
-        b2=np.zeros(dim, np.float32),
-        masks=rng.normal(size=(c + 1, c + 1, dim)).astype(np.float32),
-        bias=rng.normal(size=(c + 1, c + 1)).astype(np.float32),
-        cooc_weight=0.5,
-        cooccurrence=Cooccurrence.from_outfits([["x", "y"], ["x", "z"], ["y", "z"]]),
-        id_ids=np.array(["x", "y"]),
-        id_vectors=np.zeros((2, dim), np.float32),
-    )
+    outfits = [["x", "y"], ["x", "z"], ["y", "z"]]
+    vectors = {"id_ids": np.array(["x", "y"]), "id_vectors": np.zeros((2, 3), np.float32)}
+    return small_model(np.random.default_rng(1), outfits, **vectors)
 
 
 _TAMPERED: dict[str, Callable[[CompatModel], CompatModel]] = {
