@@ -506,13 +506,21 @@ REQUEST_KEYS = OPTION_NAMES | {*_JSON_QUERY_KEYS, "image_uri", "image_uris", "op
 
 
 def split_json_request(
-    data: Mapping[str, Any], *, photos_before: int = 0
+    data: Mapping[str, Any], *, photos_before: int = 0, locations: bool = False
 ) -> tuple[list[bytes], tuple[str, ...], dict[str, Any]]:
     """A JSON request object as ``(photos, item ids, options)``: ``image_b64`` and
     ``images_b64`` decoded (strict base64, data URLs allowed), ``item_ids`` checked, and every
     other key left as an option. ``photos_before``: the photos of the same request read
     already (a form's uploads and earlier ``options`` fields), counted with these before any
-    is decoded."""
+    is decoded. ``locations``: ``image_uri`` / ``image_uris`` may name stored photos (an
+    asynchronous job's input, which reads them from the locations the operator allows);
+    elsewhere they are refused, saying so (they were "no photo" or an unknown option)."""
+    if not locations and ("image_uri" in data or "image_uris" in data):
+        raise InvalidOptionsError(
+            "image_uri and image_uris name stored photos, which only asynchronous jobs read "
+            "(POST /async/invocations); send the photo itself: image_b64, or the photo as the "
+            "body"
+        )
     images: list[bytes] = []
     values = data.get("images_b64", [])
     if not isinstance(values, list):
@@ -532,6 +540,9 @@ def _b64(value: Any, where: str) -> bytes:
         raise InvalidOptionsError(f"{where} must be a base64 string")
     if value.startswith("data:") and "," in value:  # data URLs from browsers
         value = value.split(",", 1)[1]
+    # MIME's line breaks (every 76 characters: the base64 command, Python's encodebytes, Ruby
+    # and Java's MIME encoders) are the only characters outside the alphabet let through.
+    value = value.replace("\r", "").replace("\n", "")
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):

@@ -907,3 +907,54 @@ def test_a_json_body_takes_the_query_and_custom_attribute_options_beside_its_own
     assert r.json()["error"]["code"] == "option_given_twice"
     r = client.post("/invocations", json=body, params={"bogus": "1"})
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_options"
+
+
+@pytest.mark.parametrize(
+    "kind", ["application/jsonlines", "application/x-jsonlines", "application/jsonl"]
+)
+def test_a_json_lines_record_is_answered_as_one(client: httpx.Client, kind: str) -> None:
+    """Review, session 53: a batch transform over .jsonl (SplitType Line, SingleRecord) sends
+    each line as application/jsonlines and asks for it back: 415 and 406 before."""
+    body = json.dumps({"item_ids": ["sku-0014"], "k": 2}).encode() + b"\n"
+    r = client.post("/invocations", content=body, headers={"content-type": kind})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/json"
+    r = client.post("/invocations", content=body, headers={"content-type": kind, "accept": kind})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == kind
+    assert b"\n" not in r.content and json.loads(r.content)["mode"] == "outfit"
+    r = client.post(
+        "/invocations", content=body + body, headers={"content-type": kind, "accept": kind}
+    )
+    assert r.status_code == 400 and "SingleRecord" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("name", "values"),
+    [
+        ("Content-Type", ["application/json", "image/jpeg"]),
+        ("X-Amzn-SageMaker-Custom-Attributes", ["mode=similar", "k=1"]),
+    ],
+)
+def test_a_single_valued_header_given_twice_is_refused(
+    client: httpx.Client, name: str, values: list[str]
+) -> None:
+    """Review, session 53: the first of two Content-Types was read (a proxy in front may read
+    the last), and a second custom attributes header was dropped without a word."""
+    headers = [(name, v) for v in values]
+    if name != "Content-Type":
+        headers.append(("Content-Type", "application/json"))
+    r = client.post("/invocations", content=b'{"item_ids": ["sku-0014"]}', headers=headers)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["code"] == "bad_header" and name.lower() in error["message"]
+
+
+def test_accept_given_twice_is_one_list(client: httpx.Client) -> None:
+    """RFC 9110 5.3: the second Accept was ignored, so JSON accepted there was a 406."""
+    headers = [("Accept", "text/csv"), ("Accept", "application/json")]
+    r = client.post("/invocations", json={"item_ids": ["sku-0014"]}, headers=headers)
+    assert r.status_code == 200, r.text
+    headers = [("Accept", "text/csv"), ("Accept", "text/html")]
+    r = client.post("/invocations", json={"item_ids": ["sku-0014"]}, headers=headers)
+    assert r.status_code == 406

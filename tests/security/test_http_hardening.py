@@ -254,6 +254,67 @@ def test_a_loopback_server_answers_only_its_own_names_and_same_site_changes(
         allowed_hosts("0.0.0.0", ["shop.example"])
 
 
+def test_an_exposed_server_refuses_cross_site_changes_and_says_it_is_open(
+    sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Review, session 53: bound beyond loopback (the container's 0.0.0.0) without a token, a
+    form on any site reloaded the server (and, with a change log, changed the catalogue), and
+    nothing said the server was open. A change to the catalogue or the jobs from a page of
+    another origin than the addressed one is refused whatever the bind; recommendations are
+    left alone (behind a proxy that rewrites Host the page's own origin is not the addressed
+    one), and the start warns."""
+    from fastapi.testclient import TestClient
+
+    from stygig.serving.app import ServerConfig, create_app
+    from stygig.serving.command import exposure_note
+
+    config = ServerConfig(artifact=sample[1], allowed_hosts=None)  # bound beyond loopback
+    evil = {"Origin": "https://evil.example"}
+    with TestClient(create_app(config)) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/ping").status_code != 200:
+            assert time.monotonic() < deadline, "the app never became ready"
+            time.sleep(0.05)
+        for path in ("/v1/catalog/reload", "/v1/catalog/changes", "/async/invocations"):
+            r = client.post(path, content=b"x", headers={"content-type": "text/plain", **evil})
+            assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden", path
+        assert (
+            client.post("/v1/catalog/reload", headers=evil | {"Origin": "null"}).status_code == 403
+        )
+        assert client.post("/v1/catalog/reload").status_code == 200  # no Origin: a script
+        own = {"Origin": "http://testserver"}  # the origin the request was addressed to
+        assert client.post("/v1/catalog/reload", headers=own).status_code == 200
+        r = client.post(
+            "/invocations", content=photo(sample), headers={"content-type": "image/jpeg", **evil}
+        )
+        assert r.status_code == 200, r.text
+    note = exposure_note("0.0.0.0", changes=False, jobs=False)
+    assert "without a token" in note and "--auth-token-file" in note
+    assert "change the catalogue" not in note and "jobs" not in note
+    note = exposure_note("0.0.0.0", changes=True, jobs=True)
+    assert "change the catalogue" in note and "submit and cancel jobs" in note
+
+
+def test_a_server_exposed_without_a_token_warns_before_it_binds(
+    sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The warning comes from stygig serve itself, before the port is bound (review,
+    session 53). The port is taken here, so the server stops at that check and never
+    listens beyond loopback; with a token it says nothing of the kind."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        (tmp_path / "token").write_text("t" * 32)
+        for extra, warned in (((), True), (("--auth-token-file", str(tmp_path / "token")), False)):
+            log = tmp_path / "log"
+            args = ["serve", "--artifact", str(sample[1]), "--host", "0.0.0.0", "--port", port]
+            assert exit_code(start_process([*args, *extra], log)) != 0  # the port is taken
+            text = log.read_text()
+            assert ("without a token" in text) == warned, text
+            assert "in use" in text or "taken" in text or "bind" in text, text
+
+
 def test_a_short_token_is_refused_at_start(sample: tuple[Path, Path], tmp_path: Path) -> None:
     """Item 4: a guessable token would be worse than none: the server refuses to start."""
     token_file = tmp_path / "token"

@@ -282,3 +282,89 @@ def test_json_is_utf8_and_counted_after_a_byte_order_mark() -> None:
         with pytest.raises(InputError) as refused:
             parse_json_object(body)
         assert refused.value.http_status == 400 and refused.value.code == "malformed_json"
+
+
+@pytest.mark.parametrize(
+    ("accept", "label"),
+    [
+        (None, "application/json"),
+        ("application/jsonlines", "application/jsonlines"),
+        ("application/x-jsonlines;q=0.9, text/csv", "application/x-jsonlines"),
+        ("application/json;q=0.5, application/jsonl", "application/jsonl"),
+        ("application/json, application/jsonlines", "application/json"),
+        ("application/jsonlines;q=0.5, */*", "application/json"),
+        ("application/jsonlines;q=0, */*", "application/json"),
+    ],
+)
+def test_json_lines_in_accept_labels_the_same_answer(accept: str | None, label: str) -> None:
+    """Review, session 53: a batch transform over .jsonl asks for application/jsonlines; it
+    was a 406. The answer, one JSON object on one line, is a JSON Lines record; it is labelled
+    with the type the client prefers."""
+    from stygig.serving.requests import check_accept
+
+    assert check_accept(accept) == label
+
+
+def test_json_lines_ruled_out_with_json_is_406() -> None:
+    from stygig.errors import NotAcceptableError
+    from stygig.serving.requests import check_accept
+
+    with pytest.raises(NotAcceptableError, match="JSON Lines"):
+        check_accept("application/jsonlines;q=0, text/csv")
+
+
+def test_base64_wrapped_as_mime_wraps_it_is_read() -> None:
+    """Review, session 53: the base64 command, Python's encodebytes and the MIME encoders of
+    Ruby and Java break lines every 76 characters: refused as invalid base64 before."""
+    import base64
+
+    from stygig.errors import InvalidImageError
+    from stygig.recommendation import split_json_request
+
+    photo = bytes(range(256)) * 3
+    for wrapped in (
+        base64.encodebytes(photo).decode(),
+        base64.encodebytes(photo).decode().replace("\n", "\r\n"),
+    ):
+        assert "\n" in wrapped
+        images, _, _ = split_json_request({"image_b64": wrapped})
+        assert images == [photo]
+    spaced = base64.b64encode(photo).decode().replace("A", " A")
+    with pytest.raises(InvalidImageError, match="not valid base64"):
+        split_json_request({"image_b64": spaced})  # other characters stay refused
+
+
+@pytest.mark.parametrize("key", ["image_uri", "image_uris"])
+def test_a_stored_photo_outside_an_async_input_says_where_it_is_read(key: str) -> None:
+    """Review, session 53: on /invocations image_uri was "a query needs at least one photo"
+    alone and "unknown option" beside item ids."""
+    from stygig.recommendation import split_json_request
+
+    value = "/etc/passwd" if key == "image_uri" else ["/etc/passwd"]
+    for data in ({key: value}, {key: value, "item_ids": ["a"]}):
+        with pytest.raises(InvalidOptionsError, match="only asynchronous jobs") as e:
+            split_json_request(data)
+        assert "passwd" not in str(e.value)
+    _, _, rest = split_json_request({key: value}, locations=True)  # an async job's input
+    assert rest == {key: value}
+
+
+@pytest.mark.parametrize(
+    ("value", "warned"),
+    [(None, False), ("SINGLE_RECORD", False), ("MULTI_RECORD", True), ("MultiRecord", True)],
+)
+def test_a_multi_record_batch_strategy_is_warned_of(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, warned: bool
+) -> None:
+    """Review, session 53: SAGEMAKER_BATCH_STRATEGY=MULTI_RECORD started without a word, and
+    a line-split transform job then failed on every request."""
+    from stygig.serving.command import batch_strategy_note
+
+    if value is None:
+        monkeypatch.delenv("SAGEMAKER_BATCH_STRATEGY", raising=False)
+    else:
+        monkeypatch.setenv("SAGEMAKER_BATCH_STRATEGY", value)
+    note = batch_strategy_note()
+    assert (note is not None) == warned
+    if note is not None:
+        assert "SingleRecord" in note

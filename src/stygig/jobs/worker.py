@@ -145,7 +145,9 @@ def _split_json_input(
 ) -> tuple[list[bytes], tuple[str, ...], list[str], dict[str, Any]]:
     """A JSON input as (photos, item ids, stored photo locations, options), its parts counted
     against the query limit before any location is read."""
-    images, item_ids, rest = split_json_request(parse_json_object(body, what="the JSON input"))
+    images, item_ids, rest = split_json_request(
+        parse_json_object(body, what="the JSON input"), locations=True
+    )
     uris = [rest.pop("image_uri")] if "image_uri" in rest else []
     more = rest.pop("image_uris", [])  # false, 0, "" and null are no list (review, session 42)
     if not isinstance(more, list):

@@ -306,7 +306,9 @@ async def _spec(
     query: RecommendQuery | None = None
     location = given.input_location
     body = await request.body()
-    content_type = rq.media_type(h.get("x-amzn-sagemaker-content-type") or h.get("content-type"))
+    content_type = rq.read_as(
+        rq.media_type(h.get("x-amzn-sagemaker-content-type") or h.get("content-type"))
+    )
     if location and body:
         raise InputError(
             "send the input inline or name it with X-Amzn-SageMaker-InputLocation, not both",

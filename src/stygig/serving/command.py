@@ -78,6 +78,41 @@ def default_max_body_mb() -> float:
     )
 
 
+def batch_strategy_note() -> str | None:
+    """A warning for ``SAGEMAKER_BATCH_STRATEGY=MULTI_RECORD`` (None otherwise): a request here
+    holds one record, while a transform job of ``BatchStrategy=MultiRecord`` with
+    ``SplitType=Line`` sends several lines per request, each refused (400 ``malformed_json``)
+    once the instances run. Not refused at start: ``MultiRecord`` over unsplit inputs (a photo
+    per file) sends one record each (review, session 53: the job failed with no word before)."""
+    value = os.environ.get("SAGEMAKER_BATCH_STRATEGY", "").strip()
+    if value.upper().replace("_", "") != "MULTIRECORD":
+        return None
+    return (
+        "SAGEMAKER_BATCH_STRATEGY is MULTI_RECORD: each request must hold one record (a photo "
+        "or one JSON object); a transform job that splits its input by line must use "
+        "BatchStrategy SingleRecord (as GET /execution-parameters says), or every request of "
+        "several lines is refused"
+    )
+
+
+def exposure_note(host: str, changes: bool, jobs: bool) -> str:
+    """The warning for a server bound beyond loopback without a token (review, session 53:
+    it started without a word, and any client that reached it changed the catalogue).
+    ``changes``: it takes catalogue changes (a change log); ``jobs``: asynchronous jobs."""
+    can = ["ask for recommendations", "reload the catalogue"]
+    if changes:
+        can.insert(1, "change the catalogue")
+    if jobs:
+        can.append("submit and cancel jobs")
+    return (
+        f"serving on {host}, beyond this machine, without a token: every client that reaches "
+        f"this port may {', '.join(can)} (a page on another site cannot change anything, but "
+        "one reached through DNS rebinding can); require a token with --auth-token-file or "
+        "$STYGIG_AUTH_TOKEN, or bind 127.0.0.1 behind a proxy. Inside SageMaker, which forwards "
+        "/invocations and /ping only, this is expected"
+    )
+
+
 def max_body_mb(args: argparse.Namespace) -> float:
     """The body limit ``serve``'s flags ask for: ``--max-body-mb``, else
     :func:`default_max_body_mb` (any engine)."""
@@ -150,7 +185,8 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--auth-token-file",
         help="require 'Authorization: Bearer <token>' (token read from this file; or "
-        "$STYGIG_AUTH_TOKEN_FILE / $STYGIG_AUTH_TOKEN) on every route but /ping and /healthz",
+        "$STYGIG_AUTH_TOKEN_FILE / $STYGIG_AUTH_TOKEN) on every route but the health checks "
+        "(/ping, /healthz, /execution-parameters) and the page (/, /static/, /favicon.ico)",
     )
     p.add_argument("--docs", action="store_true", help="serve /docs (Swagger UI, from a CDN)")
     p.add_argument(
@@ -233,7 +269,17 @@ def run_serve(args: argparse.Namespace) -> int:
         read_manifest(artifact)  # not an artifact: said in one line, before the port is bound
     bind_port = args.port if args.port is not None else default_port()
     body_mb = max_body_mb(args)
+    token = load_token(args.auth_token_file)
+    async_jobs = async_config_from_args(args)
+    hosts = allowed_hosts(args.host, args.allowed_host)
+    if hosts is None and token is None:  # said before the port is bound, as every check
+        changes = catalog is not None and bool(catalog.change_log)
+        logging.getLogger("stygig.serving").warning(
+            "%s", exposure_note(args.host, changes, async_jobs is not None)
+        )
     check_port_free(args.host, bind_port)
+    if strategy := batch_strategy_note():
+        logging.getLogger("stygig.serving").warning("%s", strategy)
     if (catalog is None or not catalog.change_log) and (note := unapplied_changes_note(artifact)):
         # `stygig catalog ... --artifact A` wrote them; this server answers without them.
         logging.getLogger("stygig.serving").warning(
@@ -248,11 +294,11 @@ def run_serve(args: argparse.Namespace) -> int:
         request_timeout_s=args.timeout,
         verify=not args.no_verify,
         device=args.device,
-        async_jobs=async_config_from_args(args),
-        auth_token=load_token(args.auth_token_file),
+        async_jobs=async_jobs,
+        auth_token=token,
         docs=args.docs,
         body_timeout_s=args.body_timeout,
-        allowed_hosts=allowed_hosts(args.host, args.allowed_host),
+        allowed_hosts=hosts,
         max_body_bytes_in_flight=int(args.max_bodies_mb * 1024 * 1024),
         **({"threads": args.threads} if args.threads else {}),
     )

@@ -487,6 +487,18 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
         )
         if self._overflow:  # the refused message is past the pipeline's bound: none of its own
             live = None
+        if str(sys.exc_info()[1]) == "Invalid HTTP version":
+            # llhttp's word for a well-formed version other than 1.0, 1.1 and 2.0 (HTTP/1.2,
+            # HTTP/3.0): 505, as the app answers HTTP/2.0 (they were 400s: review, s53). A
+            # malformed one (HTTP/1.10, HTTX/1.1) stays a 400.
+            self.logger.warning("unsupported HTTP version: answered 505")
+            self._answer_and_close(
+                505,
+                "HTTP Version Not Supported",
+                HttpVersionError("this server speaks HTTP/1.1 (and 1.0) on this port"),
+                live,
+            )
+            return
         if self._unknown_method():
             self.logger.warning("unknown request method: answered 501")
             err: InputError = MethodNotImplementedError(

@@ -6,7 +6,9 @@ Accepted bodies (``POST /invocations`` and ``POST /v1/recommend``):
   from the URL query string (``?k=3&mode=similar``) or SageMaker's
   ``X-Amzn-SageMaker-Custom-Attributes`` header in the same ``key=value&...`` form.
 * ``application/json``: ``{"image_b64": ...}``, ``{"images_b64": [...]}`` and/or
-  ``{"item_ids": [...]}``, with the recommender's options beside them.
+  ``{"item_ids": [...]}``, with the recommender's options beside them. The JSON Lines types
+  (:data:`JSON_LINES_TYPES`) are read the same way: one record per request, as a SageMaker batch
+  transform with ``SplitType=Line`` and ``BatchStrategy=SingleRecord`` sends them.
 * ``multipart/form-data``: files in ``image`` / ``images`` / ``file``, ``item_ids`` fields, and
   an ``options`` field holding a JSON object (parsed by the app, which owns the form parser).
 * ``application/octet-stream`` (the SageMaker Python SDK's default serializer), ``image/*``, or no
@@ -56,6 +58,7 @@ from stygig.recommendation import (
 
 __all__ = [
     "IMAGE_TYPES",
+    "JSON_LINES_TYPES",
     "MAX_BODY_BYTES",
     "MAX_PAYLOAD_MB",
     "OPAQUE_CONTENT_TYPES",
@@ -79,6 +82,7 @@ __all__ = [
     "parse_json_body",
     "parse_json_object",
     "query_int",
+    "read_as",
     "split_json_request",
     "told_from_bytes",
     "unsupported",
@@ -93,7 +97,20 @@ MAX_PAYLOAD_MB = 100
 IMAGE_TYPES = frozenset(
     {"image/jpeg", "image/jpg", "image/png", "image/webp", "application/x-image"}
 )
-_ACCEPTABLE = ("application/json", "application/*", "*/*")
+#: JSON Lines under the names clients send it by (AWS's batch transform examples use
+#: ``application/jsonlines``): a request holds one record, a JSON object, read as JSON is; an
+#: answer is one JSON object on one line, so it is also one JSON Lines record (refused with 415
+#: and 406 before: a transform job over a ``.jsonl`` file failed on its first record).
+JSON_LINES_TYPES = frozenset(
+    {
+        "application/jsonlines",
+        "application/x-jsonlines",
+        "application/jsonl",
+        "application/x-ndjson",
+    }
+)
+_JSON = "application/json"
+_ACCEPTABLE = (_JSON, "application/*", "*/*")
 
 
 #: Options by the place a request gives them: ``(place, options)``, as
@@ -114,19 +131,27 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
-def check_accept(accept: str | None) -> None:
-    """Raise :class:`NotAcceptableError` unless the client takes JSON.
+def read_as(kind: str) -> str:
+    """The type a body of media type ``kind`` is read as: a JSON Lines type as JSON (one
+    record), any other as itself."""
+    return _JSON if kind in JSON_LINES_TYPES else kind
+
+
+def check_accept(accept: str | None) -> str:
+    """The media type to label a JSON answer with: ``application/json``, or the JSON Lines type
+    the client prefers to it (the bytes are the same: one JSON object on one line). Raises
+    :class:`NotAcceptableError` when it takes neither.
 
     As RFC 9110 12.5.1 reads it: JSON's quality is that of the most specific range that
     matches it (``application/json``, else ``application/*``, else ``*/*``), so
     ``application/json;q=0, */*`` refuses it; ``q`` is named in any case and is a number from
     0 to 1 (another value counts as 0)."""
     if not accept:
-        return
+        return _JSON
     quality: dict[str, float] = {}
     for part in accept.split(","):
         kind = media_type(part)
-        if kind not in _ACCEPTABLE:
+        if kind not in _ACCEPTABLE and kind not in JSON_LINES_TYPES:
             continue
         q = 1.0
         for param in part.split(";")[1:]:
@@ -134,9 +159,19 @@ def check_accept(accept: str | None) -> None:
             if key.strip().lower() == "q":
                 q = _quality(value)
         quality.setdefault(kind, q)  # a range given twice: its first
-    matched = next((quality[kind] for kind in _ACCEPTABLE if kind in quality), 0.0)
-    if matched <= 0:
-        raise NotAcceptableError("responses are application/json; the Accept header rules it out")
+    json_q = next((quality[kind] for kind in _ACCEPTABLE if kind in quality), 0.0)
+    # The JSON Lines type named with the highest quality (the first of equals), when it is
+    # preferred to JSON.
+    lines = max(
+        (k for k in quality if k in JSON_LINES_TYPES), key=lambda k: quality[k], default=None
+    )
+    if lines is not None and quality[lines] > json_q:
+        return lines
+    if json_q > 0:
+        return _JSON
+    raise NotAcceptableError(
+        "responses are application/json (or JSON Lines); the Accept header rules both out"
+    )
 
 
 def _quality(value: str) -> float:
