@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -1002,3 +1003,20 @@ def test_a_request_that_keeps_losing_its_record_number_is_refused_in_bounded_tim
     assert losing.snapshot.sequence == len(written)  # theirs applied, mine not
     row = losing.snapshot.artifact.positions[item]
     assert losing.snapshot.artifact.items[row].price != 1.5
+
+
+@pytest.mark.parametrize(
+    ("fields", "said"),
+    [
+        ({"attributes": {"e\u0301clat": "x"}}, "composed"),  # e + combining acute
+        ({"e\u0301clat": "x"}, "composed"),
+        ({"attributes": {"ID": "other"}}, "named as an item field"),
+        ({"attributes": {"Category": "jeans"}}, "named as an item field"),
+    ],
+)
+def test_field_names_that_print_alike_are_one_name(fields: dict[str, Any], said: str) -> None:
+    """Review, session 53: "\u00e9clat" and "e\u0301clat" were two attributes of one item,
+    and "ID" or "Category" attributes stood beside the item's own fields."""
+    with pytest.raises(InvalidOptionsError, match=said):
+        parse_change({"op": "update", "id": "sku-1", "set": fields})
+    parse_change({"op": "update", "id": "sku-1", "set": {"attributes": {"\u00e9clat": "x"}}})

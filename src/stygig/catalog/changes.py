@@ -27,6 +27,7 @@ import base64
 import binascii
 import dataclasses
 import json
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -215,7 +216,14 @@ def _check_values(data: Mapping[str, Any], where: str, *, attributes: bool = Fal
         problem = name_problem(key)
         if problem is not None:
             raise InvalidOptionsError(f"{where}: {problem}")
-        if attributes and key in ITEM_FIELDS:
+        if unicodedata.normalize("NFC", key) != key:
+            # "é" as one character and as "e" + an accent were two attributes of one item, as
+            # ids are not (review, session 53).
+            raise InvalidOptionsError(
+                f"{where}: field names are written composed (Unicode NFC: an accented letter "
+                "as one character), so two names that print alike are never two fields"
+            )
+        if attributes and key.casefold() in ITEM_FIELDS:  # "ID", "Category" too (review, s53)
             raise InvalidOptionsError(
                 f"{where}: an attribute may not be named as an item field "
                 f"({', '.join(ITEM_FIELDS)})"
