@@ -589,12 +589,21 @@ def test_a_server_with_a_token_asks_for_it_once_then_works(
         _wait(
             browser, lambda d: "ok" in d.find_element("id", "server-state").get_attribute("class")
         )
+        # Every blob URL a thumbnail is made of is let go once shown (review, s53: none was).
+        browser.execute_script(
+            "window.blobs = {made: 0, freed: 0};"
+            "const make = URL.createObjectURL.bind(URL), free = URL.revokeObjectURL.bind(URL);"
+            "URL.createObjectURL = (b) => { window.blobs.made++; return make(b); };"
+            "URL.revokeObjectURL = (u) => { window.blobs.freed++; return free(u); };"
+        )
         browser.find_element("css selector", "#catalog-picker summary").click()
         browser.find_element("id", "catalog-query").send_keys("navy skirt")
         _wait(browser, lambda d: d.find_elements("css selector", "#catalog-list .pick"))
         browser.find_element("css selector", "#catalog-list .pick").click()
         _wait(browser, _answered)
         _wait(browser, _all_images_loaded)
+        blobs = browser.execute_script("return window.blobs;")
+        assert blobs["made"] > 0 and blobs["freed"] == blobs["made"], blobs
         assert browser.execute_script("return sessionStorage.getItem('stygig-token');") == TOKEN
         assert _alert(browser) is False  # asked once, not once per request
         # Every thumbnail and the recommendation went through with the token.
