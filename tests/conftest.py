@@ -62,6 +62,23 @@ def python_sigint_handler() -> Iterator[None]:
     yield
 
 
+@pytest.fixture(autouse=True)
+def no_server_logging_left() -> Iterator[None]:
+    """A test that runs ``stygig serve`` in this process (``main(["serve", ...])``) points the
+    root logger at that test's captured stderr (``configure_logging``); a later test's log
+    line then went to the closed stream, and a "Logging error" traceback into that test's own
+    stderr (two failures when the unit tests ran first, session 53). The JSON handler goes,
+    the root level comes back."""
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    yield
+    for handler in [h for h in root.handlers if type(h.formatter).__name__ == "JsonFormatter"]:
+        root.removeHandler(handler)
+    root.setLevel(level)
+
+
 @pytest.fixture
 def jpeg_bytes() -> bytes:
     return encode(garment_image())
