@@ -12,7 +12,10 @@ the deployment with the reason instead of serving 503s.
 
 The living catalogue is carried over: every replica replays and follows the same change log
 (``--change-log``, a folder every node reaches or an ``s3://`` prefix) and watches the same
-``--watch`` pointer, as several ``stygig serve`` hosts do.
+``--watch`` pointer, as several ``stygig serve`` hosts do. A reload reaches every replica: the
+one that takes ``POST /v1/catalog/reload`` (or the driver, on SIGHUP) rings a
+:class:`ReloadBell`, an actor every replica asks every :data:`BELL_POLL_S` whether it rang (one
+replica reloaded alone before, and SIGHUP ended the deployment: review, session 53).
 
 Not carried over from ``stygig serve``, and refused: the asynchronous jobs (a SQLite queue per
 replica would split the queue; run them on one host), the EMF lines, and the head-deadline /
@@ -42,7 +45,9 @@ from typing import Any
 from stygig.errors import InvalidOptionsError, ServerError, StygigError
 
 __all__ = [
+    "BELL_POLL_S",
     "ReadyGate",
+    "ReloadBell",
     "config_from_args",
     "refuse_taken_name",
     "serve_from_args",
@@ -54,6 +59,103 @@ log = logging.getLogger(__name__)
 
 APP_NAME = "stygig"
 _LOAD_TIMEOUT_S = 900.0
+#: How often each replica asks the :class:`ReloadBell` whether it rang (a Ray call: ~1 ms).
+BELL_POLL_S = 1.0
+_BELL_NAMESPACE = "stygig"
+
+
+class ReloadBell:
+    """How many times a reload was asked of the deployment (a Ray actor, one per
+    application, owned by the process that deployed it): each replica reloads when the count
+    moves (:class:`ReloadAll`)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def ring(self) -> int:
+        self.count += 1
+        return self.count
+
+    def rung(self) -> int:
+        return self.count
+
+
+def reload_bell() -> Any:
+    """The application's :class:`ReloadBell` on the connected cluster (made if it is not
+    there)."""
+    import ray
+
+    return (
+        ray.remote(num_cpus=0)(ReloadBell)
+        .options(name=f"{APP_NAME}-reload", namespace=_BELL_NAMESPACE, get_if_exists=True)
+        .remote()
+    )
+
+
+class ReloadAll:
+    """An ASGI wrapper that makes a replica's reload every replica's: a ``200`` to ``POST
+    /v1/catalog/reload`` rings the bell, and from start-up on the replica reloads whenever the
+    bell's count moves (the one that rang too: a reload of the version it already serves does
+    nothing)."""
+
+    def __init__(self, app: Any, service: Any, bell: Any) -> None:
+        self.app = app
+        self._service = service
+        self._bell = bell
+        self._follower: asyncio.Task[None] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.app, name)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, self._starting(send))
+            return
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        if scope["path"].rstrip("/") != "/v1/catalog/reload":
+            await self.app(scope, receive, send)
+            return
+        status: list[int] = []
+
+        async def sent(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+            await send(message)
+
+        await self.app(scope, receive, sent)
+        if status == [200]:
+            await self._bell.ring.remote()
+
+    def _starting(self, send: Any) -> Any:
+        async def started(message: Any) -> None:
+            if message["type"] == "lifespan.startup.complete" and self._follower is None:
+                self._follower = asyncio.create_task(self._follow(), name="stygig-reload-bell")
+            await send(message)
+
+        return started
+
+    async def _follow(self) -> None:
+        """Reload whenever the bell's count moves (as ``stygig serve`` on SIGHUP)."""
+        seen: int | None = None
+        while True:
+            try:
+                count = await self._bell.rung.remote()
+            except Exception:  # the deployment is being taken down with its owner
+                log.debug("the reload bell did not answer")
+                count = seen
+            if seen is not None and count != seen and self._service.ready:
+                try:
+                    await self._service.reload()
+                except StygigError as e:  # as stygig serve logs a refused reload
+                    log.error(
+                        "hot reload refused: %s", e.message, extra={"fields": {"code": e.code}}
+                    )
+                except Exception:
+                    log.exception("hot reload failed")
+            seen = count
+            await asyncio.sleep(BELL_POLL_S)
 
 
 class ReadyGate:
@@ -127,8 +229,9 @@ def stygig_application(
     )
     @serve.ingress()
     class StyGig:
-        def __init__(self, server_config: Any) -> None:
+        def __init__(self, server_config: Any, bell: Any) -> None:
             self.server_config = server_config
+            self.bell = bell
 
         def __serve_build_asgi_app__(self) -> Any:
             from stygig.serving.app import create_app
@@ -140,9 +243,11 @@ def stygig_application(
             failed: list[BaseException] = []
             app = create_app(self.server_config, on_fatal=failed.append)
             service = app.state.service
-            return ReadyGate(app, lambda: bool(service.ready), failed)
+            return ReloadAll(
+                ReadyGate(app, lambda: bool(service.ready), failed), service, self.bell
+            )
 
-    return StyGig.bind(config)  # type: ignore[attr-defined]
+    return StyGig.bind(config, reload_bell())  # type: ignore[attr-defined]
 
 
 def start_serve(
@@ -234,6 +339,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         HEAD_TIMEOUT_S,
         MAX_CONNECTIONS,
         check_device,
+        exposure_note,
         max_body_mb,
     )
 
@@ -275,6 +381,11 @@ def config_from_args(args: argparse.Namespace) -> Any:
             watch=_absolute(catalog.watch),
             photo_prefixes=tuple(_absolute(p) or p for p in catalog.photo_prefixes),
         )
+    hosts = allowed_hosts(args.host, getattr(args, "allowed_host", None) or ())
+    token = load_token(args.auth_token_file)
+    if hosts is None and token is None:  # as stygig serve says it (review, session 53)
+        changes = catalog is not None and bool(catalog.change_log)
+        log.warning("%s", exposure_note(args.host, changes, jobs=False))
     return ServerConfig(
         artifact=artifact.resolve(),
         catalog=catalog,
@@ -284,11 +395,11 @@ def config_from_args(args: argparse.Namespace) -> Any:
         request_timeout_s=args.timeout,
         verify=not args.no_verify,
         device=args.device,
-        auth_token=load_token(args.auth_token_file),
+        auth_token=token,
         docs=args.docs,
         body_timeout_s=args.body_timeout,
         # Ray's proxy passes the client's Host on: the replicas check it as `stygig serve` does.
-        allowed_hosts=allowed_hosts(args.host, getattr(args, "allowed_host", None) or ()),
+        allowed_hosts=hosts,
         max_body_bytes_in_flight=int(args.max_bodies_mb * 1024 * 1024),
         **({"threads": args.threads} if args.threads else {}),
     )
@@ -304,7 +415,10 @@ def _absolute(location: str | None) -> str | None:
 
 
 def serve_from_args(args: argparse.Namespace) -> int:
-    """Run the deployment until SIGINT or SIGTERM, then take it down; the exit code."""
+    """Run the deployment until SIGINT or SIGTERM, then take it down; the exit code. SIGHUP
+    reloads every replica (as it reloads ``stygig serve``; its default action ended the
+    driver and the deployment with it, leaving Ray's agents behind: review, session 53)."""
+    import ray
     from ray import serve
 
     from stygig.distributed.cluster import ray_session
@@ -314,10 +428,18 @@ def serve_from_args(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else default_port()
     # A cluster this process starts ends with it; on one it joins, Serve and the other
     # applications stay: only this application is taken down at the end.
-    stop = threading.Event()
-    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with ray_session(args.address) as own_cluster:
+    stop, hup, wake = threading.Event(), threading.Event(), threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:  # the work is the main loop's, below
+        (hup if signum == signal.SIGHUP else stop).set()
+        wake.set()
+
+    with ray_session(args.address) as own_cluster:
+        # After ray.init: its driver installs a SIGTERM handler of its own, which aborted the
+        # process (exit 134, the application never taken down: review, session 53).
+        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        previous = {s: signal.signal(s, on_signal) for s in signals}
+        try:
             refuse_taken_name()  # before anything of ours is on the cluster
             try:
                 start_serve(
@@ -335,12 +457,19 @@ def serve_from_args(args: argparse.Namespace) -> int:
                     f"({args.replicas} Ray Serve replica(s)); Ctrl-C stops",
                     flush=True,
                 )
-                stop.wait()
+                bell = reload_bell()
+                while not stop.is_set():
+                    wake.wait()
+                    wake.clear()
+                    if hup.is_set() and not stop.is_set():
+                        hup.clear()
+                        ray.get(bell.ring.remote())
+                        log.warning("SIGHUP: every replica reloads")
             finally:  # deployed or failed after the name check: the app is ours
                 _take_down(serve, joined=not own_cluster)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        finally:  # a handler set outside Python (Ray's) cannot be put back: the default
+            for s, handler in previous.items():
+                signal.signal(s, signal.SIG_DFL if handler is None else handler)
     return 0
 
 
