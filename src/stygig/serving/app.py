@@ -45,6 +45,7 @@ import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
@@ -169,6 +170,23 @@ def _examples_from_env() -> Path | None:
 #: The names a loopback-bound server answers to, beside its bind address and --allowed-host.
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: A request header asking for an answer from a catalogue that holds a change-log record
+#: (:meth:`_Boundary._caught_up`), and how long a server catches up for it.
+MIN_SEQUENCE_HEADER = "x-stygig-min-sequence"
+MIN_SEQUENCE_WAIT_S = 2.0
+
+
+class CatalogBehindError(OverloadedError):
+    """The catalogue does not hold the change-log record a request asked for (503; 409 where
+    it never will)."""
+
+    code = "catalog_behind"
+
+    def __init__(self, message: str, *, http_status: int = 503) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+
+
 #: The routes whose POSTs change the catalogue or the jobs (see :meth:`_Boundary._refuse`).
 _WRITE_PREFIXES = ("/v1/catalog/", "/async/")
 #: The longest wait before the watch tries again a version it could not load or verify (the
@@ -775,6 +793,8 @@ class _Boundary:
             refused = self._refuse(
                 scope["method"], scope["path"], headers, server[1], scope.get("http_version")
             )
+            if refused is None and MIN_SEQUENCE_HEADER in headers:
+                refused = await self._caught_up(headers[MIN_SEQUENCE_HEADER])
             if refused is not None:
                 refused_route = self._match(scope)  # routing never ran: named for the log
                 await refused(scope, receive, send_with_id)
@@ -817,6 +837,48 @@ class _Boundary:
                     }
                 },
             )
+
+    async def _caught_up(self, value: str) -> Response | None:
+        """``X-Stygig-Min-Sequence: N``: answer only once this server's catalogue holds
+        change-log record ``N``, catching up from the log for at most
+        :data:`MIN_SEQUENCE_WAIT_S` now. Read-your-writes where the server that took a change
+        is not the one that answers next (several hosts behind a load balancer, Ray's
+        replicas behind its proxy: review, session 53); a change's answer gives its
+        ``sequence``. None: go on; else the refusal: 400 for no record number, 409 when this
+        server follows no change log (it never will hold the record), 503 when the log does
+        not hold it yet."""
+        text = value.strip()
+        if not (text.isascii() and text.isdigit() and len(text) <= 15):
+            return error_response(
+                InputError(
+                    f"{MIN_SEQUENCE_HEADER} is a change-log record number (0 to 15 digits)",
+                    code="bad_header",
+                )
+            )
+        wanted, service = int(text), self.service
+        rec = service.recommender
+        if not service.ready or rec is None:  # the route answers its own 503
+            return None
+        held = rec.snapshot.sequence
+        if held >= wanted:
+            return None
+        live = service.live
+        if live is None or live.changelog is None:
+            return error_response(
+                CatalogBehindError(
+                    f"this server follows no change log: its catalogue stays at record {held}",
+                    http_status=409,
+                )
+            )
+        if await run_in_threadpool(live.wait_for, wanted, MIN_SEQUENCE_WAIT_S):
+            return None
+        held = live.snapshot.sequence
+        return error_response(
+            CatalogBehindError(
+                f"the change log holds no record {wanted} yet (this server is at {held}); "
+                "retry shortly"
+            )
+        )
 
     def _match(self, scope: Scope) -> str:
         """The declared route a request refused before routing (a 413 on /invocations, a
