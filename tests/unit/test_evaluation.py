@@ -80,7 +80,9 @@ def test_fitb_questions_are_valid_and_reproducible(tmp_path: Path) -> None:
     outfits = read_outfits(path)
     train, test = split_ids(list(outfits), test_fraction=0.5, seed=0)
     questions = make_questions(outfits, types, test, train, seed=0)
-    assert len(questions) == 2 * len(test)
+    for sampling in ("uniform", "matched"):  # no reference numbers here: no collection
+        assert sum(q.sampling == sampling for q in questions) == len(test)
+    assert {q.sampling for q in questions} <= {"uniform", "matched", "cold"}
     for q in questions:
         assert q.candidates[q.answer] == q.hidden
         assert len(set(q.candidates)) == 4

@@ -305,6 +305,12 @@ def run_eval(args: argparse.Namespace) -> int:
         raise InvalidOptionsError(
             f"--out {out} is an artifact folder; name a folder for evaluation runs instead"
         )
+    for flag, given in (
+        ("--tune-whitening", args.tune_whitening),
+        ("--category-head", getattr(args, "category_head", False)),
+    ):
+        if given and args.only == "fitb":  # accepted and ignored before (review, session 53)
+            raise InvalidOptionsError(f"{flag} is for the category votes; --only fitb runs none")
     for flag, named in (("--outfits", args.outfits), ("--test-outfits", args.test_outfits)):
         if named and args.only == "category":  # read and ignored before (review, session 51)
             raise InvalidOptionsError(

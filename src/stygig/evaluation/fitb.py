@@ -10,12 +10,17 @@ of the same product type taken from other outfits, drawn either
   apart: the headline figure, or
 * ``collection``: the same-type items whose reference numbers are nearest the hidden item's
   (MANGO's ``cod_modelo_color`` model number: neighbours are the same collection drop), a
-  different garment each (hard negatives).
+  different garment each (hard negatives), or
+* ``cold``: only for a hidden item in no train outfit, uniformly over the same-type items in no
+  train outfit either: cold start where no candidate has a history. (An unseen answer among
+  matched negatives is nearly always the one candidate without history: the rule "pick the
+  one never styled" answered 89 % of those, review of session 53.)
 
 A scorer gives each candidate a number given the rest of the outfit; the highest wins, ties are
 broken by a seeded coin. Answers are *seen* (the hidden item is in a train outfit, one the model
 learned from) or *unseen* (cold start). Questions depend only on ``(seed, outfits, item types)``
-and are written as JSONL, so any outfits file in the ``cod_outfit,cod_modelo_color`` format can
+(an outfit's items are drawn from in sorted order, so listing them otherwise asks the same
+questions) and are written as JSONL, so any outfits file in the ``cod_outfit,cod_modelo_color`` format can
 be scored. The compatibility AUC sets real test outfits against the same outfits with every item
 swapped, and with one item swapped, for a random item of the same type.
 """
@@ -68,9 +73,15 @@ __all__ = [
     "write_questions",
 ]
 
-SAMPLINGS = ("uniform", "matched", "collection")
+SAMPLINGS = ("uniform", "matched", "collection", "cold")
 #: The scorers that are outfit statistics alone (train outfits, no model, no content).
-STATISTICS = ("cooccurrence", "cooccurrence+popularity", "cooccurrence+absence", "popularity")
+STATISTICS = (
+    "cooccurrence",
+    "cooccurrence+popularity",
+    "cooccurrence+absence",
+    "popularity",
+    "no-history",
+)
 #: The figure to read first: popularity alone is at chance on it.
 HEADLINE = "matched"
 _REFERENCE = re.compile(r"(\d+)")
@@ -269,7 +280,9 @@ def make_questions(
     skipped (``collection`` also when the ids carry no reference numbers). The hidden item is
     the same for every sampling of an outfit, and each sampling draws from its own generator,
     so asking for fewer samplings leaves the others' questions unchanged; every draw is seeded
-    by ``seed`` and the outfit's id (:func:`outfit_key`), not by its place among the others. ``cold_start``: the
+    by ``seed`` and the outfit's id (:func:`outfit_key`), not by its place among the others,
+    and an outfit's items are drawn from sorted, not in the order the file lists them (which
+    moved a small file's headline by 10 points: review, session 53). ``cold_start``: the
     hidden item is in none of the ``train_ids`` outfits.
     """
     unknown = set(samplings) - set(SAMPLINGS)
@@ -282,8 +295,9 @@ def make_questions(
         t: np.array([reference_number(i) or -1 for i in p], np.int64) for t, p in pools.items()
     }
     questions: list[Question] = []
+    untrained = {t: np.array([i not in trained for i in p], bool) for t, p in pools.items()}
     for outfit in sorted(test_ids):
-        items = clean.get(outfit, [])
+        items = sorted(set(clean.get(outfit, [])))
         if len(items) < 2:
             continue
         k = outfit_key(outfit)
@@ -297,7 +311,12 @@ def make_questions(
             if sampling not in samplings:
                 continue
             rng = np.random.default_rng([seed, k, s + 1])
-            if sampling == "collection":
+            if sampling == "cold":
+                fresh = allowed & untrained[kind]
+                if hidden in trained or fresh.sum() < negatives:
+                    continue
+                picked = rng.choice(len(fresh), negatives, replace=False, p=fresh / fresh.sum())
+            elif sampling == "collection":
                 near = _nearest_references(hidden, pool_refs[kind], allowed, negatives, rng)
                 if near is None:
                     continue
@@ -465,7 +484,7 @@ def compatibility_auc(
     real: list[list[str]] = []
     fake: list[list[str]] = []
     for outfit in sorted(test_ids):
-        items = clean.get(outfit, [])
+        items = sorted(set(clean.get(outfit, [])))  # as listed or not: the same swaps
         if len(items) < 2:
             continue
         rng = np.random.default_rng([seed, outfit_key(outfit), 9 if swap == "all" else 10])
@@ -496,6 +515,9 @@ def statistics_scorers(train_outfits: Iterable[Sequence[str]]) -> dict[str, Scor
     * ``cooccurrence+absence``: the same, ties broken by how few visible items the candidate
       was *never* styled with although both were styled (the learned model's absence term, as
       a statistic: it favours an item without history over one that had its chances);
+    * ``no-history``: 1 for a candidate in no train outfit, else 0 (no content at all: the
+      answer of a matched question with an unseen answer is nearly always the one candidate
+      without history, so this rule is what the unseen figure must be read against);
     * ``popularity`` (popular-by-type: all candidates share the type) is in
       :func:`engine_scorers`.
     """
@@ -522,10 +544,14 @@ def statistics_scorers(train_outfits: Iterable[Sequence[str]]) -> dict[str, Scor
         out: np.ndarray = cooccurrence(given, cands) * (len(given) + 1) - absent
         return out
 
+    def no_history(given: Sequence[str], cands: Sequence[str]) -> np.ndarray:
+        return np.array([counts.get(c, 0) == 0 for c in cands], np.float64)
+
     return {
         "cooccurrence": cooccurrence,
         "cooccurrence+popularity": with_popularity,
         "cooccurrence+absence": with_absence,
+        "no-history": no_history,
     }
 
 
@@ -729,9 +755,14 @@ def evaluate_outfits(
     # 42's fixes), and as many near ones for the figure with them.
     test = [o for o in rest if o not in near][:limit]
     near_asked = sorted(near)[:limit]
-    questions = make_questions(pool, types, test, train_keys, seed=seed)
+    # Left out of the questions, and of what their negatives and swaps are drawn from (they
+    # doubled train items' matched weights and moved the other outfits' questions: review,
+    # session 53); the figure with the near copies draws from them, the exact repeats aside.
+    asked_pool = {o: v for o, v in pool.items() if o not in inside and o not in near}
+    near_pool = {o: v for o, v in pool.items() if o not in inside}
+    questions = make_questions(asked_pool, types, test, train_keys, seed=seed)
     if not questions:  # every figure would be a blank over nothing: said, not reported
-        found = sum(1 for o in test for i in pool.get(o, ()) if i in types)
+        found = sum(1 for o in test for i in asked_pool.get(o, ()) if i in types)
         raise CatalogError(
             f"{questions_from}: no question could be made from its {len(test)} test outfit(s) "
             f"({found} of their items are in the catalogue; a question needs an outfit of at "
@@ -765,7 +796,7 @@ def evaluate_outfits(
     # The engine's and the statistics' figures with the near copies asked too: their
     # questions after the others, answered in the same pass (the draws that break ties come
     # in question order, so the first questions' answers are those of a pass without them).
-    near_questions = make_questions(pool, types, near_asked, train_keys, seed=seed)
+    near_questions = make_questions(near_pool, types, near_asked, train_keys, seed=seed)
     both = [*questions, *near_questions]
     accuracy: dict[str, dict[str, dict[str, float | int]]] = {}
     with_near_copies: dict[str, dict[str, dict[str, float | int]]] = {}
@@ -781,11 +812,11 @@ def evaluate_outfits(
         with_near_copies[name] = _accuracy(both, chosen)
     for_auc = {k: v for k, v in scorers.items() if k != "random"}
     outfit_auc = for_auc | as_outfit
-    compat = compatibility_auc(pool, types, test, outfit_auc, seed=seed, swap="all")
-    single = compatibility_auc(pool, types, test, outfit_auc, seed=seed, swap="one")
+    compat = compatibility_auc(asked_pool, types, test, outfit_auc, seed=seed, swap="all")
+    single = compatibility_auc(asked_pool, types, test, outfit_auc, seed=seed, swap="one")
     # The first round's outfit score (pairs' mean of the recommendation scores), for comparison.
     single_pairs = compatibility_auc(
-        pool, types, test, for_auc, seed=seed, swap="one", aggregate="pairs"
+        asked_pool, types, test, for_auc, seed=seed, swap="one", aggregate="pairs"
     )
     # The items of the outfits the questions come from (the test file's own, when given).
     asked = outfits if test_outfits_file is None else others
@@ -803,7 +834,8 @@ def evaluate_outfits(
             "train_fingerprint": outfits_fingerprint(outfits, train),
             "test_outfits_identical_to_a_train_outfit": identical,
             "test_outfits_inside_a_train_outfit_left_out": len(inside),
-            "test_outfits_near_a_train_outfit_left_out": len(near_asked),
+            "test_outfits_near_a_train_outfit_left_out": len(near),
+            "test_outfits_near_a_train_outfit_asked_with_them": len(near_asked),
         },
         "outfit_items": sum(len(v) for v in asked.values()),
         "outfit_items_in_catalog": in_catalog,
@@ -844,6 +876,11 @@ def headline(
         "matched": get(name, "matched"),
         "matched_cold_start": get(name, "matched", "cold_start_accuracy"),
         "matched_seen": get(name, "matched", "seen_accuracy"),
+        # What the unseen figure is read against: the rule that picks the one candidate
+        # without history, no content at all; and cold start where no candidate has one.
+        "matched_cold_start_no_history_rule": get("no-history", "matched", "cold_start_accuracy"),
+        "cold": get(name, "cold"),
+        "cold_n": get(name, "cold", "n"),
         "collection": get(name, "collection"),
         "uniform": get(name, "uniform"),
         "auc_single_swap": float(auc_one.get(name, float("nan"))),

@@ -99,6 +99,7 @@ BASELINES = (
     "cooccurrence+absence",
     "cooccurrence",
     "popularity",
+    "no-history",
     "random",
 )
 
@@ -115,6 +116,7 @@ def _fitb_spec(
         ("matched", "FITB matched (headline)", "fitb_matched"),
         ("collection", "FITB same-collection negatives", "fitb_collection"),
         ("uniform", "FITB uniform", None),
+        ("cold", "FITB cold start, no candidate with history", None),
     ):
         for name in (*scorers, *BASELINES):
             learned = name in LEARNED
@@ -127,7 +129,7 @@ def _fitb_spec(
                     name in BASELINES,
                 )
             )
-            if sampling == "matched" and (learned or name == "v4"):
+            if sampling == "matched" and (learned or name in ("v4", "no-history")):
                 for key, label, tkey in (
                     (
                         "cold_start_accuracy",

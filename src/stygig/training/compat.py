@@ -66,6 +66,9 @@ MANGO_ATTRIBUTES = (
 
 #: The evaluation's share of test outfits (``split_ids``' default), never read by training.
 TEST_FRACTION = 0.2
+#: The samplings validation asks (the criterion reads matched and collection; the evaluation's
+#: cold-start sampling is not one the model is chosen by).
+_VAL_SAMPLINGS = ("uniform", "matched", "collection")
 
 
 @dataclass(frozen=True)
@@ -595,7 +598,9 @@ def _train(
         [
             q
             for seed in val_seeds
-            for q in make_questions(val_outfits, types, val_ids, fit_ids, seed=seed)
+            for q in make_questions(
+                val_outfits, types, val_ids, fit_ids, seed=seed, samplings=_VAL_SAMPLINGS
+            )
         ],
         val_outfits,
         types,
