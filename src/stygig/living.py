@@ -480,16 +480,6 @@ class LiveCatalog:
             self._thread.join(timeout=30)
             self._thread = None
 
-    def wait_for(self, sequence: int, timeout_s: float) -> bool:
-        """Catch up until the catalogue holds record ``sequence`` or ``timeout_s`` passes."""
-        deadline = time.monotonic() + timeout_s
-        while self.snapshot.sequence < sequence:
-            self.catch_up()
-            if self.snapshot.sequence >= sequence or time.monotonic() > deadline:
-                break
-            self._stop.wait(0.01)
-        return self.snapshot.sequence >= sequence
-
 
 def replay(recommender: Recommender, changelog: ChangeLog, until: int | None = None) -> int:
     """Apply ``changelog``'s records after ``recommender``'s current snapshot, up to record

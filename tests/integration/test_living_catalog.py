@@ -827,6 +827,7 @@ def test_a_client_reads_its_own_change_on_another_server_by_its_sequence(
     from stygig.catalog.changelog import ChangeLog
     from stygig.catalog.changes import parse_change
     from stygig.engine import Recommender
+    from stygig.errors import StorageError
     from stygig.living import LiveCatalog
     from stygig.serving import app as app_module
     from stygig.serving.app import ServerConfig, create_app
@@ -852,10 +853,34 @@ def test_a_client_reads_its_own_change_on_another_server_by_its_sequence(
         assert r.status_code == 200 and r.json()["sequence"] == 1
         r = client.get(path, headers={"X-Stygig-Min-Sequence": "2"})  # not in the log
         assert r.status_code == 503 and r.json()["error"]["code"] == "catalog_behind"
-        assert r.headers["retry-after"] == "1"
+        assert r.headers["retry-after"] == "1" and "holds no record 2" in r.text
         for bad in ("-1", "one", "1" * 16, "1.0", " "):
             r = client.get(path, headers={"X-Stygig-Min-Sequence": bad})
             assert r.status_code == 400 and r.json()["error"]["code"] == "bad_header", bad
+        twice = [("X-Stygig-Min-Sequence", "0"), ("X-Stygig-Min-Sequence", "0")]
+        r = client.get(path, headers=twice)
+        assert r.status_code == 400 and "x-stygig-min-sequence" in r.json()["error"]["message"]
+        # Review of the change (s53): bounded, as a client's value must be. The health checks
+        # and the page never wait; past the waiters' bound, and when the log cannot be read,
+        # a 503 at once (a storage error was a 500 with a traceback).
+        far = {"X-Stygig-Min-Sequence": "9" * 15}
+        assert client.get("/ping", headers=far).status_code == 200
+        assert client.get("/healthz", headers=far).status_code == 200
+        other.submit([parse_change({**update, "set": {"stock": 3}})])  # record 2
+        monkeypatch.setattr(app_module, "MIN_SEQUENCE_WAITERS", 0)
+        r = client.get(path, headers={"X-Stygig-Min-Sequence": "2"})
+        assert r.status_code == 503 and "too many" in r.text
+        monkeypatch.setattr(app_module, "MIN_SEQUENCE_WAITERS", 16)
+
+        def unreadable(self: Any) -> int:
+            raise StorageError("the change log cannot be listed")
+
+        monkeypatch.setattr(ChangeLog, "last_sequence", unreadable)
+        r = client.get(path, headers={"X-Stygig-Min-Sequence": "2"})
+        assert r.status_code == 503 and "cannot be read" in r.text
+        monkeypatch.undo()
+        r = client.get(path, headers={"X-Stygig-Min-Sequence": "2"})
+        assert r.status_code == 200 and r.json()["stock"] == 3
     plain = ServerConfig(artifact=art, warmup_rounds=0)  # no change log: never record 1
     with TestClient(create_app(plain)) as client:
         assert _until(lambda: client.get("/ping").status_code == 200, 60)

@@ -921,7 +921,7 @@ def test_a_json_lines_record_is_answered_as_one(client: httpx.Client, kind: str)
     assert r.headers["content-type"] == "application/json"
     r = client.post("/invocations", content=body, headers={"content-type": kind, "accept": kind})
     assert r.status_code == 200, r.text
-    assert r.headers["content-type"] == kind
+    assert r.headers["content-type"] == kind and r.headers["vary"] == "Accept"
     assert b"\n" not in r.content and json.loads(r.content)["mode"] == "outfit"
     r = client.post(
         "/invocations", content=body + body, headers={"content-type": kind, "accept": kind}

@@ -1012,6 +1012,8 @@ def test_a_request_that_keeps_losing_its_record_number_is_refused_in_bounded_tim
         ({"e\u0301clat": "x"}, "composed"),
         ({"attributes": {"ID": "other"}}, "named as an item field"),
         ({"attributes": {"Category": "jeans"}}, "named as an item field"),
+        ({"Category": "evening"}, "named as an item field"),  # at the top level: an attribute
+        ({"PRICE": 3}, "named as an item field"),
     ],
 )
 def test_field_names_that_print_alike_are_one_name(fields: dict[str, Any], said: str) -> None:
@@ -1020,3 +1022,5 @@ def test_field_names_that_print_alike_are_one_name(fields: dict[str, Any], said:
     with pytest.raises(InvalidOptionsError, match=said):
         parse_change({"op": "update", "id": "sku-1", "set": fields})
     parse_change({"op": "update", "id": "sku-1", "set": {"attributes": {"\u00e9clat": "x"}}})
+    with pytest.raises(InvalidOptionsError, match="named as an item field"):  # an add's item
+        parse_change({"op": "add", "item": {"id": "n-1", "category": "jeans", "ID": "x"}})

@@ -223,7 +223,10 @@ def _check_values(data: Mapping[str, Any], where: str, *, attributes: bool = Fal
                 f"{where}: field names are written composed (Unicode NFC: an accented letter "
                 "as one character), so two names that print alike are never two fields"
             )
-        if attributes and key.casefold() in ITEM_FIELDS:  # "ID", "Category" too (review, s53)
+        # "ID", "Category" too, inside attributes and at the top level, where a name that is
+        # no item field becomes an attribute (review, s53, and its review: only the first
+        # was checked).
+        if key.casefold() in ITEM_FIELDS and (attributes or key not in ITEM_FIELDS):
             raise InvalidOptionsError(
                 f"{where}: an attribute may not be named as an item field "
                 f"({', '.join(ITEM_FIELDS)})"

@@ -145,7 +145,10 @@ class ReloadAll:
             except Exception:  # the deployment is being taken down with its owner
                 log.debug("the reload bell did not answer")
                 count = seen
-            if seen is not None and count != seen and self._service.ready:
+            if seen is not None and count != seen:
+                if not self._service.ready:  # loading: the ring is taken once it is ready
+                    await asyncio.sleep(BELL_POLL_S)
+                    continue
                 try:
                     await self._service.reload()
                 except StygigError as e:  # as stygig serve logs a refused reload
@@ -463,8 +466,12 @@ def serve_from_args(args: argparse.Namespace) -> int:
                     wake.clear()
                     if hup.is_set() and not stop.is_set():
                         hup.clear()
-                        ray.get(bell.ring.remote())
-                        log.warning("SIGHUP: every replica reloads")
+                        try:
+                            ray.get(bell.ring.remote(), timeout=30)
+                        except Exception as e:  # the deployment goes on serving
+                            log.error("SIGHUP: the reload bell did not ring (%s)", type(e).__name__)
+                        else:
+                            log.warning("SIGHUP: every replica reloads")
             finally:  # deployed or failed after the name check: the app is ours
                 _take_down(serve, joined=not own_cluster)
         finally:  # a handler set outside Python (Ray's) cannot be put back: the default

@@ -174,6 +174,7 @@ _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: (:meth:`_Boundary._caught_up`), and how long a server catches up for it.
 MIN_SEQUENCE_HEADER = "x-stygig-min-sequence"
 MIN_SEQUENCE_WAIT_S = 2.0
+MIN_SEQUENCE_WAITERS = 16
 
 
 class CatalogBehindError(OverloadedError):
@@ -726,6 +727,7 @@ class _Boundary:
         self.config = config
         self.token = config.auth_token.encode() if config.auth_token else None
         self.bodies_in_flight = 0
+        self.catching_up = 0  # requests waiting for a change-log record (_caught_up)
 
     def _authorized(self, path: str, headers: dict[str, str]) -> bool:
         if self.token is None or path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
@@ -793,7 +795,9 @@ class _Boundary:
             refused = self._refuse(
                 scope["method"], scope["path"], headers, server[1], scope.get("http_version")
             )
-            if refused is None and MIN_SEQUENCE_HEADER in headers:
+            path = scope["path"]
+            public = path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+            if refused is None and MIN_SEQUENCE_HEADER in headers and not public:
                 refused = await self._caught_up(headers[MIN_SEQUENCE_HEADER])
             if refused is not None:
                 refused_route = self._match(scope)  # routing never ran: named for the log
@@ -840,44 +844,72 @@ class _Boundary:
 
     async def _caught_up(self, value: str) -> Response | None:
         """``X-Stygig-Min-Sequence: N``: answer only once this server's catalogue holds
-        change-log record ``N``, catching up from the log for at most
-        :data:`MIN_SEQUENCE_WAIT_S` now. Read-your-writes where the server that took a change
-        is not the one that answers next (several hosts behind a load balancer, Ray's
-        replicas behind its proxy: review, session 53); a change's answer gives its
-        ``sequence``. None: go on; else the refusal: 400 for no record number, 409 when this
-        server follows no change log (it never will hold the record), 503 when the log does
-        not hold it yet."""
+        change-log record ``N``. Read-your-writes where the server that took a change is not
+        the one that answers next (several hosts behind a load balancer, Ray's replicas behind
+        its proxy: review, session 53); a change's answer gives its ``sequence``.
+
+        Bounded, as a client's value must be: one look at the log's last record first (a
+        record it does not hold yet is a 503 at once), then catch-ups on the worker pool
+        between short sleeps on the event loop, for at most :data:`MIN_SEQUENCE_WAIT_S`, by
+        at most :data:`MIN_SEQUENCE_WAITERS` requests at once (more: 503 at once). Each pass
+        reads the catalogue serving now (a hot reload swaps it). Read on the routes the token
+        guards only (the health checks and the page ignore it). None: go on; else the
+        refusal: 400 for no record number, 409 when this server follows no change log, 503
+        when the log does not hold the record, cannot be read, or the wait ran out."""
         text = value.strip()
         if not (text.isascii() and text.isdigit() and len(text) <= 15):
             return error_response(
                 InputError(
-                    f"{MIN_SEQUENCE_HEADER} is a change-log record number (0 to 15 digits)",
+                    f"{MIN_SEQUENCE_HEADER} is a change-log record number: 1 to 15 digits",
                     code="bad_header",
                 )
             )
         wanted, service = int(text), self.service
-        rec = service.recommender
-        if not service.ready or rec is None:  # the route answers its own 503
+        if not service.ready or service.recommender is None:  # the route answers its 503
             return None
-        held = rec.snapshot.sequence
+        held = service.recommender.snapshot.sequence
         if held >= wanted:
             return None
-        live = service.live
-        if live is None or live.changelog is None:
+        if service.live is None or service.live.changelog is None:
             return error_response(
                 CatalogBehindError(
-                    f"this server follows no change log: its catalogue stays at record {held}",
+                    f"this server follows no change log (its catalogue is at record {held})",
                     http_status=409,
                 )
             )
-        if await run_in_threadpool(live.wait_for, wanted, MIN_SEQUENCE_WAIT_S):
-            return None
-        held = live.snapshot.sequence
-        return error_response(
-            CatalogBehindError(
-                f"the change log holds no record {wanted} yet (this server is at {held}); "
-                "retry shortly"
+        if self.catching_up >= MIN_SEQUENCE_WAITERS:
+            return error_response(
+                CatalogBehindError("too many requests wait for the change log; retry shortly")
             )
+        self.catching_up += 1
+        try:
+            deadline = time.monotonic() + MIN_SEQUENCE_WAIT_S
+            changelog = service.live.changelog
+            if await run_in_threadpool(changelog.last_sequence) < wanted:
+                return error_response(
+                    CatalogBehindError(
+                        f"the change log holds no record {wanted} yet; retry shortly"
+                    )
+                )
+            while True:
+                live = service.live  # the catalogue serving now: a reload may swap it
+                if live is not None:
+                    await run_in_threadpool(live.catch_up)
+                rec = service.recommender
+                if rec is not None and rec.snapshot.sequence >= wanted:
+                    return None
+                if time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(0.05)
+        except StygigError as e:  # the log unreadable now (a storage error): not a 500
+            log.warning("catching up for %s failed: %s", MIN_SEQUENCE_HEADER, e.code)
+            return error_response(
+                CatalogBehindError("the change log cannot be read now; retry shortly")
+            )
+        finally:
+            self.catching_up -= 1
+        return error_response(
+            CatalogBehindError(f"this server holds no record {wanted} yet; retry shortly")
         )
 
     def _match(self, scope: Scope) -> str:
@@ -1011,6 +1043,7 @@ _ONCE = frozenset(
         "x-amzn-sagemaker-inference-id",
         "x-amzn-sagemaker-inputlocation",
         "x-amzn-sagemaker-invocationtimeoutseconds",
+        "x-stygig-min-sequence",
     }
 )
 #: List-valued fields a route reads, given to it joined when repeated (RFC 9110 5.3: a list
@@ -1522,6 +1555,10 @@ def _direct(app: FastAPI, path: str, handler: Callable[[Request], Awaitable[Resp
     return endpoint
 
 
+#: An answer's label follows Accept (JSON or a JSON Lines type): a shared cache must key it so.
+_VARY = {"Vary": "Accept"}
+
+
 def _routes(
     app: FastAPI, service: ModelService, metrics: ServerMetrics, direct: dict[str, ASGIApp]
 ) -> None:
@@ -1529,7 +1566,7 @@ def _routes(
         service.require()
         label = rq.check_accept(request.headers.get("accept"))
         parsed = await parse_request(request, service, multipart=multipart)
-        return Response(await service.answer(parsed), media_type=label)
+        return Response(await service.answer(parsed), media_type=label, headers=_VARY)
 
     @get_and_head(
         app,
@@ -1605,7 +1642,7 @@ def _routes(
                 code="unsupported_content_type",
             )
         body = await request.body()
-        return Response(await service.score_outfit(body), media_type=label)
+        return Response(await service.score_outfit(body), media_type=label, headers=_VARY)
 
     @get_and_head(
         app,
@@ -1646,7 +1683,7 @@ def _routes(
         label = rq.check_accept(request.headers.get("accept"))
         options = rq.options_from_params(request.query_params.multi_items())
         parsed = rq.ParsedRequest(Query(item_ids=(item_id,)), options)
-        return Response(await service.answer(parsed), media_type=label)
+        return Response(await service.answer(parsed), media_type=label, headers=_VARY)
 
     @get_and_head(
         app,

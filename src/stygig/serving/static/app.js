@@ -96,6 +96,22 @@
     return res;
   }
 
+  // Thumbnails' blob URLs not yet let go, by image: one is let go once its picture is shown
+  // (or refused), or once its image has left the page before loading (a lazy thumbnail of a
+  // list replaced by the next search), at the next image set (review, s53: every redraw made
+  // new ones and none was revoked).
+  const pendingBlobs = new Map();
+  function letGo(img) {
+    const url = pendingBlobs.get(img);
+    if (url) {
+      pendingBlobs.delete(img);
+      URL.revokeObjectURL(url);
+    }
+  }
+  function sweepBlobs() {
+    for (const img of [...pendingBlobs.keys()]) if (!img.isConnected) letGo(img);
+  }
+
   // <img src> cannot carry a header: with a token, images come through fetch as blob URLs.
   async function setImage(img, path) {
     if (!sessionStorage.getItem(TOKEN_KEY)) {
@@ -105,11 +121,15 @@
     try {
       const res = await authFetch(path);
       if (res.ok) {
-        // The <img> keeps its decoded picture: the blob is let go once shown (or refused), so
-        // boards drawn again do not pile blobs up for the tab's life (review, s53: 134 made,
-        // none revoked, after 10 redraws).
-        const url = URL.createObjectURL(await res.blob());
-        const free = () => URL.revokeObjectURL(url);
+        const blob = await res.blob();
+        sweepBlobs();
+        letGo(img); // a new picture for the same image before the last one showed
+        const url = URL.createObjectURL(blob);
+        pendingBlobs.set(img, url);
+        // The <img> keeps its decoded picture once shown: the blob can go.
+        const free = () => {
+          if (pendingBlobs.get(img) === url) letGo(img);
+        };
         img.addEventListener("load", free, { once: true });
         img.addEventListener("error", free, { once: true });
         img.src = url;
