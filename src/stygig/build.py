@@ -35,9 +35,11 @@ from stygig.catalog import (
 )
 from stygig.category_head import (
     HEAD_FIELDS,
+    HEAD_FILE,
     CategoryHead,
-    add_category_head,
     fit_artifact_heads,
+    head_entry,
+    save_heads,
     skip_reason,
 )
 from stygig.encoders import Encoder, export_onnx, load_encoder, load_onnx_encoder
@@ -385,24 +387,32 @@ def finish_build(
         "color_method": color_method(),
         **(build_extra or {}),
     }
-    path = write_artifact(
-        out_dir,
-        items=embedded.items,
-        colors=embedded.colors,
-        embeddings=vectors,
-        taxonomy=taxonomy,
-        encoder_info=encoder.describe(),
-        rejects=rejects,
-        index_kind=index_kind,
-        index_params=index_params,
-        build_info=build_info,
-        extra_files=extra_files,
-        whitening=whitening,
-        thumbnails=embedded.thumbnails,
-        index_builder=index_builder,
-    )
-    if heads:
-        add_category_head(path, heads, head_info)
+    # The heads go in with the rest, before the artifact replaces the old one: added after,
+    # a build stopped between the two published an artifact without them, and a kill while
+    # writing them left a stray file that made every load refuse it (review, session 53).
+    with tempfile.TemporaryDirectory(prefix="stygig-heads-") as scratch:
+        files = dict(extra_files or {})
+        head_manifest: dict[str, Any] | None = None
+        if heads:
+            files[HEAD_FILE] = save_heads(heads, Path(scratch) / HEAD_FILE)
+            head_manifest = {"category_head": head_entry(heads, head_info)}
+        path = write_artifact(
+            out_dir,
+            items=embedded.items,
+            colors=embedded.colors,
+            embeddings=vectors,
+            taxonomy=taxonomy,
+            encoder_info=encoder.describe(),
+            rejects=rejects,
+            index_kind=index_kind,
+            index_params=index_params,
+            build_info=build_info,
+            extra_files=files,
+            whitening=whitening,
+            thumbnails=embedded.thumbnails,
+            index_builder=index_builder,
+            manifest_extra=head_manifest,
+        )
     total = time.perf_counter() - started
     manifest = read_manifest(path)
     counts: dict[str, int] = manifest["counts"]["rejects_by_reason"]

@@ -103,6 +103,7 @@ __all__ = [
     "fold_of",
     "gender_skip_reason",
     "gender_stack_features",
+    "head_entry",
     "load_artifact_heads",
     "load_heads",
     "merge_shares",
@@ -1139,14 +1140,25 @@ def add_category_head(
     """
     from stygig.artifact import add_file
 
-    entry = {
+    return add_file(
+        path,
+        HEAD_FILE,
+        lambda partial: save_heads(heads, partial),
+        "category_head",
+        head_entry(heads, info),
+    )
+
+
+def head_entry(
+    heads: Mapping[str, CategoryHead], info: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The manifest's ``category_head`` entry of ``heads`` (each head's
+    :meth:`~CategoryHead.describe`, plus ``info``)."""
+    return {
         "file": HEAD_FILE,
         "heads": {field: head.describe() for field, head in sorted(heads.items())},
         **(info or {}),
     }
-    return add_file(
-        path, HEAD_FILE, lambda partial: save_heads(heads, partial), "category_head", entry
-    )
 
 
 def load_artifact_heads(

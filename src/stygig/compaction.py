@@ -19,6 +19,7 @@ a new build refits them.
 from __future__ import annotations
 
 import hashlib
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,10 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from stygig.artifact import ONNX_FILE, Artifact, add_compat_model
+from stygig.artifact import ONNX_FILE, Artifact
 from stygig.artifact import write_artifact as _write
 from stygig.catalog.changelog import ChangeLog
-from stygig.category_head import add_category_head
+from stygig.category_head import HEAD_FILE, head_entry, save_heads
+from stygig.compat.model import COMPAT_FILE
 from stygig.errors import ArtifactError
 from stygig.snapshot import CatalogSnapshot, ancestors, lineage_root, replay_batches, snapshot_of
 from stygig.thumbnails import ItemImages
@@ -101,42 +103,50 @@ def compact(artifact_dir: str | Path, changelog: ChangeLog, out_dir: str | Path)
         name = str(encoder.get("onnx_file") or ONNX_FILE)
         extra[name] = source / name
     version = _new_version(snap)
-    _write(
-        out,
-        items=items,
-        colors=colors,
-        embeddings=embeddings,
-        taxonomy=artifact.taxonomy,
-        encoder_info=encoder,
-        rejects=[],
-        index_kind=kind,
-        index_params=params,
-        requested_index_params=requested,
-        build_info={
-            "compacted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            # The rows' colours are the parent's measurements (and those of rows changed since,
-            # made by the same colour step unless the server was upgraded in between).
-            "color_method": manifest.get("build", {}).get("color_method"),
-            "parent_build": manifest.get("build", {}),
-        },
-        extra_files=extra,
-        whitening=artifact.whitening,
-        thumbnails=thumbnails,
-        manifest_extra={
-            "version": version,
-            "catalog": catalog_entry(manifest, snap.version, snap.sequence),
-        },
-    )
-    if artifact.compat is not None:
-        info = {k: v for k, v in (manifest.get("compat") or {}).items() if k != "file"}
-        add_compat_model(out, artifact.compat, info)
-    if artifact.heads:
-        head_info = {
-            k: v
-            for k, v in (manifest.get("category_head") or {}).items()
-            if k not in ("file", "heads")
-        }
-        add_category_head(out, artifact.heads, head_info)
+    # The model and the heads go in with the rest, before the new folder is published: added
+    # after, a compaction stopped between the two published the new version without them
+    # under the very version the whole one has (review, session 53).
+    more: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="stygig-compact-") as scratch:
+        if artifact.compat is not None:
+            info = {k: v for k, v in (manifest.get("compat") or {}).items() if k != "file"}
+            extra[COMPAT_FILE] = artifact.compat.save(Path(scratch) / COMPAT_FILE)
+            more["compat"] = {"file": COMPAT_FILE, **info}
+        if artifact.heads:
+            head_info = {
+                k: v
+                for k, v in (manifest.get("category_head") or {}).items()
+                if k not in ("file", "heads")
+            }
+            extra[HEAD_FILE] = save_heads(artifact.heads, Path(scratch) / HEAD_FILE)
+            more["category_head"] = head_entry(artifact.heads, head_info)
+        _write(
+            out,
+            items=items,
+            colors=colors,
+            embeddings=embeddings,
+            taxonomy=artifact.taxonomy,
+            encoder_info=encoder,
+            rejects=[],
+            index_kind=kind,
+            index_params=params,
+            requested_index_params=requested,
+            build_info={
+                "compacted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                # The rows' colours are the parent's measurements (and those of rows changed
+                # since, made by the same colour step unless the server was upgraded since).
+                "color_method": manifest.get("build", {}).get("color_method"),
+                "parent_build": manifest.get("build", {}),
+            },
+            extra_files=extra,
+            whitening=artifact.whitening,
+            thumbnails=thumbnails,
+            manifest_extra={
+                "version": version,
+                "catalog": catalog_entry(manifest, snap.version, snap.sequence),
+                **more,
+            },
+        )
     return {
         "version": version,
         "parent": snap.version,

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -44,6 +45,29 @@ def test_sample_catalogue_builds_and_round_trips(sample: Path, tmp_path: Path) -
         assert art.index.search(again, 1)[1][0, 0] == pos
     color = art.colors[0]
     assert len(color["rgb"]) == 3 and color["hex"].startswith("#")
+
+
+def test_a_build_publishes_its_category_heads_with_the_rest(
+    sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review, session 53: the heads were added to the published folder after it replaced
+    the old artifact, so a build stopped between the two (Ctrl-C, SIGTERM) left an artifact
+    without them that loaded and served, and a kill while they were written left a stray file
+    that made every load refuse it. They are in the folder when it is published: a stop right
+    after publishing leaves the whole artifact."""
+    from stygig import build
+
+    write = build.write_artifact
+
+    def stopped_after_publishing(*args: Any, **kwargs: Any) -> Path:
+        write(*args, **kwargs)
+        raise KeyboardInterrupt  # the very next moment of the build: the operator's Ctrl-C
+
+    monkeypatch.setattr(build, "write_artifact", stopped_after_publishing)
+    with pytest.raises(KeyboardInterrupt):
+        build_artifact(sample, tmp_path / "art", load_encoder("tiny"), progress=False)
+    art = Artifact.load(tmp_path / "art")
+    assert art.heads and art.manifest["category_head"]["file"] in art.manifest["files"]
 
 
 def test_bad_rows_never_stop_a_build(sample: Path, tmp_path: Path) -> None:

@@ -170,6 +170,57 @@ def test_a_quote_left_open_in_the_last_column_does_not_hide_the_rows_it_swallowe
     assert res.items[0].name is not None and "Portugal" in res.items[0].name
 
 
+def test_one_or_two_rows_swallowed_by_an_open_quote_are_said_when_they_name_photos(
+    tmp_path: Path,
+) -> None:
+    """Review, session 53: a quote left open in the last column swallowed the next one or two
+    rows (three were needed to be sure they were rows) into the item's name, with no reject:
+    items 1, rejected 0. A line that parses as a row and names a photo in the image column is
+    no line of a description, so one is enough."""
+    _images(tmp_path, "ok.jpg")
+    head = "id,image,category,price,name\n"
+    for swallowed in (1, 2):
+        rows = ['q0,images/ok.jpg,shirt,1,"Shirt'] + [
+            f"q{n},images/ok.jpg,shirt,2,Jeans" for n in range(1, swallowed + 1)
+        ]
+        (tmp_path / "c.csv").write_text(head + "\n".join(rows) + "\n")
+        res = read_catalog(tmp_path / "c.csv")
+        assert not res.items, [i.name for i in res.items]
+        (reject,) = res.rejects
+        assert f"unclosed quote joined the next {swallowed} line" in reject.detail
+    # A description whose line has the row's commas but names no photo is still read.
+    text = '"Soft shirt.\nBlue, cotton, 2, slim fit, wash cold"'
+    (tmp_path / "d.csv").write_text(head + f"a,images/ok.jpg,shirt,1,{text}\n")
+    res = read_catalog(tmp_path / "d.csv")
+    assert [i.id for i in res.items] == ["a"] and not res.rejects
+
+
+@pytest.mark.parametrize(
+    ("price", "read"),
+    [
+        ("12.5", 12.5),
+        ("1,234.56", 1234.56),
+        ("1e3", 1000.0),
+        ("-0", 0.0),
+        ("1.234,56", None),  # a European total: 1.23456 before, a thousand times too low
+        ("1,234", None),  # 1.234 in Europe, 1234 elsewhere: not guessed
+        ("1_000", None),  # Python's float reads it
+        ("12,50", None),
+        ("inf", None),
+    ],
+)
+def test_a_price_is_read_as_written_or_refused(
+    tmp_path: Path, price: str, read: float | None
+) -> None:
+    _images(tmp_path, "ok.jpg")
+    (tmp_path / "c.csv").write_text(f'id,image,category,price\na,images/ok.jpg,shirt,"{price}"\n')
+    res = read_catalog(tmp_path / "c.csv")
+    if read is None:
+        assert not res.items and res.rejects[0].reason == "bad_value", res.items
+    else:
+        assert [i.price for i in res.items] == [read]
+
+
 def test_a_jsonl_catalogue_with_a_byte_order_mark_keeps_its_first_row(tmp_path: Path) -> None:
     """Review, session 36: the first row of a JSONL file saved with a BOM was rejected as
     invalid JSON (CSV files and change files already read one)."""

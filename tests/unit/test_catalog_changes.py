@@ -1024,3 +1024,32 @@ def test_field_names_that_print_alike_are_one_name(fields: dict[str, Any], said:
     parse_change({"op": "update", "id": "sku-1", "set": {"attributes": {"\u00e9clat": "x"}}})
     with pytest.raises(InvalidOptionsError, match="named as an item field"):  # an add's item
         parse_change({"op": "add", "item": {"id": "n-1", "category": "jeans", "ID": "x"}})
+
+
+def test_a_compaction_publishes_its_heads_and_model_with_the_rest(
+    live: tuple[LiveCatalog, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review, session 53: the heads (and a compatibility model) were added to the new folder
+    after it was published, so a compaction stopped between the two left the new version
+    without them, under the very version the whole one carries."""
+    from stygig import compaction
+
+    catalog, _ = live
+    rec = catalog.recommender
+    assert rec.artifact.heads  # the sample artifact has them
+    catalog.submit(
+        [parse_change({"op": "update", "id": rec.artifact.items[0].id, "set": {"stock": 0}})]
+    )
+    write = compaction._write
+
+    def stopped_after_publishing(*args: Any, **kwargs: Any) -> Path:
+        write(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compaction, "_write", stopped_after_publishing)
+    assert catalog.changelog is not None
+    with pytest.raises(KeyboardInterrupt):
+        compaction.compact(rec.artifact.path, catalog.changelog, tmp_path / "v1")
+    done = Artifact.load(tmp_path / "v1")
+    assert set(done.heads) == set(rec.artifact.heads)
+    assert done.manifest["category_head"]["file"] in done.manifest["files"]

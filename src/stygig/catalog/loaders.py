@@ -143,13 +143,27 @@ def _gender(value: str | None) -> str | None:
     return _label(_GENDER_WORDS.get(value.lower(), value.lower()), "gender")
 
 
+#: A price as catalogues write it: a plain decimal (an exponent allowed), or with commas
+#: grouping thousands before a decimal point ("1,234.56"). Anything else is refused, not
+#: guessed: "1.234,56" (a European total) was read as 1.23456, a thousand times too low, and
+#: "1_000" as 1000 (Python's float reads both; review, session 53).
+_PLAIN_PRICE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_GROUPED_PRICE = re.compile(r"\d{1,3}(?:,\d{3})+\.\d+")  # "1,234" alone: 1.234 in Europe
+
+
 def _price(value: str | None) -> float | None:
     if value is None:
         return None
-    try:
-        price = float(value.replace(",", "") if value.count(",") and "." in value else value)
-    except ValueError as e:
-        raise RowError("bad_value", f"price {value!r} is not a number") from e
+    text = value.strip()
+    if _GROUPED_PRICE.fullmatch(text):
+        text = text.replace(",", "")
+    elif not _PLAIN_PRICE.fullmatch(text):
+        raise RowError(
+            "bad_value",
+            f"price {value[:40]!r} is not a number (write 1234.56, or 1,234.56 with commas "
+            "grouping thousands)",
+        )
+    price = float(text) + 0.0  # "-0" is 0
     if not math.isfinite(price) or price < 0:  # inf is no price, and no JSON number either
         raise RowError("bad_value", f"price {value!r} must be a non-negative number")
     if price >= MAX_PRICE:
@@ -462,7 +476,7 @@ def _csv_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, str 
                 if any(_NOT_UTF8.search(v) for v in values):
                     yield number, {}, _NOT_UTF8_REASON
                     continue
-                swallowed = _swallowed_rows(values, len(header), reader.line_num - start)
+                swallowed = _swallowed_rows(values, header, reader.line_num - start)
                 if swallowed:
                     yield (
                         number,
@@ -522,33 +536,48 @@ def _not_a_file(path: Path) -> str:
 SWALLOWED_ROWS_MIN = 3
 
 
-def _swallowed_rows(values: list[str], columns: int, lines: int) -> int:
+def _swallowed_rows(values: list[str], header: list[str], lines: int) -> int:
     """How many lines of CSV rows a value holds (0: none): a quote left open in a field joins
     the lines after it, up to the next quote, into that field, and where it is the last field
     the row still has its columns (review, session 36: 89 rows vanished under one reject "over
-    2,000 characters"). A field's line that parses as a whole row of ``columns`` fields counts
-    as one; a multi-line description is not rows, so most of its lines must be."""
+    2,000 characters"). A field's line that parses as a whole row of the header's columns
+    counts as one; a multi-line description is not rows, so most of its lines must be, and
+    three of them (:data:`SWALLOWED_ROWS_MIN`) unless one names a photo in the ``image``
+    column, which no line of a description does (review, session 53: one or two rows
+    vanished into a name, with no reject)."""
+    columns = len(header)
     if lines < 2 or columns < 2:
         return 0
+    image = header.index("image") if "image" in header else None
     for value in values:
         if "\n" not in value:
             continue
         rest = value.splitlines()[1:]
-        rows = sum(
-            1 for line in rest if line.count(",") >= columns - 1 and _row_like(line, columns)
-        )
+        rows = [fields for line in rest if (fields := _row_like(line, columns)) is not None]
+        photos = image is not None and any(_names_a_photo(f[image]) for f in rows)
         # Three or more: a text field's line may well hold as many commas as a row has (review,
         # session 36: "Fabric: cotton, linen, elastane" in a 4-column file was refused).
-        if rows >= SWALLOWED_ROWS_MIN and rows * 2 > len(rest):
+        enough = photos or len(rows) >= SWALLOWED_ROWS_MIN
+        if enough and len(rows) * 2 > len(rest):
             return len(rest)
     return 0
 
 
-def _row_like(line: str, columns: int) -> bool:
+def _row_like(line: str, columns: int) -> list[str] | None:
+    """The fields of ``line`` when it parses as a row of ``columns`` fields, else None."""
+    if line.count(",") < columns - 1:
+        return None
     try:
-        return len(next(csv.reader([line]))) == columns
+        fields = next(csv.reader([line]))
     except (csv.Error, StopIteration):
-        return False
+        return None
+    return fields if len(fields) == columns else None
+
+
+def _names_a_photo(value: str) -> bool:
+    """Whether a field reads as a photo's path or URI (an image file's suffix, no spaces)."""
+    text = value.strip().lower()
+    return " " not in text and text.endswith((".jpg", ".jpeg", ".png", ".webp"))
 
 
 #: A JSON Lines row's fields StyGig reads itself: a list or an object there is no value (any
