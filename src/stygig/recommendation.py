@@ -22,6 +22,7 @@ from stygig.errors import InputError, InvalidImageError, InvalidOptionsError, Pa
 from stygig.unique_keys import DuplicateKeyError, key_name, unique_object
 
 __all__ = [
+    "JSON_LINES_TYPES",
     "MAX_CANDIDATE_IDS",
     "MAX_EXCLUDE_IDS",
     "MAX_FILTERS",
@@ -70,6 +71,18 @@ MAX_QUERY_PARTS = 16
 #: asynchronous jobs alike. Other ranges stay refused (415): ``*/*`` and ``application/*`` say
 #: nothing a client means by them, and ``text/*`` claims text, which a photo is not.
 OPAQUE_CONTENT_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream", "image/*"})
+#: JSON Lines under the names clients send it by (AWS's batch transform examples use
+#: ``application/jsonlines``): a request holds one record, a JSON object, read as JSON is; an
+#: answer is one JSON object on one line, so it is also one JSON Lines record (refused with 415
+#: and 406 before: a transform job over a ``.jsonl`` file failed on its first record).
+JSON_LINES_TYPES = frozenset(
+    {
+        "application/jsonlines",
+        "application/x-jsonlines",
+        "application/jsonl",
+        "application/x-ndjson",
+    }
+)
 
 
 def opens_a_json_object(data: bytes) -> bool:

@@ -117,6 +117,32 @@ def _model(name: str) -> dict[str, Any]:
 # --- point 2: the container's environment, async limits ---------------------------------------
 
 
+def test_deploy_flags_are_checked_before_anything_is_made(
+    aws: None, archive: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review, session 53: scaling bounds were checked once the endpoint was InService (then
+    left without scaling, and the same command refused as "already exists"); NaN passed as a
+    target; a bearer token in the environment made an endpoint that answered /ping and
+    refused every request, with the token in its description."""
+    uri = put_model(archive, "early/model.tar.gz")
+    cases = (
+        (["--max-instances", "2", "--min-instances", "5"], "--min-instances"),
+        (["--max-instances", "2", "--target-invocations", "nan"], "scaling target"),
+        (["--max-instances", "3", "--min-instances", "0"], "--min-instances >= 1"),
+        (["--max-instances", "0"], "--max-instances"),
+        (["--instance-count", "5", "--max-instances", "3"], "above --max-instances"),
+        (["--env", "STYGIG_AUTH_TOKEN=abcdefghijklmnopqrstuvwxyz"], "no bearer token"),
+        (["--env", "STYGIG_SERVE_ARGS=--auth-token-file /run/t"], "no bearer token"),
+    )
+    for extra, said in cases:
+        argv = ["deploy", "sync", "--model-uri", uri, "--endpoint-name", "early", *extra]
+        assert main(argv) == 2, extra
+        err = capsys.readouterr().err
+        assert said in err and "abcdefghij" not in err and "Traceback" not in err, (extra, err)
+    sm = _c("sagemaker")
+    assert sm.list_endpoints()["Endpoints"] == [] and sm.list_models()["Models"] == []
+
+
 def test_env_flags_and_async_limits(
     aws: None, archive: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:

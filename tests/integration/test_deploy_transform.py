@@ -176,6 +176,21 @@ def test_transform_groups_inputs_by_content_type_and_refreshes_all_items(
     assert len(lines) == len(items) > 10
     assert json.loads(lines[5])["query"][0]["source"] == f"item:{items[5]['item_ids'][0]}"
 
+    # Review, session 53: a JSON Lines type named went as whole files, one 400 each.
+    asks = f"s3://{BUCKET}/jsonl-in/"
+    rows = [json.dumps({"item_ids": [i], "k": 1}) for i in ("sku-0003", "sku-0004")]
+    storage.write_bytes(asks + "asks.jsonl", ("\n".join(rows) + "\n").encode())
+    assert main(["deploy", "transform", "--endpoint-name", ep.name, "--input", asks,
+                 "--output", f"s3://{BUCKET}/jsonl-out/", "--poll", "0.05",
+                 "--content-type", "application/jsonlines"]) == 0  # fmt: skip
+    request = played.requests[-1]["TransformInput"]
+    assert (request["ContentType"], request["SplitType"]) == ("application/jsonlines", "Line")
+    answers = storage.read_bytes(f"s3://{BUCKET}/jsonl-out/asks.jsonl.out").splitlines()
+    assert [json.loads(a)["query"][0]["source"] for a in answers] == [
+        "item:sku-0003",
+        "item:sku-0004",
+    ]
+
 
 def test_transform_failures_and_mistakes(
     played: _PlayedTransforms,
@@ -214,9 +229,20 @@ def test_transform_failures_and_mistakes(
         ([*base, "--model-name", ep.name, "--env", "1BAD=secret-value"], "KEY=VALUE"),
         ([*base, "--model-name", ep.name, "--env", "A=1", "--env", "A=2"], "given twice"),
         ([*base, "--model-name", ep.name, "--max-concurrent", "32"], "at most 100"),
+        # Review, session 53: a token the endpoint cannot be sent.
+        (
+            [*base, "--model-name", ep.name, "--env", "STYGIG_AUTH_TOKEN=" + "x" * 20],
+            "bearer token",
+        ),
     ]
     for argv, expected in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert expected in err and "Traceback" not in err, (argv, err)
         assert "secret-value" not in err
+    # Review, session 53: plain floats (0 polled in a tight loop, -1 was a traceback after the
+    # job was made, nan never timed out): refused as the flags are read.
+    for flag, value in (("--poll", "0"), ("--poll", "-1"), ("--timeout", "nan")):
+        with pytest.raises(SystemExit) as stop:
+            main([*base, "--model-name", ep.name, flag, value])
+        assert stop.value.code == 2 and f"argument {flag}" in capsys.readouterr().err

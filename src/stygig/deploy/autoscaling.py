@@ -14,6 +14,7 @@ drove the old policies at the new ones as well), :func:`remove_scaling` takes a 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,8 +51,8 @@ class Scaling:
     def __post_init__(self) -> None:
         if self.min_instances < 0 or self.max_instances < max(1, self.min_instances):
             raise InvalidOptionsError("need 0 <= --min-instances <= --max-instances, max >= 1")
-        if self.target <= 0:
-            raise InvalidOptionsError("the scaling target must be > 0")
+        if not (math.isfinite(self.target) and self.target > 0):  # NaN passed "<= 0"
+            raise InvalidOptionsError("the scaling target must be a number > 0")
 
 
 def resource_id(endpoint_name: str, variant_name: str) -> str:

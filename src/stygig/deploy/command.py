@@ -21,7 +21,13 @@ from stygig.arguments import real
 from stygig.deploy.check_command import SYNC_DEFAULT_INSTANCE, cpu_guard, register_checks
 from stygig.deploy.transform import register_transform
 
-__all__ = ["deploy_from_args", "enable_scaling", "prune_endpoint", "register"]
+__all__ = [
+    "deploy_from_args",
+    "enable_scaling",
+    "prune_endpoint",
+    "register",
+    "scaling_from_args",
+]
 
 ASYNC_DEFAULT_INSTANCE = "ml.m5.large"
 
@@ -272,10 +278,7 @@ def deploy_from_args(args: argparse.Namespace) -> Any:
             args.sns_error_topic,
             args.max_concurrent,
         )
-    scaling_wanted = bool(
-        (args.mode == "sync" and args.max_instances)
-        or (args.mode == "async" and not args.no_autoscale)
-    )
+    scaling_wanted = scaling_from_args(args) is not None  # checked before anything is made
     if scaling_wanted and args.no_wait:
         raise InvalidOptionsError("autoscaling needs the endpoint InService: drop --no-wait")
     if args.update and args.no_wait:
@@ -335,19 +338,43 @@ def deploy_from_args(args: argparse.Namespace) -> Any:
     return done
 
 
-def enable_scaling(args: argparse.Namespace, aws: Any, done: Any) -> None:
-    """The autoscaling the flags ask for, on the deployed variant (the endpoint InService)."""
-    from stygig.deploy.autoscaling import Scaling, enable_async_scaling, enable_autoscaling
+def scaling_from_args(args: argparse.Namespace) -> Any:
+    """The autoscaling the flags ask for (a :class:`~stygig.deploy.autoscaling.Scaling`;
+    None: none), its bounds and target checked. Called before anything is created: checked
+    only once the endpoint was InService (5-10 minutes, billed), a bad bound left it without
+    scaling, and the same command then could not run again (review, session 53)."""
+    from stygig.deploy.autoscaling import Scaling
+    from stygig.errors import InvalidOptionsError
 
     if args.mode == "sync":
+        if args.max_instances is None:
+            return None
         scaling = Scaling(args.min_instances, args.max_instances, args.target_invocations)
+        if scaling.min_instances < 1:
+            raise InvalidOptionsError("a real-time endpoint needs --min-instances >= 1")
+        if args.instance_count > scaling.max_instances:
+            raise InvalidOptionsError(
+                f"--instance-count {args.instance_count} is above --max-instances "
+                f"{scaling.max_instances}: autoscaling would take it down at once"
+            )
+        return scaling
+    if getattr(args, "no_autoscale", False):
+        return None
+    return Scaling(args.min_instances, args.max_instances, args.backlog_target)
+
+
+def enable_scaling(args: argparse.Namespace, aws: Any, done: Any) -> None:
+    """The autoscaling the flags ask for, on the deployed variant (the endpoint InService)."""
+    from stygig.deploy.autoscaling import enable_async_scaling, enable_autoscaling
+
+    scaling = scaling_from_args(args)
+    if args.mode == "sync":
         enable_autoscaling(aws.aas, done.endpoint_name, done.variant_name, scaling)
         print(
             f"autoscaling: {scaling.min_instances}..{scaling.max_instances} instances, "
             f"target {scaling.target:g} invocations per instance per minute"
         )
         return
-    scaling = Scaling(args.min_instances, args.max_instances, args.backlog_target)
     enable_async_scaling(aws.aas, aws.cw, done.endpoint_name, done.variant_name, scaling)
     print(
         f"autoscaling: {scaling.min_instances}..{scaling.max_instances} instances, "

@@ -244,6 +244,17 @@ def parse_environment(pairs: Sequence[str]) -> dict[str, str]:
         env[key] = value
     if len(env) > _MAX_ENV:
         raise InvalidOptionsError(f"--env: SageMaker allows {_MAX_ENV} variables at most")
+    token = [k for k in ("STYGIG_AUTH_TOKEN", "STYGIG_AUTH_TOKEN_FILE") if k in env]
+    if token or "--auth-token-file" in env.get("STYGIG_SERVE_ARGS", "").split():
+        # SageMaker's InvokeEndpoint cannot send the bearer header: the endpoint passed its
+        # /ping and refused every request (401), and the token stood in plain text in the
+        # model's description (review, session 53). IAM authenticates the callers here.
+        named = token[0] if token else "STYGIG_SERVE_ARGS --auth-token-file"
+        raise InvalidOptionsError(
+            f"--env {named}: a SageMaker endpoint takes no bearer token (InvokeEndpoint cannot "
+            "send it, so every request would be refused); IAM authenticates its callers",
+            code="invalid_env",
+        )
     if "STYGIG_SERVE_ARGS" in env:
         check_serve_args(env["STYGIG_SERVE_ARGS"])
     return env

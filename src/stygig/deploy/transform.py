@@ -35,6 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from stygig.recommendation import JSON_LINES_TYPES
+
 __all__ = ["TransformGroup", "group_inputs", "register_transform", "run_transform"]
 
 _TYPES = {
@@ -70,7 +72,10 @@ def group_inputs(
     """The inputs by content type (``content_type``: all of them as that), and how many keys
     were left out (other suffixes, the manifests this command writes)."""
     if content_type:
-        return [TransformGroup(content_type, False, list(keys))], 0
+        # A JSON Lines type: one record per line, as the server reads one per request (the
+        # whole file went as one body: a 400 for every file, review session 53).
+        lines = content_type.split(";", 1)[0].strip().lower() in JSON_LINES_TYPES
+        return [TransformGroup(content_type, lines, list(keys))], 0
     groups: dict[tuple[str, bool], TransformGroup] = {}
     skipped = 0
     for key in keys:
@@ -283,6 +288,17 @@ def register_transform(deploy_subparsers: Any) -> None:
     p.add_argument("--env", action="append", help="container environment KEY=VALUE (repeat)")
     p.add_argument("--job-name", help="default: <endpoint or model>-<time>[-<type>]")
     p.add_argument("--no-wait", action="store_true", help="return once the jobs are created")
-    p.add_argument("--timeout", type=float, default=6 * 3600.0, help="seconds to wait")
-    p.add_argument("--poll", type=float, default=30.0, help="seconds between status checks")
+    # Bounded and finite, as deploy sync/async take them (review, session 53: --poll 0 made
+    # 719 DescribeTransformJob calls in 2 s, --poll -1 a traceback after the job was created,
+    # --timeout nan never timed out).
+    from stygig.arguments import real
+    from stygig.deploy.command import WAIT_S
+
+    p.add_argument("--timeout", type=WAIT_S, default=6 * 3600.0, help="seconds to wait")
+    p.add_argument(
+        "--poll",
+        type=real(0.05, 3600.0),
+        default=30.0,
+        help="seconds between status checks (0.05 to 3600)",
+    )
     p.set_defaults(func=run_transform)

@@ -42,6 +42,7 @@ from stygig.errors import (
 )
 from stygig.images import looks_like_image
 from stygig.recommendation import (
+    JSON_LINES_TYPES,
     MAX_QUERY_PARTS,
     MAX_QUERY_PHOTOS,
     MAX_TEXT,
@@ -96,18 +97,6 @@ MAX_PAYLOAD_MB = 100
 #: bytes say the format either way.
 IMAGE_TYPES = frozenset(
     {"image/jpeg", "image/jpg", "image/png", "image/webp", "application/x-image"}
-)
-#: JSON Lines under the names clients send it by (AWS's batch transform examples use
-#: ``application/jsonlines``): a request holds one record, a JSON object, read as JSON is; an
-#: answer is one JSON object on one line, so it is also one JSON Lines record (refused with 415
-#: and 406 before: a transform job over a ``.jsonl`` file failed on its first record).
-JSON_LINES_TYPES = frozenset(
-    {
-        "application/jsonlines",
-        "application/x-jsonlines",
-        "application/jsonl",
-        "application/x-ndjson",
-    }
 )
 _JSON = "application/json"
 _ACCEPTABLE = (_JSON, "application/*", "*/*")
