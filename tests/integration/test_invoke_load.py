@@ -126,3 +126,11 @@ def test_invoke_mistakes_are_clear_errors(
     assert main(["invoke", "--url", server.url, "--image", str(text)]) == 7
     err = capsys.readouterr().err
     assert "answered 400" in err and "Traceback" not in err
+    # Review, session 53: a password in the address was echoed with every error.
+    nobody = server.url.replace("http://", "http://user:PaSsWoRd@").rsplit(":", 1)[0] + ":1"
+    assert main(["invoke", "--url", nobody, "--image", str(photo)]) == 7
+    err = capsys.readouterr().err
+    assert "cannot reach http://127.0.0.1:1" in err and "PaSsWoRd" not in err
+    with_user = server.url.replace("http://", "http://user:PaSsWoRd@")
+    assert main(["invoke", "--url", with_user, "--image", str(text)]) == 7
+    assert "PaSsWoRd" not in capsys.readouterr().err

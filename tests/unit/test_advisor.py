@@ -262,3 +262,35 @@ def test_live_prices_replace_the_typed_in_ones() -> None:
     assert priced.instance("ml.c5.large").price_per_hour == 0.10
     text = format_advice(advise(priced, mode="sync", requests_per_hour=10_000, model="m"))
     assert "prices: AWS Price List API;" in text
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["advise", "--mode", "sync", "--requests-per-hour", "nan"],
+        ["advise", "--mode", "sync", "--requests-per-hour", "inf"],
+        ["advise", "--mode", "sync", "--requests-per-hour", "100", "--latency-target-ms", "-5"],
+        ["advise", "--mode", "async", "--requests-per-hour", "100", "--min-instances", "-3"],
+        [
+            "deploy",
+            "sync",
+            "--model-uri",
+            "s3://b/m.tar.gz",
+            "--endpoint-name",
+            "e",
+            "--verify-max-mb",
+            "nan",
+        ],
+    ],
+)
+def test_numbers_out_of_range_are_refused_as_they_are_read(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review, session 53: NaN and infinities were tracebacks (after nothing was made, but a
+    traceback), a negative latency target or instance count was taken."""
+    from stygig.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "argument --" in err and "Traceback" not in err

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from stygig.arguments import count, real
+
 __all__ = ["SYNC_DEFAULT_INSTANCE", "cpu_guard", "register_checks"]
 
 SYNC_DEFAULT_INSTANCE = "ml.g4dn.xlarge"
@@ -55,8 +57,11 @@ def register_checks(subparsers: Any) -> None:
 
     p = subparsers.add_parser("advise", help="instance type, count and cost for a load")
     p.add_argument("--mode", required=True, choices=["sync", "async"])
-    p.add_argument("--requests-per-hour", type=float, required=True)
-    p.add_argument("--latency-target-ms", type=float, help="p99 every request must meet")
+    # Finite and in range as they are read (review, session 53: nan and inf were tracebacks).
+    p.add_argument("--requests-per-hour", type=real(0.0), required=True)
+    p.add_argument(
+        "--latency-target-ms", type=real(0.0, above=True), help="p99 every request must meet"
+    )
     p.add_argument(
         "--model",
         "--encoder",
@@ -66,7 +71,7 @@ def register_checks(subparsers: Any) -> None:
     )
     p.add_argument("--artifact", help="artifact folder: its manifest names the encoder")
     p.add_argument("--utilisation", type=float, default=0.7, help="share of throughput used")
-    p.add_argument("--min-instances", type=int, default=1)
+    p.add_argument("--min-instances", type=count, default=1)
     p.add_argument("--active-hours-per-day", type=float, default=24.0, help="async: busy hours")
     p.add_argument("--matrix", help="instance matrix YAML (default: the packaged one)")
     p.add_argument(

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from stygig.errors import ConfigError, InvalidOptionsError, ServerError, UnsupportedMediaError
 
@@ -117,7 +117,9 @@ class UrlClient:
 
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise InvalidOptionsError(f"--url must be http(s)://host[:port][/prefix], not {url!r}")
+            raise InvalidOptionsError(
+                f"--url must be http(s)://host[:port][/prefix], not {_shown(url)!r}"
+            )
         self.url = url
         path = parts.path.rstrip("/")
         self.path = path if path.endswith("/invocations") else path + "/invocations"
@@ -149,11 +151,21 @@ def invoke_url(
     finally:
         if own:
             sender.close()
+    shown = _shown(url)
     if not reply.status.isdigit():
-        raise ServerError(f"cannot reach {url}: {reply.status}")
+        raise ServerError(f"cannot reach {shown}: {reply.status}")
     if reply.status != "200":
-        raise ServerError(f"{url} answered {reply.status}: {_error_text(reply.body)}")
-    return _parse(reply.body, url), reply.client_ms
+        raise ServerError(f"{shown} answered {reply.status}: {_error_text(reply.body)}")
+    return _parse(reply.body, shown), reply.client_ms
+
+
+def _shown(url: str) -> str:
+    """``url`` as messages show it: without user information (a password in it was echoed
+    with every error: review, session 53)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 def _error_text(raw: bytes) -> str:
