@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 import math
 import os
 import re
@@ -31,13 +32,16 @@ import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from stygig import __version__
 from stygig.catalog import Item
-from stygig.errors import CatalogError, InvalidOptionsError
+from stygig.errors import CatalogError, InvalidOptionsError, StygigError
 from stygig.sample_drawing import Garment, draw_garment
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CANDIDATES_FILE",
@@ -487,6 +491,29 @@ def find_kaggle_styles(source: Path) -> Path:
     return found[0]
 
 
+def _rejected(rejects: Iterable[Any]) -> str:
+    """Rejects counted by reason, largest first: ``"200 missing_image, 3 bad_value"``."""
+    counts: dict[str, int] = {}
+    for reject in rejects:
+        counts[reject.reason] = counts.get(reject.reason, 0) + 1
+    if not counts:
+        return "no rows"
+    return ", ".join(
+        f"{n:,} {reason}" for reason, n in sorted(counts.items(), key=lambda kv: -kv[1])
+    )
+
+
+def _opens(path: Path) -> bool:
+    """Whether the photo at ``path`` decodes (as a query photo must)."""
+    from stygig.images import decode_image
+
+    try:
+        decode_image(path)
+    except (StygigError, OSError):
+        return False
+    return True
+
+
 def kaggle_demo_catalog(
     source: Path,
     out_dir: Path,
@@ -512,9 +539,24 @@ def kaggle_demo_catalog(
     if not 20 <= limit <= MAX_KAGGLE_DEMO_LIMIT:
         raise InvalidOptionsError(f"limit: between 20 and {MAX_KAGGLE_DEMO_LIMIT:,} products")
     _check_out(Path(out_dir), Path(source))
-    read = read_catalog(find_kaggle_styles(source), layout="kaggle")
+    styles = find_kaggle_styles(source)
+    read = read_catalog(styles, layout="kaggle")
     if not read.items:
-        raise CatalogError("the Kaggle styles.csv holds no usable product (photo and category)")
+        # What was wrong, in numbers: one line with none sent people guessing (photos named
+        # .JPG, images/images/ after an unzip, a ';' file: review, session 53).
+        raise CatalogError(
+            f"the Kaggle styles.csv holds no usable product (photo and category): "
+            f"{_rejected(read.rejects)}; photos are looked for as "
+            f"{styles.parent / 'images'}/<id>.jpg"
+        )
+    if read.rejects:
+        log.warning(
+            "%d of the %d rows of %s left out: %s",
+            len(read.rejects),
+            len(read.rejects) + len(read.items),
+            styles.name,
+            _rejected(read.rejects),
+        )
     rng = np.random.default_rng([seed, 7])
     groups: dict[str, list[Item]] = {}
     for n in rng.permutation(len(read.items)):
@@ -523,8 +565,13 @@ def kaggle_demo_catalog(
     queries: dict[str, list[Item]] = {}
     for category in _KAGGLE_QUERIES:
         members = groups.get(category, [])
-        if len(members) >= 4:  # enough left for the catalogue
-            queries[category] = [members.pop(0) for _ in range(min(3, len(members) - 3))]
+        # Photos that open: a copy cut short by an interrupted unzip made empty example photos
+        # (and every empty file a "twin" of an empty held-out one: review, session 53).
+        usable = [m for m in members if _opens(Path(m.image))]
+        if len(usable) >= 4:  # enough left for the catalogue
+            picked = usable[: min(3, len(usable) - 3)]
+            queries[category] = picked
+            groups[category] = [m for m in members if m not in picked]
     # The same photo can be listed twice (colour variants): keep a held-out photo's twins out.
     held_out = [q for candidates in queries.values() for q in candidates]
     held = {_digest(Path(q.image)) for q in held_out}
@@ -542,6 +589,11 @@ def kaggle_demo_catalog(
             if depth < len(groups[category]) and len(chosen) < limit:
                 chosen.append(groups[category][depth])
         depth += 1
+    if not chosen:  # a catalogue of nothing was written and said to be done
+        raise CatalogError(
+            f"no product of {styles.name} is left for the catalogue once the example photos "
+            "are held out: the download seems cut short (copy it again)"
+        )
 
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)

@@ -217,3 +217,42 @@ def test_a_redraw_never_writes_through_a_linked_folder(tmp_path: Path) -> None:
     with pytest.raises(InvalidOptionsError, match="is a link"):
         kaggle_demo_catalog(KAGGLE, out, limit=40)
     assert (elsewhere / "mine.jpg").read_bytes() == b"someone else's"
+
+
+def _odd_copy(root: Path, rows: int = 300, *, photos: str = "images") -> Path:
+    """The first ``rows`` rows of the Kaggle download with their photos under ``photos``."""
+    if not (KAGGLE / "styles.csv").is_file():
+        pytest.skip(f"the Kaggle 'Fashion Product Images' copy is not at {KAGGLE}")
+    lines = (KAGGLE / "styles.csv").read_text(encoding="utf-8").splitlines()
+    kept = [lines[0]]
+    (root / photos).mkdir(parents=True)
+    for line in lines[1:]:
+        item = line.split(",", 1)[0]
+        if (KAGGLE / "images" / f"{item}.jpg").is_file():
+            shutil.copyfile(KAGGLE / "images" / f"{item}.jpg", root / photos / f"{item}.jpg")
+            kept.append(line)
+        if len(kept) > rows:
+            break
+    (root / "styles.csv").write_text("\n".join(kept) + "\n", encoding="utf-8")
+    return root
+
+
+def test_an_odd_or_cut_copy_of_the_download_is_said_in_numbers(tmp_path: Path) -> None:
+    """Review, session 53: a copy whose photos sat in images/images/ (a common unzip) ended with
+    one line and no number; a copy cut short made empty example photos and said it was done."""
+    nested = _odd_copy(tmp_path / "nested", photos="images/images")
+    with pytest.raises(CatalogError) as refused:
+        kaggle_demo_catalog(nested, tmp_path / "out-nested", limit=40)
+    said = str(refused.value)
+    assert "300 missing_image" in said and "images/<id>.jpg" in said
+    cut = _odd_copy(tmp_path / "cut")
+    photos = sorted((cut / "images").glob("*.jpg"))
+    for photo in photos[::3]:  # an interrupted unzip: a third of them empty
+        photo.write_bytes(b"")
+    csv_path = kaggle_demo_catalog(cut, tmp_path / "out-cut", limit=60)
+    written = [
+        *(csv_path.parent / "queries").glob("*.jpg"),
+        *(csv_path.parent / "candidates").glob("*.jpg"),
+    ]
+    assert written and all(p.stat().st_size > 0 for p in written)
+    assert len(csv_path.read_text().splitlines()) > 1
