@@ -141,6 +141,17 @@ def test_deploy_flags_are_checked_before_anything_is_made(
         assert said in err and "abcdefghij" not in err and "Traceback" not in err, (extra, err)
     sm = _c("sagemaker")
     assert sm.list_endpoints()["Endpoints"] == [] and sm.list_models()["Models"] == []
+    # A failed endpoint: the way out is named (--update and deploy update both waited for an
+    # InService that never comes).
+    from moto.sagemaker.models import sagemaker_backends
+
+    assert main(["deploy", "sync", "--model-uri", uri, "--endpoint-name", "sunk"]) == 0
+    endpoint: Any = sagemaker_backends["123456789012"][REGION].endpoints["sunk"]
+    endpoint.endpoint_status, endpoint.failure_reason = "Failed", "the ping health check failed"
+    for extra in ([], ["--update"]):
+        argv = ["deploy", "sync", "--model-uri", uri, "--endpoint-name", "sunk", *extra]
+        assert main(argv) == 2
+        assert "stygig deploy delete --endpoint-name sunk" in capsys.readouterr().err
 
 
 def test_env_flags_and_async_limits(

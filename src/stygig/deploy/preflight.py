@@ -395,6 +395,15 @@ def check_endpoint_free(sm: Any, name: str, *, update: bool) -> dict[str, Any] |
                 code="endpoint_not_found",
             ) from None
         return None
+    if endpoint.get("EndpointStatus") == "Failed":
+        # Neither --update nor deploy update can take a failed endpoint (they wait for it to
+        # be InService, which it never will be): the advice sent people in a circle (review,
+        # session 53).
+        raise InvalidOptionsError(
+            f"endpoint {name} failed ({str(endpoint.get('FailureReason') or '')[:200]}): "
+            f"remove it with `stygig deploy delete --endpoint-name {name}`, then deploy again",
+            code="endpoint_failed",
+        )
     if not update:
         raise InvalidOptionsError(
             f"endpoint {name} already exists ({endpoint.get('EndpointStatus')}): pass --update "
