@@ -84,6 +84,17 @@ def wait_ready(
     raise TimeoutError(f"server at {url} not ready after {timeout:.0f} s")
 
 
+def until(condition: Callable[[], bool], seconds: float = 120.0) -> bool:
+    """Whether ``condition()`` became true within ``seconds`` (polled; a deadline, never a
+    sleep standing in for the event)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def metric_total(text: str, prefix: str) -> float:
     """The sum of the samples of a Prometheus exposition ``text`` whose lines start with
     ``prefix`` (a metric name, with labels as far as they are given)."""

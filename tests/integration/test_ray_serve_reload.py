@@ -8,29 +8,24 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.integration.ray_fixtures import RAY_MARKS
-from tests.integration.server_fixtures import exit_code, free_port, start_process, wait_ready
+from tests.integration.server_fixtures import (
+    exit_code,
+    free_port,
+    start_process,
+    until,
+    wait_ready,
+)
 
 pytest.importorskip("ray", reason="Ray is the optional ray extra: pip install 'stygig[ray]'")
 pytest.importorskip("ray.serve", reason="Ray Serve is part of the ray extra (ray[serve])")
 httpx = pytest.importorskip("httpx")
 
 pytestmark = RAY_MARKS
-
-
-def _until(check: Callable[[], bool], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
-    return True
 
 
 def test_a_reload_reaches_every_replica(sample: tuple[Path, Path], tmp_path: Path) -> None:
@@ -71,11 +66,11 @@ def test_a_reload_reaches_every_replica(sample: tuple[Path, Path], tmp_path: Pat
             pointer.write_text(str(v2))
             r = client.post("/v1/catalog/reload")
             assert r.status_code == 200, r.text
-            assert _until(lambda: versions() == {new}, 60), versions()
+            assert until(lambda: versions() == {new}, 60), versions()
             # SIGHUP, as for stygig serve: every replica, and the deployment stays.
             pointer.write_text(str(v1))
             process.send_signal(signal.SIGHUP)
-            assert _until(lambda: versions() == {old}, 60), versions()
+            assert until(lambda: versions() == {old}, 60), versions()
             assert process.poll() is None
             assert client.get("/ping").status_code == 200
     finally:

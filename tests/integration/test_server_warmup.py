@@ -4,8 +4,6 @@ A version the server refused to reload is not loaded again by its watch."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,17 +11,9 @@ import pytest
 
 from stygig.errors import EncoderUnavailableError
 from stygig.serving.app import ModelService, ServerConfig, create_app
+from tests.integration.server_fixtures import until
 
 pytestmark = pytest.mark.slow
-
-
-def _until(condition: Callable[[], bool], seconds: float = 120.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def test_the_batcher_has_run_once_when_the_server_is_ready(sample: tuple[Path, Path]) -> None:
@@ -32,7 +22,7 @@ def test_the_batcher_has_run_once_when_the_server_is_ready(sample: tuple[Path, P
     app = create_app(ServerConfig(artifact=sample[1], warmup_rounds=1, threads=2))
     service: ModelService = app.state.service
     with TestClient(app) as client:
-        assert _until(lambda: client.get("/ping").status_code == 200)
+        assert until(lambda: client.get("/ping").status_code == 200)
         # No request yet: the one batch is the warm-up's, encoded in the batcher's own thread.
         assert service.batcher.batches == 1
         assert service.batcher.running
@@ -53,7 +43,7 @@ def test_a_failing_batcher_at_warm_up_is_reported_as_before(
         ServerConfig(artifact=sample[1], warmup_rounds=1, threads=2), on_fatal=failed.append
     )
     with TestClient(app) as client:
-        assert _until(lambda: bool(failed))
+        assert until(lambda: bool(failed))
         assert client.get("/ping").status_code != 200
     assert isinstance(failed[0], EncoderUnavailableError)
     assert str(failed[0]) == "the encoder failed to run" and failed[0].exit_code == 5
@@ -87,7 +77,7 @@ def test_the_watch_does_not_reload_a_refused_version_again_and_again(
     app = create_app(ServerConfig(artifact=art, warmup_rounds=1, threads=2))
     service: ModelService = app.state.service
     with TestClient(app) as client:
-        assert _until(lambda: client.get("/ping").status_code == 200)
+        assert until(lambda: client.get("/ping").status_code == 200)
         manifest = json.loads((art / "manifest.json").read_text())
         (art / "manifest.json").write_text(json.dumps({**manifest, "version": "next"}))
         watched = functools.partial(service.reload, watched=True)
