@@ -609,3 +609,34 @@ def test_a_row_of_more_attributes_than_an_item_holds_is_rejected(tmp_path: Path)
     assert [(i.id, len(i.attributes)) for i in res.items] == [("n", 3)]
     assert [(r.row, r.id, r.reason) for r in res.rejects] == [(1, "w", "bad_value")]
     assert "an item holds at most 64" in res.rejects[0].detail
+
+
+def test_photos_are_read_from_the_images_folder_named_and_nowhere_else(tmp_path: Path) -> None:
+    """Review, session 53: with --images given, a catalogue file (a supplier's, an export) that
+    named ../x, /etc/shadow, a file:// URI or a link leading out had those files read, and its
+    rejects told "not an image" from "not found" for any path on the disk. Whatever is outside
+    the folder is one reject, decided before anything there is looked at."""
+    _images(tmp_path, "ok.jpg")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    garment_image().save(outside / "real.jpg")
+    (tmp_path / "images" / "link.jpg").symlink_to(outside / "real.jpg")
+    rows = {
+        "in": "ok.jpg",
+        "up": "../elsewhere/real.jpg",
+        "abs": str(outside / "real.jpg"),
+        "uri": f"file://{outside / 'real.jpg'}",
+        "link": "link.jpg",
+        "secret": "/etc/shadow",
+        "nothing": "/etc/no-such-file",
+    }
+    body = "id,image,category\n" + "".join(f"{i},{p},shirt\n" for i, p in rows.items())
+    (tmp_path / "c.csv").write_text(body)
+    res = read_catalog(tmp_path / "c.csv", images_dir=tmp_path / "images")
+    assert [i.id for i in res.items] == ["in"]
+    assert {r.id: r.detail for r in res.rejects} == {
+        i: "image path leaves the --images folder" for i in rows if i != "in"
+    }
+    # Without --images the file is the operator's own: a photo beside it or named outright.
+    res = read_catalog(tmp_path / "c.csv")
+    assert "abs" in {i.id for i in res.items}

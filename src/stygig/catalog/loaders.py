@@ -674,8 +674,16 @@ def read_catalog(
     """
     remote_images = images_dir is not None and is_remote(images_dir)
     if not is_remote(path) and not remote_images:
-        return _read_catalog_file(
-            path, layout=layout, images_dir=images_dir, taxonomy=taxonomy, check_images=check_images
+        if images_dir is None:  # the operator's own catalogue: its photos anywhere it names
+            return _read_catalog_file(
+                path, layout=layout, taxonomy=taxonomy, check_images=check_images
+            )
+        return _confined(
+            _read_catalog_file(
+                path, layout=layout, images_dir=images_dir, taxonomy=taxonomy, check_images=False
+            ),
+            Path(images_dir),
+            check_images=check_images,
         )
     with (
         storage.local_copy(path) as local,
@@ -730,6 +738,40 @@ def read_catalog(
             detail = f"image file not found: {item.image}"
             read.rejects.append(Reject(row, item.id, "missing_image", detail, item.raw()))
             continue
+        items.append(item)
+    read.items = items
+    read.rejects.sort(key=lambda r: r.row)
+    return read
+
+
+def _confined(read: CatalogReadResult, folder: Path, *, check_images: bool) -> CatalogReadResult:
+    """``read`` with every local photo inside ``folder`` (``--images``), links resolved: one
+    outside it (an absolute path, ``..``, a ``file://`` URI, a link leading out) is a
+    ``missing_image`` reject, decided before anything outside is looked at, so a reject never
+    says whether a file there exists. A catalogue file from a supplier named ``/etc/shadow``
+    and the build read it, its reason telling "not an image" from "not found" (review,
+    session 53)."""
+    root = folder.resolve()
+    items: list[Item] = []
+    for item in read.items:
+        if not is_remote(item.image):
+            if not Path(item.image).resolve().is_relative_to(root):
+                row = read.rows.pop(item.id)
+                read.rejects.append(
+                    Reject(
+                        row,
+                        item.id,
+                        "missing_image",
+                        "image path leaves the --images folder",
+                        item.raw(),
+                    )
+                )
+                continue
+            if check_images and not _is_file(Path(item.image)):
+                row = read.rows.pop(item.id)
+                detail = _not_a_file(Path(item.image))
+                read.rejects.append(Reject(row, item.id, "missing_image", detail, item.raw()))
+                continue
         items.append(item)
     read.items = items
     read.rejects.sort(key=lambda r: r.row)
