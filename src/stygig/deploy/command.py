@@ -120,7 +120,7 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--verify-max-mb",
-        type=real(0.0, above=True),
+        type=real(0.0),
         default=2048.0,
         help="auto: read an archive without an upload record whole up to this size",
     )
