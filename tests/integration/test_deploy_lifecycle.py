@@ -216,6 +216,16 @@ def test_sync_lifecycle_keeps_scaling_and_alarms(
     blue = _variants("shop")[0]["VariantName"]
     assert main(["alarms", "create", "--endpoint-name", "shop", "--latency-ms", "300",
                  "--rate-5xx", "0.02"]) == 0  # fmt: skip
+    assert "notify nobody" in capsys.readouterr().out
+    assert_clean("shop", {blue: (2, 3)})
+    # Review, session 53: alarms that can never fire were made without a word.
+    alarm = ["alarms", "create", "--endpoint-name", "shop"]
+    assert main([*alarm, "--variant", "nosuchvariant"]) == 2
+    assert f"its variants: {blue}" in capsys.readouterr().err
+    for flag, value in (("--rate-4xx", "5"), ("--rate-5xx", "-1"), ("--latency-ms", "nan")):
+        with pytest.raises(SystemExit):
+            main([*alarm, flag, value])
+        assert f"argument {flag}" in capsys.readouterr().err
     assert_clean("shop", {blue: (2, 3)})
 
     # A canary gets the live variant's scaling; the old single-variant config goes.

@@ -86,9 +86,14 @@ def register(subparsers: Any) -> None:
     q = alarms.add_parser("create", help="alarms on ModelLatency p99, 4XX and 5XX rates")
     _common(q)
     q.add_argument("--variant", help="variant name (default: each variant of the endpoint)")
-    q.add_argument("--latency-ms", type=float, default=1000.0, help="p99 ModelLatency limit")
-    q.add_argument("--rate-4xx", type=float, default=0.05, help="share of 4XX answers")
-    q.add_argument("--rate-5xx", type=float, default=0.01, help="share of 5XX answers")
+    # Thresholds that can fire (review, session 53: a 4XX rate of 5, a negative 5XX rate and a
+    # NaN latency were stored as they came).
+    share = real(0.0, 1.0, above=True)
+    q.add_argument(
+        "--latency-ms", type=real(0.0, above=True), default=1000.0, help="p99 ModelLatency limit"
+    )
+    q.add_argument("--rate-4xx", type=share, default=0.05, help="share of 4XX answers (0-1]")
+    q.add_argument("--rate-5xx", type=share, default=0.01, help="share of 5XX answers (0-1]")
     q.add_argument("--sns-topic", help="SNS topic ARN notified on alarm and recovery")
     q.set_defaults(func=run_alarms)
 
@@ -525,16 +530,23 @@ def run_alarms(args: argparse.Namespace) -> int:
     """``alarms create``: three alarms per variant."""
     from stygig.deploy import sagemaker as sm_api
     from stygig.deploy.alarms import AlarmThresholds, create_alarms
+    from stygig.errors import InvalidOptionsError
 
     sm = sm_api.aws_client("sagemaker", args.region)
-    variants = (
-        [args.variant]
-        if args.variant
-        else [v.name for v in sm_api.live_config(sm, args.endpoint_name)[1]]
-    )
+    live = [v.name for v in sm_api.live_config(sm, args.endpoint_name)[1]]
+    if args.variant and args.variant not in live:
+        # Alarms on a variant that reports nothing stay OK for ever (missing data is not
+        # breaching): false assurance (review, session 53).
+        raise InvalidOptionsError(
+            f"--variant: endpoint {args.endpoint_name} has no such variant; its variants: "
+            f"{', '.join(live)}"
+        )
+    variants = [args.variant] if args.variant else live
     cw = sm_api.aws_client("cloudwatch", args.region)
     thresholds = AlarmThresholds(args.latency_ms, args.rate_4xx, args.rate_5xx)
     for variant in variants:
         for name in create_alarms(cw, args.endpoint_name, variant, thresholds, args.sns_topic):
             print(f"alarm: {name}")
+    if not args.sns_topic:
+        print("note: no --sns-topic: the alarms change state in CloudWatch and notify nobody")
     return 0
