@@ -250,7 +250,7 @@ def build_artifact(
     taxonomy = taxonomy or Taxonomy.load()
     t0 = time.perf_counter()
     read: CatalogReadResult = read_catalog(
-        catalog, layout=layout, images_dir=images_dir, taxonomy=taxonomy
+        catalog, layout=layout, images_dir=images_dir, taxonomy=taxonomy, progress=progress
     )
     read_s = time.perf_counter() - t0
     t0 = time.perf_counter()

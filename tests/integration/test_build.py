@@ -268,3 +268,15 @@ def test_kaggle_slice_with_efficientnet_onnx(tmp_path: Path) -> None:
     pos = 17
     again = served.encode(prepare_image(art.items[pos].image, served.preprocess).tensor[None])[0]
     assert float(again @ art.embeddings[pos]) > 0.9999
+
+
+def test_the_read_step_shows_its_progress(
+    sample: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review, session 53: reading a catalogue (every row's photo checked) showed nothing:
+    14.5 s of silence for 200,000 rows before the embedding's bar began."""
+    build_artifact(sample, tmp_path / "art", load_encoder("tiny"), progress=True)
+    err = capsys.readouterr().err
+    assert "reading the catalogue" in err and "131 rows" in err
+    build_artifact(sample, tmp_path / "quiet", load_encoder("tiny"), progress=False)
+    assert "reading the catalogue" not in capsys.readouterr().err

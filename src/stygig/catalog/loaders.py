@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import unquote, urlparse
 
+from tqdm import tqdm
+
 from stygig import storage
 from stygig.catalog.schema import (
     CONTROL,
@@ -661,8 +663,11 @@ def read_catalog(
     images_dir: str | Path | None = None,
     taxonomy: Taxonomy | None = None,
     check_images: bool = True,
+    progress: bool = False,
 ) -> CatalogReadResult:
-    """Read and validate a catalogue file, local or in S3 (see :func:`_read_catalog_file`).
+    """Read and validate a catalogue file, local or in S3 (see :func:`_read_catalog_file`;
+    ``progress``: a bar over the rows, which checks every photo exists: 14.5 s in silence for
+    200,000 rows before, review session 53).
 
     An ``s3://`` catalogue is streamed to a temporary file and read there; photo names that
     are relative (or a layout's own ``<images>/<id>.jpg``) resolve beneath the catalogue's S3
@@ -676,7 +681,7 @@ def read_catalog(
     if not is_remote(path) and not remote_images:
         if images_dir is None:  # the operator's own catalogue: its photos anywhere it names
             return _read_catalog_file(
-                path, layout=layout, taxonomy=taxonomy, check_images=check_images
+                path, layout=layout, taxonomy=taxonomy, check_images=check_images, progress=progress
             )
         return _confined(
             _read_catalog_file(
@@ -698,7 +703,12 @@ def read_catalog(
             # session 41: absolute paths, file:// URIs and '..' were read anywhere on the disk)
             base, root, local_dir = None, Path(images_dir), Path(images_dir)
         read = _read_catalog_file(
-            local, layout=layout, images_dir=local_dir, taxonomy=taxonomy, check_images=False
+            local,
+            layout=layout,
+            images_dir=local_dir,
+            taxonomy=taxonomy,
+            check_images=False,
+            progress=progress,
         )
     items: list[Item] = []
     for item in read.items:
@@ -785,6 +795,7 @@ def _read_catalog_file(
     images_dir: str | Path | None = None,
     taxonomy: Taxonomy | None = None,
     check_images: bool = True,
+    progress: bool = False,
 ) -> CatalogReadResult:
     """Read and validate a local catalogue file.
 
@@ -825,7 +836,8 @@ def _read_catalog_file(
     convert = _CONVERTERS[layout]
 
     result = CatalogReadResult(layout=layout)
-    for number, row, problem in rows:
+    shown = tqdm(rows, desc="reading the catalogue", unit=" rows", disable=not progress)
+    for number, row, problem in shown:
         keep = len(result.rejects) < RAW_REJECTS
         if problem:
             result.rejects.append(

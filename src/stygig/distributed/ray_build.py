@@ -593,7 +593,9 @@ def build_artifact_ray(
     device = cluster.actor_device(device, encoder=encoder.describe())
     taxonomy = taxonomy or Taxonomy.load()
     t0 = time.perf_counter()
-    read = read_catalog(catalog, layout=layout, images_dir=images_dir, taxonomy=taxonomy)
+    read = read_catalog(
+        catalog, layout=layout, images_dir=images_dir, taxonomy=taxonomy, progress=progress
+    )
     read_s = time.perf_counter() - t0
     with _run_stage(stage_location(out_dir, stage), keep=keep_stage, default=not stage) as where:
         loader = EncoderLoader.for_build(
