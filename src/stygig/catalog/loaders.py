@@ -717,7 +717,6 @@ def read_catalog(
             written = image.relative_to(root).as_posix()  # as the row gave it
             relative = posixpath.normpath(written)
             if relative.startswith(".."):  # S3 keys have no '..': it would name another key
-                row = read.rows.pop(item.id)
                 detail = (
                     "image path leaves the catalogue's folder"
                     if base is not None
@@ -725,33 +724,41 @@ def read_catalog(
                 )
                 # The row's value, never the folder it was read against (a temporary one
                 # for a catalogue in S3: review, session 49).
-                raw = {**item.raw(), "image": written}
-                read.rejects.append(Reject(row, item.id, "missing_image", detail, raw))
+                _drop(read, item, detail, {**item.raw(), "image": written})
                 continue
             if base is not None:
                 item = dataclasses.replace(item, image=storage.join(base, relative))
             elif check_images and not _is_file(image):
-                row = read.rows.pop(item.id)
-                detail = _not_a_file(image)
-                read.rejects.append(Reject(row, item.id, "missing_image", detail, item.raw()))
+                _drop(read, item, _not_a_file(image))
                 continue
         elif is_remote(path) and not is_remote(item.image):
             # An absolute path or a file:// URI: a catalogue in S3 never names the local disk
             # of the machine that reads it, as a manifest in S3 never does (review, session
             # 40: `stygig batch` read such a file, and uploaded it through an endpoint).
-            row = read.rows.pop(item.id)
-            detail = "a catalogue in S3 names photos beside it or by s3:// URI, never local files"
-            read.rejects.append(Reject(row, item.id, "missing_image", detail, item.raw()))
+            _drop(
+                read,
+                item,
+                "a catalogue in S3 names photos beside it or by s3:// URI, never local files",
+            )
             continue
         elif check_images and not is_remote(item.image) and not _is_file(image):
-            row = read.rows.pop(item.id)
-            detail = f"image file not found: {item.image}"
-            read.rejects.append(Reject(row, item.id, "missing_image", detail, item.raw()))
+            _drop(read, item, f"image file not found: {item.image}")
             continue
         items.append(item)
     read.items = items
     read.rejects.sort(key=lambda r: r.row)
     return read
+
+
+def _drop(
+    read: CatalogReadResult, item: Item, detail: str, raw: dict[str, Any] | None = None
+) -> None:
+    """Move ``item``'s row from ``read``'s rows to its rejects, as a ``missing_image``
+    (``raw``: the values to keep, default the item's)."""
+    row = read.rows.pop(item.id)
+    read.rejects.append(
+        Reject(row, item.id, "missing_image", detail, item.raw() if raw is None else raw)
+    )
 
 
 def _confined(read: CatalogReadResult, folder: Path, *, check_images: bool) -> CatalogReadResult:
@@ -766,21 +773,10 @@ def _confined(read: CatalogReadResult, folder: Path, *, check_images: bool) -> C
     for item in read.items:
         if not is_remote(item.image):
             if not Path(item.image).resolve().is_relative_to(root):
-                row = read.rows.pop(item.id)
-                read.rejects.append(
-                    Reject(
-                        row,
-                        item.id,
-                        "missing_image",
-                        "image path leaves the --images folder",
-                        item.raw(),
-                    )
-                )
+                _drop(read, item, "image path leaves the --images folder")
                 continue
             if check_images and not _is_file(Path(item.image)):
-                row = read.rows.pop(item.id)
-                detail = _not_a_file(Path(item.image))
-                read.rejects.append(Reject(row, item.id, "missing_image", detail, item.raw()))
+                _drop(read, item, _not_a_file(Path(item.image)))
                 continue
         items.append(item)
     read.items = items
