@@ -566,10 +566,16 @@ def kaggle_demo_catalog(
     for category in _KAGGLE_QUERIES:
         members = groups.get(category, [])
         # Photos that open: a copy cut short by an interrupted unzip made empty example photos
-        # (and every empty file a "twin" of an empty held-out one: review, session 53).
-        usable = [m for m in members if _opens(Path(m.image))]
-        if len(usable) >= 4:  # enough left for the catalogue
-            picked = usable[: min(3, len(usable) - 3)]
+        # (and every empty file a "twin" of an empty held-out one: review, session 53). Decoded
+        # until the picks are found, not the whole category (thousands in the full download).
+        room = min(3, len(members) - 3)  # at least 3 left for the catalogue
+        picked: list[Item] = []
+        for member in members:
+            if len(picked) >= room:
+                break
+            if _opens(Path(member.image)):
+                picked.append(member)
+        if picked:
             queries[category] = picked
             groups[category] = [m for m in members if m not in picked]
     # The same photo can be listed twice (colour variants): keep a held-out photo's twins out.
