@@ -111,10 +111,8 @@ class ReloadAll:
         if scope["type"] == "lifespan":
             await self.app(scope, receive, self._starting(send))
             return
-        if scope["type"] != "http" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        if scope["path"].rstrip("/") != "/v1/catalog/reload":
+        reload = scope["type"] == "http" and scope["method"] == "POST"
+        if not reload or scope["path"].rstrip("/") != "/v1/catalog/reload":
             await self.app(scope, receive, send)
             return
         status: list[int] = []
@@ -342,8 +340,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         HEAD_TIMEOUT_S,
         MAX_CONNECTIONS,
         check_device,
-        exposure_note,
         max_body_mb,
+        warn_if_exposed,
     )
 
     for flag, value in (("--jobs-db", "jobs_db"), ("--job-queue", "job_queue")):
@@ -386,9 +384,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         )
     hosts = allowed_hosts(args.host, getattr(args, "allowed_host", None) or ())
     token = load_token(args.auth_token_file)
-    if hosts is None and token is None:  # as stygig serve says it (review, session 53)
-        changes = catalog is not None and bool(catalog.change_log)
-        log.warning("%s", exposure_note(args.host, changes, jobs=False))
+    warn_if_exposed(args.host, hosts, token, catalog, jobs=False)  # as stygig serve says it
     return ServerConfig(
         artifact=artifact.resolve(),
         catalog=catalog,

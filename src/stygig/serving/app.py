@@ -730,7 +730,7 @@ class _Boundary:
         self.catching_up = 0  # requests waiting for a change-log record (_caught_up)
 
     def _authorized(self, path: str, headers: dict[str, str]) -> bool:
-        if self.token is None or path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
+        if self.token is None or _public(path):
             return True
         scheme, _, given = headers.get("authorization", "").partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(
@@ -795,9 +795,7 @@ class _Boundary:
             refused = self._refuse(
                 scope["method"], scope["path"], headers, server[1], scope.get("http_version")
             )
-            path = scope["path"]
-            public = path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
-            if refused is None and MIN_SEQUENCE_HEADER in headers and not public:
+            if refused is None and MIN_SEQUENCE_HEADER in headers and not _public(scope["path"]):
                 refused = await self._caught_up(headers[MIN_SEQUENCE_HEADER])
             if refused is not None:
                 refused_route = self._match(scope)  # routing never ran: named for the log
@@ -1067,6 +1065,11 @@ def _fields(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
         else:
             out[name] += "," + value
     return out
+
+
+def _public(path: str) -> bool:
+    """Whether ``path`` is answered without the token: the health checks and the page."""
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
 def _joined(

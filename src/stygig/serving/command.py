@@ -95,6 +95,14 @@ def batch_strategy_note() -> str | None:
     )
 
 
+def warn_if_exposed(host: str, hosts: Any, token: str | None, catalog: Any, jobs: bool) -> None:
+    """Log :func:`exposure_note` for a server bound beyond loopback (``hosts`` None) without a
+    token; ``catalog``: its catalogue settings, ``jobs``: whether it takes async jobs."""
+    if hosts is None and token is None:
+        changes = catalog is not None and bool(catalog.change_log)
+        logging.getLogger("stygig.serving").warning("%s", exposure_note(host, changes, jobs))
+
+
 def exposure_note(host: str, changes: bool, jobs: bool) -> str:
     """The warning for a server bound beyond loopback without a token (review, session 53:
     it started without a word, and any client that reached it changed the catalogue).
@@ -272,11 +280,8 @@ def run_serve(args: argparse.Namespace) -> int:
     token = load_token(args.auth_token_file)
     async_jobs = async_config_from_args(args)
     hosts = allowed_hosts(args.host, args.allowed_host)
-    if hosts is None and token is None:  # said before the port is bound, as every check
-        changes = catalog is not None and bool(catalog.change_log)
-        logging.getLogger("stygig.serving").warning(
-            "%s", exposure_note(args.host, changes, async_jobs is not None)
-        )
+    # Said before the port is bound, as every check.
+    warn_if_exposed(args.host, hosts, token, catalog, async_jobs is not None)
     check_port_free(args.host, bind_port)
     if strategy := batch_strategy_note():
         logging.getLogger("stygig.serving").warning("%s", strategy)

@@ -56,6 +56,7 @@ from stygig.recommendation import (
     parse_json_object,
     split_json_request,
 )
+from stygig.serving.responses import JSON
 
 __all__ = [
     "IMAGE_TYPES",
@@ -98,8 +99,7 @@ MAX_PAYLOAD_MB = 100
 IMAGE_TYPES = frozenset(
     {"image/jpeg", "image/jpg", "image/png", "image/webp", "application/x-image"}
 )
-_JSON = "application/json"
-_ACCEPTABLE = (_JSON, "application/*", "*/*")
+_ACCEPTABLE = (JSON, "application/*", "*/*")
 
 
 #: Options by the place a request gives them: ``(place, options)``, as
@@ -123,7 +123,7 @@ def media_type(content_type: str | None) -> str:
 def read_as(kind: str) -> str:
     """The type a body of media type ``kind`` is read as: a JSON Lines type as JSON (one
     record), any other as itself."""
-    return _JSON if kind in JSON_LINES_TYPES else kind
+    return JSON if kind in JSON_LINES_TYPES else kind
 
 
 def check_accept(accept: str | None) -> str:
@@ -136,7 +136,7 @@ def check_accept(accept: str | None) -> str:
     ``application/json;q=0, */*`` refuses it; ``q`` is named in any case and is a number from
     0 to 1 (another value counts as 0)."""
     if not accept:
-        return _JSON
+        return JSON
     quality: dict[str, float] = {}
     for part in accept.split(","):
         kind = media_type(part)
@@ -157,7 +157,7 @@ def check_accept(accept: str | None) -> str:
     if lines is not None and quality[lines] > json_q:
         return lines
     if json_q > 0:
-        return _JSON
+        return JSON
     raise NotAcceptableError(
         "responses are application/json (or JSON Lines); the Accept header rules both out"
     )
