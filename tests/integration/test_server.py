@@ -779,6 +779,7 @@ def test_metrics_are_exposed_and_count(client: httpx.Client, sample: tuple[Path,
     key = 'stygig_requests_total{method="POST",route="/invocations",status="200"}'
     for _ in range(3):
         client.post("/invocations", content=_photo(sample), headers={"content-type": "image/jpeg"})
+    assert client.get("/no-such-route").status_code == 404  # its own error (not another test's)
     after = client.get("/metrics")
     assert after.status_code == 200 and after.headers["content-type"].startswith("text/plain")
     assert metric_total(after.text, key) - metric_total(before, key) == 3
