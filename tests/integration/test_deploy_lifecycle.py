@@ -685,6 +685,10 @@ def test_pipeline_async_from_an_artifact(
     bad = [*cmd[:-4], "--upload", "s3://models bucket/bulk/", "--s3-output-path", "s3://out/r/"]
     assert main(bad) != 0  # a bucket S3 would refuse: said before anything is packed or made
     assert "is not an S3 bucket name" in capsys.readouterr().err
+    # An async setting SageMaker would take and fail on at each invocation: before step 1 too.
+    topic = ["--sns-error-topic", "arn:aws:sns:us-east-1:123456789012"]
+    assert main([*cmd, "--s3-output-path", "s3://out/r/", *topic]) == 2
+    assert "is not an SNS topic ARN" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
     assert main([*cmd, "--s3-output-path", "s3://out/r/"]) == 0
     out = capsys.readouterr().out

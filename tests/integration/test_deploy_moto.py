@@ -312,6 +312,41 @@ def test_async_config_and_scale_to_zero(
     assert "wakes from zero" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--s3-output-path", "out/results/"], "is not an S3 prefix"),
+        (["--s3-output-path", "s3://"], "names no bucket"),
+        (["--s3-output-path", "s3://out/", "--s3-failure-path", "https://x/"], "S3 prefix"),
+        (["--s3-output-path", "s3://o:1/"], "not an S3 bucket name"),
+        (["--s3-output-path", "s3://out/", "--sns-success-topic", "ok"], "not an SNS topic ARN"),
+        (
+            ["--s3-output-path", "s3://out/", "--sns-error-topic",
+             "arn:aws:sqs:us-east-1:123456789012:q"],
+            "not an SNS topic ARN",
+        ),
+        (
+            ["--s3-output-path", "s3://out/", "--region", REGION, "--sns-error-topic",
+             "arn:aws:sns:eu-west-1:123456789012:bad"],
+            "the endpoint in us-east-1",
+        ),
+        (["--s3-output-path", "s3://out/", "--max-concurrent", "0"], "1..1,000"),
+        (["--s3-output-path", "s3://out/", "--max-concurrent", "1001"], "1..1,000"),
+    ],
+)  # fmt: skip
+def test_async_settings_are_checked_before_anything_is_made(
+    aws: None, archive: Any, capsys: pytest.CaptureFixture[str], flags: list[str], says: str
+) -> None:
+    # SageMaker takes a config with a bad result prefix or topic and fails every invocation
+    # later (review, session 53): refused first, and nothing is left behind.
+    uri = put_model(archive, "model.tar.gz")
+    assert main(["deploy", "async", "--model-uri", uri, "--endpoint-name", "a", *flags]) == 2
+    assert says in capsys.readouterr().err
+    sm = _sm()
+    assert sm.list_models()["Models"] == []
+    assert sm.list_endpoint_configs()["EndpointConfigs"] == []
+
+
 def test_blue_green_promote_rollback_delete(
     aws: None, archive: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -261,6 +261,25 @@ def _preflight(args: argparse.Namespace, aws: Any, image: str, role: str) -> Non
     print(f"preflight: image {image} and role ok; {archive.describe()}")
 
 
+def async_settings_from_args(args: argparse.Namespace) -> Any:
+    """An asynchronous deployment's :class:`~stygig.deploy.sagemaker.AsyncSettings`, checked
+    before anything is made (None for a real-time one)."""
+    from stygig.deploy import sagemaker as sm_api
+    from stygig.deploy.preflight import check_async_settings
+
+    if args.mode != "async":
+        return None
+    settings = sm_api.AsyncSettings(
+        args.s3_output_path,
+        args.s3_failure_path,
+        args.sns_success_topic,
+        args.sns_error_topic,
+        args.max_concurrent,
+    )
+    check_async_settings(settings, args.region)
+    return settings
+
+
 def deploy_from_args(args: argparse.Namespace) -> Any:
     """The work of ``deploy sync | async`` (and of the pipeline's deploy step).
 
@@ -274,15 +293,7 @@ def deploy_from_args(args: argparse.Namespace) -> Any:
     image = _setting(args.image_uri, "STYGIG_IMAGE_URI", "container image", "--image-uri")
     role = _setting(args.role, "STYGIG_SAGEMAKER_ROLE", "execution role", "--role")
     env = sm_api.parse_environment(args.env)
-    async_settings = None
-    if args.mode == "async":
-        async_settings = sm_api.AsyncSettings(
-            args.s3_output_path,
-            args.s3_failure_path,
-            args.sns_success_topic,
-            args.sns_error_topic,
-            args.max_concurrent,
-        )
+    async_settings = async_settings_from_args(args)
     scaling_wanted = scaling_from_args(args) is not None  # checked before anything is made
     if scaling_wanted and args.no_wait:
         raise InvalidOptionsError("autoscaling needs the endpoint InService: drop --no-wait")

@@ -398,14 +398,15 @@ def _check_async(
 
 def run_pipeline(args: argparse.Namespace) -> int:
     """Run (or resume) the six steps; 0 when the check passes, 1 when it finds a problem."""
-    from stygig.deploy.command import scaling_from_args
+    from stygig.deploy.command import async_settings_from_args, scaling_from_args
     from stygig.deploy.sagemaker import Clients
 
     _model_uri(args.upload, "0" * 64)  # refuse a bad prefix before building anything
     if args.mode == "async" and not args.s3_output_path:
         raise InvalidOptionsError("--mode async needs --s3-output-path")
-    # The scaling step's flags, checked before anything is built (its step 5 failed after step
-    # 4 had made the endpoint: review, session 53).
+    # The deploy and scaling steps' flags, checked before anything is built (its step 5 failed
+    # after step 4 had made the endpoint: review, session 53).
+    async_settings_from_args(_deploy_args(args, "", "0" * 64))
     scaling_from_args(_deploy_args(args, "", "0" * 64))
     if args.check_image and not Path(args.check_image).is_file():  # step 6's photo, now
         raise InvalidOptionsError(f"--check-image {args.check_image}: no such file")

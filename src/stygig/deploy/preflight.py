@@ -6,6 +6,9 @@ Cheapest first, each failure a clear error before anything is created:
   optionally ``:tag`` or ``@sha256:<digest>``) in the endpoint's region (SageMaker pulls only
   from its own region);
 * the role is an IAM role ARN (``arn:aws:iam::<account>:role/<name>``);
+* an asynchronous endpoint's result and failure prefixes are ``s3://<bucket>/...`` and its
+  topics SNS topic ARNs in the endpoint's region; at most 1,000 invocations per instance
+  (:func:`check_async_settings`; SageMaker takes such a config and fails each invocation later);
 * the model archive exists in S3 (``HeadObject``) and is the packed artifact (:func:`check_archive`);
 * no endpoint of that name exists yet, unless ``--update`` says to switch it in place.
 
@@ -45,7 +48,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from stygig.artifact import (
     MANIFEST_MAX_BYTES,
@@ -62,9 +65,13 @@ from stygig.errors import (
     StygigError,
 )
 
+if TYPE_CHECKING:
+    from stygig.deploy.sagemaker import AsyncSettings
+
 __all__ = [
     "ArchiveCheck",
     "check_archive",
+    "check_async_settings",
     "check_endpoint_free",
     "check_image_uri",
     "check_role_arn",
@@ -83,6 +90,11 @@ _ECR_IMAGE = re.compile(
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[0-9a-f]{64})?"
 )
 _ROLE_ARN = re.compile(r"arn:aws(?:-cn|-us-gov)?:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
+_SNS_ARN = re.compile(
+    r"arn:aws(?:-cn|-us-gov)?:sns:(?P<region>[a-z]{2}(?:-[a-z]+)+-\d):\d{12}:[A-Za-z0-9_-]{1,256}"
+)
+#: SageMaker's bound on ``MaxConcurrentInvocationsPerInstance``.
+MAX_ASYNC_CONCURRENCY = 1000
 _MANIFEST = "manifest.json"
 _CHUNK = 1 << 20
 
@@ -112,6 +124,53 @@ def check_role_arn(arn: str) -> None:
             f"--role {arn[:200]!r} is not an IAM role ARN: expected "
             "arn:aws:iam::<account>:role/<name> (the SageMaker execution role)",
             code="invalid_role",
+        )
+
+
+def check_async_settings(settings: AsyncSettings, region: str | None = None) -> None:
+    """Refuse an asynchronous endpoint's settings SageMaker would take and fail on later: a
+    result or failure prefix that is not ``s3://<bucket>/...``, a topic that is not an SNS
+    topic ARN (in ``region``, when given: SageMaker notifies topics of its own region), a
+    concurrency outside 1..1,000."""
+    from stygig import storage
+
+    paths = {"--s3-output-path": settings.s3_output_path}
+    paths["--s3-failure-path"] = settings.s3_failure_path or ""
+    for flag, uri in paths.items():
+        if flag == "--s3-failure-path" and not uri:
+            continue
+        if not uri.startswith("s3://"):
+            raise InvalidOptionsError(
+                f"{flag} {uri[:200]!r} is not an S3 prefix: expected s3://<bucket>/<prefix>",
+                code="invalid_location",
+            )
+        try:
+            storage.parse(uri)
+        except StygigError as e:
+            raise InvalidOptionsError(f"{flag}: {e}", code="invalid_location") from None
+    topics = {"--sns-success-topic": settings.success_topic}
+    topics["--sns-error-topic"] = settings.error_topic
+    for flag, arn in topics.items():
+        if arn is None:
+            continue
+        match = _SNS_ARN.fullmatch(arn)
+        if match is None:
+            raise InvalidOptionsError(
+                f"{flag} {arn[:200]!r} is not an SNS topic ARN: expected "
+                "arn:aws:sns:<region>:<account>:<topic>",
+                code="invalid_topic",
+            )
+        if region and match["region"] != region:
+            raise InvalidOptionsError(
+                f"{flag} is in {match['region']}, the endpoint in {region}: SageMaker "
+                "notifies topics of its own region",
+                code="invalid_topic",
+            )
+    concurrent = settings.max_concurrent_per_instance
+    if not 1 <= concurrent <= MAX_ASYNC_CONCURRENCY:
+        raise InvalidOptionsError(
+            f"--max-concurrent must be 1..{MAX_ASYNC_CONCURRENCY:,} invocations per instance, "
+            f"not {concurrent}",
         )
 
 
