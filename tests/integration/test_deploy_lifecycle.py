@@ -245,7 +245,10 @@ def test_sync_lifecycle_keeps_scaling_and_alarms(
     assert alarms["Invocation5XXErrors"]["Threshold"] == 0.02
     assert all(a["AlarmName"].startswith(f"shop-{green}-") for a in alarms.values())
     tracking = inv["policies"][0]["TargetTrackingScalingPolicyConfiguration"]
-    assert tracking["TargetValue"] == 70.0
+    from stygig.deploy.advisor import load_matrix, scaling_target
+
+    advised = scaling_target(load_matrix(), "ml.g4dn.xlarge", None)  # the encoder unnamed
+    assert advised is not None and tracking["TargetValue"] == advised[0] > 1000
 
     # Rollback: the candidate and its scaling go, the live variant keeps its own.
     assert main(["deploy", "update", "--endpoint-name", "shop", "--model-uri", v3,
@@ -624,7 +627,8 @@ def test_pipeline_runs_resumes_and_updates(
     work = tmp_path / "work"
     cmd = ["deploy", "pipeline", "--endpoint-name", "pipe", "--catalog", str(csv),
            "--encoder", "tiny", "--work-dir", str(work), "--upload", "s3://models/pipe/",
-           "--check-image", str(photo), "--max-instances", "2"]  # fmt: skip
+           "--check-image", str(photo), "--max-instances", "2",
+           "--target-invocations", "600"]  # fmt: skip
     _queue_response(4)
     assert main(cmd) == 0
     out = capsys.readouterr().out

@@ -264,18 +264,39 @@ def test_sync_defaults_cpu_guard_and_autoscaling(
     err = capsys.readouterr().err
     assert "--allow-cpu" in err and "p99" in err and "ms" in err
     assert main([*args, "--allow-cpu", "--max-instances", "3"]) == 0
-    assert "expected latency p50" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "expected latency p50" in out
+    # The target is what `stygig advise` prints for the instance, not the guide's 70 a minute
+    # (1-2 % of what it serves: review, session 53); the encoder unknown, the slowest listed.
+    assert "target 840 invocations per instance per minute (70% of the 20 requests/s" in out
+    assert "the encoder unknown" in out
     aas = boto3.client("application-autoscaling", region_name=REGION)
     target = aas.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"][0]
     assert (target["MinCapacity"], target["MaxCapacity"]) == (1, 3)
     assert target["ResourceId"].startswith("endpoint/cpu/variant/")
     policy = aas.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"][0]
     tracking = policy["TargetTrackingScalingPolicyConfiguration"]
-    assert tracking["TargetValue"] == 70.0
+    assert tracking["TargetValue"] == 840.0
     assert (
         tracking["PredefinedMetricSpecification"]["PredefinedMetricType"]
         == "SageMakerVariantInvocationsPerInstance"
     )
+    # The encoder named: its figures; a target given: that one; no figures: refused first.
+    for name, extra, target in (
+        ("cpu2", ["--encoder", "efficientnet-lite0-int8"], 6745.0),
+        ("cpu3", ["--encoder", "clip-vit-b-32", "--target-invocations", "70"], 70.0),
+    ):
+        assert main(["deploy", "sync", "--model-uri", uri, "--endpoint-name", name,
+                     "--instance-type", "ml.m5.large", "--allow-cpu", "--max-instances", "2",
+                     *extra]) == 0  # fmt: skip
+        policies = aas.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"]
+        mine = [p for p in policies if p["ResourceId"].startswith(f"endpoint/{name}/")]
+        assert mine[0]["TargetTrackingScalingPolicyConfiguration"]["TargetValue"] == target
+    unknown = ["deploy", "sync", "--model-uri", uri, "--endpoint-name", "cpu4",
+               "--instance-type", "ml.c6i.large", "--allow-cpu", "--max-instances", "2"]  # fmt: skip
+    assert main(unknown) == 2
+    assert "pass --target-invocations N" in capsys.readouterr().err
+    assert "cpu4" not in str(_sm().list_endpoints()["Endpoints"])
 
 
 def test_async_config_and_scale_to_zero(

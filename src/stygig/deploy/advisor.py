@@ -65,6 +65,8 @@ __all__ = [
 #: What ``stygig build`` builds by default (review, session 51: this was still
 #: ``clip-vit-b-32``, whose figures a default build's deployment was sized by, 5.6x off).
 DEFAULT_MODEL = "efficientnet-lite0"
+#: The share of an instance's measured throughput the sizing plans to use.
+UTILISATION = 0.7
 MODES = ("sync", "async")
 
 
@@ -266,6 +268,29 @@ def figures_for(matrix: Matrix, instance_type: str, model: str) -> Figures | Non
     return None
 
 
+def scaling_target(
+    matrix: Matrix, instance_type: str, model: str | None
+) -> tuple[float, str] | None:
+    """The real-time autoscaling target ``advise`` prints for ``model`` on ``instance_type``
+    (invocations per instance per minute at :data:`UTILISATION` of its throughput) and where
+    it comes from; ``model=None``: the slowest model the matrix lists there (an unknown
+    encoder is never sized for more than it serves). ``None`` when there are no figures."""
+    found = [i.models for i in matrix.instances if i.name == instance_type]
+    rows = found[0] if found else {}
+    if model is None:
+        if not rows:
+            return None
+        model = min(rows, key=lambda m: rows[m].rps)
+    figures = rows.get(model)
+    if figures is None:
+        return None
+    how = (
+        f"{UTILISATION:.0%} of the {figures.rps:g} requests/s the advisor's matrix gives "
+        f"{model} on {instance_type} ({figures.kind})"
+    )
+    return float(invocations_per_minute(figures.rps, UTILISATION)), how
+
+
 def describe_figures(figures: Figures, model: str) -> str:
     """The one wording of a row's figures, used by ``advise`` and the ``deploy sync`` guard."""
     return (
@@ -355,6 +380,12 @@ def break_even(
     return BreakEven(names[0], names[1], at, below, above, stays)
 
 
+def invocations_per_minute(rps: float, utilisation: float) -> int:
+    """The autoscaling target: invocations per instance per minute at ``utilisation`` of a
+    throughput of ``rps`` requests a second."""
+    return int(rps * 60 * utilisation)
+
+
 def requests_per_minute(latency_ms: float, workers: int = 1) -> float:
     """Requests a minute that ``workers`` sequential workers serve at ``latency_ms`` each."""
     return workers * 60_000.0 / latency_ms
@@ -397,12 +428,12 @@ class Option:
     monthly: float
     per_request: float
     meets_latency: bool
-    utilisation: float = 0.7
+    utilisation: float = UTILISATION
 
     @property
     def invocations_per_minute_target(self) -> int:
         """The autoscaling target (invocations per instance per minute) this sizing implies."""
-        return int(self.figures.rps * 60 * self.utilisation)
+        return invocations_per_minute(self.figures.rps, self.utilisation)
 
 
 @dataclass(frozen=True)
@@ -428,7 +459,7 @@ def advise(
     requests_per_hour: float,
     latency_target_ms: float | None = None,
     model: str = DEFAULT_MODEL,
-    utilisation: float = 0.7,
+    utilisation: float = UTILISATION,
     min_instances: int = 1,
     active_hours_per_day: float = 24.0,
 ) -> Advice:

@@ -163,8 +163,8 @@ def _add_deploy_sync(deploy: Any) -> None:
     p.add_argument(
         "--target-invocations",
         type=float,
-        default=70.0,
-        help="autoscaling target: invocations per instance per minute (see stygig advise)",
+        help="autoscaling target: invocations per instance per minute (default: what "
+        "stygig advise prints for the instance type and encoder: 70%% of its throughput)",
     )
     p.set_defaults(func=run_deploy, mode="sync")
 
@@ -365,7 +365,8 @@ def scaling_from_args(args: argparse.Namespace) -> Any:
     if args.mode == "sync":
         if args.max_instances is None:
             return None
-        scaling = Scaling(args.min_instances, args.max_instances, args.target_invocations)
+        target, _ = sync_scaling_target(args)
+        scaling = Scaling(args.min_instances, args.max_instances, target)
         if scaling.min_instances < 1:
             raise InvalidOptionsError("a real-time endpoint needs --min-instances >= 1")
         if args.instance_count > scaling.max_instances:
@@ -379,6 +380,33 @@ def scaling_from_args(args: argparse.Namespace) -> Any:
     return Scaling(args.min_instances, args.max_instances, args.backlog_target)
 
 
+def sync_scaling_target(args: argparse.Namespace) -> tuple[float, str]:
+    """A real-time endpoint's autoscaling target and where it comes from: ``--target-
+    invocations``, else the one ``stygig advise`` prints for the instance type and encoder
+    (the SageMaker guide's fixed 70 a minute kept an instance at 1-2 % of what it serves:
+    review, session 53)."""
+    from stygig.deploy import advisor
+    from stygig.errors import InvalidOptionsError
+
+    if args.target_invocations is not None:
+        return args.target_invocations, "--target-invocations"
+    chosen = getattr(args, "encoder", None) or getattr(args, "model", None)
+    artifact = getattr(args, "artifact", None)
+    if chosen or artifact:
+        model, why = advisor.resolve_model(chosen, artifact)
+    else:  # the encoder unknown: the slowest one listed there, so no instance is overloaded
+        model, why = None, "the encoder unknown: name it with --encoder or --artifact"
+    advised = advisor.scaling_target(advisor.load_matrix(), args.instance_type, model)
+    if advised is None:
+        raise InvalidOptionsError(
+            f"the advisor has no figures for {model or 'any encoder'} on {args.instance_type}: pass "
+            "--target-invocations N (invocations per instance per minute the instance serves "
+            "at the utilisation you want)"
+        )
+    target, how = advised
+    return target, f"{how}; {why}"
+
+
 def enable_scaling(args: argparse.Namespace, aws: Any, done: Any) -> None:
     """The autoscaling the flags ask for, on the deployed variant (the endpoint InService)."""
     from stygig.deploy.autoscaling import enable_async_scaling, enable_autoscaling
@@ -388,7 +416,8 @@ def enable_scaling(args: argparse.Namespace, aws: Any, done: Any) -> None:
         enable_autoscaling(aws.aas, done.endpoint_name, done.variant_name, scaling)
         print(
             f"autoscaling: {scaling.min_instances}..{scaling.max_instances} instances, "
-            f"target {scaling.target:g} invocations per instance per minute"
+            f"target {scaling.target:g} invocations per instance per minute "
+            f"({sync_scaling_target(args)[1]})"
         )
         return
     enable_async_scaling(aws.aas, aws.cw, done.endpoint_name, done.variant_name, scaling)
@@ -517,7 +546,9 @@ def _add_deploy_pipeline(deploy: Any) -> None:
     p.add_argument("--allow-cpu", action="store_true", help="sync: real-time on a CPU instance")
     p.add_argument("--max-instances", type=int, help="autoscaling bound (async default 2)")
     p.add_argument("--min-instances", type=int, help="default 1 (sync) or 0 (async)")
-    p.add_argument("--target-invocations", type=float, default=70.0)
+    p.add_argument(
+        "--target-invocations", type=float, help="sync: default what stygig advise prints"
+    )
     p.add_argument("--s3-output-path", help="async: s3:// prefix for results (required)")
     p.add_argument("--s3-failure-path")
     p.add_argument("--sns-success-topic")
