@@ -7,6 +7,11 @@ DEMO_DIR ?= build/demo
 PORT ?= 8080
 
 KAGGLE_LIMIT ?= 3000
+# Where pip finds the CPU build of torch (torch==2.13.0+cpu, which PyPI does not host): a local
+# wheel folder in pip's find-links, or PyTorch's CPU index, e.g.
+# make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+TORCH_FROM := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 
 .PHONY: demo demo-kaggle test test-fast lint typecheck unit setup clean sample browser
 
@@ -14,8 +19,8 @@ KAGGLE_LIMIT ?= 3000
 $(STAMP): pyproject.toml requirements/lock.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -c requirements/lock.txt pip
-	# torch first, pinned: the CPU wheel on local disk; a newer torch would pull a CUDA build.
-	$(BIN)/pip install --quiet -c requirements/lock.txt torch==2.13.0
+	# torch first, pinned to the CPU build (TORCH_INDEX above); a newer torch would pull CUDA.
+	$(BIN)/pip install --quiet -c requirements/lock.txt $(TORCH_FROM) torch==2.13.0
 	$(BIN)/pip install --quiet -c requirements/lock.txt -e ".[torch,plot,serve,aws,parquet,web,ray,dev]"
 	touch $(STAMP)
 
