@@ -654,7 +654,8 @@ def format_advice(advice: Advice) -> str:
             )
         prices = m.price_note or (f"{m.region} on-demand, {m.date}, copied by hand (assumption)")
         lines.append(
-            f"prices: {prices}; sources: measured = benchmarks/results/server.json (2 vCPUs), "
+            f"prices: {prices}; sources: measured = benchmarks/bench_server.py on 2 vCPUs, "
+            "2026-11-30 (the slower of two recorded VMs: src/stygig/data/instances.yaml), "
             "scaled = measured x vCPU/2, estimate = not measured (how: listed under the table)"
         )
     return "\n".join(lines)
