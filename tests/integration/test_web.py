@@ -86,6 +86,12 @@ def test_page_and_static_files_are_served(client: httpx.Client) -> None:
     assert client.get("/static/index.html").status_code == 404
     slash = client.get("/static/app.js/", headers={"Host": "127.0.0.1"})
     assert slash.status_code == 404 and "location" not in slash.headers
+    # The icon a browser asks for where a page names none (review, session 54: a 404, though
+    # the help named the route): the page's own icon, by a relative redirect.
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 308 and icon.headers["location"] == "/static/icon.svg"
+    svg = client.get("/favicon.ico", follow_redirects=True)
+    assert svg.status_code == 200 and svg.headers["content-type"].startswith("image/svg+xml")
     for path in ("/", "/static/app.js", "/v1/items/sku-0014/image"):
         head = client.head(path)
         assert head.status_code == 200 and head.content == b"", path

@@ -4,6 +4,7 @@ Routes::
 
     GET /                          the page (photo in, outfit out)
     GET /static/{name}             its script and style sheet (a fixed list: no path walking)
+    GET /favicon.ico               308 to /static/icon.svg
     GET /v1/items/{item_id}/image  the item's thumbnail, from the artifact (ETag, cache headers)
     GET /v1/catalog                browse items: ?query=&category=&gender=&limit=&offset=
     GET /v1/config                 categories, genders, slots, modes, encoder, text_search,
@@ -456,6 +457,15 @@ def make_catalog_router(service: ModelService) -> APIRouter:
                 media_type="text/html; charset=utf-8",
                 headers={"Cache-Control": "no-cache", **DOCS_HEADERS},
             )
+
+    @router.api_route("/favicon.ico", methods=["GET", "HEAD"], include_in_schema=False)
+    async def favicon() -> Response:
+        # What a browser asks for on a page without an icon link (/openapi.json, an error):
+        # the page's icon, by a relative Location (never built from the client's Host).
+        return Response(
+            status_code=308,
+            headers={"Location": "/static/icon.svg", "Cache-Control": "max-age=86400"},
+        )
 
     @router.api_route("/static/{name}", methods=["GET", "HEAD"], include_in_schema=False)
     async def static(name: str, request: Request) -> Response:
