@@ -15,7 +15,7 @@ def _read(variables_in: list[Path]) -> set[str]:
 
 
 def test_every_variable_is_documented_and_every_documented_one_is_read() -> None:
-    sources = sorted((ROOT / "src" / "stygig").rglob("*.py")) + [ROOT / "docker" / "serve"]
+    sources = [*sorted((ROOT / "src" / "stygig").rglob("*.py")), ROOT / "docker" / "serve"]
     read = _read(sources)
     table = [
         line
