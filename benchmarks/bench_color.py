@@ -286,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "command": " ".join(["python benchmarks/bench_color.py", *filter(None, options)]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "split": "held out: crc32(id) % 2 == 1; thresholds tuned on the other half",
+        "split": "held out: crc32(id) % 2 == 1; the colour-family classifier fitted on the "
+        "other half",
         "before": f"src/stygig/color.py at {args.before}" if before else None,
         "python": platform.python_version(),
         "numpy": np.__version__,
