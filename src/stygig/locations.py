@@ -166,7 +166,8 @@ class InputLocations:
     def _check_s3(self, uri: str, loc: storage.Location) -> str:
         canonical = str(loc)
         segments = loc.key.split("/")
-        if canonical != uri or any(s in ("", ".", "..") for s in segments):
+        odd = "?" in loc.key or "#" in loc.key  # read by some tools as a query or fragment
+        if canonical != uri or odd or any(s in ("", ".", "..") for s in segments):
             raise _refused(
                 self.flag
             )  # "?", "#", "//", "." or ".." in the key: no one key it stands for

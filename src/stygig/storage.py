@@ -82,18 +82,21 @@ def parse(uri: str | Path) -> Location:
     """A plain path, ``file://`` or ``s3://`` URI as a :class:`Location`."""
     text = str(uri)
     if text.startswith("s3://"):
-        parsed = urlparse(text)
-        if not parsed.netloc:
+        # Split by hand, not as a URL: "?" and "#" are characters of an S3 key, not a query or
+        # a fragment (urlparse cut "red.jpg?v=2.jpg" to "red.jpg", another object: review,
+        # session 54).
+        bucket, _, key = text[len("s3://") :].partition("/")
+        if not bucket:
             raise StorageError(f"{text!r} names no bucket", code="invalid_location")
-        if not _BUCKET.fullmatch(parsed.netloc):
+        if not _BUCKET.fullmatch(bucket):
             raise StorageError(
-                f"{parsed.netloc[:100]!r} is not an S3 bucket name (3-255 letters, digits, "
+                f"{bucket[:100]!r} is not an S3 bucket name (3-255 letters, digits, "
                 "'.', '-' or '_'; buckets made since 2018: 3-63 lowercase)",
                 code="invalid_location",
             )
-        key = parsed.path.lstrip("/")
+        key = key.lstrip("/")
         check_s3_key(key)
-        return Location("s3", bucket=parsed.netloc, key=key)
+        return Location("s3", bucket=bucket, key=key)
     if "://" in text and not text.startswith("file://"):
         raise StorageError(
             f"{text!r}: only plain paths, file:// and s3:// are supported", code="invalid_location"

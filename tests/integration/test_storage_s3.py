@@ -92,6 +92,31 @@ def test_read_write_list_delete(s3_env: dict[str, str], tmp_path: Path) -> None:
     assert storage.read_bytes(str(local)) == b"abc" and storage.list_keys(tmp_path) == [str(local)]
 
 
+def test_keys_with_query_or_fragment_characters_name_their_own_objects(
+    s3_env: dict[str, str],
+) -> None:
+    """``?`` and ``#`` are characters of an S3 key: ``red.jpg?v=2.jpg`` was read as the object
+    ``red.jpg`` (another photo, answered for it in a batch run), ``look#1.jpg`` as ``look``
+    (review, session 54)."""
+    for key, body in (("odd/red.jpg", b"plain"), ("odd/red.jpg?v=2.jpg", b"versioned")):
+        storage.write_bytes(f"s3://shop/{key}", body)
+    storage.write_bytes("s3://shop/odd/look#1.jpg", b"hash")
+    listed = storage.list_keys("s3://shop/odd/")
+    assert listed == [
+        "s3://shop/odd/look#1.jpg",
+        "s3://shop/odd/red.jpg",
+        "s3://shop/odd/red.jpg?v=2.jpg",
+    ]
+    assert [storage.read_bytes(uri) for uri in listed] == [b"hash", b"plain", b"versioned"]
+    assert storage.parse("s3://shop/odd/red.jpg?v=2.jpg").key == "odd/red.jpg?v=2.jpg"
+    # A client-chosen location with them stays refused: some tools read them as a query.
+    policy = InputLocations(["s3://shop/odd"], max_bytes=100)
+    for refused in listed[::2]:
+        with pytest.raises(InvalidOptionsError):
+            policy.read(refused)
+    assert policy.read("s3://shop/odd/red.jpg") == b"plain"
+
+
 def test_an_s3_prefix_is_a_folder_for_batch_runs(s3_env: dict[str, str]) -> None:
     """Holes: ``s3://b/recs/shard1`` also listed ``recs/shard10/...`` (a run refused as
     existing, another run's parts counted as done and deleted by --overwrite); --overwrite on
