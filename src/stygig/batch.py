@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -73,6 +74,7 @@ __all__ = [
     "check_output_name",
     "input_record",
     "iter_inputs",
+    "listing",
     "open_sink",
     "recommend_group",
     "run_batch",
@@ -762,6 +764,31 @@ def run_record(
     }
 
 
+def listing(inputs: Iterator[BatchInput]) -> dict[str, Any]:
+    """What the run's inputs are, index by index, as a count and a sha256 over each input's
+    index, key, source, photos, item ids, options and refusal: one pass over ``inputs`` (a
+    fresh listing of them), nothing kept. A resume or a rerun whose inputs list otherwise is
+    refused, since its output's records are matched to inputs by index (review, session 54: a
+    photo added to a folder between a killed run and its rerun shifted every index after it,
+    and the output held one photo twice and another never)."""
+    digest = hashlib.sha256()
+    count = 0
+    for inp in inputs:
+        entry = [
+            inp.index,
+            inp.key,
+            inp.source,
+            list(inp.images),
+            list(inp.item_ids),
+            inp.options,
+            None if inp.error is None else inp.error.code,
+        ]
+        digest.update(json.dumps(entry, sort_keys=True, default=repr).encode("utf-8", "replace"))
+        digest.update(b"\n")
+        count += 1
+    return {"count": count, "sha256": digest.hexdigest()}
+
+
 class RunInProgressError(StygigError):
     """Another run is writing this output now (exit 8: try again once it has finished)."""
 
@@ -982,10 +1009,23 @@ def _check_run(dst: str, run: dict[str, Any], overwrite: bool) -> dict[str, Any]
         if staging is not None and staging.exists() and _is_parquet(dst):
             raise BatchError(f"{staging} exists but was not written by a batch run")
         return None
-    if earlier.get("run") != run:
+    before = earlier.get("run")
+    before_inputs = before.pop("inputs", None) if isinstance(before, dict) else None
+    now = {k: v for k, v in run.items() if k != "inputs"}
+    if before != now:
         raise BatchError(
-            f"{dst} holds a batch run with other arguments ({earlier.get('run')}); "
+            f"{dst} holds a batch run with other arguments ({before}); "
             "use the same arguments to resume, or --overwrite"
+        )
+    # A run recorded before inputs were listed is resumed as it was.
+    if before_inputs is not None and before_inputs != run.get("inputs"):
+        then = before_inputs.get("count") if isinstance(before_inputs, dict) else "?"
+        count = (run.get("inputs") or {}).get("count")
+        raise BatchError(
+            f"the inputs of {run.get('input')} changed since the run in {dst} began ({then} "
+            f"then, {count} now, or the same count listed otherwise): its records are matched "
+            "to inputs by position, so resuming would mix them up; use --overwrite to start "
+            "again, or another --output"
         )
     return dict(earlier)
 
@@ -1177,13 +1217,18 @@ def start_batch(
         part_size=part_size,
         artifact=answered_by,
     )
-    return begin_run(
-        dst,
-        run,
-        overwrite=overwrite,
-        part_size=part_size,
-        inputs=lambda: iter_inputs(src, recommender, kind=kind, by_photo=by_photo),
-    )
+
+    def inputs() -> tuple[Iterator[BatchInput], int | None]:
+        return iter_inputs(src, recommender, kind=kind, by_photo=by_photo)
+
+    check_output_name(dst)
+    lock = RunLock.take(dst)  # first: a run in progress is refused before its inputs are read
+    try:
+        run["inputs"] = listing(inputs()[0])
+    except BaseException:
+        lock.release()
+        raise
+    return begin_run(dst, run, overwrite=overwrite, part_size=part_size, inputs=inputs, lock=lock)
 
 
 def begin_run(

@@ -310,6 +310,47 @@ def test_resume_keeps_each_input_once_whatever_the_file_holds(
     assert [r["index"] for r in _records(part)] == list(range(n))
 
 
+def test_inputs_listed_otherwise_than_when_the_run_began_are_refused(
+    rec: Recommender, sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Review, session 54: records are matched to inputs by index, and a photo added to the
+    folder between a killed run and its rerun shifted every index after it (the output held
+    one photo twice and never the new one, reported complete); a completed run rerun on a
+    grown folder said "already done"."""
+    photos = tmp_path / "photos"
+    shutil.copytree(sample[0] / "images", photos)
+    names = sorted(p.name for p in photos.iterdir())[:12]
+    for extra in sorted(photos.iterdir())[12:]:
+        extra.unlink()
+    out = tmp_path / "out.jsonl"
+    run_batch(rec, str(photos), str(out), progress=False)
+    lines = out.read_text(encoding="utf-8").splitlines(keepends=True)
+    assert [json.loads(line)["id"] for line in lines] == names
+    out.write_text("".join(lines[:5]), encoding="utf-8")  # killed after 5 records
+    sidecar = Path(f"{out}.batch.json")
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "complete": False}))
+    shutil.copy(photos / names[0], photos / (names[0][:-4] + "-b.jpg"))  # sorts second
+    with pytest.raises(
+        BatchError, match=r"inputs of .* changed since the run .* \(12 then, 13 now"
+    ):
+        run_batch(rec, str(photos), str(out), progress=False)
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 5  # nothing written
+    # Put back, the run resumes and completes; grown again, the completed run is refused too.
+    (photos / (names[0][:-4] + "-b.jpg")).unlink()
+    assert run_batch(rec, str(photos), str(out), progress=False).skipped == 5
+    assert [r["id"] for r in _records(out)] == names
+    shutil.copy(photos / names[0], photos / "zz-new.jpg")
+    with pytest.raises(BatchError, match="13 now"):
+        run_batch(rec, str(photos), str(out), progress=False)
+    # The same count listed otherwise (one photo renamed) is refused as well.
+    (photos / "zz-new.jpg").unlink()
+    (photos / names[3]).rename(photos / ("a" + names[3]))
+    with pytest.raises(BatchError, match="12 then, 12 now, or the same count listed otherwise"):
+        run_batch(rec, str(photos), str(out), progress=False)
+    fresh = run_batch(rec, str(photos), str(out), overwrite=True, progress=False)
+    assert fresh.complete and fresh.processed == 12
+
+
 def test_a_manifest_with_blank_lines_resumes(rec: Recommender, tmp_path: Path) -> None:
     """A manifest's indexes are its line numbers, so blank lines leave gaps: a resumed run
     takes the records before the cut as its own (review, s47: the first version of the check

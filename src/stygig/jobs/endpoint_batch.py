@@ -45,6 +45,7 @@ from stygig.batch import (
     checked_options,
     input_kind,
     input_record,
+    listing,
     progress_bar,
     run_record,
 )
@@ -260,13 +261,19 @@ def run_endpoint_batch(
         endpoint=endpoint.endpoint_name,
         artifact=artifact,
     )
-    digest = hashlib.sha256(json.dumps([run, dst], sort_keys=True).encode()).hexdigest()
-    run_key = f"batch-{digest[:12]}"
+
+    def inputs() -> tuple[Iterator[BatchInput], int | None]:
+        return endpoint_inputs(src, kind=kind, by_photo=by_photo, artifact=artifact)
+
     # The output's lock first: a run in progress is refused before --overwrite removes
     # anything of it (its receipts, its output).
     check_output_name(dst)
     lock = RunLock.take(dst)
     try:
+        # In the run key too: receipts of another listing of the inputs are never followed.
+        run["inputs"] = listing(inputs()[0])
+        digest = hashlib.sha256(json.dumps([run, dst], sort_keys=True).encode()).hexdigest()
+        run_key = f"batch-{digest[:12]}"
         if overwrite:
             for key in storage.list_keys(
                 storage.join(endpoint.require_prefix(), f"receipts/{run_key}-"), folder=False
@@ -277,7 +284,7 @@ def run_endpoint_batch(
             run,
             overwrite=overwrite,
             part_size=part_size,
-            inputs=lambda: endpoint_inputs(src, kind=kind, by_photo=by_photo, artifact=artifact),
+            inputs=inputs,
             lock=lock,
         )
     except BaseException:
