@@ -357,17 +357,61 @@ class _Running:
     abandoned: bool = False
 
 
+#: While a chore keeps failing, how often (seconds) it is logged again: once with its
+#: traceback when it starts, then one line per period with the count, then its recovery.
+REPEAT_LOG_S = 60.0
+
+
+class _Failures:
+    """How often a chore's failure is logged while it repeats (review, session 54: a job
+    store on a full disk logged a traceback every 0.25 s, 8 KB/s, onto that same disk)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._since: dict[str, tuple[float, int]] = {}  # what -> (last logged, failed since)
+
+    def failed(self, what: str, error: BaseException) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last, count = self._since.get(what, (None, 0))
+            if last is None:
+                self._since[what] = (now, 0)
+                log.error("job housekeeping failed: %s", what, exc_info=error)
+            elif now - last >= REPEAT_LOG_S:
+                self._since[what] = (now, 0)
+                log.error(
+                    "job housekeeping still failing: %s (%d more times in %.0f s): %s",
+                    what,
+                    count + 1,
+                    now - last,
+                    error,
+                )
+            else:
+                self._since[what] = (last, count + 1)
+
+    def succeeded(self, what: str) -> None:
+        with self._lock:
+            if self._since.pop(what, None) is not None:
+                log.warning("job housekeeping works again: %s", what)
+
+
+_FAILURES = _Failures()
+
+
 @contextlib.contextmanager
 def _chore(what: str) -> Iterator[None]:
-    """Run one housekeeping chore; a failure is logged (once per try), not raised. A damaged
-    job store is not: the store said so once, when it found the damage (a chore tried every
-    minute logged "malformed" every minute)."""
+    """Run one housekeeping chore; a failure is logged, not raised: the first with its
+    traceback, then while it repeats one line a minute (:data:`REPEAT_LOG_S`), and its
+    recovery. A damaged job store is not: the store said so once, when it found the damage (a
+    chore tried every minute logged "malformed" every minute)."""
     try:
         yield
     except JobStoreDamagedError:
         pass
-    except Exception:
-        log.exception("job housekeeping failed: %s", what)
+    except Exception as e:
+        _FAILURES.failed(what, e)
+    else:
+        _FAILURES.succeeded(what)
 
 
 class JobWorker:
@@ -508,13 +552,9 @@ class JobWorker:
             if not self._slots.acquire(timeout=self.config.poll_s):
                 continue
             claimed: list[Job] = []
-            try:
+            with _chore("claiming a job"):  # a damaged store: said once, by the store
                 if self._may_claim():
                     claimed = self.store.claim(self.owner, lease_s=self.config.lease_s)
-            except JobStoreDamagedError:
-                pass  # said once, by the store; nothing runs until it is restored
-            except Exception:
-                log.exception("claiming a job failed")
             if not claimed:
                 self._slots.release()
                 self._idle()
