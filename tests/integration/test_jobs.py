@@ -334,6 +334,13 @@ def test_submit_poll_output_failure_and_webhook(
         assert jobs_main(["jobs", "list", "--url", url]) == 0
         assert "succeeded 3" in capsys.readouterr().out
         assert jobs_main(["jobs", "wait", "--url", url, ids[2]]) == 1
+        # A photo is sent as what its bytes are, whatever its name (review, session 54:
+        # "photo" and "photo.jfif" went as image/ and image/jfif, a 415).
+        for name in ("photo", "photo.jfif"):
+            (tmp_path / name).write_bytes(photo.read_bytes())
+            capsys.readouterr()
+            assert jobs_main(["jobs", "submit", "--url", url, str(tmp_path / name), "--wait"]) == 0
+            assert json.loads(capsys.readouterr().out)["Status"] == "succeeded", name
 
 
 def _terminal_events(db: Path) -> dict[str, int]:

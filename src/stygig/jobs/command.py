@@ -109,9 +109,12 @@ def _submit(args: argparse.Namespace) -> dict[str, Any]:
     if sum(sources) != 1:
         raise InvalidOptionsError("give exactly one of PHOTO, --input-location, --json, --item")
     if args.photo:
+        from stygig.jobs.sagemaker_async import sniff_content_type
+
         body = Path(args.photo).read_bytes()
-        suffix = Path(args.photo).suffix.lower().lstrip(".")
-        headers["Content-Type"] = f"image/{'jpeg' if suffix in ('jpg', 'jpeg') else suffix}"
+        # What the bytes are, not the name: "photo" or "photo.jfif" went as "image/" or
+        # "image/jfif" and got a 415 (review, session 54); the server tells the rest apart.
+        headers["Content-Type"] = sniff_content_type(body[:64]) or "application/octet-stream"
     elif args.input_location:
         headers["X-Amzn-SageMaker-InputLocation"] = args.input_location
         # Without it the server guesses from the first bytes, and a stored JSON request that
