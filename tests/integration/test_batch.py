@@ -351,6 +351,22 @@ def test_inputs_listed_otherwise_than_when_the_run_began_are_refused(
     assert fresh.complete and fresh.processed == 12
 
 
+def test_a_manifest_that_repeats_an_id_is_answered_whole_and_warned_about(
+    rec: Recommender, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review, session 54: two lines of one id (or 1 and "1") gave two records of that id
+    without a word; a consumer keyed by id kept one."""
+    rows = [{"id": "dup", "item_ids": ["sku-0014"]}, {"id": "dup", "item_ids": ["sku-0030"]}]
+    rows += [{"id": 1, "item_ids": ["sku-0014"]}, {"id": "1", "item_ids": ["sku-0030"]}]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with caplog.at_level("WARNING", logger="stygig.batch"):
+        summary = run_batch(rec, str(manifest), str(tmp_path / "out.jsonl"), progress=False)
+    assert summary.complete and summary.processed == 4
+    assert [r["id"] for r in _records(tmp_path / "out.jsonl")] == ["dup", "dup", "1", "1"]
+    assert "2 input(s) repeat an earlier input's id" in caplog.text
+
+
 def test_a_manifest_with_blank_lines_resumes(rec: Recommender, tmp_path: Path) -> None:
     """A manifest's indexes are its line numbers, so blank lines leave gaps: a resumed run
     takes the records before the cut as its own (review, s47: the first version of the check
