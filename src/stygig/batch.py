@@ -731,6 +731,12 @@ def check_output_name(dst: str) -> None:
             f"a batch writes JSON Lines (.jsonl) or Parquet (.parquet), not {suffix}: name "
             "the output for one of them"
         )
+    # A file where a folder of the path should be ("File exists (afile)" said nothing).
+    for parent in Path(dst).parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise BatchError(f"--output {dst}: {parent} is a file, not a folder")
+            break
 
 
 def open_sink(dst: str, part_size: int = 1000) -> Sink:

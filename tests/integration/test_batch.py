@@ -75,6 +75,11 @@ def test_overwrite_and_staging_never_touch_files_a_run_did_not_write(
     with pytest.raises(BatchError, match="not written by a batch run"):
         run_batch(rec, src, str(tmp_path / "out.parquet"), progress=False)
     assert (staging / "part-000000000-000000100.jsonl").read_text() == "not this run's\n"
+    # A file where the output's folder should be (review, session 54: "File exists (afile)").
+    (tmp_path / "afile").write_text("keep")
+    with pytest.raises(BatchError, match=r"afile is a file, not a folder"):
+        run_batch(rec, src, str(tmp_path / "afile" / "sub" / "out.jsonl"), progress=False)
+    assert (tmp_path / "afile").read_text() == "keep"
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "notes.txt").write_text("keep")
