@@ -594,6 +594,15 @@ def test_header_errors_name_their_cause_briefly(tmp_path: Path) -> None:
     (tmp_path / "long.csv").write_text(f"id,image,category,{wide * 6}\n")
     with pytest.raises(CatalogError, match="the header line is over 1,048,576 characters"):
         read_catalog(tmp_path / "long.csv")
+    # Review, session 54: the missing columns were named, not what the header held instead.
+    (tmp_path / "semi.csv").write_text("id;image;category\n1;a.jpg;shirt\n")
+    with pytest.raises(CatalogError, match=r"one column holding ';': a catalogue is comma-sep"):
+        read_catalog(tmp_path / "semi.csv")
+    (tmp_path / "other.csv").write_text("sku,img,cat\n1,a.jpg,shirt\n")
+    with pytest.raises(
+        CatalogError, match=r"\['id', 'image', 'category'\] \(its columns: 'sku', 'img', 'cat'\)$"
+    ):
+        read_catalog(tmp_path / "other.csv")
 
 
 def test_a_row_of_more_attributes_than_an_item_holds_is_rejected(tmp_path: Path) -> None:

@@ -825,7 +825,18 @@ def _read_catalog_file(
     if layout == "generic" and not is_jsonl:
         missing = [c for c in ("id", "image", "category") if c not in header]
         if missing:
-            raise CatalogError(f"generic catalogue {path} lacks required columns {missing}")
+            found = ", ".join(repr(h[:40]) for h in header[:8] if h)
+            found += ", ..." if len(header) > 8 else ""
+            # One column named "id;image;category": another separator than the comma.
+            other = next(
+                (sep for sep in (";", "\t", "|") if len(header) == 1 and sep in header[0]), None
+            )
+            hint = (
+                f" (its header is one column holding {other!r}: a catalogue is comma-separated)"
+                if other
+                else f" (its columns: {found or 'none named'})"
+            )
+            raise CatalogError(f"generic catalogue {path} lacks required columns {missing}{hint}")
     if images_dir is None:
         images_dir = path.parent / "images" if layout == "kaggle" else path.parent
     images = Path(images_dir)
