@@ -772,22 +772,22 @@ def run_record(
     }
 
 
-def listing(inputs: Iterator[BatchInput]) -> dict[str, Any]:
-    """What the run's inputs are, index by index, as a count and a sha256 over each input's
-    index, key, source, photos, item ids, options and refusal: one pass over ``inputs`` (a
-    fresh listing of them), nothing kept. A resume or a rerun whose inputs list otherwise is
-    refused, since its output's records are matched to inputs by index (review, session 54: a
-    photo added to a folder between a killed run and its rerun shifted every index after it,
-    and the output held one photo twice and another never)."""
-    digest = hashlib.sha256()
-    count = 0
-    keys = array("Q")  # 8 bytes of each key's hash: repeats found in bounded memory
-    for inp in inputs:
-        keys.append(
-            int.from_bytes(
-                hashlib.blake2b(inp.key.encode("utf-8", "replace"), digest_size=8).digest(), "big"
-            )
-        )
+class Listing:
+    """What a run's inputs are, index by index: a count and a sha256 over each input's index,
+    key, source, photos, item ids, options and refusal, fed one input at a time; and how many
+    repeat an earlier input's key (8 bytes of hash each: bounded memory). A resume or a rerun
+    whose inputs list otherwise is refused, since its output's records are matched to inputs by
+    index (review, session 54: a photo added to a folder between a killed run and its rerun
+    shifted every index after it, and the output held one photo twice and another never)."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+        self._keys = array("Q")
+        self.count = 0
+
+    def add(self, inp: BatchInput) -> None:
+        key = hashlib.blake2b(inp.key.encode("utf-8", "replace"), digest_size=8).digest()
+        self._keys.append(int.from_bytes(key, "big"))
         entry = [
             inp.index,
             inp.key,
@@ -797,20 +797,55 @@ def listing(inputs: Iterator[BatchInput]) -> dict[str, Any]:
             inp.options,
             None if inp.error is None else inp.error.code,
         ]
-        digest.update(json.dumps(entry, sort_keys=True, default=repr).encode("utf-8", "replace"))
-        digest.update(b"\n")
-        count += 1
-    found = {"count": count, "sha256": digest.hexdigest()}
-    ordered = np.sort(np.frombuffer(keys, np.uint64)) if count else np.zeros(0, np.uint64)
-    repeats = int((ordered[1:] == ordered[:-1]).sum())
-    if repeats:
-        # A manifest may name one id twice (two lines, or 1 and "1"): each line is answered,
-        # but a consumer keyed by id keeps one of them (review, session 54).
+        self._digest.update(
+            json.dumps(entry, sort_keys=True, default=repr).encode("utf-8", "replace")
+        )
+        self._digest.update(b"\n")
+        self.count += 1
+
+    def record(self) -> dict[str, Any]:
+        """``{"count", "sha256"}``, as a run record keeps it."""
+        return {"count": self.count, "sha256": self._digest.hexdigest()}
+
+    def repeated_keys(self) -> int:
+        """Inputs whose key an earlier input has."""
+        ordered = np.sort(np.frombuffer(self._keys, np.uint64))
+        return int((ordered[1:] == ordered[:-1]).sum())
+
+
+def listing(inputs: Iterator[BatchInput]) -> dict[str, Any]:
+    """:class:`Listing`'s record of ``inputs`` (one pass, nothing kept); warns when inputs
+    repeat an earlier input's key (two manifest lines of one id: each gets its record, and a
+    consumer keyed by id keeps one: review, session 54)."""
+    found = Listing()
+    for inp in inputs:
+        found.add(inp)
+    if repeats := found.repeated_keys():
         log.warning(
             "%d input(s) repeat an earlier input's id: each gets its record, under the same id",
             repeats,
         )
-    return found
+    return found.record()
+
+
+def _listed_otherwise(src: str, dst: str, then: Any, now: dict[str, Any], done: bool) -> BatchError:
+    count = then.get("count") if isinstance(then, dict) else "?"
+    how = (
+        f"{count} then, {now['count']} now"
+        if count != now["count"]
+        else f"{count} then and now, listed differently"
+    )
+    if done:
+        return BatchError(
+            f"the completed run in {dst} answered the inputs of {src} as they were listed then; "
+            f"they list otherwise now ({how}): use --overwrite to answer them again, or another "
+            "--output"
+        )
+    return BatchError(
+        f"the inputs of {src} changed since the run in {dst} began ({how}): its records are "
+        "matched to inputs by position, so resuming would mix them up; use --overwrite to "
+        "start again, or another --output"
+    )
 
 
 class RunInProgressError(StygigError):
@@ -914,19 +949,41 @@ def _refuse_folder(dst: str) -> None:
         )
 
 
-def start_run(dst: str, run: dict[str, Any], overwrite: bool) -> BatchSummary | None:
+def start_run(
+    dst: str,
+    run: dict[str, Any],
+    overwrite: bool,
+    listed: Callable[[], dict[str, Any]] | None = None,
+) -> BatchSummary | None:
     """The summary of this same run when it already completed (nothing to do); else the run is
-    recorded as started and ``None`` returned. A different earlier run is refused. Called with
-    the output's :class:`RunLock` held (:func:`begin_run`)."""
+    recorded as started and ``None`` returned. A different earlier run is refused, and so is
+    one whose inputs ``listed()`` (:func:`listing`; ``None``: not checked) lists otherwise
+    than it did (a run recorded before listings were kept is taken as it is; a completed run
+    whose inputs cannot be listed any more stands). Called with the output's
+    :class:`RunLock` held (:func:`begin_run`)."""
     _refuse_folder(dst)
     earlier = _check_run(dst, run, overwrite)
     if earlier is not None and earlier.get("complete") and not _output_present(dst, earlier):
         log.warning("%s: the completed run's output is gone or cut short; running it again", dst)
         earlier = None
+    then = (earlier or {}).get("run", {}).get("inputs")
+    src = str(run.get("input"))
     if earlier is not None and earlier.get("complete"):
+        if listed is not None and then is not None:
+            try:
+                now = listed()
+            except StygigError:
+                now = then  # the inputs are gone: the completed run's answers stand
+            if now != then:
+                raise _listed_otherwise(src, dst, then, now, done=True)
         before = dict(earlier["summary"])
         before.update(processed=0, skipped=before["total"], seconds=0.0, items_per_second=0.0)
         return BatchSummary(**before)
+    if listed is not None:
+        now = listed()
+        if earlier is not None and then is not None and now != then:
+            raise _listed_otherwise(src, dst, then, now, done=False)
+        run["inputs"] = now
     storage.write_bytes(_sidecar(dst), json.dumps({"run": run, "complete": False}).encode())
     return None
 
@@ -1034,22 +1091,11 @@ def _check_run(dst: str, run: dict[str, Any], overwrite: bool) -> dict[str, Any]
             raise BatchError(f"{staging} exists but was not written by a batch run")
         return None
     before = earlier.get("run")
-    before_inputs = before.pop("inputs", None) if isinstance(before, dict) else None
     now = {k: v for k, v in run.items() if k != "inputs"}
-    if before != now:
+    if not isinstance(before, dict) or {k: v for k, v in before.items() if k != "inputs"} != now:
         raise BatchError(
             f"{dst} holds a batch run with other arguments ({before}); "
             "use the same arguments to resume, or --overwrite"
-        )
-    # A run recorded before inputs were listed is resumed as it was.
-    if before_inputs is not None and before_inputs != run.get("inputs"):
-        then = before_inputs.get("count") if isinstance(before_inputs, dict) else "?"
-        count = (run.get("inputs") or {}).get("count")
-        raise BatchError(
-            f"the inputs of {run.get('input')} changed since the run in {dst} began ({then} "
-            f"then, {count} now, or the same count listed otherwise): its records are matched "
-            "to inputs by position, so resuming would mix them up; use --overwrite to start "
-            "again, or another --output"
         )
     return dict(earlier)
 
@@ -1153,21 +1199,28 @@ class Tally:
     errors_by_code: dict[str, int] = field(default_factory=dict)
     started: float = field(init=False)
     lock: RunLock | None = None  # the output's, held until the run's record is written
+    consumed: dict[str, Any] | None = None  # every input listed, once todo() went through them
 
     def __post_init__(self) -> None:
         self.done = self.sink.done()
         self.started = time.perf_counter()  # the run's work starts after the resume scan
 
     def todo(self) -> Iterator[BatchInput]:
-        """The inputs not already in the output (resume), counting each one seen and skipped."""
+        """The inputs not already in the output (resume), counting each one seen and skipped,
+        and listing them as they come (:class:`Listing`): what a completed run records is what
+        it answered, not a listing taken a moment before (a photo added in between made the
+        rerun of a run that answered it refused: review, session 54)."""
         last = -1  # the largest input index (a manifest's are its line numbers: may skip)
+        consumed = Listing()
         for inp in self.inputs:
+            consumed.add(inp)
             self.seen += 1
             last = max(last, inp.index)
             if inp.index in self.done:
                 self.skipped += 1
                 continue
             yield inp
+        self.consumed = consumed.record()
         foreign = sum(1 for index in self.done if not 0 <= index <= last)
         if foreign:
             # Reported complete, the output would hold more records than there are inputs.
@@ -1188,6 +1241,8 @@ class Tally:
     def finish(self, complete: bool) -> BatchSummary:
         """The run's summary, recorded beside the output when ``complete``
         (:func:`finish_run`); called once the sink is closed. The output's lock is let go."""
+        if complete and self.consumed is not None and "inputs" in self.run:
+            self.run["inputs"] = self.consumed
         try:
             return finish_run(
                 self.dst,
@@ -1242,17 +1297,13 @@ def start_batch(
         artifact=answered_by,
     )
 
-    def inputs() -> tuple[Iterator[BatchInput], int | None]:
-        return iter_inputs(src, recommender, kind=kind, by_photo=by_photo)
-
-    check_output_name(dst)
-    lock = RunLock.take(dst)  # first: a run in progress is refused before its inputs are read
-    try:
-        run["inputs"] = listing(inputs()[0])
-    except BaseException:
-        lock.release()
-        raise
-    return begin_run(dst, run, overwrite=overwrite, part_size=part_size, inputs=inputs, lock=lock)
+    return begin_run(
+        dst,
+        run,
+        overwrite=overwrite,
+        part_size=part_size,
+        inputs=lambda: iter_inputs(src, recommender, kind=kind, by_photo=by_photo),
+    )
 
 
 def begin_run(
@@ -1272,7 +1323,7 @@ def begin_run(
     check_output_name(dst)  # before any lock of this call: a refused name leaves nothing
     held = lock if lock is not None else RunLock.take(dst)
     try:
-        finished = start_run(dst, run, overwrite)
+        finished = start_run(dst, run, overwrite, lambda: listing(inputs()[0]))
         if finished is not None:
             held.release()
             return finished

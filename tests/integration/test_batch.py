@@ -334,26 +334,62 @@ def test_inputs_listed_otherwise_than_when_the_run_began_are_refused(
     out.write_text("".join(lines[:5]), encoding="utf-8")  # killed after 5 records
     sidecar = Path(f"{out}.batch.json")
     sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "complete": False}))
-    shutil.copy(photos / names[0], photos / (names[0][:-4] + "-b.jpg"))  # sorts second
+    added = photos / (names[0][:-4] + "-b.jpg")  # sorts before names[1]: shifts the rest
+    shutil.copy(photos / names[0], added)
     with pytest.raises(
         BatchError, match=r"inputs of .* changed since the run .* \(12 then, 13 now"
     ):
         run_batch(rec, str(photos), str(out), progress=False)
     assert len(out.read_text(encoding="utf-8").splitlines()) == 5  # nothing written
     # Put back, the run resumes and completes; grown again, the completed run is refused too.
-    (photos / (names[0][:-4] + "-b.jpg")).unlink()
+    added.unlink()
     assert run_batch(rec, str(photos), str(out), progress=False).skipped == 5
     assert [r["id"] for r in _records(out)] == names
     shutil.copy(photos / names[0], photos / "zz-new.jpg")
-    with pytest.raises(BatchError, match="13 now"):
+    with pytest.raises(BatchError, match=r"the completed run .* list otherwise now \(12 then, 13"):
         run_batch(rec, str(photos), str(out), progress=False)
     # The same count listed otherwise (one photo renamed) is refused as well.
     (photos / "zz-new.jpg").unlink()
     (photos / names[3]).rename(photos / ("a" + names[3]))
-    with pytest.raises(BatchError, match="12 then, 12 now, or the same count listed otherwise"):
+    with pytest.raises(BatchError, match=r"12 then and now, listed differently"):
         run_batch(rec, str(photos), str(out), progress=False)
+    # Inputs that are gone: the completed run's answers stand, as before.
+    (photos / ("a" + names[3])).rename(photos / names[3])
+    moved = tmp_path / "moved"
+    photos.rename(moved)
+    assert run_batch(rec, str(photos), str(out), progress=False).skipped == 12
+    moved.rename(photos)
     fresh = run_batch(rec, str(photos), str(out), overwrite=True, progress=False)
     assert fresh.complete and fresh.processed == 12
+
+
+def test_a_completed_run_records_the_inputs_it_answered(
+    rec: Recommender, sample: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review, session 54: a photo added between the listing taken at the start and the run's
+    own pass was answered, but the run recorded the listing without it, and its rerun with
+    nothing changed was refused."""
+    import stygig.batch as batch
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    first = sorted((sample[0] / "images").iterdir())[:3]
+    for path in first:
+        shutil.copy(path, photos / path.name)
+    real = batch.listing
+
+    def listing_then_a_photo(inputs: Iterator[batch.BatchInput]) -> dict[str, object]:
+        found = real(inputs)
+        shutil.copy(first[0], photos / "zz-late.jpg")
+        return found
+
+    monkeypatch.setattr(batch, "listing", listing_then_a_photo)
+    out = tmp_path / "out.jsonl"
+    done = run_batch(rec, str(photos), str(out), progress=False)
+    assert done.complete and done.processed == 4
+    monkeypatch.setattr(batch, "listing", real)
+    again = run_batch(rec, str(photos), str(out), progress=False)
+    assert again.processed == 0 and again.skipped == 4
 
 
 def test_a_manifest_that_repeats_an_id_is_answered_whole_and_warned_about(

@@ -45,7 +45,6 @@ from stygig.batch import (
     checked_options,
     input_kind,
     input_record,
-    listing,
     progress_bar,
     run_record,
 )
@@ -269,11 +268,11 @@ def run_endpoint_batch(
     # anything of it (its receipts, its output).
     check_output_name(dst)
     lock = RunLock.take(dst)
+    # The receipts' key, from the arguments only: a run interrupted before inputs were listed
+    # in the run record finds its receipts (a changed listing is refused by begin_run).
+    digest = hashlib.sha256(json.dumps([run, dst], sort_keys=True).encode()).hexdigest()
+    run_key = f"batch-{digest[:12]}"
     try:
-        # In the run key too: receipts of another listing of the inputs are never followed.
-        run["inputs"] = listing(inputs()[0])
-        digest = hashlib.sha256(json.dumps([run, dst], sort_keys=True).encode()).hexdigest()
-        run_key = f"batch-{digest[:12]}"
         if overwrite:
             for key in storage.list_keys(
                 storage.join(endpoint.require_prefix(), f"receipts/{run_key}-"), folder=False
