@@ -94,7 +94,8 @@ def parse(uri: str | Path) -> Location:
                 "'.', '-' or '_'; buckets made since 2018: 3-63 lowercase)",
                 code="invalid_location",
             )
-        key = key.lstrip("/")
+        # Kept as written: "s3://b//x" is the key "/x", which S3 holds apart from "x" (a
+        # listed key with a leading "/" was read as the object without it: review, session 54).
         check_s3_key(key)
         return Location("s3", bucket=bucket, key=key)
     if "://" in text and not text.startswith("file://"):

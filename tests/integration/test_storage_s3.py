@@ -109,9 +109,14 @@ def test_keys_with_query_or_fragment_characters_name_their_own_objects(
     ]
     assert [storage.read_bytes(uri) for uri in listed] == [b"hash", b"plain", b"versioned"]
     assert storage.parse("s3://shop/odd/red.jpg?v=2.jpg").key == "odd/red.jpg?v=2.jpg"
+    # A key with a leading "/" is another object than the one without it.
+    storage.write_bytes("s3://shop//odd/red.jpg", b"slashed")
+    assert storage.read_bytes("s3://shop//odd/red.jpg") == b"slashed"
+    assert storage.read_bytes("s3://shop/odd/red.jpg") == b"plain"
+    storage.delete("s3://shop//odd/red.jpg")
     # A client-chosen location with them stays refused: some tools read them as a query.
     policy = InputLocations(["s3://shop/odd"], max_bytes=100)
-    for refused in listed[::2]:
+    for refused in [*listed[::2], "s3://shop/odd/red\n.jpg", "s3://shop/odd/red\t.jpg"]:
         with pytest.raises(InvalidOptionsError):
             policy.read(refused)
     assert policy.read("s3://shop/odd/red.jpg") == b"plain"
