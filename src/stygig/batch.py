@@ -735,7 +735,8 @@ def check_output_name(dst: str) -> None:
     for parent in Path(dst).parents:
         if parent.exists() or parent.is_symlink():
             if not parent.is_dir():
-                raise BatchError(f"--output {dst}: {parent} is a file, not a folder")
+                what = "a link to nothing" if not parent.exists() else "a file"
+                raise BatchError(f"--output {dst}: {parent} is {what}, not a folder")
             break
 
 

@@ -383,7 +383,7 @@ def break_even(
 def invocations_per_minute(rps: float, utilisation: float) -> int:
     """The autoscaling target: invocations per instance per minute at ``utilisation`` of a
     throughput of ``rps`` requests a second."""
-    return int(rps * 60 * utilisation)
+    return round(rps * 60 * utilisation)
 
 
 def requests_per_minute(latency_ms: float, workers: int = 1) -> float:

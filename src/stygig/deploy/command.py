@@ -163,8 +163,9 @@ def _add_deploy_sync(deploy: Any) -> None:
     p.add_argument(
         "--target-invocations",
         type=float,
-        help="autoscaling target: invocations per instance per minute (default: what "
-        "stygig advise prints for the instance type and encoder: 70%% of its throughput)",
+        help="autoscaling target: invocations per instance per minute (default: 70%% of the "
+        "advisor's throughput for the instance type and the encoder named by --encoder or "
+        "--artifact, as stygig advise prints it; neither named: the slowest encoder it lists)",
     )
     p.set_defaults(func=run_deploy, mode="sync")
 
@@ -547,7 +548,9 @@ def _add_deploy_pipeline(deploy: Any) -> None:
     p.add_argument("--max-instances", type=int, help="autoscaling bound (async default 2)")
     p.add_argument("--min-instances", type=int, help="default 1 (sync) or 0 (async)")
     p.add_argument(
-        "--target-invocations", type=float, help="sync: default what stygig advise prints"
+        "--target-invocations",
+        type=float,
+        help="sync: default 70%% of the advisor's throughput for the instance and encoder",
     )
     p.add_argument("--s3-output-path", help="async: s3:// prefix for results (required)")
     p.add_argument("--s3-failure-path")

@@ -90,9 +90,8 @@ _ECR_IMAGE = re.compile(
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[0-9a-f]{64})?"
 )
 _ROLE_ARN = re.compile(r"arn:aws(?:-cn|-us-gov)?:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
-_SNS_ARN = re.compile(
-    r"arn:aws(?:-cn|-us-gov)?:sns:(?P<region>[a-z]{2}(?:-[a-z]+)+-\d):\d{12}:[A-Za-z0-9_-]{1,256}"
-)
+# SageMaker's own pattern for a topic (every partition; FIFO topics end in ".fifo").
+_SNS_ARN = re.compile(r"arn:aws[a-z-]*:sns:(?P<region>[a-z0-9-]*):\d{12}:[A-Za-z0-9_.-]{1,256}")
 #: SageMaker's bound on ``MaxConcurrentInvocationsPerInstance``.
 MAX_ASYNC_CONCURRENCY = 1000
 _MANIFEST = "manifest.json"
