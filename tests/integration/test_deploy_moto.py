@@ -333,6 +333,21 @@ def test_async_config_and_scale_to_zero(
     assert "wakes from zero" in capsys.readouterr().out
 
 
+def test_async_settings_sagemaker_takes_are_taken() -> None:
+    """Every partition's topics and FIFO topics (SageMaker's own pattern: review of session 54's
+    first check, which refused them)."""
+    from stygig.deploy.preflight import check_async_settings
+
+    for topic in (
+        "arn:aws:sns:us-east-1:123456789012:results.fifo",
+        "arn:aws-iso:sns:us-iso-east-1:123456789012:t",
+        "arn:aws-cn:sns:cn-north-1:123456789012:t",
+    ):
+        region = topic.split(":")[3]
+        settings = sm_api.AsyncSettings("s3://out/r/", "s3://out/f/", topic, topic, 1000)
+        check_async_settings(settings, region)
+
+
 @pytest.mark.parametrize(
     ("flags", "says"),
     [
@@ -355,21 +370,6 @@ def test_async_config_and_scale_to_zero(
         (["--s3-output-path", "s3://out/", "--max-concurrent", "1001"], "1..1,000"),
     ],
 )  # fmt: skip
-def test_async_settings_sagemaker_takes_are_taken() -> None:
-    """Every partition's topics and FIFO topics (SageMaker's own pattern: review of session 54's
-    first check, which refused them)."""
-    from stygig.deploy.preflight import check_async_settings
-
-    for topic in (
-        "arn:aws:sns:us-east-1:123456789012:results.fifo",
-        "arn:aws-iso:sns:us-iso-east-1:123456789012:t",
-        "arn:aws-cn:sns:cn-north-1:123456789012:t",
-    ):
-        region = topic.split(":")[3]
-        settings = sm_api.AsyncSettings("s3://out/r/", "s3://out/f/", topic, topic, 1000)
-        check_async_settings(settings, region)
-
-
 def test_async_settings_are_checked_before_anything_is_made(
     aws: None, archive: Any, capsys: pytest.CaptureFixture[str], flags: list[str], says: str
 ) -> None:
