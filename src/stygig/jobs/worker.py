@@ -362,37 +362,60 @@ class _Running:
 REPEAT_LOG_S = 60.0
 
 
+def _clock() -> float:
+    return time.monotonic()
+
+
+@dataclass
+class _Trouble:
+    logged: float  # when a line about the chore was last written
+    quiet: int = 0  # failures since, not written
+    failing: bool = True  # the last try failed
+    said_recovered: bool = False
+
+
 class _Failures:
     """How often a chore's failure is logged while it repeats (review, session 54: a job
-    store on a full disk logged a traceback every 0.25 s, 8 KB/s, onto that same disk)."""
+    store on a full disk logged a traceback every 0.25 s, 8 KB/s, onto that same disk). At
+    most one line a :data:`REPEAT_LOG_S` period per chore, a chore that alternates between
+    failing and working included; forgotten once it has worked for a whole period."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._since: dict[str, tuple[float, int]] = {}  # what -> (last logged, failed since)
+        self._chores: dict[str, _Trouble] = {}
 
     def failed(self, what: str, error: BaseException) -> None:
-        now = time.monotonic()
+        now = _clock()
         with self._lock:
-            last, count = self._since.get(what, (None, 0))
-            if last is None:
-                self._since[what] = (now, 0)
+            trouble = self._chores.get(what)
+            if trouble is None:
+                self._chores[what] = _Trouble(now)
                 log.error("job housekeeping failed: %s", what, exc_info=error)
-            elif now - last >= REPEAT_LOG_S:
-                self._since[what] = (now, 0)
+            elif now - trouble.logged >= REPEAT_LOG_S:
                 log.error(
                     "job housekeeping still failing: %s (%d more times in %.0f s): %s",
                     what,
-                    count + 1,
-                    now - last,
+                    trouble.quiet + 1,
+                    now - trouble.logged,
                     error,
                 )
+                self._chores[what] = _Trouble(now)
             else:
-                self._since[what] = (last, count + 1)
+                trouble.quiet += 1
+                trouble.failing = True
 
     def succeeded(self, what: str) -> None:
+        now = _clock()
         with self._lock:
-            if self._since.pop(what, None) is not None:
+            trouble = self._chores.get(what)
+            if trouble is None:
+                return
+            if trouble.failing and not trouble.said_recovered:
                 log.warning("job housekeeping works again: %s", what)
+                trouble.said_recovered = True
+            trouble.failing = False
+            if now - trouble.logged >= REPEAT_LOG_S:
+                del self._chores[what]  # a whole period without a line: forgotten
 
 
 _FAILURES = _Failures()
