@@ -629,6 +629,9 @@ def test_pipeline_runs_resumes_and_updates(
            "--encoder", "tiny", "--work-dir", str(work), "--upload", "s3://models/pipe/",
            "--check-image", str(photo), "--max-instances", "2",
            "--target-invocations", "600"]  # fmt: skip
+    # Without a target, an encoder the advisor has no figures for is refused before step 1.
+    assert main(cmd[:-2]) == 2
+    assert "pass --target-invocations N" in capsys.readouterr().err and not work.exists()
     _queue_response(4)
     assert main(cmd) == 0
     out = capsys.readouterr().out

@@ -12,6 +12,7 @@ import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +122,26 @@ def test_the_servers_own_answer_still_comes_with_the_token(
         assert main(["jobs", "status", "--url", url, "j1"]) == 0
     assert json.loads(capsys.readouterr().out)["Status"] == "succeeded"
     assert [h.get("Authorization") for h in seen] == [f"Bearer {TOKEN}"]
+
+
+def test_a_photo_is_sent_as_what_its_bytes_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review, session 54: the content type came from the file's suffix ("photo" went as
+    "image/", "photo.jfif" as "image/jfif": a 415)."""
+    monkeypatch.delenv("STYGIG_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("STYGIG_AUTH_TOKEN_FILE", raising=False)
+    cases = {
+        "photo": b"\xff\xd8\xff\xe0" + b"\0" * 60,
+        "photo.jfif": b"\xff\xd8\xff\xe1" + b"\0" * 60,
+        "shot.jpg": b"\x89PNG\r\n\x1a\n" + b"\0" * 60,
+        "odd.png": b"GIF89a" + b"\0" * 60,
+    }
+    seen: list[dict[str, str]] = []
+    with _serve(type("Server", (_Recorder,), {"seen": seen}), "127.0.0.1") as url:
+        for name, body in cases.items():
+            (tmp_path / name).write_bytes(body)
+            assert main(["jobs", "submit", "--url", url, str(tmp_path / name)]) == 0
+    capsys.readouterr()
+    kinds = [h.get("Content-Type") for h in seen]
+    assert kinds == ["image/jpeg", "image/jpeg", "image/png", "application/octet-stream"]
