@@ -46,7 +46,10 @@ __all__ = [
     "outfit_score_schema",
 ]
 
-CategorySource = Literal["vote", "stated", "catalog"]
+#: Where a query part's category came from: the neighbours' vote; the category head, which
+#: overruled that vote (the merged choice differs from the vote's winner shown in ``votes``);
+#: the caller; or the catalogue item itself.
+CategorySource = Literal["vote", "head", "stated", "catalog"]
 HeadField = Literal["category", "usage"]
 GenderSource = Literal["stated", "item", "photo", "uncertain", "none"]
 

@@ -636,6 +636,11 @@ class Recommender:
                         part, head, cols.category_names, voters, cat_vote.winner,
                         hk, head.temperature,
                     )  # fmt: skip
+                    if part.category != cat_vote.winner:
+                        # Said: the answer's votes show the neighbours' winner, not this one
+                        # (review, session 54: "sweatshirt (recognised from the photo)" above
+                        # a vote that kurta won).
+                        part.category_source = "head"
             part.neighbours, part.votes = (nb_ids, nb_s), cat_vote.counts
             if part.position is not None:
                 item = st.artifact.items[part.position]

@@ -315,7 +315,7 @@ def check_response(rec: dict[str, Any]) -> list[str]:
         problems.append("outfit mode, yet no item carries the compatibility boost (> 1)")
     for part in rec.get("query") or [{}]:
         votes = part.get("votes")
-        if part.get("category_source", "vote") == "vote":
+        if part.get("category_source", "vote") in ("vote", "head"):
             if not isinstance(votes, dict) or not votes:
                 problems.append("query: no top-5 category votes")
             elif not 0 < sum(votes.values()) <= 5:

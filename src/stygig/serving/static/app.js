@@ -454,7 +454,7 @@
 
   function renderQuery(q) {
     $("query-category").textContent = q.category ? title(q.category) : "Not recognised";
-    const source = { vote: "recognised from the photo", catalog: "from the catalogue", stated: "as you said" };
+    const source = { vote: "recognised from the photo", head: "recognised from the photo: the category model overruled the neighbours' vote", catalog: "from the catalogue", stated: "as you said" };
     $("query-source").textContent = q.category_source ? "(" + (source[q.category_source] || q.category_source) + ")" : "";
     $("query-unlike").hidden = q.unlike_catalogue !== true;
     const votes = $("votes");
