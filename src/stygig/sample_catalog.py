@@ -531,8 +531,8 @@ def kaggle_demo_catalog(
     categories are held out of the catalogue as ``candidates/<colour>-<category>.jpg`` (listed
     in order in :data:`CANDIDATES_FILE`), the first of each copied to ``queries/``, the example
     photos ``stygig serve --examples`` offers (:func:`stygig.demo_examples.pick_examples`
-    replaces one the built catalogue votes wrong). Photos are hard-linked when they can
-    be, else copied. The same download and seed give the same files.
+    replaces one the built catalogue votes wrong). Photos are copied, never hard-linked to the
+    download. The same download and seed give the same files.
     """
     from stygig.catalog.loaders import read_catalog
 
@@ -613,7 +613,7 @@ def kaggle_demo_catalog(
     rows = []
     for item in sorted(chosen, key=lambda i: (i.category, i.id)):
         name = f"images/{item.id}.jpg"
-        _link_or_copy(Path(item.image), out_dir / name)
+        _copy_photo(Path(item.image), out_dir / name)
         rows.append(_generic_row(item, name))
     # Each category's candidates, in order, in candidates/; the first is offered in queries/
     # until `stygig pick-examples` checks them against the built catalogue.
@@ -628,13 +628,13 @@ def kaggle_demo_catalog(
             name = f"{stem}.jpg"  # two of one colour: the second is "<stem>-2.jpg"
             while any(row["file"] == name for row in listed):
                 name = f"{stem}-{sum(row['category'] == category for row in listed) + 1}.jpg"
-            _link_or_copy(Path(item.image), out_dir / "candidates" / name)
+            _copy_photo(Path(item.image), out_dir / "candidates" / name)
             # Offered as "<colour>-<category>.jpg" whichever of them it is (the page's label).
             listed.append({"category": category, "file": name, "example": f"{stem}.jpg"})
     written = []
     for category in queries:
         first = next(row for row in listed if row["category"] == category)
-        _link_or_copy(
+        _copy_photo(
             out_dir / "candidates" / first["file"], out_dir / "queries" / first["example"]
         )
         written.append(first["example"])
@@ -723,13 +723,12 @@ def _check_out(out_dir: Path, source: Path | None = None) -> None:
         )
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    """``target`` holds ``source``'s bytes: a hard link where the file system allows one."""
+def _copy_photo(source: Path, target: Path) -> None:
+    """``target`` holds a copy of ``source``'s bytes. Never a hard link: the demo's folder
+    would then be the user's download under another name, and anything written through
+    either changes both (review, session 54; a few MB for a 3,000-photo demo)."""
     if target.exists() and os.path.samefile(source, target):
         return  # already the same file (never unlinked: it would be the source itself)
     if target.exists() or target.is_symlink():
         target.unlink()
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
+    shutil.copyfile(source, target)

@@ -166,6 +166,12 @@ def test_the_command_prints_each_category_and_refuses_a_bad_list_or_a_stale_arti
     (catalog / "queries").unlink()
     # A catalogue drawn again (another limit) without building its artifact again.
     kaggle_demo_catalog(KAGGLE, tmp_path / "redrawn", limit=60, seed=3)
+    # Copies, never hard links to the download (review, session 54: written through the
+    # demo's folder, a photo of the shared dataset changed too).
+    drawn = [
+        p for d in ("images", "candidates", "queries") for p in (tmp_path / "redrawn" / d).iterdir()
+    ]
+    assert drawn and all(p.stat().st_nlink == 1 for p in drawn)
     with pytest.raises(CatalogError, match="not built from this folder"):
         pick_examples(artifact, tmp_path / "redrawn")
     (catalog / CANDIDATES_FILE).unlink()
