@@ -642,7 +642,7 @@
       }
       const n = seen.size;
       $("board-note").textContent = n
-        ? n + (n === 1 ? " piece" : " pieces") + " to go with your " + words(q.category || "piece") + ". Total score " + body.outfit.score.toFixed(2) + "."
+        ? n + (n === 1 ? " piece" : " pieces") + " to go with your " + words(q.category || "piece") + ". Score " + (body.outfit.score / Math.max(body.outfit.item_ids.length, 1)).toFixed(2) + " a piece, on average."
         : "";
     } else {
       for (const row of body.items) board.append(makeCard(row, { slot: null }));
