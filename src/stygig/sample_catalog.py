@@ -634,9 +634,7 @@ def kaggle_demo_catalog(
     written = []
     for category in queries:
         first = next(row for row in listed if row["category"] == category)
-        _copy_photo(
-            out_dir / "candidates" / first["file"], out_dir / "queries" / first["example"]
-        )
+        _copy_photo(out_dir / "candidates" / first["file"], out_dir / "queries" / first["example"])
         written.append(first["example"])
     csv_path = out_dir / "catalog.csv"
     with csv_path.open("w", newline="", encoding="utf-8") as f:

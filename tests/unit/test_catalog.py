@@ -594,6 +594,11 @@ def test_header_errors_name_their_cause_briefly(tmp_path: Path) -> None:
     (tmp_path / "long.csv").write_text(f"id,image,category,{wide * 6}\n")
     with pytest.raises(CatalogError, match="the header line is over 1,048,576 characters"):
         read_catalog(tmp_path / "long.csv")
+    # Review, session 54: a folder was "catalogue file not found".
+    (tmp_path / "shop").mkdir()
+    (tmp_path / "shop" / "catalog.csv").write_text("id,image,category\n")
+    with pytest.raises(CatalogError, match=r"shop is a folder: pass its catalog.csv$"):
+        read_catalog(tmp_path / "shop")
     # Review, session 54: the missing columns were named, not what the header held instead.
     (tmp_path / "semi.csv").write_text("id;image;category\n1;a.jpg;shirt\n")
     with pytest.raises(CatalogError, match=r"one column holding ';': a catalogue is comma-sep"):

@@ -806,6 +806,10 @@ def _read_catalog_file(
         CatalogError: the file cannot be read at all (missing, no header, unknown layout).
     """
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.suffix.lower() in (".csv", ".jsonl"))
+        hint = f": pass its {inside[0]}" if len(inside) == 1 else ": pass the catalogue file in it"
+        raise CatalogError(f"catalogue {path} is a folder{hint}")
     if not path.is_file():
         raise CatalogError(f"catalogue file not found: {path}")
     taxonomy = taxonomy or Taxonomy.load()
