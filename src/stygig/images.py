@@ -352,7 +352,12 @@ def check_photos(
     bounded alone, and 8 WebPs of 16 MP (28 KB each) cost 2.6 s of CPU in one 304 KB request
     (review, session 42)."""
     budget = 2 * limits.max_whole_decode_pixels
-    work = sum(photo_work(source, limits) for source in sources)
+    work = 0
+    for n, source in enumerate(sources):
+        try:
+            work += photo_work(source, limits)
+        except StygigError as e:
+            raise which_photo(e, n, len(sources)) from None
     if len(sources) > 1 and work > budget:
         raise ImageTooLargeError(
             f"the photos together would take about {work / 1e6:,.0f} M pixels of full-size "
@@ -360,6 +365,15 @@ def check_photos(
             "(a baseline JPEG costs least)",
             code="images_too_costly",
         )
+
+
+def which_photo(error: StygigError, n: int, total: int) -> StygigError:
+    """``error``, about photo ``n`` (from 0) of a request of ``total``, saying which one when
+    there are several (review, session 54: "the data is not an image" for one of three)."""
+    if total > 1:
+        error.message = f"photo {n + 1} of {total}: {error.message}"
+        error.args = (error.message,)
+    return error
 
 
 def photo_work(source: bytes | str | Path, limits: ImageLimits = DEFAULT_LIMITS) -> int:

@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 
 from stygig.answer import Timings
+from stygig.errors import StygigError
 from stygig.features import DecodedPhoto, color_summary, decode_photo
-from stygig.images import PreprocessSpec, check_photos, image_bytes
+from stygig.images import PreprocessSpec, check_photos, image_bytes, which_photo
 from stygig.recommendation import Options, Query
 
 __all__ = ["ColorResult", "PreparedQuery", "decode_query"]
@@ -102,9 +103,12 @@ def decode_query(
         sources = [image_bytes(s) for s in sources]  # a path read once, for both steps
         check_photos(sources)
         decode_ms += (time.perf_counter() - t0) * 1e3
-    for source in sources:
+    for n, source in enumerate(sources):
         t0 = time.perf_counter()
-        photo = decode_photo(source, spec)
+        try:
+            photo = decode_photo(source, spec)
+        except StygigError as e:
+            raise which_photo(e, n, len(sources)) from None
         decode_ms += (time.perf_counter() - t0) * 1e3
         tensors.append(photo.tensor)
         if color_pool is not None:

@@ -255,11 +255,20 @@ def test_score_items_matches_recommend(rec: Recommender) -> None:
     assert np.allclose(scores, [i["score"] for i in out["items"]], atol=2e-4)
 
 
-def test_bad_queries(rec: Recommender) -> None:
+def test_bad_queries(rec: Recommender, sample: tuple[Path, Path]) -> None:
     with pytest.raises(NotFoundError):
         rec.recommend(Query(item_ids=("nope",)))
-    with pytest.raises(InvalidImageError):
+    with pytest.raises(InvalidImageError) as one:
         rec.recommend(Query(images=(b"not an image",)))
+    assert not one.value.message.startswith("photo ")
+    # Several photos: the bad one is named (review, session 54), by its header or its pixels.
+    good = sorted((sample[0] / "queries").glob("*.jpg"))[0].read_bytes()
+    with pytest.raises(InvalidImageError, match=r"^photo 2 of 3: ") as which:
+        rec.recommend(Query(images=(good, b"not an image", good)))
+    assert which.value.code == "not_an_image" and str(which.value) == which.value.message
+    truncated = good[: len(good) // 2]
+    with pytest.raises(InvalidImageError, match=r"^photo 3 of 3: "):
+        rec.recommend(Query(images=(good, good, truncated)))
     with pytest.raises(InvalidOptionsError):
         Query()
     with pytest.raises(InvalidOptionsError):
