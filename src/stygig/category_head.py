@@ -765,8 +765,10 @@ def gender_skip_reason(genders: Sequence[str | None]) -> str | None:
     counts = Counter(g for g in genders if g in GENDER_PAIR)
     if min(counts[g] for g in GENDER_PAIR) >= GENDER_MIN_ITEMS:
         return None
-    have = ", ".join(f"{counts[g]} {g}" for g in GENDER_PAIR)
-    return f"fewer than {GENDER_MIN_ITEMS} items of {' or '.join(GENDER_PAIR)} ({have})"
+    few = [f"{counts[g]} {g}'s items" for g in GENDER_PAIR if counts[g] < GENDER_MIN_ITEMS]
+    return (
+        f"it needs {GENDER_MIN_ITEMS} items each of {' and '.join(GENDER_PAIR)}: {', '.join(few)}"
+    )
 
 
 def fit_gender_stack(
