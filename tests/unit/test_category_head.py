@@ -380,8 +380,10 @@ def test_eval_category_head_end_to_end(tmp_path: Path, capsys: pytest.CaptureFix
     printed = capsys.readouterr().out
     assert "category head, articleType" in printed
     # The drawn sample has too few men's items for the gender stack: skipped, with the reason.
-    assert "fewer than" in metrics["validity_whitened_gender_stack"]["fit"]["skipped"]
-    assert "gender stack: skipped (fewer than" in printed
+    assert (
+        "items each of men and women" in metrics["validity_whitened_gender_stack"]["fit"]["skipped"]
+    )
+    assert "gender stack: skipped (it needs" in printed
 
 
 def test_no_neighbour_left_lets_the_head_decide() -> None:

@@ -79,14 +79,14 @@ def test_too_few_gendered_items_skip_the_stack_with_a_reason() -> None:
     x, genders = _gendered(n=2 * GENDER_MIN_ITEMS - 2)  # GENDER_MIN_ITEMS - 1 of each
     heads, info = fit_artifact_heads(x, {}, k={}, genders=genders)
     assert "gender" not in heads
-    assert f"fewer than {GENDER_MIN_ITEMS} items" in info["fields"]["gender"]["skipped"]
+    assert f"it needs {GENDER_MIN_ITEMS} items each" in info["fields"]["gender"]["skipped"]
     heads, info = fit_artifact_heads(x[:1], {}, k={}, genders=genders[:1])  # one item
     assert heads == {} and "skipped" in info["fields"]["gender"]
 
 
 def test_the_sample_build_records_why_it_has_no_stack(sample: tuple[Path, Path]) -> None:
     fields = read_manifest(sample[1])["build"]["category_head"]["fields"]
-    assert f"fewer than {GENDER_MIN_ITEMS} items" in fields["gender"]["skipped"]
+    assert f"it needs {GENDER_MIN_ITEMS} items each" in fields["gender"]["skipped"]
     assert "gender" not in Artifact.load(sample[1]).heads
 
 
