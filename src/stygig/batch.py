@@ -1092,13 +1092,17 @@ def _check_run(dst: str, run: dict[str, Any], overwrite: bool) -> dict[str, Any]
             raise BatchError(f"{staging} exists but was not written by a batch run")
         return None
     before = earlier.get("run")
-    now = {k: v for k, v in run.items() if k != "inputs"}
-    if not isinstance(before, dict) or {k: v for k, v in before.items() if k != "inputs"} != now:
+    if not isinstance(before, dict) or _arguments(before) != _arguments(run):
         raise BatchError(
             f"{dst} holds a batch run with other arguments ({before}); "
             "use the same arguments to resume, or --overwrite"
         )
     return dict(earlier)
+
+
+def _arguments(run: dict[str, Any]) -> dict[str, Any]:
+    """A run record without its inputs' listing (compared on its own, by :func:`start_run`)."""
+    return {k: v for k, v in run.items() if k != "inputs"}
 
 
 def _remove_output(dst: str) -> None:
@@ -1297,7 +1301,6 @@ def start_batch(
         part_size=part_size,
         artifact=answered_by,
     )
-
     return begin_run(
         dst,
         run,

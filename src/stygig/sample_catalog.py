@@ -32,12 +32,11 @@ import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from stygig import __version__
-from stygig.catalog import Item
+from stygig.catalog import CatalogReadResult, Item
 from stygig.errors import CatalogError, InvalidOptionsError, StygigError
 from stygig.sample_drawing import Garment, draw_garment
 
@@ -491,11 +490,9 @@ def find_kaggle_styles(source: Path) -> Path:
     return found[0]
 
 
-def _rejected(rejects: Iterable[Any]) -> str:
+def _rejected(read: CatalogReadResult) -> str:
     """Rejects counted by reason, largest first: ``"200 missing_image, 3 bad_value"``."""
-    counts: dict[str, int] = {}
-    for reject in rejects:
-        counts[reject.reason] = counts.get(reject.reason, 0) + 1
+    counts = read.reject_counts()
     if not counts:
         return "no rows"
     return ", ".join(
@@ -546,7 +543,7 @@ def kaggle_demo_catalog(
         # .JPG, images/images/ after an unzip, a ';' file: review, session 53).
         raise CatalogError(
             f"the Kaggle styles.csv holds no usable product (photo and category): "
-            f"{_rejected(read.rejects)}; photos are looked for as "
+            f"{_rejected(read)}; photos are looked for as "
             f"{styles.parent / 'images'}/<id>.jpg"
         )
     if read.rejects:
@@ -555,7 +552,7 @@ def kaggle_demo_catalog(
             len(read.rejects),
             len(read.rejects) + len(read.items),
             styles.name,
-            _rejected(read.rejects),
+            _rejected(read),
         )
     rng = np.random.default_rng([seed, 7])
     groups: dict[str, list[Item]] = {}

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 from stygig.deploy.invoke import UrlClient
 from stygig.errors import ConfigError, InvalidOptionsError
 from stygig.loadtest import LoadTestConfig, PhotoPoster, run_load_test
+from tests.integration.server_fixtures import until
 
 TOKEN = "a-token-for-the-poster-tests"
 
@@ -82,15 +82,6 @@ def stub() -> Iterator[tuple[str, Seen]]:
         thread.join(10)
 
 
-def _until(condition: Callable[[], bool], seconds: float = 30.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 def test_one_connection_per_thread_and_close_closes_them(stub: tuple[str, Seen]) -> None:
     url, seen = stub
     poster = PhotoPoster(urlsplit(url), "/prefix/invocations", timeout_s=30)
@@ -111,7 +102,7 @@ def test_one_connection_per_thread_and_close_closes_them(stub: tuple[str, Seen])
     assert all(r[1] > 0 and b'"total": 1.5' in r[2] for r in replies)
     assert seen.opened == 3  # 12 requests over 3 kept-alive connections
     poster.close()
-    assert _until(lambda: seen.closed == 3)
+    assert until(lambda: seen.closed == 3)
 
 
 def test_a_dropped_connection_is_counted_then_reopened(stub: tuple[str, Seen]) -> None:
@@ -120,7 +111,7 @@ def test_a_dropped_connection_is_counted_then_reopened(stub: tuple[str, Seen]) -
     try:
         seen.drop_next = True
         assert poster.post(b"1", "image/png")[0] == "200"
-        assert _until(lambda: seen.closed == 1)  # the server dropped the kept-alive connection
+        assert until(lambda: seen.closed == 1)  # the server dropped the kept-alive connection
         status, _, answer = poster.post(b"2", "image/png")
         assert not status.isdigit() and answer == b""  # a transport error's name, not a raise
         assert poster.post(b"3", "image/png")[0] == "200"
@@ -154,7 +145,7 @@ def test_both_callers_send_the_same_request(
         assert lower["authorization"] == f"Bearer {TOKEN}"
     # The load test's warm-up connection, then its one client's: both closed when it returns.
     assert seen.opened == 3
-    assert _until(lambda: seen.closed == 3)
+    assert until(lambda: seen.closed == 3)
 
 
 def test_each_caller_keeps_its_own_url_error(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import json
 import math
 import posixpath
@@ -685,7 +686,12 @@ def read_catalog(
             )
         return _confined(
             _read_catalog_file(
-                path, layout=layout, images_dir=images_dir, taxonomy=taxonomy, check_images=False
+                path,
+                layout=layout,
+                images_dir=images_dir,
+                taxonomy=taxonomy,
+                check_images=False,
+                progress=progress,
             ),
             Path(images_dir),
             check_images=check_images,
@@ -807,7 +813,9 @@ def _read_catalog_file(
     """
     path = Path(path)
     if path.is_dir():
-        inside = sorted(p.name for p in path.iterdir() if p.suffix.lower() in (".csv", ".jsonl"))
+        # Two at most looked for: a folder of many files is not listed whole for a hint.
+        files = (p.name for p in path.iterdir() if p.suffix.lower() in (".csv", ".jsonl"))
+        inside = list(itertools.islice(files, 2))
         hint = f": pass its {inside[0]}" if len(inside) == 1 else ": pass the catalogue file in it"
         raise CatalogError(f"catalogue {path} is a folder{hint}")
     if not path.is_file():

@@ -406,8 +406,9 @@ def run_pipeline(args: argparse.Namespace) -> int:
         raise InvalidOptionsError("--mode async needs --s3-output-path")
     # The deploy and scaling steps' flags, checked before anything is built (its step 5 failed
     # after step 4 had made the endpoint: review, session 53).
-    async_settings_from_args(_deploy_args(args, "", "0" * 64))
-    scaling_from_args(_deploy_args(args, "", "0" * 64))
+    early = _deploy_args(args, "", "0" * 64)
+    async_settings_from_args(early)
+    scaling_from_args(early)
     if args.check_image and not Path(args.check_image).is_file():  # step 6's photo, now
         raise InvalidOptionsError(f"--check-image {args.check_image}: no such file")
     work = Path(args.work_dir or Path("build") / "pipeline" / args.endpoint_name)

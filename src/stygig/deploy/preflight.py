@@ -134,10 +134,9 @@ def check_async_settings(settings: AsyncSettings, region: str | None = None) -> 
     from stygig import storage
 
     paths = {"--s3-output-path": settings.s3_output_path}
-    paths["--s3-failure-path"] = settings.s3_failure_path or ""
+    if settings.s3_failure_path:
+        paths["--s3-failure-path"] = settings.s3_failure_path
     for flag, uri in paths.items():
-        if flag == "--s3-failure-path" and not uri:
-            continue
         if not uri.startswith("s3://"):
             raise InvalidOptionsError(
                 f"{flag} {uri[:200]!r} is not an S3 prefix: expected s3://<bucket>/<prefix>",
@@ -147,8 +146,10 @@ def check_async_settings(settings: AsyncSettings, region: str | None = None) -> 
             storage.parse(uri)
         except StygigError as e:
             raise InvalidOptionsError(f"{flag}: {e}", code="invalid_location") from None
-    topics = {"--sns-success-topic": settings.success_topic}
-    topics["--sns-error-topic"] = settings.error_topic
+    topics = {
+        "--sns-success-topic": settings.success_topic,
+        "--sns-error-topic": settings.error_topic,
+    }
     for flag, arn in topics.items():
         if arn is None:
             continue

@@ -260,18 +260,12 @@ def run_endpoint_batch(
         endpoint=endpoint.endpoint_name,
         artifact=artifact,
     )
-
-    def inputs() -> tuple[Iterator[BatchInput], int | None]:
-        return endpoint_inputs(src, kind=kind, by_photo=by_photo, artifact=artifact)
-
+    digest = hashlib.sha256(json.dumps([run, dst], sort_keys=True).encode()).hexdigest()
+    run_key = f"batch-{digest[:12]}"
     # The output's lock first: a run in progress is refused before --overwrite removes
     # anything of it (its receipts, its output).
     check_output_name(dst)
     lock = RunLock.take(dst)
-    # The receipts' key, from the arguments only: a run interrupted before inputs were listed
-    # in the run record finds its receipts (a changed listing is refused by begin_run).
-    digest = hashlib.sha256(json.dumps([run, dst], sort_keys=True).encode()).hexdigest()
-    run_key = f"batch-{digest[:12]}"
     try:
         if overwrite:
             for key in storage.list_keys(
@@ -283,7 +277,7 @@ def run_endpoint_batch(
             run,
             overwrite=overwrite,
             part_size=part_size,
-            inputs=inputs,
+            inputs=lambda: endpoint_inputs(src, kind=kind, by_photo=by_photo, artifact=artifact),
             lock=lock,
         )
     except BaseException:

@@ -1041,7 +1041,7 @@ _ONCE = frozenset(
         "x-amzn-sagemaker-inference-id",
         "x-amzn-sagemaker-inputlocation",
         "x-amzn-sagemaker-invocationtimeoutseconds",
-        "x-stygig-min-sequence",
+        MIN_SEQUENCE_HEADER,
     }
 )
 #: List-valued fields a route reads, given to it joined when repeated (RFC 9110 5.3: a list
